@@ -1,0 +1,1 @@
+"""catalog stage of vidcorpus."""

@@ -1,0 +1,82 @@
+"""Shared fixtures: synthetic media with known shots, a loopback HTTP server, a tiny-model cache."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> str:
+    """One tiny-model cache for the whole session (built on first use, like a user's ~/.cache)."""
+    path = os.environ.get("VIDCORPUS_TEST_CACHE") or str(tmp_path_factory.mktemp("model-cache"))
+    os.environ["VIDCORPUS_CACHE"] = path
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> dict:
+    from vidcorpus.synth import make_corpus
+
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder, plus a few paths that misbehave on purpose."""
+
+    routes: dict = {}
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def do_GET(self):  # noqa: N802
+        route = self.routes.get(self.path.split("?")[0])
+        if route is None:
+            return super().do_GET()
+        status, headers, body = route
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture()
+def http_server(tmp_path):
+    """A loopback HTTP server over tmp_path/www; add misbehaving routes via server.routes."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = type("H", (_Handler,), {"routes": {}})
+
+    def factory(*a, **kw):
+        return handler(*a, directory=str(root), **kw)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), factory)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.root = Path(root)
+    server.routes = handler.routes
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory, model_cache):
+    """The demo, run once per test session (it starts a local Ray and builds the tiny models)."""
+    from vidcorpus.demo import run_demo
+
+    out = run_demo(tmp_path_factory.mktemp("demo"), steps=20, progress=False)
+    yield out
+    import ray
+
+    ray.shutdown()

@@ -1,0 +1,97 @@
+"""The spine, end to end: the demo corpus through every stage, then training on its shards."""
+
+import math
+import tarfile
+
+import pytest
+
+from vidcorpus.catalog.store import Catalog
+
+pytestmark = pytest.mark.slow
+
+
+def _q(demo, sql):
+    with Catalog(demo["config"].catalog_path, read_only=True) as cat:
+        return cat.query_dicts(sql)
+
+
+def test_funnel_is_consistent_stage_to_stage(demo):
+    f = {r["stage"]: r["n"] for r in demo["funnel"]}
+    truth = demo["truth"]
+    n_sources = len(truth["videos"]) + len(truth["images"]) + len(truth["broken"]) + (1 if truth.get("real") else 0)
+    assert f["sources"] == n_sources
+    assert f["failed"] == len(truth["broken"])  # only the broken file fails
+    expected_shots = sum(len(v["shots"]) for v in truth["videos"]) + len(truth["images"])
+    if truth.get("real"):
+        expected_shots += len(truth["real"]["cuts"]) + 1
+    assert f["shots"] == expected_shots
+    assert f["scored"] == f["shots"]
+    assert 0 < f["kept"] <= f["shots"]
+    assert f["captioned"] == f["kept"]
+    assert f["sharded"] == f["kept"]
+    assert 0 < f["trained_on"] <= f["sharded"]
+    failure = _q(demo, "SELECT stage, error_class FROM failures")
+    assert failure == [{"stage": "download", "error_class": "not_media"}]
+
+
+def test_every_drop_has_a_reason_and_every_kept_clip_a_caption(demo):
+    dropped = _q(demo, "SELECT clip_id, reason FROM clips_wide WHERE NOT kept")
+    assert all(d["reason"] for d in dropped)
+    kept = _q(demo, "SELECT clip_id, caption, short_caption FROM clips_wide WHERE kept")
+    assert kept and all(k["caption"] and k["short_caption"] for k in kept)
+
+
+def test_catalog_rows_equal_shard_members(demo):
+    shards = _q(demo, "SELECT shard_id, url, n FROM shards")
+    members = _q(demo, "SELECT shard_id, clip_id FROM shard_members")
+    kept = {r["clip_id"] for r in _q(demo, "SELECT clip_id FROM clips_wide WHERE kept")}
+    assert {m["clip_id"] for m in members} == kept
+    assert len(members) == len(kept)  # each kept clip in exactly one shard
+    for s in shards:
+        keys = {n.split(".", 1)[0] for n in tarfile.open(s["url"]).getnames()}
+        assert keys == {m["clip_id"] for m in members if m["shard_id"] == s["shard_id"]}
+        assert len(keys) == s["n"]
+
+
+def test_shots_match_known_boundaries(demo):
+    truth = demo["truth"]
+    clips = _q(demo, "SELECT c.first_frame, c.last_frame, s.uri FROM clips c JOIN sources s USING (source_id) "
+                     "WHERE c.media_type = 'video' ORDER BY s.uri, c.first_frame")
+    for video in truth["videos"]:
+        got = [(c["first_frame"], c["last_frame"]) for c in clips if c["uri"].endswith("/" + video["name"])]
+        assert len(got) == len(video["shots"]), video["name"]
+        if video["fades"]:
+            (f0, f1), = video["fades"]
+            assert f0 - 1 <= got[1][0] <= f1 + 1
+            continue
+        for (a, b), (x, y) in zip(got, video["shots"]):
+            assert abs(a - x) <= 1 and abs(b - y) <= 1, (video["name"], got, video["shots"])
+
+
+def test_training_ran_on_shard_samples_with_finite_loss(demo):
+    training = demo["training"]
+    assert training.steps == 20
+    assert all(math.isfinite(x) for x in training.losses)
+    trained = {r["clip_id"] for r in _q(demo, "SELECT clip_id FROM train_samples")}
+    sharded = {r["clip_id"] for r in _q(demo, "SELECT clip_id FROM shard_members")}
+    assert trained and trained <= sharded
+    [run] = _q(demo, "SELECT steps, final_loss FROM train_runs")
+    assert run["steps"] == 20 and math.isfinite(run["final_loss"])
+
+
+def test_rerun_adds_nothing(demo):
+    from vidcorpus.runner import run_pipeline
+
+    tables = ("sources", "clips", "scores", "captions", "decisions", "shards", "shard_members")
+    before = {t: _q(demo, f"SELECT count(*) AS n FROM {t}")[0]["n"] for t in tables}
+    summary = run_pipeline(demo["config"], progress=False, log=lambda *_: None)
+    after = {t: _q(demo, f"SELECT count(*) AS n FROM {t}")[0]["n"] for t in tables}
+    assert after == before
+    # only the broken file is tried again, and it fails again: one more attempt, no new row
+    assert summary.shards == [] and summary.rows_committed == len(demo["truth"]["broken"])
+    assert summary.sources_skipped == demo["funnel"][0]["n"] - len(demo["truth"]["broken"])
+    assert _q(demo, "SELECT attempts FROM failures") == [{"attempts": 2}]
+
+
+def test_demo_finishes_in_time(demo):
+    assert demo["seconds"] < 300

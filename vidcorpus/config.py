@@ -1,0 +1,184 @@
+"""One typed configuration for every stage, loadable from YAML and overridable from the CLI.
+
+Precedence: defaults < YAML file (``--config``) < ``--set section.key=value`` overrides.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="Existing cluster (ray://host:10001 or 'auto'); None starts a local Ray.")
+    num_cpus: int | None = Field(None, description="CPUs for a local Ray; None uses all cores.")
+    actor_cpus: float = Field(0.25, description="CPUs each model actor reserves; fractional so read tasks never starve.")
+    task_cpus: float = Field(0.5, description="CPUs each CPU stage task reserves.")
+
+
+class IngestConfig(Section):
+    timeout_s: float = Field(30.0, description="Connect and read timeout per request.")
+    retries: int = Field(3, description="Retries on retryable failures (5xx, timeouts, resets).")
+    max_bytes: int = Field(2 * 1024**3, description="Largest file accepted.")
+    user_agent: str = "vidcorpus/0.1 (+https://github.com/vidcorpus/vidcorpus)"
+    allow_private_addresses: bool = Field(False, description="Allow loopback/private/link-local destinations (tests).")
+    respect_opt_outs: bool = Field(True, description="Honour X-Robots-Tag noai / noimageai.")
+
+
+class SplitConfig(Section):
+    detector: Literal["adaptive", "content", "histogram"] = "adaptive"
+    adaptive_threshold: float = 3.0
+    content_threshold: float = 27.0
+    fade_detection: bool = Field(True, description="Also run the histogram detector to catch cross-fades.")
+    histogram_threshold: float = Field(0.1, description="Lower finds more fades and more false cuts.")
+    min_shot_frames: int = Field(8, description="Shots shorter than this are merged by the detector.")
+    transition_max_frames: int = Field(12, description="A segment this short between two cuts is a fade, dropped.")
+    max_clip_seconds: float = Field(20.0, description="Longer shots are cut into pieces of at most this length.")
+    clip_codec: str = "libx264"
+    clip_crf: int = 20
+
+
+class FiltersConfig(Section):
+    frames_per_clip: int = Field(3, description="Frames per clip for model scorers: first, middle, last.")
+    motion_fps: float = Field(2.0, description="Frame rate at which optical flow is measured.")
+    motion_width: int = Field(128, description="Frames are downscaled to this width for optical flow.")
+    clip_batch_size: int = 16
+    recipe: str = Field("demo_v1", description="Name of a bundled recipe or path to a recipe YAML.")
+
+
+class CaptioningConfig(Section):
+    version: str = Field("v1", description="Caption version name stored with each caption.")
+    prompt_version: str = "p1"
+    frames_per_clip: int = 4
+    batch_size: int = 8
+    max_new_tokens: int = 48
+    short_max_new_tokens: int = 16
+
+
+class ShardsConfig(Section):
+    max_samples: int = Field(64, description="Samples per shard at most.")
+    max_bytes: int = Field(512 * 1024**2, description="Bytes per shard at most.")
+    caption_version: str = Field("v1", description="Caption version written as each sample's txt.")
+
+
+class TrainConfig(Section):
+    steps: int = 20
+    batch_size: int = 2
+    num_frames: int = 4
+    height: int = 64
+    width: int = 64
+    fps: int = 8
+    lr: float = 1e-4
+    warmup_steps: int = 2
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    offset_noise: float = 0.1
+    drop_text: float = 0.1
+    drop_image: float = 0.1
+    drop_first_frame: float = 0.1
+    ema_decay: float = 0.999
+    mixed_precision: Literal["no", "bf16"] = "no"
+    seed: int = 0
+    select: str = Field("TRUE", description="SQL predicate over the wide clip view choosing training clips.")
+    shuffle_buffer: int = 64
+    num_workers: int = 0
+    log_every: int = 5
+
+
+class ModelsConfig(Section):
+    """Where every model comes from. The preset fills these; any field may be overridden."""
+
+    preset: Literal["tiny", "production"] = "tiny"
+    clip_model: str | None = Field(None, description="open_clip model name (ViT-L-14 in production).")
+    clip_pretrained: str | None = Field(None, description="open_clip pretrained tag or weights file.")
+    aesthetic_head: str | None = Field(None, description="LAION aesthetic MLP weights (.pth path or URL).")
+    captioner: str | None = Field(None, description="Hugging Face id or local directory of the captioning model.")
+    i2vgen: str | None = Field(None, description="Hugging Face id or local diffusers directory of I2VGen-XL.")
+    cache_dir: str = Field(
+        default_factory=lambda: os.environ.get("VIDCORPUS_CACHE", str(Path.home() / ".cache" / "vidcorpus")),
+        description="Where tiny models are built once and kept.",
+    )
+
+
+class Config(Section):
+    workdir: str = Field("./vidcorpus-work", description="Root URL for staging and shards (local path or s3://).")
+    catalog: str = Field("", description="DuckDB catalog file; default {workdir}/catalog.duckdb.")
+    inputs: list[str] = Field(default_factory=list, description="URL lists, folders, s3:// prefixes or media URLs.")
+    ray: RayConfig = Field(default_factory=RayConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    captioning: CaptioningConfig = Field(default_factory=CaptioningConfig)
+    shards: ShardsConfig = Field(default_factory=ShardsConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+
+    @property
+    def catalog_path(self) -> str:
+        if self.catalog:
+            return self.catalog
+        if "://" in self.workdir and not self.workdir.startswith("file://"):
+            raise ConfigError(f"workdir {self.workdir} is remote: give the catalog a local path with --catalog")
+        return f"{self.workdir.removeprefix('file://').rstrip('/')}/catalog.duckdb"
+
+    def url(self, *parts: str) -> str:
+        return "/".join([self.workdir.rstrip("/"), *parts])
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not validate; the message names the field."""
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = data
+    for k in keys[:-1]:
+        cur = cur.setdefault(k, {})
+        if not isinstance(cur, dict):
+            raise ConfigError(f"cannot set {dotted}: {k} is not a section")
+    cur[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'filters.recipe=pretrain_v1' -> ('filters.recipe', 'pretrain_v1'); values parse as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None, **fields: Any) -> Config:
+    data: dict = {}
+    if path:
+        try:
+            with open(path) as f:
+                loaded = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        data.update(loaded)
+    for key, value in fields.items():
+        if value is not None:
+            _set_dotted(data, key, value)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}invalid configuration: {problems}") from e
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

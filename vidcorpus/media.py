@@ -1,0 +1,173 @@
+"""Reading and writing frames with PyAV (video) and Pillow (images), shared by every stage."""
+
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+from typing import Iterable, Sequence
+
+import av
+import fsspec
+import numpy as np
+from PIL import Image
+
+from vidcorpus.errors import DecodeError
+
+av.logging.set_level(av.logging.ERROR)  # encoder statistics and decoder chatter are not for users
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+VIDEO_EXTS = {".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v"}
+
+
+def open_local_or_remote(url: str, mode: str = "rb"):
+    return fsspec.open(url, mode).open()
+
+
+def encode_video(
+    frames: Iterable[np.ndarray],
+    fps: float,
+    out: str | io.BytesIO,
+    codec: str = "libx264",
+    crf: int = 20,
+    container_format: str | None = None,
+) -> None:
+    """Encode RGB uint8 frames (H, W, 3) to a video file or buffer."""
+    it = iter(frames)
+    first = next(it)
+    h, w = first.shape[:2]
+    if h % 2 or w % 2:
+        raise ValueError(f"frame size {w}x{h} must be even for yuv420p")
+    fmt = container_format or ("mp4" if isinstance(out, io.BytesIO) else None)
+    with av.open(out, mode="w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height = w, h
+        stream.pix_fmt = "yuv420p"
+        if codec in ("libx264", "libx265"):
+            stream.options = {"crf": str(crf), "preset": "veryfast"}
+        elif codec == "libvpx-vp9" or codec == "libvpx":
+            stream.options = {"crf": str(crf + 10), "b:v": "0", "deadline": "realtime", "cpu-used": "8"}
+
+        def put(arr: np.ndarray) -> None:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+
+        put(first)
+        for arr in it:
+            put(arr)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def probe_video(fileobj_or_path) -> dict:
+    """Container-level metadata of a video; decodes nothing but the header."""
+    try:
+        with av.open(fileobj_or_path) as c:
+            if not c.streams.video:
+                raise DecodeError("no video stream", "not_media")
+            s = c.streams.video[0]
+            fps = float(s.average_rate or s.guessed_rate or 0) or None
+            duration = None
+            if s.duration is not None and s.time_base is not None:
+                duration = float(s.duration * s.time_base)
+            elif c.duration is not None:
+                duration = c.duration / av.time_base
+            n_frames = s.frames or (round(duration * fps) if duration and fps else None)
+            return {
+                "container": c.format.name,
+                "codec": s.codec_context.name,
+                "width": s.codec_context.width,
+                "height": s.codec_context.height,
+                "fps": fps,
+                "n_frames": n_frames,
+                "duration_s": duration,
+            }
+    except av.error.FFmpegError as e:
+        raise DecodeError(f"cannot open video: {e}") from e
+
+
+def iter_frames(path_or_file, start: int = 0, stop: int | None = None, step: int = 1):
+    """Yield (index, RGB array) for frames start <= i < stop, every `step`-th, decoding sequentially."""
+    try:
+        with av.open(path_or_file) as c:
+            stream = c.streams.video[0]
+            stream.thread_type = "AUTO"
+            for i, frame in enumerate(c.decode(stream)):
+                if stop is not None and i >= stop:
+                    break
+                if i >= start and (i - start) % step == 0:
+                    yield i, frame.to_ndarray(format="rgb24")
+    except av.error.FFmpegError as e:
+        raise DecodeError(f"decode failed: {e}") from e
+
+
+def read_frames(path: str, indices: Sequence[int] | None = None, n: int | None = None) -> np.ndarray:
+    """Frames of a clip (video or image) as (N, H, W, 3) uint8.
+
+    ``indices`` picks frames by index; ``n`` picks n frames uniformly (first and last included);
+    neither reads them all. An image is a one-frame clip.
+    """
+    lower = path.lower()
+    if any(lower.endswith(ext) for ext in IMAGE_EXTS):
+        with fsspec.open(path, "rb") as f:
+            img = np.asarray(Image.open(f).convert("RGB"))
+        count = len(indices) if indices is not None else (n or 1)
+        return np.stack([img] * count)
+    with fsspec.open(path, "rb") as f:
+        if indices is None:
+            total = probe_video(f)["n_frames"] or 0
+            f.seek(0)
+            if n is None:
+                wanted = list(range(total))
+            else:
+                wanted = uniform_indices(total, n)
+        else:
+            wanted = list(indices)
+        if not wanted:
+            raise DecodeError("clip has no frames")
+        want = set(wanted)
+        got: dict[int, np.ndarray] = {}
+        for i, arr in iter_frames(f, stop=max(want) + 1):
+            if i in want:
+                got[i] = arr
+    if not got:
+        raise DecodeError("no frame could be decoded")
+    last = got[max(got)]
+    # Containers can report one frame more than decodes; repeat the last decoded frame then.
+    return np.stack([got.get(i, last) for i in wanted])
+
+
+def uniform_indices(total: int, n: int) -> list[int]:
+    if total <= 0:
+        return []
+    if n <= 1:
+        return [total // 2]
+    return [round(i * (total - 1) / (n - 1)) for i in range(n)]
+
+
+def save_jpeg(arr: np.ndarray, url: str, quality: int = 90) -> int:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
+    data = buf.getvalue()
+    with fsspec.open(url, "wb") as f:
+        f.write(data)
+    return len(data)
+
+
+def sniff_media_type(head: bytes) -> tuple[str, str] | None:
+    """(media_type, extension) from magic bytes, or None when the bytes are not media we take."""
+    if len(head) >= 12 and head[4:8] == b"ftyp":
+        return "video", ".mp4"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "video", ".webm"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "video", ".avi"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image", ".jpg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image", ".png"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "image", ".webp"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "image", ".gif"
+    return None

@@ -1,0 +1,250 @@
+"""The job runner: one Ray Data pipeline composed from stage classes, committed by the driver.
+
+download -> probe -> split -> extract -> technical -> motion -> clip/aesthetic -> decide -> caption
+(kept clips only: captioning is the most expensive stage) -> driver commits rows to the catalog
+-> shard writer tasks -> driver commits shards. Data flows one way; stages never touch the catalog.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pyarrow as pa
+
+from vidcorpus import __version__
+from vidcorpus.config import Config, dump_config
+from vidcorpus.ids import new_run_id
+from vidcorpus.presets import resolve_models
+from vidcorpus.schemas import rows_to_table
+from vidcorpus.stage import Stage
+
+WORKER_ENV = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "false"}
+
+
+def pipeline_stages() -> list[type[Stage]]:
+    """The stage classes of a run, in order (imported here so `vidcorpus --help` stays fast)."""
+    from vidcorpus.captioning.stage import CaptionStage
+    from vidcorpus.filters.recipes import DecideStage
+    from vidcorpus.filters.scorers import ClipScoreStage, MotionStage, TechnicalStage
+    from vidcorpus.ingest.download import DownloadStage
+    from vidcorpus.ingest.extract import ExtractStage
+    from vidcorpus.ingest.probe import ProbeStage
+    from vidcorpus.ingest.split import SplitStage
+
+    return [DownloadStage, ProbeStage, SplitStage, ExtractStage, TechnicalStage, MotionStage, ClipScoreStage,
+            DecideStage, CaptionStage]
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    sources_seen: int = 0
+    sources_skipped: int = 0
+    rows_committed: int = 0
+    failures: int = 0
+    shards: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    catalog: str = ""
+    shard_root: str = ""
+
+
+def init_ray(cfg: Config) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    kwargs: dict = {"ignore_reinit_error": True, "runtime_env": {"env_vars": WORKER_ENV}, "log_to_driver": False}
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, **kwargs)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
+
+
+def _run_stage(stage_cls: type[Stage], cfg: Config, batch: pa.Table) -> pa.Table:
+    """Task form of a stateless stage: a fresh instance per batch (setup is cheap for CPU stages)."""
+    return stage_cls(cfg)(batch)
+
+
+def build_dataset(cfg: Config, sources: list[dict], gpus_available: float = 0.0, cpus: float = 2.0):
+    """The lazy Ray Dataset of a run: source rows in, decided (and captioned) clip rows out."""
+    import ray.data
+
+    # Several small blocks so CPU stages run in parallel (one block per task); a few per CPU.
+    per_block = max(1, min(256, len(sources) // max(1, int(4 * cpus))))
+    blocks = [rows_to_table(sources[i:i + per_block]) for i in range(0, len(sources), per_block)]
+    ds = ray.data.from_arrow(blocks)
+    for stage_cls in pipeline_stages():
+        res = stage_cls.resources
+        if res.actor:
+            wants_gpu = getattr(stage_cls, "wants_gpu", False) and gpus_available >= 1
+            ds = ds.map_batches(
+                stage_cls,
+                fn_constructor_args=(cfg,),
+                batch_format="pyarrow",
+                batch_size=getattr(stage_cls, "batch_rows", 8),
+                concurrency=1,
+                num_cpus=cfg.ray.actor_cpus,
+                num_gpus=1 if wants_gpu else 0,
+            )
+        else:
+            ds = ds.map_batches(
+                functools.partial(_run_stage, stage_cls, cfg),
+                batch_format="pyarrow",
+                batch_size=getattr(stage_cls, "batch_rows", 4),
+                num_cpus=cfg.ray.task_cpus,
+            )
+    return ds
+
+
+def run_pipeline(
+    cfg: Config,
+    retry_failed: bool = False,
+    error_class: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> RunSummary:
+    """Ingest, score, decide, caption, commit and shard everything in cfg.inputs not yet done."""
+    from vidcorpus.catalog.store import Catalog
+    from vidcorpus.ingest.sources import read_inputs
+
+    t0 = time.time()
+    cfg = cfg.model_copy(update={"models": resolve_models(cfg.models)})
+    run_id = new_run_id()
+    summary = RunSummary(run_id=run_id, catalog=cfg.catalog_path, shard_root=cfg.url("shards"))
+    catalog = Catalog(cfg.catalog_path)
+    catalog.begin_run(run_id, "pipeline", json.dumps(cfg.model_dump(mode="json")), __version__)
+    status = "failed"
+    try:
+        sources = read_inputs(cfg.inputs)
+        summary.sources_seen = len(sources)
+        bad_rows = [r for r in sources if r["source_id"] is None]
+        sources = [r for r in sources if r["source_id"] is not None]
+        done = catalog.done_source_ids()
+        if retry_failed:
+            wanted = catalog.failed_source_ids(error_class)
+            todo = [r for r in sources if r["source_id"] in wanted]
+        else:
+            todo = [r for r in sources if r["source_id"] not in done]
+        summary.sources_skipped = len(sources) - len(todo)
+        log(f"run {run_id}: {len(todo)} sources to process, {summary.sources_skipped} already done")
+        if bad_rows:
+            catalog.commit_results(run_id, bad_rows)
+            summary.failures += len(bad_rows)
+        if todo:
+            _process(cfg, catalog, run_id, todo, summary, progress, log)
+        summary.shards = write_pending_shards(cfg, catalog, run_id, progress=progress, log=log)
+        status = "succeeded"
+    finally:
+        summary.seconds = time.time() - t0
+        catalog.finish_run(run_id, status, {k: v for k, v in summary.__dict__.items() if k != "shards"}
+                           | {"n_shards": len(summary.shards)})
+        catalog.close()
+    return summary
+
+
+def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSummary, progress: bool, log) -> None:
+    import ray
+    from ray.data import DataContext
+
+    init_ray(cfg)
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ctx.verbose_progress = False
+    resources = ray.cluster_resources()
+    ds = build_dataset(cfg, todo, resources.get("GPU", 0.0), resources.get("CPU", 2.0))
+    seen: set[str] = set()
+    failed: set[str] = set()
+    # Commit as results stream in: a crash loses at most the batches not yet committed, and a
+    # rerun re-processes only sources that were not marked done (upserts keep it duplicate-free).
+    for batch in ds.iter_batches(batch_size=64, batch_format="pyarrow"):
+        rows = batch.to_pylist()
+        for r in rows:
+            seen.add(r["source_id"])
+            if r.get("error_class"):
+                failed.add(r["source_id"])
+                summary.failures += 1
+        catalog.commit_results(run_id, rows, failed_before=failed)
+        summary.rows_committed += len(rows)
+    catalog.mark_sources_done(seen - failed)
+
+
+def write_pending_shards(cfg: Config, catalog, run_id: str, progress: bool = True, log=print) -> list[dict]:
+    """Pack every kept clip that no shard holds yet; publish each shard, then commit its rows."""
+    from vidcorpus.shards.writer import plan_shards, write_shard
+
+    clips = catalog.unsharded_kept()
+    if not clips:
+        return []
+    ids = [c["clip_id"] for c in clips]
+    scores, captions = catalog.scores_of(ids), catalog.captions_of(ids)
+    for c in clips:
+        c["scores"], c["captions"] = scores[c["clip_id"]], captions[c["clip_id"]]
+    plans = plan_shards(clips, cfg.shards.max_samples, cfg.shards.max_bytes)
+    out_root = cfg.url("shards")
+    written: list[dict] = []
+    if len(plans) == 1 or not _ray_ready():
+        for bucket, members in _progress(plans, "writing shards", progress):
+            manifest = write_shard(bucket, members, out_root, cfg.shards.caption_version)
+            catalog.commit_shards(run_id, [manifest])
+            written.append(manifest)
+        return written
+    import ray
+
+    remote = ray.remote(num_cpus=cfg.ray.task_cpus)(write_shard)
+    pending = [remote.remote(b, m, out_root, cfg.shards.caption_version) for b, m in plans]
+    with _bar(len(pending), "writing shards", progress) as advance:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            manifest = ray.get(ready[0])
+            catalog.commit_shards(run_id, [manifest])
+            written.append(manifest)
+            advance()
+    return written
+
+
+def _ray_ready() -> bool:
+    try:
+        import ray
+
+        return ray.is_initialized()
+    except ImportError:
+        return False
+
+
+def _progress(items, label: str, enabled: bool):
+    if not enabled:
+        return items
+    from rich.progress import track
+
+    return track(items, description=label)
+
+
+class _bar:
+    def __init__(self, total: int, label: str, enabled: bool):
+        self.total, self.label, self.enabled = total, label, enabled
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda: None
+        from rich.progress import Progress
+
+        self.p = Progress()
+        self.p.start()
+        task = self.p.add_task(self.label, total=self.total)
+        return lambda: self.p.advance(task)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.p.stop()
+
+
+def config_yaml(cfg: Config) -> str:
+    return dump_config(cfg)

@@ -1,0 +1,95 @@
+"""Arrow schemas, defined once: the rows that flow through the pipeline and the catalog's tables.
+
+A pipeline row is one source (before splitting) or one clip (after). Every stage reads and
+returns rows of ``ROW_SCHEMA``; a stage that fails on a row sets ``error_class``/``error``/
+``error_stage`` and later stages pass the row through untouched.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCORE_TYPE = pa.struct(
+    [("scorer", pa.string()), ("model", pa.string()), ("version", pa.string()), ("value", pa.float64())]
+)
+CAPTION_TYPE = pa.struct(
+    [
+        ("version", pa.string()),
+        ("kind", pa.string()),  # "long" | "short" | "original"
+        ("text", pa.string()),
+        ("model", pa.string()),
+        ("prompt_version", pa.string()),
+        ("meta_json", pa.string()),  # generation settings and cleanup edits
+    ]
+)
+
+ROW_SCHEMA = pa.schema(
+    [
+        # source
+        ("source_id", pa.string()),
+        ("uri", pa.string()),
+        ("text", pa.string()),  # original alt-text / caption from the input list
+        ("meta_json", pa.string()),  # other input columns
+        ("media_type", pa.string()),  # "video" | "image"
+        ("source_path", pa.string()),  # staged copy (fsspec URL)
+        ("sha256", pa.string()),
+        ("bytes", pa.int64()),
+        ("container", pa.string()),
+        ("codec", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("fps", pa.float64()),
+        ("n_frames", pa.int64()),
+        ("duration_s", pa.float64()),
+        # clip
+        ("clip_id", pa.string()),
+        ("first_frame", pa.int64()),
+        ("last_frame", pa.int64()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("clip_path", pa.string()),
+        ("first_frame_path", pa.string()),
+        ("scores", pa.list_(SCORE_TYPE)),
+        ("captions", pa.list_(CAPTION_TYPE)),
+        # decision
+        ("recipe", pa.string()),
+        ("kept", pa.bool_()),
+        ("reason", pa.string()),
+        # failure
+        ("error_class", pa.string()),
+        ("error", pa.string()),
+        ("error_stage", pa.string()),
+    ]
+)
+
+ROW_FIELDS = tuple(ROW_SCHEMA.names)
+
+
+def empty_row(**values) -> dict:
+    """A row with every field present; unknown keys are a programming error."""
+    unknown = set(values) - set(ROW_FIELDS)
+    if unknown:
+        raise KeyError(f"unknown row fields: {sorted(unknown)}")
+    row = {name: None for name in ROW_FIELDS}
+    row["scores"] = []
+    row["captions"] = []
+    row.update(values)
+    return row
+
+
+def rows_to_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist([{k: r.get(k) for k in ROW_FIELDS} for r in rows], schema=ROW_SCHEMA)
+
+
+SHARD_SCHEMA = pa.schema(
+    [
+        ("shard_id", pa.string()),
+        ("url", pa.string()),
+        ("sha256", pa.string()),
+        ("bytes", pa.int64()),
+        ("n", pa.int64()),
+        ("bucket", pa.string()),
+        ("caption_version", pa.string()),
+        ("members", pa.list_(pa.string())),
+    ]
+)

@@ -1,0 +1,83 @@
+"""The stage interface: a class that processes a batch of rows and declares its resources.
+
+``setup`` runs once per worker (load models, open clients); ``__call__`` takes an Arrow table of
+``ROW_SCHEMA`` and returns one. A stage never raises for one bad row: the row comes back with
+``error_class``/``error``/``error_stage`` set, and later stages pass it through untouched.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import ClassVar
+
+import pyarrow as pa
+from pydantic import BaseModel
+
+from vidcorpus.config import Config
+from vidcorpus.errors import classify_error
+from vidcorpus.schemas import rows_to_table
+
+
+class Resources(BaseModel):
+    """What one worker of a stage needs. The runner maps this onto Ray's num_cpus/num_gpus."""
+
+    cpus: float = 0.5
+    gpus: float = 0.0
+    memory_mb: int | None = None
+    actor: bool = False  # stateful (holds a model): runs in an actor pool instead of tasks
+
+
+class Stage:
+    name: ClassVar[str] = "stage"
+    resources: ClassVar[Resources] = Resources()
+    kept_only: ClassVar[bool] = False  # True: rows a recipe dropped pass through untouched (captioning)
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._ready = False
+
+    def setup(self) -> None:
+        """Load models and open clients; called once per worker before the first batch."""
+
+    def process_row(self, row: dict) -> dict | list[dict]:
+        """Process one good row; return it (updated) or the rows it becomes."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither process_row nor process_rows")
+
+    def process_rows(self, rows: list[dict]) -> list[dict]:
+        """Process good rows together (model stages override this to batch)."""
+        out: list[dict] = []
+        for row in rows:
+            out.extend(self.safe_call(self.process_row, row))
+        return out
+
+    def safe_call(self, fn, row: dict) -> list[dict]:
+        """Run fn on one row; an exception marks that row failed instead of stopping the batch."""
+        try:
+            result = fn(row)
+        except Exception as exc:  # noqa: BLE001 - one bad input must not stop the run
+            return [self.fail(row, exc)]
+        return result if isinstance(result, list) else [result]
+
+    def fail(self, row: dict, exc: BaseException) -> dict:
+        failed = dict(row)
+        failed["error_class"] = classify_error(exc)
+        tb = traceback.format_exception_only(type(exc), exc)
+        failed["error"] = "".join(tb).strip()[:2000]
+        failed["error_stage"] = self.name
+        return failed
+
+    def __call__(self, batch: pa.Table | dict) -> pa.Table:
+        if not self._ready:
+            self.setup()
+            self._ready = True
+        table = batch if isinstance(batch, pa.Table) else pa.table(batch)
+        rows = table.to_pylist()
+        todo, skip = [], []
+        for r in rows:
+            wanted = not r.get("error_class") and (not self.kept_only or r.get("kept"))
+            (todo if wanted else skip).append(r)
+        out = self.process_rows(todo) if todo else []
+        return rows_to_table(out + skip)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.resources}>"
