@@ -63,3 +63,17 @@ def test_catalog_commands_read_the_demo(demo):
         result = runner.invoke(app, [*cmd, "--catalog", catalog])
         assert result.exit_code == 0, (cmd, result.output)
     assert "not_media" in runner.invoke(app, ["catalog", "failures", "--catalog", catalog]).output
+
+
+def test_production_preset_offline_fails_fast_naming_the_fix(tmp_path, monkeypatch, corpus):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    start = time.time()
+    result = runner.invoke(app, ["run", corpus["list"], "--workdir", str(tmp_path / "w"), "--preset", "production",
+                                 "--no-progress"])
+    assert result.exit_code == 3, result.output
+    assert time.time() - start < 20
+    assert "Fix:" in result.output and "--preset tiny" in result.output
+    assert not (tmp_path / "w" / "catalog.duckdb").exists()  # nothing half-started

@@ -12,6 +12,7 @@ from typing import List, Optional
 # (HF_HUB_OFFLINE=0 lets production presets download).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # per-file bars of model loading; stages have their own
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402

@@ -50,6 +50,9 @@ class FiltersConfig(Section):
     frames_per_clip: int = Field(3, description="Frames per clip for model scorers: first, middle, last.")
     motion_fps: float = Field(2.0, description="Frame rate at which optical flow is measured.")
     motion_width: int = Field(128, description="Frames are downscaled to this width for optical flow.")
+    motion_static_threshold: float = Field(
+        2.0, description="motion (pixels per second at motion_width) below this marks a clip static.")
+    max_sample_frames: int = Field(32, description="Most sampled frames (technical) or frame pairs (motion) per clip.")
     clip_batch_size: int = 16
     recipe: str = Field("demo_v1", description="Name of a bundled recipe or path to a recipe YAML.")
 
@@ -61,6 +64,7 @@ class CaptioningConfig(Section):
     batch_size: int = 8
     max_new_tokens: int = 48
     short_max_new_tokens: int = 16
+    min_new_tokens: int = Field(4, description="Generation never stops earlier (keeps tiny random models from empty text).")
 
 
 class ShardsConfig(Section):

@@ -58,9 +58,12 @@ def run_demo(directory: Path, steps: int = 20, ray_address: str | None = None, p
     console.print(
         f"\n[bold]done in {elapsed:.0f} s[/bold]; loss {training.losses[0]:.4f} -> {training.losses[-1]:.4f}\n"
         f"  corpus:      {directory / 'corpus'}\n"
-        f"  catalog:     {cfg.catalog_path}   (try: vidcorpus sql --catalog {cfg.catalog_path} \"SELECT * FROM funnel\")\n"
+        f"  catalog:     {cfg.catalog_path}\n"
         f"  shards:      {cfg.url('shards')}\n"
-        f"  checkpoint:  {training.checkpoint_dir}"
+        f"  checkpoint:  {training.checkpoint_dir}\n"
+        f"next: vidcorpus sql --catalog {cfg.catalog_path} \"SELECT clip_id, duration_s, aesthetic, motion, kept, "
+        f"reason FROM clips_wide\"",
+        soft_wrap=True,
     )
     return {"config": cfg, "truth": truth, "summary": summary, "training": training, "funnel": funnel,
             "seconds": elapsed}

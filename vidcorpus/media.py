@@ -13,7 +13,11 @@ from PIL import Image
 
 from vidcorpus.errors import DecodeError
 
-av.logging.set_level(av.logging.ERROR)  # encoder statistics and decoder chatter are not for users
+# Quiet FFmpeg's own terminal logging (encoder statistics, decoder chatter). Do NOT route its logs
+# through Python (av.logging.set_level): with threaded decoding, a decoder thread inside the Python
+# log callback waits for the GIL while the main thread holds it waiting for that thread (deadlock).
+av.logging.set_level(None)
+av.logging.set_libav_level(av.logging.ERROR)
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 VIDEO_EXTS = {".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v"}

@@ -66,6 +66,19 @@ def build_tiny_models(models: ModelsConfig) -> None:
         build_tiny_i2vgen(models.i2vgen)
 
 
+def preflight_pipeline(models: ModelsConfig) -> None:
+    """Check, in the driver and before any worker starts, that every curation model can be loaded.
+
+    Cheap for the tiny preset (local files); for production it turns a missing weight into one
+    clear error instead of a failure inside a Ray actor after the pipeline has started.
+    """
+    from vidcorpus.filters.clip_models import require_clip_weights
+
+    require_clip_weights(models.clip_model, models.clip_pretrained)
+    require_file(models.aesthetic_head, "aesthetic_head")
+    require_hf_model(models.captioner, "captioner")
+
+
 def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False

@@ -20,7 +20,7 @@ import pyarrow as pa
 from vidcorpus import __version__
 from vidcorpus.config import Config, dump_config
 from vidcorpus.ids import new_run_id
-from vidcorpus.presets import resolve_models
+from vidcorpus.presets import preflight_pipeline, resolve_models
 from vidcorpus.schemas import rows_to_table
 from vidcorpus.stage import Stage
 
@@ -85,12 +85,13 @@ def build_dataset(cfg: Config, sources: list[dict], gpus_available: float = 0.0,
         res = stage_cls.resources
         if res.actor:
             wants_gpu = getattr(stage_cls, "wants_gpu", False) and gpus_available >= 1
+            pool = int(gpus_available) if wants_gpu else 1  # one model replica per GPU, else one on CPU
             ds = ds.map_batches(
                 stage_cls,
                 fn_constructor_args=(cfg,),
                 batch_format="pyarrow",
                 batch_size=getattr(stage_cls, "batch_rows", 8),
-                concurrency=1,
+                compute=ray.data.ActorPoolStrategy(size=pool),
                 num_cpus=cfg.ray.actor_cpus,
                 num_gpus=1 if wants_gpu else 0,
             )
@@ -117,6 +118,7 @@ def run_pipeline(
 
     t0 = time.time()
     cfg = cfg.model_copy(update={"models": resolve_models(cfg.models)})
+    preflight_pipeline(cfg.models)
     run_id = new_run_id()
     summary = RunSummary(run_id=run_id, catalog=cfg.catalog_path, shard_root=cfg.url("shards"))
     catalog = Catalog(cfg.catalog_path)

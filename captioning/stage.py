@@ -1,0 +1,112 @@
+"""The caption stage: a long and a short caption per kept clip, from one VLM actor per worker.
+
+Captioning is the pipeline's throughput ceiling, so rows are captioned in batches; one clip that
+cannot be read or captioned fails alone while the rest of the batch keeps its captions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from vidcorpus.captioning.cleanup import clean_caption, is_degenerate
+from vidcorpus.captioning.models import Captioner, Generation, load_captioner
+from vidcorpus.media import read_frames
+from vidcorpus.stage import Resources, Stage
+
+KINDS = ("long", "short")
+
+
+class CaptionStage(Stage):
+    name: ClassVar[str] = "caption"
+    # Fractional CPUs so actors never starve read tasks; the runner adds one GPU when it has one.
+    resources: ClassVar[Resources] = Resources(cpus=0.25, gpus=0.0, actor=True)
+    wants_gpu: ClassVar[bool] = True
+    kept_only: ClassVar[bool] = True  # only clips a recipe kept are worth the most expensive stage
+    batch_rows: ClassVar[int] = 16
+
+    captioner: Captioner
+
+    def setup(self) -> None:
+        cap = self.config.captioning
+        source = self.config.models.captioner
+        if not source:
+            raise ValueError("models.captioner is not set: resolve the config with vidcorpus.presets.resolve_models")
+        self.captioner = load_captioner(source, batch_size=cap.batch_size, min_new_tokens=cap.min_new_tokens,
+                                        prompt_version=cap.prompt_version)
+
+    def process_rows(self, rows: list[dict]) -> list[dict]:
+        cap = self.config.captioning
+        failed: list[dict] = []
+        good: list[dict] = []
+        frames: list[np.ndarray] = []
+        for row in rows:
+            try:
+                clip = row.get("clip_path") or row.get("source_path")
+                if not clip:
+                    raise ValueError("row has no clip_path")
+                frames.append(read_frames(clip, n=cap.frames_per_clip))
+                good.append(row)
+            except Exception as exc:  # noqa: BLE001 - an unreadable clip fails only its own row
+                failed.append(self.fail(row, exc))
+
+        results: dict[str, list[Generation | Exception]] = {}
+        limits = {"long": cap.max_new_tokens, "short": cap.short_max_new_tokens}
+        for kind in KINDS:
+            results[kind] = self._generate_isolated(frames, kind, limits[kind])
+
+        out: list[dict] = []
+        for i, row in enumerate(good):
+            errors = [results[k][i] for k in KINDS if isinstance(results[k][i], Exception)]
+            if errors:
+                failed.append(self.fail(row, errors[0]))
+                continue
+            new = dict(row)
+            new["captions"] = list(row.get("captions") or []) + [
+                self._caption_record(kind, results[kind][i], limits[kind], len(frames[i])) for kind in KINDS
+            ]
+            out.append(new)
+        return out + failed
+
+    def _generate_isolated(self, frames: list[np.ndarray], kind: str, max_new_tokens: int
+                           ) -> list[Generation | Exception]:
+        """Generate for all clips at once; if that fails, clip by clip, so one bad clip fails alone."""
+        if not frames:
+            return []
+        try:
+            return list(self.captioner.generate(frames, kind, max_new_tokens))
+        except Exception:  # noqa: BLE001 - retried per clip below to find the culprit
+            pass
+        out: list[Generation | Exception] = []
+        for f in frames:
+            try:
+                out.append(self.captioner.generate([f], kind, max_new_tokens)[0])
+            except Exception as exc:  # noqa: BLE001
+                out.append(exc)
+        return out
+
+    def _caption_record(self, kind: str, gen: Generation, max_new_tokens: int, n_frames: int) -> dict:
+        cap = self.config.captioning
+        text, edits = clean_caption(gen.text, truncated=gen.n_tokens >= max_new_tokens)
+        meta = {
+            "generation": self.captioner.generation_settings(max_new_tokens),
+            "input": self.captioner.input_mode,
+            "frames": n_frames,
+            "new_tokens": gen.n_tokens,
+            "dtype": str(self.captioner.dtype).removeprefix("torch."),
+            "edits": edits,
+            "degenerate": is_degenerate(text),
+        }
+        if edits:
+            meta["raw"] = gen.text
+        return {
+            "version": cap.version,
+            "kind": kind,
+            "text": text,
+            "model": self.captioner.name or Path(str(self.config.models.captioner)).name,
+            "prompt_version": cap.prompt_version,
+            "meta_json": json.dumps(meta, sort_keys=True),
+        }

@@ -1,0 +1,1 @@
+"""filters stage of vidcorpus."""

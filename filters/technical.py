@@ -1,0 +1,113 @@
+"""Technical scores: geometry, duration, sharpness, exposure, letterboxing and frozen frames.
+
+Scores (all floats, appended to row["scores"] with model "opencv"):
+  width, height, aspect (width/height), min_side, duration_s, fps  -- from the row where set, else measured
+  blur          variance of the Laplacian of the luma, mean over sampled frames, at native resolution
+                (LOWER = blurrier; it also grows with fine texture, so compare within a resolution)
+  brightness    mean luma, 0..255, over sampled frames
+  black_border  fraction of the frame area covered by near-black bars touching the edges
+                (letterbox/pillarbox); a bar is a row/column whose luma stays below 20 in every frame
+  frozen        fraction of consecutive sampled frame pairs that are identical (mean |diff| < 1 luma)
+Images are one-frame clips: they get no duration_s, fps or frozen (the recipe's missing policy decides).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import cv2
+import numpy as np
+
+from vidcorpus.errors import DecodeError
+from vidcorpus.filters.scorers import add_scores, is_image, sample_frames, score
+from vidcorpus.media import read_frames
+from vidcorpus.stage import Resources, Stage
+
+TECHNICAL_VERSION = "technical-v1"
+TECHNICAL_MODEL = "opencv"
+BLACK_LUMA = 20  # a letterbox bar: luma below this in every sampled frame
+FROZEN_DIFF = 1.0  # mean absolute luma difference under which two sampled frames count as identical
+
+
+def luma(frames: np.ndarray) -> np.ndarray:
+    """(N, H, W) float32 BT.601 luma of (N, H, W, 3) uint8 RGB frames."""
+    return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]).astype(np.float32)
+
+
+def blur_score(gray: np.ndarray) -> float:
+    return float(np.mean([cv2.Laplacian(g, cv2.CV_32F).var() for g in gray]))
+
+
+def _edge_run(dark: np.ndarray) -> int:
+    """Length of the run of True at the start of a 1-D mask."""
+    idx = np.flatnonzero(~dark)
+    return int(idx[0]) if idx.size else int(dark.size)
+
+
+def black_border_fraction(gray: np.ndarray) -> float:
+    """Area fraction of near-black bars at the edges (rows top/bottom, columns left/right)."""
+    brightest = gray.max(axis=0)  # a bar is dark in every frame; dark content moments are not bars
+    h, w = brightest.shape
+    dark_rows = brightest.max(axis=1) < BLACK_LUMA
+    dark_cols = brightest.max(axis=0) < BLACK_LUMA
+    top = _edge_run(dark_rows)
+    if top == h:
+        return 1.0
+    bottom = _edge_run(dark_rows[::-1])
+    left = _edge_run(dark_cols)
+    right = _edge_run(dark_cols[::-1])
+    inner = (h - top - bottom) * (w - left - right)
+    return float(1.0 - inner / (h * w))
+
+
+def frozen_fraction(gray: np.ndarray) -> float | None:
+    if len(gray) < 2:
+        return None
+    diffs = np.abs(np.diff(gray, axis=0)).mean(axis=(1, 2))
+    return float(np.mean(diffs < FROZEN_DIFF))
+
+
+def technical_scores(row: dict, frames: np.ndarray) -> dict[str, float]:
+    """Score name -> value for one clip given its sampled frames."""
+    h, w = frames.shape[1:3]
+    width = float(row.get("width") or w)
+    height = float(row.get("height") or h)
+    gray = luma(frames)
+    out = {
+        "width": width,
+        "height": height,
+        "aspect": width / height,
+        "min_side": min(width, height),
+        "blur": blur_score(gray),
+        "brightness": float(gray.mean()),
+        "black_border": black_border_fraction(gray),
+    }
+    if not is_image(row):
+        if row.get("start_s") is not None and row.get("end_s") is not None and row["end_s"] > row["start_s"]:
+            out["duration_s"] = float(row["end_s"] - row["start_s"])
+        elif row.get("duration_s"):
+            out["duration_s"] = float(row["duration_s"])
+        if row.get("fps"):
+            out["fps"] = float(row["fps"])
+        frozen = frozen_fraction(gray)
+        if frozen is not None:
+            out["frozen"] = frozen
+    return out
+
+
+class TechnicalStage(Stage):
+    """Per-clip technical measurements (CPU, OpenCV), from frames sampled at about filters.motion_fps."""
+
+    name: ClassVar[str] = "technical"
+    resources: ClassVar[Resources] = Resources(cpus=0.5)
+
+    def process_row(self, row: dict) -> dict:
+        if not row.get("clip_path"):
+            raise DecodeError("row has no clip_path")
+        cfg = self.config.filters
+        if is_image(row):
+            frames = read_frames(row["clip_path"], n=1)
+        else:
+            frames, _dt = sample_frames(row, cfg.motion_fps, cfg.max_sample_frames)
+        values = technical_scores(row, frames)
+        return add_scores(row, [score(k, v, TECHNICAL_MODEL, TECHNICAL_VERSION) for k, v in values.items()])

@@ -1,0 +1,254 @@
+"""Filters: tiny CLIP/aesthetic models through the production loaders, scorers, recipes, decisions."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from vidcorpus.config import load_config
+from vidcorpus.errors import ModelNotAvailable
+from vidcorpus.media import encode_video
+from vidcorpus.schemas import empty_row, rows_to_table
+from vidcorpus.synth import H, W, _texture_shot, make_image, make_video
+
+CLIP_SCORES = {"aesthetic", "aesthetic_min", "clip_text"}
+TECH_SCORES = {"width", "height", "aspect", "min_side", "duration_s", "fps", "blur", "brightness", "black_border", "frozen"}
+
+
+def scores_of(row: dict) -> dict[str, float]:
+    return {s["scorer"]: s["value"] for s in row["scores"]}
+
+
+def video_row(path: str, n_frames: int, fps: float = 24.0, text: str = "", **kw) -> dict:
+    return empty_row(media_type="video", clip_path=str(path), fps=fps, width=W, height=H, first_frame=0,
+                     last_frame=n_frames - 1, start_s=0.0, end_s=n_frames / fps, text=text, **kw)
+
+
+def run_stage(stage, rows: list[dict]) -> list[dict]:
+    return stage(rows_to_table(rows)).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from vidcorpus.filters.clip_models import build_tiny_aesthetic_head, build_tiny_clip
+
+    root = tmp_path_factory.mktemp("tiny-filters")
+    clip = build_tiny_clip(root / "clip" / "open_clip_model.safetensors")
+    head = build_tiny_aesthetic_head(root / "aesthetic" / "aesthetic_head.pth", "vidcorpus-tiny-clip")
+    return {"clip_model": "vidcorpus-tiny-clip", "clip_pretrained": clip, "aesthetic_head": head}
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("filters-media")
+    v0, v1 = make_video(0, d), make_video(4, d)
+    image, image_text = make_image(1, d)
+    broken = d / "broken.mp4"
+    broken.write_bytes(b"<html>not a video</html>")
+    pan = _texture_shot(24, seed=3, dx=6)
+    encode_video(pan, 24, str(d / "fast.mp4"))
+    encode_video(_texture_shot(24, seed=3, dx=1), 24, str(d / "slow.mp4"))
+    encode_video(np.repeat(pan[:1], 24, axis=0), 24, str(d / "static.mp4"))
+    blurred = np.stack([cv2.GaussianBlur(f, (9, 9), 3) for f in pan])
+    encode_video(blurred, 24, str(d / "blurred.mp4"))
+    boxed = pan.copy()
+    boxed[:, :24] = 0
+    boxed[:, -24:] = 0
+    encode_video(boxed, 24, str(d / "letterbox.mp4"))
+    return {"v0": v0, "v1": v1, "image": image, "image_text": image_text, "broken": str(broken),
+            **{k: str(d / f"{k}.mp4") for k in ("fast", "slow", "static", "blurred", "letterbox")}}
+
+
+def cfg_for(tiny: dict | None = None, **filters):
+    fields = {f"filters.{k}": v for k, v in filters.items()}
+    if tiny:
+        fields.update({f"models.{k}": v for k, v in tiny.items()})
+    return load_config(None, [], **fields)
+
+
+# --- models ---------------------------------------------------------------------------------------
+
+def test_tiny_models_round_trip_through_production_loader(tiny):
+    from safetensors.torch import load_file
+
+    from vidcorpus.filters.clip_models import load_aesthetic_head, load_clip
+
+    model, preprocess, tokenizer = load_clip(tiny["clip_model"], tiny["clip_pretrained"], "cpu")
+    saved = load_file(tiny["clip_pretrained"])
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    head = load_aesthetic_head(tiny["aesthetic_head"], 64)
+    # LAION's improved-aesthetic-predictor layout, so the real .pth loads with the same code.
+    assert set(torch.load(tiny["aesthetic_head"]).keys()) == {
+        f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias")}
+    from PIL import Image
+
+    x = preprocess(Image.fromarray(np.zeros((40, 50, 3), np.uint8)))[None]
+    with torch.inference_mode():
+        emb = model.encode_image(x, normalize=True)
+        txt = model.encode_text(tokenizer(["a ball"]), normalize=True)
+        assert emb.shape == (1, 64) and txt.shape == (1, 64)
+        assert torch.isfinite(head(emb)).all()
+
+
+def test_production_tag_offline_fails_fast(monkeypatch, tmp_path):
+    from vidcorpus.filters.clip_models import load_aesthetic_head, load_clip
+    from vidcorpus.filters.clip_scores import ClipScoreStage
+    from vidcorpus.presets import LAION_AESTHETIC_URL, PRODUCTION
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("VIDCORPUS_CACHE", str(tmp_path))
+    t0 = time.time()
+    with pytest.raises(ModelNotAvailable, match="huggingface-cli download"):
+        load_clip("ViT-L-14", "openai")
+    with pytest.raises(ModelNotAvailable, match="aesthetic_head"):
+        load_aesthetic_head(LAION_AESTHETIC_URL, 768)
+    with pytest.raises(ModelNotAvailable, match="not an open_clip tag|neither"):
+        load_clip("ViT-L-14", "no-such-tag")
+    cfg = cfg_for({k: PRODUCTION[k] for k in ("clip_model", "clip_pretrained", "aesthetic_head")})
+    with pytest.raises(ModelNotAvailable):
+        ClipScoreStage(cfg).setup()
+    assert time.time() - t0 < 10
+
+
+# --- scorers --------------------------------------------------------------------------------------
+
+def test_clip_stage_scores_videos_and_images_and_fails_broken_rows(tiny, media):
+    from vidcorpus.filters.clip_scores import ClipScoreStage
+
+    rows = [
+        video_row(media["v0"].path, 30, text=media["v0"].text, clip_id="a"),
+        video_row(media["v1"].path, 30, text="", clip_id="b"),
+        empty_row(media_type="image", clip_path=media["image"], text=media["image_text"], clip_id="c"),
+        video_row(media["broken"], 30, text="x", clip_id="d"),
+    ]
+    out = {r["clip_id"]: r for r in run_stage(ClipScoreStage(cfg_for(tiny, clip_batch_size=2)), rows)}
+    for cid, names in (("a", CLIP_SCORES), ("b", CLIP_SCORES - {"clip_text"}), ("c", CLIP_SCORES)):
+        s = scores_of(out[cid])
+        assert set(s) == names, cid
+        assert all(math.isfinite(v) for v in s.values())
+        assert s["aesthetic_min"] <= s["aesthetic"] + 1e-6
+        assert not out[cid]["error_class"]
+    assert -1.0 <= scores_of(out["a"])["clip_text"] <= 1.0
+    entry = next(s for s in out["a"]["scores"] if s["scorer"] == "clip_text")
+    assert entry["model"] == "vidcorpus-tiny-clip" and entry["version"].startswith("clip-v1")
+    assert out["d"]["error_class"] and out["d"]["error_stage"] == "clip" and not out["d"]["scores"]
+    # Batched and one-at-a-time scoring agree (the batch size changes nothing but speed).
+    single = run_stage(ClipScoreStage(cfg_for(tiny, clip_batch_size=1)), rows[:1])[0]
+    assert scores_of(single)["aesthetic"] == pytest.approx(scores_of(out["a"])["aesthetic"], abs=1e-5)
+
+
+def test_motion_orders_fast_slow_static(media):
+    from vidcorpus.filters.motion import MotionStage
+
+    rows = [video_row(media[k], 24, clip_id=k) for k in ("fast", "slow", "static", "broken")]
+    rows.append(empty_row(media_type="image", clip_path=media["image"], clip_id="image"))
+    out = {r["clip_id"]: r for r in run_stage(MotionStage(cfg_for()), rows)}
+    fast, slow, static = (scores_of(out[k]) for k in ("fast", "slow", "static"))
+    assert fast["motion"] > 2 * slow["motion"] > 2 * static["motion"]
+    # 6 px/frame at 320 wide is 6 * 128/320 * 24 = 57.6 px/s at the default 128-px analysis width.
+    assert fast["motion"] == pytest.approx(57.6, rel=0.15)
+    assert static["motion_static"] == 1.0 and fast["motion_static"] == 0.0
+    assert fast["motion_jitter"] < 0.2 * fast["motion"]  # a steady pan is not shaky
+    assert out["broken"]["error_class"] and out["broken"]["error_stage"] == "motion"
+    assert out["image"]["scores"] == [] and not out["image"]["error_class"]
+
+
+def test_technical_blur_letterbox_frozen_and_geometry(media):
+    from vidcorpus.filters.technical import TechnicalStage
+
+    rows = [video_row(media[k], 24, clip_id=k) for k in ("fast", "blurred", "letterbox", "static", "broken")]
+    rows[0]["start_s"], rows[0]["end_s"] = 2.0, 3.5
+    rows.append(empty_row(media_type="image", clip_path=media["image"], clip_id="image"))
+    out = {r["clip_id"]: r for r in run_stage(TechnicalStage(cfg_for()), rows)}
+    sharp, blurred, boxed, static = (scores_of(out[k]) for k in ("fast", "blurred", "letterbox", "static"))
+    assert set(sharp) == TECH_SCORES
+    assert blurred["blur"] < 0.5 * sharp["blur"]
+    assert sharp["black_border"] == 0.0
+    assert boxed["black_border"] == pytest.approx(48 / H, abs=0.03)  # 24-px letterbox bars, top and bottom
+    assert static["frozen"] == 1.0 and sharp["frozen"] == 0.0
+    assert sharp["duration_s"] == pytest.approx(1.5) and sharp["fps"] == 24.0
+    assert (sharp["width"], sharp["height"], sharp["min_side"]) == (W, H, H)
+    assert 0 < sharp["brightness"] < 255
+    image = scores_of(out["image"])
+    assert {"duration_s", "fps", "frozen"}.isdisjoint(image) and image["width"] == W
+    assert out["broken"]["error_class"] and out["broken"]["error_stage"] == "technical"
+
+
+def test_sample_indices_bounds():
+    from vidcorpus.filters.scorers import sample_indices
+
+    assert sample_indices(24, 24.0, 2.0, 32) == [0, 11, 22]  # short clip: still three frames
+    assert sample_indices(240, 24.0, 2.0, 32) == list(range(0, 240, 12))  # 10 s at 2 fps
+    long = sample_indices(10_000, 24.0, 2.0, 32)  # long clip: the step grows, the whole clip is covered
+    assert len(long) <= 32 and long[-1] > 9_000
+    assert sample_indices(1, 24.0, 2.0, 32) == [0] and sample_indices(0, 24.0, 2.0, 32) == []
+
+
+# --- recipes --------------------------------------------------------------------------------------
+
+def test_bundled_recipes_load_and_decide():
+    from vidcorpus.filters.recipes import bundled_recipes, load_recipe
+
+    assert {"demo_v1", "pretrain_v1"} <= set(bundled_recipes())
+    r = load_recipe("pretrain_v1")
+    assert r.id == "pretrain_v1@1" and r.missing == "drop"
+    good = {"min_side": 720, "aspect": 16 / 9, "duration_s": 8.0, "fps": 30, "frozen": 0.0, "black_border": 0.0,
+            "brightness": 120, "blur": 300, "motion_static": 0.0, "motion_jitter": 5.0, "aesthetic": 5.5,
+            "clip_text": 0.3}
+    assert r.decide(good) == (True, None)
+    assert r.decide({**good, "aesthetic": 4.0}) == (False, "aesthetic<4.5")
+    assert r.decide({**good, "duration_s": 90.0}) == (False, "duration_s>60")
+    assert r.decide({**good, "min_side": 200, "aesthetic": 1.0}) == (False, "min_side<256")  # first failure
+    assert r.decide({**good, "motion_static": 1.0}) == (False, "motion_static!=0")
+    no_clip = {k: v for k, v in good.items() if k != "clip_text"}
+    assert r.decide(no_clip) == (False, "clip_text missing")
+    image = {k: v for k, v in good.items() if k not in ("duration_s", "fps", "frozen", "motion_static", "motion_jitter")}
+    assert r.decide(image) == (True, None)  # per-predicate missing: keep
+    demo = load_recipe("demo_v1")
+    assert demo.id == "demo_v1@1" and demo.decide({"aesthetic": 0.05}) == (True, None)
+    assert demo.decide({"duration_s": 0.32}) == (False, "duration_s<1")
+
+
+def test_recipe_from_file_missing_policy_and_errors(tmp_path):
+    from vidcorpus.filters.recipes import load_recipe
+
+    f = tmp_path / "mine.yaml"
+    f.write_text("name: mine\nversion: 2b\nmissing: drop\npredicates:\n"
+                 "  - {score: motion, op: '>', value: 0.5}\n  - {score: aesthetic, op: '!=', value: 3}\n")
+    r = load_recipe(str(f))
+    assert r.id == "mine@2b"
+    assert r.decide({"aesthetic": 5}) == (False, "motion missing")
+    assert r.model_copy(update={"missing": "keep"}).decide({"aesthetic": 5}) == (True, None)
+    assert r.decide({"motion": 0.5, "aesthetic": 5}) == (False, "motion<=0.5")
+    assert r.decide({"motion": 1, "aesthetic": 3}) == (False, "aesthetic==3")
+    assert r.decide({"motion": float("nan"), "aesthetic": 5}) == (False, "motion<=0.5")
+    with pytest.raises(FileNotFoundError, match="demo_v1"):
+        load_recipe("no_such_recipe")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nversion: 1\npredicates:\n  - {score: a, op: '=>', value: 1}\n")
+    with pytest.raises(ValueError):
+        load_recipe(str(bad))
+
+
+def test_decide_stage_sets_recipe_kept_reason():
+    from vidcorpus.filters.recipes import DecideStage
+
+    def row(cid, **scores):
+        return empty_row(clip_id=cid, scores=[{"scorer": k, "model": "m", "version": "v", "value": float(v)}
+                                              for k, v in scores.items()])
+
+    rows = [row("ok", duration_s=2, min_side=192, motion=20), row("short", duration_s=0.3, motion=20),
+            row("slow", duration_s=2, motion=1), row("image", min_side=192),
+            dict(row("failed"), error_class="decode_error", error_stage="clip")]
+    out = {r["clip_id"]: r for r in run_stage(DecideStage(cfg_for(recipe="demo_v1")), rows)}
+    assert (out["ok"]["kept"], out["ok"]["reason"], out["ok"]["recipe"]) == (True, None, "demo_v1@1")
+    assert (out["short"]["kept"], out["short"]["reason"]) == (False, "duration_s<1")
+    assert (out["slow"]["kept"], out["slow"]["reason"]) == (False, "motion<8")
+    assert out["image"]["kept"] is True
+    assert out["failed"]["recipe"] is None and out["failed"]["kept"] is None  # failures pass through
