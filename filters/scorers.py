@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import math
 
-import av
 import fsspec
 import numpy as np
 
 from vidcorpus.errors import DecodeError
-from vidcorpus.media import IMAGE_EXTS, probe_video
+from vidcorpus.media import IMAGE_EXTS, decode_indices, probe_video
 
 __all__ = ["ClipScoreStage", "MotionStage", "TechnicalStage", "add_scores", "is_image", "sample_frames", "sample_pairs",
            "score"]
@@ -70,24 +69,9 @@ def sample_indices(n: int, fps: float, target_fps: float, max_frames: int) -> li
 
 
 def decode_frames(path: str, indices: list[int]) -> dict[int, np.ndarray]:
-    """RGB arrays of the wanted frame indices, decoding sequentially and converting only those."""
-    want = set(indices)
-    got: dict[int, np.ndarray] = {}
-    if not want:
-        return got
-    last = max(want)
-    try:
-        with fsspec.open(path, "rb") as f, av.open(f) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for i, frame in enumerate(container.decode(stream)):
-                if i in want:
-                    got[i] = frame.to_ndarray(format="rgb24")
-                if i >= last:
-                    break
-    except av.error.FFmpegError as e:
-        raise DecodeError(f"decode failed: {e}") from e
-    if not got:
+    """RGB arrays of the wanted frame indices; a clip with none decodable is a DecodeError."""
+    got = decode_indices(path, indices) if indices else {}
+    if indices and not got:
         raise DecodeError("clip has no decodable frames")
     return got
 

@@ -72,9 +72,8 @@ def decode_video(data: bytes, num_frames: int, target_fps: float, rng: random.Ra
             if not container.streams.video:
                 raise DecodeError("no video stream")
             stream = container.streams.video[0]
-            # Single-threaded on purpose: with FFmpeg's frame threads and PyAV's Python log callback
-            # (vidcorpus.media turns it on), freeing a decoder left mid-stream deadlocks on the GIL.
-            # Parallelism comes from DataLoader workers instead.
+            # Single-threaded on purpose: parallelism comes from DataLoader workers, and FFmpeg frame
+            # threads with a Python log callback can deadlock when a decoder is freed mid-stream.
             stream.thread_type = "NONE"
             stream.thread_count = 1
             src_fps = float(stream.average_rate or stream.guessed_rate or 0) or float(meta.get("fps") or 0)

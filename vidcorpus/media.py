@@ -105,6 +105,23 @@ def iter_frames(path_or_file, start: int = 0, stop: int | None = None, step: int
         raise DecodeError(f"decode failed: {e}") from e
 
 
+def decode_indices(src, indices) -> dict[int, np.ndarray]:
+    """RGB arrays of the wanted frame indices of a video (a path, URL or open file), decoding
+    sequentially up to the last one and converting only those. Missing indices are left out:
+    containers can announce more frames than they deliver."""
+    want = set(indices)
+    if not want:
+        return {}
+    if isinstance(src, str):
+        with fsspec.open(src, "rb") as f:
+            return decode_indices(f, indices)
+    got: dict[int, np.ndarray] = {}
+    for i, arr in iter_frames(src, stop=max(want) + 1):
+        if i in want:
+            got[i] = arr
+    return got
+
+
 def read_frames(path: str, indices: Sequence[int] | None = None, n: int | None = None) -> np.ndarray:
     """Frames of a clip (video or image) as (N, H, W, 3) uint8.
 
@@ -129,11 +146,7 @@ def read_frames(path: str, indices: Sequence[int] | None = None, n: int | None =
             wanted = list(indices)
         if not wanted:
             raise DecodeError("clip has no frames")
-        want = set(wanted)
-        got: dict[int, np.ndarray] = {}
-        for i, arr in iter_frames(f, stop=max(want) + 1):
-            if i in want:
-                got[i] = arr
+        got = decode_indices(f, wanted)
     if not got:
         raise DecodeError("no frame could be decoded")
     last = got[max(got)]
