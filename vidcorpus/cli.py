@@ -277,7 +277,7 @@ def train(
     select: Optional[str] = typer.Option(None, "--select", help="SQL predicate over clips_wide, e.g. \"kept AND aesthetic >= 5\"."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Checkpoint directory (default {workdir}/train/{run_id})."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Train the base image-to-video stage (I2VGen-XL UNet) on the shards a catalog query selects."""
     from vidcorpus.errors import ModelNotAvailable
@@ -299,12 +299,34 @@ def demo(
     directory: Path = typer.Argument(Path("vidcorpus-demo"), help="Where everything is written."),
     steps: int = typer.Option(20, "--steps", help="Training steps at the end."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Existing Ray cluster; default starts a local Ray."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Make a small synthetic corpus and run every stage on it with tiny offline models, then train."""
     from vidcorpus.demo import run_demo
 
     run_demo(directory, steps=steps, ray_address=ray_address, progress=progress, console=console)
+
+
+@app.command()
+def report(
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for index.html, plots, thumbnails and clip pages."),
+    catalog: Optional[str] = CatalogOpt,
+    config: Optional[Path] = ConfigOpt,
+    workdir: Optional[str] = WorkdirOpt,
+    run_id: Optional[str] = typer.Option(None, "--run", help="Only rows written by this run id."),
+) -> None:
+    """Write a static HTML audit (funnel, score histograms with thresholds, galleries, failures, captions)."""
+    from vidcorpus.catalog.store import CatalogError
+    from vidcorpus.report import build_report
+
+    cfg = _config(config, None, workdir=workdir, catalog=catalog)
+    try:
+        result = build_report(cfg.catalog_path, output, run=run_id, recipe_path=cfg.filters.recipe, console=console)
+    except (CatalogError, ValueError) as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2)
+    console.print(f"report: {result.index} ({len(result.plots)} plots, {result.clip_pages} clip pages, "
+                  f"{result.seconds:.1f} s)")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -1,0 +1,192 @@
+"""`vidcorpus report`: the static audit page of a real (small) catalog, checked in headless Chromium.
+
+The catalog comes from the pipeline's own stage classes run in-process (no Ray) with the tiny
+models on a few synthetic videos, so every score and caption is real model/scorer output. One
+source text and one extra caption carry markup, as hostile user input and model output would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from vidcorpus.catalog.store import Catalog
+from vidcorpus.report import build_report, load_report_data, source_domain
+
+HOSTILE = '<script>console.error("xss");window.__pwned=1</script><b>bold</b> & more'
+CHROMIUM = shutil.which("chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars"]
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory, model_cache) -> dict:
+    from vidcorpus.config import load_config
+    from vidcorpus.ingest.sources import read_inputs
+    from vidcorpus.presets import resolve_models
+    from vidcorpus.runner import pipeline_stages
+    from vidcorpus.schemas import rows_to_table
+    from vidcorpus.synth import make_corpus
+
+    d = tmp_path_factory.mktemp("report")
+    truth = make_corpus(d / "corpus", n_videos=3, n_images=1, include_real=False)
+    lines = [json.loads(x) for x in Path(truth["list"]).read_text().splitlines()]
+    lines[0]["text"] = "user text " + HOSTILE
+    Path(truth["list"]).write_text("".join(json.dumps(x) + "\n" for x in lines))
+    cfg = load_config(None, [], workdir=str(d / "work"),
+                      **{"models.preset": "tiny", "models.cache_dir": model_cache, "filters.recipe": "demo_v1"})
+    cfg = cfg.model_copy(update={"models": resolve_models(cfg.models)})
+    table = rows_to_table(read_inputs([truth["list"]]))
+    for stage_cls in pipeline_stages():  # what the runner's Ray Data pipeline does, in-process
+        table = stage_cls(cfg)(table)
+    rows = table.to_pylist()
+    hostile = next(r for r in rows if r.get("kept") and not r.get("error_class"))
+    hostile["captions"] = list(hostile["captions"]) + [
+        {"version": "v0-hostile", "kind": "long", "text": HOSTILE, "model": "untrusted", "prompt_version": "p0",
+         "meta_json": json.dumps({"degenerate": True})}]
+    failed = {r["source_id"] for r in rows if r.get("error_class")}
+    with Catalog(cfg.catalog_path) as cat:
+        cat.begin_run("run-a", "pipeline", "{}", "test")
+        cat.commit_results("run-a", rows, failed_before=failed)
+        cat.mark_sources_done({r["source_id"] for r in rows} - failed)
+        cat.finish_run("run-a", "succeeded", {})
+    return {"path": cfg.catalog_path, "rows": rows, "hostile": hostile["clip_id"], "dir": d}
+
+
+def _artifacts(tmp_path: Path) -> Path:
+    root = Path(os.environ.get("VIDCORPUS_TEST_ARTIFACTS") or tmp_path / "artifacts")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _refs(page: Path) -> list[str]:
+    return re.findall(r'(?:src|href)="([^"]*)"', page.read_text())
+
+
+def test_source_domain():
+    assert source_domain("https://Videos.Example.com:443/a.mp4") == "videos.example.com"
+    assert source_domain("s3://bucket/key.mp4") == "bucket"
+    assert source_domain("file:///tmp/a.mp4") == "local"
+    assert source_domain("/tmp/a.mp4") == "local"
+    assert source_domain(None) == "?"
+
+
+def test_report_data_follows_the_catalog_and_filters_by_run(catalog, tmp_path):
+    with Catalog(catalog["path"], read_only=True) as cat:
+        data = load_report_data(cat)
+        assert len(data.clips) == cat.query_dicts("SELECT count(*) AS n FROM clips")[0]["n"]
+        assert data.recipe is not None and data.recipe_id == "demo_v1@1"
+        assert sum(bool(c["kept"]) for c in data.clips) == cat.funnel()[4]["n"]
+        assert {f["error_class"] for f in data.failures} == {"not_media"}
+        with pytest.raises(ValueError, match="no run 'nope'"):
+            load_report_data(cat, run="nope")
+    # a second run that rewrites two clips: --run selects exactly what each run wrote
+    copy = tmp_path / "c.duckdb"
+    shutil.copy(catalog["path"], copy)
+    good = [r for r in catalog["rows"] if r.get("clip_id") and not r.get("error_class")]
+    with Catalog(copy) as cat:
+        cat.begin_run("run-b", "pipeline", "{}", "test")
+        cat.commit_results("run-b", good[:2])
+        cat.finish_run("run-b", "succeeded", {})
+    with Catalog(copy, read_only=True) as cat:
+        b, a = load_report_data(cat, run="run-b"), load_report_data(cat, run="run-a")
+    assert sorted(c["clip_id"] for c in b.clips) == sorted(r["clip_id"] for r in good[:2])
+    assert len(a.clips) == len(good) - 2 and not b.failures and a.failures
+
+
+def test_report_is_self_contained_escaped_and_renders_in_chromium(catalog, tmp_path):
+    from vidcorpus.cli import app
+
+    out = tmp_path / "report"
+    t0 = time.time()
+    res = CliRunner().invoke(app, ["report", "--catalog", catalog["path"], "-o", str(out)])
+    seconds = time.time() - t0
+    assert res.exit_code == 0, res.output
+    assert seconds < 30, f"report took {seconds:.1f} s"
+    assert "funnel" in res.output and "drop reasons" in res.output and "not_media" in res.output
+
+    index = out / "index.html"
+    pngs = sorted((out / "plots").glob("*.png"))
+    names = {p.stem for p in pngs}
+    assert {"funnel", "reasons", "failures", "caption_length", "scatter_aesthetic_clip_text",
+            "score_aesthetic", "score_motion", "score_blur"} <= names
+    for p in pngs:
+        with Image.open(p) as im:
+            assert im.format == "PNG" and im.width > 100 and im.height > 100
+    pages = [index] + sorted((out / "clips").glob("*.html"))
+    with Catalog(catalog["path"], read_only=True) as cat:
+        assert len(pages) - 1 == cat.query_dicts("SELECT count(*) AS n FROM clips")[0]["n"]
+    for page in pages:
+        for ref in _refs(page):
+            assert not re.match(r"[a-z]+://|//", ref), f"{page.name} refers outside the report: {ref}"
+            target = ref.split("#")[0]
+            if target:
+                assert (page.parent / target).resolve().is_file(), f"{page.name}: {ref} does not exist"
+    thumbs = [r for r in _refs(index) if r.startswith("thumbs/")]
+    assert thumbs and all(Image.open(out / t).width > 0 for t in thumbs)
+    hostile_page = out / "clips" / f"{catalog['hostile']}.html"
+    for page in pages:
+        assert "<script" not in page.read_text().lower(), f"unescaped markup in {page.name}"
+    text = hostile_page.read_text()
+    assert "&lt;script&gt;console.error(&quot;xss&quot;)" in text and "&lt;b&gt;bold&lt;/b&gt; &amp; more" in text
+
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium; .ci/run installs it)")
+    profile = tmp_path / "chromium-profile"
+    # A harness page loads the report pages in iframes and writes what it finds into its DOM.
+    harness = tmp_path / "harness.html"
+    harness.write_text(_HARNESS.replace("PAGES", json.dumps([index.as_uri(), hostile_page.as_uri()])))
+    proc = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--allow-file-access-from-files",
+                           "--enable-logging=stderr", "--v=0", "--virtual-time-budget=15000", "--dump-dom",
+                           harness.as_uri()], capture_output=True, text=True, timeout=120)
+    m = re.search(r'<pre id="result">(.*?)</pre>', proc.stdout, re.S)
+    assert m, f"no result from chromium: {proc.stdout[-2000:]} {proc.stderr[-2000:]}"
+    results = json.loads(m.group(1))
+    assert len(results) == 2, results
+    for r in results:
+        assert r["n"] > 0 and r["broken"] == [] and r["pwned"] is False, r
+    assert results[0]["n"] >= len(pngs) + len(thumbs)
+    console = [ln for ln in proc.stderr.splitlines() if ":CONSOLE" in ln]
+    assert console == [], console  # the report runs no scripts, so any console message is a fault
+
+    shot = _artifacts(tmp_path) / "report-screenshot.png"
+    subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}",
+                    "--window-size=1280,2000", index.as_uri()], capture_output=True, timeout=120)
+    with Image.open(shot) as im:
+        assert im.size == (1280, 2000)
+    print(f"report screenshot: {shot}")
+
+
+_HARNESS = """<!DOCTYPE html><html><head><meta charset="utf-8"></head><body><pre id="result">pending</pre>
+<script>
+const pages = PAGES, results = [];
+function finish() { document.getElementById("result").textContent = JSON.stringify(results); }
+function next(i) {
+  if (i >= pages.length) return finish();
+  const f = document.createElement("iframe");
+  f.style.width = "1280px"; f.style.height = "800px";
+  f.addEventListener("load", () => {
+    let d = null;
+    try { d = f.contentDocument; } catch (e) {}
+    if (!d) { results.push({page: pages[i], n: 0, broken: ["no access"], pwned: null}); return next(i + 1); }
+    const imgs = Array.from(d.images);
+    results.push({page: pages[i], n: imgs.length, pwned: f.contentWindow.__pwned !== undefined,
+                  broken: imgs.filter(im => !(im.complete && im.naturalWidth > 0)).map(im => im.getAttribute("src"))});
+    next(i + 1);
+  });
+  f.src = pages[i];
+  document.body.appendChild(f);
+}
+next(0);
+</script></body></html>
+"""

@@ -1,0 +1,133 @@
+"""Matplotlib figures of the audit report (Agg backend: no display, same output on every machine).
+
+Each function draws one small PNG from plain arrays and returns nothing; the report decides what
+to draw and where. Figures are closed at once so a report of many scores stays light on memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+KEPT, DROPPED = "#2b8a3e", "#c92a2a"
+DPI = 80
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def funnel_plot(stages: Sequence[str], counts: Sequence[int], hours: Sequence[float | None], path: Path) -> None:
+    """Horizontal bars of items per stage, labelled with the count and hours."""
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(stages) + 1))
+    y = np.arange(len(stages))[::-1]
+    ax.barh(y, counts, color="#4263eb")
+    ax.set_yticks(y, list(stages))
+    for yi, n, h in zip(y, counts, hours):
+        ax.text(n, yi, f" {n}" + (f"  ({h:.3g} h)" if h else ""), va="center", fontsize=9)
+    ax.set_xlim(0, max(list(counts) + [1]) * 1.35)
+    ax.set_xlabel("items")
+    ax.set_title("funnel")
+    _save(fig, path)
+
+
+def _bins(values: np.ndarray, n: int = 30) -> np.ndarray:
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+    if hi <= lo:
+        pad = abs(lo) * 0.05 or 0.5
+        lo, hi = lo - pad, hi + pad
+    return np.linspace(lo, hi, n + 1)
+
+
+def score_plot(name: str, kept: np.ndarray, dropped: np.ndarray, thresholds: Sequence[tuple[str, float]],
+               curve: tuple[np.ndarray, np.ndarray] | None, total: int, path: Path) -> None:
+    """Histogram of kept/dropped values with the recipe's thresholds, and the retention curve.
+
+    ``curve`` is (thresholds, clips kept) when the recipe has a predicate on this score: how many
+    clips the whole recipe would keep if only this threshold moved.
+    """
+    fig, axes = plt.subplots(1, 2 if curve is not None else 1, figsize=(8 if curve is not None else 4.2, 2.8),
+                             squeeze=False)
+    ax = axes[0][0]
+    both = np.concatenate([kept, dropped])
+    bins = _bins(both[np.isfinite(both)] if both.size else both)
+    ax.hist([kept, dropped], bins=bins, stacked=True, color=[KEPT, DROPPED], label=["kept", "dropped"])
+    lo, hi = bins[0], bins[-1]
+    for op, value in thresholds:
+        label = f"{op}{value:g}"
+        if lo <= value <= hi:
+            ax.axvline(value, color="black", linestyle="--", linewidth=1)
+            ax.annotate(label, (value, 1), xycoords=("data", "axes fraction"), fontsize=8, ha="left", va="top",
+                        rotation=90)
+        else:  # off the data's range: say so at the edge instead of squashing the histogram
+            left = value < lo
+            ax.annotate(("\u2190 " if left else "") + label + ("" if left else " \u2192"), (0.02 if left else 0.98, 0.6),
+                        xycoords="axes fraction", fontsize=8, ha="left" if left else "right")
+    ax.set_title(f"{name} (n={both.size})", fontsize=10)
+    ax.set_xlabel(name)
+    ax.set_ylabel("clips")
+    ax.legend(fontsize=7, loc="upper right")
+    if curve is not None:
+        ax2 = axes[0][1]
+        xs, ys = curve
+        ax2.plot(xs, ys, color="#4263eb")
+        for op, value in thresholds:
+            if xs[0] <= value <= xs[-1]:
+                ax2.axvline(value, color="black", linestyle="--", linewidth=1)
+        ax2.set_ylim(0, max(total, 1) * 1.05)
+        ax2.set_title("clips kept vs threshold", fontsize=10)
+        ax2.set_xlabel(f"{name} threshold")
+        ax2.set_ylabel(f"kept of {total}")
+    _save(fig, path)
+
+
+def scatter_plot(x: np.ndarray, y: np.ndarray, kept: np.ndarray, xname: str, yname: str,
+                 xthr: Sequence[float], ythr: Sequence[float], path: Path) -> None:
+    """One score against another, coloured by the decision, with both thresholds."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.scatter(x[kept], y[kept], s=12, color=KEPT, label="kept", alpha=0.8)
+    ax.scatter(x[~kept], y[~kept], s=12, color=DROPPED, label="dropped", alpha=0.8)
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    off = []  # thresholds outside the data's range are listed, not drawn (they would squash the points)
+    for v in xthr:
+        ax.axvline(v, color="black", linestyle="--", linewidth=1) if x0 <= v <= x1 else off.append(f"{xname} {v:g}")
+    for v in ythr:
+        ax.axhline(v, color="black", linestyle="--", linewidth=1) if y0 <= v <= y1 else off.append(f"{yname} {v:g}")
+    if off:
+        ax.annotate("thresholds off scale: " + ", ".join(off), (0.01, 0.01), xycoords="axes fraction", fontsize=7)
+    ax.set_xlabel(xname)
+    ax.set_ylabel(yname)
+    ax.set_title(f"{xname} vs {yname}", fontsize=10)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def bar_plot(labels: Sequence[str], counts: Sequence[int], title: str, path: Path, color: str = DROPPED) -> None:
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(labels) + 1.2))
+    y = np.arange(len(labels))[::-1]
+    ax.barh(y, counts, color=color)
+    ax.set_yticks(y, list(labels), fontsize=8)
+    for yi, n in zip(y, counts):
+        ax.text(n, yi, f" {n}", va="center", fontsize=8)
+    ax.set_xlim(0, max(list(counts) + [1]) * 1.2)
+    ax.set_title(title, fontsize=10)
+    _save(fig, path)
+
+
+def caption_length_plot(groups: dict[str, np.ndarray], path: Path) -> None:
+    """Caption length in words per (caption version, kind): one box per group."""
+    labels = list(groups)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(labels) + 2), 3))
+    ax.boxplot([groups[k] for k in labels], showmeans=True)
+    ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=8, rotation=20)
+    ax.set_ylabel("words")
+    ax.set_title("caption length per version / kind", fontsize=10)
+    _save(fig, path)
