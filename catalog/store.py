@@ -16,6 +16,7 @@ import duckdb
 import pyarrow as pa
 
 from vidcorpus.catalog.schema import FUNNEL_SQL, LATEST_VERSION, MIGRATIONS, wide_view_sql
+from vidcorpus.schemas import SHARD_SCHEMA
 
 
 def _now() -> dt.datetime:
@@ -242,10 +243,10 @@ class Catalog:
     def commit_shards(self, run_id: str, shards: list[dict]) -> None:
         """Record published shards and their members; called only after the tar is visible."""
         now = _now()
+        shards = pa.Table.from_pylist(shards, schema=SHARD_SCHEMA).to_pylist()  # a malformed manifest fails here
         self.con.begin()
         try:
-            self._upsert("shards", [{k: s[k] for k in ("shard_id", "url", "sha256", "bytes", "n", "bucket",
-                                                      "caption_version")} | {"run_id": run_id, "created_at": now}
+            self._upsert("shards", [{k: v for k, v in s.items() if k != "members"} | {"run_id": run_id, "created_at": now}
                                     for s in shards])
             self._upsert("shard_members", [{"shard_id": s["shard_id"], "clip_id": c} for s in shards for c in s["members"]])
             self.con.commit()

@@ -389,7 +389,7 @@ class _Writer:
 
 
 def build_report(catalog: str | Path, out_dir: str | Path, run: str | None = None, recipe_path: str | None = None,
-                 console: Console | None = None, per_gallery: int = 6, thumb_px: int = 160,
+                 console: Console | None = None, per_gallery: int = 6, thumb_px: int = 320,
                  max_clip_pages: int = 2000) -> ReportResult:
     """Write ``out_dir/index.html`` and print the headline tables when a console is given.
 
@@ -574,7 +574,7 @@ def _clip_pages(w: _Writer) -> int:
                 ("kept", c["kept"]), ("reason", c["reason"]), ("recipe", c["recipe"]), ("clip file", c["clip_path"]),
                 ("shards", ", ".join(s["url"] for s in shards.get(cid, [])))]
         body = (f'<p><a href="../index.html">&larr; report</a></p><h1>{_e(cid)}</h1>'
-                f'<img src="../{_e(w.thumb(c))}" alt="first frame" style="width:{w.thumb_px * 2}px">'
+                f'<img src="../{_e(w.thumb(c))}" alt="first frame">'
                 + _table(["field", "value"], [[_e(k), _e(v)] for k, v in meta])
                 + "<h2>scores</h2>" + _table(["scorer", "value", "model", "version", "run"],
                                              [[_e(s["scorer"]), _e(s["value"]), _e(s["model"]), _e(s["version"]),
