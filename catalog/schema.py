@@ -70,9 +70,26 @@ MIGRATIONS: list[tuple[int, str]] = [
             FROM failures GROUP BY ALL ORDER BY n DESC;
         """,
     ),
+    (2, "ALTER TABLE clips ADD COLUMN extract_mode VARCHAR;"),  # precise | copy | image
+    (
+        3,  # probe facts of each source (issue 4)
+        """
+        ALTER TABLE sources ADD COLUMN bitrate BIGINT;
+        ALTER TABLE sources ADD COLUMN has_audio BOOLEAN;
+        ALTER TABLE sources ADD COLUMN audio_codec VARCHAR;
+        ALTER TABLE sources ADD COLUMN rotation INTEGER;
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
+
+CLIP_COLUMNS = frozenset({
+    "clip_id", "source_id", "media_type", "first_frame", "last_frame", "start_s", "end_s", "duration_s", "n_frames",
+    "fps", "width", "height", "clip_path", "first_frame_path", "run_id", "updated_at", "extract_mode", "uri",
+    "source_text", "source_sha256", "recipe", "kept", "reason", "caption", "short_caption", "caption_version",
+    "shard_id", "shard_url",
+})
 
 
 def wide_view_sql(scorers: list[str]) -> str:
@@ -83,6 +100,9 @@ def wide_view_sql(scorers: list[str]) -> str:
     for name in scorers:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
             raise ValueError(f"scorer name {name!r} is not a plain identifier")
+    # Scores that repeat a clip column (the technical scorer's width, fps, duration_s...) stay in the
+    # long scores table; the wide view keeps the clip's own column under that name.
+    scorers = [n for n in scorers if n not in CLIP_COLUMNS]
     pivot = "".join(
         f",\n                arg_max(value, written_at) FILTER (WHERE scorer = '{n}') AS \"{n}\"" for n in scorers
     )

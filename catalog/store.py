@@ -159,7 +159,8 @@ class Catalog:
         now = _now()
         rows = list(rows)
         src_cols = ("source_id", "uri", "text", "meta_json", "media_type", "source_path", "sha256", "bytes",
-                    "container", "codec", "width", "height", "fps", "n_frames", "duration_s")
+                    "container", "codec", "width", "height", "fps", "n_frames", "duration_s",
+                    "bitrate", "has_audio", "audio_codec", "rotation")
         sources: dict[str, dict] = {}
         failed_sources: set[str] = set()
         failed_before = set(failed_before)
@@ -185,7 +186,8 @@ class Catalog:
                 "end_s": r["end_s"], "duration_s": (r["end_s"] or 0.0) - (r["start_s"] or 0.0),
                 "n_frames": (r["last_frame"] - r["first_frame"] + 1) if r["last_frame"] is not None else None,
                 "fps": fps, "width": r["width"], "height": r["height"], "clip_path": r["clip_path"],
-                "first_frame_path": r["first_frame_path"], "run_id": run_id, "updated_at": now,
+                "first_frame_path": r["first_frame_path"], "extract_mode": r.get("extract_mode"),
+                "run_id": run_id, "updated_at": now,
             })
             for s in r.get("scores") or []:
                 scores.append({"clip_id": r["clip_id"], **s, "run_id": run_id, "written_at": now})

@@ -1,17 +1,31 @@
-"""Fetch source bytes to staging (http(s) with requests; s3:// and local files through fsspec).
+"""Fetch source bytes to staging (http(s) with requests; s3:// and other remote files through fsspec).
 
 Local files are not copied: they are hashed in place and read from where they are. Remote files
-land at ``{workdir}/staging/sources/{source_id}{ext}``. Failures become error classes
-(dns, connect, timeout, http_4xx, http_5xx, too_large, not_media, opted_out, blocked_address).
+stream (never held whole in memory) to ``{workdir}/staging/sources/{source_id}{ext}`` through a
+``.part`` file, hashed on the way. Every failure becomes one of ``ERROR_CLASSES``.
+
+Concurrency: one worker downloads ``ingest.threads`` sources at a time, and at most
+``ingest.max_per_host`` requests go to one host at once. That bound is a per-process semaphore
+shared by the threads of one worker; across Ray workers it is per worker (N workers may send up to
+N x max_per_host requests to one host).
+
+Safety: only ``ALLOWED_SCHEMES``; the host of every request (the first and each redirect) is
+resolved and refused when any address is private, loopback, link-local, reserved or multicast,
+unless ``ingest.allow_private_addresses``. The connection then resolves the name again, so a DNS
+server that answers differently the second time (rebinding) is not covered.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import socket
+import threading
 import time
-from typing import ClassVar
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import ClassVar, Iterator
 from urllib.parse import urljoin, urlsplit
 
 import fsspec
@@ -21,74 +35,185 @@ from vidcorpus.media import sniff_media_type
 from vidcorpus.stage import Resources, Stage
 
 ALLOWED_SCHEMES = {"http", "https", "s3", "file", "gs", "gcs", "az", "abfs", "memory"}
-MAX_REDIRECTS = 5
 OPT_OUT_VALUES = {"noai", "noimageai"}
+CHUNK = 1 << 16
+# What a download (or probe) failure is recorded as; stable names users filter and retry by.
+ERROR_CLASSES = (
+    "dns", "connect", "timeout", "http_4xx", "http_5xx", "too_large", "not_media", "opted_out",
+    "decode_error", "unsupported_codec", "hash_mismatch", "blocked_address",
+    # rarer ones: malformed input, policy and empty bodies
+    "bad_url", "bad_scheme", "too_many_redirects", "empty_file", "not_found",
+)
+RETRYABLE = {"http_5xx", "timeout", "connect"}
+
+
+class HostLimiter:
+    """At most ``limit`` concurrent holders per host, shared by the threads of one process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sems: dict[tuple[str, int], threading.BoundedSemaphore] = {}
+
+    @contextmanager
+    def slot(self, host: str, limit: int) -> Iterator[None]:
+        key = (host.lower(), max(1, limit))
+        with self._lock:
+            sem = self._sems.setdefault(key, threading.BoundedSemaphore(key[1]))
+        with sem:
+            yield
+
+
+HOST_LIMITER = HostLimiter()
 
 
 def check_destination(url: str, allow_private: bool) -> None:
-    """Refuse hosts that resolve to loopback, private or link-local addresses (SSRF guard)."""
+    """Refuse hosts that resolve to loopback, private or link-local addresses (SSRF guard).
+
+    Checks what the name RESOLVES to (``localhost`` or any name mapped to 10.x is refused), not
+    only literal IPs; every address of the name must be public.
+    """
     host = urlsplit(url).hostname
     if not host:
         raise DownloadError(f"no host in {url}", "bad_url")
     try:
-        infos = socket.getaddrinfo(host, None)
-    except socket.gaierror as e:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError) as e:
         raise DownloadError(f"cannot resolve {host}: {e}", "dns") from e
     if allow_private:
         return
     for info in infos:
-        ip = ipaddress.ip_address(info[4][0])
-        if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast:
+        ip = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        if getattr(ip, "ipv4_mapped", None):
+            ip = ip.ipv4_mapped
+        if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast \
+                or ip.is_unspecified:
             raise DownloadError(f"{host} resolves to {ip}, a non-public address", "blocked_address")
 
 
-def _http_get(url: str, cfg) -> tuple[bytes, dict]:
+def expected_sha256(row: dict) -> str | None:
+    """The hash the input list promised for this source (a ``sha256`` column), lower-case hex."""
+    try:
+        meta = json.loads(row.get("meta_json") or "{}")
+    except json.JSONDecodeError:
+        return None
+    value = meta.get("sha256") if isinstance(meta, dict) else None
+    if not value:
+        return None
+    return str(value).strip().lower().removeprefix("sha256:")
+
+
+class _Sink:
+    """Streams chunks into a file while hashing, counting and keeping the head for sniffing."""
+
+    def __init__(self, fs, path: str, max_bytes: int, deadline: float):
+        self.fs, self.path, self.max_bytes, self.deadline = fs, path, max_bytes, deadline
+        self.reset()
+
+    def reset(self) -> None:
+        self.hash, self.size, self.head = hashlib.sha256(), 0, b""
+
+    def write_all(self, chunks) -> None:
+        self.reset()
+        with self.fs.open(self.path, "wb") as f:
+            for chunk in chunks:
+                if not chunk:
+                    continue
+                self.size += len(chunk)
+                if self.size > self.max_bytes:
+                    raise DownloadError(f"more than {self.max_bytes} bytes", "too_large")
+                if time.monotonic() > self.deadline:
+                    raise DownloadError("download exceeded ingest.total_timeout_s", "timeout")
+                if len(self.head) < 64:
+                    self.head += chunk[: 64 - len(self.head)]
+                self.hash.update(chunk)
+                f.write(chunk)
+
+
+def _requests_error_class(exc: Exception) -> str:
     import requests
 
-    session = requests.Session()
-    headers = {"User-Agent": cfg.user_agent}
-    attempt = 0
+    text = f"{exc!r} {exc.args[0]!r}" if exc.args else repr(exc)
+    if isinstance(exc, requests.Timeout) or "ReadTimeoutError" in text or "timed out" in text:
+        return "timeout"
+    if "NameResolutionError" in text or "Name or service not known" in text:
+        return "dns"
+    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema)):
+        return "bad_url"
+    return "connect"
+
+
+def _opted_out(headers) -> set[str]:
+    """Opt-out directives of X-Robots-Tag (``noai``, ``bot: noimageai``, several headers merged)."""
+    found: set[str] = set()
+    for part in headers.get("X-Robots-Tag", "").replace(";", ",").split(","):
+        token = part.rsplit(":", 1)[-1].strip().lower()
+        if token in OPT_OUT_VALUES:
+            found.add(token)
+    return found
+
+
+def _arrived(raw) -> Iterator[bytes]:
+    """Body bytes as they arrive (read1), so the deadline is checked during a slow drip too;
+    a full-size read would wait for 64 KiB, one dripped byte at a time."""
     while True:
-        current, hops = url, 0
-        try:
-            while True:
-                check_destination(current, cfg.allow_private_addresses)
-                resp = session.get(current, headers=headers, timeout=cfg.timeout_s, stream=True, allow_redirects=False)
-                if resp.is_redirect or resp.status_code in (301, 302, 303, 307, 308):
-                    hops += 1
-                    if hops > MAX_REDIRECTS:
-                        raise DownloadError(f"more than {MAX_REDIRECTS} redirects", "too_many_redirects")
-                    current = urljoin(current, resp.headers.get("Location", ""))
-                    resp.close()
+        chunk = raw.read1(CHUNK, decode_content=True)
+        if not chunk:
+            return
+        yield chunk
+
+
+def _http_once(session, url: str, cfg, sink: _Sink) -> None:
+    """One attempt: follow redirects (each hop checked and host-bounded), stream the body to sink."""
+    current = url
+    for _hop in range(cfg.max_redirects + 1):
+        check_destination(current, cfg.allow_private_addresses)
+        host = urlsplit(current).hostname or ""
+        with HOST_LIMITER.slot(host, cfg.max_per_host):
+            resp = session.get(current, headers={"User-Agent": cfg.user_agent}, stream=True,
+                               allow_redirects=False, timeout=(cfg.connect_timeout_s, cfg.read_timeout_s))
+            with resp:
+                if resp.status_code in (301, 302, 303, 307, 308):
+                    location = resp.headers.get("Location")
+                    if not location:
+                        raise DownloadError(f"HTTP {resp.status_code} without Location from {current}", "http_5xx")
+                    current = urljoin(current, location)
                     continue
-                break
-            if 400 <= resp.status_code < 500:
-                raise DownloadError(f"HTTP {resp.status_code} for {current}", "http_4xx")
-            if resp.status_code >= 500:
-                raise DownloadError(f"HTTP {resp.status_code} for {current}", "http_5xx")
-            if cfg.respect_opt_outs:
-                tags = {t.strip().lower() for t in resp.headers.get("X-Robots-Tag", "").replace(";", ",").split(",")}
-                if tags & OPT_OUT_VALUES:
-                    raise DownloadError(f"X-Robots-Tag opts out: {sorted(tags & OPT_OUT_VALUES)}", "opted_out")
-            declared = int(resp.headers.get("Content-Length") or 0)
-            if declared > cfg.max_bytes:
-                raise DownloadError(f"{declared} bytes declared, limit {cfg.max_bytes}", "too_large")
-            chunks, size = [], 0
-            for chunk in resp.iter_content(1 << 16):
-                size += len(chunk)
-                if size > cfg.max_bytes:
-                    raise DownloadError(f"more than {cfg.max_bytes} bytes", "too_large")
-                chunks.append(chunk)
-            return b"".join(chunks), dict(resp.headers)
-        except DownloadError as e:
-            if e.error_class != "http_5xx" or attempt >= cfg.retries:
-                raise
-        except (requests.Timeout, requests.ConnectionError) as e:
-            if attempt >= cfg.retries:
-                cls = "timeout" if isinstance(e, requests.Timeout) else "connect"
-                raise DownloadError(f"{type(e).__name__}: {e}", cls) from e
-        attempt += 1
-        time.sleep(min(0.2 * 2**attempt, 5.0))
+                if 400 <= resp.status_code < 500:
+                    raise DownloadError(f"HTTP {resp.status_code} for {current}", "http_4xx")
+                if resp.status_code >= 500:
+                    raise DownloadError(f"HTTP {resp.status_code} for {current}", "http_5xx")
+                if cfg.respect_opt_outs and (tags := _opted_out(resp.headers)):
+                    raise DownloadError(f"X-Robots-Tag opts out: {sorted(tags)}", "opted_out")
+                declared = resp.headers.get("Content-Length")
+                if declared and declared.isdigit() and int(declared) > cfg.max_bytes:
+                    raise DownloadError(f"{declared} bytes declared, limit {cfg.max_bytes}", "too_large")
+                sink.write_all(_arrived(resp.raw))
+                return
+    raise DownloadError(f"more than {cfg.max_redirects} redirects from {url}", "too_many_redirects")
+
+
+def http_download(url: str, cfg, sink: _Sink, sleep=time.sleep) -> None:
+    """Download with retries and exponential backoff on 5xx, timeouts and resets; none on 4xx."""
+    import requests
+    import urllib3
+
+    attempt = 0
+    with requests.Session() as session:
+        session.trust_env = False  # proxies from the environment would bypass the address checks
+        while True:
+            try:
+                _http_once(session, url, cfg, sink)
+                return
+            except DownloadError as e:
+                error = e
+            except (requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as e:
+                error = DownloadError(f"{type(e).__name__}: {e}", _requests_error_class(e))
+                error.__cause__ = e
+            total_expired = time.monotonic() > sink.deadline
+            if error.error_class not in RETRYABLE or attempt >= cfg.retries or total_expired:
+                raise error
+            attempt += 1
+            sleep(min(cfg.backoff_s * 2 ** (attempt - 1), 30.0))
 
 
 class DownloadStage(Stage):
@@ -97,52 +222,77 @@ class DownloadStage(Stage):
     name: ClassVar[str] = "download"
     resources: ClassVar[Resources] = Resources(cpus=0.25)
 
+    def process_rows(self, rows: list[dict]) -> list[dict]:
+        """Download several rows at once (I/O bound); the per-host bound keeps hosts polite."""
+        threads = max(1, min(self.config.ingest.threads, len(rows)))
+        if threads == 1:
+            return super().process_rows(rows)
+        with ThreadPoolExecutor(threads, thread_name_prefix="download") as pool:
+            results = list(pool.map(lambda r: self.safe_call(self.process_row, r), rows))
+        return [r for rs in results for r in rs]
+
     def process_row(self, row: dict) -> dict:
         uri = row["uri"]
         scheme = urlsplit(uri).scheme.lower() or "file"
         if scheme not in ALLOWED_SCHEMES:
             raise DownloadError(f"scheme {scheme!r} is not allowed", "bad_scheme")
-        if scheme in ("http", "https"):
-            data, _headers = _http_get(uri, self.config.ingest)
-            return self._stage_bytes(row, data)
-        fs, path = fsspec.core.url_to_fs(uri)
-        size = fs.size(path)
-        if size is not None and size > self.config.ingest.max_bytes:
-            raise DownloadError(f"{size} bytes, limit {self.config.ingest.max_bytes}", "too_large")
+        cfg = self.config.ingest
         if scheme == "file":
+            fs, path = fsspec.core.url_to_fs(uri)
             return self._hash_in_place(row, fs, path, uri)
-        with fs.open(path, "rb") as f:
-            return self._stage_bytes(row, f.read())
+        tmp_url = self.config.url("staging", "sources", f"{row['source_id']}.part")
+        fs, tmp = fsspec.core.url_to_fs(tmp_url)
+        fs.makedirs(tmp.rsplit("/", 1)[0], exist_ok=True)
+        sink = _Sink(fs, tmp, cfg.max_bytes, time.monotonic() + cfg.total_timeout_s)
+        try:
+            if scheme in ("http", "https"):
+                http_download(uri, cfg, sink)
+            else:
+                src_fs, src = fsspec.core.url_to_fs(uri)
+                size = src_fs.size(src)
+                if size is not None and size > cfg.max_bytes:
+                    raise DownloadError(f"{size} bytes, limit {cfg.max_bytes}", "too_large")
+                with src_fs.open(src, "rb") as f:
+                    sink.write_all(iter(lambda: f.read(1 << 20), b""))
+            return self._publish(row, fs, tmp, sink)
+        finally:
+            if fs.exists(tmp):
+                fs.rm(tmp)
 
     def _classify(self, head: bytes, uri: str) -> tuple[str, str]:
+        if not head:
+            raise NotMediaError(f"{uri}: empty file", "empty_file")
         kind = sniff_media_type(head)
         if kind is None:
             raise NotMediaError(f"{uri}: content is not a supported video or image (magic {head[:8]!r})")
         return kind
 
+    @staticmethod
+    def _verify(row: dict, digest: str) -> None:
+        want = expected_sha256(row)
+        if want and want != digest:
+            raise DownloadError(f"sha256 {digest} differs from the expected {want}", "hash_mismatch")
+
     def _hash_in_place(self, row: dict, fs, path: str, uri: str) -> dict:
+        size = fs.size(path)
+        if size is not None and size > self.config.ingest.max_bytes:
+            raise DownloadError(f"{size} bytes, limit {self.config.ingest.max_bytes}", "too_large")
         h, size = hashlib.sha256(), 0
         with fs.open(path, "rb") as f:
             head = f.read(64)
-            if not head:
-                raise NotMediaError(f"{uri}: empty file", "empty_file")
             media_type, _ext = self._classify(head, uri)
             h.update(head)
             size += len(head)
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
                 size += len(chunk)
+        self._verify(row, h.hexdigest())
         return dict(row, source_path=path, sha256=h.hexdigest(), bytes=size, media_type=media_type)
 
-    def _stage_bytes(self, row: dict, data: bytes) -> dict:
-        if not data:
-            raise NotMediaError(f"{row['uri']}: empty file", "empty_file")
-        media_type, ext = self._classify(data[:64], row["uri"])
+    def _publish(self, row: dict, fs, tmp: str, sink: _Sink) -> dict:
+        media_type, ext = self._classify(sink.head, row["uri"])
+        digest = sink.hash.hexdigest()
+        self._verify(row, digest)
         url = self.config.url("staging", "sources", f"{row['source_id']}{ext}")
-        fs, path = fsspec.core.url_to_fs(url)
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        tmp = f"{path}.part"
-        with fs.open(tmp, "wb") as f:
-            f.write(data)
-        fs.mv(tmp, path)
-        return dict(row, source_path=url, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data), media_type=media_type)
+        fs.mv(tmp, fsspec.core.url_to_fs(url)[1])
+        return dict(row, source_path=url, sha256=digest, bytes=sink.size, media_type=media_type)

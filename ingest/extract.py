@@ -1,7 +1,13 @@
-"""Cut clips out of their source: re-encode each shot's exact frames (H.264) and save its first frame.
+"""Cut clips out of their source, in one of two modes recorded per clip (``extract_mode``).
 
-Re-encoding is slower than stream copy but cuts on the exact frame the detector found; the
-source is decoded once for all of its clips (rows of one source are handled together).
+``precise``: decode the source once for all of its clips and re-encode each shot's exact frames
+(H.264; optional target short side and frame rate). Slow, but cuts on the frame the detector found.
+
+``copy``: no decoding: the compressed packets from the keyframe at or before the shot start up to
+the shot end are remuxed into the clip. Fast, but the clip starts on that keyframe (possibly a few
+frames of the previous shot) and may end a few frames early (frames whose decoding needs later
+packets are left out); the row's frame range and clip id are rewritten to what was really written.
+A source that cannot be stream-copied (no timestamps, odd container) falls back to precise.
 """
 
 from __future__ import annotations
@@ -17,30 +23,53 @@ import numpy as np
 from PIL import Image
 
 from vidcorpus.errors import DecodeError
+from vidcorpus.ids import clip_id
 from vidcorpus.media import save_jpeg
 from vidcorpus.stage import Resources, Stage
 
 
-class _ClipWriter:
-    """One open H.264 encoder writing a clip into memory, fed frame by frame."""
+def target_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    """Even (w, h) with the short side scaled to ``short_side`` (never enlarged); None keeps the size."""
+    if short_side and min(width, height) > short_side:
+        scale = short_side / min(width, height)
+        width, height = round(width * scale), round(height * scale)
+    return max(2, width - width % 2), max(2, height - height % 2)
 
-    def __init__(self, fps: float, codec: str, crf: int):
+
+class _ClipWriter:
+    """One open H.264 encoder writing a clip into memory, fed source frames one by one.
+
+    With ``out_fps`` set, frames are resampled by time (each output instant takes the source frame
+    showing then), so a 30 fps shot becomes an 8 fps clip of the same duration.
+    """
+
+    def __init__(self, fps: float, codec: str, crf: int, preset: str = "veryfast",
+                 short_side: int | None = None, out_fps: float | None = None):
         self.buf = io.BytesIO()
         self.container = av.open(self.buf, mode="w", format="mp4")
-        self.rate = Fraction(fps).limit_denominator(1001)
+        self.in_rate = Fraction(fps).limit_denominator(1001)
+        self.rate = Fraction(out_fps).limit_denominator(1001) if out_fps else self.in_rate
         self.stream = self.container.add_stream(codec, rate=self.rate)
         self.stream.pix_fmt = "yuv420p"
-        self.stream.options = {"crf": str(crf), "preset": "veryfast"}
-        self.frames = 0
+        self.stream.options = {"crf": str(crf), "preset": preset}
+        self.short_side = short_side
+        self.seen = 0  # source frames offered
+        self.frames = 0  # frames encoded
         self.first: np.ndarray | None = None
 
     def add(self, frame: av.VideoFrame) -> None:
+        if self.seen == 0:
+            self.stream.width, self.stream.height = target_size(frame.width, frame.height, self.short_side)
+        self.seen += 1
+        # Emit one output frame per output instant that falls inside this source frame's interval.
+        while self.frames / self.rate < self.seen / self.in_rate:
+            self._encode(frame)
+
+    def _encode(self, frame: av.VideoFrame) -> None:
+        if (frame.width, frame.height) != (self.stream.width, self.stream.height):
+            frame = frame.reformat(width=self.stream.width, height=self.stream.height, interpolation="AREA")
         if self.frames == 0:
-            self.stream.width = frame.width - frame.width % 2
-            self.stream.height = frame.height - frame.height % 2
             self.first = frame.to_ndarray(format="rgb24")
-        if frame.width % 2 or frame.height % 2:
-            frame = frame.reformat(width=self.stream.width, height=self.stream.height)
         # Renumber: decoders can hand out frames whose time base changes mid-stream (VP9 in WebM).
         frame.pts = self.frames
         frame.time_base = 1 / self.rate
@@ -62,8 +91,131 @@ def _write(url: str, data: bytes) -> None:
         f.write(data)
 
 
+# -- stream copy ------------------------------------------------------------------------------
+
+COPY_CODECS = {"h264", "hevc", "vp9", "av1", "mpeg4"}
+
+
+class CopyUnsupported(Exception):
+    """This source cannot be stream-copied (the caller re-encodes it instead)."""
+
+
+def _frame_index(pts: int, start: int, time_base: Fraction, fps: Fraction) -> int:
+    return round((pts - start) * time_base * fps)
+
+
+def _keyframe_indices(path: str, fps: Fraction) -> list[int]:
+    """Presentation indices of the keyframes, from demuxing alone (nothing is decoded)."""
+    with fsspec.open(path, "rb") as f, av.open(f) as c:
+        s = c.streams.video[0]
+        start = s.start_time or 0
+        keys = []
+        for p in c.demux(s):
+            if p.size == 0:
+                continue
+            if p.pts is None:
+                raise CopyUnsupported("packets without timestamps")
+            if p.is_keyframe:
+                keys.append(_frame_index(p.pts, start, s.time_base, fps))
+        return sorted(keys)
+
+
+def stream_rate(path: str) -> Fraction:
+    """The video stream's frame rate; CopyUnsupported when it has none (or is not mp4-copyable)."""
+    with fsspec.open(path, "rb") as f, av.open(f) as c:
+        s = c.streams.video[0]
+        fps = Fraction(s.average_rate or s.guessed_rate or 0)
+        if not fps or s.time_base is None:
+            raise CopyUnsupported("no frame rate or time base")
+        if s.codec_context.name not in COPY_CODECS:
+            raise CopyUnsupported(f"{s.codec_context.name} is not stream-copied into mp4")
+    return fps
+
+
+def copy_clips(path: str, ranges: list[tuple[int, int]], keys: list[int] | None = None) -> list[tuple[bytes, int, int] | None]:
+    """Stream-copy each inclusive (first, last) range; per range (mp4 bytes, first, last) actually
+    written, or None when no frame of it could be copied.
+
+    One demux pass serves every range. Packets are taken in decode order from the keyframe at or
+    before ``first``; taking stops at the first packet showing after ``last``, and trailing packets
+    are dropped until the written frames are contiguous, so the recorded range is exactly what a
+    player shows.
+    """
+    fps = stream_rate(path)
+    keys = keys if keys is not None else _keyframe_indices(path, fps)
+    if not keys:
+        raise CopyUnsupported("no keyframes")
+    starts = [max([k for k in keys if k <= a], default=keys[0]) for a, _ in ranges]
+    # per range: None = not begun, list = collecting (index, packet), "done"
+    state: list = [None] * len(ranges)
+    with fsspec.open(path, "rb") as f, av.open(f) as c:
+        s = c.streams.video[0]
+        start = s.start_time or 0
+        for p in c.demux(s):
+            if p.size == 0 or p.pts is None:
+                continue
+            idx = _frame_index(p.pts, start, s.time_base, fps)
+            for j, (a, b) in enumerate(ranges):
+                st = state[j]
+                if isinstance(st, tuple):  # finished
+                    continue
+                if st is None:
+                    if p.is_keyframe and idx == starts[j]:
+                        state[j] = st = []
+                    else:
+                        continue
+                if idx > b:
+                    state[j] = ("done", st)
+                    continue
+                if idx >= starts[j]:  # leading pictures of an open GOP belong before the keyframe
+                    st.append((idx, p.pts, p.dts, p.is_keyframe, p.duration, bytes(p)))
+            if all(isinstance(x, tuple) for x in state):
+                break
+        results = []
+        for j in range(len(ranges)):
+            st = state[j]
+            pkts = st[1] if isinstance(st, tuple) else (st or [])
+            results.append(_mux_contiguous(s, pkts, starts[j]))
+    return results
+
+
+def _mux_contiguous(in_stream, pkts: list, first: int) -> tuple[bytes, int, int] | None:
+    """Write (index, pts, dts, key, data) packets into an mp4, dropping trailing ones until the
+    shown frames are exactly first, first+1, ...; returns (bytes, first, last) or None."""
+    pkts = list(pkts)
+    while pkts:
+        shown = sorted(i for i, *_ in pkts)
+        if shown == list(range(first, first + len(shown))):
+            break
+        pkts.pop()  # a decode-order prefix stays decodable
+    if not pkts:
+        return None
+    first_pts = min(pts for _, pts, *_ in pkts)
+    shift = min(first_pts, min((dts for _, _, dts, *_ in pkts if dts is not None), default=first_pts))
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as out:
+        o = out.add_stream_from_template(in_stream)
+        for _, pts, dts, key, duration, data in pkts:
+            p = av.Packet(data)
+            p.duration = duration
+            p.pts = pts - shift
+            p.dts = None if dts is None else dts - shift
+            p.is_keyframe = key
+            p.time_base = in_stream.time_base
+            p.stream = o
+            out.mux(p)
+    return buf.getvalue(), first, first + len(pkts) - 1
+
+
+def _first_frame(data: bytes) -> np.ndarray:
+    with av.open(io.BytesIO(data)) as c:
+        for frame in c.decode(video=0):
+            return frame.to_ndarray(format="rgb24")
+    raise DecodeError("copied clip does not decode")
+
+
 class ExtractStage(Stage):
-    """Sets clip_path (mp4 or jpg) and first_frame_path for every clip row."""
+    """Sets clip_path (mp4 or jpg), first_frame_path and extract_mode for every clip row."""
 
     name: ClassVar[str] = "extract"
     resources: ClassVar[Resources] = Resources(cpus=0.5)
@@ -92,11 +244,50 @@ class ExtractStage(Stage):
             img = np.asarray(Image.open(f).convert("RGB"))
         save_jpeg(img, clip_url, quality=95)
         save_jpeg(img, first_url)
-        return dict(row, clip_path=clip_url, first_frame_path=first_url)
+        return dict(row, clip_path=clip_url, first_frame_path=first_url, extract_mode="image")
 
     def _video(self, rows: list[dict]) -> list[dict]:
-        cfg = self.config.split
         rows = sorted(rows, key=lambda r: r["first_frame"])
+        if self.config.split.extract_mode == "copy":
+            try:
+                return self._copy(rows)
+            except (CopyUnsupported, av.error.FFmpegError, ValueError):
+                pass  # re-encode instead; the rows record 'precise'
+        return self._precise(rows)
+
+    def _copy(self, rows: list[dict]) -> list[dict]:
+        """Stream-copy the rows whose keyframe lies close enough before their start; re-encode the rest."""
+        path = rows[0]["source_path"]
+        fps = stream_rate(path)
+        keys = _keyframe_indices(path, fps)
+        if not keys:
+            raise CopyUnsupported("no keyframes")
+        max_lead = self.config.split.copy_max_lead_seconds
+        near, far = [], []
+        for r in rows:
+            key = max([k for k in keys if k <= r["first_frame"]], default=keys[0])
+            lead_ok = max_lead is None or r["first_frame"] - key <= max_lead * float(fps)
+            (near if lead_ok else far).append(r)
+        done = self._precise(far) if far else []
+        if not near:
+            return done
+        results = copy_clips(path, [(r["first_frame"], r["last_frame"]) for r in near], keys)
+        for row, res in zip(near, results):
+            if res is None:
+                done.append(self.fail(row, DecodeError("no packets of the clip could be copied")))
+                continue
+            data, a, b = res
+            fps = row["fps"] or 25.0
+            row = dict(row, clip_id=clip_id(row["source_id"], a, b), first_frame=a, last_frame=b,
+                       start_s=a / fps, end_s=(b + 1) / fps)
+            clip_url, first_url = self._clip_urls(row["clip_id"], ".mp4")
+            _write(clip_url, data)
+            save_jpeg(_first_frame(data), first_url)
+            done.append(dict(row, clip_path=clip_url, first_frame_path=first_url, extract_mode="copy"))
+        return done
+
+    def _precise(self, rows: list[dict]) -> list[dict]:
+        cfg = self.config.split
         starts = {r["first_frame"]: r for r in rows}
         ends = {r["last_frame"]: r for r in rows}
         writers: dict[str, _ClipWriter] = {}
@@ -111,10 +302,12 @@ class ExtractStage(Stage):
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
                 fps = float(stream.average_rate or rows[0]["fps"] or 25)
+                i = -1
                 try:
                     for i, frame in enumerate(container.decode(stream)):
                         if i in starts:
-                            writers[starts[i]["clip_id"]] = _ClipWriter(fps, cfg.clip_codec, cfg.clip_crf)
+                            writers[starts[i]["clip_id"]] = _ClipWriter(
+                                fps, cfg.clip_codec, cfg.clip_crf, cfg.clip_preset, cfg.clip_short_side, cfg.clip_fps)
                         for w in writers.values():
                             w.add(frame)
                         if i in ends:
@@ -128,7 +321,7 @@ class ExtractStage(Stage):
         for clip, w in writers.items():
             row = next(r for r in rows if r["clip_id"] == clip)
             if w.frames:
-                done.append(self._finish(dict(row, last_frame=row["first_frame"] + w.frames - 1), w))
+                done.append(self._finish(dict(row, last_frame=row["first_frame"] + w.seen - 1), w))
         got = {r["clip_id"] for r in done}
         missing = [r for r in rows if r["clip_id"] not in got]
         done.extend(self.fail(r, DecodeError("clip frames could not be decoded")) for r in missing)
@@ -138,4 +331,4 @@ class ExtractStage(Stage):
         clip_url, first_url = self._clip_urls(row["clip_id"], ".mp4")
         _write(clip_url, writer.close())
         save_jpeg(writer.first, first_url)
-        return dict(row, clip_path=clip_url, first_frame_path=first_url)
+        return dict(row, clip_path=clip_url, first_frame_path=first_url, extract_mode="precise")

@@ -1,4 +1,11 @@
-"""Shot detection with PySceneDetect: one source row becomes one row per single shot."""
+"""Shot detection with PySceneDetect: one source row becomes one row per single shot.
+
+Frames are decoded as a stream (scenedetect keeps at most a few frames in flight), so memory does
+not grow with video length. The default ``pyav`` backend asks FFmpeg's scaler for small BGR
+frames directly instead of converting every full-size frame to an array and shrinking it with
+OpenCV afterwards: that conversion, not the detectors, is what bounds detection speed on large
+videos. Every frame number this module returns is in source-frame units.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +15,13 @@ import tempfile
 from typing import ClassVar
 
 import fsspec
+import numpy as np
 
 from vidcorpus.errors import DecodeError
 from vidcorpus.ids import clip_id, image_clip_id
 from vidcorpus.stage import Resources, Stage
+
+DETECT_WIDTH = 256  # scenedetect's own automatic target width
 
 
 @contextlib.contextmanager
@@ -27,33 +37,91 @@ def local_copy(url: str):
         yield tmp.name
 
 
-def detect_shots(path: str, cfg) -> list[tuple[int, int]]:
-    """Inclusive (first_frame, last_frame) of each shot, hard cuts and (optionally) fades."""
-    from scenedetect import AdaptiveDetector, ContentDetector, HistogramDetector, SceneManager, open_video
+def detection_size(width: int, height: int, downscale: int) -> tuple[int, int]:
+    """(w, h) the detectors see: 1/downscale of the frame, or about DETECT_WIDTH wide when 0."""
+    factor = downscale if downscale > 0 else max(1.0, width / DETECT_WIDTH)
+    return max(2, round(width / factor)), max(2, round(height / factor))
+
+
+def _scaled_pyav_stream(path: str, downscale: int):
+    """scenedetect's PyAV stream, returning frames already shrunk (and BGR) by FFmpeg's scaler."""
+    from scenedetect.backends.pyav import VideoStreamAv
+
+    class ScaledStream(VideoStreamAv):
+        def __init__(self) -> None:
+            super().__init__(path, threading_mode="AUTO")
+            self.size = detection_size(self._codec_context.width, self._codec_context.height, downscale)
+
+        @property
+        def frame_size(self) -> tuple[int, int]:
+            return self.size
+
+        def read(self, decode: bool = True) -> np.ndarray | bool:
+            if not decode:
+                return super().read(decode=False)
+            if super().read(decode=False) is False:
+                return False
+            w, h = self.size
+            return self._frame.to_ndarray(width=w, height=h, format="bgr24", interpolation="AREA")
+
+    return ScaledStream()
+
+
+def _detectors(cfg, min_len: int) -> list:
+    from scenedetect import AdaptiveDetector, ContentDetector, HashDetector, HistogramDetector
+
+    make = {
+        "adaptive": lambda: AdaptiveDetector(adaptive_threshold=cfg.adaptive_threshold, min_scene_len=min_len),
+        "content": lambda: ContentDetector(threshold=cfg.content_threshold, min_scene_len=min_len),
+        "histogram": lambda: HistogramDetector(threshold=cfg.histogram_threshold, min_scene_len=min_len),
+        "hash": lambda: HashDetector(threshold=cfg.hash_threshold, min_scene_len=min_len),
+    }
+    return [make[name]() for name in dict.fromkeys(cfg.detectors)]
+
+
+def seconds_to_frames(seconds: float, fps: float) -> int:
+    return max(1, round(seconds * fps))
+
+
+def detect_shots(path: str, cfg, fps: float | None = None) -> list[tuple[int, int]]:
+    """Inclusive (first_frame, last_frame) of each shot: hard cuts and, with histogram/hash, fades.
+
+    ``fps`` converts the second-valued settings to frames; the stream's own rate is used when None.
+    """
+    from scenedetect import SceneManager, open_video
 
     try:
-        video = open_video(path, backend="pyav")
+        if cfg.backend == "pyav":
+            video = _scaled_pyav_stream(path, cfg.downscale)
+        else:
+            video = open_video(path, backend="opencv")
     except Exception as e:  # noqa: BLE001 - scenedetect wraps many decoder errors
         raise DecodeError(f"cannot open for shot detection: {e}") from e
+    fps = fps or float(video.frame_rate)
+    min_len = seconds_to_frames(cfg.min_shot_seconds, fps)
     manager = SceneManager()
-    if cfg.detector == "adaptive":
-        manager.add_detector(AdaptiveDetector(adaptive_threshold=cfg.adaptive_threshold, min_scene_len=cfg.min_shot_frames))
-    elif cfg.detector == "content":
-        manager.add_detector(ContentDetector(threshold=cfg.content_threshold, min_scene_len=cfg.min_shot_frames))
-    else:
-        manager.add_detector(HistogramDetector(threshold=cfg.histogram_threshold, min_scene_len=cfg.min_shot_frames))
-    if cfg.fade_detection and cfg.detector != "histogram":
-        manager.add_detector(HistogramDetector(threshold=cfg.histogram_threshold, min_scene_len=cfg.min_shot_frames))
-    manager.detect_scenes(video, show_progress=False)
-    total = video.frame_number  # frames decoded
+    if cfg.backend == "pyav":
+        manager.auto_downscale = False  # the stream already hands out small frames
+        manager.downscale = 1
+    elif cfg.downscale > 0:
+        manager.auto_downscale = False
+        manager.downscale = cfg.downscale
+    for detector in _detectors(cfg, min_len):
+        manager.add_detector(detector)
+    try:
+        manager.detect_scenes(video, frame_skip=cfg.frame_skip, show_progress=False)
+    except Exception as e:  # noqa: BLE001
+        raise DecodeError(f"shot detection failed: {e}") from e
+    total = video.frame_number  # frames decoded (skipped frames included)
     cuts = sorted({start.frame_num for start, _end in manager.get_scene_list(start_in_scene=True)[1:]})
-    cuts = _merge_close(cuts, cfg.min_shot_frames)
+    cuts = _merge_close(cuts, min_len)
     bounds = [0, *[c for c in cuts if 0 < c < total], total]
     segments = [(a, b - 1) for a, b in zip(bounds, bounds[1:]) if b > a]
     # A short segment between two detected cuts is the transition itself (a fade or dissolve seen by
     # both detectors), not a shot: training on half-blended frames teaches the model dissolves.
+    transition = seconds_to_frames(cfg.transition_max_seconds, fps)
     inner = range(1, len(segments) - 1)
-    return [s for i, s in enumerate(segments) if i not in inner or s[1] - s[0] + 1 >= cfg.transition_max_frames]
+    return [s for i, s in enumerate(segments) if i not in inner or s[1] - s[0] + 1 >= transition]
 
 
 def _merge_close(cuts: list[int], min_gap: int) -> list[int]:
@@ -76,6 +144,19 @@ def split_long(first: int, last: int, fps: float, max_seconds: float) -> list[tu
     return [(s, min(s + size - 1, last)) for s in range(first, last + 1, size)]
 
 
+def clip_ranges(shots: list[tuple[int, int]], fps: float, cfg) -> list[tuple[int, int]]:
+    """Shots -> clip frame ranges: trim ``trim_frames`` at both ends, then cut long shots into windows.
+
+    A shot that trimming leaves empty is dropped.
+    """
+    out: list[tuple[int, int]] = []
+    for first, last in shots:
+        a, b = first + cfg.trim_frames, last - cfg.trim_frames
+        if b >= a:
+            out.extend(split_long(a, b, fps, cfg.max_clip_seconds))
+    return out
+
+
 class SplitStage(Stage):
     """Source rows in, clip rows out (clip_id, frame range, times)."""
 
@@ -86,14 +167,10 @@ class SplitStage(Stage):
         if row["media_type"] == "image":
             return [dict(row, clip_id=image_clip_id(row["source_id"]), first_frame=0, last_frame=0, start_s=0.0, end_s=0.0)]
         cfg = self.config.split
+        fps = row["fps"] or 25.0
         with local_copy(row["source_path"]) as path:
-            shots = detect_shots(path, cfg)
+            shots = detect_shots(path, cfg, fps=fps)
         if not shots:
             raise DecodeError("no decodable frames")
-        fps = row["fps"] or 25.0
-        clips = []
-        for first, last in shots:
-            for a, b in split_long(first, last, fps, cfg.max_clip_seconds):
-                clips.append(dict(row, clip_id=clip_id(row["source_id"], a, b), first_frame=a, last_frame=b,
-                                  start_s=a / fps, end_s=(b + 1) / fps))
-        return clips
+        return [dict(row, clip_id=clip_id(row["source_id"], a, b), first_frame=a, last_frame=b,
+                     start_s=a / fps, end_s=(b + 1) / fps) for a, b in clip_ranges(shots, fps, cfg)]

@@ -115,3 +115,15 @@ def test_buckets_separate_media_resolution_aspect_and_length():
     assert bucket_of({"media_type": "video", "width": 1280, "height": 720, "n_frames": 100}) == "video-720p-16x9-f128"
     assert bucket_of({"media_type": "video", "width": 640, "height": 480, "n_frames": 20}) == "video-480p-4x3-f32"
     assert bucket_of({"media_type": "image", "width": 512, "height": 512}) == "image-480p-1x1"
+
+
+def test_wide_view_keeps_clip_columns_when_a_score_has_the_same_name(tmp_path):
+    rows = _clip_rows(tmp_path)
+    for r in rows:
+        r["scores"].append({"scorer": "width", "model": "technical", "version": "1", "value": 999.0})
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        cat.commit_results("run1", rows)
+        columns = [d[0] for d in cat.con.execute("SELECT * FROM clips_wide LIMIT 0").description]
+        assert "aesthetic" in columns and columns.count("width") == 1
+        assert not [c for c in columns if c.endswith("_1")]
+        assert {r["width"] for r in cat.query_dicts("SELECT width FROM clips_wide")} == {320}

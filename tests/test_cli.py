@@ -12,7 +12,7 @@ runner = CliRunner()
 
 COMMANDS = [[], ["demo"], ["run"], ["sql"], ["train"], ["config"], ["config", "show"], ["catalog"],
             ["catalog", "funnel"], ["catalog", "failures"], ["catalog", "info"], ["shards"], ["shards", "write"],
-            ["shards", "list"]]
+            ["shards", "list"], ["report"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "root")

@@ -114,9 +114,43 @@ def run(
 
     Sources already done in the catalog are skipped, so rerunning a job never duplicates rows.
     """
+    _run_job(inputs, config, set_, workdir, catalog, preset, ray_address, retry_failed, error_class, progress)
+
+
+@app.command()
+def ingest(
+    inputs: List[str] = typer.Argument(None, help="URL lists (txt/csv/jsonl/parquet with a url column; optional "
+                                                  "text/caption, id, sha256), folders, s3:// prefixes or media URLs."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    workdir: Optional[str] = WorkdirOpt,
+    catalog: Optional[str] = CatalogOpt,
+    preset: Optional[str] = PresetOpt,
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Existing Ray cluster; default starts a local Ray."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-queue only sources that failed before."),
+    error_class: Optional[str] = typer.Option(
+        None, "--error-class", help="With --retry-failed: only this class (dns, connect, timeout, http_4xx, http_5xx, "
+                                    "too_large, not_media, opted_out, decode_error, unsupported_codec, hash_mismatch, "
+                                    "blocked_address)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Ingest sources (download, probe, split, extract) and carry them through the same job as `run`.
+
+    Completion is recorded per source: rerunning after a crash resumes, and
+    `--retry-failed --error-class timeout` re-queues only the sources that failed with that class.
+    """
+    _run_job(inputs, config, set_, workdir, catalog, preset, ray_address, retry_failed, error_class, progress)
+
+
+def _run_job(inputs, config, set_, workdir, catalog, preset, ray_address, retry_failed: bool,
+             error_class: Optional[str], progress: bool) -> None:
+    """The one job behind `run` and `ingest`: config, inputs, run_pipeline, summary."""
     from vidcorpus.errors import ModelNotAvailable
     from vidcorpus.runner import run_pipeline
 
+    if error_class and not retry_failed:
+        err.print("[red]--error-class needs --retry-failed[/red]")
+        raise typer.Exit(2)
     cfg = _config(config, set_, workdir=workdir, catalog=catalog, **{"models.preset": preset, "ray.address": ray_address})
     if inputs:
         cfg = cfg.model_copy(update={"inputs": list(inputs)})

@@ -25,25 +25,48 @@ class RayConfig(Section):
 
 
 class IngestConfig(Section):
-    timeout_s: float = Field(30.0, description="Connect and read timeout per request.")
+    connect_timeout_s: float = Field(10.0, description="Seconds to establish a connection.")
+    read_timeout_s: float = Field(30.0, description="Seconds without a byte from the server before giving up.")
+    total_timeout_s: float = Field(3600.0, description="Whole-download deadline (a slow drip never trips the read timeout).")
     retries: int = Field(3, description="Retries on retryable failures (5xx, timeouts, resets).")
+    backoff_s: float = Field(0.5, description="First retry delay; doubles each retry (capped at 30 s).")
+    max_redirects: int = Field(5, description="Redirects followed at most; each hop is checked like the first.")
     max_bytes: int = Field(2 * 1024**3, description="Largest file accepted.")
+    max_pixels: int = Field(8192 * 8192, description="Largest image or frame (width x height) accepted; refuses decompression bombs.")
+    threads: int = Field(8, description="Concurrent downloads within one worker.")
+    max_per_host: int = Field(
+        4, description="Concurrent requests to one host within one worker process (each Ray worker has its own bound).")
     user_agent: str = "vidcorpus/0.1 (+https://github.com/vidcorpus/vidcorpus)"
     allow_private_addresses: bool = Field(False, description="Allow loopback/private/link-local destinations (tests).")
     respect_opt_outs: bool = Field(True, description="Honour X-Robots-Tag noai / noimageai.")
 
 
 class SplitConfig(Section):
-    detector: Literal["adaptive", "content", "histogram"] = "adaptive"
+    detectors: list[Literal["adaptive", "content", "histogram", "hash"]] = Field(
+        default_factory=lambda: ["adaptive", "histogram"],
+        min_length=1,
+        description="PySceneDetect detectors run together; a cut any of them finds counts (histogram catches fades).")
     adaptive_threshold: float = 3.0
     content_threshold: float = 27.0
-    fade_detection: bool = Field(True, description="Also run the histogram detector to catch cross-fades.")
     histogram_threshold: float = Field(0.1, description="Lower finds more fades and more false cuts.")
-    min_shot_frames: int = Field(8, description="Shots shorter than this are merged by the detector.")
-    transition_max_frames: int = Field(12, description="A segment this short between two cuts is a fade, dropped.")
+    hash_threshold: float = Field(0.35, description="Perceptual-hash distance (0-1) that counts as a cut.")
+    min_shot_seconds: float = Field(1 / 3, description="Shots shorter than this are merged by the detectors.")
+    transition_max_seconds: float = Field(0.5, description="A segment this short between two cuts is a fade, dropped.")
     max_clip_seconds: float = Field(20.0, description="Longer shots are cut into pieces of at most this length.")
+    trim_frames: int = Field(0, ge=0, description="Frames dropped at both ends of every shot (cut artefacts, fade tails).")
+    frame_skip: int = Field(0, ge=0, description="Detect on every (N+1)-th frame only; cuts are then exact to N+1 frames.")
+    downscale: int = Field(0, ge=0, description="Detection frames shrunk by this factor; 0 picks one giving about 256 px width.")
+    backend: Literal["pyav", "opencv"] = Field(
+        "pyav", description="Detection decoder: pyav scales in FFmpeg (fast, streamed); opencv is scenedetect's own.")
+    extract_mode: Literal["precise", "copy"] = Field(
+        "precise", description="precise: frame-exact H.264 re-encode; copy: packet copy from the keyframe at or before the shot start.")
+    copy_max_lead_seconds: float | None = Field(
+        1.0, ge=0, description="copy: a shot whose keyframe lies further before its start is re-encoded instead (None: never).")
     clip_codec: str = "libx264"
     clip_crf: int = 20
+    clip_preset: str = Field("veryfast", description="x264 preset for precise clips.")
+    clip_short_side: int | None = Field(None, ge=2, description="precise: scale clips so the short side is this (None keeps the source size).")
+    clip_fps: float | None = Field(None, gt=0, description="precise: resample clips to this frame rate (None keeps the source rate).")
 
 
 class FiltersConfig(Section):

@@ -131,7 +131,7 @@ def read_frames(path: str, indices: Sequence[int] | None = None, n: int | None =
     lower = path.lower()
     if any(lower.endswith(ext) for ext in IMAGE_EXTS):
         with fsspec.open(path, "rb") as f:
-            img = np.asarray(Image.open(f).convert("RGB"))
+            img = load_image_rgb(f)
         count = len(indices) if indices is not None else (n or 1)
         return np.stack([img] * count)
     with fsspec.open(path, "rb") as f:
@@ -152,6 +152,23 @@ def read_frames(path: str, indices: Sequence[int] | None = None, n: int | None =
     last = got[max(got)]
     # Containers can report one frame more than decodes; repeat the last decoded frame then.
     return np.stack([got.get(i, last) for i in wanted])
+
+
+def load_image_rgb(fileobj, max_pixels: int | None = None) -> np.ndarray:
+    """An image as displayed: EXIF orientation applied, RGB uint8 (H, W, 3).
+
+    Refuses images above ``max_pixels`` (and Pillow's own decompression-bomb limit) before
+    decoding them: ``DecodeError`` with class ``too_large``.
+    """
+    from PIL import ImageOps
+
+    try:
+        img = Image.open(fileobj)
+    except Image.DecompressionBombError as e:
+        raise DecodeError(f"decompression bomb: {e}", "too_large") from e
+    if max_pixels and img.size[0] * img.size[1] > max_pixels:
+        raise DecodeError(f"image of {img.size[0]}x{img.size[1]} pixels is more than {max_pixels}", "too_large")
+    return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
 
 
 def uniform_indices(total: int, n: int) -> list[int]:

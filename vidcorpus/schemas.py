@@ -41,6 +41,10 @@ ROW_SCHEMA = pa.schema(
         ("fps", pa.float64()),
         ("n_frames", pa.int64()),
         ("duration_s", pa.float64()),
+        ("bitrate", pa.int64()),  # bits per second, container-level
+        ("has_audio", pa.bool_()),
+        ("audio_codec", pa.string()),
+        ("rotation", pa.int32()),  # clockwise degrees the stored pixels need to display upright
         # clip
         ("clip_id", pa.string()),
         ("first_frame", pa.int64()),
@@ -49,6 +53,7 @@ ROW_SCHEMA = pa.schema(
         ("end_s", pa.float64()),
         ("clip_path", pa.string()),
         ("first_frame_path", pa.string()),
+        ("extract_mode", pa.string()),  # how the clip was cut: "precise" | "copy" | "image"
         ("scores", pa.list_(SCORE_TYPE)),
         ("captions", pa.list_(CAPTION_TYPE)),
         # decision
