@@ -20,11 +20,10 @@ from typing import ClassVar
 import av
 import fsspec
 import numpy as np
-from PIL import Image
 
 from vidcorpus.errors import DecodeError
 from vidcorpus.ids import clip_id
-from vidcorpus.media import save_jpeg
+from vidcorpus.media import load_image_rgb, save_jpeg
 from vidcorpus.stage import Resources, Stage
 
 
@@ -146,8 +145,9 @@ def copy_clips(path: str, ranges: list[tuple[int, int]], keys: list[int] | None 
     if not keys:
         raise CopyUnsupported("no keyframes")
     starts = [max([k for k in keys if k <= a], default=keys[0]) for a, _ in ranges]
-    # per range: None = not begun, list = collecting (index, packet), "done"
+    # per range: None = not begun, list = collecting (index, pts, dts, key, duration, data), True = written
     state: list = [None] * len(ranges)
+    results: list = [None] * len(ranges)
     with fsspec.open(path, "rb") as f, av.open(f) as c:
         s = c.streams.video[0]
         start = s.start_time or 0
@@ -157,25 +157,21 @@ def copy_clips(path: str, ranges: list[tuple[int, int]], keys: list[int] | None 
             idx = _frame_index(p.pts, start, s.time_base, fps)
             for j, (a, b) in enumerate(ranges):
                 st = state[j]
-                if isinstance(st, tuple):  # finished
+                if st is True:
                     continue
                 if st is None:
-                    if p.is_keyframe and idx == starts[j]:
-                        state[j] = st = []
-                    else:
+                    if not (p.is_keyframe and idx == starts[j]):
                         continue
-                if idx > b:
-                    state[j] = ("done", st)
-                    continue
-                if idx >= starts[j]:  # leading pictures of an open GOP belong before the keyframe
+                    state[j] = st = []
+                if idx > b:  # mux now: only clips still open hold packets in memory
+                    results[j], state[j] = _mux_contiguous(s, st, starts[j]), True
+                elif idx >= starts[j]:  # leading pictures of an open GOP belong before the keyframe
                     st.append((idx, p.pts, p.dts, p.is_keyframe, p.duration, bytes(p)))
-            if all(isinstance(x, tuple) for x in state):
+            if all(st is True for st in state):
                 break
-        results = []
-        for j in range(len(ranges)):
-            st = state[j]
-            pkts = st[1] if isinstance(st, tuple) else (st or [])
-            results.append(_mux_contiguous(s, pkts, starts[j]))
+        for j, st in enumerate(state):
+            if isinstance(st, list):  # ran to the end of the stream
+                results[j] = _mux_contiguous(s, st, starts[j])
     return results
 
 
@@ -241,7 +237,7 @@ class ExtractStage(Stage):
     def _image(self, row: dict) -> dict:
         clip_url, first_url = self._clip_urls(row["clip_id"], ".jpg")
         with fsspec.open(row["source_path"], "rb") as f:
-            img = np.asarray(Image.open(f).convert("RGB"))
+            img = load_image_rgb(f, self.config.ingest.max_pixels)  # as displayed (EXIF orientation)
         save_jpeg(img, clip_url, quality=95)
         save_jpeg(img, first_url)
         return dict(row, clip_path=clip_url, first_frame_path=first_url, extract_mode="image")

@@ -10,7 +10,7 @@ from vidcorpus.cli import app
 
 runner = CliRunner()
 
-COMMANDS = [[], ["demo"], ["run"], ["sql"], ["train"], ["config"], ["config", "show"], ["catalog"],
+COMMANDS = [[], ["demo"], ["run"], ["ingest"], ["sql"], ["train"], ["config"], ["config", "show"], ["catalog"],
             ["catalog", "funnel"], ["catalog", "failures"], ["catalog", "info"], ["shards"], ["shards", "write"],
             ["shards", "list"], ["report"]]
 

@@ -460,18 +460,31 @@ def test_ingest_retry_failed_requeues_only_that_class(tmp_path, monkeypatch):
 
 # -- resume after SIGKILL (starts Ray) ---------------------------------------------------------------
 RUN_SCRIPT = """
-import sys
+import sys, time
+from vidcorpus import runner
+from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import load_config
 from vidcorpus.runner import run_pipeline
+
+runner.COMMIT_ROWS = 2  # several commits even for a small corpus
+commit = Catalog.commit_results
+def reporting_commit(self, *a, **kw):
+    out = commit(self, *a, **kw)
+    if out.get("sources"):
+        print("COMMITTED", out, flush=True)
+        time.sleep(float(sys.argv[3]))  # a slow driver: leaves the test time to kill it mid-run
+    return out
+Catalog.commit_results = reporting_commit
 cfg = load_config(None, ["ray.num_cpus=2"], workdir=sys.argv[1], inputs=[sys.argv[2]])
 s = run_pipeline(cfg, progress=False, log=lambda m: print(m, flush=True))
 print("DONE", s.rows_committed, flush=True)
 """
 
 
-def _start(work: Path, inputs: str, log: Path) -> subprocess.Popen:
+def _start(work: Path, inputs: str, log: Path, pause_after_commit: float = 0.0) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE="1", RAY_DEDUP_LOGS="0")
-    return subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, str(work), inputs], stdout=open(log, "w"),
+    return subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, str(work), inputs, str(pause_after_commit)],
+                            stdout=open(log, "w"),
                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
@@ -516,30 +529,34 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, model_cache):
     from vidcorpus.synth import make_corpus
 
     resolve_models(ModelsConfig())  # build the tiny models once, outside the timed runs
-    corpus = make_corpus(tmp_path / "corpus", n_videos=3, n_images=2, include_real=False)
+    corpus = make_corpus(tmp_path / "corpus", n_videos=2, n_images=1, include_real=False)
     killed, clean = tmp_path / "killed", tmp_path / "clean"
 
-    proc = _start(killed, corpus["list"], tmp_path / "killed.log")
-    staged = killed / "staging" / "clips"
+    # The uninterrupted reference runs beside the killed one (its own local Ray): the runs mostly
+    # wait on Ray scheduling and model setup, so this halves the test's time.
+    reference_run = _start(clean, corpus["list"], tmp_path / "clean.log")
+    proc = _start(killed, corpus["list"], tmp_path / "killed.log", pause_after_commit=5.0)
     deadline = time.time() + 120
-    try:  # kill the driver mid-run: once clips are being written (Ray started, stages running)
+    try:  # kill the driver mid-run: right after its first catalog commit, long before it finishes
         while time.time() < deadline and proc.poll() is None:
-            if staged.exists() and any(staged.iterdir()):
+            if "COMMITTED" in (tmp_path / "killed.log").read_text():
                 break
             time.sleep(0.05)
-        assert proc.poll() is None, "the run finished before it could be killed:\n" + (tmp_path / "killed.log").read_text()
-        time.sleep(1.0)
+        assert proc.poll() is None, "the run ended before it could be killed:\n" + (tmp_path / "killed.log").read_text()
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         time.sleep(1.0)
         _reap(proc)
     assert "DONE" not in (tmp_path / "killed.log").read_text()
+    with Catalog(killed / "catalog.duckdb", read_only=True) as cat:  # what the kill left behind
+        statuses = dict(cat.con.execute("SELECT status, count(*) FROM sources GROUP BY 1").fetchall())
+        assert statuses and "done" not in statuses, statuses
+        assert cat.con.execute("SELECT count(*) FROM shards").fetchall()[0][0] == 0
 
     proc = _start(killed, corpus["list"], tmp_path / "resumed.log")
+    _finish(reference_run, tmp_path / "clean.log")
     _finish(proc, tmp_path / "resumed.log")
-    proc = _start(clean, corpus["list"], tmp_path / "clean.log")
-    _finish(proc, tmp_path / "clean.log")
 
     resumed, reference = _state(killed), _state(clean)
     assert resumed["clips"] and resumed["kept"]

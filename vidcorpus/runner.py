@@ -24,6 +24,7 @@ from vidcorpus.presets import preflight_pipeline, resolve_models
 from vidcorpus.schemas import rows_to_table
 from vidcorpus.stage import Stage
 
+COMMIT_ROWS = 64  # result rows per catalog transaction: what a killed driver can lose at most
 WORKER_ENV = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -166,7 +167,7 @@ def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSu
     failed: set[str] = set()
     # Commit as results stream in: a crash loses at most the batches not yet committed, and a
     # rerun re-processes only sources that were not marked done (upserts keep it duplicate-free).
-    for batch in ds.iter_batches(batch_size=64, batch_format="pyarrow"):
+    for batch in ds.iter_batches(batch_size=COMMIT_ROWS, batch_format="pyarrow"):
         rows = batch.to_pylist()
         for r in rows:
             seen.add(r["source_id"])
