@@ -18,6 +18,7 @@ import fsspec
 from PIL import Image
 
 from vidcorpus.errors import DecodeError
+from vidcorpus.media import stream_timing
 from vidcorpus.stage import Resources, Stage
 
 MAX_PIXELS = 8192 * 8192  # default of ingest.max_pixels
@@ -62,13 +63,7 @@ def probe_video_file(fileobj, max_pixels: int = MAX_PIXELS) -> dict:
             raise DecodeError("video stream without a size")
         if width * height > max_pixels:
             raise DecodeError(f"declared size {width}x{height} is more than {max_pixels} pixels", "too_large")
-        fps = float(s.average_rate or s.guessed_rate or 0) or None
-        duration = None
-        if s.duration is not None and s.time_base is not None:
-            duration = float(s.duration * s.time_base)
-        elif c.duration is not None:
-            duration = c.duration / av.time_base
-        n_frames = s.frames or (round(duration * fps) if duration and fps else None)
+        fps, duration, n_frames = stream_timing(c, s)
         audio = c.streams.audio[0] if c.streams.audio else None
         rotation = 0
         try:

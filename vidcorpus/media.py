@@ -63,6 +63,18 @@ def encode_video(
             container.mux(packet)
 
 
+def stream_timing(container, stream) -> tuple[float | None, float | None, int | None]:
+    """(fps, duration in seconds, frame count) of a video stream, from the headers alone."""
+    fps = float(stream.average_rate or stream.guessed_rate or 0) or None
+    duration = None
+    if stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        duration = container.duration / av.time_base
+    n_frames = stream.frames or (round(duration * fps) if duration and fps else None)
+    return fps, duration, n_frames
+
+
 def probe_video(fileobj_or_path) -> dict:
     """Container-level metadata of a video; decodes nothing but the header."""
     try:
@@ -70,13 +82,7 @@ def probe_video(fileobj_or_path) -> dict:
             if not c.streams.video:
                 raise DecodeError("no video stream", "not_media")
             s = c.streams.video[0]
-            fps = float(s.average_rate or s.guessed_rate or 0) or None
-            duration = None
-            if s.duration is not None and s.time_base is not None:
-                duration = float(s.duration * s.time_base)
-            elif c.duration is not None:
-                duration = c.duration / av.time_base
-            n_frames = s.frames or (round(duration * fps) if duration and fps else None)
+            fps, duration, n_frames = stream_timing(c, s)
             return {
                 "container": c.format.name,
                 "codec": s.codec_context.name,
