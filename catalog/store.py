@@ -184,8 +184,10 @@ class Catalog:
                 "clip_id": r["clip_id"], "source_id": sid, "media_type": r["media_type"],
                 "first_frame": r["first_frame"], "last_frame": r["last_frame"], "start_s": r["start_s"],
                 "end_s": r["end_s"], "duration_s": (r["end_s"] or 0.0) - (r["start_s"] or 0.0),
-                "n_frames": (r["last_frame"] - r["first_frame"] + 1) if r["last_frame"] is not None else None,
-                "fps": fps, "width": r["width"], "height": r["height"], "clip_path": r["clip_path"],
+                "n_frames": r.get("clip_frames") or ((r["last_frame"] - r["first_frame"] + 1)
+                                                      if r["last_frame"] is not None else None),
+                "fps": r.get("clip_fps") or fps, "width": r.get("clip_width") or r["width"],
+                "height": r.get("clip_height") or r["height"], "clip_path": r["clip_path"],
                 "first_frame_path": r["first_frame_path"], "extract_mode": r.get("extract_mode"),
                 "run_id": run_id, "updated_at": now,
             })

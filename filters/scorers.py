@@ -42,10 +42,10 @@ def is_image(row: dict) -> bool:
 
 
 def clip_fps(row: dict, path: str) -> tuple[float, int]:
-    """(fps, frame count) of a clip: from the row when the splitter recorded them, else probed."""
-    fps = row.get("fps")
-    n = None
-    if row.get("first_frame") is not None and row.get("last_frame") is not None:
+    """(fps, frame count) of the clip file: from the row when extraction recorded them, else probed."""
+    fps = row.get("clip_fps") or row.get("fps")
+    n = row.get("clip_frames")
+    if n is None and row.get("first_frame") is not None and row.get("last_frame") is not None:
         n = int(row["last_frame"]) - int(row["first_frame"]) + 1
     if not fps or not n:
         with fsspec.open(path, "rb") as f:

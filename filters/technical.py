@@ -70,8 +70,8 @@ def frozen_fraction(gray: np.ndarray) -> float | None:
 def technical_scores(row: dict, frames: np.ndarray) -> dict[str, float]:
     """Score name -> value for one clip given its sampled frames."""
     h, w = frames.shape[1:3]
-    width = float(row.get("width") or w)
-    height = float(row.get("height") or h)
+    width = float(row.get("clip_width") or row.get("width") or w)
+    height = float(row.get("clip_height") or row.get("height") or h)
     gray = luma(frames)
     out = {
         "width": width,
@@ -87,8 +87,8 @@ def technical_scores(row: dict, frames: np.ndarray) -> dict[str, float]:
             out["duration_s"] = float(row["end_s"] - row["start_s"])
         elif row.get("duration_s"):
             out["duration_s"] = float(row["duration_s"])
-        if row.get("fps"):
-            out["fps"] = float(row["fps"])
+        if row.get("clip_fps") or row.get("fps"):
+            out["fps"] = float(row.get("clip_fps") or row["fps"])
         frozen = frozen_fraction(gray)
         if frozen is not None:
             out["frozen"] = frozen

@@ -240,7 +240,8 @@ class ExtractStage(Stage):
             img = load_image_rgb(f, self.config.ingest.max_pixels)  # as displayed (EXIF orientation)
         save_jpeg(img, clip_url, quality=95)
         save_jpeg(img, first_url)
-        return dict(row, clip_path=clip_url, first_frame_path=first_url, extract_mode="image")
+        return dict(row, clip_path=clip_url, first_frame_path=first_url, extract_mode="image",
+                    clip_width=img.shape[1], clip_height=img.shape[0], clip_fps=None, clip_frames=1)
 
     def _video(self, rows: list[dict]) -> list[dict]:
         rows = sorted(rows, key=lambda r: r["first_frame"])
@@ -327,4 +328,6 @@ class ExtractStage(Stage):
         clip_url, first_url = self._clip_urls(row["clip_id"], ".mp4")
         _write(clip_url, writer.close())
         save_jpeg(writer.first, first_url)
-        return dict(row, clip_path=clip_url, first_frame_path=first_url, extract_mode="precise")
+        return dict(row, clip_path=clip_url, first_frame_path=first_url, extract_mode="precise",
+                    clip_width=writer.stream.width, clip_height=writer.stream.height,
+                    clip_fps=float(writer.rate), clip_frames=writer.frames)

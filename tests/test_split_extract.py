@@ -144,6 +144,25 @@ def test_precise_mode_target_size_and_fps(tmp_path, three_shots):
         assert (info["width"], info["height"], info["fps"]) == (160, 96, 8)
         n_src = r["last_frame"] - r["first_frame"] + 1
         assert len(_decode(r["clip_path"])) == -(-n_src * 8 // FPS)
+        assert (r["clip_width"], r["clip_height"], r["clip_fps"]) == (160, 96, 8)
+        assert r["clip_frames"] == len(_decode(r["clip_path"]))
+    # the catalog, its buckets and the technical scores describe the clip file, not the source
+    from vidcorpus.filters.scorers import TechnicalStage
+    from vidcorpus.schemas import rows_to_table
+    from vidcorpus.shards.buckets import bucket_of
+
+    scored = TechnicalStage(_cfg(tmp_path))(rows_to_table(rows)).to_pylist()
+    for r in scored:
+        values = {s["scorer"]: s["value"] for s in r["scores"]}
+        assert (values["width"], values["height"], values["fps"]) == (160, 96, 8)
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        cat.commit_results("run1", rows)
+        clips = cat.query_dicts("SELECT * FROM clips_wide ORDER BY first_frame")
+        [src] = cat.query_dicts("SELECT width, height, fps FROM sources")
+    assert [(c["width"], c["height"], c["fps"]) for c in clips] == [(160, 96, 8)] * 3
+    assert [c["n_frames"] for c in clips] == [r["clip_frames"] for r in rows]
+    assert (src["width"], src["fps"]) != (160, 8)  # the source keeps its own geometry
+    assert all(bucket_of(c).startswith("video-tiny-") for c in clips)
 
 
 def test_catalog_clip_rows_carry_their_extract_mode(tmp_path, three_shots):

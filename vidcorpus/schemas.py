@@ -54,6 +54,11 @@ ROW_SCHEMA = pa.schema(
         ("clip_path", pa.string()),
         ("first_frame_path", pa.string()),
         ("extract_mode", pa.string()),  # how the clip was cut: "precise" | "copy" | "image"
+        # the clip file as written (differs from the source when extraction resizes or resamples)
+        ("clip_width", pa.int32()),
+        ("clip_height", pa.int32()),
+        ("clip_fps", pa.float64()),
+        ("clip_frames", pa.int64()),
         ("scores", pa.list_(SCORE_TYPE)),
         ("captions", pa.list_(CAPTION_TYPE)),
         # decision
