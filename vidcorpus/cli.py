@@ -41,6 +41,8 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (section
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config value, e.g. --set filters.recipe=pretrain_v1 (repeatable).")
 CatalogOpt = typer.Option(None, "--catalog", help="DuckDB catalog file (default: {workdir}/catalog.duckdb).")
 WorkdirOpt = typer.Option(None, "--workdir", "-w", help="Root for staging and shards: a local path or s3:// URL.")
+RayAddressOpt = typer.Option(None, "--ray-address", help="Existing Ray cluster; default starts a local Ray.")
+ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
 PresetOpt = typer.Option(None, "--preset", help="Model preset: 'tiny' (offline random test models) or 'production'.")
 
 
@@ -105,10 +107,10 @@ def run(
     workdir: Optional[str] = WorkdirOpt,
     catalog: Optional[str] = CatalogOpt,
     preset: Optional[str] = PresetOpt,
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Existing Ray cluster; default starts a local Ray."),
+    ray_address: Optional[str] = RayAddressOpt,
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Only re-run sources that failed before."),
     error_class: Optional[str] = typer.Option(None, "--error-class", help="With --retry-failed: only this error class."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    progress: bool = ProgressOpt,
 ) -> None:
     """Run the curation pipeline: download, probe, split shots, score, decide, caption, shard, catalog.
 
@@ -126,13 +128,13 @@ def ingest(
     workdir: Optional[str] = WorkdirOpt,
     catalog: Optional[str] = CatalogOpt,
     preset: Optional[str] = PresetOpt,
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Existing Ray cluster; default starts a local Ray."),
+    ray_address: Optional[str] = RayAddressOpt,
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-queue only sources that failed before."),
     error_class: Optional[str] = typer.Option(
         None, "--error-class", help="With --retry-failed: only this class (dns, connect, timeout, http_4xx, http_5xx, "
                                     "too_large, not_media, opted_out, decode_error, unsupported_codec, hash_mismatch, "
                                     "blocked_address)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    progress: bool = ProgressOpt,
 ) -> None:
     """Ingest sources (download, probe, split, extract) and carry them through the same job as `run`.
 
@@ -311,7 +313,7 @@ def train(
     select: Optional[str] = typer.Option(None, "--select", help="SQL predicate over clips_wide, e.g. \"kept AND aesthetic >= 5\"."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Checkpoint directory (default {workdir}/train/{run_id})."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    progress: bool = ProgressOpt,
 ) -> None:
     """Train the base image-to-video stage (I2VGen-XL UNet) on the shards a catalog query selects."""
     from vidcorpus.errors import ModelNotAvailable
@@ -332,8 +334,8 @@ def train(
 def demo(
     directory: Path = typer.Argument(Path("vidcorpus-demo"), help="Where everything is written."),
     steps: int = typer.Option(20, "--steps", help="Training steps at the end."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Existing Ray cluster; default starts a local Ray."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    ray_address: Optional[str] = RayAddressOpt,
+    progress: bool = ProgressOpt,
 ) -> None:
     """Make a small synthetic corpus and run every stage on it with tiny offline models, then train."""
     from vidcorpus.demo import run_demo
