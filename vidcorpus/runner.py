@@ -18,7 +18,7 @@ from typing import Callable
 import pyarrow as pa
 
 from vidcorpus import __version__
-from vidcorpus.config import Config, dump_config
+from vidcorpus.config import Config
 from vidcorpus.ids import new_run_id
 from vidcorpus.presets import preflight_pipeline, resolve_models
 from vidcorpus.schemas import rows_to_table
@@ -181,7 +181,7 @@ def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSu
 
 def write_pending_shards(cfg: Config, catalog, run_id: str, progress: bool = True, log=print) -> list[dict]:
     """Pack every kept clip that no shard holds yet; publish each shard, then commit its rows."""
-    from vidcorpus.shards.writer import plan_shards, write_shard
+    from vidcorpus.shards.writer import plan_shards
 
     clips = catalog.unsharded_kept()
     if not clips:
@@ -193,24 +193,32 @@ def write_pending_shards(cfg: Config, catalog, run_id: str, progress: bool = Tru
     plans = plan_shards(clips, cfg.shards.max_samples, cfg.shards.max_bytes)
     out_root = cfg.url("shards")
     written: list[dict] = []
-    if len(plans) == 1 or not _ray_ready():
-        for bucket, members in _progress(plans, "writing shards", progress):
-            manifest = write_shard(bucket, members, out_root, cfg.shards.caption_version)
-            catalog.commit_shards(run_id, [manifest])
+    from rich.progress import Progress
+
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("writing shards", total=len(plans))
+        for manifest in _publish_shards(plans, out_root, cfg.shards.caption_version, cfg.ray.task_cpus):
+            catalog.commit_shards(run_id, [manifest])  # only after the tar is visible
             written.append(manifest)
-        return written
+            bar.advance(task)
+    return written
+
+
+def _publish_shards(plans, out_root: str, caption_version: str, task_cpus: float):
+    """Manifests as shards are published: Ray tasks when Ray is up, else in this process."""
+    from vidcorpus.shards.writer import write_shard
+
+    if len(plans) < 2 or not _ray_ready():
+        for bucket, members in plans:
+            yield write_shard(bucket, members, out_root, caption_version)
+        return
     import ray
 
-    remote = ray.remote(num_cpus=cfg.ray.task_cpus)(write_shard)
-    pending = [remote.remote(b, m, out_root, cfg.shards.caption_version) for b, m in plans]
-    with _bar(len(pending), "writing shards", progress) as advance:
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            manifest = ray.get(ready[0])
-            catalog.commit_shards(run_id, [manifest])
-            written.append(manifest)
-            advance()
-    return written
+    remote = ray.remote(num_cpus=task_cpus)(write_shard)
+    pending = [remote.remote(b, m, out_root, caption_version) for b, m in plans]
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        yield ray.get(ready[0])
 
 
 def _ray_ready() -> bool:
@@ -220,34 +228,3 @@ def _ray_ready() -> bool:
         return ray.is_initialized()
     except ImportError:
         return False
-
-
-def _progress(items, label: str, enabled: bool):
-    if not enabled:
-        return items
-    from rich.progress import track
-
-    return track(items, description=label)
-
-
-class _bar:
-    def __init__(self, total: int, label: str, enabled: bool):
-        self.total, self.label, self.enabled = total, label, enabled
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import Progress
-
-        self.p = Progress()
-        self.p.start()
-        task = self.p.add_task(self.label, total=self.total)
-        return lambda: self.p.advance(task)
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.p.stop()
-
-
-def config_yaml(cfg: Config) -> str:
-    return dump_config(cfg)
