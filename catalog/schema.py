@@ -80,6 +80,20 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE sources ADD COLUMN rotation INTEGER;
         """,
     ),
+    (
+        4,  # dataset releases (issue 7): an immutable, named set of shards with a manifest
+        """
+        CREATE TABLE releases (
+            name VARCHAR PRIMARY KEY, recipe VARCHAR, caption_version VARCHAR, select_sql VARCHAR,
+            manifest_url VARCHAR, manifest_sha256 VARCHAR, n_shards BIGINT, n_clips BIGINT, bytes BIGINT,
+            catalog_snapshot VARCHAR, run_id VARCHAR, created_at TIMESTAMP
+        );
+        CREATE TABLE release_members (
+            name VARCHAR, clip_id VARCHAR, shard_id VARCHAR,
+            PRIMARY KEY (name, clip_id)
+        );
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
