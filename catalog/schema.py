@@ -94,6 +94,16 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        40,  # latent cache (issue 7): sidecar shards of encoder outputs, keyed by shard and cache key
+        """
+        CREATE TABLE latent_shards (
+            shard_id VARCHAR, cache_key VARCHAR, url VARCHAR, sha256 VARCHAR, bytes BIGINT, n BIGINT,
+            encoders_json VARCHAR, params_json VARCHAR, run_id VARCHAR, created_at TIMESTAMP,
+            PRIMARY KEY (shard_id, cache_key)
+        );
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

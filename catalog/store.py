@@ -134,6 +134,13 @@ class Catalog:
             f"GROUP BY sh.url, sh.sha256 ORDER BY sh.url"
         ).fetchall()
 
+    def shard_rows_for(self, predicate: str = "TRUE") -> list[dict]:
+        """Shard rows (id, url, sha256, bytes, n, bucket) holding clips that match a SQL predicate."""
+        return self.query_dicts(
+            f"SELECT DISTINCT sh.shard_id, sh.url, sh.sha256, sh.bytes, sh.n, sh.bucket FROM shards sh "
+            f"JOIN shard_members m USING (shard_id) JOIN (SELECT clip_id FROM clips_wide WHERE {predicate}) w "
+            f"ON w.clip_id = m.clip_id ORDER BY sh.shard_id")
+
     def clip_ids_for(self, predicate: str = "TRUE") -> set[str]:
         return {r[0] for r in self.con.execute(f"SELECT clip_id FROM clips_wide WHERE {predicate}").fetchall()}
 
@@ -278,6 +285,60 @@ class Catalog:
         self._upsert("failures", [{"item_id": item_id, "stage": stage, "source_id": source_id, "uri": None,
                                    "error_class": error_class, "error": error[:2000], "run_id": run_id,
                                    "failed_at": _now(), "attempts": 1}])
+
+    # -- releases and the latent cache (issue 7) ----------------------------------------------
+    def recipe_ids(self, name_or_id: str) -> list[str]:
+        """Recipe ids (``name@version``) with decisions, matching a name or an exact id; newest first."""
+        return [r[0] for r in self.con.execute(
+            "SELECT recipe FROM decisions WHERE recipe = ? OR recipe LIKE ? || '@%' "
+            "GROUP BY recipe ORDER BY max(decided_at) DESC", [name_or_id, name_or_id]).fetchall()]
+
+    def release(self, name: str) -> dict | None:
+        rows = self.query_dicts("SELECT * FROM releases WHERE name = ?", [name])
+        return rows[0] if rows else None
+
+    def releases(self) -> list[dict]:
+        return self.query_dicts("SELECT name, recipe, caption_version, n_clips, n_shards, bytes, created_at, "
+                                "manifest_url FROM releases ORDER BY created_at")
+
+    def release_clip_ids(self, name: str) -> set[str]:
+        return {r[0] for r in self.con.execute("SELECT clip_id FROM release_members WHERE name = ?", [name]).fetchall()}
+
+    def record_release(self, row: dict, members: list[tuple[str, str]]) -> None:
+        """The release row and its (clip, shard) members, in one transaction, after its manifest exists."""
+        self.con.begin()
+        try:
+            self._upsert("releases", [row])
+            self._upsert("release_members", [{"name": row["name"], "clip_id": c, "shard_id": s} for c, s in members])
+            self.con.commit()
+        except BaseException:
+            self.con.rollback()
+            raise
+
+    def decisions_of(self, recipe: str, clip_ids: list[str]) -> dict[str, tuple[bool, str | None, dt.datetime]]:
+        """clip id -> (kept, reason, decided_at) under one recipe id, for the given clips that have one."""
+        rows = self.con.execute(
+            "SELECT clip_id, kept, reason, decided_at FROM decisions WHERE recipe = ? AND clip_id IN (SELECT unnest(?))",
+            [recipe, list(clip_ids)]).fetchall()
+        return {c: (k, r, t) for c, k, r, t in rows}
+
+    def existing_clip_ids(self, clip_ids: list[str]) -> set[str]:
+        return {r[0] for r in self.con.execute(
+            "SELECT clip_id FROM clips WHERE clip_id IN (SELECT unnest(?))", [list(clip_ids)]).fetchall()}
+
+    def latent_shard(self, shard_id: str, cache_key: str) -> dict | None:
+        rows = self.query_dicts("SELECT * FROM latent_shards WHERE shard_id = ? AND cache_key = ?", [shard_id, cache_key])
+        return rows[0] if rows else None
+
+    def record_latent_shards(self, run_id: str, rows: list[dict]) -> None:
+        now = _now()
+        self.con.begin()
+        try:
+            self._upsert("latent_shards", [r | {"run_id": run_id, "created_at": now} for r in rows])
+            self.con.commit()
+        except BaseException:
+            self.con.rollback()
+            raise
 
     # -- queries -----------------------------------------------------------------------------
     def query(self, sql: str, params: list | None = None) -> pa.Table:

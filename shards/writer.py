@@ -1,19 +1,28 @@
 """Pack clips into WebDataset tar shards and publish each one atomically.
 
-A shard is written to a local temporary file, hashed, then published in one step (an atomic
-rename on the local file system, a single completed upload on S3). Its catalog rows are committed
-by the driver only after that, so a reader never sees a shard the catalog does not know or a
-catalog row whose shard is half written. The shard id is derived from its members, so writing the
-same clips again produces the same shard, not a second one.
+A shard is streamed once, straight to its destination, through a hashing wrapper (so the bytes
+are never read back to checksum them), and becomes visible in one step only when it is whole:
+locally it is written as ``{name}.part-*`` beside its final name and renamed; on S3 it is a
+multipart upload completed only at the end (``autocommit=False``), aborted on error. A writer
+killed mid-shard therefore leaves no visible shard; the driver commits a shard's catalog rows only
+after it is published.
+
+Shard ids are derived from the bucket, the member ids and the caption version, and a published
+shard is never overwritten: writing the same clips again finds the shard already there and
+returns its manifest (rerun after a crash between publish and catalog commit), so shards are
+immutable and never duplicated. Tar members carry a fixed mtime, so the same inputs give the
+same bytes.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import io
 import json
 import os
-import tempfile
-from typing import Iterable
+import uuid
+from typing import BinaryIO, Iterable
 
 import fsspec
 import webdataset as wds
@@ -21,10 +30,13 @@ import webdataset as wds
 from vidcorpus.ids import is_safe_key
 from vidcorpus.shards.buckets import bucket_of
 
+TAR_MTIME = 0.0  # fixed member times: identical inputs give identical shard bytes (and sha256)
 
-def shard_id_for(bucket: str, clip_ids: Iterable[str]) -> str:
-    digest = hashlib.sha256("\n".join(sorted(clip_ids)).encode()).hexdigest()[:16]
-    return f"{bucket}-{digest}"
+
+def shard_id_for(bucket: str, clip_ids: Iterable[str], caption_version: str = "") -> str:
+    """Content address of a shard: its bucket, members and the caption version written as txt."""
+    text = "\n".join(sorted(clip_ids)) + f"\ncaption_version={caption_version}"
+    return f"{bucket}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
 def plan_shards(clips: list[dict], max_samples: int, max_bytes: int) -> list[tuple[str, list[dict]]]:
@@ -83,49 +95,126 @@ def chosen_caption(clip: dict, caption_version: str) -> str:
     return clip.get("source_text") or ""
 
 
-def write_shard(bucket: str, clips: list[dict], out_root: str, caption_version: str) -> dict:
+def _image_bytes(clip: dict, image_format: str) -> tuple[str, bytes]:
+    data = _read(clip["clip_path"])
+    if image_format == "webp":
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(data)).convert("RGB").save(buf, format="WEBP", quality=90)
+        return "webp", buf.getvalue()
+    return "jpg", data
+
+
+def sample_of(clip: dict, caption_version: str, image_format: str = "jpg") -> dict:
+    """The WebDataset sample of one clip: media, first frame, everything known (json), chosen caption."""
+    if clip["media_type"] == "image":
+        ext, media = _image_bytes(clip, image_format)
+    else:
+        ext, media = "mp4", _read(clip["clip_path"])
+    return {
+        "__key__": clip["clip_id"],
+        ext: media,
+        "first.jpg": _read(clip["first_frame_path"]),
+        "json": json.dumps(sample_metadata(clip), default=str).encode(),
+        "txt": chosen_caption(clip, caption_version).encode("utf-8"),
+    }
+
+
+class HashingWriter(io.RawIOBase):
+    """A write-only stream that hashes and counts what passes through to ``raw``."""
+
+    def __init__(self, raw: BinaryIO):
+        super().__init__()
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        view = memoryview(b)
+        self.sha256.update(view)
+        self.raw.write(view)
+        self.bytes += view.nbytes
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self.bytes
+
+
+def _is_local(fs) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
+
+
+def _hash_existing(fs, path: str) -> tuple[str, int]:
+    h = hashlib.sha256()
+    n = 0
+    with fs.open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n
+
+
+def stream_tar(url: str, samples: Iterable[dict]) -> tuple[str, int, bool]:
+    """Write samples as one tar at url, visible only when complete: (sha256, bytes, newly written).
+
+    An existing object at url is never overwritten (shards are content-addressed and immutable):
+    its checksum is returned instead and nothing is written.
+    """
+    fs, path = fsspec.core.url_to_fs(url)
+    if fs.exists(path):
+        sha, size = _hash_existing(fs, path)
+        return sha, size, False
+    parent = path.rsplit("/", 1)[0]
+    if _is_local(fs):
+        os.makedirs(parent, exist_ok=True)
+        for stale in glob.glob(glob.escape(path) + ".part-*"):  # left by a writer killed mid-shard
+            os.remove(stale)
+        part = f"{path}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(part, "wb", buffering=1 << 20) as raw:
+                sink = HashingWriter(raw)
+                _write_samples(sink, samples)
+                raw.flush()
+                os.fsync(raw.fileno())
+            os.replace(part, path)  # atomic on one file system
+        finally:
+            if os.path.exists(part):
+                os.remove(part)
+        return sink.sha256.hexdigest(), sink.bytes, True
+    # Object stores: nothing is visible until commit() completes the (multipart) upload.
+    f = fs.open(path, "wb", autocommit=False)
+    try:
+        sink = HashingWriter(f)
+        _write_samples(sink, samples)
+        f.close()
+        f.commit()
+    except BaseException:
+        f.discard()  # aborts the multipart upload: no object appears
+        f.closed = True  # and garbage collection must not try to flush the discarded buffer
+        raise
+    return sink.sha256.hexdigest(), sink.bytes, True
+
+
+def _write_samples(sink: HashingWriter, samples: Iterable[dict]) -> None:
+    with wds.TarWriter(sink, mtime=TAR_MTIME) as tar:
+        for sample in samples:
+            tar.write(sample)
+
+
+def write_shard(bucket: str, clips: list[dict], out_root: str, caption_version: str,
+                image_format: str = "jpg") -> dict:
     """Write and publish one shard; returns its manifest row (id, url, sha256, bytes, n, members)."""
     ids = [c["clip_id"] for c in clips]
     for key in ids:
         if not is_safe_key(key):
             raise ValueError(f"clip id {key!r} is not a safe WebDataset key")
-    shard_id = shard_id_for(bucket, ids)
+    shard_id = shard_id_for(bucket, ids, caption_version)
     url = f"{out_root.rstrip('/')}/{bucket}/{shard_id}.tar"
-    fd, tmp = tempfile.mkstemp(suffix=".tar")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as stream, wds.TarWriter(stream) as sink:
-            for c in clips:
-                ext = "jpg" if c["media_type"] == "image" else "mp4"
-                sink.write({
-                    "__key__": c["clip_id"],
-                    ext: _read(c["clip_path"]),
-                    "first.jpg": _read(c["first_frame_path"]),
-                    "json": json.dumps(sample_metadata(c), default=str).encode(),
-                    "txt": chosen_caption(c, caption_version).encode("utf-8"),
-                })
-        h = hashlib.sha256()
-        with open(tmp, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        size = os.path.getsize(tmp)
-        publish(tmp, url)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return {"shard_id": shard_id, "url": url, "sha256": h.hexdigest(), "bytes": size, "n": len(clips),
+    sha, size, _new = stream_tar(url, (sample_of(c, caption_version, image_format) for c in clips))
+    return {"shard_id": shard_id, "url": url, "sha256": sha, "bytes": size, "n": len(clips),
             "bucket": bucket, "caption_version": caption_version, "members": ids}
-
-
-def publish(local_tmp: str, url: str) -> None:
-    """Make a finished file visible at url in one step."""
-    fs, path = fsspec.core.url_to_fs(url)
-    parent = path.rsplit("/", 1)[0]
-    fs.makedirs(parent, exist_ok=True)
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    if "file" in protocols or "local" in protocols:
-        part = f"{path}.part"
-        fs.put_file(local_tmp, part)
-        os.replace(part, path)  # atomic on one file system
-    else:
-        fs.put_file(local_tmp, path)  # S3: the object appears only when the upload completes

@@ -70,6 +70,28 @@ def http_server(tmp_path):
     server.server_close()
 
 
+@pytest.fixture()
+def s3(monkeypatch):
+    """A moto S3 server on 127.0.0.1 with an empty bucket named `bucket`; AWS_* variables point at it."""
+    from moto.server import ThreadedMotoServer
+
+    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    srv.start()
+    host, port = srv.get_host_and_port()
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
+        monkeypatch.setenv(key, value)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("bucket")
+    yield fs
+    s3fs.S3FileSystem.clear_instance_cache()
+    srv.stop()
+
+
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory, model_cache):
     """The demo, run once per test session (it starts a local Ray and builds the tiny models)."""

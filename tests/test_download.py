@@ -314,27 +314,6 @@ def test_per_host_concurrency_is_bounded(tmp_path, server):
 
 
 # -- S3 ------------------------------------------------------------------------------------------
-@pytest.fixture()
-def s3(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    srv.start()
-    host, port = srv.get_host_and_port()
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
-        monkeypatch.setenv(key, value)
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    fs = s3fs.S3FileSystem()
-    fs.mkdir("bucket")
-    yield fs
-    s3fs.S3FileSystem.clear_instance_cache()
-    srv.stop()
-
-
 def test_s3_prefix_is_listed_and_downloaded(tmp_path, s3):
     s3.pipe({"bucket/raw/a.mp4": VIDEO, "bucket/raw/sub/b.jpg": JPEG, "bucket/raw/notes.txt": b"x",
              "bucket/other/c.mp4": VIDEO})

@@ -8,7 +8,6 @@ bucket at a time, so a short clip or an image never gets padded to the length of
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import logging
@@ -18,16 +17,14 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 import av
-import fsspec
 import numpy as np
 import torch
 import torch.nn.functional as F
-import webdataset as wds
 from PIL import Image
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from vidcorpus.config import TrainConfig
 from vidcorpus.errors import DecodeError
+from vidcorpus.shards.reader import ShardSpec, as_specs, sample_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -47,23 +44,24 @@ class DecodeFailure:
 # -- decoding -------------------------------------------------------------------------------------
 
 def frame_indices(total: int | None, src_fps: float, num_frames: int, target_fps: float,
-                  rng: random.Random) -> tuple[list[int], float]:
+                  rng: random.Random | None) -> tuple[list[int], float]:
     """Indices of up to ``num_frames`` frames spaced to play at ``target_fps``, and the spacing.
 
     A clip too short for ``num_frames`` at that spacing yields fewer frames (never padding);
-    a clip with a lower frame rate than the target is read frame by frame.
+    a clip with a lower frame rate than the target is read frame by frame. The window starts at a
+    random frame (``rng``) or, with ``rng=None``, at the first frame (the latent cache's choice).
     """
     stride = max(1.0, src_fps / target_fps) if src_fps and target_fps else 1.0
     if total:
         n = max(1, min(num_frames, int((total - 1) // stride) + 1))
         slack = (total - 1) - (n - 1) * stride
-        start = rng.randint(0, int(slack)) if slack >= 1 else 0  # a random window, whole-frame aligned
+        start = rng.randint(0, int(slack)) if slack >= 1 and rng is not None else 0  # whole-frame aligned
     else:
         n, start = num_frames, 0
     return [int(round(start + i * stride)) for i in range(n)], stride
 
 
-def decode_video(data: bytes, num_frames: int, target_fps: float, rng: random.Random,
+def decode_video(data: bytes, num_frames: int, target_fps: float, rng: random.Random | None,
                  meta: dict | None = None) -> tuple[np.ndarray, float]:
     """(F, H, W, 3) uint8 frames sampled at ``target_fps`` and the fps they represent."""
     meta = meta or {}
@@ -123,7 +121,7 @@ def resize_center_crop(frames: np.ndarray, height: int, width: int) -> torch.Ten
     return (x / 127.5 - 1.0).clamp_(-1.0, 1.0)
 
 
-def decode_sample(sample: dict, cfg: TrainConfig, rng: random.Random) -> dict:
+def decode_sample(sample: dict, cfg: TrainConfig, rng: random.Random | None) -> dict:
     """One raw WebDataset sample -> dict(video, first_frame, text, key, fps); raises on bad media."""
     key = sample["__key__"]
     meta = {}
@@ -147,33 +145,19 @@ def decode_sample(sample: dict, cfg: TrainConfig, rng: random.Random) -> dict:
 
 # -- the stream -----------------------------------------------------------------------------------
 
-def _open_shards(src: Iterable[dict]) -> Iterator[dict]:
-    """WebDataset stage opening each shard through fsspec (local paths, file://, s3://, ...)."""
-    for item in src:
-        try:
-            item = dict(item, stream=fsspec.open(item["url"], "rb").open())
-        except Exception as e:  # noqa: BLE001 - a missing shard is skipped, loudly
-            log.warning("cannot open shard %s: %s", item.get("url"), e)
-            continue
-        yield item
-
-
-def _warn_shard_error(exn: Exception) -> bool:
-    log.warning("skipping unreadable shard data: %r", exn)
-    return True
-
-
 class ClipStream(torch.utils.data.IterableDataset):
-    """Decoded clips (or DecodeFailure markers) from a list of shard URLs, one epoch per iteration.
+    """Decoded clips (or DecodeFailure markers) from a list of shards, one epoch per iteration.
 
-    Shards are split by node (torch.distributed rank) and DataLoader worker with webdataset's
-    splitters, shuffled per epoch with a seeded RNG, and samples pass a seeded shuffle buffer.
+    Shards come from ``vidcorpus.shards.reader``: each is verified against its sha256 (when the
+    ShardSpec has one) before any sample is used, split by node (torch.distributed rank) and
+    DataLoader worker, shuffled per epoch with a seeded RNG; samples pass a seeded shuffle buffer.
     ``keys`` restricts training to those clip ids (a shard may hold clips a selection excludes).
     """
 
-    def __init__(self, urls: list[str], cfg: TrainConfig, keys: Iterable[str] | None = None, epoch: int = 0):
+    def __init__(self, shards: list[ShardSpec | str], cfg: TrainConfig, keys: Iterable[str] | None = None,
+                 epoch: int = 0):
         super().__init__()
-        self.urls = list(urls)
+        self.shards = as_specs(shards)
         self.cfg = cfg
         self.keys = set(keys) if keys is not None else None
         self.epoch = epoch
@@ -187,20 +171,10 @@ class ClipStream(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[dict | DecodeFailure]:
         seed = self._seed()
-        stages = [
-            wds.SimpleShardList(self.urls, seed=self.cfg.seed + self.epoch),
-            wds.split_by_node,
-            wds.split_by_worker,
-            _open_shards,
-            functools.partial(tar_file_expander, handler=_warn_shard_error),
-            functools.partial(group_by_keys, handler=_warn_shard_error),
-        ]
-        if self.keys is not None:
-            stages.append(wds.select(lambda s: s["__key__"] in self.keys))
-        if self.cfg.shuffle_buffer > 1:
-            stages.append(wds.shuffle(self.cfg.shuffle_buffer, initial=self.cfg.shuffle_buffer,
-                                      rng=random.Random(seed)))
-        for sample in wds.DataPipeline(*stages):
+        info = torch.utils.data.get_worker_info()
+        samples = sample_pipeline(self.shards, seed=self.cfg.seed, epoch=self.epoch, keys=self.keys,
+                                  shuffle_buffer=self.cfg.shuffle_buffer, worker_seed=info.id if info else 0)
+        for sample in samples:
             key = sample["__key__"]
             rng = random.Random(seed ^ zlib.crc32(key.encode()))
             try:
@@ -249,10 +223,10 @@ def bucket_batches(samples: Iterable[dict | DecodeFailure], batch_size: int,
                 yield collate(bucket)
 
 
-def iter_batches(urls: list[str], cfg: TrainConfig, epoch: int = 0, keys: Iterable[str] | None = None,
+def iter_batches(shards: list[ShardSpec | str], cfg: TrainConfig, epoch: int = 0, keys: Iterable[str] | None = None,
                  on_error: OnError | None = None) -> Iterator[dict]:
     """One epoch of bucketed batches; decoding runs in ``cfg.num_workers`` DataLoader workers."""
-    stream = ClipStream(urls, cfg, keys=keys, epoch=epoch)
+    stream = ClipStream(shards, cfg, keys=keys, epoch=epoch)
     source: Iterable = stream
     if cfg.num_workers > 0:
         source = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.num_workers,

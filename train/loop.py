@@ -117,10 +117,11 @@ def _progress(enabled: bool, total: int):
                     TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), disable=not enabled)
 
 
-def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list[str], out_dir: str,
+def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
                on_error: OnError | None = None, progress: bool = True, device: str | torch.device | None = None,
                keys: Iterable[str] | None = None) -> TrainResult:
-    """Train the I2VGen-XL base UNet for ``cfg.steps`` steps on clips streamed from ``shard_urls``.
+    """Train the I2VGen-XL base UNet for ``cfg.steps`` steps on clips streamed from ``shard_urls`` (URLs or
+    ``ShardSpec``s; a spec with a sha256 is verified before use).
 
     ``keys`` optionally restricts training to those clip ids; ``on_error(key, exc)`` hears about
     every sample that failed to decode (once per key).

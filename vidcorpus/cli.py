@@ -311,19 +311,23 @@ def train(
     catalog: Optional[str] = CatalogOpt,
     preset: Optional[str] = PresetOpt,
     select: Optional[str] = typer.Option(None, "--select", help="SQL predicate over clips_wide, e.g. \"kept AND aesthetic >= 5\"."),
+    release: Optional[str] = typer.Option(None, "--release", help="Train on a release's shards (checksums from its manifest)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Checkpoint directory (default {workdir}/train/{run_id})."),
     progress: bool = ProgressOpt,
 ) -> None:
     """Train the base image-to-video stage (I2VGen-XL UNet) on the shards a catalog query selects."""
     from vidcorpus.errors import ModelNotAvailable
+    from vidcorpus.shards.reader import ShardChecksumError
+    from vidcorpus.shards.release import ReleaseError
     from vidcorpus.training import NoTrainingData, run_training
 
     cfg = _config(config, set_, workdir=workdir, catalog=catalog,
-                  **{"models.preset": preset, "train.select": select, "train.steps": steps})
+                  **{"models.preset": preset, "train.select": select, "train.steps": steps,
+                     "train.release": release})
     try:
         result = run_training(cfg, output=output, progress=progress, log=console.print)
-    except (NoTrainingData, ModelNotAvailable) as e:
+    except (NoTrainingData, ModelNotAvailable, ReleaseError, ShardChecksumError) as e:
         err.print(f"[red]{e}[/red]")
         raise typer.Exit(2)
     console.print(f"trained {result.steps} steps on {result.distinct_clips} clips from {result.n_shards} shards; "
@@ -363,6 +367,11 @@ def report(
         raise typer.Exit(2)
     console.print(f"report: {result.index} ({len(result.plots)} plots, {result.clip_pages} clip pages, "
                   f"{result.seconds:.1f} s)")
+
+
+from vidcorpus.cli_release import release_app  # noqa: E402 - also registers `shards encode`
+
+app.add_typer(release_app, name="release")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -94,6 +94,8 @@ class ShardsConfig(Section):
     max_samples: int = Field(64, description="Samples per shard at most.")
     max_bytes: int = Field(512 * 1024**2, description="Bytes per shard at most.")
     caption_version: str = Field("v1", description="Caption version written as each sample's txt.")
+    image_format: Literal["jpg", "webp"] = Field("jpg", description="Image samples as stored (jpg) or re-encoded to webp.")
+    verify: bool = Field(True, description="Readers check each shard's sha256 before using any of its samples.")
 
 
 class TrainConfig(Section):
@@ -115,6 +117,7 @@ class TrainConfig(Section):
     mixed_precision: Literal["no", "bf16"] = "no"
     seed: int = 0
     select: str = Field("TRUE", description="SQL predicate over the wide clip view choosing training clips.")
+    release: str | None = Field(None, description="Train on this release's shards (name or manifest URL); select narrows it.")
     shuffle_buffer: int = 64
     num_workers: int = 0
     log_every: int = 5

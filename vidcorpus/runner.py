@@ -181,15 +181,19 @@ def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSu
 
 def write_pending_shards(cfg: Config, catalog, run_id: str, progress: bool = True, log=print) -> list[dict]:
     """Pack every kept clip that no shard holds yet; publish each shard, then commit its rows."""
+    return pack_clips(cfg, catalog, run_id, catalog.unsharded_kept(), progress=progress)
+
+
+def pack_clips(cfg: Config, catalog, run_id: str, clips: list[dict], caption_version: str | None = None,
+               progress: bool = True) -> list[dict]:
+    """Write shards holding these clips (rows of clips_wide); publish each, then commit its rows."""
     from vidcorpus.shards.writer import plan_shards
 
-    clips = catalog.unsharded_kept()
     if not clips:
         return []
     ids = [c["clip_id"] for c in clips]
     scores, captions = catalog.scores_of(ids), catalog.captions_of(ids)
-    for c in clips:
-        c["scores"], c["captions"] = scores[c["clip_id"]], captions[c["clip_id"]]
+    clips = [dict(c, scores=scores[c["clip_id"]], captions=captions[c["clip_id"]]) for c in clips]
     plans = plan_shards(clips, cfg.shards.max_samples, cfg.shards.max_bytes)
     out_root = cfg.url("shards")
     written: list[dict] = []
@@ -197,25 +201,26 @@ def write_pending_shards(cfg: Config, catalog, run_id: str, progress: bool = Tru
 
     with Progress(disable=not progress) as bar:
         task = bar.add_task("writing shards", total=len(plans))
-        for manifest in _publish_shards(plans, out_root, cfg.shards.caption_version, cfg.ray.task_cpus):
+        for manifest in _publish_shards(plans, out_root, caption_version or cfg.shards.caption_version,
+                                        cfg.shards.image_format, cfg.ray.task_cpus):
             catalog.commit_shards(run_id, [manifest])  # only after the tar is visible
             written.append(manifest)
             bar.advance(task)
     return written
 
 
-def _publish_shards(plans, out_root: str, caption_version: str, task_cpus: float):
+def _publish_shards(plans, out_root: str, caption_version: str, image_format: str, task_cpus: float):
     """Manifests as shards are published: Ray tasks when Ray is up, else in this process."""
     from vidcorpus.shards.writer import write_shard
 
     if len(plans) < 2 or not _ray_ready():
         for bucket, members in plans:
-            yield write_shard(bucket, members, out_root, caption_version)
+            yield write_shard(bucket, members, out_root, caption_version, image_format)
         return
     import ray
 
     remote = ray.remote(num_cpus=task_cpus)(write_shard)
-    pending = [remote.remote(b, m, out_root, caption_version) for b, m in plans]
+    pending = [remote.remote(b, m, out_root, caption_version, image_format) for b, m in plans]
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
         yield ray.get(ready[0])

@@ -27,6 +27,39 @@ class TrainingSummary:
     seconds: float
 
 
+def select_training_shards(cfg: Config) -> tuple[list, set[str], str]:
+    """(shard specs with checksums, clip ids to train on, a description) from a release or a query.
+
+    A release's shards come with the sha256 its manifest recorded; a query's with the catalog's.
+    Either way the stream refuses a shard whose bytes no longer match.
+    """
+    from vidcorpus.catalog.store import Catalog
+    from vidcorpus.shards.reader import ShardSpec, specs_from_manifest
+
+    select = cfg.train.select
+    if cfg.train.release:
+        from vidcorpus.releases import release_manifest
+        from vidcorpus.shards.release import read_release_clips
+
+        manifest, root = release_manifest(cfg, cfg.train.release)
+        specs = specs_from_manifest(manifest)
+        keys = set(read_release_clips(root).column("clip_id").to_pylist())
+        what = f"release {manifest['name']}"
+        if select.strip().upper() != "TRUE":
+            with Catalog(cfg.catalog_path, read_only=True) as cat:
+                keys &= cat.clip_ids_for(select)
+            what += f" where {select}"
+    else:
+        predicate = f"shard_id IS NOT NULL AND ({select})"
+        with Catalog(cfg.catalog_path, read_only=True) as cat:
+            specs = [ShardSpec(url=u, sha256=sha) for u, sha, _n in cat.shard_urls_for(predicate)]
+            keys = cat.clip_ids_for(predicate)
+        what = f"--select {select!r}"
+    if not specs or not keys:
+        raise NoTrainingData(f"no sharded clip matches {what} in {cfg.catalog_path}")
+    return specs, keys, what
+
+
 def run_training(cfg: Config, output: str | None = None, progress: bool = True,
                  log: Callable[[str], None] = print) -> TrainingSummary:
     from vidcorpus.catalog.store import Catalog
@@ -35,14 +68,9 @@ def run_training(cfg: Config, output: str | None = None, progress: bool = True,
     models = resolve_models(cfg.models)
     run_id = new_run_id()
     started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    predicate = f"shard_id IS NOT NULL AND ({cfg.train.select})"
-    with Catalog(cfg.catalog_path, read_only=True) as cat:
-        shards = cat.shard_urls_for(predicate)
-        keys = cat.clip_ids_for(predicate)
-    if not shards:
-        raise NoTrainingData(f"no sharded clip matches --select {cfg.train.select!r} in {cfg.catalog_path}")
-    urls = [u for u, _sha, _n in shards]
-    log(f"training run {run_id}: {len(keys)} clips in {len(urls)} shards match {cfg.train.select!r}")
+    specs, keys, what = select_training_shards(cfg)
+    urls = [s.url for s in specs]
+    log(f"training run {run_id}: {len(keys)} clips in {len(urls)} shards ({what})")
     out_dir = output or cfg.url("train", run_id)
     errors: list[tuple[str, str, str]] = []
 
@@ -51,9 +79,9 @@ def run_training(cfg: Config, output: str | None = None, progress: bool = True,
 
         errors.append((key, classify_error(exc), f"{type(exc).__name__}: {exc}"))
 
-    result = train_base(cfg.train, models.i2vgen, urls, out_dir, on_error=on_error, progress=progress, keys=keys)
+    result = train_base(cfg.train, models.i2vgen, specs, out_dir, on_error=on_error, progress=progress, keys=keys)
     with Catalog(cfg.catalog_path) as cat:
-        cat.record_training(run_id, "base", cfg.train.select, result.steps, result.losses[-1] if result.losses else None,
+        cat.record_training(run_id, "base", what, result.steps, result.losses[-1] if result.losses else None,
                             result.checkpoint_dir, urls, json.dumps(cfg.train.model_dump()), started,
                             list(result.step_keys))
         for key, cls, msg in errors:

@@ -1,0 +1,99 @@
+"""The latent cache: sidecar shards of frozen-encoder outputs, so training can skip decode and encode.
+
+For every sample of a source shard, a sidecar shard with the same keys holds
+
+- ``latent.npy``: the VAE posterior parameters (mean and log-variance, float16, (F, 2C, h, w)) of
+  the clip's frames, sampled at ``fps`` from the first frame and resized/cropped to the bucket as
+  the trainer does (a trainer samples its own posterior draw from them, and applies the VAE's
+  scaling factor recorded in the json);
+- ``clip_image.npy``: the CLIP image embedding of the first frame (float16, (D,));
+- ``text.npy``: the CLIP text encoder's hidden states of the sample's caption (float16, (77, D));
+- ``json``: frame count, fps, shape, the VAE scaling factor and the cache key.
+
+Entries are addressed by a cache key: a hash of every frozen encoder's weights (file contents),
+the resolution, frame count, fps and caption version. Change any of them and the key changes, so
+a stale entry can never be found for a different encoder (no reuse across weight updates).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ENCODER_PARTS = ("vae", "image_encoder", "text_encoder", "tokenizer", "feature_extractor")
+
+
+@dataclass(frozen=True)
+class LatentParams:
+    height: int
+    width: int
+    frames: int
+    fps: int
+    caption_version: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _hash_tree(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(folder)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def encoder_fingerprint(model_dir: str) -> dict[str, str]:
+    """Content hashes of the frozen encoders in a diffusers-layout directory (weights and configs)."""
+    root = Path(model_dir)
+    out = {}
+    for part in ENCODER_PARTS:
+        if (root / part).is_dir():
+            out[part] = _hash_tree(root / part)
+    if "vae" not in out:
+        raise FileNotFoundError(f"{model_dir} has no vae/ folder: not a diffusers-layout I2VGen-XL directory")
+    return out
+
+
+def cache_key(fingerprint: dict[str, str], params: LatentParams) -> str:
+    text = json.dumps({"encoders": fingerprint, "params": params.to_dict()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def sidecar_url(root: str, key: str, shard_id: str) -> str:
+    return f"{root.rstrip('/')}/{key}/{shard_id}.tar"
+
+
+@torch.no_grad()
+def encode_sample(comps, text_cache, sample: dict, key: str) -> dict:
+    """A decoded training sample (``train.data.decode_sample``) -> the sidecar sample."""
+    from vidcorpus.train.objective import clip_image_embeddings
+
+    vae = comps.vae
+    video = sample["video"]  # (F, 3, H, W) in [-1, 1]
+    params = vae.encode(video.to(vae.device, vae.dtype)).latent_dist.parameters  # (F, 2C, h, w)
+    image = clip_image_embeddings(comps, video[:1])[0, 0]
+    text = text_cache.encode([sample["text"]])[0]
+    return {
+        "__key__": sample["key"],
+        "latent.npy": params.float().cpu().numpy().astype(np.float16),
+        "clip_image.npy": image.float().cpu().numpy().astype(np.float16),
+        "text.npy": text.float().cpu().numpy().astype(np.float16),
+        "json": json.dumps({"frames": int(video.shape[0]), "fps": int(sample["fps"]),
+                            "height": int(video.shape[-2]), "width": int(video.shape[-1]),
+                            "scaling_factor": float(vae.config.scaling_factor), "cache_key": key}).encode(),
+    }
+
+
+def device_and_dtype() -> tuple[torch.device, torch.dtype]:
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16
+    return torch.device("cpu"), torch.float32
+

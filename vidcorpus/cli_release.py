@@ -1,0 +1,160 @@
+"""`vidcorpus release ...` and `vidcorpus shards encode|verify`: releases, the latent cache, shard checks.
+
+Registered on the main app at the end of ``vidcorpus/cli.py``; shares its options and printers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from vidcorpus.cli import (
+    CatalogOpt,
+    ConfigOpt,
+    PresetOpt,
+    ProgressOpt,
+    SetOpt,
+    WorkdirOpt,
+    _config,
+    _emit,
+    _print_table,
+    console,
+    err,
+    shards_app,
+)
+
+release_app = typer.Typer(help="Freeze a recipe's kept clips into an immutable, named shard set; list and compare.",
+                          no_args_is_help=True)
+
+
+@release_app.command("create")
+def release_create(
+    name: str = typer.Argument(..., help="Release name ([a-z0-9_.-]); becomes {workdir}/releases/NAME/."),
+    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe name or id (name@version) whose kept clips form the release."),
+    caption_version: Optional[str] = typer.Option(None, "--caption-version", help="Caption version written as txt (default shards.caption_version)."),
+    select: Optional[str] = typer.Option(None, "--select", help="Extra SQL predicate over clips_wide, e.g. \"duration_s >= 2\"."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    workdir: Optional[str] = WorkdirOpt,
+    catalog: Optional[str] = CatalogOpt,
+    progress: bool = ProgressOpt,
+) -> None:
+    """Create release NAME: reuse or write shards, then publish its manifest and record it."""
+    from vidcorpus.releases import create_release
+    from vidcorpus.shards.release import ReleaseError
+
+    cfg = _config(config, set_, workdir=workdir, catalog=catalog)
+    try:
+        s = create_release(cfg, name, recipe, caption_version, select, progress=progress, log=console.print)
+    except ReleaseError as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2)
+    console.print(f"release {s.name}: {s.n_clips} clips in {s.n_shards} shards ({s.reused_shards} reused, "
+                  f"{s.new_shards} new), {s.bytes / 1e6:.1f} MB; manifest {s.manifest_url}")
+
+
+@release_app.command("list")
+def release_list(catalog: Optional[str] = CatalogOpt, config: Optional[Path] = ConfigOpt,
+                 workdir: Optional[str] = WorkdirOpt) -> None:
+    """Every release with its recipe, caption version, size and manifest."""
+    import pyarrow as pa
+
+    from vidcorpus.catalog.store import Catalog
+
+    cfg = _config(config, None, workdir=workdir, catalog=catalog)
+    with Catalog(cfg.catalog_path, read_only=True) as cat:
+        rows = cat.releases()
+    _print_table(pa.Table.from_pylist(rows) if rows else pa.table({"name": pa.array([], pa.string())}), title="releases")
+
+
+@release_app.command("show")
+def release_show(name: str = typer.Argument(..., help="Release name or manifest URL."),
+                 catalog: Optional[str] = CatalogOpt, config: Optional[Path] = ConfigOpt,
+                 workdir: Optional[str] = WorkdirOpt) -> None:
+    """A release's buckets and score summaries, from its manifest."""
+    import pyarrow as pa
+
+    from vidcorpus.releases import release_manifest
+    from vidcorpus.shards.release import ReleaseError
+
+    cfg = _config(config, None, workdir=workdir, catalog=catalog)
+    try:
+        m, _root = release_manifest(cfg, name)
+    except ReleaseError as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2)
+    console.print(f"release {m['name']} (created {m['created_at']}): recipe {m['recipe']}, captions "
+                  f"{m['caption_version']}, {m['n_clips']} clips, {m['n_shards']} shards, {m['bytes'] / 1e6:.1f} MB")
+    _print_table(pa.Table.from_pylist([{"bucket": b, **v} for b, v in sorted(m["buckets"].items())]), title="buckets")
+    scores = [{"score": k, "n": v["n"], "min": round(v["min"], 4), "mean": round(v["mean"], 4), "max": round(v["max"], 4)}
+              for k, v in sorted(m["score_histograms"].items())]
+    if scores:
+        _print_table(pa.Table.from_pylist(scores), title="scores")
+
+
+@release_app.command("diff")
+def release_diff(
+    a: str = typer.Argument(..., help="The older release (name or manifest URL)."),
+    b: str = typer.Argument(..., help="The newer release."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table (summary) | csv | json | parquet (one row per clip)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the per-clip rows to a file."),
+    catalog: Optional[str] = CatalogOpt,
+    config: Optional[Path] = ConfigOpt,
+    workdir: Optional[str] = WorkdirOpt,
+) -> None:
+    """What B adds to and drops from A, and why (which recipe predicate, selection, or new clips)."""
+    import pyarrow as pa
+
+    from vidcorpus.releases import diff_releases, release_reasons_table
+    from vidcorpus.shards.release import ReleaseError
+
+    cfg = _config(config, None, workdir=workdir, catalog=catalog)
+    try:
+        d = diff_releases(cfg, a, b)
+    except ReleaseError as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2)
+    if fmt == "table" and output is None:
+        console.print(f"{d.a} -> {d.b}: +{len(d.added)} added, -{len(d.dropped)} dropped, {d.kept} in both "
+                      f"(recipe {d.recipe_a} -> {d.recipe_b}, captions {d.caption_a} -> {d.caption_b})")
+        summary = d.summary()
+        if summary:
+            _print_table(pa.Table.from_pylist(summary), title="changes by reason")
+        return
+    _emit(release_reasons_table(d), fmt if fmt != "table" else "csv", output)
+
+
+@shards_app.command("encode")
+def shards_encode(
+    release: Optional[str] = typer.Option(None, "--release", help="Encode this release's shards."),
+    select: Optional[str] = typer.Option(None, "--select", help="Or the shards holding clips that match this predicate."),
+    height: Optional[int] = typer.Option(None, "--height", help="Frame height (default train.height)."),
+    width: Optional[int] = typer.Option(None, "--width", help="Frame width (default train.width)."),
+    frames: Optional[int] = typer.Option(None, "--frames", help="Frames per clip (default train.num_frames)."),
+    fps: Optional[int] = typer.Option(None, "--fps", help="Sampling frame rate (default train.fps)."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    workdir: Optional[str] = WorkdirOpt,
+    catalog: Optional[str] = CatalogOpt,
+    preset: Optional[str] = PresetOpt,
+    progress: bool = ProgressOpt,
+) -> None:
+    """Write sidecar shards of VAE latents and CLIP image/text embeddings (the latent cache)."""
+    from vidcorpus.shards.latents import LatentParams
+    from vidcorpus.shards.release import ReleaseError
+    from vidcorpus.training import NoTrainingData
+    from vidcorpus.latent_cache import encode_latent_cache
+
+    cfg = _config(config, set_, workdir=workdir, catalog=catalog, **{"models.preset": preset})
+    t = cfg.train
+    params = LatentParams(height=height or t.height, width=width or t.width, frames=frames or t.num_frames,
+                          fps=fps or t.fps, caption_version=cfg.shards.caption_version)
+    try:
+        s = encode_latent_cache(cfg, params, release=release, select=select, progress=progress, log=console.print)
+    except (ReleaseError, NoTrainingData) as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2)
+    console.print(f"latent cache {s.cache_key}: {s.encoded} shards encoded, {s.reused} already cached "
+                  f"({s.samples} samples) under {s.root}")

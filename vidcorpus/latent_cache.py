@@ -1,0 +1,96 @@
+"""Driver side of the latent cache: encode the shards of a release or a query once per cache key.
+
+A (shard, cache key) pair already recorded in the catalog, whose sidecar file exists, is reused;
+everything else is decoded, encoded with the frozen encoders of the configured I2VGen-XL
+directory and published atomically like any shard, then recorded (``shards/latents.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Callable
+
+import fsspec
+
+from vidcorpus.config import Config
+from vidcorpus.ids import new_run_id
+from vidcorpus.presets import resolve_models
+from vidcorpus.shards.latents import LatentParams, cache_key, device_and_dtype, encode_sample, encoder_fingerprint, sidecar_url
+from vidcorpus.shards.reader import ShardSpec, as_specs, sample_pipeline, specs_from_manifest
+from vidcorpus.shards.writer import stream_tar
+
+
+@dataclass
+class LatentCacheSummary:
+    cache_key: str
+    root: str
+    encoded: int
+    reused: int
+    samples: int
+
+
+def _specs(cfg: Config, release: str | None, select: str | None) -> list[ShardSpec]:
+    from vidcorpus.catalog.store import Catalog
+    from vidcorpus.training import NoTrainingData
+
+    if release:
+        from vidcorpus.releases import release_manifest
+
+        manifest, _root = release_manifest(cfg, release)
+        return specs_from_manifest(manifest)
+    with Catalog(cfg.catalog_path, read_only=True) as cat:
+        rows = cat.shard_rows_for(f"shard_id IS NOT NULL AND ({select or 'TRUE'})")
+    if not rows:
+        raise NoTrainingData(f"no shard holds clips matching {select or 'TRUE'!r}")
+    return as_specs(rows)
+
+
+def encode_latent_cache(cfg: Config, params: LatentParams, release: str | None = None, select: str | None = None,
+                        progress: bool = True, log: Callable[[str], None] = print) -> LatentCacheSummary:
+    from rich.progress import Progress
+
+    from vidcorpus.catalog.store import Catalog
+    from vidcorpus.train.data import decode_sample
+    from vidcorpus.train.models import load_components
+    from vidcorpus.train.objective import TextEncoderCache
+
+    models = resolve_models(cfg.models)
+    specs = _specs(cfg, release, select)
+    fingerprint = encoder_fingerprint(models.i2vgen)
+    key = cache_key(fingerprint, params)
+    root = cfg.url("latents")
+    with Catalog(cfg.catalog_path, read_only=True) as cat:
+        cached = {s.shard_id for s in specs if (row := cat.latent_shard(s.shard_id, key)) and _exists(row["url"])}
+    todo = [s for s in specs if s.shard_id not in cached]
+    log(f"latent cache {key}: {len(cached)} of {len(specs)} shards already encoded")
+    tcfg = cfg.train.model_copy(update={"height": params.height, "width": params.width,
+                                        "num_frames": params.frames, "fps": params.fps})
+    comps = None
+    run_id = new_run_id()
+    samples = 0
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("encoding latents", total=len(todo))
+        for spec in todo:
+            if comps is None:
+                device, dtype = device_and_dtype()
+                comps = load_components(models.i2vgen, device, dtype)
+                text_cache = TextEncoderCache(comps)
+            raw = sample_pipeline([spec], seed=None, split=False)
+            encoded = [encode_sample(comps, text_cache, decode_sample(s, tcfg, None), key) for s in raw]
+            url = sidecar_url(root, key, spec.shard_id)
+            sha, size, _new = stream_tar(url, encoded)
+            with Catalog(cfg.catalog_path) as cat:
+                cat.record_latent_shards(run_id, [{
+                    "shard_id": spec.shard_id, "cache_key": key, "url": url, "sha256": sha, "bytes": size,
+                    "n": len(encoded), "encoders_json": json.dumps({"model": models.i2vgen, **fingerprint}),
+                    "params_json": json.dumps(params.to_dict())}])
+            samples += len(encoded)
+            bar.advance(task)
+    return LatentCacheSummary(cache_key=key, root=f"{root}/{key}", encoded=len(todo), reused=len(cached),
+                              samples=samples)
+
+
+def _exists(url: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.exists(path)
