@@ -4,7 +4,7 @@ The unit of trust is the shard: each one is read whole into a spooled buffer whi
 and its samples are handed out only if the sha256 matches the one recorded in the release
 manifest or the catalog. A damaged or tampered shard is refused with ``ShardChecksumError`` before
 any of its samples reach a trainer (by default the stream stops; ``on_bad_shard="skip"`` reports
-it and goes on). Splitting by node (``torch.distributed`` rank) and by DataLoader worker, and the
+it and goes on). A shard that cannot be read at all is skipped with a warning and reported. Splitting by node (``torch.distributed`` rank) and by DataLoader worker, and the
 seeded per-epoch shard and sample shuffles, are webdataset's.
 """
 
@@ -107,9 +107,9 @@ def _open_stage(src: Iterable[dict], verify: bool, on_bad_shard: OnBadShard,
         except (ShardChecksumError, ShardUnavailable) as e:
             if on_error is not None:
                 on_error(spec.url, e)
-            if on_bad_shard == "raise":
+            if on_bad_shard == "raise" and isinstance(e, ShardChecksumError):
                 raise
-            log.warning("%s", e)
+            log.warning("skipping shard: %s", e)  # a missing shard is skipped, loudly; a damaged one refused
             continue
         yield {"url": spec.url, "stream": stream}
 

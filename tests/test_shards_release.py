@@ -156,6 +156,10 @@ def _keys_skipping(specs, refused):
 
 
 def test_round_trip_on_s3(tmp_path, s3):
+    import ray
+
+    # Ray workers started by an earlier test predate this moto server's AWS_* variables: write here.
+    ray.shutdown()
     cfg = _cfg(tmp_path, workdir="s3://bucket/corpus")
     rows = _clip_rows(tmp_path, n=3, kept=(True, True, True))
     with Catalog(cfg.catalog_path) as cat:
