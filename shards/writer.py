@@ -11,7 +11,8 @@ Shard ids are derived from the bucket, the member ids and the caption version, a
 shard is never overwritten: writing the same clips again finds the shard already there and
 returns its manifest (rerun after a crash between publish and catalog commit), so shards are
 immutable and never duplicated. Tar members carry a fixed mtime, so the same inputs give the
-same bytes.
+same bytes. The tar layout is webdataset's (``{key}.{ext}`` members, a sample's members
+adjacent, USTAR headers as its TarWriter writes them); webdataset reads every shard back.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ import hashlib
 import io
 import json
 import os
+import queue
+import tarfile
+import threading
 import uuid
 from typing import BinaryIO, Iterable
 
 import fsspec
-import webdataset as wds
 
 from vidcorpus.ids import is_safe_key
 from vidcorpus.shards.buckets import bucket_of
@@ -71,6 +74,9 @@ def _file_size(url: str | None) -> int:
 
 
 def _read(url: str) -> bytes:
+    if "://" not in url or url.startswith("file://"):  # local: skip fsspec's per-open overhead
+        with open(url.removeprefix("file://"), "rb") as f:
+            return f.read()
     with fsspec.open(url, "rb") as f:
         return f.read()
 
@@ -122,26 +128,63 @@ def sample_of(clip: dict, caption_version: str, image_format: str = "jpg") -> di
 
 
 class HashingWriter(io.RawIOBase):
-    """A write-only stream that hashes and counts what passes through to ``raw``."""
+    """A write-only stream that passes bytes to ``raw`` and hashes them on a background thread.
+
+    tarfile's stream mode writes 10 KiB records; they are gathered into ~1 MiB pieces and hashed
+    by a thread (hashlib releases the GIL), so checksumming overlaps writing instead of adding to
+    it. ``hexdigest()`` finishes the hash; call it once, after the last write.
+    """
+
+    PIECE = 1 << 20
 
     def __init__(self, raw: BinaryIO):
         super().__init__()
         self.raw = raw
-        self.sha256 = hashlib.sha256()
         self.bytes = 0
+        self._sha = hashlib.sha256()
+        self._pending: list[bytes] = []
+        self._pending_n = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=16)
+        self._thread = threading.Thread(target=self._hash_loop, name="shard-sha256", daemon=True)
+        self._thread.start()
+        self._digest: str | None = None
+
+    def _hash_loop(self) -> None:
+        while (piece := self._queue.get()) is not None:
+            self._sha.update(piece)
 
     def writable(self) -> bool:
         return True
 
     def write(self, b) -> int:
-        view = memoryview(b)
-        self.sha256.update(view)
-        self.raw.write(view)
-        self.bytes += view.nbytes
-        return view.nbytes
+        data = b if isinstance(b, bytes) else bytes(b)  # immutable: safe to hash after returning
+        self.raw.write(data)
+        self.bytes += len(data)
+        self._pending.append(data)
+        self._pending_n += len(data)
+        if self._pending_n >= self.PIECE:
+            self._queue.put(self._pending[0] if len(self._pending) == 1 else b"".join(self._pending))
+            self._pending, self._pending_n = [], 0
+        return len(data)
 
     def tell(self) -> int:
         return self.bytes
+
+    def hexdigest(self) -> str:
+        if self._digest is None:
+            if self._pending:
+                self._queue.put(b"".join(self._pending))
+                self._pending = []
+            self._queue.put(None)
+            self._thread.join()
+            self._digest = self._sha.hexdigest()
+        return self._digest
+
+    def close(self) -> None:  # stop the thread even when writing failed half-way
+        if self._digest is None and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        super().close()
 
 
 def _is_local(fs) -> bool:
@@ -176,34 +219,78 @@ def stream_tar(url: str, samples: Iterable[dict]) -> tuple[str, int, bool]:
             os.remove(stale)
         part = f"{path}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
-            with open(part, "wb", buffering=1 << 20) as raw:
-                sink = HashingWriter(raw)
+            with open(part, "wb", buffering=1 << 20) as raw, HashingWriter(raw) as sink:
                 _write_samples(sink, samples)
+                digest = sink.hexdigest()
                 raw.flush()
                 os.fsync(raw.fileno())
             os.replace(part, path)  # atomic on one file system
         finally:
             if os.path.exists(part):
                 os.remove(part)
-        return sink.sha256.hexdigest(), sink.bytes, True
+        return digest, sink.bytes, True
     # Object stores: nothing is visible until commit() completes the (multipart) upload.
     f = fs.open(path, "wb", autocommit=False)
     try:
-        sink = HashingWriter(f)
-        _write_samples(sink, samples)
+        with HashingWriter(f) as sink:
+            _write_samples(sink, samples)
+            digest = sink.hexdigest()
         f.close()
         f.commit()
     except BaseException:
         f.discard()  # aborts the multipart upload: no object appears
         f.closed = True  # and garbage collection must not try to flush the discarded buffer
         raise
-    return sink.sha256.hexdigest(), sink.bytes, True
+    return digest, sink.bytes, True
 
 
-def _write_samples(sink: HashingWriter, samples: Iterable[dict]) -> None:
-    with wds.TarWriter(sink, mtime=TAR_MTIME) as tar:
-        for sample in samples:
-            tar.write(sample)
+def _encode(ext: str, value) -> bytes:
+    """A sample field as bytes, by its extension as webdataset's encoders would."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if ext.endswith("npy"):
+        import numpy as np
+
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(value), allow_pickle=False)
+        return buf.getvalue()
+    if ext.endswith("json") or isinstance(value, (dict, list)):
+        return json.dumps(value, default=str).encode()
+    raise TypeError(f"cannot encode field {ext!r} of type {type(value).__name__}")
+
+
+def _member_header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, TAR_MTIME, 0o444
+    info.uname = info.gname = "bigdata"  # what webdataset's TarWriter writes
+    return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+
+
+def _write_samples(sink: BinaryIO, samples: Iterable[dict]) -> None:
+    """Samples as a WebDataset tar (``{key}.{ext}`` members in order, USTAR headers from the stdlib).
+
+    Each payload goes out in one write: tarfile's stream mode would copy it in 10 KiB records
+    through Python, which costs more than the copy itself (see docs/benchmarks.md).
+    """
+    written = 0
+    for sample in samples:
+        key = sample["__key__"]
+        for ext, value in sample.items():
+            if ext.startswith("__"):
+                continue
+            data = _encode(ext, value)
+            header = _member_header(f"{key}.{ext}", len(data))
+            sink.write(header)
+            sink.write(data)
+            pad = -len(data) % tarfile.BLOCKSIZE
+            if pad:
+                sink.write(b"\0" * pad)
+            written += len(header) + len(data) + pad
+    end = 2 * tarfile.BLOCKSIZE  # end-of-archive marker, then pad to a whole record like tarfile does
+    end += -(written + end) % tarfile.RECORDSIZE
+    sink.write(b"\0" * end)
 
 
 def write_shard(bucket: str, clips: list[dict], out_root: str, caption_version: str,
