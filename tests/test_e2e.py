@@ -95,3 +95,20 @@ def test_rerun_adds_nothing(demo):
 
 def test_demo_finishes_in_time(demo):
     assert demo["seconds"] < 300
+
+
+def test_demo_trains_on_a_release_of_exactly_the_kept_clips(demo):
+    import hashlib
+
+    from vidcorpus.releases import release_manifest
+
+    manifest, _root = release_manifest(demo["config"], "demo")
+    kept = {r["clip_id"] for r in _q(demo, "SELECT clip_id FROM clips_wide WHERE kept")}
+    members = {r["clip_id"] for r in _q(demo, "SELECT clip_id FROM release_members WHERE name = 'demo'")}
+    assert members == kept and manifest["n_clips"] == len(kept)
+    for shard in manifest["shards"]:
+        with open(shard["url"], "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == shard["sha256"]
+    trained = {r["clip_id"] for r in _q(demo, "SELECT clip_id FROM train_samples")}
+    assert trained and trained <= members
+    assert _q(demo, "SELECT select_sql FROM train_runs") == [{"select_sql": "release demo where kept"}]

@@ -10,6 +10,8 @@ from rich.table import Table
 
 from vidcorpus.config import Config, load_config
 
+DEMO_RELEASE = "demo"
+
 
 def demo_config(directory: Path, steps: int = 20, ray_address: str | None = None) -> Config:
     directory = Path(directory).resolve()
@@ -26,6 +28,7 @@ def demo_config(directory: Path, steps: int = 20, ray_address: str | None = None
 def run_demo(directory: Path, steps: int = 20, ray_address: str | None = None, progress: bool = True,
              console: Console | None = None) -> dict:
     from vidcorpus.catalog.store import Catalog
+    from vidcorpus.releases import create_release
     from vidcorpus.runner import run_pipeline
     from vidcorpus.synth import make_corpus
     from vidcorpus.training import run_training
@@ -41,7 +44,10 @@ def run_demo(directory: Path, steps: int = 20, ray_address: str | None = None, p
                   f"-> {truth['list']}")
     console.rule("[bold]2/3 curation pipeline (tiny models)")
     summary = run_pipeline(cfg, progress=progress, log=console.print)
-    console.rule(f"[bold]3/3 training the base stage for {steps} steps on the shards")
+    console.rule(f"[bold]3/3 a release of the kept clips, then {steps} training steps on it")
+    release = create_release(cfg, DEMO_RELEASE, cfg.filters.recipe, progress=progress, log=console.print)
+    console.print(f"release {release.name}: {release.n_clips} clips in {release.n_shards} shards -> {release.manifest_url}")
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"release": DEMO_RELEASE})})
     training = run_training(cfg, progress=progress, log=console.print)
     with Catalog(cfg.catalog_path, read_only=True) as cat:
         funnel = cat.funnel()
@@ -60,10 +66,12 @@ def run_demo(directory: Path, steps: int = 20, ray_address: str | None = None, p
         f"  corpus:      {directory / 'corpus'}\n"
         f"  catalog:     {cfg.catalog_path}\n"
         f"  shards:      {cfg.url('shards')}\n"
+        f"  release:     {release.manifest_url}\n"
         f"  checkpoint:  {training.checkpoint_dir}\n"
         f"next: vidcorpus sql --catalog {cfg.catalog_path} \"SELECT clip_id, duration_s, aesthetic, motion, kept, "
         f"reason FROM clips_wide\"",
         soft_wrap=True,
     )
-    return {"config": cfg, "truth": truth, "summary": summary, "training": training, "funnel": funnel,
+    return {"config": cfg, "truth": truth, "summary": summary, "release": release, "training": training,
+            "funnel": funnel,
             "seconds": elapsed}
