@@ -160,7 +160,11 @@ class Config(Section):
         return f"{self.workdir.removeprefix('file://').rstrip('/')}/catalog.duckdb"
 
     def url(self, *parts: str) -> str:
-        return "/".join([self.workdir.rstrip("/"), *parts])
+        """A location under the workdir; a local workdir is made absolute, since URLs are stored."""
+        root = self.workdir
+        if "://" not in root:
+            root = os.path.abspath(root)
+        return "/".join([root.rstrip("/"), *parts])
 
 
 class ConfigError(ValueError):
