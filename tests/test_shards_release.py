@@ -120,6 +120,11 @@ def test_release_diff_says_what_changed_and_why(tmp_path):
     assert out.exit_code == 0, out.output
     assert {r["clip_id"] for r in json.loads(out.output) if r["change"] == "dropped"} == {
         rows[0]["clip_id"], rows[1]["clip_id"]}
+    where = ["--catalog", cfg.catalog_path, "--workdir", cfg.workdir]
+    again = CliRunner().invoke(app, ["release", "create", "base", "--recipe", "r", *where])
+    assert again.exit_code == 2 and "immutable" in again.output
+    listing = CliRunner().invoke(app, ["release", "list", *where])
+    assert listing.exit_code == 0 and "base" in listing.output and "strict" in listing.output
 
 
 def test_tampered_shard_is_refused_before_any_sample_is_used(tmp_path):
