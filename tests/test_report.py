@@ -118,6 +118,30 @@ def test_report_data_follows_the_catalog_and_filters_by_run(catalog, tmp_path):
     assert len(a.clips) == len(good) - 2 and not b.failures and a.failures
 
 
+def test_release_report_shows_the_release_recipe_population(catalog, tmp_path):
+    from vidcorpus.config import load_config
+    from vidcorpus.releases import create_release
+
+    copy = tmp_path / "c.duckdb"
+    shutil.copy(catalog["path"], copy)
+    cfg = load_config(None, [], workdir=str(tmp_path / "work"), catalog=str(copy))
+    with Catalog(copy, read_only=True) as cat:
+        kept = cat.query_dicts("SELECT clip_id, duration_s FROM clips_wide WHERE kept ORDER BY duration_s")
+    cut = kept[len(kept) // 2]["duration_s"]
+    create_release(cfg, "long", "demo_v1", select=f"duration_s >= {cut}", progress=False, log=lambda _m: None)
+    with Catalog(copy, read_only=True) as cat:
+        data = load_report_data(cat, release="long")
+        members = cat.release_clip_ids("long")
+        with pytest.raises(ValueError, match="no release 'nope'.*long"):
+            load_report_data(cat, release="nope")
+    assert {c["clip_id"] for c in data.clips if c["kept"]} == members
+    left_out = [c for c in data.clips if c["clip_id"] in {k["clip_id"] for k in kept} - members]
+    assert left_out and {c["reason"] for c in left_out} == {"outside the release's selection"}
+    assert all(c["reason"] for c in data.clips if not c["kept"])  # every drop still has its reason
+    result = build_report(str(copy), tmp_path / "rep", release="long")
+    assert "release <code>long</code>" in (tmp_path / "rep" / "index.html").read_text() and result.plots
+
+
 def test_report_is_self_contained_escaped_and_renders_in_chromium(catalog, tmp_path):
     from vidcorpus.cli import app
 

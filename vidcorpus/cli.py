@@ -354,6 +354,7 @@ def report(
     config: Optional[Path] = ConfigOpt,
     workdir: Optional[str] = WorkdirOpt,
     run_id: Optional[str] = typer.Option(None, "--run", help="Only rows written by this run id."),
+    release: Optional[str] = typer.Option(None, "--release", help="Only the clips a release's recipe decided; kept = released."),
 ) -> None:
     """Write a static HTML audit (funnel, score histograms with thresholds, galleries, failures, captions)."""
     from vidcorpus.catalog.store import CatalogError
@@ -361,7 +362,8 @@ def report(
 
     cfg = _config(config, None, workdir=workdir, catalog=catalog)
     try:
-        result = build_report(cfg.catalog_path, output, run=run_id, recipe_path=cfg.filters.recipe, console=console)
+        result = build_report(cfg.catalog_path, output, run=run_id, recipe_path=cfg.filters.recipe, console=console,
+                              release=release)
     except (CatalogError, ValueError) as e:
         err.print(f"[red]{e}[/red]")
         raise typer.Exit(2)

@@ -75,6 +75,7 @@ class ReportData:
     recipe: Any = None                      # vidcorpus.filters.recipes.Recipe or None
     recipe_id: str | None = None
     notes: list[str] = field(default_factory=list)
+    release: str | None = None
 
     @property
     def scorers(self) -> list[str]:
@@ -98,9 +99,10 @@ def _dicts(cat: Catalog, sql: str, params: Any = None) -> list[dict]:
     return [dict(zip(names, row)) for row in cur.fetchall()]
 
 
-def load_report_data(cat: Catalog, run: str | None = None, recipe_path: str | None = None) -> ReportData:
+def load_report_data(cat: Catalog, run: str | None = None, recipe_path: str | None = None,
+                     release: str | None = None) -> ReportData:
     """Read everything the report needs; ``recipe_path`` is the configured recipe, tried when the
-    catalog's recipe name is not a bundled one."""
+    catalog's recipe name is not a bundled one; ``release`` narrows it to one release."""
     p = {"run": run} if run else {}
 
     def q(sql: str) -> list[dict]:
@@ -139,8 +141,43 @@ def load_report_data(cat: Catalog, run: str | None = None, recipe_path: str | No
     failures = q("SELECT item_id, stage, source_id, uri, error_class, error, attempts, run_id FROM failures"
                  + _where(run) + " ORDER BY stage, error_class, item_id")
     data = ReportData(cat.path, run, clips, dict(scores), sources, failures, captions)
+    if release:
+        _limit_to_release(cat, data, release)
     _attach_recipe(data, recipe_path)
     return data
+
+
+def _limit_to_release(cat: Catalog, data: ReportData, name: str) -> None:
+    """Report a release: the clips its recipe decided, kept = released, reasons from that recipe.
+
+    A clip the recipe kept that the release's selection left out is shown as dropped with reason
+    "outside the release's selection"; sources and failures narrow to those clips' sources.
+    """
+    row = cat.release(name)
+    if row is None:
+        known = ", ".join(r["name"] for r in cat.releases())
+        raise ValueError(f"no release {name!r} in {cat.path} (releases: {known or 'none'})")
+    decided = {r["clip_id"]: r for r in cat.query_dicts(
+        "SELECT clip_id, kept, reason FROM decisions WHERE recipe = ?", [row["recipe"]])}
+    members = cat.release_clip_ids(name)
+    clips = []
+    for c in data.clips:
+        d = decided.get(c["clip_id"])
+        if d is None:
+            continue
+        member = c["clip_id"] in members
+        reason = d["reason"] if not d["kept"] else (None if member else "outside the release's selection")
+        clips.append(dict(c, kept=member, reason=reason, recipe=row["recipe"]))
+    data.clips = clips
+    ids = {c["clip_id"] for c in clips}
+    srcs = {c["source_id"] for c in clips}
+    data.scores = {k: v for k, v in data.scores.items() if k in ids}
+    data.captions = [c for c in data.captions if c["clip_id"] in ids]
+    data.sources = [s for s in data.sources if s["source_id"] in srcs]
+    data.failures = [f for f in data.failures if f["source_id"] in srcs or f["item_id"] in ids]
+    data.release = name
+    data.notes.append(f"release {name}: {len(members)} of the {len(clips)} clips that {row['recipe']} decided"
+                      + (f", selection {row['select_sql']}" if row["select_sql"] else ""))
 
 
 def _attach_recipe(data: ReportData, recipe_path: str | None) -> None:
@@ -390,7 +427,7 @@ class _Writer:
 
 def build_report(catalog: str | Path, out_dir: str | Path, run: str | None = None, recipe_path: str | None = None,
                  console: Console | None = None, per_gallery: int = 6, thumb_px: int = 320,
-                 max_clip_pages: int = 2000) -> ReportResult:
+                 max_clip_pages: int = 2000, release: str | None = None) -> ReportResult:
     """Write ``out_dir/index.html`` and print the headline tables when a console is given.
 
     Drill-down pages are written for every clip when there are at most ``max_clip_pages``,
@@ -403,7 +440,7 @@ def build_report(catalog: str | Path, out_dir: str | Path, run: str | None = Non
     out.mkdir(parents=True, exist_ok=True)
     clear_report_dir(out)
     with Catalog(catalog, read_only=True) as cat:
-        data = load_report_data(cat, run, recipe_path)
+        data = load_report_data(cat, run, recipe_path, release)
     w = _Writer(data, out, thumb_px)
     (out / "report.css").write_text(CSS)
     kept = data.kept_mask()
@@ -504,7 +541,8 @@ def build_report(catalog: str | Path, out_dir: str | Path, run: str | None = Non
     n_pages = _clip_pages(w)
     nav = "<nav>" + "".join(f'<a href="#{a}">{_e(t)}</a>' for a, t, _ in sections) + "</nav>"
     head = (f"<h1>vidcorpus audit report</h1><p>catalog <code>{_e(data.catalog)}</code>"
-            f"{' &middot; run <code>' + _e(run) + '</code>' if run else ''} &middot; {len(data.clips)} clips, "
+            f"{' &middot; run <code>' + _e(run) + '</code>' if run else ''}"
+            f"{' &middot; release <code>' + _e(release) + '</code>' if release else ''} &middot; {len(data.clips)} clips, "
             f"{len(data.sources)} sources, {len(data.failures)} failures &middot; written "
             f"{time.strftime('%Y-%m-%d %H:%M:%S')}</p>")
     page = head + nav + "".join(f'<section id="{a}"><h2>{_e(t)}</h2>{b}</section>' for a, t, b in sections)
