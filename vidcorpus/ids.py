@@ -8,12 +8,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ulid import ULID
 
+from vidcorpus.redact import identity_url
+
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _SAFE_KEY = re.compile(r"^[0-9a-z-]+$")
 
 
 def normalise_uri(uri: str) -> str:
-    """Lower-case scheme and host, drop default ports and fragments; local paths become absolute."""
+    """Lower-case scheme and host, drop default ports, fragments, userinfo, secret and signing
+    query parameters (a re-signed URL is the same source); local paths become absolute."""
     uri = uri.strip()
     parts = urlsplit(uri)
     if not parts.scheme or len(parts.scheme) == 1:  # plain path (or a Windows drive letter)
@@ -23,11 +26,10 @@ def normalise_uri(uri: str) -> str:
     scheme = parts.scheme.lower()
     if scheme == "file":
         return "file://" + parts.path
+    parts = urlsplit(identity_url(uri))  # credentials and signing parameters are not identity
     host = (parts.hostname or "").lower()
     port = parts.port
     netloc = host
-    if parts.username:
-        netloc = f"{parts.username}@{netloc}"
     if port and _DEFAULT_PORTS.get(scheme) != port:
         netloc = f"{netloc}:{port}"
     return urlunsplit((scheme, netloc, parts.path or "/" if scheme in _DEFAULT_PORTS else parts.path, parts.query, ""))
