@@ -78,6 +78,10 @@ def s3(monkeypatch):
     srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     srv.start()
     host, port = srv.get_host_and_port()
+    import requests
+
+    # moto keeps its buckets in process-wide state that outlives a server: start from nothing
+    requests.post(f"http://{host}:{port}/moto-api/reset", timeout=10).raise_for_status()
     for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
                        "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
