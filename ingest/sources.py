@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import re
 from typing import Iterator
 
 import fsspec
@@ -31,9 +32,35 @@ def _ext(path: str) -> str:
     return os.path.splitext(path.split("?", 1)[0])[1].lower()
 
 
+MAX_TEXT_CHARS = 4000  # alt-text longer than this is boilerplate or abuse; captions are far shorter
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def clean_text(text) -> tuple[str | None, list[str]]:
+    """Input text as stored: control characters dropped, capped at MAX_TEXT_CHARS; what changed.
+
+    (Invalid UTF-8 in a list file is already replaced by U+FFFD when the list is read.)
+    """
+    if text is None:
+        return None, []
+    text = str(text)
+    edits = []
+    stripped = _CONTROL.sub("", text)
+    if stripped != text:
+        edits.append("control_chars_removed")
+    if len(stripped) > MAX_TEXT_CHARS:
+        edits.append(f"truncated_from_{len(stripped)}")
+        stripped = stripped[:MAX_TEXT_CHARS]
+    return stripped.strip() or None, edits
+
+
 def _source(url: str, text: str | None = None, meta: dict | None = None) -> dict:
+    text, edits = clean_text(text)
+    meta = dict(meta or {})
+    if edits:
+        meta["text_edits"] = edits
     return empty_row(source_id=source_id(url), uri=normalise_uri(url) if "://" not in url else url,
-                     text=text or None, meta_json=json.dumps(meta or {}, sort_keys=True, default=str))
+                     text=text, meta_json=json.dumps(meta, sort_keys=True, default=str))
 
 
 def _records_from_list(url: str) -> Iterator[dict]:

@@ -33,3 +33,22 @@ def test_a_resigned_url_is_the_same_source():
     assert source_id(PRESIGNED) != source_id("https://cdn.example.com/v/a.mp4?quality=sd")
     # other parameters keep their spelling, so ids of earlier runs do not move
     assert identity_url("https://e.com/x?b=1%202&a=z") == "https://e.com/x?b=1%202&a=z"
+
+
+def test_hostile_input_text_is_cleaned_and_bounded(tmp_path):
+    import json
+
+    from vidcorpus.ingest.sources import MAX_TEXT_CHARS, read_inputs
+
+    lst = tmp_path / "list.jsonl"
+    lst.write_bytes(b'{"url": "https://e.com/a.mp4", "text": "bad \\xff\\xfe utf8"}\n'.replace(b"\\xff\\xfe", b"\xff\xfe")
+                    + b'{"url": "https://e.com/b.mp4", "text": "nul \\u0000 bell \\u0007 ok\\nline"}\n'
+                    + json.dumps({"url": "https://e.com/c.mp4", "text": "x" * 5_000_000}).encode() + b"\n"
+                    + b"this line is not json\n")
+    rows = {r["uri"].rsplit("/", 1)[-1] if r["uri"] else "bad": r for r in read_inputs([str(lst)])}
+    assert "\ufffd" in rows["a.mp4"]["text"]  # invalid UTF-8 replaced, not a crash
+    assert rows["b.mp4"]["text"] == "nul  bell  ok\nline"
+    assert json.loads(rows["b.mp4"]["meta_json"])["text_edits"] == ["control_chars_removed"]
+    assert len(rows["c.mp4"]["text"]) == MAX_TEXT_CHARS
+    assert json.loads(rows["c.mp4"]["meta_json"])["text_edits"] == ["truncated_from_5000000"]
+    assert [r["error_class"] for r in rows.values() if r["error_class"]] == ["bad_input_row"]
