@@ -13,17 +13,19 @@ A source that cannot be stream-copied (no timestamps, odd container) falls back 
 from __future__ import annotations
 
 import io
+import math
 from collections import defaultdict
 from fractions import Fraction
 from typing import ClassVar
 
 import av
 import fsspec
+from av.video.frame import PictureType
 import numpy as np
 
 from vidcorpus.errors import DecodeError
 from vidcorpus.ids import clip_id
-from vidcorpus.media import load_image_rgb, save_jpeg
+from vidcorpus.media import load_image_rgb, save_jpeg, uniform_indices
 from vidcorpus.stage import Resources, Stage
 
 
@@ -43,15 +45,22 @@ class _ClipWriter:
     """
 
     def __init__(self, fps: float, codec: str, crf: int, preset: str = "veryfast",
-                 short_side: int | None = None, out_fps: float | None = None):
+                 short_side: int | None = None, out_fps: float | None = None,
+                 source_frames: int | None = None, keyframes_at: int = 0):
         self.buf = io.BytesIO()
         self.container = av.open(self.buf, mode="w", format="mp4")
         self.in_rate = Fraction(fps).limit_denominator(1001)
         self.rate = Fraction(out_fps).limit_denominator(1001) if out_fps else self.in_rate
         self.stream = self.container.add_stream(codec, rate=self.rate)
         self.stream.pix_fmt = "yuv420p"
-        self.stream.options = {"crf": str(crf), "preset": preset}
+        self.stream.options = {"crf": str(crf), "preset": preset, "forced-idr": "1"}
         self.short_side = short_side
+        # Keyframes where the model scorers will sample (first, middle, last for K=3): a scorer then
+        # decodes K frames instead of the whole clip (vidcorpus.frame_seek). Costs a few bytes.
+        self.key_frames: set[int] = set()
+        if keyframes_at and source_frames:
+            expected = math.ceil(Fraction(source_frames) * self.rate / self.in_rate)
+            self.key_frames = set(uniform_indices(expected, keyframes_at))
         self.seen = 0  # source frames offered
         self.frames = 0  # frames encoded
         self.first: np.ndarray | None = None
@@ -72,6 +81,7 @@ class _ClipWriter:
         # Renumber: decoders can hand out frames whose time base changes mid-stream (VP9 in WebM).
         frame.pts = self.frames
         frame.time_base = 1 / self.rate
+        frame.pict_type = PictureType.I if self.frames in self.key_frames else PictureType.NONE
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
         self.frames += 1
@@ -303,8 +313,11 @@ class ExtractStage(Stage):
                 try:
                     for i, frame in enumerate(container.decode(stream)):
                         if i in starts:
-                            writers[starts[i]["clip_id"]] = _ClipWriter(
-                                fps, cfg.clip_codec, cfg.clip_crf, cfg.clip_preset, cfg.clip_short_side, cfg.clip_fps)
+                            r = starts[i]
+                            writers[r["clip_id"]] = _ClipWriter(
+                                fps, cfg.clip_codec, cfg.clip_crf, cfg.clip_preset, cfg.clip_short_side, cfg.clip_fps,
+                                source_frames=r["last_frame"] - r["first_frame"] + 1,
+                                keyframes_at=self.config.filters.frames_per_clip if cfg.keyframes_at_samples else 0)
                         for w in writers.values():
                             w.add(frame)
                         if i in ends:

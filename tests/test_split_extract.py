@@ -215,3 +215,36 @@ def test_long_video_is_split_and_copied_with_bounded_memory(tmp_path):
     assert any(abs(a - 1440) <= 1 for a in starts) and any(abs(a - 2400) <= 1 for a in starts), starts
     assert all(b - a + 1 <= 20 * FPS for a, b in ranges)
     assert [r["error_class"] for r in rows] == [None] * 8 and {r["extract_mode"] for r in rows} == {"copy"}
+
+
+@pytest.mark.parametrize("overrides", [(), ("split.clip_fps=8",)])
+def test_precise_clips_have_keyframes_where_scorers_sample_and_seeking_decodes_them(tmp_path, three_shots,
+                                                                                      overrides):
+    from vidcorpus.frame_seek import decode_frames_seeking
+    from vidcorpus.media import uniform_indices
+
+    rows = _run(_cfg(tmp_path, *overrides), three_shots)
+    for r in rows:
+        data = open(r["clip_path"], "rb").read()
+        with av.open(r["clip_path"]) as c:
+            s = c.streams.video[0]
+            keys = sorted(round(float(p.pts * s.time_base * s.average_rate)) for p in c.demux(s)
+                          if p.is_keyframe and p.pts is not None)
+        wanted = uniform_indices(r["clip_frames"], 3)  # filters.frames_per_clip = 3
+        assert set(wanted) <= set(keys), (wanted, keys)
+        frames = [f.to_ndarray(format="rgb24") for f in _decode(r["clip_path"])]
+        got = decode_frames_seeking(data, wanted)
+        assert got is not None and all(np.array_equal(got[i], frames[i]) for i in wanted)
+    off = _run(_cfg(tmp_path, "split.keyframes_at_samples=false"), three_shots)
+    with av.open(off[0]["clip_path"]) as c:
+        assert sum(p.is_keyframe for p in c.demux(video=0)) < 3  # only the first (x264 scene cuts aside)
+
+
+def test_seeking_decoder_matches_sequential_decoding_on_a_single_keyframe_clip(three_shots):
+    from vidcorpus.frame_seek import decode_frames_seeking
+
+    data = open(three_shots, "rb").read()
+    frames = [f.to_ndarray(format="rgb24") for f in _decode(three_shots)]
+    wanted = [0, 5, 17, len(frames) - 1]
+    got = decode_frames_seeking(data, wanted)
+    assert got is not None and all(np.array_equal(got[i], frames[i]) for i in wanted)

@@ -67,6 +67,9 @@ class SplitConfig(Section):
     clip_preset: str = Field("veryfast", description="x264 preset for precise clips.")
     clip_short_side: int | None = Field(None, ge=2, description="precise: scale clips so the short side is this (None keeps the source size).")
     clip_fps: float | None = Field(None, gt=0, description="precise: resample clips to this frame rate (None keeps the source rate).")
+    keyframes_at_samples: bool = Field(
+        True, description="precise: keyframes where model scorers sample (filters.frames_per_clip), so they seek "
+                          "instead of decoding the whole clip.")
 
 
 class FiltersConfig(Section):

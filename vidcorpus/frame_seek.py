@@ -1,0 +1,74 @@
+"""Decode a few frames of a clip by index, starting each from the nearest keyframe before it.
+
+A clip's packets are demuxed once (cheap: no decoding) to learn where its keyframes are; each
+wanted frame is then decoded from the last keyframe at or before it, unless the decoder is already
+past that keyframe (then it simply goes on). Clips that vidcorpus extracts carry keyframes exactly
+where the model scorers sample (``split.keyframes_at_samples``), so K frames cost about K decodes
+instead of the whole clip; a clip with a single keyframe costs what sequential decoding costs.
+Non-reference frames other than the wanted ones are skipped (FFmpeg ``skip_frame=NONREF``).
+
+Frames are found by presentation time at a constant frame rate; when timestamps do not index the
+frames one by one (variable frame rate, missing pts) the function returns None and the caller
+decodes sequentially instead.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+
+import av
+import numpy as np
+
+
+def decode_frames_seeking(data: bytes, wanted: list[int]) -> dict[int, np.ndarray] | None:
+    """{index: RGB frame} for the wanted frame indices, or None if timestamps cannot index frames."""
+    want = sorted(set(wanted))
+    if not want:
+        return {}
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or 0)
+            if not fps or stream.time_base is None:
+                return None
+            tb, t0 = float(stream.time_base), stream.start_time or 0
+
+            def index(pts: int) -> int:
+                return round((pts - t0) * tb * fps)
+
+            packets = [p for p in container.demux(stream) if p.size]
+            if any(p.pts is None for p in packets):
+                return None
+            keys = [i for i, p in enumerate(packets) if p.is_keyframe]
+            if not keys or keys[0] != 0:
+                return None
+            key_frame_index = [index(packets[i].pts) for i in keys]
+            cc = stream.codec_context
+            cc.thread_count = 1
+            got: dict[int, np.ndarray] = {}
+            pos = None  # next packet the decoder would read
+            for w in want:
+                if w in got:
+                    continue
+                k = bisect.bisect_right(key_frame_index, w) - 1
+                start = keys[max(k, 0)]
+                if pos is None or start > pos:  # jump ahead to the keyframe; otherwise keep decoding
+                    cc.flush_buffers()
+                    pos = start
+                while w not in got and pos <= len(packets):
+                    packet = packets[pos] if pos < len(packets) else None  # None flushes at the end
+                    if packet is not None:
+                        cc.skip_frame = "DEFAULT" if index(packet.pts) in want else "NONREF"
+                    for frame in cc.decode(packet):
+                        if frame.pts is None:
+                            return None
+                        i = index(frame.pts)
+                        if i in want and i not in got:
+                            got[i] = frame.to_ndarray(format="rgb24")
+                    pos += 1
+                if w not in got:
+                    return None  # the timestamps did not lead to this frame
+            return got
+    except av.error.FFmpegError:
+        return None
