@@ -53,14 +53,20 @@ def decode_frames_seeking(data: bytes, wanted: list[int]) -> dict[int, np.ndarra
                     continue
                 k = bisect.bisect_right(key_frame_index, w) - 1
                 start = keys[max(k, 0)]
-                if pos is None or start > pos:  # jump ahead to the keyframe; otherwise keep decoding
+                if pos is None or start > pos or pos > len(packets):  # jump ahead to the keyframe
                     cc.flush_buffers()
                     pos = start
                 while w not in got and pos <= len(packets):
                     packet = packets[pos] if pos < len(packets) else None  # None flushes at the end
                     if packet is not None:
                         cc.skip_frame = "DEFAULT" if index(packet.pts) in want else "NONREF"
-                    for frame in cc.decode(packet):
+                    frames = list(cc.decode(packet))
+                    if packet is not None and packet.is_keyframe and index(packet.pts) == w:
+                        # The wanted frame is this keyframe: drain the decoder instead of feeding it
+                        # the following reference frames that B-frame reordering would wait for.
+                        frames += cc.decode(None)
+                        pos = len(packets)  # drained: a later wanted frame restarts from a keyframe
+                    for frame in frames:
                         if frame.pts is None:
                             return None
                         i = index(frame.pts)
