@@ -1,29 +1,47 @@
-"""CLIP scores: LAION aesthetic score and CLIP image-text alignment, batched over clips.
+"""CLIP scores: LAION aesthetic score, CLIP image-text alignment and the clip embedding, batched.
 
-Per clip, filters.frames_per_clip frames (first, middle, last for 3; one for an image) are embedded with the CLIP
-image tower and L2-normalised. Scores:
+Per clip, filters.frames_per_clip frames (first, middle, last for 3; one for an image) are embedded
+with the CLIP image tower and L2-normalised. Scores:
   aesthetic      mean over frames of the aesthetic head on each frame embedding (LAION scale ~1..10
                  with real weights; arbitrary with tiny random ones)
   aesthetic_min  minimum over frames of the same
   clip_text      cosine similarity of the normalised mean frame embedding and the normalised text
-                 embedding of row["text"]; only when the text is non-empty
+                 embedding of row["text"] (the original text); only when the text is non-empty
+  clip_text_<version>_<kind>  the same against every caption of the row (e.g. clip_text_v1_long);
+                 CaptionAlignStage adds these after captioning, from the stored embedding
+The row also gets ``embedding`` (the normalised mean frame embedding, float32), ``embedding_model``
+and ``content_sha256`` (of the clip file's bytes): the driver stores embeddings in Parquet and uses
+both for duplicate detection (filters/dedup.py).
+
+Throughput: the file is read and hashed, and its K frames decoded with PyAV, in a thread pool
+(filters.decode_threads; PyAV and hashlib release the GIL), while the GPU works on earlier frames.
+Frames go to the device as uint8 through pinned memory; crop, resize (bicubic, antialiased),
+scaling and normalisation run there (gpu_preprocess). On a GPU the weights are bf16
+(filters.clip_precision). The same code runs on the CPU for the tiny preset.
+
 Model strings: "<clip_model>/<tag>" (e.g. "ViT-L-14/openai"), or the model name for a weights file;
 the aesthetic score adds "+<head file stem>".
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
+import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar
 
+import fsspec
 import numpy as np
 
 from vidcorpus.errors import DecodeError
-from vidcorpus.filters.scorers import add_scores, is_image, score
-from vidcorpus.media import read_frames
+from vidcorpus.filters.scorers import add_scores, clip_fps, is_image, score
+from vidcorpus.media import load_image_rgb, uniform_indices
 from vidcorpus.stage import Resources, Stage
 
-CLIP_SCORE_VERSION = "clip-v1"
+CLIP_SCORE_VERSION = "clip-v2"  # v2: crop/resize/normalise on the device instead of PIL
 
 
 def clip_model_id(model_name: str, pretrained: str) -> str:
@@ -31,15 +49,113 @@ def clip_model_id(model_name: str, pretrained: str) -> str:
     return model_name if is_file else f"{model_name}/{pretrained}"
 
 
+def caption_score_name(caption: dict) -> str:
+    """Scorer name of the alignment with one caption: clip_text_<version>_<kind>, a plain identifier."""
+    slug = re.sub(r"[^a-z0-9]+", "_", f"{caption.get('version') or ''}_{caption.get('kind') or ''}".lower()).strip("_")
+    return f"clip_text_{slug}" if slug else "clip_text_caption"
+
+
+def decode_wanted(data: bytes, wanted: list[int]) -> dict[int, np.ndarray]:
+    """RGB frames of the wanted indices, decoding sequentially up to the last one on ONE thread
+    (the stage parallelises across clips; FFmpeg's own frame threads cost more than they give for
+    short clips) and converting only the wanted frames."""
+    import av
+
+    want, last = set(wanted), max(wanted)
+    got: dict[int, np.ndarray] = {}
+    try:
+        with av.open(io.BytesIO(data)) as c:
+            stream = c.streams.video[0]
+            stream.thread_type = "SLICE"
+            stream.codec_context.thread_count = 1
+            for i, frame in enumerate(c.decode(stream)):
+                if i in want:
+                    got[i] = frame.to_ndarray(format="rgb24")
+                if i >= last:
+                    break
+    except av.error.FFmpegError as e:
+        if not got:
+            raise DecodeError(f"decode failed: {e}") from e
+    return got
+
+
+def load_clip_frames(row: dict, k: int) -> tuple[np.ndarray, str]:
+    """(K frames as (K, H, W, 3) uint8, sha256 of the file) of a clip or image; one read of the file.
+
+    Video frames are first, middle and last for K=3 (uniform with ends for other K); an image is
+    one frame. Frame counts come from the row when extraction recorded them, else from the header.
+    """
+    path = row.get("clip_path")
+    if not path:
+        raise DecodeError("row has no clip_path")
+    data = fsspec.open(path, "rb").open().read() if "://" in path else Path(path).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if is_image(row):
+        return load_image_rgb(io.BytesIO(data))[None], digest
+    _fps, n = clip_fps(row, path) if (row.get("clip_frames") or row.get("last_frame") is not None) else (0.0, 0)
+    if not n:
+        from vidcorpus.media import probe_video
+
+        n = probe_video(io.BytesIO(data))["n_frames"] or 0
+    wanted = uniform_indices(n, k)
+    if not wanted:
+        raise DecodeError("clip has no frames")
+    got = decode_wanted(data, wanted)
+    if not got:
+        raise DecodeError("no frame could be decoded")
+    last = got[max(got)]  # containers can announce a frame more than they deliver
+    return np.stack([got.get(i, last) for i in wanted]), digest
+
+
+def gpu_preprocess(frames: list[np.ndarray], size: int, mean_t, std_t, dtype, pin: bool):
+    """(N, 3, size, size) model input from RGB uint8 frames, computed on the device of mean_t.
+
+    open_clip's eval transform (resize the short side to `size`, bicubic; center crop; scale to
+    0..1; normalise), reordered as crop-then-resize so only the kept pixels are resampled. Frames of
+    one shape travel together as one uint8 tensor (pinned when `pin`, copied without blocking).
+    mean_t and std_t are (1, 3, 1, 1) float32 tensors on the device, in 0..255 units.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    device = mean_t.device
+    groups: dict[tuple, list[int]] = {}
+    for i, f in enumerate(frames):
+        groups.setdefault(f.shape, []).append(i)
+    parts = []
+    for shape, idx in groups.items():
+        h, w = shape[:2]
+        buf = torch.empty((len(idx), h, w, 3), dtype=torch.uint8, pin_memory=pin)
+        arr = buf.numpy()
+        for j, i in enumerate(idx):
+            arr[j] = frames[i]
+        x = buf.to(device, non_blocking=pin)
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        x = x[:, top:top + side, left:left + side].permute(0, 3, 1, 2).float()
+        if side != size:
+            x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+        parts.append(((x - mean_t) / std_t).to(dtype))
+    if len(parts) == 1:
+        return parts[0]
+    out = torch.empty((len(frames), 3, size, size), device=device, dtype=dtype)
+    for (_, idx), x in zip(groups.items(), parts):  # mixed sizes: scatter back into input order
+        for j, i in enumerate(idx):
+            out[i].copy_(x[j])
+    return out
+
+
 class ClipScoreStage(Stage):
-    """Aesthetic and CLIP-text scores; holds the models, so it runs as an actor (GPU when there is one)."""
+    """Aesthetic and CLIP-text scores and the clip embedding; holds the models, so it runs as an
+    actor (GPU when there is one)."""
 
     name: ClassVar[str] = "clip"
     resources: ClassVar[Resources] = Resources(cpus=0.25, actor=True)
     wants_gpu: ClassVar[bool] = True
-    batch_rows: ClassVar[int] = 16
+    batch_rows: ClassVar[int] = 1024  # clips per call: decode overlaps the model within a call, not across calls
 
     def setup(self) -> None:
+        import open_clip
         import torch
 
         from vidcorpus.filters.clip_models import clip_embed_dim, load_aesthetic_head, load_clip
@@ -47,33 +163,38 @@ class ClipScoreStage(Stage):
         m = self.config.models
         if not (m.clip_model and m.clip_pretrained and m.aesthetic_head):
             raise ValueError("models.clip_model/clip_pretrained/aesthetic_head must be resolved (presets.resolve_models)")
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.preprocess, self.tokenizer = load_clip(m.clip_model, m.clip_pretrained, self.device)
+        self.dtype = torch.float32
+        if self.device.type == "cuda" and self.config.filters.clip_precision == "bf16":
+            self.dtype = torch.bfloat16
+            self.model.to(dtype=self.dtype)
         self.head = load_aesthetic_head(m.aesthetic_head, clip_embed_dim(m.clip_model), self.device)
+        pre = open_clip.get_model_preprocess_cfg(self.model)
+        size = pre.get("size", 224)
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.mean_t = torch.tensor(pre["mean"], device=self.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        self.std_t = torch.tensor(pre["std"], device=self.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self.clip_id = clip_model_id(m.clip_model, m.clip_pretrained)
         head_stem = Path(m.aesthetic_head.split("?")[0]).stem
         self.aesthetic_id = f"{self.clip_id}+{head_stem}"
         self.version = f"{CLIP_SCORE_VERSION}-f{self.config.filters.frames_per_clip}"
+        threads = self.config.filters.decode_threads or min(16, os.cpu_count() or 1)
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="clip-decode")
 
-    def _frames(self, row: dict) -> np.ndarray:
-        if not row.get("clip_path"):
-            raise DecodeError("row has no clip_path")
-        n = 1 if is_image(row) else self.config.filters.frames_per_clip  # an image is one frame, once
-        return read_frames(row["clip_path"], n=n)
-
-    def _embed_images(self, frames: list[np.ndarray]):
+    # -- model calls ------------------------------------------------------------------------------
+    def embed_frames(self, frames: list[np.ndarray]):
+        """Normalised float32 embeddings and aesthetic values of frames (one model batch)."""
         import torch
-        from PIL import Image
 
-        bs = max(1, self.config.filters.clip_batch_size)
-        out = []
         with torch.inference_mode():
-            for i in range(0, len(frames), bs):
-                x = torch.stack([self.preprocess(Image.fromarray(f)) for f in frames[i:i + bs]]).to(self.device)
-                out.append(self.model.encode_image(x, normalize=True).float())
-        return torch.cat(out)
+            x = gpu_preprocess(frames, self.image_size, self.mean_t, self.std_t, self.dtype,
+                               pin=self.device.type == "cuda")
+            emb = self.model.encode_image(x, normalize=True).float()
+            aesthetic = self.head(emb).squeeze(1)
+        return emb, aesthetic
 
-    def _embed_texts(self, texts: list[str]):
+    def embed_texts(self, texts: list[str]):
         import torch
 
         bs = max(1, self.config.filters.clip_batch_size)
@@ -84,41 +205,110 @@ class ClipScoreStage(Stage):
                 out.append(self.model.encode_text(tokens, normalize=True).float())
         return torch.cat(out)
 
+    def text_scores(self, rows: list[dict], clip_emb) -> list[list[dict]]:
+        """Per row: clip_text against the original text and one score per caption (version, kind)."""
+        jobs: list[tuple[int, str, str]] = []
+        for i, row in enumerate(rows):
+            if (row.get("text") or "").strip():
+                jobs.append((i, "clip_text", row["text"]))
+            for c in row.get("captions") or []:
+                if (c.get("text") or "").strip():
+                    jobs.append((i, caption_score_name(c), c["text"]))
+        out: list[list[dict]] = [[] for _ in rows]
+        if not jobs:
+            return out
+        t = self.embed_texts([j[2] for j in jobs])
+        cos = (clip_emb[[j[0] for j in jobs]] * t).sum(1).cpu().numpy()
+        for (i, name, _), v in zip(jobs, cos):
+            out[i].append(score(name, float(v), self.clip_id, self.version))
+        return out
+
+    # -- the batch -------------------------------------------------------------------------------
     def process_rows(self, rows: list[dict]) -> list[dict]:
         import torch
 
-        good: list[tuple[dict, np.ndarray]] = []
+        k = self.config.filters.frames_per_clip
+        bs = max(1, self.config.filters.clip_batch_size)
+        # Decode runs ahead of the model by a bounded window of clips (memory stays bounded too).
+        window = max(2 * self.pool._max_workers, 3 * bs // max(1, k))
+        futures: list[Future] = []
+
+        def submit_upto(n: int) -> None:
+            while len(futures) < min(n, len(rows)):
+                row = rows[len(futures)]
+                futures.append(self.pool.submit(load_clip_frames, row, 1 if is_image(row) else k))
         out: list[dict] = []
-        for row in rows:
-            try:
-                good.append((row, self._frames(row)))
-            except Exception as exc:  # noqa: BLE001 - an unreadable clip fails its row only
-                out.append(self.fail(row, exc))
-        if not good:
-            return out
+        good: list[tuple[dict, int, int, str]] = []  # row, first frame position, frame count, sha256
+        pending: list[np.ndarray] = []
+        embs, aes = [], []
+        n_frames = 0
+
+        def flush(frames: list[np.ndarray]) -> None:
+            e, a = self.embed_frames(frames)  # launched asynchronously on a GPU; decode goes on meanwhile
+            embs.append(e)
+            aes.append(a)
+
         try:
-            flat = [f for _, frames in good for f in frames]
-            emb = self._embed_images(flat)
+            for j, row in enumerate(rows):
+                submit_upto(j + window)
+                try:
+                    frames, digest = futures[j].result()
+                except Exception as exc:  # noqa: BLE001 - an unreadable clip fails its row only
+                    out.append(self.fail(row, exc))
+                    continue
+                good.append((row, n_frames, len(frames), digest))
+                n_frames += len(frames)
+                pending.extend(frames)
+                while len(pending) >= bs:
+                    flush(pending[:bs])
+                    pending = pending[bs:]
+            if pending:
+                flush(pending)
+            if not good:
+                return out
             with torch.inference_mode():
-                aesthetic = self.head(emb).squeeze(1).float().cpu().numpy()
-            text_rows = [i for i, (row, _) in enumerate(good) if (row.get("text") or "").strip()]
-            text_emb = self._embed_texts([good[i][0]["text"] for i in text_rows]) if text_rows else None
+                emb = torch.cat(embs)
+                aesthetic = torch.cat(aes).float().cpu().numpy()
+                clip_emb = torch.stack([torch.nn.functional.normalize(emb[s:s + n].mean(0), dim=0)
+                                        for _, s, n, _ in good])
+                texts = self.text_scores([g[0] for g in good], clip_emb)
+                clip_np = clip_emb.cpu().numpy().astype(np.float32)
         except Exception as exc:  # noqa: BLE001 - a model failure fails the batch's rows, not the run
-            return out + [self.fail(row, exc) for row, _ in good]
-        text_of = {i: k for k, i in enumerate(text_rows)}
-        start = 0
-        for i, (row, frames) in enumerate(good):
-            n = len(frames)
-            a = aesthetic[start:start + n]
-            e = emb[start:start + n]
-            start += n
+            for f in futures:
+                f.cancel()
+            return out + [self.fail(row, exc) for row, *_ in good]
+        for i, (row, s, n, digest) in enumerate(good):
+            a = aesthetic[s:s + n]
             new = [
                 score("aesthetic", float(a.mean()), self.aesthetic_id, self.version),
                 score("aesthetic_min", float(a.min()), self.aesthetic_id, self.version),
+                *texts[i],
             ]
-            if i in text_of:
-                mean = torch.nn.functional.normalize(e.mean(0), dim=0)
-                cos = float(mean @ text_emb[text_of[i]])
-                new.append(score("clip_text", cos, self.clip_id, self.version))
-            out.extend(self.safe_call(lambda r, new=new: add_scores(r, new), row))
+            extra = {"embedding": clip_np[i].tolist(), "embedding_model": self.clip_id, "content_sha256": digest}
+            out.extend(self.safe_call(lambda r, new=new, extra=extra: dict(add_scores(r, new), **extra), row))
         return out
+
+
+class CaptionAlignStage(ClipScoreStage):
+    """CLIP alignment of every caption of a kept clip with the clip's stored embedding (text tower
+    only: the image embedding travels in the row). Runs after captioning."""
+
+    name: ClassVar[str] = "caption_align"
+    kept_only: ClassVar[bool] = True
+    batch_rows: ClassVar[int] = 64
+
+    def process_rows(self, rows: list[dict]) -> list[dict]:
+        import torch
+
+        todo = [r for r in rows if r.get("embedding") and r.get("captions")
+                and r.get("embedding_model") == self.clip_id]
+        rest = [r for r in rows if not any(r is t for t in todo)]
+        if not todo:
+            return rows
+        try:
+            with torch.inference_mode():
+                emb = torch.tensor([r["embedding"] for r in todo], dtype=torch.float32, device=self.device)
+                texts = self.text_scores([dict(r, text=None) for r in todo], emb)
+        except Exception as exc:  # noqa: BLE001
+            return rest + [self.fail(r, exc) for r in todo]
+        return [add_scores(r, t) for r, t in zip(todo, texts)] + rest

@@ -136,7 +136,7 @@ def test_clip_stage_scores_videos_and_images_and_fails_broken_rows(tiny, media):
         assert not out[cid]["error_class"]
     assert -1.0 <= scores_of(out["a"])["clip_text"] <= 1.0
     entry = next(s for s in out["a"]["scores"] if s["scorer"] == "clip_text")
-    assert entry["model"] == "vidcorpus-tiny-clip" and entry["version"].startswith("clip-v1")
+    assert entry["model"] == "vidcorpus-tiny-clip" and entry["version"].startswith("clip-v2")
     assert out["d"]["error_class"] and out["d"]["error_stage"] == "clip" and not out["d"]["scores"]
     # Batched and one-at-a-time scoring agree (the batch size changes nothing but speed).
     single = run_stage(ClipScoreStage(cfg_for(tiny, clip_batch_size=1)), rows[:1])[0]
