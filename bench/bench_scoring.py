@@ -98,11 +98,11 @@ def bench_e2e(stage, rows: list[dict], rows_per_call: int, calls: int) -> tuple[
 
 
 def bench_decode_only(stage, rows: list[dict], k: int) -> float:
-    from vidcorpus.filters.clip_scores import load_clip_frames
-
-    list(stage.pool.map(lambda r: load_clip_frames(r, k), rows[:32]))
+    """The stage's decoder processes alone over the same rows (the CPU side's own ceiling)."""
+    dec = stage.decoder()
+    dec.decode_all(rows[:32])
     t0 = time.perf_counter()
-    n = sum(len(f) for f, _ in stage.pool.map(lambda r: load_clip_frames(r, k), rows))
+    n = dec.decode_all(rows)
     return n / (time.perf_counter() - t0)
 
 
@@ -146,7 +146,7 @@ def main() -> None:
                    help="frames per clip, one end-to-end measurement each (48 = 2 s at 24 fps); the first is "
                         "also measured with text (clip_text adds the text tower)")
     p.add_argument("--k", type=int, default=3, help="frames scored per clip")
-    p.add_argument("--threads", type=int, default=0, help="decode threads (0: the stage default)")
+    p.add_argument("--threads", type=int, default=0, help="decode worker processes (0: the stage default)")
     p.add_argument("--cpu-scorers", action="store_true", help="also time technical and motion on one core")
     p.add_argument("--cpu-only", action="store_true", help="only the CPU scorers")
     p.add_argument("--workdir", default=None)
@@ -189,7 +189,7 @@ def main() -> None:
         stage._ready = True
         result["model_build_s"] = time.time() - t0
         result["dtype"] = str(stage.dtype)
-        result["decode_threads"] = stage.pool._max_workers
+        result["decode_workers"] = stage.decoder().workers
         models = [bench_model_only(stage, a.batch, a.iters)]
         print(f"model-only {models[-1]:.0f} frames/s", flush=True)
         plan = [(n, False) for n in a.frames] + [(first, True)]

@@ -29,7 +29,8 @@ import hashlib
 import io
 import os
 import re
-from concurrent.futures import Future, ThreadPoolExecutor
+import weakref
+from concurrent.futures import Future
 from pathlib import Path
 from typing import ClassVar
 
@@ -107,6 +108,97 @@ def load_clip_frames(row: dict, k: int) -> tuple[np.ndarray, str]:
     return np.stack([got.get(i, last) for i in wanted]), digest
 
 
+ROW_KEYS = ("clip_path", "media_type", "clip_frames", "first_frame", "last_frame", "fps", "clip_fps")
+MAX_SIDE = 512  # center squares larger than this are shrunk (area filter) in the worker before shipping
+
+
+def center_square(frames: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
+    """The center square of (K, H, W, 3) frames (what the model's center crop keeps), at most max_side."""
+    h, w = frames.shape[1:3]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    sq = frames[:, top:top + side, left:left + side]
+    if side > max_side:
+        import cv2
+
+        sq = np.stack([cv2.resize(f, (max_side, max_side), interpolation=cv2.INTER_AREA) for f in sq])
+    return np.ascontiguousarray(sq)
+
+
+_SHM = None  # the worker process's view of the shared frame slots
+
+
+def _worker_init(shm_name: str) -> None:
+    global _SHM
+    import cv2
+    from multiprocessing import shared_memory
+
+    cv2.setNumThreads(1)
+    _SHM = shared_memory.SharedMemory(name=shm_name)
+
+
+def _decode_to_slot(row: dict, k: int, slot: int, slot_bytes: int) -> tuple[tuple, str]:
+    """Worker: decode a clip's K frames, keep the center squares, write them into its slot."""
+    frames, digest = load_clip_frames(row, k)
+    sq = center_square(frames)
+    view = np.ndarray(sq.shape, dtype=np.uint8, buffer=_SHM.buf, offset=slot * slot_bytes)
+    view[...] = sq
+    del view
+    return sq.shape, digest
+
+
+class FrameDecoder:
+    """Decodes clips in worker processes (PyAV holds the GIL while decoding, so threads do not
+    scale) into slots of one shared-memory block; the caller reads the frames in place and frees
+    the slot once they are copied to the device."""
+
+    def __init__(self, workers: int, k: int, n_slots: int):
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import shared_memory
+
+        self.k = k
+        self.slot_bytes = k * MAX_SIDE * MAX_SIDE * 3
+        self.shm = shared_memory.SharedMemory(create=True, size=self.slot_bytes * n_slots)
+        self.n_slots = n_slots
+        self.free = list(range(n_slots))
+        self.workers = workers
+        self.pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                        initargs=(self.shm.name,))
+
+    def submit(self, row: dict, k: int) -> tuple[Future, int]:
+        slot = self.free.pop()
+        small = {key: row.get(key) for key in ROW_KEYS}
+        return self.pool.submit(_decode_to_slot, small, k, slot, self.slot_bytes), slot
+
+    def frames(self, slot: int, shape: tuple) -> np.ndarray:
+        return np.ndarray(shape, dtype=np.uint8, buffer=self.shm.buf, offset=slot * self.slot_bytes)
+
+    def release(self, slot: int) -> None:
+        self.free.append(slot)
+
+    def decode_all(self, rows: list[dict]) -> int:
+        """Decode rows in order through the slots and drop the frames; frames decoded (benchmarks)."""
+        jobs: list[tuple[Future, int]] = []
+        n = 0
+        for j in range(len(rows)):
+            while len(jobs) < len(rows) and self.free:
+                jobs.append(self.submit(rows[len(jobs)], self.k))
+            fut, slot = jobs[j]
+            shape, _ = fut.result()
+            n += shape[0]
+            self.release(slot)
+        return n
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            self.shm.close()
+            self.shm.unlink()
+        except (BufferError, FileNotFoundError):
+            pass
+
+
 def gpu_preprocess(frames: list[np.ndarray], size: int, mean_t, std_t, dtype, pin: bool):
     """(N, 3, size, size) model input from RGB uint8 frames, computed on the device of mean_t.
 
@@ -179,8 +271,7 @@ class ClipScoreStage(Stage):
         head_stem = Path(m.aesthetic_head.split("?")[0]).stem
         self.aesthetic_id = f"{self.clip_id}+{head_stem}"
         self.version = f"{CLIP_SCORE_VERSION}-f{self.config.filters.frames_per_clip}"
-        threads = self.config.filters.decode_threads or min(16, os.cpu_count() or 1)
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="clip-decode")
+        self._decoder = None  # worker processes start with the first batch (CaptionAlignStage needs none)
 
     # -- model calls ------------------------------------------------------------------------------
     def embed_frames(self, frames: list[np.ndarray]):
@@ -224,46 +315,75 @@ class ClipScoreStage(Stage):
         return out
 
     # -- the batch -------------------------------------------------------------------------------
+    def decoder(self) -> FrameDecoder:
+        if getattr(self, "_decoder", None) is None:
+            k = self.config.filters.frames_per_clip
+            bs = max(1, self.config.filters.clip_batch_size)
+            workers = self.config.filters.decode_threads or max(1, min(16, (os.cpu_count() or 2) - 1))
+            # enough slots for two model batches in flight plus a queue per worker
+            self._decoder = FrameDecoder(workers, k, n_slots=2 * (bs // k + 1) + 2 * workers)
+            weakref.finalize(self, self._decoder.close)
+        return self._decoder
+
     def process_rows(self, rows: list[dict]) -> list[dict]:
         import torch
 
         k = self.config.filters.frames_per_clip
         bs = max(1, self.config.filters.clip_batch_size)
-        # Decode runs ahead of the model by a bounded window of clips (memory stays bounded too).
-        window = max(2 * self.pool._max_workers, 3 * bs // max(1, k))
-        futures: list[Future] = []
+        dec = self.decoder()
+        jobs: list[tuple[Future, int]] = []
 
-        def submit_upto(n: int) -> None:
-            while len(futures) < min(n, len(rows)):
-                row = rows[len(futures)]
-                futures.append(self.pool.submit(load_clip_frames, row, 1 if is_image(row) else k))
+        def submit_more() -> None:  # decode runs ahead of the model as far as free slots allow
+            while len(jobs) < len(rows) and dec.free:
+                row = rows[len(jobs)]
+                jobs.append(dec.submit(row, 1 if is_image(row) else k))
+
         out: list[dict] = []
         good: list[tuple[dict, int, int, str]] = []  # row, first frame position, frame count, sha256
         pending: list[np.ndarray] = []
+        pending_slots: list[int] = []  # slots whose frames are (partly) in `pending`
         embs, aes = [], []
         n_frames = 0
 
-        def flush(frames: list[np.ndarray]) -> None:
-            e, a = self.embed_frames(frames)  # launched asynchronously on a GPU; decode goes on meanwhile
+        def flush(count: int) -> None:
+            nonlocal pending, pending_slots
+            e, a = self.embed_frames(pending[:count])  # copies to pinned memory, then runs asynchronously
             embs.append(e)
             aes.append(a)
+            pending = pending[count:]
+            keep = set()
+            if pending:  # the slot of the clip split across two model batches stays held
+                keep = {pending_slots[-1]}
+            for slot in pending_slots:
+                if slot not in keep:
+                    dec.release(slot)
+            pending_slots = list(keep)
+            submit_more()
 
         try:
+            submit_more()
             for j, row in enumerate(rows):
-                submit_upto(j + window)
+                while j >= len(jobs):  # every slot held by frames waiting for a full batch: run it short
+                    if not pending:
+                        raise RuntimeError("frame decoder has no free slot and nothing to flush")
+                    flush(len(pending))
+                fut, slot = jobs[j]
                 try:
-                    frames, digest = futures[j].result()
+                    shape, digest = fut.result()
                 except Exception as exc:  # noqa: BLE001 - an unreadable clip fails its row only
+                    dec.release(slot)
+                    submit_more()
                     out.append(self.fail(row, exc))
                     continue
+                frames = dec.frames(slot, shape)
                 good.append((row, n_frames, len(frames), digest))
                 n_frames += len(frames)
                 pending.extend(frames)
+                pending_slots.append(slot)
                 while len(pending) >= bs:
-                    flush(pending[:bs])
-                    pending = pending[bs:]
+                    flush(bs)
             if pending:
-                flush(pending)
+                flush(len(pending))
             if not good:
                 return out
             with torch.inference_mode():
@@ -274,8 +394,7 @@ class ClipScoreStage(Stage):
                 texts = self.text_scores([g[0] for g in good], clip_emb)
                 clip_np = clip_emb.cpu().numpy().astype(np.float32)
         except Exception as exc:  # noqa: BLE001 - a model failure fails the batch's rows, not the run
-            for f in futures:
-                f.cancel()
+            self._drain(jobs)
             return out + [self.fail(row, exc) for row, *_ in good]
         for i, (row, s, n, digest) in enumerate(good):
             a = aesthetic[s:s + n]
@@ -287,6 +406,17 @@ class ClipScoreStage(Stage):
             extra = {"embedding": clip_np[i].tolist(), "embedding_model": self.clip_id, "content_sha256": digest}
             out.extend(self.safe_call(lambda r, new=new, extra=extra: dict(add_scores(r, new), **extra), row))
         return out
+
+    def _drain(self, jobs) -> None:
+        """After a failure mid-batch: wait for submitted decodes and give every slot back."""
+        dec = self._decoder
+        for fut, _slot in jobs:
+            fut.cancel()
+            try:
+                fut.result()
+            except BaseException:  # noqa: BLE001
+                pass
+        dec.free = list(range(dec.n_slots))
 
 
 class CaptionAlignStage(ClipScoreStage):
