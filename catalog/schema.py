@@ -94,6 +94,21 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        20,  # filters (issue 5): versioned recipes by content, and the index of clip embeddings in Parquet
+        """
+        CREATE TABLE recipes (
+            recipe VARCHAR PRIMARY KEY,     -- name@version, as decisions.recipe names it
+            name VARCHAR, version VARCHAR, sha256 VARCHAR, yaml VARCHAR, description VARCHAR,
+            run_id VARCHAR, created_at TIMESTAMP
+        );
+        CREATE TABLE embeddings (
+            clip_id VARCHAR, model VARCHAR, dim INTEGER, url VARCHAR, content_sha256 VARCHAR,
+            run_id VARCHAR, written_at TIMESTAMP,
+            PRIMARY KEY (clip_id, model)
+        );
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
