@@ -425,6 +425,8 @@ class CaptionAlignStage(ClipScoreStage):
 
     name: ClassVar[str] = "caption_align"
     kept_only: ClassVar[bool] = True
+    # The text tower alone: a CPU actor keeps up with captioning and leaves the GPU to the captioner.
+    wants_gpu: ClassVar[bool] = False
     batch_rows: ClassVar[int] = 64
 
     def process_rows(self, rows: list[dict]) -> list[dict]:

@@ -63,10 +63,15 @@ def media(tmp_path_factory):
     encode_video((pan // 8).astype(np.uint8), 24, str(d / "dark.mp4"))
     encode_video(np.clip(pan.astype(np.int16) + 6, 0, 255).astype(np.uint8), 24, str(d / "near.mp4"))  # near-duplicate
     (d / "copy.mp4").write_bytes((d / "fast.mp4").read_bytes())  # exact duplicate
+    rng = np.random.default_rng(5)  # a shaking camera: the window jumps up to 10 px each frame
+    big = _texture_shot(1, seed=9, dx=0)[0]
+    big = np.pad(big, ((12, 12), (12, 12), (0, 0)), mode="reflect")
+    offsets = np.cumsum(rng.integers(-10, 11, (48, 2)), axis=0).clip(-12, 12) + 12
+    encode_video(np.stack([big[y:y + H, x:x + W] for y, x in offsets]), 24, str(d / "shaky.mp4"))
     encode_video(_texture_shot(24, seed=11, dx=-3), 24, str(d / "other.mp4"))
     return {"v0": v0, "v1": v1, "image": image, "image_text": image_text, "broken": str(broken),
             **{k: str(d / f"{k}.mp4") for k in ("fast", "slow", "static", "blurred", "letterbox", "dark", "near",
-                                                   "copy", "other")}}
+                                                   "copy", "other", "shaky")}}
 
 
 def cfg_for(tiny: dict | None = None, **filters):
@@ -160,6 +165,7 @@ def test_motion_orders_fast_slow_static(media):
     assert fast["motion"] == pytest.approx(57.6, rel=0.15)
     assert static["motion_static"] == 1.0 and fast["motion_static"] == 0.0
     assert fast["motion_jitter"] < 0.2 * fast["motion"]  # a steady pan is not shaky
+    assert fast["motion_jittery"] == static["motion_jittery"] == 0.0
     assert out["broken"]["error_class"] and out["broken"]["error_stage"] == "motion"
     assert out["image"]["scores"] == [] and not out["image"]["error_class"]
 
@@ -476,3 +482,12 @@ def test_sweep_and_cli_filter_commands(tmp_path):
     assert "pretrain_v1@1: 11 of 20 clips kept" in text and "aesthetic<4.5" in text and "scores untouched" in text
     res = runner.invoke(app, ["filter", "apply", "no_such_recipe", "--catalog", str(path)])
     assert res.exit_code == 2
+
+
+def test_motion_flags_a_shaking_camera(media):
+    from vidcorpus.filters.motion import MotionStage
+
+    rows = [video_row(media[k], n, clip_id=k) for k, n in (("fast", 24), ("shaky", 48), ("slow", 24))]
+    out = {r["clip_id"]: scores_of(r) for r in run_stage(MotionStage(cfg_for()), rows)}
+    assert out["shaky"]["motion_jitter"] > 5 * max(out["fast"]["motion_jitter"], out["slow"]["motion_jitter"], 1.0)
+    assert out["shaky"]["motion_jittery"] == 1.0 and out["fast"]["motion_jittery"] == 0.0

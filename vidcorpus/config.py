@@ -75,6 +75,8 @@ class FiltersConfig(Section):
     motion_width: int = Field(128, description="Frames are downscaled to this width for optical flow.")
     motion_static_threshold: float = Field(
         2.0, description="motion (pixels per second at motion_width) below this marks a clip static.")
+    motion_jitter_threshold: float = Field(
+        40.0, description="motion_jitter (px/s at motion_width) above this marks a clip jittery (shaky camera).")
     max_sample_frames: int = Field(32, description="Most sampled frames (technical) or frame pairs (motion) per clip.")
     clip_batch_size: int = Field(16, description="Frames per CLIP image-tower batch (256 suits an H100).")
     recipe: str = Field("demo_v1", description="Name of a bundled recipe or path to a recipe YAML.")
