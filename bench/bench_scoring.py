@@ -182,8 +182,11 @@ def main() -> None:
     first = a.frames[0]
     if a.cpu_scorers or a.cpu_only:
         result["load_before_cpu"] = os.getloadavg()
-        rows = rows_for(clip_sets[first], first, 24, a.width, a.height, False)
-        result["cpu"] = bench_cpu_scorers(rows[:min(len(rows), 16)], first, 3)
+        result["cpu"] = {}
+        for n in a.frames:
+            rows = rows_for(clip_sets[n], n, 24, a.width, a.height, False)
+            result["cpu"][f"{n}_frames"] = bench_cpu_scorers(rows[:min(len(rows), 16)], n, 3)
+        result["load_after_cpu"] = os.getloadavg()
         print(json.dumps(result["cpu"], indent=1), flush=True)
     if not a.cpu_only:
         from vidcorpus.filters.clip_scores import ClipScoreStage
