@@ -389,6 +389,25 @@ def test_duplicates_exact_and_near_keep_the_best_copy(tiny, media, tmp_path):
     assert [k for k in group if kept[k]] == [best]  # exactly one copy of the group: the best-scored one
     assert kept["other"] and kept["static"] and kept["dark"]
     assert res.kept == 4
+    dup_before = cat.query_dicts("SELECT clip_id, scorer, value FROM scores WHERE scorer LIKE 'dup_%' ORDER BY 1, 2")
+    cat.close()
+
+    # the command re-scores the whole catalog with the same result and re-decides with filters.recipe
+    from typer.testing import CliRunner
+
+    from vidcorpus.catalog.store import Catalog as Reader
+    from vidcorpus.cli import app
+
+    out = CliRunner().invoke(app, ["filter", "dedup", "--catalog", str(tmp_path / "cat.duckdb"),
+                                   "--set", f"filters.recipe={recipe_file}"])
+    assert out.exit_code == 0, out.output
+    assert "6 clips scored for duplicates and re-decided" in " ".join(out.output.split())
+    with Reader(tmp_path / "cat.duckdb", read_only=True) as r:
+        again = r.query_dicts("SELECT clip_id, scorer, value FROM scores WHERE scorer LIKE 'dup_%' ORDER BY 1, 2")
+        assert [(a["clip_id"], a["scorer"]) for a in again] == [
+            (b["clip_id"], b["scorer"]) for b in dup_before]
+        assert all(abs(a["value"] - b["value"]) < 1e-6 for a, b in zip(again, dup_before))
+        assert {c: v["kept"] for c, v in r.current_decisions().items()} == kept
 
 
 # --- recipes in the catalog: apply, sweep ---------------------------------------------------------

@@ -183,7 +183,7 @@ def _print_run_summary(summary) -> None:
 @app.command()
 def sql(
     query: str = typer.Argument(..., help="SQL to run, e.g. \"SELECT * FROM funnel\". Tables: runs, sources, clips, "
-                                          "scores, captions, decisions, shards, shard_members, failures, train_runs, "
+                                          "scores, captions, decisions, recipes, embeddings, shards, shard_members, failures, train_runs, "
                                           "train_samples; views: clips_wide, funnel, failures_by_class."),
     catalog: Optional[str] = CatalogOpt,
     config: Optional[Path] = ConfigOpt,
