@@ -307,6 +307,7 @@ class Catalog:
         except BaseException:
             self.con.rollback()
             raise
+        self.refresh_views()  # the wide clip table shows each clip's latest decision
         return n
 
     def write_scores(self, run_id: str, scores: list[dict]) -> int:

@@ -31,6 +31,7 @@ import os
 import re
 import weakref
 from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import ClassVar
 
@@ -159,7 +160,13 @@ class FrameDecoder:
 
         self.k = k
         self.slot_bytes = k * MAX_SIDE * MAX_SIDE * 3
-        self.shm = shared_memory.SharedMemory(create=True, size=self.slot_bytes * n_slots)
+        try:
+            self.shm = shared_memory.SharedMemory(create=True, size=self.slot_bytes * n_slots)
+        except OSError as e:
+            raise RuntimeError(
+                f"cannot allocate {self.slot_bytes * n_slots / 2**20:.0f} MiB of shared memory for frame decoding "
+                f"({e}); give the worker a larger /dev/shm or lower filters.clip_batch_size / filters.decode_threads"
+            ) from e
         self.n_slots = n_slots
         self.free = list(range(n_slots))
         self.workers = workers
@@ -360,6 +367,7 @@ class ClipScoreStage(Stage):
             pending_slots = list(keep)
             submit_more()
 
+        handled = 0  # rows[:handled] are in `out` (failed) or in `good`
         try:
             submit_more()
             for j, row in enumerate(rows):
@@ -370,13 +378,17 @@ class ClipScoreStage(Stage):
                 fut, slot = jobs[j]
                 try:
                     shape, digest = fut.result()
+                except BrokenProcessPool:
+                    raise
                 except Exception as exc:  # noqa: BLE001 - an unreadable clip fails its row only
                     dec.release(slot)
                     submit_more()
                     out.append(self.fail(row, exc))
+                    handled += 1
                     continue
                 frames = dec.frames(slot, shape)
                 good.append((row, n_frames, len(frames), digest))
+                handled += 1
                 n_frames += len(frames)
                 pending.extend(frames)
                 pending_slots.append(slot)
@@ -393,9 +405,13 @@ class ClipScoreStage(Stage):
                                         for _, s, n, _ in good])
                 texts = self.text_scores([g[0] for g in good], clip_emb)
                 clip_np = clip_emb.cpu().numpy().astype(np.float32)
+        except BrokenProcessPool as exc:  # a decoder process died (e.g. FFmpeg crashed): fresh pool next batch
+            self._decoder.close()
+            self._decoder = None
+            return out + [self.fail(row, exc) for row, *_ in good] + [self.fail(row, exc) for row in rows[handled:]]
         except Exception as exc:  # noqa: BLE001 - a model failure fails the batch's rows, not the run
             self._drain(jobs)
-            return out + [self.fail(row, exc) for row, *_ in good]
+            return out + [self.fail(row, exc) for row, *_ in good] + [self.fail(row, exc) for row in rows[handled:]]
         for i, (row, s, n, digest) in enumerate(good):
             a = aesthetic[s:s + n]
             new = [

@@ -510,3 +510,29 @@ def test_motion_flags_a_shaking_camera(media):
     out = {r["clip_id"]: scores_of(r) for r in run_stage(MotionStage(cfg_for()), rows)}
     assert out["shaky"]["motion_jitter"] > 5 * max(out["fast"]["motion_jitter"], out["slow"]["motion_jitter"], 1.0)
     assert out["shaky"]["motion_jittery"] == 1.0 and out["fast"]["motion_jittery"] == 0.0
+
+
+def test_clip_stage_model_failure_fails_every_row_and_loses_none(tiny, media):
+    from vidcorpus.filters.clip_scores import ClipScoreStage
+
+    stage = ClipScoreStage(cfg_for(tiny, clip_batch_size=2))
+    stage.setup()
+    stage._ready = True
+    calls = {"n": 0}
+    real = stage.embed_frames
+
+    def flaky(frames):  # the second model batch fails (after some rows are decoded, before others are)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(frames)
+
+    stage.embed_frames = flaky
+    rows = [video_row(media[k], 24, clip_id=k) for k in ("fast", "slow", "broken", "static", "blurred", "dark")]
+    out = run_stage(stage, rows)
+    assert sorted(r["clip_id"] for r in out) == sorted(r["clip_id"] for r in rows)  # nothing lost, nothing twice
+    assert all(r["error_class"] and r["error_stage"] == "clip" for r in out)
+    # the decoder's slots all came back: the next batch scores normally
+    stage.embed_frames = real
+    again = run_stage(stage, rows[:2])
+    assert all(not r["error_class"] and r["embedding"] for r in again)
