@@ -449,6 +449,9 @@ def test_apply_redecides_from_stored_scores_only(tmp_path):
     assert after["clip-03"]["reason"] == "aesthetic<4.5"
     assert res.newly_kept == 5 and res.newly_dropped == 4  # demo_v1 kept the odd ones (moving)
     assert cat.query_dicts("SELECT * FROM scores ORDER BY clip_id, scorer") == scores_before  # untouched
+    wide = {r["clip_id"]: r for r in cat.query_dicts("SELECT clip_id, recipe, kept, reason FROM clips_wide")}
+    assert {c: (w["recipe"], w["kept"], w["reason"]) for c, w in wide.items()} == {
+        c: (d["recipe"], d["kept"], d["reason"]) for c, d in after.items()}  # what users query follows
 
     # deterministic: the same recipe twice gives the same decisions
     again = apply_recipe(cat, pre, "apply2")
