@@ -539,3 +539,22 @@ def test_clip_stage_model_failure_fails_every_row_and_loses_none(tiny, media):
     stage.embed_frames = real
     again = run_stage(stage, rows[:2])
     assert all(not r["error_class"] and r["embedding"] for r in again)
+
+
+def test_fast_decoder_returns_exactly_the_sequential_frames(media, tmp_path):
+    from vidcorpus.filters.clip_scores import _decode_by_pts, _decode_sequential, decode_wanted
+    from vidcorpus.media import uniform_indices
+
+    for key in ("fast", "shaky", "v0"):
+        path = media[key] if isinstance(media[key], str) else media[key].path
+        data = open(path, "rb").read()
+        n = len(_decode_sequential(data, list(range(10_000))))
+        for wanted in (uniform_indices(n, 3), uniform_indices(n, 5), [n // 2 + 1], list(range(n))):
+            fast = _decode_by_pts(data, wanted)
+            slow = _decode_sequential(data, wanted)
+            assert fast is not None and sorted(fast) == sorted(slow) == sorted(set(wanted)), (key, wanted)
+            assert all(np.array_equal(fast[i], slow[i]) for i in slow), (key, wanted)
+    # indices past the end come back missing, without a second decode pass
+    assert sorted(decode_wanted(data, [0, n - 1, n + 5])) == [0, n - 1]
+    with pytest.raises(Exception):
+        decode_wanted(b"not a video at all", [0])
