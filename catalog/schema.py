@@ -95,6 +95,21 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
     (
+        20,  # filters (issue 5): versioned recipes by content, and the index of clip embeddings in Parquet
+        """
+        CREATE TABLE recipes (
+            recipe VARCHAR PRIMARY KEY,     -- name@version, as decisions.recipe names it
+            name VARCHAR, version VARCHAR, sha256 VARCHAR, yaml VARCHAR, description VARCHAR,
+            run_id VARCHAR, created_at TIMESTAMP
+        );
+        CREATE TABLE embeddings (
+            clip_id VARCHAR, model VARCHAR, dim INTEGER, url VARCHAR, content_sha256 VARCHAR,
+            run_id VARCHAR, written_at TIMESTAMP,
+            PRIMARY KEY (clip_id, model)
+        );
+        """,
+    ),
+    (
         40,  # latent cache (issue 7): sidecar shards of encoder outputs, keyed by shard and cache key
         """
         CREATE TABLE latent_shards (
@@ -106,7 +121,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
 ]
 
-LATEST_VERSION = MIGRATIONS[-1][0]
+LATEST_VERSION = max(v for v, _ in MIGRATIONS)
 
 CLIP_COLUMNS = frozenset({
     "clip_id", "source_id", "media_type", "first_frame", "last_frame", "start_s", "end_s", "duration_s", "n_frames",

@@ -340,6 +340,78 @@ class Catalog:
             self.con.rollback()
             raise
 
+    # -- filters: recipes, re-decisions, extra scores, embeddings ------------------------------
+    def register_recipe(self, recipe_id: str, name: str, version: str, yaml_text: str, description: str = "",
+                        run_id: str | None = None) -> str:
+        """Record a recipe by content; the same name@version with other content is refused."""
+        digest = hashlib.sha256(yaml_text.encode()).hexdigest()
+        row = self.con.execute("SELECT sha256 FROM recipes WHERE recipe = ?", [recipe_id]).fetchall()
+        if row:
+            if row[0][0] != digest:
+                raise CatalogError(f"recipe {recipe_id} is recorded with other content (sha256 {row[0][0][:12]}); "
+                                   f"give the changed recipe a new version")
+            return digest
+        self._upsert("recipes", [{"recipe": recipe_id, "name": name, "version": version, "sha256": digest,
+                                  "yaml": yaml_text, "description": description, "run_id": run_id,
+                                  "created_at": _now()}])
+        return digest
+
+    def record_decisions(self, run_id: str, decisions: list[dict]) -> int:
+        """Upsert (clip_id, recipe, kept, reason) rows in one transaction; scores are not touched."""
+        now = _now()
+        rows = [{"clip_id": d["clip_id"], "recipe": d["recipe"], "kept": bool(d["kept"]), "reason": d.get("reason"),
+                 "run_id": run_id, "decided_at": now} for d in decisions]
+        self.con.begin()
+        try:
+            n = self._upsert("decisions", rows)
+            self.con.commit()
+        except BaseException:
+            self.con.rollback()
+            raise
+        self.refresh_views()  # the wide clip table shows each clip's latest decision
+        return n
+
+    def write_scores(self, run_id: str, scores: list[dict]) -> int:
+        """Upsert (clip_id, scorer, model, version, value) rows computed outside the pipeline (dedup)."""
+        now = _now()
+        rows = [{**s, "run_id": run_id, "written_at": now} for s in scores]
+        self.con.begin()
+        try:
+            n = self._upsert("scores", rows)
+            self.con.commit()
+        except BaseException:
+            self.con.rollback()
+            raise
+        if rows:
+            self.refresh_views()
+        return n
+
+    def commit_embeddings(self, run_id: str, index: list[dict]) -> int:
+        """Index rows (clip_id, model, dim, url, content_sha256) of embeddings written to Parquet."""
+        now = _now()
+        return self._upsert("embeddings", [{**r, "run_id": run_id, "written_at": now} for r in index])
+
+    def latest_scores(self, clip_ids: list[str] | None = None) -> dict[str, dict[str, float]]:
+        """clip_id -> {scorer: latest value} for every clip in `clips` (or the given ones)."""
+        where = "" if clip_ids is None else " WHERE c.clip_id IN (SELECT unnest(?))"
+        rows = self.con.execute(
+            "SELECT c.clip_id, s.scorer, arg_max(s.value, s.written_at) FROM clips c "
+            f"LEFT JOIN scores s USING (clip_id){where} GROUP BY ALL ORDER BY 1, 2",
+            [] if clip_ids is None else [clip_ids]).fetchall()
+        out: dict[str, dict[str, float]] = {}
+        for clip, scorer, value in rows:
+            d = out.setdefault(clip, {})
+            if scorer is not None and value is not None:
+                d[scorer] = value
+        return out
+
+    def current_decisions(self) -> dict[str, dict]:
+        """clip_id -> the latest decision (recipe, kept, reason)."""
+        rows = self.con.execute(
+            "SELECT clip_id, arg_max(recipe, decided_at), arg_max(kept, decided_at), arg_max(reason, decided_at) "
+            "FROM decisions GROUP BY clip_id").fetchall()
+        return {c: {"recipe": r, "kept": k, "reason": why} for c, r, k, why in rows}
+
     # -- queries -----------------------------------------------------------------------------
     def query(self, sql: str, params: list | None = None) -> pa.Table:
         return self.con.sql(sql, params=params).to_arrow_table() if params else self.con.sql(sql).to_arrow_table()

@@ -1,29 +1,49 @@
-"""CLIP scores: LAION aesthetic score and CLIP image-text alignment, batched over clips.
+"""CLIP scores: LAION aesthetic score, CLIP image-text alignment and the clip embedding, batched.
 
-Per clip, filters.frames_per_clip frames (first, middle, last for 3; one for an image) are embedded with the CLIP
-image tower and L2-normalised. Scores:
+Per clip, filters.frames_per_clip frames (first, middle, last for 3; one for an image) are embedded
+with the CLIP image tower and L2-normalised. Scores:
   aesthetic      mean over frames of the aesthetic head on each frame embedding (LAION scale ~1..10
                  with real weights; arbitrary with tiny random ones)
   aesthetic_min  minimum over frames of the same
   clip_text      cosine similarity of the normalised mean frame embedding and the normalised text
-                 embedding of row["text"]; only when the text is non-empty
+                 embedding of row["text"] (the original text); only when the text is non-empty
+  clip_text_<version>_<kind>  the same against every caption of the row (e.g. clip_text_v1_long);
+                 CaptionAlignStage adds these after captioning, from the stored embedding
+The row also gets ``embedding`` (the normalised mean frame embedding, float32), ``embedding_model``
+and ``content_sha256`` (of the clip file's bytes): the driver stores embeddings in Parquet and uses
+both for duplicate detection (filters/dedup.py).
+
+Throughput: the file is read and hashed, and its K frames decoded with PyAV, in a thread pool
+(filters.decode_threads; PyAV and hashlib release the GIL), while the GPU works on earlier frames.
+Frames go to the device as uint8 through pinned memory; crop, resize (bicubic, antialiased),
+scaling and normalisation run there (gpu_preprocess). On a GPU the weights are bf16
+(filters.clip_precision). The same code runs on the CPU for the tiny preset.
+
 Model strings: "<clip_model>/<tag>" (e.g. "ViT-L-14/openai"), or the model name for a weights file;
 the aesthetic score adds "+<head file stem>".
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
+import re
+import weakref
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import ClassVar
 
+import fsspec
 import numpy as np
 
 from vidcorpus.errors import DecodeError
-from vidcorpus.filters.scorers import add_scores, is_image, score
-from vidcorpus.media import read_frames
+from vidcorpus.filters.scorers import add_scores, clip_fps, is_image, score
+from vidcorpus.media import load_image_rgb, uniform_indices
 from vidcorpus.stage import Resources, Stage
 
-CLIP_SCORE_VERSION = "clip-v1"
+CLIP_SCORE_VERSION = "clip-v2"  # v2: crop/resize/normalise on the device instead of PIL
 
 
 def clip_model_id(model_name: str, pretrained: str) -> str:
@@ -31,15 +51,270 @@ def clip_model_id(model_name: str, pretrained: str) -> str:
     return model_name if is_file else f"{model_name}/{pretrained}"
 
 
+def caption_score_name(caption: dict) -> str:
+    """Scorer name of the alignment with one caption: clip_text_<version>_<kind>, a plain identifier."""
+    slug = re.sub(r"[^a-z0-9]+", "_", f"{caption.get('version') or ''}_{caption.get('kind') or ''}".lower()).strip("_")
+    return f"clip_text_{slug}" if slug else "clip_text_caption"
+
+
+def decode_wanted(data: bytes, wanted: list[int]) -> dict[int, np.ndarray]:
+    """RGB frames of the wanted indices of a video held in memory.
+
+    Fast path: frames are indexed by presentation time (constant frame rate), and the decoder skips
+    non-reference frames (FFmpeg's skip_frame=NONREF) except the wanted ones; reference frames are
+    always decoded, so every wanted frame is exact. It decodes about half the frames of a typical
+    H.264 clip with B-frames. If timestamps do not map onto the wanted indices (variable frame
+    rate, missing pts), the clip is decoded again sequentially, counting frames.
+    One thread per clip: the stage parallelises across clips in processes.
+    """
+    got = _decode_by_pts(data, wanted)
+    if got is None:
+        got = _decode_sequential(data, wanted)
+    return got
+
+
+def _open(data: bytes):
+    import av
+
+    c = av.open(io.BytesIO(data))
+    stream = c.streams.video[0]
+    stream.thread_type = "SLICE"
+    stream.codec_context.thread_count = 1
+    return c, stream
+
+
+def _decode_by_pts(data: bytes, wanted: list[int]) -> dict[int, np.ndarray] | None:
+    import av
+
+    want = set(wanted)
+    got: dict[int, np.ndarray] = {}
+    seen_max = -1
+    try:
+        c, stream = _open(data)
+        with c:
+            cc = stream.codec_context
+            fps = float(stream.average_rate or 0)
+            if not fps or stream.time_base is None:
+                return None
+            tb = float(stream.time_base)
+            t0 = stream.start_time or 0
+
+            def index(pts: int) -> int:
+                return round((pts - t0) * tb * fps)
+
+            for packet in c.demux(stream):
+                if packet.pts is not None:
+                    cc.skip_frame = "DEFAULT" if index(packet.pts) in want else "NONREF"
+                for frame in cc.decode(packet):
+                    if frame.pts is None:
+                        return None
+                    i = index(frame.pts)
+                    seen_max = max(seen_max, i)
+                    if i in want and i not in got:
+                        got[i] = frame.to_ndarray(format="rgb24")
+                if len(got) == len(want):
+                    break
+    except av.error.FFmpegError:
+        return None  # the sequential decoder gives the error (or the frames before it)
+    if any(w <= seen_max and w not in got for w in want):
+        return None  # timestamps do not index frames one by one
+    return got
+
+
+def _decode_sequential(data: bytes, wanted: list[int]) -> dict[int, np.ndarray]:
+    """Every frame up to the last wanted one, counted in decode order; only the wanted converted."""
+    import av
+
+    want, last = set(wanted), max(wanted)
+    got: dict[int, np.ndarray] = {}
+    try:
+        c, stream = _open(data)
+        with c:
+            for i, frame in enumerate(c.decode(stream)):
+                if i in want:
+                    got[i] = frame.to_ndarray(format="rgb24")
+                if i >= last:
+                    break
+    except av.error.FFmpegError as e:
+        if not got:
+            raise DecodeError(f"decode failed: {e}") from e
+    return got
+
+
+def load_clip_frames(row: dict, k: int) -> tuple[np.ndarray, str]:
+    """(K frames as (K, H, W, 3) uint8, sha256 of the file) of a clip or image; one read of the file.
+
+    Video frames are first, middle and last for K=3 (uniform with ends for other K); an image is
+    one frame. Frame counts come from the row when extraction recorded them, else from the header.
+    """
+    path = row.get("clip_path")
+    if not path:
+        raise DecodeError("row has no clip_path")
+    data = fsspec.open(path, "rb").open().read() if "://" in path else Path(path).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if is_image(row):
+        return load_image_rgb(io.BytesIO(data))[None], digest
+    _fps, n = clip_fps(row, path) if (row.get("clip_frames") or row.get("last_frame") is not None) else (0.0, 0)
+    if not n:
+        from vidcorpus.media import probe_video
+
+        n = probe_video(io.BytesIO(data))["n_frames"] or 0
+    wanted = uniform_indices(n, k)
+    if not wanted:
+        raise DecodeError("clip has no frames")
+    got = decode_wanted(data, wanted)
+    if not got:
+        raise DecodeError("no frame could be decoded")
+    last = got[max(got)]  # containers can announce a frame more than they deliver
+    return np.stack([got.get(i, last) for i in wanted]), digest
+
+
+ROW_KEYS = ("clip_path", "media_type", "clip_frames", "first_frame", "last_frame", "fps", "clip_fps")
+MAX_SIDE = 512  # center squares larger than this are shrunk (area filter) in the worker before shipping
+
+
+def center_square(frames: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
+    """The center square of (K, H, W, 3) frames (what the model's center crop keeps), at most max_side."""
+    h, w = frames.shape[1:3]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    sq = frames[:, top:top + side, left:left + side]
+    if side > max_side:
+        import cv2
+
+        sq = np.stack([cv2.resize(f, (max_side, max_side), interpolation=cv2.INTER_AREA) for f in sq])
+    return np.ascontiguousarray(sq)
+
+
+_SHM = None  # the worker process's view of the shared frame slots
+
+
+def _worker_init(shm_name: str) -> None:
+    global _SHM
+    import cv2
+    from multiprocessing import shared_memory
+
+    cv2.setNumThreads(1)
+    _SHM = shared_memory.SharedMemory(name=shm_name)
+
+
+def _decode_to_slot(row: dict, k: int, slot: int, slot_bytes: int) -> tuple[tuple, str]:
+    """Worker: decode a clip's K frames, keep the center squares, write them into its slot."""
+    frames, digest = load_clip_frames(row, k)
+    sq = center_square(frames)
+    view = np.ndarray(sq.shape, dtype=np.uint8, buffer=_SHM.buf, offset=slot * slot_bytes)
+    view[...] = sq
+    del view
+    return sq.shape, digest
+
+
+class FrameDecoder:
+    """Decodes clips in worker processes (PyAV holds the GIL while decoding, so threads do not
+    scale) into slots of one shared-memory block; the caller reads the frames in place and frees
+    the slot once they are copied to the device."""
+
+    def __init__(self, workers: int, k: int, n_slots: int):
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import shared_memory
+
+        self.k = k
+        self.slot_bytes = k * MAX_SIDE * MAX_SIDE * 3
+        try:
+            self.shm = shared_memory.SharedMemory(create=True, size=self.slot_bytes * n_slots)
+        except OSError as e:
+            raise RuntimeError(
+                f"cannot allocate {self.slot_bytes * n_slots / 2**20:.0f} MiB of shared memory for frame decoding "
+                f"({e}); give the worker a larger /dev/shm or lower filters.clip_batch_size / filters.decode_threads"
+            ) from e
+        self.n_slots = n_slots
+        self.free = list(range(n_slots))
+        self.workers = workers
+        self.pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                        initargs=(self.shm.name,))
+
+    def submit(self, row: dict, k: int) -> tuple[Future, int]:
+        slot = self.free.pop()
+        small = {key: row.get(key) for key in ROW_KEYS}
+        return self.pool.submit(_decode_to_slot, small, k, slot, self.slot_bytes), slot
+
+    def frames(self, slot: int, shape: tuple) -> np.ndarray:
+        return np.ndarray(shape, dtype=np.uint8, buffer=self.shm.buf, offset=slot * self.slot_bytes)
+
+    def release(self, slot: int) -> None:
+        self.free.append(slot)
+
+    def decode_all(self, rows: list[dict]) -> int:
+        """Decode rows in order through the slots and drop the frames; frames decoded (benchmarks)."""
+        jobs: list[tuple[Future, int]] = []
+        n = 0
+        for j in range(len(rows)):
+            while len(jobs) < len(rows) and self.free:
+                jobs.append(self.submit(rows[len(jobs)], self.k))
+            fut, slot = jobs[j]
+            shape, _ = fut.result()
+            n += shape[0]
+            self.release(slot)
+        return n
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            self.shm.close()
+            self.shm.unlink()
+        except (BufferError, FileNotFoundError):
+            pass
+
+
+def gpu_preprocess(frames: list[np.ndarray], size: int, mean_t, std_t, dtype, pin: bool):
+    """(N, 3, size, size) model input from RGB uint8 frames, computed on the device of mean_t.
+
+    open_clip's eval transform (resize the short side to `size`, bicubic; center crop; scale to
+    0..1; normalise), reordered as crop-then-resize so only the kept pixels are resampled. Frames of
+    one shape travel together as one uint8 tensor (pinned when `pin`, copied without blocking).
+    mean_t and std_t are (1, 3, 1, 1) float32 tensors on the device, in 0..255 units.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    device = mean_t.device
+    groups: dict[tuple, list[int]] = {}
+    for i, f in enumerate(frames):
+        groups.setdefault(f.shape, []).append(i)
+    parts = []
+    for shape, idx in groups.items():
+        h, w = shape[:2]
+        buf = torch.empty((len(idx), h, w, 3), dtype=torch.uint8, pin_memory=pin)
+        arr = buf.numpy()
+        for j, i in enumerate(idx):
+            arr[j] = frames[i]
+        x = buf.to(device, non_blocking=pin)
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        x = x[:, top:top + side, left:left + side].permute(0, 3, 1, 2).float()
+        if side != size:
+            x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+        parts.append(((x - mean_t) / std_t).to(dtype))
+    if len(parts) == 1:
+        return parts[0]
+    out = torch.empty((len(frames), 3, size, size), device=device, dtype=dtype)
+    for (_, idx), x in zip(groups.items(), parts):  # mixed sizes: scatter back into input order
+        for j, i in enumerate(idx):
+            out[i].copy_(x[j])
+    return out
+
+
 class ClipScoreStage(Stage):
-    """Aesthetic and CLIP-text scores; holds the models, so it runs as an actor (GPU when there is one)."""
+    """Aesthetic and CLIP-text scores and the clip embedding; holds the models, so it runs as an
+    actor (GPU when there is one)."""
 
     name: ClassVar[str] = "clip"
     resources: ClassVar[Resources] = Resources(cpus=0.25, actor=True)
     wants_gpu: ClassVar[bool] = True
-    batch_rows: ClassVar[int] = 16
+    batch_rows: ClassVar[int] = 1024  # clips per call: decode overlaps the model within a call, not across calls
 
     def setup(self) -> None:
+        import open_clip
         import torch
 
         from vidcorpus.filters.clip_models import clip_embed_dim, load_aesthetic_head, load_clip
@@ -47,33 +322,37 @@ class ClipScoreStage(Stage):
         m = self.config.models
         if not (m.clip_model and m.clip_pretrained and m.aesthetic_head):
             raise ValueError("models.clip_model/clip_pretrained/aesthetic_head must be resolved (presets.resolve_models)")
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.preprocess, self.tokenizer = load_clip(m.clip_model, m.clip_pretrained, self.device)
+        self.dtype = torch.float32
+        if self.device.type == "cuda" and self.config.filters.clip_precision == "bf16":
+            self.dtype = torch.bfloat16
+            self.model.to(dtype=self.dtype)
         self.head = load_aesthetic_head(m.aesthetic_head, clip_embed_dim(m.clip_model), self.device)
+        pre = open_clip.get_model_preprocess_cfg(self.model)
+        size = pre.get("size", 224)
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.mean_t = torch.tensor(pre["mean"], device=self.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        self.std_t = torch.tensor(pre["std"], device=self.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self.clip_id = clip_model_id(m.clip_model, m.clip_pretrained)
         head_stem = Path(m.aesthetic_head.split("?")[0]).stem
         self.aesthetic_id = f"{self.clip_id}+{head_stem}"
         self.version = f"{CLIP_SCORE_VERSION}-f{self.config.filters.frames_per_clip}"
+        self._decoder = None  # worker processes start with the first batch (CaptionAlignStage needs none)
 
-    def _frames(self, row: dict) -> np.ndarray:
-        if not row.get("clip_path"):
-            raise DecodeError("row has no clip_path")
-        n = 1 if is_image(row) else self.config.filters.frames_per_clip  # an image is one frame, once
-        return read_frames(row["clip_path"], n=n)
-
-    def _embed_images(self, frames: list[np.ndarray]):
+    # -- model calls ------------------------------------------------------------------------------
+    def embed_frames(self, frames: list[np.ndarray]):
+        """Normalised float32 embeddings and aesthetic values of frames (one model batch)."""
         import torch
-        from PIL import Image
 
-        bs = max(1, self.config.filters.clip_batch_size)
-        out = []
         with torch.inference_mode():
-            for i in range(0, len(frames), bs):
-                x = torch.stack([self.preprocess(Image.fromarray(f)) for f in frames[i:i + bs]]).to(self.device)
-                out.append(self.model.encode_image(x, normalize=True).float())
-        return torch.cat(out)
+            x = gpu_preprocess(frames, self.image_size, self.mean_t, self.std_t, self.dtype,
+                               pin=self.device.type == "cuda")
+            emb = self.model.encode_image(x, normalize=True).float()
+            aesthetic = self.head(emb).squeeze(1)
+        return emb, aesthetic
 
-    def _embed_texts(self, texts: list[str]):
+    def embed_texts(self, texts: list[str]):
         import torch
 
         bs = max(1, self.config.filters.clip_batch_size)
@@ -84,41 +363,160 @@ class ClipScoreStage(Stage):
                 out.append(self.model.encode_text(tokens, normalize=True).float())
         return torch.cat(out)
 
+    def text_scores(self, rows: list[dict], clip_emb) -> list[list[dict]]:
+        """Per row: clip_text against the original text and one score per caption (version, kind)."""
+        jobs: list[tuple[int, str, str]] = []
+        for i, row in enumerate(rows):
+            if (row.get("text") or "").strip():
+                jobs.append((i, "clip_text", row["text"]))
+            for c in row.get("captions") or []:
+                if (c.get("text") or "").strip():
+                    jobs.append((i, caption_score_name(c), c["text"]))
+        out: list[list[dict]] = [[] for _ in rows]
+        if not jobs:
+            return out
+        t = self.embed_texts([j[2] for j in jobs])
+        cos = (clip_emb[[j[0] for j in jobs]] * t).sum(1).cpu().numpy()
+        for (i, name, _), v in zip(jobs, cos):
+            out[i].append(score(name, float(v), self.clip_id, self.version))
+        return out
+
+    # -- the batch -------------------------------------------------------------------------------
+    def decoder(self) -> FrameDecoder:
+        if getattr(self, "_decoder", None) is None:
+            k = self.config.filters.frames_per_clip
+            bs = max(1, self.config.filters.clip_batch_size)
+            workers = self.config.filters.decode_threads or max(1, min(16, (os.cpu_count() or 2) - 1))
+            # enough slots for two model batches in flight plus a queue per worker
+            self._decoder = FrameDecoder(workers, k, n_slots=2 * (bs // k + 1) + 2 * workers)
+            weakref.finalize(self, self._decoder.close)
+        return self._decoder
+
     def process_rows(self, rows: list[dict]) -> list[dict]:
         import torch
 
-        good: list[tuple[dict, np.ndarray]] = []
+        k = self.config.filters.frames_per_clip
+        bs = max(1, self.config.filters.clip_batch_size)
+        dec = self.decoder()
+        jobs: list[tuple[Future, int]] = []
+
+        def submit_more() -> None:  # decode runs ahead of the model as far as free slots allow
+            while len(jobs) < len(rows) and dec.free:
+                row = rows[len(jobs)]
+                jobs.append(dec.submit(row, 1 if is_image(row) else k))
+
         out: list[dict] = []
-        for row in rows:
-            try:
-                good.append((row, self._frames(row)))
-            except Exception as exc:  # noqa: BLE001 - an unreadable clip fails its row only
-                out.append(self.fail(row, exc))
-        if not good:
-            return out
+        good: list[tuple[dict, int, int, str]] = []  # row, first frame position, frame count, sha256
+        pending: list[np.ndarray] = []
+        pending_slots: list[int] = []  # slots whose frames are (partly) in `pending`
+        embs, aes = [], []
+        n_frames = 0
+
+        def flush(count: int) -> None:
+            nonlocal pending, pending_slots
+            e, a = self.embed_frames(pending[:count])  # copies to pinned memory, then runs asynchronously
+            embs.append(e)
+            aes.append(a)
+            pending = pending[count:]
+            keep = set()
+            if pending:  # the slot of the clip split across two model batches stays held
+                keep = {pending_slots[-1]}
+            for slot in pending_slots:
+                if slot not in keep:
+                    dec.release(slot)
+            pending_slots = list(keep)
+            submit_more()
+
+        handled = 0  # rows[:handled] are in `out` (failed) or in `good`
         try:
-            flat = [f for _, frames in good for f in frames]
-            emb = self._embed_images(flat)
+            submit_more()
+            for j, row in enumerate(rows):
+                while j >= len(jobs):  # every slot held by frames waiting for a full batch: run it short
+                    if not pending:
+                        raise RuntimeError("frame decoder has no free slot and nothing to flush")
+                    flush(len(pending))
+                fut, slot = jobs[j]
+                try:
+                    shape, digest = fut.result()
+                except BrokenProcessPool:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - an unreadable clip fails its row only
+                    dec.release(slot)
+                    submit_more()
+                    out.append(self.fail(row, exc))
+                    handled += 1
+                    continue
+                frames = dec.frames(slot, shape)
+                good.append((row, n_frames, len(frames), digest))
+                handled += 1
+                n_frames += len(frames)
+                pending.extend(frames)
+                pending_slots.append(slot)
+                while len(pending) >= bs:
+                    flush(bs)
+            if pending:
+                flush(len(pending))
+            if not good:
+                return out
             with torch.inference_mode():
-                aesthetic = self.head(emb).squeeze(1).float().cpu().numpy()
-            text_rows = [i for i, (row, _) in enumerate(good) if (row.get("text") or "").strip()]
-            text_emb = self._embed_texts([good[i][0]["text"] for i in text_rows]) if text_rows else None
+                emb = torch.cat(embs)
+                aesthetic = torch.cat(aes).float().cpu().numpy()
+                clip_emb = torch.stack([torch.nn.functional.normalize(emb[s:s + n].mean(0), dim=0)
+                                        for _, s, n, _ in good])
+                texts = self.text_scores([g[0] for g in good], clip_emb)
+                clip_np = clip_emb.cpu().numpy().astype(np.float32)
+        except BrokenProcessPool as exc:  # a decoder process died (e.g. FFmpeg crashed): fresh pool next batch
+            self._decoder.close()
+            self._decoder = None
+            return out + [self.fail(row, exc) for row, *_ in good] + [self.fail(row, exc) for row in rows[handled:]]
         except Exception as exc:  # noqa: BLE001 - a model failure fails the batch's rows, not the run
-            return out + [self.fail(row, exc) for row, _ in good]
-        text_of = {i: k for k, i in enumerate(text_rows)}
-        start = 0
-        for i, (row, frames) in enumerate(good):
-            n = len(frames)
-            a = aesthetic[start:start + n]
-            e = emb[start:start + n]
-            start += n
+            self._drain(jobs)
+            return out + [self.fail(row, exc) for row, *_ in good] + [self.fail(row, exc) for row in rows[handled:]]
+        for i, (row, s, n, digest) in enumerate(good):
+            a = aesthetic[s:s + n]
             new = [
                 score("aesthetic", float(a.mean()), self.aesthetic_id, self.version),
                 score("aesthetic_min", float(a.min()), self.aesthetic_id, self.version),
+                *texts[i],
             ]
-            if i in text_of:
-                mean = torch.nn.functional.normalize(e.mean(0), dim=0)
-                cos = float(mean @ text_emb[text_of[i]])
-                new.append(score("clip_text", cos, self.clip_id, self.version))
-            out.extend(self.safe_call(lambda r, new=new: add_scores(r, new), row))
+            extra = {"embedding": clip_np[i].tolist(), "embedding_model": self.clip_id, "content_sha256": digest}
+            out.extend(self.safe_call(lambda r, new=new, extra=extra: dict(add_scores(r, new), **extra), row))
         return out
+
+    def _drain(self, jobs) -> None:
+        """After a failure mid-batch: wait for submitted decodes and give every slot back."""
+        dec = self._decoder
+        for fut, _slot in jobs:
+            fut.cancel()
+            try:
+                fut.result()
+            except BaseException:  # noqa: BLE001
+                pass
+        dec.free = list(range(dec.n_slots))
+
+
+class CaptionAlignStage(ClipScoreStage):
+    """CLIP alignment of every caption of a kept clip with the clip's stored embedding (text tower
+    only: the image embedding travels in the row). Runs after captioning."""
+
+    name: ClassVar[str] = "caption_align"
+    kept_only: ClassVar[bool] = True
+    # The text tower alone: a CPU actor keeps up with captioning and leaves the GPU to the captioner.
+    wants_gpu: ClassVar[bool] = False
+    batch_rows: ClassVar[int] = 64
+
+    def process_rows(self, rows: list[dict]) -> list[dict]:
+        import torch
+
+        todo = [r for r in rows if r.get("embedding") and r.get("captions")
+                and r.get("embedding_model") == self.clip_id]
+        rest = [r for r in rows if not any(r is t for t in todo)]
+        if not todo:
+            return rows
+        try:
+            with torch.inference_mode():
+                emb = torch.tensor([r["embedding"] for r in todo], dtype=torch.float32, device=self.device)
+                texts = self.text_scores([dict(r, text=None) for r in todo], emb)
+        except Exception as exc:  # noqa: BLE001
+            return rest + [self.fail(r, exc) for r in todo]
+        return [add_scores(r, t) for r, t in zip(todo, texts)] + rest

@@ -12,6 +12,7 @@ Scores (model "farneback"):
   motion_jitter  mean change of the global motion (per-pair median flow vector, px/s) between
                  consecutive sample points, px/s: ~0 for still shots and steady pans, high for shake
                  (0.0 when a clip has only one pair)
+  motion_jittery 1.0 if motion_jitter > filters.motion_jitter_threshold, else 0.0
 Images have no motion: the stage leaves them unscored and the recipe's missing policy decides.
 """
 
@@ -38,7 +39,7 @@ def _resize_gray(frame: np.ndarray, width: int) -> np.ndarray:
 
 
 def motion_scores(pairs: list[tuple[np.ndarray, np.ndarray]], dt: float, width: int,
-                  static_threshold: float) -> dict[str, float]:
+                  static_threshold: float, jitter_threshold: float = float("inf")) -> dict[str, float]:
     """Score name -> value from (frame, later frame) pairs `dt` seconds apart; needs one pair."""
     if not pairs:
         raise DecodeError("motion needs at least two frames")
@@ -50,7 +51,8 @@ def motion_scores(pairs: list[tuple[np.ndarray, np.ndarray]], dt: float, width: 
         global_flow.append(np.median(flow.reshape(-1, 2), axis=0) / dt)
     motion = float(np.mean(speeds))
     jitter = float(np.mean(np.linalg.norm(np.diff(global_flow, axis=0), axis=1))) if len(global_flow) > 1 else 0.0
-    return {"motion": motion, "motion_static": float(motion < static_threshold), "motion_jitter": jitter}
+    return {"motion": motion, "motion_static": float(motion < static_threshold), "motion_jitter": jitter,
+            "motion_jittery": float(jitter > jitter_threshold)}
 
 
 class MotionStage(Stage):
@@ -66,5 +68,5 @@ class MotionStage(Stage):
             raise DecodeError("row has no clip_path")
         cfg = self.config.filters
         pairs, dt = sample_pairs(row, cfg.motion_fps, cfg.max_sample_frames)
-        values = motion_scores(pairs, dt, cfg.motion_width, cfg.motion_static_threshold)
+        values = motion_scores(pairs, dt, cfg.motion_width, cfg.motion_static_threshold, cfg.motion_jitter_threshold)
         return add_scores(row, [score(k, v, MOTION_MODEL, MOTION_VERSION) for k, v in values.items()])

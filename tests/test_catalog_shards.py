@@ -49,7 +49,7 @@ def test_schema_migrates_on_open_and_readers_are_read_only(tmp_path):
     with Catalog(path) as cat:
         assert cat.schema_version == LATEST_VERSION
     with Catalog(path) as cat:  # reopening applies nothing twice
-        assert cat.con.execute("SELECT count(*) FROM schema_version").fetchall()[0][0] == len(MIGRATIONS)
+        assert cat.con.execute("SELECT count(*) FROM schema_version").fetchall()[0][0] == len(MIGRATIONS)  # gaps allowed
     with Catalog(path, read_only=True) as ro:
         with pytest.raises(Exception):
             ro.con.execute("DELETE FROM clips")

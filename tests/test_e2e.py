@@ -112,3 +112,18 @@ def test_demo_trains_on_a_release_of_exactly_the_kept_clips(demo):
     trained = {r["clip_id"] for r in _q(demo, "SELECT clip_id FROM train_samples")}
     assert trained and trained <= members
     assert _q(demo, "SELECT select_sql FROM train_runs") == [{"select_sql": "release demo where kept"}]
+def test_run_records_recipe_embeddings_and_duplicate_scores(demo):
+    import pyarrow.parquet as pq
+
+    [recipe] = _q(demo, "SELECT recipe, sha256 FROM recipes")
+    assert recipe["recipe"] == "demo_v1@1" and len(recipe["sha256"]) == 64
+    assert {r["recipe"] for r in _q(demo, "SELECT DISTINCT recipe FROM decisions")} == {"demo_v1@1"}
+    clips = {r["clip_id"] for r in _q(demo, "SELECT clip_id FROM clips")}
+    index = _q(demo, "SELECT clip_id, url, dim, content_sha256 FROM embeddings")
+    assert {r["clip_id"] for r in index} == clips  # every clip's embedding is stored and indexed
+    for url in {r["url"] for r in index}:
+        t = pq.read_table(url)
+        assert set(t.column("clip_id").to_pylist()) <= clips and t.schema.field("embedding").type.list_size == index[0]["dim"]
+    dup = _q(demo, "SELECT clip_id, scorer, value FROM scores WHERE scorer IN ('dup_exact', 'dup_sim')")
+    assert {(r["clip_id"], r["scorer"]) for r in dup} == {(c, s) for c in clips for s in ("dup_exact", "dup_sim")}
+    assert all(-1.0 <= r["value"] <= 1.0 for r in dup)

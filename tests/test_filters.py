@@ -60,8 +60,18 @@ def media(tmp_path_factory):
     boxed[:, :24] = 0
     boxed[:, -24:] = 0
     encode_video(boxed, 24, str(d / "letterbox.mp4"))
+    encode_video((pan // 8).astype(np.uint8), 24, str(d / "dark.mp4"))
+    encode_video(np.clip(pan.astype(np.int16) + 6, 0, 255).astype(np.uint8), 24, str(d / "near.mp4"))  # near-duplicate
+    (d / "copy.mp4").write_bytes((d / "fast.mp4").read_bytes())  # exact duplicate
+    rng = np.random.default_rng(5)  # a shaking camera: the window jumps up to 10 px each frame
+    big = _texture_shot(1, seed=9, dx=0)[0]
+    big = np.pad(big, ((12, 12), (12, 12), (0, 0)), mode="reflect")
+    offsets = np.cumsum(rng.integers(-10, 11, (48, 2)), axis=0).clip(-12, 12) + 12
+    encode_video(np.stack([big[y:y + H, x:x + W] for y, x in offsets]), 24, str(d / "shaky.mp4"))
+    encode_video(_texture_shot(24, seed=11, dx=-3), 24, str(d / "other.mp4"))
     return {"v0": v0, "v1": v1, "image": image, "image_text": image_text, "broken": str(broken),
-            **{k: str(d / f"{k}.mp4") for k in ("fast", "slow", "static", "blurred", "letterbox")}}
+            **{k: str(d / f"{k}.mp4") for k in ("fast", "slow", "static", "blurred", "letterbox", "dark", "near",
+                                                   "copy", "other", "shaky")}}
 
 
 def cfg_for(tiny: dict | None = None, **filters):
@@ -136,7 +146,7 @@ def test_clip_stage_scores_videos_and_images_and_fails_broken_rows(tiny, media):
         assert not out[cid]["error_class"]
     assert -1.0 <= scores_of(out["a"])["clip_text"] <= 1.0
     entry = next(s for s in out["a"]["scores"] if s["scorer"] == "clip_text")
-    assert entry["model"] == "vidcorpus-tiny-clip" and entry["version"].startswith("clip-v1")
+    assert entry["model"] == "vidcorpus-tiny-clip" and entry["version"].startswith("clip-v2")
     assert out["d"]["error_class"] and out["d"]["error_stage"] == "clip" and not out["d"]["scores"]
     # Batched and one-at-a-time scoring agree (the batch size changes nothing but speed).
     single = run_stage(ClipScoreStage(cfg_for(tiny, clip_batch_size=1)), rows[:1])[0]
@@ -155,6 +165,7 @@ def test_motion_orders_fast_slow_static(media):
     assert fast["motion"] == pytest.approx(57.6, rel=0.15)
     assert static["motion_static"] == 1.0 and fast["motion_static"] == 0.0
     assert fast["motion_jitter"] < 0.2 * fast["motion"]  # a steady pan is not shaky
+    assert fast["motion_jittery"] == static["motion_jittery"] == 0.0
     assert out["broken"]["error_class"] and out["broken"]["error_stage"] == "motion"
     assert out["image"]["scores"] == [] and not out["image"]["error_class"]
 
@@ -252,3 +263,298 @@ def test_decide_stage_sets_recipe_kept_reason():
     assert (out["slow"]["kept"], out["slow"]["reason"]) == (False, "motion<8")
     assert out["image"]["kept"] is True
     assert out["failed"]["recipe"] is None and out["failed"]["kept"] is None  # failures pass through
+
+
+def test_technical_orders_dark_below_normal(media):
+    from vidcorpus.filters.recipes import load_recipe
+    from vidcorpus.filters.technical import TechnicalStage
+
+    out = {r["clip_id"]: scores_of(r) for r in run_stage(TechnicalStage(cfg_for()),
+                                                         [video_row(media[k], 24, clip_id=k) for k in ("fast", "dark")])}
+    assert out["dark"]["brightness"] < 0.25 * out["fast"]["brightness"]
+    assert out["dark"]["brightness"] < 20 <= out["fast"]["brightness"]
+    base = {"min_side": 720, "aspect": 1.7, "black_border": 0.0, "blur": 300, "aesthetic": 6, "aesthetic_min": 6,
+            "clip_text": 0.3}
+    assert load_recipe("pretrain_v1").decide({**base, "brightness": out["dark"]["brightness"]})[1] == "brightness<20"
+
+
+# --- CLIP stage: device-side preprocessing, embeddings, captions ----------------------------------
+
+def test_device_preprocessing_matches_open_clip_transform(tiny, media):
+    from PIL import Image
+
+    from vidcorpus.filters.clip_models import load_clip
+    from vidcorpus.filters.clip_scores import center_square, gpu_preprocess
+    from vidcorpus.media import read_frames
+
+    model, preprocess, _ = load_clip(tiny["clip_model"], tiny["clip_pretrained"], "cpu")
+    frames = read_frames(media["v0"].path, n=3)
+    mean = torch.tensor(preprocess.transforms[-1].mean).view(1, 3, 1, 1) * 255
+    std = torch.tensor(preprocess.transforms[-1].std).view(1, 3, 1, 1) * 255
+    ours = gpu_preprocess(list(center_square(frames)), 64, mean, std, torch.float32, pin=False)
+    ref = torch.stack([preprocess(Image.fromarray(f)) for f in frames])
+    assert ours.shape == ref.shape
+    assert (ours - ref).abs().mean() < 0.05  # same transform up to resampling details
+    with torch.inference_mode():
+        a = model.encode_image(ours, normalize=True)
+        b = model.encode_image(ref, normalize=True)
+    assert (a * b).sum(1).min() > 0.99
+
+
+def test_clip_stage_embeds_hashes_and_aligns_every_caption(tiny, media):
+    import hashlib
+
+    from vidcorpus.filters.clip_scores import CaptionAlignStage, ClipScoreStage
+
+    caps = [{"version": "v1", "kind": "long", "text": "a textured surface panning", "model": "m", "prompt_version": "p",
+             "meta_json": None},
+            {"version": "v2.1", "kind": "short", "text": "texture", "model": "m", "prompt_version": "p",
+             "meta_json": None}]
+    rows = [video_row(media["fast"], 24, text="a pan", clip_id="f", captions=caps),
+            video_row(media["static"], 24, clip_id="s")]
+    out = {r["clip_id"]: r for r in run_stage(ClipScoreStage(cfg_for(tiny)), rows)}
+    f = out["f"]
+    assert set(scores_of(f)) == CLIP_SCORES | {"clip_text_v1_long", "clip_text_v2_1_short"}
+    emb = np.asarray(f["embedding"])
+    assert emb.shape == (64,) and abs(np.linalg.norm(emb) - 1) < 1e-4
+    assert f["content_sha256"] == hashlib.sha256(open(media["fast"], "rb").read()).hexdigest()
+    assert f["embedding_model"] == "vidcorpus-tiny-clip"
+    # After captioning, the align stage scores the captions from the stored embedding alone (text tower):
+    # the same values as scoring them together with the frames.
+    bare = dict(f, scores=[s for s in f["scores"] if not s["scorer"].startswith("clip_text_")], kept=True)
+    aligned = scores_of(run_stage(CaptionAlignStage(cfg_for(tiny)), [bare])[0])
+    for name in ("clip_text_v1_long", "clip_text_v2_1_short"):
+        assert aligned[name] == pytest.approx(scores_of(f)[name], abs=1e-4)
+    assert out["s"]["embedding"] and "clip_text" not in scores_of(out["s"])
+
+
+# --- duplicates -----------------------------------------------------------------------------------
+
+def _commit(cat, run_id, rows, root):
+    from vidcorpus.filters.dedup import write_embedding_batch
+
+    index = write_embedding_batch(root, run_id, 0, rows)
+    cat.commit_results(run_id, rows)
+    cat.commit_embeddings(run_id, index)
+    return [r["clip_id"] for r in index]
+
+
+def test_duplicates_exact_and_near_keep_the_best_copy(tiny, media, tmp_path):
+    import pyarrow.parquet as pq
+
+    from vidcorpus.catalog.store import Catalog
+    from vidcorpus.filters.apply import apply_recipe
+    from vidcorpus.filters.clip_scores import ClipScoreStage
+    from vidcorpus.filters.dedup import run_dedup
+    from vidcorpus.filters.recipes import load_recipe
+
+    stage = ClipScoreStage(cfg_for(tiny))
+    names = ("fast", "copy", "near", "other", "static", "dark")
+    scored = {r["clip_id"]: r for r in run_stage(stage, [video_row(media[k], 24, clip_id=k) for k in names])}
+    e = {k: np.asarray(scored[k]["embedding"]) for k in names}
+    near_sim = float(e["fast"] @ e["near"])
+    distinct = max(float(e[a] @ e[b]) for a in names for b in names
+                   if a < b and {a, b} not in ({"fast", "copy"}, {"fast", "near"}, {"copy", "near"}))
+    assert near_sim > distinct  # a brightness shift of 6 stays closer than any other content
+    threshold = (near_sim + distinct) / 2
+    recipe_file = tmp_path / "dd.yaml"
+    recipe_file.write_text(f"name: dd\nversion: 1\nmissing: keep\npredicates:\n"
+                           f"  - {{score: dup_exact, op: '==', value: 0}}\n"
+                           f"  - {{score: dup_sim, op: '<', value: {threshold}}}\n")
+    recipe = load_recipe(str(recipe_file))
+    aesthetic = {k: scores_of(scored[k])["aesthetic"] for k in names}
+
+    cat = Catalog(tmp_path / "cat.duckdb")
+    # run 1: the original, its exact copy and unrelated clips
+    new = _commit(cat, "run1", [scored[k] for k in ("fast", "copy", "other", "static", "dark")], str(tmp_path / "emb"))
+    [url] = {r["url"] for r in cat.query_dicts("SELECT url FROM embeddings")}
+    assert pq.read_table(url).num_rows == 5
+    run_dedup(cat, "run1", new, floor=0.5)
+    d = cat.latest_scores()
+    exact = {k: d[k]["dup_exact"] for k in ("fast", "copy")}
+    assert sorted(exact.values()) == [0.0, 1.0]  # one copy of the identical pair is the duplicate
+    assert exact["fast"] == 1.0  # identical scores: ranked by clip_id, so "copy" is the kept copy
+    assert d["copy"]["dup_sim"] >= 0.999 or d["fast"]["dup_sim"] >= 0.999
+    assert all(d[k]["dup_exact"] == 0.0 for k in ("other", "static", "dark"))
+
+    # run 2: a near-duplicate arrives; the catalog's original is re-scored against it
+    new = _commit(cat, "run2", [scored["near"]], str(tmp_path / "emb"))
+    written = run_dedup(cat, "run2", new, floor=0.5)
+    assert {"near", "fast", "copy"} <= {w["clip_id"] for w in written}
+    assert not {"other", "static", "dark"} & {w["clip_id"] for w in written} or distinct >= 0.5
+    res = apply_recipe(cat, recipe, "apply1")
+    kept = {c: v["kept"] for c, v in cat.current_decisions().items()}
+    group = ("copy", "fast", "near")
+    best = min(group, key=lambda k: (-aesthetic[k], k))
+    assert [k for k in group if kept[k]] == [best]  # exactly one copy of the group: the best-scored one
+    assert kept["other"] and kept["static"] and kept["dark"]
+    assert res.kept == 4
+    dup_before = cat.query_dicts("SELECT clip_id, scorer, value FROM scores WHERE scorer LIKE 'dup_%' ORDER BY 1, 2")
+    cat.close()
+
+    # the command re-scores the whole catalog with the same result and re-decides with filters.recipe
+    from typer.testing import CliRunner
+
+    from vidcorpus.catalog.store import Catalog as Reader
+    from vidcorpus.cli import app
+
+    out = CliRunner().invoke(app, ["filter", "dedup", "--catalog", str(tmp_path / "cat.duckdb"),
+                                   "--set", f"filters.recipe={recipe_file}"])
+    assert out.exit_code == 0, out.output
+    assert "6 clips scored for duplicates and re-decided" in " ".join(out.output.split())
+    with Reader(tmp_path / "cat.duckdb", read_only=True) as r:
+        again = r.query_dicts("SELECT clip_id, scorer, value FROM scores WHERE scorer LIKE 'dup_%' ORDER BY 1, 2")
+        assert [(a["clip_id"], a["scorer"]) for a in again] == [
+            (b["clip_id"], b["scorer"]) for b in dup_before]
+        assert all(abs(a["value"] - b["value"]) < 1e-6 for a, b in zip(again, dup_before))
+        assert {c: v["kept"] for c, v in r.current_decisions().items()} == kept
+
+
+# --- recipes in the catalog: apply, sweep ---------------------------------------------------------
+
+def _scored_catalog(path, n=20):
+    """A catalog of n clips with known scores (aesthetic 0..9.5, motion alternating), decided by demo_v1."""
+    from vidcorpus.catalog.store import Catalog
+    from vidcorpus.filters.recipes import DecideStage
+
+    rows = []
+    for i in range(n):
+        values = {"aesthetic": i / 2, "motion": 20.0 if i % 2 else 1.0, "min_side": 720, "aspect": 1.7,
+                  "black_border": 0.0, "brightness": 120, "blur": 300, "aesthetic_min": i / 2 - (1.0 if i == 11 else 0.2), "clip_text": 0.3}
+        rows.append(video_row(f"/x/{i}.mp4", 48, clip_id=f"clip-{i:02d}", source_id=f"src{i:02d}",
+                              scores=[{"scorer": k, "model": "m", "version": "v", "value": float(v)}
+                                      for k, v in values.items()]))
+    rows = run_stage(DecideStage(cfg_for(recipe="demo_v1")), rows)
+    cat = Catalog(path)
+    cat.commit_results("run0", rows)
+    return cat
+
+
+def test_apply_redecides_from_stored_scores_only(tmp_path):
+    from vidcorpus.catalog.store import CatalogError
+    from vidcorpus.filters.apply import apply_recipe, register
+    from vidcorpus.filters.recipes import load_recipe
+
+    cat = _scored_catalog(tmp_path / "c.duckdb")
+    scores_before = cat.query_dicts("SELECT * FROM scores ORDER BY clip_id, scorer")
+    assert {d["kept"] for d in cat.current_decisions().values()} == {True, False}  # demo_v1: motion < 8 drops
+
+    pre = load_recipe("pretrain_v1")
+    res = apply_recipe(cat, pre, "apply1")
+    after = cat.current_decisions()
+    assert res.clips == 20 and res.kept == sum(d["kept"] for d in after.values())
+    assert all(d["recipe"] == "pretrain_v1@1" for d in after.values())
+    # aesthetic >= 4.5 keeps i >= 9: 11 clips; motion is not in pretrain_v1 (motion_static is, missing: keep)
+    assert {c for c, d in after.items() if d["kept"]} == {f"clip-{i:02d}" for i in range(9, 20)}
+    assert after["clip-03"]["reason"] == "aesthetic<4.5"
+    assert res.newly_kept == 5 and res.newly_dropped == 4  # demo_v1 kept the odd ones (moving)
+    assert cat.query_dicts("SELECT * FROM scores ORDER BY clip_id, scorer") == scores_before  # untouched
+    wide = {r["clip_id"]: r for r in cat.query_dicts("SELECT clip_id, recipe, kept, reason FROM clips_wide")}
+    assert {c: (w["recipe"], w["kept"], w["reason"]) for c, w in wide.items()} == {
+        c: (d["recipe"], d["kept"], d["reason"]) for c, d in after.items()}  # what users query follows
+
+    # deterministic: the same recipe twice gives the same decisions
+    again = apply_recipe(cat, pre, "apply2")
+    assert cat.current_decisions() == after and again.newly_kept == again.newly_dropped == 0
+
+    # the catalog keeps every recipe by content; the finetune recipe names aesthetic_min
+    hq = apply_recipe(cat, load_recipe("finetune_hq_v1"), "apply3")
+    # predicates in order: the still clips fail motion first, clip-11 passes the mean but not every frame
+    assert hq.reasons == {"motion<4": 10, "aesthetic<5.5": 5, "aesthetic_min<5": 1} and hq.kept == 4
+    assert cat.current_decisions()["clip-11"]["reason"] == "aesthetic_min<5"
+    recs = {r["recipe"]: r for r in cat.query_dicts("SELECT * FROM recipes")}
+    assert {"pretrain_v1@1", "finetune_hq_v1@1"} <= set(recs)
+    assert "aesthetic_min" in recs["finetune_hq_v1@1"]["yaml"] and len(recs["pretrain_v1@1"]["sha256"]) == 64
+    changed = pre.model_copy(update={"predicates": pre.predicates[:-1]})
+    with pytest.raises(CatalogError, match="new version"):
+        register(cat, changed)
+    register(cat, changed.model_copy(update={"version": "2"}))  # a new version is accepted
+    cat.close()
+
+
+def test_sweep_and_cli_filter_commands(tmp_path):
+    from typer.testing import CliRunner
+
+    from vidcorpus.cli import app
+    from vidcorpus.filters.apply import sweep
+    from vidcorpus.filters.recipes import load_recipe
+
+    path = tmp_path / "c.duckdb"
+    cat = _scored_catalog(path)
+    rows = sweep(cat, "aesthetic", ">=", steps=5, recipe=load_recipe("pretrain_v1"))
+    assert [r["threshold"] for r in rows] == pytest.approx([0, 2.375, 4.75, 7.125, 9.5])
+    assert rows[0]["kept"] == 20 and rows[-1]["kept"] == 1
+    assert all(a["kept"] >= b["kept"] for a, b in zip(rows, rows[1:]))
+    assert all(r["recipe_kept"] <= r["kept"] for r in rows)
+    low = sweep(cat, "motion", "<", thresholds=[5.0])[0]
+    assert low["kept"] == 10
+    with pytest.raises(ValueError, match="no clip has"):
+        sweep(cat, "no_such_score")
+    cat.close()
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["filter", "sweep", "aesthetic", "--catalog", str(path), "--steps", "3",
+                              "--recipe", "pretrain_v1"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "retention of aesthetic >= threshold" in text and "pretrain_v1@1" in text
+    res = runner.invoke(app, ["filter", "apply", "pretrain_v1", "--catalog", str(path)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())  # rich wraps to the terminal width
+    assert "pretrain_v1@1: 11 of 20 clips kept" in text and "aesthetic<4.5" in text and "scores untouched" in text
+    res = runner.invoke(app, ["filter", "apply", "no_such_recipe", "--catalog", str(path)])
+    assert res.exit_code == 2
+
+
+def test_motion_flags_a_shaking_camera(media):
+    from vidcorpus.filters.motion import MotionStage
+
+    rows = [video_row(media[k], n, clip_id=k) for k, n in (("fast", 24), ("shaky", 48), ("slow", 24))]
+    out = {r["clip_id"]: scores_of(r) for r in run_stage(MotionStage(cfg_for()), rows)}
+    assert out["shaky"]["motion_jitter"] > 5 * max(out["fast"]["motion_jitter"], out["slow"]["motion_jitter"], 1.0)
+    assert out["shaky"]["motion_jittery"] == 1.0 and out["fast"]["motion_jittery"] == 0.0
+
+
+def test_clip_stage_model_failure_fails_every_row_and_loses_none(tiny, media):
+    from vidcorpus.filters.clip_scores import ClipScoreStage
+
+    stage = ClipScoreStage(cfg_for(tiny, clip_batch_size=2))
+    stage.setup()
+    stage._ready = True
+    calls = {"n": 0}
+    real = stage.embed_frames
+
+    def flaky(frames):  # the second model batch fails (after some rows are decoded, before others are)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(frames)
+
+    stage.embed_frames = flaky
+    rows = [video_row(media[k], 24, clip_id=k) for k in ("fast", "slow", "broken", "static", "blurred", "dark")]
+    out = run_stage(stage, rows)
+    assert sorted(r["clip_id"] for r in out) == sorted(r["clip_id"] for r in rows)  # nothing lost, nothing twice
+    assert all(r["error_class"] and r["error_stage"] == "clip" for r in out)
+    # the decoder's slots all came back: the next batch scores normally
+    stage.embed_frames = real
+    again = run_stage(stage, rows[:2])
+    assert all(not r["error_class"] and r["embedding"] for r in again)
+
+
+def test_fast_decoder_returns_exactly_the_sequential_frames(media, tmp_path):
+    from vidcorpus.filters.clip_scores import _decode_by_pts, _decode_sequential, decode_wanted
+    from vidcorpus.media import uniform_indices
+
+    for key in ("fast", "shaky", "v0"):
+        path = media[key] if isinstance(media[key], str) else media[key].path
+        data = open(path, "rb").read()
+        n = len(_decode_sequential(data, list(range(10_000))))
+        for wanted in (uniform_indices(n, 3), uniform_indices(n, 5), [n // 2 + 1], list(range(n))):
+            fast = _decode_by_pts(data, wanted)
+            slow = _decode_sequential(data, wanted)
+            assert fast is not None and sorted(fast) == sorted(slow) == sorted(set(wanted)), (key, wanted)
+            assert all(np.array_equal(fast[i], slow[i]) for i in slow), (key, wanted)
+    # indices past the end come back missing, without a second decode pass
+    assert sorted(decode_wanted(data, [0, n - 1, n + 5])) == [0, n - 1]
+    with pytest.raises(Exception):
+        decode_wanted(b"not a video at all", [0])

@@ -183,7 +183,7 @@ def _print_run_summary(summary) -> None:
 @app.command()
 def sql(
     query: str = typer.Argument(..., help="SQL to run, e.g. \"SELECT * FROM funnel\". Tables: runs, sources, clips, "
-                                          "scores, captions, decisions, shards, shard_members, failures, train_runs, "
+                                          "scores, captions, decisions, recipes, embeddings, shards, shard_members, failures, train_runs, "
                                           "train_samples; views: clips_wide, funnel, failures_by_class."),
     catalog: Optional[str] = CatalogOpt,
     config: Optional[Path] = ConfigOpt,
@@ -374,6 +374,122 @@ def report(
 from vidcorpus.cli_release import release_app  # noqa: E402 - also registers `shards encode`
 
 app.add_typer(release_app, name="release")
+filter_app = typer.Typer(help="Re-decide from stored scores: apply recipes, sweep thresholds, find duplicates.",
+                         no_args_is_help=True)
+app.add_typer(filter_app, name="filter")
+
+
+@filter_app.command("apply")
+def filter_apply(
+    recipe: str = typer.Argument(..., help="Bundled recipe name (pretrain_v1, finetune_hq_v1, demo_v1) or a YAML path."),
+    catalog: Optional[str] = CatalogOpt,
+    config: Optional[Path] = ConfigOpt,
+    workdir: Optional[str] = WorkdirOpt,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would change; record nothing."),
+) -> None:
+    """Decide every clip again with RECIPE from the scores in the catalog (no score is recomputed).
+
+    Each clip gets a decision naming the recipe version and, when dropped, the first predicate it
+    failed; the recipe is recorded by content, so a changed recipe needs a new version.
+    """
+    from vidcorpus import __version__
+    from vidcorpus.catalog.store import Catalog, CatalogError
+    from vidcorpus.filters.apply import apply_recipe
+    from vidcorpus.filters.recipes import load_recipe
+    from vidcorpus.ids import new_run_id
+
+    cfg = _config(config, None, workdir=workdir, catalog=catalog)
+    try:
+        r = load_recipe(recipe)
+    except (FileNotFoundError, ValueError) as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2)
+    run_id = new_run_id()
+    try:
+        with Catalog(cfg.catalog_path) as cat:
+            if not dry_run:
+                cat.begin_run(run_id, "filter-apply", json.dumps({"recipe": r.id}), __version__)
+            res = apply_recipe(cat, r, run_id, dry_run=dry_run)
+            if not dry_run:
+                cat.finish_run(run_id, "succeeded", {"recipe": r.id, "clips": res.clips, "kept": res.kept})
+    except CatalogError as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2)
+    t = Table(title=f"{r.id}: {res.kept} of {res.clips} clips kept" + (" (dry run)" if dry_run else ""))
+    t.add_column("dropped by", overflow="fold")
+    t.add_column("clips", justify="right")
+    t.add_column("share", justify="right")
+    for reason, n in res.reasons.most_common():
+        t.add_row(reason, str(n), f"{n / max(1, res.clips):.1%}")
+    console.print(t)
+    console.print(f"against the previous decisions: {res.newly_kept} newly kept, {res.newly_dropped} newly dropped, "
+                  f"{res.changed_reason} dropped for another reason; scores untouched")
+
+
+@filter_app.command("sweep")
+def filter_sweep(
+    score: str = typer.Argument(..., help="Score name, e.g. aesthetic, motion, blur, dup_sim."),
+    op: str = typer.Option(">=", "--op", help="Comparison a clip must pass: >=, >, <=, <."),
+    steps: int = typer.Option(11, "--steps", help="Thresholds at this many quantiles of the score."),
+    threshold: Optional[List[float]] = typer.Option(None, "--threshold", "-t", help="Explicit thresholds (repeatable)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Also show what the whole recipe keeps with this threshold."),
+    catalog: Optional[str] = CatalogOpt,
+    config: Optional[Path] = ConfigOpt,
+    workdir: Optional[str] = WorkdirOpt,
+) -> None:
+    """Print retention against a threshold on SCORE, from the stored scores (read-only)."""
+    from vidcorpus.catalog.store import Catalog, CatalogError
+    from vidcorpus.filters.apply import sweep
+    from vidcorpus.filters.recipes import load_recipe
+
+    if op not in (">=", ">", "<=", "<"):
+        err.print(f"[red]--op must be one of >=, >, <=, < (got {op!r})[/red]")
+        raise typer.Exit(2)
+    cfg = _config(config, None, workdir=workdir, catalog=catalog)
+    try:
+        r = load_recipe(recipe) if recipe else None
+        with Catalog(cfg.catalog_path, read_only=True) as cat:
+            rows = sweep(cat, score, op, steps, r, thresholds=threshold or None)
+    except (CatalogError, FileNotFoundError, ValueError) as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2)
+    t = Table(title=f"retention of {score} {op} threshold ({rows[0]['scored']} clips scored)")
+    t.add_column("threshold", justify="right")
+    t.add_column("kept", justify="right")
+    t.add_column("retained", justify="right")
+    if r is not None:
+        t.add_column(f"kept by {r.id}", justify="right")
+        t.add_column("retained (recipe)", justify="right")
+    for row in rows:
+        cells = [f"{row['threshold']:.4g}", str(row["kept"]), f"{row['kept_frac']:.1%}"]
+        if r is not None:
+            cells += [str(row["recipe_kept"]), f"{row['recipe_frac']:.1%}"]
+        t.add_row(*cells)
+    console.print(t)
+
+
+@filter_app.command("dedup")
+def filter_dedup(
+    catalog: Optional[str] = CatalogOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    workdir: Optional[str] = WorkdirOpt,
+) -> None:
+    """Score duplicates (dup_exact, dup_sim) of every clip with an embedding, then re-decide them with
+    filters.recipe. Runs use the same code on their new clips."""
+    from vidcorpus import __version__
+    from vidcorpus.catalog.store import Catalog
+    from vidcorpus.ids import new_run_id
+    from vidcorpus.runner import dedup_and_redecide
+
+    cfg = _config(config, set_, workdir=workdir, catalog=catalog)
+    run_id = new_run_id()
+    with Catalog(cfg.catalog_path) as cat:
+        cat.begin_run(run_id, "filter-dedup", json.dumps({"recipe": cfg.filters.recipe}), __version__)
+        ids = cat.query_dicts("SELECT clip_id FROM embeddings")
+        n = dedup_and_redecide(cfg, cat, run_id, [r["clip_id"] for r in ids], log=console.print)
+        cat.finish_run(run_id, "succeeded", {"clips": n})
+    console.print(f"{n} clips scored for duplicates and re-decided")
 
 
 def main() -> None:  # pragma: no cover - console entry point

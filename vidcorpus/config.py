@@ -78,9 +78,16 @@ class FiltersConfig(Section):
     motion_width: int = Field(128, description="Frames are downscaled to this width for optical flow.")
     motion_static_threshold: float = Field(
         2.0, description="motion (pixels per second at motion_width) below this marks a clip static.")
+    motion_jitter_threshold: float = Field(
+        40.0, description="motion_jitter (px/s at motion_width) above this marks a clip jittery (shaky camera).")
     max_sample_frames: int = Field(32, description="Most sampled frames (technical) or frame pairs (motion) per clip.")
-    clip_batch_size: int = 16
+    clip_batch_size: int = Field(16, description="Frames per CLIP image-tower batch (256 suits an H100).")
     recipe: str = Field("demo_v1", description="Name of a bundled recipe or path to a recipe YAML.")
+    decode_threads: int = Field(0, ge=0, description="Worker processes decoding clips for the CLIP scorer (0: one per CPU but one, at most 16).")
+    clip_precision: Literal["bf16", "fp32"] = Field("bf16", description="CLIP weights on a GPU (the CPU always runs fp32).")
+    dedup: bool = Field(True, description="After a run, score duplicates (dup_exact, dup_sim) against the run and the catalog.")
+    dedup_floor: float = Field(
+        0.8, description="Cosine similarity under which two clips are not compared further (dup_sim is 0 below it).")
 
 
 class CaptioningConfig(Section):

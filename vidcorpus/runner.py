@@ -31,6 +31,7 @@ WORKER_ENV = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZE
 def pipeline_stages() -> list[type[Stage]]:
     """The stage classes of a run, in order (imported here so `vidcorpus --help` stays fast)."""
     from vidcorpus.captioning.stage import CaptionStage
+    from vidcorpus.filters.clip_scores import CaptionAlignStage
     from vidcorpus.filters.recipes import DecideStage
     from vidcorpus.filters.scorers import ClipScoreStage, MotionStage, TechnicalStage
     from vidcorpus.ingest.download import DownloadStage
@@ -39,7 +40,7 @@ def pipeline_stages() -> list[type[Stage]]:
     from vidcorpus.ingest.split import SplitStage
 
     return [DownloadStage, ProbeStage, SplitStage, ExtractStage, TechnicalStage, MotionStage, ClipScoreStage,
-            DecideStage, CaptionStage]
+            DecideStage, CaptionStage, CaptionAlignStage]
 
 
 @dataclass
@@ -126,6 +127,10 @@ def run_pipeline(
     catalog.begin_run(run_id, "pipeline", json.dumps(cfg.model_dump(mode="json")), __version__)
     status = "failed"
     try:
+        from vidcorpus.filters.apply import register
+        from vidcorpus.filters.recipes import load_recipe
+
+        register(catalog, load_recipe(cfg.filters.recipe), run_id)  # a changed recipe without a new version stops here
         sources = read_inputs(cfg.inputs)
         summary.sources_seen = len(sources)
         bad_rows = [r for r in sources if r["source_id"] is None]
@@ -165,6 +170,9 @@ def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSu
     ds = build_dataset(cfg, todo, resources.get("GPU", 0.0), resources.get("CPU", 2.0))
     seen: set[str] = set()
     failed: set[str] = set()
+    from vidcorpus.filters.dedup import write_embedding_batch
+
+    embedded: list[str] = []
     # Commit as results stream in: a crash loses at most the batches not yet committed, and a
     # rerun re-processes only sources that were not marked done (upserts keep it duplicate-free).
     for batch in ds.iter_batches(batch_size=COMMIT_ROWS, batch_format="pyarrow"):
@@ -174,9 +182,35 @@ def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSu
             if r.get("error_class"):
                 failed.add(r["source_id"])
                 summary.failures += 1
+        index = write_embedding_batch(cfg.url("embeddings"), run_id, summary.rows_committed, rows)
         catalog.commit_results(run_id, rows, failed_before=failed)
+        catalog.commit_embeddings(run_id, index)  # after the Parquet file is whole
+        embedded += [r["clip_id"] for r in index]
         summary.rows_committed += len(rows)
     catalog.mark_sources_done(seen - failed)
+    if cfg.filters.dedup and embedded:
+        dedup_and_redecide(cfg, catalog, run_id, embedded, log)
+
+
+def dedup_and_redecide(cfg: Config, catalog, run_id: str, new_clip_ids: list[str] | None, log=print) -> int:
+    """Duplicate scores for the new clips against the run and the catalog, then re-decide the clips
+    whose dup scores were written (new ones, and earlier ones decided by this recipe). Returns the
+    number of clips re-decided."""
+    from vidcorpus.filters.apply import apply_recipe
+    from vidcorpus.filters.dedup import run_dedup
+    from vidcorpus.filters.recipes import load_recipe
+
+    written = run_dedup(catalog, run_id, new_clip_ids, cfg.filters.dedup_floor)
+    recipe = load_recipe(cfg.filters.recipe)
+    current = catalog.current_decisions()
+    new = set(new_clip_ids or [])
+    ids = sorted({s["clip_id"] for s in written
+                  if s["clip_id"] in new or (current.get(s["clip_id"]) or {}).get("recipe") == recipe.id})
+    if ids:
+        res = apply_recipe(catalog, recipe, run_id, clip_ids=ids)
+        log(f"dedup: {len(ids)} clips scored for duplicates; {res.newly_dropped} dropped as duplicates or "
+            f"otherwise by {recipe.id}")
+    return len(ids)
 
 
 def write_pending_shards(cfg: Config, catalog, run_id: str, progress: bool = True, log=print) -> list[dict]:

@@ -61,6 +61,11 @@ ROW_SCHEMA = pa.schema(
         ("clip_frames", pa.int64()),
         ("scores", pa.list_(SCORE_TYPE)),
         ("captions", pa.list_(CAPTION_TYPE)),
+        # set by the CLIP scorer: the clip's L2-normalised mean frame embedding (the driver writes it to
+        # Parquet for dedup and retrieval) and the sha256 of the clip file's bytes (exact duplicates)
+        ("embedding", pa.list_(pa.float32())),
+        ("embedding_model", pa.string()),
+        ("content_sha256", pa.string()),
         # decision
         ("recipe", pa.string()),
         ("kept", pa.bool_()),

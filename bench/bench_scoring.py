@@ -1,0 +1,233 @@
+"""Scoring throughput: the CLIP/aesthetic stage end to end against its model alone, same run, same batch.
+
+model-only : the stage's own model objects (open_clip image tower + LAION aesthetic head, weights in
+             the stage's precision) on a pre-made device tensor of B preprocessed frames.
+end-to-end : ClipScoreStage called on Arrow batches of clip rows, exactly as the Ray actor is: read
+             and hash each mp4, decode its K frames with PyAV in the stage's thread pool, crop /
+             resize / normalise on the device, the model at the same B, scores and embeddings out.
+decode-only: the stage's decode function over the same rows in the same thread pool (the CPU bound).
+cpu        : TechnicalStage and MotionStage on one core (--cpu-scorers), clip frames per second.
+
+Clips are generated here with PyAV (moving textures, H.264), so nothing is downloaded. Weights are
+random (real architecture, built by the same code as the tiny preset's models).
+
+    python bench/bench_scoring.py --model ViT-L-14 --batch 256 --clips 512 --json out.json
+    python bench/bench_scoring.py --model vidcorpus-tiny-clip --batch 16 --clips 24 --calls 2   # CPU smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+
+def make_clip(args: tuple) -> str:
+    path, seed, w, h, n, fps = args
+    from vidcorpus.media import encode_video
+
+    rng = np.random.default_rng(seed)
+    big = rng.integers(0, 256, (h // 8 + 8, (w + 4 * n) // 8 + 8, 3), dtype=np.uint8)
+    big = np.kron(big, np.ones((8, 8, 1), dtype=np.uint8))
+    dx = int(rng.integers(1, 5))
+    frames = np.stack([big[:h, dx * t:dx * t + w] for t in range(n)])
+    encode_video(frames, fps, path)
+    return path
+
+
+def make_clips(out: Path, count: int, w: int, h: int, n: int, fps: int, workers: int) -> list[str]:
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(str(out / f"clip_{i:05d}.mp4"), i, w, h, n, fps) for i in range(count)]
+    with ProcessPoolExecutor(workers) as ex:
+        return list(ex.map(make_clip, jobs, chunksize=4))
+
+
+def rows_for(paths: list[str], n: int, fps: int, w: int, h: int, text: bool) -> list[dict]:
+    from vidcorpus.schemas import empty_row
+
+    return [empty_row(clip_id=f"c{i:06d}", media_type="video", clip_path=p, fps=float(fps), width=w, height=h,
+                      first_frame=0, last_frame=n - 1, start_s=0.0, end_s=n / fps, clip_frames=n,
+                      text="a textured surface seen in a slow camera pan" if text else "")
+            for i, p in enumerate(paths)]
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_model_only(stage, batch: int, iters: int) -> float:
+    import torch
+
+    x = torch.randn(batch, 3, stage.image_size, stage.image_size, device=stage.device).to(stage.dtype)
+    with torch.inference_mode():
+        for _ in range(3):
+            stage.head(stage.model.encode_image(x, normalize=True).float())
+        sync(stage.device)
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            stage.head(stage.model.encode_image(x, normalize=True).float())
+        sync(stage.device)
+    return batch * iters / (time.perf_counter() - t0)
+
+
+def bench_e2e(stage, rows: list[dict], rows_per_call: int, calls: int) -> tuple[float, int]:
+    from vidcorpus.schemas import rows_to_table
+
+    tables = [rows_to_table([rows[(c * rows_per_call + i) % len(rows)] for i in range(rows_per_call)])
+              for c in range(calls + 1)]
+    out = stage(tables[0])  # warm-up (threads, allocator, kernels)
+    assert not any(out.column("error_class").to_pylist()), out.column("error").to_pylist()[:3]
+    sync(stage.device)
+    t0 = time.perf_counter()
+    frames = 0
+    for t in tables[1:]:
+        out = stage(t)
+        frames += sum(len(s) and stage.config.filters.frames_per_clip for s in out.column("scores").to_pylist())
+    sync(stage.device)
+    return frames / (time.perf_counter() - t0), frames
+
+
+def bench_decode_only(stage, rows: list[dict], k: int) -> float:
+    """The stage's decoder processes alone over the same rows (the CPU side's own ceiling)."""
+    dec = stage.decoder()
+    dec.decode_all(rows[:32])
+    t0 = time.perf_counter()
+    n = dec.decode_all(rows)
+    return n / (time.perf_counter() - t0)
+
+
+def bench_cpu_scorers(rows: list[dict], n_frames: int, repeat: int) -> dict:
+    """Technical and motion on one core (this process, OpenCV single-threaded): clip frames/s."""
+    import cv2
+
+    from vidcorpus.config import load_config
+    from vidcorpus.filters.motion import MotionStage
+    from vidcorpus.filters.technical import TechnicalStage
+    from vidcorpus.schemas import rows_to_table
+
+    cv2.setNumThreads(1)
+    cfg = load_config(None, [])
+    out = {}
+    from vidcorpus.filters.clip_scores import decode_wanted
+
+    best = 0.0  # reference: decoding every frame of the same clips, one thread, nothing else
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for r in rows:
+            decode_wanted(Path(r["clip_path"]).read_bytes(), list(range(n_frames)))
+        best = max(best, len(rows) * n_frames / (time.perf_counter() - t0))
+    out["decode_all_frames"] = {"clip_frames_per_s_per_core": best, "clips_per_s_per_core": best / n_frames}
+    for name, cls in (("technical", TechnicalStage), ("motion", MotionStage)):
+        stage = cls(cfg)
+        stage(rows_to_table(rows[:2]))
+        best = 0.0
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            res = stage(rows_to_table(rows))
+            dt = time.perf_counter() - t0
+            assert not any(res.column("error_class").to_pylist())
+            best = max(best, len(rows) * n_frames / dt)
+        out[name] = {"clip_frames_per_s_per_core": best, "clips_per_s_per_core": best / n_frames,
+                     "of_decode": best / out["decode_all_frames"]["clip_frames_per_s_per_core"]}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="ViT-L-14")
+    p.add_argument("--batch", type=int, default=256, help="frames per model batch (B), both measurements")
+    p.add_argument("--clips", type=int, default=512, help="distinct generated clip files per clip length")
+    p.add_argument("--rows-per-call", type=int, default=1024, help="clips per stage call (the Ray batch)")
+    p.add_argument("--calls", type=int, default=4, help="timed stage calls")
+    p.add_argument("--iters", type=int, default=20, help="timed model-only batches")
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=360)
+    p.add_argument("--frames", type=int, nargs="+", default=[48],
+                   help="frames per clip, one end-to-end measurement each (48 = 2 s at 24 fps); the first is "
+                        "also measured with text (clip_text adds the text tower)")
+    p.add_argument("--k", type=int, default=3, help="frames scored per clip")
+    p.add_argument("--threads", type=int, default=0, help="decode worker processes (0: the stage default)")
+    p.add_argument("--cpu-scorers", action="store_true", help="also time technical and motion on one core")
+    p.add_argument("--cpu-only", action="store_true", help="only the CPU scorers")
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+
+    import torch
+
+    from vidcorpus.config import load_config
+    from vidcorpus.filters.clip_models import build_tiny_aesthetic_head, build_tiny_clip
+
+    work = Path(a.workdir or tempfile.mkdtemp(prefix="bench-scoring-"))
+    result: dict = {"args": vars(a), "cpu_count": os.cpu_count(), "torch": torch.__version__, "device": "cpu",
+                    "runs": []}
+    if torch.cuda.is_available():
+        result["device"] = torch.cuda.get_device_name(0)
+    t0 = time.time()
+    clip_sets = {}
+    for n in a.frames:
+        paths = make_clips(work / f"clips-{n}", a.clips, a.width, a.height, n, 24, max(1, os.cpu_count() or 2))
+        clip_sets[n] = paths
+    result["generate_s"] = time.time() - t0
+    first = a.frames[0]
+    if a.cpu_scorers or a.cpu_only:
+        result["load_before_cpu"] = os.getloadavg()
+        result["cpu"] = {}
+        for n in a.frames:
+            rows = rows_for(clip_sets[n], n, 24, a.width, a.height, False)
+            result["cpu"][f"{n}_frames"] = bench_cpu_scorers(rows[:min(len(rows), 16)], n, 3)
+        result["load_after_cpu"] = os.getloadavg()
+        print(json.dumps(result["cpu"], indent=1), flush=True)
+    if not a.cpu_only:
+        from vidcorpus.filters.clip_scores import ClipScoreStage
+
+        t0 = time.time()
+        weights = build_tiny_clip(work / "models" / "clip.safetensors", a.model)
+        head = build_tiny_aesthetic_head(work / "models" / "aesthetic.pth", a.model)
+        cfg = load_config(None, [], **{"models.clip_model": a.model, "models.clip_pretrained": weights,
+                                       "models.aesthetic_head": head, "filters.clip_batch_size": a.batch,
+                                       "filters.frames_per_clip": a.k, "filters.decode_threads": a.threads})
+        stage = ClipScoreStage(cfg)
+        stage.setup()
+        stage._ready = True
+        result["model_build_s"] = time.time() - t0
+        result["dtype"] = str(stage.dtype)
+        result["decode_workers"] = stage.decoder().workers
+        models = [bench_model_only(stage, a.batch, a.iters)]
+        print(f"model-only {models[-1]:.0f} frames/s", flush=True)
+        plan = [(n, False) for n in a.frames] + [(first, True)]
+        for n, text in plan:
+            rows = rows_for(clip_sets[n], n, 24, a.width, a.height, text)
+            e2e, frames = bench_e2e(stage, rows, a.rows_per_call, a.calls)
+            dec = bench_decode_only(stage, rows, a.k)
+            run = {"clip": f"{a.width}x{a.height} H.264, {n} frames at 24 fps", "frames_per_clip": n, "text": text,
+                   "e2e_fps": e2e, "e2e_frames": frames, "decode_only_fps": dec}
+            result["runs"].append(run)
+            print(f"end-to-end {run['clip']} text={text}: {e2e:.0f} frames/s over {frames} frames; "
+                  f"decode-only {dec:.0f} frames/s", flush=True)
+        models.append(bench_model_only(stage, a.batch, a.iters))
+        print(f"model-only (again) {models[-1]:.0f} frames/s", flush=True)
+        model = sum(models) / len(models)
+        result.update(model_only_fps=models, model_only_mean_fps=model)
+        for run in result["runs"]:
+            run["ratio"] = run["e2e_fps"] / model
+            print(f"ratio {run['clip']} text={run['text']}: {run['ratio']:.3f}", flush=True)
+        if torch.cuda.is_available():
+            result["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    if a.json:
+        Path(a.json).write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != "args"}, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
