@@ -30,21 +30,24 @@ import numpy as np
 
 
 def make_clip(args: tuple) -> str:
-    path, seed, w, h, n, fps = args
-    from vidcorpus.media import encode_video
+    path, seed, w, h, n, fps, keyframes_at = args
+    from vidcorpus.media import encode_video, uniform_indices
 
     rng = np.random.default_rng(seed)
     big = rng.integers(0, 256, (h // 8 + 8, (w + 4 * n) // 8 + 8, 3), dtype=np.uint8)
     big = np.kron(big, np.ones((8, 8, 1), dtype=np.uint8))
     dx = int(rng.integers(1, 5))
     frames = np.stack([big[:h, dx * t:dx * t + w] for t in range(n)])
-    encode_video(frames, fps, path)
+    # keyframes_at = K: keyframes at the K frames the scorer samples, as precise extraction writes
+    # clips (split.keyframes_at_samples); 0: x264's own placement (one keyframe in a short clip)
+    encode_video(frames, fps, path, keyframes=uniform_indices(n, keyframes_at) if keyframes_at else None)
     return path
 
 
-def make_clips(out: Path, count: int, w: int, h: int, n: int, fps: int, workers: int) -> list[str]:
+def make_clips(out: Path, count: int, w: int, h: int, n: int, fps: int, workers: int,
+               keyframes_at: int = 0) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out / f"clip_{i:05d}.mp4"), i, w, h, n, fps) for i in range(count)]
+    jobs = [(str(out / f"clip_{i:05d}.mp4"), i, w, h, n, fps, keyframes_at) for i in range(count)]
     with ProcessPoolExecutor(workers) as ex:
         return list(ex.map(make_clip, jobs, chunksize=4))
 
@@ -157,6 +160,9 @@ def main() -> None:
                         "also measured with text (clip_text adds the text tower)")
     p.add_argument("--k", type=int, default=3, help="frames scored per clip")
     p.add_argument("--threads", type=int, default=0, help="decode worker processes (0: the stage default)")
+    p.add_argument("--keyframes", choices=["samples", "encoder"], default="samples",
+                   help="samples: clips carry keyframes at the K sampled frames, as vidcorpus's precise "
+                        "extraction writes them; encoder: x264's own placement (one keyframe per short clip)")
     p.add_argument("--cpu-scorers", action="store_true", help="also time technical and motion on one core")
     p.add_argument("--cpu-only", action="store_true", help="only the CPU scorers")
     p.add_argument("--workdir", default=None)
@@ -176,7 +182,8 @@ def main() -> None:
     t0 = time.time()
     clip_sets = {}
     for n in a.frames:
-        paths = make_clips(work / f"clips-{n}", a.clips, a.width, a.height, n, 24, max(1, os.cpu_count() or 2))
+        paths = make_clips(work / f"clips-{n}-{a.keyframes}", a.clips, a.width, a.height, n, 24,
+                           max(1, os.cpu_count() or 2), a.k if a.keyframes == "samples" else 0)
         clip_sets[n] = paths
     result["generate_s"] = time.time() - t0
     first = a.frames[0]

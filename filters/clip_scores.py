@@ -39,6 +39,7 @@ import fsspec
 import numpy as np
 
 from vidcorpus.errors import DecodeError
+from vidcorpus.frame_seek import decode_frames_seeking
 from vidcorpus.filters.scorers import add_scores, clip_fps, is_image, score
 from vidcorpus.media import load_image_rgb, uniform_indices
 from vidcorpus.stage import Resources, Stage
@@ -60,6 +61,9 @@ def caption_score_name(caption: dict) -> str:
 def decode_wanted(data: bytes, wanted: list[int]) -> dict[int, np.ndarray]:
     """RGB frames of the wanted indices of a video held in memory.
 
+    First from the nearest keyframes (``vidcorpus.frame_seek``): clips extracted by vidcorpus carry
+    keyframes at exactly these frames, so this decodes about K frames. Otherwise:
+
     Fast path: frames are indexed by presentation time (constant frame rate), and the decoder skips
     non-reference frames (FFmpeg's skip_frame=NONREF) except the wanted ones; reference frames are
     always decoded, so every wanted frame is exact. It decodes about half the frames of a typical
@@ -67,7 +71,9 @@ def decode_wanted(data: bytes, wanted: list[int]) -> dict[int, np.ndarray]:
     rate, missing pts), the clip is decoded again sequentially, counting frames.
     One thread per clip: the stage parallelises across clips in processes.
     """
-    got = _decode_by_pts(data, wanted)
+    got = decode_frames_seeking(data, wanted)  # K decodes when keyframes sit at the sampled frames
+    if got is None:
+        got = _decode_by_pts(data, wanted)
     if got is None:
         got = _decode_sequential(data, wanted)
     return got
