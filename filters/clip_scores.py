@@ -31,6 +31,33 @@ def clip_model_id(model_name: str, pretrained: str) -> str:
     return model_name if is_file else f"{model_name}/{pretrained}"
 
 
+def embed_images(model, preprocess, frames: list[np.ndarray], device, batch_size: int = 16):
+    """L2-normalised CLIP image embeddings (float32, one row per frame), in batches."""
+    import torch
+    from PIL import Image
+
+    bs = max(1, batch_size)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(frames), bs):
+            x = torch.stack([preprocess(Image.fromarray(f)) for f in frames[i:i + bs]]).to(device)
+            out.append(model.encode_image(x, normalize=True).float())
+    return torch.cat(out)
+
+
+def embed_texts(model, tokenizer, texts: list[str], device, batch_size: int = 16):
+    """L2-normalised CLIP text embeddings (float32, one row per text; long texts are truncated)."""
+    import torch
+
+    bs = max(1, batch_size)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), bs):
+            tokens = tokenizer(texts[i:i + bs]).to(device)
+            out.append(model.encode_text(tokens, normalize=True).float())
+    return torch.cat(out)
+
+
 class ClipScoreStage(Stage):
     """Aesthetic and CLIP-text scores; holds the models, so it runs as an actor (GPU when there is one)."""
 
@@ -62,27 +89,10 @@ class ClipScoreStage(Stage):
         return read_frames(row["clip_path"], n=n)
 
     def _embed_images(self, frames: list[np.ndarray]):
-        import torch
-        from PIL import Image
-
-        bs = max(1, self.config.filters.clip_batch_size)
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(frames), bs):
-                x = torch.stack([self.preprocess(Image.fromarray(f)) for f in frames[i:i + bs]]).to(self.device)
-                out.append(self.model.encode_image(x, normalize=True).float())
-        return torch.cat(out)
+        return embed_images(self.model, self.preprocess, frames, self.device, self.config.filters.clip_batch_size)
 
     def _embed_texts(self, texts: list[str]):
-        import torch
-
-        bs = max(1, self.config.filters.clip_batch_size)
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(texts), bs):
-                tokens = self.tokenizer(texts[i:i + bs]).to(self.device)
-                out.append(self.model.encode_text(tokens, normalize=True).float())
-        return torch.cat(out)
+        return embed_texts(self.model, self.tokenizer, texts, self.device, self.config.filters.clip_batch_size)
 
     def process_rows(self, rows: list[dict]) -> list[dict]:
         import torch
