@@ -145,6 +145,12 @@ def main() -> None:
             info["prompt_tokens"] = prompt_tokens
         row: dict = {"batch": bs}
         tokens = bs * args.new_tokens
+        _sync(device)
+        t = time.perf_counter()
+        fast._inputs(frames, get_prompt("p1", "long"))  # the processor alone (part of both paths' time)
+        _sync(device)
+        row["preprocess_s"] = round(time.perf_counter() - t, 3)
+        row["preprocess_on"] = "gpu" if (device.type == "cuda" and fast._gpu_preprocess) else "cpu"
         try:
             _peak_reset(device)
             t_def, g_def = run_path(default, frames, args.new_tokens)

@@ -212,6 +212,7 @@ class Captioner:
         self.repetition_penalty = repetition_penalty
         self.max_pixels = max_pixels
         self._graph = None
+        self._gpu_preprocess = True
         self.model = model
         self.processor = processor
         self.name = name
@@ -304,10 +305,18 @@ class Captioner:
             kind, instruction = ("image", prompt.chat_image or prompt.chat) if as_image else ("video", prompt.chat)
             messages = [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": instruction}]}]
             text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            if as_image:
-                return self.processor(text=[text] * len(chunk), images=[f[0] for f in chunk], padding=True,
-                                      return_tensors="pt")
-            return self.processor(text=[text] * len(chunk), videos=chunk, padding=True, return_tensors="pt")
+            media = {"images": [f[0] for f in chunk]} if as_image else {"videos": chunk}
+            if self.device.type == "cuda" and self._gpu_preprocess:
+                # resize/normalise frames on the GPU (transformers' torchvision processors take a device)
+                key = "images_kwargs" if as_image else "videos_kwargs"
+                try:
+                    return self.processor(text=[text] * len(chunk), padding=True, return_tensors="pt",
+                                          **media, **{key: {"device": str(self.device)}})
+                except (TypeError, ValueError, RuntimeError, NotImplementedError) as exc:
+                    if _is_oom(exc):
+                        raise
+                    self._gpu_preprocess = False  # this processor cannot: the CPU from now on
+            return self.processor(text=[text] * len(chunk), padding=True, return_tensors="pt", **media)
         images = [np.asarray(frames[len(frames) // 2]) for frames in chunk]
         if prompt.prefix:
             return self.processor(images=images, text=[prompt.prefix] * len(chunk), return_tensors="pt")
