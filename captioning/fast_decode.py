@@ -18,6 +18,17 @@ mostly waits). This decoder keeps the model and its numbers and removes that ove
    an "all rows finished?" check every ``check_every`` steps. On the CPU the same step runs eagerly
    (tests compare its tokens with ``generate``'s).
 
+Two attention kernels make the captured step and the prefill cheap without changing the maths:
+
+- ``gqa_decode_attention`` (decoding steps): grouped-query attention as one batched matmul per KV
+  head group, so each step reads the KV cache once; transformers' SDPA path with a padding mask
+  first copies K and V once per query head (``repeat_kv``: 8x the bytes for Qwen2.5-VL-3B).
+- ``varlen_sdpa`` (the vision tower, during this path's prefill only): Qwen-VL vision attention
+  without flash-attn runs one SDPA call per window and frame from a Python loop (about 450 calls
+  per clip and forward for 8 frames at 224 px); this gathers the windows of equal length into one
+  batched SDPA call. It is registered under a name containing "flash" because that is what makes
+  the vision code pass ``cu_seqlens`` instead of looping.
+
 Graphs are cached per (batch, buffer length, position layout); the least recently used is dropped.
 """
 
@@ -32,6 +43,107 @@ try:  # subclass transformers' Cache so type checks in model code accept ours
     from transformers.cache_utils import Cache as _CacheBase
 except ImportError:  # pragma: no cover
     _CacheBase = object
+
+
+DECODE_ATTENTION = "vidcorpus_gqa_decode"
+VARLEN_ATTENTION = "vidcorpus_flash_varlen_sdpa"  # "flash" in the name: see the module docstring
+
+
+def _sdpa(*args, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(*args, **kwargs)
+
+
+def gqa_decode_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                         is_causal=None, **kwargs):
+    """One-token attention over a static cache, KV heads read once. query (B, H, 1, D); key/value
+    (B, KVH, M, D); attention_mask (B, 1, 1, M) bool (True: attend). Returns (B, 1, H, D)."""
+    b, h, q, d = query.shape
+    kvh = key.shape[1]
+    if q != 1 or attention_mask is None or attention_mask.dtype != torch.bool or h % kvh:
+        return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                     is_causal=is_causal, **kwargs)
+    scale = scaling if scaling is not None else d ** -0.5
+    grouped = query.reshape(b, kvh, h // kvh, d)  # query head j uses KV head j // (h // kvh), as repeat_kv
+    scores = _scores_fp32(grouped, key) * scale  # (B, KVH, G, M), float32 like SDPA kernels keep them
+    scores = scores.masked_fill(~attention_mask[:, :, 0, :].unsqueeze(2), float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(value.dtype)
+    out = torch.matmul(probs, value)  # (B, KVH, G, D)
+    return out.reshape(b, h, 1, d).transpose(1, 2).contiguous(), None
+
+
+_BMM_FP32_OUT: bool | None = None  # torch.bmm(out_dtype=float32) on this device: probed once
+
+
+def _scores_fp32(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """q @ k^T with float32 output from bf16/fp16 inputs without upcasting K (that would double the
+    bytes read); the first call (a warm-up step, never inside a graph capture) probes support."""
+    global _BMM_FP32_OUT
+    b, kvh, g, d = q.shape
+    if q.dtype in (torch.bfloat16, torch.float16) and q.is_cuda and _BMM_FP32_OUT is not False:
+        try:
+            out = torch.bmm(q.reshape(b * kvh, g, d), k.reshape(b * kvh, -1, d).transpose(1, 2),
+                            out_dtype=torch.float32)
+            _BMM_FP32_OUT = True
+            return out.view(b, kvh, g, -1)
+        except (TypeError, RuntimeError, NotImplementedError):
+            _BMM_FP32_OUT = False
+    return torch.matmul(q, k.transpose(-1, -2)).float()
+
+
+def varlen_sdpa(module, query, key, value, attention_mask=None, dropout: float = 0.0, scaling=None,
+                is_causal=None, cu_seq_lens_q=None, cu_seq_lens_k=None, **kwargs):
+    """Packed variable-length attention (what flash-attn's varlen kernel does) with torch's SDPA:
+    segments of equal length go through one batched call. query/key/value (1, H, S, D)."""
+    kwargs.pop("max_length_q", None), kwargs.pop("max_length_k", None)
+    if cu_seq_lens_q is None or query.shape[0] != 1 or (
+            cu_seq_lens_k is not None and not torch.equal(cu_seq_lens_q, cu_seq_lens_k)):
+        return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                     is_causal=is_causal, **kwargs)
+    cu = cu_seq_lens_q.to(query.device)
+    starts, lengths = cu[:-1], cu[1:] - cu[:-1]
+    out = torch.empty_like(query[0])  # (H, S, D)
+    q0, k0, v0 = query[0], key[0], value[0]
+    for length in torch.unique(lengths).tolist():
+        if length == 0:
+            continue
+        seg = starts[lengths == length]
+        idx = (seg[:, None] + torch.arange(length, device=query.device)).reshape(-1)
+        n = seg.numel()
+
+        def gather(t):  # (H, S, D) -> (n, H, length, D)
+            return t.index_select(1, idx).view(t.shape[0], n, length, t.shape[2]).transpose(0, 1)
+
+        o = torch.nn.functional.scaled_dot_product_attention(
+            gather(q0), gather(k0), gather(v0), dropout_p=0.0, is_causal=bool(is_causal), scale=scaling)
+        out.index_copy_(1, idx, o.transpose(0, 1).reshape(out.shape[0], -1, out.shape[2]))
+    return out.unsqueeze(0).transpose(1, 2).contiguous(), None
+
+
+def register_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(DECODE_ATTENTION, gqa_decode_attention)
+    AttentionInterface.register(VARLEN_ATTENTION, varlen_sdpa)
+
+
+class _AttnSwitch:
+    """Use another registered attention implementation on one (sub)config for a while."""
+
+    def __init__(self, config, name: str | None):
+        self.config, self.name, self.old = config, name, None
+
+    def __enter__(self):
+        if self.config is not None and self.name:
+            self.old = self.config._attn_implementation
+            self.config._attn_implementation = self.name
+        return self
+
+    def __exit__(self, *exc):
+        if self.config is not None and self.name:
+            self.config._attn_implementation = self.old
+        return False
 
 
 class StaticKV(_CacheBase):
@@ -102,9 +214,10 @@ class GraphDecoder:
     """Greedy decoding with a static KV cache; the decoding step is a CUDA graph on GPUs."""
 
     def __init__(self, model, use_graph: bool | None = None, max_graphs: int = 2, check_every: int = 8,
-                 bucket: int = 64):
+                 bucket: int = 64, fast_attention: bool = True):
         if not supports_graph_decode(model):
             raise TypeError(f"{type(model).__name__} is not supported by the static-graph decoder")
+        register_attention()
         self.model = model
         self.lm = _language_model(model)
         self.head = model.get_output_embeddings()
@@ -117,6 +230,13 @@ class GraphDecoder:
         self.last_stats: dict = {}
         types = getattr(self.lm.config, "layer_types", None) or ["full_attention"]
         self.mask_keys = sorted(set(types))
+        # the decoding step's attention, and the vision tower's during prefill (Qwen-VL families,
+        # whose vision attention takes cu_seqlens) when they run on SDPA
+        self.decode_attention = DECODE_ATTENTION if fast_attention else None
+        vision = getattr(model.config, "vision_config", None)
+        qwen_vision = getattr(model.config, "model_type", "") in ("qwen2_vl", "qwen2_5_vl")
+        self.vision_config = vision if (fast_attention and qwen_vision and vision is not None
+                                        and vision._attn_implementation == "sdpa") else None
 
     # -- public -------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -135,10 +255,11 @@ class GraphDecoder:
 
         handle = self.lm.register_forward_pre_hook(hook, with_kwargs=True)
         try:
-            res = self.model.generate(
-                **inputs, max_new_tokens=first, min_new_tokens=min(min_new_tokens, first), do_sample=False,
-                num_beams=1, repetition_penalty=repetition_penalty, return_dict_in_generate=True,
-                eos_token_id=eos_ids, pad_token_id=pad_id, **generate_kwargs)
+            with _AttnSwitch(self.vision_config, VARLEN_ATTENTION if self.vision_config is not None else None):
+                res = self.model.generate(
+                    **inputs, max_new_tokens=first, min_new_tokens=min(min_new_tokens, first), do_sample=False,
+                    num_beams=1, repetition_penalty=repetition_penalty, return_dict_in_generate=True,
+                    eos_token_id=eos_ids, pad_token_id=pad_id, **generate_kwargs)
         finally:
             handle.remove()
         new = res.sequences[:, prompt_len:]
@@ -245,9 +366,10 @@ class GraphDecoder:
         length = slot.valid.shape[1]
         arange = torch.arange(length, device=self.device)
         mask = (slot.valid & (arange <= slot.pos_now)).view(slot.valid.shape[0], 1, 1, length)
-        hidden = self.lm(input_ids=slot.tok, attention_mask={k: mask for k in self.mask_keys},
-                         position_ids=slot.offset + slot.pos_now, past_key_values=slot.cache,
-                         use_cache=True).last_hidden_state
+        with _AttnSwitch(self.lm.config, self.decode_attention):
+            hidden = self.lm(input_ids=slot.tok, attention_mask={k: mask for k in self.mask_keys},
+                             position_ids=slot.offset + slot.pos_now, past_key_values=slot.cache,
+                             use_cache=True).last_hidden_state
         logits = self.head(hidden[:, -1, :]).float()
         if slot.seen is not None:  # transformers' RepetitionPenaltyLogitsProcessor, over prompt + output
             penalised = torch.where(logits < 0, logits * rp, logits / rp)

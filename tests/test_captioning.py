@@ -390,3 +390,30 @@ def test_caption_versions_round_trip_catalog_shards_training(tmp_path):
     assert picked["text"] == "v1 short caption"
     missing = TrainConfig(num_frames=4, height=32, width=32, caption_version="v9")
     assert decode_sample(sample, missing, random.Random(0))["text"] == "v2 long caption"
+
+
+def test_fast_attention_kernels_equal_sdpa():
+    """The decode step's grouped-query attention and the vision tower's packed attention compute what
+    transformers' SDPA path computes (repeat_kv + a masked SDPA; one SDPA call per segment)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from vidcorpus.captioning.fast_decode import gqa_decode_attention, varlen_sdpa
+
+    g = torch.Generator().manual_seed(0)
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 4, False
+    q, k, v = (torch.randn(3, n, length, 16, generator=g) for n, length in ((8, 1), (2, 40), (2, 40)))
+    mask = torch.rand(3, 1, 1, 40, generator=g) > 0.3
+    mask[:, :, :, -1] = True
+    ours, _ = gqa_decode_attention(module, q, k, v, mask, scaling=0.25)
+    ref, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.25)
+    assert ours.shape == ref.shape == (3, 1, 8, 16) and torch.allclose(ours, ref, atol=1e-5)
+
+    cu = torch.tensor([0, 16, 32, 41, 57, 60])  # equal and unequal segment lengths
+    q, k, v = (torch.randn(1, 4, 60, 8, generator=g) for _ in range(3))
+    ours, _ = varlen_sdpa(module, q, k, v, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=16, max_length_k=16,
+                          scaling=0.3, is_causal=False)
+    parts = [torch.nn.functional.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], scale=0.3)
+             for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())]
+    ref = torch.cat(parts, dim=2).transpose(1, 2)
+    assert ours.shape == ref.shape == (1, 60, 4, 8) and torch.allclose(ours, ref, atol=1e-6)
