@@ -49,13 +49,13 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def build(size: str, device: torch.device, dtype: torch.dtype, px: int):
+def build(size: str, device: torch.device, dtype: torch.dtype, px: int, min_px: int | None = None):
     from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 
     from vidcorpus.captioning.models import build_chat_tokenizer, chat_processor, chat_vlm_config
 
     tok = build_chat_tokenizer()
-    processor = chat_processor(tok, min_pixels=px * px, max_pixels=px * px)
+    processor = chat_processor(tok, min_pixels=(min_px or px) ** 2, max_pixels=px * px)
     config = chat_vlm_config(tok, size)
     torch.manual_seed(0)
     t = time.perf_counter()
@@ -89,6 +89,66 @@ def match_stats(a: list, b: list) -> dict:
             "median_first_divergence": float(np.median(first_diff))}
 
 
+def breakdown(model, cap, frames, device) -> dict:
+    """Seconds of the prefill's parts at one batch size: the vision tower with transformers' SDPA loop
+    and with the packed attention, and a one-token ``generate`` (vision + language prefill)."""
+    from vidcorpus.captioning.fast_decode import VARLEN_ATTENTION, _AttnSwitch, register_attention
+    from vidcorpus.captioning.models import get_prompt
+
+    register_attention()
+    inputs = cap._inputs(frames, get_prompt("p1", "long"))
+    inputs = {k: (v.to(device, cap.dtype) if torch.is_floating_point(v) else v.to(device))
+              for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+    vision = model.model.visual
+    out = {"batch": len(frames), "prompt_tokens": int(inputs["input_ids"].shape[1])}
+
+    def timed(fn) -> float:
+        fn()
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        return round(time.perf_counter() - t, 3)
+
+    with torch.inference_mode():
+        pix, grid = inputs["pixel_values_videos"], inputs["video_grid_thw"]
+        out["vision_sdpa_loop_s"] = timed(lambda: vision(pix, grid_thw=grid))
+        with _AttnSwitch(model.config.vision_config, VARLEN_ATTENTION):
+            out["vision_packed_s"] = timed(lambda: vision(pix, grid_thw=grid))
+            out["generate_1_token_packed_vision_s"] = timed(
+                lambda: model.generate(**inputs, max_new_tokens=1, do_sample=False))
+        out["generate_1_token_s"] = timed(lambda: model.generate(**inputs, max_new_tokens=1, do_sample=False))
+        out["generate_2_tokens_s"] = timed(lambda: model.generate(**inputs, max_new_tokens=2, min_new_tokens=2,
+                                                                  do_sample=False))
+    return out
+
+
+def fp32_check(args, device) -> dict:
+    """Both paths in float32 on clips of two sizes (so prompts are left-padded): the same greedy tokens
+    are expected, which bf16 cannot show with random weights (their logits are nearly tied)."""
+    from vidcorpus.captioning.models import Captioner
+
+    model, processor, _, _ = build(args.size, device, torch.float32, args.px, min_px=112)
+    common = dict(min_new_tokens=args.new_tokens, prompt_version="p1")
+    default = Captioner(model, processor, "bench", device, torch.float32, decode="default", **common)
+    fast = Captioner(model, processor, "bench", device, torch.float32, decode="static_graph", **common)
+    rng = np.random.default_rng(1)
+    half = args.fp32_check // 2
+    frames = [rng.integers(0, 256, (args.frames, args.px, args.px, 3), dtype=np.uint8) for _ in range(half)]
+    frames += [rng.integers(0, 256, (args.frames, 168, 280, 3), dtype=np.uint8) for _ in range(args.fp32_check - half)]
+    rng.shuffle(frames)
+    t_def, g_def = run_path(default, frames, args.new_tokens)
+    run_path(fast, frames, args.new_tokens)  # capture
+    t_fast, g_fast = run_path(fast, frames, args.new_tokens)
+    from vidcorpus.captioning.models import get_prompt
+
+    inputs = fast._inputs(frames, get_prompt("p1", "long"))
+    lengths = inputs["attention_mask"].sum(1).tolist()
+    return {"clips": len(frames), "prompt_lengths": sorted(set(int(x) for x in lengths)),
+            "graph": fast.graph_decoder.last_stats.get("graph"), "default_s": round(t_def, 3),
+            "static_graph_s": round(t_fast, 3), **match_stats(g_def, g_fast)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", default="3b", choices=["3b", "tiny"])
@@ -99,6 +159,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--budget-s", type=float, default=420.0, help="start no new batch size after this many seconds")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--fp32-check", type=int, default=0, help="also compare both paths' tokens in float32 on this "
+                    "many clips of two sizes (left padding): bf16 rounding aside, they must agree")
+    ap.add_argument("--breakdown", type=int, default=0, help="time the prefill's parts at this batch size")
     args = ap.parse_args()
 
     from vidcorpus.captioning.models import Captioner, get_prompt
@@ -133,7 +196,7 @@ def main() -> None:
     prompt_tokens = None
     results = []
     last_default, last_bs = 0.0, 0
-    for bs in [int(b) for b in args.batches.split(",")]:
+    for bs in [int(b) for b in args.batches.split(",") if b]:
         # the default path's time: per-step overhead at small batches (batch 1 -> 64 costs about 1.5x),
         # then at most linear in the batch
         ratio = bs / last_bs if last_bs else 0.0
@@ -195,7 +258,18 @@ def main() -> None:
         results.append(row)
         print(json.dumps(row), flush=True)
         del frames, g_def, g_fast
-    out = {"info": info, "results": results, "total_s": round(time.perf_counter() - start, 1)}
+    out = {"info": info, "results": results}
+    if args.breakdown:
+        out["prefill_breakdown"] = breakdown(model, fast, clips(args.breakdown), device)
+        print(json.dumps({"prefill_breakdown": out["prefill_breakdown"]}), flush=True)
+    if args.fp32_check:
+        del default, fast
+        model = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        out["fp32_check"] = fp32_check(args, device)
+        print(json.dumps({"fp32_check": out["fp32_check"]}), flush=True)
+    out["total_s"] = round(time.perf_counter() - start, 1)
     print("| batch | default tok/s | static_graph tok/s | speed-up | clips/s (default -> static) | peak GiB "
           "(default / static) | token match |")
     for r in results:
