@@ -367,7 +367,8 @@ class GraphDecoder:
         arange = torch.arange(length, device=self.device)
         mask = (slot.valid & (arange <= slot.pos_now)).view(slot.valid.shape[0], 1, 1, length)
         with _AttnSwitch(self.lm.config, self.decode_attention):
-            hidden = self.lm(input_ids=slot.tok, attention_mask={k: mask for k in self.mask_keys},
+            # a 4-D mask is used as given by transformers' mask preparation (no mask built per step)
+            hidden = self.lm(input_ids=slot.tok, attention_mask=mask,
                              position_ids=slot.offset + slot.pos_now, past_key_values=slot.cache,
                              use_cache=True).last_hidden_state
         logits = self.head(hidden[:, -1, :]).float()

@@ -228,8 +228,12 @@ class Captioner:
 
     @property
     def input_mode(self) -> str:
-        """How frames reach the model: 'video' (chat VLMs) or 'middle_frame' (image captioners)."""
-        return "video" if self.chat else "middle_frame"
+        """How frames reach the model: 'video' (chat VLMs with a video processor), 'multi_image'
+        (chat VLMs without one, LLaVA-style: one image entry per frame) or 'middle_frame' (image
+        captioners such as BLIP)."""
+        if not self.chat:
+            return "middle_frame"
+        return "video" if getattr(self.processor, "video_processor", None) is not None else "multi_image"
 
     def caption(self, frames_per_clip: list[np.ndarray], prompt_kind: PromptKind, max_new_tokens: int,
                 prompt_version: str | None = None) -> list[str]:
@@ -265,6 +269,8 @@ class Captioner:
             except Exception as exc:  # noqa: BLE001 - only OOM is retried, anything else re-raised
                 if not _is_oom(exc) or bs == 1:
                     raise
+                if self._graph:  # captured graphs and their static buffers hold memory: drop them
+                    self._graph.slots.clear()
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 bs = max(1, bs // 2)
@@ -302,21 +308,34 @@ class Captioner:
     def _inputs(self, chunk: list[np.ndarray], prompt: Prompt, as_image: bool = False) -> dict:
         chunk = [self._resize(np.asarray(frames)) for frames in chunk]
         if self.chat:
-            kind, instruction = ("image", prompt.chat_image or prompt.chat) if as_image else ("video", prompt.chat)
-            messages = [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": instruction}]}]
-            text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            media = {"images": [f[0] for f in chunk]} if as_image else {"videos": chunk}
+            instruction = (prompt.chat_image or prompt.chat) if as_image else prompt.chat
+            multi = not as_image and self.input_mode == "multi_image"
+
+            def text_for(frames: np.ndarray) -> str:
+                kind = "image" if as_image else "video"
+                media_items = [{"type": "image"}] * len(frames) if multi else [{"type": kind}]
+                messages = [{"role": "user", "content": media_items + [{"type": "text", "text": instruction}]}]
+                return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+            texts = [text_for(f) for f in chunk]
+            if as_image:
+                media = {"images": [f[0] for f in chunk]}
+            elif multi:  # frames as images, in order: the template put one image entry per frame
+                media = {"images": [frame for f in chunk for frame in f]}
+            else:
+                media = {"videos": chunk}
+            as_image = as_image or multi
             if self.device.type == "cuda" and self._gpu_preprocess:
                 # resize/normalise frames on the GPU (transformers' torchvision processors take a device)
                 key = "images_kwargs" if as_image else "videos_kwargs"
                 try:
-                    return self.processor(text=[text] * len(chunk), padding=True, return_tensors="pt",
+                    return self.processor(text=texts, padding=True, return_tensors="pt",
                                           **media, **{key: {"device": str(self.device)}})
                 except (TypeError, ValueError, RuntimeError, NotImplementedError) as exc:
                     if _is_oom(exc):
                         raise
                     self._gpu_preprocess = False  # this processor cannot: the CPU from now on
-            return self.processor(text=[text] * len(chunk), padding=True, return_tensors="pt", **media)
+            return self.processor(text=texts, padding=True, return_tensors="pt", **media)
         images = [np.asarray(frames[len(frames) // 2]) for frames in chunk]
         if prompt.prefix:
             return self.processor(images=images, text=[prompt.prefix] * len(chunk), return_tensors="pt")
@@ -441,7 +460,7 @@ _CHAT_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start
                   "<|image_pad|>", "<|video_pad|>"]
 
 
-def build_chat_tokenizer(vocab_size: int = 1024):
+def build_chat_tokenizer(vocab_size: int = 1024, extra_specials: tuple[str, ...] = ()):
     """A byte-level BPE tokenizer trained in-process on the prompts and the tiny vocabulary.
 
     Byte-level like Qwen's, so any text round-trips; merges learnt from our own words keep prompts
@@ -454,14 +473,15 @@ def build_chat_tokenizer(vocab_size: int = 1024):
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=_CHAT_SPECIALS, show_progress=False,
+    specials = _CHAT_SPECIALS + [t for t in extra_specials if t not in _CHAT_SPECIALS]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     texts = [p.chat for version in PROMPTS.values() for p in version.values()]
     texts += [" ".join(_WORDS[i:i + 12]) for i in range(0, len(_WORDS), 12)] + ["user assistant system"]
     bpe.train_from_iterator(texts * 4, trainer=trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                  additional_special_tokens=_CHAT_SPECIALS[1:], model_max_length=32768)
-    for t in _CHAT_SPECIALS:  # the special tokens must stay single tokens
+                                  additional_special_tokens=specials[1:], model_max_length=32768)
+    for t in specials:  # the special tokens must stay single tokens
         if len(tok(t, add_special_tokens=False)["input_ids"]) != 1:
             raise RuntimeError(f"chat tokenizer splits {t}")
     return tok

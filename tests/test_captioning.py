@@ -417,3 +417,78 @@ def test_fast_attention_kernels_equal_sdpa():
              for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())]
     ref = torch.cat(parts, dim=2).transpose(1, 2)
     assert ours.shape == ref.shape == (1, 60, 4, 8) and torch.allclose(ours, ref, atol=1e-6)
+
+
+def test_cleanup_on_vlm_style_output():
+    """Output shaped like a chat VLM's long captions: boilerplate plus a cut-off sentence, a sentence
+    loop, 'we see', a refusal with a follow-up offer, word loops at the token limit."""
+    text, edits = clean_caption(
+        "The video shows a young woman in a red jacket walking along a busy city street at dusk. She carries a "
+        "shopping bag in her left hand and looks at her phone. The camera follows her from behind as she passes "
+        "illuminated shop windows. As she reaches the corner, she turns left and")
+    assert edits == ["boilerplate", "truncated"]
+    assert text.startswith("A young woman in a red jacket") and text.endswith("illuminated shop windows.")
+    assert clean_caption("A man is standing on a beach at sunset. The waves are crashing on the shore. The waves are "
+                         "crashing on the shore. The waves are crashing on the shore. The waves are crashing on the "
+                         "shore.") == ("A man is standing on a beach at sunset. The waves are crashing on the shore.",
+                                       ["repetition"])
+    assert clean_caption("In this video, we see a chef chopping vegetables on a wooden cutting board.")[0] == (
+        "A chef chopping vegetables on a wooden cutting board.")
+    refusal = clean_caption("I'm sorry, but I can't provide a description of this video because the frames appear "
+                            "to be completely black. However, if you provide another video I can help.")
+    assert refusal == ("", ["refusal"]) and is_degenerate(refusal[0])
+    assert clean_caption("This clip features a drone shot of a mountain lake surrounded by pine trees, the camera "
+                         "slowly pans from left to right right right right right right right") == (
+        "A drone shot of a mountain lake surrounded by pine trees, the camera slowly pans from left to right",
+        ["boilerplate", "repetition"])
+    assert is_degenerate("<|im_end|>")  # a special token that leaked through is not a caption
+
+
+_LLAVA_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}{% if c['type'] == 'image' %}"
+    "<image>{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _build_tiny_llava(out: Path) -> None:
+    """A tiny random LLaVA (CLIP vision tower + Llama, image-only processor) saved like a hub model."""
+    from transformers import CLIPImageProcessor, GenerationConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import LlavaProcessor
+
+    from vidcorpus.captioning.models import build_chat_tokenizer
+
+    tok = build_chat_tokenizer(extra_specials=("<image>",))
+    ids = tok.convert_tokens_to_ids
+    eos, pad = ids("<|im_end|>"), ids("<|endoftext|>")
+    cfg = LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=28, patch_size=14, projection_dim=32),
+        text_config=dict(model_type="llama", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         initializer_range=0.1, eos_token_id=eos, pad_token_id=pad, bos_token_id=None),
+        image_token_index=ids("<image>"), image_seq_length=4, vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(cfg).eval()
+    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad)
+    model.save_pretrained(out)
+    LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}),
+                   tokenizer=tok, patch_size=14, vision_feature_select_strategy="default", chat_template=_LLAVA_TEMPLATE,
+                   num_additional_image_tokens=1).save_pretrained(out)
+
+
+def test_llava_style_model_gets_frames_as_images(tmp_path):
+    """A chat VLM without a video processor gets one image per frame; the static path works for it too."""
+    _build_tiny_llava(tmp_path / "llava")
+    fast = load_captioner(str(tmp_path / "llava"), batch_size=4)
+    slow = load_captioner(str(tmp_path / "llava"), batch_size=4, decode="default")
+    assert type(fast.model).__name__ == "LlavaForConditionalGeneration" and fast.input_mode == "multi_image"
+    frames = [_frames(0), _frames(1, n=2), _frames(2, n=1), _frames(3)]
+    inputs = fast._inputs(frames[:2], PROMPTS["p1"]["long"])
+    image_token = fast.model.config.image_token_id
+    assert inputs["pixel_values"].shape[0] == 6  # 4 + 2 frames, in order
+    assert (inputs["input_ids"] == image_token).sum(1).tolist() == [16, 8]  # 4 tokens per frame
+    a, b = fast.generate(frames, "long", 12), slow.generate(frames, "long", 12)
+    assert [g.decode for g in a] == ["static_graph"] * 4
+    assert [g.token_ids for g in a] == [g.token_ids for g in b] and all(g.text for g in a)
