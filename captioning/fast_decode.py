@@ -35,7 +35,7 @@ Graphs are cached per (batch, buffer length, position layout); the least recentl
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -183,7 +183,6 @@ class _Slot:
     out: torch.Tensor  # (B, max_new) generated tokens
     seen: torch.Tensor | None  # (B, V) bool, for the repetition penalty
     graph: object = None
-    stats: dict = field(default_factory=dict)
 
 
 def _language_model(model):
@@ -228,8 +227,6 @@ class GraphDecoder:
         self.bucket = bucket
         self.slots: OrderedDict[tuple, _Slot] = OrderedDict()
         self.last_stats: dict = {}
-        types = getattr(self.lm.config, "layer_types", None) or ["full_attention"]
-        self.mask_keys = sorted(set(types))
         # the decoding step's attention, and the vision tower's during prefill (Qwen-VL families,
         # whose vision attention takes cu_seqlens) when they run on SDPA
         self.decode_attention = DECODE_ATTENTION if fast_attention else None
