@@ -25,6 +25,7 @@ class Prompt:
 
     chat: str
     prefix: str = ""
+    chat_image: str | None = None  # the instruction when the input is one image (None: use ``chat``)
 
 
 # Versioned: a caption records the prompt_version it was generated with, so never edit a version in
@@ -42,6 +43,25 @@ PROMPTS: dict[str, dict[str, Prompt]] = {
         "short": Prompt(
             chat="Describe this video in one short sentence of at most fifteen words.",
             prefix="",
+        ),
+    },
+    # p2: as p1 for videos, plus image wording (p1 sent an image with the video instruction)
+    "p2": {
+        "long": Prompt(
+            chat=(
+                "Describe this video in detail in one paragraph: the main subjects and their appearance, "
+                "the actions and how they change over time, the setting, lighting and colours, and the "
+                "camera motion. Describe only what is visible. Do not start with 'The video shows'."
+            ),
+            chat_image=(
+                "Describe this image in detail in one paragraph: the main subjects and their appearance, "
+                "what they are doing, the setting, lighting and colours, and the composition. Describe only "
+                "what is visible. Do not start with 'The image shows'."
+            ),
+        ),
+        "short": Prompt(
+            chat="Describe this video in one short sentence of at most fifteen words.",
+            chat_image="Describe this image in one short sentence of at most fifteen words.",
         ),
     },
 }
@@ -165,6 +185,8 @@ def build_tiny_captioner(out_dir: str, seed: int = 0) -> None:
 class Generation:
     text: str
     n_tokens: int  # new tokens generated (before decoding); == max_new_tokens means it was cut off
+    decode: str = "default"  # the decoding path that produced it (see Captioner.decode)
+    token_ids: tuple[int, ...] = ()  # the generated ids as returned (padding after the end included)
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -177,7 +199,20 @@ class Captioner:
     """A loaded captioning model with batched, greedy (deterministic) generation."""
 
     def __init__(self, model, processor, name: str, device: torch.device, dtype: torch.dtype,
-                 batch_size: int = 8, min_new_tokens: int = 4, prompt_version: str = "p1"):
+                 batch_size: int = 8, min_new_tokens: int = 4, prompt_version: str = "p1",
+                 decode: str = "static_graph", repetition_penalty: float = 1.0, max_pixels: int | None = None):
+        """``decode``: "default" (transformers' ``generate``) or "static_graph" (static KV cache and a
+        CUDA-graph decoding step, captioning/fast_decode.py; same greedy tokens, several times the
+        throughput on GPUs). Models it does not support (BLIP) use ``generate`` either way.
+        ``max_pixels``: frames larger than this are downscaled (aspect kept) before the processor,
+        which then resizes to the model's own grid (patch multiples, its pixel limits)."""
+        if decode not in ("default", "static_graph"):
+            raise ValueError(f"captioning decode must be 'default' or 'static_graph', not {decode!r}")
+        self.decode = decode
+        self.repetition_penalty = repetition_penalty
+        self.max_pixels = max_pixels
+        self._graph = None
+        self._gpu_preprocess = True
         self.model = model
         self.processor = processor
         self.name = name
@@ -193,8 +228,12 @@ class Captioner:
 
     @property
     def input_mode(self) -> str:
-        """How frames reach the model: 'video' (chat VLMs) or 'middle_frame' (image captioners)."""
-        return "video" if self.chat else "middle_frame"
+        """How frames reach the model: 'video' (chat VLMs with a video processor), 'multi_image'
+        (chat VLMs without one, LLaVA-style: one image entry per frame) or 'middle_frame' (image
+        captioners such as BLIP)."""
+        if not self.chat:
+            return "middle_frame"
+        return "video" if getattr(self.processor, "video_processor", None) is not None else "multi_image"
 
     def caption(self, frames_per_clip: list[np.ndarray], prompt_kind: PromptKind, max_new_tokens: int,
                 prompt_version: str | None = None) -> list[str]:
@@ -202,17 +241,36 @@ class Captioner:
 
     def generate(self, frames_per_clip: list[np.ndarray], prompt_kind: PromptKind, max_new_tokens: int,
                  prompt_version: str | None = None) -> list[Generation]:
-        """Caption clips in batches of ``batch_size``; on CUDA OOM halve the batch and retry."""
+        """Caption clips in batches of ``batch_size``; on CUDA OOM halve the batch and retry.
+
+        A one-frame input is an image: chat VLMs get it as an image (with the prompt's image wording)
+        in batches of images; videos go in batches of videos; results come back in input order.
+        """
         prompt = get_prompt(prompt_version or self.prompt_version, prompt_kind)
+        if not self.chat:
+            return self._generate_group(frames_per_clip, prompt, max_new_tokens, False)
+        images = [i for i, f in enumerate(frames_per_clip) if len(f) == 1]
+        videos = [i for i, f in enumerate(frames_per_clip) if len(f) != 1]
+        out: list[Generation | None] = [None] * len(frames_per_clip)
+        for idx, as_image in ((videos, False), (images, True)):
+            gens = self._generate_group([frames_per_clip[i] for i in idx], prompt, max_new_tokens, as_image)
+            for i, g in zip(idx, gens):
+                out[i] = g
+        return out  # type: ignore[return-value]
+
+    def _generate_group(self, frames_per_clip: list[np.ndarray], prompt: Prompt, max_new_tokens: int,
+                        as_image: bool) -> list[Generation]:
         out: list[Generation] = []
         i, bs = 0, max(1, self.batch_size)
         while i < len(frames_per_clip):
             chunk = frames_per_clip[i:i + bs]
             try:
-                out.extend(self._generate_batch(chunk, prompt, max_new_tokens))
+                out.extend(self._generate_batch(chunk, prompt, max_new_tokens, as_image))
             except Exception as exc:  # noqa: BLE001 - only OOM is retried, anything else re-raised
                 if not _is_oom(exc) or bs == 1:
                     raise
+                if self._graph:  # captured graphs and their static buffers hold memory: drop them
+                    self._graph.slots.clear()
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 bs = max(1, bs // 2)
@@ -223,14 +281,61 @@ class Captioner:
 
     def generation_settings(self, max_new_tokens: int) -> dict:
         return {"do_sample": False, "num_beams": 1, "max_new_tokens": max_new_tokens,
-                "min_new_tokens": min(self.min_new_tokens, max_new_tokens)}
+                "min_new_tokens": min(self.min_new_tokens, max_new_tokens),
+                "repetition_penalty": self.repetition_penalty}
 
-    def _inputs(self, chunk: list[np.ndarray], prompt: Prompt) -> dict:
+    @property
+    def graph_decoder(self):
+        """The static-graph decoder, when ``decode`` asks for it and the model supports it."""
+        if self.decode != "static_graph" or not self.chat:
+            return None
+        if self._graph is None:
+            from vidcorpus.captioning.fast_decode import GraphDecoder, supports_graph_decode
+
+            self._graph = GraphDecoder(self.model) if supports_graph_decode(self.model) else False
+        return self._graph or None
+
+    def _resize(self, frames: np.ndarray) -> np.ndarray:
+        h, w = frames.shape[1:3]
+        if not self.max_pixels or h * w <= self.max_pixels:
+            return frames
+        from PIL import Image
+
+        scale = (self.max_pixels / (h * w)) ** 0.5
+        size = (max(1, int(w * scale)), max(1, int(h * scale)))
+        return np.stack([np.asarray(Image.fromarray(f).resize(size, Image.BICUBIC)) for f in frames])
+
+    def _inputs(self, chunk: list[np.ndarray], prompt: Prompt, as_image: bool = False) -> dict:
+        chunk = [self._resize(np.asarray(frames)) for frames in chunk]
         if self.chat:
-            messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt.chat}]}]
-            text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            videos = [np.asarray(frames) for frames in chunk]
-            return self.processor(text=[text] * len(chunk), videos=videos, padding=True, return_tensors="pt")
+            instruction = (prompt.chat_image or prompt.chat) if as_image else prompt.chat
+            multi = not as_image and self.input_mode == "multi_image"
+
+            def text_for(frames: np.ndarray) -> str:
+                kind = "image" if as_image else "video"
+                media_items = [{"type": "image"}] * len(frames) if multi else [{"type": kind}]
+                messages = [{"role": "user", "content": media_items + [{"type": "text", "text": instruction}]}]
+                return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+            texts = [text_for(f) for f in chunk]
+            if as_image:
+                media = {"images": [f[0] for f in chunk]}
+            elif multi:  # frames as images, in order: the template put one image entry per frame
+                media = {"images": [frame for f in chunk for frame in f]}
+            else:
+                media = {"videos": chunk}
+            as_image = as_image or multi
+            if self.device.type == "cuda" and self._gpu_preprocess:
+                # resize/normalise frames on the GPU (transformers' torchvision processors take a device)
+                key = "images_kwargs" if as_image else "videos_kwargs"
+                try:
+                    return self.processor(text=texts, padding=True, return_tensors="pt",
+                                          **media, **{key: {"device": str(self.device)}})
+                except (TypeError, ValueError, RuntimeError, NotImplementedError) as exc:
+                    if _is_oom(exc):
+                        raise
+                    self._gpu_preprocess = False  # this processor cannot: the CPU from now on
+            return self.processor(text=texts, padding=True, return_tensors="pt", **media)
         images = [np.asarray(frames[len(frames) // 2]) for frames in chunk]
         if prompt.prefix:
             return self.processor(images=images, text=[prompt.prefix] * len(chunk), return_tensors="pt")
@@ -241,8 +346,9 @@ class Captioner:
         return inputs
 
     @torch.inference_mode()
-    def _generate_batch(self, chunk: list[np.ndarray], prompt: Prompt, max_new_tokens: int) -> list[Generation]:
-        inputs = self._inputs(chunk, prompt)
+    def _generate_batch(self, chunk: list[np.ndarray], prompt: Prompt, max_new_tokens: int,
+                        as_image: bool = False) -> list[Generation]:
+        inputs = self._inputs(chunk, prompt, as_image)
         inputs = {k: (v.to(self.device, self.dtype) if torch.is_floating_point(v) else v.to(self.device))
                   for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         settings = self.generation_settings(max_new_tokens)
@@ -254,12 +360,36 @@ class Captioner:
             kwargs["suppress_tokens"] = [t for t in self.tokenizer.all_special_ids if t != eos]
         else:
             prompt_len = inputs["input_ids"].shape[1]
-        ids = self.model.generate(**inputs, **kwargs)
-        new = ids[:, prompt_len:]
+        decoder, decode, new = self.graph_decoder, "default", None
+        if decoder is not None:
+            stop_ids = sorted(self._eos_ids())
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop_ids[0]
+            try:
+                new = decoder.generate(inputs, max_new_tokens, settings["min_new_tokens"], stop_ids, pad,
+                                       repetition_penalty=self.repetition_penalty)
+                decode = "static_graph"
+            except Exception as exc:  # noqa: BLE001 - OOM goes to the batch back-off; else fall back
+                if _is_oom(exc):
+                    raise
+                import warnings
+
+                warnings.warn(f"static_graph decoding failed ({exc!r}); using transformers' generate from now on",
+                              RuntimeWarning, stacklevel=2)
+                self._graph = False
+        if new is None:
+            ids = self.model.generate(**inputs, **kwargs)
+            new = ids[:, prompt_len:]
         stop = self._stop_ids()
         counts = [int(_count_until_stop(row.tolist(), stop)) for row in new]
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        return [Generation(text=t.strip(), n_tokens=n) for t, n in zip(texts, counts)]
+        return [Generation(text=t.strip(), n_tokens=n, decode=decode, token_ids=tuple(row.tolist()))
+                for t, n, row in zip(texts, counts, new)]
+
+    def _eos_ids(self) -> set[int]:
+        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        return {int(eos)} if isinstance(eos, int) else {int(e) for e in eos}
 
     def _stop_ids(self) -> set[int]:
         stop: set[int] = set()
@@ -292,7 +422,9 @@ def _auto_model_class():
 
 
 def load_captioner(name_or_dir: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                   batch_size: int = 8, min_new_tokens: int = 4, prompt_version: str = "p1") -> Captioner:
+                   batch_size: int = 8, min_new_tokens: int = 4, prompt_version: str = "p1",
+                   decode: str = "static_graph", repetition_penalty: float = 1.0,
+                   max_pixels: int | None = None) -> Captioner:
     """Load any image-text-to-text captioner (hub id or local dir) the same way; fail fast if missing."""
     from transformers import AutoProcessor
 
@@ -311,4 +443,114 @@ def load_captioner(name_or_dir: str, device: str | torch.device | None = None, d
     model.to(device).eval()
     name = Path(name_or_dir).name if Path(name_or_dir).is_dir() else name_or_dir
     return Captioner(model, processor, name, device, dtype, batch_size=batch_size,
-                     min_new_tokens=min_new_tokens, prompt_version=prompt_version)
+                     min_new_tokens=min_new_tokens, prompt_version=prompt_version, decode=decode,
+                     repetition_penalty=repetition_penalty, max_pixels=max_pixels)
+
+
+# --- Tiny chat VLM (Qwen2.5-VL architecture), built offline --------------------------------------
+
+# Qwen's chat format, reduced to what captioning sends: a user turn with a video or image and text.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_CHAT_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                  "<|image_pad|>", "<|video_pad|>"]
+
+
+def build_chat_tokenizer(vocab_size: int = 1024, extra_specials: tuple[str, ...] = ()):
+    """A byte-level BPE tokenizer trained in-process on the prompts and the tiny vocabulary.
+
+    Byte-level like Qwen's, so any text round-trips; merges learnt from our own words keep prompts
+    about as many tokens long as with the real tokenizer (a merge-free byte tokenizer would make
+    the prompt several times longer than in production).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    specials = _CHAT_SPECIALS + [t for t in extra_specials if t not in _CHAT_SPECIALS]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    texts = [p.chat for version in PROMPTS.values() for p in version.values()]
+    texts += [" ".join(_WORDS[i:i + 12]) for i in range(0, len(_WORDS), 12)] + ["user assistant system"]
+    bpe.train_from_iterator(texts * 4, trainer=trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                  additional_special_tokens=specials[1:], model_max_length=32768)
+    for t in specials:  # the special tokens must stay single tokens
+        if len(tok(t, add_special_tokens=False)["input_ids"]) != 1:
+            raise RuntimeError(f"chat tokenizer splits {t}")
+    return tok
+
+
+def chat_processor(tokenizer, min_pixels: int = 56 * 56, max_pixels: int = 112 * 112):
+    """A Qwen2.5-VL processor (image + video processors, chat template) around ``tokenizer``."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    pixels = dict(min_pixels=min_pixels, max_pixels=max_pixels)
+    return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels),
+                               video_processor=Qwen2VLVideoProcessor(**pixels),
+                               tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+
+
+def chat_vlm_config(tokenizer, size: str = "tiny"):
+    """Qwen2.5-VL config: ``tiny`` (tests) or ``3b`` (the dimensions of Qwen2.5-VL-3B-Instruct)."""
+    from transformers import Qwen2_5_VLConfig
+
+    ids = tokenizer.convert_tokens_to_ids
+    if size == "3b":
+        text = dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                    num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000,
+                    rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6})
+        vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
+                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                      fullatt_block_indexes=[7, 15, 23, 31])
+    elif size == "tiny":
+        text = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                    rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e4})
+        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                      fullatt_block_indexes=[1], initializer_range=0.1)
+        # std 0.1 (not 0.02): large enough that the random model's words depend on the frames
+        text["initializer_range"] = 0.1
+    else:
+        raise ValueError(f"unknown chat VLM size {size!r}: tiny or 3b")
+    eos, pad = ids("<|im_end|>"), ids("<|endoftext|>")
+    text.update(bos_token_id=None, eos_token_id=eos, pad_token_id=pad, tie_word_embeddings=True)
+    return Qwen2_5_VLConfig(
+        text_config=text, vision_config=vision, tie_word_embeddings=True,
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        eos_token_id=eos, pad_token_id=pad,
+    )
+
+
+def build_tiny_chat_vlm(out_dir: str, seed: int = 0) -> None:
+    """A seeded, random tiny Qwen2.5-VL + processor saved with save_pretrained (the production path)."""
+    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
+
+    tok = build_chat_tokenizer()
+    config = chat_vlm_config(tok, "tiny")
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(eos_token_id=config.text_config.eos_token_id,
+                                               pad_token_id=config.text_config.pad_token_id)
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        chat_processor(tok).save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(tmp)
+            return
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -2,6 +2,11 @@
 
 Captioning is the pipeline's throughput ceiling, so rows are captioned in batches; one clip that
 cannot be read or captioned fails alone while the rest of the batch keeps its captions.
+
+Caption QA (``captioning.qa``): each new caption is embedded with the pipeline's CLIP model and
+compared with the mean embedding of the frames it was generated from (the filters' CLIP code).
+Scores, keyed by the caption version so several versions coexist: ``caption_clip`` (long),
+``caption_clip_short`` and ``caption_degenerate`` (1.0 when the long caption is empty or junk).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import numpy as np
 
 from vidcorpus.captioning.cleanup import clean_caption, is_degenerate
 from vidcorpus.captioning.models import Captioner, Generation, load_captioner
+from vidcorpus.filters.scorers import add_scores, is_image, score
 from vidcorpus.media import read_frames
 from vidcorpus.stage import Resources, Stage
 
@@ -36,7 +42,18 @@ class CaptionStage(Stage):
         if not source:
             raise ValueError("models.captioner is not set: resolve the config with vidcorpus.presets.resolve_models")
         self.captioner = load_captioner(source, batch_size=cap.batch_size, min_new_tokens=cap.min_new_tokens,
-                                        prompt_version=cap.prompt_version)
+                                        prompt_version=cap.prompt_version, decode=cap.decode,
+                                        repetition_penalty=cap.repetition_penalty, max_pixels=cap.max_pixels)
+        self.clip = None
+        if cap.qa:
+            from vidcorpus.filters.clip_models import load_clip
+            from vidcorpus.filters.clip_scores import clip_model_id
+
+            m = self.config.models
+            if not (m.clip_model and m.clip_pretrained):
+                raise ValueError("captioning.qa needs models.clip_model/clip_pretrained (presets.resolve_models)")
+            model, preprocess, tokenizer = load_clip(m.clip_model, m.clip_pretrained, self.captioner.device)
+            self.clip = (model, preprocess, tokenizer, clip_model_id(m.clip_model, m.clip_pretrained))
 
     def process_rows(self, rows: list[dict]) -> list[dict]:
         cap = self.config.captioning
@@ -48,7 +65,10 @@ class CaptionStage(Stage):
                 clip = row.get("clip_path") or row.get("source_path")
                 if not clip:
                     raise ValueError("row has no clip_path")
-                frames.append(read_frames(clip, n=cap.frames_per_clip))
+                if is_image(row):  # an image is one frame, captioned as an image
+                    frames.append(read_frames(clip, n=1))
+                else:
+                    frames.append(read_frames(clip, n=cap.frames_per_clip, fps=cap.fps))
                 good.append(row)
             except Exception as exc:  # noqa: BLE001 - an unreadable clip fails only its own row
                 failed.append(self.fail(row, exc))
@@ -59,6 +79,7 @@ class CaptionStage(Stage):
             results[kind] = self._generate_isolated(frames, kind, limits[kind])
 
         out: list[dict] = []
+        done: list[tuple[dict, np.ndarray]] = []
         for i, row in enumerate(good):
             errors = [results[k][i] for k in KINDS if isinstance(results[k][i], Exception)]
             if errors:
@@ -68,8 +89,47 @@ class CaptionStage(Stage):
             new["captions"] = list(row.get("captions") or []) + [
                 self._caption_record(kind, results[kind][i], limits[kind], len(frames[i])) for kind in KINDS
             ]
-            out.append(new)
+            done.append((new, frames[i]))
+        out = [r for r, _ in done]
+        if self.clip is not None and done:
+            out = self._qa(out, {id(r): f for (r, f) in done})
         return out + failed
+
+    def _qa(self, rows: list[dict], frames_of: dict[int, np.ndarray]) -> list[dict]:
+        """CLIP similarity of each new caption and its frames, plus a degenerate flag, as scores."""
+        from vidcorpus.filters.clip_scores import embed_images, embed_texts
+
+        model, preprocess, tokenizer, clip_id = self.clip
+        cap = self.config.captioning
+        bs = self.config.filters.clip_batch_size
+        device = self.captioner.device
+        try:
+            flat = [f for r in rows for f in frames_of[id(r)]]
+            image_emb = embed_images(model, preprocess, flat, device, bs)
+            texts = [c["text"] for r in rows for c in r["captions"][-len(KINDS):]]
+            text_emb = embed_texts(model, tokenizer, [t or " " for t in texts], device, bs)
+        except Exception as exc:  # noqa: BLE001 - QA failing must not lose the captions
+            import warnings
+
+            warnings.warn(f"caption QA failed, captions kept without QA scores: {exc!r}", RuntimeWarning, stacklevel=2)
+            return rows
+        out, start = [], 0
+        version = f"{cap.version}/{cap.prompt_version}"
+        for i, r in enumerate(rows):
+            n = len(frames_of[id(r)])
+            mean = image_emb[start:start + n].mean(0)
+            mean = mean / mean.norm().clamp_min(1e-12)
+            start += n
+            new_caps = r["captions"][-len(KINDS):]
+            sims = {c["kind"]: float(mean @ text_emb[i * len(KINDS) + k]) for k, c in enumerate(new_caps)}
+            long_meta = json.loads(new_caps[0]["meta_json"])
+            scores = [
+                score("caption_clip", sims["long"] if new_caps[0]["text"] else 0.0, clip_id, version),
+                score("caption_clip_short", sims["short"] if new_caps[1]["text"] else 0.0, clip_id, version),
+                score("caption_degenerate", float(long_meta["degenerate"]), "rules", version),
+            ]
+            out.extend(self.safe_call(lambda row, scores=scores: add_scores(row, scores), r))
+        return out
 
     def _generate_isolated(self, frames: list[np.ndarray], kind: str, max_new_tokens: int
                            ) -> list[Generation | Exception]:

@@ -118,12 +118,13 @@ class Catalog:
     def captions_of(self, clip_ids: list[str]) -> dict[str, list[dict]]:
         out: dict[str, list[dict]] = {c: [] for c in clip_ids}
         rows = self.con.execute(
-            "SELECT clip_id, version, kind, text, model, prompt_version FROM captions "
+            "SELECT clip_id, version, kind, text, model, prompt_version, meta_json FROM captions "
             "WHERE clip_id IN (SELECT unnest(?)) ORDER BY 1, 2, 3",
             [clip_ids],
         ).fetchall()
-        for clip, version, kind, text, model, pv in rows:
-            out[clip].append({"version": version, "kind": kind, "text": text, "model": model, "prompt_version": pv})
+        for clip, version, kind, text, model, pv, meta in rows:
+            out[clip].append({"version": version, "kind": kind, "text": text, "model": model, "prompt_version": pv,
+                              "meta_json": meta})
         return out
 
     def shard_urls_for(self, predicate: str = "TRUE") -> list[tuple[str, str, int]]:

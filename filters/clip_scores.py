@@ -310,6 +310,33 @@ def gpu_preprocess(frames: list[np.ndarray], size: int, mean_t, std_t, dtype, pi
     return out
 
 
+def embed_images(model, preprocess, frames: list[np.ndarray], device, batch_size: int = 16):
+    """L2-normalised CLIP image embeddings (float32, one row per frame), in batches."""
+    import torch
+    from PIL import Image
+
+    bs = max(1, batch_size)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(frames), bs):
+            x = torch.stack([preprocess(Image.fromarray(f)) for f in frames[i:i + bs]]).to(device)
+            out.append(model.encode_image(x, normalize=True).float())
+    return torch.cat(out)
+
+
+def embed_texts(model, tokenizer, texts: list[str], device, batch_size: int = 16):
+    """L2-normalised CLIP text embeddings (float32, one row per text; long texts are truncated)."""
+    import torch
+
+    bs = max(1, batch_size)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), bs):
+            tokens = tokenizer(texts[i:i + bs]).to(device)
+            out.append(model.encode_text(tokens, normalize=True).float())
+    return torch.cat(out)
+
+
 class ClipScoreStage(Stage):
     """Aesthetic and CLIP-text scores and the clip embedding; holds the models, so it runs as an
     actor (GPU when there is one)."""
@@ -359,15 +386,7 @@ class ClipScoreStage(Stage):
         return emb, aesthetic
 
     def embed_texts(self, texts: list[str]):
-        import torch
-
-        bs = max(1, self.config.filters.clip_batch_size)
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(texts), bs):
-                tokens = self.tokenizer(texts[i:i + bs]).to(self.device)
-                out.append(self.model.encode_text(tokens, normalize=True).float())
-        return torch.cat(out)
+        return embed_texts(self.model, self.tokenizer, texts, self.device, self.config.filters.clip_batch_size)
 
     def text_scores(self, rows: list[dict], clip_emb) -> list[list[dict]]:
         """Per row: clip_text against the original text and one score per caption (version, kind)."""

@@ -119,11 +119,11 @@ def test_oom_halves_batch_and_retries(tiny_dir, monkeypatch):
     real = cap._generate_batch
     sizes: list[int] = []
 
-    def limited(chunk, prompt, max_new_tokens):
+    def limited(chunk, prompt, max_new_tokens, as_image=False):
         sizes.append(len(chunk))
         if len(chunk) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(chunk, prompt, max_new_tokens)
+        return real(chunk, prompt, max_new_tokens, as_image)
 
     monkeypatch.setattr(cap, "_generate_batch", limited)
     frames = [_frames(s) for s in range(5)]
@@ -133,11 +133,21 @@ def test_oom_halves_batch_and_retries(tiny_dir, monkeypatch):
     assert texts == expected
 
 
-def test_caption_stage(tiny_dir, clips):
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> dict:
+    from vidcorpus.filters.clip_models import build_tiny_clip
+    from vidcorpus.presets import TINY_CLIP_NAME
+
+    path = tmp_path_factory.mktemp("clip") / "clip.safetensors"
+    build_tiny_clip(path)
+    return {"clip_model": TINY_CLIP_NAME, "clip_pretrained": str(path)}
+
+
+def test_caption_stage(tiny_dir, clips, tiny_clip):
     from vidcorpus.captioning.stage import CaptionStage
 
     cfg = Config()
-    cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"captioner": tiny_dir})})
+    cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"captioner": tiny_dir, **tiny_clip})})
     paths = clips["videos"] + [clips["image"], clips["broken"]]
     rows = [empty_row(source_id=f"s{i}", clip_id=f"c{i}", clip_path=p, kept=True) for i, p in enumerate(paths)]
     rows.append(empty_row(source_id="dropped", clip_id="d", clip_path=clips["videos"][0], kept=False))
@@ -158,6 +168,14 @@ def test_caption_stage(tiny_dir, clips):
             assert isinstance(meta["edits"], list) and isinstance(meta["degenerate"], bool)
         long_meta = json.loads(r["captions"][0]["meta_json"])
         assert long_meta["generation"]["max_new_tokens"] == cfg.captioning.max_new_tokens
+        assert long_meta["frames"] == (1 if cid == "c2" else cfg.captioning.frames_per_clip)  # c2: an image
+        qa = {s["scorer"]: s for s in r["scores"]}
+        assert set(qa) == {"caption_clip", "caption_clip_short", "caption_degenerate"}
+        assert all(s["version"] == "v1/p1" for s in qa.values())
+        assert -1.0 <= qa["caption_clip"]["value"] <= 1.0 and qa["caption_clip"]["model"] == tiny_clip["clip_model"]
+        assert qa["caption_degenerate"]["value"] == float(long_meta["degenerate"])
+    # QA compares each caption with its own clip's frames: captions differ per clip, so do the scores
+    assert len({out[c]["scores"][0]["value"] for c in ("c0", "c1", "c2")}) == 3
     bad = out["c3"]
     assert bad["error_stage"] == "caption" and bad["error_class"] and bad["captions"] == []
     assert out["d"]["captions"] == [] and out["d"]["error_class"] is None  # not kept: untouched
@@ -226,3 +244,251 @@ def test_auto_class_covers_blip_and_qwen_vl():
 
     assert "/" in PRODUCTION["captioner"]  # a hub id, loaded by the same Auto class as the tiny BLIP
     assert {"blip", "qwen2_vl", "qwen2_5_vl"} <= set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
+
+
+# --- chat VLM (tiny Qwen2.5-VL) and the static-graph decoding path -------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory) -> str:
+    from vidcorpus.captioning.models import build_tiny_chat_vlm
+
+    out = tmp_path_factory.mktemp("vlm") / "qwen25"
+    build_tiny_chat_vlm(str(out))
+    return str(out)
+
+
+def test_tiny_qwen25_vl_loads_like_production(tiny_vlm):
+    cap = load_captioner(tiny_vlm, batch_size=3)
+    assert type(cap.model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert cap.chat and cap.input_mode == "video" and cap.model.config._attn_implementation == "sdpa"
+    assert cap.decode == "static_graph" and cap.graph_decoder is not None
+    # the tokenizer learnt real merges: the prompt is words, not bytes
+    prompt = PROMPTS["p1"]["long"].chat
+    assert len(cap.tokenizer(prompt)["input_ids"]) < len(prompt) / 2
+    assert cap.tokenizer.decode(cap.tokenizer(prompt)["input_ids"]) == prompt
+
+
+def test_static_graph_decoding_matches_generate(tiny_vlm):
+    """Same model, same clips: the static-cache path gives generate's greedy tokens exactly (fp32 CPU),
+    with left padding (clips of different sizes), images and videos in one call, EOS suppression by
+    min_new_tokens and the repetition penalty."""
+    frames = [_frames(0), np.random.default_rng(1).integers(0, 256, (6, 96, 80, 3), dtype=np.uint8),
+              _frames(2, n=1), _frames(3), _frames(4, n=1)]
+    for rp, min_new, kind in ((1.0, 4, "long"), (1.3, 20, "short")):
+        fast = load_captioner(tiny_vlm, batch_size=3, repetition_penalty=rp, min_new_tokens=min_new)
+        slow = load_captioner(tiny_vlm, batch_size=3, repetition_penalty=rp, min_new_tokens=min_new, decode="default")
+        a, b = fast.generate(frames, kind, 20, "p2"), slow.generate(frames, kind, 20, "p2")
+        assert [g.decode for g in a] == ["static_graph"] * 5 and [g.decode for g in b] == ["default"] * 5
+        assert [g.token_ids for g in a] == [g.token_ids for g in b]
+        assert [(g.text, g.n_tokens) for g in a] == [(g.text, g.n_tokens) for g in b]
+        assert all(g.n_tokens >= min(min_new, 20) for g in a)
+    # images went in as images (fewer tokens than a video of copies) with the image wording
+    inputs = fast._inputs([frames[2]], PROMPTS["p2"]["long"], as_image=True)
+    assert "pixel_values" in inputs and "pixel_values_videos" not in inputs
+    assert "this image" in fast.tokenizer.decode(inputs["input_ids"][0])
+    # texts differ between clips: the frames matter on this path too
+    assert len({g.text for g in a}) > 1
+
+
+def test_static_graph_stops_at_eos(tiny_vlm):
+    """Rows that end early are padded after EOS like generate's; decoding stops once all have ended."""
+    from vidcorpus.captioning.fast_decode import GraphDecoder
+
+    cap = load_captioner(tiny_vlm, decode="default")
+    inputs = cap._inputs([_frames(s) for s in range(3)], PROMPTS["p1"]["short"])
+    eos = cap.model.generation_config.eos_token_id
+    dec = GraphDecoder(cap.model, check_every=2)
+    with torch.inference_mode():
+        ref = cap.model.generate(**inputs, max_new_tokens=24, do_sample=False)[:, inputs["input_ids"].shape[1]:]
+        # make "the most likely token of step 3 for row 0" the EOS: the decoder must stop that row there
+        free = dec.generate(inputs, 24, 0, [eos], cap.tokenizer.pad_token_id)
+        assert torch.equal(free, ref)
+        forced_eos = int(ref[0, 3])
+        got = dec.generate(inputs, 24, 0, [forced_eos], cap.tokenizer.pad_token_id)
+        want = cap.model.generate(**inputs, max_new_tokens=24, do_sample=False, eos_token_id=forced_eos,
+                                  pad_token_id=cap.tokenizer.pad_token_id)[:, inputs["input_ids"].shape[1]:]
+    assert got.shape[1] <= 24 and torch.equal(got, want[:, :got.shape[1]])
+    assert (got[0, 4:] == cap.tokenizer.pad_token_id).all()
+
+
+def test_blip_ignores_static_graph(tiny_dir):
+    cap = load_captioner(tiny_dir)  # decode defaults to static_graph; BLIP is not a chat model
+    assert cap.graph_decoder is None
+    assert {g.decode for g in cap.generate([_frames(0)], "short", 6)} == {"default"}
+    with pytest.raises(ValueError):
+        load_captioner(tiny_dir, decode="fastest")
+
+
+def test_fps_sampling():
+    from vidcorpus.media import fps_indices
+
+    assert fps_indices(100, 25.0, 2.0) == [6, 18, 31, 43, 56, 68, 81, 93]  # 4 s at 2 fps, centred
+    assert fps_indices(100, 25.0, 2.0, 4) == [0, 33, 66, 99]  # capped: spread uniformly
+    assert fps_indices(10, 25.0, 1.0) == [5]  # shorter than one interval: its middle frame
+    assert fps_indices(0, 25.0, 1.0) == []
+
+
+def test_read_frames_at_fps(clips):
+    from vidcorpus.media import probe_video, read_frames
+
+    meta = probe_video(clips["videos"][0])
+    frames = read_frames(clips["videos"][0], n=64, fps=2.0)
+    expected = max(1, int(meta["n_frames"] / meta["fps"] * 2.0))
+    assert frames.shape[0] == min(64, expected) and frames.dtype == np.uint8
+    assert read_frames(clips["videos"][0], n=2, fps=100.0).shape[0] == 2
+
+
+def test_caption_versions_round_trip_catalog_shards_training(tmp_path):
+    """Two caption versions of one clip coexist in the catalog; a shard's txt is the version asked for,
+    its json carries all of them with their settings, and training picks one by name and kind."""
+    import random
+
+    import webdataset as wds
+
+    from vidcorpus.catalog.store import Catalog
+    from vidcorpus.config import TrainConfig, load_config
+    from vidcorpus.ids import clip_id
+    from vidcorpus.media import encode_video, save_jpeg
+    from vidcorpus.runner import write_pending_shards
+    from vidcorpus.train.data import decode_sample
+
+    frames = np.random.default_rng(0).integers(0, 256, (8, 64, 96, 3), dtype=np.uint8)
+    path, first = tmp_path / "c.mp4", tmp_path / "c.first.jpg"
+    encode_video(frames, 24, str(path))
+    save_jpeg(frames[0], str(first))
+    sid = "0" * 16
+    row = empty_row(source_id=sid, uri="https://example.com/c.mp4", text="alt text", media_type="video", width=96,
+                    height=64, fps=24.0, n_frames=8, duration_s=8 / 24, clip_id=clip_id(sid, 0, 7), first_frame=0,
+                    last_frame=7, start_s=0.0, end_s=8 / 24, clip_path=str(path), first_frame_path=str(first),
+                    recipe="r@1", kept=True)
+
+    def caps(version, model, pv):
+        meta = json.dumps({"generation": {"max_new_tokens": 48, "do_sample": False}, "decode": "static_graph"})
+        return [{"version": version, "kind": k, "text": f"{version} {k} caption", "model": model,
+                 "prompt_version": pv, "meta_json": meta} for k in ("long", "short")]
+
+    cfg = load_config(None, [], workdir=str(tmp_path / "work"), **{"shards.caption_version": "v2"})
+    with Catalog(cfg.catalog_path) as cat:
+        cat.commit_results("run1", [dict(row, captions=caps("v1", "blip", "p1"))])
+        cat.commit_results("run2", [dict(row, captions=caps("v2", "Qwen/Qwen2.5-VL-3B-Instruct", "p2"))])
+        cat.commit_results("run3", [dict(row, captions=caps("v2", "Qwen/Qwen2.5-VL-3B-Instruct", "p2"))])  # rerun
+        stored = cat.captions_of([row["clip_id"]])[row["clip_id"]]
+        assert [(c["version"], c["kind"]) for c in stored] == [("v1", "long"), ("v1", "short"), ("v2", "long"),
+                                                               ("v2", "short")]
+        assert {c["model"] for c in stored if c["version"] == "v2"} == {"Qwen/Qwen2.5-VL-3B-Instruct"}
+        assert json.loads(stored[2]["meta_json"])["decode"] == "static_graph"
+        [manifest] = write_pending_shards(cfg, cat, "run4", progress=False)
+    [sample] = list(wds.WebDataset(manifest["url"], shardshuffle=False))
+    assert sample["txt"].decode() == "v2 long caption"
+    meta = json.loads(sample["json"])
+    assert {(c["version"], c["kind"], c["prompt_version"]) for c in meta["captions"]} == {
+        ("v1", "long", "p1"), ("v1", "short", "p1"), ("v2", "long", "p2"), ("v2", "short", "p2")}
+    tcfg = TrainConfig(num_frames=4, height=32, width=32)
+    assert decode_sample(sample, tcfg, random.Random(0))["text"] == "v2 long caption"
+    picked = decode_sample(sample, TrainConfig(num_frames=4, height=32, width=32, caption_version="v1",
+                                               caption_kind="short"), random.Random(0))
+    assert picked["text"] == "v1 short caption"
+    missing = TrainConfig(num_frames=4, height=32, width=32, caption_version="v9")
+    assert decode_sample(sample, missing, random.Random(0))["text"] == "v2 long caption"
+
+
+def test_fast_attention_kernels_equal_sdpa():
+    """The decode step's grouped-query attention and the vision tower's packed attention compute what
+    transformers' SDPA path computes (repeat_kv + a masked SDPA; one SDPA call per segment)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from vidcorpus.captioning.fast_decode import gqa_decode_attention, varlen_sdpa
+
+    g = torch.Generator().manual_seed(0)
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 4, False
+    q, k, v = (torch.randn(3, n, length, 16, generator=g) for n, length in ((8, 1), (2, 40), (2, 40)))
+    mask = torch.rand(3, 1, 1, 40, generator=g) > 0.3
+    mask[:, :, :, -1] = True
+    ours, _ = gqa_decode_attention(module, q, k, v, mask, scaling=0.25)
+    ref, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.25)
+    assert ours.shape == ref.shape == (3, 1, 8, 16) and torch.allclose(ours, ref, atol=1e-5)
+
+    cu = torch.tensor([0, 16, 32, 41, 57, 60])  # equal and unequal segment lengths
+    q, k, v = (torch.randn(1, 4, 60, 8, generator=g) for _ in range(3))
+    ours, _ = varlen_sdpa(module, q, k, v, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=16, max_length_k=16,
+                          scaling=0.3, is_causal=False)
+    parts = [torch.nn.functional.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], scale=0.3)
+             for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())]
+    ref = torch.cat(parts, dim=2).transpose(1, 2)
+    assert ours.shape == ref.shape == (1, 60, 4, 8) and torch.allclose(ours, ref, atol=1e-6)
+
+
+def test_cleanup_on_vlm_style_output():
+    """Output shaped like a chat VLM's long captions: boilerplate plus a cut-off sentence, a sentence
+    loop, 'we see', a refusal with a follow-up offer, word loops at the token limit."""
+    text, edits = clean_caption(
+        "The video shows a young woman in a red jacket walking along a busy city street at dusk. She carries a "
+        "shopping bag in her left hand and looks at her phone. The camera follows her from behind as she passes "
+        "illuminated shop windows. As she reaches the corner, she turns left and")
+    assert edits == ["boilerplate", "truncated"]
+    assert text.startswith("A young woman in a red jacket") and text.endswith("illuminated shop windows.")
+    assert clean_caption("A man is standing on a beach at sunset. The waves are crashing on the shore. The waves are "
+                         "crashing on the shore. The waves are crashing on the shore. The waves are crashing on the "
+                         "shore.") == ("A man is standing on a beach at sunset. The waves are crashing on the shore.",
+                                       ["repetition"])
+    assert clean_caption("In this video, we see a chef chopping vegetables on a wooden cutting board.")[0] == (
+        "A chef chopping vegetables on a wooden cutting board.")
+    refusal = clean_caption("I'm sorry, but I can't provide a description of this video because the frames appear "
+                            "to be completely black. However, if you provide another video I can help.")
+    assert refusal == ("", ["refusal"]) and is_degenerate(refusal[0])
+    assert clean_caption("This clip features a drone shot of a mountain lake surrounded by pine trees, the camera "
+                         "slowly pans from left to right right right right right right right") == (
+        "A drone shot of a mountain lake surrounded by pine trees, the camera slowly pans from left to right",
+        ["boilerplate", "repetition"])
+    assert is_degenerate("<|im_end|>")  # a special token that leaked through is not a caption
+
+
+_LLAVA_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}{% if c['type'] == 'image' %}"
+    "<image>{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _build_tiny_llava(out: Path) -> None:
+    """A tiny random LLaVA (CLIP vision tower + Llama, image-only processor) saved like a hub model."""
+    from transformers import CLIPImageProcessor, GenerationConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import LlavaProcessor
+
+    from vidcorpus.captioning.models import build_chat_tokenizer
+
+    tok = build_chat_tokenizer(extra_specials=("<image>",))
+    ids = tok.convert_tokens_to_ids
+    eos, pad = ids("<|im_end|>"), ids("<|endoftext|>")
+    cfg = LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=28, patch_size=14, projection_dim=32),
+        text_config=dict(model_type="llama", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         initializer_range=0.1, eos_token_id=eos, pad_token_id=pad, bos_token_id=None),
+        image_token_index=ids("<image>"), image_seq_length=4, vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(cfg).eval()
+    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad)
+    model.save_pretrained(out)
+    LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}),
+                   tokenizer=tok, patch_size=14, vision_feature_select_strategy="default", chat_template=_LLAVA_TEMPLATE,
+                   num_additional_image_tokens=1).save_pretrained(out)
+
+
+def test_llava_style_model_gets_frames_as_images(tmp_path):
+    """A chat VLM without a video processor gets one image per frame; the static path works for it too."""
+    _build_tiny_llava(tmp_path / "llava")
+    fast = load_captioner(str(tmp_path / "llava"), batch_size=4)
+    slow = load_captioner(str(tmp_path / "llava"), batch_size=4, decode="default")
+    assert type(fast.model).__name__ == "LlavaForConditionalGeneration" and fast.input_mode == "multi_image"
+    frames = [_frames(0), _frames(1, n=2), _frames(2, n=1), _frames(3)]
+    inputs = fast._inputs(frames[:2], PROMPTS["p1"]["long"])
+    image_token = fast.model.config.image_token_id
+    assert inputs["pixel_values"].shape[0] == 6  # 4 + 2 frames, in order
+    assert (inputs["input_ids"] == image_token).sum(1).tolist() == [16, 8]  # 4 tokens per frame
+    a, b = fast.generate(frames, "long", 12), slow.generate(frames, "long", 12)
+    assert [g.decode for g in a] == ["static_graph"] * 4
+    assert [g.token_ids for g in a] == [g.token_ids for g in b] and all(g.text for g in a)

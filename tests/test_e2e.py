@@ -41,6 +41,14 @@ def test_every_drop_has_a_reason_and_every_kept_clip_a_caption(demo):
     assert kept and all(k["caption"] and k["short_caption"] for k in kept)
 
 
+def test_every_kept_clip_has_caption_qa_scores(demo):
+    kept = {r["clip_id"] for r in _q(demo, "SELECT clip_id FROM clips_wide WHERE kept")}
+    qa = _q(demo, "SELECT clip_id, scorer, version, value FROM scores WHERE scorer LIKE 'caption_%'")
+    for name in ("caption_clip", "caption_clip_short", "caption_degenerate"):
+        assert {r["clip_id"] for r in qa if r["scorer"] == name} == kept
+    assert all(-1.0 <= r["value"] <= 1.0 for r in qa) and {r["version"] for r in qa} == {"v1/p1"}
+
+
 def test_catalog_rows_equal_shard_members(demo):
     shards = _q(demo, "SELECT shard_id, url, n FROM shards")
     members = _q(demo, "SELECT shard_id, clip_id FROM shard_members")

@@ -121,6 +121,15 @@ def resize_center_crop(frames: np.ndarray, height: int, width: int) -> torch.Ten
     return (x / 127.5 - 1.0).clamp_(-1.0, 1.0)
 
 
+def pick_caption(meta: dict, version: str, kind: str, fallback: str) -> str:
+    """The caption of that version and kind from a sample's json (shards carry every version);
+    ``fallback`` (the shard's txt) when the clip has none of that name."""
+    for c in meta.get("captions") or []:
+        if c.get("version") == version and c.get("kind") == kind and c.get("text"):
+            return c["text"]
+    return fallback
+
+
 def decode_sample(sample: dict, cfg: TrainConfig, rng: random.Random | None) -> dict:
     """One raw WebDataset sample -> dict(video, first_frame, text, key, fps); raises on bad media."""
     key = sample["__key__"]
@@ -140,6 +149,8 @@ def decode_sample(sample: dict, cfg: TrainConfig, rng: random.Random | None) -> 
         raise DecodeError(f"sample has no media (fields: {sorted(k for k in sample if not k.startswith('__'))})")
     video = resize_center_crop(frames, cfg.height, cfg.width)
     text = sample["txt"].decode("utf-8") if "txt" in sample else (meta.get("text") or "")
+    if getattr(cfg, "caption_version", None):
+        text = pick_caption(meta, cfg.caption_version, cfg.caption_kind, text)
     return {"video": video, "first_frame": video[0], "text": text, "key": key, "fps": max(1, int(round(fps)))}
 
 

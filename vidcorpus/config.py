@@ -98,6 +98,15 @@ class CaptioningConfig(Section):
     max_new_tokens: int = 48
     short_max_new_tokens: int = 16
     min_new_tokens: int = Field(4, description="Generation never stops earlier (keeps tiny random models from empty text).")
+    decode: Literal["default", "static_graph"] = Field(
+        "static_graph", description="Decoding: transformers' generate, or a static KV cache with a CUDA-graph step "
+        "(same greedy tokens, several times the tokens/s on GPUs; image captioners such as BLIP use generate).")
+    repetition_penalty: float = Field(1.0, description="transformers' repetition penalty (1.0: off), on both paths.")
+    fps: float | None = Field(None, description="Sample frames at this rate (at most frames_per_clip of them); "
+                              "None: frames_per_clip frames spread uniformly.")
+    max_pixels: int | None = Field(None, description="Frames above this many pixels are downscaled before the "
+                                   "model's processor (which then resizes to its own grid).")
+    qa: bool = Field(True, description="Score each caption against its frames with CLIP (scores caption_clip*).")
 
 
 class ShardsConfig(Section):
@@ -128,6 +137,10 @@ class TrainConfig(Section):
     seed: int = 0
     select: str = Field("TRUE", description="SQL predicate over the wide clip view choosing training clips.")
     release: str | None = Field(None, description="Train on this release's shards (name or manifest URL); select narrows it.")
+    caption_version: str | None = Field(
+        None, description="Train on this caption version (from each sample's json); None: the shard's txt.")
+    caption_kind: Literal["long", "short"] = Field(
+        "long", description="With caption_version: the long dense caption (base) or the short one (refiner).")
     shuffle_buffer: int = 64
     num_workers: int = 0
     log_every: int = 5

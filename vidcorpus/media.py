@@ -137,11 +137,13 @@ def decode_indices(src, indices) -> dict[int, np.ndarray]:
     return got
 
 
-def read_frames(path: str, indices: Sequence[int] | None = None, n: int | None = None) -> np.ndarray:
+def read_frames(path: str, indices: Sequence[int] | None = None, n: int | None = None,
+                fps: float | None = None) -> np.ndarray:
     """Frames of a clip (video or image) as (N, H, W, 3) uint8.
 
     ``indices`` picks frames by index; ``n`` picks n frames uniformly (first and last included);
-    neither reads them all. An image is a one-frame clip.
+    neither reads them all. ``fps``: frames at about that rate instead, at most ``n`` of them
+    (``fps_indices``). An image is a one-frame clip.
     """
     lower = path.lower()
     if any(lower.endswith(ext) for ext in IMAGE_EXTS):
@@ -153,7 +155,12 @@ def read_frames(path: str, indices: Sequence[int] | None = None, n: int | None =
         if indices is None:
             total = probe_video(f)["n_frames"] or 0
             f.seek(0)
-            if n is None:
+            if fps:
+                f.seek(0)
+                native = probe_video(f)["fps"] or fps
+                f.seek(0)
+                wanted = fps_indices(total, native, fps, n)
+            elif n is None:
                 wanted = list(range(total))
             else:
                 wanted = uniform_indices(total, n)
@@ -192,6 +199,18 @@ def uniform_indices(total: int, n: int) -> list[int]:
     if n <= 1:
         return [total // 2]
     return [round(i * (total - 1) / (n - 1)) for i in range(n)]
+
+
+def fps_indices(total: int, native_fps: float, fps: float, max_frames: int | None = None) -> list[int]:
+    """Indices sampling a clip of ``total`` frames at ``native_fps`` at about ``fps``, centred in
+    each sampling interval; at most ``max_frames`` (then spread uniformly), at least one."""
+    if total <= 0:
+        return []
+    count = max(1, int(total / native_fps * fps)) if native_fps > 0 and fps > 0 else 1
+    if max_frames and count > max_frames:
+        return uniform_indices(total, max_frames)
+    step = total / count
+    return [min(total - 1, int(step * (i + 0.5))) for i in range(count)]
 
 
 def save_jpeg(arr: np.ndarray, url: str, quality: int = 90) -> int:

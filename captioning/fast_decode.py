@@ -1,0 +1,406 @@
+"""Fast greedy decoding for chat VLMs: static KV cache and a CUDA-graph-captured one-token step.
+
+transformers' default ``generate`` spends each decoding step launching a few thousand small kernels
+from Python (for a 3B model about 100 ms a step where reading the weights takes under 3 ms: the GPU
+mostly waits). This decoder keeps the model and its numbers and removes that overhead:
+
+1. Prefill: the model's own ``generate`` for the first two tokens (``max_new_tokens=2``), so the
+   vision tower, the processor's inputs and the model family's position rules (Qwen-VL's 3-D mrope
+   positions and ``rope_deltas``, LLaVA's left-padding positions) are exactly transformers'.
+   A forward pre-hook on the language model records the position ids of the one decoding step that
+   run makes; positions of later steps are those plus the step count, for every family.
+2. The prompt's keys and values are copied into static buffers (``[B, kv_heads, M, head_dim]`` per
+   layer, ``M`` rounded up to a multiple of 64 so few shapes exist).
+3. One decoding step (language model on one token, a hand-made attention mask over the static
+   buffer, the LM head, min-new-tokens and repetition-penalty rules, greedy argmax, writing the
+   token and advancing the position) is pure tensor work on device state, so on CUDA it is
+   captured once as a CUDA graph and replayed; nothing goes back to the host between steps except
+   an "all rows finished?" check every ``check_every`` steps. On the CPU the same step runs eagerly
+   (tests compare its tokens with ``generate``'s).
+
+Two attention kernels make the captured step and the prefill cheap without changing the maths:
+
+- ``gqa_decode_attention`` (decoding steps): grouped-query attention as one batched matmul per KV
+  head group, so each step reads the KV cache once; transformers' SDPA path with a padding mask
+  first copies K and V once per query head (``repeat_kv``: 8x the bytes for Qwen2.5-VL-3B).
+- ``varlen_sdpa`` (the vision tower, during this path's prefill only): Qwen-VL vision attention
+  without flash-attn runs one SDPA call per window and frame from a Python loop (about 450 calls
+  per clip and forward for 8 frames at 224 px); this gathers the windows of equal length into one
+  batched SDPA call. It is registered under a name containing "flash" because that is what makes
+  the vision code pass ``cu_seqlens`` instead of looping.
+
+Graphs are cached per (batch, buffer length, position layout); the least recently used is dropped.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+try:  # subclass transformers' Cache so type checks in model code accept ours
+    from transformers.cache_utils import Cache as _CacheBase
+except ImportError:  # pragma: no cover
+    _CacheBase = object
+
+
+DECODE_ATTENTION = "vidcorpus_gqa_decode"
+VARLEN_ATTENTION = "vidcorpus_flash_varlen_sdpa"  # "flash" in the name: see the module docstring
+
+
+def _sdpa(*args, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(*args, **kwargs)
+
+
+def gqa_decode_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                         is_causal=None, **kwargs):
+    """One-token attention over a static cache, KV heads read once. query (B, H, 1, D); key/value
+    (B, KVH, M, D); attention_mask (B, 1, 1, M) bool (True: attend). Returns (B, 1, H, D)."""
+    b, h, q, d = query.shape
+    kvh = key.shape[1]
+    if q != 1 or attention_mask is None or attention_mask.dtype != torch.bool or h % kvh:
+        return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                     is_causal=is_causal, **kwargs)
+    scale = scaling if scaling is not None else d ** -0.5
+    grouped = query.reshape(b, kvh, h // kvh, d)  # query head j uses KV head j // (h // kvh), as repeat_kv
+    scores = _scores_fp32(grouped, key) * scale  # (B, KVH, G, M), float32 like SDPA kernels keep them
+    scores = scores.masked_fill(~attention_mask[:, :, 0, :].unsqueeze(2), float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(value.dtype)
+    out = torch.matmul(probs, value)  # (B, KVH, G, D)
+    return out.reshape(b, h, 1, d).transpose(1, 2).contiguous(), None
+
+
+_BMM_FP32_OUT: bool | None = None  # torch.bmm(out_dtype=float32) on this device: probed once
+
+
+def _scores_fp32(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """q @ k^T with float32 output from bf16/fp16 inputs without upcasting K (that would double the
+    bytes read); the first call (a warm-up step, never inside a graph capture) probes support."""
+    global _BMM_FP32_OUT
+    b, kvh, g, d = q.shape
+    if q.dtype in (torch.bfloat16, torch.float16) and q.is_cuda and _BMM_FP32_OUT is not False:
+        try:
+            out = torch.bmm(q.reshape(b * kvh, g, d), k.reshape(b * kvh, -1, d).transpose(1, 2),
+                            out_dtype=torch.float32)
+            _BMM_FP32_OUT = True
+            return out.view(b, kvh, g, -1)
+        except (TypeError, RuntimeError, NotImplementedError):
+            _BMM_FP32_OUT = False
+    return torch.matmul(q, k.transpose(-1, -2)).float()
+
+
+def varlen_sdpa(module, query, key, value, attention_mask=None, dropout: float = 0.0, scaling=None,
+                is_causal=None, cu_seq_lens_q=None, cu_seq_lens_k=None, **kwargs):
+    """Packed variable-length attention (what flash-attn's varlen kernel does) with torch's SDPA:
+    segments of equal length go through one batched call. query/key/value (1, H, S, D)."""
+    kwargs.pop("max_length_q", None), kwargs.pop("max_length_k", None)
+    if cu_seq_lens_q is None or query.shape[0] != 1 or (
+            cu_seq_lens_k is not None and not torch.equal(cu_seq_lens_q, cu_seq_lens_k)):
+        return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                     is_causal=is_causal, **kwargs)
+    cu = cu_seq_lens_q.to(query.device)
+    starts, lengths = cu[:-1], cu[1:] - cu[:-1]
+    out = torch.empty_like(query[0])  # (H, S, D)
+    q0, k0, v0 = query[0], key[0], value[0]
+    for length in torch.unique(lengths).tolist():
+        if length == 0:
+            continue
+        seg = starts[lengths == length]
+        idx = (seg[:, None] + torch.arange(length, device=query.device)).reshape(-1)
+        n = seg.numel()
+
+        def gather(t):  # (H, S, D) -> (n, H, length, D)
+            return t.index_select(1, idx).view(t.shape[0], n, length, t.shape[2]).transpose(0, 1)
+
+        o = torch.nn.functional.scaled_dot_product_attention(
+            gather(q0), gather(k0), gather(v0), dropout_p=0.0, is_causal=bool(is_causal), scale=scaling)
+        out.index_copy_(1, idx, o.transpose(0, 1).reshape(out.shape[0], -1, out.shape[2]))
+    return out.unsqueeze(0).transpose(1, 2).contiguous(), None
+
+
+def register_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(DECODE_ATTENTION, gqa_decode_attention)
+    AttentionInterface.register(VARLEN_ATTENTION, varlen_sdpa)
+
+
+class _AttnSwitch:
+    """Use another registered attention implementation on one (sub)config for a while."""
+
+    def __init__(self, config, name: str | None):
+        self.config, self.name, self.old = config, name, None
+
+    def __enter__(self):
+        if self.config is not None and self.name:
+            self.old = self.config._attn_implementation
+            self.config._attn_implementation = self.name
+        return self
+
+    def __exit__(self, *exc):
+        if self.config is not None and self.name:
+            self.config._attn_implementation = self.old
+        return False
+
+
+class StaticKV(_CacheBase):
+    """Per-layer static key/value buffers written at one device-side index (graph friendly)."""
+
+    is_compileable = True
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], index: torch.Tensor):
+        # Deliberately not calling Cache.__init__: its signature differs between transformers
+        # versions, and the model code only calls update() on a cache it is handed.
+        self.keys, self.values, self.index = keys, values, index
+        self.layers = []
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        self.keys[layer_idx].index_copy_(2, self.index, key_states)
+        self.values[layer_idx].index_copy_(2, self.index, value_states)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:  # only used if position ids are missing
+        raise RuntimeError("StaticKV needs explicit position ids")
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@dataclass
+class _Slot:
+    """Device state of one captured step (all tensors keep their addresses between calls)."""
+
+    cache: StaticKV
+    tok: torch.Tensor  # (B, 1) the token fed at the current step
+    pos_now: torch.Tensor  # (1,) cache index of the fed token
+    prompt_len: torch.Tensor  # (1,)
+    min_new: torch.Tensor  # (1,)
+    offset: torch.Tensor  # position ids minus cache index, e.g. (3, B, 1) for mrope or (B, 1)
+    valid: torch.Tensor  # (B, M) bool: prompt mask, True for generated positions
+    out: torch.Tensor  # (B, max_new) generated tokens
+    seen: torch.Tensor | None  # (B, V) bool, for the repetition penalty
+    graph: object = None
+
+
+def _language_model(model):
+    inner = getattr(model, "model", None)
+    lm = getattr(inner, "language_model", None)
+    if lm is None and hasattr(model, "get_decoder"):
+        lm = model.get_decoder()
+    if lm is None:
+        raise TypeError(f"{type(model).__name__}: no language model found for graph decoding")
+    return lm
+
+
+def supports_graph_decode(model) -> bool:
+    """Decoder-only VLMs (chat templates) whose language model and LM head we can call directly."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        return False
+    try:
+        lm = _language_model(model)
+    except TypeError:
+        return False
+    types = getattr(getattr(lm, "config", None), "layer_types", None) or ["full_attention"]
+    if any(t != "full_attention" for t in types):  # sliding windows would need their own masks
+        return False
+    return model.get_output_embeddings() is not None and hasattr(lm, "layers")
+
+
+class GraphDecoder:
+    """Greedy decoding with a static KV cache; the decoding step is a CUDA graph on GPUs."""
+
+    def __init__(self, model, use_graph: bool | None = None, max_graphs: int = 2, check_every: int = 8,
+                 bucket: int = 64, fast_attention: bool = True):
+        if not supports_graph_decode(model):
+            raise TypeError(f"{type(model).__name__} is not supported by the static-graph decoder")
+        register_attention()
+        self.model = model
+        self.lm = _language_model(model)
+        self.head = model.get_output_embeddings()
+        self.device = next(model.parameters()).device
+        self.use_graph = (self.device.type == "cuda") if use_graph is None else use_graph
+        self.max_graphs = max_graphs
+        self.check_every = check_every
+        self.bucket = bucket
+        self.slots: OrderedDict[tuple, _Slot] = OrderedDict()
+        self.last_stats: dict = {}
+        # the decoding step's attention, and the vision tower's during prefill (Qwen-VL families,
+        # whose vision attention takes cu_seqlens) when they run on SDPA
+        self.decode_attention = DECODE_ATTENTION if fast_attention else None
+        vision = getattr(model.config, "vision_config", None)
+        qwen_vision = getattr(model.config, "model_type", "") in ("qwen2_vl", "qwen2_5_vl")
+        self.vision_config = vision if (fast_attention and qwen_vision and vision is not None
+                                        and vision._attn_implementation == "sdpa") else None
+
+    # -- public -------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, inputs: dict, max_new_tokens: int, min_new_tokens: int, eos_ids: list[int],
+                 pad_id: int, repetition_penalty: float = 1.0, **generate_kwargs) -> torch.Tensor:
+        """Generated token ids (B, n <= max_new_tokens), padded with ``pad_id`` after an EOS."""
+        import time
+
+        t0 = time.perf_counter()
+        prompt_len = inputs["input_ids"].shape[1]
+        first = min(2, max_new_tokens)
+        recorded: list[dict] = []
+
+        def hook(_module, args, kwargs):
+            recorded.append({"position_ids": kwargs.get("position_ids")})
+
+        handle = self.lm.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            with _AttnSwitch(self.vision_config, VARLEN_ATTENTION if self.vision_config is not None else None):
+                res = self.model.generate(
+                    **inputs, max_new_tokens=first, min_new_tokens=min(min_new_tokens, first), do_sample=False,
+                    num_beams=1, repetition_penalty=repetition_penalty, return_dict_in_generate=True,
+                    eos_token_id=eos_ids, pad_token_id=pad_id, **generate_kwargs)
+        finally:
+            handle.remove()
+        new = res.sequences[:, prompt_len:]
+        self._sync()
+        t1 = time.perf_counter()
+        self.last_stats = {"prefill_s": t1 - t0, "decode_s": 0.0, "capture_s": 0.0, "steps": 0}
+        eos = torch.tensor(sorted(set(eos_ids)), device=self.device)
+        if new.shape[1] < max_new_tokens and (new.shape[1] < first or torch.isin(new, eos).any(1).all()):
+            return new  # every row already ended (or nothing more to generate)
+        if len(recorded) < 2 or recorded[1]["position_ids"] is None:
+            raise RuntimeError("graph decoding: could not record the decoding step's position ids")
+
+        batch = new.shape[0]
+        pos2 = recorded[1]["position_ids"].to(self.device)  # positions of the token at cache index L
+        layers = res.past_key_values.layers if hasattr(res.past_key_values, "layers") else None
+        if layers is None:
+            raise RuntimeError("graph decoding needs transformers >= 4.56 caches (past_key_values.layers)")
+        length = -(-(prompt_len + max_new_tokens) // self.bucket) * self.bucket
+        key = (batch, length, tuple(pos2.shape), repetition_penalty != 1.0, max_new_tokens,
+               tuple(eos.tolist()))
+        slot = self.slots.pop(key, None)
+        if slot is None:
+            while len(self.slots) >= self.max_graphs:
+                self.slots.popitem(last=False)
+            slot = self._new_slot(layers, batch, length, pos2, max_new_tokens, repetition_penalty)
+        self.slots[key] = slot  # most recently used last
+
+        # load this call's state into the slot's fixed tensors
+        filled = prompt_len + 1  # the prompt and token 1 are in the prefill cache
+        for i, layer in enumerate(layers):
+            slot.cache.keys[i][:, :, :filled].copy_(layer.keys[:, :, :filled])
+            slot.cache.values[i][:, :, :filled].copy_(layer.values[:, :, :filled])
+        mask = inputs.get("attention_mask")
+        slot.valid.fill_(True)
+        if mask is not None:
+            slot.valid[:, :prompt_len].copy_(mask.to(self.device).bool())
+        slot.offset.copy_(pos2 - prompt_len)
+        slot.prompt_len.fill_(prompt_len)
+        slot.min_new.fill_(min_new_tokens)
+        slot.out.fill_(pad_id)
+        slot.out[:, :2].copy_(new[:, :2])
+        if slot.seen is not None:
+            slot.seen.zero_()
+            slot.seen.scatter_(1, res.sequences.to(self.device), True)
+        self._reset(slot, prompt_len, new)
+
+        t2 = time.perf_counter()
+        if self.use_graph and slot.graph is None:
+            self._capture(slot, eos, repetition_penalty, prompt_len, new)
+        t3 = time.perf_counter()
+        steps = max_new_tokens - 2
+        for s in range(steps):
+            if slot.graph is not None:
+                slot.graph.replay()
+            else:
+                self._step(slot, eos, repetition_penalty)
+            if (s + 1) % self.check_every == 0 and s + 1 < steps:
+                if torch.isin(slot.out[:, :s + 3], eos).any(1).all():  # one sync every check_every steps
+                    steps = s + 1
+                    break
+        out = slot.out[:, :steps + 2].clone()
+        # like generate: everything after a row's first EOS is padding
+        ended = torch.isin(out, eos).long().cumsum(1)
+        after = (ended - torch.isin(out, eos).long()) > 0
+        out[after] = pad_id
+        self._sync()
+        t4 = time.perf_counter()
+        self.last_stats.update(decode_s=t4 - t3, capture_s=t3 - t2, steps=steps + 1,
+                               graph=slot.graph is not None)
+        return out
+
+    # -- internals ----------------------------------------------------------------------------------
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _new_slot(self, layers, batch: int, length: int, pos2: torch.Tensor, max_new: int, rp: float) -> _Slot:
+        keys, values = [], []
+        for layer in layers:
+            k, v = layer.keys, layer.values
+            keys.append(torch.zeros((batch, k.shape[1], length, k.shape[3]), dtype=k.dtype, device=self.device))
+            values.append(torch.zeros((batch, v.shape[1], length, v.shape[3]), dtype=v.dtype, device=self.device))
+        index = torch.zeros(1, dtype=torch.long, device=self.device)
+        vocab = self.head.weight.shape[0]
+        return _Slot(
+            cache=StaticKV(keys, values, index),
+            tok=torch.zeros((batch, 1), dtype=torch.long, device=self.device),
+            pos_now=index,  # the cache writes where the fed token sits
+            prompt_len=torch.zeros(1, dtype=torch.long, device=self.device),
+            min_new=torch.zeros(1, dtype=torch.long, device=self.device),
+            offset=torch.zeros_like(pos2, dtype=torch.long),
+            valid=torch.ones((batch, length), dtype=torch.bool, device=self.device),
+            out=torch.zeros((batch, max_new), dtype=torch.long, device=self.device),
+            seen=torch.zeros((batch, vocab), dtype=torch.bool, device=self.device) if rp != 1.0 else None,
+        )
+
+    @staticmethod
+    def _reset(slot: _Slot, prompt_len: int, new: torch.Tensor) -> None:
+        slot.tok.copy_(new[:, 1:2])
+        slot.pos_now.fill_(prompt_len + 1)  # token 2 goes to cache index L + 1
+
+    def _step(self, slot: _Slot, eos: torch.Tensor, rp: float) -> None:
+        """One decoding step, device work only: feed slot.tok at slot.pos_now, write the next token."""
+        length = slot.valid.shape[1]
+        arange = torch.arange(length, device=self.device)
+        mask = (slot.valid & (arange <= slot.pos_now)).view(slot.valid.shape[0], 1, 1, length)
+        with _AttnSwitch(self.lm.config, self.decode_attention):
+            # a 4-D mask is used as given by transformers' mask preparation (no mask built per step)
+            hidden = self.lm(input_ids=slot.tok, attention_mask=mask,
+                             position_ids=slot.offset + slot.pos_now, past_key_values=slot.cache,
+                             use_cache=True).last_hidden_state
+        logits = self.head(hidden[:, -1, :]).float()
+        if slot.seen is not None:  # transformers' RepetitionPenaltyLogitsProcessor, over prompt + output
+            penalised = torch.where(logits < 0, logits * rp, logits / rp)
+            logits = torch.where(slot.seen, penalised, logits)
+        n_done = slot.pos_now - slot.prompt_len + 1  # tokens generated before this one
+        suppress = (n_done < slot.min_new).view(1, 1)
+        eos_cols = logits[:, eos]
+        logits = logits.index_copy(1, eos, torch.where(suppress, torch.full_like(eos_cols, float("-inf")), eos_cols))
+        nxt = logits.argmax(-1)
+        slot.out.index_copy_(1, n_done, nxt.view(-1, 1))
+        if slot.seen is not None:
+            slot.seen.scatter_(1, nxt.view(-1, 1), True)
+        slot.tok.copy_(nxt.view(-1, 1))
+        slot.pos_now.add_(1)
+
+    def _capture(self, slot: _Slot, eos: torch.Tensor, rp: float, prompt_len: int, new: torch.Tensor) -> None:
+        saved_seen = slot.seen.clone() if slot.seen is not None else None
+        saved_out = slot.out.clone()
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up: lazy kernels, cuBLAS workspaces
+                self._step(slot, eos, rp)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        # warm-up advanced the state: put it back (the KV written past the prompt is masked until
+        # it is overwritten by the real step at that index)
+        self._reset(slot, prompt_len, new)
+        with torch.cuda.graph(graph):
+            self._step(slot, eos, rp)
+        # capture records without running; make sure the state is the call's starting state
+        self._reset(slot, prompt_len, new)
+        slot.out.copy_(saved_out)
+        if saved_seen is not None:
+            slot.seen.copy_(saved_seen)
+        slot.graph = graph
