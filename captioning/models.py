@@ -426,11 +426,11 @@ def load_captioner(name_or_dir: str, device: str | torch.device | None = None, d
                    decode: str = "static_graph", repetition_penalty: float = 1.0,
                    max_pixels: int | None = None) -> Captioner:
     """Load any image-text-to-text captioner (hub id or local dir) the same way; fail fast if missing."""
-    from transformers import AutoProcessor
-
     from vidcorpus.presets import require_hf_model
 
-    path = require_hf_model(name_or_dir, "captioner")
+    path = require_hf_model(name_or_dir, "captioner")  # before transformers' slow imports: fail fast
+    from transformers import AutoProcessor
+
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
