@@ -75,6 +75,26 @@ def _run_stage(stage_cls: type[Stage], cfg: Config, batch: pa.Table) -> pa.Table
     return stage_cls(cfg)(batch)
 
 
+def actor_gpu_plan(stages: list[type[Stage]], gpus_available: float) -> dict[type[Stage], tuple[int, float]]:
+    """(pool size, GPUs per actor) of every actor stage.
+
+    A GPU stage gets one replica per GPU; GPU stages share each GPU in equal fractions, because a
+    streaming pipeline needs all of its actor pools alive at once (two stages asking for a whole
+    GPU each would wait forever on a one-GPU machine). CPU actors get one replica and no GPU.
+    """
+    gpu_stages = [s for s in stages if s.resources.actor and getattr(s, "wants_gpu", False)]
+    n_gpus = int(gpus_available)
+    plan: dict[type[Stage], tuple[int, float]] = {}
+    for s in stages:
+        if not s.resources.actor:
+            continue
+        if n_gpus >= 1 and s in gpu_stages:
+            plan[s] = (n_gpus, 1.0 / len(gpu_stages))
+        else:
+            plan[s] = (1, 0.0)
+    return plan
+
+
 def build_dataset(cfg: Config, sources: list[dict], gpus_available: float = 0.0, cpus: float = 2.0):
     """The lazy Ray Dataset of a run: source rows in, decided (and captioned) clip rows out."""
     import ray.data
@@ -83,11 +103,12 @@ def build_dataset(cfg: Config, sources: list[dict], gpus_available: float = 0.0,
     per_block = max(1, min(256, len(sources) // max(1, int(4 * cpus))))
     blocks = [rows_to_table(sources[i:i + per_block]) for i in range(0, len(sources), per_block)]
     ds = ray.data.from_arrow(blocks)
-    for stage_cls in pipeline_stages():
+    stages = pipeline_stages()
+    plan = actor_gpu_plan(stages, gpus_available)
+    for stage_cls in stages:
         res = stage_cls.resources
         if res.actor:
-            wants_gpu = getattr(stage_cls, "wants_gpu", False) and gpus_available >= 1
-            pool = int(gpus_available) if wants_gpu else 1  # one model replica per GPU, else one on CPU
+            pool, gpus = plan[stage_cls]
             ds = ds.map_batches(
                 stage_cls,
                 fn_constructor_args=(cfg,),
@@ -95,7 +116,7 @@ def build_dataset(cfg: Config, sources: list[dict], gpus_available: float = 0.0,
                 batch_size=getattr(stage_cls, "batch_rows", 8),
                 compute=ray.data.ActorPoolStrategy(size=pool),
                 num_cpus=cfg.ray.actor_cpus,
-                num_gpus=1 if wants_gpu else 0,
+                num_gpus=gpus,
             )
         else:
             ds = ds.map_batches(
