@@ -156,8 +156,9 @@ def test_report_is_self_contained_escaped_and_renders_in_chromium(catalog, tmp_p
     index = out / "index.html"
     pngs = sorted((out / "plots").glob("*.png"))
     names = {p.stem for p in pngs}
-    assert {"funnel", "reasons", "failures", "caption_length", "scatter_aesthetic_clip_text",
+    assert {"funnel", "reasons", "failures", "caption_length", "caption_qa", "scatter_aesthetic_clip_text",
             "score_aesthetic", "score_motion", "score_blur"} <= names
+    assert "caption QA per version" in index.read_text() and ">caption_clip<" in index.read_text()
     for p in pngs:
         with Image.open(p) as im:
             assert im.format == "PNG" and im.width > 100 and im.height > 100

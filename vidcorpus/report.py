@@ -76,6 +76,7 @@ class ReportData:
     recipe_id: str | None = None
     notes: list[str] = field(default_factory=list)
     release: str | None = None
+    caption_qa: list[dict] = field(default_factory=list)  # clip_id, scorer (caption_*), version, value
 
     @property
     def scorers(self) -> list[str]:
@@ -125,6 +126,9 @@ def load_report_data(cat: Catalog, run: str | None = None, recipe_path: str | No
         if r["value"] is not None:
             scores[r["clip_id"]][r["scorer"]] = float(r["value"])
     captions = q("SELECT clip_id, version, kind, text, model, prompt_version, meta_json FROM captions" + _where(run))
+    caption_qa = [r for r in q("SELECT clip_id, scorer, version, arg_max(value, written_at) AS value FROM scores"
+                               + _where(run) + " GROUP BY clip_id, scorer, version")
+                  if r["scorer"].startswith("caption_") and r["value"] is not None]
     long_captioned = {c["clip_id"] for c in captions if c["kind"] == "long" and c["text"]}
     versions: dict[str, set[str]] = defaultdict(set)
     for c in captions:
@@ -140,7 +144,7 @@ def load_report_data(cat: Catalog, run: str | None = None, recipe_path: str | No
                  sharded=c["clip_id"] in sharded, trained=c["clip_id"] in trained)
     failures = q("SELECT item_id, stage, source_id, uri, error_class, error, attempts, run_id FROM failures"
                  + _where(run) + " ORDER BY stage, error_class, item_id")
-    data = ReportData(cat.path, run, clips, dict(scores), sources, failures, captions)
+    data = ReportData(cat.path, run, clips, dict(scores), sources, failures, captions, caption_qa=caption_qa)
     if release:
         _limit_to_release(cat, data, release)
     _attach_recipe(data, recipe_path)
@@ -173,6 +177,7 @@ def _limit_to_release(cat: Catalog, data: ReportData, name: str) -> None:
     srcs = {c["source_id"] for c in clips}
     data.scores = {k: v for k, v in data.scores.items() if k in ids}
     data.captions = [c for c in data.captions if c["clip_id"] in ids]
+    data.caption_qa = [c for c in data.caption_qa if c["clip_id"] in ids]
     data.sources = [s for s in data.sources if s["source_id"] in srcs]
     data.failures = [f for f in data.failures if f["source_id"] in srcs or f["item_id"] in ids]
     data.release = name
@@ -520,11 +525,9 @@ def build_report(catalog: str | Path, out_dir: str | Path, run: str | None = Non
         rows = [[_e(s["version"]), _e(s["kind"]), s["n"], f"{s['mean_words']:.1f}", f"{s['median_words']:.0f}",
                  s["max_words"], "" if s["degenerate"] is None else f"{s['degenerate']} of {s['flagged']}"]
                 for s in stats]
-        qa = [s for s in data.scorers if s.startswith("caption")]
         body = w.img(w.plots[-1], "caption length") + _table(
-            ["version", "kind", "captions", "mean words", "median", "max", "degenerate"], rows, {2, 3, 4, 5}) + (
-            "<p>caption QA scores: " + ", ".join(f'<a href="#score-{_e(s)}">{_e(s)}</a>' for s in qa) + "</p>" if qa
-            else '<p class="note">no caption QA scores in this catalog yet (scores named caption_*).</p>')
+            ["version", "kind", "captions", "mean words", "median", "max", "degenerate"], rows, {2, 3, 4, 5})
+        body += _caption_qa_section(w, data)
     else:
         body = "<p>no captions</p>"
     sections.append(("captions", "Captions", body))
@@ -551,6 +554,23 @@ def build_report(catalog: str | Path, out_dir: str | Path, run: str | None = Non
     if console is not None:
         print_headline(data, console)
     return ReportResult(index, list(w.plots), n_pages, time.time() - t0)
+
+
+def _caption_qa_section(w: _Writer, data: ReportData) -> str:
+    """Caption-QA distributions per QA score and caption version (the score's version field)."""
+    from vidcorpus import report_plots as rp
+
+    groups: dict[str, list[float]] = defaultdict(list)
+    for r in data.caption_qa:
+        groups[f"{r['scorer']} {r['version']}"].append(float(r["value"]))
+    if not groups:
+        return '<p class="note">no caption QA scores in this catalog yet (scores named caption_*).</p>'
+    arrays = {k: np.array(v) for k, v in sorted(groups.items())}
+    rp.box_plot(arrays, "score", "caption QA per score and caption version", w.plot("caption_qa"))
+    rows = [[_e(k.split(" ", 1)[0]), _e(k.split(" ", 1)[1]), len(v), f"{v.mean():.3f}", f"{np.median(v):.3f}",
+             f"{v.min():.3f}", f"{v.max():.3f}"] for k, v in arrays.items()]
+    return ("<h3>caption QA per version</h3>" + w.img(w.plots[-1], "caption QA")
+            + _table(["score", "caption version", "captions", "mean", "median", "min", "max"], rows, {2, 3, 4, 5, 6}))
 
 
 def _galleries(w: _Writer, masks, per_gallery: int) -> str:

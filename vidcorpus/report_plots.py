@@ -122,12 +122,17 @@ def bar_plot(labels: Sequence[str], counts: Sequence[int], title: str, path: Pat
     _save(fig, path)
 
 
-def caption_length_plot(groups: dict[str, np.ndarray], path: Path) -> None:
-    """Caption length in words per (caption version, kind): one box per group."""
+def box_plot(groups: dict[str, np.ndarray], ylabel: str, title: str, path: Path) -> None:
+    """One box (with its mean) per group, labelled by the group's key."""
     labels = list(groups)
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(labels) + 2), 3))
     ax.boxplot([groups[k] for k in labels], showmeans=True)
     ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=8, rotation=20)
-    ax.set_ylabel("words")
-    ax.set_title("caption length per version / kind", fontsize=10)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     _save(fig, path)
+
+
+def caption_length_plot(groups: dict[str, np.ndarray], path: Path) -> None:
+    """Caption length in words per (caption version, kind): one box per group."""
+    box_plot(groups, "words", "caption length per version / kind", path)
