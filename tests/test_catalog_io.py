@@ -426,7 +426,8 @@ def test_a_writer_killed_mid_commit_leaves_whole_batches(tmp_path):
         while time.time() < deadline and "BEGIN 2" not in log.read_text():
             assert proc.poll() is None, log.read_text()
             time.sleep(0.02)
-        time.sleep(0.3)  # inside the third transaction
+        took = float(log.read_text().split("COMMITTED 1 ")[1].split()[0])
+        time.sleep(took / 2)  # half-way into the third transaction (the second took `took` seconds)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
