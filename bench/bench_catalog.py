@@ -152,6 +152,8 @@ def main() -> None:
     ap.add_argument("--reference-timeout", type=float, default=120.0)
     ap.add_argument("--memory-limit", default="10GB", help="DuckDB memory_limit of the writer.")
     ap.add_argument("--db", default="/tmp/bench-catalog/catalog.duckdb")
+    ap.add_argument("--skip-load", action="store_true",
+                    help="Measure an existing --db (e.g. a load that was stopped part-way: its batches are whole).")
     ap.add_argument("--json", default=None, help="Write the results here too.")
     ap.add_argument("--doc", default=None, help="Append a markdown section to this file (docs/benchmarks.md).")
     args = ap.parse_args()
@@ -159,15 +161,16 @@ def main() -> None:
     scorers = SCORERS[:args.scorers]
     db = Path(args.db)
     db.parent.mkdir(parents=True, exist_ok=True)
-    for p in (db, Path(str(db) + ".wal")):
-        p.unlink(missing_ok=True)
+    if not args.skip_load:
+        for p in (db, Path(str(db) + ".wal")):
+            p.unlink(missing_ok=True)
     load_before = os.getloadavg()
     gen_s = ins_s = 0.0
     long_rows = 0
     cat = Catalog(db)
     cat.con.execute("SET threads = 2")
     cat.con.execute(f"SET memory_limit = '{args.memory_limit}'")
-    for lo in range(0, args.clips, args.batch):
+    for lo in range(0, 0 if args.skip_load else args.clips, args.batch):
         t = time.perf_counter()
         frags = _gen(lo, min(lo + args.batch, args.clips), args.clips, scorers)
         gen_s += time.perf_counter() - t
@@ -186,6 +189,9 @@ def main() -> None:
                                   "UNION ALL SELECT 'clips_wide', count(*) FROM clips_wide").fetchall())
     scorer_list = [r[0] for r in cat.con.execute("SELECT DISTINCT scorer FROM scores ORDER BY 1").fetchall()]
     cat.close()
+    if args.skip_load:
+        args.clips = counts["clips"]
+        ins_s = float("nan")
     size = os.path.getsize(db) + (os.path.getsize(str(db) + ".wal") if os.path.exists(str(db) + ".wal") else 0)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -217,7 +223,7 @@ def main() -> None:
         "command": "python " + " ".join(sys.argv),
         "clips": args.clips, "scorers": len(scorers), "counts": counts, "long_rows_written": long_rows,
         "generate_s": gen_s, "insert_s": ins_s, "checkpoint_s": ckpt_s,
-        "clips_per_s": args.clips / ins_s, "rows_per_s": long_rows / ins_s,
+        "clips_per_s": args.clips / ins_s, "rows_per_s": long_rows / ins_s, "skip_load": args.skip_load,
         "file_bytes": size, "bytes_per_clip": size / args.clips, "peak_rss_mb": peak_rss_mb,
         "commit_64_clips_s": commit, "queries": results,
     }
