@@ -430,8 +430,9 @@ class Catalog:
         order = ["runs", "sources", "clips", "scores", "captions", "decisions", "shards", "shard_members", "failures"]
         tables = sorted(fragments, key=lambda t: order.index(t) if t in order else len(order))
         counts: dict[str, int] = {}
-        with self.transaction():
+        with self.transaction() as con:
             for table in tables:
+                has_run = "run_id" in self._columns(con, table)
                 parts = fragments[table]
                 parts = parts if isinstance(parts, list) else [parts]
                 counts[table] = 0
@@ -441,7 +442,7 @@ class Catalog:
 
                         with fsspec.open(str(part), "rb") as f:
                             part = pq.read_table(f)
-                    if "run_id" not in part.column_names and table not in ("shard_members",):
+                    if has_run and "run_id" not in part.column_names:
                         part = part.append_column("run_id", pa.array([run_id] * part.num_rows, pa.string()))
                     counts[table] += self._upsert(table, part)
         return counts
