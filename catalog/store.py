@@ -26,7 +26,6 @@ import duckdb
 import pyarrow as pa
 
 from vidcorpus.catalog.schema import (
-    CLIP_COLUMNS,
     FUNNEL_BY_RUN_SQL,
     FUNNEL_SQL,
     LATEST_VERSION,

@@ -250,8 +250,6 @@ def catalog_funnel(catalog: Optional[str] = CatalogOpt, config: Optional[Path] =
                    run_id: Optional[str] = typer.Option(None, "--run", help="Only the clips this run wrote."),
                    by_run: bool = typer.Option(False, "--by-run", help="One funnel per run, then the total.")) -> None:
     """Counts and hours per stage: sources, failed, shots, scored, kept, captioned, sharded, trained on."""
-    from vidcorpus.catalog.store import Catalog
-
     cfg = _config(config, None, workdir=workdir, catalog=catalog)
     with _open_catalog(cfg.catalog_path) as cat:
         if by_run:
@@ -267,8 +265,6 @@ def catalog_funnel(catalog: Optional[str] = CatalogOpt, config: Optional[Path] =
 def catalog_failures(catalog: Optional[str] = CatalogOpt, config: Optional[Path] = ConfigOpt,
                      workdir: Optional[str] = WorkdirOpt) -> None:
     """Failures by stage and error class, with an example message each."""
-    from vidcorpus.catalog.store import Catalog
-
     cfg = _config(config, None, workdir=workdir, catalog=catalog)
     with _open_catalog(cfg.catalog_path) as cat:
         _print_table(cat.query("SELECT * FROM failures_by_class"), title="failures by class")
