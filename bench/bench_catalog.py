@@ -117,7 +117,8 @@ def _direct_load(con, n_total: int, scorers: list[str], batch: int = 960_000) ->
             f"CASE WHEN {kept} THEN 'a caption of clip ' || {cid} END AS caption, "
             f"CASE WHEN {kept} THEN 'a caption of clip ' || {cid} END AS short_caption, "
             f"CASE WHEN {kept} THEN 'v1' END AS caption_version, CASE WHEN {kept} THEN {shard} END AS shard_id, "
-            f"CASE WHEN {kept} THEN 's3://b/shards/' || {shard} || '.tar' END AS shard_url, TRUE AS scored, {cols} {base}")
+            f"CASE WHEN {kept} THEN 's3://b/shards/' || {shard} || '.tar' END AS shard_url, TRUE AS scored, "
+            f"{kept} AS captioned, i % 100 = 0 AS trained, {cols} {base}")
         con.execute(f"INSERT INTO shards SELECT {shard}, 's3://b/shards/' || {shard} || '.tar', md5((i // 640)::VARCHAR), 0, "
                     f"count(*), 'video-720p-16x9-f128', 'v1', any_value({run}), any_value({when}) {base} WHERE {kept} "
                     f"GROUP BY i // 640")

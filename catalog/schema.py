@@ -108,7 +108,8 @@ MIGRATIONS: list[tuple[int, str]] = [
             uri VARCHAR, source_text VARCHAR, source_sha256 VARCHAR,
             recipe VARCHAR, kept BOOLEAN, reason VARCHAR,
             caption VARCHAR, short_caption VARCHAR, caption_version VARCHAR,
-            shard_id VARCHAR, shard_url VARCHAR, scored BOOLEAN
+            shard_id VARCHAR, shard_url VARCHAR,
+            scored BOOLEAN, captioned BOOLEAN, trained BOOLEAN  -- flags the funnels count (no string scans)
         );
         """,
     ),
@@ -123,7 +124,7 @@ CLIP_COLUMNS = frozenset({
     "clip_id", "source_id", "media_type", "first_frame", "last_frame", "start_s", "end_s", "duration_s", "n_frames",
     "fps", "width", "height", "clip_path", "first_frame_path", "run_id", "updated_at", "extract_mode", "uri",
     "source_text", "source_sha256", "recipe", "kept", "reason", "caption", "short_caption", "caption_version",
-    "shard_id", "shard_url", "scored",
+    "shard_id", "shard_url", "scored", "captioned", "trained",
 })
 """Column names of clips_wide that are not scores; a scorer with one of these names stays in the long table."""
 
@@ -172,10 +173,12 @@ def wide_view_sql(scorers: list[str], where: str | None = None) -> str:
                      arg_max(recipe, decided_at) AS recipe
               FROM decisions WHERE clip_id IN (SELECT clip_id FROM c) GROUP BY clip_id),
         m AS (SELECT clip_id, min(shard_id) AS shard_id FROM shard_members
-              WHERE clip_id IN (SELECT clip_id FROM c) GROUP BY clip_id)
+              WHERE clip_id IN (SELECT clip_id FROM c) GROUP BY clip_id),
+        t AS (SELECT DISTINCT clip_id FROM train_samples WHERE clip_id IN (SELECT clip_id FROM c))
         SELECT c.*, src.uri, src.text AS source_text, src.sha256 AS source_sha256,
                d.recipe, d.kept, d.reason, cap.caption, cap.short_caption, cap.caption_version,
-               m.shard_id, sh.url AS shard_url, coalesce(s.scored, FALSE) AS scored{''.join(f', s."{n}"' for n in scorers)}
+               m.shard_id, sh.url AS shard_url, coalesce(s.scored, FALSE) AS scored,
+               cap.caption IS NOT NULL AS captioned, t.clip_id IS NOT NULL AS trained{''.join(f', s."{n}"' for n in scorers)}
         FROM c
         LEFT JOIN sources src USING (source_id)
         LEFT JOIN s USING (clip_id)
@@ -183,6 +186,7 @@ def wide_view_sql(scorers: list[str], where: str | None = None) -> str:
         LEFT JOIN d USING (clip_id)
         LEFT JOIN m USING (clip_id)
         LEFT JOIN shards sh ON sh.shard_id = m.shard_id
+        LEFT JOIN t USING (clip_id)
     """
 
 
@@ -205,8 +209,7 @@ def _funnel_body(by_run: bool) -> str:
                 f"sum(duration_s) FILTER (WHERE {cond}) / 3600 AS {name}_h")
 
     stages = [("shots", "TRUE"), ("scored", "scored"), ("kept", "kept"),
-              ("captioned", "kept AND caption IS NOT NULL"), ("sharded", "shard_id IS NOT NULL"),
-              ("trained_on", "t.clip_id IS NOT NULL")]
+              ("captioned", "kept AND captioned"), ("sharded", "shard_id IS NOT NULL"), ("trained_on", "trained")]
     join = "FULL JOIN" if by_run else "CROSS JOIN"
     on = " USING (run_id)" if by_run else ""
     run_expr = "run_id" if by_run else "NULL::VARCHAR"
@@ -219,7 +222,7 @@ def _funnel_body(by_run: bool) -> str:
                      FROM sources{group}),
         fail AS (SELECT {pick}, count(DISTINCT coalesce(source_id, item_id)) AS fail_n FROM failures{group}),
         w AS (SELECT {pick}, {', '.join(clip_stage(n, c) for n, c in stages)}
-              FROM clips_wide LEFT JOIN (SELECT DISTINCT clip_id FROM train_samples) t USING (clip_id){group}),
+              FROM clips_wide{group}),
         j AS (SELECT {run_expr} AS run_id, coalesce(src_n, 0) AS src_n, src_h, coalesce(fail_n, 0) AS fail_n,
                      {', '.join(f'coalesce({n}_n, 0) AS {n}_n, {n}_h' for n, _c in stages)}
               FROM src {join} fail{on} {join} w{on})

@@ -272,7 +272,7 @@ class Catalog:
                 con.execute("UPDATE clips_wide SET shard_url = s.url FROM shards s WHERE clips_wide.shard_id = s.shard_id "
                             "AND s.shard_id IN (SELECT unnest(?))", [changed])
             return
-        if table not in ("clips", "scores", "captions", "decisions", "shard_members"):
+        if table not in ("clips", "scores", "captions", "decisions", "shard_members", "train_samples"):
             return
         ids = [r[0] for r in con.execute("SELECT DISTINCT clip_id FROM _rows WHERE clip_id IS NOT NULL").fetchall()]
         if not ids:
@@ -286,7 +286,7 @@ class Catalog:
             cols = ", ".join(f'b."{c}"' for c in clip_cols)
             if len(existing) < len(ids):
                 con.execute(f"INSERT INTO clips_wide BY NAME SELECT {cols}, b._uri AS uri, b._text AS source_text, "
-                            f"b._sha AS source_sha256, FALSE AS scored FROM ({src}) b "
+                            f"b._sha AS source_sha256, FALSE AS scored, FALSE AS captioned, FALSE AS trained FROM ({src}) b "
                             f"WHERE b.clip_id NOT IN (SELECT unnest(?))", [sorted(existing)])
             if existing:
                 sets = ", ".join(f'"{c}" = b."{c}"' for c in clip_cols if c != "clip_id")
@@ -304,7 +304,8 @@ class Catalog:
         elif table == "captions":
             con.execute(
                 "UPDATE clips_wide SET caption = coalesce(b.caption, clips_wide.caption), "
-                "short_caption = coalesce(b.short_caption, clips_wide.short_caption), caption_version = b.caption_version "
+                "short_caption = coalesce(b.short_caption, clips_wide.short_caption), caption_version = b.caption_version, "
+                "captioned = coalesce(b.caption, clips_wide.caption) IS NOT NULL "
                 "FROM (SELECT clip_id, arg_max(text, written_at) FILTER (WHERE kind = 'long') AS caption, "
                 "arg_max(text, written_at) FILTER (WHERE kind = 'short') AS short_caption, "
                 "arg_max(version, written_at) AS caption_version FROM _rows GROUP BY clip_id) b "
@@ -315,6 +316,8 @@ class Catalog:
                 "FROM (SELECT clip_id, arg_max(kept, decided_at) AS kept, arg_max(reason, decided_at) AS reason, "
                 "arg_max(recipe, decided_at) AS recipe FROM _rows GROUP BY clip_id) b "
                 f"WHERE clips_wide.clip_id = b.clip_id AND {where}")
+        elif table == "train_samples":
+            con.execute(f"UPDATE clips_wide SET trained = TRUE WHERE {where} AND trained IS DISTINCT FROM TRUE")
         elif table == "shard_members":
             con.execute(
                 "UPDATE clips_wide SET shard_id = least(coalesce(clips_wide.shard_id, b.shard_id), b.shard_id) "

@@ -135,6 +135,12 @@ def test_reingest_is_idempotent_and_the_wide_table_follows_every_write(tmp_path)
         sharded = cat.query_dicts("SELECT w.shard_id, w.shard_url, s.url FROM clips_wide w JOIN shards s USING (shard_id)")
         assert len(sharded) == 3 and all(r["shard_url"] == r["url"] for r in sharded)
         assert cat.unsharded_kept() == []
+        import datetime as dt
+
+        cat.record_training("train1", "base", "kept", 2, 0.5, "ckpt", [], "{}", dt.datetime(2026, 1, 1),
+                            [(0, rows[0]["clip_id"]), (1, rows[0]["clip_id"])])
+        funnel = {r["stage"]: r["n"] for r in cat.funnel()}
+        assert (funnel["captioned"], funnel["sharded"], funnel["trained_on"]) == (3, 3, 1)
         _wide_equals_recompute(cat)
         # a source whose text changes on re-ingest updates its clips' rows
         rows[0]["text"] = "a better source text"
