@@ -28,7 +28,8 @@ app = typer.Typer(
     add_completion=False,
 )
 config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
-catalog_app = typer.Typer(help="Inspect the DuckDB catalog (funnel, tables, failures).", no_args_is_help=True)
+catalog_app = typer.Typer(help="Inspect, verify and export the DuckDB catalog (funnel, tables, failures, snapshots).",
+                          no_args_is_help=True)
 shards_app = typer.Typer(help="Write and list WebDataset shards.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(catalog_app, name="catalog")
