@@ -95,7 +95,26 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
     (
-        20,  # filters (issue 5): versioned recipes by content, and the index of clip embeddings in Parquet
+        5,  # issue 3: the wide clip table is materialised (the driver maintains it on every commit)
+        """
+        DROP VIEW IF EXISTS funnel;
+        DROP VIEW IF EXISTS clips_wide;
+        CREATE TABLE clips_wide (
+            clip_id VARCHAR PRIMARY KEY, source_id VARCHAR, media_type VARCHAR,
+            first_frame BIGINT, last_frame BIGINT, start_s DOUBLE, end_s DOUBLE, duration_s DOUBLE,
+            n_frames BIGINT, fps DOUBLE, width INTEGER, height INTEGER,
+            clip_path VARCHAR, first_frame_path VARCHAR, run_id VARCHAR, updated_at TIMESTAMP,
+            extract_mode VARCHAR,
+            uri VARCHAR, source_text VARCHAR, source_sha256 VARCHAR,
+            recipe VARCHAR, kept BOOLEAN, reason VARCHAR,
+            caption VARCHAR, short_caption VARCHAR, caption_version VARCHAR,
+            shard_id VARCHAR, shard_url VARCHAR,
+            scored BOOLEAN, captioned BOOLEAN, trained BOOLEAN  -- flags the funnels count (no string scans)
+        );
+        """,
+    ),
+    (
+        6,  # filters (issue 5): versioned recipes by content, and the index of clip embeddings in Parquet
         """
         CREATE TABLE recipes (
             recipe VARCHAR PRIMARY KEY,     -- name@version, as decisions.recipe names it
@@ -110,7 +129,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
     (
-        40,  # latent cache (issue 7): sidecar shards of encoder outputs, keyed by shard and cache key
+        7,  # latent cache (issue 7): sidecar shards of encoder outputs, keyed by shard and cache key
         """
         CREATE TABLE latent_shards (
             shard_id VARCHAR, cache_key VARCHAR, url VARCHAR, sha256 VARCHAR, bytes BIGINT, n BIGINT,
@@ -121,69 +140,126 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
 ]
 
+# Python steps run right after a migration's DDL, in the same transaction (method names of Catalog).
+MIGRATION_HOOKS: dict[int, str] = {5: "rebuild_wide"}
+
 LATEST_VERSION = max(v for v, _ in MIGRATIONS)
 
 CLIP_COLUMNS = frozenset({
     "clip_id", "source_id", "media_type", "first_frame", "last_frame", "start_s", "end_s", "duration_s", "n_frames",
     "fps", "width", "height", "clip_path", "first_frame_path", "run_id", "updated_at", "extract_mode", "uri",
     "source_text", "source_sha256", "recipe", "kept", "reason", "caption", "short_caption", "caption_version",
-    "shard_id", "shard_url",
+    "shard_id", "shard_url", "scored", "captioned", "trained",
 })
+"""Column names of clips_wide that are not scores; a scorer with one of these names stays in the long table."""
+
+SCORER_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
-def wide_view_sql(scorers: list[str]) -> str:
-    """The wide clip view: one row per clip, a column per scorer (latest value), chosen captions.
+def check_scorer_name(name: str) -> None:
+    if not SCORER_NAME.fullmatch(name):
+        raise ValueError(f"scorer name {name!r} is not a plain identifier ([a-z][a-z0-9_]*)")
 
-    Regenerated whenever new scorer names appear, so users can write ``aesthetic >= 5``.
-    """
+
+def wide_columns(scorers: list[str]) -> list[str]:
+    """The scorers that get their own clips_wide column (valid names that do not repeat a clip column)."""
     for name in scorers:
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-            raise ValueError(f"scorer name {name!r} is not a plain identifier")
-    # Scores that repeat a clip column (the technical scorer's width, fps, duration_s...) stay in the
-    # long scores table; the wide view keeps the clip's own column under that name.
-    scorers = [n for n in scorers if n not in CLIP_COLUMNS]
+        check_scorer_name(name)
+    return [n for n in scorers if n not in CLIP_COLUMNS]
+
+
+def wide_view_sql(scorers: list[str], where: str | None = None) -> str:
+    """The SELECT that computes clips_wide from the long tables (a full or partial rebuild).
+
+    One row per clip, a column per scorer (latest value by written_at), the latest long and short
+    caption and caption version, the latest decision, the first shard holding the clip. The driver
+    keeps the materialised table equal to this (``Catalog._maintain_wide``); ``catalog verify
+    --deep`` compares the two.
+    """
+    scorers = wide_columns(scorers)
     pivot = "".join(
         f",\n                arg_max(value, written_at) FILTER (WHERE scorer = '{n}') AS \"{n}\"" for n in scorers
     )
+    only = f" WHERE {where}" if where else ""
     return f"""
-        CREATE OR REPLACE VIEW clips_wide AS
-        WITH s AS (
-            SELECT clip_id{pivot}
-            FROM scores GROUP BY clip_id
+        WITH c AS (SELECT * FROM clips{only}),
+        s AS (
+            SELECT clip_id, TRUE AS scored{pivot}
+            FROM scores WHERE clip_id IN (SELECT clip_id FROM c) GROUP BY clip_id
         ),
         cap AS (
             SELECT clip_id,
                 arg_max(text, written_at) FILTER (WHERE kind = 'long') AS caption,
                 arg_max(text, written_at) FILTER (WHERE kind = 'short') AS short_caption,
                 arg_max(version, written_at) AS caption_version
-            FROM captions GROUP BY clip_id
+            FROM captions WHERE clip_id IN (SELECT clip_id FROM c) GROUP BY clip_id
         ),
         d AS (SELECT clip_id, arg_max(kept, decided_at) AS kept, arg_max(reason, decided_at) AS reason,
-                     arg_max(recipe, decided_at) AS recipe FROM decisions GROUP BY clip_id),
-        m AS (SELECT clip_id, min(shard_id) AS shard_id FROM shard_members GROUP BY clip_id)
+                     arg_max(recipe, decided_at) AS recipe
+              FROM decisions WHERE clip_id IN (SELECT clip_id FROM c) GROUP BY clip_id),
+        m AS (SELECT clip_id, min(shard_id) AS shard_id FROM shard_members
+              WHERE clip_id IN (SELECT clip_id FROM c) GROUP BY clip_id),
+        t AS (SELECT DISTINCT clip_id FROM train_samples WHERE clip_id IN (SELECT clip_id FROM c))
         SELECT c.*, src.uri, src.text AS source_text, src.sha256 AS source_sha256,
                d.recipe, d.kept, d.reason, cap.caption, cap.short_caption, cap.caption_version,
-               m.shard_id, sh.url AS shard_url{''.join(f', s."{n}"' for n in scorers)}
-        FROM clips c
+               m.shard_id, sh.url AS shard_url, coalesce(s.scored, FALSE) AS scored,
+               cap.caption IS NOT NULL AS captioned, t.clip_id IS NOT NULL AS trained{''.join(f', s."{n}"' for n in scorers)}
+        FROM c
         LEFT JOIN sources src USING (source_id)
         LEFT JOIN s USING (clip_id)
         LEFT JOIN cap USING (clip_id)
         LEFT JOIN d USING (clip_id)
         LEFT JOIN m USING (clip_id)
         LEFT JOIN shards sh ON sh.shard_id = m.shard_id
+        LEFT JOIN t USING (clip_id)
     """
 
 
-FUNNEL_SQL = """
+FUNNEL_STAGES = ("sources", "failed", "shots", "scored", "kept", "captioned", "sharded", "trained_on")
+
+
+def _funnel_body(by_run: bool) -> str:
+    """Counts and hours per stage, from the materialised clips_wide (fast at millions of clips).
+
+    Per run, a clip stage counts the clips that run wrote (clips.run_id: the last run that
+    produced the clip) and how far they have got since; sources and failures count the rows
+    that run wrote.
+    """
+    key = "run_id, " if by_run else ""
+    group = " GROUP BY run_id" if by_run else ""
+    pick = "run_id" if by_run else "NULL::VARCHAR AS run_id"
+
+    def clip_stage(name: str, cond: str) -> str:
+        return (f"count(*) FILTER (WHERE {cond}) AS {name}_n, "
+                f"sum(duration_s) FILTER (WHERE {cond}) / 3600 AS {name}_h")
+
+    stages = [("shots", "TRUE"), ("scored", "scored"), ("kept", "kept"),
+              ("captioned", "kept AND captioned"), ("sharded", "shard_id IS NOT NULL"), ("trained_on", "trained")]
+    join = "FULL JOIN" if by_run else "CROSS JOIN"
+    on = " USING (run_id)" if by_run else ""
+    run_expr = "run_id" if by_run else "NULL::VARCHAR"
+    rows = [f"SELECT run_id, 1 AS step, 'sources' AS stage, src_n AS n, src_h AS hours FROM j",
+            f"SELECT run_id, 2, 'failed', fail_n, NULL::DOUBLE FROM j"]
+    rows += [f"SELECT run_id, {i}, '{name}', {name}_n, {name}_h FROM j" for i, (name, _c) in enumerate(stages, 3)]
+    return f"""
+        WITH src AS (SELECT {pick}, count(*) AS src_n,
+                            sum(duration_s) FILTER (WHERE status = 'done') / 3600 AS src_h
+                     FROM sources{group}),
+        fail AS (SELECT {pick}, count(DISTINCT coalesce(source_id, item_id)) AS fail_n FROM failures{group}),
+        w AS (SELECT {pick}, {', '.join(clip_stage(n, c) for n, c in stages)}
+              FROM clips_wide{group}),
+        j AS (SELECT {run_expr} AS run_id, coalesce(src_n, 0) AS src_n, src_h, coalesce(fail_n, 0) AS fail_n,
+                     {', '.join(f'coalesce({n}_n, 0) AS {n}_n, {n}_h' for n, _c in stages)}
+              FROM src {join} fail{on} {join} w{on})
+        {' UNION ALL '.join(rows)}
+    """
+
+
+FUNNEL_SQL = f"""
     CREATE OR REPLACE VIEW funnel AS
-    SELECT * FROM (VALUES
-        (1, 'sources',    (SELECT count(*) FROM sources), (SELECT sum(duration_s) / 3600 FROM sources WHERE status = 'done')),
-        (2, 'failed',     (SELECT count(DISTINCT coalesce(source_id, item_id)) FROM failures), NULL),
-        (3, 'shots',      (SELECT count(*) FROM clips), (SELECT sum(duration_s) / 3600 FROM clips)),
-        (4, 'scored',     (SELECT count(DISTINCT clip_id) FROM scores), NULL),
-        (5, 'kept',       (SELECT count(*) FROM clips_wide WHERE kept), (SELECT sum(duration_s) / 3600 FROM clips_wide WHERE kept)),
-        (6, 'captioned',  (SELECT count(*) FROM clips_wide WHERE kept AND caption IS NOT NULL), NULL),
-        (7, 'sharded',    (SELECT count(DISTINCT clip_id) FROM shard_members), (SELECT sum(duration_s) / 3600 FROM clips_wide WHERE shard_id IS NOT NULL)),
-        (8, 'trained_on', (SELECT count(DISTINCT clip_id) FROM train_samples), NULL)
-    ) AS f(step, stage, n, hours)
+    SELECT step, stage, n, hours FROM ({_funnel_body(False)})
+"""
+FUNNEL_BY_RUN_SQL = f"""
+    CREATE OR REPLACE VIEW funnel_by_run AS
+    SELECT run_id, step, stage, n, hours FROM ({_funnel_body(True)})
 """

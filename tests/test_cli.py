@@ -11,7 +11,8 @@ from vidcorpus.cli import app
 runner = CliRunner()
 
 COMMANDS = [[], ["demo"], ["run"], ["ingest"], ["sql"], ["train"], ["config"], ["config", "show"], ["catalog"],
-            ["catalog", "funnel"], ["catalog", "failures"], ["catalog", "info"], ["shards"], ["shards", "write"],
+            ["catalog", "funnel"], ["catalog", "failures"], ["catalog", "info"], ["catalog", "export"],
+            ["catalog", "verify"], ["shards"], ["shards", "write"],
             ["shards", "list"], ["report"]]
 
 

@@ -28,7 +28,8 @@ app = typer.Typer(
     add_completion=False,
 )
 config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
-catalog_app = typer.Typer(help="Inspect the DuckDB catalog (funnel, tables, failures).", no_args_is_help=True)
+catalog_app = typer.Typer(help="Inspect, verify and export the DuckDB catalog (funnel, tables, failures, snapshots).",
+                          no_args_is_help=True)
 shards_app = typer.Typer(help="Write and list WebDataset shards.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(catalog_app, name="catalog")
@@ -39,7 +40,8 @@ err = Console(stderr=True)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (sections as in `vidcorpus config show`).")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config value, e.g. --set filters.recipe=pretrain_v1 (repeatable).")
-CatalogOpt = typer.Option(None, "--catalog", help="DuckDB catalog file (default: {workdir}/catalog.duckdb).")
+CatalogOpt = typer.Option(None, "--catalog", help="DuckDB catalog file (default: {workdir}/catalog.duckdb); read-only "
+                                                  "commands also take a snapshot folder or s3:// URL (`catalog export`).")
 WorkdirOpt = typer.Option(None, "--workdir", "-w", help="Root for staging and shards: a local path or s3:// URL.")
 RayAddressOpt = typer.Option(None, "--ray-address", help="Existing Ray cluster; default starts a local Ray.")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
@@ -183,22 +185,29 @@ def _print_run_summary(summary) -> None:
 @app.command()
 def sql(
     query: str = typer.Argument(..., help="SQL to run, e.g. \"SELECT * FROM funnel\". Tables: runs, sources, clips, "
-                                          "scores, captions, decisions, recipes, embeddings, shards, shard_members, failures, train_runs, "
-                                          "train_samples; views: clips_wide, funnel, failures_by_class."),
+                                          "scores, captions, decisions, recipes, embeddings, shards, shard_members, "
+                                          "releases, release_members, latent_shards, failures, train_runs, "
+                                          "train_samples, clips_wide; views: funnel, funnel_by_run, failures_by_class."),
     catalog: Optional[str] = CatalogOpt,
     config: Optional[Path] = ConfigOpt,
     workdir: Optional[str] = WorkdirOpt,
     fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json | parquet"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to a file instead of stdout (parquet needs it)."),
 ) -> None:
-    """Query the catalog with SQL (opened read-only)."""
+    """Query the catalog with SQL (opened read-only; a running job's commits are waited out).
+
+    --catalog also takes a snapshot published by `vidcorpus catalog export` (folder or s3:// URL).
+    Tables: runs, sources, clips, scores, captions, decisions, shards, shard_members, releases,
+    failures, train_runs, train_samples, clips_wide (one row per clip, a column per scorer); views:
+    funnel, funnel_by_run, failures_by_class. Example audits: docs/queries.md.
+    """
     import duckdb
 
     from vidcorpus.catalog.store import Catalog, CatalogError
 
     cfg = _config(config, None, workdir=workdir, catalog=catalog)
     try:
-        with Catalog(cfg.catalog_path, read_only=True) as cat:
+        with Catalog(cfg.catalog_path, read_only=True) as cat:  # a file, a snapshot folder or an s3:// snapshot
             table = cat.query(query)
     except CatalogError as e:
         err.print(f"[red]{e}[/red]")
@@ -239,23 +248,27 @@ def _emit(table, fmt: str, output: Optional[Path]) -> None:
 
 @catalog_app.command("funnel")
 def catalog_funnel(catalog: Optional[str] = CatalogOpt, config: Optional[Path] = ConfigOpt,
-                   workdir: Optional[str] = WorkdirOpt) -> None:
+                   workdir: Optional[str] = WorkdirOpt,
+                   run_id: Optional[str] = typer.Option(None, "--run", help="Only the clips this run wrote."),
+                   by_run: bool = typer.Option(False, "--by-run", help="One funnel per run, then the total.")) -> None:
     """Counts and hours per stage: sources, failed, shots, scored, kept, captioned, sharded, trained on."""
-    from vidcorpus.catalog.store import Catalog
-
     cfg = _config(config, None, workdir=workdir, catalog=catalog)
-    with Catalog(cfg.catalog_path, read_only=True) as cat:
-        print_funnel(cat.funnel())
+    with _open_catalog(cfg.catalog_path) as cat:
+        if by_run:
+            for r in cat.query_dicts("SELECT DISTINCT run_id FROM funnel_by_run ORDER BY run_id"):
+                print_funnel(cat.funnel(r["run_id"]), title=f"funnel of run {r['run_id']}")
+        if run_id:
+            print_funnel(cat.funnel(run_id), title=f"funnel of run {run_id}")
+        else:
+            print_funnel(cat.funnel(), title="funnel (all runs)")
 
 
 @catalog_app.command("failures")
 def catalog_failures(catalog: Optional[str] = CatalogOpt, config: Optional[Path] = ConfigOpt,
                      workdir: Optional[str] = WorkdirOpt) -> None:
     """Failures by stage and error class, with an example message each."""
-    from vidcorpus.catalog.store import Catalog
-
     cfg = _config(config, None, workdir=workdir, catalog=catalog)
-    with Catalog(cfg.catalog_path, read_only=True) as cat:
+    with _open_catalog(cfg.catalog_path) as cat:
         _print_table(cat.query("SELECT * FROM failures_by_class"), title="failures by class")
 
 
@@ -263,15 +276,99 @@ def catalog_failures(catalog: Optional[str] = CatalogOpt, config: Optional[Path]
 def catalog_info(catalog: Optional[str] = CatalogOpt, config: Optional[Path] = ConfigOpt,
                  workdir: Optional[str] = WorkdirOpt) -> None:
     """Schema version and row count of every table."""
-    from vidcorpus.catalog.store import Catalog
-
     cfg = _config(config, None, workdir=workdir, catalog=catalog)
-    with Catalog(cfg.catalog_path, read_only=True) as cat:
-        names = [r[0] for r in cat.con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' ORDER BY 1").fetchall()]
-        table = cat.query(" UNION ALL ".join(f"SELECT '{n}' AS table_name, count(*) AS rows FROM {n}" for n in names))
+    with _open_catalog(cfg.catalog_path) as cat:
+        if cat.manifest is not None:
+            names = sorted(cat.manifest["tables"])
+            console.print(f"snapshot {cat.manifest['snapshot_id']} of {cat.manifest['source']}, "
+                          f"made {cat.manifest['created_at']}")
+        else:
+            names = [r[0] for r in cat.con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' ORDER BY 1").fetchall()]
+        table = cat.query(" UNION ALL ".join(f"SELECT '{n}' AS table_name, count(*) AS rows FROM \"{n}\"" for n in names))
         console.print(f"catalog {cfg.catalog_path}, schema version {cat.schema_version}")
         _print_table(table)
+
+
+def _open_catalog(path: str, read_only: bool = True, **kw):
+    """Open a catalog (file or snapshot URL) or exit 2 with the reason."""
+    from vidcorpus.catalog.store import Catalog, CatalogError
+
+    try:
+        return Catalog(path, read_only=read_only, **kw)
+    except CatalogError as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2)
+
+
+@catalog_app.command("export")
+def catalog_export(
+    url: str = typer.Argument(..., help="Where the snapshot goes: a folder or an s3:// prefix (AWS_* variables "
+                                        "such as AWS_ENDPOINT_URL configure S3)."),
+    catalog: Optional[str] = CatalogOpt,
+    config: Optional[Path] = ConfigOpt,
+    workdir: Optional[str] = WorkdirOpt,
+) -> None:
+    """Publish a Parquet snapshot of every table with a manifest.json (row counts, sha256, schema version).
+
+    Query it from anywhere with `vidcorpus sql --catalog URL "..."`.
+    """
+    cfg = _config(config, None, workdir=workdir, catalog=catalog)
+    with _open_catalog(cfg.catalog_path) as cat:
+        manifest = cat.export(url)
+    t = Table(title=f"snapshot {manifest['snapshot_id']} at {url} (schema version {manifest['schema_version']})")
+    for col in ("table", "rows", "bytes", "sha256"):
+        t.add_column(col, justify="right" if col in ("rows", "bytes") else "left")
+    for name, e in sorted(manifest["tables"].items()):
+        t.add_row(name, str(e["rows"]), str(e["bytes"]), e["sha256"][:16])
+    console.print(t)
+
+
+@catalog_app.command("verify")
+def catalog_verify(
+    catalog: Optional[str] = CatalogOpt,
+    config: Optional[Path] = ConfigOpt,
+    workdir: Optional[str] = WorkdirOpt,
+    shards: Optional[List[str]] = typer.Option(None, "--shards", help="Also look for orphan .tar files here "
+                                                                        "(default: {workdir}/shards and every folder "
+                                                                        "holding a recorded shard)."),
+    checksums: bool = typer.Option(True, "--checksums/--no-checksums", help="Hash every shard file (reads them all)."),
+    deep: bool = typer.Option(False, "--deep", help="Also recompute clips_wide from the long tables and compare."),
+    rebuild_wide: bool = typer.Option(False, "--rebuild-wide", help="First recompute clips_wide (repairs wide_* problems)."),
+) -> None:
+    """Check the catalog against itself and the shard files; exit 1 with a report when anything is off.
+
+    Every shard member has a clip row and a shard row, shard counts match their members, every
+    shard file exists with its recorded size and sha256, no .tar in a shard folder is unrecorded,
+    no score/caption/decision row is orphaned, and clips_wide holds exactly the catalog's clips.
+    """
+    cfg = _config(config, None, workdir=workdir, catalog=catalog)
+    if rebuild_wide:
+        with _open_catalog(cfg.catalog_path, read_only=False) as cat:
+            with cat.transaction():
+                n = cat.rebuild_wide()
+        console.print(f"clips_wide rebuilt: {n} rows")
+    with _open_catalog(cfg.catalog_path) as cat:
+        recorded = {u.rsplit("/", 2)[0] for (u,) in cat.con.execute("SELECT url FROM shards").fetchall() if u}
+        roots = list(shards or []) or sorted(recorded | {cfg.url("shards")})
+        problems = cat.verify(shard_roots=roots, checksums=checksums, deep=deep)
+        counts = cat.query_dicts("SELECT (SELECT count(*) FROM clips) AS clips, (SELECT count(*) FROM shards) AS shards, "
+                                 "(SELECT count(*) FROM shard_members) AS members")[0]
+    summary = f"{counts['clips']} clips, {counts['shards']} shards, {counts['members']} shard members checked"
+    if not problems:
+        console.print(f"[green]catalog consistent[/green]: {summary}")
+        return
+    t = Table(title=f"{len(problems)} problems in {cfg.catalog_path}")
+    for col in ("check", "item", "detail"):
+        t.add_column(col, overflow="fold")
+    for p in problems[:500]:
+        t.add_row(p["check"], str(p["item"]), p["detail"])
+    console.print(t)
+    by = {}
+    for p in problems:
+        by[p["check"]] = by.get(p["check"], 0) + 1
+    console.print(f"[red]catalog inconsistent[/red] ({summary}): " + ", ".join(f"{k} {v}" for k, v in sorted(by.items())))
+    raise typer.Exit(1)
 
 
 @shards_app.command("write")

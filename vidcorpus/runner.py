@@ -144,7 +144,9 @@ def run_pipeline(
     preflight_pipeline(cfg.models)
     run_id = new_run_id()
     summary = RunSummary(run_id=run_id, catalog=cfg.catalog_path, shard_root=cfg.url("shards"))
-    catalog = Catalog(cfg.catalog_path)
+    # hold=False: the driver opens the file only for each commit, so readers (`vidcorpus sql`,
+    # `report`) get in between commits while the run goes on.
+    catalog = Catalog(cfg.catalog_path, hold=False)
     catalog.begin_run(run_id, "pipeline", json.dumps(cfg.model_dump(mode="json")), __version__)
     status = "failed"
     try:
