@@ -209,10 +209,13 @@ def test_train_base_steps_on_shard_samples(tiny_model, shards, tmp_path):
     assert [s for s, _ in res.step_keys] == sorted(s for s, _ in res.step_keys)
     assert [k for _, k in res.step_keys] == res.sample_keys
 
-    state = json.loads((out / "train_state.json").read_text())
-    assert state["steps"] == 7 and state["losses"] == res.losses
-    trained = I2VGenXLUNet.from_pretrained(str(out / "unet"))
-    ema = I2VGenXLUNet.from_pretrained(str(out / "unet_ema"))
+    ckpt = Path(res.checkpoint_dir)
+    assert ckpt == out / "checkpoints" / "step-00000007"
+    state = json.loads((ckpt / "train_state.json").read_text())
+    assert state["step"] == 7 and state["losses"] == res.losses and state["sample_keys"] == res.sample_keys
+    assert [f[0] for f in state["decode_failures"]] == [BAD]
+    trained = I2VGenXLUNet.from_pretrained(str(ckpt / "unet"))
+    ema = I2VGenXLUNet.from_pretrained(str(ckpt / "unet_ema"))
     initial = I2VGenXLUNet.from_pretrained(tiny_model, subfolder="unet")
     w = "conv_out.weight"
     d_trained = (trained.state_dict()[w] - initial.state_dict()[w]).abs().sum()
@@ -248,9 +251,84 @@ def test_overfitting_one_batch_lowers_the_loss(tiny_model, shards, tmp_path):
     comps = load_components(tiny_model)
     batch = next(iter_batches(one, cfg))
     before = _eval_loss(comps, batch, cfg)
-    comps.unet = I2VGenXLUNet.from_pretrained(str(tmp_path / "ckpt" / "unet"))
+    comps.unet = I2VGenXLUNet.from_pretrained(str(Path(res.checkpoint_dir) / "unet"))
     after = _eval_loss(comps, batch, cfg)
     print(f"fixed-draw loss {before:.4f} -> {after:.4f}; steps {res.losses[:2]} ... {res.losses[-10:]}")
     assert after < 0.75 * before, (before, after)
     # And the trajectory: the first steps (an untrained UNet) sit above the late ones.
     assert np.mean(res.losses[:2]) > np.mean(res.losses[-10:]), res.losses
+
+
+# -- checkpoints, resume, logs --------------------------------------------------------------------
+
+def test_resume_continues_with_the_next_unseen_samples(tiny_model, shards, tmp_path):
+    import shutil
+
+    from vidcorpus.train.checkpoint import list_checkpoints, resolve_resume
+    from vidcorpus.train.loop import ResumeMismatch, train_base
+
+    # 4 batches an epoch (a full 4-frame batch, then the leftover 4-frame, 2-frame and 1-frame
+    # buckets): a checkpoint after step 3 sits mid-epoch, and 6 steps cross into the second epoch.
+    cfg = _cfg(steps=6, checkpoint_every=3, keep_checkpoints=2, log_every=1)
+    info = {"selection": "test shards", "catalog": {"schema_version": 0, "latest_run_id": None}}
+    full = train_base(cfg, tiny_model, shards["urls"], str(tmp_path / "full"), progress=False, run_info=info)
+    assert [s for s, _u in list_checkpoints(str(tmp_path / "full"))] == [3, 6]
+    assert full.epochs == 2
+
+    # A new run directory holding only the step-3 checkpoint: a run that stopped after 3 steps.
+    part = tmp_path / "part"
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step-00000003", part / "checkpoints" / "step-00000003")
+    state3 = json.loads((part / "checkpoints" / "step-00000003" / "train_state.json").read_text())
+    assert state3["cursors"] == [{"epoch": 0, "batches": 3}]
+    assert state3["sample_keys"] == [k for s, k in full.step_keys if s < 3]  # the clip ids consumed
+    assert state3["data"] == info and state3["step"] == 3
+    random.seed(123), np.random.seed(123), torch.manual_seed(123)  # resumed RNG state must not depend on these
+    resumed = train_base(cfg, tiny_model, shards["urls"], str(part), progress=False, resume="latest", run_info=info)
+    assert resumed.resumed_from == str(part / "checkpoints" / "step-00000003")
+    assert resumed.step_keys == full.step_keys  # same samples, same order, same steps
+    np.testing.assert_allclose(resumed.losses, full.losses, rtol=1e-4, atol=1e-6)
+    from diffusers import I2VGenXLUNet
+
+    for sub in ("unet", "unet_ema"):
+        a = I2VGenXLUNet.from_pretrained(str(Path(full.checkpoint_dir) / sub)).state_dict()
+        b = I2VGenXLUNet.from_pretrained(str(Path(resumed.checkpoint_dir) / sub)).state_dict()
+        worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+        assert worst < 1e-5, (sub, worst)
+
+    # Resuming against another selection is refused: the cursor would point at other samples.
+    assert resolve_resume(str(part)) == str(part / "checkpoints" / "step-00000006")
+    with pytest.raises(ResumeMismatch, match="different selection"):
+        train_base(_cfg(steps=8), tiny_model, shards["urls"][:2], str(part), progress=False, resume="latest")
+
+
+def test_checkpoints_are_atomic_and_pruned(tiny_model, shards, tmp_path):
+    from vidcorpus.train.checkpoint import CKPT_DIR, list_checkpoints, prune_checkpoints
+
+    run = tmp_path / "run"
+    # Leftovers of a crash: a temp folder and a step folder without its train_state.json marker.
+    (run / CKPT_DIR / ".tmp-step-00000001-x").mkdir(parents=True)
+    (run / CKPT_DIR / "step-00000009" / "unet").mkdir(parents=True)
+    assert list_checkpoints(str(run)) == []
+    res = train_base_quick(tiny_model, shards, run, steps=4, checkpoint_every=1, keep_checkpoints=2)
+    names = sorted(p.name for p in (run / CKPT_DIR).iterdir())
+    assert names == ["step-00000003", "step-00000004"]
+    assert res.checkpoint_dir == str(run / CKPT_DIR / "step-00000004")
+    prune_checkpoints(str(run), 1)
+    assert [s for s, _ in list_checkpoints(str(run))] == [4]
+
+    # JSONL + TensorBoard logs: one record per log_every steps with the fields a user plots.
+    records = [json.loads(line) for line in (run / "logs" / "train.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    for r in records:
+        assert math.isfinite(r["loss"]) and r["lr"] > 0 and r["samples_per_s"] > 0
+        assert 0.0 <= r["data_wait_share"] <= 1.0
+        assert r["mfu"] is None  # CPU: no peak bf16 FLOP/s to compare with
+        assert r["flops_per_step"] > 1e6  # counted with FlopCounterMode, not guessed
+    assert list((run / "logs" / "tb").glob("events.out.tfevents.*"))
+
+
+def train_base_quick(tiny_model, shards, out, **kw):
+    from vidcorpus.train.loop import train_base
+
+    return train_base(_cfg(log_every=2, **kw), tiny_model, shards["urls"], str(out), progress=False)
