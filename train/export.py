@@ -78,6 +78,14 @@ def sample_video(pipe, image, prompt: str, height: int, width: int, num_frames: 
                  steps: int = 4, seed: int = 0, guidance_scale: float = 9.0) -> np.ndarray:
     """(F, H, W, 3) uint8 frames generated from one image and prompt."""
     device = next(pipe.unet.parameters()).device
+    # The pipeline encodes the image with ``latent_dist.sample()`` from the global RNG: seed that too
+    # (inside a fork, so a training run's RNG stream is untouched).
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return _sample(pipe, device, image, prompt, height, width, num_frames, fps, steps, seed, guidance_scale)
+
+
+def _sample(pipe, device, image, prompt, height, width, num_frames, fps, steps, seed, guidance_scale) -> np.ndarray:
     out = pipe(prompt=prompt, image=to_pil(image), height=height, width=width, num_frames=num_frames,
                target_fps=fps, num_inference_steps=steps, guidance_scale=guidance_scale, output_type="np",
                generator=torch.Generator(device=device).manual_seed(seed),
@@ -101,3 +109,22 @@ def write_mp4(frames: np.ndarray, fps: float, url: str) -> str:
         with fsspec.open(url, "wb") as f:
             f.write(buf.getvalue())
     return url
+
+
+def load_exported(out_dir: str):
+    """The exported pipeline as a user loads it: ``I2VGenXLPipeline.from_pretrained``."""
+    from diffusers import I2VGenXLPipeline
+
+    pipe = I2VGenXLPipeline.from_pretrained(out_dir.removeprefix("file://"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def export_and_sample(model_dir: str, checkpoint: str, out_dir: str, image, prompt: str, mp4_url: str,
+                      height: int, width: int, num_frames: int, fps: int, steps: int = 4, seed: int = 0) -> str:
+    """Export ``checkpoint`` to ``out_dir`` (local), load it back through ``from_pretrained`` and write one
+    sampled video for (``image``, ``prompt``) to ``mp4_url``."""
+    export_pipeline(model_dir, checkpoint, out_dir)
+    pipe = load_exported(out_dir)
+    frames = sample_video(pipe, image, prompt, height, width, num_frames, fps, steps=steps, seed=seed)
+    return write_mp4(frames, fps, mp4_url)
