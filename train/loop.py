@@ -246,8 +246,12 @@ def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
         failures = {f[0]: f for f in state.get("decode_failures", [])}
         del trainer_state
 
+    runtime = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               "autocast": "bf16" if use_bf16 else None, "fused_adamw": bool(opt.defaults.get("fused")),
+               "activation_checkpointing_blocks": 0, "compiled": bool(cfg.compile), "world_size": world,
+               "torch": torch.__version__}
     if cfg.gradient_checkpointing:
-        apply_activation_checkpointing(unet)
+        runtime["activation_checkpointing_blocks"] = apply_activation_checkpointing(unet)
     if cfg.compile:
         unet.compile()
     train_unet: torch.nn.Module = unet
@@ -289,7 +293,7 @@ def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
                 "step_keys": [[s, k] for s, k in step_keys],
                 "decode_failures": sorted(all_failures.values()),
                 "model": comps.name or model_dir, "config": cfg.model_dump(),
-                "resumed_from": resumed_from,
+                "resumed_from": resumed_from, "runtime": runtime,
             }
             trainer_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                              "rng": [g["rng"] for g in gathered]}
