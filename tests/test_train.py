@@ -426,3 +426,36 @@ def test_ray_train_launcher_runs_two_cpu_workers(tiny_model, shards, tmp_path):
         keys = [k for step, k in res.step_keys if step == s]
         assert len(keys) >= 2 and len(set(keys)) == len(keys), keys
     assert [f[0] for f in res.decode_failures] in ([], [BAD])  # BAD sits late in rank 0's split
+
+
+def test_torchrun_runs_the_same_loop_with_ddp_on_gloo(tiny_model, shards, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from vidcorpus.train.checkpoint import list_checkpoints, read_state
+
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import json, sys\n"
+        "from vidcorpus.config import TrainConfig\n"
+        "from vidcorpus.train.launch import init_torchrun\n"
+        "from vidcorpus.train.loop import train_base\n"
+        "assert init_torchrun()\n"
+        "cfg = TrainConfig(**json.loads(sys.argv[1]))\n"
+        "train_base(cfg, sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], progress=False)\n")
+    cfg = _cfg(steps=2, log_every=1).model_dump()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), json.dumps(cfg), tiny_model, json.dumps(shards["urls"]), str(run)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [(step, ckpt)] = list_checkpoints(str(run))
+    state = read_state(ckpt)
+    assert step == 2 and state["world_size"] == 2 and state["runtime"]["world_size"] == 2
+    assert len(state["cursors"]) == 2 and len(state["losses"]) == 2
+    step0 = [k for s, k in state["step_keys"] if s == 0]
+    assert len(step0) >= 2 and len(set(step0)) == len(step0)  # two ranks, two different splits
+    records = [json.loads(x) for x in (run / "logs" / "train.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]  # rank 0 alone writes the log
