@@ -67,7 +67,7 @@ def catalog_snapshot(cfg: Config) -> dict:
 
     with Catalog(cfg.catalog_path, read_only=True) as cat:
         latest = cat.query_dicts("SELECT run_id, kind, started_at FROM runs ORDER BY started_at DESC LIMIT 1")
-        return {"path": cfg.catalog_path, "schema_version": cat.schema_version(),
+        return {"path": cfg.catalog_path, "schema_version": cat.schema_version,
                 "latest_run_id": latest[0]["run_id"] if latest else None,
                 "latest_run_kind": latest[0]["kind"] if latest else None}
 
