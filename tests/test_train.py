@@ -261,11 +261,21 @@ def test_overfitting_one_batch_lowers_the_loss(tiny_model, shards, tmp_path):
 
 # -- checkpoints, resume, logs --------------------------------------------------------------------
 
-def test_resume_continues_with_the_next_unseen_samples(tiny_model, shards, tmp_path):
+def test_resume_continues_with_the_next_unseen_samples(tiny_model, shards, tmp_path, monkeypatch):
     import shutil
 
+    import vidcorpus.train.data as data
     from vidcorpus.train.checkpoint import list_checkpoints, resolve_resume
     from vidcorpus.train.loop import ResumeMismatch, train_base
+
+    decoded: list[str] = []
+    real_decode = data.decode_sample
+
+    def counting_decode(sample, cfg, rng):
+        decoded.append(sample["__key__"])
+        return real_decode(sample, cfg, rng)
+
+    monkeypatch.setattr(data, "decode_sample", counting_decode)
 
     # 4 batches an epoch (a full 4-frame batch, then the leftover 4-frame, 2-frame and 1-frame
     # buckets): a checkpoint after step 3 sits mid-epoch, and 6 steps cross into the second epoch.
@@ -274,19 +284,27 @@ def test_resume_continues_with_the_next_unseen_samples(tiny_model, shards, tmp_p
     full = train_base(cfg, tiny_model, shards["urls"], str(tmp_path / "full"), progress=False, run_info=info)
     assert [s for s, _u in list_checkpoints(str(tmp_path / "full"))] == [3, 6]
     assert full.epochs == 2
+    decoded_full, decoded[:] = list(decoded), []
 
     # A new run directory holding only the step-3 checkpoint: a run that stopped after 3 steps.
     part = tmp_path / "part"
     (part / "checkpoints").mkdir(parents=True)
     shutil.copytree(tmp_path / "full" / "checkpoints" / "step-00000003", part / "checkpoints" / "step-00000003")
     state3 = json.loads((part / "checkpoints" / "step-00000003" / "train_state.json").read_text())
-    assert state3["cursors"] == [{"epoch": 0, "batches": 3}]
+    [cursor] = state3["cursors"]
+    assert cursor["epoch"] == 0 and cursor["batches"] == 3
+    [[worker, pulled]] = cursor["position"]["pulled"]  # one stream (no DataLoader workers)
+    assert worker == 0
+    pending = cursor["position"]["pending"]  # pulled but still waiting in a bucket
+    assert pulled == 6 and len(pending) == 1  # 5 trained or failed, 1 waiting (the leftover 4-frame clip)
     assert state3["sample_keys"] == [k for s, k in full.step_keys if s < 3]  # the clip ids consumed
     assert state3["data"] == info and state3["step"] == 3
     random.seed(123), np.random.seed(123), torch.manual_seed(123)  # resumed RNG state must not depend on these
     resumed = train_base(cfg, tiny_model, shards["urls"], str(part), progress=False, resume="latest", run_info=info)
     assert resumed.resumed_from == str(part / "checkpoints" / "step-00000003")
     assert resumed.step_keys == full.step_keys  # same samples, same order, same steps
+    # Consumed samples were not decoded again: only the pending one and those after the cursor.
+    assert len(decoded) == len(decoded_full) - (pulled - len(pending)), (decoded_full, decoded)
     np.testing.assert_allclose(resumed.losses, full.losses, rtol=1e-4, atol=1e-6)
     from diffusers import I2VGenXLUNet
 
@@ -459,3 +477,25 @@ def test_torchrun_runs_the_same_loop_with_ddp_on_gloo(tiny_model, shards, tmp_pa
     assert len(step0) >= 2 and len(set(step0)) == len(step0)  # two ranks, two different splits
     records = [json.loads(x) for x in (run / "logs" / "train.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]  # rank 0 alone writes the log
+
+
+def test_resume_is_exact_with_dataloader_workers(tiny_model, shards, tmp_path):
+    """With two DataLoader workers the consumed samples still keep their place (as undecoded
+    markers), so the workers interleave as before and the resumed stream is the same."""
+    import shutil
+
+    from vidcorpus.train.loop import ResumeMismatch, train_base
+
+    cfg = _cfg(steps=5, checkpoint_every=2, num_workers=2, tensorboard=False)
+    full = train_base(cfg, tiny_model, shards["urls"], str(tmp_path / "full"), progress=False)
+    part = tmp_path / "part" / "checkpoints"
+    part.mkdir(parents=True)
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step-00000002", part / "step-00000002")
+    state = json.loads((part / "step-00000002" / "train_state.json").read_text())
+    assert {w for w, _n in state["cursors"][0]["position"]["pulled"]} == {0, 1}
+    resumed = train_base(cfg, tiny_model, shards["urls"], str(tmp_path / "part"), progress=False, resume="latest")
+    assert resumed.step_keys == full.step_keys
+    np.testing.assert_allclose(resumed.losses, full.losses, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ResumeMismatch, match="num_workers"):
+        train_base(_cfg(steps=5, num_workers=0), tiny_model, shards["urls"], str(tmp_path / "part"),
+                   progress=False, resume="latest")

@@ -5,14 +5,17 @@ Plain PyTorch (CUDA when available); torchrun or Ray Train's ``TorchTrainer`` on
 split of the shards (the reader splits by rank) with its own noise generator, and rank 0 writes
 checkpoints, logs and probe samples. Everything random is seeded from ``cfg.seed`` (and the rank).
 
-The data cursor. Each epoch's batch order is a pure function of (seed, epoch, rank, shard list,
-selected keys, DataLoader worker count): the shard shuffle, the shuffle buffer and each sample's
-frame window are all seeded. A checkpoint stores, per rank, (epoch, batches consumed in that
-epoch); a resumed run rebuilds that epoch's stream and drops the first ``batches`` batches, so it
-trains on exactly the samples the uninterrupted run would have trained on next. The cost: the
-dropped part of the epoch is read and decoded again (at most one epoch of decode work, no
-training compute). The shard list and selected keys are fingerprinted into the checkpoint; a
-resume against a different selection is refused, since the cursor would point elsewhere.
+The data cursor. Each epoch's sample order is a pure function of (seed, epoch, rank, shard list,
+selected keys, shuffle buffer, DataLoader worker count): the shard shuffle, the shuffle buffer and
+each sample's frame window are all seeded. A checkpoint stores, per rank, the epoch, how many
+samples of each DataLoader worker's sequence the batcher had pulled, and the positions of those
+still waiting in a bucket (at most a few batches' worth). A resumed run rebuilds that epoch's
+stream: consumed samples pass as undecoded ``Skipped`` markers (keeping the workers' interleaving),
+the pending ones are decoded again and refill their buckets, and from there the batches are exactly
+those the uninterrupted run would have trained on next. The cost: the consumed part of the epoch is
+read (and its shards verified) again, but not decoded. The shard list and selected keys are
+fingerprinted into the checkpoint; a resume against a different selection, seed, shuffle buffer or
+worker count is refused, since the cursor would point elsewhere.
 """
 
 from __future__ import annotations
@@ -61,10 +64,17 @@ class TrainResult:
 
 @dataclass
 class DataCursor:
-    """Where a rank's stream stands: ``batches`` batches of epoch ``epoch`` have been trained on."""
+    """Where a rank's stream stands: epoch ``epoch``, at ``position`` (see ``EpochBatches.position``);
+    ``batches`` batches of that epoch trained on (informational)."""
 
     epoch: int = 0
     batches: int = 0
+    position: dict | None = None
+    live: object = None  # the EpochBatches being consumed; its position is read at checkpoint time
+
+    def snapshot(self) -> dict:
+        pos = self.live.position() if self.live is not None else self.position
+        return {"epoch": self.epoch, "batches": self.batches, "position": pos}
 
 
 def lr_lambda(warmup_steps: int, total_steps: int):
@@ -88,8 +98,10 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 def _batches_forever(urls: list, cfg: TrainConfig, keys, on_error: OnError | None,
                      cursor: DataCursor) -> Iterator[dict]:
-    """Epoch after epoch of the stream, starting at ``cursor`` (which it advances as batches go out);
-    each failing key is reported once, not once per epoch."""
+    """Epoch after epoch of the stream, starting at ``cursor`` (which follows the stream as batches
+    go out); each failing key is reported once, not once per epoch."""
+    from vidcorpus.train.data import EpochBatches
+
     reported: set[str] = set()
 
     def report(key: str, exc: Exception) -> None:
@@ -98,19 +110,18 @@ def _batches_forever(urls: list, cfg: TrainConfig, keys, on_error: OnError | Non
             if on_error is not None:
                 on_error(key, exc)
 
-    epoch, skip = cursor.epoch, cursor.batches
+    epoch, skip, done = cursor.epoch, cursor.position, cursor.batches
     while True:
+        stream = EpochBatches(urls, cfg, epoch=epoch, keys=keys, on_error=report, skip=skip)
         n = 0
-        for batch in iter_batches(urls, cfg, epoch=epoch, keys=keys, on_error=report):
+        for batch in stream:
             n += 1
-            if n <= skip:  # consumed before the checkpoint this run resumed from
-                continue
-            cursor.epoch, cursor.batches = epoch, n
+            cursor.epoch, cursor.batches, cursor.live = epoch, done + n, stream
             yield batch
-        if n == 0:
+        if n == 0 and not skip:
             raise NoTrainableSamples(
                 f"no trainable sample in {len(urls)} shard(s)" + (f"; {len(reported)} failed to decode" if reported else ""))
-        epoch, skip = epoch + 1, 0
+        epoch, skip, done = epoch + 1, None, 0
 
 
 def _seed_everything(seed: int) -> None:
@@ -239,6 +250,10 @@ def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
         opt.load_state_dict(trainer_state["optimizer"])
         sched.load_state_dict(trainer_state["scheduler"])
         ckpt_io.set_rng_states(trainer_state["rng"][rank], gen)
+        for field_ in ("seed", "shuffle_buffer", "num_workers"):  # they fix each epoch's sample order
+            if state["config"].get(field_) != getattr(cfg, field_):
+                raise ResumeMismatch(f"checkpoint {resumed_from} ran with {field_}={state['config'].get(field_)}, "
+                                     f"this run has {getattr(cfg, field_)}: its data cursor does not apply")
         cursor = DataCursor(**state["cursors"][rank])
         start_step = int(state["step"])
         losses = list(state["losses"])
@@ -279,7 +294,7 @@ def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
     autocast_dtype = torch.bfloat16 if use_bf16 else None
 
     def checkpoint(step: int) -> str:
-        gathered = _gather({"cursor": cursor.__dict__.copy(), "rng": ckpt_io.rng_states(gen),
+        gathered = _gather({"cursor": cursor.snapshot(), "rng": ckpt_io.rng_states(gen),
                             "failures": list(failures.values())}, distributed, world)
         all_failures = {f[0]: f for g in gathered for f in g["failures"]}
         url = ckpt_io.join(out_dir, ckpt_io.CKPT_DIR, ckpt_io.step_name(step))
