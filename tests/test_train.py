@@ -499,3 +499,26 @@ def test_resume_is_exact_with_dataloader_workers(tiny_model, shards, tmp_path):
     with pytest.raises(ResumeMismatch, match="num_workers"):
         train_base(_cfg(steps=5, num_workers=0), tiny_model, shards["urls"], str(tmp_path / "part"),
                    progress=False, resume="latest")
+
+
+def test_checkpoints_logs_and_resume_on_s3(tiny_model, shards, s3):
+    """A remote run directory: files uploaded with the marker last, old checkpoints pruned, logs
+    uploaded, and resume reads the newest complete checkpoint back."""
+    from vidcorpus.train.checkpoint import list_checkpoints
+    from vidcorpus.train.loop import train_base
+
+    run = "s3://bucket/runs/r1"
+    s3.pipe("bucket/runs/r1/checkpoints/step-00000009/unet/config.json", b"{}")  # no marker: incomplete
+    cfg = _cfg(steps=2, checkpoint_every=1, keep_checkpoints=1, log_every=1)
+    first = train_base(cfg, tiny_model, shards["urls"], run, progress=False)
+    assert [s for s, _u in list_checkpoints(run)] == [2]
+    assert not s3.exists("bucket/runs/r1/checkpoints/step-00000009")  # the incomplete leftover was removed
+    assert s3.exists("bucket/runs/r1/checkpoints/step-00000002/unet_ema/diffusion_pytorch_model.safetensors")
+    assert len(s3.cat("bucket/runs/r1/logs/train.jsonl").decode().splitlines()) == 2
+    more = train_base(_cfg(steps=3, checkpoint_every=1, keep_checkpoints=1, log_every=1), tiny_model,
+                      shards["urls"], run, progress=False, resume="latest")
+    assert more.resumed_from == run + "/checkpoints/step-00000002"
+    assert more.step_keys[:len(first.step_keys)] == first.step_keys and more.steps == 3
+    assert [s for s, _u in list_checkpoints(run)] == [3]
+    log = [json.loads(x) for x in s3.cat("bucket/runs/r1/logs/train.jsonl").decode().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]  # the resumed run appended to the remote log

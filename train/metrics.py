@@ -77,6 +77,10 @@ class MetricsLogger:
                           else os.path.join(run_dir.removeprefix("file://"), "logs"))
         os.makedirs(self.local_dir, exist_ok=True)
         self.jsonl_path = os.path.join(self.local_dir, "train.jsonl")
+        if self.remote:  # a resumed run appends to the log it continues (TensorBoard files are per run)
+            fs, path = fsspec.core.url_to_fs(self.run_dir.rstrip("/") + "/logs/train.jsonl")
+            if fs.exists(path):
+                fs.get_file(path, self.jsonl_path)
         self.tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter

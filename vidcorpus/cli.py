@@ -334,7 +334,7 @@ def train(
     try:
         result = run_training(cfg, output=output, progress=progress, log=console.print, resume=resume)
     except (NoTrainingData, ModelNotAvailable, ReleaseError, ShardChecksumError, ResumeMismatch,
-            FileNotFoundError) as e:
+            FileNotFoundError, ValueError) as e:  # ValueError: --resume latest without --output
         err.print(f"[red]{e}[/red]")
         raise typer.Exit(2)
     console.print(f"trained {result.steps} steps on {result.distinct_clips} clips from {result.n_shards} shards; "
