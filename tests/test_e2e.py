@@ -135,3 +135,49 @@ def test_run_records_recipe_embeddings_and_duplicate_scores(demo):
     dup = _q(demo, "SELECT clip_id, scorer, value FROM scores WHERE scorer IN ('dup_exact', 'dup_sim')")
     assert {(r["clip_id"], r["scorer"]) for r in dup} == {(c, s) for c in clips for s in ("dup_exact", "dup_sim")}
     assert all(-1.0 <= r["value"] <= 1.0 for r in dup)
+
+
+def test_demo_ends_with_an_exported_pipeline_and_a_sampled_video(demo):
+    import av
+    from diffusers import I2VGenXLPipeline
+
+    from vidcorpus.catalog.schema import LATEST_VERSION
+    from vidcorpus.train.checkpoint import read_state
+
+    pipe = I2VGenXLPipeline.from_pretrained(demo["export_dir"])
+    assert type(pipe.unet).__name__ == "I2VGenXLUNet"
+    with av.open(demo["sample_mp4"]) as c:
+        n = sum(1 for _ in c.decode(video=0))
+    assert n == demo["config"].train.num_frames
+    state = read_state(demo["training"].checkpoint_dir)
+    data = state["data"]
+    assert data["release"] == "demo" and data["run_id"] == demo["training"].run_id
+    [latest] = _q(demo, "SELECT run_id FROM runs WHERE started_at <= (SELECT min(started_at) FROM train_runs) "
+                        "ORDER BY started_at DESC LIMIT 1")  # the newest pipeline run when training started
+    assert data["catalog"]["schema_version"] == LATEST_VERSION and data["catalog"]["latest_run_id"] == latest["run_id"]
+    assert {s for s, _k in state["step_keys"]} == set(range(20))  # the clip ids consumed, by step
+
+
+def test_training_resumes_from_the_demo_checkpoint(demo, tmp_path):
+    import shutil
+
+    from vidcorpus.catalog.store import Catalog
+    from vidcorpus.train.checkpoint import read_state
+    from vidcorpus.training import run_training
+
+    cfg = demo["config"]
+    catalog = tmp_path / "catalog.duckdb"  # a copy: the session's demo catalog stays as the other tests expect
+    shutil.copy(cfg.catalog_path, catalog)
+    cfg = cfg.model_copy(update={"catalog": str(catalog), "train": cfg.train.model_copy(update={"steps": 23})})
+    before = read_state(demo["training"].checkpoint_dir)
+    summary = run_training(cfg, output=str(tmp_path / "run"), progress=False, log=lambda *_: None,
+                           resume=demo["training"].checkpoint_dir)
+    assert summary.run_id == demo["training"].run_id and summary.steps == 23
+    state = read_state(summary.checkpoint_dir)
+    assert state["resumed_from"] == demo["training"].checkpoint_dir
+    assert state["step_keys"][:len(before["step_keys"])] == before["step_keys"]  # history kept, then 3 new steps
+    assert {s for s, _k in state["step_keys"]} == set(range(23))
+    with Catalog(str(catalog), read_only=True) as cat:
+        [run] = cat.query_dicts("SELECT steps FROM train_runs")
+        [n] = cat.query_dicts("SELECT max(step) AS s FROM train_samples")
+    assert run["steps"] == 23 and n["s"] == 22

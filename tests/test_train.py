@@ -209,10 +209,13 @@ def test_train_base_steps_on_shard_samples(tiny_model, shards, tmp_path):
     assert [s for s, _ in res.step_keys] == sorted(s for s, _ in res.step_keys)
     assert [k for _, k in res.step_keys] == res.sample_keys
 
-    state = json.loads((out / "train_state.json").read_text())
-    assert state["steps"] == 7 and state["losses"] == res.losses
-    trained = I2VGenXLUNet.from_pretrained(str(out / "unet"))
-    ema = I2VGenXLUNet.from_pretrained(str(out / "unet_ema"))
+    ckpt = Path(res.checkpoint_dir)
+    assert ckpt == out / "checkpoints" / "step-00000007"
+    state = json.loads((ckpt / "train_state.json").read_text())
+    assert state["step"] == 7 and state["losses"] == res.losses and state["sample_keys"] == res.sample_keys
+    assert [f[0] for f in state["decode_failures"]] == [BAD]
+    trained = I2VGenXLUNet.from_pretrained(str(ckpt / "unet"))
+    ema = I2VGenXLUNet.from_pretrained(str(ckpt / "unet_ema"))
     initial = I2VGenXLUNet.from_pretrained(tiny_model, subfolder="unet")
     w = "conv_out.weight"
     d_trained = (trained.state_dict()[w] - initial.state_dict()[w]).abs().sum()
@@ -248,9 +251,274 @@ def test_overfitting_one_batch_lowers_the_loss(tiny_model, shards, tmp_path):
     comps = load_components(tiny_model)
     batch = next(iter_batches(one, cfg))
     before = _eval_loss(comps, batch, cfg)
-    comps.unet = I2VGenXLUNet.from_pretrained(str(tmp_path / "ckpt" / "unet"))
+    comps.unet = I2VGenXLUNet.from_pretrained(str(Path(res.checkpoint_dir) / "unet"))
     after = _eval_loss(comps, batch, cfg)
     print(f"fixed-draw loss {before:.4f} -> {after:.4f}; steps {res.losses[:2]} ... {res.losses[-10:]}")
     assert after < 0.75 * before, (before, after)
     # And the trajectory: the first steps (an untrained UNet) sit above the late ones.
     assert np.mean(res.losses[:2]) > np.mean(res.losses[-10:]), res.losses
+
+
+# -- checkpoints, resume, logs --------------------------------------------------------------------
+
+def test_resume_continues_with_the_next_unseen_samples(tiny_model, shards, tmp_path, monkeypatch):
+    import shutil
+
+    import vidcorpus.train.data as data
+    from vidcorpus.train.checkpoint import list_checkpoints, resolve_resume
+    from vidcorpus.train.loop import ResumeMismatch, train_base
+
+    decoded: list[str] = []
+    real_decode = data.decode_sample
+
+    def counting_decode(sample, cfg, rng):
+        decoded.append(sample["__key__"])
+        return real_decode(sample, cfg, rng)
+
+    monkeypatch.setattr(data, "decode_sample", counting_decode)
+
+    # 4 batches an epoch (a full 4-frame batch, then the leftover 4-frame, 2-frame and 1-frame
+    # buckets): a checkpoint after step 3 sits mid-epoch, and 6 steps cross into the second epoch.
+    cfg = _cfg(steps=6, checkpoint_every=3, keep_checkpoints=2, log_every=1)
+    info = {"selection": "test shards", "catalog": {"schema_version": 0, "latest_run_id": None}}
+    full = train_base(cfg, tiny_model, shards["urls"], str(tmp_path / "full"), progress=False, run_info=info)
+    assert [s for s, _u in list_checkpoints(str(tmp_path / "full"))] == [3, 6]
+    assert full.epochs == 2
+    decoded_full, decoded[:] = list(decoded), []
+
+    # A new run directory holding only the step-3 checkpoint: a run that stopped after 3 steps.
+    part = tmp_path / "part"
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step-00000003", part / "checkpoints" / "step-00000003")
+    state3 = json.loads((part / "checkpoints" / "step-00000003" / "train_state.json").read_text())
+    [cursor] = state3["cursors"]
+    assert cursor["epoch"] == 0 and cursor["batches"] == 3
+    [[worker, pulled]] = cursor["position"]["pulled"]  # one stream (no DataLoader workers)
+    assert worker == 0
+    pending = cursor["position"]["pending"]  # pulled but still waiting in a bucket
+    assert pulled == 6 and len(pending) == 1  # 5 trained or failed, 1 waiting (the leftover 4-frame clip)
+    assert state3["sample_keys"] == [k for s, k in full.step_keys if s < 3]  # the clip ids consumed
+    assert state3["data"] == info and state3["step"] == 3
+    random.seed(123), np.random.seed(123), torch.manual_seed(123)  # resumed RNG state must not depend on these
+    resumed = train_base(cfg, tiny_model, shards["urls"], str(part), progress=False, resume="latest", run_info=info)
+    assert resumed.resumed_from == str(part / "checkpoints" / "step-00000003")
+    assert resumed.step_keys == full.step_keys  # same samples, same order, same steps
+    # Consumed samples were not decoded again: only the pending one and those after the cursor.
+    assert len(decoded) == len(decoded_full) - (pulled - len(pending)), (decoded_full, decoded)
+    np.testing.assert_allclose(resumed.losses, full.losses, rtol=1e-4, atol=1e-6)
+    from diffusers import I2VGenXLUNet
+
+    for sub in ("unet", "unet_ema"):
+        a = I2VGenXLUNet.from_pretrained(str(Path(full.checkpoint_dir) / sub)).state_dict()
+        b = I2VGenXLUNet.from_pretrained(str(Path(resumed.checkpoint_dir) / sub)).state_dict()
+        worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+        assert worst < 1e-5, (sub, worst)
+
+    # Resuming against another selection is refused: the cursor would point at other samples.
+    assert resolve_resume(str(part)) == str(part / "checkpoints" / "step-00000006")
+    with pytest.raises(ResumeMismatch, match="different selection"):
+        train_base(_cfg(steps=8), tiny_model, shards["urls"][:2], str(part), progress=False, resume="latest")
+
+
+def test_checkpoints_are_atomic_and_pruned(tiny_model, shards, tmp_path):
+    from vidcorpus.train.checkpoint import CKPT_DIR, list_checkpoints, prune_checkpoints
+
+    run = tmp_path / "run"
+    # Leftovers of a crash: a temp folder and a step folder without its train_state.json marker.
+    (run / CKPT_DIR / ".tmp-step-00000001-x").mkdir(parents=True)
+    (run / CKPT_DIR / "step-00000009" / "unet").mkdir(parents=True)
+    assert list_checkpoints(str(run)) == []
+    res = train_base_quick(tiny_model, shards, run, steps=4, checkpoint_every=1, keep_checkpoints=2)
+    names = sorted(p.name for p in (run / CKPT_DIR).iterdir())
+    assert names == ["step-00000003", "step-00000004"]
+    assert res.checkpoint_dir == str(run / CKPT_DIR / "step-00000004")
+    prune_checkpoints(str(run), 1)
+    assert [s for s, _ in list_checkpoints(str(run))] == [4]
+
+    # JSONL + TensorBoard logs: one record per log_every steps with the fields a user plots.
+    records = [json.loads(line) for line in (run / "logs" / "train.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    for r in records:
+        assert math.isfinite(r["loss"]) and r["lr"] > 0 and r["samples_per_s"] > 0
+        assert 0.0 <= r["data_wait_share"] <= 1.0
+        assert r["mfu"] is None  # CPU: no peak bf16 FLOP/s to compare with
+        assert r["flops_per_step"] > 1e6  # counted with FlopCounterMode, not guessed
+    assert list((run / "logs" / "tb").glob("events.out.tfevents.*"))
+
+
+def train_base_quick(tiny_model, shards, out, **kw):
+    from vidcorpus.train.loop import train_base
+
+    return train_base(_cfg(log_every=2, **kw), tiny_model, shards["urls"], str(out), progress=False)
+
+
+# -- export, probe samples, activation checkpointing, launchers -----------------------------------
+
+def test_export_loads_in_i2vgenxl_pipeline_and_generates(tiny_model, shards, tmp_path):
+    import av
+    from diffusers import I2VGenXLPipeline, I2VGenXLUNet
+    from typer.testing import CliRunner
+
+    from vidcorpus.cli import app
+    from vidcorpus.train.export import sample_video
+    from vidcorpus.train.loop import train_base
+
+    run = tmp_path / "run"
+    res = train_base(_cfg(steps=2, sample_every=2, sample_steps=2, ema_decay=0.5), tiny_model, shards["urls"][:1],
+                     str(run), progress=False)
+    # The probe: the first clip's first frame and caption, sampled by the EMA UNet after step 2.
+    [probe] = list((run / "samples").glob("*.mp4"))
+    assert probe.name == "step-00000002-probe0.mp4"
+    with av.open(str(probe)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 4 and frames[0].shape == (64, 64, 3)
+
+    out = tmp_path / "pipeline"
+    r = CliRunner().invoke(app, ["export", str(run), str(out), "--preset", "tiny",
+                                 "--set", f"models.i2vgen={tiny_model}"])
+    assert r.exit_code == 0, r.output
+    pipe = I2VGenXLPipeline.from_pretrained(str(out))
+    pipe.set_progress_bar_config(disable=True)
+    ema = I2VGenXLUNet.from_pretrained(str(Path(res.checkpoint_dir) / "unet_ema")).state_dict()
+    assert all(torch.equal(v, ema[k]) for k, v in pipe.unet.state_dict().items())  # the EMA weights
+    image = _frames(str(Path(shards["urls"][0]).parent / "media" / "synth_00.mp4"), 1)[0]
+    video = sample_video(pipe, image, "a white ball rolling", 64, 64, 4, 8, steps=2, seed=0)
+    assert video.shape == (4, 64, 64, 3) and video.dtype == np.uint8 and video.std() > 0
+    again = sample_video(pipe, image, "a white ball rolling", 64, 64, 4, 8, steps=2, seed=0)
+    assert np.array_equal(video, again)  # seeded
+
+
+def test_activation_checkpointing_keeps_loss_and_gradients(tiny_model, shards):
+    from vidcorpus.train.data import iter_batches
+    from vidcorpus.train.loop import apply_activation_checkpointing
+    from vidcorpus.train.models import load_components
+    from vidcorpus.train.objective import TextEncoderCache, diffusion_loss
+
+    cfg = _cfg()
+    comps = load_components(tiny_model)
+    comps.unet.train()
+    batch = next(iter_batches(shards["urls"][:1], cfg))
+    cache = TextEncoderCache(comps)
+
+    def step():
+        comps.unet.zero_grad(set_to_none=True)
+        torch.manual_seed(5)  # the temporal convs' dropout draws from the global RNG: same masks both times
+        loss = diffusion_loss(comps, cache, batch, cfg, torch.Generator().manual_seed(3))
+        loss.backward()
+        return float(loss), {n: p.grad.clone() for n, p in comps.unet.named_parameters() if p.grad is not None}
+
+    keys_before = list(comps.unet.state_dict())
+    loss0, grads0 = step()
+    n = apply_activation_checkpointing(comps.unet)
+    assert n >= 6  # resnets, temporal convs and transformer blocks of both resolutions
+    assert sum("CheckpointWrapper" in type(m).__name__ for m in comps.unet.modules()) == n
+    assert list(comps.unet.state_dict()) == keys_before  # checkpoints and exports keep their keys
+    loss1, grads1 = step()
+    assert loss1 == pytest.approx(loss0, rel=1e-5)
+    grads1 = {k.replace("._checkpoint_wrapped_module", ""): v for k, v in grads1.items()}
+    assert set(grads1) == set(grads0)
+    for k, g in grads0.items():
+        torch.testing.assert_close(grads1[k], g, rtol=1e-4, atol=1e-6)
+
+
+def test_ray_train_launcher_runs_two_cpu_workers(tiny_model, shards, tmp_path):
+    import ray
+
+    from vidcorpus.train.checkpoint import read_state
+    from vidcorpus.train.launch import launch_ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        res = launch_ray(_cfg(steps=2, workers=2, checkpoint_every=1, keep_checkpoints=1), tiny_model,
+                         shards["urls"], str(tmp_path / "run"), run_info={"run_id": "ray-test"},
+                         storage_path=str(tmp_path / "ray"))
+    finally:
+        ray.shutdown()
+    assert res.steps == 2 and len(res.losses) == 2 and all(math.isfinite(x) for x in res.losses)
+    state = read_state(res.checkpoint_dir)
+    assert state["world_size"] == 2 and len(state["cursors"]) == 2 and state["data"] == {"run_id": "ray-test"}
+    # Each rank streamed its own split of the three shards. Unsplit, both ranks would read the same
+    # seeded stream and train on the same clips at step 0; split, a step holds both ranks' batches
+    # and no clip twice.
+    for s in (0, 1):
+        keys = [k for step, k in res.step_keys if step == s]
+        assert len(keys) >= 2 and len(set(keys)) == len(keys), keys
+    assert [f[0] for f in res.decode_failures] in ([], [BAD])  # BAD sits late in rank 0's split
+
+
+def test_torchrun_runs_the_same_loop_with_ddp_on_gloo(tiny_model, shards, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from vidcorpus.train.checkpoint import list_checkpoints, read_state
+
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import json, sys\n"
+        "from vidcorpus.config import TrainConfig\n"
+        "from vidcorpus.train.launch import init_torchrun\n"
+        "from vidcorpus.train.loop import train_base\n"
+        "assert init_torchrun()\n"
+        "cfg = TrainConfig(**json.loads(sys.argv[1]))\n"
+        "train_base(cfg, sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], progress=False)\n")
+    cfg = _cfg(steps=2, log_every=1).model_dump()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), json.dumps(cfg), tiny_model, json.dumps(shards["urls"]), str(run)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [(step, ckpt)] = list_checkpoints(str(run))
+    state = read_state(ckpt)
+    assert step == 2 and state["world_size"] == 2 and state["runtime"]["world_size"] == 2
+    assert len(state["cursors"]) == 2 and len(state["losses"]) == 2
+    step0 = [k for s, k in state["step_keys"] if s == 0]
+    assert len(step0) >= 2 and len(set(step0)) == len(step0)  # two ranks, two different splits
+    records = [json.loads(x) for x in (run / "logs" / "train.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]  # rank 0 alone writes the log
+
+
+def test_resume_is_exact_with_dataloader_workers(tiny_model, shards, tmp_path):
+    """With two DataLoader workers the consumed samples still keep their place (as undecoded
+    markers), so the workers interleave as before and the resumed stream is the same."""
+    import shutil
+
+    from vidcorpus.train.loop import ResumeMismatch, train_base
+
+    cfg = _cfg(steps=5, checkpoint_every=2, num_workers=2, tensorboard=False)
+    full = train_base(cfg, tiny_model, shards["urls"], str(tmp_path / "full"), progress=False)
+    part = tmp_path / "part" / "checkpoints"
+    part.mkdir(parents=True)
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step-00000002", part / "step-00000002")
+    state = json.loads((part / "step-00000002" / "train_state.json").read_text())
+    assert {w for w, _n in state["cursors"][0]["position"]["pulled"]} == {0, 1}
+    resumed = train_base(cfg, tiny_model, shards["urls"], str(tmp_path / "part"), progress=False, resume="latest")
+    assert resumed.step_keys == full.step_keys
+    np.testing.assert_allclose(resumed.losses, full.losses, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ResumeMismatch, match="num_workers"):
+        train_base(_cfg(steps=5, num_workers=0), tiny_model, shards["urls"], str(tmp_path / "part"),
+                   progress=False, resume="latest")
+
+
+def test_checkpoints_logs_and_resume_on_s3(tiny_model, shards, s3):
+    """A remote run directory: files uploaded with the marker last, old checkpoints pruned, logs
+    uploaded, and resume reads the newest complete checkpoint back."""
+    from vidcorpus.train.checkpoint import list_checkpoints
+    from vidcorpus.train.loop import train_base
+
+    run = "s3://bucket/runs/r1"
+    s3.pipe("bucket/runs/r1/checkpoints/step-00000009/unet/config.json", b"{}")  # no marker: incomplete
+    cfg = _cfg(steps=2, checkpoint_every=1, keep_checkpoints=1, log_every=1)
+    first = train_base(cfg, tiny_model, shards["urls"], run, progress=False)
+    assert [s for s, _u in list_checkpoints(run)] == [2]
+    assert not s3.exists("bucket/runs/r1/checkpoints/step-00000009")  # the incomplete leftover was removed
+    assert s3.exists("bucket/runs/r1/checkpoints/step-00000002/unet_ema/diffusion_pytorch_model.safetensors")
+    assert len(s3.cat("bucket/runs/r1/logs/train.jsonl").decode().splitlines()) == 2
+    more = train_base(_cfg(steps=3, checkpoint_every=1, keep_checkpoints=1, log_every=1), tiny_model,
+                      shards["urls"], run, progress=False, resume="latest")
+    assert more.resumed_from == run + "/checkpoints/step-00000002"
+    assert more.step_keys[:len(first.step_keys)] == first.step_keys and more.steps == 3
+    assert [s for s, _u in list_checkpoints(run)] == [3]
+    log = [json.loads(x) for x in s3.cat("bucket/runs/r1/logs/train.jsonl").decode().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]  # the resumed run appended to the remote log

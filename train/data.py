@@ -39,6 +39,19 @@ class DecodeFailure:
 
     key: str
     error: Exception
+    worker: int = 0
+    index: int = 0
+
+
+@dataclass
+class Skipped:
+    """Stands in the stream for a sample a resumed run already consumed: read, not decoded.
+
+    It keeps its place so DataLoader workers interleave exactly as in the original run."""
+
+    key: str
+    worker: int
+    index: int
 
 
 # -- decoding -------------------------------------------------------------------------------------
@@ -166,12 +179,15 @@ class ClipStream(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, shards: list[ShardSpec | str], cfg: TrainConfig, keys: Iterable[str] | None = None,
-                 epoch: int = 0):
+                 epoch: int = 0, skip: dict[int, tuple[int, set[int]]] | None = None):
         super().__init__()
         self.shards = as_specs(shards)
         self.cfg = cfg
         self.keys = set(keys) if keys is not None else None
         self.epoch = epoch
+        # Resume: per worker, (items of its sequence already consumed, those of them still pending
+        # in a bucket). Consumed ones pass as ``Skipped`` markers, undecoded.
+        self.skip = skip or {}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -185,13 +201,22 @@ class ClipStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         samples = sample_pipeline(self.shards, seed=self.cfg.seed, epoch=self.epoch, keys=self.keys,
                                   shuffle_buffer=self.cfg.shuffle_buffer, worker_seed=info.id if info else 0)
-        for sample in samples:
+        wid = info.id if info else 0
+        consumed, pending = self.skip.get(wid, (0, set()))
+        for i, sample in enumerate(samples):
             key = sample["__key__"]
+            if i < consumed and i not in pending:
+                yield Skipped(key, wid, i)
+                continue
             rng = random.Random(seed ^ zlib.crc32(key.encode()))
             try:
-                yield decode_sample(sample, self.cfg, rng)
+                out = decode_sample(sample, self.cfg, rng)
             except Exception as e:  # noqa: BLE001 - any failure skips this sample, reported by key
-                yield DecodeFailure(key, e if isinstance(e, DecodeError) else DecodeError(f"{type(e).__name__}: {e}"))
+                yield DecodeFailure(key, e if isinstance(e, DecodeError) else DecodeError(f"{type(e).__name__}: {e}"),
+                                    wid, i)
+                continue
+            out["pos"] = (wid, i)
+            yield out
 
 
 # -- batching -------------------------------------------------------------------------------------
@@ -207,39 +232,97 @@ def collate(samples: list[dict]) -> dict:
     }
 
 
-def bucket_batches(samples: Iterable[dict | DecodeFailure], batch_size: int,
-                   on_error: OnError | None = None, drop_last: bool = False) -> Iterator[dict]:
+class BucketBatcher:
     """Group samples by (frames, height, width) and emit a batch whenever a bucket fills.
 
-    Leftover partial buckets are emitted at the end of the stream (unless ``drop_last``), so a
-    small corpus still trains on every clip; a failure marker goes to ``on_error`` and nowhere else.
+    Leftover partial buckets are emitted at the end of the stream (unless ``drop_last``), oldest
+    waiting sample first, so a small corpus still trains on every clip; a failure marker goes to
+    ``on_error`` and nowhere else; ``Skipped`` markers (a resume's consumed samples) are dropped.
+    ``pending()`` lists the stream positions of samples waiting in buckets (none of the batch just
+    emitted): with the per-worker counts of samples pulled, that is the resumable position.
     """
-    buckets: dict[tuple[int, int, int], list[dict]] = {}
-    for s in samples:
-        if isinstance(s, DecodeFailure):
-            if on_error is not None:
-                on_error(s.key, s.error)
-            else:
-                log.warning("skipping %s: %s", s.key, s.error)
-            continue
-        shape = tuple(s["video"].shape)
-        bucket = buckets.setdefault((shape[0], shape[2], shape[3]), [])
-        bucket.append(s)
-        if len(bucket) == batch_size:
-            yield collate(bucket)
-            bucket.clear()
-    if not drop_last:
-        for bucket in buckets.values():
-            if bucket:
-                yield collate(bucket)
+
+    def __init__(self, batch_size: int, on_error: OnError | None = None, drop_last: bool = False):
+        self.batch_size = batch_size
+        self.on_error = on_error
+        self.drop_last = drop_last
+        self.buckets: dict[tuple[int, int, int], list[tuple[int, dict]]] = {}
+
+    def pending(self) -> list[tuple[int, int]]:
+        return sorted(s["pos"] for b in self.buckets.values() for _seq, s in b if "pos" in s)
+
+    def __call__(self, samples: Iterable) -> Iterator[dict]:
+        for seq, s in enumerate(samples):
+            if isinstance(s, Skipped):
+                continue
+            if isinstance(s, DecodeFailure):
+                if self.on_error is not None:
+                    self.on_error(s.key, s.error)
+                else:
+                    log.warning("skipping %s: %s", s.key, s.error)
+                continue
+            shape = tuple(s["video"].shape)
+            bucket = self.buckets.setdefault((shape[0], shape[2], shape[3]), [])
+            bucket.append((seq, s))
+            if len(bucket) == self.batch_size:
+                batch = collate([x for _q, x in bucket])
+                bucket.clear()
+                yield batch
+        if not self.drop_last:
+            for shape in sorted((k for k, b in self.buckets.items() if b), key=lambda k: self.buckets[k][0][0]):
+                batch = collate([x for _q, x in self.buckets[shape]])
+                self.buckets[shape].clear()
+                yield batch
+
+
+def bucket_batches(samples: Iterable[dict | DecodeFailure | Skipped], batch_size: int,
+                   on_error: OnError | None = None, drop_last: bool = False) -> Iterator[dict]:
+    """Bucketed batches of a sample stream (see ``BucketBatcher``)."""
+    yield from BucketBatcher(batch_size, on_error, drop_last)(samples)
+
+
+class EpochBatches:
+    """One epoch of bucketed batches that knows its resumable position.
+
+    ``position()`` (valid while the consumer holds the last batch) is {"pulled": [[worker, n], ...],
+    "pending": [[worker, index], ...]}: how many samples of each DataLoader worker's sequence were
+    consumed, and which of those still wait in buckets. Started with ``skip=position``, the same
+    epoch yields exactly the batches the original stream would have yielded next; the consumed
+    samples are read from their shards again but not decoded.
+    """
+
+    def __init__(self, shards: list[ShardSpec | str], cfg: TrainConfig, epoch: int = 0,
+                 keys: Iterable[str] | None = None, on_error: OnError | None = None, skip: dict | None = None):
+        self.shards, self.cfg, self.epoch, self.keys = shards, cfg, epoch, keys
+        self.batcher = BucketBatcher(cfg.batch_size, on_error=on_error)
+        self.skip = {int(w): (int(n), set()) for w, n in (skip or {}).get("pulled", [])}
+        for w, i in (skip or {}).get("pending", []):
+            self.skip.setdefault(int(w), (0, set()))[1].add(int(i))
+        self.pulled: dict[int, int] = {w: 0 for w in self.skip}
+
+    def _tap(self, source: Iterable) -> Iterator:
+        for item in source:
+            w, i = (item.worker, item.index) if isinstance(item, (Skipped, DecodeFailure)) else item["pos"]
+            self.pulled[w] = max(self.pulled.get(w, 0), i + 1)
+            yield item
+
+    def position(self) -> dict:
+        return {"pulled": sorted([w, n] for w, n in self.pulled.items()),
+                "pending": [list(p) for p in self.batcher.pending()]}
+
+    def __iter__(self) -> Iterator[dict]:
+        stream = ClipStream(self.shards, self.cfg, keys=self.keys, epoch=self.epoch, skip=self.skip)
+        source: Iterable = stream
+        if self.cfg.num_workers > 0:
+            # Its own generator: a DataLoader otherwise draws its base seed from the global torch RNG
+            # each time an epoch starts, which shifts every later dropout mask of a resumed run.
+            source = torch.utils.data.DataLoader(
+                stream, batch_size=None, num_workers=self.cfg.num_workers, persistent_workers=False,
+                generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.epoch))
+        yield from self.batcher(self._tap(source))
 
 
 def iter_batches(shards: list[ShardSpec | str], cfg: TrainConfig, epoch: int = 0, keys: Iterable[str] | None = None,
                  on_error: OnError | None = None) -> Iterator[dict]:
     """One epoch of bucketed batches; decoding runs in ``cfg.num_workers`` DataLoader workers."""
-    stream = ClipStream(shards, cfg, keys=keys, epoch=epoch)
-    source: Iterable = stream
-    if cfg.num_workers > 0:
-        source = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.num_workers,
-                                             persistent_workers=False)
-    yield from bucket_batches(source, cfg.batch_size, on_error=on_error)
+    yield from EpochBatches(shards, cfg, epoch=epoch, keys=keys, on_error=on_error)

@@ -1,28 +1,41 @@
-"""The base-stage training loop: stream shards, optimise the UNet, keep an EMA, save checkpoints.
+"""The base-stage training loop: stream shards, optimise the UNet, keep an EMA, checkpoint, log, sample.
 
-Plain PyTorch on one device (CUDA when available); Ray only launches it. Everything random is
-seeded from ``cfg.seed``, so a run on the same shards reproduces its losses.
+Plain PyTorch (CUDA when available); torchrun or Ray Train's ``TorchTrainer`` only launch it. When a
+``torch.distributed`` process group is up, the UNet is wrapped in DDP, each rank streams its own
+split of the shards (the reader splits by rank) with its own noise generator, and rank 0 writes
+checkpoints, logs and probe samples. Everything random is seeded from ``cfg.seed`` (and the rank).
+
+The data cursor. Each epoch's sample order is a pure function of (seed, epoch, rank, shard list,
+selected keys, shuffle buffer, DataLoader worker count): the shard shuffle, the shuffle buffer and
+each sample's frame window are all seeded. A checkpoint stores, per rank, the epoch, how many
+samples of each DataLoader worker's sequence the batcher had pulled, and the positions of those
+still waiting in a bucket (at most a few batches' worth). A resumed run rebuilds that epoch's
+stream: consumed samples pass as undecoded ``Skipped`` markers (keeping the workers' interleaving),
+the pending ones are decoded again and refill their buckets, and from there the batches are exactly
+those the uninterrupted run would have trained on next. The cost: the consumed part of the epoch is
+read (and its shards verified) again, but not decoded. The shard list and selected keys are
+fingerprinted into the checkpoint; a resume against a different selection, seed, shuffle buffer or
+worker count is refused, since the cursor would point elsewhere.
 """
 
 from __future__ import annotations
 
 import copy
-import json
+import hashlib
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator
 
-import fsspec
 import numpy as np
 import torch
 
 from vidcorpus.config import TrainConfig
+from vidcorpus.train import checkpoint as ckpt_io
 from vidcorpus.train.data import OnError, iter_batches
+from vidcorpus.train.metrics import FlopCounter, MetricsLogger, peak_bf16_flops
 from vidcorpus.train.models import load_components
 from vidcorpus.train.objective import TextEncoderCache, diffusion_loss
 
@@ -31,15 +44,37 @@ class NoTrainableSamples(RuntimeError):
     """A full pass over the shards produced no batch (every sample failed or none was selected)."""
 
 
+class ResumeMismatch(ValueError):
+    """A checkpoint cannot continue this run: different data selection or world size."""
+
+
 @dataclass
 class TrainResult:
     steps: int
     losses: list[float]
-    sample_keys: list[str]  # clip ids trained on, in order, repeats included
-    checkpoint_dir: str
+    sample_keys: list[str]  # clip ids trained on, in order, repeats included (all ranks)
+    checkpoint_dir: str  # the final checkpoint
     seconds: float
     step_keys: list[tuple[int, str]] = field(default_factory=list)  # (step, clip id) pairs
     epochs: int = 1
+    run_dir: str = ""
+    resumed_from: str | None = None
+    decode_failures: list[list[str]] = field(default_factory=list)  # [key, error class, message]
+
+
+@dataclass
+class DataCursor:
+    """Where a rank's stream stands: epoch ``epoch``, at ``position`` (see ``EpochBatches.position``);
+    ``batches`` batches of that epoch trained on (informational)."""
+
+    epoch: int = 0
+    batches: int = 0
+    position: dict | None = None
+    live: object = None  # the EpochBatches being consumed; its position is read at checkpoint time
+
+    def snapshot(self) -> dict:
+        pos = self.live.position() if self.live is not None else self.position
+        return {"epoch": self.epoch, "batches": self.batches, "position": pos}
 
 
 def lr_lambda(warmup_steps: int, total_steps: int):
@@ -61,9 +96,12 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
     torch._foreach_lerp_(ema_p, model_p, 1.0 - decay)
 
 
-def _batches_forever(urls: list[str], cfg: TrainConfig, keys, on_error: OnError | None,
-                     epochs: list[int]) -> Iterator[dict]:
-    """Epoch after epoch of the stream; each failing key is reported once, not once per epoch."""
+def _batches_forever(urls: list, cfg: TrainConfig, keys, on_error: OnError | None,
+                     cursor: DataCursor) -> Iterator[dict]:
+    """Epoch after epoch of the stream, starting at ``cursor`` (which follows the stream as batches
+    go out); each failing key is reported once, not once per epoch."""
+    from vidcorpus.train.data import EpochBatches
+
     reported: set[str] = set()
 
     def report(key: str, exc: Exception) -> None:
@@ -72,42 +110,24 @@ def _batches_forever(urls: list[str], cfg: TrainConfig, keys, on_error: OnError 
             if on_error is not None:
                 on_error(key, exc)
 
-    epoch = 0
+    epoch, skip, done = cursor.epoch, cursor.position, cursor.batches
     while True:
-        epochs[0] = epoch + 1
+        stream = EpochBatches(urls, cfg, epoch=epoch, keys=keys, on_error=report, skip=skip)
         n = 0
-        for batch in iter_batches(urls, cfg, epoch=epoch, keys=keys, on_error=report):
+        for batch in stream:
             n += 1
+            cursor.epoch, cursor.batches, cursor.live = epoch, done + n, stream
             yield batch
-        if n == 0:
+        if n == 0 and not skip:
             raise NoTrainableSamples(
                 f"no trainable sample in {len(urls)} shard(s)" + (f"; {len(reported)} failed to decode" if reported else ""))
-        epoch += 1
+        epoch, skip, done = epoch + 1, None, 0
 
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _save_checkpoint(unet, ema, state: dict, out_dir: str) -> str:
-    """save_pretrained into out_dir (local) or a temp dir uploaded to out_dir (s3://, ...)."""
-    local = "://" not in out_dir or out_dir.startswith("file://")
-    target = out_dir.removeprefix("file://") if local else tempfile.mkdtemp(prefix="vidcorpus-ckpt-")
-    try:
-        os.makedirs(target, exist_ok=True)
-        unet.save_pretrained(os.path.join(target, "unet"))
-        ema.save_pretrained(os.path.join(target, "unet_ema"))
-        with open(os.path.join(target, "train_state.json"), "w") as f:
-            json.dump(state, f, indent=1)
-        if not local:
-            fs, path = fsspec.core.url_to_fs(out_dir)
-            fs.put(target.rstrip("/") + "/", path.rstrip("/") + "/", recursive=True)
-    finally:
-        if not local:
-            shutil.rmtree(target, ignore_errors=True)
-    return out_dir
 
 
 def _progress(enabled: bool, total: int):
@@ -117,57 +137,288 @@ def _progress(enabled: bool, total: int):
                     TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), disable=not enabled)
 
 
+def data_fingerprint(shard_urls: list, keys: Iterable[str] | None) -> str:
+    from vidcorpus.shards.reader import as_specs
+
+    h = hashlib.sha256()
+    for spec in as_specs(shard_urls):
+        h.update(f"{spec.url}\0{spec.sha256}\n".encode())
+    h.update(b"--keys--\n")
+    for k in sorted(keys) if keys is not None else ["<all>"]:
+        h.update(k.encode() + b"\n")
+    return h.hexdigest()
+
+
+# -- activation checkpointing ---------------------------------------------------------------------
+
+def apply_activation_checkpointing(unet: torch.nn.Module) -> int:
+    """Wrap the UNet's ResnetBlock2D, TemporalConvLayer and transformer blocks in torch's
+    non-reentrant checkpoint wrapper (diffusers refuses ``enable_gradient_checkpointing`` for
+    I2VGenXLUNet). State-dict keys are unchanged. Returns the number of wrapped blocks."""
+    from diffusers.models.attention import BasicTransformerBlock
+    from diffusers.models.resnet import ResnetBlock2D, TemporalConvLayer
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        CheckpointImpl, apply_activation_checkpointing as apply_ac, checkpoint_wrapper)
+
+    kinds = (ResnetBlock2D, TemporalConvLayer, BasicTransformerBlock)
+    n = sum(isinstance(m, kinds) for m in unet.modules())
+    apply_ac(unet, checkpoint_wrapper_fn=lambda m: checkpoint_wrapper(m, checkpoint_impl=CheckpointImpl.NO_REENTRANT),
+             check_fn=lambda m: isinstance(m, kinds))
+    return n
+
+
+# -- distributed helpers --------------------------------------------------------------------------
+
+def _dist() -> tuple[bool, int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return True, dist.get_rank(), dist.get_world_size()
+    return False, 0, 1
+
+
+def _gather(obj, on: bool, world: int) -> list:
+    if not on:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _default_device() -> torch.device:
+    import os
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+# -- the loop -------------------------------------------------------------------------------------
+
 def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
                on_error: OnError | None = None, progress: bool = True, device: str | torch.device | None = None,
-               keys: Iterable[str] | None = None) -> TrainResult:
-    """Train the I2VGen-XL base UNet for ``cfg.steps`` steps on clips streamed from ``shard_urls`` (URLs or
-    ``ShardSpec``s; a spec with a sha256 is verified before use).
+               keys: Iterable[str] | None = None, resume: str | None = None,
+               run_info: dict | None = None) -> TrainResult:
+    """Train the I2VGen-XL base UNet until step ``cfg.steps`` on clips streamed from ``shard_urls``
+    (URLs or ``ShardSpec``s; a spec with a sha256 is verified before use), writing checkpoints,
+    logs and probe samples under the run directory ``out_dir``.
 
     ``keys`` optionally restricts training to those clip ids; ``on_error(key, exc)`` hears about
-    every sample that failed to decode (once per key).
+    every sample that failed to decode on this rank (once per key). ``resume`` continues from a
+    checkpoint ("latest" = the newest in ``out_dir``, or a run/checkpoint URL). ``run_info`` (the
+    selection, the catalog snapshot facts) is recorded in every checkpoint.
     """
     started = time.perf_counter()
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    _seed_everything(cfg.seed)
+    distributed, rank, world = _dist()
+    device = torch.device(device) if device is not None else _default_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    _seed_everything(cfg.seed + rank)
     use_bf16 = cfg.mixed_precision == "bf16" and device.type == "cuda"
     comps = load_components(model_dir, device, torch.bfloat16 if use_bf16 else torch.float32)
     unet = comps.unet
     unet.train()
     unet.requires_grad_(True)
-    ema = copy.deepcopy(unet).requires_grad_(False).eval()
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                             **({"fused": True} if device.type == "cuda" else {}))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.steps))
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    text_cache = TextEncoderCache(comps)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003 * rank)
+    shard_urls = list(shard_urls)
+    fingerprint = data_fingerprint(shard_urls, keys)
 
     losses: list[float] = []
-    sample_keys: list[str] = []
     step_keys: list[tuple[int, str]] = []
-    epochs = [1]
-    batches = _batches_forever(list(shard_urls), cfg, keys, on_error, epochs)
-    with _progress(progress, cfg.steps) as bar:
-        task = bar.add_task("train", total=cfg.steps, loss="-")
-        for step in range(cfg.steps):
-            batch = next(batches)
-            loss = diffusion_loss(comps, text_cache, batch, cfg, gen, torch.bfloat16 if use_bf16 else None)
-            loss.backward()
-            if cfg.grad_clip and cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            ema_update(ema, unet, cfg.ema_decay)
-            value = float(loss.detach())
-            losses.append(value)
-            sample_keys.extend(batch["key"])
-            step_keys.extend((step, k) for k in batch["key"])
-            bar.update(task, advance=1, loss=f"{value:.4f}")
-    batches.close()
+    failures: dict[str, list[str]] = {}
+    cursor = DataCursor()
+    start_step = 0
+    resumed_from = ckpt_io.resolve_resume(resume, out_dir) if resume else None
+    ema = copy.deepcopy(unet).requires_grad_(False).eval()
+    if resumed_from:
+        state = ckpt_io.read_state(resumed_from)
+        if state.get("data_fingerprint") != fingerprint:
+            raise ResumeMismatch(f"checkpoint {resumed_from} was trained on a different selection "
+                                 f"({state.get('data', {}).get('selection')}); its data cursor does not apply")
+        if state.get("world_size", 1) != world:
+            raise ResumeMismatch(f"checkpoint {resumed_from} has {state.get('world_size')} ranks' cursors; "
+                                 f"this run has {world}")
+        trainer_state = ckpt_io.read_trainer_state(resumed_from)
+        ckpt_io.load_unet_weights(resumed_from, "unet", unet)
+        ckpt_io.load_unet_weights(resumed_from, "unet_ema", ema)
+        opt.load_state_dict(trainer_state["optimizer"])
+        sched.load_state_dict(trainer_state["scheduler"])
+        ckpt_io.set_rng_states(trainer_state["rng"][rank], gen)
+        for field_ in ("seed", "shuffle_buffer", "num_workers"):  # they fix each epoch's sample order
+            if state["config"].get(field_) != getattr(cfg, field_):
+                raise ResumeMismatch(f"checkpoint {resumed_from} ran with {field_}={state['config'].get(field_)}, "
+                                     f"this run has {getattr(cfg, field_)}: its data cursor does not apply")
+        cursor = DataCursor(**state["cursors"][rank])
+        start_step = int(state["step"])
+        losses = list(state["losses"])
+        step_keys = [(int(s), k) for s, k in state["step_keys"]]
+        failures = {f[0]: f for f in state.get("decode_failures", [])}
+        del trainer_state
 
-    state = {"steps": len(losses), "losses": losses, "epochs": epochs[0], "sample_keys": sample_keys,
-             "model": comps.name or model_dir, "config": cfg.model_dump()}
-    _save_checkpoint(unet, ema, state, out_dir)
-    return TrainResult(steps=len(losses), losses=losses, sample_keys=sample_keys, checkpoint_dir=out_dir,
-                       seconds=time.perf_counter() - started, step_keys=step_keys, epochs=epochs[0])
+    runtime = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               "autocast": "bf16" if use_bf16 else None, "fused_adamw": bool(opt.defaults.get("fused")),
+               "activation_checkpointing_blocks": 0, "compiled": bool(cfg.compile), "world_size": world,
+               "torch": torch.__version__}
+    if cfg.gradient_checkpointing:
+        runtime["activation_checkpointing_blocks"] = apply_activation_checkpointing(unet)
+    if cfg.compile:
+        unet.compile()
+    train_unet: torch.nn.Module = unet
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_unet = DDP(unet, device_ids=[device.index] if device.type == "cuda" else None)
+    train_comps = replace(comps, unet=train_unet)
+    text_cache = TextEncoderCache(comps)
+
+    def rank_error(key: str, exc: Exception) -> None:
+        from vidcorpus.errors import classify_error
+
+        failures.setdefault(key, [key, classify_error(exc), f"{type(exc).__name__}: {exc}"[:2000]])
+        if on_error is not None:
+            on_error(key, exc)
+
+    main = rank == 0
+    logger = MetricsLogger(out_dir, enabled=main, tensorboard=cfg.tensorboard)
+    flops = FlopCounter()
+    peak = peak_bf16_flops(device)
+    window = {"wait": 0.0, "total": 0.0, "samples": 0, "flops": 0, "flops_known": True, "steps": 0}
+    probes: list[tuple] = []
+    last_ckpt = resumed_from
+    autocast_dtype = torch.bfloat16 if use_bf16 else None
+
+    def checkpoint(step: int) -> str:
+        gathered = _gather({"cursor": cursor.snapshot(), "rng": ckpt_io.rng_states(gen),
+                            "failures": list(failures.values())}, distributed, world)
+        all_failures = {f[0]: f for g in gathered for f in g["failures"]}
+        url = ckpt_io.join(out_dir, ckpt_io.CKPT_DIR, ckpt_io.step_name(step))
+        if main:
+            state = {
+                "step": step, "world_size": world, "epochs": cursor.epoch + 1,
+                "cursors": [g["cursor"] for g in gathered],
+                "data": run_info or {}, "data_fingerprint": fingerprint,
+                "shards": [s if isinstance(s, str) else getattr(s, "url", str(s)) for s in shard_urls],
+                "losses": losses, "sample_keys": [k for _s, k in step_keys],
+                "step_keys": [[s, k] for s, k in step_keys],
+                "decode_failures": sorted(all_failures.values()),
+                "model": comps.name or model_dir, "config": cfg.model_dump(),
+                "resumed_from": resumed_from, "runtime": runtime,
+            }
+            trainer_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                             "rng": [g["rng"] for g in gathered]}
+            url = ckpt_io.save_checkpoint(out_dir, step, unet, ema, trainer_state, state, cfg.keep_checkpoints)
+            logger.flush()
+        if distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+        return url
+
+    batches = _batches_forever(shard_urls, cfg, keys, rank_error, cursor)
+    try:
+        with _progress(progress and main, cfg.steps) as bar:
+            task = bar.add_task("train", total=cfg.steps, completed=start_step, loss="-")
+            for step in range(start_step, cfg.steps):
+                t0 = time.perf_counter()
+                batch = next(batches)
+                t1 = time.perf_counter()
+                shape = tuple(batch["video"].shape[:2]) + tuple(batch["video"].shape[-2:])
+                counting = flops.needs_count(shape)
+                counter = flops.mode() if counting else nullcontext()
+                with counter:
+                    loss = diffusion_loss(train_comps, text_cache, batch, cfg, gen, autocast_dtype)
+                    loss.backward()
+                if counting:
+                    flops.record(shape, counter)
+                if cfg.grad_clip and cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                lr = sched.get_last_lr()[0]
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                ema_update(ema, unet, cfg.ema_decay)
+                value = loss.detach().float()
+                if distributed:
+                    import torch.distributed as dist
+
+                    dist.all_reduce(value)
+                    value /= world
+                value = float(value)
+                losses.append(value)
+                for keys_of_rank in _gather(list(batch["key"]), distributed, world):
+                    step_keys.extend((step, k) for k in keys_of_rank)
+                if main and not probes and cfg.sample_every:
+                    probes = _probe_set(cfg, batch)
+                t2 = time.perf_counter()
+
+                window["wait"] += t1 - t0
+                window["total"] += t2 - t0
+                window["samples"] += len(batch["key"]) * world
+                window["steps"] += 1
+                f = flops.flops(shape)
+                window["flops"] += f or 0
+                window["flops_known"] &= f is not None
+                done = step + 1
+                if main and (done % max(1, cfg.log_every) == 0 or done == cfg.steps):
+                    secs = max(window["total"], 1e-9)
+                    logger.log({
+                        "step": done, "loss": value,
+                        "loss_avg": float(np.mean(losses[-window["steps"]:])), "lr": lr,
+                        "samples_per_s": window["samples"] / secs,
+                        "data_wait_share": window["wait"] / secs,
+                        "step_s": secs / window["steps"],
+                        "flops_per_step": window["flops"] / window["steps"] if window["flops_known"] else None,
+                        "mfu": (window["flops"] / secs / peak) if (peak and window["flops_known"]) else None,
+                        "epoch": cursor.epoch + 1, "world_size": world, "time": time.time(),
+                    })
+                    window = {"wait": 0.0, "total": 0.0, "samples": 0, "flops": 0, "flops_known": True, "steps": 0}
+                if cfg.sample_every and done % cfg.sample_every == 0 and main:
+                    _sample_probes(comps, ema, cfg, probes, out_dir, done, autocast_dtype)
+                if done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+                    last_ckpt = checkpoint(done)
+                bar.update(task, advance=1, loss=f"{value:.4f}")
+        if start_step >= cfg.steps and last_ckpt is None:
+            last_ckpt = checkpoint(start_step)
+    finally:
+        batches.close()
+        logger.close()
+
+    return TrainResult(steps=len(losses), losses=losses, sample_keys=[k for _s, k in step_keys],
+                       checkpoint_dir=last_ckpt or "", seconds=time.perf_counter() - started,
+                       step_keys=step_keys, epochs=cursor.epoch + 1, run_dir=out_dir, resumed_from=resumed_from,
+                       decode_failures=sorted(failures.values()))
+
+
+# -- probe sampling -------------------------------------------------------------------------------
+
+def _probe_set(cfg: TrainConfig, batch: dict) -> list[tuple]:
+    """(image, prompt) pairs sampled every ``sample_every`` steps: the configured probe images and
+    prompts, or else the first clip of the run's first batch (its first frame and caption)."""
+    if cfg.probe_images:
+        prompts = cfg.probe_prompts or [""]
+        return [(img, prompts[i % len(prompts)]) for i, img in enumerate(cfg.probe_images)]
+    prompt = cfg.probe_prompts[0] if cfg.probe_prompts else batch["text"][0]
+    return [(batch["first_frame"][0].clone(), prompt)]
+
+
+def _sample_probes(comps, ema, cfg: TrainConfig, probes: list[tuple], out_dir: str, step: int,
+                   autocast_dtype) -> list[str]:
+    from vidcorpus.train.export import build_pipeline, sample_video, write_mp4
+
+    pipe = build_pipeline(comps, ema)
+    pipe.set_progress_bar_config(disable=True)
+    device = next(ema.parameters()).device
+    urls = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        for i, (image, prompt) in enumerate(probes):
+            frames = sample_video(pipe, image, prompt, cfg.height, cfg.width, cfg.num_frames, cfg.fps,
+                                  steps=cfg.sample_steps, seed=cfg.seed + i)
+            urls.append(write_mp4(frames, cfg.fps, ckpt_io.join(out_dir, "samples", f"step-{step:08d}-probe{i}.mp4")))
+    return urls

@@ -410,8 +410,12 @@ def train(
     select: Optional[str] = typer.Option(None, "--select", help="SQL predicate over clips_wide, e.g. \"kept AND aesthetic >= 5\"."),
     release: Optional[str] = typer.Option(None, "--release", help="Train on a release's shards (checksums from its manifest)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Checkpoint directory (default {workdir}/train/{run_id})."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Run directory (default {workdir}/train/{run_id})."),
     progress: bool = ProgressOpt,
+    resume: Optional[str] = typer.Option(None, "--resume", help="'latest' (newest checkpoint of --output) or a run/checkpoint path."),
+    export: Optional[str] = typer.Option(None, "--export", help="After training, write the EMA weights as a diffusers I2VGenXLPipeline here."),
+    launcher: Optional[str] = typer.Option(None, "--launcher", help="local (also under torchrun) or ray (Ray Train TorchTrainer)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Ray Train workers."),
 ) -> None:
     """Train the base image-to-video stage (I2VGen-XL UNet) on the shards a catalog query selects."""
     from vidcorpus.errors import ModelNotAvailable
@@ -421,14 +425,46 @@ def train(
 
     cfg = _config(config, set_, workdir=workdir, catalog=catalog,
                   **{"models.preset": preset, "train.select": select, "train.steps": steps,
-                     "train.release": release})
+                     "train.release": release, "train.launcher": launcher, "train.workers": workers})
+    from vidcorpus.train.loop import ResumeMismatch
+
     try:
-        result = run_training(cfg, output=output, progress=progress, log=console.print)
-    except (NoTrainingData, ModelNotAvailable, ReleaseError, ShardChecksumError) as e:
+        result = run_training(cfg, output=output, progress=progress, log=console.print, resume=resume)
+    except (NoTrainingData, ModelNotAvailable, ReleaseError, ShardChecksumError, ResumeMismatch,
+            FileNotFoundError, ValueError) as e:  # ValueError: --resume latest without --output
         err.print(f"[red]{e}[/red]")
         raise typer.Exit(2)
     console.print(f"trained {result.steps} steps on {result.distinct_clips} clips from {result.n_shards} shards; "
                   f"loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}; checkpoint: {result.checkpoint_dir}")
+    if export:
+        from vidcorpus.presets import resolve_models
+        from vidcorpus.train.export import export_pipeline
+
+        export_pipeline(resolve_models(cfg.models).i2vgen, result.checkpoint_dir, export)
+        console.print(f"exported EMA weights as an I2VGenXLPipeline: {export}")
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: str = typer.Argument(..., help="A checkpoint directory or a run directory (its newest checkpoint)."),
+    out: str = typer.Argument(..., help="Where the diffusers I2VGenXLPipeline directory is written."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    preset: Optional[str] = PresetOpt,
+    weights: str = typer.Option("ema", "--weights", help="ema (default) or unet (the raw trained weights)."),
+) -> None:
+    """Export a training checkpoint's EMA UNet with the frozen components as an I2VGenXLPipeline."""
+    from vidcorpus.errors import ModelNotAvailable
+    from vidcorpus.presets import resolve_models
+    from vidcorpus.train.export import export_pipeline
+
+    cfg = _config(config, set_, **{"models.preset": preset})
+    try:
+        export_pipeline(resolve_models(cfg.models).i2vgen, checkpoint, out, weights=weights)
+    except (ModelNotAvailable, FileNotFoundError) as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2)
+    console.print(f"exported {checkpoint} ({weights} weights) -> {out}")
 
 
 @app.command()

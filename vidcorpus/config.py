@@ -144,6 +144,19 @@ class TrainConfig(Section):
     shuffle_buffer: int = 64
     num_workers: int = 0
     log_every: int = 5
+    # Checkpoints, logs, probes, memory/speed switches and launchers (issue 8, trainer helper).
+    checkpoint_every: int = Field(0, description="Save a checkpoint every N steps (0: only at the end).")
+    keep_checkpoints: int = Field(3, description="Keep the newest N complete checkpoints (0: keep all).")
+    tensorboard: bool = Field(True, description="Write TensorBoard scalars next to the JSONL log.")
+    gradient_checkpointing: bool = Field(False, description="Activation checkpointing of the UNet's resnet and transformer blocks.")
+    compile: bool = Field(False, description="torch.compile the UNet (minutes of compile on the full model).")
+    sample_every: int = Field(0, description="Sample probe videos every N steps to {run}/samples (0: never).")
+    sample_steps: int = Field(4, description="Denoising steps of probe and demo samples.")
+    probe_images: list[str] = Field(default_factory=list, description="Probe image paths/URLs (default: the first clip's first frame).")
+    probe_prompts: list[str] = Field(default_factory=list, description="Probe prompts (default: that clip's caption).")
+    launcher: Literal["local", "ray"] = Field("local", description="local (torchrun works too) or Ray Train's TorchTrainer.")
+    workers: int = Field(1, description="Ray Train workers (one rank each).")
+    use_gpu: bool = Field(True, description="Ray Train: one GPU per worker when the cluster has GPUs.")
 
 
 class ModelsConfig(Section):

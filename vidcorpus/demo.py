@@ -49,6 +49,15 @@ def run_demo(directory: Path, steps: int = 20, ray_address: str | None = None, p
     console.print(f"release {release.name}: {release.n_clips} clips in {release.n_shards} shards -> {release.manifest_url}")
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"release": DEMO_RELEASE})})
     training = run_training(cfg, progress=progress, log=console.print)
+    from vidcorpus.presets import resolve_models
+    from vidcorpus.train.export import export_and_sample
+
+    export_dir, sample_mp4 = directory / "export" / "i2vgen-base", directory / "export" / "sample.mp4"
+    t = cfg.train
+    export_and_sample(resolve_models(cfg.models).i2vgen, training.checkpoint_dir, str(export_dir), truth["images"][0],
+                      "a white ball rolling across a plain background", str(sample_mp4), t.height, t.width,
+                      t.num_frames, t.fps, steps=t.sample_steps, seed=t.seed)
+    console.print(f"exported the EMA UNet as an I2VGenXLPipeline -> {export_dir}; one sampled video -> {sample_mp4}")
     with Catalog(cfg.catalog_path, read_only=True) as cat:
         funnel = cat.funnel()
         failures = cat.query_dicts("SELECT stage, error_class, n FROM failures_by_class")
@@ -68,10 +77,13 @@ def run_demo(directory: Path, steps: int = 20, ray_address: str | None = None, p
         f"  shards:      {cfg.url('shards')}\n"
         f"  release:     {release.manifest_url}\n"
         f"  checkpoint:  {training.checkpoint_dir}\n"
+        f"  pipeline:    {export_dir} (I2VGenXLPipeline.from_pretrained)\n"
+        f"  sample:      {sample_mp4}\n"
         f"next: vidcorpus sql --catalog {cfg.catalog_path} \"SELECT clip_id, duration_s, aesthetic, motion, kept, "
         f"reason FROM clips_wide\"",
         soft_wrap=True,
     )
     return {"config": cfg, "truth": truth, "summary": summary, "release": release, "training": training,
+            "export_dir": str(export_dir), "sample_mp4": str(sample_mp4),
             "funnel": funnel,
             "seconds": elapsed}

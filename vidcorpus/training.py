@@ -25,6 +25,7 @@ class TrainingSummary:
     n_shards: int
     checkpoint_dir: str
     seconds: float
+    run_dir: str = ""
 
 
 def select_training_shards(cfg: Config) -> tuple[list, set[str], str]:
@@ -60,32 +61,74 @@ def select_training_shards(cfg: Config) -> tuple[list, set[str], str]:
     return specs, keys, what
 
 
-def run_training(cfg: Config, output: str | None = None, progress: bool = True,
-                 log: Callable[[str], None] = print) -> TrainingSummary:
+def catalog_snapshot(cfg: Config) -> dict:
+    """Facts that pin down which catalog state a run selected from (recorded in every checkpoint)."""
     from vidcorpus.catalog.store import Catalog
+
+    with Catalog(cfg.catalog_path, read_only=True) as cat:
+        latest = cat.query_dicts("SELECT run_id, kind, started_at FROM runs ORDER BY started_at DESC LIMIT 1")
+        return {"path": cfg.catalog_path, "schema_version": cat.schema_version,
+                "latest_run_id": latest[0]["run_id"] if latest else None,
+                "latest_run_kind": latest[0]["kind"] if latest else None}
+
+
+def run_dir_of(checkpoint: str) -> str:
+    """{run}/checkpoints/step-N -> {run}."""
+    parts = checkpoint.rstrip("/").rsplit("/", 2)
+    return parts[0] if len(parts) == 3 and parts[1] == "checkpoints" else checkpoint.rstrip("/")
+
+
+def run_training(cfg: Config, output: str | None = None, progress: bool = True,
+                 log: Callable[[str], None] = print, resume: str | None = None) -> TrainingSummary:
+    """Select shards, train (in this process, under torchrun, or on Ray Train workers), record the run.
+
+    ``resume``: "latest" (the newest checkpoint of ``output``), or a run or checkpoint URL; the run
+    keeps its run id and directory and continues with the next unseen samples.
+    """
+    from vidcorpus.catalog.store import Catalog
+    from vidcorpus.train.checkpoint import read_state, resolve_resume
+    from vidcorpus.train.launch import broadcast, init_torchrun, launch_ray
     from vidcorpus.train.loop import train_base
 
+    distributed = init_torchrun()
     models = resolve_models(cfg.models)
-    run_id = new_run_id()
+    run_id = None
+    if resume and resume not in ("latest", "auto"):
+        ckpt = resolve_resume(resume)
+        run_id = read_state(ckpt).get("data", {}).get("run_id")
+        output = output or run_dir_of(ckpt)
+    elif resume and not output:
+        raise ValueError("--resume latest needs the run directory: pass --output (or give --resume a path)")
+    run_id = broadcast(run_id or new_run_id())
     started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     specs, keys, what = select_training_shards(cfg)
     urls = [s.url for s in specs]
-    log(f"training run {run_id}: {len(keys)} clips in {len(urls)} shards ({what})")
     out_dir = output or cfg.url("train", run_id)
-    errors: list[tuple[str, str, str]] = []
+    run_info = {"run_id": run_id, "selection": what, "release": cfg.train.release, "select": cfg.train.select,
+                "catalog": catalog_snapshot(cfg)}
+    rank = 0
+    if distributed:
+        import torch.distributed as dist
 
-    def on_error(key: str, exc: Exception) -> None:
-        from vidcorpus.errors import classify_error
+        rank = dist.get_rank()
+    if rank == 0:
+        log(f"training run {run_id}: {len(keys)} clips in {len(urls)} shards ({what}) -> {out_dir}"
+            + (f", resuming {resume}" if resume else ""))
+    if cfg.train.launcher == "ray" and not distributed:
+        from vidcorpus.runner import init_ray
 
-        errors.append((key, classify_error(exc), f"{type(exc).__name__}: {exc}"))
-
-    result = train_base(cfg.train, models.i2vgen, specs, out_dir, on_error=on_error, progress=progress, keys=keys)
-    with Catalog(cfg.catalog_path) as cat:
-        cat.record_training(run_id, "base", what, result.steps, result.losses[-1] if result.losses else None,
-                            result.checkpoint_dir, urls, json.dumps(cfg.train.model_dump()), started,
-                            list(result.step_keys))
-        for key, cls, msg in errors:
-            cat.record_failure(key, "train_decode", cls, msg, run_id)
+        init_ray(cfg)
+        result = launch_ray(cfg.train, models.i2vgen, specs, out_dir, keys=keys, resume=resume, run_info=run_info)
+    else:
+        result = train_base(cfg.train, models.i2vgen, specs, out_dir, progress=progress, keys=keys,
+                            resume=resume, run_info=run_info)
+    if rank == 0:
+        with Catalog(cfg.catalog_path) as cat:
+            cat.record_training(run_id, "base", what, result.steps, result.losses[-1] if result.losses else None,
+                                result.checkpoint_dir, urls, json.dumps(cfg.train.model_dump()), started,
+                                list(result.step_keys))
+            for key, cls, msg in result.decode_failures:  # every rank's, gathered into the checkpoint
+                cat.record_failure(key, "train_decode", cls, msg, run_id)
     return TrainingSummary(run_id=run_id, steps=result.steps, losses=result.losses,
                            distinct_clips=len({k for _s, k in result.step_keys}), n_shards=len(urls),
-                           checkpoint_dir=result.checkpoint_dir, seconds=result.seconds)
+                           checkpoint_dir=result.checkpoint_dir, seconds=result.seconds, run_dir=out_dir)

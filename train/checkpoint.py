@@ -1,0 +1,201 @@
+"""Training checkpoints: atomic, the last N kept, everything a resumed run needs to continue exactly.
+
+Layout of a run directory (local path or any fsspec URL)::
+
+    {run}/checkpoints/step-00000010/unet/              trained UNet (diffusers save_pretrained)
+                                    unet_ema/          EMA weights (what export uses)
+                                    trainer_state.pt   optimizer, LR schedule, RNG states
+                                    train_state.json   step, data cursor, selection, catalog facts,
+                                                       clip ids consumed (written LAST: the marker)
+
+Atomicity: locally a checkpoint is written into ``.tmp-step-...`` and renamed into place (a crash
+leaves only a temp folder, removed by the next save). Object stores have no rename, so remotely
+the files are uploaded with ``train_state.json`` last, and a checkpoint without it is incomplete:
+``list_checkpoints`` ignores it and the next save removes it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+
+import fsspec
+import numpy as np
+import torch
+
+CKPT_DIR = "checkpoints"
+STATE_JSON = "train_state.json"
+TRAINER_PT = "trainer_state.pt"
+_STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+def is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def _local(url: str) -> str:
+    return url.removeprefix("file://")
+
+
+def join(url: str, *parts: str) -> str:
+    return "/".join([url.rstrip("/"), *parts])
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+# -- RNG states -----------------------------------------------------------------------------------
+
+def rng_states(generator: torch.Generator) -> dict:
+    """Every RNG a step draws from: Python, NumPy, torch CPU and CUDA, and the loop's generator."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "generator": generator.get_state(),
+        "generator_device": str(generator.device),
+    }
+
+
+def set_rng_states(states: dict, generator: torch.Generator) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    generator.set_state(states["generator"])
+
+
+# -- save -----------------------------------------------------------------------------------------
+
+def save_checkpoint(run_dir: str, step: int, unet, ema, trainer_state: dict, state: dict, keep: int) -> str:
+    """Write checkpoint ``step`` of ``run_dir`` atomically and prune to the newest ``keep`` (0: all)."""
+    name = step_name(step)
+    root = join(run_dir, CKPT_DIR)
+    final = join(root, name)
+    if is_local(run_dir):
+        os.makedirs(_local(root), exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=_local(root))
+        try:
+            _write_into(tmp, unet, ema, trainer_state, state)
+            if os.path.exists(_local(final)):  # a re-save of the same step (rerun of a finished run)
+                shutil.rmtree(_local(final))
+            os.replace(tmp, _local(final))
+        finally:
+            if os.path.exists(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp = tempfile.mkdtemp(prefix="vidcorpus-ckpt-")
+        try:
+            _write_into(tmp, unet, ema, trainer_state, state)
+            fs, path = fsspec.core.url_to_fs(final)
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+            marker = os.path.join(tmp, STATE_JSON)
+            body = os.path.join(tmp, "body")
+            os.makedirs(body)
+            for entry in os.listdir(tmp):
+                if entry not in ("body", STATE_JSON):
+                    os.replace(os.path.join(tmp, entry), os.path.join(body, entry))
+            fs.put(body.rstrip("/") + "/", path.rstrip("/") + "/", recursive=True)
+            fs.put_file(marker, path.rstrip("/") + "/" + STATE_JSON)  # last: the completion marker
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    prune_checkpoints(run_dir, keep)
+    return final
+
+
+def _write_into(target: str, unet, ema, trainer_state: dict, state: dict) -> None:
+    unet.save_pretrained(os.path.join(target, "unet"))
+    ema.save_pretrained(os.path.join(target, "unet_ema"))
+    torch.save(trainer_state, os.path.join(target, TRAINER_PT))
+    with open(os.path.join(target, STATE_JSON), "w") as f:  # last
+        json.dump(state, f, indent=1)
+
+
+def list_checkpoints(run_dir: str) -> list[tuple[int, str]]:
+    """Complete checkpoints of a run, oldest first, as (step, url)."""
+    root = join(run_dir, CKPT_DIR)
+    fs, path = fsspec.core.url_to_fs(root)
+    if not fs.exists(path):
+        return []
+    out = []
+    for entry in fs.ls(path, detail=False):
+        base = entry.rstrip("/").rsplit("/", 1)[-1]
+        m = _STEP_RE.match(base)
+        if m and fs.exists(entry.rstrip("/") + "/" + STATE_JSON):
+            out.append((int(m.group(1)), join(root, base)))
+    return sorted(out)
+
+
+def prune_checkpoints(run_dir: str, keep: int) -> None:
+    """Remove all but the newest ``keep`` complete checkpoints, and any incomplete leftovers."""
+    root = join(run_dir, CKPT_DIR)
+    fs, path = fsspec.core.url_to_fs(root)
+    if not fs.exists(path):
+        return
+    complete = list_checkpoints(run_dir)
+    drop = complete[:-keep] if keep and keep > 0 else []
+    complete_names = {u.rsplit("/", 1)[-1] for _s, u in complete}
+    for entry in fs.ls(path, detail=False):
+        base = entry.rstrip("/").rsplit("/", 1)[-1]
+        if base.startswith(".tmp-") or (_STEP_RE.match(base) and base not in complete_names):
+            fs.rm(entry, recursive=True)
+    for _s, url in drop:
+        fs.rm(fsspec.core.url_to_fs(url)[1], recursive=True)
+
+
+# -- load -----------------------------------------------------------------------------------------
+
+def resolve_resume(resume: str, run_dir: str | None = None) -> str | None:
+    """A checkpoint URL from ``--resume``: "latest"/"auto" (newest of ``run_dir``, None if it has none),
+    a run directory (its newest), or a checkpoint directory itself."""
+    if resume in ("latest", "auto"):
+        if run_dir is None:
+            raise ValueError("--resume latest needs the run directory (--output)")
+        found = list_checkpoints(run_dir)
+        return found[-1][1] if found else None
+    fs, path = fsspec.core.url_to_fs(resume)
+    if fs.exists(path.rstrip("/") + "/" + STATE_JSON):
+        return resume.rstrip("/")
+    found = list_checkpoints(resume)
+    if not found:
+        raise FileNotFoundError(f"no complete checkpoint at {resume} (looked for {STATE_JSON} and {CKPT_DIR}/step-*)")
+    return found[-1][1]
+
+
+def read_state(ckpt: str) -> dict:
+    with fsspec.open(join(ckpt, STATE_JSON), "rt") as f:
+        return json.load(f)
+
+
+def read_trainer_state(ckpt: str) -> dict:
+    with fsspec.open(join(ckpt, TRAINER_PT), "rb") as f:
+        buf = io.BytesIO(f.read())
+    # Our own file: optimizer tensors plus RNG states (numpy's state is a tuple holding an array).
+    return torch.load(buf, map_location="cpu", weights_only=False)
+
+
+def load_unet_weights(ckpt: str, sub: str, module: torch.nn.Module) -> None:
+    """Load ``{ckpt}/{sub}`` (diffusers save_pretrained of the UNet) into ``module`` in place."""
+    from diffusers import I2VGenXLUNet
+
+    if is_local(ckpt):
+        loaded = I2VGenXLUNet.from_pretrained(_local(join(ckpt, sub)), torch_dtype=torch.float32)
+    else:
+        tmp = tempfile.mkdtemp(prefix="vidcorpus-ckpt-")
+        try:
+            fs, path = fsspec.core.url_to_fs(join(ckpt, sub))
+            fs.get(path.rstrip("/") + "/", tmp.rstrip("/") + "/", recursive=True)
+            loaded = I2VGenXLUNet.from_pretrained(tmp, torch_dtype=torch.float32)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    missing, unexpected = module.load_state_dict(loaded.state_dict(), strict=True)
+    assert not missing and not unexpected
