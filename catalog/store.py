@@ -35,6 +35,7 @@ from vidcorpus.catalog.schema import (
     wide_columns,
     wide_view_sql,
 )
+from vidcorpus.redact import redact_text, redact_url
 from vidcorpus.schemas import SHARD_SCHEMA
 
 
@@ -330,8 +331,8 @@ class Catalog:
     def begin_run(self, run_id: str, kind: str, config_json: str, code_version: str) -> None:
         with self.transaction() as con:
             con.execute(
-            "INSERT OR REPLACE INTO runs VALUES (?, ?, 'running', ?, NULL, ?, ?, NULL)",
-                [run_id, kind, _now(), config_json, code_version],
+                "INSERT OR REPLACE INTO runs VALUES (?, ?, 'running', ?, NULL, ?, ?, NULL)",
+                [run_id, kind, _now(), redact_text(config_json), code_version],  # inputs may carry credentials
             )
 
     def finish_run(self, run_id: str, status: str, stats: dict) -> None:
@@ -520,10 +521,12 @@ class Catalog:
             sid = r.get("source_id")
             if sid and sid not in sources:
                 sources[sid] = {c: r.get(c) for c in src_cols}
+                sources[sid]["uri"] = redact_url(sources[sid]["uri"]) if sources[sid]["uri"] else None
             if r.get("error_class"):
                 item = r.get("clip_id") or sid or "input-" + hashlib.sha256(str(r.get("error")).encode()).hexdigest()[:16]
-                failures.append({"item_id": item, "stage": r["error_stage"], "source_id": sid, "uri": r.get("uri"),
-                                 "error_class": r["error_class"], "error": r.get("error"), "run_id": run_id,
+                failures.append({"item_id": item, "stage": r["error_stage"], "source_id": sid,
+                                 "uri": redact_url(r["uri"]) if r.get("uri") else None,
+                                 "error_class": r["error_class"], "error": redact_text(r.get("error")), "run_id": run_id,
                                  "failed_at": now, "attempts": 1})
                 if sid:
                     failed_sources.add(sid)
@@ -605,7 +608,7 @@ class Catalog:
     def record_failure(self, item_id: str, stage: str, error_class: str, error: str, run_id: str,
                        source_id: str | None = None) -> None:
         self._upsert("failures", [{"item_id": item_id, "stage": stage, "source_id": source_id, "uri": None,
-                                   "error_class": error_class, "error": error[:2000], "run_id": run_id,
+                                   "error_class": error_class, "error": redact_text(error[:2000]), "run_id": run_id,
                                    "failed_at": _now(), "attempts": 1}])
 
     # -- releases and the latent cache (issue 7) ----------------------------------------------

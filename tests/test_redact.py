@@ -52,3 +52,22 @@ def test_hostile_input_text_is_cleaned_and_bounded(tmp_path):
     assert len(rows["c.mp4"]["text"]) == MAX_TEXT_CHARS
     assert json.loads(rows["c.mp4"]["meta_json"])["text_edits"] == ["truncated_from_5000000"]
     assert [r["error_class"] for r in rows.values() if r["error_class"]] == ["bad_input_row"]
+
+
+def test_the_catalog_never_stores_credentials(tmp_path):
+    import json
+
+    from vidcorpus.catalog.store import Catalog
+    from vidcorpus.schemas import empty_row
+
+    ok = empty_row(source_id=source_id(PRESIGNED), uri=PRESIGNED, media_type="video", text="t")
+    bad = empty_row(source_id=source_id(PRESIGNED + "&x=1"), uri=PRESIGNED + "&x=1", error_class="http_4xx",
+                    error=f"403 Forbidden for url: {PRESIGNED}", error_stage="download")
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        cat.begin_run("r1", "pipeline", json.dumps({"inputs": [PRESIGNED]}), "test")
+        cat.commit_results("r1", [ok, bad], failed_before={bad["source_id"]})
+        cat.record_failure("k", "train_decode", "decode_error", f"cannot read {PRESIGNED}", "r1")
+        dump = json.dumps([cat.query_dicts(f"SELECT * FROM {t}") for t in ("runs", "sources", "failures")], default=str)
+    for secret in ("hunter2", "AKIAEXAMPLE", "0123456789abcdef"):
+        assert secret not in dump
+    assert "cdn.example.com/v/a.mp4" in dump  # still says what it was
