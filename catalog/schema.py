@@ -194,7 +194,7 @@ def wide_view_sql(scorers: list[str], where: str | None = None) -> str:
                 arg_max(version, written_at) AS caption_version
             FROM captions WHERE clip_id IN (SELECT clip_id FROM c) GROUP BY clip_id
         ),
-        d AS (SELECT clip_id, arg_max(kept, decided_at) AS kept, arg_max(reason, decided_at) AS reason,
+        d AS (SELECT clip_id, arg_max(kept, decided_at) AS kept, arg_max_null(reason, decided_at) AS reason,
                      arg_max(recipe, decided_at) AS recipe
               FROM decisions WHERE clip_id IN (SELECT clip_id FROM c) GROUP BY clip_id),
         m AS (SELECT clip_id, min(shard_id) AS shard_id FROM shard_members

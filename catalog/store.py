@@ -314,7 +314,7 @@ class Catalog:
         elif table == "decisions":
             con.execute(
                 "UPDATE clips_wide SET kept = b.kept, reason = b.reason, recipe = b.recipe "
-                "FROM (SELECT clip_id, arg_max(kept, decided_at) AS kept, arg_max(reason, decided_at) AS reason, "
+                "FROM (SELECT clip_id, arg_max(kept, decided_at) AS kept, arg_max_null(reason, decided_at) AS reason, "
                 "arg_max(recipe, decided_at) AS recipe FROM _rows GROUP BY clip_id) b "
                 f"WHERE clips_wide.clip_id = b.clip_id AND {where}")
         elif table == "train_samples":
@@ -711,7 +711,7 @@ class Catalog:
     def current_decisions(self) -> dict[str, dict]:
         """clip_id -> the latest decision (recipe, kept, reason)."""
         rows = self._fetch(
-            "SELECT clip_id, arg_max(recipe, decided_at), arg_max(kept, decided_at), arg_max(reason, decided_at) "
+            "SELECT clip_id, arg_max(recipe, decided_at), arg_max(kept, decided_at), arg_max_null(reason, decided_at) "
             "FROM decisions GROUP BY clip_id")
         return {c: {"recipe": r, "kept": k, "reason": why} for c, r, k, why in rows}
 

@@ -127,3 +127,15 @@ def test_wide_view_keeps_clip_columns_when_a_score_has_the_same_name(tmp_path):
         assert "aesthetic" in columns and columns.count("width") == 1
         assert not [c for c in columns if c.endswith("_1")]
         assert {r["width"] for r in cat.query_dicts("SELECT width FROM clips_wide")} == {320}
+
+
+def test_a_later_keep_clears_the_earlier_drop_reason(tmp_path):
+    """DuckDB's arg_max skips NULLs: the latest decision's NULL reason must still win (arg_max_null)."""
+    rows = _clip_rows(tmp_path, kept=(False, False, False))
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        cat.commit_results("run1", rows)
+        cat.commit_results("run2", [dict(r, recipe="other@1", kept=True, reason=None) for r in rows])
+        live = cat.query_dicts("SELECT clip_id, recipe, kept, reason FROM clips_wide ORDER BY clip_id")
+        assert {(w["recipe"], w["kept"], w["reason"]) for w in live} == {("other@1", True, None)}
+        cat.rebuild_wide()  # the recompute from the long tables agrees
+        assert cat.query_dicts("SELECT clip_id, recipe, kept, reason FROM clips_wide ORDER BY clip_id") == live

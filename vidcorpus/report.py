@@ -118,7 +118,7 @@ def load_report_data(cat: Catalog, run: str | None = None, recipe_path: str | No
         "SELECT c.clip_id, c.source_id, c.media_type, c.duration_s, c.width, c.height, c.first_frame_path, "
         "c.clip_path, c.run_id FROM clips c" + _where(run, "c.") + " ORDER BY c.clip_id")
     decided = {r["clip_id"]: r for r in q(
-        "SELECT clip_id, arg_max(kept, decided_at) AS kept, arg_max(reason, decided_at) AS reason, "
+        "SELECT clip_id, arg_max(kept, decided_at) AS kept, arg_max_null(reason, decided_at) AS reason, "
         "arg_max(recipe, decided_at) AS recipe FROM decisions" + _where(run) + " GROUP BY clip_id")}
     scores: dict[str, dict[str, float]] = defaultdict(dict)
     for r in q("SELECT clip_id, scorer, arg_max(value, written_at) AS value FROM scores" + _where(run)
