@@ -130,9 +130,10 @@ def sample_of(clip: dict, caption_version: str, image_format: str = "jpg") -> di
 class HashingWriter(io.RawIOBase):
     """A write-only stream that passes bytes to ``raw`` and hashes them on a background thread.
 
-    tarfile's stream mode writes 10 KiB records; they are gathered into ~1 MiB pieces and hashed
-    by a thread (hashlib releases the GIL), so checksumming overlaps writing instead of adding to
-    it. ``hexdigest()`` finishes the hash; call it once, after the last write.
+    Large writes (payloads) are hashed as they are, small ones (tar headers, json, txt) gathered into
+    ~1 MiB pieces first; a thread does the hashing (hashlib releases the GIL), so checksumming
+    overlaps writing instead of adding to it. ``hexdigest()`` finishes the hash; call it once,
+    after the last write.
     """
 
     PIECE = 1 << 20
@@ -160,21 +161,27 @@ class HashingWriter(io.RawIOBase):
         data = b if isinstance(b, bytes) else bytes(b)  # immutable: safe to hash after returning
         self.raw.write(data)
         self.bytes += len(data)
-        self._pending.append(data)
-        self._pending_n += len(data)
-        if self._pending_n >= self.PIECE:
-            self._queue.put(self._pending[0] if len(self._pending) == 1 else b"".join(self._pending))
-            self._pending, self._pending_n = [], 0
+        if len(data) >= self.PIECE:  # a payload: hashed as it is, no copy (order is kept by the queue)
+            self._flush_pending()
+            self._queue.put(data)
+        else:  # headers and small members: gathered into ~1 MiB pieces
+            self._pending.append(data)
+            self._pending_n += len(data)
+            if self._pending_n >= self.PIECE:
+                self._flush_pending()
         return len(data)
+
+    def _flush_pending(self) -> None:
+        if self._pending:
+            self._queue.put(b"".join(self._pending))
+            self._pending, self._pending_n = [], 0
 
     def tell(self) -> int:
         return self.bytes
 
     def hexdigest(self) -> str:
         if self._digest is None:
-            if self._pending:
-                self._queue.put(b"".join(self._pending))
-                self._pending = []
+            self._flush_pending()
             self._queue.put(None)
             self._thread.join()
             self._digest = self._sha.hexdigest()
