@@ -159,17 +159,26 @@ def build_tiny_captioner(out_dir: str, seed: int = 0) -> None:
     torch.manual_seed(seed)
     model = BlipForConditionalGeneration(config).eval()
 
+    save_pretrained_atomically(out_dir, model, processor)
+
+
+def save_pretrained_atomically(out_dir: str, model, processor) -> None:
+    """save_pretrained into a temporary sibling directory, then rename it into place.
+
+    A crash never leaves a half-written model where ``presets`` looks for ``config.json``; if
+    another worker finished first, its copy is kept (same seed, same model).
+    """
+    from transformers.utils import logging as hf_logging
+
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    from transformers.utils import logging as hf_logging
-
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a one-off build of a tiny file needs no progress bar
     try:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        if out.exists():  # another worker finished first: keep theirs (same seed, same model)
+        if out.exists():
             shutil.rmtree(tmp)
             return
         tmp.rename(out)
@@ -541,16 +550,4 @@ def build_tiny_chat_vlm(out_dir: str, seed: int = 0) -> None:
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     model.generation_config = GenerationConfig(eos_token_id=config.text_config.eos_token_id,
                                                pad_token_id=config.text_config.pad_token_id)
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        model.save_pretrained(tmp)
-        chat_processor(tok).save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(tmp)
-            return
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    save_pretrained_atomically(out_dir, model, chat_processor(tok))
