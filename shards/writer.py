@@ -11,8 +11,8 @@ Shard ids are derived from the bucket, the member ids and the caption version, a
 shard is never overwritten: writing the same clips again finds the shard already there and
 returns its manifest (rerun after a crash between publish and catalog commit), so shards are
 immutable and never duplicated. Tar members carry a fixed mtime, so the same inputs give the
-same bytes. The tar layout is webdataset's (``{key}.{ext}`` members, a sample's members
-adjacent, USTAR headers as its TarWriter writes them); webdataset reads every shard back.
+same bytes. Tars are written by webdataset's TarWriter (see ``_TarWriter``) and read back by
+webdataset.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import uuid
 from typing import BinaryIO, Iterable
 
 import fsspec
+import webdataset as wds
 
 from vidcorpus.ids import is_safe_key
 from vidcorpus.shards.buckets import bucket_of
@@ -251,53 +252,25 @@ def stream_tar(url: str, samples: Iterable[dict]) -> tuple[str, int, bool]:
     return digest, sink.bytes, True
 
 
-def _encode(ext: str, value) -> bytes:
-    """A sample field as bytes, by its extension as webdataset's encoders would."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if ext.endswith("npy"):
-        import numpy as np
+class _TarWriter(wds.TarWriter):
+    """webdataset's TarWriter over a tarfile in plain write mode, one copy per member.
 
-        buf = io.BytesIO()
-        np.save(buf, np.asarray(value), allow_pickle=False)
-        return buf.getvalue()
-    if ext.endswith("json") or isinstance(value, (dict, list)):
-        return json.dumps(value, default=str).encode()
-    raise TypeError(f"cannot encode field {ext!r} of type {type(value).__name__}")
+    For a file object TarWriter opens tarfile's stream mode ("w|"), which copies every payload
+    through Python in 10 KiB records and cost more than the copy itself (docs/benchmarks.md); plain
+    mode with a large ``copybufsize`` writes each member in one piece. Same tar, same layout.
+    """
 
-
-def _member_header(name: str, size: int) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = size, TAR_MTIME, 0o444
-    info.uname = info.gname = "bigdata"  # what webdataset's TarWriter writes
-    return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+    def __init__(self, fileobj, **kwargs):
+        super().__init__(fileobj, **kwargs)  # its stream-mode tarfile is never written to
+        self.tarstream = tarfile.open(fileobj=fileobj, mode="w:", format=tarfile.USTAR_FORMAT)
+        self.tarstream.copybufsize = 64 << 20
 
 
 def _write_samples(sink: BinaryIO, samples: Iterable[dict]) -> None:
-    """Samples as a WebDataset tar (``{key}.{ext}`` members in order, USTAR headers from the stdlib).
-
-    Each payload goes out in one write: tarfile's stream mode would copy it in 10 KiB records
-    through Python, which costs more than the copy itself (see docs/benchmarks.md).
-    """
-    written = 0
-    for sample in samples:
-        key = sample["__key__"]
-        for ext, value in sample.items():
-            if ext.startswith("__"):
-                continue
-            data = _encode(ext, value)
-            header = _member_header(f"{key}.{ext}", len(data))
-            sink.write(header)
-            sink.write(data)
-            pad = -len(data) % tarfile.BLOCKSIZE
-            if pad:
-                sink.write(b"\0" * pad)
-            written += len(header) + len(data) + pad
-    end = 2 * tarfile.BLOCKSIZE  # end-of-archive marker, then pad to a whole record like tarfile does
-    end += -(written + end) % tarfile.RECORDSIZE
-    sink.write(b"\0" * end)
+    """Samples as a WebDataset tar through webdataset's TarWriter (encoders by extension)."""
+    with _TarWriter(sink, mtime=TAR_MTIME) as tar:
+        for sample in samples:
+            tar.write(sample)
 
 
 def write_shard(bucket: str, clips: list[dict], out_root: str, caption_version: str,
