@@ -71,7 +71,13 @@ def http_server(tmp_path):
 
 
 @pytest.fixture()
-def s3(monkeypatch):
+def s3_credentials() -> dict:
+    """The AWS credentials the `s3` fixture exports (a test module may override this fixture)."""
+    return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing"}
+
+
+@pytest.fixture()
+def s3(monkeypatch, s3_credentials):
     """A moto S3 server on 127.0.0.1 with an empty bucket named `bucket`; AWS_* variables point at it."""
     from moto.server import ThreadedMotoServer
 
@@ -82,8 +88,8 @@ def s3(monkeypatch):
 
     # moto keeps its buckets in process-wide state that outlives a server: start from nothing
     requests.post(f"http://{host}:{port}/moto-api/reset", timeout=10).raise_for_status()
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    for key, value in {**s3_credentials, "AWS_DEFAULT_REGION": "us-east-1",
                        "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
         monkeypatch.setenv(key, value)
     import s3fs
