@@ -35,9 +35,19 @@ class LatentParams:
     frames: int
     fps: int
     caption_version: str
+    caption_kind: str = "long"  # the text states are of this caption kind (the refiner trains on "short")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def for_training(cls, cfg) -> "LatentParams":
+        """The parameters a training run with ``cfg`` (a full ``Config``) needs its cache entries made
+        with: its bucket, frames, fps and caption (the train section's version, else the shards' txt
+        version, which is what the trainer reads when it names none)."""
+        t = cfg.train
+        return cls(height=t.height, width=t.width, frames=t.num_frames, fps=t.fps,
+                   caption_version=t.caption_version or cfg.shards.caption_version, caption_kind=t.caption_kind)
 
 
 def _hash_tree(folder: Path) -> str:
@@ -88,7 +98,8 @@ def encode_sample(comps, text_cache, sample: dict, key: str) -> dict:
         "text.npy": text.float().cpu().numpy().astype(np.float16),
         "json": json.dumps({"frames": int(video.shape[0]), "fps": int(sample["fps"]),
                             "height": int(video.shape[-2]), "width": int(video.shape[-1]),
-                            "scaling_factor": float(vae.config.scaling_factor), "cache_key": key}).encode(),
+                            "scaling_factor": float(vae.config.scaling_factor), "cache_key": key,
+                            "text": sample["text"]}).encode(),  # the caption the text states encode
     }
 
 

@@ -281,3 +281,19 @@ def test_latent_cache_is_keyed_by_encoder_weights(tmp_path, model_cache):
     assert encode_latent_cache(cfg, LatentParams(32, 48, 4, 8, "v1"), select="TRUE", **quiet).encoded == 2
     with Catalog(cfg.catalog_path, read_only=True) as cat:
         assert cat.con.execute("SELECT count(DISTINCT cache_key), count(*) FROM latent_shards").fetchall()[0] == (3, 6)
+
+    # Training with the same encoders, bucket, frames, fps and caption reads the sidecars; with a
+    # bucket nobody encoded, `require` refuses and names the fix.
+    from vidcorpus.latent_cache import LatentCacheMissing
+    from vidcorpus.training import run_training
+
+    tcfg = _cfg(tmp_path, **{"models.cache_dir": model_cache, "train.height": 32, "train.width": 32,
+                             "train.steps": 2, "train.latent_cache": "require"})
+    assert LatentParams.for_training(tcfg) == params
+    logs: list[str] = []
+    summary = run_training(tcfg, output=str(tmp_path / "run"), progress=False, log=logs.append)
+    assert summary.steps == 2 and f"cached latents {first.cache_key}" in logs[0]
+    with pytest.raises(LatentCacheMissing, match="shards encode"):
+        run_training(_cfg(tmp_path, **{"models.cache_dir": model_cache, "train.height": 48, "train.width": 32,
+                                       "train.latent_cache": "require"}), output=str(tmp_path / "run2"),
+                     progress=False, log=logs.append)

@@ -259,6 +259,41 @@ def test_overfitting_one_batch_lowers_the_loss(tiny_model, shards, tmp_path):
     assert np.mean(res.losses[:2]) > np.mean(res.losses[-10:]), res.losses
 
 
+def test_cached_latents_train_the_same_objective(tiny_model, shards, tmp_path):
+    """Sidecar shards of encoder outputs (the latent cache) stand in for decode + VAE + CLIP: the same
+    batch gives the same loss for the same draws, and the loop trains on them without a video."""
+    from vidcorpus.shards.latents import encode_sample
+    from vidcorpus.shards.reader import sample_pipeline
+    from vidcorpus.shards.writer import stream_tar
+    from vidcorpus.train.data import collate, decode_sample, iter_batches
+    from vidcorpus.train.loop import train_base
+    from vidcorpus.train.models import load_components
+    from vidcorpus.train.objective import TextEncoderCache, diffusion_loss
+
+    cfg = _cfg(steps=3, drop_text=0.3, drop_image=0.3, drop_first_frame=0.3)
+    comps = load_components(tiny_model)
+    cache = TextEncoderCache(comps)
+    raw = list(sample_pipeline(shards["urls"][:1], split=False))  # clip0, clip1
+    decoded = {s["__key__"]: decode_sample(s, cfg, None) for s in raw}  # the cache's frame window
+    sidecar = str(tmp_path / "latents" / "shard-00.tar")
+    stream_tar(sidecar, [encode_sample(comps, cache, decoded[k], "testkey") for k in sorted(decoded)])
+
+    cached = next(iter_batches([sidecar], cfg))
+    assert "video" not in cached and sorted(cached["key"]) == sorted(decoded)
+    assert cached["text"] == [shards["texts"][k] for k in cached["key"]]
+    pixels = collate([decoded[k] for k in cached["key"]])
+    comps.unet.eval()
+    with torch.no_grad():
+        for seed in range(3):
+            a = diffusion_loss(comps, cache, pixels, cfg, torch.Generator().manual_seed(seed)).item()
+            b = diffusion_loss(comps, cache, cached, cfg, torch.Generator().manual_seed(seed)).item()
+            assert b == pytest.approx(a, rel=2e-2), (seed, a, b)  # float16 storage of the cache
+
+    res = train_base(cfg, tiny_model, [sidecar], str(tmp_path / "run"), progress=False)
+    assert res.steps == 3 and all(math.isfinite(x) for x in res.losses)
+    assert set(res.sample_keys) == set(decoded)
+
+
 # -- checkpoints, resume, logs --------------------------------------------------------------------
 
 def test_resume_continues_with_the_next_unseen_samples(tiny_model, shards, tmp_path, monkeypatch):

@@ -167,6 +167,52 @@ def decode_sample(sample: dict, cfg: TrainConfig, rng: random.Random | None) -> 
     return {"video": video, "first_frame": video[0], "text": text, "key": key, "fps": max(1, int(round(fps)))}
 
 
+def _npy(data: bytes, what: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise DecodeError(f"bad {what}: {e}") from e
+
+
+def decode_cached_sample(sample: dict) -> dict:
+    """One latent-cache sidecar sample (``shards/latents.py``) -> dict(latent_params, clip_image,
+    text_states, scaling_factor, key, fps): the frozen encoders' outputs, nothing left to decode."""
+    try:
+        meta = json.loads(sample["json"])
+    except (KeyError, ValueError) as e:
+        raise DecodeError(f"latent-cache sample without a valid json: {e}") from e
+    params = torch.from_numpy(_npy(sample["latent.npy"], "latent.npy").astype(np.float32))  # (F, 2C, h, w)
+    if params.ndim != 4 or params.shape[1] % 2:
+        raise DecodeError(f"latent.npy has shape {tuple(params.shape)}, expected (F, 2C, h, w)")
+    return {"latent_params": params,
+            "clip_image": torch.from_numpy(_npy(sample["clip_image.npy"], "clip_image.npy").astype(np.float32)),
+            "text_states": torch.from_numpy(_npy(sample["text.npy"], "text.npy").astype(np.float32)),
+            "scaling_factor": float(meta["scaling_factor"]), "key": sample["__key__"], "text": meta.get("text") or "",
+            "fps": max(1, int(meta.get("fps") or 1))}
+
+
+def is_cached(sample_or_batch: dict) -> bool:
+    return "latent_params" in sample_or_batch
+
+
+def bucket_of(sample: dict) -> tuple[int, int, int]:
+    """(frames, height, width) in pixels, for decoded clips and cached latents alike."""
+    if is_cached(sample):
+        f, _c2, h, w = sample["latent_params"].shape
+        return f, h * 8, w * 8
+    f, _c, h, w = sample["video"].shape
+    return f, h, w
+
+
+def batch_shape(batch: dict) -> tuple[int, int, int, int]:
+    """(batch, frames, height, width) of a collated batch (the FLOP counter's key)."""
+    if is_cached(batch):
+        b, f, _c2, h, w = batch["latent_params"].shape
+        return b, f, h * 8, w * 8
+    b, f = batch["video"].shape[:2]
+    return (b, f) + tuple(batch["video"].shape[-2:])
+
+
 # -- the stream -----------------------------------------------------------------------------------
 
 class ClipStream(torch.utils.data.IterableDataset):
@@ -210,7 +256,7 @@ class ClipStream(torch.utils.data.IterableDataset):
                 continue
             rng = random.Random(seed ^ zlib.crc32(key.encode()))
             try:
-                out = decode_sample(sample, self.cfg, rng)
+                out = decode_cached_sample(sample) if "latent.npy" in sample else decode_sample(sample, self.cfg, rng)
             except Exception as e:  # noqa: BLE001 - any failure skips this sample, reported by key
                 yield DecodeFailure(key, e if isinstance(e, DecodeError) else DecodeError(f"{type(e).__name__}: {e}"),
                                     wid, i)
@@ -222,7 +268,18 @@ class ClipStream(torch.utils.data.IterableDataset):
 # -- batching -------------------------------------------------------------------------------------
 
 def collate(samples: list[dict]) -> dict:
-    """Stack samples of one bucket: video (B,F,3,H,W), first_frame (B,3,H,W), fps (B,), text, key."""
+    """Stack samples of one bucket: video (B,F,3,H,W), first_frame (B,3,H,W), fps (B,), text, key;
+    cached samples: latent_params (B,F,2C,h,w), clip_image (B,D), text_states (B,77,D), fps, key."""
+    if is_cached(samples[0]):
+        return {
+            "latent_params": torch.stack([s["latent_params"] for s in samples]),
+            "clip_image": torch.stack([s["clip_image"] for s in samples]),
+            "text_states": torch.stack([s["text_states"] for s in samples]),
+            "scaling_factor": samples[0]["scaling_factor"],
+            "fps": torch.tensor([s["fps"] for s in samples], dtype=torch.long),
+            "text": [s["text"] for s in samples],
+            "key": [s["key"] for s in samples],
+        }
     return {
         "video": torch.stack([s["video"] for s in samples]),
         "first_frame": torch.stack([s["first_frame"] for s in samples]),
@@ -261,8 +318,7 @@ class BucketBatcher:
                 else:
                     log.warning("skipping %s: %s", s.key, s.error)
                 continue
-            shape = tuple(s["video"].shape)
-            bucket = self.buckets.setdefault((shape[0], shape[2], shape[3]), [])
+            bucket = self.buckets.setdefault(bucket_of(s), [])
             bucket.append((seq, s))
             if len(bucket) == self.batch_size:
                 batch = collate([x for _q, x in bucket])

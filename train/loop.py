@@ -34,7 +34,7 @@ import torch
 
 from vidcorpus.config import TrainConfig
 from vidcorpus.train import checkpoint as ckpt_io
-from vidcorpus.train.data import OnError, iter_batches
+from vidcorpus.train.data import OnError, batch_shape, iter_batches
 from vidcorpus.train.metrics import FlopCounter, MetricsLogger, peak_bf16_flops
 from vidcorpus.train.models import load_components
 from vidcorpus.train.objective import TextEncoderCache, diffusion_loss
@@ -328,7 +328,7 @@ def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
                 t0 = time.perf_counter()
                 batch = next(batches)
                 t1 = time.perf_counter()
-                shape = tuple(batch["video"].shape[:2]) + tuple(batch["video"].shape[-2:])
+                shape = batch_shape(batch)
                 counting = flops.needs_count(shape)
                 counter = flops.mode() if counting else nullcontext()
                 with counter:
@@ -354,7 +354,7 @@ def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
                 for keys_of_rank in _gather(list(batch["key"]), distributed, world):
                     step_keys.extend((step, k) for k in keys_of_rank)
                 if main and not probes and cfg.sample_every:
-                    probes = _probe_set(cfg, batch)
+                    probes = _probe_set(cfg, batch, comps)
                 t2 = time.perf_counter()
 
                 window["wait"] += t1 - t0
@@ -397,13 +397,20 @@ def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
 
 # -- probe sampling -------------------------------------------------------------------------------
 
-def _probe_set(cfg: TrainConfig, batch: dict) -> list[tuple]:
+def _probe_set(cfg: TrainConfig, batch: dict, comps=None) -> list[tuple]:
     """(image, prompt) pairs sampled every ``sample_every`` steps: the configured probe images and
-    prompts, or else the first clip of the run's first batch (its first frame and caption)."""
+    prompts, or else the first clip of the run's first batch (its first frame and caption; from
+    cached latents, the VAE's decode of the first frame's posterior mean)."""
     if cfg.probe_images:
         prompts = cfg.probe_prompts or [""]
         return [(img, prompts[i % len(prompts)]) for i, img in enumerate(cfg.probe_images)]
     prompt = cfg.probe_prompts[0] if cfg.probe_prompts else batch["text"][0]
+    if "latent_params" in batch:
+        vae = comps.vae
+        mean = batch["latent_params"][0, :1].chunk(2, dim=1)[0]
+        with torch.no_grad():
+            first = vae.decode(mean.to(vae.device, vae.dtype)).sample[0].float().clamp(-1, 1).cpu()
+        return [(first, prompt)]
     return [(batch["first_frame"][0].clone(), prompt)]
 
 

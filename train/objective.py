@@ -77,6 +77,16 @@ def clip_image_embeddings(comps: Components, first_frame: torch.Tensor) -> torch
     return enc(x).image_embeds.unsqueeze(1)
 
 
+def cached_latents(batch: dict, generator: torch.Generator, device) -> torch.Tensor:
+    """A fresh posterior draw from cached VAE parameters (B, F, 2C, h, w) -> scaled latents
+    (B, C, F, h, w): what ``encode_frames`` returns for the same frames, without running the VAE."""
+    params = batch["latent_params"].to(device, non_blocking=True).float()
+    mean, logvar = params.chunk(2, dim=2)
+    std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))  # diffusers' DiagonalGaussianDistribution clamp
+    noise = torch.randn(mean.shape, generator=generator, device=device)
+    return ((mean + std * noise) * float(batch["scaling_factor"])).permute(0, 2, 1, 3, 4)
+
+
 def image_latents_from_first(first_latent: torch.Tensor, num_frames: int) -> torch.Tensor:
     """(B, C, h, w) first-frame latent -> (B, C, F, h, w) as ``prepare_image_latents`` builds it."""
     lat = first_latent.unsqueeze(2)
@@ -94,11 +104,18 @@ def make_conditioning(comps: Components, text_cache: TextEncoderCache, batch: di
     """Conditioning for a batch, with independent CFG dropout of text, image embedding, first frame."""
     b, _c, f = latents.shape[:3]
     device = latents.device
-    text = text_cache.encode(batch["text"])
+    if "text_states" in batch:  # the latent cache's: same encoder, same caption (its key says so)
+        text = batch["text_states"].to(device)
+    else:
+        text = text_cache.encode(batch["text"])
+    empty = text_cache.empty().to(text.dtype)
     keep_t = _keep_mask(b, cfg.drop_text, generator, device).view(b, 1, 1).to(text.dtype)
-    text = text * keep_t + text_cache.empty().expand_as(text) * (1 - keep_t)
+    text = text * keep_t + empty.expand_as(text) * (1 - keep_t)
 
-    img = clip_image_embeddings(comps, batch["first_frame"])
+    if "clip_image" in batch:
+        img = batch["clip_image"].to(device).unsqueeze(1)
+    else:
+        img = clip_image_embeddings(comps, batch["first_frame"])
     img = img * _keep_mask(b, cfg.drop_image, generator, device).view(b, 1, 1).to(img.dtype)
 
     first = latents[:, :, 0] * _keep_mask(b, cfg.drop_first_frame, generator, device).view(b, 1, 1, 1)
@@ -112,13 +129,18 @@ def diffusion_loss(comps: Components, text_cache: TextEncoderCache, batch: dict,
     """v-prediction MSE (float32) for one bucketed batch of videos (B, F, 3, H, W) in [-1, 1]."""
     unet, sched = comps.unet, comps.scheduler
     device = next(unet.parameters()).device
-    video = batch["video"].to(device)
-    b, f = video.shape[:2]
-    # The first frame's latent is the posterior sample of video frame 0 (the pipeline encodes the
-    # same image); one VAE pass serves both target and condition.
-    lat = encode_frames(comps, video.flatten(0, 1), generator)
-    latents = lat.unflatten(0, (b, f)).permute(0, 2, 1, 3, 4).float()  # (B, C, F, h, w)
-    cond = make_conditioning(comps, text_cache, {**batch, "first_frame": video[:, 0]}, latents, cfg, generator)
+    if "latent_params" in batch:
+        latents = cached_latents(batch, generator, device)
+        cond = make_conditioning(comps, text_cache, batch, latents, cfg, generator)
+    else:
+        video = batch["video"].to(device)
+        b, f = video.shape[:2]
+        # The first frame's latent is the posterior sample of video frame 0 (the pipeline encodes the
+        # same image); one VAE pass serves both target and condition.
+        lat = encode_frames(comps, video.flatten(0, 1), generator)
+        latents = lat.unflatten(0, (b, f)).permute(0, 2, 1, 3, 4).float()  # (B, C, F, h, w)
+        cond = make_conditioning(comps, text_cache, {**batch, "first_frame": video[:, 0]}, latents, cfg, generator)
+    b = latents.shape[0]
 
     noise = torch.randn(latents.shape, generator=generator, device=device)
     if cfg.offset_noise > 0:  # per-sample, per-channel shift shared by all frames and pixels

@@ -426,11 +426,12 @@ def train(
     cfg = _config(config, set_, workdir=workdir, catalog=catalog,
                   **{"models.preset": preset, "train.select": select, "train.steps": steps,
                      "train.release": release, "train.launcher": launcher, "train.workers": workers})
+    from vidcorpus.latent_cache import LatentCacheMissing
     from vidcorpus.train.loop import ResumeMismatch
 
     try:
         result = run_training(cfg, output=output, progress=progress, log=console.print, resume=resume)
-    except (NoTrainingData, ModelNotAvailable, ReleaseError, ShardChecksumError, ResumeMismatch,
+    except (NoTrainingData, ModelNotAvailable, ReleaseError, ShardChecksumError, ResumeMismatch, LatentCacheMissing,
             FileNotFoundError, ValueError) as e:  # ValueError: --resume latest without --output
         err.print(f"[red]{e}[/red]")
         raise typer.Exit(2)

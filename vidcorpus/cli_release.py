@@ -148,9 +148,9 @@ def shards_encode(
     from vidcorpus.latent_cache import encode_latent_cache
 
     cfg = _config(config, set_, workdir=workdir, catalog=catalog, **{"models.preset": preset})
-    t = cfg.train
-    params = LatentParams(height=height or t.height, width=width or t.width, frames=frames or t.num_frames,
-                          fps=fps or t.fps, caption_version=cfg.shards.caption_version)
+    base = LatentParams.for_training(cfg)  # what `vidcorpus train` with this config will look up
+    params = LatentParams(height=height or base.height, width=width or base.width, frames=frames or base.frames,
+                          fps=fps or base.fps, caption_version=base.caption_version, caption_kind=base.caption_kind)
     try:
         s = encode_latent_cache(cfg, params, release=release, select=select, progress=progress, log=console.print)
     except (ReleaseError, NoTrainingData) as e:

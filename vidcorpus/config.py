@@ -157,6 +157,9 @@ class TrainConfig(Section):
     launcher: Literal["local", "ray"] = Field("local", description="local (torchrun works too) or Ray Train's TorchTrainer.")
     workers: int = Field(1, description="Ray Train workers (one rank each).")
     use_gpu: bool = Field(True, description="Ray Train: one GPU per worker when the cluster has GPUs.")
+    latent_cache: Literal["auto", "require", "off"] = Field(
+        "auto", description="Train from `vidcorpus shards encode` sidecars when every selected shard has one for "
+        "this run's encoders, bucket, frames, fps and caption (auto), always (require: error otherwise), or never.")
 
 
 class ModelsConfig(Section):

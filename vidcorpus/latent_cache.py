@@ -64,8 +64,11 @@ def encode_latent_cache(cfg: Config, params: LatentParams, release: str | None =
         cached = {s.shard_id for s in specs if (row := cat.latent_shard(s.shard_id, key)) and _exists(row["url"])}
     todo = [s for s in specs if s.shard_id not in cached]
     log(f"latent cache {key}: {len(cached)} of {len(specs)} shards already encoded")
+    # The text states are of the caption the key names (not whatever cfg.train happens to pick).
     tcfg = cfg.train.model_copy(update={"height": params.height, "width": params.width,
-                                        "num_frames": params.frames, "fps": params.fps})
+                                        "num_frames": params.frames, "fps": params.fps,
+                                        "caption_version": params.caption_version,
+                                        "caption_kind": params.caption_kind})
     comps = None
     run_id = new_run_id()
     samples = 0
@@ -89,6 +92,32 @@ def encode_latent_cache(cfg: Config, params: LatentParams, release: str | None =
             bar.advance(task)
     return LatentCacheSummary(cache_key=key, root=f"{root}/{key}", encoded=len(todo), reused=len(cached),
                               samples=samples)
+
+
+class LatentCacheMissing(RuntimeError):
+    """Training asked for cached latents (``train.latent_cache=require``) that are not all there."""
+
+
+def cached_specs(cfg: Config, specs: list[ShardSpec]) -> tuple[list[ShardSpec] | None, str, list[str]]:
+    """The latent-cache sidecars standing in for ``specs`` when every shard has one for this run's
+    cache key: (sidecar specs with their checksums or None, the key, the shard ids without one).
+
+    The key hashes the frozen encoders' files and the run's bucket, frames, fps and caption, so a
+    sidecar is only used for the exact inputs the trainer would otherwise compute itself."""
+    from vidcorpus.catalog.store import Catalog
+
+    models = resolve_models(cfg.models)
+    key = cache_key(encoder_fingerprint(models.i2vgen), LatentParams.for_training(cfg))
+    out, missing = [], []
+    with Catalog(cfg.catalog_path, read_only=True) as cat:
+        for s in specs:
+            row = cat.latent_shard(s.shard_id, key) if s.shard_id else None
+            if row is None or not _exists(row["url"]):
+                missing.append(s.shard_id or s.url)
+            else:
+                out.append(ShardSpec(url=row["url"], sha256=row["sha256"], bytes=row["bytes"], n=row["n"],
+                                     bucket=s.bucket, shard_id=s.shard_id))
+    return (out if not missing else None), key, missing
 
 
 def _exists(url: str) -> bool:

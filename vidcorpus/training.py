@@ -53,12 +53,32 @@ def select_training_shards(cfg: Config) -> tuple[list, set[str], str]:
     else:
         predicate = f"shard_id IS NOT NULL AND ({select})"
         with Catalog(cfg.catalog_path, read_only=True) as cat:
-            specs = [ShardSpec(url=u, sha256=sha) for u, sha, _n in cat.shard_urls_for(predicate)]
+            specs = [ShardSpec(url=r["url"], sha256=r["sha256"], bytes=r["bytes"], n=r["n"], bucket=r["bucket"],
+                               shard_id=r["shard_id"]) for r in cat.shard_rows_for(predicate)]
             keys = cat.clip_ids_for(predicate)
         what = f"--select {select!r}"
     if not specs or not keys:
         raise NoTrainingData(f"no sharded clip matches {what} in {cfg.catalog_path}")
     return specs, keys, what
+
+
+def use_latent_cache(cfg: Config, specs: list) -> tuple[list, str]:
+    """Swap the shards for their latent-cache sidecars when every one has an entry for this run's
+    cache key (``train.latent_cache``: auto / require / off). Returns (specs, a note for the log)."""
+    if cfg.train.latent_cache == "off":
+        return specs, ""
+    from vidcorpus.latent_cache import LatentCacheMissing, cached_specs
+
+    sidecars, key, missing = cached_specs(cfg, specs)
+    if sidecars is not None:
+        return sidecars, f" (cached latents {key})"
+    if cfg.train.latent_cache == "require":
+        raise LatentCacheMissing(
+            f"train.latent_cache=require but {len(missing)} of {len(specs)} shards have no latent-cache entry "
+            f"for key {key} (encoders, {cfg.train.height}x{cfg.train.width}, {cfg.train.num_frames} frames at "
+            f"{cfg.train.fps} fps, caption {cfg.train.caption_version or cfg.shards.caption_version}/"
+            f"{cfg.train.caption_kind}); run `vidcorpus shards encode` with the same settings first")
+    return specs, ""
 
 
 def catalog_snapshot(cfg: Config) -> dict:
@@ -102,6 +122,8 @@ def run_training(cfg: Config, output: str | None = None, progress: bool = True,
     run_id = broadcast(run_id or new_run_id())
     started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     specs, keys, what = select_training_shards(cfg)
+    specs, cache_note = use_latent_cache(cfg, specs)
+    what += cache_note
     urls = [s.url for s in specs]
     out_dir = output or cfg.url("train", run_id)
     run_info = {"run_id": run_id, "selection": what, "release": cfg.train.release, "select": cfg.train.select,
