@@ -128,6 +128,40 @@ def bench_decode_only(stage, rows: list[dict], k: int) -> dict:
             "worker_busy": work / (wall * dec.workers)}
 
 
+def profile_worker(rows: list[dict], k: int, scale) -> dict:
+    """CPU ms per clip of each step of a decode worker, in this process (one core): read + sha256,
+    open (stream info probed without decoding) + demux, decoding the K frames without converting them,
+    then with the RGB conversion, then with the scaler's resize to the model input (`scale`)."""
+    from vidcorpus.filters.clip_scores import read_clip
+    from vidcorpus.frame_seek import decode_frames_seeking, open_video, to_rgb
+    from vidcorpus.media import uniform_indices
+
+    datas = [read_clip(r)[0] for r in rows]
+    wanted = [uniform_indices(r["clip_frames"], k) for r in rows]
+
+    def demux(d):
+        with open_video(d) as c:
+            s = c.streams.video[0]
+            for _ in c.demux(s):
+                pass
+
+    steps = {"read_sha256": lambda i: read_clip(rows[i]),
+             "open_demux": lambda i: demux(datas[i]),
+             "decode_k_no_convert": lambda i: decode_frames_seeking(datas[i], wanted[i], lambda f: None),
+             "decode_k_rgb": lambda i: decode_frames_seeking(datas[i], wanted[i], to_rgb),
+             "decode_k_scaled": lambda i: decode_frames_seeking(datas[i], wanted[i], scale)}
+    out = {}
+    for name, fn in steps.items():
+        best = 1e9
+        for _ in range(3):
+            c0 = time.process_time()
+            for i in range(len(rows)):
+                fn(i)
+            best = min(best, (time.process_time() - c0) / len(rows) * 1e3)
+        out[name + "_ms"] = best
+    return out
+
+
 def set_decode_scale(stage, on: bool) -> None:
     """Frames resized to the model's input by FFmpeg's scaler in the workers (on) or on the device."""
     from vidcorpus.filters.clip_scores import ScaleToModel
@@ -266,6 +300,13 @@ def main() -> None:
                   f"frames; decode-only {json.dumps(dec)}", flush=True)
         if a.sweep_workers:
             rows = rows_for(clip_sets[first], first, 24, a.width, a.height, False)
+            from vidcorpus.filters.clip_scores import ScaleToModel
+
+            pre = __import__("open_clip").get_model_preprocess_cfg(stage.model)
+            result["worker_profile"] = profile_worker(rows[:64], a.k, ScaleToModel(
+                pre.get("size", 224), pre.get("interpolation", "bicubic"), pre.get("resize_mode", "shortest")))
+            print(f"one worker's steps, CPU ms per clip: {json.dumps(result['worker_profile'])}", flush=True)
+            rows = rows * 3
             result["worker_sweep"] = []
             for w in a.sweep_workers:
                 stage._decoder.close()
