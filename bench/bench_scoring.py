@@ -123,7 +123,7 @@ def bench_decode_only(stage, rows: list[dict], k: int) -> dict:
     n = dec.decode_all(rows)
     wall = time.perf_counter() - t0
     work, main = _proc_cpu_s(pids) - w0, time.process_time() - c0
-    return {"fps": n / wall, "clips_per_s": len(rows) / wall, "workers": dec.workers,
+    return {"fps": n / wall, "clips_per_s": len(rows) / wall, "workers": dec.workers, "hw_clips": dec.hw_clips,
             "worker_cpu_ms_per_clip": work / len(rows) * 1e3, "main_cpu_ms_per_clip": main / len(rows) * 1e3,
             "worker_busy": work / (wall * dec.workers)}
 
@@ -159,6 +159,44 @@ def profile_worker(rows: list[dict], k: int, scale) -> dict:
                 fn(i)
             best = min(best, (time.process_time() - c0) / len(rows) * 1e3)
         out[name + "_ms"] = best
+    return out
+
+
+def check_hwaccel(rows: list[dict], k: int) -> dict:
+    """NVDEC (KeyframeDecoder) against the CPU decoder on the same clips, in this process: identical
+    frames?, and the CPU ms per clip of each (one core)."""
+    from vidcorpus.filters.clip_scores import read_clip
+    from vidcorpus.frame_seek import KeyframeDecoder, decode_frames_seeking
+    from vidcorpus.media import uniform_indices
+
+    out: dict = {}
+    try:
+        kd = KeyframeDecoder("cuda")
+    except Exception as e:  # noqa: BLE001
+        return {"error": repr(e)}
+    datas = [read_clip(r)[0] for r in rows]
+    wanted = [uniform_indices(r["clip_frames"], k) for r in rows]
+    same, max_diff, hw_none = 0, 0, 0
+    for d, w in zip(datas, wanted):
+        a, b = kd.decode(d, w), decode_frames_seeking(d, w)
+        if a is None:
+            hw_none += 1
+            continue
+        diffs = [int(np.abs(a[i].astype(np.int16) - b[i]).max()) for i in w]
+        same += all(x == 0 for x in diffs)
+        max_diff = max(max_diff, *diffs)
+    out.update(clips=len(rows), identical=same, hw_declined=hw_none, max_abs_diff=max_diff)
+    for name, fn in (("cpu_ms_per_clip_nvdec", lambda d, w: kd.decode(d, w)),
+                     ("cpu_ms_per_clip_software", decode_frames_seeking)):
+        best, wall = 1e9, 1e9
+        for _ in range(3):
+            c0, t0 = time.process_time(), time.perf_counter()
+            for d, w in zip(datas, wanted):
+                fn(d, w)
+            best = min(best, (time.process_time() - c0) / len(rows) * 1e3)
+            wall = min(wall, (time.perf_counter() - t0) / len(rows) * 1e3)
+        out[name] = best
+        out[name.replace("cpu", "wall")] = wall
     return out
 
 
@@ -230,6 +268,9 @@ def main() -> None:
     p.add_argument("--scale-in-decoder", choices=["both", "off", "on"], default="both",
                    help="end to end with frames resized on the device (off), by FFmpeg's scaler in the decode "
                         "workers (on), or both in the same run")
+    p.add_argument("--hwaccel", choices=["none", "cuda", "both"], default="none",
+                   help="decode workers with a long-lived NVDEC decoder for keyframe samples (cuda), on the CPU "
+                        "(none), or both in the same run")
     p.add_argument("--sweep-workers", type=int, nargs="*", default=[],
                    help="also decode-only with these worker counts (first clip length)")
     p.add_argument("--keyframes", choices=["samples", "encoder"], default="samples",
@@ -285,18 +326,27 @@ def main() -> None:
         models = [bench_model_only(stage, a.batch, a.iters)]
         print(f"model-only {models[-1]:.0f} frames/s", flush=True)
         scales = {"both": [False, True], "off": [False], "on": [True]}[a.scale_in_decoder]
-        plan = [(n, False, sc) for sc in scales for n in a.frames] + [(first, True, scales[-1])]
-        for n, text, sc in plan:
-            if (stage.decode_scale is not None) != sc:
+        hws = {"both": [None, "cuda"], "none": [None], "cuda": ["cuda"]}[a.hwaccel]
+        if "cuda" in hws:
+            rows = rows_for(clip_sets[first], first, 24, a.width, a.height, False)
+            result["hwaccel_check"] = check_hwaccel(rows[:32], a.k)
+            print(f"NVDEC check: {json.dumps(result['hwaccel_check'])}", flush=True)
+            chk = result["hwaccel_check"]
+            if "error" in chk or chk["hw_declined"] == chk["clips"]:
+                hws = [h for h in hws if h != "cuda"] or [None]  # no working NVDEC here: CPU runs only
+        plan = [(n, False, sc, hw) for hw in hws for sc in scales for n in a.frames] + [(first, True, scales[-1], hws[-1])]
+        for n, text, sc, hw in plan:
+            if (stage.decode_scale is not None) != sc or stage.decode_hwaccel != hw:
+                stage.decode_hwaccel = hw
                 set_decode_scale(stage, sc)
             rows = rows_for(clip_sets[n], n, 24, a.width, a.height, text)
             e2e, frames = bench_e2e(stage, rows, a.rows_per_call, a.calls)
             dec = bench_decode_only(stage, rows, a.k)
             run = {"clip": f"{a.width}x{a.height} H.264, {n} frames at 24 fps", "frames_per_clip": n, "text": text,
-                   "scale_in_decoder": sc, "e2e_fps": e2e, "e2e_frames": frames, "decode_only_fps": dec["fps"],
+                   "scale_in_decoder": sc, "hwaccel": hw, "e2e_fps": e2e, "e2e_frames": frames, "decode_only_fps": dec["fps"],
                    "decode_only": dec, "load": os.getloadavg()}
             result["runs"].append(run)
-            print(f"end-to-end {run['clip']} text={text} scale_in_decoder={sc}: {e2e:.0f} frames/s over {frames} "
+            print(f"end-to-end {run['clip']} text={text} scale_in_decoder={sc} hwaccel={hw}: {e2e:.0f} frames/s over {frames} "
                   f"frames; decode-only {json.dumps(dec)}", flush=True)
         if a.sweep_workers:
             rows = rows_for(clip_sets[first], first, 24, a.width, a.height, False)
@@ -314,6 +364,7 @@ def main() -> None:
                 stage.config.filters.decode_threads = w
                 dec = bench_decode_only(stage, rows, a.k)
                 dec["scale_in_decoder"] = stage.decode_scale is not None
+                dec["hwaccel"] = stage.decode_hwaccel
                 result["worker_sweep"].append(dec)
                 print(f"decode-only, {w} workers: {json.dumps(dec)}", flush=True)
         models.append(bench_model_only(stage, a.batch, a.iters))
@@ -322,7 +373,8 @@ def main() -> None:
         result.update(model_only_fps=models, model_only_mean_fps=model)
         for run in result["runs"]:
             run["ratio"] = run["e2e_fps"] / model
-            print(f"ratio {run['clip']} text={run['text']} scale_in_decoder={run['scale_in_decoder']}: "
+            print(f"ratio {run['clip']} text={run['text']} scale_in_decoder={run['scale_in_decoder']} "
+                  f"hwaccel={run['hwaccel']}: "
                   f"{run['ratio']:.3f}", flush=True)
         if torch.cuda.is_available():
             result["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30

@@ -39,7 +39,7 @@ import fsspec
 import numpy as np
 
 from vidcorpus.errors import DecodeError
-from vidcorpus.frame_seek import FrameConverter, decode_frames_seeking, open_video, to_rgb
+from vidcorpus.frame_seek import FrameConverter, KeyframeDecoder, decode_frames_seeking, open_video, to_rgb
 from vidcorpus.filters.scorers import add_scores, clip_fps, is_image, score
 from vidcorpus.media import load_image_rgb, uniform_indices
 from vidcorpus.stage import Resources, Stage
@@ -58,7 +58,8 @@ def caption_score_name(caption: dict) -> str:
     return f"clip_text_{slug}" if slug else "clip_text_caption"
 
 
-def decode_wanted(data: bytes, wanted: list[int], convert: FrameConverter = to_rgb) -> dict[int, np.ndarray]:
+def decode_wanted(data: bytes, wanted: list[int], convert: FrameConverter = to_rgb,
+                  keyframes: KeyframeDecoder | None = None) -> dict[int, np.ndarray]:
     """RGB frames (``convert(frame)``) of the wanted indices of a video held in memory.
 
     First from the nearest keyframes (``vidcorpus.frame_seek``): clips extracted by vidcorpus carry
@@ -71,7 +72,9 @@ def decode_wanted(data: bytes, wanted: list[int], convert: FrameConverter = to_r
     rate, missing pts), the clip is decoded again sequentially, counting frames.
     One thread per clip: the stage parallelises across clips in processes.
     """
-    got = decode_frames_seeking(data, wanted, convert)  # K decodes when keyframes sit at the sampled frames
+    got = keyframes.decode(data, wanted, convert) if keyframes is not None else None  # e.g. NVDEC
+    if got is None:
+        got = decode_frames_seeking(data, wanted, convert)  # K decodes when keyframes sit at the sampled frames
     if got is None:
         got = _decode_by_pts(data, wanted, convert)
     if got is None:
@@ -154,7 +157,8 @@ def read_clip(row: dict) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-def clip_frame_list(row: dict, data: bytes, k: int, convert: FrameConverter = to_rgb) -> list[np.ndarray]:
+def clip_frame_list(row: dict, data: bytes, k: int, convert: FrameConverter = to_rgb,
+                    keyframes: KeyframeDecoder | None = None) -> list[np.ndarray]:
     """The K frames of a clip held in memory, each ``convert(frame)``; an image is one frame (its RGB
     array goes through ``convert`` as an RGB VideoFrame).
 
@@ -177,7 +181,7 @@ def clip_frame_list(row: dict, data: bytes, k: int, convert: FrameConverter = to
     wanted = uniform_indices(n, k)
     if not wanted:
         raise DecodeError("clip has no frames")
-    got = decode_wanted(data, wanted, convert)
+    got = decode_wanted(data, wanted, convert, keyframes)
     if not got:
         raise DecodeError("no frame could be decoded")
     last = got[max(got)]  # containers can announce a frame more than they deliver
@@ -254,15 +258,23 @@ class ScaleToModel:
 
 
 _SHM = None  # the worker process's view of the shared frame slots
+_KEYDEC: KeyframeDecoder | None = None  # the worker's long-lived hardware decoder, if any
 
 
-def _worker_init(shm_name: str) -> None:
-    global _SHM
+def _worker_init(shm_name: str, hwaccel: str | None = None) -> None:
+    global _SHM, _KEYDEC
     import cv2
     from multiprocessing import shared_memory
 
     cv2.setNumThreads(1)
     _SHM = shared_memory.SharedMemory(name=shm_name)
+    if hwaccel:
+        try:
+            _KEYDEC = KeyframeDecoder(hwaccel)
+        except Exception as e:  # noqa: BLE001 - no such device here: decode on the CPU
+            import logging
+
+            logging.getLogger(__name__).warning("no %s video decoder (%s); decoding on the CPU", hwaccel, e)
 
 
 def _picklable(exc: BaseException) -> BaseException:
@@ -280,18 +292,19 @@ def _decode_to_slots(tasks: list[tuple[dict, int, int]], slot_bytes: int,
     """Worker: for each (row, K, slot), decode the clip's K frames and write them into its slot,
     center squares (or, with `scale`, the model's input) one after the other; per clip (shape,
     sha256) or the exception that failed it (a bad clip fails its row only)."""
-    out: list[tuple[tuple, str] | BaseException] = []
+    out: list[tuple[tuple, str, bool] | BaseException] = []
     for row, k, slot in tasks:
         try:
             data, digest = read_clip(row)
-            frames = clip_frame_list(row, data, k, scale or to_rgb)
+            hw_before = _KEYDEC.clips if _KEYDEC is not None else 0
+            frames = clip_frame_list(row, data, k, scale or to_rgb, _KEYDEC)
             sq = frames if scale else [_square(f) for f in frames]
             shape = (len(sq), *sq[0].shape)
             view = np.ndarray(shape, dtype=np.uint8, buffer=_SHM.buf, offset=slot * slot_bytes)
             for i, f in enumerate(sq):
                 view[i] = f
             del view
-            out.append((shape, digest))
+            out.append((shape, digest, _KEYDEC is not None and _KEYDEC.clips > hw_before))
         except Exception as exc:  # noqa: BLE001
             out.append(_picklable(exc))
     return out
@@ -308,7 +321,8 @@ class FrameDecoder:
 
     MAX_CLIPS_PER_TASK = 8
 
-    def __init__(self, workers: int, k: int, n_slots: int, scale: ScaleToModel | None = None):
+    def __init__(self, workers: int, k: int, n_slots: int, scale: ScaleToModel | None = None,
+                 hwaccel: str | None = None):
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
         from multiprocessing import shared_memory
@@ -327,8 +341,10 @@ class FrameDecoder:
         self.n_slots = n_slots
         self.free = list(range(n_slots))
         self.workers = workers
+        self.hwaccel = hwaccel
+        self.hw_clips = 0  # clips whose frames the hardware decoder gave
         self.pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                                        initargs=(self.shm.name,))
+                                        initargs=(self.shm.name, hwaccel))
 
     def submit_many(self, rows: list[tuple[dict, int]]) -> list[tuple[Future, int, int]]:
         """Queue (row, K) pairs, as many as there are free slots, several per task; per submitted
@@ -345,14 +361,15 @@ class FrameDecoder:
             jobs.extend((fut, i, slot) for i, (_, _, slot) in enumerate(chunk))
         return jobs
 
-    @staticmethod
-    def result(job: tuple[Future, int, int]) -> tuple[tuple, str]:
+    def result(self, job: tuple[Future, int, int]) -> tuple[tuple, str]:
         """(shape, sha256) of a submitted row; raises the row's own error (or BrokenProcessPool)."""
         fut, i, _slot = job
         res = fut.result()[i]
         if isinstance(res, BaseException):
             raise res
-        return res
+        shape, digest, hw = res
+        self.hw_clips += hw
+        return shape, digest
 
     def frames(self, slot: int, shape: tuple) -> np.ndarray:
         return np.ndarray(shape, dtype=np.uint8, buffer=self.shm.buf, offset=slot * self.slot_bytes)
@@ -458,6 +475,9 @@ class ClipScoreStage(Stage):
     # scaler (ScaleToModel); False: center squares, resized on the device (exactly open_clip's
     # bicubic). Benchmarks compare the two.
     scale_in_decoder: ClassVar[bool] = False
+    # "cuda": each decode worker keeps one NVDEC-backed H.264 decoder for clips whose sampled
+    # frames are keyframes (KeyframeDecoder); others, and hosts without one, decode on the CPU.
+    decode_hwaccel: ClassVar[str | None] = None
 
     def setup(self) -> None:
         import open_clip
@@ -534,8 +554,9 @@ class ClipScoreStage(Stage):
             bs = max(1, self.config.filters.clip_batch_size)
             workers = self.config.filters.decode_threads or max(1, min(16, (os.cpu_count() or 2) - 1))
             # enough slots for two model batches in flight plus a queue per worker
+            hw = self.decode_hwaccel if self.device.type == "cuda" else None
             self._decoder = FrameDecoder(workers, k, n_slots=2 * (bs // k + 1) + 2 * workers,
-                                         scale=getattr(self, "decode_scale", None))
+                                         scale=getattr(self, "decode_scale", None), hwaccel=hw)
             weakref.finalize(self, self._decoder.close)
         return self._decoder
 

@@ -360,6 +360,44 @@ def test_clip_stage_scaling_in_the_decoder_scores_like_the_device_path(tiny, med
         assert set(scores_of(out[cid])) == set(scores_of(ref[cid]))
 
 
+def test_long_lived_keyframe_decoder_gives_the_seeking_decoders_frames_or_declines(media, tmp_path):
+    """KeyframeDecoder (one H.264 decoder per worker, NVDEC when asked for) decodes exactly the
+    keyframe samples of extracted clips; anything else is left to the seeking decoder."""
+    from vidcorpus.filters.clip_scores import FrameDecoder, decode_wanted
+    from vidcorpus.frame_seek import KeyframeDecoder, decode_frames_seeking
+    from vidcorpus.media import uniform_indices
+
+    pan = _texture_shot(30, seed=5, dx=4)
+    paths = []
+    for i, n in enumerate((30, 17)):
+        paths.append(str(tmp_path / f"k{i}.mp4"))
+        encode_video(pan[:n], 24, paths[-1], keyframes=uniform_indices(n, 3))
+    kd = KeyframeDecoder()
+    for path, n in zip(paths, (30, 17)):  # two clips through the same decoder: each with its own SPS/PPS
+        data = open(path, "rb").read()
+        wanted = uniform_indices(n, 3)
+        got, ref = kd.decode(data, wanted), decode_frames_seeking(data, wanted)
+        assert got is not None and sorted(got) == wanted
+        assert all(np.array_equal(got[i], ref[i]) for i in wanted)
+    assert kd.clips == 2 and kd.fallbacks == 0
+    fast = open(media["fast"], "rb").read()  # x264's own keyframes: only the first frame is one
+    assert kd.decode(fast, [0, 11, 23]) is None and kd.fallbacks == 1
+    assert all(np.array_equal(a, b) for a, b in zip(decode_wanted(fast, [0, 11, 23], keyframes=kd).values(),
+                                                       decode_wanted(fast, [0, 11, 23]).values()))
+    # Workers asked for NVDEC decode on the CPU where there is none; the frames are the same either way.
+    rows = [video_row(p, n, clip_id=str(i)) for i, (p, n) in enumerate(zip(paths, (30, 17)))]
+    for hwaccel in (None, "cuda"):
+        dec = FrameDecoder(1, 3, 4, hwaccel=hwaccel)
+        try:
+            jobs = dec.submit_many([(r, 3) for r in rows])
+            frames = [dec.frames(job[2], dec.result(job)[0]).copy() for job in jobs]
+        finally:
+            dec.close()
+        if hwaccel is None:
+            ref_frames = frames
+        assert all(np.array_equal(a, b) for a, b in zip(frames, ref_frames))
+
+
 def test_clip_stage_embeds_hashes_and_aligns_every_caption(tiny, media):
     import hashlib
 

@@ -118,3 +118,68 @@ def decode_frames_seeking(data: bytes, wanted: list[int],
             return got
     except av.error.FFmpegError:
         return None
+
+
+class KeyframeDecoder:
+    """One long-lived H.264 decoder for clips whose wanted frames are all keyframes (what precise
+    extraction writes), optionally on the GPU's video decoder (``hwaccel="cuda"``: NVDEC through
+    FFmpeg; the frames come back to system memory for conversion).
+
+    Each wanted keyframe is decoded alone (flush, the packet with the clip's SPS/PPS in front via
+    ``h264_mp4toannexb``, drain), so no other frame is decoded and no decoder is opened per clip.
+    ``decode`` returns None whenever this does not apply (another codec, a wanted frame that is not
+    a keyframe, timestamps that do not index frames, a decoding error) and the caller falls back to
+    ``decode_frames_seeking``. Not thread-safe: one per process or thread.
+    """
+
+    def __init__(self, hwaccel: str | None = None):
+        from av.codec.hwaccel import HWAccel
+
+        self.hwaccel = hwaccel
+        hw = HWAccel(hwaccel, allow_software_fallback=False) if hwaccel else None
+        self.cc = av.CodecContext.create("h264", "r", hwaccel=hw)
+        if not hwaccel:
+            self.cc.thread_count = 1
+        self.clips = self.fallbacks = 0
+
+    def decode(self, data: bytes, wanted: list[int], convert: FrameConverter = to_rgb) -> dict[int, np.ndarray] | None:
+        from av.bitstream import BitStreamFilterContext
+
+        want = sorted(set(wanted))
+        if not want:
+            return {}
+        try:
+            with open_video(data) as container:
+                stream = container.streams.video[0]
+                if stream.codec_context.name != "h264":
+                    return self._fallback()
+                fps = float(stream.average_rate or 0)
+                if not fps or stream.time_base is None:
+                    return self._fallback()
+                tb, t0 = float(stream.time_base), stream.start_time or 0
+                keys: dict[int, av.Packet] = {}
+                for p in container.demux(stream):
+                    if p.size and p.is_keyframe and p.pts is not None:
+                        keys.setdefault(round((p.pts - t0) * tb * fps), p)
+                if not all(w in keys for w in want):
+                    return self._fallback()
+                bsf = BitStreamFilterContext("h264_mp4toannexb", in_stream=stream)
+                got: dict[int, np.ndarray] = {}
+                for w in want:
+                    self.cc.flush_buffers()
+                    frames = []
+                    for p in bsf.filter(keys[w]):
+                        frames += self.cc.decode(p)
+                    frames += self.cc.decode(None)
+                    if len(frames) != 1:
+                        return self._fallback()
+                    got[w] = convert(frames[0])
+                self.clips += 1
+                return got
+        except (av.error.FFmpegError, ValueError, RuntimeError):
+            self.cc.flush_buffers()
+            return self._fallback()
+
+    def _fallback(self) -> None:
+        self.fallbacks += 1
+        return None
