@@ -13,11 +13,13 @@ The row also gets ``embedding`` (the normalised mean frame embedding, float32), 
 and ``content_sha256`` (of the clip file's bytes): the driver stores embeddings in Parquet and uses
 both for duplicate detection (filters/dedup.py).
 
-Throughput: the file is read and hashed, and its K frames decoded with PyAV, in a thread pool
-(filters.decode_threads; PyAV and hashlib release the GIL), while the GPU works on earlier frames.
-Frames go to the device as uint8 through pinned memory; crop, resize (bicubic, antialiased),
-scaling and normalisation run there (gpu_preprocess). On a GPU the weights are bf16
-(filters.clip_precision). The same code runs on the CPU for the tiny preset.
+Throughput: the file is read and hashed, and its K frames decoded with PyAV, in worker processes
+(filters.decode_threads; PyAV holds the GIL while decoding) that write centre squares into
+shared-memory slots, several clips per task, while the GPU works on earlier frames. Workers open
+clips without the stream-info probe's decoding and convert to RGB through one cached single-thread
+swscale context (vidcorpus/frame_seek.py). Frames go to the device as uint8 through pinned memory;
+crop, resize (bicubic, antialiased), scaling and normalisation run there (gpu_preprocess). On a GPU
+the weights are bf16 (filters.clip_precision). The same code runs on the CPU for the tiny preset.
 
 Model strings: "<clip_model>/<tag>" (e.g. "ViT-L-14/openai"), or the model name for a weights file;
 the aesthetic score adds "+<head file stem>".
@@ -477,6 +479,9 @@ class ClipScoreStage(Stage):
     scale_in_decoder: ClassVar[bool] = False
     # "cuda": each decode worker keeps one NVDEC-backed H.264 decoder for clips whose sampled
     # frames are keyframes (KeyframeDecoder); others, and hosts without one, decode on the CPU.
+    # Experimental, off: on the H100 its frames differed from CPU decoding (max abs diff 132, cause
+    # not found) and end to end was slower (15 CUDA contexts time-slice with the model), see
+    # docs/benchmarks.md. Benchmarks only.
     decode_hwaccel: ClassVar[str | None] = None
 
     def setup(self) -> None:
