@@ -5,7 +5,10 @@ model-only : the stage's own model objects (open_clip image tower + LAION aesthe
 end-to-end : ClipScoreStage called on Arrow batches of clip rows, exactly as the Ray actor is: read
              and hash each mp4, decode its K frames with PyAV in the stage's thread pool, crop /
              resize / normalise on the device, the model at the same B, scores and embeddings out.
-decode-only: the stage's decode function over the same rows in the same thread pool (the CPU bound).
+decode-only: the stage's decoder processes over the same rows, no model (the CPU bound), with the
+             CPU time its workers and the driving process spent per clip.
+Both with frames resized on the device and with frames resized to the model's input by FFmpeg's
+scaler in the decode workers (--scale-in-decoder).
 cpu        : TechnicalStage and MotionStage on one core (--cpu-scorers), clip frames per second.
 
 Clips are generated here with PyAV (moving textures, H.264), so nothing is downloaded. Weights are
@@ -100,13 +103,115 @@ def bench_e2e(stage, rows: list[dict], rows_per_call: int, calls: int) -> tuple[
     return frames / (time.perf_counter() - t0), frames
 
 
-def bench_decode_only(stage, rows: list[dict], k: int) -> float:
-    """The stage's decoder processes alone over the same rows (the CPU side's own ceiling)."""
+def _proc_cpu_s(pids) -> float:
+    """User + system CPU seconds of processes (all their threads), from /proc."""
+    tck = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(f[11]) + int(f[12])
+    return total / tck
+
+
+def bench_decode_only(stage, rows: list[dict], k: int) -> dict:
+    """The stage's decoder processes alone over the same rows (the CPU side's own ceiling), with the
+    CPU time the workers and this process spent per clip (where the time goes)."""
     dec = stage.decoder()
     dec.decode_all(rows[:32])
-    t0 = time.perf_counter()
+    pids = list(dec.pool._processes)
+    w0, c0, t0 = _proc_cpu_s(pids), time.process_time(), time.perf_counter()
     n = dec.decode_all(rows)
-    return n / (time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    work, main = _proc_cpu_s(pids) - w0, time.process_time() - c0
+    return {"fps": n / wall, "clips_per_s": len(rows) / wall, "workers": dec.workers, "hw_clips": dec.hw_clips,
+            "worker_cpu_ms_per_clip": work / len(rows) * 1e3, "main_cpu_ms_per_clip": main / len(rows) * 1e3,
+            "worker_busy": work / (wall * dec.workers)}
+
+
+def profile_worker(rows: list[dict], k: int, scale) -> dict:
+    """CPU ms per clip of each step of a decode worker, in this process (one core): read + sha256,
+    open (stream info probed without decoding) + demux, decoding the K frames without converting them,
+    then with the RGB conversion, then with the scaler's resize to the model input (`scale`)."""
+    from vidcorpus.filters.clip_scores import read_clip
+    from vidcorpus.frame_seek import decode_frames_seeking, open_video, to_rgb
+    from vidcorpus.media import uniform_indices
+
+    datas = [read_clip(r)[0] for r in rows]
+    wanted = [uniform_indices(r["clip_frames"], k) for r in rows]
+
+    def demux(d):
+        with open_video(d) as c:
+            s = c.streams.video[0]
+            for _ in c.demux(s):
+                pass
+
+    steps = {"read_sha256": lambda i: read_clip(rows[i]),
+             "open_demux": lambda i: demux(datas[i]),
+             "decode_k_no_convert": lambda i: decode_frames_seeking(datas[i], wanted[i], lambda f: None),
+             "decode_k_rgb": lambda i: decode_frames_seeking(datas[i], wanted[i], to_rgb),
+             "decode_k_scaled": lambda i: decode_frames_seeking(datas[i], wanted[i], scale)}
+    out = {}
+    for name, fn in steps.items():
+        best = 1e9
+        for _ in range(3):
+            c0 = time.process_time()
+            for i in range(len(rows)):
+                fn(i)
+            best = min(best, (time.process_time() - c0) / len(rows) * 1e3)
+        out[name + "_ms"] = best
+    return out
+
+
+def check_hwaccel(rows: list[dict], k: int) -> dict:
+    """NVDEC (KeyframeDecoder) against the CPU decoder on the same clips, in this process: identical
+    frames?, and the CPU ms per clip of each (one core)."""
+    from vidcorpus.filters.clip_scores import read_clip
+    from vidcorpus.frame_seek import KeyframeDecoder, decode_frames_seeking
+    from vidcorpus.media import uniform_indices
+
+    out: dict = {}
+    try:
+        kd = KeyframeDecoder("cuda")
+    except Exception as e:  # noqa: BLE001
+        return {"error": repr(e)}
+    datas = [read_clip(r)[0] for r in rows]
+    wanted = [uniform_indices(r["clip_frames"], k) for r in rows]
+    same, max_diff, hw_none = 0, 0, 0
+    for d, w in zip(datas, wanted):
+        a, b = kd.decode(d, w), decode_frames_seeking(d, w)
+        if a is None:
+            hw_none += 1
+            continue
+        diffs = [int(np.abs(a[i].astype(np.int16) - b[i]).max()) for i in w]
+        same += all(x == 0 for x in diffs)
+        max_diff = max(max_diff, *diffs)
+    out.update(clips=len(rows), identical=same, hw_declined=hw_none, max_abs_diff=max_diff)
+    for name, fn in (("cpu_ms_per_clip_nvdec", lambda d, w: kd.decode(d, w)),
+                     ("cpu_ms_per_clip_software", decode_frames_seeking)):
+        best, wall = 1e9, 1e9
+        for _ in range(3):
+            c0, t0 = time.process_time(), time.perf_counter()
+            for d, w in zip(datas, wanted):
+                fn(d, w)
+            best = min(best, (time.process_time() - c0) / len(rows) * 1e3)
+            wall = min(wall, (time.perf_counter() - t0) / len(rows) * 1e3)
+        out[name] = best
+        out[name.replace("cpu", "wall")] = wall
+    return out
+
+
+def set_decode_scale(stage, on: bool) -> None:
+    """Frames resized to the model's input by FFmpeg's scaler in the workers (on) or on the device."""
+    from vidcorpus.filters.clip_scores import ScaleToModel
+
+    import open_clip
+
+    if stage._decoder is not None:
+        stage._decoder.close()
+        stage._decoder = None
+    pre = open_clip.get_model_preprocess_cfg(stage.model)
+    stage.decode_scale = ScaleToModel(pre.get("size", 224), pre.get("interpolation", "bicubic"),
+                                      pre.get("resize_mode", "shortest")) if on else None
 
 
 def bench_cpu_scorers(rows: list[dict], n_frames: int, repeat: int) -> dict:
@@ -160,6 +265,14 @@ def main() -> None:
                         "also measured with text (clip_text adds the text tower)")
     p.add_argument("--k", type=int, default=3, help="frames scored per clip")
     p.add_argument("--threads", type=int, default=0, help="decode worker processes (0: the stage default)")
+    p.add_argument("--scale-in-decoder", choices=["both", "off", "on"], default="both",
+                   help="end to end with frames resized on the device (off), by FFmpeg's scaler in the decode "
+                        "workers (on), or both in the same run")
+    p.add_argument("--hwaccel", choices=["none", "cuda", "both"], default="none",
+                   help="decode workers with a long-lived NVDEC decoder for keyframe samples (cuda), on the CPU "
+                        "(none), or both in the same run")
+    p.add_argument("--sweep-workers", type=int, nargs="*", default=[],
+                   help="also decode-only with these worker counts (first clip length)")
     p.add_argument("--keyframes", choices=["samples", "encoder"], default="samples",
                    help="samples: clips carry keyframes at the K sampled frames, as vidcorpus's precise "
                         "extraction writes them; encoder: x264's own placement (one keyframe per short clip)")
@@ -212,23 +325,57 @@ def main() -> None:
         result["decode_workers"] = stage.decoder().workers
         models = [bench_model_only(stage, a.batch, a.iters)]
         print(f"model-only {models[-1]:.0f} frames/s", flush=True)
-        plan = [(n, False) for n in a.frames] + [(first, True)]
-        for n, text in plan:
+        scales = {"both": [False, True], "off": [False], "on": [True]}[a.scale_in_decoder]
+        hws = {"both": [None, "cuda"], "none": [None], "cuda": ["cuda"]}[a.hwaccel]
+        if "cuda" in hws:
+            rows = rows_for(clip_sets[first], first, 24, a.width, a.height, False)
+            result["hwaccel_check"] = check_hwaccel(rows[:32], a.k)
+            print(f"NVDEC check: {json.dumps(result['hwaccel_check'])}", flush=True)
+            chk = result["hwaccel_check"]
+            if "error" in chk or chk["hw_declined"] == chk["clips"]:
+                hws = [h for h in hws if h != "cuda"] or [None]  # no working NVDEC here: CPU runs only
+        plan = [(n, False, sc, hw) for hw in hws for sc in scales for n in a.frames] + [(first, True, scales[-1], hws[-1])]
+        for n, text, sc, hw in plan:
+            if (stage.decode_scale is not None) != sc or stage.decode_hwaccel != hw:
+                stage.decode_hwaccel = hw
+                set_decode_scale(stage, sc)
             rows = rows_for(clip_sets[n], n, 24, a.width, a.height, text)
             e2e, frames = bench_e2e(stage, rows, a.rows_per_call, a.calls)
             dec = bench_decode_only(stage, rows, a.k)
             run = {"clip": f"{a.width}x{a.height} H.264, {n} frames at 24 fps", "frames_per_clip": n, "text": text,
-                   "e2e_fps": e2e, "e2e_frames": frames, "decode_only_fps": dec}
+                   "scale_in_decoder": sc, "hwaccel": hw, "e2e_fps": e2e, "e2e_frames": frames, "decode_only_fps": dec["fps"],
+                   "decode_only": dec, "load": os.getloadavg()}
             result["runs"].append(run)
-            print(f"end-to-end {run['clip']} text={text}: {e2e:.0f} frames/s over {frames} frames; "
-                  f"decode-only {dec:.0f} frames/s", flush=True)
+            print(f"end-to-end {run['clip']} text={text} scale_in_decoder={sc} hwaccel={hw}: {e2e:.0f} frames/s over {frames} "
+                  f"frames; decode-only {json.dumps(dec)}", flush=True)
+        if a.sweep_workers:
+            rows = rows_for(clip_sets[first], first, 24, a.width, a.height, False)
+            from vidcorpus.filters.clip_scores import ScaleToModel
+
+            pre = __import__("open_clip").get_model_preprocess_cfg(stage.model)
+            result["worker_profile"] = profile_worker(rows[:64], a.k, ScaleToModel(
+                pre.get("size", 224), pre.get("interpolation", "bicubic"), pre.get("resize_mode", "shortest")))
+            print(f"one worker's steps, CPU ms per clip: {json.dumps(result['worker_profile'])}", flush=True)
+            rows = rows * 3
+            result["worker_sweep"] = []
+            for w in a.sweep_workers:
+                stage._decoder.close()
+                stage._decoder = None
+                stage.config.filters.decode_threads = w
+                dec = bench_decode_only(stage, rows, a.k)
+                dec["scale_in_decoder"] = stage.decode_scale is not None
+                dec["hwaccel"] = stage.decode_hwaccel
+                result["worker_sweep"].append(dec)
+                print(f"decode-only, {w} workers: {json.dumps(dec)}", flush=True)
         models.append(bench_model_only(stage, a.batch, a.iters))
         print(f"model-only (again) {models[-1]:.0f} frames/s", flush=True)
         model = sum(models) / len(models)
         result.update(model_only_fps=models, model_only_mean_fps=model)
         for run in result["runs"]:
             run["ratio"] = run["e2e_fps"] / model
-            print(f"ratio {run['clip']} text={run['text']}: {run['ratio']:.3f}", flush=True)
+            print(f"ratio {run['clip']} text={run['text']} scale_in_decoder={run['scale_in_decoder']} "
+                  f"hwaccel={run['hwaccel']}: "
+                  f"{run['ratio']:.3f}", flush=True)
         if torch.cuda.is_available():
             result["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
     if a.json:

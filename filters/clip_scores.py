@@ -13,11 +13,13 @@ The row also gets ``embedding`` (the normalised mean frame embedding, float32), 
 and ``content_sha256`` (of the clip file's bytes): the driver stores embeddings in Parquet and uses
 both for duplicate detection (filters/dedup.py).
 
-Throughput: the file is read and hashed, and its K frames decoded with PyAV, in a thread pool
-(filters.decode_threads; PyAV and hashlib release the GIL), while the GPU works on earlier frames.
-Frames go to the device as uint8 through pinned memory; crop, resize (bicubic, antialiased),
-scaling and normalisation run there (gpu_preprocess). On a GPU the weights are bf16
-(filters.clip_precision). The same code runs on the CPU for the tiny preset.
+Throughput: the file is read and hashed, and its K frames decoded with PyAV, in worker processes
+(filters.decode_threads; PyAV holds the GIL while decoding) that write centre squares into
+shared-memory slots, several clips per task, while the GPU works on earlier frames. Workers open
+clips without the stream-info probe's decoding and convert to RGB through one cached single-thread
+swscale context (vidcorpus/frame_seek.py). Frames go to the device as uint8 through pinned memory;
+crop, resize (bicubic, antialiased), scaling and normalisation run there (gpu_preprocess). On a GPU
+the weights are bf16 (filters.clip_precision). The same code runs on the CPU for the tiny preset.
 
 Model strings: "<clip_model>/<tag>" (e.g. "ViT-L-14/openai"), or the model name for a weights file;
 the aesthetic score adds "+<head file stem>".
@@ -39,7 +41,7 @@ import fsspec
 import numpy as np
 
 from vidcorpus.errors import DecodeError
-from vidcorpus.frame_seek import decode_frames_seeking
+from vidcorpus.frame_seek import FrameConverter, KeyframeDecoder, decode_frames_seeking, open_video, to_rgb
 from vidcorpus.filters.scorers import add_scores, clip_fps, is_image, score
 from vidcorpus.media import load_image_rgb, uniform_indices
 from vidcorpus.stage import Resources, Stage
@@ -58,8 +60,9 @@ def caption_score_name(caption: dict) -> str:
     return f"clip_text_{slug}" if slug else "clip_text_caption"
 
 
-def decode_wanted(data: bytes, wanted: list[int]) -> dict[int, np.ndarray]:
-    """RGB frames of the wanted indices of a video held in memory.
+def decode_wanted(data: bytes, wanted: list[int], convert: FrameConverter = to_rgb,
+                  keyframes: KeyframeDecoder | None = None) -> dict[int, np.ndarray]:
+    """RGB frames (``convert(frame)``) of the wanted indices of a video held in memory.
 
     First from the nearest keyframes (``vidcorpus.frame_seek``): clips extracted by vidcorpus carry
     keyframes at exactly these frames, so this decodes about K frames. Otherwise:
@@ -71,25 +74,25 @@ def decode_wanted(data: bytes, wanted: list[int]) -> dict[int, np.ndarray]:
     rate, missing pts), the clip is decoded again sequentially, counting frames.
     One thread per clip: the stage parallelises across clips in processes.
     """
-    got = decode_frames_seeking(data, wanted)  # K decodes when keyframes sit at the sampled frames
+    got = keyframes.decode(data, wanted, convert) if keyframes is not None else None  # e.g. NVDEC
     if got is None:
-        got = _decode_by_pts(data, wanted)
+        got = decode_frames_seeking(data, wanted, convert)  # K decodes when keyframes sit at the sampled frames
     if got is None:
-        got = _decode_sequential(data, wanted)
+        got = _decode_by_pts(data, wanted, convert)
+    if got is None:
+        got = _decode_sequential(data, wanted, convert)
     return got
 
 
 def _open(data: bytes):
-    import av
-
-    c = av.open(io.BytesIO(data))
+    c = open_video(data)
     stream = c.streams.video[0]
     stream.thread_type = "SLICE"
     stream.codec_context.thread_count = 1
     return c, stream
 
 
-def _decode_by_pts(data: bytes, wanted: list[int]) -> dict[int, np.ndarray] | None:
+def _decode_by_pts(data: bytes, wanted: list[int], convert: FrameConverter = to_rgb) -> dict[int, np.ndarray] | None:
     import av
 
     want = set(wanted)
@@ -117,7 +120,7 @@ def _decode_by_pts(data: bytes, wanted: list[int]) -> dict[int, np.ndarray] | No
                     i = index(frame.pts)
                     seen_max = max(seen_max, i)
                     if i in want and i not in got:
-                        got[i] = frame.to_ndarray(format="rgb24")
+                        got[i] = convert(frame)
                 if len(got) == len(want):
                     break
     except av.error.FFmpegError:
@@ -127,7 +130,7 @@ def _decode_by_pts(data: bytes, wanted: list[int]) -> dict[int, np.ndarray] | No
     return got
 
 
-def _decode_sequential(data: bytes, wanted: list[int]) -> dict[int, np.ndarray]:
+def _decode_sequential(data: bytes, wanted: list[int], convert: FrameConverter = to_rgb) -> dict[int, np.ndarray]:
     """Every frame up to the last wanted one, counted in decode order; only the wanted converted."""
     import av
 
@@ -138,7 +141,7 @@ def _decode_sequential(data: bytes, wanted: list[int]) -> dict[int, np.ndarray]:
         with c:
             for i, frame in enumerate(c.decode(stream)):
                 if i in want:
-                    got[i] = frame.to_ndarray(format="rgb24")
+                    got[i] = convert(frame)
                 if i >= last:
                     break
     except av.error.FFmpegError as e:
@@ -147,19 +150,31 @@ def _decode_sequential(data: bytes, wanted: list[int]) -> dict[int, np.ndarray]:
     return got
 
 
-def load_clip_frames(row: dict, k: int) -> tuple[np.ndarray, str]:
-    """(K frames as (K, H, W, 3) uint8, sha256 of the file) of a clip or image; one read of the file.
-
-    Video frames are first, middle and last for K=3 (uniform with ends for other K); an image is
-    one frame. Frame counts come from the row when extraction recorded them, else from the header.
-    """
+def read_clip(row: dict) -> tuple[bytes, str]:
+    """The clip file's bytes and their sha256 (one read; hashing costs ~0.05 ms for a 2 s clip)."""
     path = row.get("clip_path")
     if not path:
         raise DecodeError("row has no clip_path")
     data = fsspec.open(path, "rb").open().read() if "://" in path else Path(path).read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def clip_frame_list(row: dict, data: bytes, k: int, convert: FrameConverter = to_rgb,
+                    keyframes: KeyframeDecoder | None = None) -> list[np.ndarray]:
+    """The K frames of a clip held in memory, each ``convert(frame)``; an image is one frame (its RGB
+    array goes through ``convert`` as an RGB VideoFrame).
+
+    Video frames are first, middle and last for K=3 (uniform with ends for other K). Frame counts
+    come from the row when extraction recorded them, else from the header.
+    """
     if is_image(row):
-        return load_image_rgb(io.BytesIO(data))[None], digest
+        rgb = load_image_rgb(io.BytesIO(data))
+        if convert is to_rgb:
+            return [rgb]
+        import av
+
+        return [convert(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"))]
+    path = row.get("clip_path")
     _fps, n = clip_fps(row, path) if (row.get("clip_frames") or row.get("last_frame") is not None) else (0.0, 0)
     if not n:
         from vidcorpus.media import probe_video
@@ -168,11 +183,17 @@ def load_clip_frames(row: dict, k: int) -> tuple[np.ndarray, str]:
     wanted = uniform_indices(n, k)
     if not wanted:
         raise DecodeError("clip has no frames")
-    got = decode_wanted(data, wanted)
+    got = decode_wanted(data, wanted, convert, keyframes)
     if not got:
         raise DecodeError("no frame could be decoded")
     last = got[max(got)]  # containers can announce a frame more than they deliver
-    return np.stack([got.get(i, last) for i in wanted]), digest
+    return [got.get(i, last) for i in wanted]
+
+
+def load_clip_frames(row: dict, k: int) -> tuple[np.ndarray, str]:
+    """(K frames as (K, H, W, 3) uint8 RGB, sha256 of the file) of a clip or image; one read of the file."""
+    data, digest = read_clip(row)
+    return np.stack(clip_frame_list(row, data, k)), digest
 
 
 ROW_KEYS = ("clip_path", "media_type", "clip_frames", "first_frame", "last_frame", "fps", "clip_fps")
@@ -181,51 +202,137 @@ MAX_SIDE = 512  # center squares larger than this are shrunk (area filter) in th
 
 def center_square(frames: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
     """The center square of (K, H, W, 3) frames (what the model's center crop keeps), at most max_side."""
-    h, w = frames.shape[1:3]
+    return np.ascontiguousarray(np.stack([_square(f, max_side) for f in frames]))
+
+
+def _square(frame: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
+    """The center square of one (H, W, 3) frame (a view when no shrinking is needed), at most max_side."""
+    h, w = frame.shape[:2]
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    sq = frames[:, top:top + side, left:left + side]
+    sq = frame[top:top + side, left:left + side]
     if side > max_side:
         import cv2
 
-        sq = np.stack([cv2.resize(f, (max_side, max_side), interpolation=cv2.INTER_AREA) for f in sq])
-    return np.ascontiguousarray(sq)
+        sq = cv2.resize(np.ascontiguousarray(sq), (max_side, max_side), interpolation=cv2.INTER_AREA)
+    return sq
+
+
+class ScaleToModel:
+    """The model's eval resize and center crop done by FFmpeg's scaler while converting to RGB, so
+    a frame leaves the decoder at the model's input size (the device then only normalises).
+
+    Follows open_clip's eval transform as the model's preprocess config gives it: resize_mode
+    'shortest' (short side to `size`, long side int(size * long / short), then center crop) or
+    'squash' (both sides to `size`); interpolation 'bicubic' or 'bilinear' (swscale's filters, which
+    widen when shrinking, like Pillow's). Not bit-identical to torchvision/Pillow resampling:
+    tests bound the difference.
+    """
+
+    def __init__(self, size: int, interpolation: str = "bicubic", resize_mode: str = "shortest"):
+        if resize_mode not in ("shortest", "squash"):
+            raise ValueError(f"resize_mode {resize_mode!r} is not supported by the decoder's scaler")
+        if interpolation not in ("bicubic", "bilinear"):
+            raise ValueError(f"interpolation {interpolation!r} is not supported by the decoder's scaler")
+        if isinstance(size, (tuple, list)):
+            if len(set(size)) != 1:
+                raise ValueError(f"image size {tuple(size)} is not square; the decoder's scaler makes squares")
+            size = size[0]
+        self.size, self.interpolation, self.resize_mode = int(size), interpolation.upper(), resize_mode
+
+    def out_size(self, w: int, h: int) -> tuple[int, int]:
+        s = self.size
+        if self.resize_mode == "squash":
+            return s, s
+        if w <= h:
+            return s, int(s * h / w)
+        return int(s * w / h), s
+
+    def __call__(self, frame) -> np.ndarray:
+        from vidcorpus.frame_seek import reformatter
+
+        ow, oh = self.out_size(frame.width, frame.height)
+        arr = reformatter().reformat(frame, ow, oh, "rgb24", interpolation=self.interpolation,
+                                     threads=1).to_ndarray()
+        s = self.size
+        top, left = int(round((oh - s) / 2.0)), int(round((ow - s) / 2.0))
+        return arr[top:top + s, left:left + s]
 
 
 _SHM = None  # the worker process's view of the shared frame slots
+_KEYDEC: KeyframeDecoder | None = None  # the worker's long-lived hardware decoder, if any
 
 
-def _worker_init(shm_name: str) -> None:
-    global _SHM
+def _worker_init(shm_name: str, hwaccel: str | None = None) -> None:
+    global _SHM, _KEYDEC
     import cv2
     from multiprocessing import shared_memory
 
     cv2.setNumThreads(1)
     _SHM = shared_memory.SharedMemory(name=shm_name)
+    if hwaccel:
+        try:
+            _KEYDEC = KeyframeDecoder(hwaccel)
+        except Exception as e:  # noqa: BLE001 - no such device here: decode on the CPU
+            import logging
+
+            logging.getLogger(__name__).warning("no %s video decoder (%s); decoding on the CPU", hwaccel, e)
 
 
-def _decode_to_slot(row: dict, k: int, slot: int, slot_bytes: int) -> tuple[tuple, str]:
-    """Worker: decode a clip's K frames, keep the center squares, write them into its slot."""
-    frames, digest = load_clip_frames(row, k)
-    sq = center_square(frames)
-    view = np.ndarray(sq.shape, dtype=np.uint8, buffer=_SHM.buf, offset=slot * slot_bytes)
-    view[...] = sq
-    del view
-    return sq.shape, digest
+def _picklable(exc: BaseException) -> BaseException:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001
+        return DecodeError(f"{type(exc).__name__}: {exc}")
+
+
+def _decode_to_slots(tasks: list[tuple[dict, int, int]], slot_bytes: int,
+                     scale: ScaleToModel | None) -> list[tuple[tuple, str] | BaseException]:
+    """Worker: for each (row, K, slot), decode the clip's K frames and write them into its slot,
+    center squares (or, with `scale`, the model's input) one after the other; per clip (shape,
+    sha256) or the exception that failed it (a bad clip fails its row only)."""
+    out: list[tuple[tuple, str, bool] | BaseException] = []
+    for row, k, slot in tasks:
+        try:
+            data, digest = read_clip(row)
+            hw_before = _KEYDEC.clips if _KEYDEC is not None else 0
+            frames = clip_frame_list(row, data, k, scale or to_rgb, _KEYDEC)
+            sq = frames if scale else [_square(f) for f in frames]
+            shape = (len(sq), *sq[0].shape)
+            view = np.ndarray(shape, dtype=np.uint8, buffer=_SHM.buf, offset=slot * slot_bytes)
+            for i, f in enumerate(sq):
+                view[i] = f
+            del view
+            out.append((shape, digest, _KEYDEC is not None and _KEYDEC.clips > hw_before))
+        except Exception as exc:  # noqa: BLE001
+            out.append(_picklable(exc))
+    return out
 
 
 class FrameDecoder:
     """Decodes clips in worker processes (PyAV holds the GIL while decoding, so threads do not
     scale) into slots of one shared-memory block; the caller reads the frames in place and frees
-    the slot once they are copied to the device."""
+    the slot once they are copied to the device. Several clips travel per worker task (fewer
+    round trips through the pool; the main process spent ~0.5 ms of CPU per task).
 
-    def __init__(self, workers: int, k: int, n_slots: int):
+    `scale`: frames leave the workers at the model's input size (ScaleToModel); None: center
+    squares at most MAX_SIDE, resized on the device."""
+
+    MAX_CLIPS_PER_TASK = 8
+
+    def __init__(self, workers: int, k: int, n_slots: int, scale: ScaleToModel | None = None,
+                 hwaccel: str | None = None):
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
         from multiprocessing import shared_memory
 
         self.k = k
-        self.slot_bytes = k * MAX_SIDE * MAX_SIDE * 3
+        self.scale = scale
+        side = scale.size if scale else MAX_SIDE
+        self.slot_bytes = k * side * side * 3
         try:
             self.shm = shared_memory.SharedMemory(create=True, size=self.slot_bytes * n_slots)
         except OSError as e:
@@ -236,13 +343,35 @@ class FrameDecoder:
         self.n_slots = n_slots
         self.free = list(range(n_slots))
         self.workers = workers
+        self.hwaccel = hwaccel
+        self.hw_clips = 0  # clips whose frames the hardware decoder gave
         self.pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                                        initargs=(self.shm.name,))
+                                        initargs=(self.shm.name, hwaccel))
 
-    def submit(self, row: dict, k: int) -> tuple[Future, int]:
-        slot = self.free.pop()
-        small = {key: row.get(key) for key in ROW_KEYS}
-        return self.pool.submit(_decode_to_slot, small, k, slot, self.slot_bytes), slot
+    def submit_many(self, rows: list[tuple[dict, int]]) -> list[tuple[Future, int, int]]:
+        """Queue (row, K) pairs, as many as there are free slots, several per task; per submitted
+        row (future, position in the future's result, slot)."""
+        rows = rows[:len(self.free)]
+        if not rows:
+            return []
+        per_task = max(1, min(self.MAX_CLIPS_PER_TASK, len(rows) // self.workers))
+        jobs: list[tuple[Future, int, int]] = []
+        for start in range(0, len(rows), per_task):
+            chunk = [({key: row.get(key) for key in ROW_KEYS}, k, self.free.pop())
+                     for row, k in rows[start:start + per_task]]
+            fut = self.pool.submit(_decode_to_slots, chunk, self.slot_bytes, self.scale)
+            jobs.extend((fut, i, slot) for i, (_, _, slot) in enumerate(chunk))
+        return jobs
+
+    def result(self, job: tuple[Future, int, int]) -> tuple[tuple, str]:
+        """(shape, sha256) of a submitted row; raises the row's own error (or BrokenProcessPool)."""
+        fut, i, _slot = job
+        res = fut.result()[i]
+        if isinstance(res, BaseException):
+            raise res
+        shape, digest, hw = res
+        self.hw_clips += hw
+        return shape, digest
 
     def frames(self, slot: int, shape: tuple) -> np.ndarray:
         return np.ndarray(shape, dtype=np.uint8, buffer=self.shm.buf, offset=slot * self.slot_bytes)
@@ -252,15 +381,14 @@ class FrameDecoder:
 
     def decode_all(self, rows: list[dict]) -> int:
         """Decode rows in order through the slots and drop the frames; frames decoded (benchmarks)."""
-        jobs: list[tuple[Future, int]] = []
+        jobs: list[tuple[Future, int, int]] = []
         n = 0
         for j in range(len(rows)):
-            while len(jobs) < len(rows) and self.free:
-                jobs.append(self.submit(rows[len(jobs)], self.k))
-            fut, slot = jobs[j]
-            shape, _ = fut.result()
+            if j >= len(jobs) or len(self.free) >= self.n_slots // 4:
+                jobs += self.submit_many([(r, self.k) for r in rows[len(jobs):]])
+            shape, _ = self.result(jobs[j])
             n += shape[0]
-            self.release(slot)
+            self.release(jobs[j][2])
         return n
 
     def close(self) -> None:
@@ -345,6 +473,16 @@ class ClipScoreStage(Stage):
     resources: ClassVar[Resources] = Resources(cpus=0.25, actor=True)
     wants_gpu: ClassVar[bool] = True
     batch_rows: ClassVar[int] = 1024  # clips per call: decode overlaps the model within a call, not across calls
+    # True: frames leave the decode workers resized and cropped to the model's input by FFmpeg's
+    # scaler (ScaleToModel); False: center squares, resized on the device (exactly open_clip's
+    # bicubic). Benchmarks compare the two.
+    scale_in_decoder: ClassVar[bool] = False
+    # "cuda": each decode worker keeps one NVDEC-backed H.264 decoder for clips whose sampled
+    # frames are keyframes (KeyframeDecoder); others, and hosts without one, decode on the CPU.
+    # Experimental, off: on the H100 its frames differed from CPU decoding (max abs diff 132, cause
+    # not found) and end to end was slower (15 CUDA contexts time-slice with the model), see
+    # docs/benchmarks.md. Benchmarks only.
+    decode_hwaccel: ClassVar[str | None] = None
 
     def setup(self) -> None:
         import open_clip
@@ -367,6 +505,14 @@ class ClipScoreStage(Stage):
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.mean_t = torch.tensor(pre["mean"], device=self.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self.std_t = torch.tensor(pre["std"], device=self.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        # The decoder's scaler does the model's resize and crop (read from the model, not assumed)
+        self.decode_scale = None
+        if self.scale_in_decoder:
+            try:
+                self.decode_scale = ScaleToModel(pre.get("size", 224), pre.get("interpolation", "bicubic"),
+                                                 pre.get("resize_mode", "shortest"))
+            except ValueError:  # a transform the scaler does not do: the device resizes
+                self.decode_scale = None
         self.clip_id = clip_model_id(m.clip_model, m.clip_pretrained)
         head_stem = Path(m.aesthetic_head.split("?")[0]).stem
         self.aesthetic_id = f"{self.clip_id}+{head_stem}"
@@ -413,7 +559,9 @@ class ClipScoreStage(Stage):
             bs = max(1, self.config.filters.clip_batch_size)
             workers = self.config.filters.decode_threads or max(1, min(16, (os.cpu_count() or 2) - 1))
             # enough slots for two model batches in flight plus a queue per worker
-            self._decoder = FrameDecoder(workers, k, n_slots=2 * (bs // k + 1) + 2 * workers)
+            hw = self.decode_hwaccel if self.device.type == "cuda" else None
+            self._decoder = FrameDecoder(workers, k, n_slots=2 * (bs // k + 1) + 2 * workers,
+                                         scale=getattr(self, "decode_scale", None), hwaccel=hw)
             weakref.finalize(self, self._decoder.close)
         return self._decoder
 
@@ -423,12 +571,12 @@ class ClipScoreStage(Stage):
         k = self.config.filters.frames_per_clip
         bs = max(1, self.config.filters.clip_batch_size)
         dec = self.decoder()
-        jobs: list[tuple[Future, int]] = []
+        jobs: list[tuple[Future, int, int]] = []
 
         def submit_more() -> None:  # decode runs ahead of the model as far as free slots allow
-            while len(jobs) < len(rows) and dec.free:
-                row = rows[len(jobs)]
-                jobs.append(dec.submit(row, 1 if is_image(row) else k))
+            if len(jobs) < len(rows) and dec.free:
+                todo = rows[len(jobs):len(jobs) + len(dec.free)]
+                jobs.extend(dec.submit_many([(row, 1 if is_image(row) else k) for row in todo]))
 
         out: list[dict] = []
         good: list[tuple[dict, int, int, str]] = []  # row, first frame position, frame count, sha256
@@ -460,9 +608,9 @@ class ClipScoreStage(Stage):
                     if not pending:
                         raise RuntimeError("frame decoder has no free slot and nothing to flush")
                     flush(len(pending))
-                fut, slot = jobs[j]
+                slot = jobs[j][2]
                 try:
-                    shape, digest = fut.result()
+                    shape, digest = dec.result(jobs[j])
                 except BrokenProcessPool:
                     raise
                 except Exception as exc:  # noqa: BLE001 - an unreadable clip fails its row only
@@ -511,7 +659,7 @@ class ClipScoreStage(Stage):
     def _drain(self, jobs) -> None:
         """After a failure mid-batch: wait for submitted decodes and give every slot back."""
         dec = self._decoder
-        for fut, _slot in jobs:
+        for fut in {id(j[0]): j[0] for j in jobs}.values():
             fut.cancel()
             try:
                 fut.result()

@@ -301,6 +301,103 @@ def test_device_preprocessing_matches_open_clip_transform(tiny, media):
     assert (a * b).sum(1).min() > 0.99
 
 
+def test_decoder_scaler_follows_the_models_transform_and_default_frames_are_pyavs(tiny, media):
+    """Frames resized and cropped by FFmpeg's scaler in the decoder (ScaleToModel, parameters read from
+    the model's preprocess config) stay close to open_clip's own transform; the default conversion
+    (cached single-thread swscale context, stream info probed without decoding) gives PyAV's frames."""
+    import av
+    import open_clip
+    from PIL import Image
+
+    from vidcorpus.filters.clip_models import load_clip
+    from vidcorpus.filters.clip_scores import ScaleToModel, clip_frame_list, decode_wanted, gpu_preprocess
+
+    model, preprocess, _ = load_clip(tiny["clip_model"], tiny["clip_pretrained"], "cpu")
+    pre = open_clip.get_model_preprocess_cfg(model)
+    scale = ScaleToModel(pre["size"], pre.get("interpolation", "bicubic"), pre.get("resize_mode", "shortest"))
+    data = open(media["v0"].path, "rb").read()
+    with av.open(media["v0"].path) as c:
+        plain = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    wanted = [0, len(plain) // 2, len(plain) - 1]
+    rgb = decode_wanted(data, wanted)
+    assert all(np.array_equal(rgb[i], plain[i]) for i in wanted)
+    small = decode_wanted(data, wanted, scale)
+    assert all(small[i].shape == (64, 64, 3) for i in wanted)
+    mean = torch.tensor(pre["mean"]).view(1, 3, 1, 1) * 255
+    std = torch.tensor(pre["std"]).view(1, 3, 1, 1) * 255
+    ours = gpu_preprocess([small[i] for i in wanted], 64, mean, std, torch.float32, pin=False)
+    ref = torch.stack([preprocess(Image.fromarray(plain[i])) for i in wanted])
+    assert (ours - ref).abs().mean() < 0.05  # same transform up to the resampling filters
+    with torch.inference_mode():
+        a = model.encode_image(ours, normalize=True)
+        b = model.encode_image(ref, normalize=True)
+    assert (a * b).sum(1).min() > 0.99
+    image = empty_row(media_type="image", clip_path=media["image"])
+    img = clip_frame_list(image, open(media["image"], "rb").read(), 3, scale)
+    assert len(img) == 1 and img[0].shape == (64, 64, 3)
+    ref_img = preprocess(Image.open(media["image"]).convert("RGB"))[None]
+    assert (gpu_preprocess(img, 64, mean, std, torch.float32, pin=False) - ref_img).abs().mean() < 0.05
+    assert ScaleToModel(224).out_size(360, 640) == (224, 398) and ScaleToModel(224).out_size(640, 360) == (398, 224)
+    with pytest.raises(ValueError, match="resize_mode"):
+        ScaleToModel(224, resize_mode="longest")
+
+
+def test_clip_stage_scaling_in_the_decoder_scores_like_the_device_path(tiny, media):
+    from vidcorpus.filters.clip_scores import ClipScoreStage
+
+    rows = [video_row(media["fast"], 24, text="a pan", clip_id="f"), video_row(media["broken"], 30, clip_id="x"),
+            video_row(media["v0"].path, 30, clip_id="v"),
+            empty_row(media_type="image", clip_path=media["image"], clip_id="i")]
+    ref = {r["clip_id"]: r for r in run_stage(ClipScoreStage(cfg_for(tiny, clip_batch_size=4)), rows)}
+    stage = ClipScoreStage(cfg_for(tiny, clip_batch_size=4))
+    stage.scale_in_decoder = True
+    out = {r["clip_id"]: r for r in run_stage(stage, rows)}
+    assert stage.decoder().scale is not None and stage.decoder().scale.size == 64
+    assert out["x"]["error_class"] and not out["x"]["scores"]
+    for cid in "fvi":
+        assert not out[cid]["error_class"] and out[cid]["content_sha256"] == ref[cid]["content_sha256"]
+        assert float(np.dot(out[cid]["embedding"], ref[cid]["embedding"])) > 0.99
+        assert set(scores_of(out[cid])) == set(scores_of(ref[cid]))
+
+
+def test_long_lived_keyframe_decoder_gives_the_seeking_decoders_frames_or_declines(media, tmp_path):
+    """KeyframeDecoder (one H.264 decoder per worker, NVDEC when asked for) decodes exactly the
+    keyframe samples of extracted clips; anything else is left to the seeking decoder."""
+    from vidcorpus.filters.clip_scores import FrameDecoder, decode_wanted
+    from vidcorpus.frame_seek import KeyframeDecoder, decode_frames_seeking
+    from vidcorpus.media import uniform_indices
+
+    pan = _texture_shot(30, seed=5, dx=4)
+    paths = []
+    for i, n in enumerate((30, 17)):
+        paths.append(str(tmp_path / f"k{i}.mp4"))
+        encode_video(pan[:n], 24, paths[-1], keyframes=uniform_indices(n, 3))
+    kd = KeyframeDecoder()
+    for path, n in zip(paths, (30, 17)):  # two clips through the same decoder: each with its own SPS/PPS
+        data = open(path, "rb").read()
+        wanted = uniform_indices(n, 3)
+        got, ref = kd.decode(data, wanted), decode_frames_seeking(data, wanted)
+        assert got is not None and sorted(got) == wanted
+        assert all(np.array_equal(got[i], ref[i]) for i in wanted)
+    assert kd.clips == 2 and kd.fallbacks == 0
+    fast = open(media["fast"], "rb").read()  # x264's own keyframes: only the first frame is one
+    assert kd.decode(fast, [0, 11, 23]) is None and kd.fallbacks == 1
+    assert all(np.array_equal(a, b) for a, b in zip(decode_wanted(fast, [0, 11, 23], keyframes=kd).values(),
+                                                       decode_wanted(fast, [0, 11, 23]).values()))
+    # Workers asked for NVDEC decode on the CPU where there is none; the frames are the same either way.
+    rows = [video_row(p, n, clip_id=str(i)) for i, (p, n) in enumerate(zip(paths, (30, 17)))]
+    for hwaccel in (None, "cuda"):
+        dec = FrameDecoder(1, 3, 4, hwaccel=hwaccel)
+        try:
+            jobs = dec.submit_many([(r, 3) for r in rows])
+            frames = [dec.frames(job[2], dec.result(job)[0]).copy() for job in jobs]
+        finally:
+            dec.close()
+        if hwaccel is None:
+            ref_frames = frames
+        assert all(np.array_equal(a, b) for a, b in zip(frames, ref_frames))
+
+
 def test_clip_stage_embeds_hashes_and_aligns_every_caption(tiny, media):
     import hashlib
 
