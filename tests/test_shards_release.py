@@ -297,3 +297,24 @@ def test_latent_cache_is_keyed_by_encoder_weights(tmp_path, model_cache):
         run_training(_cfg(tmp_path, **{"models.cache_dir": model_cache, "train.height": 48, "train.width": 32,
                                        "train.latent_cache": "require"}), output=str(tmp_path / "run2"),
                      progress=False, log=logs.append)
+
+
+def test_follow_selection_sees_shards_sealed_after_the_start(tmp_path):
+    from vidcorpus.training import follow_selection
+
+    cfg = _cfg(tmp_path, **{"train.select": "kept", "train.latent_cache": "off"})
+    rows = _clip_rows(tmp_path, n=4, kept=(True,) * 4)
+    with Catalog(cfg.catalog_path) as cat:
+        cat.commit_results("run1", rows[:2])
+        write_pending_shards(cfg, cat, "run1", progress=False)
+    refresh = follow_selection(cfg)
+    specs, keys = refresh()
+    assert len(specs) == 1 and keys == {r["clip_id"] for r in rows[:2]}
+    with Catalog(cfg.catalog_path) as cat:  # an ingest run seals another shard while training goes on
+        cat.commit_results("run2", rows[2:])
+        write_pending_shards(cfg, cat, "run2", progress=False)
+    specs2, keys2 = refresh()
+    assert len(specs2) == 2 and keys2 == {r["clip_id"] for r in rows}
+    assert all(s.sha256 for s in specs2)  # still verified before use
+    with pytest.raises(ValueError, match="release is fixed"):
+        follow_selection(_cfg(tmp_path, **{"train.release": "r1"}))

@@ -294,6 +294,27 @@ def test_cached_latents_train_the_same_objective(tiny_model, shards, tmp_path):
     assert set(res.sample_keys) == set(decoded)
 
 
+def test_follow_adds_shards_sealed_after_the_start_at_the_next_epoch(tiny_model, shards, tmp_path):
+    from vidcorpus.train.checkpoint import read_state
+    from vidcorpus.train.loop import train_base
+
+    answers = [shards["urls"][:1], shards["urls"][:2]]  # the query's answer before and after a new shard
+    asked: list[int] = []
+
+    def follow():
+        asked.append(1)
+        return answers[min(len(asked), 1)], None
+
+    res = train_base(_cfg(steps=5), tiny_model, answers[0], str(tmp_path / "run"), progress=False, follow=follow)
+    first_epoch = {k for s, k in res.step_keys if s == 0}
+    assert first_epoch == {"clip0", "clip1"}  # one batch: the whole first selection
+    later = {k for s, k in res.step_keys if s > 0}
+    assert {"clip2", SHORT} <= later  # the new shard's clips joined without a restart
+    state = read_state(res.checkpoint_dir)
+    assert state["follow"] == {"on": True, "shards_joined": 1}
+    assert state["shards"] == shards["urls"][:2] and asked
+
+
 # -- checkpoints, resume, logs --------------------------------------------------------------------
 
 def test_resume_continues_with_the_next_unseen_samples(tiny_model, shards, tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import math
 import random
 import time
@@ -96,10 +97,36 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
     torch._foreach_lerp_(ema_p, model_p, 1.0 - decay)
 
 
+@dataclass
+class Selection:
+    """The shards and clip ids an epoch streams. With ``follow`` the selection is asked again at
+    every epoch boundary, so shards sealed since the run started join the next pass."""
+
+    urls: list
+    keys: set[str] | None
+    fingerprint: str = ""
+    joined: int = 0  # shards that joined after the start (follow)
+
+    def __post_init__(self):
+        self.fingerprint = self.fingerprint or data_fingerprint(self.urls, self.keys)
+
+    def update(self, urls: list, keys) -> int:
+        """Adopt a fresh answer of the query; returns how many shards are new."""
+        from vidcorpus.shards.reader import as_specs
+
+        before = {s.url for s in as_specs(self.urls)}
+        new = sum(s.url not in before for s in as_specs(urls))
+        self.urls, self.keys = list(urls), (set(keys) if keys is not None else None)
+        self.fingerprint = data_fingerprint(self.urls, self.keys)
+        self.joined += new
+        return new
+
+
 def _batches_forever(urls: list, cfg: TrainConfig, keys, on_error: OnError | None,
-                     cursor: DataCursor) -> Iterator[dict]:
+                     cursor: DataCursor, follow=None, selection: Selection | None = None) -> Iterator[dict]:
     """Epoch after epoch of the stream, starting at ``cursor`` (which follows the stream as batches
-    go out); each failing key is reported once, not once per epoch."""
+    go out); each failing key is reported once, not once per epoch. ``follow()`` -> (urls, keys),
+    called at each epoch boundary, replaces the selection (``selection`` records it)."""
     from vidcorpus.train.data import EpochBatches
 
     reported: set[str] = set()
@@ -122,6 +149,12 @@ def _batches_forever(urls: list, cfg: TrainConfig, keys, on_error: OnError | Non
             raise NoTrainableSamples(
                 f"no trainable sample in {len(urls)} shard(s)" + (f"; {len(reported)} failed to decode" if reported else ""))
         epoch, skip, done = epoch + 1, None, 0
+        if follow is not None:
+            urls, keys = follow()
+            if selection is not None:
+                new = selection.update(urls, keys)
+                if new:
+                    logging.getLogger(__name__).info("follow: %d new shard(s) join epoch %d", new, epoch + 1)
 
 
 def _seed_everything(seed: int) -> None:
@@ -200,7 +233,7 @@ def _default_device() -> torch.device:
 def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
                on_error: OnError | None = None, progress: bool = True, device: str | torch.device | None = None,
                keys: Iterable[str] | None = None, resume: str | None = None,
-               run_info: dict | None = None) -> TrainResult:
+               run_info: dict | None = None, follow=None) -> TrainResult:
     """Train the I2VGen-XL base UNet until step ``cfg.steps`` on clips streamed from ``shard_urls``
     (URLs or ``ShardSpec``s; a spec with a sha256 is verified before use), writing checkpoints,
     logs and probe samples under the run directory ``out_dir``.
@@ -208,7 +241,9 @@ def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
     ``keys`` optionally restricts training to those clip ids; ``on_error(key, exc)`` hears about
     every sample that failed to decode on this rank (once per key). ``resume`` continues from a
     checkpoint ("latest" = the newest in ``out_dir``, or a run/checkpoint URL). ``run_info`` (the
-    selection, the catalog snapshot facts) is recorded in every checkpoint.
+    selection, the catalog snapshot facts) is recorded in every checkpoint. ``follow()`` -> (shard
+    specs, keys) is the selection asked again at every epoch boundary (``--follow``): new shards join
+    the next pass; a resumed follow run whose selection grew since the checkpoint starts a new pass.
     """
     started = time.perf_counter()
     distributed, rank, world = _dist()
@@ -227,7 +262,7 @@ def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.steps))
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003 * rank)
     shard_urls = list(shard_urls)
-    fingerprint = data_fingerprint(shard_urls, keys)
+    selection = Selection(shard_urls, set(keys) if keys is not None else None)
 
     losses: list[float] = []
     step_keys: list[tuple[int, str]] = []
@@ -238,7 +273,8 @@ def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
     ema = copy.deepcopy(unet).requires_grad_(False).eval()
     if resumed_from:
         state = ckpt_io.read_state(resumed_from)
-        if state.get("data_fingerprint") != fingerprint:
+        grown = follow is not None and state.get("data_fingerprint") != selection.fingerprint
+        if state.get("data_fingerprint") != selection.fingerprint and not grown:
             raise ResumeMismatch(f"checkpoint {resumed_from} was trained on a different selection "
                                  f"({state.get('data', {}).get('selection')}); its data cursor does not apply")
         if state.get("world_size", 1) != world:
@@ -255,6 +291,8 @@ def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
                 raise ResumeMismatch(f"checkpoint {resumed_from} ran with {field_}={state['config'].get(field_)}, "
                                      f"this run has {getattr(cfg, field_)}: its data cursor does not apply")
         cursor = DataCursor(**state["cursors"][rank])
+        if grown:  # the query's answer changed: its cursor cannot apply; a new pass over the new answer
+            cursor = DataCursor(epoch=cursor.epoch + 1)
         start_step = int(state["step"])
         losses = list(state["losses"])
         step_keys = [(int(s), k) for s, k in state["step_keys"]]
@@ -302,8 +340,9 @@ def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
             state = {
                 "step": step, "world_size": world, "epochs": cursor.epoch + 1,
                 "cursors": [g["cursor"] for g in gathered],
-                "data": run_info or {}, "data_fingerprint": fingerprint,
-                "shards": [s if isinstance(s, str) else getattr(s, "url", str(s)) for s in shard_urls],
+                "data": run_info or {}, "data_fingerprint": selection.fingerprint,
+                "follow": {"on": follow is not None, "shards_joined": selection.joined},
+                "shards": [s if isinstance(s, str) else getattr(s, "url", str(s)) for s in selection.urls],
                 "losses": losses, "sample_keys": [k for _s, k in step_keys],
                 "step_keys": [[s, k] for s, k in step_keys],
                 "decode_failures": sorted(all_failures.values()),
@@ -320,7 +359,7 @@ def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
             dist.barrier()
         return url
 
-    batches = _batches_forever(shard_urls, cfg, keys, rank_error, cursor)
+    batches = _batches_forever(selection.urls, cfg, selection.keys, rank_error, cursor, follow, selection)
     try:
         with _progress(progress and main, cfg.steps) as bar:
             task = bar.add_task("train", total=cfg.steps, completed=start_step, loss="-")

@@ -416,6 +416,7 @@ def train(
     export: Optional[str] = typer.Option(None, "--export", help="After training, write the EMA weights as a diffusers I2VGenXLPipeline here."),
     launcher: Optional[str] = typer.Option(None, "--launcher", help="local (also under torchrun) or ray (Ray Train TorchTrainer)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Ray Train workers."),
+    follow: Optional[bool] = typer.Option(None, "--follow/--no-follow", help="Ask the --select query again at every epoch: newly sealed shards join without a restart."),
 ) -> None:
     """Train the base image-to-video stage (I2VGen-XL UNet) on the shards a catalog query selects."""
     from vidcorpus.errors import ModelNotAvailable
@@ -425,7 +426,8 @@ def train(
 
     cfg = _config(config, set_, workdir=workdir, catalog=catalog,
                   **{"models.preset": preset, "train.select": select, "train.steps": steps,
-                     "train.release": release, "train.launcher": launcher, "train.workers": workers})
+                     "train.release": release, "train.launcher": launcher, "train.workers": workers,
+                     "train.follow": follow})
     from vidcorpus.latent_cache import LatentCacheMissing
     from vidcorpus.train.loop import ResumeMismatch
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class Section(BaseModel):
@@ -157,9 +157,17 @@ class TrainConfig(Section):
     launcher: Literal["local", "ray"] = Field("local", description="local (torchrun works too) or Ray Train's TorchTrainer.")
     workers: int = Field(1, description="Ray Train workers (one rank each).")
     use_gpu: bool = Field(True, description="Ray Train: one GPU per worker when the cluster has GPUs.")
+    follow: bool = Field(False, description="Ask the --select query again at every epoch boundary: shards sealed "
+                         "after the run started join the stream without a restart.")
     latent_cache: Literal["auto", "require", "off"] = Field(
         "auto", description="Train from `vidcorpus shards encode` sidecars when every selected shard has one for "
         "this run's encoders, bucket, frames, fps and caption (auto), always (require: error otherwise), or never.")
+
+    @field_validator("latent_cache", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        """YAML reads `off`/`on` as booleans (`--set train.latent_cache=off` included)."""
+        return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
 
 
 class ModelsConfig(Section):

@@ -81,6 +81,25 @@ def use_latent_cache(cfg: Config, specs: list) -> tuple[list, str]:
     return specs, ""
 
 
+def follow_selection(cfg: Config):
+    """``--follow``: a callable giving the query's current answer (shard specs, clip ids), latent-cache
+    sidecars swapped in as at the start; rank 0 asks the catalog and every rank gets its answer."""
+    if cfg.train.release:
+        raise ValueError("--follow follows a --select query; a release is fixed (create a new release instead)")
+    from vidcorpus.train.launch import broadcast
+
+    def refresh() -> tuple[list, set[str]]:
+        import torch.distributed as dist
+
+        answer = None
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+            specs, keys, _what = select_training_shards(cfg)
+            answer = (use_latent_cache(cfg, specs)[0], keys)
+        return broadcast(answer)
+
+    return refresh
+
+
 def catalog_snapshot(cfg: Config) -> dict:
     """Facts that pin down which catalog state a run selected from (recorded in every checkpoint)."""
     from vidcorpus.catalog.store import Catalog
@@ -119,6 +138,7 @@ def run_training(cfg: Config, output: str | None = None, progress: bool = True,
         output = output or run_dir_of(ckpt)
     elif resume and not output:
         raise ValueError("--resume latest needs the run directory: pass --output (or give --resume a path)")
+    follow = follow_selection(cfg) if cfg.train.follow else None
     run_id = broadcast(run_id or new_run_id())
     started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     specs, keys, what = select_training_shards(cfg)
@@ -140,10 +160,11 @@ def run_training(cfg: Config, output: str | None = None, progress: bool = True,
         from vidcorpus.runner import init_ray
 
         init_ray(cfg)
-        result = launch_ray(cfg.train, models.i2vgen, specs, out_dir, keys=keys, resume=resume, run_info=run_info)
+        result = launch_ray(cfg.train, models.i2vgen, specs, out_dir, keys=keys, resume=resume, run_info=run_info,
+                            follow=follow)
     else:
         result = train_base(cfg.train, models.i2vgen, specs, out_dir, progress=progress, keys=keys,
-                            resume=resume, run_info=run_info)
+                            resume=resume, run_info=run_info, follow=follow)
     if rank == 0:
         with Catalog(cfg.catalog_path) as cat:
             cat.record_training(run_id, "base", what, result.steps, result.losses[-1] if result.losses else None,
