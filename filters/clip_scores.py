@@ -476,6 +476,21 @@ def gpu_preprocess(frames: list[np.ndarray], size: int, mean_t, std_t, dtype, pi
     return out
 
 
+def clip_means(emb, counts: list[int]):
+    """Normalised mean of each clip's frame embeddings; ``emb`` holds the clips' frames one clip
+    after the other (``counts`` frames each). One reshape when every clip has the same count (the
+    usual batch: K frames per video clip), else one small reduction per clip."""
+    import torch
+    import torch.nn.functional as F
+
+    if len(set(counts)) == 1:
+        return F.normalize(emb.view(len(counts), counts[0], -1).mean(1), dim=1)
+    starts = [0]
+    for n in counts[:-1]:
+        starts.append(starts[-1] + n)
+    return torch.stack([F.normalize(emb[s:s + n].mean(0), dim=0) for s, n in zip(starts, counts)])
+
+
 def embed_images(model, preprocess, frames: list[np.ndarray], device, batch_size: int = 16):
     """L2-normalised CLIP image embeddings (float32, one row per frame), in batches."""
     import torch
@@ -672,8 +687,7 @@ class ClipScoreStage(Stage):
             with torch.inference_mode():
                 emb = torch.cat(embs)
                 aesthetic = torch.cat(aes).float().cpu().numpy()
-                clip_emb = torch.stack([torch.nn.functional.normalize(emb[s:s + n].mean(0), dim=0)
-                                        for _, s, n, _ in good])
+                clip_emb = clip_means(emb, [n for _, _, n, _ in good])
                 texts = self.text_scores([g[0] for g in good], clip_emb)
                 clip_np = clip_emb.cpu().numpy().astype(np.float32)
         except BrokenProcessPool as exc:  # a decoder process died (e.g. FFmpeg crashed): fresh pool next batch
