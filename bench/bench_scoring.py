@@ -9,6 +9,9 @@ decode-only: the stage's decoder processes over the same rows, no model (the CPU
              CPU time its workers and the driving process spent per clip.
 Both with frames resized on the device and with frames resized to the model's input by FFmpeg's
 scaler in the decode workers (--scale-in-decoder).
+--stills   : clips written by precise extraction's writer with their stills files; end to end and
+             decode-only from the stills and from the clips (rows without stills_path), same run; how
+             far the two paths' embeddings are apart; the writer's CPU per clip with and without stills.
 cpu        : TechnicalStage and MotionStage on one core (--cpu-scorers), clip frames per second.
 
 Clips are generated here with PyAV (moving textures, H.264), so nothing is downloaded. Weights are
@@ -16,6 +19,7 @@ random (real architecture, built by the same code as the tiny preset's models).
 
     python bench/bench_scoring.py --model ViT-L-14 --batch 256 --clips 512 --json out.json
     python bench/bench_scoring.py --model vidcorpus-tiny-clip --batch 16 --clips 24 --calls 2   # CPU smoke
+    python bench/bench_scoring.py ... --stills --scale-in-decoder off   # stills (vidcorpus/stills.py) vs clips
 """
 
 from __future__ import annotations
@@ -55,13 +59,111 @@ def make_clips(out: Path, count: int, w: int, h: int, n: int, fps: int, workers:
         return list(ex.map(make_clip, jobs, chunksize=4))
 
 
-def rows_for(paths: list[str], n: int, fps: int, w: int, h: int, text: bool) -> list[dict]:
+def texture_frames(seed: int, w: int, h: int, n: int) -> list:
+    """The benchmark's moving texture as yuv420p VideoFrames (what a decoded H.264 source gives)."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    big = rng.integers(0, 256, (h // 8 + 8, (w + 4 * n) // 8 + 8, 3), dtype=np.uint8)
+    big = np.kron(big, np.ones((8, 8, 1), dtype=np.uint8))
+    dx = int(rng.integers(1, 5))
+    return [av.VideoFrame.from_ndarray(np.ascontiguousarray(big[:h, dx * t:dx * t + w]), format="rgb24").reformat(
+        format="yuv420p") for t in range(n)]
+
+
+def extract_clip(frames: list, fps: int, k: int, still_size: int) -> tuple[bytes, bytes | None]:
+    """One clip as precise extraction writes it (ingest.extract._ClipWriter, the default split
+    settings: H.264 crf 20 veryfast, keyframes at the K sampled frames) and its stills file
+    (still_size 0: none)."""
+    from vidcorpus.config import SplitConfig
+    from vidcorpus.ingest.extract import _ClipWriter
+
+    cfg = SplitConfig()
+    w = _ClipWriter(fps, cfg.clip_codec, cfg.clip_crf, cfg.clip_preset, None, None, source_frames=len(frames),
+                    keyframes_at=k, stills_at=k, still_short_side=still_size)
+    for f in frames:
+        w.add(f)
+    data = w.close()
+    return data, w.stills_jpeg()
+
+
+def make_extracted_clip(args: tuple) -> tuple[str, str | None]:
+    path, seed, w, h, n, fps, k, still_size = args
+    data, stills = extract_clip(texture_frames(seed, w, h, n), fps, k, still_size)
+    Path(path).write_bytes(data)
+    spath = None
+    if stills is not None:
+        spath = path.replace(".mp4", ".stills.jpg")
+        Path(spath).write_bytes(stills)
+    return path, spath
+
+
+def make_extracted_clips(out: Path, count: int, w: int, h: int, n: int, fps: int, workers: int, k: int,
+                         still_size: int) -> list[tuple[str, str | None]]:
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(str(out / f"clip_{i:05d}.mp4"), i, w, h, n, fps, k, still_size) for i in range(count)]
+    with ProcessPoolExecutor(workers) as ex:
+        return list(ex.map(make_extracted_clip, jobs, chunksize=4))
+
+
+def bench_extraction_overhead(w: int, h: int, n: int, fps: int, k: int, still_size: int, clips: int,
+                              repeat: int = 3) -> dict:
+    """CPU ms per clip of the extraction writer (encode, keyframes at the samples) without and with
+    stills, same source frames, alternating, in this process; best of `repeat`. Source decoding is
+    not included (it is the same either way), so the overhead's share is an upper bound."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    sources = [texture_frames(1000 + i, w, h, n) for i in range(clips)]
+    best = {"without_stills_ms": 1e9, "with_stills_ms": 1e9}
+    size = 0
+    for _ in range(repeat):
+        for key, ss in (("without_stills_ms", 0), ("with_stills_ms", still_size)):
+            c0 = time.process_time()
+            for fr in sources:
+                _, st = extract_clip(fr, fps, k, ss)
+                size += len(st or b"")
+            best[key] = min(best[key], (time.process_time() - c0) / clips * 1e3)
+    stills_bytes = size / (repeat * clips)
+    clip_bytes = np.mean([len(extract_clip(fr, fps, k, 0)[0]) for fr in sources[:4]])
+    return {**best, "overhead_ms": best["with_stills_ms"] - best["without_stills_ms"],
+            "overhead_ratio": best["with_stills_ms"] / best["without_stills_ms"] - 1,
+            "stills_kib": stills_bytes / 1024, "clip_kib": float(clip_bytes) / 1024, "clips": clips,
+            "frames_per_clip": n, "still_size": still_size}
+
+
+def compare_paths(stage, rows: list[dict]) -> dict:
+    """Embeddings and aesthetic scores of the same clips from their stills and from their decoded
+    frames (the fallback): how far apart, against how far the clips are from each other."""
+    from vidcorpus.schemas import rows_to_table
+
+    def run(rs):
+        out = stage(rows_to_table(rs)).to_pylist()
+        assert not any(r["error_class"] for r in out)
+        emb = np.array([r["embedding"] for r in out], dtype=np.float64)
+        aes = np.array([next(s["value"] for s in r["scores"] if s["scorer"] == "aesthetic") for r in out])
+        return emb, aes
+
+    e1, a1 = run(rows)
+    e0, a0 = run([dict(r, stills_path=None) for r in rows])
+    cos = (e1 * e0).sum(1)
+    between = e0 @ e0.T
+    np.fill_diagonal(between, np.nan)
+    return {"clips": len(rows), "cos_stills_vs_clip_min": float(cos.min()), "cos_stills_vs_clip_mean": float(cos.mean()),
+            "cos_between_clips_max": float(np.nanmax(between)), "cos_between_clips_mean": float(np.nanmean(between)),
+            "aesthetic_abs_diff_max": float(np.abs(a1 - a0).max()), "aesthetic_spread_std": float(a0.std())}
+
+
+def rows_for(paths: list, n: int, fps: int, w: int, h: int, text: bool, stills: bool = False) -> list[dict]:
+    """Clip rows; paths are clip paths or (clip path, stills path) pairs (stills: rows carry them)."""
     from vidcorpus.schemas import empty_row
 
+    pairs = [p if isinstance(p, tuple) else (p, None) for p in paths]
     return [empty_row(clip_id=f"c{i:06d}", media_type="video", clip_path=p, fps=float(fps), width=w, height=h,
                       first_frame=0, last_frame=n - 1, start_s=0.0, end_s=n / fps, clip_frames=n,
+                      clip_width=w, clip_height=h, clip_fps=float(fps), stills_path=sp if stills else None,
                       text="a textured surface seen in a slow camera pan" if text else "")
-            for i, p in enumerate(paths)]
+            for i, (p, sp) in enumerate(pairs)]
 
 
 def sync(device) -> None:
@@ -119,11 +221,13 @@ def bench_decode_only(stage, rows: list[dict], k: int) -> dict:
     dec = stage.decoder()
     dec.decode_all(rows[:32])
     pids = list(dec.pool._processes)
+    s0 = dec.stills_clips
     w0, c0, t0 = _proc_cpu_s(pids), time.process_time(), time.perf_counter()
     n = dec.decode_all(rows)
     wall = time.perf_counter() - t0
     work, main = _proc_cpu_s(pids) - w0, time.process_time() - c0
     return {"fps": n / wall, "clips_per_s": len(rows) / wall, "workers": dec.workers, "hw_clips": dec.hw_clips,
+            "stills_clips": dec.stills_clips - s0,
             "worker_cpu_ms_per_clip": work / len(rows) * 1e3, "main_cpu_ms_per_clip": main / len(rows) * 1e3,
             "worker_busy": work / (wall * dec.workers)}
 
@@ -276,6 +380,12 @@ def main() -> None:
     p.add_argument("--keyframes", choices=["samples", "encoder"], default="samples",
                    help="samples: clips carry keyframes at the K sampled frames, as vidcorpus's precise "
                         "extraction writes them; encoder: x264's own placement (one keyframe per short clip)")
+    p.add_argument("--stills", action="store_true",
+                   help="clips written by precise extraction's writer with their stills file (filters.still_size); "
+                        "end to end and decode-only both from the stills and decoding the clips, same run, plus "
+                        "the writer's CPU cost with and without stills")
+    p.add_argument("--still-size", type=int, default=256, help="short side of the stills (filters.still_size)")
+    p.add_argument("--extract-clips", type=int, default=16, help="clips timed for the extraction overhead")
     p.add_argument("--cpu-scorers", action="store_true", help="also time technical and motion on one core")
     p.add_argument("--cpu-only", action="store_true", help="only the CPU scorers")
     p.add_argument("--workdir", default=None)
@@ -292,14 +402,29 @@ def main() -> None:
                     "runs": []}
     if torch.cuda.is_available():
         result["device"] = torch.cuda.get_device_name(0)
+    import av
+    import cv2
+
+    result.update(cv2=cv2.__version__, av=av.__version__)
     t0 = time.time()
     clip_sets = {}
     for n in a.frames:
-        paths = make_clips(work / f"clips-{n}-{a.keyframes}", a.clips, a.width, a.height, n, 24,
-                           max(1, os.cpu_count() or 2), a.k if a.keyframes == "samples" else 0)
+        if a.stills:
+            paths = make_extracted_clips(work / f"clips-{n}-extracted-s{a.still_size}", a.clips, a.width, a.height,
+                                         n, 24, max(1, os.cpu_count() or 2), a.k, a.still_size)
+            assert all(sp for _, sp in paths), "the writer gave no stills"
+        else:
+            paths = make_clips(work / f"clips-{n}-{a.keyframes}", a.clips, a.width, a.height, n, 24,
+                               max(1, os.cpu_count() or 2), a.k if a.keyframes == "samples" else 0)
         clip_sets[n] = paths
     result["generate_s"] = time.time() - t0
     first = a.frames[0]
+    if a.stills:
+        result["load_before_extract"] = os.getloadavg()
+        result["extraction"] = [bench_extraction_overhead(a.width, a.height, n, 24, a.k, a.still_size, a.extract_clips)
+                                for n in a.frames]
+        result["load_after_extract"] = os.getloadavg()
+        print(f"extraction writer, CPU ms per clip: {json.dumps(result['extraction'])}", flush=True)
     if a.cpu_scorers or a.cpu_only:
         result["load_before_cpu"] = os.getloadavg()
         result["cpu"] = {}
@@ -334,19 +459,27 @@ def main() -> None:
             chk = result["hwaccel_check"]
             if "error" in chk or chk["hw_declined"] == chk["clips"]:
                 hws = [h for h in hws if h != "cuda"] or [None]  # no working NVDEC here: CPU runs only
-        plan = [(n, False, sc, hw) for hw in hws for sc in scales for n in a.frames] + [(first, True, scales[-1], hws[-1])]
-        for n, text, sc, hw in plan:
+        sts = [True, False] if a.stills else [False]
+        plan = ([(n, False, sc, hw, st) for hw in hws for sc in scales for n in a.frames for st in sts]
+                + [(first, True, scales[-1], hws[-1], sts[0])])
+        if a.stills:
+            result["stills_vs_clip"] = compare_paths(stage, rows_for(clip_sets[first], first, 24, a.width, a.height,
+                                                                     False, True)[:min(a.clips, 2 * a.batch)])
+            print(f"stills against clip frames: {json.dumps(result['stills_vs_clip'])}", flush=True)
+        for n, text, sc, hw, st in plan:
             if (stage.decode_scale is not None) != sc or stage.decode_hwaccel != hw:
                 stage.decode_hwaccel = hw
                 set_decode_scale(stage, sc)
-            rows = rows_for(clip_sets[n], n, 24, a.width, a.height, text)
+            rows = rows_for(clip_sets[n], n, 24, a.width, a.height, text, st)
             e2e, frames = bench_e2e(stage, rows, a.rows_per_call, a.calls)
             dec = bench_decode_only(stage, rows, a.k)
             run = {"clip": f"{a.width}x{a.height} H.264, {n} frames at 24 fps", "frames_per_clip": n, "text": text,
-                   "scale_in_decoder": sc, "hwaccel": hw, "e2e_fps": e2e, "e2e_frames": frames, "decode_only_fps": dec["fps"],
+                   "scale_in_decoder": sc, "hwaccel": hw, "stills": st, "e2e_fps": e2e, "e2e_frames": frames, "decode_only_fps": dec["fps"],
                    "decode_only": dec, "load": os.getloadavg()}
             result["runs"].append(run)
-            print(f"end-to-end {run['clip']} text={text} scale_in_decoder={sc} hwaccel={hw}: {e2e:.0f} frames/s over {frames} "
+            if a.json:  # partial results survive a run cut short
+                Path(a.json).write_text(json.dumps(result, indent=1, default=str))
+            print(f"end-to-end {run['clip']} text={text} scale_in_decoder={sc} hwaccel={hw} stills={st}: {e2e:.0f} frames/s over {frames} "
                   f"frames; decode-only {json.dumps(dec)}", flush=True)
         if a.sweep_workers:
             rows = rows_for(clip_sets[first], first, 24, a.width, a.height, False)
@@ -374,7 +507,7 @@ def main() -> None:
         for run in result["runs"]:
             run["ratio"] = run["e2e_fps"] / model
             print(f"ratio {run['clip']} text={run['text']} scale_in_decoder={run['scale_in_decoder']} "
-                  f"hwaccel={run['hwaccel']}: "
+                  f"hwaccel={run['hwaccel']} stills={run.get('stills')}: "
                   f"{run['ratio']:.3f}", flush=True)
         if torch.cuda.is_available():
             result["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30

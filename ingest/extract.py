@@ -27,6 +27,8 @@ from vidcorpus.errors import DecodeError
 from vidcorpus.ids import clip_id
 from vidcorpus.media import load_image_rgb, save_jpeg, uniform_indices
 from vidcorpus.stage import Resources, Stage
+from vidcorpus.frame_seek import to_rgb
+from vidcorpus.stills import encode_stills, still_size
 
 
 def target_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
@@ -46,7 +48,8 @@ class _ClipWriter:
 
     def __init__(self, fps: float, codec: str, crf: int, preset: str = "veryfast",
                  short_side: int | None = None, out_fps: float | None = None,
-                 source_frames: int | None = None, keyframes_at: int = 0):
+                 source_frames: int | None = None, keyframes_at: int = 0, stills_at: int = 0,
+                 still_short_side: int = 0):
         self.buf = io.BytesIO()
         self.container = av.open(self.buf, mode="w", format="mp4")
         self.in_rate = Fraction(fps).limit_denominator(1001)
@@ -61,9 +64,15 @@ class _ClipWriter:
         # Keyframes where the model scorers will sample (first, middle, last for K=3): a scorer then
         # decodes K frames instead of the whole clip (vidcorpus.frame_seek). Costs a few bytes.
         self.key_frames: set[int] = set()
-        if keyframes_at and source_frames:
-            expected = math.ceil(Fraction(source_frames) * self.rate / self.in_rate)
+        expected = math.ceil(Fraction(source_frames) * self.rate / self.in_rate) if source_frames else 0
+        if keyframes_at and expected:
             self.key_frames = set(uniform_indices(expected, keyframes_at))
+        # Stills (vidcorpus.stills): the frames the scorers will sample, kept as they go to the
+        # encoder, shrunk to still_short_side; written only if the clip ends with the expected length.
+        self.stills_at = stills_at if expected and still_short_side else 0
+        self.still_frames = set(uniform_indices(expected, stills_at)) if self.stills_at else set()
+        self.still_short_side = still_short_side
+        self.stills: dict[int, np.ndarray] = {}
         self.seen = 0  # source frames offered
         self.frames = 0  # frames encoded
         self.first: np.ndarray | None = None
@@ -84,10 +93,28 @@ class _ClipWriter:
         # Renumber: decoders can hand out frames whose time base changes mid-stream (VP9 in WebM).
         frame.pts = self.frames
         frame.time_base = 1 / self.rate
+        if self.frames in self.still_frames:
+            w, h = still_size(frame.width, frame.height, self.still_short_side)
+            rgb = to_rgb(frame)  # full size, then OpenCV's area filter (swscale's "area" aliased on tests)
+            if (w, h) != (frame.width, frame.height):
+                import cv2
+
+                rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+            self.stills[self.frames] = rgb
         frame.pict_type = PictureType.I if self.frames in self.key_frames else PictureType.NONE
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
         self.frames += 1
+
+    def stills_jpeg(self) -> bytes | None:
+        """The stills file of the clip as written (call after close), or None when the clip's frame
+        count differs from the one expected (the sampled positions moved) or no stills were asked for."""
+        if not self.stills_at:
+            return None
+        wanted = uniform_indices(self.frames, self.stills_at)
+        if not wanted or any(i not in self.stills for i in wanted):
+            return None
+        return encode_stills([self.stills[i] for i in wanted])
 
     def close(self) -> bytes:
         for packet in self.stream.encode():
@@ -320,7 +347,9 @@ class ExtractStage(Stage):
                             writers[r["clip_id"]] = _ClipWriter(
                                 fps, cfg.clip_codec, cfg.clip_crf, cfg.clip_preset, cfg.clip_short_side, cfg.clip_fps,
                                 source_frames=r["last_frame"] - r["first_frame"] + 1,
-                                keyframes_at=self.config.filters.frames_per_clip if cfg.keyframes_at_samples else 0)
+                                keyframes_at=self.config.filters.frames_per_clip if cfg.keyframes_at_samples else 0,
+                                stills_at=self.config.filters.frames_per_clip,
+                                still_short_side=self.config.filters.still_size)
                         for w in writers.values():
                             w.add(frame)
                         if i in ends:
@@ -344,6 +373,11 @@ class ExtractStage(Stage):
         clip_url, first_url = self._clip_urls(row["clip_id"], ".mp4")
         _write(clip_url, writer.close())
         save_jpeg(writer.first, first_url)
-        return dict(row, clip_path=clip_url, first_frame_path=first_url, extract_mode="precise",
+        stills = writer.stills_jpeg()
+        stills_url = None
+        if stills is not None:
+            stills_url = self.config.url("staging", "clips", f"{row['clip_id']}.stills.jpg")
+            _write(stills_url, stills)
+        return dict(row, clip_path=clip_url, first_frame_path=first_url, extract_mode="precise", stills_path=stills_url,
                     clip_width=writer.stream.width, clip_height=writer.stream.height,
                     clip_fps=float(writer.rate), clip_frames=writer.frames)

@@ -655,3 +655,53 @@ def test_fast_decoder_returns_exactly_the_sequential_frames(media, tmp_path):
     assert sorted(decode_wanted(data, [0, n - 1, n + 5])) == [0, n - 1]
     with pytest.raises(Exception):
         decode_wanted(b"not a video at all", [0])
+
+
+def test_clip_stage_reads_stills_when_present_and_falls_back_to_the_clip(tiny, media, tmp_path):
+    """Clips from precise extraction carry a stills file: the stage embeds those frames (same
+    positions as decoding the clip, scores within the coding tolerance); a missing or broken stills
+    file falls back to decoding the clip; the hash is always of the clip's bytes."""
+    import hashlib
+
+    from vidcorpus.filters.clip_scores import ClipScoreStage, clip_frame_list, load_stills, read_clip
+    from vidcorpus.ingest.extract import ExtractStage
+
+    cfg = load_config(None, [], workdir=str(tmp_path / "work"),
+                      **{f"models.{k}": v for k, v in tiny.items()}, **{"filters.clip_batch_size": 4, "filters.still_size": 128})
+    src = [empty_row(source_id=f"s{i}", clip_id=f"clip{i}", media_type="video", source_path=media[name],
+                     first_frame=0, last_frame=23, fps=24.0, width=W, height=H, start_s=0.0, end_s=1.0)
+           for i, name in enumerate(("fast", "other", "slow"))]
+    rows = sorted(ExtractStage(cfg)(rows_to_table(src)).to_pylist(), key=lambda r: r["clip_id"])
+    assert all(r["stills_path"] and not r["error_class"] for r in rows)
+    # The stills are the frames the fallback decodes, at the same positions (within coding error).
+    data, _ = read_clip(rows[0])
+    for still, frame in zip(load_stills(rows[0], 3), clip_frame_list(rows[0], data, 3)):
+        assert still.shape == (128, 212, 3)  # short side filters.still_size, even sides
+        small = cv2.resize(frame, (212, 128), interpolation=cv2.INTER_AREA)
+        assert np.abs(still.astype(np.int16) - small).mean() < 3.0
+
+    stage = ClipScoreStage(cfg)  # one stage (one decoder pool) for every run below
+    fast = {r["clip_id"]: r for r in run_stage(stage, rows)}
+    assert stage.decoder().stills_clips == 3
+    ref = {r["clip_id"]: r for r in run_stage(stage, [dict(r, stills_path=None) for r in rows])}
+    assert stage.decoder().stills_clips == 3  # none more
+    # Scores on stills differ from scores on the clip's frames far less than clips differ from each other.
+    spread = {name: np.ptp([scores_of(r)[name] for r in ref.values()]) for name in ("aesthetic", "aesthetic_min")}
+    cos_between = max(float(np.dot(ref[a]["embedding"], ref[b]["embedding"])) for a in ref for b in ref if a < b)
+    for cid, r in fast.items():
+        assert not r["error_class"]
+        assert r["content_sha256"] == ref[cid]["content_sha256"] == hashlib.sha256(
+            open(r["clip_path"], "rb").read()).hexdigest()
+        assert 1 - float(np.dot(r["embedding"], ref[cid]["embedding"])) < 0.05 * (1 - cos_between)
+        for name, v in scores_of(ref[cid]).items():
+            assert abs(scores_of(r)[name] - v) < 0.05 * spread[name], name
+
+    # Broken and missing stills: the rows are scored from the clip, exactly as without stills.
+    (tmp_path / "broken.stills.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    bad = [dict(rows[0], stills_path=str(tmp_path / "broken.stills.jpg")),
+           dict(rows[1], stills_path=str(tmp_path / "missing.stills.jpg")),
+           dict(rows[2], stills_path=rows[0]["stills_path"], clip_width=W, clip_height=3 * H)]  # wrong shape
+    out = {r["clip_id"]: r for r in run_stage(stage, bad)}
+    assert stage.decoder().stills_clips == 3
+    for cid, r in out.items():
+        assert not r["error_class"] and r["embedding"] == ref[cid]["embedding"]

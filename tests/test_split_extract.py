@@ -259,3 +259,41 @@ def test_precise_clips_are_byte_identical_when_extracted_again(tmp_path, three_s
         rows = _run(_cfg(tmp_path / f"run{k}"), three_shots)
         digests.append({r["clip_id"]: hashlib.sha256(open(r["clip_path"], "rb").read()).hexdigest() for r in rows})
     assert len(digests[0]) == 3 and digests[0] == digests[1] == digests[2]
+
+
+@pytest.mark.parametrize("overrides", [("filters.still_size=96",), ("split.clip_fps=8", "filters.still_size=0"),
+                                       ("split.clip_fps=8",)])
+def test_precise_extraction_writes_stills_of_the_frames_scorers_sample(tmp_path, three_shots, overrides):
+    """The stills file holds the K sampled frames of the clip as written (same positions as the
+    scorer's uniform_indices), shrunk to filters.still_size, within JPEG and H.264 coding error."""
+    import cv2
+
+    from vidcorpus.media import uniform_indices
+    from vidcorpus.stills import decode_stills
+
+    cfg = _cfg(tmp_path, *overrides)
+    rows = _run(cfg, three_shots)
+    assert len(rows) == 3 and not any(r["error_class"] for r in rows)
+    if cfg.filters.still_size == 0:
+        assert all(r["stills_path"] is None for r in rows)
+        assert not list((tmp_path / "work").rglob("*.stills.jpg"))
+        return
+    for r in rows:
+        assert r["stills_path"].endswith(f"{r['clip_id']}.stills.jpg")
+        w, h = r["clip_width"], r["clip_height"]
+        stills = decode_stills(open(r["stills_path"], "rb").read(), 3, w / h)
+        side = min(cfg.filters.still_size, min(w, h))
+        assert min(stills[0].shape[:2]) == side
+        frames = [f.to_ndarray(format="rgb24") for f in _decode(r["clip_path"])]
+        assert len(frames) == r["clip_frames"]
+        small = [cv2.resize(f, stills[0].shape[1::-1], interpolation=cv2.INTER_AREA).astype(np.int16) for f in frames]
+        for still, i in zip(stills, uniform_indices(r["clip_frames"], 3)):
+            err = [np.abs(still.astype(np.int16) - f).mean() for f in small]
+            assert err[i] < 4.0, (err[i], r["clip_id"])  # coding error only (blocky textures, crf 20, q95)
+            assert int(np.argmin(err)) == i or err[int(np.argmin(err))] == pytest.approx(err[i], abs=0.5)
+
+
+def test_copy_mode_clips_have_no_stills(tmp_path, three_shots):
+    rows = _run(_cfg(tmp_path, "split.extract_mode=copy"), three_shots)
+    copied = [r for r in rows if r["extract_mode"] == "copy"]
+    assert copied and all(r["stills_path"] is None for r in copied)

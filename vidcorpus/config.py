@@ -83,6 +83,10 @@ class FiltersConfig(Section):
     max_sample_frames: int = Field(32, description="Most sampled frames (technical) or frame pairs (motion) per clip.")
     clip_batch_size: int = Field(16, description="Frames per CLIP image-tower batch (256 suits an H100).")
     recipe: str = Field("demo_v1", description="Name of a bundled recipe or path to a recipe YAML.")
+    still_size: int = Field(
+        256, ge=0, description="Precise extraction also writes the frames_per_clip sampled frames as one JPEG next to "
+                               "the clip, short side this many pixels (never enlarged); the CLIP scorer reads them "
+                               "instead of decoding the clip. 0: no stills.")
     decode_threads: int = Field(0, ge=0, description="Worker processes decoding clips for the CLIP scorer (0: one per CPU but one, at most 16).")
     clip_precision: Literal["bf16", "fp32"] = Field("bf16", description="CLIP weights on a GPU (the CPU always runs fp32).")
     dedup: bool = Field(True, description="After a run, score duplicates (dup_exact, dup_sim) against the run and the catalog.")

@@ -54,6 +54,9 @@ ROW_SCHEMA = pa.schema(
         ("clip_path", pa.string()),
         ("first_frame_path", pa.string()),
         ("extract_mode", pa.string()),  # how the clip was cut: "precise" | "copy" | "image"
+        # precise extraction: one JPEG of the K frames the model scorers sample (vidcorpus/stills.py);
+        # a staging file for this run's scorers, not kept in the catalog
+        ("stills_path", pa.string()),
         # the clip file as written (differs from the source when extraction resizes or resamples)
         ("clip_width", pa.int32()),
         ("clip_height", pa.int32()),
