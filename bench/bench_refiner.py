@@ -30,9 +30,7 @@ import traceback
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from vidcorpus.config import GenerateConfig, RefinerTrainConfig  # noqa: E402
+from vidcorpus.config import GenerateConfig, RefinerTrainConfig
 
 SD_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
               up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
