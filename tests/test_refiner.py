@@ -183,3 +183,34 @@ def test_cascade_writes_the_requested_video_from_exports_and_checkpoints(models,
                          "-o", str(tmp_path / "other.mp4")])
     assert r.exit_code == 0, r.output
     assert not np.array_equal(_frames(str(tmp_path / "other.mp4")), v)  # another seed, another video
+
+
+@pytest.mark.parametrize("cmd", ["train-refiner", "export-refiner", "generate"])
+def test_refiner_commands_explain_themselves(cmd):
+    from vidcorpus.cli import app
+
+    r = CliRunner().invoke(app, [cmd, "--help"])
+    assert r.exit_code == 0 and "Usage" in r.output, r.output
+
+
+@pytest.mark.slow
+def test_train_refiner_selects_from_the_catalog_and_records_the_run(demo, tmp_path):
+    from vidcorpus.catalog.store import Catalog
+    from vidcorpus.refining import run_refiner_training
+    from vidcorpus.train.checkpoint import read_state
+
+    cfg = demo["config"]
+    catalog = tmp_path / "catalog.duckdb"  # a copy: the session's demo catalog stays as other tests expect it
+    shutil.copy(cfg.catalog_path, catalog)
+    cfg = cfg.model_copy(update={"catalog": str(catalog), "refiner": _cfg(steps=2, select="kept")})
+    summary = run_refiner_training(cfg, output=str(tmp_path / "run"), progress=False, log=lambda *_: None)
+    assert summary.steps == 2 and len(summary.losses) == 2
+    state = read_state(summary.checkpoint_dir)
+    assert state["stage"] == "refiner" and state["data"]["stage"] == "refiner" and state["data"]["select"] == "kept"
+    with Catalog(str(catalog), read_only=True) as cat:
+        [run] = cat.query_dicts("SELECT stage, steps FROM train_runs WHERE run_id = ?", [summary.run_id])
+        kept = {r["clip_id"] for r in cat.query_dicts("SELECT clip_id FROM clips_wide WHERE kept")}
+        trained = {r["clip_id"] for r in cat.query_dicts("SELECT clip_id FROM train_samples WHERE run_id = ?",
+                                                         [summary.run_id])}
+    assert run == {"stage": "refiner", "steps": 2}
+    assert trained and trained <= kept
