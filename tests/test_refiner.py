@@ -119,7 +119,8 @@ def test_refiner_training_overfits_a_few_clips(models, shards, tmp_path):
 def test_refiner_resumes_exactly_like_the_base_stage(models, shards, tmp_path):
     from diffusers import UNet3DConditionModel
 
-    from vidcorpus.train.loop import ResumeMismatch
+    from vidcorpus.config import TrainConfig
+    from vidcorpus.train.loop import ResumeMismatch, train_base
     from vidcorpus.train.refiner import train_refiner
 
     cfg = _cfg(steps=4, checkpoint_every=2, keep_checkpoints=2)
@@ -140,6 +141,9 @@ def test_refiner_resumes_exactly_like_the_base_stage(models, shards, tmp_path):
     with pytest.raises(ResumeMismatch, match="different selection"):
         train_refiner(_cfg(steps=6), models["refiner"], shards["urls"][:1], str(tmp_path / "part"),
                       progress=False, resume="latest")
+    with pytest.raises(ResumeMismatch, match="refiner stage"):  # a refiner checkpoint never resumes the base
+        train_base(TrainConfig(steps=6, height=64, width=96, num_frames=4), models["i2vgen"], shards["urls"],
+                   str(tmp_path / "part"), progress=False, resume="latest")
 
 
 def test_cascade_writes_the_requested_video_from_exports_and_checkpoints(models, shards, tmp_path):
@@ -147,6 +151,8 @@ def test_cascade_writes_the_requested_video_from_exports_and_checkpoints(models,
     from PIL import Image
 
     from vidcorpus.cli import app
+    from vidcorpus.config import TrainConfig
+    from vidcorpus.train.loop import train_base
     from vidcorpus.train.refiner import train_refiner
 
     run = tmp_path / "refiner-run"
@@ -161,25 +167,32 @@ def test_cascade_writes_the_requested_video_from_exports_and_checkpoints(models,
     assert all(torch.equal(v, ema[k]) for k, v in pipe.unet.state_dict().items())
     assert json.loads((export / "vidcorpus_refiner.json").read_text())["t_max"] == 700
 
+    # A base-stage checkpoint whose EMA weights equal the tiny build's (lr 0), so both routes must agree.
+    base_run = tmp_path / "base-run"
+    train_base(TrainConfig(steps=1, lr=0.0, batch_size=2, num_frames=4, height=64, width=64, fps=8, seed=0),
+               models["i2vgen"], shards["urls"][:1], str(base_run), progress=False)
+
     Image.fromarray(shards["first"]).save(shards["image"])
     common = ["--image", shards["image"], "--prompt", "colourful shapes drifting", "--short-prompt", "shapes",
-              "--base", models["i2vgen"], "--height", "96", "--width", "160", "--frames", "4", "--seed", "3",
+              "--height", "96", "--width", "160", "--frames", "4", "--seed", "3",
               "--set", "generate.base_height=64", "--set", "generate.base_width=64", "--set", "generate.base_steps=2",
               "--set", "generate.refiner_steps=10", "--no-progress"]
     videos = {}
-    for name, refiner, extra in [("export", str(export), []),
-                                 ("checkpoint", str(run), ["--set", f"models.refiner={models['refiner']}"])]:
+    for name, stages, extra in [
+            ("export", ["--base", models["i2vgen"], "--refiner", str(export)], []),
+            ("checkpoint", ["--base", str(base_run), "--refiner", str(run)],
+             ["--set", f"models.refiner={models['refiner']}", "--set", f"models.i2vgen={models['i2vgen']}"])]:
         out = tmp_path / f"{name}.mp4"
-        r = cli.invoke(app, ["generate", *common, "--refiner", refiner, "-o", str(out), *extra])
+        r = cli.invoke(app, ["generate", *common, *stages, "-o", str(out), *extra])
         assert r.exit_code == 0, r.output
         assert "refined from t=" in r.output
         videos[name] = _frames(str(out))
     v = videos["export"]
     assert v.shape == (4, 96, 160, 3) and v.std() > 0
-    # The same seed gives the same video, whether the refiner comes as an export or a checkpoint.
+    # The same seed gives the same video, whether the stages come as exports or as checkpoints.
     assert np.array_equal(videos["export"], videos["checkpoint"])
 
-    r = cli.invoke(app, ["generate", *common[:-1], "--seed", "4", "--refiner", str(export),
+    r = cli.invoke(app, ["generate", *common[:-1], "--seed", "4", "--base", models["i2vgen"], "--refiner", str(export),
                          "-o", str(tmp_path / "other.mp4")])
     assert r.exit_code == 0, r.output
     assert not np.array_equal(_frames(str(tmp_path / "other.mp4")), v)  # another seed, another video

@@ -287,6 +287,9 @@ def train_loop(task, cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir
     ema = copy.deepcopy(unet).requires_grad_(False).eval()
     if resumed_from:
         state = ckpt_io.read_state(resumed_from)
+        if state.get("stage", "base") != task.kind:
+            raise ResumeMismatch(f"checkpoint {resumed_from} is of the {state.get('stage', 'base')} stage, "
+                                 f"this run trains the {task.kind} stage")
         if state.get("data_fingerprint") != fingerprint:
             raise ResumeMismatch(f"checkpoint {resumed_from} was trained on a different selection "
                                  f"({state.get('data', {}).get('selection')}); its data cursor does not apply")

@@ -75,13 +75,19 @@ def generate_video(cfg: Config, image: str, prompt: str, short_prompt: str | Non
     from vidcorpus.train.cascade import generate
     from vidcorpus.train.export import write_mp4
 
+    from vidcorpus.presets import resolve_models
+
     needs_base = not _is_export(base)
     needs_refiner = not _is_export(refiner)
-    models = resolve_refiner(cfg.models) if needs_refiner else cfg.models
-    if needs_base and not needs_refiner:
-        from vidcorpus.presets import resolve_models
+    models = resolve_models(cfg.models, build=False)  # only the components a checkpoint needs are built
+    if cfg.models.preset == "tiny" and (needs_base or needs_refiner):
+        from vidcorpus.train.models import build_tiny_i2vgen
+        from vidcorpus.train.refiner import build_tiny_refiner
 
-        models = resolve_models(cfg.models)
+        if not _is_export(models.i2vgen):
+            build_tiny_i2vgen(models.i2vgen)
+        if needs_refiner and not _is_export(models.refiner):
+            build_tiny_refiner(models.refiner, models.i2vgen)
     result = generate(image, prompt, short_prompt, base, refiner, cfg.generate,
                       i2vgen_dir=models.i2vgen if needs_base else None,
                       refiner_dir=models.refiner if needs_refiner else None,
