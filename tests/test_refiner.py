@@ -176,7 +176,7 @@ def test_cascade_writes_the_requested_video_from_exports_and_checkpoints(models,
     common = ["--image", shards["image"], "--prompt", "colourful shapes drifting", "--short-prompt", "shapes",
               "--height", "96", "--width", "160", "--frames", "4", "--seed", "3",
               "--set", "generate.base_height=64", "--set", "generate.base_width=64", "--set", "generate.base_steps=2",
-              "--set", "generate.refiner_steps=10", "--no-progress"]
+              "--set", "generate.refiner_steps=5", "--no-progress"]
     videos = {}
     for name, stages, extra in [
             ("export", ["--base", models["i2vgen"], "--refiner", str(export)], []),
