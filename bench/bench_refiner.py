@@ -104,8 +104,8 @@ class Builder:
 
         from vidcorpus.train.refiner import TINY_REFINER_UNET, ZEROSCOPE_UNET
 
-        return self._make(lambda: UNet3DConditionModel(**(ZEROSCOPE_UNET if self.size == "real" else TINY_REFINER_UNET)),
-                          dtype)
+        conf = ZEROSCOPE_UNET if self.size == "real" else TINY_REFINER_UNET
+        return self._make(lambda: UNet3DConditionModel(**conf), dtype)
 
     def base_unet(self, dtype):
         from diffusers import I2VGenXLUNet
@@ -127,8 +127,8 @@ class Builder:
         from diffusers import I2VGenXLPipeline
         from transformers import CLIPImageProcessor
 
-        fe = CLIPImageProcessor(size={"shortest_edge": 224 if self.size == "real" else 32},
-                                crop_size={"height": 224, "width": 224} if self.size == "real" else {"height": 32, "width": 32})
+        side = 224 if self.size == "real" else 32
+        fe = CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
         pipe = I2VGenXLPipeline(vae=self.vae(dtype), text_encoder=self.text_encoder(dtype), tokenizer=self.tokenizer(),
                                 image_encoder=self.image_encoder(dtype), feature_extractor=fe,
                                 unet=self.base_unet(dtype), scheduler=self.scheduler())

@@ -329,7 +329,8 @@ def train_refiner(cfg: RefinerTrainConfig, model_dir: str, shard_urls: list, out
     from vidcorpus.train.loop import train_loop
 
     if cfg.crop_height > cfg.height or cfg.crop_width > cfg.width:
-        raise ValueError(f"refiner crop {cfg.crop_height}x{cfg.crop_width} exceeds the clip size {cfg.height}x{cfg.width}")
+        raise ValueError(f"refiner crop {cfg.crop_height}x{cfg.crop_width} exceeds the clip size "
+                         f"{cfg.height}x{cfg.width}")
     return train_loop(RefinerTask(), cfg, model_dir, shard_urls, out_dir, on_error=on_error, progress=progress,
                       device=device, keys=keys, resume=resume, run_info=run_info)
 
