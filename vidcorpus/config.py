@@ -171,6 +171,7 @@ class RefinerTrainConfig(TrainConfig):
     width: int = 1280
     batch_size: int = 1
     lr: float = 3e-5
+    mixed_precision: Literal["no", "bf16"] = Field("bf16", description="bf16 autocast on GPUs (the CPU runs fp32).")
     caption_kind: Literal["long", "short"] = Field("short", description="The refiner learns from brief text.")
     select: str = Field("height >= 720", description="SQL predicate over clips_wide: high-resolution clips only.")
     crop_height: int = Field(320, ge=8, multiple_of=8, description="Height of the random training patch (pixels).")
