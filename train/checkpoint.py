@@ -184,17 +184,20 @@ def read_trainer_state(ckpt: str) -> dict:
 
 
 def load_unet_weights(ckpt: str, sub: str, module: torch.nn.Module) -> None:
-    """Load ``{ckpt}/{sub}`` (diffusers save_pretrained of the UNet) into ``module`` in place."""
-    from diffusers import I2VGenXLUNet
+    """Load ``{ckpt}/{sub}`` (diffusers save_pretrained of the UNet) into ``module`` in place.
+
+    The UNet class is the module's own (I2VGenXLUNet for the base, UNet3DConditionModel for the
+    refiner)."""
+    cls = type(module)
 
     if is_local(ckpt):
-        loaded = I2VGenXLUNet.from_pretrained(_local(join(ckpt, sub)), torch_dtype=torch.float32)
+        loaded = cls.from_pretrained(_local(join(ckpt, sub)), torch_dtype=torch.float32)
     else:
         tmp = tempfile.mkdtemp(prefix="vidcorpus-ckpt-")
         try:
             fs, path = fsspec.core.url_to_fs(join(ckpt, sub))
             fs.get(path.rstrip("/") + "/", tmp.rstrip("/") + "/", recursive=True)
-            loaded = I2VGenXLUNet.from_pretrained(tmp, torch_dtype=torch.float32)
+            loaded = cls.from_pretrained(tmp, torch_dtype=torch.float32)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     missing, unexpected = module.load_state_dict(loaded.state_dict(), strict=True)

@@ -37,13 +37,24 @@ def export_pipeline(model_dir: str, checkpoint: str, out_dir: str, weights: str 
     comps = load_components(model_dir, "cpu", torch.float32)
     load_unet_weights(ckpt, "unet_ema" if weights == "ema" else "unet", comps.unet)
     comps.unet.eval()
-    pipe = build_pipeline(comps, comps.unet)
+    return save_pipeline(build_pipeline(comps, comps.unet), out_dir)
+
+
+def save_pipeline(pipe, out_dir: str, extra: dict[str, str] | None = None) -> str:
+    """``pipe.save_pretrained`` to ``out_dir`` (local: atomically by rename; or any fsspec URL), with
+    ``extra`` {file name: text} files beside the components."""
+
+    def write(tmp) -> None:
+        pipe.save_pretrained(tmp)
+        for name, text in (extra or {}).items():
+            Path(tmp, name).write_text(text)
+
     if is_local(out_dir):
         target = Path(out_dir.removeprefix("file://"))
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
         try:
-            pipe.save_pretrained(tmp)
+            write(tmp)
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp, target)
@@ -53,7 +64,7 @@ def export_pipeline(model_dir: str, checkpoint: str, out_dir: str, weights: str 
     else:
         tmp = tempfile.mkdtemp(prefix="vidcorpus-export-")
         try:
-            pipe.save_pretrained(tmp)
+            write(tmp)
             fs, path = fsspec.core.url_to_fs(out_dir)
             fs.put(tmp.rstrip("/") + "/", path.rstrip("/") + "/", recursive=True)
         finally:

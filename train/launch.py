@@ -58,15 +58,24 @@ def _ray_worker(config: dict) -> None:
     import logging
 
     logging.getLogger("vidcorpus").setLevel(logging.ERROR)  # per-rank decode warnings reach the state json
+    if config.get("stage", "base") == "refiner":
+        from vidcorpus.config import RefinerTrainConfig
+        from vidcorpus.train.refiner import train_refiner
+
+        train_refiner(RefinerTrainConfig(**config["cfg"]), config["model_dir"], config["shards"], config["out_dir"],
+                      progress=False, keys=config["keys"], resume=config["resume"], run_info=config["run_info"])
+        return
     train_base(TrainConfig(**config["cfg"]), config["model_dir"], config["shards"], config["out_dir"],
                progress=False, keys=config["keys"], resume=config["resume"], run_info=config["run_info"],
                follow=config.get("follow"))
 
 
 def launch_ray(cfg: TrainConfig, model_dir: str, shards: list, out_dir: str, keys=None, resume: str | None = None,
-               run_info: dict | None = None, storage_path: str | None = None, follow=None) -> TrainResult:
-    """Run ``train_base`` on ``cfg.workers`` Ray Train workers (a GPU each when ``cfg.use_gpu`` and the
-    cluster has GPUs; otherwise CPU workers over gloo). Ray must be initialised by the caller."""
+               run_info: dict | None = None, storage_path: str | None = None, stage: str = "base",
+               follow=None) -> TrainResult:
+    """Run ``train_base`` (or, ``stage="refiner"``, ``train_refiner``) on ``cfg.workers`` Ray Train workers
+    (a GPU each when ``cfg.use_gpu`` and the cluster has GPUs; otherwise CPU workers over gloo). Ray
+    must be initialised by the caller."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -76,6 +85,7 @@ def launch_ray(cfg: TrainConfig, model_dir: str, shards: list, out_dir: str, key
     storage = storage_path or tempfile.mkdtemp(prefix="vidcorpus-raytrain-")
     config = {"cfg": cfg.model_dump(), "model_dir": model_dir, "shards": list(shards), "out_dir": out_dir,
               "keys": sorted(keys) if keys is not None else None, "resume": resume, "run_info": run_info,
+              "stage": stage,
               "follow": follow}  # cloudpickled to the workers; rank 0 asks the catalog (a local file or a snapshot URL)
     trainer = TorchTrainer(
         _ray_worker, train_loop_config=config,

@@ -16,6 +16,12 @@ those the uninterrupted run would have trained on next. The cost: the consumed p
 read (and its shards verified) again, but not decoded. The shard list and selected keys are
 fingerprinted into the checkpoint; a resume against a different selection, seed, shuffle buffer or
 worker count is refused, since the cursor would point elsewhere.
+
+One loop, two stages. ``train_loop`` runs the steps for a *task*: ``BaseTask`` (the I2VGen-XL base
+UNet; ``train_base`` is ``train_loop(BaseTask(), ...)``) or ``train/refiner.py``'s ``RefinerTask``
+(the UNet3D video-to-video refiner). A task says which components to load, the loss of a batch,
+and how probes are sampled; the loop owns streaming, the cursor, the optimizer, EMA, parallel
+wrapping (``_wrap_for_parallel``), checkpoints, logs and resume.
 """
 
 from __future__ import annotations
@@ -230,6 +236,41 @@ def _default_device() -> torch.device:
 
 # -- the loop -------------------------------------------------------------------------------------
 
+class BaseTask:
+    """The base stage: I2VGen-XL components, the v-prediction loss with image conditioning."""
+
+    kind = "base"
+
+    def load(self, model_dir: str, device: torch.device, dtype: torch.dtype):
+        return load_components(model_dir, device, dtype)
+
+    def setup(self, comps) -> None:
+        self.text_cache = TextEncoderCache(comps)
+        self.comps = comps  # probes from cached latents decode a first frame with its VAE
+
+    def loss(self, train_comps, batch: dict, cfg: TrainConfig, gen: torch.Generator, autocast_dtype) -> torch.Tensor:
+        return diffusion_loss(train_comps, self.text_cache, batch, cfg, gen, autocast_dtype)
+
+    def probe_set(self, cfg: TrainConfig, batch: dict) -> list[tuple]:
+        return _probe_set(cfg, batch, self.comps)
+
+    def sample_probes(self, comps, ema, cfg: TrainConfig, probes: list[tuple], out_dir: str, step: int,
+                      autocast_dtype) -> list[str]:
+        return _sample_probes(comps, ema, cfg, probes, out_dir, step, autocast_dtype)
+
+
+def _wrap_for_parallel(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The module the step runs: DDP over ``module`` when a process group is up, else ``module``.
+
+    The one place that decides how the trained UNet is spread over ranks."""
+    distributed, _rank, _world = _dist()
+    if not distributed:
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
                on_error: OnError | None = None, progress: bool = True, device: str | torch.device | None = None,
                keys: Iterable[str] | None = None, resume: str | None = None,
@@ -245,6 +286,15 @@ def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
     specs, keys) is the selection asked again at every epoch boundary (``--follow``): new shards join
     the next pass; a resumed follow run whose selection grew since the checkpoint starts a new pass.
     """
+    return train_loop(BaseTask(), cfg, model_dir, shard_urls, out_dir, on_error=on_error, progress=progress,
+                      device=device, keys=keys, resume=resume, run_info=run_info, follow=follow)
+
+
+def train_loop(task, cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
+               on_error: OnError | None = None, progress: bool = True, device: str | torch.device | None = None,
+               keys: Iterable[str] | None = None, resume: str | None = None,
+               run_info: dict | None = None, follow=None) -> TrainResult:
+    """Train ``task``'s UNet until step ``cfg.steps`` (see ``train_base`` for the arguments)."""
     started = time.perf_counter()
     distributed, rank, world = _dist()
     device = torch.device(device) if device is not None else _default_device()
@@ -252,7 +302,7 @@ def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
         torch.cuda.set_device(device)
     _seed_everything(cfg.seed + rank)
     use_bf16 = cfg.mixed_precision == "bf16" and device.type == "cuda"
-    comps = load_components(model_dir, device, torch.bfloat16 if use_bf16 else torch.float32)
+    comps = task.load(model_dir, device, torch.bfloat16 if use_bf16 else torch.float32)
     unet = comps.unet
     unet.train()
     unet.requires_grad_(True)
@@ -273,6 +323,9 @@ def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
     ema = copy.deepcopy(unet).requires_grad_(False).eval()
     if resumed_from:
         state = ckpt_io.read_state(resumed_from)
+        if state.get("stage", "base") != task.kind:
+            raise ResumeMismatch(f"checkpoint {resumed_from} is of the {state.get('stage', 'base')} stage, "
+                                 f"this run trains the {task.kind} stage")
         grown = follow is not None and state.get("data_fingerprint") != selection.fingerprint
         if state.get("data_fingerprint") != selection.fingerprint and not grown:
             raise ResumeMismatch(f"checkpoint {resumed_from} was trained on a different selection "
@@ -307,13 +360,9 @@ def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
         runtime["activation_checkpointing_blocks"] = apply_activation_checkpointing(unet)
     if cfg.compile:
         unet.compile()
-    train_unet: torch.nn.Module = unet
-    if distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        train_unet = DDP(unet, device_ids=[device.index] if device.type == "cuda" else None)
+    train_unet = _wrap_for_parallel(unet, device)
     train_comps = replace(comps, unet=train_unet)
-    text_cache = TextEncoderCache(comps)
+    task.setup(comps)
 
     def rank_error(key: str, exc: Exception) -> None:
         from vidcorpus.errors import classify_error
@@ -346,7 +395,7 @@ def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
                 "losses": losses, "sample_keys": [k for _s, k in step_keys],
                 "step_keys": [[s, k] for s, k in step_keys],
                 "decode_failures": sorted(all_failures.values()),
-                "model": comps.name or model_dir, "config": cfg.model_dump(),
+                "model": comps.name or model_dir, "stage": task.kind, "config": cfg.model_dump(),
                 "resumed_from": resumed_from, "runtime": runtime,
             }
             trainer_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -362,7 +411,7 @@ def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
     batches = _batches_forever(selection.urls, cfg, selection.keys, rank_error, cursor, follow, selection)
     try:
         with _progress(progress and main, cfg.steps) as bar:
-            task = bar.add_task("train", total=cfg.steps, completed=start_step, loss="-")
+            bar_task = bar.add_task("train", total=cfg.steps, completed=start_step, loss="-")
             for step in range(start_step, cfg.steps):
                 t0 = time.perf_counter()
                 batch = next(batches)
@@ -371,7 +420,7 @@ def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
                 counting = flops.needs_count(shape)
                 counter = flops.mode() if counting else nullcontext()
                 with counter:
-                    loss = diffusion_loss(train_comps, text_cache, batch, cfg, gen, autocast_dtype)
+                    loss = task.loss(train_comps, batch, cfg, gen, autocast_dtype)
                     loss.backward()
                 if counting:
                     flops.record(shape, counter)
@@ -393,7 +442,7 @@ def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
                 for keys_of_rank in _gather(list(batch["key"]), distributed, world):
                     step_keys.extend((step, k) for k in keys_of_rank)
                 if main and not probes and cfg.sample_every:
-                    probes = _probe_set(cfg, batch, comps)
+                    probes = task.probe_set(cfg, batch)
                 t2 = time.perf_counter()
 
                 window["wait"] += t1 - t0
@@ -418,10 +467,10 @@ def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
                     })
                     window = {"wait": 0.0, "total": 0.0, "samples": 0, "flops": 0, "flops_known": True, "steps": 0}
                 if cfg.sample_every and done % cfg.sample_every == 0 and main:
-                    _sample_probes(comps, ema, cfg, probes, out_dir, done, autocast_dtype)
+                    task.sample_probes(comps, ema, cfg, probes, out_dir, done, autocast_dtype)
                 if done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
                     last_ckpt = checkpoint(done)
-                bar.update(task, advance=1, loss=f"{value:.4f}")
+                bar.update(bar_task, advance=1, loss=f"{value:.4f}")
         if start_step >= cfg.steps and last_ckpt is None:
             last_ckpt = checkpoint(start_step)
     finally:

@@ -470,6 +470,109 @@ def export_cmd(
     console.print(f"exported {checkpoint} ({weights} weights) -> {out}")
 
 
+# -- refiner stage and cascade (issue 9) ----------------------------------------------------------
+
+@app.command("train-refiner")
+def train_refiner_cmd(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    workdir: Optional[str] = WorkdirOpt,
+    catalog: Optional[str] = CatalogOpt,
+    preset: Optional[str] = PresetOpt,
+    select: Optional[str] = typer.Option(None, "--select", help="SQL predicate over clips_wide (default \"height >= 720\")."),
+    release: Optional[str] = typer.Option(None, "--release", help="Train on a release's shards (one whose recipe keeps height >= 720)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Run directory (default {workdir}/train/{run_id})."),
+    progress: bool = ProgressOpt,
+    resume: Optional[str] = typer.Option(None, "--resume", help="'latest' (newest checkpoint of --output) or a run/checkpoint path."),
+    export: Optional[str] = typer.Option(None, "--export", help="After training, write the EMA weights as a diffusers VideoToVideoSDPipeline here."),
+    launcher: Optional[str] = typer.Option(None, "--launcher", help="local (also under torchrun) or ray (Ray Train TorchTrainer)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Ray Train workers."),
+) -> None:
+    """Train the refiner stage (UNet3D video-to-video, 1280x720, brief captions) on random crops of high-resolution clips."""
+    from vidcorpus.errors import ModelNotAvailable
+    from vidcorpus.refining import run_refiner_training
+    from vidcorpus.shards.reader import ShardChecksumError
+    from vidcorpus.shards.release import ReleaseError
+    from vidcorpus.train.loop import ResumeMismatch
+    from vidcorpus.training import NoTrainingData
+
+    cfg = _config(config, set_, workdir=workdir, catalog=catalog,
+                  **{"models.preset": preset, "refiner.select": select, "refiner.steps": steps,
+                     "refiner.release": release, "refiner.launcher": launcher, "refiner.workers": workers})
+    try:
+        result = run_refiner_training(cfg, output=output, progress=progress, log=console.print, resume=resume)
+    except (NoTrainingData, ModelNotAvailable, ReleaseError, ShardChecksumError, ResumeMismatch,
+            FileNotFoundError, ValueError) as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2)
+    console.print(f"trained the refiner {result.steps} steps on {result.distinct_clips} clips from {result.n_shards} "
+                  f"shards; loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}; checkpoint: {result.checkpoint_dir}")
+    if export:
+        from vidcorpus.presets import resolve_refiner
+        from vidcorpus.train.refiner import export_refiner
+
+        export_refiner(resolve_refiner(cfg.models).refiner, result.checkpoint_dir, export)
+        console.print(f"exported EMA weights as a VideoToVideoSDPipeline: {export}")
+
+
+@app.command("export-refiner")
+def export_refiner_cmd(
+    checkpoint: str = typer.Argument(..., help="A refiner checkpoint directory or run directory (its newest checkpoint)."),
+    out: str = typer.Argument(..., help="Where the diffusers VideoToVideoSDPipeline directory is written."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    preset: Optional[str] = PresetOpt,
+    weights: str = typer.Option("ema", "--weights", help="ema (default) or unet (the raw trained weights)."),
+) -> None:
+    """Export a refiner checkpoint's EMA UNet with the frozen components as a VideoToVideoSDPipeline."""
+    from vidcorpus.errors import ModelNotAvailable
+    from vidcorpus.presets import resolve_refiner
+    from vidcorpus.train.refiner import export_refiner
+
+    cfg = _config(config, set_, **{"models.preset": preset})
+    try:
+        export_refiner(resolve_refiner(cfg.models).refiner, checkpoint, out, weights=weights)
+    except (ModelNotAvailable, FileNotFoundError) as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2)
+    console.print(f"exported refiner {checkpoint} ({weights} weights) -> {out}")
+
+
+@app.command()
+def generate(
+    image: str = typer.Option(..., "--image", help="The first frame: an image path or URL."),
+    prompt: str = typer.Option(..., "--prompt", help="Text for the base stage."),
+    base: str = typer.Option(..., "--base", help="Base stage: an exported I2VGenXLPipeline directory, or a checkpoint/run directory."),
+    refiner: str = typer.Option(..., "--refiner", help="Refiner: an exported VideoToVideoSDPipeline directory, or a checkpoint/run directory."),
+    output: str = typer.Option(..., "--output", "-o", help="The mp4 to write (local path or URL)."),
+    short_prompt: Optional[str] = typer.Option(None, "--short-prompt", help="Brief text for the refiner (default: --prompt)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed (same inputs and seed, same video)."),
+    height: Optional[int] = typer.Option(None, "--height", help="Output height (default 720)."),
+    width: Optional[int] = typer.Option(None, "--width", help="Output width (default 1280)."),
+    frames: Optional[int] = typer.Option(None, "--frames", help="Number of frames (default 16)."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    preset: Optional[str] = PresetOpt,
+    progress: bool = ProgressOpt,
+) -> None:
+    """Image + prompt -> video: the base stage at low resolution, upsampled, refined to 1280x720 with brief text."""
+    from vidcorpus.errors import ModelNotAvailable
+    from vidcorpus.refining import generate_video
+
+    cfg = _config(config, set_, **{"models.preset": preset, "generate.seed": seed, "generate.height": height,
+                                   "generate.width": width, "generate.num_frames": frames})
+    try:
+        result = generate_video(cfg, image, prompt, short_prompt, base, refiner, output, progress=progress)
+    except (ModelNotAvailable, FileNotFoundError, ValueError) as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2)
+    f, h, w = result.frames.shape[:3]
+    timing = ", ".join(f"{k} {v:.1f} s" + (f" (peak {result.peak_gib[k]:.1f} GiB)" if k in result.peak_gib else "")
+                       for k, v in result.seconds.items())
+    console.print(f"wrote {output}: {f} frames at {w}x{h} (refined from t={result.t_start}); {timing}")
+
+
 @app.command()
 def demo(
     directory: Path = typer.Argument(Path("vidcorpus-demo"), help="Where everything is written."),

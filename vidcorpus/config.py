@@ -174,6 +174,49 @@ class TrainConfig(Section):
         return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
 
 
+class RefinerTrainConfig(TrainConfig):
+    """The refiner stage (issue 9): every base-stage training field, refiner defaults, and the pairing.
+
+    Clips decode at ``height`` x ``width`` (the refiner's output size); each step trains on a random
+    ``crop_height`` x ``crop_width`` patch of them; the input is that patch downscaled by
+    ``degrade_factor``, upscaled back and noised to a timestep of at most ``t_max`` (SDEdit style)."""
+
+    num_frames: int = 16
+    height: int = 720
+    width: int = 1280
+    batch_size: int = 1
+    lr: float = 3e-5
+    mixed_precision: Literal["no", "bf16"] = Field("bf16", description="bf16 autocast on GPUs (the CPU runs fp32).")
+    caption_kind: Literal["long", "short"] = Field("short", description="The refiner learns from brief text.")
+    select: str = Field("height >= 720", description="SQL predicate over clips_wide: high-resolution clips only.")
+    crop_height: int = Field(320, ge=8, multiple_of=8, description="Height of the random training patch (pixels).")
+    crop_width: int = Field(512, ge=8, multiple_of=8, description="Width of the random training patch (pixels).")
+    t_max: int = Field(600, ge=1, description="Largest training (and sampling start) timestep of the SDEdit refinement.")
+    degrade_factor: float = Field(
+        2.8125, ge=1.0, description="Input = target downscaled by this (720/256: the base stage's resolution) and upscaled back.")
+
+
+class GenerateConfig(Section):
+    """The cascade: base stage at low resolution, upsample, refine from t_max, decode in chunks."""
+
+    height: int = Field(720, multiple_of=8)
+    width: int = Field(1280, multiple_of=8)
+    num_frames: int = 16
+    fps: int = 8
+    base_height: int = Field(256, multiple_of=8, description="Resolution of the base stage.")
+    base_width: int = Field(448, multiple_of=8)
+    base_steps: int = 50
+    refiner_steps: int = Field(50, description="DDIM steps of the full schedule; the refiner runs those at or below t_max.")
+    base_guidance: float = 9.0
+    refiner_guidance: float = 7.5
+    t_max: int | None = Field(None, description="Refinement start timestep (None: the refiner's trained t_max).")
+    seed: int = 0
+    precision: Literal["bf16", "fp32"] = Field("bf16", description="Weights and activations on a GPU (CPU: fp32).")
+    vae_chunk: int = Field(1, ge=1, description="Frames per VAE encode/decode call at the output resolution.")
+    cfg_batched: bool = Field(False, description="Conditional and unconditional refiner passes in one batch (faster, more memory).")
+    offload: bool = Field(True, description="Load stages one after another and keep text encoders off the GPU when unused.")
+
+
 class ModelsConfig(Section):
     """Where every model comes from. The preset fills these; any field may be overridden."""
 
@@ -183,6 +226,9 @@ class ModelsConfig(Section):
     aesthetic_head: str | None = Field(None, description="LAION aesthetic MLP weights (.pth path or URL).")
     captioner: str | None = Field(None, description="Hugging Face id or local directory of the captioning model.")
     i2vgen: str | None = Field(None, description="Hugging Face id or local diffusers directory of I2VGen-XL.")
+    refiner: str | None = Field(
+        None, description="Refiner initialisation: a diffusers UNet3D video pipeline directory or hub id "
+                          "(production: cerspense/zeroscope_v2_XL, a UNet3D SDEdit-style 1024x576 upscaler).")
     cache_dir: str = Field(
         default_factory=lambda: os.environ.get("VIDCORPUS_CACHE", str(Path.home() / ".cache" / "vidcorpus")),
         description="Where tiny models are built once and kept.",
@@ -201,6 +247,8 @@ class Config(Section):
     shards: ShardsConfig = Field(default_factory=ShardsConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+    refiner: RefinerTrainConfig = Field(default_factory=RefinerTrainConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
 
     @property
     def catalog_path(self) -> str:

@@ -25,6 +25,7 @@ PRODUCTION = {
     "aesthetic_head": LAION_AESTHETIC_URL,
     "captioner": "Qwen/Qwen2.5-VL-3B-Instruct",
     "i2vgen": "ali-vilab/i2vgen-xl",
+    "refiner": "cerspense/zeroscope_v2_XL",
 }
 
 TINY_CLIP_NAME = "vidcorpus-tiny-clip"
@@ -38,6 +39,7 @@ def tiny_paths(cache_dir: str) -> dict[str, str]:
         "aesthetic_head": str(root / "aesthetic" / "aesthetic_head.pth"),
         "captioner": str(root / "captioner"),
         "i2vgen": str(root / "i2vgen"),
+        "refiner": str(root / "refiner"),
     }
 
 
@@ -64,6 +66,17 @@ def build_tiny_models(models: ModelsConfig) -> None:
         build_tiny_captioner(models.captioner)
     if not (Path(models.i2vgen) / "model_index.json").exists():
         build_tiny_i2vgen(models.i2vgen)
+
+
+def resolve_refiner(models: ModelsConfig) -> ModelsConfig:
+    """``resolve_models`` plus the refiner: for ``tiny``, its tiny UNet3D build is made on first use
+    (not with the other tiny models, which most commands need without it)."""
+    filled = resolve_models(models)
+    if models.preset == "tiny" and not (Path(filled.refiner) / "model_index.json").exists():
+        from vidcorpus.train.refiner import build_tiny_refiner
+
+        build_tiny_refiner(filled.refiner, filled.i2vgen)
+    return filled
 
 
 def preflight_pipeline(models: ModelsConfig) -> None:
