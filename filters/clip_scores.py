@@ -525,7 +525,10 @@ class ClipScoreStage(Stage):
     name: ClassVar[str] = "clip"
     resources: ClassVar[Resources] = Resources(cpus=0.25, actor=True)
     wants_gpu: ClassVar[bool] = True
-    batch_rows: ClassVar[int] = 1024  # clips per call: decode overlaps the model within a call, not across calls
+    # Clips per call. Decode overlaps the model within a call, not across calls, so each call pays one
+    # pipeline fill and drain: 4,096 rows reached 86.7 / 88.8% of model-only on the H100 where 1,024
+    # gave 85.7 / 83.3% (docs/benchmarks.md, "Larger stage calls").
+    batch_rows: ClassVar[int] = 4096
     # True: frames leave the decode workers resized and cropped to the model's input by FFmpeg's
     # scaler (ScaleToModel); False: center squares, resized on the device (exactly open_clip's
     # bicubic). Benchmarks compare the two. Frames from stills go through the same scaler; it
