@@ -94,9 +94,10 @@ def run_loop(label: str, cfg, comps, model_dir: str, specs: list, out_dir: Path,
 
     from vidcorpus.train import loop
 
-    def constant(*_a, **_k):
+    def constant(urls, cfg_, keys, on_error, cursor, follow=None, selection=None):
+        mark = loop.StreamMark(loop.DataCursor(), selection.fingerprint, selection.urls)
         while True:
-            yield synthetic_batch
+            yield synthetic_batch, mark
 
     patches = [mock.patch.object(loop, "load_components", lambda *_a, **_k: comps),
                mock.patch.object(loop.ckpt_io, "save_checkpoint", lambda run_dir, step, *_a, **_k: f"{run_dir}/skipped-{step}")]

@@ -294,6 +294,16 @@ def test_cached_latents_train_the_same_objective(tiny_model, shards, tmp_path):
     assert set(res.sample_keys) == set(decoded)
 
 
+def test_a_selection_with_nothing_trainable_fails_clearly_through_the_prefetcher(tiny_model, shards, tmp_path):
+    from vidcorpus.train.loop import NoTrainableSamples, train_base
+
+    errors = []
+    with pytest.raises(NoTrainableSamples, match="1 failed to decode"):
+        train_base(_cfg(steps=2, prefetch_batches=2), tiny_model, shards["urls"][2:], str(tmp_path / "run"),
+                   progress=False, keys={BAD}, on_error=lambda k, e: errors.append(k))
+    assert errors == [BAD]
+
+
 def test_follow_adds_shards_sealed_after_the_start_at_the_next_epoch(tiny_model, shards, tmp_path):
     from vidcorpus.train.checkpoint import read_state
     from vidcorpus.train.loop import train_base

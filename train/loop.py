@@ -77,11 +77,82 @@ class DataCursor:
     epoch: int = 0
     batches: int = 0
     position: dict | None = None
-    live: object = None  # the EpochBatches being consumed; its position is read at checkpoint time
 
     def snapshot(self) -> dict:
-        pos = self.live.position() if self.live is not None else self.position
-        return {"epoch": self.epoch, "batches": self.batches, "position": pos}
+        return {"epoch": self.epoch, "batches": self.batches, "position": self.position}
+
+
+@dataclass
+class StreamMark:
+    """The stream's state right after one batch was produced: the cursor to record once that batch
+    is trained on, and the selection it came from (a prefetching thread runs ahead of training, so
+    the live stream's state is not the consumed one)."""
+
+    cursor: DataCursor
+    fingerprint: str
+    urls: list
+    joined: int = 0
+
+
+class Prefetcher:
+    """Pulls items of an iterator on a thread, ``depth`` ahead, so reading, parsing and collating the
+    next batch overlap the current step (the step ends in a host sync for the loss). Exceptions
+    reach the consumer at the item where they happened. ``pin``: page-locked tensors, so the copy to
+    the GPU can be asynchronous."""
+
+    _END = object()
+
+    def __init__(self, it: Iterator, depth: int, pin: bool = False):
+        import queue
+        import threading
+
+        self.it, self.pin = it, pin
+        self.q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="vidcorpus-prefetch", daemon=True)
+        self.thread.start()
+
+    def _put(self, item) -> bool:
+        import queue
+
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for item in self.it:
+                if self.pin:
+                    batch, mark = item
+                    item = ({k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}, mark)
+                if not self._put(item):
+                    break
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            self._put(("__error__", e))
+        finally:
+            self._put(self._END)
+            close = getattr(self.it, "close", None)
+            if close is not None:
+                close()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self.q.get()
+        if item is self._END:
+            raise StopIteration
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and item[0] == "__error__":
+            raise item[1]
+        return item
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
 
 
 def lr_lambda(warmup_steps: int, total_steps: int):
@@ -129,10 +200,11 @@ class Selection:
 
 
 def _batches_forever(urls: list, cfg: TrainConfig, keys, on_error: OnError | None,
-                     cursor: DataCursor, follow=None, selection: Selection | None = None) -> Iterator[dict]:
-    """Epoch after epoch of the stream, starting at ``cursor`` (which follows the stream as batches
-    go out); each failing key is reported once, not once per epoch. ``follow()`` -> (urls, keys),
-    called at each epoch boundary, replaces the selection (``selection`` records it)."""
+                     cursor: DataCursor, follow=None, selection: Selection | None = None
+                     ) -> Iterator[tuple[dict, StreamMark]]:
+    """Epoch after epoch of the stream, starting at ``cursor``: (batch, the stream's mark right after
+    it); each failing key is reported once, not once per epoch. ``follow()`` -> (urls, keys), called
+    at each epoch boundary, replaces the selection (``selection`` records it)."""
     from vidcorpus.train.data import EpochBatches
 
     reported: set[str] = set()
@@ -149,8 +221,10 @@ def _batches_forever(urls: list, cfg: TrainConfig, keys, on_error: OnError | Non
         n = 0
         for batch in stream:
             n += 1
-            cursor.epoch, cursor.batches, cursor.live = epoch, done + n, stream
-            yield batch
+            mark = StreamMark(DataCursor(epoch, done + n, stream.position()),
+                              selection.fingerprint if selection else "", selection.urls if selection else urls,
+                              selection.joined if selection else 0)
+            yield batch, mark
         if n == 0 and not skip:
             raise NoTrainableSamples(
                 f"no trainable sample in {len(urls)} shard(s)" + (f"; {len(reported)} failed to decode" if reported else ""))
@@ -364,10 +438,15 @@ def train_loop(task, cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir
     train_comps = replace(comps, unet=train_unet)
     task.setup(comps)
 
+    import threading
+
+    failures_lock = threading.Lock()  # the prefetch thread reports failures while a checkpoint reads them
+
     def rank_error(key: str, exc: Exception) -> None:
         from vidcorpus.errors import classify_error
 
-        failures.setdefault(key, [key, classify_error(exc), f"{type(exc).__name__}: {exc}"[:2000]])
+        with failures_lock:
+            failures.setdefault(key, [key, classify_error(exc), f"{type(exc).__name__}: {exc}"[:2000]])
         if on_error is not None:
             on_error(key, exc)
 
@@ -380,18 +459,22 @@ def train_loop(task, cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir
     last_ckpt = resumed_from
     autocast_dtype = torch.bfloat16 if use_bf16 else None
 
+    consumed = StreamMark(cursor, selection.fingerprint, selection.urls, selection.joined)
+
     def checkpoint(step: int) -> str:
-        gathered = _gather({"cursor": cursor.snapshot(), "rng": ckpt_io.rng_states(gen),
-                            "failures": list(failures.values())}, distributed, world)
+        with failures_lock:
+            mine = list(failures.values())
+        gathered = _gather({"cursor": consumed.cursor.snapshot(), "rng": ckpt_io.rng_states(gen),
+                            "failures": mine}, distributed, world)
         all_failures = {f[0]: f for g in gathered for f in g["failures"]}
         url = ckpt_io.join(out_dir, ckpt_io.CKPT_DIR, ckpt_io.step_name(step))
         if main:
             state = {
-                "step": step, "world_size": world, "epochs": cursor.epoch + 1,
+                "step": step, "world_size": world, "epochs": consumed.cursor.epoch + 1,
                 "cursors": [g["cursor"] for g in gathered],
-                "data": run_info or {}, "data_fingerprint": selection.fingerprint,
-                "follow": {"on": follow is not None, "shards_joined": selection.joined},
-                "shards": [s if isinstance(s, str) else getattr(s, "url", str(s)) for s in selection.urls],
+                "data": run_info or {}, "data_fingerprint": consumed.fingerprint,
+                "follow": {"on": follow is not None, "shards_joined": consumed.joined},
+                "shards": [s if isinstance(s, str) else getattr(s, "url", str(s)) for s in consumed.urls],
                 "losses": losses, "sample_keys": [k for _s, k in step_keys],
                 "step_keys": [[s, k] for s, k in step_keys],
                 "decode_failures": sorted(all_failures.values()),
@@ -409,12 +492,14 @@ def train_loop(task, cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir
         return url
 
     batches = _batches_forever(selection.urls, cfg, selection.keys, rank_error, cursor, follow, selection)
+    if cfg.prefetch_batches > 0:
+        batches = Prefetcher(batches, cfg.prefetch_batches, pin=device.type == "cuda")
     try:
         with _progress(progress and main, cfg.steps) as bar:
             bar_task = bar.add_task("train", total=cfg.steps, completed=start_step, loss="-")
             for step in range(start_step, cfg.steps):
                 t0 = time.perf_counter()
-                batch = next(batches)
+                batch, consumed = next(batches)
                 t1 = time.perf_counter()
                 shape = batch_shape(batch)
                 counting = flops.needs_count(shape)
@@ -463,7 +548,7 @@ def train_loop(task, cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir
                         "step_s": secs / window["steps"],
                         "flops_per_step": window["flops"] / window["steps"] if window["flops_known"] else None,
                         "mfu": (window["flops"] / secs / peak) if (peak and window["flops_known"]) else None,
-                        "epoch": cursor.epoch + 1, "world_size": world, "time": time.time(),
+                        "epoch": consumed.cursor.epoch + 1, "world_size": world, "time": time.time(),
                     })
                     window = {"wait": 0.0, "total": 0.0, "samples": 0, "flops": 0, "flops_known": True, "steps": 0}
                 if cfg.sample_every and done % cfg.sample_every == 0 and main:
@@ -479,7 +564,7 @@ def train_loop(task, cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir
 
     return TrainResult(steps=len(losses), losses=losses, sample_keys=[k for _s, k in step_keys],
                        checkpoint_dir=last_ckpt or "", seconds=time.perf_counter() - started,
-                       step_keys=step_keys, epochs=cursor.epoch + 1, run_dir=out_dir, resumed_from=resumed_from,
+                       step_keys=step_keys, epochs=consumed.cursor.epoch + 1, run_dir=out_dir, resumed_from=resumed_from,
                        decode_failures=sorted(failures.values()))
 
 

@@ -105,7 +105,7 @@ def make_conditioning(comps: Components, text_cache: TextEncoderCache, batch: di
     b, _c, f = latents.shape[:3]
     device = latents.device
     if "text_states" in batch:  # the latent cache's: same encoder, same caption (its key says so)
-        text = batch["text_states"].to(device)
+        text = batch["text_states"].to(device, non_blocking=True)
     else:
         text = text_cache.encode(batch["text"])
     empty = text_cache.empty().to(text.dtype)
@@ -113,7 +113,7 @@ def make_conditioning(comps: Components, text_cache: TextEncoderCache, batch: di
     text = text * keep_t + empty.expand_as(text) * (1 - keep_t)
 
     if "clip_image" in batch:
-        img = batch["clip_image"].to(device).unsqueeze(1)
+        img = batch["clip_image"].to(device, non_blocking=True).unsqueeze(1)
     else:
         img = clip_image_embeddings(comps, batch["first_frame"])
     img = img * _keep_mask(b, cfg.drop_image, generator, device).view(b, 1, 1).to(img.dtype)
@@ -133,7 +133,7 @@ def diffusion_loss(comps: Components, text_cache: TextEncoderCache, batch: dict,
         latents = cached_latents(batch, generator, device)
         cond = make_conditioning(comps, text_cache, batch, latents, cfg, generator)
     else:
-        video = batch["video"].to(device)
+        video = batch["video"].to(device, non_blocking=True)
         b, f = video.shape[:2]
         # The first frame's latent is the posterior sample of video frame 0 (the pipeline encodes the
         # same image); one VAE pass serves both target and condition.

@@ -147,6 +147,7 @@ class TrainConfig(Section):
         "long", description="With caption_version: the long dense caption (base) or the short one (refiner).")
     shuffle_buffer: int = 64
     num_workers: int = 0
+    prefetch_batches: int = Field(2, description="Batches read ahead on a thread while the step runs (0: none).")
     log_every: int = 5
     # Checkpoints, logs, probes, memory/speed switches and launchers (issue 8, trainer helper).
     checkpoint_every: int = Field(0, description="Save a checkpoint every N steps (0: only at the end).")
