@@ -142,6 +142,9 @@ def main() -> None:
     ap.add_argument("--per-shard", type=int, default=16)
     ap.add_argument("--log-every", type=int, default=5)
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="train.compile: torch.compile the UNet (minutes).")
+    ap.add_argument("--only", choices=["all", "synthetic"], default="all",
+                    help="synthetic: only the loop's own step rate (e.g. to time --compile once).")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -160,7 +163,7 @@ def main() -> None:
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch, num_frames=args.frames, height=args.height,
                       width=args.width, fps=8, mixed_precision="bf16", log_every=args.log_every,
                       num_workers=args.workers, shuffle_buffer=16, tensorboard=False, warmup_steps=2,
-                      gradient_checkpointing=args.gradient_checkpointing)
+                      gradient_checkpointing=args.gradient_checkpointing, compile=args.compile)
     first = [decode_cached_sample(s) for s, _ in zip(sample_pipeline(specs[:1], split=False), range(args.batch))]
     batch = collate(first)
     results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
@@ -171,6 +174,10 @@ def main() -> None:
 
     # synthetic, shards, synthetic again: the reference brackets the measured run; a fresh UNet each
     results["synthetic"] = run_loop("synthetic", cfg, comps, model_dir, specs, work / "run-synthetic", synthetic_batch=batch)
+    if args.only == "synthetic":
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+        return
     comps = replace(comps, unet=new_unet(args.size, device))
     results["shards"] = run_loop("shards", cfg, comps, model_dir, specs, work / "run-shards")
     comps = replace(comps, unet=new_unet(args.size, device))
