@@ -27,6 +27,17 @@ def test_every_command_explains_itself(cmd):
     assert lines and len(lines[0].split()) >= 4, text
 
 
+def test_python_dash_m_runs_the_cli_as_torchrun_does():
+    """`torchrun -m vidcorpus.cli train ...` runs the module as __main__ (it once died on a circular import)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "vidcorpus.cli", "train", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "--follow" in out.stdout and "--select" in out.stdout
+
+
 def test_config_show_applies_file_and_overrides(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("train:\n  steps: 7\n")

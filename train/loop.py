@@ -21,7 +21,7 @@ One loop, two stages. ``train_loop`` runs the steps for a *task*: ``BaseTask`` (
 UNet; ``train_base`` is ``train_loop(BaseTask(), ...)``) or ``train/refiner.py``'s ``RefinerTask``
 (the UNet3D video-to-video refiner). A task says which components to load, the loss of a batch,
 and how probes are sampled; the loop owns streaming, the cursor, the optimizer, EMA, parallel
-wrapping (``_wrap_for_parallel``), checkpoints, logs and resume.
+wrapping (``train/parallel.py``: DDP or FSDP2), checkpoints, logs and resume.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from vidcorpus.train import checkpoint as ckpt_io
 from vidcorpus.train.data import OnError, batch_shape, iter_batches
 from vidcorpus.train.metrics import FlopCounter, MetricsLogger, peak_bf16_flops
 from vidcorpus.train.models import load_components
+from vidcorpus.train.parallel import spread
 from vidcorpus.train.objective import TextEncoderCache, diffusion_loss
 
 
@@ -333,18 +334,6 @@ class BaseTask:
         return _sample_probes(comps, ema, cfg, probes, out_dir, step, autocast_dtype)
 
 
-def _wrap_for_parallel(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """The module the step runs: DDP over ``module`` when a process group is up, else ``module``.
-
-    The one place that decides how the trained UNet is spread over ranks."""
-    distributed, _rank, _world = _dist()
-    if not distributed:
-        return module
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    return DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
-
-
 def train_base(cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir: str,
                on_error: OnError | None = None, progress: bool = True, device: str | torch.device | None = None,
                keys: Iterable[str] | None = None, resume: str | None = None,
@@ -380,10 +369,6 @@ def train_loop(task, cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir
     unet = comps.unet
     unet.train()
     unet.requires_grad_(True)
-    params = [p for p in unet.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            **({"fused": True} if device.type == "cuda" else {}))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.steps))
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003 * rank)
     shard_urls = list(shard_urls)
     selection = Selection(shard_urls, set(keys) if keys is not None else None)
@@ -407,11 +392,12 @@ def train_loop(task, cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir
         if state.get("world_size", 1) != world:
             raise ResumeMismatch(f"checkpoint {resumed_from} has {state.get('world_size')} ranks' cursors; "
                                  f"this run has {world}")
+        if (state.get("runtime", {}).get("parallel") or "ddp") != (cfg.parallel if world > 1 else "ddp"):
+            raise ResumeMismatch(f"checkpoint {resumed_from} holds {state['runtime'].get('parallel')} optimizer state; "
+                                 f"this run uses train.parallel={cfg.parallel}")
         trainer_state = ckpt_io.read_trainer_state(resumed_from)
         ckpt_io.load_unet_weights(resumed_from, "unet", unet)
         ckpt_io.load_unet_weights(resumed_from, "unet_ema", ema)
-        opt.load_state_dict(trainer_state["optimizer"])
-        sched.load_state_dict(trainer_state["scheduler"])
         ckpt_io.set_rng_states(trainer_state["rng"][rank], gen)
         for field_ in ("seed", "shuffle_buffer", "num_workers"):  # they fix each epoch's sample order
             if state["config"].get(field_) != getattr(cfg, field_):
@@ -424,17 +410,29 @@ def train_loop(task, cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir
         losses = list(state["losses"])
         step_keys = [(int(s), k) for s, k in state["step_keys"]]
         failures = {f[0]: f for f in state.get("decode_failures", [])}
-        del trainer_state
 
     runtime = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-               "autocast": "bf16" if use_bf16 else None, "fused_adamw": bool(opt.defaults.get("fused")),
+               "autocast": "bf16" if use_bf16 else None,
                "activation_checkpointing_blocks": 0, "compiled": bool(cfg.compile), "world_size": world,
                "torch": torch.__version__}
     if cfg.gradient_checkpointing:
         runtime["activation_checkpointing_blocks"] = apply_activation_checkpointing(unet)
     if cfg.compile:
         unet.compile()
-    train_unet = _wrap_for_parallel(unet, device)
+    # Spread over ranks first (FSDP2 replaces the parameters by sharded ones), then the optimizer.
+    par = spread(unet, ema, device, cfg.parallel, distributed, rank)
+    del ema  # the strategy owns it (sharded under FSDP2); full copies come from par when needed
+    runtime["parallel"] = par.kind or "ddp"
+    train_unet = par.module
+    params = par.parameters()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            **({"fused": True} if device.type == "cuda" else {}))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.steps))
+    runtime["fused_adamw"] = bool(opt.defaults.get("fused"))
+    if resumed_from:
+        par.load_optimizer_state(opt, trainer_state["optimizer"])
+        sched.load_state_dict(trainer_state["scheduler"])
+        del trainer_state
     train_comps = replace(comps, unet=train_unet)
     task.setup(comps)
 
@@ -464,6 +462,8 @@ def train_loop(task, cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir
     def checkpoint(step: int) -> str:
         with failures_lock:
             mine = list(failures.values())
+        full_unet, full_ema = par.full_modules()  # collective under FSDP2: every rank takes part
+        opt_state = par.optimizer_state(opt)
         gathered = _gather({"cursor": consumed.cursor.snapshot(), "rng": ckpt_io.rng_states(gen),
                             "failures": mine}, distributed, world)
         all_failures = {f[0]: f for g in gathered for f in g["failures"]}
@@ -481,9 +481,9 @@ def train_loop(task, cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir
                 "model": comps.name or model_dir, "stage": task.kind, "config": cfg.model_dump(),
                 "resumed_from": resumed_from, "runtime": runtime,
             }
-            trainer_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            trainer_state = {"optimizer": opt_state, "scheduler": sched.state_dict(),
                              "rng": [g["rng"] for g in gathered]}
-            url = ckpt_io.save_checkpoint(out_dir, step, unet, ema, trainer_state, state, cfg.keep_checkpoints)
+            url = ckpt_io.save_checkpoint(out_dir, step, full_unet, full_ema, trainer_state, state, cfg.keep_checkpoints)
             logger.flush()
         if distributed:
             import torch.distributed as dist
@@ -515,7 +515,7 @@ def train_loop(task, cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
-                ema_update(ema, unet, cfg.ema_decay)
+                par.ema_update(cfg.ema_decay)
                 value = loss.detach().float()
                 if distributed:
                     import torch.distributed as dist
@@ -551,8 +551,13 @@ def train_loop(task, cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir
                         "epoch": consumed.cursor.epoch + 1, "world_size": world, "time": time.time(),
                     })
                     window = {"wait": 0.0, "total": 0.0, "samples": 0, "flops": 0, "flops_known": True, "steps": 0}
-                if cfg.sample_every and done % cfg.sample_every == 0 and main:
-                    task.sample_probes(comps, ema, cfg, probes, out_dir, done, autocast_dtype)
+                if cfg.sample_every and done % cfg.sample_every == 0:
+                    full_ema = par.full_ema()  # collective under FSDP2
+                    if main:
+                        on_host = next(full_ema.parameters()).device != device
+                        task.sample_probes(comps, full_ema.to(device), cfg, probes, out_dir, done, autocast_dtype)
+                        if on_host:
+                            full_ema.to("cpu")
                 if done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
                     last_ckpt = checkpoint(done)
                 bar.update(bar_task, advance=1, loss=f"{value:.4f}")

@@ -20,6 +20,14 @@ from rich.table import Table  # noqa: E402
 
 from vidcorpus.config import Config, ConfigError, dump_config, load_config  # noqa: E402
 
+if __name__ == "__main__":  # pragma: no cover - `python -m vidcorpus.cli` (e.g. `torchrun -m vidcorpus.cli`)
+    # Run the importable module, not this __main__ copy: the command modules import `vidcorpus.cli`,
+    # which would otherwise be a second, half-initialised copy of this file.
+    from vidcorpus.cli import main as _main
+
+    _main()
+    raise SystemExit(0)
+
 app = typer.Typer(
     help="vidcorpus: curate text-video and text-image corpora (ingest, shot split, score, caption, "
     "WebDataset shards, DuckDB catalog) and train I2VGen-XL-style video diffusion models on them.",
@@ -734,6 +742,3 @@ def filter_dedup(
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

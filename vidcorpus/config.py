@@ -147,6 +147,8 @@ class TrainConfig(Section):
         "long", description="With caption_version: the long dense caption (base) or the short one (refiner).")
     shuffle_buffer: int = 64
     num_workers: int = 0
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="Several ranks: replicate the UNet (DDP) or shard weights, gradients, optimizer state and EMA (FSDP2).")
     prefetch_batches: int = Field(2, description="Batches read ahead on a thread while the step runs (0: none).")
     log_every: int = 5
     # Checkpoints, logs, probes, memory/speed switches and launchers (issue 8, trainer helper).
