@@ -378,3 +378,30 @@ def test_s3_stalls_longer_than_the_client_timeout_are_retried(tmp_path, s3, monk
     for m in written:
         data = fs.cat(m["url"].removeprefix("s3://"))
         assert hashlib.sha256(data).hexdigest() == m["sha256"] and len(data) == m["bytes"]
+
+
+def test_a_full_store_during_a_run_ends_the_command_with_a_clear_error(tmp_path, monkeypatch):
+    """However deep Ray wraps it (RayTaskError keeps the worker's exception as `.cause`)."""
+    from typer.testing import CliRunner
+
+    from vidcorpus import runner
+    from vidcorpus.cli import app
+
+    class Wrapped(RuntimeError):  # the shape of a Ray task error
+        def __init__(self, cause):
+            super().__init__("task failed")
+            self.cause = cause
+
+    def full(*_a, **_kw):
+        raise Wrapped(OSError(errno.ENOSPC, "No space left on device", "/staging/sources/x.part"))
+
+    monkeypatch.setattr(runner, "_process", full)
+    monkeypatch.setattr(runner, "resolve_models", lambda m: m)
+    monkeypatch.setattr(runner, "preflight_pipeline", lambda m: None)
+    (tmp_path / "urls.txt").write_text("https://example.com/a.mp4\n")
+    result = CliRunner().invoke(app, ["ingest", str(tmp_path / "urls.txt"), "--workdir", str(tmp_path / "w"),
+                                      "--no-progress"])
+    assert result.exit_code == 4, result.output
+    assert "storage full" in result.output and "/staging/sources/x.part" in result.output
+    with Catalog(tmp_path / "w" / "catalog.duckdb", read_only=True) as cat:  # the run is recorded as failed
+        assert cat.con.execute("SELECT status FROM runs").fetchall() == [("failed",)]

@@ -53,7 +53,8 @@ def storage_full(exc: BaseException, where: str = "") -> StorageFullError | None
                                    f"{exc.strerror or exc}. Nothing partial was published; free space and run "
                                    "again (sources already done are skipped)")
             return err
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+        # Ray's RayTaskError keeps the worker's exception as .cause
+        exc, seen = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__, seen + 1
     return None
 
 
