@@ -156,7 +156,11 @@ def reap(proc: subprocess.Popen) -> None:
 
 
 def ray_workers(proc: subprocess.Popen) -> list:
-    """Busy Ray worker processes under the driver (tasks and actors; not idle ones)."""
+    """Busy Ray Data worker processes under the driver: map tasks and the stages' actor pools.
+
+    Not Ray's own processes (dashboard and runtime-env agents, stats and location actors): killing
+    the dashboard agent takes the whole node down with it, which is a node failure, not a worker's.
+    """
     import psutil
 
     try:
@@ -169,7 +173,8 @@ def ray_workers(proc: subprocess.Popen) -> list:
             title = " ".join(p.cmdline())
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if title.startswith("ray::") and "IDLE" not in title:
+        if title.startswith("ray::") and ("MapBatches" in title or "MapWorker" in title or "ReadArrow" in title) \
+                and "IDLE" not in title:
             out.append((p, title.split()[0]))
     return out
 
