@@ -59,8 +59,9 @@ def make_short_video(index: int, out_dir: Path, size=(160, 128), fps: int = 12) 
 class RssSampler(threading.Thread):
     """RSS of this process and all its descendants every `every` seconds, with a row counter."""
 
-    def __init__(self, every: float = 1.0):
+    def __init__(self, every: float = 1.0, partial: Path | None = None):
         super().__init__(daemon=True)
+        self.partial = partial  # the series so far is written here every minute (a cut-off run keeps it)
         import psutil
 
         self.me = psutil.Process(os.getpid())
@@ -87,6 +88,8 @@ class RssSampler(threading.Thread):
             self.samples.append({"t": round(time.time() - self.t0, 2), "driver_mb": round(driver / 2**20, 1),
                                  "total_mb": round(total / 2**20, 1), "largest_child_mb": round(biggest / 2**20, 1),
                                  "processes": n, "rows": self.rows, "load1": os.getloadavg()[0]})
+            if self.partial and len(self.samples) % 60 == 0:
+                self.partial.write_text(json.dumps({"partial": True, **summarise(self.samples), "samples": self.samples}))
             self._halt.wait(self.every)
 
     def stop(self) -> None:
@@ -172,7 +175,8 @@ def main() -> None:
                       **{"models.preset": "tiny", "models.cache_dir": str(base / "models")})
     resolve_models(cfg.models)  # build the tiny models before the timed, sampled run
 
-    sampler = RssSampler(args.every)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    sampler = RssSampler(args.every, Path(args.out + ".partial.json"))
     commit = Catalog.commit_results
 
     def counting_commit(self, run_id, rows, *a, **kw):
