@@ -124,7 +124,7 @@ def summarise(samples: list[dict]) -> dict:
     return out
 
 
-def plot(samples: list[dict], path: Path, title: str) -> None:
+def plot(samples: list[dict], path: Path, title: str, starts: list[float] = ()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,7 +135,9 @@ def plot(samples: list[dict], path: Path, title: str) -> None:
     ax.plot(t, [s["total_mb"] for s in samples], label="driver + all Ray processes (sum of RSS)")
     ax.plot(t, [s["largest_child_mb"] for s in samples], label="largest single Ray process")
     ax.plot(t, [s["driver_mb"] for s in samples], label="driver")
-    ax.set_xlabel("minutes")
+    for x in starts:
+        ax.axvline(x, color="k", lw=0.5, ls=":")
+    ax.set_xlabel("minutes (dotted: a run starts)")
     ax.set_ylabel("RSS (MiB)")
     ax2 = ax.twinx()
     ax2.plot(t, [s["rows"] for s in samples], color="grey", ls="--", label="rows committed")
@@ -149,11 +151,14 @@ def plot(samples: list[dict], path: Path, title: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--videos", type=int, default=1000)
+    ap.add_argument("--videos", type=int, default=1000, help="videos per round")
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--every", type=float, default=1.0)
     ap.add_argument("--out", default="bench/results/load_pipeline")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="runs one after the other in this driver, each over --videos new videos appended to the "
+                         "same catalog (RSS over a longer span: does it grow from round to round?)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -166,12 +171,15 @@ def main() -> None:
     media = base / "media"
     media.mkdir()
     t0 = time.time()
-    with open(base / "sources.jsonl", "w") as f:
-        for i in range(args.videos):
-            p = make_short_video(i, media)
-            f.write(json.dumps({"url": str(p), "text": f"a square moving over a flat colour, video {i}"}) + "\n")
+    lists = []
+    for r in range(args.rounds):
+        lists.append(base / f"sources-{r}.jsonl")
+        with open(lists[-1], "w") as f:
+            for i in range(r * args.videos, (r + 1) * args.videos):
+                p = make_short_video(i, media)
+                f.write(json.dumps({"url": str(p), "text": f"a square moving over a flat colour, video {i}"}) + "\n")
     gen_s = time.time() - t0
-    cfg = load_config(None, [f"ray.num_cpus={args.cpus}"], workdir=str(base / "work"), inputs=[str(base / "sources.jsonl")],
+    cfg = load_config(None, [f"ray.num_cpus={args.cpus}"], workdir=str(base / "work"), inputs=[str(lists[0])],
                       **{"models.preset": "tiny", "models.cache_dir": str(base / "models")})
     resolve_models(cfg.models)  # build the tiny models before the timed, sampled run
 
@@ -188,8 +196,18 @@ def main() -> None:
     load_before = os.getloadavg()
     sampler.start()
     t1 = time.time()
+    rounds = []
     try:
-        summary = runner.run_pipeline(cfg, progress=False, log=lambda m: print(m, flush=True))
+        for r, lst in enumerate(lists):
+            t_r, n0 = time.time() - sampler.t0, len(sampler.samples)
+            summary = runner.run_pipeline(cfg.model_copy(update={"inputs": [str(lst)]}), progress=False,
+                                          log=lambda m: print(m, flush=True))
+            part = sampler.samples[n0:]
+            rounds.append({"round": r, "start_s": round(t_r, 1), "seconds": round(time.time() - sampler.t0 - t_r, 1),
+                           "rows": summary.rows_committed,
+                           "peak_total_mb": max((s["total_mb"] for s in part), default=None),
+                           "peak_driver_mb": max((s["driver_mb"] for s in part), default=None)})
+            print("round", rounds[-1], flush=True)
     finally:
         sampler.stop()
     seconds = time.time() - t1
@@ -212,15 +230,16 @@ def main() -> None:
     tars = sorted(p.name for p in (base / "work" / "shards").rglob("*.tar"))
     facts["tars_on_disk"] = len(tars)
     out = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": args.cpus, "videos": args.videos,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": args.cpus, "videos": args.videos * args.rounds,
         "generate_s": round(gen_s, 1), "pipeline_s": round(seconds, 1),
         "clips_per_s": round(facts["clips"] / seconds, 2), "load_before": load_before, "load_after": os.getloadavg(),
-        "rows_committed": summary.rows_committed, **facts, **summarise(sampler.samples), "samples": sampler.samples,
+        "rows_committed": sampler.rows, "rounds": rounds, **facts, **summarise(sampler.samples), "samples": sampler.samples,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(out, indent=1))
     plot(sampler.samples, Path(args.out + ".png"),
-         f"{args.videos} videos, {args.cpus} CPUs: RSS over the run ({facts['clips']} clips)")
+         f"{args.videos * args.rounds} videos in {args.rounds} run(s), {args.cpus} CPUs: RSS ({facts['clips']} clips)",
+         [r["start_s"] / 60 for r in rounds])
     print(json.dumps({k: v for k, v in out.items() if k != "samples"}, indent=1))
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)
