@@ -31,6 +31,7 @@ from urllib.parse import urljoin, urlsplit
 import fsspec
 
 from vidcorpus.errors import DownloadError, NotMediaError
+from vidcorpus.ids import is_safe_key
 from vidcorpus.media import sniff_media_type
 from vidcorpus.stage import Resources, Stage
 
@@ -42,7 +43,7 @@ ERROR_CLASSES = (
     "dns", "connect", "timeout", "http_4xx", "http_5xx", "too_large", "not_media", "opted_out",
     "decode_error", "unsupported_codec", "hash_mismatch", "blocked_address",
     # rarer ones: malformed input, policy and empty bodies
-    "bad_url", "bad_scheme", "too_many_redirects", "empty_file", "not_found",
+    "bad_url", "bad_scheme", "too_many_redirects", "empty_file", "not_found", "too_long", "bad_input",
 )
 RETRYABLE = {"http_5xx", "timeout", "connect"}
 
@@ -166,6 +167,8 @@ def _http_once(session, url: str, cfg, sink: _Sink) -> None:
     """One attempt: follow redirects (each hop checked and host-bounded), stream the body to sink."""
     current = url
     for _hop in range(cfg.max_redirects + 1):
+        if urlsplit(current).scheme.lower() not in ("http", "https"):  # a redirect to file:// or gopher://
+            raise DownloadError(f"redirect to scheme {urlsplit(current).scheme!r} refused", "bad_scheme")
         check_destination(current, cfg.allow_private_addresses)
         host = urlsplit(current).hostname or ""
         with HOST_LIMITER.slot(host, cfg.max_per_host):
@@ -233,6 +236,8 @@ class DownloadStage(Stage):
 
     def process_row(self, row: dict) -> dict:
         uri = row["uri"]
+        if not is_safe_key(str(row.get("source_id"))):  # it names the staging file: never a path from input
+            raise DownloadError(f"source id {row.get('source_id')!r} is not a safe key", "bad_input")
         scheme = urlsplit(uri).scheme.lower() or "file"
         if scheme not in ALLOWED_SCHEMES:
             raise DownloadError(f"scheme {scheme!r} is not allowed", "bad_scheme")

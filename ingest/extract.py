@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import uuid
 from collections import defaultdict
 from fractions import Fraction
 from typing import ClassVar
@@ -24,7 +26,7 @@ from av.video.frame import PictureType
 import numpy as np
 
 from vidcorpus.errors import DecodeError
-from vidcorpus.ids import clip_id
+from vidcorpus.ids import clip_id, is_safe_key
 from vidcorpus.media import load_image_rgb, save_jpeg, uniform_indices
 from vidcorpus.stage import Resources, Stage
 from vidcorpus.frame_seek import to_rgb
@@ -124,8 +126,20 @@ class _ClipWriter:
 
 
 def _write(url: str, data: bytes) -> None:
+    """Write a clip file whole or not at all: locally through a temporary name and a rename (a full
+    disk or a kill leaves no truncated clip under the final name); object stores publish a PUT whole."""
     fs, path = fsspec.core.url_to_fs(url)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        part = f"{path}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(part, "wb") as f:
+                f.write(data)
+            os.replace(part, path)
+        finally:
+            if os.path.exists(part):
+                os.remove(part)
+        return
     with fs.open(path, "wb") as f:
         f.write(data)
 
@@ -272,6 +286,8 @@ class ExtractStage(Stage):
         return out
 
     def _clip_urls(self, clip: str, ext: str) -> tuple[str, str]:
+        if not is_safe_key(clip):  # clip ids name files: never a path from input
+            raise ValueError(f"clip id {clip!r} is not a safe key")
         return self.config.url("staging", "clips", f"{clip}{ext}"), self.config.url("staging", "clips", f"{clip}.first.jpg")
 
     def _image(self, row: dict) -> dict:

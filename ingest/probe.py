@@ -45,7 +45,10 @@ def _clockwise(rotation_ccw: float | int | None) -> int:
     return int(round(-float(rotation_ccw) / 90.0) * 90) % 360
 
 
-def probe_video_file(fileobj, max_pixels: int = MAX_PIXELS) -> dict:
+MAX_DURATION_S = 4 * 3600.0  # default of ingest.max_duration_s
+
+
+def probe_video_file(fileobj, max_pixels: int = MAX_PIXELS, max_duration_s: float = MAX_DURATION_S) -> dict:
     """Header facts of a video plus its first frame decoded (proves a decoder exists and works)."""
     try:
         container = av.open(fileobj)
@@ -64,6 +67,9 @@ def probe_video_file(fileobj, max_pixels: int = MAX_PIXELS) -> dict:
         if width * height > max_pixels:
             raise DecodeError(f"declared size {width}x{height} is more than {max_pixels} pixels", "too_large")
         fps, duration, n_frames = stream_timing(c, s)
+        if duration and duration > max_duration_s:
+            raise DecodeError(f"declared duration {duration:.0f} s is more than ingest.max_duration_s "
+                              f"({max_duration_s:.0f} s)", "too_long")
         audio = c.streams.audio[0] if c.streams.audio else None
         rotation = 0
         try:
@@ -137,5 +143,5 @@ class ProbeStage(Stage):
             if row["media_type"] == "image":
                 info = probe_image_file(f, max_pixels)
             else:
-                info = probe_video_file(f, max_pixels)
+                info = probe_video_file(f, max_pixels, self.config.ingest.max_duration_s)
         return dict(row, **info)

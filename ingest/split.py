@@ -83,10 +83,12 @@ def seconds_to_frames(seconds: float, fps: float) -> int:
     return max(1, round(seconds * fps))
 
 
-def detect_shots(path: str, cfg, fps: float | None = None) -> list[tuple[int, int]]:
+def detect_shots(path: str, cfg, fps: float | None = None, max_seconds: float | None = None) -> list[tuple[int, int]]:
     """Inclusive (first_frame, last_frame) of each shot: hard cuts and, with histogram/hash, fades.
 
     ``fps`` converts the second-valued settings to frames; the stream's own rate is used when None.
+    ``max_seconds`` bounds the decoding: a stream that runs longer (whatever its headers declared)
+    is refused as ``too_long`` once that many seconds of frames were read.
     """
     from scenedetect import SceneManager, open_video
 
@@ -108,11 +110,16 @@ def detect_shots(path: str, cfg, fps: float | None = None) -> list[tuple[int, in
         manager.downscale = cfg.downscale
     for detector in _detectors(cfg, min_len):
         manager.add_detector(detector)
+    max_frames = int(max_seconds * fps) + 1 if max_seconds else None
     try:
-        manager.detect_scenes(video, frame_skip=cfg.frame_skip, show_progress=False)
+        manager.detect_scenes(video, frame_skip=cfg.frame_skip, show_progress=False,
+                              end_time=max_frames + 1 if max_frames else None)
     except Exception as e:  # noqa: BLE001
         raise DecodeError(f"shot detection failed: {e}") from e
     total = video.frame_number  # frames decoded (skipped frames included)
+    if max_frames and total > max_frames:
+        raise DecodeError(f"the stream runs past ingest.max_duration_s ({max_seconds:.0f} s) "
+                          "although its headers did not say so", "too_long")
     cuts = sorted({start.frame_num for start, _end in manager.get_scene_list(start_in_scene=True)[1:]})
     cuts = _merge_close(cuts, min_len)
     bounds = [0, *[c for c in cuts if 0 < c < total], total]
@@ -169,7 +176,7 @@ class SplitStage(Stage):
         cfg = self.config.split
         fps = row["fps"] or 25.0
         with local_copy(row["source_path"]) as path:
-            shots = detect_shots(path, cfg, fps=fps)
+            shots = detect_shots(path, cfg, fps=fps, max_seconds=self.config.ingest.max_duration_s)
         if not shots:
             raise DecodeError("no decodable frames")
         return [dict(row, clip_id=clip_id(row["source_id"], a, b), first_frame=a, last_frame=b,

@@ -31,6 +31,7 @@ from typing import BinaryIO, Iterable
 import fsspec
 import webdataset as wds
 
+from vidcorpus.errors import storage_full
 from vidcorpus.ids import is_safe_key
 from vidcorpus.shards.buckets import bucket_of
 
@@ -247,7 +248,10 @@ def stream_tar(url: str, samples: Iterable[dict]) -> tuple[str, int, bool]:
         f.commit()
     except BaseException:
         f.discard()  # aborts the multipart upload: no object appears
-        f.closed = True  # and garbage collection must not try to flush the discarded buffer
+        try:
+            f.closed = True  # and garbage collection must not try to flush the discarded buffer
+        except AttributeError:  # files whose `closed` is a read-only property (fsspec's local opener)
+            pass
         raise
     return digest, sink.bytes, True
 
@@ -282,6 +286,11 @@ def write_shard(bucket: str, clips: list[dict], out_root: str, caption_version: 
             raise ValueError(f"clip id {key!r} is not a safe WebDataset key")
     shard_id = shard_id_for(bucket, ids, caption_version)
     url = f"{out_root.rstrip('/')}/{bucket}/{shard_id}.tar"
-    sha, size, _new = stream_tar(url, (sample_of(c, caption_version, image_format) for c in clips))
+    try:
+        sha, size, _new = stream_tar(url, (sample_of(c, caption_version, image_format) for c in clips))
+    except OSError as e:
+        if (full := storage_full(e, url)) is not None:
+            raise full from e
+        raise
     return {"shard_id": shard_id, "url": url, "sha256": sha, "bytes": size, "n": len(clips),
             "bucket": bucket, "caption_version": caption_version, "members": ids}

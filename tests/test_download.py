@@ -1,6 +1,6 @@
-"""Downloading, probing and inputs against hostile servers, S3 and broken media; resume after SIGKILL.
+"""Downloading, probing and inputs against hostile servers, S3 and broken media.
 
-Everything but the last test runs without Ray, on a loopback server whose routes misbehave on
+Everything runs without Ray, on a loopback server whose routes misbehave on
 purpose (errors, a flaky 500, slow drips, bodies without Content-Length) and on a moto S3 server.
 """
 
@@ -9,13 +9,9 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
-import json
 import os
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -437,112 +433,5 @@ def test_ingest_retry_failed_requeues_only_that_class(tmp_path, monkeypatch):
     assert bad.exit_code == 2 and "--retry-failed" in bad.output
 
 
-# -- resume after SIGKILL (starts Ray) ---------------------------------------------------------------
-RUN_SCRIPT = """
-import sys, time
-from vidcorpus import runner
-from vidcorpus.catalog.store import Catalog
-from vidcorpus.config import load_config
-from vidcorpus.runner import run_pipeline
-
-runner.COMMIT_ROWS = 2  # several commits even for a small corpus
-commit = Catalog.commit_results
-def reporting_commit(self, *a, **kw):
-    out = commit(self, *a, **kw)
-    if out.get("sources"):
-        print("COMMITTED", out, flush=True)
-        time.sleep(float(sys.argv[3]))  # a slow driver: leaves the test time to kill it mid-run
-    return out
-Catalog.commit_results = reporting_commit
-cfg = load_config(None, ["ray.num_cpus=2"], workdir=sys.argv[1], inputs=[sys.argv[2]])
-s = run_pipeline(cfg, progress=False, log=lambda m: print(m, flush=True))
-print("DONE", s.rows_committed, flush=True)
-"""
-
-
-def _start(work: Path, inputs: str, log: Path, pause_after_commit: float = 0.0) -> subprocess.Popen:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", RAY_DEDUP_LOGS="0")
-    return subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, str(work), inputs, str(pause_after_commit)],
-                            stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-
-def _finish(proc: subprocess.Popen, log: Path, timeout: float = 150) -> None:
-    try:
-        rc = proc.wait(timeout=timeout)
-    finally:
-        _reap(proc)
-    assert rc == 0 and "DONE" in log.read_text(), log.read_text()[-3000:]
-
-
-def _reap(proc: subprocess.Popen) -> None:
-    """Kill what is left of the process group this test started (Ray's helpers after a SIGKILL)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _state(work: Path) -> dict:
-    with Catalog(work / "catalog.duckdb", read_only=True) as cat:
-        q = cat.con.execute
-        clips = {cid: hashlib.sha256(Path(p).read_bytes()).hexdigest()
-                 for cid, p in q("SELECT clip_id, clip_path FROM clips").fetchall()}
-        return {
-            "clips": clips,
-            "n_clip_rows": q("SELECT count(*) FROM clips").fetchall()[0][0],
-            "sources": sorted(q("SELECT source_id, status, sha256 FROM sources").fetchall()),
-            "failures": sorted(q("SELECT item_id, stage, error_class FROM failures").fetchall()),
-            "kept": sorted(r[0] for r in q("SELECT clip_id FROM clips_wide WHERE kept").fetchall()),
-            "members": sorted(r[0] for r in q("SELECT clip_id FROM shard_members").fetchall()),
-            "member_rows": q("SELECT count(*) FROM shard_members").fetchall()[0][0],
-            "scores": q("SELECT count(*), count(DISTINCT (clip_id, scorer)) FROM scores").fetchall()[0],
-            "captions": q("SELECT count(*), count(DISTINCT (clip_id, version, kind)) FROM captions").fetchall()[0],
-        }
-
-
-@pytest.mark.slow
-def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, model_cache):
-    from vidcorpus.presets import resolve_models
-    from vidcorpus.config import ModelsConfig
-    from vidcorpus.synth import make_corpus
-
-    resolve_models(ModelsConfig())  # build the tiny models once, outside the timed runs
-    corpus = make_corpus(tmp_path / "corpus", n_videos=2, n_images=1, include_real=False)
-    killed, clean = tmp_path / "killed", tmp_path / "clean"
-
-    # The uninterrupted reference runs beside the killed one (its own local Ray): the runs mostly
-    # wait on Ray scheduling and model setup, so this halves the test's time.
-    reference_run = _start(clean, corpus["list"], tmp_path / "clean.log")
-    proc = _start(killed, corpus["list"], tmp_path / "killed.log", pause_after_commit=5.0)
-    deadline = time.time() + 120
-    try:  # kill the driver mid-run: right after its first catalog commit, long before it finishes
-        while time.time() < deadline and proc.poll() is None:
-            if "COMMITTED" in (tmp_path / "killed.log").read_text():
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before it could be killed:\n" + (tmp_path / "killed.log").read_text()
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        time.sleep(1.0)
-        _reap(proc)
-    assert "DONE" not in (tmp_path / "killed.log").read_text()
-    with Catalog(killed / "catalog.duckdb", read_only=True) as cat:  # what the kill left behind
-        statuses = dict(cat.con.execute("SELECT status, count(*) FROM sources GROUP BY 1").fetchall())
-        assert statuses and "done" not in statuses, statuses
-        assert cat.con.execute("SELECT count(*) FROM shards").fetchall()[0][0] == 0
-
-    proc = _start(killed, corpus["list"], tmp_path / "resumed.log")
-    _finish(reference_run, tmp_path / "clean.log")
-    _finish(proc, tmp_path / "resumed.log")
-
-    resumed, reference = _state(killed), _state(clean)
-    assert resumed["clips"] and resumed["kept"]
-    assert resumed["clips"] == reference["clips"], "same clip ids and the same clip bytes"
-    assert resumed["n_clip_rows"] == len(resumed["clips"])
-    for key in ("sources", "failures", "kept", "members", "member_rows"):
-        assert resumed[key] == reference[key], key
-    assert resumed["members"] == resumed["kept"] and resumed["member_rows"] == len(resumed["kept"])
-    assert resumed["scores"][0] == resumed["scores"][1] == reference["scores"][0]
-    assert resumed["captions"][0] == resumed["captions"][1] == reference["captions"][0]
+# Resume after SIGKILL of the driver (at download, scoring, catalog commit and shard write) and after
+# Ray workers are killed mid-task: tests/test_kill_points.py.

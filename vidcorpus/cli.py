@@ -157,7 +157,7 @@ def ingest(
 def _run_job(inputs, config, set_, workdir, catalog, preset, ray_address, retry_failed: bool,
              error_class: Optional[str], progress: bool) -> None:
     """The one job behind `run` and `ingest`: config, inputs, run_pipeline, summary."""
-    from vidcorpus.errors import ModelNotAvailable
+    from vidcorpus.errors import ModelNotAvailable, StorageFullError
     from vidcorpus.runner import run_pipeline
 
     if error_class and not retry_failed:
@@ -175,6 +175,9 @@ def _run_job(inputs, config, set_, workdir, catalog, preset, ray_address, retry_
     except ModelNotAvailable as e:
         err.print(f"[red]model not available:[/red] {e}")
         raise typer.Exit(3)
+    except StorageFullError as e:
+        err.print(f"[red]storage full:[/red] {e}")
+        raise typer.Exit(4)
     _print_run_summary(summary)
 
 

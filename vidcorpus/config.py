@@ -33,6 +33,8 @@ class IngestConfig(Section):
     max_redirects: int = Field(5, description="Redirects followed at most; each hop is checked like the first.")
     max_bytes: int = Field(2 * 1024**3, description="Largest file accepted.")
     max_pixels: int = Field(8192 * 8192, description="Largest image or frame (width x height) accepted; refuses decompression bombs.")
+    max_duration_s: float = Field(
+        4 * 3600.0, gt=0, description="Longest video accepted (declared by its headers, or found while decoding): too_long.")
     threads: int = Field(8, description="Concurrent downloads within one worker.")
     max_per_host: int = Field(
         4, description="Concurrent requests to one host within one worker process (each Ray worker has its own bound).")

@@ -29,6 +29,35 @@ class DecodeError(VidcorpusError):
     error_class = "decode_error"
 
 
+class StorageFullError(OSError):
+    """The staging or shard store ran out of space (ENOSPC/EDQUOT): a job-level error, not a bad row.
+
+    Stages raise it instead of recording a failure row (every later source would fail the same
+    way); nothing partial is published, and a rerun once there is space processes exactly the
+    sources the catalog does not have as done.
+    """
+
+
+STORAGE_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+
+def storage_full(exc: BaseException, where: str = "") -> StorageFullError | None:
+    """A StorageFullError for an out-of-space OSError (anywhere in its cause chain), else None."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, StorageFullError):
+            return exc
+        if isinstance(exc, OSError) and exc.errno in STORAGE_FULL_ERRNOS:
+            path = exc.filename or where
+            err = StorageFullError(exc.errno, f"no space left on the store{f' writing {path}' if path else ''}: "
+                                   f"{exc.strerror or exc}. Nothing partial was published; free space and run "
+                                   "again (sources already done are skipped)")
+            return err
+        # Ray's RayTaskError keeps the worker's exception as .cause
+        exc, seen = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
 class ModelNotAvailable(RuntimeError):
     """A production model's weights are missing and cannot be fetched; the message names the fix."""
 
@@ -46,7 +75,7 @@ def classify_error(exc: BaseException) -> str:
         return "connect"
     if isinstance(exc, FileNotFoundError):
         return "not_found"
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+    if isinstance(exc, OSError) and exc.errno in STORAGE_FULL_ERRNOS:
         return "disk_full"
     module = type(exc).__module__ or ""
     if module.startswith("av"):

@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from vidcorpus import __version__
 from vidcorpus.config import Config
+from vidcorpus.errors import storage_full
 from vidcorpus.ids import new_run_id
 from vidcorpus.presets import preflight_pipeline, resolve_models
 from vidcorpus.schemas import rows_to_table
@@ -169,9 +170,14 @@ def run_pipeline(
         if bad_rows:
             catalog.commit_results(run_id, bad_rows)
             summary.failures += len(bad_rows)
-        if todo:
-            _process(cfg, catalog, run_id, todo, summary, progress, log)
-        summary.shards = write_pending_shards(cfg, catalog, run_id, progress=progress, log=log)
+        try:
+            if todo:
+                _process(cfg, catalog, run_id, todo, summary, progress, log)
+            summary.shards = write_pending_shards(cfg, catalog, run_id, progress=progress, log=log)
+        except Exception as e:
+            if (full := storage_full(e)) is not None:  # out of Ray's wrappers: one clear error
+                raise full from e
+            raise
         status = "succeeded"
     finally:
         summary.seconds = time.time() - t0

@@ -14,7 +14,7 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from vidcorpus.config import Config
-from vidcorpus.errors import classify_error
+from vidcorpus.errors import classify_error, storage_full
 from vidcorpus.schemas import rows_to_table
 
 
@@ -55,10 +55,14 @@ class Stage:
         try:
             result = fn(row)
         except Exception as exc:  # noqa: BLE001 - one bad input must not stop the run
+            if (full := storage_full(exc)) is not None:  # not the row's fault: stop the job, clearly
+                raise full from exc
             return [self.fail(row, exc)]
         return result if isinstance(result, list) else [result]
 
     def fail(self, row: dict, exc: BaseException) -> dict:
+        if (full := storage_full(exc)) is not None:
+            raise full from exc
         failed = dict(row)
         failed["error_class"] = classify_error(exc)
         tb = traceback.format_exception_only(type(exc), exc)
