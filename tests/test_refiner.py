@@ -192,12 +192,11 @@ def test_cascade_writes_the_requested_video_from_exports_and_checkpoints(models,
         videos[name] = _frames(str(out))
     v = videos["export"]
     assert v.shape == (4, 96, 160, 3) and v.std() > 0
-    # The same seed through the same stages gives the same video.
-    assert np.array_equal(videos["export"], videos["export again"])
-    # Checkpoints load exactly the weights their exports hold. (The videos from checkpoints matched
-    # the exports' bit for bit in some suite runs of 2026-11-23 and differed by a few levels in
-    # others, with identical weights; the cause was not found, so this compares what each route
-    # loads and that it makes a valid video, not bit equality. Noted in docs/architecture.md.)
+    # The same seed gives the same video, whether the stages come as exports or as checkpoints.
+    # (Bit for bit, mp4 included: x264's macroblock tree once made this flaky; media.encode_video.)
+    for name in ("export again", "base checkpoint", "checkpoint"):
+        assert np.array_equal(videos["export"], videos[name]), name
+    # And the two routes load exactly the same weights.
     from vidcorpus.train.cascade import load_base_stage, load_refiner_stage
 
     cpu, f32 = torch.device("cpu"), torch.float32
@@ -209,8 +208,7 @@ def test_cascade_writes_the_requested_video_from_exports_and_checkpoints(models,
         for part in parts:
             a, b = getattr(from_ckpt, part).state_dict(), getattr(from_export, part).state_dict()
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
-    for name in ("base checkpoint", "checkpoint"):
-        assert videos[name].shape == v.shape and videos[name].std() > 0
+
 
     r = cli.invoke(app, ["generate", *common[:-1], "--seed", "4", "--base", models["i2vgen"], "--refiner", str(export),
                          "-o", str(tmp_path / "other.mp4")])

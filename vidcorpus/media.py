@@ -50,7 +50,11 @@ def encode_video(
         stream.width, stream.height = w, h
         stream.pix_fmt = "yuv420p"
         if codec in ("libx264", "libx265"):
-            stream.options = {"crf": str(crf), "preset": "veryfast", **({"forced-idr": "1"} if keyframes else {})}
+            # mbtree=0: with x264's macroblock tree the same frames encoded twice in one process can
+            # give different bytes (short videos: fewer frames than the lookahead), and a seeded
+            # sample or a rerun must be reproducible byte for byte (see ingest/extract.py).
+            stream.options = {"crf": str(crf), "preset": "veryfast", "x264-params": "mbtree=0",
+                              **({"forced-idr": "1"} if keyframes else {})}
         elif codec == "libvpx-vp9" or codec == "libvpx":
             stream.options = {"crf": str(crf + 10), "b:v": "0", "deadline": "realtime", "cpu-used": "8"}
 
