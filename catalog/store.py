@@ -646,9 +646,10 @@ class Catalog:
         return {r[0] for r in self._fetch("SELECT clip_id FROM clips WHERE clip_id IN (SELECT unnest(?))",
                                           [list(clip_ids)])}
 
-    def latent_shard(self, shard_id: str, cache_key: str) -> dict | None:
-        rows = self.query_dicts("SELECT * FROM latent_shards WHERE shard_id = ? AND cache_key = ?", [shard_id, cache_key])
-        return rows[0] if rows else None
+    def latent_shards_for(self, cache_key: str) -> dict[str, dict]:
+        """Every latent-cache entry of one cache key, by source shard id (one query, not one per shard)."""
+        rows = self.query_dicts("SELECT * FROM latent_shards WHERE cache_key = ?", [cache_key])
+        return {r["shard_id"]: r for r in rows}
 
     def record_latent_shards(self, run_id: str, rows: list[dict]) -> None:
         now = _now()

@@ -50,9 +50,22 @@ class LatentParams:
                    caption_version=t.caption_version or cfg.shards.caption_version, caption_kind=t.caption_kind)
 
 
+_TREE_HASHES: dict[tuple, str] = {}
+
+
 def _hash_tree(folder: Path) -> str:
+    """sha256 over a folder's files, remembered for the process while no file's size or mtime changes
+    (a training run with --follow asks for the cache key at every epoch; production encoders are GBs)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    signature = (str(folder.resolve()), tuple((str(f), st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()]))
+    if signature not in _TREE_HASHES:
+        _TREE_HASHES[signature] = _sha256_files(folder, files)
+    return _TREE_HASHES[signature]
+
+
+def _sha256_files(folder: Path, files: list[Path]) -> str:
     h = hashlib.sha256()
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for f in files:
         h.update(str(f.relative_to(folder)).encode() + b"\0")
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 22), b""):

@@ -61,7 +61,8 @@ def encode_latent_cache(cfg: Config, params: LatentParams, release: str | None =
     key = cache_key(fingerprint, params)
     root = cfg.url("latents")
     with Catalog(cfg.catalog_path, read_only=True) as cat:
-        cached = {s.shard_id for s in specs if (row := cat.latent_shard(s.shard_id, key)) and _exists(row["url"])}
+        entries = cat.latent_shards_for(key)
+    cached = {s.shard_id for s in specs if (row := entries.get(s.shard_id)) and _exists(row["url"])}
     todo = [s for s in specs if s.shard_id not in cached]
     log(f"latent cache {key}: {len(cached)} of {len(specs)} shards already encoded")
     # The text states are of the caption the key names (not whatever cfg.train happens to pick).
@@ -108,15 +109,16 @@ def cached_specs(cfg: Config, specs: list[ShardSpec]) -> tuple[list[ShardSpec] |
 
     models = resolve_models(cfg.models)
     key = cache_key(encoder_fingerprint(models.i2vgen), LatentParams.for_training(cfg))
-    out, missing = [], []
     with Catalog(cfg.catalog_path, read_only=True) as cat:
-        for s in specs:
-            row = cat.latent_shard(s.shard_id, key) if s.shard_id else None
-            if row is None or not _exists(row["url"]):
-                missing.append(s.shard_id or s.url)
-            else:
-                out.append(ShardSpec(url=row["url"], sha256=row["sha256"], bytes=row["bytes"], n=row["n"],
-                                     bucket=s.bucket, shard_id=s.shard_id))
+        entries = cat.latent_shards_for(key)
+    out, missing = [], []
+    for s in specs:
+        row = entries.get(s.shard_id) if s.shard_id else None
+        if row is None or not _exists(row["url"]):
+            missing.append(s.shard_id or s.url)
+        else:
+            out.append(ShardSpec(url=row["url"], sha256=row["sha256"], bytes=row["bytes"], n=row["n"],
+                                 bucket=s.bucket, shard_id=s.shard_id))
     return (out if not missing else None), key, missing
 
 
