@@ -512,12 +512,11 @@ def test_ray_train_launcher_runs_two_cpu_workers(tiny_model, shards, tmp_path):
     assert [f[0] for f in res.decode_failures] in ([], [BAD])  # BAD sits late in rank 0's split
 
 
-def test_torchrun_runs_the_same_loop_with_ddp_on_gloo(tiny_model, shards, tmp_path):
+def _torchrun_train(tmp_path, cfg: TrainConfig, model: str, urls: list, run, resume: str | None = None) -> None:
+    """``train_base`` on two gloo ranks under torchrun (a real process group, as on a GPU node)."""
     import os
     import subprocess
     import sys
-
-    from vidcorpus.train.checkpoint import list_checkpoints, read_state
 
     script = tmp_path / "worker.py"
     script.write_text(
@@ -527,14 +526,20 @@ def test_torchrun_runs_the_same_loop_with_ddp_on_gloo(tiny_model, shards, tmp_pa
         "from vidcorpus.train.loop import train_base\n"
         "assert init_torchrun()\n"
         "cfg = TrainConfig(**json.loads(sys.argv[1]))\n"
-        "train_base(cfg, sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], progress=False)\n")
-    cfg = _cfg(steps=2, log_every=1).model_dump()
+        "train_base(cfg, sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], progress=False,\n"
+        "           resume=sys.argv[5] if len(sys.argv) > 5 else None)\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), json.dumps(cfg), tiny_model, json.dumps(shards["urls"]), str(run)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    args = [str(script), json.dumps(cfg.model_dump()), model, json.dumps(urls), str(run), *([resume] if resume else [])]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run([*torchrun, *args], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_torchrun_runs_the_same_loop_with_ddp_on_gloo(tiny_model, shards, tmp_path):
+    from vidcorpus.train.checkpoint import list_checkpoints, read_state
+
+    run = tmp_path / "run"
+    _torchrun_train(tmp_path, _cfg(steps=2, log_every=1), tiny_model, shards["urls"], run)
     [(step, ckpt)] = list_checkpoints(str(run))
     state = read_state(ckpt)
     assert step == 2 and state["world_size"] == 2 and state["runtime"]["world_size"] == 2
@@ -548,33 +553,15 @@ def test_torchrun_runs_the_same_loop_with_ddp_on_gloo(tiny_model, shards, tmp_pa
 def test_fsdp2_trains_like_ddp_and_resumes_on_gloo(tiny_model, shards, tmp_path):
     """train.parallel=fsdp (FSDP2: sharded weights, gradients, AdamW state and EMA) on two gloo ranks
     takes the same steps as DDP, writes the same full checkpoints, and resumes exactly."""
-    import os
     import shutil
-    import subprocess
-    import sys
 
     from diffusers import I2VGenXLUNet
 
     from vidcorpus.train.checkpoint import list_checkpoints, read_state
 
-    script = tmp_path / "worker.py"
-    script.write_text(
-        "import json, sys\n"
-        "from vidcorpus.config import TrainConfig\n"
-        "from vidcorpus.train.launch import init_torchrun\n"
-        "from vidcorpus.train.loop import train_base\n"
-        "assert init_torchrun()\n"
-        "cfg = TrainConfig(**json.loads(sys.argv[1]))\n"
-        "train_base(cfg, sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], progress=False,\n"
-        "           resume=sys.argv[5] if len(sys.argv) > 5 else None)\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-
     def torchrun(parallel: str, run, resume: str | None = None) -> list:
-        cfg = _cfg(steps=3, checkpoint_every=2, keep_checkpoints=0, log_every=1, parallel=parallel).model_dump()
-        args = [str(script), json.dumps(cfg), tiny_model, json.dumps(shards["urls"][:2]), str(run)]
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                               *args, *([resume] if resume else [])], env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        cfg = _cfg(steps=3, checkpoint_every=2, keep_checkpoints=0, log_every=1, parallel=parallel)
+        _torchrun_train(tmp_path, cfg, tiny_model, shards["urls"][:2], run, resume)
         return list_checkpoints(str(run))
 
     def weights(ckpt: str, sub: str) -> dict:

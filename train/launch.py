@@ -63,7 +63,8 @@ def _ray_worker(config: dict) -> None:
         from vidcorpus.train.refiner import train_refiner
 
         train_refiner(RefinerTrainConfig(**config["cfg"]), config["model_dir"], config["shards"], config["out_dir"],
-                      progress=False, keys=config["keys"], resume=config["resume"], run_info=config["run_info"])
+                      progress=False, keys=config["keys"], resume=config["resume"], run_info=config["run_info"],
+                      follow=config.get("follow"))
         return
     train_base(TrainConfig(**config["cfg"]), config["model_dir"], config["shards"], config["out_dir"],
                progress=False, keys=config["keys"], resume=config["resume"], run_info=config["run_info"],

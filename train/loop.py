@@ -95,6 +95,13 @@ class StreamMark:
     joined: int = 0
 
 
+@dataclass
+class _Raised:
+    """What the prefetched iterator raised, handed to the consumer in its place."""
+
+    error: BaseException
+
+
 class Prefetcher:
     """Pulls items of an iterator on a thread, ``depth`` ahead, so reading, parsing and collating the
     next batch overlap the current step (the step ends in a host sync for the loss). Exceptions
@@ -133,7 +140,7 @@ class Prefetcher:
                 if not self._put(item):
                     break
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            self._put(("__error__", e))
+            self._put(_Raised(e))
         finally:
             self._put(self._END)
             close = getattr(self.it, "close", None)
@@ -147,8 +154,8 @@ class Prefetcher:
         item = self.q.get()
         if item is self._END:
             raise StopIteration
-        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and item[0] == "__error__":
-            raise item[1]
+        if isinstance(item, _Raised):
+            raise item.error
         return item
 
     def close(self) -> None:

@@ -323,7 +323,7 @@ class RefinerTask:
 
 def train_refiner(cfg: RefinerTrainConfig, model_dir: str, shard_urls: list, out_dir: str, on_error=None,
                   progress: bool = True, device=None, keys: Iterable[str] | None = None, resume: str | None = None,
-                  run_info: dict | None = None):
+                  run_info: dict | None = None, follow=None):
     """Train the refiner UNet (initialised from ``model_dir``) until ``cfg.steps``; the arguments and
     the run directory are those of ``train_base``."""
     from vidcorpus.train.loop import train_loop
@@ -332,7 +332,7 @@ def train_refiner(cfg: RefinerTrainConfig, model_dir: str, shard_urls: list, out
         raise ValueError(f"refiner crop {cfg.crop_height}x{cfg.crop_width} exceeds the clip size "
                          f"{cfg.height}x{cfg.width}")
     return train_loop(RefinerTask(), cfg, model_dir, shard_urls, out_dir, on_error=on_error, progress=progress,
-                      device=device, keys=keys, resume=resume, run_info=run_info)
+                      device=device, keys=keys, resume=resume, run_info=run_info, follow=follow)
 
 
 # -- export ---------------------------------------------------------------------------------------

@@ -430,27 +430,41 @@ def train(
     follow: Optional[bool] = typer.Option(None, "--follow/--no-follow", help="Ask the --select query again at every epoch: newly sealed shards join without a restart."),
 ) -> None:
     """Train the base image-to-video stage (I2VGen-XL UNet) on the shards a catalog query selects."""
-    from vidcorpus.errors import ModelNotAvailable
-    from vidcorpus.shards.reader import ShardChecksumError
-    from vidcorpus.shards.release import ReleaseError
-    from vidcorpus.training import NoTrainingData, run_training
-
     cfg = _config(config, set_, workdir=workdir, catalog=catalog,
                   **{"models.preset": preset, "train.select": select, "train.steps": steps,
                      "train.release": release, "train.launcher": launcher, "train.workers": workers,
                      "train.follow": follow})
+    _train_and_export(cfg, "base", output, progress, resume, export)
+
+
+def _train_and_export(cfg: Config, stage: str, output: str | None, progress: bool, resume: str | None,
+                      export: str | None) -> None:
+    """`train` and `train-refiner`: run the stage's training, report it, optionally export its EMA."""
+    from vidcorpus.errors import ModelNotAvailable
     from vidcorpus.latent_cache import LatentCacheMissing
+    from vidcorpus.shards.reader import ShardChecksumError
+    from vidcorpus.shards.release import ReleaseError
     from vidcorpus.train.loop import ResumeMismatch
+    from vidcorpus.training import NoTrainingData, run_training
 
     try:
-        result = run_training(cfg, output=output, progress=progress, log=console.print, resume=resume)
+        result = run_training(cfg, output=output, progress=progress, log=console.print, resume=resume, stage=stage)
     except (NoTrainingData, ModelNotAvailable, ReleaseError, ShardChecksumError, ResumeMismatch, LatentCacheMissing,
             FileNotFoundError, ValueError) as e:  # ValueError: --resume latest without --output
         err.print(f"[red]{e}[/red]")
         raise typer.Exit(2)
-    console.print(f"trained {result.steps} steps on {result.distinct_clips} clips from {result.n_shards} shards; "
-                  f"loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}; checkpoint: {result.checkpoint_dir}")
-    if export:
+    console.print(f"trained {'the refiner ' if stage == 'refiner' else ''}{result.steps} steps on "
+                  f"{result.distinct_clips} clips from {result.n_shards} shards; loss {result.losses[0]:.4f} -> "
+                  f"{result.losses[-1]:.4f}; checkpoint: {result.checkpoint_dir}")
+    if not export:
+        return
+    if stage == "refiner":
+        from vidcorpus.presets import resolve_refiner
+        from vidcorpus.train.refiner import export_refiner
+
+        export_refiner(resolve_refiner(cfg.models).refiner, result.checkpoint_dir, export)
+        console.print(f"exported EMA weights as a VideoToVideoSDPipeline: {export}")
+    else:
         from vidcorpus.presets import resolve_models
         from vidcorpus.train.export import export_pipeline
 
@@ -501,30 +515,10 @@ def train_refiner_cmd(
     workers: Optional[int] = typer.Option(None, "--workers", help="Ray Train workers."),
 ) -> None:
     """Train the refiner stage (UNet3D video-to-video, 1280x720, brief captions) on random crops of high-resolution clips."""
-    from vidcorpus.errors import ModelNotAvailable
-    from vidcorpus.refining import run_refiner_training
-    from vidcorpus.shards.reader import ShardChecksumError
-    from vidcorpus.shards.release import ReleaseError
-    from vidcorpus.train.loop import ResumeMismatch
-    from vidcorpus.training import NoTrainingData
-
     cfg = _config(config, set_, workdir=workdir, catalog=catalog,
                   **{"models.preset": preset, "refiner.select": select, "refiner.steps": steps,
                      "refiner.release": release, "refiner.launcher": launcher, "refiner.workers": workers})
-    try:
-        result = run_refiner_training(cfg, output=output, progress=progress, log=console.print, resume=resume)
-    except (NoTrainingData, ModelNotAvailable, ReleaseError, ShardChecksumError, ResumeMismatch,
-            FileNotFoundError, ValueError) as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
-    console.print(f"trained the refiner {result.steps} steps on {result.distinct_clips} clips from {result.n_shards} "
-                  f"shards; loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}; checkpoint: {result.checkpoint_dir}")
-    if export:
-        from vidcorpus.presets import resolve_refiner
-        from vidcorpus.train.refiner import export_refiner
-
-        export_refiner(resolve_refiner(cfg.models).refiner, result.checkpoint_dir, export)
-        console.print(f"exported EMA weights as a VideoToVideoSDPipeline: {export}")
+    _train_and_export(cfg, "refiner", output, progress, resume, export)
 
 
 @app.command("export-refiner")

@@ -117,20 +117,35 @@ def run_dir_of(checkpoint: str) -> str:
     return parts[0] if len(parts) == 3 and parts[1] == "checkpoints" else checkpoint.rstrip("/")
 
 
+def _stage_parts(cfg: Config, stage: str):
+    """(config with the stage's section as ``train``, that section, model directory, loop function)."""
+    if stage == "refiner":
+        from vidcorpus.presets import resolve_refiner
+        from vidcorpus.train.refiner import train_refiner
+
+        # The selection, the follow query and the log read the refiner's section where the base reads train.
+        scfg = cfg.model_copy(update={"train": cfg.refiner})
+        return scfg, cfg.refiner, resolve_refiner(cfg.models).refiner, train_refiner
+    from vidcorpus.train.loop import train_base
+
+    return cfg, cfg.train, resolve_models(cfg.models).i2vgen, train_base
+
+
 def run_training(cfg: Config, output: str | None = None, progress: bool = True,
-                 log: Callable[[str], None] = print, resume: str | None = None) -> TrainingSummary:
+                 log: Callable[[str], None] = print, resume: str | None = None, stage: str = "base") -> TrainingSummary:
     """Select shards, train (in this process, under torchrun, or on Ray Train workers), record the run.
 
+    ``stage``: "base" (``cfg.train``, the I2VGen-XL UNet) or "refiner" (``cfg.refiner``, the UNet3D
+    refiner, initialised from ``models.refiner``); both run the same loop and launchers.
     ``resume``: "latest" (the newest checkpoint of ``output``), or a run or checkpoint URL; the run
     keeps its run id and directory and continues with the next unseen samples.
     """
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.train.checkpoint import read_state, resolve_resume
     from vidcorpus.train.launch import broadcast, init_torchrun, launch_ray
-    from vidcorpus.train.loop import train_base
 
     distributed = init_torchrun()
-    models = resolve_models(cfg.models)
+    scfg, tcfg, model_dir, train_fn = _stage_parts(cfg, stage)
     run_id = None
     if resume and resume not in ("latest", "auto"):
         ckpt = resolve_resume(resume)
@@ -138,15 +153,16 @@ def run_training(cfg: Config, output: str | None = None, progress: bool = True,
         output = output or run_dir_of(ckpt)
     elif resume and not output:
         raise ValueError("--resume latest needs the run directory: pass --output (or give --resume a path)")
-    follow = follow_selection(cfg) if cfg.train.follow else None
+    follow = follow_selection(scfg) if tcfg.follow else None
     run_id = broadcast(run_id or new_run_id())
     started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    specs, keys, what = select_training_shards(cfg)
-    specs, cache_note = use_latent_cache(cfg, specs)
-    what += cache_note
+    specs, keys, what = select_training_shards(scfg)
+    if stage == "base":  # the refiner's loss decodes pixels (crops of high-resolution frames): no cache
+        specs, cache_note = use_latent_cache(cfg, specs)
+        what += cache_note
     urls = [s.url for s in specs]
     out_dir = output or cfg.url("train", run_id)
-    run_info = {"run_id": run_id, "selection": what, "release": cfg.train.release, "select": cfg.train.select,
+    run_info = {"run_id": run_id, "stage": stage, "selection": what, "release": tcfg.release, "select": tcfg.select,
                 "catalog": catalog_snapshot(cfg)}
     rank = 0
     if distributed:
@@ -154,21 +170,23 @@ def run_training(cfg: Config, output: str | None = None, progress: bool = True,
 
         rank = dist.get_rank()
     if rank == 0:
-        log(f"training run {run_id}: {len(keys)} clips in {len(urls)} shards ({what}) -> {out_dir}"
-            + (f", resuming {resume}" if resume else ""))
-    if cfg.train.launcher == "ray" and not distributed:
+        detail = (f", {tcfg.crop_width}x{tcfg.crop_height} crops of {tcfg.width}x{tcfg.height}, t_max {tcfg.t_max}"
+                  if stage == "refiner" else "")
+        log(f"{'refiner' if stage == 'refiner' else 'training'} run {run_id}: {len(keys)} clips in {len(urls)} "
+            f"shards ({what}) -> {out_dir}{detail}" + (f", resuming {resume}" if resume else ""))
+    if tcfg.launcher == "ray" and not distributed:
         from vidcorpus.runner import init_ray
 
         init_ray(cfg)
-        result = launch_ray(cfg.train, models.i2vgen, specs, out_dir, keys=keys, resume=resume, run_info=run_info,
-                            follow=follow)
+        result = launch_ray(tcfg, model_dir, specs, out_dir, keys=keys, resume=resume, run_info=run_info,
+                            stage=stage, follow=follow)
     else:
-        result = train_base(cfg.train, models.i2vgen, specs, out_dir, progress=progress, keys=keys,
-                            resume=resume, run_info=run_info, follow=follow)
+        result = train_fn(tcfg, model_dir, specs, out_dir, progress=progress, keys=keys,
+                          resume=resume, run_info=run_info, follow=follow)
     if rank == 0:
         with Catalog(cfg.catalog_path) as cat:
-            cat.record_training(run_id, "base", what, result.steps, result.losses[-1] if result.losses else None,
-                                result.checkpoint_dir, urls, json.dumps(cfg.train.model_dump()), started,
+            cat.record_training(run_id, stage, what, result.steps, result.losses[-1] if result.losses else None,
+                                result.checkpoint_dir, urls, json.dumps(tcfg.model_dump()), started,
                                 list(result.step_keys))
             for key, cls, msg in result.decode_failures:  # every rank's, gathered into the checkpoint
                 cat.record_failure(key, "train_decode", cls, msg, run_id)
