@@ -16,7 +16,6 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -77,6 +76,8 @@ def frame_indices(total: int | None, src_fps: float, num_frames: int, target_fps
 def decode_video(data: bytes, num_frames: int, target_fps: float, rng: random.Random | None,
                  meta: dict | None = None) -> tuple[np.ndarray, float]:
     """(F, H, W, 3) uint8 frames sampled at ``target_fps`` and the fps they represent."""
+    import av  # here, not at the top: a run from cached latents never decodes video
+
     meta = meta or {}
     try:
         with av.open(io.BytesIO(data)) as container:

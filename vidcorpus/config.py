@@ -159,6 +159,9 @@ class TrainConfig(Section):
     tensorboard: bool = Field(True, description="Write TensorBoard scalars next to the JSONL log.")
     gradient_checkpointing: bool = Field(False, description="Activation checkpointing of the UNet's resnet and transformer blocks.")
     compile: bool = Field(False, description="torch.compile the UNet (minutes of compile on the full model).")
+    compile_backend: str = Field("inductor", description="torch.compile backend; 'aot_eager' checks capture without codegen.")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = Field(
+        None, description="torch.compile mode (None: the default).")
     sample_every: int = Field(0, description="Sample probe videos every N steps to {run}/samples (0: never).")
     sample_steps: int = Field(4, description="Denoising steps of probe and demo samples.")
     probe_images: list[str] = Field(default_factory=list, description="Probe image paths/URLs (default: the first clip's first frame).")
