@@ -590,15 +590,17 @@ def test_fsdp2_trains_like_ddp_and_resumes_on_gloo(tiny_model, shards, tmp_path)
 
     from vidcorpus.train.checkpoint import list_checkpoints, read_state
 
-    def torchrun(parallel: str, run, resume: str | None = None) -> list:
-        cfg = _cfg(steps=3, checkpoint_every=2, keep_checkpoints=0, log_every=1, parallel=parallel)
+    def torchrun(parallel: str, run, resume: str | None = None, **kw) -> list:
+        cfg = _cfg(steps=3, checkpoint_every=2, keep_checkpoints=0, log_every=1, parallel=parallel, **kw)
         _torchrun_train(tmp_path, cfg, tiny_model, shards["urls"][:2], run, resume)
         return list_checkpoints(str(run))
 
     def weights(ckpt: str, sub: str) -> dict:
         return I2VGenXLUNet.from_pretrained(str(Path(ckpt) / sub)).state_dict()
 
-    ddp = torchrun("ddp", tmp_path / "ddp")
+    # DDP with its non-default communication settings (small buckets, gradients as bucket views):
+    # the equality below holds them to the same gradients.
+    ddp = torchrun("ddp", tmp_path / "ddp", ddp_bucket_mb=1, ddp_bucket_view=True)
     fsdp = torchrun("fsdp", tmp_path / "fsdp")
     assert [s for s, _ in fsdp] == [2, 3] == [s for s, _ in ddp]
     a, b = read_state(ddp[-1][1]), read_state(fsdp[-1][1])

@@ -434,7 +434,7 @@ def train_loop(task, cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir
     if cfg.gradient_checkpointing:
         runtime["activation_checkpointing_blocks"] = apply_activation_checkpointing(unet)
     # Spread over ranks first (FSDP2 replaces the parameters by sharded ones), then the optimizer.
-    par = spread(unet, ema, device, cfg.parallel, distributed, rank)
+    par = spread(unet, ema, device, cfg, distributed, rank)
     del ema  # the strategy owns it (sharded under FSDP2); full copies come from par when needed
     runtime["parallel"] = par.kind or "ddp"
     eager_unet = par.module

@@ -151,6 +151,8 @@ class TrainConfig(Section):
     num_workers: int = 0
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp", description="Several ranks: replicate the UNet (DDP) or shard weights, gradients, optimizer state and EMA (FSDP2).")
+    ddp_bucket_mb: int = Field(25, description="DDP gradient bucket size in MB (torch's default): larger buckets, fewer all-reduce calls.")
+    ddp_bucket_view: bool = Field(False, description="DDP gradient_as_bucket_view: gradients live in the all-reduce buckets (no copy in or out, less memory).")
     prefetch_batches: int = Field(2, description="Batches read ahead on a thread while the step runs (0: none).")
     log_every: int = 5
     # Checkpoints, logs, probes, memory/speed switches and launchers (issue 8, trainer helper).
