@@ -60,7 +60,9 @@ def main() -> None:
 
     from diffusers import I2VGenXLUNet
 
-    from vidcorpus.train.loop import apply_activation_checkpointing, ema_update
+    from bench_unet_step import train_step
+
+    from vidcorpus.train.loop import apply_activation_checkpointing
 
     dev = torch.device("cuda")
     torch.manual_seed(0)
@@ -106,17 +108,8 @@ def main() -> None:
 
     def step():
         t = torch.randint(0, 1000, (b,), device=dev)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = step_unet(sample, t, fps=fps, image_latents=image_latents, image_embeddings=image_emb,
-                       encoder_hidden_states=text, return_dict=False)[0]
-        loss = torch.nn.functional.mse_loss(out.float(), target)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema_update(ema, unet, 0.9999)
-        return loss
+        return train_step(step_unet, unet, opt, ema, dict(sample=sample, timestep=t, fps=fps, image_latents=image_latents,
+                                                          image_embeddings=image_emb, encoder_hidden_states=text), target)
 
     torch.cuda.reset_peak_memory_stats()
     times = []
