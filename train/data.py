@@ -78,6 +78,8 @@ def decode_video(data: bytes, num_frames: int, target_fps: float, rng: random.Ra
     """(F, H, W, 3) uint8 frames sampled at ``target_fps`` and the fps they represent."""
     import av  # here, not at the top: a run from cached latents never decodes video
 
+    from vidcorpus.frame_seek import to_rgb
+
     meta = meta or {}
     try:
         with av.open(io.BytesIO(data)) as container:
@@ -95,7 +97,7 @@ def decode_video(data: bytes, num_frames: int, target_fps: float, rng: random.Ra
             got: dict[int, np.ndarray] = {}
             for i, frame in enumerate(container.decode(stream)):
                 if i in want:
-                    got[i] = frame.to_ndarray(format="rgb24")
+                    got[i] = to_rgb(frame)
                 if i >= last:
                     break
     except av.error.FFmpegError as e:
