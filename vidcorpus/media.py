@@ -119,19 +119,15 @@ def decode_indices(src, indices) -> dict[int, np.ndarray]:
     if isinstance(src, str):
         with fsspec.open(src, "rb") as f:
             return decode_indices(f, indices)
-    from vidcorpus.frame_seek import to_rgb  # one cached swscale context, not a new one per frame
+    from vidcorpus.frame_seek import decode_in_order
 
     got: dict[int, np.ndarray] = {}
-    last = max(want)
     try:
         with av.open(src) as c:
             stream = c.streams.video[0]
             stream.thread_type = "AUTO"
-            for i, frame in enumerate(c.decode(stream)):
-                if i in want:  # convert only the wanted frames
-                    got[i] = to_rgb(frame)
-                if i >= last:
-                    break
+            for i, arr in decode_in_order(c, stream, want):
+                got[i] = arr
     except av.error.FFmpegError as e:
         raise DecodeError(f"decode failed: {e}") from e
     return got
