@@ -69,7 +69,8 @@ def run(batch: int, steps: int, frames: int, h: int, w: int, with_ema: bool) -> 
     step = sum(warm) / len(warm)
     return {"batch": batch, "frames": frames, "latent_hw": [h, w], "ema": with_ema, "params_b": round(params / 1e9, 3),
             "step_s": round(step, 4), "samples_per_s": round(batch / step, 2),
-            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1), "device": torch.cuda.get_device_name()}
+            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1), "device": torch.cuda.get_device_name(),
+            "step_times_s": [round(x, 4) for x in times]}
 
 
 def main() -> None:
@@ -78,8 +79,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--latent", type=int, nargs=2, default=[32, 56])
+    ap.add_argument("--ema", choices=["off", "on", "both"], default="both",
+                    help="off: the issue's reference alone (no EMA); on: with our EMA update; both: each")
     args = ap.parse_args()
-    for with_ema in (False, True):
+    for with_ema in {"off": (False,), "on": (True,), "both": (False, True)}[args.ema]:
         for b in args.batches:
             try:
                 print(json.dumps(run(b, args.steps, args.frames, *args.latent, with_ema)), flush=True)
