@@ -89,9 +89,27 @@ def match_stats(a: list, b: list) -> dict:
             "median_first_divergence": float(np.median(first_diff))}
 
 
-def breakdown(model, cap, frames, device) -> dict:
-    """Seconds of the prefill's parts at one batch size: the vision tower with transformers' SDPA loop
-    and with the packed attention, and a one-token ``generate`` (vision + language prefill)."""
+def kernel_profile(fn, device, top: int = 12) -> dict:
+    """CUDA time of one call by kernel (the top few) and in all, from torch.profiler."""
+    if device.type != "cuda":
+        return {}
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        _sync(device)
+    rows = [(e.key, e.self_device_time_total) for e in prof.key_averages() if e.self_device_time_total > 0]
+    rows.sort(key=lambda r: -r[1])
+    total = sum(t for _, t in rows)
+    return {"cuda_ms": round(total / 1000, 1),
+            "top": [{"kernel": k[:90], "ms": round(t / 1000, 1), "share": round(t / total, 3)} for k, t in rows[:top]]}
+
+
+def breakdown(model, cap, frames, device, compile_vision: bool = False) -> dict:
+    """Seconds of the prefill's parts at one batch size: the vision tower with transformers' SDPA loop,
+    with the packed attention alone, and in the static path's fast form (fast_vision.py, with and
+    without compiled blocks, with a kernel profile), and a one-token ``generate`` (vision + language
+    prefill)."""
     from vidcorpus.captioning.fast_decode import VARLEN_ATTENTION, _AttnSwitch, register_attention
     from vidcorpus.captioning.models import get_prompt
 
@@ -110,9 +128,24 @@ def breakdown(model, cap, frames, device) -> dict:
         _sync(device)
         return round(time.perf_counter() - t, 3)
 
+    from vidcorpus.captioning.fast_vision import FastVision
+
     with torch.inference_mode():
         pix, grid = inputs["pixel_values_videos"], inputs["video_grid_thw"]
         out["vision_sdpa_loop_s"] = timed(lambda: vision(pix, grid_thw=grid))
+        with FastVision(model, VARLEN_ATTENTION):
+            out["vision_fast_s"] = timed(lambda: vision(pix, grid_thw=grid))
+            out["vision_fast_profile"] = kernel_profile(lambda: vision(pix, grid_thw=grid), device)
+        if compile_vision:
+            fv = FastVision(model, VARLEN_ATTENTION, compile=True)
+            with fv:
+                _sync(device)
+                t = time.perf_counter()
+                vision(pix, grid_thw=grid)
+                _sync(device)
+                out["vision_fast_compiled_first_call_s"] = round(time.perf_counter() - t, 2)
+                out["vision_fast_compiled_s"] = timed(lambda: vision(pix, grid_thw=grid))
+                out["vision_fast_compiled_profile"] = kernel_profile(lambda: vision(pix, grid_thw=grid), device)
         with _AttnSwitch(model.config.vision_config, VARLEN_ATTENTION):
             out["vision_packed_s"] = timed(lambda: vision(pix, grid_thw=grid))
             out["generate_1_token_packed_vision_s"] = timed(
@@ -149,6 +182,39 @@ def fp32_check(args, device) -> dict:
             "static_graph_s": round(t_fast, 3), **match_stats(g_def, g_fast)}
 
 
+def measure_fast(row: dict, label: str, cap, model, frames, tokens: int, new_tokens: int, t_def: float, g_def,
+                 device) -> None:
+    """Time one static-graph captioner on the batch: a first call (graph capture, any compile), then a
+    measured one; fill row[label], the speed-up over the default path and the token agreement."""
+    _peak_reset(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t_first, g_first = run_path(cap, frames, new_tokens)
+    if any(g.decode != "static_graph" for g in g_first):
+        # the graph path failed and the captioner fell back: say why, measure the eager static loop
+        from vidcorpus.captioning.fast_decode import GraphDecoder
+
+        row[label + "_graph_error"] = "; ".join(str(c.message) for c in caught)[:1000]
+        cap._graph = GraphDecoder(model, use_graph=False, compile_vision=cap.compile_vision)
+        t_first, g_first = run_path(cap, frames, new_tokens)
+    first_stats = dict(cap.graph_decoder.last_stats)
+    t_fast, g_fast = run_path(cap, frames, new_tokens)
+    stats = dict(cap.graph_decoder.last_stats)
+    assert all(g.decode == "static_graph" for g in g_fast), "fast path fell back to generate"
+    bs = len(frames)
+    row[label] = {
+        "s": round(t_fast, 3), "tokens_per_s": round(tokens / t_fast, 1), "clips_per_s": round(bs / t_fast, 2),
+        "peak_gib": _peak_gib(device), "first_call_s": round(t_first, 3),
+        "capture_s": round(first_stats.get("capture_s", 0.0), 3), "prefill_s": round(stats["prefill_s"], 3),
+        "decode_s": round(stats["decode_s"], 3), "graph": stats.get("graph"),
+        "ms_per_graph_step": round(1000 * stats["decode_s"] / max(1, stats["steps"] - 1), 2),
+    }
+    suffix = "" if label == "static_graph" else "_" + label
+    row["speedup" + suffix] = round(t_def / t_fast, 2)
+    row["match" + suffix] = match_stats(g_def, g_fast)
+    assert all(len(g.token_ids) == new_tokens for g in g_def + g_fast)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", default="3b", choices=["3b", "tiny"])
@@ -162,6 +228,8 @@ def main() -> None:
     ap.add_argument("--fp32-check", type=int, default=0, help="also compare both paths' tokens in float32 on this "
                     "many clips of two sizes (left padding): bf16 rounding aside, they must agree")
     ap.add_argument("--breakdown", type=int, default=0, help="time the prefill's parts at this batch size")
+    ap.add_argument("--compile-vision", action="store_true", help="also measure the static path with "
+                    "captioning.compile_vision (torch.compile'd vision blocks), as a third path")
     args = ap.parse_args()
 
     from vidcorpus.captioning.models import Captioner, get_prompt
@@ -184,6 +252,10 @@ def main() -> None:
     common = dict(min_new_tokens=args.new_tokens, prompt_version="p1")
     default = Captioner(model, processor, "bench", device, dtype, decode="default", **common)
     fast = Captioner(model, processor, "bench", device, dtype, decode="static_graph", **common)
+    fast_paths = [("static_graph", fast)]
+    if args.compile_vision:
+        fast_paths.append(("static_graph_compiled_vision", Captioner(
+            model, processor, "bench", device, dtype, decode="static_graph", compile_vision=True, **common)))
     rng = np.random.default_rng(0)
 
     def clips(n: int) -> list[np.ndarray]:
@@ -223,31 +295,8 @@ def main() -> None:
             last_default, last_bs = t_def, bs
             row["default"] = {"s": round(t_def, 3), "tokens_per_s": round(tokens / t_def, 1),
                               "clips_per_s": round(bs / t_def, 2), "peak_gib": _peak_gib(device)}
-            _peak_reset(device)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                t_first, g_first = run_path(fast, frames, args.new_tokens)
-            if any(g.decode != "static_graph" for g in g_first):
-                # the graph path failed and the captioner fell back: say why, measure the eager static loop
-                from vidcorpus.captioning.fast_decode import GraphDecoder
-
-                row["graph_error"] = "; ".join(str(c.message) for c in caught)[:1000]
-                fast._graph = GraphDecoder(model, use_graph=False)
-                t_first, g_first = run_path(fast, frames, args.new_tokens)
-            first_stats = dict(fast.graph_decoder.last_stats)
-            t_fast, g_fast = run_path(fast, frames, args.new_tokens)
-            stats = dict(fast.graph_decoder.last_stats)
-            assert all(g.decode == "static_graph" for g in g_fast), "fast path fell back to generate"
-            row["static_graph"] = {
-                "s": round(t_fast, 3), "tokens_per_s": round(tokens / t_fast, 1), "clips_per_s": round(bs / t_fast, 2),
-                "peak_gib": _peak_gib(device), "first_call_s": round(t_first, 3),
-                "capture_s": round(first_stats.get("capture_s", 0.0), 3), "prefill_s": round(stats["prefill_s"], 3),
-                "decode_s": round(stats["decode_s"], 3), "graph": stats.get("graph"),
-                "ms_per_graph_step": round(1000 * stats["decode_s"] / max(1, stats["steps"] - 1), 2),
-            }
-            row["speedup"] = round(t_def / t_fast, 2)
-            row["match"] = match_stats(g_def, g_fast)
-            assert all(len(g.token_ids) == args.new_tokens for g in g_def + g_fast)
+            for label, cap in fast_paths:
+                measure_fast(row, label, cap, model, frames, tokens, args.new_tokens, t_def, g_def, device)
         except Exception as exc:  # noqa: BLE001
             if not _is_oom(exc):
                 raise
@@ -257,10 +306,10 @@ def main() -> None:
             break
         results.append(row)
         print(json.dumps(row), flush=True)
-        del frames, g_def, g_fast
+        del frames, g_def
     out = {"info": info, "results": results}
     if args.breakdown:
-        out["prefill_breakdown"] = breakdown(model, fast, clips(args.breakdown), device)
+        out["prefill_breakdown"] = breakdown(model, fast, clips(args.breakdown), device, args.compile_vision)
         print(json.dumps({"prefill_breakdown": out["prefill_breakdown"]}), flush=True)
     if args.fp32_check:
         del default, fast
@@ -278,6 +327,11 @@ def main() -> None:
             print(f"| {r['batch']} | {d['tokens_per_s']} | {f['tokens_per_s']} | {r['speedup']}x | "
                   f"{d['clips_per_s']} -> {f['clips_per_s']} | {d['peak_gib']} / {f['peak_gib']} | "
                   f"{r['match']['token_match']} |")
+        if "static_graph_compiled_vision" in r:
+            c = r["static_graph_compiled_vision"]
+            print(f"| {r['batch']} (compiled vision) | {r['default']['tokens_per_s']} | {c['tokens_per_s']} | "
+                  f"{r['speedup_static_graph_compiled_vision']}x | -> {c['clips_per_s']} | / {c['peak_gib']} | "
+                  f"{r['match_static_graph_compiled_vision']['token_match']} |")
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(out, fh, indent=1)

@@ -34,6 +34,7 @@ Graphs are cached per (batch, buffer length, position layout); the least recentl
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -103,8 +104,18 @@ def varlen_sdpa(module, query, key, value, attention_mask=None, dropout: float =
                      is_causal=is_causal, **kwargs)
     cu = cu_seq_lens_q.to(query.device)
     starts, lengths = cu[:-1], cu[1:] - cu[:-1]
-    out = torch.empty_like(query[0])  # (H, S, D)
     q0, k0, v0 = query[0], key[0], value[0]
+    uniform = _uniform_segments(cu, q0.shape[1])
+    if uniform:  # back-to-back segments of one length (every window of a 224 px frame): views, no copies
+        n, length = uniform
+
+        def split(t):  # (H, S, D) -> (n, H, length, D), a view
+            return t.view(t.shape[0], n, length, t.shape[2]).transpose(0, 1)
+
+        o = torch.nn.functional.scaled_dot_product_attention(
+            split(q0), split(k0), split(v0), dropout_p=0.0, is_causal=bool(is_causal), scale=scaling)
+        return o.transpose(1, 2).reshape(1, -1, o.shape[1], o.shape[3]), None  # (1, S, H, D)
+    out = torch.empty_like(query[0])  # (H, S, D)
     for length in torch.unique(lengths).tolist():
         if length == 0:
             continue
@@ -119,6 +130,16 @@ def varlen_sdpa(module, query, key, value, attention_mask=None, dropout: float =
             gather(q0), gather(k0), gather(v0), dropout_p=0.0, is_causal=bool(is_causal), scale=scaling)
         out.index_copy_(1, idx, o.transpose(0, 1).reshape(out.shape[0], -1, out.shape[2]))
     return out.unsqueeze(0).transpose(1, 2).contiguous(), None
+
+
+def _uniform_segments(cu: torch.Tensor, total: int) -> tuple[int, int] | None:
+    """(n, length) when the cumulative lengths ``cu`` cut [0, total) into n segments of one length."""
+    n = cu.numel() - 1
+    if n < 1 or total % n:
+        return None
+    length = total // n
+    expected = torch.arange(0, total + 1, length, device=cu.device, dtype=cu.dtype)
+    return (n, length) if length > 0 and torch.equal(cu, expected) else None
 
 
 def register_attention() -> None:
@@ -213,7 +234,7 @@ class GraphDecoder:
     """Greedy decoding with a static KV cache; the decoding step is a CUDA graph on GPUs."""
 
     def __init__(self, model, use_graph: bool | None = None, max_graphs: int = 2, check_every: int = 8,
-                 bucket: int = 64, fast_attention: bool = True):
+                 bucket: int = 64, fast_attention: bool = True, compile_vision: bool = False):
         if not supports_graph_decode(model):
             raise TypeError(f"{type(model).__name__} is not supported by the static-graph decoder")
         register_attention()
@@ -234,6 +255,12 @@ class GraphDecoder:
         qwen_vision = getattr(model.config, "model_type", "") in ("qwen2_vl", "qwen2_5_vl")
         self.vision_config = vision if (fast_attention and qwen_vision and vision is not None
                                         and vision._attn_implementation == "sdpa") else None
+        from vidcorpus.captioning.fast_vision import FastVision
+
+        # the prefill's vision tower: packed attention, the patch embedding as a matmul, optionally
+        # compiled blocks (fast_vision.py); off with fast_attention=False
+        self.fast_vision = FastVision(model, VARLEN_ATTENTION if self.vision_config is not None else None,
+                                      compile=compile_vision) if fast_attention else None
 
     # -- public -------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -252,7 +279,7 @@ class GraphDecoder:
 
         handle = self.lm.register_forward_pre_hook(hook, with_kwargs=True)
         try:
-            with _AttnSwitch(self.vision_config, VARLEN_ATTENTION if self.vision_config is not None else None):
+            with self.fast_vision or contextlib.nullcontext():
                 res = self.model.generate(
                     **inputs, max_new_tokens=first, min_new_tokens=min(min_new_tokens, first), do_sample=False,
                     num_beams=1, repetition_penalty=repetition_penalty, return_dict_in_generate=True,

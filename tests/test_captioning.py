@@ -417,6 +417,40 @@ def test_fast_attention_kernels_equal_sdpa():
              for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())]
     ref = torch.cat(parts, dim=2).transpose(1, 2)
     assert ours.shape == ref.shape == (1, 60, 4, 8) and torch.allclose(ours, ref, atol=1e-6)
+    # back-to-back windows of one length (every window of a 224 px frame): the view path, same result
+    cu = torch.arange(0, 61, 12)
+    ours, _ = varlen_sdpa(module, q, k, v, cu_seq_lens_q=cu, cu_seq_lens_k=cu, scaling=0.3, is_causal=False)
+    parts = [torch.nn.functional.scaled_dot_product_attention(q[:, :, a:a + 12], k[:, :, a:a + 12],
+                                                              v[:, :, a:a + 12], scale=0.3) for a in range(0, 60, 12)]
+    ref = torch.cat(parts, dim=2).transpose(1, 2)
+    assert ours.shape == ref.shape == (1, 60, 4, 8) and torch.allclose(ours, ref, atol=1e-6)
+
+
+def test_fast_vision_tower_matches_transformers(tiny_vlm):
+    """The prefill's vision tower (packed attention, the patch embedding as a matmul, compiled blocks)
+    gives transformers' outputs, and leaves the model as it was once the context ends."""
+    from vidcorpus.captioning.fast_decode import VARLEN_ATTENTION, register_attention
+    from vidcorpus.captioning.fast_vision import FastVision
+
+    register_attention()
+    cap = load_captioner(tiny_vlm, decode="default")
+    inputs = cap._inputs([_frames(s) for s in range(2)], PROMPTS["p1"]["long"])
+    vision = cap.model.model.visual
+    pix, grid = inputs["pixel_values_videos"], inputs["video_grid_thw"]
+    with torch.inference_mode():
+        ref = vision(pix, grid_thw=grid).pooler_output
+        for compile_blocks in (False, True):
+            fast = FastVision(cap.model, VARLEN_ATTENTION, compile=compile_blocks, compile_backend="eager")
+            with fast:
+                assert "forward" in vision.patch_embed.__dict__  # the matmul form is in place
+                got = vision(pix, grid_thw=grid).pooler_output
+                if compile_blocks:
+                    assert all(b._compiled_call_impl is not None for b in vision.blocks)
+            assert torch.allclose(got, ref, atol=1e-5), (got - ref).abs().max()
+            assert "forward" not in vision.patch_embed.__dict__
+            assert all(b._compiled_call_impl is None for b in vision.blocks)
+            assert cap.model.config.vision_config._attn_implementation == "sdpa"
+        assert torch.equal(vision(pix, grid_thw=grid).pooler_output, ref)
 
 
 def test_cleanup_on_vlm_style_output():
