@@ -89,25 +89,35 @@ def match_stats(a: list, b: list) -> dict:
             "median_first_divergence": float(np.median(first_diff))}
 
 
-def kernel_profile(fn, device, top: int = 12) -> dict:
-    """CUDA time of one call by kernel (the top few) and in all, from torch.profiler."""
+def kernel_profile(fn, device, top: int = 12, cpu: bool = False) -> dict:
+    """CUDA time of one call by kernel (the top few) and in all, from torch.profiler; with ``cpu``
+    also the wall time and the operators with the most self CPU time (host overhead)."""
     if device.type != "cuda":
         return {}
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    acts = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if cpu else [])
+    t = time.perf_counter()
+    with profile(activities=acts) as prof:
         fn()
         _sync(device)
-    rows = [(e.key, e.self_device_time_total) for e in prof.key_averages() if e.self_device_time_total > 0]
+    wall = time.perf_counter() - t
+    events = prof.key_averages()
+    rows = [(e.key, e.self_device_time_total) for e in events if e.self_device_time_total > 0]
     rows.sort(key=lambda r: -r[1])
     total = sum(t for _, t in rows)
-    return {"cuda_ms": round(total / 1000, 1),
-            "top": [{"kernel": k[:90], "ms": round(t / 1000, 1), "share": round(t / total, 3)} for k, t in rows[:top]]}
+    out = {"cuda_ms": round(total / 1000, 1),
+           "top": [{"kernel": k[:90], "ms": round(t / 1000, 1), "share": round(t / total, 3)} for k, t in rows[:top]]}
+    if cpu:
+        host = sorted(((e.key, e.self_cpu_time_total, e.count) for e in events), key=lambda r: -r[1])[:top]
+        out["wall_ms_profiled"] = round(1000 * wall, 1)
+        out["cpu_top"] = [{"op": k[:70], "self_cpu_ms": round(t / 1000, 1), "calls": n} for k, t, n in host]
+    return out
 
 
-def breakdown(model, cap, frames, device, compile_vision: bool = False) -> dict:
+def breakdown(model, cap, frames, device, compile_prefill: bool = False) -> dict:
     """Seconds of the prefill's parts at one batch size: the vision tower with transformers' SDPA loop,
-    with the packed attention alone, and in the static path's fast form (fast_vision.py, with and
+    with the packed attention alone, and in the static path's fast form (fast_prefill.py, with and
     without compiled blocks, with a kernel profile), and a one-token ``generate`` (vision + language
     prefill)."""
     from vidcorpus.captioning.fast_decode import VARLEN_ATTENTION, _AttnSwitch, register_attention
@@ -128,16 +138,16 @@ def breakdown(model, cap, frames, device, compile_vision: bool = False) -> dict:
         _sync(device)
         return round(time.perf_counter() - t, 3)
 
-    from vidcorpus.captioning.fast_vision import FastVision
+    from vidcorpus.captioning.fast_prefill import FastPrefill
 
     with torch.inference_mode():
         pix, grid = inputs["pixel_values_videos"], inputs["video_grid_thw"]
         out["vision_sdpa_loop_s"] = timed(lambda: vision(pix, grid_thw=grid))
-        with FastVision(model, VARLEN_ATTENTION):
+        with FastPrefill(model, VARLEN_ATTENTION):
             out["vision_fast_s"] = timed(lambda: vision(pix, grid_thw=grid))
             out["vision_fast_profile"] = kernel_profile(lambda: vision(pix, grid_thw=grid), device)
-        if compile_vision:
-            fv = FastVision(model, VARLEN_ATTENTION, compile=True)
+        if compile_prefill:
+            fv = FastPrefill(model, VARLEN_ATTENTION, compile=True)
             with fv:
                 _sync(device)
                 t = time.perf_counter()
@@ -146,6 +156,13 @@ def breakdown(model, cap, frames, device, compile_vision: bool = False) -> dict:
                 out["vision_fast_compiled_first_call_s"] = round(time.perf_counter() - t, 2)
                 out["vision_fast_compiled_s"] = timed(lambda: vision(pix, grid_thw=grid))
                 out["vision_fast_compiled_profile"] = kernel_profile(lambda: vision(pix, grid_thw=grid), device)
+                gen1 = lambda: model.generate(**inputs, max_new_tokens=1, do_sample=False)  # noqa: E731
+                out["generate_1_token_fast_prefill_compiled_s"] = timed(gen1)
+                out["generate_1_token_fast_prefill_compiled_profile"] = kernel_profile(gen1, device, cpu=True)
+        with FastPrefill(model, VARLEN_ATTENTION):
+            gen1 = lambda: model.generate(**inputs, max_new_tokens=1, do_sample=False)  # noqa: E731
+            out["generate_1_token_fast_prefill_s"] = timed(gen1)
+            out["generate_1_token_fast_prefill_profile"] = kernel_profile(gen1, device, cpu=True)
         with _AttnSwitch(model.config.vision_config, VARLEN_ATTENTION):
             out["vision_packed_s"] = timed(lambda: vision(pix, grid_thw=grid))
             out["generate_1_token_packed_vision_s"] = timed(
@@ -195,7 +212,7 @@ def measure_fast(row: dict, label: str, cap, model, frames, tokens: int, new_tok
         from vidcorpus.captioning.fast_decode import GraphDecoder
 
         row[label + "_graph_error"] = "; ".join(str(c.message) for c in caught)[:1000]
-        cap._graph = GraphDecoder(model, use_graph=False, compile_vision=cap.compile_vision)
+        cap._graph = GraphDecoder(model, use_graph=False, compile_prefill=cap.compile_prefill)
         t_first, g_first = run_path(cap, frames, new_tokens)
     first_stats = dict(cap.graph_decoder.last_stats)
     t_fast, g_fast = run_path(cap, frames, new_tokens)
@@ -228,8 +245,8 @@ def main() -> None:
     ap.add_argument("--fp32-check", type=int, default=0, help="also compare both paths' tokens in float32 on this "
                     "many clips of two sizes (left padding): bf16 rounding aside, they must agree")
     ap.add_argument("--breakdown", type=int, default=0, help="time the prefill's parts at this batch size")
-    ap.add_argument("--compile-vision", action="store_true", help="also measure the static path with "
-                    "captioning.compile_vision (torch.compile'd vision blocks), as a third path")
+    ap.add_argument("--compile-prefill", action="store_true", help="also measure the static path with "
+                    "captioning.compile_prefill (regional torch.compile of the prefill), as a third path")
     args = ap.parse_args()
 
     from vidcorpus.captioning.models import Captioner, get_prompt
@@ -253,9 +270,9 @@ def main() -> None:
     default = Captioner(model, processor, "bench", device, dtype, decode="default", **common)
     fast = Captioner(model, processor, "bench", device, dtype, decode="static_graph", **common)
     fast_paths = [("static_graph", fast)]
-    if args.compile_vision:
-        fast_paths.append(("static_graph_compiled_vision", Captioner(
-            model, processor, "bench", device, dtype, decode="static_graph", compile_vision=True, **common)))
+    if args.compile_prefill:
+        fast_paths.append(("static_graph_compiled_prefill", Captioner(
+            model, processor, "bench", device, dtype, decode="static_graph", compile_prefill=True, **common)))
     rng = np.random.default_rng(0)
 
     def clips(n: int) -> list[np.ndarray]:
@@ -269,6 +286,9 @@ def main() -> None:
     results = []
     last_default, last_bs = 0.0, 0
     for bs in [int(b) for b in args.batches.split(",") if b]:
+        for _label, cap in fast_paths:  # one batch size at a time, as in production: drop other sizes' graphs
+            if cap._graph:
+                cap._graph.slots.clear()
         # the default path's time: per-step overhead at small batches (batch 1 -> 64 costs about 1.5x),
         # then at most linear in the batch
         ratio = bs / last_bs if last_bs else 0.0
@@ -309,7 +329,7 @@ def main() -> None:
         del frames, g_def
     out = {"info": info, "results": results}
     if args.breakdown:
-        out["prefill_breakdown"] = breakdown(model, fast, clips(args.breakdown), device, args.compile_vision)
+        out["prefill_breakdown"] = breakdown(model, fast, clips(args.breakdown), device, args.compile_prefill)
         print(json.dumps({"prefill_breakdown": out["prefill_breakdown"]}), flush=True)
     if args.fp32_check:
         del default, fast
@@ -327,11 +347,11 @@ def main() -> None:
             print(f"| {r['batch']} | {d['tokens_per_s']} | {f['tokens_per_s']} | {r['speedup']}x | "
                   f"{d['clips_per_s']} -> {f['clips_per_s']} | {d['peak_gib']} / {f['peak_gib']} | "
                   f"{r['match']['token_match']} |")
-        if "static_graph_compiled_vision" in r:
-            c = r["static_graph_compiled_vision"]
-            print(f"| {r['batch']} (compiled vision) | {r['default']['tokens_per_s']} | {c['tokens_per_s']} | "
-                  f"{r['speedup_static_graph_compiled_vision']}x | -> {c['clips_per_s']} | / {c['peak_gib']} | "
-                  f"{r['match_static_graph_compiled_vision']['token_match']} |")
+        if "static_graph_compiled_prefill" in r:
+            c = r["static_graph_compiled_prefill"]
+            print(f"| {r['batch']} (compiled prefill) | {r['default']['tokens_per_s']} | {c['tokens_per_s']} | "
+                  f"{r['speedup_static_graph_compiled_prefill']}x | -> {c['clips_per_s']} | / {c['peak_gib']} | "
+                  f"{r['match_static_graph_compiled_prefill']['token_match']} |")
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(out, fh, indent=1)

@@ -234,7 +234,7 @@ class GraphDecoder:
     """Greedy decoding with a static KV cache; the decoding step is a CUDA graph on GPUs."""
 
     def __init__(self, model, use_graph: bool | None = None, max_graphs: int = 2, check_every: int = 8,
-                 bucket: int = 64, fast_attention: bool = True, compile_vision: bool = False):
+                 bucket: int = 64, fast_attention: bool = True, compile_prefill: bool = False):
         if not supports_graph_decode(model):
             raise TypeError(f"{type(model).__name__} is not supported by the static-graph decoder")
         register_attention()
@@ -255,12 +255,12 @@ class GraphDecoder:
         qwen_vision = getattr(model.config, "model_type", "") in ("qwen2_vl", "qwen2_5_vl")
         self.vision_config = vision if (fast_attention and qwen_vision and vision is not None
                                         and vision._attn_implementation == "sdpa") else None
-        from vidcorpus.captioning.fast_vision import FastVision
+        from vidcorpus.captioning.fast_prefill import FastPrefill
 
-        # the prefill's vision tower: packed attention, the patch embedding as a matmul, optionally
-        # compiled blocks (fast_vision.py); off with fast_attention=False
-        self.fast_vision = FastVision(model, VARLEN_ATTENTION if self.vision_config is not None else None,
-                                      compile=compile_vision) if fast_attention else None
+        # the prefill: packed vision attention, the patch embedding as a matmul, the rope index on the
+        # CPU, optionally compiled blocks (fast_prefill.py); off with fast_attention=False
+        self.fast_prefill = FastPrefill(model, VARLEN_ATTENTION if self.vision_config is not None else None,
+                                      compile=compile_prefill) if fast_attention else None
 
     # -- public -------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -279,7 +279,7 @@ class GraphDecoder:
 
         handle = self.lm.register_forward_pre_hook(hook, with_kwargs=True)
         try:
-            with self.fast_vision or contextlib.nullcontext():
+            with self.fast_prefill or contextlib.nullcontext():
                 res = self.model.generate(
                     **inputs, max_new_tokens=first, min_new_tokens=min(min_new_tokens, first), do_sample=False,
                     num_beams=1, repetition_penalty=repetition_penalty, return_dict_in_generate=True,

@@ -210,20 +210,21 @@ class Captioner:
     def __init__(self, model, processor, name: str, device: torch.device, dtype: torch.dtype,
                  batch_size: int = 8, min_new_tokens: int = 4, prompt_version: str = "p1",
                  decode: str = "static_graph", repetition_penalty: float = 1.0, max_pixels: int | None = None,
-                 compile_vision: bool = False):
+                 compile_prefill: bool = False):
         """``decode``: "default" (transformers' ``generate``) or "static_graph" (static KV cache and a
         CUDA-graph decoding step, captioning/fast_decode.py; same greedy tokens, several times the
         throughput on GPUs). Models it does not support (BLIP) use ``generate`` either way.
         ``max_pixels``: frames larger than this are downscaled (aspect kept) before the processor,
         which then resizes to the model's own grid (patch multiples, its pixel limits).
-        ``compile_vision``: on the static_graph path, ``torch.compile`` the Qwen-VL vision blocks
-        (captioning/fast_vision.py; a compile per batch shape, then a faster prefill)."""
+        ``compile_prefill``: on the static_graph path, ``torch.compile`` the Qwen-VL vision blocks and
+        the language model's norms and MLPs for the prefill (captioning/fast_prefill.py; compiles per
+        batch shape, then a faster prefill)."""
         if decode not in ("default", "static_graph"):
             raise ValueError(f"captioning decode must be 'default' or 'static_graph', not {decode!r}")
         self.decode = decode
         self.repetition_penalty = repetition_penalty
         self.max_pixels = max_pixels
-        self.compile_vision = compile_vision
+        self.compile_prefill = compile_prefill
         self._graph = None
         self._gpu_preprocess = True
         self.model = model
@@ -305,7 +306,7 @@ class Captioner:
         if self._graph is None:
             from vidcorpus.captioning.fast_decode import GraphDecoder, supports_graph_decode
 
-            self._graph = (GraphDecoder(self.model, compile_vision=self.compile_vision)
+            self._graph = (GraphDecoder(self.model, compile_prefill=self.compile_prefill)
                            if supports_graph_decode(self.model) else False)
         return self._graph or None
 
@@ -438,7 +439,7 @@ def _auto_model_class():
 def load_captioner(name_or_dir: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                    batch_size: int = 8, min_new_tokens: int = 4, prompt_version: str = "p1",
                    decode: str = "static_graph", repetition_penalty: float = 1.0,
-                   max_pixels: int | None = None, compile_vision: bool = False) -> Captioner:
+                   max_pixels: int | None = None, compile_prefill: bool = False) -> Captioner:
     """Load any image-text-to-text captioner (hub id or local dir) the same way; fail fast if missing."""
     from vidcorpus.presets import require_hf_model
 
@@ -459,7 +460,7 @@ def load_captioner(name_or_dir: str, device: str | torch.device | None = None, d
     return Captioner(model, processor, name, device, dtype, batch_size=batch_size,
                      min_new_tokens=min_new_tokens, prompt_version=prompt_version, decode=decode,
                      repetition_penalty=repetition_penalty, max_pixels=max_pixels,
-                     compile_vision=compile_vision)
+                     compile_prefill=compile_prefill)
 
 
 # --- Tiny chat VLM (Qwen2.5-VL architecture), built offline --------------------------------------

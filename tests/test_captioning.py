@@ -426,29 +426,38 @@ def test_fast_attention_kernels_equal_sdpa():
     assert ours.shape == ref.shape == (1, 60, 4, 8) and torch.allclose(ours, ref, atol=1e-6)
 
 
-def test_fast_vision_tower_matches_transformers(tiny_vlm):
-    """The prefill's vision tower (packed attention, the patch embedding as a matmul, compiled blocks)
-    gives transformers' outputs, and leaves the model as it was once the context ends."""
+def test_fast_prefill_matches_transformers(tiny_vlm):
+    """The static path's prefill forms (packed vision attention, the patch embedding as a matmul, the
+    rope index on CPU copies, compiled blocks) give transformers' vision outputs and generated tokens,
+    and leave the model as it was once the context ends."""
     from vidcorpus.captioning.fast_decode import VARLEN_ATTENTION, register_attention
-    from vidcorpus.captioning.fast_vision import FastVision
+    from vidcorpus.captioning.fast_prefill import FastPrefill
 
     register_attention()
     cap = load_captioner(tiny_vlm, decode="default")
     inputs = cap._inputs([_frames(s) for s in range(2)], PROMPTS["p1"]["long"])
     vision = cap.model.model.visual
     pix, grid = inputs["pixel_values_videos"], inputs["video_grid_thw"]
+    lm_layers = cap.model.model.language_model.layers
     with torch.inference_mode():
         ref = vision(pix, grid_thw=grid).pooler_output
+        ref_gen = cap.model.generate(**inputs, max_new_tokens=6, do_sample=False)
         for compile_blocks in (False, True):
-            fast = FastVision(cap.model, VARLEN_ATTENTION, compile=compile_blocks, compile_backend="eager")
+            fast = FastPrefill(cap.model, VARLEN_ATTENTION, compile=compile_blocks, compile_backend="eager",
+                               cpu_rope=True)
             with fast:
                 assert "forward" in vision.patch_embed.__dict__  # the matmul form is in place
+                assert "get_rope_index" in cap.model.model.__dict__
                 got = vision(pix, grid_thw=grid).pooler_output
+                got_gen = cap.model.generate(**inputs, max_new_tokens=6, do_sample=False)
                 if compile_blocks:
                     assert all(b._compiled_call_impl is not None for b in vision.blocks)
+                    assert all(layer.mlp._compiled_call_impl is not None for layer in lm_layers)
             assert torch.allclose(got, ref, atol=1e-5), (got - ref).abs().max()
-            assert "forward" not in vision.patch_embed.__dict__
+            assert torch.equal(got_gen, ref_gen)  # float32: the same greedy tokens as transformers
+            assert "forward" not in vision.patch_embed.__dict__ and "get_rope_index" not in cap.model.model.__dict__
             assert all(b._compiled_call_impl is None for b in vision.blocks)
+            assert all(layer.mlp._compiled_call_impl is None for layer in lm_layers)
             assert cap.model.config.vision_config._attn_implementation == "sdpa"
         assert torch.equal(vision(pix, grid_thw=grid).pooler_output, ref)
 
