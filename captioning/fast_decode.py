@@ -203,6 +203,7 @@ class _Slot:
     valid: torch.Tensor  # (B, M) bool: prompt mask, True for generated positions
     out: torch.Tensor  # (B, max_new) generated tokens
     seen: torch.Tensor | None  # (B, V) bool, for the repetition penalty
+    eos: torch.Tensor  # (E,) the stop token ids, owned by the slot (a captured graph reads its memory)
     graph: object = None
 
 
@@ -302,13 +303,13 @@ class GraphDecoder:
         if layers is None:
             raise RuntimeError("graph decoding needs transformers >= 4.56 caches (past_key_values.layers)")
         length = -(-(prompt_len + max_new_tokens) // self.bucket) * self.bucket
-        key = (batch, length, tuple(pos2.shape), repetition_penalty != 1.0, max_new_tokens,
-               tuple(eos.tolist()))
+        # everything a captured step bakes in is in the key (the penalty's value is a constant of the graph)
+        key = (batch, length, tuple(pos2.shape), float(repetition_penalty), max_new_tokens, tuple(eos.tolist()))
         slot = self.slots.pop(key, None)
         if slot is None:
             while len(self.slots) >= self.max_graphs:
                 self.slots.popitem(last=False)
-            slot = self._new_slot(layers, batch, length, pos2, max_new_tokens, repetition_penalty)
+            slot = self._new_slot(layers, batch, length, pos2, max_new_tokens, repetition_penalty, eos)
         self.slots[key] = slot  # most recently used last
 
         # load this call's state into the slot's fixed tensors
@@ -332,14 +333,14 @@ class GraphDecoder:
 
         t2 = time.perf_counter()
         if self.use_graph and slot.graph is None:
-            self._capture(slot, eos, repetition_penalty, prompt_len, new)
+            self._capture(slot, repetition_penalty, prompt_len, new)
         t3 = time.perf_counter()
         steps = max_new_tokens - 2
         for s in range(steps):
             if slot.graph is not None:
                 slot.graph.replay()
             else:
-                self._step(slot, eos, repetition_penalty)
+                self._step(slot, repetition_penalty)
             if (s + 1) % self.check_every == 0 and s + 1 < steps:
                 if torch.isin(slot.out[:, :s + 3], eos).any(1).all():  # one sync every check_every steps
                     steps = s + 1
@@ -360,7 +361,8 @@ class GraphDecoder:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _new_slot(self, layers, batch: int, length: int, pos2: torch.Tensor, max_new: int, rp: float) -> _Slot:
+    def _new_slot(self, layers, batch: int, length: int, pos2: torch.Tensor, max_new: int, rp: float,
+                  eos: torch.Tensor) -> _Slot:
         keys, values = [], []
         for layer in layers:
             k, v = layer.keys, layer.values
@@ -378,6 +380,7 @@ class GraphDecoder:
             valid=torch.ones((batch, length), dtype=torch.bool, device=self.device),
             out=torch.zeros((batch, max_new), dtype=torch.long, device=self.device),
             seen=torch.zeros((batch, vocab), dtype=torch.bool, device=self.device) if rp != 1.0 else None,
+            eos=eos.clone(),
         )
 
     @staticmethod
@@ -385,8 +388,12 @@ class GraphDecoder:
         slot.tok.copy_(new[:, 1:2])
         slot.pos_now.fill_(prompt_len + 1)  # token 2 goes to cache index L + 1
 
-    def _step(self, slot: _Slot, eos: torch.Tensor, rp: float) -> None:
-        """One decoding step, device work only: feed slot.tok at slot.pos_now, write the next token."""
+    def _step(self, slot: _Slot, rp: float) -> None:
+        """One decoding step, device work only: feed slot.tok at slot.pos_now, write the next token.
+
+        A captured graph replays with the memory of every tensor it read at capture: so the step reads
+        only the slot's own tensors and the model's weights, never a tensor made per call."""
+        eos = slot.eos
         length = slot.valid.shape[1]
         arange = torch.arange(length, device=self.device)
         mask = (slot.valid & (arange <= slot.pos_now)).view(slot.valid.shape[0], 1, 1, length)
@@ -410,21 +417,21 @@ class GraphDecoder:
         slot.tok.copy_(nxt.view(-1, 1))
         slot.pos_now.add_(1)
 
-    def _capture(self, slot: _Slot, eos: torch.Tensor, rp: float, prompt_len: int, new: torch.Tensor) -> None:
+    def _capture(self, slot: _Slot, rp: float, prompt_len: int, new: torch.Tensor) -> None:
         saved_seen = slot.seen.clone() if slot.seen is not None else None
         saved_out = slot.out.clone()
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             for _ in range(2):  # warm-up: lazy kernels, cuBLAS workspaces
-                self._step(slot, eos, rp)
+                self._step(slot, rp)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         # warm-up advanced the state: put it back (the KV written past the prompt is masked until
         # it is overwritten by the real step at that index)
         self._reset(slot, prompt_len, new)
         with torch.cuda.graph(graph):
-            self._step(slot, eos, rp)
+            self._step(slot, rp)
         # capture records without running; make sure the state is the call's starting state
         self._reset(slot, prompt_len, new)
         slot.out.copy_(saved_out)

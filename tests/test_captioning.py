@@ -311,6 +311,52 @@ def test_static_graph_stops_at_eos(tiny_vlm):
     assert (got[0, 4:] == cap.tokenizer.pad_token_id).all()
 
 
+def test_captured_step_reads_only_slot_tensors_and_weights(tiny_vlm):
+    """A CUDA graph replays with the memory of the tensors it read at capture. So the decoding step may
+    read only the model's weights, its slot's tensors and what it makes itself: a tensor made per call
+    (the stop ids were) is freed after that call and a later replay reads whatever took its place (an
+    index-out-of-bounds assert on the third call of one batch shape on an H100)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    from vidcorpus.captioning.fast_decode import GraphDecoder
+
+    cap = load_captioner(tiny_vlm, decode="default")
+    inputs = cap._inputs([_frames(s) for s in range(2)], PROMPTS["p1"]["short"])
+    dec = GraphDecoder(cap.model, use_graph=False)
+    with torch.inference_mode():
+        dec.generate(inputs, 6, 6, [cap.model.generation_config.eos_token_id], cap.tokenizer.pad_token_id,
+                     repetition_penalty=1.3)
+    (key, slot), = dec.slots.items()
+
+    def ptr(t):
+        return t.untyped_storage().data_ptr()
+
+    class Reads(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.read, self.made = [], set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            self.read += [(func, t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+            out = func(*args, **kwargs)
+            self.made.update(ptr(t) for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+            return out
+
+    owned = {ptr(t) for t in list(cap.model.parameters()) + list(cap.model.buffers())}
+    owned.update(ptr(t) for t in tree_leaves(vars(slot)) if isinstance(t, torch.Tensor))
+    owned.update(ptr(t) for t in slot.cache.keys + slot.cache.values + [slot.cache.index])
+    reads = Reads()
+    with torch.inference_mode():
+        dec._reset(slot, int(slot.prompt_len), slot.out.clone())  # back to the state a replay starts from
+        with reads:
+            dec._step(slot, key[3])
+    foreign = [(str(func), tuple(t.shape)) for func, t in reads.read
+               if t.dim() > 0 and ptr(t) not in owned | reads.made]
+    assert not foreign, foreign
+
+
 def test_blip_ignores_static_graph(tiny_dir):
     cap = load_captioner(tiny_dir)  # decode defaults to static_graph; BLIP is not a chat model
     assert cap.graph_decoder is None
