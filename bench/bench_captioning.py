@@ -215,12 +215,14 @@ def measure_fast(row: dict, label: str, cap, model, frames, tokens: int, new_tok
         cap._graph = GraphDecoder(model, use_graph=False, compile_prefill=cap.compile_prefill)
         t_first, g_first = run_path(cap, frames, new_tokens)
     first_stats = dict(cap.graph_decoder.last_stats)
-    t_fast, g_fast = run_path(cap, frames, new_tokens)
+    calls = [run_path(cap, frames, new_tokens) for _ in range(2)]  # the same graph replayed in 2 more calls
+    t_fast, g_fast = min(c[0] for c in calls), calls[-1][1]
     stats = dict(cap.graph_decoder.last_stats)
+    assert all([g.token_ids for g in c[1]] == [g.token_ids for g in g_fast] for c in calls), "replays differ"
     assert all(g.decode == "static_graph" for g in g_fast), "fast path fell back to generate"
     bs = len(frames)
     row[label] = {
-        "s": round(t_fast, 3), "tokens_per_s": round(tokens / t_fast, 1), "clips_per_s": round(bs / t_fast, 2),
+        "s": round(t_fast, 3), "calls_s": [round(c[0], 3) for c in calls], "tokens_per_s": round(tokens / t_fast, 1), "clips_per_s": round(bs / t_fast, 2),
         "peak_gib": _peak_gib(device), "first_call_s": round(t_first, 3),
         "capture_s": round(first_stats.get("capture_s", 0.0), 3), "prefill_s": round(stats["prefill_s"], 3),
         "decode_s": round(stats["decode_s"], 3), "graph": stats.get("graph"),
