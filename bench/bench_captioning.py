@@ -216,7 +216,7 @@ def measure_fast(row: dict, label: str, cap, model, frames, tokens: int, new_tok
         t_first, g_first = run_path(cap, frames, new_tokens)
     first_stats = dict(cap.graph_decoder.last_stats)
     calls = [run_path(cap, frames, new_tokens) for _ in range(2)]  # the same graph replayed in 2 more calls
-    t_fast, g_fast = min(c[0] for c in calls), calls[-1][1]
+    t_fast, g_fast = sum(c[0] for c in calls) / len(calls), calls[-1][1]
     stats = dict(cap.graph_decoder.last_stats)
     assert all([g.token_ids for g in c[1]] == [g.token_ids for g in g_fast] for c in calls), "replays differ"
     assert all(g.decode == "static_graph" for g in g_fast), "fast path fell back to generate"
