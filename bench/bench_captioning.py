@@ -179,7 +179,7 @@ def fp32_check(args, device) -> dict:
     from vidcorpus.captioning.models import Captioner
 
     model, processor, _, _ = build(args.size, device, torch.float32, args.px, min_px=112)
-    common = dict(min_new_tokens=args.new_tokens, prompt_version="p1")
+    common = dict(min_new_tokens=args.new_tokens, prompt_version="p1", compile_prefill=False)
     default = Captioner(model, processor, "bench", device, torch.float32, decode="default", **common)
     fast = Captioner(model, processor, "bench", device, torch.float32, decode="static_graph", **common)
     rng = np.random.default_rng(1)
@@ -270,13 +270,13 @@ def main() -> None:
         "command": " ".join(sys.argv),
     }
     print(json.dumps(info), flush=True)
-    common = dict(min_new_tokens=args.new_tokens, prompt_version="p1")
+    common = dict(min_new_tokens=args.new_tokens, prompt_version="p1", compile_prefill=False)
     default = Captioner(model, processor, "bench", device, dtype, decode="default", **common)
     fast = Captioner(model, processor, "bench", device, dtype, decode="static_graph", **common)
     fast_paths = [("static_graph", fast)]
     if args.compile_prefill:
         fast_paths.append(("static_graph_compiled_prefill", Captioner(
-            model, processor, "bench", device, dtype, decode="static_graph", compile_prefill=True, **common)))
+            model, processor, "bench", device, dtype, decode="static_graph", **{**common, "compile_prefill": True})))
     rng = np.random.default_rng(0)
 
     def clips(n: int) -> list[np.ndarray]:

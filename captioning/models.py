@@ -210,7 +210,7 @@ class Captioner:
     def __init__(self, model, processor, name: str, device: torch.device, dtype: torch.dtype,
                  batch_size: int = 8, min_new_tokens: int = 4, prompt_version: str = "p1",
                  decode: str = "static_graph", repetition_penalty: float = 1.0, max_pixels: int | None = None,
-                 compile_prefill: bool = False):
+                 compile_prefill: bool | None = None):
         """``decode``: "default" (transformers' ``generate``) or "static_graph" (static KV cache and a
         CUDA-graph decoding step, captioning/fast_decode.py; same greedy tokens, several times the
         throughput on GPUs). Models it does not support (BLIP) use ``generate`` either way.
@@ -218,13 +218,13 @@ class Captioner:
         which then resizes to the model's own grid (patch multiples, its pixel limits).
         ``compile_prefill``: on the static_graph path, ``torch.compile`` the Qwen-VL vision blocks and
         the language model's norms and MLPs for the prefill (captioning/fast_prefill.py; compiles per
-        batch shape, then a faster prefill)."""
+        batch shape, then a faster prefill); None: on GPUs only."""
         if decode not in ("default", "static_graph"):
             raise ValueError(f"captioning decode must be 'default' or 'static_graph', not {decode!r}")
         self.decode = decode
         self.repetition_penalty = repetition_penalty
         self.max_pixels = max_pixels
-        self.compile_prefill = compile_prefill
+        self.compile_prefill = device.type == "cuda" if compile_prefill is None else compile_prefill
         self._graph = None
         self._gpu_preprocess = True
         self.model = model
@@ -439,7 +439,7 @@ def _auto_model_class():
 def load_captioner(name_or_dir: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                    batch_size: int = 8, min_new_tokens: int = 4, prompt_version: str = "p1",
                    decode: str = "static_graph", repetition_penalty: float = 1.0,
-                   max_pixels: int | None = None, compile_prefill: bool = False) -> Captioner:
+                   max_pixels: int | None = None, compile_prefill: bool | None = None) -> Captioner:
     """Load any image-text-to-text captioner (hub id or local dir) the same way; fail fast if missing."""
     from vidcorpus.presets import require_hf_model
 
