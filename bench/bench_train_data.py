@@ -166,6 +166,11 @@ def main() -> None:
                     help="synthetic: only the loop's own step rate (e.g. to time --compile once).")
     ap.add_argument("--parallel", choices=["ddp", "fsdp"], default="ddp",
                     help="under torchrun (WORLD_SIZE > 1): train.parallel; samples/s are counted over all ranks")
+    ap.add_argument("--ddp-bucket-mb", type=int, default=25, help="train.ddp_bucket_mb")
+    ap.add_argument("--ddp-bucket-view", action="store_true", help="train.ddp_bucket_view")
+    ap.add_argument("--group-of-one", action="store_true",
+                    help="without torchrun: a process group of one rank, so the step runs under DDP (its buckets, "
+                         "hooks and, compiled, dynamo's DDP graph splits) with nothing to communicate")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     import os
@@ -173,6 +178,12 @@ def main() -> None:
     from vidcorpus.train.launch import init_torchrun
 
     distributed = init_torchrun()
+    if args.group_of_one and not distributed:
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", init_method="tcp://127.0.0.1:29517",
+                                rank=0, world_size=1)
+        distributed = True
     rank = int(os.environ.get("RANK", 0))
 
     from vidcorpus.config import TrainConfig
@@ -191,7 +202,8 @@ def main() -> None:
                       width=args.width, fps=8, mixed_precision="bf16", log_every=args.log_every,
                       num_workers=args.workers, shuffle_buffer=16, tensorboard=False, warmup_steps=2,
                       gradient_checkpointing=args.gradient_checkpointing, compile=args.compile,
-                      compile_mode=args.compile_mode, parallel=args.parallel)
+                      compile_mode=args.compile_mode, parallel=args.parallel, ddp_bucket_mb=args.ddp_bucket_mb,
+                      ddp_bucket_view=args.ddp_bucket_view)
     if args.compile_cache and Path(args.compile_cache).exists():
         info = torch.compiler.load_cache_artifacts(Path(args.compile_cache).read_bytes())
         print(f"loaded compile cache {args.compile_cache}: {info}", flush=True)
