@@ -22,6 +22,14 @@ class RayConfig(Section):
     num_cpus: int | None = Field(None, description="CPUs for a local Ray; None uses all cores.")
     actor_cpus: float = Field(0.25, description="CPUs each model actor reserves; fractional so read tasks never starve.")
     task_cpus: float = Field(0.5, description="CPUs each CPU stage task reserves.")
+    # Bounds the work in flight. One Ray Dataset over a whole run let the CPU stages run over most
+    # of the input before the first clip reached the driver (the CLIP stage gathers up to 4,096
+    # clips per call), so a killed driver redid the run. A window's sources are marked done as soon
+    # as it is committed; the next window starts when the current one's first results arrive, so
+    # its CPU stages overlap the current one's model stages (at most two windows in flight).
+    window_sources: int = Field(
+        256, ge=1, description="Sources per pipeline window: a killed driver redoes at most two windows. "
+                               "Each window starts its own model actors, so not much smaller.")
 
 
 class IngestConfig(Section):

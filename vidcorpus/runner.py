@@ -196,29 +196,83 @@ def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSu
     ctx.enable_progress_bars = progress
     ctx.verbose_progress = False
     resources = ray.cluster_resources()
-    ds = build_dataset(cfg, todo, resources.get("GPU", 0.0), resources.get("CPU", 2.0))
-    seen: set[str] = set()
+    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 2.0)
+    size = cfg.ray.window_sources
+    windows = [todo[i:i + size] for i in range(0, len(todo), size)]
     failed: set[str] = set()
     from vidcorpus.filters.dedup import write_embedding_batch
 
-    embedded: list[str] = []
     # Commit as results stream in: a crash loses at most the batches not yet committed, and a
     # rerun re-processes only sources that were not marked done (upserts keep it duplicate-free).
-    for batch in ds.iter_batches(batch_size=COMMIT_ROWS, batch_format="pyarrow"):
+    # A window's sources are marked done once all its rows are committed (and deduplicated), so a
+    # killed driver redoes at most the windows in flight.
+    seen: dict[int, set[str]] = {}
+    embedded: dict[int, list[str]] = {}
+    for w, batch in _window_batches(cfg, windows, gpus, cpus):
+        if batch is None:  # window w is whole
+            if cfg.filters.dedup and embedded.get(w):
+                dedup_and_redecide(cfg, catalog, run_id, embedded[w], log)
+            catalog.mark_sources_done(seen.pop(w, set()) - failed)
+            embedded.pop(w, None)
+            continue
         rows = batch.to_pylist()
         for r in rows:
-            seen.add(r["source_id"])
+            seen.setdefault(w, set()).add(r["source_id"])
             if r.get("error_class"):
                 failed.add(r["source_id"])
                 summary.failures += 1
         index = write_embedding_batch(cfg.url("embeddings"), run_id, summary.rows_committed, rows)
         catalog.commit_results(run_id, rows, failed_before=failed)
         catalog.commit_embeddings(run_id, index)  # after the Parquet file is whole
-        embedded += [r["clip_id"] for r in index]
+        embedded.setdefault(w, []).extend(r["clip_id"] for r in index)
         summary.rows_committed += len(rows)
-    catalog.mark_sources_done(seen - failed)
-    if cfg.filters.dedup and embedded:
-        dedup_and_redecide(cfg, catalog, run_id, embedded, log)
+
+
+def _window_batches(cfg: Config, windows: list[list[dict]], gpus: float, cpus: float):
+    """(window index, result batch) as they come, then (window index, None) when a window is whole.
+
+    Each window is its own Ray Dataset, read by a thread. The next window starts when the newest
+    one's first result arrives (its CPU stages are then mostly done: the CLIP stage gathers its
+    input before it calls the model) or when it ends, and at most two windows run at once: the
+    next window's CPU stages overlap this one's model stages.
+    """
+    import queue
+    import threading
+
+    results: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def pump(w: int) -> None:
+        try:
+            ds = build_dataset(cfg, windows[w], gpus, cpus)
+            for batch in ds.iter_batches(batch_size=COMMIT_ROWS, batch_format="pyarrow"):
+                if stop.is_set():
+                    return
+                results.put((w, batch))
+            results.put((w, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the driver's thread, raised there
+            results.put((w, e))
+
+    running: set[int] = set()
+    started = 0
+    newest_has_output = False
+    try:
+        while started < len(windows) or running:
+            if started < len(windows) and (not running or (len(running) < 2 and newest_has_output)):
+                running.add(started)
+                threading.Thread(target=pump, args=(started,), name=f"vidcorpus-window-{started}", daemon=True).start()
+                started += 1
+                newest_has_output = False
+            w, item = results.get()
+            if isinstance(item, BaseException):
+                raise item
+            if w == started - 1:
+                newest_has_output = True
+            if item is None:
+                running.discard(w)
+            yield w, item
+    finally:
+        stop.set()  # a failed window stops the others at their next batch
 
 
 def dedup_and_redecide(cfg: Config, catalog, run_id: str, new_clip_ids: list[str] | None, log=print) -> int:
