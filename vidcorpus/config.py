@@ -27,8 +27,8 @@ class RayConfig(Section):
     # clips per call), so a killed driver redid the run. A window's sources are marked done as soon
     # as it is committed; the next window starts when the current one's first results arrive, so
     # its CPU stages overlap the current one's model stages (at most two windows in flight). Each
-    # window starts its own model actors (about 13 s on the 2-core dev box with tiny models), so a
-    # window must hold far more work than that: docs/reliability.md has the measured trade-off.
+    # window starts its own model actors (15 to 25 s a window on the 2-core dev box, tiny models),
+    # so a window must hold far more work than that: docs/reliability.md has the measured trade-off.
     window_sources: int = Field(
         512, ge=1, description="Sources per pipeline window: a killed driver redoes at most two windows; "
                                "each window loads its models once.")
