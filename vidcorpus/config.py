@@ -25,7 +25,7 @@ class RayConfig(Section):
     # Bounds the work in flight. One Ray Dataset over a whole run let the CPU stages run over most
     # of the input before the first clip reached the driver (the CLIP stage gathers up to 4,096
     # clips per call), so a killed driver redid the run. A window's sources are marked done as soon
-    # as it is committed; the next window starts when the current one's first results arrive, so
+    # as it is committed; the next window starts when the current one's CPU stages are done, so
     # its CPU stages overlap the current one's model stages (at most two windows in flight). Each
     # window starts its own model actors (15 to 25 s a window on the 2-core dev box, tiny models),
     # so a window must hold far more work than that: docs/reliability.md has the measured trade-off.

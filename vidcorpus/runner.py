@@ -96,15 +96,23 @@ def actor_gpu_plan(stages: list[type[Stage]], gpus_available: float) -> dict[typ
     return plan
 
 
-def build_dataset(cfg: Config, sources: list[dict], gpus_available: float = 0.0, cpus: float = 2.0):
-    """The lazy Ray Dataset of a run: source rows in, decided (and captioned) clip rows out."""
+def build_dataset(cfg: Config, sources: list[dict], gpus_available: float = 0.0, cpus: float = 2.0,
+                  stages: list[type[Stage]] | None = None):
+    """The lazy Ray Dataset of a run: source rows in, decided (and captioned) clip rows out (or
+    the rows after `stages`, a first part of the pipeline)."""
     import ray.data
 
     # Several small blocks so CPU stages run in parallel (one block per task); a few per CPU.
     per_block = max(1, min(256, len(sources) // max(1, int(4 * cpus))))
     blocks = [rows_to_table(sources[i:i + per_block]) for i in range(0, len(sources), per_block)]
-    ds = ray.data.from_arrow(blocks)
-    stages = pipeline_stages()
+    stages = pipeline_stages() if stages is None else stages
+    return add_stages(cfg, ray.data.from_arrow(blocks), stages, gpus_available)
+
+
+def add_stages(cfg: Config, ds, stages: list[type[Stage]], gpus_available: float = 0.0):
+    """`ds` mapped through these stages: CPU stages as tasks, model stages as actor pools."""
+    import ray.data
+
     plan = actor_gpu_plan(stages, gpus_available)
     for stage_cls in stages:
         res = stage_cls.resources
@@ -228,24 +236,31 @@ def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSu
         summary.rows_committed += len(rows)
 
 
+_CPU_DONE = "cpu stages done"
+
+
 def _window_batches(cfg: Config, windows: list[list[dict]], gpus: float, cpus: float):
     """(window index, result batch) as they come, then (window index, None) when a window is whole.
 
-    Each window is its own Ray Dataset, read by a thread. The next window starts when the newest
-    one's first result arrives (its CPU stages are then mostly done: the CLIP stage gathers its
-    input before it calls the model) or when it ends, and at most two windows run at once: the
-    next window's CPU stages overlap this one's model stages.
+    Each window runs in a thread as two Ray Datasets: its CPU stages (up to the first model stage),
+    materialised, then its model stages. The next window starts when the newest one's CPU stages
+    are done (or it ended), and at most two windows run at once: the next window's CPU stages
+    overlap this one's model stages, whose actors start only once their input is complete.
     """
     import queue
     import threading
 
     results: queue.Queue = queue.Queue()
     stop = threading.Event()
+    stages = pipeline_stages()
+    split = next((i for i, s in enumerate(stages) if s.resources.actor), len(stages))
 
     def pump(w: int) -> None:
         try:
-            ds = build_dataset(cfg, windows[w], gpus, cpus)
-            for batch in ds.iter_batches(batch_size=COMMIT_ROWS, batch_format="pyarrow"):
+            ds = build_dataset(cfg, windows[w], gpus, cpus, stages[:split]).materialize()
+            results.put((w, _CPU_DONE))
+            for batch in add_stages(cfg, ds, stages[split:], gpus).iter_batches(batch_size=COMMIT_ROWS,
+                                                                                 batch_format="pyarrow"):
                 if stop.is_set():
                     return
                 results.put((w, batch))
@@ -255,19 +270,21 @@ def _window_batches(cfg: Config, windows: list[list[dict]], gpus: float, cpus: f
 
     running: set[int] = set()
     started = 0
-    newest_has_output = False
+    newest_cpu_done = False
     try:
         while started < len(windows) or running:
-            if started < len(windows) and (not running or (len(running) < 2 and newest_has_output)):
+            if started < len(windows) and (not running or (len(running) < 2 and newest_cpu_done)):
                 running.add(started)
                 threading.Thread(target=pump, args=(started,), name=f"vidcorpus-window-{started}", daemon=True).start()
                 started += 1
-                newest_has_output = False
+                newest_cpu_done = False
             w, item = results.get()
             if isinstance(item, BaseException):
                 raise item
-            if w == started - 1:
-                newest_has_output = True
+            if w == started - 1 and (item is _CPU_DONE or item is None):
+                newest_cpu_done = True
+            if item is _CPU_DONE:
+                continue
             if item is None:
                 running.discard(w)
             yield w, item
