@@ -50,8 +50,16 @@ def build_components(size: str, device: torch.device):
 
     from vidcorpus.train.models import build_tiny_i2vgen, load_components
 
-    root = Path(tempfile.mkdtemp(prefix="bench-i2vgen-"))
-    build_tiny_i2vgen(str(root / "i2vgen"))
+    import torch.distributed as dist
+
+    from vidcorpus.train.launch import broadcast
+
+    on_rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    root = Path(broadcast(tempfile.mkdtemp(prefix="bench-i2vgen-") if on_rank0 else None))
+    if on_rank0:  # one copy for every rank of this machine
+        build_tiny_i2vgen(str(root / "i2vgen"))
+    if dist.is_initialized():
+        dist.barrier()
     comps = load_components(str(root / "i2vgen"), device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     unet = new_unet(size, device)
     dim = unet.config.cross_attention_dim
@@ -114,7 +122,10 @@ def run_loop(label: str, cfg, comps, model_dir: str, specs: list, out_dir: Path,
     finally:
         for p in reversed(patches):
             p.stop()
-    logs = [json.loads(line) for line in (out_dir / "logs" / "train.jsonl").read_text().splitlines()]
+    log_file = out_dir / "logs" / "train.jsonl"
+    if not log_file.exists():  # a rank other than 0 under torchrun: rank 0 logs for all
+        return {"run": label, "steps": res.steps, "seconds": seconds}
+    logs = [json.loads(line) for line in log_file.read_text().splitlines()]
     steady = logs[1:] or logs  # the first window holds warm-up (allocator, cuDNN autotune, workers starting)
     out = {
         "run": label, "steps": res.steps, "seconds": seconds,
@@ -125,6 +136,10 @@ def run_loop(label: str, cfg, comps, model_dir: str, specs: list, out_dir: Path,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         "windows": [{k: r[k] for k in ("step", "samples_per_s", "data_wait_share", "step_s")} for r in logs],
     }
+    if cfg.compile:  # did dynamo capture the UNet, in how many graphs, with which breaks
+        from torch._dynamo.utils import counters
+
+        out["dynamo"] = {k: dict(counters[k]) for k in ("frames", "stats", "graph_break", "recompiles") if counters[k]}
     print(json.dumps({k: v for k, v in out.items() if k != "windows"}), flush=True)
     return out
 
@@ -143,16 +158,28 @@ def main() -> None:
     ap.add_argument("--log-every", type=int, default=5)
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--compile", action="store_true", help="train.compile: torch.compile the UNet (minutes).")
+    ap.add_argument("--compile-mode", default=None, help="train.compile_mode")
+    ap.add_argument("--compile-cache", default=None,
+                    help="torch.compiler cache artifacts: loaded from this file if it exists, saved to it after the run "
+                         "(a later run of the same graphs skips most of the compile)")
     ap.add_argument("--only", choices=["all", "synthetic"], default="all",
                     help="synthetic: only the loop's own step rate (e.g. to time --compile once).")
+    ap.add_argument("--parallel", choices=["ddp", "fsdp"], default="ddp",
+                    help="under torchrun (WORLD_SIZE > 1): train.parallel; samples/s are counted over all ranks")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    import os
+
+    from vidcorpus.train.launch import init_torchrun
+
+    distributed = init_torchrun()
+    rank = int(os.environ.get("RANK", 0))
 
     from vidcorpus.config import TrainConfig
     from vidcorpus.train.data import collate, decode_cached_sample
     from vidcorpus.shards.reader import sample_pipeline
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
     comps, model_dir = build_components(args.size, device)
     dim = comps.unet.config.cross_attention_dim
     work = Path(tempfile.mkdtemp(prefix="bench-train-data-"))
@@ -163,10 +190,15 @@ def main() -> None:
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch, num_frames=args.frames, height=args.height,
                       width=args.width, fps=8, mixed_precision="bf16", log_every=args.log_every,
                       num_workers=args.workers, shuffle_buffer=16, tensorboard=False, warmup_steps=2,
-                      gradient_checkpointing=args.gradient_checkpointing, compile=args.compile)
+                      gradient_checkpointing=args.gradient_checkpointing, compile=args.compile,
+                      compile_mode=args.compile_mode, parallel=args.parallel)
+    if args.compile_cache and Path(args.compile_cache).exists():
+        info = torch.compiler.load_cache_artifacts(Path(args.compile_cache).read_bytes())
+        print(f"loaded compile cache {args.compile_cache}: {info}", flush=True)
     first = [decode_cached_sample(s) for s, _ in zip(sample_pipeline(specs[:1], split=False), range(args.batch))]
     batch = collate(first)
-    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "world_size":
+               int(os.environ.get("WORLD_SIZE", 1)), "parallel": args.parallel if distributed else None,
                "torch": torch.__version__, "args": vars(args), "write_sidecars_s": write_s,
                "unet_params": sum(p.numel() for p in comps.unet.parameters()),
                "sidecar_bytes_per_sample": sum(s.bytes for s in specs) / (args.shards * args.per_shard)}
@@ -174,8 +206,13 @@ def main() -> None:
 
     # synthetic, shards, synthetic again: the reference brackets the measured run; a fresh UNet each
     results["synthetic"] = run_loop("synthetic", cfg, comps, model_dir, specs, work / "run-synthetic", synthetic_batch=batch)
+    if args.compile and args.compile_cache and not Path(args.compile_cache).exists():
+        saved = torch.compiler.save_cache_artifacts()
+        if saved is not None:
+            Path(args.compile_cache).write_bytes(saved[0])
+            print(f"saved compile cache {args.compile_cache}: {len(saved[0]) / 2**20:.1f} MiB", flush=True)
     if args.only == "synthetic":
-        if args.json:
+        if args.json and rank == 0:
             Path(args.json).write_text(json.dumps(results, indent=2))
         return
     comps = replace(comps, unet=new_unet(args.size, device))

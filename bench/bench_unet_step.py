@@ -17,10 +17,25 @@ import time
 import torch
 
 
+def train_step(step_unet, unet, opt, ema, inputs: dict, target: torch.Tensor) -> torch.Tensor:
+    """The reference step: forward of ``step_unet`` (the UNet or a compiled wrapper of it) under bf16
+    autocast, backward, gradient clipping, the optimizer, and our EMA update when ``ema`` is given."""
+    from vidcorpus.train.loop import ema_update
+
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = step_unet(**inputs, return_dict=False)[0]
+    loss = torch.nn.functional.mse_loss(out.float(), target)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if ema is not None:
+        ema_update(ema, unet, 0.9999)
+    return loss
+
+
 def run(batch: int, steps: int, frames: int, h: int, w: int, with_ema: bool) -> dict:
     from diffusers import I2VGenXLUNet
-
-    from vidcorpus.train.loop import ema_update
 
     torch.manual_seed(0)
     dev = torch.device("cuda")
@@ -46,16 +61,8 @@ def run(batch: int, steps: int, frames: int, h: int, w: int, with_ema: bool) -> 
     for i in range(steps):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = unet(sample, t, fps=fps, image_latents=image_latents, image_embeddings=image_emb,
-                       encoder_hidden_states=text).sample
-        loss = torch.nn.functional.mse_loss(out.float(), target)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema_update(ema, unet, 0.9999)
+        train_step(unet, unet, opt, ema, dict(sample=sample, timestep=t, fps=fps, image_latents=image_latents,
+                                              image_embeddings=image_emb, encoder_hidden_states=text), target)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     warm = times[2:] or times

@@ -45,7 +45,8 @@ import fsspec
 import numpy as np
 
 from vidcorpus.errors import DecodeError
-from vidcorpus.frame_seek import FrameConverter, KeyframeDecoder, decode_frames_seeking, open_video, to_rgb
+from vidcorpus.frame_seek import (FrameConverter, KeyframeDecoder, decode_frames_seeking, decode_in_order, open_video,
+                                  to_rgb)
 from vidcorpus.filters.scorers import add_scores, clip_fps, is_image, score
 from vidcorpus.media import load_image_rgb, uniform_indices
 from vidcorpus.stage import Resources, Stage
@@ -139,16 +140,12 @@ def _decode_sequential(data: bytes, wanted: list[int], convert: FrameConverter =
     """Every frame up to the last wanted one, counted in decode order; only the wanted converted."""
     import av
 
-    want, last = set(wanted), max(wanted)
     got: dict[int, np.ndarray] = {}
     try:
         c, stream = _open(data)
         with c:
-            for i, frame in enumerate(c.decode(stream)):
-                if i in want:
-                    got[i] = convert(frame)
-                if i >= last:
-                    break
+            for i, arr in decode_in_order(c, stream, wanted, convert):
+                got[i] = arr
     except av.error.FFmpegError as e:
         if not got:
             raise DecodeError(f"decode failed: {e}") from e

@@ -91,7 +91,7 @@ class _ClipWriter:
         if (frame.width, frame.height) != (self.stream.width, self.stream.height):
             frame = frame.reformat(width=self.stream.width, height=self.stream.height, interpolation="AREA")
         if self.frames == 0:
-            self.first = frame.to_ndarray(format="rgb24")
+            self.first = to_rgb(frame)
         # Renumber: decoders can hand out frames whose time base changes mid-stream (VP9 in WebM).
         frame.pts = self.frames
         frame.time_base = 1 / self.rate
@@ -260,7 +260,7 @@ def _mux_contiguous(in_stream, pkts: list, first: int) -> tuple[bytes, int, int]
 def _first_frame(data: bytes) -> np.ndarray:
     with av.open(io.BytesIO(data)) as c:
         for frame in c.decode(video=0):
-            return frame.to_ndarray(format="rgb24")
+            return to_rgb(frame)
     raise DecodeError("copied clip does not decode")
 
 

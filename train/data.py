@@ -16,7 +16,6 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -77,6 +76,10 @@ def frame_indices(total: int | None, src_fps: float, num_frames: int, target_fps
 def decode_video(data: bytes, num_frames: int, target_fps: float, rng: random.Random | None,
                  meta: dict | None = None) -> tuple[np.ndarray, float]:
     """(F, H, W, 3) uint8 frames sampled at ``target_fps`` and the fps they represent."""
+    import av  # here, not at the top: a run from cached latents never decodes video
+
+    from vidcorpus.frame_seek import decode_in_order
+
     meta = meta or {}
     try:
         with av.open(io.BytesIO(data)) as container:
@@ -90,13 +93,7 @@ def decode_video(data: bytes, num_frames: int, target_fps: float, rng: random.Ra
             src_fps = float(stream.average_rate or stream.guessed_rate or 0) or float(meta.get("fps") or 0)
             total = int(meta.get("n_frames") or 0) or int(stream.frames or 0) or None
             wanted, stride = frame_indices(total, src_fps, num_frames, target_fps, rng)
-            want, last = set(wanted), max(wanted)
-            got: dict[int, np.ndarray] = {}
-            for i, frame in enumerate(container.decode(stream)):
-                if i in want:
-                    got[i] = frame.to_ndarray(format="rgb24")
-                if i >= last:
-                    break
+            got = dict(decode_in_order(container, stream, wanted))
     except av.error.FFmpegError as e:
         raise DecodeError(f"decode failed: {e}") from e
     # Containers may promise more frames than decode: keep the evenly spaced prefix we have.

@@ -288,6 +288,15 @@ def apply_activation_checkpointing(unet: torch.nn.Module) -> int:
     return n
 
 
+def compile_unet(module: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+    """``torch.compile`` of the module the step runs (the UNet, or its DDP/FSDP2 wrapper).
+
+    A wrapper rather than ``module.compile()``, so the loop keeps an eager handle on the same
+    parameters for the steps that count FLOPs (see ``count_comps``); the optimizer, EMA and
+    checkpoints keep using the unwrapped module."""
+    return torch.compile(module, backend=cfg.compile_backend, mode=cfg.compile_mode)
+
+
 # -- distributed helpers --------------------------------------------------------------------------
 
 def _dist() -> tuple[bool, int, int]:
@@ -424,13 +433,12 @@ def train_loop(task, cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir
                "torch": torch.__version__}
     if cfg.gradient_checkpointing:
         runtime["activation_checkpointing_blocks"] = apply_activation_checkpointing(unet)
-    if cfg.compile:
-        unet.compile()
     # Spread over ranks first (FSDP2 replaces the parameters by sharded ones), then the optimizer.
-    par = spread(unet, ema, device, cfg.parallel, distributed, rank)
+    par = spread(unet, ema, device, cfg, distributed, rank)
     del ema  # the strategy owns it (sharded under FSDP2); full copies come from par when needed
     runtime["parallel"] = par.kind or "ddp"
-    train_unet = par.module
+    eager_unet = par.module
+    train_unet = compile_unet(eager_unet, cfg) if cfg.compile else eager_unet
     params = par.parameters()
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                             **({"fused": True} if device.type == "cuda" else {}))
@@ -441,6 +449,10 @@ def train_loop(task, cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir
         sched.load_state_dict(trainer_state["scheduler"])
         del trainer_state
     train_comps = replace(comps, unet=train_unet)
+    # FLOPs are counted on one eager step per batch shape: torch 2.11 never compiles a module whose
+    # first call ran under a dispatch mode such as FlopCounterMode (it marks the frame skipped).
+    count_comps = replace(comps, unet=eager_unet)
+    cudagraphs = bool(cfg.compile and cfg.compile_mode == "reduce-overhead")
     task.setup(comps)
 
     import threading
@@ -465,6 +477,23 @@ def train_loop(task, cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir
     autocast_dtype = torch.bfloat16 if use_bf16 else None
 
     consumed = StreamMark(cursor, selection.fingerprint, selection.urls, selection.joined)
+    # Each step's loss stays on the device until the log or checkpoint step: a float() per step
+    # would make the host wait for the GPU every step, so it could never queue the next step's
+    # kernels while the GPU still runs this one.
+    pending: list[tuple[int, torch.Tensor, list[str]]] = []
+
+    def settle() -> None:
+        """The pending steps' losses as floats (one host sync) and their sample keys from every rank
+        (one collective), in step order."""
+        if not pending:
+            return
+        values = torch.stack([v for _s, v, _k in pending]).tolist()
+        per_rank = _gather([k for _s, _v, k in pending], distributed, world)
+        for i, (s_, _v, _k) in enumerate(pending):
+            losses.append(values[i])
+            for keys_of_rank in per_rank:
+                step_keys.extend((s_, k) for k in keys_of_rank[i])
+        pending.clear()
 
     def checkpoint(step: int) -> str:
         with failures_lock:
@@ -511,8 +540,10 @@ def train_loop(task, cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir
                 shape = batch_shape(batch)
                 counting = flops.needs_count(shape)
                 counter = flops.mode() if counting else nullcontext()
+                if cudagraphs:  # the previous step's graph outputs are dead: their memory may be reused
+                    torch.compiler.cudagraph_mark_step_begin()
                 with counter:
-                    loss = task.loss(train_comps, batch, cfg, gen, autocast_dtype)
+                    loss = task.loss(count_comps if counting else train_comps, batch, cfg, gen, autocast_dtype)
                     loss.backward()
                 if counting:
                     flops.record(shape, counter)
@@ -529,12 +560,14 @@ def train_loop(task, cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir
 
                     dist.all_reduce(value)
                     value /= world
-                value = float(value)
-                losses.append(value)
-                for keys_of_rank in _gather(list(batch["key"]), distributed, world):
-                    step_keys.extend((step, k) for k in keys_of_rank)
+                pending.append((step, value, list(batch["key"])))
                 if main and not probes and cfg.sample_every:
                     probes = task.probe_set(cfg, batch)
+                done = step + 1
+                log_now = done % max(1, cfg.log_every) == 0 or done == cfg.steps
+                ckpt_now = done == cfg.steps or bool(cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
+                if log_now or ckpt_now:
+                    settle()  # waits for the GPU: the window's time below includes the steps' GPU time
                 t2 = time.perf_counter()
 
                 window["wait"] += t1 - t0
@@ -544,11 +577,10 @@ def train_loop(task, cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir
                 f = flops.flops(shape)
                 window["flops"] += f or 0
                 window["flops_known"] &= f is not None
-                done = step + 1
-                if main and (done % max(1, cfg.log_every) == 0 or done == cfg.steps):
+                if main and log_now:
                     secs = max(window["total"], 1e-9)
                     logger.log({
-                        "step": done, "loss": value,
+                        "step": done, "loss": losses[-1],
                         "loss_avg": float(np.mean(losses[-window["steps"]:])), "lr": lr,
                         "samples_per_s": window["samples"] / secs,
                         "data_wait_share": window["wait"] / secs,
@@ -565,9 +597,9 @@ def train_loop(task, cfg: TrainConfig, model_dir: str, shard_urls: list, out_dir
                         task.sample_probes(comps, full_ema.to(device), cfg, probes, out_dir, done, autocast_dtype)
                         if on_host:
                             full_ema.to("cpu")
-                if done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+                if ckpt_now:
                     last_ckpt = checkpoint(done)
-                bar.update(bar_task, advance=1, loss=f"{value:.4f}")
+                bar.update(bar_task, advance=1, **({"loss": f"{losses[-1]:.4f}"} if log_now else {}))
         if start_step >= cfg.steps and last_ckpt is None:
             last_ckpt = checkpoint(start_step)
     finally:

@@ -26,13 +26,15 @@ class Replicated:
 
     kind = "ddp"
 
-    def __init__(self, unet: torch.nn.Module, ema: torch.nn.Module, device: torch.device, distributed: bool):
+    def __init__(self, unet: torch.nn.Module, ema: torch.nn.Module, device: torch.device, distributed: bool,
+                 bucket_mb: int = 25, bucket_view: bool = False):
         self.unet, self.ema = unet, ema
         self.module = unet
         if distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.module = DDP(unet, device_ids=[device.index] if device.type == "cuda" else None)
+            self.module = DDP(unet, device_ids=[device.index] if device.type == "cuda" else None,
+                              bucket_cap_mb=bucket_mb, gradient_as_bucket_view=bucket_view)
         else:
             self.kind = None
 
@@ -139,9 +141,10 @@ class Sharded:
         set_optimizer_state_dict(self.unet, opt, state, options=StateDictOptions(full_state_dict=True))
 
 
-def spread(unet: torch.nn.Module, ema: torch.nn.Module, device: torch.device, strategy: str,
+def spread(unet: torch.nn.Module, ema: torch.nn.Module, device: torch.device, cfg,
            distributed: bool, rank: int) -> Replicated | Sharded:
-    """The wrapper for ``train.parallel`` (``ddp`` or ``fsdp``; one process: plain)."""
-    if distributed and strategy == "fsdp":
+    """The wrapper for ``train.parallel`` (``ddp`` or ``fsdp``; one process: plain), with the
+    communication settings of ``cfg`` (a ``TrainConfig``)."""
+    if distributed and cfg.parallel == "fsdp":
         return Sharded(unet, ema, device, rank)
-    return Replicated(unet, ema, device, distributed)
+    return Replicated(unet, ema, device, distributed, bucket_mb=cfg.ddp_bucket_mb, bucket_view=cfg.ddp_bucket_view)

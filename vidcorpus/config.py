@@ -161,6 +161,8 @@ class TrainConfig(Section):
     num_workers: int = 0
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp", description="Several ranks: replicate the UNet (DDP) or shard weights, gradients, optimizer state and EMA (FSDP2).")
+    ddp_bucket_mb: int = Field(25, description="DDP gradient bucket size in MB (torch's default): larger buckets, fewer all-reduce calls.")
+    ddp_bucket_view: bool = Field(False, description="DDP gradient_as_bucket_view: gradients live in the all-reduce buckets (no copy in or out, less memory).")
     prefetch_batches: int = Field(2, description="Batches read ahead on a thread while the step runs (0: none).")
     log_every: int = 5
     # Checkpoints, logs, probes, memory/speed switches and launchers (issue 8, trainer helper).
@@ -169,6 +171,9 @@ class TrainConfig(Section):
     tensorboard: bool = Field(True, description="Write TensorBoard scalars next to the JSONL log.")
     gradient_checkpointing: bool = Field(False, description="Activation checkpointing of the UNet's resnet and transformer blocks.")
     compile: bool = Field(False, description="torch.compile the UNet (minutes of compile on the full model).")
+    compile_backend: str = Field("inductor", description="torch.compile backend; 'aot_eager' checks capture without codegen.")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = Field(
+        None, description="torch.compile mode (None: the default).")
     sample_every: int = Field(0, description="Sample probe videos every N steps to {run}/samples (0: never).")
     sample_steps: int = Field(4, description="Denoising steps of probe and demo samples.")
     probe_images: list[str] = Field(default_factory=list, description="Probe image paths/URLs (default: the first clip's first frame).")

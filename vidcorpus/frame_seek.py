@@ -25,7 +25,7 @@ from __future__ import annotations
 import bisect
 import io
 import threading
-from typing import Callable
+from typing import Callable, Iterable
 
 import av
 import numpy as np
@@ -57,6 +57,21 @@ def to_rgb(frame: av.VideoFrame) -> np.ndarray:
 
 
 FrameConverter = Callable[[av.VideoFrame], np.ndarray]
+
+
+def decode_in_order(container, stream, wanted: Iterable[int], convert: FrameConverter = to_rgb):
+    """Yield (index, convert(frame)) for the wanted indices, decoding every frame up to the last one
+    and counting frames in decode order; only the wanted frames are converted. The caller opens the
+    container (threading is its choice) and handles FFmpeg errors (it keeps what was yielded)."""
+    want = set(wanted)
+    if not want:
+        return
+    last = max(want)
+    for i, frame in enumerate(container.decode(stream)):
+        if i in want:
+            yield i, convert(frame)
+        if i >= last:
+            return
 
 
 def decode_frames_seeking(data: bytes, wanted: list[int],

@@ -109,21 +109,6 @@ def probe_video(fileobj_or_path) -> dict:
         raise DecodeError(f"cannot open video: {e}") from e
 
 
-def iter_frames(path_or_file, start: int = 0, stop: int | None = None, step: int = 1):
-    """Yield (index, RGB array) for frames start <= i < stop, every `step`-th, decoding sequentially."""
-    try:
-        with av.open(path_or_file) as c:
-            stream = c.streams.video[0]
-            stream.thread_type = "AUTO"
-            for i, frame in enumerate(c.decode(stream)):
-                if stop is not None and i >= stop:
-                    break
-                if i >= start and (i - start) % step == 0:
-                    yield i, frame.to_ndarray(format="rgb24")
-    except av.error.FFmpegError as e:
-        raise DecodeError(f"decode failed: {e}") from e
-
-
 def decode_indices(src, indices) -> dict[int, np.ndarray]:
     """RGB arrays of the wanted frame indices of a video (a path, URL or open file), decoding
     sequentially up to the last one and converting only those. Missing indices are left out:
@@ -134,10 +119,17 @@ def decode_indices(src, indices) -> dict[int, np.ndarray]:
     if isinstance(src, str):
         with fsspec.open(src, "rb") as f:
             return decode_indices(f, indices)
+    from vidcorpus.frame_seek import decode_in_order
+
     got: dict[int, np.ndarray] = {}
-    for i, arr in iter_frames(src, stop=max(want) + 1):
-        if i in want:
-            got[i] = arr
+    try:
+        with av.open(src) as c:
+            stream = c.streams.video[0]
+            stream.thread_type = "AUTO"
+            for i, arr in decode_in_order(c, stream, want):
+                got[i] = arr
+    except av.error.FFmpegError as e:
+        raise DecodeError(f"decode failed: {e}") from e
     return got
 
 
