@@ -207,19 +207,27 @@ def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSu
     gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 2.0)
     size = cfg.ray.window_sources
     windows = [todo[i:i + size] for i in range(0, len(todo), size)]
-    failed: set[str] = set()
-    from vidcorpus.filters.dedup import write_embedding_batch
+    commit_windows(cfg, catalog, run_id, _window_batches(cfg, windows, gpus, cpus), summary, log)
+
+
+def commit_windows(cfg: Config, catalog, run_id: str, batches, summary: RunSummary, log=print) -> None:
+    """Commit (window, result batch) pairs as they come; when a window is whole (window, None),
+    score its clips' duplicates, re-decide, and mark its sources done."""
+    from vidcorpus.filters.dedup import DedupIndex, write_embedding_batch
 
     # Commit as results stream in: a crash loses at most the batches not yet committed, and a
     # rerun re-processes only sources that were not marked done (upserts keep it duplicate-free).
     # A window's sources are marked done once all its rows are committed (and deduplicated), so a
-    # killed driver redoes at most the windows in flight.
+    # killed driver redoes at most the windows in flight. The dedup index reads the catalog's
+    # embeddings once (at the first whole window) and then only what this run commits.
+    dedup = DedupIndex(cfg.filters.dedup_floor, run_id) if cfg.filters.dedup else None
+    failed: set[str] = set()
     seen: dict[int, set[str]] = {}
     embedded: dict[int, list[str]] = {}
-    for w, batch in _window_batches(cfg, windows, gpus, cpus):
+    for w, batch in batches:
         if batch is None:  # window w is whole
-            if cfg.filters.dedup and embedded.get(w):
-                dedup_and_redecide(cfg, catalog, run_id, embedded[w], log)
+            if dedup is not None and embedded.get(w):
+                dedup_and_redecide(cfg, catalog, run_id, embedded[w], log, index=dedup)
             catalog.mark_sources_done(seen.pop(w, set()) - failed)
             embedded.pop(w, None)
             continue
@@ -232,6 +240,8 @@ def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSu
         index = write_embedding_batch(cfg.url("embeddings"), run_id, summary.rows_committed, rows)
         catalog.commit_results(run_id, rows, failed_before=failed)
         catalog.commit_embeddings(run_id, index)  # after the Parquet file is whole
+        if dedup is not None:
+            dedup.committed([r["clip_id"] for r in rows if r.get("clip_id") and not r.get("error_class")], index)
         embedded.setdefault(w, []).extend(r["clip_id"] for r in index)
         summary.rows_committed += len(rows)
 
@@ -292,15 +302,20 @@ def _window_batches(cfg: Config, windows: list[list[dict]], gpus: float, cpus: f
         stop.set()  # a failed window stops the others at their next batch
 
 
-def dedup_and_redecide(cfg: Config, catalog, run_id: str, new_clip_ids: list[str] | None, log=print) -> int:
+def dedup_and_redecide(cfg: Config, catalog, run_id: str, new_clip_ids: list[str] | None, log=print,
+                       index=None) -> int:
     """Duplicate scores for the new clips against the run and the catalog, then re-decide the clips
     whose dup scores were written (new ones, and earlier ones decided by this recipe). Returns the
-    number of clips re-decided."""
+    number of clips re-decided. `index` (a filters.dedup.DedupIndex kept across a run's windows)
+    gives the same scores as a fresh read of the catalog, without reading it again."""
     from vidcorpus.filters.apply import apply_recipe
     from vidcorpus.filters.dedup import run_dedup
     from vidcorpus.filters.recipes import load_recipe
 
-    written = run_dedup(catalog, run_id, new_clip_ids, cfg.filters.dedup_floor)
+    if index is not None:
+        written = index.score(catalog, run_id, new_clip_ids)
+    else:
+        written = run_dedup(catalog, run_id, new_clip_ids, cfg.filters.dedup_floor)
     recipe = load_recipe(cfg.filters.recipe)
     current = catalog.current_decisions()
     new = set(new_clip_ids or [])
