@@ -19,6 +19,17 @@ Which clips are (re)scored: the clips of this run, and earlier catalog clips tha
 within ``filters.dedup_floor`` of (a better new copy can turn an earlier clip into a duplicate).
 Similarities are exact (blocked matrix products in NumPy): fine to a few hundred thousand clips per
 model; beyond that the same scores would come from an ANN index over the same Parquet files.
+
+When: the runner scores each window of a run as soon as it is whole. ``run_dedup`` is the one-shot
+form (``vidcorpus filter dedup``): it reads every embedding file and every clip's rank scores.
+A run keeps one ``DedupIndex`` instead: it reads the catalog once, at the first whole window, then
+takes in only what the run commits (the batches' Parquet files and those clips' rank scores, read
+back from the catalog after their commit, so a re-processed clip's new scores count), and gives the
+rows ``run_dedup`` would give at that moment (equal to float32 rounding: a matrix product's last
+bit depends on how many rows it multiplies at once, in ``run_dedup`` too). Embedding rows that
+another run writes meanwhile (their count and latest ``written_at`` are checked each window) make
+it read the catalog again. Memory: the index holds every embedding of the catalog for the whole
+run (N x dim float32), as ``run_dedup`` does for the length of one call.
 This module is driver-side: it gets a Catalog object passed in and never opens one itself.
 """
 
