@@ -101,7 +101,7 @@ def read_embeddings(index: Iterable[dict]) -> tuple[list[str], np.ndarray, list[
         hashes += t.column("content_sha256").to_pylist()
     if not mats:
         return [], np.zeros((0, 0), np.float32), []
-    return ids, np.concatenate(mats).astype(np.float32), hashes
+    return ids, np.concatenate(mats).astype(np.float32, copy=False), hashes
 
 
 def rank_order(ids: list[str], scores: dict[str, dict[str, float]]) -> np.ndarray:
@@ -117,25 +117,35 @@ def rank_order(ids: list[str], scores: dict[str, dict[str, float]]) -> np.ndarra
     return rank
 
 
-def duplicate_scores(ids: list[str], emb: np.ndarray, hashes: list[str | None], rank: np.ndarray,
-                     targets: Iterable[int]) -> dict[str, dict[str, float]]:
-    """dup_exact and dup_sim of the clips at positions `targets`, against all clips."""
-    targets = sorted(set(targets))
-    out: dict[str, dict[str, float]] = {}
+def _by_hash(hashes: list[str | None]) -> dict[str, list[int]]:
     by_hash: dict[str, list[int]] = {}
     for i, h in enumerate(hashes):
         if h:
             by_hash.setdefault(h, []).append(i)
+    return by_hash
+
+
+def _best_of_block(ids, hashes, rank, by_hash, block: list[int], sims: np.ndarray) -> dict[str, dict[str, float]]:
+    """Scores of the clips at `block` from their similarities to all clips (sims, (b, N), masked in place)."""
+    np.putmask(sims, rank[None, :] >= rank[block][:, None], -np.inf)  # only better-ranked clips count
+    best = sims.max(axis=1)
+    out = {}
+    for i, value in zip(block, best.tolist()):
+        exact = any(rank[j] < rank[i] for j in by_hash.get(hashes[i] or "", []))
+        out[ids[i]] = {"dup_exact": float(exact),
+                       "dup_sim": min(max(value, -1.0), 1.0) if np.isfinite(value) else 0.0}
+    return out
+
+
+def duplicate_scores(ids: list[str], emb: np.ndarray, hashes: list[str | None], rank: np.ndarray,
+                     targets: Iterable[int], by_hash: dict[str, list[int]] | None = None) -> dict[str, dict[str, float]]:
+    """dup_exact and dup_sim of the clips at positions `targets`, against all clips."""
+    targets = sorted(set(targets))
+    by_hash = _by_hash(hashes) if by_hash is None else by_hash
+    out: dict[str, dict[str, float]] = {}
     for start in range(0, len(targets), BLOCK):
         block = targets[start:start + BLOCK]
-        sims = emb[block] @ emb.T  # (b, N)
-        better = rank[None, :] < rank[block][:, None]
-        sims = np.where(better, sims, -np.inf)
-        best = sims.max(axis=1) if sims.shape[1] else np.full(len(block), -np.inf)
-        for i, value in zip(block, best):
-            exact = any(rank[j] < rank[i] for j in by_hash.get(hashes[i] or "", []))
-            out[ids[i]] = {"dup_exact": float(exact),
-                           "dup_sim": float(np.clip(value, -1.0, 1.0)) if np.isfinite(value) else 0.0}
+        out.update(_best_of_block(ids, hashes, rank, by_hash, block, emb[block] @ emb.T))
     return out
 
 
@@ -147,6 +157,23 @@ def affected(emb: np.ndarray, new: list[int], floor: float) -> set[int]:
         sims = emb[block] @ emb.T
         hit.update(np.flatnonzero((sims >= floor).any(axis=0)).tolist())
     return hit
+
+
+def new_and_affected_scores(ids: list[str], emb: np.ndarray, hashes: list[str | None], rank: np.ndarray,
+                            new: list[int], floor: float) -> dict[str, dict[str, float]]:
+    """Scores of the new clips and of every other clip that some new clip comes within `floor` of:
+    ``duplicate_scores(..., affected(emb, new, floor))``, with one matrix product per block of new
+    clips serving both (the new clips' rows), and a second one only for the affected earlier clips."""
+    by_hash = _by_hash(hashes)
+    out: dict[str, dict[str, float]] = {}
+    hit: set[int] = set()
+    for start in range(0, len(new), BLOCK):
+        block = new[start:start + BLOCK]
+        sims = emb[block] @ emb.T
+        hit.update(np.flatnonzero((sims >= floor).any(axis=0)).tolist())
+        out.update(_best_of_block(ids, hashes, rank, by_hash, block, sims))
+    out.update(duplicate_scores(ids, emb, hashes, rank, hit - set(new), by_hash))
+    return out
 
 
 def _keep_rank_scores(scores: dict[str, float]) -> dict[str, float]:
@@ -176,6 +203,10 @@ class _Vectors:
             if self.ids:
                 raise ValueError(f"embedding dim {emb.shape[1]} differs from the model's {self._buf.shape[1]}")
             self._buf = np.zeros((0, emb.shape[1]), np.float32)
+        if not self.ids and len(set(ids)) == len(ids) and emb.dtype == np.float32 and emb.flags.c_contiguous:
+            self._buf, self.ids, self.hashes = emb, list(ids), list(hashes)  # the first read: no copy
+            self.pos = {c: i for i, c in enumerate(self.ids)}
+            return
         fresh = [c for c in dict.fromkeys(ids) if c not in self.pos]
         need = len(self.ids) + len(fresh)
         if need > len(self._buf):
@@ -296,9 +327,13 @@ class DedupIndex:
             if not new:
                 continue
             emb = v.emb
-            targets = affected(emb, new, self.floor) if new_set is not None else set(new)
             rank = rank_order(v.ids, self._scores)
-            for clip, values in duplicate_scores(v.ids, emb, v.hashes, rank, targets).items():
+            if new_set is None:
+                scored = duplicate_scores(v.ids, emb, v.hashes, rank, new)
+            else:
+                scored = new_and_affected_scores(v.ids, emb, v.hashes, rank, new, self.floor)
+            for clip in sorted(scored, key=v.pos.__getitem__):
+                values = scored[clip]
                 written += [{"clip_id": clip, "scorer": k, "model": model, "version": DEDUP_VERSION, "value": v_}
                             for k, v_ in values.items()]
         catalog.write_scores(run_id, written)
