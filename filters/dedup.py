@@ -183,7 +183,7 @@ def _keep_rank_scores(scores: dict[str, float]) -> dict[str, float]:
 class _Vectors:
     """One embedding model's clips: ids, their positions, (n, dim) float32 rows and content hashes.
 
-    Rows live in a buffer that grows by doubling, so adding a window does not copy the catalog."""
+    Rows live in a buffer with an eighth spare, so adding a window rarely copies the catalog."""
 
     def __init__(self) -> None:
         self.ids: list[str] = []
@@ -210,7 +210,7 @@ class _Vectors:
         fresh = [c for c in dict.fromkeys(ids) if c not in self.pos]
         need = len(self.ids) + len(fresh)
         if need > len(self._buf):
-            grown = np.zeros((max(need, 2 * len(self._buf)), self._buf.shape[1]), np.float32)
+            grown = np.zeros((need + need // 8 + 1024, self._buf.shape[1]), np.float32)  # 1/8 spare, not 2x
             grown[:len(self.ids)] = self.emb
             self._buf = grown
         for c in fresh:

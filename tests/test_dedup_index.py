@@ -119,8 +119,8 @@ def test_index_over_windows_gives_run_dedups_rows(tmp_path, floor):
     d = {c.split("-", 1)[1]: {s: incr[(c, s)] for s in ("dup_exact", "dup_sim")}
          for c in {c for c, _ in incr}}
     # the exact pair split across windows: the better copy (x2) arrived second and turned x1 into
-    # the duplicate; the better near copy b (window 2) turned the earlier run's o2 into one; o4,
-    # re-processed with aesthetic 9, now outranks everything near it
+    # the duplicate; the better near copy b (second window) turned the earlier run's o2 into one; o4,
+    # re-processed with aesthetic 9 (was 2), now ranks first of all: nothing better, dup_sim 0
     assert d["x1"]["dup_exact"] == 1.0 and d["x2"]["dup_exact"] == 0.0 and d["x1"]["dup_sim"] > 0.999
     assert d["o2"]["dup_sim"] > 0.9 and d["b"]["dup_sim"] < 0.9
     assert d["n1"]["dup_sim"] > 0.9 and d["o1"]["dup_sim"] < 0.9
@@ -184,7 +184,7 @@ def test_a_run_reads_the_catalogs_embeddings_once_not_once_per_window(tmp_path, 
     for i in range(4):  # the catalog before the run: four Parquet files
         _commit(cat, "run0", earlier[10 * i:10 * i + 10], cfg.url("embeddings"), i)
     before = {r["url"] for r in cat.query_dicts("SELECT DISTINCT url FROM embeddings")}
-    # four windows of three clips, each in two result batches; window 3 has an exact copy of e0
+    # four windows of three clips, each in two result batches; the last has an exact copy of e0
     clips = [_row(f"w{i}", _unit(rng.standard_normal(DIM)), 5.0) for i in range(11)]
     clips.append(_row("copy", np.asarray(earlier[0]["embedding"], np.float32), 9.0, sha=earlier[0]["content_sha256"]))
 
