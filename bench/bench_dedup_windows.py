@@ -200,7 +200,8 @@ def main() -> None:
     results["compare_index_fresh"] = compare(d, "fresh", "index")
     results["compare_index_reference"] = compare(d, "reference", "index")
     for m in ("reference", "fresh"):
-        results[f"ratio_total_{m}_over_index"] = round(results[m]["dedup_s_total"] / results["index"]["dedup_s_total"], 2)
+        total = results[m]["dedup_s_total"]
+        results[f"ratio_total_{m}_over_index"] = round(total / results["index"]["dedup_s_total"], 2)
     print(json.dumps({k: v for k, v in results.items() if k.startswith(("compare", "ratio"))}), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))

@@ -138,7 +138,8 @@ def _best_of_block(ids, hashes, rank, by_hash, block: list[int], sims: np.ndarra
 
 
 def duplicate_scores(ids: list[str], emb: np.ndarray, hashes: list[str | None], rank: np.ndarray,
-                     targets: Iterable[int], by_hash: dict[str, list[int]] | None = None) -> dict[str, dict[str, float]]:
+                     targets: Iterable[int],
+                     by_hash: dict[str, list[int]] | None = None) -> dict[str, dict[str, float]]:
     """dup_exact and dup_sim of the clips at positions `targets`, against all clips."""
     targets = sorted(set(targets))
     by_hash = _by_hash(hashes) if by_hash is None else by_hash
