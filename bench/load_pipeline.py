@@ -156,6 +156,8 @@ def main() -> None:
     ap.add_argument("--every", type=float, default=1.0)
     ap.add_argument("--out", default="bench/results/load_pipeline")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--window", type=int, default=None,
+                    help="ray.window_sources (sources per pipeline window); default: the config's")
     ap.add_argument("--rounds", type=int, default=1,
                     help="runs one after the other in this driver, each over --videos new videos appended to the "
                          "same catalog (RSS over a longer span: does it grow from round to round?)")
@@ -179,7 +181,8 @@ def main() -> None:
                 p = make_short_video(i, media)
                 f.write(json.dumps({"url": str(p), "text": f"a square moving over a flat colour, video {i}"}) + "\n")
     gen_s = time.time() - t0
-    cfg = load_config(None, [f"ray.num_cpus={args.cpus}"], workdir=str(base / "work"), inputs=[str(lists[0])],
+    overrides = [f"ray.num_cpus={args.cpus}"] + ([f"ray.window_sources={args.window}"] if args.window else [])
+    cfg = load_config(None, overrides, workdir=str(base / "work"), inputs=[str(lists[0])],
                       **{"models.preset": "tiny", "models.cache_dir": str(base / "models")})
     resolve_models(cfg.models)  # build the tiny models before the timed, sampled run
 
@@ -190,9 +193,11 @@ def main() -> None:
     def counting_commit(self, run_id, rows, *a, **kw):
         out = commit(self, run_id, rows, *a, **kw)
         sampler.rows += len(rows)
+        commits.append(round(time.time() - t1, 2))
         return out
 
     Catalog.commit_results = counting_commit
+    commits: list[float] = []  # seconds into the run of each result commit
     load_before = os.getloadavg()
     sampler.start()
     t1 = time.time()
@@ -233,7 +238,8 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": args.cpus, "videos": args.videos * args.rounds,
         "generate_s": round(gen_s, 1), "pipeline_s": round(seconds, 1),
         "clips_per_s": round(facts["clips"] / seconds, 2), "load_before": load_before, "load_after": os.getloadavg(),
-        "rows_committed": sampler.rows, "rounds": rounds, **facts, **summarise(sampler.samples), "samples": sampler.samples,
+        "rows_committed": sampler.rows, "window_sources": cfg.ray.window_sources,
+        "first_commit_s": commits[0] if commits else None, "commits": len(commits), "rounds": rounds, **facts, **summarise(sampler.samples), "samples": sampler.samples,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(out, indent=1))

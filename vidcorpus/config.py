@@ -22,6 +22,16 @@ class RayConfig(Section):
     num_cpus: int | None = Field(None, description="CPUs for a local Ray; None uses all cores.")
     actor_cpus: float = Field(0.25, description="CPUs each model actor reserves; fractional so read tasks never starve.")
     task_cpus: float = Field(0.5, description="CPUs each CPU stage task reserves.")
+    # Bounds the work in flight. One Ray Dataset over a whole run let the CPU stages run over most
+    # of the input before the first clip reached the driver (the CLIP stage gathers up to 4,096
+    # clips per call), so a killed driver redid the run. A window's sources are marked done as soon
+    # as it is committed; the next window starts when the current one's CPU stages are done, so
+    # its CPU stages overlap the current one's model stages (at most two windows in flight). Each
+    # window starts its own model actors (15 to 25 s a window on the 2-core dev box, tiny models),
+    # so a window must hold far more work than that: docs/reliability.md has the measured trade-off.
+    window_sources: int = Field(
+        512, ge=1, description="Sources per pipeline window: a killed driver redoes at most two windows; "
+                               "each window loads its models once.")
 
 
 class IngestConfig(Section):

@@ -96,15 +96,23 @@ def actor_gpu_plan(stages: list[type[Stage]], gpus_available: float) -> dict[typ
     return plan
 
 
-def build_dataset(cfg: Config, sources: list[dict], gpus_available: float = 0.0, cpus: float = 2.0):
-    """The lazy Ray Dataset of a run: source rows in, decided (and captioned) clip rows out."""
+def build_dataset(cfg: Config, sources: list[dict], gpus_available: float = 0.0, cpus: float = 2.0,
+                  stages: list[type[Stage]] | None = None):
+    """The lazy Ray Dataset of a run: source rows in, decided (and captioned) clip rows out (or
+    the rows after `stages`, a first part of the pipeline)."""
     import ray.data
 
     # Several small blocks so CPU stages run in parallel (one block per task); a few per CPU.
     per_block = max(1, min(256, len(sources) // max(1, int(4 * cpus))))
     blocks = [rows_to_table(sources[i:i + per_block]) for i in range(0, len(sources), per_block)]
-    ds = ray.data.from_arrow(blocks)
-    stages = pipeline_stages()
+    stages = pipeline_stages() if stages is None else stages
+    return add_stages(cfg, ray.data.from_arrow(blocks), stages, gpus_available)
+
+
+def add_stages(cfg: Config, ds, stages: list[type[Stage]], gpus_available: float = 0.0):
+    """`ds` mapped through these stages: CPU stages as tasks, model stages as actor pools."""
+    import ray.data
+
     plan = actor_gpu_plan(stages, gpus_available)
     for stage_cls in stages:
         res = stage_cls.resources
@@ -196,40 +204,118 @@ def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSu
     ctx.enable_progress_bars = progress
     ctx.verbose_progress = False
     resources = ray.cluster_resources()
-    ds = build_dataset(cfg, todo, resources.get("GPU", 0.0), resources.get("CPU", 2.0))
-    seen: set[str] = set()
-    failed: set[str] = set()
-    from vidcorpus.filters.dedup import write_embedding_batch
+    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 2.0)
+    size = cfg.ray.window_sources
+    windows = [todo[i:i + size] for i in range(0, len(todo), size)]
+    commit_windows(cfg, catalog, run_id, _window_batches(cfg, windows, gpus, cpus), summary, log)
 
-    embedded: list[str] = []
+
+def commit_windows(cfg: Config, catalog, run_id: str, batches, summary: RunSummary, log=print) -> None:
+    """Commit (window, result batch) pairs as they come; when a window is whole (window, None),
+    score its clips' duplicates, re-decide, and mark its sources done."""
+    from vidcorpus.filters.dedup import DedupIndex, write_embedding_batch
+
     # Commit as results stream in: a crash loses at most the batches not yet committed, and a
     # rerun re-processes only sources that were not marked done (upserts keep it duplicate-free).
-    for batch in ds.iter_batches(batch_size=COMMIT_ROWS, batch_format="pyarrow"):
+    # A window's sources are marked done once all its rows are committed (and deduplicated), so a
+    # killed driver redoes at most the windows in flight. The dedup index reads the catalog's
+    # embeddings once (at the first whole window) and then only what this run commits.
+    dedup = DedupIndex(cfg.filters.dedup_floor, run_id) if cfg.filters.dedup else None
+    failed: set[str] = set()
+    seen: dict[int, set[str]] = {}
+    embedded: dict[int, list[str]] = {}
+    for w, batch in batches:
+        if batch is None:  # window w is whole
+            if dedup is not None and embedded.get(w):
+                dedup_and_redecide(cfg, catalog, run_id, embedded[w], log, index=dedup)
+            catalog.mark_sources_done(seen.pop(w, set()) - failed)
+            embedded.pop(w, None)
+            continue
         rows = batch.to_pylist()
         for r in rows:
-            seen.add(r["source_id"])
+            seen.setdefault(w, set()).add(r["source_id"])
             if r.get("error_class"):
                 failed.add(r["source_id"])
                 summary.failures += 1
         index = write_embedding_batch(cfg.url("embeddings"), run_id, summary.rows_committed, rows)
         catalog.commit_results(run_id, rows, failed_before=failed)
         catalog.commit_embeddings(run_id, index)  # after the Parquet file is whole
-        embedded += [r["clip_id"] for r in index]
+        if dedup is not None:
+            dedup.committed([r["clip_id"] for r in rows if r.get("clip_id") and not r.get("error_class")], index)
+        embedded.setdefault(w, []).extend(r["clip_id"] for r in index)
         summary.rows_committed += len(rows)
-    catalog.mark_sources_done(seen - failed)
-    if cfg.filters.dedup and embedded:
-        dedup_and_redecide(cfg, catalog, run_id, embedded, log)
 
 
-def dedup_and_redecide(cfg: Config, catalog, run_id: str, new_clip_ids: list[str] | None, log=print) -> int:
+_CPU_DONE = "cpu stages done"
+
+
+def _window_batches(cfg: Config, windows: list[list[dict]], gpus: float, cpus: float):
+    """(window index, result batch) as they come, then (window index, None) when a window is whole.
+
+    Each window runs in a thread as two Ray Datasets: its CPU stages (up to the first model stage),
+    materialised, then its model stages. The next window starts when the newest one's CPU stages
+    are done (or it ended), and at most two windows run at once: the next window's CPU stages
+    overlap this one's model stages, whose actors start only once their input is complete.
+    """
+    import queue
+    import threading
+
+    results: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    stages = pipeline_stages()
+    split = next((i for i, s in enumerate(stages) if s.resources.actor), len(stages))
+
+    def pump(w: int) -> None:
+        try:
+            ds = build_dataset(cfg, windows[w], gpus, cpus, stages[:split]).materialize()
+            results.put((w, _CPU_DONE))
+            for batch in add_stages(cfg, ds, stages[split:], gpus).iter_batches(batch_size=COMMIT_ROWS,
+                                                                                 batch_format="pyarrow"):
+                if stop.is_set():
+                    return
+                results.put((w, batch))
+            results.put((w, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the driver's thread, raised there
+            results.put((w, e))
+
+    running: set[int] = set()
+    started = 0
+    newest_cpu_done = False
+    try:
+        while started < len(windows) or running:
+            if started < len(windows) and (not running or (len(running) < 2 and newest_cpu_done)):
+                running.add(started)
+                threading.Thread(target=pump, args=(started,), name=f"vidcorpus-window-{started}", daemon=True).start()
+                started += 1
+                newest_cpu_done = False
+            w, item = results.get()
+            if isinstance(item, BaseException):
+                raise item
+            if w == started - 1 and (item is _CPU_DONE or item is None):
+                newest_cpu_done = True
+            if item is _CPU_DONE:
+                continue
+            if item is None:
+                running.discard(w)
+            yield w, item
+    finally:
+        stop.set()  # a failed window stops the others at their next batch
+
+
+def dedup_and_redecide(cfg: Config, catalog, run_id: str, new_clip_ids: list[str] | None, log=print,
+                       index=None) -> int:
     """Duplicate scores for the new clips against the run and the catalog, then re-decide the clips
     whose dup scores were written (new ones, and earlier ones decided by this recipe). Returns the
-    number of clips re-decided."""
+    number of clips re-decided. `index` (a filters.dedup.DedupIndex kept across a run's windows)
+    gives the same scores as a fresh read of the catalog, without reading it again."""
     from vidcorpus.filters.apply import apply_recipe
     from vidcorpus.filters.dedup import run_dedup
     from vidcorpus.filters.recipes import load_recipe
 
-    written = run_dedup(catalog, run_id, new_clip_ids, cfg.filters.dedup_floor)
+    if index is not None:
+        written = index.score(catalog, run_id, new_clip_ids)
+    else:
+        written = run_dedup(catalog, run_id, new_clip_ids, cfg.filters.dedup_floor)
     recipe = load_recipe(cfg.filters.recipe)
     current = catalog.current_decisions()
     new = set(new_clip_ids or [])
