@@ -259,7 +259,8 @@ class GraphDecoder:
         from vidcorpus.captioning.fast_prefill import FastPrefill
 
         # the prefill: packed vision attention, the patch embedding as a matmul, the rope index on the
-        # CPU, optionally compiled blocks (fast_prefill.py); off with fast_attention=False
+        # CPU, optionally compiled blocks (fast_prefill.py); fast_attention=False turns all of it off,
+        # compile_prefill included
         self.fast_prefill = FastPrefill(model, VARLEN_ATTENTION if self.vision_config is not None else None,
                                       compile=compile_prefill) if fast_attention else None
 
@@ -278,13 +279,27 @@ class GraphDecoder:
         def hook(_module, args, kwargs):
             recorded.append({"position_ids": kwargs.get("position_ids")})
 
-        handle = self.lm.register_forward_pre_hook(hook, with_kwargs=True)
-        try:
+        def prefill():
+            recorded.clear()
             with self.fast_prefill or contextlib.nullcontext():
-                res = self.model.generate(
+                return self.model.generate(
                     **inputs, max_new_tokens=first, min_new_tokens=min(min_new_tokens, first), do_sample=False,
                     num_beams=1, repetition_penalty=repetition_penalty, return_dict_in_generate=True,
                     eos_token_id=eos_ids, pad_token_id=pad_id, **generate_kwargs)
+
+        handle = self.lm.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            try:
+                res = prefill()
+            except Exception as exc:  # noqa: BLE001 - a compile failure costs the compile, not this path
+                if not (self.fast_prefill and self.fast_prefill.targets) or "out of memory" in str(exc).lower():
+                    raise
+                import warnings
+
+                warnings.warn(f"compiled prefill failed ({exc!r}); prefilling uncompiled from now on",
+                              RuntimeWarning, stacklevel=2)
+                self.fast_prefill.disable_compile()
+                res = prefill()
         finally:
             handle.remove()
         new = res.sequences[:, prompt_len:]

@@ -463,8 +463,10 @@ def test_fast_attention_kernels_equal_sdpa():
              for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())]
     ref = torch.cat(parts, dim=2).transpose(1, 2)
     assert ours.shape == ref.shape == (1, 60, 4, 8) and torch.allclose(ours, ref, atol=1e-6)
-    # back-to-back windows of one length (every window of a 224 px frame): the view path, same result
-    cu = torch.arange(0, 61, 12)
+    # back-to-back windows of one length (every window of a 224 px frame): the view path, same result,
+    # with what transformers passes: int32 cumulative lengths, (1, H, S, D) views of (S, H, D) tensors
+    cu = torch.arange(0, 61, 12, dtype=torch.int32)
+    q, k, v = (torch.randn(60, 4, 8, generator=g).transpose(0, 1).unsqueeze(0) for _ in range(3))
     ours, _ = varlen_sdpa(module, q, k, v, cu_seq_lens_q=cu, cu_seq_lens_k=cu, scaling=0.3, is_causal=False)
     parts = [torch.nn.functional.scaled_dot_product_attention(q[:, :, a:a + 12], k[:, :, a:a + 12],
                                                               v[:, :, a:a + 12], scale=0.3) for a in range(0, 60, 12)]
@@ -472,17 +474,34 @@ def test_fast_attention_kernels_equal_sdpa():
     assert ours.shape == ref.shape == (1, 60, 4, 8) and torch.allclose(ours, ref, atol=1e-6)
 
 
-def test_fast_prefill_matches_transformers(tiny_vlm):
+def test_fast_prefill_matches_transformers(tiny_vlm, monkeypatch):
     """The static path's prefill forms (packed vision attention, the patch embedding as a matmul, the
     rope index on CPU copies, compiled blocks) give transformers' vision outputs and generated tokens,
     and leave the model as it was once the context ends."""
     from vidcorpus.captioning.fast_decode import VARLEN_ATTENTION, register_attention
     from vidcorpus.captioning.fast_prefill import FastPrefill
 
+    import vidcorpus.captioning.fast_decode as fast_decode
+
     register_attention()
     cap = load_captioner(tiny_vlm, decode="default")
     inputs = cap._inputs([_frames(s) for s in range(2)], PROMPTS["p1"]["long"])
     vision = cap.model.model.visual
+    calls = {"varlen": 0, "rope": 0}
+    varlen, rope = fast_decode.varlen_sdpa, cap.model.model.get_rope_index
+
+    def counted_varlen(*a, **k):
+        calls["varlen"] += 1
+        return varlen(*a, **k)
+
+    def counted_rope(*a, **k):
+        calls["rope"] += 1
+        assert all(t.device.type == "cpu" for t in list(a) + list(k.values()) if isinstance(t, torch.Tensor))
+        return rope(*a, **k)
+
+    monkeypatch.setattr(fast_decode, "varlen_sdpa", counted_varlen)
+    register_attention()
+    monkeypatch.setattr(cap.model.model, "get_rope_index", counted_rope)  # an instance attribute: restored as is
     pix, grid = inputs["pixel_values_videos"], inputs["video_grid_thw"]
     lm_layers = cap.model.model.language_model.layers
     with torch.inference_mode():
@@ -501,11 +520,56 @@ def test_fast_prefill_matches_transformers(tiny_vlm):
                     assert all(layer.mlp._compiled_call_impl is not None for layer in lm_layers)
             assert torch.allclose(got, ref, atol=1e-5), (got - ref).abs().max()
             assert torch.equal(got_gen, ref_gen)  # float32: the same greedy tokens as transformers
-            assert "forward" not in vision.patch_embed.__dict__ and "get_rope_index" not in cap.model.model.__dict__
+            assert calls["varlen"] > 0 and calls["rope"] > 0  # the fast forms ran
+            assert "forward" not in vision.patch_embed.__dict__
+            assert cap.model.model.__dict__["get_rope_index"] is counted_rope
             assert all(b._compiled_call_impl is None for b in vision.blocks)
             assert all(layer.mlp._compiled_call_impl is None for layer in lm_layers)
             assert cap.model.config.vision_config._attn_implementation == "sdpa"
         assert torch.equal(vision(pix, grid_thw=grid).pooler_output, ref)
+        # a failure while switching on (here: compiling with an unknown backend) changes nothing
+        broken = FastPrefill(cap.model, VARLEN_ATTENTION, compile=True, compile_backend="no_such_backend")
+        with pytest.raises(Exception):
+            with broken:
+                pass
+        assert "forward" not in vision.patch_embed.__dict__ and broken._depth == 0
+        assert all(b._compiled_call_impl is None for b in vision.blocks)
+        assert cap.model.config.vision_config._attn_implementation == "sdpa"
+
+
+def test_rope_index_on_cpu_leaves_pixel_values_where_they_are():
+    """The CPU rope index copies what it reads (ids, masks, grids, seconds per grid) and not the pixel
+    values generate also hands it (1.2 GB at batch 512); results go back to the inputs' device."""
+    from vidcorpus.captioning.fast_prefill import _on_cpu
+
+    seen = {}
+
+    def rope_index(input_ids, **kwargs):
+        seen.update(ids=input_ids.device.type, **{k: v.device.type for k, v in kwargs.items()})
+        return input_ids + 1, torch.zeros(1)
+
+    pixels = torch.empty(4, 3, device="meta")  # a copy of a meta tensor would raise
+    pos, deltas = _on_cpu(rope_index)(torch.zeros(1, 3, dtype=torch.long), pixel_values_videos=pixels,
+                                      second_per_grid_ts=torch.ones(1))
+    assert seen == {"ids": "cpu", "pixel_values_videos": "meta", "second_per_grid_ts": "cpu"}
+    assert pos.tolist() == [[1, 1, 1]] and deltas.device.type == "cpu"
+
+
+def test_compile_failure_keeps_the_static_path(tiny_vlm):
+    """A prefill whose compilation fails warns and goes on uncompiled, with generate's tokens."""
+    from vidcorpus.captioning.fast_decode import GraphDecoder
+
+    cap = load_captioner(tiny_vlm, decode="default")
+    inputs = cap._inputs([_frames(s) for s in range(2)], PROMPTS["p1"]["short"])
+    eos, pad = cap.model.generation_config.eos_token_id, cap.tokenizer.pad_token_id
+    dec = GraphDecoder(cap.model, use_graph=False, compile_prefill=True)
+    dec.fast_prefill.compile_backend = "no_such_backend"
+    with torch.inference_mode():
+        ref = cap.model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+        with pytest.warns(RuntimeWarning, match="compiled prefill failed"):
+            got = dec.generate(inputs, 8, 8, [eos], pad)
+    assert torch.equal(got, ref[:, inputs["input_ids"].shape[1]:])
+    assert dec.fast_prefill.targets == []
 
 
 def test_cleanup_on_vlm_style_output():
