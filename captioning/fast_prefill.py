@@ -10,9 +10,9 @@ an H100 the static path spent 7.1 s prefilling and 1.0 s decoding 62 tokens). In
   patch), runs as the matrix product it is: the flattened (C, T, P, P) patches times the flattened
   weight;
 - the model's 3-D rope index (``get_rope_index``: a Python loop over the batch with a few dozen
-  small tensor operations and host syncs per row) runs on CPU copies of its integer inputs and the
-  result is moved back: the same function and numbers without a GPU launch or sync per operation (the pixel values it is
-  also handed, 1.2 GB at batch 512, are left where they are: it never reads them);
+  small tensor operations and host syncs per row) runs on CPU copies of its inputs and the result is
+  moved back: the same function and numbers without a GPU launch or sync per operation (the pixel
+  values it is also handed, 1.2 GB at batch 512, stay where they are: it never reads them);
 - with ``compile=True`` (``captioning.compile_prefill``), regional ``torch.compile``: every vision
   block, and each language-model layer's RMSNorms and MLP, run compiled (modules of one kind share
   compiled graphs). That fuses the float32 rotary embedding, the norms' upcasts, the gated
