@@ -292,7 +292,9 @@ class GraphDecoder:
             try:
                 res = prefill()
             except Exception as exc:  # noqa: BLE001 - a compile failure costs the compile, not this path
-                if not (self.fast_prefill and self.fast_prefill.targets) or "out of memory" in str(exc).lower():
+                from vidcorpus.captioning.models import _is_oom
+
+                if not (self.fast_prefill and self.fast_prefill.targets) or _is_oom(exc):
                     raise
                 import warnings
 

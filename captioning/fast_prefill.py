@@ -29,6 +29,8 @@ one prefill per model at a time (not thread-safe), as the captioner runs it.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 
@@ -121,7 +123,7 @@ class FastPrefill:
                                              getattr(layer, "post_attention_layernorm", None),
                                              getattr(layer, "mlp", None)) if m is not None]
         self._compiled: list | None = None
-        self._saved: list = []
+        self._undo: contextlib.ExitStack | None = None
         self._depth = 0
 
     def disable_compile(self) -> None:
@@ -141,59 +143,50 @@ class FastPrefill:
         self._depth += 1
         if self._depth > 1 or self.vision is None:
             return self
+        self._undo = contextlib.ExitStack()
         try:
-            self._switch_on()
+            self._switch_on(self._undo)
         except BaseException:
-            self._restore()
+            self._undo.close()  # all or nothing
+            self._undo = None
             self._depth -= 1
             raise
         return self
 
-    def _switch_on(self) -> None:
+    def _switch_on(self, undo: contextlib.ExitStack) -> None:
+        from vidcorpus.captioning.fast_decode import _AttnSwitch
+
         compiled = self._compiled_calls()  # first: a failure here has changed nothing yet
-        if self.attention:
-            self._saved.append(("attn", self.config, self.config._attn_implementation))
-            self.config._attn_implementation = self.attention
+        undo.enter_context(_AttnSwitch(self.config, self.attention))
         embed = self.vision.patch_embed
         if _is_patch_conv(getattr(embed, "proj", None)):
-            self._set(embed, "forward", _linear_patch_embed(embed))
+            _set(undo, embed, "forward", _linear_patch_embed(embed))
         rope = getattr(self.inner, "get_rope_index", None)
         if rope is not None and self.cpu_rope:
-            self._set(self.inner, "get_rope_index", _on_cpu(rope))
+            _set(undo, self.inner, "get_rope_index", _on_cpu(rope))
         if compiled:
             # every target compiles the same code object (Module._call_impl): vision blocks, norms
             # and MLPs at a few shapes each exceed dynamo's default of 8 entries per code object,
             # after which it would silently run eagerly. Raised while the context is open only.
             limit = _recompile_limit_patch(64)
             if limit is not None:
-                limit.__enter__()
-                self._saved.append(("patch", limit, None))
+                undo.enter_context(limit)
         for module, fn in zip(self.targets, compiled):
-            self._saved.append(("compiled", module, module._compiled_call_impl))
-            module._compiled_call_impl = fn
-
-    def _set(self, obj, name: str, value) -> None:
-        self._saved.append(("attr", obj, (name, obj.__dict__.get(name, _MISSING))))
-        setattr(obj, name, value)
+            _set(undo, module, "_compiled_call_impl", fn)
 
     def __exit__(self, *exc):
         self._depth -= 1
-        if self._depth == 0:
-            self._restore()
+        if self._depth == 0 and self._undo is not None:
+            self._undo.close()
+            self._undo = None
         return False
 
-    def _restore(self) -> None:
-        for kind, obj, old in reversed(self._saved):
-            if kind == "attn":
-                obj._attn_implementation = old
-            elif kind == "attr":
-                name, value = old
-                if value is _MISSING:
-                    delattr(obj, name)
-                else:
-                    setattr(obj, name, value)
-            elif kind == "patch":
-                obj.__exit__(None, None, None)
-            else:
-                obj._compiled_call_impl = old
-        self._saved = []
+
+def _set(undo: contextlib.ExitStack, obj, name: str, value) -> None:
+    """Set an instance attribute; ``undo`` puts back what the instance had (or removes it)."""
+    old = obj.__dict__.get(name, _MISSING)
+    setattr(obj, name, value)
+    if old is _MISSING:
+        undo.callback(delattr, obj, name)
+    else:
+        undo.callback(setattr, obj, name, old)

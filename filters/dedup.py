@@ -150,21 +150,11 @@ def duplicate_scores(ids: list[str], emb: np.ndarray, hashes: list[str | None], 
     return out
 
 
-def affected(emb: np.ndarray, new: list[int], floor: float) -> set[int]:
-    """The new clips and every other clip that some new clip comes within `floor` cosine of."""
-    hit = set(new)
-    for start in range(0, len(new), BLOCK):
-        block = new[start:start + BLOCK]
-        sims = emb[block] @ emb.T
-        hit.update(np.flatnonzero((sims >= floor).any(axis=0)).tolist())
-    return hit
-
-
 def new_and_affected_scores(ids: list[str], emb: np.ndarray, hashes: list[str | None], rank: np.ndarray,
                             new: list[int], floor: float) -> dict[str, dict[str, float]]:
-    """Scores of the new clips and of every other clip that some new clip comes within `floor` of:
-    ``duplicate_scores(..., affected(emb, new, floor))``, with one matrix product per block of new
-    clips serving both (the new clips' rows), and a second one only for the affected earlier clips."""
+    """Scores of the new clips and of every other clip that some new clip comes within `floor` of (a
+    better new copy can make an earlier clip a duplicate): one matrix product per block of new clips
+    finds those earlier clips and scores the new ones; a second one scores only the earlier clips."""
     by_hash = _by_hash(hashes)
     out: dict[str, dict[str, float]] = {}
     hit: set[int] = set()

@@ -309,13 +309,12 @@ def dedup_and_redecide(cfg: Config, catalog, run_id: str, new_clip_ids: list[str
     number of clips re-decided. `index` (a filters.dedup.DedupIndex kept across a run's windows)
     gives the same scores as a fresh read of the catalog, without reading it again."""
     from vidcorpus.filters.apply import apply_recipe
-    from vidcorpus.filters.dedup import run_dedup
+    from vidcorpus.filters.dedup import DedupIndex
     from vidcorpus.filters.recipes import load_recipe
 
-    if index is not None:
-        written = index.score(catalog, run_id, new_clip_ids)
-    else:
-        written = run_dedup(catalog, run_id, new_clip_ids, cfg.filters.dedup_floor)
+    if index is None:  # a fresh index reads the whole catalog, as run_dedup does
+        index = DedupIndex(cfg.filters.dedup_floor)
+    written = index.score(catalog, run_id, new_clip_ids)
     recipe = load_recipe(cfg.filters.recipe)
     current = catalog.current_decisions()
     new = set(new_clip_ids or [])
