@@ -44,7 +44,7 @@ class CaptionStage(Stage):
         self.captioner = load_captioner(source, batch_size=cap.batch_size, min_new_tokens=cap.min_new_tokens,
                                         prompt_version=cap.prompt_version, decode=cap.decode,
                                         repetition_penalty=cap.repetition_penalty, max_pixels=cap.max_pixels,
-                                        compile_prefill=cap.compile_prefill)
+                                        compile_prefill=cap.compile_prefill, compile_decode=cap.compile_decode)
         self.clip = None
         if cap.qa:
             from vidcorpus.filters.clip_models import load_clip

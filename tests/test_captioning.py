@@ -119,11 +119,13 @@ def test_oom_halves_batch_and_retries(tiny_dir, monkeypatch):
     real = cap._generate_batch
     sizes: list[int] = []
 
-    def limited(chunk, prompt, max_new_tokens, as_image=False):
+    def limited(chunk, prompt, max_new_tokens, as_image=False, inputs=None):
         sizes.append(len(chunk))
         if len(chunk) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(chunk, prompt, max_new_tokens, as_image)
+        if inputs is not None:  # prepared for this very chunk
+            assert inputs["pixel_values"].shape[0] == len(chunk)
+        return real(chunk, prompt, max_new_tokens, as_image, inputs=inputs)
 
     monkeypatch.setattr(cap, "_generate_batch", limited)
     frames = [_frames(s) for s in range(5)]
@@ -131,6 +133,69 @@ def test_oom_halves_batch_and_retries(tiny_dir, monkeypatch):
     assert sizes[:3] == [5, 4, 2] and cap.batch_size == 2
     expected = load_captioner(tiny_dir).caption(frames, "short", 6)
     assert texts == expected
+
+
+def test_prefetch_out_of_memory_is_retried_at_the_same_size(tiny_dir, monkeypatch):
+    """Inputs whose preparation in the thread ran out of GPU memory (the generating batch held it) are
+    made again for the same batch; the batch size stays."""
+    import vidcorpus.captioning.models as models
+
+    cap = load_captioner(tiny_dir, batch_size=2)
+    cap.prefetch = True
+    monkeypatch.setattr(models, "PREFETCH_MIN_BATCH", 2)
+    real, failed = cap._prepare, []
+
+    def prepare(chunk, *a, **k):
+        if not failed:
+            failed.append(len(chunk))
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real(chunk, *a, **k)
+
+    monkeypatch.setattr(cap, "_prepare", prepare)
+    frames = [_frames(s) for s in range(5)]
+    texts = cap.caption(frames, "short", 6)
+    assert failed == [2] and cap.batch_size == 2
+    assert texts == load_captioner(tiny_dir, batch_size=2).caption(frames, "short", 6)
+
+
+def test_next_batch_is_prepared_while_one_generates(tiny_dir, monkeypatch):
+    """Inputs of batch k+1 (templates, tokens, frames to the device) are made in a thread while batch k
+    generates; the captions are those of one batch at a time."""
+    import threading
+    import time as _time
+
+    cap = load_captioner(tiny_dir, batch_size=2)
+    assert not cap.prefetch  # off on CPUs (both threads' torch ops would share the cores); on for the test
+    cap.prefetch = True
+    import vidcorpus.captioning.models as models
+
+    monkeypatch.setattr(models, "PREFETCH_MIN_BATCH", 2)  # from batch 128 up in production
+    events: list[tuple] = []
+    real_inputs, real_generate = cap._device_inputs, cap._generate_batch
+
+    def device_inputs(chunk, *a, **k):
+        events.append(("prepare", len(chunk), threading.current_thread().name, _time.perf_counter()))
+        return real_inputs(chunk, *a, **k)
+
+    def generate(chunk, prompt, max_new_tokens, as_image=False, inputs=None):
+        start = _time.perf_counter()
+        _time.sleep(0.2)  # a generation long enough to be overlapped
+        out = real_generate(chunk, prompt, max_new_tokens, as_image, inputs=inputs)
+        events.append(("generate", len(chunk), start, _time.perf_counter()))
+        return out
+
+    monkeypatch.setattr(cap, "_device_inputs", device_inputs)
+    monkeypatch.setattr(cap, "_generate_batch", generate)
+    frames = [_frames(s) for s in range(5)]
+    texts = cap.caption(frames, "short", 6)
+    prepared = [e for e in events if e[0] == "prepare"]
+    generated = [e for e in events if e[0] == "generate"]
+    assert [e[1] for e in prepared] == [2, 2, 1] and [e[1] for e in generated] == [2, 2, 1]
+    assert all(e[2].startswith("caption-inputs") for e in prepared[1:])  # batches 2 and 3: in the thread
+    assert all(prepared[k + 1][3] < generated[k][3] for k in range(2))  # before batch k is done
+    assert texts == load_captioner(tiny_dir, batch_size=2).caption(frames[:2], "short", 6) + \
+        load_captioner(tiny_dir, batch_size=2).caption(frames[2:4], "short", 6) + \
+        load_captioner(tiny_dir, batch_size=2).caption(frames[4:], "short", 6)
 
 
 @pytest.fixture(scope="module")
@@ -487,8 +552,14 @@ def test_fast_prefill_matches_transformers(tiny_vlm, monkeypatch):
     cap = load_captioner(tiny_vlm, decode="default")
     inputs = cap._inputs([_frames(s) for s in range(2)], PROMPTS["p1"]["long"])
     vision = cap.model.model.visual
-    calls = {"varlen": 0, "rope": 0}
+    calls = {"varlen": 0, "rope": 0, "block": 0, "block_fallback": 0, "before": 0, "after": 0}
     varlen, rope = fast_decode.varlen_sdpa, cap.model.model.get_rope_index
+
+    def counted(name, fn):
+        def call(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+        return call
 
     def counted_varlen(*a, **k):
         calls["varlen"] += 1
@@ -510,21 +581,28 @@ def test_fast_prefill_matches_transformers(tiny_vlm, monkeypatch):
         for compile_blocks in (False, True):
             fast = FastPrefill(cap.model, VARLEN_ATTENTION, compile=compile_blocks, compile_backend="eager",
                                cpu_rope=True)
+            if compile_blocks:  # count the fused, compiled graphs' calls (from outside the graphs)
+                fast._fused = {name: counted(name, fn) for name, fn in fast._fused_calls().items()}
             with fast:
                 assert "forward" in vision.patch_embed.__dict__  # the matmul form is in place
                 assert "get_rope_index" in cap.model.model.__dict__
                 got = vision(pix, grid_thw=grid).pooler_output
                 got_gen = cap.model.generate(**inputs, max_new_tokens=6, do_sample=False)
                 if compile_blocks:
-                    assert all(b._compiled_call_impl is not None for b in vision.blocks)
-                    assert all(layer.mlp._compiled_call_impl is not None for layer in lm_layers)
+                    assert all("forward" in b.__dict__ for b in vision.blocks)
+                    assert all("forward" in layer.__dict__ for layer in lm_layers)
             assert torch.allclose(got, ref, atol=1e-5), (got - ref).abs().max()
             assert torch.equal(got_gen, ref_gen)  # float32: the same greedy tokens as transformers
             assert calls["varlen"] > 0 and calls["rope"] > 0  # the fast forms ran
+            if compile_blocks:  # windowed and full-attention blocks fused (their windows are equal here),
+                # every layer before and after its attention in the prompt's forward; none in decoding steps
+                n_vision, n_lm = len(vision.blocks), len(lm_layers)
+                assert calls["block"] == 2 * n_vision and calls["block_fallback"] == 0
+                assert calls["before"] == calls["after"] == n_lm
             assert "forward" not in vision.patch_embed.__dict__
             assert cap.model.model.__dict__["get_rope_index"] is counted_rope
-            assert all(b._compiled_call_impl is None for b in vision.blocks)
-            assert all(layer.mlp._compiled_call_impl is None for layer in lm_layers)
+            assert all(b._compiled_call_impl is None and "forward" not in b.__dict__ for b in vision.blocks)
+            assert all("forward" not in layer.__dict__ for layer in lm_layers)
             assert cap.model.config.vision_config._attn_implementation == "sdpa"
         assert torch.equal(vision(pix, grid_thw=grid).pooler_output, ref)
         # a failure while switching on (here: compiling with an unknown backend) changes nothing
@@ -533,7 +611,7 @@ def test_fast_prefill_matches_transformers(tiny_vlm, monkeypatch):
             with broken:
                 pass
         assert "forward" not in vision.patch_embed.__dict__ and broken._depth == 0
-        assert all(b._compiled_call_impl is None for b in vision.blocks)
+        assert all("forward" not in b.__dict__ for b in vision.blocks)
         assert cap.model.config.vision_config._attn_implementation == "sdpa"
 
 
@@ -555,6 +633,26 @@ def test_rope_index_on_cpu_leaves_pixel_values_where_they_are():
     assert pos.tolist() == [[1, 1, 1]] and deltas.device.type == "cpu"
 
 
+def test_rope_index_of_alike_rows_is_computed_once(tiny_vlm):
+    """A batch of clips of one size has identical rows (the video tokens are placeholders): the rope
+    index is computed for one row and copied, with transformers' numbers; a batch with a clip of
+    another size goes through transformers' loop."""
+    from vidcorpus.captioning.fast_prefill import _alike_rows_once
+
+    cap = load_captioner(tiny_vlm, decode="default")
+    rope = cap.model.model.get_rope_index
+    for frames, alike in (([_frames(s) for s in range(3)], True),
+                          ([_frames(0), np.random.default_rng(1).integers(0, 256, (6, 96, 80, 3), dtype=np.uint8),
+                            _frames(2)], False)):
+        inputs = cap._inputs(frames, PROMPTS["p1"]["long"])
+        kwargs = {k: v for k, v in inputs.items() if k != "input_ids"}  # pixel values too, as generate passes
+        once = _alike_rows_once(rope)
+        with torch.inference_mode():
+            ref, got = rope(inputs["input_ids"], **kwargs), once(inputs["input_ids"], **kwargs)
+        assert once.calls_from_one_row == int(alike)
+        assert all(torch.equal(a, b) for a, b in zip(ref, got)) and got[0].shape == ref[0].shape
+
+
 def test_compile_failure_keeps_the_static_path(tiny_vlm):
     """A prefill whose compilation fails warns and goes on uncompiled, with generate's tokens."""
     from vidcorpus.captioning.fast_decode import GraphDecoder
@@ -569,7 +667,84 @@ def test_compile_failure_keeps_the_static_path(tiny_vlm):
         with pytest.warns(RuntimeWarning, match="compiled prefill failed"):
             got = dec.generate(inputs, 8, 8, [eos], pad)
     assert torch.equal(got, ref[:, inputs["input_ids"].shape[1]:])
-    assert dec.fast_prefill.targets == []
+    assert dec.fast_prefill.targets == [] and not dec.fast_prefill.compiles
+
+
+def test_compiled_decoding_step_matches_generate(tiny_vlm):
+    """The decoding step through torch.compile (aot_eager: the functionalised graph, in-place writes
+    to the slot as copies) gives generate's tokens (float32), repetition penalty included, at three
+    batch sizes with two compiles (the second shape-generic); a step whose compilation fails warns and
+    decodes uncompiled, with the same tokens."""
+    from torch._dynamo.utils import counters
+
+    from vidcorpus.captioning.fast_decode import GraphDecoder
+
+    cap = load_captioner(tiny_vlm, decode="default")
+    eos, pad = cap.model.generation_config.eos_token_id, cap.tokenizer.pad_token_id
+    with torch.inference_mode():
+        for rp in (1.0, 1.3):
+            dec = GraphDecoder(cap.model, use_graph=False, compile_decode=True, compile_backend="aot_eager")
+            graphs = counters["stats"]["unique_graphs"]
+            for batch in (1, 2, 3):
+                inputs = cap._inputs([_frames(s) for s in range(batch)], PROMPTS["p1"]["short"])
+                start = inputs["input_ids"].shape[1]
+                ref = cap.model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                                         repetition_penalty=rp)[:, start:]
+                got = dec.generate(inputs, 8, 8, [eos], pad, repetition_penalty=rp)
+                assert torch.equal(got, ref) and dec.compile_decode
+            assert 1 <= counters["stats"]["unique_graphs"] - graphs <= 2
+        broken = GraphDecoder(cap.model, use_graph=False, compile_decode=True, compile_backend="no_such_backend")
+        with pytest.warns(RuntimeWarning, match="compiled decoding step failed"):
+            got = broken.generate(inputs, 8, 8, [eos], pad, repetition_penalty=1.3)
+    assert torch.equal(got, ref) and not broken.compile_decode
+
+
+def test_aligned_gated_mlp_equals_the_mlp():
+    """Gate and up as one product of a width padded to a multiple of 8 (Qwen2.5-VL's vision MLP: 3420
+    wide, with biases): the padded columns are silu(0) * 0 and meet zero weights, the sums are equal."""
+    from types import SimpleNamespace
+
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLMLP
+
+    from vidcorpus.captioning.fast_prefill import _gated_mlp_aligned
+
+    torch.manual_seed(0)
+    for bias in (True, False):
+        mlp = Qwen2_5_VLMLP(SimpleNamespace(hidden_size=16, intermediate_size=60, hidden_act="silu"), bias=bias)
+        x = torch.randn(5, 16)
+        with torch.no_grad():
+            assert torch.allclose(_gated_mlp_aligned(mlp, x), mlp(x), atol=1e-6)
+
+
+def test_fast_prefill_with_unequal_windows_uses_transformers_blocks(tiny_vlm):
+    """Frames whose attention windows differ in length (96x80 here) go through the blocks' own forward
+    (compiled as it is) inside the context, with transformers' outputs and tokens."""
+    from vidcorpus.captioning.fast_decode import VARLEN_ATTENTION, register_attention
+    from vidcorpus.captioning.fast_prefill import FastPrefill
+
+    register_attention()
+    cap = load_captioner(tiny_vlm, decode="default")
+    odd = np.random.default_rng(1).integers(0, 256, (6, 96, 80, 3), dtype=np.uint8)
+    inputs = cap._inputs([odd, odd], PROMPTS["p1"]["long"])
+    vision, calls = cap.model.model.visual, {"block": 0, "block_fallback": 0}
+    fast = FastPrefill(cap.model, VARLEN_ATTENTION, compile=True, compile_backend="aot_eager", cpu_rope=True)
+
+    def counted(name, fn):
+        def call(*a, **k):
+            calls[name] = calls.get(name, 0) + 1
+            return fn(*a, **k)
+        return call
+
+    fast._fused = {name: counted(name, fn) for name, fn in fast._fused_calls().items()}
+    pix, grid = inputs["pixel_values_videos"], inputs["video_grid_thw"]
+    with torch.inference_mode():
+        ref = vision(pix, grid_thw=grid).pooler_output
+        ref_gen = cap.model.generate(**inputs, max_new_tokens=6, do_sample=False)
+        with fast:
+            got = vision(pix, grid_thw=grid).pooler_output
+            got_gen = cap.model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    assert calls["block_fallback"] > 0
+    assert torch.allclose(got, ref, atol=1e-5) and torch.equal(got_gen, ref_gen)
 
 
 def test_cleanup_on_vlm_style_output():
