@@ -179,7 +179,7 @@ def fp32_check(args, device) -> dict:
     from vidcorpus.captioning.models import Captioner
 
     model, processor, _, _ = build(args.size, device, torch.float32, args.px, min_px=112)
-    common = dict(min_new_tokens=args.new_tokens, prompt_version="p1", compile_prefill=False)
+    common = dict(min_new_tokens=args.new_tokens, prompt_version="p1", compile_prefill=False, compile_decode=False)
     default = Captioner(model, processor, "bench", device, torch.float32, decode="default", **common)
     fast = Captioner(model, processor, "bench", device, torch.float32, decode="static_graph", **common)
     rng = np.random.default_rng(1)
@@ -212,7 +212,8 @@ def measure_fast(row: dict, label: str, cap, model, frames, tokens: int, new_tok
         from vidcorpus.captioning.fast_decode import GraphDecoder
 
         row[label + "_graph_error"] = "; ".join(str(c.message) for c in caught)[:1000]
-        cap._graph = GraphDecoder(model, use_graph=False, compile_prefill=cap.compile_prefill)
+        cap._graph = GraphDecoder(model, use_graph=False, compile_prefill=cap.compile_prefill,
+                                  compile_decode=cap.compile_decode)
         t_first, g_first = run_path(cap, frames, new_tokens)
     first_stats = dict(cap.graph_decoder.last_stats)
     calls = [run_path(cap, frames, new_tokens) for _ in range(2)]  # the same graph replayed in 2 more calls
@@ -236,6 +237,63 @@ def measure_fast(row: dict, label: str, cap, model, frames, tokens: int, new_tok
     assert all(len(g.token_ids) == new_tokens for g in g_def + g_fast)
 
 
+def free_graphs(paths, device) -> None:
+    """Drop the static paths' captured graphs and buffers (the default path runs without them)."""
+    for _label, cap in paths:
+        if cap._graph:
+            cap._graph.slots.clear()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _graphs_compiled() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def measure_stream(paths, frames, n: int, new_tokens: int, device, prefetch_ab: bool = False) -> dict:
+    """Steady-state seconds per batch when one captioner call covers many batches (the captioner prepares
+    batch k+1's inputs while batch k generates): a call over ``n`` batches minus a call over one,
+    divided by n - 1, for each path; speed-ups over the default; graphs compiled meanwhile (0 expected)."""
+    out: dict = {"batches": n}
+    for label, cap in paths:
+        cap.batch_size = len(frames)
+        if label == "default":
+            free_graphs(paths, device)
+        else:
+            cap.generate(list(frames), "long", new_tokens)  # graphs captured again, before timing
+        graphs = _graphs_compiled()
+        times = {}
+        for k in (1, n):
+            _sync(device)
+            t = time.perf_counter()
+            gens = cap.generate(list(frames) * k, "long", new_tokens)
+            _sync(device)
+            times[k] = time.perf_counter() - t
+            assert len(gens) == k * len(frames) and all(len(g.token_ids) == new_tokens for g in gens)
+        per_batch = (times[n] - times[1]) / (n - 1)
+        out[label] = {"s_per_batch": round(per_batch, 3), "one_batch_s": round(times[1], 3),
+                      f"{n}_batches_s": round(times[n], 3), "tokens_per_s": round(len(frames) * new_tokens / per_batch, 1),
+                      "clips_per_s": round(len(frames) / per_batch, 2), "graphs_compiled": _graphs_compiled() - graphs}
+        if label != "default":
+            out[label]["speedup"] = round(out["default"]["s_per_batch"] / per_batch, 2)
+    if prefetch_ab:  # the last path again without the prefetch thread
+        label, cap = paths[-1]
+        cap.prefetch = False
+        times = {}
+        for k in (1, n):
+            _sync(device)
+            t = time.perf_counter()
+            cap.generate(list(frames) * k, "long", new_tokens)
+            _sync(device)
+            times[k] = time.perf_counter() - t
+        cap.prefetch = True
+        out[label + "_no_prefetch"] = {"s_per_batch": round((times[n] - times[1]) / (n - 1), 3)}
+    print(json.dumps({"stream": out}), flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", default="3b", choices=["3b", "tiny"])
@@ -251,6 +309,13 @@ def main() -> None:
     ap.add_argument("--breakdown", type=int, default=0, help="time the prefill's parts at this batch size")
     ap.add_argument("--compile-prefill", action="store_true", help="also measure the static path with "
                     "captioning.compile_prefill (regional torch.compile of the prefill), as a third path")
+    ap.add_argument("--compiled", action="store_true", help="also measure the static path with "
+                    "captioning.compile_prefill and captioning.compile_decode (the GPU default)")
+    ap.add_argument("--skip-uncompiled", action="store_true", help="do not measure the uncompiled static path")
+    ap.add_argument("--repeat", type=int, default=0, help="after the measurements, time the default and each fast "
+                    "path again this many times, alternating (the reference is host-bound and varies)")
+    ap.add_argument("--stream", type=int, default=0, help="also time N batches in one captioner call per path "
+                    "(the next batch's inputs prepared while one generates, as the caption stage runs)")
     args = ap.parse_args()
 
     from vidcorpus.captioning.models import Captioner, get_prompt
@@ -270,13 +335,17 @@ def main() -> None:
         "command": " ".join(sys.argv),
     }
     print(json.dumps(info), flush=True)
-    common = dict(min_new_tokens=args.new_tokens, prompt_version="p1", compile_prefill=False)
+    common = dict(min_new_tokens=args.new_tokens, prompt_version="p1", compile_prefill=False, compile_decode=False)
     default = Captioner(model, processor, "bench", device, dtype, decode="default", **common)
     fast = Captioner(model, processor, "bench", device, dtype, decode="static_graph", **common)
-    fast_paths = [("static_graph", fast)]
+    fast_paths = [] if args.skip_uncompiled else [("static_graph", fast)]
     if args.compile_prefill:
         fast_paths.append(("static_graph_compiled_prefill", Captioner(
             model, processor, "bench", device, dtype, decode="static_graph", **{**common, "compile_prefill": True})))
+    if args.compiled:
+        fast_paths.append(("static_graph_compiled", Captioner(
+            model, processor, "bench", device, dtype, decode="static_graph",
+            **{**common, "compile_prefill": True, "compile_decode": True})))
     rng = np.random.default_rng(0)
 
     def clips(n: int) -> list[np.ndarray]:
@@ -321,6 +390,16 @@ def main() -> None:
                               "clips_per_s": round(bs / t_def, 2), "peak_gib": _peak_gib(device)}
             for label, cap in fast_paths:
                 measure_fast(row, label, cap, model, frames, tokens, args.new_tokens, t_def, g_def, device)
+            for rep in range(args.repeat):  # the default again, then each fast path again: the spread
+                free_graphs(fast_paths, device)  # one path's buffers at a time, as in production
+                t_rep, _ = run_path(default, frames, args.new_tokens)
+                row.setdefault("default_repeats_s", []).append(round(t_rep, 3))
+                for label, cap in fast_paths:
+                    run_path(cap, frames, args.new_tokens)  # capture again (not timed)
+                    row.setdefault(label + "_repeats_s", []).append(round(run_path(cap, frames, args.new_tokens)[0], 3))
+            if args.stream:
+                row["stream"] = measure_stream([("default", default)] + fast_paths, frames, args.stream,
+                                               args.new_tokens, device, prefetch_ab=device.type == "cuda")
         except Exception as exc:  # noqa: BLE001
             if not _is_oom(exc):
                 raise
@@ -351,12 +430,13 @@ def main() -> None:
             print(f"| {r['batch']} | {d['tokens_per_s']} | {f['tokens_per_s']} | {r['speedup']}x | "
                   f"{d['clips_per_s']} -> {f['clips_per_s']} | {d['peak_gib']} / {f['peak_gib']} | "
                   f"{r['match']['token_match']} |")
-        if "static_graph_compiled_prefill" in r:
-            c = r["static_graph_compiled_prefill"]
-            print(f"| {r['batch']} (compiled prefill) | {r['default']['tokens_per_s']} | {c['tokens_per_s']} | "
-                  f"{r['speedup_static_graph_compiled_prefill']}x | {r['default']['clips_per_s']} -> "
-                  f"{c['clips_per_s']} | {r['default']['peak_gib']} / {c['peak_gib']} | "
-                  f"{r['match_static_graph_compiled_prefill']['token_match']} |")
+        for label in ("static_graph_compiled_prefill", "static_graph_compiled"):
+            if label in r:
+                c = r[label]
+                print(f"| {r['batch']} ({label}) | {r['default']['tokens_per_s']} | {c['tokens_per_s']} | "
+                      f"{r['speedup_' + label]}x | {r['default']['clips_per_s']} -> "
+                      f"{c['clips_per_s']} | {r['default']['peak_gib']} / {c['peak_gib']} | "
+                      f"{r['match_' + label]['token_match']} |")
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(out, fh, indent=1)
