@@ -255,15 +255,10 @@ def _graphs_compiled() -> int:
 def measure_stream(paths, frames, n: int, new_tokens: int, device, prefetch_ab: bool = False) -> dict:
     """Steady-state seconds per batch when one captioner call covers many batches (the captioner prepares
     batch k+1's inputs while batch k generates): a call over ``n`` batches minus a call over one,
-    divided by n - 1, for each path; speed-ups over the default; graphs compiled meanwhile (0 expected)."""
-    out: dict = {"batches": n}
-    for label, cap in paths:
-        cap.batch_size = len(frames)
-        if label == "default":
-            free_graphs(paths, device)
-        else:
-            cap.generate(list(frames), "long", new_tokens)  # graphs captured again, before timing
-        graphs = _graphs_compiled()
+    divided by n - 1, for each path; speed-ups over the default; graphs compiled meanwhile (0 expected).
+    ``prefetch_ab``: the last path once more without the prefetch thread."""
+
+    def steady(cap) -> dict:
         times = {}
         for k in (1, n):
             _sync(device)
@@ -273,23 +268,26 @@ def measure_stream(paths, frames, n: int, new_tokens: int, device, prefetch_ab: 
             times[k] = time.perf_counter() - t
             assert len(gens) == k * len(frames) and all(len(g.token_ids) == new_tokens for g in gens)
         per_batch = (times[n] - times[1]) / (n - 1)
-        out[label] = {"s_per_batch": round(per_batch, 3), "one_batch_s": round(times[1], 3),
-                      f"{n}_batches_s": round(times[n], 3), "tokens_per_s": round(len(frames) * new_tokens / per_batch, 1),
-                      "clips_per_s": round(len(frames) / per_batch, 2), "graphs_compiled": _graphs_compiled() - graphs}
+        return {"s_per_batch": round(per_batch, 3), "one_batch_s": round(times[1], 3),
+                f"{n}_batches_s": round(times[n], 3), "tokens_per_s": round(len(frames) * new_tokens / per_batch, 1),
+                "clips_per_s": round(len(frames) / per_batch, 2)}
+
+    out: dict = {"batches": n}
+    for label, cap in paths:
+        cap.batch_size = len(frames)
+        if label == "default":
+            free_graphs(paths, device)
+        else:
+            cap.generate(list(frames), "long", new_tokens)  # graphs captured again, before timing
+        graphs = _graphs_compiled()
+        out[label] = {**steady(cap), "graphs_compiled": _graphs_compiled() - graphs}
         if label != "default":
-            out[label]["speedup"] = round(out["default"]["s_per_batch"] / per_batch, 2)
-    if prefetch_ab:  # the last path again without the prefetch thread
+            out[label]["speedup"] = round(out["default"]["s_per_batch"] / out[label]["s_per_batch"], 2)
+    if prefetch_ab:
         label, cap = paths[-1]
         cap.prefetch = False
-        times = {}
-        for k in (1, n):
-            _sync(device)
-            t = time.perf_counter()
-            cap.generate(list(frames) * k, "long", new_tokens)
-            _sync(device)
-            times[k] = time.perf_counter() - t
+        out[label + "_no_prefetch"] = {"s_per_batch": steady(cap)["s_per_batch"]}
         cap.prefetch = True
-        out[label + "_no_prefetch"] = {"s_per_batch": round((times[n] - times[1]) / (n - 1), 3)}
     print(json.dumps({"stream": out}), flush=True)
     return out
 

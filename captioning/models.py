@@ -297,34 +297,31 @@ class Captioner:
 
         out: list[Generation] = []
         i, bs, n = 0, max(1, self.batch_size), len(frames_per_clip)
-        pending = None  # ((start, size), future) of the next batch's inputs
-        prefetch = self.prefetch and n > bs and bs >= PREFETCH_MIN_BATCH
-        pool = ThreadPoolExecutor(1, thread_name_prefix="caption-inputs") if prefetch else None
+        pending = None  # future of the next batch's inputs: always the chunk after this one, at this size
+        pool = (ThreadPoolExecutor(1, thread_name_prefix="caption-inputs")
+                if self.prefetch and n > bs and bs >= PREFETCH_MIN_BATCH else None)
         try:
             while i < n:
                 chunk = frames_per_clip[i:i + bs]
-                ready = pending[1] if pending is not None and pending[0] == (i, len(chunk)) else None
-                pending = None
                 try:
-                    inputs = self._take_prepared(ready) if ready is not None else None
+                    inputs = self._take_prepared(pending) if pending is not None else None
+                    pending = None
                     if inputs is None:
                         inputs = self._device_inputs(chunk, prompt, as_image)
                     nxt = i + len(chunk)
                     if pool is not None and nxt < n and bs >= PREFETCH_MIN_BATCH:
-                        following = frames_per_clip[nxt:nxt + bs]
-                        pending = ((nxt, len(following)), pool.submit(self._prepare, following, prompt, as_image))
+                        pending = pool.submit(self._prepare, frames_per_clip[nxt:nxt + bs], prompt, as_image)
                     out.extend(self._generate_batch(chunk, prompt, max_new_tokens, as_image, inputs=inputs))
                 except Exception as exc:  # noqa: BLE001 - only OOM is retried, anything else re-raised
                     if not _is_oom(exc) or bs == 1:
                         raise
-                    inputs = None
+                    if pending is not None:  # prepared for the old size: wait, drop, free
+                        pending.cancel()
+                        with contextlib.suppress(Exception):
+                            pending.result()
+                        pending = None
                     if self._graph:  # captured graphs and their static buffers hold memory: drop them
                         self._graph.slots.clear()
-                    if pending is not None:  # its inputs are for the old size: wait, drop, free
-                        pending[1].cancel()
-                        with contextlib.suppress(Exception):
-                            pending[1].result()
-                        pending = None
                     if torch.cuda.is_available():
                         torch.cuda.empty_cache()
                     bs = max(1, bs // 2)
