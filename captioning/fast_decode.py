@@ -160,6 +160,26 @@ def _uniform_segments(cu: torch.Tensor, total: int) -> tuple[int, int] | None:
     return (n, length) if length > 0 and torch.equal(cu, expected) else None
 
 
+def cache_kwarg(forward) -> str:
+    """The name under which ``forward`` (a transformers layer or model forward) takes its KV cache:
+    ``cache`` from transformers 5.25 on, ``past_key_values`` before (5.25 still accepts the old name
+    with a deprecation warning on every call, and a layer called by the old name inside a model that
+    passes the new one would get no cache at all)."""
+    import inspect
+
+    try:
+        params = inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def pop_cache(kwargs: dict):
+    """Remove the KV cache from forward keyword arguments under either of its names and return it."""
+    cache, legacy = kwargs.pop("cache", None), kwargs.pop("past_key_values", None)
+    return cache if cache is not None else legacy
+
+
 def register_attention() -> None:
     from transformers import AttentionInterface
 
@@ -261,6 +281,7 @@ class GraphDecoder:
         self.model = model
         self.lm = _language_model(model)
         self.head = model.get_output_embeddings()
+        self.cache_name = cache_kwarg(type(self.lm).forward)  # how the decoding step hands over its cache
         self.device = next(model.parameters()).device
         self.use_graph = (self.device.type == "cuda") if use_graph is None else use_graph
         self.max_graphs = max_graphs
@@ -471,8 +492,8 @@ class GraphDecoder:
         mask = (slot.valid & (arange <= slot.pos_now)).view(slot.valid.shape[0], 1, 1, length)
         # a 4-D mask is used as given by transformers' mask preparation (no mask built per step)
         hidden = self.lm(input_ids=slot.tok, attention_mask=mask,
-                         position_ids=slot.offset + slot.pos_now, past_key_values=slot.cache,
-                         use_cache=True).last_hidden_state
+                         position_ids=slot.offset + slot.pos_now, use_cache=True,
+                         **{self.cache_name: slot.cache}).last_hidden_state
         logits = self.head(hidden[:, -1, :]).float()
         if slot.seen is not None:  # transformers' RepetitionPenaltyLogitsProcessor, over prompt + output
             penalised = torch.where(logits < 0, logits * rp, logits / rp)

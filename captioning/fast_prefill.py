@@ -240,7 +240,8 @@ def _fusable_lm_layer(layer) -> bool:
             and _has(attn, "q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling", "layer_idx", "config")
             and getattr(attn, "sliding_window", None) is None
             and _transformers_fn(attn, "apply_rotary_pos_emb") is not None
-            and _calls(type(attn).forward, "apply_rotary_pos_emb(query_states, key_states, cos, sin)"))
+            and _calls(type(attn).forward, "apply_rotary_pos_emb(query_states, key_states, cos, sin)")
+            and _calls(type(attn).forward, ".update(key_states, value_states, self.layer_idx"))
 
 
 def _calls(fn, text: str) -> bool:
@@ -290,21 +291,26 @@ def _vision_block_forward(block, fused, fallback, segments: _Segments):
 def _lm_layer_forward(layer, before, after):
     """The forward a language-model layer gets inside the context: compiled graphs before and after
     the attention, and between them transformers' own cache update and attention function (eager: the
-    cache update is where the layer's index matters)."""
+    cache update is where the layer's index matters). The cache arrives as ``cache`` (transformers >=
+    5.25) or ``past_key_values`` (earlier): read under either, passed on under the layer's own name."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from vidcorpus.captioning.fast_decode import cache_kwarg, pop_cache
 
     attn = layer.self_attn
     original = type(layer).forward
+    cache_name = cache_kwarg(original)
 
-    def forward(hidden_states, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False,
+    def forward(hidden_states, attention_mask=None, position_ids=None, use_cache=False,
                 position_embeddings=None, **kwargs):
+        cache = pop_cache(kwargs)
         if position_embeddings is None or hidden_states.shape[1] == 1:  # a decoding step: nothing to fuse
             return original(layer, hidden_states, attention_mask=attention_mask, position_ids=position_ids,
-                            past_key_values=past_key_values, use_cache=use_cache,
-                            position_embeddings=position_embeddings, **kwargs)
+                            use_cache=use_cache, position_embeddings=position_embeddings,
+                            **{cache_name: cache}, **kwargs)
         q, k, v = before(layer, hidden_states, *position_embeddings)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, attn.layer_idx)
+        if cache is not None:
+            k, v = cache.update(k, v, attn.layer_idx)
         interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation,
                                                           _transformers_fn(attn, "eager_attention_forward"))
         out, _ = interface(attn, q, k, v, attention_mask, dropout=0.0, scaling=attn.scaling,
