@@ -274,7 +274,7 @@ class GraphDecoder:
 
     def __init__(self, model, use_graph: bool | None = None, max_graphs: int = 2, check_every: int = 8,
                  bucket: int = 64, fast_attention: bool = True, compile_prefill: bool = False,
-                 compile_decode: bool = False, compile_backend: str = "inductor"):
+                 compile_decode: bool = False, compile_backend: str = "inductor", fast_prefill: bool = True):
         if not supports_graph_decode(model):
             raise TypeError(f"{type(model).__name__} is not supported by the static-graph decoder")
         register_attention()
@@ -308,7 +308,8 @@ class GraphDecoder:
         # CPU, optionally compiled blocks (fast_prefill.py); fast_attention=False turns all of it off,
         # compile_prefill included
         self.fast_prefill = FastPrefill(model, VARLEN_ATTENTION if self.vision_config is not None else None,
-                                      compile=compile_prefill, compile_backend=compile_backend) if fast_attention else None
+                                      compile=compile_prefill, compile_backend=compile_backend) \
+            if fast_attention and fast_prefill else None
 
     # -- public -------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -362,7 +363,8 @@ class GraphDecoder:
 
         batch = new.shape[0]
         pos2 = recorded[1]["position_ids"].to(self.device)  # positions of the token at cache index L
-        layers = res.past_key_values.layers if hasattr(res.past_key_values, "layers") else None
+        cache = res["cache"] if "cache" in res else res.past_key_values  # renamed in transformers 5.25
+        layers = cache.layers if hasattr(cache, "layers") else None
         if layers is None:
             raise RuntimeError("graph decoding needs transformers >= 4.56 caches (past_key_values.layers)")
         length = -(-(prompt_len + max_new_tokens) // self.bucket) * self.bucket

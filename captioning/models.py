@@ -8,7 +8,6 @@ preset is a seeded, randomly initialised BLIP saved with ``save_pretrained``. Bo
 from __future__ import annotations
 
 import contextlib
-
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from typing import Literal
 
 import numpy as np
 import torch
+
+from vidcorpus.fast_paths import switch_off, usable
 
 PromptKind = Literal["long", "short"]
 
@@ -218,7 +219,7 @@ class Captioner:
     def __init__(self, model, processor, name: str, device: torch.device, dtype: torch.dtype,
                  batch_size: int = 8, min_new_tokens: int = 4, prompt_version: str = "p1",
                  decode: str = "static_graph", repetition_penalty: float = 1.0, max_pixels: int | None = None,
-                 compile_prefill: bool | None = None, compile_decode: bool | None = None):
+                 compile_prefill: bool | None = None, compile_decode: bool | None = None, probe_rows: int = 2):
         """``decode``: "default" (transformers' ``generate``) or "static_graph" (static KV cache and a
         CUDA-graph decoding step, captioning/fast_decode.py; same greedy tokens, several times the
         throughput on GPUs). Models it does not support (BLIP) use ``generate`` either way.
@@ -229,7 +230,9 @@ class Captioner:
         then a faster prefill); None: on GPUs only. ``compile_decode``: likewise, ``torch.compile`` the
         decoding step before it is captured as a CUDA graph (fast_decode.py; about a minute of compile
         for a 3B model at the first batch shape and once more, shape-generic, at the first other one;
-        then about 30% faster steps); None: on GPUs only."""
+        then about 30% faster steps); None: on GPUs only. ``probe_rows``: the first static-graph batch
+        is checked on this many rows against the model's own choices (captioning/probe.py); a
+        disagreement switches the static path off for this captioner (0: no check)."""
         if decode not in ("default", "static_graph"):
             raise ValueError(f"captioning decode must be 'default' or 'static_graph', not {decode!r}")
         self.decode = decode
@@ -238,6 +241,8 @@ class Captioner:
         self.compile_prefill = device.type == "cuda" if compile_prefill is None else compile_prefill
         self.compile_decode = device.type == "cuda" if compile_decode is None else compile_decode
         self._graph = None
+        self.probe_rows = probe_rows
+        self._probed = probe_rows <= 0  # the static path's first batch is checked once
         self._gpu_preprocess = True
         self._prefetch_stream = None  # the prefetch thread's CUDA stream (made on first use)
         # prepare the next batch's inputs in a thread while one generates (_generate_group): on GPUs,
@@ -346,9 +351,12 @@ class Captioner:
         if self._graph is None:
             from vidcorpus.captioning.fast_decode import GraphDecoder, supports_graph_decode
 
-            self._graph = (GraphDecoder(self.model, compile_prefill=self.compile_prefill,
-                                        compile_decode=self.compile_decode)
-                           if supports_graph_decode(self.model) else False)
+            self._graph = False
+            # each fast form only with the library versions it was tested with (vidcorpus/fast_paths.py)
+            if supports_graph_decode(self.model) and usable("static_graph"):
+                prefill = usable("fast_prefill")
+                self._graph = GraphDecoder(self.model, fast_prefill=prefill, compile_prefill=self.compile_prefill and prefill,
+                                           compile_decode=self.compile_decode and usable("compile_decode"))
         return self._graph or None
 
     def _resize(self, frames: np.ndarray) -> np.ndarray:
@@ -465,6 +473,11 @@ class Captioner:
                 new = decoder.generate(inputs, max_new_tokens, settings["min_new_tokens"], stop_ids, pad,
                                        repetition_penalty=self.repetition_penalty)
                 decode = "static_graph"
+                if not self._probed:
+                    agrees = self._probe_agrees(chunk, prompt, as_image, new, stop_ids, settings["min_new_tokens"])
+                    self._probed = True  # (after the probe ran: an OOM in it retries at the smaller batch)
+                    if not agrees:
+                        new, decode = None, "default"  # this batch too comes from the reference path
             except Exception as exc:  # noqa: BLE001 - OOM goes to the batch back-off; else fall back
                 if _is_oom(exc):
                     raise
@@ -481,6 +494,29 @@ class Captioner:
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         return [Generation(text=t.strip(), n_tokens=n, decode=decode, token_ids=tuple(row.tolist()))
                 for t, n, row in zip(texts, counts, new)]
+
+    def _probe_agrees(self, chunk: list[np.ndarray], prompt: Prompt, as_image: bool, new: torch.Tensor,
+                      eos_ids: list[int], min_new_tokens: int) -> bool:
+        """Check the static path's tokens for the batch's first rows against the model's own choices
+        (captioning/probe.py); on a disagreement (or a probe that cannot run) switch the path off."""
+        from vidcorpus.captioning.probe import check_tokens
+
+        rows = min(self.probe_rows, len(chunk))
+        try:
+            inputs = self._device_inputs(chunk[:rows], prompt, as_image)
+            result = check_tokens(self.model, inputs, new[:rows], eos_ids, self._stop_ids(), min_new_tokens,
+                                  self.repetition_penalty)
+        except Exception as exc:  # noqa: BLE001 - an unverifiable fast path is not trusted
+            if _is_oom(exc):
+                raise
+            switch_off("static_graph", f"its probe could not run ({type(exc).__name__}: {exc})")
+            self._graph = False
+            return False
+        if result.agrees(self.dtype):
+            return True
+        switch_off("static_graph", f"on the job's first batch {result.describe()}")
+        self._graph = False
+        return False
 
     def _eos_ids(self) -> set[int]:
         eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
@@ -522,7 +558,7 @@ def load_captioner(name_or_dir: str, device: str | torch.device | None = None, d
                    batch_size: int = 8, min_new_tokens: int = 4, prompt_version: str = "p1",
                    decode: str = "static_graph", repetition_penalty: float = 1.0,
                    max_pixels: int | None = None, compile_prefill: bool | None = None,
-                   compile_decode: bool | None = None) -> Captioner:
+                   compile_decode: bool | None = None, probe_rows: int = 2) -> Captioner:
     """Load any image-text-to-text captioner (hub id or local dir) the same way; fail fast if missing."""
     from vidcorpus.presets import require_hf_model
 
@@ -543,7 +579,7 @@ def load_captioner(name_or_dir: str, device: str | torch.device | None = None, d
     return Captioner(model, processor, name, device, dtype, batch_size=batch_size,
                      min_new_tokens=min_new_tokens, prompt_version=prompt_version, decode=decode,
                      repetition_penalty=repetition_penalty, max_pixels=max_pixels,
-                     compile_prefill=compile_prefill, compile_decode=compile_decode)
+                     compile_prefill=compile_prefill, compile_decode=compile_decode, probe_rows=probe_rows)
 
 
 # --- Tiny chat VLM (Qwen2.5-VL architecture), built offline --------------------------------------

@@ -44,7 +44,8 @@ class CaptionStage(Stage):
         self.captioner = load_captioner(source, batch_size=cap.batch_size, min_new_tokens=cap.min_new_tokens,
                                         prompt_version=cap.prompt_version, decode=cap.decode,
                                         repetition_penalty=cap.repetition_penalty, max_pixels=cap.max_pixels,
-                                        compile_prefill=cap.compile_prefill, compile_decode=cap.compile_decode)
+                                        compile_prefill=cap.compile_prefill, compile_decode=cap.compile_decode,
+                                        probe_rows=cap.probe_rows)
         self.clip = None
         if cap.qa:
             from vidcorpus.filters.clip_models import load_clip
@@ -170,4 +171,5 @@ class CaptionStage(Stage):
             "model": self.captioner.name or Path(str(self.config.models.captioner)).name,
             "prompt_version": cap.prompt_version,
             "meta_json": json.dumps(meta, sort_keys=True),
+            "decode": gen.decode,  # which path wrote it: a fast path that switched itself off shows here
         }

@@ -138,6 +138,18 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        8,  # issue 20: nothing silent. Warnings and fast-path switch-offs raised in stages, per run; and
+        # which decode path wrote each caption (static_graph or transformers' default generate)
+        """
+        CREATE TABLE events (
+            run_id VARCHAR, stage VARCHAR, kind VARCHAR, message VARCHAR, count BIGINT,
+            first_at TIMESTAMP, last_at TIMESTAMP,
+            PRIMARY KEY (run_id, stage, kind, message)
+        );
+        ALTER TABLE captions ADD COLUMN decode VARCHAR;
+        """,
+    ),
 ]
 
 # Python steps run right after a migration's DDL, in the same transaction (method names of Catalog).

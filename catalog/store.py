@@ -532,15 +532,20 @@ class Catalog:
                     counts[table] += self._upsert(table, part)
         return counts
 
-    def commit_results(self, run_id: str, rows: Iterable[dict], failed_before: Iterable[str] = ()) -> dict[str, int]:
-        """Write one batch of pipeline rows (sources, clips, scores, captions, decisions, failures).
+    def commit_results(self, run_id: str, rows: Iterable[dict], failed_before: Iterable[str] = (),
+                       events: list[dict] | None = None) -> dict[str, int]:
+        """Write one batch of pipeline rows (sources, clips, scores, captions, decisions, failures) and
+        the warnings the stages raised on it (``events``, plus any still carried by the rows).
 
         All in one transaction. A source stays 'failed' once any of its rows failed in this run
         (``failed_before`` carries that across batches), so a rerun retries exactly the failed
         sources; failure rows of earlier runs are replaced by this run's.
         """
+        from vidcorpus import events as stage_events
+
         now = _now()
         rows = list(rows)
+        raised = stage_events.merge(list(events or []), stage_events.take(rows))
         src_cols = ("source_id", "uri", "text", "meta_json", "media_type", "source_path", "sha256", "bytes",
                     "container", "codec", "width", "height", "fps", "n_frames", "duration_s",
                     "bitrate", "has_audio", "audio_codec", "rotation")
@@ -604,7 +609,31 @@ class Catalog:
             counts["captions"] = self._upsert("captions", captions)
             counts["decisions"] = self._upsert("decisions", decisions)
             counts["failures"] = self._upsert("failures", failures)
+            counts["events"] = self._add_events(con, run_id, raised, now)
         return counts
+
+    @staticmethod
+    def _add_events(con, run_id: str, raised: list[dict], now) -> int:
+        """Count a batch's warnings into the run's events rows (one row per stage, kind and message)."""
+        for e in raised:
+            con.execute(
+                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, stage, kind, message) "
+                "DO UPDATE SET count = events.count + excluded.count, last_at = excluded.last_at",
+                [run_id, e["stage"], e["kind"], e["message"], int(e["count"]), now, now])
+        return len(raised)
+
+    def events(self, run_id: str | None = None, limit: int = 50) -> list[dict]:
+        """Warnings and fast-path switch-offs stages raised (of one run, or of all runs), most frequent first."""
+        import duckdb
+
+        where, params = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])
+        try:
+            return self.query_dicts(
+                f"SELECT stage, kind, message, sum(count)::BIGINT AS count, count(DISTINCT run_id) AS runs, "
+                f"max(last_at) AS last_at "
+                f"FROM events {where} GROUP BY ALL ORDER BY count DESC, last_at DESC LIMIT {int(limit)}", params)
+        except duckdb.CatalogException:  # a snapshot exported before the events table existed
+            return []
 
     def mark_sources_done(self, source_ids: Iterable[str]) -> None:
         """After a run has committed every row of these sources: done, and old failures cleared."""

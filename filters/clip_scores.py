@@ -625,6 +625,11 @@ class ClipScoreStage(Stage):
 
         k = self.config.filters.frames_per_clip
         bs = max(1, self.config.filters.clip_batch_size)
+        if getattr(self, "_stills", None) is None:
+            from vidcorpus.filters.stills_probe import StillsCheck
+
+            self._stills = StillsCheck(k)
+        rows = self._stills.rows(rows)  # stills only while they match their clips (filters/stills_probe.py)
         dec = self.decoder()
         jobs: list[tuple[Future, int, int]] = []
 

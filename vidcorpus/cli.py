@@ -299,6 +299,11 @@ def catalog_info(catalog: Optional[str] = CatalogOpt, config: Optional[Path] = C
         table = cat.query(" UNION ALL ".join(f"SELECT '{n}' AS table_name, count(*) AS rows FROM \"{n}\"" for n in names))
         console.print(f"catalog {cfg.catalog_path}, schema version {cat.schema_version}")
         _print_table(table)
+        if "events" in names and (events := cat.events(limit=20)):  # warnings and fast-path switch-offs in stages
+            import pyarrow as pa
+
+            shown = [{k: e[k] for k in ("stage", "kind", "count", "runs", "message")} for e in events]
+            _print_table(pa.Table.from_pylist(shown), title="warnings raised in stages (all runs, most frequent first)")
 
 
 def _open_catalog(path: str, read_only: bool = True, **kw):

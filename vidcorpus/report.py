@@ -77,6 +77,7 @@ class ReportData:
     notes: list[str] = field(default_factory=list)
     release: str | None = None
     caption_qa: list[dict] = field(default_factory=list)  # clip_id, scorer (caption_*), version, value
+    events: list[dict] = field(default_factory=list)  # warnings raised in stages (catalog events), counted
 
     @property
     def scorers(self) -> list[str]:
@@ -125,7 +126,8 @@ def load_report_data(cat: Catalog, run: str | None = None, recipe_path: str | No
                + " GROUP BY clip_id, scorer"):
         if r["value"] is not None:
             scores[r["clip_id"]][r["scorer"]] = float(r["value"])
-    captions = q("SELECT clip_id, version, kind, text, model, prompt_version, meta_json FROM captions" + _where(run))
+    captions = q("SELECT clip_id, version, kind, text, model, prompt_version, meta_json, decode FROM captions"
+                 + _where(run))
     caption_qa = [r for r in q("SELECT clip_id, scorer, version, arg_max(value, written_at) AS value FROM scores"
                                + _where(run) + " GROUP BY clip_id, scorer, version")
                   if r["scorer"].startswith("caption_") and r["value"] is not None]
@@ -144,7 +146,8 @@ def load_report_data(cat: Catalog, run: str | None = None, recipe_path: str | No
                  sharded=c["clip_id"] in sharded, trained=c["clip_id"] in trained)
     failures = q("SELECT item_id, stage, source_id, uri, error_class, error, attempts, run_id FROM failures"
                  + _where(run) + " ORDER BY stage, error_class, item_id")
-    data = ReportData(cat.path, run, clips, dict(scores), sources, failures, captions, caption_qa=caption_qa)
+    data = ReportData(cat.path, run, clips, dict(scores), sources, failures, captions, caption_qa=caption_qa,
+                      events=cat.events(run))
     if release:
         _limit_to_release(cat, data, release)
     _attach_recipe(data, recipe_path)
@@ -288,7 +291,9 @@ def caption_stats(data: ReportData) -> list[dict]:
                 meta = {}
             if isinstance(meta, dict) and "degenerate" in meta:
                 flags.append(bool(meta["degenerate"]))
+        decodes = Counter(r.get("decode") or "not generated" for r in rows)
         out.append({"version": version, "kind": kind, "n": len(rows), "words": words,
+                    "decode": ", ".join(f"{k} {n}" for k, n in sorted(decodes.items())),
                     "mean_words": float(words.mean()), "median_words": float(np.median(words)),
                     "max_words": int(words.max()), "degenerate": sum(flags) if flags else None,
                     "flagged": len(flags)})
@@ -517,16 +522,21 @@ def build_report(catalog: str | Path, out_dir: str | Path, run: str | None = Non
     else:
         body = "<p>no failures</p>"
     sections.append(("failures", "Failure taxonomy", body))
+    if data.events:  # warnings and fast paths that switched themselves off, raised inside the stages
+        sections.append(("warnings", "Warnings in stages", _table(
+            ["stage", "kind", "count", "runs", "message"],
+            [[_e(e["stage"]), _e(e["kind"]), e["count"], e["runs"], _e(e["message"])] for e in data.events], {2, 3})))
 
     # captions
     stats = caption_stats(data)
     if stats:
         rp.caption_length_plot({f"{s['version']}/{s['kind']}": s["words"] for s in stats}, w.plot("caption_length"))
         rows = [[_e(s["version"]), _e(s["kind"]), s["n"], f"{s['mean_words']:.1f}", f"{s['median_words']:.0f}",
-                 s["max_words"], "" if s["degenerate"] is None else f"{s['degenerate']} of {s['flagged']}"]
-                for s in stats]
+                 s["max_words"], "" if s["degenerate"] is None else f"{s['degenerate']} of {s['flagged']}",
+                 _e(s["decode"])] for s in stats]
         body = w.img(w.plots[-1], "caption length") + _table(
-            ["version", "kind", "captions", "mean words", "median", "max", "degenerate"], rows, {2, 3, 4, 5})
+            ["version", "kind", "captions", "mean words", "median", "max", "degenerate", "decode path"], rows,
+            {2, 3, 4, 5})
         body += _caption_qa_section(w, data)
     else:
         body = "<p>no captions</p>"

@@ -18,6 +18,7 @@ from typing import Callable
 import pyarrow as pa
 
 from vidcorpus import __version__
+from vidcorpus import events as stage_events
 from vidcorpus.config import Config
 from vidcorpus.errors import storage_full
 from vidcorpus.ids import new_run_id
@@ -222,6 +223,7 @@ def commit_windows(cfg: Config, catalog, run_id: str, batches, summary: RunSumma
     # embeddings once (at the first whole window) and then only what this run commits.
     dedup = DedupIndex(cfg.filters.dedup_floor, run_id) if cfg.filters.dedup else None
     failed: set[str] = set()
+    warned: set[tuple] = set()  # (stage, kind, message) already logged in this run
     seen: dict[int, set[str]] = {}
     embedded: dict[int, list[str]] = {}
     for w, batch in batches:
@@ -237,8 +239,13 @@ def commit_windows(cfg: Config, catalog, run_id: str, batches, summary: RunSumma
             if r.get("error_class"):
                 failed.add(r["source_id"])
                 summary.failures += 1
+        raised = stage_events.take(rows)
+        for e in raised:  # workers' output does not reach this terminal: say each warning once here
+            if (key := (e["stage"], e["kind"], e["message"])) not in warned:
+                warned.add(key)
+                log(f"warning from {stage_events.describe(e)}")
         index = write_embedding_batch(cfg.url("embeddings"), run_id, summary.rows_committed, rows)
-        catalog.commit_results(run_id, rows, failed_before=failed)
+        catalog.commit_results(run_id, rows, failed_before=failed, events=raised)
         catalog.commit_embeddings(run_id, index)  # after the Parquet file is whole
         if dedup is not None:
             dedup.committed([r["clip_id"] for r in rows if r.get("clip_id") and not r.get("error_class")], index)

@@ -20,6 +20,7 @@ CAPTION_TYPE = pa.struct(
         ("model", pa.string()),
         ("prompt_version", pa.string()),
         ("meta_json", pa.string()),  # generation settings and cleanup edits
+        ("decode", pa.string()),  # the decode path that wrote it: static_graph | default (None: not generated)
     ]
 )
 
@@ -77,6 +78,9 @@ ROW_SCHEMA = pa.schema(
         ("error_class", pa.string()),
         ("error", pa.string()),
         ("error_stage", pa.string()),
+        # warnings the stages raised on this row's batch (vidcorpus.stage.Stage.__call__), carried on
+        # one row to the driver, which logs them and writes the run's events table
+        ("events_json", pa.string()),
     ]
 )
 

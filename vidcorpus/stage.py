@@ -13,6 +13,7 @@ from typing import ClassVar
 import pyarrow as pa
 from pydantic import BaseModel
 
+from vidcorpus import events
 from vidcorpus.config import Config
 from vidcorpus.errors import classify_error, storage_full
 from vidcorpus.schemas import rows_to_table
@@ -71,17 +72,21 @@ class Stage:
         return failed
 
     def __call__(self, batch: pa.Table | dict) -> pa.Table:
-        if not self._ready:
-            self.setup()
-            self._ready = True
         table = batch if isinstance(batch, pa.Table) else pa.table(batch)
         rows = table.to_pylist()
-        todo, skip = [], []
-        for r in rows:
-            wanted = not r.get("error_class") and (not self.kept_only or r.get("kept"))
-            (todo if wanted else skip).append(r)
-        out = self.process_rows(todo) if todo else []
-        return rows_to_table(out + skip)
+        carried = events.take(rows)  # earlier stages' warnings, kept on one row whatever this stage does
+        with events.captured(self.name) as raised:  # this stage's warnings reach the driver with the rows
+            if not self._ready:
+                self.setup()
+                self._ready = True
+            todo, skip = [], []
+            for r in rows:
+                wanted = not r.get("error_class") and (not self.kept_only or r.get("kept"))
+                (todo if wanted else skip).append(r)
+            out = self.process_rows(todo) if todo else []
+        result = out + skip
+        events.attach(result, carried + raised)
+        return rows_to_table(result)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.resources}>"

@@ -1,0 +1,91 @@
+"""Does the static-graph decoder choose the tokens the model itself would? A check on a few rows.
+
+The first batch of a job on the static-graph path (fused prefill, compiled and captured decoding
+step) is checked against the reference maths before its captions are trusted: the model's own
+forward, uncompiled and outside every fast form, reads the prompt and the fast path's tokens at
+once (teacher forcing) and gives, at each generated position, the logits the reference would have
+chosen from, with generate's own rules applied (minimum new tokens, repetition penalty). Each token
+the fast path chose must be the reference's best choice up to the rounding of the model's dtype.
+
+Why logits and not "generate again and compare the tokens": in bf16 two correct paths round
+differently and, on near-tied logits (random weights above all), pick different tokens after a few
+steps (8 to 32% of tokens agreed on an H100, docs/benchmarks.md), so equal tokens would reject
+correct paths. A broken path (a cache that is not filled, wrong positions) chooses tokens that are
+far from the reference's best at most positions, whatever the dtype. One forward of a few rows costs
+far less than generating them again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# A choice is off when the reference's best logit beats the chosen token's by more than this many
+# standard deviations of that position's logits; in float32 both paths do the same maths (a flip is
+# a bug), in half precision their roundings differ by about a percent of the logits' spread.
+TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6}
+HALF_TOLERANCE = 0.1
+# Share of checked positions that may be off: none in float32; in half precision a near tie may flip.
+MAX_OFF = {torch.float32: 0.0, torch.float64: 0.0}
+HALF_MAX_OFF = 0.1
+
+
+@dataclass
+class ProbeResult:
+    positions: int  # generated positions checked (up to each row's first stop token)
+    off: int  # positions whose token was not the reference's choice within the tolerance
+    worst: float  # the largest gap seen, in standard deviations of the logits
+
+    @property
+    def share_off(self) -> float:
+        return self.off / self.positions if self.positions else 0.0
+
+    def agrees(self, dtype: torch.dtype) -> bool:
+        return self.share_off <= MAX_OFF.get(dtype, HALF_MAX_OFF)
+
+    def describe(self) -> str:
+        return (f"{self.off} of {self.positions} probe tokens were not the model's own choice "
+                f"(largest gap {self.worst:.3g} standard deviations of the logits)")
+
+
+@torch.inference_mode()
+def check_tokens(model, inputs: dict, new: torch.Tensor, eos_ids: list[int], stop_ids: set[int],
+                 min_new_tokens: int, repetition_penalty: float = 1.0) -> ProbeResult:
+    """Teacher-forced check of generated tokens ``new`` (rows, n) for the prompts in ``inputs`` (the
+    processor's tensors of the same rows, on the model's device). ``eos_ids``: what the minimum-length
+    rule suppresses; ``stop_ids``: tokens after which a row is padding (EOS and pad)."""
+    from transformers import MinNewTokensLengthLogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+    prompt = inputs["input_ids"]
+    rows, n = new.shape
+    prompt_len = prompt.shape[1]
+    ids = torch.cat([prompt, new.to(prompt.device)], dim=1)
+    forward = dict(inputs, input_ids=ids)
+    for key, value in inputs.items():  # per-token inputs grow with the generated tokens: attended, text
+        if key != "input_ids" and isinstance(value, torch.Tensor) and value.shape[:2] == prompt.shape:
+            fill = 1 if key == "attention_mask" else 0  # mm_token_type_ids: 0 is text
+            forward[key] = torch.cat([value, torch.full((rows, n), fill, dtype=value.dtype, device=value.device)], 1)
+    logits = model(**forward, logits_to_keep=n + 1).logits[:, :n].float()  # position j predicts token j
+    rules = [MinNewTokensLengthLogitsProcessor(prompt_len, min_new_tokens, sorted(eos_ids), device=logits.device)]
+    if repetition_penalty != 1.0:
+        rules.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
+    tol = TOLERANCE.get(next(model.parameters()).dtype, HALF_TOLERANCE)
+    positions = off = 0
+    worst = 0.0
+    for j in range(n):
+        scores = logits[:, j]
+        for rule in rules:
+            scores = rule(ids[:, :prompt_len + j], scores)
+        finite = torch.where(torch.isfinite(scores), scores, torch.nan)
+        spread = torch.nan_to_num(torch.std(torch.nan_to_num(finite, nan=0.0), dim=-1), nan=1.0).clamp_min(1e-6)
+        chosen = new[:, j].to(scores.device)
+        gap = (scores.max(-1).values - scores.gather(1, chosen.view(-1, 1)).squeeze(1)) / spread
+        for r in range(rows):
+            if any(int(t) in stop_ids for t in new[r, :j].tolist()):
+                continue  # after the row's stop token: padding, not choices
+            positions += 1
+            g = float(gap[r])
+            worst = max(worst, g)
+            off += g > tol
+    return ProbeResult(positions, off, worst)

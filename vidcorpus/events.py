@@ -1,0 +1,63 @@
+"""Warnings raised inside stages, carried to the driver with the rows.
+
+A stage runs in a Ray worker whose output the driver does not show (``log_to_driver=False``), so a
+``warnings.warn`` there (a fast path switching itself off, caption QA failing, a decoder falling
+back) would be lost. ``Stage.__call__`` records the warnings of each batch (``captured``) and puts
+them, counted, on the batch's first row (``events_json``); the driver logs each new one and adds
+them to the run's ``events`` table (stage, kind, message, count) in the same transaction as the rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from collections import Counter
+from typing import Iterator
+
+MAX_MESSAGE = 500  # characters kept of a warning's message (the key of its row)
+
+Event = dict  # {"stage": str, "kind": str, "message": str, "count": int}
+
+
+@contextlib.contextmanager
+def captured(stage: str) -> Iterator[list[Event]]:
+    """Record every warning raised inside the block; on exit the list holds them, counted."""
+    out: list[Event] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield out
+    counts = Counter((type(w.message).__name__ if isinstance(w.message, Warning) else w.category.__name__,
+                      str(w.message)[:MAX_MESSAGE]) for w in caught)
+    out.extend({"stage": stage, "kind": kind, "message": msg, "count": n} for (kind, msg), n in counts.items())
+
+
+def merge(*groups: list[Event]) -> list[Event]:
+    """Events of several batches or stages, counts added for the same (stage, kind, message)."""
+    counts: Counter = Counter()
+    for group in groups:
+        for e in group:
+            counts[(e["stage"], e["kind"], e["message"])] += int(e.get("count", 1))
+    return [{"stage": s, "kind": k, "message": m, "count": n} for (s, k, m), n in counts.items()]
+
+
+def take(rows: list[dict]) -> list[Event]:
+    """The events carried by ``rows`` (removed from them, so a stage that copies a row into many
+    does not copy its events)."""
+    found: list[Event] = []
+    for r in rows:
+        if r.get("events_json"):
+            found.extend(json.loads(r["events_json"]))
+            r["events_json"] = None
+    return found
+
+
+def attach(rows: list[dict], events: list[Event]) -> None:
+    """Put ``events`` on the first of ``rows`` (nothing when either is empty)."""
+    if rows and events:
+        rows[0]["events_json"] = json.dumps(merge(events), sort_keys=True)
+
+
+def describe(e: Event) -> str:
+    times = f" ({e['count']} times)" if e.get("count", 1) > 1 else ""
+    return f"{e['stage']}: {e['kind']}: {e['message']}{times}"
