@@ -27,3 +27,29 @@ def test_ci_runs_the_readme_test_command():
     assert "vidcorpus demo" in install and "pip install" in install
     ci = (ROOT / ".ci" / "run").read_text()
     assert test in ci.splitlines()
+    # both install through the tested versions
+    pip = next(part.strip() for part in install.split("&&") if "-e " in part)
+    assert "-c constraints.txt" in pip
+    assert any(line.strip().startswith(pip) for line in ci.splitlines())
+
+
+def test_tested_versions_lie_inside_the_declared_ranges():
+    """constraints.txt (what the suite passed with) satisfies every range pyproject declares, so the
+    ranges are at least true for the tested set; every direct dependency is pinned there."""
+    import re
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = re.split(r"==", line.strip(), maxsplit=1)
+            pins[canonicalize_name(name)] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for text in project["dependencies"] + project["optional-dependencies"]["test"]:
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is not pinned in constraints.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} is outside {req.specifier}"
