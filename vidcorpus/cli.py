@@ -16,8 +16,10 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # per-file bars of m
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from vidcorpus.cli_errors import EXIT_MODEL, EXIT_STORAGE, err, fail  # noqa: E402,F401 - err: cli_release
 from vidcorpus.config import Config, ConfigError, dump_config, load_config  # noqa: E402
 
 if __name__ == "__main__":  # pragma: no cover - `python -m vidcorpus.cli` (e.g. `torchrun -m vidcorpus.cli`)
@@ -44,7 +46,6 @@ app.add_typer(catalog_app, name="catalog")
 app.add_typer(shards_app, name="shards")
 
 console = Console()
-err = Console(stderr=True)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (sections as in `vidcorpus config show`).")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config value, e.g. --set filters.recipe=pretrain_v1 (repeatable).")
@@ -60,16 +61,18 @@ def _config(config: Optional[Path], overrides: Optional[List[str]], **fields) ->
     try:
         return load_config(config, overrides or [], **fields)
     except ConfigError as e:
-        err.print(f"[red]config error:[/red] {e}")
-        raise typer.Exit(2)
+        fail(str(e), prefix="config error:")
 
 
 def _print_table(table, title: str | None = None, max_rows: int = 200) -> None:
+    import pyarrow.types as pat
+
     t = Table(title=title, show_lines=False)
-    for name in table.column_names:
-        t.add_column(name, overflow="fold")
+    for field in table.schema:  # numbers right-aligned, so digits line up
+        numeric = pat.is_integer(field.type) or pat.is_floating(field.type) or pat.is_decimal(field.type)
+        t.add_column(escape(field.name), overflow="fold", justify="right" if numeric else "left")
     for row in table.slice(0, max_rows).to_pylist():
-        t.add_row(*[_fmt(v) for v in row.values()])
+        t.add_row(*[escape(_fmt(v)) for v in row.values()])
     console.print(t)
     if table.num_rows > max_rows:
         console.print(f"... {table.num_rows - max_rows} more rows (use --format csv/json for all)")
@@ -161,23 +164,19 @@ def _run_job(inputs, config, set_, workdir, catalog, preset, ray_address, retry_
     from vidcorpus.runner import run_pipeline
 
     if error_class and not retry_failed:
-        err.print("[red]--error-class needs --retry-failed[/red]")
-        raise typer.Exit(2)
+        fail("--error-class needs --retry-failed")
     cfg = _config(config, set_, workdir=workdir, catalog=catalog, **{"models.preset": preset, "ray.address": ray_address})
     if inputs:
         cfg = cfg.model_copy(update={"inputs": list(inputs)})
     if not cfg.inputs:
-        err.print("[red]no inputs:[/red] give URL lists, folders or media URLs, or set `inputs` in the config")
-        raise typer.Exit(2)
+        fail("give URL lists, folders or media URLs, or set `inputs` in the config", prefix="no inputs:")
     try:
         summary = run_pipeline(cfg, retry_failed=retry_failed, error_class=error_class, progress=progress,
                                log=console.print)
     except ModelNotAvailable as e:
-        err.print(f"[red]model not available:[/red] {e}")
-        raise typer.Exit(3)
+        fail(str(e), EXIT_MODEL, prefix="model not available:")
     except StorageFullError as e:
-        err.print(f"[red]storage full:[/red] {e}")
-        raise typer.Exit(4)
+        fail(str(e), EXIT_STORAGE, prefix="storage full:")
     _print_run_summary(summary)
 
 
@@ -205,7 +204,8 @@ def sql(
     fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json | parquet"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to a file instead of stdout (parquet needs it)."),
 ) -> None:
-    """Query the catalog with SQL (opened read-only; a running job's commits are waited out).
+    """Query the catalog with SQL (read-only, no file, extension or network access; a running job's
+    commits are waited out).
 
     --catalog also takes a snapshot published by `vidcorpus catalog export` (folder or s3:// URL).
     Tables: runs, sources, clips, scores, captions, decisions, shards, shard_members, releases,
@@ -214,18 +214,16 @@ def sql(
     """
     import duckdb
 
-    from vidcorpus.catalog.store import Catalog, CatalogError
+    from vidcorpus.catalog.safe_sql import RefusedSQL, first_line, run_user_sql
+    from vidcorpus.catalog.store import CatalogError
 
     cfg = _config(config, None, workdir=workdir, catalog=catalog)
-    try:
-        with Catalog(cfg.catalog_path, read_only=True) as cat:  # a file, a snapshot folder or an s3:// snapshot
-            table = cat.query(query)
-    except CatalogError as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+    try:  # a file, a snapshot folder or an s3:// snapshot; no file, extension or network access
+        table = run_user_sql(cfg.catalog_path, query)
+    except (CatalogError, RefusedSQL) as e:
+        fail(str(e))
     except duckdb.Error as e:
-        err.print(f"[red]SQL error:[/red] {e}")
-        raise typer.Exit(2)
+        fail(first_line(e), prefix="SQL error:")
     _emit(table, fmt, output)
 
 
@@ -249,12 +247,10 @@ def _emit(table, fmt: str, output: Optional[Path]) -> None:
         (output.write_text(text) if output else sys.stdout.write(text + "\n"))
     elif fmt == "parquet":
         if not output:
-            err.print("[red]--format parquet needs --output FILE[/red]")
-            raise typer.Exit(2)
+            fail("--format parquet needs --output FILE")
         pq.write_table(table, output)
     else:
-        err.print(f"[red]unknown format {fmt!r}[/red] (table, csv, json, parquet)")
-        raise typer.Exit(2)
+        fail(f"unknown format {fmt!r} (table, csv, json, parquet)")
 
 
 @catalog_app.command("funnel")
@@ -308,8 +304,7 @@ def _open_catalog(path: str, read_only: bool = True, **kw):
     try:
         return Catalog(path, read_only=read_only, **kw)
     except CatalogError as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
 
 
 @catalog_app.command("export")
@@ -451,8 +446,7 @@ def _train_and_export(cfg: Config, stage: str, output: str | None, progress: boo
         result = run_training(cfg, output=output, progress=progress, log=console.print, resume=resume, stage=stage)
     except (NoTrainingData, ModelNotAvailable, ReleaseError, ShardChecksumError, ResumeMismatch, LatentCacheMissing,
             FileNotFoundError, ValueError) as e:  # ValueError: --resume latest without --output
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
     console.print(f"trained {'the refiner ' if stage == 'refiner' else ''}{result.steps} steps on "
                   f"{result.distinct_clips} clips from {result.n_shards} shards; loss {result.losses[0]:.4f} -> "
                   f"{result.losses[-1]:.4f}; checkpoint: {result.checkpoint_dir}")
@@ -490,8 +484,7 @@ def export_cmd(
     try:
         export_pipeline(resolve_models(cfg.models).i2vgen, checkpoint, out, weights=weights)
     except (ModelNotAvailable, FileNotFoundError) as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
     console.print(f"exported {checkpoint} ({weights} weights) -> {out}")
 
 
@@ -539,8 +532,7 @@ def export_refiner_cmd(
     try:
         export_refiner(resolve_refiner(cfg.models).refiner, checkpoint, out, weights=weights)
     except (ModelNotAvailable, FileNotFoundError) as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
     console.print(f"exported refiner {checkpoint} ({weights} weights) -> {out}")
 
 
@@ -570,8 +562,7 @@ def generate(
     try:
         result = generate_video(cfg, image, prompt, short_prompt, base, refiner, output, progress=progress)
     except (ModelNotAvailable, FileNotFoundError, ValueError) as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
     f, h, w = result.frames.shape[:3]
     timing = ", ".join(f"{k} {v:.1f} s" + (f" (peak {result.peak_gib[k]:.1f} GiB)" if k in result.peak_gib else "")
                        for k, v in result.seconds.items())
@@ -609,8 +600,7 @@ def report(
         result = build_report(cfg.catalog_path, output, run=run_id, recipe_path=cfg.filters.recipe, console=console,
                               release=release)
     except (CatalogError, ValueError) as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
     console.print(f"report: {result.index} ({len(result.plots)} plots, {result.clip_pages} clip pages, "
                   f"{result.seconds:.1f} s)")
 
@@ -646,8 +636,7 @@ def filter_apply(
     try:
         r = load_recipe(recipe)
     except (FileNotFoundError, ValueError) as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
     run_id = new_run_id()
     try:
         with Catalog(cfg.catalog_path) as cat:
@@ -657,8 +646,7 @@ def filter_apply(
             if not dry_run:
                 cat.finish_run(run_id, "succeeded", {"recipe": r.id, "clips": res.clips, "kept": res.kept})
     except CatalogError as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
     t = Table(title=f"{r.id}: {res.kept} of {res.clips} clips kept" + (" (dry run)" if dry_run else ""))
     t.add_column("dropped by", overflow="fold")
     t.add_column("clips", justify="right")
@@ -687,16 +675,14 @@ def filter_sweep(
     from vidcorpus.filters.recipes import load_recipe
 
     if op not in (">=", ">", "<=", "<"):
-        err.print(f"[red]--op must be one of >=, >, <=, < (got {op!r})[/red]")
-        raise typer.Exit(2)
+        fail(f"--op must be one of >=, >, <=, < (got {op!r})")
     cfg = _config(config, None, workdir=workdir, catalog=catalog)
     try:
         r = load_recipe(recipe) if recipe else None
         with Catalog(cfg.catalog_path, read_only=True) as cat:
             rows = sweep(cat, score, op, steps, r, thresholds=threshold or None)
     except (CatalogError, FileNotFoundError, ValueError) as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
     t = Table(title=f"retention of {score} {op} threshold ({rows[0]['scored']} clips scored)")
     t.add_column("threshold", justify="right")
     t.add_column("kept", justify="right")

@@ -21,7 +21,7 @@ from vidcorpus.cli import (
     _emit,
     _print_table,
     console,
-    err,
+    fail,
     shards_app,
 )
 
@@ -49,8 +49,7 @@ def release_create(
     try:
         s = create_release(cfg, name, recipe, caption_version, select, progress=progress, log=console.print)
     except ReleaseError as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
     console.print(f"release {s.name}: {s.n_clips} clips in {s.n_shards} shards ({s.reused_shards} reused, "
                   f"{s.new_shards} new), {s.bytes / 1e6:.1f} MB; manifest {s.manifest_url}")
 
@@ -83,8 +82,7 @@ def release_show(name: str = typer.Argument(..., help="Release name or manifest 
     try:
         m, _root = release_manifest(cfg, name)
     except ReleaseError as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
     console.print(f"release {m['name']} (created {m['created_at']}): recipe {m['recipe']}, captions "
                   f"{m['caption_version']}, {m['n_clips']} clips, {m['n_shards']} shards, {m['bytes'] / 1e6:.1f} MB")
     _print_table(pa.Table.from_pylist([{"bucket": b, **v} for b, v in sorted(m["buckets"].items())]), title="buckets")
@@ -114,8 +112,7 @@ def release_diff(
     try:
         d = diff_releases(cfg, a, b)
     except ReleaseError as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
     if fmt == "table" and output is None:
         console.print(f"{d.a} -> {d.b}: +{len(d.added)} added, -{len(d.dropped)} dropped, {d.kept} in both "
                       f"(recipe {d.recipe_a} -> {d.recipe_b}, captions {d.caption_a} -> {d.caption_b})")
@@ -154,7 +151,6 @@ def shards_encode(
     try:
         s = encode_latent_cache(cfg, params, release=release, select=select, progress=progress, log=console.print)
     except (ReleaseError, NoTrainingData) as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
     console.print(f"latent cache {s.cache_key}: {s.encoded} shards encoded, {s.reused} already cached "
                   f"({s.samples} samples) under {s.root}")
