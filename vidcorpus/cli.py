@@ -58,8 +58,11 @@ PresetOpt = typer.Option(None, "--preset", help="Model preset: 'tiny' (offline r
 
 
 def _config(config: Optional[Path], overrides: Optional[List[str]], **fields) -> Config:
+    """The effective config, with every local path in it made absolute once, here (vidcorpus/paths.py)."""
+    from vidcorpus.paths import resolve_config_paths
+
     try:
-        return load_config(config, overrides or [], **fields)
+        return resolve_config_paths(load_config(config, overrides or [], **fields))
     except ConfigError as e:
         fail(str(e), prefix="config error:")
 
@@ -442,6 +445,10 @@ def _train_and_export(cfg: Config, stage: str, output: str | None, progress: boo
     from vidcorpus.train.loop import ResumeMismatch
     from vidcorpus.training import NoTrainingData, run_training
 
+    from vidcorpus.paths import absolute
+
+    output, export = absolute(output), absolute(export)  # both are stored (train_runs, checkpoints)
+    resume = resume if resume in (None, "latest") else absolute(resume)
     try:
         result = run_training(cfg, output=output, progress=progress, log=console.print, resume=resume, stage=stage)
     except (NoTrainingData, ModelNotAvailable, ReleaseError, ShardChecksumError, ResumeMismatch, LatentCacheMissing,

@@ -1,0 +1,51 @@
+"""Locations as the catalog stores them: an absolute local path or an fsspec URL, never relative.
+
+A relative path in the catalog, a release manifest or a checkpoint means "relative to wherever the
+command that wrote it ran", so it breaks from any other directory. The command line resolves
+every location the user types once, on the way in (``resolve_config_paths``, ``absolute``), and
+``catalog verify`` reports any relative path it finds (``catalog/verify_paths.py``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from vidcorpus.config import Config
+
+
+def is_url(location: str) -> bool:
+    """True for ``scheme://...`` other than ``file://`` (s3://, gs://, http(s)://, ...)."""
+    return "://" in location and not location.startswith("file://")
+
+
+def absolute(location: str | os.PathLike | None) -> str | None:
+    """``location`` with a local path made absolute (``~`` expanded); URLs and None unchanged."""
+    if location is None:
+        return None
+    text = os.fspath(location)
+    if text == "" or is_url(text):
+        return text
+    if text.startswith("file://"):
+        return "file://" + os.path.abspath(os.path.expanduser(text.removeprefix("file://")))
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def is_relative_path(location: str | None) -> bool:
+    """A stored location that depends on the writer's working directory."""
+    if not location or is_url(location):
+        return False
+    return not os.path.isabs(location.removeprefix("file://"))
+
+
+def resolve_config_paths(cfg: Config) -> Config:
+    """The config with its workdir, catalog, inputs and release/manifest paths made absolute."""
+    update: dict = {"workdir": absolute(cfg.workdir), "inputs": [absolute(i) for i in cfg.inputs]}
+    if cfg.catalog:
+        update["catalog"] = absolute(cfg.catalog)
+    sections = {}
+    for name in ("train", "refiner"):
+        section = getattr(cfg, name)
+        release = getattr(section, "release", None)
+        if release and "/" in release:  # a manifest path instead of a release name
+            sections[name] = section.model_copy(update={"release": absolute(release)})
+    return cfg.model_copy(update={**update, **sections})
