@@ -19,8 +19,9 @@ from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from vidcorpus.cli_errors import EXIT_MODEL, EXIT_STORAGE, err, fail  # noqa: E402,F401 - err: cli_release
+from vidcorpus.cli_errors import EXIT_MODEL, EXIT_STORAGE, UserErrorGroup, err, fail  # noqa: E402,F401 - err: cli_release
 from vidcorpus.config import Config, ConfigError, dump_config, load_config  # noqa: E402
+from vidcorpus.errors import ERROR_CLASSES  # noqa: E402
 
 if __name__ == "__main__":  # pragma: no cover - `python -m vidcorpus.cli` (e.g. `torchrun -m vidcorpus.cli`)
     # Run the importable module, not this __main__ copy: the command modules import `vidcorpus.cli`,
@@ -30,17 +31,19 @@ if __name__ == "__main__":  # pragma: no cover - `python -m vidcorpus.cli` (e.g.
     _main()
     raise SystemExit(0)
 
-app = typer.Typer(
+app = typer.Typer(  # help and errors are shown as written: no rich markup eats "[...]" from them
+    cls=UserErrorGroup,
+    rich_markup_mode=None,
     help="vidcorpus: curate text-video and text-image corpora (ingest, shot split, score, caption, "
     "WebDataset shards, DuckDB catalog) and train I2VGen-XL-style video diffusion models on them.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
-catalog_app = typer.Typer(help="Inspect, verify and export the DuckDB catalog (funnel, tables, failures, snapshots).",
+config_app = typer.Typer(rich_markup_mode=None, help="Inspect the effective configuration.", no_args_is_help=True)
+catalog_app = typer.Typer(rich_markup_mode=None, help="Inspect, verify and export the DuckDB catalog (funnel, tables, failures, snapshots).",
                           no_args_is_help=True)
-shards_app = typer.Typer(help="Write and list WebDataset shards.", no_args_is_help=True)
+shards_app = typer.Typer(rich_markup_mode=None, help="Write and list WebDataset shards.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(shards_app, name="shards")
@@ -51,7 +54,8 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (section
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config value, e.g. --set filters.recipe=pretrain_v1 (repeatable).")
 CatalogOpt = typer.Option(None, "--catalog", help="DuckDB catalog file (default: {workdir}/catalog.duckdb); read-only "
                                                   "commands also take a snapshot folder or s3:// URL (`catalog export`).")
-WorkdirOpt = typer.Option(None, "--workdir", "-w", help="Root for staging and shards: a local path or s3:// URL.")
+WorkdirOpt = typer.Option(None, "--workdir", "-w", help="Root for staging and shards: a local path or s3:// URL "
+                                                        "(default $VIDCORPUS_WORKDIR, else ./vidcorpus-work).")
 RayAddressOpt = typer.Option(None, "--ray-address", help="Existing Ray cluster; default starts a local Ray.")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
 PresetOpt = typer.Option(None, "--preset", help="Model preset: 'tiny' (offline random test models) or 'production'.")
@@ -61,6 +65,8 @@ def _config(config: Optional[Path], overrides: Optional[List[str]], **fields) ->
     """The effective config, with every local path in it made absolute once, here (vidcorpus/paths.py)."""
     from vidcorpus.paths import resolve_config_paths
 
+    if config is not None and not Path(config).is_file():
+        fail(f"no config file at {config}" + (" (a folder)" if Path(config).is_dir() else ""), prefix="config error:")
     try:
         return resolve_config_paths(load_config(config, overrides or [], **fields))
     except ConfigError as e:
@@ -125,7 +131,8 @@ def run(
     preset: Optional[str] = PresetOpt,
     ray_address: Optional[str] = RayAddressOpt,
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Only re-run sources that failed before."),
-    error_class: Optional[str] = typer.Option(None, "--error-class", help="With --retry-failed: only this error class."),
+    error_class: Optional[str] = typer.Option(None, "--error-class", help="With --retry-failed: only this error class "
+                                                                           "(`vidcorpus ingest --help` lists them)."),
     progress: bool = ProgressOpt,
 ) -> None:
     """Run the curation pipeline: download, probe, split shots, score, decide, caption, shard, catalog.
@@ -147,9 +154,7 @@ def ingest(
     ray_address: Optional[str] = RayAddressOpt,
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-queue only sources that failed before."),
     error_class: Optional[str] = typer.Option(
-        None, "--error-class", help="With --retry-failed: only this class (dns, connect, timeout, http_4xx, http_5xx, "
-                                    "too_large, not_media, opted_out, decode_error, unsupported_codec, hash_mismatch, "
-                                    "blocked_address)."),
+        None, "--error-class", help=f"With --retry-failed: only this class ({', '.join(ERROR_CLASSES)})."),
     progress: bool = ProgressOpt,
 ) -> None:
     """Ingest sources (download, probe, split, extract) and carry them through the same job as `run`.
@@ -168,11 +173,24 @@ def _run_job(inputs, config, set_, workdir, catalog, preset, ray_address, retry_
 
     if error_class and not retry_failed:
         fail("--error-class needs --retry-failed")
+    if error_class and error_class not in ERROR_CLASSES and not error_class.startswith("internal:"):
+        fail(f"unknown error class {error_class!r} (one of {', '.join(ERROR_CLASSES)})")
     cfg = _config(config, set_, workdir=workdir, catalog=catalog, **{"models.preset": preset, "ray.address": ray_address})
     if inputs:
         cfg = cfg.model_copy(update={"inputs": list(inputs)})
     if not cfg.inputs:
         fail("give URL lists, folders or media URLs, or set `inputs` in the config", prefix="no inputs:")
+    from vidcorpus.paths import missing_inputs
+
+    for missing in missing_inputs(cfg.inputs):  # before the catalog or a run row exists
+        fail(f"input {missing} does not exist")
+    if cfg.filters.recipe:  # an unknown recipe fails here, not as a failed run in a new catalog
+        from vidcorpus.filters.recipes import load_recipe
+
+        try:
+            load_recipe(cfg.filters.recipe)
+        except (FileNotFoundError, ValueError) as e:
+            fail(str(e))
     try:
         summary = run_pipeline(cfg, retry_failed=retry_failed, error_class=error_class, progress=progress,
                                log=console.print)
@@ -268,6 +286,8 @@ def catalog_funnel(catalog: Optional[str] = CatalogOpt, config: Optional[Path] =
             for r in cat.query_dicts("SELECT DISTINCT run_id FROM funnel_by_run ORDER BY run_id"):
                 print_funnel(cat.funnel(r["run_id"]), title=f"funnel of run {r['run_id']}")
         if run_id:
+            if not cat.query_dicts("SELECT 1 AS x FROM runs WHERE run_id = ?", [run_id]):
+                fail(f"no run {run_id!r} in {cfg.catalog_path} (`vidcorpus sql \"SELECT run_id, kind FROM runs\"`)")
             print_funnel(cat.funnel(run_id), title=f"funnel of run {run_id}")
         else:
             print_funnel(cat.funnel(), title="funnel (all runs)")
@@ -298,6 +318,17 @@ def catalog_info(catalog: Optional[str] = CatalogOpt, config: Optional[Path] = C
         table = cat.query(" UNION ALL ".join(f"SELECT '{n}' AS table_name, count(*) AS rows FROM \"{n}\"" for n in names))
         console.print(f"catalog {cfg.catalog_path}, schema version {cat.schema_version}")
         _print_table(table)
+
+
+def _require_catalog(cfg: Config) -> str:
+    """The catalog path of a command that changes an existing catalog: never creates one."""
+    from vidcorpus.paths import is_url
+    from vidcorpus.workdir import missing_catalog_hint
+
+    path = cfg.catalog_path
+    if not is_url(path) and not os.path.isdir(path) and not os.path.exists(path.removeprefix("file://")):
+        fail(f"no catalog at {path} ({missing_catalog_hint(path)})")
+    return path
 
 
 def _open_catalog(path: str, read_only: bool = True, **kw):
@@ -353,7 +384,7 @@ def catalog_verify(
     """
     cfg = _config(config, None, workdir=workdir, catalog=catalog)
     if rebuild_wide:
-        with _open_catalog(cfg.catalog_path, read_only=False) as cat:
+        with _open_catalog(_require_catalog(cfg), read_only=False) as cat:
             with cat.transaction():
                 n = cat.rebuild_wide()
         console.print(f"clips_wide rebuilt: {n} rows")
@@ -393,7 +424,7 @@ def shards_write(
     from vidcorpus.runner import write_pending_shards
 
     cfg = _config(config, set_, workdir=workdir, catalog=catalog)
-    with Catalog(cfg.catalog_path) as cat:
+    with Catalog(_require_catalog(cfg)) as cat:
         written = write_pending_shards(cfg, cat, new_run_id())
     console.print(f"{len(written)} shards written under {cfg.url('shards')}")
 
@@ -615,7 +646,7 @@ def report(
 from vidcorpus.cli_release import release_app  # noqa: E402 - also registers `shards encode`
 
 app.add_typer(release_app, name="release")
-filter_app = typer.Typer(help="Re-decide from stored scores: apply recipes, sweep thresholds, find duplicates.",
+filter_app = typer.Typer(rich_markup_mode=None, help="Re-decide from stored scores: apply recipes, sweep thresholds, find duplicates.",
                          no_args_is_help=True)
 app.add_typer(filter_app, name="filter")
 
@@ -646,7 +677,7 @@ def filter_apply(
         fail(str(e))
     run_id = new_run_id()
     try:
-        with Catalog(cfg.catalog_path) as cat:
+        with Catalog(_require_catalog(cfg)) as cat:
             if not dry_run:
                 cat.begin_run(run_id, "filter-apply", json.dumps({"recipe": r.id}), __version__)
             res = apply_recipe(cat, r, run_id, dry_run=dry_run)
@@ -721,7 +752,7 @@ def filter_dedup(
 
     cfg = _config(config, set_, workdir=workdir, catalog=catalog)
     run_id = new_run_id()
-    with Catalog(cfg.catalog_path) as cat:
+    with Catalog(_require_catalog(cfg)) as cat:
         cat.begin_run(run_id, "filter-dedup", json.dumps({"recipe": cfg.filters.recipe}), __version__)
         ids = cat.query_dicts("SELECT clip_id FROM embeddings")
         n = dedup_and_redecide(cfg, cat, run_id, [r["clip_id"] for r in ids], log=console.print)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import NoReturn
 
 import typer
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
 
@@ -35,3 +36,57 @@ def fail(message: str, code: int = EXIT_USAGE, prefix: str = "") -> NoReturn:
     """Print ``message`` as one error line and exit with ``code``."""
     say_error(message, prefix)
     raise typer.Exit(code)
+
+
+# (module, class, exit code): a user's mistake, reported as one line. Looked up in sys.modules, so
+# the handler imports nothing (a class whose module was never imported cannot have been raised).
+USER_ERRORS = [
+    ("vidcorpus.errors", "StorageFullError", EXIT_STORAGE),
+    ("vidcorpus.errors", "ModelNotAvailable", EXIT_MODEL),
+    ("vidcorpus.config", "ConfigError", EXIT_USAGE),
+    ("vidcorpus.catalog.store", "CatalogError", EXIT_USAGE),
+    ("vidcorpus.catalog.safe_sql", "RefusedSQL", EXIT_USAGE),
+    ("vidcorpus.shards.release", "ReleaseError", EXIT_USAGE),
+    ("vidcorpus.shards.reader", "ShardChecksumError", EXIT_USAGE),
+    ("vidcorpus.shards.reader", "ShardUnavailable", EXIT_USAGE),  # a manifest or shard named that is not there
+    ("duckdb", "ParserException", EXIT_USAGE),  # a user's --select predicate or query
+    ("duckdb", "BinderException", EXIT_USAGE),
+    ("vidcorpus.ingest.sources", "InputError", EXIT_USAGE),
+    ("vidcorpus.training", "NoTrainingData", EXIT_USAGE),
+    ("vidcorpus.latent_cache", "LatentCacheMissing", EXIT_USAGE),
+    ("vidcorpus.train.loop", "ResumeMismatch", EXIT_USAGE),
+]
+PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def user_error_code(exc: BaseException) -> int | None:
+    """The exit code for an exception that is the user's mistake, else None (a bug: let it raise)."""
+    import sys
+
+    for module, name, code in USER_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(exc, cls):
+            return code
+    return EXIT_USAGE if isinstance(exc, PATH_ERRORS) else None
+
+
+def user_error_message(exc: BaseException) -> str:
+    if type(exc).__module__.split(".")[0] in ("duckdb", "_duckdb"):
+        return f"invalid SQL: {exc}"
+    if isinstance(exc, PATH_ERRORS) and getattr(exc, "filename", None):
+        return f"{(exc.strerror or type(exc).__name__).lower()}: {exc.filename}"
+    return str(exc) or type(exc).__name__
+
+
+class UserErrorGroup(TyperGroup):
+    """The app's command group: a user's mistake raised anywhere below ends as one line and its code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as e:  # noqa: BLE001 - anything not a user error is re-raised unchanged
+            code = user_error_code(e)
+            if code is None:
+                raise
+            say_error(user_error_message(e))
+            raise typer.Exit(code) from None

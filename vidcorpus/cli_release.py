@@ -20,12 +20,13 @@ from vidcorpus.cli import (
     _config,
     _emit,
     _print_table,
+    _require_catalog,
     console,
     fail,
     shards_app,
 )
 
-release_app = typer.Typer(help="Freeze a recipe's kept clips into an immutable, named shard set; list and compare.",
+release_app = typer.Typer(rich_markup_mode=None, help="Freeze a recipe's kept clips into an immutable, named shard set; list and compare.",
                           no_args_is_help=True)
 
 
@@ -46,6 +47,7 @@ def release_create(
     from vidcorpus.shards.release import ReleaseError
 
     cfg = _config(config, set_, workdir=workdir, catalog=catalog)
+    _require_catalog(cfg)
     try:
         s = create_release(cfg, name, recipe, caption_version, select, progress=progress, log=console.print)
     except ReleaseError as e:
@@ -57,15 +59,29 @@ def release_create(
 @release_app.command("list")
 def release_list(catalog: Optional[str] = CatalogOpt, config: Optional[Path] = ConfigOpt,
                  workdir: Optional[str] = WorkdirOpt) -> None:
-    """Every release with its recipe, caption version, size and manifest."""
-    import pyarrow as pa
+    """Every release with its recipe, caption version, size and age (`release show NAME` for the rest)."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
 
     from vidcorpus.catalog.store import Catalog
 
     cfg = _config(config, None, workdir=workdir, catalog=catalog)
     with Catalog(cfg.catalog_path, read_only=True) as cat:
         rows = cat.releases()
-    _print_table(pa.Table.from_pylist(rows) if rows else pa.table({"name": pa.array([], pa.string())}), title="releases")
+    # fits 80 columns: the manifest URL and checksums are in `release show`, not here
+    console.print(f"{len(rows)} releases in {escape(cfg.catalog_path)}")
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    t.add_column("name", overflow="fold", ratio=3, min_width=16)
+    t.add_column("recipe", overflow="fold", ratio=2)
+    t.add_column("captions", overflow="fold", ratio=1)
+    for col in ("clips", "shards", "MB"):
+        t.add_column(col, justify="right", no_wrap=True)
+    t.add_column("created", no_wrap=True)
+    for r in rows:
+        t.add_row(escape(r["name"]), escape(str(r["recipe"])), escape(str(r["caption_version"])), str(r["n_clips"]),
+                  str(r["n_shards"]), f"{(r['bytes'] or 0) / 1e6:.1f}", r["created_at"].strftime("%Y-%m-%d"))
+    console.print(t)
 
 
 @release_app.command("show")

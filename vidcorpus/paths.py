@@ -49,3 +49,22 @@ def resolve_config_paths(cfg: Config) -> Config:
         if release and "/" in release:  # a manifest path instead of a release name
             sections[name] = section.model_copy(update={"release": absolute(release)})
     return cfg.model_copy(update={**update, **sections})
+
+
+def missing_inputs(inputs: list[str]) -> list[str]:
+    """Inputs (list files, folders, prefixes) that are not there; a single http(s) media URL is the
+    downloader's to judge. Checked before a run opens the catalog, so a typo leaves nothing behind."""
+    import fsspec
+
+    missing = []
+    for item in inputs:
+        if item.split("://", 1)[0].lower() in ("http", "https") and "://" in item:
+            continue
+        try:
+            fs, path = fsspec.core.url_to_fs(item)
+            there = fs.exists(path)
+        except Exception:  # noqa: BLE001 - cannot tell here (no s3fs, no credentials): the run will say
+            there = True
+        if not there:
+            missing.append(item)
+    return missing
