@@ -58,6 +58,10 @@ NO_CATALOG = [
     "train --release rel -w W",
     "report -o out -w W",
     "export no_such_checkpoint out",
+    "release create",  # usage mistakes: one line too, not usage + hint + error
+    "sql --no-such-option x",
+    "no-such-command",
+    "train --steps many",
 ]
 
 

@@ -41,8 +41,8 @@ app = typer.Typer(  # help and errors are shown as written: no rich markup eats 
     add_completion=False,
 )
 config_app = typer.Typer(rich_markup_mode=None, help="Inspect the effective configuration.", no_args_is_help=True)
-catalog_app = typer.Typer(rich_markup_mode=None, help="Inspect, verify and export the DuckDB catalog (funnel, tables, failures, snapshots).",
-                          no_args_is_help=True)
+catalog_app = typer.Typer(help="Inspect, verify and export the DuckDB catalog (funnel, tables, failures, snapshots).",
+                          no_args_is_help=True, rich_markup_mode=None)
 shards_app = typer.Typer(rich_markup_mode=None, help="Write and list WebDataset shards.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(catalog_app, name="catalog")
@@ -646,8 +646,8 @@ def report(
 from vidcorpus.cli_release import release_app  # noqa: E402 - also registers `shards encode`
 
 app.add_typer(release_app, name="release")
-filter_app = typer.Typer(rich_markup_mode=None, help="Re-decide from stored scores: apply recipes, sweep thresholds, find duplicates.",
-                         no_args_is_help=True)
+filter_app = typer.Typer(help="Re-decide from stored scores: apply recipes, sweep thresholds, find duplicates.",
+                         no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(filter_app, name="filter")
 
 

@@ -15,9 +15,14 @@ from __future__ import annotations
 from typing import NoReturn
 
 import typer
-from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
+
+try:  # typer 0.2x brings its own click
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - a typer on the public click
+    from click.exceptions import NoArgsIsHelpError, UsageError
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_MODEL, EXIT_STORAGE = 0, 1, 2, 3, 4
 
@@ -84,6 +89,12 @@ class UserErrorGroup(TyperGroup):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except UsageError as e:  # a missing argument, an unknown option: one line, not usage + hint + error
+            if isinstance(e, NoArgsIsHelpError):
+                raise  # `vidcorpus release` alone prints its help
+            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            say_error(f"{e.format_message()} (`{where} --help` shows the usage)")
+            raise typer.Exit(e.exit_code) from None
         except Exception as e:  # noqa: BLE001 - anything not a user error is re-raised unchanged
             code = user_error_code(e)
             if code is None:

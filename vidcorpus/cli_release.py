@@ -26,8 +26,8 @@ from vidcorpus.cli import (
     shards_app,
 )
 
-release_app = typer.Typer(rich_markup_mode=None, help="Freeze a recipe's kept clips into an immutable, named shard set; list and compare.",
-                          no_args_is_help=True)
+release_app = typer.Typer(help="Freeze a recipe's kept clips into an immutable, named shard set; list and compare.",
+                          no_args_is_help=True, rich_markup_mode=None)
 
 
 @release_app.command("create")
