@@ -83,3 +83,23 @@ def test_absolute_keeps_urls_and_resolves_local_paths(tmp_path, monkeypatch):
     assert absolute(None) is None
     assert is_relative_path("work/x.tar") and not is_relative_path("/abs/x.tar")
     assert not is_relative_path("s3://b/x.tar") and not is_relative_path(None)
+
+
+def test_config_paths_are_resolved_once_at_the_cli(tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_recipe.yaml").write_text("name: mine\n")
+    (tmp_path / "models" / "vlm").mkdir(parents=True)
+    r = cli.invoke(app, ["config", "show", "--set", "workdir=work", "--set", "catalog=cat.duckdb",
+                         "--set", "inputs=[a.jsonl, s3://b/x/]",
+                         "--set", "filters.recipe=my_recipe.yaml", "--set", "models.captioner=models/vlm",
+                         "--set", "models.i2vgen=ali-vilab/i2vgen-xl", "--set", "train.release=releases/r/manifest.json"])
+    assert r.exit_code == 0, r.output
+    cfg = yaml.safe_load(r.output)
+    assert cfg["workdir"] == str(tmp_path / "work") and cfg["catalog"] == str(tmp_path / "cat.duckdb")
+    assert cfg["inputs"] == [str(tmp_path / "a.jsonl"), "s3://b/x/"]
+    assert cfg["filters"]["recipe"] == str(tmp_path / "my_recipe.yaml")
+    assert cfg["models"]["captioner"] == str(tmp_path / "models" / "vlm")
+    assert cfg["models"]["i2vgen"] == "ali-vilab/i2vgen-xl"  # a hub id stays a hub id
+    assert cfg["train"]["release"] == str(tmp_path / "releases" / "r" / "manifest.json")

@@ -118,7 +118,7 @@ def config_show(
         from vidcorpus.presets import resolve_models
 
         cfg = cfg.model_copy(update={"models": resolve_models(cfg.models)})
-    console.print(dump_config(cfg), end="", highlight=False, markup=False)
+    console.print(dump_config(cfg), end="", highlight=False, markup=False, soft_wrap=True)  # valid YAML at any width
 
 
 @app.command()

@@ -37,12 +37,25 @@ def is_relative_path(location: str | None) -> bool:
     return not os.path.isabs(location.removeprefix("file://"))
 
 
+LOCAL_MODEL_FIELDS = ("clip_pretrained", "aesthetic_head", "captioner", "i2vgen", "refiner")
+
+
 def resolve_config_paths(cfg: Config) -> Config:
-    """The config with its workdir, catalog, inputs and release/manifest paths made absolute."""
+    """The config with its workdir, catalog, inputs, recipe file, local model paths and
+    release/manifest paths made absolute (the run's config is stored in the catalog)."""
     update: dict = {"workdir": absolute(cfg.workdir), "inputs": [absolute(i) for i in cfg.inputs]}
     if cfg.catalog:
         update["catalog"] = absolute(cfg.catalog)
     sections = {}
+    recipe = cfg.filters.recipe
+    if recipe and not is_url(recipe) and os.path.isfile(recipe):  # a recipe file, not a bundled name
+        sections["filters"] = cfg.filters.model_copy(update={"recipe": absolute(recipe)})
+    models = {"cache_dir": absolute(cfg.models.cache_dir)}
+    for field in LOCAL_MODEL_FIELDS:  # a local weights file or directory, not a hub id
+        value = getattr(cfg.models, field)
+        if value and not is_url(value) and os.path.exists(value):
+            models[field] = absolute(value)
+    sections["models"] = cfg.models.model_copy(update=models)
     for name in ("train", "refiner"):
         section = getattr(cfg, name)
         release = getattr(section, "release", None)
