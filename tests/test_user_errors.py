@@ -224,3 +224,16 @@ def test_release_list_fits_80_columns(tmp_path):
     for name in names:  # each release on one row, its name unbroken, with its clip count
         row = next(ln for ln in lines if name in ln)
         assert "r@1" in row and " 2 " in row
+
+
+@pytest.mark.parametrize("args", [["config", "show", "-c", "missing.yaml"], ["run", "/does-not-exist", "-w", "W"]])
+def test_the_installed_command_ends_a_mistake_in_one_line(args, tmp_path):
+    """The same through the real entry point (a new process, no test runner in between)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "vidcorpus.cli", *args], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == EXIT_USAGE, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert list(tmp_path.iterdir()) == []
