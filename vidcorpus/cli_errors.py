@@ -8,10 +8,13 @@ Exit codes (README, "Exit codes"):
   config or option, an empty selection, SQL that is invalid or refused
 - 3 a model's weights are not available (the message names the command that fetches them)
 - 4 the store is full (nothing partial was published; free space and run again)
+
+``VIDCORPUS_TRACEBACK=1`` lets the top-level handler re-raise instead (a traceback for bug reports).
 """
 
 from __future__ import annotations
 
+import os
 from typing import NoReturn
 
 import typer
@@ -97,7 +100,7 @@ class UserErrorGroup(TyperGroup):
             raise typer.Exit(e.exit_code) from None
         except Exception as e:  # noqa: BLE001 - anything not a user error is re-raised unchanged
             code = user_error_code(e)
-            if code is None:
+            if code is None or os.environ.get("VIDCORPUS_TRACEBACK"):  # =1: the full traceback, for debugging
                 raise
             say_error(user_error_message(e))
             raise typer.Exit(code) from None

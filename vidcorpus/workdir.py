@@ -41,5 +41,5 @@ def missing_catalog_hint(path: str | os.PathLike) -> str:
     if demos:
         work = demos[0].parent
         shown = os.path.relpath(work) if not os.path.relpath(work).startswith("..") else str(work)
-        return f"the demo's catalog is {demos[0]}: add `-w {shown}` (or set {WORKDIR_ENV}={work})"
+        return f"the demo's catalog is {demos[0]}: add `-w {shown}` or set {WORKDIR_ENV}={work}"
     return "run `vidcorpus demo` or `vidcorpus run` first, or point -w/--catalog at an existing catalog"
