@@ -9,11 +9,12 @@ The manifest lists each table's file, row count and sha256, the schema version, 
 definitions and when it was made. Re-exporting to the same URL writes a new snapshot folder,
 swaps the manifest, then removes the previous snapshot's folder.
 
-Reading a snapshot (``Catalog(URL, read_only=True)``, ``vidcorpus sql --catalog URL``) gives an
-in-memory DuckDB with one view per table over its Parquet file and the catalog's own views on top.
-Remote files are read through an fsspec filesystem registered with DuckDB (``s3fs`` for s3://,
-configured from the usual AWS_* variables such as AWS_ENDPOINT_URL): DuckDB's httpfs extension
-needs a network download that offline machines cannot do.
+Reading a snapshot (``Catalog(URL, read_only=True)``, ``vidcorpus sql --catalog URL``) gives a
+read-only DuckDB with one view per table over its Parquet file and the catalog's own views on top.
+The files are read as pyarrow datasets through fsspec (``s3fs`` for s3://, configured from the
+usual AWS_* variables such as AWS_ENDPOINT_URL), registered with DuckDB from Python: DuckDB's
+httpfs extension needs a network download that offline machines cannot do, and DuckDB itself
+touching no file lets user SQL run with external access disabled (``catalog/safe_sql.py``).
 """
 
 from __future__ import annotations
@@ -116,6 +117,28 @@ def read_manifest(url: str) -> dict:
     return json.loads(fs.cat_file(f"{root.rstrip('/')}/{MANIFEST}"))
 
 
+def _table_datasets(fs, root: str, manifest: dict) -> dict:
+    """Each table's Parquet file as a pyarrow dataset, read through fsspec (s3fs for s3://).
+
+    Registered with DuckDB from Python rather than read with ``read_parquet``: DuckDB itself
+    then needs no file access, so user SQL can run with external access off (``safe_sql``).
+    """
+    import pyarrow.dataset as pads
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    filesystem = PyFileSystem(FSSpecHandler(fs))
+    return {name: pads.dataset(f"{root}/{entry['file']}", format="parquet", filesystem=filesystem)
+            for name, entry in manifest["tables"].items()}
+
+
+def _register(con: duckdb.DuckDBPyConnection, datasets: dict) -> None:
+    for name, ds in datasets.items():
+        con.register(f"{SNAPSHOT_PREFIX}{name}", ds)
+
+
+SNAPSHOT_PREFIX = "__snapshot_"  # the registered dataset behind each table's view
+
+
 def open_snapshot(url: str) -> tuple[duckdb.DuckDBPyConnection, dict, tempfile.TemporaryDirectory]:
     """A read-only DuckDB with the snapshot's tables as views over its Parquet files.
 
@@ -133,18 +156,16 @@ def open_snapshot(url: str) -> tuple[duckdb.DuckDBPyConnection, dict, tempfile.T
         raise CatalogError(f"cannot read the snapshot manifest at {url}: {e}") from e
     if manifest.get("format") != FORMAT:
         raise CatalogError(f"{url}: not a vidcorpus catalog snapshot (format {manifest.get('format')!r})")
+    try:
+        datasets = _table_datasets(fs, root, manifest)
+    except (OSError, ValueError) as e:
+        raise CatalogError(f"cannot read the snapshot's tables at {url}: {e}") from e
     tmp = tempfile.TemporaryDirectory(prefix="vidcorpus-snapshot-")
     views_db = os.path.join(tmp.name, "views.duckdb")
     con = duckdb.connect(views_db)
-    if _is_remote(url):
-        con.register_filesystem(fs)  # DuckDB reads s3://... through s3fs (no httpfs download needed)
-        protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
-        prefix = f"{protocol}://{root}"
-    else:
-        prefix = root
-    for name, entry in manifest["tables"].items():
-        where = f"{prefix}/{entry['file']}".replace("'", "''")
-        con.execute(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{where}')")
+    _register(con, datasets)
+    for name in manifest["tables"]:
+        con.execute(f"CREATE VIEW \"{name}\" AS SELECT * FROM \"{SNAPSHOT_PREFIX}{name}\"")
     pending = list(manifest.get("views", []))
     while pending:  # views may build on views: create until no progress
         left = []
@@ -158,6 +179,5 @@ def open_snapshot(url: str) -> tuple[duckdb.DuckDBPyConnection, dict, tempfile.T
         pending = left
     con.close()
     con = duckdb.connect(views_db, read_only=True)
-    if _is_remote(url):
-        con.register_filesystem(fs)
+    _register(con, datasets)
     return con, manifest, tmp

@@ -100,7 +100,9 @@ class Catalog:
                                "publish one with `vidcorpus catalog export URL`)")
         self.path = self.path.removeprefix("file://")
         if read_only and not Path(self.path).exists():
-            raise CatalogError(f"no catalog at {self.path} (run `vidcorpus demo` or `vidcorpus run` first)")
+            from vidcorpus.workdir import missing_catalog_hint
+
+            raise CatalogError(f"no catalog at {self.path} ({missing_catalog_hint(self.path)})")
         if not read_only:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         with self._session():

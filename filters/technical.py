@@ -6,7 +6,8 @@ Scores (all floats, appended to row["scores"] with model "opencv"):
                 (LOWER = blurrier; it also grows with fine texture, so compare within a resolution)
   brightness    mean luma, 0..255, over sampled frames
   black_border  fraction of the frame area covered by near-black bars touching the edges
-                (letterbox/pillarbox); a bar is a row/column whose luma stays below 20 in every frame
+                (letterbox/pillarbox); a bar is a row/column where every channel stays below 20 in
+                every frame (luma alone called a dark-blue sky a border: blue weighs 0.114 in it)
   frozen        fraction of consecutive sampled frame pairs that are identical (mean |diff| < 1 luma)
 Images are one-frame clips: they get no duration_s, fps or frozen (the recipe's missing policy decides).
 """
@@ -23,9 +24,9 @@ from vidcorpus.filters.scorers import add_scores, is_image, sample_frames, score
 from vidcorpus.media import read_frames
 from vidcorpus.stage import Resources, Stage
 
-TECHNICAL_VERSION = "technical-v1"
+TECHNICAL_VERSION = "technical-v2"  # v2: black_border measures the brightest channel, not luma
 TECHNICAL_MODEL = "opencv"
-BLACK_LUMA = 20  # a letterbox bar: luma below this in every sampled frame
+BLACK_LEVEL = 20  # a letterbox bar: every channel below this in every sampled frame
 FROZEN_DIFF = 1.0  # mean absolute luma difference under which two sampled frames count as identical
 
 
@@ -44,12 +45,17 @@ def _edge_run(dark: np.ndarray) -> int:
     return int(idx[0]) if idx.size else int(dark.size)
 
 
-def black_border_fraction(gray: np.ndarray) -> float:
-    """Area fraction of near-black bars at the edges (rows top/bottom, columns left/right)."""
-    brightest = gray.max(axis=0)  # a bar is dark in every frame; dark content moments are not bars
+def black_border_fraction(frames: np.ndarray) -> float:
+    """Area fraction of near-black bars at the edges (rows top/bottom, columns left/right).
+
+    ``frames``: (N, H, W, 3) RGB. Black means every channel is dark: a saturated dark colour
+    (deep blue has a luma of 0.114 x its blue) is picture, not border.
+    """
+    value = frames.max(axis=-1) if frames.ndim == 4 else frames  # per pixel: the brightest channel
+    brightest = value.max(axis=0)  # a bar is dark in every frame; dark content moments are not bars
     h, w = brightest.shape
-    dark_rows = brightest.max(axis=1) < BLACK_LUMA
-    dark_cols = brightest.max(axis=0) < BLACK_LUMA
+    dark_rows = brightest.max(axis=1) < BLACK_LEVEL
+    dark_cols = brightest.max(axis=0) < BLACK_LEVEL
     top = _edge_run(dark_rows)
     if top == h:
         return 1.0
@@ -80,7 +86,7 @@ def technical_scores(row: dict, frames: np.ndarray) -> dict[str, float]:
         "min_side": min(width, height),
         "blur": blur_score(gray),
         "brightness": float(gray.mean()),
-        "black_border": black_border_fraction(gray),
+        "black_border": black_border_fraction(frames),
     }
     if not is_image(row):
         if row.get("start_s") is not None and row.get("end_s") is not None and row["end_s"] > row["start_s"]:

@@ -137,7 +137,7 @@ def test_reingest_is_idempotent_and_the_wide_table_follows_every_write(tmp_path)
         assert cat.unsharded_kept() == []
         import datetime as dt
 
-        cat.record_training("train1", "base", "kept", 2, 0.5, "ckpt", [], "{}", dt.datetime(2026, 1, 1),
+        cat.record_training("train1", "base", "kept", 2, 0.5, str(tmp_path / "ckpt"), [], "{}", dt.datetime(2026, 1, 1),
                             [(0, rows[0]["clip_id"]), (1, rows[0]["clip_id"])])
         funnel = {r["stage"]: r["n"] for r in cat.funnel()}
         assert (funnel["captioned"], funnel["sharded"], funnel["trained_on"]) == (3, 3, 1)

@@ -16,9 +16,12 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # per-file bars of m
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from vidcorpus.cli_errors import EXIT_MODEL, EXIT_STORAGE, UserErrorGroup, err, fail  # noqa: E402,F401 - err: cli_release
 from vidcorpus.config import Config, ConfigError, dump_config, load_config  # noqa: E402
+from vidcorpus.errors import ERROR_CLASSES  # noqa: E402
 
 if __name__ == "__main__":  # pragma: no cover - `python -m vidcorpus.cli` (e.g. `torchrun -m vidcorpus.cli`)
     # Run the importable module, not this __main__ copy: the command modules import `vidcorpus.cli`,
@@ -28,48 +31,57 @@ if __name__ == "__main__":  # pragma: no cover - `python -m vidcorpus.cli` (e.g.
     _main()
     raise SystemExit(0)
 
-app = typer.Typer(
+app = typer.Typer(  # help and errors are shown as written: no rich markup eats "[...]" from them
+    cls=UserErrorGroup,
+    rich_markup_mode=None,
     help="vidcorpus: curate text-video and text-image corpora (ingest, shot split, score, caption, "
     "WebDataset shards, DuckDB catalog) and train I2VGen-XL-style video diffusion models on them.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
+config_app = typer.Typer(rich_markup_mode=None, help="Inspect the effective configuration.", no_args_is_help=True)
 catalog_app = typer.Typer(help="Inspect, verify and export the DuckDB catalog (funnel, tables, failures, snapshots).",
-                          no_args_is_help=True)
-shards_app = typer.Typer(help="Write and list WebDataset shards.", no_args_is_help=True)
+                          no_args_is_help=True, rich_markup_mode=None)
+shards_app = typer.Typer(rich_markup_mode=None, help="Write and list WebDataset shards.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(shards_app, name="shards")
 
 console = Console()
-err = Console(stderr=True)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (sections as in `vidcorpus config show`).")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config value, e.g. --set filters.recipe=pretrain_v1 (repeatable).")
 CatalogOpt = typer.Option(None, "--catalog", help="DuckDB catalog file (default: {workdir}/catalog.duckdb); read-only "
                                                   "commands also take a snapshot folder or s3:// URL (`catalog export`).")
-WorkdirOpt = typer.Option(None, "--workdir", "-w", help="Root for staging and shards: a local path or s3:// URL.")
+WorkdirOpt = typer.Option(None, "--workdir", "-w", help="Root for staging and shards: a local path or s3:// URL "
+                                                        "(default $VIDCORPUS_WORKDIR, else ./vidcorpus-work).")
 RayAddressOpt = typer.Option(None, "--ray-address", help="Existing Ray cluster; default starts a local Ray.")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
 PresetOpt = typer.Option(None, "--preset", help="Model preset: 'tiny' (offline random test models) or 'production'.")
 
 
 def _config(config: Optional[Path], overrides: Optional[List[str]], **fields) -> Config:
+    """The effective config, with every local path in it made absolute once, here (vidcorpus/paths.py)."""
+    from vidcorpus.paths import resolve_config_paths
+
+    if config is not None and not Path(config).is_file():
+        fail(f"no config file at {config}" + (" (a folder)" if Path(config).is_dir() else ""), prefix="config error:")
     try:
-        return load_config(config, overrides or [], **fields)
+        return resolve_config_paths(load_config(config, overrides or [], **fields))
     except ConfigError as e:
-        err.print(f"[red]config error:[/red] {e}")
-        raise typer.Exit(2)
+        fail(str(e), prefix="config error:")
 
 
 def _print_table(table, title: str | None = None, max_rows: int = 200) -> None:
+    import pyarrow.types as pat
+
     t = Table(title=title, show_lines=False)
-    for name in table.column_names:
-        t.add_column(name, overflow="fold")
+    for field in table.schema:  # numbers right-aligned, so digits line up
+        numeric = pat.is_integer(field.type) or pat.is_floating(field.type) or pat.is_decimal(field.type)
+        t.add_column(escape(field.name), overflow="fold", justify="right" if numeric else "left")
     for row in table.slice(0, max_rows).to_pylist():
-        t.add_row(*[_fmt(v) for v in row.values()])
+        t.add_row(*[escape(_fmt(v)) for v in row.values()])
     console.print(t)
     if table.num_rows > max_rows:
         console.print(f"... {table.num_rows - max_rows} more rows (use --format csv/json for all)")
@@ -106,7 +118,7 @@ def config_show(
         from vidcorpus.presets import resolve_models
 
         cfg = cfg.model_copy(update={"models": resolve_models(cfg.models)})
-    console.print(dump_config(cfg), end="", highlight=False, markup=False)
+    console.print(dump_config(cfg), end="", highlight=False, markup=False, soft_wrap=True)  # valid YAML at any width
 
 
 @app.command()
@@ -119,7 +131,8 @@ def run(
     preset: Optional[str] = PresetOpt,
     ray_address: Optional[str] = RayAddressOpt,
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Only re-run sources that failed before."),
-    error_class: Optional[str] = typer.Option(None, "--error-class", help="With --retry-failed: only this error class."),
+    error_class: Optional[str] = typer.Option(None, "--error-class", help="With --retry-failed: only this error class "
+                                                                           "(`vidcorpus ingest --help` lists them)."),
     progress: bool = ProgressOpt,
 ) -> None:
     """Run the curation pipeline: download, probe, split shots, score, decide, caption, shard, catalog.
@@ -141,9 +154,7 @@ def ingest(
     ray_address: Optional[str] = RayAddressOpt,
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-queue only sources that failed before."),
     error_class: Optional[str] = typer.Option(
-        None, "--error-class", help="With --retry-failed: only this class (dns, connect, timeout, http_4xx, http_5xx, "
-                                    "too_large, not_media, opted_out, decode_error, unsupported_codec, hash_mismatch, "
-                                    "blocked_address)."),
+        None, "--error-class", help=f"With --retry-failed: only this class ({', '.join(ERROR_CLASSES)})."),
     progress: bool = ProgressOpt,
 ) -> None:
     """Ingest sources (download, probe, split, extract) and carry them through the same job as `run`.
@@ -161,23 +172,32 @@ def _run_job(inputs, config, set_, workdir, catalog, preset, ray_address, retry_
     from vidcorpus.runner import run_pipeline
 
     if error_class and not retry_failed:
-        err.print("[red]--error-class needs --retry-failed[/red]")
-        raise typer.Exit(2)
+        fail("--error-class needs --retry-failed")
+    if error_class and error_class not in ERROR_CLASSES and not error_class.startswith("internal:"):
+        fail(f"unknown error class {error_class!r} (one of {', '.join(ERROR_CLASSES)})")
     cfg = _config(config, set_, workdir=workdir, catalog=catalog, **{"models.preset": preset, "ray.address": ray_address})
     if inputs:
         cfg = cfg.model_copy(update={"inputs": list(inputs)})
     if not cfg.inputs:
-        err.print("[red]no inputs:[/red] give URL lists, folders or media URLs, or set `inputs` in the config")
-        raise typer.Exit(2)
+        fail("give URL lists, folders or media URLs, or set `inputs` in the config", prefix="no inputs:")
+    from vidcorpus.paths import missing_inputs
+
+    for missing in missing_inputs(cfg.inputs):  # before the catalog or a run row exists
+        fail(f"input {missing} does not exist")
+    if cfg.filters.recipe:  # an unknown recipe fails here, not as a failed run in a new catalog
+        from vidcorpus.filters.recipes import load_recipe
+
+        try:
+            load_recipe(cfg.filters.recipe)
+        except (FileNotFoundError, ValueError) as e:
+            fail(str(e))
     try:
         summary = run_pipeline(cfg, retry_failed=retry_failed, error_class=error_class, progress=progress,
                                log=console.print)
     except ModelNotAvailable as e:
-        err.print(f"[red]model not available:[/red] {e}")
-        raise typer.Exit(3)
+        fail(str(e), EXIT_MODEL, prefix="model not available:")
     except StorageFullError as e:
-        err.print(f"[red]storage full:[/red] {e}")
-        raise typer.Exit(4)
+        fail(str(e), EXIT_STORAGE, prefix="storage full:")
     _print_run_summary(summary)
 
 
@@ -205,7 +225,8 @@ def sql(
     fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json | parquet"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to a file instead of stdout (parquet needs it)."),
 ) -> None:
-    """Query the catalog with SQL (opened read-only; a running job's commits are waited out).
+    """Query the catalog with SQL (read-only, no file, extension or network access; a running job's
+    commits are waited out).
 
     --catalog also takes a snapshot published by `vidcorpus catalog export` (folder or s3:// URL).
     Tables: runs, sources, clips, scores, captions, decisions, shards, shard_members, releases,
@@ -214,18 +235,16 @@ def sql(
     """
     import duckdb
 
-    from vidcorpus.catalog.store import Catalog, CatalogError
+    from vidcorpus.catalog.safe_sql import RefusedSQL, first_line, run_user_sql
+    from vidcorpus.catalog.store import CatalogError
 
     cfg = _config(config, None, workdir=workdir, catalog=catalog)
-    try:
-        with Catalog(cfg.catalog_path, read_only=True) as cat:  # a file, a snapshot folder or an s3:// snapshot
-            table = cat.query(query)
-    except CatalogError as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+    try:  # a file, a snapshot folder or an s3:// snapshot; no file, extension or network access
+        table = run_user_sql(cfg.catalog_path, query)
+    except (CatalogError, RefusedSQL) as e:
+        fail(str(e))
     except duckdb.Error as e:
-        err.print(f"[red]SQL error:[/red] {e}")
-        raise typer.Exit(2)
+        fail(first_line(e), prefix="SQL error:")
     _emit(table, fmt, output)
 
 
@@ -249,12 +268,10 @@ def _emit(table, fmt: str, output: Optional[Path]) -> None:
         (output.write_text(text) if output else sys.stdout.write(text + "\n"))
     elif fmt == "parquet":
         if not output:
-            err.print("[red]--format parquet needs --output FILE[/red]")
-            raise typer.Exit(2)
+            fail("--format parquet needs --output FILE")
         pq.write_table(table, output)
     else:
-        err.print(f"[red]unknown format {fmt!r}[/red] (table, csv, json, parquet)")
-        raise typer.Exit(2)
+        fail(f"unknown format {fmt!r} (table, csv, json, parquet)")
 
 
 @catalog_app.command("funnel")
@@ -269,6 +286,8 @@ def catalog_funnel(catalog: Optional[str] = CatalogOpt, config: Optional[Path] =
             for r in cat.query_dicts("SELECT DISTINCT run_id FROM funnel_by_run ORDER BY run_id"):
                 print_funnel(cat.funnel(r["run_id"]), title=f"funnel of run {r['run_id']}")
         if run_id:
+            if not cat.query_dicts("SELECT 1 AS x FROM runs WHERE run_id = ?", [run_id]):
+                fail(f"no run {run_id!r} in {cfg.catalog_path} (`vidcorpus sql \"SELECT run_id, kind FROM runs\"`)")
             print_funnel(cat.funnel(run_id), title=f"funnel of run {run_id}")
         else:
             print_funnel(cat.funnel(), title="funnel (all runs)")
@@ -306,6 +325,17 @@ def catalog_info(catalog: Optional[str] = CatalogOpt, config: Optional[Path] = C
             _print_table(pa.Table.from_pylist(shown), title="warnings raised in stages (all runs, most frequent first)")
 
 
+def _require_catalog(cfg: Config) -> str:
+    """The catalog path of a command that changes an existing catalog: never creates one."""
+    from vidcorpus.paths import is_url
+    from vidcorpus.workdir import missing_catalog_hint
+
+    path = cfg.catalog_path
+    if not is_url(path) and not os.path.isdir(path) and not os.path.exists(path.removeprefix("file://")):
+        fail(f"no catalog at {path} ({missing_catalog_hint(path)})")
+    return path
+
+
 def _open_catalog(path: str, read_only: bool = True, **kw):
     """Open a catalog (file or snapshot URL) or exit 2 with the reason."""
     from vidcorpus.catalog.store import Catalog, CatalogError
@@ -313,8 +343,7 @@ def _open_catalog(path: str, read_only: bool = True, **kw):
     try:
         return Catalog(path, read_only=read_only, **kw)
     except CatalogError as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
 
 
 @catalog_app.command("export")
@@ -360,7 +389,7 @@ def catalog_verify(
     """
     cfg = _config(config, None, workdir=workdir, catalog=catalog)
     if rebuild_wide:
-        with _open_catalog(cfg.catalog_path, read_only=False) as cat:
+        with _open_catalog(_require_catalog(cfg), read_only=False) as cat:
             with cat.transaction():
                 n = cat.rebuild_wide()
         console.print(f"clips_wide rebuilt: {n} rows")
@@ -400,7 +429,7 @@ def shards_write(
     from vidcorpus.runner import write_pending_shards
 
     cfg = _config(config, set_, workdir=workdir, catalog=catalog)
-    with Catalog(cfg.catalog_path) as cat:
+    with Catalog(_require_catalog(cfg)) as cat:
         written = write_pending_shards(cfg, cat, new_run_id())
     console.print(f"{len(written)} shards written under {cfg.url('shards')}")
 
@@ -452,12 +481,15 @@ def _train_and_export(cfg: Config, stage: str, output: str | None, progress: boo
     from vidcorpus.train.loop import ResumeMismatch
     from vidcorpus.training import NoTrainingData, run_training
 
+    from vidcorpus.paths import absolute
+
+    output, export = absolute(output), absolute(export)  # both are stored (train_runs, checkpoints)
+    resume = resume if resume in (None, "latest") else absolute(resume)
     try:
         result = run_training(cfg, output=output, progress=progress, log=console.print, resume=resume, stage=stage)
     except (NoTrainingData, ModelNotAvailable, ReleaseError, ShardChecksumError, ResumeMismatch, LatentCacheMissing,
             FileNotFoundError, ValueError) as e:  # ValueError: --resume latest without --output
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
     console.print(f"trained {'the refiner ' if stage == 'refiner' else ''}{result.steps} steps on "
                   f"{result.distinct_clips} clips from {result.n_shards} shards; loss {result.losses[0]:.4f} -> "
                   f"{result.losses[-1]:.4f}; checkpoint: {result.checkpoint_dir}")
@@ -495,8 +527,7 @@ def export_cmd(
     try:
         export_pipeline(resolve_models(cfg.models).i2vgen, checkpoint, out, weights=weights)
     except (ModelNotAvailable, FileNotFoundError) as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
     console.print(f"exported {checkpoint} ({weights} weights) -> {out}")
 
 
@@ -544,8 +575,7 @@ def export_refiner_cmd(
     try:
         export_refiner(resolve_refiner(cfg.models).refiner, checkpoint, out, weights=weights)
     except (ModelNotAvailable, FileNotFoundError) as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
     console.print(f"exported refiner {checkpoint} ({weights} weights) -> {out}")
 
 
@@ -575,8 +605,7 @@ def generate(
     try:
         result = generate_video(cfg, image, prompt, short_prompt, base, refiner, output, progress=progress)
     except (ModelNotAvailable, FileNotFoundError, ValueError) as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
     f, h, w = result.frames.shape[:3]
     timing = ", ".join(f"{k} {v:.1f} s" + (f" (peak {result.peak_gib[k]:.1f} GiB)" if k in result.peak_gib else "")
                        for k, v in result.seconds.items())
@@ -614,8 +643,7 @@ def report(
         result = build_report(cfg.catalog_path, output, run=run_id, recipe_path=cfg.filters.recipe, console=console,
                               release=release)
     except (CatalogError, ValueError) as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
     console.print(f"report: {result.index} ({len(result.plots)} plots, {result.clip_pages} clip pages, "
                   f"{result.seconds:.1f} s)")
 
@@ -624,7 +652,7 @@ from vidcorpus.cli_release import release_app  # noqa: E402 - also registers `sh
 
 app.add_typer(release_app, name="release")
 filter_app = typer.Typer(help="Re-decide from stored scores: apply recipes, sweep thresholds, find duplicates.",
-                         no_args_is_help=True)
+                         no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(filter_app, name="filter")
 
 
@@ -651,19 +679,17 @@ def filter_apply(
     try:
         r = load_recipe(recipe)
     except (FileNotFoundError, ValueError) as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
     run_id = new_run_id()
     try:
-        with Catalog(cfg.catalog_path) as cat:
+        with Catalog(_require_catalog(cfg)) as cat:
             if not dry_run:
                 cat.begin_run(run_id, "filter-apply", json.dumps({"recipe": r.id}), __version__)
             res = apply_recipe(cat, r, run_id, dry_run=dry_run)
             if not dry_run:
                 cat.finish_run(run_id, "succeeded", {"recipe": r.id, "clips": res.clips, "kept": res.kept})
     except CatalogError as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
     t = Table(title=f"{r.id}: {res.kept} of {res.clips} clips kept" + (" (dry run)" if dry_run else ""))
     t.add_column("dropped by", overflow="fold")
     t.add_column("clips", justify="right")
@@ -692,16 +718,14 @@ def filter_sweep(
     from vidcorpus.filters.recipes import load_recipe
 
     if op not in (">=", ">", "<=", "<"):
-        err.print(f"[red]--op must be one of >=, >, <=, < (got {op!r})[/red]")
-        raise typer.Exit(2)
+        fail(f"--op must be one of >=, >, <=, < (got {op!r})")
     cfg = _config(config, None, workdir=workdir, catalog=catalog)
     try:
         r = load_recipe(recipe) if recipe else None
         with Catalog(cfg.catalog_path, read_only=True) as cat:
             rows = sweep(cat, score, op, steps, r, thresholds=threshold or None)
     except (CatalogError, FileNotFoundError, ValueError) as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
     t = Table(title=f"retention of {score} {op} threshold ({rows[0]['scored']} clips scored)")
     t.add_column("threshold", justify="right")
     t.add_column("kept", justify="right")
@@ -733,7 +757,7 @@ def filter_dedup(
 
     cfg = _config(config, set_, workdir=workdir, catalog=catalog)
     run_id = new_run_id()
-    with Catalog(cfg.catalog_path) as cat:
+    with Catalog(_require_catalog(cfg)) as cat:
         cat.begin_run(run_id, "filter-dedup", json.dumps({"recipe": cfg.filters.recipe}), __version__)
         ids = cat.query_dicts("SELECT clip_id FROM embeddings")
         n = dedup_and_redecide(cfg, cat, run_id, [r["clip_id"] for r in ids], log=console.print)

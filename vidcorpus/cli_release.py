@@ -20,13 +20,14 @@ from vidcorpus.cli import (
     _config,
     _emit,
     _print_table,
+    _require_catalog,
     console,
-    err,
+    fail,
     shards_app,
 )
 
 release_app = typer.Typer(help="Freeze a recipe's kept clips into an immutable, named shard set; list and compare.",
-                          no_args_is_help=True)
+                          no_args_is_help=True, rich_markup_mode=None)
 
 
 @release_app.command("create")
@@ -46,11 +47,11 @@ def release_create(
     from vidcorpus.shards.release import ReleaseError
 
     cfg = _config(config, set_, workdir=workdir, catalog=catalog)
+    _require_catalog(cfg)
     try:
         s = create_release(cfg, name, recipe, caption_version, select, progress=progress, log=console.print)
     except ReleaseError as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
     console.print(f"release {s.name}: {s.n_clips} clips in {s.n_shards} shards ({s.reused_shards} reused, "
                   f"{s.new_shards} new), {s.bytes / 1e6:.1f} MB; manifest {s.manifest_url}")
 
@@ -58,15 +59,29 @@ def release_create(
 @release_app.command("list")
 def release_list(catalog: Optional[str] = CatalogOpt, config: Optional[Path] = ConfigOpt,
                  workdir: Optional[str] = WorkdirOpt) -> None:
-    """Every release with its recipe, caption version, size and manifest."""
-    import pyarrow as pa
+    """Every release with its recipe, caption version, size and age (`release show NAME` for the rest)."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
 
     from vidcorpus.catalog.store import Catalog
 
     cfg = _config(config, None, workdir=workdir, catalog=catalog)
     with Catalog(cfg.catalog_path, read_only=True) as cat:
         rows = cat.releases()
-    _print_table(pa.Table.from_pylist(rows) if rows else pa.table({"name": pa.array([], pa.string())}), title="releases")
+    # fits 80 columns: the manifest URL and checksums are in `release show`, not here
+    console.print(f"{len(rows)} releases in {escape(cfg.catalog_path)}")
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    t.add_column("name", overflow="fold", ratio=3, min_width=16)
+    t.add_column("recipe", overflow="fold", ratio=2)
+    t.add_column("captions", overflow="fold", ratio=1)
+    for col in ("clips", "shards", "MB"):
+        t.add_column(col, justify="right", no_wrap=True)
+    t.add_column("created", no_wrap=True)
+    for r in rows:
+        t.add_row(escape(r["name"]), escape(str(r["recipe"])), escape(str(r["caption_version"])), str(r["n_clips"]),
+                  str(r["n_shards"]), f"{(r['bytes'] or 0) / 1e6:.1f}", r["created_at"].strftime("%Y-%m-%d"))
+    console.print(t)
 
 
 @release_app.command("show")
@@ -83,8 +98,7 @@ def release_show(name: str = typer.Argument(..., help="Release name or manifest 
     try:
         m, _root = release_manifest(cfg, name)
     except ReleaseError as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
     console.print(f"release {m['name']} (created {m['created_at']}): recipe {m['recipe']}, captions "
                   f"{m['caption_version']}, {m['n_clips']} clips, {m['n_shards']} shards, {m['bytes'] / 1e6:.1f} MB")
     _print_table(pa.Table.from_pylist([{"bucket": b, **v} for b, v in sorted(m["buckets"].items())]), title="buckets")
@@ -114,8 +128,7 @@ def release_diff(
     try:
         d = diff_releases(cfg, a, b)
     except ReleaseError as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
     if fmt == "table" and output is None:
         console.print(f"{d.a} -> {d.b}: +{len(d.added)} added, -{len(d.dropped)} dropped, {d.kept} in both "
                       f"(recipe {d.recipe_a} -> {d.recipe_b}, captions {d.caption_a} -> {d.caption_b})")
@@ -154,7 +167,6 @@ def shards_encode(
     try:
         s = encode_latent_cache(cfg, params, release=release, select=select, progress=progress, log=console.print)
     except (ReleaseError, NoTrainingData) as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        fail(str(e))
     console.print(f"latent cache {s.cache_key}: {s.encoded} shards encoded, {s.reused} already cached "
                   f"({s.samples} samples) under {s.root}")

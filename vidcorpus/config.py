@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from vidcorpus.workdir import default_workdir
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -267,7 +269,9 @@ class ModelsConfig(Section):
 
 
 class Config(Section):
-    workdir: str = Field("./vidcorpus-work", description="Root URL for staging and shards (local path or s3://).")
+    workdir: str = Field(default_factory=default_workdir,
+                         description="Root URL for staging and shards (local path or s3://); default "
+                                     "$VIDCORPUS_WORKDIR, else ./vidcorpus-work.")
     catalog: str = Field("", description="DuckDB catalog file; default {workdir}/catalog.duckdb.")
     inputs: list[str] = Field(default_factory=list, description="URL lists, folders, s3:// prefixes or media URLs.")
     ray: RayConfig = Field(default_factory=RayConfig)

@@ -6,6 +6,38 @@ import errno
 import socket
 
 
+# Every error class a failure row can carry (`vidcorpus catalog failures`, `ingest --retry-failed
+# --error-class`), with what it means; `ingest --help` lists these. A test reads the code for the
+# classes it raises and fails on one missing here, so the list cannot drift. Unexpected exceptions
+# are recorded as ``internal:<ExceptionName>``.
+ERROR_CLASSES: dict[str, str] = {
+    "bad_input_row": "a list row without a usable url",
+    "bad_input": "a source id that is not a safe key",
+    "bad_url": "a URL without a host, or malformed",
+    "bad_scheme": "a URL scheme (or redirect target) that is not allowed",
+    "dns": "the host name does not resolve",
+    "connect": "the connection failed",
+    "timeout": "the server was too slow or the download took too long",
+    "blocked_address": "the host resolves to a non-public address",
+    "http_4xx": "the server refused (HTTP 4xx)",
+    "http_5xx": "the server failed (HTTP 5xx)",
+    "too_many_redirects": "more redirects than ingest.max_redirects",
+    "opted_out": "X-Robots-Tag opts out of AI use",
+    "too_large": "more bytes or pixels than the limits",
+    "too_long": "longer than ingest.max_duration_s",
+    "empty_file": "a file of 0 bytes",
+    "not_found": "a local or remote file that is not there",
+    "hash_mismatch": "the content differs from the expected sha256",
+    "download": "any other download failure",
+    "not_media": "no decodable video or image",
+    "decode_error": "the media does not decode",
+    "unsupported_codec": "no decoder for the codec",
+    "disk_full": "the store ran out of space",
+    "out_of_memory": "a worker ran out of memory",
+    "error": "any other recorded error",
+}
+
+
 class VidcorpusError(Exception):
     """Base of errors that carry their own catalog error class."""
 

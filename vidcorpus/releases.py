@@ -99,7 +99,7 @@ def create_release(cfg: Config, name: str, recipe: str, caption_version: str | N
 
     check_name(name)
     caption_version = caption_version or cfg.shards.caption_version
-    root = release_root(cfg.workdir, name)
+    root = release_root(cfg.url(), name)  # absolute: the manifest URL is stored and read from anywhere
     with Catalog(cfg.catalog_path) as cat:
         existing = cat.release(name)
         if existing:

@@ -447,10 +447,10 @@ def build_report(catalog: str | Path, out_dir: str | Path, run: str | None = Non
 
     t0 = time.time()
     out = Path(out_dir)
+    with Catalog(catalog, read_only=True) as cat:  # a missing catalog, run or release: no folder made
+        data = load_report_data(cat, run, recipe_path, release)
     out.mkdir(parents=True, exist_ok=True)
     clear_report_dir(out)
-    with Catalog(catalog, read_only=True) as cat:
-        data = load_report_data(cat, run, recipe_path, release)
     w = _Writer(data, out, thumb_px)
     (out / "report.css").write_text(CSS)
     kept = data.kept_mask()

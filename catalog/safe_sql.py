@@ -1,0 +1,61 @@
+"""User SQL that can read the catalog and nothing else (``vidcorpus sql``, a future ``serve``).
+
+Opening DuckDB ``read_only`` stops writes to the catalog file, not ``COPY ... TO``, ``read_csv``
+of any file, ``INSTALL``/``LOAD`` or ``ATTACH``. So a connection that runs a user's SQL gets
+``enable_external_access = false`` (no file, extension or network access at all) and then
+``lock_configuration = true`` (the SQL cannot switch it back). Snapshots need no allowed paths:
+their tables are Arrow datasets registered from Python (``catalog/snapshot.py``), because
+DuckDB's ``allowed_directories`` would let ``COPY ... TO`` overwrite the very files it allows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+import duckdb
+import pyarrow as pa
+
+from vidcorpus.catalog.store import Catalog
+
+# What a refused statement hit, for the one-line message (DuckDB's own text names the file or setting).
+REFUSED = "vidcorpus sql reads the catalog only (no files, extensions, network or ATTACH)"
+
+
+class RefusedSQL(Exception):
+    """The SQL asked for something a catalog query may not do (write, read files, load, attach)."""
+
+
+def lock_down(con: duckdb.DuckDBPyConnection) -> None:
+    """Disable every external access on ``con`` for good (idempotent only before it is locked)."""
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+@contextlib.contextmanager
+def user_sql_catalog(path: str | os.PathLike) -> Iterator[Catalog]:
+    """A read-only catalog (DuckDB file or snapshot) whose connection is locked down."""
+    with Catalog(path, read_only=True) as cat:
+        lock_down(cat.con)
+        yield cat
+
+
+def run_user_sql(path: str | os.PathLike, sql: str) -> pa.Table:
+    """Run one user statement over the catalog at ``path``; RefusedSQL for what it may not do."""
+    with user_sql_catalog(path) as cat:
+        try:
+            return cat.query(sql)
+        except duckdb.PermissionException as e:
+            raise RefusedSQL(f"refused: {REFUSED}: {first_line(str(e))}") from e
+        except duckdb.InvalidInputException as e:
+            text = str(e)
+            if "configuration has been locked" in text:
+                raise RefusedSQL(f"refused: {REFUSED}: {first_line(text)}") from e
+            raise
+
+
+def first_line(text: str) -> str:
+    """DuckDB errors carry a caret diagram over several lines; a terminal error is one line."""
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else ""
