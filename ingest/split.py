@@ -68,12 +68,15 @@ def _scaled_pyav_stream(path: str, downscale: int):
 
 
 def _detectors(cfg, min_len: int) -> list:
-    from scenedetect import AdaptiveDetector, ContentDetector, HashDetector, HistogramDetector
+    from scenedetect import AdaptiveDetector, ContentDetector, HashDetector
+
+    from vidcorpus.ingest.histogram_context import ContextualHistogramDetector
 
     make = {
         "adaptive": lambda: AdaptiveDetector(adaptive_threshold=cfg.adaptive_threshold, min_scene_len=min_len),
         "content": lambda: ContentDetector(threshold=cfg.content_threshold, min_scene_len=min_len),
-        "histogram": lambda: HistogramDetector(threshold=cfg.histogram_threshold, min_scene_len=min_len),
+        # judged against about a second of the shot's own changes (min_len is a third of a second)
+        "histogram": lambda: ContextualHistogramDetector(cfg.histogram_threshold, min_len, context=3 * min_len),
         "hash": lambda: HashDetector(threshold=cfg.hash_threshold, min_scene_len=min_len),
     }
     return [make[name]() for name in dict.fromkeys(cfg.detectors)]
