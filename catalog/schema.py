@@ -138,6 +138,19 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        12,  # issue 21: every frame accounted for (numbered past 8-11 so that parallel branches merge cleanly)
+        """
+        ALTER TABLE sources ADD COLUMN split_frames BIGINT;   -- frames the shot splitter read
+        CREATE TABLE dropped_segments (
+            source_id VARCHAR, first_frame BIGINT, last_frame BIGINT,
+            reason VARCHAR,    -- transition, too_short, trimmed, not_extracted, or a detector's own
+            detector VARCHAR,  -- split (the splitter's rules), extract, or the detector that reported it
+            start_s DOUBLE, end_s DOUBLE, run_id VARCHAR, written_at TIMESTAMP,
+            PRIMARY KEY (source_id, first_frame, last_frame)
+        );
+        """,
+    ),
 ]
 
 # Python steps run right after a migration's DDL, in the same transaction (method names of Catalog).

@@ -13,6 +13,7 @@ Each problem is a dict {check, item, detail}. Checks:
 - wide_missing / wide_orphan: clips and the materialised clips_wide disagree on which clips exist
 - wide_stale (``deep``): a clips_wide row differs from a recompute from the long tables
 - release_count_mismatch: releases.n_clips differs from its release_members rows
+- frames_uncovered: frames of a video source in no clip and no dropped segment (``catalog/coverage.py``)
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ def verify_catalog(cat: "Catalog", shard_roots: Iterable[str] = (), checksums: b
     out += _problems(cat, "wide_orphan",
                      f"SELECT clip_id AS item FROM clips_wide ANTI JOIN clips USING (clip_id) ORDER BY 1 LIMIT {MAX_PER_CHECK}",
                      lambda r: "clips_wide row of a clip with no clips row")
+    if _has_table(cat, "dropped_segments"):
+        from vidcorpus.catalog.coverage import coverage_problems
+
+        out += coverage_problems(cat)
     if deep:
         out += _wide_stale(cat)
     out += _shard_files(cat, shard_roots, checksums)
