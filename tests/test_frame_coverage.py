@@ -197,3 +197,18 @@ def test_uncovered_ranges():
     assert uncovered(10, [(0, 3), (2, 5), (8, 12)]) == [(6, 7)]
     assert uncovered(10, [(3, 4)]) == [(0, 2), (5, 9)]
     assert uncovered(96, [(0, 47), (89, 95)]) == [(48, 88)]
+
+
+def test_footage_report_accounts_for_every_frame(tmp_path, two_shots):
+    from vidcorpus.report_footage import footage_rows
+
+    rows = _split_and_extract(_cfg(tmp_path, "split.trim_frames=2"), two_shots)
+    with _commit(tmp_path, "run1", rows) as cat:
+        got = footage_rows(cat)
+        assert [(r["destination"], r["reason"], r["frames"]) for r in got] == [
+            ("undecided clips", "", 88), ("dropped when splitting", "trimmed (split)", 8)]
+        assert sum(r["share"] for r in got) == pytest.approx(1.0)
+        assert got[1]["hours"] == pytest.approx(8 / FPS / 3600)
+        cat.con.execute("DELETE FROM dropped_segments WHERE first_frame = 0")
+        lost = footage_rows(cat)[-1]
+        assert lost["destination"].startswith("in no row") and lost["frames"] == 2
