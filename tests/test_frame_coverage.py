@@ -212,3 +212,19 @@ def test_footage_report_accounts_for_every_frame(tmp_path, two_shots):
         cat.con.execute("DELETE FROM dropped_segments WHERE first_frame = 0")
         lost = footage_rows(cat)[-1]
         assert lost["destination"].startswith("in no row") and lost["frames"] == 2
+
+
+@pytest.mark.slow
+def test_demo_accounts_for_every_frame_of_every_video(demo):
+    """Through the whole pipeline: every done video source records its split, and verify finds no gap."""
+    from vidcorpus.catalog.coverage import coverage_problems
+
+    with Catalog(demo["config"].catalog_path, read_only=True) as cat:
+        sources = cat.query_dicts("SELECT uri, split_frames, n_frames FROM sources "
+                                  "WHERE media_type = 'video' AND status = 'done'")
+        assert sources and all(s["split_frames"] for s in sources), sources
+        assert coverage_problems(cat) == []
+    real = demo["truth"].get("real")
+    if real:  # bikes.mp4: 250 frames, all in clips (hard cuts only)
+        [bikes] = [s for s in sources if s["uri"].endswith("bikes.mp4")]
+        assert bikes["split_frames"] == 250
