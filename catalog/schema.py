@@ -139,7 +139,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
     (
-        8,  # issue 20: nothing silent. Warnings and fast-path switch-offs raised in stages, per run; and
+        9,  # issue 20: nothing silent. Warnings and fast-path switch-offs raised in stages, per run; and
         # which decode path wrote each caption (static_graph or transformers' default generate)
         """
         CREATE TABLE events (
@@ -148,6 +148,19 @@ MIGRATIONS: list[tuple[int, str]] = [
             PRIMARY KEY (run_id, stage, kind, message)
         );
         ALTER TABLE captions ADD COLUMN decode VARCHAR;
+        """,
+    ),
+    (
+        12,  # issue 21: every frame accounted for (numbered past 8-11 so that parallel branches merge cleanly)
+        """
+        ALTER TABLE sources ADD COLUMN split_frames BIGINT;   -- frames the shot splitter read
+        CREATE TABLE dropped_segments (
+            source_id VARCHAR, first_frame BIGINT, last_frame BIGINT,
+            reason VARCHAR,    -- transition, too_short, trimmed, not_extracted, or a detector's own
+            detector VARCHAR,  -- split (the splitter's rules), extract, or the detector that reported it
+            start_s DOUBLE, end_s DOUBLE, run_id VARCHAR, written_at TIMESTAMP,
+            PRIMARY KEY (source_id, first_frame, last_frame)
+        );
         """,
     ),
 ]

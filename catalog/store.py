@@ -550,11 +550,12 @@ class Catalog:
         raised = stage_events.merge(list(events or []), stage_events.take(rows))
         src_cols = ("source_id", "uri", "text", "meta_json", "media_type", "source_path", "sha256", "bytes",
                     "container", "codec", "width", "height", "fps", "n_frames", "duration_s",
-                    "bitrate", "has_audio", "audio_codec", "rotation")
+                    "bitrate", "has_audio", "audio_codec", "rotation", "split_frames")
         sources: dict[str, dict] = {}
         failed_sources: set[str] = set()
         failed_before = set(failed_before)
         clips, scores, captions, decisions, failures = [], [], [], [], []
+        dropped: dict[tuple, dict] = {}  # the segments no clip holds, of the sources split in this batch
         for r in rows:
             sid = r.get("source_id")
             if sid and sid not in sources:
@@ -572,6 +573,10 @@ class Catalog:
             if not r.get("clip_id"):
                 continue
             fps = r.get("fps")
+            for d in r.get("dropped") or []:
+                dropped[(sid, d["first_frame"], d["last_frame"])] = {
+                    "source_id": sid, **d, "start_s": d["first_frame"] / fps if fps else None,
+                    "end_s": (d["last_frame"] + 1) / fps if fps else None, "run_id": run_id, "written_at": now}
             clips.append({
                 "clip_id": r["clip_id"], "source_id": sid, "media_type": r["media_type"],
                 "first_frame": r["first_frame"], "last_frame": r["last_frame"], "start_s": r["start_s"],
@@ -612,6 +617,12 @@ class Catalog:
             counts["decisions"] = self._upsert("decisions", decisions)
             counts["failures"] = self._upsert("failures", failures)
             counts["events"] = self._add_events(con, run_id, raised, now)
+            resplit = sorted({r["source_id"] for r in rows if r.get("split_frames") is not None and not r.get("error_class")})
+            if resplit:  # a source split again replaces its earlier runs' segments
+                con.execute("DELETE FROM dropped_segments WHERE source_id IN (SELECT unnest(?)) AND run_id <> ?",
+                            [resplit, run_id])
+            if dropped:
+                counts["dropped_segments"] = self._upsert("dropped_segments", list(dropped.values()))
         return counts
 
     @staticmethod

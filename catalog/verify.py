@@ -15,6 +15,7 @@ Each problem is a dict {check, item, detail}. Checks:
 - release_count_mismatch: releases.n_clips differs from its release_members rows
 - relative_path: a stored location (clip, shard, manifest, checkpoint...) that is a relative path
   (``catalog/verify_paths.py``)
+- frames_uncovered: frames of a video source in no clip and no dropped segment (``catalog/coverage.py``)
 """
 
 from __future__ import annotations
@@ -91,6 +92,10 @@ def verify_catalog(cat: "Catalog", shard_roots: Iterable[str] = (), checksums: b
     from vidcorpus.catalog.verify_paths import relative_paths
 
     out += relative_paths(cat, MAX_PER_CHECK)
+    if _has_table(cat, "dropped_segments"):
+        from vidcorpus.catalog.coverage import coverage_problems
+
+        out += coverage_problems(cat)
     if deep:
         out += _wide_stale(cat)
     out += _shard_files(cat, shard_roots, checksums)

@@ -27,6 +27,7 @@ import numpy as np
 
 from vidcorpus.errors import DecodeError
 from vidcorpus.ids import clip_id, is_safe_key
+from vidcorpus.ingest.segments import NOT_EXTRACTED, with_dropped
 from vidcorpus.media import load_image_rgb, save_jpeg, uniform_indices
 from vidcorpus.stage import Resources, Stage
 from vidcorpus.frame_seek import to_rgb
@@ -331,6 +332,8 @@ class ExtractStage(Stage):
                 continue
             data, a, b = res
             fps = row["fps"] or 25.0
+            # a copied clip can end before its shot (packets past it are not decodable alone): say so
+            row = with_dropped(row, b + 1, row["last_frame"], NOT_EXTRACTED, "extract")
             row = dict(row, clip_id=clip_id(row["source_id"], a, b), first_frame=a, last_frame=b,
                        start_s=a / fps, end_s=(b + 1) / fps)
             clip_url, first_url = self._clip_urls(row["clip_id"], ".mp4")
@@ -379,7 +382,9 @@ class ExtractStage(Stage):
         for clip, w in writers.items():
             row = next(r for r in rows if r["clip_id"] == clip)
             if w.frames:
-                done.append(self._finish(dict(row, last_frame=row["first_frame"] + w.seen - 1), w))
+                end = row["first_frame"] + w.seen - 1
+                row = with_dropped(row, end + 1, row["last_frame"], NOT_EXTRACTED, "extract")
+                done.append(self._finish(dict(row, last_frame=end), w))
         got = {r["clip_id"] for r in done}
         missing = [r for r in rows if r["clip_id"] not in got]
         done.extend(self.fail(r, DecodeError("clip frames could not be decoded")) for r in missing)

@@ -19,6 +19,7 @@ import numpy as np
 
 from vidcorpus.errors import DecodeError
 from vidcorpus.ids import clip_id, image_clip_id
+from vidcorpus.ingest.segments import DroppedSegment, ShotSplit, drop_transitions, trim_shots
 from vidcorpus.stage import Resources, Stage
 
 DETECT_WIDTH = 256  # scenedetect's own automatic target width
@@ -68,12 +69,15 @@ def _scaled_pyav_stream(path: str, downscale: int):
 
 
 def _detectors(cfg, min_len: int) -> list:
-    from scenedetect import AdaptiveDetector, ContentDetector, HashDetector, HistogramDetector
+    from scenedetect import AdaptiveDetector, ContentDetector, HashDetector
+
+    from vidcorpus.ingest.histogram_context import ContextualHistogramDetector
 
     make = {
         "adaptive": lambda: AdaptiveDetector(adaptive_threshold=cfg.adaptive_threshold, min_scene_len=min_len),
         "content": lambda: ContentDetector(threshold=cfg.content_threshold, min_scene_len=min_len),
-        "histogram": lambda: HistogramDetector(threshold=cfg.histogram_threshold, min_scene_len=min_len),
+        # judged against about a second of the shot's own changes (min_len is a third of a second)
+        "histogram": lambda: ContextualHistogramDetector(cfg.histogram_threshold, min_len, context=3 * min_len),
         "hash": lambda: HashDetector(threshold=cfg.hash_threshold, min_scene_len=min_len),
     }
     return [make[name]() for name in dict.fromkeys(cfg.detectors)]
@@ -84,7 +88,12 @@ def seconds_to_frames(seconds: float, fps: float) -> int:
 
 
 def detect_shots(path: str, cfg, fps: float | None = None, max_seconds: float | None = None) -> list[tuple[int, int]]:
-    """Inclusive (first_frame, last_frame) of each shot: hard cuts and, with histogram/hash, fades.
+    """Inclusive (first_frame, last_frame) of each shot: hard cuts and, with histogram/hash, fades."""
+    return detect_segments(path, cfg, fps, max_seconds).shots
+
+
+def detect_segments(path: str, cfg, fps: float | None = None, max_seconds: float | None = None) -> ShotSplit:
+    """Shots, the transitions dropped between them, and the frames read (every frame is in one or the other).
 
     ``fps`` converts the second-valued settings to frames; the stream's own rate is used when None.
     ``max_seconds`` bounds the decoding: a stream that runs longer (whatever its headers declared)
@@ -126,9 +135,8 @@ def detect_shots(path: str, cfg, fps: float | None = None, max_seconds: float | 
     segments = [(a, b - 1) for a, b in zip(bounds, bounds[1:]) if b > a]
     # A short segment between two detected cuts is the transition itself (a fade or dissolve seen by
     # both detectors), not a shot: training on half-blended frames teaches the model dissolves.
-    transition = seconds_to_frames(cfg.transition_max_seconds, fps)
-    inner = range(1, len(segments) - 1)
-    return [s for i, s in enumerate(segments) if i not in inner or s[1] - s[0] + 1 >= transition]
+    shots, dropped = drop_transitions(segments, seconds_to_frames(cfg.transition_max_seconds, fps))
+    return ShotSplit(shots, dropped, total)
 
 
 def _merge_close(cuts: list[int], min_gap: int) -> list[int]:
@@ -154,14 +162,16 @@ def split_long(first: int, last: int, fps: float, max_seconds: float) -> list[tu
 def clip_ranges(shots: list[tuple[int, int]], fps: float, cfg) -> list[tuple[int, int]]:
     """Shots -> clip frame ranges: trim ``trim_frames`` at both ends, then cut long shots into windows.
 
-    A shot that trimming leaves empty is dropped.
+    A shot that trimming leaves empty is dropped (``plan_clips`` also says what was dropped).
     """
-    out: list[tuple[int, int]] = []
-    for first, last in shots:
-        a, b = first + cfg.trim_frames, last - cfg.trim_frames
-        if b >= a:
-            out.extend(split_long(a, b, fps, cfg.max_clip_seconds))
-    return out
+    return plan_clips(shots, fps, cfg)[0]
+
+
+def plan_clips(shots: list[tuple[int, int]], fps: float, cfg) -> tuple[list[tuple[int, int]], list[DroppedSegment]]:
+    """Shots -> (clip frame ranges, the trimmed ends and emptied shots as dropped segments)."""
+    trimmed, dropped = trim_shots(shots, cfg.trim_frames)
+    ranges = [r for a, b in trimmed for r in split_long(a, b, fps, cfg.max_clip_seconds)]
+    return ranges, dropped
 
 
 class SplitStage(Stage):
@@ -176,8 +186,12 @@ class SplitStage(Stage):
         cfg = self.config.split
         fps = row["fps"] or 25.0
         with local_copy(row["source_path"]) as path:
-            shots = detect_shots(path, cfg, fps=fps, max_seconds=self.config.ingest.max_duration_s)
-        if not shots:
+            found = detect_segments(path, cfg, fps=fps, max_seconds=self.config.ingest.max_duration_s)
+        if not found.shots:
             raise DecodeError("no decodable frames")
+        ranges, trimmed = plan_clips(found.shots, fps, cfg)
+        # every clip row carries the source's frame count and all of its dropped segments
+        dropped = [d.as_row() for d in sorted(found.dropped + trimmed, key=lambda d: d.first_frame)]
         return [dict(row, clip_id=clip_id(row["source_id"], a, b), first_frame=a, last_frame=b,
-                     start_s=a / fps, end_s=(b + 1) / fps) for a, b in clip_ranges(shots, fps, cfg)]
+                     start_s=a / fps, end_s=(b + 1) / fps, split_frames=found.n_frames, dropped=dropped)
+                for a, b in ranges]

@@ -83,7 +83,7 @@ def test_training_ran_on_shard_samples_with_finite_loss(demo):
     trained = {r["clip_id"] for r in _q(demo, "SELECT clip_id FROM train_samples")}
     sharded = {r["clip_id"] for r in _q(demo, "SELECT clip_id FROM shard_members")}
     assert trained and trained <= sharded
-    [run] = _q(demo, "SELECT steps, final_loss FROM train_runs")
+    [run] = _q(demo, "SELECT steps, final_loss FROM train_runs WHERE stage = 'base'")  # the demo's refiner run aside
     assert run["steps"] == 20 and math.isfinite(run["final_loss"])
 
 
@@ -119,7 +119,9 @@ def test_demo_trains_on_a_release_of_exactly_the_kept_clips(demo):
             assert hashlib.sha256(f.read()).hexdigest() == shard["sha256"]
     trained = {r["clip_id"] for r in _q(demo, "SELECT clip_id FROM train_samples")}
     assert trained and trained <= members
-    assert _q(demo, "SELECT select_sql FROM train_runs") == [{"select_sql": "release demo where kept"}]
+    assert _q(demo, "SELECT stage, select_sql FROM train_runs ORDER BY stage") == [
+        {"stage": "base", "select_sql": "release demo where kept"},
+        {"stage": "refiner", "select_sql": "release demo where kept"}]  # both stages train on the release
 def test_run_records_recipe_embeddings_and_duplicate_scores(demo):
     import pyarrow.parquet as pq
 
@@ -178,6 +180,6 @@ def test_training_resumes_from_the_demo_checkpoint(demo, tmp_path):
     assert state["step_keys"][:len(before["step_keys"])] == before["step_keys"]  # history kept, then 3 new steps
     assert {s for s, _k in state["step_keys"]} == set(range(23))
     with Catalog(str(catalog), read_only=True) as cat:
-        [run] = cat.query_dicts("SELECT steps FROM train_runs")
-        [n] = cat.query_dicts("SELECT max(step) AS s FROM train_samples")
+        [run] = cat.query_dicts("SELECT steps FROM train_runs WHERE stage = 'base'")
+        [n] = cat.query_dicts("SELECT max(step) AS s FROM train_samples WHERE run_id = ?", [summary.run_id])
     assert run["steps"] == 23 and n["s"] == 22

@@ -97,16 +97,20 @@ def load_refiner_stage(refiner: str, refiner_dir: str | None, device: torch.devi
     return comps
 
 
-def _stage_progress(enabled: bool):
+def _stage_progress(enabled: bool, console=None):
+    """One bar per stage (base steps, upsampled frames, refiner steps); off unless the console is a terminal,
+    so logs and pipes get the one-line summary only."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    console = console or Console(stderr=True)
     return Progress(TextColumn("[bold]{task.description}[/bold]"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), disable=not enabled)
+                    TimeElapsedColumn(), console=console, disable=not (enabled and console.is_terminal))
 
 
 def run_cascade(image, prompt: str, short_prompt: str | None, load_base: Callable[[], object],
                 load_refiner: Callable[[], object], gcfg: GenerateConfig, t_max: int,
-                device: torch.device, progress: bool = True) -> CascadeResult:
+                device: torch.device, progress: bool = True, console=None) -> CascadeResult:
     """The two stages with the given loaders (each called once, in turn; the base is freed before the
     refiner loads when ``gcfg.offload``). ``short_prompt`` (default ``prompt``) conditions the refiner."""
     from vidcorpus.train.export import sample_video
@@ -124,9 +128,12 @@ def run_cascade(image, prompt: str, short_prompt: str | None, load_base: Callabl
 
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    with _stage_progress(progress) as bar:
+    with _stage_progress(progress, console) as bar:
         t0 = time.perf_counter()
-        base_task = bar.add_task(f"base {gcfg.base_width}x{gcfg.base_height}", total=gcfg.base_steps)
+        # all three stages are listed from the start; each clock starts with its stage
+        base_task = bar.add_task(f"base {gcfg.base_width}x{gcfg.base_height} (steps)", total=gcfg.base_steps)
+        up_task = bar.add_task(f"upsample to {gcfg.width}x{gcfg.height} (frames)", total=gcfg.num_frames, start=False)
+        refine_task = bar.add_task(f"refiner {gcfg.width}x{gcfg.height} (steps)", total=None, start=False)
         pipe = load_base(device)
         calls = {"n": 0}
 
@@ -146,13 +153,23 @@ def run_cascade(image, prompt: str, short_prompt: str | None, load_base: Callabl
         mark("base", t0)
 
         t0 = time.perf_counter()
-        up_task = bar.add_task(f"upsample + refine {gcfg.width}x{gcfg.height}", total=1)
-        comps = load_refiner(device)
         frames = torch.from_numpy(low).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        frames = upsample(frames, gcfg.height, gcfg.width)
+        bar.start_task(up_task)
+        bar.update(up_task, total=len(frames))
+        upsampled = []
+        for i in range(len(frames)):  # frame by frame (the same values as one call): a bar that moves
+            upsampled.append(upsample(frames[i:i + 1], gcfg.height, gcfg.width))
+            bar.update(up_task, completed=i + 1)
+        frames = torch.cat(upsampled)
+        del upsampled
+        mark("upsample", t0)
+
+        t0 = time.perf_counter()
+        bar.start_task(refine_task)
+        comps = load_refiner(device)
 
         def on_step(i: int, n: int) -> None:
-            bar.update(up_task, total=n, completed=i)
+            bar.update(refine_task, total=n, completed=i)
 
         out = refine_video(comps, comps.unet, frames, short_prompt or prompt, t_max=t_max, steps=gcfg.refiner_steps,
                            guidance=gcfg.refiner_guidance, seed=gcfg.seed + 1, vae_chunk=gcfg.vae_chunk,
@@ -172,7 +189,7 @@ def run_cascade(image, prompt: str, short_prompt: str | None, load_base: Callabl
 
 def generate(image, prompt: str, short_prompt: str | None, base: str, refiner: str, gcfg: GenerateConfig,
              i2vgen_dir: str | None = None, refiner_dir: str | None = None, refiner_t_max: int | None = None,
-             device: str | torch.device | None = None, progress: bool = True) -> CascadeResult:
+             device: str | torch.device | None = None, progress: bool = True, console=None) -> CascadeResult:
     """The cascade from paths: ``base`` and ``refiner`` are exports or checkpoints (see the loaders)."""
     from vidcorpus.train.refiner import trained_t_max
 
@@ -186,4 +203,4 @@ def generate(image, prompt: str, short_prompt: str | None, base: str, refiner: s
     return run_cascade(image, prompt, short_prompt,
                        lambda dev: load_base_stage(base, i2vgen_dir, dev, dtype),
                        lambda dev: load_refiner_stage(refiner, refiner_dir, dev, dtype, offload_text=gcfg.offload),
-                       gcfg, int(t_max), device, progress=progress)
+                       gcfg, int(t_max), device, progress=progress, console=console)

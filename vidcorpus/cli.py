@@ -386,6 +386,7 @@ def catalog_verify(
     Every shard member has a clip row and a shard row, shard counts match their members, every
     shard file exists with its recorded size and sha256, no .tar in a shard folder is unrecorded,
     no score/caption/decision row is orphaned, and clips_wide holds exactly the catalog's clips.
+    Every frame of a video source is in a clip or a dropped segment with a reason (frames_uncovered).
     """
     cfg = _config(config, None, workdir=workdir, catalog=catalog)
     if rebuild_wide:

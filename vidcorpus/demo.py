@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 
@@ -11,9 +12,20 @@ from rich.table import Table
 from vidcorpus.config import Config, load_config
 
 DEMO_RELEASE = "demo"
+REFINER_STEPS = 4  # enough to export a refiner that `vidcorpus generate` can run; seconds on a CPU
+# The refiner at the demo clips' scale (320x192): small crops of 160x96 frames, kept clips of the release.
+DEMO_REFINER = {"refiner.select": "kept", "refiner.num_frames": 4, "refiner.height": 96, "refiner.width": 160,
+                "refiner.crop_height": 48, "refiner.crop_width": 80, "refiner.degrade_factor": 2.0,
+                "refiner.batch_size": 2, "refiner.warmup_steps": 1, "refiner.lr": 1e-4, "refiner.tensorboard": False}
+# `vidcorpus generate` sizes that suit the tiny models on a CPU (the defaults are 1280x720, 16 frames, 50 steps:
+# many minutes on a CPU); the refiner runs the steps of a 10-step schedule at or below its t_max (600): 6.
+DEMO_GENERATE = ["--height", "96", "--width", "160", "--frames", "4", "--set", "generate.base_height=64",
+                 "--set", "generate.base_width=96", "--set", "generate.base_steps=4",
+                 "--set", "generate.refiner_steps=10"]
 
 
-def demo_config(directory: Path, steps: int = 20, ray_address: str | None = None) -> Config:
+def demo_config(directory: Path, steps: int = 20, ray_address: str | None = None,
+                refiner_steps: int = REFINER_STEPS) -> Config:
     directory = Path(directory).resolve()
     return load_config(
         None,
@@ -21,12 +33,20 @@ def demo_config(directory: Path, steps: int = 20, ray_address: str | None = None
         workdir=str(directory / "work"),
         inputs=[str(directory / "corpus" / "sources.jsonl")],
         **{"models.preset": "tiny", "ray.address": ray_address, "train.steps": steps,
-           "train.select": "kept", "filters.recipe": "demo_v1"},
+           "train.select": "kept", "filters.recipe": "demo_v1", "refiner.steps": refiner_steps,
+           "refiner.release": DEMO_RELEASE, **DEMO_REFINER},
     )
 
 
+def generate_command(directory: Path, image: str, base: str, refiner: str) -> list[str]:
+    """The `vidcorpus generate` arguments that run the demo's two exports (printed at the end of the demo)."""
+    return ["generate", "--image", image, "--prompt", "a white ball rolling across a plain background",
+            "--short-prompt", "a rolling ball", "--base", base, "--refiner", refiner,
+            "-o", str(Path(directory) / "generated.mp4"), *DEMO_GENERATE]
+
+
 def run_demo(directory: Path, steps: int = 20, ray_address: str | None = None, progress: bool = True,
-             console: Console | None = None) -> dict:
+             console: Console | None = None, refiner_steps: int = REFINER_STEPS) -> dict:
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.releases import create_release
     from vidcorpus.runner import run_pipeline
@@ -36,15 +56,15 @@ def run_demo(directory: Path, steps: int = 20, ray_address: str | None = None, p
     console = console or Console()
     t0 = time.time()
     directory = Path(directory).resolve()
-    cfg = demo_config(directory, steps, ray_address)
-    console.rule("[bold]1/3 making a synthetic corpus")
+    cfg = demo_config(directory, steps, ray_address, refiner_steps)
+    console.rule("[bold]1/4 making a synthetic corpus")
     truth = make_corpus(directory / "corpus")
     console.print(f"{len(truth['videos'])} videos with known shot boundaries, {len(truth['images'])} images, "
                   f"{'real footage (bikes.mp4), ' if truth.get('real') else ''}{len(truth['broken'])} broken file(s) "
                   f"-> {truth['list']}")
-    console.rule("[bold]2/3 curation pipeline (tiny models)")
+    console.rule("[bold]2/4 curation pipeline (tiny models)")
     summary = run_pipeline(cfg, progress=progress, log=console.print)
-    console.rule(f"[bold]3/3 a release of the kept clips, then {steps} training steps on it")
+    console.rule(f"[bold]3/4 a release of the kept clips, then {steps} training steps on it")
     release = create_release(cfg, DEMO_RELEASE, cfg.filters.recipe, progress=progress, log=console.print)
     console.print(f"release {release.name}: {release.n_clips} clips in {release.n_shards} shards -> {release.manifest_url}")
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"release": DEMO_RELEASE})})
@@ -58,6 +78,15 @@ def run_demo(directory: Path, steps: int = 20, ray_address: str | None = None, p
                       "a white ball rolling across a plain background", str(sample_mp4), t.height, t.width,
                       t.num_frames, t.fps, steps=t.sample_steps, seed=t.seed)
     console.print(f"exported the EMA UNet as an I2VGenXLPipeline -> {export_dir}; one sampled video -> {sample_mp4}")
+    console.rule(f"[bold]4/4 {refiner_steps} refiner steps on the release, exported for `vidcorpus generate`")
+    refiner = run_training(cfg, progress=progress, log=console.print, stage="refiner")
+    from vidcorpus.presets import resolve_refiner
+    from vidcorpus.train.refiner import export_refiner
+
+    refiner_dir = directory / "export" / "refiner"
+    export_refiner(resolve_refiner(cfg.models).refiner, refiner.checkpoint_dir, str(refiner_dir))
+    console.print(f"exported the refiner's EMA UNet as a VideoToVideoSDPipeline -> {refiner_dir}")
+    generate_args = generate_command(directory, truth["images"][0], str(export_dir), str(refiner_dir))
     with Catalog(cfg.catalog_path, read_only=True) as cat:
         funnel = cat.funnel()
         failures = cat.query_dicts("SELECT stage, error_class, n FROM failures_by_class")
@@ -79,11 +108,14 @@ def run_demo(directory: Path, steps: int = 20, ray_address: str | None = None, p
         f"  checkpoint:  {training.checkpoint_dir}\n"
         f"  pipeline:    {export_dir} (I2VGenXLPipeline.from_pretrained)\n"
         f"  sample:      {sample_mp4}\n"
+        f"  refiner:     {refiner_dir} (VideoToVideoSDPipeline.from_pretrained)\n"
+        f"try:  vidcorpus {shlex.join(generate_args)}\n"
         f"next: vidcorpus sql --catalog {cfg.catalog_path} \"SELECT clip_id, duration_s, aesthetic, motion, kept, "
         f"reason FROM clips_wide\"",
         soft_wrap=True,
     )
     return {"config": cfg, "truth": truth, "summary": summary, "release": release, "training": training,
-            "export_dir": str(export_dir), "sample_mp4": str(sample_mp4),
+            "export_dir": str(export_dir), "sample_mp4": str(sample_mp4), "refiner_training": refiner,
+            "refiner_dir": str(refiner_dir), "generate_args": generate_args,
             "funnel": funnel,
             "seconds": elapsed}

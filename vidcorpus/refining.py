@@ -17,8 +17,9 @@ def run_refiner_training(cfg: Config, output: str | None = None, progress: bool 
 
 
 def generate_video(cfg: Config, image: str, prompt: str, short_prompt: str | None, base: str, refiner: str,
-                   output: str, progress: bool = True):
-    """Run the cascade and write the mp4; returns the ``CascadeResult``."""
+                   output: str, progress: bool = True, console=None):
+    """Run the cascade and write the mp4; returns the ``CascadeResult``. Progress bars (per stage and
+    step) go to ``console`` (default stderr) when it is a terminal and ``progress`` is on."""
     from vidcorpus.train.cascade import generate
     from vidcorpus.train.export import write_mp4
 
@@ -38,7 +39,7 @@ def generate_video(cfg: Config, image: str, prompt: str, short_prompt: str | Non
     result = generate(image, prompt, short_prompt, base, refiner, cfg.generate,
                       i2vgen_dir=models.i2vgen if needs_base else None,
                       refiner_dir=models.refiner if needs_refiner else None,
-                      refiner_t_max=cfg.refiner.t_max, progress=progress)
+                      refiner_t_max=cfg.refiner.t_max, progress=progress, console=console)
     write_mp4(result.frames, cfg.generate.fps, output)
     return result
 

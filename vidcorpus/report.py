@@ -444,11 +444,13 @@ def build_report(catalog: str | Path, out_dir: str | Path, run: str | None = Non
     otherwise for the clips the galleries show.
     """
     from vidcorpus import report_plots as rp
+    from vidcorpus.report_footage import footage_plot, footage_rows, footage_section
 
     t0 = time.time()
     out = Path(out_dir)
     with Catalog(catalog, read_only=True) as cat:  # a missing catalog, run or release: no folder made
         data = load_report_data(cat, run, recipe_path, release)
+        footage = footage_rows(cat)
     out.mkdir(parents=True, exist_ok=True)
     clear_report_dir(out)
     w = _Writer(data, out, thumb_px)
@@ -467,6 +469,13 @@ def build_report(catalog: str | Path, out_dir: str | Path, run: str | None = Non
                                 for x in [overall] + [per[d] for d in doms]] for i, r in enumerate(overall)]
     sections.append(("funnel", "Funnel", w.img(w.plots[-1], "funnel") + "<h3>items / hours per source domain</h3>"
                      + _table(["stage", "all"] + doms, rows, set(range(1, len(doms) + 2)))))
+
+    # where the footage went: every source frame in a clip or a dropped segment (vidcorpus/report_footage.py)
+    footage_html = ""
+    if footage:
+        footage_plot(footage, w.plot("footage"))
+        footage_html = w.img(w.plots[-1], "where the footage went")
+    sections.append(("footage", "Where the footage went", footage_section(footage, footage_html, _table)))
 
     # decisions: reasons
     reasons = Counter(c["reason"] or "(none)" for c in data.clips if c["kept"] is False)

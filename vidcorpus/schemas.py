@@ -24,6 +24,11 @@ CAPTION_TYPE = pa.struct(
     ]
 )
 
+# a run of source frames no clip holds, and why (vidcorpus/ingest/segments.py)
+DROPPED_TYPE = pa.struct(
+    [("first_frame", pa.int64()), ("last_frame", pa.int64()), ("reason", pa.string()), ("detector", pa.string())]
+)
+
 ROW_SCHEMA = pa.schema(
     [
         # source
@@ -46,6 +51,10 @@ ROW_SCHEMA = pa.schema(
         ("has_audio", pa.bool_()),
         ("audio_codec", pa.string()),
         ("rotation", pa.int32()),  # clockwise degrees the stored pixels need to display upright
+        # set by the splitter: frames it read from the source, and every segment of them no clip holds
+        # (each clip row of a source carries them all; the catalog checks clips + dropped cover the source)
+        ("split_frames", pa.int64()),
+        ("dropped", pa.list_(DROPPED_TYPE)),
         # clip
         ("clip_id", pa.string()),
         ("first_frame", pa.int64()),
