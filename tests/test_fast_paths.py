@@ -224,3 +224,46 @@ def test_a_switch_off_in_a_ray_worker_reaches_the_log_and_the_events_table(tmp_p
     report = build_report(cfg.catalog_path, tmp_path / "report").index.read_text()
     assert "Warnings in stages" in report and "fast path static_graph off for this job" in report
     assert re.search(r"<td>default \d+</td>", report)  # the captions' decode path, in the captions table
+
+
+def test_a_probe_mismatch_in_the_caption_stage_reaches_the_driver_log_and_the_events_table(tiny_vlm, tmp_path,
+                                                                                           monkeypatch):
+    """The caption stage (as a Ray worker runs it) whose static path fails the probe: captions come
+    from generate and say so; the switch-off travels on the rows, and the driver's commit logs it once
+    and writes it to the run's events row."""
+    from vidcorpus.captioning.fast_decode import GraphDecoder
+    from vidcorpus.captioning.stage import CaptionStage
+    from vidcorpus.catalog.store import Catalog
+    from vidcorpus.config import load_config
+    from vidcorpus.runner import RunSummary, commit_windows
+    from vidcorpus.schemas import empty_row, rows_to_table
+    from vidcorpus.synth import make_video
+
+    reset = GraphDecoder._reset
+
+    def forget_the_prompt(slot, prompt_len, new):
+        reset(slot, prompt_len, new)
+        slot.valid[:, :prompt_len] = False
+
+    monkeypatch.setattr(GraphDecoder, "_reset", staticmethod(forget_the_prompt))
+    cfg = load_config(None, ["captioning.decode=static_graph", "captioning.qa=false", "captioning.max_new_tokens=24",
+                             "filters.dedup=false", f"models.captioner={tiny_vlm}"], workdir=str(tmp_path / "work"))
+    videos = [make_video(i, tmp_path).path for i in range(2)]
+    rows = [empty_row(source_id=f"s{i}", clip_id=f"s{i}-0000000-0000009", media_type="video", clip_path=path,
+                      first_frame=0, last_frame=9, start_s=0.0, end_s=0.4, kept=True)
+            for i, path in enumerate(videos)]
+    out = CaptionStage(cfg)(rows_to_table(rows))
+    captions = [c for r in out.to_pylist() for c in r["captions"]]
+    assert len(captions) == 4 and {c["decode"] for c in captions} == {"default"}
+    lines: list[str] = []
+    Path(cfg.catalog_path).parent.mkdir(parents=True, exist_ok=True)
+    with Catalog(cfg.catalog_path) as cat:
+        cat.begin_run("run-probe", "pipeline", "{}", "test")
+        commit_windows(cfg, cat, "run-probe", iter([(0, out), (0, None)]), RunSummary(run_id="run-probe"),
+                       log=lines.append)
+        [event] = cat.events("run-probe")
+        stored = {r["decode"] for r in cat.query_dicts("SELECT decode FROM captions")}
+    said = [line for line in lines if "fast path static_graph off" in line]
+    assert len(said) == 1 and "probe tokens were not the model's own choice" in said[0]
+    assert event["stage"] == "caption" and event["kind"] == "FastPathWarning" and event["count"] == 1
+    assert "probe tokens were not the model's own choice" in event["message"] and stored == {"default"}
