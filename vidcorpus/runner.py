@@ -151,6 +151,10 @@ def run_pipeline(
     t0 = time.time()
     cfg = cfg.model_copy(update={"models": resolve_models(cfg.models)})
     preflight_pipeline(cfg.models)
+    if "transnetv2" in cfg.split.detectors:  # the `models` extra: fail here, not once per source in a worker
+        from vidcorpus.ingest.transnet import require_transnet
+
+        require_transnet(cfg.models.transnet)
     run_id = new_run_id()
     summary = RunSummary(run_id=run_id, catalog=cfg.catalog_path, shard_root=cfg.url("shards"))
     # hold=False: the driver opens the file only for each commit, so readers (`vidcorpus sql`,
