@@ -118,6 +118,11 @@ class FiltersConfig(Section):
     dedup: bool = Field(True, description="After a run, score duplicates (dup_exact, dup_sim) against the run and the catalog.")
     dedup_floor: float = Field(
         0.8, description="Cosine similarity under which two clips are not compared further (dup_sim is 0 below it).")
+    # Scorers with real weights from the `models` extra (filters/text_overlay.py, filters/nsfw.py)
+    text_overlay: bool | None = Field(
+        None, description="Text overlay scores (text_area, text_boxes; OCR detection). None: when the recipe uses them.")
+    ocr_recognition: bool = Field(False, description="text_overlay also recognises the text (score text_chars; slower).")
+    nsfw: bool | None = Field(None, description="NSFW scores (nsfw, nsfw_mean). None: when the recipe uses them.")
 
 
 class CaptioningConfig(Section):
