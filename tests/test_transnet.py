@@ -199,3 +199,38 @@ def test_run_without_the_extra_stops_before_starting_with_the_fix(monkeypatch, t
     assert result.exit_code == 3, result.output
     assert 'pip install -e ".[models]"' in " ".join(result.output.split()) and "Traceback" not in result.output
     assert not (tmp_path / "w" / "catalog.duckdb").exists()  # nothing half-started
+
+
+@pytest.mark.slow
+def test_run_with_learned_models_end_to_end(crossfade, tmp_path, model_cache):
+    """`vidcorpus run` with TransNetV2 beside the content detector and the text/NSFW scorers, then
+    `catalog verify` and SQL, as a user would; a rerun adds nothing."""
+    import ray
+    from typer.testing import CliRunner
+
+    from vidcorpus.catalog.store import Catalog
+    from vidcorpus.cli import app
+
+    work = str(tmp_path / "w")
+    args = ["run", crossfade["path"], "--workdir", work, "--no-progress", "--set", "ray.num_cpus=2",
+            "--set", "split.detectors=[content, transnetv2]", "--set", "filters.text_overlay=true",
+            "--set", "filters.nsfw=true"]
+    cli = CliRunner()
+    ray.shutdown()
+    try:
+        first = cli.invoke(app, args)
+        assert first.exit_code == 0, first.output
+        again = cli.invoke(app, args)
+        assert again.exit_code == 0, again.output
+    finally:
+        ray.shutdown()
+    verify = cli.invoke(app, ["catalog", "verify", "--workdir", work])
+    assert verify.exit_code == 0, verify.output
+    with Catalog(os.path.join(work, "catalog.duckdb"), read_only=True) as cat:
+        clips = cat.query_dicts("SELECT clip_id, first_frame, last_frame FROM clips_wide ORDER BY first_frame")
+        scores = cat.query_dicts("SELECT clip_id, scorer, value FROM scores WHERE scorer IN "
+                                 "('text_area', 'text_boxes', 'nsfw', 'nsfw_mean')")
+    fa, fb = crossfade["fade"]
+    assert len(clips) == 3 and all(c["last_frame"] < fa + 2 or c["first_frame"] > fb - 2 for c in clips), clips
+    assert clips[-1]["first_frame"] == crossfade["cut"]
+    assert len(scores) == 4 * len(clips) and all(0.0 <= s["value"] <= 1.0 for s in scores if s["scorer"] != "text_boxes")
