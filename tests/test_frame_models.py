@@ -149,3 +149,22 @@ def test_a_recipe_needing_a_missing_extra_fails_before_the_run(monkeypatch, tmp_
     preflight_frame_models(load_config(None, [], workdir=str(tmp_path)))  # demo_v1: nothing needed
     with pytest.raises(ModelNotAvailable, match=r"NSFW scorer needs the `models` extra: pip install -e \"\.\[models\]\""):
         preflight_frame_models(load_config(None, ["filters.recipe=pretrain_v2"], workdir=str(tmp_path)))
+
+
+def test_report_thumbnails_of_likely_nsfw_clips_are_blurred(frames, tmp_path):
+    import cv2
+
+    from vidcorpus.report import ReportData, _Writer
+
+    src = tmp_path / "frame.jpg"
+    Image.fromarray(frames["plain"][1]).save(src)
+    clips = [{"clip_id": name, "first_frame_path": str(src), "kept": False} for name in ("safe", "flagged")]
+    data = ReportData(catalog="", run=None, clips=clips, scores={"safe": {"nsfw": 0.01}, "flagged": {"nsfw": 0.9}},
+                      sources=[], failures=[], captions=[])
+    writer = _Writer(data, tmp_path / "report", thumb_px=160)
+
+    def sharpness(clip):
+        gray = cv2.imread(str(tmp_path / "report" / writer.thumb(clip)), cv2.IMREAD_GRAYSCALE)
+        return cv2.Laplacian(gray, cv2.CV_32F).var()
+
+    assert sharpness(clips[1]) < sharpness(clips[0]) / 10
