@@ -165,12 +165,15 @@ def main() -> None:
 
     configs = {
         "adaptive+histogram (default)": dict(detectors=["adaptive", "histogram"]),
+        "adaptive+histogram, flash_filter off": dict(detectors=["adaptive", "histogram"], flash_filter=False),
         "content": dict(detectors=["content"]),
         "histogram 0.03": dict(detectors=["histogram"], histogram_threshold=0.03),
         "transnetv2": dict(detectors=["transnetv2"]),
         "transnetv2, threshold 0.3": dict(detectors=["transnetv2"], transnet_threshold=0.3),
         "content+transnetv2": dict(detectors=["content", "transnetv2"]),
         "adaptive+histogram+transnetv2": dict(detectors=["adaptive", "histogram", "transnetv2"]),
+        "adaptive+histogram+transnetv2, flash_filter off": dict(detectors=["adaptive", "histogram", "transnetv2"],
+                                                                flash_filter=False),
     }
     for name, kw in configs.items():
         c = SplitConfig(**kw)

@@ -19,6 +19,7 @@ import numpy as np
 
 from vidcorpus.errors import DecodeError
 from vidcorpus.ids import clip_id, image_clip_id
+from vidcorpus.ingest.flash import FlashWatch
 from vidcorpus.ingest.transnet import TransNetRun
 from vidcorpus.stage import Resources, Stage
 
@@ -104,9 +105,11 @@ def detect_shots(path: str, cfg, fps: float | None = None, max_seconds: float | 
     """
     from scenedetect import SceneManager, open_video
 
+    flashes = FlashWatch() if cfg.flash_filter and cfg.backend == "pyav" else None
+    readers = [r.push_frame for r in (transnet.stream if transnet else None, flashes) if r is not None]
     try:
         if cfg.backend == "pyav":
-            video = _scaled_pyav_stream(path, cfg.downscale, transnet.stream.push_frame if transnet else None)
+            video = _scaled_pyav_stream(path, cfg.downscale, (lambda f: [r(f) for r in readers]) if readers else None)
         else:
             video = open_video(path, backend="opencv")
     except Exception as e:  # noqa: BLE001 - scenedetect wraps many decoder errors
@@ -135,6 +138,8 @@ def detect_shots(path: str, cfg, fps: float | None = None, max_seconds: float | 
     cuts = sorted({start.frame_num for start, _end in manager.get_scene_list(start_in_scene=True)[1:]})
     if transnet:
         cuts = sorted({*cuts, *transnet.finish(total).cuts})
+    if flashes:
+        cuts = flashes.real_cuts(cuts)
     cuts = _merge_close(cuts, min_len)
     bounds = [0, *[c for c in cuts if 0 < c < total], total]
     segments = [(a, b - 1) for a, b in zip(bounds, bounds[1:]) if b > a]

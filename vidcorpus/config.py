@@ -82,6 +82,9 @@ class SplitConfig(Section):
     keyframes_at_samples: bool = Field(
         True, description="precise: keyframes where model scorers sample (filters.frames_per_clip), so they seek "
                           "instead of decoding the whole clip.")
+    flash_filter: bool = Field(
+        True, description="pyav backend: a cut around at most 4 frames brighter than the same picture before and after "
+                          "is a camera flash, not a cut (ingest/flash.py).")
     # TransNetV2 (detector "transnetv2", the `models` extra; ingest/transnet.py)
     transnet_threshold: float = Field(0.5, gt=0, lt=1, description="transnetv2: transition probability that makes an event.")
     transnet_span_threshold: float = Field(
