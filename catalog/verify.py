@@ -13,6 +13,8 @@ Each problem is a dict {check, item, detail}. Checks:
 - wide_missing / wide_orphan: clips and the materialised clips_wide disagree on which clips exist
 - wide_stale (``deep``): a clips_wide row differs from a recompute from the long tables
 - release_count_mismatch: releases.n_clips differs from its release_members rows
+- shard_member_uncaptioned / release_member_uncaptioned: a member without the caption version its
+  shard or release was written with (``catalog/corpus_state.py``, which also lists the gaps)
 """
 
 from __future__ import annotations
@@ -88,6 +90,9 @@ def verify_catalog(cat: "Catalog", shard_roots: Iterable[str] = (), checksums: b
                      lambda r: "clips_wide row of a clip with no clips row")
     if deep:
         out += _wide_stale(cat)
+    from vidcorpus.catalog.corpus_state import state_problems
+
+    out += state_problems(cat)  # shard/release members without their caption (issue 21)
     out += _shard_files(cat, shard_roots, checksums)
     return out
 
