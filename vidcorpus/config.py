@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -277,6 +277,14 @@ class Config(Section):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     refiner: RefinerTrainConfig = Field(default_factory=RefinerTrainConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
+
+    @model_validator(mode="after")
+    def _production_recipe(self) -> "Config":
+        """`--preset production` decides with a production recipe, never the demo's permissive one
+        (unless filters.recipe is set too); the catalog records the change (vidcorpus/sync.py)."""
+        if self.models.preset == "production" and "recipe" not in self.filters.model_fields_set:
+            self.filters.recipe = "pretrain_v1"
+        return self
 
     @property
     def catalog_path(self) -> str:
