@@ -112,6 +112,12 @@ def shard_texts(ws, clip_ids: set[str]) -> dict[str, str]:
     return out
 
 
+@pytest.mark.parametrize("cmd", [["status"], ["sync"], ["shards", "write"], ["release", "create"]])
+def test_state_commands_explain_themselves(cmd):
+    out = " ".join(cli.invoke(app, [*cmd, "--help"]).output.split())
+    assert "Usage" in out and ("active recipe" in out or "--allow-uncaptioned" in out)
+
+
 # -- case 1: a re-decision's newly kept clips get captions, then shards with those captions ----------
 def test_redecide_then_status_and_sync_caption_and_shard_the_newly_kept_clips(ws):
     before = kept_by(ws, "demo_v1@1")

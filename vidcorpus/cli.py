@@ -351,7 +351,9 @@ def catalog_verify(
 
     Every shard member has a clip row and a shard row, shard counts match their members, every
     shard file exists with its recorded size and sha256, no .tar in a shard folder is unrecorded,
-    no score/caption/decision row is orphaned, and clips_wide holds exactly the catalog's clips.
+    no score/caption/decision row is orphaned, clips_wide holds exactly the catalog's clips, and no
+    shard or release holds a clip without its caption. Gaps under the active recipe (clips not yet
+    captioned or sharded, sharded clips it drops) are listed too, without failing: `vidcorpus sync`.
     """
     cfg = _config(config, None, workdir=workdir, catalog=catalog)
     if rebuild_wide:
@@ -663,11 +665,11 @@ def filter_apply(
         with Catalog(cfg.catalog_path) as cat:
             if not dry_run:
                 cat.begin_run(run_id, "filter-apply", json.dumps({"recipe": r.id}), __version__)
+            from vidcorpus.catalog.corpus_state import active_recipe_id, set_active_recipe
+
+            was = active_recipe_id(cat)
             res = apply_recipe(cat, r, run_id, dry_run=dry_run)
             if not dry_run:
-                from vidcorpus.catalog.corpus_state import active_recipe_id, set_active_recipe
-
-                was = active_recipe_id(cat)
                 set_active_recipe(cat, r, "filter apply", run_id)  # in force for every later command
                 cat.finish_run(run_id, "succeeded", {"recipe": r.id, "clips": res.clips, "kept": res.kept})
     except CatalogError as e:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from vidcorpus.catalog.corpus_state import active_recipe, pending_work, set_active_recipe
+from vidcorpus.catalog.corpus_state import active_recipe, pending_work, recipe_history, set_active_recipe
 from vidcorpus.config import Config
 from vidcorpus.filters.apply import apply_recipe, canonical_yaml
 from vidcorpus.filters.recipes import Recipe, load_recipe
@@ -41,6 +41,8 @@ def adopt_recipe(cfg: Config, cat, run_id: str, origin: str, log: Callable[[str]
     named = named_recipe(cfg)
     if active is not None and named is None:
         recipe = active
+        if not recipe_history(cat):  # a catalog from before the history: record what is in force
+            set_active_recipe(cat, recipe, origin, run_id)
     else:
         recipe = load_recipe(named[0] if named else cfg.filters.recipe)
         if active is None:
@@ -141,7 +143,13 @@ def sync(cfg: Config, allow_uncaptioned: bool = False, progress: bool = False,
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.ids import new_run_id
 
+    from pathlib import Path
+
+    from vidcorpus.catalog.store import CatalogError
+
     t0 = time.time()
+    if "://" not in cfg.catalog_path and not Path(cfg.catalog_path).exists():
+        raise CatalogError(f"no catalog at {cfg.catalog_path}: `vidcorpus run` makes one (or pass --catalog/--workdir)")
     run_id = new_run_id()
     with Catalog(cfg.catalog_path) as cat:
         cat.begin_run(run_id, "sync", json.dumps({"allow_uncaptioned": allow_uncaptioned}), __version__)
