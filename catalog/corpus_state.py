@@ -86,7 +86,7 @@ class PendingWork:
     shard_caption_version: str
     undecided: list[str] = field(default_factory=list)      # clips the active recipe has not decided
     unextracted: list[str] = field(default_factory=list)    # kept, but no clip file recorded
-    uncaptioned: list[str] = field(default_factory=list)    # kept, no long caption of caption_version
+    uncaptioned: list[str] = field(default_factory=list)    # kept, lacking the long or short caption_version
     unsharded: list[str] = field(default_factory=list)      # kept, in no shard
     sharded_dropped: list[str] = field(default_factory=list)  # in a shard, not kept (shards are immutable)
 
@@ -115,8 +115,9 @@ def pending_work(cat: "Catalog", caption_version: str, shard_caption_version: st
     kept = _kept_sql(rid)
     pw.undecided = ids("SELECT clip_id FROM clips_wide WHERE recipe IS DISTINCT FROM ?", [rid])
     pw.unextracted = ids(f"SELECT clip_id FROM clips_wide WHERE {kept} AND clip_path IS NULL")
-    pw.uncaptioned = ids(f"SELECT clip_id FROM clips_wide w WHERE {kept} AND NOT EXISTS (SELECT 1 FROM captions c "
-                         "WHERE c.clip_id = w.clip_id AND c.version = ? AND c.kind = 'long')", [caption_version])
+    pw.uncaptioned = ids(f"SELECT clip_id FROM clips_wide w WHERE {kept} AND (SELECT count(DISTINCT kind) FROM "
+                         "captions c WHERE c.clip_id = w.clip_id AND c.version = ? AND c.kind IN ('long', 'short')) "
+                         "< 2", [caption_version])
     pw.unsharded = ids(f"SELECT clip_id FROM clips_wide WHERE {kept} AND shard_id IS NULL")
     pw.sharded_dropped = ids(f"SELECT clip_id FROM clips_wide WHERE shard_id IS NOT NULL AND NOT coalesce({kept}, FALSE)")
     return pw

@@ -88,7 +88,7 @@ def problems(ws) -> list[dict]:
     with Catalog(ws.catalog, read_only=True) as cat:
         roots = sorted({u.rsplit("/", 2)[0] for (u,) in cat.con.execute("SELECT url FROM shards").fetchall()}
                        | {ws.workdir + "/shards"})
-        return cat.verify(shard_roots=roots)
+        return cat.verify(shard_roots=roots, deep=True)
 
 
 def pending(ws):
@@ -177,6 +177,25 @@ def test_a_recipe_from_a_file_stays_readable_from_the_catalog(ws):
     assert history[-1]["origin"] == "filter apply" and len(history[-1]["sha256"]) == 64
     out = vc(ws, "sync", "--no-progress")  # deciding, captioning and sharding need no file
     assert "under lenient_v1@1" in out
+    from vidcorpus.report import load_report_data
+
+    with Catalog(ws.catalog, read_only=True) as cat:  # and the report draws its thresholds
+        data = load_report_data(cat)
+    assert data.recipe is not None and data.recipe.id == "lenient_v1@1"
+
+
+def test_a_missing_short_caption_is_pending_work_of_its_version(ws):
+    vc(ws, "filter", "apply", ws.lenient)
+    vc(ws, "sync", "--no-progress")
+    victim = sorted(kept_by(ws, "lenient_v1@1"))[0]
+    import duckdb
+
+    with duckdb.connect(ws.catalog) as con:  # as if captioning had stopped between the two kinds
+        con.execute("DELETE FROM captions WHERE clip_id = ? AND kind = 'short'", [victim])
+    assert pending(ws).uncaptioned == [victim]
+    vc(ws, "sync", "--no-progress")
+    assert pending(ws).total == 0
+    assert q(ws, "SELECT count(*) AS n FROM captions WHERE clip_id = ? AND version = 'v1'", [victim])[0]["n"] == 2
 
 
 # -- case 2: dedup (and any later run) keeps the active recipe; another recipe is a said change -----
