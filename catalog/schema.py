@@ -139,6 +139,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
     (
+        8,  # issue 21: the active recipe is catalog state, with its history (catalog/corpus_state.py)
+        """
+        CREATE TABLE recipe_history (
+            seq BIGINT PRIMARY KEY, recipe VARCHAR, sha256 VARCHAR, origin VARCHAR, run_id VARCHAR,
+            set_at TIMESTAMP
+        );
+        """,
+    ),
+    (
         9,  # issue 20: nothing silent. Warnings and fast-path switch-offs raised in stages, per run; and
         # which decode path wrote each caption (static_graph or transformers' default generate)
         """
@@ -240,6 +249,14 @@ def wide_view_sql(scorers: list[str], where: str | None = None) -> str:
     """
 
 
+ACTIVE_RECIPE_SQL = ("coalesce((SELECT arg_max(recipe, seq) FROM recipe_history), "
+                     "(SELECT arg_max(recipe, decided_at) FROM decisions))")
+"""The recipe in force: the newest recipe_history row; catalogs from before it, the newest decision's."""
+IN_FORCE_SQL = ("(recipe = (SELECT arg_max(recipe, seq) FROM recipe_history) "
+                "OR NOT EXISTS (SELECT 1 FROM recipe_history))")
+"""A clips_wide row decided by the recipe in force (every latest decision while no history is
+recorded); reads only the small history table, so the funnel stays a scan of clips_wide."""
+
 FUNNEL_STAGES = ("sources", "failed", "shots", "scored", "kept", "captioned", "sharded", "trained_on")
 
 
@@ -258,8 +275,12 @@ def _funnel_body(by_run: bool) -> str:
         return (f"count(*) FILTER (WHERE {cond}) AS {name}_n, "
                 f"sum(duration_s) FILTER (WHERE {cond}) / 3600 AS {name}_h")
 
-    stages = [("shots", "TRUE"), ("scored", "scored"), ("kept", "kept"),
-              ("captioned", "kept AND captioned"), ("sharded", "shard_id IS NOT NULL"), ("trained_on", "trained")]
+    # Each stage counts a subset of the one before, under the active recipe (issue 21): a clip
+    # sharded or trained on before a re-decision dropped it no longer counts, so the funnel never rises.
+    kept = f"scored AND kept AND {IN_FORCE_SQL}"
+    stages = [("shots", "TRUE"), ("scored", "scored"), ("kept", kept),
+              ("captioned", f"{kept} AND captioned"), ("sharded", f"{kept} AND captioned AND shard_id IS NOT NULL"),
+              ("trained_on", f"{kept} AND captioned AND shard_id IS NOT NULL AND trained")]
     join = "FULL JOIN" if by_run else "CROSS JOIN"
     on = " USING (run_id)" if by_run else ""
     run_expr = "run_id" if by_run else "NULL::VARCHAR"

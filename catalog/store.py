@@ -756,6 +756,13 @@ class Catalog:
         with self.transaction():
             return self._upsert("decisions", rows)
 
+    def write_captions(self, run_id: str, captions: list[dict]) -> int:
+        """Upsert caption rows (clip_id, version, kind, text, model, prompt_version, meta_json) made
+        outside a pipeline window (`vidcorpus sync` captioning newly kept clips)."""
+        now = _now()
+        with self.transaction():
+            return self._upsert("captions", [{**c, "run_id": run_id, "written_at": now} for c in captions])
+
     def write_scores(self, run_id: str, scores: list[dict]) -> int:
         """Upsert (clip_id, scorer, model, version, value) rows computed outside the pipeline (dedup)."""
         now = _now()

@@ -16,6 +16,8 @@ Each problem is a dict {check, item, detail}. Checks:
 - relative_path: a stored location (clip, shard, manifest, checkpoint...) that is a relative path
   (``catalog/verify_paths.py``)
 - frames_uncovered: frames of a video source in no clip and no dropped segment (``catalog/coverage.py``)
+- shard_member_uncaptioned / release_member_uncaptioned: a member without the caption version its
+  shard or release was written with (``catalog/corpus_state.py``, which also lists the gaps)
 """
 
 from __future__ import annotations
@@ -98,6 +100,9 @@ def verify_catalog(cat: "Catalog", shard_roots: Iterable[str] = (), checksums: b
         out += coverage_problems(cat)
     if deep:
         out += _wide_stale(cat)
+    from vidcorpus.catalog.corpus_state import state_problems
+
+    out += state_problems(cat)  # shard/release members without their caption (issue 21)
     out += _shard_files(cat, shard_roots, checksums)
     return out
 

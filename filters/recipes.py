@@ -91,8 +91,20 @@ def bundled_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
 
 
+def recipe_from_text(text: str, where: str = "recipe") -> Recipe:
+    """A recipe from its YAML text (how the catalog stores each recipe's content)."""
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: a recipe is a mapping (name, version, predicates, ...)")
+    data["version"] = str(data.get("version", ""))
+    return Recipe.model_validate(data)
+
+
 def load_recipe(name_or_path: str) -> Recipe:
-    """A bundled recipe by name ("demo_v1") or a YAML file path."""
+    """A bundled recipe by name ("demo_v1"), a YAML file path, or a recipe's YAML text itself (the
+    driver pins the catalog's active recipe by content, so workers never re-read a file)."""
+    if "\n" in name_or_path:  # no name or path holds a newline
+        return recipe_from_text(name_or_path)
     path = Path(name_or_path)
     if not path.is_file():
         bundled = RECIPE_DIR / f"{name_or_path}.yaml"
@@ -101,12 +113,7 @@ def load_recipe(name_or_path: str) -> Recipe:
                 f"recipe {name_or_path!r} is neither a file nor a bundled recipe ({', '.join(bundled_recipes())})"
             )
         path = bundled
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a recipe is a mapping (name, version, predicates, ...)")
-    data["version"] = str(data.get("version", ""))
-    return Recipe.model_validate(data)
+    return recipe_from_text(path.read_text(), str(path))
 
 
 def row_scores(row: dict) -> dict[str, float]:

@@ -385,8 +385,10 @@ def catalog_verify(
 
     Every shard member has a clip row and a shard row, shard counts match their members, every
     shard file exists with its recorded size and sha256, no .tar in a shard folder is unrecorded,
-    no score/caption/decision row is orphaned, and clips_wide holds exactly the catalog's clips.
-    Every frame of a video source is in a clip or a dropped segment with a reason (frames_uncovered).
+    no score/caption/decision row is orphaned, clips_wide holds exactly the catalog's clips, and no
+    shard or release holds a clip without its caption. Every frame of a video source is in a clip or
+    a dropped segment with a reason (frames_uncovered). Gaps under the active recipe (clips not yet
+    captioned or sharded, sharded clips it drops) are listed too, without failing: `vidcorpus sync`.
     """
     cfg = _config(config, None, workdir=workdir, catalog=catalog)
     if rebuild_wide:
@@ -398,6 +400,9 @@ def catalog_verify(
         recorded = {u.rsplit("/", 2)[0] for (u,) in cat.con.execute("SELECT url FROM shards").fetchall() if u}
         roots = list(shards or []) or sorted(recorded | {cfg.url("shards")})
         problems = cat.verify(shard_roots=roots, checksums=checksums, deep=deep)
+        from vidcorpus.cli_state import print_gaps
+
+        print_gaps(cat)  # work `vidcorpus sync` completes and clips readers skip: listed, not failures
         counts = cat.query_dicts("SELECT (SELECT count(*) FROM clips) AS clips, (SELECT count(*) FROM shards) AS shards, "
                                  "(SELECT count(*) FROM shard_members) AS members")[0]
     summary = f"{counts['clips']} clips, {counts['shards']} shards, {counts['members']} shard members checked"
@@ -423,15 +428,19 @@ def shards_write(
     set_: Optional[List[str]] = SetOpt,
     workdir: Optional[str] = WorkdirOpt,
     catalog: Optional[str] = CatalogOpt,
+    allow_uncaptioned: bool = typer.Option(False, "--allow-uncaptioned", help="Also pack kept clips without a "
+                                           "caption (empty txt; `catalog verify` reports them)."),
 ) -> None:
-    """Pack every kept clip that no shard holds yet into WebDataset shards, then record them."""
+    """Pack every clip the active recipe keeps that no shard holds yet into WebDataset shards, then
+    record them. Clips without their caption are left out (`vidcorpus sync` captions them)."""
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.ids import new_run_id
     from vidcorpus.runner import write_pending_shards
 
     cfg = _config(config, set_, workdir=workdir, catalog=catalog)
     with Catalog(_require_catalog(cfg)) as cat:
-        written = write_pending_shards(cfg, cat, new_run_id())
+        written = write_pending_shards(cfg, cat, new_run_id(), log=lambda m: console.print(m, markup=False),
+                                       allow_uncaptioned=allow_uncaptioned)
     console.print(f"{len(written)} shards written under {cfg.url('shards')}")
 
 
@@ -650,6 +659,9 @@ def report(
 
 
 from vidcorpus.cli_release import release_app  # noqa: E402 - also registers `shards encode`
+from vidcorpus.cli_state import register_state_commands  # noqa: E402 - `status`, `sync`
+
+register_state_commands(app)
 
 app.add_typer(release_app, name="release")
 filter_app = typer.Typer(help="Re-decide from stored scores: apply recipes, sweep thresholds, find duplicates.",
@@ -686,8 +698,12 @@ def filter_apply(
         with Catalog(_require_catalog(cfg)) as cat:
             if not dry_run:
                 cat.begin_run(run_id, "filter-apply", json.dumps({"recipe": r.id}), __version__)
+            from vidcorpus.catalog.corpus_state import active_recipe_id, set_active_recipe
+
+            was = active_recipe_id(cat)
             res = apply_recipe(cat, r, run_id, dry_run=dry_run)
             if not dry_run:
+                set_active_recipe(cat, r, "filter apply", run_id)  # in force for every later command
                 cat.finish_run(run_id, "succeeded", {"recipe": r.id, "clips": res.clips, "kept": res.kept})
     except CatalogError as e:
         fail(str(e))
@@ -700,6 +716,10 @@ def filter_apply(
     console.print(t)
     console.print(f"against the previous decisions: {res.newly_kept} newly kept, {res.newly_dropped} newly dropped, "
                   f"{res.changed_reason} dropped for another reason; scores untouched")
+    if not dry_run:
+        console.print(f"active recipe: {r.id}" + (f" (was {was})" if was and was != r.id else "")
+                      + "; `vidcorpus status` lists the captions and shards it still needs, `vidcorpus sync` makes them",
+                      markup=False)
 
 
 @filter_app.command("sweep")
@@ -750,16 +770,21 @@ def filter_dedup(
     workdir: Optional[str] = WorkdirOpt,
 ) -> None:
     """Score duplicates (dup_exact, dup_sim) of every clip with an embedding, then re-decide them with
-    filters.recipe. Runs use the same code on their new clips."""
+    the catalog's active recipe (a filters.recipe set in --config/--set replaces it, said). Runs use
+    the same code on their new clips."""
     from vidcorpus import __version__
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.ids import new_run_id
     from vidcorpus.runner import dedup_and_redecide
+    from vidcorpus.sync import adopt_recipe, pin_recipe
 
     cfg = _config(config, set_, workdir=workdir, catalog=catalog)
     run_id = new_run_id()
     with Catalog(_require_catalog(cfg)) as cat:
         cat.begin_run(run_id, "filter-dedup", json.dumps({"recipe": cfg.filters.recipe}), __version__)
+        recipe = adopt_recipe(cfg, cat, run_id, "filter dedup", lambda m: console.print(m, markup=False))
+        cfg = pin_recipe(cfg, recipe)
+        console.print(f"deciding with the active recipe {recipe.id}", markup=False)
         ids = cat.query_dicts("SELECT clip_id FROM embeddings")
         n = dedup_and_redecide(cfg, cat, run_id, [r["clip_id"] for r in ids], log=console.print)
         cat.finish_run(run_id, "succeeded", {"clips": n})

@@ -33,7 +33,7 @@ release_app = typer.Typer(help="Freeze a recipe's kept clips into an immutable, 
 @release_app.command("create")
 def release_create(
     name: str = typer.Argument(..., help="Release name ([a-z0-9_.-]); becomes {workdir}/releases/NAME/."),
-    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe name or id (name@version) whose kept clips form the release."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe name or id (name@version) whose kept clips form the release (default: the catalog's active recipe)."),
     caption_version: Optional[str] = typer.Option(None, "--caption-version", help="Caption version written as txt (default shards.caption_version)."),
     select: Optional[str] = typer.Option(None, "--select", help="Extra SQL predicate over clips_wide, e.g. \"duration_s >= 2\"."),
     config: Optional[Path] = ConfigOpt,
@@ -41,6 +41,7 @@ def release_create(
     workdir: Optional[str] = WorkdirOpt,
     catalog: Optional[str] = CatalogOpt,
     progress: bool = ProgressOpt,
+    allow_uncaptioned: bool = typer.Option(False, "--allow-uncaptioned", help="Release kept clips without their caption (empty txt)."),
 ) -> None:
     """Create release NAME: reuse or write shards, then publish its manifest and record it."""
     from vidcorpus.releases import create_release
@@ -49,7 +50,8 @@ def release_create(
     cfg = _config(config, set_, workdir=workdir, catalog=catalog)
     _require_catalog(cfg)
     try:
-        s = create_release(cfg, name, recipe, caption_version, select, progress=progress, log=console.print)
+        s = create_release(cfg, name, recipe, caption_version, select, progress=progress, log=console.print,
+                           allow_uncaptioned=allow_uncaptioned)
     except ReleaseError as e:
         fail(str(e))
     console.print(f"release {s.name}: {s.n_clips} clips in {s.n_shards} shards ({s.reused_shards} reused, "

@@ -113,7 +113,9 @@ class FiltersConfig(Section):
         40.0, description="motion_jitter (px/s at motion_width) above this marks a clip jittery (shaky camera).")
     max_sample_frames: int = Field(32, description="Most sampled frames (technical) or frame pairs (motion) per clip.")
     clip_batch_size: int = Field(16, description="Frames per CLIP image-tower batch (256 suits an H100).")
-    recipe: str = Field("demo_v1", description="Name of a bundled recipe or path to a recipe YAML.")
+    recipe: str = Field("demo_v1", description="Name of a bundled recipe or path to a recipe YAML: the one a new "
+                        "catalog adopts. A catalog's active recipe (`vidcorpus status`) wins over this default; "
+                        "setting it explicitly is a recorded change. The production preset means pretrain_v1.")
     still_size: int = Field(
         256, ge=0, description="Precise extraction also writes the frames_per_clip sampled frames as one JPEG next to "
                                "the clip, short side this many pixels (never enlarged); the CLIP scorer reads them "
@@ -309,6 +311,14 @@ class Config(Section):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     refiner: RefinerTrainConfig = Field(default_factory=RefinerTrainConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
+
+    @model_validator(mode="after")
+    def _production_recipe(self) -> "Config":
+        """`--preset production` decides with a production recipe, never the demo's permissive one
+        (unless filters.recipe is set too); the catalog records the change (vidcorpus/sync.py)."""
+        if self.models.preset == "production" and "recipe" not in self.filters.model_fields_set:
+            self.filters.recipe = "pretrain_v1"
+        return self
 
     @property
     def catalog_path(self) -> str:

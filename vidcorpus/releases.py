@@ -90,10 +90,12 @@ def _reusable(cat, ids: list[str], caption_version: str) -> tuple[list[dict], di
     return present, members
 
 
-def create_release(cfg: Config, name: str, recipe: str, caption_version: str | None = None,
+def create_release(cfg: Config, name: str, recipe: str | None = None, caption_version: str | None = None,
                    select: str | None = None, progress: bool = True,
-                   log: Callable[[str], None] = print) -> ReleaseSummary:
-    """Freeze the clips ``recipe`` keeps (optionally narrowed by ``select``) into release ``name``."""
+                   log: Callable[[str], None] = print, allow_uncaptioned: bool = False) -> ReleaseSummary:
+    """Freeze the clips ``recipe`` (default: the catalog's active recipe) keeps, optionally narrowed
+    by ``select``, into release ``name``. A member without a caption of ``caption_version`` is
+    refused unless ``allow_uncaptioned`` (its txt would be empty)."""
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.runner import pack_clips
 
@@ -113,11 +115,22 @@ def create_release(cfg: Config, name: str, recipe: str, caption_version: str | N
             log(f"release {name}: adopted the manifest a previous run published but did not record")
             return ReleaseSummary(name, manifest_url(root), manifest["n_clips"], manifest["n_shards"],
                                   reused_shards=0, new_shards=0, bytes=manifest["bytes"], adopted=True)
+        from vidcorpus.catalog.corpus_state import active_recipe_id, uncaptioned_for
+
+        if recipe is None:
+            recipe = active_recipe_id(cat)
+            if recipe is None:
+                raise ReleaseError("no recipe is in force yet: run the pipeline or `vidcorpus filter apply` first")
+            log(f"release {name}: the active recipe {recipe}")
         recipe_id = _recipe_id(cat, recipe)
         table = _members(cat, recipe_id, select)
         if table.num_rows == 0:
             raise ReleaseError(f"recipe {recipe_id} keeps no clip" + (f" matching {select!r}" if select else ""))
         ids = table.column("clip_id").to_pylist()
+        missing = uncaptioned_for(cat, ids, caption_version)
+        if missing and not allow_uncaptioned:
+            raise ReleaseError(f"{len(missing)} of the {len(ids)} clips {recipe_id} keeps have no {caption_version} "
+                               f"caption (e.g. {missing[0]}): run `vidcorpus sync` first, or pass --allow-uncaptioned")
         candidates, members_of = _reusable(cat, ids, caption_version)
         reused, covered = select_reusable_shards(candidates, members_of)
         rest = [row for row in table.to_pylist() if row["clip_id"] not in covered]

@@ -150,7 +150,8 @@ def load_report_data(cat: Catalog, run: str | None = None, recipe_path: str | No
                       events=cat.events(run))
     if release:
         _limit_to_release(cat, data, release)
-    _attach_recipe(data, recipe_path)
+    stored = {r["recipe"]: r["yaml"] for r in _dicts(cat, "SELECT recipe, yaml FROM recipes", {})}
+    _attach_recipe(data, recipe_path, stored)
     return data
 
 
@@ -188,8 +189,9 @@ def _limit_to_release(cat: Catalog, data: ReportData, name: str) -> None:
                       + (f", selection {row['select_sql']}" if row["select_sql"] else ""))
 
 
-def _attach_recipe(data: ReportData, recipe_path: str | None) -> None:
-    """The recipe most clips were decided by, loaded by name (or from the configured path)."""
+def _attach_recipe(data: ReportData, recipe_path: str | None, stored: dict[str, str] | None = None) -> None:
+    """The recipe most clips were decided by: its content as the catalog stored it (so a recipe
+    from a file draws its thresholds after the file is gone), else by name or the configured path."""
     from vidcorpus.filters.recipes import load_recipe
 
     used = Counter(c["recipe"] for c in data.clips if c["recipe"])
@@ -201,7 +203,8 @@ def _attach_recipe(data: ReportData, recipe_path: str | None) -> None:
         data.notes.append("clips were decided by several recipes: " + ", ".join(f"{k} ({n})" for k, n in used.items())
                           + f"; thresholds drawn are those of {data.recipe_id}")
     name = data.recipe_id.rsplit("@", 1)[0]
-    for candidate in ([recipe_path] if recipe_path else []) + [name]:
+    first = [stored[data.recipe_id]] if stored and data.recipe_id in stored else []
+    for candidate in first + ([recipe_path] if recipe_path else []) + [name]:
         try:
             recipe = load_recipe(candidate)
         except (FileNotFoundError, ValueError):

@@ -166,10 +166,11 @@ def run_pipeline(
     catalog.begin_run(run_id, "pipeline", json.dumps(cfg.model_dump(mode="json")), __version__)
     status = "failed"
     try:
-        from vidcorpus.filters.apply import register
-        from vidcorpus.filters.recipes import load_recipe
+        from vidcorpus.sync import adopt_recipe, complete_pending, pin_recipe
 
-        register(catalog, load_recipe(cfg.filters.recipe), run_id)  # a changed recipe without a new version stops here
+        # The catalog's active recipe decides (a recipe the config names explicitly replaces it, said
+        # here); the stages get its content, so a later file edit or config default cannot slip in.
+        cfg = pin_recipe(cfg, adopt_recipe(cfg, catalog, run_id, "run", log))
         sources = read_inputs(cfg.inputs)
         summary.sources_seen = len(sources)
         bad_rows = [r for r in sources if r["source_id"] is None]
@@ -188,7 +189,8 @@ def run_pipeline(
         try:
             if todo:
                 _process(cfg, catalog, run_id, todo, summary, progress, log)
-            summary.shards = write_pending_shards(cfg, catalog, run_id, progress=progress, log=log)
+            # derived work follows decisions: clips a re-decision kept get captions and shards here too
+            _captions, summary.shards = complete_pending(cfg, catalog, run_id, progress=progress, log=log)
         except Exception as e:
             if (full := storage_full(e)) is not None:  # out of Ray's wrappers: one clear error
                 raise full from e
@@ -340,9 +342,21 @@ def dedup_and_redecide(cfg: Config, catalog, run_id: str, new_clip_ids: list[str
     return len(ids)
 
 
-def write_pending_shards(cfg: Config, catalog, run_id: str, progress: bool = True, log=print) -> list[dict]:
-    """Pack every kept clip that no shard holds yet; publish each shard, then commit its rows."""
-    return pack_clips(cfg, catalog, run_id, catalog.unsharded_kept(), progress=progress)
+def write_pending_shards(cfg: Config, catalog, run_id: str, progress: bool = True, log=print,
+                         allow_uncaptioned: bool = False) -> list[dict]:
+    """Pack every clip the active recipe keeps that no shard holds yet; publish each shard, then
+    commit its rows. A clip without a caption of shards.caption_version is left out (and said)
+    unless ``allow_uncaptioned``: its txt would be empty."""
+    from vidcorpus.catalog.corpus_state import active_recipe_id, uncaptioned_for
+
+    recipe = active_recipe_id(catalog)
+    clips = [c for c in catalog.unsharded_kept() if recipe is None or c["recipe"] == recipe]
+    missing = set(uncaptioned_for(catalog, [c["clip_id"] for c in clips], cfg.shards.caption_version))
+    if missing and not allow_uncaptioned:
+        clips = [c for c in clips if c["clip_id"] not in missing]
+        log(f"{len(missing)} kept clips have no {cfg.shards.caption_version} caption and were not sharded "
+            f"(`vidcorpus sync` captions them; --allow-uncaptioned packs them with an empty txt)")
+    return pack_clips(cfg, catalog, run_id, clips, progress=progress)
 
 
 def pack_clips(cfg: Config, catalog, run_id: str, clips: list[dict], caption_version: str | None = None,

@@ -51,15 +51,30 @@ def select_training_shards(cfg: Config) -> tuple[list, set[str], str]:
                 keys &= cat.clip_ids_for(select)
             what += f" where {select}"
     else:
-        predicate = f"shard_id IS NOT NULL AND ({select})"
         with Catalog(cfg.catalog_path, read_only=True) as cat:
+            what = f"--select {select!r}"
+            if select.strip().upper() == "TRUE" and "select" not in cfg.train.model_fields_set:
+                select, what = _active_selection(cat)
+            predicate = f"shard_id IS NOT NULL AND ({select})"
             specs = [ShardSpec(url=r["url"], sha256=r["sha256"], bytes=r["bytes"], n=r["n"], bucket=r["bucket"],
                                shard_id=r["shard_id"]) for r in cat.shard_rows_for(predicate)]
             keys = cat.clip_ids_for(predicate)
-        what = f"--select {select!r}"
     if not specs or not keys:
         raise NoTrainingData(f"no sharded clip matches {what} in {cfg.catalog_path}")
     return specs, keys, what
+
+
+def _active_selection(cat) -> tuple[str, str]:
+    """Neither --select nor --release: the active recipe's kept, captioned clips (never a clip a
+    re-decision dropped, nor one whose shard txt would be empty)."""
+    from vidcorpus.catalog.corpus_state import active_recipe_id
+
+    recipe = active_recipe_id(cat)
+    if recipe is None:
+        return "kept AND captioned", "the kept, captioned clips (no recipe recorded)"
+    quoted = recipe.replace("'", "''")
+    return (f"kept AND captioned AND recipe = '{quoted}'",
+            f"the active recipe {recipe}'s kept, captioned clips; --select or --release to choose others")
 
 
 def use_latent_cache(cfg: Config, specs: list) -> tuple[list, str]:

@@ -1,0 +1,115 @@
+"""`vidcorpus status` and `vidcorpus sync`: the active recipe, the work it still needs, and doing it.
+
+Registered on the main app at the end of ``vidcorpus/cli.py``; ``print_gaps`` also serves
+``catalog verify``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from vidcorpus.cli import (
+    CatalogOpt,
+    ConfigOpt,
+    PresetOpt,
+    ProgressOpt,
+    SetOpt,
+    WorkdirOpt,
+    _config,
+    _open_catalog,
+    console,
+    err,
+    print_funnel,
+)
+
+
+def print_gaps(cat) -> int:
+    """List verify's gaps (pending work, clips readers skip) by check; returns how many."""
+    from vidcorpus.catalog.corpus_state import state_gaps
+
+    gaps = state_gaps(cat)
+    if not gaps:
+        return 0
+    by: dict[str, list[dict]] = {}
+    for g in gaps:
+        by.setdefault(g["check"], []).append(g)
+    t = Table(title=f"{len(gaps)} gaps between the decisions and what was derived from them")
+    for col in ("check", "clips", "example", "detail"):
+        t.add_column(col, overflow="fold", justify="right" if col == "clips" else "left")
+    for check, rows in sorted(by.items()):
+        t.add_row(check, str(len(rows)), str(rows[0]["item"]), rows[0]["detail"])
+    console.print(t, markup=False)
+    return len(gaps)
+
+
+def register_state_commands(app: typer.Typer) -> None:
+    @app.command()
+    def status(
+        catalog: Optional[str] = CatalogOpt,
+        config: Optional[Path] = ConfigOpt,
+        set_: Optional[List[str]] = SetOpt,
+        workdir: Optional[str] = WorkdirOpt,
+    ) -> None:
+        """The active recipe (and its history) and the work it still needs: clips not decided by it,
+        kept clips not extracted, captioned (captioning.version) or sharded. `vidcorpus sync` does it."""
+        from vidcorpus.catalog.corpus_state import pending_work, recipe_history
+
+        cfg = _config(config, set_, workdir=workdir, catalog=catalog)
+        with _open_catalog(cfg.catalog_path) as cat:
+            history = recipe_history(cat)
+            pw = pending_work(cat, cfg.captioning.version, cfg.shards.caption_version)
+            funnel = cat.funnel()
+        if pw.recipe is None:
+            console.print("no recipe in force yet: `vidcorpus run` decides with filters.recipe")
+            return
+        console.print(f"active recipe: {pw.recipe}", markup=False)
+        for h in history[-5:]:
+            console.print(f"  {h['set_at']:%Y-%m-%d %H:%M:%S}  {h['recipe']}  by {h['origin']}  "
+                          f"(sha256 {h['sha256'][:12]})", markup=False)
+        t = Table(title=f"pending work of {pw.recipe}")
+        t.add_column("stage")
+        t.add_column("clips", justify="right")
+        t.add_column("example")
+        for stage, ids in (("decide", pw.undecided), ("extract", pw.unextracted),
+                           (f"caption {pw.caption_version}", pw.uncaptioned),
+                           (f"shard ({pw.shard_caption_version} captions)", pw.unsharded)):
+            t.add_row(stage, str(len(ids)), ids[0] if ids else "")
+        console.print(t, markup=False)
+        if pw.sharded_dropped:
+            console.print(f"{len(pw.sharded_dropped)} sharded clips are dropped by {pw.recipe}: training and "
+                          "releases skip them", markup=False)
+        print_funnel(funnel, title=f"funnel under {pw.recipe}")
+        console.print("nothing pending" if pw.total == 0 else
+                      f"{pw.total} pending: `vidcorpus sync` completes it with the pipeline's stages", markup=False)
+
+    @app.command("sync")
+    def sync_cmd(
+        config: Optional[Path] = ConfigOpt,
+        set_: Optional[List[str]] = SetOpt,
+        workdir: Optional[str] = WorkdirOpt,
+        catalog: Optional[str] = CatalogOpt,
+        preset: Optional[str] = PresetOpt,
+        allow_uncaptioned: bool = typer.Option(False, "--allow-uncaptioned", help="Also shard kept clips whose "
+                                               "captioning failed (empty txt)."),
+        progress: bool = ProgressOpt,
+    ) -> None:
+        """Complete the active recipe's pending work: decide, caption newly kept clips, shard them."""
+        from vidcorpus.catalog.store import CatalogError
+        from vidcorpus.errors import ModelNotAvailable
+        from vidcorpus.sync import sync
+
+        cfg = _config(config, set_, workdir=workdir, catalog=catalog, **{"models.preset": preset})
+        try:
+            s = sync(cfg, allow_uncaptioned=allow_uncaptioned, progress=progress,
+                     log=lambda m: console.print(m, markup=False))
+        except (CatalogError, ModelNotAvailable, FileNotFoundError) as e:
+            err.print(str(e), markup=False, style="red")
+            raise typer.Exit(2)
+        console.print(f"sync {s.run_id} under {s.recipe}: {s.captioned} clips captioned, {len(s.shards)} shards "
+                      f"written, {s.pending_after} still pending, {s.seconds:.1f} s", markup=False)
+        if s.pending_after:
+            raise typer.Exit(1)

@@ -1,0 +1,167 @@
+"""Derived work follows decisions (issue 21): adopt the recipe in force, then complete what it needs.
+
+``adopt_recipe`` is how every deciding command (run, sync, filter dedup) picks its recipe: the
+catalog's active one, unless the config names another explicitly (``filters.recipe`` in a file or
+``--set``, or ``--preset production``), which is a change said on the terminal, recorded, and
+followed by a re-decision of every clip. ``sync`` then completes the active recipe's pending work
+through the pipeline's own stages: clips it has not decided, kept clips without a caption of
+``captioning.version`` (the caption stage, with its QA scores), kept clips in no shard.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from vidcorpus.catalog.corpus_state import active_recipe, pending_work, recipe_history, set_active_recipe
+from vidcorpus.config import Config
+from vidcorpus.filters.apply import apply_recipe, canonical_yaml
+from vidcorpus.filters.recipes import Recipe, load_recipe
+
+PRODUCTION_RECIPE = "pretrain_v1"
+
+
+def named_recipe(cfg: Config) -> tuple[str, str] | None:
+    """(recipe, who names it) when the config names a recipe explicitly; None for the default."""
+    if "recipe" not in cfg.filters.model_fields_set:
+        return None
+    if cfg.models.preset == "production" and cfg.filters.recipe == PRODUCTION_RECIPE:
+        return cfg.filters.recipe, "the production preset"
+    return cfg.filters.recipe, "the config (filters.recipe)"
+
+
+def adopt_recipe(cfg: Config, cat, run_id: str, origin: str, log: Callable[[str], None] = print) -> Recipe:
+    """The recipe this command decides with; every clip ends up decided by it.
+
+    A catalog's active recipe wins over the config's default; a recipe the config names explicitly
+    replaces it, said on the terminal. A catalog without one adopts the config's recipe."""
+    active = active_recipe(cat)
+    named = named_recipe(cfg)
+    if active is not None and named is None:
+        recipe = active
+        if not recipe_history(cat):  # a catalog from before the history: record what is in force
+            set_active_recipe(cat, recipe, origin, run_id)
+    else:
+        recipe = load_recipe(named[0] if named else cfg.filters.recipe)
+        if active is None:
+            set_active_recipe(cat, recipe, origin, run_id)
+            log(f"active recipe: {recipe.id} (from {named[1] if named else 'the default filters.recipe'}), "
+                "recorded in the catalog")
+        elif canonical_yaml(recipe) != canonical_yaml(active):
+            set_active_recipe(cat, recipe, origin, run_id)
+            log(f"recipe change: {named[1]} names {recipe.id}; the catalog's active recipe was {active.id}. "
+                f"Every clip is re-decided with {recipe.id} (`vidcorpus filter apply {active.name}` goes back).")
+    undecided = [r["clip_id"] for r in cat.query_dicts(
+        "SELECT clip_id FROM clips_wide WHERE recipe IS DISTINCT FROM ? ORDER BY clip_id", [recipe.id])]
+    if undecided:
+        res = apply_recipe(cat, recipe, run_id, clip_ids=undecided)
+        log(f"{recipe.id} decided {res.clips} clips: {res.kept} kept")
+    return recipe
+
+
+def pin_recipe(cfg: Config, recipe: Recipe) -> Config:
+    """The config with ``filters.recipe`` set to the recipe's content: stages and workers decide with
+    exactly the catalog's recipe, never a file that may have changed or a config default."""
+    return cfg.model_copy(update={"filters": cfg.filters.model_copy(update={"recipe": canonical_yaml(recipe)})})
+
+
+@dataclass
+class CaptionResult:
+    captioned: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Callable[[str], None] = print,
+                  progress: bool = False) -> CaptionResult:
+    """Caption these clips with the pipeline's caption stage (long + short, QA scores) and commit the
+    captions; a clip that cannot be captioned gets a failure row and stays pending."""
+    from rich.progress import Progress
+
+    from vidcorpus.captioning.stage import CaptionStage
+    from vidcorpus.presets import resolve_models
+
+    out = CaptionResult()
+    if not clip_ids:
+        return out
+    cfg = cfg.model_copy(update={"models": resolve_models(cfg.models)})
+    rows = cat.query_dicts("SELECT clip_id, source_id, media_type, clip_path, first_frame_path, kept "
+                           "FROM clips_wide WHERE clip_id IN (SELECT unnest(?)) ORDER BY clip_id", [list(clip_ids)])
+    stage = CaptionStage(cfg)
+    stage.setup()
+    step = max(1, stage.batch_rows)
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("captioning", total=len(rows))
+        for i in range(0, len(rows), step):
+            batch = [dict(r, captions=[], scores=[]) for r in rows[i:i + step]]
+            done = stage.process_rows(batch)
+            captions = [dict(c, clip_id=r["clip_id"]) for r in done if not r.get("error_class")
+                        for c in r.get("captions") or []]
+            scores = [dict(s, clip_id=r["clip_id"]) for r in done if not r.get("error_class")
+                      for s in r.get("scores") or []]
+            cat.write_captions(run_id, captions)  # upserts: a rerun after a crash writes the same rows
+            cat.write_scores(run_id, scores)
+            for r in done:
+                if r.get("error_class"):
+                    cat.record_failure(r["clip_id"], "caption", r["error_class"], r.get("error") or "", run_id,
+                                       source_id=r.get("source_id"))
+            out.captioned += [r["clip_id"] for r in done if not r.get("error_class")]
+            out.failed += [r["clip_id"] for r in done if r.get("error_class")]
+            bar.advance(task, len(batch))
+    log(f"captioned {len(out.captioned)} clips ({cfg.captioning.version})"
+        + (f"; {len(out.failed)} failed (`vidcorpus catalog failures`)" if out.failed else ""))
+    return out
+
+
+def complete_pending(cfg: Config, cat, run_id: str, allow_uncaptioned: bool = False, progress: bool = False,
+                     log: Callable[[str], None] = print) -> tuple[CaptionResult, list[dict]]:
+    """Caption the active recipe's kept, uncaptioned clips, then shard its kept, unsharded ones."""
+    from vidcorpus.runner import write_pending_shards
+
+    pending = pending_work(cat, cfg.captioning.version, cfg.shards.caption_version)
+    captions = caption_clips(cfg, cat, run_id, pending.uncaptioned, log=log, progress=progress)
+    shards = write_pending_shards(cfg, cat, run_id, progress=progress, log=log, allow_uncaptioned=allow_uncaptioned)
+    return captions, shards
+
+
+@dataclass
+class SyncSummary:
+    run_id: str
+    recipe: str
+    captioned: int
+    caption_failures: int
+    shards: list[dict]
+    pending_after: int
+    seconds: float
+
+
+def sync(cfg: Config, allow_uncaptioned: bool = False, progress: bool = False,
+         log: Callable[[str], None] = print) -> SyncSummary:
+    """`vidcorpus sync`: adopt the recipe in force, then complete its pending work (a recorded run)."""
+    from vidcorpus import __version__
+    from vidcorpus.catalog.store import Catalog
+    from vidcorpus.ids import new_run_id
+
+    from pathlib import Path
+
+    from vidcorpus.catalog.store import CatalogError
+
+    t0 = time.time()
+    if "://" not in cfg.catalog_path and not Path(cfg.catalog_path).exists():
+        raise CatalogError(f"no catalog at {cfg.catalog_path}: `vidcorpus run` makes one (or pass --catalog/--workdir)")
+    run_id = new_run_id()
+    with Catalog(cfg.catalog_path) as cat:
+        cat.begin_run(run_id, "sync", json.dumps({"allow_uncaptioned": allow_uncaptioned}), __version__)
+        status = "failed"
+        try:
+            recipe = adopt_recipe(cfg, cat, run_id, "sync", log)
+            captions, shards = complete_pending(pin_recipe(cfg, recipe), cat, run_id, allow_uncaptioned,
+                                                progress, log)
+            left = pending_work(cat, cfg.captioning.version, cfg.shards.caption_version).total
+            status = "succeeded"
+        finally:
+            cat.finish_run(run_id, status, {} if status == "failed" else {
+                "recipe": recipe.id, "captioned": len(captions.captioned), "shards": len(shards)})
+    return SyncSummary(run_id, recipe.id, len(captions.captioned), len(captions.failed), shards, left,
+                       time.time() - t0)
