@@ -635,6 +635,11 @@ class Catalog:
                 [run_id, e["stage"], e["kind"], e["message"], int(e["count"]), now, now])
         return len(raised)
 
+    def add_events(self, run_id: str, raised: list[dict]) -> int:
+        """Count warnings raised outside a pipeline window (`vidcorpus sync` captioning) into the run's events."""
+        with self.transaction() as con:
+            return self._add_events(con, run_id, raised, _now())
+
     def events(self, run_id: str | None = None, limit: int = 50) -> list[dict]:
         """Warnings and fast-path switch-offs stages raised (of one run, or of all runs), most frequent first."""
         import duckdb

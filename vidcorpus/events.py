@@ -58,6 +58,14 @@ def attach(rows: list[dict], events: list[Event]) -> None:
         rows[0]["events_json"] = json.dumps(merge(events), sort_keys=True)
 
 
+def log_new(raised: list[Event], seen: set[tuple], log) -> None:
+    """Log each event not logged before (``seen`` holds the keys already said in this run)."""
+    for e in raised:
+        if (key := (e["stage"], e["kind"], e["message"])) not in seen:
+            seen.add(key)
+            log(f"warning from {describe(e)}")
+
+
 def describe(e: Event) -> str:
     times = f" ({e['count']} times)" if e.get("count", 1) > 1 else ""
     return f"{e['stage']}: {e['kind']}: {e['message']}{times}"

@@ -248,10 +248,7 @@ def commit_windows(cfg: Config, catalog, run_id: str, batches, summary: RunSumma
                 failed.add(r["source_id"])
                 summary.failures += 1
         raised = stage_events.take(rows)
-        for e in raised:  # workers' output does not reach this terminal: say each warning once here
-            if (key := (e["stage"], e["kind"], e["message"])) not in warned:
-                warned.add(key)
-                log(f"warning from {stage_events.describe(e)}")
+        stage_events.log_new(raised, warned, log)  # workers' output does not reach this terminal
         index = write_embedding_batch(cfg.url("embeddings"), run_id, summary.rows_committed, rows)
         catalog.commit_results(run_id, rows, failed_before=failed, events=raised)
         catalog.commit_embeddings(run_id, index)  # after the Parquet file is whole

@@ -79,6 +79,7 @@ def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Calla
     captions; a clip that cannot be captioned gets a failure row and stays pending."""
     from rich.progress import Progress
 
+    from vidcorpus import events as stage_events
     from vidcorpus.captioning.stage import CaptionStage
     from vidcorpus.presets import resolve_models
 
@@ -90,12 +91,16 @@ def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Calla
                            "FROM clips_wide WHERE clip_id IN (SELECT unnest(?)) ORDER BY clip_id", [list(clip_ids)])
     stage = CaptionStage(cfg)
     stage.setup()
+    warned: set[tuple] = set()
     step = max(1, stage.batch_rows)
     with Progress(disable=not progress) as bar:
         task = bar.add_task("captioning", total=len(rows))
         for i in range(0, len(rows), step):
             batch = [dict(r, captions=[], scores=[]) for r in rows[i:i + step]]
-            done = stage.process_rows(batch)
+            with stage_events.captured(stage.name) as raised:  # a fast path switching off, QA failing...
+                done = stage.process_rows(batch)
+            stage_events.log_new(raised, warned, log)
+            cat.add_events(run_id, raised)
             captions = [dict(c, clip_id=r["clip_id"]) for r in done if not r.get("error_class")
                         for c in r.get("captions") or []]
             scores = [dict(s, clip_id=r["clip_id"]) for r in done if not r.get("error_class")
