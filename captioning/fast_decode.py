@@ -37,6 +37,7 @@ Graphs are cached per (batch, buffer length, position layout); the least recentl
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -172,6 +173,26 @@ def cache_kwarg(forward) -> str:
     except (TypeError, ValueError):
         return "past_key_values"
     return "cache" if "cache" in params else "past_key_values"
+
+
+@functools.cache
+def penalty_skips_padding() -> bool:
+    """Whether the installed ``generate`` leaves each row's left padding out of the repetition penalty
+    (transformers 5 passes ``prompt_ignore_length`` = the padding lengths); the static path and the
+    probe do as it does."""
+    import inspect
+
+    from transformers.generation.utils import GenerationMixin
+
+    try:
+        return "prompt_ignore_length=padding_lengths" in inspect.getsource(GenerationMixin._get_logits_processor)
+    except (OSError, TypeError, AttributeError):
+        return False
+
+
+def padding_lengths(mask: torch.Tensor) -> torch.Tensor:
+    """Leading padding of each left-padded row (what generate computes for the penalty)."""
+    return (mask != 0).int().argmax(dim=1)
 
 
 def pop_cache(kwargs: dict):
@@ -391,9 +412,14 @@ class GraphDecoder:
         slot.min_new.fill_(min_new_tokens)
         slot.out.fill_(pad_id)
         slot.out[:, :2].copy_(new[:, :2])
-        if slot.seen is not None:
-            slot.seen.zero_()
-            slot.seen.scatter_(1, res.sequences.to(self.device), True)
+        if slot.seen is not None:  # the tokens the penalty sees: prompt (padding left out, as generate does) and new
+            ids = res.sequences.to(self.device)
+            vocab = slot.seen.shape[1]
+            if mask is not None and penalty_skips_padding():
+                lead = padding_lengths(mask.to(self.device))
+                ids = ids.masked_fill(torch.arange(ids.shape[1], device=self.device)[None] < lead[:, None], vocab)
+            seen = torch.zeros((ids.shape[0], vocab + 1), dtype=torch.bool, device=self.device)
+            slot.seen.copy_(seen.scatter_(1, ids, True)[:, :vocab])
         self._reset(slot, prompt_len, new)
 
         t2 = time.perf_counter()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import threading
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,7 +220,7 @@ class Captioner:
     def __init__(self, model, processor, name: str, device: torch.device, dtype: torch.dtype,
                  batch_size: int = 8, min_new_tokens: int = 4, prompt_version: str = "p1",
                  decode: str = "static_graph", repetition_penalty: float = 1.0, max_pixels: int | None = None,
-                 compile_prefill: bool | None = None, compile_decode: bool | None = None, probe_rows: int = 2):
+                 compile_prefill: bool | None = None, compile_decode: bool | None = None, probe_rows: int = 4):
         """``decode``: "default" (transformers' ``generate``) or "static_graph" (static KV cache and a
         CUDA-graph decoding step, captioning/fast_decode.py; same greedy tokens, several times the
         throughput on GPUs). Models it does not support (BLIP) use ``generate`` either way.
@@ -244,6 +245,7 @@ class Captioner:
         self.probe_rows = probe_rows
         self._probed = probe_rows <= 0  # the static path's first batch is checked once
         self._gpu_preprocess = True
+        self._processor_lock = threading.Lock()
         self._prefetch_stream = None  # the prefetch thread's CUDA stream (made on first use)
         # prepare the next batch's inputs in a thread while one generates (_generate_group): on GPUs,
         # where generating leaves the CPU waiting; on CPUs both would fight over the same cores
@@ -446,8 +448,11 @@ class Captioner:
         return inputs
 
     def _device_inputs(self, chunk: list[np.ndarray], prompt: Prompt, as_image: bool = False) -> dict:
-        """The processor's tensors for a batch, on the model's device and (floating point) dtype."""
-        inputs = self._inputs(chunk, prompt, as_image)
+        """The processor's tensors for a batch, on the model's device and (floating point) dtype. One
+        processor call at a time: the prefetch thread and the probe share a fast tokenizer, whose
+        padding state is not thread-safe ("Already borrowed")."""
+        with self._processor_lock:
+            inputs = self._inputs(chunk, prompt, as_image)
         return {k: (v.to(self.device, self.dtype) if torch.is_floating_point(v) else v.to(self.device))
                 for k, v in inputs.items() if isinstance(v, torch.Tensor)}
 
@@ -512,7 +517,7 @@ class Captioner:
             switch_off("static_graph", f"its probe could not run ({type(exc).__name__}: {exc})")
             self._graph = False
             return False
-        if result.agrees(self.dtype):
+        if result.agrees():
             return True
         switch_off("static_graph", f"on the job's first batch {result.describe()}")
         self._graph = False
@@ -558,7 +563,7 @@ def load_captioner(name_or_dir: str, device: str | torch.device | None = None, d
                    batch_size: int = 8, min_new_tokens: int = 4, prompt_version: str = "p1",
                    decode: str = "static_graph", repetition_penalty: float = 1.0,
                    max_pixels: int | None = None, compile_prefill: bool | None = None,
-                   compile_decode: bool | None = None, probe_rows: int = 2) -> Captioner:
+                   compile_decode: bool | None = None, probe_rows: int = 4) -> Captioner:
     """Load any image-text-to-text captioner (hub id or local dir) the same way; fail fast if missing."""
     from vidcorpus.presets import require_hf_model
 

@@ -151,12 +151,12 @@ MIGRATIONS: list[tuple[int, str]] = [
         9,  # issue 20: nothing silent. Warnings and fast-path switch-offs raised in stages, per run; and
         # which decode path wrote each caption (static_graph or transformers' default generate)
         """
-        CREATE TABLE events (
+        CREATE TABLE IF NOT EXISTS events (
             run_id VARCHAR, stage VARCHAR, kind VARCHAR, message VARCHAR, count BIGINT,
             first_at TIMESTAMP, last_at TIMESTAMP,
             PRIMARY KEY (run_id, stage, kind, message)
         );
-        ALTER TABLE captions ADD COLUMN decode VARCHAR;
+        ALTER TABLE captions ADD COLUMN IF NOT EXISTS decode VARCHAR;
         """,
     ),
     (

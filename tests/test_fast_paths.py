@@ -5,6 +5,7 @@ log and the run's events table."""
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 import warnings
@@ -127,8 +128,8 @@ def test_probe_tolerates_half_precision_rounding_but_not_other_tokens(tiny_vlm):
     new = out[:, inputs["input_ids"].shape[1]:]
     ok = check_tokens(cap.model, inputs, new, eos, cap._stop_ids(), 4)
     shifted = check_tokens(cap.model, inputs, torch.roll(new, 1, dims=1), eos, cap._stop_ids(), 4)
-    assert ok.agrees(torch.bfloat16) and ok.positions > 0
-    assert not shifted.agrees(torch.bfloat16)
+    assert ok.agrees() and not ok.exact and ok.positions > 0
+    assert not shifted.agrees()
 
 
 def cap_prompt():
@@ -267,3 +268,41 @@ def test_a_probe_mismatch_in_the_caption_stage_reaches_the_driver_log_and_the_ev
     assert len(said) == 1 and "probe tokens were not the model's own choice" in said[0]
     assert event["stage"] == "caption" and event["kind"] == "FastPathWarning" and event["count"] == 1
     assert "probe tokens were not the model's own choice" in event["message"] and stored == {"default"}
+
+
+def test_warnings_survive_a_stage_that_leaves_no_row(tmp_path):
+    """A stage that turns its whole batch into nothing (a source whose every shot was trimmed away)
+    still hands its warnings, and those of earlier stages, to the driver: on a carrier row that later
+    stages pass through untouched and the commit counts into events without writing a source or clip."""
+    from vidcorpus.catalog.store import Catalog
+    from vidcorpus.config import Config
+    from vidcorpus.schemas import empty_row, rows_to_table
+    from vidcorpus.stage import Stage
+
+    class Vanishing(Stage):
+        name = "vanishing"
+
+        def process_rows(self, rows):
+            warnings.warn("every shot trimmed away", RuntimeWarning)
+            return []
+
+    class Next(Stage):
+        name = "next"
+        seen: list = []
+
+        def process_rows(self, rows):
+            Next.seen.extend(rows)
+            return rows
+
+    earlier = json.dumps([{"stage": "probe", "kind": "UserWarning", "message": "odd header", "count": 2}])
+    batch = rows_to_table([empty_row(source_id="s1", media_type="video", events_json=earlier),
+                           empty_row(source_id="s2", media_type="video")])
+    out = Next(Config())(Vanishing(Config())(batch)).to_pylist()
+    assert Next.seen == [] and len(out) == 1 and out[0]["source_id"] is None
+    carried = {(e["stage"], e["message"]): e["count"] for e in json.loads(out[0]["events_json"])}
+    assert carried == {("probe", "odd header"): 2, ("vanishing", "every shot trimmed away"): 1}
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        cat.begin_run("r", "pipeline", "{}", "test")
+        cat.commit_results("r", out)
+        assert sorted((e["stage"], e["count"]) for e in cat.events("r")) == [("probe", 2), ("vanishing", 1)]
+        assert cat.query_dicts("SELECT count(*) AS n FROM sources")[0]["n"] == 0

@@ -156,7 +156,7 @@ class CaptioningConfig(Section):
                                         "it is captured as a CUDA graph (about a minute of compile for a 3B model at the "
                                         "first batch shape and once more, shape-generic, at the first other one, then about 30% faster steps at batch 512 on an H100; "
                                         "captioning/fast_decode.py). None: on GPUs only.")
-    probe_rows: int = Field(2, ge=0, description="static_graph path: the job's first batch is checked on this many "
+    probe_rows: int = Field(4, ge=0, description="static_graph path: the job's first batch is checked on this many "
                             "rows against the model's own token choices (captioning/probe.py); a disagreement switches "
                             "the path off for the job, with a warning and an events row. 0: no check.")
     qa: bool = Field(True, description="Score each caption against its frames with CLIP (scores caption_clip*).")

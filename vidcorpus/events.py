@@ -52,10 +52,27 @@ def take(rows: list[dict]) -> list[Event]:
     return found
 
 
-def attach(rows: list[dict], events: list[Event]) -> None:
-    """Put ``events`` on the first of ``rows`` (nothing when either is empty)."""
-    if rows and events:
+def attach(rows: list[dict], events: list[Event]) -> list[dict]:
+    """``rows`` with ``events`` on the first of them; when a stage left no row at all (a source whose
+    every shot was trimmed away), a carrier row of the events alone, which stages pass through and
+    the driver's commit reads for its events only."""
+    if events:
+        if not rows:
+            rows = [{"events_json": None}]
         rows[0]["events_json"] = json.dumps(merge(events), sort_keys=True)
+    return rows
+
+
+def is_carrier(row: dict) -> bool:
+    """A row that only carries events (``attach`` made it): no source, no clip, no error."""
+    return (bool(row.get("events_json")) and row.get("source_id") is None and row.get("clip_id") is None
+            and not row.get("error_class"))
+
+
+def split(rows: list[dict]) -> tuple[list[dict], list[Event]]:
+    """(the rows without carrier rows, every event the rows carried, now taken off them)."""
+    kept = [r for r in rows if not is_carrier(r)]
+    return kept, take(rows)
 
 
 def log_new(raised: list[Event], seen: set[tuple], log) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+import duckdb
 import numpy as np
 from rich.console import Console
 from rich.table import Table
@@ -126,8 +127,12 @@ def load_report_data(cat: Catalog, run: str | None = None, recipe_path: str | No
                + " GROUP BY clip_id, scorer"):
         if r["value"] is not None:
             scores[r["clip_id"]][r["scorer"]] = float(r["value"])
-    captions = q("SELECT clip_id, version, kind, text, model, prompt_version, meta_json, decode FROM captions"
-                 + _where(run))
+    try:
+        captions = q("SELECT clip_id, version, kind, text, model, prompt_version, meta_json, decode FROM captions"
+                     + _where(run))
+    except duckdb.BinderException:  # a snapshot exported before captions recorded their decode path
+        captions = q("SELECT clip_id, version, kind, text, model, prompt_version, meta_json, NULL AS decode "
+                     "FROM captions" + _where(run))
     caption_qa = [r for r in q("SELECT clip_id, scorer, version, arg_max(value, written_at) AS value FROM scores"
                                + _where(run) + " GROUP BY clip_id, scorer, version")
                   if r["scorer"].startswith("caption_") and r["value"] is not None]

@@ -241,14 +241,13 @@ def commit_windows(cfg: Config, catalog, run_id: str, batches, summary: RunSumma
             catalog.mark_sources_done(seen.pop(w, set()) - failed)
             embedded.pop(w, None)
             continue
-        rows = batch.to_pylist()
+        rows, raised = stage_events.split(batch.to_pylist())
+        stage_events.log_new(raised, warned, log)  # workers' output does not reach this terminal
         for r in rows:
             seen.setdefault(w, set()).add(r["source_id"])
             if r.get("error_class"):
                 failed.add(r["source_id"])
                 summary.failures += 1
-        raised = stage_events.take(rows)
-        stage_events.log_new(raised, warned, log)  # workers' output does not reach this terminal
         index = write_embedding_batch(cfg.url("embeddings"), run_id, summary.rows_committed, rows)
         catalog.commit_results(run_id, rows, failed_before=failed, events=raised)
         catalog.commit_embeddings(run_id, index)  # after the Parquet file is whole

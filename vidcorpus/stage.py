@@ -73,8 +73,7 @@ class Stage:
 
     def __call__(self, batch: pa.Table | dict) -> pa.Table:
         table = batch if isinstance(batch, pa.Table) else pa.table(batch)
-        rows = table.to_pylist()
-        carried = events.take(rows)  # earlier stages' warnings, kept on one row whatever this stage does
+        rows, carried = events.split(table.to_pylist())  # earlier stages' warnings, kept whatever this stage does
         with events.captured(self.name) as raised:  # this stage's warnings reach the driver with the rows
             if not self._ready:
                 self.setup()
@@ -84,9 +83,7 @@ class Stage:
                 wanted = not r.get("error_class") and (not self.kept_only or r.get("kept"))
                 (todo if wanted else skip).append(r)
             out = self.process_rows(todo) if todo else []
-        result = out + skip
-        events.attach(result, carried + raised)
-        return rows_to_table(result)
+        return rows_to_table(events.attach(out + skip, carried + raised))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.resources}>"

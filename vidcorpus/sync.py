@@ -90,8 +90,11 @@ def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Calla
     rows = cat.query_dicts("SELECT clip_id, source_id, media_type, clip_path, first_frame_path, kept "
                            "FROM clips_wide WHERE clip_id IN (SELECT unnest(?)) ORDER BY clip_id", [list(clip_ids)])
     stage = CaptionStage(cfg)
-    stage.setup()
     warned: set[tuple] = set()
+    with stage_events.captured(stage.name) as raised:  # loading the model may warn too
+        stage.setup()
+    stage_events.log_new(raised, warned, log)
+    cat.add_events(run_id, raised)
     step = max(1, stage.batch_rows)
     with Progress(disable=not progress) as bar:
         task = bar.add_task("captioning", total=len(rows))
