@@ -59,3 +59,30 @@ def first_line(text: str) -> str:
     """DuckDB errors carry a caret diagram over several lines; a terminal error is one line."""
     lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
     return lines[0] if lines else ""
+
+
+def check_predicate(cat: Catalog, predicate: str) -> str:
+    """``predicate`` (a user's ``--select`` over clips_wide), parenthesised, once it is shown to read
+    nothing but the catalog: it runs first over empty copies of the catalog's tables in a locked-down
+    in-memory DuckDB, where reading a file, loading an extension or attaching fails
+    (``RefusedSQL``). The commands then run it on their own connection, which must stay able to
+    read and write the catalog's files. The parentheses keep it one expression (no second statement)."""
+    sandbox = duckdb.connect()
+    try:
+        for r in cat.query_dicts("SELECT DISTINCT table_name FROM information_schema.tables"):
+            sandbox.register(r["table_name"], cat.query(f'SELECT * FROM "{r["table_name"]}" LIMIT 0'))
+        lock_down(sandbox)
+        query = f"SELECT count(*) FROM clips_wide WHERE ({predicate})"
+        if len(sandbox.extract_statements(query)) != 1:  # "TRUE); DELETE FROM clips; SELECT (1"
+            raise RefusedSQL(f"refused: a selection is one SQL expression, not statements: {predicate!r}")
+        try:
+            sandbox.execute(query).fetchall()
+        except duckdb.PermissionException as e:
+            raise RefusedSQL(f"refused: a selection reads the catalog only: {first_line(str(e))}") from e
+        except duckdb.InvalidInputException as e:
+            if "configuration has been locked" in str(e):
+                raise RefusedSQL(f"refused: a selection reads the catalog only: {first_line(str(e))}") from e
+            raise
+    finally:
+        sandbox.close()
+    return f"({predicate})"

@@ -415,8 +415,15 @@ class Catalog:
                               "meta_json": meta})
         return out
 
+    def _user_predicate(self, predicate: str) -> str:
+        """A user's --select, checked to read nothing but the catalog (catalog/safe_sql.py)."""
+        from vidcorpus.catalog.safe_sql import check_predicate  # (safe_sql builds on this module)
+
+        return check_predicate(self, predicate)
+
     def shard_urls_for(self, predicate: str = "TRUE") -> list[tuple[str, str, int]]:
         """(url, sha256, matching samples) of the shards that hold clips matching a SQL predicate."""
+        predicate = self._user_predicate(predicate)
         return self._fetch(
             f"SELECT sh.url, sh.sha256, count(*) FROM shards sh JOIN shard_members m USING (shard_id) "
             f"JOIN (SELECT clip_id FROM clips_wide WHERE {predicate}) w ON w.clip_id = m.clip_id "
@@ -425,12 +432,14 @@ class Catalog:
 
     def shard_rows_for(self, predicate: str = "TRUE") -> list[dict]:
         """Shard rows (id, url, sha256, bytes, n, bucket) holding clips that match a SQL predicate."""
+        predicate = self._user_predicate(predicate)
         return self.query_dicts(
             f"SELECT DISTINCT sh.shard_id, sh.url, sh.sha256, sh.bytes, sh.n, sh.bucket FROM shards sh "
             f"JOIN shard_members m USING (shard_id) JOIN (SELECT clip_id FROM clips_wide WHERE {predicate}) w "
             f"ON w.clip_id = m.clip_id ORDER BY sh.shard_id")
 
     def clip_ids_for(self, predicate: str = "TRUE") -> set[str]:
+        predicate = self._user_predicate(predicate)
         return {r[0] for r in self._fetch(f"SELECT clip_id FROM clips_wide WHERE {predicate}")}
 
     # -- writes ------------------------------------------------------------------------------

@@ -97,6 +97,12 @@ WITH_CATALOG = [
     ('train --select "no_such_col > 1" -w W --steps 1', "no_such_col"),
     ("train --release no_such_release -w W", "no release named"),
     ('shards encode --select "FALSE" -w W', "no shard holds clips"),
+    # a selection reads the catalog only: no file, however it is wrapped
+    ("train --select \"clip_id IN (SELECT column0 FROM read_csv('/etc/passwd'))\" -w W --steps 1", "refused"),
+    ("release create rel --recipe r --select \"EXISTS (SELECT * FROM read_text('/etc/hostname'))\" -w W", "refused"),
+    ("shards encode --select \"clip_id IN (SELECT * FROM glob('/etc/*'))\" -w W", "refused"),
+    ('train --select "TRUE)); DELETE FROM decisions; SELECT ((1" -w W --steps 1', "one SQL expression"),
+    ('release create rel --recipe r --select "TRUE); DELETE FROM decisions; SELECT (1" -w W', "one SQL expression"),
     ("report -o out --run no_such_run -w W", "no run 'no_such_run'"),
     ("report -o out --release no_such_release -w W", "no release 'no_such_release'"),
     ("catalog funnel --run no_such_run -w W", "no run 'no_such_run'"),

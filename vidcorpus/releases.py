@@ -57,6 +57,14 @@ def _recipe_id(cat, recipe: str) -> str:
 
 def _members(cat, recipe_id: str, select: str | None) -> pa.Table:
     """Wide rows of the clips the recipe keeps (and the selection matches), with that recipe's decision."""
+    from vidcorpus.catalog.safe_sql import RefusedSQL, check_predicate
+
+    try:
+        select = check_predicate(cat, select) if select else None
+    except RefusedSQL:
+        raise
+    except Exception as e:  # noqa: BLE001 - DuckDB parser/binder errors for a user's predicate
+        raise ReleaseError(f"--select {select!r} is not a valid predicate over clips_wide: {e}") from e
     sql = f"""
         WITH w AS (
             SELECT w.* EXCLUDE (recipe, kept, reason), d.recipe, d.kept, d.reason
