@@ -77,23 +77,21 @@ def check_tokens(model, inputs: dict, new: torch.Tensor, eos_ids: list[int], sto
     dtype = next(model.parameters()).dtype
     exact = dtype in TOLERANCE and not _tf32(logits.device)
     tol = TOLERANCE[dtype] if exact else HALF_TOLERANCE
-    positions = off = 0
-    worst = 0.0
-    for j in range(n):
+    gaps = []
+    for j in range(n):  # the rules read the tokens before position j, so they run position by position
         scores = logits[:, j]
         for rule in rules:
             scores = rule(ids[:, :prompt_len + j], scores)
-        finite = torch.where(torch.isfinite(scores), scores, torch.nan)
-        spread = torch.nan_to_num(torch.std(torch.nan_to_num(finite, nan=0.0), dim=-1), nan=1.0).clamp_min(1e-6)
-        chosen = new[:, j].to(scores.device)
-        gap = (scores.max(-1).values - scores.gather(1, chosen.view(-1, 1)).squeeze(1)) / spread
-        for r in range(rows):
-            if any(int(t) in stop_ids for t in new[r, :j].tolist()):
-                continue  # after the row's stop token: padding, not choices
-            positions += 1
-            g = float(gap[r])
-            worst = max(worst, g)
-            off += g > tol
+        finite = torch.nan_to_num(torch.where(torch.isfinite(scores), scores, torch.nan), nan=0.0)
+        spread = torch.nan_to_num(finite.std(dim=-1), nan=1.0).clamp_min(1e-6)
+        chosen = scores.gather(1, new[:, j].to(scores.device).view(-1, 1)).squeeze(1)
+        gaps.append((scores.max(-1).values - chosen) / spread)
+    gap = torch.stack(gaps, 1).cpu()  # (rows, n), in standard deviations of each position's logits
+    stopped = torch.isin(new.cpu(), torch.tensor(sorted(stop_ids)))
+    choices = (stopped.long().cumsum(1) - stopped.long()) == 0  # up to each row's first stop token
+    checked = gap[choices]
+    positions, off = int(checked.numel()), int((checked > tol).sum())
+    worst = float(checked.max()) if positions else 0.0
     return ProbeResult(positions, off, worst, exact)
 
 

@@ -27,8 +27,7 @@ def captured(stage: str) -> Iterator[list[Event]]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield out
-    counts = Counter((type(w.message).__name__ if isinstance(w.message, Warning) else w.category.__name__,
-                      str(w.message)[:MAX_MESSAGE]) for w in caught)
+    counts = Counter((w.category.__name__, str(w.message)[:MAX_MESSAGE]) for w in caught)
     out.extend({"stage": stage, "kind": kind, "message": msg, "count": n} for (kind, msg), n in counts.items())
 
 
