@@ -45,9 +45,8 @@ import sys
 from vidcorpus.config import load_config
 from vidcorpus.runner import run_pipeline
 from vidcorpus import runner
-runner.COMMIT_ROWS = 4  # several commits per run: kills land between and inside them
 work, inputs, cache = sys.argv[1:4]
-cfg = load_config(None, ["ray.num_cpus=2", "ingest.allow_private_addresses=true", "ingest.retries=3",
+cfg = load_config(None, ["ray.num_cpus=2", "ray.commit_rows=4", "ingest.allow_private_addresses=true", "ingest.retries=3",
                          "ingest.backoff_s=0.05", "ingest.read_timeout_s=1.0", "ingest.connect_timeout_s=2.0",
                          "shards.max_samples=4"],
                   workdir=work, inputs=[inputs], **{"models.cache_dir": cache})

@@ -18,6 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from vidcorpus.captioning.cleanup import clean_caption, is_degenerate
+from vidcorpus.config import caption_batch_size, clip_batch_size
 from vidcorpus.captioning.models import Captioner, Generation, load_captioner
 from vidcorpus.filters.scorers import add_scores, is_image, score
 from vidcorpus.media import read_frames
@@ -28,11 +29,10 @@ KINDS = ("long", "short")
 
 class CaptionStage(Stage):
     name: ClassVar[str] = "caption"
-    # Fractional CPUs so actors never starve read tasks; the runner adds one GPU when it has one.
-    resources: ClassVar[Resources] = Resources(cpus=0.25, gpus=0.0, actor=True)
-    wants_gpu: ClassVar[bool] = True
+    # Fractional CPUs so actors never starve read tasks; a whole GPU each where there are GPUs
+    # (the runner scales GPU stages that are alive at once to share one; vidcorpus/stage_settings.py).
+    resources: ClassVar[Resources] = Resources(cpus=0.25, gpus=1.0, actor=True)
     kept_only: ClassVar[bool] = True  # only clips a recipe kept are worth the most expensive stage
-    batch_rows: ClassVar[int] = 16
 
     captioner: Captioner
 
@@ -41,7 +41,7 @@ class CaptionStage(Stage):
         source = self.config.models.captioner
         if not source:
             raise ValueError("models.captioner is not set: resolve the config with vidcorpus.presets.resolve_models")
-        self.captioner = load_captioner(source, batch_size=cap.batch_size, min_new_tokens=cap.min_new_tokens,
+        self.captioner = load_captioner(source, batch_size=caption_batch_size(self.config), min_new_tokens=cap.min_new_tokens,
                                         prompt_version=cap.prompt_version, decode=cap.decode,
                                         repetition_penalty=cap.repetition_penalty, max_pixels=cap.max_pixels,
                                         compile_prefill=cap.compile_prefill, compile_decode=cap.compile_decode,
@@ -103,8 +103,8 @@ class CaptionStage(Stage):
 
         model, preprocess, tokenizer, clip_id = self.clip
         cap = self.config.captioning
-        bs = self.config.filters.clip_batch_size
         device = self.captioner.device
+        bs = clip_batch_size(self.config, device)
         try:
             flat = [f for r in rows for f in frames_of[id(r)]]
             image_emb = embed_images(model, preprocess, flat, device, bs)

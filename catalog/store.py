@@ -649,11 +649,16 @@ class Catalog:
         with self.transaction() as con:
             return self._add_events(con, run_id, raised, _now())
 
-    def events(self, run_id: str | None = None, limit: int = 50) -> list[dict]:
-        """Warnings and fast-path switch-offs stages raised (of one run, or of all runs), most frequent first."""
+    def events(self, run_id: str | None = None, limit: int = 50, kind: str | None = None) -> list[dict]:
+        """Warnings and fast-path switch-offs stages raised (of one run, or of all runs), most frequent
+        first; ``kind="setup"``: model actors' setups instead (one per actor and run)."""
         import duckdb
 
-        where, params = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])
+        conds, params = ["kind = ?" if kind else "kind <> 'setup'"], [kind] if kind else []
+        if run_id:
+            conds.append("run_id = ?")
+            params.append(run_id)
+        where = "WHERE " + " AND ".join(conds)
         try:
             return self.query_dicts(
                 f"SELECT stage, kind, message, sum(count)::BIGINT AS count, count(DISTINCT run_id) AS runs, "

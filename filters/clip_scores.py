@@ -44,6 +44,7 @@ from typing import ClassVar
 import fsspec
 import numpy as np
 
+from vidcorpus.config import clip_batch_size
 from vidcorpus.errors import DecodeError
 from vidcorpus.frame_seek import (FrameConverter, KeyframeDecoder, decode_frames_seeking, decode_in_order, open_video,
                                   to_rgb)
@@ -520,12 +521,12 @@ class ClipScoreStage(Stage):
     actor (GPU when there is one)."""
 
     name: ClassVar[str] = "clip"
-    resources: ClassVar[Resources] = Resources(cpus=0.25, actor=True)
-    wants_gpu: ClassVar[bool] = True
-    # Clips per call. Decode overlaps the model within a call, not across calls, so each call pays one
-    # pipeline fill and drain: 4,096 rows reached 86.7 / 88.8% of model-only on the H100 where 1,024
-    # gave 85.7 / 83.3% (docs/benchmarks.md, "Larger stage calls").
-    batch_rows: ClassVar[int] = 4096
+    resources: ClassVar[Resources] = Resources(cpus=0.25, gpus=1.0, actor=True)
+    # Clips per call: stages.clip.batch_rows, default 256 on a GPU (vidcorpus/stage_settings.py).
+    # Decode overlaps the model within a call, not across calls, so each call pays one pipeline fill
+    # and drain: alone on the H100, 4,096 rows reached 86.7 / 88.8% of model-only where 1,024 gave
+    # 85.7 / 83.3% (docs/benchmarks.md, "Larger stage calls"). Inside a streaming job a call waits
+    # until that many clips exist (an hour of edited footage holds about 800), so it is smaller.
     # True: frames leave the decode workers resized and cropped to the model's input by FFmpeg's
     # scaler (ScaleToModel); False: center squares, resized on the device (exactly open_clip's
     # bicubic). Benchmarks compare the two. Frames from stills go through the same scaler; it
@@ -587,7 +588,7 @@ class ClipScoreStage(Stage):
         return emb, aesthetic
 
     def embed_texts(self, texts: list[str]):
-        return embed_texts(self.model, self.tokenizer, texts, self.device, self.config.filters.clip_batch_size)
+        return embed_texts(self.model, self.tokenizer, texts, self.device, clip_batch_size(self.config, self.device))
 
     def text_scores(self, rows: list[dict], clip_emb) -> list[list[dict]]:
         """Per row: clip_text against the original text and one score per caption (version, kind)."""
@@ -611,7 +612,7 @@ class ClipScoreStage(Stage):
     def decoder(self) -> FrameDecoder:
         if getattr(self, "_decoder", None) is None:
             k = self.config.filters.frames_per_clip
-            bs = max(1, self.config.filters.clip_batch_size)
+            bs = max(1, clip_batch_size(self.config, self.device))
             workers = self.config.filters.decode_threads or max(1, min(16, (os.cpu_count() or 2) - 1))
             # enough slots for two model batches in flight plus a queue per worker
             hw = self.decode_hwaccel if self.device.type == "cuda" else None
@@ -624,7 +625,7 @@ class ClipScoreStage(Stage):
         import torch
 
         k = self.config.filters.frames_per_clip
-        bs = max(1, self.config.filters.clip_batch_size)
+        bs = max(1, clip_batch_size(self.config, self.device))
         if getattr(self, "_stills", None) is None:
             from vidcorpus.filters.stills_probe import StillsCheck
 
@@ -734,7 +735,7 @@ class CaptionAlignStage(ClipScoreStage):
     name: ClassVar[str] = "caption_align"
     kept_only: ClassVar[bool] = True
     # The text tower alone: a CPU actor keeps up with captioning and leaves the GPU to the captioner.
-    wants_gpu: ClassVar[bool] = False
+    resources: ClassVar[Resources] = Resources(cpus=0.25, gpus=0.0, actor=True)
     batch_rows: ClassVar[int] = 64
 
     def process_rows(self, rows: list[dict]) -> list[dict]:

@@ -217,7 +217,7 @@ def test_caption_stage(tiny_dir, clips, tiny_clip):
     rows = [empty_row(source_id=f"s{i}", clip_id=f"c{i}", clip_path=p, kept=True) for i, p in enumerate(paths)]
     rows.append(empty_row(source_id="dropped", clip_id="d", clip_path=clips["videos"][0], kept=False))
     stage = CaptionStage(cfg)
-    assert stage.resources.actor and stage.resources.cpus < 1 and stage.wants_gpu
+    assert stage.resources.actor and stage.resources.cpus < 1 and stage.resources.gpus > 0
     out = {r["clip_id"]: r for r in stage(rows_to_table(rows)).to_pylist()}
     assert set(out) == {"c0", "c1", "c2", "c3", "d"}
 

@@ -92,14 +92,16 @@ def test_production_preset_offline_fails_fast_naming_the_fix(tmp_path, monkeypat
 
 
 def test_gpu_stages_share_each_gpu_so_a_one_gpu_machine_cannot_deadlock():
-    from vidcorpus.runner import actor_gpu_plan, pipeline_stages
+    from vidcorpus.config import Config
+    from vidcorpus.runner import pipeline_stages
+    from vidcorpus.stage_settings import resolve
 
     stages = pipeline_stages()
-    gpu = [s for s in stages if s.resources.actor and getattr(s, "wants_gpu", False)]
+    gpu = [s for s in stages if s.resources.actor and s.resources.gpus > 0]
     assert len(gpu) >= 2  # CLIP scoring and captioning both want a GPU
     for n in (1, 4):
-        plan = actor_gpu_plan(stages, float(n))
-        assert all(plan[s][0] == n for s in gpu)
-        assert sum(plan[s][1] for s in gpu) <= 1.0 + 1e-9  # all GPU pools fit on one GPU at once
-        assert all(plan[s] == (1, 0.0) for s in plan if s not in gpu)
-    assert all(gpus == 0.0 for _pool, gpus in actor_gpu_plan(stages, 0.0).values())
+        plan = resolve(stages, Config(), float(n))
+        assert all(plan[s].replicas == n for s in gpu)
+        assert sum(plan[s].gpus for s in gpu) <= 1.0 + 1e-9  # all GPU pools fit on one GPU at once
+        assert all(plan[s].replicas == 1 and plan[s].gpus == 0 for s in plan if s not in gpu and plan[s].actor)
+    assert all(p.gpus == 0.0 for p in resolve(stages, Config(), 0.0).values())

@@ -168,7 +168,7 @@ def test_index_reads_the_catalog_again_when_another_run_writes_embeddings(tmp_pa
 
 
 def test_a_run_reads_the_catalogs_embeddings_once_not_once_per_window(tmp_path, monkeypatch):
-    """The runner's window loop (commit_windows) over four windows: every embedding Parquet file
+    """The runner's commit loop (RunCommitter) over four groups of sources: every embedding Parquet file
     (the catalog's and the run's own) is read once, and the catalog's rank scores fetched once."""
     import pyarrow.parquet as pq
 
@@ -188,12 +188,7 @@ def test_a_run_reads_the_catalogs_embeddings_once_not_once_per_window(tmp_path, 
     clips = [_row(f"w{i}", _unit(rng.standard_normal(DIM)), 5.0) for i in range(11)]
     clips.append(_row("copy", np.asarray(earlier[0]["embedding"], np.float32), 9.0, sha=earlier[0]["content_sha256"]))
 
-    def batches():
-        for w in range(4):
-            part = clips[3 * w:3 * w + 3]
-            yield w, rows_to_table(part[:2])
-            yield w, rows_to_table(part[2:])
-            yield w, None
+    from vidcorpus.run_commit import RunCommitter
 
     reads: Counter = Counter()
     read_table = pq.read_table
@@ -213,7 +208,13 @@ def test_a_run_reads_the_catalogs_embeddings_once_not_once_per_window(tmp_path, 
     monkeypatch.setattr(pq, "read_table", counting)
     monkeypatch.setattr(Catalog, "latest_scores", counting_latest)
     summary = runner.RunSummary(run_id="run1")
-    runner.commit_windows(cfg, cat, "run1", batches(), summary, log=lambda _m: None)
+    committer = RunCommitter(cfg, cat, "run1", summary, log=lambda _m: None)
+    for w in range(4):  # four groups of whole sources, each committed in two batches
+        part = clips[3 * w:3 * w + 3]
+        committer.add(rows_to_table(part[:2]))
+        committer.add(rows_to_table(part[2:]))
+        committer.close_group()
+    committer.finish()
     monkeypatch.undo()
 
     files = {r["url"] for r in cat.query_dicts("SELECT DISTINCT url FROM embeddings")}

@@ -236,7 +236,8 @@ def test_a_probe_mismatch_in_the_caption_stage_reaches_the_driver_log_and_the_ev
     from vidcorpus.captioning.stage import CaptionStage
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.config import load_config
-    from vidcorpus.runner import RunSummary, commit_windows
+    from vidcorpus.run_commit import RunCommitter
+    from vidcorpus.runner import RunSummary
     from vidcorpus.schemas import empty_row, rows_to_table
     from vidcorpus.synth import make_video
 
@@ -260,8 +261,9 @@ def test_a_probe_mismatch_in_the_caption_stage_reaches_the_driver_log_and_the_ev
     Path(cfg.catalog_path).parent.mkdir(parents=True, exist_ok=True)
     with Catalog(cfg.catalog_path) as cat:
         cat.begin_run("run-probe", "pipeline", "{}", "test")
-        commit_windows(cfg, cat, "run-probe", iter([(0, out), (0, None)]), RunSummary(run_id="run-probe"),
-                       log=lines.append)
+        committer = RunCommitter(cfg, cat, "run-probe", RunSummary(run_id="run-probe"), log=lines.append)
+        committer.add(out)
+        committer.finish()
         [event] = cat.events("run-probe")
         stored = {r["decode"] for r in cat.query_dicts("SELECT decode FROM captions")}
     said = [line for line in lines if "fast path static_graph off" in line]

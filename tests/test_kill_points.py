@@ -43,7 +43,6 @@ from vidcorpus.shards import writer
 
 work, inputs, points, marks = sys.argv[1], sys.argv[2], set(sys.argv[3].split("+")), sys.argv[4]
 os.makedirs(marks, exist_ok=True)
-runner.COMMIT_ROWS = 2  # several commits even for a small corpus
 
 
 def first(name):
@@ -100,7 +99,7 @@ def hooked_sample_of(*a, **kw):
     return sample_of(*a, **kw)
 writer.sample_of = hooked_sample_of
 
-cfg = load_config(None, ["ray.num_cpus=2", "ingest.retries=0"], workdir=work, inputs=[inputs])
+cfg = load_config(None, ["ray.num_cpus=2", "ingest.retries=0", "ray.commit_rows=2"], workdir=work, inputs=[inputs])
 s = runner.run_pipeline(cfg, progress=False, log=lambda m: print(m, flush=True))
 print("DONE", s.rows_committed, flush=True)
 """

@@ -24,16 +24,32 @@ class RayConfig(Section):
     num_cpus: int | None = Field(None, description="CPUs for a local Ray; None uses all cores.")
     actor_cpus: float = Field(0.25, description="CPUs each model actor reserves; fractional so read tasks never starve.")
     task_cpus: float = Field(0.5, description="CPUs each CPU stage task reserves.")
-    # Bounds the work in flight. One Ray Dataset over a whole run let the CPU stages run over most
-    # of the input before the first clip reached the driver (the CLIP stage gathers up to 4,096
-    # clips per call), so a killed driver redid the run. A window's sources are marked done as soon
-    # as it is committed; the next window starts when the current one's CPU stages are done, so
-    # its CPU stages overlap the current one's model stages (at most two windows in flight). Each
-    # window starts its own model actors (15 to 25 s a window on the 2-core dev box, tiny models),
-    # so a window must hold far more work than that: docs/reliability.md has the measured trade-off.
+    # A run is one streaming Ray Data pipeline; Ray Data's backpressure bounds the work in flight
+    # (object_store_mb caps what it buffers). The driver commits every `commit_rows` result rows;
+    # once `window_sources` sources have all their rows committed it scores their duplicates,
+    # re-decides, marks them done (a killed driver redoes at most the sources not yet done) and
+    # hands their kept clips to the caption actors. Model actors live for the whole run.
     window_sources: int = Field(
-        512, ge=1, description="Sources per pipeline window: a killed driver redoes at most two windows; "
-                               "each window loads its models once.")
+        512, ge=1, description="Sources whose rows are all committed before the driver deduplicates them, marks "
+                               "them done and captions their kept clips (a killed driver redoes the rest).")
+    commit_rows: int = Field(64, ge=1, description="Result rows per catalog transaction: what a killed driver loses at most.")
+    prefetch_batches: int = Field(1, ge=0, description="Result batches Ray Data prepares ahead of the driver's commits.")
+    object_store_mb: int | None = Field(
+        None, ge=64, description="Cap on the object store memory Ray Data's streaming executor uses for blocks in "
+                                 "flight (its backpressure); None: Ray Data's default share.")
+    caption_batches_in_flight: int = Field(
+        2, ge=1, description="Batches queued at each caption actor, so its GPU never waits for the driver.")
+
+
+class StageSettings(Section):
+    """Overrides of one stage's declaration (``stages.<name>``); None keeps the stage's own value."""
+
+    cpus: float | None = Field(None, gt=0, description="CPUs each worker (task or actor) reserves.")
+    gpus: float | None = Field(None, ge=0, description="GPUs each actor reserves (GPU stages share one GPU when several are alive).")
+    memory_mb: int | None = Field(None, gt=0, description="Memory each worker reserves in Ray's scheduler.")
+    batch_rows: int | None = Field(None, ge=1, description="Rows per call (model stages: per model batch). "
+                                   "None: the stage's default, larger on GPUs (vidcorpus/stage_settings.py).")
+    replicas: int | None = Field(None, ge=1, description="Actors of a model stage (None: one per GPU, or one).")
 
 
 class IngestConfig(Section):
@@ -112,7 +128,8 @@ class FiltersConfig(Section):
     motion_jitter_threshold: float = Field(
         40.0, description="motion_jitter (px/s at motion_width) above this marks a clip jittery (shaky camera).")
     max_sample_frames: int = Field(32, description="Most sampled frames (technical) or frame pairs (motion) per clip.")
-    clip_batch_size: int = Field(16, description="Frames per CLIP image-tower batch (256 suits an H100).")
+    clip_batch_size: int | None = Field(None, ge=1, description="Frames per CLIP tower batch. None: 256 on a GPU "
+                                        "(what suits an H100), 16 on the CPU.")
     recipe: str = Field("demo_v1", description="Name of a bundled recipe or path to a recipe YAML: the one a new "
                         "catalog adopts. A catalog's active recipe (`vidcorpus status`) wins over this default; "
                         "setting it explicitly is a recorded change. The production preset means pretrain_v1.")
@@ -136,7 +153,8 @@ class CaptioningConfig(Section):
     version: str = Field("v1", description="Caption version name stored with each caption.")
     prompt_version: str = "p1"
     frames_per_clip: int = 4
-    batch_size: int = 8
+    batch_size: int | None = Field(None, ge=1, description="Clips per model batch. None: the caption stage's "
+                                   "batch_rows (stages.caption.batch_rows; 512 on a GPU, 8 on the CPU).")
     max_new_tokens: int = 48
     short_max_new_tokens: int = 16
     min_new_tokens: int = Field(4, description="Generation never stops earlier (keeps tiny random models from empty text).")
@@ -302,6 +320,9 @@ class Config(Section):
     catalog: str = Field("", description="DuckDB catalog file; default {workdir}/catalog.duckdb.")
     inputs: list[str] = Field(default_factory=list, description="URL lists, folders, s3:// prefixes or media URLs.")
     ray: RayConfig = Field(default_factory=RayConfig)
+    stages: dict[str, StageSettings] = Field(
+        default_factory=dict, description="Per-stage resources and batch sizes (stages.<name>.<field>), over "
+                                          "each stage's declaration.")
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
@@ -334,6 +355,22 @@ class Config(Section):
         if "://" not in root:
             root = os.path.abspath(root)
         return "/".join([root.rstrip("/"), *parts])
+
+
+def clip_batch_size(cfg: "Config", device) -> int:
+    """Frames per CLIP tower call on this device (filters.clip_batch_size, or the device's default)."""
+    if cfg.filters.clip_batch_size:
+        return cfg.filters.clip_batch_size
+    return 256 if getattr(device, "type", str(device)) == "cuda" else 16
+
+
+def caption_batch_size(cfg: "Config") -> int:
+    """Clips per captioning model batch: captioning.batch_size, else the caption stage's batch_rows
+    (the runner pins its resolved value in stages.caption), else 8."""
+    if cfg.captioning.batch_size:
+        return cfg.captioning.batch_size
+    setting = cfg.stages.get("caption")
+    return (setting.batch_rows if setting is not None else None) or 8
 
 
 class ConfigError(ValueError):

@@ -18,6 +18,12 @@ from typing import Iterator
 MAX_MESSAGE = 500  # characters kept of a warning's message (the key of its row)
 
 Event = dict  # {"stage": str, "kind": str, "message": str, "count": int}
+SETUP = "setup"  # the kind of the event a model actor adds when it loads its models (not a warning)
+
+
+def setup_event(stage: str) -> Event:
+    """One model actor set up: the run's events count these, so a user sees how often models loaded."""
+    return {"stage": stage, "kind": SETUP, "message": "model actor set up", "count": 1}
 
 
 @contextlib.contextmanager
@@ -77,6 +83,8 @@ def split(rows: list[dict]) -> tuple[list[dict], list[Event]]:
 def log_new(raised: list[Event], seen: set[tuple], log) -> None:
     """Log each event not logged before (``seen`` holds the keys already said in this run)."""
     for e in raised:
+        if e["kind"] == SETUP:  # bookkeeping, not a warning
+            continue
         if (key := (e["stage"], e["kind"], e["message"])) not in seen:
             seen.add(key)
             log(f"warning from {describe(e)}")

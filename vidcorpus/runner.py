@@ -26,8 +26,9 @@ from vidcorpus.filters.frame_models import preflight_frame_models, with_frame_mo
 from vidcorpus.presets import preflight_pipeline, resolve_models
 from vidcorpus.schemas import rows_to_table
 from vidcorpus.stage import Stage
+from vidcorpus.stage_settings import check_names, pin_plans, resolve
 
-COMMIT_ROWS = 64  # result rows per catalog transaction: what a killed driver can lose at most
+CAPTION_STAGES = ("caption", "caption_align")  # fed by the driver after dedup (vidcorpus/caption_pool.py)
 WORKER_ENV = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -78,64 +79,40 @@ def _run_stage(stage_cls: type[Stage], cfg: Config, batch: pa.Table) -> pa.Table
     return stage_cls(cfg)(batch)
 
 
-def actor_gpu_plan(stages: list[type[Stage]], gpus_available: float) -> dict[type[Stage], tuple[int, float]]:
-    """(pool size, GPUs per actor) of every actor stage.
-
-    A GPU stage gets one replica per GPU; GPU stages share each GPU in equal fractions, because a
-    streaming pipeline needs all of its actor pools alive at once (two stages asking for a whole
-    GPU each would wait forever on a one-GPU machine). CPU actors get one replica and no GPU.
-    """
-    gpu_stages = [s for s in stages if s.resources.actor and getattr(s, "wants_gpu", False)]
-    n_gpus = int(gpus_available)
-    plan: dict[type[Stage], tuple[int, float]] = {}
-    for s in stages:
-        if not s.resources.actor:
-            continue
-        if n_gpus >= 1 and s in gpu_stages:
-            plan[s] = (n_gpus, 1.0 / len(gpu_stages))
-        else:
-            plan[s] = (1, 0.0)
-    return plan
+def split_stages(cfg: Config) -> tuple[list[type[Stage]], list[type[Stage]]]:
+    """(the stages of the Ray Data stream, the caption stages the driver feeds after dedup)."""
+    stages = with_frame_model_stages(pipeline_stages(), cfg)
+    return ([s for s in stages if s.name not in CAPTION_STAGES], [s for s in stages if s.name in CAPTION_STAGES])
 
 
 def build_dataset(cfg: Config, sources: list[dict], gpus_available: float = 0.0, cpus: float = 2.0,
-                  stages: list[type[Stage]] | None = None):
-    """The lazy Ray Dataset of a run: source rows in, decided (and captioned) clip rows out (or
-    the rows after `stages`, a first part of the pipeline)."""
+                  stages: list[type[Stage]] | None = None, plans: dict | None = None):
+    """The lazy Ray Dataset of a run: source rows in, the rows after `stages` out (default: every
+    stage of the pipeline, captioning included)."""
     import ray.data
 
     # Several small blocks so CPU stages run in parallel (one block per task); a few per CPU.
     per_block = max(1, min(256, len(sources) // max(1, int(4 * cpus))))
     blocks = [rows_to_table(sources[i:i + per_block]) for i in range(0, len(sources), per_block)]
     stages = with_frame_model_stages(pipeline_stages(), cfg) if stages is None else stages
-    return add_stages(cfg, ray.data.from_arrow(blocks), stages, gpus_available)
+    return add_stages(cfg, ray.data.from_arrow(blocks), stages, gpus_available, plans)
 
 
-def add_stages(cfg: Config, ds, stages: list[type[Stage]], gpus_available: float = 0.0):
-    """`ds` mapped through these stages: CPU stages as tasks, model stages as actor pools."""
+def add_stages(cfg: Config, ds, stages: list[type[Stage]], gpus_available: float = 0.0, plans: dict | None = None):
+    """`ds` mapped through these stages: CPU stages as tasks, model stages as actor pools, each with
+    the CPUs, GPUs, memory, batch size and replicas its plan says (vidcorpus/stage_settings.py)."""
     import ray.data
 
-    plan = actor_gpu_plan(stages, gpus_available)
+    plans = plans or resolve(stages, cfg, gpus_available)
     for stage_cls in stages:
-        res = stage_cls.resources
-        if res.actor:
-            pool, gpus = plan[stage_cls]
-            ds = ds.map_batches(
-                stage_cls,
-                fn_constructor_args=(cfg,),
-                batch_format="pyarrow",
-                batch_size=getattr(stage_cls, "batch_rows", 8),
-                compute=ray.data.ActorPoolStrategy(size=pool),
-                num_cpus=cfg.ray.actor_cpus,
-                num_gpus=gpus,
-            )
+        plan = plans[stage_cls]
+        if plan.actor:
+            ds = ds.map_batches(stage_cls, fn_constructor_args=(cfg,), batch_format="pyarrow",
+                                batch_size=plan.batch_rows, compute=ray.data.ActorPoolStrategy(size=plan.replicas),
+                                **plan.ray_args())
         else:
-            ds = ds.map_batches(
-                functools.partial(_run_stage, stage_cls, cfg),
-                batch_format="pyarrow",
-                batch_size=getattr(stage_cls, "batch_rows", 4),
-                num_cpus=cfg.ray.task_cpus,
-            )
+            ds = ds.map_batches(functools.partial(_run_stage, stage_cls, cfg), batch_format="pyarrow",
+                                batch_size=plan.batch_rows, **plan.ray_args())
     return ds
 
 
@@ -158,6 +135,9 @@ def run_pipeline(
 
         require_transnet(cfg.models.transnet)
     preflight_frame_models(cfg)
+    check_names(cfg, [s for part in split_stages(cfg) for s in part])
+    # Inputs are read before the run is recorded: a missing or malformed list is one line, no run row.
+    sources = read_inputs(cfg.inputs)
     run_id = new_run_id()
     summary = RunSummary(run_id=run_id, catalog=cfg.catalog_path, shard_root=cfg.url("shards"))
     # hold=False: the driver opens the file only for each commit, so readers (`vidcorpus sql`,
@@ -171,7 +151,6 @@ def run_pipeline(
         # The catalog's active recipe decides (a recipe the config names explicitly replaces it, said
         # here); the stages get its content, so a later file edit or config default cannot slip in.
         cfg = pin_recipe(cfg, adopt_recipe(cfg, catalog, run_id, "run", log))
-        sources = read_inputs(cfg.inputs)
         summary.sources_seen = len(sources)
         bad_rows = [r for r in sources if r["source_id"] is None]
         sources = [r for r in sources if r["source_id"] is not None]
@@ -187,10 +166,11 @@ def run_pipeline(
             catalog.commit_results(run_id, bad_rows)
             summary.failures += len(bad_rows)
         try:
-            if todo:
-                _process(cfg, catalog, run_id, todo, summary, progress, log)
+            failed_captions = _process(cfg, catalog, run_id, todo, summary, progress, log) if todo else set()
             # derived work follows decisions: clips a re-decision kept get captions and shards here too
-            _captions, summary.shards = complete_pending(cfg, catalog, run_id, progress=progress, log=log)
+            # (not those whose captioning just failed: they stay pending for the next run or sync)
+            _captions, summary.shards = complete_pending(cfg, catalog, run_id, progress=progress, log=log,
+                                                         skip=failed_captions)
         except Exception as e:
             if (full := storage_full(e)) is not None:  # out of Ray's wrappers: one clear error
                 raise full from e
@@ -204,113 +184,53 @@ def run_pipeline(
     return summary
 
 
-def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSummary, progress: bool, log) -> None:
+def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSummary, progress: bool,
+             log) -> set[str]:
+    """Stream the sources through one Ray Data pipeline and commit as results come; model actors
+    (the stream's and the caption pool's) live for the whole run. Returns the clips whose
+    captioning failed (pending, not retried in this run)."""
     import ray
-    from ray.data import DataContext
+    from ray.data import DataContext, ExecutionResources
+
+    from vidcorpus.caption_pool import CaptionPool
+    from vidcorpus.run_commit import RunCommitter
 
     init_ray(cfg)
+    resources = ray.cluster_resources()
+    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 2.0)
+    stream, captioning = split_stages(cfg)
+    check_names(cfg, stream + captioning)
+    plans = resolve(stream + captioning, cfg, gpus)
+    cfg = pin_plans(cfg, plans)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.verbose_progress = False
-    resources = ray.cluster_resources()
-    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 2.0)
-    size = cfg.ray.window_sources
-    windows = [todo[i:i + size] for i in range(0, len(todo), size)]
-    commit_windows(cfg, catalog, run_id, _window_batches(cfg, windows, gpus, cpus), summary, log)
-
-
-def commit_windows(cfg: Config, catalog, run_id: str, batches, summary: RunSummary, log=print) -> None:
-    """Commit (window, result batch) pairs as they come; when a window is whole (window, None),
-    score its clips' duplicates, re-decide, and mark its sources done."""
-    from vidcorpus.filters.dedup import DedupIndex, write_embedding_batch
-
-    # Commit as results stream in: a crash loses at most the batches not yet committed, and a
-    # rerun re-processes only sources that were not marked done (upserts keep it duplicate-free).
-    # A window's sources are marked done once all its rows are committed (and deduplicated), so a
-    # killed driver redoes at most the windows in flight. The dedup index reads the catalog's
-    # embeddings once (at the first whole window) and then only what this run commits.
-    dedup = DedupIndex(cfg.filters.dedup_floor, run_id) if cfg.filters.dedup else None
-    failed: set[str] = set()
-    warned: set[tuple] = set()  # (stage, kind, message) already logged in this run
-    seen: dict[int, set[str]] = {}
-    embedded: dict[int, list[str]] = {}
-    for w, batch in batches:
-        if batch is None:  # window w is whole
-            if dedup is not None and embedded.get(w):
-                dedup_and_redecide(cfg, catalog, run_id, embedded[w], log, index=dedup)
-            catalog.mark_sources_done(seen.pop(w, set()) - failed)
-            embedded.pop(w, None)
-            continue
-        rows, raised = stage_events.split(batch.to_pylist())
-        stage_events.log_new(raised, warned, log)  # workers' output does not reach this terminal
-        for r in rows:
-            seen.setdefault(w, set()).add(r["source_id"])
-            if r.get("error_class"):
-                failed.add(r["source_id"])
-                summary.failures += 1
-        index = write_embedding_batch(cfg.url("embeddings"), run_id, summary.rows_committed, rows)
-        catalog.commit_results(run_id, rows, failed_before=failed, events=raised)
-        catalog.commit_embeddings(run_id, index)  # after the Parquet file is whole
-        if dedup is not None:
-            dedup.committed([r["clip_id"] for r in rows if r.get("clip_id") and not r.get("error_class")], index)
-        embedded.setdefault(w, []).extend(r["clip_id"] for r in index)
-        summary.rows_committed += len(rows)
-
-
-_CPU_DONE = "cpu stages done"
-
-
-def _window_batches(cfg: Config, windows: list[list[dict]], gpus: float, cpus: float):
-    """(window index, result batch) as they come, then (window index, None) when a window is whole.
-
-    Each window runs in a thread as two Ray Datasets: its CPU stages (up to the first model stage),
-    materialised, then its model stages. The next window starts when the newest one's CPU stages
-    are done (or it ended), and at most two windows run at once: the next window's CPU stages
-    overlap this one's model stages, whose actors start only once their input is complete.
-    """
-    import queue
-    import threading
-
-    results: queue.Queue = queue.Queue()
-    stop = threading.Event()
-    stages = with_frame_model_stages(pipeline_stages(), cfg)
-    split = next((i for i, s in enumerate(stages) if s.resources.actor), len(stages))
-
-    def pump(w: int) -> None:
-        try:
-            ds = build_dataset(cfg, windows[w], gpus, cpus, stages[:split]).materialize()
-            results.put((w, _CPU_DONE))
-            for batch in add_stages(cfg, ds, stages[split:], gpus).iter_batches(batch_size=COMMIT_ROWS,
-                                                                                 batch_format="pyarrow"):
-                if stop.is_set():
-                    return
-                results.put((w, batch))
-            results.put((w, None))
-        except BaseException as e:  # noqa: BLE001 - handed to the driver's thread, raised there
-            results.put((w, e))
-
-    running: set[int] = set()
-    started = 0
-    newest_cpu_done = False
+    pool, held = None, (0.0, 0.0)  # (CPUs, GPUs) the caption actors hold
+    if captioning:
+        first = plans[captioning[0]]
+        chain = {"num_cpus": sum(plans[s].cpus for s in captioning),
+                 "num_gpus": max(plans[s].gpus for s in captioning),
+                 "max_restarts": 3, "max_task_retries": 3}  # a killed actor restarts and redoes its batch
+        if any(plans[s].memory_mb for s in captioning):
+            chain["memory"] = sum(plans[s].memory_mb or 0 for s in captioning) * 2**20
+        pool = CaptionPool(cfg, captioning, first, chain, cfg.ray.caption_batches_in_flight)
+        held = (chain["num_cpus"] * len(pool.actors), chain["num_gpus"] * len(pool.actors))
+    # Ray Data plans the stream's tasks and actors within what the caption actors leave, and buffers
+    # at most object_store_mb of blocks in flight (its backpressure).
+    ctx.execution_options.resource_limits = ExecutionResources(
+        cpu=max(0.5, cpus - held[0]), gpu=max(0.0, gpus - held[1]),
+        object_store_memory=cfg.ray.object_store_mb * 2**20 if cfg.ray.object_store_mb else None)
+    committer = RunCommitter(cfg, catalog, run_id, summary, log, pool)
     try:
-        while started < len(windows) or running:
-            if started < len(windows) and (not running or (len(running) < 2 and newest_cpu_done)):
-                running.add(started)
-                threading.Thread(target=pump, args=(started,), name=f"vidcorpus-window-{started}", daemon=True).start()
-                started += 1
-                newest_cpu_done = False
-            w, item = results.get()
-            if isinstance(item, BaseException):
-                raise item
-            if w == started - 1 and (item is _CPU_DONE or item is None):
-                newest_cpu_done = True
-            if item is _CPU_DONE:
-                continue
-            if item is None:
-                running.discard(w)
-            yield w, item
+        ds = build_dataset(cfg, todo, gpus, cpus, stream, plans)
+        for batch in ds.iter_batches(batch_size=cfg.ray.commit_rows, batch_format="pyarrow",
+                                     prefetch_batches=cfg.ray.prefetch_batches):
+            committer.add(batch)
+        committer.finish()
     finally:
-        stop.set()  # a failed window stops the others at their next batch
+        if pool is not None:
+            pool.close()
+    return committer.caption_failed
 
 
 def dedup_and_redecide(cfg: Config, catalog, run_id: str, new_clip_ids: list[str] | None, log=print,

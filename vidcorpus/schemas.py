@@ -55,6 +55,7 @@ ROW_SCHEMA = pa.schema(
         # (each clip row of a source carries them all; the catalog checks clips + dropped cover the source)
         ("split_frames", pa.int64()),
         ("dropped", pa.list_(DROPPED_TYPE)),
+        ("source_rows", pa.int64()),  # rows the source became (set when several): when the driver has them all
         # clip
         ("clip_id", pa.string()),
         ("first_frame", pa.int64()),

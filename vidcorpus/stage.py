@@ -32,6 +32,8 @@ class Stage:
     name: ClassVar[str] = "stage"
     resources: ClassVar[Resources] = Resources()
     kept_only: ClassVar[bool] = False  # True: rows a recipe dropped pass through untouched (captioning)
+    # Rows per call; None: the runner's default (vidcorpus/stage_settings.py). stages.<name>.batch_rows overrides.
+    batch_rows: ClassVar[int | None] = None
 
     def __init__(self, config: Config):
         self.config = config
@@ -45,10 +47,18 @@ class Stage:
         raise NotImplementedError(f"{type(self).__name__} implements neither process_row nor process_rows")
 
     def process_rows(self, rows: list[dict]) -> list[dict]:
-        """Process good rows together (model stages override this to batch)."""
+        """Process good rows together (model stages override this to batch). A row that becomes
+        several (a source split into clips) stamps each with their number, ``source_rows``: the
+        driver knows a source is whole when that many of its rows are committed."""
         out: list[dict] = []
         for row in rows:
-            out.extend(self.safe_call(self.process_row, row))
+            got = self.safe_call(self.process_row, row)
+            if len(got) > 1:
+                if row.get("source_rows"):
+                    raise RuntimeError(f"{self.name}: a row of a source already split ({row.get('source_id')}) "
+                                       "cannot become several rows: the driver could not tell when it is whole")
+                got = [dict(g, source_rows=len(got)) for g in got]
+            out.extend(got)
         return out
 
     def safe_call(self, fn, row: dict) -> list[dict]:
@@ -74,16 +84,19 @@ class Stage:
     def __call__(self, batch: pa.Table | dict) -> pa.Table:
         table = batch if isinstance(batch, pa.Table) else pa.table(batch)
         rows, carried = events.split(table.to_pylist())  # earlier stages' warnings, kept whatever this stage does
+        raised_setup: list = []
         with events.captured(self.name) as raised:  # this stage's warnings reach the driver with the rows
             if not self._ready:
                 self.setup()
                 self._ready = True
+                if self.resources.actor:
+                    raised_setup = [events.setup_event(self.name)]
             todo, skip = [], []
             for r in rows:
                 wanted = not r.get("error_class") and (not self.kept_only or r.get("kept"))
                 (todo if wanted else skip).append(r)
             out = self.process_rows(todo) if todo else []
-        return rows_to_table(events.attach(out + skip, carried + raised))
+        return rows_to_table(events.attach(out + skip, carried + raised + raised_setup))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.resources}>"

@@ -81,12 +81,16 @@ def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Calla
 
     from vidcorpus import events as stage_events
     from vidcorpus.captioning.stage import CaptionStage
+    from vidcorpus.config import caption_batch_size
     from vidcorpus.presets import resolve_models
 
     out = CaptionResult()
     if not clip_ids:
         return out
+    from vidcorpus.stage_settings import local_gpus, pin_plans, resolve
+
     cfg = cfg.model_copy(update={"models": resolve_models(cfg.models)})
+    cfg = pin_plans(cfg, resolve([CaptionStage], cfg, local_gpus()))  # batch sizes for this machine
     rows = cat.query_dicts("SELECT clip_id, source_id, media_type, clip_path, first_frame_path, kept "
                            "FROM clips_wide WHERE clip_id IN (SELECT unnest(?)) ORDER BY clip_id", [list(clip_ids)])
     stage = CaptionStage(cfg)
@@ -95,7 +99,7 @@ def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Calla
         stage.setup()
     stage_events.log_new(raised, warned, log)
     cat.add_events(run_id, raised)
-    step = max(1, stage.batch_rows)
+    step = caption_batch_size(cfg)
     with Progress(disable=not progress) as bar:
         task = bar.add_task("captioning", total=len(rows))
         for i in range(0, len(rows), step):
@@ -104,31 +108,42 @@ def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Calla
                 done = stage.process_rows(batch)
             stage_events.log_new(raised, warned, log)
             cat.add_events(run_id, raised)
-            captions = [dict(c, clip_id=r["clip_id"]) for r in done if not r.get("error_class")
-                        for c in r.get("captions") or []]
-            scores = [dict(s, clip_id=r["clip_id"]) for r in done if not r.get("error_class")
-                      for s in r.get("scores") or []]
-            cat.write_captions(run_id, captions)  # upserts: a rerun after a crash writes the same rows
-            cat.write_scores(run_id, scores)
-            for r in done:
-                if r.get("error_class"):
-                    cat.record_failure(r["clip_id"], "caption", r["error_class"], r.get("error") or "", run_id,
-                                       source_id=r.get("source_id"))
-            out.captioned += [r["clip_id"] for r in done if not r.get("error_class")]
-            out.failed += [r["clip_id"] for r in done if r.get("error_class")]
+            ok, failed = commit_captioned(cat, run_id, done)
+            out.captioned += ok
+            out.failed += failed
             bar.advance(task, len(batch))
     log(f"captioned {len(out.captioned)} clips ({cfg.captioning.version})"
         + (f"; {len(out.failed)} failed (`vidcorpus catalog failures`)" if out.failed else ""))
     return out
 
 
+def commit_captioned(cat, run_id: str, done: list[dict]) -> tuple[list[str], list[str]]:
+    """Commit the caption stage's output rows (captions, their QA scores, failures); returns the
+    (captioned, failed) clip ids. Upserts: a rerun after a crash writes the same rows."""
+    captions = [dict(c, clip_id=r["clip_id"]) for r in done if not r.get("error_class")
+                for c in r.get("captions") or []]
+    scores = [dict(s, clip_id=r["clip_id"]) for r in done if not r.get("error_class")
+              for s in r.get("scores") or []]
+    cat.write_captions(run_id, captions)
+    cat.write_scores(run_id, scores)
+    for r in done:
+        if r.get("error_class"):
+            cat.record_failure(r["clip_id"], "caption", r["error_class"], r.get("error") or "", run_id,
+                               source_id=r.get("source_id"))
+    return ([r["clip_id"] for r in done if not r.get("error_class")],
+            [r["clip_id"] for r in done if r.get("error_class")])
+
+
 def complete_pending(cfg: Config, cat, run_id: str, allow_uncaptioned: bool = False, progress: bool = False,
-                     log: Callable[[str], None] = print) -> tuple[CaptionResult, list[dict]]:
-    """Caption the active recipe's kept, uncaptioned clips, then shard its kept, unsharded ones."""
+                     log: Callable[[str], None] = print, skip: set[str] | frozenset = frozenset()
+                     ) -> tuple[CaptionResult, list[dict]]:
+    """Caption the active recipe's kept, uncaptioned clips (but those in ``skip``), then shard its
+    kept, unsharded ones."""
     from vidcorpus.runner import write_pending_shards
 
     pending = pending_work(cat, cfg.captioning.version, cfg.shards.caption_version)
-    captions = caption_clips(cfg, cat, run_id, pending.uncaptioned, log=log, progress=progress)
+    todo = [c for c in pending.uncaptioned if c not in skip]
+    captions = caption_clips(cfg, cat, run_id, todo, log=log, progress=progress)
     shards = write_pending_shards(cfg, cat, run_id, progress=progress, log=log, allow_uncaptioned=allow_uncaptioned)
     return captions, shards
 

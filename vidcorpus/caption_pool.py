@@ -1,0 +1,101 @@
+"""The caption actors of a run: created once, fed by the driver with kept, deduplicated clips.
+
+Captioning is the costliest stage, so it runs on clips that are still kept after their sources'
+duplicates were scored (a duplicate is never captioned). That decision is made by the driver, after
+the commit, so captioning cannot sit inside the Ray Data stream that ingests and scores; instead the
+runner starts ``replicas`` actors of the caption stages (the captioner, then caption alignment) for
+the whole run and hands them full batches. Each actor loads its models once and compiles once per
+batch shape for the whole job. At most ``ray.caption_batches_in_flight`` batches wait at each actor,
+so its GPU always has the next batch while the driver commits the last one; when all are busy the
+driver waits, which stops it taking results from the stream, and Ray Data's backpressure then slows
+the stages upstream.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from vidcorpus.config import Config
+from vidcorpus.schemas import rows_to_table
+from vidcorpus.stage import Stage
+from vidcorpus.stage_settings import StagePlan
+
+
+class StageChain:
+    """One worker that runs several stages in turn on each batch (a Ray actor's class)."""
+
+    def __init__(self, cfg: Config, stage_classes: list[type[Stage]]):
+        self.stages = [cls(cfg) for cls in stage_classes]
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        for stage in self.stages:
+            table = stage(table)
+        return table
+
+
+class CaptionPool:
+    """``submit`` batches of clip rows; ``results`` gives captioned batches back as they finish."""
+
+    def __init__(self, cfg: Config, stage_classes: list[type[Stage]], plan: StagePlan, ray_args: dict,
+                 in_flight_per_actor: int):
+        import ray
+
+        remote = ray.remote(**ray_args)(StageChain)
+        self.actors = [remote.remote(cfg, stage_classes) for _ in range(max(1, plan.replicas))]
+        self.batch_rows = plan.batch_rows
+        self.limit = max(1, in_flight_per_actor) * len(self.actors)
+        self.pending: dict = {}  # ObjectRef -> actor index
+        self.queued: list[dict] = []
+        self.submitted = 0
+
+    def add(self, rows: list[dict]) -> list[pa.Table]:
+        """Queue rows; full batches go to the actors. Returns the batches that finished meanwhile
+        (waiting for one when every actor already has its share queued)."""
+        self.queued.extend(rows)
+        done: list[pa.Table] = []
+        while len(self.queued) >= self.batch_rows:
+            done += self._submit(self.queued[:self.batch_rows])
+            self.queued = self.queued[self.batch_rows:]
+        return done + self.poll()
+
+    def flush(self) -> list[pa.Table]:
+        """Submit what is queued (a last, partial batch) and wait for every batch."""
+        done: list[pa.Table] = []
+        if self.queued:
+            done += self._submit(self.queued)
+            self.queued = []
+        while self.pending:
+            done += self._wait(timeout=None)
+        return done
+
+    def poll(self) -> list[pa.Table]:
+        return self._wait(timeout=0) if self.pending else []
+
+    def _submit(self, rows: list[dict]) -> list[pa.Table]:
+        done: list[pa.Table] = []
+        while len(self.pending) >= self.limit:
+            done += self._wait(timeout=None)
+        load = [0] * len(self.actors)
+        for a in self.pending.values():
+            load[a] += 1
+        a = load.index(min(load))  # the least busy actor
+        self.pending[self.actors[a].__call__.remote(rows_to_table(rows))] = a
+        self.submitted += len(rows)
+        return done
+
+    def _wait(self, timeout: float | None) -> list[pa.Table]:
+        import ray
+
+        ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=timeout)
+        out = []
+        for ref in ready:
+            self.pending.pop(ref)
+            out.append(ray.get(ref))  # a stage error (not a row's) ends the run, as in the stream
+        return out
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []

@@ -1,0 +1,126 @@
+"""The driver's side of a run: commit result batches as they stream in, and act on whole sources.
+
+Rows are committed every ``ray.commit_rows`` (a crash loses at most the batches not yet committed;
+a rerun re-processes only sources not marked done, and upserts keep it duplicate-free). A source is
+whole once every row it became is committed: the split stage stamps each clip row with how many rows
+its source became (``source_rows``; a row without it is its source's only row). When
+``ray.window_sources`` sources are whole (or the stream ends) the driver scores their clips'
+duplicates, re-decides, marks them done and hands the clips still kept to the caption actors
+(vidcorpus/caption_pool.py), whose results it commits as they come. So a duplicate is never
+captioned, and a killed driver redoes only sources that were not yet done; kept clips left
+uncaptioned are pending work that the next run or `vidcorpus sync` completes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pyarrow as pa
+
+from vidcorpus import events as stage_events
+from vidcorpus.config import Config
+
+
+class RunCommitter:
+    def __init__(self, cfg: Config, catalog, run_id: str, summary, log: Callable[[str], None] = print,
+                 captions=None):
+        from vidcorpus.filters.dedup import DedupIndex
+
+        self.cfg, self.catalog, self.run_id, self.summary, self.log = cfg, catalog, run_id, summary, log
+        self.captions = captions  # a CaptionPool, or None: kept clips stay pending (sync captions them)
+        # The dedup index reads the catalog's embeddings once (at the first group) and then only
+        # what this run commits.
+        self.dedup = DedupIndex(cfg.filters.dedup_floor, run_id) if cfg.filters.dedup else None
+        self.failed: set[str] = set()
+        self.warned: set[tuple] = set()  # (stage, kind, message) already logged in this run
+        self.expected: dict[str, int] = {}  # source -> rows it became
+        self.committed: dict[str, int] = {}  # source -> rows committed so far
+        self.whole: list[str] = []  # whole sources not yet deduplicated and marked done
+        self.embedded: dict[str, list[str]] = {}  # source -> its clips with an embedding
+        self.rows_of: dict[str, dict] = {}  # clip -> its committed row, until captioning takes it
+        self.caption_failed: set[str] = set()
+
+    # -- the stream ------------------------------------------------------------------------------
+    def add(self, batch: pa.Table) -> None:
+        """Commit one result batch; groups of whole sources are deduplicated and marked done."""
+        from vidcorpus.filters.dedup import write_embedding_batch
+
+        rows, raised = stage_events.split(batch.to_pylist())
+        stage_events.log_new(raised, self.warned, self.log)  # workers' output does not reach this terminal
+        for r in rows:
+            if r.get("error_class"):
+                self.failed.add(r["source_id"])
+                self.summary.failures += 1
+        index = write_embedding_batch(self.cfg.url("embeddings"), self.run_id, self.summary.rows_committed, rows)
+        self.catalog.commit_results(self.run_id, rows, failed_before=self.failed, events=raised)
+        self.catalog.commit_embeddings(self.run_id, index)  # after the Parquet file is whole
+        if self.dedup is not None:
+            self.dedup.committed([r["clip_id"] for r in rows if r.get("clip_id") and not r.get("error_class")],
+                                 index)
+        with_embedding = {r["clip_id"] for r in index}
+        for r in rows:
+            sid = r["source_id"]
+            if sid is None:
+                continue
+            self.expected[sid] = int(r.get("source_rows") or 1)
+            self.committed[sid] = self.committed.get(sid, 0) + 1
+            if r.get("clip_id") in with_embedding:
+                self.embedded.setdefault(sid, []).append(r["clip_id"])
+            if self.captions is not None and r.get("clip_id") and r.get("kept") and not r.get("error_class"):
+                self.rows_of[r["clip_id"]] = r
+            if self.committed[sid] == self.expected[sid]:
+                self.whole.append(sid)
+        self.summary.rows_committed += len(rows)
+        if len(self.whole) >= self.cfg.ray.window_sources:
+            self.close_group()
+        self._take_captions(self.captions.poll() if self.captions is not None else [])
+
+    def close_group(self, sources: list[str] | None = None) -> None:
+        """Deduplicate the whole sources' clips, re-decide, mark the sources done, caption their kept clips."""
+        from vidcorpus.runner import dedup_and_redecide
+
+        group = self.whole if sources is None else sources
+        self.whole = [] if sources is None else [s for s in self.whole if s not in set(sources)]
+        if not group:
+            return
+        new = [c for s in group for c in self.embedded.pop(s, [])]
+        if self.dedup is not None and new:
+            dedup_and_redecide(self.cfg, self.catalog, self.run_id, new, self.log, index=self.dedup)
+        self.catalog.mark_sources_done(set(group) - self.failed)
+        if self.captions is not None:
+            self._caption(group)
+
+    def finish(self) -> None:
+        """The stream ended: every source seen is settled (one that never became whole, too: a rerun
+        would not give it more rows), then the last captions are waited for."""
+        self.whole.extend(s for s in self.committed if self.committed[s] < self.expected[s])
+        self.close_group()
+        if self.captions is not None:
+            self._take_captions(self.captions.flush())
+
+    # -- captioning ------------------------------------------------------------------------------
+    def _caption(self, group: list[str]) -> None:
+        from vidcorpus.catalog.corpus_state import active_recipe_id, uncaptioned_for
+
+        wanted = set(group)
+        clips = [c for c, r in self.rows_of.items() if r["source_id"] in wanted]
+        rows = [self.rows_of.pop(c) for c in clips]
+        if not rows:
+            return
+        recipe = active_recipe_id(self.catalog)
+        kept = [r["clip_id"] for r in self.catalog.query_dicts(  # the decision after dedup, not the stream's
+            "SELECT clip_id FROM clips_wide WHERE clip_id IN (SELECT unnest(?)) AND kept AND recipe IS NOT DISTINCT FROM "
+            "coalesce(?, recipe) ORDER BY clip_id", [clips, recipe])]
+        todo = set(uncaptioned_for(self.catalog, kept, self.cfg.captioning.version))
+        batch = [dict(r, kept=True, captions=[], scores=[]) for r in rows if r["clip_id"] in todo]  # only new scores come back
+        self._take_captions(self.captions.add(batch))
+
+    def _take_captions(self, tables: list[pa.Table]) -> None:
+        from vidcorpus.sync import commit_captioned
+
+        for table in tables:
+            rows, raised = stage_events.split(table.to_pylist())
+            stage_events.log_new(raised, self.warned, self.log)
+            self.catalog.add_events(self.run_id, raised)
+            _ok, failed = commit_captioned(self.catalog, self.run_id, rows)
+            self.caption_failed.update(failed)

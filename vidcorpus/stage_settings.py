@@ -1,0 +1,107 @@
+"""What each stage of a run gets from Ray: its declaration, overridden by the config, resolved once.
+
+A stage class declares what one worker needs (``Stage.resources``) and how many rows it takes per
+call (``Stage.batch_rows``); ``stages.<name>`` in the config overrides any of them for a run
+(``--set stages.caption.batch_rows=512``). The runner reads only ``resolve`` below, so what a user
+sets is what Ray is asked for: CPUs, GPUs and memory per worker, rows per batch, actor replicas.
+
+GPU stages (a declaration or setting with ``gpus > 0``) get one actor per GPU by default, and when
+several GPU stages are alive at once (a streaming job needs all of its actor pools at the same
+time) their fractions are scaled so that they fit one GPU together: two stages asking for a whole
+GPU each would otherwise wait forever on a one-GPU machine. Without GPUs they run on the CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vidcorpus.config import Config, ConfigError
+
+# Rows per call of a model stage when neither the stage nor the config says: what the benchmarks
+# found for an H100 (captioning: 5x generate's tokens/s from batch 256 up; docs/benchmarks.md), and
+# small batches on CPUs, where a big batch only delays the first results.
+GPU_BATCH_ROWS = {"caption": 512, "clip": 256}
+CPU_BATCH_ROWS = {"caption": 8, "clip": 64}
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """The resolved settings of one stage for one run."""
+
+    name: str
+    actor: bool
+    cpus: float
+    gpus: float
+    memory_mb: int | None
+    batch_rows: int
+    replicas: int  # actor pool size (tasks: 0, Ray schedules as many as resources allow)
+
+    def ray_args(self) -> dict:
+        """Keyword arguments of Ray's map_batches / ray.remote for one worker."""
+        args: dict = {"num_cpus": self.cpus}
+        if self.gpus:
+            args["num_gpus"] = self.gpus
+        if self.memory_mb:
+            args["memory"] = int(self.memory_mb) * 1024 * 1024
+        return args
+
+
+def check_names(cfg: Config, stages: list) -> None:
+    """A ``stages.<name>`` entry that names no stage of the run is a typo: one clear error."""
+    known = {s.name for s in stages}
+    unknown = sorted(set(cfg.stages) - known - set(GPU_BATCH_ROWS))
+    if unknown:
+        raise ConfigError(f"stages.{unknown[0]}: no such stage (stages: {', '.join(sorted(known))})")
+
+
+def resolve(stages: list, cfg: Config, gpus_available: float) -> dict[type, StagePlan]:
+    """The plan of every stage class of a run on a cluster with this many GPUs."""
+    n_gpus = int(gpus_available)
+    declared: dict[type, dict] = {}
+    for s in stages:
+        res = s.resources
+        setting = cfg.stages.get(s.name)
+        values = {"cpus": res.cpus, "gpus": res.gpus, "memory_mb": res.memory_mb, "batch_rows": None, "replicas": None}
+        values["batch_rows"] = getattr(s, "batch_rows", None)
+        if setting is not None:
+            values.update({k: v for k, v in setting.model_dump().items() if v is not None})
+        declared[s] = values
+    gpu_stages = [s for s in stages if s.resources.actor and declared[s]["gpus"] > 0]
+    total = sum(declared[s]["gpus"] for s in gpu_stages)
+    scale = 1.0 / total if total > 1.0 else 1.0  # all GPU pools fit one GPU at once
+    plans: dict[type, StagePlan] = {}
+    for s in stages:
+        v = declared[s]
+        on_gpu = n_gpus >= 1 and s in gpu_stages
+        gpus = round(v["gpus"] * scale, 6) if on_gpu else 0.0
+        defaults = GPU_BATCH_ROWS if on_gpu else CPU_BATCH_ROWS
+        batch = v["batch_rows"] or defaults.get(s.name) or (8 if s.resources.actor else 4)
+        if s.resources.actor:
+            replicas = v["replicas"] or (n_gpus if on_gpu else 1)
+        else:
+            replicas = 0
+        plans[s] = StagePlan(s.name, s.resources.actor, float(v["cpus"]), gpus, v["memory_mb"], int(batch),
+                             int(replicas))
+    return plans
+
+
+def pin_plans(cfg: Config, plans: dict[type, StagePlan]) -> Config:
+    """The config with each stage's resolved batch_rows written into ``stages``, so workers (which
+    size their model batches from it: captioning.batch_size None) see what the runner planned."""
+    from vidcorpus.config import StageSettings
+
+    stages = dict(cfg.stages)
+    for plan in plans.values():
+        current = stages.get(plan.name) or StageSettings()
+        stages[plan.name] = current.model_copy(update={"batch_rows": plan.batch_rows})
+    return cfg.model_copy(update={"stages": stages})
+
+
+def local_gpus() -> int:
+    """CUDA devices this process sees (0 without torch or CUDA)."""
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no torch, no driver: the CPU
+        return 0
