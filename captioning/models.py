@@ -220,7 +220,8 @@ class Captioner:
     def __init__(self, model, processor, name: str, device: torch.device, dtype: torch.dtype,
                  batch_size: int = 8, min_new_tokens: int = 4, prompt_version: str = "p1",
                  decode: str = "static_graph", repetition_penalty: float = 1.0, max_pixels: int | None = None,
-                 compile_prefill: bool | None = None, compile_decode: bool | None = None, probe_rows: int = 4):
+                 compile_prefill: bool | None = None, compile_decode: bool | None = None, probe_rows: int = 4,
+                 prefetch_min_batch: int = PREFETCH_MIN_BATCH):
         """``decode``: "default" (transformers' ``generate``) or "static_graph" (static KV cache and a
         CUDA-graph decoding step, captioning/fast_decode.py; same greedy tokens, several times the
         throughput on GPUs). Models it does not support (BLIP) use ``generate`` either way.
@@ -250,6 +251,7 @@ class Captioner:
         # prepare the next batch's inputs in a thread while one generates (_generate_group): on GPUs,
         # where generating leaves the CPU waiting; on CPUs both would fight over the same cores
         self.prefetch = device.type == "cuda"
+        self.prefetch_min_batch = prefetch_min_batch
         self.model = model
         self.processor = processor
         self.name = name
@@ -306,7 +308,7 @@ class Captioner:
         i, bs, n = 0, max(1, self.batch_size), len(frames_per_clip)
         pending = None  # future of the next batch's inputs: always the chunk after this one, at this size
         pool = (ThreadPoolExecutor(1, thread_name_prefix="caption-inputs")
-                if self.prefetch and n > bs and bs >= PREFETCH_MIN_BATCH else None)
+                if self.prefetch and n > bs and bs >= self.prefetch_min_batch else None)
         try:
             while i < n:
                 chunk = frames_per_clip[i:i + bs]
@@ -316,7 +318,7 @@ class Captioner:
                     if inputs is None:
                         inputs = self._device_inputs(chunk, prompt, as_image)
                     nxt = i + len(chunk)
-                    if pool is not None and nxt < n and bs >= PREFETCH_MIN_BATCH:
+                    if pool is not None and nxt < n and bs >= self.prefetch_min_batch:
                         pending = pool.submit(self._prepare, frames_per_clip[nxt:nxt + bs], prompt, as_image)
                     out.extend(self._generate_batch(chunk, prompt, max_new_tokens, as_image, inputs=inputs))
                 except Exception as exc:  # noqa: BLE001 - only OOM is retried, anything else re-raised
@@ -563,7 +565,8 @@ def load_captioner(name_or_dir: str, device: str | torch.device | None = None, d
                    batch_size: int = 8, min_new_tokens: int = 4, prompt_version: str = "p1",
                    decode: str = "static_graph", repetition_penalty: float = 1.0,
                    max_pixels: int | None = None, compile_prefill: bool | None = None,
-                   compile_decode: bool | None = None, probe_rows: int = 4) -> Captioner:
+                   compile_decode: bool | None = None, probe_rows: int = 4,
+                   prefetch_min_batch: int = PREFETCH_MIN_BATCH) -> Captioner:
     """Load any image-text-to-text captioner (hub id or local dir) the same way; fail fast if missing."""
     from vidcorpus.presets import require_hf_model
 
@@ -584,7 +587,8 @@ def load_captioner(name_or_dir: str, device: str | torch.device | None = None, d
     return Captioner(model, processor, name, device, dtype, batch_size=batch_size,
                      min_new_tokens=min_new_tokens, prompt_version=prompt_version, decode=decode,
                      repetition_penalty=repetition_penalty, max_pixels=max_pixels,
-                     compile_prefill=compile_prefill, compile_decode=compile_decode, probe_rows=probe_rows)
+                     compile_prefill=compile_prefill, compile_decode=compile_decode, probe_rows=probe_rows,
+                     prefetch_min_batch=prefetch_min_batch)
 
 
 # --- Tiny chat VLM (Qwen2.5-VL architecture), built offline --------------------------------------

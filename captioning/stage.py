@@ -45,7 +45,7 @@ class CaptionStage(Stage):
                                         prompt_version=cap.prompt_version, decode=cap.decode,
                                         repetition_penalty=cap.repetition_penalty, max_pixels=cap.max_pixels,
                                         compile_prefill=cap.compile_prefill, compile_decode=cap.compile_decode,
-                                        probe_rows=cap.probe_rows)
+                                        probe_rows=cap.probe_rows, prefetch_min_batch=cap.prefetch_min_batch)
         self.clip = None
         if cap.qa:
             from vidcorpus.filters.clip_models import load_clip
