@@ -22,8 +22,9 @@ class Section(BaseModel):
 class RayConfig(Section):
     address: str | None = Field(None, description="Existing cluster (ray://host:10001 or 'auto'); None starts a local Ray.")
     num_cpus: int | None = Field(None, description="CPUs for a local Ray; None uses all cores.")
-    actor_cpus: float = Field(0.25, description="CPUs each model actor reserves; fractional so read tasks never starve.")
-    task_cpus: float = Field(0.5, description="CPUs each CPU stage task reserves.")
+    actor_cpus: float | None = Field(None, description="Unused: a model stage's CPUs are stages.<name>.cpus (its "
+                                     "declaration: 0.25). Kept so that older config files still load.")
+    task_cpus: float = Field(0.5, description="CPUs each shard writer task reserves (stages: stages.<name>.cpus).")
     # A run is one streaming Ray Data pipeline; Ray Data's backpressure bounds the work in flight
     # (object_store_mb caps what it buffers). The driver commits every `commit_rows` result rows;
     # once `window_sources` sources have all their rows committed it scores their duplicates,
