@@ -212,11 +212,13 @@ class SplitStage(Stage):
         with local_copy(row["source_path"]) as path:
             found = detect_segments(path, cfg, fps=fps, max_seconds=self.config.ingest.max_duration_s,
                                     transnet=transnet)
-        if not found.shots:
+        if found.n_frames == 0:
             raise DecodeError("no decodable frames")
         ranges, trimmed = plan_clips(found.shots, fps, cfg)
         # every clip row carries the source's frame count and all of its dropped segments
         dropped = [d.as_row() for d in sorted(found.dropped + trimmed, key=lambda d: d.first_frame)]
+        if not ranges:  # every shot trimmed away or dropped: one clip-less row, so the source is done
+            return [dict(row, split_frames=found.n_frames, dropped=dropped)]
         return [dict(row, clip_id=clip_id(row["source_id"], a, b), first_frame=a, last_frame=b,
                      start_s=a / fps, end_s=(b + 1) / fps, split_frames=found.n_frames, dropped=dropped)
                 for a, b in ranges]
