@@ -51,25 +51,47 @@ def _scaled_pyav_stream(path: str, downscale: int, on_frame=None):
 
     ``on_frame`` sees every decoded ``av.VideoFrame`` (skipped ones too): other detectors read the
     same decode instead of decoding again."""
+    from scenedetect import FrameTimecode
     from scenedetect.backends.pyav import VideoStreamAv
 
     class ScaledStream(VideoStreamAv):
         def __init__(self) -> None:
             super().__init__(path, threading_mode="AUTO")
             self.size = detection_size(self._codec_context.width, self._codec_context.height, downscale)
+            self.decoded = 0  # frames read so far: the position of the current frame is decoded - 1
 
         @property
         def frame_size(self) -> tuple[int, int]:
             return self.size
 
+        # Positions count decoded frames. scenedetect derives them from each frame's pts minus the
+        # stream's start time, which is one frame late in an AVI whose first pts is 1 (and wrong
+        # wherever timestamps are not one per frame): every cut then landed a frame late.
+        @property
+        def frame_number(self) -> int:
+            return self.decoded
+
+        @property
+        def position(self) -> FrameTimecode:
+            return FrameTimecode(max(0, self.decoded - 1), fps=self.frame_rate)
+
+        def _handle_eof(self) -> bool:
+            # scenedetect reopens and seeks back when fewer frames decoded than the header declared;
+            # the frames after the seek would be counted twice. Its decoder generator persists, so
+            # nothing is lost at the end; extraction counts frames the same way (one plain decode).
+            return False
+
         def read(self, decode: bool = True) -> np.ndarray | bool:
             if not decode:
                 got = super().read(decode=False)
-                if got is not False and on_frame is not None:
-                    on_frame(self._frame)
+                if got is not False:
+                    self.decoded += 1
+                    if on_frame is not None:
+                        on_frame(self._frame)
                 return got
             if super().read(decode=False) is False:
                 return False
+            self.decoded += 1
             if on_frame is not None:
                 on_frame(self._frame)
             w, h = self.size

@@ -21,7 +21,11 @@ av.logging.set_level(None)
 av.logging.set_libav_level(av.logging.ERROR)
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
-VIDEO_EXTS = {".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v"}
+# Containers a folder input picks up: each has a signature ``sniff_media_type`` knows (or ISO/Matroska).
+VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".qt", ".3gp", ".3g2", ".f4v", ".webm", ".mkv", ".avi", ".divx",
+              ".ts", ".mts", ".m2ts", ".m2t", ".mpg", ".mpeg", ".m1v", ".m2v", ".vob", ".mxf", ".wmv",
+              ".asf", ".flv", ".ogv"}
+SNIFF_BYTES = 400  # head bytes kept for sniffing: MPEG-TS is recognised by its sync byte repeating
 
 
 def open_local_or_remote(url: str, mode: str = "rb"):
@@ -218,14 +222,39 @@ def save_jpeg(arr: np.ndarray, url: str, quality: int = 90) -> int:
     return len(data)
 
 
+def _mpeg_ts(head: bytes, first: int, stride: int) -> bool:
+    """MPEG transport stream packets: the sync byte 0x47 at ``first`` and every ``stride`` bytes after."""
+    positions = range(first, len(head), stride)
+    return len(positions) >= 2 and all(head[i] == 0x47 for i in positions)
+
+
 def sniff_media_type(head: bytes) -> tuple[str, str] | None:
-    """(media_type, extension) from magic bytes, or None when the bytes are not media we take."""
+    """(media_type, extension) from magic bytes (the first ``SNIFF_BYTES``), or None when the bytes are
+    not media we take."""
     if len(head) >= 12 and head[4:8] == b"ftyp":
         return "video", ".mp4"
+    if len(head) >= 8 and head[4:8] in (b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"):
+        return "video", ".mov"  # QuickTime without a file-type box
     if head.startswith(b"\x1a\x45\xdf\xa3"):
         return "video", ".webm"
     if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
         return "video", ".avi"
+    if _mpeg_ts(head, 0, 188):
+        return "video", ".ts"
+    if _mpeg_ts(head, 4, 192):  # M2TS: a 4-byte timecode before each packet
+        return "video", ".m2ts"
+    if head.startswith(b"\x00\x00\x01\xba"):  # MPEG program stream (.mpg, .vob)
+        return "video", ".mpg"
+    if head.startswith(b"\x00\x00\x01\xb3"):  # MPEG-1/2 video elementary stream
+        return "video", ".m2v"
+    if head.startswith(b"\x06\x0e\x2b\x34"):  # MXF (SMPTE universal label)
+        return "video", ".mxf"
+    if head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"):  # ASF (.wmv)
+        return "video", ".wmv"
+    if head.startswith(b"FLV\x01"):
+        return "video", ".flv"
+    if head.startswith(b"OggS"):
+        return "video", ".ogv"
     if head.startswith(b"\xff\xd8\xff"):
         return "image", ".jpg"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
