@@ -113,24 +113,71 @@ def probe_video(fileobj_or_path) -> dict:
         raise DecodeError(f"cannot open video: {e}") from e
 
 
+
+# -- rotation (phone footage): the stored pixels turned upright ---------------------------------------
+
+def clockwise_rotation(frame: av.VideoFrame) -> int:
+    """Clockwise degrees (0, 90, 180, 270) a decoded frame's pixels need to be displayed upright,
+    from its display matrix (PyAV's ``frame.rotation`` is counter-clockwise; FFmpeg turns a legacy
+    ``rotate`` tag into the same matrix). The probe records the same value as ``rotation``."""
+    ccw = getattr(frame, "rotation", 0) or 0
+    return int(round(-float(ccw) / 90.0) * 90) % 360
+
+
+def upright(arr: np.ndarray, clockwise: int) -> np.ndarray:
+    """An (H, W, ...) frame turned ``clockwise`` degrees (a multiple of 90)."""
+    k = (clockwise // 90) % 4
+    return np.ascontiguousarray(np.rot90(arr, k=-k)) if k else arr
+
+
+def displayed_size(width: int, height: int, clockwise: int) -> tuple[int, int]:
+    """(width, height) of stored pixels once turned upright."""
+    return (height, width) if clockwise % 180 == 90 else (width, height)
+
+
+def upright_array(frame: av.VideoFrame, width: int | None = None, height: int | None = None,
+                  format: str = "rgb24", interpolation: str | None = None,
+                  clockwise: int | None = None) -> np.ndarray:
+    """The frame as displayed (``clockwise``, default its own rotation, applied), scaled by FFmpeg to
+    ``width`` x ``height`` as displayed when given (the scaler makes the transposed size first)."""
+    cw = clockwise_rotation(frame) if clockwise is None else clockwise
+    kwargs: dict = {}
+    if width and height:
+        kwargs["width"], kwargs["height"] = displayed_size(width, height, cw)
+    if interpolation:
+        kwargs["interpolation"] = interpolation
+    return upright(frame.to_ndarray(format=format, **kwargs), cw)
+
+
+def upright_frame(frame: av.VideoFrame) -> av.VideoFrame:
+    """A frame whose pixels are turned upright (no display matrix on it); the frame itself when it has
+    none. For encoders: a clip made from phone footage must not rely on a player honouring a matrix."""
+    cw = clockwise_rotation(frame)
+    if not cw:
+        return frame
+    out = av.VideoFrame.from_ndarray(upright(frame.to_ndarray(format="rgb24"), cw), format="rgb24")
+    out.pts, out.time_base = frame.pts, frame.time_base
+    return out
+
+
 def decode_indices(src, indices) -> dict[int, np.ndarray]:
     """RGB arrays of the wanted frame indices of a video (a path, URL or open file), decoding
-    sequentially up to the last one and converting only those. Missing indices are left out:
-    containers can announce more frames than they deliver."""
+    sequentially up to the last one and converting only those, upright (a display matrix applied).
+    Missing indices are left out: containers can announce more frames than they deliver."""
     want = set(indices)
     if not want:
         return {}
     if isinstance(src, str):
         with fsspec.open(src, "rb") as f:
             return decode_indices(f, indices)
-    from vidcorpus.frame_seek import decode_in_order
+    from vidcorpus.frame_seek import decode_in_order, to_rgb_upright
 
     got: dict[int, np.ndarray] = {}
     try:
         with av.open(src) as c:
             stream = c.streams.video[0]
             stream.thread_type = "AUTO"
-            for i, arr in decode_in_order(c, stream, want):
+            for i, arr in decode_in_order(c, stream, want, to_rgb_upright):
                 got[i] = arr
     except av.error.FFmpegError as e:
         raise DecodeError(f"decode failed: {e}") from e
