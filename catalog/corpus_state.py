@@ -7,7 +7,8 @@ in the ``recipes`` table, so a recipe that came from a YAML file stays readable 
 file is gone.
 
 ``pending_work`` says, for the active recipe's kept clips, what is not done yet (captions of the
-configured version, shards); ``state_gaps`` turns the same facts, plus the ones that must never be
+configured version, shards, and latents once the corpus uses the latent cache: ``latent_state.py``);
+``state_gaps`` turns the same facts, plus the ones that must never be
 (a shard or release holding a clip without its caption), into ``catalog verify`` rows.
 """
 
@@ -17,6 +18,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from vidcorpus.catalog.latent_state import LatentKeyInUse, latent_key_in_use, unencoded_clips
 from vidcorpus.catalog.schema import ACTIVE_RECIPE_SQL
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -89,10 +91,13 @@ class PendingWork:
     uncaptioned: list[str] = field(default_factory=list)    # kept, lacking the long or short caption_version
     unsharded: list[str] = field(default_factory=list)      # kept, in no shard
     sharded_dropped: list[str] = field(default_factory=list)  # in a shard, not kept (shards are immutable)
+    latent_key: "LatentKeyInUse | None" = None  # the latent cache key in use (None: latents not used)
+    unencoded: list[str] = field(default_factory=list)  # kept and sharded, no latents of latent_key
 
     @property
     def total(self) -> int:
-        """Work `vidcorpus sync` can do (sharded-but-dropped clips need none: readers skip them)."""
+        """Work `vidcorpus sync` can do (sharded-but-dropped clips need none: readers skip them; latents
+        are `vidcorpus shards encode`'s work, on a GPU)."""
         return len(self.undecided) + len(self.uncaptioned) + len(self.unsharded)
 
 
@@ -120,6 +125,8 @@ def pending_work(cat: "Catalog", caption_version: str, shard_caption_version: st
                          "< 2", [caption_version])
     pw.unsharded = ids(f"SELECT clip_id FROM clips_wide WHERE {kept} AND shard_id IS NULL")
     pw.sharded_dropped = ids(f"SELECT clip_id FROM clips_wide WHERE shard_id IS NOT NULL AND NOT coalesce({kept}, FALSE)")
+    pw.latent_key = latent_key_in_use(cat)
+    pw.unencoded = unencoded_clips(cat, kept, pw.latent_key)
     return pw
 
 
@@ -161,6 +168,7 @@ def state_gaps(cat: "Catalog") -> list[dict]:
     if rid is None:
         return []
     kept = _kept_sql(rid)
+    key = latent_key_in_use(cat)
     return (
         _rows(cat, "pending_decision", "SELECT clip_id AS item FROM clips_wide WHERE recipe IS DISTINCT FROM "
               f"'{rid.replace(chr(39), chr(39) * 2)}'",
@@ -169,6 +177,10 @@ def state_gaps(cat: "Catalog") -> list[dict]:
                 lambda r: f"kept by {rid} but not captioned (run `vidcorpus sync`)")
         + _rows(cat, "pending_shard", f"SELECT clip_id AS item FROM clips_wide WHERE {kept} AND shard_id IS NULL",
                 lambda r: f"kept by {rid} but in no shard (run `vidcorpus sync`)")
+        + ([{"check": "pending_latents", "item": c,
+             "detail": f"kept by {rid} and sharded, but no latents of cache key {key.cache_key} "
+                       "(run `vidcorpus shards encode` on a GPU; `vidcorpus status` shows the command)"}
+            for c in unencoded_clips(cat, kept, key, limit=1000)] if key else [])
         + _rows(cat, "sharded_dropped", "SELECT clip_id AS item, shard_id FROM clips_wide WHERE shard_id IS NOT NULL "
                 f"AND NOT coalesce({kept}, FALSE)",
                 lambda r: f"in shard {r['shard_id']} but dropped by {rid} (training and releases skip it)")

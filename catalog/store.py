@@ -579,13 +579,13 @@ class Catalog:
                 if sid:
                     failed_sources.add(sid)
                 continue
-            if not r.get("clip_id"):
-                continue
             fps = r.get("fps")
-            for d in r.get("dropped") or []:
+            for d in r.get("dropped") or []:  # clip rows and a clip-less split row carry them alike
                 dropped[(sid, d["first_frame"], d["last_frame"])] = {
                     "source_id": sid, **d, "start_s": d["first_frame"] / fps if fps else None,
                     "end_s": (d["last_frame"] + 1) / fps if fps else None, "run_id": run_id, "written_at": now}
+            if not r.get("clip_id"):
+                continue
             clips.append({
                 "clip_id": r["clip_id"], "source_id": sid, "media_type": r["media_type"],
                 "first_frame": r["first_frame"], "last_frame": r["last_frame"], "start_s": r["start_s"],

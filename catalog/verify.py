@@ -17,7 +17,9 @@ Each problem is a dict {check, item, detail}. Checks:
   (``catalog/verify_paths.py``)
 - frames_uncovered: frames of a video source in no clip and no dropped segment (``catalog/coverage.py``)
 - shard_member_uncaptioned / release_member_uncaptioned: a member without the caption version its
-  shard or release was written with (``catalog/corpus_state.py``, which also lists the gaps)
+  shard or release was written with (``catalog/corpus_state.py``, which also lists the gaps: work
+  `vidcorpus sync` completes, and ``pending_latents``, kept clips sharded without latents of the
+  latent-cache key in use, which `vidcorpus shards encode` writes)
 """
 
 from __future__ import annotations

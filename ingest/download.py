@@ -32,7 +32,7 @@ import fsspec
 
 from vidcorpus.errors import DownloadError, NotMediaError
 from vidcorpus.ids import is_safe_key
-from vidcorpus.media import sniff_media_type
+from vidcorpus.media import SNIFF_BYTES, sniff_media_type
 from vidcorpus.stage import Resources, Stage
 
 ALLOWED_SCHEMES = {"http", "https", "s3", "file", "gs", "gcs", "az", "abfs", "memory"}
@@ -124,8 +124,8 @@ class _Sink:
                     raise DownloadError(f"more than {self.max_bytes} bytes", "too_large")
                 if time.monotonic() > self.deadline:
                     raise DownloadError("download exceeded ingest.total_timeout_s", "timeout")
-                if len(self.head) < 64:
-                    self.head += chunk[: 64 - len(self.head)]
+                if len(self.head) < SNIFF_BYTES:
+                    self.head += chunk[: SNIFF_BYTES - len(self.head)]
                 self.hash.update(chunk)
                 f.write(chunk)
 
@@ -284,7 +284,7 @@ class DownloadStage(Stage):
             raise DownloadError(f"{size} bytes, limit {self.config.ingest.max_bytes}", "too_large")
         h, size = hashlib.sha256(), 0
         with fs.open(path, "rb") as f:
-            head = f.read(64)
+            head = f.read(SNIFF_BYTES)
             media_type, _ext = self._classify(head, uri)
             h.update(head)
             size += len(head)

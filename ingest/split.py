@@ -22,6 +22,7 @@ from vidcorpus.ids import clip_id, image_clip_id
 from vidcorpus.ingest.segments import TRANSITION, DroppedSegment, ShotSplit, drop_transitions, trim_shots
 from vidcorpus.ingest.flash import FlashWatch
 from vidcorpus.ingest.transnet import TransNetRun
+from vidcorpus.media import clockwise_rotation, displayed_size, upright_array
 from vidcorpus.stage import Resources, Stage
 
 DETECT_WIDTH = 256  # scenedetect's own automatic target width
@@ -46,34 +47,71 @@ def detection_size(width: int, height: int, downscale: int) -> tuple[int, int]:
     return max(2, round(width / factor)), max(2, round(height / factor))
 
 
-def _scaled_pyav_stream(path: str, downscale: int, on_frame=None):
-    """scenedetect's PyAV stream, returning frames already shrunk (and BGR) by FFmpeg's scaler.
+def first_frame_rotation(path: str) -> int:
+    """Clockwise degrees the video's frames need to be upright (its display matrix), from its first frame."""
+    import av
+
+    try:
+        with av.open(path) as c:
+            frame = next(c.decode(video=0), None)
+    except av.error.FFmpegError:
+        return 0
+    return clockwise_rotation(frame) if frame is not None else 0
+
+
+def _scaled_pyav_stream(path: str, downscale: int, on_frame=None, rotation: int | None = None):
+    """scenedetect's PyAV stream, returning frames already shrunk (and BGR) by FFmpeg's scaler, upright.
 
     ``on_frame`` sees every decoded ``av.VideoFrame`` (skipped ones too): other detectors read the
-    same decode instead of decoding again."""
+    same decode instead of decoding again. ``rotation``: the clockwise turn the frames need (the
+    probe's); None reads it from the first frame."""
+    turn = first_frame_rotation(path) if rotation is None else rotation
+    from scenedetect import FrameTimecode
     from scenedetect.backends.pyav import VideoStreamAv
 
     class ScaledStream(VideoStreamAv):
         def __init__(self) -> None:
             super().__init__(path, threading_mode="AUTO")
-            self.size = detection_size(self._codec_context.width, self._codec_context.height, downscale)
+            shown = displayed_size(self._codec_context.width, self._codec_context.height, turn)
+            self.size = detection_size(*shown, downscale)  # of the upright picture
+            self.decoded = 0  # frames read so far: the position of the current frame is decoded - 1
 
         @property
         def frame_size(self) -> tuple[int, int]:
             return self.size
 
+        # Positions count decoded frames. scenedetect derives them from each frame's pts minus the
+        # stream's start time, which is one frame late in an AVI whose first pts is 1 (and wrong
+        # wherever timestamps are not one per frame): every cut then landed a frame late.
+        @property
+        def frame_number(self) -> int:
+            return self.decoded
+
+        @property
+        def position(self) -> FrameTimecode:
+            return FrameTimecode(max(0, self.decoded - 1), fps=self.frame_rate)
+
+        def _handle_eof(self) -> bool:
+            # scenedetect reopens and seeks back when fewer frames decoded than the header declared;
+            # the frames after the seek would be counted twice. Its decoder generator persists, so
+            # nothing is lost at the end; extraction counts frames the same way (one plain decode).
+            return False
+
         def read(self, decode: bool = True) -> np.ndarray | bool:
             if not decode:
                 got = super().read(decode=False)
-                if got is not False and on_frame is not None:
-                    on_frame(self._frame)
+                if got is not False:
+                    self.decoded += 1
+                    if on_frame is not None:
+                        on_frame(self._frame)
                 return got
             if super().read(decode=False) is False:
                 return False
+            self.decoded += 1
             if on_frame is not None:
                 on_frame(self._frame)
             w, h = self.size
-            return self._frame.to_ndarray(width=w, height=h, format="bgr24", interpolation="AREA")
+            return upright_array(self._frame, w, h, format="bgr24", interpolation="AREA", clockwise=turn)
 
     return ScaledStream()
 
@@ -104,7 +142,7 @@ def detect_shots(path: str, cfg, fps: float | None = None, max_seconds: float | 
 
 
 def detect_segments(path: str, cfg, fps: float | None = None, max_seconds: float | None = None,
-                    transnet: TransNetRun | None = None) -> ShotSplit:
+                    transnet: TransNetRun | None = None, rotation: int | None = None) -> ShotSplit:
     """Shots, the transitions dropped between them, and the frames read (every frame is in one or the other).
 
     ``fps`` converts the second-valued settings to frames; the stream's own rate is used when None.
@@ -112,6 +150,8 @@ def detect_segments(path: str, cfg, fps: float | None = None, max_seconds: float
     is refused as ``too_long`` once that many seconds of frames were read.
     ``transnet`` (with detector transnetv2) reads the same decode; its hard cuts join the others and
     its gradual transitions are cut out of the shots (``transnet.spans`` lists them afterwards).
+    ``rotation``: the clockwise turn that makes the frames upright (the probe's ``rotation``; None
+    reads the display matrix): the detectors see the picture as it is shown.
     """
     from scenedetect import SceneManager, open_video
 
@@ -119,7 +159,8 @@ def detect_segments(path: str, cfg, fps: float | None = None, max_seconds: float
     readers = [r.push_frame for r in (transnet.stream if transnet else None, flashes) if r is not None]
     try:
         if cfg.backend == "pyav":
-            video = _scaled_pyav_stream(path, cfg.downscale, (lambda f: [r(f) for r in readers]) if readers else None)
+            video = _scaled_pyav_stream(path, cfg.downscale, (lambda f: [r(f) for r in readers]) if readers else None,
+                                        rotation)
         else:
             video = open_video(path, backend="opencv")
     except Exception as e:  # noqa: BLE001 - scenedetect wraps many decoder errors
@@ -211,12 +252,14 @@ class SplitStage(Stage):
         transnet = TransNetRun.for_source(self.config, row["source_id"]) if "transnetv2" in cfg.detectors else None
         with local_copy(row["source_path"]) as path:
             found = detect_segments(path, cfg, fps=fps, max_seconds=self.config.ingest.max_duration_s,
-                                    transnet=transnet)
-        if not found.shots:
+                                    transnet=transnet, rotation=row.get("rotation"))
+        if found.n_frames == 0:
             raise DecodeError("no decodable frames")
         ranges, trimmed = plan_clips(found.shots, fps, cfg)
         # every clip row carries the source's frame count and all of its dropped segments
         dropped = [d.as_row() for d in sorted(found.dropped + trimmed, key=lambda d: d.first_frame)]
+        if not ranges:  # every shot trimmed away or dropped: one clip-less row, so the source is done
+            return [dict(row, split_frames=found.n_frames, dropped=dropped)]
         return [dict(row, clip_id=clip_id(row["source_id"], a, b), first_frame=a, last_frame=b,
                      start_s=a / fps, end_s=(b + 1) / fps, split_frames=found.n_frames, dropped=dropped)
                 for a, b in ranges]

@@ -28,6 +28,7 @@ from functools import lru_cache
 import numpy as np
 
 from vidcorpus.errors import ModelNotAvailable
+from vidcorpus.media import upright_array
 
 WIDTH, HEIGHT = 48, 27  # the model's input size
 WINDOW, CONTEXT = 100, 25
@@ -123,8 +124,9 @@ class TransNetStream:
     _many: list = field(default_factory=list)
 
     def push_frame(self, frame) -> None:
-        """A decoded ``av.VideoFrame``: FFmpeg's scaler makes the 48x27 RGB array the model reads."""
-        self.push(frame.to_ndarray(width=WIDTH, height=HEIGHT, format="rgb24"))
+        """A decoded ``av.VideoFrame``: FFmpeg's scaler makes the 48x27 RGB array the model reads,
+        upright (phone footage's display matrix applied: the model was trained on upright frames)."""
+        self.push(upright_array(frame, WIDTH, HEIGHT))
 
     def push(self, rgb: np.ndarray) -> None:
         if self.n_frames == 0:

@@ -228,3 +228,32 @@ def test_demo_accounts_for_every_frame_of_every_video(demo):
     if real:  # bikes.mp4: 250 frames, all in clips (hard cuts only)
         [bikes] = [s for s in sources if s["uri"].endswith("bikes.mp4")]
         assert bikes["split_frames"] == 250
+
+
+def test_a_source_whose_every_shot_is_trimmed_away_is_done_with_its_frames_accounted_for(tmp_path, model_cache):
+    """A 12-frame video under split.trim_frames=7 yields no clip. It used to yield no row at all: never
+    recorded, never done, so every rerun split it again. Now it is one done source whose 12 frames are a
+    too_short dropped row, and a second `vidcorpus run` processes nothing."""
+    import ray
+
+    from vidcorpus.cli import app
+
+    media = tmp_path / "media"
+    media.mkdir()
+    _encode(media / "tiny.mp4", _shot(0, 12, 3))
+    args = ["run", str(media), "--workdir", str(tmp_path / "work"), "--no-progress", "--set", "split.trim_frames=7"]
+    try:
+        first = CliRunner().invoke(app, args, terminal_width=200)
+        assert first.exit_code == 0, first.output
+        with Catalog(tmp_path / "work" / "catalog.duckdb", read_only=True) as cat:
+            assert cat.query_dicts("SELECT status, split_frames FROM sources") == [{"status": "done", "split_frames": 12}]
+            assert cat.query_dicts("SELECT first_frame, last_frame, reason FROM dropped_segments") == [
+                {"first_frame": 0, "last_frame": 11, "reason": "too_short"}]
+            assert cat.query_dicts("SELECT count(*) AS n FROM clips") == [{"n": 0}]
+            assert cat.query_dicts("SELECT count(*) AS n FROM failures") == [{"n": 0}]
+            assert cat.verify() == []
+        second = CliRunner().invoke(app, args, terminal_width=200)
+        assert second.exit_code == 0, second.output
+        assert "0 sources to process, 1 already done" in second.output
+    finally:
+        ray.shutdown()

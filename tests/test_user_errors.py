@@ -62,6 +62,8 @@ NO_CATALOG = [
     "sql --no-such-option x",
     "no-such-command",
     "train --steps many",
+    "--bogus",  # before the command name: parsed by the group itself, not by a command
+    "--bogus run media -w W",
 ]
 
 
@@ -232,7 +234,8 @@ def test_release_list_fits_80_columns(tmp_path):
         assert "r@1" in row and " 2 " in row
 
 
-@pytest.mark.parametrize("args", [["config", "show", "-c", "missing.yaml"], ["run", "/does-not-exist", "-w", "W"]])
+@pytest.mark.parametrize("args", [["config", "show", "-c", "missing.yaml"], ["run", "/does-not-exist", "-w", "W"],
+                                  ["--bogus"]])
 def test_the_installed_command_ends_a_mistake_in_one_line(args, tmp_path):
     """The same through the real entry point (a new process, no test runner in between)."""
     import subprocess

@@ -86,18 +86,30 @@ def user_error_message(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _usage_error(e: UsageError, ctx) -> NoReturn:
+    """A missing argument, an unknown option or command: one line, not usage + hint + error."""
+    if isinstance(e, NoArgsIsHelpError):
+        raise e  # `vidcorpus release` alone prints its help
+    where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+    say_error(f"{e.format_message()} (`{where} --help` shows the usage)")
+    raise typer.Exit(e.exit_code) from None
+
+
 class UserErrorGroup(TyperGroup):
     """The app's command group: a user's mistake raised anywhere below ends as one line and its code."""
+
+    def parse_args(self, ctx, args):
+        """The group's own options (`vidcorpus --bogus run`) are parsed here, before any invoke."""
+        try:
+            return super().parse_args(ctx, args)
+        except UsageError as e:
+            _usage_error(e, ctx)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except UsageError as e:  # a missing argument, an unknown option: one line, not usage + hint + error
-            if isinstance(e, NoArgsIsHelpError):
-                raise  # `vidcorpus release` alone prints its help
-            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
-            say_error(f"{e.format_message()} (`{where} --help` shows the usage)")
-            raise typer.Exit(e.exit_code) from None
+        except UsageError as e:
+            _usage_error(e, ctx)
         except Exception as e:  # noqa: BLE001 - anything not a user error is re-raised unchanged
             code = user_error_code(e)
             if code is None or os.environ.get("VIDCORPUS_TRACEBACK"):  # =1: the full traceback, for debugging

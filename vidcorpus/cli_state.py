@@ -55,7 +55,8 @@ def register_state_commands(app: typer.Typer) -> None:
         workdir: Optional[str] = WorkdirOpt,
     ) -> None:
         """The active recipe (and its history) and the work it still needs: clips not decided by it,
-        kept clips not extracted, captioned (captioning.version) or sharded. `vidcorpus sync` does it."""
+        kept clips not extracted, captioned (captioning.version) or sharded, and once latents are
+        cached, sharded clips without them. `vidcorpus sync` does all but the latents."""
         from vidcorpus.catalog.corpus_state import pending_work, recipe_history
 
         cfg = _config(config, set_, workdir=workdir, catalog=catalog)
@@ -78,12 +79,21 @@ def register_state_commands(app: typer.Typer) -> None:
                            (f"caption {pw.caption_version}", pw.uncaptioned),
                            (f"shard ({pw.shard_caption_version} captions)", pw.unsharded)):
             t.add_row(stage, str(len(ids)), ids[0] if ids else "")
+        if pw.latent_key is not None:  # once the corpus uses the latent cache
+            t.add_row(f"encode latents ({pw.latent_key.cache_key})", str(len(pw.unencoded)),
+                      pw.unencoded[0] if pw.unencoded else "")
         console.print(t, markup=False)
         if pw.sharded_dropped:
             console.print(f"{len(pw.sharded_dropped)} sharded clips are dropped by {pw.recipe}: training and "
                           "releases skip them", markup=False)
         print_funnel(funnel, title=f"funnel under {pw.recipe}")
-        console.print("nothing pending" if pw.total == 0 else
+        if pw.unencoded:
+            from vidcorpus.catalog.latent_state import encode_command
+
+            console.print(f"{len(pw.unencoded)} kept, sharded clips have no latents of cache key "
+                          f"{pw.latent_key.cache_key}: `{encode_command(pw.latent_key, cfg)}` "
+                          "encodes them (on a GPU machine; sync does not)", markup=False, soft_wrap=True)
+        console.print("nothing pending" if pw.total == 0 and not pw.unencoded else
                       f"{pw.total} pending: `vidcorpus sync` completes it with the pipeline's stages", markup=False)
 
     @app.command("sync")

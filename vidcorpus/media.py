@@ -21,7 +21,11 @@ av.logging.set_level(None)
 av.logging.set_libav_level(av.logging.ERROR)
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
-VIDEO_EXTS = {".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v"}
+# Containers a folder input picks up: each has a signature ``sniff_media_type`` knows (or ISO/Matroska).
+VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".qt", ".3gp", ".3g2", ".f4v", ".webm", ".mkv", ".avi", ".divx",
+              ".ts", ".mts", ".m2ts", ".m2t", ".mpg", ".mpeg", ".m1v", ".m2v", ".vob", ".mxf", ".wmv",
+              ".asf", ".flv", ".ogv"}
+SNIFF_BYTES = 400  # head bytes kept for sniffing: MPEG-TS is recognised by its sync byte repeating
 
 
 def open_local_or_remote(url: str, mode: str = "rb"):
@@ -109,24 +113,71 @@ def probe_video(fileobj_or_path) -> dict:
         raise DecodeError(f"cannot open video: {e}") from e
 
 
+
+# -- rotation (phone footage): the stored pixels turned upright ---------------------------------------
+
+def clockwise_rotation(frame: av.VideoFrame) -> int:
+    """Clockwise degrees (0, 90, 180, 270) a decoded frame's pixels need to be displayed upright,
+    from its display matrix (PyAV's ``frame.rotation`` is counter-clockwise; FFmpeg turns a legacy
+    ``rotate`` tag into the same matrix). The probe records the same value as ``rotation``."""
+    ccw = getattr(frame, "rotation", 0) or 0
+    return int(round(-float(ccw) / 90.0) * 90) % 360
+
+
+def upright(arr: np.ndarray, clockwise: int) -> np.ndarray:
+    """An (H, W, ...) frame turned ``clockwise`` degrees (a multiple of 90)."""
+    k = (clockwise // 90) % 4
+    return np.ascontiguousarray(np.rot90(arr, k=-k)) if k else arr
+
+
+def displayed_size(width: int, height: int, clockwise: int) -> tuple[int, int]:
+    """(width, height) of stored pixels once turned upright."""
+    return (height, width) if clockwise % 180 == 90 else (width, height)
+
+
+def upright_array(frame: av.VideoFrame, width: int | None = None, height: int | None = None,
+                  format: str = "rgb24", interpolation: str | None = None,
+                  clockwise: int | None = None) -> np.ndarray:
+    """The frame as displayed (``clockwise``, default its own rotation, applied), scaled by FFmpeg to
+    ``width`` x ``height`` as displayed when given (the scaler makes the transposed size first)."""
+    cw = clockwise_rotation(frame) if clockwise is None else clockwise
+    kwargs: dict = {}
+    if width and height:
+        kwargs["width"], kwargs["height"] = displayed_size(width, height, cw)
+    if interpolation:
+        kwargs["interpolation"] = interpolation
+    return upright(frame.to_ndarray(format=format, **kwargs), cw)
+
+
+def upright_frame(frame: av.VideoFrame) -> av.VideoFrame:
+    """A frame whose pixels are turned upright (no display matrix on it); the frame itself when it has
+    none. For encoders: a clip made from phone footage must not rely on a player honouring a matrix."""
+    cw = clockwise_rotation(frame)
+    if not cw:
+        return frame
+    out = av.VideoFrame.from_ndarray(upright(frame.to_ndarray(format="rgb24"), cw), format="rgb24")
+    out.pts, out.time_base = frame.pts, frame.time_base
+    return out
+
+
 def decode_indices(src, indices) -> dict[int, np.ndarray]:
     """RGB arrays of the wanted frame indices of a video (a path, URL or open file), decoding
-    sequentially up to the last one and converting only those. Missing indices are left out:
-    containers can announce more frames than they deliver."""
+    sequentially up to the last one and converting only those, upright (a display matrix applied).
+    Missing indices are left out: containers can announce more frames than they deliver."""
     want = set(indices)
     if not want:
         return {}
     if isinstance(src, str):
         with fsspec.open(src, "rb") as f:
             return decode_indices(f, indices)
-    from vidcorpus.frame_seek import decode_in_order
+    from vidcorpus.frame_seek import decode_in_order, to_rgb_upright
 
     got: dict[int, np.ndarray] = {}
     try:
         with av.open(src) as c:
             stream = c.streams.video[0]
             stream.thread_type = "AUTO"
-            for i, arr in decode_in_order(c, stream, want):
+            for i, arr in decode_in_order(c, stream, want, to_rgb_upright):
                 got[i] = arr
     except av.error.FFmpegError as e:
         raise DecodeError(f"decode failed: {e}") from e
@@ -218,14 +269,39 @@ def save_jpeg(arr: np.ndarray, url: str, quality: int = 90) -> int:
     return len(data)
 
 
+def _mpeg_ts(head: bytes, first: int, stride: int) -> bool:
+    """MPEG transport stream packets: the sync byte 0x47 at ``first`` and every ``stride`` bytes after."""
+    positions = range(first, len(head), stride)
+    return len(positions) >= 2 and all(head[i] == 0x47 for i in positions)
+
+
 def sniff_media_type(head: bytes) -> tuple[str, str] | None:
-    """(media_type, extension) from magic bytes, or None when the bytes are not media we take."""
+    """(media_type, extension) from magic bytes (the first ``SNIFF_BYTES``), or None when the bytes are
+    not media we take."""
     if len(head) >= 12 and head[4:8] == b"ftyp":
         return "video", ".mp4"
+    if len(head) >= 8 and head[4:8] in (b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"):
+        return "video", ".mov"  # QuickTime without a file-type box
     if head.startswith(b"\x1a\x45\xdf\xa3"):
         return "video", ".webm"
     if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
         return "video", ".avi"
+    if _mpeg_ts(head, 0, 188):
+        return "video", ".ts"
+    if _mpeg_ts(head, 4, 192):  # M2TS: a 4-byte timecode before each packet
+        return "video", ".m2ts"
+    if head.startswith(b"\x00\x00\x01\xba"):  # MPEG program stream (.mpg, .vob)
+        return "video", ".mpg"
+    if head.startswith(b"\x00\x00\x01\xb3"):  # MPEG-1/2 video elementary stream
+        return "video", ".m2v"
+    if head.startswith(b"\x06\x0e\x2b\x34"):  # MXF (SMPTE universal label)
+        return "video", ".mxf"
+    if head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"):  # ASF (.wmv)
+        return "video", ".wmv"
+    if head.startswith(b"FLV\x01"):
+        return "video", ".flv"
+    if head.startswith(b"OggS"):
+        return "video", ".ogv"
     if head.startswith(b"\xff\xd8\xff"):
         return "image", ".jpg"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):

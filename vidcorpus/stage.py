@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from vidcorpus import events
 from vidcorpus.config import Config
 from vidcorpus.errors import classify_error, storage_full
+from vidcorpus.ingest.segments import is_clipless
 from vidcorpus.schemas import rows_to_table
 
 
@@ -93,7 +94,8 @@ class Stage:
                     raised_setup = [events.setup_event(self.name)]
             todo, skip = [], []
             for r in rows:
-                wanted = not r.get("error_class") and (not self.kept_only or r.get("kept"))
+                wanted = (not r.get("error_class") and (not self.kept_only or r.get("kept"))
+                          and not is_clipless(r))  # a split source without clips: nothing to process
                 (todo if wanted else skip).append(r)
             out = self.process_rows(todo) if todo else []
         return rows_to_table(events.attach(out + skip, carried + raised + raised_setup))

@@ -145,7 +145,22 @@ def complete_pending(cfg: Config, cat, run_id: str, allow_uncaptioned: bool = Fa
     todo = [c for c in pending.uncaptioned if c not in skip]
     captions = caption_clips(cfg, cat, run_id, todo, log=log, progress=progress)
     shards = write_pending_shards(cfg, cat, run_id, progress=progress, log=log, allow_uncaptioned=allow_uncaptioned)
+    say_unencoded(cfg, cat, log)
     return captions, shards
+
+
+def say_unencoded(cfg: Config, cat, log: Callable[[str], None] = print) -> int:
+    """Name the command that encodes the kept, sharded clips without latents of the cache key in use.
+
+    Not done here: encoding needs the VAE and CLIP encoders (a GPU's work at production scale) and
+    the bucket of a training configuration; sync and run complete the curation stages."""
+    from vidcorpus.catalog.latent_state import encode_command
+
+    pw = pending_work(cat, cfg.captioning.version, cfg.shards.caption_version)
+    if pw.unencoded and pw.latent_key is not None:
+        log(f"{len(pw.unencoded)} kept, sharded clips have no latents of cache key {pw.latent_key.cache_key}: "
+            f"run `{encode_command(pw.latent_key, cfg)}` on a GPU machine")
+    return len(pw.unencoded)
 
 
 @dataclass
