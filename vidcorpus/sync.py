@@ -124,10 +124,16 @@ def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Calla
 
 def complete_pending(cfg: Config, cat, run_id: str, allow_uncaptioned: bool = False, progress: bool = False,
                      log: Callable[[str], None] = print) -> tuple[CaptionResult, list[dict]]:
-    """Caption the active recipe's kept, uncaptioned clips, then shard its kept, unsharded ones."""
+    """Extract the active recipe's kept clips that have no file (filter before you encode: a clip
+    first dropped was never encoded), caption its kept, uncaptioned clips, then shard its kept,
+    unsharded ones."""
+    from vidcorpus.extract_pending import extract_clips
     from vidcorpus.runner import write_pending_shards
 
     pending = pending_work(cat, cfg.captioning.version, cfg.shards.caption_version)
+    if pending.unextracted:
+        failed = set(extract_clips(cfg, cat, run_id, pending.unextracted, log=log).failed)
+        pending.uncaptioned = [c for c in pending.uncaptioned if c not in failed]
     captions = caption_clips(cfg, cat, run_id, pending.uncaptioned, log=log, progress=progress)
     shards = write_pending_shards(cfg, cat, run_id, progress=progress, log=log, allow_uncaptioned=allow_uncaptioned)
     return captions, shards
