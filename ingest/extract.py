@@ -289,6 +289,7 @@ class ExtractStage(Stage):
     name: ClassVar[str] = "extract"
     resources: ClassVar[Resources] = Resources(cpus=0.5)
     kept_only: ClassVar[bool] = True
+    undecided_too: ClassVar[bool] = True  # used alone (no recipe decided), it extracts every clip
 
     def process_rows(self, rows: list[dict]) -> list[dict]:
         by_source: dict[str, list[dict]] = defaultdict(list)

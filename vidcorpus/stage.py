@@ -32,6 +32,7 @@ class Stage:
     name: ClassVar[str] = "stage"
     resources: ClassVar[Resources] = Resources()
     kept_only: ClassVar[bool] = False  # True: rows a recipe dropped pass through untouched (captioning)
+    undecided_too: ClassVar[bool] = False  # with kept_only: rows no recipe decided yet are processed too
 
     def __init__(self, config: Config):
         self.config = config
@@ -80,7 +81,8 @@ class Stage:
                 self._ready = True
             todo, skip = [], []
             for r in rows:
-                wanted = not r.get("error_class") and (not self.kept_only or r.get("kept"))
+                wanted = not r.get("error_class") and (not self.kept_only or r.get("kept")
+                                                        or (self.undecided_too and r.get("kept") is None))
                 (todo if wanted else skip).append(r)
             out = self.process_rows(todo) if todo else []
         return rows_to_table(events.attach(out + skip, carried + raised))
