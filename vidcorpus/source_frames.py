@@ -122,15 +122,18 @@ def stream_clip_frames(rows: list[dict], wanted: dict[str, list[int]], split_cfg
         last_of.append(max(srcs) if srcs else -1)
     got: list[dict[int, np.ndarray]] = [{} for _ in rows]
     emitted = [False] * len(rows)
+    due = sorted((last, pos) for pos, last in enumerate(last_of))  # clips by the frame that completes them
+    k = 0
     if plan:
         for index, frame in _decode_from(rows[0]["source_path"], min(plan), max(plan)):
             for pos, j in plan.get(index, ()):
                 got[pos][j] = _convert(frame, (geoms[pos].width, geoms[pos].height))
-            for pos, row in enumerate(rows):
-                if not emitted[pos] and last_of[pos] <= index:
-                    emitted[pos] = True
-                    yield row, got[pos]
-                    got[pos] = {}
+            while k < len(due) and due[k][0] <= index:
+                pos = due[k][1]
+                k += 1
+                emitted[pos] = True
+                yield rows[pos], got[pos]
+                got[pos] = {}
     for pos, row in enumerate(rows):
         if not emitted[pos]:
             yield row, got[pos]
