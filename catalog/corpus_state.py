@@ -87,7 +87,7 @@ class PendingWork:
     caption_version: str
     shard_caption_version: str
     undecided: list[str] = field(default_factory=list)      # clips the active recipe has not decided
-    unextracted: list[str] = field(default_factory=list)    # kept, but no clip file recorded
+    unextracted: list[str] = field(default_factory=list)    # kept, but no clip file (none recorded, or gone)
     uncaptioned: list[str] = field(default_factory=list)    # kept, lacking the long or short caption_version
     unsharded: list[str] = field(default_factory=list)      # kept, in no shard
     sharded_dropped: list[str] = field(default_factory=list)  # in a shard, not kept (shards are immutable)
@@ -98,7 +98,7 @@ class PendingWork:
     def total(self) -> int:
         """Work `vidcorpus sync` can do (sharded-but-dropped clips need none: readers skip them; latents
         are `vidcorpus shards encode`'s work, on a GPU)."""
-        return len(self.undecided) + len(self.uncaptioned) + len(self.unsharded)
+        return len(self.undecided) + len(self.unextracted) + len(self.uncaptioned) + len(self.unsharded)
 
 
 def _kept_sql(recipe_id: str) -> str:
@@ -119,7 +119,7 @@ def pending_work(cat: "Catalog", caption_version: str, shard_caption_version: st
 
     kept = _kept_sql(rid)
     pw.undecided = ids("SELECT clip_id FROM clips_wide WHERE recipe IS DISTINCT FROM ?", [rid])
-    pw.unextracted = ids(f"SELECT clip_id FROM clips_wide WHERE {kept} AND clip_path IS NULL")
+    pw.unextracted = sorted(kept_without_file(cat, rid))
     pw.uncaptioned = ids(f"SELECT clip_id FROM clips_wide w WHERE {kept} AND (SELECT count(DISTINCT kind) FROM "
                          "captions c WHERE c.clip_id = w.clip_id AND c.version = ? AND c.kind IN ('long', 'short')) "
                          "< 2", [caption_version])
@@ -128,6 +128,31 @@ def pending_work(cat: "Catalog", caption_version: str, shard_caption_version: st
     pw.latent_key = latent_key_in_use(cat)
     pw.unencoded = unencoded_clips(cat, kept, pw.latent_key)
     return pw
+
+
+def _local_file_missing(path: str) -> bool:
+    """A local clip file that is not there (object-store paths are not probed one by one)."""
+    import os
+
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    elif "://" in path:
+        return False
+    return not os.path.exists(path)
+
+
+def kept_without_file(cat: "Catalog", recipe_id: str) -> dict[str, str]:
+    """{clip id: why} of the clips the recipe keeps that have no clip file: none was extracted (the
+    recipe that decided it first dropped it: filter before you encode) or the recorded local file is
+    gone. `vidcorpus sync` extracts them from their sources."""
+    rows = cat.query_dicts(f"SELECT clip_id, clip_path FROM clips_wide WHERE {_kept_sql(recipe_id)} ORDER BY clip_id")
+    out: dict[str, str] = {}
+    for r in rows:
+        if not r["clip_path"]:
+            out[r["clip_id"]] = "not extracted"
+        elif _local_file_missing(r["clip_path"]):
+            out[r["clip_id"]] = f"clip file {r['clip_path']} is missing"
+    return out
 
 
 def uncaptioned_for(cat: "Catalog", clip_ids: list[str], caption_version: str) -> list[str]:
@@ -162,14 +187,16 @@ def state_problems(cat: "Catalog") -> list[dict]:
 
 def state_gaps(cat: "Catalog") -> list[dict]:
     """``catalog verify`` gaps: under the active recipe, work `vidcorpus sync` completes (clips it has
-    not decided, kept clips without a caption or a shard), and clips readers skip (sharded clips it
+    not decided, kept clips without a clip file, a caption or a shard), and clips readers skip (sharded clips it
     drops; release members their recipe no longer keeps). Not errors: the state after a re-decision."""
     rid = active_recipe_id(cat)
     if rid is None:
         return []
     kept = _kept_sql(rid)
     key = latent_key_in_use(cat)
-    return (
+    unextracted = [{"check": "pending_extract", "item": clip, "detail": f"kept by {rid} but {why} (run `vidcorpus sync`)"}
+                   for clip, why in list(kept_without_file(cat, rid).items())[:1000]]
+    return unextracted + (
         _rows(cat, "pending_decision", "SELECT clip_id AS item FROM clips_wide WHERE recipe IS DISTINCT FROM "
               f"'{rid.replace(chr(39), chr(39) * 2)}'",
               lambda r: f"not decided by the active recipe {rid} (run `vidcorpus sync`)")

@@ -388,9 +388,10 @@ class Catalog:
         return {r[0] for r in self._fetch(sql, params)}
 
     def unsharded_kept(self) -> list[dict]:
-        """Kept clips that no shard holds yet: what the shard writer must pack next."""
+        """Kept clips that no shard holds yet and that have a clip file: what the shard writer must pack
+        next (a kept clip not extracted yet waits for `vidcorpus sync`)."""
         return self.query_dicts(
-            "SELECT * FROM clips_wide WHERE kept AND shard_id IS NULL ORDER BY clip_id"
+            "SELECT * FROM clips_wide WHERE kept AND shard_id IS NULL AND clip_path IS NOT NULL ORDER BY clip_id"
         )
 
     def scores_of(self, clip_ids: list[str]) -> dict[str, list[dict]]:

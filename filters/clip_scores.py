@@ -153,8 +153,16 @@ def _decode_sequential(data: bytes, wanted: list[int], convert: FrameConverter =
     return got
 
 
-def read_clip(row: dict) -> tuple[bytes, str]:
-    """The clip file's bytes and their sha256 (one read; hashing costs ~0.05 ms for a 2 s clip)."""
+def read_clip(row: dict) -> tuple[bytes | None, str]:
+    """The clip file's bytes and their sha256 (one read; hashing costs ~0.05 ms for a 2 s clip).
+    A video clip not extracted yet (filter before you encode) has no bytes: (None, a content id of
+    its source and frame range); its frames come from the source (``clip_frame_list``)."""
+    from vidcorpus.filters.source_scoring import from_source
+
+    if from_source(row):
+        from vidcorpus.source_frames import source_content_id
+
+        return None, source_content_id(row)
     path = row.get("clip_path")
     if not path:
         raise DecodeError("row has no clip_path")
@@ -162,14 +170,17 @@ def read_clip(row: dict) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-def clip_frame_list(row: dict, data: bytes, k: int, convert: FrameConverter = to_rgb,
+def clip_frame_list(row: dict, data: bytes | None, k: int, convert: FrameConverter = to_rgb,
                     keyframes: KeyframeDecoder | None = None) -> list[np.ndarray]:
     """The K frames of a clip held in memory, each ``convert(frame)``; an image is one frame (its RGB
-    array goes through ``convert`` as an RGB VideoFrame).
+    array goes through ``convert`` as an RGB VideoFrame). ``data`` None: a clip not extracted yet,
+    whose frames are decoded from its source over its frame range (vidcorpus/source_frames.py).
 
     Video frames are first, middle and last for K=3 (uniform with ends for other K). Frame counts
     come from the row when extraction recorded them, else from the header.
     """
+    if data is None:
+        return _source_frame_list(row, k, convert)
     if is_image(row):
         rgb = load_image_rgb(io.BytesIO(data))
         if convert is to_rgb:
@@ -191,6 +202,25 @@ def clip_frame_list(row: dict, data: bytes, k: int, convert: FrameConverter = to
         raise DecodeError("no frame could be decoded")
     last = got[max(got)]  # containers can announce a frame more than they deliver
     return [got.get(i, last) for i in wanted]
+
+
+def _source_frame_list(row: dict, k: int, convert: FrameConverter) -> list[np.ndarray]:
+    """The K sampled frames of an unextracted clip, from one decode of its source."""
+    from vidcorpus.source_frames import clip_geometry, stream_clip_frames
+
+    wanted = uniform_indices(clip_geometry(row).frames, k)
+    if not wanted:
+        raise DecodeError("clip has no frames")
+    ((_row, got),) = list(stream_clip_frames([row], {row["clip_id"]: wanted}))
+    if not got:
+        raise DecodeError("no frame could be decoded")
+    last = got[max(got)]
+    frames = [got.get(i, last) for i in wanted]
+    if convert is to_rgb:
+        return frames
+    import av
+
+    return [convert(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")) for f in frames]
 
 
 def load_stills(row: dict, k: int) -> list[np.ndarray] | None:
@@ -229,7 +259,7 @@ def load_clip_frames(row: dict, k: int) -> tuple[np.ndarray, str]:
 
 
 ROW_KEYS = ("clip_path", "media_type", "clip_frames", "first_frame", "last_frame", "fps", "clip_fps", "stills_path",
-            "clip_width", "clip_height")
+            "clip_width", "clip_height", "source_path", "sha256", "width", "height", "clip_id")
 MAX_SIDE = 512  # center squares larger than this are shrunk (area filter) in the worker before shipping
 
 

@@ -24,7 +24,8 @@ import cv2
 import numpy as np
 
 from vidcorpus.errors import DecodeError
-from vidcorpus.filters.scorers import add_scores, is_image, sample_pairs, score
+from vidcorpus.filters.scorers import add_scores, clip_fps, is_image, sample_pairs, score
+from vidcorpus.filters.source_scoring import from_source, motion_starts, score_from_source
 from vidcorpus.stage import Resources, Stage
 
 MOTION_VERSION = "motion-v1"
@@ -60,6 +61,25 @@ class MotionStage(Stage):
 
     name: ClassVar[str] = "motion"
     resources: ClassVar[Resources] = Resources(cpus=0.5)
+    batch_rows: ClassVar[int | None] = None  # whole blocks: a source's clips come together (one decode)
+
+    def process_rows(self, rows: list[dict]) -> list[dict]:
+        """Clips without a file read their pairs from the source (filters/source_scoring.py)."""
+        deferred = [r for r in rows if from_source(r)]
+        others = [r for r in rows if not from_source(r)]
+        out = [r for row in others for r in self.safe_call(self.process_row, row)]
+        return out + score_from_source(self, deferred, self._pair_indices, self._score_source_frames)
+
+    def _pair_indices(self, row: dict) -> list[int]:
+        return sorted({j for i in motion_starts(row, self.config) for j in (i, i + 1)})
+
+    def _score_source_frames(self, row: dict, frames: dict) -> dict:
+        cfg = self.config.filters
+        fps, _n = clip_fps(row, "")
+        pairs = [(frames[i], frames[i + 1]) for i in motion_starts(row, self.config) if i in frames and i + 1 in frames]
+        values = motion_scores(pairs, 1.0 / fps, cfg.motion_width, cfg.motion_static_threshold,
+                               cfg.motion_jitter_threshold)
+        return add_scores(row, [score(k, v, MOTION_MODEL, MOTION_VERSION) for k, v in values.items()])
 
     def process_row(self, row: dict) -> dict:
         if is_image(row):

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from vidcorpus.errors import DecodeError
+from vidcorpus.filters.source_scoring import from_source
 from vidcorpus.filters.frame_models import require_extra, sampled_frames
 from vidcorpus.filters.scorers import add_scores, score
 from vidcorpus.stage import Resources, Stage
@@ -85,7 +86,7 @@ class NsfwStage(Stage):
         require_extra(*REQUIRE)
 
     def process_row(self, row: dict) -> dict:
-        if not row.get("clip_path"):
+        if not row.get("clip_path") and not from_source(row):  # a clip not extracted yet reads its source
             raise DecodeError("row has no clip_path")
         per_frame = frame_nsfw(load_nsfw(), sampled_frames(row, self.config.filters.frames_per_clip))
         model = nsfw_model_name()

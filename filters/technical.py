@@ -21,6 +21,8 @@ import numpy as np
 
 from vidcorpus.errors import DecodeError
 from vidcorpus.filters.scorers import add_scores, is_image, sample_frames, score
+from vidcorpus.filters.source_scoring import (frames_at, from_source, score_from_source, still_indices,
+                                              technical_indices, write_stills)
 from vidcorpus.media import read_frames
 from vidcorpus.stage import Resources, Stage
 
@@ -102,12 +104,34 @@ def technical_scores(row: dict, frames: np.ndarray) -> dict[str, float]:
 
 
 class TechnicalStage(Stage):
-    """Per-clip technical measurements (CPU, OpenCV), from frames sampled at about filters.motion_fps."""
+    """Per-clip technical measurements (CPU, OpenCV), from frames sampled at about filters.motion_fps.
+
+    Video clips without a file are read from their source (filters/source_scoring.py), which also
+    writes their first-frame JPEG and stills; an image gets its clip file here (a JPEG, as before)."""
 
     name: ClassVar[str] = "technical"
     resources: ClassVar[Resources] = Resources(cpus=0.5)
+    batch_rows: ClassVar[int | None] = None  # whole blocks: a source's clips come together (one decode)
+
+    def process_rows(self, rows: list[dict]) -> list[dict]:
+        deferred = [r for r in rows if from_source(r)]
+        others = [r for r in rows if not from_source(r)]
+        out = [r for row in others for r in self.safe_call(self.process_row, row)]
+        return out + score_from_source(self, deferred, lambda r: sorted({*technical_indices(r, self.config),
+                                                                          *still_indices(r, self.config)}),
+                                       self._score_source_frames)
+
+    def _score_source_frames(self, row: dict, frames: dict) -> dict:
+        row = write_stills(row, frames, self.config)
+        _idx, sampled = frames_at(frames, technical_indices(row, self.config))
+        values = technical_scores(row, sampled)
+        return add_scores(row, [score(k, v, TECHNICAL_MODEL, TECHNICAL_VERSION) for k, v in values.items()])
 
     def process_row(self, row: dict) -> dict:
+        if is_image(row) and not row.get("clip_path") and row.get("source_path"):
+            from vidcorpus.ingest.extract import image_clip
+
+            row = image_clip(row, self.config)  # images are cheap to "extract": every image keeps its file
         if not row.get("clip_path"):
             raise DecodeError("row has no clip_path")
         cfg = self.config.filters

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from vidcorpus.errors import DecodeError
+from vidcorpus.filters.source_scoring import from_source
 from vidcorpus.filters.frame_models import require_extra, sampled_frames
 from vidcorpus.filters.scorers import add_scores, score
 from vidcorpus.stage import Resources, Stage
@@ -87,7 +88,7 @@ class TextOverlayStage(Stage):
         require_extra("rapidocr_onnxruntime", "rapidocr-onnxruntime==1.4.4", "the text overlay scorer")
 
     def process_row(self, row: dict) -> dict:
-        if not row.get("clip_path"):
+        if not row.get("clip_path") and not from_source(row):  # a clip not extracted yet reads its source
             raise DecodeError("row has no clip_path")
         frames = sampled_frames(row, self.config.filters.frames_per_clip)
         values = text_scores(load_ocr(), frames, self.config.filters.ocr_recognition)

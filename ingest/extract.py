@@ -265,17 +265,37 @@ def _first_frame(data: bytes) -> np.ndarray:
     raise DecodeError("copied clip does not decode")
 
 
+def image_clip(row: dict, config) -> dict:
+    """An image's clip file (a JPEG as displayed) and first-frame JPEG: cheap, so every image gets
+    them before scoring, kept or not."""
+    clip = row["clip_id"]
+    if not is_safe_key(clip):  # clip ids name files: never a path from input
+        raise ValueError(f"clip id {clip!r} is not a safe key")
+    clip_url = config.url("staging", "clips", f"{clip}.jpg")
+    first_url = config.url("staging", "clips", f"{clip}.first.jpg")
+    with fsspec.open(row["source_path"], "rb") as f:
+        img = load_image_rgb(f, config.ingest.max_pixels)  # as displayed (EXIF orientation)
+    save_jpeg(img, clip_url, quality=95)
+    save_jpeg(img, first_url)
+    return dict(row, clip_path=clip_url, first_frame_path=first_url, extract_mode="image",
+                clip_width=img.shape[1], clip_height=img.shape[0], clip_fps=None, clip_frames=1)
+
+
 class ExtractStage(Stage):
-    """Sets clip_path (mp4 or jpg), first_frame_path and extract_mode for every clip row."""
+    """Sets clip_path (mp4 or jpg), first_frame_path and extract_mode for every clip row the recipe
+    keeps (filter before you encode: it runs after the decision; dropped clips keep no file, their
+    rows say ``extract_mode = 'deferred'``). Rows that already have a file pass through."""
 
     name: ClassVar[str] = "extract"
     resources: ClassVar[Resources] = Resources(cpus=0.5)
+    kept_only: ClassVar[bool] = True
+    undecided_too: ClassVar[bool] = True  # used alone (no recipe decided), it extracts every clip
 
     def process_rows(self, rows: list[dict]) -> list[dict]:
         by_source: dict[str, list[dict]] = defaultdict(list)
-        for row in rows:
+        out: list[dict] = [r for r in rows if r.get("clip_path")]
+        for row in (r for r in rows if not r.get("clip_path")):
             by_source[row["source_path"]].append(row)
-        out: list[dict] = []
         for source_rows in by_source.values():
             if source_rows[0]["media_type"] == "image":
                 out.extend(r for row in source_rows for r in self.safe_call(self._image, row))
@@ -292,13 +312,7 @@ class ExtractStage(Stage):
         return self.config.url("staging", "clips", f"{clip}{ext}"), self.config.url("staging", "clips", f"{clip}.first.jpg")
 
     def _image(self, row: dict) -> dict:
-        clip_url, first_url = self._clip_urls(row["clip_id"], ".jpg")
-        with fsspec.open(row["source_path"], "rb") as f:
-            img = load_image_rgb(f, self.config.ingest.max_pixels)  # as displayed (EXIF orientation)
-        save_jpeg(img, clip_url, quality=95)
-        save_jpeg(img, first_url)
-        return dict(row, clip_path=clip_url, first_frame_path=first_url, extract_mode="image",
-                    clip_width=img.shape[1], clip_height=img.shape[0], clip_fps=None, clip_frames=1)
+        return image_clip(row, self.config)
 
     def _video(self, rows: list[dict]) -> list[dict]:
         rows = sorted(rows, key=lambda r: r["first_frame"])

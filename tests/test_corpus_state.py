@@ -128,14 +128,15 @@ def test_redecide_then_status_and_sync_caption_and_shard_the_newly_kept_clips(ws
 
     pw = pending(ws)
     assert pw.recipe == "lenient_v1@1" and set(pw.uncaptioned) == newly and set(pw.unsharded) == newly
+    assert set(pw.unextracted) == newly  # filter before you encode: a dropped clip was never extracted
     out = vc(ws, "status")
-    assert "active recipe: lenient_v1@1" in out and f"{2 * len(newly)} pending" in out and "vidcorpus sync" in out
+    assert "active recipe: lenient_v1@1" in out and f"{3 * len(newly)} pending" in out and "vidcorpus sync" in out
     out = vc(ws, "catalog", "verify")  # consistent, but the gaps are listed
     assert "catalog consistent" in out and "pending_caption" in out and "pending_shard" in out
 
-    # shards refuse the uncaptioned clips (they once went out with 0-byte captions), releases too
+    # shards refuse the unextracted, uncaptioned clips (they once went out with 0-byte captions), releases too
     out = vc(ws, "shards", "write")
-    assert f"{len(newly)} kept clips have no v1 caption and were not sharded" in out
+    assert f"{len(newly)} kept clips have no clip file yet and were not sharded" in out
     assert not q(ws, "SELECT clip_id FROM shard_members WHERE clip_id IN (SELECT unnest(?))", [sorted(newly)])
     out = vc(ws, "release", "create", "too-early", code=2)
     assert "have no v1 caption" in out and "vidcorpus sync" in out

@@ -49,7 +49,10 @@ def test_full_run_with_inputs_staging_and_shards_on_s3(tmp_path, s3, model_cache
     assert all(s["uri"].startswith("s3://bucket/raw/") for s in sources)
     assert all(s["source_path"].startswith("s3://bucket/corpus/staging/") for s in sources)
     assert len(clips) == 1 + sum(len(v.shots) for v in videos)  # every shot and the image became a clip
-    assert all(c["clip_path"].startswith("s3://bucket/corpus/") for c in clips)
+    # only kept clips are encoded (filter before you encode); every clip has its first-frame JPEG there
+    assert all(c["clip_path"].startswith("s3://bucket/corpus/") for c in clips if c["kept"])
+    assert all(c["clip_path"] is None for c in clips if not c["kept"])
+    assert all(c["first_frame_path"].startswith("s3://bucket/corpus/") for c in clips)
     assert shards and all(s["url"].startswith("s3://bucket/corpus/shards/") for s in shards)
     for s in shards:
         assert s3.exists(s["url"].removeprefix("s3://"))

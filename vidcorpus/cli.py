@@ -437,8 +437,15 @@ def shards_write(
     from vidcorpus.ids import new_run_id
     from vidcorpus.runner import write_pending_shards
 
+    from vidcorpus.catalog.corpus_state import active_recipe_id, kept_without_file
+
     cfg = _config(config, set_, workdir=workdir, catalog=catalog)
     with Catalog(_require_catalog(cfg)) as cat:
+        recipe = active_recipe_id(cat)
+        unextracted = kept_without_file(cat, recipe) if recipe else {}
+        if unextracted:  # filter before you encode: shards pack only clips that have files
+            console.print(f"{len(unextracted)} kept clips have no clip file yet and were not sharded "
+                          "(`vidcorpus sync` extracts them)", markup=False)
         written = write_pending_shards(cfg, cat, new_run_id(), log=lambda m: console.print(m, markup=False),
                                        allow_uncaptioned=allow_uncaptioned)
     console.print(f"{len(written)} shards written under {cfg.url('shards')}")

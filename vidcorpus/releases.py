@@ -139,6 +139,10 @@ def create_release(cfg: Config, name: str, recipe: str | None = None, caption_ve
         if missing and not allow_uncaptioned:
             raise ReleaseError(f"{len(missing)} of the {len(ids)} clips {recipe_id} keeps have no {caption_version} "
                                f"caption (e.g. {missing[0]}): run `vidcorpus sync` first, or pass --allow-uncaptioned")
+        no_file = [r["clip_id"] for r in table.select(["clip_id", "clip_path"]).to_pylist() if not r["clip_path"]]
+        if no_file:  # filter before you encode: a clip first dropped was never extracted
+            raise ReleaseError(f"{len(no_file)} of the {len(ids)} clips {recipe_id} keeps have no clip file yet "
+                               f"(e.g. {no_file[0]}): `vidcorpus sync` extracts them under the active recipe")
         candidates, members_of = _reusable(cat, ids, caption_version)
         reused, covered = select_reusable_shards(candidates, members_of)
         rest = [row for row in table.to_pylist() if row["clip_id"] not in covered]

@@ -43,8 +43,10 @@ def pipeline_stages() -> list[type[Stage]]:
     from vidcorpus.ingest.probe import ProbeStage
     from vidcorpus.ingest.split import SplitStage
 
-    return [DownloadStage, ProbeStage, SplitStage, ExtractStage, TechnicalStage, MotionStage, ClipScoreStage,
-            DecideStage, CaptionStage, CaptionAlignStage]
+    # Filter before you encode: the scorers read unextracted clips from their source, and ExtractStage
+    # encodes only the clips the recipe keeps (kept_only), before captioning reads them.
+    return [DownloadStage, ProbeStage, SplitStage, TechnicalStage, MotionStage, ClipScoreStage,
+            DecideStage, ExtractStage, CaptionStage, CaptionAlignStage]
 
 
 @dataclass

@@ -33,6 +33,7 @@ class Stage:
     name: ClassVar[str] = "stage"
     resources: ClassVar[Resources] = Resources()
     kept_only: ClassVar[bool] = False  # True: rows a recipe dropped pass through untouched (captioning)
+    undecided_too: ClassVar[bool] = False  # with kept_only: rows no recipe decided yet are processed too
     # Rows per call; None: the runner's default (vidcorpus/stage_settings.py). stages.<name>.batch_rows overrides.
     batch_rows: ClassVar[int | None] = None
 
@@ -94,7 +95,8 @@ class Stage:
                     raised_setup = [events.setup_event(self.name)]
             todo, skip = [], []
             for r in rows:
-                wanted = (not r.get("error_class") and (not self.kept_only or r.get("kept"))
+                wanted = (not r.get("error_class")
+                          and (not self.kept_only or r.get("kept") or (self.undecided_too and r.get("kept") is None))
                           and not is_clipless(r))  # a split source without clips: nothing to process
                 (todo if wanted else skip).append(r)
             out = self.process_rows(todo) if todo else []

@@ -137,11 +137,16 @@ def commit_captioned(cat, run_id: str, done: list[dict]) -> tuple[list[str], lis
 def complete_pending(cfg: Config, cat, run_id: str, allow_uncaptioned: bool = False, progress: bool = False,
                      log: Callable[[str], None] = print, skip: set[str] | frozenset = frozenset()
                      ) -> tuple[CaptionResult, list[dict]]:
-    """Caption the active recipe's kept, uncaptioned clips (but those in ``skip``), then shard its
-    kept, unsharded ones."""
+    """Extract the active recipe's kept clips that have no file (filter before you encode: a clip
+    first dropped was never encoded), caption its kept, uncaptioned clips (but those in ``skip``),
+    then shard its kept, unsharded ones."""
+    from vidcorpus.extract_pending import extract_clips
     from vidcorpus.runner import write_pending_shards
 
     pending = pending_work(cat, cfg.captioning.version, cfg.shards.caption_version)
+    skip = set(skip)
+    if pending.unextracted:
+        skip |= set(extract_clips(cfg, cat, run_id, pending.unextracted, log=log).failed)
     todo = [c for c in pending.uncaptioned if c not in skip]
     captions = caption_clips(cfg, cat, run_id, todo, log=log, progress=progress)
     shards = write_pending_shards(cfg, cat, run_id, progress=progress, log=log, allow_uncaptioned=allow_uncaptioned)

@@ -1,0 +1,147 @@
+"""Filter before you encode (issue 22): `vidcorpus run` before (every shot encoded, then scored) and
+after (scored from the source, only kept shots encoded), on the same inputs and the same recipe.
+
+Inputs: ``--videos`` 640x360 24 fps H.264 videos (PyAV), each of ``--shots`` shots of 2 to 4 s that
+alternate between a panning texture and the same texture standing still, so a recipe with
+``motion >= 8`` drops about half of the shots. Both runs use the tiny models, the default scorers
+(technical, motion, CLIP + aesthetic), captioning of kept clips and shard writing, through the CLI
+(`vidcorpus run`) on a local Ray with ``--cpus`` CPUs. "before" is the code of ``--before`` (a git
+revision, default main) exported with `git archive` and imported ahead of this checkout.
+
+Reports per run: wall seconds, clips (shots) per second, kept clips, clip files encoded.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_filter_first.py --videos 6 --cpus 2 \
+        --json bench/results/filter_first_2cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE_DIRS = ("ingest", "filters", "captioning", "shards", "catalog", "train")
+RECIPE = """name: bench_motion
+version: 1
+description: drops the still shots (about half)
+missing: keep
+predicates:
+  - {score: duration_s, op: ">=", value: 1.0}
+  - {score: motion, op: ">=", value: 8}
+"""
+
+
+def make_video(path: Path, seed: int, shots: int, w: int = 640, h: int = 360, fps: int = 24) -> int:
+    rng = np.random.default_rng(seed)
+    with av.open(str(path), mode="w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.options = {"preset": "veryfast", "crf": "20"}
+        for k in range(shots):
+            tex = np.kron(rng.integers(0, 256, (h // 16 + 1, w // 16 + 40, 3), dtype=np.uint8),
+                          np.ones((16, 16, 1), np.uint8))
+            n = int(rng.integers(2 * fps, 4 * fps))
+            moving = k % 2 == 0
+            for t in range(n):
+                x0 = (5 * t) % (tex.shape[1] - w) if moving else 0
+                arr = np.ascontiguousarray(tex[:h, x0:x0 + w])
+                for p in s.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                    c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return shots
+
+
+def export_revision(rev: str, dest: Path) -> Path:
+    """An importable `vidcorpus` package tree of git revision ``rev`` (stage folders mapped in as the
+    pyproject's package-dir does)."""
+    src = dest / "src"
+    src.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    pkg = dest / "pkg"
+    pkg.mkdir()
+    import shutil
+
+    shutil.copytree(src / "vidcorpus", pkg / "vidcorpus")
+    for d in STAGE_DIRS:
+        shutil.copytree(src / d, pkg / "vidcorpus" / d)
+    return pkg
+
+
+def run(label: str, inputs: Path, work: Path, cache: str, recipe: Path, cpus: int, pythonpath: str | None) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    code = ("import vidcorpus, sys; print(vidcorpus.__file__, file=sys.stderr); "
+            "from vidcorpus.cli import app; app()")
+    cmd = [sys.executable, "-c", code, "run", str(inputs), "--workdir", str(work), "--no-progress",
+           "--set", "models.preset=tiny", "--set", f"models.cache_dir={cache}", "--set", f"filters.recipe={recipe}",
+           "--set", f"ray.num_cpus={cpus}"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{label} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    import duckdb
+
+    con = duckdb.connect(str(work / "catalog.duckdb"), read_only=True)
+    clips, kept = con.execute("SELECT count(*), count(*) FILTER (WHERE kept) FROM clips_wide").fetchall()[0]
+    con.close()
+    encoded = len(list((work / "staging" / "clips").glob("*.mp4")))
+    code_from = proc.stderr.splitlines()[0] if proc.stderr else ""
+    return {"run": label, "seconds": round(seconds, 2), "clips": clips, "kept": kept, "encoded": encoded,
+            "clips_per_s": round(clips / seconds, 3), "code": code_from}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--videos", type=int, default=6)
+    ap.add_argument("--shots", type=int, default=8)
+    ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--before", default="main")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    base = Path(tempfile.mkdtemp(prefix="bench-filter-first-"))
+    media = base / "media"
+    media.mkdir()
+    lines = []
+    for i in range(args.videos):
+        p = media / f"v{i:02d}.mp4"
+        make_video(p, seed=i, shots=args.shots)
+        lines.append(json.dumps({"url": str(p), "text": f"video {i}"}))
+    inputs = base / "inputs.jsonl"
+    inputs.write_text("\n".join(lines) + "\n")
+    recipe = base / "bench_motion.yaml"
+    recipe.write_text(RECIPE)
+    cache = str(base / "models")
+    before_pkg = export_revision(args.before, base / "before")
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.before], capture_output=True,
+                         text=True).stdout.strip()
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    # a warm-up builds the tiny models once, so neither timed run pays for it
+    run("warm-up", inputs, base / "warm", cache, recipe, args.cpus, None)
+    results = [run(f"before ({args.before} {rev})", inputs, base / "work-before", cache, recipe, args.cpus,
+                   str(before_pkg)),
+               run(f"after ({head})", inputs, base / "work-after", cache, recipe, args.cpus, None)]
+    out = {"videos": args.videos, "shots_per_video": args.shots, "size": "640x360", "fps": 24, "cpus": args.cpus,
+           "load_avg_1m": os.getloadavg()[0], "results": results,
+           "speedup": round(results[1]["clips_per_s"] / results[0]["clips_per_s"], 2)}
+    print(json.dumps(out, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Frames of a clip read straight from its source, before (or without) extracting the clip.
+
+Filter before you encode (issue 22): the scorers read the frames they sample from the source file
+over the clip's recorded frame range, so only clips the recipe keeps are ever encoded. A clip's
+frame ``j`` is the frame precise extraction would write as frame ``j``: the same source frame
+(``ClipGeometry.source_offset``, which follows ``ingest.extract._ClipWriter``'s resampling when
+``split.clip_fps`` is set) at the same size (the same AREA scaling when ``split.clip_short_side``
+is set), converted with ``frame_seek.to_rgb``. So scores differ from the extracted clip's only by
+the clip's H.264 coding.
+
+One decode per source: ``stream_clip_frames`` decodes the source once in order up to the last
+wanted frame, counting frames from the first as the splitter did (no seeking: timestamps of
+variable-rate sources do not index frames), converts only the wanted frames and hands each clip
+its frames as soon as its last one is decoded, so memory holds one clip's samples at a time. The
+scoring stages take whole blocks (``batch_rows = None``): the splitter emits a source's clips in
+one block, so a source is decoded once per stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Iterator
+
+import av
+import fsspec
+import numpy as np
+
+from vidcorpus.errors import DecodeError
+from vidcorpus.frame_seek import to_rgb
+
+DEFERRED = "deferred"  # extract_mode of a clip that has no file yet: scored from its source, not encoded
+
+
+def _target_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    from vidcorpus.ingest.extract import target_size
+
+    return target_size(width, height, short_side)
+
+
+@dataclass(frozen=True)
+class ClipGeometry:
+    """What precise extraction would write for a clip: size, rate, frame count, and which source
+    frame each clip frame is."""
+
+    width: int
+    height: int
+    in_rate: Fraction
+    rate: Fraction
+    frames: int
+
+    @property
+    def fps(self) -> float:
+        return float(self.rate)
+
+    def source_offset(self, j: int) -> int:
+        """Offset from the clip's first source frame of clip frame ``j`` (``_ClipWriter.add`` emits
+        output frame j while source frame offset floor(j * in_rate / rate) is showing)."""
+        return math.floor(Fraction(j) * self.in_rate / self.rate)
+
+
+def clip_geometry(row: dict, split_cfg=None) -> ClipGeometry:
+    """The clip's geometry from its source row (probe's size and rate) and the extraction settings;
+    without settings, from the clip fields the row already carries (``with_geometry``)."""
+    fps = row.get("fps") or 25.0
+    in_rate = Fraction(float(fps)).limit_denominator(1001)
+    n_src = int(row["last_frame"]) - int(row["first_frame"]) + 1
+    if split_cfg is None and row.get("clip_fps") and row.get("clip_width") and row.get("clip_height"):
+        rate = Fraction(float(row["clip_fps"])).limit_denominator(1001)
+        w, h = int(row["clip_width"]), int(row["clip_height"])
+    else:
+        clip_rate = getattr(split_cfg, "clip_fps", None)
+        rate = Fraction(clip_rate).limit_denominator(1001) if clip_rate else in_rate
+        w, h = _target_size(int(row["width"]), int(row["height"]), getattr(split_cfg, "clip_short_side", None))
+    frames = math.ceil(Fraction(n_src) * rate / in_rate)
+    return ClipGeometry(w, h, in_rate, rate, frames)
+
+
+def with_geometry(row: dict, split_cfg) -> dict:
+    """The row with the clip fields (size, rate, frames) extraction would record, when it has none."""
+    if row.get("clip_frames"):
+        return row
+    g = clip_geometry(row, split_cfg)
+    return dict(row, clip_width=g.width, clip_height=g.height, clip_fps=g.fps, clip_frames=g.frames)
+
+
+def source_content_id(row: dict) -> str:
+    """A content id for a clip that has no file: the source's content hash, the frame range and the
+    clip's size and rate (two identical sources give the same id, as two identical extracted files
+    gave the same sha256)."""
+    g = clip_geometry(row)
+    key = "|".join(str(x) for x in (row.get("sha256") or row.get("source_path"), row["first_frame"], row["last_frame"],
+                                    g.width, g.height, g.rate))
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _convert(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
+    if (frame.width, frame.height) != size:
+        frame = frame.reformat(width=size[0], height=size[1], interpolation="AREA")
+    return to_rgb(frame)
+
+
+def stream_clip_frames(rows: list[dict], wanted: dict[str, list[int]], split_cfg=None
+                       ) -> Iterator[tuple[dict, dict[int, np.ndarray]]]:
+    """(row, {clip frame j: RGB}) for every row of ONE source, in source order, each as soon as its
+    last wanted frame is decoded; ``wanted[clip_id]`` lists clip frame indices. Frames the source
+    never delivers are missing from the dict (the caller decides); an unreadable source raises
+    DecodeError."""
+    rows = sorted(rows, key=lambda r: r["first_frame"])
+    plan: dict[int, list[tuple[int, int]]] = {}  # source index -> [(row position, clip index)]
+    last_of: list[int] = []
+    geoms = []
+    for pos, row in enumerate(rows):
+        g = clip_geometry(row, split_cfg)
+        geoms.append(g)
+        js = sorted(set(j for j in wanted.get(row["clip_id"], []) if 0 <= j < g.frames))
+        srcs = [int(row["first_frame"]) + g.source_offset(j) for j in js]
+        for j, s in zip(js, srcs):
+            plan.setdefault(s, []).append((pos, j))
+        last_of.append(max(srcs) if srcs else -1)
+    got: list[dict[int, np.ndarray]] = [{} for _ in rows]
+    emitted = [False] * len(rows)
+    due = sorted((last, pos) for pos, last in enumerate(last_of))  # clips by the frame that completes them
+    k = 0
+    if plan:
+        for index, frame in _decode_from(rows[0]["source_path"], min(plan), max(plan)):
+            for pos, j in plan.get(index, ()):
+                got[pos][j] = _convert(frame, (geoms[pos].width, geoms[pos].height))
+            while k < len(due) and due[k][0] <= index:
+                pos = due[k][1]
+                k += 1
+                emitted[pos] = True
+                yield rows[pos], got[pos]
+                got[pos] = {}
+    for pos, row in enumerate(rows):
+        if not emitted[pos]:
+            yield row, got[pos]
+
+
+def _decode_from(path: str, first: int, last: int) -> Iterator[tuple[int, av.VideoFrame]]:
+    """(source frame index, frame) for ``first`` to ``last``, counting frames in decode order from the
+    first one, as the splitter and extraction count them (so the indices are theirs even when
+    timestamps are irregular)."""
+    try:
+        with fsspec.open(path, "rb") as f, av.open(f) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for i, frame in enumerate(container.decode(stream)):
+                if i >= first:
+                    yield i, frame
+                if i >= last:
+                    return
+    except av.error.FFmpegError as e:
+        raise DecodeError(f"cannot decode source: {e}") from e
