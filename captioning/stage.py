@@ -12,6 +12,7 @@ Scores, keyed by the caption version so several versions coexist: ``caption_clip
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -62,18 +63,12 @@ class CaptionStage(Stage):
         failed: list[dict] = []
         good: list[dict] = []
         frames: list[np.ndarray] = []
-        for row in rows:
-            try:
-                clip = row.get("clip_path") or row.get("source_path")
-                if not clip:
-                    raise ValueError("row has no clip_path")
-                if is_image(row):  # an image is one frame, captioned as an image
-                    frames.append(read_frames(clip, n=1))
-                else:
-                    frames.append(read_frames(clip, n=cap.frames_per_clip, fps=cap.fps))
+        for row, got in zip(rows, self._read_all(rows)):
+            if isinstance(got, Exception):  # an unreadable clip fails only its own row
+                failed.append(self.fail(row, got))
+            else:
+                frames.append(got)
                 good.append(row)
-            except Exception as exc:  # noqa: BLE001 - an unreadable clip fails only its own row
-                failed.append(self.fail(row, exc))
 
         results: dict[str, list[Generation | Exception]] = {}
         limits = {"long": cap.max_new_tokens, "short": cap.short_max_new_tokens}
@@ -96,6 +91,29 @@ class CaptionStage(Stage):
         if self.clip is not None and done:
             out = self._qa(out, {id(r): f for (r, f) in done})
         return out + failed
+
+    def _read_all(self, rows: list[dict]) -> list[np.ndarray | Exception]:
+        """Every row's frames, decoded in threads (PyAV releases the GIL): a GPU batch of 512 clips
+        decoded one after another kept the GPU waiting longer than the batch took to caption."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        threads = self.config.captioning.decode_threads or min(8, os.cpu_count() or 1)
+        if threads <= 1 or len(rows) <= 1:
+            return [self._read(r) for r in rows]
+        with ThreadPoolExecutor(threads, thread_name_prefix="caption-decode") as pool:
+            return list(pool.map(self._read, rows))
+
+    def _read(self, row: dict) -> np.ndarray | Exception:
+        cap = self.config.captioning
+        try:
+            clip = row.get("clip_path") or row.get("source_path")
+            if not clip:
+                raise ValueError("row has no clip_path")
+            if is_image(row):  # an image is one frame, captioned as an image
+                return read_frames(clip, n=1)
+            return read_frames(clip, n=cap.frames_per_clip, fps=cap.fps)
+        except Exception as exc:  # noqa: BLE001 - returned, failed by the caller
+            return exc
 
     def _qa(self, rows: list[dict], frames_of: dict[int, np.ndarray]) -> list[dict]:
         """CLIP similarity of each new caption and its frames, plus a degenerate flag, as scores."""
