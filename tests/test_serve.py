@@ -1,0 +1,223 @@
+"""`vidcorpus serve`: the grid, the clip page, playback from files and shards, labels, and the
+safety rules, over a real small catalog (tests/serve_corpus.py) served by uvicorn on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from html import unescape
+from pathlib import Path
+
+import pytest
+import requests
+
+from serve_helpers import ThreadServer, card_ids
+from vidcorpus.catalog.store import Catalog
+from vidcorpus.serve.app import ServeSettings, make_app
+from vidcorpus.serve.server import media_roots
+
+WRITE = {"X-Vidcorpus": "1"}
+
+
+@pytest.fixture(scope="module")
+def built(serve_built) -> dict:
+    return serve_built
+
+
+def _settings(built: dict, **kw) -> ServeSettings:
+    return ServeSettings(catalog=built["catalog"], roots=media_roots(built["workdir"], built["catalog"]),
+                         who="tester", **kw)
+
+
+@pytest.fixture(scope="module")
+def server(built):
+    srv = ThreadServer(make_app(_settings(built)))
+    yield srv
+    srv.stop()
+
+
+def _table_counts(path: str) -> dict[str, int]:
+    with Catalog(path, read_only=True) as cat:
+        names = [r["table_name"] for r in cat.query_dicts(
+            "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'")]
+        return {n: cat.query_dicts(f'SELECT count(*) AS n FROM "{n}"')[0]["n"] for n in names}
+
+
+def test_grid_filters_by_decision_reason_source_score_and_where(built, server):
+    clips = built["clips"]
+    get = lambda **p: requests.get(server.url + "/", params=p, timeout=30)  # noqa: E731
+    r = get()
+    assert r.status_code == 200 and sorted(card_ids(r.text)) == sorted(c["clip_id"] for c in clips)
+    dropped = sorted(c["clip_id"] for c in clips if c["kept"] is False)
+    assert dropped and sorted(card_ids(get(decision="dropped").text)) == dropped
+    reason = next(c["reason"] for c in clips if c["kept"] is False)
+    assert card_ids(get(reason=reason).text) == [c["clip_id"] for c in clips if c["reason"] == reason]
+    source = clips[0]["source_id"]
+    assert card_ids(get(source=source).text) == [c["clip_id"] for c in clips if c["source_id"] == source]
+    with Catalog(built["catalog"], read_only=True) as cat:
+        rows = cat.query_dicts("SELECT clip_id, aesthetic FROM clips_wide WHERE aesthetic IS NOT NULL "
+                               "ORDER BY aesthetic DESC, clip_id")
+        long_ = [r["clip_id"] for r in cat.query_dicts(
+            "SELECT clip_id FROM clips_wide WHERE kept AND duration_s > 1.2 ORDER BY clip_id")]
+    assert card_ids(get(sort="aesthetic", desc="1").text)[:len(rows)] == [r["clip_id"] for r in rows]
+    mid = rows[len(rows) // 2]["aesthetic"]
+    above = sorted(r["clip_id"] for r in rows if r["aesthetic"] >= mid)
+    assert sorted(card_ids(get(min_aesthetic=mid).text)) == above
+    assert card_ids(get(where="kept AND duration_s > 1.2").text) == long_
+    page = get(per_page=2, page=2)
+    assert card_ids(page.text) == sorted(c["clip_id"] for c in clips)[2:4] and 'id="next"' in page.text
+
+
+def test_clip_page_shows_captions_scores_thresholds_decisions_and_timeline(built, server):
+    clip = next(c for c in built["clips"] if c["kept"] is False)
+    html = unescape(requests.get(f"{server.url}/clip/{clip['clip_id']}", timeout=30).text)
+    assert f"dropped: {clip['reason']}" in html
+    threshold = clip["reason"].replace("<", ">=")  # "motion<8" fails the recipe's "motion>=8"
+    assert f"<td>{threshold}</td>" in html
+    assert "demo_v1@1" in html and 'id="timeline"' in html
+    siblings = [c["clip_id"] for c in built["clips"] if c["source_id"] == clip["source_id"]]
+    for other in siblings:  # every clip of the source is on its timeline
+        assert f'href="/clip/{other}"' in html
+    kept = next(c for c in built["clips"] if c["kept"] and c["media_type"] == "video")
+    page = requests.get(f"{server.url}/clip/{kept['clip_id']}", timeout=30).text
+    assert "<td>v1</td><td>long</td>" in page and "<td>v1</td><td>short</td>" in page  # both captions
+    assert requests.get(f"{server.url}/clip/0000000000000000-0000000-0000001", timeout=30).status_code == 404
+
+
+def test_clips_play_from_their_file_and_from_their_verified_shard_member(built, server):
+    sharded = {m: s for s in built["shards"] for m in s["members"]}
+    clip = next(c for c in built["clips"] if c["clip_id"] in sharded and c["media_type"] == "video")
+    data = Path(clip["clip_path"]).read_bytes()
+    url = f"{server.url}/media/clip/{clip['clip_id']}"
+    whole = requests.get(url, params={"from": "file"}, timeout=30)
+    assert whole.status_code == 200 and whole.content == data and whole.headers["content-type"] == "video/mp4"
+    from_shard = requests.get(url, params={"from": "shard"}, timeout=30)
+    assert from_shard.status_code == 200 and from_shard.content == data
+    part = requests.get(url, params={"from": "shard"}, headers={"Range": "bytes=100-299"}, timeout=30)
+    assert part.status_code == 206 and part.content == data[100:300]
+    assert part.headers["content-range"] == f"bytes 100-299/{len(data)}"
+    tail = requests.get(url, headers={"Range": "bytes=-50"}, timeout=30)
+    assert tail.status_code == 206 and tail.content == data[-50:]
+    assert requests.get(url, headers={"Range": f"bytes={len(data)}-"}, timeout=30).status_code == 416
+    image = next(c for c in built["clips"] if c["media_type"] == "image")
+    img = requests.get(f"{server.url}/media/clip/{image['clip_id']}", params={"from": "shard"}, timeout=30)
+    assert img.status_code == 200 and img.content == Path(image["clip_path"]).read_bytes()
+
+
+def test_a_shard_that_no_longer_matches_its_checksum_is_not_served(built, server):
+    shard = next(s for s in built["shards"] if len(s["members"]) > 1)
+    path = Path(shard["url"])
+    original = path.read_bytes()
+    assert hashlib.sha256(original).hexdigest() == shard["sha256"]
+    url = f"{server.url}/media/clip/{shard['members'][0]}"
+    try:
+        path.write_bytes(original[:-1] + bytes([original[-1] ^ 0xFF]))  # one byte of tar padding changed
+        os.utime(path, (1, 1))
+        r = requests.get(url, params={"from": "shard"}, timeout=30)
+        assert r.status_code == 404 and "does not match its catalog checksum" in r.text
+    finally:
+        path.write_bytes(original)
+    assert requests.get(url, params={"from": "shard"}, timeout=30).status_code == 200
+
+
+def test_labels_are_catalog_rows_that_a_restarted_server_shows(built, server):
+    clip = next(c for c in built["clips"] if c["kept"] and c["media_type"] == "video")["clip_id"]
+    r = requests.post(server.url + "/api/labels", json={"clip_id": clip, "label": "bad", "reason": "text_overlay"},
+                      headers=WRITE, timeout=30)
+    assert r.status_code == 200, r.text
+    with Catalog(built["catalog"], read_only=True) as cat:  # the server keeps no file open between requests
+        rows = cat.query_dicts("SELECT clip_id, label, reason, who, origin, recipe FROM labels WHERE clip_id = ?",
+                               [clip])
+        assert cat.verify(checksums=True) == []
+    assert rows == [{"clip_id": clip, "label": "bad", "reason": "text_overlay", "who": "tester", "origin": "browse",
+                     "recipe": "demo_v1@1"}]
+    fresh = ThreadServer(make_app(_settings(built)))
+    try:
+        page = requests.get(f"{fresh.url}/clip/{clip}", timeout=30).text
+        assert "bad (text_overlay) by tester" in page
+    finally:
+        fresh.stop()
+
+
+def test_bad_labels_and_cross_site_writes_are_refused_and_write_nothing(built, server):
+    before = _table_counts(built["catalog"])
+    clip = built["clips"][0]["clip_id"]
+    post = lambda body, headers=WRITE: requests.post(server.url + "/api/labels", json=body,  # noqa: E731
+                                                     headers=headers, timeout=30)
+    assert post({"clip_id": clip, "label": "good"}, headers={}).status_code == 403  # no write header
+    assert post({"clip_id": clip, "label": "meh"}).status_code == 400
+    assert post({"clip_id": "../../etc/passwd", "label": "good"}).status_code == 400
+    r = post({"clip_id": "0000000000000000-0000000-0000001", "label": "good"})
+    assert r.status_code == 400 and "no clip" in r.text
+    assert _table_counts(built["catalog"]) == before
+    sneaky = "x'); DELETE FROM clips; --"  # a parameter, so stored as text
+    assert post({"clip_id": clip, "label": "good", "reason": sneaky}).status_code == 200
+    assert _table_counts(built["catalog"]) == {**before, "labels": before["labels"] + 1}
+    with Catalog(built["catalog"], read_only=True) as cat:
+        assert cat.query_dicts("SELECT reason FROM labels WHERE clip_id = ? ORDER BY labeled_at DESC LIMIT 1",
+                               [clip]) == [{"reason": sneaky}]
+
+
+ATTACKS = ["1; DELETE FROM clips", "clip_id; DROP TABLE clips", "x') OR 1=1; DELETE FROM labels; --",
+           "../../../../etc/passwd"]
+
+
+def test_sql_writes_and_path_traversal_through_every_parameter_are_refused(built, server):
+    before = _table_counts(built["catalog"])
+    for attack in ATTACKS:
+        for key in ("sort", "source", "decision", "reason", "page", "per_page", "min_aesthetic", f"min_{attack}"):
+            r = requests.get(server.url + "/", params={key: attack}, timeout=30)
+            assert r.status_code in (200, 400), (key, attack, r.status_code)
+            if r.status_code == 200:  # a value that is only ever a parameter: matched nothing
+                assert card_ids(r.text) == [], (key, attack)
+    for where in ["TRUE); DELETE FROM clips; SELECT (1", "clip_id IN (SELECT * FROM read_csv('/etc/passwd'))",
+                  "(SELECT count(*) FROM (COPY clips TO '/tmp/x.csv')) > 0", "kept; ATTACH '/tmp/evil.db'"]:
+        r = requests.get(server.url + "/", params={"where": where}, timeout=30)
+        assert r.status_code == 400 and 'id="error"' in r.text, where
+    for path in ["/clip/..%2F..%2Fetc%2Fpasswd", "/clip/A'B", "/media/clip/..%2Fcatalog.duckdb",
+                 "/media/still/%2Fetc%2Fpasswd", "/media/clip/x?from=../../etc"]:
+        r = requests.get(server.url + path, timeout=30)
+        assert r.status_code in (400, 404) and "root:" not in r.text, path
+    assert _table_counts(built["catalog"]) == before
+
+
+def test_files_outside_the_served_folders_are_not_served(built, tmp_path):
+    srv = ThreadServer(make_app(ServeSettings(catalog=built["catalog"], roots=[str(tmp_path)])))
+    try:
+        clip = built["clips"][0]["clip_id"]
+        r = requests.get(f"{srv.url}/media/clip/{clip}", timeout=30)
+        assert r.status_code == 404 and "outside the served folders" in r.text
+    finally:
+        srv.stop()
+
+
+def test_a_token_guards_every_request(built):
+    srv = ThreadServer(make_app(_settings(built, token="s3cret")))
+    try:
+        assert requests.get(srv.url + "/", timeout=30).status_code == 401
+        assert requests.get(srv.url + "/media/clip/" + built["clips"][0]["clip_id"], timeout=30).status_code == 401
+        s = requests.Session()
+        assert s.get(srv.url + "/", params={"token": "s3cret"}, timeout=30).status_code == 200
+        assert s.get(srv.url + "/", timeout=30).status_code == 200  # the cookie it set
+        assert requests.get(srv.url + "/", headers={"Authorization": "Bearer s3cret"}, timeout=30).status_code == 200
+        assert requests.get(srv.url + "/", params={"token": "wrong"}, timeout=30).status_code == 401
+    finally:
+        srv.stop()
+
+
+def test_only_loopback_host_names_are_answered_on_loopback(server):
+    """A page on another site that rebinds its name to 127.0.0.1 gets nothing."""
+    assert requests.get(server.url + "/", headers={"Host": "evil.example"}, timeout=30).status_code == 400
+    assert requests.get(server.url + "/", headers={"Host": "localhost:8765"}, timeout=30).status_code == 200
+
+
+def test_a_non_loopback_bind_without_a_token_refuses_to_start(built):
+    cli = [sys.executable, "-m", "vidcorpus.cli", "serve", "--catalog", built["catalog"], "--port", "1"]
+    r = subprocess.run([*cli, "--host", "0.0.0.0"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "VIDCORPUS_SERVE_TOKEN": ""})
+    assert r.returncode == 2 and "--token" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "vidcorpus.cli", "serve", "-w", str(Path(built["workdir"]) / "nope")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no catalog" in r.stderr and "Traceback" not in r.stderr
