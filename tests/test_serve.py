@@ -221,3 +221,50 @@ def test_a_non_loopback_bind_without_a_token_refuses_to_start(built):
     r = subprocess.run([sys.executable, "-m", "vidcorpus.cli", "serve", "-w", str(Path(built["workdir"]) / "nope")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no catalog" in r.stderr and "Traceback" not in r.stderr
+
+
+JOB = """
+import json, sys, time
+from vidcorpus.catalog.store import Catalog
+cat = Catalog(sys.argv[1], hold=False)   # as the pipeline driver opens it
+time.sleep(1.5)                          # the readers are in full swing by now
+waits = []
+for _ in range(6):
+    started = time.monotonic()
+    with cat.transaction() as con:
+        con.execute("UPDATE runs SET status = status WHERE run_id = 'run-a'")
+    waits.append(time.monotonic() - started)
+    time.sleep(0.3)
+print(json.dumps(waits))
+"""
+
+
+def test_back_to_back_page_loads_never_starve_a_running_jobs_commits(built, server):
+    """Eight clients reloading the grid without pause keep a read connection open all the time; a
+    job's commit must still get in at once (the server stops joining the open connection while a
+    job waits, and closes it when the requests in flight are done)."""
+    import json
+    import threading
+
+    job = subprocess.Popen([sys.executable, "-c", JOB, built["catalog"]], stdout=subprocess.PIPE, text=True)
+    statuses: list[int] = []
+
+    import time
+
+    stop_at = time.monotonic() + 20  # without the hand-over the job gets in only when the clients stop
+
+    def browse():
+        with requests.Session() as s:
+            while job.poll() is None and time.monotonic() < stop_at:
+                statuses.append(s.get(server.url + "/", params={"sort": "aesthetic"}, timeout=60).status_code)
+
+    clients = [threading.Thread(target=browse) for _ in range(8)]
+    for t in clients:
+        t.start()
+    out, _ = job.communicate(timeout=120)
+    for t in clients:
+        t.join(timeout=60)
+    waits = json.loads(out)
+    assert job.returncode == 0 and len(waits) == 6
+    assert max(waits) < 2.0, waits  # without the hand-over a commit waits until the clients stop
+    assert len(statuses) > 20 and set(statuses) == {200}

@@ -793,6 +793,12 @@ def filter_dedup(
     console.print(f"{n} clips scored for duplicates and re-decided")
 
 
+from vidcorpus.cli_measure import register_filter_suggest  # noqa: E402 - `filter suggest`
+
+register_filter_suggest(filter_app)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
+
 

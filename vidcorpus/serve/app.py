@@ -258,6 +258,8 @@ def _on_catalog(request: Request, exc: Exception) -> Response:
 
 
 def make_app(settings: ServeSettings, access: CatalogAccess | None = None) -> Starlette:
+    from vidcorpus.serve.routes_measure import measure_routes  # (its pages render with this module)
+
     static = StaticFiles(packages=[("vidcorpus.serve", "static")])
     routes = [
         Route("/", index),
@@ -266,6 +268,7 @@ def make_app(settings: ServeSettings, access: CatalogAccess | None = None) -> St
         Route("/media/still/{clip_id}", still_media),
         Route("/api/labels", post_label, methods=["POST"]),
         Route("/favicon.ico", lambda request: Response(status_code=204)),
+        *measure_routes(),
         Mount("/static", app=static, name="static"),
     ]
     app = Starlette(routes=routes, middleware=[Middleware(Guard)],
