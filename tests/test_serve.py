@@ -268,3 +268,26 @@ def test_back_to_back_page_loads_never_starve_a_running_jobs_commits(built, serv
     assert job.returncode == 0 and len(waits) == 6
     assert max(waits) < 2.0, waits  # without the hand-over a commit waits until the clients stop
     assert len(statuses) > 20 and set(statuses) == {200}
+
+
+def test_an_exported_snapshot_is_browsed_read_only(built, tmp_path):
+    with Catalog(built["catalog"], read_only=True) as cat:
+        cat.export(str(tmp_path / "snap"))
+    srv = ThreadServer(make_app(ServeSettings(catalog=str(tmp_path / "snap"),
+                                              roots=media_roots(built["workdir"], built["catalog"]))))
+    try:
+        html = requests.get(srv.url + "/", params={"decision": "dropped"}, timeout=30).text
+        assert sorted(card_ids(html)) == sorted(c["clip_id"] for c in built["clips"] if c["kept"] is False)
+        clip = built["clips"][0]
+        page = requests.get(f"{srv.url}/clip/{clip['clip_id']}", timeout=30).text
+        assert 'id="labeler"' not in page  # nothing to write to
+        r = requests.post(srv.url + "/api/labels", json={"clip_id": clip["clip_id"], "label": "good"},
+                          headers=WRITE, timeout=30)
+        assert r.status_code == 503 and "snapshot" in r.text
+        media = requests.get(f"{srv.url}/media/clip/{clip['clip_id']}", timeout=30)
+        assert media.status_code == 200 and media.content == Path(clip["clip_path"]).read_bytes()
+        bad = requests.get(srv.url + "/", params={"where": "clip_id IN (SELECT * FROM read_csv('/etc/passwd'))"},
+                           timeout=30)
+        assert bad.status_code == 400
+    finally:
+        srv.stop()

@@ -137,6 +137,21 @@ def checked_where(request: Request, con: duckdb.DuckDBPyConnection, where: str) 
     return cache[where]
 
 
+FACETS_TTL_S = 30.0
+
+
+def cached_facets(request: Request, con: duckdb.DuckDBPyConnection, scores: list[str]) -> dict:
+    """The filter bar's choices (sources, reasons, score ranges) scan the whole table: computed at
+    most every FACETS_TTL_S seconds, not on every page of every client."""
+    import time
+
+    cache = request.app.state.facets
+    now = time.monotonic()
+    if cache.get("at") is None or now - cache["at"] > FACETS_TTL_S or cache.get("scores") != scores:
+        cache.update(value=queries.facets(con, scores), at=now, scores=scores)
+    return cache["value"]
+
+
 def index(request: Request) -> Response:
     access: CatalogAccess = request.app.state.access
     with access.read() as con:
@@ -148,7 +163,7 @@ def index(request: Request) -> Response:
             raise Refused(str(e)) from None
         except duckdb.Error as e:
             raise Refused(f"SQL error: {first_line(str(e))}") from None
-        facets = queries.facets(con, scores)
+        facets = cached_facets(request, con, scores)
         counts = labels_mod.label_counts(con)
         recipe = queries.active_recipe(con)
     pages = max(1, -(-total // q.per_page))
@@ -277,4 +292,5 @@ def make_app(settings: ServeSettings, access: CatalogAccess | None = None) -> St
     app.state.access = access or CatalogAccess(settings.catalog)
     app.state.shards = media.ShardIndex()
     app.state.where_cache = {}
+    app.state.facets = {}
     return app

@@ -152,15 +152,13 @@ def clip_detail(con: duckdb.DuckDBPyConnection, clip_id: str) -> dict | None:
     thresholds: dict[str, list[str]] = {}
     for p in recipe.predicates if recipe else []:
         thresholds.setdefault(p.score, []).append(str(p))
-    scores = _dicts(con.execute(
-        "SELECT scorer, arg_max(value, written_at) AS value, arg_max(model, written_at) AS model, "
-        "arg_max(version, written_at) AS version FROM scores WHERE clip_id = ? GROUP BY scorer ORDER BY scorer",
-        [clip_id]))
+    # the latest value of every score is in the clip's clips_wide row (a primary-key lookup); the
+    # long scores table would be a scan of every score row at millions of clips
+    scores = [{"scorer": name, "value": clip[name]} for name in score_columns(con) if clip.get(name) is not None]
     for s in scores:
         s["thresholds"] = thresholds.get(s["scorer"], [])
-        s["passes"] = (None if not recipe else all(
-            p.holds(float(s["value"])) for p in recipe.predicates if p.score == s["scorer"]) if s["value"] is not None
-            else None)
+        preds = [p for p in recipe.predicates if p.score == s["scorer"]] if recipe else []
+        s["passes"] = all(p.holds(float(s["value"])) for p in preds) if preds else None
     captions = _dicts(con.execute(
         "SELECT version, kind, text, model, prompt_version, written_at FROM captions WHERE clip_id = ? "
         "ORDER BY written_at DESC, kind", [clip_id]))
