@@ -291,3 +291,21 @@ def test_an_exported_snapshot_is_browsed_read_only(built, tmp_path):
         assert bad.status_code == 400
     finally:
         srv.stop()
+
+
+def test_a_snapshot_on_s3_is_browsed_and_its_clips_play(built, s3):
+    with Catalog(built["catalog"], read_only=True) as cat:
+        cat.export("s3://bucket/serve-snapshot")
+    srv = ThreadServer(make_app(ServeSettings(catalog="s3://bucket/serve-snapshot",
+                                              roots=media_roots(built["workdir"], built["catalog"]))))
+    try:
+        html = requests.get(srv.url + "/", params={"sort": "duration_s", "desc": "1"}, timeout=30).text
+        with Catalog(built["catalog"], read_only=True) as cat:
+            expected = [r["clip_id"] for r in cat.query_dicts(
+                "SELECT clip_id FROM clips_wide ORDER BY duration_s DESC NULLS LAST, clip_id")]
+        assert card_ids(html) == expected
+        clip = next(c for c in built["clips"] if c["media_type"] == "video")
+        r = requests.get(f"{srv.url}/media/clip/{clip['clip_id']}", headers={"Range": "bytes=0-63"}, timeout=30)
+        assert r.status_code == 206 and r.content == Path(clip["clip_path"]).read_bytes()[:64]
+    finally:
+        srv.stop()

@@ -170,7 +170,7 @@ def index(request: Request) -> Response:
     args = {k: v for k, v in request.query_params.items() if k not in ("page", "token")}
     return render("grid.html", rows=rows, total=total, q=q, scores=scores, facets=facets, pages=pages,
                   args=args, label_counts=counts, recipe=recipe.id if recipe else None,
-                  writable=access.writable)
+                  writable=access.writable, count_cap=queries.COUNT_CAP)
 
 
 def clip_page(request: Request) -> Response:
@@ -205,12 +205,12 @@ def clip_media(request: Request) -> Response:
         raise Refused("from is file, shard or auto")
     s: ServeSettings = request.app.state.settings
     with request.app.state.access.read() as con:
-        rows = con.execute("SELECT clip_path, media_type FROM clips WHERE clip_id = ?", [clip_id]).fetchall()
-        shards = con.execute("SELECT s.url, s.sha256 FROM shard_members m JOIN shards s USING (shard_id) "
-                             "WHERE m.clip_id = ? ORDER BY m.shard_id", [clip_id]).fetchall()
+        rows = con.execute("SELECT clip_path, media_type, shard_id FROM clips_wide WHERE clip_id = ?",
+                           [clip_id]).fetchall()
+        shards = [(s["url"], s["sha256"]) for s in queries.clip_shard(con, rows[0][2])] if rows else []
     if not rows:
         return error_page(f"no clip {clip_id} in the catalog", 404)
-    clip_path, media_type = rows[0]
+    clip_path, media_type, _shard = rows[0]
     problems = []
     if source in ("auto", "file") and clip_path:
         if not inside_roots(clip_path, s.roots):
@@ -237,7 +237,7 @@ def still_media(request: Request) -> Response:
     clip_id = check_id(request.path_params["clip_id"])
     s: ServeSettings = request.app.state.settings
     with request.app.state.access.read() as con:
-        rows = con.execute("SELECT first_frame_path FROM clips WHERE clip_id = ?", [clip_id]).fetchall()
+        rows = con.execute("SELECT first_frame_path FROM clips_wide WHERE clip_id = ?", [clip_id]).fetchall()
     if not rows or not rows[0][0] or not inside_roots(rows[0][0], s.roots):
         return Response(status_code=404)
     try:

@@ -89,17 +89,30 @@ class GridQuery:
         return f'"{self.sort}" {"DESC" if self.descending else "ASC"} NULLS LAST, clip_id'
 
 
+COUNT_CAP = 10_000
+"""Counting every match is a full scan per page; beyond this many the grid says "10000+"."""
+
+
 def grid(con: duckdb.DuckDBPyConnection, q: GridQuery, scores: list[str]) -> tuple[list[dict], int]:
-    """One page of clips and how many match."""
+    """One page of clips and how many match (at most COUNT_CAP + 1: more means "over COUNT_CAP").
+
+    The page's ids come from a top-N over two columns (the sort key and the id); only those rows
+    are then read whole: sorting every matching row with all its columns costs twice as much."""
     where, params = q.sql(scores)
-    cols = ", ".join(f'"{c}"' for c in (*GRID_COLUMNS, *scores))
     limit = max(1, min(MAX_PER_PAGE, q.per_page))
     offset = (max(1, q.page) - 1) * limit
-    rel = con.execute(f"SELECT {cols} FROM clips_wide WHERE {where} ORDER BY {q.order(scores)} LIMIT ? OFFSET ?",
-                      [*params, limit, offset])
-    names = [d[0] for d in rel.description]
-    rows = [dict(zip(names, r)) for r in rel.fetchall()]
-    total = con.execute(f"SELECT count(*) FROM clips_wide WHERE {where}", params).fetchall()[0][0]
+    ids = [r[0] for r in con.execute(
+        f"SELECT clip_id FROM clips_wide WHERE {where} ORDER BY {q.order(scores)} LIMIT ? OFFSET ?",
+        [*params, limit, offset]).fetchall()]
+    rows = []
+    if ids:
+        cols = ", ".join(f'"{c}"' for c in (*GRID_COLUMNS, *scores))
+        rel = con.execute(f"SELECT {cols} FROM clips_wide WHERE clip_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
+        names = [d[0] for d in rel.description]
+        by_id = {r[0]: dict(zip(names, r)) for r in rel.fetchall()}
+        rows = [by_id[i] for i in ids if i in by_id]
+    total = con.execute(f"SELECT count(*) FROM (SELECT 1 FROM clips_wide WHERE {where} LIMIT ?)",
+                        [*params, COUNT_CAP + 1]).fetchall()[0][0]
     return rows, total
 
 
@@ -159,19 +172,24 @@ def clip_detail(con: duckdb.DuckDBPyConnection, clip_id: str) -> dict | None:
         s["thresholds"] = thresholds.get(s["scorer"], [])
         preds = [p for p in recipe.predicates if p.score == s["scorer"]] if recipe else []
         s["passes"] = all(p.holds(float(s["value"])) for p in preds) if preds else None
-    captions = _dicts(con.execute(
-        "SELECT version, kind, text, model, prompt_version, written_at FROM captions WHERE clip_id = ? "
-        "ORDER BY written_at DESC, kind", [clip_id]))
+    # the latest long and short caption are in the wide row too (the captions table: a scan)
+    captions = [{"version": clip.get("caption_version"), "kind": kind, "text": clip.get(col)}
+                for kind, col in (("long", "caption"), ("short", "short_caption")) if clip.get(col)]
     decisions = _dicts(con.execute(
         "SELECT recipe, kept, reason, decided_at FROM decisions WHERE clip_id = ? ORDER BY decided_at", [clip_id]))
     labels = (_dicts(con.execute("SELECT label, reason, who, labeled_at, origin FROM labels WHERE clip_id = ? "
                                  "ORDER BY labeled_at DESC", [clip_id])) if "labels" in have else [])
-    shards = _dicts(con.execute(
-        "SELECT m.shard_id, s.url, s.sha256 FROM shard_members m JOIN shards s USING (shard_id) "
-        "WHERE m.clip_id = ? ORDER BY m.shard_id", [clip_id]))
+    shards = clip_shard(con, clip["shard_id"])
     return {"clip": clip, "scores": scores, "captions": captions, "decisions": decisions, "labels": labels,
             "shards": shards, "recipe": recipe.id if recipe else None,
             "duplicates": duplicates(con, clip_id, have), "timeline": timeline(con, clip["source_id"], have)}
+
+
+def clip_shard(con: duckdb.DuckDBPyConnection, shard_id: str | None) -> list[dict]:
+    """The shard holding the clip (clips_wide names the first one), by its key."""
+    if not shard_id:
+        return []
+    return _dicts(con.execute("SELECT shard_id, url, sha256 FROM shards WHERE shard_id = ?", [shard_id]))
 
 
 def duplicates(con: duckdb.DuckDBPyConnection, clip_id: str, have: set[str]) -> list[dict]:
