@@ -11,6 +11,7 @@ def build_serve_catalog(root: Path, model_cache: str) -> dict:
     from vidcorpus.catalog.corpus_state import set_active_recipe
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.config import load_config
+    from vidcorpus.filters.dedup import write_embedding_batch
     from vidcorpus.filters.recipes import load_recipe
     from vidcorpus.ingest.sources import read_inputs
     from vidcorpus.presets import resolve_models
@@ -29,7 +30,9 @@ def build_serve_catalog(root: Path, model_cache: str) -> dict:
     failed = {r["source_id"] for r in rows if r.get("error_class")}
     with Catalog(cfg.catalog_path, hold=False) as cat:
         cat.begin_run("run-a", "pipeline", "{}", "test")
+        index = write_embedding_batch(cfg.url("embeddings"), "run-a", 0, rows)  # as the runner does
         cat.commit_results("run-a", rows, failed_before=failed)
+        cat.commit_embeddings("run-a", index)
         cat.mark_sources_done({r["source_id"] for r in rows} - failed)
         set_active_recipe(cat, load_recipe("demo_v1"), origin="test")
         shards = pack_clips(cfg, cat, "run-a", cat.unsharded_kept(), progress=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from html import unescape
@@ -309,3 +310,21 @@ def test_a_snapshot_on_s3_is_browsed_and_its_clips_play(built, s3):
         assert r.status_code == 206 and r.content == Path(clip["clip_path"]).read_bytes()[:64]
     finally:
         srv.stop()
+
+
+def test_the_clip_page_lists_its_nearest_clips_by_embedding(built, server):
+    import numpy as np
+
+    from vidcorpus.filters.dedup import read_embeddings
+
+    with Catalog(built["catalog"], read_only=True) as cat:
+        index = cat.query_dicts("SELECT clip_id, url FROM embeddings")
+    ids, mat, _ = read_embeddings(index)
+    assert len(ids) >= 3
+    mat = mat / np.linalg.norm(mat, axis=1, keepdims=True)
+    clip = ids[0]
+    sims = mat @ mat[0]
+    expected = [ids[i] for i in np.argsort(-sims) if ids[i] != clip][:8]
+    html = requests.get(f"{server.url}/clip/{clip}", timeout=30).text
+    near = html.split('id="near"')[1].split("</ol>")[0]
+    assert re.findall(r'href="/clip/([0-9a-z-]+)"', near) == expected

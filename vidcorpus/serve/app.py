@@ -25,6 +25,7 @@ from vidcorpus.catalog.store import CatalogError
 from vidcorpus.serve import labels as labels_mod
 from vidcorpus.serve import media, queries
 from vidcorpus.serve.access import CatalogAccess
+from vidcorpus.serve.neighbours import Neighbours
 from vidcorpus.serve.security import WRITE_HEADER, Refused, check_id, host_ok, inside_roots, token_ok
 
 TOKEN_COOKIE = "vidcorpus_token"
@@ -176,10 +177,21 @@ def index(request: Request) -> Response:
 def clip_page(request: Request) -> Response:
     clip_id = check_id(request.path_params["clip_id"])
     access: CatalogAccess = request.app.state.access
+    neighbours = request.app.state.neighbours
     with access.read() as con:
         detail = queries.clip_detail(con, clip_id)
+        plan = neighbours.index_of(con, clip_id) if detail is not None else None
     if detail is None:
         return error_page(f"no clip {clip_id} in the catalog", 404)
+    detail["near"], detail["near_note"] = [], plan if isinstance(plan, str) else ""
+    if isinstance(plan, tuple):  # the embedding files are read outside the catalog's request
+        near = neighbours.nearest(clip_id, plan)
+        with access.read() as con:
+            info = {r[0]: r[1:] for r in con.execute(
+                "SELECT clip_id, kept, reason FROM clips_wide WHERE clip_id IN (SELECT unnest(?::VARCHAR[]))",
+                [[c for c, _ in near]]).fetchall()} if near else {}
+        detail["near"] = [{"clip_id": c, "sim": s, "kept": info.get(c, (None, None))[0],
+                           "reason": info.get(c, (None, None))[1]} for c, s in near]
     return render("clip.html", d=detail, c=detail["clip"], reasons=labels_mod.REASONS, writable=access.writable,
                   origin=request.query_params.get("origin", "browse"))
 
@@ -293,4 +305,5 @@ def make_app(settings: ServeSettings, access: CatalogAccess | None = None) -> St
     app.state.shards = media.ShardIndex()
     app.state.where_cache = {}
     app.state.facets = {}
+    app.state.neighbours = Neighbours(settings.roots)
     return app
