@@ -328,3 +328,36 @@ def test_the_clip_page_lists_its_nearest_clips_by_embedding(built, server):
     html = requests.get(f"{server.url}/clip/{clip}", timeout=30).text
     near = html.split('id="near"')[1].split("</ol>")[0]
     assert re.findall(r'href="/clip/([0-9a-z-]+)"', near) == expected
+
+
+HOLDER = """
+import sys, time
+from vidcorpus.catalog.store import Catalog
+cat = Catalog(sys.argv[1], hold=False)
+with cat.transaction() as con:          # a job's commit that takes a while
+    con.execute("UPDATE runs SET status = status WHERE run_id = 'run-a'")
+    print("holding", flush=True)
+    time.sleep(2.0)
+print("done", flush=True)
+"""
+
+
+def test_a_label_given_during_a_jobs_commit_waits_for_it_and_is_kept(built, server):
+    import time
+
+    clip = built["clips"][1]["clip_id"]
+    job = subprocess.Popen([sys.executable, "-c", HOLDER, built["catalog"]], stdout=subprocess.PIPE, text=True)
+    try:
+        assert job.stdout.readline().strip() == "holding"
+        started = time.monotonic()
+        r = requests.post(server.url + "/api/labels", json={"clip_id": clip, "label": "bad", "reason": "static"},
+                          headers=WRITE, timeout=60)
+        waited = time.monotonic() - started
+        assert r.status_code == 200, r.text
+        assert job.wait(timeout=30) == 0
+        assert waited > 0.5  # it waited for the commit instead of failing or writing beside it
+    finally:
+        job.kill()
+    with Catalog(built["catalog"], read_only=True) as cat:
+        assert cat.query_dicts("SELECT label, reason FROM labels WHERE clip_id = ? ORDER BY labeled_at DESC LIMIT 1",
+                               [clip]) == [{"label": "bad", "reason": "static"}]
