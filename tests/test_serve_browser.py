@@ -86,6 +86,9 @@ def test_filter_open_play_label_restart_and_see_the_label(built, tmp_path):
         driver.get(base + "/")
         cards = lambda: [c.get_attribute("data-clip") for c in driver.find_elements(By.CSS_SELECTOR, "#grid .card")]  # noqa: E731
         assert sorted(cards()) == sorted(c["clip_id"] for c in built["clips"])
+        video = driver.find_element(By.CSS_SELECTOR, "#grid video.hoverplay")
+        ActionChains(driver).move_to_element(video).perform()  # grid clips play on hover
+        wait.until(lambda d: d.execute_script("return arguments[0].currentTime > 0.2", video))
         driver.save_screenshot(str(artifacts / "1-grid.png"))
 
         Select(driver.find_element(By.ID, "decision")).select_by_value("dropped")
@@ -107,12 +110,15 @@ def test_filter_open_play_label_restart_and_see_the_label(built, tmp_path):
         ActionChains(driver).send_keys("g").perform()  # the filter dropped it; the labeller says it is good
         wait.until(lambda d: d.find_element(By.ID, "label-status").text.startswith("saved: good"))
         assert "good by browser-test" in driver.find_element(By.ID, "labels").text
+        ActionChains(driver).send_keys("2").perform()  # second thoughts: bad, for the second reason
+        wait.until(lambda d: d.find_element(By.ID, "label-status").text == "saved: bad (static)")
         driver.save_screenshot(str(artifacts / "4-labelled.png"))
 
         _stop(server)
         server = _start_server(built, port, log)
         driver.get(f"{base}/clip/{clip}")
-        assert "good by browser-test" in driver.find_element(By.ID, "labels").text
+        labels = driver.find_element(By.ID, "labels").text.splitlines()
+        assert labels[0].startswith("bad (static) by browser-test") and "good by browser-test" in labels[1]
         driver.save_screenshot(str(artifacts / "5-after-restart.png"))
     finally:
         driver.quit()
