@@ -172,6 +172,19 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        14,  # issue 25: people's verdicts on clips (`vidcorpus serve`); append-only, the newest per clip counts
+        """
+        CREATE TABLE IF NOT EXISTS labels (
+            label_id VARCHAR PRIMARY KEY,   -- time-ordered (ULID)
+            clip_id VARCHAR, label VARCHAR, -- 'good' or 'bad'
+            reason VARCHAR,                 -- text_overlay, static, cut_inside, bad_caption, ... or free text
+            who VARCHAR, labeled_at TIMESTAMP,
+            recipe VARCHAR,                 -- the recipe in force when it was given
+            origin VARCHAR                  -- 'browse', or 'sample:<score>' for a uniform sample (unbiased estimates)
+        );
+        """,
+    ),
 ]
 
 # Python steps run right after a migration's DDL, in the same transaction (method names of Catalog).

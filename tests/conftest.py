@@ -112,3 +112,11 @@ def demo(tmp_path_factory, model_cache):
     import ray
 
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_built(tmp_path_factory, model_cache) -> dict:
+    """A small real catalog with shards for the `vidcorpus serve` tests (tests/serve_corpus.py), built once."""
+    from serve_corpus import build_serve_catalog
+
+    return build_serve_catalog(tmp_path_factory.mktemp("serve"), model_cache)

@@ -13,7 +13,7 @@ runner = CliRunner()
 COMMANDS = [[], ["demo"], ["run"], ["ingest"], ["sql"], ["train"], ["config"], ["config", "show"], ["catalog"],
             ["catalog", "funnel"], ["catalog", "failures"], ["catalog", "info"], ["catalog", "export"],
             ["catalog", "verify"], ["shards"], ["shards", "write"],
-            ["shards", "list"], ["report"]]
+            ["shards", "list"], ["report"], ["serve"], ["filter", "suggest"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "root")

@@ -18,6 +18,8 @@ def test_wheel_installs_only_the_vidcorpus_package(tmp_path):
     for sub in ("ingest", "filters", "captioning", "shards", "catalog", "train"):
         assert f"vidcorpus/{sub}/__init__.py" in names
     assert any(n.startswith("vidcorpus/filters/recipes/") and n.endswith(".yaml") for n in names)
+    for asset in ("templates/grid.html", "templates/clip.html", "static/app.js", "static/app.css"):
+        assert f"vidcorpus/serve/{asset}" in names  # `vidcorpus serve` needs no CDN: its assets ship
 
 
 def test_ci_runs_the_readme_test_command():

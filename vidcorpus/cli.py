@@ -666,9 +666,11 @@ def report(
 
 
 from vidcorpus.cli_release import release_app  # noqa: E402 - also registers `shards encode`
+from vidcorpus.cli_serve import register_serve_command  # noqa: E402 - `serve`
 from vidcorpus.cli_state import register_state_commands  # noqa: E402 - `status`, `sync`
 
 register_state_commands(app)
+register_serve_command(app)
 
 app.add_typer(release_app, name="release")
 filter_app = typer.Typer(help="Re-decide from stored scores: apply recipes, sweep thresholds, find duplicates.",
@@ -798,6 +800,12 @@ def filter_dedup(
     console.print(f"{n} clips scored for duplicates and re-decided")
 
 
+from vidcorpus.cli_measure import register_filter_suggest  # noqa: E402 - `filter suggest`
+
+register_filter_suggest(filter_app)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
+
 

@@ -460,12 +460,15 @@ def build_report(catalog: str | Path, out_dir: str | Path, run: str | None = Non
     """
     from vidcorpus import report_plots as rp
     from vidcorpus.report_footage import footage_plot, footage_rows, footage_section
+    from vidcorpus.report_labels import filter_quality_section
+    from vidcorpus.serve.measure import filter_quality
 
     t0 = time.time()
     out = Path(out_dir)
     with Catalog(catalog, read_only=True) as cat:  # a missing catalog, run or release: no folder made
         data = load_report_data(cat, run, recipe_path, release)
         footage = footage_rows(cat)
+        quality = filter_quality(cat.con, data.recipe) if data.recipe is not None else []
     out.mkdir(parents=True, exist_ok=True)
     clear_report_dir(out)
     w = _Writer(data, out, thumb_px)
@@ -504,6 +507,7 @@ def build_report(catalog: str | Path, out_dir: str | Path, run: str | None = Non
             ["reason", "clips"], [[_e(k), v] for k, v in reasons.most_common()], {1})
     body += "".join(f'<p class="note">{_e(n)}</p>' for n in data.notes)
     sections.append(("decisions", "Decisions", body))
+    sections.append(("filter-quality", "Filter quality from labels", filter_quality_section(quality, _table, _e)))
 
     # scores: histograms with thresholds, retention curves, scatter
     thr: dict[str, list[tuple[str, float]]] = defaultdict(list)

@@ -1,0 +1,152 @@
+"""`vidcorpus serve` under load (issue 25): concurrent clients browse the grid and clip pages of a
+large catalog; per-page latency percentiles and errors. A benchmark, not a timed test.
+
+The catalog is filled straight in SQL (``bench_catalog._direct_load``: sources, clips_wide, shards,
+shard_members, train_samples) plus the long tables a clip page reads (one score row per clip and
+scorer, one decision per clip) and the recipe in force. The server is the real CLI
+(``vidcorpus serve``) in its own process; each client is a thread with its own HTTP session that
+asks, without pause, for a grid page (60 %: a random filter, sort and page) or a clip page (40 %).
+
+    python bench/bench_serve.py --clips 1000000 --clients 50 --seconds 60 \\
+        --db /tmp/bench-serve/c1m.duckdb --json bench/results/serve_load_1m.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_catalog import SCORERS, _direct_load  # noqa: E402
+
+RECIPE = "name: bench\nversion: '1'\nmissing: keep\npredicates:\n  - {score: aesthetic, op: '>=', value: 4}\n"
+
+
+def build(db: Path, n: int, scorers: list[str]) -> float:
+    from vidcorpus.catalog.corpus_state import set_active_recipe
+    from vidcorpus.catalog.store import Catalog
+    from vidcorpus.filters.recipes import recipe_from_text
+
+    t = time.perf_counter()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    for p in (db, Path(str(db) + ".wal")):
+        p.unlink(missing_ok=True)
+    cat = Catalog(db)
+    con = cat.con
+    con.execute("SET threads = 2")
+    cat._sync_wide_columns(con, scorers)
+    _direct_load(con, n, scorers)
+    con.execute("INSERT INTO clips BY NAME SELECT clip_id, source_id, media_type, first_frame, last_frame, start_s, "
+                "end_s, duration_s, n_frames, fps, width, height, clip_path, first_frame_path, run_id, updated_at, "
+                "extract_mode FROM clips_wide")
+    cols = ", ".join(f'"{s}"' for s in scorers)
+    con.execute(f"INSERT INTO scores SELECT clip_id, scorer, 'bench-model', '1', value, run_id, updated_at "
+                f"FROM (UNPIVOT (SELECT clip_id, run_id, updated_at, {cols} FROM clips_wide) ON {cols} "
+                f"INTO NAME scorer VALUE value)")
+    con.execute("INSERT INTO decisions SELECT clip_id, 'bench@1', kept, reason, run_id, updated_at FROM clips_wide")
+    set_active_recipe(cat, recipe_from_text(RECIPE), origin="bench")
+    con.execute("CHECKPOINT")
+    cat.close()
+    return time.perf_counter() - t
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--clips", type=int, default=1_000_000)
+    ap.add_argument("--scorers", type=int, default=15)
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--db", default="/tmp/bench-serve/catalog.duckdb")
+    ap.add_argument("--skip-load", action="store_true", help="Reuse the catalog at --db.")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    import duckdb
+
+    scorers = SCORERS[:args.scorers]
+    db = Path(args.db)
+    build_s = None if args.skip_load else build(db, args.clips, scorers)
+    con = duckdb.connect(str(db), read_only=True)
+    ids = [r[0] for r in con.execute("SELECT clip_id FROM clips_wide USING SAMPLE 2000 ROWS").fetchall()]
+    n_clips = con.execute("SELECT count(*) FROM clips_wide").fetchall()[0][0]
+    con.close()
+    port = _free_port()
+    log = open(str(db) + ".serve.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "vidcorpus.cli", "serve", "--catalog", str(db), "--port",
+                               str(port)], stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if requests.get(base + "/favicon.ico", timeout=2).status_code == 204:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    results: list[tuple[str, float, int]] = []
+    lock = threading.Lock()
+    load_before = os.getloadavg()
+    deadline = time.monotonic() + args.seconds
+
+    def client(seed: int) -> None:
+        rnd = random.Random(seed)
+        with requests.Session() as s:
+            while time.monotonic() < deadline:
+                if rnd.random() < 0.6:
+                    params = {"page": rnd.randint(1, 50), "sort": rnd.choice(scorers), "desc": rnd.choice(["", "1"]),
+                              "decision": rnd.choice(["", "kept", "dropped"])}
+                    if rnd.random() < 0.5:
+                        params[f"min_{rnd.choice(scorers)}"] = round(rnd.uniform(0, 8), 2)
+                    kind, url = "grid", base + "/"
+                else:
+                    kind, url, params = "clip", f"{base}/clip/{rnd.choice(ids)}", {}
+                t = time.perf_counter()
+                try:
+                    status = s.get(url, params=params, timeout=60).status_code
+                except requests.RequestException:
+                    status = -1
+                with lock:
+                    results.append((kind, time.perf_counter() - t, status))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    server.terminate()
+    server.wait(timeout=30)
+    out = {"clips": n_clips, "scorers": len(scorers), "clients": args.clients, "seconds": args.seconds,
+           "build_s": build_s, "cpus": os.cpu_count(), "loadavg_before": load_before, "pages": {}}
+    for kind in ("grid", "clip", "all"):
+        rows = [r for r in results if kind == "all" or r[0] == kind]
+        lat = [r[1] for r in rows]
+        out["pages"][kind] = {"n": len(rows), "errors": sum(r[2] != 200 for r in rows),
+                              "per_s": len(rows) / args.seconds, "p50_s": statistics.median(lat),
+                              "p95_s": _pct(lat, 0.95), "p99_s": _pct(lat, 0.99), "max_s": max(lat)}
+    print(json.dumps(out, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""`vidcorpus serve`: the local web app over a catalog (``vidcorpus/serve/``).
+
+Registered on the main app at the end of ``vidcorpus/cli.py``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from vidcorpus.cli import CatalogOpt, ConfigOpt, WorkdirOpt, _config, console, fail
+
+
+def register_serve_command(app: typer.Typer) -> None:
+    @app.command()
+    def serve(
+        catalog: Optional[str] = CatalogOpt,
+        config: Optional[Path] = ConfigOpt,
+        workdir: Optional[str] = WorkdirOpt,
+        host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; anything but loopback needs --token."),
+        port: int = typer.Option(8765, "--port", "-p", help="TCP port."),
+        token: Optional[str] = typer.Option(None, "--token", envvar="VIDCORPUS_SERVE_TOKEN",
+                                            help="Secret every request must carry (?token= once, or a Bearer header)."),
+        user: Optional[str] = typer.Option(None, "--user", help="Name recorded with each label (default: the login)."),
+        media_root: Optional[List[str]] = typer.Option(None, "--media-root", help="Another folder (or URL prefix) "
+                                                       "clip files and shards may be served from (repeatable)."),
+    ) -> None:
+        """Browse clips (play, filter, sort, SQL WHERE), label them good or bad, and measure each filter.
+
+        Reads the catalog (DuckDB file, or a snapshot folder or s3:// URL from `catalog export`) per
+        request, never holding it between requests, and lets a waiting job's commit in first.
+        Labels are catalog rows (table `labels`); a snapshot is browsed read-only.
+        """
+        from vidcorpus.catalog.store import CatalogError
+        from vidcorpus.paths import absolute
+        from vidcorpus.serve.app import ServeSettings
+        from vidcorpus.serve.security import Refused, check_bind
+        from vidcorpus.serve.server import media_roots, serve as run_server
+
+        try:
+            check_bind(host, token)
+        except Refused as e:
+            fail(str(e), prefix="refused:")
+        cfg = _config(config, None, workdir=workdir, catalog=catalog)
+        path = cfg.catalog_path
+        if "://" not in path and not os.path.exists(path.removeprefix("file://")):
+            from vidcorpus.workdir import missing_catalog_hint
+
+            fail(f"no catalog at {path} ({missing_catalog_hint(path)})")
+        roots = media_roots(cfg.workdir, path, [absolute(r) for r in media_root or []])
+        settings = ServeSettings(catalog=path, roots=roots, host=host, token=token,
+                                 who=user or os.environ.get("USER") or getpass.getuser())
+        shown = f"[{host}]" if ":" in host else host
+        console.print(f"vidcorpus serve: http://{shown}:{port}/" + ("?token=..." if token else "") +
+                      f"  (catalog {path}; Ctrl-C stops)", markup=False)
+        try:
+            run_server(settings, port)
+        except CatalogError as e:
+            fail(str(e))
+        except OSError as e:
+            fail(f"cannot listen on {host}:{port}: {e}")

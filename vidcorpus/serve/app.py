@@ -1,0 +1,309 @@
+"""The Starlette app: routes, page rendering and the request rules of ``security``.
+
+Handlers are plain functions, so Starlette runs them in its thread pool (DuckDB calls block);
+each request reads through ``CatalogAccess.read`` and never keeps the catalog open afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from vidcorpus.catalog.safe_sql import RefusedSQL, check_predicate, first_line
+from vidcorpus.catalog.store import CatalogError
+from vidcorpus.serve import labels as labels_mod
+from vidcorpus.serve import media, queries
+from vidcorpus.serve.access import CatalogAccess
+from vidcorpus.serve.neighbours import Neighbours
+from vidcorpus.serve.security import WRITE_HEADER, Refused, check_id, host_ok, inside_roots, token_ok
+
+TOKEN_COOKIE = "vidcorpus_token"
+
+
+@dataclass
+class ServeSettings:
+    """What ``vidcorpus serve`` was started with."""
+
+    catalog: str
+    roots: list[str] = field(default_factory=list)  # folders (or URL prefixes) media may be served from
+    host: str = "127.0.0.1"
+    token: str | None = None
+    who: str = "anonymous"
+
+
+class _CursorCatalog:
+    """The two calls ``check_predicate`` makes, over one request's cursor."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self.con = con
+
+    def query(self, sql: str, params: list | None = None):
+        return (self.con.sql(sql, params=params) if params else self.con.sql(sql)).to_arrow_table()
+
+    def query_dicts(self, sql: str, params: list | None = None) -> list[dict]:
+        return self.query(sql, params).to_pylist()
+
+
+class Guard(BaseHTTPMiddleware):
+    """Host header, token and write-header rules (``security``) before any handler runs."""
+
+    async def dispatch(self, request: Request, call_next):
+        s: ServeSettings = request.app.state.settings
+        if not host_ok(s.host, request.headers.get("host")):
+            return PlainTextResponse("refused: unknown Host header", status_code=400)
+        given = (request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE)
+                 or request.headers.get("authorization", "").removeprefix("Bearer ").strip() or None)
+        if not token_ok(s.token, given):
+            return PlainTextResponse("refused: this server needs its token (?token=...)", status_code=401)
+        if request.method not in ("GET", "HEAD") and request.headers.get(WRITE_HEADER) != "1":
+            return PlainTextResponse(f"refused: writes need the {WRITE_HEADER} header", status_code=403)
+        response = await call_next(request)
+        if s.token and request.query_params.get("token"):
+            response.set_cookie(TOKEN_COOKIE, s.token, httponly=True, samesite="strict")
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Content-Security-Policy"] = ("default-src 'self'; img-src 'self' data:; media-src 'self'; "
+                                                       "style-src 'self'; script-src 'self'; frame-ancestors 'none'")
+        return response
+
+
+_env = Environment(loader=PackageLoader("vidcorpus.serve", "templates"), autoescape=select_autoescape(["html"]))
+_env.filters["num"] = lambda v: "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+
+def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    return HTMLResponse(_env.get_template(name).render(**context), status_code=status)
+
+
+def error_page(message: str, status: int) -> HTMLResponse:
+    return render("error.html", status=status, message=message)
+
+
+def _float(value: str | None, name: str) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise Refused(f"{name} is not a number: {value[:40]!r}") from None
+
+
+def grid_query(request: Request, con: duckdb.DuckDBPyConnection, scores: list[str]) -> queries.GridQuery:
+    """The grid's filters from the query string; every name and value checked."""
+    p = request.query_params
+    q = queries.GridQuery(source=p.get("source", ""), decision=p.get("decision", ""), reason=p.get("reason", ""),
+                          sort=p.get("sort") or "clip_id", descending=p.get("desc") == "1")
+    for key in p:
+        if key.startswith(("min_", "max_")):
+            name = key[4:]
+            if name not in scores and name not in queries.SORTABLE_CLIP_COLUMNS:
+                raise Refused(f"no score named {name[:40]!r}")
+            lo, hi = q.ranges.get(name, (None, None))
+            value = _float(p.get(key), key)
+            q.ranges[name] = (value, hi) if key.startswith("min_") else (lo, value)
+    if q.source:
+        check_id(q.source, "source id")
+    try:
+        q.page = max(1, int(p.get("page") or 1))
+        q.per_page = max(1, min(queries.MAX_PER_PAGE, int(p.get("per_page") or 48)))
+    except ValueError:
+        raise Refused("page and per_page are whole numbers") from None
+    where = (p.get("where") or "").strip()
+    if where:
+        q.where = checked_where(request, con, where)
+    return q
+
+
+def checked_where(request: Request, con: duckdb.DuckDBPyConnection, where: str) -> str:
+    cache: dict = request.app.state.where_cache
+    if where not in cache:
+        try:
+            cache[where] = check_predicate(_CursorCatalog(con), where)
+        except RefusedSQL as e:
+            raise Refused(str(e)) from None
+        except duckdb.Error as e:
+            raise Refused(f"SQL error: {first_line(str(e))}") from None
+        if len(cache) > 256:
+            cache.pop(next(iter(cache)))
+    return cache[where]
+
+
+FACETS_TTL_S = 30.0
+
+
+def cached_facets(request: Request, con: duckdb.DuckDBPyConnection, scores: list[str]) -> dict:
+    """The filter bar's choices (sources, reasons, score ranges) scan the whole table: computed at
+    most every FACETS_TTL_S seconds, not on every page of every client."""
+    import time
+
+    cache = request.app.state.facets
+    now = time.monotonic()
+    if cache.get("at") is None or now - cache["at"] > FACETS_TTL_S or cache.get("scores") != scores:
+        cache.update(value=queries.facets(con, scores), at=now, scores=scores)
+    return cache["value"]
+
+
+def index(request: Request) -> Response:
+    access: CatalogAccess = request.app.state.access
+    with access.read() as con:
+        scores = queries.score_columns(con)
+        q = grid_query(request, con, scores)
+        try:
+            rows, total = queries.grid(con, q, scores)
+        except ValueError as e:
+            raise Refused(str(e)) from None
+        except duckdb.Error as e:
+            raise Refused(f"SQL error: {first_line(str(e))}") from None
+        facets = cached_facets(request, con, scores)
+        counts = labels_mod.label_counts(con)
+        recipe = queries.active_recipe(con)
+    pages = max(1, -(-total // q.per_page))
+    args = {k: v for k, v in request.query_params.items() if k not in ("page", "token")}
+    return render("grid.html", rows=rows, total=total, q=q, scores=scores, facets=facets, pages=pages,
+                  args=args, label_counts=counts, recipe=recipe.id if recipe else None,
+                  writable=access.writable, count_cap=queries.COUNT_CAP)
+
+
+def clip_page(request: Request) -> Response:
+    clip_id = check_id(request.path_params["clip_id"])
+    access: CatalogAccess = request.app.state.access
+    neighbours = request.app.state.neighbours
+    with access.read() as con:
+        detail = queries.clip_detail(con, clip_id)
+        plan = neighbours.index_of(con, clip_id) if detail is not None else None
+    if detail is None:
+        return error_page(f"no clip {clip_id} in the catalog", 404)
+    detail["near"], detail["near_note"] = [], plan if isinstance(plan, str) else ""
+    if isinstance(plan, tuple):  # the embedding files are read outside the catalog's request
+        near = neighbours.nearest(clip_id, plan)
+        with access.read() as con:
+            info = {r[0]: r[1:] for r in con.execute(
+                "SELECT clip_id, kept, reason FROM clips_wide WHERE clip_id IN (SELECT unnest(?::VARCHAR[]))",
+                [[c for c, _ in near]]).fetchall()} if near else {}
+        detail["near"] = [{"clip_id": c, "sim": s, "kept": info.get(c, (None, None))[0],
+                           "reason": info.get(c, (None, None))[1]} for c, s in near]
+    return render("clip.html", d=detail, c=detail["clip"], reasons=labels_mod.REASONS, writable=access.writable,
+                  origin=request.query_params.get("origin", "browse"))
+
+
+def _served(request: Request, window: media.Window) -> Response:
+    try:
+        rng = media.parse_range(request.headers.get("range"), window.size)
+    except ValueError:
+        return Response(status_code=416, headers={"Content-Range": f"bytes */{window.size}"})
+    start, end = rng if rng else (0, window.size - 1)
+    headers = {"Accept-Ranges": "bytes", "Content-Length": str(end - start + 1), "Cache-Control": "private, max-age=3600"}
+    if rng:
+        headers["Content-Range"] = f"bytes {start}-{end}/{window.size}"
+    return StreamingResponse(media.read_window(window, start, end), status_code=206 if rng else 200,
+                             headers=headers, media_type=window.media_type)
+
+
+def clip_media(request: Request) -> Response:
+    """The clip's bytes: ``?from=file`` (the extracted clip), ``shard`` (its tar member), default either."""
+    clip_id = check_id(request.path_params["clip_id"])
+    source = request.query_params.get("from", "auto")
+    if source not in ("auto", "file", "shard"):
+        raise Refused("from is file, shard or auto")
+    s: ServeSettings = request.app.state.settings
+    with request.app.state.access.read() as con:
+        rows = con.execute("SELECT clip_path, media_type, shard_id FROM clips_wide WHERE clip_id = ?",
+                           [clip_id]).fetchall()
+        shards = [(s["url"], s["sha256"]) for s in queries.clip_shard(con, rows[0][2])] if rows else []
+    if not rows:
+        return error_page(f"no clip {clip_id} in the catalog", 404)
+    clip_path, media_type, _shard = rows[0]
+    problems = []
+    if source in ("auto", "file") and clip_path:
+        if not inside_roots(clip_path, s.roots):
+            problems.append("the clip's file lies outside the served folders")
+        else:
+            try:
+                return _served(request, media.file_window(clip_path))
+            except media.MediaError as e:
+                problems.append(str(e))
+    if source in ("auto", "shard"):
+        ext = "jpg" if media_type == "image" else "mp4"
+        for url, sha in shards:
+            if not inside_roots(url, s.roots):
+                problems.append("the shard lies outside the served folders")
+                continue
+            try:
+                return _served(request, request.app.state.shards.member(url, sha, f"{clip_id}.{ext}"))
+            except media.MediaError as e:
+                problems.append(str(e))
+    return PlainTextResponse("; ".join(problems) or f"clip {clip_id} has no file and no shard", status_code=404)
+
+
+def still_media(request: Request) -> Response:
+    clip_id = check_id(request.path_params["clip_id"])
+    s: ServeSettings = request.app.state.settings
+    with request.app.state.access.read() as con:
+        rows = con.execute("SELECT first_frame_path FROM clips_wide WHERE clip_id = ?", [clip_id]).fetchall()
+    if not rows or not rows[0][0] or not inside_roots(rows[0][0], s.roots):
+        return Response(status_code=404)
+    try:
+        return _served(request, media.file_window(rows[0][0]))
+    except media.MediaError:
+        return Response(status_code=404)
+
+
+async def post_label(request: Request) -> Response:
+    try:
+        body = await request.json()
+    except (ValueError, json.JSONDecodeError):
+        raise Refused("a label is a JSON object {clip_id, label, reason}") from None
+    if not isinstance(body, dict):
+        raise Refused("a label is a JSON object {clip_id, label, reason}")
+    from starlette.concurrency import run_in_threadpool
+
+    s: ServeSettings = request.app.state.settings
+    row = await run_in_threadpool(labels_mod.add_label, request.app.state.access, str(body.get("clip_id", "")),
+                                  str(body.get("label", "")), body.get("reason"), s.who,
+                                  str(body.get("origin") or "browse"))
+    return JSONResponse({k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()})
+
+
+def _on_refused(request: Request, exc: Exception) -> Response:
+    if request.url.path.startswith(("/api/", "/media/")):
+        return PlainTextResponse(f"refused: {exc}", status_code=400)
+    return error_page(str(exc), 400)
+
+
+def _on_catalog(request: Request, exc: Exception) -> Response:
+    return PlainTextResponse(f"catalog unavailable: {exc}", status_code=503)
+
+
+def make_app(settings: ServeSettings, access: CatalogAccess | None = None) -> Starlette:
+    from vidcorpus.serve.routes_measure import measure_routes  # (its pages render with this module)
+
+    static = StaticFiles(packages=[("vidcorpus.serve", "static")])
+    routes = [
+        Route("/", index),
+        Route("/clip/{clip_id}", clip_page),
+        Route("/media/clip/{clip_id}", clip_media),
+        Route("/media/still/{clip_id}", still_media),
+        Route("/api/labels", post_label, methods=["POST"]),
+        Route("/favicon.ico", lambda request: Response(status_code=204)),
+        *measure_routes(),
+        Mount("/static", app=static, name="static"),
+    ]
+    app = Starlette(routes=routes, middleware=[Middleware(Guard)],
+                    exception_handlers={Refused: _on_refused, CatalogError: _on_catalog})
+    app.state.settings = settings
+    app.state.access = access or CatalogAccess(settings.catalog)
+    app.state.shards = media.ShardIndex()
+    app.state.where_cache = {}
+    app.state.facets = {}
+    app.state.neighbours = Neighbours(settings.roots)
+    return app

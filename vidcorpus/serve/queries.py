@@ -1,0 +1,232 @@
+"""The SQL behind the grid and the clip page: every value a parameter, every name checked.
+
+The grid reads the materialised ``clips_wide`` (one row per clip, a column per scorer), so a page
+is one indexed, limited scan even at millions of clips. Column names (sort keys, score sliders)
+are accepted only when they are clips_wide's own columns; values always travel as parameters; a
+user's WHERE clause has passed ``catalog/safe_sql.check_predicate`` before it gets here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import duckdb
+
+from vidcorpus.catalog.schema import ACTIVE_RECIPE_SQL, CLIP_COLUMNS
+from vidcorpus.filters.recipes import Recipe, recipe_from_text
+
+GRID_COLUMNS = ("clip_id", "source_id", "media_type", "duration_s", "width", "height", "kept", "reason", "recipe",
+                "caption", "short_caption", "clip_path", "first_frame_path", "shard_id", "uri")
+SORTABLE_CLIP_COLUMNS = ("clip_id", "duration_s", "width", "height", "start_s", "n_frames", "fps")
+MAX_PER_PAGE = 200
+
+
+def tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+    return {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+
+
+def wide_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
+                                      "WHERE table_name = 'clips_wide' ORDER BY ordinal_position").fetchall()]
+
+
+def score_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """clips_wide's score columns (one per scorer)."""
+    return [c for c in wide_columns(con) if c not in CLIP_COLUMNS]
+
+
+@dataclass
+class GridQuery:
+    """What the grid shows: filters, order and page (from the query string, checked by ``from_params``)."""
+
+    ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    source: str = ""
+    decision: str = ""          # kept | dropped | undecided | "" (all), under each clip's latest decision
+    reason: str = ""
+    where: str = ""             # a checked predicate, parenthesised
+    sort: str = "clip_id"
+    descending: bool = False
+    page: int = 1
+    per_page: int = 48
+    clip_ids: list[str] | None = None  # an explicit set (sampling, recipe comparison)
+
+    def sql(self, scores: list[str]) -> tuple[str, list]:
+        """The WHERE clause and its parameters."""
+        parts, params = ["TRUE"], []
+        for name, (lo, hi) in self.ranges.items():
+            if name not in scores and name not in SORTABLE_CLIP_COLUMNS:
+                raise ValueError(f"no score named {name!r}")
+            if lo is not None:
+                parts.append(f'"{name}" >= ?')
+                params.append(lo)
+            if hi is not None:
+                parts.append(f'"{name}" <= ?')
+                params.append(hi)
+        if self.source:
+            parts.append("source_id = ?")
+            params.append(self.source)
+        if self.decision == "kept":
+            parts.append("kept")
+        elif self.decision == "dropped":
+            parts.append("NOT kept")
+        elif self.decision == "undecided":
+            parts.append("kept IS NULL")
+        elif self.decision:
+            raise ValueError(f"decision is kept, dropped or undecided, not {self.decision!r}")
+        if self.reason:
+            parts.append("reason = ?")
+            params.append(self.reason)
+        if self.clip_ids is not None:
+            parts.append("clip_id IN (SELECT unnest(?::VARCHAR[]))")
+            params.append(self.clip_ids)
+        if self.where:
+            parts.append(self.where)
+        return " AND ".join(parts), params
+
+    def order(self, scores: list[str]) -> str:
+        if self.sort not in scores and self.sort not in SORTABLE_CLIP_COLUMNS:
+            raise ValueError(f"cannot sort by {self.sort!r}")
+        return f'"{self.sort}" {"DESC" if self.descending else "ASC"} NULLS LAST, clip_id'
+
+
+COUNT_CAP = 10_000
+"""Counting every match is a full scan per page; beyond this many the grid says "10000+"."""
+
+
+def grid(con: duckdb.DuckDBPyConnection, q: GridQuery, scores: list[str]) -> tuple[list[dict], int]:
+    """One page of clips and how many match (at most COUNT_CAP + 1: more means "over COUNT_CAP").
+
+    The page's ids come from a top-N over two columns (the sort key and the id); only those rows
+    are then read whole: sorting every matching row with all its columns costs twice as much."""
+    where, params = q.sql(scores)
+    limit = max(1, min(MAX_PER_PAGE, q.per_page))
+    offset = (max(1, q.page) - 1) * limit
+    ids = [r[0] for r in con.execute(
+        f"SELECT clip_id FROM clips_wide WHERE {where} ORDER BY {q.order(scores)} LIMIT ? OFFSET ?",
+        [*params, limit, offset]).fetchall()]
+    rows = []
+    if ids:
+        cols = ", ".join(f'"{c}"' for c in (*GRID_COLUMNS, *scores))
+        rel = con.execute(f"SELECT {cols} FROM clips_wide WHERE clip_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
+        names = [d[0] for d in rel.description]
+        by_id = {r[0]: dict(zip(names, r)) for r in rel.fetchall()}
+        rows = [by_id[i] for i in ids if i in by_id]
+    total = con.execute(f"SELECT count(*) FROM (SELECT 1 FROM clips_wide WHERE {where} LIMIT ?)",
+                        [*params, COUNT_CAP + 1]).fetchall()[0][0]
+    return rows, total
+
+
+def facets(con: duckdb.DuckDBPyConnection, scores: list[str]) -> dict:
+    """Choices for the filter bar: sources, drop reasons, recipes, each score's range."""
+    out = {"sources": [r[0] for r in con.execute(
+        "SELECT source_id FROM clips_wide GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 200").fetchall()],
+        "reasons": [r[0] for r in con.execute(
+            "SELECT reason FROM clips_wide WHERE reason IS NOT NULL GROUP BY 1 ORDER BY count(*) DESC LIMIT 100"
+        ).fetchall()],
+        "recipes": [r[0] for r in con.execute(
+            "SELECT recipe FROM decisions GROUP BY 1 ORDER BY max(decided_at) DESC").fetchall()]}
+    if scores:
+        agg = ", ".join(f'min("{s}"), max("{s}")' for s in scores)
+        row = con.execute(f"SELECT {agg} FROM clips_wide").fetchall()[0]
+        out["ranges"] = {s: (row[2 * i], row[2 * i + 1]) for i, s in enumerate(scores)}
+    else:
+        out["ranges"] = {}
+    return out
+
+
+def active_recipe(con: duckdb.DuckDBPyConnection) -> Recipe | None:
+    """The recipe in force, from the catalog's own record of it (None before any decision)."""
+    have = tables(con)
+    if "recipes" not in have:
+        return None
+    active = ACTIVE_RECIPE_SQL if "recipe_history" in have else "(SELECT arg_max(recipe, decided_at) FROM decisions)"
+    rows = con.execute(f"SELECT yaml FROM recipes WHERE recipe = {active}").fetchall()
+    return recipe_from_text(rows[0][0]) if rows else None
+
+
+def stored_recipe(con: duckdb.DuckDBPyConnection, recipe_id: str) -> Recipe | None:
+    rows = con.execute("SELECT yaml FROM recipes WHERE recipe = ?", [recipe_id]).fetchall()
+    return recipe_from_text(rows[0][0]) if rows else None
+
+
+def _dicts(rel) -> list[dict]:
+    names = [d[0] for d in rel.description]
+    return [dict(zip(names, r)) for r in rel.fetchall()]
+
+
+def clip_detail(con: duckdb.DuckDBPyConnection, clip_id: str) -> dict | None:
+    """Everything the clip page shows; None when the catalog has no such clip."""
+    rows = _dicts(con.execute("SELECT * FROM clips_wide WHERE clip_id = ?", [clip_id]))
+    if not rows:
+        return None
+    clip = rows[0]
+    have = tables(con)
+    recipe = active_recipe(con)
+    thresholds: dict[str, list[str]] = {}
+    for p in recipe.predicates if recipe else []:
+        thresholds.setdefault(p.score, []).append(str(p))
+    # the latest value of every score is in the clip's clips_wide row (a primary-key lookup); the
+    # long scores table would be a scan of every score row at millions of clips
+    scores = [{"scorer": name, "value": clip[name]} for name in score_columns(con) if clip.get(name) is not None]
+    for s in scores:
+        s["thresholds"] = thresholds.get(s["scorer"], [])
+        preds = [p for p in recipe.predicates if p.score == s["scorer"]] if recipe else []
+        s["passes"] = all(p.holds(float(s["value"])) for p in preds) if preds else None
+    # the latest long and short caption are in the wide row too (the captions table: a scan)
+    captions = [{"version": clip.get("caption_version"), "kind": kind, "text": clip.get(col)}
+                for kind, col in (("long", "caption"), ("short", "short_caption")) if clip.get(col)]
+    decisions = _dicts(con.execute(
+        "SELECT recipe, kept, reason, decided_at FROM decisions WHERE clip_id = ? ORDER BY decided_at", [clip_id]))
+    labels = (_dicts(con.execute("SELECT label, reason, who, labeled_at, origin FROM labels WHERE clip_id = ? "
+                                 "ORDER BY labeled_at DESC", [clip_id])) if "labels" in have else [])
+    shards = clip_shard(con, clip["shard_id"])
+    return {"clip": clip, "scores": scores, "captions": captions, "decisions": decisions, "labels": labels,
+            "shards": shards, "recipe": recipe.id if recipe else None,
+            "duplicates": duplicates(con, clip_id, have), "timeline": timeline(con, clip["source_id"], have)}
+
+
+def clip_shard(con: duckdb.DuckDBPyConnection, shard_id: str | None) -> list[dict]:
+    """The shard holding the clip (clips_wide names the first one), by its key."""
+    if not shard_id:
+        return []
+    return _dicts(con.execute("SELECT shard_id, url, sha256 FROM shards WHERE shard_id = ?", [shard_id]))
+
+
+def duplicates(con: duckdb.DuckDBPyConnection, clip_id: str, have: set[str]) -> list[dict]:
+    """Clips with the same content (sha256 of the clip file), and the clip's near-duplicate score."""
+    if "embeddings" not in have:
+        return []
+    return _dicts(con.execute(
+        "SELECT DISTINCT e2.clip_id, w.kept, w.reason FROM embeddings e1 JOIN embeddings e2 "
+        "ON e1.content_sha256 = e2.content_sha256 AND e2.clip_id <> e1.clip_id "
+        "LEFT JOIN clips_wide w ON w.clip_id = e2.clip_id WHERE e1.clip_id = ? ORDER BY 1 LIMIT 50", [clip_id]))
+
+
+def timeline(con: duckdb.DuckDBPyConnection, source_id: str, have: set[str]) -> dict:
+    """Where every frame of the source went: clips (kept or dropped, and why) and dropped segments."""
+    src = _dicts(con.execute("SELECT source_id, uri, n_frames, fps, duration_s FROM sources WHERE source_id = ?",
+                             [source_id]))
+    clips = _dicts(con.execute(
+        "SELECT clip_id, first_frame, last_frame, kept, reason FROM clips_wide WHERE source_id = ? "
+        "ORDER BY first_frame", [source_id]))
+    segments = (_dicts(con.execute(
+        "SELECT first_frame, last_frame, reason, detector FROM dropped_segments WHERE source_id = ? "
+        "ORDER BY first_frame", [source_id])) if "dropped_segments" in have else [])
+    total = (src[0]["n_frames"] if src and src[0]["n_frames"] else None) or max(
+        [c["last_frame"] + 1 for c in clips if c["last_frame"] is not None] +
+        [s["last_frame"] + 1 for s in segments] + [1])
+    spans = []
+    for c in clips:
+        if c["first_frame"] is None:
+            continue
+        kind = "kept" if c["kept"] else ("dropped" if c["kept"] is False else "undecided")
+        spans.append({"kind": kind, "first": c["first_frame"], "last": c["last_frame"], "clip_id": c["clip_id"],
+                      "label": c["reason"] or kind})
+    for s in segments:
+        spans.append({"kind": "segment", "first": s["first_frame"], "last": s["last_frame"], "clip_id": None,
+                      "label": f"{s['reason']} ({s['detector']})"})
+    for s in spans:
+        s["left"] = 100.0 * s["first"] / total
+        s["width"] = max(0.3, 100.0 * (s["last"] - s["first"] + 1) / total)
+    return {"source": src[0] if src else {"source_id": source_id}, "frames": total,
+            "spans": sorted(spans, key=lambda s: s["first"])}
