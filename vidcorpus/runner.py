@@ -26,6 +26,7 @@ from vidcorpus.filters.frame_models import preflight_frame_models, with_frame_mo
 from vidcorpus.presets import preflight_pipeline, resolve_models
 from vidcorpus.schemas import rows_to_table
 from vidcorpus.stage import Stage
+from vidcorpus.stage_stats import StageRow, StageStats
 
 COMMIT_ROWS = 64  # result rows per catalog transaction: what a killed driver can lose at most
 WORKER_ENV = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "false"}
@@ -57,6 +58,8 @@ class RunSummary:
     seconds: float = 0.0
     catalog: str = ""
     shard_root: str = ""
+    timeline: StageStats = field(default_factory=StageStats, repr=False)  # where the time goes (stage_stats.py)
+    stages: list[StageRow] = field(default_factory=list, repr=False)  # its per-stage rows, at the end
 
 
 def init_ray(cfg: Config) -> None:
@@ -147,6 +150,7 @@ def run_pipeline(
     log: Callable[[str], None] = print,
 ) -> RunSummary:
     """Ingest, score, decide, caption, commit and shard everything in cfg.inputs not yet done."""
+    from vidcorpus.catalog.stage_stats import write as write_stage_stats
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.ingest.sources import read_inputs
 
@@ -159,7 +163,7 @@ def run_pipeline(
         require_transnet(cfg.models.transnet)
     preflight_frame_models(cfg)
     run_id = new_run_id()
-    summary = RunSummary(run_id=run_id, catalog=cfg.catalog_path, shard_root=cfg.url("shards"))
+    summary = RunSummary(run_id=run_id, catalog=cfg.catalog_path, shard_root=cfg.url("shards"), timeline=StageStats(t0))
     # hold=False: the driver opens the file only for each commit, so readers (`vidcorpus sql`,
     # `report`) get in between commits while the run goes on.
     catalog = Catalog(cfg.catalog_path, hold=False)
@@ -190,15 +194,20 @@ def run_pipeline(
             if todo:
                 _process(cfg, catalog, run_id, todo, summary, progress, log)
             # derived work follows decisions: clips a re-decision kept get captions and shards here too
+            began = time.time()
             _captions, summary.shards = complete_pending(cfg, catalog, run_id, progress=progress, log=log)
+            summary.timeline.driver_step("shards", began, time.time(), len(summary.shards))
         except Exception as e:
             if (full := storage_full(e)) is not None:  # out of Ray's wrappers: one clear error
                 raise full from e
             raise
+        summary.stages = summary.timeline.finish()
+        write_stage_stats(catalog, run_id, summary.stages)
         status = "succeeded"
     finally:
         summary.seconds = time.time() - t0
-        catalog.finish_run(run_id, status, {k: v for k, v in summary.__dict__.items() if k != "shards"}
+        catalog.finish_run(run_id, status, {k: v for k, v in summary.__dict__.items()
+                                            if k not in ("shards", "timeline", "stages")}
                            | {"n_shards": len(summary.shards)})
         catalog.close()
     return summary
@@ -215,6 +224,7 @@ def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSu
     resources = ray.cluster_resources()
     gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 2.0)
     size = cfg.ray.window_sources
+    summary.timeline.pipeline_started(len(todo))  # start-up ends; the sources are queued for the first stage
     windows = [todo[i:i + size] for i in range(0, len(todo), size)]
     commit_windows(cfg, catalog, run_id, _window_batches(cfg, windows, gpus, cpus), summary, log)
 
@@ -237,7 +247,9 @@ def commit_windows(cfg: Config, catalog, run_id: str, batches, summary: RunSumma
     for w, batch in batches:
         if batch is None:  # window w is whole
             if dedup is not None and embedded.get(w):
+                began = time.time()
                 dedup_and_redecide(cfg, catalog, run_id, embedded[w], log, index=dedup)
+                summary.timeline.driver_step("dedup", began, time.time(), len(embedded[w]))
             catalog.mark_sources_done(seen.pop(w, set()) - failed)
             embedded.pop(w, None)
             continue
@@ -248,6 +260,7 @@ def commit_windows(cfg: Config, catalog, run_id: str, batches, summary: RunSumma
             if r.get("error_class"):
                 failed.add(r["source_id"])
                 summary.failures += 1
+        began = time.time()
         index = write_embedding_batch(cfg.url("embeddings"), run_id, summary.rows_committed, rows)
         catalog.commit_results(run_id, rows, failed_before=failed, events=raised)
         catalog.commit_embeddings(run_id, index)  # after the Parquet file is whole
@@ -255,6 +268,7 @@ def commit_windows(cfg: Config, catalog, run_id: str, batches, summary: RunSumma
             dedup.committed([r["clip_id"] for r in rows if r.get("clip_id") and not r.get("error_class")], index)
         embedded.setdefault(w, []).extend(r["clip_id"] for r in index)
         summary.rows_committed += len(rows)
+        summary.timeline.add(batch, commit=(began, time.time()))  # the stages' stamps, and this commit's
 
 
 _CPU_DONE = "cpu stages done"
