@@ -460,12 +460,14 @@ def build_report(catalog: str | Path, out_dir: str | Path, run: str | None = Non
     """
     from vidcorpus import report_plots as rp
     from vidcorpus.report_footage import footage_plot, footage_rows, footage_section
+    from vidcorpus.report_stages import SECTION, load_stages, stage_section
 
     t0 = time.time()
     out = Path(out_dir)
     with Catalog(catalog, read_only=True) as cat:  # a missing catalog, run or release: no folder made
         data = load_report_data(cat, run, recipe_path, release)
         footage = footage_rows(cat)
+        stages = load_stages(cat, run)
     out.mkdir(parents=True, exist_ok=True)
     clear_report_dir(out)
     w = _Writer(data, out, thumb_px)
@@ -491,6 +493,9 @@ def build_report(catalog: str | Path, out_dir: str | Path, run: str | None = Non
         footage_plot(footage, w.plot("footage"))
         footage_html = w.img(w.plots[-1], "where the footage went")
     sections.append(("footage", "Where the footage went", footage_section(footage, footage_html, _table)))
+
+    # where the time goes: the run's stages on one timeline (vidcorpus/report_stages.py)
+    sections.append((*SECTION, stage_section(stages, w.plot, w.img, _table)))
 
     # decisions: reasons
     reasons = Counter(c["reason"] or "(none)" for c in data.clips if c["kept"] is False)
