@@ -74,9 +74,10 @@ class CaptionResult:
 
 
 def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Callable[[str], None] = print,
-                  progress: bool = False) -> CaptionResult:
+                  progress: bool = False, timeline=None) -> CaptionResult:
     """Caption these clips with the pipeline's caption stage (long + short, QA scores) and commit the
-    captions; a clip that cannot be captioned gets a failure row and stays pending."""
+    captions; a clip that cannot be captioned gets a failure row and stays pending. ``timeline`` (a
+    vidcorpus.stage_stats.StageStats) records each batch's caption and commit time."""
     from rich.progress import Progress
 
     from vidcorpus import events as stage_events
@@ -91,8 +92,10 @@ def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Calla
                            "FROM clips_wide WHERE clip_id IN (SELECT unnest(?)) ORDER BY clip_id", [list(clip_ids)])
     stage = CaptionStage(cfg)
     warned: set[tuple] = set()
+    began = time.time()
     with stage_events.captured(stage.name) as raised:  # loading the model may warn too
         stage.setup()
+    setup_s = time.time() - began
     stage_events.log_new(raised, warned, log)
     cat.add_events(run_id, raised)
     step = max(1, stage.batch_rows)
@@ -102,6 +105,9 @@ def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Calla
             batch = [dict(r, captions=[], scores=[]) for r in rows[i:i + step]]
             with stage_events.captured(stage.name) as raised:  # a fast path switching off, QA failing...
                 done = stage.process_rows(batch)
+            captioned_at = time.time()
+            if timeline is not None:  # the model's setup counts in the first batch, as in a pipeline stage
+                timeline.driver_step(stage.name, began, captioned_at, len(batch), setup_s if i == 0 else 0.0)
             stage_events.log_new(raised, warned, log)
             cat.add_events(run_id, raised)
             captions = [dict(c, clip_id=r["clip_id"]) for r in done if not r.get("error_class")
@@ -114,6 +120,9 @@ def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Calla
                 if r.get("error_class"):
                     cat.record_failure(r["clip_id"], "caption", r["error_class"], r.get("error") or "", run_id,
                                        source_id=r.get("source_id"))
+            if timeline is not None:
+                timeline.driver_step("commit", captioned_at, time.time(), len(done))
+            began = time.time()
             out.captioned += [r["clip_id"] for r in done if not r.get("error_class")]
             out.failed += [r["clip_id"] for r in done if r.get("error_class")]
             bar.advance(task, len(batch))
@@ -123,13 +132,17 @@ def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Calla
 
 
 def complete_pending(cfg: Config, cat, run_id: str, allow_uncaptioned: bool = False, progress: bool = False,
-                     log: Callable[[str], None] = print) -> tuple[CaptionResult, list[dict]]:
-    """Caption the active recipe's kept, uncaptioned clips, then shard its kept, unsharded ones."""
+                     log: Callable[[str], None] = print, timeline=None) -> tuple[CaptionResult, list[dict]]:
+    """Caption the active recipe's kept, uncaptioned clips, then shard its kept, unsharded ones
+    (``timeline``: a StageStats that records the captioning, commits and shards)."""
     from vidcorpus.runner import write_pending_shards
 
     pending = pending_work(cat, cfg.captioning.version, cfg.shards.caption_version)
-    captions = caption_clips(cfg, cat, run_id, pending.uncaptioned, log=log, progress=progress)
+    captions = caption_clips(cfg, cat, run_id, pending.uncaptioned, log=log, progress=progress, timeline=timeline)
+    began = time.time()
     shards = write_pending_shards(cfg, cat, run_id, progress=progress, log=log, allow_uncaptioned=allow_uncaptioned)
+    if timeline is not None:
+        timeline.driver_step("shards", began, time.time(), len(shards))
     return captions, shards
 
 
@@ -142,14 +155,17 @@ class SyncSummary:
     shards: list[dict]
     pending_after: int
     seconds: float
+    stages: list = field(default_factory=list)  # where the time went (vidcorpus.stage_stats.StageRow)
 
 
 def sync(cfg: Config, allow_uncaptioned: bool = False, progress: bool = False,
          log: Callable[[str], None] = print) -> SyncSummary:
     """`vidcorpus sync`: adopt the recipe in force, then complete its pending work (a recorded run)."""
     from vidcorpus import __version__
+    from vidcorpus.catalog.stage_stats import write as write_stage_stats
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.ids import new_run_id
+    from vidcorpus.stage_stats import StageStats
 
     from pathlib import Path
 
@@ -159,17 +175,20 @@ def sync(cfg: Config, allow_uncaptioned: bool = False, progress: bool = False,
     if "://" not in cfg.catalog_path and not Path(cfg.catalog_path).exists():
         raise CatalogError(f"no catalog at {cfg.catalog_path}: `vidcorpus run` makes one (or pass --catalog/--workdir)")
     run_id = new_run_id()
+    timeline = StageStats(t0)
     with Catalog(cfg.catalog_path) as cat:
         cat.begin_run(run_id, "sync", json.dumps({"allow_uncaptioned": allow_uncaptioned}), __version__)
         status = "failed"
         try:
             recipe = adopt_recipe(cfg, cat, run_id, "sync", log)
             captions, shards = complete_pending(pin_recipe(cfg, recipe), cat, run_id, allow_uncaptioned,
-                                                progress, log)
+                                                progress, log, timeline=timeline)
             left = pending_work(cat, cfg.captioning.version, cfg.shards.caption_version).total
+            stages = timeline.finish()
+            write_stage_stats(cat, run_id, stages)
             status = "succeeded"
         finally:
             cat.finish_run(run_id, status, {} if status == "failed" else {
                 "recipe": recipe.id, "captioned": len(captions.captioned), "shards": len(shards)})
     return SyncSummary(run_id, recipe.id, len(captions.captioned), len(captions.failed), shards, left,
-                       time.time() - t0)
+                       time.time() - t0, stages)
