@@ -161,3 +161,28 @@ def test_the_stages_of_a_real_run_add_up_to_its_wall_time(demo, tmp_path):
     page = report.index.read_text()
     assert "Where the time goes" in page and "bound by: " in page
     assert (tmp_path / "report" / "plots" / "stage_timeline.png").stat().st_size > 0
+
+
+def test_gpu_meter_averages_nvml_readings_over_the_batch_and_says_none_without_nvml(monkeypatch):
+    """The meter's arithmetic and its fallback, with NVML's reading replaced (no GPU here)."""
+    import torch
+
+    from vidcorpus import gpu_busy
+
+    readings = iter([40.0, 60.0] * 100)
+    monkeypatch.setattr(torch.cuda, "utilization", lambda index=None: next(readings))
+    monkeypatch.setattr(gpu_busy, "_unavailable", False)
+    with gpu_busy.GpuBusyMeter(0, interval_s=0.01) as meter:
+        time.sleep(0.2)
+    assert len(meter.samples) >= 4
+    mean = sum(meter.samples) / len(meter.samples)
+    assert 40.0 <= mean <= 60.0 and meter.busy_s == pytest.approx(0.2 * mean / 100, rel=0.25)
+
+    def no_nvml(index=None):
+        raise ModuleNotFoundError("pynvml")
+
+    monkeypatch.setattr(torch.cuda, "utilization", no_nvml)
+    with gpu_busy.GpuBusyMeter(0, interval_s=0.01) as meter:
+        time.sleep(0.05)
+    assert meter.busy_s is None and gpu_busy._unavailable  # measured nothing: says so, and stops trying
+    assert gpu_busy.current_device() is None  # this process has no CUDA device (or gave up on NVML)
