@@ -461,6 +461,7 @@ def build_report(catalog: str | Path, out_dir: str | Path, run: str | None = Non
     from vidcorpus import report_plots as rp
     from vidcorpus.report_footage import footage_plot, footage_rows, footage_section
     from vidcorpus.report_stages import SECTION, load_stages, stage_section
+    from vidcorpus.report_stages import headline as stage_headline
 
     t0 = time.time()
     out = Path(out_dir)
@@ -592,6 +593,8 @@ def build_report(catalog: str | Path, out_dir: str | Path, run: str | None = Non
     index.write_text(_page("vidcorpus report", page, "report.css"), encoding="utf-8")
     if console is not None:
         print_headline(data, console)
+        if (line := stage_headline(stages)) is not None:  # where the run's time went, in one line
+            console.print(line, markup=False)
     return ReportResult(index, list(w.plots), n_pages, time.time() - t0)
 
 

@@ -22,11 +22,23 @@ def load_stages(cat, run: str | None) -> tuple[str | None, list[dict], dict]:
     return run_id, rows, spans
 
 
+def _bound_by(rows: list[dict]) -> str:
+    from vidcorpus.stage_stats import StageRow, bound_by
+
+    return bound_by([StageRow(r["stage"], r["step"], wall_s=r["wall_s"], busy_s=r["busy_s"], setup_s=r["setup_s"])
+                     for r in rows])
+
+
+def headline(loaded: tuple[str | None, list[dict], dict]) -> str | None:
+    """One line for the terminal: which stage bounded the run (None when no run recorded it)."""
+    run_id, rows, _spans = loaded
+    return f"run {run_id}: {_bound_by(rows)}" if rows else None
+
+
 def stage_section(loaded: tuple[str | None, list[dict], dict], plot_path: Callable[[str], Path],
                   img: Callable[[Path, str], str], table: Callable) -> str:
     """HTML of the section (a note when no run recorded its stages)."""
     from vidcorpus import report_plots as rp
-    from vidcorpus.stage_stats import StageRow, bound_by
 
     run_id, rows, spans = loaded
     if not rows:
@@ -37,8 +49,7 @@ def stage_section(loaded: tuple[str | None, list[dict], dict], plot_path: Callab
               for r in rows]
     path = plot_path("stage_timeline")
     rp.timeline_plot([r["stage"] for r in rows], spans, wall, labels, path)
-    sentence = bound_by([StageRow(r["stage"], r["step"], wall_s=wall, busy_s=r["busy_s"], setup_s=r["setup_s"])
-                         for r in rows])
+    sentence = _bound_by(rows)
     body = (f"<p>run <code>{html.escape(run_id)}</code>, {wall:.1f} s: <b>{html.escape(sentence)}</b></p>"
             + img(path, "stage timeline")
             + table(["stage", "rows in", "rows out", "workers", "busy s", "wait input s", "wait output s",

@@ -181,11 +181,12 @@ class StageStats:
         self.driver_step("start", self.start, now, inputs)
         self.inputs_at = now
 
-    def driver_step(self, name: str, start: float, end: float, rows: int = 0, setup_s: float = 0.0) -> None:
+    def driver_step(self, name: str, start: float, end: float, rows: int = 0, setup_s: float = 0.0,
+                    gpu: str | None = None, gpu_busy_s: float | None = None) -> None:
         """A step the driver ran itself (e.g. writing shards): busy from start to end."""
         from vidcorpus.stage_clock import stamp
 
-        self._stamp(stamp(name, start, end, rows, rows, setup_s, worker="driver"))
+        self._stamp(stamp(name, start, end, rows, rows, setup_s, gpu, gpu_busy_s, worker="driver"))
 
     def finish(self, end: float | None = None) -> list[StageRow]:
         """Each stage's row over [start, end] (end: now)."""
@@ -235,7 +236,7 @@ def print_table(rows: list[StageRow], console, title: str = "where the time goes
     from rich import box
     from rich.table import Table
 
-    if not rows:
+    if not any(r.rows_in for r in rows):  # nothing went through (a rerun with everything done)
         return
     table = Table(title=f"{title}: seconds of its {rows[0].wall_s:.1f} s", box=box.SIMPLE_HEAD)
     table.add_column("stage", no_wrap=True, min_width=max(len(r.stage) for r in rows))

@@ -10,6 +10,7 @@ through the pipeline's own stages: clips it has not decided, kept clips without 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -81,6 +82,7 @@ def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Calla
     from rich.progress import Progress
 
     from vidcorpus import events as stage_events
+    from vidcorpus import gpu_busy
     from vidcorpus.captioning.stage import CaptionStage
     from vidcorpus.presets import resolve_models
 
@@ -103,11 +105,14 @@ def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Calla
         task = bar.add_task("captioning", total=len(rows))
         for i in range(0, len(rows), step):
             batch = [dict(r, captions=[], scores=[]) for r in rows[i:i + step]]
-            with stage_events.captured(stage.name) as raised:  # a fast path switching off, QA failing...
+            device = gpu_busy.current_device()  # (index, name) on CUDA: how busy the batch kept the GPU
+            meter = gpu_busy.GpuBusyMeter(device[0]) if device else contextlib.nullcontext()
+            with stage_events.captured(stage.name) as raised, meter:  # a fast path switching off, QA failing...
                 done = stage.process_rows(batch)
             captioned_at = time.time()
             if timeline is not None:  # the model's setup counts in the first batch, as in a pipeline stage
-                timeline.driver_step(stage.name, began, captioned_at, len(batch), setup_s if i == 0 else 0.0)
+                timeline.driver_step(stage.name, began, captioned_at, len(batch), setup_s if i == 0 else 0.0,
+                                     device[1] if device else None, meter.busy_s if device else None)
             stage_events.log_new(raised, warned, log)
             cat.add_events(run_id, raised)
             captions = [dict(c, clip_id=r["clip_id"]) for r in done if not r.get("error_class")
