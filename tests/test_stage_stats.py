@@ -80,7 +80,9 @@ def test_a_stage_call_stamps_its_rows_and_a_batch_that_leaves_none_still_reports
         name = "split"
 
         def process_row(self, row):
-            return [] if row["source_id"] == "gone" else [dict(row, clip_id=f"{row['source_id']}-{i}") for i in range(2)]
+            if row["source_id"] == "gone":
+                return []
+            return [dict(row, clip_id=f"{row['source_id']}-{i}") for i in range(2)]
 
     class Score(Stage):
         name = "score"

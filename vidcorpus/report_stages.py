@@ -59,7 +59,8 @@ def stage_section(loaded: tuple[str | None, list[dict], dict], plot_path: Callab
                       "" if r["gpu_busy_share"] is None else f"{r['gpu_busy_share']:.0%}"] for r in rows],
                     set(range(1, 9)))
             + '<p class="note">Busy: some worker of the stage was processing a batch. Waiting for output: idle '
-              "while rows were queued for it (held back by backpressure, no free CPU/GPU or its workers still starting). Waiting for input: "
-              "idle with nothing to do. The three add up to the run's wall time; the driver's own steps are "
-              "commit (writing batches to the catalog), dedup and shards.</p>")
+              "while rows were queued for it (held back by backpressure, no free CPU/GPU or its workers still "
+              "starting). Waiting for input: idle with nothing to do. The three add up to the run's wall time; "
+              "the driver's own steps are start (preflight, models, Ray), commit (writing batches to the "
+              "catalog), dedup and shards.</p>")
     return body

@@ -11,8 +11,9 @@ catalog; ``shards``: writing the run's shards). ``finish`` splits the run's wall
   its workers still starting (a model stage's actors);
 - **waiting for input**: the rest: idle with nothing to do (the stages before it are the bound).
 The three add up to the wall time by construction. The stage busy for the largest share of the
-wall time bounds the job. The driver's start-up (preflight, models, Ray) is the step ``start``. Rows carried on carrier rows (batches that left none) count towards busy
-time and rows, not towards queues (their chains end).
+wall time bounds the job. The driver's start-up (preflight, models, Ray) is the step ``start``.
+Stamps on carrier rows (batches that left no row) count towards busy time and rows, not towards
+queues (their chains end). Busy is "some worker busy": ``work_s`` sums the batches over workers.
 """
 
 from __future__ import annotations
