@@ -12,7 +12,7 @@ import time
 import pyarrow as pa
 import pytest
 
-from vidcorpus.stage_clock import stamp
+from vidcorpus.stage_clock import decode, encode, stamp
 from vidcorpus.stage_stats import StageStats, bound_by, subtract, union
 
 
@@ -24,7 +24,9 @@ def test_interval_union_and_subtraction():
 
 
 def _row(chain, source="s1", clip=None):
-    return {"source_id": source, "clip_id": clip, "error_class": None, "stage_times": chain}
+    """A committed row as the driver sees it: its stamps one line each, in order."""
+    return {"source_id": source, "clip_id": clip, "error_class": None,
+            "stage_times": "\n".join(encode(s) for s in chain)}
 
 
 def test_stage_seconds_from_hand_made_stamps():
@@ -41,8 +43,8 @@ def test_stage_seconds_from_hand_made_stamps():
     stats = StageStats(start=100.0)
     rows = [_row([a1, b1], clip=f"c{i}") for i in range(4)] + [_row([a2, b2], source="s2", clip="c9")]
     carrier = {"source_id": None, "clip_id": None, "error_class": None,
-               "stage_times": [stamp("a", 118, 119, 1, 0, worker="w1")]}  # a batch that left no row
-    stats.add(rows + [carrier], commit=(115.0, 116.0))
+               "stage_times": encode(stamp("a", 118, 119, 1, 0, worker="w1"))}  # a batch that left no row
+    stats.add(pa.Table.from_pylist(rows + [carrier]), commit=(115.0, 116.0))
     got = {r.stage: r for r in stats.finish(end=120.0)}
     assert list(got) == ["a", "b", "commit"]
     a, b, c = got["a"], got["b"], got["commit"]
@@ -101,13 +103,14 @@ def test_a_stage_call_stamps_its_rows_and_a_batch_that_leaves_none_still_reports
     clips = [r for r in out if r["clip_id"]]
     assert [r["clip_id"] for r in clips] == ["a-0", "a-1"]
     for r in clips:  # each clip's chain: the split batch it came from, then the score batch
-        assert [s["stage"] for s in r["stage_times"]] == ["split", "score"]
-        split, score = r["stage_times"]
+        chain = decode(r["stage_times"])
+        assert [s["stage"] for s in chain] == ["split", "score"]
+        split, score = chain
         assert t0 <= split["start"] <= split["end"] <= score["start"] <= score["end"] <= time.time()
         assert (split["rows_in"], split["rows_out"], score["rows_in"], score["rows_out"]) == (1, 2, 2, 2)
         assert score["end"] - score["start"] >= 0.02 and score["gpu"] is None
     (carrier,) = [r for r in out if not r["clip_id"]]
-    assert [(s["stage"], s["rows_in"], s["rows_out"]) for s in carrier["stage_times"]] == [("split", 1, 0)]
+    assert [(s["stage"], s["rows_in"], s["rows_out"]) for s in decode(carrier["stage_times"])] == [("split", 1, 0)]
     stats = StageStats(start=t0)
     stats.add(pa.Table.from_pylist(out))
     got = {r.stage: r for r in stats.finish()}
@@ -174,11 +177,13 @@ def test_gpu_meter_averages_nvml_readings_over_the_batch_and_says_none_without_n
     readings = iter([40.0, 60.0] * 100)
     monkeypatch.setattr(torch.cuda, "utilization", lambda index=None: next(readings))
     monkeypatch.setattr(gpu_busy, "_unavailable", False)
+    t0 = time.time()
     with gpu_busy.GpuBusyMeter(0, interval_s=0.01) as meter:
         time.sleep(0.2)
+    elapsed = time.time() - t0  # the batch's duration as seen from outside (longer on a busy machine)
     assert len(meter.samples) >= 4
     mean = sum(meter.samples) / len(meter.samples)
-    assert 40.0 <= mean <= 60.0 and meter.busy_s == pytest.approx(0.2 * mean / 100, rel=0.25)
+    assert 40.0 <= mean <= 60.0 and 0.2 * mean / 100 <= meter.busy_s <= elapsed * mean / 100
 
     def no_nvml(index=None):
         raise ModuleNotFoundError("pynvml")

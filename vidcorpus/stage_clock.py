@@ -11,22 +11,21 @@ on untouched, so a stage's time is never lost with its rows.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
 import pyarrow as pa
 
-STAGE_TIME_TYPE = pa.struct([
-    ("stage", pa.string()),
-    ("worker", pa.string()),  # host:pid of the process that ran the batch
-    ("start", pa.float64()),  # epoch seconds (time.time()) when the batch reached the stage
-    ("end", pa.float64()),  # when the stage handed the batch's rows back
-    ("rows_in", pa.int64()),
-    ("rows_out", pa.int64()),
-    ("setup_s", pa.float64()),  # model loading etc. inside this batch (the worker's first), else 0
-    ("gpu", pa.string()),  # the CUDA device the batch ran on (host:uuid); None on CPU
-    ("gpu_busy_s", pa.float64()),  # seconds of the batch its GPU was busy (NVML); None when unknown
-])
+# A row's stamps travel as one string, a stamp per line (a JSON list of FIELDS): a stage appends
+# its stamp with one string concatenation per row, and Arrow moves one string column; the driver
+# decodes only the distinct chains of a batch (rows of one batch share theirs).
+FIELDS = ("stage", "worker", "start", "end", "rows_in", "rows_out", "setup_s", "gpu", "gpu_busy_s")
+# stage; worker: host:pid of the process that ran the batch; start, end: epoch seconds (time.time())
+# when the batch reached the stage and when it handed its rows back; rows in and out; setup_s: model
+# loading etc. inside this batch (a worker's first), else 0; gpu: the CUDA device the batch ran on
+# (host:uuid; None on CPU); gpu_busy_s: seconds of the batch its GPU was busy (NVML; None: unknown)
+STAGE_TIME_TYPE = pa.string()
 
 _WORKER: str | None = None
 
@@ -46,24 +45,34 @@ def stamp(stage: str, start: float, end: float, rows_in: int, rows_out: int, set
             "gpu_busy_s": None if gpu_busy_s is None else float(gpu_busy_s)}
 
 
+def encode(s: dict) -> str:
+    return json.dumps([s[f] for f in FIELDS], separators=(",", ":"))
+
+
+def decode(chain: str | None) -> list[dict]:
+    """The stamps of a ``stage_times`` string, in order."""
+    return [dict(zip(FIELDS, json.loads(line))) for line in (chain or "").split("\n") if line]
+
+
 def is_time_carrier(row: dict) -> bool:
     """A row that only carries stamps of batches that left no row (no source, clip or error)."""
     return (bool(row.get("stage_times")) and row.get("source_id") is None and row.get("clip_id") is None
             and not row.get("error_class"))
 
 
-def take_carried(rows: list[dict]) -> list[dict]:
-    """The stamps of the carrier rows among ``rows`` (which ``events.split`` drops)."""
-    return [s for r in rows if is_time_carrier(r) for s in r["stage_times"]]
+def take_carried(rows: list[dict]) -> list[str]:
+    """The stamps of the carrier rows among ``rows`` (which ``events.split`` drops), encoded."""
+    return [r["stage_times"] for r in rows if is_time_carrier(r)]
 
 
-def stamp_rows(rows: list[dict], this: dict, carried: list[dict]) -> list[dict]:
+def stamp_rows(rows: list[dict], this: dict, carried: list[str]) -> list[dict]:
     """``rows`` with ``this`` batch's stamp appended to each; the stamps that came on carrier rows
     (and ``this`` one too when the batch left no row) go on on one carrier row of their own, so that
     every row's own stamps stay the chain of batches it went through."""
+    line = encode(this)
     for r in rows:
-        r["stage_times"] = [*(r.get("stage_times") or []), this]
-    orphans = carried + ([] if rows else [this])
+        r["stage_times"] = f"{r['stage_times']}\n{line}" if r.get("stage_times") else line
+    orphans = carried + ([] if rows else [line])
     if orphans:
-        rows = rows + [{"stage_times": orphans}]
+        rows = rows + [{"stage_times": "\n".join(orphans)}]
     return rows

@@ -18,6 +18,7 @@ queues (their chains end). Busy is "some worker busy": ``work_s`` sums the batch
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -158,20 +159,17 @@ class StageStats:
                 prev_end = s["end"]
 
     def add(self, batch, commit: Interval | None = None) -> None:
-        """A result batch (Arrow table or rows) the driver committed over ``commit`` (start, end)."""
-        rows = batch.select([c for c in ("source_id", "clip_id", "error_class", "stage_times")
-                             if c in batch.column_names]).to_pylist() if hasattr(batch, "select") else batch
-        real = [r for r in rows if r.get("source_id") or r.get("clip_id") or r.get("error_class")]
-        done = None
-        if commit is not None:
-            from vidcorpus.stage_clock import stamp
+        """A result batch (Arrow table, or row dicts) the driver committed over ``commit`` (start, end).
+        Rows of one stage batch share their chain: each distinct chain is decoded once."""
+        from vidcorpus.stage_clock import decode, stamp
 
-            done = stamp("commit", commit[0], commit[1], len(real), len(real), worker="driver")
-        for r in rows:
-            carrier = not (r.get("source_id") or r.get("clip_id") or r.get("error_class"))
-            chain = list(r.get("stage_times") or [])
-            self.add_chain(chain + ([done] if done and not carrier else []), carrier)
-        if done and not real:
+        groups = _distinct_chains(batch) if hasattr(batch, "select") else _distinct_row_chains(batch)
+        n_real = sum(n for carrier, _chain, n in groups if not carrier)
+        done = stamp("commit", commit[0], commit[1], n_real, n_real, worker="driver") if commit else None
+        for carrier, chain, _n in groups:
+            stamps = decode(chain) if isinstance(chain, str) or chain is None else list(chain)
+            self.add_chain(stamps + ([done] if done and not carrier else []), carrier)
+        if done and not n_real:
             self._stamp(done)
 
     def pipeline_started(self, inputs: int = 0) -> None:
@@ -215,6 +213,38 @@ class StageStats:
             row.wait_input_s = max(0.0, wall - row.busy_s - row.wait_output_s)
             out.append(row)
         return out
+
+
+def _is_carrier(row: dict) -> bool:
+    return not (row.get("source_id") or row.get("clip_id") or row.get("error_class"))
+
+
+def _distinct_row_chains(rows: list[dict]) -> list[tuple[bool, object, int]]:
+    """(carrier, stamps, rows) per distinct chain of row dicts (stamps: a string, or stamp dicts)."""
+    out: dict[tuple, list] = {}
+    for r in rows:
+        chain = r.get("stage_times")
+        key = (_is_carrier(r), chain if isinstance(chain, str) or chain is None else repr(chain))
+        out.setdefault(key, [key[0], chain, 0])[2] += 1
+    return [tuple(v) for v in out.values()]
+
+
+def _distinct_chains(table) -> list[tuple[bool, str | None, int]]:
+    """(carrier, stamps, rows) per distinct chain of an Arrow batch, computed in Arrow: the rows of
+    one stage batch share their stamps, so the driver decodes a handful of strings per batch."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    nulls = [pc.is_null(table[c]) for c in ("source_id", "clip_id") if c in table.column_names]
+    if "error_class" in table.column_names:  # an error class of "" counts as none, as in row dicts
+        nulls.append(pc.fill_null(pc.equal(pc.utf8_length(table["error_class"].cast(pa.string())), 0), True))
+    carrier = functools.reduce(pc.and_, nulls) if nulls else pa.array([False] * n)
+    chains = (table["stage_times"].cast(pa.string()) if "stage_times" in table.column_names
+              else pa.nulls(n, pa.string()))
+    grouped = pa.table({"carrier": carrier, "chain": chains}).group_by(
+        ["carrier", "chain"], use_threads=False).aggregate([([], "count_all")])
+    return [(r["carrier"], r["chain"], r["count_all"]) for r in grouped.to_pylist()]
 
 
 def bound_by(rows: list[StageRow]) -> str:
