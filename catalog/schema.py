@@ -173,6 +173,28 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
     (
+        13,  # issue 22: where the time goes. Per run and stage: rows, busy and waiting seconds over the run's
+        # wall time, GPU busy share (vidcorpus/stage_stats.py); and the intervals the report draws as a timeline
+        """
+        CREATE TABLE IF NOT EXISTS stage_stats (
+            run_id VARCHAR, stage VARCHAR, step INTEGER,   -- step: the stage's place in the pipeline
+            rows_in BIGINT, rows_out BIGINT, batches BIGINT, workers INTEGER,
+            wall_s DOUBLE, busy_s DOUBLE, wait_input_s DOUBLE, wait_output_s DOUBLE,  -- these three add to wall_s
+            work_s DOUBLE,            -- batch seconds summed over workers (> busy_s when they ran side by side)
+            setup_s DOUBLE,           -- model loading and other setup inside batches
+            gpu_busy_share DOUBLE,    -- GPU-busy seconds / (wall_s x GPUs used); NULL on CPU or without NVML
+            bound_by BOOLEAN,         -- the stage busy for the largest share of the run
+            written_at TIMESTAMP,
+            PRIMARY KEY (run_id, stage)
+        );
+        CREATE TABLE IF NOT EXISTS stage_intervals (
+            run_id VARCHAR, stage VARCHAR,
+            state VARCHAR,            -- busy | wait_output (idle with input queued); the rest is wait_input
+            start_s DOUBLE, end_s DOUBLE  -- seconds from the run's start
+        );
+        """,
+    ),
+    (
         14,  # issue 25: people's verdicts on clips (`vidcorpus serve`); append-only, the newest per clip counts
         """
         CREATE TABLE IF NOT EXISTS labels (

@@ -143,6 +143,13 @@ def test_redecide_then_status_and_sync_caption_and_shard_the_newly_kept_clips(ws
 
     out = vc(ws, "sync", "--no-progress")
     assert f"{len(newly)} clips captioned" in out and "0 still pending" in out
+    # where the sync's time went (issue 22): printed, and in the catalog with the sync's run id
+    assert "where the time went in sync" in out and "bound by: " in out
+    sync_run = q(ws, "SELECT run_id FROM runs WHERE kind = 'sync' ORDER BY started_at DESC LIMIT 1")[0]["run_id"]
+    steps = {r["stage"]: r for r in q(ws, "SELECT * FROM stage_stats WHERE run_id = ?", [sync_run])}
+    assert steps["caption"]["rows_in"] == len(newly) and steps["caption"]["setup_s"] > 0
+    assert {"caption", "commit", "shards"} <= set(steps)
+    assert all(r["busy_s"] + r["wait_input_s"] + r["wait_output_s"] == pytest.approx(r["wall_s"]) for r in steps.values())
     caps = q(ws, "SELECT clip_id, kind, text FROM captions WHERE version = 'v1' AND clip_id IN (SELECT unnest(?))",
              [sorted(newly)])
     assert {(c["clip_id"], c["kind"]) for c in caps} == {(c, k) for c in newly for k in ("long", "short")}

@@ -213,8 +213,13 @@ def test_run_with_learned_models_end_to_end(crossfade, tmp_path, model_cache):
     try:
         first = cli.invoke(app, args)
         assert first.exit_code == 0, first.output
+        # where the time went (issue 22): every stage of this run's pipeline, and the one that bounded it
+        assert "where the time went in run" in first.output and "bound by: " in first.output
+        table = first.output[first.output.index("where the time went"):]
+        assert all(f" {name} " in table for name in ("start", "split", "text_overlay", "nsfw", "caption", "commit"))
         again = cli.invoke(app, args)
         assert again.exit_code == 0, again.output
+        assert "where the time went" not in again.output  # nothing went through: no table
     finally:
         ray.shutdown()
     verify = cli.invoke(app, ["catalog", "verify", "--workdir", work])

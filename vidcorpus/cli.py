@@ -204,8 +204,11 @@ def _run_job(inputs, config, set_, workdir, catalog, preset, ray_address, retry_
 def _print_run_summary(summary) -> None:
     from vidcorpus.catalog.store import Catalog
 
+    from vidcorpus.stage_stats import print_table
+
     with Catalog(summary.catalog, read_only=True) as cat:
         print_funnel(cat.funnel(), title=f"catalog funnel after run {summary.run_id}")
+    print_table(summary.stages, console, title=f"where the time went in run {summary.run_id}")
     console.print(
         f"run {summary.run_id}: {summary.rows_committed} rows committed, {summary.failures} failed rows, "
         f"{len(summary.shards)} new shards, {summary.sources_skipped} sources skipped as done, {summary.seconds:.1f} s\n"

@@ -121,6 +121,10 @@ def register_state_commands(app: typer.Typer) -> None:
         except (CatalogError, ModelNotAvailable, FileNotFoundError) as e:
             err.print(str(e), markup=False, style="red")
             raise typer.Exit(2)
+        from vidcorpus.stage_stats import print_table
+
+        if s.captioned or s.caption_failures:  # a sync that captioned: where its time went
+            print_table(s.stages, console, title=f"where the time went in sync {s.run_id}")
         console.print(f"sync {s.run_id} under {s.recipe}: {s.captioned} clips captioned, {len(s.shards)} shards "
                       f"written, {s.pending_after} still pending, {s.seconds:.1f} s", markup=False)
         if s.pending_after:

@@ -64,6 +64,9 @@ def run_demo(directory: Path, steps: int = 20, ray_address: str | None = None, p
                   f"-> {truth['list']}")
     console.rule("[bold]2/4 curation pipeline (tiny models)")
     summary = run_pipeline(cfg, progress=progress, log=console.print)
+    from vidcorpus.stage_stats import print_table
+
+    print_table(summary.stages, console)
     console.rule(f"[bold]3/4 a release of the kept clips, then {steps} training steps on it")
     release = create_release(cfg, DEMO_RELEASE, cfg.filters.recipe, progress=progress, log=console.print)
     console.print(f"release {release.name}: {release.n_clips} clips in {release.n_shards} shards -> {release.manifest_url}")

@@ -69,8 +69,9 @@ def attach(rows: list[dict], events: list[Event]) -> list[dict]:
 
 
 def is_carrier(row: dict) -> bool:
-    """A row that only carries events (``attach`` made it): no source, no clip, no error."""
-    return (bool(row.get("events_json")) and row.get("source_id") is None and row.get("clip_id") is None
+    """A row that only carries events (``attach`` made it) or stage timings (``stage_clock``): no
+    source, no clip, no error."""
+    return ((bool(row.get("events_json")) or bool(row.get("stage_times"))) and row.get("source_id") is None and row.get("clip_id") is None
             and not row.get("error_class"))
 
 

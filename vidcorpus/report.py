@@ -462,6 +462,8 @@ def build_report(catalog: str | Path, out_dir: str | Path, run: str | None = Non
     from vidcorpus.report_footage import footage_plot, footage_rows, footage_section
     from vidcorpus.report_labels import filter_quality_section
     from vidcorpus.serve.measure import filter_quality
+    from vidcorpus.report_stages import SECTION, load_stages, stage_section
+    from vidcorpus.report_stages import headline as stage_headline
 
     t0 = time.time()
     out = Path(out_dir)
@@ -469,6 +471,7 @@ def build_report(catalog: str | Path, out_dir: str | Path, run: str | None = Non
         data = load_report_data(cat, run, recipe_path, release)
         footage = footage_rows(cat)
         quality = filter_quality(cat.con, data.recipe) if data.recipe is not None else []
+        stages = load_stages(cat, run)
     out.mkdir(parents=True, exist_ok=True)
     clear_report_dir(out)
     w = _Writer(data, out, thumb_px)
@@ -494,6 +497,9 @@ def build_report(catalog: str | Path, out_dir: str | Path, run: str | None = Non
         footage_plot(footage, w.plot("footage"))
         footage_html = w.img(w.plots[-1], "where the footage went")
     sections.append(("footage", "Where the footage went", footage_section(footage, footage_html, _table)))
+
+    # where the time goes: the run's stages on one timeline (vidcorpus/report_stages.py)
+    sections.append((*SECTION, stage_section(stages, w.plot, w.img, _table)))
 
     # decisions: reasons
     reasons = Counter(c["reason"] or "(none)" for c in data.clips if c["kept"] is False)
@@ -591,6 +597,8 @@ def build_report(catalog: str | Path, out_dir: str | Path, run: str | None = Non
     index.write_text(_page("vidcorpus report", page, "report.css"), encoding="utf-8")
     if console is not None:
         print_headline(data, console)
+        if (line := stage_headline(stages)) is not None:  # where the run's time went, in one line
+            console.print(line, markup=False)
     return ReportResult(index, list(w.plots), n_pages, time.time() - t0)
 
 

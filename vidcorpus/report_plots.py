@@ -136,3 +136,27 @@ def box_plot(groups: dict[str, np.ndarray], ylabel: str, title: str, path: Path)
 def caption_length_plot(groups: dict[str, np.ndarray], path: Path) -> None:
     """Caption length in words per (caption version, kind): one box per group."""
     box_plot(groups, "words", "caption length per version / kind", path)
+
+
+BUSY, HELD, IDLE = "#4263eb", "#f08c00", "#e9ecef"
+
+
+def timeline_plot(stages: Sequence[str], spans: dict[str, list[tuple[str, float, float]]], wall_s: float,
+                  labels: Sequence[str], path: Path) -> None:
+    """One lane per stage over the run's wall time: busy (blue), waiting for output with input queued
+    (orange), waiting for input (grey, the rest); ``labels`` go on the right of each lane."""
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(stages) + 1.3))
+    y = np.arange(len(stages))[::-1]
+    for yi, name, label in zip(y, stages, labels):
+        ax.broken_barh([(0, wall_s)], (yi - 0.35, 0.7), color=IDLE)
+        for state, color in (("wait_output", HELD), ("busy", BUSY)):
+            bars = [(a, b - a) for s, a, b in spans.get(name, []) if s == state]
+            if bars:
+                ax.broken_barh(bars, (yi - 0.35, 0.7), color=color)
+        ax.text(wall_s * 1.01, yi, label, va="center", fontsize=8)
+    ax.set_yticks(y, list(stages), fontsize=9)
+    ax.set_xlim(0, max(wall_s, 1e-6) * 1.32)
+    ax.set_xlabel("seconds since the run started")
+    ax.set_title("where the time goes: busy (blue), input queued but not taken (orange), waiting for input (grey)",
+                 fontsize=9)
+    _save(fig, path)

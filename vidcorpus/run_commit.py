@@ -13,6 +13,7 @@ uncaptioned are pending work that the next run or `vidcorpus sync` completes.
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import pyarrow as pa
@@ -45,6 +46,7 @@ class RunCommitter:
         """Commit one result batch; groups of whole sources are deduplicated and marked done."""
         from vidcorpus.filters.dedup import write_embedding_batch
 
+        began = time.time()
         rows, raised = stage_events.split(batch.to_pylist())
         stage_events.log_new(raised, self.warned, self.log)  # workers' output does not reach this terminal
         for r in rows:
@@ -71,6 +73,8 @@ class RunCommitter:
             if self.committed[sid] == self.expected[sid]:
                 self.whole.append(sid)
         self.summary.rows_committed += len(rows)
+        # the stages' stamps (carrier rows included: the batch before events.split), and this commit
+        self.summary.timeline.add(batch, commit=(began, time.time()))
         if len(self.whole) >= self.cfg.ray.window_sources:
             self.close_group()
         self._take_captions(self.captions.poll() if self.captions is not None else [])
@@ -85,7 +89,9 @@ class RunCommitter:
             return
         new = [c for s in group for c in self.embedded.pop(s, [])]
         if self.dedup is not None and new:
+            began = time.time()
             dedup_and_redecide(self.cfg, self.catalog, self.run_id, new, self.log, index=self.dedup)
+            self.summary.timeline.driver_step("dedup", began, time.time(), len(new))
         self.catalog.mark_sources_done(set(group) - self.failed)
         if self.captions is not None:
             self._caption(group)
@@ -119,8 +125,10 @@ class RunCommitter:
         from vidcorpus.sync import commit_captioned
 
         for table in tables:
+            began = time.time()
             rows, raised = stage_events.split(table.to_pylist())
             stage_events.log_new(raised, self.warned, self.log)
             self.catalog.add_events(self.run_id, raised)
             _ok, failed = commit_captioned(self.catalog, self.run_id, rows)
             self.caption_failed.update(failed)
+            self.summary.timeline.add(table, commit=(began, time.time()))  # the caption stages' stamps

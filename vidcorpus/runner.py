@@ -27,6 +27,7 @@ from vidcorpus.presets import preflight_pipeline, resolve_models
 from vidcorpus.schemas import rows_to_table
 from vidcorpus.stage import Stage
 from vidcorpus.stage_settings import check_names, pin_plans, resolve
+from vidcorpus.stage_stats import StageRow, StageStats
 
 CAPTION_STAGES = ("caption", "caption_align")  # fed by the driver after dedup (vidcorpus/caption_pool.py)
 WORKER_ENV = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "false"}
@@ -60,6 +61,8 @@ class RunSummary:
     seconds: float = 0.0
     catalog: str = ""
     shard_root: str = ""
+    timeline: StageStats = field(default_factory=StageStats, repr=False)  # where the time goes (stage_stats.py)
+    stages: list[StageRow] = field(default_factory=list, repr=False)  # its per-stage rows, at the end
 
 
 def init_ray(cfg: Config) -> None:
@@ -126,6 +129,7 @@ def run_pipeline(
     log: Callable[[str], None] = print,
 ) -> RunSummary:
     """Ingest, score, decide, caption, commit and shard everything in cfg.inputs not yet done."""
+    from vidcorpus.catalog.stage_stats import write as write_stage_stats
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.ingest.sources import read_inputs
 
@@ -141,7 +145,7 @@ def run_pipeline(
     # Inputs are read before the run is recorded: a missing or malformed list is one line, no run row.
     sources = read_inputs(cfg.inputs)
     run_id = new_run_id()
-    summary = RunSummary(run_id=run_id, catalog=cfg.catalog_path, shard_root=cfg.url("shards"))
+    summary = RunSummary(run_id=run_id, catalog=cfg.catalog_path, shard_root=cfg.url("shards"), timeline=StageStats(t0))
     # hold=False: the driver opens the file only for each commit, so readers (`vidcorpus sql`,
     # `report`) get in between commits while the run goes on.
     catalog = Catalog(cfg.catalog_path, hold=False)
@@ -172,15 +176,18 @@ def run_pipeline(
             # derived work follows decisions: clips a re-decision kept get captions and shards here too
             # (not those whose captioning just failed: they stay pending for the next run or sync)
             _captions, summary.shards = complete_pending(cfg, catalog, run_id, progress=progress, log=log,
-                                                         skip=failed_captions)
+                                                         skip=failed_captions, timeline=summary.timeline)
         except Exception as e:
             if (full := storage_full(e)) is not None:  # out of Ray's wrappers: one clear error
                 raise full from e
             raise
+        summary.stages = summary.timeline.finish()
+        write_stage_stats(catalog, run_id, summary.stages)
         status = "succeeded"
     finally:
         summary.seconds = time.time() - t0
-        catalog.finish_run(run_id, status, {k: v for k, v in summary.__dict__.items() if k != "shards"}
+        catalog.finish_run(run_id, status, {k: v for k, v in summary.__dict__.items()
+                                            if k not in ("shards", "timeline", "stages")}
                            | {"n_shards": len(summary.shards)})
         catalog.close()
     return summary
@@ -223,6 +230,7 @@ def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSu
         cpu=max(0.5, cpus - held[0]), gpu=max(0.0, gpus - held[1]),
         object_store_memory=cfg.ray.object_store_mb * 2**20 if cfg.ray.object_store_mb else None)
     committer = RunCommitter(cfg, catalog, run_id, summary, log, pool)
+    summary.timeline.pipeline_started(len(todo))  # start-up ends; the sources are queued for the first stage
     try:
         ds = build_dataset(cfg, todo, gpus, cpus, stream, plans)
         for batch in ds.iter_batches(batch_size=cfg.ray.commit_rows, batch_format="pyarrow",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from vidcorpus.stage_clock import STAGE_TIME_TYPE
+
 SCORE_TYPE = pa.struct(
     [("scorer", pa.string()), ("model", pa.string()), ("version", pa.string()), ("value", pa.float64())]
 )
@@ -91,6 +93,9 @@ ROW_SCHEMA = pa.schema(
         # warnings the stages raised on this row's batch (vidcorpus.stage.Stage.__call__), carried on
         # one row to the driver, which logs them and writes the run's events table
         ("events_json", pa.string()),
+        # one stamp per batch this row went through, a line each: stage, worker, start, end, rows in/out,
+        # GPU busy (vidcorpus/stage_clock.py); the driver turns them into each stage's busy and waiting time
+        ("stage_times", STAGE_TIME_TYPE),
     ]
 )
 

@@ -7,13 +7,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 import traceback
 from typing import ClassVar
 
 import pyarrow as pa
 from pydantic import BaseModel
 
-from vidcorpus import events
+from vidcorpus import events, gpu_busy, stage_clock
 from vidcorpus.config import Config
 from vidcorpus.errors import classify_error, storage_full
 from vidcorpus.ingest.segments import is_clipless
@@ -84,13 +86,18 @@ class Stage:
         return failed
 
     def __call__(self, batch: pa.Table | dict) -> pa.Table:
+        started = time.time()
         table = batch if isinstance(batch, pa.Table) else pa.table(batch)
-        rows, carried = events.split(table.to_pylist())  # earlier stages' warnings, kept whatever this stage does
+        every = table.to_pylist()
+        timed = stage_clock.take_carried(every)  # stamps of earlier batches that left no row
+        rows, carried = events.split(every)  # earlier stages' warnings, kept whatever this stage does
+        setup_s, gpu, gpu_busy_s = 0.0, None, None
         raised_setup: list = []
         with events.captured(self.name) as raised:  # this stage's warnings reach the driver with the rows
             if not self._ready:
                 self.setup()
                 self._ready = True
+                setup_s = time.time() - started
                 if self.resources.actor:
                     raised_setup = [events.setup_event(self.name)]
             todo, skip = [], []
@@ -99,8 +106,15 @@ class Stage:
                           and (not self.kept_only or r.get("kept") or (self.undecided_too and r.get("kept") is None))
                           and not is_clipless(r))  # a split source without clips: nothing to process
                 (todo if wanted else skip).append(r)
-            out = self.process_rows(todo) if todo else []
-        return rows_to_table(events.attach(out + skip, carried + raised + raised_setup))
+            device = gpu_busy.current_device() if todo and self.resources.gpus > 0 else None
+            meter = gpu_busy.GpuBusyMeter(device[0]) if device else contextlib.nullcontext()
+            with meter:
+                out = self.process_rows(todo) if todo else []
+            if device:
+                gpu, gpu_busy_s = device[1], meter.busy_s
+        out = out + skip
+        this = stage_clock.stamp(self.name, started, time.time(), len(rows), len(out), setup_s, gpu, gpu_busy_s)
+        return rows_to_table(events.attach(stage_clock.stamp_rows(out, this, timed), carried + raised + raised_setup))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.resources}>"

@@ -10,6 +10,7 @@ through the pipeline's own stages: clips it has not decided, kept clips without 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -74,12 +75,14 @@ class CaptionResult:
 
 
 def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Callable[[str], None] = print,
-                  progress: bool = False) -> CaptionResult:
+                  progress: bool = False, timeline=None) -> CaptionResult:
     """Caption these clips with the pipeline's caption stage (long + short, QA scores) and commit the
-    captions; a clip that cannot be captioned gets a failure row and stays pending."""
+    captions; a clip that cannot be captioned gets a failure row and stays pending. ``timeline`` (a
+    vidcorpus.stage_stats.StageStats) records each batch's caption and commit time."""
     from rich.progress import Progress
 
     from vidcorpus import events as stage_events
+    from vidcorpus import gpu_busy
     from vidcorpus.captioning.stage import CaptionStage
     from vidcorpus.config import caption_batch_size
     from vidcorpus.presets import resolve_models
@@ -95,8 +98,10 @@ def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Calla
                            "FROM clips_wide WHERE clip_id IN (SELECT unnest(?)) ORDER BY clip_id", [list(clip_ids)])
     stage = CaptionStage(cfg)
     warned: set[tuple] = set()
+    began = time.time()
     with stage_events.captured(stage.name) as raised:  # loading the model may warn too
         stage.setup()
+    setup_s = time.time() - began
     stage_events.log_new(raised, warned, log)
     cat.add_events(run_id, raised)
     step = caption_batch_size(cfg)
@@ -104,11 +109,20 @@ def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Calla
         task = bar.add_task("captioning", total=len(rows))
         for i in range(0, len(rows), step):
             batch = [dict(r, captions=[], scores=[]) for r in rows[i:i + step]]
-            with stage_events.captured(stage.name) as raised:  # a fast path switching off, QA failing...
+            device = gpu_busy.current_device()  # (index, name) on CUDA: how busy the batch kept the GPU
+            meter = gpu_busy.GpuBusyMeter(device[0]) if device else contextlib.nullcontext()
+            with stage_events.captured(stage.name) as raised, meter:  # a fast path switching off, QA failing...
                 done = stage.process_rows(batch)
+            captioned_at = time.time()
+            if timeline is not None:  # the model's setup counts in the first batch, as in a pipeline stage
+                timeline.driver_step(stage.name, began, captioned_at, len(batch), setup_s if i == 0 else 0.0,
+                                     device[1] if device else None, meter.busy_s if device else None)
             stage_events.log_new(raised, warned, log)
             cat.add_events(run_id, raised)
             ok, failed = commit_captioned(cat, run_id, done)
+            if timeline is not None:
+                timeline.driver_step("commit", captioned_at, time.time(), len(done))
+            began = time.time()
             out.captioned += ok
             out.failed += failed
             bar.advance(task, len(batch))
@@ -135,11 +149,12 @@ def commit_captioned(cat, run_id: str, done: list[dict]) -> tuple[list[str], lis
 
 
 def complete_pending(cfg: Config, cat, run_id: str, allow_uncaptioned: bool = False, progress: bool = False,
-                     log: Callable[[str], None] = print, skip: set[str] | frozenset = frozenset()
-                     ) -> tuple[CaptionResult, list[dict]]:
+                     log: Callable[[str], None] = print, skip: set[str] | frozenset = frozenset(),
+                     timeline=None) -> tuple[CaptionResult, list[dict]]:
     """Extract the active recipe's kept clips that have no file (filter before you encode: a clip
     first dropped was never encoded), caption its kept, uncaptioned clips (but those in ``skip``),
-    then shard its kept, unsharded ones."""
+    then shard its kept, unsharded ones (``timeline``: a StageStats that records the captioning,
+    commits and shards)."""
     from vidcorpus.extract_pending import extract_clips
     from vidcorpus.runner import write_pending_shards
 
@@ -148,8 +163,11 @@ def complete_pending(cfg: Config, cat, run_id: str, allow_uncaptioned: bool = Fa
     if pending.unextracted:
         skip |= set(extract_clips(cfg, cat, run_id, pending.unextracted, log=log).failed)
     todo = [c for c in pending.uncaptioned if c not in skip]
-    captions = caption_clips(cfg, cat, run_id, todo, log=log, progress=progress)
+    captions = caption_clips(cfg, cat, run_id, todo, log=log, progress=progress, timeline=timeline)
+    began = time.time()
     shards = write_pending_shards(cfg, cat, run_id, progress=progress, log=log, allow_uncaptioned=allow_uncaptioned)
+    if timeline is not None:
+        timeline.driver_step("shards", began, time.time(), len(shards))
     say_unencoded(cfg, cat, log)
     return captions, shards
 
@@ -177,14 +195,17 @@ class SyncSummary:
     shards: list[dict]
     pending_after: int
     seconds: float
+    stages: list = field(default_factory=list)  # where the time went (vidcorpus.stage_stats.StageRow)
 
 
 def sync(cfg: Config, allow_uncaptioned: bool = False, progress: bool = False,
          log: Callable[[str], None] = print) -> SyncSummary:
     """`vidcorpus sync`: adopt the recipe in force, then complete its pending work (a recorded run)."""
     from vidcorpus import __version__
+    from vidcorpus.catalog.stage_stats import write as write_stage_stats
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.ids import new_run_id
+    from vidcorpus.stage_stats import StageStats
 
     from pathlib import Path
 
@@ -194,17 +215,20 @@ def sync(cfg: Config, allow_uncaptioned: bool = False, progress: bool = False,
     if "://" not in cfg.catalog_path and not Path(cfg.catalog_path).exists():
         raise CatalogError(f"no catalog at {cfg.catalog_path}: `vidcorpus run` makes one (or pass --catalog/--workdir)")
     run_id = new_run_id()
+    timeline = StageStats(t0)
     with Catalog(cfg.catalog_path) as cat:
         cat.begin_run(run_id, "sync", json.dumps({"allow_uncaptioned": allow_uncaptioned}), __version__)
         status = "failed"
         try:
             recipe = adopt_recipe(cfg, cat, run_id, "sync", log)
             captions, shards = complete_pending(pin_recipe(cfg, recipe), cat, run_id, allow_uncaptioned,
-                                                progress, log)
+                                                progress, log, timeline=timeline)
             left = pending_work(cat, cfg.captioning.version, cfg.shards.caption_version).total
+            stages = timeline.finish()
+            write_stage_stats(cat, run_id, stages)
             status = "succeeded"
         finally:
             cat.finish_run(run_id, status, {} if status == "failed" else {
                 "recipe": recipe.id, "captioned": len(captions.captioned), "shards": len(shards)})
     return SyncSummary(run_id, recipe.id, len(captions.captioned), len(captions.failed), shards, left,
-                       time.time() - t0)
+                       time.time() - t0, stages)
