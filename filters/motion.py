@@ -61,7 +61,7 @@ class MotionStage(Stage):
 
     name: ClassVar[str] = "motion"
     resources: ClassVar[Resources] = Resources(cpus=0.5)
-    batch_rows: ClassVar[int | None] = None  # whole blocks: a source's clips come together (one decode)
+    whole_blocks: ClassVar[bool] = True  # a source's clips come together (one decode of the source)
 
     def process_rows(self, rows: list[dict]) -> list[dict]:
         """Clips without a file read their pairs from the source (filters/source_scoring.py)."""

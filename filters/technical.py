@@ -111,7 +111,7 @@ class TechnicalStage(Stage):
 
     name: ClassVar[str] = "technical"
     resources: ClassVar[Resources] = Resources(cpus=0.5)
-    batch_rows: ClassVar[int | None] = None  # whole blocks: a source's clips come together (one decode)
+    whole_blocks: ClassVar[bool] = True  # a source's clips come together (one decode of the source)
 
     def process_rows(self, rows: list[dict]) -> list[dict]:
         deferred = [r for r in rows if from_source(r)]

@@ -79,6 +79,17 @@ def test_declared_resources_and_configured_batch_sizes_reach_ray(tmp_path):
     assert {a["cpu"] for a in actors} == {0.4} and max(a["n"] for a in actors) == 5  # the config beats the class
 
 
+def test_stages_that_decode_the_source_take_whole_blocks_unless_the_config_says_otherwise():
+    from vidcorpus.config import Config
+    from vidcorpus.filters.scorers import MotionStage, TechnicalStage
+    from vidcorpus.stage_settings import resolve
+
+    plans = resolve([TechnicalStage, MotionStage], Config(), 0.0)
+    assert plans[TechnicalStage].batch_rows is None and plans[MotionStage].batch_rows is None
+    cfg = load_config(None, ["stages.motion.batch_rows=16"])
+    assert resolve([MotionStage], cfg, 0.0)[MotionStage].batch_rows == 16
+
+
 def test_an_unknown_stage_in_the_config_is_one_line_and_no_run(tmp_path, model_cache):
     from typer.testing import CliRunner
 

@@ -38,6 +38,9 @@ class Stage:
     undecided_too: ClassVar[bool] = False  # with kept_only: rows no recipe decided yet are processed too
     # Rows per call; None: the runner's default (vidcorpus/stage_settings.py). stages.<name>.batch_rows overrides.
     batch_rows: ClassVar[int | None] = None
+    # True: each call takes whole Ray Data blocks (the splitter emits a source's clips in one block,
+    # so a stage that decodes the source does it once per source); stages.<name>.batch_rows overrides.
+    whole_blocks: ClassVar[bool] = False
 
     def __init__(self, config: Config):
         self.config = config

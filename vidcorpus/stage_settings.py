@@ -33,7 +33,7 @@ class StagePlan:
     cpus: float
     gpus: float
     memory_mb: int | None
-    batch_rows: int
+    batch_rows: int | None  # None: whole Ray Data blocks (Stage.whole_blocks)
     replicas: int  # actor pool size (tasks: 0, Ray schedules as many as resources allow)
 
     def ray_args(self) -> dict:
@@ -75,13 +75,16 @@ def resolve(stages: list, cfg: Config, gpus_available: float) -> dict[type, Stag
         on_gpu = n_gpus >= 1 and s in gpu_stages
         gpus = round(v["gpus"] * scale, 6) if on_gpu else 0.0
         defaults = GPU_BATCH_ROWS if on_gpu else CPU_BATCH_ROWS
-        batch = v["batch_rows"] or defaults.get(s.name) or (8 if s.resources.actor else 4)
+        if v["batch_rows"] is None and getattr(s, "whole_blocks", False):
+            batch = None
+        else:
+            batch = v["batch_rows"] or defaults.get(s.name) or (8 if s.resources.actor else 4)
         if s.resources.actor:
             replicas = v["replicas"] or (n_gpus if on_gpu else 1)
         else:
             replicas = 0
-        plans[s] = StagePlan(s.name, s.resources.actor, float(v["cpus"]), gpus, v["memory_mb"], int(batch),
-                             int(replicas))
+        plans[s] = StagePlan(s.name, s.resources.actor, float(v["cpus"]), gpus, v["memory_mb"],
+                             None if batch is None else int(batch), int(replicas))
     return plans
 
 
