@@ -107,6 +107,38 @@ def test_clips_play_from_their_file_and_from_their_verified_shard_member(built, 
     assert img.status_code == 200 and img.content == Path(image["clip_path"]).read_bytes()
 
 
+def test_a_clip_dropped_before_encoding_plays_as_a_preview_of_its_source_frames(built, server):
+    """Filter before you encode leaves dropped clips without a file; an auditor still watches them:
+    the server renders them from the source, when the source lies inside the served folders."""
+    import av
+
+    dropped = [c for c in built["clips"] if c["media_type"] == "video" and not c["clip_path"]]
+    assert dropped, "the corpus has a video clip the recipe dropped before encoding"
+    clip = dropped[0]
+    url = f"{server.url}/media/clip/{clip['clip_id']}"
+    refused = requests.get(url, timeout=60)  # the sources lie outside the workdir: not read
+    assert refused.status_code == 404 and "source lies outside" in refused.text
+    corpus = str(Path(built["workdir"]).parent / "corpus")
+    srv = ThreadServer(make_app(ServeSettings(catalog=built["catalog"], who="tester",
+                                              roots=media_roots(built["workdir"], built["catalog"], [corpus]))))
+    try:
+        got = requests.get(f"{srv.url}/media/clip/{clip['clip_id']}", timeout=120)
+        part = requests.get(f"{srv.url}/media/clip/{clip['clip_id']}", headers={"Range": "bytes=0-99"}, timeout=60)
+    finally:
+        srv.stop()
+    assert got.status_code == 200 and got.headers["content-type"] == "video/mp4"
+    assert part.status_code == 206 and part.content == got.content[:100]
+    with Catalog(built["catalog"], read_only=True) as cat:
+        [row] = cat.query_dicts("SELECT first_frame, last_frame, clip_path FROM clips_wide WHERE clip_id = ?",
+                                [clip["clip_id"]])
+    import io
+
+    with av.open(io.BytesIO(got.content)) as c:
+        n = sum(1 for _ in c.decode(video=0))
+    assert n == row["last_frame"] - row["first_frame"] + 1  # every frame of the clip (it is under 10 s)
+    assert row["clip_path"] is None  # a preview is not an extraction: the catalog is unchanged
+
+
 def test_a_shard_that_no_longer_matches_its_checksum_is_not_served(built, server):
     shard = next(s for s in built["shards"] if len(s["members"]) > 1)
     path = Path(shard["url"])
@@ -305,7 +337,7 @@ def test_a_snapshot_on_s3_is_browsed_and_its_clips_play(built, s3):
             expected = [r["clip_id"] for r in cat.query_dicts(
                 "SELECT clip_id FROM clips_wide ORDER BY duration_s DESC NULLS LAST, clip_id")]
         assert card_ids(html) == expected
-        clip = next(c for c in built["clips"] if c["media_type"] == "video")
+        clip = next(c for c in built["clips"] if c["media_type"] == "video" and c["clip_path"])
         r = requests.get(f"{srv.url}/media/clip/{clip['clip_id']}", headers={"Range": "bytes=0-63"}, timeout=30)
         assert r.status_code == 206 and r.content == Path(clip["clip_path"]).read_bytes()[:64]
     finally:

@@ -36,8 +36,11 @@ def _free_port() -> int:
 
 def _start_server(built: dict, port: int, log: Path) -> subprocess.Popen:
     """`vidcorpus serve` as a user starts it; returns once it answers."""
+    # the corpus folder holds the sources: dropped clips were never encoded (filter before you encode)
+    # and play as previews rendered from their source frames
+    corpus = str(Path(built["workdir"]).parent / "corpus")
     proc = subprocess.Popen([sys.executable, "-m", "vidcorpus.cli", "serve", "-w", built["workdir"], "--port",
-                             str(port), "--user", "browser-test"], stdout=log.open("a"), stderr=subprocess.STDOUT)
+                             str(port), "--user", "browser-test", "--media-root", corpus], stdout=log.open("a"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:

@@ -22,6 +22,7 @@ from starlette.staticfiles import StaticFiles
 
 from vidcorpus.catalog.safe_sql import RefusedSQL, check_predicate, first_line
 from vidcorpus.catalog.store import CatalogError
+from vidcorpus.serve.preview import Previews
 from vidcorpus.serve import labels as labels_mod
 from vidcorpus.serve import media, queries
 from vidcorpus.serve.access import CatalogAccess
@@ -217,12 +218,13 @@ def clip_media(request: Request) -> Response:
         raise Refused("from is file, shard or auto")
     s: ServeSettings = request.app.state.settings
     with request.app.state.access.read() as con:
-        rows = con.execute("SELECT clip_path, media_type, shard_id FROM clips_wide WHERE clip_id = ?",
+        rows = con.execute("SELECT w.clip_path, w.media_type, w.shard_id, s.source_path, w.first_frame, w.last_frame, "
+                           "s.fps FROM clips_wide w LEFT JOIN sources s USING (source_id) WHERE w.clip_id = ?",
                            [clip_id]).fetchall()
         shards = [(s["url"], s["sha256"]) for s in queries.clip_shard(con, rows[0][2])] if rows else []
     if not rows:
         return error_page(f"no clip {clip_id} in the catalog", 404)
-    clip_path, media_type, _shard = rows[0]
+    clip_path, media_type, _shard, source_path, first, last, fps = rows[0]
     problems = []
     if source in ("auto", "file") and clip_path:
         if not inside_roots(clip_path, s.roots):
@@ -240,6 +242,15 @@ def clip_media(request: Request) -> Response:
                 continue
             try:
                 return _served(request, request.app.state.shards.member(url, sha, f"{clip_id}.{ext}"))
+            except media.MediaError as e:
+                problems.append(str(e))
+    if source == "auto" and not clip_path and not shards and media_type == "video" and source_path:
+        # never extracted (a recipe dropped it before encoding): a preview from its source frames
+        if not inside_roots(source_path, s.roots):
+            problems.append("the clip's source lies outside the served folders")
+        else:
+            try:
+                return _served(request, request.app.state.previews.window(clip_id, source_path, first, last, fps))
             except media.MediaError as e:
                 problems.append(str(e))
     return PlainTextResponse("; ".join(problems) or f"clip {clip_id} has no file and no shard", status_code=404)
@@ -303,6 +314,7 @@ def make_app(settings: ServeSettings, access: CatalogAccess | None = None) -> St
     app.state.settings = settings
     app.state.access = access or CatalogAccess(settings.catalog)
     app.state.shards = media.ShardIndex()
+    app.state.previews = Previews()
     app.state.where_cache = {}
     app.state.facets = {}
     app.state.neighbours = Neighbours(settings.roots)
