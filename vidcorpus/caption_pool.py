@@ -4,8 +4,9 @@ Captioning is the costliest stage, so it runs on clips that are still kept after
 duplicates were scored (a duplicate is never captioned). That decision is made by the driver, after
 the commit, so captioning cannot sit inside the Ray Data stream that ingests and scores; instead the
 runner starts ``replicas`` actors of the caption stages (the captioner, then caption alignment) for
-the whole run and hands them full batches. Each actor loads its models once and compiles once per
-batch shape for the whole job. At most ``ray.caption_batches_in_flight`` batches wait at each actor,
+the whole run and hands them full batches, or what is queued when an actor would otherwise sit idle.
+Each actor loads its models once and compiles once per batch shape for the whole job (the compiled
+decoding step serves every shape after its second; captioning/fast_decode.py). At most ``ray.caption_batches_in_flight`` batches wait at each actor,
 so its GPU always has the next batch while the driver commits the last one; when all are busy the
 driver waits, which stops it taking results from the stream, and Ray Data's backpressure then slows
 the stages upstream.
@@ -49,14 +50,19 @@ class CaptionPool:
         self.submitted = 0
 
     def add(self, rows: list[dict]) -> list[pa.Table]:
-        """Queue rows; full batches go to the actors. Returns the batches that finished meanwhile
-        (waiting for one when every actor already has its share queued)."""
+        """Queue rows; full batches go to the actors, and so does what is queued when an actor has
+        nothing to do (a GPU never waits for a batch to fill). Returns the batches that finished
+        meanwhile (waiting for one when every actor already has its share queued)."""
         self.queued.extend(rows)
         done: list[pa.Table] = []
         while len(self.queued) >= self.batch_rows:
             done += self._submit(self.queued[:self.batch_rows])
             self.queued = self.queued[self.batch_rows:]
         return done + self.poll()
+
+    def _idle(self) -> bool:
+        busy = set(self.pending.values())
+        return len(busy) < len(self.actors)
 
     def flush(self) -> list[pa.Table]:
         """Submit what is queued (a last, partial batch) and wait for every batch."""
@@ -69,7 +75,12 @@ class CaptionPool:
         return done
 
     def poll(self) -> list[pa.Table]:
-        return self._wait(timeout=0) if self.pending else []
+        """Finished batches, without waiting; an actor left idle gets what is queued."""
+        done = self._wait(timeout=0) if self.pending else []
+        if self.queued and self._idle():
+            done += self._submit(self.queued)
+            self.queued = []
+        return done
 
     def _submit(self, rows: list[dict]) -> list[pa.Table]:
         done: list[pa.Table] = []
