@@ -20,10 +20,10 @@ CALL1=(av==18.1.0 duckdb==2.0.0 open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.
        webdataset==1.0.2 braceexpand==0.1.7 scenedetect==0.7.2 platformdirs==4.14.9 python-ulid==4.1.0
        jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1)
 python3 -m pip download -q --no-deps "${PLAT[@]}" -d "$D/wheels" "${CALL1[@]}" ray==2.60.0
-for w in "$D"/wheels/*.whl; do
+for w in "$D"/wheels/*.whl; do  # unzip keeps the executable bits (ray's raylet, gcs_server); zipfile does not
     case "$(basename "$w")" in
-        ray-*) python3 -m zipfile -e "$w" "$D/site2" ;;
-        *) python3 -m zipfile -e "$w" "$D/site1" ;;
+        ray-*) unzip -q -o "$w" -d "$D/site2" ;;
+        *) unzip -q -o "$w" -d "$D/site1" ;;
     esac
 done
 rm -rf "$D/site2/ray/jars"

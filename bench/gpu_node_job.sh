@@ -63,6 +63,7 @@ run)
         exit 6
     fi
     unpack .gpujob/call2/site2.tar.xz
+    chmod +x /tmp/site/ray/core/src/ray/gcs/gcs_server /tmp/site/ray/core/src/ray/raylet/raylet 2>/dev/null
     python3 -c "import ray, ray.data; print('ray', ray.__version__)" || exit 3
     python3 bench/gpu_node_job.py run --footage "$STATE/footage" --models "$STATE/models" --work "$STATE" \
         --out "$OUTDIR/gpu_node_job.json" --budget-s "${GPUJOB_BUDGET_S:-480}" \
