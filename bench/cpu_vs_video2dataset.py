@@ -68,7 +68,7 @@ reading:
     timeout: 60
     sampler: null
 storage:
-    number_sample_per_shard: 64
+    number_sample_per_shard: {per_shard}
     oom_shard_count: 5
     captions_are_subtitles: False
 distribution:
@@ -168,7 +168,10 @@ def run_v2d(urls: Path, work: Path, cpus: int, v2d: Path, ffmpeg_dir: Path, n_ur
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     config = work / "v2d.yaml"
-    config.write_text(V2D_CONFIG.format(cpus=cpus, threads=4, subjob=max(1, -(-n_urls // cpus))))
+    # video2dataset cuts its input into shards of number_sample_per_shard URLs and gives each shard
+    # to one process: as many shards as processes, or it runs on one core
+    per = max(1, -(-n_urls // cpus))
+    config.write_text(V2D_CONFIG.format(cpus=cpus, threads=4, subjob=per, per_shard=per))
     env = dict(os.environ, PATH=f"{ffmpeg_dir}:{os.environ.get('PATH', '')}", WANDB_MODE="disabled")
     exe = v2d / "bin" / "video2dataset"
     cmd = [str(exe), "--url_list", str(urls), "--input_format", "txt", "--output_folder", str(work / "out"),
