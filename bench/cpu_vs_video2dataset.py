@@ -5,10 +5,11 @@ Both download every URL from a local ``http.server`` thread (127.0.0.1), split i
 write each shot as a re-encoded, frame-exact clip into WebDataset shards:
 
 - vidcorpus: ``vidcorpus run URLS.txt`` (local Ray, ``--cpus`` CPUs) with the model stages taken
-  out of the runner's stage list (CLIP/aesthetic scoring, captioning and caption scoring: the config
-  has no switch for them), a recipe that keeps every clip, then ``vidcorpus shards write
-  --allow-uncaptioned`` (uncaptioned clips are not sharded by `run`). Its download, probe, shot
-  split (adaptive + histogram), precise extraction, technical and motion scores and catalog all run.
+  out of the runner's stage list (CLIP/aesthetic scoring, captioning and caption scoring) and the
+  end-of-run captioning of kept clips (``sync.complete_pending``) replaced by sharding them
+  uncaptioned, as ``vidcorpus shards write --allow-uncaptioned`` does: the config has no switch for
+  either. A recipe keeps every clip. Its download, probe, shot split (adaptive + histogram),
+  precise extraction, technical and motion scores, catalog commits and shards all run.
 - video2dataset 1.3.0 in its own virtual environment (``--v2d``), its CLI with
   CutDetectionSubsampler (cuts_are_clips, mode all, its defaults) and ClippingSubsampler
   (precision exact: re-encoded), webdataset output, ``--cpus`` processes. It needs the ffmpeg and
@@ -114,14 +115,22 @@ def make_inputs(work: Path, copies: int, seconds: float, size: str, sources: lis
 
 
 def _vidcorpus_child(urls: str, work: str, cpus: int) -> None:
-    """`vidcorpus run` without the model stages, then `vidcorpus shards write --allow-uncaptioned`."""
+    """`vidcorpus run` without the model stages and without the end-of-run captioning of kept clips
+    (sync.complete_pending), its kept clips sharded uncaptioned as `shards write --allow-uncaptioned`
+    does."""
     from typer.main import get_command
 
     import vidcorpus.runner as runner
+    import vidcorpus.sync as sync
     from vidcorpus.cli import app
 
     full = runner.pipeline_stages
     runner.pipeline_stages = lambda: [s for s in full() if s.__name__ not in MODEL_STAGES]
+
+    def shard_only(cfg, cat, run_id, allow_uncaptioned=False, progress=False, log=print):
+        return 0, runner.write_pending_shards(cfg, cat, run_id, progress=progress, log=log, allow_uncaptioned=True)
+
+    sync.complete_pending = shard_only  # run_pipeline imports it from vidcorpus.sync when it runs
     recipe = Path(work) / "keep_all.yaml"
     recipe.write_text(KEEP_ALL)
     sets = [f"ray.num_cpus={cpus}", "ingest.allow_private_addresses=true", f"filters.recipe={recipe}",
@@ -129,7 +138,6 @@ def _vidcorpus_child(urls: str, work: str, cpus: int) -> None:
     cli = get_command(app)
     args = [a for s in sets for a in ("--set", s)]
     cli.main(["run", urls, "--workdir", work, "--no-progress", *args], standalone_mode=False)
-    cli.main(["shards", "write", "--workdir", work, "--allow-uncaptioned", *args], standalone_mode=False)
 
 
 def run_vidcorpus(urls: Path, work: Path, cpus: int) -> dict:
@@ -149,6 +157,7 @@ def run_vidcorpus(urls: Path, work: Path, cpus: int) -> dict:
         out["sources_done"] = con.execute("SELECT count(*) FROM sources WHERE status = 'done'").fetchone()[0]
         out["clips"] = con.execute("SELECT count(*) FROM clips").fetchone()[0]
         out["clips_sharded"] = con.execute("SELECT count(*) FROM shard_members").fetchone()[0]
+        out["captions"] = con.execute("SELECT count(*) FROM captions").fetchone()[0]  # 0: captioning was off
         out["failures"] = con.execute("SELECT count(*) FROM failures").fetchone()[0]
         con.close()
     out["shards"] = len(glob.glob(str(work / "shards" / "**" / "*.tar"), recursive=True))
