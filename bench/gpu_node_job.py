@@ -20,8 +20,9 @@ Subcommands:
         (a stage-stats table, when the runner writes one). Writes one JSON report.
 
     smoke --work DIR --out report.json
-        The whole thing on this machine's CPU in 2 to 4 minutes (footage is kept for reruns): 1 minute of 640x360 footage, tiny
-        models, the same job and report (checks the script, measures nothing).
+        The whole thing on this machine's CPU in 2 to 4 minutes (the footage is kept for reruns):
+        1 minute of 640x360 footage, tiny models, the same job and report (checks the script,
+        measures nothing).
 
     python bench/gpu_node_job.py smoke --work /tmp/gpujob-smoke --out /tmp/gpujob-smoke/report.json
     bash bench/gpu_node_job.sh prepare|run      # on the GPU machine (bench/carry_wheels.md)
