@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The GPU-node job (issue 22, Build 4) on the device machine, from the repository root, in two calls
+# made back to back (the machine stays warm 30 s after a call; what `prepare` leaves in $GPUJOB_STATE
+# is gone on a fresh machine). Build the carries first, here: `bash bench/gpu_job_bundle.sh`.
+#   call 1, carry [".gpujob/call1"]:  bash bench/gpu_node_job.sh prepare    (about 4 min)
+#   call 2, carry [".gpujob/call2"]:  bash bench/gpu_node_job.sh run [--set section.key=value ...]
+# Environment: GPUJOB_MINUTES (footage, default 60), GPUJOB_VIDEO_MINUTES (per video, default 4:
+# 15 videos for 16 cores), GPUJOB_BUDGET_S (the job is stopped after this, default 480: the report
+# then covers what the catalog committed), GPUJOB_STATE (default /tmp/gpujob).
+# Writes to $OUT: prepare.log, footage_ground_truth.json, models.json (call 1); gpu_node_job.json
+# (the report), job.log (call 2).
+set -uo pipefail
+STEP=${1:?usage: bash bench/gpu_node_job.sh prepare|run [--set k=v ...]}
+shift
+STATE=${GPUJOB_STATE:-/tmp/gpujob}
+OUTDIR=${OUT:-$STATE/out}
+mkdir -p "$STATE" "$OUTDIR" /tmp/site
+VC_WHEELS=/nonexistent source bench/device_setup.sh  # the project on PYTHONPATH (no wheels to pip-install)
+export PYTHONPATH=$PYTHONPATH:/tmp/site HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+
+unpack() {  # an xz tar of unpacked wheels into /tmp/site (python's tarfile: no xz binary needed)
+    [ -f "$1" ] || { echo "missing $1: carry its folder (bash bench/gpu_job_bundle.sh builds it)"; exit 2; }
+    python3 - "$1" <<'EOF' || exit 2
+import sys, tarfile, time
+t = time.time()
+with tarfile.open(sys.argv[1], "r:xz") as tar:
+    try:
+        tar.extractall("/tmp/site", filter="fully_trusted")
+    except TypeError:
+        tar.extractall("/tmp/site")
+print(f"unpacked {sys.argv[1]} in {time.time() - t:.1f} s")
+EOF
+}
+
+case "$STEP" in
+prepare)
+    {
+        date -u
+        nproc; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+        python3 --version
+        unpack .gpujob/call1/site1.tar.xz
+        python3 -c "import av, duckdb, open_clip, pydantic, webdataset, scenedetect, ulid, torch, transformers; \
+print('imports ok: av', av.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)" || exit 3
+        if [ ! -f "$STATE/footage/ground_truth.json" ]; then
+            python3 bench/make_edited_footage.py --sources .gpujob/call1/sources/*.mp4 \
+                --minutes "${GPUJOB_MINUTES:-60}" --video-minutes "${GPUJOB_VIDEO_MINUTES:-4}" \
+                --out "$STATE/footage" > "$STATE/footage.log" 2>&1 || { tail -30 "$STATE/footage.log"; exit 4; }
+            tail -12 "$STATE/footage.log"
+        fi
+        python3 bench/gpu_node_job.py build-models --size 3b --out "$STATE/models" || exit 5
+        cp "$STATE/footage/ground_truth.json" "$OUTDIR/footage_ground_truth.json"
+        cp "$STATE/models/models.json" "$OUTDIR/models.json"
+        touch "$STATE/prepared"
+        df -h /tmp | tail -1
+        date -u
+    } 2>&1 | tee "$OUTDIR/prepare.log"
+    exit "${PIPESTATUS[0]}"
+    ;;
+run)
+    if [ ! -f "$STATE/prepared" ]; then
+        echo "no prepared footage/models in $STATE: this machine is not the one 'prepare' ran on (it was" \
+             "given back between the calls); run 'prepare' and 'run' back to back"
+        exit 6
+    fi
+    unpack .gpujob/call2/site2.tar.xz
+    chmod +x /tmp/site/ray/core/src/ray/gcs/gcs_server /tmp/site/ray/core/src/ray/raylet/raylet 2>/dev/null
+    python3 -c "import ray, ray.data; print('ray', ray.__version__)" || exit 3
+    python3 bench/gpu_node_job.py run --footage "$STATE/footage" --models "$STATE/models" --work "$STATE" \
+        --out "$OUTDIR/gpu_node_job.json" --budget-s "${GPUJOB_BUDGET_S:-480}" \
+        --label "GPU node: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), $(nproc) CPUs" "$@"
+    rc=$?
+    cp "$STATE/job/job.log" "$OUTDIR/job.log" 2>/dev/null
+    exit $rc
+    ;;
+*)
+    echo "usage: bash bench/gpu_node_job.sh prepare|run [--set k=v ...]"; exit 1 ;;
+esac
