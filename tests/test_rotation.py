@@ -110,3 +110,14 @@ def test_extracted_clips_of_phone_footage_are_upright(tmp_path, videos):
     clip = table.to_pylist()[0]
     assert clip["error_class"] is None and (clip["clip_width"], clip["clip_height"]) == (192, 320)
     assert _corner(read_frames(clip["clip_path"], indices=[0])[0]) == "top-right"
+
+
+def test_training_decodes_a_clip_that_keeps_a_display_matrix_upright(videos):
+    """A packet-copied clip of phone footage (split.extract_mode=copy) keeps the source's matrix:
+    the trainer's decode turns its frames upright like every other reader."""
+    from pathlib import Path
+
+    from vidcorpus.train.data import decode_video
+
+    frames, _fps = decode_video(Path(videos["portrait"]).read_bytes(), 2, FPS, None)
+    assert frames.shape[1:] == (320, 192, 3) and _corner(frames[0]) == "top-right"

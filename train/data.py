@@ -78,7 +78,7 @@ def decode_video(data: bytes, num_frames: int, target_fps: float, rng: random.Ra
     """(F, H, W, 3) uint8 frames sampled at ``target_fps`` and the fps they represent."""
     import av  # here, not at the top: a run from cached latents never decodes video
 
-    from vidcorpus.frame_seek import decode_in_order
+    from vidcorpus.frame_seek import decode_in_order, to_rgb_upright
 
     meta = meta or {}
     try:
@@ -93,7 +93,8 @@ def decode_video(data: bytes, num_frames: int, target_fps: float, rng: random.Ra
             src_fps = float(stream.average_rate or stream.guessed_rate or 0) or float(meta.get("fps") or 0)
             total = int(meta.get("n_frames") or 0) or int(stream.frames or 0) or None
             wanted, stride = frame_indices(total, src_fps, num_frames, target_fps, rng)
-            got = dict(decode_in_order(container, stream, wanted))
+            # upright: a packet-copied clip of phone footage keeps the source's display matrix
+            got = dict(decode_in_order(container, stream, wanted, to_rgb_upright))
     except av.error.FFmpegError as e:
         raise DecodeError(f"decode failed: {e}") from e
     # Containers may promise more frames than decode: keep the evenly spaced prefix we have.
