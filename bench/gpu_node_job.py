@@ -117,8 +117,9 @@ def job_overrides(models: dict, footage: Path, work: Path, gpu: bool, cpus: int 
     ]
     if cpus:
         sets.append(f"ray.num_cpus={cpus}")
-    if gpu:  # the GPU defaults the component benchmarks found (docs/benchmarks.md)
-        sets += ["filters.clip_batch_size=256", "captioning.batch_size=256"]
+    # GPU batch sizes are the stage settings' defaults (vidcorpus/stage_settings.py: the sizes the
+    # component benchmarks found); sources are deduplicated and captioned as soon as each is whole
+    sets.append("ray.window_sources=1")
     return sets
 
 
