@@ -6,7 +6,7 @@ alternate between a panning texture and the same texture standing still, so a re
 ``motion >= 8`` drops about half of the shots. Both runs use the tiny models, the default scorers
 (technical, motion, CLIP + aesthetic), captioning of kept clips and shard writing, through the CLI
 (`vidcorpus run`) on a local Ray with ``--cpus`` CPUs. "before" is the code of ``--before`` (a git
-revision, default main) exported with `git archive` and imported ahead of this checkout.
+revision, default the merge base of main and this branch) exported with `git archive` and imported ahead of this checkout.
 
 Reports per run: wall seconds, clips (shots) per second, kept clips, clip files encoded.
 
@@ -88,7 +88,8 @@ def run(label: str, inputs: Path, work: Path, cache: str, recipe: Path, cpus: in
            "--set", "models.preset=tiny", "--set", f"models.cache_dir={cache}", "--set", f"filters.recipe={recipe}",
            "--set", f"ray.num_cpus={cpus}"]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    # cwd outside any checkout: the current directory comes first on sys.path and would shadow PYTHONPATH
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(work.parent))
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{label} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -108,10 +109,14 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=6)
     ap.add_argument("--shots", type=int, default=8)
     ap.add_argument("--cpus", type=int, default=2)
-    ap.add_argument("--before", default="main")
+    ap.add_argument("--before", default=None, help="git revision of 'before' (default: the merge base of main and "
+                                                   "HEAD, so only this branch's changes differ)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
+    if args.before is None:
+        args.before = subprocess.run(["git", "-C", str(ROOT), "merge-base", "main", "HEAD"], capture_output=True,
+                                     text=True, check=True).stdout.strip()
     base = Path(tempfile.mkdtemp(prefix="bench-filter-first-"))
     media = base / "media"
     media.mkdir()

@@ -249,6 +249,14 @@ def q(ws, sql: str, params=None) -> list[dict]:
         return cat.query_dicts(sql, params)
 
 
+def gaps(ws) -> list[dict]:
+    """`catalog verify`'s gap rows (the table on the terminal wraps long cells)."""
+    from vidcorpus.catalog.corpus_state import state_gaps
+
+    with Catalog(ws.catalog, read_only=True) as cat:
+        return state_gaps(cat)
+
+
 def _assert_frames_are_the_source_range(clip: dict) -> None:
     """The clip file holds exactly source frames first..last (each decoded frame is nearest to its own
     source frame, within the clip codec's noise)."""
@@ -272,7 +280,8 @@ def test_a_clip_kept_later_is_extracted_on_demand_then_captioned_and_sharded(ws)
     out = vc(ws, "status")
     assert re.search(rf"\bextract\W+{len(newly)}\b", out), out
     out = vc(ws, "catalog", "verify")
-    assert "catalog consistent" in out and "pending_extract" in out
+    assert "catalog consistent" in out and "gaps between the decisions" in out
+    assert {g["item"] for g in gaps(ws) if g["check"] == "pending_extract"} == newly
     out = vc(ws, "shards", "write")
     assert f"{len(newly)} kept clips have no clip file yet" in out
     assert not q(ws, "SELECT clip_id FROM shard_members WHERE clip_id IN (SELECT unnest(?))", [sorted(newly)])
@@ -303,7 +312,9 @@ def test_sync_re_extracts_a_kept_clip_whose_file_is_gone(ws):
     out = vc(ws, "status")
     assert re.search(r"\bextract\W+1\b", out), out
     out = vc(ws, "catalog", "verify")
-    assert "pending_extract" in out and "is missing" in out
+    assert "catalog consistent" in out and "1 gaps between the decisions" in out
+    [gap] = gaps(ws)
+    assert gap["check"] == "pending_extract" and gap["item"] == victim["clip_id"] and "is missing" in gap["detail"]
     out = vc(ws, "sync", "--no-progress")
     assert "extracted 1 kept clips on demand" in out
     [after] = q(ws, "SELECT w.*, s.source_path FROM clips_wide w JOIN sources s USING (source_id) WHERE clip_id = ?",
