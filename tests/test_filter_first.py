@@ -339,3 +339,25 @@ def test_frame_model_scorers_read_an_unextracted_clip_from_its_source(tmp_path, 
         out = table.to_pylist()
         assert all(not r["error_class"] and r["clip_path"] is None for r in out), [r["error"] for r in out]
         assert all({"text_area", "nsfw"} <= {s["scorer"] for s in r["scores"]} for r in out)
+
+
+def test_technical_and_motion_share_one_decode_of_the_source(tmp_path, video, monkeypatch):
+    from vidcorpus import source_frames
+    from vidcorpus.filters.motion import MotionStage
+    from vidcorpus.filters.technical import TechnicalStage
+
+    cfg = load_config(None, [], workdir=str(tmp_path / "w"))
+    rows = _split(cfg, video)
+    alone = MotionStage(cfg)(rows_to_table(rows)).to_pylist()  # motion decodes the source itself
+    decodes: list[str] = []
+    real = source_frames._decode_from
+
+    def counting(path, first, last):
+        decodes.append(path)
+        return real(path, first, last)
+
+    monkeypatch.setattr(source_frames, "_decode_from", counting)
+    both = MotionStage(cfg)(TechnicalStage(cfg)(rows_to_table(rows))).to_pylist()
+    assert decodes == [video]  # one pass over the source for both scorers
+    motion = {r["clip_id"]: {s["scorer"]: s["value"] for s in r["scores"] if s["model"] == "farneback"} for r in both}
+    assert motion == {r["clip_id"]: {s["scorer"]: s["value"] for s in r["scores"]} for r in alone}
