@@ -112,7 +112,9 @@ class TechnicalStage(Stage):
 
     name: ClassVar[str] = "technical"
     resources: ClassVar[Resources] = Resources(cpus=0.5)
-    batch_rows: ClassVar[int | None] = None  # whole blocks: a source's clips come together (one decode)
+    # None: whole blocks (the splitter emits a source's clips together); clips of a source split over
+    # batches still continue one decode (vidcorpus/source_frames.py keeps the decoder's place)
+    batch_rows: ClassVar[int | None] = None
 
     def process_rows(self, rows: list[dict]) -> list[dict]:
         deferred = [r for r in rows if from_source(r)]

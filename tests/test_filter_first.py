@@ -361,3 +361,26 @@ def test_technical_and_motion_share_one_decode_of_the_source(tmp_path, video, mo
     assert decodes == [video]  # one pass over the source for both scorers
     motion = {r["clip_id"]: {s["scorer"]: s["value"] for s in r["scores"] if s["model"] == "farneback"} for r in both}
     assert motion == {r["clip_id"]: {s["scorer"]: s["value"] for s in r["scores"]} for r in alone}
+
+
+def test_a_source_split_over_batches_is_decoded_once(tmp_path, video, monkeypatch):
+    from vidcorpus import source_frames
+    from vidcorpus.filters.motion import MotionStage
+    from vidcorpus.filters.technical import TechnicalStage
+
+    cfg = load_config(None, [], workdir=str(tmp_path / "w"))
+    rows = _split(cfg, video)
+    whole = MotionStage(cfg)(TechnicalStage(cfg)(rows_to_table(rows))).to_pylist()
+    opened: list[str] = []
+    real = source_frames._SourceCursor.__init__
+
+    def counting(self, path):
+        opened.append(path)
+        real(self, path)
+
+    monkeypatch.setattr(source_frames._SourceCursor, "__init__", counting)
+    source_frames._CURSOR.clear()
+    one_by_one = [r for row in rows for r in MotionStage(cfg)(TechnicalStage(cfg)(rows_to_table([row]))).to_pylist()]
+    assert opened == [video]  # each batch goes on where the last one stopped
+    scores = {r["clip_id"]: r["scores"] for r in whole}
+    assert {r["clip_id"]: r["scores"] for r in one_by_one} == scores
