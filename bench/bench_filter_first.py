@@ -6,12 +6,14 @@ alternate between a panning texture and the same texture standing still, so a re
 ``motion >= 8`` drops about half of the shots. Both runs use the tiny models, the default scorers
 (technical, motion, CLIP + aesthetic), captioning of kept clips and shard writing, through the CLI
 (`vidcorpus run`) on a local Ray with ``--cpus`` CPUs. "before" is the code of ``--before`` (a git
-revision, default main) exported with `git archive` and imported ahead of this checkout.
+revision, default the commit before this change) exported with `git archive` and imported ahead of this checkout.
 
 Reports per run: wall seconds, clips (shots) per second, kept clips, clip files encoded.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_filter_first.py --videos 6 --cpus 2 \
         --json bench/results/filter_first_2cpu.json
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_filter_first.py --videos 6 --cpu-stages-only \
+        --json bench/results/filter_first_cpu_stages.json   # no Ray, no models: CPU seconds
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ def run(label: str, inputs: Path, work: Path, cache: str, recipe: Path, cpus: in
            "--set", "models.preset=tiny", "--set", f"models.cache_dir={cache}", "--set", f"filters.recipe={recipe}",
            "--set", f"ray.num_cpus={cpus}"]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    # cwd outside any checkout: the current directory comes first on sys.path and would shadow PYTHONPATH
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(work.parent))
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{label} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -103,15 +106,58 @@ def run(label: str, inputs: Path, work: Path, cache: str, recipe: Path, cpus: in
             "clips_per_s": round(clips / seconds, 3), "code": code_from}
 
 
+CPU_STAGES = """
+import json, sys, time
+from vidcorpus.config import load_config
+from vidcorpus.ingest.sources import read_inputs
+from vidcorpus.runner import pipeline_stages
+from vidcorpus.schemas import rows_to_table
+inputs, work, recipe = sys.argv[1:4]
+cfg = load_config(None, [], workdir=work, inputs=[inputs], **{"filters.recipe": recipe})
+stages = [s for s in pipeline_stages() if not s.resources.actor]  # the CPU stages, in the pipeline's order
+table = rows_to_table(read_inputs(cfg.inputs))
+t0, c0 = time.perf_counter(), time.process_time()
+for s in stages:
+    table = s(cfg)(table)
+rows = [r for r in table.to_pylist() if r.get("clip_id") and not r.get("error_class")]
+print(json.dumps({"stages": [s.__name__ for s in stages], "seconds": time.perf_counter() - t0,
+                  "cpu_seconds": time.process_time() - c0, "clips": len(rows),
+                  "kept": sum(bool(r.get("kept")) for r in rows), "encoded": sum(bool(r.get("clip_path")) for r in rows)}))
+"""
+
+
+def cpu_stages(label: str, inputs: Path, work: Path, recipe: Path, pythonpath: str | None) -> dict:
+    """The pipeline's CPU stages (download .. decide and extract, no model stage: the recipe reads only
+    duration and motion) in one process: wall and CPU seconds (CPU time is what other load on the
+    machine changes least)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    proc = subprocess.run([sys.executable, "-c", CPU_STAGES, str(inputs), str(work), str(recipe)], env=env,
+                          capture_output=True, text=True, cwd=str(work.parent))
+    if proc.returncode != 0:
+        raise SystemExit(f"{label} failed:\n{proc.stderr[-3000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"run": label, **{k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()},
+            "clips_per_cpu_s": round(out["clips"] / out["cpu_seconds"], 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--videos", type=int, default=6)
     ap.add_argument("--shots", type=int, default=8)
     ap.add_argument("--cpus", type=int, default=2)
-    ap.add_argument("--before", default="main")
+    ap.add_argument("--before", default=None, help="git revision of 'before' (default: the parent of the first "
+                                                   "'Filter before you encode' commit, so only this change differs)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--cpu-stages-only", action="store_true",
+                    help="only the in-process CPU stages (no Ray, no models): wall and CPU seconds")
     args = ap.parse_args()
 
+    if args.before is None:  # the parent of the change's first commit (main has it merged by now)
+        first = subprocess.run(["git", "-C", str(ROOT), "log", "--reverse", "--format=%H", "--grep",
+                                "^Filter before you encode"], capture_output=True, text=True, check=True).stdout.split()
+        args.before = f"{first[0]}^"
     base = Path(tempfile.mkdtemp(prefix="bench-filter-first-"))
     media = base / "media"
     media.mkdir()
@@ -130,6 +176,16 @@ def main() -> None:
                          text=True).stdout.strip()
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True).stdout.strip()
+    if args.cpu_stages_only:
+        results = [cpu_stages(f"before ({rev})", inputs, base / "cpu-before", recipe, str(before_pkg)),
+                   cpu_stages(f"after ({head})", inputs, base / "cpu-after", recipe, None)]
+        out = {"videos": args.videos, "shots_per_video": args.shots, "size": "640x360", "fps": 24,
+               "load_avg_1m": os.getloadavg()[0], "results": results,
+               "cpu_speedup": round(results[0]["cpu_seconds"] / results[1]["cpu_seconds"], 2)}
+        print(json.dumps(out, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        return
     # a warm-up builds the tiny models once, so neither timed run pays for it
     run("warm-up", inputs, base / "warm", cache, recipe, args.cpus, None)
     results = [run(f"before ({args.before} {rev})", inputs, base / "work-before", cache, recipe, args.cpus,

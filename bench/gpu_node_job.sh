@@ -65,7 +65,10 @@ run)
     unpack .gpujob/call2/site2.tar.xz
     chmod +x /tmp/site/ray/core/src/ray/gcs/gcs_server /tmp/site/ray/core/src/ray/raylet/raylet 2>/dev/null
     python3 -c "import ray, ray.data; print('ray', ray.__version__)" || exit 3
-    python3 bench/gpu_node_job.py run --footage "$STATE/footage" --models "$STATE/models" --work "$STATE" \
+    # from /tmp: Ray workers start in the driver's folder, and the repository root would shadow the
+    # package mapping (vidcorpus/ without its stage folders)
+    R=$(pwd)
+    cd /tmp && python3 "$R/bench/gpu_node_job.py" run --footage "$STATE/footage" --models "$STATE/models" --work "$STATE" \
         --out "$OUTDIR/gpu_node_job.json" --budget-s "${GPUJOB_BUDGET_S:-480}" \
         --label "GPU node: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), $(nproc) CPUs" "$@"
     rc=$?

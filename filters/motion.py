@@ -25,7 +25,8 @@ import numpy as np
 
 from vidcorpus.errors import DecodeError
 from vidcorpus.filters.scorers import add_scores, clip_fps, is_image, sample_pairs, score
-from vidcorpus.filters.source_scoring import from_source, motion_starts, score_from_source
+from vidcorpus.filters.source_scoring import (from_source, motion_frame_indices, motion_gray, motion_starts,
+                                              score_from_source, take_motion_frames)
 from vidcorpus.stage import Resources, Stage
 
 MOTION_VERSION = "motion-v1"
@@ -42,12 +43,18 @@ def _resize_gray(frame: np.ndarray, width: int) -> np.ndarray:
 def motion_scores(pairs: list[tuple[np.ndarray, np.ndarray]], dt: float, width: int,
                   static_threshold: float, jitter_threshold: float = float("inf")) -> dict[str, float]:
     """Score name -> value from (frame, later frame) pairs `dt` seconds apart; needs one pair."""
+    gray = [(_resize_gray(a, width), _resize_gray(b, width)) for a, b in pairs]
+    return motion_scores_gray(gray, dt, static_threshold, jitter_threshold)
+
+
+def motion_scores_gray(pairs: list[tuple[np.ndarray, np.ndarray]], dt: float, static_threshold: float,
+                       jitter_threshold: float = float("inf")) -> dict[str, float]:
+    """``motion_scores`` of pairs already shrunk to grey at motion_width (``_resize_gray``)."""
     if not pairs:
         raise DecodeError("motion needs at least two frames")
     speeds, global_flow = [], []
     for a, b in pairs:
-        flow = cv2.calcOpticalFlowFarneback(_resize_gray(a, width), _resize_gray(b, width), None,
-                                            0.5, 3, 15, 3, 5, 1.2, 0)
+        flow = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
         speeds.append(float(np.linalg.norm(flow, axis=2).mean()) / dt)
         global_flow.append(np.median(flow.reshape(-1, 2), axis=0) / dt)
     motion = float(np.mean(speeds))
@@ -61,24 +68,30 @@ class MotionStage(Stage):
 
     name: ClassVar[str] = "motion"
     resources: ClassVar[Resources] = Resources(cpus=0.5)
-    whole_blocks: ClassVar[bool] = True  # a source's clips come together (one decode of the source)
+    # a source's clips come together (the splitter emits them in one block): one decode of the source;
+    # clips of a source split over batches still continue one decode (vidcorpus/source_frames.py)
+    whole_blocks: ClassVar[bool] = True
 
     def process_rows(self, rows: list[dict]) -> list[dict]:
-        """Clips without a file read their pairs from the source (filters/source_scoring.py)."""
+        """Clips without a file read their pairs from the source (filters/source_scoring.py): from
+        the technical stage's decode when it ran on these rows in this process, else decoding."""
         deferred = [r for r in rows if from_source(r)]
         others = [r for r in rows if not from_source(r)]
         out = [r for row in others for r in self.safe_call(self.process_row, row)]
-        return out + score_from_source(self, deferred, self._pair_indices, self._score_source_frames)
-
-    def _pair_indices(self, row: dict) -> list[int]:
-        return sorted({j for i in motion_starts(row, self.config) for j in (i, i + 1)})
+        handed = {r["clip_id"]: g for r in deferred if (g := take_motion_frames(r, self.config)) is not None}
+        out += [r for row in deferred if row["clip_id"] in handed
+                for r in self.safe_call(lambda x: self._score_gray(x, handed[x["clip_id"]]), row)]
+        return out + score_from_source(self, [r for r in deferred if r["clip_id"] not in handed],
+                                       lambda r: motion_frame_indices(r, self.config), self._score_source_frames)
 
     def _score_source_frames(self, row: dict, frames: dict) -> dict:
+        return self._score_gray(row, motion_gray(row, frames, self.config))
+
+    def _score_gray(self, row: dict, gray: dict) -> dict:
         cfg = self.config.filters
         fps, _n = clip_fps(row, "")
-        pairs = [(frames[i], frames[i + 1]) for i in motion_starts(row, self.config) if i in frames and i + 1 in frames]
-        values = motion_scores(pairs, 1.0 / fps, cfg.motion_width, cfg.motion_static_threshold,
-                               cfg.motion_jitter_threshold)
+        pairs = [(gray[i], gray[i + 1]) for i in motion_starts(row, self.config) if i in gray and i + 1 in gray]
+        values = motion_scores_gray(pairs, 1.0 / fps, cfg.motion_static_threshold, cfg.motion_jitter_threshold)
         return add_scores(row, [score(k, v, MOTION_MODEL, MOTION_VERSION) for k, v in values.items()])
 
     def process_row(self, row: dict) -> dict:

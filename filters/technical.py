@@ -21,8 +21,9 @@ import numpy as np
 
 from vidcorpus.errors import DecodeError
 from vidcorpus.filters.scorers import add_scores, is_image, sample_frames, score
-from vidcorpus.filters.source_scoring import (frames_at, from_source, score_from_source, still_indices,
-                                              technical_indices, write_stills)
+from vidcorpus.filters.source_scoring import (frames_at, from_source, give_motion_frames, motion_frame_indices,
+                                              motion_gray, score_from_source, still_indices, technical_indices,
+                                              write_stills)
 from vidcorpus.media import read_frames
 from vidcorpus.stage import Resources, Stage
 
@@ -111,17 +112,22 @@ class TechnicalStage(Stage):
 
     name: ClassVar[str] = "technical"
     resources: ClassVar[Resources] = Resources(cpus=0.5)
-    whole_blocks: ClassVar[bool] = True  # a source's clips come together (one decode of the source)
+    # a source's clips come together (the splitter emits them in one block): one decode of the source;
+    # clips of a source split over batches still continue one decode (vidcorpus/source_frames.py)
+    whole_blocks: ClassVar[bool] = True
 
     def process_rows(self, rows: list[dict]) -> list[dict]:
         deferred = [r for r in rows if from_source(r)]
         others = [r for r in rows if not from_source(r)]
         out = [r for row in others for r in self.safe_call(self.process_row, row)]
+        # the motion stage's frames come from the same decode (handed over in-process)
         return out + score_from_source(self, deferred, lambda r: sorted({*technical_indices(r, self.config),
-                                                                          *still_indices(r, self.config)}),
+                                                                          *still_indices(r, self.config),
+                                                                          *motion_frame_indices(r, self.config)}),
                                        self._score_source_frames)
 
     def _score_source_frames(self, row: dict, frames: dict) -> dict:
+        give_motion_frames(row, motion_gray(row, frames, self.config), self.config)
         row = write_stills(row, frames, self.config)
         _idx, sampled = frames_at(frames, technical_indices(row, self.config))
         values = technical_scores(row, sampled)

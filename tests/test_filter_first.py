@@ -249,6 +249,14 @@ def q(ws, sql: str, params=None) -> list[dict]:
         return cat.query_dicts(sql, params)
 
 
+def gaps(ws) -> list[dict]:
+    """`catalog verify`'s gap rows (the table on the terminal wraps long cells)."""
+    from vidcorpus.catalog.corpus_state import state_gaps
+
+    with Catalog(ws.catalog, read_only=True) as cat:
+        return state_gaps(cat)
+
+
 def _assert_frames_are_the_source_range(clip: dict) -> None:
     """The clip file holds exactly source frames first..last (each decoded frame is nearest to its own
     source frame, within the clip codec's noise)."""
@@ -272,7 +280,8 @@ def test_a_clip_kept_later_is_extracted_on_demand_then_captioned_and_sharded(ws)
     out = vc(ws, "status")
     assert re.search(rf"\bextract\W+{len(newly)}\b", out), out
     out = vc(ws, "catalog", "verify")
-    assert "catalog consistent" in out and "pending_extract" in out
+    assert "catalog consistent" in out and "gaps between the decisions" in out
+    assert {g["item"] for g in gaps(ws) if g["check"] == "pending_extract"} == newly
     out = vc(ws, "shards", "write")
     assert f"{len(newly)} kept clips have no clip file yet" in out
     assert not q(ws, "SELECT clip_id FROM shard_members WHERE clip_id IN (SELECT unnest(?))", [sorted(newly)])
@@ -303,7 +312,9 @@ def test_sync_re_extracts_a_kept_clip_whose_file_is_gone(ws):
     out = vc(ws, "status")
     assert re.search(r"\bextract\W+1\b", out), out
     out = vc(ws, "catalog", "verify")
-    assert "pending_extract" in out and "missing" in out  # the detail folds at 80 columns
+    assert "catalog consistent" in out and "1 gaps between the decisions" in out
+    [gap] = gaps(ws)
+    assert gap["check"] == "pending_extract" and gap["item"] == victim["clip_id"] and "is missing" in gap["detail"]
     out = vc(ws, "sync", "--no-progress")
     assert "extracted 1 kept clips on demand" in out
     [after] = q(ws, "SELECT w.*, s.source_path FROM clips_wide w JOIN sources s USING (source_id) WHERE clip_id = ?",
@@ -328,3 +339,48 @@ def test_frame_model_scorers_read_an_unextracted_clip_from_its_source(tmp_path, 
         out = table.to_pylist()
         assert all(not r["error_class"] and r["clip_path"] is None for r in out), [r["error"] for r in out]
         assert all({"text_area", "nsfw"} <= {s["scorer"] for s in r["scores"]} for r in out)
+
+
+def test_technical_and_motion_share_one_decode_of_the_source(tmp_path, video, monkeypatch):
+    from vidcorpus import source_frames
+    from vidcorpus.filters.motion import MotionStage
+    from vidcorpus.filters.technical import TechnicalStage
+
+    cfg = load_config(None, [], workdir=str(tmp_path / "w"))
+    rows = _split(cfg, video)
+    alone = MotionStage(cfg)(rows_to_table(rows)).to_pylist()  # motion decodes the source itself
+    decodes: list[str] = []
+    real = source_frames._decode_from
+
+    def counting(path, first, last):
+        decodes.append(path)
+        return real(path, first, last)
+
+    monkeypatch.setattr(source_frames, "_decode_from", counting)
+    both = MotionStage(cfg)(TechnicalStage(cfg)(rows_to_table(rows))).to_pylist()
+    assert decodes == [video]  # one pass over the source for both scorers
+    motion = {r["clip_id"]: {s["scorer"]: s["value"] for s in r["scores"] if s["model"] == "farneback"} for r in both}
+    assert motion == {r["clip_id"]: {s["scorer"]: s["value"] for s in r["scores"]} for r in alone}
+
+
+def test_a_source_split_over_batches_is_decoded_once(tmp_path, video, monkeypatch):
+    from vidcorpus import source_frames
+    from vidcorpus.filters.motion import MotionStage
+    from vidcorpus.filters.technical import TechnicalStage
+
+    cfg = load_config(None, [], workdir=str(tmp_path / "w"))
+    rows = _split(cfg, video)
+    whole = MotionStage(cfg)(TechnicalStage(cfg)(rows_to_table(rows))).to_pylist()
+    opened: list[str] = []
+    real = source_frames._SourceCursor.__init__
+
+    def counting(self, path):
+        opened.append(path)
+        real(self, path)
+
+    monkeypatch.setattr(source_frames._SourceCursor, "__init__", counting)
+    source_frames._CURSOR.clear()
+    one_by_one = [r for row in rows for r in MotionStage(cfg)(TechnicalStage(cfg)(rows_to_table([row]))).to_pylist()]
+    assert opened == [video]  # each batch goes on where the last one stopped
+    scores = {r["clip_id"]: r["scores"] for r in whole}
+    assert {r["clip_id"]: r["scores"] for r in one_by_one} == scores

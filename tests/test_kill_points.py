@@ -136,7 +136,8 @@ def _state(work: Path) -> dict:
         q = lambda sql: cat.con.execute(sql).fetchall()  # noqa: E731
         on_disk = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (work / "shards").rglob("*.tar")}
         return {
-            "clips": {cid: hashlib.sha256(Path(p).read_bytes()).hexdigest() for cid, p in q("SELECT clip_id, clip_path FROM clips")},
+            "clips": {cid: p and hashlib.sha256(Path(p).read_bytes()).hexdigest()  # dropped clips: no file (issue 22)
+                  for cid, p in q("SELECT clip_id, clip_path FROM clips")},
             "duplicates": q("SELECT (SELECT count(*) - count(DISTINCT clip_id) FROM clips) + "
                             "(SELECT count(*) - count(DISTINCT (clip_id, scorer)) FROM scores) + "
                             "(SELECT count(*) - count(DISTINCT (clip_id, version, kind)) FROM captions) + "

@@ -12,14 +12,15 @@ One decode per source: ``stream_clip_frames`` decodes the source once in order u
 wanted frame, counting frames from the first as the splitter did (no seeking: timestamps of
 variable-rate sources do not index frames), converts only the wanted frames and hands each clip
 its frames as soon as its last one is decoded, so memory holds one clip's samples at a time. The
-scoring stages take whole blocks (``batch_rows = None``): the splitter emits a source's clips in
-one block, so a source is decoded once per stage.
+decoder stays open between calls (one per process), so a source's clips that arrive in several
+batches continue the same decode.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterator
@@ -139,18 +140,71 @@ def stream_clip_frames(rows: list[dict], wanted: dict[str, list[int]], split_cfg
             yield row, got[pos]
 
 
+class _SourceCursor:
+    """An open decoder over one source and the index of the next frame it will hand out."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.identity = _identity(path)
+        self.file = fsspec.open(path, "rb").open()
+        try:
+            self.container = av.open(self.file)
+        except Exception:
+            self.file.close()
+            raise
+        stream = self.container.streams.video[0]
+        stream.thread_type = "AUTO"
+        self.frames = self.container.decode(stream)
+        self.next = 0
+
+    def take(self, first: int, last: int) -> Iterator[tuple[int, av.VideoFrame]]:
+        while self.next <= last:
+            frame = next(self.frames, None)
+            if frame is None:
+                return
+            i = self.next
+            self.next += 1
+            if i >= first:
+                yield i, frame
+
+    def close(self) -> None:
+        try:
+            self.container.close()
+        finally:
+            self.file.close()
+
+
+def _identity(path: str) -> tuple | None:
+    """A local file's (size, mtime): a file written again under the same name is another source."""
+    local = path[len("file://"):] if path.startswith("file://") else path if "://" not in path else None
+    if local is None:
+        return None
+    try:
+        st = os.stat(local)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+_CURSOR: list[_SourceCursor] = []  # this process's open source, kept for the next batch of its clips
+
+
 def _decode_from(path: str, first: int, last: int) -> Iterator[tuple[int, av.VideoFrame]]:
     """(source frame index, frame) for ``first`` to ``last``, counting frames in decode order from the
     first one, as the splitter and extraction count them (so the indices are theirs even when
-    timestamps are irregular)."""
+    timestamps are irregular). The decoder stays open for the next call: a source's clips split over
+    several batches (Ray Data cuts a block into batches inside one task) continue one decode instead
+    of starting again at frame 0; a call for an earlier frame or another source opens it anew."""
+    cur = _CURSOR[0] if _CURSOR else None
     try:
-        with fsspec.open(path, "rb") as f, av.open(f) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for i, frame in enumerate(container.decode(stream)):
-                if i >= first:
-                    yield i, frame
-                if i >= last:
-                    return
+        if cur is None or cur.path != path or cur.next > first or cur.identity != _identity(path):
+            if cur is not None:
+                _CURSOR.clear()
+                cur.close()
+            cur = _SourceCursor(path)
+            _CURSOR.append(cur)
+        yield from cur.take(first, last)
     except av.error.FFmpegError as e:
+        if _CURSOR:
+            _CURSOR.pop().close()
         raise DecodeError(f"cannot decode source: {e}") from e
