@@ -142,7 +142,7 @@ def test_prefetch_out_of_memory_is_retried_at_the_same_size(tiny_dir, monkeypatc
 
     cap = load_captioner(tiny_dir, batch_size=2)
     cap.prefetch = True
-    monkeypatch.setattr(models, "PREFETCH_MIN_BATCH", 2)
+    cap.prefetch_min_batch = 2
     real, failed = cap._prepare, []
 
     def prepare(chunk, *a, **k):
@@ -169,7 +169,7 @@ def test_next_batch_is_prepared_while_one_generates(tiny_dir, monkeypatch):
     cap.prefetch = True
     import vidcorpus.captioning.models as models
 
-    monkeypatch.setattr(models, "PREFETCH_MIN_BATCH", 2)  # from batch 128 up in production
+    cap.prefetch_min_batch = 2  # captioning.prefetch_min_batch: from batch 128 up in production
     events: list[tuple] = []
     real_inputs, real_generate = cap._device_inputs, cap._generate_batch
 

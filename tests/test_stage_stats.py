@@ -118,8 +118,8 @@ def test_a_stage_call_stamps_its_rows_and_a_batch_that_leaves_none_still_reports
     assert (got["score"].batches, got["score"].rows_in) == (1, 2)
 
 
-PIPELINE = ["download", "probe", "split", "extract", "technical", "motion", "clip", "decide", "caption",
-            "caption_align"]
+PIPELINE = ["download", "probe", "split", "technical", "motion", "clip", "decide", "extract", "caption",
+            "caption_align"]  # filter before you encode: extract after decide; captions after dedup
 
 
 @pytest.mark.slow

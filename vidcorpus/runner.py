@@ -172,7 +172,7 @@ def run_pipeline(
             catalog.commit_results(run_id, bad_rows)
             summary.failures += len(bad_rows)
         try:
-            failed_captions = _process(cfg, catalog, run_id, todo, summary, progress, log) if todo else set()
+            failed_captions = (_process(cfg, catalog, run_id, todo, summary, progress, log) if todo else None) or set()
             # derived work follows decisions: clips a re-decision kept get captions and shards here too
             # (not those whose captioning just failed: they stay pending for the next run or sync)
             _captions, summary.shards = complete_pending(cfg, catalog, run_id, progress=progress, log=log,
