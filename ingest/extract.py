@@ -28,7 +28,7 @@ import numpy as np
 from vidcorpus.errors import DecodeError
 from vidcorpus.ids import clip_id, is_safe_key
 from vidcorpus.ingest.segments import NOT_EXTRACTED, with_dropped
-from vidcorpus.media import load_image_rgb, save_jpeg, uniform_indices
+from vidcorpus.media import load_image_rgb, save_jpeg, uniform_indices, upright_frame
 from vidcorpus.stage import Resources, Stage
 from vidcorpus.frame_seek import to_rgb
 from vidcorpus.stills import encode_stills, still_size
@@ -375,6 +375,7 @@ class ExtractStage(Stage):
                 i = -1
                 try:
                     for i, frame in enumerate(container.decode(stream)):
+                        frame = upright_frame(frame)  # phone footage: clips carry upright pixels, no matrix
                         if i in starts:
                             r = starts[i]
                             writers[r["clip_id"]] = _ClipWriter(

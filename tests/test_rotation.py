@@ -92,8 +92,6 @@ def test_the_transnet_input_is_upright(videos):
     assert small.shape == (27, 48, 3) and _corner(small) == "top-right"
 
 
-@pytest.mark.xfail(strict=True, reason="ingest/extract.py does not turn frames upright yet: its precise writer "
-                                       "must be fed vidcorpus.media.upright_frame(frame) (see the h-state report)")
 def test_extracted_clips_of_phone_footage_are_upright(tmp_path, videos):
     from vidcorpus.config import load_config
     from vidcorpus.ids import source_id
