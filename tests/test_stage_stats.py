@@ -136,6 +136,8 @@ def test_the_stages_of_a_real_run_add_up_to_its_wall_time(demo, tmp_path):
         run = cat.query_dicts("SELECT epoch(finished_at) - epoch(started_at) AS s FROM runs WHERE run_id = ?",
                               [summary.run_id])[0]
         sources = cat.query_dicts("SELECT count(*) AS n FROM sources WHERE run_id = ?", [summary.run_id])[0]["n"]
+        captioned = cat.query_dicts("SELECT count(*) AS n FROM captions WHERE run_id = ? AND kind = 'long'",
+                                    [summary.run_id])[0]["n"]
     names = [r["stage"] for r in rows]
     assert names[0] == "start" and [n for n in names if n in PIPELINE] == PIPELINE
     assert {"commit", "shards"} <= set(names[len(PIPELINE) + 1:])
@@ -159,7 +161,10 @@ def test_the_stages_of_a_real_run_add_up_to_its_wall_time(demo, tmp_path):
     # rows: every source of the run entered the first stage, every committed row left the last
     assert by["download"]["rows_in"] == sources
     assert by["split"]["rows_out"] == by["extract"]["rows_in"]
-    assert by["caption_align"]["rows_out"] == by["commit"]["rows_in"] == summary.rows_committed
+    # the stream ends at extraction; the caption actors get the kept clips after dedup, committed apart
+    assert by["extract"]["rows_out"] == summary.rows_committed
+    assert by["caption"]["rows_in"] == by["caption_align"]["rows_out"] == captioned > 0
+    assert by["commit"]["rows_in"] == summary.rows_committed + captioned
     assert [r["stage"] for r in rows if r["bound_by"]] == [max(rows, key=lambda r: r["busy_s"])["stage"]]
 
     report = build_report(demo["config"].catalog_path, tmp_path / "report", run=summary.run_id)
