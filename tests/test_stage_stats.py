@@ -159,7 +159,9 @@ def test_the_stages_of_a_real_run_add_up_to_its_wall_time(demo, tmp_path):
         assert by[name]["busy_s"] > 0 and by[name]["batches"] >= 1, name
     assert by["clip"]["setup_s"] > 0 and by["caption"]["setup_s"] > 0  # models load inside the first batch
     # rows: every source of the run entered the first stage, every committed row left the last
-    assert by["download"]["rows_in"] == sources
+    # (the sources this run processed: a later test's run over the shared demo may retry one, so the
+    # sources table's run_id is not this run's for all of them)
+    assert sources <= by["download"]["rows_in"] == summary.sources_seen - summary.sources_skipped
     assert by["split"]["rows_out"] == by["extract"]["rows_in"]
     # the stream ends at extraction; the caption actors get the kept clips after dedup, committed apart
     assert by["extract"]["rows_out"] == summary.rows_committed
