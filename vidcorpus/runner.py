@@ -1,8 +1,11 @@
-"""The job runner: one Ray Data pipeline composed from stage classes, committed by the driver.
+"""The job runner: one Ray Data stream per run, composed from stage classes, committed by the driver.
 
-download -> probe -> split -> extract -> technical -> motion -> clip/aesthetic -> decide -> caption
-(kept clips only: captioning is the most expensive stage) -> driver commits rows to the catalog
--> shard writer tasks -> driver commits shards. Data flows one way; stages never touch the catalog.
+download -> probe -> split -> technical -> motion -> clip/aesthetic -> decide -> extract (kept clips
+only: filter before you encode) -> the driver commits rows, dedups each group of whole sources and
+marks them done (vidcorpus/run_commit.py) -> caption actors caption the clips still kept
+(vidcorpus/caption_pool.py) -> shard writer tasks -> the driver commits shards. Each stage's Ray
+resources and batch size come from vidcorpus/stage_settings.py. Data flows one way; stages never
+touch the catalog.
 """
 
 from __future__ import annotations
