@@ -127,7 +127,7 @@ def _vidcorpus_child(urls: str, work: str, cpus: int) -> None:
     full = runner.pipeline_stages
     runner.pipeline_stages = lambda: [s for s in full() if s.__name__ not in MODEL_STAGES]
 
-    def shard_only(cfg, cat, run_id, allow_uncaptioned=False, progress=False, log=print):
+    def shard_only(cfg, cat, run_id, allow_uncaptioned=False, progress=False, log=print, **_later_options):
         return 0, runner.write_pending_shards(cfg, cat, run_id, progress=progress, log=log, allow_uncaptioned=True)
 
     sync.complete_pending = shard_only  # run_pipeline imports it from vidcorpus.sync when it runs
