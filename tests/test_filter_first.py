@@ -11,13 +11,12 @@ from types import SimpleNamespace
 import av
 import numpy as np
 import pytest
-import yaml
 from typer.testing import CliRunner
 
+from test_corpus_state import _recipe_file  # a demo_v1 variant written to a file
 from vidcorpus.catalog.store import Catalog
 from vidcorpus.cli import app
 from vidcorpus.config import load_config
-from vidcorpus.filters.recipes import RECIPE_DIR
 from vidcorpus.ids import source_id
 from vidcorpus.media import probe_video
 from vidcorpus.schemas import empty_row, rows_to_table
@@ -217,14 +216,6 @@ def test_a_dropped_shot_is_never_encoded_and_keeps_its_rows_and_still(tmp_path, 
 
 
 # -- on demand: a clip kept later is extracted by sync with the same id and frames -------------------
-
-def _recipe_file(path: Path, name: str, edit) -> str:
-    data = yaml.safe_load((RECIPE_DIR / "demo_v1.yaml").read_text())
-    data["name"] = name
-    data["predicates"] = edit(data["predicates"])
-    path.write_text(yaml.safe_dump(data))
-    return str(path)
-
 
 @pytest.fixture()
 def ws(demo, tmp_path):

@@ -47,7 +47,6 @@ class CaptionPool:
         self.limit = max(1, in_flight_per_actor) * len(self.actors)
         self.pending: dict = {}  # ObjectRef -> actor index
         self.queued: list[dict] = []
-        self.submitted = 0
 
     def add(self, rows: list[dict]) -> list[pa.Table]:
         """Queue rows; full batches go to the actors, and so does what is queued when an actor has
@@ -91,7 +90,6 @@ class CaptionPool:
             load[a] += 1
         a = load.index(min(load))  # the least busy actor
         self.pending[self.actors[a].__call__.remote(rows_to_table(rows))] = a
-        self.submitted += len(rows)
         return done
 
     def _wait(self, timeout: float | None) -> list[pa.Table]:

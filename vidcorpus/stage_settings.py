@@ -61,8 +61,8 @@ def resolve(stages: list, cfg: Config, gpus_available: float) -> dict[type, Stag
     for s in stages:
         res = s.resources
         setting = cfg.stages.get(s.name)
-        values = {"cpus": res.cpus, "gpus": res.gpus, "memory_mb": res.memory_mb, "batch_rows": None, "replicas": None}
-        values["batch_rows"] = getattr(s, "batch_rows", None)
+        values = {"cpus": res.cpus, "gpus": res.gpus, "memory_mb": res.memory_mb,
+                  "batch_rows": getattr(s, "batch_rows", None), "replicas": None}
         if setting is not None:
             values.update({k: v for k, v in setting.model_dump().items() if v is not None})
         declared[s] = values
