@@ -26,6 +26,7 @@ from av.video.frame import PictureType
 import numpy as np
 
 from vidcorpus.errors import DecodeError
+from vidcorpus.frame_index import FrameCursor, index_of
 from vidcorpus.ids import clip_id, is_safe_key
 from vidcorpus.ingest.segments import NOT_EXTRACTED, with_dropped
 from vidcorpus.media import load_image_rgb, save_jpeg, uniform_indices, upright_frame
@@ -363,36 +364,34 @@ class ExtractStage(Stage):
         writers: dict[str, _ClipWriter] = {}
         done: list[dict] = []
         last_needed = max(r["last_frame"] for r in rows)
-        with fsspec.open(rows[0]["source_path"], "rb") as f:
+        first_needed = min(starts)
+        try:  # a source's later clips start from the keyframe before them, not from frame 0
+            cursor = FrameCursor(rows[0]["source_path"], first_needed, index_of(rows[0]["source_path"]))
+        except av.error.FFmpegError as e:
+            raise DecodeError(f"cannot open video: {e}") from e
+        try:
+            fps = float(cursor.container.streams.video[0].average_rate or rows[0]["fps"] or 25)
+            i = -1
             try:
-                container = av.open(f)
+                for i, frame in cursor.take(first_needed, last_needed):
+                    frame = upright_frame(frame)  # phone footage: clips carry upright pixels, no matrix
+                    if i in starts:
+                        r = starts[i]
+                        writers[r["clip_id"]] = _ClipWriter(
+                            fps, cfg.clip_codec, cfg.clip_crf, cfg.clip_preset, cfg.clip_short_side, cfg.clip_fps,
+                            source_frames=r["last_frame"] - r["first_frame"] + 1,
+                            keyframes_at=self.config.filters.frames_per_clip if cfg.keyframes_at_samples else 0,
+                            stills_at=self.config.filters.frames_per_clip,
+                            still_short_side=self.config.filters.still_size)
+                    for w in writers.values():
+                        w.add(frame)
+                    if i in ends:
+                        row = ends[i]
+                        done.append(self._finish(row, writers.pop(row["clip_id"])))
             except av.error.FFmpegError as e:
-                raise DecodeError(f"cannot open video: {e}") from e
-            with container:
-                stream = container.streams.video[0]
-                stream.thread_type = "AUTO"
-                fps = float(stream.average_rate or rows[0]["fps"] or 25)
-                i = -1
-                try:
-                    for i, frame in enumerate(container.decode(stream)):
-                        frame = upright_frame(frame)  # phone footage: clips carry upright pixels, no matrix
-                        if i in starts:
-                            r = starts[i]
-                            writers[r["clip_id"]] = _ClipWriter(
-                                fps, cfg.clip_codec, cfg.clip_crf, cfg.clip_preset, cfg.clip_short_side, cfg.clip_fps,
-                                source_frames=r["last_frame"] - r["first_frame"] + 1,
-                                keyframes_at=self.config.filters.frames_per_clip if cfg.keyframes_at_samples else 0,
-                                stills_at=self.config.filters.frames_per_clip,
-                                still_short_side=self.config.filters.still_size)
-                        for w in writers.values():
-                            w.add(frame)
-                        if i in ends:
-                            row = ends[i]
-                            done.append(self._finish(row, writers.pop(row["clip_id"])))
-                        if i >= last_needed:
-                            break
-                except av.error.FFmpegError as e:
-                    raise DecodeError(f"decode failed at frame {i}: {e}") from e
+                raise DecodeError(f"decode failed at frame {i}: {e}") from e
+        finally:
+            cursor.close()
         # Frames the container announced but never delivered: close what was started, fail the rest.
         for clip, w in writers.items():
             row = next(r for r in rows if r["clip_id"] == clip)

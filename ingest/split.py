@@ -59,13 +59,21 @@ def first_frame_rotation(path: str) -> int:
     return clockwise_rotation(frame) if frame is not None else 0
 
 
-def _scaled_pyav_stream(path: str, downscale: int, on_frame=None, rotation: int | None = None):
+def _scaled_pyav_stream(path: str, downscale: int, on_frame=None, rotation: int | None = None,
+                        start: int = 0, index=None):
     """scenedetect's PyAV stream, returning frames already shrunk (and BGR) by FFmpeg's scaler, upright.
 
     ``on_frame`` sees every decoded ``av.VideoFrame`` (skipped ones too): other detectors read the
     same decode instead of decoding again. ``rotation``: the clockwise turn the frames need (the
-    probe's); None reads it from the first frame."""
+    probe's); None reads it from the first frame. ``start`` (with a ``vidcorpus.frame_index``
+    index): the stream begins at the last keyframe at or before that frame, and its positions are
+    still the frames' numbers from the start of the file (chunked detection, ingest/split_chunks.py)."""
     turn = first_frame_rotation(path) if rotation is None else rotation
+    cursor = None
+    if start > 0 and index is not None:
+        from vidcorpus.frame_index import FrameCursor
+
+        cursor = FrameCursor(path, start, index)
     from scenedetect import FrameTimecode
     from scenedetect.backends.pyav import VideoStreamAv
 
@@ -75,6 +83,9 @@ def _scaled_pyav_stream(path: str, downscale: int, on_frame=None, rotation: int 
             shown = displayed_size(self._codec_context.width, self._codec_context.height, turn)
             self.size = detection_size(*shown, downscale)  # of the upright picture
             self.decoded = 0  # frames read so far: the position of the current frame is decoded - 1
+            self.frames = cursor.take(0, 2**62) if cursor is not None else None
+            if cursor is not None:
+                self.decoded = cursor.next  # the first frame handed out is the keyframe sought
 
         @property
         def frame_size(self) -> tuple[int, int]:
@@ -97,7 +108,23 @@ def _scaled_pyav_stream(path: str, downscale: int, on_frame=None, rotation: int 
             # nothing is lost at the end; extraction counts frames the same way (one plain decode).
             return False
 
+        def _next_from_cursor(self) -> bool:
+            got = next(self.frames, None)
+            if got is None:
+                return False
+            self.decoded, self._frame = got[0] + 1, got[1]
+            if on_frame is not None:
+                on_frame(self._frame)
+            return True
+
         def read(self, decode: bool = True) -> np.ndarray | bool:
+            if self.frames is not None:
+                if not self._next_from_cursor():
+                    return False
+                if not decode:
+                    return True
+                w, h = self.size
+                return upright_array(self._frame, w, h, format="bgr24", interpolation="AREA", clockwise=turn)
             if not decode:
                 got = super().read(decode=False)
                 if got is not False:
@@ -153,19 +180,42 @@ def detect_segments(path: str, cfg, fps: float | None = None, max_seconds: float
     ``rotation``: the clockwise turn that makes the frames upright (the probe's ``rotation``; None
     reads the display matrix): the detectors see the picture as it is shown.
     """
-    from scenedetect import SceneManager, open_video
-
     flashes = FlashWatch() if cfg.flash_filter and cfg.backend == "pyav" else None
+    video = open_detection_stream(path, cfg, flashes, transnet, rotation)
+    fps = fps or float(video.frame_rate)
+    max_frames = int(max_seconds * fps) + 1 if max_seconds else None
+    cuts, total = run_detectors(video, cfg, fps, max_frames + 1 if max_frames else None)
+    if max_frames and total > max_frames:
+        raise DecodeError(f"the stream runs past ingest.max_duration_s ({max_seconds:.0f} s) "
+                          "although its headers did not say so", "too_long")
+    if transnet:
+        cuts = sorted({*cuts, *transnet.finish(total).cuts})
+    if flashes:
+        cuts = flashes.real_cuts(cuts)
+    return shots_from_cuts(cuts, total, cfg, fps, transnet)
+
+
+def open_detection_stream(path: str, cfg, flashes: FlashWatch | None = None, transnet: TransNetRun | None = None,
+                          rotation: int | None = None, start: int = 0, index=None):
+    """The stream the detectors read (frames from ``start`` with an index: ``_scaled_pyav_stream``);
+    the flash watch and TransNetV2 see every decoded frame of it."""
+    from scenedetect import open_video
+
     readers = [r.push_frame for r in (transnet.stream if transnet else None, flashes) if r is not None]
     try:
         if cfg.backend == "pyav":
-            video = _scaled_pyav_stream(path, cfg.downscale, (lambda f: [r(f) for r in readers]) if readers else None,
-                                        rotation)
-        else:
-            video = open_video(path, backend="opencv")
+            return _scaled_pyav_stream(path, cfg.downscale, (lambda f: [r(f) for r in readers]) if readers else None,
+                                       rotation, start, index)
+        return open_video(path, backend="opencv")
     except Exception as e:  # noqa: BLE001 - scenedetect wraps many decoder errors
         raise DecodeError(f"cannot open for shot detection: {e}") from e
-    fps = fps or float(video.frame_rate)
+
+
+def run_detectors(video, cfg, fps: float, end_frame: int | None) -> tuple[list[int], int]:
+    """(the cuts PySceneDetect's detectors find, the position after the last frame read), reading
+    ``video`` from where it stands to ``end_frame`` (exclusive; None: its end)."""
+    from scenedetect import SceneManager
+
     min_len = seconds_to_frames(cfg.min_shot_seconds, fps)
     manager = SceneManager()
     if cfg.backend == "pyav":
@@ -176,22 +226,18 @@ def detect_segments(path: str, cfg, fps: float | None = None, max_seconds: float
         manager.downscale = cfg.downscale
     for detector in _detectors(cfg, min_len):
         manager.add_detector(detector)
-    max_frames = int(max_seconds * fps) + 1 if max_seconds else None
     try:
-        manager.detect_scenes(video, frame_skip=cfg.frame_skip, show_progress=False,
-                              end_time=max_frames + 1 if max_frames else None)
+        manager.detect_scenes(video, frame_skip=cfg.frame_skip, show_progress=False, end_time=end_frame)
     except Exception as e:  # noqa: BLE001
         raise DecodeError(f"shot detection failed: {e}") from e
-    total = video.frame_number  # frames decoded (skipped frames included)
-    if max_frames and total > max_frames:
-        raise DecodeError(f"the stream runs past ingest.max_duration_s ({max_seconds:.0f} s) "
-                          "although its headers did not say so", "too_long")
-    cuts = sorted({start.frame_num for start, _end in manager.get_scene_list(start_in_scene=True)[1:]})
-    if transnet:
-        cuts = sorted({*cuts, *transnet.finish(total).cuts})
-    if flashes:
-        cuts = flashes.real_cuts(cuts)
-    cuts = _merge_close(cuts, min_len)
+    scenes = manager.get_scene_list(start_in_scene=True)
+    return sorted({start.frame_num for start, _end in scenes[1:]}), video.frame_number
+
+
+def shots_from_cuts(cuts: list[int], total: int, cfg, fps: float, transnet: TransNetRun | None = None) -> ShotSplit:
+    """The source's frames 0..total-1 split at ``cuts``: shots, and the transitions dropped between them."""
+    min_len = seconds_to_frames(cfg.min_shot_seconds, fps)
+    cuts = _merge_close(sorted(cuts), min_len)
     bounds = [0, *[c for c in cuts if 0 < c < total], total]
     segments = [(a, b - 1) for a, b in zip(bounds, bounds[1:]) if b > a]
     # A short segment between two detected cuts is the transition itself (a fade or dissolve seen by
@@ -251,8 +297,7 @@ class SplitStage(Stage):
         fps = row["fps"] or 25.0
         transnet = TransNetRun.for_source(self.config, row["source_id"]) if "transnetv2" in cfg.detectors else None
         with local_copy(row["source_path"]) as path:
-            found = detect_segments(path, cfg, fps=fps, max_seconds=self.config.ingest.max_duration_s,
-                                    transnet=transnet, rotation=row.get("rotation"))
+            found = self._detect(path, cfg, fps, transnet, row.get("rotation"))
         if found.n_frames == 0:
             raise DecodeError("no decodable frames")
         ranges, trimmed = plan_clips(found.shots, fps, cfg)
@@ -263,3 +308,15 @@ class SplitStage(Stage):
         return [dict(row, clip_id=clip_id(row["source_id"], a, b), first_frame=a, last_frame=b,
                      start_s=a / fps, end_s=(b + 1) / fps, split_frames=found.n_frames, dropped=dropped)
                 for a, b in ranges]
+
+    def _detect(self, path: str, cfg, fps: float, transnet: TransNetRun | None, rotation: int | None) -> ShotSplit:
+        """One decode of the source, or parallel chunks of a long one (ingest/split_chunks.py)."""
+        from vidcorpus.ingest.split_chunks import chunked_index, detect_segments_chunked, run_chunks
+
+        max_seconds = self.config.ingest.max_duration_s
+        index = chunked_index(path, cfg, fps) if transnet is None else None
+        if index is not None:
+            setting = self.config.stages.get(self.name)
+            cpus = setting.cpus if setting is not None and setting.cpus is not None else self.resources.cpus
+            return detect_segments_chunked(path, cfg, fps, rotation, index, max_seconds, run_chunks(cpus))
+        return detect_segments(path, cfg, fps=fps, max_seconds=max_seconds, transnet=transnet, rotation=rotation)

@@ -362,16 +362,19 @@ def test_a_source_split_over_batches_is_decoded_once(tmp_path, video, monkeypatc
     cfg = load_config(None, [], workdir=str(tmp_path / "w"))
     rows = _split(cfg, video)
     whole = MotionStage(cfg)(TechnicalStage(cfg)(rows_to_table(rows))).to_pylist()
-    opened: list[str] = []
+    opened: list[tuple[str, int]] = []
     real = source_frames._SourceCursor.__init__
 
-    def counting(self, path):
-        opened.append(path)
-        real(self, path)
+    def counting(self, path, start):
+        real(self, path, start)
+        opened.append((path, self.next))  # where its decoding starts (a keyframe at or before start)
 
     monkeypatch.setattr(source_frames._SourceCursor, "__init__", counting)
     source_frames._CURSOR.clear()
     one_by_one = [r for row in rows for r in MotionStage(cfg)(TechnicalStage(cfg)(rows_to_table([row]))).to_pylist()]
-    assert opened == [video]  # each batch goes on where the last one stopped
+    # each batch goes on where the last one stopped, or seeks forward past frames nobody wants:
+    # never back to a frame already decoded
+    assert [p for p, _ in opened] == [video] * len(opened)
+    assert opened[0][1] == 0 and [s for _, s in opened] == sorted({s for _, s in opened}), opened
     scores = {r["clip_id"]: r["scores"] for r in whole}
     assert {r["clip_id"]: r["scores"] for r in one_by_one} == scores

@@ -113,7 +113,10 @@ def test_models_load_once_per_job_and_a_killed_driver_redoes_only_sources_not_do
 
     corpus = make_corpus(tmp_path / "corpus", n_videos=2, n_images=2, broken=False, include_real=False)
     n_sources = len(Path(corpus["list"]).read_text().splitlines())
-    cfg = load_config(None, ["ray.num_cpus=2", "ray.window_sources=1", "ray.commit_rows=1"],
+    # split.chunk_seconds=1: the videos' shots are detected in parallel chunks (Ray tasks inside the
+    # splitter's task) and their clips travel in blocks of 2 (ray.clip_rows_per_block)
+    cfg = load_config(None, ["ray.num_cpus=2", "ray.window_sources=1", "ray.commit_rows=1", "split.chunk_seconds=1",
+                             "ray.clip_rows_per_block=2"],
                       workdir=str(tmp_path / "work"), inputs=[corpus["list"]])
     commit = Catalog.commit_results
     crash = {"after": 4, "calls": 0}

@@ -33,6 +33,10 @@ class RayConfig(Section):
     window_sources: int = Field(
         512, ge=1, description="Sources whose rows are all committed before the driver deduplicates them, marks "
                                "them done and captions their kept clips (a killed driver redoes the rest).")
+    clip_rows_per_block: int = Field(
+        8, ge=0, description="Clips per Ray Data block after the splitter: a long source's clips spread over "
+                             "that many tasks of the stages after it, each decoding only its stretch (0: a "
+                             "source's clips stay in one block).")
     commit_rows: int = Field(64, ge=1, description="Result rows per catalog transaction: what a killed driver loses at most.")
     prefetch_batches: int = Field(1, ge=0, description="Result batches Ray Data prepares ahead of the driver's commits.")
     object_store_mb: int | None = Field(
@@ -81,6 +85,8 @@ class SplitConfig(Section):
     content_threshold: float = 27.0
     histogram_threshold: float = Field(0.1, description="Lower finds more fades and more false cuts.")
     hash_threshold: float = Field(0.35, description="Perceptual-hash distance (0-1) that counts as a cut.")
+    chunk_seconds: float = Field(60.0, ge=0, description="Sources longer than 1.5 times this are split in "
+                                 "parallel chunks of about this length, one Ray task each (0: one task per source).")
     min_shot_seconds: float = Field(1 / 3, description="Shots shorter than this are merged by the detectors.")
     transition_max_seconds: float = Field(0.5, description="A segment this short between two cuts is a fade, dropped.")
     max_clip_seconds: float = Field(20.0, description="Longer shots are cut into pieces of at most this length.")

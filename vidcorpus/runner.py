@@ -121,6 +121,10 @@ def add_stages(cfg: Config, ds, stages: list[type[Stage]], gpus_available: float
         else:
             ds = ds.map_batches(functools.partial(_run_stage, stage_cls, cfg), batch_format="pyarrow",
                                 batch_size=plan.batch_rows, **plan.ray_args())
+        if stage_cls.name == "split" and cfg.ray.clip_rows_per_block:
+            # A source's clips leave the splitter as one block; small blocks spread a long source over
+            # many tasks (streaming: no barrier; each decodes its stretch through the frame index).
+            ds = ds.repartition(target_num_rows_per_block=cfg.ray.clip_rows_per_block)
     return ds
 
 

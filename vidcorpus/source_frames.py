@@ -8,12 +8,13 @@ frame ``j`` is the frame precise extraction would write as frame ``j``: the same
 is set), converted with ``frame_seek.to_rgb``. So scores differ from the extracted clip's only by
 the clip's H.264 coding.
 
-One decode per source: ``stream_clip_frames`` decodes the source once in order up to the last
-wanted frame, counting frames from the first as the splitter did (no seeking: timestamps of
-variable-rate sources do not index frames), converts only the wanted frames and hands each clip
-its frames as soon as its last one is decoded, so memory holds one clip's samples at a time. The
-decoder stays open between calls (one per process), so a source's clips that arrive in several
-batches continue the same decode.
+One decode per source: ``stream_clip_frames`` decodes the source in order from its first wanted
+frame to its last, numbering frames as the splitter did (``vidcorpus.frame_index``: it seeks to
+the keyframe before the first wanted frame when the source's packets index its frames, and counts
+from frame 0 otherwise), converts only the wanted frames and hands each clip its frames as soon as
+its last one is decoded, so memory holds one clip's samples at a time. A long source's clips travel
+in several small blocks, each decoding only its own stretch of the source. The decoder stays open
+between calls (one per process), so clips that arrive in later batches continue the same decode.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import fsspec
 import numpy as np
 
 from vidcorpus.errors import DecodeError
+from vidcorpus.frame_index import FrameCursor, index_of
 from vidcorpus.frame_seek import to_rgb
 
 DEFERRED = "deferred"  # extract_mode of a clip that has no file yet: scored from its source, not encoded
@@ -141,37 +143,25 @@ def stream_clip_frames(rows: list[dict], wanted: dict[str, list[int]], split_cfg
 
 
 class _SourceCursor:
-    """An open decoder over one source and the index of the next frame it will hand out."""
+    """An open decoder over one source (``frame_index.FrameCursor``: it seeks through the source's
+    packet index when it has one) and the file identity it was opened on."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, start: int):
         self.path = path
         self.identity = _identity(path)
-        self.file = fsspec.open(path, "rb").open()
-        try:
-            self.container = av.open(self.file)
-        except Exception:
-            self.file.close()
-            raise
-        stream = self.container.streams.video[0]
-        stream.thread_type = "AUTO"
-        self.frames = self.container.decode(stream)
-        self.next = 0
+        self.cursor = FrameCursor(path, start, index_of(path) if start > 0 else None)
 
-    def take(self, first: int, last: int) -> Iterator[tuple[int, av.VideoFrame]]:
-        while self.next <= last:
-            frame = next(self.frames, None)
-            if frame is None:
-                return
-            i = self.next
-            self.next += 1
-            if i >= first:
-                yield i, frame
+    @property
+    def next(self) -> int:
+        return self.cursor.next
+
+    def far_behind(self, first: int) -> bool:
+        """Whether seeking to ``first`` skips at least a keyframe interval of decoding."""
+        index = self.cursor.index or (index_of(self.path) if first > self.next else None)
+        return index is not None and index.keyframe_at_or_before(first) > self.next
 
     def close(self) -> None:
-        try:
-            self.container.close()
-        finally:
-            self.file.close()
+        self.cursor.close()
 
 
 def _identity(path: str) -> tuple | None:
@@ -190,20 +180,21 @@ _CURSOR: list[_SourceCursor] = []  # this process's open source, kept for the ne
 
 
 def _decode_from(path: str, first: int, last: int) -> Iterator[tuple[int, av.VideoFrame]]:
-    """(source frame index, frame) for ``first`` to ``last``, counting frames in decode order from the
-    first one, as the splitter and extraction count them (so the indices are theirs even when
-    timestamps are irregular). The decoder stays open for the next call: a source's clips split over
-    several batches (Ray Data cuts a block into batches inside one task) continue one decode instead
-    of starting again at frame 0; a call for an earlier frame or another source opens it anew."""
+    """(source frame index, frame) for ``first`` to ``last``, numbered in decode order from the first
+    frame, as the splitter and extraction number them (``frame_index.FrameCursor``). The decoder
+    stays open for the next call: a later stretch of the same source continues one decode, unless
+    seeking skips a keyframe interval or more; a call for an earlier frame or another source opens
+    it anew."""
     cur = _CURSOR[0] if _CURSOR else None
     try:
-        if cur is None or cur.path != path or cur.next > first or cur.identity != _identity(path):
+        if (cur is None or cur.path != path or cur.next > first or cur.identity != _identity(path)
+                or cur.far_behind(first)):
             if cur is not None:
                 _CURSOR.clear()
                 cur.close()
-            cur = _SourceCursor(path)
+            cur = _SourceCursor(path, first)
             _CURSOR.append(cur)
-        yield from cur.take(first, last)
+        yield from cur.cursor.take(first, last)
     except av.error.FFmpegError as e:
         if _CURSOR:
             _CURSOR.pop().close()

@@ -1,0 +1,183 @@
+"""Where each frame of a source is, from its packets alone: decode any frame range without
+decoding from frame 0.
+
+vidcorpus numbers a source's frames by decode order: frame ``i`` is the i-th frame the decoder
+hands out from the start of the file (``ingest/split.py`` explains why timestamps cannot be
+trusted to index frames). To process a long source in parallel pieces (shot detection in chunks,
+scorers and extraction on a few clips each) a worker must start decoding in the middle and still
+know each frame's number. The packets tell it, without decoding: when every packet carries a
+distinct presentation timestamp, frame ``i`` is the packet with the i-th smallest pts, and a
+keyframe packet is a place to seek to. ``FrameIndex`` is that table (demuxing a 4-minute 720p
+file reads its packets in milliseconds).
+
+``FrameCursor`` decodes frames in order from any start frame: it seeks to the last keyframe at
+or before the start and numbers each decoded frame by its pts in the index, checking that the
+numbers follow one another. Whenever they do not (a frame the decoder dropped, a pts the index
+lacks), it starts again from frame 0 and counts frames as they come, so the frames and numbers it
+hands out are always those of a decode from the start. Sources whose packets cannot index frames
+(missing or repeated pts, a first packet that is not a keyframe, discarded packets) get no index
+and are decoded from the start, as before.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Iterator
+
+import av
+import fsspec
+
+
+class IndexMismatch(Exception):
+    """Decoded frames did not follow the index: the caller decodes from the start instead."""
+
+
+@dataclass(frozen=True)
+class FrameIndex:
+    """Presentation timestamps in frame order, and the frames that are keyframes."""
+
+    pts: tuple[int, ...]
+    keyframes: tuple[int, ...]  # frame indices, ascending; always starts with 0
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.pts)
+
+    def position(self, pts: int | None) -> int | None:
+        """The frame index of a decoded frame's pts, or None when no packet had it."""
+        if pts is None:
+            return None
+        i = bisect.bisect_left(self.pts, pts)
+        return i if i < len(self.pts) and self.pts[i] == pts else None
+
+    def keyframe_at_or_before(self, frame: int) -> int:
+        return self.keyframes[max(0, bisect.bisect_right(self.keyframes, frame) - 1)]
+
+
+def build_index(path: str) -> FrameIndex | None:
+    """The index of the first video stream's packets, or None when they cannot index frames."""
+    try:
+        with fsspec.open(path, "rb") as f, av.open(f) as container:
+            stream = container.streams.video[0]
+            pts: list[int] = []
+            keys: list[int] = []  # pts of keyframe packets
+            first = True
+            for p in container.demux(stream):
+                if not p.size:  # the demuxer's flush packet at the end
+                    continue
+                if p.pts is None or p.is_discard or (first and not p.is_keyframe):
+                    return None
+                first = False
+                pts.append(p.pts)
+                if p.is_keyframe:
+                    keys.append(p.pts)
+    except (av.error.FFmpegError, OSError, IndexError):
+        return None
+    ordered = sorted(pts)
+    if not ordered or len(set(ordered)) != len(ordered) or keys[0] != ordered[0]:
+        return None
+    at = {v: i for i, v in enumerate(ordered)}
+    return FrameIndex(tuple(ordered), tuple(sorted(at[k] for k in keys)))
+
+
+def _identity(path: str) -> tuple:
+    local = path[len("file://"):] if path.startswith("file://") else path if "://" not in path else None
+    if local is None:
+        return (path,)
+    try:
+        st = os.stat(local)
+    except OSError:
+        return (path,)
+    return path, st.st_size, st.st_mtime_ns
+
+
+_CACHE: "OrderedDict[tuple, FrameIndex | None]" = OrderedDict()  # this process's recent sources
+
+
+def index_of(path: str) -> FrameIndex | None:
+    """``build_index``, remembered for the few sources this process worked on last (a file
+    rewritten under the same name is indexed again)."""
+    key = _identity(path)
+    if key not in _CACHE:
+        _CACHE[key] = build_index(path)
+        while len(_CACHE) > 8:
+            _CACHE.popitem(last=False)
+    _CACHE.move_to_end(key)
+    return _CACHE[key]
+
+
+class FrameCursor:
+    """An open decoder over one source handing out (frame index, frame) in order from ``start``.
+
+    With an index and a start past the first keyframe interval it seeks; otherwise (or after an
+    ``IndexMismatch``) it decodes from frame 0. ``next`` is the index of the next frame it will hand
+    out. ``options`` go to the decoder (e.g. ``{"skip_loop_filter": "all"}``)."""
+
+    def __init__(self, path: str, start: int = 0, index: FrameIndex | None = None, thread_type: str = "AUTO"):
+        self.path, self.index, self.thread_type = path, index, thread_type
+        self.next = 0
+        self._file = self.container = None
+        self._open(start if index is not None else 0)
+
+    def _open(self, start: int) -> None:
+        self.close()
+        self._file = fsspec.open(self.path, "rb").open()
+        try:
+            self.container = av.open(self._file)
+        except Exception:
+            self._file.close()
+            raise
+        stream = self.container.streams.video[0]
+        stream.thread_type = self.thread_type
+        key = self.index.keyframe_at_or_before(start) if self.index is not None and start > 0 else 0
+        self.seeking = key > 0
+        if self.seeking:
+            self.container.seek(self.index.pts[key], stream=stream, backward=True, any_frame=False)
+        self.next = key
+        self._frames = self.container.decode(stream)
+
+    def _numbered(self) -> Iterator[tuple[int, av.VideoFrame]]:
+        for frame in self._frames:
+            if not self.seeking:
+                yield self.next, frame
+                continue
+            pos = self.index.position(frame.pts)
+            if pos is not None and pos < self.next:
+                continue  # before the wanted keyframe (the seek landed earlier, or an open GOP's lead)
+            if pos != self.next:
+                raise IndexMismatch(f"frame with pts {frame.pts} decoded where frame {self.next} was due")
+            yield pos, frame
+
+    def take(self, first: int, last: int) -> Iterator[tuple[int, av.VideoFrame]]:
+        """Frames ``max(first, next)`` to ``last`` (fewer when the source ends first)."""
+        while self.next <= last:
+            try:
+                got = next(self._numbered(), None)
+            except IndexMismatch:
+                self._restart_from_zero()
+                continue
+            if got is None:
+                return
+            i, frame = got
+            self.next = i + 1
+            if i >= first:
+                yield i, frame
+
+    def _restart_from_zero(self) -> None:
+        """This source's packets do not index its frames: decode from the start, up to ``next``."""
+        resume = self.next
+        self.index = None
+        self._open(0)
+        while self.next < resume and next(self._numbered(), None) is not None:
+            self.next += 1
+
+    def close(self) -> None:
+        if self.container is not None:
+            try:
+                self.container.close()
+            finally:
+                self._file.close()
+        self.container = self._file = None
