@@ -128,6 +128,7 @@ def test_models_load_once_per_job_and_a_killed_driver_redoes_only_sources_not_do
         return commit(self, run_id, rows, *a, **kw)
 
     monkeypatch.setattr(Catalog, "commit_results", crashing_commit)
+    monkeypatch.setattr("vidcorpus.run_commit.STATS_EVERY_S", 0.0)  # the stage table after every commit
     ray.shutdown()
     try:
         with pytest.raises(RuntimeError, match="killed mid-run"):
@@ -137,6 +138,10 @@ def test_models_load_once_per_job_and_a_killed_driver_redoes_only_sources_not_do
             clips_at_crash = {r["s"]: r["n"] for r in cat.query_dicts(
                 "SELECT source_id AS s, count(*) AS n FROM clips GROUP BY 1")}
         assert 0 < len(done) < n_sources, "some sources were whole (and done) before the crash, not all"
+        with Catalog(cfg.catalog_path, read_only=True) as cat:  # the killed run still says where its time went
+            crashed = cat.query_dicts("SELECT run_id FROM runs WHERE status != 'succeeded'")[0]["run_id"]
+            stages = {r["stage"]: r for r in cat.query_dicts("SELECT * FROM stage_stats WHERE run_id = ?", [crashed])}
+        assert {"split", "technical", "commit"} <= set(stages) and stages["split"]["rows_in"] >= len(done), stages
 
         crash["after"] = None
         summary = runner.run_pipeline(cfg, progress=False, log=lambda _m: None)

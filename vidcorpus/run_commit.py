@@ -21,6 +21,8 @@ import pyarrow as pa
 from vidcorpus import events as stage_events
 from vidcorpus.config import Config
 
+STATS_EVERY_S = 30.0  # how often the driver rewrites the run's stage table while the run goes on
+
 
 class RunCommitter:
     def __init__(self, cfg: Config, catalog, run_id: str, summary, log: Callable[[str], None] = print,
@@ -40,6 +42,7 @@ class RunCommitter:
         self.embedded: dict[str, list[str]] = {}  # source -> its clips with an embedding
         self.rows_of: dict[str, dict] = {}  # clip -> its committed row, until captioning takes it
         self.caption_failed: set[str] = set()
+        self.stats_written_at = time.time()
 
     # -- the stream ------------------------------------------------------------------------------
     def add(self, batch: pa.Table) -> None:
@@ -78,6 +81,16 @@ class RunCommitter:
         if len(self.whole) >= self.cfg.ray.window_sources:
             self.close_group()
         self._take_captions(self.captions.poll() if self.captions is not None else [])
+        self.write_stage_stats()
+
+    def write_stage_stats(self, every_s: float | None = None) -> None:
+        """The run's stage table so far, at most every ``every_s`` seconds: a run that is killed or
+        stopped still leaves in the catalog where its time went until then (the end replaces it)."""
+        from vidcorpus.catalog.stage_stats import write
+
+        if time.time() - self.stats_written_at >= (STATS_EVERY_S if every_s is None else every_s):
+            write(self.catalog, self.run_id, self.summary.timeline.finish())
+            self.stats_written_at = time.time()
 
     def close_group(self, sources: list[str] | None = None) -> None:
         """Deduplicate the whole sources' clips, re-decide, mark the sources done, caption their kept clips."""
