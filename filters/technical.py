@@ -54,8 +54,12 @@ def black_border_fraction(frames: np.ndarray) -> float:
     ``frames``: (N, H, W, 3) RGB. Black means every channel is dark: a saturated dark colour
     (deep blue has a luma of 0.114 x its blue) is picture, not border.
     """
-    value = frames.max(axis=-1) if frames.ndim == 4 else frames  # per pixel: the brightest channel
-    brightest = value.max(axis=0)  # a bar is dark in every frame; dark content moments are not bars
+    # per pixel, the brightest channel in any frame (a bar is dark in every frame; dark content
+    # moments are not bars). Over frames first, then channels with np.maximum: numpy's max over a
+    # last axis of 3 was two thirds of the technical stage's time at 720p (0.37 s against 6 ms).
+    brightest = frames.max(axis=0)
+    if brightest.ndim == 3:
+        brightest = np.maximum(np.maximum(brightest[..., 0], brightest[..., 1]), brightest[..., 2])
     h, w = brightest.shape
     dark_rows = brightest.max(axis=1) < BLACK_LEVEL
     dark_cols = brightest.max(axis=0) < BLACK_LEVEL
