@@ -57,6 +57,27 @@ class CaptionStage(Stage):
                 raise ValueError("captioning.qa needs models.clip_model/clip_pretrained (presets.resolve_models)")
             model, preprocess, tokenizer = load_clip(m.clip_model, m.clip_pretrained, self.captioner.device)
             self.clip = (model, preprocess, tokenizer, clip_model_id(m.clip_model, m.clip_pretrained))
+        warm = cap.warmup if cap.warmup is not None else self.captioner.device.type == "cuda"
+        if warm:
+            self.warm_up()
+
+    def warm_up(self) -> None:
+        """Caption dummy clips (mid-grey 1280x720 frames, or fewer pixels under captioning.max_pixels)
+        at the full batch size and at 2 clips, both kinds: the first shape compiles, the second
+        compiles the shape-generic decoding step, and the fast path's probe runs, all before the
+        job's first kept clips arrive (captioning.warmup). Clips of another size still compile
+        their own prefill shape (seconds)."""
+        cap = self.config.captioning
+        bs = max(1, self.captioner.batch_size)
+        w, h = 1280, 720
+        if cap.max_pixels and w * h > cap.max_pixels:
+            scale = (cap.max_pixels / (w * h)) ** 0.5
+            w, h = max(28, int(w * scale)), max(28, int(h * scale))
+        frames = np.full((cap.frames_per_clip, h, w, 3), 128, np.uint8)
+        limits = {"long": cap.max_new_tokens, "short": cap.short_max_new_tokens}
+        for n in dict.fromkeys((bs, min(2, bs))):
+            for kind in KINDS:
+                self.captioner.generate([frames] * n, kind, limits[kind])
 
     def process_rows(self, rows: list[dict]) -> list[dict]:
         cap = self.config.captioning

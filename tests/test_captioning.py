@@ -820,3 +820,32 @@ def test_llava_style_model_gets_frames_as_images(tmp_path):
     a, b = fast.generate(frames, "long", 12), slow.generate(frames, "long", 12)
     assert [g.decode for g in a] == ["static_graph"] * 4
     assert [g.token_ids for g in a] == [g.token_ids for g in b] and all(g.text for g in a)
+
+
+def test_a_warmed_up_caption_stage_compiles_its_shapes_at_setup_and_captions_as_a_cold_one(tiny_dir, clips, tiny_clip,
+                                                                                         monkeypatch):
+    """captioning.warmup: the dummy batches (full size, then 2 clips; long and short) run at setup,
+    before the first real batch, and change nothing the real batches produce."""
+    from vidcorpus.captioning.models import Captioner
+    from vidcorpus.captioning.stage import CaptionStage
+
+    cold = Config()
+    cold = cold.model_copy(update={"models": cold.models.model_copy(update={"captioner": tiny_dir, **tiny_clip})})
+    warm = cold.model_copy(update={"captioning": cold.captioning.model_copy(update={"warmup": True})})
+    rows = [empty_row(source_id=f"s{i}", clip_id=f"c{i}", clip_path=p, kept=True) for i, p in enumerate(clips["videos"])]
+    calls: list[tuple[int, str]] = []
+    generate = Captioner.generate
+
+    def counting(self, frames, kind, *a, **kw):
+        calls.append((len(frames), kind))
+        return generate(self, frames, kind, *a, **kw)
+
+    monkeypatch.setattr(Captioner, "generate", counting)
+    stage = CaptionStage(warm)
+    stage.setup()
+    stage._ready = True
+    assert calls == [(8, "long"), (8, "short"), (2, "long"), (2, "short")]  # 8: the CPU batch size
+    calls.clear()
+    texts = lambda out: {r["clip_id"]: [c["text"] for c in r["captions"]] for r in out.to_pylist()}  # noqa: E731
+    assert texts(stage(rows_to_table(rows))) == texts(CaptionStage(cold)(rows_to_table(rows)))
+    assert CaptionStage(cold).config.captioning.warmup is None  # off on the CPU unless asked for

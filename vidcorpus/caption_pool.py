@@ -47,6 +47,11 @@ class CaptionPool:
         self.limit = max(1, in_flight_per_actor) * len(self.actors)
         self.pending: dict = {}  # ObjectRef -> actor index
         self.queued: list[dict] = []
+        # Each actor sets up now, while the ingest stages run: an empty batch loads its models (and,
+        # with captioning.warmup, compiles; captioning/stage.py) and comes back as a carrier row of
+        # its setup event and time, which the driver commits like any result.
+        for a, actor in enumerate(self.actors):
+            self.pending[actor.__call__.remote(rows_to_table([]))] = a
 
     def add(self, rows: list[dict]) -> list[pa.Table]:
         """Queue rows; full batches go to the actors, and so does what is queued when an actor has
@@ -63,14 +68,20 @@ class CaptionPool:
         busy = set(self.pending.values())
         return len(busy) < len(self.actors)
 
-    def flush(self) -> list[pa.Table]:
-        """Submit what is queued (a last, partial batch) and wait for every batch."""
+    def flush(self, timeout: float | None = None) -> list[pa.Table]:
+        """Submit what is queued (a last, partial batch) and wait for every batch, or for at most
+        ``timeout`` seconds (``pending`` then says whether batches are still out)."""
+        import time
+
         done: list[pa.Table] = []
         if self.queued:
             done += self._submit(self.queued)
             self.queued = []
+        until = None if timeout is None else time.time() + timeout
         while self.pending:
-            done += self._wait(timeout=None)
+            done += self._wait(timeout=None if until is None else max(0.0, until - time.time()))
+            if until is not None and time.time() >= until:
+                break
         return done
 
     def poll(self) -> list[pa.Table]:

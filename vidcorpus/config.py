@@ -164,6 +164,10 @@ class CaptioningConfig(Section):
                                    "batch_rows (stages.caption.batch_rows; 512 on a GPU, 8 on the CPU).")
     max_new_tokens: int = 48
     short_max_new_tokens: int = 16
+    warmup: bool | None = Field(
+        None, description="Caption actors load their models and caption a dummy batch of the full batch size and "
+                          "a small one (both kinds) as the job starts, so the compiles and the fast-path probe "
+                          "overlap the ingest stages instead of delaying the first real batch. None: on GPUs only.")
     min_new_tokens: int = Field(4, description="Generation never stops earlier (keeps tiny random models from empty text).")
     decode: Literal["default", "static_graph"] = Field(
         "static_graph", description="Decoding: transformers' generate, or a static KV cache with a CUDA-graph step "

@@ -43,6 +43,7 @@ class RunCommitter:
         self.rows_of: dict[str, dict] = {}  # clip -> its committed row, until captioning takes it
         self.caption_failed: set[str] = set()
         self.stats_written_at = time.time()
+        self.sources_done = 0  # settled by this run (done, or failed): for the progress line
 
     # -- the stream ------------------------------------------------------------------------------
     def add(self, batch: pa.Table) -> None:
@@ -106,6 +107,9 @@ class RunCommitter:
             dedup_and_redecide(self.cfg, self.catalog, self.run_id, new, self.log, index=self.dedup)
             self.summary.timeline.driver_step("dedup", began, time.time(), len(new))
         self.catalog.mark_sources_done(set(group) - self.failed)
+        self.sources_done += len(group)
+        self.log(f"{self.sources_done} sources done, {self.summary.rows_committed} rows committed "
+                 f"({time.time() - self.summary.timeline.start:.0f} s)")
         if self.captions is not None:
             self._caption(group)
 
@@ -115,7 +119,11 @@ class RunCommitter:
         self.whole.extend(s for s in self.committed if self.committed[s] < self.expected[s])
         self.close_group()
         if self.captions is not None:
-            self._take_captions(self.captions.flush())
+            wait = max(1.0, STATS_EVERY_S)
+            self._take_captions(self.captions.flush(timeout=wait))
+            while self.captions.pending:  # the last captions; the stage table goes on being written
+                self.write_stage_stats()
+                self._take_captions(self.captions.flush(timeout=wait))
 
     # -- captioning ------------------------------------------------------------------------------
     def _caption(self, group: list[str]) -> None:
