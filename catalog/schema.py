@@ -207,6 +207,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        15,  # issue 25: a clip's decision history (the clip page) is an index probe; DuckDB does not use the
+        # (clip_id, recipe) primary key for `clip_id = ?` alone, so it scanned every decision (11 ms at 1 M)
+        """
+        CREATE INDEX IF NOT EXISTS decisions_by_clip ON decisions (clip_id);
+        CREATE INDEX IF NOT EXISTS embeddings_by_clip ON embeddings (clip_id);  -- its model and duplicates, likewise
+        CREATE INDEX IF NOT EXISTS dropped_segments_by_source ON dropped_segments (source_id);  -- its timeline
+        """,
+    ),
 ]
 
 # Python steps run right after a migration's DDL, in the same transaction (method names of Catalog).
