@@ -139,7 +139,7 @@ def test_a_clips_decision_history_is_an_index_probe(copied):
                                [clip]).fetchall()[0][1]
         indexes = {r[0] for r in cat.con.execute("SELECT index_name FROM duckdb_indexes()").fetchall()}
     assert "Index Scan" in plan
-    assert {"decisions_by_clip", "embeddings_by_clip", "dropped_segments_by_source"} <= indexes
+    assert {"decisions_by_clip", "embeddings_by_clip", "dropped_segments_by_source", "clips_wide_by_source"} <= indexes
     verify = subprocess.run([sys.executable, "-m", "vidcorpus.cli", "catalog", "verify", "--catalog",
                              copied["catalog"]], capture_output=True, text=True, timeout=300)
     assert verify.returncode == 0, verify.stdout + verify.stderr
