@@ -127,6 +127,8 @@ def main() -> None:
 
     def client(seed: int) -> None:
         rnd = random.Random(seed)
+        if args.think_ms > 0:  # people arrive at different times: no burst of every client's first page at once
+            time.sleep(rnd.uniform(0, args.think_ms / 1000))
         with requests.Session() as s:
             while time.monotonic() < deadline:
                 if rnd.random() < 0.6:
