@@ -72,7 +72,7 @@ def test_pages_keep_one_warm_connection_that_a_waiting_jobs_commit_gets_at_once(
     out = subprocess.run([sys.executable, "-c", FLIP, copied["catalog"], kept["clip_id"], recipe],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) < 2.0  # without the watcher it waits for the idle connection to time out
+    assert json.loads(out.stdout) < 5.0  # without the watcher it waits until the server lets go of the file
     page = requests.get(server.url + "/", params={"decision": "kept"}, timeout=30)
     assert kept["clip_id"] not in card_ids(page.text) and page.headers[CACHE_HEADER] == "miss"
     assert "flipped" in requests.get(f"{server.url}/clip/{kept['clip_id']}", timeout=30).text
