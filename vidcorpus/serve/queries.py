@@ -1,7 +1,9 @@
 """The SQL behind the grid and the clip page: every value a parameter, every name checked.
 
-The grid reads the materialised ``clips_wide`` (one row per clip, a column per scorer), so a page
-is one indexed, limited scan even at millions of clips. Column names (sort keys, score sliders)
+The grid reads the materialised ``clips_wide`` (one row per clip, a column per scorer): a page is a
+top-N over it (``ordered_ids``, linear in the clips: ~20 ms of CPU at 1 M, see docs/benchmarks.md)
+and a lookup of the page's rows; the clip page's reads are index probes (migration 15). Column
+names (sort keys, score sliders)
 are accepted only when they are clips_wide's own columns; values always travel as parameters; a
 user's WHERE clause has passed ``catalog/safe_sql.check_predicate`` before it gets here.
 """
