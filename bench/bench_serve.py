@@ -5,9 +5,12 @@ The catalog is filled straight in SQL (``bench_catalog._direct_load``: sources, 
 shard_members, train_samples) plus the long tables a clip page reads (one score row per clip and
 scorer, one decision per clip) and the recipe in force. The server is the real CLI
 (``vidcorpus serve``) in its own process; each client is a thread with its own HTTP session that
-asks, without pause, for a grid page (60 %: a random filter, sort and page) or a clip page (40 %).
+asks for a grid page (60 %: a random filter, sort and page) or a clip page (40 %), then pauses
+``--think-ms`` (0: no pause, every client asks again as soon as its page came; a person browsing
+pauses a second or more between pages). The JSON records the load average before and after, and
+how the server made each grid page (its ``X-Vidcorpus-Cache`` header: page, order or miss).
 
-    python bench/bench_serve.py --clips 1000000 --clients 50 --seconds 60 \\
+    python bench/bench_serve.py --clips 1000000 --clients 50 --seconds 60 --think-ms 0 \\
         --db /tmp/bench-serve/c1m.duckdb --json bench/results/serve_load_1m.json
 """
 
@@ -34,7 +37,9 @@ from bench_catalog import SCORERS, _direct_load  # noqa: E402
 RECIPE = "name: bench\nversion: '1'\nmissing: keep\npredicates:\n  - {score: aesthetic, op: '>=', value: 4}\n"
 
 
-def build(db: Path, n: int, scorers: list[str]) -> float:
+def build(db: Path, n: int, scorers: list[str], score_rows: bool = True) -> float:
+    """Fill the catalog; ``score_rows=False`` leaves out the long scores table (15 rows per clip), which
+    no page of the server reads (scores come from clips_wide): what makes a 10 M build fit in minutes."""
     from vidcorpus.catalog.corpus_state import set_active_recipe
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.filters.recipes import recipe_from_text
@@ -52,9 +57,10 @@ def build(db: Path, n: int, scorers: list[str]) -> float:
                 "end_s, duration_s, n_frames, fps, width, height, clip_path, first_frame_path, run_id, updated_at, "
                 "extract_mode FROM clips_wide")
     cols = ", ".join(f'"{s}"' for s in scorers)
-    con.execute(f"INSERT INTO scores SELECT clip_id, scorer, 'bench-model', '1', value, run_id, updated_at "
-                f"FROM (UNPIVOT (SELECT clip_id, run_id, updated_at, {cols} FROM clips_wide) ON {cols} "
-                f"INTO NAME scorer VALUE value)")
+    if score_rows:
+        con.execute(f"INSERT INTO scores SELECT clip_id, scorer, 'bench-model', '1', value, run_id, updated_at "
+                    f"FROM (UNPIVOT (SELECT clip_id, run_id, updated_at, {cols} FROM clips_wide) ON {cols} "
+                    f"INTO NAME scorer VALUE value)")
     con.execute("INSERT INTO decisions SELECT clip_id, 'bench@1', kept, reason, run_id, updated_at FROM clips_wide")
     set_active_recipe(cat, recipe_from_text(RECIPE), origin="bench")
     con.execute("CHECKPOINT")
@@ -66,6 +72,12 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -81,13 +93,16 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--db", default="/tmp/bench-serve/catalog.duckdb")
     ap.add_argument("--skip-load", action="store_true", help="Reuse the catalog at --db.")
+    ap.add_argument("--no-score-rows", action="store_true",
+                    help="Build without the long scores table (no page reads it; a 10 M build in minutes).")
+    ap.add_argument("--think-ms", type=float, default=0.0, help="Pause of each client between pages.")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     import duckdb
 
     scorers = SCORERS[:args.scorers]
     db = Path(args.db)
-    build_s = None if args.skip_load else build(db, args.clips, scorers)
+    build_s = None if args.skip_load else build(db, args.clips, scorers, score_rows=not args.no_score_rows)
     con = duckdb.connect(str(db), read_only=True)
     ids = [r[0] for r in con.execute("SELECT clip_id FROM clips_wide USING SAMPLE 2000 ROWS").fetchall()]
     n_clips = con.execute("SELECT count(*) FROM clips_wide").fetchall()[0][0]
@@ -103,13 +118,17 @@ def main() -> None:
                 break
         except requests.ConnectionError:
             time.sleep(0.2)
-    results: list[tuple[str, float, int]] = []
+    results: list[tuple[str, float, int, str]] = []
+    server_cpu_before, client_cpu_before = _cpu_s(server.pid), time.process_time()
     lock = threading.Lock()
     load_before = os.getloadavg()
+    started_utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     deadline = time.monotonic() + args.seconds
 
     def client(seed: int) -> None:
         rnd = random.Random(seed)
+        if args.think_ms > 0:  # people arrive at different times: no burst of every client's first page at once
+            time.sleep(rnd.uniform(0, args.think_ms / 1000))
         with requests.Session() as s:
             while time.monotonic() < deadline:
                 if rnd.random() < 0.6:
@@ -122,27 +141,39 @@ def main() -> None:
                     kind, url, params = "clip", f"{base}/clip/{rnd.choice(ids)}", {}
                 t = time.perf_counter()
                 try:
-                    status = s.get(url, params=params, timeout=60).status_code
+                    r = s.get(url, params=params, timeout=60)
+                    status, how = r.status_code, r.headers.get("X-Vidcorpus-Cache", "")
                 except requests.RequestException:
-                    status = -1
+                    status, how = -1, ""
                 with lock:
-                    results.append((kind, time.perf_counter() - t, status))
+                    results.append((kind, time.perf_counter() - t, status, how))
+                if args.think_ms > 0:
+                    time.sleep(rnd.uniform(0.5, 1.5) * args.think_ms / 1000)  # around think_ms, not in lockstep
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    load_after = os.getloadavg()
+    server_cpu = _cpu_s(server.pid) - server_cpu_before
+    client_cpu = time.process_time() - client_cpu_before
     server.terminate()
     server.wait(timeout=30)
     out = {"clips": n_clips, "scorers": len(scorers), "clients": args.clients, "seconds": args.seconds,
-           "build_s": build_s, "cpus": os.cpu_count(), "loadavg_before": load_before, "pages": {}}
+           "think_ms": args.think_ms, "build_s": build_s, "cpus": os.cpu_count(), "loadavg_before": load_before,
+           "loadavg_after": load_after, "started_utc": started_utc,
+           # CPU seconds the server process and this client process used during the run (of 2 x seconds
+           # available on 2 cores, shared with whatever else runs): per page, the server's cost
+           "server_cpu_s": server_cpu, "client_cpu_s": client_cpu,
+           "server_cpu_ms_per_page": 1000 * server_cpu / max(1, len(results)), "pages": {}}
     for kind in ("grid", "clip", "all"):
         rows = [r for r in results if kind == "all" or r[0] == kind]
         lat = [r[1] for r in rows]
         out["pages"][kind] = {"n": len(rows), "errors": sum(r[2] != 200 for r in rows),
                               "per_s": len(rows) / args.seconds, "p50_s": statistics.median(lat),
-                              "p95_s": _pct(lat, 0.95), "p99_s": _pct(lat, 0.99), "max_s": max(lat)}
+                              "p95_s": _pct(lat, 0.95), "p99_s": _pct(lat, 0.99), "max_s": max(lat),
+                              "made": {h: sum(r[3] == h for r in rows) for h in sorted({r[3] for r in rows}) if h}}
     print(json.dumps(out, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")

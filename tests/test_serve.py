@@ -16,6 +16,7 @@ import requests
 
 from serve_helpers import ThreadServer, card_ids
 from vidcorpus.catalog.store import Catalog
+from vidcorpus.serve.access import release_file
 from vidcorpus.serve.app import ServeSettings, make_app
 from vidcorpus.serve.server import media_roots
 
@@ -304,6 +305,7 @@ def test_back_to_back_page_loads_never_starve_a_running_jobs_commits(built, serv
 
 
 def test_an_exported_snapshot_is_browsed_read_only(built, tmp_path):
+    release_file(built["catalog"])  # the module's server (this process) keeps its read connection warm
     with Catalog(built["catalog"], read_only=True) as cat:
         cat.export(str(tmp_path / "snap"))
     srv = ThreadServer(make_app(ServeSettings(catalog=str(tmp_path / "snap"),
@@ -327,6 +329,7 @@ def test_an_exported_snapshot_is_browsed_read_only(built, tmp_path):
 
 
 def test_a_snapshot_on_s3_is_browsed_and_its_clips_play(built, s3):
+    release_file(built["catalog"])
     with Catalog(built["catalog"], read_only=True) as cat:
         cat.export("s3://bucket/serve-snapshot")
     srv = ThreadServer(make_app(ServeSettings(catalog="s3://bucket/serve-snapshot",

@@ -31,8 +31,8 @@ def register_serve_command(app: typer.Typer) -> None:
     ) -> None:
         """Browse clips (play, filter, sort, SQL WHERE), label them good or bad, and measure each filter.
 
-        Reads the catalog (DuckDB file, or a snapshot folder or s3:// URL from `catalog export`) per
-        request, never holding it between requests, and lets a waiting job's commit in first.
+        Reads the catalog (DuckDB file, or a snapshot folder or s3:// URL from `catalog export`) through
+        one read connection that a waiting job's commit always gets first (closed when idle too).
         Labels are catalog rows (table `labels`); a snapshot is browsed read-only.
         """
         from vidcorpus.catalog.store import CatalogError

@@ -1,11 +1,14 @@
 """The Starlette app: routes, page rendering and the request rules of ``security``.
 
 Handlers are plain functions, so Starlette runs them in its thread pool (DuckDB calls block);
-each request reads through ``CatalogAccess.read`` and never keeps the catalog open afterwards.
+each request reads through its own cursor of ``CatalogAccess.read`` (requests run side by side),
+and what does not change between commits is read once per catalog state (``cached_reads``): a
+grid page already rendered for the same query and catalog state is served as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +29,7 @@ from vidcorpus.serve.preview import Previews
 from vidcorpus.serve import labels as labels_mod
 from vidcorpus.serve import media, queries
 from vidcorpus.serve.access import CatalogAccess
+from vidcorpus.serve.cached_reads import CachedReads
 from vidcorpus.serve.neighbours import Neighbours
 from vidcorpus.serve.security import WRITE_HEADER, Refused, check_id, host_ok, inside_roots, token_ok
 
@@ -139,48 +143,52 @@ def checked_where(request: Request, con: duckdb.DuckDBPyConnection, where: str) 
     return cache[where]
 
 
-FACETS_TTL_S = 30.0
+CACHE_HEADER = "X-Vidcorpus-Cache"
+"""How a page was made: ``page`` (rendered before, same catalog state), ``order`` (the grid query's
+order was known: one 48-row lookup), ``miss`` (read from the catalog)."""
 
 
-def cached_facets(request: Request, con: duckdb.DuckDBPyConnection, scores: list[str]) -> dict:
-    """The filter bar's choices (sources, reasons, score ranges) scan the whole table: computed at
-    most every FACETS_TTL_S seconds, not on every page of every client."""
-    import time
-
-    cache = request.app.state.facets
-    now = time.monotonic()
-    if cache.get("at") is None or now - cache["at"] > FACETS_TTL_S or cache.get("scores") != scores:
-        cache.update(value=queries.facets(con, scores), at=now, scores=scores)
-    return cache["value"]
+def _page_key(request: Request) -> tuple:
+    return (request.url.path, tuple(sorted((k, v) for k, v in request.query_params.multi_items() if k != "token")))
 
 
 def index(request: Request) -> Response:
     access: CatalogAccess = request.app.state.access
-    with access.read() as con:
-        scores = queries.score_columns(con)
-        q = grid_query(request, con, scores)
+    reads: CachedReads = request.app.state.reads
+    how = ["page"]
+
+    def page(con: duckdb.DuckDBPyConnection, stamp) -> str:
+        facts = reads.facts(con, stamp)
+        q = grid_query(request, con, facts.scores)
         try:
-            rows, total = queries.grid(con, q, scores)
+            rows, total, order_known = reads.grid(con, stamp, q, facts.scores)
         except ValueError as e:
             raise Refused(str(e)) from None
         except duckdb.Error as e:
             raise Refused(f"SQL error: {first_line(str(e))}") from None
-        facets = cached_facets(request, con, scores)
-        counts = labels_mod.label_counts(con)
-        recipe = queries.active_recipe(con)
-    pages = max(1, -(-total // q.per_page))
-    args = {k: v for k, v in request.query_params.items() if k not in ("page", "token")}
-    return render("grid.html", rows=rows, total=total, q=q, scores=scores, facets=facets, pages=pages,
-                  args=args, label_counts=counts, recipe=recipe.id if recipe else None,
-                  writable=access.writable, count_cap=queries.COUNT_CAP)
+        how[0] = "order" if order_known else "miss"
+        facets = reads.facets(con, stamp, facts.scores)
+        pages = max(1, -(-total // q.per_page))
+        args = {k: v for k, v in request.query_params.items() if k not in ("page", "token")}
+        return _env.get_template("grid.html").render(
+            rows=rows, total=total, q=q, scores=facts.scores, facets=facets, pages=pages, args=args,
+            label_counts=facts.label_counts, recipe=facts.recipe.id if facts.recipe else None,
+            writable=access.writable, count_cap=queries.COUNT_CAP)
+
+    with access.read() as con:
+        stamp = access.stamp
+        html, _ = reads.pages.get(stamp, _page_key(request), lambda: page(con, stamp))
+    return HTMLResponse(html, headers={CACHE_HEADER: how[0]})
 
 
 def clip_page(request: Request) -> Response:
     clip_id = check_id(request.path_params["clip_id"])
     access: CatalogAccess = request.app.state.access
+    reads: CachedReads = request.app.state.reads
     neighbours = request.app.state.neighbours
     with access.read() as con:
-        detail = queries.clip_detail(con, clip_id)
+        facts = reads.facts(con, access.stamp)
+        detail = queries.clip_detail(con, clip_id, facts.tables, facts.recipe, facts.scores)
         plan = neighbours.index_of(con, clip_id) if detail is not None else None
     if detail is None:
         return error_page(f"no clip {clip_id} in the catalog", 404)
@@ -309,13 +317,20 @@ def make_app(settings: ServeSettings, access: CatalogAccess | None = None) -> St
         *measure_routes(),
         Mount("/static", app=static, name="static"),
     ]
-    app = Starlette(routes=routes, middleware=[Middleware(Guard)],
+    access = access or CatalogAccess(settings.catalog)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        access.close()  # the read connection the last requests left open
+
+    app = Starlette(routes=routes, middleware=[Middleware(Guard)], lifespan=lifespan,
                     exception_handlers={Refused: _on_refused, CatalogError: _on_catalog})
     app.state.settings = settings
-    app.state.access = access or CatalogAccess(settings.catalog)
+    app.state.access = access
+    app.state.reads = CachedReads()
     app.state.shards = media.ShardIndex()
     app.state.previews = Previews()
     app.state.where_cache = {}
-    app.state.facets = {}
     app.state.neighbours = Neighbours(settings.roots)
     return app

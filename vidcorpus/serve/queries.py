@@ -1,9 +1,11 @@
 """The SQL behind the grid and the clip page: every value a parameter, every name checked.
 
-The grid reads the materialised ``clips_wide`` (one row per clip, a column per scorer), so a page
-is one indexed, limited scan even at millions of clips. Column names (sort keys, score sliders)
-are accepted only when they are clips_wide's own columns; values always travel as parameters; a
-user's WHERE clause has passed ``catalog/safe_sql.check_predicate`` before it gets here.
+The grid reads the materialised ``clips_wide`` (one row per clip, a column per scorer): a page is a
+top-N over it (``ordered_ids``, linear in the clips: ~20 ms of CPU at 1 M, see docs/benchmarks.md)
+and a lookup of the page's rows; the clip page's reads are index probes (migration 15). Column
+names (sort keys, score sliders) are accepted only when they are clips_wide's own columns; values
+always travel as parameters; a user's WHERE clause has passed ``catalog/safe_sql.check_predicate``
+before it gets here.
 """
 
 from __future__ import annotations
@@ -94,26 +96,48 @@ COUNT_CAP = 10_000
 
 
 def grid(con: duckdb.DuckDBPyConnection, q: GridQuery, scores: list[str]) -> tuple[list[dict], int]:
-    """One page of clips and how many match (at most COUNT_CAP + 1: more means "over COUNT_CAP").
-
-    The page's ids come from a top-N over two columns (the sort key and the id); only those rows
-    are then read whole: sorting every matching row with all its columns costs twice as much."""
+    """One page of clips and how many match (at most COUNT_CAP + 1: more means "over COUNT_CAP")."""
     where, params = q.sql(scores)
     limit = max(1, min(MAX_PER_PAGE, q.per_page))
     offset = (max(1, q.page) - 1) * limit
-    ids = [r[0] for r in con.execute(
-        f"SELECT clip_id FROM clips_wide WHERE {where} ORDER BY {q.order(scores)} LIMIT ? OFFSET ?",
+    return rows_by_id(con, ordered_ids(con, q, scores, limit, offset), scores), capped_count(con, where, params)
+
+
+def ordered_ids(con: duckdb.DuckDBPyConnection, q: GridQuery, scores: list[str], limit: int, offset: int) -> list[str]:
+    """Ids of the matching clips in the grid's order, ``offset`` to ``offset + limit``.
+
+    Two passes: the sort key of the last wanted row (a top-N over the key alone), then the ids of
+    the rows at or before it (same order, ties broken by id). Carrying the id through a top-N over
+    every row is what costs (35 ms of CPU at 1 M clips against 11 for the key alone); past the
+    bound, the second pass reads the id of only the rows it keeps."""
+    where, params = q.sql(scores)
+    order = q.order(scores)  # checks the sort key
+    key = f'"{q.sort}"'
+    bound = [] if q.sort == "clip_id" else con.execute(  # (sorted by id: one pass)
+        f"SELECT {key} FROM clips_wide WHERE {where} ORDER BY {key} {'DESC' if q.descending else 'ASC'} "
+        "NULLS LAST LIMIT 1 OFFSET ?", [*params, offset + limit - 1]).fetchall()
+    if bound and bound[0][0] is not None:  # else fewer rows match, or the bound row has no key: no bound
+        where, params = f"{where} AND {key} {'>=' if q.descending else '<='} ?", [*params, bound[0][0]]
+    return [r[0] for r in con.execute(
+        f"SELECT clip_id FROM clips_wide WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
         [*params, limit, offset]).fetchall()]
-    rows = []
-    if ids:
-        cols = ", ".join(f'"{c}"' for c in (*GRID_COLUMNS, *scores))
-        rel = con.execute(f"SELECT {cols} FROM clips_wide WHERE clip_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
-        names = [d[0] for d in rel.description]
-        by_id = {r[0]: dict(zip(names, r)) for r in rel.fetchall()}
-        rows = [by_id[i] for i in ids if i in by_id]
-    total = con.execute(f"SELECT count(*) FROM (SELECT 1 FROM clips_wide WHERE {where} LIMIT ?)",
-                        [*params, COUNT_CAP + 1]).fetchall()[0][0]
-    return rows, total
+
+
+def rows_by_id(con: duckdb.DuckDBPyConnection, ids: list[str], scores: list[str]) -> list[dict]:
+    """The grid's columns of these clips, in this order."""
+    if not ids:
+        return []
+    cols = ", ".join(f'"{c}"' for c in (*GRID_COLUMNS, *scores))
+    rel = con.execute(f"SELECT {cols} FROM clips_wide WHERE clip_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
+    names = [d[0] for d in rel.description]
+    by_id = {r[0]: dict(zip(names, r)) for r in rel.fetchall()}
+    return [by_id[i] for i in ids if i in by_id]
+
+
+def capped_count(con: duckdb.DuckDBPyConnection, where: str, params: list) -> int:
+    """How many clips match, counted up to COUNT_CAP + 1."""
+    return con.execute(f"SELECT count(*) FROM (SELECT 1 FROM clips_wide WHERE {where} LIMIT ?)",
+                       [*params, COUNT_CAP + 1]).fetchall()[0][0]
 
 
 def facets(con: duckdb.DuckDBPyConnection, scores: list[str]) -> dict:
@@ -154,20 +178,23 @@ def _dicts(rel) -> list[dict]:
     return [dict(zip(names, r)) for r in rel.fetchall()]
 
 
-def clip_detail(con: duckdb.DuckDBPyConnection, clip_id: str) -> dict | None:
-    """Everything the clip page shows; None when the catalog has no such clip."""
+def clip_detail(con: duckdb.DuckDBPyConnection, clip_id: str, have: set[str] | None = None,
+                recipe: Recipe | None | bool = False, scores: list[str] | None = None) -> dict | None:
+    """Everything the clip page shows; None when the catalog has no such clip. ``have`` (table
+    names), ``recipe`` (the one in force) and ``scores`` (score columns) are read when not given."""
     rows = _dicts(con.execute("SELECT * FROM clips_wide WHERE clip_id = ?", [clip_id]))
     if not rows:
         return None
     clip = rows[0]
-    have = tables(con)
-    recipe = active_recipe(con)
+    have = tables(con) if have is None else have
+    recipe = active_recipe(con) if recipe is False else recipe
     thresholds: dict[str, list[str]] = {}
     for p in recipe.predicates if recipe else []:
         thresholds.setdefault(p.score, []).append(str(p))
     # the latest value of every score is in the clip's clips_wide row (a primary-key lookup); the
     # long scores table would be a scan of every score row at millions of clips
-    scores = [{"scorer": name, "value": clip[name]} for name in score_columns(con) if clip.get(name) is not None]
+    scores = [{"scorer": name, "value": clip[name]} for name in (score_columns(con) if scores is None else scores)
+              if clip.get(name) is not None]
     for s in scores:
         s["thresholds"] = thresholds.get(s["scorer"], [])
         preds = [p for p in recipe.predicates if p.score == s["scorer"]] if recipe else []

@@ -1,0 +1,82 @@
+"""The grid's and the clip page's catalog reads, each done once per catalog state where it can be.
+
+At a million clips the expensive part of a grid page is ordering every matching clip (a top-N
+over the whole table, ~30 ms of CPU); the rest is a 48-row lookup. A person pages through one
+query, so the first ``ORDER_DEPTH`` ids of each query's order are kept (``StampedCache``) and a
+later page of the same query is a slice of them: one top-N per query and catalog state instead of
+one per page. The count comes with it when fewer rows match than that. The filter bar's choices,
+the score columns, the table names and the parsed recipe in force are likewise read once per
+catalog state. Everything is keyed by ``CatalogAccess.stamp``, so a commit invalidates it all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Hashable
+
+import duckdb
+
+from vidcorpus.filters.recipes import Recipe
+from vidcorpus.serve import labels as labels_mod
+from vidcorpus.serve import queries
+from vidcorpus.serve.cache import StampedCache
+
+ORDER_DEPTH = 2400
+"""Ids kept per grid query: 50 pages of 48 (deeper pages are ordered per request)."""
+ID_SEP = "\x1f"  # the ids of one order, kept as one string (a list of 2400 str objects is 3x larger)
+
+
+@dataclass(frozen=True)
+class CatalogFacts:
+    """What every page needs to know about the catalog's shape, read once per catalog state."""
+
+    scores: list[str]
+    tables: set[str]
+    recipe: Recipe | None
+    label_counts: dict[str, int]
+
+
+class CachedReads:
+    """The server's caches (one set per app), all keyed by the catalog's stamp."""
+
+    def __init__(self) -> None:
+        self.facts_cache = StampedCache(max_entries=8)
+        # one string per query (~80 kB at ORDER_DEPTH ids): room for the queries people page through
+        # beside one-off slider values, which would push them out of a smaller cache
+        self.orders = StampedCache(max_entries=512)
+        self.pages = StampedCache(max_entries=256)      # rendered pages, ~60 kB each
+
+    def facts(self, con: duckdb.DuckDBPyConnection, stamp: Hashable) -> CatalogFacts:
+        def read() -> CatalogFacts:
+            return CatalogFacts(scores=queries.score_columns(con), tables=queries.tables(con),
+                                recipe=queries.active_recipe(con), label_counts=labels_mod.label_counts(con))
+
+        return self.facts_cache.get(stamp, "facts", read)[0]
+
+    def facets(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, scores: list[str]) -> dict:
+        """The filter bar's choices (sources, reasons, score ranges): a scan of the whole table."""
+        return self.facts_cache.get(stamp, ("facets", tuple(scores)), lambda: queries.facets(con, scores))[0]
+
+    def grid(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, q: queries.GridQuery,
+             scores: list[str]) -> tuple[list[dict], int, bool]:
+        """One page of clips, how many match (capped as ``queries.grid``), and whether the order was cached."""
+        where, params = q.sql(scores)
+        order = q.order(scores)
+        limit = max(1, min(queries.MAX_PER_PAGE, q.per_page))
+        offset = (max(1, q.page) - 1) * limit
+        if offset + limit > ORDER_DEPTH:
+            rows, total = queries.grid(con, q, scores)
+            return rows, total, False
+        key = (where, _hashable(params), order)
+        joined, hit = self.orders.get(stamp, ("order", key),
+                                      lambda: ID_SEP.join(queries.ordered_ids(con, q, scores, ORDER_DEPTH, 0)))
+        ids = joined.split(ID_SEP) if joined else []
+        if len(ids) < ORDER_DEPTH:
+            total = len(ids)
+        else:
+            total = self.orders.get(stamp, ("count", key), lambda: queries.capped_count(con, where, params))[0]
+        return queries.rows_by_id(con, ids[offset:offset + limit], scores), total, hit
+
+
+def _hashable(params: list) -> tuple:
+    return tuple(tuple(p) if isinstance(p, list) else p for p in params)
