@@ -20,8 +20,11 @@ import numpy as np
 from vidcorpus.errors import DecodeError
 from vidcorpus.ids import clip_id, image_clip_id
 from vidcorpus.ingest.segments import TRANSITION, DroppedSegment, ShotSplit, drop_transitions, trim_shots
+from vidcorpus.ingest.cut_evidence import confirmed_cuts, record_cuts
+from vidcorpus.ingest.dissolve import blend_settings, drop_blends
 from vidcorpus.ingest.flash import FlashWatch
 from vidcorpus.ingest.transnet import TransNetRun
+from vidcorpus.ingest.transnet import runs_here as transnet_runs_here
 from vidcorpus.media import clockwise_rotation, displayed_size, upright_array
 from vidcorpus.stage import Resources, Stage
 
@@ -155,7 +158,8 @@ def detect_segments(path: str, cfg, fps: float | None = None, max_seconds: float
     """
     from scenedetect import SceneManager, open_video
 
-    flashes = FlashWatch() if cfg.flash_filter and cfg.backend == "pyav" else None
+    thumbs_needed = cfg.flash_filter or cfg.dissolve_spans or cfg.histogram_evidence
+    flashes = FlashWatch() if thumbs_needed and cfg.backend == "pyav" else None
     readers = [r.push_frame for r in (transnet.stream if transnet else None, flashes) if r is not None]
     try:
         if cfg.backend == "pyav":
@@ -174,7 +178,8 @@ def detect_segments(path: str, cfg, fps: float | None = None, max_seconds: float
     elif cfg.downscale > 0:
         manager.auto_downscale = False
         manager.downscale = cfg.downscale
-    for detector in _detectors(cfg, min_len):
+    detectors = [record_cuts(d) for d in _detectors(cfg, min_len)]
+    for detector in detectors:
         manager.add_detector(detector)
     max_frames = int(max_seconds * fps) + 1 if max_seconds else None
     try:
@@ -187,10 +192,13 @@ def detect_segments(path: str, cfg, fps: float | None = None, max_seconds: float
         raise DecodeError(f"the stream runs past ingest.max_duration_s ({max_seconds:.0f} s) "
                           "although its headers did not say so", "too_long")
     cuts = sorted({start.frame_num for start, _end in manager.get_scene_list(start_in_scene=True)[1:]})
-    if transnet:
-        cuts = sorted({*cuts, *transnet.finish(total).cuts})
-    if flashes:
+    learned = transnet.finish(total).cuts if transnet else []
+    cuts = sorted({*cuts, *learned})
+    if flashes and cfg.flash_filter:
         cuts = flashes.real_cuts(cuts)
+    if flashes and cfg.histogram_evidence:  # a cut only the histogram detector saw needs a jump or a blend
+        cuts = confirmed_cuts(cuts, detectors, learned, flashes.thumbs()[:total], min_len, blend_settings(cfg, fps),
+                              flashes.detail()[:total])
     cuts = _merge_close(cuts, min_len)
     bounds = [0, *[c for c in cuts if 0 < c < total], total]
     segments = [(a, b - 1) for a, b in zip(bounds, bounds[1:]) if b > a]
@@ -200,6 +208,9 @@ def detect_segments(path: str, cfg, fps: float | None = None, max_seconds: float
     if transnet:  # its gradual transitions are cut out of the shots: dropped segments in its own name
         shots = transnet.exclude(shots, min_len)
         dropped += [DroppedSegment(a, b, TRANSITION, "transnetv2") for a, b in transnet.spans]
+    if flashes and cfg.dissolve_spans:  # the blended frames around each cut leave the shots too
+        shots, dropped = drop_blends(shots, dropped, flashes.thumbs()[:total], min_len, blend_settings(cfg, fps),
+                                     flashes.detail()[:total])
     return ShotSplit(shots, dropped, total)
 
 
@@ -249,7 +260,7 @@ class SplitStage(Stage):
             return [dict(row, clip_id=image_clip_id(row["source_id"]), first_frame=0, last_frame=0, start_s=0.0, end_s=0.0)]
         cfg = self.config.split
         fps = row["fps"] or 25.0
-        transnet = TransNetRun.for_source(self.config, row["source_id"]) if "transnetv2" in cfg.detectors else None
+        transnet = TransNetRun.for_source(self.config, row["source_id"]) if transnet_runs_here(cfg) else None
         with local_copy(row["source_path"]) as path:
             found = detect_segments(path, cfg, fps=fps, max_seconds=self.config.ingest.max_duration_s,
                                     transnet=transnet, rotation=row.get("rotation"))
