@@ -2,8 +2,8 @@
 
 The footage (``bench_shot_footage.py``): a 72 s edit of packaged real footage with 20 hard cuts
 (between shots, same-scene, jump cuts), 17 gradual transitions (dissolves of 8, 12 and 24 frames,
-fades to black and back) and two flashes, and 60 s of long unedited takes (fast motion, pans, a
-whip pan, zooms, 14 camera flashes). TransNetV2 runs once per file on CPU (its probabilities are
+fades to black and back) and two flashes, and 60 s of seven long unedited takes joined by hard
+cuts (fast motion, pans, whip pans, zooms, 14 camera flashes). TransNetV2 runs once per file on CPU (its probabilities are
 cached under ``--cache`` by the file's hash); its rows re-decide from the saved probabilities.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_shot_wide.py --out bench/results/shot_wide_cpu.json
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not a.no_transnet:
             probs[name], fps = transnet_probabilities(t["path"], a.cache)
             tn_fps.append(fps)
-    results["transnetv2_fps_cpu"] = [round(x, 1) for x in tn_fps]
+    results["transnetv2_fps_cpu"] = [round(x, 1) if x == x else None for x in tn_fps]  # None: read from the cache
     for label, kw in CONFIGS.items():
         if a.only and label not in a.only or a.no_transnet and "transnetv2" in kw["detectors"]:
             continue

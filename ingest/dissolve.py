@@ -6,16 +6,23 @@ trained on them learns dissolves. This module finds, around each boundary betwee
 span of frames that blend the shot before into the shot after, and drops it as a transition.
 
 The test is the blend itself, on the small grey thumbnails the flash filter already keeps for
-every frame (``ingest/flash.py``). Take a reference picture before and after the boundary (means
-of three frames at the ends of a window of about a second). Each frame's position between them,
-``alpha`` (its projection on the line from one to the other: 0 at the picture before, 1 after),
-stays near a constant level inside a shot and climbs along a straight ramp through a dissolve
-(editors blend linearly). The frames clearly between the two levels that climb steadily around
-the boundary are fitted with a line, and the line is extended to where it meets the levels
-before and after: that is the dissolve, its faint first and last frames included. A hard cut has
-no frame between the levels and gets no span. A fade to black and back is two such ramps, one
-into the darkest frame and one out of it. A boundary whose pictures before and after are too
-alike (``min_change``) is left alone: a blend between them would not show.
+every frame (``ingest/flash.py``). Take a reference picture before and after the boundary
+(per-pixel medians of nine frames at the ends of a window of about a second, so a flash is never
+one). Each frame's position between them, ``alpha`` (its projection on the line from one to the
+other: 0 at the picture before, 1 after), stays near a constant level inside a shot and climbs
+along a straight ramp through a dissolve (editors blend linearly). The frames clearly between the
+two levels that climb steadily around the boundary are fitted with a line, extended to where it
+meets the levels before and after, refitted with references just outside it, and end frames the
+blend explains no better than the nearer end frame are trimmed. A hard cut has no frame between
+the levels and gets no span. A fade to black and back is two such ramps, one into the darkest
+frame and one out of it.
+
+A camera move can climb the same way (a pan shifts the small thumbnails like a blend), so a span
+counts only when the linear blend explains its frames clearly better than the nearer end frame
+does (``misfit_ratio``) and, for a dissolve, when the fine detail dips mid-span
+(``detail_dip``): a blend of two unrelated pictures averages about half their detail away, a
+pan or a zoom keeps it. Around detected cuts the thresholds are looser than in the scan inside
+shots (``scan``), where no detector saw anything.
 """
 
 from __future__ import annotations
@@ -207,7 +214,8 @@ def blend_span(thumbs: np.ndarray, g0: int, g1: int, lo: int, hi: int, s: BlendS
     first, last = trim_clean_ends(thumbs, lo + span[0], lo + span[1], s)
     if last - first + 1 < s.min_frames or misfit_ratio(thumbs, first, last) >= max_ratio:
         return None
-    if detail is not None and (first < 1 or last + 1 >= len(detail) or detail_dip(detail, first, last) >= s.max_detail_dip):
+    if detail is not None and (first < 1 or last + 1 >= len(detail)
+                               or detail_dip(detail, first, last) >= s.max_detail_dip):
         return None
     return first, last
 

@@ -5,11 +5,13 @@ lightning bolt for a cut: a few frames far brighter than their neighbours, with 
 before and after. ``FlashWatch`` keeps an 8x6 grey thumbnail of every decoded frame (48 bytes a
 frame, block means of a sparse grid of its luma plane, fed by the same decode as the detectors), and ``real_cuts`` drops a cut when, around it,
 at most ``max_frames`` frames are all clearly brighter than the frames just before and just after
-them, and those two frames show the same picture.
+them, and those two frames show the same picture. It also keeps each frame's fine detail (the sampled
+grid's difference from its block means), which the dissolve finder reads (``ingest/dissolve.py``).
 """
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,7 +31,7 @@ class FlashWatch:
     # by 21 to 23, so a flash exactly at such a cut would hide it: the brightness rule does the work.
     same: float = 30.0
     _thumbs: bytearray = field(default_factory=bytearray)
-    _detail: list = field(default_factory=list)
+    _detail: array = field(default_factory=lambda: array("f"))  # 4 bytes a frame
 
     def push_frame(self, frame) -> None:
         """A decoded ``av.VideoFrame``: block means of a sparse grid of its luma plane (a scaler call
@@ -45,7 +47,7 @@ class FlashWatch:
     def detail(self) -> np.ndarray:
         """Per frame: mean squared difference of the sampled luma grid from its 4x4 block means (the
         fine detail a dissolve averages away; ``ingest/dissolve.py``)."""
-        return np.asarray(self._detail, np.float32)
+        return np.frombuffer(self._detail.tobytes(), np.float32)
 
     def real_cuts(self, cuts: list[int]) -> list[int]:
         """``cuts`` without those a flash explains."""
