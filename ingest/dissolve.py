@@ -47,7 +47,7 @@ class BlendSettings:
     wobble: float = 0.05  # a ramp may step back this much between frames (the shots' own motion)
     black: float = 0.3  # a fade's darkest frame is at most this share of the brightness of its neighbours
     end_ratio: float = 1.0  # an end frame the blend explains no better than the nearer end frame is clean
-    margin: int = 1  # frames added at both ends of a span (the fit's rounding; a faint first frame)
+    margin: int = 1  # frames added at both ends of a span (the fit is often a frame off; a faint end frame)
     # How much better the blend explains the span's frames than the nearer of its two end frames does
     # (mean RMS error of the linear blend / of the nearer end frame). On the benchmark's footage
     # (8x6 thumbnails) dissolves score 0.22 to 0.89; the ramps of jump cuts, whip pans and zooms 0.6
