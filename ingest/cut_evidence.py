@@ -12,6 +12,8 @@ dropped when it shows neither.
 
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
 
 from vidcorpus.ingest.dissolve import BlendSettings, blend_span
@@ -37,13 +39,16 @@ def record_cuts(detector):
     return detector
 
 
-def jump_ratio(thumbs: np.ndarray, cut: int, context: int = 12) -> float:
+def frame_changes(thumbs: np.ndarray) -> np.ndarray:
+    """RMS grey change between consecutive thumbnails: ``[k]`` is frame k to k + 1."""
+    return np.sqrt((np.diff(thumbs.astype(np.float32), axis=0) ** 2).mean(axis=1))
+
+
+def jump_ratio(diffs: np.ndarray, cut: int, context: int = 12) -> float:
     """The largest frame-to-frame change at the cut (one frame either side) over the median change
-    of the ``context`` frames before and after it (RMS grey levels on thumbnails)."""
-    n = len(thumbs)
-    if not 0 < cut < n:
+    of the ``context`` frames before and after it (``diffs`` from ``frame_changes``)."""
+    if not 0 < cut <= len(diffs):
         return 0.0
-    diffs = np.sqrt((np.diff(thumbs.astype(np.float32), axis=0) ** 2).mean(axis=1))  # diffs[k]: frame k -> k + 1
     at = diffs[max(0, cut - 2):min(len(diffs), cut + 1)].max()
     around = np.r_[diffs[max(0, cut - 2 - context):max(0, cut - 2)], diffs[cut + 1:cut + 1 + context]]
     return float(at / max(float(np.median(around)) if len(around) else 0.0, 0.5))
@@ -62,16 +67,22 @@ def confirmed_cuts(cuts: list[int], detectors: list, extra: list[int], thumbs: n
     seen = sorted({c for d in detectors if not isinstance(d, ContextualHistogramDetector) for c in d.reported}
                   | set(extra))
     grey = thumbs.astype(np.float32)
-    solid = [c for c in cuts if c not in theirs or any(abs(c - o) < min_len for o in seen)
-             or jump_ratio(grey, c) >= min_jump]
+    diffs = frame_changes(grey)
+
+    def near_other(c: int) -> bool:
+        i = bisect.bisect_left(seen, c - min_len + 1)
+        return i < len(seen) and seen[i] < c + min_len
+
+    solid = [c for c in cuts if c not in theirs or near_other(c) or jump_ratio(diffs, c) >= min_jump]
     out: list[int] = []
     for c in cuts:
-        if c in solid:
+        i = bisect.bisect_left(solid, c)
+        if i < len(solid) and solid[i] == c:
             out.append(c)
             continue
         # the blend is searched between the neighbouring cuts that stand anyway
-        lo = max([0, c - settings.max_frames] + [x for x in solid if x < c])
-        hi = min([len(grey) - 1, c + settings.max_frames - 1] + [x - 1 for x in solid if x > c])
+        lo = max(c - settings.max_frames, solid[i - 1] if i else 0, 0)
+        hi = min(c + settings.max_frames - 1, solid[i] - 1 if i < len(solid) else len(grey) - 1, len(grey) - 1)
         span = blend_span(grey, c, c, lo, hi, settings, detail=detail)
         if span is not None and span[0] - 2 <= c <= span[1] + 2:  # the blend is where the cut is
             out.append(c)
