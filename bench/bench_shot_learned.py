@@ -164,7 +164,10 @@ def main() -> None:
     results["transnetv2_fps_cpu"] = round(truth["n"] / (time.perf_counter() - t), 1)
 
     configs = {
-        "adaptive+histogram (default)": dict(detectors=["adaptive", "histogram"]),
+        "adaptive+histogram (default: evidence + dissolve spans)": dict(detectors=["adaptive", "histogram"]),
+        "adaptive+histogram, evidence and dissolve spans off": dict(detectors=["adaptive", "histogram"],
+                                                                    histogram_evidence=False, dissolve_spans=False),
+        "adaptive + dissolve spans": dict(detectors=["adaptive"]),
         "adaptive+histogram, flash_filter off": dict(detectors=["adaptive", "histogram"], flash_filter=False),
         "content": dict(detectors=["content"]),
         "histogram 0.03": dict(detectors=["histogram"], histogram_threshold=0.03),

@@ -5,11 +5,13 @@ lightning bolt for a cut: a few frames far brighter than their neighbours, with 
 before and after. ``FlashWatch`` keeps an 8x6 grey thumbnail of every decoded frame (48 bytes a
 frame, block means of a sparse grid of its luma plane, fed by the same decode as the detectors), and ``real_cuts`` drops a cut when, around it,
 at most ``max_frames`` frames are all clearly brighter than the frames just before and just after
-them, and those two frames show the same picture.
+them, and those two frames show the same picture. It also keeps each frame's fine detail (the sampled
+grid's difference from its block means), which the dissolve finder reads (``ingest/dissolve.py``).
 """
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,28 +31,47 @@ class FlashWatch:
     # by 21 to 23, so a flash exactly at such a cut would hide it: the brightness rule does the work.
     same: float = 30.0
     _thumbs: bytearray = field(default_factory=bytearray)
+    _detail: array = field(default_factory=lambda: array("f"))  # 4 bytes a frame
 
     def push_frame(self, frame) -> None:
         """A decoded ``av.VideoFrame``: block means of a sparse grid of its luma plane (a scaler call
-        per frame cost a third of the detection speed)."""
-        self._thumbs += thumbnail(frame).tobytes()
+        per frame cost a third of the detection speed), and the fine detail left around them."""
+        grid = luma_grid(frame)
+        blocks = grid.reshape(THUMB_H, 4, THUMB_W, 4).mean(axis=(1, 3))
+        self._thumbs += blocks.astype(np.uint8).tobytes()
+        self._detail.append(float(((grid.reshape(THUMB_H, 4, THUMB_W, 4) - blocks[:, None, :, None]) ** 2).mean()))
 
     def thumbs(self) -> np.ndarray:
         return np.frombuffer(bytes(self._thumbs), np.uint8).reshape(-1, THUMB_H * THUMB_W).astype(np.float32)
 
+    def detail(self) -> np.ndarray:
+        """Per frame: mean squared difference of the sampled luma grid from its 4x4 block means (the
+        fine detail a dissolve averages away; ``ingest/dissolve.py``)."""
+        return np.frombuffer(self._detail.tobytes(), np.float32)
+
     def real_cuts(self, cuts: list[int]) -> list[int]:
         """``cuts`` without those a flash explains."""
-        thumbs = self.thumbs()
-        return [c for c in cuts if not is_flash(thumbs, c, self.max_frames, self.lift, self.same)]
+        return self.cuts_without_flashes(self.thumbs(), cuts, self.max_frames, self.lift, self.same)
+
+    @staticmethod
+    def cuts_without_flashes(thumbs: np.ndarray, cuts: list[int], max_frames: int = 4, lift: float = 25.0,
+                             same: float = 30.0) -> list[int]:
+        """``cuts`` (frame numbers, ``thumbs`` row ``i`` being frame ``i``) without those a flash explains."""
+        return [c for c in cuts if not is_flash(thumbs, c, max_frames, lift, same)]
 
 
 def thumbnail(frame) -> np.ndarray:
-    """(THUMB_H, THUMB_W) uint8 grey thumbnail of an ``av.VideoFrame``: from its luma plane when it
-    has one (YUV, NV, grey; 8 to 16 bits), else through FFmpeg's scaler."""
+    """(THUMB_H, THUMB_W) uint8 grey thumbnail of an ``av.VideoFrame``: block means of ``luma_grid``."""
+    return luma_grid(frame).reshape(THUMB_H, 4, THUMB_W, 4).mean(axis=(1, 3)).astype(np.uint8)
+
+
+def luma_grid(frame) -> np.ndarray:
+    """(4 THUMB_H, 4 THUMB_W) float32 grey samples of an ``av.VideoFrame``: a sparse grid of its luma
+    plane when it has one (YUV, NV, grey; 8 to 16 bits), else through FFmpeg's scaler."""
     fmt = frame.format
     bits = fmt.components[0].bits
     if not fmt.name.startswith(("yuv", "nv", "gray")) or bits > 16:
-        return frame.to_ndarray(width=THUMB_W, height=THUMB_H, format="gray8")
+        return frame.to_ndarray(width=THUMB_W * 4, height=THUMB_H * 4, format="gray8").astype(np.float32)
     plane = frame.planes[0]
     if bits > 8:  # little-endian 16-bit samples: scale to 8 bits
         y = np.frombuffer(plane, np.uint16).reshape(plane.height, plane.line_size // 2) >> (bits - 8)
@@ -58,8 +79,7 @@ def thumbnail(frame) -> np.ndarray:
         y = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
     ys = np.linspace(0, frame.height - 1, THUMB_H * 4).astype(int)
     xs = np.linspace(0, frame.width - 1, THUMB_W * 4).astype(int)
-    grid = y[np.ix_(ys, xs)].astype(np.float32)
-    return grid.reshape(THUMB_H, 4, THUMB_W, 4).mean(axis=(1, 3)).astype(np.uint8)
+    return y[np.ix_(ys, xs)].astype(np.float32)
 
 
 def is_flash(thumbs: np.ndarray, cut: int, max_frames: int = 4, lift: float = 25.0, same: float = 30.0) -> bool:

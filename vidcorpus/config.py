@@ -110,18 +110,33 @@ class SplitConfig(Section):
     flash_filter: bool = Field(
         True, description="pyav backend: a cut around at most 4 frames brighter than the same picture before and after "
                           "is a camera flash, not a cut (ingest/flash.py).")
+    dissolve_spans: bool = Field(
+        True, description="pyav backend: around each cut, the frames that blend the shot before into the shot after "
+                           "(a dissolve or fade the detectors cut somewhere inside) are dropped as a transition "
+                           "(ingest/dissolve.py).")
+    histogram_evidence: bool = Field(
+        True, description="pyav backend: a cut only the histogram detector reports stays only where the picture jumps "
+                           "or a fade/dissolve surrounds it (fast motion and zooms drift its histograms; "
+                           "ingest/cut_evidence.py).")
+    dissolve_max_seconds: float = Field(
+        1.2, gt=0, description="dissolve_spans: the longest blend looked for (each half of a fade to black and back).")
+    dissolve_scan: bool = Field(
+        True, description="dissolve_spans: also look for blends inside shots, where no detector cut (stricter test).")
     # TransNetV2 (detector "transnetv2", the `models` extra; ingest/transnet.py)
     transnet_threshold: float = Field(0.5, gt=0, lt=1, description="transnetv2: transition probability that makes an event.")
     transnet_span_threshold: float = Field(
         0.2, gt=0, lt=1, description="transnetv2: frames around an event above this belong to the transition.")
     transnet_min_transition_frames: int = Field(
         3, ge=2, description="transnetv2: a transition this long or longer is gradual (its frames leave every clip); shorter is a hard cut.")
+    transnet_on_gpu: bool = Field(
+        False, description="transnetv2 joins split.detectors in a split worker that sees a CUDA GPU and has the `models` "
+                           "extra installed; elsewhere the listed detectors run alone.")
     transnet_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="transnetv2: where it runs (auto: a GPU when the worker sees one).")
     transnet_batch_windows: int = Field(8, ge=1, description="transnetv2: 100-frame windows per model call.")
 
     @model_validator(mode="after")
     def _transnet_reads_the_pyav_decode(self):
-        if "transnetv2" in self.detectors and self.backend != "pyav":
+        if ("transnetv2" in self.detectors or self.transnet_on_gpu) and self.backend != "pyav":
             raise ValueError("detector transnetv2 reads split.backend=pyav's decode: set split.backend=pyav")
         return self
 

@@ -1,0 +1,160 @@
+"""TransNetV2 frames per second, decode included, against decoding alone on the same file (issue 23).
+
+Measures, on one video (``--video``, or ``--make SECONDS`` renders moving noise with PyAV):
+
+- ``decode_only_48x27``: the split stage's decode, each frame scaled to the model's 48x27 RGB;
+- ``transnetv2``: shot detection with ``split.detectors=[transnetv2]`` (the same decode feeding the
+  model in batched windows; ``split.transnet_device`` auto: CUDA when the process sees a GPU);
+- ``default_plus_transnetv2``: what ``split.transnet_on_gpu`` gives a GPU worker (adaptive+histogram,
+  the evidence and dissolve checks, and TransNetV2 on one decode);
+- ``default``: the CPU default alone, for scale;
+- ``model_only``: the network on frames already on the device (batched 100-frame windows).
+
+Each is run ``--repeat`` times after one warm-up (model load, CUDA context, cuDNN autotuning), and
+the best run is kept. Prints JSON (and writes it to ``--out``). Imports only torch, av, numpy,
+scenedetect and vidcorpus, so it runs on a GPU machine with carried wheels:
+
+    python bench/bench_transnet_gpu.py --make 120 --out transnet_gpu.json
+    python bench/bench_transnet_gpu.py --video some.mp4 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+
+import av
+import numpy as np
+import torch
+
+from vidcorpus.config import SplitConfig
+from vidcorpus.ingest.split import detect_segments
+from vidcorpus.ingest.transnet import CONTEXT, HEIGHT, STEP, WIDTH, WINDOW, TransNetRun, load_model, pick_device
+from vidcorpus.media import upright_array
+
+
+def make_video(path: str, seconds: float, fps: int = 25, size: tuple[int, int] = (1280, 720)) -> str:
+    """Moving low-frequency noise with a hard cut every 4 s (H.264): something to decode and detect."""
+    rng = np.random.default_rng(0)
+    w, h = size
+    with av.open(path, mode="w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.options = {"preset": "ultrafast", "crf": "23"}
+        tile = None
+        for k in range(int(seconds * fps)):
+            if k % (4 * fps) == 0:
+                tile = np.kron(rng.integers(0, 256, (h // 40 + 2, w // 40 + 2, 3), dtype=np.uint8),
+                               np.ones((40, 40, 1), np.uint8))
+            shift = (3 * k) % 40
+            arr = np.ascontiguousarray(tile[shift:shift + h, shift:shift + w])
+            for p in s.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def decode_only(path: str) -> int:
+    n = 0
+    with av.open(path) as c:
+        c.streams.video[0].thread_type = "AUTO"
+        for frame in c.decode(video=0):
+            upright_array(frame, WIDTH, HEIGHT)
+            n += 1
+    return n
+
+
+def best_of(fn, repeat: int) -> tuple[float, int]:
+    """(best seconds, frames) over ``repeat`` runs after one warm-up."""
+    fn()
+    best, frames = float("inf"), 0
+    for _ in range(repeat):
+        t = time.perf_counter()
+        frames = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, frames
+
+
+def model_only(device: str, batch_windows: int, n_windows: int = 32) -> float:
+    """Frames/s of the network alone: ``n_windows`` windows of random frames already on ``device``."""
+    model = load_model(device=device)
+    x = torch.randint(0, 256, (batch_windows, WINDOW, HEIGHT, WIDTH, 3), dtype=torch.uint8, device=device)
+
+    def run() -> int:
+        with torch.inference_mode():
+            for _ in range(max(1, n_windows // batch_windows)):
+                model(x)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return max(1, n_windows // batch_windows) * batch_windows * STEP  # frames each window predicts
+
+    seconds, frames = best_of(run, 3)
+    return frames / seconds
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--video", help="the video to measure on")
+    ap.add_argument("--make", type=float, metavar="SECONDS", help="render a 1280x720 test video of this length")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--batch-windows", type=int, default=8, help="split.transnet_batch_windows")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="split.transnet_device")
+    ap.add_argument("--skip-default", action="store_true", help="leave out the CPU-default rows")
+    ap.add_argument("--out", help="write the JSON here too")
+    a = ap.parse_args(argv)
+    if not a.video and not a.make:
+        ap.error("give --video PATH or --make SECONDS")
+    path = a.video or make_video(os.path.join(tempfile.mkdtemp(), "transnet_bench.mp4"), a.make)
+    device = pick_device(a.device)
+    with av.open(path) as c:
+        st = c.streams.video[0]
+        info = {"video": os.path.basename(path), "width": st.codec_context.width, "height": st.codec_context.height,
+                "fps": float(st.average_rate or 0)}
+    fps = info["fps"] or 25.0
+    result: dict = {**info, "device": device, "torch": torch.__version__, "batch_windows": a.batch_windows,
+                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "host": platform.node(), "loadavg": os.getloadavg()}
+    if device.startswith("cuda"):
+        result["gpu"] = torch.cuda.get_device_name(0)
+
+    seconds, frames = best_of(lambda: decode_only(path), a.repeat)
+    result["frames"] = frames
+    rows = {"decode_only_48x27": frames / seconds}
+
+    def detect(cfg: SplitConfig, with_model: bool):
+        def run() -> int:
+            run_ = TransNetRun.create(cfg) if with_model else None
+            return detect_segments(path, cfg, fps=fps, transnet=run_).n_frames
+        return run
+
+    tn = SplitConfig(detectors=["transnetv2"], transnet_device=a.device, transnet_batch_windows=a.batch_windows,
+                     flash_filter=False, dissolve_spans=False, histogram_evidence=False)
+    seconds, _ = best_of(detect(tn, True), a.repeat)
+    rows["transnetv2"] = frames / seconds
+    if not a.skip_default:
+        both = SplitConfig(transnet_on_gpu=True, transnet_device=a.device, transnet_batch_windows=a.batch_windows)
+        seconds, _ = best_of(detect(both, True), a.repeat)
+        rows["default_plus_transnetv2"] = frames / seconds
+        seconds, _ = best_of(detect(SplitConfig(), False), a.repeat)
+        rows["default"] = frames / seconds
+    rows["model_only"] = model_only(device, a.batch_windows)
+    result["frames_per_s"] = {k: round(v, 1) for k, v in rows.items()}
+    result["transnetv2_of_decode_only"] = round(rows["transnetv2"] / rows["decode_only_48x27"], 3)
+    if "default_plus_transnetv2" in rows:
+        result["default_plus_transnetv2_of_decode_only"] = round(
+            rows["default_plus_transnetv2"] / rows["decode_only_48x27"], 3)
+    result["context_frames"] = CONTEXT
+    print(json.dumps(result, indent=1))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
