@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vidcorpus.config import load_config
-from vidcorpus.frame_index import FrameCursor, FrameIndex, build_index
+from vidcorpus.frame_index import FrameCursor, FrameIndex, build_index, index_of
 from vidcorpus.frame_seek import to_rgb
 from vidcorpus.ids import source_id
 from vidcorpus.ingest.extract import ExtractStage
@@ -70,6 +70,7 @@ def test_an_index_that_misses_a_frame_falls_back_to_counting_from_the_start(tmp_
     cursor.close()
     assert [i for i, _ in got] == list(range(key + 1, key + 21))
     assert all(np.array_equal(to_rgb(f), frames[i]) for i, f in got)
+    assert index_of(path) is None  # no later reader of this source in the process seeks in it again
 
 
 @pytest.fixture(scope="module")

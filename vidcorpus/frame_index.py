@@ -109,6 +109,11 @@ def index_of(path: str) -> FrameIndex | None:
     return _CACHE[key]
 
 
+def forget(path: str) -> None:
+    """Remember that ``path``'s packets do not index its frames (``index_of`` gives None from now on)."""
+    _CACHE[_identity(path)] = None
+
+
 class FrameCursor:
     """An open decoder over one source handing out (frame index, frame) in order from ``start``.
 
@@ -167,9 +172,11 @@ class FrameCursor:
                 yield i, frame
 
     def _restart_from_zero(self) -> None:
-        """This source's packets do not index its frames: decode from the start, up to ``next``."""
+        """This source's packets do not index its frames: decode from the start, up to ``next`` (and
+        no cursor of this process seeks in it again)."""
         resume = self.next
         self.index = None
+        forget(self.path)
         self._open(0)
         while self.next < resume and next(self._numbered(), None) is not None:
             self.next += 1
