@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import ClassVar
 
@@ -59,7 +60,11 @@ class CaptionStage(Stage):
             self.clip = (model, preprocess, tokenizer, clip_model_id(m.clip_model, m.clip_pretrained))
         warm = cap.warmup if cap.warmup is not None else self.captioner.device.type == "cuda"
         if warm:
-            self.warm_up()
+            try:
+                self.warm_up()
+            except Exception as exc:  # noqa: BLE001 - a speed-up: the job goes on, its first batches compile
+                warnings.warn(f"captioning warm-up failed ({type(exc).__name__}: {str(exc)[:200]}); the first "
+                              "batches compile instead", RuntimeWarning, stacklevel=1)
 
     def warm_up(self) -> None:
         """Caption dummy clips (mid-grey 1280x720 frames, or fewer pixels under captioning.max_pixels)

@@ -849,3 +849,26 @@ def test_a_warmed_up_caption_stage_compiles_its_shapes_at_setup_and_captions_as_
     texts = lambda out: {r["clip_id"]: [c["text"] for c in r["captions"]] for r in out.to_pylist()}  # noqa: E731
     assert texts(stage(rows_to_table(rows))) == texts(CaptionStage(cold)(rows_to_table(rows)))
     assert CaptionStage(cold).config.captioning.warmup is None  # off on the CPU unless asked for
+
+
+def test_a_failed_warm_up_is_one_warning_and_the_stage_still_captions(tiny_dir, clips, tiny_clip, monkeypatch):
+    from vidcorpus import events
+    from vidcorpus.captioning.models import Captioner
+    from vidcorpus.captioning.stage import CaptionStage
+
+    cfg = Config()
+    cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"captioner": tiny_dir, **tiny_clip}),
+                                 "captioning": cfg.captioning.model_copy(update={"warmup": True})})
+    generate, calls = Captioner.generate, []
+
+    def failing_once(self, frames, kind, *a, **kw):
+        calls.append(len(frames))
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return generate(self, frames, kind, *a, **kw)
+
+    monkeypatch.setattr(Captioner, "generate", failing_once)
+    rows = [empty_row(source_id="s0", clip_id="c0", clip_path=clips["videos"][0], kept=True)]
+    out, raised = events.split(CaptionStage(cfg)(rows_to_table(rows)).to_pylist())  # its warnings travel with the rows
+    assert [e["message"] for e in raised if "warm-up failed" in e["message"]], raised
+    assert out[0]["error_class"] is None and [c["kind"] for c in out[0]["captions"]] == ["long", "short"]
