@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_edited_footage import load_source  # noqa: E402  (its source loading and cut-free stretches)
+from make_edited_footage import load_source, ping_pong  # noqa: E402  (its source loading and cut-free stretches)
 
 W, H, FPS = 320, 180, 25
 # test.mp4 stretches checked by eye (start, end) and the same-scene run 61..186 (cuts at 103, 132)
@@ -67,12 +67,7 @@ class Take:
     flip: bool = False
 
     def frame_index(self, k: int) -> int:
-        a, b = self.stretch
-        n = b - a
-        i = self.start - a + int(np.floor(k * self.speed))
-        period = max(1, 2 * (n - 1))
-        i %= period
-        return a + (i if i < n else period - i)
+        return ping_pong(self.stretch, self.start, self.speed, k)
 
 
 @dataclass

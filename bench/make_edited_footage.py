@@ -157,9 +157,14 @@ class VideoPlan:
 def source_index(shot: "Shot", k: int) -> int:
     """Source frame for output frame k of a shot; ping-pong (reflect) at the ends of its cut-free
     segment, so a long shot never crosses a cut of the source (a reversal is motion, not a cut)."""
-    a, b = shot.segment
+    return ping_pong(shot.segment, shot.src_start, shot.speed, k)
+
+
+def ping_pong(stretch: tuple[int, int], start: int, speed: float, k: int) -> int:
+    """Frame k of a play from ``start`` at ``speed`` inside [a, b), reflected at both ends."""
+    a, b = stretch
     n = b - a
-    i = shot.src_start - a + int(math.floor(k * shot.speed))
+    i = start - a + int(math.floor(k * speed))
     period = max(1, 2 * (n - 1))
     i %= period
     return a + (i if i < n else period - i)
