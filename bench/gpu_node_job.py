@@ -44,6 +44,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from job_timeline import HostCpu, catalog_timeline  # noqa: E402 - bench/ beside this script
 RECIPE = HERE / "recipes" / "gpu_node_bench_v1.yaml"
 CLIP_NAME = "ViT-L-14"
 CAPTIONER_PX = 224  # frames reach the captioner at 224x224: 8 frames -> 256 video tokens (bench_captioning)
@@ -287,6 +289,10 @@ def catalog_numbers(path: str) -> dict:
     out["caption_new_tokens"] = {k: {"rows": len(v), "sum": sum(v), "mean": round(sum(v) / len(v), 1), "max": max(v)}
                                  for k, v in toks.items()}
     out["stage_stats"] = stage_stats(con)
+    try:
+        out["timeline"] = catalog_timeline(con)
+    except Exception as e:  # noqa: BLE001 - an older catalog without a table: the rest of the report stands
+        out["timeline"] = {"error": f"{type(e).__name__}: {e}"}
     out["run_stats"] = [dict(zip(("run_id", "kind", "status", "stats"), r))
                         for r in q("SELECT run_id, kind, status, stats_json FROM runs ORDER BY started_at")]
     con.close()
@@ -362,6 +368,8 @@ def run_job(footage: Path, models_dir: Path, work: Path, out: Path, budget_s: fl
            "--sets", json.dumps(sets), "--summary", str(summary_path)]
     gpu_mon = GpuBusy()
     gpu_mon.start()
+    cpu_mon = HostCpu()
+    cpu_mon.start()
     t0 = time.time()
     with open(log_path, "w") as log:
         child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -377,6 +385,7 @@ def run_job(footage: Path, models_dir: Path, work: Path, out: Path, budget_s: fl
     t1 = time.time()
     mem.stop.set()
     gpu_mon.close()
+    cpu_mon.stop.set()
     subprocess.run(["ray", "stop", "--force"], capture_output=True) if shutil.which("ray") else None
     from vidcorpus.config import load_config
 
@@ -410,6 +419,7 @@ def run_job(footage: Path, models_dir: Path, work: Path, out: Path, budget_s: fl
         "clips_per_s": round((cat.get("clips") or 0) / wall, 2) if wall > 0 else None,
         "memory": mem.result(),
         "gpu_busy": gpu_mon.result(t0, t1),
+        "host_cpu": cpu_mon.result(t0, t1),
         "catalog": cat,
         "runner_summary": json.loads(summary_path.read_text()) if summary_path.exists() else None,
         "log_tail": tail,
@@ -418,7 +428,7 @@ def run_job(footage: Path, models_dir: Path, work: Path, out: Path, budget_s: fl
     out.write_text(json.dumps(report, indent=1, default=str))
     print(json.dumps({k: report[k] for k in ("exit_code", "stopped_at_budget", "wall_s", "video_hours_processed",
                                              "video_hours_per_gpu_hour", "clips_in", "clips_kept", "memory",
-                                             "gpu_busy")}, indent=1))
+                                             "gpu_busy", "host_cpu")}, indent=1))
     return report
 
 

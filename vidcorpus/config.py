@@ -34,9 +34,9 @@ class RayConfig(Section):
         512, ge=1, description="Sources whose rows are all committed before the driver deduplicates them, marks "
                                "them done and captions their kept clips (a killed driver redoes the rest).")
     clip_rows_per_block: int = Field(
-        8, ge=0, description="Clips per Ray Data block after the splitter: a long source's clips spread over "
-                             "that many tasks of the stages after it, each decoding only its stretch (0: a "
-                             "source's clips stay in one block).")
+        8, ge=0, description="Clips per Ray Data block after the splitter and after each model stage: a long "
+                             "source's clips, or a model's batch, spread over that many tasks of the CPU stages "
+                             "after it, each decoding only its stretch (0: blocks stay as they come).")
     commit_rows: int = Field(64, ge=1, description="Result rows per catalog transaction: what a killed driver loses at most.")
     prefetch_batches: int = Field(1, ge=0, description="Result batches Ray Data prepares ahead of the driver's commits.")
     object_store_mb: int | None = Field(

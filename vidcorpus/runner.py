@@ -112,8 +112,15 @@ def add_stages(cfg: Config, ds, stages: list[type[Stage]], gpus_available: float
     import ray.data
 
     plans = plans or resolve(stages, cfg, gpus_available)
+    after_model = False
     for stage_cls in stages:
         plan = plans[stage_cls]
+        if after_model and not plan.actor and cfg.ray.clip_rows_per_block:
+            # A model stage hands on each of its batches as one block (256 clips from the CLIP actor on
+            # a GPU), and a task takes whole blocks: without this, one task would encode every kept
+            # clip of the batch in turn while the other cores wait (H100 run 3: one extract worker).
+            ds = ds.repartition(target_num_rows_per_block=cfg.ray.clip_rows_per_block)
+        after_model = plan.actor
         if plan.actor:
             ds = ds.map_batches(stage_cls, fn_constructor_args=(cfg,), batch_format="pyarrow",
                                 batch_size=plan.batch_rows, compute=ray.data.ActorPoolStrategy(size=plan.replicas),
