@@ -315,7 +315,7 @@ class ScaleToModel:
         from vidcorpus.frame_seek import reformatter
 
         ow, oh = self.out_size(frame.width, frame.height)
-        arr = reformatter().reformat(frame, ow, oh, "rgb24", interpolation=self.interpolation,
+        arr = reformatter("clip_input").reformat(frame, ow, oh, "rgb24", interpolation=self.interpolation,
                                      threads=1).to_ndarray()
         s = self.size
         top, left = int(round((oh - s) / 2.0)), int(round((ow - s) / 2.0))

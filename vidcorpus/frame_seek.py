@@ -43,11 +43,16 @@ def open_video(data: bytes):
     return av.open(io.BytesIO(data), options=PROBE_OPTIONS)
 
 
-def reformatter() -> VideoReformatter:
-    """This thread's swscale context holder (swscale reuses its context while parameters repeat)."""
-    rf = getattr(_LOCAL, "reformatter", None)
+def reformatter(purpose: str = "rgb") -> VideoReformatter:
+    """This thread's swscale context holder for one ``purpose`` (swscale reuses its context while
+    parameters repeat, so callers that alternate sizes or formats per frame, such as the shot
+    detectors and TransNetV2 reading one decode, each keep their own)."""
+    held = getattr(_LOCAL, "reformatters", None)
+    if held is None:
+        held = _LOCAL.reformatters = {}
+    rf = held.get(purpose)
     if rf is None:
-        rf = _LOCAL.reformatter = VideoReformatter()
+        rf = held[purpose] = VideoReformatter()
     return rf
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from vidcorpus.errors import DecodeError
+from vidcorpus.frame_seek import reformatter
 
 # Quiet FFmpeg's own terminal logging (encoder statistics, decoder chatter). Do NOT route its logs
 # through Python (av.logging.set_level): with threaded decoding, a decoder thread inside the Python
@@ -146,7 +147,11 @@ def upright_array(frame: av.VideoFrame, width: int | None = None, height: int | 
         kwargs["width"], kwargs["height"] = displayed_size(width, height, cw)
     if interpolation:
         kwargs["interpolation"] = interpolation
-    return upright(frame.to_ndarray(format=format, **kwargs), cw)
+    # The same pixels as frame.to_ndarray(...), through a cached single-threaded scaler: to_ndarray
+    # builds a scaler with a thread per CPU for every frame (0.6 to 1.5 ms against 0.4 for a 720p
+    # frame to detection size; worse where 16 tasks each start 16 threads per frame).
+    rf = reformatter(f"{format}:{kwargs.get('width')}x{kwargs.get('height')}:{interpolation}")
+    return upright(rf.reformat(frame, format=format, threads=1, **kwargs).to_ndarray(), cw)
 
 
 def upright_frame(frame: av.VideoFrame) -> av.VideoFrame:
