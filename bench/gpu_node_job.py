@@ -116,6 +116,9 @@ def job_overrides(models: dict, footage: Path, work: Path, gpu: bool, cpus: int 
         "captioning.max_new_tokens=160",
         "captioning.short_max_new_tokens=32",
         "captioning.frames_per_clip=8",
+        # frames shrink to 640x360 before the processor (which makes 224x224-pixel inputs of them):
+        # resizing 8 full 720p frames per clip in the caption actor is CPU the job needs elsewhere
+        "captioning.max_pixels=230400",
     ]
     if cpus:
         sets.append(f"ray.num_cpus={cpus}")
