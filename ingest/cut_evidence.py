@@ -16,7 +16,9 @@ import bisect
 
 import numpy as np
 
+from vidcorpus.ingest.camera_shift import pan_explains
 from vidcorpus.ingest.dissolve import BlendSettings, blend_span
+from vidcorpus.ingest.flash import is_flash
 
 
 def record_cuts(detector):
@@ -42,6 +44,12 @@ def record_cuts(detector):
 def frame_changes(thumbs: np.ndarray) -> np.ndarray:
     """RMS grey change between consecutive thumbnails: ``[k]`` is frame k to k + 1."""
     return np.sqrt((np.diff(thumbs.astype(np.float32), axis=0) ** 2).mean(axis=1))
+
+
+def jump_frame(diffs: np.ndarray, cut: int) -> int:
+    """The frame (one either side of ``cut``) that the largest change leads into."""
+    lo = max(0, cut - 2)
+    return lo + int(np.argmax(diffs[lo:min(len(diffs), cut + 1)])) + 1
 
 
 def jump_ratio(diffs: np.ndarray, cut: int, context: int = 12) -> float:
@@ -72,15 +80,19 @@ def confirmed_cuts(cuts: list[int], theirs: set[int], others: list[int], extra: 
     times the changes around them and no blend around them."""
     if not theirs:
         return cuts
-    seen = sorted(set(others) | set(extra))
     grey = thumbs.astype(np.float32)
+    # a cut that a flash explains is no evidence for the cuts around it
+    seen = sorted(c for c in set(others) | set(extra) if not is_flash(grey, c))
     diffs = frame_changes(grey)
+
+    def jumps(c: int) -> bool:  # a jump that a pan explains (a whip pan) is camera movement
+        return 0 < c <= len(diffs) and jump_ratio(diffs, c) >= min_jump and not pan_explains(grey, jump_frame(diffs, c))
 
     def near_other(c: int) -> bool:
         i = bisect.bisect_left(seen, c - min_len + 1)
         return i < len(seen) and seen[i] < c + min_len
 
-    solid = [c for c in cuts if c not in theirs or near_other(c) or jump_ratio(diffs, c) >= min_jump]
+    solid = [c for c in cuts if c not in theirs or near_other(c) or jumps(c)]
     out: list[int] = []
     for c in cuts:
         i = bisect.bisect_left(solid, c)

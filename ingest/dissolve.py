@@ -60,11 +60,19 @@ class BlendSettings:
     # Fine detail mid-blend over the line between the end frames (``detail_dip``): 0.43 to 0.79 for
     # the benchmark's dissolves but one (1.02), 0.93 to 1.22 for the ramps that motion makes.
     max_detail_dip: float = 0.85
+    # Around a detected cut, a blend without the dip still counts when its end frames differ this many
+    # times more than either side changes by itself over as many frames, half a second at least
+    # (``replacement_ratio``): 2.3 to 4.7 for the wide benchmark's dissolves (seed 0) but one (1.0,
+    # which dips), 0.4 to 1.5 for motion ramps but one zoom reversal (2.8, where no detector cut:
+    # the scan still asks for the dip).
+    min_replacement: float = 2.0
+    replacement_frames: int = 12  # the shortest stretch either side is compared over (half a second at 25 fps)
 
 
 def blend_settings(cfg, fps: float) -> BlendSettings:
     """The split section's settings in frames at ``fps``."""
-    return BlendSettings(max_frames=max(4, round(cfg.dissolve_max_seconds * fps)), scan=cfg.dissolve_scan)
+    return BlendSettings(max_frames=max(4, round(cfg.dissolve_max_seconds * fps)), scan=cfg.dissolve_scan,
+                         replacement_frames=max(2, round(fps / 2)))
 
 
 def _alpha(thumbs: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -183,11 +191,24 @@ def detail_dip(detail: np.ndarray, first: int, last: int) -> float:
     return float(ratio[n // 3:max(n // 3 + 1, n - n // 3)].mean())
 
 
+def replacement_ratio(thumbs: np.ndarray, first: int, last: int, min_gap: int = 12) -> float:
+    """RMS difference of the frames just outside ``first..last`` over the larger change of either
+    side by itself across as many frames (``min_gap`` at least). A dissolve replaces one picture
+    with another; a camera move changes the picture at about the pace it had before and keeps after."""
+    n = len(thumbs)
+    gap = max(last - first + 2, min_gap)
+    a, b = thumbs[first - 1], thumbs[last + 1]
+    rms = lambda x: float(np.sqrt(np.mean(x ** 2)))  # noqa: E731
+    own = max(rms(a - thumbs[max(0, first - 1 - gap)]), rms(thumbs[min(n - 1, last + 1 + gap)] - b), 1.0)
+    return rms(b - a) / own
+
+
 def blend_span(thumbs: np.ndarray, g0: int, g1: int, lo: int, hi: int, s: BlendSettings,
                max_ratio: float | None = None, min_change: float | None = None,
-               detail: np.ndarray | None = None) -> tuple[int, int] | None:
+               detail: np.ndarray | None = None, scan: bool = False) -> tuple[int, int] | None:
     """The blend around the boundary whose frames ``g0 .. g1 - 1`` are already out of the shots
-    (``g0 == g1``: a plain cut before frame ``g1``), searched in frames ``lo .. hi``."""
+    (``g0 == g1``: a plain cut before frame ``g1``), searched in frames ``lo .. hi``; ``scan``: where
+    no detector cut (the detail dip is then required)."""
     if g0 - lo < 4 or hi - g1 < 3:
         return None
     max_ratio = max_ratio or s.max_misfit_ratio
@@ -215,7 +236,8 @@ def blend_span(thumbs: np.ndarray, g0: int, g1: int, lo: int, hi: int, s: BlendS
     if last - first + 1 < s.min_frames or misfit_ratio(thumbs, first, last) >= max_ratio:
         return None
     if detail is not None and (first < 1 or last + 1 >= len(detail)
-                               or detail_dip(detail, first, last) >= s.max_detail_dip):
+                               or detail_dip(detail, first, last) >= s.max_detail_dip
+                               and (scan or replacement_ratio(thumbs, first, last, s.replacement_frames) < s.min_replacement)):
         return None
     return first, last
 
@@ -229,7 +251,7 @@ def scan_blends(thumbs: np.ndarray, shots: list[tuple[int, int]], s: BlendSettin
             if found and k <= found[-1][1]:
                 continue
             span = blend_span(thumbs, k, k, max(a, k - s.max_frames), min(b, k + s.max_frames), s,
-                              s.scan_misfit_ratio, s.scan_min_change, detail)
+                              s.scan_misfit_ratio, s.scan_min_change, detail, scan=True)
             if span and a < span[0] and span[1] < b:
                 found.append(span)
     return found
