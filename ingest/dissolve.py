@@ -45,7 +45,8 @@ class BlendSettings:
     min_ramp: int = 2  # frames inside the band a ramp needs (a hard cut has none, motion rarely climbs so steadily)
     max_misfit: float = 0.12  # largest distance of a ramp frame's alpha from the fitted line
     wobble: float = 0.05  # a ramp may step back this much between frames (the shots' own motion)
-    black: float = 0.3  # a fade's darkest frame is at most this share of the brightness of its neighbours
+    black: float = 0.3  # a fade's darkest frame is at most this share of the brightness of its neighbours,
+    video_black: float = 16.0  # measured above the luma of black (16 in limited-range video, as most is coded)
     end_ratio: float = 1.0  # an end frame the blend explains no better than the nearer end frame is clean
     margin: int = 1  # frames added at both ends of a span (the fit is often a frame off; a faint end frame)
     # How much better the blend explains the span's frames than the nearer of its two end frames does
@@ -219,7 +220,7 @@ def blend_span(thumbs: np.ndarray, g0: int, g1: int, lo: int, hi: int, s: BlendS
     # a fade: a frame near the boundary far darker than both pictures
     near = slice(max(0, centre - s.max_frames), min(len(win), centre + s.max_frames + 1))
     dark = near.start + int(np.argmin(bright[near]))
-    if bright[dark] < s.black * min(float(ref_a.mean()), float(ref_b.mean())):
+    if bright[dark] - s.video_black < s.black * (min(float(ref_a.mean()), float(ref_b.mean())) - s.video_black):
         black = win[dark]
         out_ = _fitted_ramp(win[:dark + 1], ref_a, black, dark, s)  # fading out: climbs towards black
         in_ = _fitted_ramp(win[dark:], black, ref_b, 0, s)  # fading in
