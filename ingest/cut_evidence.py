@@ -102,7 +102,8 @@ def confirmed_cuts(cuts: list[int], theirs: set[int], others: list[int], extra: 
         # the blend is searched between the neighbouring cuts that stand anyway
         lo = max(c - settings.max_frames, solid[i - 1] if i else 0, 0)
         hi = min(c + settings.max_frames - 1, solid[i] - 1 if i < len(solid) else len(grey) - 1, len(grey) - 1)
-        span = blend_span(grey, c, c, lo, hi, settings, detail=detail)
+        shots = (solid[i - 1] if i else 0, solid[i] - 1 if i < len(solid) else len(grey) - 1)
+        span = blend_span(grey, c, c, lo, hi, settings, detail=detail, shots=shots)
         if span is not None and span[0] - 2 <= c <= span[1] + 2:  # the blend is where the cut is
             out.append(c)
     return out

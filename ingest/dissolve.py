@@ -192,24 +192,32 @@ def detail_dip(detail: np.ndarray, first: int, last: int) -> float:
     return float(ratio[n // 3:max(n // 3 + 1, n - n // 3)].mean())
 
 
-def replacement_ratio(thumbs: np.ndarray, first: int, last: int, min_gap: int = 12) -> float:
+def replacement_ratio(thumbs: np.ndarray, first: int, last: int, min_gap: int = 12,
+                      shots: tuple[int, int] | None = None) -> float:
     """RMS difference of the frames just outside ``first..last`` over the larger change of either
     side by itself across as many frames (``min_gap`` at least). A dissolve replaces one picture
-    with another; a camera move changes the picture at about the pace it had before and keeps after."""
-    n = len(thumbs)
+    with another; a camera move changes the picture at about the pace it had before and keeps after.
+    Each side is measured inside ``shots`` (the first and last frame of the two shots around the
+    blend; the whole source when None): where either side has fewer than ``min_gap`` frames there,
+    its own pace is unknown and the ratio is 0."""
+    lo, hi = shots if shots is not None else (0, len(thumbs) - 1)
     gap = max(last - first + 2, min_gap)
+    if first - 1 - lo < min_gap or hi - last - 1 < min_gap:
+        return 0.0
     a, b = thumbs[first - 1], thumbs[last + 1]
     rms = lambda x: float(np.sqrt(np.mean(x ** 2)))  # noqa: E731
-    own = max(rms(a - thumbs[max(0, first - 1 - gap)]), rms(thumbs[min(n - 1, last + 1 + gap)] - b), 1.0)
+    own = max(rms(a - thumbs[max(lo, first - 1 - gap)]), rms(thumbs[min(hi, last + 1 + gap)] - b), 1.0)
     return rms(b - a) / own
 
 
 def blend_span(thumbs: np.ndarray, g0: int, g1: int, lo: int, hi: int, s: BlendSettings,
                max_ratio: float | None = None, min_change: float | None = None,
-               detail: np.ndarray | None = None, scan: bool = False) -> tuple[int, int] | None:
+               detail: np.ndarray | None = None, scan: bool = False,
+               shots: tuple[int, int] | None = None) -> tuple[int, int] | None:
     """The blend around the boundary whose frames ``g0 .. g1 - 1`` are already out of the shots
     (``g0 == g1``: a plain cut before frame ``g1``), searched in frames ``lo .. hi``; ``scan``: where
-    no detector cut (the detail dip is then required)."""
+    no detector cut (the detail dip is then required); ``shots``: the first and last frame of the
+    shots on both sides (``replacement_ratio``)."""
     if g0 - lo < 4 or hi - g1 < 3:
         return None
     max_ratio = max_ratio or s.max_misfit_ratio
@@ -238,7 +246,7 @@ def blend_span(thumbs: np.ndarray, g0: int, g1: int, lo: int, hi: int, s: BlendS
         return None
     if detail is not None and (first < 1 or last + 1 >= len(detail)
                                or detail_dip(detail, first, last) >= s.max_detail_dip
-                               and (scan or replacement_ratio(thumbs, first, last, s.replacement_frames) < s.min_replacement)):
+                               and (scan or replacement_ratio(thumbs, first, last, s.replacement_frames, shots) < s.min_replacement)):
         return None
     return first, last
 
@@ -275,7 +283,7 @@ def drop_blends(shots: list[tuple[int, int]], dropped: list[DroppedSegment], thu
     for i, ((a0, b0), (a1, b1)) in enumerate(zip(shots, shots[1:])):
         lo = max(a0, b0 + 1 - s.max_frames)
         hi = min(b1, a1 + s.max_frames - 1, n - 1)
-        span = blend_span(grey, b0 + 1, a1, lo, hi, s, detail=detail)
+        span = blend_span(grey, b0 + 1, a1, lo, hi, s, detail=detail, shots=(a0, b1))
         if span is None:
             continue
         first, last = max(a0, span[0] - s.margin), min(b1, span[1] + s.margin)
