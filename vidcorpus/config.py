@@ -119,8 +119,9 @@ class SplitConfig(Section):
                            "or a fade/dissolve surrounds it (fast motion and zooms drift its histograms; "
                            "ingest/cut_evidence.py).")
     jump_cuts: bool = Field(
-        True, description="pyav backend: a one-frame change 4 times the changes around it that no pan explains is a cut "
-                          "(jump cuts from a still camera that the detectors miss; ingest/thumbnail_jumps.py).")
+        False, description="pyav backend: a one-frame change 4 times the changes around it that no pan explains is a cut "
+                           "(jump cuts from a still camera that the detectors miss; ingest/thumbnail_jumps.py). Off by "
+                           "default: it also cuts where a small object jumps (docs/benchmarks.md).")
     dissolve_max_seconds: float = Field(
         1.2, gt=0, description="dissolve_spans: the longest blend looked for (each half of a fade to black and back).")
     dissolve_scan: bool = Field(
