@@ -7,7 +7,8 @@ detector alone has none. Such a change is gradual, frame after frame; a real cut
 jump (one frame-to-frame change far above the changes around it) or a fade or dissolve, whose
 frames blend one picture into another (``ingest/dissolve.py``). So each cut that no other
 detector reported within ``min_len`` frames is checked on the flash filter's grey thumbnails and
-dropped when it shows neither.
+dropped when it shows neither. A jump that a pan explains is camera movement (a whip pan:
+``ingest/camera_shift.py``), and another detector's cut that a flash explains supports nothing.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def confirmed_cuts(cuts: list[int], theirs: set[int], others: list[int], extra: 
                    min_jump: float = 4.0) -> list[int]:
     """``cuts`` without those only the histogram detector reported (``theirs``; ``others`` and
     ``extra`` are the other detectors' cuts, ``reported_by``) that show no jump of ``min_jump``
-    times the changes around them and no blend around them."""
+    times the changes around them (that no pan explains) and no blend around them."""
     if not theirs:
         return cuts
     grey = thumbs.astype(np.float32)
