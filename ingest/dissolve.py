@@ -244,10 +244,12 @@ def blend_span(thumbs: np.ndarray, g0: int, g1: int, lo: int, hi: int, s: BlendS
     first, last = trim_clean_ends(thumbs, lo + span[0], lo + span[1], s)
     if last - first + 1 < s.min_frames or misfit_ratio(thumbs, first, last) >= max_ratio:
         return None
-    if detail is not None and (first < 1 or last + 1 >= len(detail)
-                               or detail_dip(detail, first, last) >= s.max_detail_dip
-                               and (scan or replacement_ratio(thumbs, first, last, s.replacement_frames, shots) < s.min_replacement)):
+    if detail is not None and (first < 1 or last + 1 >= len(detail)):
         return None
+    if detail is not None and detail_dip(detail, first, last) >= s.max_detail_dip:
+        # no dip: a blend only around a detected cut, and only where the picture is replaced
+        if scan or replacement_ratio(thumbs, first, last, s.replacement_frames, shots) < s.min_replacement:
+            return None
     return first, last
 
 
