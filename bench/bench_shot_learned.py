@@ -11,10 +11,12 @@ thresholds re-decide from the saved file, as a user would, without running the m
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_shot_learned.py --out bench/results/shot_learned_cpu.json
 
-Metrics: hard-cut precision/recall/F1 (a predicted boundary within one frame of a cut), gradual
-recall (a boundary or an excluded span touches the transition), false cuts per minute (boundaries
-matching no transition; the flash is counted apart), and the share of transition frames that end
-up inside shots. Runs in about a minute on 2 cores (CPU).
+Metrics: the frames between two consecutive shots are one boundary event (as in
+bench_shot_wide.py; until 2026-12-05 22:00 UTC each shot start and end counted apart, so a dropped
+dissolve span that ended three frames after the dissolve counted as a false cut). Hard-cut
+precision/recall/F1 (an event within one frame of a cut), gradual recall (an event overlaps the
+transition), false cuts per minute (events matching no transition; the flash is counted apart), and
+the share of transition frames that end up inside shots. Runs in about a minute on 2 cores (CPU).
 """
 
 from __future__ import annotations
@@ -101,24 +103,29 @@ def build_edit(path: str) -> dict:
 
 
 def evaluate(shots: list[tuple[int, int]], truth: dict) -> dict:
-    bounds = sorted({a for a, _ in shots[1:]} | {b + 1 for _, b in shots[:-1]})
+    """The measures of the module docstring. The frames between two consecutive shots are one boundary
+    event (``bench_shot_wide.events``): a dropped dissolve span is one event, not two cuts."""
     covered = np.zeros(truth["n"], bool)
     for a, b in shots:
         covered[a:b + 1] = True
     gradual = truth["gradual"]
-    hit_cuts = [c for c in truth["cuts"] if any(abs(b - c) <= 1 for b in bounds)]
+    events = [(b + 1, a2) for (_, b), (a2, _) in zip(shots, shots[1:])]  # first frame out, first frame in
     fa, fb = truth["flash"]
 
-    def explained(b: int) -> bool:
-        return any(abs(b - c) <= 1 for c in truth["cuts"]) or any(a - 1 <= b <= e + 2 for a, e in gradual)
+    def near_cut(e):
+        return [c for c in truth["cuts"] if e[0] - 1 <= c <= e[1] + 1]
 
-    flash = [b for b in bounds if fa - 1 <= b <= fb + 2]
-    false = [b for b in bounds if not explained(b) and b not in flash]
-    found = [g for g in gradual if any(g[0] - 1 <= b <= g[1] + 2 for b in bounds) or not covered[g[0]:g[1] + 1].all()]
+    def on_gradual(e):
+        return any(e[0] <= g1 + 2 and e[1] >= g0 - 1 for g0, g1 in gradual)
+
+    hit_cuts = sorted({c for e in events for c in near_cut(e)})
+    flash = [e[1] for e in events if not near_cut(e) and not on_gradual(e) and e[0] - 1 <= fb + 1 and e[1] >= fa]
+    false = [e[1] for e in events if not near_cut(e) and not on_gradual(e) and e[1] not in flash]
+    found = [g for g in gradual if any(e[0] <= g[1] + 2 and e[1] >= g[0] - 1 for e in events)
+             or not covered[g[0]:g[1] + 1].all()]
     inside = sum(int(covered[a:b + 1].sum()) for a, b in gradual)
     total = sum(b - a + 1 for a, b in gradual)
-    cut_pred = [b for b in bounds if any(abs(b - c) <= 1 for c in truth["cuts"])] + false + flash
-    p = len(hit_cuts) / max(1, len(cut_pred))
+    p = len(hit_cuts) / max(1, len(hit_cuts) + len(false) + len(flash))
     r = len(hit_cuts) / len(truth["cuts"])
     minutes = truth["n"] / FPS / 60
     return {"hard_precision": round(p, 3), "hard_recall": round(r, 3),

@@ -129,6 +129,7 @@ CONFIGS = {
     "adaptive+histogram + dissolve spans, no scan": row(AH, dissolve_scan=False, **SPANS),
     "adaptive+histogram + evidence": row(AH, **EVIDENCE),
     "adaptive+histogram + evidence + dissolve spans": row(AH, **EVIDENCE, **SPANS),
+    "adaptive+histogram + evidence + dissolve spans + jump cuts": row(AH, jump_cuts=True, **EVIDENCE, **SPANS),
     "adaptive": row(["adaptive"]),
     "adaptive + dissolve spans": row(["adaptive"], **SPANS),
     "content": row(["content"]),
@@ -164,12 +165,14 @@ def main(argv: list[str] | None = None) -> dict:
                     help="where TransNetV2's probabilities are kept between runs")
     ap.add_argument("--no-transnet", action="store_true", help="leave out the rows with transnetv2")
     ap.add_argument("--only", nargs="*", help="run only these rows (names as in the table)")
+    ap.add_argument("--seed", type=int, default=0, help="the edit's shuffle of takes and joins (0: the table's); "
+                                                        "other seeds check that a change is not fitted to one edit")
     a = ap.parse_args(argv)
     tmp = tempfile.mkdtemp()
     os.makedirs(a.cache, exist_ok=True)
     t0 = time.perf_counter()
-    truth = footage.build(tmp, a.sources)
-    results: dict = {"build_s": round(time.perf_counter() - t0, 1), "truth": truth, "detectors": {},
+    truth = footage.build(tmp, a.sources, a.seed)
+    results: dict = {"build_s": round(time.perf_counter() - t0, 1), "seed": a.seed, "truth": truth, "detectors": {},
                      "loadavg_start": os.getloadavg()}
     probs, tn_fps = {}, []
     for name, t in truth.items():

@@ -7,7 +7,8 @@ detector alone has none. Such a change is gradual, frame after frame; a real cut
 jump (one frame-to-frame change far above the changes around it) or a fade or dissolve, whose
 frames blend one picture into another (``ingest/dissolve.py``). So each cut that no other
 detector reported within ``min_len`` frames is checked on the flash filter's grey thumbnails and
-dropped when it shows neither.
+dropped when it shows neither. A jump that a pan explains is camera movement (a whip pan:
+``ingest/camera_shift.py``), and another detector's cut that a flash explains supports nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import bisect
 
 import numpy as np
 
+from vidcorpus.ingest.camera_shift import pan_explains
 from vidcorpus.ingest.dissolve import BlendSettings, blend_span
+from vidcorpus.ingest.flash import is_flash
 
 
 def record_cuts(detector):
@@ -44,6 +47,12 @@ def frame_changes(thumbs: np.ndarray) -> np.ndarray:
     return np.sqrt((np.diff(thumbs.astype(np.float32), axis=0) ** 2).mean(axis=1))
 
 
+def jump_frame(diffs: np.ndarray, cut: int) -> int:
+    """The frame (one either side of ``cut``) that the largest change leads into."""
+    lo = max(0, cut - 2)
+    return lo + int(np.argmax(diffs[lo:min(len(diffs), cut + 1)])) + 1
+
+
 def jump_ratio(diffs: np.ndarray, cut: int, context: int = 12) -> float:
     """The largest frame-to-frame change at the cut (one frame either side) over the median change
     of the ``context`` frames before and after it (``diffs`` from ``frame_changes``)."""
@@ -69,18 +78,22 @@ def confirmed_cuts(cuts: list[int], theirs: set[int], others: list[int], extra: 
                    min_jump: float = 4.0) -> list[int]:
     """``cuts`` without those only the histogram detector reported (``theirs``; ``others`` and
     ``extra`` are the other detectors' cuts, ``reported_by``) that show no jump of ``min_jump``
-    times the changes around them and no blend around them."""
+    times the changes around them (that no pan explains) and no blend around them."""
     if not theirs:
         return cuts
-    seen = sorted(set(others) | set(extra))
     grey = thumbs.astype(np.float32)
+    # a cut that a flash explains is no evidence for the cuts around it
+    seen = sorted(c for c in set(others) | set(extra) if not is_flash(grey, c))
     diffs = frame_changes(grey)
+
+    def jumps(c: int) -> bool:  # a jump that a pan explains (a whip pan) is camera movement
+        return 0 < c <= len(diffs) and jump_ratio(diffs, c) >= min_jump and not pan_explains(grey, jump_frame(diffs, c))
 
     def near_other(c: int) -> bool:
         i = bisect.bisect_left(seen, c - min_len + 1)
         return i < len(seen) and seen[i] < c + min_len
 
-    solid = [c for c in cuts if c not in theirs or near_other(c) or jump_ratio(diffs, c) >= min_jump]
+    solid = [c for c in cuts if c not in theirs or near_other(c) or jumps(c)]
     out: list[int] = []
     for c in cuts:
         i = bisect.bisect_left(solid, c)
@@ -90,7 +103,8 @@ def confirmed_cuts(cuts: list[int], theirs: set[int], others: list[int], extra: 
         # the blend is searched between the neighbouring cuts that stand anyway
         lo = max(c - settings.max_frames, solid[i - 1] if i else 0, 0)
         hi = min(c + settings.max_frames - 1, solid[i] - 1 if i < len(solid) else len(grey) - 1, len(grey) - 1)
-        span = blend_span(grey, c, c, lo, hi, settings, detail=detail)
+        shots = (solid[i - 1] if i else 0, solid[i] - 1 if i < len(solid) else len(grey) - 1)
+        span = blend_span(grey, c, c, lo, hi, settings, detail=detail, shots=shots)
         if span is not None and span[0] - 2 <= c <= span[1] + 2:  # the blend is where the cut is
             out.append(c)
     return out

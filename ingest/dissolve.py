@@ -45,7 +45,8 @@ class BlendSettings:
     min_ramp: int = 2  # frames inside the band a ramp needs (a hard cut has none, motion rarely climbs so steadily)
     max_misfit: float = 0.12  # largest distance of a ramp frame's alpha from the fitted line
     wobble: float = 0.05  # a ramp may step back this much between frames (the shots' own motion)
-    black: float = 0.3  # a fade's darkest frame is at most this share of the brightness of its neighbours
+    black: float = 0.3  # a fade's darkest frame is at most this share of the brightness of its neighbours,
+    video_black: float = 16.0  # measured above the luma of black (16 in limited-range video, as most is coded)
     end_ratio: float = 1.0  # an end frame the blend explains no better than the nearer end frame is clean
     margin: int = 1  # frames added at both ends of a span (the fit is often a frame off; a faint end frame)
     # How much better the blend explains the span's frames than the nearer of its two end frames does
@@ -60,11 +61,19 @@ class BlendSettings:
     # Fine detail mid-blend over the line between the end frames (``detail_dip``): 0.43 to 0.79 for
     # the benchmark's dissolves but one (1.02), 0.93 to 1.22 for the ramps that motion makes.
     max_detail_dip: float = 0.85
+    # Around a detected cut, a blend without the dip still counts when its end frames differ this many
+    # times more than either side changes by itself over as many frames, half a second at least
+    # (``replacement_ratio``): 2.3 to 4.7 for the wide benchmark's dissolves (seed 0) but one (1.0,
+    # which dips), 0.4 to 1.5 for motion ramps but one zoom reversal (2.8, where no detector cut:
+    # the scan still asks for the dip).
+    min_replacement: float = 2.0
+    replacement_frames: int = 12  # the shortest stretch either side is compared over (half a second at 25 fps)
 
 
 def blend_settings(cfg, fps: float) -> BlendSettings:
     """The split section's settings in frames at ``fps``."""
-    return BlendSettings(max_frames=max(4, round(cfg.dissolve_max_seconds * fps)), scan=cfg.dissolve_scan)
+    return BlendSettings(max_frames=max(4, round(cfg.dissolve_max_seconds * fps)), scan=cfg.dissolve_scan,
+                         replacement_frames=max(2, round(fps / 2)))
 
 
 def _alpha(thumbs: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -183,11 +192,32 @@ def detail_dip(detail: np.ndarray, first: int, last: int) -> float:
     return float(ratio[n // 3:max(n // 3 + 1, n - n // 3)].mean())
 
 
+def replacement_ratio(thumbs: np.ndarray, first: int, last: int, min_gap: int = 12,
+                      shots: tuple[int, int] | None = None) -> float:
+    """RMS difference of the frames just outside ``first..last`` over the larger change of either
+    side by itself across as many frames (``min_gap`` at least). A dissolve replaces one picture
+    with another; a camera move changes the picture at about the pace it had before and keeps after.
+    Each side is measured inside ``shots`` (the first and last frame of the two shots around the
+    blend; the whole source when None): where either side has fewer than ``min_gap`` frames there,
+    its own pace is unknown and the ratio is 0."""
+    lo, hi = shots if shots is not None else (0, len(thumbs) - 1)
+    gap = max(last - first + 2, min_gap)
+    if first - 1 - lo < min_gap or hi - last - 1 < min_gap:
+        return 0.0
+    a, b = thumbs[first - 1], thumbs[last + 1]
+    rms = lambda x: float(np.sqrt(np.mean(x ** 2)))  # noqa: E731
+    own = max(rms(a - thumbs[max(lo, first - 1 - gap)]), rms(thumbs[min(hi, last + 1 + gap)] - b), 1.0)
+    return rms(b - a) / own
+
+
 def blend_span(thumbs: np.ndarray, g0: int, g1: int, lo: int, hi: int, s: BlendSettings,
                max_ratio: float | None = None, min_change: float | None = None,
-               detail: np.ndarray | None = None) -> tuple[int, int] | None:
+               detail: np.ndarray | None = None, scan: bool = False,
+               shots: tuple[int, int] | None = None) -> tuple[int, int] | None:
     """The blend around the boundary whose frames ``g0 .. g1 - 1`` are already out of the shots
-    (``g0 == g1``: a plain cut before frame ``g1``), searched in frames ``lo .. hi``."""
+    (``g0 == g1``: a plain cut before frame ``g1``), searched in frames ``lo .. hi``; ``scan``: where
+    no detector cut (the detail dip is then required); ``shots``: the first and last frame of the
+    shots on both sides (``replacement_ratio``)."""
     if g0 - lo < 4 or hi - g1 < 3:
         return None
     max_ratio = max_ratio or s.max_misfit_ratio
@@ -198,7 +228,7 @@ def blend_span(thumbs: np.ndarray, g0: int, g1: int, lo: int, hi: int, s: BlendS
     # a fade: a frame near the boundary far darker than both pictures
     near = slice(max(0, centre - s.max_frames), min(len(win), centre + s.max_frames + 1))
     dark = near.start + int(np.argmin(bright[near]))
-    if bright[dark] < s.black * min(float(ref_a.mean()), float(ref_b.mean())):
+    if bright[dark] - s.video_black < s.black * (min(float(ref_a.mean()), float(ref_b.mean())) - s.video_black):
         black = win[dark]
         out_ = _fitted_ramp(win[:dark + 1], ref_a, black, dark, s)  # fading out: climbs towards black
         in_ = _fitted_ramp(win[dark:], black, ref_b, 0, s)  # fading in
@@ -214,9 +244,12 @@ def blend_span(thumbs: np.ndarray, g0: int, g1: int, lo: int, hi: int, s: BlendS
     first, last = trim_clean_ends(thumbs, lo + span[0], lo + span[1], s)
     if last - first + 1 < s.min_frames or misfit_ratio(thumbs, first, last) >= max_ratio:
         return None
-    if detail is not None and (first < 1 or last + 1 >= len(detail)
-                               or detail_dip(detail, first, last) >= s.max_detail_dip):
+    if detail is not None and (first < 1 or last + 1 >= len(detail)):
         return None
+    if detail is not None and detail_dip(detail, first, last) >= s.max_detail_dip:
+        # no dip: a blend only around a detected cut, and only where the picture is replaced
+        if scan or replacement_ratio(thumbs, first, last, s.replacement_frames, shots) < s.min_replacement:
+            return None
     return first, last
 
 
@@ -229,7 +262,7 @@ def scan_blends(thumbs: np.ndarray, shots: list[tuple[int, int]], s: BlendSettin
             if found and k <= found[-1][1]:
                 continue
             span = blend_span(thumbs, k, k, max(a, k - s.max_frames), min(b, k + s.max_frames), s,
-                              s.scan_misfit_ratio, s.scan_min_change, detail)
+                              s.scan_misfit_ratio, s.scan_min_change, detail, scan=True)
             if span and a < span[0] and span[1] < b:
                 found.append(span)
     return found
@@ -252,7 +285,7 @@ def drop_blends(shots: list[tuple[int, int]], dropped: list[DroppedSegment], thu
     for i, ((a0, b0), (a1, b1)) in enumerate(zip(shots, shots[1:])):
         lo = max(a0, b0 + 1 - s.max_frames)
         hi = min(b1, a1 + s.max_frames - 1, n - 1)
-        span = blend_span(grey, b0 + 1, a1, lo, hi, s, detail=detail)
+        span = blend_span(grey, b0 + 1, a1, lo, hi, s, detail=detail, shots=(a0, b1))
         if span is None:
             continue
         first, last = max(a0, span[0] - s.margin), min(b1, span[1] + s.margin)

@@ -93,6 +93,20 @@ def is_flash(thumbs: np.ndarray, cut: int, max_frames: int = 4, lift: float = 25
         for after in range(max(cut, before + 2), min(n, before + max_frames + 2)):
             between = luma[before + 1:after]
             if (between.min() > max(luma[before], luma[after]) + lift
-                    and np.abs(thumbs[before] - thumbs[after]).mean() < same):
+                    and same_picture(thumbs[before], thumbs[after], after - before, same)):
                 return True
     return False
+
+
+def same_picture(a: np.ndarray, b: np.ndarray, frames_apart: int, same: float = 30.0) -> bool:
+    """Whether thumbnails ``a`` and ``b`` show one picture: a mean absolute difference under ``same``,
+    or a panned one: shifted back by up to a block (an eighth of the width) per frame between them,
+    three at most, the difference falls under ``same`` and to at most half of the unshifted one (any
+    two pictures match a little better at some shift; a pan is what the shift explains). A flash
+    during a whip pan (``ingest/camera_shift.py``)."""
+    plain = float(np.abs(a - b).mean())
+    if plain < same:
+        return True
+    from vidcorpus.ingest.camera_shift import shifted_distance
+
+    return shifted_distance(a, b, min(3, frames_apart - 1), 1, mean_abs=True) < min(same, plain / 2)

@@ -24,6 +24,7 @@ from vidcorpus.ingest.segments import TRANSITION, DroppedSegment, ShotSplit, dro
 from vidcorpus.ingest.cut_evidence import confirmed_cuts, record_cuts, reported_by
 from vidcorpus.ingest.dissolve import blend_settings, drop_blends
 from vidcorpus.ingest.flash import FlashWatch
+from vidcorpus.ingest.thumbnail_jumps import thumbnail_jumps
 from vidcorpus.ingest.transnet import TransNetRun
 from vidcorpus.ingest.transnet import runs_here as transnet_runs_here
 from vidcorpus.media import clockwise_rotation, displayed_size, upright_array
@@ -216,7 +217,7 @@ def detect_segments(path: str, cfg, fps: float | None = None, max_seconds: float
     ``rotation``: the clockwise turn that makes the frames upright (the probe's ``rotation``; None
     reads the display matrix): the detectors see the picture as it is shown.
     """
-    thumbs_needed = cfg.flash_filter or cfg.dissolve_spans or cfg.histogram_evidence
+    thumbs_needed = cfg.flash_filter or cfg.dissolve_spans or cfg.histogram_evidence or cfg.jump_cuts
     flashes = FlashWatch() if thumbs_needed and cfg.backend == "pyav" else None
     video = open_detection_stream(path, cfg, flashes, transnet, rotation)
     fps = fps or float(video.frame_rate)
@@ -280,11 +281,12 @@ def segments_from(found: DetectorPass, cfg, fps: float, transnet: TransNetRun | 
     thumbs = found.thumbs[:total] if found.thumbs is not None else None
     detail = found.detail[:total] if found.detail is not None else None
     learned = transnet.finish(total).cuts if transnet else []
-    cuts = sorted({*found.cuts, *learned})
+    jumps = thumbnail_jumps(thumbs, min_len) if thumbs is not None and cfg.jump_cuts else []  # missed jump cuts
+    cuts = sorted({*found.cuts, *learned, *jumps})
     if thumbs is not None and cfg.flash_filter:
         cuts = FlashWatch.cuts_without_flashes(thumbs, cuts)
     if thumbs is not None and cfg.histogram_evidence:  # a cut only the histogram detector saw needs a jump or a blend
-        cuts = confirmed_cuts(cuts, found.histogram_cuts, found.other_cuts, learned, thumbs, min_len,
+        cuts = confirmed_cuts(cuts, found.histogram_cuts, found.other_cuts, [*learned, *jumps], thumbs, min_len,
                               blend_settings(cfg, fps), detail)
     cuts = _merge_close(cuts, min_len)
     bounds = [0, *[c for c in cuts if 0 < c < total], total]

@@ -54,7 +54,7 @@ def detect_chunk(path: str, cfg, fps: float, rotation: int | None, start: int, e
                  index: FrameIndex) -> DetectorPass:
     """What the detectors find in frames [start, end) (the last chunk: to the end of the stream)."""
     warm = max(0, start - seconds_to_frames(WARM_SECONDS, fps))
-    thumbs_needed = cfg.flash_filter or cfg.dissolve_spans or cfg.histogram_evidence
+    thumbs_needed = cfg.flash_filter or cfg.dissolve_spans or cfg.histogram_evidence or cfg.jump_cuts
     flashes = FlashWatch() if thumbs_needed else None
     video = open_detection_stream(path, cfg, flashes, None, rotation, warm, index)
     first = video.frame_number  # the keyframe the stream starts at (at or before warm)

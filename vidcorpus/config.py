@@ -109,15 +109,19 @@ class SplitConfig(Section):
                           "instead of decoding the whole clip.")
     flash_filter: bool = Field(
         True, description="pyav backend: a cut around at most 4 frames brighter than the same picture before and after "
-                          "is a camera flash, not a cut (ingest/flash.py).")
+                          "(or that picture panned) is a camera flash, not a cut (ingest/flash.py).")
     dissolve_spans: bool = Field(
         True, description="pyav backend: around each cut, the frames that blend the shot before into the shot after "
                            "(a dissolve or fade the detectors cut somewhere inside) are dropped as a transition "
                            "(ingest/dissolve.py).")
     histogram_evidence: bool = Field(
         True, description="pyav backend: a cut only the histogram detector reports stays only where the picture jumps "
-                           "or a fade/dissolve surrounds it (fast motion and zooms drift its histograms; "
-                           "ingest/cut_evidence.py).")
+                           "(a jump a camera pan explains does not count) or a fade/dissolve surrounds it (fast motion, "
+                           "zooms and whip pans drift its histograms; ingest/cut_evidence.py, ingest/camera_shift.py).")
+    jump_cuts: bool = Field(
+        False, description="pyav backend: a one-frame change 4 times the changes around it that no pan explains is a cut "
+                           "(jump cuts from a still camera that the detectors miss; ingest/thumbnail_jumps.py). Off by "
+                           "default: it also cuts where a small object jumps (docs/benchmarks.md).")
     dissolve_max_seconds: float = Field(
         1.2, gt=0, description="dissolve_spans: the longest blend looked for (each half of a fade to black and back).")
     dissolve_scan: bool = Field(
