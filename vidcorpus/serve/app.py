@@ -144,8 +144,9 @@ def checked_where(request: Request, con: duckdb.DuckDBPyConnection, where: str) 
 
 
 CACHE_HEADER = "X-Vidcorpus-Cache"
-"""How a page was made: ``page`` (rendered before, same catalog state), ``order`` (the grid query's
-order was known: one 48-row lookup), ``miss`` (read from the catalog)."""
+"""How a page was made: ``page`` (rendered before, same catalog state), ``index`` (answered from the
+grid's columns in memory, ``grid_index``), ``order`` (the query's order was known: one 48-row lookup),
+``miss`` (read from the catalog)."""
 
 
 def _page_key(request: Request) -> tuple:
@@ -161,12 +162,12 @@ def index(request: Request) -> Response:
         facts = reads.facts(con, stamp)
         q = grid_query(request, con, facts.scores)
         try:
-            rows, total, order_known = reads.grid(con, stamp, q, facts.scores)
+            rows, total, made = reads.grid(con, stamp, q, facts.scores)
         except ValueError as e:
             raise Refused(str(e)) from None
         except duckdb.Error as e:
             raise Refused(f"SQL error: {first_line(str(e))}") from None
-        how[0] = "order" if order_known else "miss"
+        how[0] = made
         facets = reads.facets(con, stamp, facts.scores)
         pages = max(1, -(-total // q.per_page))
         args = {k: v for k, v in request.query_params.items() if k not in ("page", "token")}
@@ -187,8 +188,10 @@ def clip_page(request: Request) -> Response:
     reads: CachedReads = request.app.state.reads
     neighbours = request.app.state.neighbours
     with access.read() as con:
-        facts = reads.facts(con, access.stamp)
-        detail = queries.clip_detail(con, clip_id, facts.tables, facts.recipe, facts.scores)
+        stamp = access.stamp
+        facts = reads.facts(con, stamp)
+        detail = queries.clip_detail(con, clip_id, facts.tables, facts.recipe, facts.scores,
+                                     timeline_of=lambda source: reads.timeline(con, stamp, source, facts.tables))
         plan = neighbours.index_of(con, clip_id) if detail is not None else None
     if detail is None:
         return error_page(f"no clip {clip_id} in the catalog", 404)

@@ -20,6 +20,7 @@ from vidcorpus.filters.recipes import Recipe
 from vidcorpus.serve import labels as labels_mod
 from vidcorpus.serve import queries
 from vidcorpus.serve.cache import StampedCache
+from vidcorpus.serve.grid_index import GridColumns, answerable
 
 ORDER_DEPTH = 2400
 """Ids kept per grid query: 50 pages of 48 (deeper pages are ordered per request)."""
@@ -45,6 +46,8 @@ class CachedReads:
         # beside one-off slider values, which would push them out of a smaller cache
         self.orders = StampedCache(max_entries=512)
         self.pages = StampedCache(max_entries=256)      # rendered pages, ~60 kB each
+        self.columns = StampedCache(max_entries=1)      # the grid's columns in numpy (grid_index)
+        self.timelines = StampedCache(max_entries=1024)  # per source: shared by its clips' pages
 
     def facts(self, con: duckdb.DuckDBPyConnection, stamp: Hashable) -> CatalogFacts:
         def read() -> CatalogFacts:
@@ -57,16 +60,33 @@ class CachedReads:
         """The filter bar's choices (sources, reasons, score ranges): a scan of the whole table."""
         return self.facts_cache.get(stamp, ("facets", tuple(scores)), lambda: queries.facets(con, scores))[0]
 
+    def timeline(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, source_id: str, have: set[str]) -> dict:
+        """Where every frame of a source went (the clip page's timeline), shared by the source's clips."""
+        return self.timelines.get(stamp, source_id, lambda: queries.timeline(con, source_id, have))[0]
+
     def grid(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, q: queries.GridQuery,
-             scores: list[str]) -> tuple[list[dict], int, bool]:
-        """One page of clips, how many match (capped as ``queries.grid``), and whether the order was cached."""
-        where, params = q.sql(scores)
-        order = q.order(scores)
+             scores: list[str]) -> tuple[list[dict], int, str]:
+        """One page of clips, how many match (capped as ``queries.grid``), and how it was made:
+        ``index`` (from the columns in memory), ``order`` (a slice of a known order), ``miss`` (read)."""
         limit = max(1, min(queries.MAX_PER_PAGE, q.per_page))
         offset = (max(1, q.page) - 1) * limit
+        if answerable(q):
+            columns, known = self.columns.get(stamp, "grid", lambda: GridColumns(con))
+            loads = columns.loads
+            answer = columns.page(con, q, scores, limit, offset)
+            if answer is not None:
+                return *answer, ("index" if known and columns.loads == loads else "miss")
+        return self._grid_sql(con, stamp, q, scores, limit, offset)
+
+    def _grid_sql(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, q: queries.GridQuery, scores: list[str],
+                  limit: int, offset: int) -> tuple[list[dict], int, str]:
+        """The grid in DuckDB (a free WHERE, an explicit clip set): the first ``ORDER_DEPTH`` ids of each
+        query's order are kept, so a later page of it is a slice."""
+        where, params = q.sql(scores)
+        order = q.order(scores)
         if offset + limit > ORDER_DEPTH:
             rows, total = queries.grid(con, q, scores)
-            return rows, total, False
+            return rows, total, "miss"
         key = (where, _hashable(params), order)
         joined, hit = self.orders.get(stamp, ("order", key),
                                       lambda: ID_SEP.join(queries.ordered_ids(con, q, scores, ORDER_DEPTH, 0)))
@@ -75,7 +95,7 @@ class CachedReads:
             total = len(ids)
         else:
             total = self.orders.get(stamp, ("count", key), lambda: queries.capped_count(con, where, params))[0]
-        return queries.rows_by_id(con, ids[offset:offset + limit], scores), total, hit
+        return queries.rows_by_id(con, ids[offset:offset + limit], scores), total, ("order" if hit else "miss")
 
 
 def _hashable(params: list) -> tuple:
