@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from vidcorpus.serve import queries
-from vidcorpus.serve.grid_index import GridColumns, answerable
+from vidcorpus.serve.grid_index import GridColumns, answerable, grid_columns
 
 SCORES = ["aesthetic", "motion", "ocr"]
 
@@ -43,7 +43,7 @@ def _catalog() -> duckdb.DuckDBPyConnection:
 @pytest.fixture(scope="module")
 def catalog() -> tuple[duckdb.DuckDBPyConnection, GridColumns]:
     con = _catalog()
-    return con, GridColumns(con)
+    return con, grid_columns(con)
 
 
 def _sql_page(con, q: queries.GridQuery, limit: int, offset: int) -> tuple[list[dict], int]:
@@ -100,12 +100,12 @@ def test_the_count_is_capped_like_the_sql_count(monkeypatch):
     monkeypatch.setattr(queries, "COUNT_CAP", 100)
     con = _catalog()
     q = queries.GridQuery(sort="aesthetic", decision="kept")
-    assert GridColumns(con).page(con, q, SCORES, 48, 0)[1] == _sql_page(con, q, 48, 0)[1] == 101
+    assert grid_columns(con).page(con, q, SCORES, 48, 0)[1] == _sql_page(con, q, 48, 0)[1] == 101
 
 
 def test_what_the_columns_cannot_answer_goes_to_duckdb():
     con = _catalog()
-    columns = GridColumns(con)
+    columns = grid_columns(con)
     assert not answerable(queries.GridQuery(where="(kept AND motion > 1)"))
     assert not answerable(queries.GridQuery(clip_ids=["a0001-x"]))
     assert not answerable(queries.GridQuery(ranges={"aesthetic": (float("nan"), None)}))
@@ -121,5 +121,14 @@ def test_an_empty_catalog_has_an_empty_grid():
     con = duckdb.connect()
     con.execute("CREATE TABLE clips_wide (clip_id VARCHAR, source_id VARCHAR, media_type VARCHAR, kept BOOLEAN, "
                 "reason VARCHAR, aesthetic DOUBLE)")
-    columns = GridColumns(con)
+    columns = grid_columns(con)
     assert columns.page(con, queries.GridQuery(sort="aesthetic", decision="kept"), ["aesthetic"], 48, 0) == ([], 0)
+
+
+def test_a_view_without_row_ids_leaves_the_grid_to_duckdb(tmp_path):
+    """A snapshot's clips_wide is a view over Parquet: no row ids to align column reads by."""
+    con = _catalog()
+    con.execute(f"COPY clips_wide TO '{tmp_path / 'w.parquet'}'")
+    view = duckdb.connect()
+    view.execute(f"CREATE VIEW clips_wide AS SELECT * FROM read_parquet('{tmp_path / 'w.parquet'}')")
+    assert grid_columns(view) is None

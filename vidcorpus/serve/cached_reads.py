@@ -20,7 +20,7 @@ from vidcorpus.filters.recipes import Recipe
 from vidcorpus.serve import labels as labels_mod
 from vidcorpus.serve import queries
 from vidcorpus.serve.cache import StampedCache
-from vidcorpus.serve.grid_index import GridColumns, answerable
+from vidcorpus.serve.grid_index import answerable, grid_columns
 
 ORDER_DEPTH = 2400
 """Ids kept per grid query: 50 pages of 48 (deeper pages are ordered per request)."""
@@ -71,9 +71,9 @@ class CachedReads:
         limit = max(1, min(queries.MAX_PER_PAGE, q.per_page))
         offset = (max(1, q.page) - 1) * limit
         if answerable(q):
-            columns, known = self.columns.get(stamp, "grid", lambda: GridColumns(con))
-            loads = columns.loads
-            answer = columns.page(con, q, scores, limit, offset)
+            columns, known = self.columns.get(stamp, "grid", lambda: grid_columns(con))
+            loads = columns.loads if columns is not None else 0
+            answer = columns.page(con, q, scores, limit, offset) if columns is not None else None
             if answer is not None:
                 return *answer, ("index" if known and columns.loads == loads else "miss")
         return self._grid_sql(con, stamp, q, scores, limit, offset)

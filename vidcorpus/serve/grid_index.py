@@ -57,11 +57,21 @@ def answerable(q: queries.GridQuery) -> bool:
     return not any(math.isnan(b) for b in bounds)
 
 
+def grid_columns(con: duckdb.DuckDBPyConnection) -> GridColumns | None:
+    """The columns of the catalog's current state, or None when ``clips_wide`` has no row ids to
+    align later reads by (a snapshot's view over Parquet): DuckDB answers every grid query then."""
+    try:
+        table = con.sql("SELECT rowid, clip_id, kept, source_id, reason, media_type FROM clips_wide").to_arrow_table()
+    except duckdb.BinderException:
+        return None
+    return GridColumns(table)
+
+
 class GridColumns:
     """The grid's filterable and sortable columns of one catalog state, as numpy arrays."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection):
-        table = con.sql("SELECT rowid, clip_id, kept, source_id, reason, media_type FROM clips_wide").to_arrow_table()
+    def __init__(self, table: pa.Table):
+        """``table``: clips_wide's rowid, clip_id, kept, source_id, reason and media_type."""
         by_id = pc.sort_indices(table["clip_id"])  # DuckDB orders VARCHAR by bytes, as Arrow does
         table = table.take(by_id)
         self.n = table.num_rows
