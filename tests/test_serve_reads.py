@@ -106,6 +106,21 @@ def test_a_cached_grid_page_is_served_until_the_catalog_changes(copied, server):
     assert later.headers[CACHE_HEADER] == "order"
 
 
+def test_a_clip_page_is_rendered_once_until_a_label_changes_the_catalog(copied, server):
+    """A clip page shown again in the same catalog state is the page rendered before; a label on it
+    (a commit) makes the next one a fresh read that lists the label."""
+    clip = copied["unlabelled"][1]
+    get = lambda: requests.get(f"{server.url}/clip/{clip}", timeout=30)  # noqa: E731
+    first, second = get(), get()
+    assert first.headers[CACHE_HEADER] == "miss" and second.headers[CACHE_HEADER] == "page"
+    assert second.text == first.text and "bad (cut_inside)" not in first.text
+    r = requests.post(server.url + "/api/labels", json={"clip_id": clip, "label": "bad", "reason": "cut_inside"},
+                      headers=WRITE, timeout=30)
+    assert r.status_code == 200, r.text
+    third = get()
+    assert third.headers[CACHE_HEADER] == "miss" and "bad (cut_inside)" in third.text
+
+
 def _bad_labels(html: str) -> int:
     """The grid's count of clips labelled bad (its summary line: "labels: good N bad M")."""
     found = re.search(r"labels:[^<]*?\bbad (\d+)", html)

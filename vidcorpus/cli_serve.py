@@ -26,6 +26,8 @@ def register_serve_command(app: typer.Typer) -> None:
         token: Optional[str] = typer.Option(None, "--token", envvar="VIDCORPUS_SERVE_TOKEN",
                                             help="Secret every request must carry (?token= once, or a Bearer header)."),
         user: Optional[str] = typer.Option(None, "--user", help="Name recorded with each label (default: the login)."),
+        query_threads: Optional[int] = typer.Option(None, "--query-threads", min=1, help="DuckDB threads per query "
+                                                    "(default: every core; fewer leave cores to other requests)."),
         media_root: Optional[List[str]] = typer.Option(None, "--media-root", help="Another folder (or URL prefix) "
                                                        "clip files and shards may be served from (repeatable)."),
     ) -> None:
@@ -53,7 +55,7 @@ def register_serve_command(app: typer.Typer) -> None:
             fail(f"no catalog at {path} ({missing_catalog_hint(path)})")
         roots = media_roots(cfg.workdir, path, [absolute(r) for r in media_root or []])
         settings = ServeSettings(catalog=path, roots=roots, host=host, token=token,
-                                 who=user or os.environ.get("USER") or getpass.getuser())
+                                 who=user or os.environ.get("USER") or getpass.getuser(), query_threads=query_threads)
         shown = f"[{host}]" if ":" in host else host
         console.print(f"vidcorpus serve: http://{shown}:{port}/" + ("?token=..." if token else "") +
                       f"  (catalog {path}; Ctrl-C stops)", markup=False)

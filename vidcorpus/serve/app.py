@@ -44,6 +44,7 @@ class ServeSettings:
     host: str = "127.0.0.1"
     token: str | None = None
     who: str = "anonymous"
+    query_threads: int | None = None  # DuckDB threads per query; None: DuckDB's default (every core)
 
 
 class _CursorCatalog:
@@ -208,8 +209,12 @@ def clip_page(request: Request) -> Response:
     access: CatalogAccess = request.app.state.access
     reads: CachedReads = request.app.state.reads
     neighbours = request.app.state.neighbours
+    key = _page_key(request)
     with access.read() as con:
         stamp = access.stamp
+        kept = reads.clip_pages.peek(stamp, key)  # the same clip page, already rendered in this catalog state
+        if kept is not None:
+            return HTMLResponse(kept, headers={CACHE_HEADER: "page"})
         facts = reads.facts(con, stamp)
         detail = queries.clip_detail(con, clip_id, facts.tables, facts.recipe, facts.scores,
                                      timeline_of=lambda source: reads.timeline(con, stamp, source, facts.tables))
@@ -225,8 +230,11 @@ def clip_page(request: Request) -> Response:
                 [[c for c, _ in near]]).fetchall()} if near else {}
         detail["near"] = [{"clip_id": c, "sim": s, "kept": info.get(c, (None, None))[0],
                            "reason": info.get(c, (None, None))[1]} for c, s in near]
-    return render("clip.html", d=detail, c=detail["clip"], reasons=labels_mod.REASONS, writable=access.writable,
-                  origin=request.query_params.get("origin", "browse"))
+    html = _env.get_template("clip.html").render(d=detail, c=detail["clip"], reasons=labels_mod.REASONS,
+                                                 writable=access.writable,
+                                                 origin=request.query_params.get("origin", "browse"))
+    reads.clip_pages.put(stamp, key, html)  # kept until the catalog changes (a label, a job's commit)
+    return HTMLResponse(html, headers={CACHE_HEADER: "miss"})
 
 
 def _served(request: Request, window: media.Window) -> Response:
@@ -341,7 +349,7 @@ def make_app(settings: ServeSettings, access: CatalogAccess | None = None) -> St
         *measure_routes(),
         Mount("/static", app=static, name="static"),
     ]
-    access = access or CatalogAccess(settings.catalog)
+    access = access or CatalogAccess(settings.catalog, query_threads=settings.query_threads)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -46,6 +46,7 @@ class CachedReads:
         # beside one-off slider values, which would push them out of a smaller cache
         self.orders = StampedCache(max_entries=512)
         self.pages = StampedCache(max_entries=256)      # rendered pages, ~60 kB each
+        self.clip_pages = StampedCache(max_entries=512)  # rendered clip pages, ~10 to 50 kB each
         self.columns = StampedCache(max_entries=1)      # the grid's columns in numpy (grid_index)
         self.timelines = StampedCache(max_entries=1024)  # per source: shared by its clips' pages
 
