@@ -195,6 +195,8 @@ def index(request: Request) -> Response:
         args = {k: v for k, v in request.query_params.items() if k not in ("page", "token")}
         return _env.get_template("grid.html").render(
             rows=rows, total=total, q=q, scores=facts.scores, facets=facets, pages=pages, args=args,
+            source_options=reads.options(stamp, "sources", facets["sources"], q.source),
+            reason_options=reads.options(stamp, "reasons", facets["reasons"], q.reason),
             label_counts=facts.label_counts, recipe=facts.recipe.id if facts.recipe else None,
             writable=access.writable, count_cap=queries.COUNT_CAP)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Hashable
 
 import duckdb
+from markupsafe import Markup
 
 from vidcorpus.filters.recipes import Recipe
 from vidcorpus.serve import labels as labels_mod
@@ -42,6 +43,7 @@ class CachedReads:
 
     def __init__(self) -> None:
         self.facts_cache = StampedCache(max_entries=8)
+        self.option_lists = StampedCache(max_entries=64)  # the filter bar's <option>s per choice
         # one string per query (~80 kB at ORDER_DEPTH ids): room for the queries people page through
         # beside one-off slider values, which would push them out of a smaller cache
         self.orders = StampedCache(max_entries=512)
@@ -60,6 +62,14 @@ class CachedReads:
     def facets(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, scores: list[str]) -> dict:
         """The filter bar's choices (sources, reasons, score ranges): a scan of the whole table."""
         return self.facts_cache.get(stamp, ("facets", tuple(scores)), lambda: queries.facets(con, scores))[0]
+
+    def options(self, stamp: Hashable, name: str, values: list[str], selected: str) -> Markup:
+        """A filter's ``<option>`` list (up to 200 sources), escaped once per catalog state and choice."""
+        def build() -> Markup:
+            return Markup("").join(Markup('<option value="{0}" {1}>{0}</option>').format(
+                v, "selected" if v == selected else "") for v in values)
+
+        return self.option_lists.get(stamp, (name, selected), build)[0]
 
     def timeline(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, source_id: str, have: set[str]) -> dict:
         """Where every frame of a source went (the clip page's timeline), shared by the source's clips."""
