@@ -75,9 +75,16 @@ def _free_port() -> int:
 
 
 def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of a process and its live children so far (Linux /proc): the
+    server's worker processes with ``--workers N``."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        total += sum(_cpu_s(int(child)) for child in task.read_text().split())
+    return total
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -118,7 +125,7 @@ def main() -> None:
         try:
             if requests.get(base + "/favicon.ico", timeout=2).status_code == 204:
                 break
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or its workers still starting
             time.sleep(0.2)
     results: list[tuple[str, float, int, str]] = []
     server_cpu_before, client_cpu_before = _cpu_s(server.pid), time.process_time()

@@ -167,3 +167,51 @@ def test_a_clips_decision_history_is_an_index_probe(copied):
     verify = subprocess.run([sys.executable, "-m", "vidcorpus.cli", "catalog", "verify", "--catalog",
                              copied["catalog"]], capture_output=True, text=True, timeout=300)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_two_worker_processes_serve_labels_and_let_a_jobs_commit_in(copied):
+    """`serve --workers 2`: two processes on one port (each about one core: a page's Python holds its
+    process's GIL). A label written through one is on the clip page whichever answers, a job's
+    commit gets the file from both within a request's time, and stopping the server stops both."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "vidcorpus.cli", "serve", "--catalog", copied["catalog"],
+                             "--port", str(port), "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if requests.get(url + "/", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "the server did not start"
+            time.sleep(0.3)
+        kept = next(c for c in copied["clips"] if c["kept"])
+        clip = copied["unlabelled"][2]
+        for _ in range(6):  # connections land on either worker
+            assert requests.get(url + "/", params={"decision": "kept"}, timeout=30).status_code == 200
+            assert requests.get(f"{url}/clip/{clip}", timeout=30).status_code == 200
+        r = requests.post(url + "/api/labels", json={"clip_id": clip, "label": "bad", "reason": "static"},
+                          headers=WRITE, timeout=60)
+        assert r.status_code == 200, r.text
+        for _ in range(6):
+            assert "bad (static)" in requests.get(f"{url}/clip/{clip}", timeout=30).text
+        with Catalog(copied["catalog"], read_only=True) as cat:
+            recipe = cat.query_dicts("SELECT recipe FROM clips_wide WHERE clip_id = ?", [kept["clip_id"]])[0]["recipe"]
+        out = subprocess.run([sys.executable, "-c", FLIP, copied["catalog"], kept["clip_id"], recipe],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout) < 5.0
+        for _ in range(6):
+            page = requests.get(url + "/", params={"decision": "kept"}, timeout=30)
+            assert page.status_code == 200 and kept["clip_id"] not in card_ids(page.text)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    with pytest.raises(requests.ConnectionError):  # no worker left behind on the port
+        requests.get(url + "/", timeout=5)

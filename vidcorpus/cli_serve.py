@@ -28,6 +28,8 @@ def register_serve_command(app: typer.Typer) -> None:
         user: Optional[str] = typer.Option(None, "--user", help="Name recorded with each label (default: the login)."),
         query_threads: Optional[int] = typer.Option(None, "--query-threads", min=1, help="DuckDB threads per query "
                                                     "(default: every core; fewer leave cores to other requests)."),
+        workers: int = typer.Option(1, "--workers", min=1, help="Server processes (each uses about one core; "
+                                    "each keeps its own caches)."),
         media_root: Optional[List[str]] = typer.Option(None, "--media-root", help="Another folder (or URL prefix) "
                                                        "clip files and shards may be served from (repeatable)."),
     ) -> None:
@@ -60,7 +62,7 @@ def register_serve_command(app: typer.Typer) -> None:
         console.print(f"vidcorpus serve: http://{shown}:{port}/" + ("?token=..." if token else "") +
                       f"  (catalog {path}; Ctrl-C stops)", markup=False)
         try:
-            run_server(settings, port)
+            run_server(settings, port, workers=workers)
         except CatalogError as e:
             fail(str(e))
         except OSError as e:

@@ -1,12 +1,14 @@
 """The grid's and the clip page's catalog reads, each done once per catalog state where it can be.
 
-At a million clips the expensive part of a grid page is ordering every matching clip (a top-N
-over the whole table, ~30 ms of CPU); the rest is a 48-row lookup. A person pages through one
-query, so the first ``ORDER_DEPTH`` ids of each query's order are kept (``StampedCache``) and a
-later page of the same query is a slice of them: one top-N per query and catalog state instead of
-one per page. The count comes with it when fewer rows match than that. The filter bar's choices,
-the score columns, the table names and the parsed recipe in force are likewise read once per
-catalog state. Everything is keyed by ``CatalogAccess.stamp``, so a commit invalidates it all.
+At a million clips the expensive part of a grid page was ordering every matching clip (a top-N
+over the whole table, ~30 ms of CPU). The grid's standard filters and sorts (score sliders,
+decision, source, drop reason, sort by any score) are now answered from numpy columns read once per
+catalog state (``grid_index``: a few ms, no catalog read). A free SQL ``WHERE`` or an explicit clip
+set still goes to DuckDB: the first ``ORDER_DEPTH`` ids of each such query's order are kept
+(``StampedCache``) and a later page of it is a slice. The filter bar's choices, the score columns,
+the table names, the parsed recipe in force, each source's timeline and rendered grid and clip
+pages are likewise kept per catalog state. Everything is keyed by ``CatalogAccess.stamp``, so a
+commit (a label, a job's) invalidates it all.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 The grid reads the materialised ``clips_wide`` (one row per clip, a column per scorer): a page is a
 top-N over it (``ordered_ids``, linear in the clips: ~20 ms of CPU at 1 M, see docs/benchmarks.md)
-and a lookup of the page's rows; the clip page's reads are index probes (migration 15). Column
+and a lookup of the page's rows. The server answers the standard filters from memory instead
+(``grid_index``, equal to these queries) and comes here for a free WHERE or an explicit clip set;
+the clip page's reads are index probes (migration 15). Column
 names (sort keys, score sliders) are accepted only when they are clips_wide's own columns; values
 always travel as parameters; a user's WHERE clause has passed ``catalog/safe_sql.check_predicate``
 before it gets here.
