@@ -15,10 +15,10 @@ in DuckDB: it passes every ``>=`` and fails every ``<=``, and sorts after +inf);
 comparison and sorts last both ways. A free SQL ``WHERE``, an explicit clip set, a slider on a
 non-numeric column or a NaN bound go to DuckDB (``answerable`` says which).
 
-Memory: ids (~45 bytes a clip) and codes are read at once; each numeric column costs 9 bytes a clip
-and each order 4 (int32), read when first used: at 1 M clips about 60 MB to start and ~330 MB with
-15 scores and both directions of each in use; 10x that at 10 M. Orders beyond ``ORDER_BUDGET_BYTES``
-are dropped least recently used first (recomputed when asked for again). The whole object belongs to
+Memory: ids (~40 bytes a clip) and codes are read at once; each numeric column costs 8 bytes a clip
+(9 with NULLs) and each order 4 (int32), read when first used: at 1 M clips 54 MB to start and 282
+MB with 15 scores sorted both ways (measured, docs/benchmarks.md); about 10x at 10 M. Orders beyond
+``ORDER_BUDGET_BYTES`` are dropped least recently used first (recomputed when asked for again). The whole object belongs to
 one catalog stamp (``CachedReads``): a commit makes the next page build a new one.
 """
 
