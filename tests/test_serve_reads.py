@@ -215,3 +215,30 @@ def test_two_worker_processes_serve_labels_and_let_a_jobs_commit_in(copied):
         proc.wait(timeout=30)
     with pytest.raises(requests.ConnectionError):  # no worker left behind on the port
         requests.get(url + "/", timeout=5)
+
+
+def test_a_large_catalogs_grid_columns_load_in_the_background(copied, monkeypatch):
+    """Above SYNC_MAX_CLIPS the first page of a sort is DuckDB's (at 10 M clips reading and sorting
+    its column in the request took seconds) while a background thread loads it; later pages of the
+    query come from memory, with the same clips."""
+    from vidcorpus.serve import cached_reads
+
+    monkeypatch.setattr(cached_reads, "SYNC_MAX_CLIPS", 0)  # the serve corpus is small: call it large
+    app = make_app(ServeSettings(catalog=copied["catalog"], roots=media_roots(copied["workdir"], copied["catalog"])))
+    srv = ThreadServer(app)
+    try:
+        params = {"sort": "aesthetic", "desc": "1", "min_aesthetic": "0", "per_page": 3}
+        first = requests.get(srv.url + "/", params=params, timeout=30)
+        assert first.headers[CACHE_HEADER] == "miss"
+        deadline, made, tries = time.monotonic() + 30, None, 0
+        while made != "index":  # another page of the query (never one rendered before), until loaded
+            assert time.monotonic() < deadline, "the grid's columns never loaded"
+            time.sleep(0.2)
+            tries += 1
+            made = requests.get(srv.url + "/", params={**params, "page": 2, "try": tries},
+                                timeout=30).headers[CACHE_HEADER]
+        again = requests.get(srv.url + "/", params={**params, "page": 1, "try": 0}, timeout=30)
+        assert again.headers[CACHE_HEADER] == "index" and card_ids(again.text) == card_ids(first.text)
+        assert requests.get(srv.url + "/", params={"sort": "nope; DROP TABLE clips"}, timeout=30).status_code == 400
+    finally:
+        srv.stop()

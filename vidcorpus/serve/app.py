@@ -29,6 +29,7 @@ from vidcorpus.serve import labels as labels_mod
 from vidcorpus.serve import media, queries
 from vidcorpus.serve.access import CatalogAccess
 from vidcorpus.serve.cached_reads import CachedReads
+from vidcorpus.serve.warmer import Warmer
 from vidcorpus.serve.neighbours import Neighbours
 from vidcorpus.serve.security import WRITE_HEADER, Refused, check_id, host_ok, inside_roots, token_ok
 
@@ -356,13 +357,15 @@ def make_app(settings: ServeSettings, access: CatalogAccess | None = None) -> St
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
-        access.close()  # the read connection the last requests left open
+        if app.state.reads.warmer is not None:
+            app.state.reads.warmer.stop()
+        access.close()  # the read connection the last requests left open (and the warmer's last load)
 
     app = Starlette(routes=routes, middleware=[Middleware(Guard)], lifespan=lifespan,
                     exception_handlers={Refused: _on_refused, CatalogError: _on_catalog})
     app.state.settings = settings
     app.state.access = access
-    app.state.reads = CachedReads()
+    app.state.reads = CachedReads(Warmer(access) if access.writable else None)  # (a snapshot: no row ids)
     app.state.shards = media.ShardIndex()
     app.state.previews = Previews()
     app.state.where_cache = {}

@@ -24,6 +24,7 @@ from vidcorpus.serve import labels as labels_mod
 from vidcorpus.serve import queries
 from vidcorpus.serve.cache import StampedCache
 from vidcorpus.serve.grid_index import answerable, grid_columns
+from vidcorpus.serve.warmer import SYNC_MAX_CLIPS, Warmer
 
 ORDER_DEPTH = 2400
 """Ids kept per grid query: 50 pages of 48 (deeper pages are ordered per request)."""
@@ -43,7 +44,8 @@ class CatalogFacts:
 class CachedReads:
     """The server's caches (one set per app), all keyed by the catalog's stamp."""
 
-    def __init__(self) -> None:
+    def __init__(self, warmer: Warmer | None = None) -> None:
+        self.warmer = warmer  # loads a large catalog's grid columns in the background (None: in the request)
         self.facts_cache = StampedCache(max_entries=8)
         self.option_lists = StampedCache(max_entries=64)  # the filter bar's <option>s per choice
         # one string per query (~80 kB at ORDER_DEPTH ids): room for the queries people page through
@@ -83,13 +85,38 @@ class CachedReads:
         ``index`` (from the columns in memory), ``order`` (a slice of a known order), ``miss`` (read)."""
         limit = max(1, min(queries.MAX_PER_PAGE, q.per_page))
         offset = (max(1, q.page) - 1) * limit
-        if answerable(q):
+        if answerable(q) and self.warmer is not None and self._large(con, stamp):
+            answer = self._grid_warm(con, stamp, q, scores, limit, offset)
+            if answer is not None:
+                return answer
+        elif answerable(q):
             columns, known = self.columns.get(stamp, "grid", lambda: grid_columns(con))
             loads = columns.loads if columns is not None else 0
             answer = columns.page(con, q, scores, limit, offset) if columns is not None else None
             if answer is not None:
                 return *answer, ("index" if known and columns.loads == loads else "miss")
         return self._grid_sql(con, stamp, q, scores, limit, offset)
+
+    def _large(self, con: duckdb.DuckDBPyConnection, stamp: Hashable) -> bool:
+        count, _ = self.facts_cache.get(stamp, "clips",
+                                        lambda: con.execute("SELECT count(*) FROM clips_wide").fetchall()[0][0])
+        return count > SYNC_MAX_CLIPS
+
+    def _grid_warm(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, q: queries.GridQuery, scores: list[str],
+                   limit: int, offset: int) -> tuple[list[dict], int, str] | None:
+        """From memory when the query's columns are loaded; else None (DuckDB answers) and they load."""
+        q.sql(scores)  # names checked before anything is loaded for them
+        q.order(scores)
+        columns = self.columns.peek(stamp, "grid")
+        if columns is None:
+            self.warmer.want(stamp, ("grid", stamp), lambda c: self.columns.get(stamp, "grid", lambda: grid_columns(c)))
+            return None
+        if not columns.ready(q):
+            key = ("prepare", stamp, tuple(sorted(q.ranges)), q.sort, q.descending)
+            self.warmer.want(stamp, key, lambda c: columns.prepare(c, q))
+            return None
+        answer = columns.page(con, q, scores, limit, offset)
+        return None if answer is None else (*answer, "index")
 
     def _grid_sql(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, q: queries.GridQuery, scores: list[str],
                   limit: int, offset: int) -> tuple[list[dict], int, str]:

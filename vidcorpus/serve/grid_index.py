@@ -153,6 +153,22 @@ class GridColumns:
                     self._orders.popitem(last=False)
             return order
 
+    def ready(self, q: queries.GridQuery) -> bool:
+        """Whether every column and order the query needs is loaded (``prepare`` loads them)."""
+        with self._lock:
+            names = [*q.ranges, *([] if q.sort == "clip_id" else [q.sort])]
+            if any(name not in self._numeric for name in names):
+                return False
+            if q.sort == "clip_id" or self._numeric[q.sort] is None:
+                return True
+            return (q.sort, q.descending) in self._orders
+
+    def prepare(self, con: duckdb.DuckDBPyConnection, q: queries.GridQuery) -> None:
+        """Load what ``q`` needs (in the background for a large catalog, ``warmer``)."""
+        for name in q.ranges:
+            self.numeric(con, name)
+        self.order(con, q.sort, q.descending)
+
     def mask(self, con: duckdb.DuckDBPyConnection, q: queries.GridQuery) -> np.ndarray | None | bool:
         """True per row that passes the query's filters (None: every row; False: DuckDB must answer)."""
         mask: np.ndarray | None = None
