@@ -75,9 +75,16 @@ def _free_port() -> int:
 
 
 def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of a process and its live children so far (Linux /proc): the
+    server's worker processes with ``--workers N``."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        total += sum(_cpu_s(int(child)) for child in task.read_text().split())
+    return total
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -96,6 +103,8 @@ def main() -> None:
     ap.add_argument("--no-score-rows", action="store_true",
                     help="Build without the long scores table (no page reads it; a 10 M build in minutes).")
     ap.add_argument("--think-ms", type=float, default=0.0, help="Pause of each client between pages.")
+    ap.add_argument("--serve-args", default="", help="More options for `vidcorpus serve`, e.g. '--query-threads 1'.")
+    ap.add_argument("--clip-pool", type=int, default=2000, help="Clips the clip pages are drawn from.")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     import duckdb
@@ -104,19 +113,19 @@ def main() -> None:
     db = Path(args.db)
     build_s = None if args.skip_load else build(db, args.clips, scorers, score_rows=not args.no_score_rows)
     con = duckdb.connect(str(db), read_only=True)
-    ids = [r[0] for r in con.execute("SELECT clip_id FROM clips_wide USING SAMPLE 2000 ROWS").fetchall()]
+    ids = [r[0] for r in con.execute(f"SELECT clip_id FROM clips_wide USING SAMPLE {args.clip_pool} ROWS").fetchall()]
     n_clips = con.execute("SELECT count(*) FROM clips_wide").fetchall()[0][0]
     con.close()
     port = _free_port()
     log = open(str(db) + ".serve.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "vidcorpus.cli", "serve", "--catalog", str(db), "--port",
-                               str(port)], stdout=log, stderr=subprocess.STDOUT)
+                               str(port), *args.serve_args.split()], stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
             if requests.get(base + "/favicon.ico", timeout=2).status_code == 204:
                 break
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or its workers still starting
             time.sleep(0.2)
     results: list[tuple[str, float, int, str]] = []
     server_cpu_before, client_cpu_before = _cpu_s(server.pid), time.process_time()
@@ -161,7 +170,7 @@ def main() -> None:
     server.terminate()
     server.wait(timeout=30)
     out = {"clips": n_clips, "scorers": len(scorers), "clients": args.clients, "seconds": args.seconds,
-           "think_ms": args.think_ms, "build_s": build_s, "cpus": os.cpu_count(), "loadavg_before": load_before,
+           "think_ms": args.think_ms, "serve_args": args.serve_args, "clip_pool": len(ids), "build_s": build_s, "cpus": os.cpu_count(), "loadavg_before": load_before,
            "loadavg_after": load_after, "started_utc": started_utc,
            # CPU seconds the server process and this client process used during the run (of 2 x seconds
            # available on 2 cores, shared with whatever else runs): per page, the server's cost

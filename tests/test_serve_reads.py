@@ -93,11 +93,32 @@ def test_a_cached_grid_page_is_served_until_the_catalog_changes(copied, server):
     assert r.status_code == 200, r.text
     third = get()
     assert third.headers[CACHE_HEADER] != "page" and _bad_labels(third.text) == _bad_labels(first.text) + 1
-    # another page of the same query reuses its order (one top-N per query), not the page
+    # another page of the same query is answered from the grid's columns in memory (grid_index),
+    # which the label's commit made the server read again
     other = requests.get(server.url + "/", params={"sort": "aesthetic", "desc": "1", "per_page": 2, "page": 2},
                          timeout=30)
-    assert other.headers[CACHE_HEADER] in ("order", "miss")
+    assert other.headers[CACHE_HEADER] == "index"
     assert card_ids(other.text) == card_ids(third.text)[2:4]
+    # a free WHERE is DuckDB's: its order is kept, and a later page of it is a slice
+    where = {"where": "aesthetic > 0", "sort": "aesthetic", "per_page": 2}
+    assert requests.get(server.url + "/", params=where, timeout=30).headers[CACHE_HEADER] == "miss"
+    later = requests.get(server.url + "/", params={**where, "page": 2}, timeout=30)
+    assert later.headers[CACHE_HEADER] == "order"
+
+
+def test_a_clip_page_is_rendered_once_until_a_label_changes_the_catalog(copied, server):
+    """A clip page shown again in the same catalog state is the page rendered before; a label on it
+    (a commit) makes the next one a fresh read that lists the label."""
+    clip = copied["unlabelled"][1]
+    get = lambda: requests.get(f"{server.url}/clip/{clip}", timeout=30)  # noqa: E731
+    first, second = get(), get()
+    assert first.headers[CACHE_HEADER] == "miss" and second.headers[CACHE_HEADER] == "page"
+    assert second.text == first.text and "bad (cut_inside)" not in first.text
+    r = requests.post(server.url + "/api/labels", json={"clip_id": clip, "label": "bad", "reason": "cut_inside"},
+                      headers=WRITE, timeout=30)
+    assert r.status_code == 200, r.text
+    third = get()
+    assert third.headers[CACHE_HEADER] == "miss" and "bad (cut_inside)" in third.text
 
 
 def _bad_labels(html: str) -> int:
@@ -146,3 +167,78 @@ def test_a_clips_decision_history_is_an_index_probe(copied):
     verify = subprocess.run([sys.executable, "-m", "vidcorpus.cli", "catalog", "verify", "--catalog",
                              copied["catalog"]], capture_output=True, text=True, timeout=300)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_two_worker_processes_serve_labels_and_let_a_jobs_commit_in(copied):
+    """`serve --workers 2`: two processes on one port (each about one core: a page's Python holds its
+    process's GIL). A label written through one is on the clip page whichever answers, a job's
+    commit gets the file from both within a request's time, and stopping the server stops both."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "vidcorpus.cli", "serve", "--catalog", copied["catalog"],
+                             "--port", str(port), "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if requests.get(url + "/", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "the server did not start"
+            time.sleep(0.3)
+        kept = next(c for c in copied["clips"] if c["kept"])
+        clip = copied["unlabelled"][2]
+        for _ in range(6):  # connections land on either worker
+            assert requests.get(url + "/", params={"decision": "kept"}, timeout=30).status_code == 200
+            assert requests.get(f"{url}/clip/{clip}", timeout=30).status_code == 200
+        r = requests.post(url + "/api/labels", json={"clip_id": clip, "label": "bad", "reason": "static"},
+                          headers=WRITE, timeout=60)
+        assert r.status_code == 200, r.text
+        for _ in range(6):
+            assert "bad (static)" in requests.get(f"{url}/clip/{clip}", timeout=30).text
+        with Catalog(copied["catalog"], read_only=True) as cat:
+            recipe = cat.query_dicts("SELECT recipe FROM clips_wide WHERE clip_id = ?", [kept["clip_id"]])[0]["recipe"]
+        out = subprocess.run([sys.executable, "-c", FLIP, copied["catalog"], kept["clip_id"], recipe],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout) < 5.0
+        for _ in range(6):
+            page = requests.get(url + "/", params={"decision": "kept"}, timeout=30)
+            assert page.status_code == 200 and kept["clip_id"] not in card_ids(page.text)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    with pytest.raises(requests.ConnectionError):  # no worker left behind on the port
+        requests.get(url + "/", timeout=5)
+
+
+def test_a_large_catalogs_grid_columns_load_in_the_background(copied, monkeypatch):
+    """Above SYNC_MAX_CLIPS the first page of a sort is DuckDB's (at 10 M clips reading and sorting
+    its column in the request took seconds) while a background thread loads it; later pages of the
+    query come from memory, with the same clips."""
+    from vidcorpus.serve import cached_reads
+
+    monkeypatch.setattr(cached_reads, "SYNC_MAX_CLIPS", 0)  # the serve corpus is small: call it large
+    app = make_app(ServeSettings(catalog=copied["catalog"], roots=media_roots(copied["workdir"], copied["catalog"])))
+    srv = ThreadServer(app)
+    try:
+        params = {"sort": "aesthetic", "desc": "1", "min_aesthetic": "0", "per_page": 3}
+        first = requests.get(srv.url + "/", params=params, timeout=30)
+        assert first.headers[CACHE_HEADER] == "miss"
+        deadline, made, tries = time.monotonic() + 30, None, 0
+        while made != "index":  # another page of the query (never one rendered before), until loaded
+            assert time.monotonic() < deadline, "the grid's columns never loaded"
+            time.sleep(0.2)
+            tries += 1
+            made = requests.get(srv.url + "/", params={**params, "page": 2, "try": tries},
+                                timeout=30).headers[CACHE_HEADER]
+        again = requests.get(srv.url + "/", params={**params, "page": 1, "try": 0}, timeout=30)
+        assert again.headers[CACHE_HEADER] == "index" and card_ids(again.text) == card_ids(first.text)
+        assert requests.get(srv.url + "/", params={"sort": "nope; DROP TABLE clips"}, timeout=30).status_code == 400
+    finally:
+        srv.stop()

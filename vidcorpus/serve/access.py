@@ -126,8 +126,10 @@ def release_file(path: str) -> None:
 class CatalogAccess:
     """Per-request access to one catalog (DuckDB file or snapshot) for a threaded server."""
 
-    def __init__(self, path: str, read_timeout_s: float = 30.0, idle_close_s: float = IDLE_CLOSE_S):
+    def __init__(self, path: str, read_timeout_s: float = 30.0, idle_close_s: float = IDLE_CLOSE_S,
+                 query_threads: int | None = None):
         self.path = str(path)
+        self.query_threads = query_threads  # DuckDB's threads per query (None: its default, every core)
         self.read_timeout_s = read_timeout_s
         self.idle_close_s = idle_close_s
         self.snapshot = is_snapshot(self.path)
@@ -135,7 +137,7 @@ class CatalogAccess:
         self._snapshot_lock = threading.Lock()
         if self.snapshot:
             self._snapshot_cat = Catalog(self.path, read_only=True)
-            lock_down(self._snapshot_cat.con)
+            self._configure(self._snapshot_cat.con)
             self._state = None
         else:
             self._state = _shared(self.path)
@@ -144,6 +146,12 @@ class CatalogAccess:
             with self.exclusive():
                 self._writer = Catalog(self.path, hold=False, lock_timeout_s=LABEL_WRITE_TIMEOUT_S)
             self._reader = Catalog(self.path, read_only=True, hold=False)
+
+    def _configure(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Threads per query (before the configuration is locked), then external access off."""
+        if self.query_threads:
+            con.execute(f"SET threads = {int(self.query_threads)}")
+        lock_down(con)
 
     @property
     def writable(self) -> bool:
@@ -179,7 +187,7 @@ class CatalogAccess:
             if st.con is None:
                 self._reader.lock_timeout_s = max(0.1, deadline - time.monotonic())
                 con = self._reader._connect()  # lock-aware: waits while a job waits for the file
-                lock_down(con)
+                self._configure(con)
                 st.con, st.stamp = con, file_stamp(self.path)
                 st.opens += 1
                 if st.watcher is None:

@@ -17,7 +17,6 @@ import duckdb
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -30,6 +29,7 @@ from vidcorpus.serve import labels as labels_mod
 from vidcorpus.serve import media, queries
 from vidcorpus.serve.access import CatalogAccess
 from vidcorpus.serve.cached_reads import CachedReads
+from vidcorpus.serve.warmer import Warmer
 from vidcorpus.serve.neighbours import Neighbours
 from vidcorpus.serve.security import WRITE_HEADER, Refused, check_id, host_ok, inside_roots, token_ok
 
@@ -45,6 +45,7 @@ class ServeSettings:
     host: str = "127.0.0.1"
     token: str | None = None
     who: str = "anonymous"
+    query_threads: int | None = None  # DuckDB threads per query; None: DuckDB's default (every core)
 
 
 class _CursorCatalog:
@@ -60,26 +61,48 @@ class _CursorCatalog:
         return self.query(sql, params).to_pylist()
 
 
-class Guard(BaseHTTPMiddleware):
-    """Host header, token and write-header rules (``security``) before any handler runs."""
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff",
+                    "Content-Security-Policy": ("default-src 'self'; img-src 'self' data:; media-src 'self'; "
+                                                "style-src 'self'; script-src 'self'; frame-ancestors 'none'")}
 
-    async def dispatch(self, request: Request, call_next):
+
+class Guard:
+    """Host header, token and write-header rules (``security``) before any handler runs.
+
+    A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` runs each request through a task
+    group and memory streams, a measurable share of a cached page's CPU."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope)
         s: ServeSettings = request.app.state.settings
-        if not host_ok(s.host, request.headers.get("host")):
-            return PlainTextResponse("refused: unknown Host header", status_code=400)
+        refused = None
         given = (request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE)
                  or request.headers.get("authorization", "").removeprefix("Bearer ").strip() or None)
-        if not token_ok(s.token, given):
-            return PlainTextResponse("refused: this server needs its token (?token=...)", status_code=401)
-        if request.method not in ("GET", "HEAD") and request.headers.get(WRITE_HEADER) != "1":
-            return PlainTextResponse(f"refused: writes need the {WRITE_HEADER} header", status_code=403)
-        response = await call_next(request)
-        if s.token and request.query_params.get("token"):
-            response.set_cookie(TOKEN_COOKIE, s.token, httponly=True, samesite="strict")
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Content-Security-Policy"] = ("default-src 'self'; img-src 'self' data:; media-src 'self'; "
-                                                       "style-src 'self'; script-src 'self'; frame-ancestors 'none'")
-        return response
+        if not host_ok(s.host, request.headers.get("host")):
+            refused = PlainTextResponse("refused: unknown Host header", status_code=400)
+        elif not token_ok(s.token, given):
+            refused = PlainTextResponse("refused: this server needs its token (?token=...)", status_code=401)
+        elif request.method not in ("GET", "HEAD") and request.headers.get(WRITE_HEADER) != "1":
+            refused = PlainTextResponse(f"refused: writes need the {WRITE_HEADER} header", status_code=403)
+        extra = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+        if refused is None and s.token and request.query_params.get("token"):
+            cookie = Response()
+            cookie.set_cookie(TOKEN_COOKIE, s.token, httponly=True, samesite="strict")
+            extra += [(k, v) for k, v in cookie.raw_headers if k == b"set-cookie"]
+
+        async def send_guarded(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        if refused is not None:
+            return await refused(scope, receive, send_guarded)
+        await self.app(scope, receive, send_guarded)
 
 
 _env = Environment(loader=PackageLoader("vidcorpus.serve", "templates"), autoescape=select_autoescape(["html"]))
@@ -144,8 +167,9 @@ def checked_where(request: Request, con: duckdb.DuckDBPyConnection, where: str) 
 
 
 CACHE_HEADER = "X-Vidcorpus-Cache"
-"""How a page was made: ``page`` (rendered before, same catalog state), ``order`` (the grid query's
-order was known: one 48-row lookup), ``miss`` (read from the catalog)."""
+"""How a page was made: ``page`` (rendered before, same catalog state), ``index`` (answered from the
+grid's columns in memory, ``grid_index``), ``order`` (the query's order was known: one 48-row lookup),
+``miss`` (read from the catalog)."""
 
 
 def _page_key(request: Request) -> tuple:
@@ -161,17 +185,19 @@ def index(request: Request) -> Response:
         facts = reads.facts(con, stamp)
         q = grid_query(request, con, facts.scores)
         try:
-            rows, total, order_known = reads.grid(con, stamp, q, facts.scores)
+            rows, total, made = reads.grid(con, stamp, q, facts.scores)
         except ValueError as e:
             raise Refused(str(e)) from None
         except duckdb.Error as e:
             raise Refused(f"SQL error: {first_line(str(e))}") from None
-        how[0] = "order" if order_known else "miss"
+        how[0] = made
         facets = reads.facets(con, stamp, facts.scores)
         pages = max(1, -(-total // q.per_page))
         args = {k: v for k, v in request.query_params.items() if k not in ("page", "token")}
         return _env.get_template("grid.html").render(
             rows=rows, total=total, q=q, scores=facts.scores, facets=facets, pages=pages, args=args,
+            source_options=reads.options(stamp, "sources", facets["sources"], q.source),
+            reason_options=reads.options(stamp, "reasons", facets["reasons"], q.reason),
             label_counts=facts.label_counts, recipe=facts.recipe.id if facts.recipe else None,
             writable=access.writable, count_cap=queries.COUNT_CAP)
 
@@ -186,9 +212,15 @@ def clip_page(request: Request) -> Response:
     access: CatalogAccess = request.app.state.access
     reads: CachedReads = request.app.state.reads
     neighbours = request.app.state.neighbours
+    key = _page_key(request)
     with access.read() as con:
-        facts = reads.facts(con, access.stamp)
-        detail = queries.clip_detail(con, clip_id, facts.tables, facts.recipe, facts.scores)
+        stamp = access.stamp
+        kept = reads.clip_pages.peek(stamp, key)  # the same clip page, already rendered in this catalog state
+        if kept is not None:
+            return HTMLResponse(kept, headers={CACHE_HEADER: "page"})
+        facts = reads.facts(con, stamp)
+        detail = queries.clip_detail(con, clip_id, facts.tables, facts.recipe, facts.scores,
+                                     timeline_of=lambda source: reads.timeline(con, stamp, source, facts.tables))
         plan = neighbours.index_of(con, clip_id) if detail is not None else None
     if detail is None:
         return error_page(f"no clip {clip_id} in the catalog", 404)
@@ -201,8 +233,11 @@ def clip_page(request: Request) -> Response:
                 [[c for c, _ in near]]).fetchall()} if near else {}
         detail["near"] = [{"clip_id": c, "sim": s, "kept": info.get(c, (None, None))[0],
                            "reason": info.get(c, (None, None))[1]} for c, s in near]
-    return render("clip.html", d=detail, c=detail["clip"], reasons=labels_mod.REASONS, writable=access.writable,
-                  origin=request.query_params.get("origin", "browse"))
+    html = _env.get_template("clip.html").render(d=detail, c=detail["clip"], reasons=labels_mod.REASONS,
+                                                 writable=access.writable,
+                                                 origin=request.query_params.get("origin", "browse"))
+    reads.clip_pages.put(stamp, key, html)  # kept until the catalog changes (a label, a job's commit)
+    return HTMLResponse(html, headers={CACHE_HEADER: "miss"})
 
 
 def _served(request: Request, window: media.Window) -> Response:
@@ -317,18 +352,20 @@ def make_app(settings: ServeSettings, access: CatalogAccess | None = None) -> St
         *measure_routes(),
         Mount("/static", app=static, name="static"),
     ]
-    access = access or CatalogAccess(settings.catalog)
+    access = access or CatalogAccess(settings.catalog, query_threads=settings.query_threads)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
-        access.close()  # the read connection the last requests left open
+        if app.state.reads.warmer is not None:
+            app.state.reads.warmer.stop()
+        access.close()  # the read connection the last requests left open (and the warmer's last load)
 
     app = Starlette(routes=routes, middleware=[Middleware(Guard)], lifespan=lifespan,
                     exception_handlers={Refused: _on_refused, CatalogError: _on_catalog})
     app.state.settings = settings
     app.state.access = access
-    app.state.reads = CachedReads()
+    app.state.reads = CachedReads(Warmer(access) if access.writable else None)  # (a snapshot: no row ids)
     app.state.shards = media.ShardIndex()
     app.state.previews = Previews()
     app.state.where_cache = {}

@@ -32,6 +32,24 @@ class StampedCache:
             self._stamp = stamp
             self._values.clear()
 
+    def peek(self, stamp: Hashable, key: Hashable) -> Any | None:
+        """The value kept for ``key`` under ``stamp``, or None (counted as a hit when found)."""
+        with self._lock:
+            self._reset_if_changed(stamp)
+            if key not in self._values:
+                return None
+            self._values.move_to_end(key)
+            self.hits += 1
+            return self._values[key]
+
+    def put(self, stamp: Hashable, key: Hashable, value: Any) -> None:
+        """Keep ``value`` for ``key``, unless the catalog has moved on from ``stamp`` meanwhile."""
+        with self._lock:
+            if stamp == self._stamp:
+                self._values[key] = value
+                while len(self._values) > self.max_entries:
+                    self._values.popitem(last=False)
+
     def get(self, stamp: Hashable, key: Hashable, compute: Callable[[], Any]) -> tuple[Any, bool]:
         """(value, was it cached) for ``key`` under ``stamp``; ``compute`` runs at most once at a time per key."""
         while True:

@@ -1,12 +1,14 @@
 """The grid's and the clip page's catalog reads, each done once per catalog state where it can be.
 
-At a million clips the expensive part of a grid page is ordering every matching clip (a top-N
-over the whole table, ~30 ms of CPU); the rest is a 48-row lookup. A person pages through one
-query, so the first ``ORDER_DEPTH`` ids of each query's order are kept (``StampedCache``) and a
-later page of the same query is a slice of them: one top-N per query and catalog state instead of
-one per page. The count comes with it when fewer rows match than that. The filter bar's choices,
-the score columns, the table names and the parsed recipe in force are likewise read once per
-catalog state. Everything is keyed by ``CatalogAccess.stamp``, so a commit invalidates it all.
+At a million clips the expensive part of a grid page was ordering every matching clip (a top-N
+over the whole table, ~30 ms of CPU). The grid's standard filters and sorts (score sliders,
+decision, source, drop reason, sort by any score) are now answered from numpy columns read once per
+catalog state (``grid_index``: a few ms, no catalog read). A free SQL ``WHERE`` or an explicit clip
+set still goes to DuckDB: the first ``ORDER_DEPTH`` ids of each such query's order are kept
+(``StampedCache``) and a later page of it is a slice. The filter bar's choices, the score columns,
+the table names, the parsed recipe in force, each source's timeline and rendered grid and clip
+pages are likewise kept per catalog state. Everything is keyed by ``CatalogAccess.stamp``, so a
+commit (a label, a job's) invalidates it all.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from dataclasses import dataclass
 from typing import Hashable
 
 import duckdb
+from markupsafe import Markup
 
 from vidcorpus.filters.recipes import Recipe
 from vidcorpus.serve import labels as labels_mod
 from vidcorpus.serve import queries
 from vidcorpus.serve.cache import StampedCache
+from vidcorpus.serve.grid_index import answerable, grid_columns
+from vidcorpus.serve.warmer import SYNC_MAX_CLIPS, Warmer
 
 ORDER_DEPTH = 2400
 """Ids kept per grid query: 50 pages of 48 (deeper pages are ordered per request)."""
@@ -39,12 +44,17 @@ class CatalogFacts:
 class CachedReads:
     """The server's caches (one set per app), all keyed by the catalog's stamp."""
 
-    def __init__(self) -> None:
+    def __init__(self, warmer: Warmer | None = None) -> None:
+        self.warmer = warmer  # loads a large catalog's grid columns in the background (None: in the request)
         self.facts_cache = StampedCache(max_entries=8)
+        self.option_lists = StampedCache(max_entries=64)  # the filter bar's <option>s per choice
         # one string per query (~80 kB at ORDER_DEPTH ids): room for the queries people page through
         # beside one-off slider values, which would push them out of a smaller cache
         self.orders = StampedCache(max_entries=512)
         self.pages = StampedCache(max_entries=256)      # rendered pages, ~60 kB each
+        self.clip_pages = StampedCache(max_entries=512)  # rendered clip pages, ~10 to 50 kB each
+        self.columns = StampedCache(max_entries=1)      # the grid's columns in numpy (grid_index)
+        self.timelines = StampedCache(max_entries=1024)  # per source: shared by its clips' pages
 
     def facts(self, con: duckdb.DuckDBPyConnection, stamp: Hashable) -> CatalogFacts:
         def read() -> CatalogFacts:
@@ -57,16 +67,66 @@ class CachedReads:
         """The filter bar's choices (sources, reasons, score ranges): a scan of the whole table."""
         return self.facts_cache.get(stamp, ("facets", tuple(scores)), lambda: queries.facets(con, scores))[0]
 
+    def options(self, stamp: Hashable, name: str, values: list[str], selected: str) -> Markup:
+        """A filter's ``<option>`` list (up to 200 sources), escaped once per catalog state and choice."""
+        def build() -> Markup:
+            return Markup("").join(Markup('<option value="{0}" {1}>{0}</option>').format(
+                v, "selected" if v == selected else "") for v in values)
+
+        return self.option_lists.get(stamp, (name, selected), build)[0]
+
+    def timeline(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, source_id: str, have: set[str]) -> dict:
+        """Where every frame of a source went (the clip page's timeline), shared by the source's clips."""
+        return self.timelines.get(stamp, source_id, lambda: queries.timeline(con, source_id, have))[0]
+
     def grid(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, q: queries.GridQuery,
-             scores: list[str]) -> tuple[list[dict], int, bool]:
-        """One page of clips, how many match (capped as ``queries.grid``), and whether the order was cached."""
-        where, params = q.sql(scores)
-        order = q.order(scores)
+             scores: list[str]) -> tuple[list[dict], int, str]:
+        """One page of clips, how many match (capped as ``queries.grid``), and how it was made:
+        ``index`` (from the columns in memory), ``order`` (a slice of a known order), ``miss`` (read)."""
         limit = max(1, min(queries.MAX_PER_PAGE, q.per_page))
         offset = (max(1, q.page) - 1) * limit
+        if answerable(q) and self.warmer is not None and self._large(con, stamp):
+            answer = self._grid_warm(con, stamp, q, scores, limit, offset)
+            if answer is not None:
+                return answer
+        elif answerable(q):
+            columns, known = self.columns.get(stamp, "grid", lambda: grid_columns(con))
+            loads = columns.loads if columns is not None else 0
+            answer = columns.page(con, q, scores, limit, offset) if columns is not None else None
+            if answer is not None:
+                return *answer, ("index" if known and columns.loads == loads else "miss")
+        return self._grid_sql(con, stamp, q, scores, limit, offset)
+
+    def _large(self, con: duckdb.DuckDBPyConnection, stamp: Hashable) -> bool:
+        count, _ = self.facts_cache.get(stamp, "clips",
+                                        lambda: con.execute("SELECT count(*) FROM clips_wide").fetchall()[0][0])
+        return count > SYNC_MAX_CLIPS
+
+    def _grid_warm(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, q: queries.GridQuery, scores: list[str],
+                   limit: int, offset: int) -> tuple[list[dict], int, str] | None:
+        """From memory when the query's columns are loaded; else None (DuckDB answers) and they load."""
+        q.sql(scores)  # names checked before anything is loaded for them
+        q.order(scores)
+        columns = self.columns.peek(stamp, "grid")
+        if columns is None:
+            self.warmer.want(stamp, ("grid", stamp), lambda c: self.columns.get(stamp, "grid", lambda: grid_columns(c)))
+            return None
+        if not columns.ready(q):
+            key = ("prepare", stamp, tuple(sorted(q.ranges)), q.sort, q.descending)
+            self.warmer.want(stamp, key, lambda c: columns.prepare(c, q))
+            return None
+        answer = columns.page(con, q, scores, limit, offset)
+        return None if answer is None else (*answer, "index")
+
+    def _grid_sql(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, q: queries.GridQuery, scores: list[str],
+                  limit: int, offset: int) -> tuple[list[dict], int, str]:
+        """The grid in DuckDB (a free WHERE, an explicit clip set): the first ``ORDER_DEPTH`` ids of each
+        query's order are kept, so a later page of it is a slice."""
+        where, params = q.sql(scores)
+        order = q.order(scores)
         if offset + limit > ORDER_DEPTH:
             rows, total = queries.grid(con, q, scores)
-            return rows, total, False
+            return rows, total, "miss"
         key = (where, _hashable(params), order)
         joined, hit = self.orders.get(stamp, ("order", key),
                                       lambda: ID_SEP.join(queries.ordered_ids(con, q, scores, ORDER_DEPTH, 0)))
@@ -75,7 +135,7 @@ class CachedReads:
             total = len(ids)
         else:
             total = self.orders.get(stamp, ("count", key), lambda: queries.capped_count(con, where, params))[0]
-        return queries.rows_by_id(con, ids[offset:offset + limit], scores), total, hit
+        return queries.rows_by_id(con, ids[offset:offset + limit], scores), total, ("order" if hit else "miss")
 
 
 def _hashable(params: list) -> tuple:

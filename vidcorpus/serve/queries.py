@@ -2,7 +2,9 @@
 
 The grid reads the materialised ``clips_wide`` (one row per clip, a column per scorer): a page is a
 top-N over it (``ordered_ids``, linear in the clips: ~20 ms of CPU at 1 M, see docs/benchmarks.md)
-and a lookup of the page's rows; the clip page's reads are index probes (migration 15). Column
+and a lookup of the page's rows. The server answers the standard filters from memory instead
+(``grid_index``, equal to these queries) and comes here for a free WHERE or an explicit clip set;
+the clip page's reads are index probes (migration 15). Column
 names (sort keys, score sliders) are accepted only when they are clips_wide's own columns; values
 always travel as parameters; a user's WHERE clause has passed ``catalog/safe_sql.check_predicate``
 before it gets here.
@@ -11,6 +13,7 @@ before it gets here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import duckdb
 
@@ -179,9 +182,11 @@ def _dicts(rel) -> list[dict]:
 
 
 def clip_detail(con: duckdb.DuckDBPyConnection, clip_id: str, have: set[str] | None = None,
-                recipe: Recipe | None | bool = False, scores: list[str] | None = None) -> dict | None:
+                recipe: Recipe | None | bool = False, scores: list[str] | None = None,
+                timeline_of: Callable[[str], dict] | None = None) -> dict | None:
     """Everything the clip page shows; None when the catalog has no such clip. ``have`` (table
-    names), ``recipe`` (the one in force) and ``scores`` (score columns) are read when not given."""
+    names), ``recipe`` (the one in force) and ``scores`` (score columns) are read when not given;
+    ``timeline_of(source_id)`` may answer the source's timeline from a cache (``timeline`` else)."""
     rows = _dicts(con.execute("SELECT * FROM clips_wide WHERE clip_id = ?", [clip_id]))
     if not rows:
         return None
@@ -209,7 +214,8 @@ def clip_detail(con: duckdb.DuckDBPyConnection, clip_id: str, have: set[str] | N
     shards = clip_shard(con, clip["shard_id"])
     return {"clip": clip, "scores": scores, "captions": captions, "decisions": decisions, "labels": labels,
             "shards": shards, "recipe": recipe.id if recipe else None,
-            "duplicates": duplicates(con, clip_id, have), "timeline": timeline(con, clip["source_id"], have)}
+            "duplicates": duplicates(con, clip_id, have),
+            "timeline": (timeline_of or (lambda source: timeline(con, source, have)))(clip["source_id"])}
 
 
 def clip_shard(con: duckdb.DuckDBPyConnection, shard_id: str | None) -> list[dict]:
@@ -222,6 +228,11 @@ def clip_shard(con: duckdb.DuckDBPyConnection, shard_id: str | None) -> list[dic
 def duplicates(con: duckdb.DuckDBPyConnection, clip_id: str, have: set[str]) -> list[dict]:
     """Clips with the same content (sha256 of the clip file), and the clip's near-duplicate score."""
     if "embeddings" not in have:
+        return []
+    # most clips have no embedding, or none shared: an index probe answers that (the join below
+    # costs ~2 ms of CPU at 1 M clips even when it finds nothing)
+    if not con.execute("SELECT 1 FROM embeddings WHERE clip_id = ? AND content_sha256 IS NOT NULL LIMIT 1",
+                       [clip_id]).fetchall():
         return []
     return _dicts(con.execute(
         "SELECT DISTINCT e2.clip_id, w.kept, w.reason FROM embeddings e1 JOIN embeddings e2 "
