@@ -54,12 +54,13 @@ def _sample(key: str, media_key: str, data: bytes, first: np.ndarray, text: str,
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    from vidcorpus.train.models import build_tiny_i2vgen
+def tiny_model(model_cache) -> str:
+    """The session's tiny I2VGen-XL build (build_tiny_i2vgen into the model cache, once: the demo and
+    test_refiner.py use the same one; the tests only read it)."""
+    from vidcorpus.config import ModelsConfig
+    from vidcorpus.presets import resolve_models
 
-    out = str(tmp_path_factory.mktemp("models") / "i2vgen")
-    build_tiny_i2vgen(out)
-    return out
+    return resolve_models(ModelsConfig(preset="tiny", cache_dir=model_cache)).i2vgen
 
 
 @pytest.fixture(scope="module")
@@ -524,6 +525,7 @@ def test_ray_train_launcher_runs_two_cpu_workers(tiny_model, shards, tmp_path):
     from vidcorpus.train.checkpoint import read_state
     from vidcorpus.train.launch import launch_ray
 
+    ray.shutdown()  # a Ray left up by an earlier test (the session's demo keeps its own until the end)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         res = launch_ray(_cfg(steps=2, workers=2, checkpoint_every=1, keep_checkpoints=1), tiny_model,
