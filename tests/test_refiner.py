@@ -27,14 +27,14 @@ def _frames(path: str) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def models(model_cache) -> dict:
-    """The session's tiny builds (build_tiny_i2vgen, then build_tiny_refiner beside it, in the model
-    cache: made once, shared with the demo and test_train.py; the tests only read them)."""
-    from vidcorpus.config import ModelsConfig
-    from vidcorpus.presets import resolve_refiner
+def models(tmp_path_factory) -> dict:
+    from vidcorpus.train.models import build_tiny_i2vgen
+    from vidcorpus.train.refiner import build_tiny_refiner
 
-    filled = resolve_refiner(ModelsConfig(preset="tiny", cache_dir=model_cache))
-    return {"i2vgen": filled.i2vgen, "refiner": filled.refiner}
+    root = tmp_path_factory.mktemp("models")
+    build_tiny_i2vgen(str(root / "i2vgen"))
+    build_tiny_refiner(str(root / "refiner"), str(root / "i2vgen"))
+    return {"i2vgen": str(root / "i2vgen"), "refiner": str(root / "refiner")}
 
 
 @pytest.fixture(scope="module")

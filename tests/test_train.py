@@ -54,13 +54,12 @@ def _sample(key: str, media_key: str, data: bytes, first: np.ndarray, text: str,
 
 
 @pytest.fixture(scope="module")
-def tiny_model(model_cache) -> str:
-    """The session's tiny I2VGen-XL build (build_tiny_i2vgen into the model cache, once: the demo and
-    test_refiner.py use the same one; the tests only read it)."""
-    from vidcorpus.config import ModelsConfig
-    from vidcorpus.presets import resolve_models
+def tiny_model(tmp_path_factory) -> str:
+    from vidcorpus.train.models import build_tiny_i2vgen
 
-    return resolve_models(ModelsConfig(preset="tiny", cache_dir=model_cache)).i2vgen
+    out = str(tmp_path_factory.mktemp("models") / "i2vgen")
+    build_tiny_i2vgen(out)
+    return out
 
 
 @pytest.fixture(scope="module")
