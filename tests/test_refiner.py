@@ -174,7 +174,7 @@ def test_cascade_writes_the_requested_video_from_exports_and_checkpoints(models,
 
     Image.fromarray(shards["first"]).save(shards["image"])
     common = ["--image", shards["image"], "--prompt", "colourful shapes drifting", "--short-prompt", "shapes",
-              "--height", "64", "--width", "96", "--frames", "4", "--seed", "3",
+              "--height", "96", "--width", "160", "--frames", "4", "--seed", "3",
               "--set", "generate.base_height=64", "--set", "generate.base_width=64", "--set", "generate.base_steps=2",
               "--set", "generate.refiner_steps=5", "--no-progress"]
     videos = {}
@@ -191,7 +191,7 @@ def test_cascade_writes_the_requested_video_from_exports_and_checkpoints(models,
         assert "refined from t=" in r.output
         videos[name] = _frames(str(out))
     v = videos["export"]
-    assert v.shape == (4, 64, 96, 3) and v.std() > 0
+    assert v.shape == (4, 96, 160, 3) and v.std() > 0
     # The same seed gives the same video, whether the stages come as exports or as checkpoints.
     # (Bit for bit, mp4 included: x264's macroblock tree once made this flaky; media.encode_video.)
     for name in ("export again", "base checkpoint", "checkpoint"):
