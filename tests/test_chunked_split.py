@@ -75,15 +75,12 @@ def test_an_index_that_misses_a_frame_falls_back_to_counting_from_the_start(tmp_
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """A local Ray with 2 CPUs, started as a run starts it and left up: the session's next Ray user
-    (the demo, in test_cli.py) runs on it instead of starting another (about 10 s)."""
     import ray
 
-    from vidcorpus.runner import init_ray
-
-    init_ray(load_config(None, ["ray.num_cpus=2"]))
-    assert ray.cluster_resources().get("CPU", 0) >= 2  # the chunks run as parallel Ray tasks
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
+    ray.shutdown()
 
 
 def test_a_long_source_split_in_parallel_chunks_has_the_shots_of_one_pass(tmp_path, ray_local):
