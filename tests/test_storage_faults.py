@@ -74,11 +74,15 @@ def test_a_write_that_keeps_failing_leaves_nothing_and_a_rerun_finishes(tmp_path
     def shard_puts_fail(n, method, path, query):
         return 503 if method in ("PUT", "POST") and path.endswith(".tar") else None
 
+    # Two botocore attempts per call instead of five (s3fs retries the call 5 times): the same retries
+    # and give-up path, 10 backed-off failures instead of 25 (about 35 s less).
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
     with FaultProxy(endpoint, shard_puts_fail) as proxy:
         _through(monkeypatch, proxy.url)
         with Catalog(cfg.catalog_path) as cat, pytest.raises(Exception):
             write_pending_shards(cfg, cat, "run1", progress=False)
         assert proxy.faults() >= 2  # the client retried before giving up
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS")
     fs = _through(monkeypatch, endpoint)
     assert not [p for p in fs.find("bucket/corpus") if p.endswith(".tar")]
     with Catalog(cfg.catalog_path) as cat:

@@ -524,6 +524,7 @@ def test_ray_train_launcher_runs_two_cpu_workers(tiny_model, shards, tmp_path):
     from vidcorpus.train.checkpoint import read_state
     from vidcorpus.train.launch import launch_ray
 
+    ray.shutdown()  # a Ray left up by an earlier test (the session's demo keeps its own until the end)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         res = launch_ray(_cfg(steps=2, workers=2, checkpoint_every=1, keep_checkpoints=1), tiny_model,
