@@ -148,8 +148,8 @@ def upright_array(frame: av.VideoFrame, width: int | None = None, height: int | 
     if interpolation:
         kwargs["interpolation"] = interpolation
     # The same pixels as frame.to_ndarray(...), through a cached single-threaded scaler: to_ndarray
-    # builds a scaler with a thread per CPU for every frame (0.6 to 1.5 ms against 0.4 for a 720p
-    # frame to detection size; worse where 16 tasks each start 16 threads per frame).
+    # builds a scaler with a thread per CPU for every frame (a 720p frame to the detection and
+    # TransNetV2 sizes: 1.64 ms of CPU against 0.57; bench/bench_frame_scaling.py).
     rf = reformatter(f"{format}:{kwargs.get('width')}x{kwargs.get('height')}:{interpolation}")
     return upright(rf.reformat(frame, format=format, threads=1, **kwargs).to_ndarray(), cw)
 
