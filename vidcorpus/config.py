@@ -102,6 +102,10 @@ class SplitConfig(Section):
     clip_codec: str = "libx264"
     clip_crf: int = 20
     clip_preset: str = Field("veryfast", description="x264 preset for precise clips.")
+    clip_threads: int = Field(1, ge=0, description="precise: threads per clip encoder (0: the encoder's choice, "
+                                                   "about 1.5 per core). Extraction runs many clips in parallel tasks: "
+                                                   "one each keeps the cores from being oversubscribed, and the bytes "
+                                                   "from depending on the machine.")
     clip_short_side: int | None = Field(None, ge=2, description="precise: scale clips so the short side is this (None keeps the source size).")
     clip_fps: float | None = Field(None, gt=0, description="precise: resample clips to this frame rate (None keeps the source rate).")
     keyframes_at_samples: bool = Field(
@@ -165,6 +169,10 @@ class FiltersConfig(Section):
                                "instead of decoding the clip. 0: no stills.")
     decode_threads: int = Field(0, ge=0, description="Worker processes decoding clips for the CLIP scorer (0: one per CPU but one, at most 16).")
     clip_precision: Literal["bf16", "fp32"] = Field("bf16", description="CLIP weights on a GPU (the CPU always runs fp32).")
+    clip_scores: bool = Field(
+        True, description="CLIP/aesthetic scoring (aesthetic, aesthetic_min, clip_text and the embeddings dedup "
+                          "compares). Off: a run loads no CLIP model; a recipe reading these scores or dedup on "
+                          "is then refused at the start.")
     dedup: bool = Field(True, description="After a run, score duplicates (dup_exact, dup_sim) against the run and the catalog.")
     dedup_floor: float = Field(
         0.8, description="Cosine similarity under which two clips are not compared further (dup_sim is 0 below it).")
@@ -176,6 +184,9 @@ class FiltersConfig(Section):
 
 
 class CaptioningConfig(Section):
+    enabled: bool = Field(True, description="`run` and `sync` caption kept clips. Off: no captioner is loaded; kept "
+                                            "clips stay uncaptioned (and unsharded, unless --allow-uncaptioned) "
+                                            "until a sync with it on.")
     version: str = Field("v1", description="Caption version name stored with each caption.")
     prompt_version: str = "p1"
     frames_per_clip: int = 4

@@ -54,20 +54,38 @@ def resolve_models(models: ModelsConfig, build: bool = True) -> ModelsConfig:
     return filled
 
 
-def build_tiny_models(models: ModelsConfig) -> None:
-    """Create the tiny models that are missing (seeded, so every machine builds the same ones)."""
-    from vidcorpus.captioning.models import build_tiny_captioner
-    from vidcorpus.filters.clip_models import build_tiny_aesthetic_head, build_tiny_clip
-    from vidcorpus.train.models import build_tiny_i2vgen
+def build_tiny_models(models: ModelsConfig, only: set[str] | None = None) -> None:
+    """Create the tiny models that are missing (seeded, so every machine builds the same ones);
+    ``only``: just these of "clip" (with the aesthetic head), "captioner", "i2vgen". Each builder is
+    imported only when its model is missing (importing them costs seconds: open_clip, transformers)."""
+    wanted = {"clip", "captioner", "i2vgen"} if only is None else only
+    if "clip" in wanted and not Path(models.clip_pretrained).exists():
+        from vidcorpus.filters.clip_models import build_tiny_clip
 
-    if not Path(models.clip_pretrained).exists():
         build_tiny_clip(models.clip_pretrained)
-    if not Path(models.aesthetic_head).exists():
+    if "clip" in wanted and not Path(models.aesthetic_head).exists():
+        from vidcorpus.filters.clip_models import build_tiny_aesthetic_head
+
         build_tiny_aesthetic_head(models.aesthetic_head, models.clip_model)
-    if not (Path(models.captioner) / "config.json").exists():
+    if "captioner" in wanted and not (Path(models.captioner) / "config.json").exists():
+        from vidcorpus.captioning.models import build_tiny_captioner
+
         build_tiny_captioner(models.captioner)
-    if not (Path(models.i2vgen) / "model_index.json").exists():
+    if "i2vgen" in wanted and not (Path(models.i2vgen) / "model_index.json").exists():
+        from vidcorpus.train.models import build_tiny_i2vgen
+
         build_tiny_i2vgen(models.i2vgen)
+
+
+def curation_models(cfg) -> set[str]:
+    """The models a curation run (``run``, ``sync``) loads under this config: "clip" for the CLIP
+    scorer or caption QA, "captioner" when captioning is on. A run loads nothing it will not use."""
+    needs = set()
+    if cfg.filters.clip_scores or (cfg.captioning.enabled and cfg.captioning.qa):
+        needs.add("clip")
+    if cfg.captioning.enabled:
+        needs.add("captioner")
+    return needs
 
 
 def resolve_refiner(models: ModelsConfig) -> ModelsConfig:
@@ -81,17 +99,21 @@ def resolve_refiner(models: ModelsConfig) -> ModelsConfig:
     return filled
 
 
-def preflight_pipeline(models: ModelsConfig) -> None:
-    """Check, in the driver and before any worker starts, that every curation model can be loaded.
+def preflight_pipeline(models: ModelsConfig, only: set[str] | None = None) -> None:
+    """Check, in the driver and before any worker starts, that every curation model the run will
+    load (``only``: those of ``curation_models``; None: all) can be loaded.
 
     Cheap for the tiny preset (local files); for production it turns a missing weight into one
     clear error instead of a failure inside a Ray actor after the pipeline has started.
     """
-    from vidcorpus.filters.clip_models import require_clip_weights
+    wanted = {"clip", "captioner"} if only is None else only
+    if "clip" in wanted:
+        from vidcorpus.filters.clip_models import require_clip_weights
 
-    require_clip_weights(models.clip_model, models.clip_pretrained)
-    require_file(models.aesthetic_head, "aesthetic_head")
-    require_hf_model(models.captioner, "captioner")
+        require_clip_weights(models.clip_model, models.clip_pretrained)
+        require_file(models.aesthetic_head, "aesthetic_head")
+    if "captioner" in wanted:
+        require_hf_model(models.captioner, "captioner")
 
 
 def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:

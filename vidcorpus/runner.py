@@ -26,10 +26,10 @@ from vidcorpus.config import Config
 from vidcorpus.errors import storage_full
 from vidcorpus.ids import new_run_id
 from vidcorpus.filters.frame_models import preflight_frame_models, with_frame_model_stages
-from vidcorpus.presets import preflight_pipeline, resolve_models
+from vidcorpus.presets import build_tiny_models, curation_models, preflight_pipeline, resolve_models
 from vidcorpus.schemas import rows_to_table
 from vidcorpus.stage import Stage
-from vidcorpus.stage_settings import check_names, pin_plans, resolve
+from vidcorpus.stage_settings import check_names, check_switches, pin_plans, resolve
 from vidcorpus.stage_stats import StageRow, StageStats
 
 CAPTION_STAGES = ("caption", "caption_align")  # fed by the driver after dedup (vidcorpus/caption_pool.py)
@@ -87,9 +87,21 @@ def _run_stage(stage_cls: type[Stage], cfg: Config, batch: pa.Table) -> pa.Table
     return stage_cls(cfg)(batch)
 
 
+def switched_on(stages: list[type[Stage]], cfg: Config) -> list[type[Stage]]:
+    """The stages the config's switches leave in: ``filters.clip_scores`` (the CLIP scorer, and the
+    caption alignment that reads its embeddings) and ``captioning.enabled`` (the captioner and that
+    alignment)."""
+    off: set[str] = set()
+    if not cfg.filters.clip_scores:
+        off |= {"clip", "caption_align"}
+    if not cfg.captioning.enabled:
+        off |= {"caption", "caption_align"}
+    return [s for s in stages if s.name not in off]
+
+
 def split_stages(cfg: Config) -> tuple[list[type[Stage]], list[type[Stage]]]:
     """(the stages of the Ray Data stream, the caption stages the driver feeds after dedup)."""
-    stages = with_frame_model_stages(pipeline_stages(), cfg)
+    stages = switched_on(with_frame_model_stages(pipeline_stages(), cfg), cfg)
     return ([s for s in stages if s.name not in CAPTION_STAGES], [s for s in stages if s.name in CAPTION_STAGES])
 
 
@@ -148,8 +160,10 @@ def run_pipeline(
     from vidcorpus.ingest.sources import read_inputs
 
     t0 = time.time()
-    cfg = cfg.model_copy(update={"models": resolve_models(cfg.models)})
-    preflight_pipeline(cfg.models)
+    cfg = cfg.model_copy(update={"models": resolve_models(cfg.models, build=False)})
+    if cfg.models.preset == "tiny":
+        build_tiny_models(cfg.models, curation_models(cfg))
+    preflight_pipeline(cfg.models, curation_models(cfg))
     if "transnetv2" in cfg.split.detectors:  # the `models` extra: fail here, not once per source in a worker
         from vidcorpus.ingest.transnet import require_transnet
 
@@ -171,6 +185,7 @@ def run_pipeline(
         # The catalog's active recipe decides (a recipe the config names explicitly replaces it, said
         # here); the stages get its content, so a later file edit or config default cannot slip in.
         cfg = pin_recipe(cfg, adopt_recipe(cfg, catalog, run_id, "run", log))
+        check_switches(cfg)
         summary.sources_seen = len(sources)
         bad_rows = [r for r in sources if r["source_id"] is None]
         sources = [r for r in sources if r["source_id"] is not None]

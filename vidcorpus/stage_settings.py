@@ -54,6 +54,27 @@ def check_names(cfg: Config, stages: list) -> None:
         raise ConfigError(f"stages.{unknown[0]}: no such stage (stages: {', '.join(sorted(known))})")
 
 
+# Scores only the CLIP scorer writes (filters/clip_scores.py): a recipe reading one needs it on.
+CLIP_SCORE_PREFIXES = ("aesthetic", "clip_text")
+
+
+def check_switches(cfg: Config) -> None:
+    """A stage switched off (``filters.clip_scores``) whose output the run still needs is one clear
+    error at the start, not clips silently dropped as "score missing" or dedup without embeddings."""
+    from vidcorpus.filters.recipes import load_recipe
+
+    if cfg.filters.clip_scores:
+        return
+    if cfg.filters.dedup:
+        raise ConfigError("filters.dedup compares the CLIP embeddings that filters.clip_scores=false does not "
+                          "compute: set filters.dedup=false as well")
+    recipe = load_recipe(cfg.filters.recipe)
+    read = [n for n in recipe.scores_needed if n.startswith(CLIP_SCORE_PREFIXES)]
+    if read:
+        raise ConfigError(f"recipe {recipe.id} reads {', '.join(read)}, which filters.clip_scores=false does not "
+                          "compute: turn it on or use a recipe without CLIP scores")
+
+
 def resolve(stages: list, cfg: Config, gpus_available: float) -> dict[type, StagePlan]:
     """The plan of every stage class of a run on a cluster with this many GPUs."""
     n_gpus = int(gpus_available)

@@ -163,7 +163,12 @@ def complete_pending(cfg: Config, cat, run_id: str, allow_uncaptioned: bool = Fa
     if pending.unextracted:
         skip |= set(extract_clips(cfg, cat, run_id, pending.unextracted, log=log).failed)
     todo = [c for c in pending.uncaptioned if c not in skip]
-    captions = caption_clips(cfg, cat, run_id, todo, log=log, progress=progress, timeline=timeline)
+    if cfg.captioning.enabled:
+        captions = caption_clips(cfg, cat, run_id, todo, log=log, progress=progress, timeline=timeline)
+    else:
+        captions = CaptionResult()
+        if todo:
+            log(f"captioning is off (captioning.enabled=false): {len(todo)} kept clips stay uncaptioned")
     began = time.time()
     shards = write_pending_shards(cfg, cat, run_id, progress=progress, log=log, allow_uncaptioned=allow_uncaptioned)
     if timeline is not None:
