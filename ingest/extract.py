@@ -53,7 +53,7 @@ class _ClipWriter:
     def __init__(self, fps: float, codec: str, crf: int, preset: str = "veryfast",
                  short_side: int | None = None, out_fps: float | None = None,
                  source_frames: int | None = None, keyframes_at: int = 0, stills_at: int = 0,
-                 still_short_side: int = 0):
+                 still_short_side: int = 0, threads: int = 1):
         self.buf = io.BytesIO()
         self.container = av.open(self.buf, mode="w", format="mp4")
         self.in_rate = Fraction(fps).limit_denominator(1001)
@@ -64,6 +64,10 @@ class _ClipWriter:
         # different bytes (clips shorter than the lookahead); a rerun must reproduce a clip byte for
         # byte. It costs a few percent of size at the same crf.
         self.stream.options = {"crf": str(crf), "preset": preset, "forced-idr": "1", "x264-params": "mbtree=0"}
+        # Threads per encoder (split.clip_threads): clips are encoded in many tasks at once, so x264's
+        # own choice (about 1.5 threads per core, per encoder) only oversubscribes the cores; a fixed
+        # count also makes the bytes the same on every machine (x264's output depends on it).
+        self.stream.codec_context.thread_count = threads
         self.short_side = short_side
         # Keyframes where the model scorers will sample (first, middle, last for K=3): a scorer then
         # decodes K frames instead of the whole clip (vidcorpus.frame_seek). Costs a few bytes.
@@ -382,7 +386,7 @@ class ExtractStage(Stage):
                             source_frames=r["last_frame"] - r["first_frame"] + 1,
                             keyframes_at=self.config.filters.frames_per_clip if cfg.keyframes_at_samples else 0,
                             stills_at=self.config.filters.frames_per_clip,
-                            still_short_side=self.config.filters.still_size)
+                            still_short_side=self.config.filters.still_size, threads=cfg.clip_threads)
                     for w in writers.values():
                         w.add(frame)
                     if i in ends:
