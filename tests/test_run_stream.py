@@ -145,7 +145,10 @@ def test_models_load_once_per_job_and_a_killed_driver_redoes_only_sources_not_do
 
         crash["after"] = None
         summary = runner.run_pipeline(cfg, progress=False, log=lambda _m: None)
-        assert summary.sources_skipped == len(done) and summary.failures == 0  # only what was not done
+        if summary.failures:  # say which (a flake seen once under a load of 17 on the 2-core box)
+            with Catalog(cfg.catalog_path, read_only=True) as cat:
+                pytest.fail(f"failures in the rerun: {cat.query_dicts('SELECT * FROM failures')}")
+        assert summary.sources_skipped == len(done)  # only what was not done
         with Catalog(cfg.catalog_path, read_only=True) as cat:
             q = lambda sql: next(iter(cat.query_dicts(sql)[0].values()))  # noqa: E731
             assert q("SELECT count(*) FROM sources WHERE status = 'done'") == n_sources
