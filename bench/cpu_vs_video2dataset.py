@@ -4,11 +4,9 @@ side by side, on the same videos served over HTTP from this machine.
 Both download every URL from a local ``http.server`` thread (127.0.0.1), split it into shots and
 write each shot as a re-encoded, frame-exact clip into WebDataset shards:
 
-- vidcorpus: ``vidcorpus run URLS.txt`` (local Ray, ``--cpus`` CPUs) with the model stages taken
-  out of the runner's stage list (CLIP/aesthetic scoring, captioning and caption scoring) and the
-  end-of-run captioning of kept clips (``sync.complete_pending``) replaced by sharding them
-  uncaptioned, as ``vidcorpus shards write --allow-uncaptioned`` does: the config has no switch for
-  either. A recipe keeps every clip. Its download, probe, shot split (adaptive + histogram),
+- vidcorpus: ``vidcorpus run URLS.txt`` (local Ray, ``--cpus`` CPUs) with model scoring and
+  captioning off (``filters.clip_scores=false``, ``captioning.enabled=false``: no model is loaded),
+  then ``vidcorpus shards write --allow-uncaptioned``. A recipe keeps every clip. Its download, probe, shot split (adaptive + histogram),
   precise extraction, technical and motion scores, catalog commits and shards all run.
 - video2dataset 1.3.0 in its own virtual environment (``--v2d``), its CLI with
   CutDetectionSubsampler (cuts_are_clips, mode all, its defaults) and ClippingSubsampler
@@ -78,7 +76,6 @@ distribution:
     subjob_size: {subjob}
     distributor: "multiprocessing"
 """
-MODEL_STAGES = ("ClipScoreStage", "CaptionStage", "CaptionAlignStage")
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -115,40 +112,30 @@ def make_inputs(work: Path, copies: int, seconds: float, size: str, sources: lis
 
 
 def _vidcorpus_child(urls: str, work: str, cpus: int) -> None:
-    """`vidcorpus run` without the model stages and without the end-of-run captioning of kept clips
-    (sync.complete_pending), its kept clips sharded uncaptioned as `shards write --allow-uncaptioned`
-    does."""
+    """`vidcorpus run` with model scoring and captioning switched off (filters.clip_scores=false,
+    captioning.enabled=false: no model is loaded), then `vidcorpus shards write --allow-uncaptioned`,
+    as a user without a captioner would; both in this one process."""
     from typer.main import get_command
 
-    import vidcorpus.runner as runner
-    import vidcorpus.sync as sync
     from vidcorpus.cli import app
 
-    full = runner.pipeline_stages
-    runner.pipeline_stages = lambda: [s for s in full() if s.__name__ not in MODEL_STAGES]
-
-    def shard_only(cfg, cat, run_id, allow_uncaptioned=False, progress=False, log=print, **_later_options):
-        return 0, runner.write_pending_shards(cfg, cat, run_id, progress=progress, log=log, allow_uncaptioned=True)
-
-    sync.complete_pending = shard_only  # run_pipeline imports it from vidcorpus.sync when it runs
     recipe = Path(work) / "keep_all.yaml"
     recipe.write_text(KEEP_ALL)
     sets = [f"ray.num_cpus={cpus}", "ingest.allow_private_addresses=true", f"filters.recipe={recipe}",
-            "filters.dedup=false", "models.preset=tiny"]
+            "filters.dedup=false", "filters.clip_scores=false", "captioning.enabled=false"]
     cli = get_command(app)
     args = [a for s in sets for a in ("--set", s)]
     cli.main(["run", urls, "--workdir", work, "--no-progress", *args], standalone_mode=False)
+    cli.main(["shards", "write", "--workdir", work, "--allow-uncaptioned", *args], standalone_mode=False)
 
 
 def run_vidcorpus(urls: Path, work: Path, cpus: int) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    t = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "_vidcorpus", str(urls), str(work), str(cpus)],
-                          capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t
-    out = {"wall_s": round(wall, 2), "exit_code": proc.returncode, "log_tail": (proc.stdout + proc.stderr)[-3000:]}
+    proc, wall, cpu = run_measured([sys.executable, __file__, "_vidcorpus", str(urls), str(work), str(cpus)], env, cpus)
+    out = {"wall_s": round(wall, 2), "exit_code": proc.returncode, "cpu": cpu,
+           "log_tail": (proc.stdout + proc.stderr)[-3000:]}
     import duckdb
 
     cat = work / "catalog.duckdb"
@@ -163,6 +150,29 @@ def run_vidcorpus(urls: Path, work: Path, cpus: int) -> dict:
     out["shards"] = len(glob.glob(str(work / "shards" / "**" / "*.tar"), recursive=True))
     out["clips_written"] = count_mp4_members(work / "shards")
     return out
+
+
+def run_measured(cmd: list[str], env: dict, cpus: int, cwd: str | None = None):
+    """Run one side to its end; (completed process, wall seconds, the CPU its process tree used: total
+    seconds and the share of ``cpus`` cores it kept busy, per 10 s). The CPU says whether a side was
+    bound by work (cores busy) or by waiting (start-up, scheduling, a stage starved of input)."""
+    import resource
+
+    sys.path.insert(0, str(HERE))
+    from job_timeline import TreeCpu
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.time()
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd) as p:
+        sampler = TreeCpu(p.pid)
+        sampler.start()
+        stdout, stderr = p.communicate()
+        t1 = time.time()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = sampler.result(t0, t1, cpus)
+    # what the kernel counted for the processes reaped up the tree (Ray's daemons may be missing)
+    cpu["cpu_s_reaped"] = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)
+    return subprocess.CompletedProcess(cmd, p.returncode, stdout, stderr), t1 - t0, cpu
 
 
 def count_mp4_members(folder: Path) -> int:
@@ -185,10 +195,8 @@ def run_v2d(urls: Path, work: Path, cpus: int, v2d: Path, ffmpeg_dir: Path, n_ur
     exe = v2d / "bin" / "video2dataset"
     cmd = [str(exe), "--url_list", str(urls), "--input_format", "txt", "--output_folder", str(work / "out"),
            "--output_format", "webdataset", "--encode_formats", '{"video": "mp4"}', "--config", str(config)]
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(work))
-    wall = time.perf_counter() - t
-    out = {"wall_s": round(wall, 2), "exit_code": proc.returncode, "command": " ".join(cmd),
+    proc, wall, cpu = run_measured(cmd, env, cpus, cwd=str(work))
+    out = {"wall_s": round(wall, 2), "exit_code": proc.returncode, "command": " ".join(cmd), "cpu": cpu,
            "log_tail": (proc.stdout + proc.stderr)[-3000:]}
     stats = [json.loads(Path(p).read_text()) for p in glob.glob(str(work / "out" / "*_stats.json"))]
     out["successes"] = sum(s.get("successes", 0) for s in stats)
@@ -210,6 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--work", default="/tmp/cpu_vs_v2d")
     ap.add_argument("--out", default=None)
     ap.add_argument("--order", choices=["v2d-first", "vidcorpus-first"], default="v2d-first")
+    ap.add_argument("--only", choices=["vidcorpus", "v2d"], default=None,
+                    help="Run one side (profiling; the comparison needs both in one run).")
     a = ap.parse_args(argv)
     work = Path(a.work)
     www, footage = make_inputs(work, a.copies, a.seconds, a.size, a.sources)
@@ -219,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
     urls.write_text("".join(f"http://127.0.0.1:{port}/{n}\n" for n in names))
     results = {}
     sides = ["v2d", "vidcorpus"] if a.order == "v2d-first" else ["vidcorpus", "v2d"]
+    sides = [s for s in sides if a.only in (None, s)]
     for side in sides:
         if side == "v2d":
             results["video2dataset"] = run_v2d(urls, work / "v2d", a.cpus, Path(a.v2d), Path(a.ffmpeg_dir), len(names))
@@ -227,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     server.shutdown()
     for r in results.values():
         r["clips_per_s"] = round(r["clips_written"] / r["wall_s"], 3) if r["wall_s"] else None
-    v, p = results["vidcorpus"]["clips_per_s"], results["video2dataset"]["clips_per_s"]
+    v, p = (results.get(k, {}).get("clips_per_s") for k in ("vidcorpus", "video2dataset"))
     report = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "device": f"development machine: {os.cpu_count()} cores, no GPU, shared with other jobs "

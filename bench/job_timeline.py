@@ -45,6 +45,68 @@ class HostCpu(threading.Thread):
                 "busy_pct_by_bucket": [round(sum(v) / len(v), 1) for _, v in sorted(buckets.items())]}
 
 
+class TreeCpu(threading.Thread):
+    """CPU seconds of one process and all its descendants, sampled every ``every_s`` (psutil).
+
+    Why: on a shared machine the host's busy share mixes in other jobs; this counts only the measured
+    side (a Ray driver with its raylet and workers, or video2dataset with its ffmpeg children). Each
+    process's last reading is kept (user + system, with its reaped children's), so a worker that exits
+    between samples loses at most one interval. A process's reaped children are not added (they
+    were sampled themselves while they ran), so nothing counts twice.
+    """
+
+    def __init__(self, pid: int, every_s: float = 0.5):
+        super().__init__(daemon=True)
+        import psutil
+
+        self.psutil, self.pid, self.every = psutil, pid, every_s
+        self.last: dict[tuple[int, float], float] = {}  # (pid, create time) -> CPU seconds
+        self.names: dict[tuple[int, float], str] = {}
+        self.samples: list[tuple[float, float]] = []  # (t, tree CPU seconds so far)
+        self.stop = threading.Event()
+
+    def _read(self) -> None:
+        try:
+            root = self.psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except self.psutil.Error:
+            return
+        for p in procs:
+            try:
+                t, key = p.cpu_times(), (p.pid, p.create_time())
+                self.last[key] = t.user + t.system
+                title = (p.cmdline()[:1] or [p.name()])[0].rsplit("/", 1)[-1][:40]
+                if key not in self.names or "IDLE" not in title:  # a Ray worker's title names its task
+                    self.names[key] = title
+            except self.psutil.Error:
+                continue
+        self.samples.append((time.time(), sum(self.last.values())))
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every):
+            self._read()
+
+    def result(self, t0: float, t1: float, cores: int, bucket_s: float = 10.0) -> dict:
+        """Total CPU seconds, their share of ``cores`` x the wall time, and that share per bucket."""
+        self.stop.set()
+        s = [(t - t0, c) for t, c in self.samples if t0 <= t <= t1 + self.every]
+        if not s:
+            return {"samples": 0}
+        total, wall = s[-1][1], max(t1 - t0, 1e-9)
+        by_bucket: dict[int, float] = {}
+        prev = 0.0
+        for t, c in s:
+            by_bucket[int(t // bucket_s)] = by_bucket.get(int(t // bucket_s), 0.0) + c - prev
+            prev = c
+        by_name: dict[str, float] = {}
+        for key, c in self.last.items():
+            by_name[self.names.get(key, "?")] = by_name.get(self.names.get(key, "?"), 0.0) + c
+        top = dict(sorted(((k, round(v, 1)) for k, v in by_name.items()), key=lambda kv: -kv[1])[:12])
+        return {"cpu_s": round(total, 1), "cpu_s_by_process": top, "cores": cores, "busy_share_of_cores": round(total / (wall * cores), 3),
+                "bucket_s": bucket_s,
+                "busy_share_by_bucket": [round(v / (bucket_s * cores), 2) for _, v in sorted(by_bucket.items())]}
+
+
 def catalog_timeline(con, bucket_s: float = 30.0) -> dict:
     """Counts per ``bucket_s`` from the pipeline run's start, read from the catalog's timestamps:
     clips committed, decisions, captions written, sources done; when each model stage set up
