@@ -160,7 +160,7 @@ def upright_frame(frame: av.VideoFrame) -> av.VideoFrame:
     cw = clockwise_rotation(frame)
     if not cw:
         return frame
-    out = av.VideoFrame.from_ndarray(upright(frame.to_ndarray(format="rgb24"), cw), format="rgb24")
+    out = av.VideoFrame.from_ndarray(upright_array(frame, clockwise=cw), format="rgb24")
     out.pts, out.time_base = frame.pts, frame.time_base
     return out
 
