@@ -219,9 +219,12 @@ def clip_page(request: Request) -> Response:
         if kept is not None:
             return HTMLResponse(kept, headers={CACHE_HEADER: "page"})
         facts = reads.facts(con, stamp)
+        rows = reads.clip_rows(con, stamp, facts.tables)
         detail = queries.clip_detail(con, clip_id, facts.tables, facts.recipe, facts.scores,
-                                     timeline_of=lambda source: reads.timeline(con, stamp, source, facts.tables))
-        plan = neighbours.index_of(con, clip_id) if detail is not None else None
+                                     timeline_of=lambda source: reads.timeline(con, stamp, source, facts.tables),
+                                     labels_of=lambda clip: rows.labels_of(con, clip),
+                                     shard_of=lambda shard: rows.shard_of(con, shard))
+        plan = neighbours.index_of(con, clip_id, detail["embedding_model"]) if detail is not None else None
     if detail is None:
         return error_page(f"no clip {clip_id} in the catalog", 404)
     detail["near"], detail["near_note"] = [], plan if isinstance(plan, str) else ""

@@ -23,7 +23,9 @@ from vidcorpus.filters.recipes import Recipe
 from vidcorpus.serve import labels as labels_mod
 from vidcorpus.serve import queries
 from vidcorpus.serve.cache import StampedCache
+from vidcorpus.serve.clip_rows import ClipRows
 from vidcorpus.serve.grid_index import answerable, grid_columns
+from vidcorpus.serve.timelines import SourceTimelines
 from vidcorpus.serve.warmer import SYNC_MAX_CLIPS, Warmer
 
 ORDER_DEPTH = 2400
@@ -53,7 +55,7 @@ class CachedReads:
         self.orders = StampedCache(max_entries=512)
         self.pages = StampedCache(max_entries=256)      # rendered pages, ~60 kB each
         self.clip_pages = StampedCache(max_entries=512)  # rendered clip pages, ~10 to 50 kB each
-        self.columns = StampedCache(max_entries=1)      # the grid's columns in numpy (grid_index)
+        self.columns = StampedCache(max_entries=2)      # the grid's columns (grid_index), the sources' timelines
         self.timelines = StampedCache(max_entries=1024)  # per source: shared by its clips' pages
 
     def facts(self, con: duckdb.DuckDBPyConnection, stamp: Hashable) -> CatalogFacts:
@@ -76,8 +78,30 @@ class CachedReads:
         return self.option_lists.get(stamp, (name, selected), build)[0]
 
     def timeline(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, source_id: str, have: set[str]) -> dict:
-        """Where every frame of a source went (the clip page's timeline), shared by the source's clips."""
+        """Where every frame of a source went (the clip page's timeline): from memory once the grid's
+        columns and ``SourceTimelines`` are loaded (the latter in the background), else three probes
+        whose answer is kept per source."""
+        timelines = self.source_timelines(stamp, have)
+        answer = timelines.timeline(con, source_id) if timelines is not None else None
+        if answer is not None:
+            return answer
         return self.timelines.get(stamp, source_id, lambda: queries.timeline(con, source_id, have))[0]
+
+    def source_timelines(self, stamp: Hashable, have: set[str]) -> SourceTimelines | None:
+        """This state's ``SourceTimelines`` if loaded; else None, and it is loaded in the background
+        once the grid's columns are (no page waits for it)."""
+        loaded = self.columns.peek(stamp, "timelines")
+        if loaded is not None or self.warmer is None:
+            return loaded
+        columns = self.columns.peek(stamp, "grid")
+        if columns is not None:
+            self.warmer.want(stamp, ("timelines", stamp), lambda c: self.columns.get(
+                stamp, "timelines", lambda: SourceTimelines(c, columns, have)))
+        return None
+
+    def clip_rows(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, have: set[str]) -> ClipRows:
+        """This state's labels and shards by key (``clip_rows``)."""
+        return self.facts_cache.get(stamp, "clip_rows", lambda: ClipRows(con, have))[0]
 
     def grid(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, q: queries.GridQuery,
              scores: list[str]) -> tuple[list[dict], int, str]:

@@ -211,9 +211,17 @@ class GridColumns:
             picked = _first_matches(mask, order, min(need, count), count)[offset:need]
         return self.rows(con, picked, q.sort if q.sort in scores else None), min(count, queries.COUNT_CAP + 1)
 
+    def rows_of_rowids(self, rowids: np.ndarray) -> np.ndarray:
+        """These arrays' rows of clips_wide row ids read in the same catalog state."""
+        return self._row_of_rowid[rowids]
+
+    def clip_ids(self, rows: np.ndarray) -> list[str]:
+        """The clip ids of these rows."""
+        return self.ids.take(pa.array(self._read_at[rows], type=pa.int64())).to_pylist()
+
     def rows(self, con: duckdb.DuckDBPyConnection, picked: np.ndarray, sort_score: str | None) -> list[dict]:
         """A card's fields (``_card.html``: id, media type, decision, reason, the sorted score)."""
-        ids = self.ids.take(pa.array(self._read_at[picked], type=pa.int64())).to_pylist()
+        ids = self.clip_ids(picked)
         media_codes, media_names, _ = self.codes["media_type"]
         reason_codes, reason_names, _ = self.codes["reason"]
         values = self.numeric(con, sort_score).values if sort_score else None
