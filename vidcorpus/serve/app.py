@@ -46,6 +46,7 @@ class ServeSettings:
     token: str | None = None
     who: str = "anonymous"
     query_threads: int | None = None  # DuckDB threads per query; None: DuckDB's default (every core)
+    request_threads: int | None = None  # threads running requests; None: Starlette's (anyio's) default, 40
 
 
 class _CursorCatalog:
@@ -66,6 +67,9 @@ SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff",
                                                 "style-src 'self'; script-src 'self'; frame-ancestors 'none'")}
 
 
+_SECURITY_HEADER_BYTES = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+
 class Guard:
     """Host header, token and write-header rules (``security``) before any handler runs.
 
@@ -81,19 +85,21 @@ class Guard:
         request = Request(scope)
         s: ServeSettings = request.app.state.settings
         refused = None
-        given = (request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE)
-                 or request.headers.get("authorization", "").removeprefix("Bearer ").strip() or None)
+        given = None
+        if s.token:  # (without a token, nothing to look for: the query string and cookies stay unparsed)
+            given = (request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE)
+                     or request.headers.get("authorization", "").removeprefix("Bearer ").strip() or None)
         if not host_ok(s.host, request.headers.get("host")):
             refused = PlainTextResponse("refused: unknown Host header", status_code=400)
         elif not token_ok(s.token, given):
             refused = PlainTextResponse("refused: this server needs its token (?token=...)", status_code=401)
         elif request.method not in ("GET", "HEAD") and request.headers.get(WRITE_HEADER) != "1":
             refused = PlainTextResponse(f"refused: writes need the {WRITE_HEADER} header", status_code=403)
-        extra = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+        extra = _SECURITY_HEADER_BYTES
         if refused is None and s.token and request.query_params.get("token"):
             cookie = Response()
             cookie.set_cookie(TOKEN_COOKIE, s.token, httponly=True, samesite="strict")
-            extra += [(k, v) for k, v in cookie.raw_headers if k == b"set-cookie"]
+            extra = [*extra, *((k, v) for k, v in cookie.raw_headers if k == b"set-cookie")]
 
         async def send_guarded(message):
             if message["type"] == "http.response.start":
@@ -360,6 +366,10 @@ def make_app(settings: ServeSettings, access: CatalogAccess | None = None) -> St
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        if settings.request_threads:  # the pool Starlette runs the (blocking) handlers in
+            import anyio.to_thread
+
+            anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
         yield
         if app.state.reads.warmer is not None:
             app.state.reads.warmer.stop()
