@@ -1,5 +1,5 @@
 """The clip page's reads answered from memory once per catalog state (serve/timelines.py: each source's
-timeline; serve/clip_rows.py: labels and shards) must equal the index probes they replace, row for
+timeline; serve/decision_history.py: each clip's decisions; serve/clip_rows.py: labels and shards) must equal the index probes they replace, row for
 row and in the same order, and the rendered cards (serve/cards.py) must be the HTML the Jinja
 macro they replace made; a commit must make the next clip page fresh."""
 
@@ -12,8 +12,9 @@ import duckdb
 import pytest
 from jinja2 import Environment
 
-from vidcorpus.serve import cards, clip_rows, queries, timelines
+from vidcorpus.serve import cards, clip_rows, decision_history, queries, timelines
 from vidcorpus.serve.clip_rows import ClipRows
+from vidcorpus.serve.decision_history import DecisionHistory
 from vidcorpus.serve.grid_index import grid_columns
 from vidcorpus.serve.timelines import SourceTimelines
 
@@ -30,6 +31,8 @@ def _catalog() -> duckdb.DuckDBPyConnection:
     con.execute("CREATE TABLE labels (label_id VARCHAR PRIMARY KEY, clip_id VARCHAR, label VARCHAR, reason VARCHAR, "
                 "who VARCHAR, labeled_at TIMESTAMP, recipe VARCHAR, origin VARCHAR)")
     con.execute("CREATE TABLE shards (shard_id VARCHAR PRIMARY KEY, url VARCHAR, sha256 VARCHAR)")
+    con.execute("CREATE TABLE decisions (clip_id VARCHAR, recipe VARCHAR, kept BOOLEAN, reason VARCHAR, "
+                "run_id VARCHAR, decided_at TIMESTAMP, PRIMARY KEY (clip_id, recipe))")
     rnd = random.Random(5)
     # s0 to s11 have clips; s9 has no sources row; s12 has a sources row and segments but no clip
     con.executemany("INSERT INTO sources VALUES (?, ?, ?, ?, ?)",
@@ -53,6 +56,11 @@ def _catalog() -> duckdb.DuckDBPyConnection:
                     [(f"l{k:03d}", f"a{rnd.randint(0, 20):04d}", rnd.choice(["good", "bad"]),
                       rnd.choice([None, "static"]), "tester", at + dt.timedelta(seconds=rnd.randint(0, 3)), None,
                       "browse") for k in range(60)])  # several per clip, ties in time
+    decided = [(c[0], f"r@{v}", rnd.choice([True, False]), rnd.choice([None, "blur<2"]), "run",
+                rnd.choice([None, at, at, at + dt.timedelta(hours=v)]))  # ties in time, and no time
+               for c in clips for v in range(rnd.randint(0, 3))]
+    con.executemany("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?)",
+                    decided + [("zz-not-a-clip", "r@1", True, None, "run", at)])
     con.executemany("INSERT INTO shards VALUES (?, ?, ?)", [("sh-1", "file:///s/1.tar", "aa"),
                                                             ("sh-2", "file:///s/2.tar", "bb")])
     return con
@@ -77,6 +85,18 @@ def test_every_sources_timeline_from_memory_equals_the_sql(catalog, monkeypatch,
     assert kept.timeline(con, "s12") is None  # no clip of it in memory: the SQL answers
     assert kept.timeline(con, "nope") is None
     assert kept.timeline(con, "s9")["source"] == {"source_id": "s9"}  # clips but no sources row, as the SQL says
+
+
+def test_each_clips_decision_history_from_memory_equals_the_probe(catalog, monkeypatch):
+    con, _ = catalog
+    clip_ids = [r[0] for r in con.execute("SELECT clip_id FROM clips_wide").fetchall()]
+    history = DecisionHistory(con, grid_columns(con))
+    assert sum(len(history.of(c)) > 1 for c in clip_ids) >= 20  # several recipes of one clip
+    for clip_id in clip_ids:
+        assert history.of(clip_id) == queries.clip_decisions(con, clip_id), clip_id
+    assert history.of("zz-not-a-clip") is None and history.of("a0000x") is None  # not a clip: the probe answers
+    monkeypatch.setattr(decision_history, "DECISIONS_IN_MEMORY", 0)  # too many to hold: each page probes
+    assert DecisionHistory(con, grid_columns(con)).of(clip_ids[0]) is None
 
 
 def test_labels_and_shards_from_memory_equal_the_probes(catalog, monkeypatch):

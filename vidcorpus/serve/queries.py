@@ -184,11 +184,12 @@ def _dicts(rel) -> list[dict]:
 def clip_detail(con: duckdb.DuckDBPyConnection, clip_id: str, have: set[str] | None = None,
                 recipe: Recipe | None | bool = False, scores: list[str] | None = None,
                 timeline_of: Callable[[str], dict] | None = None, labels_of: Callable[[str], list] | None = None,
-                shard_of: Callable[[str | None], list] | None = None) -> dict | None:
+                shard_of: Callable[[str | None], list] | None = None,
+                decisions_of: Callable[[str], list] | None = None) -> dict | None:
     """Everything the clip page shows; None when the catalog has no such clip. ``have`` (table
     names), ``recipe`` (the one in force) and ``scores`` (score columns) are read when not given;
-    ``timeline_of(source_id)``, ``labels_of(clip_id)`` and ``shard_of(shard_id)`` may answer from
-    memory (``timeline``, ``clip_labels`` and ``clip_shard`` else)."""
+    ``timeline_of(source_id)``, ``labels_of(clip_id)``, ``shard_of(shard_id)`` and ``decisions_of(clip_id)``
+    may answer from memory (``timeline``, ``clip_labels``, ``clip_shard``, ``clip_decisions`` else)."""
     rows = _dicts(con.execute("SELECT * FROM clips_wide WHERE clip_id = ?", [clip_id]))
     if not rows:
         return None
@@ -209,8 +210,7 @@ def clip_detail(con: duckdb.DuckDBPyConnection, clip_id: str, have: set[str] | N
     # the latest long and short caption are in the wide row too (the captions table: a scan)
     captions = [{"version": clip.get("caption_version"), "kind": kind, "text": clip.get(col)}
                 for kind, col in (("long", "caption"), ("short", "short_caption")) if clip.get(col)]
-    decisions = _dicts(con.execute(
-        "SELECT recipe, kept, reason, decided_at FROM decisions WHERE clip_id = ? ORDER BY decided_at", [clip_id]))
+    decisions = decisions_of(clip_id) if decisions_of else clip_decisions(con, clip_id)
     labels = labels_of(clip_id) if labels_of else clip_labels(con, clip_id, have)
     shards = shard_of(clip["shard_id"]) if shard_of else clip_shard(con, clip["shard_id"])
     embedded = clip_embeddings(con, clip_id, have)
@@ -219,6 +219,13 @@ def clip_detail(con: duckdb.DuckDBPyConnection, clip_id: str, have: set[str] | N
             "duplicates": duplicates(con, clip_id, have, embedded),
             "embedding_model": embedded[0][0] if embedded else None,  # (the neighbours' model: Neighbours.index_of)
             "timeline": (timeline_of or (lambda source: timeline(con, source, have)))(clip["source_id"])}
+
+
+def clip_decisions(con: duckdb.DuckDBPyConnection, clip_id: str) -> list[dict]:
+    """The clip's decision under each recipe version, oldest first (``serve/decision_history.py``
+    keeps them in memory)."""
+    return _dicts(con.execute("SELECT recipe, kept, reason, decided_at FROM decisions WHERE clip_id = ? "
+                              "ORDER BY decided_at, recipe", [clip_id]))
 
 
 def clip_labels(con: duckdb.DuckDBPyConnection, clip_id: str, have: set[str]) -> list[dict]:

@@ -25,7 +25,7 @@ SEGMENTS_IN_MEMORY = 2_000_000
 """Dropped segments held in memory per catalog state (~40 bytes each); more: one probe per page."""
 
 
-def _grouped(codes: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:
+def grouped(codes: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:
     """Positions grouped by code (-1: none), each group in its original order: group ``c`` is
     ``order[starts[c + 1]:starts[c + 2]]``."""
     shifted = codes.astype(np.int64) + 1
@@ -46,7 +46,7 @@ class SourceTimelines:
     def __init__(self, con: duckdb.DuckDBPyConnection, columns: GridColumns, have: set[str]):
         self.columns = columns
         codes, names, self._code_of = columns.codes["source_id"]
-        self._rows, self._starts = _grouped(codes, len(names))  # each source's rows, in clip_id order
+        self._rows, self._starts = grouped(codes, len(names))  # each source's rows, in clip_id order
         frames = con.sql("SELECT rowid, first_frame, last_frame FROM clips_wide").to_arrow_table()
         at = np.empty(columns.n, dtype=np.int64)  # row -> its position in ``frames``
         at[columns.rows_of_rowids(frames["rowid"].to_numpy())] = np.arange(frames.num_rows)
@@ -54,7 +54,7 @@ class SourceTimelines:
         self._first = frames["first_frame"].take(at).combine_chunks()
         self._last = frames["last_frame"].take(at).combine_chunks()
         sources = con.sql("SELECT source_id, uri, n_frames, fps, duration_s FROM sources").to_arrow_table()
-        self._sources = sources  # (the columns of queries.TIMELINE_SOURCE_SQL)
+        self._sources = sources.combine_chunks()  # (the columns of queries.TIMELINE_SOURCE_SQL)
         self._source_row = np.full(len(names), -1, dtype=np.int64)
         source_codes = _codes_of(sources["source_id"], names)
         known = source_codes >= 0
@@ -64,8 +64,8 @@ class SourceTimelines:
                 "SELECT count(*) FROM dropped_segments").fetchall()[0][0] <= SEGMENTS_IN_MEMORY:
             segments = con.sql("SELECT source_id, first_frame, last_frame, reason, detector FROM dropped_segments "
                                "ORDER BY source_id, first_frame, last_frame, reason, detector").to_arrow_table()
-            self._segment_rows, self._segment_starts = _grouped(_codes_of(segments["source_id"], names), len(names))
-            self._segments = segments.drop_columns(["source_id"])
+            self._segment_rows, self._segment_starts = grouped(_codes_of(segments["source_id"], names), len(names))
+            self._segments = segments.drop_columns(["source_id"]).combine_chunks()
         self._have_segments = "dropped_segments" in have
 
     def timeline(self, con: duckdb.DuckDBPyConnection, source_id: str) -> dict | None:
