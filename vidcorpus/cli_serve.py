@@ -28,8 +28,8 @@ def register_serve_command(app: typer.Typer) -> None:
         user: Optional[str] = typer.Option(None, "--user", help="Name recorded with each label (default: the login)."),
         query_threads: Optional[int] = typer.Option(None, "--query-threads", min=1, help="DuckDB threads per query "
                                                     "(default: every core; fewer leave cores to other requests)."),
-        request_threads: Optional[int] = typer.Option(None, "--request-threads", min=1, help="Threads running "
-                                                      "requests in each server process (default: 40)."),
+        request_threads: int = typer.Option(8, "--request-threads", min=1, help="Threads running requests in "
+                                            "each server process."),
         workers: int = typer.Option(1, "--workers", min=1, help="Server processes (each uses about one core; "
                                     "each keeps its own caches)."),
         media_root: Optional[List[str]] = typer.Option(None, "--media-root", help="Another folder (or URL prefix) "

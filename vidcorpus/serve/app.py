@@ -36,6 +36,9 @@ from vidcorpus.serve.security import WRITE_HEADER, Refused, check_id, host_ok, i
 TOKEN_COOKIE = "vidcorpus_token"
 
 
+REQUEST_THREADS = 8
+
+
 @dataclass
 class ServeSettings:
     """What ``vidcorpus serve`` was started with."""
@@ -46,7 +49,9 @@ class ServeSettings:
     token: str | None = None
     who: str = "anonymous"
     query_threads: int | None = None  # DuckDB threads per query; None: DuckDB's default (every core)
-    request_threads: int | None = None  # threads running requests; None: Starlette's (anyio's) default, 40
+    # threads running the (blocking) handlers; None: anyio's default, 40. A page's Python holds the GIL,
+    # so more threads only switch more: 8 used ~10% less CPU per page than 40 (docs/benchmarks.md)
+    request_threads: int | None = REQUEST_THREADS
 
 
 class _CursorCatalog:
@@ -230,7 +235,8 @@ def clip_page(request: Request) -> Response:
         detail = queries.clip_detail(con, clip_id, facts.tables, facts.recipe, facts.scores,
                                      timeline_of=lambda source: reads.timeline(con, stamp, source, facts.tables),
                                      labels_of=lambda clip: rows.labels_of(con, clip),
-                                     shard_of=lambda shard: rows.shard_of(con, shard))
+                                     shard_of=lambda shard: rows.shard_of(con, shard),
+                                     decisions_of=lambda clip: reads.decisions(con, stamp, clip))
         plan = neighbours.index_of(con, clip_id, detail["embedding_model"]) if detail is not None else None
     if detail is None:
         return error_page(f"no clip {clip_id} in the catalog", 404)
@@ -366,10 +372,11 @@ def make_app(settings: ServeSettings, access: CatalogAccess | None = None) -> St
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        if settings.request_threads:  # the pool Starlette runs the (blocking) handlers in
-            import anyio.to_thread
+        import anyio.to_thread
 
+        if settings.request_threads:  # the pool Starlette runs the (blocking) handlers in
             anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
+        app.state.request_threads = anyio.to_thread.current_default_thread_limiter().total_tokens
         yield
         if app.state.reads.warmer is not None:
             app.state.reads.warmer.stop()
