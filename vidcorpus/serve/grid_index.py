@@ -244,16 +244,18 @@ class GridColumns:
         ids = self.clip_ids(picked)
         media_codes, media_names, _ = self.codes["media_type"]
         reason_codes, reason_names, _ = self.codes["reason"]
-        values = self.numeric(con, sort_score).values if sort_score else None
-        null = self.numeric(con, sort_score).null if sort_score else None
+        col = self.numeric(con, sort_score) if sort_score else None
+        # each field of the page's rows as one list (indexing numpy per row and field costs ~2 us each)
+        fields = zip(ids, self.kept[picked].tolist(), media_codes[picked].tolist(), reason_codes[picked].tolist(),
+                     col.values[picked].tolist() if col is not None else [None] * len(ids),
+                     col.null[picked].tolist() if col is not None and col.null is not None else [False] * len(ids))
         out = []
-        for clip_id, row in zip(ids, picked.tolist()):
-            kept = self.kept[row]
+        for clip_id, kept, media, reason, value, null in fields:
             r = {"clip_id": clip_id, "kept": None if kept < 0 else bool(kept),
-                 "media_type": media_names[media_codes[row]] if media_codes[row] >= 0 else None,
-                 "reason": reason_names[reason_codes[row]] if reason_codes[row] >= 0 else None}
-            if values is not None:
-                r[sort_score] = None if null is not None and null[row] else float(values[row])
+                 "media_type": media_names[media] if media >= 0 else None,
+                 "reason": reason_names[reason] if reason >= 0 else None}
+            if col is not None:
+                r[sort_score] = None if null else value
             out.append(r)
         return out
 
