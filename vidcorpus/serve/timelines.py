@@ -29,7 +29,7 @@ def grouped(codes: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:
     """Positions grouped by code (-1: none), each group in its original order: group ``c`` is
     ``order[starts[c + 1]:starts[c + 2]]``."""
     shifted = codes.astype(np.int64) + 1
-    order = np.argsort(shifted, kind="stable").astype(np.int64)
+    order = np.argsort(shifted, kind="stable").astype(np.int32 if len(codes) < 2**31 else np.int64)  # (memory)
     starts = np.concatenate([[0], np.cumsum(np.bincount(shifted, minlength=groups + 1))])
     return order, starts
 
