@@ -87,6 +87,15 @@ def _cpu_s(pid: int) -> float:
     return total
 
 
+def _peak_rss_mb(pid: int) -> float | None:
+    """The process's peak resident memory (VmHWM, Linux /proc), in MB: the caches' and columns' cost."""
+    try:
+        line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    except (FileNotFoundError, StopIteration):
+        return None
+    return int(line.split()[1]) / 1024
+
+
 def _pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
@@ -167,6 +176,7 @@ def main() -> None:
     load_after = os.getloadavg()
     server_cpu = _cpu_s(server.pid) - server_cpu_before
     client_cpu = time.process_time() - client_cpu_before
+    server_rss_mb = _peak_rss_mb(server.pid)  # (one process: with --workers N, the parent's only)
     server.terminate()
     server.wait(timeout=30)
     out = {"clips": n_clips, "scorers": len(scorers), "clients": args.clients, "seconds": args.seconds,
@@ -175,7 +185,8 @@ def main() -> None:
            # CPU seconds the server process and this client process used during the run (of 2 x seconds
            # available on 2 cores, shared with whatever else runs): per page, the server's cost
            "server_cpu_s": server_cpu, "client_cpu_s": client_cpu,
-           "server_cpu_ms_per_page": 1000 * server_cpu / max(1, len(results)), "pages": {}}
+           "server_cpu_ms_per_page": 1000 * server_cpu / max(1, len(results)), "server_peak_rss_mb": server_rss_mb,
+           "pages": {}}
     for kind in ("grid", "clip", "all"):
         rows = [r for r in results if kind == "all" or r[0] == kind]
         lat = [r[1] for r in rows]

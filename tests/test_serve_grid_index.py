@@ -96,6 +96,22 @@ def test_every_sort_and_page_equals_duckdbs_order_by(filters, catalog):
                         assert _same(r[sort], w[sort]), (where, r, w)
 
 
+def test_the_kept_filter_masks_are_shared_by_later_queries_and_never_changed_by_one():
+    """A decision, source or reason mask is kept per catalog state and reused; a query that combines
+    it with other filters must not change it for the next query (every answer equals DuckDB's)."""
+    con = _catalog()
+    columns = grid_columns(con)
+    sequence = [{"decision": "kept", "source": "s1"}, {"decision": "kept"}, {"source": "s1"},
+                {"decision": "kept", "ranges": {"motion": (1.0, None)}, "source": "s1"}, {"decision": "kept"},
+                {"source": "s1", "reason": "motion<1", "decision": "dropped"}, {"decision": "dropped"},
+                {"reason": "motion<1"}, {"source": "s1"}]
+    for filters in sequence * 2:
+        q = queries.GridQuery(sort="aesthetic", **filters)
+        rows, total = columns.page(con, q, SCORES, 1000, 0)
+        want_rows, want_total = _sql_page(con, q, 1000, 0)
+        assert ([r["clip_id"] for r in rows], total) == ([r["clip_id"] for r in want_rows], want_total), filters
+
+
 def test_the_count_is_capped_like_the_sql_count(monkeypatch):
     monkeypatch.setattr(queries, "COUNT_CAP", 100)
     con = _catalog()

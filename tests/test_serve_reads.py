@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -55,7 +56,7 @@ def copied(serve_built, tmp_path) -> dict:
 def server(copied):
     app = make_app(ServeSettings(catalog=copied["catalog"], roots=media_roots(copied["workdir"], copied["catalog"])))
     srv = ThreadServer(app)
-    srv.access = app.state.access
+    srv.access, srv.app = app.state.access, app
     yield srv
     srv.stop()
 
@@ -242,3 +243,64 @@ def test_a_large_catalogs_grid_columns_load_in_the_background(copied, monkeypatc
         assert requests.get(srv.url + "/", params={"sort": "nope; DROP TABLE clips"}, timeout=30).status_code == 400
     finally:
         srv.stop()
+
+
+def _loaded_from_memory(app) -> bool:
+    """Whether this catalog state's sources' timelines and decision history are loaded (serve/timelines.py,
+    serve/decision_history.py: in the background once the grid's columns are)."""
+    with app.state.access.read():
+        stamp = app.state.access.stamp
+    return all(app.state.reads.columns.peek(stamp, key) for key in ("grid", "timelines", "decisions"))
+
+
+def _wait_loaded(srv, app, clip: str) -> None:
+    deadline, tries = time.monotonic() + 60, 0
+    while not _loaded_from_memory(app):
+        assert time.monotonic() < deadline, "the timelines and decisions never loaded"
+        tries += 1  # a grid page loads the columns, a clip page asks for the rest (never a page rendered before)
+        assert requests.get(srv.url + "/", params={"try": tries}, timeout=30).status_code == 200
+        assert requests.get(f"{srv.url}/clip/{clip}", params={"try": tries}, timeout=30).status_code == 200
+        time.sleep(0.2)
+
+
+def test_a_clip_page_from_memory_is_fresh_after_a_jobs_commit(copied):
+    """Once loaded, a clip page's timeline and decision history come from memory kept per catalog state
+    (equal to the probes: tests/test_serve_clip_memory.py); a job's commit makes the next page show it.
+    The handlers run in the configured thread pool (--request-threads)."""
+    by_source: dict[str, list[dict]] = {}
+    for c in copied["clips"]:
+        by_source.setdefault(c["source_id"], []).append(c)
+    siblings = next(cs for cs in by_source.values() if len(cs) >= 2 and any(c["kept"] for c in cs))
+    flipped = next(c for c in siblings if c["kept"])
+    other = next(c for c in siblings if c is not flipped)
+    app = make_app(ServeSettings(catalog=copied["catalog"], roots=media_roots(copied["workdir"], copied["catalog"]),
+                                 request_threads=2))
+    srv = ThreadServer(app)
+    try:
+        assert app.state.request_threads == 2
+        _wait_loaded(srv, app, other["clip_id"])
+        page = requests.get(f"{srv.url}/clip/{other['clip_id']}", params={"v": 1}, timeout=30).text
+        assert f'href="/clip/{flipped["clip_id"]}"' in page and "flipped" not in page
+        with Catalog(copied["catalog"], read_only=True) as cat:
+            recipe = cat.query_dicts("SELECT recipe FROM clips_wide WHERE clip_id = ?",
+                                     [flipped["clip_id"]])[0]["recipe"]
+        out = subprocess.run([sys.executable, "-c", FLIP, copied["catalog"], flipped["clip_id"], recipe],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        _wait_loaded(srv, app, other["clip_id"])  # the new state's, from memory again
+        page = requests.get(f"{srv.url}/clip/{other['clip_id']}", params={"v": 2}, timeout=30).text
+        assert "dropped: flipped" in page  # the sibling's span on the source's timeline
+        history = requests.get(f"{srv.url}/clip/{flipped['clip_id']}", params={"v": 2}, timeout=30).text
+        assert f"<td>{recipe}</td><td>dropped</td><td>flipped</td>" in history
+        # many requests at once through the two threads: all answered
+        with ThreadPoolExecutor(12) as pool:
+            codes = list(pool.map(lambda i: requests.get(f"{srv.url}/clip/{siblings[i % 2]['clip_id']}",
+                                                         params={"n": i}, timeout=60).status_code, range(24)))
+        assert codes == [200] * 24
+    finally:
+        srv.stop()
+
+
+def test_the_default_thread_pool_runs_eight_requests_at_once(copied, server):
+    assert requests.get(server.url + "/favicon.ico", timeout=30).status_code == 204
+    assert server.app.state.request_threads == 8

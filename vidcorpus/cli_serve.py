@@ -28,6 +28,8 @@ def register_serve_command(app: typer.Typer) -> None:
         user: Optional[str] = typer.Option(None, "--user", help="Name recorded with each label (default: the login)."),
         query_threads: Optional[int] = typer.Option(None, "--query-threads", min=1, help="DuckDB threads per query "
                                                     "(default: every core; fewer leave cores to other requests)."),
+        request_threads: int = typer.Option(8, "--request-threads", min=1, help="Threads running requests in "
+                                            "each server process."),
         workers: int = typer.Option(1, "--workers", min=1, help="Server processes (each uses about one core; "
                                     "each keeps its own caches)."),
         media_root: Optional[List[str]] = typer.Option(None, "--media-root", help="Another folder (or URL prefix) "
@@ -57,7 +59,8 @@ def register_serve_command(app: typer.Typer) -> None:
             fail(f"no catalog at {path} ({missing_catalog_hint(path)})")
         roots = media_roots(cfg.workdir, path, [absolute(r) for r in media_root or []])
         settings = ServeSettings(catalog=path, roots=roots, host=host, token=token,
-                                 who=user or os.environ.get("USER") or getpass.getuser(), query_threads=query_threads)
+                                 who=user or os.environ.get("USER") or getpass.getuser(), query_threads=query_threads,
+                                 request_threads=request_threads)
         shown = f"[{host}]" if ":" in host else host
         console.print(f"vidcorpus serve: http://{shown}:{port}/" + ("?token=..." if token else "") +
                       f"  (catalog {path}; Ctrl-C stops)", markup=False)

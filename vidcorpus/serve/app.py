@@ -26,7 +26,7 @@ from vidcorpus.catalog.safe_sql import RefusedSQL, check_predicate, first_line
 from vidcorpus.catalog.store import CatalogError
 from vidcorpus.serve.preview import Previews
 from vidcorpus.serve import labels as labels_mod
-from vidcorpus.serve import media, queries
+from vidcorpus.serve import cards, media, queries
 from vidcorpus.serve.access import CatalogAccess
 from vidcorpus.serve.cached_reads import CachedReads
 from vidcorpus.serve.warmer import Warmer
@@ -34,6 +34,9 @@ from vidcorpus.serve.neighbours import Neighbours
 from vidcorpus.serve.security import WRITE_HEADER, Refused, check_id, host_ok, inside_roots, token_ok
 
 TOKEN_COOKIE = "vidcorpus_token"
+
+
+REQUEST_THREADS = 8
 
 
 @dataclass
@@ -46,6 +49,9 @@ class ServeSettings:
     token: str | None = None
     who: str = "anonymous"
     query_threads: int | None = None  # DuckDB threads per query; None: DuckDB's default (every core)
+    # threads running the (blocking) handlers; None: anyio's default, 40. A page's Python holds the GIL,
+    # so more threads only switch more: 8 used ~10% less CPU per page than 40 (docs/benchmarks.md)
+    request_threads: int | None = REQUEST_THREADS
 
 
 class _CursorCatalog:
@@ -66,6 +72,9 @@ SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff",
                                                 "style-src 'self'; script-src 'self'; frame-ancestors 'none'")}
 
 
+_SECURITY_HEADER_BYTES = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+
 class Guard:
     """Host header, token and write-header rules (``security``) before any handler runs.
 
@@ -81,19 +90,21 @@ class Guard:
         request = Request(scope)
         s: ServeSettings = request.app.state.settings
         refused = None
-        given = (request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE)
-                 or request.headers.get("authorization", "").removeprefix("Bearer ").strip() or None)
+        given = None
+        if s.token:  # (without a token, nothing to look for: the query string and cookies stay unparsed)
+            given = (request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE)
+                     or request.headers.get("authorization", "").removeprefix("Bearer ").strip() or None)
         if not host_ok(s.host, request.headers.get("host")):
             refused = PlainTextResponse("refused: unknown Host header", status_code=400)
         elif not token_ok(s.token, given):
             refused = PlainTextResponse("refused: this server needs its token (?token=...)", status_code=401)
         elif request.method not in ("GET", "HEAD") and request.headers.get(WRITE_HEADER) != "1":
             refused = PlainTextResponse(f"refused: writes need the {WRITE_HEADER} header", status_code=403)
-        extra = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+        extra = _SECURITY_HEADER_BYTES
         if refused is None and s.token and request.query_params.get("token"):
             cookie = Response()
             cookie.set_cookie(TOKEN_COOKIE, s.token, httponly=True, samesite="strict")
-            extra += [(k, v) for k, v in cookie.raw_headers if k == b"set-cookie"]
+            extra = [*extra, *((k, v) for k, v in cookie.raw_headers if k == b"set-cookie")]
 
         async def send_guarded(message):
             if message["type"] == "http.response.start":
@@ -106,7 +117,8 @@ class Guard:
 
 
 _env = Environment(loader=PackageLoader("vidcorpus.serve", "templates"), autoescape=select_autoescape(["html"]))
-_env.filters["num"] = lambda v: "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+_env.filters["num"] = cards.num
+_env.globals.update(card=cards.card, cards=cards.cards)  # a clip card in Python: 5x cheaper than a macro
 
 
 def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -219,9 +231,13 @@ def clip_page(request: Request) -> Response:
         if kept is not None:
             return HTMLResponse(kept, headers={CACHE_HEADER: "page"})
         facts = reads.facts(con, stamp)
+        rows = reads.clip_rows(con, stamp, facts.tables)
         detail = queries.clip_detail(con, clip_id, facts.tables, facts.recipe, facts.scores,
-                                     timeline_of=lambda source: reads.timeline(con, stamp, source, facts.tables))
-        plan = neighbours.index_of(con, clip_id) if detail is not None else None
+                                     timeline_of=lambda source: reads.timeline(con, stamp, source, facts.tables),
+                                     labels_of=lambda clip: rows.labels_of(con, clip),
+                                     shard_of=lambda shard: rows.shard_of(con, shard),
+                                     decisions_of=lambda clip: reads.decisions(con, stamp, clip))
+        plan = neighbours.index_of(con, clip_id, detail["embedding_model"]) if detail is not None else None
     if detail is None:
         return error_page(f"no clip {clip_id} in the catalog", 404)
     detail["near"], detail["near_note"] = [], plan if isinstance(plan, str) else ""
@@ -356,6 +372,11 @@ def make_app(settings: ServeSettings, access: CatalogAccess | None = None) -> St
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        import anyio.to_thread
+
+        if settings.request_threads:  # the pool Starlette runs the (blocking) handlers in
+            anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
+        app.state.request_threads = anyio.to_thread.current_default_thread_limiter().total_tokens
         yield
         if app.state.reads.warmer is not None:
             app.state.reads.warmer.stop()

@@ -14,7 +14,7 @@ commit (a label, a job's) invalidates it all.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Hashable
+from typing import Any, Callable, Hashable
 
 import duckdb
 from markupsafe import Markup
@@ -23,7 +23,10 @@ from vidcorpus.filters.recipes import Recipe
 from vidcorpus.serve import labels as labels_mod
 from vidcorpus.serve import queries
 from vidcorpus.serve.cache import StampedCache
-from vidcorpus.serve.grid_index import answerable, grid_columns
+from vidcorpus.serve.clip_rows import ClipRows
+from vidcorpus.serve.decision_history import DecisionHistory
+from vidcorpus.serve.grid_index import GridColumns, answerable, grid_columns
+from vidcorpus.serve.timelines import SourceTimelines
 from vidcorpus.serve.warmer import SYNC_MAX_CLIPS, Warmer
 
 ORDER_DEPTH = 2400
@@ -53,7 +56,7 @@ class CachedReads:
         self.orders = StampedCache(max_entries=512)
         self.pages = StampedCache(max_entries=256)      # rendered pages, ~60 kB each
         self.clip_pages = StampedCache(max_entries=512)  # rendered clip pages, ~10 to 50 kB each
-        self.columns = StampedCache(max_entries=1)      # the grid's columns in numpy (grid_index)
+        self.columns = StampedCache(max_entries=3)      # the grid's columns (grid_index), timelines, decisions
         self.timelines = StampedCache(max_entries=1024)  # per source: shared by its clips' pages
 
     def facts(self, con: duckdb.DuckDBPyConnection, stamp: Hashable) -> CatalogFacts:
@@ -76,8 +79,49 @@ class CachedReads:
         return self.option_lists.get(stamp, (name, selected), build)[0]
 
     def timeline(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, source_id: str, have: set[str]) -> dict:
-        """Where every frame of a source went (the clip page's timeline), shared by the source's clips."""
+        """Where every frame of a source went (the clip page's timeline): from memory once the grid's
+        columns and ``SourceTimelines`` are loaded (the latter in the background), else three probes
+        whose answer is kept per source."""
+        timelines = self.source_timelines(stamp, have)
+        answer = timelines.timeline(con, source_id) if timelines is not None else None
+        if answer is not None:
+            return answer
         return self.timelines.get(stamp, source_id, lambda: queries.timeline(con, source_id, have))[0]
+
+    def source_timelines(self, stamp: Hashable, have: set[str]) -> SourceTimelines | None:
+        """This state's ``SourceTimelines`` if loaded (else None: see ``_loaded``)."""
+        return self._loaded(stamp, "timelines", lambda c, columns: SourceTimelines(c, columns, have))
+
+    def decisions(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, clip_id: str) -> list[dict]:
+        """The clip's decision history: from memory once loaded (``decision_history``), else a probe."""
+        history = self._loaded(stamp, "decisions", DecisionHistory)
+        found = history.of(clip_id) if history is not None else None
+        return found if found is not None else queries.clip_decisions(con, clip_id)
+
+    def _loaded(self, stamp: Hashable, key: str, build: Callable[[duckdb.DuckDBPyConnection, GridColumns], Any]):
+        """What ``build`` makes from this state's grid columns, if made; else None, and it is made in
+        the background once the columns are loaded (no page waits for it). A build that fails leaves
+        ``False`` (the SQL answers for this state; no build again)."""
+        loaded = self.columns.peek(stamp, key)
+        if loaded is not None or self.warmer is None:
+            return loaded or None
+        columns = self.columns.peek(stamp, "grid")
+        if columns is not None:
+            def load(c: duckdb.DuckDBPyConnection) -> None:
+                def make():
+                    try:
+                        return build(c, columns)
+                    except Exception:  # noqa: BLE001 - e.g. no memory: the probes answer, as before
+                        return False
+
+                self.columns.get(stamp, key, make)
+
+            self.warmer.want(stamp, (key, stamp), load)
+        return None
+
+    def clip_rows(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, have: set[str]) -> ClipRows:
+        """This state's labels and shards by key (``clip_rows``)."""
+        return self.facts_cache.get(stamp, "clip_rows", lambda: ClipRows(con, have))[0]
 
     def grid(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, q: queries.GridQuery,
              scores: list[str]) -> tuple[list[dict], int, str]:

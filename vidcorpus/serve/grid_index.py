@@ -37,6 +37,8 @@ import pyarrow.compute as pc
 from vidcorpus.serve import queries
 
 ORDER_BUDGET_BYTES = 1 << 30
+MASKS_BUDGET_BYTES = 64 << 20
+"""Equality masks (decision, source, reason) kept per catalog state, one byte per clip each: 64 at 1 M clips."""
 """Presorted orders kept per catalog state (int32 per clip each: 256 orders at 1 M clips, 26 at 10 M)."""
 
 
@@ -96,6 +98,7 @@ class GridColumns:
         self._numeric: dict[str, NumericColumn | None] = {}
         self._orders: OrderedDict[tuple[str, bool], np.ndarray] = OrderedDict()
         self._computing: dict[tuple[str, bool], threading.Lock] = {}
+        self._masks: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self.loads = 0  # columns and orders computed (a page that caused one was read from the catalog)
 
     def numeric(self, con: duckdb.DuckDBPyConnection, name: str) -> NumericColumn | None:
@@ -170,29 +173,46 @@ class GridColumns:
         self.order(con, q.sort, q.descending)
 
     def mask(self, con: duckdb.DuckDBPyConnection, q: queries.GridQuery) -> np.ndarray | None | bool:
-        """True per row that passes the query's filters (None: every row; False: DuckDB must answer)."""
-        mask: np.ndarray | None = None
-
-        def both(m: np.ndarray) -> None:
-            nonlocal mask
-            mask = m if mask is None else np.logical_and(mask, m, out=mask)
-
+        """True per row that passes the query's filters (None: every row; False: DuckDB must answer).
+        Read only: it may be a kept mask (``_equal_mask``)."""
+        masks: list[np.ndarray] = []
         for name, (lo, hi) in q.ranges.items():
             col = self.numeric(con, name)
             if col is None:
                 return False
             if lo is not None:
                 m = col.values >= lo  # NULL (NaN here) fails
-                both(m | col.nan if col.nan is not None else m)  # a real NaN passes, as in DuckDB
+                masks.append(m | col.nan if col.nan is not None else m)  # a real NaN passes, as in DuckDB
             if hi is not None:
-                both(col.values <= hi)  # NULL and NaN fail
+                masks.append(col.values <= hi)  # NULL and NaN fail
         if q.decision:
-            both(self.kept == {"kept": 1, "dropped": 0, "undecided": -1}[q.decision])
+            masks.append(self._equal_mask("kept", {"kept": 1, "dropped": 0, "undecided": -1}[q.decision]))
         for name, value in (("source_id", q.source), ("reason", q.reason)):
             if value:
-                codes, _names, code_of = self.codes[name]
-                both(codes == code_of.get(value, -2))
+                masks.append(self._equal_mask(name, self.codes[name][2].get(value, -2)))
+        if len(masks) <= 1:
+            return masks[0] if masks else None
+        mask = np.logical_and(masks[0], masks[1])  # a new array: the kept masks stay as they are
+        for m in masks[2:]:
+            np.logical_and(mask, m, out=mask)
         return mask
+
+    def _equal_mask(self, name: str, code: int) -> np.ndarray:
+        """Rows whose decision (``kept``) or source, reason code equals ``code``: the same for every page
+        of this catalog state, so kept (a few per state: decisions, the sources and reasons asked for)."""
+        key = (name, code)
+        with self._lock:
+            found = self._masks.get(key)
+            if found is not None:
+                self._masks.move_to_end(key)
+        if found is None:
+            found = (self.kept if name == "kept" else self.codes[name][0]) == code
+            found.flags.writeable = False
+            with self._lock:
+                self._masks[key] = found
+                while len(self._masks) > 1 and len(self._masks) * self.n > MASKS_BUDGET_BYTES:
+                    self._masks.popitem(last=False)
+        return found
 
     def page(self, con: duckdb.DuckDBPyConnection, q: queries.GridQuery, scores: list[str], limit: int,
              offset: int) -> tuple[list[dict], int] | None:
@@ -211,21 +231,31 @@ class GridColumns:
             picked = _first_matches(mask, order, min(need, count), count)[offset:need]
         return self.rows(con, picked, q.sort if q.sort in scores else None), min(count, queries.COUNT_CAP + 1)
 
+    def rows_of_rowids(self, rowids: np.ndarray) -> np.ndarray:
+        """These arrays' rows of clips_wide row ids read in the same catalog state."""
+        return self._row_of_rowid[rowids]
+
+    def clip_ids(self, rows: np.ndarray) -> list[str]:
+        """The clip ids of these rows."""
+        return self.ids.take(pa.array(self._read_at[rows], type=pa.int64())).to_pylist()
+
     def rows(self, con: duckdb.DuckDBPyConnection, picked: np.ndarray, sort_score: str | None) -> list[dict]:
         """A card's fields (``_card.html``: id, media type, decision, reason, the sorted score)."""
-        ids = self.ids.take(pa.array(self._read_at[picked], type=pa.int64())).to_pylist()
+        ids = self.clip_ids(picked)
         media_codes, media_names, _ = self.codes["media_type"]
         reason_codes, reason_names, _ = self.codes["reason"]
-        values = self.numeric(con, sort_score).values if sort_score else None
-        null = self.numeric(con, sort_score).null if sort_score else None
+        col = self.numeric(con, sort_score) if sort_score else None
+        # each field of the page's rows as one list (indexing numpy per row and field costs ~2 us each)
+        fields = zip(ids, self.kept[picked].tolist(), media_codes[picked].tolist(), reason_codes[picked].tolist(),
+                     col.values[picked].tolist() if col is not None else [None] * len(ids),
+                     col.null[picked].tolist() if col is not None and col.null is not None else [False] * len(ids))
         out = []
-        for clip_id, row in zip(ids, picked.tolist()):
-            kept = self.kept[row]
+        for clip_id, kept, media, reason, value, null in fields:
             r = {"clip_id": clip_id, "kept": None if kept < 0 else bool(kept),
-                 "media_type": media_names[media_codes[row]] if media_codes[row] >= 0 else None,
-                 "reason": reason_names[reason_codes[row]] if reason_codes[row] >= 0 else None}
-            if values is not None:
-                r[sort_score] = None if null is not None and null[row] else float(values[row])
+                 "media_type": media_names[media] if media >= 0 else None,
+                 "reason": reason_names[reason] if reason >= 0 else None}
+            if col is not None:
+                r[sort_score] = None if null else value
             out.append(r)
         return out
 

@@ -26,16 +26,19 @@ class Neighbours:
         self._lock = threading.Lock()
         self._models: dict[str, tuple[tuple, list[str], np.ndarray]] = {}
 
-    def index_of(self, con: duckdb.DuckDBPyConnection, clip_id: str) -> tuple[str, tuple, list[dict]] | str | None:
+    def index_of(self, con: duckdb.DuckDBPyConnection, clip_id: str,
+                 model: str | None | bool = False) -> tuple[str, tuple, list[dict]] | str | None:
         """(model, stamp, index rows to read) for the clip's model; a reason string when it cannot
-        be done; None when the clip has no embedding. Reads the catalog only (inside a request)."""
-        try:
-            row = con.execute("SELECT model FROM embeddings WHERE clip_id = ? LIMIT 1", [clip_id]).fetchall()
-        except duckdb.CatalogException:
+        be done; None when the clip has no embedding. Reads the catalog only (inside a request).
+        ``model``: the clip's embedding model when the page already probed it (None: it has none)."""
+        if model is False:
+            try:
+                row = con.execute("SELECT model FROM embeddings WHERE clip_id = ? LIMIT 1", [clip_id]).fetchall()
+            except duckdb.CatalogException:
+                return None
+            model = row[0][0] if row else None
+        if model is None:
             return None
-        if not row:
-            return None
-        model = row[0][0]
         stamp = tuple(con.execute("SELECT count(*), max(written_at) FROM embeddings WHERE model = ?",
                                   [model]).fetchall()[0])
         if stamp[0] > MAX_EMBEDDINGS:

@@ -183,10 +183,13 @@ def _dicts(rel) -> list[dict]:
 
 def clip_detail(con: duckdb.DuckDBPyConnection, clip_id: str, have: set[str] | None = None,
                 recipe: Recipe | None | bool = False, scores: list[str] | None = None,
-                timeline_of: Callable[[str], dict] | None = None) -> dict | None:
+                timeline_of: Callable[[str], dict] | None = None, labels_of: Callable[[str], list] | None = None,
+                shard_of: Callable[[str | None], list] | None = None,
+                decisions_of: Callable[[str], list] | None = None) -> dict | None:
     """Everything the clip page shows; None when the catalog has no such clip. ``have`` (table
     names), ``recipe`` (the one in force) and ``scores`` (score columns) are read when not given;
-    ``timeline_of(source_id)`` may answer the source's timeline from a cache (``timeline`` else)."""
+    ``timeline_of(source_id)``, ``labels_of(clip_id)``, ``shard_of(shard_id)`` and ``decisions_of(clip_id)``
+    may answer from memory (``timeline``, ``clip_labels``, ``clip_shard``, ``clip_decisions`` else)."""
     rows = _dicts(con.execute("SELECT * FROM clips_wide WHERE clip_id = ?", [clip_id]))
     if not rows:
         return None
@@ -207,15 +210,28 @@ def clip_detail(con: duckdb.DuckDBPyConnection, clip_id: str, have: set[str] | N
     # the latest long and short caption are in the wide row too (the captions table: a scan)
     captions = [{"version": clip.get("caption_version"), "kind": kind, "text": clip.get(col)}
                 for kind, col in (("long", "caption"), ("short", "short_caption")) if clip.get(col)]
-    decisions = _dicts(con.execute(
-        "SELECT recipe, kept, reason, decided_at FROM decisions WHERE clip_id = ? ORDER BY decided_at", [clip_id]))
-    labels = (_dicts(con.execute("SELECT label, reason, who, labeled_at, origin FROM labels WHERE clip_id = ? "
-                                 "ORDER BY labeled_at DESC", [clip_id])) if "labels" in have else [])
-    shards = clip_shard(con, clip["shard_id"])
+    decisions = decisions_of(clip_id) if decisions_of else clip_decisions(con, clip_id)
+    labels = labels_of(clip_id) if labels_of else clip_labels(con, clip_id, have)
+    shards = shard_of(clip["shard_id"]) if shard_of else clip_shard(con, clip["shard_id"])
+    embedded = clip_embeddings(con, clip_id, have)
     return {"clip": clip, "scores": scores, "captions": captions, "decisions": decisions, "labels": labels,
             "shards": shards, "recipe": recipe.id if recipe else None,
-            "duplicates": duplicates(con, clip_id, have),
+            "duplicates": duplicates(con, clip_id, have, embedded),
+            "embedding_model": embedded[0][0] if embedded else None,  # (the neighbours' model: Neighbours.index_of)
             "timeline": (timeline_of or (lambda source: timeline(con, source, have)))(clip["source_id"])}
+
+
+def clip_decisions(con: duckdb.DuckDBPyConnection, clip_id: str) -> list[dict]:
+    """The clip's decision under each recipe version, oldest first (``serve/decision_history.py``
+    keeps them in memory)."""
+    return _dicts(con.execute("SELECT recipe, kept, reason, decided_at FROM decisions WHERE clip_id = ? "
+                              "ORDER BY decided_at, recipe", [clip_id]))
+
+
+def clip_labels(con: duckdb.DuckDBPyConnection, clip_id: str, have: set[str]) -> list[dict]:
+    """The clip's labels, newest first (``serve/clip_rows.py`` keeps them in memory while few)."""
+    return _dicts(con.execute("SELECT label, reason, who, labeled_at, origin FROM labels WHERE clip_id = ? "
+                              "ORDER BY labeled_at DESC, label_id DESC", [clip_id])) if "labels" in have else []
 
 
 def clip_shard(con: duckdb.DuckDBPyConnection, shard_id: str | None) -> list[dict]:
@@ -225,14 +241,24 @@ def clip_shard(con: duckdb.DuckDBPyConnection, shard_id: str | None) -> list[dic
     return _dicts(con.execute("SELECT shard_id, url, sha256 FROM shards WHERE shard_id = ?", [shard_id]))
 
 
-def duplicates(con: duckdb.DuckDBPyConnection, clip_id: str, have: set[str]) -> list[dict]:
-    """Clips with the same content (sha256 of the clip file), and the clip's near-duplicate score."""
+def clip_embeddings(con: duckdb.DuckDBPyConnection, clip_id: str, have: set[str]) -> list[tuple[str, bool]]:
+    """(model, has a content hash) of each of the clip's embeddings: one index probe answers both the
+    duplicates' question and the neighbours' (which model to rank in)."""
+    if "embeddings" not in have:
+        return []
+    return [(r[0], bool(r[1])) for r in con.execute(
+        "SELECT model, content_sha256 IS NOT NULL FROM embeddings WHERE clip_id = ?", [clip_id]).fetchall()]
+
+
+def duplicates(con: duckdb.DuckDBPyConnection, clip_id: str, have: set[str],
+               embedded: list[tuple[str, bool]] | None = None) -> list[dict]:
+    """Clips with the same content (sha256 of the clip file), and the clip's near-duplicate score.
+    ``embedded``: the clip's ``clip_embeddings`` when already probed."""
     if "embeddings" not in have:
         return []
     # most clips have no embedding, or none shared: an index probe answers that (the join below
     # costs ~2 ms of CPU at 1 M clips even when it finds nothing)
-    if not con.execute("SELECT 1 FROM embeddings WHERE clip_id = ? AND content_sha256 IS NOT NULL LIMIT 1",
-                       [clip_id]).fetchall():
+    if not any(has_hash for _, has_hash in (clip_embeddings(con, clip_id, have) if embedded is None else embedded)):
         return []
     return _dicts(con.execute(
         "SELECT DISTINCT e2.clip_id, w.kept, w.reason FROM embeddings e1 JOIN embeddings e2 "
@@ -240,17 +266,25 @@ def duplicates(con: duckdb.DuckDBPyConnection, clip_id: str, have: set[str]) -> 
         "LEFT JOIN clips_wide w ON w.clip_id = e2.clip_id WHERE e1.clip_id = ? ORDER BY 1 LIMIT 50", [clip_id]))
 
 
+TIMELINE_CLIPS_SQL = ("SELECT clip_id, first_frame, last_frame, kept, reason FROM clips_wide WHERE source_id = ? "
+                      "ORDER BY first_frame, clip_id")
+TIMELINE_SEGMENTS_SQL = ("SELECT first_frame, last_frame, reason, detector FROM dropped_segments WHERE source_id = ? "
+                         "ORDER BY first_frame, last_frame, reason, detector")
+TIMELINE_SOURCE_SQL = "SELECT source_id, uri, n_frames, fps, duration_s FROM sources WHERE source_id = ?"
+
+
 def timeline(con: duckdb.DuckDBPyConnection, source_id: str, have: set[str]) -> dict:
     """Where every frame of the source went: clips (kept or dropped, and why) and dropped segments."""
-    src = _dicts(con.execute("SELECT source_id, uri, n_frames, fps, duration_s FROM sources WHERE source_id = ?",
-                             [source_id]))
-    clips = _dicts(con.execute(
-        "SELECT clip_id, first_frame, last_frame, kept, reason FROM clips_wide WHERE source_id = ? "
-        "ORDER BY first_frame", [source_id]))
-    segments = (_dicts(con.execute(
-        "SELECT first_frame, last_frame, reason, detector FROM dropped_segments WHERE source_id = ? "
-        "ORDER BY first_frame", [source_id])) if "dropped_segments" in have else [])
-    total = (src[0]["n_frames"] if src and src[0]["n_frames"] else None) or max(
+    src = _dicts(con.execute(TIMELINE_SOURCE_SQL, [source_id]))
+    clips = _dicts(con.execute(TIMELINE_CLIPS_SQL, [source_id]))
+    segments = _dicts(con.execute(TIMELINE_SEGMENTS_SQL, [source_id])) if "dropped_segments" in have else []
+    return timeline_of_rows(source_id, src[0] if src else None, clips, segments)
+
+
+def timeline_of_rows(source_id: str, src: dict | None, clips: list[dict], segments: list[dict]) -> dict:
+    """The timeline from its rows: the source's (or None), its clips and its dropped segments, each in
+    ``TIMELINE_*_SQL``'s order (``serve/timelines.py`` gives the same rows from memory)."""
+    total = (src["n_frames"] if src and src["n_frames"] else None) or max(
         [c["last_frame"] + 1 for c in clips if c["last_frame"] is not None] +
         [s["last_frame"] + 1 for s in segments] + [1])
     spans = []
@@ -266,5 +300,5 @@ def timeline(con: duckdb.DuckDBPyConnection, source_id: str, have: set[str]) -> 
     for s in spans:
         s["left"] = 100.0 * s["first"] / total
         s["width"] = max(0.3, 100.0 * (s["last"] - s["first"] + 1) / total)
-    return {"source": src[0] if src else {"source_id": source_id}, "frames": total,
+    return {"source": src if src else {"source_id": source_id}, "frames": total,
             "spans": sorted(spans, key=lambda s: s["first"])}
