@@ -24,6 +24,7 @@ from vidcorpus.ingest.segments import TRANSITION, DroppedSegment, ShotSplit, dro
 from vidcorpus.ingest.cut_evidence import confirmed_cuts, record_cuts, reported_by
 from vidcorpus.ingest.dissolve import blend_settings, drop_blends
 from vidcorpus.ingest.flash import FlashWatch
+from vidcorpus.ingest.scale_ahead import ScaleAhead
 from vidcorpus.ingest.thumbnail_jumps import thumbnail_jumps
 from vidcorpus.ingest.transnet import TransNetRun
 from vidcorpus.ingest.transnet import runs_here as transnet_runs_here
@@ -123,6 +124,8 @@ def _scaled_pyav_stream(path: str, downscale: int, on_frame=None, rotation: int 
             self.frames = cursor.take(0, 2**62) if cursor is not None else None
             if cursor is not None:
                 self.decoded = cursor.next  # the first frame handed out is the keyframe sought
+            self.ahead_count = self.decoded  # frames decoded, including those not handed out yet
+            self.ahead = ScaleAhead(self._decode_next, self._scale)
 
         @property
         def frame_size(self) -> tuple[int, int]:
@@ -145,37 +148,32 @@ def _scaled_pyav_stream(path: str, downscale: int, on_frame=None, rotation: int 
             # nothing is lost at the end; extraction counts frames the same way (one plain decode).
             return False
 
-        def _next_from_cursor(self) -> bool:
-            got = next(self.frames, None)
-            if got is None:
-                return False
-            self.decoded, self._frame = got[0] + 1, got[1]
-            if on_frame is not None:
-                on_frame(self._frame)
-            return True
+        def _decode_next(self) -> tuple[int, object] | None:
+            """(frames read once this one is, the next decoded frame), None at the end."""
+            if self.frames is not None:
+                got = next(self.frames, None)
+                return None if got is None else (got[0] + 1, got[1])
+            if VideoStreamAv.read(self, decode=False) is False:
+                return None
+            self.ahead_count += 1
+            return self.ahead_count, self._frame
+
+        def _scale(self, frame) -> np.ndarray:
+            w, h = self.size
+            return upright_array(frame, w, h, format="bgr24", interpolation="AREA", clockwise=turn)
 
         def read(self, decode: bool = True) -> np.ndarray | bool:
-            if self.frames is not None:
-                if not self._next_from_cursor():
-                    return False
-                if not decode:
-                    return True
-                w, h = self.size
-                return upright_array(self._frame, w, h, format="bgr24", interpolation="AREA", clockwise=turn)
-            if not decode:
-                got = super().read(decode=False)
-                if got is not False:
-                    self.decoded += 1
-                    if on_frame is not None:
-                        on_frame(self._frame)
-                return got
-            if super().read(decode=False) is False:
+            # frames are decoded here, in order, and scaled on helper threads a few frames ahead
+            # (ingest/scale_ahead.py); the readers see each frame when it is handed out
+            got = self.ahead.next(scaled=decode)
+            if got is None:
                 return False
-            self.decoded += 1
+            self.decoded, self._frame, scaled = got
             if on_frame is not None:
                 on_frame(self._frame)
-            w, h = self.size
-            return upright_array(self._frame, w, h, format="bgr24", interpolation="AREA", clockwise=turn)
+            if not decode:
+                return True
+            return scaled.result() if scaled is not None else self._scale(self._frame)
 
     return ScaledStream()
 

@@ -131,3 +131,30 @@ def test_flash_watch_batches_give_each_frames_own_thumbnail_and_detail():
                 detail.append(float(((grid - blocks[:, None, :, None]) ** 2).mean()))
         assert watch.thumbs().tobytes() == np.stack(thumbs).astype(np.float32).tobytes()
         assert watch.detail().tobytes() == np.array(detail, np.float32).tobytes()
+
+
+def test_frames_scaled_ahead_on_helper_threads_are_the_decode_threads_frames():
+    """The detection stream scales frames on a pool while the next ones decode: every array, in
+    order, is what the scaler gives in the decode thread, and skipped reads keep the count."""
+    import numpy as np
+
+    from vidcorpus.ingest.split import _scaled_pyav_stream
+
+    bikes = _footage()[0]
+    seen = []
+    stream = _scaled_pyav_stream(bikes, 0, on_frame=lambda f: seen.append(f.pts), rotation=0)
+    got, numbers = [], []
+    while True:
+        skip = len(numbers) % 7 == 3  # a read without decoding now and then (split.frame_skip's)
+        frame = stream.read(decode=not skip)
+        if frame is False:
+            break
+        got.append(None if skip else frame)
+        numbers.append(stream.frame_number)
+    w, h = stream.frame_size
+    with av.open(bikes) as c:
+        expected = [upright_array(f, w, h, format="bgr24", interpolation="AREA", clockwise=0) for f in c.decode(video=0)]
+    assert numbers == list(range(1, len(expected) + 1)) and len(seen) == len(expected) == 250
+    assert seen == sorted(seen)  # the readers saw every frame once, in order
+    assert all(g is None or np.array_equal(g, e) for g, e in zip(got, expected))
+    assert sum(g is not None for g in got) > 200
