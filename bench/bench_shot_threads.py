@@ -9,7 +9,10 @@ flash watch's grid, hand-over to TransNetV2), the detector thread (the main thre
 TransNetV2 worker (48x27 scaling, windows, model calls), and the scaling pool's threads together
 (the detectors' small BGR frames, ingest/scale_ahead.py). ``--no-network`` swaps the network for a
 no-op of its output's shape (the GPU case, where it takes 30,000 frames/s, costs the CPU about
-nothing), so the CPU rows show the feeding cost alone.
+nothing), so the CPU rows show the feeding cost alone. Threads that are not ours (FFmpeg's decode
+threads, torch's intra-op pool) are not counted; the windows left at the end of a source (all of
+them when it is shorter than ``split.transnet_batch_windows`` windows, about 17 s at 25 fps) run in
+the main thread's ``finish``.
 
     python bench/bench_transnet_gpu.py ...   # frames/s
     python bench/bench_shot_threads.py --video FILE --no-network --out threads.json
