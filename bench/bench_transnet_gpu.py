@@ -8,7 +8,14 @@ Measures, on one video (``--video``, or ``--make SECONDS`` renders moving noise 
 - ``default_plus_transnetv2``: what ``split.transnet_on_gpu`` gives a GPU worker (adaptive+histogram,
   the evidence and dissolve checks, and TransNetV2 on one decode);
 - ``default``: the CPU default alone, for scale;
-- ``model_only``: the network on frames already on the device (batched 100-frame windows).
+- ``model_only``: the network on frames already on the device (batched 100-frame windows);
+- ``decode_only_unscaled``: decoding alone, no frame converted (the ceiling of any detector);
+- ``transnetv2_feed`` (``--only`` it): the TransNetV2 path with the network swapped for a no-op that
+  returns zeros of its output's shape: what feeding the model costs, the bound on a GPU where the
+  network takes 30,000 frames/s. A proxy for CPU-only machines, never a detection result.
+
+``cpu_ms_per_frame`` gives each row's CPU time (all threads of the process) per frame: on a node
+whose cores are all busy with other tasks, that, not frames/s, is what detection costs.
 
 Each is run ``--repeat`` times after one warm-up (model load, CUDA context, cuDNN autotuning), and
 the best run is kept. Prints JSON (and writes it to ``--out``). Imports only torch, av, numpy,
@@ -69,15 +76,38 @@ def decode_only(path: str) -> int:
     return n
 
 
-def best_of(fn, repeat: int) -> tuple[float, int]:
+def decode_unscaled(path: str) -> int:
+    n = 0
+    with av.open(path) as c:
+        c.streams.video[0].thread_type = "AUTO"
+        for _frame in c.decode(video=0):
+            n += 1
+    return n
+
+
+CPU_MS: dict = {}  # row -> CPU ms per frame of its best run
+
+
+def best_of(fn, repeat: int, row: str | None = None) -> tuple[float, int]:
     """(best seconds, frames) over ``repeat`` runs after one warm-up."""
     fn()
     best, frames = float("inf"), 0
     for _ in range(repeat):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         frames = fn()
-        best = min(best, time.perf_counter() - t)
+        if time.perf_counter() - t < best:
+            best = time.perf_counter() - t
+            if row:
+                CPU_MS[row] = round((time.process_time() - c) / max(1, frames) * 1e3, 3)
     return best, frames
+
+
+class NoNetwork:
+    """Stands in for TransNetV2 in the ``transnetv2_feed`` row: zeros of the network's output shape."""
+
+    def __call__(self, windows):
+        zeros = torch.zeros(windows.shape[0], windows.shape[1], 1, device=windows.device)
+        return zeros, {"many_hot": zeros}
 
 
 def model_only(device: str, batch_windows: int, n_windows: int = 32) -> float:
@@ -105,6 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-windows", type=int, default=8, help="split.transnet_batch_windows")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="split.transnet_device")
     ap.add_argument("--skip-default", action="store_true", help="leave out the CPU-default rows")
+    ap.add_argument("--only", help="comma-separated rows to run (default: all but transnetv2_feed)")
     ap.add_argument("--out", help="write the JSON here too")
     a = ap.parse_args(argv)
     if not a.video and not a.make:
@@ -122,32 +153,42 @@ def main(argv: list[str] | None = None) -> dict:
     if device.startswith("cuda"):
         result["gpu"] = torch.cuda.get_device_name(0)
 
-    seconds, frames = best_of(lambda: decode_only(path), a.repeat)
+    wanted = set(a.only.split(",")) if a.only else {
+        "decode_only_48x27", "decode_only_unscaled", "transnetv2", "model_only",
+        *(() if a.skip_default else ("default_plus_transnetv2", "default"))}
+    seconds, frames = best_of(lambda: decode_only(path), a.repeat, "decode_only_48x27")
     result["frames"] = frames
     rows = {"decode_only_48x27": frames / seconds}
+    if "decode_only_unscaled" in wanted:
+        seconds, _ = best_of(lambda: decode_unscaled(path), a.repeat, "decode_only_unscaled")
+        rows["decode_only_unscaled"] = frames / seconds
 
-    def detect(cfg: SplitConfig, with_model: bool):
+    def detect(cfg: SplitConfig, with_model: bool, network: bool = True):
         def run() -> int:
             run_ = TransNetRun.create(cfg) if with_model else None
+            if run_ is not None and not network:
+                run_.stream.model = NoNetwork()
             return detect_segments(path, cfg, fps=fps, transnet=run_).n_frames
         return run
 
     tn = SplitConfig(detectors=["transnetv2"], transnet_device=a.device, transnet_batch_windows=a.batch_windows,
                      flash_filter=False, dissolve_spans=False, histogram_evidence=False)
-    seconds, _ = best_of(detect(tn, True), a.repeat)
-    rows["transnetv2"] = frames / seconds
-    if not a.skip_default:
-        both = SplitConfig(transnet_on_gpu=True, transnet_device=a.device, transnet_batch_windows=a.batch_windows)
-        seconds, _ = best_of(detect(both, True), a.repeat)
-        rows["default_plus_transnetv2"] = frames / seconds
-        seconds, _ = best_of(detect(SplitConfig(), False), a.repeat)
-        rows["default"] = frames / seconds
-    rows["model_only"] = model_only(device, a.batch_windows)
+    both = SplitConfig(transnet_on_gpu=True, transnet_device=a.device, transnet_batch_windows=a.batch_windows)
+    for row, cfg, with_model, network in [("transnetv2", tn, True, True), ("transnetv2_feed", tn, True, False),
+                                          ("default_plus_transnetv2", both, True, True),
+                                          ("default_plus_transnetv2_feed", both, True, False),
+                                          ("default", SplitConfig(), False, True)]:
+        if row in wanted:
+            seconds, _ = best_of(detect(cfg, with_model, network), a.repeat, row)
+            rows[row] = frames / seconds
+    if "model_only" in wanted:
+        rows["model_only"] = model_only(device, a.batch_windows)
     result["frames_per_s"] = {k: round(v, 1) for k, v in rows.items()}
-    result["transnetv2_of_decode_only"] = round(rows["transnetv2"] / rows["decode_only_48x27"], 3)
-    if "default_plus_transnetv2" in rows:
-        result["default_plus_transnetv2_of_decode_only"] = round(
-            rows["default_plus_transnetv2"] / rows["decode_only_48x27"], 3)
+    result["cpu_ms_per_frame"] = CPU_MS
+    for row in rows:
+        if row not in ("decode_only_48x27", "model_only"):
+            result[f"{row}_of_decode_only"] = round(rows[row] / rows["decode_only_48x27"], 3)
+    result["loadavg_end"] = os.getloadavg()
     result["context_frames"] = CONTEXT
     print(json.dumps(result, indent=1))
     if a.out:

@@ -24,6 +24,7 @@ from vidcorpus.ingest.segments import TRANSITION, DroppedSegment, ShotSplit, dro
 from vidcorpus.ingest.cut_evidence import confirmed_cuts, record_cuts, reported_by
 from vidcorpus.ingest.dissolve import blend_settings, drop_blends
 from vidcorpus.ingest.flash import FlashWatch
+from vidcorpus.ingest.scale_ahead import ScaleAhead
 from vidcorpus.ingest.thumbnail_jumps import thumbnail_jumps
 from vidcorpus.ingest.transnet import TransNetRun
 from vidcorpus.ingest.transnet import runs_here as transnet_runs_here
@@ -123,6 +124,8 @@ def _scaled_pyav_stream(path: str, downscale: int, on_frame=None, rotation: int 
             self.frames = cursor.take(0, 2**62) if cursor is not None else None
             if cursor is not None:
                 self.decoded = cursor.next  # the first frame handed out is the keyframe sought
+            self.ahead_count = self.decoded  # frames decoded, including those not handed out yet
+            self.ahead = ScaleAhead(self._decode_next, self._scale)
 
         @property
         def frame_size(self) -> tuple[int, int]:
@@ -145,51 +148,48 @@ def _scaled_pyav_stream(path: str, downscale: int, on_frame=None, rotation: int 
             # nothing is lost at the end; extraction counts frames the same way (one plain decode).
             return False
 
-        def _next_from_cursor(self) -> bool:
-            got = next(self.frames, None)
-            if got is None:
-                return False
-            self.decoded, self._frame = got[0] + 1, got[1]
-            if on_frame is not None:
-                on_frame(self._frame)
-            return True
+        def _decode_next(self) -> tuple[int, object] | None:
+            """(frames read once this one is, the next decoded frame), None at the end."""
+            if self.frames is not None:
+                got = next(self.frames, None)
+                return None if got is None else (got[0] + 1, got[1])
+            if VideoStreamAv.read(self, decode=False) is False:
+                return None
+            self.ahead_count += 1
+            return self.ahead_count, self._frame
+
+        def _scale(self, frame) -> np.ndarray:
+            w, h = self.size
+            return upright_array(frame, w, h, format="bgr24", interpolation="AREA", clockwise=turn)
 
         def read(self, decode: bool = True) -> np.ndarray | bool:
-            if self.frames is not None:
-                if not self._next_from_cursor():
-                    return False
-                if not decode:
-                    return True
-                w, h = self.size
-                return upright_array(self._frame, w, h, format="bgr24", interpolation="AREA", clockwise=turn)
-            if not decode:
-                got = super().read(decode=False)
-                if got is not False:
-                    self.decoded += 1
-                    if on_frame is not None:
-                        on_frame(self._frame)
-                return got
-            if super().read(decode=False) is False:
+            # frames are decoded here, in order, and scaled on helper threads a few frames ahead
+            # (ingest/scale_ahead.py); the readers see each frame when it is handed out
+            got = self.ahead.next(scaled=decode)
+            if got is None:
                 return False
-            self.decoded += 1
+            self.decoded, self._frame, scaled = got
             if on_frame is not None:
                 on_frame(self._frame)
-            w, h = self.size
-            return upright_array(self._frame, w, h, format="bgr24", interpolation="AREA", clockwise=turn)
+            if not decode:
+                return True
+            return scaled.result() if scaled is not None else self._scale(self._frame)
 
     return ScaledStream()
 
 
 def _detectors(cfg, min_len: int) -> list:
-    from scenedetect import AdaptiveDetector, ContentDetector, HashDetector
+    from scenedetect import HashDetector
 
-    from vidcorpus.ingest.histogram_context import ContextualHistogramDetector
+    # PySceneDetect's detectors with the same scores computed in fewer passes (ingest/exact_scores.py)
+    from vidcorpus.ingest.exact_scores import (ExactAdaptiveDetector, ExactContentDetector,
+                                               ExactContextualHistogramDetector)
 
     make = {
-        "adaptive": lambda: AdaptiveDetector(adaptive_threshold=cfg.adaptive_threshold, min_scene_len=min_len),
-        "content": lambda: ContentDetector(threshold=cfg.content_threshold, min_scene_len=min_len),
+        "adaptive": lambda: ExactAdaptiveDetector(adaptive_threshold=cfg.adaptive_threshold, min_scene_len=min_len),
+        "content": lambda: ExactContentDetector(threshold=cfg.content_threshold, min_scene_len=min_len),
         # judged against about a second of the shot's own changes (min_len is a third of a second)
-        "histogram": lambda: ContextualHistogramDetector(cfg.histogram_threshold, min_len, context=3 * min_len),
+        "histogram": lambda: ExactContextualHistogramDetector(cfg.histogram_threshold, min_len, context=3 * min_len),
         "hash": lambda: HashDetector(threshold=cfg.hash_threshold, min_scene_len=min_len),
     }
     return [make[name]() for name in dict.fromkeys(cfg.detectors) if name in make]  # transnetv2: ingest/transnet.py
@@ -219,13 +219,19 @@ def detect_segments(path: str, cfg, fps: float | None = None, max_seconds: float
     """
     thumbs_needed = cfg.flash_filter or cfg.dissolve_spans or cfg.histogram_evidence or cfg.jump_cuts
     flashes = FlashWatch() if thumbs_needed and cfg.backend == "pyav" else None
-    video = open_detection_stream(path, cfg, flashes, transnet, rotation)
-    fps = fps or float(video.frame_rate)
-    max_frames = int(max_seconds * fps) + 1 if max_seconds else None
-    found = run_detectors(video, cfg, fps, max_frames + 1 if max_frames else None, flashes)
-    if max_frames and found.end > max_frames:
-        raise DecodeError(f"the stream runs past ingest.max_duration_s ({max_seconds:.0f} s) "
-                          "although its headers did not say so", "too_long")
+    try:
+        video = open_detection_stream(path, cfg, flashes, transnet, rotation)
+        fps = fps or float(video.frame_rate)
+        max_frames = int(max_seconds * fps) + 1 if max_seconds else None
+        found = run_detectors(video, cfg, fps, max_frames + 1 if max_frames else None, flashes)
+        if max_frames and found.end > max_frames:
+            raise DecodeError(f"the stream runs past ingest.max_duration_s ({max_seconds:.0f} s) "
+                              "although its headers did not say so", "too_long")
+    except BaseException:
+        if transnet:  # its worker thread holds decoded frames: let it end
+            with contextlib.suppress(Exception):
+                transnet.stream.close()
+        raise
     return segments_from(found, cfg, fps, transnet)
 
 
@@ -260,6 +266,12 @@ def run_detectors(video, cfg, fps: float, end_frame: int | None, flashes: FlashW
         manager.auto_downscale = False
         manager.downscale = cfg.downscale
     detectors = [record_cuts(d) for d in _detectors(cfg, min_len)]
+    if not detectors and cfg.backend == "pyav" and not cfg.frame_skip:
+        # TransNetV2 alone: the readers fed by the decode (on_frame) are all there is to run, and
+        # the small BGR frame the stream would make for scenedetect is never looked at
+        _read_to(video, end_frame)
+        return DetectorPass(first, video.frame_number, [], set(), [],
+                            flashes.thumbs() if flashes else None, flashes.detail() if flashes else None)
     for detector in detectors:
         manager.add_detector(detector)
     try:
@@ -270,6 +282,17 @@ def run_detectors(video, cfg, fps: float, end_frame: int | None, flashes: FlashW
     theirs, others = reported_by(detectors)
     return DetectorPass(first, video.frame_number, sorted({start.frame_num for start, _end in scenes[1:]}),
                         theirs, others, flashes.thumbs() if flashes else None, flashes.detail() if flashes else None)
+
+
+def _read_to(video, end_frame: int | None) -> None:
+    """Decode ``video`` (feeding its frame readers) up to ``end_frame`` (exclusive; None: its end),
+    stopping where ``SceneManager.detect_scenes`` would, without converting any frame."""
+    try:
+        while video.read(decode=False) is not False:
+            if end_frame is not None and video.frame_number >= end_frame:
+                break
+    except Exception as e:  # noqa: BLE001
+        raise DecodeError(f"shot detection failed: {e}") from e
 
 
 def segments_from(found: DetectorPass, cfg, fps: float, transnet: TransNetRun | None = None) -> ShotSplit:

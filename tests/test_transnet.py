@@ -272,3 +272,34 @@ def test_split_stage_on_a_gpu_worker_runs_transnetv2_beside_the_default(crossfad
     fa, fb = crossfade["fade"]
     assert all(r["last_frame"] < fa + 2 or r["first_frame"] > fb - 2 for r in rows), rows  # not the fade's middle
     assert any(d["detector"] == "transnetv2" for d in rows[0]["dropped"])
+
+
+def test_the_worker_thread_gives_the_same_probabilities_and_shots(crossfade, crossfade_run, tmp_path):
+    """Scaling and model calls beside the decode (the default) against all of it in the decode thread:
+    the same probabilities, bit for bit, and the same shots (issue 23, speed)."""
+    cfg = crossfade_run["cfg"]
+    run = TransNetRun.create(cfg, probabilities_url=str(tmp_path / "inline.parquet"))
+    run.stream.threaded = False
+    shots = detect_shots(crossfade["path"], cfg, fps=FPS, transnet=run)
+    single, many, _ = load_probabilities(str(tmp_path / "inline.parquet"))
+    threaded_single, threaded_many, _ = load_probabilities(crossfade_run["url"])
+    assert crossfade_run["run"].stream.threaded and crossfade_run["run"].stream._worker is None  # used, then closed
+    assert np.array_equal(single, threaded_single) and np.array_equal(many, threaded_many)
+    assert shots == crossfade_run["shots"] and run.spans == crossfade_run["run"].spans
+
+
+def test_a_refused_source_leaves_no_transnet_thread_behind(crossfade):
+    """A source that runs past ingest.max_duration_s is refused as before; the worker holding its
+    decoded frames ends with it."""
+    import threading
+
+    from vidcorpus.errors import DecodeError
+    from vidcorpus.ingest.split import detect_segments
+
+    cfg = SplitConfig(detectors=["transnetv2"])
+    run = TransNetRun.create(cfg)
+    with pytest.raises(DecodeError) as err:
+        detect_segments(crossfade["path"], cfg, fps=FPS, max_seconds=2.0, transnet=run)
+    assert err.value.error_class == "too_long"
+    assert run.stream._worker is None
+    assert not [t for t in threading.enumerate() if t.name == "transnetv2"]
