@@ -34,8 +34,10 @@ FROZEN_DIFF = 1.0  # mean absolute luma difference under which two sampled frame
 
 
 def luma(frames: np.ndarray) -> np.ndarray:
-    """(N, H, W) float32 BT.601 luma of (N, H, W, 3) uint8 RGB frames."""
-    return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]).astype(np.float32)
+    """(N, H, W) uint8 BT.601 luma of (N, H, W, 3) uint8 RGB frames (kept in uint8: the scores below
+    read it with OpenCV's integer paths; a float32 copy and numpy's diff over it were half of the
+    technical stage's CPU, bench/stage_cpu.py)."""
+    return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
 
 
 def blur_score(gray: np.ndarray) -> float:
@@ -74,10 +76,13 @@ def black_border_fraction(frames: np.ndarray) -> float:
 
 
 def frozen_fraction(gray: np.ndarray) -> float | None:
+    """Share of consecutive sampled frame pairs whose mean absolute luma difference is under
+    FROZEN_DIFF (exact: integer sums of uint8 differences)."""
     if len(gray) < 2:
         return None
-    diffs = np.abs(np.diff(gray, axis=0)).mean(axis=(1, 2))
-    return float(np.mean(diffs < FROZEN_DIFF))
+    pixels = gray[0].size
+    diffs = [cv2.sumElems(cv2.absdiff(a, b))[0] / pixels for a, b in zip(gray[:-1], gray[1:])]
+    return float(np.mean(np.asarray(diffs) < FROZEN_DIFF))
 
 
 def technical_scores(row: dict, frames: np.ndarray) -> dict[str, float]:
@@ -92,7 +97,7 @@ def technical_scores(row: dict, frames: np.ndarray) -> dict[str, float]:
         "aspect": width / height,
         "min_side": min(width, height),
         "blur": blur_score(gray),
-        "brightness": float(gray.mean()),
+        "brightness": float(gray.mean(dtype=np.float64)),
         "black_border": black_border_fraction(frames),
     }
     if not is_image(row):
