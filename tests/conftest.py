@@ -9,6 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from parallel_scopes import (  # noqa: F401 (the hooks that split the suite between xdist workers)
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_configure_node,
+    pytest_unconfigure,
+    pytest_xdist_make_scheduler,
+)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

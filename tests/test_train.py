@@ -487,6 +487,7 @@ def test_activation_checkpointing_keeps_loss_and_gradients(tiny_model, shards):
         torch.testing.assert_close(grads1[k], g, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_compile_runs_the_unet_through_dynamo_and_still_counts_flops(tiny_model, shards, tmp_path):
     """``train.compile`` trains through a captured graph (backend ``eager`` here: dynamo's capture
     without codegen, so CPU-cheap and numerically the eager step), and the FLOP count still comes:
@@ -518,6 +519,7 @@ def test_compile_runs_the_unet_through_dynamo_and_still_counts_flops(tiny_model,
     assert state["runtime"]["compiled"] is True
 
 
+@pytest.mark.slow
 def test_ray_train_launcher_runs_two_cpu_workers(tiny_model, shards, tmp_path):
     import ray
 
@@ -567,6 +569,7 @@ def _torchrun_train(tmp_path, cfg: TrainConfig, model: str, urls: list, run, res
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_torchrun_runs_the_same_loop_with_ddp_on_gloo(tiny_model, shards, tmp_path):
     from vidcorpus.train.checkpoint import list_checkpoints, read_state
 
@@ -582,6 +585,7 @@ def test_torchrun_runs_the_same_loop_with_ddp_on_gloo(tiny_model, shards, tmp_pa
     assert [r["step"] for r in records] == [1, 2]  # rank 0 alone writes the log
 
 
+@pytest.mark.slow
 def test_fsdp2_trains_like_ddp_and_resumes_on_gloo(tiny_model, shards, tmp_path):
     """train.parallel=fsdp (FSDP2: sharded weights, gradients, AdamW state and EMA) on two gloo ranks
     takes the same steps as DDP, writes the same full checkpoints, and resumes exactly."""
