@@ -111,7 +111,7 @@ def make_inputs(work: Path, copies: int, seconds: float, size: str, sources: lis
     return www, truth["summary"]
 
 
-def _vidcorpus_child(urls: str, work: str, cpus: int) -> None:
+def _vidcorpus_child(urls: str, work: str, cpus: int, extra: list[str]) -> None:
     """`vidcorpus run` with model scoring and captioning switched off (filters.clip_scores=false,
     captioning.enabled=false: no model is loaded), then `vidcorpus shards write --allow-uncaptioned`,
     as a user without a captioner would; both in this one process."""
@@ -122,18 +122,18 @@ def _vidcorpus_child(urls: str, work: str, cpus: int) -> None:
     recipe = Path(work) / "keep_all.yaml"
     recipe.write_text(KEEP_ALL)
     sets = [f"ray.num_cpus={cpus}", "ingest.allow_private_addresses=true", f"filters.recipe={recipe}",
-            "filters.dedup=false", "filters.clip_scores=false", "captioning.enabled=false"]
+            "filters.dedup=false", "filters.clip_scores=false", "captioning.enabled=false", *extra]
     cli = get_command(app)
     args = [a for s in sets for a in ("--set", s)]
     cli.main(["run", urls, "--workdir", work, "--no-progress", *args], standalone_mode=False)
     cli.main(["shards", "write", "--workdir", work, "--allow-uncaptioned", *args], standalone_mode=False)
 
 
-def run_vidcorpus(urls: Path, work: Path, cpus: int) -> dict:
+def run_vidcorpus(urls: Path, work: Path, cpus: int, extra: list[str]) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    proc, wall, cpu = run_measured([sys.executable, __file__, "_vidcorpus", str(urls), str(work), str(cpus)], env, cpus)
+    proc, wall, cpu = run_measured([sys.executable, __file__, "_vidcorpus", str(urls), str(work), str(cpus), *extra], env, cpus)
     out = {"wall_s": round(wall, 2), "exit_code": proc.returncode, "cpu": cpu,
            "log_tail": (proc.stdout + proc.stderr)[-3000:]}
     import duckdb
@@ -220,6 +220,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--order", choices=["v2d-first", "vidcorpus-first"], default="v2d-first")
     ap.add_argument("--only", choices=["vidcorpus", "v2d"], default=None,
                     help="Run one side (profiling; the comparison needs both in one run).")
+    ap.add_argument("--set", dest="sets", action="append", default=[],
+                    help="A vidcorpus config override for its side, section.key=value (e.g. split.clip_preset=superfast).")
     a = ap.parse_args(argv)
     work = Path(a.work)
     www, footage = make_inputs(work, a.copies, a.seconds, a.size, a.sources)
@@ -234,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
         if side == "v2d":
             results["video2dataset"] = run_v2d(urls, work / "v2d", a.cpus, Path(a.v2d), Path(a.ffmpeg_dir), len(names))
         else:
-            results["vidcorpus"] = run_vidcorpus(urls, work / "vidcorpus", a.cpus)
+            results["vidcorpus"] = run_vidcorpus(urls, work / "vidcorpus", a.cpus, a.sets)
     server.shutdown()
     for r in results.values():
         r["clips_per_s"] = round(r["clips_written"] / r["wall_s"], 3) if r["wall_s"] else None
@@ -249,6 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "shots_each": footage.get("shots"), "cuts_each": footage.get("cuts"),
                    "dissolves_each": footage.get("dissolves"), "served": f"http://127.0.0.1:{port}/"},
         "order": sides,
+        "vidcorpus_sets": a.sets,
         **results,
         "ratio_vidcorpus_over_v2d_clips_per_s": round(v / p, 3) if v and p else None,
     }
@@ -264,6 +267,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_vidcorpus":
-        _vidcorpus_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        _vidcorpus_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:])
     else:
         main()
