@@ -49,16 +49,39 @@ def test_a_switch_that_would_change_decisions_is_refused_at_the_start(tmp_path):
     # dedup compares CLIP embeddings
     out = runner.invoke(app, ["run", listing, "--workdir", w, "--no-progress", *OFF, "--set", f"filters.recipe={recipe}"])
     assert out.exit_code != 0 and "filters.dedup" in out.output and "Traceback" not in out.output
+    # and so do the duplicate scores a recipe may read
+    dup = tmp_path / "dup.yaml"
+    dup.write_text(KEEP_ALL.replace("keep_all_test", "dup_test") + '  - {score: dup_exact, op: "==", value: 0.0}\n')
+    out = runner.invoke(app, ["run", listing, "--workdir", w, "--no-progress", *OFF, "--set", "filters.dedup=false",
+                              "--set", f"filters.recipe={dup}"])
+    assert out.exit_code != 0 and "reads dup_exact" in out.output, out.output
 
 
 def test_a_run_without_models_then_a_sync_with_captioning_completes_the_corpus(tmp_path, model_cache):
     listing, recipe = _inputs(tmp_path)
     w = str(tmp_path / "w")
     # The production preset, offline: had the run loaded any model it would fail (no weights here).
+    # (a caption_align setting from a shared config file stays valid while a switch removes the stage)
     out = runner.invoke(app, ["run", listing, "--workdir", w, "--no-progress", "--preset", "production", *OFF,
-                              "--set", "filters.dedup=false", "--set", f"filters.recipe={recipe}"])
+                              "--set", "filters.dedup=false", "--set", f"filters.recipe={recipe}",
+                              "--set", "stages.caption_align.cpus=1"])
     assert out.exit_code == 0, out.output
     assert "captioning is off" in out.output
+
+    # A refused run changes nothing: naming a CLIP-reading recipe would otherwise have made it the
+    # active one and re-decided every clip before the refusal.
+    def state():
+        con = duckdb.connect(f"{w}/catalog.duckdb", read_only=True)
+        got = (con.execute("SELECT recipe, kept, count(*) FROM clips_wide GROUP BY ALL ORDER BY ALL").fetchall(),
+               con.execute("SELECT count(*) FROM runs").fetchone()[0])
+        con.close()
+        return got
+
+    before = state()
+    out = runner.invoke(app, ["run", listing, "--workdir", w, "--no-progress", *OFF, "--set", "filters.dedup=false",
+                              "--set", "filters.recipe=demo_v1"])
+    assert out.exit_code != 0 and "reads aesthetic" in out.output
+    assert state() == before
     con = duckdb.connect(f"{w}/catalog.duckdb", read_only=True)
     kept = con.execute("SELECT count(*) FROM clips_wide WHERE kept").fetchone()[0]
     extracted = con.execute("SELECT count(*) FROM clips_wide WHERE kept AND clip_path IS NOT NULL").fetchone()[0]
@@ -71,8 +94,7 @@ def test_a_run_without_models_then_a_sync_with_captioning_completes_the_corpus(t
     assert model_scores == 0 and captions == 0 and shards == 0  # kept clips are not shipped uncaptioned
 
     # Later, with a captioner (the tiny preset here): sync captions the waiting clips and shards them.
-    out = runner.invoke(app, ["sync", "--workdir", w, "--no-progress", "--set", "filters.dedup=false",
-                              "--set", "filters.clip_scores=false"])
+    out = runner.invoke(app, ["sync", "--workdir", w, "--no-progress"])
     assert out.exit_code == 0, out.output
     con = duckdb.connect(f"{w}/catalog.duckdb", read_only=True)
     captioned = con.execute("SELECT count(DISTINCT clip_id) FROM captions").fetchone()[0]

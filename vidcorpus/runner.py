@@ -177,6 +177,13 @@ def run_pipeline(
     # hold=False: the driver opens the file only for each commit, so readers (`vidcorpus sql`,
     # `report`) get in between commits while the run goes on.
     catalog = Catalog(cfg.catalog_path, hold=False)
+    try:  # before anything is written: a refused switch leaves the catalog as it was
+        from vidcorpus.sync import recipe_in_force
+
+        check_switches(cfg, recipe_in_force(cfg, catalog))
+    except Exception:
+        catalog.close()
+        raise
     catalog.begin_run(run_id, "pipeline", json.dumps(cfg.model_dump(mode="json")), __version__)
     status = "failed"
     try:
@@ -185,7 +192,6 @@ def run_pipeline(
         # The catalog's active recipe decides (a recipe the config names explicitly replaces it, said
         # here); the stages get its content, so a later file edit or config default cannot slip in.
         cfg = pin_recipe(cfg, adopt_recipe(cfg, catalog, run_id, "run", log))
-        check_switches(cfg)
         summary.sources_seen = len(sources)
         bad_rows = [r for r in sources if r["source_id"] is None]
         sources = [r for r in sources if r["source_id"] is not None]

@@ -49,30 +49,31 @@ class StagePlan:
 def check_names(cfg: Config, stages: list) -> None:
     """A ``stages.<name>`` entry that names no stage of the run is a typo: one clear error."""
     known = {s.name for s in stages}
-    unknown = sorted(set(cfg.stages) - known - set(GPU_BATCH_ROWS))
+    unknown = sorted(set(cfg.stages) - known - set(GPU_BATCH_ROWS) - SWITCHABLE_STAGES)
     if unknown:
         raise ConfigError(f"stages.{unknown[0]}: no such stage (stages: {', '.join(sorted(known))})")
 
 
-# Scores only the CLIP scorer writes (filters/clip_scores.py): a recipe reading one needs it on.
-CLIP_SCORE_PREFIXES = ("aesthetic", "clip_text")
+# Scores that only exist when the CLIP scorer runs (filters/clip_scores.py): its own, and the
+# duplicate scores, which compare the embeddings and content hashes it writes.
+CLIP_SCORE_PREFIXES = ("aesthetic", "clip_text", "dup_")
+# Stages a switch may take out of a run: their settings stay valid in a shared config file.
+SWITCHABLE_STAGES = {"clip", "caption", "caption_align"}
 
 
-def check_switches(cfg: Config) -> None:
+def check_switches(cfg: Config, recipe) -> None:
     """A stage switched off (``filters.clip_scores``) whose output the run still needs is one clear
-    error at the start, not clips silently dropped as "score missing" or dedup without embeddings."""
-    from vidcorpus.filters.recipes import load_recipe
-
+    error before anything is written, not clips silently decided on "score missing" or dedup without
+    embeddings. ``recipe``: the one the run will decide with (``sync.recipe_in_force``)."""
     if cfg.filters.clip_scores:
         return
     if cfg.filters.dedup:
         raise ConfigError("filters.dedup compares the CLIP embeddings that filters.clip_scores=false does not "
                           "compute: set filters.dedup=false as well")
-    recipe = load_recipe(cfg.filters.recipe)
     read = [n for n in recipe.scores_needed if n.startswith(CLIP_SCORE_PREFIXES)]
     if read:
         raise ConfigError(f"recipe {recipe.id} reads {', '.join(read)}, which filters.clip_scores=false does not "
-                          "compute: turn it on or use a recipe without CLIP scores")
+                          "compute: turn it on or use a recipe without CLIP or duplicate scores")
 
 
 def resolve(stages: list, cfg: Config, gpus_available: float) -> dict[type, StagePlan]:

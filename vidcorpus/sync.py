@@ -40,12 +40,11 @@ def adopt_recipe(cfg: Config, cat, run_id: str, origin: str, log: Callable[[str]
     replaces it, said on the terminal. A catalog without one adopts the config's recipe."""
     active = active_recipe(cat)
     named = named_recipe(cfg)
+    recipe = recipe_in_force(cfg, cat)
     if active is not None and named is None:
-        recipe = active
         if not recipe_history(cat):  # a catalog from before the history: record what is in force
             set_active_recipe(cat, recipe, origin, run_id)
     else:
-        recipe = load_recipe(named[0] if named else cfg.filters.recipe)
         if active is None:
             set_active_recipe(cat, recipe, origin, run_id)
             log(f"active recipe: {recipe.id} (from {named[1] if named else 'the default filters.recipe'}), "
@@ -60,6 +59,16 @@ def adopt_recipe(cfg: Config, cat, run_id: str, origin: str, log: Callable[[str]
         res = apply_recipe(cat, recipe, run_id, clip_ids=undecided)
         log(f"{recipe.id} decided {res.clips} clips: {res.kept} kept")
     return recipe
+
+
+def recipe_in_force(cfg: Config, cat) -> Recipe:
+    """The recipe ``adopt_recipe`` will decide with, read without writing anything (so a command can
+    check it before it changes the catalog): the catalog's active one unless the config names one."""
+    active = active_recipe(cat)
+    named = named_recipe(cfg)
+    if active is not None and named is None:
+        return active
+    return load_recipe(named[0] if named else cfg.filters.recipe)
 
 
 def pin_recipe(cfg: Config, recipe: Recipe) -> Config:
@@ -85,14 +94,16 @@ def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Calla
     from vidcorpus import gpu_busy
     from vidcorpus.captioning.stage import CaptionStage
     from vidcorpus.config import caption_batch_size
-    from vidcorpus.presets import resolve_models
+    from vidcorpus.presets import build_tiny_models, resolve_models
 
     out = CaptionResult()
     if not clip_ids:
         return out
     from vidcorpus.stage_settings import local_gpus, pin_plans, resolve
 
-    cfg = cfg.model_copy(update={"models": resolve_models(cfg.models)})
+    cfg = cfg.model_copy(update={"models": resolve_models(cfg.models, build=False)})
+    if cfg.models.preset == "tiny":  # only what captioning loads (the captioner; CLIP for caption QA)
+        build_tiny_models(cfg.models, {"captioner"} | ({"clip"} if cfg.captioning.qa else set()))
     cfg = pin_plans(cfg, resolve([CaptionStage], cfg, local_gpus()))  # batch sizes for this machine
     rows = cat.query_dicts("SELECT clip_id, source_id, media_type, clip_path, first_frame_path, kept "
                            "FROM clips_wide WHERE clip_id IN (SELECT unnest(?)) ORDER BY clip_id", [list(clip_ids)])
