@@ -31,8 +31,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
 
-    import pyarrow as pa
-
     from vidcorpus.config import load_config
     from vidcorpus.ingest.sources import read_inputs
     from vidcorpus.runner import pipeline_stages
@@ -57,7 +55,6 @@ def main(argv: list[str] | None = None) -> dict:
     rows = runs[-1][1]
     clips = [r for r in rows if r.get("clip_id") and not r.get("error_class")]
     frames = sum((r["last_frame"] - r["first_frame"] + 1) for r in clips if r.get("last_frame") is not None)
-    video_s = sum(r.get("duration_s") or 0.0 for r in rows if r.get("duration_s")) or None
     total = sum(v["cpu_s"] for v in best.values())
     report = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -421,7 +421,6 @@ def test_ingest_retry_failed_requeues_only_that_class(tmp_path, monkeypatch):
     # Stop at the boundary to Ray: record which sources the job would process.
     monkeypatch.setattr(runner, "_process", lambda cfg, cat, run_id, todo, *a: queued.append([r["uri"] for r in todo]))
     monkeypatch.setattr(runner, "resolve_models", lambda m, **_kw: m)
-    monkeypatch.setattr(runner, "build_tiny_models", lambda m, *_a: None)
     monkeypatch.setattr(runner, "preflight_pipeline", lambda m, *_a: None)
     cli = CliRunner()
     base = ["ingest", str(tmp_path / "urls.txt"), "--workdir", str(work), "--no-progress"]

@@ -397,7 +397,6 @@ def test_a_full_store_during_a_run_ends_the_command_with_a_clear_error(tmp_path,
 
     monkeypatch.setattr(runner, "_process", full)
     monkeypatch.setattr(runner, "resolve_models", lambda m, **_kw: m)
-    monkeypatch.setattr(runner, "build_tiny_models", lambda m, *_a: None)
     monkeypatch.setattr(runner, "preflight_pipeline", lambda m, *_a: None)
     (tmp_path / "urls.txt").write_text("https://example.com/a.mp4\n")
     result = CliRunner().invoke(app, ["ingest", str(tmp_path / "urls.txt"), "--workdir", str(tmp_path / "w"),

@@ -45,12 +45,13 @@ def tiny_paths(cache_dir: str) -> dict[str, str]:
     }
 
 
-def resolve_models(models: ModelsConfig, build: bool = True) -> ModelsConfig:
-    """Fill unset fields from the preset; for ``tiny``, build missing tiny models once."""
+def resolve_models(models: ModelsConfig, build: bool = True, only: set[str] | None = None) -> ModelsConfig:
+    """Fill unset fields from the preset; for ``tiny``, build missing tiny models once (``only``:
+    just those a command will load, see ``build_tiny_models``)."""
     defaults = PRODUCTION if models.preset == "production" else tiny_paths(models.cache_dir)
     filled = models.model_copy(update={k: v for k, v in defaults.items() if getattr(models, k) is None})
     if models.preset == "tiny" and build:
-        build_tiny_models(filled)
+        build_tiny_models(filled, only)
     return filled
 
 

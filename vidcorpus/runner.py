@@ -26,7 +26,7 @@ from vidcorpus.config import Config
 from vidcorpus.errors import storage_full
 from vidcorpus.ids import new_run_id
 from vidcorpus.filters.frame_models import preflight_frame_models, with_frame_model_stages
-from vidcorpus.presets import build_tiny_models, curation_models, preflight_pipeline, resolve_models
+from vidcorpus.presets import curation_models, preflight_pipeline, resolve_models
 from vidcorpus.schemas import rows_to_table
 from vidcorpus.stage import Stage
 from vidcorpus.stage_settings import check_names, check_switches, pin_plans, resolve
@@ -160,10 +160,9 @@ def run_pipeline(
     from vidcorpus.ingest.sources import read_inputs
 
     t0 = time.time()
-    cfg = cfg.model_copy(update={"models": resolve_models(cfg.models, build=False)})
-    if cfg.models.preset == "tiny":
-        build_tiny_models(cfg.models, curation_models(cfg))
-    preflight_pipeline(cfg.models, curation_models(cfg))
+    needed = curation_models(cfg)
+    cfg = cfg.model_copy(update={"models": resolve_models(cfg.models, only=needed)})
+    preflight_pipeline(cfg.models, needed)
     if "transnetv2" in cfg.split.detectors:  # the `models` extra: fail here, not once per source in a worker
         from vidcorpus.ingest.transnet import require_transnet
 

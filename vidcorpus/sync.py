@@ -94,16 +94,15 @@ def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Calla
     from vidcorpus import gpu_busy
     from vidcorpus.captioning.stage import CaptionStage
     from vidcorpus.config import caption_batch_size
-    from vidcorpus.presets import build_tiny_models, resolve_models
+    from vidcorpus.presets import resolve_models
 
     out = CaptionResult()
     if not clip_ids:
         return out
     from vidcorpus.stage_settings import local_gpus, pin_plans, resolve
 
-    cfg = cfg.model_copy(update={"models": resolve_models(cfg.models, build=False)})
-    if cfg.models.preset == "tiny":  # only what captioning loads (the captioner; CLIP for caption QA)
-        build_tiny_models(cfg.models, {"captioner"} | ({"clip"} if cfg.captioning.qa else set()))
+    loads = {"captioner"} | ({"clip"} if cfg.captioning.qa else set())  # CLIP for caption QA
+    cfg = cfg.model_copy(update={"models": resolve_models(cfg.models, only=loads)})
     cfg = pin_plans(cfg, resolve([CaptionStage], cfg, local_gpus()))  # batch sizes for this machine
     rows = cat.query_dicts("SELECT clip_id, source_id, media_type, clip_path, first_frame_path, kept "
                            "FROM clips_wide WHERE clip_id IN (SELECT unnest(?)) ORDER BY clip_id", [list(clip_ids)])
