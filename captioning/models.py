@@ -221,8 +221,12 @@ class Captioner:
                  batch_size: int = 8, min_new_tokens: int = 4, prompt_version: str = "p1",
                  decode: str = "static_graph", repetition_penalty: float = 1.0, max_pixels: int | None = None,
                  compile_prefill: bool | None = None, compile_decode: bool | None = None, probe_rows: int = 4,
-                 prefetch_min_batch: int = PREFETCH_MIN_BATCH):
-        """``decode``: "default" (transformers' ``generate``) or "static_graph" (static KV cache and a
+                 prefetch_min_batch: int = PREFETCH_MIN_BATCH, pad_batches: bool | None = None):
+        """``pad_batches``: a short batch is filled up to ``batch_size`` with copies of its last clip
+        (their captions dropped), so a job sees one batch shape and never stops for a compile of a new
+        one (25 to 99 s each on an H100, against about 5 s to caption a whole batch of 512); None:
+        whenever a new shape compiles (compile_prefill or compile_decode on).
+        ``decode``: "default" (transformers' ``generate``) or "static_graph" (static KV cache and a
         CUDA-graph decoding step, captioning/fast_decode.py; same greedy tokens, several times the
         throughput on GPUs). Models it does not support (BLIP) use ``generate`` either way.
         ``max_pixels``: frames larger than this are downscaled (aspect kept) before the processor,
@@ -242,6 +246,8 @@ class Captioner:
         self.max_pixels = max_pixels
         self.compile_prefill = device.type == "cuda" if compile_prefill is None else compile_prefill
         self.compile_decode = device.type == "cuda" if compile_decode is None else compile_decode
+        self.pad_batches = (self.compile_prefill or self.compile_decode) if pad_batches is None else pad_batches
+        self.shared_vision = {"hits": 0, "runs": 0}  # vision-tower passes shared between kinds (generate_kinds)
         self._graph = None
         self.probe_rows = probe_rows
         self._probed = probe_rows <= 0  # the static path's first batch is checked once
@@ -297,6 +303,30 @@ class Captioner:
                 out[i] = g
         return out  # type: ignore[return-value]
 
+    def generate_kinds(self, frames_per_clip: list[np.ndarray], limits: dict[PromptKind, int],
+                       prompt_version: str | None = None) -> dict[PromptKind, list[Generation]]:
+        """Every kind's captions of the same clips (``limits``: kind -> max new tokens), a batch at a
+        time: the kinds of one batch share its vision-tower pass (captioning/shared_vision.py)."""
+        from vidcorpus.captioning.shared_vision import SharedVision
+
+        out: dict = {kind: [] for kind in limits}
+        i = 0
+        while i < len(frames_per_clip):
+            chunk = frames_per_clip[i:i + max(1, self.batch_size)]
+            with SharedVision(self.model) as shared:
+                for kind, limit in limits.items():
+                    out[kind].extend(self.generate(chunk, kind, limit, prompt_version))
+            self.shared_vision["hits"] += shared.hits
+            self.shared_vision["runs"] += shared.runs
+            i += len(chunk)
+        return out
+
+    def _padded(self, chunk: list[np.ndarray], size: int) -> list[np.ndarray]:
+        """``chunk`` filled up to ``size`` with its last clip (pad_batches), else as it is."""
+        if not self.pad_batches or not chunk or len(chunk) >= size:
+            return chunk
+        return chunk + [chunk[-1]] * (size - len(chunk))
+
     def _generate_group(self, frames_per_clip: list[np.ndarray], prompt: Prompt, max_new_tokens: int,
                         as_image: bool) -> list[Generation]:
         """Batches of ``batch_size``; while one generates, a thread prepares the next one's inputs (chat
@@ -312,15 +342,18 @@ class Captioner:
         try:
             while i < n:
                 chunk = frames_per_clip[i:i + bs]
+                real = len(chunk)
+                chunk = self._padded(chunk, bs)
                 try:
                     inputs = self._take_prepared(pending) if pending is not None else None
                     pending = None
                     if inputs is None:
                         inputs = self._device_inputs(chunk, prompt, as_image)
-                    nxt = i + len(chunk)
+                    nxt = i + real
                     if pool is not None and nxt < n and bs >= self.prefetch_min_batch:
-                        pending = pool.submit(self._prepare, frames_per_clip[nxt:nxt + bs], prompt, as_image)
-                    out.extend(self._generate_batch(chunk, prompt, max_new_tokens, as_image, inputs=inputs))
+                        pending = pool.submit(self._prepare, self._padded(frames_per_clip[nxt:nxt + bs], bs), prompt,
+                                              as_image)
+                    out.extend(self._generate_batch(chunk, prompt, max_new_tokens, as_image, inputs=inputs)[:real])
                 except Exception as exc:  # noqa: BLE001 - only OOM is retried, anything else re-raised
                     if not _is_oom(exc) or bs == 1:
                         raise
@@ -336,7 +369,7 @@ class Captioner:
                     bs = max(1, bs // 2)
                     self.batch_size = bs  # remember: the next call starts at the size that fits
                     continue
-                i += len(chunk)
+                i += real
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -566,7 +599,7 @@ def load_captioner(name_or_dir: str, device: str | torch.device | None = None, d
                    decode: str = "static_graph", repetition_penalty: float = 1.0,
                    max_pixels: int | None = None, compile_prefill: bool | None = None,
                    compile_decode: bool | None = None, probe_rows: int = 4,
-                   prefetch_min_batch: int = PREFETCH_MIN_BATCH) -> Captioner:
+                   prefetch_min_batch: int = PREFETCH_MIN_BATCH, pad_batches: bool | None = None) -> Captioner:
     """Load any image-text-to-text captioner (hub id or local dir) the same way; fail fast if missing."""
     from vidcorpus.presets import require_hf_model
 
@@ -588,7 +621,7 @@ def load_captioner(name_or_dir: str, device: str | torch.device | None = None, d
                      min_new_tokens=min_new_tokens, prompt_version=prompt_version, decode=decode,
                      repetition_penalty=repetition_penalty, max_pixels=max_pixels,
                      compile_prefill=compile_prefill, compile_decode=compile_decode, probe_rows=probe_rows,
-                     prefetch_min_batch=prefetch_min_batch)
+                     prefetch_min_batch=prefetch_min_batch, pad_batches=pad_batches)
 
 
 # --- Tiny chat VLM (Qwen2.5-VL architecture), built offline --------------------------------------

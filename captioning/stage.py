@@ -47,7 +47,8 @@ class CaptionStage(Stage):
                                         prompt_version=cap.prompt_version, decode=cap.decode,
                                         repetition_penalty=cap.repetition_penalty, max_pixels=cap.max_pixels,
                                         compile_prefill=cap.compile_prefill, compile_decode=cap.compile_decode,
-                                        probe_rows=cap.probe_rows, prefetch_min_batch=cap.prefetch_min_batch)
+                                        probe_rows=cap.probe_rows, prefetch_min_batch=cap.prefetch_min_batch,
+                                        pad_batches=cap.pad_batches)
         self.clip = None
         if cap.qa:
             from vidcorpus.filters.clip_models import load_clip
@@ -68,10 +69,11 @@ class CaptionStage(Stage):
 
     def warm_up(self) -> None:
         """Caption dummy clips (mid-grey 1280x720 frames, or fewer pixels under captioning.max_pixels)
-        at the full batch size and at 2 clips, both kinds: the first shape compiles, the second
-        compiles the shape-generic decoding step, and the fast path's probe runs, all before the
-        job's first kept clips arrive (captioning.warmup). Clips of another size still compile
-        their own prefill shape (seconds)."""
+        at the full batch size, both kinds, so the compiles and the fast path's probe run before the
+        job's first kept clips arrive (captioning.warmup). With captioning.pad_batches (the default
+        where shapes compile) every later batch has that shape; without, a batch of 2 follows, which
+        compiles the shape-generic decoding step. Clips of another frame size still compile their
+        own prefill shape."""
         cap = self.config.captioning
         bs = max(1, self.captioner.batch_size)
         w, h = 1280, 720
@@ -80,9 +82,8 @@ class CaptionStage(Stage):
             w, h = max(28, int(w * scale)), max(28, int(h * scale))
         frames = np.full((cap.frames_per_clip, h, w, 3), 128, np.uint8)
         limits = {"long": cap.max_new_tokens, "short": cap.short_max_new_tokens}
-        for n in dict.fromkeys((bs, min(2, bs))):
-            for kind in KINDS:
-                self.captioner.generate([frames] * n, kind, limits[kind])
+        for n in dict.fromkeys((bs,) if self.captioner.pad_batches else (bs, min(2, bs))):
+            self.captioner.generate_kinds([frames] * n, limits)
 
     def process_rows(self, rows: list[dict]) -> list[dict]:
         cap = self.config.captioning
@@ -96,10 +97,8 @@ class CaptionStage(Stage):
                 frames.append(got)
                 good.append(row)
 
-        results: dict[str, list[Generation | Exception]] = {}
         limits = {"long": cap.max_new_tokens, "short": cap.short_max_new_tokens}
-        for kind in KINDS:
-            results[kind] = self._generate_isolated(frames, kind, limits[kind])
+        results = self._generate_isolated(frames, limits)
 
         out: list[dict] = []
         done: list[tuple[dict, np.ndarray]] = []
@@ -177,21 +176,23 @@ class CaptionStage(Stage):
             out.extend(self.safe_call(lambda row, scores=scores: add_scores(row, scores), r))
         return out
 
-    def _generate_isolated(self, frames: list[np.ndarray], kind: str, max_new_tokens: int
-                           ) -> list[Generation | Exception]:
-        """Generate for all clips at once; if that fails, clip by clip, so one bad clip fails alone."""
+    def _generate_isolated(self, frames: list[np.ndarray], limits: dict[str, int]
+                           ) -> dict[str, list[Generation | Exception]]:
+        """Both kinds for all clips at once (sharing each batch's vision pass); if that fails, clip by
+        clip and kind by kind, so one bad clip fails alone."""
         if not frames:
-            return []
+            return {kind: [] for kind in limits}
         try:
-            return list(self.captioner.generate(frames, kind, max_new_tokens))
+            return {k: list(v) for k, v in self.captioner.generate_kinds(frames, limits).items()}
         except Exception:  # noqa: BLE001 - retried per clip below to find the culprit
             pass
-        out: list[Generation | Exception] = []
+        out: dict[str, list[Generation | Exception]] = {kind: [] for kind in limits}
         for f in frames:
-            try:
-                out.append(self.captioner.generate([f], kind, max_new_tokens)[0])
-            except Exception as exc:  # noqa: BLE001
-                out.append(exc)
+            for kind, max_new_tokens in limits.items():
+                try:
+                    out[kind].append(self.captioner.generate([f], kind, max_new_tokens)[0])
+                except Exception as exc:  # noqa: BLE001
+                    out[kind].append(exc)
         return out
 
     def _caption_record(self, kind: str, gen: Generation, max_new_tokens: int, n_frames: int) -> dict:

@@ -215,6 +215,10 @@ class CaptioningConfig(Section):
                                         "it is captured as a CUDA graph (about a minute of compile for a 3B model at the "
                                         "first batch shape and once more, shape-generic, at the first other one, then about 30% faster steps at batch 512 on an H100; "
                                         "captioning/fast_decode.py). None: on GPUs only.")
+    pad_batches: bool | None = Field(None, description="Fill a short caption batch up to the batch size with copies "
+                                     "of its last clip (captions dropped): one batch shape per job, so no compile stalls "
+                                     "a job after its warm-up. None: whenever new shapes compile (compile_prefill or "
+                                     "compile_decode on, i.e. on GPUs).")
     probe_rows: int = Field(4, ge=0, description="static_graph path: the job's first batch is checked on this many "
                             "rows against the model's own token choices (captioning/probe.py); a disagreement switches "
                             "the path off for the job, with a warning and an events row. 0: no check.")

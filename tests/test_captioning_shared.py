@@ -1,0 +1,116 @@
+"""Captioning's job-shaped batching: the long and short captions of a batch share one vision pass,
+and short batches are padded to the batch size so a job compiles one shape (tiny Qwen2.5-VL, CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vidcorpus.captioning.models import Captioner, load_captioner
+
+LIMITS = {"long": 12, "short": 6}
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory) -> str:
+    from vidcorpus.captioning.models import build_tiny_chat_vlm
+
+    out = tmp_path_factory.mktemp("vlm") / "qwen25"
+    build_tiny_chat_vlm(str(out))
+    return str(out)
+
+
+def _clips(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (4, 48, 64, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def _tokens(gens) -> list[tuple]:
+    return [g.token_ids for g in gens]
+
+
+def test_kinds_share_the_vision_pass_and_give_the_same_tokens(tiny_vlm, monkeypatch):
+    """generate_kinds runs the vision tower once per batch for both kinds, and every caption is the
+    token sequence a separate generate call gives."""
+    clips = _clips(5)
+    cap = load_captioner(tiny_vlm, batch_size=2)
+    tower = cap.model.model.visual
+    calls = []
+    original = type(tower).forward
+
+    def counting(self, *a, **kw):
+        calls.append(a[0].shape)
+        return original(self, *a, **kw)
+
+    monkeypatch.setattr(type(tower), "forward", counting)
+    together = cap.generate_kinds(clips, LIMITS)
+    assert len(calls) == 3  # batches of 2, 2 and 1: one pass each, not one per kind
+    # each short caption, and the fast path's probe of the first batch, took the long caption's pass
+    assert cap.shared_vision["runs"] == 3 and cap.shared_vision["hits"] >= 3
+    calls.clear()
+    separate = {kind: cap.generate(clips, kind, n) for kind, n in LIMITS.items()}
+    assert len(calls) == 6
+    for kind in LIMITS:
+        assert _tokens(together[kind]) == _tokens(separate[kind])
+    assert _tokens(together["long"]) != _tokens(together["short"])  # the prompts differ: so do the captions
+    assert "forward" not in tower.__dict__  # the model is left as it was
+
+
+def test_other_frames_are_never_answered_from_memory(tiny_vlm):
+    """The shared pass is checked, not assumed: inside one context a batch of other frames runs the tower."""
+    from vidcorpus.captioning.shared_vision import SharedVision
+
+    cap = load_captioner(tiny_vlm, batch_size=4)
+    a, b = _clips(2, seed=1), _clips(2, seed=2)
+    with SharedVision(cap.model) as shared:
+        first = cap.generate(a, "long", 8)
+        second = cap.generate(b, "long", 8)
+    assert shared.runs == 2  # (a hit, if any, is the fast path's probe re-reading batch a's own frames)
+    assert _tokens(second) == _tokens(cap.generate(b, "long", 8))
+    assert _tokens(first) != _tokens(second)
+
+
+def test_a_short_batch_is_padded_to_the_batch_size_and_only_its_clips_come_back(tiny_vlm, monkeypatch):
+    clips = _clips(5, seed=3)
+    plain = load_captioner(tiny_vlm, batch_size=4, pad_batches=False)
+    padded = load_captioner(tiny_vlm, batch_size=4, pad_batches=True)
+    sizes = []
+    original = Captioner._generate_batch
+
+    def recording(self, chunk, *a, **kw):
+        sizes.append(len(chunk))
+        return original(self, chunk, *a, **kw)
+
+    monkeypatch.setattr(Captioner, "_generate_batch", recording)
+    want = plain.generate(clips, "long", 10)
+    assert sizes == [4, 1]
+    sizes.clear()
+    got = padded.generate(clips, "long", 10)
+    assert sizes == [4, 4]  # one batch shape: the 1-clip tail went in with 3 copies of itself
+    assert len(got) == 5 and _tokens(got) == _tokens(want)
+    assert load_captioner(tiny_vlm, batch_size=4).pad_batches is False  # CPU: nothing compiles, nothing padded
+
+
+def test_a_padded_caption_stage_warms_up_at_its_one_shape(tiny_vlm, tmp_path, monkeypatch):
+    """captioning.pad_batches: the warm-up captions one full batch of each kind (no second shape to compile)."""
+    from vidcorpus.captioning.stage import CaptionStage
+    from vidcorpus.config import Config
+
+    cfg = Config()
+    cfg = cfg.model_copy(update={
+        "models": cfg.models.model_copy(update={"captioner": tiny_vlm}),
+        "captioning": cfg.captioning.model_copy(update={"warmup": True, "pad_batches": True, "qa": False,
+                                                        "batch_size": 3, "max_new_tokens": 6,
+                                                        "short_max_new_tokens": 4})})
+    calls = []
+    generate = Captioner.generate
+
+    def counting(self, frames, kind, *a, **kw):
+        calls.append((len(frames), kind))
+        return generate(self, frames, kind, *a, **kw)
+
+    monkeypatch.setattr(Captioner, "generate", counting)
+    stage = CaptionStage(cfg)
+    stage.setup()
+    assert calls == [(3, "long"), (3, "short")]
+    assert stage.captioner.shared_vision["runs"] == 1  # the short captions took the long ones' vision pass
