@@ -187,12 +187,16 @@ class CaptionStage(Stage):
         except Exception:  # noqa: BLE001 - retried per clip below to find the culprit
             pass
         out: dict[str, list[Generation | Exception]] = {kind: [] for kind in limits}
-        for f in frames:
-            for kind, max_new_tokens in limits.items():
-                try:
-                    out[kind].append(self.captioner.generate([f], kind, max_new_tokens)[0])
-                except Exception as exc:  # noqa: BLE001
-                    out[kind].append(exc)
+        pad, self.captioner.pad_batches = self.captioner.pad_batches, False  # one clip, not a padded batch, per call
+        try:
+            for f in frames:
+                for kind, max_new_tokens in limits.items():
+                    try:
+                        out[kind].append(self.captioner.generate([f], kind, max_new_tokens)[0])
+                    except Exception as exc:  # noqa: BLE001
+                        out[kind].append(exc)
+        finally:
+            self.captioner.pad_batches = pad
         return out
 
     def _caption_record(self, kind: str, gen: Generation, max_new_tokens: int, n_frames: int) -> dict:

@@ -114,3 +114,32 @@ def test_a_padded_caption_stage_warms_up_at_its_one_shape(tiny_vlm, tmp_path, mo
     stage.setup()
     assert calls == [(3, "long"), (3, "short")]
     assert stage.captioner.shared_vision["runs"] == 1  # the short captions took the long ones' vision pass
+
+
+def test_a_failing_padded_batch_is_retried_clip_by_clip_unpadded(tiny_vlm, monkeypatch):
+    """The one-clip-fails-alone retry must not pad each clip to a whole batch (512 on a GPU)."""
+    from vidcorpus.captioning.stage import CaptionStage
+    from vidcorpus.config import Config
+
+    cfg = Config()
+    cfg = cfg.model_copy(update={
+        "models": cfg.models.model_copy(update={"captioner": tiny_vlm}),
+        "captioning": cfg.captioning.model_copy(update={"pad_batches": True, "qa": False, "batch_size": 4,
+                                                        "max_new_tokens": 6, "short_max_new_tokens": 4})})
+    stage = CaptionStage(cfg)
+    stage.setup()
+    sizes = []
+    original = Captioner._generate_batch
+
+    def recording(self, chunk, *a, **kw):
+        sizes.append(len(chunk))
+        return original(self, chunk, *a, **kw)
+
+    def failing(self, *a, **kw):
+        raise RuntimeError("a batch-level failure")
+
+    monkeypatch.setattr(Captioner, "_generate_batch", recording)
+    monkeypatch.setattr(Captioner, "generate_kinds", failing)
+    out = stage._generate_isolated(_clips(2, seed=4), {"long": 6, "short": 4})
+    assert sizes == [1, 1, 1, 1] and all(len(v) == 2 for v in out.values())
+    assert stage.captioner.pad_batches is True  # put back for the next batch
