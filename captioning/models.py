@@ -396,7 +396,10 @@ class Captioner:
                                            compile_decode=self.compile_decode and usable("compile_decode"))
         return self._graph or None
 
-    def _resize(self, frames: np.ndarray) -> np.ndarray:
+    def downscale(self, frames: np.ndarray) -> np.ndarray:
+        """Frames above ``max_pixels`` scaled down (aspect kept, bicubic); others as they are. Callers
+        that read clips in threads call it there (Pillow releases the GIL), once per clip: ``generate``
+        then finds nothing left to scale, for any kind."""
         h, w = frames.shape[1:3]
         if not self.max_pixels or h * w <= self.max_pixels:
             return frames
@@ -407,7 +410,7 @@ class Captioner:
         return np.stack([np.asarray(Image.fromarray(f).resize(size, Image.BICUBIC)) for f in frames])
 
     def _inputs(self, chunk: list[np.ndarray], prompt: Prompt, as_image: bool = False) -> dict:
-        chunk = [self._resize(np.asarray(frames)) for frames in chunk]
+        chunk = [self.downscale(np.asarray(frames)) for frames in chunk]
         if self.chat:
             instruction = (prompt.chat_image or prompt.chat) if as_image else prompt.chat
             multi = not as_image and self.input_mode == "multi_image"

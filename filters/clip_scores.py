@@ -519,17 +519,32 @@ def clip_means(emb, counts: list[int]):
     return torch.stack([F.normalize(emb[s:s + n].mean(0), dim=0) for s, n in zip(starts, counts)])
 
 
-def embed_images(model, preprocess, frames: list[np.ndarray], device, batch_size: int = 16):
-    """L2-normalised CLIP image embeddings (float32, one row per frame), in batches."""
+def embed_images(model, preprocess, frames: list[np.ndarray], device, batch_size: int = 16, threads: int = 1):
+    """L2-normalised CLIP image embeddings (float32, one row per frame), in batches. ``threads``:
+    preprocess a batch's frames in that many threads (Pillow's resize releases the GIL): caption QA
+    embeds thousands of frames a batch, which one thread kept the GPU waiting for."""
     import torch
     from PIL import Image
 
+    def prep(f: np.ndarray):
+        return preprocess(Image.fromarray(f))
+
     bs = max(1, batch_size)
     out = []
-    with torch.inference_mode():
-        for i in range(0, len(frames), bs):
-            x = torch.stack([preprocess(Image.fromarray(f)) for f in frames[i:i + bs]]).to(device)
-            out.append(model.encode_image(x, normalize=True).float())
+    pool = None
+    if threads > 1 and len(frames) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="clip-preprocess")
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(frames), bs):
+                chunk = frames[i:i + bs]
+                x = torch.stack(list(pool.map(prep, chunk)) if pool is not None else [prep(f) for f in chunk])
+                out.append(model.encode_image(x.to(device), normalize=True).float())
+    finally:
+        if pool is not None:
+            pool.shutdown()
     return torch.cat(out)
 
 

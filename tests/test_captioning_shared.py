@@ -143,3 +143,62 @@ def test_a_failing_padded_batch_is_retried_clip_by_clip_unpadded(tiny_vlm, monke
     out = stage._generate_isolated(_clips(2, seed=4), {"long": 6, "short": 4})
     assert sizes == [1, 1, 1, 1] and all(len(v) == 2 for v in out.values())
     assert stage.captioner.pad_batches is True  # put back for the next batch
+
+
+def test_clip_embeddings_preprocessed_in_threads_equal_one_thread(tmp_path):
+    import torch
+
+    from vidcorpus.filters.clip_models import load_clip
+    from vidcorpus.filters.clip_scores import embed_images
+    from vidcorpus.presets import resolve_models
+    from vidcorpus.config import Config
+
+    m = resolve_models(Config().models.model_copy(update={"cache_dir": str(tmp_path)}), only={"clip"})
+    model, preprocess, _tok = load_clip(m.clip_model, m.clip_pretrained, torch.device("cpu"))
+    frames = [f for clip in _clips(3, seed=5) for f in clip]
+    one = embed_images(model, preprocess, frames, "cpu", batch_size=5)
+    many = embed_images(model, preprocess, frames, "cpu", batch_size=5, threads=4)
+    assert one.shape == (12, one.shape[1]) and torch.equal(one, many)
+
+
+def test_the_stage_scales_frames_once_in_its_readers_and_captions_as_before(tiny_vlm, tmp_path, monkeypatch):
+    """Frames above captioning.max_pixels are scaled where the clip is read, so generate gets small
+    frames for both kinds, with the captions it gave when it scaled them itself."""
+    import av
+
+    from vidcorpus.captioning.stage import CaptionStage
+    from vidcorpus.config import Config
+    from vidcorpus.schemas import empty_row
+
+    path = tmp_path / "wide.mp4"
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 320, 192, "yuv420p"
+        for i in range(12):
+            arr = np.random.default_rng(i).integers(0, 256, (192, 320, 3), dtype=np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    cfg = Config()
+    cfg = cfg.model_copy(update={
+        "models": cfg.models.model_copy(update={"captioner": tiny_vlm}),
+        "captioning": cfg.captioning.model_copy(update={"qa": False, "max_pixels": 96 * 64, "frames_per_clip": 4,
+                                                        "max_new_tokens": 6, "short_max_new_tokens": 4})})
+    stage = CaptionStage(cfg)
+    stage.setup()
+    seen = []
+    generate = Captioner.generate
+
+    def recording(self, frames, kind, *a, **kw):
+        seen.append([f.shape for f in frames])
+        return generate(self, frames, kind, *a, **kw)
+
+    monkeypatch.setattr(Captioner, "generate", recording)
+    rows = stage.process_rows([empty_row(source_id="s", clip_id="c", clip_path=str(path), kept=True)])
+    assert seen and all(h * w <= 96 * 64 for shapes in seen for (_n, h, w, _c) in shapes)
+    from vidcorpus.media import read_frames
+
+    raw = read_frames(str(path), n=4)
+    want = {k: stage.captioner.generate([raw], k, n)[0].text for k, n in (("long", 6), ("short", 4))}
+    assert [c["text"] for c in rows[0]["captions"]] == [want["long"], want["short"]]

@@ -1,0 +1,95 @@
+"""The caption stage's host work per batch: wall time and the CPU of its main (feeding) thread.
+
+On a GPU node the caption actor's main thread prepares every batch (scaling frames to
+``captioning.max_pixels``, the processor, caption QA's CLIP preprocessing) while the GPU waits:
+GPU-node run 5 (docs/benchmarks.md) captioned 245 clips in about 136 s with the host's other cores
+idle and the GPU busy 3% of the time. This measures that host side on any machine, with the tiny
+Qwen2.5-VL-shaped captioner and tiny CLIP (the model's own time is small there), on 1280x720 clips
+of 110 frames, 8 frames a clip, max_pixels 230,400 (the GPU-node job's settings), QA on.
+
+    python bench/bench_caption_stage_cpu.py --label after --out result.json
+
+Run it from two checkouts (before and after a change), interleaved, on the same machine: the
+main thread's CPU seconds are the figure to compare (wall time moves with the machine's load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+
+def make_clips(folder: Path, n: int = 8) -> list[str]:
+    import av
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(n):
+        path = folder / f"clip{k}.mp4"
+        paths.append(str(path))
+        if path.exists():
+            continue
+        with av.open(str(path), "w") as out:
+            s = out.add_stream("libx264", rate=25)
+            s.width, s.height, s.pix_fmt = 1280, 720, "yuv420p"
+            s.options = {"preset": "ultrafast"}
+            base = rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+            for i in range(110):
+                for p in s.encode(av.VideoFrame.from_ndarray(np.roll(base, i * 4, axis=1), format="rgb24")):
+                    out.mux(p)
+            for p in s.encode():
+                out.mux(p)
+    return paths
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--label", default="run")
+    ap.add_argument("--rows", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "bench_caption_stage_cpu"))
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from vidcorpus.captioning.models import build_tiny_chat_vlm
+    from vidcorpus.captioning.stage import CaptionStage
+    from vidcorpus.config import Config
+    from vidcorpus.presets import resolve_models
+    from vidcorpus.schemas import empty_row, rows_to_table
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    clips = make_clips(work)
+    if not (work / "vlm" / "config.json").exists():
+        build_tiny_chat_vlm(str(work / "vlm"))
+    cfg = Config()
+    models = resolve_models(cfg.models.model_copy(update={"cache_dir": str(work / "models")}), only={"clip"})
+    cfg = cfg.model_copy(update={
+        "models": models.model_copy(update={"captioner": str(work / "vlm")}),
+        "captioning": cfg.captioning.model_copy(update={"frames_per_clip": 8, "max_pixels": 230400,
+                                                        "batch_size": args.rows, "max_new_tokens": 16,
+                                                        "short_max_new_tokens": 8, "qa": True})})
+    rows = [empty_row(source_id=f"s{i}", clip_id=f"c{i}", clip_path=clips[i % len(clips)], kept=True)
+            for i in range(args.rows)]
+    stage = CaptionStage(cfg)
+    stage(rows_to_table(rows[:2]))  # set-up and a first small batch
+    runs = []
+    for _ in range(args.repeat):
+        t, c = time.perf_counter(), time.thread_time()
+        stage(rows_to_table(rows))
+        runs.append({"wall_s": round(time.perf_counter() - t, 2), "main_thread_cpu_s": round(time.thread_time() - c, 2)})
+    result = {"label": args.label, "rows": args.rows, "cpus": os.cpu_count(), "runs": runs,
+              "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    print(json.dumps(result))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
