@@ -1,4 +1,4 @@
-"""The caption stage's host work per batch: wall time and the CPU of its main (feeding) thread.
+"""The caption stage per batch: wall time, the CPU of its main (feeding) thread, and (GPU) busy share.
 
 On a GPU node the caption actor's main thread prepares every batch (scaling frames to
 ``captioning.max_pixels``, the processor, caption QA's CLIP preprocessing) while the GPU waits:
@@ -7,7 +7,9 @@ idle and the GPU busy 3% of the time. This measures that host side on any machin
 Qwen2.5-VL-shaped captioner and tiny CLIP (the model's own time is small there), on 1280x720 clips
 of 110 frames, 8 frames a clip, max_pixels 230,400 (the GPU-node job's settings), QA on.
 
-    python bench/bench_caption_stage_cpu.py --label after --out result.json
+    python bench/bench_caption_stage.py --label after --out result.json
+    # on a GPU machine, the GPU-node job's models (bench/gpu_node_job.py build-models --size 3b):
+    python bench/bench_caption_stage.py --models /tmp/gpujob/models --rows 512 --long 160 --short 32
 
 Run it from two checkouts (before and after a change), interleaved, on the same machine: the
 main thread's CPU seconds are the figure to compare (wall time moves with the machine's load).
@@ -53,6 +55,10 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "bench_caption_stage_cpu"))
+    ap.add_argument("--models", help="a build-models folder (models.json): its CLIP and captioner instead of tiny ones")
+    ap.add_argument("--long", type=int, default=16, help="captioning.max_new_tokens")
+    ap.add_argument("--short", type=int, default=8, help="captioning.short_max_new_tokens")
+    ap.add_argument("--compile", action="store_true", help="compile_prefill/compile_decode on (minutes of compile)")
     ap.add_argument("--out")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -65,25 +71,47 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     clips = make_clips(work)
-    if not (work / "vlm" / "config.json").exists():
-        build_tiny_chat_vlm(str(work / "vlm"))
     cfg = Config()
-    models = resolve_models(cfg.models.model_copy(update={"cache_dir": str(work / "models")}), only={"clip"})
+    if args.models:
+        built = json.loads((Path(args.models) / "models.json").read_text())
+        models = cfg.models.model_copy(update={"preset": "production", **{k: built[k] for k in (
+            "clip_model", "clip_pretrained", "aesthetic_head", "captioner")}})
+    else:
+        if not (work / "vlm" / "config.json").exists():
+            build_tiny_chat_vlm(str(work / "vlm"))
+        models = resolve_models(cfg.models.model_copy(update={"cache_dir": str(work / "models")}), only={"clip"})
+        models = models.model_copy(update={"captioner": str(work / "vlm")})
     cfg = cfg.model_copy(update={
-        "models": models.model_copy(update={"captioner": str(work / "vlm")}),
+        "models": models,
         "captioning": cfg.captioning.model_copy(update={"frames_per_clip": 8, "max_pixels": 230400,
-                                                        "batch_size": args.rows, "max_new_tokens": 16,
-                                                        "short_max_new_tokens": 8, "qa": True})})
+                                                        "batch_size": args.rows, "max_new_tokens": args.long,
+                                                        "short_max_new_tokens": args.short, "qa": True,
+                                                        "compile_prefill": args.compile, "compile_decode": args.compile,
+                                                        "warmup": False})})
     rows = [empty_row(source_id=f"s{i}", clip_id=f"c{i}", clip_path=clips[i % len(clips)], kept=True)
             for i in range(args.rows)]
     stage = CaptionStage(cfg)
     stage(rows_to_table(rows[:2]))  # set-up and a first small batch
+    from vidcorpus.gpu_busy import GpuBusyMeter, current_device
+
+    device = current_device()
     runs = []
     for _ in range(args.repeat):
+        meter = GpuBusyMeter(device[0]) if device else None
         t, c = time.perf_counter(), time.thread_time()
-        stage(rows_to_table(rows))
-        runs.append({"wall_s": round(time.perf_counter() - t, 2), "main_thread_cpu_s": round(time.thread_time() - c, 2)})
+        if meter is not None:
+            with meter:
+                stage(rows_to_table(rows))
+        else:
+            stage(rows_to_table(rows))
+        wall = time.perf_counter() - t
+        run = {"wall_s": round(wall, 2), "main_thread_cpu_s": round(time.thread_time() - c, 2),
+               "clips_per_s": round(args.rows / wall, 2)}
+        if meter is not None and meter.busy_s is not None:
+            run["gpu_busy_share"] = round(meter.busy_s / wall, 3)
+        runs.append(run)
     result = {"label": args.label, "rows": args.rows, "cpus": os.cpu_count(), "runs": runs,
+              "captioner": str(cfg.models.captioner), "tokens": [args.long, args.short], "compile": args.compile,
               "loadavg_end": [round(x, 2) for x in os.getloadavg()],
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print(json.dumps(result))
