@@ -112,11 +112,6 @@ def export_snapshot(cat: "Catalog", url: str) -> dict:
     return manifest
 
 
-def read_manifest(url: str) -> dict:
-    fs, root = fsspec.core.url_to_fs(url)
-    return json.loads(fs.cat_file(f"{root.rstrip('/')}/{MANIFEST}"))
-
-
 def _table_datasets(fs, root: str, manifest: dict) -> dict:
     """Each table's Parquet file as a pyarrow dataset, read through fsspec (s3fs for s3://).
 

@@ -422,15 +422,6 @@ class Catalog:
 
         return check_predicate(self, predicate)
 
-    def shard_urls_for(self, predicate: str = "TRUE") -> list[tuple[str, str, int]]:
-        """(url, sha256, matching samples) of the shards that hold clips matching a SQL predicate."""
-        predicate = self._user_predicate(predicate)
-        return self._fetch(
-            f"SELECT sh.url, sh.sha256, count(*) FROM shards sh JOIN shard_members m USING (shard_id) "
-            f"JOIN (SELECT clip_id FROM clips_wide WHERE {predicate}) w ON w.clip_id = m.clip_id "
-            f"GROUP BY sh.url, sh.sha256 ORDER BY sh.url"
-        )
-
     def shard_rows_for(self, predicate: str = "TRUE") -> list[dict]:
         """Shard rows (id, url, sha256, bytes, n, bucket) holding clips that match a SQL predicate."""
         predicate = self._user_predicate(predicate)

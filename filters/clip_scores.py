@@ -252,12 +252,6 @@ def scoring_frames(row: dict, data: bytes, k: int, convert: FrameConverter = to_
     return stills, "stills"
 
 
-def load_clip_frames(row: dict, k: int) -> tuple[np.ndarray, str]:
-    """(K frames as (K, H, W, 3) uint8 RGB, sha256 of the file) of a clip or image; one read of the file."""
-    data, digest = read_clip(row)
-    return np.stack(clip_frame_list(row, data, k)), digest
-
-
 ROW_KEYS = ("clip_path", "media_type", "clip_frames", "first_frame", "last_frame", "fps", "clip_fps", "stills_path",
             "clip_width", "clip_height", "source_path", "sha256", "width", "height", "clip_id")
 MAX_SIDE = 512  # center squares larger than this are shrunk (area filter) in the worker before shipping
