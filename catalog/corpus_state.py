@@ -134,11 +134,9 @@ def _local_file_missing(path: str) -> bool:
     """A local clip file that is not there (object-store paths are not probed one by one)."""
     import os
 
-    if path.startswith("file://"):
-        path = path[len("file://"):]
-    elif "://" in path:
-        return False
-    return not os.path.exists(path)
+    from vidcorpus.storage import is_url, local_path
+
+    return not is_url(path) and not os.path.exists(local_path(path))
 
 
 def kept_without_file(cat: "Catalog", recipe_id: str) -> dict[str, str]:

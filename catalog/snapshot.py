@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 import duckdb
 import fsspec
 
+from vidcorpus.storage import is_url
+
 if TYPE_CHECKING:  # pragma: no cover
     from vidcorpus.catalog.store import Catalog
 
@@ -36,13 +38,9 @@ MANIFEST = "manifest.json"
 FORMAT = "vidcorpus-catalog-snapshot/1"
 
 
-def _is_remote(url: str) -> bool:
-    return "://" in url and not url.startswith("file://")
-
-
 def is_snapshot(path_or_url: str) -> bool:
     """True for a folder or prefix holding manifest.json (a DuckDB file path is never one)."""
-    if _is_remote(path_or_url):
+    if is_url(path_or_url):
         fs, root = fsspec.core.url_to_fs(path_or_url)
         try:
             return fs.exists(f"{root.rstrip('/')}/{MANIFEST}")

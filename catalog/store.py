@@ -41,6 +41,7 @@ from vidcorpus.catalog.schema import (
     wide_columns,
     wide_view_sql,
 )
+from vidcorpus.storage import is_url
 from vidcorpus.redact import redact_text, redact_url
 from vidcorpus.schemas import SHARD_SCHEMA
 
@@ -95,7 +96,7 @@ class Catalog:
             self._con, self.manifest, self._snapshot_dir = open_snapshot(self.path)
             self.hold = True
             return
-        if "://" in self.path and not self.path.startswith("file://"):
+        if is_url(self.path):
             raise CatalogError(f"no catalog snapshot at {self.path} (no manifest.json there; "
                                "publish one with `vidcorpus catalog export URL`)")
         self.path = self.path.removeprefix("file://")

@@ -41,7 +41,6 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import ClassVar
 
-import fsspec
 import numpy as np
 
 from vidcorpus.config import clip_batch_size
@@ -52,6 +51,7 @@ from vidcorpus.filters.scorers import add_scores, clip_fps, is_image, score
 from vidcorpus.media import load_image_rgb, uniform_indices
 from vidcorpus.stage import Resources, Stage
 from vidcorpus.stills import decode_stills
+from vidcorpus.storage import read_bytes
 
 CLIP_SCORE_VERSION = "clip-v2"  # v2: crop/resize/normalise on the device instead of PIL
 
@@ -166,7 +166,7 @@ def read_clip(row: dict) -> tuple[bytes | None, str]:
     path = row.get("clip_path")
     if not path:
         raise DecodeError("row has no clip_path")
-    data = fsspec.open(path, "rb").open().read() if "://" in path else Path(path).read_bytes()
+    data = read_bytes(path)
     return data, hashlib.sha256(data).hexdigest()
 
 
@@ -232,7 +232,7 @@ def load_stills(row: dict, k: int) -> list[np.ndarray] | None:
         return None
     w, h = row.get("clip_width"), row.get("clip_height")
     try:
-        data = fsspec.open(path, "rb").open().read() if "://" in path else Path(path).read_bytes()
+        data = read_bytes(path)
         return decode_stills(data, k, w / h if w and h else None)
     except (OSError, DecodeError):
         return None

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import uuid
 from collections import defaultdict
 from fractions import Fraction
 from typing import ClassVar
@@ -33,6 +31,7 @@ from vidcorpus.media import load_image_rgb, save_jpeg, uniform_indices, upright_
 from vidcorpus.stage import Resources, Stage
 from vidcorpus.frame_seek import to_rgb
 from vidcorpus.stills import encode_stills, still_size
+from vidcorpus.storage import write_atomic
 
 
 def target_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
@@ -132,22 +131,9 @@ class _ClipWriter:
 
 
 def _write(url: str, data: bytes) -> None:
-    """Write a clip file whole or not at all: locally through a temporary name and a rename (a full
-    disk or a kill leaves no truncated clip under the final name); object stores publish a PUT whole."""
-    fs, path = fsspec.core.url_to_fs(url)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-        part = f"{path}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            with open(part, "wb") as f:
-                f.write(data)
-            os.replace(part, path)
-        finally:
-            if os.path.exists(part):
-                os.remove(part)
-        return
-    with fs.open(path, "wb") as f:
-        f.write(data)
+    """Write a clip file whole or not at all (a full disk or a kill leaves no truncated clip under the
+    final name). No fsync: a clip lost to a power cut is re-extracted; thousands a job would each wait."""
+    write_atomic(url, data, fsync=False)
 
 
 # -- stream copy ------------------------------------------------------------------------------

@@ -21,13 +21,13 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
 
 import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from vidcorpus.storage import write_atomic
 
 RELEASE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
 HISTOGRAM_BINS = 20
@@ -127,18 +127,8 @@ def write_release_files(root: str, manifest: dict, clips_parquet: bytes) -> str:
 
 
 def _write_atomic(url: str, data: bytes) -> None:
-    """One small object, visible whole or not at all (rename locally; a single PUT on S3)."""
-    fs, path = fsspec.core.url_to_fs(url)
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    if "file" in protocols or "local" in protocols:
-        tmp = f"{path}.part-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    else:
-        fs.pipe_file(path, data)
+    """One small object, visible whole or not at all (vidcorpus/storage.py)."""
+    write_atomic(url, data)
 
 
 def sha256_hex(data: bytes) -> str:

@@ -34,6 +34,7 @@ import webdataset as wds
 from vidcorpus.errors import storage_full
 from vidcorpus.ids import is_safe_key
 from vidcorpus.shards.buckets import bucket_of
+from vidcorpus.storage import is_local_fs
 
 TAR_MTIME = 0.0  # fixed member times: identical inputs give identical shard bytes (and sha256)
 
@@ -196,11 +197,6 @@ class HashingWriter(io.RawIOBase):
         super().close()
 
 
-def _is_local(fs) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return "file" in protocols or "local" in protocols
-
-
 def _hash_existing(fs, path: str) -> tuple[str, int]:
     h = hashlib.sha256()
     n = 0
@@ -222,7 +218,7 @@ def stream_tar(url: str, samples: Iterable[dict]) -> tuple[str, int, bool]:
         sha, size = _hash_existing(fs, path)
         return sha, size, False
     parent = path.rsplit("/", 1)[0]
-    if _is_local(fs):
+    if is_local_fs(fs):
         os.makedirs(parent, exist_ok=True)
         for stale in glob.glob(glob.escape(path) + ".part-*"):  # left by a writer killed mid-shard
             os.remove(stale)

@@ -394,7 +394,9 @@ class Config(Section):
     def catalog_path(self) -> str:
         if self.catalog:
             return self.catalog
-        if "://" in self.workdir and not self.workdir.startswith("file://"):
+        from vidcorpus.storage import is_url
+
+        if is_url(self.workdir):
             raise ConfigError(f"workdir {self.workdir} is remote: give the catalog a local path with --catalog")
         return f"{self.workdir.removeprefix('file://').rstrip('/')}/catalog.duckdb"
 

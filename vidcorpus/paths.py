@@ -11,11 +11,7 @@ from __future__ import annotations
 import os
 
 from vidcorpus.config import Config
-
-
-def is_url(location: str) -> bool:
-    """True for ``scheme://...`` other than ``file://`` (s3://, gs://, http(s)://, ...)."""
-    return "://" in location and not location.startswith("file://")
+from vidcorpus.storage import is_url  # noqa: F401 - the one locality test, used through this module too
 
 
 def absolute(location: str | os.PathLike | None) -> str | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import os
 import re
+from vidcorpus.storage import is_url, local_path
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 ID_PATTERN = re.compile(r"[0-9a-z][0-9a-z-]{0,127}")
@@ -64,13 +65,13 @@ def host_ok(bound: str, host_header: str | None) -> bool:
 
 def inside_roots(location: str, roots: list[str]) -> bool:
     """True when ``location`` (a local path or URL from the catalog) lies inside one of ``roots``."""
-    if "://" in location and not location.startswith("file://"):
-        return any(r and "://" in r and location.startswith(r.rstrip("/") + "/") for r in roots)
-    real = os.path.realpath(location.removeprefix("file://"))
+    if is_url(location):
+        return any(r and is_url(r) and location.startswith(r.rstrip("/") + "/") for r in roots)
+    real = os.path.realpath(local_path(location))
     for root in roots:
-        if not root or ("://" in root and not root.startswith("file://")):
+        if not root or is_url(root):
             continue
-        base = os.path.realpath(root.removeprefix("file://"))
+        base = os.path.realpath(local_path(root))
         if real == base or real.startswith(base.rstrip(os.sep) + os.sep):
             return True
     return False
