@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from vidcorpus.captioning.models import build_tiny_chat_vlm
+    from vidcorpus.captioning.tiny_models import build_tiny_chat_vlm
     from vidcorpus.captioning.stage import CaptionStage
     from vidcorpus.config import Config
     from vidcorpus.presets import resolve_models

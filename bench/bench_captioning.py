@@ -52,7 +52,7 @@ def _is_oom(exc: BaseException) -> bool:
 def build(size: str, device: torch.device, dtype: torch.dtype, px: int, min_px: int | None = None):
     from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 
-    from vidcorpus.captioning.models import build_chat_tokenizer, chat_processor, chat_vlm_config
+    from vidcorpus.captioning.tiny_models import build_chat_tokenizer, chat_processor, chat_vlm_config
 
     tok = build_chat_tokenizer()
     processor = chat_processor(tok, min_pixels=(min_px or px) ** 2, max_pixels=px * px)
@@ -70,7 +70,7 @@ def build(size: str, device: torch.device, dtype: torch.dtype, px: int, min_px: 
 
 
 def run_path(cap, frames, new_tokens: int) -> tuple[float, list]:
-    from vidcorpus.captioning.models import get_prompt
+    from vidcorpus.captioning.prompts import get_prompt
 
     prompt = get_prompt(cap.prompt_version, "long")
     _sync(cap.device)
@@ -121,7 +121,7 @@ def breakdown(model, cap, frames, device, compile_prefill: bool = False) -> dict
     without compiled blocks, with a kernel profile), and a one-token ``generate`` (vision + language
     prefill)."""
     from vidcorpus.captioning.fast_decode import VARLEN_ATTENTION, _AttnSwitch, register_attention
-    from vidcorpus.captioning.models import get_prompt
+    from vidcorpus.captioning.prompts import get_prompt
 
     register_attention()
     inputs = cap._inputs(frames, get_prompt("p1", "long"))
@@ -190,7 +190,7 @@ def fp32_check(args, device) -> dict:
     t_def, g_def = run_path(default, frames, args.new_tokens)
     run_path(fast, frames, args.new_tokens)  # capture
     t_fast, g_fast = run_path(fast, frames, args.new_tokens)
-    from vidcorpus.captioning.models import get_prompt
+    from vidcorpus.captioning.prompts import get_prompt
 
     inputs = fast._inputs(frames, get_prompt("p1", "long"))
     lengths = inputs["attention_mask"].sum(1).tolist()
@@ -316,7 +316,8 @@ def main() -> None:
                     "(the next batch's inputs prepared while one generates, as the caption stage runs)")
     args = ap.parse_args()
 
-    from vidcorpus.captioning.models import Captioner, get_prompt
+    from vidcorpus.captioning.models import Captioner
+    from vidcorpus.captioning.prompts import get_prompt
 
     start = time.perf_counter()
     device = torch.device(args.device)

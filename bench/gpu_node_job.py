@@ -58,8 +58,8 @@ def build_models(size: str, out: Path) -> dict:
     """Random-weight models of the production families, saved where models.* can point."""
     import torch
 
-    from vidcorpus.captioning.models import (build_chat_tokenizer, build_tiny_chat_vlm, chat_processor,
-                                             chat_vlm_config, save_pretrained_atomically)
+    from vidcorpus.captioning.tiny_models import (build_chat_tokenizer, build_tiny_chat_vlm, chat_processor,
+                                                  chat_vlm_config, save_pretrained_atomically)
     from vidcorpus.filters.clip_models import TINY_CLIP_NAME, build_tiny_aesthetic_head, build_tiny_clip
 
     out.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,9 @@ def check(size: str, batch: int, long_new: int, short_new: int, device: torch.de
     import transformers
 
     from bench_captioning import build
-    from vidcorpus.captioning.models import Captioner, build_tiny_chat_vlm, get_prompt, load_captioner
+    from vidcorpus.captioning.models import Captioner, load_captioner
+    from vidcorpus.captioning.prompts import get_prompt
+    from vidcorpus.captioning.tiny_models import build_tiny_chat_vlm
     from vidcorpus.captioning.probe import HALF_MAX_OFF, HALF_TOLERANCE, TOLERANCE, check_tokens
     from vidcorpus.fast_paths import FastPathWarning
 

@@ -82,7 +82,8 @@ def main() -> None:
     args = ap.parse_args()
     from vidcorpus.captioning.fast_decode import VARLEN_ATTENTION, GraphDecoder, register_attention
     from vidcorpus.captioning.fast_prefill import FastPrefill, _on_cpu
-    from vidcorpus.captioning.models import Captioner, get_prompt
+    from vidcorpus.captioning.models import Captioner
+    from vidcorpus.captioning.prompts import get_prompt
 
     device, dtype = torch.device("cuda"), torch.bfloat16
     out: dict = {"batch": args.batch, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from vidcorpus.captioning.cleanup import clean_caption, collapse_repeats, is_degenerate
-from vidcorpus.captioning.models import PROMPTS, build_tiny_captioner, load_captioner
+from vidcorpus.captioning.models import load_captioner
+from vidcorpus.captioning.prompts import PROMPTS
+from vidcorpus.captioning.tiny_models import build_tiny_captioner
 from vidcorpus.config import Config
 from vidcorpus.schemas import empty_row, rows_to_table
 
@@ -315,7 +317,7 @@ def test_auto_class_covers_blip_and_qwen_vl():
 
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory) -> str:
-    from vidcorpus.captioning.models import build_tiny_chat_vlm
+    from vidcorpus.captioning.tiny_models import build_tiny_chat_vlm
 
     out = tmp_path_factory.mktemp("vlm") / "qwen25"
     build_tiny_chat_vlm(str(out))
@@ -784,7 +786,7 @@ def _build_tiny_llava(out: Path) -> None:
     from transformers import CLIPImageProcessor, GenerationConfig, LlavaConfig, LlavaForConditionalGeneration
     from transformers import LlavaProcessor
 
-    from vidcorpus.captioning.models import build_chat_tokenizer
+    from vidcorpus.captioning.tiny_models import build_chat_tokenizer
 
     tok = build_chat_tokenizer(extra_specials=("<image>",))
     ids = tok.convert_tokens_to_ids

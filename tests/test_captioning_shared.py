@@ -13,7 +13,7 @@ LIMITS = {"long": 12, "short": 6}
 
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory) -> str:
-    from vidcorpus.captioning.models import build_tiny_chat_vlm
+    from vidcorpus.captioning.tiny_models import build_tiny_chat_vlm
 
     out = tmp_path_factory.mktemp("vlm") / "qwen25"
     build_tiny_chat_vlm(str(out))

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from vidcorpus import fast_paths
-from vidcorpus.captioning.models import build_tiny_chat_vlm, load_captioner
+from vidcorpus.captioning.models import load_captioner
+from vidcorpus.captioning.tiny_models import build_tiny_chat_vlm
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,7 +134,7 @@ def test_probe_tolerates_half_precision_rounding_but_not_other_tokens(tiny_vlm):
 
 
 def cap_prompt():
-    from vidcorpus.captioning.models import PROMPTS
+    from vidcorpus.captioning.prompts import PROMPTS
 
     return PROMPTS["p1"]["long"]
 

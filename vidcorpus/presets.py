@@ -69,7 +69,7 @@ def build_tiny_models(models: ModelsConfig, only: set[str] | None = None) -> Non
 
         build_tiny_aesthetic_head(models.aesthetic_head, models.clip_model)
     if "captioner" in wanted and not (Path(models.captioner) / "config.json").exists():
-        from vidcorpus.captioning.models import build_tiny_captioner
+        from vidcorpus.captioning.tiny_models import build_tiny_captioner
 
         build_tiny_captioner(models.captioner)
     if "i2vgen" in wanted and not (Path(models.i2vgen) / "model_index.json").exists():
