@@ -47,11 +47,11 @@ class Captioner:
                  batch_size: int = 8, min_new_tokens: int = 4, prompt_version: str = "p1",
                  decode: str = "static_graph", repetition_penalty: float = 1.0, max_pixels: int | None = None,
                  compile_prefill: bool | None = None, compile_decode: bool | None = None, probe_rows: int = 4,
-                 prefetch_min_batch: int = PREFETCH_MIN_BATCH, pad_batches: bool | None = None):
-        """``pad_batches``: a short batch is filled up to ``batch_size`` with copies of its last clip
-        (their captions dropped), so a job sees one batch shape and never stops for a compile of a new
-        one (25 to 99 s each on an H100, against about 5 s to caption a whole batch of 512); None:
-        whenever a new shape compiles (compile_prefill or compile_decode on).
+                 prefetch_min_batch: int = PREFETCH_MIN_BATCH, pad_batches: bool = False):
+        """``pad_batches``: a short batch of videos is filled up to ``batch_size`` with copies of its last
+        clip (their captions dropped), so a job sees one batch shape and never stops for a compile of a
+        new one (25 to 99 s each on an H100, against about 5 s to caption a whole batch of 512). Off by
+        default: the caption stage turns it on where shapes compile (``captioning.pad_batches``).
         ``decode``: "default" (transformers' ``generate``) or "static_graph" (static KV cache and a
         CUDA-graph decoding step, captioning/fast_decode.py; same greedy tokens, several times the
         throughput on GPUs). Models it does not support (BLIP) use ``generate`` either way.
@@ -72,7 +72,8 @@ class Captioner:
         self.max_pixels = max_pixels
         self.compile_prefill = device.type == "cuda" if compile_prefill is None else compile_prefill
         self.compile_decode = device.type == "cuda" if compile_decode is None else compile_decode
-        self.pad_batches = (self.compile_prefill or self.compile_decode) if pad_batches is None else pad_batches
+        self.pad_batches = bool(pad_batches)
+        self._share_vision: bool | None = None  # decided on first use (fast_paths.usable)
         self.shared_vision = {"hits": 0, "runs": 0}  # vision-tower passes shared between kinds (generate_kinds)
         self._graph = None
         self.probe_rows = probe_rows
@@ -111,20 +112,22 @@ class Captioner:
         return [g.text for g in self.generate(frames_per_clip, prompt_kind, max_new_tokens, prompt_version)]
 
     def generate(self, frames_per_clip: list[np.ndarray], prompt_kind: PromptKind, max_new_tokens: int,
-                 prompt_version: str | None = None) -> list[Generation]:
+                 prompt_version: str | None = None, pad: bool | None = None) -> list[Generation]:
         """Caption clips in batches of ``batch_size``; on CUDA OOM halve the batch and retry.
 
         A one-frame input is an image: chat VLMs get it as an image (with the prompt's image wording)
         in batches of images; videos go in batches of videos; results come back in input order.
+        ``pad``: fill a short batch of videos up to the batch size (default: ``pad_batches``).
         """
         prompt = get_prompt(prompt_version or self.prompt_version, prompt_kind)
+        pad = self.pad_batches if pad is None else pad
         if not self.chat:
-            return self._generate_group(frames_per_clip, prompt, max_new_tokens, False)
+            return self._generate_group(frames_per_clip, prompt, max_new_tokens, False, pad)
         images = [i for i, f in enumerate(frames_per_clip) if len(f) == 1]
         videos = [i for i, f in enumerate(frames_per_clip) if len(f) != 1]
         out: list[Generation | None] = [None] * len(frames_per_clip)
         for idx, as_image in ((videos, False), (images, True)):
-            gens = self._generate_group([frames_per_clip[i] for i in idx], prompt, max_new_tokens, as_image)
+            gens = self._generate_group([frames_per_clip[i] for i in idx], prompt, max_new_tokens, as_image, pad)
             for i, g in zip(idx, gens):
                 out[i] = g
         return out  # type: ignore[return-value]
@@ -135,32 +138,45 @@ class Captioner:
         time: the kinds of one batch share its vision-tower pass (captioning/shared_vision.py)."""
         from vidcorpus.captioning.shared_vision import SharedVision
 
-        out: dict = {kind: [] for kind in limits}
-        i = 0
-        while i < len(frames_per_clip):
-            chunk = frames_per_clip[i:i + max(1, self.batch_size)]
-            with SharedVision(self.model) as shared:
-                for kind, limit in limits.items():
-                    out[kind].extend(self.generate(chunk, kind, limit, prompt_version))
-            self.shared_vision["hits"] += shared.hits
-            self.shared_vision["runs"] += shared.runs
-            i += len(chunk)
+        n = len(frames_per_clip)
+        out: dict = {kind: [None] * n for kind in limits}
+        # chat VLMs caption images and videos in batches of their own (generate): group first, so that
+        # every batch generate makes is one whose kinds share a pass
+        groups = ([[i for i in range(n) if len(frames_per_clip[i]) != 1], [i for i in range(n) if len(frames_per_clip[i]) == 1]]
+                  if self.chat else [list(range(n))])
+        if self._share_vision is None:
+            self._share_vision = self.chat and usable("shared_vision")
+        for idx in groups:
+            start = 0
+            while start < len(idx):
+                part = idx[start:start + max(1, self.batch_size)]  # (a batch halved on OOM stays halved)
+                chunk = [frames_per_clip[i] for i in part]
+                with SharedVision(self.model) if self._share_vision else contextlib.nullcontext() as shared:
+                    for kind, limit in limits.items():
+                        for i, gen in zip(part, self.generate(chunk, kind, limit, prompt_version)):
+                            out[kind][i] = gen
+                if shared is not None:
+                    self.shared_vision["hits"] += shared.hits
+                    self.shared_vision["runs"] += shared.runs
+                start += len(part)
         return out
 
-    def _padded(self, chunk: list[np.ndarray], size: int) -> list[np.ndarray]:
-        """``chunk`` filled up to ``size`` with its last clip (pad_batches), else as it is."""
-        if not self.pad_batches or not chunk or len(chunk) >= size:
+    @staticmethod
+    def _padded(chunk: list[np.ndarray], size: int, pad: bool) -> list[np.ndarray]:
+        """``chunk`` filled up to ``size`` with its last clip when ``pad``, else as it is."""
+        if not pad or not chunk or len(chunk) >= size:
             return chunk
         return chunk + [chunk[-1]] * (size - len(chunk))
 
     def _generate_group(self, frames_per_clip: list[np.ndarray], prompt: Prompt, max_new_tokens: int,
-                        as_image: bool) -> list[Generation]:
+                        as_image: bool, pad: bool = False) -> list[Generation]:
         """Batches of ``batch_size``; while one generates, a thread prepares the next one's inputs (chat
         templates, tokens, frames to the device: 0.4 to 0.7 s at batch 512, otherwise spent with the
         GPU idle)."""
         from concurrent.futures import ThreadPoolExecutor
 
         out: list[Generation] = []
+        pad = pad and not as_image  # a job's images are few: padding each of their batches would cost a batch
         i, bs, n = 0, max(1, self.batch_size), len(frames_per_clip)
         pending = None  # future of the next batch's inputs: always the chunk after this one, at this size
         pool = (ThreadPoolExecutor(1, thread_name_prefix="caption-inputs")
@@ -169,7 +185,7 @@ class Captioner:
             while i < n:
                 chunk = frames_per_clip[i:i + bs]
                 real = len(chunk)
-                chunk = self._padded(chunk, bs)
+                chunk = self._padded(chunk, bs, pad)
                 try:
                     inputs = self._take_prepared(pending) if pending is not None else None
                     pending = None
@@ -177,7 +193,7 @@ class Captioner:
                         inputs = self._device_inputs(chunk, prompt, as_image)
                     nxt = i + real
                     if pool is not None and nxt < n and bs >= self.prefetch_min_batch:
-                        pending = pool.submit(self._prepare, self._padded(frames_per_clip[nxt:nxt + bs], bs), prompt,
+                        pending = pool.submit(self._prepare, self._padded(frames_per_clip[nxt:nxt + bs], bs, pad), prompt,
                                               as_image)
                     out.extend(self._generate_batch(chunk, prompt, max_new_tokens, as_image, inputs=inputs)[:real])
                 except Exception as exc:  # noqa: BLE001 - only OOM is retried, anything else re-raised
@@ -428,7 +444,7 @@ def load_captioner(name_or_dir: str, device: str | torch.device | None = None, d
                    decode: str = "static_graph", repetition_penalty: float = 1.0,
                    max_pixels: int | None = None, compile_prefill: bool | None = None,
                    compile_decode: bool | None = None, probe_rows: int = 4,
-                   prefetch_min_batch: int = PREFETCH_MIN_BATCH, pad_batches: bool | None = None) -> Captioner:
+                   prefetch_min_batch: int = PREFETCH_MIN_BATCH, pad_batches: bool = False) -> Captioner:
     """Load any image-text-to-text captioner (hub id or local dir) the same way; fail fast if missing."""
     from vidcorpus.presets import require_hf_model
 

@@ -47,8 +47,9 @@ class CaptionStage(Stage):
                                         prompt_version=cap.prompt_version, decode=cap.decode,
                                         repetition_penalty=cap.repetition_penalty, max_pixels=cap.max_pixels,
                                         compile_prefill=cap.compile_prefill, compile_decode=cap.compile_decode,
-                                        probe_rows=cap.probe_rows, prefetch_min_batch=cap.prefetch_min_batch,
-                                        pad_batches=cap.pad_batches)
+                                        probe_rows=cap.probe_rows, prefetch_min_batch=cap.prefetch_min_batch)
+        compiles = self.captioner.compile_prefill or self.captioner.compile_decode
+        self.captioner.pad_batches = compiles if cap.pad_batches is None else cap.pad_batches
         self.clip = None
         if cap.qa:
             from vidcorpus.filters.clip_models import load_clip
@@ -191,19 +192,21 @@ class CaptionStage(Stage):
             return {kind: [] for kind in limits}
         try:
             return {k: list(v) for k, v in self.captioner.generate_kinds(frames, limits).items()}
-        except Exception:  # noqa: BLE001 - retried per clip below to find the culprit
+        except Exception:  # noqa: BLE001 - retried below, kind by kind, to find the culprit
             pass
-        out: dict[str, list[Generation | Exception]] = {kind: [] for kind in limits}
-        pad, self.captioner.pad_batches = self.captioner.pad_batches, False  # one clip, not a padded batch, per call
-        try:
-            for f in frames:
-                for kind, max_new_tokens in limits.items():
-                    try:
-                        out[kind].append(self.captioner.generate([f], kind, max_new_tokens)[0])
-                    except Exception as exc:  # noqa: BLE001
-                        out[kind].append(exc)
-        finally:
-            self.captioner.pad_batches = pad
+        out: dict[str, list[Generation | Exception]] = {}
+        for kind, max_new_tokens in limits.items():
+            try:
+                out[kind] = list(self.captioner.generate(frames, kind, max_new_tokens))
+                continue
+            except Exception:  # noqa: BLE001 - retried per clip
+                pass
+            out[kind] = []
+            for f in frames:  # one clip, not a padded batch, per call
+                try:
+                    out[kind].append(self.captioner.generate([f], kind, max_new_tokens, pad=False)[0])
+                except Exception as exc:  # noqa: BLE001
+                    out[kind].append(exc)
         return out
 
     def _caption_record(self, kind: str, gen: Generation, max_new_tokens: int, n_frames: int) -> dict:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import duckdb
 import fsspec
 
-from vidcorpus.storage import is_url
+from vidcorpus.storage import is_url, write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     from vidcorpus.catalog.store import Catalog
@@ -98,8 +98,8 @@ def export_snapshot(cat: "Catalog", url: str) -> dict:
             fs.put_file(os.path.join(tmp, f"{name}.parquet"), f"{root}/{entry['file']}")
     manifest = {"format": FORMAT, "snapshot_id": snapshot_id, "created_at": created.isoformat() + "Z",
                 "schema_version": version, "source": os.path.abspath(cat.path), "tables": tables, "views": views}
-    with fs.open(f"{root}/{MANIFEST}", "w") as f:  # last: readers see the old snapshot or the whole new one
-        json.dump(manifest, f, indent=1)
+    # last, whole: readers see the old snapshot or the whole new one
+    write_atomic(f"{url.rstrip('/')}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
     if previous and previous.get("snapshot_id") and previous["snapshot_id"] != snapshot_id:
         old = f"{root}/{previous['snapshot_id']}"
         try:

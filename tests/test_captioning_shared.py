@@ -33,7 +33,7 @@ def test_kinds_share_the_vision_pass_and_give_the_same_tokens(tiny_vlm, monkeypa
     """generate_kinds runs the vision tower once per batch for both kinds, and every caption is the
     token sequence a separate generate call gives."""
     clips = _clips(5)
-    cap = load_captioner(tiny_vlm, batch_size=2)
+    cap = load_captioner(tiny_vlm, batch_size=2, probe_rows=0)
     tower = cap.model.model.visual
     calls = []
     original = type(tower).forward
@@ -45,8 +45,7 @@ def test_kinds_share_the_vision_pass_and_give_the_same_tokens(tiny_vlm, monkeypa
     monkeypatch.setattr(type(tower), "forward", counting)
     together = cap.generate_kinds(clips, LIMITS)
     assert len(calls) == 3  # batches of 2, 2 and 1: one pass each, not one per kind
-    # each short caption, and the fast path's probe of the first batch, took the long caption's pass
-    assert cap.shared_vision["runs"] == 3 and cap.shared_vision["hits"] >= 3
+    assert cap.shared_vision == {"runs": 3, "hits": 3}  # each short caption took its long one's pass
     calls.clear()
     separate = {kind: cap.generate(clips, kind, n) for kind, n in LIMITS.items()}
     assert len(calls) == 6
@@ -60,12 +59,12 @@ def test_other_frames_are_never_answered_from_memory(tiny_vlm):
     """The shared pass is checked, not assumed: inside one context a batch of other frames runs the tower."""
     from vidcorpus.captioning.shared_vision import SharedVision
 
-    cap = load_captioner(tiny_vlm, batch_size=4)
+    cap = load_captioner(tiny_vlm, batch_size=4, probe_rows=0)
     a, b = _clips(2, seed=1), _clips(2, seed=2)
     with SharedVision(cap.model) as shared:
         first = cap.generate(a, "long", 8)
         second = cap.generate(b, "long", 8)
-    assert shared.runs == 2  # (a hit, if any, is the fast path's probe re-reading batch a's own frames)
+    assert (shared.runs, shared.hits) == (2, 0)
     assert _tokens(second) == _tokens(cap.generate(b, "long", 8))
     assert _tokens(first) != _tokens(second)
 
@@ -113,11 +112,13 @@ def test_a_padded_caption_stage_warms_up_at_its_one_shape(tiny_vlm, tmp_path, mo
     stage = CaptionStage(cfg)
     stage.setup()
     assert calls == [(3, "long"), (3, "short")]
-    assert stage.captioner.shared_vision["runs"] == 1  # the short captions took the long ones' vision pass
+    # the short captions took the long ones' vision pass (the other run is the probe's reference pass)
+    assert stage.captioner.shared_vision == {"runs": 2, "hits": 1}
 
 
 def test_a_failing_padded_batch_is_retried_clip_by_clip_unpadded(tiny_vlm, monkeypatch):
-    """The one-clip-fails-alone retry must not pad each clip to a whole batch (512 on a GPU)."""
+    """A clip that breaks its batch fails alone; the clip-by-clip retry is not padded to whole batches
+    (512 on a GPU)."""
     from vidcorpus.captioning.stage import CaptionStage
     from vidcorpus.config import Config
 
@@ -130,19 +131,22 @@ def test_a_failing_padded_batch_is_retried_clip_by_clip_unpadded(tiny_vlm, monke
     stage.setup()
     sizes = []
     original = Captioner._generate_batch
+    good, bad = _clips(2, seed=4)
 
-    def recording(self, chunk, *a, **kw):
+    def recording_failing(self, chunk, *a, **kw):
         sizes.append(len(chunk))
+        if any(f is bad for f in chunk):
+            raise RuntimeError("this clip breaks any batch it is in")
         return original(self, chunk, *a, **kw)
 
-    def failing(self, *a, **kw):
-        raise RuntimeError("a batch-level failure")
-
-    monkeypatch.setattr(Captioner, "_generate_batch", recording)
-    monkeypatch.setattr(Captioner, "generate_kinds", failing)
-    out = stage._generate_isolated(_clips(2, seed=4), {"long": 6, "short": 4})
-    assert sizes == [1, 1, 1, 1] and all(len(v) == 2 for v in out.values())
-    assert stage.captioner.pad_batches is True  # put back for the next batch
+    monkeypatch.setattr(Captioner, "_generate_batch", recording_failing)
+    out = stage._generate_isolated([good, bad], {"long": 6, "short": 4})
+    # both kinds together (the long kind's padded batch fails), then each kind: its whole batch, then
+    # clip by clip, unpadded
+    assert sizes == [4, 4, 1, 1, 4, 1, 1]
+    for kind in ("long", "short"):
+        assert not isinstance(out[kind][0], Exception) and isinstance(out[kind][1], RuntimeError)
+    assert stage.captioner.pad_batches is True
 
 
 def test_clip_embeddings_preprocessed_in_threads_equal_one_thread(tmp_path):
@@ -202,3 +206,44 @@ def test_the_stage_scales_frames_once_in_its_readers_and_captions_as_before(tiny
     raw = read_frames(str(path), n=4)
     want = {k: stage.captioner.generate([raw], k, n)[0].text for k, n in (("long", 6), ("short", 4))}
     assert [c["text"] for c in rows[0]["captions"]] == [want["long"], want["short"]]
+
+
+def test_a_broken_fast_vision_path_is_still_caught_by_the_probe(tiny_vlm, monkeypatch):
+    """The first-batch probe runs the reference model: it must get the tower's reference features,
+    never the fast path's shared ones, or a broken fast path would be checked against itself."""
+    import torch
+
+    from vidcorpus.captioning import fast_prefill
+
+    def broken(embed):
+        return lambda x: type(embed).forward(embed, x) * 0.0 + 1.0  # the fast patch embedding, gone wrong
+
+    monkeypatch.setattr(fast_prefill, "_linear_patch_embed", broken)
+    clips = _clips(2, seed=6)
+    cap = load_captioner(tiny_vlm, batch_size=2, probe_rows=4)
+    with pytest.warns(RuntimeWarning, match="static_graph"):
+        got = cap.generate_kinds(clips, LIMITS)
+    reference = load_captioner(tiny_vlm, batch_size=2, decode="default")
+    for kind, n in LIMITS.items():
+        assert _tokens(got[kind]) == _tokens(reference.generate(clips, kind, n))
+    assert {g.decode for g in got["long"]} == {"default"}
+    assert torch.is_tensor(cap.model.model.visual.patch_embed.proj.weight)  # the model itself untouched
+
+
+def test_images_and_videos_in_one_call_share_per_group_and_only_videos_are_padded(tiny_vlm, monkeypatch):
+    clips = _clips(3, seed=7) + [_clips(1, seed=8)[0][:1]]  # three videos, one image
+    cap = load_captioner(tiny_vlm, batch_size=4, probe_rows=0, pad_batches=True)
+    sizes = []
+    original = Captioner._generate_batch
+
+    def recording(self, chunk, *a, **kw):
+        sizes.append(len(chunk))
+        return original(self, chunk, *a, **kw)
+
+    monkeypatch.setattr(Captioner, "_generate_batch", recording)
+    got = cap.generate_kinds(clips, LIMITS)
+    assert sizes == [4, 4, 1, 1]  # the videos padded to the batch, the lone image not
+    assert cap.shared_vision == {"runs": 2, "hits": 2}  # one pass per group, both kinds
+    plain = load_captioner(tiny_vlm, batch_size=4, probe_rows=0)
+    for kind, n in LIMITS.items():
+        assert _tokens(got[kind]) == _tokens(plain.generate(clips, kind, n))

@@ -46,3 +46,12 @@ def test_an_object_store_write_is_one_put_and_reads_back(s3):
     import fsspec
 
     assert storage.is_local_fs(fsspec.filesystem("file"))
+
+
+def test_a_remote_write_makes_its_folders_where_the_store_has_them(tmp_path, monkeypatch):
+    """Not every remote store is an object store (sftp, hdfs, smb need the folder first): played here
+    by the local file system taken through the remote branch, whose pipe_file needs the folder."""
+    monkeypatch.setattr(storage, "is_local_fs", lambda fs: False)
+    target = tmp_path / "a" / "b" / "c.bin"
+    storage.write_atomic(str(target), b"xyz")
+    assert target.read_bytes() == b"xyz"

@@ -36,6 +36,7 @@ TESTED: dict[str, dict[str, str]] = {
     "static_graph": {"transformers": _TRANSFORMERS},
     "fast_prefill": {"transformers": _TRANSFORMERS, "torch": ">=2.6"},
     "compile_decode": {"transformers": _TRANSFORMERS, "torch": ">=2.6"},
+    "shared_vision": {"transformers": _TRANSFORMERS},  # wraps the vision tower that get_*_features calls
     "stills": {},  # no library internals: the probe alone guards it
 }
 

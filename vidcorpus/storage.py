@@ -8,8 +8,10 @@ is local and how to publish a file, instead of each testing ``"://" in x`` its o
 - ``is_local_fs``: the same question of an fsspec file system (LocalFileSystem names itself
   ``file`` or ``local``);
 - ``write_atomic``: a whole file or none under its final name: locally through a unique temporary
-  name, fsync and a rename (a full disk or a kill leaves no truncated file; concurrent writers do
-  not share a temporary name); on object stores one PUT, which publishes whole;
+  name, fsync of the file and of its folder, and a rename (a full disk, a kill or a power cut leaves
+  no truncated file; concurrent writers do not share a temporary name); on object stores one PUT,
+  which publishes whole (other remote file systems get fsspec's ``pipe_file``, whole only as far as
+  they make it so);
 - ``read_bytes``: a whole file, local or remote.
 
 It imports nothing of vidcorpus, so any layer may use it.
@@ -50,6 +52,9 @@ def write_atomic(url: str, data: bytes, fsync: bool = True) -> None:
     """Write ``data`` at ``url`` whole or not at all (see the module docstring); parent folders made."""
     fs, path = fsspec.core.url_to_fs(url)
     if not is_local_fs(fs):
+        parent = path.rsplit("/", 1)[0]
+        if parent and parent != path:
+            fs.makedirs(parent, exist_ok=True)  # folders where the store has them (no-op on most object stores)
         fs.pipe_file(path, data)
         return
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -61,6 +66,12 @@ def write_atomic(url: str, data: bytes, fsync: bool = True) -> None:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(part, path)
+        if fsync:  # the rename itself survives a power cut once its folder is on disk
+            folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
     finally:
         if os.path.exists(part):
             os.remove(part)
