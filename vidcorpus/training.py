@@ -198,13 +198,32 @@ def run_training(cfg: Config, output: str | None = None, progress: bool = True,
     else:
         result = train_fn(tcfg, model_dir, specs, out_dir, progress=progress, keys=keys,
                           resume=resume, run_info=run_info, follow=follow)
+    samples, losses = result.samples, result.losses  # every rank's rows, read back from the run's sample log
     if rank == 0:
+        files = sample_files(result)
         with Catalog(cfg.catalog_path) as cat:
-            cat.record_training(run_id, stage, what, result.steps, result.losses[-1] if result.losses else None,
+            cat.record_training(run_id, stage, what, result.steps, losses[-1] if losses else None,
                                 result.checkpoint_dir, urls, json.dumps(tcfg.model_dump()), started,
-                                list(result.step_keys))
+                                samples, files=files, replace_from=min((f["first_step"] for f in files), default=None))
             for key, cls, msg in result.decode_failures:  # every rank's, gathered into the checkpoint
                 cat.record_failure(key, "train_decode", cls, msg, run_id)
-    return TrainingSummary(run_id=run_id, steps=result.steps, losses=result.losses,
-                           distinct_clips=len({k for _s, k in result.step_keys}), n_shards=len(urls),
+    return TrainingSummary(run_id=run_id, steps=result.steps, losses=losses,
+                           distinct_clips=len(set(samples["clip_id"].to_pylist())), n_shards=len(urls),
                            checkpoint_dir=result.checkpoint_dir, seconds=result.seconds, run_dir=out_dir)
+
+
+def sample_files(result) -> list[dict]:
+    """The sample-log parts ``train_samples`` is filled from (steps below the run's final step)."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    from vidcorpus.train.sample_log import list_parts
+
+    out = []
+    for part in list_parts(result.run_dir):
+        if part.end <= result.steps:
+            with fsspec.open(part.url, "rb") as f:
+                rows = pq.read_metadata(f).num_rows
+            out.append({"rank": part.rank, "url": part.url, "first_step": part.start, "end_step": part.end,
+                        "rows": rows})
+    return out
