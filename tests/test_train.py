@@ -645,6 +645,7 @@ def test_fsdp2_trains_like_ddp_and_resumes_on_gloo(tiny_model, shards, tmp_path)
     shutil.copytree(tmp_path / "fsdp" / "train_samples", resumed_dir / "train_samples")  # with the step-3 part: dropped
     resumed = torchrun("fsdp", resumed_dir, resume="latest")
     c = read_state(resumed[-1][1])
+    assert c["resumed_from"] == str(resumed_dir / "checkpoints" / Path(fsdp[0][1]).name)
     c_keys, c_losses = _history(resumed_dir)
     assert c_keys == b_keys and c_losses == pytest.approx(b_losses, rel=1e-5)
     wb, wc = weights(fsdp[-1][1], "unet"), weights(resumed[-1][1], "unet")
