@@ -248,3 +248,22 @@ def test_accumulation_under_ddp_and_fsdp2_trains_the_same_on_gloo(tiny_model, sh
     assert b_losses == pytest.approx(a_losses, rel=1e-4)
     [(_s, ddp)], [(_t, fsdp)] = list_checkpoints(str(tmp_path / "ddp")), list_checkpoints(str(tmp_path / "fsdp"))
     assert _max_diff(_weights(ddp), _weights(fsdp)) < 1e-5
+
+
+def test_a_checkpoint_from_before_the_sample_log_resumes_with_its_history(tiny_model, shards, tmp_path):  # noqa: F811
+    """Checkpoints written before this layout kept the history in train_state.json; resuming one
+    turns that history into the sample log's first part, so the run's rows stay whole."""
+    from vidcorpus.train.loop import train_base
+
+    cfg = _cfg(steps=3, checkpoint_every=2, keep_checkpoints=0, tensorboard=False)
+    full = train_base(cfg, tiny_model, shards["urls"], str(tmp_path / "full"), progress=False)
+    old = tmp_path / "old" / "checkpoints" / "step-00000002"
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step-00000002", old)
+    state = json.loads((old / "train_state.json").read_text())
+    del state["samples"], state["last_loss"]
+    earlier = [[s, k] for s, k in full.step_keys if s < 2]
+    state.update(step_keys=earlier, sample_keys=[k for _s, k in earlier], losses=full.losses[:2])
+    (old / "train_state.json").write_text(json.dumps(state))
+    resumed = train_base(cfg, tiny_model, shards["urls"], str(tmp_path / "old"), progress=False, resume="latest")
+    assert resumed.step_keys == full.step_keys
+    assert resumed.losses == pytest.approx(full.losses, rel=1e-4, abs=1e-6)

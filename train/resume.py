@@ -34,6 +34,7 @@ class Resumed:
     failures: dict = field(default_factory=dict)
     sample_rows: int | None = None  # this rank's rows of steps [0, step) (None: an older checkpoint)
     trainer_state: dict | None = None
+    legacy_history: tuple[list, list] | None = None  # (step_keys, losses) a checkpoint of before the sample log held
 
 
 def _check(state: dict, ckpt: str, kind: str, selection: Selection, grown: bool, world: int,
@@ -69,9 +70,11 @@ def read_resume(resume: str | None, out_dir: str, kind: str, cfg: TrainConfig, s
     if grown:  # the query's answer changed: its cursor cannot apply; a new pass over the new answer
         cursor = DataCursor(epoch=cursor.epoch + 1)
     rows = state.get("samples", {}).get("rows")
+    legacy = (state["step_keys"], state.get("losses", [])) if "samples" not in state and "step_keys" in state else None
     return Resumed(ckpt=ckpt, step=int(state["step"]), cursor=cursor,
                    failures={f[0]: f for f in state.get("decode_failures", [])},
-                   sample_rows=rows[rank] if rows else None, trainer_state=ckpt_io.read_trainer_state(ckpt))
+                   sample_rows=rows[rank] if rows else None, trainer_state=ckpt_io.read_trainer_state(ckpt),
+                   legacy_history=legacy)
 
 
 def restore_weights(resumed: Resumed, unet: torch.nn.Module, ema: torch.nn.Module, gen: torch.Generator,

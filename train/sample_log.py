@@ -156,6 +156,19 @@ class SampleLog:
                          self.rank, step, rows, rank_dir(self.run_dir, self.rank), self.rows_flushed)
 
 
+def adopt_legacy_history(log: SampleLog, step: int, step_keys: list, losses: list) -> None:
+    """A checkpoint written before the sample log kept every (step, clip id) of all ranks and every
+    loss in its ``train_state.json``: they become the part [0, step) of rank 0 (the rank of a row
+    was not recorded), unless the run directory already holds rows of those steps."""
+    if log.rank != 0 or any(p.end <= step for p in list_parts(log.run_dir)):
+        return
+    for s, key in step_keys:
+        if int(s) < step:
+            log.add(int(s), [key], float(losses[int(s)]) if int(s) < len(losses) else float("nan"))
+    log.flushed = 0
+    log.flush(step)
+
+
 def _num_rows(url: str) -> int:
     with fsspec.open(url, "rb") as f:
         return pq.read_metadata(f).num_rows

@@ -27,7 +27,7 @@ from vidcorpus.train.data import OnError
 from vidcorpus.train.metrics import FlopCounter, LogWindow, MetricsLogger, peak_bf16_flops
 from vidcorpus.train.parallel import spread
 from vidcorpus.train.resume import read_resume, restore_optimizer, restore_weights
-from vidcorpus.train.sample_log import SAMPLES_DIR, SampleLog
+from vidcorpus.train.sample_log import SAMPLES_DIR, SampleLog, adopt_legacy_history
 from vidcorpus.train.step import Stepper, lr_lambda
 from vidcorpus.train.stream import DataCursor, Prefetcher, Selection, StreamMark, batches_forever
 
@@ -130,6 +130,8 @@ class Trainer:
             restore_weights(resumed, unet, ema, self.gen, self.rank)
             self.failures = dict(resumed.failures)
             self.samples.resume(resumed.ckpt, resumed.step, resumed.sample_rows)
+            if resumed.legacy_history:
+                adopt_legacy_history(self.samples, resumed.step, *resumed.legacy_history)
         self.resumed_from = resumed.ckpt if resumed else None
         self.start_step = resumed.step if resumed else 0
         cursor = resumed.cursor if resumed else DataCursor()
