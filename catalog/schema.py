@@ -219,6 +219,18 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX IF NOT EXISTS clips_wide_by_source ON clips_wide (source_id);
         """,
     ),
+    (
+        16,  # issue 24: checkpoints stay small. A run's per-step clip ids stream to per-rank Parquet parts
+        # (train/sample_log.py); train_samples is filled from them, and these rows say which parts it came from
+        """
+        CREATE TABLE IF NOT EXISTS train_sample_files (
+            run_id VARCHAR, rank INTEGER, url VARCHAR,
+            first_step INTEGER, end_step INTEGER,  -- the part holds the rank's rows of steps [first_step, end_step)
+            rows BIGINT,
+            PRIMARY KEY (run_id, url)
+        );
+        """,
+    ),
 ]
 
 # Python steps run right after a migration's DDL, in the same transaction (method names of Catalog).

@@ -682,13 +682,12 @@ class Catalog:
 
     def record_training(self, run_id: str, stage: str, select_sql: str, steps: int, final_loss: float | None,
                         checkpoint: str, shard_urls: list[str], config_json: str, started_at: dt.datetime,
-                        samples: list[tuple[int, str]]) -> None:
-        with self.transaction():
-            self._upsert("train_runs", [{
-                "run_id": run_id, "stage": stage, "select_sql": select_sql, "steps": steps, "final_loss": final_loss,
-                "checkpoint": checkpoint, "shard_urls": json.dumps(shard_urls), "config_json": config_json,
-                "started_at": started_at, "finished_at": _now()}])
-            self._upsert("train_samples", [{"run_id": run_id, "step": s, "clip_id": c} for s, c in sorted(set(samples))])
+                        samples, files: list[dict] | None = None, replace_from: int | None = None) -> None:
+        """See ``catalog/train_samples.py`` (samples: (step, clip id) pairs or a table of them)."""
+        from vidcorpus.catalog.train_samples import record_training
+
+        record_training(self, run_id, stage, select_sql, steps, final_loss, checkpoint, shard_urls, config_json,
+                        started_at, samples, files, replace_from)
 
     def record_failure(self, item_id: str, stage: str, error_class: str, error: str, run_id: str,
                        source_id: str | None = None) -> None:

@@ -26,6 +26,7 @@ LOCATION_COLUMNS = [
     ("releases", "name", "manifest_url"),
     ("releases", "name", "catalog_snapshot"),
     ("train_runs", "run_id", "checkpoint"),
+    ("train_sample_files", "run_id", "url"),
 ]
 
 

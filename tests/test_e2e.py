@@ -145,6 +145,7 @@ def test_demo_ends_with_an_exported_pipeline_and_a_sampled_video(demo):
 
     from vidcorpus.catalog.schema import LATEST_VERSION
     from vidcorpus.train.checkpoint import read_state
+    from vidcorpus.train.sample_log import read_samples
 
     pipe = I2VGenXLPipeline.from_pretrained(demo["export_dir"])
     assert type(pipe.unet).__name__ == "I2VGenXLUNet"
@@ -157,7 +158,9 @@ def test_demo_ends_with_an_exported_pipeline_and_a_sampled_video(demo):
     [latest] = _q(demo, "SELECT run_id FROM runs WHERE started_at <= (SELECT min(started_at) FROM train_runs) "
                         "ORDER BY started_at DESC LIMIT 1")  # the newest pipeline run when training started
     assert data["catalog"]["schema_version"] == LATEST_VERSION and data["catalog"]["latest_run_id"] == latest["run_id"]
-    assert {s for s, _k in state["step_keys"]} == set(range(20))  # the clip ids consumed, by step
+    assert "step_keys" not in state and state["samples"]["through_step"] == 20  # the cursor, not the history
+    log = read_samples(demo["training"].run_dir)
+    assert set(log["step"].to_pylist()) == set(range(20))  # the clip ids consumed, by step, in the sample log
 
 
 def test_training_resumes_from_the_demo_checkpoint(demo, tmp_path):
@@ -177,9 +180,22 @@ def test_training_resumes_from_the_demo_checkpoint(demo, tmp_path):
     assert summary.run_id == demo["training"].run_id and summary.steps == 23
     state = read_state(summary.checkpoint_dir)
     assert state["resumed_from"] == demo["training"].checkpoint_dir
-    assert state["step_keys"][:len(before["step_keys"])] == before["step_keys"]  # history kept, then 3 new steps
-    assert {s for s, _k in state["step_keys"]} == set(range(23))
+    assert before["samples"]["through_step"] == 20 and state["samples"]["through_step"] == 23
+    old, new = _log_rows(demo["training"].run_dir), _log_rows(str(tmp_path / "run"))
+    assert new[:len(old)] == old  # history kept (brought into the new run directory), then 3 new steps
+    assert {s for s, _k in new} == set(range(23))
     with Catalog(str(catalog), read_only=True) as cat:
         [run] = cat.query_dicts("SELECT steps FROM train_runs WHERE stage = 'base'")
-        [n] = cat.query_dicts("SELECT max(step) AS s FROM train_samples WHERE run_id = ?", [summary.run_id])
-    assert run["steps"] == 23 and n["s"] == 22
+        recorded = cat.query_dicts("SELECT step, clip_id FROM train_samples WHERE run_id = ?", [summary.run_id])
+        files = cat.query_dicts("SELECT first_step, end_step, rows FROM train_sample_files WHERE run_id = ? "
+                                "ORDER BY first_step", [summary.run_id])
+    assert run["steps"] == 23
+    assert sorted((r["step"], r["clip_id"]) for r in recorded) == sorted(set(new))  # exact: every row once
+    assert [(f["first_step"], f["end_step"]) for f in files] == [(0, 20), (20, 23)] and sum(f["rows"] for f in files) == len(new)
+
+
+def _log_rows(run_dir: str) -> list[tuple[int, str]]:
+    from vidcorpus.train.sample_log import read_samples
+
+    t = read_samples(run_dir)
+    return list(zip(t["step"].to_pylist(), t["clip_id"].to_pylist()))

@@ -128,6 +128,7 @@ def test_refiner_resumes_exactly_like_the_base_stage(models, shards, tmp_path):
     part = tmp_path / "part" / "checkpoints"
     part.mkdir(parents=True)
     shutil.copytree(tmp_path / "full" / "checkpoints" / "step-00000002", part / "step-00000002")
+    shutil.copytree(tmp_path / "full" / "train_samples", tmp_path / "part" / "train_samples")  # the run's sample log
     torch.manual_seed(123)  # the resumed RNG state must not depend on this
     resumed = train_refiner(cfg, models["refiner"], shards["urls"], str(tmp_path / "part"), progress=False,
                             resume="latest")

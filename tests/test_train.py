@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 import webdataset as wds
@@ -212,7 +213,15 @@ def test_train_base_steps_on_shard_samples(tiny_model, shards, tmp_path):
     ckpt = Path(res.checkpoint_dir)
     assert ckpt == out / "checkpoints" / "step-00000007"
     state = json.loads((ckpt / "train_state.json").read_text())
-    assert state["step"] == 7 and state["losses"] == res.losses and state["sample_keys"] == res.sample_keys
+    assert state["step"] == 7 and state["last_loss"] == res.losses[-1]
+    # The checkpoint holds the cursor, not the history: the clip ids of every step (and their
+    # losses) are in the rank's Parquet sample log beside it, flushed at the checkpoint.
+    assert not {"losses", "sample_keys", "step_keys"} & set(state)
+    assert state["samples"] == {"dir": "train_samples", "through_step": 7, "rows": [len(res.sample_keys)]}
+    [part] = (out / "train_samples" / "rank-00000").glob("*.parquet")
+    assert part.name == "steps-00000000-00000007.parquet"
+    log = pq.read_table(part)
+    assert list(zip(log["step"].to_pylist(), log["clip_id"].to_pylist())) == res.step_keys
     assert [f[0] for f in state["decode_failures"]] == [BAD]
     trained = I2VGenXLUNet.from_pretrained(str(ckpt / "unet"))
     ema = I2VGenXLUNet.from_pretrained(str(ckpt / "unet_ema"))
@@ -352,10 +361,13 @@ def test_resume_continues_with_the_next_unseen_samples(tiny_model, shards, tmp_p
     assert full.epochs == 2
     decoded_full, decoded[:] = list(decoded), []
 
-    # A new run directory holding only the step-3 checkpoint: a run that stopped after 3 steps.
+    # A new run directory holding only the step-3 checkpoint and the sample log: a run that stopped
+    # after the step-6 rows were flushed but before its step-6 checkpoint was written.
     part = tmp_path / "part"
     (part / "checkpoints").mkdir(parents=True)
     shutil.copytree(tmp_path / "full" / "checkpoints" / "step-00000003", part / "checkpoints" / "step-00000003")
+    shutil.copytree(tmp_path / "full" / "train_samples", part / "train_samples")
+    assert len(list((part / "train_samples" / "rank-00000").glob("*.parquet"))) == 2  # steps [0, 3) and [3, 6)
     state3 = json.loads((part / "checkpoints" / "step-00000003" / "train_state.json").read_text())
     [cursor] = state3["cursors"]
     assert cursor["epoch"] == 0 and cursor["batches"] == 3
@@ -363,12 +375,12 @@ def test_resume_continues_with_the_next_unseen_samples(tiny_model, shards, tmp_p
     assert worker == 0
     pending = cursor["position"]["pending"]  # pulled but still waiting in a bucket
     assert pulled == 6 and len(pending) == 1  # 5 trained or failed, 1 waiting (the leftover 4-frame clip)
-    assert state3["sample_keys"] == [k for s, k in full.step_keys if s < 3]  # the clip ids consumed
+    assert state3["samples"]["rows"] == [sum(s < 3 for s, _k in full.step_keys)]  # rows on disk, not in the state
     assert state3["data"] == info and state3["step"] == 3
     random.seed(123), np.random.seed(123), torch.manual_seed(123)  # resumed RNG state must not depend on these
     resumed = train_base(cfg, tiny_model, shards["urls"], str(part), progress=False, resume="latest", run_info=info)
     assert resumed.resumed_from == str(part / "checkpoints" / "step-00000003")
-    assert resumed.step_keys == full.step_keys  # same samples, same order, same steps
+    assert resumed.step_keys == full.step_keys  # same samples, same order, same steps, none twice
     # Consumed samples were not decoded again: only the pending one and those after the cursor.
     assert len(decoded) == len(decoded_full) - (pulled - len(pending)), (decoded_full, decoded)
     np.testing.assert_allclose(resumed.losses, full.losses, rtol=1e-4, atol=1e-6)
@@ -546,6 +558,14 @@ def test_ray_train_launcher_runs_two_cpu_workers(tiny_model, shards, tmp_path):
     assert [f[0] for f in res.decode_failures] in ([], [BAD])  # BAD sits late in rank 0's split
 
 
+def _history(run) -> tuple[list[tuple[int, str]], list[float]]:
+    """A run's (step, clip id) rows of every rank and its per-step losses, from its sample log."""
+    from vidcorpus.train.sample_log import losses_of, read_samples
+
+    table = read_samples(str(run))
+    return list(zip(table["step"].to_pylist(), table["clip_id"].to_pylist())), losses_of(table)
+
+
 def _torchrun_train(tmp_path, cfg: TrainConfig, model: str, urls: list, run, resume: str | None = None) -> None:
     """``train_base`` on two gloo ranks under torchrun (a real process group, as on a GPU node)."""
     import os
@@ -578,8 +598,10 @@ def test_torchrun_runs_the_same_loop_with_ddp_on_gloo(tiny_model, shards, tmp_pa
     [(step, ckpt)] = list_checkpoints(str(run))
     state = read_state(ckpt)
     assert step == 2 and state["world_size"] == 2 and state["runtime"]["world_size"] == 2
-    assert len(state["cursors"]) == 2 and len(state["losses"]) == 2
-    step0 = [k for s, k in state["step_keys"] if s == 0]
+    step_keys, losses = _history(run)
+    assert len(state["cursors"]) == 2 and len(losses) == 2
+    assert state["samples"]["rows"] == [len(pq.read_table(p)) for p in sorted(run.glob("train_samples/rank-*/*"))]
+    step0 = [k for s, k in step_keys if s == 0]
     assert len(step0) >= 2 and len(set(step0)) == len(step0)  # two ranks, two different splits
     records = [json.loads(x) for x in (run / "logs" / "train.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]  # rank 0 alone writes the log
@@ -610,8 +632,9 @@ def test_fsdp2_trains_like_ddp_and_resumes_on_gloo(tiny_model, shards, tmp_path)
     assert [s for s, _ in fsdp] == [2, 3] == [s for s, _ in ddp]
     a, b = read_state(ddp[-1][1]), read_state(fsdp[-1][1])
     assert b["runtime"]["parallel"] == "fsdp" and a["runtime"]["parallel"] == "ddp"
-    assert b["step_keys"] == a["step_keys"]  # same samples on the same ranks
-    assert b["losses"] == pytest.approx(a["losses"], rel=1e-4)
+    (a_keys, a_losses), (b_keys, b_losses) = _history(tmp_path / "ddp"), _history(tmp_path / "fsdp")
+    assert b_keys == a_keys  # same samples on the same ranks
+    assert b_losses == pytest.approx(a_losses, rel=1e-4)
     for sub in ("unet", "unet_ema"):
         wa, wb = weights(ddp[-1][1], sub), weights(fsdp[-1][1], sub)
         assert wa.keys() == wb.keys()
@@ -619,9 +642,12 @@ def test_fsdp2_trains_like_ddp_and_resumes_on_gloo(tiny_model, shards, tmp_path)
 
     resumed_dir = tmp_path / "fsdp-resumed"
     shutil.copytree(fsdp[0][1], resumed_dir / "checkpoints" / Path(fsdp[0][1]).name)
+    shutil.copytree(tmp_path / "fsdp" / "train_samples", resumed_dir / "train_samples")  # with the step-3 part: dropped
     resumed = torchrun("fsdp", resumed_dir, resume="latest")
     c = read_state(resumed[-1][1])
-    assert c["step_keys"] == b["step_keys"] and c["losses"] == pytest.approx(b["losses"], rel=1e-5)
+    assert c["resumed_from"] == str(resumed_dir / "checkpoints" / Path(fsdp[0][1]).name)
+    c_keys, c_losses = _history(resumed_dir)
+    assert c_keys == b_keys and c_losses == pytest.approx(b_losses, rel=1e-5)
     wb, wc = weights(fsdp[-1][1], "unet"), weights(resumed[-1][1], "unet")
     assert all(torch.allclose(wb[k], wc[k], atol=1e-6) for k in wb)
 
@@ -638,6 +664,7 @@ def test_resume_is_exact_with_dataloader_workers(tiny_model, shards, tmp_path):
     part = tmp_path / "part" / "checkpoints"
     part.mkdir(parents=True)
     shutil.copytree(tmp_path / "full" / "checkpoints" / "step-00000002", part / "step-00000002")
+    shutil.copytree(tmp_path / "full" / "train_samples", tmp_path / "part" / "train_samples")
     state = json.loads((part / "step-00000002" / "train_state.json").read_text())
     assert {w for w, _n in state["cursors"][0]["position"]["pulled"]} == {0, 1}
     resumed = train_base(cfg, tiny_model, shards["urls"], str(tmp_path / "part"), progress=False, resume="latest")

@@ -1,12 +1,16 @@
-"""Training checkpoints: atomic, the last N kept, everything a resumed run needs to continue exactly.
+"""Training checkpoints: atomic, the last N kept, everything a resumed run needs to continue exactly
+(the cursor, not the history).
 
 Layout of a run directory (local path or any fsspec URL)::
 
     {run}/checkpoints/step-00000010/unet/              trained UNet (diffusers save_pretrained)
                                     unet_ema/          EMA weights (what export uses)
                                     trainer_state.pt   optimizer, LR schedule, RNG states
-                                    train_state.json   step, data cursor, selection, catalog facts,
-                                                       clip ids consumed (written LAST: the marker)
+                                    train_state.json   step, data cursor, selection, catalog facts
+                                                       (written LAST: the marker)
+    {run}/train_samples/rank-*/steps-*.parquet         the clip ids of every step (train/sample_log.py):
+                                                       never inside a checkpoint, whose size so stays
+                                                       independent of the step count
 
 Atomicity: locally a checkpoint is written into ``.tmp-step-...`` and renamed into place (a crash
 leaves only a temp folder, removed by the next save). Object stores have no rename, so remotely

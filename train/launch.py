@@ -2,8 +2,8 @@
 
 Either way each worker runs ``train_base`` with a ``torch.distributed`` process group up (NCCL on
 GPUs, gloo on CPUs): DDP over the UNet, a split of the shards per rank, rank 0 writing checkpoints
-and logs. The driver reads the outcome back from the final checkpoint, which holds everything
-(losses, the (step, clip) pairs of all ranks, decode failures of all ranks).
+and logs. The driver reads the outcome back from the final checkpoint (step, epochs, decode
+failures of all ranks) and the run's sample log (losses and the (step, clip) rows of all ranks).
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ def broadcast(obj):
 
 
 def result_from_checkpoint(ckpt: str, seconds: float, run_dir: str) -> TrainResult:
+    """The outcome of a run whose workers are gone: the final checkpoint's facts; losses and clip ids
+    come from the run's sample log (``TrainResult`` reads them on first use)."""
     state = ckpt_io.read_state(ckpt)
-    step_keys = [(int(s), k) for s, k in state["step_keys"]]
-    return TrainResult(steps=int(state["step"]), losses=list(state["losses"]), sample_keys=[k for _s, k in step_keys],
-                       checkpoint_dir=ckpt, seconds=seconds, step_keys=step_keys, epochs=int(state["epochs"]),
+    return TrainResult(steps=int(state["step"]), checkpoint_dir=ckpt, seconds=seconds, epochs=int(state["epochs"]),
                        run_dir=run_dir, resumed_from=state.get("resumed_from"),
                        decode_failures=[list(f) for f in state.get("decode_failures", [])])
 

@@ -14,6 +14,8 @@ import json
 import os
 import shutil
 import tempfile
+import time
+from collections import deque
 
 import fsspec
 import torch
@@ -115,3 +117,41 @@ class MetricsLogger:
             self.tb.close()
         if self.remote:
             shutil.rmtree(self.local_dir, ignore_errors=True)
+
+
+class LogWindow:
+    """What a log record averages: the steps since the last record (their time, data wait, samples
+    and FLOPs) and a bounded window of recent losses (never the run's whole history)."""
+
+    def __init__(self, log_every: int, peak: float | None, world: int = 1):
+        self.peak, self.world = peak, world
+        self.recent: deque[float] = deque(maxlen=max(1, log_every))
+        self.reset()
+
+    def reset(self) -> None:
+        self.wait = self.total = 0.0
+        self.samples = self.flops = self.steps = 0
+        self.flops_known = True
+
+    def add(self, wait_s: float, total_s: float, samples: int, flops: int | None) -> None:
+        """One step: ``samples`` of this rank (times the world size: every rank trains as many)."""
+        self.wait += wait_s
+        self.total += total_s
+        self.samples += samples * self.world
+        self.steps += 1
+        self.flops += flops or 0
+        self.flops_known &= flops is not None
+
+    def record(self, step: int, lr: float, epoch: int) -> dict:
+        """The JSONL/TensorBoard record of the window ending at ``step``; starts the next window."""
+        secs = max(self.total, 1e-9)
+        losses = list(self.recent)[-self.steps:]
+        out = {
+            "step": step, "loss": self.recent[-1], "loss_avg": float(sum(losses) / len(losses)), "lr": lr,
+            "samples_per_s": self.samples / secs, "data_wait_share": self.wait / secs, "step_s": secs / self.steps,
+            "flops_per_step": self.flops / self.steps if self.flops_known else None,
+            "mfu": (self.flops / secs / self.peak) if (self.peak and self.flops_known) else None,
+            "epoch": epoch, "world_size": self.world, "time": time.time(),
+        }
+        self.reset()
+        return out

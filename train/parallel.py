@@ -17,6 +17,7 @@ own (FSDP2's is keyed by parameter name), so a run resumes with the strategy it 
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -40,6 +41,13 @@ class Replicated:
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.unet.parameters() if p.requires_grad]
+
+    def gradient_sync(self, on: bool):
+        """Context for one micro-batch's backward: DDP all-reduces gradients only when ``on`` (the
+        last micro-batch of an accumulation window); before it they accumulate locally."""
+        if on or self.module is self.unet:
+            return nullcontext()
+        return self.module.no_sync()
 
     @torch.no_grad()
     def ema_update(self, decay: float) -> None:
@@ -100,6 +108,19 @@ class Sharded:
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.unet.parameters() if p.requires_grad]
+
+    @contextmanager
+    def gradient_sync(self, on: bool):
+        """Context for one micro-batch's backward: FSDP2 reduce-scatters gradients only when ``on``
+        (the last micro-batch of an accumulation window); before it they accumulate unsharded."""
+        if on:
+            yield
+            return
+        self.unet.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            self.unet.set_requires_gradient_sync(True)
 
     @torch.no_grad()
     def ema_update(self, decay: float) -> None:

@@ -268,6 +268,9 @@ class TrainConfig(Section):
     ddp_bucket_mb: int = Field(25, description="DDP gradient bucket size in MB (torch's default): larger buckets, fewer all-reduce calls.")
     ddp_bucket_view: bool = Field(False, description="DDP gradient_as_bucket_view: gradients live in the all-reduce buckets (no copy in or out, less memory).")
     prefetch_batches: int = Field(2, description="Batches read ahead on a thread while the step runs (0: none).")
+    grad_accum_steps: int = Field(
+        1, ge=1, description="Micro-batches per optimizer step (gradient accumulation): each step trains on "
+        "grad_accum_steps x batch_size samples per rank; steps, the LR schedule, logs and checkpoints count optimizer steps.")
     log_every: int = 5
     # Checkpoints, logs, probes, memory/speed switches and launchers (issue 8, trainer helper).
     checkpoint_every: int = Field(0, description="Save a checkpoint every N steps (0: only at the end).")

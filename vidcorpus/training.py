@@ -155,7 +155,6 @@ def run_training(cfg: Config, output: str | None = None, progress: bool = True,
     ``resume``: "latest" (the newest checkpoint of ``output``), or a run or checkpoint URL; the run
     keeps its run id and directory and continues with the next unseen samples.
     """
-    from vidcorpus.catalog.store import Catalog
     from vidcorpus.train.checkpoint import read_state, resolve_resume
     from vidcorpus.train.launch import broadcast, init_torchrun, launch_ray
 
@@ -199,12 +198,39 @@ def run_training(cfg: Config, output: str | None = None, progress: bool = True,
         result = train_fn(tcfg, model_dir, specs, out_dir, progress=progress, keys=keys,
                           resume=resume, run_info=run_info, follow=follow)
     if rank == 0:
-        with Catalog(cfg.catalog_path) as cat:
-            cat.record_training(run_id, stage, what, result.steps, result.losses[-1] if result.losses else None,
-                                result.checkpoint_dir, urls, json.dumps(tcfg.model_dump()), started,
-                                list(result.step_keys))
-            for key, cls, msg in result.decode_failures:  # every rank's, gathered into the checkpoint
-                cat.record_failure(key, "train_decode", cls, msg, run_id)
+        record_run(cfg, run_id, stage, what, result, urls, json.dumps(tcfg.model_dump()), started)
     return TrainingSummary(run_id=run_id, steps=result.steps, losses=result.losses,
-                           distinct_clips=len({k for _s, k in result.step_keys}), n_shards=len(urls),
+                           distinct_clips=len(set(result.samples["clip_id"].to_pylist())), n_shards=len(urls),
                            checkpoint_dir=result.checkpoint_dir, seconds=result.seconds, run_dir=out_dir)
+
+
+def record_run(cfg: Config, run_id: str, stage: str, what: str, result, urls: list[str], config_json: str,
+               started: dt.datetime) -> None:
+    """The run into the catalog: train_runs, train_samples from the run's sample log (replacing the
+    run's rows from the first step the log covers: exact across resumes), its decode failures."""
+    from vidcorpus.catalog.store import Catalog
+
+    files, losses = sample_files(result), result.losses
+    with Catalog(cfg.catalog_path) as cat:
+        cat.record_training(run_id, stage, what, result.steps, losses[-1] if losses else None, result.checkpoint_dir,
+                            urls, config_json, started, result.samples, files=files,
+                            replace_from=min((f["first_step"] for f in files), default=None))
+        for key, cls, msg in result.decode_failures:  # every rank's, gathered into the checkpoint
+            cat.record_failure(key, "train_decode", cls, msg, run_id)
+
+
+def sample_files(result) -> list[dict]:
+    """The sample-log parts ``train_samples`` is filled from (steps below the run's final step)."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    from vidcorpus.train.sample_log import list_parts
+
+    out = []
+    for part in list_parts(result.run_dir):
+        if part.end <= result.steps:
+            with fsspec.open(part.url, "rb") as f:
+                rows = pq.read_metadata(f).num_rows
+            out.append({"rank": part.rank, "url": part.url, "first_step": part.start, "end_step": part.end,
+                        "rows": rows})
+    return out
