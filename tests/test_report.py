@@ -98,10 +98,12 @@ def test_source_domain():
 def test_report_data_follows_the_catalog_and_filters_by_run(catalog, tmp_path):
     with Catalog(catalog["path"], read_only=True) as cat:
         data = load_report_data(cat)
-        assert len(data.clips) == cat.query_dicts("SELECT count(*) AS n FROM clips")[0]["n"]
+        assert data.count("report_clips") == cat.query_dicts("SELECT count(*) AS n FROM clips")[0]["n"]
         assert data.recipe is not None and data.recipe_id == "demo_v1@1"
-        assert sum(bool(c["kept"]) for c in data.clips) == cat.funnel()[4]["n"]
-        assert {f["error_class"] for f in data.failures} == {"not_media"}
+        assert data.one("SELECT count(*) FROM report_clips WHERE kept") == cat.funnel()[4]["n"]
+        assert [(r["stage"], r["n"], r["hours"]) for r in data.funnel()] == [
+            (r["stage"], r["n"], r["hours"]) for r in cat.funnel()]  # the catalog's one funnel definition
+        assert {r["error_class"] for r in data.rows("SELECT error_class FROM report_failures")} == {"not_media"}
         with pytest.raises(ValueError, match="no run 'nope'"):
             load_report_data(cat, run="nope")
     # a second run that rewrites two clips: --run selects exactly what each run wrote
@@ -112,10 +114,15 @@ def test_report_data_follows_the_catalog_and_filters_by_run(catalog, tmp_path):
         cat.begin_run("run-b", "pipeline", "{}", "test")
         cat.commit_results("run-b", good[:2])
         cat.finish_run("run-b", "succeeded", {})
-    with Catalog(copy, read_only=True) as cat:
-        b, a = load_report_data(cat, run="run-b"), load_report_data(cat, run="run-a")
-    assert sorted(c["clip_id"] for c in b.clips) == sorted(r["clip_id"] for r in good[:2])
-    assert len(a.clips) == len(good) - 2 and not b.failures and a.failures
+    seen = {}
+    for run in ("run-a", "run-b"):  # one scope per connection at a time: its views are the connection's
+        with Catalog(copy, read_only=True) as cat:
+            d = load_report_data(cat, run=run)
+            seen[run] = ([r["clip_id"] for r in d.rows("SELECT clip_id FROM report_clips ORDER BY clip_id")],
+                         d.count("report_failures"))
+            assert [(r["stage"], r["n"]) for r in d.funnel()] == [(r["stage"], r["n"]) for r in cat.funnel(run)]
+    assert seen["run-b"][0] == sorted(r["clip_id"] for r in good[:2])
+    assert len(seen["run-a"][0]) == len(good) - 2 and not seen["run-b"][1] and seen["run-a"][1]
 
 
 def test_release_report_shows_the_release_recipe_population(catalog, tmp_path):
@@ -130,14 +137,16 @@ def test_release_report_shows_the_release_recipe_population(catalog, tmp_path):
     cut = kept[len(kept) // 2]["duration_s"]
     create_release(cfg, "long", "demo_v1", select=f"duration_s >= {cut}", progress=False, log=lambda _m: None)
     with Catalog(copy, read_only=True) as cat:
-        data = load_report_data(cat, release="long")
         members = cat.release_clip_ids("long")
         with pytest.raises(ValueError, match="no release 'nope'.*long"):
             load_report_data(cat, release="nope")
-    assert {c["clip_id"] for c in data.clips if c["kept"]} == members
-    left_out = [c for c in data.clips if c["clip_id"] in {k["clip_id"] for k in kept} - members]
+        data = load_report_data(cat, release="long")
+        clips = data.rows("SELECT clip_id, kept, reason FROM report_clips")
+        funnel = {r["stage"]: r["n"] for r in data.funnel()}
+    assert {c["clip_id"] for c in clips if c["kept"]} == members and funnel["kept"] == len(members)
+    left_out = [c for c in clips if c["clip_id"] in {k["clip_id"] for k in kept} - members]
     assert left_out and {c["reason"] for c in left_out} == {"outside the release's selection"}
-    assert all(c["reason"] for c in data.clips if not c["kept"])  # every drop still has its reason
+    assert all(c["reason"] for c in clips if not c["kept"])  # every drop still has its reason
     result = build_report(str(copy), tmp_path / "rep", release="long")
     assert "release <code>long</code>" in (tmp_path / "rep" / "index.html").read_text() and result.plots
 
