@@ -137,6 +137,10 @@ predicates:
 """
 
 
+RUNS_SQL = ("INSERT OR IGNORE INTO runs (run_id, kind, status, started_at, finished_at) SELECT DISTINCT run_id, "
+            "'pipeline', 'succeeded', min(updated_at), max(updated_at) FROM sources GROUP BY run_id")
+
+
 def _direct_report_tables(con, n_total: int, batch: int = 960_000) -> None:
     """With ``--report``: also fill what ``vidcorpus report`` reads beyond clips_wide, with the same
     values: clips (frames 0..999 of each source, all covered), decisions, long and short captions of
@@ -145,6 +149,7 @@ def _direct_report_tables(con, n_total: int, batch: int = 960_000) -> None:
     con.execute("INSERT INTO recipes VALUES ('bench@1', 'bench', '1', md5(?), ?, 'bench', 'run-00', ?)",
                 [BENCH_RECIPE, BENCH_RECIPE, T0])
     con.execute("UPDATE sources SET fps = 24.0, split_frames = 1000")
+    con.execute(RUNS_SQL)
     for lo in range(0, n_total, batch):
         hi = min(lo + batch, n_total)
         w = f"FROM clips_wide WHERE rowid >= {lo} AND rowid < {hi}"  # in the order _direct_load wrote

@@ -18,7 +18,7 @@ CURVE_POINTS = 80
 SCATTER_MAX = 20_000
 FLIERS_MAX = 2_000
 TILE_COLUMNS = ("clip_id, source_id, uri, source_text, media_type, width, height, duration_s, kept, reason, recipe, "
-                "clip_path, first_frame_path, caption_version, domain")
+                "clip_path, first_frame_path, caption_version")
 _OPS = {">=", ">", "<=", "<", "==", "!="}
 
 
@@ -58,29 +58,21 @@ def kept_count(data) -> int:
     return int(data.one("SELECT count(*) FROM report_clips WHERE kept"))
 
 
-def domains(data) -> list[str]:
-    rows = data.rows("SELECT DISTINCT domain FROM report_clips UNION SELECT DISTINCT "
-                     f"{_domain('uri')} FROM report_sources")
-    return sorted(r["domain"] for r in rows)
-
-
-def _domain(col: str) -> str:
-    from vidcorpus.report_scope import domain_sql
-
-    return domain_sql(col)
-
-
 def score_ranges(data) -> dict[str, tuple[int, float | None, float | None]]:
-    """(finite values, min, max) per scorer, in one scan."""
+    """(finite values, min, max) per scorer, in one scan (a second one for scores holding NaN or inf)."""
     if not data.scores:
         return {}
-    parts = []
-    for i, (name, col) in enumerate(sorted(data.scores.items())):
-        f = _finite(col)
-        parts += [f"count(*) FILTER (WHERE {f}) AS n{i}", f"min({col}) FILTER (WHERE {f}) AS lo{i}",
-                  f"max({col}) FILTER (WHERE {f}) AS hi{i}"]
-    row = data.rows("SELECT " + ", ".join(parts) + " FROM report_clips")[0]
-    return {name: (int(row[f"n{i}"]), row[f"lo{i}"], row[f"hi{i}"]) for i, name in enumerate(sorted(data.scores))}
+    names = sorted(data.scores)
+    parts = [f"count({data.scores[n]}), min({data.scores[n]}), max({data.scores[n]})" for n in names]
+    row = data.con.execute("SELECT " + ", ".join(parts) + " FROM report_clips").fetchall()[0]
+    out = {n: (int(row[3 * i]), row[3 * i + 1], row[3 * i + 2]) for i, n in enumerate(names)}
+    odd = [n for n, (_c, lo, hi) in out.items() if lo is not None and not (np.isfinite(lo) and np.isfinite(hi))]
+    if odd:  # NaN sorts above every number in DuckDB and inf is not drawn: the finite values' range
+        parts = [f"count(*) FILTER (WHERE {f}), min({c}) FILTER (WHERE {f}), max({c}) FILTER (WHERE {f})"
+                 for c, f in ((data.scores[n], _finite(data.scores[n])) for n in odd)]
+        row = data.con.execute("SELECT " + ", ".join(parts) + " FROM report_clips").fetchall()[0]
+        out.update({n: (int(row[3 * i]), row[3 * i + 1], row[3 * i + 2]) for i, n in enumerate(odd)})
+    return out
 
 
 def bin_edges(lo: float | None, hi: float | None, n: int = N_BINS) -> np.ndarray:
@@ -92,26 +84,29 @@ def bin_edges(lo: float | None, hi: float | None, n: int = N_BINS) -> np.ndarray
     return np.linspace(lo, hi, n + 1)
 
 
-def histogram(data, name: str, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(kept, dropped) counts per bin of ``edges``, bucketed in SQL as ``numpy.histogram`` buckets."""
-    col, n = data.scores[name], len(edges) - 1
-    lo, hi = float(edges[0]), float(edges[-1])
-    step = (hi - lo) / n
-
-    def edge(i: str) -> str:  # np.linspace: lo + i * step, the last edge exactly hi
-        return f"(CASE WHEN ({i}) >= {n} THEN {hi!r} ELSE {lo!r} + ({i}) * {step!r} END)"
-
-    raw = f"least(greatest(floor(({col} - {lo!r}) * {n / (hi - lo)!r})::BIGINT, 0), {n - 1})"
-    sql = f"""
-        SELECT b - (x < {edge('b')})::INT + (x >= {edge('b + 1')} AND b < {n - 1})::INT AS bin,
-               count(*) FILTER (WHERE kept) AS k, count(*) FILTER (WHERE kept IS NOT TRUE) AS d
-        FROM (SELECT {col} AS x, kept, {raw} AS b FROM report_clips
-              WHERE {_finite(col)} AND {col} BETWEEN {lo!r} AND {hi!r})
-        GROUP BY 1"""
-    kept, dropped = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
-    for r in data.rows(sql):
-        kept[r["bin"]], dropped[r["bin"]] = r["k"], r["d"]
-    return kept, dropped
+def histograms(data, edges: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(kept, dropped) counts per bin for every score, in one scan: DuckDB's ``histogram`` of each
+    value's bin index, computed as ``numpy.histogram`` computes it for equal bins (the index
+    ``floor((x - lo) * n / (hi - lo))``, the top edge in the last bin; numpy's last-ulp correction
+    at an edge is not repeated)."""
+    names = sorted(edges)
+    if not names:
+        return {}
+    parts = []
+    for name in names:
+        col, e = data.scores[name], edges[name]
+        n, lo, hi = len(e) - 1, float(e[0]), float(e[-1])
+        parts.append(f"histogram(CASE WHEN {_finite(col)} AND {col} BETWEEN {lo!r} AND {hi!r} THEN "
+                     f"least(floor(({col} - {lo!r}) * {n / (hi - lo)!r})::BIGINT, {n - 1}) END)")
+    rows = data.con.execute(f"SELECT coalesce(kept, FALSE), {', '.join(parts)} FROM report_clips GROUP BY 1").fetchall()
+    out = {name: (np.zeros(len(edges[name]) - 1, dtype=np.int64), np.zeros(len(edges[name]) - 1, dtype=np.int64))
+           for name in names}
+    for row in rows:
+        for name, hist in zip(names, row[1:]):
+            target = out[name][0 if row[0] else 1]
+            for b, c in (hist or {}).items():
+                target[b] += c
+    return out
 
 
 def retention_curve(data, index: int, lo: float | None, hi: float | None,
@@ -131,13 +126,25 @@ def retention_curve(data, index: int, lo: float | None, hi: float | None,
     if col is None:  # every clip misses the score: the missing policy decides at every threshold
         n = int(data.one(f"SELECT count(*) FROM report_clips WHERE {others}"))
         return xs, np.full(points, n if predicate_sql(data, pred) == "TRUE" else 0, dtype=float)
-    keeps = "TRUE" if (pred.missing or data.recipe.missing) == "keep" else "FALSE"
-    op = "=" if pred.op == "==" else pred.op
-    counts = ", ".join(f"count(*) FILTER (WHERE CASE WHEN miss THEN {keeps} ELSE x {op} ? END) AS c{i}"
-                       for i in range(points))
-    row = data.con.execute(f"SELECT {counts} FROM (SELECT {col} AS x, {_missing(col)} AS miss FROM report_clips "
-                           f"WHERE {others})", [float(t) for t in xs]).fetchall()[0]
-    return xs, np.array(row, dtype=float)
+    keeps = (pred.missing or data.recipe.missing) == "keep"
+    up = "[" + ", ".join(repr(float(t)) for t in xs) + "]"
+    down = "[" + ", ".join(repr(-float(t)) for t in xs[::-1]) + "]"
+    # DuckDB's histogram over bin boundaries counts x <= t (and -x <= -t: x >= t) at every threshold in one scan
+    miss, at_most, at_least = data.con.execute(
+        f"SELECT count(*) FILTER (WHERE x IS NULL), histogram(x, {up}), histogram(-x, {down}) FROM "
+        f"(SELECT CASE WHEN NOT {_missing(col)} THEN {col} END AS x FROM report_clips WHERE {others})").fetchall()[0]
+    le = np.cumsum([at_most.get(float(t), 0) for t in xs]) if at_most else np.zeros(points)
+    ge = np.cumsum([at_least.get(-float(t), 0) for t in xs[::-1]])[::-1] if at_least else np.zeros(points)
+    n = sum(at_most.values()) if at_most else 0  # every value present (the overflow bin too)
+    passes = {">=": ge, ">": n - le, "<=": le, "<": n - ge, "==": le + ge - n, "!=": n - (le + ge - n)}[pred.op]
+    return xs, np.asarray(passes, dtype=float) + (miss if keeps else 0)
+
+
+def _tiles(data, ids: list[str], col: str) -> dict[str, dict]:
+    """Tile rows (``tile_columns`` and the score as ``x``) of a few clips, by clip id."""
+    rows = data.rows(f"SELECT {tile_columns(data)}, {col} AS x FROM report_clips WHERE clip_id IN (SELECT unnest(?))",
+                     [ids])
+    return {r["clip_id"]: r for r in rows}
 
 
 def near_threshold(data, pred, kept: bool, k: int) -> list[dict]:
@@ -146,13 +153,19 @@ def near_threshold(data, pred, kept: bool, k: int) -> list[dict]:
     if col is None:
         return []
     cond = "kept" if kept else "reason = ?"
-    return data.rows(f"SELECT {tile_columns(data)}, {col} AS x FROM report_clips WHERE {cond} AND {_finite(col)} "
-                     f"ORDER BY abs({col} - ?), clip_id LIMIT {int(k)}",
-                     ([] if kept else [pred.failure()]) + [float(pred.value)])
+    ids = [r[0] for r in data.con.execute(
+        f"SELECT clip_id FROM report_clips WHERE {cond} AND {_finite(col)} ORDER BY abs({col} - ?), clip_id "
+        f"LIMIT {int(k)}", ([] if kept else [pred.failure()]) + [float(pred.value)]).fetchall()]
+    tiles = _tiles(data, ids, col)
+    return [tiles[i] for i in ids]
 
 
-def decile_clips(data, name: str, n: int) -> list[tuple[int, dict]]:
-    """The median clip of each of (up to) ten equal parts of the clips ordered by score (``np.array_split``)."""
+DECILE_BINS = 4096
+
+
+def decile_clips(data, name: str, n: int, lo: float, hi: float) -> list[tuple[int, dict]]:
+    """The median clip of each of (up to) ten equal parts of the clips ordered by (score, clip id), as
+    ``np.array_split`` parts them: ranks found in a fine histogram, then sorted only inside its bins."""
     col = data.scores[name]
     parts = min(10, n)
     if parts == 0:
@@ -160,10 +173,23 @@ def decile_clips(data, name: str, n: int) -> list[tuple[int, dict]]:
     size, extra = divmod(n, parts)
     starts = [d * size + min(d, extra) for d in range(parts)]
     picks = {s + (size + (d < extra)) // 2: d + 1 for d, s in enumerate(starts)}
-    rows = data.rows(f"SELECT * FROM (SELECT {tile_columns(data)}, {col} AS x, "
-                     f"row_number() OVER (ORDER BY {col}, clip_id) - 1 AS rank FROM report_clips "
-                     f"WHERE {_finite(col)}) WHERE rank IN (SELECT unnest(?)) ORDER BY rank", [sorted(picks)])
-    return [(picks[r["rank"]], r) for r in rows]
+    scale = DECILE_BINS / (hi - lo) if hi > lo else 0.0
+    fine = f"least(floor(({col} - {float(lo)!r}) * {scale!r})::BIGINT, {DECILE_BINS - 1})"  # monotone in the score
+    hist = data.con.execute(f"SELECT histogram({fine}) FROM report_clips WHERE {_finite(col)}").fetchall()[0][0]
+    bins = sorted(hist)
+    cum = np.cumsum([hist[b] for b in bins])
+    where: dict[int, list[tuple[int, int]]] = {}  # bin -> (rank inside the bin, pick's rank)
+    for rank in picks:
+        j = int(np.searchsorted(cum, rank, side="right"))
+        where.setdefault(bins[j], []).append((rank - (int(cum[j - 1]) if j else 0), rank))
+    ranked = data.con.execute(
+        f"SELECT b, clip_id, row_number() OVER (PARTITION BY b ORDER BY {col}, clip_id) - 1 AS r FROM "
+        f"(SELECT {fine} AS b, clip_id, {col} FROM report_clips WHERE {_finite(col)}) WHERE b IN (SELECT unnest(?)) "
+        "QUALIFY list_contains(?, b * 1000000000 + r)",
+        [sorted(where), [b * 1_000_000_000 + r for b, rs in where.items() for r, _ in rs]]).fetchall()
+    rank_of = {row[1]: next(g for r, g in where[row[0]] if r == row[2]) for row in ranked}
+    tiles = _tiles(data, sorted(rank_of), col)
+    return sorted(((picks[rank_of[cid]], tiles[cid]) for cid in rank_of), key=lambda p: p[0])
 
 
 def scatter_points(data, a: str, b: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -181,58 +207,112 @@ def scatter_points(data, a: str, b: str) -> tuple[np.ndarray, np.ndarray, np.nda
 def box_stats(data, source: str) -> dict[str, dict]:
     """matplotlib box statistics (``cbook.boxplot_stats``) per group of ``source``, computed in SQL.
 
-    ``source`` is a relation with columns ``grp`` and ``v``; fliers are capped at ``FLIERS_MAX`` a box.
+    ``source`` is a relation with columns ``grp`` and ``v`` (read once into a temp table); fliers
+    are capped at ``FLIERS_MAX`` a box (a sample by hash when there are more).
     """
-    stats = data.rows(f"""
+    data.con.execute(f"CREATE OR REPLACE TEMP TABLE report_box AS {source}")
+    stats = data.rows("""
         WITH q AS (SELECT grp, count(*) AS n, avg(v) AS mean, quantile_cont(v, [0.25, 0.5, 0.75]) AS qs,
-                          min(v) AS lo, max(v) AS hi FROM ({source}) GROUP BY grp),
+                          min(v) AS lo, max(v) AS hi FROM report_box GROUP BY grp),
         w AS (SELECT grp, n, mean, qs[1] AS q1, qs[2] AS med, qs[3] AS q3, lo, hi,
                      qs[1] - 1.5 * (qs[3] - qs[1]) AS lim_lo, qs[3] + 1.5 * (qs[3] - qs[1]) AS lim_hi FROM q)
         SELECT w.grp, any_value(n) AS n, any_value(mean) AS mean, any_value(q1) AS q1, any_value(med) AS med,
                any_value(q3) AS q3, any_value(lo) AS lo, any_value(hi) AS hi,
                min(s.v) FILTER (WHERE s.v >= lim_lo) AS whislo, max(s.v) FILTER (WHERE s.v <= lim_hi) AS whishi
-        FROM w JOIN ({source}) s USING (grp) GROUP BY w.grp ORDER BY w.grp""")
+        FROM w JOIN report_box s USING (grp) GROUP BY w.grp ORDER BY w.grp""")
     for st in stats:
         st["whislo"] = st["q1"] if st["whislo"] is None else min(st["whislo"], st["q1"])
         st["whishi"] = st["q3"] if st["whishi"] is None else max(st["whishi"], st["q3"])
-        st["fliers"] = np.array([r[0] for r in data.con.execute(
-            f"SELECT v FROM ({source}) WHERE grp = ? AND (v < ? OR v > ?) ORDER BY hash(v), v LIMIT {FLIERS_MAX}",
-            [st["grp"], st["whislo"], st["whishi"]]).fetchall()], dtype=float)
-        st["fliers"].sort()  # drawn in value order (the catalog's row order before)
+    fliers = data.rows(f"""
+        SELECT grp, list(v ORDER BY v) AS v FROM (
+            SELECT grp, v, row_number() OVER (PARTITION BY grp ORDER BY hash(v), v) AS k
+            FROM report_box JOIN (SELECT unnest(?) AS grp, unnest(?) AS lo, unnest(?) AS hi) USING (grp)
+            WHERE v < lo OR v > hi) WHERE k <= {FLIERS_MAX} GROUP BY grp""",
+        [[s["grp"] for s in stats], [s["whislo"] for s in stats], [s["whishi"] for s in stats]])
+    by_grp = {r["grp"]: r["v"] for r in fliers}
+    for st in stats:  # drawn in value order (the catalog's row order before)
+        st["fliers"] = np.array(by_grp.get(st["grp"], []), dtype=float)
+    data.con.execute("DROP TABLE report_box")
     return {st["grp"]: st for st in stats}
 
 
-def caption_words_sql(has_decode: bool) -> str:
-    """One row per caption of the scope: version, kind, words, degenerate flag (NULL: not recorded), decode."""
+def weighted_box(values: np.ndarray, counts: np.ndarray) -> dict:
+    """``cbook.boxplot_stats`` of ``values`` repeated ``counts`` times (sorted values), without repeating them."""
+    cum = np.cumsum(counts)
+    n = int(cum[-1])
+
+    def at(i: int) -> float:
+        return float(values[np.searchsorted(cum, i, side="right")])
+
+    def pct(p: float) -> float:  # numpy's linear percentile
+        h = (n - 1) * p
+        lo = int(np.floor(h))
+        return at(lo) + (h - lo) * (at(min(lo + 1, n - 1)) - at(lo))
+
+    q1, med, q3 = pct(0.25), pct(0.5), pct(0.75)
+    iqr = q3 - q1
+    inside_lo = values[values >= q1 - 1.5 * iqr]
+    inside_hi = values[values <= q3 + 1.5 * iqr]
+    whislo = q1 if inside_lo.size == 0 or inside_lo.min() > q1 else float(inside_lo.min())
+    whishi = q3 if inside_hi.size == 0 or inside_hi.max() < q3 else float(inside_hi.max())
+    out = (values < whislo) | (values > whishi)
+    fliers = np.repeat(values[out], np.minimum(counts[out], FLIERS_MAX))[:FLIERS_MAX]
+    return {"n": n, "mean": float((values * counts).sum() / n), "med": med, "q1": q1, "q3": q3,
+            "lo": float(values[0]), "hi": float(values[-1]), "whislo": whislo, "whishi": whishi,
+            "fliers": fliers.astype(float)}
+
+
+_SPACE = "\\t\\n\\x{0b}\\f\\r\\x{1c}-\\x{1f} \\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}\\x{202f}\\x{205f}\\x{3000}"
+"""What Python's ``str.split()`` splits on, as an RE2 character class body."""
+_PLAIN = ("strlen(text) = length(text) AND NOT (" + " OR ".join(
+    [f"contains(text, chr({c}))" for c in (9, 10, 11, 12, 13, 28, 29, 30, 31)]
+    + ["contains(text, '  ')", "starts_with(text, ' ')", "ends_with(text, ' ')", "text = ''"]) + ")")
+WORDS = (f"CASE WHEN text IS NULL THEN 0 WHEN {_PLAIN} THEN length(text) - length(replace(text, ' ', '')) + 1 "
+         f"ELSE len(regexp_extract_all(text, '[^{_SPACE}]+')) END")
+"""Words of a caption as Python's ``len(text.split())`` counts them: spaces counted in ASCII text
+whose only whitespace is single inner spaces (most captions), a regex otherwise."""
+
+
+def caption_words_sql(has_decode: bool, scope: str = "TRUE") -> str:
+    """Captions of the scope counted per version, kind, words, degenerate flag (NULL: not recorded) and
+    decode path: one pass over ``captions``, a small table (word counts take few values)."""
     meta = "meta_json"
-    flag = (f"CASE WHEN json_valid({meta}) AND json_type({meta}) = 'OBJECT' AND json_exists({meta}, '$.degenerate') "
+    flag = (f"CASE WHEN contains({meta}, 'degenerate') AND json_valid({meta}) AND json_type({meta}) = 'OBJECT' "
+            f"AND json_exists({meta}, '$.degenerate') "
             f"THEN CASE json_type({meta}, '$.degenerate') WHEN 'BOOLEAN' THEN json_extract({meta}, '$.degenerate')::BOOLEAN "
             f"WHEN 'NULL' THEN FALSE WHEN 'VARCHAR' THEN json_extract_string({meta}, '$.degenerate') <> '' "
             f"WHEN 'ARRAY' THEN json_array_length({meta}, '$.degenerate') > 0 "
             f"WHEN 'OBJECT' THEN json_extract({meta}, '$.degenerate')::VARCHAR <> '{{}}' "
             f"ELSE json_extract({meta}, '$.degenerate')::DOUBLE <> 0 END END")
     decode = "decode" if has_decode else "NULL::VARCHAR"
-    return (f"SELECT version, kind, len(regexp_extract_all(coalesce(text, ''), '\\S+')) AS words, {flag} AS degenerate, "
-            f"{decode} AS decode FROM captions WHERE clip_id IN (SELECT clip_id FROM report_clips)")
+    return (f"SELECT version, kind, {WORDS} AS words, {flag} AS degenerate, "
+            f"coalesce({decode}, 'not generated') AS decode, count(*) AS n FROM captions "
+            f"WHERE {scope} GROUP BY ALL")
 
 
 def caption_stats(data) -> tuple[list[dict], dict[str, dict]]:
     """(per caption version and kind: count, words mean/median/max, degenerate flags, decode paths; box stats)."""
     has_decode = bool(data.one("SELECT count(*) FROM information_schema.columns WHERE table_name = 'captions' "
                                "AND column_name = 'decode'"))
-    src = caption_words_sql(has_decode)
-    data.con.execute(f"CREATE OR REPLACE TEMP VIEW report_caption_words AS {src}")
-    rows = data.rows("""
-        SELECT version, kind, count(*) AS n, avg(words) AS mean_words, median(words) AS median_words,
-               max(words) AS max_words, count(degenerate) AS flagged,
-               count(*) FILTER (WHERE degenerate) AS degenerate
-        FROM report_caption_words GROUP BY version, kind ORDER BY version, kind""")
-    decodes = data.rows("SELECT version, kind, coalesce(decode, 'not generated') AS d, count(*) AS n "
-                        "FROM report_caption_words GROUP BY ALL ORDER BY d")
-    for r in rows:
-        r["decode"] = ", ".join(f"{d['d']} {d['n']}" for d in decodes if (d["version"], d["kind"]) == (r["version"], r["kind"]))
-        r["degenerate"] = r["degenerate"] if r["flagged"] else None
-    boxes = box_stats(data, "SELECT version || '/' || kind AS grp, words::DOUBLE AS v FROM report_caption_words")
+    counted = data.rows(caption_words_sql(has_decode, data.rows_filter()))
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in counted:
+        groups.setdefault((r["version"], r["kind"]), []).append(r)
+    rows, boxes = [], {}
+    for (version, kind), rs in sorted(groups.items()):
+        words: dict[int, int] = {}
+        decodes: dict[str, int] = {}
+        for r in rs:
+            words[r["words"]] = words.get(r["words"], 0) + r["n"]
+            decodes[r["decode"]] = decodes.get(r["decode"], 0) + r["n"]
+        values = np.array(sorted(words), dtype=float)
+        box = weighted_box(values, np.array([words[int(v)] for v in values], dtype=np.int64))
+        flagged = sum(r["n"] for r in rs if r["degenerate"] is not None)
+        rows.append({"version": version, "kind": kind, "n": box["n"], "mean_words": box["mean"],
+                     "median_words": box["med"], "max_words": int(box["hi"]), "flagged": flagged,
+                     "degenerate": sum(r["n"] for r in rs if r["degenerate"]) if flagged else None,
+                     "decode": ", ".join(f"{k} {n}" for k, n in sorted(decodes.items()))})
+        boxes[f"{version}/{kind}"] = box
     return rows, boxes
 
 
@@ -240,7 +320,7 @@ def caption_qa(data) -> dict[str, dict]:
     """Box statistics of caption-QA scores (latest per clip, score and version) per score and version."""
     src = ("SELECT scorer || ' ' || version AS grp, v FROM (SELECT clip_id, scorer, version, "
            "arg_max(value, written_at) AS v FROM scores WHERE starts_with(scorer, 'caption_') "
-           "AND clip_id IN (SELECT clip_id FROM report_clips) GROUP BY ALL) WHERE v IS NOT NULL")
+           f"AND {data.rows_filter()} GROUP BY ALL) WHERE v IS NOT NULL")
     return box_stats(data, src)
 
 
@@ -253,9 +333,12 @@ def failure_groups(data) -> list[dict]:
 
 
 def clip_rows(data) -> list[dict[str, Any]]:
-    """Every clip of the scope with all its caption versions (the report lists them only when there are few)."""
+    """Every clip of the scope with its domain and all its caption versions (listed only when there are few)."""
+    from vidcorpus.report_scope import CLIPS_WITH_DOMAIN
+
     return data.rows(f"""
-        SELECT * REPLACE (coalesce(v.versions, '') AS caption_version) FROM (SELECT {tile_columns(data)} FROM report_clips)
+        SELECT * REPLACE (coalesce(v.versions, '') AS caption_version)
+        FROM (SELECT {tile_columns(data)}, domain FROM ({CLIPS_WITH_DOMAIN}))
         LEFT JOIN (SELECT clip_id, string_agg(DISTINCT version, ', ' ORDER BY version) AS versions FROM captions
-                   WHERE clip_id IN (SELECT clip_id FROM report_clips) GROUP BY clip_id) v USING (clip_id)
-        ORDER BY clip_id""")
+                   WHERE clip_id IN (SELECT clip_id FROM report_clips) AND {data.rows_filter()} GROUP BY clip_id) v
+        USING (clip_id) ORDER BY clip_id""")

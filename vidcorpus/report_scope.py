@@ -43,6 +43,11 @@ def domain_sql(col: str) -> str:
             f"ELSE coalesce(nullif({host}, ''), {scheme}) END")
 
 
+CLIPS_WITH_DOMAIN = ("SELECT c.*, coalesce(d.domain, '?') AS domain FROM report_clips c "
+                     "LEFT JOIN report_source_domains d USING (source_id)")
+"""The scope's clips with their source's domain (``source_domain`` of the uri; '?' without a source)."""
+
+
 @dataclass
 class ReportData:
     """The scope of one report: its temp views live on ``con`` (open while the report is built)."""
@@ -69,13 +74,25 @@ class ReportData:
     def one(self, sql: str, params: list | None = None) -> Any:
         return self.con.execute(sql, params or []).fetchall()[0][0]
 
+    def rows_filter(self) -> str:
+        """Which rows of a per-clip long table (captions, scores) the scope covers: all of them, those
+        the run wrote, or those of the release's clips."""
+        if self.release:
+            return "clip_id IN (SELECT clip_id FROM report_clips)"
+        return "run_id = getvariable('report_run')" if self.run else "TRUE"
+
     def count(self, view: str) -> int:
         return int(self.one(f"SELECT count(*) FROM {view}"))
 
     def funnel(self, by_domain: bool = False, in_force: bool | None = None) -> list[dict]:
         """The catalog's funnel (``catalog.schema.funnel_body``) over this scope, overall or per domain."""
-        body = funnel_body(domain_sql("uri") if by_domain else None, "report_clips", "report_sources",
-                           "report_failures", in_force=self.release is None if in_force is None else in_force)
+        in_force = self.release is None if in_force is None else in_force
+        if not by_domain:
+            body = funnel_body(None, "report_clips", "report_sources", "report_failures", in_force=in_force)
+        else:
+            body = funnel_body("domain", f"({CLIPS_WITH_DOMAIN})", f"(SELECT *, {domain_sql('uri')} AS domain "
+                               "FROM report_sources)", f"(SELECT *, {domain_sql('uri')} AS domain FROM report_failures)",
+                               in_force=in_force)
         return self.rows(f"SELECT key AS domain, stage, n, hours FROM ({body}) ORDER BY key, step")
 
 
@@ -111,7 +128,10 @@ def load_report_data(cat: Catalog, run: str | None = None, recipe_path: str | No
     # views take no parameters: the run (and release) go in through session variables, never into SQL text
     con.execute("SET VARIABLE report_run = ?", [run])
     where = " WHERE w.run_id = getvariable('report_run')" if run else ""
-    base = f"SELECT w.*, {domain_sql('w.uri')} AS domain{cols} FROM clips_wide w{joins}{where}"
+    base = f"SELECT w.*{cols} FROM clips_wide w{joins}{where}"
+    # a clip's uri is its source's (clips_wide joins it): one domain per source, not per clip
+    con.execute(f"CREATE OR REPLACE TEMP TABLE report_source_domains AS SELECT source_id, {domain_sql('uri')} AS domain "
+                "FROM sources")
     data = ReportData(str(cat.path), run, con, events=cat.events(run))
     if release:
         base = _release_clips(cat, data, release, base)

@@ -20,9 +20,9 @@ def funnel_cells(data) -> tuple[list[dict], list[str], dict[str, list[dict]]]:
     per: dict[str, list[dict]] = defaultdict(list)
     for r in data.funnel(by_domain=True):
         per[r["domain"]].append(r)
-    doms = rq.domains(data)
-    zero = [dict(r, n=0, hours=None) for r in overall]  # a domain with sources but no clip (or the reverse)
-    return overall, doms, {d: per.get(d) or zero for d in doms}
+    # the domains of sources and clips (a domain only failures name gets no column, as before)
+    doms = sorted(d for d, rows in per.items() if rows[0]["n"] or rows[2]["n"])
+    return overall, doms, {d: per[d] for d in doms}
 
 
 def cell(r: dict) -> str:
@@ -61,12 +61,13 @@ def scores_section(data, w: Writer, ranges: dict, n_clips: int) -> str:
     body = ('<p class="note">Stacked histograms of kept (green) and dropped (red) clips; dashed lines are the '
             "recipe's thresholds. Right: clips the whole recipe would keep if only that threshold moved.</p>"
             '<div class="plots">')
+    edges = {name: rq.bin_edges(*ranges[name][1:]) for name in data.scorers}
+    counts = rq.histograms(data, edges)
     for name in data.scorers:
         n, lo, hi = ranges[name]
-        edges = rq.bin_edges(lo, hi)
-        kept, dropped = rq.histogram(data, name, edges)
+        kept, dropped = counts[name]
         curve = rq.retention_curve(data, first_pred[name], lo, hi) if name in first_pred else None
-        rp.score_plot(name, edges, kept, dropped, thr.get(name, []), curve, n_clips, w.plot(f"score_{name}"))
+        rp.score_plot(name, edges[name], kept, dropped, thr.get(name, []), curve, n_clips, w.plot(f"score_{name}"))
         body += f'<div id="score-{esc(name)}">' + w.img(w.plots[-1], f"{name} histogram") + "</div>"
     body += "</div>"
     if all(s in data.scores for s in SCATTER):
@@ -92,10 +93,10 @@ def galleries_section(data, w: Writer, ranges: dict, per_gallery: int) -> str:
             body += f"<div>{esc(label)}: {len(rows)}</div><div class=\"gallery\">{tiles or '<span class=note>none</span>'}</div>"
     names = list(dict.fromkeys([p.score for p in preds] + [s for s in SCATTER if s in data.scores]))
     for name in names:
-        n = ranges.get(name, (0, None, None))[0]
+        n, lo, hi = ranges.get(name, (0, None, None))
         if n == 0:
             continue
-        tiles = "".join(w.tile(c, f"decile {d}: {c['x']:.4g}") for d, c in rq.decile_clips(data, name, n))
+        tiles = "".join(w.tile(c, f"decile {d}: {c['x']:.4g}") for d, c in rq.decile_clips(data, name, n, lo, hi))
         body += f'<h3>{esc(name)} by decile</h3><div class="gallery">{tiles}</div>'
     return body or "<p>no scores to show</p>"
 
