@@ -317,6 +317,16 @@ def test_report_figures_equal_what_the_rows_say(catalog):
             box = boxes[f"{s['version']}/{s['kind']}"]
             assert box["q1"] == np.percentile(words, 25) and box["q3"] == np.percentile(words, 75)
         assert any(s["degenerate"] for s in stats)  # the hostile caption is flagged degenerate
+        qa: dict[str, list[float]] = {}
+        for r in _rows(cat, "SELECT scorer, version, arg_max(value, written_at) AS v FROM scores "
+                            "WHERE scorer LIKE 'caption%' GROUP BY clip_id, scorer, version"):
+            if r["v"] is not None:
+                qa.setdefault(f"{r['scorer']} {r['version']}", []).append(r["v"])
+        got = rq.caption_qa(data)
+        assert sorted(got) == sorted(qa) and qa
+        for k, v in qa.items():
+            assert (got[k]["n"], got[k]["lo"], got[k]["hi"]) == (len(v), min(v), max(v))
+            assert got[k]["mean"] == pytest.approx(np.mean(v)) and got[k]["med"] == pytest.approx(np.median(v))
         fails = _rows(cat, "SELECT stage, error_class FROM failures")
         groups = rq.failure_groups(data)
         assert [(g["stage"], g["error_class"], g["n"]) for g in groups] == sorted(
@@ -326,15 +336,17 @@ def test_report_figures_equal_what_the_rows_say(catalog):
 def test_the_domain_in_sql_is_source_domain():
     import duckdb
 
-    from vidcorpus.report_scope import domain_sql
+    from vidcorpus.report_scope import domain_key_sql, domain_sql
 
     uris = ["https://Videos.Example.com:443/a.mp4", "http://user:pw@host.org/x?y#z", "s3://bucket/key.mp4",
             "file:///tmp/a.mp4", "/tmp/a.mp4", "C:\\videos\\a.mp4", "relative/a.mp4", "", None, "gs://b/k",
-            "http://[::1]:8080/v.mp4", "hf:datasets/x", "HTTPS://UPPER.example/A"]
+            "http://[::1]:8080/v.mp4", "hf:datasets/x", "HTTPS://UPPER.example/A", "s3:/one-slash", "/x/y://z",
+            "bad!scheme:x", "ftp://h.example?q=1", "https://host.example#frag"]
     con = duckdb.connect()
-    got = [r[0] for r in con.execute(f"SELECT {domain_sql('u')} FROM (SELECT unnest(?) AS u, generate_subscripts(?, 1) "
-                                     "AS i) ORDER BY i", [uris, uris]).fetchall()]
-    assert got == [source_domain(u) for u in uris]
+    for expr in (domain_sql("u"), domain_sql(f"({domain_key_sql('u')})")):  # the funnel groups by the key
+        got = [r[0] for r in con.execute(f"SELECT {expr} FROM (SELECT unnest(?) AS u, generate_subscripts(?, 1) AS i) "
+                                         "ORDER BY i", [uris, uris]).fetchall()]
+        assert got == [source_domain(u) for u in uris]
 
 
 def test_caption_words_and_box_statistics_match_python_and_matplotlib():

@@ -43,9 +43,14 @@ def domain_sql(col: str) -> str:
             f"ELSE coalesce(nullif({host}, ''), {scheme}) END")
 
 
-CLIPS_WITH_DOMAIN = ("SELECT c.*, coalesce(d.domain, '?') AS domain FROM report_clips c "
-                     "LEFT JOIN report_source_domains d USING (source_id)")
-"""The scope's clips with their source's domain (``source_domain`` of the uri; '?' without a source)."""
+def domain_key_sql(col: str) -> str:
+    """What ``source_domain`` of ``col`` depends on, with string functions only: the scheme and
+    authority of a URI with '://', the scheme of one without, '/' for a plain path. Funnels group
+    by it (a few values) and name the groups with ``domain_sql``."""
+    return (f"CASE WHEN {col} IS NULL OR {col} = '' THEN {col} "
+            f"WHEN contains({col}, '://') THEN split_part({col}, '/', 1) || '//' || split_part({col}, '/', 3) "
+            f"WHEN NOT contains({col}, ':') OR contains(split_part({col}, ':', 1), '/') THEN '/' "
+            f"ELSE split_part({col}, ':', 1) || ':' END")
 
 
 @dataclass
@@ -85,16 +90,18 @@ class ReportData:
         return int(self.one(f"SELECT count(*) FROM {view}"))
 
     def funnel(self, by_domain: bool = False, in_force: bool | None = None) -> list[dict]:
-        """The catalog's funnel (``catalog.schema.funnel_body``) over this scope, overall or per domain."""
+        """The catalog's funnel (``catalog.schema.funnel_body``) over this scope, overall or per domain.
+
+        Per domain it is keyed by ``domain_key_sql`` (string functions, no regex per row), and the
+        few keys are then named by ``domain_sql`` and summed per domain.
+        """
         in_force = self.release is None if in_force is None else in_force
         if not by_domain:
             body = funnel_body(None, "report_clips", "report_sources", "report_failures", in_force=in_force)
-        else:
-            body = funnel_body("domain", f"({CLIPS_WITH_DOMAIN})", f"(SELECT *, {domain_sql('uri')} AS domain "
-                               "FROM report_sources)", f"(SELECT *, {domain_sql('uri')} AS domain FROM report_failures)",
-                               in_force=in_force)
-        return self.rows(f"SELECT key AS domain, stage, n, hours FROM ({body}) ORDER BY key, step")
-
+            return self.rows(f"SELECT NULL AS domain, stage, n, hours FROM ({body}) ORDER BY step")
+        body = funnel_body(domain_key_sql("uri"), "report_clips", "report_sources", "report_failures", in_force=in_force)
+        return self.rows(f"SELECT {domain_sql('key')} AS domain, step, stage, sum(n)::BIGINT AS n, sum(hours) AS hours "
+                         f"FROM ({body}) GROUP BY ALL ORDER BY domain, step")
 
 def _check_run(cat: Catalog, run: str) -> None:
     if not cat.query_dicts("SELECT run_id FROM runs WHERE run_id = ?", [run]):
@@ -129,9 +136,7 @@ def load_report_data(cat: Catalog, run: str | None = None, recipe_path: str | No
     con.execute("SET VARIABLE report_run = ?", [run])
     where = " WHERE w.run_id = getvariable('report_run')" if run else ""
     base = f"SELECT w.*{cols} FROM clips_wide w{joins}{where}"
-    # a clip's uri is its source's (clips_wide joins it): one domain per source, not per clip
-    con.execute(f"CREATE OR REPLACE TEMP TABLE report_source_domains AS SELECT source_id, {domain_sql('uri')} AS domain "
-                "FROM sources")
+
     data = ReportData(str(cat.path), run, con, events=cat.events(run))
     if release:
         base = _release_clips(cat, data, release, base)
@@ -183,8 +188,10 @@ def _attach_recipe(data: ReportData, recipe_path: str | None, stored: dict[str, 
     from a file draws its thresholds after the file is gone), else by name or the configured path."""
     from vidcorpus.filters.recipes import load_recipe
 
-    used = data.rows("SELECT recipe, count(*) AS n, min(clip_id) AS first FROM report_clips "
-                     "WHERE recipe IS NOT NULL GROUP BY recipe ORDER BY first")
+    used = data.rows("SELECT recipe, count(*) AS n FROM report_clips WHERE recipe IS NOT NULL GROUP BY recipe")
+    if len(used) > 1:  # in the order the clips first show them (by clip id), as ties are broken
+        used = data.rows("SELECT recipe, count(*) AS n, min(clip_id) AS first FROM report_clips "
+                         "WHERE recipe IS NOT NULL GROUP BY recipe ORDER BY first")
     if not used:
         data.notes.append("no decisions: no recipe thresholds to draw")
         return
