@@ -349,7 +349,7 @@ def test_the_domain_in_sql_is_source_domain():
         assert got == [source_domain(u) for u in uris]
 
 
-def test_caption_words_and_box_statistics_match_python_and_matplotlib():
+def test_caption_words_flags_and_box_statistics_match_python_and_matplotlib():
     import duckdb
     import numpy as np
     from matplotlib.cbook import boxplot_stats
@@ -363,6 +363,21 @@ def test_caption_words_and_box_statistics_match_python_and_matplotlib():
     got = [r[0] for r in con.execute(f"SELECT {rq.WORDS} FROM (SELECT unnest(?) AS text, generate_subscripts(?, 1) "
                                      "AS i) ORDER BY i", [texts, texts]).fetchall()]
     assert got == [len((t or "").split()) for t in texts]
+    metas = ['{"degenerate": true}', '{"degenerate": false}', '{"degenerate": null}', '{"degenerate": "x"}',
+             '{"degenerate": ""}', '{"degenerate": 0}', '{"degenerate": 2.5}', '{"degenerate": []}', '{"degenerate": [1]}',
+             '{"degenerate": {}}', '{"degenerate": {"a": 1}}', "{}", "not json: degenerate", '[{"degenerate": true}]', None]
+
+    def flag(meta):  # what the report did with each caption's meta before issue 24
+        try:
+            meta = json.loads(meta or "{}")
+        except ValueError:
+            meta = {}
+        return bool(meta["degenerate"]) if isinstance(meta, dict) and "degenerate" in meta else None
+
+    got = [r[0] for r in con.execute(f"SELECT {rq.DEGENERATE_FLAG} FROM (SELECT {rq.DEGENERATE_JSON} AS j, i FROM "
+                                     "(SELECT unnest(?) AS meta_json, generate_subscripts(?, 1) AS i)) ORDER BY i",
+                                     [metas, metas]).fetchall()]
+    assert got == [flag(m) for m in metas]
     rng = np.random.default_rng(0)
     values = np.concatenate([rng.normal(0, 1, 500), [9.0, -7.5, 12.0]])
     con.execute("CREATE TABLE v AS SELECT 'g' AS grp, unnest(?) AS v", [values.tolist()])

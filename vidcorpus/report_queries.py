@@ -275,21 +275,22 @@ WORDS = (f"CASE WHEN text IS NULL THEN 0 WHEN {_PLAIN} THEN length(text) - lengt
 whose only whitespace is single inner spaces (most captions), a regex otherwise."""
 
 
+DEGENERATE_JSON = ("CASE WHEN contains(meta_json, 'degenerate') AND json_valid(meta_json) "
+                   "THEN json_extract(meta_json, '$.degenerate') END")
+"""A caption's ``degenerate`` value as JSON (SQL NULL when meta_json has no such key): parsed once."""
+DEGENERATE_FLAG = ("CASE json_type(j) WHEN 'BOOLEAN' THEN j::BOOLEAN WHEN 'NULL' THEN FALSE "
+                   "WHEN 'VARCHAR' THEN j->>'$' <> '' WHEN 'ARRAY' THEN json_array_length(j) > 0 "
+                   "WHEN 'OBJECT' THEN j::VARCHAR <> '{}' ELSE j::DOUBLE <> 0 END")
+"""Python's ``bool()`` of that value (``j``)."""
+
+
 def caption_words_sql(has_decode: bool, scope: str = "TRUE") -> str:
     """Captions of the scope counted per version, kind, words, degenerate flag (NULL: not recorded) and
     decode path: one pass over ``captions``, a small table (word counts take few values)."""
-    meta = "meta_json"
-    flag = (f"CASE WHEN contains({meta}, 'degenerate') AND json_valid({meta}) AND json_type({meta}) = 'OBJECT' "
-            f"AND json_exists({meta}, '$.degenerate') "
-            f"THEN CASE json_type({meta}, '$.degenerate') WHEN 'BOOLEAN' THEN json_extract({meta}, '$.degenerate')::BOOLEAN "
-            f"WHEN 'NULL' THEN FALSE WHEN 'VARCHAR' THEN json_extract_string({meta}, '$.degenerate') <> '' "
-            f"WHEN 'ARRAY' THEN json_array_length({meta}, '$.degenerate') > 0 "
-            f"WHEN 'OBJECT' THEN json_extract({meta}, '$.degenerate')::VARCHAR <> '{{}}' "
-            f"ELSE json_extract({meta}, '$.degenerate')::DOUBLE <> 0 END END")
     decode = "decode" if has_decode else "NULL::VARCHAR"
-    return (f"SELECT version, kind, {WORDS} AS words, {flag} AS degenerate, "
-            f"coalesce({decode}, 'not generated') AS decode, count(*) AS n FROM captions "
-            f"WHERE {scope} GROUP BY ALL")
+    return (f"SELECT version, kind, words, {DEGENERATE_FLAG} AS degenerate, decode, count(*) AS n FROM ("
+            f"SELECT version, kind, {WORDS} AS words, {DEGENERATE_JSON} AS j, coalesce({decode}, 'not generated') AS decode "
+            f"FROM captions WHERE {scope}) GROUP BY ALL")
 
 
 def caption_stats(data) -> tuple[list[dict], dict[str, dict]]:
