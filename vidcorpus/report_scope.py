@@ -21,6 +21,7 @@ from vidcorpus.catalog.schema import CLIP_COLUMNS, funnel_body
 from vidcorpus.catalog.store import Catalog
 
 _SCHEME = r"^([A-Za-z][A-Za-z0-9+.-]*):"
+SMALL_CATALOG = 100_000  # clips below which the report's queries run on one DuckDB thread
 
 
 def source_domain(uri: str | None) -> str:
@@ -126,6 +127,8 @@ def load_report_data(cat: Catalog, run: str | None = None, recipe_path: str | No
     if run:
         _check_run(cat, run)
     con = cat.con
+    if con.execute("SELECT count(*) FROM clips_wide").fetchall()[0][0] < SMALL_CATALOG:
+        con.execute("SET threads = 1")  # dozens of tiny queries: waking threads costs more than they save
     wide, shadowed = _score_columns(cat)
     joins, cols = "", ""
     for i, name in enumerate(shadowed):  # latest value by written_at, as clips_wide pivots the others
