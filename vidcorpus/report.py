@@ -24,9 +24,6 @@ from vidcorpus.catalog.store import Catalog
 from vidcorpus.report_html import CSS, Writer, clip_pages, esc, page, table
 from vidcorpus.report_scope import ReportData, load_report_data, source_domain  # noqa: F401 - the report's API
 
-FUNNEL_STAGES = ("sources", "failed", "shots", "scored", "kept", "captioned", "sharded", "trained_on")
-
-
 @dataclass
 class ReportResult:
     index: Path

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from vidcorpus.report_scope import domain_sql
+
 N_BINS = 30
 CURVE_POINTS = 80
 SCATTER_MAX = 20_000
@@ -346,8 +348,6 @@ def failure_groups(data) -> list[dict]:
 
 def clip_rows(data) -> list[dict[str, Any]]:
     """Every clip of the scope with its domain and all its caption versions (listed only when there are few)."""
-    from vidcorpus.report_scope import domain_sql
-
     return data.rows(f"""
         SELECT * REPLACE (coalesce(v.versions, '') AS caption_version)
         FROM (SELECT {tile_columns(data)}, {domain_sql('uri')} AS domain FROM report_clips)
