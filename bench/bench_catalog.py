@@ -128,6 +128,45 @@ def _direct_load(con, n_total: int, scorers: list[str], batch: int = 960_000) ->
         print(f"{hi:>10} clips (direct)", flush=True)
 
 
+BENCH_RECIPE = """name: bench
+version: 1
+description: the synthetic catalog's decisions (kept = aesthetic >= 4), so reports draw its threshold
+missing: drop
+predicates:
+  - {score: aesthetic, op: ">=", value: 4}
+"""
+
+
+RUNS_SQL = ("INSERT OR IGNORE INTO runs (run_id, kind, status, started_at, finished_at) SELECT DISTINCT run_id, "
+            "'pipeline', 'succeeded', min(updated_at), max(updated_at) FROM sources GROUP BY run_id")
+
+
+def _direct_report_tables(con, n_total: int, batch: int = 960_000) -> None:
+    """With ``--report``: also fill what ``vidcorpus report`` reads beyond clips_wide, with the same
+    values: clips (frames 0..999 of each source, all covered), decisions, long and short captions of
+    kept clips, a caption-QA score per kept clip (long ``scores`` rows), the recipe, and each
+    source's fps and split frame count. In plain SQL, batch by batch."""
+    con.execute("INSERT INTO recipes VALUES ('bench@1', 'bench', '1', md5(?), ?, 'bench', 'run-00', ?)",
+                [BENCH_RECIPE, BENCH_RECIPE, T0])
+    con.execute("UPDATE sources SET fps = 24.0, split_frames = 1000")
+    con.execute(RUNS_SQL)
+    for lo in range(0, n_total, batch):
+        hi = min(lo + batch, n_total)
+        w = f"FROM clips_wide WHERE rowid >= {lo} AND rowid < {hi}"  # in the order _direct_load wrote
+        con.begin()
+        con.execute("INSERT INTO clips BY NAME SELECT clip_id, source_id, media_type, first_frame, last_frame, start_s, "
+                    "end_s, duration_s, n_frames, fps, width, height, clip_path, first_frame_path, run_id, updated_at, "
+                    f"extract_mode {w}")
+        con.execute(f"INSERT INTO decisions BY NAME SELECT clip_id, recipe, kept, reason, run_id, updated_at AS decided_at {w}")
+        con.execute("INSERT INTO captions BY NAME SELECT clip_id, 'v1' AS version, unnest(['long', 'short']) AS kind, "
+                    "caption AS text, 'vlm' AS model, 'p1' AS prompt_version, '{\"degenerate\": false}' AS meta_json, "
+                    f"run_id, updated_at AS written_at {w} AND kept")
+        con.execute("INSERT INTO scores BY NAME SELECT clip_id, 'caption_clip' AS scorer, 'clip' AS model, 'v1/p1' AS version, "
+                    f"(hash(clip_id) % 1000) / 1000.0 AS value, run_id, updated_at AS written_at {w} AND kept")
+        con.commit()
+        print(f"{hi:>10} clips (direct, report tables)", flush=True)
+
+
 def _queries(sample_clip: str) -> dict[str, str]:
     last_week = (T0 + dt.timedelta(days=23)).strftime("%Y-%m-%d")
     return {
@@ -195,6 +234,9 @@ def main() -> None:
     ap.add_argument("--db", default="/tmp/bench-catalog/catalog.duckdb")
     ap.add_argument("--direct", action="store_true",
                     help="Fill only the tables the queries read, in SQL (query latency only; see _direct_load).")
+    ap.add_argument("--report", action="store_true",
+                    help="With --direct: also fill what `vidcorpus report` reads (see _direct_report_tables).")
+    ap.add_argument("--fill-only", action="store_true", help="Build the catalog and stop (no queries).")
     ap.add_argument("--skip-load", action="store_true",
                     help="Measure an existing --db (e.g. a load that was stopped part-way: its batches are whole).")
     ap.add_argument("--json", default=None, help="Write the results here too.")
@@ -217,6 +259,8 @@ def main() -> None:
         t = time.perf_counter()
         cat._sync_wide_columns(cat.con, scorers)
         _direct_load(cat.con, args.clips, scorers)
+        if args.report:
+            _direct_report_tables(cat.con, args.clips)
         ins_s = time.perf_counter() - t
     for lo in range(0, 0 if args.skip_load or args.direct else args.clips, args.batch):
         t = time.perf_counter()
@@ -237,6 +281,10 @@ def main() -> None:
                                   "UNION ALL SELECT 'clips_wide', count(*) FROM clips_wide").fetchall())
     scorer_list = [r[0] for r in cat.con.execute("SELECT DISTINCT scorer FROM scores ORDER BY 1").fetchall()]
     cat.close()
+    if args.fill_only:
+        print(json.dumps({"clips": args.clips, "counts": counts, "insert_s": ins_s, "checkpoint_s": ckpt_s,
+                          "file_bytes": os.path.getsize(db)}))
+        return
     if args.skip_load:
         args.clips = counts["clips"]
         ins_s = float("nan")

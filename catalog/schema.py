@@ -319,16 +319,20 @@ recorded); reads only the small history table, so the funnel stays a scan of cli
 FUNNEL_STAGES = ("sources", "failed", "shots", "scored", "kept", "captioned", "sharded", "trained_on")
 
 
-def _funnel_body(by_run: bool) -> str:
-    """Counts and hours per stage, from the materialised clips_wide (fast at millions of clips).
+def funnel_body(key: str | None = None, clips: str = "clips_wide", sources: str = "sources",
+                failures: str = "failures", in_force: bool = True) -> str:
+    """Counts and hours per stage, from the materialised clips_wide (fast at millions of clips): the
+    one definition of the funnel, behind the ``funnel`` and ``funnel_by_run`` views and the report.
 
-    Per run, a clip stage counts the clips that run wrote (clips.run_id: the last run that
-    produced the clip) and how far they have got since; sources and failures count the rows
-    that run wrote.
+    ``key`` groups it: an expression over columns the three relations share (``run_id``, ``uri``);
+    the rows have a ``key`` column (NULL without one). Per run, a clip stage counts the clips that
+    run wrote (clips.run_id: the last run that produced the clip) and how far they have got since;
+    sources and failures count the rows that run wrote. ``clips``/``sources``/``failures`` name
+    relations with those tables' columns (the report passes its scoped views); ``in_force=False``
+    counts every latest decision as kept (a release's own recipe need not be the one in force).
     """
-    key = "run_id, " if by_run else ""
-    group = " GROUP BY run_id" if by_run else ""
-    pick = "run_id" if by_run else "NULL::VARCHAR AS run_id"
+    pick = f"{key} AS key" if key else "NULL::VARCHAR AS key"
+    group = " GROUP BY 1" if key else ""
 
     def clip_stage(name: str, cond: str) -> str:
         return (f"count(*) FILTER (WHERE {cond}) AS {name}_n, "
@@ -336,24 +340,24 @@ def _funnel_body(by_run: bool) -> str:
 
     # Each stage counts a subset of the one before, under the active recipe (issue 21): a clip
     # sharded or trained on before a re-decision dropped it no longer counts, so the funnel never rises.
-    kept = f"scored AND kept AND {IN_FORCE_SQL}"
+    kept = f"scored AND kept AND {IN_FORCE_SQL}" if in_force else "scored AND kept"
     stages = [("shots", "TRUE"), ("scored", "scored"), ("kept", kept),
               ("captioned", f"{kept} AND captioned"), ("sharded", f"{kept} AND captioned AND shard_id IS NOT NULL"),
               ("trained_on", f"{kept} AND captioned AND shard_id IS NOT NULL AND trained")]
-    join = "FULL JOIN" if by_run else "CROSS JOIN"
-    on = " USING (run_id)" if by_run else ""
-    run_expr = "run_id" if by_run else "NULL::VARCHAR"
-    rows = [f"SELECT run_id, 1 AS step, 'sources' AS stage, src_n AS n, src_h AS hours FROM j",
-            f"SELECT run_id, 2, 'failed', fail_n, NULL::DOUBLE FROM j"]
-    rows += [f"SELECT run_id, {i}, '{name}', {name}_n, {name}_h FROM j" for i, (name, _c) in enumerate(stages, 3)]
+    join = "FULL JOIN" if key else "CROSS JOIN"
+    on = " USING (key)" if key else ""
+    key_expr = "key" if key else "NULL::VARCHAR"
+    rows = ["SELECT key, 1 AS step, 'sources' AS stage, src_n AS n, src_h AS hours FROM j",
+            "SELECT key, 2, 'failed', fail_n, NULL::DOUBLE FROM j"]
+    rows += [f"SELECT key, {i}, '{name}', {name}_n, {name}_h FROM j" for i, (name, _c) in enumerate(stages, 3)]
     return f"""
         WITH src AS (SELECT {pick}, count(*) AS src_n,
                             sum(duration_s) FILTER (WHERE status = 'done') / 3600 AS src_h
-                     FROM sources{group}),
-        fail AS (SELECT {pick}, count(DISTINCT coalesce(source_id, item_id)) AS fail_n FROM failures{group}),
+                     FROM {sources}{group}),
+        fail AS (SELECT {pick}, count(DISTINCT coalesce(source_id, item_id)) AS fail_n FROM {failures}{group}),
         w AS (SELECT {pick}, {', '.join(clip_stage(n, c) for n, c in stages)}
-              FROM clips_wide{group}),
-        j AS (SELECT {run_expr} AS run_id, coalesce(src_n, 0) AS src_n, src_h, coalesce(fail_n, 0) AS fail_n,
+              FROM {clips}{group}),
+        j AS (SELECT {key_expr} AS key, coalesce(src_n, 0) AS src_n, src_h, coalesce(fail_n, 0) AS fail_n,
                      {', '.join(f'coalesce({n}_n, 0) AS {n}_n, {n}_h' for n, _c in stages)}
               FROM src {join} fail{on} {join} w{on})
         {' UNION ALL '.join(rows)}
@@ -362,9 +366,9 @@ def _funnel_body(by_run: bool) -> str:
 
 FUNNEL_SQL = f"""
     CREATE OR REPLACE VIEW funnel AS
-    SELECT step, stage, n, hours FROM ({_funnel_body(False)})
+    SELECT step, stage, n, hours FROM ({funnel_body()})
 """
 FUNNEL_BY_RUN_SQL = f"""
     CREATE OR REPLACE VIEW funnel_by_run AS
-    SELECT run_id, step, stage, n, hours FROM ({_funnel_body(True)})
+    SELECT key AS run_id, step, stage, n, hours FROM ({funnel_body("run_id")})
 """

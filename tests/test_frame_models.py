@@ -154,14 +154,13 @@ def test_a_recipe_needing_a_missing_extra_fails_before_the_run(monkeypatch, tmp_
 def test_report_thumbnails_of_likely_nsfw_clips_are_blurred(frames, tmp_path):
     import cv2
 
-    from vidcorpus.report import ReportData, _Writer
+    from vidcorpus.report_html import Writer
 
     src = tmp_path / "frame.jpg"
     Image.fromarray(frames["plain"][1]).save(src)
-    clips = [{"clip_id": name, "first_frame_path": str(src), "kept": False} for name in ("safe", "flagged")]
-    data = ReportData(catalog="", run=None, clips=clips, scores={"safe": {"nsfw": 0.01}, "flagged": {"nsfw": 0.9}},
-                      sources=[], failures=[], captions=[])
-    writer = _Writer(data, tmp_path / "report", thumb_px=160)
+    clips = [{"clip_id": name, "first_frame_path": str(src), "kept": False, "nsfw": nsfw}
+             for name, nsfw in (("safe", 0.01), ("flagged", 0.9))]
+    writer = Writer(tmp_path / "report", thumb_px=160)
 
     def sharpness(clip):
         gray = cv2.imread(str(tmp_path / "report" / writer.thumb(clip)), cv2.IMREAD_GRAYSCALE)

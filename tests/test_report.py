@@ -98,10 +98,12 @@ def test_source_domain():
 def test_report_data_follows_the_catalog_and_filters_by_run(catalog, tmp_path):
     with Catalog(catalog["path"], read_only=True) as cat:
         data = load_report_data(cat)
-        assert len(data.clips) == cat.query_dicts("SELECT count(*) AS n FROM clips")[0]["n"]
+        assert data.count("report_clips") == cat.query_dicts("SELECT count(*) AS n FROM clips")[0]["n"]
         assert data.recipe is not None and data.recipe_id == "demo_v1@1"
-        assert sum(bool(c["kept"]) for c in data.clips) == cat.funnel()[4]["n"]
-        assert {f["error_class"] for f in data.failures} == {"not_media"}
+        assert data.one("SELECT count(*) FROM report_clips WHERE kept") == cat.funnel()[4]["n"]
+        assert [(r["stage"], r["n"], r["hours"]) for r in data.funnel()] == [
+            (r["stage"], r["n"], r["hours"]) for r in cat.funnel()]  # the catalog's one funnel definition
+        assert {r["error_class"] for r in data.rows("SELECT error_class FROM report_failures")} == {"not_media"}
         with pytest.raises(ValueError, match="no run 'nope'"):
             load_report_data(cat, run="nope")
     # a second run that rewrites two clips: --run selects exactly what each run wrote
@@ -112,10 +114,15 @@ def test_report_data_follows_the_catalog_and_filters_by_run(catalog, tmp_path):
         cat.begin_run("run-b", "pipeline", "{}", "test")
         cat.commit_results("run-b", good[:2])
         cat.finish_run("run-b", "succeeded", {})
-    with Catalog(copy, read_only=True) as cat:
-        b, a = load_report_data(cat, run="run-b"), load_report_data(cat, run="run-a")
-    assert sorted(c["clip_id"] for c in b.clips) == sorted(r["clip_id"] for r in good[:2])
-    assert len(a.clips) == len(good) - 2 and not b.failures and a.failures
+    seen = {}
+    for run in ("run-a", "run-b"):  # one scope per connection at a time: its views are the connection's
+        with Catalog(copy, read_only=True) as cat:
+            d = load_report_data(cat, run=run)
+            seen[run] = ([r["clip_id"] for r in d.rows("SELECT clip_id FROM report_clips ORDER BY clip_id")],
+                         d.count("report_failures"))
+            assert [(r["stage"], r["n"]) for r in d.funnel()] == [(r["stage"], r["n"]) for r in cat.funnel(run)]
+    assert seen["run-b"][0] == sorted(r["clip_id"] for r in good[:2])
+    assert len(seen["run-a"][0]) == len(good) - 2 and not seen["run-b"][1] and seen["run-a"][1]
 
 
 def test_release_report_shows_the_release_recipe_population(catalog, tmp_path):
@@ -130,14 +137,16 @@ def test_release_report_shows_the_release_recipe_population(catalog, tmp_path):
     cut = kept[len(kept) // 2]["duration_s"]
     create_release(cfg, "long", "demo_v1", select=f"duration_s >= {cut}", progress=False, log=lambda _m: None)
     with Catalog(copy, read_only=True) as cat:
-        data = load_report_data(cat, release="long")
         members = cat.release_clip_ids("long")
         with pytest.raises(ValueError, match="no release 'nope'.*long"):
             load_report_data(cat, release="nope")
-    assert {c["clip_id"] for c in data.clips if c["kept"]} == members
-    left_out = [c for c in data.clips if c["clip_id"] in {k["clip_id"] for k in kept} - members]
+        data = load_report_data(cat, release="long")
+        clips = data.rows("SELECT clip_id, kept, reason FROM report_clips")
+        funnel = {r["stage"]: r["n"] for r in data.funnel()}
+    assert {c["clip_id"] for c in clips if c["kept"]} == members and funnel["kept"] == len(members)
+    left_out = [c for c in clips if c["clip_id"] in {k["clip_id"] for k in kept} - members]
     assert left_out and {c["reason"] for c in left_out} == {"outside the release's selection"}
-    assert all(c["reason"] for c in data.clips if not c["kept"])  # every drop still has its reason
+    assert all(c["reason"] for c in clips if not c["kept"])  # every drop still has its reason
     result = build_report(str(copy), tmp_path / "rep", release="long")
     assert "release <code>long</code>" in (tmp_path / "rep" / "index.html").read_text() and result.plots
 
@@ -231,3 +240,154 @@ def test_report_of_the_demo_takes_under_30_s(demo, tmp_path):
     assert result.seconds < 30, f"report of the demo took {result.seconds:.1f} s"
     assert result.clip_pages > 0 and all(p.stat().st_size > 0 for p in result.plots)
     _check_links(tmp_path / "demo-report", catalog_path)
+
+
+# -- every figure is SQL: checked against the figures computed in Python from the rows (the old report) --
+
+def _rows(cat, sql, params=None) -> list[dict]:
+    return cat.query_dicts(sql, params)
+
+
+def test_report_figures_equal_what_the_rows_say(catalog):
+    """Histograms, retention curves, reasons, galleries, caption and failure tables of the SQL report
+    equal the same figures computed in numpy from every row (what the report did before issue 24)."""
+    import numpy as np
+
+    from vidcorpus import report_queries as rq
+
+    ops = {">=": np.greater_equal, ">": np.greater, "<=": np.less_equal, "<": np.less, "==": np.equal,
+           "!=": np.not_equal}
+    with Catalog(catalog["path"], read_only=True) as cat:
+        data = load_report_data(cat)
+        clips = _rows(cat, "SELECT * FROM clips_wide ORDER BY clip_id")
+        scores: dict[str, dict[str, float]] = {}
+        for r in _rows(cat, "SELECT clip_id, scorer, arg_max(value, written_at) AS v FROM scores GROUP BY ALL"):
+            if r["v"] is not None:
+                scores.setdefault(r["scorer"], {})[r["clip_id"]] = r["v"]
+        assert sorted(data.scores) == sorted(scores) and len(scores) > 5
+        kept = np.array([bool(c["kept"]) for c in clips])
+        x_of = {n: np.array([scores[n].get(c["clip_id"], np.nan) for c in clips]) for n in scores}
+        ranges = rq.score_ranges(data)
+        edges = {n: rq.bin_edges(*ranges[n][1:]) for n in scores}
+        counts = rq.histograms(data, edges)
+        for name, x in x_of.items():
+            has = np.isfinite(x)
+            assert ranges[name][0] == has.sum()
+            assert (counts[name][0] == np.histogram(x[has & kept], edges[name])[0]).all(), name
+            assert (counts[name][1] == np.histogram(x[has & ~kept], edges[name])[0]).all(), name
+        recipe = data.recipe
+        passes = []
+        for p in recipe.predicates:
+            x = x_of.get(p.score, np.full(len(clips), np.nan))
+            with np.errstate(invalid="ignore"):
+                passes.append(np.where(np.isnan(x), (p.missing or recipe.missing) == "keep", ops[p.op](x, p.value)))
+        for i, p in enumerate(recipe.predicates):
+            x = x_of.get(p.score, np.full(len(clips), np.nan))
+            others = np.logical_and.reduce([m for j, m in enumerate(passes) if j != i] or [np.ones(len(clips), bool)])
+            lo, hi = ranges.get(p.score, (0, None, None))[1:]
+            xs, ys = rq.retention_curve(data, i, lo, hi)
+            with np.errstate(invalid="ignore"):
+                want = [int(np.sum(others & np.where(np.isnan(x), (p.missing or recipe.missing) == "keep",
+                                                     ops[p.op](x, t)))) for t in xs]
+            assert list(ys) == want, p
+            dist = np.abs(x - p.value)
+            near = [clips[j]["clip_id"] for j in np.argsort(dist, kind="stable") if kept[j] and np.isfinite(x[j])][:6]
+            assert [c["clip_id"] for c in rq.near_threshold(data, p, True, 6)] == near
+            idx = np.flatnonzero(np.isfinite(x))
+            if idx.size:
+                order = idx[np.argsort(x[idx], kind="stable")]
+                want_deciles = [clips[int(part[len(part) // 2])]["clip_id"]
+                                for part in np.array_split(order, min(10, order.size))]
+                got = rq.decile_clips(data, p.score, idx.size, *ranges[p.score][1:])
+                assert [c["clip_id"] for _, c in got] == want_deciles and [d for d, _ in got] == list(
+                    range(1, len(want_deciles) + 1))
+        dropped = [c["reason"] or "(none)" for c in clips if c["kept"] is False]
+        assert rq.reasons(data) == list(dict.fromkeys((r, dropped.count(r)) for r in dropped))
+        caps = _rows(cat, "SELECT version, kind, text, meta_json, decode FROM captions")
+        stats, boxes = rq.caption_stats(data)
+        assert [(s["version"], s["kind"]) for s in stats] == sorted({(c["version"], c["kind"]) for c in caps})
+        for s in stats:
+            group = [c for c in caps if (c["version"], c["kind"]) == (s["version"], s["kind"])]
+            words = np.array([len((c["text"] or "").split()) for c in group])
+            flags = [json.loads(c["meta_json"] or "{}").get("degenerate") for c in group]
+            assert (s["n"], s["max_words"]) == (len(group), words.max())
+            assert s["mean_words"] == pytest.approx(words.mean()) and s["median_words"] == np.median(words)
+            assert s["degenerate"] == (sum(bool(f) for f in flags if f is not None) if any(
+                "degenerate" in json.loads(c["meta_json"] or "{}") for c in group) else None)
+            box = boxes[f"{s['version']}/{s['kind']}"]
+            assert box["q1"] == np.percentile(words, 25) and box["q3"] == np.percentile(words, 75)
+        assert any(s["degenerate"] for s in stats)  # the hostile caption is flagged degenerate
+        qa: dict[str, list[float]] = {}
+        for r in _rows(cat, "SELECT scorer, version, arg_max(value, written_at) AS v FROM scores "
+                            "WHERE scorer LIKE 'caption%' GROUP BY clip_id, scorer, version"):
+            if r["v"] is not None:
+                qa.setdefault(f"{r['scorer']} {r['version']}", []).append(r["v"])
+        got = rq.caption_qa(data)
+        assert sorted(got) == sorted(qa) and qa
+        for k, v in qa.items():
+            assert (got[k]["n"], got[k]["lo"], got[k]["hi"]) == (len(v), min(v), max(v))
+            assert got[k]["mean"] == pytest.approx(np.mean(v)) and got[k]["med"] == pytest.approx(np.median(v))
+        fails = _rows(cat, "SELECT stage, error_class FROM failures")
+        groups = rq.failure_groups(data)
+        assert [(g["stage"], g["error_class"], g["n"]) for g in groups] == sorted(
+            {(f["stage"], f["error_class"], fails.count(f)) for f in fails}, key=lambda g: -g[2])
+
+
+def test_the_domain_in_sql_is_source_domain():
+    import duckdb
+
+    from vidcorpus.report_scope import domain_key_sql, domain_sql
+
+    uris = ["https://Videos.Example.com:443/a.mp4", "http://user:pw@host.org/x?y#z", "s3://bucket/key.mp4",
+            "file:///tmp/a.mp4", "/tmp/a.mp4", "C:\\videos\\a.mp4", "relative/a.mp4", "", None, "gs://b/k",
+            "http://[::1]:8080/v.mp4", "hf:datasets/x", "HTTPS://UPPER.example/A", "s3:/one-slash", "/x/y://z",
+            "bad!scheme:x", "ftp://h.example?q=1", "https://host.example#frag"]
+    con = duckdb.connect()
+    for expr in (domain_sql("u"), domain_sql(f"({domain_key_sql('u')})")):  # the funnel groups by the key
+        got = [r[0] for r in con.execute(f"SELECT {expr} FROM (SELECT unnest(?) AS u, generate_subscripts(?, 1) AS i) "
+                                         "ORDER BY i", [uris, uris]).fetchall()]
+        assert got == [source_domain(u) for u in uris]
+
+
+def test_caption_words_flags_and_box_statistics_match_python_and_matplotlib():
+    import duckdb
+    import numpy as np
+    from matplotlib.cbook import boxplot_stats
+
+    from vidcorpus import report_queries as rq
+    from vidcorpus.report_scope import ReportData
+
+    texts = ["a b c", "  lead", "trail ", "two  spaces", "tab\there", "new\nline", "", None, "one", "nbsp\xa0word",
+             "ideographic\u3000space", "unit\x1fsep", "vertical\x0btab", "é è"]
+    con = duckdb.connect()
+    got = [r[0] for r in con.execute(f"SELECT {rq.WORDS} FROM (SELECT unnest(?) AS text, generate_subscripts(?, 1) "
+                                     "AS i) ORDER BY i", [texts, texts]).fetchall()]
+    assert got == [len((t or "").split()) for t in texts]
+    metas = ['{"degenerate": true}', '{"degenerate": false}', '{"degenerate": null}', '{"degenerate": "x"}',
+             '{"degenerate": ""}', '{"degenerate": 0}', '{"degenerate": 2.5}', '{"degenerate": []}', '{"degenerate": [1]}',
+             '{"degenerate": {}}', '{"degenerate": {"a": 1}}', "{}", "not json: degenerate", '[{"degenerate": true}]', None]
+
+    def flag(meta):  # what the report did with each caption's meta before issue 24
+        try:
+            meta = json.loads(meta or "{}")
+        except ValueError:
+            meta = {}
+        return bool(meta["degenerate"]) if isinstance(meta, dict) and "degenerate" in meta else None
+
+    got = [r[0] for r in con.execute(f"SELECT {rq.DEGENERATE_FLAG} FROM (SELECT {rq.DEGENERATE_JSON} AS j, i FROM "
+                                     "(SELECT unnest(?) AS meta_json, generate_subscripts(?, 1) AS i)) ORDER BY i",
+                                     [metas, metas]).fetchall()]
+    assert got == [flag(m) for m in metas]
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(0, 1, 500), [9.0, -7.5, 12.0]])
+    con.execute("CREATE TABLE v AS SELECT 'g' AS grp, unnest(?) AS v", [values.tolist()])
+    box = rq.box_stats(ReportData("", None, con), "SELECT grp, v FROM v")["g"]
+    want = boxplot_stats(values)[0]
+    for key in ("mean", "med", "q1", "q3", "whislo", "whishi"):
+        assert box[key] == pytest.approx(want[key], rel=1e-12), key
+    assert sorted(box["fliers"]) == sorted(want["fliers"])
+    words = np.array([3, 3, 4, 7, 7, 7, 30])
+    values, counts = np.unique(words, return_counts=True)
+    wbox, want = rq.weighted_box(values.astype(float), counts), boxplot_stats(words)[0]
+    assert all(wbox[k] == pytest.approx(want[k]) for k in ("mean", "med", "q1", "q3", "whislo", "whishi"))
+    assert list(wbox["fliers"]) == list(want["fliers"])

@@ -44,9 +44,10 @@ def footage_rows(cat: "Catalog") -> list[dict]:
     if not has_segments:  # a catalog from before frames were accounted for
         return []
     rows = cat.query_dicts(CLIPS_SQL) + cat.query_dicts(SEGMENTS_SQL)
-    fps = {r["source_id"]: r["fps"] for r in cat.query_dicts("SELECT source_id, fps FROM sources")}
     lost = uncovered_frames(cat)
-    if lost:
+    if lost:  # the frame rates of those sources only (none in a sound catalog)
+        fps = {r["source_id"]: r["fps"] for r in cat.query_dicts(
+            "SELECT source_id, fps FROM sources WHERE source_id IN (SELECT unnest(?))", [sorted(lost)])}
         frames = sum(b - a + 1 for e in lost.values() for a, b in e["gaps"])
         hours = sum((b - a + 1) / (fps.get(sid) or 25.0) for sid, e in lost.items() for a, b in e["gaps"]) / 3600
         rows.append({"destination": "in no row (catalog verify: frames_uncovered)", "reason": "", "frames": frames,

@@ -39,17 +39,11 @@ def funnel_plot(stages: Sequence[str], counts: Sequence[int], hours: Sequence[fl
     _save(fig, path)
 
 
-def _bins(values: np.ndarray, n: int = 30) -> np.ndarray:
-    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
-    if hi <= lo:
-        pad = abs(lo) * 0.05 or 0.5
-        lo, hi = lo - pad, hi + pad
-    return np.linspace(lo, hi, n + 1)
-
-
-def score_plot(name: str, kept: np.ndarray, dropped: np.ndarray, thresholds: Sequence[tuple[str, float]],
-               curve: tuple[np.ndarray, np.ndarray] | None, total: int, path: Path) -> None:
-    """Histogram of kept/dropped values with the recipe's thresholds, and the retention curve.
+def score_plot(name: str, bins: np.ndarray, kept: np.ndarray, dropped: np.ndarray,
+               thresholds: Sequence[tuple[str, float]], curve: tuple[np.ndarray, np.ndarray] | None, total: int,
+               path: Path) -> None:
+    """Stacked histogram of kept/dropped counts per bin (computed in SQL) with the recipe's thresholds,
+    and the retention curve.
 
     ``curve`` is (thresholds, clips kept) when the recipe has a predicate on this score: how many
     clips the whole recipe would keep if only this threshold moved.
@@ -57,9 +51,9 @@ def score_plot(name: str, kept: np.ndarray, dropped: np.ndarray, thresholds: Seq
     fig, axes = plt.subplots(1, 2 if curve is not None else 1, figsize=(8 if curve is not None else 4.2, 2.8),
                              squeeze=False)
     ax = axes[0][0]
-    both = np.concatenate([kept, dropped])
-    bins = _bins(both[np.isfinite(both)] if both.size else both)
-    ax.hist([kept, dropped], bins=bins, stacked=True, color=[KEPT, DROPPED], label=["kept", "dropped"])
+    centers = (bins[:-1] + bins[1:]) / 2
+    ax.hist([centers, centers], bins=bins, weights=[kept, dropped], stacked=True, color=[KEPT, DROPPED],
+            label=["kept", "dropped"])
     lo, hi = bins[0], bins[-1]
     for op, value in thresholds:
         label = f"{op}{value:g}"
@@ -71,7 +65,7 @@ def score_plot(name: str, kept: np.ndarray, dropped: np.ndarray, thresholds: Seq
             left = value < lo
             ax.annotate(("\u2190 " if left else "") + label + ("" if left else " \u2192"), (0.02 if left else 0.98, 0.6),
                         xycoords="axes fraction", fontsize=8, ha="left" if left else "right")
-    ax.set_title(f"{name} (n={both.size})", fontsize=10)
+    ax.set_title(f"{name} (n={int(kept.sum() + dropped.sum())})", fontsize=10)
     ax.set_xlabel(name)
     ax.set_ylabel("clips")
     ax.legend(fontsize=7, loc="upper right")
@@ -122,20 +116,26 @@ def bar_plot(labels: Sequence[str], counts: Sequence[int], title: str, path: Pat
     _save(fig, path)
 
 
-def box_plot(groups: dict[str, np.ndarray], ylabel: str, title: str, path: Path) -> None:
-    """One box (with its mean) per group, labelled by the group's key."""
+def box_plot(groups: dict[str, dict], ylabel: str, title: str, path: Path) -> None:
+    """One box (with its mean) per group, labelled by the group's key; each group's statistics
+    (``matplotlib.cbook.boxplot_stats`` keys, computed in SQL) drawn with ``Axes.bxp``."""
     labels = list(groups)
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(labels) + 2), 3))
-    ax.boxplot([groups[k] for k in labels], showmeans=True)
+    ax.bxp([{k: groups[g][k] for k in ("mean", "med", "q1", "q3", "whislo", "whishi", "fliers")} for g in labels],
+           showmeans=True)
     ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=8, rotation=20)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     _save(fig, path)
 
 
-def caption_length_plot(groups: dict[str, np.ndarray], path: Path) -> None:
+def caption_length_plot(groups: dict[str, dict], path: Path) -> None:
     """Caption length in words per (caption version, kind): one box per group."""
     box_plot(groups, "words", "caption length per version / kind", path)
+
+
+def scatter_note(shown: int, total: int) -> str:
+    return "" if shown >= total else f"{shown:,} of {total:,} clips shown (a sample by clip-id hash)"
 
 
 BUSY, HELD, IDLE = "#4263eb", "#f08c00", "#e9ecef"
