@@ -18,14 +18,14 @@ whole history.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from vidcorpus.storage import write_atomic
 
 SAMPLES_DIR = "train_samples"
 SCHEMA = pa.schema([("step", pa.int32()), ("rank", pa.int16()), ("clip_id", pa.string()), ("loss", pa.float64())])
@@ -175,18 +175,7 @@ def _num_rows(url: str) -> int:
 
 
 def _write_atomic(table: pa.Table, url: str) -> None:
-    """Locally: a temp file renamed into place. Remotely: one object put (all or nothing)."""
-    if "://" not in url or url.startswith("file://"):
-        path = url.removeprefix("file://")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=os.path.dirname(path))
-        os.close(fd)
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return
-    with fsspec.open(url, "wb") as f:
-        pq.write_table(table, f)
+    """The part as one Parquet file, whole or not at all (vidcorpus/storage.py)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_atomic(url, sink.getvalue().to_pybytes())
