@@ -29,6 +29,21 @@ def _tokens(gens) -> list[tuple]:
     return [g.token_ids for g in gens]
 
 
+def _record_batch_sizes(monkeypatch, breaks: np.ndarray | None = None) -> list[int]:
+    """The size of every batch the captioner generates, in order; a batch holding ``breaks`` fails."""
+    sizes: list[int] = []
+    original = Captioner._generate_batch
+
+    def recording(self, chunk, *a, **kw):
+        sizes.append(len(chunk))
+        if breaks is not None and any(f is breaks for f in chunk):
+            raise RuntimeError("this clip breaks any batch it is in")
+        return original(self, chunk, *a, **kw)
+
+    monkeypatch.setattr(Captioner, "_generate_batch", recording)
+    return sizes
+
+
 def test_kinds_share_the_vision_pass_and_give_the_same_tokens(tiny_vlm, monkeypatch):
     """generate_kinds runs the vision tower once per batch for both kinds, and every caption is the
     token sequence a separate generate call gives."""
@@ -73,14 +88,7 @@ def test_a_short_batch_is_padded_to_the_batch_size_and_only_its_clips_come_back(
     clips = _clips(5, seed=3)
     plain = load_captioner(tiny_vlm, batch_size=4, pad_batches=False)
     padded = load_captioner(tiny_vlm, batch_size=4, pad_batches=True)
-    sizes = []
-    original = Captioner._generate_batch
-
-    def recording(self, chunk, *a, **kw):
-        sizes.append(len(chunk))
-        return original(self, chunk, *a, **kw)
-
-    monkeypatch.setattr(Captioner, "_generate_batch", recording)
+    sizes = _record_batch_sizes(monkeypatch)
     want = plain.generate(clips, "long", 10)
     assert sizes == [4, 1]
     sizes.clear()
@@ -129,17 +137,8 @@ def test_a_failing_padded_batch_is_retried_clip_by_clip_unpadded(tiny_vlm, monke
                                                         "max_new_tokens": 6, "short_max_new_tokens": 4})})
     stage = CaptionStage(cfg)
     stage.setup()
-    sizes = []
-    original = Captioner._generate_batch
     good, bad = _clips(2, seed=4)
-
-    def recording_failing(self, chunk, *a, **kw):
-        sizes.append(len(chunk))
-        if any(f is bad for f in chunk):
-            raise RuntimeError("this clip breaks any batch it is in")
-        return original(self, chunk, *a, **kw)
-
-    monkeypatch.setattr(Captioner, "_generate_batch", recording_failing)
+    sizes = _record_batch_sizes(monkeypatch, breaks=bad)
     out = stage._generate_isolated([good, bad], {"long": 6, "short": 4})
     # both kinds together (the long kind's padded batch fails), then each kind: its whole batch, then
     # clip by clip, unpadded
@@ -233,14 +232,7 @@ def test_a_broken_fast_vision_path_is_still_caught_by_the_probe(tiny_vlm, monkey
 def test_images_and_videos_in_one_call_share_per_group_and_only_videos_are_padded(tiny_vlm, monkeypatch):
     clips = _clips(3, seed=7) + [_clips(1, seed=8)[0][:1]]  # three videos, one image
     cap = load_captioner(tiny_vlm, batch_size=4, probe_rows=0, pad_batches=True)
-    sizes = []
-    original = Captioner._generate_batch
-
-    def recording(self, chunk, *a, **kw):
-        sizes.append(len(chunk))
-        return original(self, chunk, *a, **kw)
-
-    monkeypatch.setattr(Captioner, "_generate_batch", recording)
+    sizes = _record_batch_sizes(monkeypatch)
     got = cap.generate_kinds(clips, LIMITS)
     assert sizes == [4, 4, 1, 1]  # the videos padded to the batch, the lone image not
     assert cap.shared_vision == {"runs": 2, "hits": 2}  # one pass per group, both kinds
