@@ -610,7 +610,9 @@ def test_torchrun_runs_the_same_loop_with_ddp_on_gloo(tiny_model, shards, tmp_pa
 @pytest.mark.slow
 def test_fsdp2_trains_like_ddp_and_resumes_on_gloo(tiny_model, shards, tmp_path):
     """train.parallel=fsdp (FSDP2: sharded weights, gradients, AdamW state and EMA) on two gloo ranks
-    takes the same steps as DDP, writes the same full checkpoints, and resumes exactly."""
+    takes the same steps as DDP, writes the same full checkpoints, and resumes exactly; all with two
+    micro-batches a step (train.grad_accum_steps: DDP all-reduces only on a window's last backward,
+    no_sync before it; FSDP2 likewise turns its gradient sync off until then)."""
     import shutil
 
     from diffusers import I2VGenXLUNet
@@ -618,7 +620,8 @@ def test_fsdp2_trains_like_ddp_and_resumes_on_gloo(tiny_model, shards, tmp_path)
     from vidcorpus.train.checkpoint import list_checkpoints, read_state
 
     def torchrun(parallel: str, run, resume: str | None = None, **kw) -> list:
-        cfg = _cfg(steps=3, checkpoint_every=2, keep_checkpoints=0, log_every=1, parallel=parallel, **kw)
+        cfg = _cfg(steps=3, checkpoint_every=2, keep_checkpoints=0, log_every=1, parallel=parallel,
+                   grad_accum_steps=2, **kw)
         _torchrun_train(tmp_path, cfg, tiny_model, shards["urls"][:2], run, resume)
         return list_checkpoints(str(run))
 

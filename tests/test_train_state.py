@@ -231,25 +231,6 @@ def test_a_resume_from_another_run_directory_brings_the_history_along(tiny_model
     assert replace(elsewhere).step_keys == full.step_keys  # a fresh read of the new directory's log
 
 
-@pytest.mark.slow
-def test_accumulation_under_ddp_and_fsdp2_trains_the_same_on_gloo(tiny_model, shards, tmp_path):  # noqa: F811
-    """Two gloo ranks, two micro-batches a step: DDP (all-reduce only on the window's last backward,
-    ``no_sync`` before it) and FSDP2 (reduce-scatter likewise) take the same steps to the same weights."""
-    from test_train import _history, _torchrun_train
-
-    from vidcorpus.train.checkpoint import list_checkpoints
-
-    cfg = {"steps": 2, "grad_accum_steps": 2, "log_every": 1, "tensorboard": False}
-    _torchrun_train(tmp_path, _cfg(parallel="ddp", **cfg), tiny_model, shards["urls"][:2], tmp_path / "ddp")
-    _torchrun_train(tmp_path, _cfg(parallel="fsdp", **cfg), tiny_model, shards["urls"][:2], tmp_path / "fsdp")
-    (a_keys, a_losses), (b_keys, b_losses) = _history(tmp_path / "ddp"), _history(tmp_path / "fsdp")
-    assert a_keys == b_keys and len({s for s, _k in a_keys}) == 2
-    assert len(a_keys) > 2 * 2  # more than one batch per rank and step
-    assert b_losses == pytest.approx(a_losses, rel=1e-4)
-    [(_s, ddp)], [(_t, fsdp)] = list_checkpoints(str(tmp_path / "ddp")), list_checkpoints(str(tmp_path / "fsdp"))
-    assert _max_diff(_weights(ddp), _weights(fsdp)) < 1e-5
-
-
 def test_a_checkpoint_from_before_the_sample_log_resumes_with_its_history(tiny_model, shards, tmp_path):  # noqa: F811
     """Checkpoints written before this layout kept the history in train_state.json; resuming one
     turns that history into the sample log's first part, so the run's rows stay whole."""
