@@ -123,10 +123,8 @@ class Captioner:
         pad = self.pad_batches if pad is None else pad
         if not self.chat:
             return self._generate_group(frames_per_clip, prompt, max_new_tokens, False, pad)
-        images = [i for i, f in enumerate(frames_per_clip) if len(f) == 1]
-        videos = [i for i, f in enumerate(frames_per_clip) if len(f) != 1]
         out: list[Generation | None] = [None] * len(frames_per_clip)
-        for idx, as_image in ((videos, False), (images, True)):
+        for idx, as_image in self._media_groups(frames_per_clip):
             gens = self._generate_group([frames_per_clip[i] for i in idx], prompt, max_new_tokens, as_image, pad)
             for i, g in zip(idx, gens):
                 out[i] = g
@@ -142,8 +140,7 @@ class Captioner:
         out: dict = {kind: [None] * n for kind in limits}
         # chat VLMs caption images and videos in batches of their own (generate): group first, so that
         # every batch generate makes is one whose kinds share a pass
-        groups = ([[i for i in range(n) if len(frames_per_clip[i]) != 1], [i for i in range(n) if len(frames_per_clip[i]) == 1]]
-                  if self.chat else [list(range(n))])
+        groups = [idx for idx, _as_image in self._media_groups(frames_per_clip)] if self.chat else [list(range(n))]
         if self._share_vision is None:
             self._share_vision = self.chat and usable("shared_vision")
         for idx in groups:
@@ -160,6 +157,13 @@ class Captioner:
                     self.shared_vision["runs"] += shared.runs
                 start += len(part)
         return out
+
+    @staticmethod
+    def _media_groups(frames_per_clip: list[np.ndarray]) -> list[tuple[list[int], bool]]:
+        """(indices, as_image): the videos, then the images (one-frame inputs), each in input order."""
+        images = [i for i, f in enumerate(frames_per_clip) if len(f) == 1]
+        videos = [i for i, f in enumerate(frames_per_clip) if len(f) != 1]
+        return [(videos, False), (images, True)]
 
     @staticmethod
     def _padded(chunk: list[np.ndarray], size: int, pad: bool) -> list[np.ndarray]:
