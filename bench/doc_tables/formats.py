@@ -1,0 +1,44 @@
+"""Number formats the tables share, so that a figure is written the same way wherever it appears."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+
+def num(value: float) -> str:
+    """Shortest plain form: 0.0 -> '0', 22.84 -> '22.84', 3.0 -> '3'."""
+    return f"{value:g}"
+
+
+def dp2(value: float) -> str:
+    """Two decimals, halves rounded up as written (0.625 -> 0.63): the JSON holds rounded values."""
+    return str(Decimal(str(value)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+
+
+def dp2_or_tie(value: float) -> str:
+    """Two decimals, or three where the third is a 5 that two would round away (0.945)."""
+    thousandths = value * 1000
+    if abs(thousandths - round(thousandths)) < 1e-6 and round(thousandths) % 10 == 5:
+        return f"{value:.3f}"
+    return f"{value:.2f}"
+
+
+def pct(decimals: int = 1) -> Callable[[float], str]:
+    return lambda v: f"{v:.{decimals}%}"
+
+
+def joined(empty: str = "-", sep: str = ", ") -> Callable[[Any], str]:
+    """A list as 'a, b'; an empty list as ``empty``."""
+    return lambda v: sep.join(str(x) for x in v) if v else empty
+
+
+def bold(fmt: str | Callable[[Any], str]) -> Callable[[Any], str]:
+    """The same format, in bold (a headline figure)."""
+    return lambda v: f"**{fmt(v) if callable(fmt) else fmt.format(v)}**"
+
+
+def gb(value: float) -> str:
+    """Bytes as decimal gigabytes, two places."""
+    return f"{value / 1e9:.2f} GB"

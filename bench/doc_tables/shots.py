@@ -1,0 +1,105 @@
+"""Shot detection (issue 23): bench_shot_learned.py, bench_shot_wide.py, bench_transnet_gpu.py."""
+
+from __future__ import annotations
+
+from doc_tables.formats import dp2, dp2_or_tie, joined, num, pct
+from doc_tables.spec import Col, Table
+
+DEFAULT = "adaptive+histogram + evidence + dissolve spans"
+
+
+def detector_rows(data: dict, labels: dict[str, str] | None = None, bold: dict[str, tuple] | None = None,
+                  order: list[str] | None = None) -> list[dict]:
+    """One row per detector of a shot benchmark, its summary flattened, in the file's order."""
+    rows = []
+    for key in order or data["detectors"]:
+        entry = data["detectors"][key]
+        row = {**entry.get("summary", entry), "label": (labels or {}).get(key, key)}
+        row["_bold"] = (bold or {}).get(key, ())
+        rows.append(row)
+    return rows
+
+
+def dp3_min2(value: float) -> str:
+    """Up to three decimals, at least two: 0.926, 0.98, 1.00."""
+    text = f"{value:.3f}"
+    return text[:-1] if text.endswith("0") else text
+
+
+WIDE_COLUMNS = [
+    Col("detectors and checks", "label"),
+    Col("hard-cut P", "hard_precision", dp2),
+    Col("R", "hard_recall", dp2),
+    Col("F1", "hard_f1", dp2_or_tie),
+    Col("gradual recall", "gradual_recall", dp2),
+    Col("false cuts/min (unedited)", "false_cuts_per_min_unedited", num),
+    Col("transition frames in shots", "transition_frames_inside", pct(1)),
+    Col("clean frames dropped", "clean_frames_dropped"),
+]
+
+
+def seed_rows(*files: dict) -> list[dict]:
+    """The default before (first four files) and after (last four) on seeds 0 to 3; then jump cuts."""
+    before, after = files[:4], files[4:]
+    rows = []
+    for seed, (b, a) in enumerate(zip(before, after)):
+        bs, a_entry = b["detectors"][DEFAULT]["summary"], a["detectors"][DEFAULT]
+        missed = a_entry["files"]["edit"]["missed_cuts"] + a_entry["files"]["unedited"]["missed_cuts"]
+        rows.append({"edit": "0 (the previous section's)" if seed == 0 else str(seed),
+                     "before": bs, "after": a_entry["summary"],
+                     "missed": [f"{kind} {frame}" for frame, kind in missed]})
+    jump = [a["detectors"][DEFAULT + " + jump cuts"] for a in (after[1], after[3])]
+    rows.append({"edit": "1, 3 with `split.jump_cuts`", "jump": [j["summary"] for j in jump],
+                 "missed_jump": [j["files"]["edit"]["missed_cuts"] + j["files"]["unedited"]["missed_cuts"]
+                                 for j in jump]})
+    return rows
+
+
+def _seed_pair(field: str, fmt) -> tuple[Col, Col]:
+    def after(row: dict) -> str | None:
+        if "jump" in row:
+            return ", ".join(fmt(s[field]) for s in row["jump"])
+        return fmt(row["after"][field])
+    return Col("", lambda r: fmt(r["before"][field]) if "before" in r else None), Col("after", after)
+
+
+_F1 = _seed_pair("hard_f1", dp3_min2)
+_GRADUAL = _seed_pair("gradual_recall", dp2)
+_FALSE = _seed_pair("false_cuts_per_min_unedited", num)
+_INSIDE = _seed_pair("transition_frames_inside", pct(1))
+
+TABLES = [
+    Table("shot_learned_edit16s", ["shot_learned_cpu.json"], compact=True, rows=detector_rows, columns=[
+        Col("detectors", "label"),
+        Col("hard-cut precision", "hard_precision", "{:.2f}"),
+        Col("recall", "hard_recall", "{:.2f}"),
+        Col("F1", "hard_f1", "{:.2f}"),
+        Col("gradual found", "gradual_recall"),
+        Col("false cuts/min", "false_cuts_per_min", num),
+        Col("flash cut", "flash_cuts"),
+        Col("transition frames inside shots", "transition_frames_inside", pct(1)),
+        Col("missed cuts", "missed_cuts", joined()),
+    ]),
+    Table("shot_wide", ["shot_wide_cpu.json"], compact=True, columns=[
+        *WIDE_COLUMNS, Col("frames/s (CPU)", "fps_cpu", "{:,.0f}", missing="-")],
+        rows=lambda d: detector_rows(d, labels={
+            "adaptive+histogram": "adaptive+histogram (the default until now)",
+            DEFAULT: f"**{DEFAULT} (default)**",
+            "adaptive+histogram+transnetv2 + evidence + dissolve spans":
+                "adaptive+histogram+transnetv2 + evidence + dissolve spans "
+                "(`split.transnet_on_gpu` on a GPU worker)"})),
+    Table("shot_pans_seeds", [*(f"shot_wide_cpu_before_pans_seed{i}.json" for i in range(4)),
+                              *(f"shot_wide_cpu_pans_seed{i}.json" for i in range(4))],
+          compact=True, rows=seed_rows, columns=[
+              Col("edit (seed)", "edit"),
+              Col("hard-cut F1 before", _F1[0].key), _F1[1],
+              Col("gradual recall before", _GRADUAL[0].key), _GRADUAL[1],
+              Col("false cuts/min before", _FALSE[0].key), _FALSE[1],
+              Col("transition frames in shots before", _INSIDE[0].key), _INSIDE[1],
+              Col("missed cuts after", lambda r: joined()(r["missed"]) if "missed" in r
+                  else ", ".join(joined()(m) for m in r["missed_jump"])),
+          ]),
+    Table("shot_pans_seed0_all", ["shot_wide_cpu_pans_seed0.json"], compact=True, columns=WIDE_COLUMNS,
+          rows=lambda d: detector_rows(d, labels={DEFAULT: f"**{DEFAULT} (default)**"}, bold={
+              DEFAULT: ("F1", "gradual recall", "false cuts/min (unedited)", "transition frames in shots")})),
+]
