@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import render_benchmarks as rb  # noqa: E402
-from doc_tables.formats import dp2, dp2_or_tie  # noqa: E402
+from doc_tables.formats import dp2, dp2_or_tie, whole  # noqa: E402
 from doc_tables.spec import Col, RenderError, Table  # noqa: E402
 
 TINY_TABLES = {"speed": Table("speed", ["speed.json"], rows="runs", columns=[
@@ -130,3 +130,4 @@ def test_rounding_follows_the_written_value():
     """The JSON holds rounded figures (0.625): halves round up as a reader would, ties keep a digit."""
     assert dp2(0.625) == "0.63" and dp2(0.765) == "0.77" and dp2(1.0) == "1.00"
     assert dp2_or_tie(0.945) == "0.945" and dp2_or_tie(0.776) == "0.78"
+    assert whole(3162.5) == "3,163" and whole(7416.5) == "7,417" and whole(30011.9) == "30,012"

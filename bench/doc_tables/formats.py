@@ -17,6 +17,11 @@ def dp2(value: float) -> str:
     return str(Decimal(str(value)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
 
 
+def whole(value: float) -> str:
+    """A whole number with thousands separators, halves rounded up (3162.5 -> 3,163)."""
+    return f"{int(Decimal(str(value)).quantize(Decimal(1), rounding=ROUND_HALF_UP)):,}"
+
+
 def dp2_or_tie(value: float) -> str:
     """Two decimals, or three where the third is a 5 that two would round away (0.945)."""
     thousandths = value * 1000

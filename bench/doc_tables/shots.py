@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from doc_tables.formats import dp2, dp2_or_tie, joined, num, pct
+from doc_tables.formats import dp2, dp2_or_tie, joined, num, pct, whole
 from doc_tables.spec import Col, Table
 
 DEFAULT = "adaptive+histogram + evidence + dissolve spans"
@@ -102,4 +102,63 @@ TABLES = [
     Table("shot_pans_seed0_all", ["shot_wide_cpu_pans_seed0.json"], compact=True, columns=WIDE_COLUMNS,
           rows=lambda d: detector_rows(d, labels={DEFAULT: f"**{DEFAULT} (default)**"}, bold={
               DEFAULT: ("F1", "gradual recall", "false cuts/min (unedited)", "transition frames in shots")})),
+]
+
+TRANSNET_VIDEOS = [("transnet_gpu_h100_720p120s.json", "1280x720, 120 s rendered ({frames:,} frames)"),
+                   ("transnet_gpu_h100_720p30s.json", "1280x720, 30 s rendered ({frames:,} frames, 1 run)"),
+                   ("transnet_gpu_h100_testmp4.json", "transnetv2's test.mp4, {width}x{height} ({frames:,} frames)")]
+
+
+def transnet_h100_rows(*files: dict) -> list[dict]:
+    rows = [{**d, "video": label.format(**d), "_bold": ("TransNetV2 / decode only",) if i == 0 else ()}
+            for i, (d, (_name, label)) in enumerate(zip(files, TRANSNET_VIDEOS))]
+    for r in rows:
+        fps = r["frames_per_s"]
+        r["ratio"] = fps["transnetv2"] / fps["decode_only_48x27"]
+    return rows
+
+
+THREAD_ROWS = [("decode_only_48x27", "decode only, scaled to 48x27", ()),
+               ("transnetv2", "**TransNetV2**", ("frames/s", "of decode-only (48x27)")),
+               ("default_plus_transnetv2", "default + TransNetV2 (`split.transnet_on_gpu`)", ("of decode-only (48x27)",)),
+               ("default", "default (CPU)", ()),
+               ("model_only", "model alone", ()),
+               ("decode_only_unscaled", "decode only, unscaled", ())]
+
+
+def transnet_threads_rows(after: dict, before: dict) -> list[dict]:
+    rows = []
+    for key, label, bold in THREAD_ROWS:
+        fps, ms = after["frames_per_s"][key], after.get("cpu_ms_per_frame", {}).get(key)
+        old = before["frames_per_s"].get(key)
+        ratio = fps / after["frames_per_s"]["decode_only_48x27"] if ms is not None else None
+        if old is None:
+            was = None
+        elif key in ("decode_only_48x27", "model_only"):
+            was = whole(old)
+        else:
+            was = f"{whole(old)} ({old / before['frames_per_s']['decode_only_48x27']:.2f})"
+        rows.append({"row": label, "fps": fps, "ms": ms, "ratio": ratio, "before": was, "_bold": bold})
+    return rows
+
+
+TABLES += [
+    Table("transnet_h100_before", [name for name, _label in TRANSNET_VIDEOS], compact=True, rows=transnet_h100_rows,
+          columns=[
+              Col("video", "video"),
+              Col("decode only (scaled to 48x27)", "frames_per_s.decode_only_48x27", whole),
+              Col("TransNetV2", "frames_per_s.transnetv2", whole),
+              Col("default + TransNetV2 (`split.transnet_on_gpu`)", "frames_per_s.default_plus_transnetv2", whole),
+              Col("default (CPU)", "frames_per_s.default", whole),
+              Col("model alone", "frames_per_s.model_only", whole),
+              Col("TransNetV2 / decode only", "ratio", "{:.2f}"),
+          ]),
+    Table("transnet_h100_threads", ["transnet_gpu_h100_720p60s_threads.json", "transnet_gpu_h100_720p120s.json"],
+          rows=transnet_threads_rows, columns=[
+              Col("row", "row"),
+              Col("frames/s", "fps", whole),
+              Col("CPU ms a frame", "ms", "{:.2f}"),
+              Col("of decode-only (48x27)", "ratio", lambda v: f"{v:.2f}".rstrip("0").rstrip(".") if v == 1 else f"{v:.2f}"),
+              Col("before the change (H100, 120 s video)", "before"),
+          ]),
 ]
