@@ -162,3 +162,51 @@ TABLES += [
               Col("before the change (H100, 120 s video)", "before"),
           ]),
 ]
+
+THREAD_LABELS = {"decode_only_48x27": "decode only (48x27)", "default": "default",
+                 "transnetv2": "TransNetV2, no network", "default_plus_transnetv2": "default + TransNetV2, no network"}
+
+
+def _threads(row: dict) -> dict:
+    """CPU ms a frame per thread of one row: decode, detectors, TransNetV2 worker, scaling pool."""
+    t = row["thread_cpu_ms_per_frame"]
+    with_detectors = row["row"] in ("default", "default_plus_transnetv2")
+    return {"decode": t.get("decode_thread", t["main_thread_total"]),
+            "detectors": t["main_thread_detect_scenes"] if with_detectors else None,
+            "worker": t.get("transnet_worker"), "pool": t.get("scaler_pool_2_threads")}
+
+
+def thread_rows(before_r1: dict, before_r2: dict, after_r1: dict, after_r2: dict) -> list[dict]:
+    """Round 2 with round 1 in brackets; the busiest single thread (the pool is two) against decode-only's."""
+    out = []
+    for key, label in THREAD_LABELS.items():
+        for code, r1, r2 in (("before", before_r1, before_r2), ("after", after_r1, after_r2)):
+            rounds = []
+            for data in (r2, r1):
+                rows = {r["row"]: r for r in data["rows"]}
+                t = _threads(rows[key])
+                busiest = max(v for k, v in t.items() if k != "pool" and v is not None)
+                ratio = _threads(rows["decode_only_48x27"])["decode"] / busiest
+                rounds.append({**t, "busiest": busiest, "ratio": ratio})
+            now, first = rounds
+
+            def both(field: str, fmt: str = "{:.3f}") -> str | None:
+                if now[field] is None:
+                    return None
+                return fmt.format(now[field]) + (f" [{fmt.format(first[field])}]" if first[field] is not None else "")
+            worker = both("worker") or ("(in the decode thread)" if "transnetv2" in key and code == "before" else None)
+            ratio = "1" if key == "decode_only_48x27" else f"**{now['ratio']:.2f}** [{first['ratio']:.2f}]"
+            out.append({"row": label, "code": code, "decode": both("decode"), "detectors": both("detectors"),
+                        "worker": worker, "pool": None if now["pool"] is None else f"{now['pool']:.3f}",
+                        "busiest": f"{now['busiest']:.3f}", "ratio": ratio})
+    return out
+
+
+TABLES += [
+    Table("shot_threads_720p", [f"shot_threads_cpu_720p30s_{code}_r{n}.json" for code in ("before", "after")
+                                for n in (1, 2)], compact=True, rows=thread_rows, columns=[
+        Col("row", "row"), Col("code", "code"), Col("decode thread", "decode"), Col("detectors (main)", "detectors"),
+        Col("TransNetV2 worker", "worker"), Col("scaling pool (2 threads together)", "pool"),
+        Col("busiest", "busiest"), Col("decode-only's thread / busiest", "ratio"),
+    ]),
+]
