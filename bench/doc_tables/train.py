@@ -54,3 +54,48 @@ TABLES = [
     Table("refiner_ablations", [REFINER], rows=refiner_ablation_rows, columns=[
         Col("variant", "variant"), Col("refiner-stage peak GiB", "peak"), Col("refiner-stage s (3 steps)", "s", "{:.2f}")]),
 ]
+
+
+def _share(value: float) -> str:
+    """A data-wait share: one decimal, two where one decimal would round a share of 0.005% up or more
+    down to nothing (as the doc first wrote them)."""
+    return f"{value:.2%}" if 0.00005 <= value < 0.001 else f"{value:.1%}"
+
+
+def train_data_rows(before: dict, prefetch: dict) -> list[dict]:
+    rows = []
+    for label, d, headline in (("before", before, False), ("with the prefetcher", prefetch, True)):
+        syn, again, shards = d["synthetic"], d["synthetic_again"], d["shards"]
+        rows.append({"run": f"{label}: synthetic / synthetic again",
+                     "sps": f"{syn['samples_per_s']:.3f} / {again['samples_per_s']:.3f}", **_step(syn)})
+        ratio = d["ratio_shards_over_synthetic"]
+        sps = f"{shards['samples_per_s']:.3f} ({ratio:.1%} of synthetic)" if headline else \
+            f"{shards['samples_per_s']:.3f} ({ratio:.0%} of synthetic)"
+        rows.append({"run": f"{label}: from shards", "sps": sps, **_step(shards),
+                     "_bold": ("samples/s", "data wait share") if headline else ("data wait share",)})
+    return rows
+
+
+def _step(run: dict) -> dict:
+    return {"wait": run["data_wait_share"], "step": run["step_s"], "mfu": run["mfu"], "peak": run["peak_gib"]}
+
+
+def two_h200_rows(one: dict, ddp: dict, fsdp: dict) -> list[dict]:
+    base = one["synthetic"]["samples_per_s"]
+    rows = [{**one["synthetic"], "run": "one H200", "eff": "(reference)"}]
+    for label, d in (("two H200s, DDP", ddp), ("two H200s, FSDP2", fsdp)):
+        s = d["synthetic"]
+        rows.append({**s, "run": label, "eff": f"**{s['samples_per_s'] / (d['world_size'] * base):.1%}**"})
+    return rows
+
+
+TABLES += [
+    Table("train_data_h100", ["train_data_h100.json", "train_data_h100_prefetch.json"], rows=train_data_rows,
+          columns=[Col("run", "run"), Col("samples/s", "sps"), Col("data wait share", "wait", _share),
+                   Col("step (s)", "step", "{:.3f}"), Col("MFU", "mfu", "{:.1%}"),
+                   Col("peak GPU memory (GiB)", "peak", "{:.1f}")]),
+    Table("train_2xh200", ["train_2xh200_one.json", "train_2xh200_ddp.json", "train_2xh200_fsdp.json"],
+          rows=two_h200_rows, columns=[
+              Col("run", "run"), Col("samples/s (all ranks)", "samples_per_s", "{:.2f}"), Col("step (s)", "step_s", "{:.3f}"),
+              Col("peak GiB per GPU", "peak_gib", "{:.1f}"), Col("scaling efficiency", "eff")]),
+]
