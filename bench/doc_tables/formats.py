@@ -12,6 +12,12 @@ def num(value: float) -> str:
     return f"{value:g}"
 
 
+def fixed(decimals: int) -> Callable[[float], str]:
+    """``decimals`` places, halves rounded up as written (160.85 -> 160.9, where '{:.1f}' gives 160.8)."""
+    step = Decimal(1).scaleb(-decimals)
+    return lambda v: str(Decimal(str(v)).quantize(step, rounding=ROUND_HALF_UP))
+
+
 def dp2(value: float) -> str:
     """Two decimals, halves rounded up as written (0.625 -> 0.63): the JSON holds rounded values."""
     return str(Decimal(str(value)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
