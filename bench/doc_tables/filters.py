@@ -46,3 +46,38 @@ TABLES = [
         Col("measure", "measure"), Col("value", "value"),
     ]),
 ]
+
+
+MODEL_ONLY = "model-only, ViT-L-14 + aesthetic head, B = 256 (before / after)"
+STILLS_ROWS = [  # (frames per clip, text, from stills, label, headline)
+    (48, False, True, "end-to-end, 2 s clips, from the stills", True),
+    (96, False, True, "end-to-end, 4 s clips, from the stills", True),
+    (48, True, True, "end-to-end, 2 s clips, from the stills, with text{text_note}", False),
+    (48, False, False, "end-to-end, 2 s clips, decoding the clips{previous}", False),
+    (96, False, False, "end-to-end, 4 s clips, decoding the clips{previous}", False),
+]
+
+
+def stills_rows(data: dict, text_note: str = "", previous: str = "") -> list[dict]:
+    """The CLIP stage from stills against decoding the clips (bench_scoring.py --stills), one H100."""
+    before, after = data["model_only_fps"]
+    rows = [{"what": MODEL_ONLY, "fps": f"{before:,.0f} / {after:,.0f}", "ratio": "100%"}]
+    for frames, text, stills, label, headline in STILLS_ROWS:
+        run = next(r for r in data["runs"] if (r["frames_per_clip"], r["text"], r["stills"]) == (frames, text, stills)
+                   and not r["scale_in_decoder"] and not r["hwaccel"])
+        ratio = f"{run['ratio']:.1%}"
+        rows.append({"what": label.format(text_note=text_note, previous=previous), "fps": f"{run['e2e_fps']:,.0f}",
+                     "ratio": f"**{ratio}**" if headline else ratio, "decode": run["decode_only_fps"],
+                     "worker_ms": run["decode_only"]["worker_cpu_ms_per_clip"]})
+    return rows
+
+
+STILLS_COLUMNS = [Col("measurement (frames scored per second)", "what"), Col("frames/s", "fps"),
+                  Col("of model-only", "ratio"), Col("decode-only (frames/s)", "decode", "{:,.0f}")]
+
+TABLES += [
+    Table("clip_stage_stills", ["scoring_h100_stills.json"],
+          rows=lambda d: stills_rows(d, text_note=" (adds the text tower)", previous=" (previous path)"),
+          columns=[*STILLS_COLUMNS, Col("worker CPU per clip", "worker_ms", "{:.1f} ms")]),
+    Table("clip_stage_stills_4096", ["scoring_h100_stills_4096.json"], rows=stills_rows, columns=STILLS_COLUMNS),
+]
