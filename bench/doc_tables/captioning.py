@@ -1,7 +1,8 @@
-"""Captioning on an H100 (issues 6 and 20): the fast-path probe check (bench/probe_cuda_check.py)."""
+"""Captioning on an H100 (issues 6 and 20): bench_captioning.py runs, the fast-path probe (probe_cuda_check.py)."""
 
 from __future__ import annotations
 
+from doc_tables.formats import fixed, whole
 from doc_tables.spec import Col, Table
 
 PROBE_FILES = ["probe_cuda_h100_t517.json", "probe_cuda_h100_t525.json"]
@@ -37,4 +38,44 @@ TABLES = [
         Col("model", "model"), Col("transformers", "transformers"), Col("path used", "path"),
         Col("probe: correct tokens", "correct"), Col("probe: shifted tokens", "shifted"),
         Col("tokens equal to `generate`", "equal")]),
+]
+
+
+PREFILL_RUNS = ["captioning_h100_fastvision_run1.json", "captioning_h100_fastprefill_run2.json",
+                "captioning_h100_fastprefill_run3.json"]
+# why a batch ran out of memory is known from the run's order, not from its JSON
+OOM_NOTES = {(1, 1024): "out of memory in the default path (with the static paths' buffers of batch 512 still held)"}
+
+
+def tokens(path: dict) -> str:
+    """'606.2 (9.5)': tokens/s (whole above 1,000) and clips/s (two places under 5)."""
+    tps, cps = path["tokens_per_s"], path["clips_per_s"]
+    return (whole(tps) if tps >= 1000 else fixed(1)(tps)) + f" ({fixed(2 if cps < 5 else 1)(cps)})"
+
+
+def prefill_rows(*runs: dict) -> list[dict]:
+    rows = []
+    for n, d in enumerate(runs, 1):
+        for r in d["results"]:
+            label = f"run {n}: {r['batch']}"
+            if "oom" in r:
+                rows.append({"batch": label, "default": OOM_NOTES.get((n, r["batch"]), "out of memory")})
+                continue
+            compiled_key = next(k for k in r if k.startswith("static_graph_compiled"))
+            base, static, fast = r["default"], r["static_graph"], r[compiled_key]
+            rows.append({"batch": label, "default": tokens(base), "static": tokens(static),
+                         "speedup": fixed(1)(r["speedup"]) + "x", "fast": tokens(fast),
+                         "fast_speedup": f"**{fixed(1)(r['speedup_' + compiled_key])}x**",
+                         "prefill": f"{fixed(2)(static['prefill_s'])} / {fixed(2)(fast['prefill_s'])}", "decode": fast["decode_s"],
+                         "first": fast["first_call_s"],
+                         "peak": " / ".join(fixed(1)(p["peak_gib"]) for p in (base, static, fast))})
+    return rows
+
+
+TABLES += [
+    Table("captioning_fast_prefill", PREFILL_RUNS, rows=prefill_rows, columns=[
+        Col("batch", "batch"), Col("default tok/s (clips/s)", "default"), Col("static_graph, not compiled", "static"),
+        Col("speed-up", "speedup"), Col("static_graph + compile_prefill", "fast"), Col("**speed-up**", "fast_speedup"),
+        Col("prefill s (not compiled / compiled)", "prefill"), Col("decode s (compiled)", "decode", fixed(2)),
+        Col("first call s (compile)", "first", fixed(1)), Col("peak GiB default / static / compiled", "peak")]),
 ]
