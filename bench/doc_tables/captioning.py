@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from doc_tables.formats import fixed, whole
+from doc_tables.formats import fixed, or_tie, whole
 from doc_tables.spec import Col, Table
 
 PROBE_FILES = ["probe_cuda_h100_t517.json", "probe_cuda_h100_t525.json"]
@@ -78,4 +78,32 @@ TABLES += [
         Col("speed-up", "speedup"), Col("static_graph + compile_prefill", "fast"), Col("**speed-up**", "fast_speedup"),
         Col("prefill s (not compiled / compiled)", "prefill"), Col("decode s (compiled)", "decode", fixed(2)),
         Col("first call s (compile)", "first", fixed(1)), Col("peak GiB default / static / compiled", "peak")]),
+]
+
+
+def static_graph_rows(data: dict) -> list[dict]:
+    """The default path against static_graph, one row per batch the run measured (bench_captioning.py)."""
+    rows = []
+    for r in data["results"]:
+        if "static_graph" not in r:  # a batch the time budget skipped
+            continue
+        base, static = r["default"], r["static_graph"]
+        speedup = or_tie(1)(r["speedup"]) + "x"
+        rows.append({"batch": r["batch"], "default": tokens(base), "static": tokens(static),
+                     "speedup": f"**{speedup}**" if r["batch"] <= 64 else speedup,
+                     "split": f"{fixed(2)(static['prefill_s'])} / {fixed(2)(static['decode_s'])}",
+                     "ms": static["ms_per_graph_step"], "peak": f"{base['peak_gib']:.1f} / {static['peak_gib']:.1f}"})
+    return rows
+
+
+STATIC_GRAPH_COLUMNS = [
+    Col("batch", "batch"), Col("default tok/s (clips/s)", "default"), Col("static_graph tok/s (clips/s)", "static"),
+    Col("speed-up", "speedup"), Col("static prefill s / decode s", "split"), Col("ms per decoding step", "ms", fixed(1)),
+    Col("peak GiB default / static", "peak")]
+
+TABLES += [
+    Table("captioning_static_final", ["captioning_h100_final_b1_fp32.json", "captioning_h100_final_b64.json"],
+          rows=lambda *runs: [row for d in runs for row in static_graph_rows(d)], columns=STATIC_GRAPH_COLUMNS),
+    Table("captioning_static_90fb7da", ["captioning_h100_run2.json"], rows=static_graph_rows,
+          columns=STATIC_GRAPH_COLUMNS),
 ]

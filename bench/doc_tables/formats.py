@@ -28,12 +28,17 @@ def whole(value: float) -> str:
     return f"{int(Decimal(str(value)).quantize(Decimal(1), rounding=ROUND_HALF_UP)):,}"
 
 
-def dp2_or_tie(value: float) -> str:
-    """Two decimals, or three where the third is a 5 that two would round away (0.945)."""
-    thousandths = value * 1000
-    if abs(thousandths - round(thousandths)) < 1e-6 and round(thousandths) % 10 == 5:
-        return f"{value:.3f}"
-    return f"{value:.2f}"
+def or_tie(decimals: int) -> Callable[[float], str]:
+    """``decimals`` places, or one more where it is a 5 that rounding would hide (0.945, 5.05)."""
+    def fmt(value: float) -> str:
+        scaled = value * 10 ** (decimals + 1)
+        if abs(scaled - round(scaled)) < 1e-6 and round(scaled) % 10 == 5:
+            return f"{value:.{decimals + 1}f}"
+        return f"{value:.{decimals}f}"
+    return fmt
+
+
+dp2_or_tie = or_tie(2)
 
 
 def pct(decimals: int = 1) -> Callable[[float], str]:
