@@ -99,3 +99,43 @@ TABLES += [
               Col("run", "run"), Col("samples/s (all ranks)", "samples_per_s", "{:.2f}"), Col("step (s)", "step_s", "{:.3f}"),
               Col("peak GiB per GPU", "peak_gib", "{:.1f}"), Col("scaling efficiency", "eff")]),
 ]
+
+
+def _reference(run: dict, n: int) -> dict:
+    """A reference run's rate from steps 3 on: mean (its own figure) / median / fastest step."""
+    steps = sorted(run["step_times_s"][2:])
+    median = steps[len(steps) // 2] if len(steps) % 2 else (steps[len(steps) // 2 - 1] + steps[len(steps) // 2]) / 2
+    label = f"reference {n}" + (" (steps 3 to 30: mean / median / fastest step)" if n == 1 else "")
+    b = run["batch"]
+    return {"run": label, "sps": f"{run['samples_per_s']:.2f} / {b / median:.2f} / {b / steps[0]:.2f}",
+            "step": run["step_s"], "peak": run["peak_gib"]}
+
+
+def _ours(run: dict, label: str, headline: bool) -> dict:
+    s = run["synthetic"]
+    windows = [w["samples_per_s"] for w in s["windows"][1:]]  # the first window holds the compile
+    sps = f"{s['samples_per_s']:.2f}"
+    if headline:
+        sps = f"**{sps}** (windows {min(windows):.2f} to {max(windows):.2f})"
+    return {"run": f"**{label}**" if headline else label, "sps": sps, "step": s["step_s"], "peak": s["peak_gib"],
+            "mfu": s["mfu"]}
+
+
+def step_target_rows(references: list[dict], b3: dict, layout: dict, again: dict) -> list[dict]:
+    """In the order they ran: each of ours between two references."""
+    refs = [_reference(r, n) for n, r in enumerate(references, 1)]
+    ours = [_ours(b3, "ours, batch 3", True),
+            _ours(layout, "ours, batch 2, channels-last forced (`TORCHINDUCTOR_FORCE_LAYOUT_OPT=1`)", False),
+            {**_ours(again, "ours, batch 3, again", True),
+             "run": "**ours, batch 3, again** (35 steps; inductor's on-disk cache from the first run: "
+                    "77 s in all instead of 451 s)"}]
+    return [refs[0], ours[0], refs[1], ours[1], refs[2], ours[2], refs[3]]
+
+
+TABLES += [
+    Table("train_step_target", ["train_reference_h100_matrix_2026-11-24.jsonl", "train_compiled_cg_b3_h100.json",
+                                "train_compiled_cg_layout_b2_h100.json", "train_compiled_cg_b3_repeat_h100.json"],
+          rows=step_target_rows, columns=[
+              Col("run", "run"), Col("samples/s", "sps"), Col("step (s)", "step", "{:.3f}"),
+              Col("peak GiB", "peak", "{:.1f}"), Col("MFU", "mfu", "{:.1%}")]),
+]
