@@ -275,12 +275,14 @@ def main() -> None:
 
     # (b) stream copy vs precise re-encode on the same clips
     result["extraction"] = []
-    for label, over in [("copy (keyframe packets, no decode)", ["split.extract_mode=copy", "split.copy_max_lead_seconds=null"]),
+    for label, over in [("copy (keyframe packets, no decode)",
+                         ["split.extract_mode=copy", "split.copy_max_lead_seconds=null"]),
                         ("precise (libx264 veryfast crf 20, source size)", []),
                         ("precise, short side 180, 12 fps", ["split.clip_short_side=180", "split.clip_fps=12"])]:
         rows, _, t_ex = run_stages(path, str(tmp / ("w_" + label[:4])), over)
         good = [r for r in rows if not r["error_class"]]
-        result["extraction"].append({"mode": label, "clips": len(good), "seconds": t_ex, "clips_per_s": len(good) / t_ex,
+        result["extraction"].append({"mode": label, "clips": len(good), "seconds": t_ex,
+                                     "clips_per_s": len(good) / t_ex,
                                      "recorded_modes": ",".join(sorted({r["extract_mode"] for r in good}))})
         print(result["extraction"][-1], flush=True)
 

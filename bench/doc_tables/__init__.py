@@ -7,7 +7,8 @@ JSON in bench/results/, a ``Table`` in the module of its part (or a new module l
 
 from __future__ import annotations
 
-from doc_tables import captioning, catalog, filters, ingest, pipeline, report, serve, shards, shots, train, video2dataset
+from doc_tables import (captioning, catalog, filters, ingest, pipeline, report, serve, shards, shots, train,
+                        video2dataset)
 from doc_tables.spec import Table
 
 TABLES: dict[str, Table] = {}

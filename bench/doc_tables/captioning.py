@@ -25,8 +25,9 @@ def probe_rows(*files: dict) -> list[dict]:
         for d in files:
             c = next(x for x in d["checks"] if x["size"] == size)
             path = ", ".join(c["long_paths"]) + (", no switch-off" if not c["long_switch_offs"] else ", switched off")
-            equal = (f"{c['long_rows_equal_generate']} of {c['batch']} rows" if c["long_token_agreement_with_generate"] == 1
-                     else f"{c['long_token_agreement_with_generate']:.1%} of tokens")
+            agreement = c["long_token_agreement_with_generate"]
+            equal = (f"{c['long_rows_equal_generate']} of {c['batch']} rows" if agreement == 1
+                     else f"{agreement:.1%} of tokens")
             rows.append({"model": MODELS[size], "transformers": c["transformers"], "path": path,
                          "correct": _probe(c["probe_correct"], c["probe_correct"]["exact"]),
                          "shifted": _probe(c["probe_shifted"], c["probe_shifted"]["exact"]), "equal": equal})
@@ -66,7 +67,8 @@ def prefill_rows(*runs: dict) -> list[dict]:
             rows.append({"batch": label, "default": tokens(base), "static": tokens(static),
                          "speedup": fixed(1)(r["speedup"]) + "x", "fast": tokens(fast),
                          "fast_speedup": f"**{fixed(1)(r['speedup_' + compiled_key])}x**",
-                         "prefill": f"{fixed(2)(static['prefill_s'])} / {fixed(2)(fast['prefill_s'])}", "decode": fast["decode_s"],
+                         "prefill": f"{fixed(2)(static['prefill_s'])} / {fixed(2)(fast['prefill_s'])}",
+                         "decode": fast["decode_s"],
                          "first": fast["first_call_s"],
                          "peak": " / ".join(fixed(1)(p["peak_gib"]) for p in (base, static, fast))})
     return rows
@@ -98,7 +100,8 @@ def static_graph_rows(data: dict) -> list[dict]:
 
 STATIC_GRAPH_COLUMNS = [
     Col("batch", "batch"), Col("default tok/s (clips/s)", "default"), Col("static_graph tok/s (clips/s)", "static"),
-    Col("speed-up", "speedup"), Col("static prefill s / decode s", "split"), Col("ms per decoding step", "ms", fixed(1)),
+    Col("speed-up", "speedup"), Col("static prefill s / decode s", "split"),
+    Col("ms per decoding step", "ms", fixed(1)),
     Col("peak GiB default / static", "peak")]
 
 TABLES += [

@@ -25,7 +25,8 @@ def driver_summary(d: dict) -> list[dict]:
                                     f"({d['long_rows_written'] / 1e6:.0f} M long rows)"},
         {"what": "file", "value": f"**{d['file_bytes'] / 1e9:.2f} GB** ({d['bytes_per_clip']:,.0f} bytes per clip; "
                                   "the extrapolation from 2.5 M was 28 GB)"},
-        {"what": "counts", "value": f"{c['clips']:,} clips, {c['scores']:,} scores, {c['clips_wide']:,} clips_wide rows"},
+        {"what": "counts",
+         "value": f"{c['clips']:,} clips, {c['scores']:,} scores, {c['clips_wide']:,} clips_wide rows"},
         {"what": "peak RSS", "value": f"{d['peak_rss_mb'] / 1000:.1f} GB (memory_limit 8 GB)"},
         {"what": "one runner-sized commit (64 clips) on the full file",
          "value": f"{commit['held']:.2f} s held, {commit['open_per_commit']:.2f} s opening and closing the file"},

@@ -29,8 +29,10 @@ def frame_model_rows(d: dict) -> list[dict]:
         {"measure": "captions found", "value": d["text_found"]},
         {"measure": "`text_area` / rendered text's box area: median (min to max)",
          "value": f"{ratio['median']:g} ({ratio['min']:g} to {ratio['max']:g})"},
-        {"measure": "Pearson correlation of `text_area` with the rendered area", "value": f"{d['text_area_pearson']:g}"},
-        {"measure": "largest `text_area` on the frames without a caption", "value": f"{d['text_area_without_text_max']:g}"},
+        {"measure": "Pearson correlation of `text_area` with the rendered area",
+         "value": f"{d['text_area_pearson']:g}"},
+        {"measure": "largest `text_area` on the frames without a caption",
+         "value": f"{d['text_area_without_text_max']:g}"},
         {"measure": "largest `nsfw` on the benign frames", "value": f"{d['nsfw_max_on_benign']:g}"},
     ]
 

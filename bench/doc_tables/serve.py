@@ -54,7 +54,8 @@ B = (P95,)
 QUIET = [(f"serve_1m_50clients_think0_pass4_quiet_run{i}.json", str(i), (f"**{P95}**",)) for i in (1, 2, 3)]
 PASS4 = [(f"serve_1m_50clients_think0_pass4_{f}.json", label, ()) for f, label in [
     ("before_run1", "before, run 1"), ("after_run1", "after, run 1"), ("before_run2", "before, run 2"),
-    ("after_run2", "after, run 2"), ("after_run3", "after, run 3 (00:51, final code)"), ("before_run3", "before, run 3"),
+    ("after_run2", "after, run 2"), ("after_run3", "after, run 3 (00:51, final code)"),
+    ("before_run3", "before, run 3"),
     ("after_rt40", "after, `--request-threads 40` (anyio's default, as before)"),
     ("after_rt8", "after, `--request-threads 8` (the new default)")]]
 PASS3 = [

@@ -52,7 +52,8 @@ TABLES = [
     Table("refiner_cascade", [REFINER], rows=refiner_cascade_rows, columns=[
         Col("stage", "stage"), Col("seconds", "s", "{:.1f}"), Col("peak GiB", "gib", "{:.2f}")]),
     Table("refiner_ablations", [REFINER], rows=refiner_ablation_rows, columns=[
-        Col("variant", "variant"), Col("refiner-stage peak GiB", "peak"), Col("refiner-stage s (3 steps)", "s", "{:.2f}")]),
+        Col("variant", "variant"), Col("refiner-stage peak GiB", "peak"),
+        Col("refiner-stage s (3 steps)", "s", "{:.2f}")]),
 ]
 
 
@@ -96,7 +97,8 @@ TABLES += [
                    Col("peak GPU memory (GiB)", "peak", "{:.1f}")]),
     Table("train_2xh200", ["train_2xh200_one.json", "train_2xh200_ddp.json", "train_2xh200_fsdp.json"],
           rows=two_h200_rows, columns=[
-              Col("run", "run"), Col("samples/s (all ranks)", "samples_per_s", "{:.2f}"), Col("step (s)", "step_s", "{:.3f}"),
+              Col("run", "run"), Col("samples/s (all ranks)", "samples_per_s", "{:.2f}"),
+              Col("step (s)", "step_s", "{:.3f}"),
               Col("peak GiB per GPU", "peak_gib", "{:.1f}"), Col("scaling efficiency", "eff")]),
 ]
 

@@ -47,14 +47,16 @@ def stage_rows(old1: dict, old2: dict, new1: dict, new2: dict) -> list[dict]:
     def pair(a: dict, b: dict, stage: str | None) -> str:
         va, vb = (x["stages"][stage]["cpu_s"] if stage else x["cpu_s_total"] for x in (a, b))
         return f"{va:.2f} / {vb:.2f}"
-    return [{"code": f"{code}, run 1 / run 2", **{s: pair(a, b, s) for s in ("split", "technical", "motion", "extract")},
-             "total": pair(a, b, None)} for code, a, b in (("old", old1, old2), ("new", new1, new2))]
+    stages = ("split", "technical", "motion", "extract")
+    return [{"code": f"{code}, run 1 / run 2", **{s: pair(a, b, s) for s in stages}, "total": pair(a, b, None)}
+            for code, a, b in (("old", old1, old2), ("new", new1, new2))]
 
 
 def run11_rows(run11: dict, superfast: dict) -> list[dict]:
     def row(label: str, side: dict, note: str) -> dict:
         cpu = side["cpu"]
-        return {"side": label, "wall_s": side["wall_s"], "clips": f"{side['clips_written']} ({side['clips_per_s']:.2f})",
+        return {"side": label, "wall_s": side["wall_s"],
+                "clips": f"{side['clips_written']} ({side['clips_per_s']:.2f})",
                 "cpu": f"{cpu['cpu_s']:.1f}{note}", "busy": cpu["busy_share_of_cores"],
                 "buckets": " ".join(f"{b:.2f}".removeprefix("0") if b < 1 else f"{b:.1f}"
                                     for b in cpu["busy_share_by_bucket"])}
