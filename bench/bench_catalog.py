@@ -9,7 +9,9 @@ the wide view as a pivot over the long ``scores`` table (``wide_view_sql``), and
 distinct clips in ``scores``; those run under ``--reference-timeout`` seconds each.
 
     python bench/bench_catalog.py --clips 100000            # quick check (about a minute)
-    python bench/bench_catalog.py --clips 10000000 --doc docs/benchmarks.md
+    python bench/bench_catalog.py --clips 10000000 --json bench/results/catalog_10m_driver.json
+
+Raw JSON only: docs/benchmarks.md's tables are rendered from it (bench/render_benchmarks.py).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -240,7 +241,6 @@ def main() -> None:
     ap.add_argument("--skip-load", action="store_true",
                     help="Measure an existing --db (e.g. a load that was stopped part-way: its batches are whole).")
     ap.add_argument("--json", default=None, help="Write the results here too.")
-    ap.add_argument("--doc", default=None, help="Append a markdown section to this file (docs/benchmarks.md).")
     args = ap.parse_args()
 
     scorers = SCORERS[:args.scorers]
@@ -331,37 +331,6 @@ def main() -> None:
     print(json.dumps({k: v for k, v in out.items() if k != "queries"}, indent=1, default=str))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, default=str))
-    if args.doc:
-        with open(args.doc, "a") as f:
-            f.write(_markdown(out))
-
-
-def _markdown(o: dict) -> str:
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    lines = [
-        f"\n## Catalog: {o['clips']:,} clips (issue 3)\n",
-        f"- Date: {o['date']}. Machine: {o['machine']} (shared with other agents: load average "
-        f"{o['load_before'][0]:.2f} before, {o['load_after'][0]:.2f} after). Commit {git}.",
-        f"- Command: `{o['command']}`; queries on a fresh read-only connection with `SET threads = 2`, median of the repeats.",
-        f"- Rows: {o['counts']}; {o['long_rows_written']:,} rows written in all tables.",
-        f"- Bulk insert (`Catalog.commit_fragments`, clips_wide maintained): {o['insert_s']:.0f} s = "
-        f"**{o['clips_per_s']:,.0f} clips/s**, {o['rows_per_s']:,.0f} rows/s (data generation not counted: "
-        f"{o['generate_s']:.0f} s); final checkpoint {o['checkpoint_s']:.1f} s; peak RSS {o['peak_rss_mb']:,.0f} MB.",
-        f"- File: **{o['file_bytes'] / 1e9:.2f} GB** ({o['bytes_per_clip']:,.0f} bytes per clip).",
-        "- Direct SQL fill of the tables the queries read (not the driver path; no insert rate)." if o.get("direct") else
-        f"- One runner-sized commit (64 clips, their scores, captions, decisions, shard) on the full catalog: "
-        f"{o['commit_64_clips_s']['held'] * 1000:.0f} ms with the file held (second commit after opening), "
-        f"{o['commit_64_clips_s']['open_per_commit'] * 1000:.0f} ms opening and closing the file around it "
-        "(`hold=False`, as the runner does).",
-        "",
-        "| query | median s | rows | SQL |",
-        "| --- | --- | --- | --- |",
-    ]
-    for name, r in o["queries"].items():
-        t = f"> {r['timed_out_after_s']:.0f} (stopped)" if r.get("median_s") is None else f"{r['median_s']:.3f}"
-        sql = " ".join(r["sql"].split()).replace("|", "\\|")
-        lines.append(f"| {name} | {t} | {r.get('rows', '')} | `{sql}` |")
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -10,17 +10,16 @@ Measured:
   (c) peak RSS of a worker process that splits and extracts the long 1080p input;
   (d) precision/recall per detector; a hard cut counts only when found within one frame.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_ingest.py [--long-seconds 90] [--doc docs/benchmarks.md]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_ingest.py [--long-seconds 90] [--out bench/results/ingest_cpu.json]
+
+Writes raw JSON only; docs/benchmarks.md's tables are rendered from it by bench/render_benchmarks.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,9 @@ from pathlib import Path
 
 import av
 import numpy as np
+import scenedetect
 
+from run_meta import finish_metadata, run_metadata
 from vidcorpus.config import load_config
 from vidcorpus.ids import source_id
 from vidcorpus.ingest.extract import ExtractStage
@@ -37,7 +38,6 @@ from vidcorpus.ingest.split import SplitStage, detect_shots, detection_size
 from vidcorpus.media import probe_video
 from vidcorpus.schemas import empty_row, rows_to_table
 
-HEADING = "## Ingest: shot detection and clip extraction"
 FADE = 12
 
 
@@ -218,39 +218,23 @@ def rss_of_worker(path: str, workdir: str, overrides: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-# -- report -----------------------------------------------------------------------------------
-
-def table(rows: list[list], header: list[str]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def write_doc(doc: Path, body: str) -> None:
-    """Replace this benchmark's section (from its heading to the next '## ') or append it."""
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    start = text.find(HEADING)
-    if start >= 0:
-        end = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + body.rstrip() + "\n" + (text[end:] if end >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + body.rstrip() + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text)
-
+# -- run --------------------------------------------------------------------------------------
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=60.0, help="length of the 640x360 test video")
     ap.add_argument("--long-seconds", type=float, default=60.0, help="length of the 1080p video for peak RSS (0 skips)")
     ap.add_argument("--repeat", type=int, default=3, help="throughput: best of this many runs")
-    ap.add_argument("--doc", default="", help="write the results into this markdown file (e.g. docs/benchmarks.md)")
+    ap.add_argument("--out", default="bench/results/ingest_cpu.json",
+                    help="raw JSON of the run (docs/benchmarks.md is rendered from it: bench/render_benchmarks.py)")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(args.worker[0], args.worker[1], args.worker[2:])
         return
 
+    result: dict = {"meta": run_metadata(), "pyav": av.__version__, "scenedetect": scenedetect.__version__,
+                    "args": {k: v for k, v in vars(args).items() if k != "worker"}}
     tmp = Path(tempfile.mkdtemp(prefix="bench_ingest_"))
     t0 = time.perf_counter()
     truth = make_input(str(tmp / "cuts_360p.mp4"), args.seconds, 640, 360)
@@ -258,7 +242,8 @@ def main() -> None:
           f"({time.perf_counter() - t0:.1f} s to generate)", flush=True)
     path, n = truth["path"], truth["frames"]
     size = detection_size(640, 360, 0)
-    sections = []
+    result["input"] = {"frames": n, "hard_cuts": len(truth["cuts"]), "fades": len(truth["fades"]),
+                       "fade_frames": FADE, "detection_size": f"{size[0]}x{size[1]}"}
 
     # (a) throughput at the same detection size; runs interleaved so that load from other jobs on
     # the machine hits the reference and the detectors alike; best of --repeat for each
@@ -271,50 +256,35 @@ def main() -> None:
         dec = max(dec, decode_only_fps(path, size))
         for i, (_label, split) in enumerate(runs):
             det[i] = max(det[i], timed_detect(path, n, **split)[0])
-    a_rows = [["PyAV decode-only (FFmpeg scale to detection size, BGR)", f"{size[0]}x{size[1]}", f"{dec:,.0f}", "100%"]]
-    for (label, _split), fps in zip(runs, det):
-        a_rows.append([f"shot detection: {label}", f"{size[0]}x{size[1]}", f"{fps:,.0f}", f"{fps / dec:.0%}"])
-        print(a_rows[-1], flush=True)
-    verdict = "met" if det[0] >= 0.7 * dec else "MISSED"
-    sections.append("### (a) Decode-only vs shot detection, frames/s (640x360 H.264, 24 fps)\n\n"
-                    + table(a_rows, ["pipeline", "analysed at", "frames/s", "of decode-only"])
-                    + f"\n\nTarget (default detection at least 70% of decode-only at the same size): **{verdict}** "
-                    f"({det[0] / dec:.0%}). The pyav backend has FFmpeg's scaler produce the small BGR frames; "
-                    "scenedetect's stock path converts every full-size frame and then shrinks it with OpenCV.")
+    result["throughput"] = [{"pipeline": "PyAV decode-only (FFmpeg scale to detection size, BGR)",
+                             "frames_per_s": dec, "of_decode_only": 1.0}]
+    result["throughput"] += [{"pipeline": f"shot detection: {label}", "frames_per_s": fps, "of_decode_only": fps / dec}
+                             for (label, _split), fps in zip(runs, det)]
+    print(json.dumps(result["throughput"], indent=1), flush=True)
 
     # (d) accuracy per detector
-    d_rows = []
+    result["accuracy"] = []
     for label, split in [("content", {"detectors": ["content"]}), ("adaptive", {"detectors": ["adaptive"]}),
                          ("histogram", {"detectors": ["histogram"]}), ("hash", {"detectors": ["hash"]}),
                          ("adaptive+histogram (default)", {}), ("default, frame_skip=1", {"frame_skip": 1}),
                          ("histogram, threshold 0.03", {"detectors": ["histogram"], "histogram_threshold": 0.03}),
                          ("adaptive + histogram 0.03", {"histogram_threshold": 0.03})]:
         fps, shots = timed_detect(path, n, **split)
-        s = score(shots, truth)
-        d_rows.append([label, f"{s['precision']:.2f}", f"{s['recall']:.2f}", s["cuts_within_1"], s["fades_found"],
-                       s["predicted"], f"{fps:,.0f}"])
-        print(d_rows[-1], flush=True)
-    sections.append(f"### (d) Accuracy on generated media ({len(truth['cuts'])} hard cuts, {len(truth['fades'])} "
-                    f"{FADE}-frame cross-fades)\n\n"
-                    + table(d_rows, ["detectors", "precision", "recall", "hard cuts within 1 frame", "fades found",
-                                     "transitions predicted", "frames/s"])
-                    + "\n\nA fade counts as found when a predicted boundary (or dropped transition) overlaps its "
-                    "window widened by one frame; precision counts every predicted transition.")
+        result["accuracy"].append({"detectors": label, **score(shots, truth), "frames_per_s": fps})
+        print(result["accuracy"][-1], flush=True)
 
     # (b) stream copy vs precise re-encode on the same clips
-    b_rows = []
-    for label, over in [("copy (keyframe packets, no decode)", ["split.extract_mode=copy", "split.copy_max_lead_seconds=null"]),
+    result["extraction"] = []
+    for label, over in [("copy (keyframe packets, no decode)",
+                         ["split.extract_mode=copy", "split.copy_max_lead_seconds=null"]),
                         ("precise (libx264 veryfast crf 20, source size)", []),
                         ("precise, short side 180, 12 fps", ["split.clip_short_side=180", "split.clip_fps=12"])]:
         rows, _, t_ex = run_stages(path, str(tmp / ("w_" + label[:4])), over)
         good = [r for r in rows if not r["error_class"]]
-        modes = sorted({r["extract_mode"] for r in good})
-        b_rows.append([label, len(good), f"{t_ex:.2f}", f"{len(good) / t_ex:.1f}", ",".join(modes)])
-        print(b_rows[-1], flush=True)
-    ratio = float(b_rows[0][3]) / float(b_rows[1][3])
-    sections.append("### (b) Clip extraction, clips/s (same clips of the 640x360 video)\n\n"
-                    + table(b_rows, ["mode", "clips", "seconds", "clips/s", "recorded mode"])
-                    + f"\n\nStream copy is {ratio:.0f}x faster than precise re-encoding here.")
+        result["extraction"].append({"mode": label, "clips": len(good), "seconds": t_ex,
+                                     "clips_per_s": len(good) / t_ex,
+                                     "recorded_modes": ",".join(sorted({r["extract_mode"] for r in good}))})
+        print(result["extraction"][-1], flush=True)
 
     # (c) peak RSS of a worker on a long 1080p input
     if args.long_seconds > 0:
@@ -322,32 +292,20 @@ def main() -> None:
         # ultrafast turns x264's scene-cut keyframes off; force them, as real encodes have them
         long = make_input(str(tmp / "long_1080p.mp4"), args.long_seconds, 1920, 1080, seed=1, preset="ultrafast",
                           options={"forced-idr": "1"}, force_keyframes=True)
-        raw_gb = long["frames"] * 1920 * 1080 * 3 / 1024**3
         print(f"long input: {long['frames']} frames ({time.perf_counter() - t0:.1f} s to generate)", flush=True)
-        c_rows = []
+        result["worker_rss"] = {"seconds": args.long_seconds, "frames": long["frames"],
+                                "raw_rgb_gib": long["frames"] * 1920 * 1080 * 3 / 1024**3, "rows": []}
         for label, over in [("split + copy", ["split.extract_mode=copy"]),
                             ("split + precise (short side 360)", ["split.clip_short_side=360"])]:
             r = rss_of_worker(long["path"], str(tmp / ("long_" + label[8:12])), over)
-            c_rows.append([label, r["clips"], r["modes"], r["errors"], f"{r['split_s']:.1f}", f"{long['frames'] / r['split_s']:,.0f}",
-                           f"{r['extract_s']:.1f}", f"{r['rss_after_imports_mb']:.0f}", f"{r['peak_rss_mb']:.0f}"])
-            print(c_rows[-1], flush=True)
-        sections.append(f"### (c) Worker peak RSS, {args.long_seconds:.0f} s 1920x1080 H.264 ({long['frames']} frames; "
-                        f"{raw_gb:.1f} GiB as raw RGB)\n\n"
-                        + table(c_rows, ["worker", "clips", "recorded modes", "errors", "split s", "detection frames/s", "extract s",
-                                         "RSS after imports MB", "peak RSS MB (VmHWM)"]))
+            r.update(worker=label, detection_frames_per_s=long["frames"] / r["split_s"])
+            result["worker_rss"]["rows"].append(r)
+            print(r, flush=True)
 
-    cpu = platform.processor() or platform.machine()
-    head = (f"{HEADING}\n\nMeasured {dt.date.today().isoformat()} on {os.cpu_count()} CPU cores ({cpu}, no GPU; "
-            f"other jobs may share the machine), PyAV {av.__version__}, Python {platform.python_version()}.\n"
-            f"Command: `HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_ingest.py "
-            f"--seconds {args.seconds:g} --long-seconds {args.long_seconds:g} --repeat {args.repeat}"
-            f"{' --doc ' + args.doc if args.doc else ''}`. "
-            "Every number below comes from that one run on the same generated inputs; the reference "
-            "(decode-only throughput) was measured in the same run.\n")
-    body = head + "\n" + "\n\n".join(sections) + "\n"
-    print("\n" + body)
-    if args.doc:
-        write_doc(Path(args.doc), body)
+    result["meta"] = finish_metadata(result["meta"])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}; render the doc with: python bench/render_benchmarks.py")
 
 
 if __name__ == "__main__":

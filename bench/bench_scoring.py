@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from run_meta import finish_metadata, run_metadata
+
 
 def make_clip(args: tuple) -> str:
     path, seed, w, h, n, fps, keyframes_at = args
@@ -398,8 +400,8 @@ def main() -> None:
     from vidcorpus.filters.clip_models import build_tiny_aesthetic_head, build_tiny_clip
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="bench-scoring-"))
-    result: dict = {"args": vars(a), "cpu_count": os.cpu_count(), "torch": torch.__version__, "device": "cpu",
-                    "runs": []}
+    result: dict = {"meta": run_metadata(), "args": vars(a), "cpu_count": os.cpu_count(),
+                    "torch": torch.__version__, "device": "cpu", "runs": []}
     if torch.cuda.is_available():
         result["device"] = torch.cuda.get_device_name(0)
     import av
@@ -511,6 +513,7 @@ def main() -> None:
                   f"{run['ratio']:.3f}", flush=True)
         if torch.cuda.is_available():
             result["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    result["meta"] = finish_metadata(result["meta"])
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "args"}, indent=1, default=str))

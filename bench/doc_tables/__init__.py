@@ -1,0 +1,19 @@
+"""The registry of docs/benchmarks.md's generated tables: name -> Table (bench/render_benchmarks.py).
+
+One module per part of the doc; each exports ``TABLES``, a list of ``Table``. A new section: its
+JSON in bench/results/, a ``Table`` in the module of its part (or a new module listed here), and
+``<!-- table: NAME -->`` / ``<!-- /table -->`` around the place in the doc.
+"""
+
+from __future__ import annotations
+
+from doc_tables import (captioning, catalog, filters, ingest, pipeline, report, serve, shards, shots, train,
+                        video2dataset)
+from doc_tables.spec import Table
+
+TABLES: dict[str, Table] = {}
+for _module in (ingest, shots, filters, captioning, catalog, shards, pipeline, video2dataset, serve, report, train):
+    for _table in _module.TABLES:
+        if _table.name in TABLES:
+            raise ValueError(f"table name {_table.name!r} registered twice")
+        TABLES[_table.name] = _table

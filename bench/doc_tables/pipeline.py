@@ -1,0 +1,40 @@
+"""Whole-pipeline runs: filter before you encode (issue 22), the multi-process Ray run (issue 12)."""
+
+from __future__ import annotations
+
+import re
+
+from doc_tables.spec import Col, Table
+
+
+def _short_run(label: str) -> str:
+    """'before (244c22370f... 244c223)' -> 'before (244c223)'."""
+    m = re.match(r"^(\w+) \((?:\S+ )?(\w{7})\)$", label)
+    return f"{m.group(1)} ({m.group(2)})" if m else label
+
+
+def filter_first_rows(ray: dict, stages: dict) -> list[dict]:
+    rows = [{**r, "what": "`vidcorpus run`, Ray, 2 CPUs"} for r in ray["results"]]
+    rows += [{**r, "what": "CPU stages in one process", "clips_per_s": None} for r in stages["results"]]
+    return [{**r, "run": _short_run(r["run"])} for r in rows]
+
+
+TABLES = [
+    Table("filter_first", ["filter_first_2cpu.json", "filter_first_cpu_stages.json"], rows=filter_first_rows,
+          columns=[
+              Col("run", "run"),
+              Col("what", "what"),
+              Col("wall s", "seconds", "{:.1f}"),
+              Col("CPU s", "cpu_seconds", "{:.2f}"),
+              Col("clips/s (wall)", "clips_per_s", "{:.3f}"),
+              Col("clips per CPU s", "clips_per_cpu_s", "{:.3f}"),
+              Col("clips encoded", "encoded"),
+          ]),
+    Table("pipeline_ray_24", ["pipeline_24.json"], rows=lambda d: [
+        {"run": "single process", "seconds": d["single_s"], "clips_s": f"{d['single_clips_s']:.2f}"},
+        {"run": f"local Ray, 2 CPUs (Ray start {d['ray_start_s']:.1f} s included)", "seconds": d["ray_s"],
+         "clips_s": f"{d['ray_clips_s']:.2f}"},
+        {"run": "Ray / single", "seconds": f"{d['speedup']:.2f}x"}], columns=[
+        Col("run", "run"), Col("seconds", "seconds", lambda v: v if isinstance(v, str) else f"{v:.1f}"),
+        Col("clips/s", "clips_s")]),
+]
