@@ -141,3 +141,16 @@ TABLES += [
               Col("run", "run"), Col("samples/s", "sps"), Col("step (s)", "step", "{:.3f}"),
               Col("peak GiB", "peak", "{:.1f}"), Col("MFU", "mfu", "{:.1%}")]),
 ]
+
+
+UNET_STEP = "unet_step_reference_h100_2026-12-06.jsonl"
+
+
+def unet_step_rows(runs: list[dict]) -> list[dict]:
+    """Batch 1 before batch 2, eager before EMA, as the section reads."""
+    return sorted(runs, key=lambda r: (r["ema"], r["batch"]))
+
+
+TABLES.append(Table("unet_reference_step", [UNET_STEP], rows=unet_step_rows, columns=[
+    Col("batch", "batch"), Col("EMA", lambda r: "yes" if r["ema"] else "no"), Col("step (s)", "step_s", "{:.3f}"),
+    Col("samples/s", "samples_per_s", "{:.2f}"), Col("peak GPU memory (GiB)", "peak_gib", "{:.1f}")]))
