@@ -38,3 +38,30 @@ TABLES = [
         Col("run", "run"), Col("seconds", "seconds", lambda v: v if isinstance(v, str) else f"{v:.1f}"),
         Col("clips/s", "clips_s")]),
 ]
+
+
+RUN6 = "gpu_node_job_h100_60min_run6.json"
+
+
+def run6_stage_rows(d: dict) -> list[dict]:
+    """The run's per-stage statistics as the catalog recorded them (`stage_stats`), in pipeline order;
+    the caption stage's work without its set-up (model load and warm-up compiles) beside it."""
+    rows = []
+    for r in d["catalog"]["stage_stats"]["stage_stats"]:
+        rows.append({**r, "work_after_setup_s": r["work_s"] - r["setup_s"] if r["setup_s"] >= 1 else None,
+                     "_bold": ("stage",) if r["bound_by"] else ()})
+    return rows
+
+
+TABLES.append(Table("gpu_node_run6_stages", [RUN6], rows=run6_stage_rows, columns=[
+    Col("stage", "stage"), Col("rows in", "rows_in"), Col("workers", "workers"),
+    Col("work s (batches' wall, summed over workers)", "work_s", "{:,.1f}"),
+    Col("of it set-up s", "setup_s", "{:.1f}"), Col("work after set-up s", "work_after_setup_s", "{:.1f}", "-"),
+    Col("wait for input s", "wait_input_s", "{:.0f}"), Col("wait for output s", "wait_output_s", "{:.0f}"),
+    Col("GPU busy share", "gpu_busy_share", "{:.1%}", "-")]))
+
+TABLES.append(Table("caption_stage_h100_run6", ["caption_stage_h100_run6.json"], rows=lambda d: [
+    {**r, "round": k + 1, "rows": d["rows"]} for k, r in enumerate(d["runs"])], columns=[
+    Col("round", "round"), Col("clips (one stage call)", "rows"), Col("wall s", "wall_s", "{:.1f}"),
+    Col("clips/s", "clips_per_s", "{:.1f}"), Col("main thread CPU s", "main_thread_cpu_s", "{:.1f}"),
+    Col("GPU busy share", "gpu_busy_share", "{:.0%}")]))
