@@ -211,3 +211,10 @@ TABLES += [
         Col("busiest", "busiest"), Col("decode-only's thread / busiest", "ratio"),
     ]),
 ]
+
+TABLES.append(Table("transnet_h100_threads_160x90",
+                    ["transnet_gpu_h100_testmp4_threads.json", "transnet_gpu_h100_testmp4.json"],
+                    rows=transnet_threads_rows, columns=[
+                        Col("row", "row"), Col("frames/s", "fps", whole), Col("CPU ms a frame", "ms", "{:.2f}"),
+                        Col("of decode-only (48x27)", "ratio", lambda v: "1" if v == 1 else f"{v:.2f}"),
+                        Col("before the change (H100, same video)", "before")]))
