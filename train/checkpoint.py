@@ -32,18 +32,12 @@ import fsspec
 import numpy as np
 import torch
 
+from vidcorpus.storage import is_url, local_path
+
 CKPT_DIR = "checkpoints"
 STATE_JSON = "train_state.json"
 TRAINER_PT = "trainer_state.pt"
 _STEP_RE = re.compile(r"^step-(\d+)$")
-
-
-def is_local(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
-
-
-def _local(url: str) -> str:
-    return url.removeprefix("file://")
 
 
 def join(url: str, *parts: str) -> str:
@@ -84,14 +78,14 @@ def save_checkpoint(run_dir: str, step: int, unet, ema, trainer_state: dict, sta
     name = step_name(step)
     root = join(run_dir, CKPT_DIR)
     final = join(root, name)
-    if is_local(run_dir):
-        os.makedirs(_local(root), exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=_local(root))
+    if not is_url(run_dir):
+        os.makedirs(local_path(root), exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=local_path(root))
         try:
             _write_into(tmp, unet, ema, trainer_state, state)
-            if os.path.exists(_local(final)):  # a re-save of the same step (rerun of a finished run)
-                shutil.rmtree(_local(final))
-            os.replace(tmp, _local(final))
+            if os.path.exists(local_path(final)):  # a re-save of the same step (rerun of a finished run)
+                shutil.rmtree(local_path(final))
+            os.replace(tmp, local_path(final))
         finally:
             if os.path.exists(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -194,8 +188,8 @@ def load_unet_weights(ckpt: str, sub: str, module: torch.nn.Module) -> None:
     refiner)."""
     cls = type(module)
 
-    if is_local(ckpt):
-        loaded = cls.from_pretrained(_local(join(ckpt, sub)), torch_dtype=torch.float32)
+    if not is_url(ckpt):
+        loaded = cls.from_pretrained(local_path(join(ckpt, sub)), torch_dtype=torch.float32)
     else:
         tmp = tempfile.mkdtemp(prefix="vidcorpus-ckpt-")
         try:

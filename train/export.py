@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vidcorpus.train.checkpoint import is_local, load_unet_weights, resolve_resume
+from vidcorpus.storage import is_url
+from vidcorpus.train.checkpoint import load_unet_weights, resolve_resume
 from vidcorpus.train.models import Components, load_components
 
 
@@ -49,7 +50,7 @@ def save_pipeline(pipe, out_dir: str, extra: dict[str, str] | None = None) -> st
         for name, text in (extra or {}).items():
             Path(tmp, name).write_text(text)
 
-    if is_local(out_dir):
+    if not is_url(out_dir):
         target = Path(out_dir.removeprefix("file://"))
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
@@ -108,7 +109,7 @@ def _sample(pipe, device, image, prompt, height, width, num_frames, fps, steps, 
 def write_mp4(frames: np.ndarray, fps: float, url: str) -> str:
     from vidcorpus.media import encode_video
 
-    if is_local(url):
+    if not is_url(url):
         path = url.removeprefix("file://")
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         encode_video(frames, fps, path)

@@ -20,6 +20,8 @@ from collections import deque
 import fsspec
 import torch
 
+from vidcorpus.storage import is_url, local_path
+
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets (SXM parts; no sparsity).
 PEAK_BF16 = {
     "H200": 989e12,
@@ -71,12 +73,12 @@ class MetricsLogger:
     def __init__(self, run_dir: str, enabled: bool = True, tensorboard: bool = True):
         self.enabled = enabled
         self.run_dir = run_dir
-        self.remote = "://" in run_dir and not run_dir.startswith("file://")
+        self.remote = is_url(run_dir)
         if not enabled:
             self.local_dir, self.tb = None, None
             return
         self.local_dir = (tempfile.mkdtemp(prefix="vidcorpus-logs-") if self.remote
-                          else os.path.join(run_dir.removeprefix("file://"), "logs"))
+                          else os.path.join(local_path(run_dir), "logs"))
         os.makedirs(self.local_dir, exist_ok=True)
         self.jsonl_path = os.path.join(self.local_dir, "train.jsonl")
         if self.remote:  # a resumed run appends to the log it continues (TensorBoard files are per run)
