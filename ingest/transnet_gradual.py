@@ -10,8 +10,8 @@ transition) by two properties of a dissolve:
 - **A dissolve lasts.** A run of at least ``transnet_weak_frames`` frames above
   ``transnet_span_threshold`` on the ``many`` head is a gradual transition even where no frame
   reaches ``transnet_threshold``: a slow dissolve between two similar pictures (two takes of one
-  music video) is seen faintly but over many frames; a hard cut, a flash or a camera move makes
-  one to three such frames (none of the benchmark's unedited takes has a run of six above 0.15).
+  music video) is seen faintly but over many frames; a cut is seen over a frame or two (in the
+  benchmark's 60 s of unedited takes, with flashes, pans and zooms, no six frames in a row exceed 0.15).
 - **A dissolve fades in and out of the shots.** The model is confident only mid-blend, where the
   two pictures weigh about the same; the first and last blended frames get low probabilities.
   So each transition extends to where both heads fall below ``transnet_extent_threshold`` (far
