@@ -34,7 +34,7 @@ import numpy as np
 
 from vidcorpus.config import SplitConfig
 from vidcorpus.ingest.split import detect_shots
-from vidcorpus.ingest.transnet import TransNetRun, transitions_from_file
+from vidcorpus.ingest.transnet import TransNetRun, load_probabilities
 
 FPS = 25
 W, H = 320, 180
@@ -139,8 +139,8 @@ class Replay(TransNetRun):
     """A TransNetRun that reads saved probabilities instead of running the model."""
 
     def finish(self, total: int):
-        self.transitions = transitions_from_file(self.probabilities_url, self.cfg)
-        return self.transitions
+        single, many, _ = load_probabilities(self.probabilities_url)
+        return self.decide(single[:total], many[:total])
 
 
 class _NoStream:
@@ -180,10 +180,14 @@ def main() -> None:
         "histogram 0.03": dict(detectors=["histogram"], histogram_threshold=0.03),
         "transnetv2": dict(detectors=["transnetv2"]),
         "transnetv2, threshold 0.3": dict(detectors=["transnetv2"], transnet_threshold=0.3),
-        "content+transnetv2": dict(detectors=["content", "transnetv2"]),
-        "adaptive+histogram+transnetv2": dict(detectors=["adaptive", "histogram", "transnetv2"]),
-        "adaptive+histogram+transnetv2, flash_filter off": dict(detectors=["adaptive", "histogram", "transnetv2"],
-                                                                flash_filter=False),
+        "content+transnetv2 (its cuts too)": dict(detectors=["content", "transnetv2"], transnet_gradual_only=False),
+        "adaptive+histogram+transnetv2 (its cuts too)": dict(detectors=["adaptive", "histogram", "transnetv2"],
+                                                             transnet_gradual_only=False),
+        "adaptive+histogram+transnetv2, flash_filter off (its cuts too)": dict(
+            detectors=["adaptive", "histogram", "transnetv2"], flash_filter=False, transnet_gradual_only=False),
+        # beside other detectors TransNetV2 gives only gradual transitions (split.transnet_gradual_only, default)
+        "content+transnetv2 gradual": dict(detectors=["content", "transnetv2"]),
+        "adaptive+histogram+transnetv2 gradual": dict(detectors=["adaptive", "histogram", "transnetv2"]),
     }
     for name, kw in configs.items():
         c = SplitConfig(**kw)

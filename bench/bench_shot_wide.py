@@ -119,7 +119,8 @@ SPANS, EVIDENCE = dict(dissolve_spans=True), dict(histogram_evidence=True)
 
 def row(detectors: list[str], **settings) -> dict:
     """A table row's split settings: the new checks off unless named (not the defaults of the day)."""
-    return {"detectors": detectors, "dissolve_spans": False, "histogram_evidence": False, **settings}
+    return {"detectors": detectors, "dissolve_spans": False, "histogram_evidence": False,
+            "transnet_gradual_only": False, **settings}
 
 
 CONFIGS = {
@@ -140,6 +141,9 @@ CONFIGS = {
     "adaptive+transnetv2 + dissolve spans": row(["adaptive", TN], **SPANS),
     "adaptive+histogram+transnetv2": row([*AH, TN]),
     "adaptive+histogram+transnetv2 + evidence + dissolve spans": row([*AH, TN], **EVIDENCE, **SPANS),
+    # TransNetV2 beside the default gives only its dissolves and fades (ingest/transnet_gradual.py)
+    "adaptive+histogram + evidence + dissolve spans + transnetv2 gradual": row([*AH, TN], transnet_gradual_only=True,
+                                                                               **EVIDENCE, **SPANS),
 }
 
 
@@ -156,6 +160,22 @@ def transnet_probabilities(path: str, cache: str) -> tuple[str, float]:
     return url, found.n_frames / (time.perf_counter() - t)
 
 
+def rendered(folder: str, sources: str | None, seed: int) -> dict:
+    """The footage's truth, rendered into ``folder`` unless an earlier run left it there (same seed)."""
+    saved = os.path.join(folder, "truth.json")
+    if os.path.exists(saved):
+        with open(saved) as f:
+            truth = json.load(f)
+        if truth.get("seed") == seed:
+            truth.pop("seed")
+            return truth
+    os.makedirs(folder, exist_ok=True)
+    truth = footage.build(folder, sources, seed)
+    with open(saved, "w") as f:
+        json.dump({**truth, "seed": seed}, f)
+    return truth
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", help="write the results as JSON here")
@@ -167,11 +187,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--only", nargs="*", help="run only these rows (names as in the table)")
     ap.add_argument("--seed", type=int, default=0, help="the edit's shuffle of takes and joins (0: the table's); "
                                                         "other seeds check that a change is not fitted to one edit")
+    ap.add_argument("--footage", help="render the footage into this folder, or reuse what an earlier run rendered "
+                                      "there (its truth.json): H.264 renders differ by a few bytes between runs, "
+                                      "so reusing them keeps TransNetV2's cached probabilities")
     a = ap.parse_args(argv)
-    tmp = tempfile.mkdtemp()
+    tmp = a.footage or tempfile.mkdtemp()
     os.makedirs(a.cache, exist_ok=True)
     t0 = time.perf_counter()
-    truth = footage.build(tmp, a.sources, a.seed)
+    truth = rendered(tmp, a.sources, a.seed)
     results: dict = {"build_s": round(time.perf_counter() - t0, 1), "seed": a.seed, "truth": truth, "detectors": {},
                      "loadavg_start": os.getloadavg()}
     probs, tn_fps = {}, []
@@ -201,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
     results["wall_s"] = round(time.perf_counter() - t0, 1)
     for t in truth.values():
         t.pop("path")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if not a.footage:
+        shutil.rmtree(tmp, ignore_errors=True)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(results, f, indent=1)

@@ -269,10 +269,12 @@ def scan_blends(thumbs: np.ndarray, shots: list[tuple[int, int]], s: BlendSettin
 
 
 def drop_blends(shots: list[tuple[int, int]], dropped: list[DroppedSegment], thumbs: np.ndarray, min_len: int,
-                s: BlendSettings = BlendSettings(), detail: np.ndarray | None = None,
+                s: BlendSettings = BlendSettings(), detail: np.ndarray | None = None, seen=None,
                 ) -> tuple[list[tuple[int, int]], list[DroppedSegment]]:
     """Shots without the blended frames around each boundary between two of them; the frames they lose
     become ``transition`` segments of detector ``dissolve`` (replacing dropped segments they contain).
+    ``seen(first, last)``: where a learned detector ran, whether it sees a transition there; a blend the
+    scan finds inside a shot (no detector cut) stays only where it does (a moving take can climb like one).
 
     A piece of a shot shorter than ``min_len`` left next to a span joins it (a sliver of a dissolve)."""
     from vidcorpus.ingest.transnet import exclude_spans
@@ -292,7 +294,8 @@ def drop_blends(shots: list[tuple[int, int]], dropped: list[DroppedSegment], thu
         if first <= b0 or last >= a1:  # it reaches into a shot
             spans.append((min(first, b0 + 1), max(last, a1 - 1)))
     if s.scan:
-        spans += [(a - s.margin, b + s.margin) for a, b in scan_blends(grey, shots, s, detail)]
+        spans += [(a - s.margin, b + s.margin) for a, b in scan_blends(grey, shots, s, detail)
+                  if seen is None or seen(a, b)]
         spans = _union(spans)
     if not spans:
         return shots, dropped

@@ -321,7 +321,8 @@ def segments_from(found: DetectorPass, cfg, fps: float, transnet: TransNetRun | 
         shots = transnet.exclude(shots, min_len)
         dropped += [DroppedSegment(a, b, TRANSITION, "transnetv2") for a, b in transnet.spans]
     if thumbs is not None and cfg.dissolve_spans:  # the blended frames around each cut leave the shots too
-        shots, dropped = drop_blends(shots, dropped, thumbs, min_len, blend_settings(cfg, fps), detail)
+        shots, dropped = drop_blends(shots, dropped, thumbs, min_len, blend_settings(cfg, fps), detail,
+                                     transnet.sees_transition if transnet else None)
     return ShotSplit(shots, dropped, total)
 
 

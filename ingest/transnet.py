@@ -93,7 +93,7 @@ def runs_here(split_cfg) -> bool:
     on CPU the model reads about 8 to 20 frames/s, the default detectors hundreds)."""
     if "transnetv2" in split_cfg.detectors:
         return True
-    if not split_cfg.transnet_on_gpu or split_cfg.transnet_device == "cpu":
+    if not split_cfg.transnet_on_gpu or split_cfg.transnet_device == "cpu" or split_cfg.backend != "pyav":
         return False
     import importlib.util
 
@@ -326,9 +326,10 @@ def load_probabilities(url: str) -> tuple[np.ndarray, np.ndarray, str]:
 
 def transitions_from_file(url: str, cfg) -> Transitions:
     """Re-decide a source's cuts with ``cfg``'s (split section) thresholds, without decoding it again."""
+    from vidcorpus.ingest.transnet_gradual import decide
+
     single, many, _ = load_probabilities(url)
-    return find_transitions(single, many, cfg.transnet_threshold, cfg.transnet_span_threshold,
-                            cfg.transnet_min_transition_frames)
+    return decide(single, many, cfg)
 
 
 @dataclass
@@ -342,6 +343,7 @@ class TransNetRun:
     probabilities_url: str | None = None
     transitions: Transitions | None = None
     spans: list[tuple[int, int]] = field(default_factory=list)
+    level: np.ndarray | None = None  # per frame, the larger of the two heads' probabilities
 
     @classmethod
     def for_source(cls, config, source_id: str) -> TransNetRun:
@@ -362,10 +364,23 @@ class TransNetRun:
         single, many = single[:total], many[:total]
         if self.probabilities_url:
             save_probabilities(self.probabilities_url, single, many, self.model)
-        c = self.cfg
-        self.transitions = find_transitions(single, many, c.transnet_threshold, c.transnet_span_threshold,
-                                            c.transnet_min_transition_frames)
+        return self.decide(single, many)
+
+    def decide(self, single: np.ndarray, many: np.ndarray) -> Transitions:
+        """The transitions in the source's probabilities (beside other detectors: gradual ones only)."""
+        from vidcorpus.ingest.transnet_gradual import decide  # (it builds on this module)
+
+        self.level = np.maximum(single, many)
+        self.transitions = decide(single, many, self.cfg)
         return self.transitions
+
+    def sees_transition(self, first: int, last: int) -> bool:
+        """Whether the model rates any of frames ``first..last`` above ``transnet_extent_threshold``: a
+        blend that no detector cut (the dissolve scan's) needs at least that from the learned detector."""
+        if self.level is None:
+            return True
+        part = self.level[max(0, first):last + 1]
+        return bool(len(part)) and float(part.max()) > self.cfg.transnet_extent_threshold
 
     def exclude(self, shots: list[tuple[int, int]], min_len: int) -> list[tuple[int, int]]:
         """Shots without the gradual transitions' frames (recorded in ``spans``)."""

