@@ -218,3 +218,53 @@ TABLES.append(Table("transnet_h100_threads_160x90",
                         Col("row", "row"), Col("frames/s", "fps", whole), Col("CPU ms a frame", "ms", "{:.2f}"),
                         Col("of decode-only (48x27)", "ratio", lambda v: "1" if v == 1 else f"{v:.2f}"),
                         Col("before the change (H100, same video)", "before")]))
+
+GRADUAL = DEFAULT + " + transnetv2 gradual"
+WITH_CUTS = "adaptive+histogram+transnetv2 + evidence + dissolve spans"
+LEARNED_DEFAULT = "adaptive+histogram (default: evidence + dissolve spans)"
+
+
+def _missed(entry: dict) -> str:
+    missed = [f"{kind} {frame}" for frame, kind in
+              entry["files"]["edit"]["missed_cuts"] + entry["files"]["unedited"]["missed_cuts"]]
+    return ", ".join(missed) or "-"
+
+
+def gradual_seed_rows(*files: dict) -> list[dict]:
+    """Seeds 0-3: the CPU default, TransNetV2 with its cuts too (before), TransNetV2 as gradual
+    evidence (after); then the 16 s edit. Files: after 0-3, before 0-3 (seed 0's from the pans run),
+    the 16 s edit's."""
+    after, before, learned = files[:4], files[4:8], files[8]
+    rows = []
+    for seed, (a, b) in enumerate(zip(after, before)):
+        for label, entry, bold in (
+                ("CPU default (adaptive+histogram + evidence + dissolve spans)" if seed == 0 else "CPU default",
+                 a["detectors"][DEFAULT], False),
+                ("+ TransNetV2, its cuts too (before)", b["detectors"][WITH_CUTS], False),
+                ("+ TransNetV2 gradual (after; GPU default)" if seed == 0 else "+ TransNetV2 gradual",
+                 a["detectors"][GRADUAL], True)):
+            s = entry["summary"]
+            rows.append({**s, "edit": str(seed), "row": f"**{label}**" if bold else label, "missed": _missed(entry),
+                         "_bold": ("hard-cut F1", "gradual recall", "false cuts/min",
+                                   "transition frames in shots") if bold else ()})
+    cpu, grad = learned["detectors"][LEARNED_DEFAULT], learned["detectors"]["adaptive+histogram+transnetv2 gradual"]
+    rows.append({"edit": "16 s edit", "row": "CPU default / + TransNetV2 gradual",
+                 "f1": f"{cpu['hard_f1']:.2f} / {grad['hard_f1']:.2f}",
+                 "gr": f"{cpu['gradual_recall']} / {grad['gradual_recall']}",
+                 "fc": f"{num(cpu['false_cuts_per_min'])} / {num(grad['false_cuts_per_min'])}",
+                 "inside": f"{pct(0)(cpu['transition_frames_inside'])} / {pct(0)(grad['transition_frames_inside'])}",
+                 "missed": " / ".join(", ".join(map(str, e["missed_cuts"])) or "-" for e in (cpu, grad))})
+    return rows
+
+
+TABLES.append(Table(
+    "shot_gradual_seeds",
+    [*(f"shot_wide_cpu_gradual_seed{i}.json" for i in range(4)), "shot_wide_cpu_pans_seed0.json",
+     *(f"shot_wide_cpu_before_gradual_seed{i}.json" for i in (1, 2, 3)), "shot_learned_cpu_gradual.json"],
+    compact=True, rows=gradual_seed_rows, columns=[
+        Col("edit (seed)", "edit"), Col("row", "row"),
+        Col("hard-cut F1", lambda r: r.get("f1") or dp3_min2(r["hard_f1"])),
+        Col("gradual recall", lambda r: r.get("gr") or dp2(r["gradual_recall"])),
+        Col("false cuts/min", lambda r: r.get("fc") or num(r["false_cuts_per_min_unedited"])),
+        Col("transition frames in shots", lambda r: r.get("inside") or pct(1)(r["transition_frames_inside"])),
+        Col("clean frames dropped", "clean_frames_dropped"), Col("missed cuts", "missed")]))
