@@ -1,15 +1,12 @@
-"""Catalog at 1 M and 10 M clips (issue 3): runs A (1 M, driver path) and D (10 M, direct SQL fill),
-run F through the driver, and reads while a run appends.
+"""Catalog at 10 M clips (issue 3): run F through the driver, and reads while a run appends.
 
-Runs B, C, D0 and E (2026-11-23) kept no raw results: the doc says what they showed in prose only.
+Runs A to E were measured before raw results were kept: their tables stay hand-written in the doc.
 """
 
 from __future__ import annotations
 
 from doc_tables.spec import Col, Table
 
-RUN_A = "catalog_1m_A_2026-12-06.json"
-RUN_D = "catalog_10m_D_2026-12-06.json"
 DRIVER = "catalog_10m_driver.json"
 CONCURRENT = "catalog_10m_concurrent.json"
 QUERIES = ["funnel", "funnel of one run", "audit (issue's question)", "recipe what-if", "wide: top kept clips",
@@ -67,53 +64,4 @@ TABLES = [
         Col("p95", "writes.p95_s", "{:.3f}"),
         Col("max", "writes.max_s", "{:.3f}"),
     ]),
-]
-
-
-RUN_LABELS = ["A: 1 M, driver path", "D: 10 M, direct SQL fill"]
-
-
-def _load(d: dict) -> str:
-    return f"{d['load_before'][0]:.1f} before, {d['load_after'][0]:.1f} after"
-
-
-def ad_runs(a: dict, d: dict) -> list[dict]:
-    return [{"run": label, "command": f"`{r['command'].removeprefix('python ')}`", "date": r["date"], "load": _load(r)}
-            for label, r in zip(RUN_LABELS, (a, d), strict=True)]
-
-
-def a_insert(a: dict) -> list[dict]:
-    commit = a["commit_64_clips_s"]
-    return [
-        {"what": "clips/s", "value": f"{a['clips_per_s']:,.0f}"},
-        {"what": "rows/s, all tables", "value": f"{a['rows_per_s']:,.0f}"},
-        {"what": "file", "value": f"{a['file_bytes'] / 1e9:.2f} GB ({a['bytes_per_clip']:,.0f} bytes per clip)"},
-        {"what": "peak RSS", "value": f"{a['peak_rss_mb'] / 1000:.1f} GB"},
-        {"what": "one runner-sized commit (64 clips) on the full file",
-         "value": f"{commit['held']:.2f} s held, {commit['open_per_commit']:.2f} s opening and closing the file"},
-    ]
-
-
-def _median(q: dict | None) -> str | None:
-    if q is None:
-        return None
-    if q.get("median_s") is None:
-        return f"> {q['timed_out_after_s']:g} (stopped)"
-    return f"{q['median_s']:.3f}"
-
-
-def ad_queries(a: dict, d: dict) -> list[dict]:
-    rows = [{"query": q, "a": _median(a["queries"][q]), "d": _median(d["queries"][q])} for q in QUERIES]
-    for key, label in REFERENCES.items():
-        rows.append({"query": label, "a": _median(a["queries"].get(key)),
-                     "d": _median(d["queries"].get(key)) or ("(no scores)" if d["direct"] else None)})
-    return rows
-
-
-TABLES += [
-    Table("catalog_ad_runs", [RUN_A, RUN_D], rows=ad_runs, columns=[
-        Col("run", "run"), Col("command", "command"), Col("date", "date"), Col("load (1 min)", "load")]),
-    Table("catalog_a_insert", [RUN_A], rows=a_insert, columns=[Col("", "what"), Col("A (1 M)", "value")]),
-    Table("catalog_ad_queries", [RUN_A, RUN_D], rows=ad_queries, columns=[
-        Col("query (median, s)", "query"), Col("A: 1 M", "a"), Col("D: 10 M", "d", missing="—")]),
 ]
