@@ -142,9 +142,10 @@ def cpu_stages(label: str, inputs: Path, work: Path, recipe: Path, pythonpath: s
     if proc.returncode != 0:
         raise SystemExit(f"{label} failed:\n{proc.stderr[-3000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
+    per_cpu_s = round(out["clips"] / out["cpu_seconds"], 3)
     out["stage_cpu_seconds"] = {k: round(v, 2) for k, v in out["stage_cpu_seconds"].items()}
     return {"run": label, **{k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()},
-            "clips_per_cpu_s": round(out["clips"] / out["cpu_seconds"], 3)}
+            "clips_per_cpu_s": per_cpu_s}
 
 
 def main() -> None:

@@ -43,7 +43,9 @@ def final_row(machine: str, call: int, r: dict, new_tokens: int) -> dict:
     base = r["default"]
     row = {"batch": whole(r["batch"]), "machine": machine, "peak_ref": fixed(1)(base["peak_gib"])}
     fast = r.get(FAST)
-    warm_ref = [f"{' and '.join(fixed(2)(x) for x in r['default_repeats_s'])} repeat"] if "default_repeats_s" in r else []
+    warm_ref = []
+    if "default_repeats_s" in r:
+        warm_ref.append(f"{' and '.join(fixed(2)(x) for x in r['default_repeats_s'])} repeat")
     stream = _stream(r, call)
     ref_stream = r["stream"]["default"]["s_per_batch"] if stream else None
     if ref_stream is not None:

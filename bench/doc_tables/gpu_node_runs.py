@@ -72,7 +72,8 @@ def runs_1_3(run1: dict, run3: dict) -> list[dict]:
               ("GPU first busy (the CLIP actor's first batch)", "first_busy"),
               ("GPU busy (200 ms samples) / mean utilisation", "busy"), ("process-tree RSS peak", "rss")]
     headline = {"sources", "hours", "captions", "rate"}  # run 3's figures the section is about
-    return [{"what": label, "a": a[key], "b": b[key], "_bold": ("run 3 (long sources in pieces)",) if key in headline else ()}
+    bold = ("run 3 (long sources in pieces)",)
+    return [{"what": label, "a": a[key], "b": b[key], "_bold": bold if key in headline else ()}
             for label, key in labels]
 
 
