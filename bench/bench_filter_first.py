@@ -29,6 +29,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from run_meta import finish_metadata, run_metadata  # bench/ is the script's directory, first on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_DIRS = ("ingest", "filters", "captioning", "shards", "catalog", "train")
@@ -117,11 +118,14 @@ cfg = load_config(None, [], workdir=work, inputs=[inputs], **{"filters.recipe": 
 stages = [s for s in pipeline_stages() if not s.resources.actor]  # the CPU stages, in the pipeline's order
 table = rows_to_table(read_inputs(cfg.inputs))
 t0, c0 = time.perf_counter(), time.process_time()
+stage_cpu = {}
 for s in stages:
+    c = time.process_time()
     table = s(cfg)(table)
+    stage_cpu[s.__name__] = time.process_time() - c
 rows = [r for r in table.to_pylist() if r.get("clip_id") and not r.get("error_class")]
 print(json.dumps({"stages": [s.__name__ for s in stages], "seconds": time.perf_counter() - t0,
-                  "cpu_seconds": time.process_time() - c0, "clips": len(rows),
+                  "cpu_seconds": time.process_time() - c0, "stage_cpu_seconds": stage_cpu, "clips": len(rows),
                   "kept": sum(bool(r.get("kept")) for r in rows), "encoded": sum(bool(r.get("clip_path")) for r in rows)}))
 """
 
@@ -138,8 +142,10 @@ def cpu_stages(label: str, inputs: Path, work: Path, recipe: Path, pythonpath: s
     if proc.returncode != 0:
         raise SystemExit(f"{label} failed:\n{proc.stderr[-3000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
+    per_cpu_s = round(out["clips"] / out["cpu_seconds"], 3)
+    out["stage_cpu_seconds"] = {k: round(v, 2) for k, v in out["stage_cpu_seconds"].items()}
     return {"run": label, **{k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()},
-            "clips_per_cpu_s": round(out["clips"] / out["cpu_seconds"], 3)}
+            "clips_per_cpu_s": per_cpu_s}
 
 
 def main() -> None:
@@ -154,6 +160,7 @@ def main() -> None:
                     help="only the in-process CPU stages (no Ray, no models): wall and CPU seconds")
     args = ap.parse_args()
 
+    meta = run_metadata()
     if args.before is None:  # the parent of the change's first commit (main has it merged by now)
         first = subprocess.run(["git", "-C", str(ROOT), "log", "--reverse", "--format=%H", "--grep",
                                 "^Filter before you encode"], capture_output=True, text=True, check=True).stdout.split()
@@ -179,8 +186,8 @@ def main() -> None:
     if args.cpu_stages_only:
         results = [cpu_stages(f"before ({rev})", inputs, base / "cpu-before", recipe, str(before_pkg)),
                    cpu_stages(f"after ({head})", inputs, base / "cpu-after", recipe, None)]
-        out = {"videos": args.videos, "shots_per_video": args.shots, "size": "640x360", "fps": 24,
-               "load_avg_1m": os.getloadavg()[0], "results": results,
+        out = {**finish_metadata(meta), "videos": args.videos, "shots_per_video": args.shots, "size": "640x360",
+               "fps": 24, "load_avg_1m": os.getloadavg()[0], "results": results,
                "cpu_speedup": round(results[0]["cpu_seconds"] / results[1]["cpu_seconds"], 2)}
         print(json.dumps(out, indent=2))
         if args.json:

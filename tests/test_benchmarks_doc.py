@@ -131,3 +131,17 @@ def test_rounding_follows_the_written_value():
     assert dp2(0.625) == "0.63" and dp2(0.765) == "0.77" and dp2(1.0) == "1.00"
     assert dp2_or_tie(0.945) == "0.945" and dp2_or_tie(0.776) == "0.78"
     assert whole(3162.5) == "3,163" and whole(7416.5) == "7,417" and whole(30011.9) == "30,012"
+
+
+def test_timeline_summaries_say_what_the_buckets_say():
+    """A summary cell is computed from the timeline, so a stray busy bucket after the busy phase shows."""
+    from doc_tables.gpu_node_runs import host_busy_phases
+    from doc_tables.train_compile import steady_rate
+
+    host = {"bucket_s": 30.0, "busy_pct_by_bucket": [29.0, 89.5, 99.0, 82.8, 50.7, 12.2, 8.3, 53.9]}
+    assert host_busy_phases(host) == "83 to 99% from 30 to 120 s, then 8 to 54% (median 31%)"
+    assert host_busy_phases({"bucket_s": 30.0, "busy_pct_by_bucket": [10.0, 20.0]}) == \
+        "under 80% in every bucket (median 15%)"
+    # the compile window and a late stall (under half the median) are left out of the steady rate
+    run = {"synthetic": {"windows": [{"samples_per_s": r} for r in (0.03, 7.6, 7.7, 7.65, 1.79)]}}
+    assert steady_rate(run) == pytest.approx(7.65)

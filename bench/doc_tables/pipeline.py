@@ -65,3 +65,27 @@ TABLES.append(Table("caption_stage_h100_run6", ["caption_stage_h100_run6.json"],
     Col("round", "round"), Col("clips (one stage call)", "rows"), Col("wall s", "wall_s", "{:.1f}"),
     Col("clips/s", "clips_per_s", "{:.1f}"), Col("main thread CPU s", "main_thread_cpu_s", "{:.1f}"),
     Col("GPU busy share", "gpu_busy_share", "{:.0%}")]))
+
+
+FILTER_FIRST_STAGES = "filter_first_cpu_stages_3videos_2026-12-06.json"
+STAGE_ROWS = [("split (PySceneDetect, scaled decode)", "SplitStage"),
+              ("extract (before: every shot; after: the kept ones)", "ExtractStage"),
+              ("technical (after: one decode of the source for technical, motion, stills and first frames)",
+               "TechnicalStage"),
+              ("motion", "MotionStage")]
+
+
+def filter_first_stage_rows(d: dict) -> list[dict]:
+    """CPU seconds of each CPU stage, before and after, in one process (bench_filter_first.py --cpu-stages-only)."""
+    before, after = d["results"]
+    rows = [{"stage": "code", "before": _short_run(before["run"]), "after": _short_run(after["run"])}]
+    for label, name in STAGE_ROWS:
+        rows.append({"stage": label, "before": f"{before['stage_cpu_seconds'][name]:.2f}",
+                     "after": f"{after['stage_cpu_seconds'][name]:.2f}"})
+    rows.append({"stage": "all CPU stages (download, probe and decide included)",
+                 "before": f"{before['cpu_seconds']:.2f}", "after": f"{after['cpu_seconds']:.2f}"})
+    return rows
+
+
+TABLES.append(Table("filter_first_stage_cpu", [FILTER_FIRST_STAGES], rows=filter_first_stage_rows, columns=[
+    Col("stage (CPU s)", "stage"), Col("before", "before"), Col("after", "after")]))
