@@ -18,6 +18,7 @@ from typing import ClassVar
 import fsspec
 import numpy as np
 
+from vidcorpus.config import Config
 from vidcorpus.errors import DecodeError
 from vidcorpus.ids import clip_id, image_clip_id
 from vidcorpus.ingest.segments import TRANSITION, DroppedSegment, ShotSplit, drop_transitions, trim_shots
@@ -28,6 +29,7 @@ from vidcorpus.ingest.scale_ahead import ScaleAhead
 from vidcorpus.ingest.thumbnail_jumps import thumbnail_jumps
 from vidcorpus.ingest.transnet import TransNetRun
 from vidcorpus.ingest.transnet import runs_here as transnet_runs_here
+from vidcorpus.ingest.transnet import wants_gpu as transnet_wants_gpu
 from vidcorpus.media import clockwise_rotation, displayed_size, upright_array
 from vidcorpus.stage import Resources, Stage
 
@@ -366,6 +368,15 @@ class SplitStage(Stage):
 
     name: ClassVar[str] = "split"
     resources: ClassVar[Resources] = Resources(cpus=0.5)
+    # GPU share of one split task when TransNetV2 runs in it: its windows take a few ms of the GPU per
+    # second of 720p video, and sixteen tasks at once must leave the model actors nearly all of it.
+    transnet_gpu_share: ClassVar[float] = 0.01
+
+    @classmethod
+    def resources_for(cls, config: Config) -> Resources:
+        if transnet_wants_gpu(config.split):
+            return cls.resources.model_copy(update={"gpus": cls.transnet_gpu_share})
+        return cls.resources
 
     def process_row(self, row: dict) -> list[dict]:
         if row["media_type"] == "image":

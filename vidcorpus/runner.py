@@ -243,7 +243,7 @@ def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSu
     gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 2.0)
     stream, captioning = split_stages(cfg)
     check_names(cfg, stream + captioning)
-    plans = resolve(stream + captioning, cfg, gpus)
+    plans = resolve(stream + captioning, cfg, gpus, cpus)
     cfg = pin_plans(cfg, plans)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = progress

@@ -46,6 +46,12 @@ class Stage:
         self.config = config
         self._ready = False
 
+    @classmethod
+    def resources_for(cls, config: Config) -> Resources:
+        """What one worker needs under this config; the runner plans from this (default: the class's
+        declaration). A stage whose needs follow a setting (a GPU only when a model runs) overrides it."""
+        return cls.resources
+
     def setup(self) -> None:
         """Load models and open clients; called once per worker before the first batch."""
 

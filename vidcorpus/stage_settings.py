@@ -13,6 +13,7 @@ GPU each would otherwise wait forever on a one-GPU machine. Without GPUs they ru
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from vidcorpus.config import Config, ConfigError
@@ -76,12 +77,15 @@ def check_switches(cfg: Config, recipe) -> None:
                           "compute: turn it on or use a recipe without CLIP or duplicate scores")
 
 
-def resolve(stages: list, cfg: Config, gpus_available: float) -> dict[type, StagePlan]:
-    """The plan of every stage class of a run on a cluster with this many GPUs."""
+def resolve(stages: list, cfg: Config, gpus_available: float, cpus_available: float | None = None
+            ) -> dict[type, StagePlan]:
+    """The plan of every stage class of a run on a cluster with this many GPUs (and CPUs: how many
+    tasks of a stage can run at once, for the GPU share its tasks may hold together)."""
     n_gpus = int(gpus_available)
+    cpus_available = cpus_available or float(os.cpu_count() or 1)
     declared: dict[type, dict] = {}
     for s in stages:
-        res = s.resources
+        res = s.resources_for(cfg)
         setting = cfg.stages.get(s.name)
         values = {"cpus": res.cpus, "gpus": res.gpus, "memory_mb": res.memory_mb,
                   "batch_rows": getattr(s, "batch_rows", None), "replicas": None}
@@ -89,13 +93,19 @@ def resolve(stages: list, cfg: Config, gpus_available: float) -> dict[type, Stag
             values.update({k: v for k, v in setting.model_dump().items() if v is not None})
         declared[s] = values
     gpu_stages = [s for s in stages if s.resources.actor and declared[s]["gpus"] > 0]
+    gpu_tasks = [s for s in stages if not s.resources.actor and declared[s]["gpus"] > 0]
+    # Tasks with a GPU share (split with TransNetV2) hold at most their share times the tasks that fit
+    # the CPUs; the actor pools get the rest, or a task could never be scheduled while they live.
+    reserved = sum(declared[s]["gpus"] * max(1.0, cpus_available / max(declared[s]["cpus"], 0.01))
+                   for s in gpu_tasks) / max(n_gpus, 1)
+    room = max(0.5, 1.0 - reserved)
     total = sum(declared[s]["gpus"] for s in gpu_stages)
-    scale = 1.0 / total if total > 1.0 else 1.0  # all GPU pools fit one GPU at once
+    scale = room / total if total > room else 1.0  # all GPU pools fit one GPU at once
     plans: dict[type, StagePlan] = {}
     for s in stages:
         v = declared[s]
-        on_gpu = n_gpus >= 1 and s in gpu_stages
-        gpus = round(v["gpus"] * scale, 6) if on_gpu else 0.0
+        on_gpu = n_gpus >= 1 and (s in gpu_stages or s in gpu_tasks)
+        gpus = round(v["gpus"] * (scale if s in gpu_stages else 1.0), 6) if on_gpu else 0.0
         defaults = GPU_BATCH_ROWS if on_gpu else CPU_BATCH_ROWS
         if v["batch_rows"] is None and getattr(s, "whole_blocks", False):
             batch = None
