@@ -83,7 +83,6 @@ _BMM_FP32_OUT: bool | None = None  # torch.bmm(out_dtype=float32) on this device
 def _probe_bmm_fp32(device: torch.device) -> None:
     """Answer "does torch.bmm take out_dtype=float32 for bf16 inputs here?" once, eagerly (a compiled
     step must not trace the try/except of the probe)."""
-    global _BMM_FP32_OUT
     if _BMM_FP32_OUT is None and device.type == "cuda":
         x = torch.zeros((1, 1, 8), dtype=torch.bfloat16, device=device)
         _scores_fp32(x.view(1, 1, 1, 8), x.view(1, 1, 1, 8))

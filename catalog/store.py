@@ -34,7 +34,6 @@ import pyarrow as pa
 from vidcorpus.catalog.schema import (
     FUNNEL_BY_RUN_SQL,
     FUNNEL_SQL,
-    LATEST_VERSION,
     MIGRATION_HOOKS,
     MIGRATIONS,
     check_scorer_name,
