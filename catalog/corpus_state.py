@@ -14,20 +14,16 @@ configured version, shards, and latents once the corpus uses the latent cache: `
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from vidcorpus.catalog.latent_state import LatentKeyInUse, latent_key_in_use, unencoded_clips
 from vidcorpus.catalog.schema import ACTIVE_RECIPE_SQL
+from vidcorpus.catalog.timestamps import utc_now
 
 if TYPE_CHECKING:  # pragma: no cover
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.filters.recipes import Recipe
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
 def _has_history(cat: "Catalog") -> bool:
@@ -61,7 +57,7 @@ def set_active_recipe(cat: "Catalog", recipe: "Recipe", origin: str, run_id: str
     seq = (history[-1]["seq"] + 1) if history else 1
     with cat.transaction() as con:
         con.execute("INSERT INTO recipe_history VALUES (?, ?, ?, ?, ?, ?)",
-                    [seq, recipe.id, digest, origin, run_id, _now()])
+                    [seq, recipe.id, digest, origin, run_id, utc_now()])
     return True
 
 
