@@ -129,12 +129,13 @@ def retention_curve(data, index: int, lo: float | None, hi: float | None,
         n = int(data.one(f"SELECT count(*) FROM report_clips WHERE {others}"))
         return xs, np.full(points, n if predicate_sql(data, pred) == "TRUE" else 0, dtype=float)
     keeps = (pred.missing or data.recipe.missing) == "keep"
-    up = "[" + ", ".join(repr(float(t)) for t in xs) + "]"
-    down = "[" + ", ".join(repr(-float(t)) for t in xs[::-1]) + "]"
+    up = [float(t) for t in xs]
+    down = [-float(t) for t in xs[::-1]]
     # DuckDB's histogram over bin boundaries counts x <= t (and -x <= -t: x >= t) at every threshold in one scan
     miss, at_most, at_least = data.con.execute(
-        f"SELECT count(*) FILTER (WHERE x IS NULL), histogram(x, {up}), histogram(-x, {down}) FROM "
-        f"(SELECT CASE WHEN NOT {_missing(col)} THEN {col} END AS x FROM report_clips WHERE {others})").fetchall()[0]
+        f"SELECT count(*) FILTER (WHERE x IS NULL), histogram(x, ?::DOUBLE[]), histogram(-x, ?::DOUBLE[]) FROM "
+        f"(SELECT CASE WHEN NOT {_missing(col)} THEN {col} END AS x FROM report_clips WHERE {others})",
+        [up, down]).fetchall()[0]
     le = np.cumsum([at_most.get(float(t), 0) for t in xs]) if at_most else np.zeros(points)
     ge = np.cumsum([at_least.get(-float(t), 0) for t in xs[::-1]])[::-1] if at_least else np.zeros(points)
     n = sum(at_most.values()) if at_most else 0  # every value present (the overflow bin too)
@@ -157,7 +158,7 @@ def near_threshold(data, pred, kept: bool, k: int) -> list[dict]:
     cond = "kept" if kept else "reason = ?"
     ids = [r[0] for r in data.con.execute(
         f"SELECT clip_id FROM report_clips WHERE {cond} AND {_finite(col)} ORDER BY abs({col} - ?), clip_id "
-        f"LIMIT {int(k)}", ([] if kept else [pred.failure()]) + [float(pred.value)]).fetchall()]
+        "LIMIT ?", ([] if kept else [pred.failure()]) + [float(pred.value), int(k)]).fetchall()]
     tiles = _tiles(data, ids, col)
     return [tiles[i] for i in ids]
 
