@@ -96,3 +96,16 @@ def test_quotes_semicolons_and_comments_in_a_source_a_recipe_and_a_label_come_ba
     assert "catalog consistent" in _vc(work, "catalog", "verify", "--deep")
     with Catalog(catalog, read_only=True) as cat:
         assert cat.verify(deep=True) == []
+
+
+def test_a_recipe_name_with_like_wildcards_matches_only_itself(tmp_path):
+    """``_`` and ``%`` in a recipe name are letters: its versions are found, not other recipes' (the
+    lookup once matched the name as a LIKE pattern)."""
+    with Catalog(tmp_path / "catalog.duckdb") as cat:
+        cat.record_decisions("r1", [{"clip_id": "c1", "recipe": "axb@1", "kept": True},
+                                    {"clip_id": "c2", "recipe": "a_b@1", "kept": True},
+                                    {"clip_id": "c3", "recipe": "100%@2", "kept": False},
+                                    {"clip_id": "c4", "recipe": "100 sure@1", "kept": False}])
+        assert cat.recipe_ids("a_b") == ["a_b@1"]
+        assert cat.recipe_ids("100%") == ["100%@2"]
+        assert cat.recipe_ids("a_b@1") == ["a_b@1"]
