@@ -133,30 +133,26 @@ def _scores(con, ids: list[str], present: set[str]) -> None:
     pivot = "".join(f", arg_max(value, written_at) FILTER (WHERE scorer = {name_literal(n)}) AS {ident(n)}"
                     for n in cols)
     sets = "".join(f", {ident(n)} = coalesce(b.{ident(n)}, clips_wide.{ident(n)})" for n in cols)
-    where, params = id_filter("clip_id", ids)
-    con.execute(f"UPDATE clips_wide SET scored = TRUE{sets} FROM (SELECT clip_id{pivot} FROM _rows "
-                f"GROUP BY clip_id) b WHERE clips_wide.clip_id = b.clip_id AND {where}", params)
+    _update_from_rows(con, ids, f"scored = TRUE{sets}", f"clip_id{pivot}")
 
 
 def _captions(con, ids: list[str], present: set[str]) -> None:
-    where, params = id_filter("clip_id", ids)
-    con.execute(
-        "UPDATE clips_wide SET caption = coalesce(b.caption, clips_wide.caption), "
+    """The latest long and short caption (a batch with only a short one keeps the long one)."""
+    _update_from_rows(
+        con, ids,
+        "caption = coalesce(b.caption, clips_wide.caption), "
         "short_caption = coalesce(b.short_caption, clips_wide.short_caption), caption_version = b.caption_version, "
-        "captioned = coalesce(b.caption, clips_wide.caption) IS NOT NULL "
-        "FROM (SELECT clip_id, arg_max(text, written_at) FILTER (WHERE kind = 'long') AS caption, "
+        "captioned = coalesce(b.caption, clips_wide.caption) IS NOT NULL",
+        "clip_id, arg_max(text, written_at) FILTER (WHERE kind = 'long') AS caption, "
         "arg_max(text, written_at) FILTER (WHERE kind = 'short') AS short_caption, "
-        "arg_max(version, written_at) AS caption_version FROM _rows GROUP BY clip_id) b "
-        f"WHERE clips_wide.clip_id = b.clip_id AND {where}", params)
+        "arg_max(version, written_at) AS caption_version")
 
 
 def _decisions(con, ids: list[str], present: set[str]) -> None:
-    where, params = id_filter("clip_id", ids)
-    con.execute(
-        "UPDATE clips_wide SET kept = b.kept, reason = b.reason, recipe = b.recipe "
-        "FROM (SELECT clip_id, arg_max(kept, decided_at) AS kept, arg_max_null(reason, decided_at) AS reason, "
-        "arg_max(recipe, decided_at) AS recipe FROM _rows GROUP BY clip_id) b "
-        f"WHERE clips_wide.clip_id = b.clip_id AND {where}", params)
+    _update_from_rows(
+        con, ids, "kept = b.kept, reason = b.reason, recipe = b.recipe",
+        "clip_id, arg_max(kept, decided_at) AS kept, arg_max_null(reason, decided_at) AS reason, "
+        "arg_max(recipe, decided_at) AS recipe")
 
 
 def _train_samples(con, ids: list[str], present: set[str]) -> None:
@@ -165,13 +161,19 @@ def _train_samples(con, ids: list[str], present: set[str]) -> None:
 
 
 def _shard_members(con, ids: list[str], present: set[str]) -> None:
+    _update_from_rows(con, ids, "shard_id = least(coalesce(clips_wide.shard_id, b.shard_id), b.shard_id)",
+                      "clip_id, min(shard_id) AS shard_id")
     where, params = id_filter("clip_id", ids)
-    con.execute(
-        "UPDATE clips_wide SET shard_id = least(coalesce(clips_wide.shard_id, b.shard_id), b.shard_id) "
-        "FROM (SELECT clip_id, min(shard_id) AS shard_id FROM _rows GROUP BY clip_id) b "
-        f"WHERE clips_wide.clip_id = b.clip_id AND {where}", params)
     con.execute(f"UPDATE clips_wide SET shard_url = s.url FROM shards s WHERE clips_wide.shard_id = s.shard_id "
                 f"AND {where} AND clips_wide.shard_url IS DISTINCT FROM s.url", params)
+
+
+def _update_from_rows(con, ids: list[str], sets: str, per_clip: str) -> None:
+    """``UPDATE clips_wide SET sets`` for the touched clips, from ``SELECT per_clip FROM _rows GROUP
+    BY clip_id`` (as ``b``: one row per clip of what was just written)."""
+    where, params = id_filter("clip_id", ids)
+    con.execute(f"UPDATE clips_wide SET {sets} FROM (SELECT {per_clip} FROM _rows GROUP BY clip_id) b "
+                f"WHERE clips_wide.clip_id = b.clip_id AND {where}", params)
 
 
 _CLIP_UPDATES: dict[str, Callable[..., None]] = {
