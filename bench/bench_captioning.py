@@ -120,7 +120,7 @@ def breakdown(model, cap, frames, device, compile_prefill: bool = False) -> dict
     with the packed attention alone, and in the static path's fast form (fast_prefill.py, with and
     without compiled blocks, with a kernel profile), and a one-token ``generate`` (vision + language
     prefill)."""
-    from vidcorpus.captioning.fast_decode import VARLEN_ATTENTION, _AttnSwitch, register_attention
+    from vidcorpus.captioning.decode_attention import VARLEN_ATTENTION, AttnSwitch, register_attention
     from vidcorpus.captioning.prompts import get_prompt
 
     register_attention()
@@ -163,7 +163,7 @@ def breakdown(model, cap, frames, device, compile_prefill: bool = False) -> dict
             gen1 = lambda: model.generate(**inputs, max_new_tokens=1, do_sample=False)  # noqa: E731
             out["generate_1_token_fast_prefill_s"] = timed(gen1)
             out["generate_1_token_fast_prefill_profile"] = kernel_profile(gen1, device, cpu=True)
-        with _AttnSwitch(model.config.vision_config, VARLEN_ATTENTION):
+        with AttnSwitch(model.config.vision_config, VARLEN_ATTENTION):
             out["vision_packed_s"] = timed(lambda: vision(pix, grid_thw=grid))
             out["generate_1_token_packed_vision_s"] = timed(
                 lambda: model.generate(**inputs, max_new_tokens=1, do_sample=False))

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import duckdb
 
+from vidcorpus.catalog import wide_table
 from vidcorpus.catalog.schema import wide_view_sql
 from vidcorpus.catalog.store import Catalog
 
@@ -257,7 +258,7 @@ def main() -> None:
     cat.con.execute(f"SET memory_limit = '{args.memory_limit}'")
     if args.direct:
         t = time.perf_counter()
-        cat._sync_wide_columns(cat.con, scorers)
+        wide_table.sync_columns(cat.con, scorers)
         _direct_load(cat.con, args.clips, scorers)
         if args.report:
             _direct_report_tables(cat.con, args.clips)

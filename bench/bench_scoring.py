@@ -238,7 +238,7 @@ def profile_worker(rows: list[dict], k: int, scale) -> dict:
     """CPU ms per clip of each step of a decode worker, in this process (one core): read + sha256,
     open (stream info probed without decoding) + demux, decoding the K frames without converting them,
     then with the RGB conversion, then with the scaler's resize to the model input (`scale`)."""
-    from vidcorpus.filters.clip_scores import read_clip
+    from vidcorpus.filters.clip_frames import read_clip
     from vidcorpus.frame_seek import decode_frames_seeking, open_video, to_rgb
     from vidcorpus.media import uniform_indices
 
@@ -271,7 +271,7 @@ def profile_worker(rows: list[dict], k: int, scale) -> dict:
 def check_hwaccel(rows: list[dict], k: int) -> dict:
     """NVDEC (KeyframeDecoder) against the CPU decoder on the same clips, in this process: identical
     frames?, and the CPU ms per clip of each (one core)."""
-    from vidcorpus.filters.clip_scores import read_clip
+    from vidcorpus.filters.clip_frames import read_clip
     from vidcorpus.frame_seek import KeyframeDecoder, decode_frames_seeking
     from vidcorpus.media import uniform_indices
 
@@ -308,7 +308,7 @@ def check_hwaccel(rows: list[dict], k: int) -> dict:
 
 def set_decode_scale(stage, on: bool) -> None:
     """Frames resized to the model's input by FFmpeg's scaler in the workers (on) or on the device."""
-    from vidcorpus.filters.clip_scores import ScaleToModel
+    from vidcorpus.filters.clip_frames import ScaleToModel
 
     import open_clip
 
@@ -332,7 +332,7 @@ def bench_cpu_scorers(rows: list[dict], n_frames: int, repeat: int) -> dict:
     cv2.setNumThreads(1)
     cfg = load_config(None, [])
     out = {}
-    from vidcorpus.filters.clip_scores import decode_wanted
+    from vidcorpus.filters.clip_frames import decode_wanted
 
     best = 0.0  # reference: decoding every frame of the same clips, one thread, nothing else
     for _ in range(repeat):
@@ -485,7 +485,7 @@ def main() -> None:
                   f"frames; decode-only {json.dumps(dec)}", flush=True)
         if a.sweep_workers:
             rows = rows_for(clip_sets[first], first, 24, a.width, a.height, False)
-            from vidcorpus.filters.clip_scores import ScaleToModel
+            from vidcorpus.filters.clip_frames import ScaleToModel
 
             pre = __import__("open_clip").get_model_preprocess_cfg(stage.model)
             result["worker_profile"] = profile_worker(rows[:64], a.k, ScaleToModel(

@@ -40,6 +40,7 @@ RECIPE = "name: bench\nversion: '1'\nmissing: keep\npredicates:\n  - {score: aes
 def build(db: Path, n: int, scorers: list[str], score_rows: bool = True) -> float:
     """Fill the catalog; ``score_rows=False`` leaves out the long scores table (15 rows per clip), which
     no page of the server reads (scores come from clips_wide): what makes a 10 M build fit in minutes."""
+    from vidcorpus.catalog import wide_table
     from vidcorpus.catalog.corpus_state import set_active_recipe
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.filters.recipes import recipe_from_text
@@ -51,7 +52,7 @@ def build(db: Path, n: int, scorers: list[str], score_rows: bool = True) -> floa
     cat = Catalog(db)
     con = cat.con
     con.execute("SET threads = 2")
-    cat._sync_wide_columns(con, scorers)
+    wide_table.sync_columns(con, scorers)
     _direct_load(con, n, scorers)
     con.execute("INSERT INTO clips BY NAME SELECT clip_id, source_id, media_type, first_frame, last_frame, start_s, "
                 "end_s, duration_s, n_frames, fps, width, height, clip_path, first_frame_path, run_id, updated_at, "

@@ -80,7 +80,8 @@ def main() -> None:
     ap.add_argument("--skip-eager-step", action="store_true", help="profile only the compiled decoding step")
     ap.add_argument("--skip-decode", action="store_true", help="profile only the prefill")
     args = ap.parse_args()
-    from vidcorpus.captioning.fast_decode import VARLEN_ATTENTION, GraphDecoder, register_attention
+    from vidcorpus.captioning.decode_attention import VARLEN_ATTENTION, register_attention
+    from vidcorpus.captioning.fast_decode import GraphDecoder
     from vidcorpus.captioning.fast_prefill import FastPrefill, _on_cpu
     from vidcorpus.captioning.models import Captioner
     from vidcorpus.captioning.prompts import get_prompt
@@ -140,7 +141,7 @@ def main() -> None:
 
         vision = model.model.visual
         pix, grid = inputs["pixel_values_videos"], inputs["video_grid_thw"]
-        import vidcorpus.captioning.fast_prefill as fp
+        import vidcorpus.captioning.fused_blocks as fp
 
         with dec.fast_prefill:
             for aligned in (False, True):  # the vision MLP as transformers' three products, then aligned

@@ -20,16 +20,7 @@ mostly waits). This decoder keeps the model and its numbers and removes that ove
    ``torch.compile``d function, compiled in the warm-up before the capture: the graph then replays
    fused kernels (at batch 512 on an H100, 659 instead of 1,805 kernels a step, 11 instead of 15.7 ms).
 
-Two attention kernels make the captured step and the prefill cheap without changing the maths:
-
-- ``gqa_decode_attention`` (decoding steps): grouped-query attention as one batched matmul per KV
-  head group, so each step reads the KV cache once; transformers' SDPA path with a padding mask
-  first copies K and V once per query head (``repeat_kv``: 8x the bytes for Qwen2.5-VL-3B).
-- ``varlen_sdpa`` (the vision tower, during this path's prefill only): Qwen-VL vision attention
-  without flash-attn runs one SDPA call per window and frame from a Python loop (about 450 calls
-  per clip and forward for 8 frames at 224 px); this gathers the windows of equal length into one
-  batched SDPA call. It is registered under a name containing "flash" because that is what makes
-  the vision code pass ``cu_seqlens`` instead of looping.
+The two attention kernels it switches on are in ``decode_attention.py``.
 
 Graphs are cached per (batch, buffer length, position layout); the least recently used is dropped.
 """
@@ -37,193 +28,22 @@ Graphs are cached per (batch, buffer length, position layout); the least recentl
 from __future__ import annotations
 
 import contextlib
-import functools
+import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 
+from vidcorpus.captioning.decode_attention import (DECODE_ATTENTION, VARLEN_ATTENTION, AttnSwitch, cache_kwarg,
+                                                  padding_lengths, penalty_skips_padding, probe_bmm_fp32,
+                                                  register_attention)
+from vidcorpus.captioning.oom import is_oom
+
 try:  # subclass transformers' Cache so type checks in model code accept ours
     from transformers.cache_utils import Cache as _CacheBase
 except ImportError:  # pragma: no cover
     _CacheBase = object
-
-
-DECODE_ATTENTION = "vidcorpus_gqa_decode"
-VARLEN_ATTENTION = "vidcorpus_flash_varlen_sdpa"  # "flash" in the name: see the module docstring
-
-
-def _sdpa(*args, **kwargs):
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    return sdpa_attention_forward(*args, **kwargs)
-
-
-def gqa_decode_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                         is_causal=None, **kwargs):
-    """One-token attention over a static cache, KV heads read once. query (B, H, 1, D); key/value
-    (B, KVH, M, D); attention_mask (B, 1, 1, M) bool (True: attend). Returns (B, 1, H, D)."""
-    b, h, q, d = query.shape
-    kvh = key.shape[1]
-    if q != 1 or attention_mask is None or attention_mask.dtype != torch.bool or h % kvh:
-        return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                     is_causal=is_causal, **kwargs)
-    scale = scaling if scaling is not None else d ** -0.5
-    grouped = query.reshape(b, kvh, h // kvh, d)  # query head j uses KV head j // (h // kvh), as repeat_kv
-    scores = _scores_fp32(grouped, key) * scale  # (B, KVH, G, M), float32 like SDPA kernels keep them
-    scores = scores.masked_fill(~attention_mask[:, :, 0, :].unsqueeze(2), float("-inf"))
-    probs = torch.softmax(scores, dim=-1).to(value.dtype)
-    out = torch.matmul(probs, value)  # (B, KVH, G, D)
-    return out.reshape(b, h, 1, d).transpose(1, 2).contiguous(), None
-
-
-_BMM_FP32_OUT: bool | None = None  # torch.bmm(out_dtype=float32) on this device: probed once
-
-
-def _probe_bmm_fp32(device: torch.device) -> None:
-    """Answer "does torch.bmm take out_dtype=float32 for bf16 inputs here?" once, eagerly (a compiled
-    step must not trace the try/except of the probe)."""
-    global _BMM_FP32_OUT
-    if _BMM_FP32_OUT is None and device.type == "cuda":
-        x = torch.zeros((1, 1, 8), dtype=torch.bfloat16, device=device)
-        _scores_fp32(x.view(1, 1, 1, 8), x.view(1, 1, 1, 8))
-
-
-def _scores_fp32(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """q @ k^T with float32 output from bf16/fp16 inputs without upcasting K (that would double the
-    bytes read); the first call (a warm-up step, never inside a graph capture) probes support."""
-    global _BMM_FP32_OUT
-    b, kvh, g, d = q.shape
-
-    def bmm_fp32():
-        return torch.bmm(q.reshape(b * kvh, g, d), k.reshape(b * kvh, -1, d).transpose(1, 2),
-                         out_dtype=torch.float32).view(b, kvh, g, -1)
-
-    if q.dtype in (torch.bfloat16, torch.float16) and q.is_cuda:
-        if _BMM_FP32_OUT:  # known to work (the only branch a compiled step traces, after _probe_bmm_fp32)
-            return bmm_fp32()
-        if _BMM_FP32_OUT is None:
-            try:
-                out = bmm_fp32()
-                _BMM_FP32_OUT = True
-                return out
-            except (TypeError, RuntimeError, NotImplementedError):
-                _BMM_FP32_OUT = False
-    return torch.matmul(q, k.transpose(-1, -2)).float()
-
-
-def varlen_sdpa(module, query, key, value, attention_mask=None, dropout: float = 0.0, scaling=None,
-                is_causal=None, cu_seq_lens_q=None, cu_seq_lens_k=None, **kwargs):
-    """Packed variable-length attention (what flash-attn's varlen kernel does) with torch's SDPA:
-    segments of equal length go through one batched call. query/key/value (1, H, S, D)."""
-    kwargs.pop("max_length_q", None), kwargs.pop("max_length_k", None)
-    if cu_seq_lens_q is None or query.shape[0] != 1 or (
-            cu_seq_lens_k is not None and not torch.equal(cu_seq_lens_q, cu_seq_lens_k)):
-        return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                     is_causal=is_causal, **kwargs)
-    cu = cu_seq_lens_q.to(query.device)
-    starts, lengths = cu[:-1], cu[1:] - cu[:-1]
-    q0, k0, v0 = query[0], key[0], value[0]
-    uniform = _uniform_segments(cu, q0.shape[1])
-    if uniform:  # back-to-back segments of one length (every window of a 224 px frame): views, no copies
-        n, length = uniform
-
-        def split(t):  # (H, S, D) -> (n, H, length, D), a view
-            return t.view(t.shape[0], n, length, t.shape[2]).transpose(0, 1)
-
-        o = torch.nn.functional.scaled_dot_product_attention(
-            split(q0), split(k0), split(v0), dropout_p=0.0, is_causal=bool(is_causal), scale=scaling)
-        return o.transpose(1, 2).reshape(1, -1, o.shape[1], o.shape[3]), None  # (1, S, H, D)
-    out = torch.empty_like(query[0])  # (H, S, D)
-    for length in torch.unique(lengths).tolist():
-        if length == 0:
-            continue
-        seg = starts[lengths == length]
-        idx = (seg[:, None] + torch.arange(length, device=query.device)).reshape(-1)
-        n = seg.numel()
-
-        def gather(t):  # (H, S, D) -> (n, H, length, D)
-            return t.index_select(1, idx).view(t.shape[0], n, length, t.shape[2]).transpose(0, 1)
-
-        o = torch.nn.functional.scaled_dot_product_attention(
-            gather(q0), gather(k0), gather(v0), dropout_p=0.0, is_causal=bool(is_causal), scale=scaling)
-        out.index_copy_(1, idx, o.transpose(0, 1).reshape(out.shape[0], -1, out.shape[2]))
-    return out.unsqueeze(0).transpose(1, 2).contiguous(), None
-
-
-def _uniform_segments(cu: torch.Tensor, total: int) -> tuple[int, int] | None:
-    """(n, length) when the cumulative lengths ``cu`` cut [0, total) into n segments of one length."""
-    n = cu.numel() - 1
-    if n < 1 or total % n:
-        return None
-    length = total // n
-    expected = torch.arange(0, total + 1, length, device=cu.device, dtype=cu.dtype)
-    return (n, length) if length > 0 and torch.equal(cu, expected) else None
-
-
-def cache_kwarg(forward) -> str:
-    """The name under which ``forward`` (a transformers layer or model forward) takes its KV cache:
-    ``cache`` from transformers 5.25 on, ``past_key_values`` before (5.25 still accepts the old name
-    with a deprecation warning on every call, and a layer called by the old name inside a model that
-    passes the new one would get no cache at all)."""
-    import inspect
-
-    try:
-        params = inspect.signature(forward).parameters
-    except (TypeError, ValueError):
-        return "past_key_values"
-    return "cache" if "cache" in params else "past_key_values"
-
-
-@functools.cache
-def penalty_skips_padding() -> bool:
-    """Whether the installed ``generate`` leaves each row's left padding out of the repetition penalty
-    (transformers 5 passes ``prompt_ignore_length`` = the padding lengths); the static path and the
-    probe do as it does."""
-    import inspect
-
-    from transformers.generation.utils import GenerationMixin
-
-    try:
-        return "prompt_ignore_length=padding_lengths" in inspect.getsource(GenerationMixin._get_logits_processor)
-    except (OSError, TypeError, AttributeError):
-        return False
-
-
-def padding_lengths(mask: torch.Tensor) -> torch.Tensor:
-    """Leading padding of each left-padded row (what generate computes for the penalty)."""
-    return (mask != 0).int().argmax(dim=1)
-
-
-def pop_cache(kwargs: dict):
-    """Remove the KV cache from forward keyword arguments under either of its names and return it."""
-    cache, legacy = kwargs.pop("cache", None), kwargs.pop("past_key_values", None)
-    return cache if cache is not None else legacy
-
-
-def register_attention() -> None:
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(DECODE_ATTENTION, gqa_decode_attention)
-    AttentionInterface.register(VARLEN_ATTENTION, varlen_sdpa)
-
-
-class _AttnSwitch:
-    """Use another registered attention implementation on one (sub)config for a while."""
-
-    def __init__(self, config, name: str | None):
-        self.config, self.name, self.old = config, name, None
-
-    def __enter__(self):
-        if self.config is not None and self.name:
-            self.old = self.config._attn_implementation
-            self.config._attn_implementation = self.name
-        return self
-
-    def __exit__(self, *exc):
-        if self.config is not None and self.name:
-            self.config._attn_implementation = self.old
-        return False
 
 
 class StaticKV(_CacheBase):
@@ -290,6 +110,23 @@ def supports_graph_decode(model) -> bool:
     return model.get_output_embeddings() is not None and hasattr(lm, "layers")
 
 
+def _cache_layers(res) -> list:
+    """The per-layer key/value tensors of ``generate``'s cache."""
+    cache = res["cache"] if "cache" in res else res.past_key_values  # renamed in transformers 5.25
+    layers = cache.layers if hasattr(cache, "layers") else None
+    if layers is None:
+        raise RuntimeError("graph decoding needs transformers >= 4.56 caches (past_key_values.layers)")
+    return layers
+
+
+def _padded_after_eos(out: torch.Tensor, eos: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Like generate: everything after a row's first EOS is padding (in place)."""
+    ended = torch.isin(out, eos).long().cumsum(1)
+    after = (ended - torch.isin(out, eos).long()) > 0
+    out[after] = pad_id
+    return out
+
+
 class GraphDecoder:
     """Greedy decoding with a static KV cache; the decoding step is a CUDA graph on GPUs."""
 
@@ -337,41 +174,11 @@ class GraphDecoder:
     def generate(self, inputs: dict, max_new_tokens: int, min_new_tokens: int, eos_ids: list[int],
                  pad_id: int, repetition_penalty: float = 1.0, **generate_kwargs) -> torch.Tensor:
         """Generated token ids (B, n <= max_new_tokens), padded with ``pad_id`` after an EOS."""
-        import time
-
         t0 = time.perf_counter()
         prompt_len = inputs["input_ids"].shape[1]
         first = min(2, max_new_tokens)
-        recorded: list[dict] = []
-
-        def hook(_module, args, kwargs):
-            recorded.append({"position_ids": kwargs.get("position_ids")})
-
-        def prefill():
-            recorded.clear()
-            with self.fast_prefill or contextlib.nullcontext():
-                return self.model.generate(
-                    **inputs, max_new_tokens=first, min_new_tokens=min(min_new_tokens, first), do_sample=False,
-                    num_beams=1, repetition_penalty=repetition_penalty, return_dict_in_generate=True,
-                    eos_token_id=eos_ids, pad_token_id=pad_id, **generate_kwargs)
-
-        handle = self.lm.register_forward_pre_hook(hook, with_kwargs=True)
-        try:
-            try:
-                res = prefill()
-            except Exception as exc:  # noqa: BLE001 - a compile failure costs the compile, not this path
-                from vidcorpus.captioning.models import _is_oom
-
-                if not (self.fast_prefill and self.fast_prefill.compiles) or _is_oom(exc):
-                    raise
-                import warnings
-
-                warnings.warn(f"compiled prefill failed ({exc!r}); prefilling uncompiled from now on",
-                              RuntimeWarning, stacklevel=2)
-                self.fast_prefill.disable_compile()
-                res = prefill()
-        finally:
-            handle.remove()
+        res, recorded = self._prefill(inputs, first, min(min_new_tokens, first), eos_ids, pad_id, repetition_penalty,
+                                      generate_kwargs)
         new = res.sequences[:, prompt_len:]
         self._sync()
         t1 = time.perf_counter()
@@ -381,24 +188,75 @@ class GraphDecoder:
             return new  # every row already ended (or nothing more to generate)
         if len(recorded) < 2 or recorded[1]["position_ids"] is None:
             raise RuntimeError("graph decoding: could not record the decoding step's position ids")
-
-        batch = new.shape[0]
         pos2 = recorded[1]["position_ids"].to(self.device)  # positions of the token at cache index L
-        cache = res["cache"] if "cache" in res else res.past_key_values  # renamed in transformers 5.25
-        layers = cache.layers if hasattr(cache, "layers") else None
-        if layers is None:
-            raise RuntimeError("graph decoding needs transformers >= 4.56 caches (past_key_values.layers)")
-        length = -(-(prompt_len + max_new_tokens) // self.bucket) * self.bucket
+        layers = _cache_layers(res)
+        slot = self._slot_for(layers, new.shape[0], prompt_len + max_new_tokens, pos2, max_new_tokens,
+                              repetition_penalty, eos)
+        self._load(slot, layers, inputs, res, new, pos2, min_new_tokens, pad_id)
+        t2 = time.perf_counter()
+        if self.use_graph and slot.graph is None:
+            self._capture(slot, repetition_penalty, prompt_len, new)
+        t3 = time.perf_counter()
+        steps = self._run_steps(slot, max_new_tokens - 2, eos, repetition_penalty)
+        out = _padded_after_eos(slot.out[:, :steps + 2].clone(), eos, pad_id)
+        self._sync()
+        t4 = time.perf_counter()
+        self.last_stats.update(decode_s=t4 - t3, capture_s=t3 - t2, steps=steps + 1,
+                               graph=slot.graph is not None)
+        return out
+
+    # -- the pieces of a call ------------------------------------------------------------------------
+    def _prefill(self, inputs: dict, first: int, min_first: int, eos_ids: list[int], pad_id: int, rp: float,
+                 generate_kwargs: dict):
+        """The model's own ``generate`` for the first ``first`` tokens, recording the position ids of
+        the language model's calls (the second is the one decoding step it makes). A compiled prefill
+        that fails is switched off and the prefill done again uncompiled (an out-of-memory is raised)."""
+        recorded: list[dict] = []
+
+        def hook(_module, args, kwargs):
+            recorded.append({"position_ids": kwargs.get("position_ids")})
+
+        def prefill():
+            recorded.clear()
+            with self.fast_prefill or contextlib.nullcontext():
+                return self.model.generate(
+                    **inputs, max_new_tokens=first, min_new_tokens=min_first, do_sample=False,
+                    num_beams=1, repetition_penalty=rp, return_dict_in_generate=True,
+                    eos_token_id=eos_ids, pad_token_id=pad_id, **generate_kwargs)
+
+        handle = self.lm.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            try:
+                return prefill(), recorded
+            except Exception as exc:  # noqa: BLE001 - a compile failure costs the compile, not this path
+                if not (self.fast_prefill and self.fast_prefill.compiles) or is_oom(exc):
+                    raise
+                warnings.warn(f"compiled prefill failed ({exc!r}); prefilling uncompiled from now on",
+                              RuntimeWarning, stacklevel=3)
+                self.fast_prefill.disable_compile()
+                return prefill(), recorded
+        finally:
+            handle.remove()
+
+    def _slot_for(self, layers, batch: int, needed: int, pos2: torch.Tensor, max_new_tokens: int, rp: float,
+                  eos: torch.Tensor) -> _Slot:
+        """The cached slot (and graph) for this call's shape, or a new one; least recently used dropped."""
+        length = -(-needed // self.bucket) * self.bucket
         # everything a captured step bakes in is in the key (the penalty's value is a constant of the graph)
-        key = (batch, length, tuple(pos2.shape), float(repetition_penalty), max_new_tokens, tuple(eos.tolist()))
+        key = (batch, length, tuple(pos2.shape), float(rp), max_new_tokens, tuple(eos.tolist()))
         slot = self.slots.pop(key, None)
         if slot is None:
             while len(self.slots) >= self.max_graphs:
                 self.slots.popitem(last=False)
-            slot = self._new_slot(layers, batch, length, pos2, max_new_tokens, repetition_penalty, eos)
+            slot = self._new_slot(layers, batch, length, pos2, max_new_tokens, rp, eos)
         self.slots[key] = slot  # most recently used last
+        return slot
 
-        # load this call's state into the slot's fixed tensors
+    def _load(self, slot: _Slot, layers, inputs: dict, res, new: torch.Tensor, pos2: torch.Tensor,
+              min_new_tokens: int, pad_id: int) -> None:
+        """Load this call's state into the slot's fixed tensors: the prefill's KV cache, the prompt
+        mask, positions, the first two tokens, and the tokens the repetition penalty has seen."""
+        prompt_len = inputs["input_ids"].shape[1]
         filled = prompt_len + 1  # the prompt and token 1 are in the prefill cache
         for i, layer in enumerate(layers):
             slot.cache.keys[i][:, :, :filled].copy_(layer.keys[:, :, :filled])
@@ -422,30 +280,18 @@ class GraphDecoder:
             slot.seen.copy_(seen.scatter_(1, ids, True)[:, :vocab])
         self._reset(slot, prompt_len, new)
 
-        t2 = time.perf_counter()
-        if self.use_graph and slot.graph is None:
-            self._capture(slot, repetition_penalty, prompt_len, new)
-        t3 = time.perf_counter()
-        steps = max_new_tokens - 2
+    def _run_steps(self, slot: _Slot, steps: int, eos: torch.Tensor, rp: float) -> int:
+        """Replay (or run) the step up to ``steps`` times; stops early once every row has an EOS
+        (checked every ``check_every`` steps, the only host sync). Returns the steps run."""
         for s in range(steps):
             if slot.graph is not None:
                 slot.graph.replay()
             else:
-                self._step(slot, repetition_penalty)
+                self._step(slot, rp)
             if (s + 1) % self.check_every == 0 and s + 1 < steps:
                 if torch.isin(slot.out[:, :s + 3], eos).any(1).all():  # one sync every check_every steps
-                    steps = s + 1
-                    break
-        out = slot.out[:, :steps + 2].clone()
-        # like generate: everything after a row's first EOS is padding
-        ended = torch.isin(out, eos).long().cumsum(1)
-        after = (ended - torch.isin(out, eos).long()) > 0
-        out[after] = pad_id
-        self._sync()
-        t4 = time.perf_counter()
-        self.last_stats.update(decode_s=t4 - t3, capture_s=t3 - t2, steps=steps + 1,
-                               graph=slot.graph is not None)
-        return out
+                    return s + 1
+        return steps
 
     # -- internals ----------------------------------------------------------------------------------
     def _sync(self) -> None:
@@ -485,12 +331,12 @@ class GraphDecoder:
 
         A captured graph replays with the memory of every tensor it read at capture: so the step reads
         only the slot's own tensors and the model's weights, never a tensor made per call."""
-        with _AttnSwitch(self.lm.config, self.decode_attention):
+        with AttnSwitch(self.lm.config, self.decode_attention):
             if not self.compile_decode:
                 return self._step_core(slot, rp)
             from vidcorpus.captioning.fast_prefill import _recompile_limit_patch
 
-            _probe_bmm_fp32(self.device)  # eagerly, before tracing: the compiled step reads the answer
+            probe_bmm_fp32(self.device)  # eagerly, before tracing: the compiled step reads the answer
             limit = _recompile_limit_patch(64)  # penalties and shapes of a long job; only around this call
             try:
                 if self._compiled_step is None:
@@ -506,8 +352,6 @@ class GraphDecoder:
                 # failed attempt has already spoiled.
                 if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
                     raise
-                import warnings
-
                 warnings.warn(f"compiled decoding step failed ({exc!r}); decoding uncompiled from now on",
                               RuntimeWarning, stacklevel=2)
                 self.compile_decode, self._compiled_step = False, None

@@ -4,7 +4,7 @@ At large batches the prefill, not decoding, bounds captioning (issue 6's benchma
 an H100 the static path spent 7.1 s prefilling and 1.0 s decoding 62 tokens). Inside
 ``FastPrefill`` (entered by ``GraphDecoder`` around its prefill ``generate``):
 
-- the vision attention goes through ``varlen_sdpa`` (fast_decode.py): one batched SDPA call over
+- the vision attention goes through ``varlen_sdpa`` (decode_attention.py): one batched SDPA call over
   the windows instead of transformers' per-window loop;
 - the vision patch embedding, a Conv3d whose kernel equals its stride (every output sees exactly one
   patch), runs as the matrix product it is: the flattened (C, T, P, P) patches times the flattened
@@ -14,10 +14,10 @@ an H100 the static path spent 7.1 s prefilling and 1.0 s decoding 62 tokens). In
   moved back (the pixel values it is also handed, 1.2 GB at batch 512, stay where they are: it never
   reads them); when all rows are alike (clips of one size) it runs for one row, copied to the rest;
 - with ``compile=True`` (``captioning.compile_prefill``), compiled graphs: a vision block whose
-  attention windows are all of one length is one graph, attention included (``_vision_block_segments``;
+  attention windows are all of one length is one graph, attention included (``vision_block_segments``;
   its MLP's gate and up as one product of a 16-byte aligned width), and each language-model layer runs
   as a graph before its attention and one after it, transformers' cache update and attention between
-  them (``_lm_before_attention``/``_lm_after_attention``: no layer index inside, so one graph serves
+  them (``lm_before_attention``/``lm_after_attention``: no layer index inside, so one graph serves
   every layer). Other modules are compiled as they are. That fuses the float32 rotary embedding, the
   norms' upcasts, the gated activations and residual adds, each otherwise one memory pass. Cost on an
   H100: seconds of compile per batch shape; it pays from batch 64 up, not at batch 1. If compiling
@@ -34,6 +34,11 @@ from __future__ import annotations
 import contextlib
 
 import torch
+
+from vidcorpus.captioning.decode_attention import AttnSwitch
+from vidcorpus.captioning.fused_blocks import (Segments, fusable_lm_layer, fusable_vision_block, lm_after_attention,
+                                               lm_before_attention, lm_layer_forward, vision_block_forward,
+                                               vision_block_segments)
 
 
 def _linear_patch_embed(embed):
@@ -145,181 +150,6 @@ def _recompile_limit_patch(limit: int):
     return None
 
 
-def _transformers_fn(module: torch.nn.Module, name: str):
-    """A function of the transformers modeling file that defines ``module``'s class (the model's own
-    rotary maths, say), or None."""
-    import sys
-
-    return getattr(sys.modules.get(type(module).__module__), name, None)
-
-
-def _gated_mlp_aligned(mlp, x: torch.Tensor) -> torch.Tensor:
-    """``down(act(gate(x)) * up(x))`` with gate and up as one matrix product and the intermediate width
-    zero-padded to a multiple of 8 (16 bytes in bf16). Qwen2.5-VL's vision MLP is 3420 wide: its rows
-    are not 16-byte aligned, which costs each of its GEMMs a copy at batch 512 (the padded columns
-    are silu(0) * 0 = 0 and meet zero weights: the same sums)."""
-    gate, up, down = mlp.gate_proj, mlp.up_proj, mlp.down_proj
-    width = gate.weight.shape[0]
-    pad = -width % 8
-    f = torch.nn.functional
-
-    def rows(t):  # pad a weight's rows (or a bias) to the aligned width
-        return f.pad(t, (0, 0, 0, pad)) if t.dim() == 2 else f.pad(t, (0, pad))
-
-    weight = torch.cat([rows(gate.weight), rows(up.weight)])
-    bias = torch.cat([rows(gate.bias), rows(up.bias)]) if gate.bias is not None and up.bias is not None else None
-    g, u = f.linear(x, weight, bias).split(width + pad, dim=-1)
-    return f.linear(mlp.act_fn(g) * u, f.pad(down.weight, (0, pad)), down.bias)
-
-
-def _fusable_mlp(mlp) -> bool:
-    return (_has(mlp, "gate_proj", "up_proj", "down_proj", "act_fn")
-            and (mlp.gate_proj.bias is None) == (mlp.up_proj.bias is None))
-
-
-ALIGNED_VISION_MLP = True  # the vision MLP through _gated_mlp_aligned inside fused blocks
-
-
-def _vision_block_segments(block, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n: int,
-                           length: int) -> torch.Tensor:
-    """A Qwen-VL vision block (norm, attention, residual; norm, MLP, residual: the block's own modules
-    and rotary function) whose attention segments are ``n`` back-to-back windows of ``length`` tokens.
-    The segmentation is a Python constant, so the whole block, attention included, is one compiled
-    graph: the rotary output is written in the layout SDPA reads (under transformers' varlen path the
-    block broke in two around the attention, and four copies of q, k, v and the output per block took
-    14% of the vision tower's GPU time at batch 512)."""
-    attn = block.attn
-    x = block.norm1(hidden)
-    seq = x.shape[0]
-    q, k, v = attn.qkv(x).reshape(seq, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)  # (S, H, D)
-    q, k = _transformers_fn(attn, "apply_rotary_pos_emb_vision")(q, k, cos, sin)
-
-    def windows(t):  # (S, H, D) -> (n, H, length, D)
-        return t.reshape(n, length, t.shape[1], t.shape[2]).transpose(1, 2)
-
-    o = torch.nn.functional.scaled_dot_product_attention(windows(q), windows(k), windows(v), scale=attn.scaling)
-    hidden = hidden + attn.proj(o.transpose(1, 2).reshape(seq, -1))
-    if ALIGNED_VISION_MLP and _fusable_mlp(block.mlp):
-        return hidden + _gated_mlp_aligned(block.mlp, block.norm2(hidden))
-    return hidden + block.mlp(block.norm2(hidden))
-
-
-def _lm_before_attention(layer, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    """A Qwen-VL decoder layer up to its attention: input norm, q/k/v projections, rotary (the model's
-    own function). Nothing here depends on the layer's index, so one compiled graph serves all layers."""
-    attn = layer.self_attn
-    x = layer.input_layernorm(hidden)
-    b, s, _ = x.shape
-
-    def heads(t):
-        return t.view(b, s, -1, attn.head_dim).transpose(1, 2)
-
-    q, k = _transformers_fn(attn, "apply_rotary_pos_emb")(heads(attn.q_proj(x)), heads(attn.k_proj(x)), cos, sin)
-    return q, k, heads(attn.v_proj(x))
-
-
-def _lm_after_attention(layer, residual: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
-    """The rest of the decoder layer: output projection, residual, norm, MLP, residual."""
-    b, s, _ = residual.shape
-    hidden = residual + layer.self_attn.o_proj(attn_out.reshape(b, s, -1))
-    return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-
-
-def _has(obj, *names: str) -> bool:
-    return all(hasattr(obj, n) for n in names)
-
-
-def _fusable_vision_block(block) -> bool:
-    return (_has(block, "norm1", "norm2", "attn", "mlp") and _has(block.attn, "qkv", "proj", "num_heads", "scaling")
-            and _transformers_fn(block.attn, "apply_rotary_pos_emb_vision") is not None)
-
-
-def _fusable_lm_layer(layer) -> bool:
-    attn = getattr(layer, "self_attn", None)
-    return (attn is not None and _has(layer, "input_layernorm", "post_attention_layernorm", "mlp")
-            and _has(attn, "q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling", "layer_idx", "config")
-            and getattr(attn, "sliding_window", None) is None
-            and _transformers_fn(attn, "apply_rotary_pos_emb") is not None
-            and _calls(type(attn).forward, "apply_rotary_pos_emb(query_states, key_states, cos, sin)")
-            and _calls(type(attn).forward, ".update(key_states, value_states, self.layer_idx"))
-
-
-def _calls(fn, text: str) -> bool:
-    """Whether ``fn``'s source contains ``text``: the fused layer repeats what transformers' attention
-    does, so it is used only while that code still does it this way."""
-    import inspect
-
-    try:
-        return text in inspect.getsource(fn)
-    except (OSError, TypeError):
-        return False
-
-
-class _Segments:
-    """(n, length) of a ``cu_seqlens`` tensor cut into equal back-to-back segments, or None; answered
-    once per tensor object (the vision tower passes the same two tensors to all its blocks), since
-    reading a GPU tensor waits for the GPU."""
-
-    def __init__(self):
-        self.seen: list[tuple[torch.Tensor, tuple[int, int] | None]] = []
-
-    def __call__(self, cu: torch.Tensor, total: int) -> tuple[int, int] | None:
-        from vidcorpus.captioning.fast_decode import _uniform_segments
-
-        for tensor, answer in self.seen:
-            if tensor is cu:
-                return answer
-        answer = _uniform_segments(cu, total)
-        self.seen = (self.seen + [(cu, answer)])[-4:]
-        return answer
-
-
-def _vision_block_forward(block, fused, fallback, segments: _Segments):
-    """The forward a vision block gets inside the context: the fused, compiled block when its attention
-    windows are equal (every 224 px frame's), else the block's own forward through ``fallback``."""
-
-    def forward(hidden_states, *args, **kwargs):
-        cu, pe = kwargs.get("cu_seqlens"), kwargs.get("position_embeddings")
-        seg = segments(cu, hidden_states.shape[0]) if (cu is not None and pe is not None and not args) else None
-        if seg is None:
-            return fallback(block, hidden_states, *args, **kwargs)
-        return fused(block, hidden_states, *pe, *seg)
-
-    return forward
-
-
-def _lm_layer_forward(layer, before, after):
-    """The forward a language-model layer gets inside the context: compiled graphs before and after
-    the attention, and between them transformers' own cache update and attention function (eager: the
-    cache update is where the layer's index matters). The cache arrives as ``cache`` (transformers >=
-    5.25) or ``past_key_values`` (earlier): read under either, passed on under the layer's own name."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    from vidcorpus.captioning.fast_decode import cache_kwarg, pop_cache
-
-    attn = layer.self_attn
-    original = type(layer).forward
-    cache_name = cache_kwarg(original)
-
-    def forward(hidden_states, attention_mask=None, position_ids=None, use_cache=False,
-                position_embeddings=None, **kwargs):
-        cache = pop_cache(kwargs)
-        if position_embeddings is None or hidden_states.shape[1] == 1:  # a decoding step: nothing to fuse
-            return original(layer, hidden_states, attention_mask=attention_mask, position_ids=position_ids,
-                            use_cache=use_cache, position_embeddings=position_embeddings,
-                            **{cache_name: cache}, **kwargs)
-        q, k, v = before(layer, hidden_states, *position_embeddings)
-        if cache is not None:
-            k, v = cache.update(k, v, attn.layer_idx)
-        interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation,
-                                                          _transformers_fn(attn, "eager_attention_forward"))
-        out, _ = interface(attn, q, k, v, attention_mask, dropout=0.0, scaling=attn.scaling,
-                           sliding_window=None, position_ids=position_ids, **kwargs)
-        return after(layer, hidden_states, out)
-
-    return forward
-
-
 class FastPrefill:
     """Context manager: the prefill's fast forms while inside, the original model outside.
 
@@ -343,11 +173,11 @@ class FastPrefill:
         if compile and self.vision is not None:
             blocks = list(self.vision.blocks)
             # fused blocks attend with SDPA: only where the vision tower runs on SDPA anyway
-            if blocks and self.attention is not None and all(_fusable_vision_block(b) for b in blocks):
+            if blocks and self.attention is not None and all(fusable_vision_block(b) for b in blocks):
                 self.fused_blocks = blocks
             else:
                 self.targets += blocks
-            if layers and all(_fusable_lm_layer(layer) for layer in layers):
+            if layers and all(fusable_lm_layer(layer) for layer in layers):
                 self.fused_layers = layers
             else:
                 for layer in layers:
@@ -373,9 +203,9 @@ class FastPrefill:
     def _fused_calls(self) -> dict:
         if self._fused is None:
             compile_ = lambda fn: torch.compile(fn, backend=self.compile_backend)  # noqa: E731
-            self._fused = {"block": compile_(_vision_block_segments),
+            self._fused = {"block": compile_(vision_block_segments),
                            "block_fallback": compile_(type(self.fused_blocks[0]).forward) if self.fused_blocks else None,
-                           "before": compile_(_lm_before_attention), "after": compile_(_lm_after_attention)}
+                           "before": compile_(lm_before_attention), "after": compile_(lm_after_attention)}
         return self._fused
 
     def _compiled_calls(self) -> list:
@@ -400,11 +230,9 @@ class FastPrefill:
         return self
 
     def _switch_on(self, undo: contextlib.ExitStack) -> None:
-        from vidcorpus.captioning.fast_decode import _AttnSwitch
-
         compiled = self._compiled_calls()  # first: a failure here has changed nothing yet
         fused = self._fused_calls() if (self.fused_blocks or self.fused_layers) else {}
-        undo.enter_context(_AttnSwitch(self.config, self.attention))
+        undo.enter_context(AttnSwitch(self.config, self.attention))
         embed = self.vision.patch_embed
         if _is_patch_conv(getattr(embed, "proj", None)):
             _set(undo, embed, "forward", _linear_patch_embed(embed))
@@ -421,11 +249,11 @@ class FastPrefill:
                 undo.enter_context(limit)
         for module, fn in zip(self.targets, compiled):
             _set(undo, module, "_compiled_call_impl", fn)
-        segments = _Segments()
+        segments = Segments()
         for block in self.fused_blocks:
-            _set(undo, block, "forward", _vision_block_forward(block, fused["block"], fused["block_fallback"], segments))
+            _set(undo, block, "forward", vision_block_forward(block, fused["block"], fused["block_fallback"], segments))
         for layer in self.fused_layers:
-            _set(undo, layer, "forward", _lm_layer_forward(layer, fused["before"], fused["after"]))
+            _set(undo, layer, "forward", lm_layer_forward(layer, fused["before"], fused["after"]))
 
     def __exit__(self, *exc):
         self._depth -= 1

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vidcorpus.captioning.caption_inputs import CaptionInputs
+from vidcorpus.captioning.oom import is_oom
 from vidcorpus.captioning.prompts import Prompt, PromptKind, get_prompt
 from vidcorpus.fast_paths import switch_off, usable
 
@@ -28,19 +30,13 @@ class Generation:
     token_ids: tuple[int, ...] = ()  # the generated ids as returned (padding after the end included)
 
 
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-    )
-
-
 # Batches from this size up prepare the next batch's inputs in a thread. Measured on an H100 (3B VLM,
 # 8 frames of 224 px): 6-7% more clips/s at batch 256 to 1024, where a batch's inputs take 0.2-1 s;
 # at batch 1 to 64 the thread costs more than it hides (the main thread is busy launching kernels).
 PREFETCH_MIN_BATCH = 128
 
 
-class Captioner:
+class Captioner(CaptionInputs):
     """A loaded captioning model with batched, greedy (deterministic) generation."""
 
     def __init__(self, model, processor, name: str, device: torch.device, dtype: torch.dtype,
@@ -201,7 +197,7 @@ class Captioner:
                                               as_image)
                     out.extend(self._generate_batch(chunk, prompt, max_new_tokens, as_image, inputs=inputs)[:real])
                 except Exception as exc:  # noqa: BLE001 - only OOM is retried, anything else re-raised
-                    if not _is_oom(exc) or bs == 1:
+                    if not is_oom(exc) or bs == 1:
                         raise
                     if pending is not None:  # prepared for the old size: wait, drop, free
                         pending.cancel()
@@ -242,104 +238,6 @@ class Captioner:
                                            compile_decode=self.compile_decode and usable("compile_decode"))
         return self._graph or None
 
-    def downscale(self, frames: np.ndarray) -> np.ndarray:
-        """Frames above ``max_pixels`` scaled down (aspect kept, bicubic); others as they are. Callers
-        that read clips in threads call it there (Pillow releases the GIL), once per clip: ``generate``
-        then finds nothing left to scale, for any kind."""
-        h, w = frames.shape[1:3]
-        if not self.max_pixels or h * w <= self.max_pixels:
-            return frames
-        from PIL import Image
-
-        scale = (self.max_pixels / (h * w)) ** 0.5
-        size = (max(1, int(w * scale)), max(1, int(h * scale)))
-        return np.stack([np.asarray(Image.fromarray(f).resize(size, Image.BICUBIC)) for f in frames])
-
-    def _inputs(self, chunk: list[np.ndarray], prompt: Prompt, as_image: bool = False) -> dict:
-        chunk = [self.downscale(np.asarray(frames)) for frames in chunk]
-        if self.chat:
-            instruction = (prompt.chat_image or prompt.chat) if as_image else prompt.chat
-            multi = not as_image and self.input_mode == "multi_image"
-
-            def text_for(frames: np.ndarray) -> str:
-                kind = "image" if as_image else "video"
-                media_items = [{"type": "image"}] * len(frames) if multi else [{"type": kind}]
-                messages = [{"role": "user", "content": media_items + [{"type": "text", "text": instruction}]}]
-                return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-            texts = [text_for(f) for f in chunk]
-            if as_image:
-                media = {"images": [f[0] for f in chunk]}
-            elif multi:  # frames as images, in order: the template put one image entry per frame
-                media = {"images": [frame for f in chunk for frame in f]}
-            else:
-                media = {"videos": chunk}
-            as_image = as_image or multi
-            if self.device.type == "cuda" and self._gpu_preprocess:
-                # resize/normalise frames on the GPU (transformers' torchvision processors take a device)
-                key = "images_kwargs" if as_image else "videos_kwargs"
-                try:
-                    return self.processor(text=texts, padding=True, return_tensors="pt",
-                                          **media, **{key: {"device": str(self.device)}})
-                except (TypeError, ValueError, RuntimeError, NotImplementedError) as exc:
-                    if _is_oom(exc):
-                        raise
-                    self._gpu_preprocess = False  # this processor cannot: the CPU from now on
-            return self.processor(text=texts, padding=True, return_tensors="pt", **media)
-        images = [np.asarray(frames[len(frames) // 2]) for frames in chunk]
-        if prompt.prefix:
-            return self.processor(images=images, text=[prompt.prefix] * len(chunk), return_tensors="pt")
-        inputs = self.processor(images=images, return_tensors="pt")
-        # No prefix: start from [CLS][SEP] like BLIP's own default (generate swaps in the BOS token).
-        ids = [self.tokenizer.cls_token_id, self.tokenizer.sep_token_id]
-        inputs["input_ids"] = torch.tensor([ids] * len(chunk), dtype=torch.long)
-        return inputs
-
-    def _prepare(self, chunk: list[np.ndarray], prompt: Prompt, as_image: bool):
-        """A batch's inputs made in the prefetch thread. On a GPU its copies and kernels go to a stream of
-        their own, so they neither wait for nor queue behind the batch that is generating; the event
-        says when they are done."""
-        with torch.inference_mode():  # thread-local: the same kind of tensors as inputs made in generate
-            if self.device.type != "cuda":
-                return self._device_inputs(chunk, prompt, as_image), None
-            if self._prefetch_stream is None:
-                self._prefetch_stream = torch.cuda.Stream(self.device)
-            with torch.cuda.stream(self._prefetch_stream):
-                inputs = self._device_inputs(chunk, prompt, as_image)
-                done = torch.cuda.Event()
-                done.record(self._prefetch_stream)
-            return inputs, done
-
-    def _take_prepared(self, ready) -> dict | None:
-        """Inputs from the prefetch thread, safe to use on the current stream: it waits for their event,
-        and the caching allocator learns they are used here (so it does not hand their memory back to
-        the prefetch stream while this stream still reads it). None when preparing them ran out of GPU
-        memory (the generating batch held it): they are made again here, at the same batch size."""
-        try:
-            inputs, done = ready.result()
-        except Exception as exc:  # noqa: BLE001 - only OOM is retried here
-            if not _is_oom(exc):
-                raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            return None
-        if done is not None:
-            stream = torch.cuda.current_stream(self.device)
-            stream.wait_event(done)
-            for t in inputs.values():
-                if t.is_cuda:
-                    t.record_stream(stream)
-        return inputs
-
-    def _device_inputs(self, chunk: list[np.ndarray], prompt: Prompt, as_image: bool = False) -> dict:
-        """The processor's tensors for a batch, on the model's device and (floating point) dtype. One
-        processor call at a time: the prefetch thread and the probe share a fast tokenizer, whose
-        padding state is not thread-safe ("Already borrowed")."""
-        with self._processor_lock:
-            inputs = self._inputs(chunk, prompt, as_image)
-        return {k: (v.to(self.device, self.dtype) if torch.is_floating_point(v) else v.to(self.device))
-                for k, v in inputs.items() if isinstance(v, torch.Tensor)}
-
     @torch.inference_mode()
     def _generate_batch(self, chunk: list[np.ndarray], prompt: Prompt, max_new_tokens: int,
                         as_image: bool = False, inputs: dict | None = None) -> list[Generation]:
@@ -368,7 +266,7 @@ class Captioner:
                     if not agrees:
                         new, decode = None, "default"  # this batch too comes from the reference path
             except Exception as exc:  # noqa: BLE001 - OOM goes to the batch back-off; else fall back
-                if _is_oom(exc):
+                if is_oom(exc):
                     raise
                 import warnings
 
@@ -396,7 +294,7 @@ class Captioner:
             result = check_tokens(self.model, inputs, new[:rows], eos_ids, self._stop_ids(), min_new_tokens,
                                   self.repetition_penalty)
         except Exception as exc:  # noqa: BLE001 - an unverifiable fast path is not trusted
-            if _is_oom(exc):
+            if is_oom(exc):
                 raise
             switch_off("static_graph", f"its probe could not run ({type(exc).__name__}: {exc})")
             self._graph = False

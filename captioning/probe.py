@@ -57,7 +57,7 @@ def check_tokens(model, inputs: dict, new: torch.Tensor, eos_ids: list[int], sto
     rule suppresses; ``stop_ids``: tokens after which a row is padding (EOS and pad)."""
     from transformers import MinNewTokensLengthLogitsProcessor, RepetitionPenaltyLogitsProcessor
 
-    from vidcorpus.captioning.fast_decode import padding_lengths, penalty_skips_padding
+    from vidcorpus.captioning.decode_attention import padding_lengths, penalty_skips_padding
 
     prompt = inputs["input_ids"]
     rows, n = new.shape

@@ -14,20 +14,16 @@ configured version, shards, and latents once the corpus uses the latent cache: `
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from vidcorpus.catalog.latent_state import LatentKeyInUse, latent_key_in_use, unencoded_clips
 from vidcorpus.catalog.schema import ACTIVE_RECIPE_SQL
+from vidcorpus.catalog.timestamps import utc_now
 
 if TYPE_CHECKING:  # pragma: no cover
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.filters.recipes import Recipe
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
 def _has_history(cat: "Catalog") -> bool:
@@ -61,7 +57,7 @@ def set_active_recipe(cat: "Catalog", recipe: "Recipe", origin: str, run_id: str
     seq = (history[-1]["seq"] + 1) if history else 1
     with cat.transaction() as con:
         con.execute("INSERT INTO recipe_history VALUES (?, ?, ?, ?, ?, ?)",
-                    [seq, recipe.id, digest, origin, run_id, _now()])
+                    [seq, recipe.id, digest, origin, run_id, utc_now()])
     return True
 
 
@@ -101,9 +97,9 @@ class PendingWork:
         return len(self.undecided) + len(self.unextracted) + len(self.uncaptioned) + len(self.unsharded)
 
 
-def _kept_sql(recipe_id: str) -> str:
-    """Kept by this recipe (a literal: catalogs opened read-only before migration 8 have no history)."""
-    return "kept AND recipe = '" + recipe_id.replace("'", "''") + "'"
+KEPT_BY = "kept AND recipe = ?"
+"""Kept by a recipe (its id is the parameter; catalogs opened read-only before migration 8 have no
+history to read the recipe in force from)."""
 
 
 def pending_work(cat: "Catalog", caption_version: str, shard_caption_version: str | None = None) -> PendingWork:
@@ -117,16 +113,17 @@ def pending_work(cat: "Catalog", caption_version: str, shard_caption_version: st
     def ids(sql: str, params: list | None = None) -> list[str]:
         return [r["clip_id"] for r in cat.query_dicts(sql + " ORDER BY clip_id", params)]
 
-    kept = _kept_sql(rid)
+    kept = KEPT_BY
     pw.undecided = ids("SELECT clip_id FROM clips_wide WHERE recipe IS DISTINCT FROM ?", [rid])
     pw.unextracted = sorted(kept_without_file(cat, rid))
     pw.uncaptioned = ids(f"SELECT clip_id FROM clips_wide w WHERE {kept} AND (SELECT count(DISTINCT kind) FROM "
                          "captions c WHERE c.clip_id = w.clip_id AND c.version = ? AND c.kind IN ('long', 'short')) "
-                         "< 2", [caption_version])
-    pw.unsharded = ids(f"SELECT clip_id FROM clips_wide WHERE {kept} AND shard_id IS NULL")
-    pw.sharded_dropped = ids(f"SELECT clip_id FROM clips_wide WHERE shard_id IS NOT NULL AND NOT coalesce({kept}, FALSE)")
+                         "< 2", [rid, caption_version])
+    pw.unsharded = ids(f"SELECT clip_id FROM clips_wide WHERE {kept} AND shard_id IS NULL", [rid])
+    pw.sharded_dropped = ids(f"SELECT clip_id FROM clips_wide WHERE shard_id IS NOT NULL AND NOT coalesce({kept}, FALSE)",
+                             [rid])
     pw.latent_key = latent_key_in_use(cat)
-    pw.unencoded = unencoded_clips(cat, kept, pw.latent_key)
+    pw.unencoded = unencoded_clips(cat, rid, pw.latent_key)
     return pw
 
 
@@ -143,7 +140,7 @@ def kept_without_file(cat: "Catalog", recipe_id: str) -> dict[str, str]:
     """{clip id: why} of the clips the recipe keeps that have no clip file: none was extracted (the
     recipe that decided it first dropped it: filter before you encode) or the recorded local file is
     gone. `vidcorpus sync` extracts them from their sources."""
-    rows = cat.query_dicts(f"SELECT clip_id, clip_path FROM clips_wide WHERE {_kept_sql(recipe_id)} ORDER BY clip_id")
+    rows = cat.query_dicts(f"SELECT clip_id, clip_path FROM clips_wide WHERE {KEPT_BY} ORDER BY clip_id", [recipe_id])
     out: dict[str, str] = {}
     for r in rows:
         if not r["clip_path"]:
@@ -163,9 +160,9 @@ def uncaptioned_for(cat: "Catalog", clip_ids: list[str], caption_version: str) -
     return [r["clip_id"] for r in rows]
 
 
-def _rows(cat: "Catalog", check: str, sql: str, detail) -> list[dict]:
+def _rows(cat: "Catalog", check: str, sql: str, detail, params: list | None = None) -> list[dict]:
     return [{"check": check, "item": r["item"], "detail": detail(r)}
-            for r in cat.query_dicts(sql + " ORDER BY 1 LIMIT 1000")]
+            for r in cat.query_dicts(sql + " ORDER BY 1 LIMIT 1000", params)]
 
 
 def state_problems(cat: "Catalog") -> list[dict]:
@@ -190,25 +187,24 @@ def state_gaps(cat: "Catalog") -> list[dict]:
     rid = active_recipe_id(cat)
     if rid is None:
         return []
-    kept = _kept_sql(rid)
+    kept = KEPT_BY
     key = latent_key_in_use(cat)
     unextracted = [{"check": "pending_extract", "item": clip, "detail": f"kept by {rid} but {why} (run `vidcorpus sync`)"}
                    for clip, why in list(kept_without_file(cat, rid).items())[:1000]]
     return unextracted + (
-        _rows(cat, "pending_decision", "SELECT clip_id AS item FROM clips_wide WHERE recipe IS DISTINCT FROM "
-              f"'{rid.replace(chr(39), chr(39) * 2)}'",
-              lambda r: f"not decided by the active recipe {rid} (run `vidcorpus sync`)")
+        _rows(cat, "pending_decision", "SELECT clip_id AS item FROM clips_wide WHERE recipe IS DISTINCT FROM ?",
+              lambda r: f"not decided by the active recipe {rid} (run `vidcorpus sync`)", [rid])
         + _rows(cat, "pending_caption", f"SELECT clip_id AS item FROM clips_wide WHERE {kept} AND NOT captioned",
-                lambda r: f"kept by {rid} but not captioned (run `vidcorpus sync`)")
+                lambda r: f"kept by {rid} but not captioned (run `vidcorpus sync`)", [rid])
         + _rows(cat, "pending_shard", f"SELECT clip_id AS item FROM clips_wide WHERE {kept} AND shard_id IS NULL",
-                lambda r: f"kept by {rid} but in no shard (run `vidcorpus sync`)")
+                lambda r: f"kept by {rid} but in no shard (run `vidcorpus sync`)", [rid])
         + ([{"check": "pending_latents", "item": c,
              "detail": f"kept by {rid} and sharded, but no latents of cache key {key.cache_key} "
                        "(run `vidcorpus shards encode` on a GPU; `vidcorpus status` shows the command)"}
-            for c in unencoded_clips(cat, kept, key, limit=1000)] if key else [])
+            for c in unencoded_clips(cat, rid, key, limit=1000)] if key else [])
         + _rows(cat, "sharded_dropped", "SELECT clip_id AS item, shard_id FROM clips_wide WHERE shard_id IS NOT NULL "
                 f"AND NOT coalesce({kept}, FALSE)",
-                lambda r: f"in shard {r['shard_id']} but dropped by {rid} (training and releases skip it)")
+                lambda r: f"in shard {r['shard_id']} but dropped by {rid} (training and releases skip it)", [rid])
         + _rows(cat, "release_member_not_kept",
                 "SELECT m.clip_id AS item, r.name, r.recipe FROM release_members m JOIN releases r USING (name) "
                 "WHERE NOT EXISTS (SELECT 1 FROM decisions d WHERE d.clip_id = m.clip_id AND d.recipe = r.recipe "

@@ -41,7 +41,7 @@ def latent_key_in_use(cat: "Catalog") -> LatentKeyInUse | None:
 
 UNENCODED_SQL = """
 SELECT w.clip_id AS item FROM clips_wide w
-WHERE {kept}
+WHERE w.kept AND w.recipe = ?
   AND EXISTS (SELECT 1 FROM shard_members m WHERE m.clip_id = w.clip_id)
   AND NOT EXISTS (SELECT 1 FROM shard_members m JOIN latent_shards l ON l.shard_id = m.shard_id AND l.cache_key = ?
                   WHERE m.clip_id = w.clip_id)
@@ -49,12 +49,14 @@ ORDER BY 1
 """
 
 
-def unencoded_clips(cat: "Catalog", kept_sql: str, key: LatentKeyInUse | None, limit: int | None = None) -> list[str]:
-    """Clips kept (``kept_sql``, a clips_wide predicate) and sharded, in no shard with latents of ``key``."""
+def unencoded_clips(cat: "Catalog", recipe_id: str, key: LatentKeyInUse | None, limit: int | None = None) -> list[str]:
+    """Clips kept by ``recipe_id`` and sharded, in no shard with latents of ``key``."""
     if key is None:
         return []
-    sql = UNENCODED_SQL.format(kept=kept_sql) + (f" LIMIT {int(limit)}" if limit else "")
-    return [r["item"] for r in cat.query_dicts(sql, [key.cache_key])]
+    sql, params = UNENCODED_SQL, [recipe_id, key.cache_key]
+    if limit:
+        sql, params = sql + " LIMIT ?", params + [int(limit)]
+    return [r["item"] for r in cat.query_dicts(sql, params)]
 
 
 def encode_command(key: LatentKeyInUse, cfg) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from vidcorpus.catalog.sql_names import ident, name_literal
+
 MIGRATIONS: list[tuple[int, str]] = [
     (
         1,
@@ -266,12 +268,13 @@ def wide_view_sql(scorers: list[str], where: str | None = None) -> str:
 
     One row per clip, a column per scorer (latest value by written_at), the latest long and short
     caption and caption version, the latest decision, the first shard holding the clip. The driver
-    keeps the materialised table equal to this (``Catalog._maintain_wide``); ``catalog verify
+    keeps the materialised table equal to this (``catalog/wide_table.py``); ``catalog verify
     --deep`` compares the two.
     """
     scorers = wide_columns(scorers)
     pivot = "".join(
-        f",\n                arg_max(value, written_at) FILTER (WHERE scorer = '{n}') AS \"{n}\"" for n in scorers
+        f",\n                arg_max(value, written_at) FILTER (WHERE scorer = {name_literal(n)}) AS {ident(n)}"
+        for n in scorers
     )
     only = f" WHERE {where}" if where else ""
     return f"""
@@ -296,7 +299,7 @@ def wide_view_sql(scorers: list[str], where: str | None = None) -> str:
         SELECT c.*, src.uri, src.text AS source_text, src.sha256 AS source_sha256,
                d.recipe, d.kept, d.reason, cap.caption, cap.short_caption, cap.caption_version,
                m.shard_id, sh.url AS shard_url, coalesce(s.scored, FALSE) AS scored,
-               cap.caption IS NOT NULL AS captioned, t.clip_id IS NOT NULL AS trained{''.join(f', s."{n}"' for n in scorers)}
+               cap.caption IS NOT NULL AS captioned, t.clip_id IS NOT NULL AS trained{''.join(f', s.{ident(n)}' for n in scorers)}
         FROM c
         LEFT JOIN sources src USING (source_id)
         LEFT JOIN s USING (clip_id)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import duckdb
 import fsspec
 
+from vidcorpus.catalog.sql_names import ident
 from vidcorpus.storage import is_url, write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -87,8 +88,8 @@ def export_snapshot(cat: "Catalog", url: str) -> dict:
             version = con.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
             for name in names:
                 local = os.path.join(tmp, f"{name}.parquet")
-                con.execute(f"COPY (SELECT * FROM \"{name}\") TO '{local}' (FORMAT parquet, COMPRESSION zstd)")
-                rows = con.execute(f'SELECT count(*) FROM "{name}"').fetchall()[0][0]
+                con.sql(f"SELECT * FROM {ident(name)}").write_parquet(local, compression="zstd")
+                rows = con.execute(f"SELECT count(*) FROM {ident(name)}").fetchall()[0][0]
                 tables[name] = {"file": f"{snapshot_id}/{name}.parquet", "rows": rows,
                                 "bytes": os.path.getsize(local), "sha256": _sha256(local)}
         finally:
@@ -150,6 +151,8 @@ def open_snapshot(url: str) -> tuple[duckdb.DuckDBPyConnection, dict, tempfile.T
     if manifest.get("format") != FORMAT:
         raise CatalogError(f"{url}: not a vidcorpus catalog snapshot (format {manifest.get('format')!r})")
     try:
+        for name in manifest["tables"]:
+            ident(name)  # a table name that is not a plain identifier would change the views' SQL
         datasets = _table_datasets(fs, root, manifest)
     except (OSError, ValueError) as e:
         raise CatalogError(f"cannot read the snapshot's tables at {url}: {e}") from e
@@ -158,7 +161,7 @@ def open_snapshot(url: str) -> tuple[duckdb.DuckDBPyConnection, dict, tempfile.T
     con = duckdb.connect(views_db)
     _register(con, datasets)
     for name in manifest["tables"]:
-        con.execute(f"CREATE VIEW \"{name}\" AS SELECT * FROM \"{SNAPSHOT_PREFIX}{name}\"")
+        con.execute(f"CREATE VIEW {ident(name)} AS SELECT * FROM {ident(SNAPSHOT_PREFIX + name)}")
     pending = list(manifest.get("views", []))
     while pending:  # views may build on views: create until no progress
         left = []

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from vidcorpus.catalog.timestamps import utc_now
+
 if TYPE_CHECKING:  # pragma: no cover
     from vidcorpus.catalog.store import Catalog
 
@@ -36,14 +38,12 @@ def record_training(cat: "Catalog", run_id: str, stage: str, select_sql: str, st
                     files: list[dict] | None = None, replace_from: int | None = None) -> None:
     """One transaction: the run's row, its sample rows and its sample files. ``replace_from``: the
     first step ``samples`` covers; the run's rows from that step on are replaced (None: only added)."""
-    from vidcorpus.catalog.store import _now
-
     rows = _sample_rows(run_id, samples)
     with cat.transaction() as con:
         cat._upsert("train_runs", [{
             "run_id": run_id, "stage": stage, "select_sql": select_sql, "steps": steps, "final_loss": final_loss,
             "checkpoint": checkpoint, "shard_urls": json.dumps(shard_urls), "config_json": config_json,
-            "started_at": started_at, "finished_at": _now()}])
+            "started_at": started_at, "finished_at": utc_now()}])
         gone: list[str] = []
         if replace_from is not None:
             gone = [r[0] for r in con.execute("SELECT DISTINCT clip_id FROM train_samples WHERE run_id = ? AND step >= ?",

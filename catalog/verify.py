@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Iterable
 
 import fsspec
 
+from vidcorpus.catalog.sql_names import ident, table as sql_table
+
 if TYPE_CHECKING:  # pragma: no cover
     from vidcorpus.catalog.store import Catalog
 
@@ -36,7 +38,8 @@ MAX_PER_CHECK = 1000  # problems listed per check (the count is always complete)
 
 
 def _problems(cat: "Catalog", check: str, sql: str, detail) -> list[dict]:
-    rows = cat.query_dicts(sql)
+    """The rows of ``sql`` (an ``item`` column; at most MAX_PER_CHECK) as problems of one check."""
+    rows = cat.query_dicts(sql + " LIMIT ?", [MAX_PER_CHECK])
     return [{"check": check, "item": r["item"], "detail": detail(r)} for r in rows]
 
 
@@ -49,7 +52,7 @@ def _file_sha256(fs, path: str) -> str:
 
 
 def _has_table(cat: "Catalog", name: str) -> bool:
-    return bool(cat.query_dicts(f"SELECT 1 AS x FROM information_schema.tables WHERE table_name = '{name}'"))
+    return bool(cat.query_dicts("SELECT 1 AS x FROM information_schema.tables WHERE table_name = ?", [name]))
 
 
 def verify_catalog(cat: "Catalog", shard_roots: Iterable[str] = (), checksums: bool = True,
@@ -57,41 +60,41 @@ def verify_catalog(cat: "Catalog", shard_roots: Iterable[str] = (), checksums: b
     out: list[dict] = []
     out += _problems(cat, "member_without_clip",
                      "SELECT m.clip_id AS item, m.shard_id FROM shard_members m ANTI JOIN clips c USING (clip_id) "
-                     f"ORDER BY 1 LIMIT {MAX_PER_CHECK}",
+                     "ORDER BY 1",
                      lambda r: f"shard {r['shard_id']} lists a clip the catalog has no row for")
     out += _problems(cat, "member_without_shard",
                      "SELECT m.shard_id AS item, count(*) AS n FROM shard_members m ANTI JOIN shards s USING (shard_id) "
-                     f"GROUP BY 1 ORDER BY 1 LIMIT {MAX_PER_CHECK}",
+                     "GROUP BY 1 ORDER BY 1",
                      lambda r: f"{r['n']} member rows name a shard with no shards row")
     out += _problems(cat, "shard_count_mismatch",
                      "SELECT s.shard_id AS item, s.n, count(m.clip_id) AS members FROM shards s "
                      "LEFT JOIN shard_members m USING (shard_id) GROUP BY s.shard_id, s.n "
-                     f"HAVING s.n IS DISTINCT FROM count(m.clip_id) ORDER BY 1 LIMIT {MAX_PER_CHECK}",
+                     "HAVING s.n IS DISTINCT FROM count(m.clip_id) ORDER BY 1",
                      lambda r: f"shards.n = {r['n']} but {r['members']} member rows")
     for table in ("scores", "captions", "decisions"):
         out += _problems(cat, "orphan_row",
-                         f"SELECT t.clip_id AS item, count(*) AS n FROM {table} t ANTI JOIN clips c USING (clip_id) "
-                         f"GROUP BY 1 ORDER BY 1 LIMIT {MAX_PER_CHECK}",
+                         f"SELECT t.clip_id AS item, count(*) AS n FROM {sql_table(table)} t ANTI JOIN clips c USING (clip_id) "
+                         "GROUP BY 1 ORDER BY 1",
                          lambda r, table=table: f"{r['n']} {table} rows of a clip with no clips row")
     out += _problems(cat, "orphan_row",
                      "SELECT c.source_id AS item, count(*) AS n FROM clips c ANTI JOIN sources s USING (source_id) "
-                     f"GROUP BY 1 ORDER BY 1 LIMIT {MAX_PER_CHECK}",
+                     "GROUP BY 1 ORDER BY 1",
                      lambda r: f"{r['n']} clips of a source with no sources row")
     if _has_table(cat, "release_members"):
         out += _problems(cat, "orphan_row",
                          "SELECT r.clip_id AS item, r.name FROM release_members r ANTI JOIN clips c USING (clip_id) "
-                         f"ORDER BY 1 LIMIT {MAX_PER_CHECK}",
+                         "ORDER BY 1",
                          lambda r: f"release {r['name']} lists a clip with no clips row")
         out += _problems(cat, "release_count_mismatch",
                          "SELECT r.name AS item, r.n_clips, count(m.clip_id) AS members FROM releases r "
                          "LEFT JOIN release_members m USING (name) GROUP BY r.name, r.n_clips "
-                         f"HAVING r.n_clips IS DISTINCT FROM count(m.clip_id) ORDER BY 1 LIMIT {MAX_PER_CHECK}",
+                         "HAVING r.n_clips IS DISTINCT FROM count(m.clip_id) ORDER BY 1",
                          lambda r: f"releases.n_clips = {r['n_clips']} but {r['members']} member rows")
     out += _problems(cat, "wide_missing",
-                     f"SELECT clip_id AS item FROM clips ANTI JOIN clips_wide USING (clip_id) ORDER BY 1 LIMIT {MAX_PER_CHECK}",
+                     "SELECT clip_id AS item FROM clips ANTI JOIN clips_wide USING (clip_id) ORDER BY 1",
                      lambda r: "clip has no clips_wide row (run `vidcorpus catalog verify --rebuild-wide`)")
     out += _problems(cat, "wide_orphan",
-                     f"SELECT clip_id AS item FROM clips_wide ANTI JOIN clips USING (clip_id) ORDER BY 1 LIMIT {MAX_PER_CHECK}",
+                     "SELECT clip_id AS item FROM clips_wide ANTI JOIN clips USING (clip_id) ORDER BY 1",
                      lambda r: "clips_wide row of a clip with no clips row")
     from vidcorpus.catalog.verify_paths import relative_paths
 
@@ -116,10 +119,10 @@ def _wide_stale(cat: "Catalog") -> list[dict]:
     cols = [r["column_name"] for r in cat.query_dicts(
         "SELECT column_name FROM information_schema.columns WHERE table_name = 'clips_wide' ORDER BY ordinal_position")]
     fresh_cols = set(cat.query(f"SELECT * FROM ({wide_view_sql(scorers)}) LIMIT 0").column_names)
-    both = ", ".join(f'"{c}"' for c in cols if c in fresh_cols)
+    both = ", ".join(ident(c) for c in cols if c in fresh_cols)
     return _problems(cat, "wide_stale",
                      f"SELECT clip_id AS item FROM (SELECT {both} FROM clips_wide EXCEPT "
-                     f"SELECT {both} FROM ({wide_view_sql(scorers)})) ORDER BY 1 LIMIT {MAX_PER_CHECK}",
+                     f"SELECT {both} FROM ({wide_view_sql(scorers)})) ORDER BY 1",
                      lambda r: "clips_wide differs from the long tables (run with --rebuild-wide)")
 
 

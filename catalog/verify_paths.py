@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from vidcorpus.catalog.sql_names import ident, table as sql_table
 from vidcorpus.paths import is_relative_path
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,10 +40,11 @@ def relative_paths(cat: "Catalog", limit: int = 1000) -> list[dict]:
         if (table, column) not in present:
             continue
         # cheap pre-filter in SQL (not a URL, not starting with '/'), the exact test in Python
+        k, col = ident(key), ident(column)
         rows = cat.query_dicts(
-            f'SELECT "{key}" AS item, "{column}" AS location FROM "{table}" WHERE "{column}" IS NOT NULL '
-            f"AND \"{column}\" <> '' AND NOT contains(\"{column}\", '://') AND NOT starts_with(\"{column}\", '/') "
-            f"ORDER BY 1 LIMIT {limit}")
+            f"SELECT {k} AS item, {col} AS location FROM {sql_table(table)} WHERE {col} IS NOT NULL "
+            f"AND {col} <> '' AND NOT contains({col}, '://') AND NOT starts_with({col}, '/') "
+            "ORDER BY 1 LIMIT ?", [limit])
         out += [{"check": "relative_path", "item": r["item"],
                  "detail": f"{table}.{column} is the relative path {r['location']!r}: readable only from the "
                            "directory that wrote it (pass absolute paths, or run from there)"}

@@ -24,7 +24,7 @@ def stills_difference(row: dict, k: int) -> float | None:
     the row has no readable stills."""
     import cv2
 
-    from vidcorpus.filters.clip_scores import clip_frame_list, load_stills, read_clip
+    from vidcorpus.filters.clip_frames import clip_frame_list, load_stills, read_clip
 
     stills = load_stills(row, k)
     if stills is None:

@@ -7,7 +7,6 @@ column kept as metadata.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import re

@@ -25,12 +25,11 @@ from vidcorpus.ingest.segments import TRANSITION, DroppedSegment, ShotSplit, dro
 from vidcorpus.ingest.cut_evidence import confirmed_cuts, record_cuts, reported_by
 from vidcorpus.ingest.dissolve import blend_settings, drop_blends
 from vidcorpus.ingest.flash import FlashWatch
-from vidcorpus.ingest.scale_ahead import ScaleAhead
 from vidcorpus.ingest.thumbnail_jumps import thumbnail_jumps
 from vidcorpus.ingest.transnet import TransNetRun
 from vidcorpus.ingest.transnet import runs_here as transnet_runs_here
 from vidcorpus.ingest.transnet import wants_gpu as transnet_wants_gpu
-from vidcorpus.media import clockwise_rotation, displayed_size, upright_array
+from vidcorpus.media import clockwise_rotation, displayed_size
 from vidcorpus.stage import Resources, Stage
 
 DETECT_WIDTH = 256  # scenedetect's own automatic target width
@@ -108,76 +107,16 @@ def _scaled_pyav_stream(path: str, downscale: int, on_frame=None, rotation: int 
     probe's); None reads it from the first frame. ``start`` (with a ``vidcorpus.frame_index``
     index): the stream begins at the last keyframe at or before that frame, and its positions are
     still the frames' numbers from the start of the file (chunked detection, ingest/split_chunks.py)."""
+    from vidcorpus.ingest.scaled_stream import ScaledStream  # (imports scenedetect)
+
     turn = first_frame_rotation(path) if rotation is None else rotation
     cursor = None
     if start > 0 and index is not None:
         from vidcorpus.frame_index import FrameCursor
 
         cursor = FrameCursor(path, start, index)
-    from scenedetect import FrameTimecode
-    from scenedetect.backends.pyav import VideoStreamAv
-
-    class ScaledStream(VideoStreamAv):
-        def __init__(self) -> None:
-            super().__init__(path, threading_mode="AUTO")
-            shown = displayed_size(self._codec_context.width, self._codec_context.height, turn)
-            self.size = detection_size(*shown, downscale)  # of the upright picture
-            self.decoded = 0  # frames read so far: the position of the current frame is decoded - 1
-            self.frames = cursor.take(0, 2**62) if cursor is not None else None
-            if cursor is not None:
-                self.decoded = cursor.next  # the first frame handed out is the keyframe sought
-            self.ahead_count = self.decoded  # frames decoded, including those not handed out yet
-            self.ahead = ScaleAhead(self._decode_next, self._scale)
-
-        @property
-        def frame_size(self) -> tuple[int, int]:
-            return self.size
-
-        # Positions count decoded frames. scenedetect derives them from each frame's pts minus the
-        # stream's start time, which is one frame late in an AVI whose first pts is 1 (and wrong
-        # wherever timestamps are not one per frame): every cut then landed a frame late.
-        @property
-        def frame_number(self) -> int:
-            return self.decoded
-
-        @property
-        def position(self) -> FrameTimecode:
-            return FrameTimecode(max(0, self.decoded - 1), fps=self.frame_rate)
-
-        def _handle_eof(self) -> bool:
-            # scenedetect reopens and seeks back when fewer frames decoded than the header declared;
-            # the frames after the seek would be counted twice. Its decoder generator persists, so
-            # nothing is lost at the end; extraction counts frames the same way (one plain decode).
-            return False
-
-        def _decode_next(self) -> tuple[int, object] | None:
-            """(frames read once this one is, the next decoded frame), None at the end."""
-            if self.frames is not None:
-                got = next(self.frames, None)
-                return None if got is None else (got[0] + 1, got[1])
-            if VideoStreamAv.read(self, decode=False) is False:
-                return None
-            self.ahead_count += 1
-            return self.ahead_count, self._frame
-
-        def _scale(self, frame) -> np.ndarray:
-            w, h = self.size
-            return upright_array(frame, w, h, format="bgr24", interpolation="AREA", clockwise=turn)
-
-        def read(self, decode: bool = True) -> np.ndarray | bool:
-            # frames are decoded here, in order, and scaled on helper threads a few frames ahead
-            # (ingest/scale_ahead.py); the readers see each frame when it is handed out
-            got = self.ahead.next(scaled=decode)
-            if got is None:
-                return False
-            self.decoded, self._frame, scaled = got
-            if on_frame is not None:
-                on_frame(self._frame)
-            if not decode:
-                return True
-            return scaled.result() if scaled is not None else self._scale(self._frame)
-
-    return ScaledStream()
+    return ScaledStream(path, lambda w, h: detection_size(*displayed_size(w, h, turn), downscale), turn, cursor,
+                        on_frame)
 
 
 def _detectors(cfg, min_len: int) -> list:

@@ -510,7 +510,7 @@ def test_fast_attention_kernels_equal_sdpa():
     transformers' SDPA path computes (repeat_kv + a masked SDPA; one SDPA call per segment)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from vidcorpus.captioning.fast_decode import gqa_decode_attention, varlen_sdpa
+    from vidcorpus.captioning.decode_attention import gqa_decode_attention, varlen_sdpa
 
     g = torch.Generator().manual_seed(0)
     module = torch.nn.Module()
@@ -545,17 +545,17 @@ def test_fast_prefill_matches_transformers(tiny_vlm, monkeypatch):
     """The static path's prefill forms (packed vision attention, the patch embedding as a matmul, the
     rope index on CPU copies, compiled blocks) give transformers' vision outputs and generated tokens,
     and leave the model as it was once the context ends."""
-    from vidcorpus.captioning.fast_decode import VARLEN_ATTENTION, register_attention
+    from vidcorpus.captioning.decode_attention import VARLEN_ATTENTION, register_attention
     from vidcorpus.captioning.fast_prefill import FastPrefill
 
-    import vidcorpus.captioning.fast_decode as fast_decode
+    import vidcorpus.captioning.decode_attention as decode_attention
 
     register_attention()
     cap = load_captioner(tiny_vlm, decode="default")
     inputs = cap._inputs([_frames(s) for s in range(2)], PROMPTS["p1"]["long"])
     vision = cap.model.model.visual
     calls = {"varlen": 0, "rope": 0, "block": 0, "block_fallback": 0, "before": 0, "after": 0}
-    varlen, rope = fast_decode.varlen_sdpa, cap.model.model.get_rope_index
+    varlen, rope = decode_attention.varlen_sdpa, cap.model.model.get_rope_index
 
     def counted(name, fn):
         def call(*a, **k):
@@ -572,7 +572,7 @@ def test_fast_prefill_matches_transformers(tiny_vlm, monkeypatch):
         assert all(t.device.type == "cpu" for t in list(a) + list(k.values()) if isinstance(t, torch.Tensor))
         return rope(*a, **k)
 
-    monkeypatch.setattr(fast_decode, "varlen_sdpa", counted_varlen)
+    monkeypatch.setattr(decode_attention, "varlen_sdpa", counted_varlen)
     register_attention()
     monkeypatch.setattr(cap.model.model, "get_rope_index", counted_rope)  # an instance attribute: restored as is
     pix, grid = inputs["pixel_values_videos"], inputs["video_grid_thw"]
@@ -708,20 +708,20 @@ def test_aligned_gated_mlp_equals_the_mlp():
 
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLMLP
 
-    from vidcorpus.captioning.fast_prefill import _gated_mlp_aligned
+    from vidcorpus.captioning.fused_blocks import gated_mlp_aligned
 
     torch.manual_seed(0)
     for bias in (True, False):
         mlp = Qwen2_5_VLMLP(SimpleNamespace(hidden_size=16, intermediate_size=60, hidden_act="silu"), bias=bias)
         x = torch.randn(5, 16)
         with torch.no_grad():
-            assert torch.allclose(_gated_mlp_aligned(mlp, x), mlp(x), atol=1e-6)
+            assert torch.allclose(gated_mlp_aligned(mlp, x), mlp(x), atol=1e-6)
 
 
 def test_fast_prefill_with_unequal_windows_uses_transformers_blocks(tiny_vlm):
     """Frames whose attention windows differ in length (96x80 here) go through the blocks' own forward
     (compiled as it is) inside the context, with transformers' outputs and tokens."""
-    from vidcorpus.captioning.fast_decode import VARLEN_ATTENTION, register_attention
+    from vidcorpus.captioning.decode_attention import VARLEN_ATTENTION, register_attention
     from vidcorpus.captioning.fast_prefill import FastPrefill
 
     register_attention()

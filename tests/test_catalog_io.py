@@ -424,7 +424,7 @@ def test_a_waiting_writer_goes_before_new_readers(tmp_path):
     keep a run's commit out (57 s measured without this). A stale mark is ignored."""
     import threading
 
-    from vidcorpus.catalog.store import WRITER_MARK_STALE_S
+    from vidcorpus.catalog.file_lock import WRITER_MARK_STALE_S
 
     path = tmp_path / "c.duckdb"
     mark = Path(str(path) + ".writer-waiting")

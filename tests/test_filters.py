@@ -284,7 +284,8 @@ def test_device_preprocessing_matches_open_clip_transform(tiny, media):
     from PIL import Image
 
     from vidcorpus.filters.clip_models import load_clip
-    from vidcorpus.filters.clip_scores import center_square, gpu_preprocess
+    from vidcorpus.filters.clip_frames import center_square
+    from vidcorpus.filters.clip_scores import gpu_preprocess
     from vidcorpus.media import read_frames
 
     model, preprocess, _ = load_clip(tiny["clip_model"], tiny["clip_pretrained"], "cpu")
@@ -310,7 +311,8 @@ def test_decoder_scaler_follows_the_models_transform_and_default_frames_are_pyav
     from PIL import Image
 
     from vidcorpus.filters.clip_models import load_clip
-    from vidcorpus.filters.clip_scores import ScaleToModel, clip_frame_list, decode_wanted, gpu_preprocess
+    from vidcorpus.filters.clip_frames import ScaleToModel, clip_frame_list, decode_wanted
+    from vidcorpus.filters.clip_scores import gpu_preprocess
 
     model, preprocess, _ = load_clip(tiny["clip_model"], tiny["clip_pretrained"], "cpu")
     pre = open_clip.get_model_preprocess_cfg(model)
@@ -363,7 +365,8 @@ def test_clip_stage_scaling_in_the_decoder_scores_like_the_device_path(tiny, med
 def test_long_lived_keyframe_decoder_gives_the_seeking_decoders_frames_or_declines(media, tmp_path):
     """KeyframeDecoder (one H.264 decoder per worker, NVDEC when asked for) decodes exactly the
     keyframe samples of extracted clips; anything else is left to the seeking decoder."""
-    from vidcorpus.filters.clip_scores import FrameDecoder, decode_wanted
+    from vidcorpus.filters.clip_frames import decode_wanted
+    from vidcorpus.filters.frame_decoder import FrameDecoder
     from vidcorpus.frame_seek import KeyframeDecoder, decode_frames_seeking
     from vidcorpus.media import uniform_indices
 
@@ -639,7 +642,7 @@ def test_clip_stage_model_failure_fails_every_row_and_loses_none(tiny, media):
 
 
 def test_fast_decoder_returns_exactly_the_sequential_frames(media, tmp_path):
-    from vidcorpus.filters.clip_scores import _decode_by_pts, _decode_sequential, decode_wanted
+    from vidcorpus.filters.clip_frames import _decode_by_pts, _decode_sequential, decode_wanted
     from vidcorpus.media import uniform_indices
 
     for key in ("fast", "shaky", "v0"):
@@ -663,7 +666,8 @@ def test_clip_stage_reads_stills_when_present_and_falls_back_to_the_clip(tiny, m
     file falls back to decoding the clip; the hash is always of the clip's bytes."""
     import hashlib
 
-    from vidcorpus.filters.clip_scores import ClipScoreStage, clip_frame_list, load_stills, read_clip
+    from vidcorpus.filters.clip_frames import clip_frame_list, load_stills, read_clip
+    from vidcorpus.filters.clip_scores import ClipScoreStage
     from vidcorpus.ingest.extract import ExtractStage
 
     cfg = load_config(None, [], workdir=str(tmp_path / "work"),

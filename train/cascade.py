@@ -108,83 +108,119 @@ def _stage_progress(enabled: bool, console=None):
                     TimeElapsedColumn(), console=console, disable=not (enabled and console.is_terminal))
 
 
+class _StageClock:
+    """Seconds and (on CUDA) peak GiB per cascade stage, each from ``start()`` to ``mark(name)``."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.cuda = device, device.type == "cuda"
+        self.seconds: dict[str, float] = {}
+        self.peaks: dict[str, float] = {}
+        self.t0 = time.perf_counter()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def start(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        _sync(self.device)
+        self.seconds[name] = time.perf_counter() - self.t0
+        if self.cuda:
+            self.peaks[name] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+
 def run_cascade(image, prompt: str, short_prompt: str | None, load_base: Callable[[], object],
                 load_refiner: Callable[[], object], gcfg: GenerateConfig, t_max: int,
                 device: torch.device, progress: bool = True, console=None) -> CascadeResult:
     """The two stages with the given loaders (each called once, in turn; the base is freed before the
     refiner loads when ``gcfg.offload``). ``short_prompt`` (default ``prompt``) conditions the refiner."""
-    from vidcorpus.train.export import sample_video
-    from vidcorpus.train.refiner import refine_video, to_uint8, upsample
+    from vidcorpus.train.refiner import to_uint8
 
-    cuda = device.type == "cuda"
-    seconds, peaks = {}, {}
-
-    def mark(name: str, t0: float) -> None:
-        _sync(device)
-        seconds[name] = time.perf_counter() - t0
-        if cuda:
-            peaks[name] = torch.cuda.max_memory_allocated(device) / 2**30
-            torch.cuda.reset_peak_memory_stats(device)
-
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
+    clock = _StageClock(device)
     with _stage_progress(progress, console) as bar:
-        t0 = time.perf_counter()
+        clock.start()
         # all three stages are listed from the start; each clock starts with its stage
         base_task = bar.add_task(f"base {gcfg.base_width}x{gcfg.base_height} (steps)", total=gcfg.base_steps)
         up_task = bar.add_task(f"upsample to {gcfg.width}x{gcfg.height} (frames)", total=gcfg.num_frames, start=False)
         refine_task = bar.add_task(f"refiner {gcfg.width}x{gcfg.height} (steps)", total=None, start=False)
         pipe = load_base(device)
-        calls = {"n": 0}
-
-        def tick(*_a) -> None:  # the pipeline runs its UNet once per step (batched guidance)
-            calls["n"] += 1
-            bar.update(base_task, completed=min(calls["n"], gcfg.base_steps))
-
-        hook = pipe.unet.register_forward_hook(tick)
-        try:
-            low = sample_video(pipe, image, prompt, gcfg.base_height, gcfg.base_width, gcfg.num_frames, gcfg.fps,
-                               steps=gcfg.base_steps, seed=gcfg.seed, guidance_scale=gcfg.base_guidance)
-        finally:
-            hook.remove()
+        low = _sample_base(pipe, image, prompt, gcfg, bar, base_task)
         if gcfg.offload:
             del pipe
             _free(device)
-        mark("base", t0)
+        clock.mark("base")
 
-        t0 = time.perf_counter()
-        frames = torch.from_numpy(low).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        bar.start_task(up_task)
-        bar.update(up_task, total=len(frames))
-        upsampled = []
-        for i in range(len(frames)):  # frame by frame (the same values as one call): a bar that moves
-            upsampled.append(upsample(frames[i:i + 1], gcfg.height, gcfg.width))
-            bar.update(up_task, completed=i + 1)
-        frames = torch.cat(upsampled)
-        del upsampled
-        mark("upsample", t0)
+        clock.start()
+        frames = _upsample(low, gcfg, bar, up_task)
+        clock.mark("upsample")
 
-        t0 = time.perf_counter()
+        clock.start()
         bar.start_task(refine_task)
         comps = load_refiner(device)
-
-        def on_step(i: int, n: int) -> None:
-            bar.update(refine_task, total=n, completed=i)
-
-        out = refine_video(comps, comps.unet, frames, short_prompt or prompt, t_max=t_max, steps=gcfg.refiner_steps,
-                           guidance=gcfg.refiner_guidance, seed=gcfg.seed + 1, vae_chunk=gcfg.vae_chunk,
-                           cfg_batched=gcfg.cfg_batched,
-                           offload_text=gcfg.offload and next(comps.text_encoder.parameters()).device != device,
-                           on_step=on_step)
-        mark("refine", t0)
-        from diffusers import DDIMScheduler
-
-        sched = DDIMScheduler.from_config(comps.scheduler.config)
-        sched.set_timesteps(gcfg.refiner_steps)
-        t_start = int(next((t for t in sched.timesteps if int(t) <= t_max), sched.timesteps[-1]))
+        out = _refine(comps, frames, short_prompt or prompt, gcfg, t_max, device, bar, refine_task)
+        clock.mark("refine")
+        t_start = _refiner_start(comps, gcfg, t_max)
         del comps
         _free(device)
-    return CascadeResult(frames=to_uint8(out), base_frames=low, t_start=t_start, seconds=seconds, peak_gib=peaks)
+    return CascadeResult(frames=to_uint8(out), base_frames=low, t_start=t_start, seconds=clock.seconds,
+                         peak_gib=clock.peaks)
+
+
+def _sample_base(pipe, image, prompt: str, gcfg: GenerateConfig, bar, task) -> np.ndarray:
+    """The base stage's low-resolution video (uint8 frames), its bar moved once per UNet call."""
+    from vidcorpus.train.export import sample_video
+
+    calls = {"n": 0}
+
+    def tick(*_a) -> None:  # the pipeline runs its UNet once per step (batched guidance)
+        calls["n"] += 1
+        bar.update(task, completed=min(calls["n"], gcfg.base_steps))
+
+    hook = pipe.unet.register_forward_hook(tick)
+    try:
+        return sample_video(pipe, image, prompt, gcfg.base_height, gcfg.base_width, gcfg.num_frames, gcfg.fps,
+                            steps=gcfg.base_steps, seed=gcfg.seed, guidance_scale=gcfg.base_guidance)
+    finally:
+        hook.remove()
+
+
+def _upsample(low: np.ndarray, gcfg: GenerateConfig, bar, task) -> torch.Tensor:
+    """The base frames at the output size, in [-1, 1]."""
+    from vidcorpus.train.refiner import upsample
+
+    frames = torch.from_numpy(low).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    bar.start_task(task)
+    bar.update(task, total=len(frames))
+    upsampled = []
+    for i in range(len(frames)):  # frame by frame (the same values as one call): a bar that moves
+        upsampled.append(upsample(frames[i:i + 1], gcfg.height, gcfg.width))
+        bar.update(task, completed=i + 1)
+    return torch.cat(upsampled)
+
+
+def _refine(comps, frames: torch.Tensor, prompt: str, gcfg: GenerateConfig, t_max: int, device: torch.device,
+            bar, task):
+    """The refiner stage over the upsampled frames."""
+    from vidcorpus.train.refiner import refine_video
+
+    def on_step(i: int, n: int) -> None:
+        bar.update(task, total=n, completed=i)
+
+    return refine_video(comps, comps.unet, frames, prompt, t_max=t_max, steps=gcfg.refiner_steps,
+                        guidance=gcfg.refiner_guidance, seed=gcfg.seed + 1, vae_chunk=gcfg.vae_chunk,
+                        cfg_batched=gcfg.cfg_batched,
+                        offload_text=gcfg.offload and next(comps.text_encoder.parameters()).device != device,
+                        on_step=on_step)
+
+
+def _refiner_start(comps, gcfg: GenerateConfig, t_max: int) -> int:
+    """The first timestep the refiner ran (the largest of its schedule at or below ``t_max``)."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_config(comps.scheduler.config)
+    sched.set_timesteps(gcfg.refiner_steps)
+    return int(next((t for t in sched.timesteps if int(t) <= t_max), sched.timesteps[-1]))
 
 
 def generate(image, prompt: str, short_prompt: str | None, base: str, refiner: str, gcfg: GenerateConfig,

@@ -233,9 +233,6 @@ class ClipStream(torch.utils.data.IterableDataset):
         # in a bucket). Consumed ones pass as ``Skipped`` markers, undecoded.
         self.skip = skip or {}
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def _seed(self) -> int:
         info = torch.utils.data.get_worker_info()
         return self.cfg.seed * 1_000_003 + self.epoch * 1_009 + (info.id if info else 0)

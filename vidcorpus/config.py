@@ -1,5 +1,9 @@
 """One typed configuration for every stage, loadable from YAML and overridable from the CLI.
 
+Longer than 400 lines on purpose: it is one declarative schema (a section per stage, each field with
+its description), read whole by ``config show`` and ``--set``; split, its sections would only import
+each other.
+
 Precedence: defaults < YAML file (``--config``) < ``--set section.key=value`` overrides.
 """
 

@@ -32,15 +32,16 @@ def _finite(col: str) -> str:
     return f"({col} IS NOT NULL AND isfinite({col}))"
 
 
-def predicate_sql(data, pred) -> str:
-    """SQL that holds when a clip passes ``pred`` (its missing-score policy applied), as the recipe decides."""
+def predicate_sql(data, pred) -> tuple[str, list]:
+    """(SQL that holds when a clip passes ``pred`` (its missing-score policy applied), as the recipe
+    decides; its parameters)."""
     assert pred.op in _OPS, pred.op
     keeps = "TRUE" if (pred.missing or data.recipe.missing) == "keep" else "FALSE"
     col = data.scores.get(pred.score)
     if col is None:  # no clip of the scope has this score
-        return keeps
+        return keeps, []
     op = "=" if pred.op == "==" else pred.op
-    return f"(CASE WHEN {_missing(col)} THEN {keeps} ELSE {col} {op} {float(pred.value)!r} END)"
+    return f"(CASE WHEN {_missing(col)} THEN {keeps} ELSE {col} {op} ? END)", [float(pred.value)]
 
 
 def tile_columns(data) -> str:
@@ -94,13 +95,15 @@ def histograms(data, edges: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray
     names = sorted(edges)
     if not names:
         return {}
-    parts = []
+    parts, params = [], []
     for name in names:
         col, e = data.scores[name], edges[name]
         n, lo, hi = len(e) - 1, float(e[0]), float(e[-1])
-        parts.append(f"histogram(CASE WHEN {_finite(col)} AND {col} BETWEEN {lo!r} AND {hi!r} THEN "
-                     f"least(floor(({col} - {lo!r}) * {n / (hi - lo)!r})::BIGINT, {n - 1}) END)")
-    rows = data.con.execute(f"SELECT coalesce(kept, FALSE), {', '.join(parts)} FROM report_clips GROUP BY 1").fetchall()
+        parts.append(f"histogram(CASE WHEN {_finite(col)} AND {col} BETWEEN ? AND ? THEN "
+                     f"least(floor(({col} - ?) * ?)::BIGINT, {n - 1}) END)")
+        params += [lo, hi, lo, n / (hi - lo)]
+    rows = data.con.execute(f"SELECT coalesce(kept, FALSE), {', '.join(parts)} FROM report_clips GROUP BY 1",
+                            params).fetchall()
     out = {name: (np.zeros(len(edges[name]) - 1, dtype=np.int64), np.zeros(len(edges[name]) - 1, dtype=np.int64))
            for name in names}
     for row in rows:
@@ -123,18 +126,21 @@ def retention_curve(data, index: int, lo: float | None, hi: float | None,
         lo, hi = pred.value - 1, pred.value + 1
     pad = (hi - lo) * 0.05 or 0.5
     xs = np.linspace(lo - pad, hi + pad, points)
-    others = " AND ".join(predicate_sql(data, p) for j, p in enumerate(preds) if j != index) or "TRUE"
+    parts = [predicate_sql(data, p) for j, p in enumerate(preds) if j != index]
+    others = " AND ".join(sql for sql, _params in parts) or "TRUE"
+    others_params = [v for _sql, params in parts for v in params]
     col = data.scores.get(pred.score)
     if col is None:  # every clip misses the score: the missing policy decides at every threshold
-        n = int(data.one(f"SELECT count(*) FROM report_clips WHERE {others}"))
-        return xs, np.full(points, n if predicate_sql(data, pred) == "TRUE" else 0, dtype=float)
+        n = int(data.one(f"SELECT count(*) FROM report_clips WHERE {others}", others_params))
+        return xs, np.full(points, n if predicate_sql(data, pred)[0] == "TRUE" else 0, dtype=float)
     keeps = (pred.missing or data.recipe.missing) == "keep"
-    up = "[" + ", ".join(repr(float(t)) for t in xs) + "]"
-    down = "[" + ", ".join(repr(-float(t)) for t in xs[::-1]) + "]"
+    up = [float(t) for t in xs]
+    down = [-float(t) for t in xs[::-1]]
     # DuckDB's histogram over bin boundaries counts x <= t (and -x <= -t: x >= t) at every threshold in one scan
     miss, at_most, at_least = data.con.execute(
-        f"SELECT count(*) FILTER (WHERE x IS NULL), histogram(x, {up}), histogram(-x, {down}) FROM "
-        f"(SELECT CASE WHEN NOT {_missing(col)} THEN {col} END AS x FROM report_clips WHERE {others})").fetchall()[0]
+        f"SELECT count(*) FILTER (WHERE x IS NULL), histogram(x, ?::DOUBLE[]), histogram(-x, ?::DOUBLE[]) FROM "
+        f"(SELECT CASE WHEN NOT {_missing(col)} THEN {col} END AS x FROM report_clips WHERE {others})",
+        [up, down, *others_params]).fetchall()[0]
     le = np.cumsum([at_most.get(float(t), 0) for t in xs]) if at_most else np.zeros(points)
     ge = np.cumsum([at_least.get(-float(t), 0) for t in xs[::-1]])[::-1] if at_least else np.zeros(points)
     n = sum(at_most.values()) if at_most else 0  # every value present (the overflow bin too)
@@ -157,7 +163,7 @@ def near_threshold(data, pred, kept: bool, k: int) -> list[dict]:
     cond = "kept" if kept else "reason = ?"
     ids = [r[0] for r in data.con.execute(
         f"SELECT clip_id FROM report_clips WHERE {cond} AND {_finite(col)} ORDER BY abs({col} - ?), clip_id "
-        f"LIMIT {int(k)}", ([] if kept else [pred.failure()]) + [float(pred.value)]).fetchall()]
+        "LIMIT ?", ([] if kept else [pred.failure()]) + [float(pred.value), int(k)]).fetchall()]
     tiles = _tiles(data, ids, col)
     return [tiles[i] for i in ids]
 
@@ -176,8 +182,10 @@ def decile_clips(data, name: str, n: int, lo: float, hi: float) -> list[tuple[in
     starts = [d * size + min(d, extra) for d in range(parts)]
     picks = {s + (size + (d < extra)) // 2: d + 1 for d, s in enumerate(starts)}
     scale = DECILE_BINS / (hi - lo) if hi > lo else 0.0
-    fine = f"least(floor(({col} - {float(lo)!r}) * {scale!r})::BIGINT, {DECILE_BINS - 1})"  # monotone in the score
-    hist = data.con.execute(f"SELECT histogram({fine}) FROM report_clips WHERE {_finite(col)}").fetchall()[0][0]
+    fine = f"least(floor(({col} - ?) * ?)::BIGINT, {DECILE_BINS - 1})"  # monotone in the score
+    fine_params = [float(lo), float(scale)]
+    hist = data.con.execute(f"SELECT histogram({fine}) FROM report_clips WHERE {_finite(col)}",
+                            fine_params).fetchall()[0][0]
     bins = sorted(hist)
     cum = np.cumsum([hist[b] for b in bins])
     where: dict[int, list[tuple[int, int]]] = {}  # bin -> (rank inside the bin, pick's rank)
@@ -188,7 +196,7 @@ def decile_clips(data, name: str, n: int, lo: float, hi: float) -> list[tuple[in
         f"SELECT b, clip_id, row_number() OVER (PARTITION BY b ORDER BY {col}, clip_id) - 1 AS r FROM "
         f"(SELECT {fine} AS b, clip_id, {col} FROM report_clips WHERE {_finite(col)}) WHERE b IN (SELECT unnest(?)) "
         "QUALIFY list_contains(?, b * 1000000000 + r)",
-        [sorted(where), [b * 1_000_000_000 + r for b, rs in where.items() for r, _ in rs]]).fetchall()
+        [*fine_params, sorted(where), [b * 1_000_000_000 + r for b, rs in where.items() for r, _ in rs]]).fetchall()
     rank_of = {row[1]: next(g for r, g in where[row[0]] if r == row[2]) for row in ranked}
     tiles = _tiles(data, sorted(rank_of), col)
     return sorted(((picks[rank_of[cid]], tiles[cid]) for cid in rank_of), key=lambda p: p[0])

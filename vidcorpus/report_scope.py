@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from vidcorpus.catalog.schema import CLIP_COLUMNS, funnel_body
+from vidcorpus.catalog.sql_names import ident, name_literal
 from vidcorpus.catalog.store import Catalog
 
 _SCHEME = r"^([A-Za-z][A-Za-z0-9+.-]*):"
@@ -132,9 +133,9 @@ def load_report_data(cat: Catalog, run: str | None = None, recipe_path: str | No
     wide, shadowed = _score_columns(cat)
     joins, cols = "", ""
     for i, name in enumerate(shadowed):  # latest value by written_at, as clips_wide pivots the others
-        joins += (f" LEFT JOIN (SELECT clip_id, arg_max(value, written_at) AS v FROM scores WHERE scorer = '{name}' "
+        joins += (f" LEFT JOIN (SELECT clip_id, arg_max(value, written_at) AS v FROM scores WHERE scorer = {name_literal(name)} "
                   f"GROUP BY clip_id) s{i} USING (clip_id)")
-        cols += f', s{i}.v AS "score__{name}"'
+        cols += f", s{i}.v AS {ident('score__' + name)}"
     # views take no parameters: the run (and release) go in through session variables, never into SQL text
     con.execute("SET VARIABLE report_run = ?", [run])
     where = " WHERE w.run_id = getvariable('report_run')" if run else ""
@@ -152,10 +153,11 @@ def load_report_data(cat: Catalog, run: str | None = None, recipe_path: str | No
     for view, sql in (("report_clips", base), ("report_sources", src_sql), ("report_failures", fail_sql)):
         con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {sql}")
     present = data.rows("SELECT " + ", ".join(
-        [f'count("{n}") AS "{n}"' for n in wide] + [f'count("score__{n}") AS "{n}"' for n in shadowed] or ["1"])
+        [f"count({ident(n)}) AS {ident(n)}" for n in wide] + [f"count({ident('score__' + n)}) AS {ident(n)}" for n in shadowed]
+        or ["1"])
         + " FROM report_clips")[0] if wide or shadowed else {}
-    data.scores = {n: f'"{n}"' for n in wide if present.get(n)}
-    data.scores.update({n: f'"score__{n}"' for n in shadowed if present.get(n)})
+    data.scores = {n: ident(n) for n in wide if present.get(n)}
+    data.scores.update({n: ident("score__" + n) for n in shadowed if present.get(n)})
     _attach_recipe(data, recipe_path, {r["recipe"]: r["yaml"] for r in cat.query_dicts("SELECT recipe, yaml FROM recipes")})
     return data
 

@@ -40,7 +40,8 @@ import duckdb
 
 from vidcorpus.catalog.safe_sql import lock_down
 from vidcorpus.catalog.snapshot import is_snapshot
-from vidcorpus.catalog.store import WRITER_MARK_STALE_S, Catalog, CatalogError
+from vidcorpus.catalog.file_lock import WRITER_MARK_STALE_S
+from vidcorpus.catalog.store import Catalog, CatalogError
 
 LABEL_WRITE_TIMEOUT_S = 30.0
 IDLE_CLOSE_S = 10.0

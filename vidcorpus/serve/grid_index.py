@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from vidcorpus.catalog.sql_names import ident
 from vidcorpus.serve import queries
 
 ORDER_BUDGET_BYTES = 1 << 30
@@ -110,7 +111,7 @@ class GridColumns:
             return self._numeric[name]
 
     def _read_numeric(self, con: duckdb.DuckDBPyConnection, name: str) -> NumericColumn | None:
-        table = con.sql(f'SELECT rowid, "{name}" FROM clips_wide').to_arrow_table()
+        table = con.sql(f"SELECT rowid, {ident(name)} FROM clips_wide").to_arrow_table()
         col = table[name].combine_chunks()
         if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
             return None

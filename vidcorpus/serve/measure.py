@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 import duckdb
 import numpy as np
 
+from vidcorpus.catalog.sql_names import ident
 from vidcorpus.filters.recipes import Predicate, Recipe
 from vidcorpus.serve.labels import LATEST_LABELS_SQL
 
@@ -78,9 +79,10 @@ def population(con: duckdb.DuckDBPyConnection, pred: Predicate) -> tuple[int, in
     """(flagged, passed) clips among those with the score."""
     if not _column_exists(con, pred.score):
         return 0, 0
-    row = con.execute(f'SELECT count(*) FILTER (WHERE NOT ("{pred.score}" {pred.op} ?)), '
-                      f'count(*) FILTER (WHERE "{pred.score}" {pred.op} ?) FROM clips_wide '
-                      f'WHERE "{pred.score}" IS NOT NULL AND NOT isnan("{pred.score}")',
+    score = ident(pred.score)
+    row = con.execute(f"SELECT count(*) FILTER (WHERE NOT ({score} {pred.op} ?)), "
+                      f"count(*) FILTER (WHERE {score} {pred.op} ?) FROM clips_wide "
+                      f"WHERE {score} IS NOT NULL AND NOT isnan({score})",
                       [pred.value, pred.value]).fetchall()[0]
     return int(row[0]), int(row[1])
 
@@ -91,8 +93,9 @@ def label_set(con: duckdb.DuckDBPyConnection, pred: Predicate) -> LabelSet:
     if not _column_exists(con, pred.score):
         return empty
     try:
-        rows = con.execute(f'SELECT w."{pred.score}", l.label = \'bad\', l.origin FROM ({LATEST_LABELS_SQL}) l '
-                           f'JOIN clips_wide w USING (clip_id) WHERE w."{pred.score}" IS NOT NULL').fetchall()
+        score = ident(pred.score)
+        rows = con.execute(f"SELECT w.{score}, l.label = 'bad', l.origin FROM ({LATEST_LABELS_SQL}) l "
+                           f"JOIN clips_wide w USING (clip_id) WHERE w.{score} IS NOT NULL").fetchall()
     except duckdb.CatalogException:  # no labels table (a snapshot from before labels)
         return empty
     origin = f"sample:{pred.score}"

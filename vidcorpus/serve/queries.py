@@ -18,6 +18,7 @@ from typing import Callable
 import duckdb
 
 from vidcorpus.catalog.schema import ACTIVE_RECIPE_SQL, CLIP_COLUMNS
+from vidcorpus.catalog.sql_names import ident
 from vidcorpus.filters.recipes import Recipe, recipe_from_text
 
 GRID_COLUMNS = ("clip_id", "source_id", "media_type", "duration_s", "width", "height", "kept", "reason", "recipe",
@@ -62,10 +63,10 @@ class GridQuery:
             if name not in scores and name not in SORTABLE_CLIP_COLUMNS:
                 raise ValueError(f"no score named {name!r}")
             if lo is not None:
-                parts.append(f'"{name}" >= ?')
+                parts.append(f"{ident(name)} >= ?")
                 params.append(lo)
             if hi is not None:
-                parts.append(f'"{name}" <= ?')
+                parts.append(f"{ident(name)} <= ?")
                 params.append(hi)
         if self.source:
             parts.append("source_id = ?")
@@ -91,7 +92,7 @@ class GridQuery:
     def order(self, scores: list[str]) -> str:
         if self.sort not in scores and self.sort not in SORTABLE_CLIP_COLUMNS:
             raise ValueError(f"cannot sort by {self.sort!r}")
-        return f'"{self.sort}" {"DESC" if self.descending else "ASC"} NULLS LAST, clip_id'
+        return f'{ident(self.sort)} {"DESC" if self.descending else "ASC"} NULLS LAST, clip_id'
 
 
 COUNT_CAP = 10_000
@@ -115,7 +116,7 @@ def ordered_ids(con: duckdb.DuckDBPyConnection, q: GridQuery, scores: list[str],
     bound, the second pass reads the id of only the rows it keeps."""
     where, params = q.sql(scores)
     order = q.order(scores)  # checks the sort key
-    key = f'"{q.sort}"'
+    key = ident(q.sort)
     bound = [] if q.sort == "clip_id" else con.execute(  # (sorted by id: one pass)
         f"SELECT {key} FROM clips_wide WHERE {where} ORDER BY {key} {'DESC' if q.descending else 'ASC'} "
         "NULLS LAST LIMIT 1 OFFSET ?", [*params, offset + limit - 1]).fetchall()
@@ -130,7 +131,7 @@ def rows_by_id(con: duckdb.DuckDBPyConnection, ids: list[str], scores: list[str]
     """The grid's columns of these clips, in this order."""
     if not ids:
         return []
-    cols = ", ".join(f'"{c}"' for c in (*GRID_COLUMNS, *scores))
+    cols = ", ".join(ident(c) for c in (*GRID_COLUMNS, *scores))
     rel = con.execute(f"SELECT {cols} FROM clips_wide WHERE clip_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
     names = [d[0] for d in rel.description]
     by_id = {r[0]: dict(zip(names, r)) for r in rel.fetchall()}
@@ -153,7 +154,7 @@ def facets(con: duckdb.DuckDBPyConnection, scores: list[str]) -> dict:
         "recipes": [r[0] for r in con.execute(
             "SELECT recipe FROM decisions GROUP BY 1 ORDER BY max(decided_at) DESC").fetchall()]}
     if scores:
-        agg = ", ".join(f'min("{s}"), max("{s}")' for s in scores)
+        agg = ", ".join(f"min({ident(s)}), max({ident(s)})" for s in scores)
         row = con.execute(f"SELECT {agg} FROM clips_wide").fetchall()[0]
         out["ranges"] = {s: (row[2 * i], row[2 * i + 1]) for i, s in enumerate(scores)}
     else:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import re
 
+from vidcorpus.catalog.sql_names import ident
 from vidcorpus.filters.recipes import Predicate, Recipe
 
-_NAME = re.compile(r"[a-z][a-z0-9_]*")
 CHANGE = re.compile(r"\s*([a-z][a-z0-9_]*)\s*(>=|<=|==|!=|>|<)\s*(-?[0-9.]+(?:e-?[0-9]+)?)\s*")
 
 
@@ -21,14 +21,13 @@ def kept_sql(recipe: Recipe, columns: set[str]) -> tuple[str, list]:
     """(SQL boolean, parameters): TRUE where the recipe keeps the clip."""
     parts, params = [], []
     for p in recipe.predicates:
-        if not _NAME.fullmatch(p.score):
-            raise ValueError(f"score name {p.score!r} is not a plain identifier")
+        score = ident(p.score)  # ValueError unless a plain identifier
         keep_missing = "TRUE" if (p.missing or recipe.missing) == "keep" else "FALSE"
         if p.score not in columns:
             parts.append(keep_missing)
             continue
-        parts.append(f'(CASE WHEN "{p.score}" IS NULL OR isnan("{p.score}") THEN {keep_missing} '
-                     f'ELSE "{p.score}" {p.op} ? END)')
+        parts.append(f"(CASE WHEN {score} IS NULL OR isnan({score}) THEN {keep_missing} "
+                     f"ELSE {score} {p.op} ? END)")
         params.append(p.value)
     return ("(" + " AND ".join(parts) + ")" if parts else "TRUE"), params
 

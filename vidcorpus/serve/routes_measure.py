@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from vidcorpus.catalog.sql_names import ident
 from vidcorpus.serve import measure, queries
 from vidcorpus.serve.app import render
 from vidcorpus.serve.recipe_sql import kept_sql, with_change
@@ -48,10 +49,11 @@ def sample_page(request: Request) -> Response:
         have_labels = "labels" in queries.tables(con)
         unlabelled = ("AND clip_id NOT IN (SELECT clip_id FROM labels WHERE origin = ?)" if have_labels else "")
         halves = {}
-        for name, cond in (("flagged", f'NOT ("{pred.score}" {pred.op} ?)'), ("passed", f'"{pred.score}" {pred.op} ?')):
+        score = ident(pred.score)
+        for name, cond in (("flagged", f"NOT ({score} {pred.op} ?)"), ("passed", f"{score} {pred.op} ?")):
             params = [pred.value] + ([f"sample:{pred.score}"] if have_labels else []) + [seed, SAMPLE_SIZE // 2]
             ids = [r[0] for r in con.execute(
-                f'SELECT clip_id FROM clips_wide WHERE "{pred.score}" IS NOT NULL AND {cond} {unlabelled} '
+                f"SELECT clip_id FROM clips_wide WHERE {score} IS NOT NULL AND {cond} {unlabelled} "
                 f"ORDER BY hash(clip_id || ?), clip_id LIMIT ?", params).fetchall()]
             q = queries.GridQuery(clip_ids=ids, per_page=queries.MAX_PER_PAGE)
             halves[name] = queries.grid(con, q, scores)[0] if ids else []

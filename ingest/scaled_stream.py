@@ -1,0 +1,84 @@
+"""scenedetect's PyAV stream, its frames shrunk and turned upright by FFmpeg's scaler.
+
+The shot detectors read this stream (``ingest/split.py``); it is a module of its own because it
+subclasses scenedetect's ``VideoStreamAv`` (imported only once a source is split) and overrides how
+frames are numbered, decoded, scaled ahead on helper threads (``ingest/scale_ahead.py``) and shared
+with the other detectors of the same decode.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scenedetect import FrameTimecode
+from scenedetect.backends.pyav import VideoStreamAv
+
+from vidcorpus.ingest.scale_ahead import ScaleAhead
+from vidcorpus.media import upright_array
+
+
+class ScaledStream(VideoStreamAv):
+    """The stream the detectors read: frames counted in decode order, scaled to ``size_of(coded
+    width, height)`` and turned ``turn`` degrees clockwise; ``on_frame`` sees every decoded frame;
+    ``cursor`` (a ``vidcorpus.frame_index.FrameCursor``) starts it at a keyframe mid-file."""
+
+    def __init__(self, path: str, size_of: Callable[[int, int], tuple[int, int]], turn: int,
+                 cursor=None, on_frame: Callable | None = None) -> None:
+        super().__init__(path, threading_mode="AUTO")
+        self._turn, self._on_frame = turn, on_frame
+        self.size = size_of(self._codec_context.width, self._codec_context.height)  # of the upright picture
+        self.decoded = 0  # frames read so far: the position of the current frame is decoded - 1
+        self.frames = cursor.take(0, 2**62) if cursor is not None else None
+        if cursor is not None:
+            self.decoded = cursor.next  # the first frame handed out is the keyframe sought
+        self.ahead_count = self.decoded  # frames decoded, including those not handed out yet
+        self.ahead = ScaleAhead(self._decode_next, self._scale)
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return self.size
+
+    # Positions count decoded frames. scenedetect derives them from each frame's pts minus the
+    # stream's start time, which is one frame late in an AVI whose first pts is 1 (and wrong
+    # wherever timestamps are not one per frame): every cut then landed a frame late.
+    @property
+    def frame_number(self) -> int:
+        return self.decoded
+
+    @property
+    def position(self) -> FrameTimecode:
+        return FrameTimecode(max(0, self.decoded - 1), fps=self.frame_rate)
+
+    def _handle_eof(self) -> bool:
+        # scenedetect reopens and seeks back when fewer frames decoded than the header declared;
+        # the frames after the seek would be counted twice. Its decoder generator persists, so
+        # nothing is lost at the end; extraction counts frames the same way (one plain decode).
+        return False
+
+    def _decode_next(self) -> tuple[int, object] | None:
+        """(frames read once this one is, the next decoded frame), None at the end."""
+        if self.frames is not None:
+            got = next(self.frames, None)
+            return None if got is None else (got[0] + 1, got[1])
+        if VideoStreamAv.read(self, decode=False) is False:
+            return None
+        self.ahead_count += 1
+        return self.ahead_count, self._frame
+
+    def _scale(self, frame) -> np.ndarray:
+        w, h = self.size
+        return upright_array(frame, w, h, format="bgr24", interpolation="AREA", clockwise=self._turn)
+
+    def read(self, decode: bool = True) -> np.ndarray | bool:
+        # frames are decoded here, in order, and scaled on helper threads a few frames ahead
+        # (ingest/scale_ahead.py); the readers see each frame when it is handed out
+        got = self.ahead.next(scaled=decode)
+        if got is None:
+            return False
+        self.decoded, self._frame, scaled = got
+        if self._on_frame is not None:
+            self._on_frame(self._frame)
+        if not decode:
+            return True
+        return scaled.result() if scaled is not None else self._scale(self._frame)
