@@ -256,7 +256,7 @@ def main() -> None:
     cat = Catalog(db)
     cat.con.execute("SET threads = 2")
     cat.con.execute(f"SET memory_limit = '{args.memory_limit}'")
-    if args.direct:
+    if args.direct and not args.skip_load:  # --skip-load measures the file as it is
         t = time.perf_counter()
         wide_table.sync_columns(cat.con, scorers)
         _direct_load(cat.con, args.clips, scorers)
