@@ -114,6 +114,13 @@ def empty_row(**values) -> dict:
     return row
 
 
+def is_clipless(row: dict) -> bool:
+    """A split source that yielded no clip (every shot trimmed away or dropped): the row carries the
+    source's ``split_frames`` and ``dropped`` segments only. Later stages pass it through untouched;
+    the driver records the source and its segments and marks it done, so a rerun does not redo it."""
+    return row.get("clip_id") is None and row.get("split_frames") is not None
+
+
 def rows_to_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist([{k: r.get(k) for k in ROW_FIELDS} for r in rows], schema=ROW_SCHEMA)
 
