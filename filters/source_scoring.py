@@ -23,6 +23,7 @@ from vidcorpus.ids import is_safe_key
 from vidcorpus.media import save_jpeg, uniform_indices
 from vidcorpus.source_frames import DEFERRED, stream_clip_frames, with_geometry
 from vidcorpus.stills import encode_stills, still_size
+from vidcorpus.storage import write_atomic
 
 
 def from_source(row: dict) -> bool:
@@ -127,10 +128,10 @@ def write_stills(row: dict, frames: dict[int, np.ndarray], cfg) -> dict:
     _fps, n = clip_fps(row, "")
     wanted = uniform_indices(n, cfg.filters.frames_per_clip) if cfg.filters.still_size else []
     if wanted and all(i in frames for i in wanted):
-        from vidcorpus.ingest.extract import _write
-
         stills_url = cfg.url("staging", "clips", f"{clip}.stills.jpg")
-        _write(stills_url, encode_stills([_shrink(frames[i], cfg.filters.still_size) for i in wanted]))
+        # no fsync, as extraction writes clips: a stills file lost to a power cut is written again
+        stills = encode_stills([_shrink(frames[i], cfg.filters.still_size) for i in wanted])
+        write_atomic(stills_url, stills, fsync=False)
     return dict(row, first_frame_path=first_url, stills_path=stills_url)
 
 
