@@ -529,7 +529,8 @@ def _scored_catalog(path, n=20):
 
 def test_apply_redecides_from_stored_scores_only(tmp_path):
     from vidcorpus.catalog.store import CatalogError
-    from vidcorpus.filters.apply import apply_recipe, register
+    from vidcorpus.filters.apply import apply_recipe
+    from vidcorpus.recipe_model import register
     from vidcorpus.filters.recipes import load_recipe
 
     cat = _scored_catalog(tmp_path / "c.duckdb")

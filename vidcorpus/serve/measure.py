@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import duckdb
 import numpy as np
 
-from vidcorpus.filters.recipes import Predicate, Recipe
+from vidcorpus.recipe_model import Predicate, Recipe
 from vidcorpus.serve.labels import LATEST_LABELS_SQL
 
 _OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from vidcorpus.filters.recipes import Predicate, Recipe
+from vidcorpus.recipe_model import Predicate, Recipe
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 CHANGE = re.compile(r"\s*([a-z][a-z0-9_]*)\s*(>=|<=|==|!=|>|<)\s*(-?[0-9.]+(?:e-?[0-9]+)?)\s*")
