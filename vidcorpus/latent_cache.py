@@ -17,7 +17,7 @@ from vidcorpus.config import Config
 from vidcorpus.ids import new_run_id
 from vidcorpus.presets import resolve_models
 from vidcorpus.shards.latents import LatentParams, cache_key, device_and_dtype, encode_sample, encoder_fingerprint, sidecar_url
-from vidcorpus.shards.reader import ShardSpec, as_specs, sample_pipeline, specs_from_manifest
+from vidcorpus.shard_reader import ShardSpec, as_specs, sample_pipeline, specs_from_manifest
 from vidcorpus.shards.writer import stream_tar
 
 
