@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from vidcorpus.catalog.latent_state import LatentKeyInUse, latent_key_in_use, unencoded_clips
 from vidcorpus.catalog.schema import ACTIVE_RECIPE_SQL
 from vidcorpus.recipe_model import Recipe, recipe_from_text, register
+from vidcorpus.storage import is_url, local_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from vidcorpus.catalog.store import Catalog
@@ -129,8 +130,6 @@ def pending_work(cat: "Catalog", caption_version: str, shard_caption_version: st
 def _local_file_missing(path: str) -> bool:
     """A local clip file that is not there (object-store paths are not probed one by one)."""
     import os
-
-    from vidcorpus.storage import is_url, local_path
 
     return not is_url(path) and not os.path.exists(local_path(path))
 
