@@ -4,7 +4,8 @@ Captioning is the pipeline's throughput ceiling, so rows are captioned in batche
 cannot be read or captioned fails alone while the rest of the batch keeps its captions.
 
 Caption QA (``captioning.qa``): each new caption is embedded with the pipeline's CLIP model and
-compared with the mean embedding of the frames it was generated from (the filters' CLIP code).
+compared with the mean embedding of the frames it was generated from (``vidcorpus/clip_models.py``,
+the CLIP code the filters' scorer uses too).
 Scores, keyed by the caption version so several versions coexist: ``caption_clip`` (long),
 ``caption_clip_short`` and ``caption_degenerate`` (1.0 when the long caption is empty or junk).
 """
