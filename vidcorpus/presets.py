@@ -63,11 +63,12 @@ def resolve_models(models: ModelsConfig, build: bool = True, only: set[str] | No
 
 @dataclass(frozen=True)
 class TinyBuild:
-    """One tiny model: the stage function that builds it, the ``ModelsConfig`` fields it is called
-    with (the first is where it writes), and the file that exists once it is built."""
+    """One tiny model: the function that builds it (named, in the module that owns the model), the
+    ``ModelsConfig`` fields it is called with (the first is where it writes), and the file that
+    exists once it is built."""
 
     model: str  # which model it belongs to: "clip", "captioner", "i2vgen" or "refiner"
-    builder: str  # "module:function" of the stage that owns the model
+    builder: str  # "module:function"
     args: tuple[str, ...]
     marker: str = ""  # a file inside the first arg's path ("": that path itself)
 
