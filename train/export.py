@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vidcorpus.media import encode_video
 from vidcorpus.train.checkpoint import is_local, load_unet_weights, resolve_resume
 from vidcorpus.train.models import Components, load_components
 
@@ -107,6 +106,9 @@ def _sample(pipe, device, image, prompt, height, width, num_frames, fps, steps, 
 
 
 def write_mp4(frames: np.ndarray, fps: float, url: str) -> str:
+    # here, not at the top: media imports av, which a run from cached latents never needs
+    from vidcorpus.media import encode_video
+
     if is_local(url):
         path = url.removeprefix("file://")
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
