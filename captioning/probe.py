@@ -57,7 +57,6 @@ def check_tokens(model, inputs: dict, new: torch.Tensor, eos_ids: list[int], sto
     rule suppresses; ``stop_ids``: tokens after which a row is padding (EOS and pad)."""
     from transformers import MinNewTokensLengthLogitsProcessor, RepetitionPenaltyLogitsProcessor
 
-    # here, as transformers above: fast_decode imports it at the top, which importing the probe does not need
     from vidcorpus.captioning.fast_decode import padding_lengths, penalty_skips_padding
 
     prompt = inputs["input_ids"]

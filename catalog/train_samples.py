@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from vidcorpus.catalog.store import _now
-
 if TYPE_CHECKING:  # pragma: no cover
     from vidcorpus.catalog.store import Catalog
 
@@ -38,6 +36,8 @@ def record_training(cat: "Catalog", run_id: str, stage: str, select_sql: str, st
                     files: list[dict] | None = None, replace_from: int | None = None) -> None:
     """One transaction: the run's row, its sample rows and its sample files. ``replace_from``: the
     first step ``samples`` covers; the run's rows from that step on are replaced (None: only added)."""
+    from vidcorpus.catalog.store import _now
+
     rows = _sample_rows(run_id, samples)
     with cat.transaction() as con:
         cat._upsert("train_runs", [{

@@ -24,8 +24,6 @@ def require_extra(module: str, package: str, what: str) -> None:
 
 def sampled_frames(row: dict, k: int) -> list[np.ndarray]:
     """The K RGB frames the model scorers sample from a clip (one for an image)."""
-    # here, not at the top: clip_scores imports av, which the runner (it imports this module to plan
-    # the stages) does not need
     from vidcorpus.filters.clip_scores import clip_frame_list, load_stills, read_clip
 
     stills = load_stills(row, k)
@@ -39,7 +37,6 @@ def wanted(cfg, switch: bool | None, scores: set[str]) -> bool:
     """Run a scorer when its switch says so, or (switch None) when the recipe reads one of its scores."""
     if switch is not None:
         return switch
-
     return bool(scores & set(load_recipe(cfg.filters.recipe).scores_needed))
 
 
