@@ -397,7 +397,8 @@ def main() -> None:
     import torch
 
     from vidcorpus.config import load_config
-    from vidcorpus.filters.clip_models import build_tiny_aesthetic_head, build_tiny_clip
+    from vidcorpus.clip_models import build_tiny_clip
+    from vidcorpus.filters.aesthetic_head import build_tiny_aesthetic_head
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="bench-scoring-"))
     result: dict = {"meta": run_metadata(), "args": vars(a), "cpu_count": os.cpu_count(),

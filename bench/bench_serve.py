@@ -43,7 +43,7 @@ def build(db: Path, n: int, scorers: list[str], score_rows: bool = True) -> floa
     from vidcorpus.catalog import wide_table
     from vidcorpus.catalog.corpus_state import set_active_recipe
     from vidcorpus.catalog.store import Catalog
-    from vidcorpus.filters.recipes import recipe_from_text
+    from vidcorpus.recipe_model import recipe_from_text
 
     t = time.perf_counter()
     db.parent.mkdir(parents=True, exist_ok=True)

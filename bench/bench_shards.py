@@ -4,7 +4,7 @@ Writer: ``shards.writer.write_shard`` (read clip files through fsspec, tar with 
 while streaming, fsync, atomic rename) against a plain copy of the same member files into one file
 per shard (``shutil.copyfileobj`` + fsync): MB/s of payload, median of ``--repeat`` runs.
 
-Reader: samples/s through ``shards.reader.sample_pipeline`` (whole-shard sha256 verification,
+Reader: samples/s through ``shard_reader.sample_pipeline`` (whole-shard sha256 verification,
 tar expansion, grouping) with 1, 2 and 4 DataLoader workers, raw (bytes only) and decoded as the
 trainer decodes (``train.data.decode_sample``: PyAV, frame sampling, resize + crop).
 
@@ -101,7 +101,7 @@ class _Raw(torch.utils.data.IterableDataset):
         self.specs, self.decode_cfg = specs, decode_cfg
 
     def __iter__(self):
-        from vidcorpus.shards.reader import sample_pipeline
+        from vidcorpus.shard_reader import sample_pipeline
         from vidcorpus.train.data import decode_sample
 
         for s in sample_pipeline(self.specs, seed=0):
@@ -133,7 +133,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from vidcorpus.config import TrainConfig
-    from vidcorpus.shards.reader import ShardSpec
+    from vidcorpus.shard_reader import ShardSpec
     from vidcorpus.shards.writer import write_shard
 
     torch.set_num_threads(1)

@@ -73,7 +73,7 @@ def build_components(size: str, device: torch.device):
 
 def write_sidecars(root: Path, n_shards: int, per_shard: int, frames: int, h: int, w: int, dim: int,
                    scaling: float) -> list:
-    from vidcorpus.shards.reader import ShardSpec
+    from vidcorpus.shard_reader import ShardSpec
     from vidcorpus.shards.writer import stream_tar
 
     rng = np.random.default_rng(0)
@@ -188,7 +188,7 @@ def main() -> None:
 
     from vidcorpus.config import TrainConfig
     from vidcorpus.train.data import collate, decode_cached_sample
-    from vidcorpus.shards.reader import sample_pipeline
+    from vidcorpus.shard_reader import sample_pipeline
 
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
     comps, model_dir = build_components(args.size, device)

@@ -60,7 +60,9 @@ def build_models(size: str, out: Path) -> dict:
 
     from vidcorpus.captioning.tiny_models import (build_chat_tokenizer, build_tiny_chat_vlm, chat_processor,
                                                   chat_vlm_config, save_pretrained_atomically)
-    from vidcorpus.filters.clip_models import TINY_CLIP_NAME, build_tiny_aesthetic_head, build_tiny_clip
+    from vidcorpus.clip_models import build_tiny_clip
+    from vidcorpus.filters.aesthetic_head import build_tiny_aesthetic_head
+    from vidcorpus.presets import TINY_CLIP_NAME
 
     out.mkdir(parents=True, exist_ok=True)
     clip_name = CLIP_NAME if size == "3b" else TINY_CLIP_NAME

@@ -348,7 +348,7 @@ def load_captioner(name_or_dir: str, device: str | torch.device | None = None, d
                    compile_decode: bool | None = None, probe_rows: int = 4,
                    prefetch_min_batch: int = PREFETCH_MIN_BATCH, pad_batches: bool = False) -> Captioner:
     """Load any image-text-to-text captioner (hub id or local dir) the same way; fail fast if missing."""
-    from vidcorpus.presets import require_hf_model
+    from vidcorpus.model_files import require_hf_model
 
     path = require_hf_model(name_or_dir, "captioner")  # before transformers' slow imports: fail fast
     from transformers import AutoProcessor

@@ -30,10 +30,10 @@ import contextlib
 
 import torch
 
+from vidcorpus.captioning.fast_prefill import _qwen_parts, _set
+
 
 def _tower(model):
-    from vidcorpus.captioning.fast_prefill import _qwen_parts
-
     vision, _inner, _layers = _qwen_parts(model)
     return vision
 
@@ -76,7 +76,6 @@ class SharedVision(contextlib.AbstractContextManager):
     def __enter__(self):
         if self.tower is None:
             return self
-        from vidcorpus.captioning.fast_prefill import _set
 
         original = self.tower.forward
         self._undo = contextlib.ExitStack()

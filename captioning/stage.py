@@ -4,7 +4,8 @@ Captioning is the pipeline's throughput ceiling, so rows are captioned in batche
 cannot be read or captioned fails alone while the rest of the batch keeps its captions.
 
 Caption QA (``captioning.qa``): each new caption is embedded with the pipeline's CLIP model and
-compared with the mean embedding of the frames it was generated from (the filters' CLIP code).
+compared with the mean embedding of the frames it was generated from (``vidcorpus/clip_models.py``,
+the CLIP code the filters' scorer uses too).
 Scores, keyed by the caption version so several versions coexist: ``caption_clip`` (long),
 ``caption_clip_short`` and ``caption_degenerate`` (1.0 when the long caption is empty or junk).
 """
@@ -22,8 +23,8 @@ import numpy as np
 from vidcorpus.captioning.cleanup import clean_caption, is_degenerate
 from vidcorpus.config import caption_batch_size, clip_batch_size
 from vidcorpus.captioning.models import Captioner, Generation, load_captioner
-from vidcorpus.filters.scorers import add_scores, is_image, score
-from vidcorpus.media import read_frames
+from vidcorpus.media import is_image, read_frames
+from vidcorpus.schemas import add_scores, score
 from vidcorpus.stage import Resources, Stage
 
 KINDS = ("long", "short")
@@ -52,8 +53,9 @@ class CaptionStage(Stage):
         self.captioner.pad_batches = compiles if cap.pad_batches is None else cap.pad_batches
         self.clip = None
         if cap.qa:
-            from vidcorpus.filters.clip_models import load_clip
-            from vidcorpus.filters.clip_scores import clip_model_id
+            # here, not at the top: the CLIP code imports open_clip (seconds), which a captioner
+            # without QA never needs
+            from vidcorpus.clip_models import clip_model_id, load_clip
 
             m = self.config.models
             if not (m.clip_model and m.clip_pretrained):
@@ -150,7 +152,7 @@ class CaptionStage(Stage):
 
     def _qa(self, rows: list[dict], frames_of: dict[int, np.ndarray]) -> list[dict]:
         """CLIP similarity of each new caption and its frames, plus a degenerate flag, as scores."""
-        from vidcorpus.filters.clip_scores import embed_images, embed_texts
+        from vidcorpus.clip_models import embed_images, embed_texts  # loaded by setup already (QA on)
 
         model, preprocess, tokenizer, clip_id = self.clip
         cap = self.config.captioning

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING
 from vidcorpus.catalog.latent_state import LatentKeyInUse, latent_key_in_use, unencoded_clips
 from vidcorpus.catalog.schema import ACTIVE_RECIPE_SQL
 from vidcorpus.catalog.timestamps import utc_now
+from vidcorpus.recipe_model import Recipe, recipe_from_text, register
+from vidcorpus.storage import is_url, local_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from vidcorpus.catalog.store import Catalog
-    from vidcorpus.filters.recipes import Recipe
 
 
 def _has_history(cat: "Catalog") -> bool:
@@ -46,10 +47,8 @@ def recipe_history(cat: "Catalog") -> list[dict]:
     return cat.query_dicts("SELECT * FROM recipe_history ORDER BY seq")
 
 
-def set_active_recipe(cat: "Catalog", recipe: "Recipe", origin: str, run_id: str | None = None) -> bool:
+def set_active_recipe(cat: "Catalog", recipe: Recipe, origin: str, run_id: str | None = None) -> bool:
     """Record ``recipe`` as the one in force (registering its content); False when it already was."""
-    from vidcorpus.filters.apply import register
-
     digest = register(cat, recipe, run_id)
     history = recipe_history(cat)
     if history and history[-1]["recipe"] == recipe.id and history[-1]["sha256"] == digest:
@@ -61,16 +60,14 @@ def set_active_recipe(cat: "Catalog", recipe: "Recipe", origin: str, run_id: str
     return True
 
 
-def stored_recipe(cat: "Catalog", name_or_id: str) -> "Recipe | None":
+def stored_recipe(cat: "Catalog", name_or_id: str) -> Recipe | None:
     """A recipe the catalog recorded, by id (``name@version``) or name (its newest version)."""
-    from vidcorpus.filters.recipes import recipe_from_text
-
     rows = cat.query_dicts("SELECT yaml FROM recipes WHERE recipe = ? OR name = ? ORDER BY (recipe = ?) DESC, "
                            "created_at DESC LIMIT 1", [name_or_id, name_or_id, name_or_id])
     return recipe_from_text(rows[0]["yaml"]) if rows else None
 
 
-def active_recipe(cat: "Catalog") -> "Recipe | None":
+def active_recipe(cat: "Catalog") -> Recipe | None:
     rid = active_recipe_id(cat)
     return stored_recipe(cat, rid) if rid else None
 
@@ -130,8 +127,6 @@ def pending_work(cat: "Catalog", caption_version: str, shard_caption_version: st
 def _local_file_missing(path: str) -> bool:
     """A local clip file that is not there (object-store paths are not probed one by one)."""
     import os
-
-    from vidcorpus.storage import is_url, local_path
 
     return not is_url(path) and not os.path.exists(local_path(path))
 

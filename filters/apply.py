@@ -12,20 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-import yaml
 
-from vidcorpus.filters.recipes import Predicate, Recipe
-
-
-def canonical_yaml(recipe: Recipe) -> str:
-    """The recipe's content in one canonical form (what the catalog hashes and stores)."""
-    return yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=True)
-
-
-def register(catalog, recipe: Recipe, run_id: str | None = None) -> str:
-    """Record the recipe in the catalog's `recipes` table (refused if name@version changed content)."""
-    return catalog.register_recipe(recipe.id, recipe.name, recipe.version, canonical_yaml(recipe),
-                                   recipe.description, run_id)
+from vidcorpus.recipe_model import Predicate, Recipe, register
 
 
 @dataclass

@@ -14,10 +14,10 @@ import io
 import numpy as np
 
 from vidcorpus.errors import DecodeError
-from vidcorpus.filters.scorers import clip_fps, is_image
+from vidcorpus.filters.scorers import clip_fps
 from vidcorpus.frame_seek import (FrameConverter, KeyframeDecoder, decode_frames_seeking, decode_in_order, open_video,
                                   to_rgb)
-from vidcorpus.media import load_image_rgb, uniform_indices
+from vidcorpus.media import is_image, load_image_rgb, uniform_indices
 from vidcorpus.stills import decode_stills
 from vidcorpus.storage import read_bytes
 

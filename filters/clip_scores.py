@@ -44,15 +44,11 @@ import numpy as np
 from vidcorpus.config import clip_batch_size
 from vidcorpus.filters.clip_frames import ScaleToModel
 from vidcorpus.filters.frame_decoder import DecodeAhead, FrameDecoder
-from vidcorpus.filters.scorers import add_scores, is_image, score
+from vidcorpus.media import is_image
+from vidcorpus.schemas import add_scores, score
 from vidcorpus.stage import Resources, Stage
 
 CLIP_SCORE_VERSION = "clip-v2"  # v2: crop/resize/normalise on the device instead of PIL
-
-
-def clip_model_id(model_name: str, pretrained: str) -> str:
-    is_file = "://" in pretrained or Path(pretrained).suffix in (".safetensors", ".pt", ".pth", ".bin")
-    return model_name if is_file else f"{model_name}/{pretrained}"
 
 
 def caption_score_name(caption: dict) -> str:
@@ -114,48 +110,6 @@ def clip_means(emb, counts: list[int]):
     return torch.stack([F.normalize(emb[s:s + n].mean(0), dim=0) for s, n in zip(starts, counts)])
 
 
-def embed_images(model, preprocess, frames: list[np.ndarray], device, batch_size: int = 16, threads: int = 1):
-    """L2-normalised CLIP image embeddings (float32, one row per frame), in batches. ``threads``:
-    preprocess a batch's frames in that many threads (Pillow's resize releases the GIL): caption QA
-    embeds thousands of frames a batch, which one thread kept the GPU waiting for."""
-    import torch
-    from PIL import Image
-
-    def prep(f: np.ndarray):
-        return preprocess(Image.fromarray(f))
-
-    bs = max(1, batch_size)
-    out = []
-    pool = None
-    if threads > 1 and len(frames) > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        pool = ThreadPoolExecutor(threads, thread_name_prefix="clip-preprocess")
-    try:
-        with torch.inference_mode():
-            for i in range(0, len(frames), bs):
-                chunk = frames[i:i + bs]
-                x = torch.stack(list(pool.map(prep, chunk)) if pool is not None else [prep(f) for f in chunk])
-                out.append(model.encode_image(x.to(device), normalize=True).float())
-    finally:
-        if pool is not None:
-            pool.shutdown()
-    return torch.cat(out)
-
-
-def embed_texts(model, tokenizer, texts: list[str], device, batch_size: int = 16):
-    """L2-normalised CLIP text embeddings (float32, one row per text; long texts are truncated)."""
-    import torch
-
-    bs = max(1, batch_size)
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(texts), bs):
-            tokens = tokenizer(texts[i:i + bs]).to(device)
-            out.append(model.encode_text(tokens, normalize=True).float())
-    return torch.cat(out)
-
-
 class ClipScoreStage(Stage):
     """Aesthetic and CLIP-text scores and the clip embedding; holds the models, so it runs as an
     actor (GPU when there is one)."""
@@ -184,7 +138,10 @@ class ClipScoreStage(Stage):
         import open_clip
         import torch
 
-        from vidcorpus.filters.clip_models import clip_embed_dim, load_aesthetic_head, load_clip
+        # here, not at the top: the CLIP code imports open_clip and torch (seconds), which importing
+        # this module (the runner, a run with filters.clip_scores off) does not need
+        from vidcorpus.clip_models import clip_embed_dim, clip_model_id, load_clip
+        from vidcorpus.filters.aesthetic_head import load_aesthetic_head
 
         m = self.config.models
         if not (m.clip_model and m.clip_pretrained and m.aesthetic_head):
@@ -228,6 +185,8 @@ class ClipScoreStage(Stage):
         return emb, aesthetic
 
     def embed_texts(self, texts: list[str]):
+        from vidcorpus.clip_models import embed_texts  # loaded already by setup; kept out of the top as there
+
         return embed_texts(self.model, self.tokenizer, texts, self.device, clip_batch_size(self.config, self.device))
 
     def text_scores(self, rows: list[dict], clip_emb) -> list[list[dict]]:

@@ -13,6 +13,7 @@ import importlib.util
 import numpy as np
 
 from vidcorpus.errors import ModelNotAvailable
+from vidcorpus.filters.recipes import DecideStage, load_recipe
 
 
 def require_extra(module: str, package: str, what: str) -> None:
@@ -36,15 +37,13 @@ def wanted(cfg, switch: bool | None, scores: set[str]) -> bool:
     """Run a scorer when its switch says so, or (switch None) when the recipe reads one of its scores."""
     if switch is not None:
         return switch
-    from vidcorpus.filters.recipes import load_recipe
-
     return bool(scores & set(load_recipe(cfg.filters.recipe).scores_needed))
 
 
 def with_frame_model_stages(stages: list, cfg) -> list:
     """``stages`` with the text-overlay and NSFW scorers inserted before the decision, when wanted."""
+    # here, not at the top: nsfw.py and text_overlay.py import this module (a circle at import time)
     from vidcorpus.filters.nsfw import NSFW_SCORES, NsfwStage
-    from vidcorpus.filters.recipes import DecideStage
     from vidcorpus.filters.text_overlay import TEXT_SCORES, TextOverlayStage
 
     extra = [s for s, switch, names in ((TextOverlayStage, cfg.filters.text_overlay, TEXT_SCORES),
@@ -58,7 +57,5 @@ def with_frame_model_stages(stages: list, cfg) -> list:
 
 def preflight_frame_models(cfg) -> None:
     """Driver-side check that the scorers this run will add can load (before any worker starts)."""
-    from vidcorpus.filters.recipes import DecideStage
-
     for stage in with_frame_model_stages([DecideStage], cfg)[:-1]:
         stage.require()

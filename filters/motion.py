@@ -24,9 +24,11 @@ import cv2
 import numpy as np
 
 from vidcorpus.errors import DecodeError
-from vidcorpus.filters.scorers import add_scores, clip_fps, is_image, sample_pairs, score
+from vidcorpus.filters.scorers import clip_fps, sample_pairs
 from vidcorpus.filters.source_scoring import (from_source, motion_frame_indices, motion_gray, motion_starts,
                                               score_from_source, take_motion_frames)
+from vidcorpus.media import is_image
+from vidcorpus.schemas import add_scores, score
 from vidcorpus.stage import Resources, Stage
 
 MOTION_VERSION = "motion-v1"

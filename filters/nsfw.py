@@ -22,7 +22,7 @@ import numpy as np
 from vidcorpus.errors import DecodeError
 from vidcorpus.filters.source_scoring import from_source
 from vidcorpus.filters.frame_models import require_extra, sampled_frames
-from vidcorpus.filters.scorers import add_scores, score
+from vidcorpus.schemas import add_scores, score
 from vidcorpus.stage import Resources, Stage
 
 NSFW_SCORES = {"nsfw", "nsfw_mean"}

@@ -1,8 +1,7 @@
-"""Helpers shared by the scorer stages, and the import point of the stages themselves.
-
-The stages live in one module each (technical.py, motion.py, clip_scores.py); importing them from
-here (``from vidcorpus.filters.scorers import MotionStage``) is lazy so no module loads torch
-unless it scores with a model.
+"""Helpers shared by the scorer stages (technical.py, motion.py, clip_scores.py): a clip's frame
+rate and count, which frames to sample, and decoding them. A score entry and adding it to a row
+(``score``, ``add_scores``) are the row format's, in ``vidcorpus/schemas.py``; ``is_image`` is
+``vidcorpus/media.py``'s.
 """
 
 from __future__ import annotations
@@ -13,33 +12,7 @@ import fsspec
 import numpy as np
 
 from vidcorpus.errors import DecodeError
-from vidcorpus.media import IMAGE_EXTS, decode_indices, probe_video
-
-__all__ = ["ClipScoreStage", "MotionStage", "TechnicalStage", "add_scores", "is_image", "sample_frames", "sample_pairs",
-           "score"]
-
-
-def score(scorer: str, value: float, model: str, version: str) -> dict:
-    """One entry of row["scores"]; non-finite values are a bug in the scorer, not data."""
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"score {scorer} is not finite: {value}")
-    return {"scorer": scorer, "model": model, "version": version, "value": value}
-
-
-def add_scores(row: dict, new: list[dict]) -> dict:
-    """Row with `new` appended; older entries of the same scorers are replaced (re-scoring a clip)."""
-    names = {s["scorer"] for s in new}
-    kept = [s for s in (row.get("scores") or []) if s["scorer"] not in names]
-    return dict(row, scores=kept + new)
-
-
-def is_image(row: dict) -> bool:
-    if row.get("media_type") == "image":
-        return True
-    path = (row.get("clip_path") or "").lower()
-    return any(path.endswith(ext) for ext in IMAGE_EXTS)
-
+from vidcorpus.media import decode_indices, probe_video
 
 def clip_fps(row: dict, path: str) -> tuple[float, int]:
     """(fps, frame count) of the clip file: from the row when extraction recorded them, else probed."""
@@ -97,19 +70,3 @@ def sample_pairs(row: dict, target_fps: float, max_pairs: int) -> tuple[list[tup
     got = decode_frames(row["clip_path"], sorted({j for i in starts for j in (i, i + 1)}))
     pairs = [(got[i], got[i + 1]) for i in starts if i in got and i + 1 in got]
     return pairs, 1.0 / fps
-
-
-def __getattr__(name: str):
-    if name == "ClipScoreStage":
-        from vidcorpus.filters.clip_scores import ClipScoreStage
-
-        return ClipScoreStage
-    if name == "MotionStage":
-        from vidcorpus.filters.motion import MotionStage
-
-        return MotionStage
-    if name == "TechnicalStage":
-        from vidcorpus.filters.technical import TechnicalStage
-
-        return TechnicalStage
-    raise AttributeError(name)

@@ -18,11 +18,12 @@ from typing import Callable
 import numpy as np
 
 from vidcorpus.errors import DecodeError
-from vidcorpus.filters.scorers import clip_fps, is_image, sample_indices
+from vidcorpus.filters.scorers import clip_fps, sample_indices
 from vidcorpus.ids import is_safe_key
-from vidcorpus.media import save_jpeg, uniform_indices
+from vidcorpus.media import is_image, save_jpeg, uniform_indices
 from vidcorpus.source_frames import DEFERRED, stream_clip_frames, with_geometry
 from vidcorpus.stills import encode_stills, still_size
+from vidcorpus.storage import write_atomic
 
 
 def from_source(row: dict) -> bool:
@@ -46,7 +47,7 @@ def motion_frame_indices(row: dict, cfg) -> list[int]:
 
 def motion_gray(row: dict, frames: dict[int, np.ndarray], cfg) -> dict[int, np.ndarray]:
     """The motion stage's frames of a clip, shrunk to grey at filters.motion_width (all it reads)."""
-    from vidcorpus.filters.motion import _resize_gray
+    from vidcorpus.filters.motion import _resize_gray  # not at the top: motion.py imports this module
 
     return {i: _resize_gray(frames[i], cfg.filters.motion_width) for i in motion_frame_indices(row, cfg) if i in frames}
 
@@ -127,10 +128,10 @@ def write_stills(row: dict, frames: dict[int, np.ndarray], cfg) -> dict:
     _fps, n = clip_fps(row, "")
     wanted = uniform_indices(n, cfg.filters.frames_per_clip) if cfg.filters.still_size else []
     if wanted and all(i in frames for i in wanted):
-        from vidcorpus.ingest.extract import _write
-
         stills_url = cfg.url("staging", "clips", f"{clip}.stills.jpg")
-        _write(stills_url, encode_stills([_shrink(frames[i], cfg.filters.still_size) for i in wanted]))
+        # no fsync, as extraction writes clips: a stills file lost to a power cut is written again
+        stills = encode_stills([_shrink(frames[i], cfg.filters.still_size) for i in wanted])
+        write_atomic(stills_url, stills, fsync=False)
     return dict(row, first_frame_path=first_url, stills_path=stills_url)
 
 

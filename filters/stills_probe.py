@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vidcorpus.fast_paths import switch_off, usable
+
 # Mean absolute difference (0-255) allowed between stills and the decoded clip frames shrunk to the
 # stills' size: the stills are taken before H.264 encoding and stored as JPEG (quality 95, 4:4:4),
 # measured at 0.5 to 2.7 for the JPEG alone (vidcorpus/stills.py); another frame differs by tens.
@@ -44,8 +46,6 @@ class StillsCheck:
     lose their stills for the rest of the job when the stills path is off (versions or probe)."""
 
     def __init__(self, k: int):
-        from vidcorpus.fast_paths import usable
-
         self.k = k
         self.on = usable("stills")
         self.checked = not self.on
@@ -58,8 +58,6 @@ class StillsCheck:
         return [dict(r, stills_path=None) if r.get("stills_path") else r for r in rows]
 
     def _check(self, rows: list[dict]) -> None:
-        from vidcorpus.fast_paths import switch_off
-
         for row in rows:
             if not row.get("stills_path") or row.get("error_class"):
                 continue

@@ -20,11 +20,13 @@ import cv2
 import numpy as np
 
 from vidcorpus.errors import DecodeError
-from vidcorpus.filters.scorers import add_scores, is_image, sample_frames, score
+from vidcorpus.filters.scorers import sample_frames
 from vidcorpus.filters.source_scoring import (frames_at, from_source, give_motion_frames, motion_frame_indices,
                                               motion_gray, score_from_source, still_indices, technical_indices,
                                               write_stills)
-from vidcorpus.media import read_frames
+from vidcorpus.image_clip import image_clip
+from vidcorpus.media import is_image, read_frames
+from vidcorpus.schemas import add_scores, score
 from vidcorpus.stage import Resources, Stage
 
 TECHNICAL_VERSION = "technical-v2"  # v2: black_border measures the brightest channel, not luma
@@ -144,8 +146,6 @@ class TechnicalStage(Stage):
 
     def process_row(self, row: dict) -> dict:
         if is_image(row) and not row.get("clip_path") and row.get("source_path"):
-            from vidcorpus.ingest.extract import image_clip
-
             row = image_clip(row, self.config)  # images are cheap to "extract": every image keeps its file
         if not row.get("clip_path"):
             raise DecodeError("row has no clip_path")

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vidcorpus.ingest.segments import TRANSITION, DroppedSegment, uncovered
+from vidcorpus.ingest.transnet import exclude_spans
 
 DETECTOR = "dissolve"
 
@@ -277,8 +278,6 @@ def drop_blends(shots: list[tuple[int, int]], dropped: list[DroppedSegment], thu
     scan finds inside a shot (no detector cut) stays only where it does (a moving take can climb like one).
 
     A piece of a shot shorter than ``min_len`` left next to a span joins it (a sliver of a dissolve)."""
-    from vidcorpus.ingest.transnet import exclude_spans
-
     n = len(thumbs)
     if len(shots) < 2 or n == 0:
         return shots, dropped

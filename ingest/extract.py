@@ -25,21 +25,15 @@ import numpy as np
 
 from vidcorpus.errors import DecodeError
 from vidcorpus.frame_index import FrameCursor, index_of
+from vidcorpus.image_clip import image_clip
 from vidcorpus.ids import clip_id, is_safe_key
 from vidcorpus.ingest.segments import NOT_EXTRACTED, with_dropped
-from vidcorpus.media import load_image_rgb, save_jpeg, uniform_indices, upright_frame
+from vidcorpus.media import save_jpeg, uniform_indices, upright_frame
 from vidcorpus.stage import Resources, Stage
 from vidcorpus.frame_seek import to_rgb
+from vidcorpus.source_frames import target_size
 from vidcorpus.stills import encode_stills, still_size
 from vidcorpus.storage import write_atomic
-
-
-def target_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
-    """Even (w, h) with the short side scaled to ``short_side`` (never enlarged); None keeps the size."""
-    if short_side and min(width, height) > short_side:
-        scale = short_side / min(width, height)
-        width, height = round(width * scale), round(height * scale)
-    return max(2, width - width % 2), max(2, height - height % 2)
 
 
 class _ClipWriter:
@@ -254,22 +248,6 @@ def _first_frame(data: bytes) -> np.ndarray:
         for frame in c.decode(video=0):
             return to_rgb(frame)
     raise DecodeError("copied clip does not decode")
-
-
-def image_clip(row: dict, config) -> dict:
-    """An image's clip file (a JPEG as displayed) and first-frame JPEG: cheap, so every image gets
-    them before scoring, kept or not."""
-    clip = row["clip_id"]
-    if not is_safe_key(clip):  # clip ids name files: never a path from input
-        raise ValueError(f"clip id {clip!r} is not a safe key")
-    clip_url = config.url("staging", "clips", f"{clip}.jpg")
-    first_url = config.url("staging", "clips", f"{clip}.first.jpg")
-    with fsspec.open(row["source_path"], "rb") as f:
-        img = load_image_rgb(f, config.ingest.max_pixels)  # as displayed (EXIF orientation)
-    save_jpeg(img, clip_url, quality=95)
-    save_jpeg(img, first_url)
-    return dict(row, clip_path=clip_url, first_frame_path=first_url, extract_mode="image",
-                clip_width=img.shape[1], clip_height=img.shape[0], clip_fps=None, clip_frames=1)
 
 
 class ExtractStage(Stage):

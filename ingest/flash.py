@@ -131,6 +131,6 @@ def same_picture(a: np.ndarray, b: np.ndarray, frames_apart: int, same: float = 
     plain = float(np.abs(a - b).mean())
     if plain < same:
         return True
-    from vidcorpus.ingest.camera_shift import shifted_distance
+    from vidcorpus.ingest.camera_shift import shifted_distance  # not at the top: camera_shift imports flash
 
     return shifted_distance(a, b, min(3, frames_apart - 1), 1, mean_abs=True) < min(same, plain / 2)

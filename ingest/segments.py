@@ -91,13 +91,6 @@ def uncovered(n_frames: int, ranges: list[tuple[int, int]]) -> list[tuple[int, i
     return [(a, b) for a, b in gaps if a <= b]
 
 
-def is_clipless(row: dict) -> bool:
-    """A split source that yielded no clip (every shot trimmed away or dropped): the row carries the
-    source's ``split_frames`` and ``dropped`` segments only. Later stages pass it through untouched;
-    the driver records the source and its segments and marks it done, so a rerun does not redo it."""
-    return row.get("clip_id") is None and row.get("split_frames") is not None
-
-
 def with_dropped(row: dict, first: int, last: int, reason: str, detector: str) -> dict:
     """``row`` with one more dropped segment (a stage that loses frames of a clip says so)."""
     if last < first:

@@ -18,13 +18,12 @@ from __future__ import annotations
 import numpy as np
 
 from vidcorpus.ingest.camera_shift import pan_explains
+from vidcorpus.ingest.cut_evidence import frame_changes, jump_ratio
 
 
 def thumbnail_jumps(thumbs: np.ndarray, min_gap: int, min_ratio: float = 4.0, min_change: float = 5.0) -> list[int]:
     """Frames that start a new picture by a one-frame jump (``thumbs`` row ``i`` is frame ``i``), at
     least ``min_gap`` frames apart (the larger jump wins)."""
-    from vidcorpus.ingest.cut_evidence import frame_changes, jump_ratio
-
     grey = thumbs.astype(np.float32)
     diffs = frame_changes(grey)  # [k]: frame k to k + 1
     if len(diffs) < 3:

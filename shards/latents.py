@@ -22,9 +22,6 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-
 ENCODER_PARTS = ("vae", "image_encoder", "text_encoder", "tokenizer", "feature_extractor")
 
 
@@ -92,32 +89,3 @@ def cache_key(fingerprint: dict[str, str], params: LatentParams) -> str:
 
 def sidecar_url(root: str, key: str, shard_id: str) -> str:
     return f"{root.rstrip('/')}/{key}/{shard_id}.tar"
-
-
-@torch.no_grad()
-def encode_sample(comps, text_cache, sample: dict, key: str) -> dict:
-    """A decoded training sample (``train.data.decode_sample``) -> the sidecar sample."""
-    from vidcorpus.train.objective import clip_image_embeddings
-
-    vae = comps.vae
-    video = sample["video"]  # (F, 3, H, W) in [-1, 1]
-    params = vae.encode(video.to(vae.device, vae.dtype)).latent_dist.parameters  # (F, 2C, h, w)
-    image = clip_image_embeddings(comps, video[:1])[0, 0]
-    text = text_cache.encode([sample["text"]])[0]
-    return {
-        "__key__": sample["key"],
-        "latent.npy": params.float().cpu().numpy().astype(np.float16),
-        "clip_image.npy": image.float().cpu().numpy().astype(np.float16),
-        "text.npy": text.float().cpu().numpy().astype(np.float16),
-        "json": json.dumps({"frames": int(video.shape[0]), "fps": int(sample["fps"]),
-                            "height": int(video.shape[-2]), "width": int(video.shape[-1]),
-                            "scaling_factor": float(vae.config.scaling_factor), "cache_key": key,
-                            "text": sample["text"]}).encode(),  # the caption the text states encode
-    }
-
-
-def device_and_dtype() -> tuple[torch.device, torch.dtype]:
-    if torch.cuda.is_available():
-        return torch.device("cuda"), torch.bfloat16
-    return torch.device("cpu"), torch.float32
-

@@ -151,8 +151,7 @@ def test_a_failing_padded_batch_is_retried_clip_by_clip_unpadded(tiny_vlm, monke
 def test_clip_embeddings_preprocessed_in_threads_equal_one_thread(tmp_path):
     import torch
 
-    from vidcorpus.filters.clip_models import load_clip
-    from vidcorpus.filters.clip_scores import embed_images
+    from vidcorpus.clip_models import embed_images, load_clip
     from vidcorpus.presets import resolve_models
     from vidcorpus.config import Config
 

@@ -35,7 +35,8 @@ def run_stage(stage, rows: list[dict]) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from vidcorpus.filters.clip_models import build_tiny_aesthetic_head, build_tiny_clip
+    from vidcorpus.clip_models import build_tiny_clip
+    from vidcorpus.filters.aesthetic_head import build_tiny_aesthetic_head
 
     root = tmp_path_factory.mktemp("tiny-filters")
     clip = build_tiny_clip(root / "clip" / "open_clip_model.safetensors")
@@ -86,7 +87,8 @@ def cfg_for(tiny: dict | None = None, **filters):
 def test_tiny_models_round_trip_through_production_loader(tiny):
     from safetensors.torch import load_file
 
-    from vidcorpus.filters.clip_models import load_aesthetic_head, load_clip
+    from vidcorpus.clip_models import load_clip
+    from vidcorpus.filters.aesthetic_head import load_aesthetic_head
 
     model, preprocess, tokenizer = load_clip(tiny["clip_model"], tiny["clip_pretrained"], "cpu")
     saved = load_file(tiny["clip_pretrained"])
@@ -107,7 +109,8 @@ def test_tiny_models_round_trip_through_production_loader(tiny):
 
 
 def test_production_tag_offline_fails_fast(monkeypatch, tmp_path):
-    from vidcorpus.filters.clip_models import load_aesthetic_head, load_clip
+    from vidcorpus.clip_models import load_clip
+    from vidcorpus.filters.aesthetic_head import load_aesthetic_head
     from vidcorpus.filters.clip_scores import ClipScoreStage
     from vidcorpus.presets import LAION_AESTHETIC_URL, PRODUCTION
 
@@ -283,7 +286,7 @@ def test_technical_orders_dark_below_normal(media):
 def test_device_preprocessing_matches_open_clip_transform(tiny, media):
     from PIL import Image
 
-    from vidcorpus.filters.clip_models import load_clip
+    from vidcorpus.clip_models import load_clip
     from vidcorpus.filters.clip_frames import center_square
     from vidcorpus.filters.clip_scores import gpu_preprocess
     from vidcorpus.media import read_frames
@@ -310,7 +313,7 @@ def test_decoder_scaler_follows_the_models_transform_and_default_frames_are_pyav
     import open_clip
     from PIL import Image
 
-    from vidcorpus.filters.clip_models import load_clip
+    from vidcorpus.clip_models import load_clip
     from vidcorpus.filters.clip_frames import ScaleToModel, clip_frame_list, decode_wanted
     from vidcorpus.filters.clip_scores import gpu_preprocess
 
@@ -532,7 +535,8 @@ def _scored_catalog(path, n=20):
 
 def test_apply_redecides_from_stored_scores_only(tmp_path):
     from vidcorpus.catalog.store import CatalogError
-    from vidcorpus.filters.apply import apply_recipe, register
+    from vidcorpus.filters.apply import apply_recipe
+    from vidcorpus.recipe_model import register
     from vidcorpus.filters.recipes import load_recipe
 
     cat = _scored_catalog(tmp_path / "c.duckdb")

@@ -18,7 +18,7 @@ from vidcorpus.config import load_config
 from vidcorpus.errors import ModelNotAvailable
 from vidcorpus.filters.frame_models import preflight_frame_models, with_frame_model_stages
 from vidcorpus.filters.recipes import DecideStage, load_recipe
-from vidcorpus.filters.scorers import ClipScoreStage
+from vidcorpus.filters.clip_scores import ClipScoreStage
 from vidcorpus.filters.text_overlay import TextOverlayStage, load_ocr, text_scores
 from vidcorpus.schemas import empty_row, rows_to_table
 

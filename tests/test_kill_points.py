@@ -37,7 +37,8 @@ import os, sys, time
 from vidcorpus import runner
 from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import load_config
-from vidcorpus.filters.scorers import ClipScoreStage, TechnicalStage
+from vidcorpus.filters.clip_scores import ClipScoreStage
+from vidcorpus.filters.technical import TechnicalStage
 from vidcorpus.ingest.download import DownloadStage
 from vidcorpus.shards import writer
 

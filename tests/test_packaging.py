@@ -18,6 +18,7 @@ def test_wheel_installs_only_the_vidcorpus_package(tmp_path):
     for sub in ("ingest", "filters", "captioning", "shards", "catalog", "train"):
         assert f"vidcorpus/{sub}/__init__.py" in names
     assert any(n.startswith("vidcorpus/filters/recipes/") and n.endswith(".yaml") for n in names)
+    assert "vidcorpus/model_configs/vidcorpus-tiny-clip.json" in names  # the tiny preset's CLIP config
     for asset in ("templates/grid.html", "templates/clip.html", "static/app.js", "static/app.css"):
         assert f"vidcorpus/serve/{asset}" in names  # `vidcorpus serve` needs no CDN: its assets ship
 

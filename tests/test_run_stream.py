@@ -81,7 +81,8 @@ def test_declared_resources_and_configured_batch_sizes_reach_ray(tmp_path):
 
 def test_stages_that_decode_the_source_take_whole_blocks_unless_the_config_says_otherwise():
     from vidcorpus.config import Config
-    from vidcorpus.filters.scorers import MotionStage, TechnicalStage
+    from vidcorpus.filters.motion import MotionStage
+    from vidcorpus.filters.technical import TechnicalStage
     from vidcorpus.stage_settings import resolve
 
     plans = resolve([TechnicalStage, MotionStage], Config(), 0.0)

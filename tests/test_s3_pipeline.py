@@ -19,7 +19,7 @@ def test_full_run_with_inputs_staging_and_shards_on_s3(tmp_path, s3, model_cache
     from vidcorpus.config import load_config
     from vidcorpus.releases import create_release, release_manifest
     from vidcorpus.runner import run_pipeline
-    from vidcorpus.shards.reader import sample_pipeline, specs_from_manifest
+    from vidcorpus.shard_reader import sample_pipeline, specs_from_manifest
     from vidcorpus.synth import make_image, make_video
 
     local = tmp_path / "media"

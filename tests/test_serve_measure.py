@@ -13,7 +13,7 @@ from serve_helpers import ThreadServer, card_ids
 from vidcorpus.catalog.corpus_state import set_active_recipe
 from vidcorpus.catalog.store import Catalog
 from vidcorpus.cli import app
-from vidcorpus.filters.recipes import recipe_from_text
+from vidcorpus.recipe_model import recipe_from_text
 from vidcorpus.serve.access import CatalogAccess
 from vidcorpus.serve.app import ServeSettings, make_app
 from vidcorpus.serve.labels import add_label

@@ -17,7 +17,7 @@ from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import load_config
 from vidcorpus.releases import create_release, diff_releases, release_manifest
 from vidcorpus.runner import write_pending_shards
-from vidcorpus.shards.reader import ShardChecksumError, sample_pipeline, specs_from_manifest
+from vidcorpus.shard_reader import ShardChecksumError, sample_pipeline, specs_from_manifest
 from vidcorpus.shards.release import ReleaseError, read_release_clips
 from vidcorpus.shards.writer import stream_tar
 

@@ -147,7 +147,7 @@ def test_precise_mode_target_size_and_fps(tmp_path, three_shots):
         assert (r["clip_width"], r["clip_height"], r["clip_fps"]) == (160, 96, 8)
         assert r["clip_frames"] == len(_decode(r["clip_path"]))
     # the catalog, its buckets and the technical scores describe the clip file, not the source
-    from vidcorpus.filters.scorers import TechnicalStage
+    from vidcorpus.filters.technical import TechnicalStage
     from vidcorpus.schemas import rows_to_table
     from vidcorpus.shards.buckets import bucket_of
 

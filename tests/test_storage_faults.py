@@ -17,7 +17,7 @@ from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import load_config
 from vidcorpus.releases import create_release, release_manifest
 from vidcorpus.runner import write_pending_shards
-from vidcorpus.shards.reader import sample_pipeline, specs_from_manifest
+from vidcorpus.shard_reader import sample_pipeline, specs_from_manifest
 
 
 def _through(monkeypatch, url: str):

@@ -271,8 +271,8 @@ def test_overfitting_one_batch_lowers_the_loss(tiny_model, shards, tmp_path):
 def test_cached_latents_train_the_same_objective(tiny_model, shards, tmp_path):
     """Sidecar shards of encoder outputs (the latent cache) stand in for decode + VAE + CLIP: the same
     batch gives the same loss for the same draws, and the loop trains on them without a video."""
-    from vidcorpus.shards.latents import encode_sample
-    from vidcorpus.shards.reader import sample_pipeline
+    from vidcorpus.train.latent_encode import encode_sample
+    from vidcorpus.shard_reader import sample_pipeline
     from vidcorpus.shards.writer import stream_tar
     from vidcorpus.train.data import collate, decode_sample, iter_batches
     from vidcorpus.train.loop import train_base

@@ -23,7 +23,7 @@ from PIL import Image
 
 from vidcorpus.config import TrainConfig
 from vidcorpus.errors import DecodeError
-from vidcorpus.shards.reader import ShardSpec, as_specs, sample_pipeline
+from vidcorpus.shard_reader import ShardSpec, as_specs, sample_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,8 @@ def frame_indices(total: int | None, src_fps: float, num_frames: int, target_fps
 def decode_video(data: bytes, num_frames: int, target_fps: float, rng: random.Random | None,
                  meta: dict | None = None) -> tuple[np.ndarray, float]:
     """(F, H, W, 3) uint8 frames sampled at ``target_fps`` and the fps they represent."""
-    import av  # here, not at the top: a run from cached latents never decodes video
+    # here, not at the top: a run from cached latents never decodes video (frame_seek imports av too)
+    import av
 
     from vidcorpus.frame_seek import decode_in_order, to_rgb_upright
 
@@ -216,7 +217,7 @@ def batch_shape(batch: dict) -> tuple[int, int, int, int]:
 class ClipStream(torch.utils.data.IterableDataset):
     """Decoded clips (or DecodeFailure markers) from a list of shards, one epoch per iteration.
 
-    Shards come from ``vidcorpus.shards.reader``: each is verified against its sha256 (when the
+    Shards come from ``vidcorpus.shard_reader``: each is verified against its sha256 (when the
     ShardSpec has one) before any sample is used, split by node (torch.distributed rank) and
     DataLoader worker, shuffled per epoch with a seeded RNG; samples pass a seeded shuffle buffer.
     ``keys`` restricts training to those clip ids (a shard may hold clips a selection excludes).

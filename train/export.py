@@ -107,6 +107,7 @@ def _sample(pipe, device, image, prompt, height, width, num_frames, fps, steps, 
 
 
 def write_mp4(frames: np.ndarray, fps: float, url: str) -> str:
+    # here, not at the top: media imports av, which a run from cached latents never needs
     from vidcorpus.media import encode_video
 
     if not is_url(url):

@@ -14,9 +14,10 @@ import time
 
 import torch
 
-from vidcorpus.config import TrainConfig
+from vidcorpus.config import RefinerTrainConfig, TrainConfig
 from vidcorpus.train import checkpoint as ckpt_io
 from vidcorpus.train.loop import TrainResult, train_base
+from vidcorpus.train.refiner import train_refiner
 
 
 def init_torchrun() -> bool:
@@ -59,9 +60,6 @@ def _ray_worker(config: dict) -> None:
 
     logging.getLogger("vidcorpus").setLevel(logging.ERROR)  # per-rank decode warnings reach the state json
     if config.get("stage", "base") == "refiner":
-        from vidcorpus.config import RefinerTrainConfig
-        from vidcorpus.train.refiner import train_refiner
-
         train_refiner(RefinerTrainConfig(**config["cfg"]), config["model_dir"], config["shards"], config["out_dir"],
                       progress=False, keys=config["keys"], resume=config["resume"], run_info=config["run_info"],
                       follow=config.get("follow"))

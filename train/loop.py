@@ -43,6 +43,7 @@ import torch
 from vidcorpus.config import TrainConfig
 from vidcorpus.train import checkpoint as ckpt_io
 from vidcorpus.train.data import OnError
+from vidcorpus.train.export import build_pipeline, sample_video, write_mp4
 from vidcorpus.train.models import load_components
 from vidcorpus.train.objective import TextEncoderCache, diffusion_loss
 from vidcorpus.train.resume import ResumeMismatch
@@ -168,8 +169,6 @@ def _probe_set(cfg: TrainConfig, batch: dict, comps=None) -> list[tuple]:
 
 def _sample_probes(comps, ema, cfg: TrainConfig, probes: list[tuple], out_dir: str, step: int,
                    autocast_dtype) -> list[str]:
-    from vidcorpus.train.export import build_pipeline, sample_video, write_mp4
-
     pipe = build_pipeline(comps, ema)
     pipe.set_progress_bar_config(disable=True)
     device = next(ema.parameters()).device

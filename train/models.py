@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from vidcorpus.presets import require_hf_model
+from vidcorpus.model_files import require_hf_model
 
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "image_encoder", "feature_extractor", "scheduler")
 

@@ -37,8 +37,12 @@ import torch
 import torch.nn.functional as F
 
 from vidcorpus.config import RefinerTrainConfig
-from vidcorpus.presets import require_hf_model
-from vidcorpus.train.models import TINY_DIM
+from vidcorpus.model_files import require_hf_model
+from vidcorpus.train import checkpoint as ckpt_io
+from vidcorpus.train.checkpoint import load_unet_weights, read_state, resolve_resume
+from vidcorpus.train.export import save_pipeline, write_mp4
+from vidcorpus.train.loop import train_loop
+from vidcorpus.train.models import build_tiny_i2vgen, TINY_DIM
 from vidcorpus.train.objective import TextEncoderCache, _keep_mask, encode_frames
 
 REFINER_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -100,8 +104,6 @@ def build_tiny_refiner(out_dir: str, i2vgen_dir: str) -> None:
     base build's VAE, text encoder, tokenizer and scheduler (copied, so both stages share them).
     Built in a temporary directory and renamed into place, model_index.json written last."""
     from diffusers import UNet3DConditionModel
-
-    from vidcorpus.train.models import build_tiny_i2vgen
 
     if not (Path(i2vgen_dir) / "model_index.json").exists():
         build_tiny_i2vgen(i2vgen_dir)
@@ -306,9 +308,6 @@ class RefinerTask:
     def sample_probes(self, comps, ema, cfg: RefinerTrainConfig, probes: list[tuple], out_dir: str, step: int,
                       autocast_dtype) -> list[str]:
         """Each probe clip degraded by ``degrade_factor`` and refined by the EMA UNet from ``t_max``."""
-        from vidcorpus.train import checkpoint as ckpt_io
-        from vidcorpus.train.export import write_mp4
-
         device = next(ema.parameters()).device
         urls = []
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -326,8 +325,6 @@ def train_refiner(cfg: RefinerTrainConfig, model_dir: str, shard_urls: list, out
                   run_info: dict | None = None, follow=None):
     """Train the refiner UNet (initialised from ``model_dir``) until ``cfg.steps``; the arguments and
     the run directory are those of ``train_base``."""
-    from vidcorpus.train.loop import train_loop
-
     if cfg.crop_height > cfg.height or cfg.crop_width > cfg.width:
         raise ValueError(f"refiner crop {cfg.crop_height}x{cfg.crop_width} exceeds the clip size "
                          f"{cfg.height}x{cfg.width}")
@@ -341,9 +338,6 @@ def export_refiner(model_dir: str, checkpoint: str, out_dir: str, weights: str =
     """Write a refiner checkpoint (or a run's newest) as a diffusers ``VideoToVideoSDPipeline``
     directory (EMA UNet + the frozen parts), with the trained ``t_max`` in ``vidcorpus_refiner.json``."""
     from diffusers import VideoToVideoSDPipeline
-
-    from vidcorpus.train.checkpoint import load_unet_weights, read_state, resolve_resume
-    from vidcorpus.train.export import save_pipeline
 
     ckpt = resolve_resume(checkpoint)
     comps = load_refiner(model_dir, "cpu", torch.float32)
@@ -359,8 +353,6 @@ def export_refiner(model_dir: str, checkpoint: str, out_dir: str, weights: str =
 
 def trained_t_max(refiner: str) -> int | None:
     """The t_max a refiner export or checkpoint was trained with (None if it does not say)."""
-    from vidcorpus.train.checkpoint import read_state, resolve_resume
-
     p = Path(refiner.removeprefix("file://"))
     if (p / REFINER_INFO).exists():
         return json.loads((p / REFINER_INFO).read_text()).get("t_max")

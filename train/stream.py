@@ -17,7 +17,8 @@ from typing import Iterable, Iterator
 import torch
 
 from vidcorpus.config import TrainConfig
-from vidcorpus.train.data import OnError
+from vidcorpus.shard_reader import as_specs
+from vidcorpus.train.data import EpochBatches, OnError
 
 
 class NoTrainableSamples(RuntimeError):
@@ -132,8 +133,6 @@ class Selection:
 
     def update(self, urls: list, keys) -> int:
         """Adopt a fresh answer of the query; returns how many shards are new."""
-        from vidcorpus.shards.reader import as_specs
-
         before = {s.url for s in as_specs(self.urls)}
         new = sum(s.url not in before for s in as_specs(urls))
         self.urls, self.keys = list(urls), (set(keys) if keys is not None else None)
@@ -148,8 +147,6 @@ def batches_forever(urls: list, cfg: TrainConfig, keys, on_error: OnError | None
     """Epoch after epoch of the stream, starting at ``cursor``: (batch, the stream's mark right after
     it); each failing key is reported once, not once per epoch. ``follow()`` -> (urls, keys), called
     at each epoch boundary, replaces the selection (``selection`` records it)."""
-    from vidcorpus.train.data import EpochBatches
-
     reported: set[str] = set()
 
     def report(key: str, exc: Exception) -> None:
@@ -181,8 +178,6 @@ def batches_forever(urls: list, cfg: TrainConfig, keys, on_error: OnError | None
 
 
 def data_fingerprint(shard_urls: list, keys: Iterable[str] | None) -> str:
-    from vidcorpus.shards.reader import as_specs
-
     h = hashlib.sha256()
     for spec in as_specs(shard_urls):
         h.update(f"{spec.url}\0{spec.sha256}\n".encode())

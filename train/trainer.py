@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from vidcorpus.config import TrainConfig
+from vidcorpus.errors import classify_error
 from vidcorpus.train import checkpoint as ckpt_io
 from vidcorpus.train.data import OnError
 from vidcorpus.train.metrics import FlopCounter, LogWindow, MetricsLogger, peak_bf16_flops
@@ -160,8 +161,6 @@ class Trainer:
         self.task.setup(comps)
 
     def _rank_error(self, key: str, exc: Exception) -> None:
-        from vidcorpus.errors import classify_error
-
         with self.failures_lock:
             self.failures.setdefault(key, [key, classify_error(exc), f"{type(exc).__name__}: {exc}"[:2000]])
         if self.on_error is not None:

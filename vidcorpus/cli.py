@@ -496,7 +496,7 @@ def _train_and_export(cfg: Config, stage: str, output: str | None, progress: boo
     """`train` and `train-refiner`: run the stage's training, report it, optionally export its EMA."""
     from vidcorpus.errors import ModelNotAvailable
     from vidcorpus.latent_cache import LatentCacheMissing
-    from vidcorpus.shards.reader import ShardChecksumError
+    from vidcorpus.shard_reader import ShardChecksumError
     from vidcorpus.shards.release import ReleaseError
     from vidcorpus.train.loop import ResumeMismatch
     from vidcorpus.training import NoTrainingData, run_training

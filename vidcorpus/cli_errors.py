@@ -55,8 +55,8 @@ USER_ERRORS = [
     ("vidcorpus.catalog.store", "CatalogError", EXIT_USAGE),
     ("vidcorpus.catalog.safe_sql", "RefusedSQL", EXIT_USAGE),
     ("vidcorpus.shards.release", "ReleaseError", EXIT_USAGE),
-    ("vidcorpus.shards.reader", "ShardChecksumError", EXIT_USAGE),
-    ("vidcorpus.shards.reader", "ShardUnavailable", EXIT_USAGE),  # a manifest or shard named that is not there
+    ("vidcorpus.shard_reader", "ShardChecksumError", EXIT_USAGE),
+    ("vidcorpus.shard_reader", "ShardUnavailable", EXIT_USAGE),  # a manifest or shard named that is not there
     ("duckdb", "ParserException", EXIT_USAGE),  # a user's --select predicate or query
     ("duckdb", "BinderException", EXIT_USAGE),
     ("vidcorpus.ingest.sources", "InputError", EXIT_USAGE),

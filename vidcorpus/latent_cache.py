@@ -16,8 +16,8 @@ import fsspec
 from vidcorpus.config import Config
 from vidcorpus.ids import new_run_id
 from vidcorpus.presets import resolve_models
-from vidcorpus.shards.latents import LatentParams, cache_key, device_and_dtype, encode_sample, encoder_fingerprint, sidecar_url
-from vidcorpus.shards.reader import ShardSpec, as_specs, sample_pipeline, specs_from_manifest
+from vidcorpus.shards.latents import LatentParams, cache_key, encoder_fingerprint, sidecar_url
+from vidcorpus.shard_reader import ShardSpec, as_specs, sample_pipeline, specs_from_manifest
 from vidcorpus.shards.writer import stream_tar
 
 
@@ -52,6 +52,7 @@ def encode_latent_cache(cfg: Config, params: LatentParams, release: str | None =
 
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.train.data import decode_sample
+    from vidcorpus.train.latent_encode import device_and_dtype, encode_sample
     from vidcorpus.train.models import load_components
     from vidcorpus.train.objective import TextEncoderCache
 

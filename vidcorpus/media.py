@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from vidcorpus.errors import DecodeError
-from vidcorpus.frame_seek import reformatter
+from vidcorpus.frame_seek import decode_in_order, reformatter, to_rgb_upright
 
 # Quiet FFmpeg's own terminal logging (encoder statistics, decoder chatter). Do NOT route its logs
 # through Python (av.logging.set_level): with threaded decoding, a decoder thread inside the Python
@@ -175,7 +175,6 @@ def decode_indices(src, indices) -> dict[int, np.ndarray]:
     if isinstance(src, str):
         with fsspec.open(src, "rb") as f:
             return decode_indices(f, indices)
-    from vidcorpus.frame_seek import decode_in_order, to_rgb_upright
 
     got: dict[int, np.ndarray] = {}
     try:
@@ -226,6 +225,14 @@ def read_frames(path: str, indices: Sequence[int] | None = None, n: int | None =
     last = got[max(got)]
     # Containers can report one frame more than decodes; repeat the last decoded frame then.
     return np.stack([got.get(i, last) for i in wanted])
+
+
+def is_image(row: dict) -> bool:
+    """A pipeline row of an image (its media type, else its clip file's extension)."""
+    if row.get("media_type") == "image":
+        return True
+    path = (row.get("clip_path") or "").lower()
+    return any(path.endswith(ext) for ext in IMAGE_EXTS)
 
 
 def load_image_rgb(fileobj, max_pixels: int | None = None) -> np.ndarray:

@@ -3,16 +3,22 @@
 ``production`` names real pretrained weights (open_clip tags, Hugging Face ids); ``tiny`` builds
 small randomly initialised models from configs once, saves them in the standard formats under
 ``models.cache_dir``, and from then on they load through exactly the same code as real weights.
+
+A preset only NAMES the function that builds or checks a model (``"module:function"``): each stage
+owns its models' code, and the core imports no stage (docs/architecture.md, "Layers"). A named
+function is imported when it is called, so resolving a config costs no open_clip or transformers
+import unless a tiny model must be built.
 """
 
 from __future__ import annotations
 
-import os
-import socket
+import importlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from vidcorpus.config import ModelsConfig
-from vidcorpus.errors import ModelNotAvailable
+from vidcorpus.model_files import require_file, require_hf_model
 
 # LAION's "improved aesthetic predictor" head for CLIP ViT-L/14 embeddings.
 LAION_AESTHETIC_URL = (
@@ -55,27 +61,51 @@ def resolve_models(models: ModelsConfig, build: bool = True, only: set[str] | No
     return filled
 
 
+@dataclass(frozen=True)
+class TinyBuild:
+    """One tiny model: the function that builds it (named, in the module that owns the model), the
+    ``ModelsConfig`` fields it is called with (the first is where it writes), and the file that
+    exists once it is built."""
+
+    model: str  # which model it belongs to: "clip", "captioner", "i2vgen" or "refiner"
+    builder: str  # "module:function"
+    args: tuple[str, ...]
+    marker: str = ""  # a file inside the first arg's path ("": that path itself)
+
+    def built(self, models: ModelsConfig) -> bool:
+        return (Path(getattr(models, self.args[0])) / self.marker).exists()
+
+    def build(self, models: ModelsConfig) -> None:
+        named_function(self.builder)(*(getattr(models, field) for field in self.args))
+
+
+TINY_BUILDS: tuple[TinyBuild, ...] = (
+    TinyBuild("clip", "vidcorpus.clip_models:build_tiny_clip", ("clip_pretrained",)),
+    TinyBuild("clip", "vidcorpus.filters.aesthetic_head:build_tiny_aesthetic_head", ("aesthetic_head", "clip_model")),
+    TinyBuild("captioner", "vidcorpus.captioning.tiny_models:build_tiny_captioner", ("captioner",), "config.json"),
+    TinyBuild("i2vgen", "vidcorpus.train.models:build_tiny_i2vgen", ("i2vgen",), "model_index.json"),
+)
+# built on first use only (most commands need the others without it): resolve_refiner
+TINY_REFINER = TinyBuild("refiner", "vidcorpus.train.refiner:build_tiny_refiner", ("refiner", "i2vgen"),
+                         "model_index.json")
+# the CLIP scorer's weights check, which knows open_clip's tags (run by preflight_pipeline)
+CLIP_WEIGHTS_CHECK = "vidcorpus.clip_models:require_clip_weights"
+
+
+def named_function(ref: str) -> Callable:
+    """The function a preset names as ``"package.module:function"``, imported now."""
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def build_tiny_models(models: ModelsConfig, only: set[str] | None = None) -> None:
     """Create the tiny models that are missing (seeded, so every machine builds the same ones);
     ``only``: just these of "clip" (with the aesthetic head), "captioner", "i2vgen". Each builder is
     imported only when its model is missing (importing them costs seconds: open_clip, transformers)."""
     wanted = {"clip", "captioner", "i2vgen"} if only is None else only
-    if "clip" in wanted and not Path(models.clip_pretrained).exists():
-        from vidcorpus.filters.clip_models import build_tiny_clip
-
-        build_tiny_clip(models.clip_pretrained)
-    if "clip" in wanted and not Path(models.aesthetic_head).exists():
-        from vidcorpus.filters.clip_models import build_tiny_aesthetic_head
-
-        build_tiny_aesthetic_head(models.aesthetic_head, models.clip_model)
-    if "captioner" in wanted and not (Path(models.captioner) / "config.json").exists():
-        from vidcorpus.captioning.tiny_models import build_tiny_captioner
-
-        build_tiny_captioner(models.captioner)
-    if "i2vgen" in wanted and not (Path(models.i2vgen) / "model_index.json").exists():
-        from vidcorpus.train.models import build_tiny_i2vgen
-
-        build_tiny_i2vgen(models.i2vgen)
+    for tiny in TINY_BUILDS:
+        if tiny.model in wanted and not tiny.built(models):
+            tiny.build(models)
 
 
 def curation_models(cfg) -> set[str]:
@@ -93,10 +123,8 @@ def resolve_refiner(models: ModelsConfig) -> ModelsConfig:
     """``resolve_models`` plus the refiner: for ``tiny``, its tiny UNet3D build is made on first use
     (not with the other tiny models, which most commands need without it)."""
     filled = resolve_models(models)
-    if models.preset == "tiny" and not (Path(filled.refiner) / "model_index.json").exists():
-        from vidcorpus.train.refiner import build_tiny_refiner
-
-        build_tiny_refiner(filled.refiner, filled.i2vgen)
+    if models.preset == "tiny" and not TINY_REFINER.built(filled):
+        TINY_REFINER.build(filled)
     return filled
 
 
@@ -109,70 +137,7 @@ def preflight_pipeline(models: ModelsConfig, only: set[str] | None = None) -> No
     """
     wanted = {"clip", "captioner"} if only is None else only
     if "clip" in wanted:
-        from vidcorpus.filters.clip_models import require_clip_weights
-
-        require_clip_weights(models.clip_model, models.clip_pretrained)
+        named_function(CLIP_WEIGHTS_CHECK)(models.clip_model, models.clip_pretrained)
         require_file(models.aesthetic_head, "aesthetic_head")
     if "captioner" in wanted:
         require_hf_model(models.captioner, "captioner")
-
-
-def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def require_hf_model(name_or_dir: str, field: str) -> str:
-    """A local directory, a cached hub snapshot, or a hub id we can reach; otherwise fail fast.
-
-    The error names the fix instead of letting transformers/diffusers retry the hub for a minute.
-    """
-    if Path(name_or_dir).is_dir():
-        return name_or_dir
-    if Path(name_or_dir).exists() or name_or_dir.startswith((".", "/")):
-        raise ModelNotAvailable(f"models.{field}: {name_or_dir} is not a model directory")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(name_or_dir, local_files_only=True)
-    except Exception:  # noqa: BLE001 - any miss means "not cached"
-        pass
-    if _hub_reachable():
-        return name_or_dir
-    raise ModelNotAvailable(
-        f"models.{field}: '{name_or_dir}' is not in the Hugging Face cache and the hub cannot be reached. "
-        f"Fix: on a machine with network run `huggingface-cli download {name_or_dir}` (and copy the cache), "
-        f"or set models.{field}=/path/to/local/dir, or use --preset tiny for offline test models."
-    )
-
-
-def require_file(path_or_url: str, field: str) -> str:
-    """A local weights file, or an http(s) URL we can reach; otherwise fail fast naming the fix."""
-    if "://" not in path_or_url:
-        if Path(path_or_url).is_file():
-            return path_or_url
-        raise ModelNotAvailable(f"models.{field}: file {path_or_url} does not exist")
-    from urllib.parse import urlsplit
-
-    host = urlsplit(path_or_url).hostname or ""
-    cached = Path(os.environ.get("VIDCORPUS_CACHE", Path.home() / ".cache" / "vidcorpus")) / "downloads"
-    local = cached / Path(urlsplit(path_or_url).path).name
-    if local.is_file():
-        return str(local)
-    if not _hub_reachable(host):
-        raise ModelNotAvailable(
-            f"models.{field}: cannot download {path_or_url} (no network). Fix: download it elsewhere, "
-            f"put it at {local} or set models.{field}=/path/to/file, or use --preset tiny."
-        )
-    import urllib.request
-
-    local.parent.mkdir(parents=True, exist_ok=True)
-    tmp = local.with_suffix(".part")
-    urllib.request.urlretrieve(path_or_url, tmp)  # noqa: S310 - the URL is the user's config
-    tmp.rename(local)
-    return str(local)

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from vidcorpus.config import Config
 from vidcorpus.ids import new_run_id
-from vidcorpus.shards.reader import load_manifest
+from vidcorpus.shard_reader import load_manifest
 from vidcorpus.shards.release import (
     ReleaseError,
     build_manifest,

@@ -39,9 +39,10 @@ WORKER_ENV = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZE
 def pipeline_stages() -> list[type[Stage]]:
     """The stage classes of a run, in order (imported here so `vidcorpus --help` stays fast)."""
     from vidcorpus.captioning.stage import CaptionStage
-    from vidcorpus.filters.clip_scores import CaptionAlignStage
+    from vidcorpus.filters.clip_scores import CaptionAlignStage, ClipScoreStage
     from vidcorpus.filters.recipes import DecideStage
-    from vidcorpus.filters.scorers import ClipScoreStage, MotionStage, TechnicalStage
+    from vidcorpus.filters.motion import MotionStage
+    from vidcorpus.filters.technical import TechnicalStage
     from vidcorpus.ingest.download import DownloadStage
     from vidcorpus.ingest.extract import ExtractStage
     from vidcorpus.ingest.probe import ProbeStage

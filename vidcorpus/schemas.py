@@ -7,6 +7,8 @@ returns rows of ``ROW_SCHEMA``; a stage that fails on a row sets ``error_class``
 
 from __future__ import annotations
 
+import math
+
 import pyarrow as pa
 
 from vidcorpus.stage_clock import STAGE_TIME_TYPE
@@ -112,6 +114,28 @@ def empty_row(**values) -> dict:
     row["captions"] = []
     row.update(values)
     return row
+
+
+def score(scorer: str, value: float, model: str, version: str) -> dict:
+    """One entry of row["scores"]; non-finite values are a bug in the scorer, not data."""
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"score {scorer} is not finite: {value}")
+    return {"scorer": scorer, "model": model, "version": version, "value": value}
+
+
+def add_scores(row: dict, new: list[dict]) -> dict:
+    """Row with `new` appended; older entries of the same scorers are replaced (re-scoring a clip)."""
+    names = {s["scorer"] for s in new}
+    kept = [s for s in (row.get("scores") or []) if s["scorer"] not in names]
+    return dict(row, scores=kept + new)
+
+
+def is_clipless(row: dict) -> bool:
+    """A split source that yielded no clip (every shot trimmed away or dropped): the row carries the
+    source's ``split_frames`` and ``dropped`` segments only. Later stages pass it through untouched;
+    the driver records the source and its segments and marks it done, so a rerun does not redo it."""
+    return row.get("clip_id") is None and row.get("split_frames") is not None
 
 
 def rows_to_table(rows: list[dict]) -> pa.Table:

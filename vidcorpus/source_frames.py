@@ -27,7 +27,6 @@ from fractions import Fraction
 from typing import Iterator
 
 import av
-import fsspec
 import numpy as np
 
 from vidcorpus.errors import DecodeError
@@ -37,10 +36,14 @@ from vidcorpus.frame_seek import to_rgb
 DEFERRED = "deferred"  # extract_mode of a clip that has no file yet: scored from its source, not encoded
 
 
-def _target_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
-    from vidcorpus.ingest.extract import target_size
-
-    return target_size(width, height, short_side)
+def target_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    """The size precise extraction gives a clip (``ingest/extract.py`` encodes at it, the scorers read
+    source frames at it): even (w, h) with the short side scaled to ``short_side`` (never enlarged);
+    None keeps the size."""
+    if short_side and min(width, height) > short_side:
+        scale = short_side / min(width, height)
+        width, height = round(width * scale), round(height * scale)
+    return max(2, width - width % 2), max(2, height - height % 2)
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ def clip_geometry(row: dict, split_cfg=None) -> ClipGeometry:
     else:
         clip_rate = getattr(split_cfg, "clip_fps", None)
         rate = Fraction(clip_rate).limit_denominator(1001) if clip_rate else in_rate
-        w, h = _target_size(int(row["width"]), int(row["height"]), getattr(split_cfg, "clip_short_side", None))
+        w, h = target_size(int(row["width"]), int(row["height"]), getattr(split_cfg, "clip_short_side", None))
     frames = math.ceil(Fraction(n_src) * rate / in_rate)
     return ClipGeometry(w, h, in_rate, rate, frames)
 

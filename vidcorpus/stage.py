@@ -18,8 +18,7 @@ from pydantic import BaseModel
 from vidcorpus import events, gpu_busy, stage_clock
 from vidcorpus.config import Config
 from vidcorpus.errors import classify_error, storage_full
-from vidcorpus.ingest.segments import is_clipless
-from vidcorpus.schemas import rows_to_table
+from vidcorpus.schemas import is_clipless, rows_to_table
 
 
 class Resources(BaseModel):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from vidcorpus.config import Config, ConfigError
+from vidcorpus.config import Config, ConfigError, StageSettings
 
 # Rows per call of a model stage when neither the stage nor the config says: what the benchmarks
 # found for an H100 (captioning: 5x generate's tokens/s from batch 256 up; docs/benchmarks.md), and
@@ -123,8 +123,6 @@ def resolve(stages: list, cfg: Config, gpus_available: float, cpus_available: fl
 def pin_plans(cfg: Config, plans: dict[type, StagePlan]) -> Config:
     """The config with each stage's resolved batch_rows written into ``stages``, so workers (which
     size their model batches from it: captioning.batch_size None) see what the runner planned."""
-    from vidcorpus.config import StageSettings
-
     stages = dict(cfg.stages)
     for plan in plans.values():
         current = stages.get(plan.name) or StageSettings()

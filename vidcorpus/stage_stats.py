@@ -23,6 +23,8 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from vidcorpus.stage_clock import decode, stamp
+
 Interval = tuple[float, float]
 COMPACT_AT = 20_000  # queued intervals kept per stage before they are merged into their union
 DRAW_POINTS = 2_000  # intervals drawn per stage and state at most (gaps shorter than wall/2000 merge)
@@ -161,8 +163,6 @@ class StageStats:
     def add(self, batch, commit: Interval | None = None) -> None:
         """A result batch (Arrow table, or row dicts) the driver committed over ``commit`` (start, end).
         Rows of one stage batch share their chain: each distinct chain is decoded once."""
-        from vidcorpus.stage_clock import decode, stamp
-
         groups = _distinct_chains(batch) if hasattr(batch, "select") else _distinct_row_chains(batch)
         n_real = sum(n for carrier, _chain, n in groups if not carrier)
         done = stamp("commit", commit[0], commit[1], n_real, n_real, worker="driver") if commit else None
@@ -183,8 +183,6 @@ class StageStats:
     def driver_step(self, name: str, start: float, end: float, rows: int = 0, setup_s: float = 0.0,
                     gpu: str | None = None, gpu_busy_s: float | None = None) -> None:
         """A step the driver ran itself (e.g. writing shards): busy from start to end."""
-        from vidcorpus.stage_clock import stamp
-
         self._stamp(stamp(name, start, end, rows, rows, setup_s, gpu, gpu_busy_s, worker="driver"))
 
     def finish(self, end: float | None = None) -> list[StageRow]:

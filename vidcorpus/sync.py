@@ -18,8 +18,9 @@ from typing import Callable
 
 from vidcorpus.catalog.corpus_state import active_recipe, pending_work, recipe_history, set_active_recipe
 from vidcorpus.config import Config
-from vidcorpus.filters.apply import apply_recipe, canonical_yaml
-from vidcorpus.filters.recipes import Recipe, load_recipe
+from vidcorpus.filters.apply import apply_recipe
+from vidcorpus.filters.recipes import load_recipe
+from vidcorpus.recipe_model import Recipe, canonical_yaml
 
 PRODUCTION_RECIPE = "pretrain_v1"
 

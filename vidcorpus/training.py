@@ -35,7 +35,7 @@ def select_training_shards(cfg: Config) -> tuple[list, set[str], str]:
     Either way the stream refuses a shard whose bytes no longer match.
     """
     from vidcorpus.catalog.store import Catalog
-    from vidcorpus.shards.reader import ShardSpec, specs_from_manifest
+    from vidcorpus.shard_reader import ShardSpec, specs_from_manifest
 
     select = cfg.train.select
     if cfg.train.release:

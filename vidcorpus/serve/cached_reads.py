@@ -19,7 +19,7 @@ from typing import Any, Callable, Hashable
 import duckdb
 from markupsafe import Markup
 
-from vidcorpus.filters.recipes import Recipe
+from vidcorpus.recipe_model import Recipe
 from vidcorpus.serve import labels as labels_mod
 from vidcorpus.serve import queries
 from vidcorpus.serve.cache import StampedCache

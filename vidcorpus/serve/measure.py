@@ -24,7 +24,7 @@ import duckdb
 import numpy as np
 
 from vidcorpus.catalog.sql_names import ident
-from vidcorpus.filters.recipes import Predicate, Recipe
+from vidcorpus.recipe_model import Predicate, Recipe
 from vidcorpus.serve.labels import LATEST_LABELS_SQL
 
 _OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq,

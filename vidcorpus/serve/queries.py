@@ -19,7 +19,7 @@ import duckdb
 
 from vidcorpus.catalog.schema import ACTIVE_RECIPE_SQL, CLIP_COLUMNS
 from vidcorpus.catalog.sql_names import ident
-from vidcorpus.filters.recipes import Recipe, recipe_from_text
+from vidcorpus.recipe_model import Recipe, recipe_from_text
 
 GRID_COLUMNS = ("clip_id", "source_id", "media_type", "duration_s", "width", "height", "kept", "reason", "recipe",
                 "caption", "short_caption", "clip_path", "first_frame_path", "shard_id", "uri")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from vidcorpus.catalog.sql_names import ident
-from vidcorpus.filters.recipes import Predicate, Recipe
+from vidcorpus.recipe_model import Predicate, Recipe
 
 CHANGE = re.compile(r"\s*([a-z][a-z0-9_]*)\s*(>=|<=|==|!=|>|<)\s*(-?[0-9.]+(?:e-?[0-9]+)?)\s*")
 

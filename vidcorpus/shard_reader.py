@@ -6,6 +6,10 @@ manifest or the catalog. A damaged or tampered shard is refused with ``ShardChec
 any of its samples reach a trainer (by default the stream stops; ``on_bad_shard="skip"`` reports
 it and goes on). A shard that cannot be read at all is skipped with a warning and reported. Splitting by node (``torch.distributed`` rank) and by DataLoader worker, and the
 seeded per-epoch shard and sample shuffles, are webdataset's.
+
+It lives in the core, not in ``shards/``: it is the format's reading side, which the trainer
+(``train/``), the latent-cache job and release verification all use, and a stage folder may import
+only the core (docs/architecture.md, "Layers").
 """
 
 from __future__ import annotations

@@ -1,23 +1,30 @@
-"""CLIP and LAION aesthetic-head loading, one code path for real and tiny weights.
+"""The pipeline's CLIP model: loading (one code path for real and tiny weights), its id, and
+embedding frames and texts.
 
-Production uses ``("ViT-L-14", "openai")`` and LAION's improved aesthetic predictor; the ``tiny``
-preset builds a seeded, randomly initialised ``vidcorpus-tiny-clip`` and a head of the same
-architecture once, saves them in the same on-disk formats, and loads them through the same calls.
-Importing this module registers the tiny open_clip config (filters/model_configs/).
+Production uses ``("ViT-L-14", "openai")``; the ``tiny`` preset builds a seeded, randomly
+initialised ``vidcorpus-tiny-clip`` once, saves it in the same on-disk format, and loads it through
+the same calls. Importing this module registers the tiny open_clip config (vidcorpus/model_configs/).
+
+It lives in the core because two stages embed with the same model: the filters' CLIP scorer
+(``filters/clip_scores.py``, with the aesthetic head of ``filters/aesthetic_head.py``) and the
+caption QA of ``captioning/stage.py``.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import torch
-from torch import nn
+from PIL import Image
 
 from vidcorpus.errors import ModelNotAvailable
-from vidcorpus.presets import TINY_CLIP_NAME, _hub_reachable, require_file
+from vidcorpus.model_files import hub_reachable
+from vidcorpus.presets import TINY_CLIP_NAME
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
@@ -25,28 +32,7 @@ open_clip.add_model_config(MODEL_CONFIG_DIR)
 TINY_SEED = 1234
 
 
-class AestheticHead(nn.Module):
-    """LAION improved-aesthetic-predictor MLP (same layer indices, so the real .pth loads strictly)."""
-
-    def __init__(self, input_size: int = 768):
-        super().__init__()
-        self.input_size = input_size
-        self.layers = nn.Sequential(
-            nn.Linear(input_size, 1024),
-            nn.Dropout(0.2),
-            nn.Linear(1024, 128),
-            nn.Dropout(0.2),
-            nn.Linear(128, 64),
-            nn.Dropout(0.1),
-            nn.Linear(64, 16),
-            nn.Linear(16, 1),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
-
-
-def _atomic_save(path: str | os.PathLike, write) -> None:
+def atomic_save(path: str | os.PathLike, write) -> None:
     """Write through a temp file in the target folder and rename, so readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,16 +67,8 @@ def build_tiny_clip(weights_path: str | os.PathLike, model_name: str = TINY_CLIP
         else:
             torch.save(state, tmp)
 
-    _atomic_save(weights_path, write)
+    atomic_save(weights_path, write)
     return str(weights_path)
-
-
-def build_tiny_aesthetic_head(path: str | os.PathLike, clip_model_name: str = TINY_CLIP_NAME) -> str:
-    """Seeded random aesthetic head whose input is the CLIP model's embedding, saved like LAION's .pth."""
-    torch.manual_seed(TINY_SEED + 1)
-    head = AestheticHead(clip_embed_dim(clip_model_name))
-    _atomic_save(path, lambda tmp: torch.save(head.state_dict(), tmp))
-    return str(path)
 
 
 def _cached_hf_file(repo_id: str, filenames: list[str]) -> str | None:
@@ -133,7 +111,7 @@ def require_clip_weights(model_name: str, pretrained: str) -> None:
         if local.is_file():
             return
         where, fix = url, f"download it to {local}"
-    if _hub_reachable(host="huggingface.co" if hub else (url.split("/")[2] if "://" in url else "")):
+    if hub_reachable(host="huggingface.co" if hub else (url.split("/")[2] if "://" in url else "")):
         return
     raise ModelNotAvailable(
         f"models.clip_pretrained: open_clip weights {model_name}/{pretrained} ({where}) are not cached and the "
@@ -151,12 +129,41 @@ def load_clip(model_name: str, pretrained: str, device: str | torch.device = "cp
     return model, preprocess, tokenizer
 
 
-def load_aesthetic_head(path_or_url: str, embed_dim: int, device: str | torch.device = "cpu") -> AestheticHead:
-    """LAION-format aesthetic MLP (path or URL resolved by presets.require_file), in eval mode."""
-    local = require_file(path_or_url, "aesthetic_head")
-    state = torch.load(local, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    head = AestheticHead(embed_dim)
-    head.load_state_dict(state, strict=True)
-    return head.to(device).eval()
+def clip_model_id(model_name: str, pretrained: str) -> str:
+    is_file = "://" in pretrained or Path(pretrained).suffix in (".safetensors", ".pt", ".pth", ".bin")
+    return model_name if is_file else f"{model_name}/{pretrained}"
+
+
+def embed_images(model, preprocess, frames: list[np.ndarray], device, batch_size: int = 16, threads: int = 1):
+    """L2-normalised CLIP image embeddings (float32, one row per frame), in batches. ``threads``:
+    preprocess a batch's frames in that many threads (Pillow's resize releases the GIL): caption QA
+    embeds thousands of frames a batch, which one thread kept the GPU waiting for."""
+    def prep(f: np.ndarray):
+        return preprocess(Image.fromarray(f))
+
+    bs = max(1, batch_size)
+    out = []
+    pool = None
+    if threads > 1 and len(frames) > 1:
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="clip-preprocess")
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(frames), bs):
+                chunk = frames[i:i + bs]
+                x = torch.stack(list(pool.map(prep, chunk)) if pool is not None else [prep(f) for f in chunk])
+                out.append(model.encode_image(x.to(device), normalize=True).float())
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return torch.cat(out)
+
+
+def embed_texts(model, tokenizer, texts: list[str], device, batch_size: int = 16):
+    """L2-normalised CLIP text embeddings (float32, one row per text; long texts are truncated)."""
+    bs = max(1, batch_size)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), bs):
+            tokens = tokenizer(texts[i:i + bs]).to(device)
+            out.append(model.encode_text(tokens, normalize=True).float())
+    return torch.cat(out)
