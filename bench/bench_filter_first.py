@@ -110,7 +110,7 @@ CPU_STAGES = """
 import json, sys, time
 from vidcorpus.config import load_config
 from vidcorpus.ingest.sources import read_inputs
-from vidcorpus.runner import pipeline_stages
+from vidcorpus.jobs.curate.pipeline import pipeline_stages
 from vidcorpus.schemas import rows_to_table
 inputs, work, recipe = sys.argv[1:4]
 cfg = load_config(None, [], workdir=work, inputs=[inputs], **{"filters.recipe": recipe})

@@ -35,7 +35,7 @@ def single_process(cfg) -> dict:
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.ingest.sources import read_inputs
     from vidcorpus.presets import resolve_models
-    from vidcorpus.runner import pipeline_stages, write_pending_shards
+    from vidcorpus.jobs.curate.pipeline import pipeline_stages, write_pending_shards
     from vidcorpus.schemas import rows_to_table
 
     t0 = time.perf_counter()
@@ -55,7 +55,7 @@ def ray_run(cfg) -> dict:
     import ray
 
     from vidcorpus.catalog.store import Catalog
-    from vidcorpus.runner import init_ray, run_pipeline
+    from vidcorpus.jobs.curate.pipeline import init_ray, run_pipeline
 
     t0 = time.perf_counter()
     init_ray(cfg)

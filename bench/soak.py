@@ -43,8 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 DRIVER = """
 import sys
 from vidcorpus.config import load_config
-from vidcorpus.runner import run_pipeline
-from vidcorpus import runner
+from vidcorpus.jobs.curate.pipeline import run_pipeline
+from vidcorpus.jobs.curate import pipeline
 work, inputs, cache = sys.argv[1:4]
 cfg = load_config(None, ["ray.num_cpus=2", "ray.commit_rows=4", "ingest.allow_private_addresses=true", "ingest.retries=3",
                          "ingest.backoff_s=0.05", "ingest.read_timeout_s=1.0", "ingest.connect_timeout_s=2.0",

@@ -47,7 +47,7 @@ def test_generate_shows_progress_per_stage_and_step(demo, tmp_path):
     from rich.console import Console
 
     from vidcorpus.config import load_config
-    from vidcorpus.refining import generate_video
+    from vidcorpus.jobs.generate import generate_video
 
     cfg = load_config(None, ["generate.height=96", "generate.width=160", "generate.num_frames=2",
                              "generate.base_height=64", "generate.base_width=96", "generate.base_steps=3",

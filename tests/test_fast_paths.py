@@ -193,8 +193,8 @@ def test_a_switch_off_in_a_ray_worker_reaches_the_log_and_the_events_table(tmp_p
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.cli import app
     from vidcorpus.config import load_config
-    from vidcorpus.report import build_report
-    from vidcorpus.runner import run_pipeline
+    from vidcorpus.jobs.report.build import build_report
+    from vidcorpus.jobs.curate.pipeline import run_pipeline
     from vidcorpus.synth import make_corpus
 
     fake = tmp_path / "fake-dists" / "transformers-99.0.dist-info"
@@ -239,8 +239,8 @@ def test_a_probe_mismatch_in_the_caption_stage_reaches_the_driver_log_and_the_ev
     from vidcorpus.captioning.stage import CaptionStage
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.config import load_config
-    from vidcorpus.run_commit import RunCommitter
-    from vidcorpus.runner import RunSummary
+    from vidcorpus.jobs.curate.commit import RunCommitter
+    from vidcorpus.jobs.curate.pipeline import RunSummary
     from vidcorpus.schemas import empty_row, rows_to_table
     from vidcorpus.synth import make_video
 

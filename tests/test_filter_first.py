@@ -158,7 +158,7 @@ def test_a_dropped_shot_is_never_encoded_and_keeps_its_rows_and_still(tmp_path, 
     from vidcorpus.ingest import extract
     from vidcorpus.ingest.sources import read_inputs
     from vidcorpus.presets import resolve_models
-    from vidcorpus.runner import pipeline_stages
+    from vidcorpus.jobs.curate.pipeline import pipeline_stages
     from vidcorpus.synth import make_corpus
 
     encoded: list[int] = []
@@ -206,7 +206,7 @@ def test_a_dropped_shot_is_never_encoded_and_keeps_its_rows_and_still(tmp_path, 
     # the report draws the dropped clip's still (not the grey "no first frame" tile)
     from PIL import Image
 
-    from vidcorpus.report import build_report
+    from vidcorpus.jobs.report.build import build_report
 
     build_report(cfg.catalog_path, tmp_path / "report")
     thumb = tmp_path / "report" / "thumbs" / f"{dropped[0]['clip_id']}.jpg"

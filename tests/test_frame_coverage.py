@@ -200,7 +200,7 @@ def test_uncovered_ranges():
 
 
 def test_footage_report_accounts_for_every_frame(tmp_path, two_shots):
-    from vidcorpus.report_footage import footage_rows
+    from vidcorpus.jobs.report.footage import footage_rows
 
     rows = _split_and_extract(_cfg(tmp_path, "split.trim_frames=2"), two_shots)
     with _commit(tmp_path, "run1", rows) as cat:

@@ -34,7 +34,7 @@ from vidcorpus.catalog.store import Catalog
 
 SCRIPT = r"""
 import os, sys, time
-from vidcorpus import runner
+from vidcorpus.jobs.curate import pipeline
 from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import load_config
 from vidcorpus.filters.scorers import ClipScoreStage, TechnicalStage
@@ -79,9 +79,9 @@ class HookedScore(ClipScoreStage):
         return super().__call__(batch)
 
 
-stages = runner.pipeline_stages
+stages = pipeline.pipeline_stages
 swap = {DownloadStage: HookedDownload, TechnicalStage: HookedTechnical, ClipScoreStage: HookedScore}
-runner.pipeline_stages = lambda: [swap.get(s, s) for s in stages()]
+pipeline.pipeline_stages = lambda: [swap.get(s, s) for s in stages()]
 
 upsert = Catalog._upsert
 def hooked_upsert(self, table, rows):
@@ -91,7 +91,7 @@ def hooked_upsert(self, table, rows):
     return n
 Catalog._upsert = hooked_upsert
 
-runner._ray_ready = lambda: False  # shards are written by this process, so the kill lands in the writer
+pipeline._ray_ready = lambda: False  # shards are written by this process, so the kill lands in the writer
 sample_of = writer.sample_of
 def hooked_sample_of(*a, **kw):
     if "shard" in points and first("shard"):
@@ -100,7 +100,7 @@ def hooked_sample_of(*a, **kw):
 writer.sample_of = hooked_sample_of
 
 cfg = load_config(None, ["ray.num_cpus=2", "ingest.retries=0", "ray.commit_rows=2"], workdir=work, inputs=[inputs])
-s = runner.run_pipeline(cfg, progress=False, log=lambda m: print(m, flush=True))
+s = pipeline.run_pipeline(cfg, progress=False, log=lambda m: print(m, flush=True))
 print("DONE", s.rows_committed, flush=True)
 """
 SECRET = "hunter2secretKey9876"

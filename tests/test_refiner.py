@@ -228,14 +228,14 @@ def test_refiner_commands_explain_themselves(cmd):
 @pytest.mark.slow
 def test_train_refiner_selects_from_the_catalog_and_records_the_run(demo, tmp_path):
     from vidcorpus.catalog.store import Catalog
-    from vidcorpus.refining import run_refiner_training
+    from vidcorpus.jobs.train import run_training
     from vidcorpus.train.checkpoint import read_state
 
     cfg = demo["config"]
     catalog = tmp_path / "catalog.duckdb"  # a copy: the session's demo catalog stays as other tests expect it
     shutil.copy(cfg.catalog_path, catalog)
     cfg = cfg.model_copy(update={"catalog": str(catalog), "refiner": _cfg(steps=2, select="kept")})
-    summary = run_refiner_training(cfg, output=str(tmp_path / "run"), progress=False, log=lambda *_: None)
+    summary = run_training(cfg, output=str(tmp_path / "run"), progress=False, log=lambda *_: None, stage="refiner")
     assert summary.steps == 2 and len(summary.losses) == 2
     state = read_state(summary.checkpoint_dir)
     assert state["stage"] == "refiner" and state["data"]["stage"] == "refiner" and state["data"]["select"] == "kept"

@@ -17,8 +17,8 @@ def test_full_run_with_inputs_staging_and_shards_on_s3(tmp_path, s3, model_cache
     import ray
 
     from vidcorpus.config import load_config
-    from vidcorpus.releases import create_release, release_manifest
-    from vidcorpus.runner import run_pipeline
+    from vidcorpus.jobs.release import create_release, release_manifest
+    from vidcorpus.jobs.curate.pipeline import run_pipeline
     from vidcorpus.shards.reader import sample_pipeline, specs_from_manifest
     from vidcorpus.synth import make_image, make_video
 
@@ -67,7 +67,7 @@ def test_full_run_with_inputs_staging_and_shards_on_s3(tmp_path, s3, model_cache
     # the trainer streams the release from S3 (checksums from the manifest) and checkpoints to S3
     import math
 
-    from vidcorpus.training import run_training
+    from vidcorpus.jobs.train import run_training
 
     tcfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"release": "s3-demo", "steps": 2})})
     trained = run_training(tcfg, progress=False, log=lambda _m: None)

@@ -143,7 +143,7 @@ def test_compare_shows_exactly_the_clips_that_change_decision(catalog, server):
 
 
 def test_the_report_shows_each_filters_precision_and_recall(catalog, tmp_path):
-    from vidcorpus.report import build_report
+    from vidcorpus.jobs.report.build import build_report
 
     _labels(catalog, {i: ("bad" if i * 0.25 < 4 else "good") for i in range(0, 40, 2)}, "browse")
     index = build_report(catalog, tmp_path / "report").index

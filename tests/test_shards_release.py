@@ -15,10 +15,10 @@ import pytest
 from test_catalog_shards import _clip_rows
 from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import load_config
-from vidcorpus.releases import create_release, diff_releases, release_manifest
-from vidcorpus.runner import write_pending_shards
+from vidcorpus.jobs.release import create_release, diff_releases, release_manifest
+from vidcorpus.jobs.curate.pipeline import write_pending_shards
 from vidcorpus.shards.reader import ShardChecksumError, sample_pipeline, specs_from_manifest
-from vidcorpus.shards.release import ReleaseError, read_release_clips
+from vidcorpus.shards.release_files import ReleaseError, read_release_clips
 from vidcorpus.shards.writer import stream_tar
 
 
@@ -77,7 +77,7 @@ def test_release_reuses_whole_shards_packs_the_rest_and_reads_back(tmp_path):
         create_release(cfg, "rel2", "r", select="no_such_column > 1", progress=False, log=lambda _m: None)
 
     # the trainer's selection of a release: its shards with their manifest checksums, its clips only
-    from vidcorpus.training import select_training_shards
+    from vidcorpus.jobs.shard_selection import select_training_shards
 
     specs, keys, what = select_training_shards(cfg.model_copy(update={"train": cfg.train.model_copy(
         update={"release": "rel1", "select": "aesthetic >= 6"})}))
@@ -190,7 +190,7 @@ KILL_SCRIPT = textwrap.dedent("""
     from test_catalog_shards import _clip_rows
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.config import load_config
-    from vidcorpus.runner import write_pending_shards
+    from vidcorpus.jobs.curate.pipeline import write_pending_shards
     import vidcorpus.shards.writer as writer
     cfg = load_config(None, ["shards.max_samples=2"], workdir=sys.argv[1], catalog=sys.argv[2])
     real_read, calls = writer._read, [0]
@@ -239,7 +239,7 @@ def test_latent_cache_is_keyed_by_encoder_weights(tmp_path, model_cache):
     import numpy as np
     import torch
 
-    from vidcorpus.latent_cache import encode_latent_cache
+    from vidcorpus.jobs.encode import encode_latent_cache
     from vidcorpus.presets import resolve_models
     from vidcorpus.shards.latents import LatentParams
 
@@ -284,8 +284,8 @@ def test_latent_cache_is_keyed_by_encoder_weights(tmp_path, model_cache):
 
     # Training with the same encoders, bucket, frames, fps and caption reads the sidecars; with a
     # bucket nobody encoded, `require` refuses and names the fix.
-    from vidcorpus.latent_cache import LatentCacheMissing
-    from vidcorpus.training import run_training
+    from vidcorpus.jobs.encode import LatentCacheMissing
+    from vidcorpus.jobs.train import run_training
 
     tcfg = _cfg(tmp_path, **{"models.cache_dir": model_cache, "train.height": 32, "train.width": 32,
                              "train.steps": 2, "train.latent_cache": "require"})
@@ -300,7 +300,7 @@ def test_latent_cache_is_keyed_by_encoder_weights(tmp_path, model_cache):
 
 
 def test_follow_selection_sees_shards_sealed_after_the_start(tmp_path):
-    from vidcorpus.training import follow_selection
+    from vidcorpus.jobs.train import follow_selection
 
     cfg = _cfg(tmp_path, **{"train.select": "kept", "train.latent_cache": "off"})
     rows = _clip_rows(tmp_path, n=4, kept=(True,) * 4)

@@ -15,8 +15,8 @@ from faultproxy import FaultProxy
 from test_catalog_shards import _clip_rows
 from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import load_config
-from vidcorpus.releases import create_release, release_manifest
-from vidcorpus.runner import write_pending_shards
+from vidcorpus.jobs.release import create_release, release_manifest
+from vidcorpus.jobs.curate.pipeline import write_pending_shards
 from vidcorpus.shards.reader import sample_pipeline, specs_from_manifest
 
 

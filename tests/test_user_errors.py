@@ -216,7 +216,7 @@ def test_ingest_help_lists_every_error_class_the_code_records():
 
 def test_release_list_fits_80_columns(tmp_path):
     from vidcorpus.config import load_config
-    from vidcorpus.releases import create_release
+    from vidcorpus.jobs.release import create_release
 
     rows = _clip_rows(tmp_path, n=2, kept=(True, True))
     cfg = load_config(None, [], workdir=str(tmp_path / "work"))

@@ -169,7 +169,7 @@ def _run_job(inputs, config, set_, workdir, catalog, preset, ray_address, retry_
              error_class: Optional[str], progress: bool) -> None:
     """The one job behind `run` and `ingest`: config, inputs, run_pipeline, summary."""
     from vidcorpus.errors import ModelNotAvailable, StorageFullError
-    from vidcorpus.runner import run_pipeline
+    from vidcorpus.jobs.curate.pipeline import run_pipeline
 
     if error_class and not retry_failed:
         fail("--error-class needs --retry-failed")
@@ -438,7 +438,7 @@ def shards_write(
     record them. Clips without their caption are left out (`vidcorpus sync` captions them)."""
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.ids import new_run_id
-    from vidcorpus.runner import write_pending_shards
+    from vidcorpus.jobs.curate.pipeline import write_pending_shards
 
     from vidcorpus.catalog.corpus_state import active_recipe_id, kept_without_file
 
@@ -495,11 +495,12 @@ def _train_and_export(cfg: Config, stage: str, output: str | None, progress: boo
                       export: str | None) -> None:
     """`train` and `train-refiner`: run the stage's training, report it, optionally export its EMA."""
     from vidcorpus.errors import ModelNotAvailable
-    from vidcorpus.latent_cache import LatentCacheMissing
+    from vidcorpus.jobs.encode import LatentCacheMissing
     from vidcorpus.shards.reader import ShardChecksumError
-    from vidcorpus.shards.release import ReleaseError
+    from vidcorpus.shards.release_files import ReleaseError
     from vidcorpus.train.loop import ResumeMismatch
-    from vidcorpus.training import NoTrainingData, run_training
+    from vidcorpus.jobs.shard_selection import NoTrainingData
+    from vidcorpus.jobs.train import run_training
 
     from vidcorpus.paths import absolute
 
@@ -618,7 +619,7 @@ def generate(
 ) -> None:
     """Image + prompt -> video: the base stage at low resolution, upsampled, refined to 1280x720 with brief text."""
     from vidcorpus.errors import ModelNotAvailable
-    from vidcorpus.refining import generate_video
+    from vidcorpus.jobs.generate import generate_video
 
     cfg = _config(config, set_, **{"models.preset": preset, "generate.seed": seed, "generate.height": height,
                                    "generate.width": width, "generate.num_frames": frames})
@@ -640,7 +641,7 @@ def demo(
     progress: bool = ProgressOpt,
 ) -> None:
     """Make a small synthetic corpus and run every stage on it with tiny offline models, then train."""
-    from vidcorpus.demo import run_demo
+    from vidcorpus.jobs.demo import run_demo
 
     run_demo(directory, steps=steps, ray_address=ray_address, progress=progress, console=console)
 
@@ -656,7 +657,7 @@ def report(
 ) -> None:
     """Write a static HTML audit (funnel, score histograms with thresholds, galleries, failures, captions)."""
     from vidcorpus.catalog.store import CatalogError
-    from vidcorpus.report import build_report
+    from vidcorpus.jobs.report.build import build_report
 
     cfg = _config(config, None, workdir=workdir, catalog=catalog)
     try:
@@ -787,8 +788,8 @@ def filter_dedup(
     from vidcorpus import __version__
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.ids import new_run_id
-    from vidcorpus.runner import dedup_and_redecide
-    from vidcorpus.sync import adopt_recipe, pin_recipe
+    from vidcorpus.jobs.curate.pipeline import dedup_and_redecide
+    from vidcorpus.jobs.curate.sync import adopt_recipe, pin_recipe
 
     cfg = _config(config, set_, workdir=workdir, catalog=catalog)
     run_id = new_run_id()

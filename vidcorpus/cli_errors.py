@@ -54,14 +54,14 @@ USER_ERRORS = [
     ("vidcorpus.config", "ConfigError", EXIT_USAGE),
     ("vidcorpus.catalog.store", "CatalogError", EXIT_USAGE),
     ("vidcorpus.catalog.safe_sql", "RefusedSQL", EXIT_USAGE),
-    ("vidcorpus.shards.release", "ReleaseError", EXIT_USAGE),
+    ("vidcorpus.shards.release_files", "ReleaseError", EXIT_USAGE),
     ("vidcorpus.shards.reader", "ShardChecksumError", EXIT_USAGE),
     ("vidcorpus.shards.reader", "ShardUnavailable", EXIT_USAGE),  # a manifest or shard named that is not there
     ("duckdb", "ParserException", EXIT_USAGE),  # a user's --select predicate or query
     ("duckdb", "BinderException", EXIT_USAGE),
     ("vidcorpus.ingest.sources", "InputError", EXIT_USAGE),
-    ("vidcorpus.training", "NoTrainingData", EXIT_USAGE),
-    ("vidcorpus.latent_cache", "LatentCacheMissing", EXIT_USAGE),
+    ("vidcorpus.jobs.shard_selection", "NoTrainingData", EXIT_USAGE),
+    ("vidcorpus.jobs.encode", "LatentCacheMissing", EXIT_USAGE),
     ("vidcorpus.train.loop", "ResumeMismatch", EXIT_USAGE),
 ]
 PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)

@@ -44,8 +44,8 @@ def release_create(
     allow_uncaptioned: bool = typer.Option(False, "--allow-uncaptioned", help="Release kept clips without their caption (empty txt)."),
 ) -> None:
     """Create release NAME: reuse or write shards, then publish its manifest and record it."""
-    from vidcorpus.releases import create_release
-    from vidcorpus.shards.release import ReleaseError
+    from vidcorpus.jobs.release import create_release
+    from vidcorpus.shards.release_files import ReleaseError
 
     cfg = _config(config, set_, workdir=workdir, catalog=catalog)
     _require_catalog(cfg)
@@ -93,8 +93,8 @@ def release_show(name: str = typer.Argument(..., help="Release name or manifest 
     """A release's buckets and score summaries, from its manifest."""
     import pyarrow as pa
 
-    from vidcorpus.releases import release_manifest
-    from vidcorpus.shards.release import ReleaseError
+    from vidcorpus.jobs.release import release_manifest
+    from vidcorpus.shards.release_files import ReleaseError
 
     cfg = _config(config, None, workdir=workdir, catalog=catalog)
     try:
@@ -123,8 +123,8 @@ def release_diff(
     """What B adds to and drops from A, and why (which recipe predicate, selection, or new clips)."""
     import pyarrow as pa
 
-    from vidcorpus.releases import diff_releases, release_reasons_table
-    from vidcorpus.shards.release import ReleaseError
+    from vidcorpus.jobs.release import diff_releases, release_reasons_table
+    from vidcorpus.shards.release_files import ReleaseError
 
     cfg = _config(config, None, workdir=workdir, catalog=catalog)
     try:
@@ -158,9 +158,9 @@ def shards_encode(
 ) -> None:
     """Write sidecar shards of VAE latents and CLIP image/text embeddings (the latent cache)."""
     from vidcorpus.shards.latents import LatentParams
-    from vidcorpus.shards.release import ReleaseError
-    from vidcorpus.training import NoTrainingData
-    from vidcorpus.latent_cache import encode_latent_cache
+    from vidcorpus.shards.release_files import ReleaseError
+    from vidcorpus.jobs.shard_selection import NoTrainingData
+    from vidcorpus.jobs.encode import encode_latent_cache
 
     cfg = _config(config, set_, workdir=workdir, catalog=catalog, **{"models.preset": preset})
     base = LatentParams.for_training(cfg)  # what `vidcorpus train` with this config will look up

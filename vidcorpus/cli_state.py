@@ -112,7 +112,7 @@ def register_state_commands(app: typer.Typer) -> None:
         """Complete the active recipe's pending work: decide, caption newly kept clips, shard them."""
         from vidcorpus.catalog.store import CatalogError
         from vidcorpus.errors import ModelNotAvailable
-        from vidcorpus.sync import sync
+        from vidcorpus.jobs.curate.sync import sync
 
         cfg = _config(config, set_, workdir=workdir, catalog=catalog, **{"models.preset": preset})
         try:

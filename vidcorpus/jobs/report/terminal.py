@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from vidcorpus.report_sections import cell
+from vidcorpus.jobs.report.sections import cell
 
 
 def print_headline(data, console: Console, funnel, reasons: list[tuple[str, int]], failures: list[dict]) -> None:

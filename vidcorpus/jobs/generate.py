@@ -1,29 +1,21 @@
-"""Driver side of the refiner stage and the cascade: select high-resolution shards, train the refiner
-with the base stage's loop and launchers, record the run; generate a video with both stages."""
+"""`vidcorpus generate`: image + prompt -> video through both stages (the cascade), written as an mp4.
+
+The refiner is trained by `vidcorpus train-refiner` (``jobs/train.py`` with ``stage="refiner"``)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
 
 from vidcorpus.config import Config
-from vidcorpus.training import TrainingSummary, run_training
-
-
-def run_refiner_training(cfg: Config, output: str | None = None, progress: bool = True,
-                         log: Callable[[str], None] = print, resume: str | None = None) -> TrainingSummary:
-    """Train the refiner (``cfg.refiner``, initialised from ``models.refiner``) on the clips that
-    ``refiner.release`` / ``refiner.select`` choose; the base stage's driver with ``stage="refiner"``."""
-    return run_training(cfg, output=output, progress=progress, log=log, resume=resume, stage="refiner")
+from vidcorpus.presets import resolve_models
 
 
 def generate_video(cfg: Config, image: str, prompt: str, short_prompt: str | None, base: str, refiner: str,
                    output: str, progress: bool = True, console=None):
     """Run the cascade and write the mp4; returns the ``CascadeResult``. Progress bars (per stage and
     step) go to ``console`` (default stderr) when it is a terminal and ``progress`` is on."""
-    from vidcorpus.train.cascade import generate
+    from vidcorpus.train.cascade import generate  # inside: torch and diffusers load only when a video is made
     from vidcorpus.train.export import write_mp4
-
-    from vidcorpus.presets import resolve_models
 
     needs_base = not _is_export(base)
     needs_refiner = not _is_export(refiner)
@@ -45,6 +37,4 @@ def generate_video(cfg: Config, image: str, prompt: str, short_prompt: str | Non
 
 
 def _is_export(path: str) -> bool:
-    from pathlib import Path
-
     return (Path(path.removeprefix("file://")) / "model_index.json").exists()

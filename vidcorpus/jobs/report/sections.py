@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from vidcorpus import report_plots as rp
-from vidcorpus import report_queries as rq
-from vidcorpus.report_html import Writer, esc, table
+from vidcorpus.jobs.report import plots as rp
+from vidcorpus.jobs.report import queries as rq
+from vidcorpus.jobs.report.html_pages import Writer, esc, table
 
 SCATTER = ("aesthetic", "clip_text")
 

@@ -2,8 +2,8 @@
 
 download -> probe -> split -> technical -> motion -> clip/aesthetic -> decide -> extract (kept clips
 only: filter before you encode) -> the driver commits rows, dedups each group of whole sources and
-marks them done (vidcorpus/run_commit.py) -> caption actors caption the clips still kept
-(vidcorpus/caption_pool.py) -> shard writer tasks -> the driver commits shards. Each stage's Ray
+marks them done (vidcorpus/jobs/curate/commit.py) -> caption actors caption the clips still kept
+(vidcorpus/jobs/curate/caption_pool.py) -> shard writer tasks -> the driver commits shards. Each stage's Ray
 resources and batch size come from vidcorpus/stage_settings.py. Data flows one way; stages never
 touch the catalog.
 """
@@ -32,7 +32,7 @@ from vidcorpus.stage import Stage
 from vidcorpus.stage_settings import check_names, check_switches, pin_plans, resolve
 from vidcorpus.stage_stats import StageRow, StageStats
 
-CAPTION_STAGES = ("caption", "caption_align")  # fed by the driver after dedup (vidcorpus/caption_pool.py)
+CAPTION_STAGES = ("caption", "caption_align")  # fed by the driver after dedup (vidcorpus/jobs/curate/caption_pool.py)
 WORKER_ENV = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -177,7 +177,7 @@ def run_pipeline(
     # `report`) get in between commits while the run goes on.
     catalog = Catalog(cfg.catalog_path, hold=False)
     try:  # before anything is written: a refused switch leaves the catalog as it was
-        from vidcorpus.sync import recipe_in_force
+        from vidcorpus.jobs.curate.sync import recipe_in_force
 
         check_switches(cfg, recipe_in_force(cfg, catalog))
     except Exception:
@@ -186,7 +186,7 @@ def run_pipeline(
     catalog.begin_run(run_id, "pipeline", json.dumps(cfg.model_dump(mode="json")), __version__)
     status = "failed"
     try:
-        from vidcorpus.sync import adopt_recipe, complete_pending, pin_recipe
+        from vidcorpus.jobs.curate.sync import adopt_recipe, complete_pending, pin_recipe
 
         # The catalog's active recipe decides (a recipe the config names explicitly replaces it, said
         # here); the stages get its content, so a later file edit or config default cannot slip in.
@@ -235,8 +235,8 @@ def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSu
     import ray
     from ray.data import DataContext, ExecutionResources
 
-    from vidcorpus.caption_pool import CaptionPool
-    from vidcorpus.run_commit import RunCommitter
+    from vidcorpus.jobs.curate.caption_pool import CaptionPool
+    from vidcorpus.jobs.curate.commit import RunCommitter
 
     init_ray(cfg)
     resources = ray.cluster_resources()

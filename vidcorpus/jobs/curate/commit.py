@@ -6,7 +6,7 @@ whole once every row it became is committed: the split stage stamps each clip ro
 its source became (``source_rows``; a row without it is its source's only row). When
 ``ray.window_sources`` sources are whole (or the stream ends) the driver scores their clips'
 duplicates, re-decides, marks them done and hands the clips still kept to the caption actors
-(vidcorpus/caption_pool.py), whose results it commits as they come. So a duplicate is never
+(vidcorpus/jobs/curate/caption_pool.py), whose results it commits as they come. So a duplicate is never
 captioned, and a killed driver redoes only sources that were not yet done; kept clips left
 uncaptioned are pending work that the next run or `vidcorpus sync` completes.
 """
@@ -95,7 +95,7 @@ class RunCommitter:
 
     def close_group(self, sources: list[str] | None = None) -> None:
         """Deduplicate the whole sources' clips, re-decide, mark the sources done, caption their kept clips."""
-        from vidcorpus.runner import dedup_and_redecide
+        from vidcorpus.jobs.curate.pipeline import dedup_and_redecide
 
         group = self.whole if sources is None else sources
         self.whole = [] if sources is None else [s for s in self.whole if s not in set(sources)]
@@ -143,7 +143,7 @@ class RunCommitter:
         self._take_captions(self.captions.add(batch))
 
     def _take_captions(self, tables: list[pa.Table]) -> None:
-        from vidcorpus.sync import commit_captioned
+        from vidcorpus.jobs.curate.sync import commit_captioned
 
         for table in tables:
             began = time.time()

@@ -38,7 +38,7 @@ def headline(loaded: tuple[str | None, list[dict], dict]) -> str | None:
 def stage_section(loaded: tuple[str | None, list[dict], dict], plot_path: Callable[[str], Path],
                   img: Callable[[Path, str], str], table: Callable) -> str:
     """HTML of the section (a note when no run recorded its stages)."""
-    from vidcorpus import report_plots as rp
+    from vidcorpus.jobs.report import plots as rp
 
     run_id, rows, spans = loaded
     if not rows:

@@ -3,7 +3,7 @@
 ``create_release`` reuses every existing shard whose members all belong to the release and that
 carries the requested caption version (shards are immutable and content-addressed, so sharing
 them is safe), packs the remaining clips into new shards with the ordinary writer, then writes
-the release's files (``shards/release.py``) and finally its catalog rows. A rerun after a crash
+the release's files (``shards/release_files.py``) and finally its catalog rows. A rerun after a crash
 adopts a manifest that was published but not recorded; a finished release is never changed.
 """
 
@@ -20,7 +20,7 @@ import pyarrow as pa
 from vidcorpus.config import Config
 from vidcorpus.ids import new_run_id
 from vidcorpus.shards.reader import load_manifest
-from vidcorpus.shards.release import (
+from vidcorpus.shards.release_files import (
     ReleaseError,
     build_manifest,
     check_name,
@@ -105,7 +105,7 @@ def create_release(cfg: Config, name: str, recipe: str | None = None, caption_ve
     by ``select``, into release ``name``. A member without a caption of ``caption_version`` is
     refused unless ``allow_uncaptioned`` (its txt would be empty)."""
     from vidcorpus.catalog.store import Catalog
-    from vidcorpus.runner import pack_clips
+    from vidcorpus.jobs.curate.pipeline import pack_clips
 
     check_name(name)
     caption_version = caption_version or cfg.shards.caption_version

@@ -10,7 +10,7 @@ into files under ``{workdir}/releases/{name}/``:
   score histograms; the recipe, caption version, selection and catalog facts. Written last: a
   release exists when its manifest does, and a manifest is never overwritten.
 
-This module is storage and arithmetic only; the driver (``vidcorpus.releases``) reads the catalog
+This module is storage and arithmetic only; the driver (``vidcorpus.jobs.release``) reads the catalog
 and writes the shards.
 """
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from vidcorpus.report_scope import domain_sql
+from vidcorpus.jobs.report.scope import domain_sql
 
 N_BINS = 30
 CURVE_POINTS = 80

@@ -15,9 +15,10 @@ import fsspec
 
 from vidcorpus.config import Config
 from vidcorpus.ids import new_run_id
+from vidcorpus.jobs.shard_selection import shards_to_encode
 from vidcorpus.presets import resolve_models
 from vidcorpus.shards.latents import LatentParams, cache_key, device_and_dtype, encode_sample, encoder_fingerprint, sidecar_url
-from vidcorpus.shards.reader import ShardSpec, as_specs, sample_pipeline, specs_from_manifest
+from vidcorpus.shards.reader import ShardSpec, sample_pipeline
 from vidcorpus.shards.writer import stream_tar
 
 
@@ -30,22 +31,6 @@ class LatentCacheSummary:
     samples: int
 
 
-def _specs(cfg: Config, release: str | None, select: str | None) -> list[ShardSpec]:
-    from vidcorpus.catalog.store import Catalog
-    from vidcorpus.training import NoTrainingData
-
-    if release:
-        from vidcorpus.releases import release_manifest
-
-        manifest, _root = release_manifest(cfg, release)
-        return specs_from_manifest(manifest)
-    with Catalog(cfg.catalog_path, read_only=True) as cat:
-        rows = cat.shard_rows_for(f"shard_id IS NOT NULL AND ({select or 'TRUE'})")
-    if not rows:
-        raise NoTrainingData(f"no shard holds clips matching {select or 'TRUE'!r}")
-    return as_specs(rows)
-
-
 def encode_latent_cache(cfg: Config, params: LatentParams, release: str | None = None, select: str | None = None,
                         progress: bool = True, log: Callable[[str], None] = print) -> LatentCacheSummary:
     from rich.progress import Progress
@@ -56,7 +41,7 @@ def encode_latent_cache(cfg: Config, params: LatentParams, release: str | None =
     from vidcorpus.train.objective import TextEncoderCache
 
     models = resolve_models(cfg.models)
-    specs = _specs(cfg, release, select)
+    specs = shards_to_encode(cfg, release, select)
     fingerprint = encoder_fingerprint(models.i2vgen)
     key = cache_key(fingerprint, params)
     root = cfg.url("latents")

@@ -9,11 +9,9 @@ from typing import Callable
 
 from vidcorpus.config import Config
 from vidcorpus.ids import new_run_id
+from vidcorpus.jobs.encode import LatentCacheMissing, cached_specs
+from vidcorpus.jobs.shard_selection import select_training_shards
 from vidcorpus.presets import resolve_models
-
-
-class NoTrainingData(RuntimeError):
-    """The selection matched no sharded clip."""
 
 
 @dataclass
@@ -28,62 +26,11 @@ class TrainingSummary:
     run_dir: str = ""
 
 
-def select_training_shards(cfg: Config) -> tuple[list, set[str], str]:
-    """(shard specs with checksums, clip ids to train on, a description) from a release or a query.
-
-    A release's shards come with the sha256 its manifest recorded; a query's with the catalog's.
-    Either way the stream refuses a shard whose bytes no longer match.
-    """
-    from vidcorpus.catalog.store import Catalog
-    from vidcorpus.shards.reader import ShardSpec, specs_from_manifest
-
-    select = cfg.train.select
-    if cfg.train.release:
-        from vidcorpus.releases import release_manifest
-        from vidcorpus.shards.release import read_release_clips
-
-        manifest, root = release_manifest(cfg, cfg.train.release)
-        specs = specs_from_manifest(manifest)
-        keys = set(read_release_clips(root).column("clip_id").to_pylist())
-        what = f"release {manifest['name']}"
-        if select.strip().upper() != "TRUE":
-            with Catalog(cfg.catalog_path, read_only=True) as cat:
-                keys &= cat.clip_ids_for(select)
-            what += f" where {select}"
-    else:
-        with Catalog(cfg.catalog_path, read_only=True) as cat:
-            what = f"--select {select!r}"
-            if select.strip().upper() == "TRUE" and "select" not in cfg.train.model_fields_set:
-                select, what = _active_selection(cat)
-            predicate = f"shard_id IS NOT NULL AND ({select})"
-            specs = [ShardSpec(url=r["url"], sha256=r["sha256"], bytes=r["bytes"], n=r["n"], bucket=r["bucket"],
-                               shard_id=r["shard_id"]) for r in cat.shard_rows_for(predicate)]
-            keys = cat.clip_ids_for(predicate)
-    if not specs or not keys:
-        raise NoTrainingData(f"no sharded clip matches {what} in {cfg.catalog_path}")
-    return specs, keys, what
-
-
-def _active_selection(cat) -> tuple[str, str]:
-    """Neither --select nor --release: the active recipe's kept, captioned clips (never a clip a
-    re-decision dropped, nor one whose shard txt would be empty)."""
-    from vidcorpus.catalog.corpus_state import active_recipe_id
-
-    recipe = active_recipe_id(cat)
-    if recipe is None:
-        return "kept AND captioned", "the kept, captioned clips (no recipe recorded)"
-    quoted = recipe.replace("'", "''")
-    return (f"kept AND captioned AND recipe = '{quoted}'",
-            f"the active recipe {recipe}'s kept, captioned clips; --select or --release to choose others")
-
-
 def use_latent_cache(cfg: Config, specs: list) -> tuple[list, str]:
     """Swap the shards for their latent-cache sidecars when every one has an entry for this run's
     cache key (``train.latent_cache``: auto / require / off). Returns (specs, a note for the log)."""
     if cfg.train.latent_cache == "off":
         return specs, ""
-    from vidcorpus.latent_cache import LatentCacheMissing, cached_specs
-
     sidecars, key, missing = cached_specs(cfg, specs)
     if sidecars is not None:
         return sidecars, f" (cached latents {key})"
@@ -189,7 +136,7 @@ def run_training(cfg: Config, output: str | None = None, progress: bool = True,
         log(f"{'refiner' if stage == 'refiner' else 'training'} run {run_id}: {len(keys)} clips in {len(urls)} "
             f"shards ({what}) -> {out_dir}{detail}" + (f", resuming {resume}" if resume else ""))
     if tcfg.launcher == "ray" and not distributed:
-        from vidcorpus.runner import init_ray
+        from vidcorpus.jobs.curate.pipeline import init_ray
 
         init_ray(cfg)
         result = launch_ray(tcfg, model_dir, specs, out_dir, keys=keys, resume=resume, run_info=run_info,

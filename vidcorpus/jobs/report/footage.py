@@ -66,7 +66,7 @@ def footage_rows(cat: "Catalog") -> list[dict]:
 
 def footage_plot(rows: list[dict], path: Path) -> None:
     """Horizontal bars of frames per destination and reason."""
-    from vidcorpus import report_plots as rp
+    from vidcorpus.jobs.report import plots as rp
 
     short = {"kept clips": "kept", "clips dropped by the recipe": "recipe", "undecided clips": "undecided",
              "dropped when splitting": "split"}

@@ -48,10 +48,10 @@ def generate_command(directory: Path, image: str, base: str, refiner: str) -> li
 def run_demo(directory: Path, steps: int = 20, ray_address: str | None = None, progress: bool = True,
              console: Console | None = None, refiner_steps: int = REFINER_STEPS) -> dict:
     from vidcorpus.catalog.store import Catalog
-    from vidcorpus.releases import create_release
-    from vidcorpus.runner import run_pipeline
+    from vidcorpus.jobs.release import create_release
+    from vidcorpus.jobs.curate.pipeline import run_pipeline
     from vidcorpus.synth import make_corpus
-    from vidcorpus.training import run_training
+    from vidcorpus.jobs.train import run_training
 
     console = console or Console()
     t0 = time.time()

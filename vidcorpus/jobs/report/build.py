@@ -21,8 +21,8 @@ from pathlib import Path
 from rich.console import Console
 
 from vidcorpus.catalog.store import Catalog
-from vidcorpus.report_html import CSS, Writer, clip_pages, esc, page, table
-from vidcorpus.report_scope import ReportData, load_report_data, source_domain  # noqa: F401 - the report's API
+from vidcorpus.jobs.report.html_pages import CSS, Writer, clip_pages, esc, page, table
+from vidcorpus.jobs.report.scope import ReportData, load_report_data, source_domain  # noqa: F401 - the report's API
 
 @dataclass
 class ReportResult:
@@ -40,13 +40,13 @@ def build_report(catalog: str | Path, out_dir: str | Path, run: str | None = Non
     Drill-down pages are written for every clip when there are at most ``max_clip_pages``,
     otherwise for the clips the galleries show.
     """
-    from vidcorpus import report_queries as rq
-    from vidcorpus import report_sections as rs
-    from vidcorpus.report_footage import footage_plot, footage_rows, footage_section
-    from vidcorpus.report_labels import filter_quality_section
-    from vidcorpus.report_stages import SECTION, load_stages, stage_section
-    from vidcorpus.report_stages import headline as stage_headline
-    from vidcorpus.report_terminal import print_headline
+    from vidcorpus.jobs.report import queries as rq
+    from vidcorpus.jobs.report import sections as rs
+    from vidcorpus.jobs.report.footage import footage_plot, footage_rows, footage_section
+    from vidcorpus.jobs.report.labels import filter_quality_section
+    from vidcorpus.jobs.report.stages import SECTION, load_stages, stage_section
+    from vidcorpus.jobs.report.stages import headline as stage_headline
+    from vidcorpus.jobs.report.terminal import print_headline
     from vidcorpus.serve.measure import filter_quality
 
     t0 = time.time()
@@ -64,14 +64,14 @@ def build_report(catalog: str | Path, out_dir: str | Path, run: str | None = Non
         ranges = rq.score_ranges(data)
         sections: list[tuple[str, str, str]] = [("funnel", "Funnel", rs.funnel_section(data, w, funnel))]
 
-        # where the footage went: every source frame in a clip or a dropped segment (vidcorpus/report_footage.py)
+        # where the footage went: every source frame in a clip or a dropped segment (vidcorpus/jobs/report/footage.py)
         footage = footage_rows(cat)
         footage_html = ""
         if footage:
             footage_plot(footage, w.plot("footage"))
             footage_html = w.img(w.plots[-1], "where the footage went")
         sections.append(("footage", "Where the footage went", footage_section(footage, footage_html, table)))
-        # where the time goes: the run's stages on one timeline (vidcorpus/report_stages.py)
+        # where the time goes: the run's stages on one timeline (vidcorpus/jobs/report/stages.py)
         stages = load_stages(cat, run)
         sections.append((*SECTION, stage_section(stages, w.plot, w.img, table)))
         sections.append(("decisions", "Decisions", rs.decisions_section(data, w, reasons, n_clips)))

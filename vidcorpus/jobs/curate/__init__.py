@@ -1,0 +1,3 @@
+"""Curation: `vidcorpus run` / `ingest` (``pipeline.py``, the Ray Data stream; ``commit.py``, the
+driver's commits; ``caption_pool.py``, the caption actors) and `vidcorpus sync` (``sync.py``, with
+``extract_pending.py`` for kept clips that have no file yet)."""
