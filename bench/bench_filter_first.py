@@ -85,7 +85,7 @@ def run(label: str, inputs: Path, work: Path, cache: str, recipe: Path, cpus: in
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     code = ("import vidcorpus, sys; print(vidcorpus.__file__, file=sys.stderr); "
-            "from vidcorpus.cli import app; app()")
+            "from vidcorpus.cli.app import app; app()")
     cmd = [sys.executable, "-c", code, "run", str(inputs), "--workdir", str(work), "--no-progress",
            "--set", "models.preset=tiny", "--set", f"models.cache_dir={cache}", "--set", f"filters.recipe={recipe}",
            "--set", f"ray.num_cpus={cpus}"]

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from vidcorpus.catalog.schema import LATEST_VERSION, MIGRATIONS, wide_view_sql
 from vidcorpus.catalog.store import Catalog, CatalogError
-from vidcorpus.cli import app
+from vidcorpus.cli.app import app
 from vidcorpus.config import load_config
 from vidcorpus.jobs.curate.pipeline import write_pending_shards
 

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from vidcorpus.cli import app
+from vidcorpus.cli.app import app
 
 runner = CliRunner()
 

@@ -18,7 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 from vidcorpus.catalog.store import Catalog
-from vidcorpus.cli import app
+from vidcorpus.cli.app import app
 from vidcorpus.filters.recipes import RECIPE_DIR
 
 cli = CliRunner()

@@ -24,7 +24,7 @@ def _frames(path: str) -> np.ndarray:
 
 
 def test_demo_exports_a_refiner_and_the_printed_generate_command_writes_a_video(demo, tmp_path):
-    from vidcorpus.cli import app
+    from vidcorpus.cli.app import app
 
     refiner_dir = Path(demo["refiner_dir"])
     assert json.loads((refiner_dir / "model_index.json").read_text())["_class_name"] == "VideoToVideoSDPipeline"

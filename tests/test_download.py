@@ -407,7 +407,7 @@ def test_ingest_retry_failed_requeues_only_that_class(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from vidcorpus.jobs.curate import pipeline
-    from vidcorpus.cli import app
+    from vidcorpus.cli.app import app
 
     (tmp_path / "urls.txt").write_text("".join(f"https://example.com/{n}.mp4\n" for n in ("a", "b", "c")))
     sources = read_inputs([str(tmp_path / "urls.txt")])

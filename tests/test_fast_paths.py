@@ -191,7 +191,7 @@ def test_a_switch_off_in_a_ray_worker_reaches_the_log_and_the_events_table(tmp_p
     from typer.testing import CliRunner
 
     from vidcorpus.catalog.store import Catalog
-    from vidcorpus.cli import app
+    from vidcorpus.cli.app import app
     from vidcorpus.config import load_config
     from vidcorpus.jobs.report.build import build_report
     from vidcorpus.jobs.curate.pipeline import run_pipeline

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from test_corpus_state import _recipe_file  # a demo_v1 variant written to a file
 from vidcorpus.catalog.store import Catalog
-from vidcorpus.cli import app
+from vidcorpus.cli.app import app
 from vidcorpus.config import load_config
 from vidcorpus.ids import source_id
 from vidcorpus.media import probe_video

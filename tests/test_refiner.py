@@ -151,7 +151,7 @@ def test_cascade_writes_the_requested_video_from_exports_and_checkpoints(models,
     from diffusers import UNet3DConditionModel, VideoToVideoSDPipeline
     from PIL import Image
 
-    from vidcorpus.cli import app
+    from vidcorpus.cli.app import app
     from vidcorpus.config import TrainConfig
     from vidcorpus.train.loop import train_base
     from vidcorpus.train.refiner import train_refiner
@@ -219,7 +219,7 @@ def test_cascade_writes_the_requested_video_from_exports_and_checkpoints(models,
 
 @pytest.mark.parametrize("cmd", ["train-refiner", "export-refiner", "generate"])
 def test_refiner_commands_explain_themselves(cmd):
-    from vidcorpus.cli import app
+    from vidcorpus.cli.app import app
 
     r = CliRunner().invoke(app, [cmd, "--help"])
     assert r.exit_code == 0 and "Usage" in r.output, r.output

@@ -385,7 +385,7 @@ def test_a_full_store_during_a_run_ends_the_command_with_a_clear_error(tmp_path,
     from typer.testing import CliRunner
 
     from vidcorpus.jobs.curate import pipeline
-    from vidcorpus.cli import app
+    from vidcorpus.cli.app import app
 
     class Wrapped(RuntimeError):  # the shape of a Ray task error
         def __init__(self, cause):

@@ -152,7 +152,7 @@ def test_release_report_shows_the_release_recipe_population(catalog, tmp_path):
 
 
 def test_report_is_self_contained_escaped_and_renders_in_chromium(catalog, tmp_path):
-    from vidcorpus.cli import app
+    from vidcorpus.cli.app import app
 
     out = tmp_path / "report"
     t0 = time.time()

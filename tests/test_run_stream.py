@@ -93,7 +93,7 @@ def test_stages_that_decode_the_source_take_whole_blocks_unless_the_config_says_
 def test_an_unknown_stage_in_the_config_is_one_line_and_no_run(tmp_path, model_cache):
     from typer.testing import CliRunner
 
-    from vidcorpus.cli import app
+    from vidcorpus.cli.app import app
     from vidcorpus.synth import make_corpus
 
     corpus = make_corpus(tmp_path / "corpus", n_videos=1, n_images=0, broken=False, include_real=False)

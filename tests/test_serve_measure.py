@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from serve_helpers import ThreadServer, card_ids
 from vidcorpus.catalog.corpus_state import set_active_recipe
 from vidcorpus.catalog.store import Catalog
-from vidcorpus.cli import app
+from vidcorpus.cli.app import app
 from vidcorpus.filters.recipes import recipe_from_text
 from vidcorpus.serve.access import CatalogAccess
 from vidcorpus.serve.app import ServeSettings, make_app
@@ -77,7 +77,7 @@ def test_sample_labels_are_weighted_by_their_stratum_and_browse_labels_are_marke
 
 
 def test_filter_suggest_proposes_the_threshold_the_labels_argue_for(catalog, monkeypatch):
-    from vidcorpus.cli import console
+    from vidcorpus.cli.output import console
 
     monkeypatch.setattr(console, "width", 250)  # one line per filter
     # every clip labelled; bad exactly below 4: the filter at 5 drops 4 good clips too

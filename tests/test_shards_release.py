@@ -113,7 +113,7 @@ def test_release_diff_says_what_changed_and_why(tmp_path):
 
     from typer.testing import CliRunner
 
-    from vidcorpus.cli import app
+    from vidcorpus.cli.app import app
 
     out = CliRunner().invoke(app, ["release", "diff", "base", "strict", "--catalog", cfg.catalog_path,
                                    "--workdir", cfg.workdir, "--format", "json"])

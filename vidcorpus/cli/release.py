@@ -1,7 +1,5 @@
-"""`vidcorpus release ...` and `vidcorpus shards encode|verify`: releases, the latent cache, shard checks.
-
-Registered on the main app at the end of ``vidcorpus/cli.py``; shares its options and printers.
-"""
+"""`vidcorpus release ...`: freeze a recipe's kept clips into a named shard set, list, show and compare
+releases (``vidcorpus/jobs/release.py``)."""
 
 from __future__ import annotations
 
@@ -9,22 +7,21 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich import box
+from rich.markup import escape
+from rich.table import Table
 
-from vidcorpus.cli import (
+from vidcorpus.cli.errors import fail
+from vidcorpus.cli.options import (
     CatalogOpt,
     ConfigOpt,
-    PresetOpt,
     ProgressOpt,
     SetOpt,
     WorkdirOpt,
-    _config,
-    _emit,
-    _print_table,
-    _require_catalog,
-    console,
-    fail,
-    shards_app,
+    effective_config,
+    require_catalog,
 )
+from vidcorpus.cli.output import console, emit, print_arrow_table
 
 release_app = typer.Typer(help="Freeze a recipe's kept clips into an immutable, named shard set; list and compare.",
                           no_args_is_help=True, rich_markup_mode=None)
@@ -44,11 +41,11 @@ def release_create(
     allow_uncaptioned: bool = typer.Option(False, "--allow-uncaptioned", help="Release kept clips without their caption (empty txt)."),
 ) -> None:
     """Create release NAME: reuse or write shards, then publish its manifest and record it."""
-    from vidcorpus.jobs.release import create_release
+    from vidcorpus.jobs.release import create_release  # inside: keeps --help fast (the jobs)
     from vidcorpus.shards.release_files import ReleaseError
 
-    cfg = _config(config, set_, workdir=workdir, catalog=catalog)
-    _require_catalog(cfg)
+    cfg = effective_config(config, set_, workdir=workdir, catalog=catalog)
+    require_catalog(cfg)
     try:
         s = create_release(cfg, name, recipe, caption_version, select, progress=progress, log=console.print,
                            allow_uncaptioned=allow_uncaptioned)
@@ -62,13 +59,9 @@ def release_create(
 def release_list(catalog: Optional[str] = CatalogOpt, config: Optional[Path] = ConfigOpt,
                  workdir: Optional[str] = WorkdirOpt) -> None:
     """Every release with its recipe, caption version, size and age (`release show NAME` for the rest)."""
-    from rich import box
-    from rich.markup import escape
-    from rich.table import Table
+    from vidcorpus.catalog.store import Catalog  # inside: keeps --help fast (duckdb)
 
-    from vidcorpus.catalog.store import Catalog
-
-    cfg = _config(config, None, workdir=workdir, catalog=catalog)
+    cfg = effective_config(config, None, workdir=workdir, catalog=catalog)
     with Catalog(cfg.catalog_path, read_only=True) as cat:
         rows = cat.releases()
     # fits 80 columns: the manifest URL and checksums are in `release show`, not here
@@ -91,23 +84,23 @@ def release_show(name: str = typer.Argument(..., help="Release name or manifest 
                  catalog: Optional[str] = CatalogOpt, config: Optional[Path] = ConfigOpt,
                  workdir: Optional[str] = WorkdirOpt) -> None:
     """A release's buckets and score summaries, from its manifest."""
-    import pyarrow as pa
+    import pyarrow as pa  # inside: keeps --help fast
 
     from vidcorpus.jobs.release import release_manifest
     from vidcorpus.shards.release_files import ReleaseError
 
-    cfg = _config(config, None, workdir=workdir, catalog=catalog)
+    cfg = effective_config(config, None, workdir=workdir, catalog=catalog)
     try:
         m, _root = release_manifest(cfg, name)
     except ReleaseError as e:
         fail(str(e))
     console.print(f"release {m['name']} (created {m['created_at']}): recipe {m['recipe']}, captions "
                   f"{m['caption_version']}, {m['n_clips']} clips, {m['n_shards']} shards, {m['bytes'] / 1e6:.1f} MB")
-    _print_table(pa.Table.from_pylist([{"bucket": b, **v} for b, v in sorted(m["buckets"].items())]), title="buckets")
+    print_arrow_table(pa.Table.from_pylist([{"bucket": b, **v} for b, v in sorted(m["buckets"].items())]), title="buckets")
     scores = [{"score": k, "n": v["n"], "min": round(v["min"], 4), "mean": round(v["mean"], 4), "max": round(v["max"], 4)}
               for k, v in sorted(m["score_histograms"].items())]
     if scores:
-        _print_table(pa.Table.from_pylist(scores), title="scores")
+        print_arrow_table(pa.Table.from_pylist(scores), title="scores")
 
 
 @release_app.command("diff")
@@ -121,12 +114,12 @@ def release_diff(
     workdir: Optional[str] = WorkdirOpt,
 ) -> None:
     """What B adds to and drops from A, and why (which recipe predicate, selection, or new clips)."""
-    import pyarrow as pa
+    import pyarrow as pa  # inside: keeps --help fast
 
     from vidcorpus.jobs.release import diff_releases, release_reasons_table
     from vidcorpus.shards.release_files import ReleaseError
 
-    cfg = _config(config, None, workdir=workdir, catalog=catalog)
+    cfg = effective_config(config, None, workdir=workdir, catalog=catalog)
     try:
         d = diff_releases(cfg, a, b)
     except ReleaseError as e:
@@ -136,39 +129,6 @@ def release_diff(
                       f"(recipe {d.recipe_a} -> {d.recipe_b}, captions {d.caption_a} -> {d.caption_b})")
         summary = d.summary()
         if summary:
-            _print_table(pa.Table.from_pylist(summary), title="changes by reason")
+            print_arrow_table(pa.Table.from_pylist(summary), title="changes by reason")
         return
-    _emit(release_reasons_table(d), fmt if fmt != "table" else "csv", output)
-
-
-@shards_app.command("encode")
-def shards_encode(
-    release: Optional[str] = typer.Option(None, "--release", help="Encode this release's shards."),
-    select: Optional[str] = typer.Option(None, "--select", help="Or the shards holding clips that match this predicate."),
-    height: Optional[int] = typer.Option(None, "--height", help="Frame height (default train.height)."),
-    width: Optional[int] = typer.Option(None, "--width", help="Frame width (default train.width)."),
-    frames: Optional[int] = typer.Option(None, "--frames", help="Frames per clip (default train.num_frames)."),
-    fps: Optional[int] = typer.Option(None, "--fps", help="Sampling frame rate (default train.fps)."),
-    config: Optional[Path] = ConfigOpt,
-    set_: Optional[List[str]] = SetOpt,
-    workdir: Optional[str] = WorkdirOpt,
-    catalog: Optional[str] = CatalogOpt,
-    preset: Optional[str] = PresetOpt,
-    progress: bool = ProgressOpt,
-) -> None:
-    """Write sidecar shards of VAE latents and CLIP image/text embeddings (the latent cache)."""
-    from vidcorpus.shards.latents import LatentParams
-    from vidcorpus.shards.release_files import ReleaseError
-    from vidcorpus.jobs.shard_selection import NoTrainingData
-    from vidcorpus.jobs.encode import encode_latent_cache
-
-    cfg = _config(config, set_, workdir=workdir, catalog=catalog, **{"models.preset": preset})
-    base = LatentParams.for_training(cfg)  # what `vidcorpus train` with this config will look up
-    params = LatentParams(height=height or base.height, width=width or base.width, frames=frames or base.frames,
-                          fps=fps or base.fps, caption_version=base.caption_version, caption_kind=base.caption_kind)
-    try:
-        s = encode_latent_cache(cfg, params, release=release, select=select, progress=progress, log=console.print)
-    except (ReleaseError, NoTrainingData) as e:
-        fail(str(e))
-    console.print(f"latent cache {s.cache_key}: {s.encoded} shards encoded, {s.reused} already cached "
-                  f"({s.samples} samples) under {s.root}")
+    emit(release_reasons_table(d), fmt if fmt != "table" else "csv", output)
