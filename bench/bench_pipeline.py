@@ -60,7 +60,7 @@ def ray_run(cfg) -> dict:
     t0 = time.perf_counter()
     init_ray(cfg)
     t_ray = time.perf_counter() - t0
-    summary = run_pipeline(cfg, progress=False, log=lambda _m: None)
+    summary = run_pipeline(cfg, progress=False)
     seconds = time.perf_counter() - t0
     with Catalog(cfg.catalog_path, read_only=True) as cat:
         clips = sorted(r[0] for r in cat.con.execute("SELECT clip_id FROM clips").fetchall())

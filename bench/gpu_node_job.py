@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import os
 import platform
 import shutil
@@ -134,7 +135,8 @@ def _child(args) -> None:
     from vidcorpus.jobs.curate.pipeline import run_pipeline
 
     cfg = load_config(None, json.loads(args.sets), inputs=[args.footage])
-    summary = run_pipeline(cfg, progress=False, log=lambda m: print(m, flush=True))
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # the run's lines, as the CLI shows them
+    summary = run_pipeline(cfg, progress=False)
     out = {k: v for k, v in summary.__dict__.items() if k != "shards"} | {"n_shards": len(summary.shards)}
     Path(args.summary).write_text(json.dumps(out, default=str))
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -163,6 +164,7 @@ def main() -> None:
                          "same catalog (RSS over a longer span: does it grow from round to round?)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the runs' lines, as the CLI shows them
 
     from vidcorpus.jobs.curate import pipeline
     from vidcorpus.catalog.store import Catalog
@@ -205,8 +207,7 @@ def main() -> None:
     try:
         for r, lst in enumerate(lists):
             t_r, n0 = time.time() - sampler.t0, len(sampler.samples)
-            summary = pipeline.run_pipeline(cfg.model_copy(update={"inputs": [str(lst)]}), progress=False,
-                                          log=lambda m: print(m, flush=True))
+            summary = pipeline.run_pipeline(cfg.model_copy(update={"inputs": [str(lst)]}), progress=False)
             part = sampler.samples[n0:]
             rounds.append({"round": r, "start_s": round(t_r, 1), "seconds": round(time.time() - sampler.t0 - t_r, 1),
                            "rows": summary.rows_committed,

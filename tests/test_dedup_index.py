@@ -208,7 +208,7 @@ def test_a_run_reads_the_catalogs_embeddings_once_not_once_per_window(tmp_path, 
     monkeypatch.setattr(pq, "read_table", counting)
     monkeypatch.setattr(Catalog, "latest_scores", counting_latest)
     summary = pipeline.RunSummary(run_id="run1")
-    committer = RunCommitter(cfg, cat, "run1", summary, log=lambda _m: None)
+    committer = RunCommitter(cfg, cat, "run1", summary)
     for w in range(4):  # four groups of whole sources, each committed in two batches
         part = clips[3 * w:3 * w + 3]
         committer.add(rows_to_table(part[:2]))

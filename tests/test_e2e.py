@@ -92,7 +92,7 @@ def test_rerun_adds_nothing(demo):
 
     tables = ("sources", "clips", "scores", "captions", "decisions", "shards", "shard_members")
     before = {t: _q(demo, f"SELECT count(*) AS n FROM {t}")[0]["n"] for t in tables}
-    summary = run_pipeline(demo["config"], progress=False, log=lambda *_: None)
+    summary = run_pipeline(demo["config"], progress=False)
     after = {t: _q(demo, f"SELECT count(*) AS n FROM {t}")[0]["n"] for t in tables}
     assert after == before
     # only the broken file is tried again, and it fails again: one more attempt, no new row
@@ -175,7 +175,7 @@ def test_training_resumes_from_the_demo_checkpoint(demo, tmp_path):
     shutil.copy(cfg.catalog_path, catalog)
     cfg = cfg.model_copy(update={"catalog": str(catalog), "train": cfg.train.model_copy(update={"steps": 23})})
     before = read_state(demo["training"].checkpoint_dir)
-    summary = run_training(cfg, output=str(tmp_path / "run"), progress=False, log=lambda *_: None,
+    summary = run_training(cfg, output=str(tmp_path / "run"), progress=False,
                            resume=demo["training"].checkpoint_dir)
     assert summary.run_id == demo["training"].run_id and summary.steps == 23
     state = read_state(summary.checkpoint_dir)

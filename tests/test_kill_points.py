@@ -33,7 +33,7 @@ import pytest
 from vidcorpus.catalog.store import Catalog
 
 SCRIPT = r"""
-import os, sys, time
+import logging, os, sys, time
 from vidcorpus.jobs.curate import pipeline
 from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import load_config
@@ -100,7 +100,8 @@ def hooked_sample_of(*a, **kw):
 writer.sample_of = hooked_sample_of
 
 cfg = load_config(None, ["ray.num_cpus=2", "ingest.retries=0", "ray.commit_rows=2"], workdir=work, inputs=[inputs])
-s = pipeline.run_pipeline(cfg, progress=False, log=lambda m: print(m, flush=True))
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # the run's lines, as the CLI shows them
+s = pipeline.run_pipeline(cfg, progress=False)
 print("DONE", s.rows_committed, flush=True)
 """
 SECRET = "hunter2secretKey9876"

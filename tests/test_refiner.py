@@ -235,7 +235,7 @@ def test_train_refiner_selects_from_the_catalog_and_records_the_run(demo, tmp_pa
     catalog = tmp_path / "catalog.duckdb"  # a copy: the session's demo catalog stays as other tests expect it
     shutil.copy(cfg.catalog_path, catalog)
     cfg = cfg.model_copy(update={"catalog": str(catalog), "refiner": _cfg(steps=2, select="kept")})
-    summary = run_training(cfg, output=str(tmp_path / "run"), progress=False, log=lambda *_: None, stage="refiner")
+    summary = run_training(cfg, output=str(tmp_path / "run"), progress=False, stage="refiner")
     assert summary.steps == 2 and len(summary.losses) == 2
     state = read_state(summary.checkpoint_dir)
     assert state["stage"] == "refiner" and state["data"]["stage"] == "refiner" and state["data"]["select"] == "kept"

@@ -135,7 +135,7 @@ def test_release_report_shows_the_release_recipe_population(catalog, tmp_path):
     with Catalog(copy, read_only=True) as cat:
         kept = cat.query_dicts("SELECT clip_id, duration_s FROM clips_wide WHERE kept ORDER BY duration_s")
     cut = kept[len(kept) // 2]["duration_s"]
-    create_release(cfg, "long", "demo_v1", select=f"duration_s >= {cut}", progress=False, log=lambda _m: None)
+    create_release(cfg, "long", "demo_v1", select=f"duration_s >= {cut}", progress=False)
     with Catalog(copy, read_only=True) as cat:
         members = cat.release_clip_ids("long")
         with pytest.raises(ValueError, match="no release 'nope'.*long"):

@@ -32,7 +32,7 @@ def test_a_source_is_done_only_once_every_row_it_became_is_committed(tmp_path):
 
     with Catalog(cfg.catalog_path) as cat:
         cat.begin_run("r1", "pipeline", "{}", "test")
-        committer = RunCommitter(cfg, cat, "r1", RunSummary(run_id="r1"), log=lambda _m: None)
+        committer = RunCommitter(cfg, cat, "r1", RunSummary(run_id="r1"))
         committer.add(rows_to_table([clip("a", 0, 3), clip("a", 1, 3), clip("b", 0, None)]))
         assert cat.done_source_ids() == {"b"}  # b's only row is in; a has 2 of its 3
         committer.add(rows_to_table([clip("a", 2, 3)]))
@@ -132,7 +132,7 @@ def test_models_load_once_per_job_and_a_killed_driver_redoes_only_sources_not_do
     ray.shutdown()
     try:
         with pytest.raises(RuntimeError, match="killed mid-run"):
-            pipeline.run_pipeline(cfg, progress=False, log=lambda _m: None)
+            pipeline.run_pipeline(cfg, progress=False)
         with Catalog(cfg.catalog_path, read_only=True) as cat:
             done = cat.done_source_ids()
             clips_at_crash = {r["s"]: r["n"] for r in cat.query_dicts(
@@ -144,7 +144,7 @@ def test_models_load_once_per_job_and_a_killed_driver_redoes_only_sources_not_do
         assert {"split", "technical", "commit"} <= set(stages) and stages["split"]["rows_in"] >= len(done), stages
 
         crash["after"] = None
-        summary = pipeline.run_pipeline(cfg, progress=False, log=lambda _m: None)
+        summary = pipeline.run_pipeline(cfg, progress=False)
         if summary.failures:  # say which (a flake seen once under a load of 17 on the 2-core box)
             with Catalog(cfg.catalog_path, read_only=True) as cat:
                 pytest.fail(f"failures in the rerun: {cat.query_dicts('SELECT * FROM failures')}")

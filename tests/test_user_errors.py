@@ -224,7 +224,7 @@ def test_release_list_fits_80_columns(tmp_path):
         cat.commit_results("run1", rows)
     names = ["pretrain-2026-12-a", "finetune_hq.v2"]
     for name in names:
-        create_release(cfg, name, "r", progress=False, log=lambda _m: None)
+        create_release(cfg, name, "r", progress=False)
     r = cli.invoke(app, ["release", "list", "-w", cfg.workdir], terminal_width=80, env={"COLUMNS": "80"})
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()

@@ -11,6 +11,7 @@ import typer
 from vidcorpus.cli import catalog, config, demo, export, filter, generate, ingest, release, report, run, serve
 from vidcorpus.cli import shards, sql, status, sync, train
 from vidcorpus.cli.errors import UserErrorGroup
+from vidcorpus.cli.output import show_job_logs
 
 app = typer.Typer(  # help and errors are shown as written: no rich markup eats "[...]" from them
     cls=UserErrorGroup,
@@ -21,6 +22,7 @@ app = typer.Typer(  # help and errors are shown as written: no rich markup eats 
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.callback()(show_job_logs)  # before every command: the jobs' log lines reach the console
 app.add_typer(config.config_app, name="config")
 app.command("run")(run.run)
 app.command("ingest")(ingest.ingest)

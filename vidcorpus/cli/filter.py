@@ -128,11 +128,11 @@ def filter_dedup(
     run_id = new_run_id()
     with Catalog(require_catalog(cfg)) as cat:
         cat.begin_run(run_id, "filter-dedup", json.dumps({"recipe": cfg.filters.recipe}), __version__)
-        recipe = adopt_recipe(cfg, cat, run_id, "filter dedup", lambda m: console.print(m, markup=False))
+        recipe = adopt_recipe(cfg, cat, run_id, "filter dedup")
         cfg = pin_recipe(cfg, recipe)
         console.print(f"deciding with the active recipe {recipe.id}", markup=False)
         ids = cat.query_dicts("SELECT clip_id FROM embeddings")
-        n = dedup_and_redecide(cfg, cat, run_id, [r["clip_id"] for r in ids], log=console.print)
+        n = dedup_and_redecide(cfg, cat, run_id, [r["clip_id"] for r in ids])
         cat.finish_run(run_id, "succeeded", {"clips": n})
     console.print(f"{n} clips scored for duplicates and re-decided")
 

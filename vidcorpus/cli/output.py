@@ -4,17 +4,32 @@ written as table, CSV, JSON or Parquet."""
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Optional
 
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
 from vidcorpus.cli.errors import fail
 
 console = Console()
+
+
+def show_job_logs() -> None:
+    """The one place a log handler is installed: the jobs' records (``logging``, INFO and up, under the
+    ``vidcorpus`` logger) print on the console as the plain lines they are, beside the command's own
+    output. Idempotent: the tests invoke the app many times in one process."""
+    jobs = logging.getLogger("vidcorpus")
+    jobs.setLevel(logging.INFO)
+    if not any(getattr(h, "vidcorpus_cli", False) for h in jobs.handlers):
+        handler = RichHandler(console=console, show_time=False, show_level=False, show_path=False, markup=False,
+                              rich_tracebacks=False, keywords=[])
+        handler.vidcorpus_cli = True
+        jobs.addHandler(handler)
 
 
 def print_arrow_table(table, title: str | None = None, max_rows: int = 200) -> None:

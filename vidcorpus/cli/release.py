@@ -47,7 +47,7 @@ def release_create(
     cfg = effective_config(config, set_, workdir=workdir, catalog=catalog)
     require_catalog(cfg)
     try:
-        s = create_release(cfg, name, recipe, caption_version, select, progress=progress, log=console.print,
+        s = create_release(cfg, name, recipe, caption_version, select, progress=progress,
                            allow_uncaptioned=allow_uncaptioned)
     except ReleaseError as e:
         fail(str(e))

@@ -61,8 +61,7 @@ def run_job(inputs, config, set_, workdir, catalog, preset, ray_address, retry_f
         cfg = cfg.model_copy(update={"inputs": list(inputs)})
     _check_inputs(cfg)
     try:
-        summary = run_pipeline(cfg, retry_failed=retry_failed, error_class=error_class, progress=progress,
-                               log=console.print)
+        summary = run_pipeline(cfg, retry_failed=retry_failed, error_class=error_class, progress=progress)
     except ModelNotAvailable as e:
         fail(str(e), EXIT_MODEL, prefix="model not available:")
     except StorageFullError as e:

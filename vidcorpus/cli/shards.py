@@ -47,8 +47,7 @@ def shards_write(
         if unextracted:  # filter before you encode: shards pack only clips that have files
             console.print(f"{len(unextracted)} kept clips have no clip file yet and were not sharded "
                           "(`vidcorpus sync` extracts them)", markup=False)
-        written = write_pending_shards(cfg, cat, new_run_id(), log=lambda m: console.print(m, markup=False),
-                                       allow_uncaptioned=allow_uncaptioned)
+        written = write_pending_shards(cfg, cat, new_run_id(), allow_uncaptioned=allow_uncaptioned)
     console.print(f"{len(written)} shards written under {cfg.url('shards')}")
 
 
@@ -89,7 +88,7 @@ def shards_encode(
     params = LatentParams(height=height or base.height, width=width or base.width, frames=frames or base.frames,
                           fps=fps or base.fps, caption_version=base.caption_version, caption_kind=base.caption_kind)
     try:
-        s = encode_latent_cache(cfg, params, release=release, select=select, progress=progress, log=console.print)
+        s = encode_latent_cache(cfg, params, release=release, select=select, progress=progress)
     except (ReleaseError, NoTrainingData) as e:
         fail(str(e))
     console.print(f"latent cache {s.cache_key}: {s.encoded} shards encoded, {s.reused} already cached "

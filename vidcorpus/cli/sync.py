@@ -38,8 +38,7 @@ def sync(
 
     cfg = effective_config(config, set_, workdir=workdir, catalog=catalog, **{"models.preset": preset})
     try:
-        s = sync_pending(cfg, allow_uncaptioned=allow_uncaptioned, progress=progress,
-                         log=lambda m: console.print(m, markup=False))
+        s = sync_pending(cfg, allow_uncaptioned=allow_uncaptioned, progress=progress)
     except (CatalogError, ModelNotAvailable, FileNotFoundError) as e:
         err.print(str(e), markup=False, style="red")
         raise typer.Exit(2)

@@ -85,7 +85,7 @@ def train_and_export(cfg: Config, stage: str, output: str | None, progress: bool
     output, export = absolute(output), absolute(export)  # both are stored (train_runs, checkpoints)
     resume = resume if resume in (None, "latest") else absolute(resume)
     try:
-        result = run_training(cfg, output=output, progress=progress, log=console.print, resume=resume, stage=stage)
+        result = run_training(cfg, output=output, progress=progress, resume=resume, stage=stage)
     except (NoTrainingData, ModelNotAvailable, ReleaseError, ShardChecksumError, ResumeMismatch, LatentCacheMissing,
             FileNotFoundError, ValueError) as e:  # ValueError: --resume latest without --output
         fail(str(e))

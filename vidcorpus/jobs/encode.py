@@ -8,8 +8,8 @@ directory and published atomically like any shard, then recorded (``shards/laten
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
-from typing import Callable
 
 import fsspec
 
@@ -20,6 +20,8 @@ from vidcorpus.presets import resolve_models
 from vidcorpus.shards.latents import LatentParams, cache_key, device_and_dtype, encode_sample, encoder_fingerprint, sidecar_url
 from vidcorpus.shards.reader import ShardSpec, sample_pipeline
 from vidcorpus.shards.writer import stream_tar
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,7 +34,7 @@ class LatentCacheSummary:
 
 
 def encode_latent_cache(cfg: Config, params: LatentParams, release: str | None = None, select: str | None = None,
-                        progress: bool = True, log: Callable[[str], None] = print) -> LatentCacheSummary:
+                        progress: bool = True) -> LatentCacheSummary:
     from rich.progress import Progress
 
     from vidcorpus.catalog.store import Catalog
@@ -49,7 +51,7 @@ def encode_latent_cache(cfg: Config, params: LatentParams, release: str | None =
         entries = cat.latent_shards_for(key)
     cached = {s.shard_id for s in specs if (row := entries.get(s.shard_id)) and _exists(row["url"])}
     todo = [s for s in specs if s.shard_id not in cached]
-    log(f"latent cache {key}: {len(cached)} of {len(specs)} shards already encoded")
+    logger.info(f"latent cache {key}: {len(cached)} of {len(specs)} shards already encoded")
     # The text states are of the caption the key names (not whatever cfg.train happens to pick).
     tcfg = cfg.train.model_copy(update={"height": params.height, "width": params.width,
                                         "num_frames": params.frames, "fps": params.fps,

@@ -10,9 +10,9 @@ adopts a manifest that was published but not recorded; a finished release is nev
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable
 
 import fsspec
 import pyarrow as pa
@@ -32,6 +32,8 @@ from vidcorpus.shards.release_files import (
     sha256_hex,
     write_release_files,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -100,7 +102,7 @@ def _reusable(cat, ids: list[str], caption_version: str) -> tuple[list[dict], di
 
 def create_release(cfg: Config, name: str, recipe: str | None = None, caption_version: str | None = None,
                    select: str | None = None, progress: bool = True,
-                   log: Callable[[str], None] = print, allow_uncaptioned: bool = False) -> ReleaseSummary:
+                   allow_uncaptioned: bool = False) -> ReleaseSummary:
     """Freeze the clips ``recipe`` (default: the catalog's active recipe) keeps, optionally narrowed
     by ``select``, into release ``name``. A member without a caption of ``caption_version`` is
     refused unless ``allow_uncaptioned`` (its txt would be empty)."""
@@ -120,7 +122,7 @@ def create_release(cfg: Config, name: str, recipe: str | None = None, caption_ve
             manifest = load_manifest(manifest_url(root))
             clips = read_release_clips(root)
             _record(cat, manifest, clips, manifest_url(root))
-            log(f"release {name}: adopted the manifest a previous run published but did not record")
+            logger.info(f"release {name}: adopted the manifest a previous run published but did not record")
             return ReleaseSummary(name, manifest_url(root), manifest["n_clips"], manifest["n_shards"],
                                   reused_shards=0, new_shards=0, bytes=manifest["bytes"], adopted=True)
         from vidcorpus.catalog.corpus_state import active_recipe_id, uncaptioned_for
@@ -129,7 +131,7 @@ def create_release(cfg: Config, name: str, recipe: str | None = None, caption_ve
             recipe = active_recipe_id(cat)
             if recipe is None:
                 raise ReleaseError("no recipe is in force yet: run the pipeline or `vidcorpus filter apply` first")
-            log(f"release {name}: the active recipe {recipe}")
+            logger.info(f"release {name}: the active recipe {recipe}")
         recipe_id = _recipe_id(cat, recipe)
         table = _members(cat, recipe_id, select)
         if table.num_rows == 0:
@@ -146,8 +148,8 @@ def create_release(cfg: Config, name: str, recipe: str | None = None, caption_ve
         candidates, members_of = _reusable(cat, ids, caption_version)
         reused, covered = select_reusable_shards(candidates, members_of)
         rest = [row for row in table.to_pylist() if row["clip_id"] not in covered]
-        log(f"release {name}: {len(ids)} clips kept by {recipe_id}; {len(reused)} existing shards reused, "
-            f"{len(rest)} clips to pack")
+        logger.info(f"release {name}: {len(ids)} clips kept by {recipe_id}; {len(reused)} existing shards reused, "
+                    f"{len(rest)} clips to pack")
         new = pack_clips(cfg, cat, new_run_id(), rest, caption_version=caption_version, progress=progress)
         shards = reused + [{k: m[k] for k in ("shard_id", "url", "sha256", "bytes", "n", "bucket")} for m in new]
         shard_of = {cid: s["shard_id"] for s in reused for cid in members_of[s["shard_id"]]}

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from dataclasses import dataclass
-from typing import Callable
 
 from vidcorpus.config import Config
 from vidcorpus.ids import new_run_id
 from vidcorpus.jobs.encode import LatentCacheMissing, cached_specs
 from vidcorpus.jobs.shard_selection import select_training_shards
 from vidcorpus.presets import resolve_models
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,7 +96,7 @@ def _stage_parts(cfg: Config, stage: str):
 
 
 def run_training(cfg: Config, output: str | None = None, progress: bool = True,
-                 log: Callable[[str], None] = print, resume: str | None = None, stage: str = "base") -> TrainingSummary:
+                 resume: str | None = None, stage: str = "base") -> TrainingSummary:
     """Select shards, train (in this process, under torchrun, or on Ray Train workers), record the run.
 
     ``stage``: "base" (``cfg.train``, the I2VGen-XL UNet) or "refiner" (``cfg.refiner``, the UNet3D
@@ -133,8 +135,8 @@ def run_training(cfg: Config, output: str | None = None, progress: bool = True,
     if rank == 0:
         detail = (f", {tcfg.crop_width}x{tcfg.crop_height} crops of {tcfg.width}x{tcfg.height}, t_max {tcfg.t_max}"
                   if stage == "refiner" else "")
-        log(f"{'refiner' if stage == 'refiner' else 'training'} run {run_id}: {len(keys)} clips in {len(urls)} "
-            f"shards ({what}) -> {out_dir}{detail}" + (f", resuming {resume}" if resume else ""))
+        logger.info(f"{'refiner' if stage == 'refiner' else 'training'} run {run_id}: {len(keys)} clips in {len(urls)} "
+                    f"shards ({what}) -> {out_dir}{detail}" + (f", resuming {resume}" if resume else ""))
     if tcfg.launcher == "ray" and not distributed:
         from vidcorpus.jobs.curate.pipeline import init_ray
 

@@ -13,23 +13,24 @@ uncaptioned are pending work that the next run or `vidcorpus sync` completes.
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import Callable
 
 import pyarrow as pa
 
 from vidcorpus import events as stage_events
 from vidcorpus.config import Config
 
+logger = logging.getLogger(__name__)
+
 STATS_EVERY_S = 30.0  # how often the driver rewrites the run's stage table while the run goes on
 
 
 class RunCommitter:
-    def __init__(self, cfg: Config, catalog, run_id: str, summary, log: Callable[[str], None] = print,
-                 captions=None):
+    def __init__(self, cfg: Config, catalog, run_id: str, summary, captions=None):
         from vidcorpus.filters.dedup import DedupIndex
 
-        self.cfg, self.catalog, self.run_id, self.summary, self.log = cfg, catalog, run_id, summary, log
+        self.cfg, self.catalog, self.run_id, self.summary = cfg, catalog, run_id, summary
         self.captions = captions  # a CaptionPool, or None: kept clips stay pending (sync captions them)
         # The dedup index reads the catalog's embeddings once (at the first group) and then only
         # what this run commits.
@@ -52,7 +53,7 @@ class RunCommitter:
 
         began = time.time()
         rows, raised = stage_events.split(batch.to_pylist())
-        stage_events.log_new(raised, self.warned, self.log)  # workers' output does not reach this terminal
+        stage_events.log_new(raised, self.warned, logger.warning)  # workers' output does not reach this terminal
         for r in rows:
             if r.get("error_class"):
                 self.failed.add(r["source_id"])
@@ -104,11 +105,11 @@ class RunCommitter:
         new = [c for s in group for c in self.embedded.pop(s, [])]
         if self.dedup is not None and new:
             began = time.time()
-            dedup_and_redecide(self.cfg, self.catalog, self.run_id, new, self.log, index=self.dedup)
+            dedup_and_redecide(self.cfg, self.catalog, self.run_id, new, index=self.dedup)
             self.summary.timeline.driver_step("dedup", began, time.time(), len(new))
         self.catalog.mark_sources_done(set(group) - self.failed)
         self.sources_done += len(group)
-        self.log(f"{self.sources_done} sources done, {self.summary.rows_committed} rows committed "
+        logger.info(f"{self.sources_done} sources done, {self.summary.rows_committed} rows committed "
                  f"({time.time() - self.summary.timeline.start:.0f} s)")
         if self.captions is not None:
             self._caption(group)
@@ -148,7 +149,7 @@ class RunCommitter:
         for table in tables:
             began = time.time()
             rows, raised = stage_events.split(table.to_pylist())
-            stage_events.log_new(raised, self.warned, self.log)
+            stage_events.log_new(raised, self.warned, logger.warning)
             self.catalog.add_events(self.run_id, raised)
             _ok, failed = commit_captioned(self.catalog, self.run_id, rows)
             self.caption_failed.update(failed)

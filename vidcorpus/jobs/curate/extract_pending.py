@@ -12,12 +12,14 @@ recorded one (other bytes would give other frames under the same clip id).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import Callable
 
 import fsspec
 
 from vidcorpus.config import Config
+
+logger = logging.getLogger(__name__)
 
 CLIP_COLUMNS = ("clip_id", "source_id", "media_type", "first_frame", "last_frame", "start_s", "end_s")
 SOURCE_COLUMNS = ("uri", "source_path", "sha256", "fps", "width", "height", "n_frames")
@@ -39,7 +41,7 @@ class ExtractResult:
     failed: list[str] = field(default_factory=list)
 
 
-def _local_sources(cfg: Config, rows: list[dict], log: Callable[[str], None]) -> tuple[list[dict], list[tuple[dict, str]]]:
+def _local_sources(cfg: Config, rows: list[dict]) -> tuple[list[dict], list[tuple[dict, str]]]:
     """Rows whose source file is readable (fetched again through the download stage when its staged
     copy is gone), and (row, why) for the others."""
     from vidcorpus.ingest.download import DownloadStage
@@ -52,7 +54,7 @@ def _local_sources(cfg: Config, rows: list[dict], log: Callable[[str], None]) ->
             continue
         sid = r["source_id"]
         if sid not in fetched:
-            log(f"source {sid} has no local copy: downloading {r['uri']} again")
+            logger.info(f"source {sid} has no local copy: downloading {r['uri']} again")
             (got,) = DownloadStage(cfg).process_rows([{"source_id": sid, "uri": r["uri"]}])
             fetched[sid] = got
         got = fetched[sid]
@@ -66,8 +68,7 @@ def _local_sources(cfg: Config, rows: list[dict], log: Callable[[str], None]) ->
     return ok, bad
 
 
-def extract_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Callable[[str], None] = print
-                  ) -> ExtractResult:
+def extract_clips(cfg: Config, cat, run_id: str, clip_ids: list[str]) -> ExtractResult:
     """Extract these clips (same ids, same frames) and record their files; a clip that cannot be
     extracted gets a failure row and stays pending."""
     from vidcorpus.ingest.extract import ExtractStage
@@ -78,7 +79,7 @@ def extract_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Calla
     cols = ", ".join([f"c.{c}" for c in CLIP_COLUMNS] + [f"s.{c}" for c in SOURCE_COLUMNS])
     rows = cat.query_dicts(f"SELECT {cols} FROM clips c JOIN sources s USING (source_id) "
                            "WHERE c.clip_id IN (SELECT unnest(?)) ORDER BY c.clip_id", [list(clip_ids)])
-    rows, bad = _local_sources(cfg, rows, log)
+    rows, bad = _local_sources(cfg, rows)
     precise = cfg.model_copy(update={"split": cfg.split.model_copy(update={"extract_mode": "precise"})})
     stage = ExtractStage(precise)
     done = stage.process_rows([dict(r, clip_path=None, kept=True) for r in rows]) if rows else []
@@ -95,8 +96,8 @@ def extract_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Calla
                                source_id=r.get("source_id"))
     out.extracted = sorted(r["clip_id"] for r in good)
     out.failed = sorted({r["clip_id"] for r, _ in bad} | {r["clip_id"] for r in done if r.get("error_class")})
-    log(f"extracted {len(out.extracted)} kept clips on demand"
-        + (f"; {len(out.failed)} failed (`vidcorpus catalog failures`)" if out.failed else ""))
+    logger.info(f"extracted {len(out.extracted)} kept clips on demand"
+                + (f"; {len(out.failed)} failed (`vidcorpus catalog failures`)" if out.failed else ""))
     return out
 
 

@@ -16,7 +16,6 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pyarrow as pa
 
@@ -31,6 +30,8 @@ from vidcorpus.schemas import rows_to_table
 from vidcorpus.stage import Stage
 from vidcorpus.stage_settings import check_names, check_switches, pin_plans, resolve
 from vidcorpus.stage_stats import StageRow, StageStats
+
+logger = logging.getLogger(__name__)
 
 CAPTION_STAGES = ("caption", "caption_align")  # fed by the driver after dedup (vidcorpus/jobs/curate/caption_pool.py)
 WORKER_ENV = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "false"}
@@ -152,7 +153,6 @@ def run_pipeline(
     retry_failed: bool = False,
     error_class: str | None = None,
     progress: bool = True,
-    log: Callable[[str], None] = print,
 ) -> RunSummary:
     """Ingest, score, decide, caption, commit and shard everything in cfg.inputs not yet done."""
     from vidcorpus.catalog.stage_stats import write as write_stage_stats
@@ -190,7 +190,7 @@ def run_pipeline(
 
         # The catalog's active recipe decides (a recipe the config names explicitly replaces it, said
         # here); the stages get its content, so a later file edit or config default cannot slip in.
-        cfg = pin_recipe(cfg, adopt_recipe(cfg, catalog, run_id, "run", log))
+        cfg = pin_recipe(cfg, adopt_recipe(cfg, catalog, run_id, "run"))
         summary.sources_seen = len(sources)
         bad_rows = [r for r in sources if r["source_id"] is None]
         sources = [r for r in sources if r["source_id"] is not None]
@@ -201,15 +201,15 @@ def run_pipeline(
         else:
             todo = [r for r in sources if r["source_id"] not in done]
         summary.sources_skipped = len(sources) - len(todo)
-        log(f"run {run_id}: {len(todo)} sources to process, {summary.sources_skipped} already done")
+        logger.info(f"run {run_id}: {len(todo)} sources to process, {summary.sources_skipped} already done")
         if bad_rows:
             catalog.commit_results(run_id, bad_rows)
             summary.failures += len(bad_rows)
         try:
-            failed_captions = (_process(cfg, catalog, run_id, todo, summary, progress, log) if todo else None) or set()
+            failed_captions = (_process(cfg, catalog, run_id, todo, summary, progress) if todo else None) or set()
             # derived work follows decisions: clips a re-decision kept get captions and shards here too
             # (not those whose captioning just failed: they stay pending for the next run or sync)
-            _captions, summary.shards = complete_pending(cfg, catalog, run_id, progress=progress, log=log,
+            _captions, summary.shards = complete_pending(cfg, catalog, run_id, progress=progress,
                                                          skip=failed_captions, timeline=summary.timeline)
         except Exception as e:
             if (full := storage_full(e)) is not None:  # out of Ray's wrappers: one clear error
@@ -227,8 +227,7 @@ def run_pipeline(
     return summary
 
 
-def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSummary, progress: bool,
-             log) -> set[str]:
+def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSummary, progress: bool) -> set[str]:
     """Stream the sources through one Ray Data pipeline and commit as results come; model actors
     (the stream's and the caption pool's) live for the whole run. Returns the clips whose
     captioning failed (pending, not retried in this run)."""
@@ -263,7 +262,7 @@ def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSu
     ctx.execution_options.resource_limits = ExecutionResources(
         cpu=max(0.5, cpus - held[0]), gpu=max(0.0, gpus - held[1]),
         object_store_memory=cfg.ray.object_store_mb * 2**20 if cfg.ray.object_store_mb else None)
-    committer = RunCommitter(cfg, catalog, run_id, summary, log, pool)
+    committer = RunCommitter(cfg, catalog, run_id, summary, pool)
     summary.timeline.pipeline_started(len(todo))  # start-up ends; the sources are queued for the first stage
     try:
         ds = build_dataset(cfg, todo, gpus, cpus, stream, plans)
@@ -277,7 +276,7 @@ def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSu
     return committer.caption_failed
 
 
-def dedup_and_redecide(cfg: Config, catalog, run_id: str, new_clip_ids: list[str] | None, log=print,
+def dedup_and_redecide(cfg: Config, catalog, run_id: str, new_clip_ids: list[str] | None,
                        index=None) -> int:
     """Duplicate scores for the new clips against the run and the catalog, then re-decide the clips
     whose dup scores were written (new ones, and earlier ones decided by this recipe). Returns the
@@ -297,12 +296,12 @@ def dedup_and_redecide(cfg: Config, catalog, run_id: str, new_clip_ids: list[str
                   if s["clip_id"] in new or (current.get(s["clip_id"]) or {}).get("recipe") == recipe.id})
     if ids:
         res = apply_recipe(catalog, recipe, run_id, clip_ids=ids)
-        log(f"dedup: {len(ids)} clips scored for duplicates; {res.newly_dropped} dropped as duplicates or "
-            f"otherwise by {recipe.id}")
+        logger.info(f"dedup: {len(ids)} clips scored for duplicates; {res.newly_dropped} dropped as duplicates or "
+                    f"otherwise by {recipe.id}")
     return len(ids)
 
 
-def write_pending_shards(cfg: Config, catalog, run_id: str, progress: bool = True, log=print,
+def write_pending_shards(cfg: Config, catalog, run_id: str, progress: bool = True,
                          allow_uncaptioned: bool = False) -> list[dict]:
     """Pack every clip the active recipe keeps that no shard holds yet; publish each shard, then
     commit its rows. A clip without a caption of shards.caption_version is left out (and said)
@@ -314,8 +313,8 @@ def write_pending_shards(cfg: Config, catalog, run_id: str, progress: bool = Tru
     missing = set(uncaptioned_for(catalog, [c["clip_id"] for c in clips], cfg.shards.caption_version))
     if missing and not allow_uncaptioned:
         clips = [c for c in clips if c["clip_id"] not in missing]
-        log(f"{len(missing)} kept clips have no {cfg.shards.caption_version} caption and were not sharded "
-            f"(`vidcorpus sync` captions them; --allow-uncaptioned packs them with an empty txt)")
+        logger.info(f"{len(missing)} kept clips have no {cfg.shards.caption_version} caption and were not sharded "
+                    f"(`vidcorpus sync` captions them; --allow-uncaptioned packs them with an empty txt)")
     return pack_clips(cfg, catalog, run_id, clips, progress=progress)
 
 

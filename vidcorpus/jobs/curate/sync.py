@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 from vidcorpus.catalog.corpus_state import active_recipe, pending_work, recipe_history, set_active_recipe
 from vidcorpus.config import Config
 from vidcorpus.filters.apply import apply_recipe, canonical_yaml
 from vidcorpus.filters.recipes import Recipe, load_recipe
+
+logger = logging.getLogger(__name__)
 
 PRODUCTION_RECIPE = "pretrain_v1"
 
@@ -33,7 +35,7 @@ def named_recipe(cfg: Config) -> tuple[str, str] | None:
     return cfg.filters.recipe, "the config (filters.recipe)"
 
 
-def adopt_recipe(cfg: Config, cat, run_id: str, origin: str, log: Callable[[str], None] = print) -> Recipe:
+def adopt_recipe(cfg: Config, cat, run_id: str, origin: str) -> Recipe:
     """The recipe this command decides with; every clip ends up decided by it.
 
     A catalog's active recipe wins over the config's default; a recipe the config names explicitly
@@ -47,17 +49,17 @@ def adopt_recipe(cfg: Config, cat, run_id: str, origin: str, log: Callable[[str]
     else:
         if active is None:
             set_active_recipe(cat, recipe, origin, run_id)
-            log(f"active recipe: {recipe.id} (from {named[1] if named else 'the default filters.recipe'}), "
-                "recorded in the catalog")
+            logger.info(f"active recipe: {recipe.id} (from {named[1] if named else 'the default filters.recipe'}), "
+                        "recorded in the catalog")
         elif canonical_yaml(recipe) != canonical_yaml(active):
             set_active_recipe(cat, recipe, origin, run_id)
-            log(f"recipe change: {named[1]} names {recipe.id}; the catalog's active recipe was {active.id}. "
-                f"Every clip is re-decided with {recipe.id} (`vidcorpus filter apply {active.name}` goes back).")
+            logger.info(f"recipe change: {named[1]} names {recipe.id}; the catalog's active recipe was {active.id}. "
+                        f"Every clip is re-decided with {recipe.id} (`vidcorpus filter apply {active.name}` goes back).")
     undecided = [r["clip_id"] for r in cat.query_dicts(
         "SELECT clip_id FROM clips_wide WHERE recipe IS DISTINCT FROM ? ORDER BY clip_id", [recipe.id])]
     if undecided:
         res = apply_recipe(cat, recipe, run_id, clip_ids=undecided)
-        log(f"{recipe.id} decided {res.clips} clips: {res.kept} kept")
+        logger.info(f"{recipe.id} decided {res.clips} clips: {res.kept} kept")
     return recipe
 
 
@@ -83,7 +85,7 @@ class CaptionResult:
     failed: list[str] = field(default_factory=list)
 
 
-def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Callable[[str], None] = print,
+def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str],
                   progress: bool = False, timeline=None) -> CaptionResult:
     """Caption these clips with the pipeline's caption stage (long + short, QA scores) and commit the
     captions; a clip that cannot be captioned gets a failure row and stays pending. ``timeline`` (a
@@ -112,7 +114,7 @@ def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Calla
     with stage_events.captured(stage.name) as raised:  # loading the model may warn too
         stage.setup()
     setup_s = time.time() - began
-    stage_events.log_new(raised, warned, log)
+    stage_events.log_new(raised, warned, logger.warning)
     cat.add_events(run_id, raised)
     step = caption_batch_size(cfg)
     with Progress(disable=not progress) as bar:
@@ -127,7 +129,7 @@ def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Calla
             if timeline is not None:  # the model's setup counts in the first batch, as in a pipeline stage
                 timeline.driver_step(stage.name, began, captioned_at, len(batch), setup_s if i == 0 else 0.0,
                                      device[1] if device else None, meter.busy_s if device else None)
-            stage_events.log_new(raised, warned, log)
+            stage_events.log_new(raised, warned, logger.warning)
             cat.add_events(run_id, raised)
             ok, failed = commit_captioned(cat, run_id, done)
             if timeline is not None:
@@ -136,8 +138,8 @@ def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str], log: Calla
             out.captioned += ok
             out.failed += failed
             bar.advance(task, len(batch))
-    log(f"captioned {len(out.captioned)} clips ({cfg.captioning.version})"
-        + (f"; {len(out.failed)} failed (`vidcorpus catalog failures`)" if out.failed else ""))
+    logger.info(f"captioned {len(out.captioned)} clips ({cfg.captioning.version})"
+                + (f"; {len(out.failed)} failed (`vidcorpus catalog failures`)" if out.failed else ""))
     return out
 
 
@@ -159,7 +161,7 @@ def commit_captioned(cat, run_id: str, done: list[dict]) -> tuple[list[str], lis
 
 
 def complete_pending(cfg: Config, cat, run_id: str, allow_uncaptioned: bool = False, progress: bool = False,
-                     log: Callable[[str], None] = print, skip: set[str] | frozenset = frozenset(),
+                     skip: set[str] | frozenset = frozenset(),
                      timeline=None) -> tuple[CaptionResult, list[dict]]:
     """Extract the active recipe's kept clips that have no file (filter before you encode: a clip
     first dropped was never encoded), caption its kept, uncaptioned clips (but those in ``skip``),
@@ -171,23 +173,23 @@ def complete_pending(cfg: Config, cat, run_id: str, allow_uncaptioned: bool = Fa
     pending = pending_work(cat, cfg.captioning.version, cfg.shards.caption_version)
     skip = set(skip)
     if pending.unextracted:
-        skip |= set(extract_clips(cfg, cat, run_id, pending.unextracted, log=log).failed)
+        skip |= set(extract_clips(cfg, cat, run_id, pending.unextracted).failed)
     todo = [c for c in pending.uncaptioned if c not in skip]
     if cfg.captioning.enabled:
-        captions = caption_clips(cfg, cat, run_id, todo, log=log, progress=progress, timeline=timeline)
+        captions = caption_clips(cfg, cat, run_id, todo, progress=progress, timeline=timeline)
     else:
         captions = CaptionResult()
         if todo:
-            log(f"captioning is off (captioning.enabled=false): {len(todo)} kept clips stay uncaptioned")
+            logger.info(f"captioning is off (captioning.enabled=false): {len(todo)} kept clips stay uncaptioned")
     began = time.time()
-    shards = write_pending_shards(cfg, cat, run_id, progress=progress, log=log, allow_uncaptioned=allow_uncaptioned)
+    shards = write_pending_shards(cfg, cat, run_id, progress=progress, allow_uncaptioned=allow_uncaptioned)
     if timeline is not None:
         timeline.driver_step("shards", began, time.time(), len(shards))
-    say_unencoded(cfg, cat, log)
+    say_unencoded(cfg, cat)
     return captions, shards
 
 
-def say_unencoded(cfg: Config, cat, log: Callable[[str], None] = print) -> int:
+def say_unencoded(cfg: Config, cat) -> int:
     """Name the command that encodes the kept, sharded clips without latents of the cache key in use.
 
     Not done here: encoding needs the VAE and CLIP encoders (a GPU's work at production scale) and
@@ -196,8 +198,8 @@ def say_unencoded(cfg: Config, cat, log: Callable[[str], None] = print) -> int:
 
     pw = pending_work(cat, cfg.captioning.version, cfg.shards.caption_version)
     if pw.unencoded and pw.latent_key is not None:
-        log(f"{len(pw.unencoded)} kept, sharded clips have no latents of cache key {pw.latent_key.cache_key}: "
-            f"run `{encode_command(pw.latent_key, cfg)}` on a GPU machine")
+        logger.info(f"{len(pw.unencoded)} kept, sharded clips have no latents of cache key {pw.latent_key.cache_key}: "
+                    f"run `{encode_command(pw.latent_key, cfg)}` on a GPU machine")
     return len(pw.unencoded)
 
 
@@ -213,8 +215,7 @@ class SyncSummary:
     stages: list = field(default_factory=list)  # where the time went (vidcorpus.stage_stats.StageRow)
 
 
-def sync(cfg: Config, allow_uncaptioned: bool = False, progress: bool = False,
-         log: Callable[[str], None] = print) -> SyncSummary:
+def sync(cfg: Config, allow_uncaptioned: bool = False, progress: bool = False) -> SyncSummary:
     """`vidcorpus sync`: adopt the recipe in force, then complete its pending work (a recorded run)."""
     from vidcorpus import __version__
     from vidcorpus.catalog.stage_stats import write as write_stage_stats
@@ -235,9 +236,9 @@ def sync(cfg: Config, allow_uncaptioned: bool = False, progress: bool = False,
         cat.begin_run(run_id, "sync", json.dumps({"allow_uncaptioned": allow_uncaptioned}), __version__)
         status = "failed"
         try:
-            recipe = adopt_recipe(cfg, cat, run_id, "sync", log)
+            recipe = adopt_recipe(cfg, cat, run_id, "sync")
             captions, shards = complete_pending(pin_recipe(cfg, recipe), cat, run_id, allow_uncaptioned,
-                                                progress, log, timeline=timeline)
+                                                progress, timeline=timeline)
             left = pending_work(cat, cfg.captioning.version, cfg.shards.caption_version).total
             stages = timeline.finish()
             write_stage_stats(cat, run_id, stages)
