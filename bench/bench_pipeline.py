@@ -35,7 +35,8 @@ def single_process(cfg) -> dict:
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.ingest.sources import read_inputs
     from vidcorpus.presets import resolve_models
-    from vidcorpus.jobs.curate.pipeline import pipeline_stages, write_pending_shards
+    from vidcorpus.jobs.curate.pipeline import pipeline_stages
+    from vidcorpus.jobs.pack_shards import write_pending_shards
     from vidcorpus.schemas import rows_to_table
 
     t0 = time.perf_counter()

@@ -34,6 +34,7 @@ from vidcorpus.catalog.store import Catalog
 
 SCRIPT = r"""
 import logging, os, sys, time
+from vidcorpus.jobs import pack_shards
 from vidcorpus.jobs.curate import pipeline
 from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import load_config
@@ -91,7 +92,7 @@ def hooked_upsert(self, table, rows):
     return n
 Catalog._upsert = hooked_upsert
 
-pipeline._ray_ready = lambda: False  # shards are written by this process, so the kill lands in the writer
+pack_shards._ray_ready = lambda: False  # shards are written by this process, so the kill lands in the writer
 sample_of = writer.sample_of
 def hooked_sample_of(*a, **kw):
     if "shard" in points and first("shard"):

@@ -31,7 +31,7 @@ from vidcorpus.config import load_config
 from vidcorpus.errors import StorageFullError
 from vidcorpus.ingest.download import DownloadStage
 from vidcorpus.ingest.sources import read_inputs
-from vidcorpus.jobs.curate.pipeline import write_pending_shards
+from vidcorpus.jobs.pack_shards import write_pending_shards
 from vidcorpus.shards.writer import write_shard
 
 

@@ -17,7 +17,7 @@ from test_catalog_shards import _clip_rows
 from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import load_config
 from vidcorpus.jobs.release import create_release, diff_releases, release_manifest
-from vidcorpus.jobs.curate.pipeline import write_pending_shards
+from vidcorpus.jobs.pack_shards import write_pending_shards
 from vidcorpus.shards.reader import ShardChecksumError, sample_pipeline, specs_from_manifest
 from vidcorpus.shards.release_files import ReleaseError, read_release_clips
 from vidcorpus.shards.writer import stream_tar
@@ -191,7 +191,7 @@ KILL_SCRIPT = textwrap.dedent("""
     from test_catalog_shards import _clip_rows
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.config import load_config
-    from vidcorpus.jobs.curate.pipeline import write_pending_shards
+    from vidcorpus.jobs.pack_shards import write_pending_shards
     import vidcorpus.shards.writer as writer
     cfg = load_config(None, ["shards.max_samples=2"], workdir=sys.argv[1], catalog=sys.argv[2])
     real_read, calls = writer._read, [0]

@@ -16,7 +16,7 @@ from test_catalog_shards import _clip_rows
 from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import load_config
 from vidcorpus.jobs.release import create_release, release_manifest
-from vidcorpus.jobs.curate.pipeline import write_pending_shards
+from vidcorpus.jobs.pack_shards import write_pending_shards
 from vidcorpus.shards.reader import sample_pipeline, specs_from_manifest
 
 

@@ -121,7 +121,7 @@ def filter_dedup(
     the catalog's active recipe (a filters.recipe set in --config/--set replaces it, said). Runs use
     the same code on their new clips."""
     from vidcorpus.catalog.store import Catalog  # inside: keeps --help fast (duckdb, ray, the jobs)
-    from vidcorpus.jobs.curate.pipeline import dedup_and_redecide
+    from vidcorpus.jobs.curate.redecide import dedup_and_redecide
     from vidcorpus.jobs.curate.sync import adopt_recipe, pin_recipe
 
     cfg = effective_config(config, set_, workdir=workdir, catalog=catalog)

@@ -38,7 +38,7 @@ def shards_write(
     record them. Clips without their caption are left out (`vidcorpus sync` captions them)."""
     from vidcorpus.catalog.corpus_state import active_recipe_id, kept_without_file  # inside: keeps --help fast
     from vidcorpus.catalog.store import Catalog
-    from vidcorpus.jobs.curate.pipeline import write_pending_shards
+    from vidcorpus.jobs.pack_shards import write_pending_shards
 
     cfg = effective_config(config, set_, workdir=workdir, catalog=catalog)
     with Catalog(require_catalog(cfg)) as cat:

@@ -107,7 +107,7 @@ def create_release(cfg: Config, name: str, recipe: str | None = None, caption_ve
     by ``select``, into release ``name``. A member without a caption of ``caption_version`` is
     refused unless ``allow_uncaptioned`` (its txt would be empty)."""
     from vidcorpus.catalog.store import Catalog
-    from vidcorpus.jobs.curate.pipeline import pack_clips
+    from vidcorpus.jobs.pack_shards import pack_clips
 
     check_name(name)
     caption_version = caption_version or cfg.shards.caption_version

@@ -96,7 +96,7 @@ class RunCommitter:
 
     def close_group(self, sources: list[str] | None = None) -> None:
         """Deduplicate the whole sources' clips, re-decide, mark the sources done, caption their kept clips."""
-        from vidcorpus.jobs.curate.pipeline import dedup_and_redecide
+        from vidcorpus.jobs.curate.redecide import dedup_and_redecide
 
         group = self.whole if sources is None else sources
         self.whole = [] if sources is None else [s for s in self.whole if s not in set(sources)]

@@ -168,7 +168,7 @@ def complete_pending(cfg: Config, cat, run_id: str, allow_uncaptioned: bool = Fa
     then shard its kept, unsharded ones (``timeline``: a StageStats that records the captioning,
     commits and shards)."""
     from vidcorpus.jobs.curate.extract_pending import extract_clips
-    from vidcorpus.jobs.curate.pipeline import write_pending_shards
+    from vidcorpus.jobs.pack_shards import write_pending_shards
 
     pending = pending_work(cat, cfg.captioning.version, cfg.shards.caption_version)
     skip = set(skip)
