@@ -10,7 +10,6 @@ from rich.progress import Progress
 
 from vidcorpus.catalog.corpus_state import active_recipe_id, uncaptioned_for
 from vidcorpus.config import Config
-from vidcorpus.shards.writer import plan_shards, write_shard
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +32,8 @@ def write_pending_shards(cfg: Config, catalog, run_id: str, progress: bool = Tru
 def pack_clips(cfg: Config, catalog, run_id: str, clips: list[dict], caption_version: str | None = None,
                progress: bool = True) -> list[dict]:
     """Write shards holding these clips (rows of clips_wide); publish each, then commit its rows."""
+    from vidcorpus.shards.writer import plan_shards  # inside: webdataset imports torch, only when shards are written
+
     if not clips:
         return []
     ids = [c["clip_id"] for c in clips]
@@ -53,6 +54,8 @@ def pack_clips(cfg: Config, catalog, run_id: str, clips: list[dict], caption_ver
 
 def _publish_shards(plans, out_root: str, caption_version: str, image_format: str, task_cpus: float):
     """Manifests as shards are published: Ray tasks when Ray is up, else in this process."""
+    from vidcorpus.shards.writer import write_shard  # inside: webdataset imports torch, only when shards are written
+
     if len(plans) < 2 or not _ray_ready():
         for bucket, members in plans:
             yield write_shard(bucket, members, out_root, caption_version, image_format)

@@ -19,7 +19,12 @@ import time
 import pyarrow as pa
 
 from vidcorpus import events as stage_events
+from vidcorpus.catalog.corpus_state import active_recipe_id, uncaptioned_for
+from vidcorpus.catalog.stage_stats import write as write_stage_table
 from vidcorpus.config import Config
+from vidcorpus.filters.dedup import DedupIndex, write_embedding_batch
+from vidcorpus.jobs.curate.redecide import dedup_and_redecide
+from vidcorpus.jobs.curate.sync import commit_captioned
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +33,6 @@ STATS_EVERY_S = 30.0  # how often the driver rewrites the run's stage table whil
 
 class RunCommitter:
     def __init__(self, cfg: Config, catalog, run_id: str, summary, captions=None):
-        from vidcorpus.filters.dedup import DedupIndex
-
         self.cfg, self.catalog, self.run_id, self.summary = cfg, catalog, run_id, summary
         self.captions = captions  # a CaptionPool, or None: kept clips stay pending (sync captions them)
         # The dedup index reads the catalog's embeddings once (at the first group) and then only
@@ -49,8 +52,6 @@ class RunCommitter:
     # -- the stream ------------------------------------------------------------------------------
     def add(self, batch: pa.Table) -> None:
         """Commit one result batch; groups of whole sources are deduplicated and marked done."""
-        from vidcorpus.filters.dedup import write_embedding_batch
-
         began = time.time()
         rows, raised = stage_events.split(batch.to_pylist())
         stage_events.log_new(raised, self.warned, logger.warning)  # workers' output does not reach this terminal
@@ -88,16 +89,12 @@ class RunCommitter:
     def write_stage_stats(self, every_s: float | None = None) -> None:
         """The run's stage table so far, at most every ``every_s`` seconds: a run that is killed or
         stopped still leaves in the catalog where its time went until then (the end replaces it)."""
-        from vidcorpus.catalog.stage_stats import write
-
         if time.time() - self.stats_written_at >= (STATS_EVERY_S if every_s is None else every_s):
-            write(self.catalog, self.run_id, self.summary.timeline.finish())
+            write_stage_table(self.catalog, self.run_id, self.summary.timeline.finish())
             self.stats_written_at = time.time()
 
     def close_group(self, sources: list[str] | None = None) -> None:
         """Deduplicate the whole sources' clips, re-decide, mark the sources done, caption their kept clips."""
-        from vidcorpus.jobs.curate.redecide import dedup_and_redecide
-
         group = self.whole if sources is None else sources
         self.whole = [] if sources is None else [s for s in self.whole if s not in set(sources)]
         if not group:
@@ -128,8 +125,6 @@ class RunCommitter:
 
     # -- captioning ------------------------------------------------------------------------------
     def _caption(self, group: list[str]) -> None:
-        from vidcorpus.catalog.corpus_state import active_recipe_id, uncaptioned_for
-
         wanted = set(group)
         clips = [c for c, r in self.rows_of.items() if r["source_id"] in wanted]
         rows = [self.rows_of.pop(c) for c in clips]
@@ -144,8 +139,6 @@ class RunCommitter:
         self._take_captions(self.captions.add(batch))
 
     def _take_captions(self, tables: list[pa.Table]) -> None:
-        from vidcorpus.jobs.curate.sync import commit_captioned
-
         for table in tables:
             began = time.time()
             rows, raised = stage_events.split(table.to_pylist())

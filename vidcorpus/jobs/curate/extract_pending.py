@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import fsspec
 
 from vidcorpus.config import Config
+from vidcorpus.ingest.download import DownloadStage
+from vidcorpus.ingest.extract import ExtractStage
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +46,6 @@ class ExtractResult:
 def _local_sources(cfg: Config, rows: list[dict]) -> tuple[list[dict], list[tuple[dict, str]]]:
     """Rows whose source file is readable (fetched again through the download stage when its staged
     copy is gone), and (row, why) for the others."""
-    from vidcorpus.ingest.download import DownloadStage
-
     ok, bad = [], []
     fetched: dict[str, dict] = {}
     for r in rows:
@@ -71,8 +71,6 @@ def _local_sources(cfg: Config, rows: list[dict]) -> tuple[list[dict], list[tupl
 def extract_clips(cfg: Config, cat, run_id: str, clip_ids: list[str]) -> ExtractResult:
     """Extract these clips (same ids, same frames) and record their files; a clip that cannot be
     extracted gets a failure row and stays pending."""
-    from vidcorpus.ingest.extract import ExtractStage
-
     out = ExtractResult()
     if not clip_ids:
         return out

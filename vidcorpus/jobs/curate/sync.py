@@ -15,11 +15,25 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from rich.progress import Progress
+
+from vidcorpus import __version__, gpu_busy
+from vidcorpus import events as stage_events
 from vidcorpus.catalog.corpus_state import active_recipe, pending_work, recipe_history, set_active_recipe
-from vidcorpus.config import Config
+from vidcorpus.catalog.latent_state import encode_command
+from vidcorpus.catalog.stage_stats import write as write_stage_stats
+from vidcorpus.catalog.store import Catalog, CatalogError
+from vidcorpus.config import Config, caption_batch_size
 from vidcorpus.filters.apply import apply_recipe, canonical_yaml
 from vidcorpus.filters.recipes import Recipe, load_recipe
+from vidcorpus.ids import new_run_id
+from vidcorpus.jobs.curate.extract_pending import extract_clips
+from vidcorpus.jobs.pack_shards import write_pending_shards
+from vidcorpus.presets import resolve_models
+from vidcorpus.stage_settings import local_gpus, pin_plans, resolve
+from vidcorpus.stage_stats import StageStats
 
 logger = logging.getLogger(__name__)
 
@@ -90,19 +104,11 @@ def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str],
     """Caption these clips with the pipeline's caption stage (long + short, QA scores) and commit the
     captions; a clip that cannot be captioned gets a failure row and stays pending. ``timeline`` (a
     vidcorpus.stage_stats.StageStats) records each batch's caption and commit time."""
-    from rich.progress import Progress
-
-    from vidcorpus import events as stage_events
-    from vidcorpus import gpu_busy
-    from vidcorpus.captioning.stage import CaptionStage
-    from vidcorpus.config import caption_batch_size
-    from vidcorpus.presets import resolve_models
+    from vidcorpus.captioning.stage import CaptionStage  # inside: torch loads only when clips are captioned
 
     out = CaptionResult()
     if not clip_ids:
         return out
-    from vidcorpus.stage_settings import local_gpus, pin_plans, resolve
-
     loads = {"captioner"} | ({"clip"} if cfg.captioning.qa else set())  # CLIP for caption QA
     cfg = cfg.model_copy(update={"models": resolve_models(cfg.models, only=loads)})
     cfg = pin_plans(cfg, resolve([CaptionStage], cfg, local_gpus()))  # batch sizes for this machine
@@ -167,9 +173,6 @@ def complete_pending(cfg: Config, cat, run_id: str, allow_uncaptioned: bool = Fa
     first dropped was never encoded), caption its kept, uncaptioned clips (but those in ``skip``),
     then shard its kept, unsharded ones (``timeline``: a StageStats that records the captioning,
     commits and shards)."""
-    from vidcorpus.jobs.curate.extract_pending import extract_clips
-    from vidcorpus.jobs.pack_shards import write_pending_shards
-
     pending = pending_work(cat, cfg.captioning.version, cfg.shards.caption_version)
     skip = set(skip)
     if pending.unextracted:
@@ -194,8 +197,6 @@ def say_unencoded(cfg: Config, cat) -> int:
 
     Not done here: encoding needs the VAE and CLIP encoders (a GPU's work at production scale) and
     the bucket of a training configuration; sync and run complete the curation stages."""
-    from vidcorpus.catalog.latent_state import encode_command
-
     pw = pending_work(cat, cfg.captioning.version, cfg.shards.caption_version)
     if pw.unencoded and pw.latent_key is not None:
         logger.info(f"{len(pw.unencoded)} kept, sharded clips have no latents of cache key {pw.latent_key.cache_key}: "
@@ -217,16 +218,6 @@ class SyncSummary:
 
 def sync(cfg: Config, allow_uncaptioned: bool = False, progress: bool = False) -> SyncSummary:
     """`vidcorpus sync`: adopt the recipe in force, then complete its pending work (a recorded run)."""
-    from vidcorpus import __version__
-    from vidcorpus.catalog.stage_stats import write as write_stage_stats
-    from vidcorpus.catalog.store import Catalog
-    from vidcorpus.ids import new_run_id
-    from vidcorpus.stage_stats import StageStats
-
-    from pathlib import Path
-
-    from vidcorpus.catalog.store import CatalogError
-
     t0 = time.time()
     if "://" not in cfg.catalog_path and not Path(cfg.catalog_path).exists():
         raise CatalogError(f"no catalog at {cfg.catalog_path}: `vidcorpus run` makes one (or pass --catalog/--workdir)")
