@@ -185,7 +185,7 @@ def test_a_recipe_from_a_file_stays_readable_from_the_catalog(ws):
     assert history[-1]["origin"] == "filter apply" and len(history[-1]["sha256"]) == 64
     out = vc(ws, "sync", "--no-progress")  # deciding, captioning and sharding need no file
     assert "under lenient_v1@1" in out
-    from vidcorpus.jobs.report.build import load_report_data
+    from vidcorpus.jobs.report.scope import load_report_data
 
     with Catalog(ws.catalog, read_only=True) as cat:  # and the report draws its thresholds
         data = load_report_data(cat)

@@ -20,7 +20,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vidcorpus.catalog.store import Catalog
-from vidcorpus.jobs.report.build import build_report, load_report_data, source_domain
+from vidcorpus.jobs.report.build import build_report
+from vidcorpus.jobs.report.scope import load_report_data, source_domain
 
 HOSTILE = '<script>console.error("xss");window.__pwned=1</script><b>bold</b> & more'
 CHROMIUM = shutil.which("chromium")

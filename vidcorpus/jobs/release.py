@@ -17,8 +17,12 @@ from dataclasses import dataclass, field
 import fsspec
 import pyarrow as pa
 
+from vidcorpus.catalog.corpus_state import active_recipe_id, uncaptioned_for
+from vidcorpus.catalog.safe_sql import RefusedSQL, check_predicate
+from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import Config
 from vidcorpus.ids import new_run_id
+from vidcorpus.jobs.pack_shards import pack_clips
 from vidcorpus.shards.reader import load_manifest
 from vidcorpus.shards.release_files import (
     ReleaseError,
@@ -59,8 +63,6 @@ def _recipe_id(cat, recipe: str) -> str:
 
 def _members(cat, recipe_id: str, select: str | None) -> pa.Table:
     """Wide rows of the clips the recipe keeps (and the selection matches), with that recipe's decision."""
-    from vidcorpus.catalog.safe_sql import RefusedSQL, check_predicate
-
     try:
         select = check_predicate(cat, select) if select else None
     except RefusedSQL:
@@ -106,9 +108,6 @@ def create_release(cfg: Config, name: str, recipe: str | None = None, caption_ve
     """Freeze the clips ``recipe`` (default: the catalog's active recipe) keeps, optionally narrowed
     by ``select``, into release ``name``. A member without a caption of ``caption_version`` is
     refused unless ``allow_uncaptioned`` (its txt would be empty)."""
-    from vidcorpus.catalog.store import Catalog
-    from vidcorpus.jobs.pack_shards import pack_clips
-
     check_name(name)
     caption_version = caption_version or cfg.shards.caption_version
     root = release_root(cfg.url(), name)  # absolute: the manifest URL is stored and read from anywhere
@@ -117,34 +116,11 @@ def create_release(cfg: Config, name: str, recipe: str | None = None, caption_ve
         if existing:
             raise ReleaseError(f"release {name!r} exists (created {existing['created_at']}, {existing['n_clips']} clips); "
                                f"releases are immutable: choose another name")
-        fs, mpath = fsspec.core.url_to_fs(manifest_url(root))
-        if fs.exists(mpath):  # published by a create that died before recording it
-            manifest = load_manifest(manifest_url(root))
-            clips = read_release_clips(root)
-            _record(cat, manifest, clips, manifest_url(root))
-            logger.info(f"release {name}: adopted the manifest a previous run published but did not record")
-            return ReleaseSummary(name, manifest_url(root), manifest["n_clips"], manifest["n_shards"],
-                                  reused_shards=0, new_shards=0, bytes=manifest["bytes"], adopted=True)
-        from vidcorpus.catalog.corpus_state import active_recipe_id, uncaptioned_for
-
-        if recipe is None:
-            recipe = active_recipe_id(cat)
-            if recipe is None:
-                raise ReleaseError("no recipe is in force yet: run the pipeline or `vidcorpus filter apply` first")
-            logger.info(f"release {name}: the active recipe {recipe}")
-        recipe_id = _recipe_id(cat, recipe)
-        table = _members(cat, recipe_id, select)
-        if table.num_rows == 0:
-            raise ReleaseError(f"recipe {recipe_id} keeps no clip" + (f" matching {select!r}" if select else ""))
+        adopted = _adopt_published(cat, name, root)
+        if adopted is not None:
+            return adopted
+        recipe_id, table = _members_to_release(cat, name, recipe, select, caption_version, allow_uncaptioned)
         ids = table.column("clip_id").to_pylist()
-        missing = uncaptioned_for(cat, ids, caption_version)
-        if missing and not allow_uncaptioned:
-            raise ReleaseError(f"{len(missing)} of the {len(ids)} clips {recipe_id} keeps have no {caption_version} "
-                               f"caption (e.g. {missing[0]}): run `vidcorpus sync` first, or pass --allow-uncaptioned")
-        no_file = [r["clip_id"] for r in table.select(["clip_id", "clip_path"]).to_pylist() if not r["clip_path"]]
-        if no_file:  # filter before you encode: a clip first dropped was never extracted
-            raise ReleaseError(f"{len(no_file)} of the {len(ids)} clips {recipe_id} keeps have no clip file yet "
-                               f"(e.g. {no_file[0]}): `vidcorpus sync` extracts them under the active recipe")
         candidates, members_of = _reusable(cat, ids, caption_version)
         reused, covered = select_reusable_shards(candidates, members_of)
         rest = [row for row in table.to_pylist() if row["clip_id"] not in covered]
@@ -155,19 +131,63 @@ def create_release(cfg: Config, name: str, recipe: str | None = None, caption_ve
         shard_of = {cid: s["shard_id"] for s in reused for cid in members_of[s["shard_id"]]}
         shard_of.update({cid: m["shard_id"] for m in new for cid in m["members"]})
         clips = _snapshot_table(table, shard_of, {s["shard_id"]: s["url"] for s in shards})
-        scorers = [r[0] for r in cat.con.execute("SELECT DISTINCT scorer FROM scores").fetchall()]
-        numeric = {f.name for f in clips.schema if pa.types.is_floating(f.type) or pa.types.is_integer(f.type)}
-        score_columns = [c for c in clips.column_names if c in numeric and (c in set(scorers) or c == "duration_s")]
-        data = parquet_bytes(clips)
-        facts = {"path": cfg.catalog_path, "schema_version": cat.schema_version, "recipe_id": recipe_id,
-                 "clips_in_catalog": cat.con.execute("SELECT count(*) FROM clips").fetchall()[0][0],
-                 "latest_run": cat.con.execute("SELECT max(run_id) FROM runs").fetchall()[0][0]}
-        manifest = build_manifest(name, recipe_id, caption_version, select, shards, clips, score_columns, facts,
-                                  sha256_hex(data))
-        url = write_release_files(root, manifest, data)
-        _record(cat, manifest, clips, url)
+        manifest, url = _publish(cfg, cat, name, root, recipe_id, caption_version, select, shards, clips)
     return ReleaseSummary(name, url, manifest["n_clips"], manifest["n_shards"], reused_shards=len(reused),
                           new_shards=len(new), bytes=manifest["bytes"])
+
+
+def _adopt_published(cat, name: str, root: str) -> ReleaseSummary | None:
+    """A manifest published by a create that died before recording it: record it now."""
+    fs, mpath = fsspec.core.url_to_fs(manifest_url(root))
+    if not fs.exists(mpath):
+        return None
+    manifest = load_manifest(manifest_url(root))
+    _record(cat, manifest, read_release_clips(root), manifest_url(root))
+    logger.info(f"release {name}: adopted the manifest a previous run published but did not record")
+    return ReleaseSummary(name, manifest_url(root), manifest["n_clips"], manifest["n_shards"],
+                          reused_shards=0, new_shards=0, bytes=manifest["bytes"], adopted=True)
+
+
+def _members_to_release(cat, name: str, recipe: str | None, select: str | None, caption_version: str,
+                        allow_uncaptioned: bool) -> tuple[str, pa.Table]:
+    """(recipe id, the wide rows of the clips it keeps): refused when there are none, when one lacks
+    its caption (unless ``allow_uncaptioned``) or has no clip file yet."""
+    if recipe is None:
+        recipe = active_recipe_id(cat)
+        if recipe is None:
+            raise ReleaseError("no recipe is in force yet: run the pipeline or `vidcorpus filter apply` first")
+        logger.info(f"release {name}: the active recipe {recipe}")
+    recipe_id = _recipe_id(cat, recipe)
+    table = _members(cat, recipe_id, select)
+    if table.num_rows == 0:
+        raise ReleaseError(f"recipe {recipe_id} keeps no clip" + (f" matching {select!r}" if select else ""))
+    ids = table.column("clip_id").to_pylist()
+    missing = uncaptioned_for(cat, ids, caption_version)
+    if missing and not allow_uncaptioned:
+        raise ReleaseError(f"{len(missing)} of the {len(ids)} clips {recipe_id} keeps have no {caption_version} "
+                           f"caption (e.g. {missing[0]}): run `vidcorpus sync` first, or pass --allow-uncaptioned")
+    no_file = [r["clip_id"] for r in table.select(["clip_id", "clip_path"]).to_pylist() if not r["clip_path"]]
+    if no_file:  # filter before you encode: a clip first dropped was never extracted
+        raise ReleaseError(f"{len(no_file)} of the {len(ids)} clips {recipe_id} keeps have no clip file yet "
+                           f"(e.g. {no_file[0]}): `vidcorpus sync` extracts them under the active recipe")
+    return recipe_id, table
+
+
+def _publish(cfg: Config, cat, name: str, root: str, recipe_id: str, caption_version: str, select: str | None,
+             shards: list[dict], clips: pa.Table) -> tuple[dict, str]:
+    """Write the release's files (clips.parquet, then manifest.json last) and record it: (manifest, its URL)."""
+    scorers = [r[0] for r in cat.con.execute("SELECT DISTINCT scorer FROM scores").fetchall()]
+    numeric = {f.name for f in clips.schema if pa.types.is_floating(f.type) or pa.types.is_integer(f.type)}
+    score_columns = [c for c in clips.column_names if c in numeric and (c in set(scorers) or c == "duration_s")]
+    data = parquet_bytes(clips)
+    facts = {"path": cfg.catalog_path, "schema_version": cat.schema_version, "recipe_id": recipe_id,
+             "clips_in_catalog": cat.con.execute("SELECT count(*) FROM clips").fetchall()[0][0],
+             "latest_run": cat.con.execute("SELECT max(run_id) FROM runs").fetchall()[0][0]}
+    manifest = build_manifest(name, recipe_id, caption_version, select, shards, clips, score_columns, facts,
+                              sha256_hex(data))
+    url = write_release_files(root, manifest, data)
+    _record(cat, manifest, clips, url)
+    return manifest, url
 
 
 def _snapshot_table(table: pa.Table, shard_of: dict[str, str], url_of: dict[str, str]) -> pa.Table:
@@ -198,8 +218,6 @@ def release_manifest(cfg: Config, name_or_url: str) -> tuple[dict, str]:
         manifest = load_manifest(name_or_url)
         root = name_or_url.removesuffix("/manifest.json").rstrip("/")
         return manifest, root
-    from vidcorpus.catalog.store import Catalog
-
     with Catalog(cfg.catalog_path, read_only=True) as cat:
         row = cat.release(check_name(name_or_url))
     if row is None:
@@ -241,8 +259,6 @@ class ReleaseDiff:
 
 def diff_releases(cfg: Config, a: str, b: str) -> ReleaseDiff:
     """What B adds to and drops from A, and why, from both snapshots and the catalog's decisions."""
-    from vidcorpus.catalog.store import Catalog
-
     ma, root_a = release_manifest(cfg, a)
     mb, root_b = release_manifest(cfg, b)
     ids_a = set(read_release_clips(root_a).column("clip_id").to_pylist())

@@ -55,7 +55,7 @@ def table(headers: list[str], rows: list[list[Any]], numeric: set[int] = frozens
 
 class Writer:
     """Writes PNGs, thumbnails and pages into one folder; remembers the clips that need a page
-    (a clip is a dict of ``report_queries.tile_columns``; its ``nsfw`` score blurs its thumbnail)."""
+    (a clip is a dict of ``queries.tile_columns``; its ``nsfw`` score blurs its thumbnail)."""
 
     def __init__(self, out: Path, thumb_px: int):
         self.out, self.thumb_px = out, thumb_px
