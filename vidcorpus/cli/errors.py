@@ -15,6 +15,7 @@ Exit codes (README, "Exit codes"):
 from __future__ import annotations
 
 import os
+import sys
 from typing import NoReturn
 
 import typer
@@ -69,8 +70,6 @@ PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, Permiss
 
 def user_error_code(exc: BaseException) -> int | None:
     """The exit code for an exception that is the user's mistake, else None (a bug: let it raise)."""
-    import sys
-
     for module, name, code in USER_ERRORS:
         cls = getattr(sys.modules.get(module), name, None)
         if cls is not None and isinstance(exc, cls):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import fsspec
 
+from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import Config
 from vidcorpus.ids import new_run_id
 from vidcorpus.jobs.shard_selection import shards_to_encode
@@ -37,8 +38,7 @@ def encode_latent_cache(cfg: Config, params: LatentParams, release: str | None =
                         progress: bool = True) -> LatentCacheSummary:
     from rich.progress import Progress
 
-    from vidcorpus.catalog.store import Catalog
-    from vidcorpus.train.data import decode_sample
+    from vidcorpus.train.data import decode_sample  # inside: the encoders' model code loads only when encoding
     from vidcorpus.train.models import load_components
     from vidcorpus.train.objective import TextEncoderCache
 
@@ -92,8 +92,6 @@ def cached_specs(cfg: Config, specs: list[ShardSpec]) -> tuple[list[ShardSpec] |
 
     The key hashes the frozen encoders' files and the run's bucket, frames, fps and caption, so a
     sidecar is only used for the exact inputs the trainer would otherwise compute itself."""
-    from vidcorpus.catalog.store import Catalog
-
     models = resolve_models(cfg.models)
     key = cache_key(encoder_fingerprint(models.i2vgen), LatentParams.for_training(cfg))
     with Catalog(cfg.catalog_path, read_only=True) as cat:

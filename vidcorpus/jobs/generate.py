@@ -21,7 +21,7 @@ def generate_video(cfg: Config, image: str, prompt: str, short_prompt: str | Non
     needs_refiner = not _is_export(refiner)
     models = resolve_models(cfg.models, build=False)  # only the components a checkpoint needs are built
     if cfg.models.preset == "tiny" and (needs_base or needs_refiner):
-        from vidcorpus.train.models import build_tiny_i2vgen
+        from vidcorpus.train.models import build_tiny_i2vgen  # inside: only the tiny preset builds models here
         from vidcorpus.train.refiner import build_tiny_refiner
 
         if not _is_export(models.i2vgen):

@@ -7,11 +7,19 @@ import json
 import logging
 from dataclasses import dataclass
 
+import fsspec
+import pyarrow.parquet as pq
+
+from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import Config
 from vidcorpus.ids import new_run_id
+from vidcorpus.jobs.curate.pipeline import init_ray
 from vidcorpus.jobs.encode import LatentCacheMissing, cached_specs
 from vidcorpus.jobs.shard_selection import select_training_shards
-from vidcorpus.presets import resolve_models
+from vidcorpus.presets import resolve_models, resolve_refiner
+from vidcorpus.train.checkpoint import read_state, resolve_resume
+from vidcorpus.train.launch import broadcast, init_torchrun, launch_ray
+from vidcorpus.train.sample_log import list_parts
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +58,6 @@ def follow_selection(cfg: Config):
     sidecars swapped in as at the start; rank 0 asks the catalog and every rank gets its answer."""
     if cfg.train.release:
         raise ValueError("--follow follows a --select query; a release is fixed (create a new release instead)")
-    from vidcorpus.train.launch import broadcast
-
     def refresh() -> tuple[list, set[str]]:
         import torch.distributed as dist
 
@@ -66,8 +72,6 @@ def follow_selection(cfg: Config):
 
 def catalog_snapshot(cfg: Config) -> dict:
     """Facts that pin down which catalog state a run selected from (recorded in every checkpoint)."""
-    from vidcorpus.catalog.store import Catalog
-
     with Catalog(cfg.catalog_path, read_only=True) as cat:
         latest = cat.query_dicts("SELECT run_id, kind, started_at FROM runs ORDER BY started_at DESC LIMIT 1")
         return {"path": cfg.catalog_path, "schema_version": cat.schema_version,
@@ -84,13 +88,12 @@ def run_dir_of(checkpoint: str) -> str:
 def _stage_parts(cfg: Config, stage: str):
     """(config with the stage's section as ``train``, that section, model directory, loop function)."""
     if stage == "refiner":
-        from vidcorpus.presets import resolve_refiner
-        from vidcorpus.train.refiner import train_refiner
+        from vidcorpus.train.refiner import train_refiner  # inside: only the stage that trains loads its model code
 
         # The selection, the follow query and the log read the refiner's section where the base reads train.
         scfg = cfg.model_copy(update={"train": cfg.refiner})
         return scfg, cfg.refiner, resolve_refiner(cfg.models).refiner, train_refiner
-    from vidcorpus.train.loop import train_base
+    from vidcorpus.train.loop import train_base  # inside: only the stage that trains loads its model code
 
     return cfg, cfg.train, resolve_models(cfg.models).i2vgen, train_base
 
@@ -104,9 +107,6 @@ def run_training(cfg: Config, output: str | None = None, progress: bool = True,
     ``resume``: "latest" (the newest checkpoint of ``output``), or a run or checkpoint URL; the run
     keeps its run id and directory and continues with the next unseen samples.
     """
-    from vidcorpus.train.checkpoint import read_state, resolve_resume
-    from vidcorpus.train.launch import broadcast, init_torchrun, launch_ray
-
     distributed = init_torchrun()
     scfg, tcfg, model_dir, train_fn = _stage_parts(cfg, stage)
     run_id = None
@@ -138,8 +138,6 @@ def run_training(cfg: Config, output: str | None = None, progress: bool = True,
         logger.info(f"{'refiner' if stage == 'refiner' else 'training'} run {run_id}: {len(keys)} clips in {len(urls)} "
                     f"shards ({what}) -> {out_dir}{detail}" + (f", resuming {resume}" if resume else ""))
     if tcfg.launcher == "ray" and not distributed:
-        from vidcorpus.jobs.curate.pipeline import init_ray
-
         init_ray(cfg)
         result = launch_ray(tcfg, model_dir, specs, out_dir, keys=keys, resume=resume, run_info=run_info,
                             stage=stage, follow=follow)
@@ -157,8 +155,6 @@ def record_run(cfg: Config, run_id: str, stage: str, what: str, result, urls: li
                started: dt.datetime) -> None:
     """The run into the catalog: train_runs, train_samples from the run's sample log (replacing the
     run's rows from the first step the log covers: exact across resumes), its decode failures."""
-    from vidcorpus.catalog.store import Catalog
-
     files, losses = sample_files(result), result.losses
     with Catalog(cfg.catalog_path) as cat:
         cat.record_training(run_id, stage, what, result.steps, losses[-1] if losses else None, result.checkpoint_dir,
@@ -170,11 +166,6 @@ def record_run(cfg: Config, run_id: str, stage: str, what: str, result, urls: li
 
 def sample_files(result) -> list[dict]:
     """The sample-log parts ``train_samples`` is filled from (steps below the run's final step)."""
-    import fsspec
-    import pyarrow.parquet as pq
-
-    from vidcorpus.train.sample_log import list_parts
-
     out = []
     for part in list_parts(result.run_dir):
         if part.end <= result.steps:

@@ -13,6 +13,9 @@ import html
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vidcorpus.catalog.coverage import uncovered_frames
+from vidcorpus.jobs.report import plots as rp
+
 if TYPE_CHECKING:  # pragma: no cover
     from vidcorpus.catalog.store import Catalog
 
@@ -37,8 +40,6 @@ GROUP BY ALL
 
 def footage_rows(cat: "Catalog") -> list[dict]:
     """[{destination, reason, frames, hours, share}] over the video sources whose splits were recorded."""
-    from vidcorpus.catalog.coverage import uncovered_frames
-
     has_segments = bool(cat.query_dicts(
         "SELECT 1 AS x FROM information_schema.tables WHERE table_name = 'dropped_segments'"))
     if not has_segments:  # a catalog from before frames were accounted for
@@ -66,8 +67,6 @@ def footage_rows(cat: "Catalog") -> list[dict]:
 
 def footage_plot(rows: list[dict], path: Path) -> None:
     """Horizontal bars of frames per destination and reason."""
-    from vidcorpus.jobs.report import plots as rp
-
     short = {"kept clips": "kept", "clips dropped by the recipe": "recipe", "undecided clips": "undecided",
              "dropped when splitting": "split"}
     labels = [short.get(r["destination"], "in no row") + (f": {r['reason']}" if r["reason"] else "") for r in rows]

@@ -11,6 +11,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from vidcorpus.media import open_local_or_remote
+
 CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#212529;max-width:1200px}
 h1{font-size:24px} h2{font-size:19px;border-bottom:1px solid #dee2e6;padding-bottom:4px;margin-top:32px}
@@ -83,8 +85,6 @@ class Writer:
             src = clip.get("first_frame_path")
             if src:
                 try:
-                    from vidcorpus.media import open_local_or_remote
-
                     with open_local_or_remote(src) as f:
                         img = Image.open(f)
                         img.load()

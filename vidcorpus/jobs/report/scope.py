@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from vidcorpus.catalog.schema import CLIP_COLUMNS, funnel_body
 from vidcorpus.catalog.store import Catalog
+from vidcorpus.filters.recipes import load_recipe
 
 _SCHEME = r"^([A-Za-z][A-Za-z0-9+.-]*):"
 SMALL_CATALOG = 100_000  # clips below which the report's queries run on one DuckDB thread
@@ -189,8 +190,6 @@ def _release_clips(cat: Catalog, data: ReportData, name: str, base: str) -> str:
 def _attach_recipe(data: ReportData, recipe_path: str | None, stored: dict[str, str]) -> None:
     """The recipe most clips were decided by: its content as the catalog stored it (so a recipe
     from a file draws its thresholds after the file is gone), else by name or the configured path."""
-    from vidcorpus.filters.recipes import load_recipe
-
     used = data.rows("SELECT recipe, count(*) AS n FROM report_clips WHERE recipe IS NOT NULL GROUP BY recipe")
     if len(used) > 1:  # in the order the clips first show them (by clip id), as ties are broken
         used = data.rows("SELECT recipe, count(*) AS n, min(clip_id) AS first FROM report_clips "

@@ -10,21 +10,21 @@ import html
 from pathlib import Path
 from typing import Callable
 
+from vidcorpus.catalog.stage_stats import latest_run_with_stats, read
+from vidcorpus.jobs.report import plots as rp
+from vidcorpus.stage_stats import StageRow, bound_by
+
 SECTION = ("time", "Where the time goes")
 
 
 def load_stages(cat, run: str | None) -> tuple[str | None, list[dict], dict]:
     """(run id, its stage rows, its intervals by stage) for the report's run or the newest recorded."""
-    from vidcorpus.catalog.stage_stats import latest_run_with_stats, read
-
     run_id = run or latest_run_with_stats(cat)
     rows, spans = read(cat, run_id) if run_id else ([], {})
     return run_id, rows, spans
 
 
 def _bound_by(rows: list[dict]) -> str:
-    from vidcorpus.stage_stats import StageRow, bound_by
-
     return bound_by([StageRow(r["stage"], r["step"], wall_s=r["wall_s"], busy_s=r["busy_s"], setup_s=r["setup_s"])
                      for r in rows])
 
@@ -38,8 +38,6 @@ def headline(loaded: tuple[str | None, list[dict], dict]) -> str | None:
 def stage_section(loaded: tuple[str | None, list[dict], dict], plot_path: Callable[[str], Path],
                   img: Callable[[Path, str], str], table: Callable) -> str:
     """HTML of the section (a note when no run recorded its stages)."""
-    from vidcorpus.jobs.report import plots as rp
-
     run_id, rows, spans = loaded
     if not rows:
         return '<p class="note">no run in this catalog recorded where its time went (runs before issue 22).</p>'
