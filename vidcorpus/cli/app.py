@@ -8,10 +8,24 @@ from __future__ import annotations
 
 import typer
 
-from vidcorpus.cli import catalog, config, demo, export, filter, generate, ingest, release, report, run, serve
-from vidcorpus.cli import shards, sql, status, sync, train
+from vidcorpus.cli.catalog import catalog_app
+from vidcorpus.cli.config import config_app
+from vidcorpus.cli.demo import demo
 from vidcorpus.cli.errors import UserErrorGroup
+from vidcorpus.cli.export import export, export_refiner_cmd
+from vidcorpus.cli.filter import filter_app
+from vidcorpus.cli.generate import generate
+from vidcorpus.cli.ingest import ingest
 from vidcorpus.cli.output import show_job_logs
+from vidcorpus.cli.release import release_app
+from vidcorpus.cli.report import report
+from vidcorpus.cli.run import run
+from vidcorpus.cli.serve import serve
+from vidcorpus.cli.shards import shards_app
+from vidcorpus.cli.sql import sql
+from vidcorpus.cli.status import status
+from vidcorpus.cli.sync import sync
+from vidcorpus.cli.train import train, train_refiner
 
 app = typer.Typer(  # help and errors are shown as written: no rich markup eats "[...]" from them
     cls=UserErrorGroup,
@@ -23,24 +37,24 @@ app = typer.Typer(  # help and errors are shown as written: no rich markup eats 
     add_completion=False,
 )
 app.callback()(show_job_logs)  # before every command: the jobs' log lines reach the console
-app.add_typer(config.config_app, name="config")
-app.command("run")(run.run)
-app.command("ingest")(ingest.ingest)
-app.command("sql")(sql.sql)
-app.add_typer(catalog.catalog_app, name="catalog")
-app.add_typer(shards.shards_app, name="shards")
-app.command("train")(train.train)
-app.command("export")(export.export)
-app.command("train-refiner")(train.train_refiner)
-app.command("export-refiner")(export.export_refiner_cmd)
-app.command("generate")(generate.generate)
-app.command("demo")(demo.demo)
-app.command("report")(report.report)
-app.command("status")(status.status)
-app.command("sync")(sync.sync)
-app.command("serve")(serve.serve)
-app.add_typer(release.release_app, name="release")
-app.add_typer(filter.filter_app, name="filter")
+app.add_typer(config_app, name="config")
+app.command("run")(run)
+app.command("ingest")(ingest)
+app.command("sql")(sql)
+app.add_typer(catalog_app, name="catalog")
+app.add_typer(shards_app, name="shards")
+app.command("train")(train)
+app.command("export")(export)
+app.command("train-refiner")(train_refiner)
+app.command("export-refiner")(export_refiner_cmd)
+app.command("generate")(generate)
+app.command("demo")(demo)
+app.command("report")(report)
+app.command("status")(status)
+app.command("sync")(sync)
+app.command("serve")(serve)
+app.add_typer(release_app, name="release")
+app.add_typer(filter_app, name="filter")
 
 
 def main() -> None:  # pragma: no cover - `python -m vidcorpus.cli`
