@@ -86,7 +86,7 @@ def run(label: str, inputs: Path, work: Path, cache: str, recipe: Path, cpus: in
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     code = ("import vidcorpus, sys; print(vidcorpus.__file__, file=sys.stderr); "
-            "from vidcorpus.cli import app; app()")
+            "from vidcorpus.cli.app import app; app()")
     cmd = [sys.executable, "-c", code, "run", str(inputs), "--workdir", str(work), "--no-progress",
            "--set", "models.preset=tiny", "--set", f"models.cache_dir={cache}", "--set", f"filters.recipe={recipe}",
            "--set", f"ray.num_cpus={cpus}"]
@@ -111,7 +111,7 @@ CPU_STAGES = """
 import json, sys, time
 from vidcorpus.config import load_config
 from vidcorpus.ingest.sources import read_inputs
-from vidcorpus.runner import pipeline_stages
+from vidcorpus.jobs.curate.pipeline import pipeline_stages
 from vidcorpus.schemas import rows_to_table
 inputs, work, recipe = sys.argv[1:4]
 cfg = load_config(None, [], workdir=work, inputs=[inputs], **{"filters.recipe": recipe})

@@ -35,7 +35,8 @@ def single_process(cfg) -> dict:
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.ingest.sources import read_inputs
     from vidcorpus.presets import resolve_models
-    from vidcorpus.runner import pipeline_stages, write_pending_shards
+    from vidcorpus.jobs.curate.pipeline import pipeline_stages
+    from vidcorpus.jobs.pack_shards import write_pending_shards
     from vidcorpus.schemas import rows_to_table
 
     t0 = time.perf_counter()
@@ -55,12 +56,12 @@ def ray_run(cfg) -> dict:
     import ray
 
     from vidcorpus.catalog.store import Catalog
-    from vidcorpus.runner import init_ray, run_pipeline
+    from vidcorpus.jobs.curate.pipeline import init_ray, run_pipeline
 
     t0 = time.perf_counter()
     init_ray(cfg)
     t_ray = time.perf_counter() - t0
-    summary = run_pipeline(cfg, progress=False, log=lambda _m: None)
+    summary = run_pipeline(cfg, progress=False)
     seconds = time.perf_counter() - t0
     with Catalog(cfg.catalog_path, read_only=True) as cat:
         clips = sorted(r[0] for r in cat.con.execute("SELECT clip_id FROM clips").fetchall())

@@ -117,7 +117,7 @@ def _vidcorpus_child(urls: str, work: str, cpus: int, extra: list[str]) -> None:
     as a user without a captioner would; both in this one process."""
     from typer.main import get_command
 
-    from vidcorpus.cli import app
+    from vidcorpus.cli.app import app
 
     recipe = Path(work) / "keep_all.yaml"
     recipe.write_text(KEEP_ALL)

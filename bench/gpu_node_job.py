@@ -11,7 +11,7 @@ Subcommands:
         The job loads them through the production code path: models.* set to these local paths.
 
     run --footage DIR --models DIR --work DIR --out report.json [--budget-s S] [--set k=v ...]
-        Runs ``vidcorpus.runner.run_pipeline`` (what `vidcorpus run` calls) in a child process on a
+        Runs ``vidcorpus.jobs.curate.pipeline.run_pipeline`` (what `vidcorpus run` calls) in a child process on a
         local Ray with every CPU and the GPU, and samples meanwhile: the resident memory of the whole
         process tree (driver, raylet, every Ray worker) and the host's used memory, and the GPU's
         utilisation (pynvml, else `nvidia-smi -lms 200`). After the job (or at --budget-s, when the
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import os
 import platform
 import shutil
@@ -133,10 +134,11 @@ def job_overrides(models: dict, footage: Path, work: Path, gpu: bool, cpus: int 
 def _child(args) -> None:
     """The job itself (a child process, so its whole tree can be measured and, at the budget, killed)."""
     from vidcorpus.config import load_config
-    from vidcorpus.runner import run_pipeline
+    from vidcorpus.jobs.curate.pipeline import run_pipeline
 
     cfg = load_config(None, json.loads(args.sets), inputs=[args.footage])
-    summary = run_pipeline(cfg, progress=False, log=lambda m: print(m, flush=True))
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # the run's lines, as the CLI shows them
+    summary = run_pipeline(cfg, progress=False)
     out = {k: v for k, v in summary.__dict__.items() if k != "shards"} | {"n_shards": len(summary.shards)}
     Path(args.summary).write_text(json.dumps(out, default=str))
 

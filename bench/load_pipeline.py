@@ -1,7 +1,7 @@
 """Load: N short generated videos through the whole pipeline on a local Ray, with memory sampled (issue 11).
 
 Each video is about 2.5 s at 160x128 with two shots (a hard cut in the middle). The run is
-``runner.run_pipeline`` with the tiny models on a local Ray of ``--cpus`` CPUs: download (hash in
+``pipeline.run_pipeline`` with the tiny models on a local Ray of ``--cpus`` CPUs: download (hash in
 place), probe, split, extract, technical, motion, CLIP/aesthetic, decide, caption, caption QA,
 catalog commits, dedup, shards. A sampler thread records, every ``--every`` seconds, the resident
 set size (RSS) of the driver and of every process under it (GCS, raylet, Ray workers and actors),
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -163,8 +164,9 @@ def main() -> None:
                          "same catalog (RSS over a longer span: does it grow from round to round?)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the runs' lines, as the CLI shows them
 
-    from vidcorpus import runner
+    from vidcorpus.jobs.curate import pipeline
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.config import load_config
     from vidcorpus.presets import resolve_models
@@ -205,8 +207,7 @@ def main() -> None:
     try:
         for r, lst in enumerate(lists):
             t_r, n0 = time.time() - sampler.t0, len(sampler.samples)
-            summary = runner.run_pipeline(cfg.model_copy(update={"inputs": [str(lst)]}), progress=False,
-                                          log=lambda m: print(m, flush=True))
+            summary = pipeline.run_pipeline(cfg.model_copy(update={"inputs": [str(lst)]}), progress=False)
             part = sampler.samples[n0:]
             rounds.append({"round": r, "start_s": round(t_r, 1), "seconds": round(time.time() - sampler.t0 - t_r, 1),
                            "rows": summary.rows_committed,

@@ -41,16 +41,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 DRIVER = """
+import logging
 import sys
 from vidcorpus.config import load_config
-from vidcorpus.runner import run_pipeline
-from vidcorpus import runner
+from vidcorpus.jobs.curate.pipeline import run_pipeline
+from vidcorpus.jobs.curate import pipeline
 work, inputs, cache = sys.argv[1:4]
 cfg = load_config(None, ["ray.num_cpus=2", "ray.commit_rows=4", "ingest.allow_private_addresses=true", "ingest.retries=3",
                          "ingest.backoff_s=0.05", "ingest.read_timeout_s=1.0", "ingest.connect_timeout_s=2.0",
                          "shards.max_samples=4"],
                   workdir=work, inputs=[inputs], **{"models.cache_dir": cache})
-s = run_pipeline(cfg, progress=False, log=lambda m: print(m, flush=True))
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # the run's lines, as the CLI shows them
+s = run_pipeline(cfg, progress=False)
 print("DONE", s.rows_committed, len(s.shards), flush=True)
 """
 SECRET = "soakSecret0123456789"

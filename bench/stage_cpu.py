@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from vidcorpus.config import load_config
     from vidcorpus.ingest.sources import read_inputs
-    from vidcorpus.runner import pipeline_stages
+    from vidcorpus.jobs.curate.pipeline import pipeline_stages
     from vidcorpus.schemas import rows_to_table
 
     model_stages = {"clip", "caption", "caption_align"}

@@ -113,7 +113,7 @@ def s3(monkeypatch, s3_credentials):
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory, model_cache):
     """The demo, run once per test session (it starts a local Ray and builds the tiny models)."""
-    from vidcorpus.demo import run_demo
+    from vidcorpus.jobs.demo import run_demo
 
     out = run_demo(tmp_path_factory.mktemp("demo"), steps=20, progress=False)
     yield out

@@ -462,7 +462,7 @@ def test_caption_versions_round_trip_catalog_shards_training(tmp_path):
     from vidcorpus.config import TrainConfig, load_config
     from vidcorpus.ids import clip_id
     from vidcorpus.media import encode_video, save_jpeg
-    from vidcorpus.runner import write_pending_shards
+    from vidcorpus.jobs.pack_shards import write_pending_shards
     from vidcorpus.train.data import decode_sample
 
     frames = np.random.default_rng(0).integers(0, 256, (8, 64, 96, 3), dtype=np.uint8)

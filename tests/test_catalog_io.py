@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from vidcorpus.catalog.schema import LATEST_VERSION, MIGRATIONS, wide_view_sql
 from vidcorpus.catalog.store import Catalog, CatalogError
-from vidcorpus.cli import app
+from vidcorpus.cli.app import app
 from vidcorpus.config import load_config
-from vidcorpus.runner import write_pending_shards
+from vidcorpus.jobs.pack_shards import write_pending_shards
 
 from test_catalog_shards import _clip_rows
 

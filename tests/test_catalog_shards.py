@@ -11,7 +11,7 @@ from vidcorpus.catalog.store import Catalog, CatalogError
 from vidcorpus.config import load_config
 from vidcorpus.ids import clip_id
 from vidcorpus.media import encode_video
-from vidcorpus.runner import write_pending_shards
+from vidcorpus.jobs.pack_shards import write_pending_shards
 from vidcorpus.schemas import empty_row
 from vidcorpus.shards.buckets import bucket_of
 from vidcorpus.synth import _shapes_shot

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from vidcorpus.cli import app
+from vidcorpus.cli.app import app
 
 runner = CliRunner()
 
@@ -93,7 +93,7 @@ def test_production_preset_offline_fails_fast_naming_the_fix(tmp_path, monkeypat
 
 def test_gpu_stages_share_each_gpu_so_a_one_gpu_machine_cannot_deadlock():
     from vidcorpus.config import Config
-    from vidcorpus.runner import pipeline_stages
+    from vidcorpus.jobs.curate.pipeline import pipeline_stages
     from vidcorpus.stage_settings import resolve
 
     stages = pipeline_stages()

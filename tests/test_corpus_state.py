@@ -18,7 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 from vidcorpus.catalog.store import Catalog
-from vidcorpus.cli import app
+from vidcorpus.cli.app import app
 from vidcorpus.filters.recipes import RECIPE_DIR
 
 cli = CliRunner()
@@ -185,7 +185,7 @@ def test_a_recipe_from_a_file_stays_readable_from_the_catalog(ws):
     assert history[-1]["origin"] == "filter apply" and len(history[-1]["sha256"]) == 64
     out = vc(ws, "sync", "--no-progress")  # deciding, captioning and sharding need no file
     assert "under lenient_v1@1" in out
-    from vidcorpus.report import load_report_data
+    from vidcorpus.jobs.report.scope import load_report_data
 
     with Catalog(ws.catalog, read_only=True) as cat:  # and the report draws its thresholds
         data = load_report_data(cat)
@@ -247,7 +247,7 @@ def test_production_preset_decides_with_a_production_recipe_and_says_so(ws):
 
 def test_train_without_a_selection_trains_on_the_active_recipes_kept_captioned_clips(ws):
     from vidcorpus.config import load_config
-    from vidcorpus.training import select_training_shards
+    from vidcorpus.jobs.shard_selection import select_training_shards
 
     vc(ws, "filter", "apply", ws.strict)
     strict = kept_by(ws, "strict_v1@1")

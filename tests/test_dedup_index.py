@@ -172,7 +172,7 @@ def test_a_run_reads_the_catalogs_embeddings_once_not_once_per_window(tmp_path, 
     (the catalog's and the run's own) is read once, and the catalog's rank scores fetched once."""
     import pyarrow.parquet as pq
 
-    from vidcorpus import runner
+    from vidcorpus.jobs.curate import pipeline
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.config import load_config
     from vidcorpus.schemas import rows_to_table
@@ -188,7 +188,7 @@ def test_a_run_reads_the_catalogs_embeddings_once_not_once_per_window(tmp_path, 
     clips = [_row(f"w{i}", _unit(rng.standard_normal(DIM)), 5.0) for i in range(11)]
     clips.append(_row("copy", np.asarray(earlier[0]["embedding"], np.float32), 9.0, sha=earlier[0]["content_sha256"]))
 
-    from vidcorpus.run_commit import RunCommitter
+    from vidcorpus.jobs.curate.commit import RunCommitter
 
     reads: Counter = Counter()
     read_table = pq.read_table
@@ -207,8 +207,8 @@ def test_a_run_reads_the_catalogs_embeddings_once_not_once_per_window(tmp_path, 
 
     monkeypatch.setattr(pq, "read_table", counting)
     monkeypatch.setattr(Catalog, "latest_scores", counting_latest)
-    summary = runner.RunSummary(run_id="run1")
-    committer = RunCommitter(cfg, cat, "run1", summary, log=lambda _m: None)
+    summary = pipeline.RunSummary(run_id="run1")
+    committer = RunCommitter(cfg, cat, "run1", summary)
     for w in range(4):  # four groups of whole sources, each committed in two batches
         part = clips[3 * w:3 * w + 3]
         committer.add(rows_to_table(part[:2]))

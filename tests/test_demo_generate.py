@@ -24,7 +24,7 @@ def _frames(path: str) -> np.ndarray:
 
 
 def test_demo_exports_a_refiner_and_the_printed_generate_command_writes_a_video(demo, tmp_path):
-    from vidcorpus.cli import app
+    from vidcorpus.cli.app import app
 
     refiner_dir = Path(demo["refiner_dir"])
     assert json.loads((refiner_dir / "model_index.json").read_text())["_class_name"] == "VideoToVideoSDPipeline"
@@ -47,7 +47,7 @@ def test_generate_shows_progress_per_stage_and_step(demo, tmp_path):
     from rich.console import Console
 
     from vidcorpus.config import load_config
-    from vidcorpus.refining import generate_video
+    from vidcorpus.jobs.generate import generate_video
 
     cfg = load_config(None, ["generate.height=96", "generate.width=160", "generate.num_frames=2",
                              "generate.base_height=64", "generate.base_width=96", "generate.base_steps=3",

@@ -406,8 +406,8 @@ def test_decompression_bombs_are_too_large(tmp_path):
 def test_ingest_retry_failed_requeues_only_that_class(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from vidcorpus import runner
-    from vidcorpus.cli import app
+    from vidcorpus.jobs.curate import pipeline
+    from vidcorpus.cli.app import app
 
     (tmp_path / "urls.txt").write_text("".join(f"https://example.com/{n}.mp4\n" for n in ("a", "b", "c")))
     sources = read_inputs([str(tmp_path / "urls.txt")])
@@ -419,9 +419,9 @@ def test_ingest_retry_failed_requeues_only_that_class(tmp_path, monkeypatch):
         cat.mark_sources_done([sources[2]["source_id"]])
     queued: list[list[str]] = []
     # Stop at the boundary to Ray: record which sources the job would process.
-    monkeypatch.setattr(runner, "_process", lambda cfg, cat, run_id, todo, *a: queued.append([r["uri"] for r in todo]))
-    monkeypatch.setattr(runner, "resolve_models", lambda m, **_kw: m)
-    monkeypatch.setattr(runner, "preflight_pipeline", lambda m, *_a: None)
+    monkeypatch.setattr(pipeline, "_process", lambda cfg, cat, run_id, todo, *a: queued.append([r["uri"] for r in todo]))
+    monkeypatch.setattr(pipeline, "resolve_models", lambda m, **_kw: m)
+    monkeypatch.setattr(pipeline, "preflight_pipeline", lambda m, *_a: None)
     cli = CliRunner()
     base = ["ingest", str(tmp_path / "urls.txt"), "--workdir", str(work), "--no-progress"]
     for extra in (["--retry-failed", "--error-class", "timeout"], ["--retry-failed"], []):

@@ -88,11 +88,11 @@ def test_training_ran_on_shard_samples_with_finite_loss(demo):
 
 
 def test_rerun_adds_nothing(demo):
-    from vidcorpus.runner import run_pipeline
+    from vidcorpus.jobs.curate.pipeline import run_pipeline
 
     tables = ("sources", "clips", "scores", "captions", "decisions", "shards", "shard_members")
     before = {t: _q(demo, f"SELECT count(*) AS n FROM {t}")[0]["n"] for t in tables}
-    summary = run_pipeline(demo["config"], progress=False, log=lambda *_: None)
+    summary = run_pipeline(demo["config"], progress=False)
     after = {t: _q(demo, f"SELECT count(*) AS n FROM {t}")[0]["n"] for t in tables}
     assert after == before
     # only the broken file is tried again, and it fails again: one more attempt, no new row
@@ -108,7 +108,7 @@ def test_demo_finishes_in_time(demo):
 def test_demo_trains_on_a_release_of_exactly_the_kept_clips(demo):
     import hashlib
 
-    from vidcorpus.releases import release_manifest
+    from vidcorpus.jobs.release import release_manifest
 
     manifest, _root = release_manifest(demo["config"], "demo")
     kept = {r["clip_id"] for r in _q(demo, "SELECT clip_id FROM clips_wide WHERE kept")}
@@ -168,14 +168,14 @@ def test_training_resumes_from_the_demo_checkpoint(demo, tmp_path):
 
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.train.checkpoint import read_state
-    from vidcorpus.training import run_training
+    from vidcorpus.jobs.train import run_training
 
     cfg = demo["config"]
     catalog = tmp_path / "catalog.duckdb"  # a copy: the session's demo catalog stays as the other tests expect
     shutil.copy(cfg.catalog_path, catalog)
     cfg = cfg.model_copy(update={"catalog": str(catalog), "train": cfg.train.model_copy(update={"steps": 23})})
     before = read_state(demo["training"].checkpoint_dir)
-    summary = run_training(cfg, output=str(tmp_path / "run"), progress=False, log=lambda *_: None,
+    summary = run_training(cfg, output=str(tmp_path / "run"), progress=False,
                            resume=demo["training"].checkpoint_dir)
     assert summary.run_id == demo["training"].run_id and summary.steps == 23
     state = read_state(summary.checkpoint_dir)

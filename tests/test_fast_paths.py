@@ -182,7 +182,7 @@ def test_stills_that_differ_from_their_clip_switch_the_stills_path_off(tmp_path)
 
 @pytest.mark.slow
 def test_a_switch_off_in_a_ray_worker_reaches_the_log_and_the_events_table(tmp_path, model_cache, tiny_vlm,
-                                                                            monkeypatch):
+                                                                            monkeypatch, caplog):
     """`vidcorpus run` where the installed transformers looks newer than tested (a distribution record
     of version 99 ahead on the workers' path): the captioner's fast path switches off inside the Ray
     worker; the driver prints the warning once, the run's events table counts it, each caption row
@@ -191,10 +191,10 @@ def test_a_switch_off_in_a_ray_worker_reaches_the_log_and_the_events_table(tmp_p
     from typer.testing import CliRunner
 
     from vidcorpus.catalog.store import Catalog
-    from vidcorpus.cli import app
+    from vidcorpus.cli.app import app
     from vidcorpus.config import load_config
-    from vidcorpus.report import build_report
-    from vidcorpus.runner import run_pipeline
+    from vidcorpus.jobs.report.build import build_report
+    from vidcorpus.jobs.curate.pipeline import run_pipeline
     from vidcorpus.synth import make_corpus
 
     fake = tmp_path / "fake-dists" / "transformers-99.0.dist-info"
@@ -205,12 +205,12 @@ def test_a_switch_off_in_a_ray_worker_reaches_the_log_and_the_events_table(tmp_p
     corpus = make_corpus(tmp_path / "corpus", n_videos=1, n_images=1, broken=False, include_real=False)
     cfg = load_config(None, ["ray.num_cpus=2", "captioning.decode=static_graph", f"models.captioner={tiny_vlm}"],
                       workdir=str(tmp_path / "work"), inputs=[corpus["list"]])
-    lines: list[str] = []
     ray.shutdown()
     try:
-        run_pipeline(cfg, progress=False, log=lines.append)
+        run_pipeline(cfg, progress=False)
     finally:
         ray.shutdown()
+    lines = [r.getMessage() for r in caplog.records]  # the driver's log: what `vidcorpus run` prints
     said = [line for line in lines if "fast path static_graph off" in line]
     assert len(said) == 1 and "transformers 99.0 is outside the tested range" in said[0], lines
     with Catalog(cfg.catalog_path, read_only=True) as cat:
@@ -231,7 +231,7 @@ def test_a_switch_off_in_a_ray_worker_reaches_the_log_and_the_events_table(tmp_p
 
 
 def test_a_probe_mismatch_in_the_caption_stage_reaches_the_driver_log_and_the_events_table(tiny_vlm, tmp_path,
-                                                                                           monkeypatch):
+                                                                                           monkeypatch, caplog):
     """The caption stage (as a Ray worker runs it) whose static path fails the probe: captions come
     from generate and say so; the switch-off travels on the rows, and the driver's commit logs it once
     and writes it to the run's events row."""
@@ -239,8 +239,8 @@ def test_a_probe_mismatch_in_the_caption_stage_reaches_the_driver_log_and_the_ev
     from vidcorpus.captioning.stage import CaptionStage
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.config import load_config
-    from vidcorpus.run_commit import RunCommitter
-    from vidcorpus.runner import RunSummary
+    from vidcorpus.jobs.curate.commit import RunCommitter
+    from vidcorpus.jobs.curate.pipeline import RunSummary
     from vidcorpus.schemas import empty_row, rows_to_table
     from vidcorpus.synth import make_video
 
@@ -260,16 +260,15 @@ def test_a_probe_mismatch_in_the_caption_stage_reaches_the_driver_log_and_the_ev
     out = CaptionStage(cfg)(rows_to_table(rows))
     captions = [c for r in out.to_pylist() for c in r["captions"]]
     assert len(captions) == 4 and {c["decode"] for c in captions} == {"default"}
-    lines: list[str] = []
     Path(cfg.catalog_path).parent.mkdir(parents=True, exist_ok=True)
     with Catalog(cfg.catalog_path) as cat:
         cat.begin_run("run-probe", "pipeline", "{}", "test")
-        committer = RunCommitter(cfg, cat, "run-probe", RunSummary(run_id="run-probe"), log=lines.append)
+        committer = RunCommitter(cfg, cat, "run-probe", RunSummary(run_id="run-probe"))
         committer.add(out)
         committer.finish()
         [event] = cat.events("run-probe")
         stored = {r["decode"] for r in cat.query_dicts("SELECT decode FROM captions")}
-    said = [line for line in lines if "fast path static_graph off" in line]
+    said = [m for r in caplog.records if "fast path static_graph off" in (m := r.getMessage())]  # the driver's log
     assert len(said) == 1 and "probe tokens were not the model's own choice" in said[0]
     assert event["stage"] == "caption" and event["kind"] == "FastPathWarning" and event["count"] == 1
     assert "probe tokens were not the model's own choice" in event["message"] and stored == {"default"}

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from test_corpus_state import _recipe_file  # a demo_v1 variant written to a file
 from vidcorpus.catalog.store import Catalog
-from vidcorpus.cli import app
+from vidcorpus.cli.app import app
 from vidcorpus.config import load_config
 from vidcorpus.ids import source_id
 from vidcorpus.media import probe_video
@@ -158,7 +158,7 @@ def test_a_dropped_shot_is_never_encoded_and_keeps_its_rows_and_still(tmp_path, 
     from vidcorpus.ingest import extract
     from vidcorpus.ingest.sources import read_inputs
     from vidcorpus.presets import resolve_models
-    from vidcorpus.runner import pipeline_stages
+    from vidcorpus.jobs.curate.pipeline import pipeline_stages
     from vidcorpus.synth import make_corpus
 
     encoded: list[int] = []
@@ -206,7 +206,7 @@ def test_a_dropped_shot_is_never_encoded_and_keeps_its_rows_and_still(tmp_path, 
     # the report draws the dropped clip's still (not the grey "no first frame" tile)
     from PIL import Image
 
-    from vidcorpus.report import build_report
+    from vidcorpus.jobs.report.build import build_report
 
     build_report(cfg.catalog_path, tmp_path / "report")
     thumb = tmp_path / "report" / "thumbs" / f"{dropped[0]['clip_id']}.jpg"

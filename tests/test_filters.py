@@ -499,7 +499,7 @@ def test_duplicates_exact_and_near_keep_the_best_copy(tiny, media, tmp_path):
     from typer.testing import CliRunner
 
     from vidcorpus.catalog.store import Catalog as Reader
-    from vidcorpus.cli import app
+    from vidcorpus.cli.app import app
 
     out = CliRunner().invoke(app, ["filter", "dedup", "--catalog", str(tmp_path / "cat.duckdb"),
                                    "--set", f"filters.recipe={recipe_file}"])
@@ -579,7 +579,7 @@ def test_apply_redecides_from_stored_scores_only(tmp_path):
 def test_sweep_and_cli_filter_commands(tmp_path):
     from typer.testing import CliRunner
 
-    from vidcorpus.cli import app
+    from vidcorpus.cli.app import app
     from vidcorpus.filters.apply import sweep
     from vidcorpus.filters.recipes import load_recipe
 

@@ -145,7 +145,7 @@ def test_a_detector_can_report_its_own_transition_spans(tmp_path, two_shots, mon
 
 def test_verify_reports_frames_in_no_clip_and_no_dropped_row(tmp_path, two_shots):
     """What the bug left behind: frames 48-88 in no row. `catalog verify` names the source and exits 1."""
-    from vidcorpus.cli import app
+    from vidcorpus.cli.app import app
 
     rows = _split_and_extract(_cfg(tmp_path, "split.trim_frames=2"), two_shots)
     with _commit(tmp_path, "run1", rows, name="catalog.duckdb") as cat:
@@ -200,7 +200,7 @@ def test_uncovered_ranges():
 
 
 def test_footage_report_accounts_for_every_frame(tmp_path, two_shots):
-    from vidcorpus.report_footage import footage_rows
+    from vidcorpus.jobs.report.footage import footage_rows
 
     rows = _split_and_extract(_cfg(tmp_path, "split.trim_frames=2"), two_shots)
     with _commit(tmp_path, "run1", rows) as cat:
@@ -236,7 +236,7 @@ def test_a_source_whose_every_shot_is_trimmed_away_is_done_with_its_frames_accou
     too_short dropped row, and a second `vidcorpus run` processes nothing."""
     import ray
 
-    from vidcorpus.cli import app
+    from vidcorpus.cli.app import app
 
     media = tmp_path / "media"
     media.mkdir()

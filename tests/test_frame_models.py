@@ -154,7 +154,7 @@ def test_a_recipe_needing_a_missing_extra_fails_before_the_run(monkeypatch, tmp_
 def test_report_thumbnails_of_likely_nsfw_clips_are_blurred(frames, tmp_path):
     import cv2
 
-    from vidcorpus.report_html import Writer
+    from vidcorpus.jobs.report.html_pages import Writer
 
     src = tmp_path / "frame.jpg"
     Image.fromarray(frames["plain"][1]).save(src)

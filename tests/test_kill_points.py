@@ -33,8 +33,9 @@ import pytest
 from vidcorpus.catalog.store import Catalog
 
 SCRIPT = r"""
-import os, sys, time
-from vidcorpus import runner
+import logging, os, sys, time
+from vidcorpus.jobs import pack_shards
+from vidcorpus.jobs.curate import pipeline
 from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import load_config
 from vidcorpus.filters.clip_scores import ClipScoreStage
@@ -80,9 +81,9 @@ class HookedScore(ClipScoreStage):
         return super().__call__(batch)
 
 
-stages = runner.pipeline_stages
+stages = pipeline.pipeline_stages
 swap = {DownloadStage: HookedDownload, TechnicalStage: HookedTechnical, ClipScoreStage: HookedScore}
-runner.pipeline_stages = lambda: [swap.get(s, s) for s in stages()]
+pipeline.pipeline_stages = lambda: [swap.get(s, s) for s in stages()]
 
 upsert = Catalog._upsert
 def hooked_upsert(self, table, rows):
@@ -92,7 +93,7 @@ def hooked_upsert(self, table, rows):
     return n
 Catalog._upsert = hooked_upsert
 
-runner._ray_ready = lambda: False  # shards are written by this process, so the kill lands in the writer
+pack_shards._ray_ready = lambda: False  # shards are written by this process, so the kill lands in the writer
 sample_of = writer.sample_of
 def hooked_sample_of(*a, **kw):
     if "shard" in points and first("shard"):
@@ -101,7 +102,8 @@ def hooked_sample_of(*a, **kw):
 writer.sample_of = hooked_sample_of
 
 cfg = load_config(None, ["ray.num_cpus=2", "ingest.retries=0", "ray.commit_rows=2"], workdir=work, inputs=[inputs])
-s = runner.run_pipeline(cfg, progress=False, log=lambda m: print(m, flush=True))
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # the run's lines, as the CLI shows them
+s = pipeline.run_pipeline(cfg, progress=False)
 print("DONE", s.rows_committed, flush=True)
 """
 SECRET = "hunter2secretKey9876"

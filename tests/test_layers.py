@@ -33,19 +33,6 @@ LAYER_OF_PACKAGE: dict[str, str] = {
     "vidcorpus.catalog": STAGE,
     "vidcorpus.train": STAGE,
 }
-# Application modules that still lie directly in vidcorpus/ until they move into vidcorpus/cli/
-# and vidcorpus/jobs/ (issue 24). A name here counts only while it is a file directly in vidcorpus/:
-# once moved, the packages' rule above decides, and their import circles fail the test.
-APP_MODULES_NOT_YET_MOVED: frozenset[str] = frozenset(
-    "vidcorpus." + name
-    for name in (
-        "cli", "cli_errors", "cli_measure", "cli_release", "cli_serve", "cli_state", "runner",
-        "run_commit", "sync", "extract_pending", "caption_pool", "releases", "training", "refining",
-        "latent_cache", "demo", "report", "report_footage", "report_html", "report_labels",
-        "report_plots", "report_queries", "report_scope", "report_sections", "report_stages",
-        "report_terminal",
-    )
-)
 # Which layer may import which (a stage may import its own folder: see `allowed`).
 MAY_IMPORT: dict[str, frozenset[str]] = {
     CORE: frozenset({CORE}),
@@ -78,15 +65,7 @@ def layer_of(name: str) -> str:
     for package, layer in LAYER_OF_PACKAGE.items():
         if name == package or name.startswith(package + "."):
             return layer
-    if name in APP_MODULES_NOT_YET_MOVED:
-        return APP
     return CORE
-
-
-def not_yet_moved(name: str, modules: dict[str, Path]) -> bool:
-    path = modules.get(name)
-    return (name in APP_MODULES_NOT_YET_MOVED and path is not None and path.name != "__init__.py"
-            and path.parent == ROOT / "vidcorpus")
 
 
 def stage_folder(name: str) -> str:
@@ -217,9 +196,7 @@ def test_every_import_points_down_the_layers():
 
 
 def test_no_module_level_import_cycles():
-    modules = source_modules()
-    cycles = [c for c in import_cycles(all_imports())
-              if not all(not_yet_moved(name, modules) for name in c)]  # see APP_MODULES_NOT_YET_MOVED
+    cycles = import_cycles(all_imports())
     assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
 
 

@@ -56,3 +56,21 @@ def test_tested_versions_lie_inside_the_declared_ranges():
         name = canonicalize_name(req.name)
         assert name in pins, f"{req.name} is not pinned in constraints.txt"
         assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} is outside {req.specifier}"
+
+
+def test_every_subpackage_ships_and_the_console_script_runs(tmp_path):
+    """Every folder of ``vidcorpus/`` with an ``__init__.py`` (cli/, jobs/, ...) is a package the wheel
+    lists, and the console script's target is the app: `vidcorpus --help` answers."""
+    import importlib
+    import tomllib
+
+    from typer.testing import CliRunner
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed = set(project["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "vidcorpus").rglob("__init__.py")}
+    assert on_disk <= listed, f"packages missing from pyproject: {sorted(on_disk - listed)}"
+    module, _, attr = project["project"]["scripts"]["vidcorpus"].partition(":")
+    app = getattr(importlib.import_module(module), attr)
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0 and "release" in result.output and "train-refiner" in result.output

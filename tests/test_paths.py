@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from test_catalog_shards import _clip_rows
 from vidcorpus.catalog.store import Catalog
-from vidcorpus.cli import app
+from vidcorpus.cli.app import app
 from vidcorpus.paths import absolute, is_relative_path
 
 cli = CliRunner()

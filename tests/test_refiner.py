@@ -151,7 +151,7 @@ def test_cascade_writes_the_requested_video_from_exports_and_checkpoints(models,
     from diffusers import UNet3DConditionModel, VideoToVideoSDPipeline
     from PIL import Image
 
-    from vidcorpus.cli import app
+    from vidcorpus.cli.app import app
     from vidcorpus.config import TrainConfig
     from vidcorpus.train.loop import train_base
     from vidcorpus.train.refiner import train_refiner
@@ -219,7 +219,7 @@ def test_cascade_writes_the_requested_video_from_exports_and_checkpoints(models,
 
 @pytest.mark.parametrize("cmd", ["train-refiner", "export-refiner", "generate"])
 def test_refiner_commands_explain_themselves(cmd):
-    from vidcorpus.cli import app
+    from vidcorpus.cli.app import app
 
     r = CliRunner().invoke(app, [cmd, "--help"])
     assert r.exit_code == 0 and "Usage" in r.output, r.output
@@ -228,14 +228,14 @@ def test_refiner_commands_explain_themselves(cmd):
 @pytest.mark.slow
 def test_train_refiner_selects_from_the_catalog_and_records_the_run(demo, tmp_path):
     from vidcorpus.catalog.store import Catalog
-    from vidcorpus.refining import run_refiner_training
+    from vidcorpus.jobs.train import run_training
     from vidcorpus.train.checkpoint import read_state
 
     cfg = demo["config"]
     catalog = tmp_path / "catalog.duckdb"  # a copy: the session's demo catalog stays as other tests expect it
     shutil.copy(cfg.catalog_path, catalog)
     cfg = cfg.model_copy(update={"catalog": str(catalog), "refiner": _cfg(steps=2, select="kept")})
-    summary = run_refiner_training(cfg, output=str(tmp_path / "run"), progress=False, log=lambda *_: None)
+    summary = run_training(cfg, output=str(tmp_path / "run"), progress=False, stage="refiner")
     assert summary.steps == 2 and len(summary.losses) == 2
     state = read_state(summary.checkpoint_dir)
     assert state["stage"] == "refiner" and state["data"]["stage"] == "refiner" and state["data"]["select"] == "kept"

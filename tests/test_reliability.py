@@ -31,7 +31,7 @@ from vidcorpus.config import load_config
 from vidcorpus.errors import StorageFullError
 from vidcorpus.ingest.download import DownloadStage
 from vidcorpus.ingest.sources import read_inputs
-from vidcorpus.runner import write_pending_shards
+from vidcorpus.jobs.pack_shards import write_pending_shards
 from vidcorpus.shards.writer import write_shard
 
 
@@ -384,8 +384,8 @@ def test_a_full_store_during_a_run_ends_the_command_with_a_clear_error(tmp_path,
     """However deep Ray wraps it (RayTaskError keeps the worker's exception as `.cause`)."""
     from typer.testing import CliRunner
 
-    from vidcorpus import runner
-    from vidcorpus.cli import app
+    from vidcorpus.jobs.curate import pipeline
+    from vidcorpus.cli.app import app
 
     class Wrapped(RuntimeError):  # the shape of a Ray task error
         def __init__(self, cause):
@@ -395,9 +395,9 @@ def test_a_full_store_during_a_run_ends_the_command_with_a_clear_error(tmp_path,
     def full(*_a, **_kw):
         raise Wrapped(OSError(errno.ENOSPC, "No space left on device", "/staging/sources/x.part"))
 
-    monkeypatch.setattr(runner, "_process", full)
-    monkeypatch.setattr(runner, "resolve_models", lambda m, **_kw: m)
-    monkeypatch.setattr(runner, "preflight_pipeline", lambda m, *_a: None)
+    monkeypatch.setattr(pipeline, "_process", full)
+    monkeypatch.setattr(pipeline, "resolve_models", lambda m, **_kw: m)
+    monkeypatch.setattr(pipeline, "preflight_pipeline", lambda m, *_a: None)
     (tmp_path / "urls.txt").write_text("https://example.com/a.mp4\n")
     result = CliRunner().invoke(app, ["ingest", str(tmp_path / "urls.txt"), "--workdir", str(tmp_path / "w"),
                                       "--no-progress"])

@@ -20,7 +20,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vidcorpus.catalog.store import Catalog
-from vidcorpus.report import build_report, load_report_data, source_domain
+from vidcorpus.jobs.report.build import build_report
+from vidcorpus.jobs.report.scope import load_report_data, source_domain
 
 HOSTILE = '<script>console.error("xss");window.__pwned=1</script><b>bold</b> & more'
 CHROMIUM = shutil.which("chromium")
@@ -34,7 +35,7 @@ def catalog(tmp_path_factory, model_cache) -> dict:
     from vidcorpus.config import load_config
     from vidcorpus.ingest.sources import read_inputs
     from vidcorpus.presets import resolve_models
-    from vidcorpus.runner import pipeline_stages
+    from vidcorpus.jobs.curate.pipeline import pipeline_stages
     from vidcorpus.schemas import rows_to_table
     from vidcorpus.synth import make_corpus
 
@@ -127,7 +128,7 @@ def test_report_data_follows_the_catalog_and_filters_by_run(catalog, tmp_path):
 
 def test_release_report_shows_the_release_recipe_population(catalog, tmp_path):
     from vidcorpus.config import load_config
-    from vidcorpus.releases import create_release
+    from vidcorpus.jobs.release import create_release
 
     copy = tmp_path / "c.duckdb"
     shutil.copy(catalog["path"], copy)
@@ -135,7 +136,7 @@ def test_release_report_shows_the_release_recipe_population(catalog, tmp_path):
     with Catalog(copy, read_only=True) as cat:
         kept = cat.query_dicts("SELECT clip_id, duration_s FROM clips_wide WHERE kept ORDER BY duration_s")
     cut = kept[len(kept) // 2]["duration_s"]
-    create_release(cfg, "long", "demo_v1", select=f"duration_s >= {cut}", progress=False, log=lambda _m: None)
+    create_release(cfg, "long", "demo_v1", select=f"duration_s >= {cut}", progress=False)
     with Catalog(copy, read_only=True) as cat:
         members = cat.release_clip_ids("long")
         with pytest.raises(ValueError, match="no release 'nope'.*long"):
@@ -152,7 +153,7 @@ def test_release_report_shows_the_release_recipe_population(catalog, tmp_path):
 
 
 def test_report_is_self_contained_escaped_and_renders_in_chromium(catalog, tmp_path):
-    from vidcorpus.cli import app
+    from vidcorpus.cli.app import app
 
     out = tmp_path / "report"
     t0 = time.time()
@@ -253,7 +254,7 @@ def test_report_figures_equal_what_the_rows_say(catalog):
     equal the same figures computed in numpy from every row (what the report did before issue 24)."""
     import numpy as np
 
-    from vidcorpus import report_queries as rq
+    from vidcorpus.jobs.report import queries as rq
 
     ops = {">=": np.greater_equal, ">": np.greater, "<=": np.less_equal, "<": np.less, "==": np.equal,
            "!=": np.not_equal}
@@ -336,7 +337,7 @@ def test_report_figures_equal_what_the_rows_say(catalog):
 def test_the_domain_in_sql_is_source_domain():
     import duckdb
 
-    from vidcorpus.report_scope import domain_key_sql, domain_sql
+    from vidcorpus.jobs.report.scope import domain_key_sql, domain_sql
 
     uris = ["https://Videos.Example.com:443/a.mp4", "http://user:pw@host.org/x?y#z", "s3://bucket/key.mp4",
             "file:///tmp/a.mp4", "/tmp/a.mp4", "C:\\videos\\a.mp4", "relative/a.mp4", "", None, "gs://b/k",
@@ -354,8 +355,8 @@ def test_caption_words_flags_and_box_statistics_match_python_and_matplotlib():
     import numpy as np
     from matplotlib.cbook import boxplot_stats
 
-    from vidcorpus import report_queries as rq
-    from vidcorpus.report_scope import ReportData
+    from vidcorpus.jobs.report import queries as rq
+    from vidcorpus.jobs.report.scope import ReportData
 
     texts = ["a b c", "  lead", "trail ", "two  spaces", "tab\there", "new\nline", "", None, "one", "nbsp\xa0word",
              "ideographic\u3000space", "unit\x1fsep", "vertical\x0btab", "é è"]

@@ -19,8 +19,8 @@ from vidcorpus.config import load_config
 
 def test_a_source_is_done_only_once_every_row_it_became_is_committed(tmp_path):
     """The committer counts each source's rows against ``source_rows`` (what the split stamped)."""
-    from vidcorpus.run_commit import RunCommitter
-    from vidcorpus.runner import RunSummary
+    from vidcorpus.jobs.curate.commit import RunCommitter
+    from vidcorpus.jobs.curate.pipeline import RunSummary
     from vidcorpus.schemas import empty_row, rows_to_table
 
     cfg = load_config(None, ["ray.window_sources=1", "filters.dedup=false"], workdir=str(tmp_path / "w"))
@@ -32,7 +32,7 @@ def test_a_source_is_done_only_once_every_row_it_became_is_committed(tmp_path):
 
     with Catalog(cfg.catalog_path) as cat:
         cat.begin_run("r1", "pipeline", "{}", "test")
-        committer = RunCommitter(cfg, cat, "r1", RunSummary(run_id="r1"), log=lambda _m: None)
+        committer = RunCommitter(cfg, cat, "r1", RunSummary(run_id="r1"))
         committer.add(rows_to_table([clip("a", 0, 3), clip("a", 1, 3), clip("b", 0, None)]))
         assert cat.done_source_ids() == {"b"}  # b's only row is in; a has 2 of its 3
         committer.add(rows_to_table([clip("a", 2, 3)]))
@@ -43,7 +43,7 @@ def test_declared_resources_and_configured_batch_sizes_reach_ray(tmp_path):
     """What a stage declares, overridden by stages.<name> in the config, is what its Ray workers get."""
     import ray
 
-    from vidcorpus.runner import build_dataset, init_ray
+    from vidcorpus.jobs.curate.pipeline import build_dataset, init_ray
     from vidcorpus.schemas import empty_row
     from vidcorpus.stage import Resources, Stage
 
@@ -94,7 +94,7 @@ def test_stages_that_decode_the_source_take_whole_blocks_unless_the_config_says_
 def test_an_unknown_stage_in_the_config_is_one_line_and_no_run(tmp_path, model_cache):
     from typer.testing import CliRunner
 
-    from vidcorpus.cli import app
+    from vidcorpus.cli.app import app
     from vidcorpus.synth import make_corpus
 
     corpus = make_corpus(tmp_path / "corpus", n_videos=1, n_images=0, broken=False, include_real=False)
@@ -109,7 +109,7 @@ def test_models_load_once_per_job_and_a_killed_driver_redoes_only_sources_not_do
                                                                                     monkeypatch):
     import ray
 
-    from vidcorpus import runner
+    from vidcorpus.jobs.curate import pipeline
     from vidcorpus.synth import make_corpus
 
     corpus = make_corpus(tmp_path / "corpus", n_videos=2, n_images=2, broken=False, include_real=False)
@@ -129,11 +129,11 @@ def test_models_load_once_per_job_and_a_killed_driver_redoes_only_sources_not_do
         return commit(self, run_id, rows, *a, **kw)
 
     monkeypatch.setattr(Catalog, "commit_results", crashing_commit)
-    monkeypatch.setattr("vidcorpus.run_commit.STATS_EVERY_S", 0.0)  # the stage table after every commit
+    monkeypatch.setattr("vidcorpus.jobs.curate.commit.STATS_EVERY_S", 0.0)  # the stage table after every commit
     ray.shutdown()
     try:
         with pytest.raises(RuntimeError, match="killed mid-run"):
-            runner.run_pipeline(cfg, progress=False, log=lambda _m: None)
+            pipeline.run_pipeline(cfg, progress=False)
         with Catalog(cfg.catalog_path, read_only=True) as cat:
             done = cat.done_source_ids()
             clips_at_crash = {r["s"]: r["n"] for r in cat.query_dicts(
@@ -145,7 +145,7 @@ def test_models_load_once_per_job_and_a_killed_driver_redoes_only_sources_not_do
         assert {"split", "technical", "commit"} <= set(stages) and stages["split"]["rows_in"] >= len(done), stages
 
         crash["after"] = None
-        summary = runner.run_pipeline(cfg, progress=False, log=lambda _m: None)
+        summary = pipeline.run_pipeline(cfg, progress=False)
         if summary.failures:  # say which (a flake seen once under a load of 17 on the 2-core box)
             with Catalog(cfg.catalog_path, read_only=True) as cat:
                 pytest.fail(f"failures in the rerun: {cat.query_dicts('SELECT * FROM failures')}")

@@ -17,8 +17,8 @@ def test_full_run_with_inputs_staging_and_shards_on_s3(tmp_path, s3, model_cache
     import ray
 
     from vidcorpus.config import load_config
-    from vidcorpus.releases import create_release, release_manifest
-    from vidcorpus.runner import run_pipeline
+    from vidcorpus.jobs.release import create_release, release_manifest
+    from vidcorpus.jobs.curate.pipeline import run_pipeline
     from vidcorpus.shard_reader import sample_pipeline, specs_from_manifest
     from vidcorpus.synth import make_image, make_video
 
@@ -34,8 +34,8 @@ def test_full_run_with_inputs_staging_and_shards_on_s3(tmp_path, s3, model_cache
                       catalog=str(tmp_path / "catalog.duckdb"), inputs=["s3://bucket/raw/"],
                       **{"models.preset": "tiny", "models.cache_dir": model_cache, "filters.recipe": "demo_v1"})
     try:
-        summary = run_pipeline(cfg, progress=False, log=lambda _m: None)
-        again = run_pipeline(cfg, progress=False, log=lambda _m: None)
+        summary = run_pipeline(cfg, progress=False)
+        again = run_pipeline(cfg, progress=False)
     finally:
         ray.shutdown()
     assert summary.failures == 0 and summary.sources_seen == 3
@@ -58,7 +58,7 @@ def test_full_run_with_inputs_staging_and_shards_on_s3(tmp_path, s3, model_cache
         assert s3.exists(s["url"].removeprefix("s3://"))
     assert not list(tmp_path.glob("**/*.tar"))  # nothing landed on the local disk but the catalog
 
-    release = create_release(cfg, "s3-demo", "demo_v1", progress=False, log=lambda _m: None)
+    release = create_release(cfg, "s3-demo", "demo_v1", progress=False)
     manifest, _root = release_manifest(cfg, "s3-demo")
     assert release.manifest_url.startswith("s3://bucket/corpus/releases/s3-demo/")
     streamed = sorted(s["__key__"] for s in sample_pipeline(specs_from_manifest(manifest), split=False))
@@ -67,10 +67,10 @@ def test_full_run_with_inputs_staging_and_shards_on_s3(tmp_path, s3, model_cache
     # the trainer streams the release from S3 (checksums from the manifest) and checkpoints to S3
     import math
 
-    from vidcorpus.training import run_training
+    from vidcorpus.jobs.train import run_training
 
     tcfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"release": "s3-demo", "steps": 2})})
-    trained = run_training(tcfg, progress=False, log=lambda _m: None)
+    trained = run_training(tcfg, progress=False)
     assert trained.steps == 2 and all(math.isfinite(x) for x in trained.losses)
     assert trained.checkpoint_dir.startswith("s3://bucket/corpus/train/")
     assert s3.ls(trained.checkpoint_dir.removeprefix("s3://"))

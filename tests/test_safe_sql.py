@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from test_catalog_io import _fragments
 from vidcorpus.catalog.store import Catalog
-from vidcorpus.cli import app
+from vidcorpus.cli.app import app
 
 cli = CliRunner()
 

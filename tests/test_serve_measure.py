@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from serve_helpers import ThreadServer, card_ids
 from vidcorpus.catalog.corpus_state import set_active_recipe
 from vidcorpus.catalog.store import Catalog
-from vidcorpus.cli import app
+from vidcorpus.cli.app import app
 from vidcorpus.recipe_model import recipe_from_text
 from vidcorpus.serve.access import CatalogAccess
 from vidcorpus.serve.app import ServeSettings, make_app
@@ -77,7 +77,7 @@ def test_sample_labels_are_weighted_by_their_stratum_and_browse_labels_are_marke
 
 
 def test_filter_suggest_proposes_the_threshold_the_labels_argue_for(catalog, monkeypatch):
-    from vidcorpus.cli import console
+    from vidcorpus.cli.output import console
 
     monkeypatch.setattr(console, "width", 250)  # one line per filter
     # every clip labelled; bad exactly below 4: the filter at 5 drops 4 good clips too
@@ -143,7 +143,7 @@ def test_compare_shows_exactly_the_clips_that_change_decision(catalog, server):
 
 
 def test_the_report_shows_each_filters_precision_and_recall(catalog, tmp_path):
-    from vidcorpus.report import build_report
+    from vidcorpus.jobs.report.build import build_report
 
     _labels(catalog, {i: ("bad" if i * 0.25 < 4 else "good") for i in range(0, 40, 2)}, "browse")
     index = build_report(catalog, tmp_path / "report").index

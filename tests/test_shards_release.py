@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -15,10 +16,10 @@ import pytest
 from test_catalog_shards import _clip_rows
 from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import load_config
-from vidcorpus.releases import create_release, diff_releases, release_manifest
-from vidcorpus.runner import write_pending_shards
+from vidcorpus.jobs.release import create_release, diff_releases, release_manifest
+from vidcorpus.jobs.pack_shards import write_pending_shards
 from vidcorpus.shard_reader import ShardChecksumError, sample_pipeline, specs_from_manifest
-from vidcorpus.shards.release import ReleaseError, read_release_clips
+from vidcorpus.shards.release_files import ReleaseError, read_release_clips
 from vidcorpus.shards.writer import stream_tar
 
 
@@ -50,7 +51,7 @@ def test_release_reuses_whole_shards_packs_the_rest_and_reads_back(tmp_path):
     assert [m["n"] for m in pipeline_shards] == [2, 2]  # clips 0,1 | 2,3
 
     # aesthetic >= 5 keeps clips 1..3: shard {2,3} is reused whole, clip 1 is packed anew
-    s = create_release(cfg, "rel1", "r", select="aesthetic >= 5", progress=False, log=lambda _m: None)
+    s = create_release(cfg, "rel1", "r", select="aesthetic >= 5", progress=False)
     assert (s.n_clips, s.reused_shards, s.new_shards) == (3, 1, 1)
     manifest, root = release_manifest(cfg, "rel1")
     wanted = sorted(r["clip_id"] for r in rows[1:4])
@@ -70,14 +71,14 @@ def test_release_reuses_whole_shards_packs_the_rest_and_reads_back(tmp_path):
         assert cat.con.execute("SELECT count(*) FROM shards").fetchall()[0][0] == 3
 
     with pytest.raises(ReleaseError, match="immutable"):
-        create_release(cfg, "rel1", "r", progress=False, log=lambda _m: None)
+        create_release(cfg, "rel1", "r", progress=False)
     with pytest.raises(ReleaseError, match="no clip has a decision under recipe 'nope'"):
-        create_release(cfg, "rel2", "nope", progress=False, log=lambda _m: None)
+        create_release(cfg, "rel2", "nope", progress=False)
     with pytest.raises(ReleaseError, match="not a valid predicate"):
-        create_release(cfg, "rel2", "r", select="no_such_column > 1", progress=False, log=lambda _m: None)
+        create_release(cfg, "rel2", "r", select="no_such_column > 1", progress=False)
 
     # the trainer's selection of a release: its shards with their manifest checksums, its clips only
-    from vidcorpus.training import select_training_shards
+    from vidcorpus.jobs.shard_selection import select_training_shards
 
     specs, keys, what = select_training_shards(cfg.model_copy(update={"train": cfg.train.model_copy(
         update={"release": "rel1", "select": "aesthetic >= 6"})}))
@@ -91,7 +92,7 @@ def test_release_diff_says_what_changed_and_why(tmp_path):
     with Catalog(cfg.catalog_path) as cat:
         cat.commit_results("run1", rows)
         cat.commit_results("run1", _decided(rows, "strict@1", lambda r: r["scores"][0]["value"] >= 6))
-    create_release(cfg, "base", "r@1", progress=False, log=lambda _m: None)
+    create_release(cfg, "base", "r@1", progress=False)
     time.sleep(0.01)
     (tmp_path / "x").mkdir()
     extra = _clip_rows(tmp_path / "x", n=1, kept=(True,))
@@ -99,7 +100,7 @@ def test_release_diff_says_what_changed_and_why(tmp_path):
     with Catalog(cfg.catalog_path) as cat:  # a clip ingested after 'base', kept by both recipes
         cat.commit_results("run2", extra)
         cat.commit_results("run2", _decided(extra, "strict@1", lambda r: True))
-    create_release(cfg, "strict", "strict", progress=False, log=lambda _m: None)
+    create_release(cfg, "strict", "strict", progress=False)
 
     d = diff_releases(cfg, "base", "strict")
     # r@1 kept clips 0,1,2 (aesthetic 4,5,6); strict@1 keeps aesthetic >= 6: clips 2, 3 and the new one
@@ -113,7 +114,7 @@ def test_release_diff_says_what_changed_and_why(tmp_path):
 
     from typer.testing import CliRunner
 
-    from vidcorpus.cli import app
+    from vidcorpus.cli.app import app
 
     out = CliRunner().invoke(app, ["release", "diff", "base", "strict", "--catalog", cfg.catalog_path,
                                    "--workdir", cfg.workdir, "--format", "json"])
@@ -133,7 +134,7 @@ def test_tampered_shard_is_refused_before_any_sample_is_used(tmp_path):
     with Catalog(cfg.catalog_path) as cat:
         cat.commit_results("run1", rows)
         write_pending_shards(cfg, cat, "run1", progress=False)
-    create_release(cfg, "rel", "r", progress=False, log=lambda _m: None)
+    create_release(cfg, "rel", "r", progress=False)
     manifest, _ = release_manifest(cfg, "rel")
     specs = specs_from_manifest(manifest)
     victim = specs[-1].url
@@ -171,7 +172,7 @@ def test_round_trip_on_s3(tmp_path, s3):
         cat.commit_results("run1", rows)
         written = write_pending_shards(cfg, cat, "run1", progress=False)
     assert all(m["url"].startswith("s3://bucket/corpus/shards/") for m in written)
-    s = create_release(cfg, "s3rel", "r", progress=False, log=lambda _m: None)
+    s = create_release(cfg, "s3rel", "r", progress=False)
     assert s.manifest_url == "s3://bucket/corpus/releases/s3rel/manifest.json" and s.reused_shards == 2
     manifest, _root = release_manifest(cfg, s.manifest_url)  # by URL, as a remote trainer would
     assert _keys(specs_from_manifest(manifest)) == sorted(r["clip_id"] for r in rows)
@@ -190,7 +191,7 @@ KILL_SCRIPT = textwrap.dedent("""
     from test_catalog_shards import _clip_rows
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.config import load_config
-    from vidcorpus.runner import write_pending_shards
+    from vidcorpus.jobs.pack_shards import write_pending_shards
     import vidcorpus.shards.writer as writer
     cfg = load_config(None, ["shards.max_samples=2"], workdir=sys.argv[1], catalog=sys.argv[2])
     real_read, calls = writer._read, [0]
@@ -235,11 +236,11 @@ def test_writer_killed_mid_shard_leaves_no_visible_shard_and_no_rows(tmp_path):
     assert not [p for p in shard_dir.rglob("*") if ".part-" in p.name]
 
 
-def test_latent_cache_is_keyed_by_encoder_weights(tmp_path, model_cache):
+def test_latent_cache_is_keyed_by_encoder_weights(tmp_path, model_cache, caplog):
     import numpy as np
     import torch
 
-    from vidcorpus.latent_cache import encode_latent_cache
+    from vidcorpus.jobs.encode import encode_latent_cache
     from vidcorpus.presets import resolve_models
     from vidcorpus.shards.latents import LatentParams
 
@@ -249,7 +250,7 @@ def test_latent_cache_is_keyed_by_encoder_weights(tmp_path, model_cache):
         cat.commit_results("run1", rows)
         write_pending_shards(cfg, cat, "run1", progress=False)
     params = LatentParams(height=32, width=32, frames=4, fps=8, caption_version="v1")
-    quiet = dict(progress=False, log=lambda _m: None)
+    quiet = dict(progress=False)
     first = encode_latent_cache(cfg, params, select="TRUE", **quiet)
     assert (first.encoded, first.reused, first.samples) == (2, 0, 3)
     again = encode_latent_cache(cfg, params, select="TRUE", **quiet)
@@ -284,23 +285,24 @@ def test_latent_cache_is_keyed_by_encoder_weights(tmp_path, model_cache):
 
     # Training with the same encoders, bucket, frames, fps and caption reads the sidecars; with a
     # bucket nobody encoded, `require` refuses and names the fix.
-    from vidcorpus.latent_cache import LatentCacheMissing
-    from vidcorpus.training import run_training
+    from vidcorpus.jobs.encode import LatentCacheMissing
+    from vidcorpus.jobs.train import run_training
 
     tcfg = _cfg(tmp_path, **{"models.cache_dir": model_cache, "train.height": 32, "train.width": 32,
                              "train.steps": 2, "train.latent_cache": "require"})
     assert LatentParams.for_training(tcfg) == params
-    logs: list[str] = []
-    summary = run_training(tcfg, output=str(tmp_path / "run"), progress=False, log=logs.append)
-    assert summary.steps == 2 and f"cached latents {first.cache_key}" in logs[0]
+    caplog.set_level(logging.INFO, logger="vidcorpus.jobs.train")
+    summary = run_training(tcfg, output=str(tmp_path / "run"), progress=False)
+    said = [r.getMessage() for r in caplog.records if r.name == "vidcorpus.jobs.train"]  # what `vidcorpus train` prints
+    assert summary.steps == 2 and f"cached latents {first.cache_key}" in said[0]
     with pytest.raises(LatentCacheMissing, match="shards encode"):
         run_training(_cfg(tmp_path, **{"models.cache_dir": model_cache, "train.height": 48, "train.width": 32,
                                        "train.latent_cache": "require"}), output=str(tmp_path / "run2"),
-                     progress=False, log=logs.append)
+                     progress=False)
 
 
 def test_follow_selection_sees_shards_sealed_after_the_start(tmp_path):
-    from vidcorpus.training import follow_selection
+    from vidcorpus.jobs.train import follow_selection
 
     cfg = _cfg(tmp_path, **{"train.select": "kept", "train.latent_cache": "off"})
     rows = _clip_rows(tmp_path, n=4, kept=(True,) * 4)

@@ -127,7 +127,7 @@ def test_the_stages_of_a_real_run_add_up_to_its_wall_time(demo, tmp_path):
     """The demo's pipeline run (Ray, tiny models): every stage's busy + waiting seconds is the run's
     wall time, the rows each stage saw are the rows the catalog holds, and the report draws them."""
     from vidcorpus.catalog.store import Catalog
-    from vidcorpus.report import build_report
+    from vidcorpus.jobs.report.build import build_report
 
     summary = demo["summary"]
     with Catalog(demo["config"].catalog_path, read_only=True) as cat:

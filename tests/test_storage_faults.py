@@ -15,8 +15,8 @@ from faultproxy import FaultProxy
 from test_catalog_shards import _clip_rows
 from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import load_config
-from vidcorpus.releases import create_release, release_manifest
-from vidcorpus.runner import write_pending_shards
+from vidcorpus.jobs.release import create_release, release_manifest
+from vidcorpus.jobs.pack_shards import write_pending_shards
 from vidcorpus.shard_reader import sample_pipeline, specs_from_manifest
 
 
@@ -53,7 +53,7 @@ def test_writes_are_retried_through_5xx_and_resets(tmp_path, s3, monkeypatch, no
         with Catalog(cfg.catalog_path) as cat:
             cat.commit_results("run1", rows)
             written = write_pending_shards(cfg, cat, "run1", progress=False)
-        create_release(cfg, "faulty", "r", progress=False, log=lambda _m: None)
+        create_release(cfg, "faulty", "r", progress=False)
         manifest, _root = release_manifest(cfg, "faulty")
         keys = sorted(s["__key__"] for s in sample_pipeline(specs_from_manifest(manifest), split=False))
         injected = {a for *_x, a in proxy.events if a is not None}

@@ -41,7 +41,7 @@ def test_a_model_batch_reaches_the_next_cpu_stage_in_small_blocks(tmp_path):
     import ray
 
     from vidcorpus import stage_clock
-    from vidcorpus.runner import add_stages, init_ray
+    from vidcorpus.jobs.curate.pipeline import add_stages, init_ray
     from vidcorpus.schemas import rows_to_table
 
     cfg = load_config(None, ["ray.num_cpus=2", f"ray.clip_rows_per_block={per_block}"], workdir=str(tmp_path / "w"))

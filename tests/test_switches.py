@@ -13,7 +13,7 @@ import json
 import duckdb
 from typer.testing import CliRunner
 
-from vidcorpus.cli import app
+from vidcorpus.cli.app import app
 
 runner = CliRunner()
 OFF = ["--set", "filters.clip_scores=false", "--set", "captioning.enabled=false", "--set", "ray.num_cpus=2"]

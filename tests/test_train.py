@@ -437,7 +437,7 @@ def test_export_loads_in_i2vgenxl_pipeline_and_generates(tiny_model, shards, tmp
     from diffusers import I2VGenXLPipeline, I2VGenXLUNet
     from typer.testing import CliRunner
 
-    from vidcorpus.cli import app
+    from vidcorpus.cli.app import app
     from vidcorpus.train.export import sample_video
     from vidcorpus.train.loop import train_base
 

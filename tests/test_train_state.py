@@ -169,7 +169,7 @@ def test_train_samples_stay_exact_when_a_run_dies_between_its_rows_and_its_check
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.train.loop import train_base
     from vidcorpus.train.sample_log import list_parts
-    from vidcorpus.training import sample_files
+    from vidcorpus.jobs.train import sample_files
 
     cfg = _cfg(steps=6, checkpoint_every=2, keep_checkpoints=0, tensorboard=False)
     full = train_base(cfg, tiny_model, shards["urls"], str(tmp_path / "full"), progress=False)

