@@ -18,7 +18,7 @@ from serve_helpers import ThreadServer
 from typer.testing import CliRunner
 
 from vidcorpus.catalog.store import Catalog
-from vidcorpus.cli import app
+from vidcorpus.cli.app import app
 from vidcorpus.filters.recipes import RECIPE_DIR
 from vidcorpus.serve.app import ServeSettings, make_app
 
