@@ -46,7 +46,7 @@ def test_ray_gives_a_task_stage_its_gpu_share_and_a_visible_device(tmp_path):
     CUDA_VISIBLE_DEVICES naming it; a task stage asking for none sees no device."""
     import ray
 
-    from vidcorpus.runner import build_dataset
+    from vidcorpus.jobs.curate.pipeline import build_dataset
     from vidcorpus.schemas import empty_row
     from vidcorpus.stage import Resources, Stage
 
