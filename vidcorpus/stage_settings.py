@@ -99,6 +99,14 @@ def resolve(stages: list, cfg: Config, gpus_available: float, cpus_available: fl
     reserved = sum(declared[s]["gpus"] * max(1.0, cpus_available / max(declared[s]["cpus"], 0.01))
                    for s in gpu_tasks) / max(n_gpus, 1)
     room = max(0.5, 1.0 - reserved)
+    # One task of the largest share must still fit beside the actor pools on a GPU they occupy.
+    widest = max(gpu_tasks, key=lambda s: declared[s]["gpus"], default=None)
+    if widest is not None and n_gpus >= 1 and gpu_stages:
+        share = declared[widest]["gpus"]
+        if share >= 1.0:
+            raise ConfigError(f"stages.{widest.name}.gpus={share:g}: a task stage's GPU share must stay below 1, "
+                              "or its tasks wait forever beside the model actors (e.g. 0.01)")
+        room = min(room, 1.0 - share)
     total = sum(declared[s]["gpus"] for s in gpu_stages)
     scale = room / total if total > room else 1.0  # all GPU pools fit one GPU at once
     plans: dict[type, StagePlan] = {}
