@@ -77,15 +77,18 @@ def check_switches(cfg: Config, recipe) -> None:
                           "compute: turn it on or use a recipe without CLIP or duplicate scores")
 
 
-def resolve(stages: list, cfg: Config, gpus_available: float, cpus_available: float | None = None
-            ) -> dict[type, StagePlan]:
+def resolve(stages: list, cfg: Config, gpus_available: float, cpus_available: float | None = None,
+            cpus_without_gpu: float = 0.0) -> dict[type, StagePlan]:
     """The plan of every stage class of a run on a cluster with this many GPUs (and CPUs: how many
-    tasks of a stage can run at once, for the GPU share its tasks may hold together)."""
+    tasks of a stage can run at once, for the GPU share its tasks may hold together).
+    ``cpus_without_gpu``: CPUs on nodes with no GPU. Where there are any, a task stage keeps its
+    CPU-only declaration (a GPU share it would ask for by itself, split's for TransNetV2, would keep
+    all its tasks off those nodes); a share set in ``stages.<name>.gpus`` still applies."""
     n_gpus = int(gpus_available)
     cpus_available = cpus_available or float(os.cpu_count() or 1)
     declared: dict[type, dict] = {}
     for s in stages:
-        res = s.resources_for(cfg)
+        res = s.resources if cpus_without_gpu > 0 and not s.resources.actor else s.resources_for(cfg)
         setting = cfg.stages.get(s.name)
         values = {"cpus": res.cpus, "gpus": res.gpus, "memory_mb": res.memory_mb,
                   "batch_rows": getattr(s, "batch_rows", None), "replicas": None}
@@ -136,6 +139,12 @@ def pin_plans(cfg: Config, plans: dict[type, StagePlan]) -> Config:
         current = stages.get(plan.name) or StageSettings()
         stages[plan.name] = current.model_copy(update={"batch_rows": plan.batch_rows})
     return cfg.model_copy(update={"stages": stages})
+
+
+def cpus_on_nodes_without_gpu(nodes: list[dict]) -> float:
+    """CPUs of the alive nodes that have no GPU (``ray.nodes()``'s entries)."""
+    return float(sum(n.get("Resources", {}).get("CPU", 0.0) for n in nodes
+                     if n.get("Alive") and not n.get("Resources", {}).get("GPU")))
 
 
 def local_gpus() -> int:
