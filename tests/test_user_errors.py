@@ -44,6 +44,7 @@ NO_CATALOG = [
     "filter dedup -w W",
     "filter sweep aesthetic -w W",
     "shards write -w W",
+    "sync -w W",
     "shards list -w W",
     "shards encode --release rel -w W",
     "release create rel --recipe demo_v1 -w W",
@@ -74,6 +75,22 @@ def test_a_mistake_without_a_catalog_is_one_line_and_creates_nothing(command, tm
     _one_line_error(shlex.split(command))
     assert not (tmp_path / "W").exists()  # no catalog, no staging, no shard folder
     assert sorted(p.name for p in tmp_path.iterdir()) == ["media"]
+
+
+def test_sync_without_a_model_ends_in_one_line_and_the_model_exit_code(project, monkeypatch):
+    """`vidcorpus sync` once printed a missing model as a wrapped red block and exit code 2, where
+    `vidcorpus run` says it in one line with 3 (README, "Exit codes")."""
+    from vidcorpus.errors import ModelNotAvailable
+    from vidcorpus.jobs.curate import sync as sync_job
+
+    def no_captioner(cfg, **kwargs):
+        raise ModelNotAvailable("captioner weights not found under /models/captioner (a long message that "
+                                "would wrap at 80 columns if it were printed as a rich block)")
+
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(sync_job, "sync", no_captioner)
+    line = _one_line_error(["sync", "-w", "W"], code=3)
+    assert line.startswith("model not available: captioner weights not found")
 
 
 # -- with a catalog: unknown names, bad paths, empty selections; no run row ----------------------------
