@@ -38,6 +38,7 @@ NO_CATALOG = [
     "run media --set filters.recipe=no_such_recipe -w W",
     "ingest media --retry-failed --error-class no_such_class -w W",
     "run media --error-class timeout -w W",
+    "run media --set stages.split.gpus=1 -w W",  # split tasks could never start beside the GPU model actors
     'sql "SELECT 1" -w W',
     "filter apply demo_v1 -w W",
     "filter apply no_such_recipe -w W",

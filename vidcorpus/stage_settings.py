@@ -77,6 +77,21 @@ def check_switches(cfg: Config, recipe) -> None:
                           "compute: turn it on or use a recipe without CLIP or duplicate scores")
 
 
+def check_task_shares(cfg: Config, stages: list) -> None:
+    """A task stage set to a whole GPU or more beside GPU model actors could never be scheduled while
+    they live: one clear error before anything is written (``resolve`` keeps smaller shares room)."""
+    def gpus(s) -> float:
+        setting = cfg.stages.get(s.name)
+        return setting.gpus if setting is not None and setting.gpus is not None else s.resources.gpus
+
+    if not any(s.resources.actor and gpus(s) > 0 for s in stages):
+        return
+    for s in stages:
+        if not s.resources.actor and gpus(s) >= 1.0:
+            raise ConfigError(f"stages.{s.name}.gpus={gpus(s):g}: a task stage's GPU share must stay below 1, "
+                              "or its tasks wait forever beside the model actors (e.g. 0.01)")
+
+
 def resolve(stages: list, cfg: Config, gpus_available: float, cpus_available: float | None = None,
             cpus_without_gpu: float = 0.0) -> dict[type, StagePlan]:
     """The plan of every stage class of a run on a cluster with this many GPUs (and CPUs: how many
@@ -105,11 +120,8 @@ def resolve(stages: list, cfg: Config, gpus_available: float, cpus_available: fl
     # One task of the largest share must still fit beside the actor pools on a GPU they occupy.
     widest = max(gpu_tasks, key=lambda s: declared[s]["gpus"], default=None)
     if widest is not None and n_gpus >= 1 and gpu_stages:
-        share = declared[widest]["gpus"]
-        if share >= 1.0:
-            raise ConfigError(f"stages.{widest.name}.gpus={share:g}: a task stage's GPU share must stay below 1, "
-                              "or its tasks wait forever beside the model actors (e.g. 0.01)")
-        room = min(room, 1.0 - share)
+        check_task_shares(cfg, stages)
+        room = min(room, 1.0 - declared[widest]["gpus"])
     total = sum(declared[s]["gpus"] for s in gpu_stages)
     scale = room / total if total > room else 1.0  # all GPU pools fit one GPU at once
     plans: dict[type, StagePlan] = {}

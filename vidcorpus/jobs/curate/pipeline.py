@@ -33,7 +33,8 @@ from vidcorpus.jobs.curate.sync import adopt_recipe, complete_pending, pin_recip
 from vidcorpus.presets import curation_models, preflight_pipeline, resolve_models
 from vidcorpus.schemas import rows_to_table
 from vidcorpus.stage import Stage
-from vidcorpus.stage_settings import check_names, check_switches, cpus_on_nodes_without_gpu, pin_plans, resolve
+from vidcorpus.stage_settings import (check_names, check_switches, check_task_shares, cpus_on_nodes_without_gpu,
+                                      pin_plans, resolve)
 from vidcorpus.stage_stats import StageRow, StageStats
 
 logger = logging.getLogger(__name__)
@@ -206,6 +207,7 @@ def _preflight(cfg: Config) -> Config:
         require_transnet(cfg.models.transnet)
     preflight_frame_models(cfg)
     check_names(cfg, [s for part in split_stages(cfg) for s in part])
+    check_task_shares(cfg, [s for part in split_stages(cfg) for s in part])
     return cfg
 
 
