@@ -41,6 +41,49 @@ def test_split_asks_for_a_gpu_share_only_where_transnet_would_run_on_one():
     assert pinned[SplitStage].gpus == 0.0
 
 
+@pytest.mark.parametrize("share", ["0.6", "0.3"])
+def test_a_task_share_the_config_sets_still_fits_beside_the_model_actors(share):
+    """`stages.split.gpus` over half a GPU once left the actors 0.5 of it: no split task could ever start."""
+    stages = [SplitStage, ClipScoreStage, CaptionStage]
+    for gpus in (1.0, 4.0):
+        plans = resolve(stages, load_config(None, [f"stages.split.gpus={share}"]), gpus_available=gpus,
+                        cpus_available=16.0)
+        actors = plans[ClipScoreStage].gpus + plans[CaptionStage].gpus
+        assert plans[SplitStage].gpus == float(share)
+        assert 0 < actors and actors + plans[SplitStage].gpus <= 1.0 + 1e-9
+
+
+def test_a_whole_gpu_per_task_beside_model_actors_is_one_config_error():
+    from vidcorpus.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"stages\.split\.gpus=1"):
+        resolve([SplitStage, ClipScoreStage, CaptionStage], load_config(None, ["stages.split.gpus=1"]),
+                gpus_available=1.0, cpus_available=16.0)
+    # without a GPU the share is never asked for: CPU-only runs plan as before
+    plans = resolve([SplitStage, ClipScoreStage, CaptionStage], load_config(None, ["stages.split.gpus=1"]),
+                    gpus_available=0.0)
+    assert all(p.gpus == 0.0 for p in plans.values())
+
+
+def test_split_runs_on_nodes_without_a_gpu_where_the_cluster_has_them():
+    """A GPU share keeps every split task on the GPU nodes: on CPU nodes beside a few GPU nodes (the
+    layout docs/scaling.md recommends) shot detection once ran on the GPU nodes' cores alone."""
+    from vidcorpus.stage_settings import cpus_on_nodes_without_gpu
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 16.0, "GPU": 1.0}}, {"Alive": True, "Resources": {"CPU": 64.0}},
+             {"Alive": False, "Resources": {"CPU": 8.0}}]  # as ray.nodes() lists them
+    assert cpus_on_nodes_without_gpu(nodes) == 64.0
+    assert cpus_on_nodes_without_gpu(nodes[:1]) == 0.0
+    stages = [SplitStage, ClipScoreStage, CaptionStage]
+    mixed = resolve(stages, Config(), gpus_available=1.0, cpus_available=80.0, cpus_without_gpu=64.0)
+    assert mixed[SplitStage].gpus == 0.0
+    assert mixed[ClipScoreStage].gpus + mixed[CaptionStage].gpus == pytest.approx(1.0)
+    # a share the config sets still applies (the user keeps split on the GPU nodes on purpose)
+    pinned = resolve(stages, load_config(None, ["stages.split.gpus=0.01"]), gpus_available=1.0,
+                     cpus_available=80.0, cpus_without_gpu=64.0)
+    assert pinned[SplitStage].gpus == 0.01
+
+
 def test_ray_gives_a_task_stage_its_gpu_share_and_a_visible_device(tmp_path):
     """Through the runner's dataset on a Ray with one (logical) GPU: the task gets the share and a
     CUDA_VISIBLE_DEVICES naming it; a task stage asking for none sees no device."""

@@ -38,12 +38,14 @@ NO_CATALOG = [
     "run media --set filters.recipe=no_such_recipe -w W",
     "ingest media --retry-failed --error-class no_such_class -w W",
     "run media --error-class timeout -w W",
+    "run media --set stages.split.gpus=1 -w W",  # split tasks could never start beside the GPU model actors
     'sql "SELECT 1" -w W',
     "filter apply demo_v1 -w W",
     "filter apply no_such_recipe -w W",
     "filter dedup -w W",
     "filter sweep aesthetic -w W",
     "shards write -w W",
+    "sync -w W",
     "shards list -w W",
     "shards encode --release rel -w W",
     "release create rel --recipe demo_v1 -w W",
@@ -74,6 +76,22 @@ def test_a_mistake_without_a_catalog_is_one_line_and_creates_nothing(command, tm
     _one_line_error(shlex.split(command))
     assert not (tmp_path / "W").exists()  # no catalog, no staging, no shard folder
     assert sorted(p.name for p in tmp_path.iterdir()) == ["media"]
+
+
+def test_sync_without_a_model_ends_in_one_line_and_the_model_exit_code(project, monkeypatch):
+    """`vidcorpus sync` once printed a missing model as a wrapped red block and exit code 2, where
+    `vidcorpus run` says it in one line with 3 (README, "Exit codes")."""
+    from vidcorpus.errors import ModelNotAvailable
+    from vidcorpus.jobs.curate import sync as sync_job
+
+    def no_captioner(cfg, **kwargs):
+        raise ModelNotAvailable("captioner weights not found under /models/captioner (a long message that "
+                                "would wrap at 80 columns if it were printed as a rich block)")
+
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(sync_job, "sync", no_captioner)
+    line = _one_line_error(["sync", "-w", "W"], code=3)
+    assert line.startswith("model not available: captioner weights not found")
 
 
 # -- with a catalog: unknown names, bad paths, empty selections; no run row ----------------------------

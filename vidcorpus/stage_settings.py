@@ -77,15 +77,33 @@ def check_switches(cfg: Config, recipe) -> None:
                           "compute: turn it on or use a recipe without CLIP or duplicate scores")
 
 
-def resolve(stages: list, cfg: Config, gpus_available: float, cpus_available: float | None = None
-            ) -> dict[type, StagePlan]:
+def check_task_shares(cfg: Config, stages: list) -> None:
+    """A task stage set to a whole GPU or more beside GPU model actors could never be scheduled while
+    they live: one clear error before anything is written (``resolve`` keeps smaller shares room)."""
+    def gpus(s) -> float:
+        setting = cfg.stages.get(s.name)
+        return setting.gpus if setting is not None and setting.gpus is not None else s.resources.gpus
+
+    if not any(s.resources.actor and gpus(s) > 0 for s in stages):
+        return
+    for s in stages:
+        if not s.resources.actor and gpus(s) >= 1.0:
+            raise ConfigError(f"stages.{s.name}.gpus={gpus(s):g}: a task stage's GPU share must stay below 1, "
+                              "or its tasks wait forever beside the model actors (e.g. 0.01)")
+
+
+def resolve(stages: list, cfg: Config, gpus_available: float, cpus_available: float | None = None,
+            cpus_without_gpu: float = 0.0) -> dict[type, StagePlan]:
     """The plan of every stage class of a run on a cluster with this many GPUs (and CPUs: how many
-    tasks of a stage can run at once, for the GPU share its tasks may hold together)."""
+    tasks of a stage can run at once, for the GPU share its tasks may hold together).
+    ``cpus_without_gpu``: CPUs on nodes with no GPU. Where there are any, a task stage keeps its
+    CPU-only declaration (a GPU share it would ask for by itself, split's for TransNetV2, would keep
+    all its tasks off those nodes); a share set in ``stages.<name>.gpus`` still applies."""
     n_gpus = int(gpus_available)
     cpus_available = cpus_available or float(os.cpu_count() or 1)
     declared: dict[type, dict] = {}
     for s in stages:
-        res = s.resources_for(cfg)
+        res = s.resources if cpus_without_gpu > 0 and not s.resources.actor else s.resources_for(cfg)
         setting = cfg.stages.get(s.name)
         values = {"cpus": res.cpus, "gpus": res.gpus, "memory_mb": res.memory_mb,
                   "batch_rows": getattr(s, "batch_rows", None), "replicas": None}
@@ -99,6 +117,11 @@ def resolve(stages: list, cfg: Config, gpus_available: float, cpus_available: fl
     reserved = sum(declared[s]["gpus"] * max(1.0, cpus_available / max(declared[s]["cpus"], 0.01))
                    for s in gpu_tasks) / max(n_gpus, 1)
     room = max(0.5, 1.0 - reserved)
+    # One task of the largest share must still fit beside the actor pools on a GPU they occupy.
+    widest = max(gpu_tasks, key=lambda s: declared[s]["gpus"], default=None)
+    if widest is not None and n_gpus >= 1 and gpu_stages:
+        check_task_shares(cfg, stages)
+        room = min(room, 1.0 - declared[widest]["gpus"])
     total = sum(declared[s]["gpus"] for s in gpu_stages)
     scale = room / total if total > room else 1.0  # all GPU pools fit one GPU at once
     plans: dict[type, StagePlan] = {}
@@ -128,6 +151,12 @@ def pin_plans(cfg: Config, plans: dict[type, StagePlan]) -> Config:
         current = stages.get(plan.name) or StageSettings()
         stages[plan.name] = current.model_copy(update={"batch_rows": plan.batch_rows})
     return cfg.model_copy(update={"stages": stages})
+
+
+def cpus_on_nodes_without_gpu(nodes: list[dict]) -> float:
+    """CPUs of the alive nodes that have no GPU (``ray.nodes()``'s entries)."""
+    return float(sum(n.get("Resources", {}).get("CPU", 0.0) for n in nodes
+                     if n.get("Alive") and not n.get("Resources", {}).get("GPU")))
 
 
 def local_gpus() -> int:

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from vidcorpus.cli.errors import err
+from vidcorpus.cli.errors import EXIT_MODEL, fail
 from vidcorpus.cli.options import (
     CatalogOpt,
     ConfigOpt,
@@ -39,9 +39,10 @@ def sync(
     cfg = effective_config(config, set_, workdir=workdir, catalog=catalog, **{"models.preset": preset})
     try:
         s = sync_pending(cfg, allow_uncaptioned=allow_uncaptioned, progress=progress)
-    except (CatalogError, ModelNotAvailable, FileNotFoundError) as e:
-        err.print(str(e), markup=False, style="red")
-        raise typer.Exit(2)
+    except ModelNotAvailable as e:  # exit code 3, as for `vidcorpus run` (README, "Exit codes")
+        fail(str(e), EXIT_MODEL, prefix="model not available:")
+    except (CatalogError, FileNotFoundError) as e:
+        fail(str(e))
     if s.captioned or s.caption_failures:  # a sync that captioned: where its time went
         print_table(s.stages, console, title=f"where the time went in sync {s.run_id}")
     console.print(f"sync {s.run_id} under {s.recipe}: {s.captioned} clips captioned, {len(s.shards)} shards "

@@ -33,7 +33,8 @@ from vidcorpus.jobs.curate.sync import adopt_recipe, complete_pending, pin_recip
 from vidcorpus.presets import curation_models, preflight_pipeline, resolve_models
 from vidcorpus.schemas import rows_to_table
 from vidcorpus.stage import Stage
-from vidcorpus.stage_settings import check_names, check_switches, pin_plans, resolve
+from vidcorpus.stage_settings import (check_names, check_switches, check_task_shares, cpus_on_nodes_without_gpu,
+                                      pin_plans, resolve)
 from vidcorpus.stage_stats import StageRow, StageStats
 
 logger = logging.getLogger(__name__)
@@ -206,6 +207,7 @@ def _preflight(cfg: Config) -> Config:
         require_transnet(cfg.models.transnet)
     preflight_frame_models(cfg)
     check_names(cfg, [s for part in split_stages(cfg) for s in part])
+    check_task_shares(cfg, [s for part in split_stages(cfg) for s in part])
     return cfg
 
 
@@ -257,7 +259,12 @@ def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSu
     gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 2.0)
     stream, captioning = split_stages(cfg)
     check_names(cfg, stream + captioning)
-    plans = resolve(stream + captioning, cfg, gpus, cpus)
+    cpus_without_gpu = cpus_on_nodes_without_gpu(ray.nodes()) if gpus else 0.0
+    plans = resolve(stream + captioning, cfg, gpus, cpus, cpus_without_gpu)
+    for s in stream:
+        if cpus_without_gpu and s.resources_for(cfg).gpus and not plans[s].gpus:
+            logger.info(f"{s.name}: no GPU share for its tasks, so they also run on the {cpus_without_gpu:g} CPUs of "
+                        f"nodes without a GPU (--set stages.{s.name}.gpus=0.01 keeps them on GPU nodes)")
     cfg = pin_plans(cfg, plans)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = progress
