@@ -27,11 +27,8 @@ def export(
     from vidcorpus.train.export import export_pipeline  # inside: keeps --help fast (diffusers)
 
     cfg = effective_config(config, set_, **{"models.preset": preset})
-    try:
-        export_pipeline(resolve_models(cfg.models).i2vgen, checkpoint, out, weights=weights)
-    except (ModelNotAvailable, FileNotFoundError) as e:
-        fail(str(e))
-    console.print(f"exported {checkpoint} ({weights} weights) -> {out}")
+    _export(lambda: export_pipeline(resolve_models(cfg.models).i2vgen, checkpoint, out, weights=weights),
+            f"exported {checkpoint} ({weights} weights) -> {out}")
 
 
 def export_refiner_cmd(
@@ -46,8 +43,14 @@ def export_refiner_cmd(
     from vidcorpus.train.refiner import export_refiner  # inside: keeps --help fast (diffusers)
 
     cfg = effective_config(config, set_, **{"models.preset": preset})
+    _export(lambda: export_refiner(resolve_refiner(cfg.models).refiner, checkpoint, out, weights=weights),
+            f"exported refiner {checkpoint} ({weights} weights) -> {out}")
+
+
+def _export(write, done: str) -> None:
+    """Run an export; a missing model or checkpoint is one line, success says where it went."""
     try:
-        export_refiner(resolve_refiner(cfg.models).refiner, checkpoint, out, weights=weights)
+        write()
     except (ModelNotAvailable, FileNotFoundError) as e:
         fail(str(e))
-    console.print(f"exported refiner {checkpoint} ({weights} weights) -> {out}")
+    console.print(done)
