@@ -24,7 +24,7 @@ from vidcorpus.catalog.stage_stats import write as write_stage_stats
 from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import Config
 from vidcorpus.errors import storage_full
-from vidcorpus.filters.frame_models import preflight_frame_models, with_frame_model_stages
+from vidcorpus.filters.frame_model_stages import preflight_frame_models, with_frame_model_stages
 from vidcorpus.ids import new_run_id
 from vidcorpus.ingest.sources import read_inputs
 from vidcorpus.jobs.curate.caption_pool import CaptionPool
