@@ -52,7 +52,7 @@ def pipeline_stages() -> list[type[Stage]]:
     from vidcorpus.ingest.download import DownloadStage
     from vidcorpus.ingest.extract import ExtractStage
     from vidcorpus.ingest.probe import ProbeStage
-    from vidcorpus.ingest.split import SplitStage
+    from vidcorpus.ingest.split_stage import SplitStage
 
     # Filter before you encode: the scorers read unextracted clips from their source, and ExtractStage
     # encodes only the clips the recipe keeps (kept_only), before captioning reads them.
