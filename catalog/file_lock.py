@@ -20,14 +20,12 @@ from pathlib import Path
 
 import duckdb
 
+from vidcorpus.catalog.errors import CatalogError
+
 READ_LOCK_TIMEOUT_S = float(os.environ.get("VIDCORPUS_CATALOG_READ_TIMEOUT_S", 30))
 WRITE_LOCK_TIMEOUT_S = float(os.environ.get("VIDCORPUS_CATALOG_WRITE_TIMEOUT_S", 600))
 WRITER_MARK_STALE_S = 5.0  # a waiting writer touches its marker at least every WRITER_RETRY_MAX_S
 WRITER_RETRY_MAX_S = 0.25
-
-
-class CatalogError(RuntimeError):
-    """The catalog cannot be opened (missing file for a reader, locked by another writer...)."""
 
 
 def is_lock_error(e: Exception) -> bool:

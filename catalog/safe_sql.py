@@ -6,18 +6,17 @@ of any file, ``INSTALL``/``LOAD`` or ``ATTACH``. So a connection that runs a use
 ``lock_configuration = true`` (the SQL cannot switch it back). Snapshots need no allowed paths:
 their tables are Arrow datasets registered from Python (``catalog/snapshot.py``), because
 DuckDB's ``allowed_directories`` would let ``COPY ... TO`` overwrite the very files it allows.
+Running a user's statement over a catalog: ``catalog/user_sql.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-from typing import Iterator
+from typing import TYPE_CHECKING
 
 import duckdb
-import pyarrow as pa
 
-from vidcorpus.catalog.store import Catalog
+if TYPE_CHECKING:
+    from vidcorpus.catalog.store import Catalog
 
 # What a refused statement hit, for the one-line message (DuckDB's own text names the file or setting).
 REFUSED = "vidcorpus sql reads the catalog only (no files, extensions, network or ATTACH)"
@@ -33,35 +32,13 @@ def lock_down(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("SET lock_configuration = true")
 
 
-@contextlib.contextmanager
-def user_sql_catalog(path: str | os.PathLike) -> Iterator[Catalog]:
-    """A read-only catalog (DuckDB file or snapshot) whose connection is locked down."""
-    with Catalog(path, read_only=True) as cat:
-        lock_down(cat.con)
-        yield cat
-
-
-def run_user_sql(path: str | os.PathLike, sql: str) -> pa.Table:
-    """Run one user statement over the catalog at ``path``; RefusedSQL for what it may not do."""
-    with user_sql_catalog(path) as cat:
-        try:
-            return cat.query(sql)
-        except duckdb.PermissionException as e:
-            raise RefusedSQL(f"refused: {REFUSED}: {first_line(str(e))}") from e
-        except duckdb.InvalidInputException as e:
-            text = str(e)
-            if "configuration has been locked" in text:
-                raise RefusedSQL(f"refused: {REFUSED}: {first_line(text)}") from e
-            raise
-
-
 def first_line(text: str) -> str:
     """DuckDB errors carry a caret diagram over several lines; a terminal error is one line."""
     lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
     return lines[0] if lines else ""
 
 
-def check_predicate(cat: Catalog, predicate: str) -> str:
+def check_predicate(cat: "Catalog", predicate: str) -> str:
     """``predicate`` (a user's ``--select`` over clips_wide), parenthesised, once it is shown to read
     nothing but the catalog: it runs first over empty copies of the catalog's tables in a locked-down
     in-memory DuckDB, where reading a file, loading an extension or attaching fails

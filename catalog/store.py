@@ -29,8 +29,11 @@ from vidcorpus.catalog.schema import (
 )
 from vidcorpus.catalog import batch_commit, wide_table
 from vidcorpus.catalog.curation_records import CurationRecords
-from vidcorpus.catalog.file_lock import READ_LOCK_TIMEOUT_S, WRITE_LOCK_TIMEOUT_S, CatalogError, connect
+from vidcorpus.catalog.errors import CatalogError
+from vidcorpus.catalog.file_lock import READ_LOCK_TIMEOUT_S, WRITE_LOCK_TIMEOUT_S, connect
 from vidcorpus.catalog.release_records import ReleaseRecords
+from vidcorpus.catalog.safe_sql import check_predicate
+from vidcorpus.catalog.snapshot import export_snapshot, is_snapshot, open_snapshot
 from vidcorpus.catalog.timestamps import utc_now
 from vidcorpus.catalog.upsert import upsert
 from vidcorpus.storage import is_url
@@ -49,8 +52,6 @@ class Catalog(CurationRecords, ReleaseRecords):
         readers can open it between commits. ``lock_timeout_s``: how long an open waits for a lock
         another process holds (default 30 s for readers, 600 s for writers).
         """
-        from vidcorpus.catalog.snapshot import is_snapshot, open_snapshot
-
         self.path = str(path)
         self.read_only = read_only
         self.hold = hold
@@ -235,8 +236,6 @@ class Catalog(CurationRecords, ReleaseRecords):
 
     def _user_predicate(self, predicate: str) -> str:
         """A user's --select, checked to read nothing but the catalog (catalog/safe_sql.py)."""
-        from vidcorpus.catalog.safe_sql import check_predicate  # (safe_sql builds on this module)
-
         return check_predicate(self, predicate)
 
     def shard_rows_for(self, predicate: str = "TRUE") -> list[dict]:
@@ -354,6 +353,4 @@ class Catalog(CurationRecords, ReleaseRecords):
 
     def export(self, url: str) -> dict:
         """Publish a Parquet snapshot with a manifest at ``url`` (local or s3://); returns the manifest."""
-        from vidcorpus.catalog.snapshot import export_snapshot
-
         return export_snapshot(self, url)

@@ -25,8 +25,9 @@ import numpy as np
 
 from vidcorpus.errors import DecodeError
 from vidcorpus.filters.scorers import clip_fps, sample_pairs
-from vidcorpus.filters.source_scoring import (from_source, motion_frame_indices, motion_gray, motion_starts,
-                                              score_from_source, take_motion_frames)
+from vidcorpus.filters.motion_frames import (motion_frame_indices, motion_gray, motion_starts, resize_gray,
+                                             take_motion_frames)
+from vidcorpus.filters.source_scoring import from_source, score_from_source
 from vidcorpus.media import is_image
 from vidcorpus.schemas import add_scores, score
 from vidcorpus.stage import Resources, Stage
@@ -35,23 +36,16 @@ MOTION_VERSION = "motion-v1"
 MOTION_MODEL = "farneback"
 
 
-def _resize_gray(frame: np.ndarray, width: int) -> np.ndarray:
-    h, w = frame.shape[:2]
-    height = max(2, round(h * width / w))
-    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-    return cv2.resize(gray, (width, height), interpolation=cv2.INTER_AREA)
-
-
 def motion_scores(pairs: list[tuple[np.ndarray, np.ndarray]], dt: float, width: int,
                   static_threshold: float, jitter_threshold: float = float("inf")) -> dict[str, float]:
     """Score name -> value from (frame, later frame) pairs `dt` seconds apart; needs one pair."""
-    gray = [(_resize_gray(a, width), _resize_gray(b, width)) for a, b in pairs]
+    gray = [(resize_gray(a, width), resize_gray(b, width)) for a, b in pairs]
     return motion_scores_gray(gray, dt, static_threshold, jitter_threshold)
 
 
 def motion_scores_gray(pairs: list[tuple[np.ndarray, np.ndarray]], dt: float, static_threshold: float,
                        jitter_threshold: float = float("inf")) -> dict[str, float]:
-    """``motion_scores`` of pairs already shrunk to grey at motion_width (``_resize_gray``)."""
+    """``motion_scores`` of pairs already shrunk to grey at motion_width (``resize_gray``)."""
     if not pairs:
         raise DecodeError("motion needs at least two frames")
     speeds, global_flow = [], []

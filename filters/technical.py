@@ -21,8 +21,8 @@ import numpy as np
 
 from vidcorpus.errors import DecodeError
 from vidcorpus.filters.scorers import sample_frames
-from vidcorpus.filters.source_scoring import (frames_at, from_source, give_motion_frames, motion_frame_indices,
-                                              motion_gray, score_from_source, still_indices, technical_indices,
+from vidcorpus.filters.motion_frames import give_motion_frames, motion_frame_indices, motion_gray
+from vidcorpus.filters.source_scoring import (frames_at, from_source, score_from_source, still_indices, technical_indices,
                                               write_stills)
 from vidcorpus.image_clip import image_clip
 from vidcorpus.media import is_image, read_frames

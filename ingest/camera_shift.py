@@ -1,7 +1,7 @@
 """How different two frames are once a camera pan between them is allowed for.
 
 A pan moves the picture; a cut replaces it. On the flash filter's 8x6 grey thumbnails
-(``ingest/flash.py``) a whip pan changes every block as much as a cut does, so a plain difference
+(``ingest/thumbnails.py``) a whip pan changes every block as much as a cut does, so a plain difference
 cannot tell them apart: compared with the other frame shifted by whole thumbnail blocks (each an
 eighth of the width, a sixth of the height), the panned picture matches again where a new shot
 does not. The cut-evidence check (``ingest/cut_evidence.py``) and the flash filter read it.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vidcorpus.ingest.flash import THUMB_H, THUMB_W
+from vidcorpus.ingest.thumbnails import THUMB_H, THUMB_W
 
 
 def shifted_distance(a: np.ndarray, b: np.ndarray, max_dx: int = 2, max_dy: int = 1, mean_abs: bool = False) -> float:

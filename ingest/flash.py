@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 
-THUMB_W, THUMB_H = 8, 6
+from vidcorpus.ingest.camera_shift import shifted_distance
+from vidcorpus.ingest.thumbnails import THUMB_H, THUMB_W, luma_grid
+
 BATCH = 256  # frames whose grids wait to be reduced together (768 bytes each)
 
 
@@ -78,34 +79,6 @@ class FlashWatch:
         return [c for c in cuts if not is_flash(thumbs, c, max_frames, lift, same)]
 
 
-def thumbnail(frame) -> np.ndarray:
-    """(THUMB_H, THUMB_W) uint8 grey thumbnail of an ``av.VideoFrame``: block means of ``luma_grid``."""
-    return luma_grid(frame).reshape(THUMB_H, 4, THUMB_W, 4).mean(axis=(1, 3)).astype(np.uint8)
-
-
-def luma_grid(frame) -> np.ndarray:
-    """(4 THUMB_H, 4 THUMB_W) float32 grey samples of an ``av.VideoFrame``: a sparse grid of its luma
-    plane when it has one (YUV, NV, grey; 8 to 16 bits), else through FFmpeg's scaler."""
-    fmt = frame.format
-    bits = fmt.components[0].bits
-    if not fmt.name.startswith(("yuv", "nv", "gray")) or bits > 16:
-        return frame.to_ndarray(width=THUMB_W * 4, height=THUMB_H * 4, format="gray8").astype(np.float32)
-    plane = frame.planes[0]
-    if bits > 8:  # little-endian 16-bit samples: scale to 8 bits
-        y = np.frombuffer(plane, np.uint16).reshape(plane.height, plane.line_size // 2) >> (bits - 8)
-    else:
-        y = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
-    return y[_grid_index(frame.height, frame.width)].astype(np.float32)
-
-
-@lru_cache(maxsize=16)
-def _grid_index(height: int, width: int) -> tuple:
-    """The rows and columns ``luma_grid`` samples (the same for every frame of a stream)."""
-    ys = np.linspace(0, height - 1, THUMB_H * 4).astype(int)
-    xs = np.linspace(0, width - 1, THUMB_W * 4).astype(int)
-    return np.ix_(ys, xs)
-
-
 def is_flash(thumbs: np.ndarray, cut: int, max_frames: int = 4, lift: float = 25.0, same: float = 30.0) -> bool:
     """Whether frames before and after ``cut`` (at most ``max_frames`` apart, the cut between them)
     show the same picture with only brighter frames in between."""
@@ -131,6 +104,4 @@ def same_picture(a: np.ndarray, b: np.ndarray, frames_apart: int, same: float = 
     plain = float(np.abs(a - b).mean())
     if plain < same:
         return True
-    from vidcorpus.ingest.camera_shift import shifted_distance  # not at the top: camera_shift imports flash
-
     return shifted_distance(a, b, min(3, frames_apart - 1), 1, mean_abs=True) < min(same, plain / 2)

@@ -18,7 +18,7 @@ decoding again (``transitions_from_file``).
 
 A run of frames above the threshold that is shorter than ``transnet_min_transition_frames`` is a
 hard cut; a longer one (its extent measured on the ``many`` head) is a gradual transition, whose
-frames are kept out of every clip.
+frames are kept out of every clip (``ingest/transnet_transitions.py``, ``ingest/transnet_gradual.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ import numpy as np
 
 from vidcorpus.errors import ModelNotAvailable
 from vidcorpus.ingest.frame_worker import FrameWorker
+from vidcorpus.ingest.transnet_gradual import decide as decide_transitions
+from vidcorpus.ingest.transnet_transitions import Transitions
 from vidcorpus.media import upright_array
 
 WIDTH, HEIGHT = 48, 27  # the model's input size
@@ -235,50 +237,6 @@ class TransNetStream:
         return single.astype(np.float32), many.astype(np.float32)
 
 
-@dataclass(frozen=True)
-class Transitions:
-    """Hard cuts (first frame of the new shot) and gradual transitions (inclusive frame spans)."""
-
-    cuts: list[int]
-    spans: list[tuple[int, int]]
-
-
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """Inclusive (first, last) of each run of True."""
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
-    return [(int(a), int(b) - 1) for a, b in zip(edges[::2], edges[1::2])]
-
-
-def find_transitions(single: np.ndarray, many: np.ndarray, threshold: float = 0.5,
-                     span_threshold: float = 0.2, min_transition_frames: int = 3) -> Transitions:
-    """Decide cuts and gradual spans from per-frame probabilities.
-
-    An event is a frame whose ``single`` probability exceeds ``threshold``, or a run of at least
-    ``min_transition_frames`` frames whose ``many`` probability does (a slow fade the single head
-    sees only weakly). Its extent is the run of frames around it above ``span_threshold`` on either
-    head. An extent shorter than ``min_transition_frames`` is a hard cut, placed after the frame the
-    single head rates highest (the model marks the last frame of the old shot); a longer one is a
-    gradual transition.
-    """
-    n = len(single)
-    hot = single > threshold
-    for a, b in _runs(many > threshold):
-        if b - a + 1 >= min_transition_frames:
-            hot[a:b + 1] = True
-    cuts: list[int] = []
-    spans: list[tuple[int, int]] = []
-    for a, b in _runs((single > span_threshold) | (many > span_threshold) | hot):
-        if not hot[a:b + 1].any():
-            continue
-        if b - a + 1 < min_transition_frames:
-            cut = a + int(np.argmax(single[a:b + 1])) + 1
-            if 0 < cut < n:
-                cuts.append(cut)
-        else:
-            spans.append((a, b))
-    return Transitions(cuts, spans)
-
-
 def exclude_spans(segments: list[tuple[int, int]], spans: list[tuple[int, int]],
                   min_len: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """(segments without the span frames, the spans as excluded).
@@ -339,10 +297,8 @@ def load_probabilities(url: str) -> tuple[np.ndarray, np.ndarray, str]:
 
 def transitions_from_file(url: str, cfg) -> Transitions:
     """Re-decide a source's cuts with ``cfg``'s (split section) thresholds, without decoding it again."""
-    from vidcorpus.ingest.transnet_gradual import decide
-
     single, many, _ = load_probabilities(url)
-    return decide(single, many, cfg)
+    return decide_transitions(single, many, cfg)
 
 
 @dataclass
@@ -381,10 +337,8 @@ class TransNetRun:
 
     def decide(self, single: np.ndarray, many: np.ndarray) -> Transitions:
         """The transitions in the source's probabilities (beside other detectors: gradual ones only)."""
-        from vidcorpus.ingest.transnet_gradual import decide  # (it builds on this module)
-
         self.level = np.maximum(single, many)
-        self.transitions = decide(single, many, self.cfg)
+        self.transitions = decide_transitions(single, many, self.cfg)
         return self.transitions
 
     def sees_transition(self, first: int, last: int) -> bool:

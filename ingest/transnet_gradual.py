@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vidcorpus.ingest.transnet import Transitions, _runs, find_transitions
+from vidcorpus.ingest.transnet_transitions import Transitions, find_transitions, true_runs
 
 
 def _grown(first: int, last: int, level: np.ndarray, floor: float) -> tuple[int, int]:
@@ -44,7 +44,7 @@ def gradual_spans(single: np.ndarray, many: np.ndarray, threshold: float = 0.5, 
     long faint runs on the ``many`` head, each grown to where both heads fall below ``extent_threshold``
     (overlapping or touching spans become one)."""
     spans = list(find_transitions(single, many, threshold, span_threshold, min_transition_frames).spans)
-    spans += [(a, b) for a, b in _runs(many > span_threshold) if b - a + 1 >= weak_frames]
+    spans += [(a, b) for a, b in true_runs(many > span_threshold) if b - a + 1 >= weak_frames]
     level = np.maximum(single, many)
     out: list[tuple[int, int]] = []
     for a, b in sorted(spans):

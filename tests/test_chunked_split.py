@@ -12,7 +12,7 @@ from vidcorpus.frame_index import FrameCursor, FrameIndex, build_index, index_of
 from vidcorpus.frame_seek import to_rgb
 from vidcorpus.ids import source_id
 from vidcorpus.ingest.extract import ExtractStage
-from vidcorpus.ingest.split import SplitStage
+from vidcorpus.ingest.split_stage import SplitStage
 from vidcorpus.media import probe_video
 from vidcorpus.schemas import empty_row, rows_to_table
 

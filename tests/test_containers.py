@@ -14,7 +14,8 @@ import pytest
 from vidcorpus.config import SplitConfig, load_config
 from vidcorpus.ids import source_id
 from vidcorpus.ingest.extract import ExtractStage
-from vidcorpus.ingest.split import SplitStage, detect_segments
+from vidcorpus.ingest.split import detect_segments
+from vidcorpus.ingest.split_stage import SplitStage
 from vidcorpus.media import decode_indices, read_frames, sniff_media_type
 from vidcorpus.schemas import empty_row, rows_to_table
 from vidcorpus.synth import _shot

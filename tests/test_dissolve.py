@@ -14,7 +14,8 @@ from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import SplitConfig, load_config
 from vidcorpus.ids import source_id
 from vidcorpus.ingest.segments import uncovered
-from vidcorpus.ingest.split import SplitStage, detect_segments, detect_shots
+from vidcorpus.ingest.split import detect_segments, detect_shots
+from vidcorpus.ingest.split_stage import SplitStage
 from vidcorpus.media import encode_video, probe_video
 from vidcorpus.schemas import empty_row, rows_to_table
 

@@ -29,7 +29,7 @@ from vidcorpus.ingest.download import DownloadStage, check_destination
 from vidcorpus.ingest.extract import ExtractStage
 from vidcorpus.ingest.probe import ProbeStage
 from vidcorpus.ingest.sources import read_inputs
-from vidcorpus.ingest.split import SplitStage
+from vidcorpus.ingest.split_stage import SplitStage
 from vidcorpus.media import encode_video, load_image_rgb
 from vidcorpus.schemas import rows_to_table
 

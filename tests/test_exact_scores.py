@@ -116,7 +116,8 @@ def test_flash_watch_batches_give_each_frames_own_thumbnail_and_detail():
     the numbers that frame alone gives (the reduction the watch made per frame before)."""
     import numpy as np
 
-    from vidcorpus.ingest.flash import BATCH, THUMB_H, THUMB_W, FlashWatch, luma_grid
+    from vidcorpus.ingest.flash import BATCH, FlashWatch
+    from vidcorpus.ingest.thumbnails import THUMB_H, THUMB_W, luma_grid
 
     for path in _footage():
         watch, thumbs, detail = FlashWatch(), [], []

@@ -60,7 +60,7 @@ def _decode_all(path: str) -> list[np.ndarray]:
 
 
 def _split(cfg, path: str) -> list[dict]:
-    from vidcorpus.ingest.split import SplitStage
+    from vidcorpus.ingest.split_stage import SplitStage
 
     rows = SplitStage(cfg)(rows_to_table([_source_row(path)])).to_pylist()
     return sorted(rows, key=lambda r: r["first_frame"])

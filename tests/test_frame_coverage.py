@@ -18,7 +18,8 @@ from vidcorpus.config import SplitConfig, load_config
 from vidcorpus.ids import source_id
 from vidcorpus.ingest.extract import ExtractStage
 from vidcorpus.ingest.segments import DroppedSegment, ShotSplit, uncovered
-from vidcorpus.ingest.split import SplitStage, detect_segments
+from vidcorpus.ingest.split import detect_segments
+from vidcorpus.ingest.split_stage import SplitStage
 from vidcorpus.media import probe_video
 from vidcorpus.schemas import empty_row, rows_to_table
 from vidcorpus.synth import _shot
@@ -131,11 +132,11 @@ def test_transition_between_two_cuts_is_a_dropped_row(tmp_path):
 
 def test_a_detector_can_report_its_own_transition_spans(tmp_path, two_shots, monkeypatch):
     """A detector that sees dissolves itself hands them over as dropped segments with its reason and name."""
-    import vidcorpus.ingest.split as split
+    import vidcorpus.ingest.split_stage as split_stage
 
     found = ShotSplit(shots=[(0, 40), (56, 95)], n_frames=96,
                       dropped=[DroppedSegment(41, 55, "dissolve", "transnetv2")])
-    monkeypatch.setattr(split, "detect_segments", lambda *a, **k: found)
+    monkeypatch.setattr(split_stage, "detect_segments", lambda *a, **k: found)
     rows = _split_and_extract(_cfg(tmp_path), two_shots)
     with _commit(tmp_path, "run1", rows) as cat:
         assert cat.query_dicts("SELECT first_frame, last_frame, reason, detector FROM dropped_segments") == [

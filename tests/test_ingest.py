@@ -11,7 +11,8 @@ from vidcorpus.ingest.download import DownloadStage
 from vidcorpus.ingest.extract import ExtractStage
 from vidcorpus.ingest.probe import ProbeStage
 from vidcorpus.ingest.sources import read_inputs
-from vidcorpus.ingest.split import SplitStage, detect_shots, split_long
+from vidcorpus.ingest.split import detect_shots, split_long
+from vidcorpus.ingest.split_stage import SplitStage
 from vidcorpus.media import probe_video, read_frames
 from vidcorpus.schemas import rows_to_table
 

@@ -96,7 +96,7 @@ def test_extracted_clips_of_phone_footage_are_upright(tmp_path, videos):
     from vidcorpus.config import load_config
     from vidcorpus.ids import source_id
     from vidcorpus.ingest.extract import ExtractStage
-    from vidcorpus.ingest.split import SplitStage
+    from vidcorpus.ingest.split_stage import SplitStage
     from vidcorpus.schemas import empty_row, rows_to_table
 
     path = videos["portrait"]

@@ -12,7 +12,8 @@ from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import SplitConfig, load_config
 from vidcorpus.ids import source_id
 from vidcorpus.ingest.extract import ExtractStage
-from vidcorpus.ingest.split import SplitStage, clip_ranges, detect_shots, seconds_to_frames
+from vidcorpus.ingest.split import clip_ranges, detect_shots, seconds_to_frames
+from vidcorpus.ingest.split_stage import SplitStage
 from vidcorpus.media import probe_video
 from vidcorpus.schemas import empty_row, rows_to_table
 from vidcorpus.synth import _shot

@@ -18,9 +18,11 @@ import pytest
 from vidcorpus.config import SplitConfig, load_config
 from vidcorpus.errors import ModelNotAvailable
 from vidcorpus.ingest import transnet
-from vidcorpus.ingest.split import SplitStage, detect_shots
-from vidcorpus.ingest.transnet import (TransNetRun, TransNetStream, exclude_spans, find_transitions, load_model,
-                                       load_probabilities, transitions_from_file)
+from vidcorpus.ingest.split import detect_shots
+from vidcorpus.ingest.split_stage import SplitStage
+from vidcorpus.ingest.transnet import (TransNetRun, TransNetStream, exclude_spans, load_model, load_probabilities,
+                                       transitions_from_file)
+from vidcorpus.ingest.transnet_transitions import find_transitions
 from vidcorpus.media import encode_video, probe_video
 from vidcorpus.schemas import empty_row, rows_to_table
 

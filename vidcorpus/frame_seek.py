@@ -61,14 +61,6 @@ def to_rgb(frame: av.VideoFrame) -> np.ndarray:
     return reformatter().reformat(frame, format="rgb24", threads=1).to_ndarray()
 
 
-def to_rgb_upright(frame: av.VideoFrame) -> np.ndarray:
-    """``to_rgb`` turned upright when the frame carries a display matrix (phone footage); the very
-    same array otherwise (clips vidcorpus extracts carry none)."""
-    from vidcorpus.media import clockwise_rotation, upright  # not at the top: media.py imports this module
-
-    return upright(to_rgb(frame), clockwise_rotation(frame))
-
-
 FrameConverter = Callable[[av.VideoFrame], np.ndarray]
 
 

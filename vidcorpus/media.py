@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from vidcorpus.errors import DecodeError
-from vidcorpus.frame_seek import decode_in_order, reformatter, to_rgb_upright
+from vidcorpus.frame_seek import decode_in_order, reformatter, to_rgb
 
 # Quiet FFmpeg's own terminal logging (encoder statistics, decoder chatter). Do NOT route its logs
 # through Python (av.logging.set_level): with threaded decoding, a decoder thread inside the Python
@@ -134,6 +134,12 @@ def upright(arr: np.ndarray, clockwise: int) -> np.ndarray:
 def displayed_size(width: int, height: int, clockwise: int) -> tuple[int, int]:
     """(width, height) of stored pixels once turned upright."""
     return (height, width) if clockwise % 180 == 90 else (width, height)
+
+
+def to_rgb_upright(frame: av.VideoFrame) -> np.ndarray:
+    """``frame_seek.to_rgb`` turned upright when the frame carries a display matrix (phone footage);
+    the very same array otherwise (clips vidcorpus extracts carry none)."""
+    return upright(to_rgb(frame), clockwise_rotation(frame))
 
 
 def upright_array(frame: av.VideoFrame, width: int | None = None, height: int | None = None,

@@ -33,7 +33,8 @@ def sql(
     """
     import duckdb  # inside: keeps --help fast
 
-    from vidcorpus.catalog.safe_sql import RefusedSQL, first_line, run_user_sql
+    from vidcorpus.catalog.safe_sql import RefusedSQL, first_line
+    from vidcorpus.catalog.user_sql import run_user_sql
     from vidcorpus.catalog.store import CatalogError
 
     cfg = effective_config(config, None, workdir=workdir, catalog=catalog)

@@ -11,10 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
 
 import duckdb
-from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -26,11 +24,13 @@ from vidcorpus.catalog.safe_sql import RefusedSQL, check_predicate, first_line
 from vidcorpus.catalog.store import CatalogError
 from vidcorpus.serve.preview import Previews
 from vidcorpus.serve import labels as labels_mod
-from vidcorpus.serve import cards, media, queries
+from vidcorpus.serve import media, queries
 from vidcorpus.serve.access import CatalogAccess
 from vidcorpus.serve.cached_reads import CachedReads
 from vidcorpus.serve.warmer import Warmer
 from vidcorpus.serve.neighbours import Neighbours
+from vidcorpus.serve.pages import error_page, jinja_env
+from vidcorpus.serve.routes_measure import measure_routes
 from vidcorpus.serve.security import WRITE_HEADER, Refused, check_id, host_ok, inside_roots, token_ok
 
 TOKEN_COOKIE = "vidcorpus_token"
@@ -116,19 +116,6 @@ class Guard:
         await self.app(scope, receive, send_guarded)
 
 
-_env = Environment(loader=PackageLoader("vidcorpus.serve", "templates"), autoescape=select_autoescape(["html"]))
-_env.filters["num"] = cards.num
-_env.globals.update(card=cards.card, cards=cards.cards)  # a clip card in Python: 5x cheaper than a macro
-
-
-def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
-    return HTMLResponse(_env.get_template(name).render(**context), status_code=status)
-
-
-def error_page(message: str, status: int) -> HTMLResponse:
-    return render("error.html", status=status, message=message)
-
-
 def _float(value: str | None, name: str) -> float | None:
     if value is None or value == "":
         return None
@@ -206,7 +193,7 @@ def index(request: Request) -> Response:
         facets = reads.facets(con, stamp, facts.scores)
         pages = max(1, -(-total // q.per_page))
         args = {k: v for k, v in request.query_params.items() if k not in ("page", "token")}
-        return _env.get_template("grid.html").render(
+        return jinja_env.get_template("grid.html").render(
             rows=rows, total=total, q=q, scores=facts.scores, facets=facets, pages=pages, args=args,
             source_options=reads.options(stamp, "sources", facets["sources"], q.source),
             reason_options=reads.options(stamp, "reasons", facets["reasons"], q.reason),
@@ -249,7 +236,7 @@ def clip_page(request: Request) -> Response:
                 [[c for c, _ in near]]).fetchall()} if near else {}
         detail["near"] = [{"clip_id": c, "sim": s, "kept": info.get(c, (None, None))[0],
                            "reason": info.get(c, (None, None))[1]} for c, s in near]
-    html = _env.get_template("clip.html").render(d=detail, c=detail["clip"], reasons=labels_mod.REASONS,
+    html = jinja_env.get_template("clip.html").render(d=detail, c=detail["clip"], reasons=labels_mod.REASONS,
                                                  writable=access.writable,
                                                  origin=request.query_params.get("origin", "browse"))
     reads.clip_pages.put(stamp, key, html)  # kept until the catalog changes (a label, a job's commit)
@@ -355,8 +342,6 @@ def _on_catalog(request: Request, exc: Exception) -> Response:
 
 
 def make_app(settings: ServeSettings, access: CatalogAccess | None = None) -> Starlette:
-    from vidcorpus.serve.routes_measure import measure_routes  # (its pages render with this module)
-
     static = StaticFiles(packages=[("vidcorpus.serve", "static")])
     routes = [
         Route("/", index),

@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from vidcorpus.catalog.sql_names import ident
 from vidcorpus.serve import measure, queries
-from vidcorpus.serve.app import render
+from vidcorpus.serve.pages import render
 from vidcorpus.serve.recipe_sql import kept_sql, with_change
 from vidcorpus.serve.security import Refused, check_recipe_id
 

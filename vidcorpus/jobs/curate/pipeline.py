@@ -24,7 +24,7 @@ from vidcorpus.catalog.stage_stats import write as write_stage_stats
 from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import Config
 from vidcorpus.errors import storage_full
-from vidcorpus.filters.frame_models import preflight_frame_models, with_frame_model_stages
+from vidcorpus.filters.frame_model_stages import preflight_frame_models, with_frame_model_stages
 from vidcorpus.ids import new_run_id
 from vidcorpus.ingest.sources import read_inputs
 from vidcorpus.jobs.curate.caption_pool import CaptionPool
@@ -53,7 +53,7 @@ def pipeline_stages() -> list[type[Stage]]:
     from vidcorpus.ingest.download import DownloadStage
     from vidcorpus.ingest.extract import ExtractStage
     from vidcorpus.ingest.probe import ProbeStage
-    from vidcorpus.ingest.split import SplitStage
+    from vidcorpus.ingest.split_stage import SplitStage
 
     # Filter before you encode: the scorers read unextracted clips from their source, and ExtractStage
     # encodes only the clips the recipe keeps (kept_only), before captioning reads them.
