@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import duckdb
 import fsspec
 
+from vidcorpus.catalog.file_lock import CatalogError
 from vidcorpus.catalog.sql_names import ident
 from vidcorpus.storage import is_url, write_atomic
 
@@ -61,8 +62,6 @@ def _sha256(path: str) -> str:
 
 def export_snapshot(cat: "Catalog", url: str) -> dict:
     """Write every table to Parquet, upload, then write the manifest last; returns the manifest."""
-    from vidcorpus.catalog.store import CatalogError
-
     if cat.manifest is not None:
         raise CatalogError("export from the DuckDB file, not from a snapshot")
     fs, root = fsspec.core.url_to_fs(url)
@@ -140,8 +139,6 @@ def open_snapshot(url: str) -> tuple[duckdb.DuckDBPyConnection, dict, tempfile.T
     snapshot refuses writes exactly as over the catalog file. The caller keeps the returned
     temporary folder alive as long as the connection.
     """
-    from vidcorpus.catalog.store import CatalogError
-
     fs, root = fsspec.core.url_to_fs(url)
     root = root.rstrip("/")
     try:
