@@ -79,7 +79,7 @@ def decode_video(data: bytes, num_frames: int, target_fps: float, rng: random.Ra
     # here, not at the top: a run from cached latents never decodes video (frame_seek imports av too)
     import av
 
-    from vidcorpus.frame_seek import decode_in_order, to_rgb_upright
+    from vidcorpus.frame_seek import decode_in_order, to_rgb_upright  # inside: av, as above
 
     meta = meta or {}
     try:
