@@ -20,6 +20,7 @@ import numpy as np
 
 from vidcorpus.config import Config
 from vidcorpus.errors import DecodeError
+from vidcorpus.frame_index import FrameCursor
 from vidcorpus.ids import clip_id, image_clip_id
 from vidcorpus.ingest.segments import TRANSITION, DroppedSegment, ShotSplit, drop_transitions, trim_shots
 from vidcorpus.ingest.cut_evidence import confirmed_cuts, record_cuts, reported_by
@@ -112,8 +113,6 @@ def _scaled_pyav_stream(path: str, downscale: int, on_frame=None, rotation: int 
     turn = first_frame_rotation(path) if rotation is None else rotation
     cursor = None
     if start > 0 and index is not None:
-        from vidcorpus.frame_index import FrameCursor
-
         cursor = FrameCursor(path, start, index)
     return ScaledStream(path, lambda w, h: detection_size(*displayed_size(w, h, turn), downscale), turn, cursor,
                         on_frame)
@@ -338,6 +337,7 @@ class SplitStage(Stage):
 
     def _detect(self, path: str, cfg, fps: float, transnet: TransNetRun | None, rotation: int | None) -> ShotSplit:
         """One decode of the source, or parallel chunks of a long one (ingest/split_chunks.py)."""
+        # inside: split_chunks imports this module (a circle)
         from vidcorpus.ingest.split_chunks import chunked_index, detect_segments_chunked, run_chunks
 
         max_seconds = self.config.ingest.max_duration_s

@@ -339,7 +339,7 @@ def load_probabilities(url: str) -> tuple[np.ndarray, np.ndarray, str]:
 
 def transitions_from_file(url: str, cfg) -> Transitions:
     """Re-decide a source's cuts with ``cfg``'s (split section) thresholds, without decoding it again."""
-    from vidcorpus.ingest.transnet_gradual import decide
+    from vidcorpus.ingest.transnet_gradual import decide  # inside: transnet_gradual imports this module (a circle)
 
     single, many, _ = load_probabilities(url)
     return decide(single, many, cfg)
