@@ -33,7 +33,7 @@ def sql(
     """
     import duckdb  # inside: keeps --help fast
 
-    from vidcorpus.catalog.safe_sql import RefusedSQL, first_line, run_user_sql
+    from vidcorpus.catalog.safe_sql import RefusedSQL, first_line, run_user_sql  # inside: keeps --help fast (duckdb)
     from vidcorpus.catalog.store import CatalogError
 
     cfg = effective_config(config, None, workdir=workdir, catalog=catalog)
