@@ -38,6 +38,7 @@ import torch
 from vidcorpus.captioning.decode_attention import (DECODE_ATTENTION, VARLEN_ATTENTION, AttnSwitch, cache_kwarg,
                                                   padding_lengths, penalty_skips_padding, probe_bmm_fp32,
                                                   register_attention)
+from vidcorpus.captioning.fast_prefill import FastPrefill, recompile_limit_raised
 from vidcorpus.captioning.oom import is_oom
 
 try:  # subclass transformers' Cache so type checks in model code accept ours
@@ -160,8 +161,6 @@ class GraphDecoder:
         qwen_vision = getattr(model.config, "model_type", "") in ("qwen2_vl", "qwen2_5_vl")
         self.vision_config = vision if (fast_attention and qwen_vision and vision is not None
                                         and vision._attn_implementation == "sdpa") else None
-        from vidcorpus.captioning.fast_prefill import FastPrefill
-
         # the prefill: packed vision attention, the patch embedding as a matmul, the rope index on the
         # CPU, optionally compiled blocks (fast_prefill.py); fast_attention=False turns all of it off,
         # compile_prefill included
@@ -334,10 +333,8 @@ class GraphDecoder:
         with AttnSwitch(self.lm.config, self.decode_attention):
             if not self.compile_decode:
                 return self._step_core(slot, rp)
-            from vidcorpus.captioning.fast_prefill import _recompile_limit_patch
-
             probe_bmm_fp32(self.device)  # eagerly, before tracing: the compiled step reads the answer
-            limit = _recompile_limit_patch(64)  # penalties and shapes of a long job; only around this call
+            limit = recompile_limit_raised(64)  # penalties and shapes of a long job; only around this call
             try:
                 if self._compiled_step is None:
                     # automatic dynamic shapes: the first slot shape (a job's full batch) compiles as it

@@ -140,9 +140,10 @@ def _is_patch_conv(proj) -> bool:
             and tuple(proj.dilation) == (1, 1, 1) and proj.groups == 1)
 
 
-def _recompile_limit_patch(limit: int):
-    """torch._dynamo.config.patch raising the per-code-object recompile limit (its name varies by
-    torch version), or None."""
+def recompile_limit_raised(limit: int):
+    """A context manager (torch._dynamo.config.patch) raising the per-code-object recompile limit (its
+    name varies by torch version) while open, or None; the prefill's and the decoding step's compiles
+    share it."""
     cfg = torch._dynamo.config
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(cfg, name):
@@ -244,7 +245,7 @@ class FastPrefill:
             # functions for every block or layer) at a few shapes each: more than dynamo's default of
             # 8 entries per code object, after which it would silently run eagerly. Raised while the
             # context is open only.
-            limit = _recompile_limit_patch(64)
+            limit = recompile_limit_raised(64)
             if limit is not None:
                 undo.enter_context(limit)
         for module, fn in zip(self.targets, compiled):

@@ -18,8 +18,11 @@ import torch
 
 from vidcorpus.captioning.caption_inputs import CaptionInputs
 from vidcorpus.captioning.oom import is_oom
+from vidcorpus.captioning.probe import check_tokens
 from vidcorpus.captioning.prompts import Prompt, PromptKind, get_prompt
+from vidcorpus.captioning.shared_vision import SharedVision
 from vidcorpus.fast_paths import switch_off, usable
+from vidcorpus.model_files import require_hf_model
 
 
 @dataclass
@@ -130,8 +133,6 @@ class Captioner(CaptionInputs):
                        prompt_version: str | None = None) -> dict[PromptKind, list[Generation]]:
         """Every kind's captions of the same clips (``limits``: kind -> max new tokens), a batch at a
         time: the kinds of one batch share its vision-tower pass (captioning/shared_vision.py)."""
-        from vidcorpus.captioning.shared_vision import SharedVision
-
         n = len(frames_per_clip)
         out: dict = {kind: [None] * n for kind in limits}
         # chat VLMs caption images and videos in batches of their own (generate): group first, so that
@@ -228,6 +229,7 @@ class Captioner(CaptionInputs):
         if self.decode != "static_graph" or not self.chat:
             return None
         if self._graph is None:
+            # inside: fast_decode imports transformers (load_captioner checks the weights before that slow import)
             from vidcorpus.captioning.fast_decode import GraphDecoder, supports_graph_decode
 
             self._graph = False
@@ -286,8 +288,6 @@ class Captioner(CaptionInputs):
                       eos_ids: list[int], min_new_tokens: int) -> bool:
         """Check the static path's tokens for the batch's first rows against the model's own choices
         (captioning/probe.py); on a disagreement (or a probe that cannot run) switch the path off."""
-        from vidcorpus.captioning.probe import check_tokens
-
         rows = min(self.probe_rows, len(chunk))
         try:
             inputs = self._device_inputs(chunk[:rows], prompt, as_image)
@@ -348,8 +348,6 @@ def load_captioner(name_or_dir: str, device: str | torch.device | None = None, d
                    compile_decode: bool | None = None, probe_rows: int = 4,
                    prefetch_min_batch: int = PREFETCH_MIN_BATCH, pad_batches: bool = False) -> Captioner:
     """Load any image-text-to-text captioner (hub id or local dir) the same way; fail fast if missing."""
-    from vidcorpus.model_files import require_hf_model
-
     path = require_hf_model(name_or_dir, "captioner")  # before transformers' slow imports: fail fast
     from transformers import AutoProcessor
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vidcorpus.captioning.decode_attention import padding_lengths, penalty_skips_padding
+
 # A choice is off when the reference's best logit beats the chosen token's by more than this many
 # standard deviations of that position's logits; in float32 both paths do the same maths (a flip is
 # a bug), in half precision their roundings differ by about a percent of the logits' spread.
@@ -56,8 +58,6 @@ def check_tokens(model, inputs: dict, new: torch.Tensor, eos_ids: list[int], sto
     processor's tensors of the same rows, on the model's device). ``eos_ids``: what the minimum-length
     rule suppresses; ``stop_ids``: tokens after which a row is padding (EOS and pad)."""
     from transformers import MinNewTokensLengthLogitsProcessor, RepetitionPenaltyLogitsProcessor
-
-    from vidcorpus.captioning.decode_attention import padding_lengths, penalty_skips_padding
 
     prompt = inputs["input_ids"]
     rows, n = new.shape

@@ -27,7 +27,7 @@ from vidcorpus.catalog.schema import (
     MIGRATION_HOOKS,
     MIGRATIONS,
 )
-from vidcorpus.catalog import batch_commit, wide_table
+from vidcorpus.catalog import batch_commit, train_samples, wide_table
 from vidcorpus.catalog.curation_records import CurationRecords
 from vidcorpus.catalog.errors import CatalogError
 from vidcorpus.catalog.file_lock import READ_LOCK_TIMEOUT_S, WRITE_LOCK_TIMEOUT_S, connect
@@ -36,9 +36,11 @@ from vidcorpus.catalog.safe_sql import check_predicate
 from vidcorpus.catalog.snapshot import export_snapshot, is_snapshot, open_snapshot
 from vidcorpus.catalog.timestamps import utc_now
 from vidcorpus.catalog.upsert import upsert
+from vidcorpus.catalog.verify import verify_catalog
 from vidcorpus.storage import is_url
 from vidcorpus.redact import redact_text
 from vidcorpus.schemas import SHARD_SCHEMA
+from vidcorpus.workdir import missing_catalog_hint
 
 
 class Catalog(CurationRecords, ReleaseRecords):
@@ -72,8 +74,6 @@ class Catalog(CurationRecords, ReleaseRecords):
                                "publish one with `vidcorpus catalog export URL`)")
         self.path = self.path.removeprefix("file://")
         if read_only and not Path(self.path).exists():
-            from vidcorpus.workdir import missing_catalog_hint
-
             raise CatalogError(f"no catalog at {self.path} ({missing_catalog_hint(self.path)})")
         if not read_only:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -319,9 +319,7 @@ class Catalog(CurationRecords, ReleaseRecords):
                         checkpoint: str, shard_urls: list[str], config_json: str, started_at: dt.datetime,
                         samples, files: list[dict] | None = None, replace_from: int | None = None) -> None:
         """See ``catalog/train_samples.py`` (samples: (step, clip id) pairs or a table of them)."""
-        from vidcorpus.catalog.train_samples import record_training
-
-        record_training(self, run_id, stage, select_sql, steps, final_loss, checkpoint, shard_urls, config_json,
+        train_samples.record_training(self, run_id, stage, select_sql, steps, final_loss, checkpoint, shard_urls, config_json,
                         started_at, samples, files, replace_from)
 
     def record_failure(self, item_id: str, stage: str, error_class: str, error: str, run_id: str,
@@ -347,8 +345,6 @@ class Catalog(CurationRecords, ReleaseRecords):
     # -- audit and publication -----------------------------------------------------------------
     def verify(self, shard_roots: Iterable[str] = (), checksums: bool = True, deep: bool = False) -> list[dict]:
         """Consistency problems (empty when the catalog is sound); see ``catalog/verify.py``."""
-        from vidcorpus.catalog.verify import verify_catalog
-
         return verify_catalog(self, shard_roots=shard_roots, checksums=checksums, deep=deep)
 
     def export(self, url: str) -> dict:

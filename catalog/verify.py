@@ -29,7 +29,11 @@ from typing import TYPE_CHECKING, Iterable
 
 import fsspec
 
+from vidcorpus.catalog.corpus_state import state_problems
+from vidcorpus.catalog.coverage import coverage_problems
+from vidcorpus.catalog.schema import wide_view_sql
 from vidcorpus.catalog.sql_names import ident, table as sql_table
+from vidcorpus.catalog.verify_paths import relative_paths
 
 if TYPE_CHECKING:  # pragma: no cover
     from vidcorpus.catalog.store import Catalog
@@ -96,25 +100,17 @@ def verify_catalog(cat: "Catalog", shard_roots: Iterable[str] = (), checksums: b
     out += _problems(cat, "wide_orphan",
                      "SELECT clip_id AS item FROM clips_wide ANTI JOIN clips USING (clip_id) ORDER BY 1",
                      lambda r: "clips_wide row of a clip with no clips row")
-    from vidcorpus.catalog.verify_paths import relative_paths
-
     out += relative_paths(cat, MAX_PER_CHECK)
     if _has_table(cat, "dropped_segments"):
-        from vidcorpus.catalog.coverage import coverage_problems
-
         out += coverage_problems(cat)
     if deep:
         out += _wide_stale(cat)
-    from vidcorpus.catalog.corpus_state import state_problems
-
     out += state_problems(cat)  # shard/release members without their caption (issue 21)
     out += _shard_files(cat, shard_roots, checksums)
     return out
 
 
 def _wide_stale(cat: "Catalog") -> list[dict]:
-    from vidcorpus.catalog.schema import wide_view_sql
-
     scorers = [r["scorer"] for r in cat.query_dicts("SELECT DISTINCT scorer FROM scores ORDER BY 1")]
     cols = [r["column_name"] for r in cat.query_dicts(
         "SELECT column_name FROM information_schema.columns WHERE table_name = 'clips_wide' ORDER BY ordinal_position")]

@@ -15,9 +15,11 @@ import numpy as np
 
 from vidcorpus.errors import DecodeError
 from vidcorpus.filters.scorers import clip_fps
+from vidcorpus.filters.source_scoring import from_source
 from vidcorpus.frame_seek import (FrameConverter, KeyframeDecoder, decode_frames_seeking, decode_in_order, open_video,
-                                  to_rgb)
-from vidcorpus.media import is_image, load_image_rgb, uniform_indices
+                                  reformatter, to_rgb)
+from vidcorpus.media import is_image, load_image_rgb, probe_video, uniform_indices
+from vidcorpus.source_frames import clip_geometry, source_content_id, stream_clip_frames
 from vidcorpus.stills import decode_stills
 from vidcorpus.storage import read_bytes
 
@@ -111,11 +113,7 @@ def read_clip(row: dict) -> tuple[bytes | None, str]:
     """The clip file's bytes and their sha256 (one read; hashing costs ~0.05 ms for a 2 s clip).
     A video clip not extracted yet (filter before you encode) has no bytes: (None, a content id of
     its source and frame range); its frames come from the source (``clip_frame_list``)."""
-    from vidcorpus.filters.source_scoring import from_source
-
     if from_source(row):
-        from vidcorpus.source_frames import source_content_id
-
         return None, source_content_id(row)
     path = row.get("clip_path")
     if not path:
@@ -145,8 +143,6 @@ def clip_frame_list(row: dict, data: bytes | None, k: int, convert: FrameConvert
     path = row.get("clip_path")
     _fps, n = clip_fps(row, path) if (row.get("clip_frames") or row.get("last_frame") is not None) else (0.0, 0)
     if not n:
-        from vidcorpus.media import probe_video
-
         n = probe_video(io.BytesIO(data))["n_frames"] or 0
     wanted = uniform_indices(n, k)
     if not wanted:
@@ -160,8 +156,6 @@ def clip_frame_list(row: dict, data: bytes | None, k: int, convert: FrameConvert
 
 def _source_frame_list(row: dict, k: int, convert: FrameConverter) -> list[np.ndarray]:
     """The K sampled frames of an unextracted clip, from one decode of its source."""
-    from vidcorpus.source_frames import clip_geometry, stream_clip_frames
-
     wanted = uniform_indices(clip_geometry(row).frames, k)
     if not wanted:
         raise DecodeError("clip has no frames")
@@ -258,8 +252,6 @@ class ScaleToModel:
         return int(s * w / h), s
 
     def __call__(self, frame) -> np.ndarray:
-        from vidcorpus.frame_seek import reformatter
-
         ow, oh = self.out_size(frame.width, frame.height)
         arr = reformatter("clip_input").reformat(frame, ow, oh, "rgb24", interpolation=self.interpolation,
                                      threads=1).to_ndarray()

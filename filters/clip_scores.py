@@ -44,6 +44,7 @@ import numpy as np
 from vidcorpus.config import clip_batch_size
 from vidcorpus.filters.clip_frames import ScaleToModel
 from vidcorpus.filters.frame_decoder import DecodeAhead, FrameDecoder
+from vidcorpus.filters.stills_probe import StillsCheck
 from vidcorpus.media import is_image
 from vidcorpus.schemas import add_scores, score
 from vidcorpus.stage import Resources, Stage
@@ -226,8 +227,6 @@ class ClipScoreStage(Stage):
         k = self.config.filters.frames_per_clip
         bs = max(1, clip_batch_size(self.config, self.device))
         if getattr(self, "_stills", None) is None:
-            from vidcorpus.filters.stills_probe import StillsCheck
-
             self._stills = StillsCheck(k)
         rows = self._stills.rows(rows)  # stills only while they match their clips (filters/stills_probe.py)
         run = DecodeAhead(self.decoder(), rows, lambda row: 1 if is_image(row) else k, bs, self.embed_frames, self.fail)

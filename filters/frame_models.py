@@ -12,6 +12,7 @@ import importlib.util
 import numpy as np
 
 from vidcorpus.errors import ModelNotAvailable
+from vidcorpus.filters.clip_frames import clip_frame_list, load_stills, read_clip
 
 
 def require_extra(module: str, package: str, what: str) -> None:
@@ -22,8 +23,6 @@ def require_extra(module: str, package: str, what: str) -> None:
 
 def sampled_frames(row: dict, k: int) -> list[np.ndarray]:
     """The K RGB frames the model scorers sample from a clip (one for an image)."""
-    from vidcorpus.filters.clip_frames import clip_frame_list, load_stills, read_clip
-
     stills = load_stills(row, k)
     if stills is not None:
         return stills

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from vidcorpus.fast_paths import switch_off, usable
+from vidcorpus.filters.clip_frames import clip_frame_list, load_stills, read_clip
 
 # Mean absolute difference (0-255) allowed between stills and the decoded clip frames shrunk to the
 # stills' size: the stills are taken before H.264 encoding and stored as JPEG (quality 95, 4:4:4),
@@ -25,8 +26,6 @@ def stills_difference(row: dict, k: int) -> float | None:
     """Mean absolute difference between the row's stills and its decoded sampled frames, or None when
     the row has no readable stills."""
     import cv2
-
-    from vidcorpus.filters.clip_frames import clip_frame_list, load_stills, read_clip
 
     stills = load_stills(row, k)
     if stills is None:

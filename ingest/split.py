@@ -18,6 +18,7 @@ import fsspec
 import numpy as np
 
 from vidcorpus.errors import DecodeError
+from vidcorpus.frame_index import FrameCursor
 from vidcorpus.ingest.segments import TRANSITION, DroppedSegment, ShotSplit, drop_transitions, trim_shots
 from vidcorpus.ingest.cut_evidence import confirmed_cuts, record_cuts, reported_by
 from vidcorpus.ingest.dissolve import blend_settings, drop_blends
@@ -106,8 +107,6 @@ def _scaled_pyav_stream(path: str, downscale: int, on_frame=None, rotation: int 
     turn = first_frame_rotation(path) if rotation is None else rotation
     cursor = None
     if start > 0 and index is not None:
-        from vidcorpus.frame_index import FrameCursor
-
         cursor = FrameCursor(path, start, index)
     return ScaledStream(path, lambda w, h: detection_size(*displayed_size(w, h, turn), downscale), turn, cursor,
                         on_frame)

@@ -341,13 +341,13 @@ def test_technical_and_motion_share_one_decode_of_the_source(tmp_path, video, mo
     rows = _split(cfg, video)
     alone = MotionStage(cfg)(rows_to_table(rows)).to_pylist()  # motion decodes the source itself
     decodes: list[str] = []
-    real = source_frames._decode_from
+    real = source_frames.decode_source_range
 
     def counting(path, first, last):
         decodes.append(path)
         return real(path, first, last)
 
-    monkeypatch.setattr(source_frames, "_decode_from", counting)
+    monkeypatch.setattr(source_frames, "decode_source_range", counting)
     both = MotionStage(cfg)(TechnicalStage(cfg)(rows_to_table(rows))).to_pylist()
     assert decodes == [video]  # one pass over the source for both scorers
     motion = {r["clip_id"]: {s["scorer"]: s["value"] for s in r["scores"] if s["model"] == "farneback"} for r in both}

@@ -26,6 +26,10 @@ import numpy as np
 import torch
 
 from vidcorpus.config import GenerateConfig
+from vidcorpus.train.checkpoint import load_unet_weights, resolve_resume
+from vidcorpus.train.export import build_pipeline, sample_video
+from vidcorpus.train.models import load_components
+from vidcorpus.train.refiner import load_refiner, refine_video, to_uint8, trained_t_max, upsample
 
 
 @dataclass
@@ -60,10 +64,6 @@ def load_base_stage(base: str, i2vgen_dir: str | None, device: torch.device, dty
     if _is_pipeline_dir(base):
         pipe = I2VGenXLPipeline.from_pretrained(base.removeprefix("file://"), torch_dtype=dtype)
     else:
-        from vidcorpus.train.checkpoint import load_unet_weights, resolve_resume
-        from vidcorpus.train.export import build_pipeline
-        from vidcorpus.train.models import load_components
-
         if not i2vgen_dir:
             raise ValueError("--base is a checkpoint: models.i2vgen must name the base components")
         comps = load_components(i2vgen_dir, "cpu", dtype)
@@ -78,13 +78,9 @@ def load_refiner_stage(refiner: str, refiner_dir: str | None, device: torch.devi
     """Refiner components: UNet and VAE on ``device`` in ``dtype``; the text encoder on the CPU when
     ``offload_text`` (it visits the GPU to encode the prompt). ``refiner`` is an export (any diffusers
     UNet3D pipeline directory) or a checkpoint/run directory over the components of ``refiner_dir``."""
-    from vidcorpus.train.refiner import load_refiner
-
     if _is_pipeline_dir(refiner):
         comps = load_refiner(refiner.removeprefix("file://"), "cpu", dtype, unet_dtype=dtype)
     else:
-        from vidcorpus.train.checkpoint import load_unet_weights, resolve_resume
-
         if not refiner_dir:
             raise ValueError("--refiner is a checkpoint: models.refiner must name the refiner components")
         comps = load_refiner(refiner_dir, "cpu", dtype)
@@ -135,8 +131,6 @@ def run_cascade(image, prompt: str, short_prompt: str | None, load_base: Callabl
                 device: torch.device, progress: bool = True, console=None) -> CascadeResult:
     """The two stages with the given loaders (each called once, in turn; the base is freed before the
     refiner loads when ``gcfg.offload``). ``short_prompt`` (default ``prompt``) conditions the refiner."""
-    from vidcorpus.train.refiner import to_uint8
-
     clock = _StageClock(device)
     with _stage_progress(progress, console) as bar:
         clock.start()
@@ -169,8 +163,6 @@ def run_cascade(image, prompt: str, short_prompt: str | None, load_base: Callabl
 
 def _sample_base(pipe, image, prompt: str, gcfg: GenerateConfig, bar, task) -> np.ndarray:
     """The base stage's low-resolution video (uint8 frames), its bar moved once per UNet call."""
-    from vidcorpus.train.export import sample_video
-
     calls = {"n": 0}
 
     def tick(*_a) -> None:  # the pipeline runs its UNet once per step (batched guidance)
@@ -187,8 +179,6 @@ def _sample_base(pipe, image, prompt: str, gcfg: GenerateConfig, bar, task) -> n
 
 def _upsample(low: np.ndarray, gcfg: GenerateConfig, bar, task) -> torch.Tensor:
     """The base frames at the output size, in [-1, 1]."""
-    from vidcorpus.train.refiner import upsample
-
     frames = torch.from_numpy(low).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     bar.start_task(task)
     bar.update(task, total=len(frames))
@@ -202,8 +192,6 @@ def _upsample(low: np.ndarray, gcfg: GenerateConfig, bar, task) -> torch.Tensor:
 def _refine(comps, frames: torch.Tensor, prompt: str, gcfg: GenerateConfig, t_max: int, device: torch.device,
             bar, task):
     """The refiner stage over the upsampled frames."""
-    from vidcorpus.train.refiner import refine_video
-
     def on_step(i: int, n: int) -> None:
         bar.update(task, total=n, completed=i)
 
@@ -227,8 +215,6 @@ def generate(image, prompt: str, short_prompt: str | None, base: str, refiner: s
              i2vgen_dir: str | None = None, refiner_dir: str | None = None, refiner_t_max: int | None = None,
              device: str | torch.device | None = None, progress: bool = True, console=None) -> CascadeResult:
     """The cascade from paths: ``base`` and ``refiner`` are exports or checkpoints (see the loaders)."""
-    from vidcorpus.train.refiner import trained_t_max
-
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)

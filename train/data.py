@@ -79,6 +79,7 @@ def decode_video(data: bytes, num_frames: int, target_fps: float, rng: random.Ra
     # here, not at the top: a run from cached latents never decodes video (frame_seek imports av too)
     import av
 
+    # inside: av, as above
     from vidcorpus.frame_seek import decode_in_order
     from vidcorpus.media import to_rgb_upright
 

@@ -411,7 +411,7 @@ class Config(Section):
     def catalog_path(self) -> str:
         if self.catalog:
             return self.catalog
-        from vidcorpus.storage import is_url
+        from vidcorpus.storage import is_url  # inside: keeps --help fast (fsspec)
 
         if is_url(self.workdir):
             raise ConfigError(f"workdir {self.workdir} is remote: give the catalog a local path with --catalog")

@@ -131,7 +131,7 @@ def stream_clip_frames(rows: list[dict], wanted: dict[str, list[int]], split_cfg
     due = sorted((last, pos) for pos, last in enumerate(last_of))  # clips by the frame that completes them
     k = 0
     if plan:
-        for index, frame in _decode_from(rows[0]["source_path"], min(plan), max(plan)):
+        for index, frame in decode_source_range(rows[0]["source_path"], min(plan), max(plan)):
             for pos, j in plan.get(index, ()):
                 got[pos][j] = _convert(frame, (geoms[pos].width, geoms[pos].height))
             while k < len(due) and due[k][0] <= index:
@@ -182,7 +182,7 @@ def _identity(path: str) -> tuple | None:
 _CURSOR: list[_SourceCursor] = []  # this process's open source, kept for the next batch of its clips
 
 
-def _decode_from(path: str, first: int, last: int) -> Iterator[tuple[int, av.VideoFrame]]:
+def decode_source_range(path: str, first: int, last: int) -> Iterator[tuple[int, av.VideoFrame]]:
     """(source frame index, frame) for ``first`` to ``last``, numbered in decode order from the first
     frame, as the splitter and extraction number them (``frame_index.FrameCursor``). The decoder
     stays open for the next call: a later stretch of the same source continues one decode, unless

@@ -86,7 +86,7 @@ def release_show(name: str = typer.Argument(..., help="Release name or manifest 
     """A release's buckets and score summaries, from its manifest."""
     import pyarrow as pa  # inside: keeps --help fast
 
-    from vidcorpus.jobs.release import release_manifest
+    from vidcorpus.jobs.release import release_manifest  # inside: keeps --help fast (the jobs, torch)
     from vidcorpus.shards.release_files import ReleaseError
 
     cfg = effective_config(config, None, workdir=workdir, catalog=catalog)
@@ -116,7 +116,7 @@ def release_diff(
     """What B adds to and drops from A, and why (which recipe predicate, selection, or new clips)."""
     import pyarrow as pa  # inside: keeps --help fast
 
-    from vidcorpus.jobs.release import diff_releases, release_reasons_table
+    from vidcorpus.jobs.release import diff_releases, release_reasons_table  # inside: keeps --help fast (the jobs)
     from vidcorpus.shards.release_files import ReleaseError
 
     cfg = effective_config(config, None, workdir=workdir, catalog=catalog)

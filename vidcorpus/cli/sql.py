@@ -33,6 +33,7 @@ def sql(
     """
     import duckdb  # inside: keeps --help fast
 
+    # inside: keeps --help fast (duckdb)
     from vidcorpus.catalog.safe_sql import RefusedSQL, first_line
     from vidcorpus.catalog.user_sql import run_user_sql
     from vidcorpus.catalog.store import CatalogError

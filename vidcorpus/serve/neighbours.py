@@ -15,6 +15,7 @@ import threading
 import duckdb
 import numpy as np
 
+from vidcorpus.filters.dedup import read_embeddings
 from vidcorpus.serve.security import inside_roots
 
 MAX_EMBEDDINGS = 200_000
@@ -54,8 +55,6 @@ class Neighbours:
 
     def nearest(self, clip_id: str, plan: tuple[str, tuple, list[dict]], k: int = 8) -> list[tuple[str, float]]:
         """The ``k`` most similar other clips (id, cosine similarity), reading the files if needed."""
-        from vidcorpus.filters.dedup import read_embeddings
-
         model, stamp, rows = plan
         with self._lock:
             cached = self._models.get(model)

@@ -36,14 +36,15 @@ class Previews:
 
     @staticmethod
     def _render(out: Path, source: str, first: int, last: int, fps: float) -> None:
+        # inside: av loads only when a preview is rendered (the web app serves without it)
         from vidcorpus.media import encode_video
-        from vidcorpus.source_frames import _decode_from
+        from vidcorpus.source_frames import decode_source_range
 
         fps = fps or 25.0
         last = min(last, first + max(1, int(MAX_SECONDS * fps)) - 1)
 
         def frames():
-            for _i, frame in _decode_from(source, first, last):
+            for _i, frame in decode_source_range(source, first, last):
                 w = min(WIDTH, frame.width) // 2 * 2
                 h = max(2, round(frame.height * w / frame.width / 2) * 2)
                 yield frame.reformat(width=w, height=h, format="rgb24").to_ndarray()
