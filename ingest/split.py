@@ -26,6 +26,7 @@ from vidcorpus.ingest.flash import FlashWatch
 from vidcorpus.ingest.thumbnail_jumps import thumbnail_jumps
 from vidcorpus.ingest.transnet import TransNetRun
 from vidcorpus.media import clockwise_rotation, displayed_size
+from vidcorpus.storage import is_local_fs
 
 DETECT_WIDTH = 256  # scenedetect's own automatic target width
 
@@ -34,7 +35,7 @@ DETECT_WIDTH = 256  # scenedetect's own automatic target width
 def local_copy(url: str):
     """A local path for libraries that need one; remote files are copied to a temp file."""
     fs, path = fsspec.core.url_to_fs(url)
-    if fs.protocol in ("file", ("file", "local")) or "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+    if is_local_fs(fs):
         yield path
         return
     suffix = os.path.splitext(path)[1]

@@ -34,7 +34,7 @@ import webdataset as wds
 from vidcorpus.errors import storage_full
 from vidcorpus.ids import is_safe_key
 from vidcorpus.shards.buckets import bucket_of
-from vidcorpus.storage import is_local_fs
+from vidcorpus.storage import is_local_fs, read_bytes
 
 TAR_MTIME = 0.0  # fixed member times: identical inputs give identical shard bytes (and sha256)
 
@@ -76,14 +76,6 @@ def _file_size(url: str | None) -> int:
         return 0
 
 
-def _read(url: str) -> bytes:
-    if "://" not in url or url.startswith("file://"):  # local: skip fsspec's per-open overhead
-        with open(url.removeprefix("file://"), "rb") as f:
-            return f.read()
-    with fsspec.open(url, "rb") as f:
-        return f.read()
-
-
 def sample_metadata(clip: dict) -> dict:
     """Everything known about a clip, as the sample's json."""
     keep = ("clip_id", "source_id", "uri", "source_text", "source_sha256", "media_type", "first_frame", "last_frame",
@@ -105,7 +97,7 @@ def chosen_caption(clip: dict, caption_version: str) -> str:
 
 
 def _image_bytes(clip: dict, image_format: str) -> tuple[str, bytes]:
-    data = _read(clip["clip_path"])
+    data = read_bytes(clip["clip_path"])
     if image_format == "webp":
         from PIL import Image
 
@@ -120,11 +112,11 @@ def sample_of(clip: dict, caption_version: str, image_format: str = "jpg") -> di
     if clip["media_type"] == "image":
         ext, media = _image_bytes(clip, image_format)
     else:
-        ext, media = "mp4", _read(clip["clip_path"])
+        ext, media = "mp4", read_bytes(clip["clip_path"])
     return {
         "__key__": clip["clip_id"],
         ext: media,
-        "first.jpg": _read(clip["first_frame_path"]),
+        "first.jpg": read_bytes(clip["first_frame_path"]),
         "json": json.dumps(sample_metadata(clip), default=str).encode(),
         "txt": chosen_caption(clip, caption_version).encode("utf-8"),
     }

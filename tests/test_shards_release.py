@@ -194,14 +194,14 @@ KILL_SCRIPT = textwrap.dedent("""
     from vidcorpus.jobs.pack_shards import write_pending_shards
     import vidcorpus.shards.writer as writer
     cfg = load_config(None, ["shards.max_samples=2"], workdir=sys.argv[1], catalog=sys.argv[2])
-    real_read, calls = writer._read, [0]
+    real_read, calls = writer.read_bytes, [0]
     def slow_read(url):
         calls[0] += 1
         if calls[0] == 3:  # second sample of the first shard: the tar is half written
             open(sys.argv[3], "w").write("mid-shard")
             time.sleep(600)
         return real_read(url)
-    writer._read = slow_read
+    writer.read_bytes = slow_read
     with Catalog(cfg.catalog_path) as cat:
         write_pending_shards(cfg, cat, "run1", progress=False)
 """)

@@ -30,6 +30,8 @@ from typing import Iterator
 import av
 import fsspec
 
+from vidcorpus.storage import is_url, local_path
+
 
 class IndexMismatch(Exception):
     """Decoded frames did not follow the index: the caller decodes from the start instead."""
@@ -84,7 +86,7 @@ def build_index(path: str) -> FrameIndex | None:
 
 
 def _identity(path: str) -> tuple:
-    local = path[len("file://"):] if path.startswith("file://") else path if "://" not in path else None
+    local = None if is_url(path) else local_path(path)
     if local is None:
         return (path,)
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from vidcorpus.config import Config
-from vidcorpus.storage import is_url  # noqa: F401 - the one locality test, used through this module too
+from vidcorpus.storage import is_url
 
 
 def absolute(location: str | os.PathLike | None) -> str | None:

@@ -32,6 +32,7 @@ import numpy as np
 from vidcorpus.errors import DecodeError
 from vidcorpus.frame_index import FrameCursor, index_of
 from vidcorpus.frame_seek import to_rgb
+from vidcorpus.storage import is_url, local_path
 
 DEFERRED = "deferred"  # extract_mode of a clip that has no file yet: scored from its source, not encoded
 
@@ -169,7 +170,7 @@ class _SourceCursor:
 
 def _identity(path: str) -> tuple | None:
     """A local file's (size, mtime): a file written again under the same name is another source."""
-    local = path[len("file://"):] if path.startswith("file://") else path if "://" not in path else None
+    local = None if is_url(path) else local_path(path)
     if local is None:
         return None
     try:

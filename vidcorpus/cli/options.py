@@ -36,11 +36,11 @@ def effective_config(config: Optional[Path], overrides: Optional[List[str]], **f
 
 def require_catalog(cfg: Config) -> str:
     """The catalog path of a command that changes an existing catalog: never creates one."""
-    from vidcorpus.paths import is_url  # inside: keeps --help fast
+    from vidcorpus.storage import is_url, local_path  # inside: keeps --help fast (fsspec)
     from vidcorpus.workdir import missing_catalog_hint
 
     path = cfg.catalog_path
-    if not is_url(path) and not os.path.isdir(path) and not os.path.exists(path.removeprefix("file://")):
+    if not is_url(path) and not os.path.isdir(path) and not os.path.exists(local_path(path)):
         fail(f"no catalog at {path} ({missing_catalog_hint(path)})")
     return path
 

@@ -51,7 +51,9 @@ def serve(
         fail(str(e), prefix="refused:")
     cfg = effective_config(config, None, workdir=workdir, catalog=catalog)
     path = cfg.catalog_path
-    if "://" not in path and not os.path.exists(path.removeprefix("file://")):
+    from vidcorpus.storage import is_url, local_path  # inside: keeps --help fast (fsspec)
+
+    if not is_url(path) and not os.path.exists(local_path(path)):
         fail(f"no catalog at {path} ({missing_catalog_hint(path)})")
     roots = media_roots(cfg.workdir, path, [absolute(r) for r in media_root or []])
     settings = ServeSettings(catalog=path, roots=roots, host=host, token=token,

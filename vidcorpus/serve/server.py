@@ -13,13 +13,14 @@ import time
 
 from vidcorpus.serve.app import ServeSettings, make_app
 from vidcorpus.serve.security import check_bind
+from vidcorpus.storage import is_url, local_path
 
 
 def media_roots(workdir: str, catalog: str, extra: list[str] | None = None) -> list[str]:
     """Where clip files and shards may be served from: the workdir, the catalog's folder, any extra."""
     roots = [workdir]
-    if "://" not in catalog or catalog.startswith("file://"):
-        roots.append(os.path.dirname(os.path.abspath(catalog.removeprefix("file://"))))
+    if not is_url(catalog):
+        roots.append(os.path.dirname(os.path.abspath(local_path(catalog))))
     return roots + list(extra or [])
 
 
