@@ -33,8 +33,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run_meta import finish_metadata, run_metadata  # noqa: E402
 
 from vidcorpus.catalog.safe_sql import lock_down  # noqa: E402
-from vidcorpus.catalog.store import Catalog  # noqa: E402
+from vidcorpus.catalog.store import Catalog, CatalogError  # noqa: E402
 from vidcorpus.serve import grid_index, queries  # noqa: E402
+
 
 def array_bytes(obj: object) -> int:
     """Bytes held by the numpy and Arrow arrays inside ``obj`` (attributes, dataclasses, containers)."""
@@ -128,14 +129,17 @@ def main() -> None:
     meta = run_metadata()
     build = None
     if args.build_clips:
-        from bench_catalog import SCORERS  # noqa: E402 - only a build needs the catalog benchmark's loader
-        from bench_serve import build as build_catalog
+        # only a build needs the serve benchmark's catalog loader (and what it imports)
+        from bench_serve import SCORERS, build as build_catalog
 
         build = {"clips": args.build_clips, "no_score_rows": True,
                  "seconds": round(build_catalog(Path(args.db), args.build_clips, SCORERS[:15],
                                                 score_rows=False), 1),
                  "load_1min_after": os.getloadavg()[0]}
-    result = {"meta": meta, "build": build, **measure(args.db)}
+    try:
+        result = {"meta": meta, "build": build, **measure(args.db)}
+    except CatalogError as e:
+        raise SystemExit(f"bench_grid_memory: {e}") from None
     result["meta"] = finish_metadata(meta)
     first, every = result["first_read"], result["all_scores"]
     print(f"{result['clips']:,} clips: first read {first['wall_s']:.2f} s wall, {first['cpu_s']:.2f} s CPU, "
