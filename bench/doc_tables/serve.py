@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from doc_tables.formats import fixed
-from doc_tables.spec import Col, Table
+from doc_tables.spec import Col, RenderError, Table
 
 P95 = "p95"
 
@@ -90,7 +90,40 @@ PASS2 = [
     ("serve_1m_1client.json", "1 client, no pause", ()),
 ]
 
+
+def _mb(nbytes: float) -> str:
+    """Decimal megabytes, whole: 65 MB, 1,200 MB."""
+    return f"{nbytes / 1e6:,.0f} MB"
+
+
+def _grid_memory_rows(*files: dict) -> list[dict]:
+    """One row per catalog: bench/bench_grid_memory.py's first read, a score's loads, every score both ways."""
+    out = []
+    for d in files:
+        if d["scores"] != 15:
+            raise RenderError(f"{d['db']}: {d['scores']} scores, the table's header says 15")
+        first, one, every = d["first_read"], d["median_score"], d["all_scores"]
+        out.append({"clips": f"{d['clips'] / 1e6:g} M",
+                    "load": f"{d['load_1min_measure_start']:.1f} / {d['load_1min_measure_end']:.1f}",
+                    "first": f"{latency(first['wall_s'])} wall, {latency(first['cpu_s'])} CPU",
+                    "arrays": first["array_bytes"],
+                    "one": f"{latency(one['column_and_ascending_wall_s'])} / {latency(one['descending_wall_s'])}",
+                    "columns": every["columns_bytes"], "orders": every["orders_bytes"],
+                    "total": every["total_array_bytes"],
+                    "dropped": f"{len(every['orders_dropped'])} of {every['orders_wanted']}"})
+    return out
+
+
+GRID_MEMORY = ["grid_memory_1m.json", "grid_memory_10m.json"]
+
 TABLES = [
+    Table("serve_grid_memory", GRID_MEMORY, compact=True, rows=_grid_memory_rows, columns=[
+        Col("clips", "clips"), Col("load start / end", "load"),
+        Col("first read (ids, decisions, sources, reasons)", "first"), Col("arrays then", "arrays", _mb),
+        Col("one score (median of the 15): column + ascending / descending", "one"),
+        Col("15 scores both ways: + columns", "columns", lambda v: "+" + _mb(v)),
+        Col("+ orders", "orders", lambda v: "+" + _mb(v)), Col("arrays in all", "total", _mb),
+        Col("orders the 1 GiB budget dropped", "dropped")]),
     serve_table("serve_quiet", "run (quiet)", QUIET, load=False, longest=True, rss=True, thousands=True, per_s=0,
                 cpu="{:.2f} ms", p95_header=f"**{P95}**"),
     serve_table("serve_pass4", "run (1 M clips, no pause, 50 clients), helper, under load", PASS4, rss=True,
