@@ -16,7 +16,7 @@ comparison and sorts last both ways. A free SQL ``WHERE``, an explicit clip set,
 non-numeric column or a NaN bound go to DuckDB (``answerable`` says which).
 
 Memory: ids (~40 bytes a clip) and codes are read at once; each numeric column costs 8 bytes a clip
-(9 with NULLs) and each order 4 (int32), read when first used: at 1 M clips 54 MB to start and 282
+(9 with NULLs) and each order 4 (int32), read when first used: at 1 M clips 65 MB to start and 305
 MB with 15 scores sorted both ways (measured, docs/benchmarks.md); about 10x at 10 M. Orders beyond
 ``ORDER_BUDGET_BYTES`` are dropped least recently used first (recomputed when asked for again). The whole object belongs to
 one catalog stamp (``CachedReads``): a commit makes the next page build a new one.

@@ -1,6 +1,6 @@
 """Loads the grid's columns of a large catalog in the background, one short read at a time.
 
-At 10 M clips reading the grid's base columns takes ~11 s and a score column with its sort ~3 s
+At 10 M clips reading the grid's base columns takes ~8 to 11 s and a score column with its sort ~2 to 3 s
 (docs/benchmarks.md), against ~0.15 s for the same page's top-N in DuckDB. So above
 ``SYNC_MAX_CLIPS`` a page whose columns are not loaded yet is answered by DuckDB, and this one
 thread loads them meanwhile; the next pages of that query come from memory. Each load is its own
