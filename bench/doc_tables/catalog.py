@@ -72,7 +72,9 @@ TABLES = [
 
 
 # the 2026-12-06 reruns, with the label and column each gets; D joins when its JSON is in bench/results/
-AD_RUNS = [(RUN_A, "A: 1 M, driver path", "A: 1 M"), (RUN_D, "D: 10 M, direct SQL fill", "D: 10 M")]
+RUN_D_QUIET = "catalog_10m_D_queries_quiet_2026-12-06.json"
+AD_RUNS = [(RUN_A, "A: 1 M, driver path", "A: 1 M"), (RUN_D, "D: 10 M, direct SQL fill", "D: 10 M"),
+           (RUN_D_QUIET, "D again: its file's queries on a quiet box", "D: 10 M, quiet box")]
 
 
 def _load(d: dict) -> str:
@@ -125,4 +127,4 @@ def ad_tables(n_runs: int) -> list[Table]:
     ]
 
 
-TABLES += ad_tables(n_runs=2)
+TABLES += ad_tables(n_runs=3)
