@@ -123,7 +123,7 @@ def _alike_rows_once(fn):
     return wrapped
 
 
-def _qwen_parts(model):
+def qwen_parts(model):
     """(vision tower, inner model, language-model layers) of a Qwen2-VL / Qwen2.5-VL model, else Nones."""
     if getattr(model.config, "model_type", "") not in ("qwen2_vl", "qwen2_5_vl"):
         return None, None, []
@@ -159,7 +159,7 @@ class FastPrefill:
 
     def __init__(self, model, attention: str | None, compile: bool = False, compile_backend: str = "inductor",
                  cpu_rope: bool | None = None):
-        self.vision, self.inner, layers = _qwen_parts(model)
+        self.vision, self.inner, layers = qwen_parts(model)
         self.config = getattr(model.config, "vision_config", None)  # what the vision attention reads
         self.attention = attention if (self.config is not None and self.vision is not None) else None
         device = next(model.parameters()).device
@@ -236,10 +236,10 @@ class FastPrefill:
         undo.enter_context(AttnSwitch(self.config, self.attention))
         embed = self.vision.patch_embed
         if _is_patch_conv(getattr(embed, "proj", None)):
-            _set(undo, embed, "forward", _linear_patch_embed(embed))
+            patch_attr(undo, embed, "forward", _linear_patch_embed(embed))
         rope = getattr(self.inner, "get_rope_index", None)
         if rope is not None and self.cpu_rope:
-            _set(undo, self.inner, "get_rope_index", _on_cpu(_alike_rows_once(rope)))
+            patch_attr(undo, self.inner, "get_rope_index", _on_cpu(_alike_rows_once(rope)))
         if compiled or fused:
             # one code object serves many modules (Module._call_impl for every target; the fused
             # functions for every block or layer) at a few shapes each: more than dynamo's default of
@@ -249,12 +249,12 @@ class FastPrefill:
             if limit is not None:
                 undo.enter_context(limit)
         for module, fn in zip(self.targets, compiled):
-            _set(undo, module, "_compiled_call_impl", fn)
+            patch_attr(undo, module, "_compiled_call_impl", fn)
         segments = Segments()
         for block in self.fused_blocks:
-            _set(undo, block, "forward", vision_block_forward(block, fused["block"], fused["block_fallback"], segments))
+            patch_attr(undo, block, "forward", vision_block_forward(block, fused["block"], fused["block_fallback"], segments))
         for layer in self.fused_layers:
-            _set(undo, layer, "forward", lm_layer_forward(layer, fused["before"], fused["after"]))
+            patch_attr(undo, layer, "forward", lm_layer_forward(layer, fused["before"], fused["after"]))
 
     def __exit__(self, *exc):
         self._depth -= 1
@@ -264,7 +264,7 @@ class FastPrefill:
         return False
 
 
-def _set(undo: contextlib.ExitStack, obj, name: str, value) -> None:
+def patch_attr(undo: contextlib.ExitStack, obj, name: str, value) -> None:
     """Set an instance attribute; ``undo`` puts back what the instance had (or removes it)."""
     old = obj.__dict__.get(name, _MISSING)
     setattr(obj, name, value)

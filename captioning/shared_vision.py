@@ -30,11 +30,11 @@ import contextlib
 
 import torch
 
-from vidcorpus.captioning.fast_prefill import _qwen_parts, _set
+from vidcorpus.captioning.fast_prefill import patch_attr, qwen_parts
 
 
 def _tower(model):
-    vision, _inner, _layers = _qwen_parts(model)
+    vision, _inner, _layers = qwen_parts(model)
     return vision
 
 
@@ -95,7 +95,7 @@ class SharedVision(contextlib.AbstractContextManager):
                 self._last[patched] = (pixels, grid_thw, kept)
             return out  # this caller's own object, whole; later callers get the kept features
 
-        _set(self._undo, self.tower, "forward", forward)
+        patch_attr(self._undo, self.tower, "forward", forward)
         return self
 
     def __exit__(self, *exc):

@@ -94,7 +94,7 @@ def image_latents_from_first(first_latent: torch.Tensor, num_frames: int) -> tor
     return torch.cat([lat, *masks], dim=2) if masks else lat
 
 
-def _keep_mask(batch_size: int, p_drop: float, generator: torch.Generator, device) -> torch.Tensor:
+def keep_mask(batch_size: int, p_drop: float, generator: torch.Generator, device) -> torch.Tensor:
     """1.0 where the condition is kept, 0.0 where dropped (independently per sample)."""
     return (torch.rand(batch_size, generator=generator, device=device) >= p_drop).float()
 
@@ -109,16 +109,16 @@ def make_conditioning(comps: Components, text_cache: TextEncoderCache, batch: di
     else:
         text = text_cache.encode(batch["text"])
     empty = text_cache.empty().to(text.dtype)
-    keep_t = _keep_mask(b, cfg.drop_text, generator, device).view(b, 1, 1).to(text.dtype)
+    keep_t = keep_mask(b, cfg.drop_text, generator, device).view(b, 1, 1).to(text.dtype)
     text = text * keep_t + empty.expand_as(text) * (1 - keep_t)
 
     if "clip_image" in batch:
         img = batch["clip_image"].to(device, non_blocking=True).unsqueeze(1)
     else:
         img = clip_image_embeddings(comps, batch["first_frame"])
-    img = img * _keep_mask(b, cfg.drop_image, generator, device).view(b, 1, 1).to(img.dtype)
+    img = img * keep_mask(b, cfg.drop_image, generator, device).view(b, 1, 1).to(img.dtype)
 
-    first = latents[:, :, 0] * _keep_mask(b, cfg.drop_first_frame, generator, device).view(b, 1, 1, 1)
+    first = latents[:, :, 0] * keep_mask(b, cfg.drop_first_frame, generator, device).view(b, 1, 1, 1)
     return Conditioning(encoder_hidden_states=text, image_embeddings=img,
                         image_latents=image_latents_from_first(first, f),
                         fps=batch["fps"].to(device))

@@ -43,7 +43,7 @@ from vidcorpus.train.checkpoint import load_unet_weights, read_state, resolve_re
 from vidcorpus.train.export import save_pipeline, write_mp4
 from vidcorpus.train.loop import train_loop
 from vidcorpus.train.models import build_tiny_i2vgen, TINY_DIM
-from vidcorpus.train.objective import TextEncoderCache, _keep_mask, encode_frames
+from vidcorpus.train.objective import TextEncoderCache, keep_mask, encode_frames
 
 REFINER_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 REFINER_MODEL_INDEX = {
@@ -187,7 +187,7 @@ def refiner_loss(comps: RefinerComponents, text_cache: TextEncoderCache, batch: 
     z_lr = encode_frames(comps, lr, generator).unflatten(0, (b, f)).permute(0, 2, 1, 3, 4).float()
 
     text = text_cache.encode(batch["text"])
-    keep = _keep_mask(b, cfg.drop_text, generator, device).view(b, 1, 1).to(text.dtype)
+    keep = keep_mask(b, cfg.drop_text, generator, device).view(b, 1, 1).to(text.dtype)
     text = text * keep + text_cache.empty().expand_as(text) * (1 - keep)
 
     t_max = min(cfg.t_max, sched.config.num_train_timesteps - 1)
