@@ -38,16 +38,21 @@ WIDE_COLUMNS = [
 ]
 
 
+def missed_cuts(entry: dict) -> list[str]:
+    """A detector's missed cuts over the edit and the unedited takes, as "kind frame"."""
+    both = entry["files"]["edit"]["missed_cuts"] + entry["files"]["unedited"]["missed_cuts"]
+    return [f"{kind} {frame}" for frame, kind in both]
+
+
 def seed_rows(*files: dict) -> list[dict]:
     """The default before (first four files) and after (last four) on seeds 0 to 3; then jump cuts."""
     before, after = files[:4], files[4:]
     rows = []
     for seed, (b, a) in enumerate(zip(before, after)):
         bs, a_entry = b["detectors"][DEFAULT]["summary"], a["detectors"][DEFAULT]
-        missed = a_entry["files"]["edit"]["missed_cuts"] + a_entry["files"]["unedited"]["missed_cuts"]
         rows.append({"edit": "0 (the previous section's)" if seed == 0 else str(seed),
                      "before": bs, "after": a_entry["summary"],
-                     "missed": [f"{kind} {frame}" for frame, kind in missed]})
+                     "missed": missed_cuts(a_entry)})
     jump = [a["detectors"][DEFAULT + " + jump cuts"] for a in (after[1], after[3])]
     rows.append({"edit": "1, 3 with `split.jump_cuts`", "jump": [j["summary"] for j in jump],
                  "missed_jump": [j["files"]["edit"]["missed_cuts"] + j["files"]["unedited"]["missed_cuts"]
@@ -224,12 +229,6 @@ WITH_CUTS = "adaptive+histogram+transnetv2 + evidence + dissolve spans"
 LEARNED_DEFAULT = "adaptive+histogram (default: evidence + dissolve spans)"
 
 
-def _missed(entry: dict) -> str:
-    missed = [f"{kind} {frame}" for frame, kind in
-              entry["files"]["edit"]["missed_cuts"] + entry["files"]["unedited"]["missed_cuts"]]
-    return ", ".join(missed) or "-"
-
-
 def gradual_seed_rows(*files: dict) -> list[dict]:
     """Seeds 0-3: the CPU default, TransNetV2 with its cuts too (before), TransNetV2 as gradual
     evidence (after); then the 16 s edit. Files: after 0-3, before 0-3 (seed 0's from the pans run),
@@ -244,7 +243,7 @@ def gradual_seed_rows(*files: dict) -> list[dict]:
                 ("+ TransNetV2 gradual (after; GPU default)" if seed == 0 else "+ TransNetV2 gradual",
                  a["detectors"][GRADUAL], True)):
             s = entry["summary"]
-            rows.append({**s, "edit": str(seed), "row": f"**{label}**" if bold else label, "missed": _missed(entry),
+            rows.append({**s, "edit": str(seed), "row": f"**{label}**" if bold else label, "missed": ", ".join(missed_cuts(entry)) or "-",
                          "_bold": ("hard-cut F1", "gradual recall", "false cuts/min",
                                    "transition frames in shots") if bold else ()})
     cpu, grad = learned["detectors"][LEARNED_DEFAULT], learned["detectors"]["adaptive+histogram+transnetv2 gradual"]
