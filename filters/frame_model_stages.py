@@ -6,6 +6,8 @@ never pays for a model nobody reads (``filters/frame_models.py`` holds what the 
 
 from __future__ import annotations
 
+from vidcorpus.errors import ModelNotAvailable
+from vidcorpus.filters.frame_models import onnx_has_cuda
 from vidcorpus.filters.nsfw import NSFW_SCORES, NsfwStage
 from vidcorpus.filters.recipes import DecideStage, load_recipe
 from vidcorpus.filters.text_overlay import TEXT_SCORES, TextOverlayStage
@@ -31,5 +33,9 @@ def with_frame_model_stages(stages: list, cfg) -> list:
 
 def preflight_frame_models(cfg) -> None:
     """Driver-side check that the scorers this run will add can load (before any worker starts)."""
-    for stage in with_frame_model_stages([DecideStage], cfg)[:-1]:
+    stages = with_frame_model_stages([DecideStage], cfg)[:-1]
+    for stage in stages:
         stage.require()
+    if stages and cfg.filters.frame_models_device == "cuda" and not onnx_has_cuda():
+        raise ModelNotAvailable("filters.frame_models_device=cuda needs onnxruntime-gpu "
+                                "(pip uninstall onnxruntime && pip install onnxruntime-gpu; or set it to auto)")

@@ -21,8 +21,10 @@ import numpy as np
 
 from vidcorpus.errors import DecodeError
 from vidcorpus.filters.source_scoring import from_source
-from vidcorpus.filters.frame_models import require_extra, sampled_frames
+from vidcorpus.filters.frame_models import (FRAME_MODEL_GPU_SHARE, onnx_providers, require_extra, sampled_frames,
+                                            wants_gpu)
 from vidcorpus.schemas import add_scores, score
+from vidcorpus.config import Config
 from vidcorpus.stage import Resources, Stage
 
 NSFW_SCORES = {"nsfw", "nsfw_mean"}
@@ -45,9 +47,10 @@ def nsfw_model_name() -> str:
     return f"nudenet-{version('nudenet')}/320n"
 
 
-@lru_cache(maxsize=1)
-def load_nsfw():
-    """One ONNX Runtime session of the wheel's 320n.onnx per worker process."""
+@lru_cache(maxsize=2)
+def load_nsfw(device: str = "cpu", threads: int = 0):
+    """One ONNX Runtime session of the wheel's 320n.onnx per worker process (``device``:
+    ``filters.frame_models_device``; ``threads``: ONNX Runtime's per session, 0 its own choice)."""
     require_extra(*REQUIRE)
     import importlib.util
     import os
@@ -55,7 +58,9 @@ def load_nsfw():
     import onnxruntime
 
     folder = importlib.util.find_spec("nudenet").submodule_search_locations[0]
-    return onnxruntime.InferenceSession(os.path.join(folder, "320n.onnx"), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = threads
+    return onnxruntime.InferenceSession(os.path.join(folder, "320n.onnx"), options, providers=onnx_providers(device))
 
 
 def preprocess(rgb: np.ndarray) -> np.ndarray:
@@ -76,10 +81,16 @@ def frame_nsfw(session, frames: list[np.ndarray]) -> np.ndarray:
 
 
 class NsfwStage(Stage):
-    """NSFW scores from the sampled frames (CPU, ONNX Runtime)."""
+    """NSFW scores from the sampled frames (ONNX Runtime: CPU, or a GPU share with onnxruntime-gpu)."""
 
     name: ClassVar[str] = "nsfw"
     resources: ClassVar[Resources] = Resources(cpus=0.5)
+
+    @classmethod
+    def resources_for(cls, config: Config) -> Resources:
+        if wants_gpu(config.filters):
+            return cls.resources.model_copy(update={"gpus": FRAME_MODEL_GPU_SHARE})
+        return cls.resources
 
     @staticmethod
     def require() -> None:
@@ -88,7 +99,8 @@ class NsfwStage(Stage):
     def process_row(self, row: dict) -> dict:
         if not row.get("clip_path") and not from_source(row):  # a clip not extracted yet reads its source
             raise DecodeError("row has no clip_path")
-        per_frame = frame_nsfw(load_nsfw(), sampled_frames(row, self.config.filters.frames_per_clip))
+        cfg = self.config.filters
+        per_frame = frame_nsfw(load_nsfw(cfg.frame_models_device), sampled_frames(row, cfg.frames_per_clip))
         model = nsfw_model_name()
         return add_scores(row, [score("nsfw", per_frame.max(), model, NSFW_VERSION),
                                 score("nsfw_mean", per_frame.mean(), model, NSFW_VERSION)])

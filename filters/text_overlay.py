@@ -22,13 +22,15 @@ import numpy as np
 
 from vidcorpus.errors import DecodeError
 from vidcorpus.filters.source_scoring import from_source
-from vidcorpus.filters.frame_models import require_extra, sampled_frames
+from vidcorpus.filters.frame_models import FRAME_MODEL_GPU_SHARE, require_extra, sampled_frames, use_cuda, wants_gpu
 from vidcorpus.schemas import add_scores, score
+from vidcorpus.config import Config
 from vidcorpus.stage import Resources, Stage
 
 TEXT_SCORES = {"text_area", "text_boxes", "text_chars"}
 TEXT_VERSION = "ocr-v1"
 DET_LIMIT_SIDE = 960
+REQUIRE = ("rapidocr_onnxruntime", "rapidocr-onnxruntime==1.4.4", "the text overlay scorer")
 
 
 def ocr_model_name() -> str:
@@ -37,13 +39,17 @@ def ocr_model_name() -> str:
     return f"rapidocr-onnxruntime-{version('rapidocr-onnxruntime')}/PP-OCRv4"
 
 
-@lru_cache(maxsize=1)
-def load_ocr():
-    """One RapidOCR engine per worker process (ONNX sessions, CPU)."""
-    require_extra("rapidocr_onnxruntime", "rapidocr-onnxruntime==1.4.4", "the text overlay scorer")
+@lru_cache(maxsize=2)
+def load_ocr(device: str = "cpu", threads: int = -1):
+    """One RapidOCR engine per worker process (its ONNX sessions on the CPU, or the GPU where
+    ``device``, ``filters.frame_models_device``, says so; ``threads``: ONNX Runtime's per session, -1 its own)."""
+    require_extra(*REQUIRE)
+    cuda = use_cuda(device)
     from rapidocr_onnxruntime import RapidOCR
 
-    return RapidOCR(det_limit_side_len=DET_LIMIT_SIDE, det_limit_type="max", print_verbose=False)
+    return RapidOCR(det_limit_side_len=DET_LIMIT_SIDE, det_limit_type="max", print_verbose=False,
+                    det_use_cuda=cuda, cls_use_cuda=cuda, rec_use_cuda=cuda,
+                    intra_op_num_threads=threads, inter_op_num_threads=threads)
 
 
 def text_boxes(engine, rgb: np.ndarray) -> list[np.ndarray]:
@@ -78,19 +84,26 @@ def text_scores(engine, frames: list[np.ndarray], recognition: bool = False) -> 
 
 
 class TextOverlayStage(Stage):
-    """Text overlay scores from the sampled frames (CPU, ONNX Runtime)."""
+    """Text overlay scores from the sampled frames (ONNX Runtime: CPU, or a GPU share with onnxruntime-gpu)."""
 
     name: ClassVar[str] = "text_overlay"
     resources: ClassVar[Resources] = Resources(cpus=0.5)
 
+    @classmethod
+    def resources_for(cls, config: Config) -> Resources:
+        if wants_gpu(config.filters):
+            return cls.resources.model_copy(update={"gpus": FRAME_MODEL_GPU_SHARE})
+        return cls.resources
+
     @staticmethod
     def require() -> None:
-        require_extra("rapidocr_onnxruntime", "rapidocr-onnxruntime==1.4.4", "the text overlay scorer")
+        require_extra(*REQUIRE)
 
     def process_row(self, row: dict) -> dict:
         if not row.get("clip_path") and not from_source(row):  # a clip not extracted yet reads its source
             raise DecodeError("row has no clip_path")
-        frames = sampled_frames(row, self.config.filters.frames_per_clip)
-        values = text_scores(load_ocr(), frames, self.config.filters.ocr_recognition)
+        cfg = self.config.filters
+        frames = sampled_frames(row, cfg.frames_per_clip)
+        values = text_scores(load_ocr(cfg.frame_models_device), frames, cfg.ocr_recognition)
         model = ocr_model_name()
         return add_scores(row, [score(k, v, model, TEXT_VERSION) for k, v in values.items()])

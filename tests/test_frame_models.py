@@ -151,6 +151,33 @@ def test_a_recipe_needing_a_missing_extra_fails_before_the_run(monkeypatch, tmp_
         preflight_frame_models(load_config(None, ["filters.recipe=pretrain_v2"], workdir=str(tmp_path)))
 
 
+def test_scorers_run_on_the_cpu_unless_onnxruntime_gpu_and_a_gpu_are_there(monkeypatch, tmp_path):
+    """auto (the default) falls back to the CPU here; cuda asked for without onnxruntime-gpu is one line
+    at the start; the GPU share reaches the plan only with onnxruntime-gpu and only on a cluster with GPUs."""
+    from vidcorpus.filters import frame_models
+    from vidcorpus.stage_settings import resolve
+
+    v2 = load_config(None, ["filters.recipe=pretrain_v2"], workdir=str(tmp_path))
+    assert load_nsfw(v2.filters.frame_models_device).get_providers() == ["CPUExecutionProvider"]
+    assert frame_models.onnx_providers("auto") == ["CPUExecutionProvider"]
+    if frame_models.onnx_has_cuda():
+        pytest.skip("onnxruntime-gpu is installed here")
+    cuda = load_config(None, ["filters.recipe=pretrain_v2", "filters.frame_models_device=cuda"], workdir=str(tmp_path))
+    with pytest.raises(ModelNotAvailable, match="frame_models_device=cuda needs onnxruntime-gpu"):
+        preflight_frame_models(cuda)
+    with pytest.raises(ModelNotAvailable, match="onnxruntime-gpu is not installed"):
+        frame_models.onnx_providers("cuda")
+    stages = [TextOverlayStage, NsfwStage]
+    assert all(s.resources_for(v2).gpus == 0 for s in stages)
+    # with onnxruntime-gpu (its provider listed) the tasks ask for a share, where there is a GPU
+    monkeypatch.setattr(frame_models, "onnx_has_cuda", lambda: True)
+    assert all(s.resources_for(v2).gpus == frame_models.FRAME_MODEL_GPU_SHARE for s in stages)
+    on_cpu = load_config(None, ["filters.recipe=pretrain_v2", "filters.frame_models_device=cpu"], workdir=str(tmp_path))
+    assert all(s.resources_for(on_cpu).gpus == 0 for s in stages)
+    assert all(plan.gpus == frame_models.FRAME_MODEL_GPU_SHARE for plan in resolve(stages, v2, 1.0, 16.0).values())
+    assert all(plan.gpus == 0 for plan in resolve(stages, v2, 0.0, 16.0).values())
+
+
 def test_report_thumbnails_of_likely_nsfw_clips_are_blurred(frames, tmp_path):
     import cv2
 

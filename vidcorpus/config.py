@@ -195,6 +195,9 @@ class FiltersConfig(Section):
         None, description="Text overlay scores (text_area, text_boxes; OCR detection). None: when the recipe uses them.")
     ocr_recognition: bool = Field(False, description="text_overlay also recognises the text (score text_chars; slower).")
     nsfw: bool | None = Field(None, description="NSFW scores (nsfw, nsfw_mean). None: when the recipe uses them.")
+    frame_models_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the text-overlay and NSFW models run. auto: a CUDA GPU when onnxruntime-gpu is "
+                            "installed and the cluster has one (each task then holds a 1% GPU share), else the CPU.")
 
 
 class CaptioningConfig(Section):
