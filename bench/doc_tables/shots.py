@@ -148,6 +148,14 @@ def transnet_threads_rows(after: dict, before: dict) -> list[dict]:
     return rows
 
 
+def transnet_threads_table(name: str, after: str, before: str, before_video: str) -> Table:
+    """A run of THREAD_ROWS (``after``) beside the same rows of an earlier run (``before``, on ``before_video``)."""
+    return Table(name, [after, before], rows=transnet_threads_rows, columns=[
+        Col("row", "row"), Col("frames/s", "fps", whole), Col("CPU ms a frame", "ms", "{:.2f}"),
+        Col("of decode-only (48x27)", "ratio", lambda v: "1" if v == 1 else f"{v:.2f}"),
+        Col(f"before the change (H100, {before_video})", "before")])
+
+
 TABLES += [
     Table("transnet_h100_before", [name for name, _label in TRANSNET_VIDEOS], compact=True, rows=transnet_h100_rows,
           columns=[
@@ -159,14 +167,8 @@ TABLES += [
               Col("model alone", "frames_per_s.model_only", whole),
               Col("TransNetV2 / decode only", "ratio", "{:.2f}"),
           ]),
-    Table("transnet_h100_threads", ["transnet_gpu_h100_720p60s_threads.json", "transnet_gpu_h100_720p120s.json"],
-          rows=transnet_threads_rows, columns=[
-              Col("row", "row"),
-              Col("frames/s", "fps", whole),
-              Col("CPU ms a frame", "ms", "{:.2f}"),
-              Col("of decode-only (48x27)", "ratio", lambda v: "1" if v == 1 else f"{v:.2f}"),
-              Col("before the change (H100, 120 s video)", "before"),
-          ]),
+    transnet_threads_table("transnet_h100_threads", "transnet_gpu_h100_720p60s_threads.json",
+                           "transnet_gpu_h100_720p120s.json", "120 s video"),
 ]
 
 THREAD_LABELS = {"decode_only_48x27": "decode only (48x27)", "default": "default",
@@ -217,12 +219,8 @@ TABLES += [
     ]),
 ]
 
-TABLES.append(Table("transnet_h100_threads_160x90",
-                    ["transnet_gpu_h100_testmp4_threads.json", "transnet_gpu_h100_testmp4.json"],
-                    rows=transnet_threads_rows, columns=[
-                        Col("row", "row"), Col("frames/s", "fps", whole), Col("CPU ms a frame", "ms", "{:.2f}"),
-                        Col("of decode-only (48x27)", "ratio", lambda v: "1" if v == 1 else f"{v:.2f}"),
-                        Col("before the change (H100, same video)", "before")]))
+TABLES.append(transnet_threads_table("transnet_h100_threads_160x90", "transnet_gpu_h100_testmp4_threads.json",
+                                    "transnet_gpu_h100_testmp4.json", "same video"))
 
 GRADUAL = DEFAULT + " + transnetv2 gradual"
 WITH_CUTS = "adaptive+histogram+transnetv2 + evidence + dissolve spans"

@@ -23,6 +23,13 @@ from vidcorpus.config import Config
 from vidcorpus.errors import ModelNotAvailable
 from vidcorpus.presets import resolve_models, resolve_refiner
 
+# The options `train` and `train-refiner` share word for word (each stage reads them from its own section).
+StepsOpt = typer.Option(None, "--steps", help="Optimizer steps.")
+RunDirOpt = typer.Option(None, "--output", "-o", help="Run directory (default {workdir}/train/{run_id}).")
+ResumeOpt = typer.Option(None, "--resume", help="'latest' (newest checkpoint of --output) or a run/checkpoint path.")
+LauncherOpt = typer.Option(None, "--launcher", help="local (also under torchrun) or ray (Ray Train TorchTrainer).")
+WorkersOpt = typer.Option(None, "--workers", help="Ray Train workers.")
+
 
 def train(
     config: Optional[Path] = ConfigOpt,
@@ -32,13 +39,13 @@ def train(
     preset: Optional[str] = PresetOpt,
     select: Optional[str] = typer.Option(None, "--select", help="SQL predicate over clips_wide, e.g. \"kept AND aesthetic >= 5\"."),
     release: Optional[str] = typer.Option(None, "--release", help="Train on a release's shards (checksums from its manifest)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Run directory (default {workdir}/train/{run_id})."),
+    steps: Optional[int] = StepsOpt,
+    output: Optional[str] = RunDirOpt,
     progress: bool = ProgressOpt,
-    resume: Optional[str] = typer.Option(None, "--resume", help="'latest' (newest checkpoint of --output) or a run/checkpoint path."),
+    resume: Optional[str] = ResumeOpt,
     export: Optional[str] = typer.Option(None, "--export", help="After training, write the EMA weights as a diffusers I2VGenXLPipeline here."),
-    launcher: Optional[str] = typer.Option(None, "--launcher", help="local (also under torchrun) or ray (Ray Train TorchTrainer)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Ray Train workers."),
+    launcher: Optional[str] = LauncherOpt,
+    workers: Optional[int] = WorkersOpt,
     follow: Optional[bool] = typer.Option(None, "--follow/--no-follow", help="Ask the --select query again at every epoch: newly sealed shards join without a restart."),
 ) -> None:
     """Train the base image-to-video stage (I2VGen-XL UNet) on the shards a catalog query selects."""
@@ -48,6 +55,7 @@ def train(
                      "train.follow": follow})
     train_and_export(cfg, "base", output, progress, resume, export)
 
+
 def train_refiner(
     config: Optional[Path] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
@@ -56,13 +64,13 @@ def train_refiner(
     preset: Optional[str] = PresetOpt,
     select: Optional[str] = typer.Option(None, "--select", help="SQL predicate over clips_wide (default \"height >= 720\")."),
     release: Optional[str] = typer.Option(None, "--release", help="Train on a release's shards (one whose recipe keeps height >= 720)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Run directory (default {workdir}/train/{run_id})."),
+    steps: Optional[int] = StepsOpt,
+    output: Optional[str] = RunDirOpt,
     progress: bool = ProgressOpt,
-    resume: Optional[str] = typer.Option(None, "--resume", help="'latest' (newest checkpoint of --output) or a run/checkpoint path."),
+    resume: Optional[str] = ResumeOpt,
     export: Optional[str] = typer.Option(None, "--export", help="After training, write the EMA weights as a diffusers VideoToVideoSDPipeline here."),
-    launcher: Optional[str] = typer.Option(None, "--launcher", help="local (also under torchrun) or ray (Ray Train TorchTrainer)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Ray Train workers."),
+    launcher: Optional[str] = LauncherOpt,
+    workers: Optional[int] = WorkersOpt,
 ) -> None:
     """Train the refiner stage (UNet3D video-to-video, 1280x720, brief captions) on random crops of high-resolution clips."""
     cfg = effective_config(config, set_, workdir=workdir, catalog=catalog,
