@@ -167,3 +167,22 @@ def first_run_rows(data: dict) -> list[dict]:
 TABLES.append(Table("clip_stage_first_workload", ["scoring_h100_issue5_rerun.json"], rows=first_run_rows, columns=[
     Col("measurement (frames scored per second)", "what"), Col("frames/s", "fps"), Col("of model-only", "pct"),
     Col("decode-only, same rows (frames/s)", "decode", "{:,.0f}"), Col("of model-only", "decode_pct", "{:.0%}")]))
+
+
+def frame_model_speed_rows(dev: dict, host: dict, gpu1: dict, gpu2: dict) -> list[dict]:
+    """OCR detection and NSFW frames/s: one thread on the dev box and on the H100's host, and on the H100."""
+    rows = []
+    for label, key in (("OCR detection (PP-OCRv4, one frame a call)", "ocr_detection_fps"),
+                       ("NSFW (NudeNet 320n, one batch of all frames)", "nsfw_fps")):
+        cuda = [gpu1[f"{key}_cuda"], gpu2[f"{key}_cuda"]]
+        rows.append({"model": label, "dev": dev[f"{key}_1_thread"], "host": host[f"{key}_1_thread"],
+                     "gpu": " / ".join(f"{v:,.1f}" for v in cuda), "ratio": min(cuda) / host[f"{key}_1_thread"]})
+    return rows
+
+
+TABLES.append(Table("frame_models_speed", ["frame_models_cpu_quiet.json", "frame_models_h100host_cpu.json",
+                                           "frame_models_h100_cuda_r1.json", "frame_models_h100_cuda_r2.json"],
+                    rows=frame_model_speed_rows, columns=[
+                        Col("model (602x256 frames)", "model"), Col("dev box, one thread", "dev", "{:,.1f}"),
+                        Col("H100 host, one thread", "host", "{:,.1f}"), Col("H100 (two runs)", "gpu"),
+                        Col("H100 over one host core (slower run)", "ratio", "{:.1f}x")]))
