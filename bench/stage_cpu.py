@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
         "videos": a.videos, "sets": a.sets, "repeat": a.repeat,
         "clips": len(clips), "kept": sum(1 for r in clips if r.get("kept")), "frames_in_clips": frames,
         "errors": sorted({r["error_class"] for r in rows if r.get("error_class")}),
+        "extract_modes": {m: sum(1 for r in clips if r.get("extract_mode") == m)
+                          for m in sorted({r.get("extract_mode") or "" for r in clips})},
         "stages": best,
         "cpu_s_total": round(total, 3),
         "cpu_ms_per_frame": {k: round(1000 * v["cpu_s"] / frames, 3) for k, v in best.items()} if frames else None,

@@ -24,9 +24,10 @@ from av.video.frame import PictureType
 import numpy as np
 
 from vidcorpus.errors import DecodeError
-from vidcorpus.frame_index import FrameCursor, index_of
+from vidcorpus.frame_index import FrameCursor, FrameIndex, index_of
 from vidcorpus.image_clip import image_clip
 from vidcorpus.ids import clip_id, is_safe_key
+from vidcorpus.ingest.exact_copy import copy_fields, exact_copy_plan
 from vidcorpus.ingest.segments import NOT_EXTRACTED, with_dropped
 from vidcorpus.media import save_jpeg, uniform_indices, upright_frame
 from vidcorpus.stage import Resources, Stage
@@ -171,9 +172,11 @@ def stream_rate(path: str) -> Fraction:
     return fps
 
 
-def copy_clips(path: str, ranges: list[tuple[int, int]], keys: list[int] | None = None) -> list[tuple[bytes, int, int] | None]:
+def copy_clips(path: str, ranges: list[tuple[int, int]], keys: list[int] | None = None,
+               index: FrameIndex | None = None) -> list[tuple[bytes, int, int] | None]:
     """Stream-copy each inclusive (first, last) range; per range (mp4 bytes, first, last) actually
-    written, or None when no frame of it could be copied.
+    written, or None when no frame of it could be copied. With ``index`` frames are numbered as the
+    rest of vidcorpus numbers them (``vidcorpus/frame_index.py``), else from timestamps and the rate.
 
     One demux pass serves every range. Packets are taken in decode order from the keyframe at or
     before ``first``; taking stops at the first packet showing after ``last``, and trailing packets
@@ -181,6 +184,8 @@ def copy_clips(path: str, ranges: list[tuple[int, int]], keys: list[int] | None 
     player shows.
     """
     fps = stream_rate(path)
+    if index is not None:
+        keys = list(index.keyframes)
     keys = keys if keys is not None else _keyframe_indices(path, fps)
     if not keys:
         raise CopyUnsupported("no keyframes")
@@ -194,7 +199,9 @@ def copy_clips(path: str, ranges: list[tuple[int, int]], keys: list[int] | None 
         for p in c.demux(s):
             if p.size == 0 or p.pts is None:
                 continue
-            idx = _frame_index(p.pts, start, s.time_base, fps)
+            idx = index.position(p.pts) if index is not None else _frame_index(p.pts, start, s.time_base, fps)
+            if idx is None:
+                raise CopyUnsupported("a packet the frame index does not know")
             for j, (a, b) in enumerate(ranges):
                 st = state[j]
                 if st is True:
@@ -290,7 +297,31 @@ class ExtractStage(Stage):
                 return self._copy(rows)
             except (CopyUnsupported, av.error.FFmpegError, ValueError):
                 pass  # re-encode instead; the rows record 'precise'
-        return self._precise(rows)
+        copied: list[dict] = []
+        if self.config.split.extract_mode == "auto":
+            try:
+                copied, rows = self._exact_copies(rows)
+            except (CopyUnsupported, av.error.FFmpegError, ValueError):
+                copied = []  # re-encode them all
+        return copied + (self._precise(rows) if rows else [])
+
+    def _exact_copies(self, rows: list[dict]) -> tuple[list[dict], list[dict]]:
+        """(rows written by copying packets, rows left to re-encode): ingest/exact_copy.py says which qualify."""
+        path = rows[0]["source_path"]
+        wanted, index, info = exact_copy_plan(path, rows, self.config.split)
+        if not wanted:
+            return [], rows
+        results = copy_clips(path, [(r["first_frame"], r["last_frame"]) for r in wanted], index=index)
+        done: list[dict] = []
+        for row, res in zip(wanted, results):
+            if res is None or (res[1], res[2]) != (row["first_frame"], row["last_frame"]):
+                continue  # its last frames need packets past the shot: re-encoded
+            clip_url, first_url = self._clip_urls(row["clip_id"], ".mp4")
+            _write(clip_url, res[0])
+            save_jpeg(_first_frame(res[0]), first_url)
+            done.append(dict(row, clip_path=clip_url, first_frame_path=first_url, **copy_fields(row, info)))
+        copied = {r["clip_id"] for r in done}
+        return done, [r for r in rows if r["clip_id"] not in copied]
 
     def _copy(self, rows: list[dict]) -> list[dict]:
         """Stream-copy the rows whose keyframe lies close enough before their start; re-encode the rest."""

@@ -98,7 +98,10 @@ def test_scores_read_from_the_source_agree_with_scores_of_the_extracted_clip(tmp
     assert all(not r["error_class"] and r["clip_path"] is None and r["extract_mode"] == "deferred" for r in from_source)
     assert all(Path(r["first_frame_path"]).exists() and Path(r["stills_path"]).exists() for r in from_source)
     extracted = ExtractStage(cfg)(rows_to_table(from_source)).to_pylist()
-    assert all(r["clip_path"] and r["extract_mode"] == "precise" for r in extracted)
+    assert all(r["clip_path"] for r in extracted)
+    modes = sorted(r["extract_mode"] for r in extracted)
+    # a shot starting on a keyframe is copied (split.extract_mode=auto), unless the clip is resized
+    assert modes == (["precise"] * 3 if overrides else ["copy", "precise", "precise"]), modes
     # the geometry the scorers assumed is the clip extraction wrote
     for a, b in zip(sorted(from_source, key=lambda r: r["clip_id"]), sorted(extracted, key=lambda r: r["clip_id"])):
         assert (a["clip_width"], a["clip_height"], a["clip_fps"], a["clip_frames"]) == \
@@ -111,6 +114,8 @@ def test_scores_read_from_the_source_agree_with_scores_of_the_extracted_clip(tmp
         for j in range(len(clip)):
             diffs = [np.abs(frames[i].astype(int) - clip[j].astype(int)).mean() for i in range(len(clip))]
             assert int(np.argmin(diffs)) == j and diffs[j] < 4, (r["clip_id"], j, diffs[j])
+            if r["extract_mode"] == "copy":  # the source's packets: its very pixels
+                assert diffs[j] == 0, (r["clip_id"], j, diffs[j])
     rescored = MotionStage(cfg)(TechnicalStage(cfg)(rows_to_table(
         [dict(r, scores=[], stills_path=None) for r in extracted]))).to_pylist()
     a = {r["clip_id"]: {s["scorer"]: s["value"] for s in r["scores"]} for r in from_source}
@@ -181,13 +186,15 @@ def test_a_dropped_shot_is_never_encoded_and_keeps_its_rows_and_still(tmp_path, 
     dropped = [r for r in videos if not r["kept"]]
     kept = [r for r in videos if r["kept"]]
     assert dropped and kept
-    assert len(encoded) == len(kept)  # one encoder per kept clip, none for a dropped one
+    # one encoder per kept clip that is not stream-copied (split.extract_mode=auto), none for a dropped one
+    assert len(encoded) == len([r for r in kept if r["extract_mode"] == "precise"])
     for r in dropped:
         assert r["clip_path"] is None and r["extract_mode"] == "deferred" and r["reason"]
         assert not Path(cfg.url("staging", "clips", f"{r['clip_id']}.mp4")).exists()
         assert Path(r["first_frame_path"]).exists()
         assert {"blur", "motion", "aesthetic"} <= {s["scorer"] for s in r["scores"]}
-    assert all(r["clip_path"] and Path(r["clip_path"]).exists() and r["extract_mode"] == "precise" for r in kept)
+    assert all(r["clip_path"] and Path(r["clip_path"]).exists() and r["extract_mode"] in ("precise", "copy")
+               for r in kept)
     images = [r for r in rows if r["media_type"] == "image"]
     assert images and all(r["clip_path"] and Path(r["clip_path"]).exists() for r in images)  # images unchanged
 

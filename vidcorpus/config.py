@@ -99,8 +99,11 @@ class SplitConfig(Section):
     downscale: int = Field(0, ge=0, description="Detection frames shrunk by this factor; 0 picks one giving about 256 px width.")
     backend: Literal["pyav", "opencv"] = Field(
         "pyav", description="Detection decoder: pyav scales in FFmpeg (fast, streamed); opencv is scenedetect's own.")
-    extract_mode: Literal["precise", "copy"] = Field(
-        "precise", description="precise: frame-exact H.264 re-encode; copy: packet copy from the keyframe at or before the shot start.")
+    extract_mode: Literal["auto", "precise", "copy"] = Field(
+        "auto", description="auto: a clip whose shot starts on a keyframe of an H.264 source and whose copied packets "
+                            "show exactly its frames is stream-copied (same frames, no re-encode), every other clip "
+                            "re-encoded as precise (ingest/exact_copy.py); precise: frame-exact H.264 re-encode of "
+                            "every clip; copy: packet copy from the keyframe at or before the shot start.")
     copy_max_lead_seconds: float | None = Field(
         1.0, ge=0, description="copy: a shot whose keyframe lies further before its start is re-encoded instead (None: never).")
     clip_codec: str = "libx264"

@@ -4,8 +4,8 @@ Filter before you encode (issue 22) leaves the clips a recipe drops unextracted 
 NULL, ``extract_mode = 'deferred'``). A later decision can keep one (``filter apply`` of a more
 lenient recipe, a dedup re-decision), and a kept clip's file can go missing (issue 21). ``vidcorpus
 sync`` and a ``vidcorpus run`` with no new inputs extract them here, before captioning, through
-``ExtractStage`` itself in precise mode: the clip id names exact source frames first..last, and a
-stream copy would move them. The source is the staged copy the catalog records; when that is gone
+``ExtractStage`` itself in precise mode (or ``auto``, whose stream copies are exact): the clip id
+names exact source frames first..last, and a stream copy from an earlier keyframe would move them. The source is the staged copy the catalog records; when that is gone
 it is fetched again from its URI through the download stage, and used only if its sha256 is the
 recorded one (other bytes would give other frames under the same clip id).
 """
@@ -78,8 +78,8 @@ def extract_clips(cfg: Config, cat, run_id: str, clip_ids: list[str]) -> Extract
     rows = cat.query_dicts(f"SELECT {cols} FROM clips c JOIN sources s USING (source_id) "
                            "WHERE c.clip_id IN (SELECT unnest(?)) ORDER BY c.clip_id", [list(clip_ids)])
     rows, bad = _local_sources(cfg, rows)
-    precise = cfg.model_copy(update={"split": cfg.split.model_copy(update={"extract_mode": "precise"})})
-    stage = ExtractStage(precise)
+    exact = "auto" if cfg.split.extract_mode == "auto" else "precise"  # never a copy that moves the range
+    stage = ExtractStage(cfg.model_copy(update={"split": cfg.split.model_copy(update={"extract_mode": exact})}))
     done = stage.process_rows([dict(r, clip_path=None, kept=True) for r in rows]) if rows else []
     good = [r for r in done if not r.get("error_class")]
     # a file of other frames under the same id would be wrong: precise extraction never moves a range
