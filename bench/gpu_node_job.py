@@ -280,6 +280,7 @@ def catalog_numbers(path: str) -> dict:
     kinds = dict(q("SELECT kind, count(*) FROM captions GROUP BY kind"))
     out.update(sources_done=n_done, sources_failed=n_failed, video_hours_done=round(h_done, 4), clips=clips,
                clip_hours=round(clip_h, 4), clips_kept=kept, clips_captioned=caps, captions_by_kind=kinds)
+    out["extract_modes"] = dict(q("SELECT coalesce(extract_mode, ''), count(*) FROM clips GROUP BY 1"))
     (shards,), = q("SELECT count(*) FROM shards")
     out["shards"] = shards
     out["failures_by_class"] = [dict(zip(("stage", "error_class", "n", "example"), r))
