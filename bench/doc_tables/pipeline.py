@@ -89,3 +89,38 @@ def filter_first_stage_rows(d: dict) -> list[dict]:
 
 TABLES.append(Table("filter_first_stage_cpu", [FILTER_FIRST_STAGES], rows=filter_first_stage_rows, columns=[
     Col("stage (CPU s)", "stage"), Col("before", "before"), Col("after", "after")]))
+
+
+RUN7 = "gpu_node_job_h100_60min_run7.json"
+
+
+def _stage_work(d: dict) -> dict[str, dict]:
+    return {r["stage"]: r for r in d["catalog"]["stage_stats"]["stage_stats"]}
+
+
+def run6_run7_stage_rows(d6: dict, d7: dict) -> list[dict]:
+    """Per stage, the work (batches' wall summed over workers) of run 6 beside run 7; the bounding stage in bold."""
+    s6, s7 = _stage_work(d6), _stage_work(d7)
+    return [{"stage": name, "w6": s6[name]["work_s"], "w7": r["work_s"], "set7": r["setup_s"],
+             "ratio": r["work_s"] / s6[name]["work_s"] if s6.get(name, {}).get("work_s") else None,
+             "_bold": ("stage",) if r["bound_by"] else ()} for name, r in s7.items() if name in s6]
+
+
+def run6_run7_summary(d6: dict, d7: dict) -> list[dict]:
+    def one(label, d):
+        modes = d["catalog"].get("extract_modes") or {}
+        return {"run": label, "wall": d["wall_s"], "vh": d["video_hours_per_gpu_hour"], "kept": d["clips_kept"],
+                "copied": f"{modes.get('copy', 0)} of {d['clips_kept']}" if modes else "0 (precise only)",
+                "gpu": d["gpu_busy"]["share_of_samples_busy_whole_job"],
+                "cpu": " ".join(f"{v:.0f}" for v in d["host_cpu"]["busy_pct_by_bucket"]),
+                "rss": d["memory"]["tree_rss_peak_gib"]}
+    return [one("run 6 (8af37ba)", d6), one("run 7", d7)]
+
+
+TABLES.append(Table("gpu_node_run6_run7", [RUN6, RUN7], rows=run6_run7_summary, columns=[
+    Col("run", "run"), Col("wall s (1 h of 720p)", "wall", "{:.0f}"), Col("video-hours per GPU-hour", "vh", "{:.2f}"),
+    Col("clips kept", "kept"), Col("kept clips stream-copied", "copied"), Col("GPU busy share", "gpu", "{:.1%}"),
+    Col("host CPU busy % per 30 s", "cpu"), Col("RSS peak GiB", "rss", "{:.1f}")]))
+TABLES.append(Table("gpu_node_run7_stages", [RUN6, RUN7], rows=run6_run7_stage_rows, columns=[
+    Col("stage", "stage"), Col("run 6 work s", "w6", "{:,.1f}"), Col("run 7 work s", "w7", "{:,.1f}"),
+    Col("run 7 / run 6", "ratio", "{:.2f}", "-"), Col("run 7 set-up s", "set7", "{:.1f}")]))
