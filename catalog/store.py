@@ -234,21 +234,23 @@ class Catalog(CurationRecords, ReleaseRecords):
                               "meta_json": meta})
         return out
 
-    def _user_predicate(self, predicate: str) -> str:
+    def _user_predicate(self, predicate: str, params: list | None = None) -> str:
         """A user's --select, checked to read nothing but the catalog (catalog/safe_sql.py)."""
-        return check_predicate(self, predicate)
+        return check_predicate(self, predicate, params)
 
-    def shard_rows_for(self, predicate: str = "TRUE") -> list[dict]:
-        """Shard rows (id, url, sha256, bytes, n, bucket) holding clips that match a SQL predicate."""
-        predicate = self._user_predicate(predicate)
+    def shard_rows_for(self, predicate: str = "TRUE", params: list | None = None) -> list[dict]:
+        """Shard rows (id, url, sha256, bytes, n, bucket) holding clips that match a SQL predicate
+        (its ``?`` values in ``params``)."""
+        predicate = self._user_predicate(predicate, params)
         return self.query_dicts(
             f"SELECT DISTINCT sh.shard_id, sh.url, sh.sha256, sh.bytes, sh.n, sh.bucket FROM shards sh "
             f"JOIN shard_members m USING (shard_id) JOIN (SELECT clip_id FROM clips_wide WHERE {predicate}) w "
-            f"ON w.clip_id = m.clip_id ORDER BY sh.shard_id")
+            f"ON w.clip_id = m.clip_id ORDER BY sh.shard_id", params)
 
-    def clip_ids_for(self, predicate: str = "TRUE") -> set[str]:
-        predicate = self._user_predicate(predicate)
-        return {r[0] for r in self._fetch(f"SELECT clip_id FROM clips_wide WHERE {predicate}")}
+    def clip_ids_for(self, predicate: str = "TRUE", params: list | None = None) -> set[str]:
+        """Ids of the clips that match a SQL predicate (its ``?`` values in ``params``)."""
+        predicate = self._user_predicate(predicate, params)
+        return {r[0] for r in self._fetch(f"SELECT clip_id FROM clips_wide WHERE {predicate}", params)}
 
     # -- writes ------------------------------------------------------------------------------
     def _fetch(self, sql: str, params: list | None = None) -> list[tuple]:
