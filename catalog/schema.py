@@ -319,9 +319,6 @@ IN_FORCE_SQL = ("(recipe = (SELECT arg_max(recipe, seq) FROM recipe_history) "
 """A clips_wide row decided by the recipe in force (every latest decision while no history is
 recorded); reads only the small history table, so the funnel stays a scan of clips_wide."""
 
-FUNNEL_STAGES = ("sources", "failed", "shots", "scored", "kept", "captioned", "sharded", "trained_on")
-
-
 def funnel_body(key: str | None = None, clips: str = "clips_wide", sources: str = "sources",
                 failures: str = "failures", in_force: bool = True) -> str:
     """Counts and hours per stage, from the materialised clips_wide (fast at millions of clips): the

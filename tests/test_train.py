@@ -158,7 +158,7 @@ def test_frame_indices_keep_spacing_and_never_pad():
 
 
 def test_stream_decodes_buckets_and_reports_failures(shards):
-    from vidcorpus.train.data import ClipStream, DecodeFailure, bucket_batches
+    from vidcorpus.train.data import BucketBatcher, ClipStream, DecodeFailure
 
     cfg = _cfg()
     items = list(ClipStream(shards["urls"] + [shards["urls"][0] + ".missing"], cfg))
@@ -179,7 +179,7 @@ def test_stream_decodes_buckets_and_reports_failures(shards):
     assert float((good["clip0"]["video"][1] - good["clip0"]["video"][0]).abs().mean()) > 0.0
 
     errors = []
-    batches = list(bucket_batches(items, 2, on_error=lambda k, e: errors.append(k)))
+    batches = list(BucketBatcher(2, on_error=lambda k, e: errors.append(k))(items))
     assert errors == [BAD]
     assert sorted(k for b in batches for k in b["key"]) == sorted(good)
     for b in batches:
