@@ -320,7 +320,8 @@ class Catalog(CurationRecords, ReleaseRecords):
     def record_training(self, run_id: str, stage: str, select_sql: str, steps: int, final_loss: float | None,
                         checkpoint: str, shard_urls: list[str], config_json: str, started_at: dt.datetime,
                         samples, files: list[dict] | None = None, replace_from: int | None = None) -> None:
-        """See ``catalog/train_samples.py`` (samples: (step, clip id) pairs or a table of them)."""
+        """See ``catalog/train_samples.py`` (samples: (step, clip id) pairs or a table of them; None:
+        DuckDB reads them from ``files``, the run's sample-log parts)."""
         train_samples.record_training(self, run_id, stage, select_sql, steps, final_loss, checkpoint, shard_urls, config_json,
                         started_at, samples, files, replace_from)
 
