@@ -150,7 +150,8 @@ def _peak(device) -> float | None:
 
 def bench_training(b: Builder, device, crop, ckpt: bool, frames: int, height: int, width: int, steps: int,
                    warmup: int) -> dict:
-    from vidcorpus.train.loop import apply_activation_checkpointing, ema_update, lr_lambda
+    from vidcorpus.train.step import ema_update, lr_lambda
+    from vidcorpus.train.trainer import apply_activation_checkpointing
     from vidcorpus.train.objective import TextEncoderCache
     from vidcorpus.train.refiner import refiner_loss
 

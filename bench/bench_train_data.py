@@ -100,17 +100,18 @@ def write_sidecars(root: Path, n_shards: int, per_shard: int, frames: int, h: in
 def run_loop(label: str, cfg, comps, model_dir: str, specs: list, out_dir: Path, synthetic_batch=None) -> dict:
     from unittest import mock
 
-    from vidcorpus.train import loop
+    from vidcorpus.train import loop, trainer
+    from vidcorpus.train.stream import DataCursor, StreamMark
 
     def constant(urls, cfg_, keys, on_error, cursor, follow=None, selection=None):
-        mark = loop.StreamMark(loop.DataCursor(), selection.fingerprint, selection.urls)
+        mark = StreamMark(DataCursor(), selection.fingerprint, selection.urls)
         while True:
             yield synthetic_batch, mark
 
     patches = [mock.patch.object(loop, "load_components", lambda *_a, **_k: comps),
                mock.patch.object(loop.ckpt_io, "save_checkpoint", lambda run_dir, step, *_a, **_k: f"{run_dir}/skipped-{step}")]
     if synthetic_batch is not None:
-        patches.append(mock.patch.object(loop, "_batches_forever", constant))
+        patches.append(mock.patch.object(trainer, "batches_forever", constant))
     for p in patches:
         p.start()
     try:

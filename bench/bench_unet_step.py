@@ -2,7 +2,7 @@
 
 The reference of issue 8: eager forward + backward + fused AdamW under bf16 autocast, synthetic
 latents of 16 frames at 256x448 (32x56 latents), at each batch size until out of memory. Our own
-step adds the EMA update (vidcorpus.train.loop.ema_update) on top of the same work; both are timed
+step adds the EMA update (vidcorpus.train.step.ema_update) on top of the same work; both are timed
 in the same run. Prints one JSON line per configuration.
 
     python bench/bench_unet_step.py --batches 1 2 4 --steps 6
@@ -20,7 +20,7 @@ import torch
 def train_step(step_unet, unet, opt, ema, inputs: dict, target: torch.Tensor) -> torch.Tensor:
     """The reference step: forward of ``step_unet`` (the UNet or a compiled wrapper of it) under bf16
     autocast, backward, gradient clipping, the optimizer, and our EMA update when ``ema`` is given."""
-    from vidcorpus.train.loop import ema_update
+    from vidcorpus.train.step import ema_update
 
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = step_unet(**inputs, return_dict=False)[0]

@@ -62,7 +62,7 @@ def main() -> None:
 
     from bench_unet_step import train_step
 
-    from vidcorpus.train.loop import apply_activation_checkpointing
+    from vidcorpus.train.trainer import apply_activation_checkpointing
 
     dev = torch.device("cuda")
     torch.manual_seed(0)

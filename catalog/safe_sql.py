@@ -38,12 +38,13 @@ def first_line(text: str) -> str:
     return lines[0] if lines else ""
 
 
-def check_predicate(cat: "Catalog", predicate: str) -> str:
+def check_predicate(cat: "Catalog", predicate: str, params: list | None = None) -> str:
     """``predicate`` (a user's ``--select`` over clips_wide), parenthesised, once it is shown to read
     nothing but the catalog: it runs first over empty copies of the catalog's tables in a locked-down
     in-memory DuckDB, where reading a file, loading an extension or attaching fails
     (``RefusedSQL``). The commands then run it on their own connection, which must stay able to
-    read and write the catalog's files. The parentheses keep it one expression (no second statement)."""
+    read and write the catalog's files. The parentheses keep it one expression (no second statement);
+    ``params`` are the values of its ``?`` placeholders."""
     sandbox = duckdb.connect()
     try:
         for r in cat.query_dicts("SELECT DISTINCT table_name FROM information_schema.tables"):
@@ -53,7 +54,7 @@ def check_predicate(cat: "Catalog", predicate: str) -> str:
         if len(sandbox.extract_statements(query)) != 1:  # "TRUE); DELETE FROM clips; SELECT (1"
             raise RefusedSQL(f"refused: a selection is one SQL expression, not statements: {predicate!r}")
         try:
-            sandbox.execute(query).fetchall()
+            sandbox.execute(query, params).fetchall() if params else sandbox.execute(query).fetchall()
         except duckdb.PermissionException as e:
             raise RefusedSQL(f"refused: a selection reads the catalog only: {first_line(str(e))}") from e
         except duckdb.InvalidInputException as e:

@@ -319,9 +319,6 @@ IN_FORCE_SQL = ("(recipe = (SELECT arg_max(recipe, seq) FROM recipe_history) "
 """A clips_wide row decided by the recipe in force (every latest decision while no history is
 recorded); reads only the small history table, so the funnel stays a scan of clips_wide."""
 
-FUNNEL_STAGES = ("sources", "failed", "shots", "scored", "kept", "captioned", "sharded", "trained_on")
-
-
 def funnel_body(key: str | None = None, clips: str = "clips_wide", sources: str = "sources",
                 failures: str = "failures", in_force: bool = True) -> str:
     """Counts and hours per stage, from the materialised clips_wide (fast at millions of clips): the
@@ -352,7 +349,7 @@ def funnel_body(key: str | None = None, clips: str = "clips_wide", sources: str 
     key_expr = "key" if key else "NULL::VARCHAR"
     rows = ["SELECT key, 1 AS step, 'sources' AS stage, src_n AS n, src_h AS hours FROM j",
             "SELECT key, 2, 'failed', fail_n, NULL::DOUBLE FROM j"]
-    rows += [f"SELECT key, {i}, '{name}', {name}_n, {name}_h FROM j" for i, (name, _c) in enumerate(stages, 3)]
+    rows += [f"SELECT key, {i}, {name_literal(name)}, {name}_n, {name}_h FROM j" for i, (name, _c) in enumerate(stages, 3)]
     return f"""
         WITH src AS (SELECT {pick}, count(*) AS src_n,
                             sum(duration_s) FILTER (WHERE status = 'done') / 3600 AS src_h

@@ -234,21 +234,23 @@ class Catalog(CurationRecords, ReleaseRecords):
                               "meta_json": meta})
         return out
 
-    def _user_predicate(self, predicate: str) -> str:
+    def _user_predicate(self, predicate: str, params: list | None = None) -> str:
         """A user's --select, checked to read nothing but the catalog (catalog/safe_sql.py)."""
-        return check_predicate(self, predicate)
+        return check_predicate(self, predicate, params)
 
-    def shard_rows_for(self, predicate: str = "TRUE") -> list[dict]:
-        """Shard rows (id, url, sha256, bytes, n, bucket) holding clips that match a SQL predicate."""
-        predicate = self._user_predicate(predicate)
+    def shard_rows_for(self, predicate: str = "TRUE", params: list | None = None) -> list[dict]:
+        """Shard rows (id, url, sha256, bytes, n, bucket) holding clips that match a SQL predicate
+        (its ``?`` values in ``params``)."""
+        predicate = self._user_predicate(predicate, params)
         return self.query_dicts(
             f"SELECT DISTINCT sh.shard_id, sh.url, sh.sha256, sh.bytes, sh.n, sh.bucket FROM shards sh "
             f"JOIN shard_members m USING (shard_id) JOIN (SELECT clip_id FROM clips_wide WHERE {predicate}) w "
-            f"ON w.clip_id = m.clip_id ORDER BY sh.shard_id")
+            f"ON w.clip_id = m.clip_id ORDER BY sh.shard_id", params)
 
-    def clip_ids_for(self, predicate: str = "TRUE") -> set[str]:
-        predicate = self._user_predicate(predicate)
-        return {r[0] for r in self._fetch(f"SELECT clip_id FROM clips_wide WHERE {predicate}")}
+    def clip_ids_for(self, predicate: str = "TRUE", params: list | None = None) -> set[str]:
+        """Ids of the clips that match a SQL predicate (its ``?`` values in ``params``)."""
+        predicate = self._user_predicate(predicate, params)
+        return {r[0] for r in self._fetch(f"SELECT clip_id FROM clips_wide WHERE {predicate}", params)}
 
     # -- writes ------------------------------------------------------------------------------
     def _fetch(self, sql: str, params: list | None = None) -> list[tuple]:
@@ -318,7 +320,8 @@ class Catalog(CurationRecords, ReleaseRecords):
     def record_training(self, run_id: str, stage: str, select_sql: str, steps: int, final_loss: float | None,
                         checkpoint: str, shard_urls: list[str], config_json: str, started_at: dt.datetime,
                         samples, files: list[dict] | None = None, replace_from: int | None = None) -> None:
-        """See ``catalog/train_samples.py`` (samples: (step, clip id) pairs or a table of them)."""
+        """See ``catalog/train_samples.py`` (samples: (step, clip id) pairs or a table of them; None:
+        DuckDB reads them from ``files``, the run's sample-log parts)."""
         train_samples.record_training(self, run_id, stage, select_sql, steps, final_loss, checkpoint, shard_urls, config_json,
                         started_at, samples, files, replace_from)
 

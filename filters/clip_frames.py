@@ -203,11 +203,6 @@ def scoring_frames(row: dict, data: bytes, k: int, convert: FrameConverter = to_
 MAX_SIDE = 512  # center squares larger than this are shrunk (area filter) in the worker before shipping
 
 
-def center_square(frames: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
-    """The center square of (K, H, W, 3) frames (what the model's center crop keeps), at most max_side."""
-    return np.ascontiguousarray(np.stack([square_frame(f, max_side) for f in frames]))
-
-
 def square_frame(frame: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
     """The center square of one (H, W, 3) frame (a view when no shrinking is needed), at most max_side."""
     h, w = frame.shape[:2]

@@ -143,18 +143,6 @@ class FrameDecoder:
     def release(self, slot: int) -> None:
         self.free.append(slot)
 
-    def decode_all(self, rows: list[dict]) -> int:
-        """Decode rows in order through the slots and drop the frames; frames decoded (benchmarks)."""
-        jobs: list[tuple[Future, int, int]] = []
-        n = 0
-        for j in range(len(rows)):
-            if j >= len(jobs) or len(self.free) >= self.n_slots // 4:
-                jobs += self.submit_many([(r, self.k) for r in rows[len(jobs):]])
-            shape, _ = self.result(jobs[j])
-            n += shape[0]
-            self.release(jobs[j][2])
-        return n
-
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
         try:

@@ -281,14 +281,6 @@ def split_long(first: int, last: int, fps: float, max_seconds: float) -> list[tu
     return [(s, min(s + size - 1, last)) for s in range(first, last + 1, size)]
 
 
-def clip_ranges(shots: list[tuple[int, int]], fps: float, cfg) -> list[tuple[int, int]]:
-    """Shots -> clip frame ranges: trim ``trim_frames`` at both ends, then cut long shots into windows.
-
-    A shot that trimming leaves empty is dropped (``plan_clips`` also says what was dropped).
-    """
-    return plan_clips(shots, fps, cfg)[0]
-
-
 def plan_clips(shots: list[tuple[int, int]], fps: float, cfg) -> tuple[list[tuple[int, int]], list[DroppedSegment]]:
     """Shots -> (clip frame ranges, the trimmed ends and emptied shots as dropped segments)."""
     trimmed, dropped = trim_shots(shots, cfg.trim_frames)

@@ -31,8 +31,6 @@ from vidcorpus.storage import write_atomic
 
 RELEASE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
 HISTOGRAM_BINS = 20
-# wide-view columns that are not scores (no histogram for them)
-NOT_SCORES = frozenset({"first_frame", "last_frame", "start_s", "end_s", "kept"})
 
 
 class ReleaseError(RuntimeError):

@@ -32,3 +32,18 @@ def test_help_loads_no_job_and_no_heavy_library():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_every_user_error_is_named_by_the_module_that_defines_it():
+    """The handler looks each class up in ``sys.modules[module]``: naming a module that merely
+    re-exports the class (or that a move left behind) would turn a user's mistake into a traceback
+    whenever the defining module is imported without it."""
+    import importlib
+
+    from vidcorpus.cli.errors import USER_ERRORS
+
+    for module, name, _code in USER_ERRORS:
+        cls = getattr(importlib.import_module(module), name)
+        assert isinstance(cls, type) and issubclass(cls, BaseException), (module, name)
+        defined_in = "duckdb" if cls.__module__.split(".")[0] in ("duckdb", "_duckdb") else cls.__module__
+        assert defined_in == module, f"{module}.{name} is defined in {cls.__module__}"

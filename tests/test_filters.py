@@ -287,7 +287,7 @@ def test_device_preprocessing_matches_open_clip_transform(tiny, media):
     from PIL import Image
 
     from vidcorpus.clip_models import load_clip
-    from vidcorpus.filters.clip_frames import center_square
+    from vidcorpus.filters.clip_frames import square_frame
     from vidcorpus.filters.clip_scores import gpu_preprocess
     from vidcorpus.media import read_frames
 
@@ -295,7 +295,7 @@ def test_device_preprocessing_matches_open_clip_transform(tiny, media):
     frames = read_frames(media["v0"].path, n=3)
     mean = torch.tensor(preprocess.transforms[-1].mean).view(1, 3, 1, 1) * 255
     std = torch.tensor(preprocess.transforms[-1].std).view(1, 3, 1, 1) * 255
-    ours = gpu_preprocess(list(center_square(frames)), 64, mean, std, torch.float32, pin=False)
+    ours = gpu_preprocess([square_frame(f) for f in frames], 64, mean, std, torch.float32, pin=False)
     ref = torch.stack([preprocess(Image.fromarray(f)) for f in frames])
     assert ours.shape == ref.shape
     assert (ours - ref).abs().mean() < 0.05  # same transform up to resampling details

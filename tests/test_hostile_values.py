@@ -72,11 +72,19 @@ def test_quotes_semicolons_and_comments_in_a_source_a_recipe_and_a_label_come_ba
     assert recipe_id in _vc(work, "status")
     _vc(work, "sync", "--no-progress")
     from vidcorpus.catalog.corpus_state import active_recipe_id, pending_work, state_gaps
+    from vidcorpus.config import load_config
+    from vidcorpus.jobs.shard_selection import select_training_shards
 
     with Catalog(catalog, read_only=True) as cat:
         assert active_recipe_id(cat) == recipe_id
         assert pending_work(cat, "v1").total == 0 and state_gaps(cat) == []
         assert cat.recipe_ids(HOSTILE) == [recipe_id]
+    # training's default selection (the recipe in force) passes the recipe id as a value
+    _specs, keys, what = select_training_shards(load_config(None, [], workdir=str(work)))
+    assert keys and keys == {r["clip_id"] for r in _rows(
+        catalog, "SELECT clip_id FROM clips_wide WHERE kept AND captioned AND shard_id IS NOT NULL AND recipe = ?",
+        [recipe_id])}
+    assert recipe_id in what
 
     # a label whose reason is SQL-looking, through the web app
     clip = clip_ids[0]
@@ -109,3 +117,22 @@ def test_a_recipe_name_with_like_wildcards_matches_only_itself(tmp_path):
         assert cat.recipe_ids("a_b") == ["a_b@1"]
         assert cat.recipe_ids("100%") == ["100%@2"]
         assert cat.recipe_ids("a_b@1") == ["a_b@1"]
+
+
+def test_a_snapshot_table_name_with_a_quote_is_one_line_not_sql(tmp_path):
+    """Table names come from a snapshot's manifest.json, which anyone can edit: `catalog info` counts
+    the named tables, and a name that is not a plain identifier is refused in one line."""
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        cat.record_decisions("r1", [{"clip_id": "c1", "recipe": "r@1", "kept": True}])
+        cat.export(str(tmp_path / "snap"))
+    info = cli.invoke(app, ["catalog", "info", "--catalog", str(tmp_path / "snap")])
+    assert info.exit_code == 0, info.output
+    assert "decisions" in info.output and "snapshot" in info.output
+
+    manifest_file = tmp_path / "snap" / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["tables"]["it's\"; DROP TABLE clips; --"] = manifest["tables"].pop("decisions")
+    manifest_file.write_text(json.dumps(manifest))
+    info = cli.invoke(app, ["catalog", "info", "--catalog", str(tmp_path / "snap")])
+    assert info.exit_code == 2 and isinstance(info.exception, SystemExit), info.output
+    assert len(info.output.strip().splitlines()) == 1 and "not a plain SQL identifier" in info.output, info.output

@@ -120,7 +120,8 @@ def test_refiner_resumes_exactly_like_the_base_stage(models, shards, tmp_path):
     from diffusers import UNet3DConditionModel
 
     from vidcorpus.config import TrainConfig
-    from vidcorpus.train.loop import ResumeMismatch, train_base
+    from vidcorpus.train.loop import train_base
+    from vidcorpus.train.resume import ResumeMismatch
     from vidcorpus.train.refiner import train_refiner
 
     cfg = _cfg(steps=4, checkpoint_every=2, keep_checkpoints=2)

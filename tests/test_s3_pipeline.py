@@ -74,3 +74,9 @@ def test_full_run_with_inputs_staging_and_shards_on_s3(tmp_path, s3, model_cache
     assert trained.steps == 2 and all(math.isfinite(x) for x in trained.losses)
     assert trained.checkpoint_dir.startswith("s3://bucket/corpus/train/")
     assert s3.ls(trained.checkpoint_dir.removeprefix("s3://"))
+    # train_samples and the summary are read by DuckDB from the sample log's parts on S3
+    with Catalog(cfg.catalog_path, read_only=True) as cat:
+        [n] = cat.query_dicts("SELECT count(*) AS rows, count(DISTINCT clip_id) AS clips, min(step) AS first, "
+                              "max(step) AS last FROM train_samples WHERE run_id = ?", [trained.run_id])
+    assert len(trained.losses) == 2 and n["rows"] > 0 and (n["first"], n["last"]) == (0, 1)
+    assert n["clips"] == trained.distinct_clips > 0

@@ -12,7 +12,7 @@ from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import SplitConfig, load_config
 from vidcorpus.ids import source_id
 from vidcorpus.ingest.extract import ExtractStage
-from vidcorpus.ingest.split import clip_ranges, detect_shots, seconds_to_frames
+from vidcorpus.ingest.split import detect_shots, plan_clips, seconds_to_frames
 from vidcorpus.ingest.split_stage import SplitStage
 from vidcorpus.media import probe_video
 from vidcorpus.schemas import empty_row, rows_to_table
@@ -105,7 +105,7 @@ def test_min_shot_seconds_merges_short_shots_and_transitions_are_still_dropped(s
 
 def test_trim_frames_and_long_shot_windows_change_clip_ranges(tmp_path, three_shots):
     cfg = SplitConfig(trim_frames=3, max_clip_seconds=1.0)
-    assert clip_ranges([(0, 29), (30, 65), (66, 70)], 24, cfg) == [(3, 26), (33, 47), (48, 62)]  # 66-70 trims away
+    assert plan_clips([(0, 29), (30, 65), (66, 70)], 24, cfg)[0] == [(3, 26), (33, 47), (48, 62)]  # 66-70 trims away
     rows = _run(_cfg(tmp_path, "split.trim_frames=2"), three_shots, stages=(SplitStage,))
     assert [(r["first_frame"], r["last_frame"]) for r in rows] == [(2, 27), (32, 63), (68, 93)]
     for r in rows:

@@ -158,7 +158,7 @@ def test_frame_indices_keep_spacing_and_never_pad():
 
 
 def test_stream_decodes_buckets_and_reports_failures(shards):
-    from vidcorpus.train.data import ClipStream, DecodeFailure, bucket_batches
+    from vidcorpus.train.data import BucketBatcher, ClipStream, DecodeFailure
 
     cfg = _cfg()
     items = list(ClipStream(shards["urls"] + [shards["urls"][0] + ".missing"], cfg))
@@ -179,7 +179,7 @@ def test_stream_decodes_buckets_and_reports_failures(shards):
     assert float((good["clip0"]["video"][1] - good["clip0"]["video"][0]).abs().mean()) > 0.0
 
     errors = []
-    batches = list(bucket_batches(items, 2, on_error=lambda k, e: errors.append(k)))
+    batches = list(BucketBatcher(2, on_error=lambda k, e: errors.append(k))(items))
     assert errors == [BAD]
     assert sorted(k for b in batches for k in b["key"]) == sorted(good)
     for b in batches:
@@ -304,7 +304,8 @@ def test_cached_latents_train_the_same_objective(tiny_model, shards, tmp_path):
 
 
 def test_a_selection_with_nothing_trainable_fails_clearly_through_the_prefetcher(tiny_model, shards, tmp_path):
-    from vidcorpus.train.loop import NoTrainableSamples, train_base
+    from vidcorpus.train.loop import train_base
+    from vidcorpus.train.stream import NoTrainableSamples
 
     errors = []
     with pytest.raises(NoTrainableSamples, match="1 failed to decode"):
@@ -341,7 +342,8 @@ def test_resume_continues_with_the_next_unseen_samples(tiny_model, shards, tmp_p
 
     import vidcorpus.train.data as data
     from vidcorpus.train.checkpoint import list_checkpoints, resolve_resume
-    from vidcorpus.train.loop import ResumeMismatch, train_base
+    from vidcorpus.train.loop import train_base
+    from vidcorpus.train.resume import ResumeMismatch
 
     decoded: list[str] = []
     real_decode = data.decode_sample
@@ -468,7 +470,7 @@ def test_export_loads_in_i2vgenxl_pipeline_and_generates(tiny_model, shards, tmp
 
 def test_activation_checkpointing_keeps_loss_and_gradients(tiny_model, shards):
     from vidcorpus.train.data import iter_batches
-    from vidcorpus.train.loop import apply_activation_checkpointing
+    from vidcorpus.train.trainer import apply_activation_checkpointing
     from vidcorpus.train.models import load_components
     from vidcorpus.train.objective import TextEncoderCache, diffusion_loss
 
@@ -660,7 +662,8 @@ def test_resume_is_exact_with_dataloader_workers(tiny_model, shards, tmp_path):
     markers), so the workers interleave as before and the resumed stream is the same."""
     import shutil
 
-    from vidcorpus.train.loop import ResumeMismatch, train_base
+    from vidcorpus.train.loop import train_base
+    from vidcorpus.train.resume import ResumeMismatch
 
     cfg = _cfg(steps=5, checkpoint_every=2, num_workers=2, tensorboard=False)
     full = train_base(cfg, tiny_model, shards["urls"], str(tmp_path / "full"), progress=False)

@@ -329,12 +329,6 @@ class BucketBatcher:
                 yield batch
 
 
-def bucket_batches(samples: Iterable[dict | DecodeFailure | Skipped], batch_size: int,
-                   on_error: OnError | None = None, drop_last: bool = False) -> Iterator[dict]:
-    """Bucketed batches of a sample stream (see ``BucketBatcher``)."""
-    yield from BucketBatcher(batch_size, on_error, drop_last)(samples)
-
-
 class EpochBatches:
     """One epoch of bucketed batches that knows its resumable position.
 

@@ -46,15 +46,8 @@ from vidcorpus.train.data import OnError
 from vidcorpus.train.export import build_pipeline, sample_video, write_mp4
 from vidcorpus.train.models import load_components
 from vidcorpus.train.objective import TextEncoderCache, diffusion_loss
-from vidcorpus.train.resume import ResumeMismatch
 from vidcorpus.train.sample_log import losses_of, read_samples
-from vidcorpus.train.step import ema_update, lr_lambda
-from vidcorpus.train.stream import DataCursor, NoTrainableSamples, Prefetcher, Selection, data_fingerprint
-from vidcorpus.train.trainer import Trainer, apply_activation_checkpointing, compile_unet
-
-__all__ = ["BaseTask", "DataCursor", "NoTrainableSamples", "Prefetcher", "ResumeMismatch", "Selection", "TrainResult",
-           "apply_activation_checkpointing", "compile_unet", "data_fingerprint", "ema_update", "lr_lambda",
-           "train_base", "train_loop"]
+from vidcorpus.train.trainer import Trainer
 
 
 @dataclass

@@ -45,7 +45,6 @@ from vidcorpus.train.loop import train_loop
 from vidcorpus.train.models import build_tiny_i2vgen, TINY_DIM
 from vidcorpus.train.objective import TextEncoderCache, keep_mask, encode_frames
 
-REFINER_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 REFINER_MODEL_INDEX = {
     "_class_name": "VideoToVideoSDPipeline",
     "scheduler": ["diffusers", "DDIMScheduler"],

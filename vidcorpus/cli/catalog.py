@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
+from vidcorpus.catalog.sql_names import ident, name_literal
 from vidcorpus.cli.errors import fail
 from vidcorpus.cli.options import CatalogOpt, ConfigOpt, WorkdirOpt, effective_config, open_catalog, require_catalog
 from vidcorpus.cli.output import console, print_arrow_table, print_funnel
@@ -58,7 +59,8 @@ def catalog_info(catalog: Optional[str] = CatalogOpt, config: Optional[Path] = C
         else:
             names = [r[0] for r in cat.con.execute(
                 "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' ORDER BY 1").fetchall()]
-        table = cat.query(" UNION ALL ".join(f"SELECT '{n}' AS table_name, count(*) AS rows FROM \"{n}\"" for n in names))
+        table = cat.query(" UNION ALL ".join(f"SELECT {name_literal(n)} AS table_name, count(*) AS rows FROM {ident(n)}"
+                                             for n in names))
         console.print(f"catalog {cfg.catalog_path}, schema version {cat.schema_version}")
         print_arrow_table(table)
         if "events" in names and (events := cat.events(limit=20)):  # warnings and fast-path switch-offs in stages

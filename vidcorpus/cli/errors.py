@@ -53,7 +53,7 @@ USER_ERRORS = [
     ("vidcorpus.errors", "StorageFullError", EXIT_STORAGE),
     ("vidcorpus.errors", "ModelNotAvailable", EXIT_MODEL),
     ("vidcorpus.config", "ConfigError", EXIT_USAGE),
-    ("vidcorpus.catalog.store", "CatalogError", EXIT_USAGE),
+    ("vidcorpus.catalog.errors", "CatalogError", EXIT_USAGE),
     ("vidcorpus.catalog.safe_sql", "RefusedSQL", EXIT_USAGE),
     ("vidcorpus.shards.release_files", "ReleaseError", EXIT_USAGE),
     ("vidcorpus.shard_reader", "ShardChecksumError", EXIT_USAGE),
@@ -63,7 +63,7 @@ USER_ERRORS = [
     ("vidcorpus.ingest.sources", "InputError", EXIT_USAGE),
     ("vidcorpus.jobs.shard_selection", "NoTrainingData", EXIT_USAGE),
     ("vidcorpus.jobs.encode", "LatentCacheMissing", EXIT_USAGE),
-    ("vidcorpus.train.loop", "ResumeMismatch", EXIT_USAGE),
+    ("vidcorpus.train.resume", "ResumeMismatch", EXIT_USAGE),
 ]
 PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 

@@ -88,7 +88,7 @@ def train_and_export(cfg: Config, stage: str, output: str | None, progress: bool
     from vidcorpus.paths import absolute
     from vidcorpus.shard_reader import ShardChecksumError
     from vidcorpus.shards.release_files import ReleaseError
-    from vidcorpus.train.loop import ResumeMismatch
+    from vidcorpus.train.resume import ResumeMismatch
 
     output, export = absolute(output), absolute(export)  # both are stored (train_runs, checkpoints)
     resume = resume if resume in (None, "latest") else absolute(resume)

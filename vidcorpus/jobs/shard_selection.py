@@ -33,26 +33,25 @@ def select_training_shards(cfg: Config) -> tuple[list, set[str], str]:
             what += f" where {select}"
     else:
         with Catalog(cfg.catalog_path, read_only=True) as cat:
-            what = f"--select {select!r}"
+            what, params = f"--select {select!r}", None
             if select.strip().upper() == "TRUE" and "select" not in cfg.train.model_fields_set:
-                select, what = _active_selection(cat)
+                select, params, what = _active_selection(cat)
             predicate = f"shard_id IS NOT NULL AND ({select})"
             specs = [ShardSpec(url=r["url"], sha256=r["sha256"], bytes=r["bytes"], n=r["n"], bucket=r["bucket"],
-                               shard_id=r["shard_id"]) for r in cat.shard_rows_for(predicate)]
-            keys = cat.clip_ids_for(predicate)
+                               shard_id=r["shard_id"]) for r in cat.shard_rows_for(predicate, params)]
+            keys = cat.clip_ids_for(predicate, params)
     if not specs or not keys:
         raise NoTrainingData(f"no sharded clip matches {what} in {cfg.catalog_path}")
     return specs, keys, what
 
 
-def _active_selection(cat) -> tuple[str, str]:
+def _active_selection(cat) -> tuple[str, list | None, str]:
     """Neither --select nor --release: the active recipe's kept, captioned clips (never a clip a
-    re-decision dropped, nor one whose shard txt would be empty)."""
+    re-decision dropped, nor one whose shard txt would be empty): (predicate, its ? values, what)."""
     recipe = active_recipe_id(cat)
     if recipe is None:
-        return "kept AND captioned", "the kept, captioned clips (no recipe recorded)"
-    quoted = recipe.replace("'", "''")
-    return (f"kept AND captioned AND recipe = '{quoted}'",
+        return "kept AND captioned", None, "the kept, captioned clips (no recipe recorded)"
+    return ("kept AND captioned AND recipe = ?", [recipe],
             f"the active recipe {recipe}'s kept, captioned clips; --select or --release to choose others")
 
 

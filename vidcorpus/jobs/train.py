@@ -7,10 +7,12 @@ import json
 import logging
 from dataclasses import dataclass
 
+import duckdb
 import fsspec
 import pyarrow.parquet as pq
 
 from vidcorpus.catalog.store import Catalog
+from vidcorpus.catalog.train_samples import parquet_paths
 from vidcorpus.config import Config
 from vidcorpus.ids import new_run_id
 from vidcorpus.jobs.curate.pipeline import init_ray
@@ -144,24 +146,41 @@ def run_training(cfg: Config, output: str | None = None, progress: bool = True,
     else:
         result = train_fn(tcfg, model_dir, specs, out_dir, progress=progress, keys=keys,
                           resume=resume, run_info=run_info, follow=follow)
+    files = sample_files(result)
+    losses, distinct_clips = log_stats(files)
     if rank == 0:
-        record_run(cfg, run_id, stage, what, result, urls, json.dumps(tcfg.model_dump()), started)
-    return TrainingSummary(run_id=run_id, steps=result.steps, losses=result.losses,
-                           distinct_clips=len(set(result.samples["clip_id"].to_pylist())), n_shards=len(urls),
-                           checkpoint_dir=result.checkpoint_dir, seconds=result.seconds, run_dir=out_dir)
+        record_run(cfg, run_id, stage, what, result, urls, json.dumps(tcfg.model_dump()), started, files, losses)
+    return TrainingSummary(run_id=run_id, steps=result.steps, losses=losses, distinct_clips=distinct_clips,
+                           n_shards=len(urls), checkpoint_dir=result.checkpoint_dir, seconds=result.seconds,
+                           run_dir=out_dir)
 
 
 def record_run(cfg: Config, run_id: str, stage: str, what: str, result, urls: list[str], config_json: str,
-               started: dt.datetime) -> None:
-    """The run into the catalog: train_runs, train_samples from the run's sample log (replacing the
-    run's rows from the first step the log covers: exact across resumes), its decode failures."""
-    files, losses = sample_files(result), result.losses
+               started: dt.datetime, files: list[dict], losses: list[float]) -> None:
+    """The run into the catalog: train_runs, train_samples read by DuckDB from the run's sample log
+    (replacing the run's rows from the first step the log covers: exact across resumes), its decode
+    failures."""
     with Catalog(cfg.catalog_path) as cat:
         cat.record_training(run_id, stage, what, result.steps, losses[-1] if losses else None, result.checkpoint_dir,
-                            urls, config_json, started, result.samples, files=files,
-                            replace_from=min((f["first_step"] for f in files), default=None))
+                            urls, config_json, started, None, files=files)
         for key, cls, msg in result.decode_failures:  # every rank's, gathered into the checkpoint
             cat.record_failure(key, "train_decode", cls, msg, run_id)
+
+
+def log_stats(files: list[dict]) -> tuple[list[float], int]:
+    """(one loss per step, how many distinct clips) of a run's sample-log parts, aggregated by DuckDB
+    over the Parquet files: the driver never holds the run's history."""
+    if not files:
+        return [], 0
+    con = duckdb.connect()
+    try:
+        with parquet_paths(con, [f["url"] for f in files]) as paths:
+            losses = [r[0] for r in con.execute(
+                "SELECT any_value(loss) FROM read_parquet(?) GROUP BY step ORDER BY step", [paths]).fetchall()]
+            [(distinct,)] = con.execute("SELECT count(DISTINCT clip_id) FROM read_parquet(?)", [paths]).fetchall()
+    finally:
+        con.close()
+    return losses, distinct
 
 
 def sample_files(result) -> list[dict]:

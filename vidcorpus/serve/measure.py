@@ -159,11 +159,6 @@ def estimate(con: duckdb.DuckDBPyConnection, pred: Predicate, labels: LabelSet |
     return est
 
 
-def measure_recipe(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> list[Estimate]:
-    """Every predicate of the recipe at its own threshold."""
-    return [estimate(con, p) for p in recipe.predicates]
-
-
 @dataclass
 class Suggestion:
     current: Estimate
