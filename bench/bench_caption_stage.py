@@ -65,7 +65,7 @@ def main() -> None:
     from vidcorpus.captioning.tiny_models import build_tiny_chat_vlm
     from vidcorpus.captioning.stage import CaptionStage
     from vidcorpus.config import Config
-    from vidcorpus.presets import resolve_models
+    from vidcorpus.jobs.models import resolve_models
     from vidcorpus.schemas import empty_row, rows_to_table
 
     work = Path(args.work)

@@ -34,7 +34,7 @@ def _cfg(work: Path, inputs: list[str], cpus: int, cache: str):
 def single_process(cfg) -> dict:
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.ingest.sources import read_inputs
-    from vidcorpus.presets import resolve_models
+    from vidcorpus.jobs.models import resolve_models
     from vidcorpus.jobs.curate.pipeline import pipeline_stages
     from vidcorpus.jobs.pack_shards import write_pending_shards
     from vidcorpus.schemas import rows_to_table
@@ -85,7 +85,7 @@ def main() -> None:
         videos = [make_video(i, media) for i in range(args.videos)]
         inputs = [str(media)]
         # build the tiny models once, outside both timings
-        from vidcorpus.presets import resolve_models
+        from vidcorpus.jobs.models import resolve_models
 
         resolve_models(_cfg(base / "warm", inputs, 1, cache).models)
         single = single_process(_cfg(base / "single", inputs, 1, cache))

@@ -63,7 +63,7 @@ def build_models(size: str, out: Path) -> dict:
                                                   chat_vlm_config, save_pretrained_atomically)
     from vidcorpus.clip_models import build_tiny_clip
     from vidcorpus.filters.aesthetic_head import build_tiny_aesthetic_head
-    from vidcorpus.presets import TINY_CLIP_NAME
+    from vidcorpus.model_names import TINY_CLIP_NAME
 
     out.mkdir(parents=True, exist_ok=True)
     clip_name = CLIP_NAME if size == "3b" else TINY_CLIP_NAME

@@ -169,7 +169,7 @@ def main() -> None:
     from vidcorpus.jobs.curate import pipeline
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.config import load_config
-    from vidcorpus.presets import resolve_models
+    from vidcorpus.jobs.models import resolve_models
 
     base = Path(tempfile.mkdtemp(prefix="load-pipeline-"))
     media = base / "media"

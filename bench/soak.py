@@ -253,7 +253,7 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="soak-"))
     cache = str(base / "models")
     from vidcorpus.config import ModelsConfig
-    from vidcorpus.presets import resolve_models
+    from vidcorpus.jobs.models import resolve_models
 
     resolve_models(ModelsConfig(cache_dir=cache))
     server = FaultServer(base / "www", args.p_fault, args.seed)

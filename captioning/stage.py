@@ -43,7 +43,7 @@ class CaptionStage(Stage):
         cap = self.config.captioning
         source = self.config.models.captioner
         if not source:
-            raise ValueError("models.captioner is not set: resolve the config with vidcorpus.presets.resolve_models")
+            raise ValueError("models.captioner is not set: resolve the config with vidcorpus.jobs.models.resolve_models")
         self.captioner = load_captioner(source, batch_size=caption_batch_size(self.config), min_new_tokens=cap.min_new_tokens,
                                         prompt_version=cap.prompt_version, decode=cap.decode,
                                         repetition_penalty=cap.repetition_penalty, max_pixels=cap.max_pixels,
@@ -59,7 +59,7 @@ class CaptionStage(Stage):
 
             m = self.config.models
             if not (m.clip_model and m.clip_pretrained):
-                raise ValueError("captioning.qa needs models.clip_model/clip_pretrained (presets.resolve_models)")
+                raise ValueError("captioning.qa needs models.clip_model/clip_pretrained (jobs.models.resolve_models)")
             model, preprocess, tokenizer = load_clip(m.clip_model, m.clip_pretrained, self.captioner.device)
             self.clip = (model, preprocess, tokenizer, clip_model_id(m.clip_model, m.clip_pretrained))
         warm = cap.warmup if cap.warmup is not None else self.captioner.device.type == "cuda"

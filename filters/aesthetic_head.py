@@ -2,7 +2,7 @@
 
 Production loads LAION's ``sac+logos+ava1-l14-linearMSE.pth``; the ``tiny`` preset builds a seeded,
 randomly initialised head of the same architecture (``build_tiny_aesthetic_head``, named by
-``vidcorpus/presets.py``) and saves it in the same format.
+``vidcorpus/presets.py``, called by ``vidcorpus/jobs/models.py``) and saves it in the same format.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch import nn
 
 from vidcorpus.clip_models import TINY_SEED, atomic_save, clip_embed_dim
 from vidcorpus.model_files import require_file
-from vidcorpus.presets import TINY_CLIP_NAME
+from vidcorpus.model_names import TINY_CLIP_NAME
 
 
 class AestheticHead(nn.Module):

@@ -146,7 +146,7 @@ class ClipScoreStage(Stage):
 
         m = self.config.models
         if not (m.clip_model and m.clip_pretrained and m.aesthetic_head):
-            raise ValueError("models.clip_model/clip_pretrained/aesthetic_head must be resolved (presets.resolve_models)")
+            raise ValueError("models.clip_model/clip_pretrained/aesthetic_head must be resolved (jobs.models.resolve_models)")
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.preprocess, self.tokenizer = load_clip(m.clip_model, m.clip_pretrained, self.device)
         self.dtype = torch.float32

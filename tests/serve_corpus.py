@@ -14,7 +14,7 @@ def build_serve_catalog(root: Path, model_cache: str) -> dict:
     from vidcorpus.filters.dedup import write_embedding_batch
     from vidcorpus.filters.recipes import load_recipe
     from vidcorpus.ingest.sources import read_inputs
-    from vidcorpus.presets import resolve_models
+    from vidcorpus.jobs.models import resolve_models
     from vidcorpus.jobs.curate.pipeline import pipeline_stages
     from vidcorpus.jobs.pack_shards import pack_clips
     from vidcorpus.schemas import rows_to_table

@@ -203,7 +203,7 @@ def test_next_batch_is_prepared_while_one_generates(tiny_dir, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory) -> dict:
     from vidcorpus.clip_models import build_tiny_clip
-    from vidcorpus.presets import TINY_CLIP_NAME
+    from vidcorpus.model_names import TINY_CLIP_NAME
 
     path = tmp_path_factory.mktemp("clip") / "clip.safetensors"
     build_tiny_clip(path)

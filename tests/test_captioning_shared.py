@@ -152,7 +152,7 @@ def test_clip_embeddings_preprocessed_in_threads_equal_one_thread(tmp_path):
     import torch
 
     from vidcorpus.clip_models import embed_images, load_clip
-    from vidcorpus.presets import resolve_models
+    from vidcorpus.jobs.models import resolve_models
     from vidcorpus.config import Config
 
     m = resolve_models(Config().models.model_copy(update={"cache_dir": str(tmp_path)}), only={"clip"})

@@ -135,7 +135,7 @@ def test_clip_scores_read_from_the_source_agree_with_the_extracted_clip(tmp_path
     from vidcorpus.filters.clip_scores import ClipScoreStage
     from vidcorpus.filters.technical import TechnicalStage
     from vidcorpus.ingest.extract import ExtractStage
-    from vidcorpus.presets import resolve_models
+    from vidcorpus.jobs.models import resolve_models
 
     cfg = load_config(None, [], workdir=str(tmp_path / "w"), **{"models.preset": "tiny", "models.cache_dir": model_cache})
     cfg = cfg.model_copy(update={"models": resolve_models(cfg.models)})
@@ -162,7 +162,7 @@ def test_clip_scores_read_from_the_source_agree_with_the_extracted_clip(tmp_path
 def test_a_dropped_shot_is_never_encoded_and_keeps_its_rows_and_still(tmp_path, model_cache, monkeypatch):
     from vidcorpus.ingest import extract
     from vidcorpus.ingest.sources import read_inputs
-    from vidcorpus.presets import resolve_models
+    from vidcorpus.jobs.models import resolve_models
     from vidcorpus.jobs.curate.pipeline import pipeline_stages
     from vidcorpus.synth import make_corpus
 

@@ -161,7 +161,7 @@ def _state(work: Path) -> dict:
 @pytest.mark.slow
 def test_driver_killed_at_each_point_and_workers_killed_mid_task_end_as_an_uninterrupted_run(tmp_path, model_cache):
     from vidcorpus.config import ModelsConfig
-    from vidcorpus.presets import resolve_models
+    from vidcorpus.jobs.models import resolve_models
     from vidcorpus.synth import make_corpus
 
     resolve_models(ModelsConfig())  # build the tiny models once, outside the runs

@@ -1,11 +1,13 @@
 """The package's layers point one way (docs/architecture.md, "Layers").
 
 CORE (modules directly in `vidcorpus/`) imports no stage and no application module; each STAGE
-folder imports only the core and itself; the APPLICATION (`vidcorpus/cli`, `vidcorpus/jobs`,
-`vidcorpus/serve`) may import anything. No import circles anywhere, counting the imports inside
-functions too (an import that only runs under TYPE_CHECKING never runs, so it closes no circle).
-The source is read with `ast`, so every import counts, without importing anything. An import of a vidcorpus
-module inside a function says why it is not at the top, in a comment.
+folder (every folder pyproject.toml's package-dir maps into the package) imports only the core and
+itself; the APPLICATION (`vidcorpus/cli`, `vidcorpus/jobs`, `vidcorpus/serve`) may import anything.
+No import circles anywhere, counting the imports inside functions too (an import that only runs
+under TYPE_CHECKING never runs, so it closes no circle). The source is read with `ast`, so every
+import counts, without importing anything. An import of a vidcorpus module inside a function says
+why it is not at the top, in a comment. The core and the stages load no module by name
+(`importlib.import_module`, `__import__`): only the application may, and that is what it is for.
 """
 
 from __future__ import annotations
@@ -24,19 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CORE, STAGE, APP = "core", "stage", "app"
 
-# The layer table. A module belongs to the first entry whose package it is or lies under;
-# a module no entry names that sits directly in `vidcorpus/` is core.
-LAYER_OF_PACKAGE: dict[str, str] = {
-    "vidcorpus.cli": APP,
-    "vidcorpus.jobs": APP,
-    "vidcorpus.serve": APP,
-    "vidcorpus.ingest": STAGE,
-    "vidcorpus.filters": STAGE,
-    "vidcorpus.captioning": STAGE,
-    "vidcorpus.shards": STAGE,
-    "vidcorpus.catalog": STAGE,
-    "vidcorpus.train": STAGE,
-}
+UNKNOWN = "no layer"  # a package under vidcorpus/ that is neither an application package nor mapped in
+
+CORE_PACKAGE = "vidcorpus"
+# The application packages, by rule. The stage folders are every other package pyproject.toml's
+# package-dir maps into `vidcorpus` (see `layer_table`), so a new stage folder is a stage at once.
+APP_PACKAGES = ("vidcorpus.cli", "vidcorpus.jobs", "vidcorpus.serve")
 # Which layer may import which (a stage may import its own folder: see `allowed`).
 MAY_IMPORT: dict[str, frozenset[str]] = {
     CORE: frozenset({CORE}),
@@ -45,11 +40,23 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
 }
 
 
+def package_dirs() -> dict[str, str]:
+    """pyproject.toml's `[tool.setuptools] package-dir`: package -> folder."""
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+
+
+def layer_table() -> dict[str, str]:
+    """Package -> layer: the application packages, and as stage folders every package mapped in by
+    package-dir but the core's own (`vidcorpus` -> `vidcorpus/`)."""
+    table = {package: STAGE for package in package_dirs() if package != CORE_PACKAGE}
+    table.update({package: APP for package in APP_PACKAGES})
+    return table
+
+
 def source_modules() -> dict[str, Path]:
     """Every module of the package, by dotted name, from pyproject's package-dir mapping."""
-    mapping = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
     modules: dict[str, Path] = {}
-    for package, folder in mapping.items():
+    for package, folder in package_dirs().items():
         for path in sorted((ROOT / folder).rglob("*.py")):
             parts = list(path.relative_to(ROOT / folder).with_suffix("").parts)
             if parts[-1] == "__init__":
@@ -65,11 +72,13 @@ def package_of(name: str, modules: dict[str, Path]) -> str:
     return name if is_package else name.rpartition(".")[0]
 
 
-def layer_of(name: str) -> str:
-    for package, layer in LAYER_OF_PACKAGE.items():
+def layer_of(name: str, table: dict[str, str] | None = None) -> str:
+    """The layer of a module: its package's in the layer table; core for `vidcorpus` and a name
+    directly under it (`vidcorpus.ids`); UNKNOWN for anything deeper that no entry names."""
+    for package, layer in (layer_table() if table is None else table).items():
         if name == package or name.startswith(package + "."):
             return layer
-    return CORE
+    return CORE if name.count(".") <= 1 else UNKNOWN
 
 
 def stage_folder(name: str) -> str:
@@ -135,23 +144,38 @@ def all_imports() -> list[Import]:
     return [imp for name, path in modules.items() for imp in imports_of(name, path, modules)]
 
 
-def allowed(imp: Import) -> bool:
-    importer, imported = layer_of(imp.importer), layer_of(imp.imported)
+def allowed(imp: Import, table: dict[str, str] | None = None) -> bool:
+    importer, imported = layer_of(imp.importer, table), layer_of(imp.imported, table)
     if importer == STAGE and imported == STAGE:
         return stage_folder(imp.importer) == stage_folder(imp.imported)
-    return imported in MAY_IMPORT[importer]
+    return imported in MAY_IMPORT.get(importer, frozenset())
 
 
 def layer_violations(imports: list[Import]) -> list[str]:
     """One line per offending import statement: importer -> imported (line), the rule it breaks."""
+    table = layer_table()
     lines = {
         f"{imp.importer} -> {imp.imported} (line {imp.line}): "
-        f"{layer_of(imp.importer)} may not import "
-        + ("another stage folder" if layer_of(imp.importer) == layer_of(imp.imported) == STAGE
-           else layer_of(imp.imported))
-        for imp in imports if not allowed(imp)
+        f"{layer_of(imp.importer, table)} may not import "
+        + ("another stage folder" if layer_of(imp.importer, table) == layer_of(imp.imported, table) == STAGE
+           else layer_of(imp.imported, table))
+        for imp in imports if not allowed(imp, table)
     }
     return sorted(lines)
+
+
+def modules_without_a_layer() -> list[str]:
+    """Modules the layer table does not place: a package under `vidcorpus/` that is neither an
+    application package nor mapped in by package-dir (core is only what sits directly in `vidcorpus/`)."""
+    table = layer_table()
+    core_folder = ROOT / package_dirs()[CORE_PACKAGE]
+    found = []
+    for name, path in source_modules().items():
+        layer = layer_of(name, table)
+        directly_in_core = path.parent == core_folder and (path.name != "__init__.py" or name == CORE_PACKAGE)
+        if layer == UNKNOWN or (layer == CORE and not directly_in_core):
+            found.append(f"{name} ({path.relative_to(ROOT)})")
+    return found
 
 
 def import_cycles(imports: list[Import], inside_functions: bool = False) -> list[list[str]]:
@@ -267,6 +291,50 @@ def test_application_packages_are_app_by_rule(name):
     assert layer_of(name) == APP
 
 
+def test_every_folder_mapped_into_the_package_is_a_stage_folder_at_the_root():
+    """The stage folders are read from pyproject.toml's package-dir, not listed by hand here: each is
+    a folder at the repository root (an application package is never mapped in as one)."""
+    dirs = package_dirs()
+    stages = {package for package, layer in layer_table().items() if layer == STAGE}
+    assert stages == set(dirs) - {CORE_PACKAGE} and {"vidcorpus.ingest", "vidcorpus.train"} <= stages
+    for package in stages:
+        assert "/" not in dirs[package] and (ROOT / dirs[package] / "__init__.py").is_file(), package
+
+
+def test_every_module_has_a_layer():
+    """Core is only what sits directly in `vidcorpus/`: a new package there, or a stage folder this
+    test does not know, is not silently core."""
+    found = modules_without_a_layer()
+    assert not found, ("modules in no layer (map a stage folder in pyproject.toml's package-dir, or add an "
+                       "application package to APP_PACKAGES):\n" + "\n".join(found))
+
+
+def test_the_layer_table_follows_pyproject(tmp_path, monkeypatch):
+    """The checker itself: a folder newly mapped in package-dir is a stage folder (its import of
+    another stage is caught, not waved through as core's), and a package under vidcorpus/ that is
+    neither mapped nor an application package has no layer."""
+    pkg = tmp_path / "vidcorpus"
+    (pkg / "newpkg").mkdir(parents=True)
+    for folder in ("ingest", "newstage"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "__init__.py").write_text("")
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.setuptools]\npackage-dir = { "vidcorpus" = "vidcorpus", '
+        '"vidcorpus.ingest" = "ingest", "vidcorpus.newstage" = "newstage" }\n')
+    for path in (pkg / "__init__.py", pkg / "newpkg" / "__init__.py"):
+        path.write_text("")
+    (pkg / "ids.py").write_text("")
+    (pkg / "newpkg" / "thing.py").write_text("")
+    (tmp_path / "newstage" / "work.py").write_text("from vidcorpus.ingest import probe\nfrom vidcorpus import ids\n")
+    (tmp_path / "ingest" / "probe.py").write_text("")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert layer_of("vidcorpus.newstage.work") == STAGE
+    assert layer_violations(all_imports()) == [
+        "vidcorpus.newstage.work -> vidcorpus.ingest.probe (line 1): stage may not import another stage folder"]
+    assert modules_without_a_layer() == ["vidcorpus.newpkg (vidcorpus/newpkg/__init__.py)",
+                                         "vidcorpus.newpkg.thing (vidcorpus/newpkg/thing.py)"]
+
+
 # An import inside a function must say why it is not at the top of its module (docs/architecture.md,
 # "Layers": to keep an import light or to break a circle). The reason is a comment on the import's
 # own lines or in the contiguous block of import and comment lines around it, e.g.
@@ -365,3 +433,4 @@ def test_the_reason_check_reads_comments_and_blocks(tmp_path, monkeypatch):
         "    from vidcorpus import ids\n")                       # 30 flagged
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     assert [f.split(":")[1] for f in unexplained_function_imports()] == ["15", "17", "19", "21", "26", "30"]
+

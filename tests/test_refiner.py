@@ -28,13 +28,14 @@ def _frames(path: str) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict:
-    from vidcorpus.train.models import build_tiny_i2vgen
-    from vidcorpus.train.refiner import build_tiny_refiner
+    """The tiny base and refiner, built the way `generate` builds them (the preset's builders, only
+    the models its checkpoints need)."""
+    from vidcorpus.config import ModelsConfig
+    from vidcorpus.jobs.models import resolve_refiner
 
     root = tmp_path_factory.mktemp("models")
-    build_tiny_i2vgen(str(root / "i2vgen"))
-    build_tiny_refiner(str(root / "refiner"), str(root / "i2vgen"))
-    return {"i2vgen": str(root / "i2vgen"), "refiner": str(root / "refiner")}
+    built = resolve_refiner(ModelsConfig(cache_dir=str(root)), only={"i2vgen"})
+    return {"i2vgen": built.i2vgen, "refiner": built.refiner, "cache_dir": str(root)}
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +72,10 @@ def test_tiny_refiner_is_a_unet3d_pipeline_beside_the_base_components(models):
     from diffusers import UNet3DConditionModel, VideoToVideoSDPipeline
 
     from vidcorpus.train.refiner import load_refiner
+
+    # the preset's paths, and only the two models generate needs (no CLIP, no captioner)
+    assert sorted(p.name for p in (Path(models["cache_dir"]) / "tiny-v1").iterdir()) == ["i2vgen", "refiner"]
+    assert Path(models["refiner"]).parent.name == "tiny-v1"
 
     comps = load_refiner(models["refiner"])
     assert isinstance(comps.unet, UNet3DConditionModel)

@@ -34,7 +34,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 def catalog(tmp_path_factory, model_cache) -> dict:
     from vidcorpus.config import load_config
     from vidcorpus.ingest.sources import read_inputs
-    from vidcorpus.presets import resolve_models
+    from vidcorpus.jobs.models import resolve_models
     from vidcorpus.jobs.curate.pipeline import pipeline_stages
     from vidcorpus.schemas import rows_to_table
     from vidcorpus.synth import make_corpus

@@ -241,7 +241,7 @@ def test_latent_cache_is_keyed_by_encoder_weights(tmp_path, model_cache, caplog)
     import torch
 
     from vidcorpus.jobs.encode import encode_latent_cache
-    from vidcorpus.presets import resolve_models
+    from vidcorpus.jobs.models import resolve_models
     from vidcorpus.shards.latents import LatentParams
 
     cfg = _cfg(tmp_path, **{"models.cache_dir": model_cache})

@@ -24,7 +24,7 @@ from PIL import Image
 
 from vidcorpus.errors import ModelNotAvailable
 from vidcorpus.model_files import hub_reachable
-from vidcorpus.presets import TINY_CLIP_NAME
+from vidcorpus.model_names import TINY_CLIP_NAME
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)

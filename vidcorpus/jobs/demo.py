@@ -12,9 +12,9 @@ from rich.table import Table
 from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import Config, load_config
 from vidcorpus.jobs.curate.pipeline import run_pipeline
+from vidcorpus.jobs.models import resolve_models, resolve_refiner
 from vidcorpus.jobs.release import create_release
 from vidcorpus.jobs.train import run_training
-from vidcorpus.presets import resolve_models, resolve_refiner
 from vidcorpus.stage_stats import print_table
 from vidcorpus.synth import make_corpus
 from vidcorpus.train.export import export_and_sample

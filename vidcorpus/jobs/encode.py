@@ -16,8 +16,8 @@ import fsspec
 from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import Config
 from vidcorpus.ids import new_run_id
+from vidcorpus.jobs.models import resolve_models
 from vidcorpus.jobs.shard_selection import shards_to_encode
-from vidcorpus.presets import resolve_models
 from vidcorpus.shard_reader import ShardSpec, sample_pipeline
 from vidcorpus.shards.latents import LatentParams, cache_key, encoder_fingerprint, sidecar_url
 from vidcorpus.shards.writer import stream_tar

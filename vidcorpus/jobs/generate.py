@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vidcorpus.config import Config
-from vidcorpus.presets import resolve_models
+from vidcorpus.jobs.models import resolve_models, resolve_refiner
 
 
 def generate_video(cfg: Config, image: str, prompt: str, short_prompt: str | None, base: str, refiner: str,
@@ -19,15 +19,10 @@ def generate_video(cfg: Config, image: str, prompt: str, short_prompt: str | Non
 
     needs_base = not _is_export(base)
     needs_refiner = not _is_export(refiner)
-    models = resolve_models(cfg.models, build=False)  # only the components a checkpoint needs are built
-    if cfg.models.preset == "tiny" and (needs_base or needs_refiner):
-        from vidcorpus.train.models import build_tiny_i2vgen  # inside: only the tiny preset builds models here
-        from vidcorpus.train.refiner import build_tiny_refiner
-
-        if not _is_export(models.i2vgen):
-            build_tiny_i2vgen(models.i2vgen)
-        if needs_refiner and not _is_export(models.refiner):
-            build_tiny_refiner(models.refiner, models.i2vgen)
+    # only the components a checkpoint needs are built (tiny preset): the base's, and the refiner's
+    components = {"i2vgen"} if needs_base or needs_refiner else set()
+    models = (resolve_refiner(cfg.models, only=components) if needs_refiner
+              else resolve_models(cfg.models, only=components))
     result = generate(image, prompt, short_prompt, base, refiner, cfg.generate,
                       i2vgen_dir=models.i2vgen if needs_base else None,
                       refiner_dir=models.refiner if needs_refiner else None,

@@ -17,8 +17,8 @@ from vidcorpus.config import Config
 from vidcorpus.ids import new_run_id
 from vidcorpus.jobs.curate.pipeline import init_ray
 from vidcorpus.jobs.encode import LatentCacheMissing, cached_specs
+from vidcorpus.jobs.models import resolve_models, resolve_refiner
 from vidcorpus.jobs.shard_selection import select_training_shards
-from vidcorpus.presets import resolve_models, resolve_refiner
 from vidcorpus.train.checkpoint import read_state, resolve_resume
 from vidcorpus.train.launch import broadcast, init_torchrun, launch_ray
 from vidcorpus.train.sample_log import list_parts

@@ -30,7 +30,8 @@ from vidcorpus.ingest.sources import read_inputs
 from vidcorpus.jobs.curate.caption_pool import CaptionPool
 from vidcorpus.jobs.curate.commit import RunCommitter
 from vidcorpus.jobs.curate.sync import adopt_recipe, complete_pending, pin_recipe, recipe_in_force
-from vidcorpus.presets import curation_models, preflight_pipeline, resolve_models
+from vidcorpus.jobs.models import preflight_pipeline, resolve_models
+from vidcorpus.presets import curation_models
 from vidcorpus.schemas import rows_to_table
 from vidcorpus.stage import Stage
 from vidcorpus.stage_settings import (check_names, check_switches, check_task_shares, cpus_on_nodes_without_gpu,

@@ -30,8 +30,8 @@ from vidcorpus.filters.apply import apply_recipe
 from vidcorpus.filters.recipes import load_recipe
 from vidcorpus.ids import new_run_id
 from vidcorpus.jobs.curate.extract_pending import extract_clips
+from vidcorpus.jobs.models import resolve_models
 from vidcorpus.jobs.pack_shards import write_pending_shards
-from vidcorpus.presets import resolve_models
 from vidcorpus.recipe_model import Recipe, canonical_yaml
 from vidcorpus.stage_settings import local_gpus, pin_plans, resolve
 from vidcorpus.stage_stats import StageStats
