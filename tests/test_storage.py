@@ -69,12 +69,16 @@ def test_schemes_joins_and_absolute_locations(tmp_path, monkeypatch):
     assert storage.absolute("s3://b/work") == "s3://b/work" and storage.absolute(None) is None
 
 
-def test_publishing_keeps_the_extension_and_a_failed_writer_leaves_the_old_file(tmp_path):
-    """PyAV and PIL pick the format from the name, so the temporary name ends like the final one."""
+def test_publishing_keeps_the_extension_when_asked_and_a_failed_writer_leaves_the_old_file(tmp_path):
+    """PyAV picks the format from the name; a shard's part must not end in .tar (a glob would take it)."""
     target = tmp_path / "clip.mp4"
-    with storage.publishing(target) as part:
+    with storage.publishing(target, keep_extension=True) as part:
         assert part.endswith(".mp4") and os.path.dirname(part) == str(tmp_path)
         Path(part).write_bytes(b"v1")
+    with storage.publishing(tmp_path / "shard.tar") as part:
+        assert not part.endswith(".tar")
+        Path(part).write_bytes(b"t")
+    os.remove(tmp_path / "shard.tar")
     with pytest.raises(RuntimeError), storage.publishing(f"file://{target}") as part:
         Path(part).write_bytes(b"half")
         raise RuntimeError("encoder died")

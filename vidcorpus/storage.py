@@ -81,9 +81,8 @@ def is_local_fs(fs) -> bool:
 
 
 def part_name(path: str) -> str:
-    """A temporary name beside ``path``, unique to this writer (process and call), ending in the same
-    extension (PyAV and PIL pick the format from it)."""
-    return f"{path}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}{os.path.splitext(path)[1]}"
+    """A temporary name beside ``path``, unique to this writer (process and call)."""
+    return f"{path}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def _fsync(path: str) -> None:
@@ -95,13 +94,15 @@ def _fsync(path: str) -> None:
 
 
 @contextmanager
-def publishing(path: str | os.PathLike, fsync: bool = True) -> Iterator[str]:
+def publishing(path: str | os.PathLike, fsync: bool = True, keep_extension: bool = False) -> Iterator[str]:
     """A temporary name beside the local ``path`` to write; renamed onto ``path`` when the block
-    succeeds (fsynced: a power cut leaves the old file or the new), removed when it fails."""
+    succeeds (fsynced: a power cut leaves the old file or the new), removed when it fails.
+    ``keep_extension``: the name ends like ``path`` too, for writers that pick the format from it
+    (PyAV); off by default, so a half-written ``x.tar`` never looks like a shard to a ``*.tar`` glob."""
     path = local_path(path)
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
-    part = part_name(path)
+    part = part_name(path) + (os.path.splitext(path)[1] if keep_extension else "")
     try:
         yield part
         if fsync:

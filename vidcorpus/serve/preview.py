@@ -50,7 +50,7 @@ class Previews:
                 yield frame.reformat(width=w, height=h, format="rgb24").to_ndarray()
 
         try:
-            with publishing(out, fsync=False) as part:  # a preview is a cache: no fsync
+            with publishing(out, fsync=False, keep_extension=True) as part:  # a cache: no fsync; PyAV reads .mp4
                 encode_video(frames(), fps, part)
         except StopIteration as e:  # not one frame decoded
             raise media.MediaError("the source has none of the clip's frames") from e
