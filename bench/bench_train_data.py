@@ -109,7 +109,7 @@ def run_loop(label: str, cfg, comps, model_dir: str, specs: list, out_dir: Path,
             yield synthetic_batch, mark
 
     patches = [mock.patch.object(loop, "load_components", lambda *_a, **_k: comps),
-               mock.patch.object(loop.ckpt_io, "save_checkpoint", lambda run_dir, step, *_a, **_k: f"{run_dir}/skipped-{step}")]
+               mock.patch("vidcorpus.train.checkpoint.save_checkpoint", lambda run_dir, step, *_a, **_k: f"{run_dir}/skipped-{step}")]
     if synthetic_batch is not None:
         patches.append(mock.patch.object(trainer, "batches_forever", constant))
     for p in patches:

@@ -6,13 +6,10 @@ tests and the demo run the production code path."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
-
 import torch
 
 from vidcorpus.captioning.prompts import PROMPTS
+from vidcorpus.storage import publish_dir
 
 # A small English vocabulary for the tiny captioner's WordPiece tokenizer (built offline, no hub).
 _WORDS = """
@@ -110,21 +107,12 @@ def save_pretrained_atomically(out_dir: str, model, processor) -> None:
     """
     from transformers.utils import logging as hf_logging
 
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a one-off build of a tiny file needs no progress bar
     try:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(tmp)
-            return
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with publish_dir(out_dir, replace=False) as tmp:
+            model.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
     finally:
         if bars:
             hf_logging.enable_progress_bar()

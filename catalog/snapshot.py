@@ -31,7 +31,7 @@ import fsspec
 
 from vidcorpus.catalog.errors import CatalogError
 from vidcorpus.catalog.sql_names import ident
-from vidcorpus.storage import is_url, write_atomic
+from vidcorpus.storage import is_url, local_path, write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     from vidcorpus.catalog.store import Catalog
@@ -48,7 +48,7 @@ def is_snapshot(path_or_url: str) -> bool:
             return fs.exists(f"{root.rstrip('/')}/{MANIFEST}")
         except Exception:  # unreachable store: let the caller's error say so
             return False
-    local = path_or_url.removeprefix("file://")
+    local = local_path(path_or_url)
     return os.path.isdir(local) and os.path.exists(os.path.join(local, MANIFEST))
 
 

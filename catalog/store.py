@@ -37,7 +37,7 @@ from vidcorpus.catalog.snapshot import export_snapshot, is_snapshot, open_snapsh
 from vidcorpus.catalog.timestamps import utc_now
 from vidcorpus.catalog.upsert import upsert
 from vidcorpus.catalog.verify import verify_catalog
-from vidcorpus.storage import is_url
+from vidcorpus.storage import is_url, local_path
 from vidcorpus.redact import redact_text
 from vidcorpus.schemas import SHARD_SCHEMA
 from vidcorpus.workdir import missing_catalog_hint
@@ -72,7 +72,7 @@ class Catalog(CurationRecords, ReleaseRecords):
         if is_url(self.path):
             raise CatalogError(f"no catalog snapshot at {self.path} (no manifest.json there; "
                                "publish one with `vidcorpus catalog export URL`)")
-        self.path = self.path.removeprefix("file://")
+        self.path = local_path(self.path)
         if read_only and not Path(self.path).exists():
             raise CatalogError(f"no catalog at {self.path} ({missing_catalog_hint(self.path)})")
         if not read_only:

@@ -12,9 +12,10 @@ import os
 import torch
 from torch import nn
 
-from vidcorpus.clip_models import TINY_SEED, atomic_save, clip_embed_dim
+from vidcorpus.clip_models import TINY_SEED, clip_embed_dim
 from vidcorpus.model_files import require_file
 from vidcorpus.model_names import TINY_CLIP_NAME
+from vidcorpus.storage import publishing
 
 
 class AestheticHead(nn.Module):
@@ -42,7 +43,8 @@ def build_tiny_aesthetic_head(path: str | os.PathLike, clip_model_name: str = TI
     """Seeded random aesthetic head whose input is the CLIP model's embedding, saved like LAION's .pth."""
     torch.manual_seed(TINY_SEED + 1)
     head = AestheticHead(clip_embed_dim(clip_model_name))
-    atomic_save(path, lambda tmp: torch.save(head.state_dict(), tmp))
+    with publishing(path) as tmp:
+        torch.save(head.state_dict(), tmp)
     return str(path)
 
 

@@ -34,6 +34,7 @@ from vidcorpus.errors import DownloadError, NotMediaError
 from vidcorpus.ids import is_safe_key
 from vidcorpus.media import SNIFF_BYTES, sniff_media_type
 from vidcorpus.stage import Resources, Stage
+from vidcorpus.storage import url_scheme
 
 ALLOWED_SCHEMES = {"http", "https", "s3", "file", "gs", "gcs", "az", "abfs", "memory"}
 OPT_OUT_VALUES = {"noai", "noimageai"}
@@ -238,7 +239,7 @@ class DownloadStage(Stage):
         uri = row["uri"]
         if not is_safe_key(str(row.get("source_id"))):  # it names the staging file: never a path from input
             raise DownloadError(f"source id {row.get('source_id')!r} is not a safe key", "bad_input")
-        scheme = urlsplit(uri).scheme.lower() or "file"
+        scheme = url_scheme(uri)
         if scheme not in ALLOWED_SCHEMES:
             raise DownloadError(f"scheme {scheme!r} is not allowed", "bad_scheme")
         cfg = self.config.ingest

@@ -17,6 +17,7 @@ import fsspec
 from vidcorpus.ids import normalise_uri, source_id
 from vidcorpus.media import IMAGE_EXTS, VIDEO_EXTS
 from vidcorpus.schemas import empty_row
+from vidcorpus.storage import is_url, local_path, url_scheme
 
 LIST_EXTS = {".txt", ".csv", ".jsonl", ".json", ".parquet"}
 TEXT_COLUMNS = ("text", "caption")
@@ -58,7 +59,8 @@ def _source(url: str, text: str | None = None, meta: dict | None = None) -> dict
     meta = dict(meta or {})
     if edits:
         meta["text_edits"] = edits
-    return empty_row(source_id=source_id(url), uri=normalise_uri(url) if "://" not in url else url,
+    uri = url if is_url(url) or url.startswith("file://") else normalise_uri(url)  # a URL is kept as written
+    return empty_row(source_id=source_id(url), uri=uri,
                      text=text, meta_json=json.dumps(meta, sort_keys=True, default=str))
 
 
@@ -92,7 +94,7 @@ def _records_from_list(url: str) -> Iterator[dict]:
 
 
 def _rows_from_list(url: str) -> Iterator[dict]:
-    base = os.path.dirname(url) if "://" not in url else url.rsplit("/", 1)[0]
+    base = os.path.dirname(url) if not is_url(url) else url.rsplit("/", 1)[0]
     for rec in _records_from_list(url):
         if "__malformed__" in rec or not rec.get("url"):
             yield empty_row(source_id=None, uri=url, error_class="bad_input_row",
@@ -100,8 +102,8 @@ def _rows_from_list(url: str) -> Iterator[dict]:
                             error_stage="read")
             continue
         media = str(rec.pop("url")).strip()
-        if "://" not in media and not os.path.isabs(media):
-            media = os.path.join(base, media)
+        if not is_url(media) and not os.path.isabs(local_path(media)):  # relative to the list, file:// too
+            media = os.path.join(base, local_path(media))
         text = next((rec.pop(c) for c in TEXT_COLUMNS if rec.get(c)), None)
         rec.pop("caption", None)
         if text is not None and not isinstance(text, str):
@@ -114,7 +116,7 @@ def read_inputs(inputs: list[str]) -> list[dict]:
     rows: dict[str, dict] = {}
     bad: list[dict] = []
     for item in inputs:
-        scheme = item.split("://", 1)[0].lower() if "://" in item else "file"
+        scheme = url_scheme(item)
         if scheme in ("http", "https") and _ext(item) not in LIST_EXTS:
             row = _source(item)  # a single media URL: the downloader finds out whether it exists
             rows.setdefault(row["source_id"], row)

@@ -25,7 +25,6 @@ import os
 import queue
 import tarfile
 import threading
-import uuid
 from typing import BinaryIO, Iterable
 
 import fsspec
@@ -34,7 +33,7 @@ import webdataset as wds
 from vidcorpus.errors import storage_full
 from vidcorpus.ids import is_safe_key
 from vidcorpus.shards.buckets import bucket_of
-from vidcorpus.storage import is_local_fs, read_bytes
+from vidcorpus.storage import is_local_fs, publishing, read_bytes
 
 TAR_MTIME = 0.0  # fixed member times: identical inputs give identical shard bytes (and sha256)
 
@@ -214,17 +213,10 @@ def stream_tar(url: str, samples: Iterable[dict]) -> tuple[str, int, bool]:
         os.makedirs(parent, exist_ok=True)
         for stale in glob.glob(glob.escape(path) + ".part-*"):  # left by a writer killed mid-shard
             os.remove(stale)
-        part = f"{path}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
+        with publishing(path) as part:  # fsynced, then renamed: atomic on one file system
             with open(part, "wb", buffering=1 << 20) as raw, HashingWriter(raw) as sink:
                 _write_samples(sink, samples)
                 digest = sink.hexdigest()
-                raw.flush()
-                os.fsync(raw.fileno())
-            os.replace(part, path)  # atomic on one file system
-        finally:
-            if os.path.exists(part):
-                os.remove(part)
         return digest, sink.bytes, True
     # Object stores: nothing is visible until commit() completes the (multipart) upload.
     f = fs.open(path, "wb", autocommit=False)

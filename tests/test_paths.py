@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from test_catalog_shards import _clip_rows
 from vidcorpus.catalog.store import Catalog
 from vidcorpus.cli.app import app
-from vidcorpus.paths import absolute, is_relative_path
+from vidcorpus.paths import is_relative_path
+from vidcorpus.storage import absolute
 
 cli = CliRunner()
 

@@ -46,6 +46,7 @@ NO_CATALOG = [
     "filter sweep aesthetic -w W",
     "shards write -w W",
     "sync -w W",
+    "sync --catalog file://W/catalog.duckdb -w W",  # a file:// catalog is local: missing, not "remote"
     "shards list -w W",
     "shards encode --release rel -w W",
     "release create rel --recipe demo_v1 -w W",

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from vidcorpus.config import GenerateConfig
+from vidcorpus.storage import is_url, local_path
 from vidcorpus.train.checkpoint import load_unet_weights, resolve_resume
 from vidcorpus.train.export import build_pipeline, sample_video
 from vidcorpus.train.models import load_components
@@ -42,7 +43,7 @@ class CascadeResult:
 
 
 def _is_pipeline_dir(path: str) -> bool:
-    return (Path(path.removeprefix("file://")) / "model_index.json").exists()
+    return not is_url(path) and (Path(local_path(path)) / "model_index.json").exists()
 
 
 def _sync(device: torch.device) -> None:
@@ -62,7 +63,7 @@ def load_base_stage(base: str, i2vgen_dir: str | None, device: torch.device, dty
     from diffusers import I2VGenXLPipeline
 
     if _is_pipeline_dir(base):
-        pipe = I2VGenXLPipeline.from_pretrained(base.removeprefix("file://"), torch_dtype=dtype)
+        pipe = I2VGenXLPipeline.from_pretrained(local_path(base), torch_dtype=dtype)
     else:
         if not i2vgen_dir:
             raise ValueError("--base is a checkpoint: models.i2vgen must name the base components")
@@ -79,7 +80,7 @@ def load_refiner_stage(refiner: str, refiner_dir: str | None, device: torch.devi
     ``offload_text`` (it visits the GPU to encode the prompt). ``refiner`` is an export (any diffusers
     UNet3D pipeline directory) or a checkpoint/run directory over the components of ``refiner_dir``."""
     if _is_pipeline_dir(refiner):
-        comps = load_refiner(refiner.removeprefix("file://"), "cpu", dtype, unet_dtype=dtype)
+        comps = load_refiner(local_path(refiner), "cpu", dtype, unet_dtype=dtype)
     else:
         if not refiner_dir:
             raise ValueError("--refiner is a checkpoint: models.refiner must name the refiner components")

@@ -32,16 +32,12 @@ import fsspec
 import numpy as np
 import torch
 
-from vidcorpus.storage import is_url, local_path
+from vidcorpus.storage import is_url, join_url, local_path, publish_dir
 
 CKPT_DIR = "checkpoints"
 STATE_JSON = "train_state.json"
 TRAINER_PT = "trainer_state.pt"
 _STEP_RE = re.compile(r"^step-(\d+)$")
-
-
-def join(url: str, *parts: str) -> str:
-    return "/".join([url.rstrip("/"), *parts])
 
 
 def step_name(step: int) -> str:
@@ -76,51 +72,45 @@ def set_rng_states(states: dict, generator: torch.Generator) -> None:
 def save_checkpoint(run_dir: str, step: int, unet, ema, trainer_state: dict, state: dict, keep: int) -> str:
     """Write checkpoint ``step`` of ``run_dir`` atomically and prune to the newest ``keep`` (0: all)."""
     name = step_name(step)
-    root = join(run_dir, CKPT_DIR)
-    final = join(root, name)
+    root = join_url(run_dir, CKPT_DIR)
+    final = join_url(root, name)
     if not is_url(run_dir):
-        os.makedirs(local_path(root), exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=local_path(root))
-        try:
-            _write_into(tmp, unet, ema, trainer_state, state)
-            if os.path.exists(local_path(final)):  # a re-save of the same step (rerun of a finished run)
-                shutil.rmtree(local_path(final))
-            os.replace(tmp, local_path(final))
-        finally:
-            if os.path.exists(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
+        with publish_dir(final) as tmp:  # replaces a re-save of the same step (rerun of a finished run)
+            _write_body(tmp, unet, ema, trainer_state)
+            _write_state(tmp, state)  # last
     else:
         tmp = tempfile.mkdtemp(prefix="vidcorpus-ckpt-")
         try:
-            _write_into(tmp, unet, ema, trainer_state, state)
+            body = os.path.join(tmp, "body")
+            os.makedirs(body)
+            _write_body(body, unet, ema, trainer_state)
+            _write_state(tmp, state)
             fs, path = fsspec.core.url_to_fs(final)
             if fs.exists(path):
                 fs.rm(path, recursive=True)
-            marker = os.path.join(tmp, STATE_JSON)
-            body = os.path.join(tmp, "body")
-            os.makedirs(body)
-            for entry in os.listdir(tmp):
-                if entry not in ("body", STATE_JSON):
-                    os.replace(os.path.join(tmp, entry), os.path.join(body, entry))
             fs.put(body.rstrip("/") + "/", path.rstrip("/") + "/", recursive=True)
-            fs.put_file(marker, path.rstrip("/") + "/" + STATE_JSON)  # last: the completion marker
+            fs.put_file(os.path.join(tmp, STATE_JSON), join_url(path, STATE_JSON))  # last: the completion marker
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     prune_checkpoints(run_dir, keep)
     return final
 
 
-def _write_into(target: str, unet, ema, trainer_state: dict, state: dict) -> None:
+def _write_body(target: str | os.PathLike, unet, ema, trainer_state: dict) -> None:
     unet.save_pretrained(os.path.join(target, "unet"))
     ema.save_pretrained(os.path.join(target, "unet_ema"))
     torch.save(trainer_state, os.path.join(target, TRAINER_PT))
-    with open(os.path.join(target, STATE_JSON), "w") as f:  # last
+
+
+def _write_state(target: str | os.PathLike, state: dict) -> None:
+    """``train_state.json``, written after the body: the checkpoint's completion marker."""
+    with open(os.path.join(target, STATE_JSON), "w") as f:
         json.dump(state, f, indent=1)
 
 
 def list_checkpoints(run_dir: str) -> list[tuple[int, str]]:
     """Complete checkpoints of a run, oldest first, as (step, url)."""
-    root = join(run_dir, CKPT_DIR)
+    root = join_url(run_dir, CKPT_DIR)
     fs, path = fsspec.core.url_to_fs(root)
     if not fs.exists(path):
         return []
@@ -129,13 +119,13 @@ def list_checkpoints(run_dir: str) -> list[tuple[int, str]]:
         base = entry.rstrip("/").rsplit("/", 1)[-1]
         m = _STEP_RE.match(base)
         if m and fs.exists(entry.rstrip("/") + "/" + STATE_JSON):
-            out.append((int(m.group(1)), join(root, base)))
+            out.append((int(m.group(1)), join_url(root, base)))
     return sorted(out)
 
 
 def prune_checkpoints(run_dir: str, keep: int) -> None:
     """Remove all but the newest ``keep`` complete checkpoints, and any incomplete leftovers."""
-    root = join(run_dir, CKPT_DIR)
+    root = join_url(run_dir, CKPT_DIR)
     fs, path = fsspec.core.url_to_fs(root)
     if not fs.exists(path):
         return
@@ -170,12 +160,12 @@ def resolve_resume(resume: str, run_dir: str | None = None) -> str | None:
 
 
 def read_state(ckpt: str) -> dict:
-    with fsspec.open(join(ckpt, STATE_JSON), "rt") as f:
+    with fsspec.open(join_url(ckpt, STATE_JSON), "rt") as f:
         return json.load(f)
 
 
 def read_trainer_state(ckpt: str) -> dict:
-    with fsspec.open(join(ckpt, TRAINER_PT), "rb") as f:
+    with fsspec.open(join_url(ckpt, TRAINER_PT), "rb") as f:
         buf = io.BytesIO(f.read())
     # Our own file: optimizer tensors plus RNG states (numpy's state is a tuple holding an array).
     return torch.load(buf, map_location="cpu", weights_only=False)
@@ -189,11 +179,11 @@ def load_unet_weights(ckpt: str, sub: str, module: torch.nn.Module) -> None:
     cls = type(module)
 
     if not is_url(ckpt):
-        loaded = cls.from_pretrained(local_path(join(ckpt, sub)), torch_dtype=torch.float32)
+        loaded = cls.from_pretrained(local_path(join_url(ckpt, sub)), torch_dtype=torch.float32)
     else:
         tmp = tempfile.mkdtemp(prefix="vidcorpus-ckpt-")
         try:
-            fs, path = fsspec.core.url_to_fs(join(ckpt, sub))
+            fs, path = fsspec.core.url_to_fs(join_url(ckpt, sub))
             fs.get(path.rstrip("/") + "/", tmp.rstrip("/") + "/", recursive=True)
             loaded = cls.from_pretrained(tmp, torch_dtype=torch.float32)
         finally:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vidcorpus.storage import is_url
+from vidcorpus.storage import is_url, local_path, publish_dir
 from vidcorpus.train.checkpoint import load_unet_weights, resolve_resume
 from vidcorpus.train.models import Components, load_components
 
@@ -51,17 +51,8 @@ def save_pipeline(pipe, out_dir: str, extra: dict[str, str] | None = None) -> st
             Path(tmp, name).write_text(text)
 
     if not is_url(out_dir):
-        target = Path(out_dir.removeprefix("file://"))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
-        try:
+        with publish_dir(out_dir) as tmp:
             write(tmp)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
     else:
         tmp = tempfile.mkdtemp(prefix="vidcorpus-export-")
         try:
@@ -111,7 +102,7 @@ def write_mp4(frames: np.ndarray, fps: float, url: str) -> str:
     from vidcorpus.media import encode_video
 
     if not is_url(url):
-        path = url.removeprefix("file://")
+        path = local_path(url)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         encode_video(frames, fps, path)
     else:
@@ -128,7 +119,7 @@ def load_exported(out_dir: str):
     """The exported pipeline as a user loads it: ``I2VGenXLPipeline.from_pretrained``."""
     from diffusers import I2VGenXLPipeline
 
-    pipe = I2VGenXLPipeline.from_pretrained(out_dir.removeprefix("file://"))
+    pipe = I2VGenXLPipeline.from_pretrained(out_dir if is_url(out_dir) else local_path(out_dir))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -41,7 +41,7 @@ import pyarrow as pa
 import torch
 
 from vidcorpus.config import TrainConfig
-from vidcorpus.train import checkpoint as ckpt_io
+from vidcorpus.storage import join_url
 from vidcorpus.train.data import OnError
 from vidcorpus.train.export import build_pipeline, sample_video, write_mp4
 from vidcorpus.train.models import load_components
@@ -171,5 +171,5 @@ def _sample_probes(comps, ema, cfg: TrainConfig, probes: list[tuple], out_dir: s
         for i, (image, prompt) in enumerate(probes):
             frames = sample_video(pipe, image, prompt, cfg.height, cfg.width, cfg.num_frames, cfg.fps,
                                   steps=cfg.sample_steps, seed=cfg.seed + i)
-            urls.append(write_mp4(frames, cfg.fps, ckpt_io.join(out_dir, "samples", f"step-{step:08d}-probe{i}.mp4")))
+            urls.append(write_mp4(frames, cfg.fps, join_url(out_dir, "samples", f"step-{step:08d}-probe{i}.mp4")))
     return urls

@@ -8,15 +8,12 @@ same ``from_pretrained(..., subfolder=...)`` calls and the tests exercise the pr
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from vidcorpus.model_files import require_hf_model
+from vidcorpus.storage import publish_dir
 
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "image_encoder", "feature_extractor", "scheduler")
 
@@ -123,10 +120,7 @@ def build_tiny_i2vgen(out_dir: str) -> None:
     from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig,
                               CLIPVisionModelWithProjection)
 
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".i2vgen-", dir=out.parent))
-    try:
+    with publish_dir(out_dir) as tmp:  # a half-built or stale directory without model_index.json is replaced
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             tokenizer = build_tiny_tokenizer()
@@ -155,12 +149,6 @@ def build_tiny_i2vgen(out_dir: str) -> None:
 
         (tmp / "model_index.json").write_text(
             json.dumps({**MODEL_INDEX, "_diffusers_version": diffusers.__version__}, indent=2))
-        if out.exists():  # a half-built or stale directory without model_index.json
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @torch.no_grad()

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -38,7 +36,7 @@ import torch.nn.functional as F
 
 from vidcorpus.config import RefinerTrainConfig
 from vidcorpus.model_files import require_hf_model
-from vidcorpus.train import checkpoint as ckpt_io
+from vidcorpus.storage import is_url, join_url, local_path, publish_dir
 from vidcorpus.train.checkpoint import load_unet_weights, read_state, resolve_resume
 from vidcorpus.train.export import save_pipeline, write_mp4
 from vidcorpus.train.loop import train_loop
@@ -106,10 +104,7 @@ def build_tiny_refiner(out_dir: str, i2vgen_dir: str) -> None:
 
     if not (Path(i2vgen_dir) / "model_index.json").exists():
         build_tiny_i2vgen(i2vgen_dir)
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".refiner-", dir=out.parent))
-    try:
+    with publish_dir(out_dir) as tmp:
         for sub in ("vae", "text_encoder", "tokenizer", "scheduler"):
             shutil.copytree(Path(i2vgen_dir) / sub, tmp / sub)
         with torch.random.fork_rng(devices=[]):
@@ -119,12 +114,6 @@ def build_tiny_refiner(out_dir: str, i2vgen_dir: str) -> None:
 
         (tmp / "model_index.json").write_text(
             json.dumps({**REFINER_MODEL_INDEX, "_diffusers_version": diffusers.__version__}, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_refiner(name_or_dir: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
@@ -315,7 +304,7 @@ class RefinerTask:
                                       steps=cfg.sample_steps, guidance=7.5, seed=cfg.seed + i,
                                       autocast_dtype=autocast_dtype)
                 urls.append(write_mp4(to_uint8(frames), cfg.fps,
-                                      ckpt_io.join(out_dir, "samples", f"step-{step:08d}-probe{i}.mp4")))
+                                      join_url(out_dir, "samples", f"step-{step:08d}-probe{i}.mp4")))
         return urls
 
 
@@ -352,11 +341,12 @@ def export_refiner(model_dir: str, checkpoint: str, out_dir: str, weights: str =
 
 def trained_t_max(refiner: str) -> int | None:
     """The t_max a refiner export or checkpoint was trained with (None if it does not say)."""
-    p = Path(refiner.removeprefix("file://"))
-    if (p / REFINER_INFO).exists():
-        return json.loads((p / REFINER_INFO).read_text()).get("t_max")
-    if (p / "model_index.json").exists():  # a third-party export: the caller's default applies
-        return None
+    if not is_url(refiner):  # an export is a local folder; a checkpoint may be anywhere
+        p = Path(local_path(refiner))
+        if (p / REFINER_INFO).exists():
+            return json.loads((p / REFINER_INFO).read_text()).get("t_max")
+        if (p / "model_index.json").exists():  # a third-party export: the caller's default applies
+            return None
     try:
         return read_state(resolve_resume(refiner)).get("config", {}).get("t_max")
     except (FileNotFoundError, OSError):

@@ -25,7 +25,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vidcorpus.storage import write_atomic
+from vidcorpus.storage import join_url, write_atomic
 
 SAMPLES_DIR = "train_samples"
 SCHEMA = pa.schema([("step", pa.int32()), ("rank", pa.int16()), ("clip_id", pa.string()), ("loss", pa.float64())])
@@ -43,17 +43,13 @@ class Part:
     url: str
 
 
-def _join(url: str, *parts: str) -> str:
-    return "/".join([url.rstrip("/"), *parts])
-
-
 def rank_dir(run_dir: str, rank: int) -> str:
-    return _join(run_dir, SAMPLES_DIR, f"rank-{rank:05d}")
+    return join_url(run_dir, SAMPLES_DIR, f"rank-{rank:05d}")
 
 
 def list_parts(run_dir: str, rank: int | None = None) -> list[Part]:
     """The parts of a run (of one rank, or of all), ordered by rank then step."""
-    root = _join(run_dir, SAMPLES_DIR)
+    root = join_url(run_dir, SAMPLES_DIR)
     fs, path = fsspec.core.url_to_fs(root)
     if not fs.exists(path):
         return []
@@ -66,7 +62,7 @@ def list_parts(run_dir: str, rank: int | None = None) -> list[Part]:
             base = entry.rstrip("/").rsplit("/", 1)[-1]
             m = _PART_RE.match(base)
             if m:
-                out.append(Part(int(rname[5:]), int(m.group(1)), int(m.group(2)), _join(root, rname, base)))
+                out.append(Part(int(rname[5:]), int(m.group(1)), int(m.group(2)), join_url(root, rname, base)))
     return sorted(out, key=lambda p: (p.rank, p.start, p.end))
 
 
@@ -125,8 +121,8 @@ class SampleLog:
                               "rank": pa.array([self.rank] * len(self._keys), pa.int16()),
                               "clip_id": pa.array(self._keys, pa.string()),
                               "loss": pa.array(self._losses, pa.float64())}, schema=SCHEMA)
-            _write_atomic(table, _join(rank_dir(self.run_dir, self.rank),
-                                       f"steps-{self.flushed:08d}-{end_step:08d}.parquet"))
+            _write_atomic(table, join_url(rank_dir(self.run_dir, self.rank),
+                                          f"steps-{self.flushed:08d}-{end_step:08d}.parquet"))
             self.rows_flushed += table.num_rows
         self._steps, self._keys, self._losses = [], [], []
         self.flushed = end_step
@@ -145,8 +141,8 @@ class SampleLog:
             for part in list_parts(source, self.rank):
                 if part.end <= step:
                     with fsspec.open(part.url, "rb") as f:
-                        _write_atomic(pq.read_table(f, schema=SCHEMA), _join(rank_dir(self.run_dir, self.rank),
-                                                                            part.url.rsplit("/", 1)[-1]))
+                        _write_atomic(pq.read_table(f, schema=SCHEMA), join_url(rank_dir(self.run_dir, self.rank),
+                                                                               part.url.rsplit("/", 1)[-1]))
         kept = [p for p in list_parts(self.run_dir, self.rank) if p.end <= step]
         self.rows_flushed = sum(_num_rows(p.url) for p in kept)
         self.flushed = step

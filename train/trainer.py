@@ -23,6 +23,7 @@ import torch
 
 from vidcorpus.config import TrainConfig
 from vidcorpus.errors import classify_error
+from vidcorpus.storage import join_url
 from vidcorpus.train import checkpoint as ckpt_io
 from vidcorpus.train.data import OnError
 from vidcorpus.train.metrics import FlopCounter, LogWindow, MetricsLogger, peak_bf16_flops
@@ -186,7 +187,7 @@ class Trainer:
         opt_state = self.par.optimizer_state(self.opt)
         gathered = _gather({"cursor": self.consumed.cursor.snapshot(), "rng": ckpt_io.rng_states(self.gen),
                             "failures": mine, "rows": self.samples.rows_flushed}, self.distributed, self.world)
-        url = ckpt_io.join(self.out_dir, ckpt_io.CKPT_DIR, ckpt_io.step_name(step))
+        url = join_url(self.out_dir, ckpt_io.CKPT_DIR, ckpt_io.step_name(step))
         if self.main:
             consumed, cfg = self.consumed, self.cfg
             state = {

@@ -13,9 +13,9 @@ caption QA of ``captioning/stage.py``.
 from __future__ import annotations
 
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import open_clip
@@ -25,25 +25,12 @@ from PIL import Image
 from vidcorpus.errors import ModelNotAvailable
 from vidcorpus.model_files import hub_reachable
 from vidcorpus.model_names import TINY_CLIP_NAME
+from vidcorpus.storage import is_url, local_path, publishing
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 TINY_SEED = 1234
-
-
-def atomic_save(path: str | os.PathLike, write) -> None:
-    """Write through a temp file in the target folder and rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def clip_embed_dim(model_name: str) -> int:
@@ -67,7 +54,8 @@ def build_tiny_clip(weights_path: str | os.PathLike, model_name: str = TINY_CLIP
         else:
             torch.save(state, tmp)
 
-    atomic_save(weights_path, write)
+    with publishing(weights_path) as tmp:
+        write(tmp)
     return str(weights_path)
 
 
@@ -111,7 +99,7 @@ def require_clip_weights(model_name: str, pretrained: str) -> None:
         if local.is_file():
             return
         where, fix = url, f"download it to {local}"
-    if hub_reachable(host="huggingface.co" if hub else (url.split("/")[2] if "://" in url else "")):
+    if hub_reachable(host="huggingface.co" if hub else (urlsplit(url).hostname or "")):
         return
     raise ModelNotAvailable(
         f"models.clip_pretrained: open_clip weights {model_name}/{pretrained} ({where}) are not cached and the "
@@ -130,7 +118,7 @@ def load_clip(model_name: str, pretrained: str, device: str | torch.device = "cp
 
 
 def clip_model_id(model_name: str, pretrained: str) -> str:
-    is_file = "://" in pretrained or Path(pretrained).suffix in (".safetensors", ".pt", ".pth", ".bin")
+    is_file = is_url(pretrained) or Path(local_path(pretrained)).suffix in (".safetensors", ".pt", ".pth", ".bin")
     return model_name if is_file else f"{model_name}/{pretrained}"
 
 

@@ -417,18 +417,17 @@ class Config(Section):
     def catalog_path(self) -> str:
         if self.catalog:
             return self.catalog
-        from vidcorpus.storage import is_url  # inside: keeps --help fast (fsspec)
+        from vidcorpus.storage import is_url, local_path  # inside: keeps --help fast (fsspec)
 
         if is_url(self.workdir):
             raise ConfigError(f"workdir {self.workdir} is remote: give the catalog a local path with --catalog")
-        return f"{self.workdir.removeprefix('file://').rstrip('/')}/catalog.duckdb"
+        return f"{local_path(self.workdir).rstrip('/')}/catalog.duckdb"
 
     def url(self, *parts: str) -> str:
         """A location under the workdir; a local workdir is made absolute, since URLs are stored."""
-        root = self.workdir
-        if "://" not in root:
-            root = os.path.abspath(root)
-        return "/".join([root.rstrip("/"), *parts])
+        from vidcorpus.storage import absolute, join_url  # inside: keeps --help fast (fsspec)
+
+        return join_url(absolute(self.workdir), *parts)
 
 
 def clip_batch_size(cfg: "Config", device) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from vidcorpus.errors import ModelNotAvailable
+from vidcorpus.storage import is_url, local_path, publishing
 
 
 def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
@@ -54,9 +55,9 @@ def require_hf_model(name_or_dir: str, field: str) -> str:
 
 def require_file(path_or_url: str, field: str) -> str:
     """A local weights file, or an http(s) URL we can reach; otherwise fail fast naming the fix."""
-    if "://" not in path_or_url:
-        if Path(path_or_url).is_file():
-            return path_or_url
+    if not is_url(path_or_url):
+        if Path(local_path(path_or_url)).is_file():
+            return local_path(path_or_url)
         raise ModelNotAvailable(f"models.{field}: file {path_or_url} does not exist")
     host = urlsplit(path_or_url).hostname or ""
     cached = Path(os.environ.get("VIDCORPUS_CACHE", Path.home() / ".cache" / "vidcorpus")) / "downloads"
@@ -68,8 +69,6 @@ def require_file(path_or_url: str, field: str) -> str:
             f"models.{field}: cannot download {path_or_url} (no network). Fix: download it elsewhere, "
             f"put it at {local} or set models.{field}=/path/to/file, or use --preset tiny."
         )
-    local.parent.mkdir(parents=True, exist_ok=True)
-    tmp = local.with_suffix(".part")
-    urllib.request.urlretrieve(path_or_url, tmp)  # noqa: S310 - the URL is the user's config
-    tmp.rename(local)
+    with publishing(local) as part:  # two workers fetching the same file never share a part file
+        urllib.request.urlretrieve(path_or_url, part)  # noqa: S310 - the URL is the user's config
     return str(local)

@@ -2,7 +2,7 @@
 
 A relative path in the catalog, a release manifest or a checkpoint means "relative to wherever the
 command that wrote it ran", so it breaks from any other directory. The command line resolves
-every location the user types once, on the way in (``resolve_config_paths``, ``absolute``), and
+every location the user types once, on the way in (``resolve_config_paths``, ``storage.absolute``), and
 ``catalog verify`` reports any relative path it finds (``catalog/verify_paths.py``).
 """
 
@@ -11,26 +11,14 @@ from __future__ import annotations
 import os
 
 from vidcorpus.config import Config
-from vidcorpus.storage import is_url
-
-
-def absolute(location: str | os.PathLike | None) -> str | None:
-    """``location`` with a local path made absolute (``~`` expanded); URLs and None unchanged."""
-    if location is None:
-        return None
-    text = os.fspath(location)
-    if text == "" or is_url(text):
-        return text
-    if text.startswith("file://"):
-        return "file://" + os.path.abspath(os.path.expanduser(text.removeprefix("file://")))
-    return os.path.abspath(os.path.expanduser(text))
+from vidcorpus.storage import absolute, is_url, local_path, url_scheme
 
 
 def is_relative_path(location: str | None) -> bool:
     """A stored location that depends on the writer's working directory."""
     if not location or is_url(location):
         return False
-    return not os.path.isabs(location.removeprefix("file://"))
+    return not os.path.isabs(local_path(location))
 
 
 LOCAL_MODEL_FIELDS = ("clip_pretrained", "aesthetic_head", "captioner", "i2vgen", "refiner")
@@ -67,7 +55,7 @@ def missing_inputs(inputs: list[str]) -> list[str]:
 
     missing = []
     for item in inputs:
-        if item.split("://", 1)[0].lower() in ("http", "https") and "://" in item:
+        if url_scheme(item) in ("http", "https"):
             continue
         try:
             fs, path = fsspec.core.url_to_fs(item)

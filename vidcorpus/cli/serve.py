@@ -39,10 +39,10 @@ def serve(
     Labels are catalog rows (table `labels`); a snapshot is browsed read-only.
     """
     from vidcorpus.catalog.store import CatalogError  # inside: keeps --help fast (duckdb, starlette)
-    from vidcorpus.paths import absolute
     from vidcorpus.serve.app import ServeSettings
     from vidcorpus.serve.security import Refused, check_bind
     from vidcorpus.serve.server import media_roots, serve as run_server
+    from vidcorpus.storage import absolute
     from vidcorpus.workdir import missing_catalog_hint
 
     try:

@@ -85,9 +85,9 @@ def train_and_export(cfg: Config, stage: str, output: str | None, progress: bool
     from vidcorpus.jobs.models import resolve_models, resolve_refiner
     from vidcorpus.jobs.shard_selection import NoTrainingData
     from vidcorpus.jobs.train import run_training
-    from vidcorpus.paths import absolute
     from vidcorpus.shard_reader import ShardChecksumError
     from vidcorpus.shards.release_files import ReleaseError
+    from vidcorpus.storage import absolute
     from vidcorpus.train.resume import ResumeMismatch
 
     output, export = absolute(output), absolute(export)  # both are stored (train_runs, checkpoints)

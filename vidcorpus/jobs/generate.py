@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vidcorpus.config import Config
 from vidcorpus.jobs.models import resolve_models, resolve_refiner
+from vidcorpus.storage import is_url, local_path
 
 
 def generate_video(cfg: Config, image: str, prompt: str, short_prompt: str | None, base: str, refiner: str,
@@ -32,4 +33,4 @@ def generate_video(cfg: Config, image: str, prompt: str, short_prompt: str | Non
 
 
 def _is_export(path: str) -> bool:
-    return (Path(path.removeprefix("file://")) / "model_index.json").exists()
+    return not is_url(path) and (Path(local_path(path)) / "model_index.json").exists()

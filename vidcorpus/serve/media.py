@@ -17,6 +17,8 @@ from typing import Iterator
 
 import fsspec
 
+from vidcorpus.storage import is_url, local_path
+
 CHUNK = 256 * 1024
 MEDIA_TYPES = {"mp4": "video/mp4", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp",
                "png": "image/png", "webm": "video/webm"}
@@ -35,7 +37,7 @@ class Window:
 
 
 def _fs(url: str):
-    return fsspec.core.url_to_fs(url.removeprefix("file://") if url.startswith("file://") else url)
+    return fsspec.core.url_to_fs(url if is_url(url) else local_path(url))
 
 
 def _stamp(url: str) -> tuple:

@@ -10,12 +10,12 @@ a preview is not an extraction (`vidcorpus sync` extracts clips a recipe keeps).
 
 from __future__ import annotations
 
-import os
 import tempfile
 import threading
 from pathlib import Path
 
 from vidcorpus.serve import media
+from vidcorpus.storage import publishing
 
 MAX_SECONDS = 10.0
 WIDTH = 480
@@ -49,12 +49,10 @@ class Previews:
                 h = max(2, round(frame.height * w / frame.width / 2) * 2)
                 yield frame.reformat(width=w, height=h, format="rgb24").to_ndarray()
 
-        part = out.with_suffix(".part.mp4")
         try:
-            encode_video(frames(), fps, str(part))
+            with publishing(out, fsync=False, keep_extension=True) as part:  # a cache: no fsync; PyAV reads .mp4
+                encode_video(frames(), fps, part)
         except StopIteration as e:  # not one frame decoded
             raise media.MediaError("the source has none of the clip's frames") from e
         except Exception as e:  # noqa: BLE001 - a broken or missing source: one line on the page
-            part.unlink(missing_ok=True)
             raise media.MediaError(f"cannot render a preview from the source: {e}") from e
-        os.replace(part, out)

@@ -35,6 +35,7 @@ from vidcorpus.jobs.pack_shards import write_pending_shards
 from vidcorpus.recipe_model import Recipe, canonical_yaml
 from vidcorpus.stage_settings import local_gpus, pin_plans, resolve
 from vidcorpus.stage_stats import StageStats
+from vidcorpus.storage import is_url, local_path
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ class SyncSummary:
 def sync(cfg: Config, allow_uncaptioned: bool = False, progress: bool = False) -> SyncSummary:
     """`vidcorpus sync`: adopt the recipe in force, then complete its pending work (a recorded run)."""
     t0 = time.time()
-    if "://" not in cfg.catalog_path and not Path(cfg.catalog_path).exists():
+    if not is_url(cfg.catalog_path) and not Path(local_path(cfg.catalog_path)).exists():
         raise CatalogError(f"no catalog at {cfg.catalog_path}: `vidcorpus run` makes one (or pass --catalog/--workdir)")
     run_id = new_run_id()
     timeline = StageStats(t0)

@@ -21,6 +21,7 @@ from vidcorpus.catalog.schema import CLIP_COLUMNS, funnel_body
 from vidcorpus.catalog.sql_names import ident, name_literal
 from vidcorpus.catalog.store import Catalog
 from vidcorpus.filters.recipes import load_recipe
+from vidcorpus.storage import url_scheme
 
 _SCHEME = r"^([A-Za-z][A-Za-z0-9+.-]*):"
 SMALL_CATALOG = 100_000  # clips below which the report's queries run on one DuckDB thread
@@ -30,9 +31,9 @@ def source_domain(uri: str | None) -> str:
     """Host of an http(s)/s3 URI, 'local' for files and plain paths, '?' when unknown."""
     if not uri:
         return "?"
-    parts = urlsplit(uri)
-    if parts.scheme in ("", "file") or len(parts.scheme) == 1:  # 'C:' paths too
+    if url_scheme(uri) == "file":  # 'C:' paths too
         return "local"
+    parts = urlsplit(uri)
     return (parts.hostname or parts.scheme).lower()
 
 
