@@ -13,6 +13,7 @@ from test_corpus_state import q, vc, ws  # noqa: F401  (ws: a copy of the sessio
 from vidcorpus.catalog import wide_spec
 from vidcorpus.catalog.schema import CLIP_COLUMNS, wide_view_sql
 from vidcorpus.catalog.store import Catalog
+from vidcorpus.jobs.report.scope import load_report_data
 
 
 def _stored_and_rebuilt(path: str) -> tuple[list[str], list[str], list[dict], list[dict]]:
@@ -70,9 +71,32 @@ def test_every_clips_wide_column_is_a_clip_column_a_scorer_or_defined_in_the_spe
         derived = set(wide) - clips - {"aesthetic"}
         assert derived == set(wide_spec.FIXED_NAMES)
         assert set(wide) - {"aesthetic"} <= CLIP_COLUMNS  # a scorer of a derived column's name stays in the long table
-        # a clip that only ever had a score: its flags are FALSE, not NULL, in the table and in the rebuild
+        # a clip with only a score and a decision: its other flags are FALSE, not NULL, in the table
+        # and in the rebuild; training sets its flag
+        flags = "SELECT scored, captioned, trained, kept, caption FROM clips_wide"
+        assert cat.query_dicts(flags) == [{"scored": True, "captioned": False, "trained": False, "kept": True,
+                                           "caption": None}]
+        assert cat.verify(deep=True) == []
         cat.record_training("t1", "base", "kept", 1, 0.1, str(tmp_path / "ck"), [], "{}", dt.datetime(2026, 1, 1),
                             [(0, "s1-a")])
-        row = cat.query_dicts("SELECT scored, captioned, trained, kept, caption FROM clips_wide")
-        assert row == [{"scored": True, "captioned": False, "trained": True, "kept": True, "caption": None}]
+        assert cat.query_dicts(flags) == [{"scored": True, "captioned": False, "trained": True, "kept": True, "caption": None}]
         assert cat.verify(deep=True) == []
+
+
+def test_the_report_reads_a_scorer_named_like_a_clip_column_as_the_pivot_would(tmp_path):
+    t0, t1 = dt.datetime(2026, 1, 1), dt.datetime(2026, 1, 2)
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        cat.commit_fragments("r1", {
+            "sources": pa.table({"source_id": ["s1"], "uri": ["https://a.example.com/1.mp4"], "status": ["done"]}),
+            "clips": pa.table({"clip_id": ["s1-a", "s1-b"], "source_id": ["s1", "s1"], "duration_s": [2.0, 3.0]}),
+            # "width" is a clip column: that scorer stays in the long table, the newest value counts
+            "scores": pa.table({"clip_id": ["s1-a", "s1-a", "s1-b"], "scorer": ["width", "width", "aesthetic"],
+                                "model": ["m"] * 3, "version": ["2", "1", "1"], "value": [7.0, 3.0, 5.0],
+                                "written_at": [t1, t0, t0]})})
+        assert "width" not in [c for c in cat.query("SELECT * FROM clips_wide LIMIT 0").column_names
+                               if c not in CLIP_COLUMNS]
+        data = load_report_data(cat)
+        assert set(data.scores) == {"width", "aesthetic"}
+        rows = data.rows(f"SELECT clip_id, {data.scores['width']} AS w, {data.scores['aesthetic']} AS a "
+                         "FROM report_clips ORDER BY clip_id")
+        assert rows == [{"clip_id": "s1-a", "w": 7.0, "a": None}, {"clip_id": "s1-b", "w": None, "a": 5.0}]
