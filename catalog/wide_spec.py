@@ -21,6 +21,7 @@ A *derived flag* (``of``) is computed from the input's other columns (captioned 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 from vidcorpus.catalog.sql_names import ident, name_literal
 
@@ -107,12 +108,13 @@ def inputs(scorers: list[str]) -> tuple[Input, ...]:
     return (scores_input(scorers), CAPTIONS, DECISIONS, SHARD_MEMBERS, TRAIN_SAMPLES)
 
 
-def input_for(table: str, scorers: list[str] = ()) -> Input | None:
+def input_for(table: str, scorers: Iterable[str] = ()) -> Input | None:
     """The input a write to ``table`` updates (None: the table feeds no aggregate)."""
     return next((i for i in inputs(list(scorers)) if i.table == table), None)
 
 
 def lookup_for(table: str) -> Lookup | None:
+    """The lookup whose columns a write to ``table`` may change (sources, shards)."""
     return next((lk for lk in LOOKUPS if lk.table == table), None)
 
 
