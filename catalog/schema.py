@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from vidcorpus.catalog.sql_names import ident, name_literal
+from vidcorpus.catalog.wide_spec import FIXED_NAMES, rebuild_sql
 
 MIGRATIONS: list[tuple[int, str]] = [
     (
@@ -242,10 +242,8 @@ LATEST_VERSION = max(v for v, _ in MIGRATIONS)
 
 CLIP_COLUMNS = frozenset({
     "clip_id", "source_id", "media_type", "first_frame", "last_frame", "start_s", "end_s", "duration_s", "n_frames",
-    "fps", "width", "height", "clip_path", "first_frame_path", "run_id", "updated_at", "extract_mode", "uri",
-    "source_text", "source_sha256", "recipe", "kept", "reason", "caption", "short_caption", "caption_version",
-    "shard_id", "shard_url", "scored", "captioned", "trained",
-})
+    "fps", "width", "height", "clip_path", "first_frame_path", "run_id", "updated_at", "extract_mode",
+}) | FIXED_NAMES
 """Column names of clips_wide that are not scores; a scorer with one of these names stays in the long table."""
 
 SCORER_NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -267,48 +265,11 @@ def wide_view_sql(scorers: list[str], where: str | None = None) -> str:
     """The SELECT that computes clips_wide from the long tables (a full or partial rebuild).
 
     One row per clip, a column per scorer (latest value by written_at), the latest long and short
-    caption and caption version, the latest decision, the first shard holding the clip. The driver
-    keeps the materialised table equal to this (``catalog/wide_table.py``); ``catalog verify
-    --deep`` compares the two.
+    caption and caption version, the latest decision, the first shard holding the clip: each column
+    as ``catalog/wide_spec.py`` defines it, which the driver's incremental update
+    (``catalog/wide_table.py``) follows too; ``catalog verify --deep`` compares the two.
     """
-    scorers = wide_columns(scorers)
-    pivot = "".join(
-        f",\n                arg_max(value, written_at) FILTER (WHERE scorer = {name_literal(n)}) AS {ident(n)}"
-        for n in scorers
-    )
-    only = f" WHERE {where}" if where else ""
-    return f"""
-        WITH c AS (SELECT * FROM clips{only}),
-        s AS (
-            SELECT clip_id, TRUE AS scored{pivot}
-            FROM scores WHERE clip_id IN (SELECT clip_id FROM c) GROUP BY clip_id
-        ),
-        cap AS (
-            SELECT clip_id,
-                arg_max(text, written_at) FILTER (WHERE kind = 'long') AS caption,
-                arg_max(text, written_at) FILTER (WHERE kind = 'short') AS short_caption,
-                arg_max(version, written_at) AS caption_version
-            FROM captions WHERE clip_id IN (SELECT clip_id FROM c) GROUP BY clip_id
-        ),
-        d AS (SELECT clip_id, arg_max(kept, decided_at) AS kept, arg_max_null(reason, decided_at) AS reason,
-                     arg_max(recipe, decided_at) AS recipe
-              FROM decisions WHERE clip_id IN (SELECT clip_id FROM c) GROUP BY clip_id),
-        m AS (SELECT clip_id, min(shard_id) AS shard_id FROM shard_members
-              WHERE clip_id IN (SELECT clip_id FROM c) GROUP BY clip_id),
-        t AS (SELECT DISTINCT clip_id FROM train_samples WHERE clip_id IN (SELECT clip_id FROM c))
-        SELECT c.*, src.uri, src.text AS source_text, src.sha256 AS source_sha256,
-               d.recipe, d.kept, d.reason, cap.caption, cap.short_caption, cap.caption_version,
-               m.shard_id, sh.url AS shard_url, coalesce(s.scored, FALSE) AS scored,
-               cap.caption IS NOT NULL AS captioned, t.clip_id IS NOT NULL AS trained{''.join(f', s.{ident(n)}' for n in scorers)}
-        FROM c
-        LEFT JOIN sources src USING (source_id)
-        LEFT JOIN s USING (clip_id)
-        LEFT JOIN cap USING (clip_id)
-        LEFT JOIN d USING (clip_id)
-        LEFT JOIN m USING (clip_id)
-        LEFT JOIN shards sh ON sh.shard_id = m.shard_id
-        LEFT JOIN t USING (clip_id)
-    """
+    return rebuild_sql(wide_columns(scorers), where)
 
 
 ACTIVE_RECIPE_SQL = ("coalesce((SELECT arg_max(recipe, seq) FROM recipe_history), "

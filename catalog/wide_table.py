@@ -9,10 +9,11 @@ the two. The rows just written are registered on the connection as ``_rows``.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Iterable
 
+from vidcorpus.catalog import wide_spec
 from vidcorpus.catalog.schema import wide_columns, wide_view_sql
-from vidcorpus.catalog.sql_names import ident, name_literal, placeholders, table as table_name
+from vidcorpus.catalog.sql_names import ident, placeholders, table as table_name
 
 INLINE_IDS = 1024  # up to this many ids per statement are listed as ? parameters so DuckDB probes the key index
 
@@ -84,26 +85,34 @@ def changed_keys(con, table: str, key: str, cols: list[str], present: set[str]) 
 def maintain(con, table: str, present: set[str], changed: list[str]) -> None:
     """Bring clips_wide up to date with the rows just upserted into ``table`` (registered as _rows).
 
-    Every change is an update of the touched clips' rows: the latest score per scorer, the latest
-    caption and decision, the first shard. Runs inside the caller's transaction.
+    Every change is an update of the touched clips' rows, merged as ``catalog/wide_spec.py``
+    defines each column. Runs inside the caller's transaction.
     """
-    if table == "sources":
+    lookup = wide_spec.lookup_for(table)
+    if lookup is not None:
         if changed:
-            con.execute(
-                "UPDATE clips_wide SET uri = s.uri, source_text = s.text, source_sha256 = s.sha256 FROM sources s "
-                "WHERE clips_wide.source_id = s.source_id AND s.source_id IN (SELECT unnest(?))", [changed])
+            k, alias = lookup.key, lookup.alias
+            con.execute(f"UPDATE clips_wide SET {wide_spec.lookup_sets(lookup)} FROM {lookup.table} {alias} "
+                        f"WHERE clips_wide.{k} = {alias}.{k} AND {alias}.{k} IN (SELECT unnest(?))", [changed])
         return
-    if table == "shards":
-        if changed:
-            con.execute("UPDATE clips_wide SET shard_url = s.url FROM shards s WHERE clips_wide.shard_id = s.shard_id "
-                        "AND s.shard_id IN (SELECT unnest(?))", [changed])
-        return
-    update = _CLIP_UPDATES.get(table)
-    if update is None:
+    if table != "clips" and wide_spec.input_for(table) is None:
         return
     ids = [r[0] for r in con.execute("SELECT DISTINCT clip_id FROM _rows WHERE clip_id IS NOT NULL").fetchall()]
-    if ids:
-        update(con, ids, present)
+    if not ids:
+        return
+    if table == "clips":
+        _clips(con, ids, present)
+        return
+    scorers: list[str] = []
+    if table == "scores":
+        names = [r[0] for r in con.execute("SELECT DISTINCT scorer FROM _rows ORDER BY 1").fetchall()]
+        sync_columns(con, names)
+        scorers = wide_columns(names)
+    inp = wide_spec.input_for(table, scorers)
+    _update_aggregates(con, ids, inp)
+    for lookup in wide_spec.LOOKUPS:  # a key the update may have changed (the first shard): its columns follow
+        if any(a.name == lookup.key for a in inp.columns):
+            _refresh_lookup(con, ids, lookup)
 
 
 def _clips(con, ids: list[str], present: set[str]) -> None:
@@ -111,73 +120,39 @@ def _clips(con, ids: list[str], present: set[str]) -> None:
     clip_cols = [c for c in columns(con, "clips") if c in present]
     where, params = id_filter("clip_id", ids)
     existing = {r[0] for r in con.execute(f"SELECT clip_id FROM clips_wide WHERE {where}", params).fetchall()}
-    src = ("SELECT r.*, s.uri AS _uri, s.text AS _text, s.sha256 AS _sha FROM _rows r "
-           "LEFT JOIN sources s ON s.source_id = r.source_id")
+    lookup = wide_spec.SOURCE
+    src = (f"SELECT r.*, {wide_spec.lookup_columns(lookup, prefix='_')} FROM _rows r "
+           f"LEFT JOIN {lookup.table} {lookup.alias} ON {lookup.alias}.{lookup.key} = r.{lookup.key}")
     cols = ", ".join(f"b.{ident(c)}" for c in clip_cols)
     if len(existing) < len(ids):
-        con.execute(f"INSERT INTO clips_wide BY NAME SELECT {cols}, b._uri AS uri, b._text AS source_text, "
-                    f"b._sha AS source_sha256, FALSE AS scored, FALSE AS captioned, FALSE AS trained FROM ({src}) b "
-                    f"WHERE b.clip_id NOT IN (SELECT unnest(?))", [sorted(existing)])
+        from_src = ", ".join(f"b._{w} AS {w}" for w, _col in lookup.columns)
+        con.execute(f"INSERT INTO clips_wide BY NAME SELECT {cols}, {from_src}, {wide_spec.new_row_defaults()} "
+                    f"FROM ({src}) b WHERE b.clip_id NOT IN (SELECT unnest(?))", [sorted(existing)])
     if existing:
         sets = ", ".join(f"{ident(c)} = b.{ident(c)}" for c in clip_cols if c != "clip_id")
         ex, ex_params = id_filter("clip_id", sorted(existing))
-        con.execute(f"UPDATE clips_wide SET {sets}, uri = b._uri, source_text = b._text, source_sha256 = b._sha "
+        con.execute(f"UPDATE clips_wide SET {sets}, {wide_spec.lookup_sets(lookup, 'b', prefix='_')} "
                     f"FROM ({src}) b WHERE clips_wide.clip_id = b.clip_id AND {ex}", ex_params)
 
 
-def _scores(con, ids: list[str], present: set[str]) -> None:
-    """The latest value of each scorer written, in its own column (added first if new)."""
-    names = [r[0] for r in con.execute("SELECT DISTINCT scorer FROM _rows ORDER BY 1").fetchall()]
-    sync_columns(con, names)
-    cols = wide_columns(names)
-    pivot = "".join(f", arg_max(value, written_at) FILTER (WHERE scorer = {name_literal(n)}) AS {ident(n)}"
-                    for n in cols)
-    sets = "".join(f", {ident(n)} = coalesce(b.{ident(n)}, clips_wide.{ident(n)})" for n in cols)
-    _update_from_rows(con, ids, f"scored = TRUE{sets}", f"clip_id{pivot}")
-
-
-def _captions(con, ids: list[str], present: set[str]) -> None:
-    """The latest long and short caption (a batch with only a short one keeps the long one)."""
-    _update_from_rows(
-        con, ids,
-        "caption = coalesce(b.caption, clips_wide.caption), "
-        "short_caption = coalesce(b.short_caption, clips_wide.short_caption), caption_version = b.caption_version, "
-        "captioned = coalesce(b.caption, clips_wide.caption) IS NOT NULL",
-        "clip_id, arg_max(text, written_at) FILTER (WHERE kind = 'long') AS caption, "
-        "arg_max(text, written_at) FILTER (WHERE kind = 'short') AS short_caption, "
-        "arg_max(version, written_at) AS caption_version")
-
-
-def _decisions(con, ids: list[str], present: set[str]) -> None:
-    _update_from_rows(
-        con, ids, "kept = b.kept, reason = b.reason, recipe = b.recipe",
-        "clip_id, arg_max(kept, decided_at) AS kept, arg_max_null(reason, decided_at) AS reason, "
-        "arg_max(recipe, decided_at) AS recipe")
-
-
-def _train_samples(con, ids: list[str], present: set[str]) -> None:
+def _update_aggregates(con, ids: list[str], inp: wide_spec.Input) -> None:
+    """``UPDATE clips_wide SET <merged columns>`` for the touched clips, from the input's per-clip
+    aggregates over ``_rows`` (as ``b``: one row per clip of what was just written). An update that
+    does not read ``b`` (a flag that only becomes TRUE) skips the aggregation and the rows already set."""
+    merged = wide_spec.merged_columns(inp)
+    sets = ", ".join(f"{col} = {expr}" for col, expr in merged.items())
     where, params = id_filter("clip_id", ids)
-    con.execute(f"UPDATE clips_wide SET trained = TRUE WHERE {where} AND trained IS DISTINCT FROM TRUE", params)
-
-
-def _shard_members(con, ids: list[str], present: set[str]) -> None:
-    _update_from_rows(con, ids, "shard_id = least(coalesce(clips_wide.shard_id, b.shard_id), b.shard_id)",
-                      "clip_id, min(shard_id) AS shard_id")
-    where, params = id_filter("clip_id", ids)
-    con.execute(f"UPDATE clips_wide SET shard_url = s.url FROM shards s WHERE clips_wide.shard_id = s.shard_id "
-                f"AND {where} AND clips_wide.shard_url IS DISTINCT FROM s.url", params)
-
-
-def _update_from_rows(con, ids: list[str], sets: str, per_clip: str) -> None:
-    """``UPDATE clips_wide SET sets`` for the touched clips, from ``SELECT per_clip FROM _rows GROUP
-    BY clip_id`` (as ``b``: one row per clip of what was just written)."""
-    where, params = id_filter("clip_id", ids)
-    con.execute(f"UPDATE clips_wide SET {sets} FROM (SELECT {per_clip} FROM _rows GROUP BY clip_id) b "
+    if not wide_spec.reads_batch(inp):
+        differs = " OR ".join(f"{col} IS DISTINCT FROM {expr}" for col, expr in merged.items())
+        con.execute(f"UPDATE clips_wide SET {sets} WHERE {where} AND ({differs})", params)
+        return
+    con.execute(f"UPDATE clips_wide SET {sets} FROM ({wide_spec.per_clip_sql(inp, '_rows')}) b "
                 f"WHERE clips_wide.clip_id = b.clip_id AND {where}", params)
 
 
-_CLIP_UPDATES: dict[str, Callable[..., None]] = {
-    "clips": _clips, "scores": _scores, "captions": _captions, "decisions": _decisions,
-    "train_samples": _train_samples, "shard_members": _shard_members,
-}
-"""The clip-keyed tables that clips_wide mirrors, and how a write to each updates it."""
+def _refresh_lookup(con, ids: list[str], lookup: wide_spec.Lookup) -> None:
+    """The lookup's columns of the touched clips, read again by their (possibly new) key."""
+    where, params = id_filter("clip_id", ids)
+    k, alias = lookup.key, lookup.alias
+    con.execute(f"UPDATE clips_wide SET {wide_spec.lookup_sets(lookup)} FROM {lookup.table} {alias} "
+                f"WHERE clips_wide.{k} = {alias}.{k} AND {where} AND ({wide_spec.lookup_differs(lookup)})", params)

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from vidcorpus.catalog.schema import CLIP_COLUMNS, funnel_body
 from vidcorpus.catalog.sql_names import ident, name_literal
 from vidcorpus.catalog.store import Catalog
+from vidcorpus.catalog.wide_spec import latest_score
 from vidcorpus.filters.recipes import load_recipe
 from vidcorpus.storage import url_scheme
 
@@ -134,8 +135,8 @@ def load_report_data(cat: Catalog, run: str | None = None, recipe_path: str | No
         con.execute("SET threads = 1")  # dozens of tiny queries: waking threads costs more than they save
     wide, shadowed = _score_columns(cat)
     joins, cols = "", ""
-    for i, name in enumerate(shadowed):  # latest value by written_at, as clips_wide pivots the others
-        joins += (f" LEFT JOIN (SELECT clip_id, arg_max(value, written_at) AS v FROM scores WHERE scorer = {name_literal(name)} "
+    for i, name in enumerate(shadowed):  # clips_wide's own pivot column, over that scorer's rows only
+        joins += (f" LEFT JOIN (SELECT clip_id, {latest_score(name)} AS v FROM scores WHERE scorer = {name_literal(name)} "
                   f"GROUP BY clip_id) s{i} USING (clip_id)")
         cols += f", s{i}.v AS {ident('score__' + name)}"
     # views take no parameters: the run (and release) go in through session variables, never into SQL text
