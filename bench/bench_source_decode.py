@@ -21,11 +21,9 @@ decoder decoded and the 1-minute load average before and after each run. All sco
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import pickle
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,9 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from run_meta import finish_metadata, run_metadata  # bench/ is the script's directory, first on sys.path
+
 
 def build_video(out: str, sources: list[str], seconds: float, preset: str) -> str:
-    sys.path.insert(0, str(Path(__file__).parent))
     from make_edited_footage import main as make_footage
 
     make_footage(["--sources", *sources, "--minutes", str(seconds / 60), "--video-minutes", str(seconds / 60),
@@ -55,6 +54,17 @@ def split_rows(video: str, workdir: str) -> list[dict]:
                     **probe_video(video))
     rows = SplitStage(cfg)(rows_to_table([row])).to_pylist()
     return sorted((r for r in rows if not r.get("error_class")), key=lambda r: r["first_frame"])
+
+
+def x264_settings(video: str) -> dict:
+    """The B-frame settings x264 wrote into the stream's first SEI ("options: ... bframes=3 ...")."""
+    import av
+
+    with av.open(video) as c:
+        first = bytes(next(p for p in c.demux(video=0) if p.size))
+    text = first.split(b"options: ", 1)[-1].split(b"\x00", 1)[0].decode("ascii", "replace")
+    opts = dict(o.split("=", 1) for o in text.split() if "=" in o)
+    return {k: opts.get(k) for k in ("bframes", "b_pyramid", "b_adapt", "ref", "keyint", "scenecut")}
 
 
 def use_code(root: str) -> None:
@@ -117,7 +127,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--build", metavar="DIR", help="Render the 60 s 720p edited video into DIR first.")
     ap.add_argument("--sources", nargs="+", default=["/tmp/hb/src/bikes.mp4", "/tmp/hb/src/bigbuckbunny.mp4"])
     ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--preset", default="medium", help="x264 preset of --build (medium: x264's default).")
+    ap.add_argument("--preset", default="medium", help="x264 preset of --build (medium: x264's default), or the "
+                    "one --video was made with (recorded).")
     ap.add_argument("--rounds", type=int, default=2, help="Rounds of the variants, the order reversed every other one.")
     ap.add_argument("--before", metavar="DIR", help="An older checkout to time too (variant 'before').")
     ap.add_argument("--out", default=None)
@@ -133,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     from vidcorpus.media import probe_video
 
+    meta = run_metadata()
     work = tempfile.mkdtemp(prefix="bench_source_decode_")
     rows = split_rows(video, work)
     rows_file = Path(work) / "rows.pkl"
@@ -160,10 +172,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     m = {v: {key: median(v, key) for key in ("cpu_s", "main_thread_cpu_s", "wall_s", "frames_decoded")}
          for v in variants}
     report = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": f"{platform.node()}: {os.cpu_count()} cores, {platform.processor() or platform.machine()}",
-        "command": " ".join(["python", *sys.argv]),
-        "video": {"path": video, **probe_video(video), **codec},
+        **finish_metadata(meta),
+        "video": {"path": video, **probe_video(video), **codec, "x264": x264_settings(video)},
+        "x264_preset": a.preset,
         "clips": len(rows),
         "frames_in_clips": sum(r["last_frame"] - r["first_frame"] + 1 for r in rows),
         "runs": runs,
@@ -173,11 +184,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     }
     if a.before:
         report["cpu_ratio_on_over_before"] = round(m["on"]["cpu_s"] / m["before"]["cpu_s"], 3)
-    text = json.dumps(report, indent=1)
+    print(json.dumps(report, indent=1))
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text)
-    print(text)
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1) + "\n")
     return report
 
 

@@ -4,13 +4,13 @@ and the scores do not change."""
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 
+from test_containers import _encode as encode_video  # libx264 at its defaults, 24 fps
 from vidcorpus.config import load_config
 from vidcorpus.frame_index import FrameCursor, index_of
 from vidcorpus.frame_seek import to_rgb
@@ -18,26 +18,19 @@ from vidcorpus.ids import source_id
 from vidcorpus.media import probe_video
 from vidcorpus.schemas import empty_row, rows_to_table
 
-FPS = 24
+FPS = 24  # test_containers' rate
 SHOT_FRAMES = 40
 
 
-def _encode(path: Path, fmt: str | None = None) -> str:
+def _encode(path: Path, fmt: str = "mp4") -> str:
     """Four shots of scrolling random texture, libx264 with its default settings (preset medium:
     three B-frames, b-pyramid on)."""
     rng = np.random.default_rng(3)
-    with av.open(str(path), mode="w", format=fmt) as c:
-        s = c.add_stream("libx264", rate=Fraction(FPS))
-        s.width, s.height, s.pix_fmt = 256, 144, "yuv420p"
-        for _shot in range(4):
-            tex = np.kron(rng.integers(0, 256, (9, 20, 3), dtype=np.uint8), np.ones((16, 16, 1), np.uint8))
-            for t in range(SHOT_FRAMES):
-                arr = np.ascontiguousarray(np.roll(tex, 3 * t, axis=1)[:144, :256])
-                for p in s.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
-                    c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return str(path)
+    shots = []
+    for _shot in range(4):
+        tex = np.kron(rng.integers(0, 256, (9, 20, 3), dtype=np.uint8), np.ones((16, 16, 1), np.uint8))
+        shots += [np.roll(tex, 3 * t, axis=1)[:144, :256] for t in range(SHOT_FRAMES)]
+    return encode_video(path, fmt, frames=np.stack(shots))
 
 
 @pytest.fixture(scope="module")
