@@ -103,10 +103,30 @@ def score_once(rows: list[dict], variant: str, workdir: str) -> tuple[dict, dict
     return run, scores
 
 
+def decode_only(video: str, skip_all: bool) -> dict:
+    """The ceiling: CPU seconds of decoding the whole source as the cursor does (frame threads),
+    every frame, or skipping every non-reference frame (all FFmpeg could leave out)."""
+    import av
+
+    load_before = os.getloadavg()[0]
+    c0, t0 = time.process_time(), time.perf_counter()
+    with av.open(video) as c:
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.codec_context.skip_frame = "NONREF" if skip_all else "DEFAULT"
+        decoded = sum(1 for _ in c.decode(stream))
+    return {"variant": "decode_refs_only" if skip_all else "decode_all", "cpu_s": round(time.process_time() - c0, 3),
+            "main_thread_cpu_s": None, "wall_s": round(time.perf_counter() - t0, 3), "frames_decoded": decoded,
+            "load_1min_before": round(load_before, 2), "load_1min_after": round(os.getloadavg()[0], 2)}
+
+
 def child(variant: str, rows_file: str, workdir: str) -> None:
     if variant == "before":
         use_code(os.environ["BENCH_BEFORE_CODE"])
     rows = pickle.loads(Path(rows_file).read_bytes())
+    if variant.startswith("decode_"):
+        print(json.dumps({"run": decode_only(rows[0]["source_path"], variant == "decode_refs_only"), "scores": {}}))
+        return
     run, scores = score_once(rows, variant, workdir)
     print(json.dumps({"run": run, "scores": scores}))
 
@@ -152,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     with av.open(video) as c:
         cc = c.streams.video[0].codec_context
         codec = {"codec": cc.name, "profile": cc.profile, "has_b_frames": bool(cc.has_b_frames)}
-    variants = (["before"] if a.before else []) + ["off", "on"]
+    variants = (["before"] if a.before else []) + ["off", "on", "decode_all", "decode_refs_only"]
     runs, scores = [], {}
     for k in range(a.rounds):
         for variant in (variants if k % 2 == 0 else variants[::-1]):
@@ -160,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             run["round"] = k + 1
             runs.append(run)
             print(json.dumps(run), flush=True)
-            if scores.setdefault(variant, got) != got:
+            if got and scores.setdefault(variant, got) != got:
                 raise SystemExit(f"{variant} gave other scores in round {k + 1}")
     if any(v != scores["on"] for v in scores.values()):
         raise SystemExit("the variants' scores differ")

@@ -167,3 +167,40 @@ def first_run_rows(data: dict) -> list[dict]:
 TABLES.append(Table("clip_stage_first_workload", ["scoring_h100_issue5_rerun.json"], rows=first_run_rows, columns=[
     Col("measurement (frames scored per second)", "what"), Col("frames/s", "fps"), Col("of model-only", "pct"),
     Col("decode-only, same rows (frames/s)", "decode", "{:,.0f}"), Col("of model-only", "decode_pct", "{:.0%}")]))
+
+SOURCE_DECODE = {"before": "before (`272725b`)", "off": "this branch, `filters.skip_unread_frames=false`",
+                 "on": "this branch, skipping on (default)",
+                 "decode_all": "reference: decode only, every frame",
+                 "decode_refs_only": "reference: decode only, every non-reference frame skipped"}
+RATIO_BASE = {"on": "before", "off": "before", "decode_refs_only": "decode_all"}
+
+
+def source_decode_rows(*results: dict) -> list[dict]:
+    """bench_source_decode.py: per footage and code, its runs side by side and the median CPU against before."""
+    out = []
+    for data in results:
+        med = data["median"]
+        for variant, label in SOURCE_DECODE.items():
+            runs = [r for r in data["runs"] if r["variant"] == variant]
+            if not runs:
+                continue
+
+            def each(key: str, fmt: str = "{:.2f}") -> str:
+                return " / ".join("-" if r[key] is None else fmt.format(r[key]) for r in runs)
+
+            base = med.get(RATIO_BASE.get(variant, ""))
+            out.append({"footage": f"x264 {data['x264_preset']}", "code": label, "cpu": each("cpu_s"),
+                        "main": each("main_thread_cpu_s"), "wall": each("wall_s"),
+                        "decoded": each("frames_decoded", "{:,}"), "load": each("load_1min_before", "{:.1f}"),
+                        "ratio": med[variant]["cpu_s"] / base["cpu_s"] if base else None,
+                        "_bold": ("median CPU against before",) if variant == "on" else ()})
+    return out
+
+
+TABLES.append(Table(
+    "source_decode_skip", ["source_decode_720p_medium.json", "source_decode_720p_veryfast.json"],
+    rows=source_decode_rows, columns=[
+        Col("footage (60 s 720p)", "footage"), Col("code", "code"), Col("CPU s (round 1 / 2)", "cpu"),
+        Col("main thread CPU s", "main"), Col("wall s", "wall"), Col("frames decoded (of 1,500)", "decoded"),
+        Col("1-min load at start", "load"),
+        Col("median CPU against before (decode only: against every frame)", "ratio", "{:.2f}x")]))
