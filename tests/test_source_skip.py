@@ -194,3 +194,23 @@ def test_a_source_whose_packets_lack_pts_is_decoded_in_full(tmp_path):
     ((_, got),) = list(stream_clip_frames([row], {"raw": wanted}))
     assert sorted(got) == wanted and all(np.array_equal(got[j], full[j]) for j in wanted)
     assert source_frames.frames_decoded() == len(full)
+
+
+def test_an_index_that_misses_a_frame_falls_back_to_a_full_decode_when_skipping(tmp_path, video):
+    import shutil
+
+    from vidcorpus.frame_index import FrameIndex, build_index
+
+    path = str(tmp_path / "copy.mp4")  # its own path: the fallback makes the process forget its index
+    shutil.copy(video, path)
+    full = _decode_all(path)
+    index = build_index(path)
+    lying = FrameIndex(index.pts[:60] + index.pts[61:], index.keyframes)  # frame 60 unknown
+    wanted = {10, 59, 61, 100}
+    cursor = FrameCursor(path, 0, lying)
+    try:
+        got = {i: to_rgb(f) for i, f in cursor.take(0, 120, wanted) if i in wanted}
+    finally:
+        cursor.close()
+    assert sorted(got) == sorted(wanted) and all(np.array_equal(got[i], full[i]) for i in wanted)
+    assert index_of(path) is None
