@@ -22,20 +22,36 @@ FPS = 24  # test_containers' rate
 SHOT_FRAMES = 40
 
 
-def _encode(path: Path, fmt: str = "mp4") -> str:
-    """Four shots of scrolling random texture, libx264 with its default settings (preset medium:
-    three B-frames, b-pyramid on)."""
+def _frames() -> np.ndarray:
+    """Four shots of scrolling random texture."""
     rng = np.random.default_rng(3)
     shots = []
     for _shot in range(4):
         tex = np.kron(rng.integers(0, 256, (9, 20, 3), dtype=np.uint8), np.ones((16, 16, 1), np.uint8))
         shots += [np.roll(tex, 3 * t, axis=1)[:144, :256] for t in range(SHOT_FRAMES)]
-    return encode_video(path, fmt, frames=np.stack(shots))
+    return np.stack(shots)
+
+
+def _encode(path: Path, fmt: str = "mp4") -> str:
+    """libx264 with its default settings (preset medium: three B-frames, b-pyramid on; one keyframe)."""
+    return encode_video(path, fmt, frames=_frames())
 
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory) -> str:
     return _encode(tmp_path_factory.mktemp("skip") / "bframes.mp4")
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory) -> str:
+    """The same frames with a keyframe at each shot (``media.encode_video``: x264 veryfast, B-frames
+    and b-pyramid on), so that a cursor started mid-file seeks."""
+    from vidcorpus.media import encode_video as encode_with_keyframes
+
+    path = str(tmp_path_factory.mktemp("skip") / "keyed.mp4")
+    encode_with_keyframes(_frames(), FPS, path, keyframes=range(0, 4 * SHOT_FRAMES, SHOT_FRAMES))
+    assert index_of(path).keyframes == (0, 40, 80, 120)
+    return path
 
 
 def _non_reference_packets(path: str) -> int:
@@ -88,12 +104,14 @@ def _technical_frames(cfg, rows, monkeypatch, batches: int = 1) -> tuple[dict, i
     return seen, source_frames.frames_decoded()
 
 
-def test_the_test_source_has_non_reference_frames(video):
-    assert _non_reference_packets(video) >= 40  # about a third of 160: b-pyramid's leaf B-frames
+@pytest.mark.parametrize("source", ["video", "keyed"])
+def test_the_test_sources_have_non_reference_frames(source, request):
+    assert _non_reference_packets(request.getfixturevalue(source)) >= 40  # b-pyramid's leaf B-frames: 1 in 3 or more
 
 
-@pytest.mark.parametrize("batches", [1, 4])
-def test_technical_stage_gets_full_decode_frames_and_decodes_fewer(tmp_path, video, monkeypatch, batches):
+@pytest.mark.parametrize("source,batches", [("video", 1), ("video", 4), ("keyed", 4)])
+def test_technical_stage_gets_full_decode_frames_and_decodes_fewer(tmp_path, monkeypatch, request, source, batches):
+    video = request.getfixturevalue(source)
     cfg = load_config(None, [], workdir=str(tmp_path / "w"))
     rows = _split(cfg, video)
     assert len(rows) == 4
@@ -147,21 +165,26 @@ def test_technical_and_motion_scores_unchanged_by_skipping(tmp_path, video):
     assert all(any(s[0] == "motion" for s in v) and any(s[0] == "blur" for s in v) for v in out["on"].values())
 
 
-def _take_in_calls(path: str, wanted: list[int], calls: list[tuple[int, int]], start: int = 0) -> tuple[dict, int]:
+def _take_in_calls(path: str, wanted: list[int], calls: list[tuple[int, int]], start: int = 0
+                   ) -> tuple[dict, int, int]:
+    """{wanted frame: RGB} from one cursor over consecutive calls, the frames it decoded, and the
+    frame its decoding started at."""
     cursor = FrameCursor(path, start, index_of(path) if start > 0 else None)
-    got = {}
+    began, got = cursor.next, {}
     try:
         for first, last in calls:
             for i, frame in cursor.take(first, last, set(wanted)):
                 if i in wanted:
                     assert i not in got
                     got[i] = to_rgb(frame)
-        return got, cursor.decoded
+        return got, cursor.decoded, began
     finally:
         cursor.close()
 
 
-def test_cursor_calls_in_a_row_and_mid_file_starts_give_full_decode_frames(video):
+@pytest.mark.parametrize("source", ["video", "keyed"])
+def test_cursor_calls_in_a_row_and_mid_file_starts_give_full_decode_frames(source, request):
+    video = request.getfixturevalue(source)
     full = _decode_all(video)
     n = len(full)
     rng = np.random.default_rng(0)
@@ -170,15 +193,16 @@ def test_cursor_calls_in_a_row_and_mid_file_starts_give_full_decode_frames(video
         # consecutive calls whose ends are often unwanted (skippable) frames
         ends = sorted({int(e) for e in rng.choice(n - 1, size=3, replace=False)}) + [n - 1]
         calls = list(zip([0] + [e + 1 for e in ends[:-1]], ends))
-        got, decoded = _take_in_calls(video, wanted, calls)
+        got, decoded, _ = _take_in_calls(video, wanted, calls)
         assert sorted(got) == wanted, (trial, calls)
         assert all(np.array_equal(got[i], full[i]) for i in wanted)
         assert decoded < n
         # a cursor opened at a later frame (it seeks to the keyframe before it when there is one)
         start = wanted[len(wanted) // 2]
         later = [w for w in wanted if w >= start]
-        got, _ = _take_in_calls(video, later, [(start, n - 1)], start=start)
+        got, _, began = _take_in_calls(video, later, [(start, n - 1)], start=start)
         assert sorted(got) == later and all(np.array_equal(got[i], full[i]) for i in later)
+        assert began == (start // SHOT_FRAMES * SHOT_FRAMES if source == "keyed" else 0)  # seeked
 
 
 def test_a_source_whose_packets_lack_pts_is_decoded_in_full(tmp_path):
