@@ -190,7 +190,7 @@ def source_decode_rows(*results: dict) -> list[dict]:
                 return " / ".join("-" if r[key] is None else fmt.format(r[key]) for r in runs)
 
             base = med.get(RATIO_BASE.get(variant, ""))
-            out.append({"footage": f"x264 {data['x264_preset']}", "code": label, "cpu": each("cpu_s"),
+            out.append({"footage": f"x264 {data['x264_preset']} ({data['date'][11:16]} UTC)", "code": label, "cpu": each("cpu_s"),
                         "main": each("main_thread_cpu_s"), "wall": each("wall_s"),
                         "decoded": each("frames_decoded", "{:,}"), "load": each("load_1min_before", "{:.1f}"),
                         "ratio": med[variant]["cpu_s"] / base["cpu_s"] if base else None,
@@ -199,7 +199,8 @@ def source_decode_rows(*results: dict) -> list[dict]:
 
 
 TABLES.append(Table(
-    "source_decode_skip", ["source_decode_720p_medium.json", "source_decode_720p_veryfast.json"],
+    "source_decode_skip", ["source_decode_720p_medium.json", "source_decode_720p_veryfast.json",
+                           "source_decode_720p_medium_quiet.json", "source_decode_720p_veryfast_quiet.json"],
     rows=source_decode_rows, columns=[
         Col("footage (60 s 720p)", "footage"), Col("code", "code"), Col("CPU s (round 1 / 2)", "cpu"),
         Col("main thread CPU s", "main"), Col("wall s", "wall"), Col("frames decoded (of 1,500)", "decoded"),
