@@ -350,9 +350,9 @@ def test_technical_and_motion_share_one_decode_of_the_source(tmp_path, video, mo
     decodes: list[str] = []
     real = source_frames.decode_source_range
 
-    def counting(path, first, last):
+    def counting(path, first, last, wanted=None):
         decodes.append(path)
-        return real(path, first, last)
+        return real(path, first, last, wanted)
 
     monkeypatch.setattr(source_frames, "decode_source_range", counting)
     both = MotionStage(cfg)(TechnicalStage(cfg)(rows_to_table(rows))).to_pylist()

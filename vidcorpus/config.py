@@ -185,6 +185,10 @@ class FiltersConfig(Section):
                                "the clip, short side this many pixels (never enlarged); the CLIP scorer reads them "
                                "instead of decoding the clip. 0: no stills.")
     decode_threads: int = Field(0, ge=0, description="Worker processes decoding clips for the CLIP scorer (0: one per CPU but one, at most 16).")
+    skip_unread_frames: bool = Field(
+        True, description="Scorers reading unextracted clips from their source leave out the source's non-reference "
+                          "frames that no scorer reads (FFmpeg skip_frame; the frames read are those of a full "
+                          "decode). Off: every frame of the range is decoded.")
     clip_precision: Literal["bf16", "fp32"] = Field("bf16", description="CLIP weights on a GPU (the CPU always runs fp32).")
     clip_scores: bool = Field(
         True, description="CLIP/aesthetic scoring (aesthetic, aesthetic_min, clip_text and the embeddings dedup "

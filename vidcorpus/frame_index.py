@@ -17,6 +17,12 @@ lacks), it starts again from frame 0 and counts frames as they come, so the fram
 hands out are always those of a decode from the start. Sources whose packets cannot index frames
 (missing or repeated pts, a first packet that is not a keyframe, discarded packets) get no index
 and are decoded from the start, as before.
+
+A caller that reads only some frames names them (``take(..., wanted=...)``): the cursor then numbers
+frames by pts from wherever it is and lets FFmpeg skip the non-reference frames nobody wants
+(``frame_seek.skip_setting``). A skipped frame still takes its number (its pts is in the index); only
+frames the cursor let the decoder skip may be missing, any other gap is an ``IndexMismatch`` as above.
+Frames past the range's last frame are always decoded: a later call may want them.
 """
 
 from __future__ import annotations
@@ -25,11 +31,12 @@ import bisect
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Collection, Iterator
 
 import av
 import fsspec
 
+from vidcorpus.frame_seek import skip_setting
 from vidcorpus.storage import is_url, local_path
 
 
@@ -121,11 +128,14 @@ class FrameCursor:
 
     With an index and a start past the first keyframe interval it seeks; otherwise (or after an
     ``IndexMismatch``) it decodes from frame 0. ``next`` is the index of the next frame it will hand
-    out. ``options`` go to the decoder (e.g. ``{"skip_loop_filter": "all"}``)."""
+    out. ``decoded`` counts the frames the decoder produced (skipped ones are not decoded)."""
 
     def __init__(self, path: str, start: int = 0, index: FrameIndex | None = None, thread_type: str = "AUTO"):
         self.path, self.index, self.thread_type = path, index, thread_type
         self.next = 0
+        self.decoded = 0
+        self._wanted: Collection[int] | None = None  # the current take's wanted frames (None: all)
+        self._last = -1  # the current take's last frame: later frames are never skipped
         self._file = self.container = None
         self._open(start if index is not None else 0)
 
@@ -140,11 +150,28 @@ class FrameCursor:
         stream = self.container.streams.video[0]
         stream.thread_type = self.thread_type
         key = self.index.keyframe_at_or_before(start) if self.index is not None and start > 0 else 0
-        self.seeking = key > 0
+        self.seeking = key > 0  # frames are numbered by their pts in the index (else counted)
         if self.seeking:
             self.container.seek(self.index.pts[key], stream=stream, backward=True, any_frame=False)
         self.next = key
-        self._frames = self.container.decode(stream)
+        self._skipped: set[int] = set()  # frames whose packets went in skippable, not yet passed
+        self._held: tuple[int, av.VideoFrame] | None = None  # a frame past the last take's range
+        self._frames = self._decode(stream)
+
+    def _decode(self, stream) -> Iterator[av.VideoFrame]:
+        """``container.decode(stream)``, packet by packet, so that each packet's skip setting follows
+        the frame it holds."""
+        cc = stream.codec_context
+        for packet in self.container.demux(stream):
+            if self.seeking and self._wanted is not None:
+                pos = self.index.position(packet.pts)
+                setting = skip_setting(pos if pos is not None and pos <= self._last else None, self._wanted)
+                if setting != "DEFAULT":
+                    self._skipped.add(pos)
+                cc.skip_frame = setting
+            for frame in packet.decode():
+                self.decoded += 1
+                yield frame
 
     def _numbered(self) -> Iterator[tuple[int, av.VideoFrame]]:
         for frame in self._frames:
@@ -154,30 +181,49 @@ class FrameCursor:
             pos = self.index.position(frame.pts)
             if pos is not None and pos < self.next:
                 continue  # before the wanted keyframe (the seek landed earlier, or an open GOP's lead)
-            if pos != self.next:
+            if pos is not None and pos > self.next and self._skipped.issuperset(range(self.next, pos)):
+                self._skipped.difference_update(range(self.next, pos))  # frames FFmpeg skipped for us
+            elif pos != self.next:
                 raise IndexMismatch(f"frame with pts {frame.pts} decoded where frame {self.next} was due")
+            self._skipped.discard(pos)
             yield pos, frame
 
-    def take(self, first: int, last: int) -> Iterator[tuple[int, av.VideoFrame]]:
-        """Frames ``max(first, next)`` to ``last`` (fewer when the source ends first)."""
+    def take(self, first: int, last: int, wanted: Collection[int] | None = None) -> Iterator[tuple[int, av.VideoFrame]]:
+        """Frames ``max(first, next)`` to ``last`` (fewer when the source ends first). With ``wanted``,
+        the frames in that range that are not wanted may be missing (skipped, when the source's
+        packets index its frames); the wanted ones are those of a full decode."""
+        self._wanted, self._last = (wanted, last) if wanted is not None else (None, -1)
+        if wanted is not None and not self.seeking:
+            self._number_by_pts()
         while self.next <= last:
+            got, self._held = self._held, None
             try:
-                got = next(self._numbered(), None)
+                got = got or next(self._numbered(), None)
             except IndexMismatch:
                 self._restart_from_zero()
                 continue
             if got is None:
                 return
             i, frame = got
+            if i > last:  # skipped frames ran up to the end of the range: keep this one for the next call
+                self._held, self.next = got, i
+                return
             self.next = i + 1
             if i >= first:
                 yield i, frame
+
+    def _number_by_pts(self) -> None:
+        """Number frames by pts from here on (so that skipped frames keep their numbers), when the
+        source's packets index its frames."""
+        if self.index is None:
+            self.index = index_of(self.path)
+        self.seeking = self.index is not None
 
     def _restart_from_zero(self) -> None:
         """This source's packets do not index its frames: decode from the start, up to ``next`` (and
         no cursor of this process seeks in it again)."""
         resume = self.next
-        self.index = None
+        self.index = self._wanted = None
         forget(self.path)
         self._open(0)
         while self.next < resume and next(self._numbered(), None) is not None:

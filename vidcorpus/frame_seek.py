@@ -25,7 +25,7 @@ from __future__ import annotations
 import bisect
 import io
 import threading
-from typing import Callable, Iterable
+from typing import Callable, Container, Iterable
 
 import av
 import numpy as np
@@ -62,6 +62,14 @@ def to_rgb(frame: av.VideoFrame) -> np.ndarray:
 
 
 FrameConverter = Callable[[av.VideoFrame], np.ndarray]
+
+
+def skip_setting(frame: int | None, wanted: Container[int]) -> str:
+    """FFmpeg's ``skip_frame`` for the packet that holds frame ``frame`` (None: not known), set on the
+    codec context before the packet goes in: a wanted or unknown frame is decoded; any other is left
+    out when no frame refers to it ("NONREF": reference frames are always decoded, so the frames that
+    are decoded have exactly the pixels of a full decode). Frame threads take it per packet."""
+    return "DEFAULT" if frame is None or frame in wanted else "NONREF"
 
 
 def decode_in_order(container, stream, wanted: Iterable[int], convert: FrameConverter = to_rgb):
@@ -119,7 +127,7 @@ def decode_frames_seeking(data: bytes, wanted: list[int],
                 while w not in got and pos <= len(packets):
                     packet = packets[pos] if pos < len(packets) else None  # None flushes at the end
                     if packet is not None:
-                        cc.skip_frame = "DEFAULT" if index(packet.pts) in want else "NONREF"
+                        cc.skip_frame = skip_setting(index(packet.pts), want)
                     frames = list(cc.decode(packet))
                     if packet is not None and packet.is_keyframe and index(packet.pts) == w:
                         # The wanted frame is this keyframe: drain the decoder instead of feeding it

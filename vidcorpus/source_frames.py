@@ -12,7 +12,10 @@ One decode per source: ``stream_clip_frames`` decodes the source in order from i
 frame to its last, numbering frames as the splitter did (``vidcorpus.frame_index``: it seeks to
 the keyframe before the first wanted frame when the source's packets index its frames, and counts
 from frame 0 otherwise), converts only the wanted frames and hands each clip its frames as soon as
-its last one is decoded, so memory holds one clip's samples at a time. A long source's clips travel
+its last one is decoded, so memory holds one clip's samples at a time. The scorers read a few frames
+a second: the non-reference frames that no clip wants are not decoded at all (FFmpeg's
+``skip_frame``, set per packet by ``FrameCursor.take``; the frames handed out are those of a full
+decode, and a source whose packets do not index its frames is decoded in full). A long source's clips travel
 in several small blocks, each decoding only its own stretch of the source. The decoder stays open
 between calls (one per process), so clips that arrive in later batches continue the same decode.
 """
@@ -24,7 +27,7 @@ import math
 import os
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterator
+from typing import Collection, Iterator
 
 import av
 import numpy as np
@@ -109,12 +112,13 @@ def _convert(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
     return to_rgb(frame)
 
 
-def stream_clip_frames(rows: list[dict], wanted: dict[str, list[int]], split_cfg=None
+def stream_clip_frames(rows: list[dict], wanted: dict[str, list[int]], split_cfg=None, skip_unread: bool = True
                        ) -> Iterator[tuple[dict, dict[int, np.ndarray]]]:
     """(row, {clip frame j: RGB}) for every row of ONE source, in source order, each as soon as its
     last wanted frame is decoded; ``wanted[clip_id]`` lists clip frame indices. Frames the source
     never delivers are missing from the dict (the caller decides); an unreadable source raises
-    DecodeError."""
+    DecodeError. ``skip_unread`` (``filters.skip_unread_frames``): leave out the non-reference frames
+    that no row wants instead of decoding every frame."""
     rows = sorted(rows, key=lambda r: r["first_frame"])
     plan: dict[int, list[tuple[int, int]]] = {}  # source index -> [(row position, clip index)]
     last_of: list[int] = []
@@ -132,7 +136,8 @@ def stream_clip_frames(rows: list[dict], wanted: dict[str, list[int]], split_cfg
     due = sorted((last, pos) for pos, last in enumerate(last_of))  # clips by the frame that completes them
     k = 0
     if plan:
-        for index, frame in decode_source_range(rows[0]["source_path"], min(plan), max(plan)):
+        for index, frame in decode_source_range(rows[0]["source_path"], min(plan), max(plan),
+                                                plan.keys() if skip_unread else None):
             for pos, j in plan.get(index, ()):
                 got[pos][j] = _convert(frame, (geoms[pos].width, geoms[pos].height))
             while k < len(due) and due[k][0] <= index:
@@ -183,9 +188,11 @@ def _identity(path: str) -> tuple | None:
 _CURSOR: list[_SourceCursor] = []  # this process's open source, kept for the next batch of its clips
 
 
-def decode_source_range(path: str, first: int, last: int) -> Iterator[tuple[int, av.VideoFrame]]:
+def decode_source_range(path: str, first: int, last: int, wanted: Collection[int] | None = None
+                        ) -> Iterator[tuple[int, av.VideoFrame]]:
     """(source frame index, frame) for ``first`` to ``last``, numbered in decode order from the first
-    frame, as the splitter and extraction number them (``frame_index.FrameCursor``). The decoder
+    frame, as the splitter and extraction number them (``frame_index.FrameCursor``); with ``wanted``,
+    frames in the range that are not wanted may be skipped (``FrameCursor.take``). The decoder
     stays open for the next call: a later stretch of the same source continues one decode, unless
     seeking skips a keyframe interval or more; a call for an earlier frame or another source opens
     it anew."""
@@ -198,8 +205,14 @@ def decode_source_range(path: str, first: int, last: int) -> Iterator[tuple[int,
                 cur.close()
             cur = _SourceCursor(path, first)
             _CURSOR.append(cur)
-        yield from cur.cursor.take(first, last)
+        yield from cur.cursor.take(first, last, wanted)
     except av.error.FFmpegError as e:
         if _CURSOR:
             _CURSOR.pop().close()
         raise DecodeError(f"cannot decode source: {e}") from e
+
+
+def frames_decoded() -> int:
+    """Frames this process's open source decoder has decoded since it opened (skipped frames are
+    not decoded): what the benchmark and the tests count."""
+    return _CURSOR[0].cursor.decoded if _CURSOR else 0

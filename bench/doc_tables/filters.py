@@ -186,3 +186,42 @@ TABLES.append(Table("frame_models_speed", ["frame_models_cpu_quiet.json", "frame
                         Col("model (602x256 frames)", "model"), Col("dev box, one thread", "dev", "{:,.1f}"),
                         Col("H100 host, one thread", "host", "{:,.1f}"), Col("H100 (two runs)", "gpu"),
                         Col("H100 over one host core (slower run)", "ratio", "{:.1f}x")]))
+
+SOURCE_DECODE = {"before": "before (`272725b`)", "off": "this branch, `filters.skip_unread_frames=false`",
+                 "on": "this branch, skipping on (default)",
+                 "decode_all": "reference: decode only, every frame",
+                 "decode_refs_only": "reference: decode only, every non-reference frame skipped"}
+RATIO_BASE = {"on": "before", "off": "before", "decode_refs_only": "decode_all"}
+RATIO_HEADER = "median CPU against before (decode only: against every frame)"
+
+
+def source_decode_rows(*results: dict) -> list[dict]:
+    """bench_source_decode.py: per footage and code, its runs side by side and the median CPU against before."""
+    out = []
+    for data in results:
+        med = data["median"]
+        for variant, label in SOURCE_DECODE.items():
+            runs = [r for r in data["runs"] if r["variant"] == variant]
+            if not runs:
+                continue
+
+            def each(key: str, fmt: str = "{:.2f}") -> str:
+                return " / ".join("-" if r[key] is None else fmt.format(r[key]) for r in runs)
+
+            base = med.get(RATIO_BASE.get(variant, ""))
+            out.append({"footage": f"x264 {data['x264_preset']} ({data['date'][11:16]} UTC)", "code": label, "cpu": each("cpu_s"),
+                        "main": each("main_thread_cpu_s"), "wall": each("wall_s"),
+                        "decoded": each("frames_decoded", "{:,}"), "load": each("load_1min_before", "{:.1f}"),
+                        "ratio": med[variant]["cpu_s"] / base["cpu_s"] if base else None,
+                        "_bold": (RATIO_HEADER,) if variant == "on" else ()})
+    return out
+
+
+TABLES.append(Table(
+    "source_decode_skip", ["source_decode_720p_medium.json", "source_decode_720p_veryfast.json",
+                           "source_decode_720p_medium_quiet.json", "source_decode_720p_veryfast_quiet.json"],
+    rows=source_decode_rows, columns=[
+        Col("footage (60 s 720p)", "footage"), Col("code", "code"), Col("CPU s (round 1 / 2)", "cpu"),
+        Col("main thread CPU s", "main"), Col("wall s", "wall"), Col("frames decoded (of 1,500)", "decoded"),
+        Col("1-min load at start", "load"),
+        Col(RATIO_HEADER, "ratio", "{:.2f}x")]))
