@@ -124,3 +124,19 @@ TABLES.append(Table("gpu_node_run6_run7", [RUN6, RUN7], rows=run6_run7_summary, 
 TABLES.append(Table("gpu_node_run7_stages", [RUN6, RUN7], rows=run6_run7_stage_rows, columns=[
     Col("stage", "stage"), Col("run 6 work s", "w6", "{:,.1f}"), Col("run 7 work s", "w7", "{:,.1f}"),
     Col("run 7 / run 6", "ratio", "{:.2f}", "-"), Col("run 7 set-up s", "set7", "{:.1f}")]))
+
+
+def caption_warmup_rows(cold: dict, warm: dict) -> list[dict]:
+    """The caption stage's set-up in a fresh process: cold, then with the caches the first one left."""
+    def hits(d):
+        ind, aot = d["inductor_counters"], d["aot_autograd_counters"]
+        return (f"FX graph {ind.get('fxgraph_cache_hit', 0)} hit / {ind.get('fxgraph_cache_miss', 0)} miss, "
+                f"AOTAutograd {aot.get('autograd_cache_hit', 0)} hit / {aot.get('autograd_cache_miss', 0)} miss")
+    return [{"process": "first (empty cache: a fresh node)", "setup": cold["setup_s"], "caches": hits(cold)},
+            {"process": "second (the caches the first left)", "setup": warm["setup_s"], "caches": hits(warm)}]
+
+
+TABLES.append(Table("caption_warmup_h100", ["caption_warmup_h100_cold.json", "caption_warmup_h100_warm.json"],
+                    rows=caption_warmup_rows, columns=[
+                        Col("process", "process"), Col("caption set-up s (load, compiles, warm-up batches)", "setup",
+                                                       "{:.1f}"), Col("compile caches", "caches")]))
