@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from vidcorpus.catalog.sql_names import name_literal
 from vidcorpus.catalog.wide_spec import FIXED_NAMES, rebuild_sql
 
 MIGRATIONS: list[tuple[int, str]] = [
