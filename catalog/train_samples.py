@@ -17,7 +17,7 @@ import fsspec
 import pyarrow as pa
 
 from vidcorpus.catalog.timestamps import utc_now
-from vidcorpus.storage import is_local_fs
+from vidcorpus.storage import is_local_fs, is_url, local_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from vidcorpus.catalog.store import Catalog
@@ -50,7 +50,7 @@ def parquet_paths(con, urls: list[str]) -> Iterator[list[str]]:
                     before = set(con.list_filesystems())
                     con.register_filesystem(fs)
                     added += sorted(set(con.list_filesystems()) - before)
-        yield [url.removeprefix("file://") for url in urls]
+        yield [url if is_url(url) else local_path(url) for url in urls]
     finally:
         for name in added:
             con.unregister_filesystem(name)

@@ -290,7 +290,9 @@ def test_a_clip_kept_later_is_extracted_on_demand_then_captioned_and_sharded(ws)
                  "WHERE clip_id IN (SELECT unnest(?))", [sorted(newly)])
     assert {r["clip_id"] for r in rows} == newly  # same ids: no new clip rows
     for r in rows:
-        assert r["extract_mode"] == "precise" and Path(r["clip_path"]).exists() and r["captioned"] and r["shard_id"]
+        # re-encoded, or stream-copied where that is exact (split.extract_mode=auto): the frames are checked below
+        assert r["extract_mode"] in ("precise", "copy") and Path(r["clip_path"]).exists()
+        assert r["captioned"] and r["shard_id"]
         assert r["clip_path"].startswith(ws.workdir)
         _assert_frames_are_the_source_range(r)
     assert len(q(ws, "SELECT clip_id FROM clips")) == len(q(ws, "SELECT clip_id FROM clips_wide"))
