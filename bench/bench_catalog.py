@@ -143,11 +143,13 @@ RUNS_SQL = ("INSERT OR IGNORE INTO runs (run_id, kind, status, started_at, finis
             "'pipeline', 'succeeded', min(updated_at), max(updated_at) FROM sources GROUP BY run_id")
 
 
-def _direct_report_tables(con, n_total: int, batch: int = 960_000) -> None:
+def _direct_report_tables(con, n_total: int, scorers: list[str], batch: int = 960_000) -> None:
     """With ``--report``: also fill what ``vidcorpus report`` reads beyond clips_wide, with the same
     values: clips (frames 0..999 of each source, all covered), decisions, long and short captions of
     kept clips, a caption-QA score per kept clip (long ``scores`` rows), the recipe, and each
-    source's fps and split frame count. In plain SQL, batch by batch."""
+    source's fps and split frame count. In plain SQL, batch by batch. With ``scorers``, the long
+    ``scores`` table also gets every clip's row for each of them, equal to its clips_wide column:
+    shaped as the driver's commit path writes it (15 rows a clip, 150 M at 10 M clips)."""
     con.execute("INSERT INTO recipes VALUES ('bench@1', 'bench', '1', md5(?), ?, 'bench', 'run-00', ?)",
                 [BENCH_RECIPE, BENCH_RECIPE, T0])
     con.execute("UPDATE sources SET fps = 24.0, split_frames = 1000")
@@ -163,6 +165,11 @@ def _direct_report_tables(con, n_total: int, batch: int = 960_000) -> None:
         con.execute("INSERT INTO captions BY NAME SELECT clip_id, 'v1' AS version, unnest(['long', 'short']) AS kind, "
                     "caption AS text, 'vlm' AS model, 'p1' AS prompt_version, '{\"degenerate\": false}' AS meta_json, "
                     f"run_id, updated_at AS written_at {w} AND kept")
+        if scorers:  # the wide columns back into long rows, as commit_fragments would have written them
+            names = ", ".join(f"'{n}'" for n in scorers)
+            values = ", ".join(f'"{n}"' for n in scorers)
+            con.execute(f"INSERT INTO scores BY NAME SELECT clip_id, unnest([{names}]) AS scorer, 'm' AS model, '1' AS version, "
+                        f"unnest([{values}]) AS value, run_id, updated_at AS written_at {w}")
         con.execute("INSERT INTO scores BY NAME SELECT clip_id, 'caption_clip' AS scorer, 'clip' AS model, 'v1/p1' AS version, "
                     f"(hash(clip_id) % 1000) / 1000.0 AS value, run_id, updated_at AS written_at {w} AND kept")
         con.commit()
@@ -238,6 +245,8 @@ def main() -> None:
                     help="Fill only the tables the queries read, in SQL (query latency only; see _direct_load).")
     ap.add_argument("--report", action="store_true",
                     help="With --direct: also fill what `vidcorpus report` reads (see _direct_report_tables).")
+    ap.add_argument("--score-rows", action="store_true",
+                    help="With --report: also write every clip's long scores rows (15 a clip, as a real run does).")
     ap.add_argument("--fill-only", action="store_true", help="Build the catalog and stop (no queries).")
     ap.add_argument("--skip-load", action="store_true",
                     help="Measure an existing --db (e.g. a load that was stopped part-way: its batches are whole).")
@@ -261,7 +270,7 @@ def main() -> None:
         wide_table.sync_columns(cat.con, scorers)
         _direct_load(cat.con, args.clips, scorers)
         if args.report:
-            _direct_report_tables(cat.con, args.clips)
+            _direct_report_tables(cat.con, args.clips, scorers if args.score_rows else [])
         ins_s = time.perf_counter() - t
     for lo in range(0, 0 if args.skip_load or args.direct else args.clips, args.batch):
         t = time.perf_counter()
