@@ -143,18 +143,23 @@ RUNS_SQL = ("INSERT OR IGNORE INTO runs (run_id, kind, status, started_at, finis
             "'pipeline', 'succeeded', min(updated_at), max(updated_at) FROM sources GROUP BY run_id")
 
 
-def _direct_report_tables(con, n_total: int, scorers: list[str], batch: int = 960_000) -> None:
+def _direct_report_tables(con, n_total: int, scorers: list[str], batch: int = 960_000, resume: bool = False) -> None:
     """With ``--report``: also fill what ``vidcorpus report`` reads beyond clips_wide, with the same
     values: clips (frames 0..999 of each source, all covered), decisions, long and short captions of
     kept clips, a caption-QA score per kept clip (long ``scores`` rows), the recipe, and each
     source's fps and split frame count. In plain SQL, batch by batch. With ``scorers``, the long
     ``scores`` table also gets every clip's row for each of them, equal to its clips_wide column:
-    shaped as the driver's commit path writes it (15 rows a clip, 150 M at 10 M clips)."""
-    con.execute("INSERT INTO recipes VALUES ('bench@1', 'bench', '1', md5(?), ?, 'bench', 'run-00', ?)",
-                [BENCH_RECIPE, BENCH_RECIPE, T0])
-    con.execute("UPDATE sources SET fps = 24.0, split_frames = 1000")
-    con.execute(RUNS_SQL)
-    for lo in range(0, n_total, batch):
+    shaped as the driver's commit path writes it (15 rows a clip, 150 M at 10 M clips). ``resume``
+    goes on after the last whole batch of a fill that stopped (each batch is one transaction)."""
+    start = 0
+    if resume:
+        start = con.execute("SELECT count(*) FROM clips").fetchone()[0]
+    else:
+        con.execute("INSERT INTO recipes VALUES ('bench@1', 'bench', '1', md5(?), ?, 'bench', 'run-00', ?)",
+                    [BENCH_RECIPE, BENCH_RECIPE, T0])
+        con.execute("UPDATE sources SET fps = 24.0, split_frames = 1000")
+        con.execute(RUNS_SQL)
+    for lo in range(start, n_total, batch):
         hi = min(lo + batch, n_total)
         w = f"FROM clips_wide WHERE rowid >= {lo} AND rowid < {hi}"  # in the order _direct_load wrote
         con.begin()
@@ -247,6 +252,10 @@ def main() -> None:
                     help="With --direct: also fill what `vidcorpus report` reads (see _direct_report_tables).")
     ap.add_argument("--score-rows", action="store_true",
                     help="With --report: also write every clip's long scores rows (15 a clip, as a real run does).")
+    ap.add_argument("--report-batch", type=int, default=960_000,
+                    help="Clips per transaction of the --report fill (smaller holds less memory with --score-rows).")
+    ap.add_argument("--report-resume", action="store_true",
+                    help="With --direct --report and --skip-load: go on with a --report fill that stopped part-way.")
     ap.add_argument("--fill-only", action="store_true", help="Build the catalog and stop (no queries).")
     ap.add_argument("--skip-load", action="store_true",
                     help="Measure an existing --db (e.g. a load that was stopped part-way: its batches are whole).")
@@ -265,12 +274,16 @@ def main() -> None:
     cat = Catalog(db)
     cat.con.execute("SET threads = 2")
     cat.con.execute(f"SET memory_limit = '{args.memory_limit}'")
-    if args.direct and not args.skip_load:  # --skip-load measures the file as it is
+    if args.direct and args.report_resume:
+        t = time.perf_counter()
+        _direct_report_tables(cat.con, args.clips, scorers if args.score_rows else [], args.report_batch, resume=True)
+        ins_s = time.perf_counter() - t
+    elif args.direct and not args.skip_load:  # --skip-load measures the file as it is
         t = time.perf_counter()
         wide_table.sync_columns(cat.con, scorers)
         _direct_load(cat.con, args.clips, scorers)
         if args.report:
-            _direct_report_tables(cat.con, args.clips, scorers if args.score_rows else [])
+            _direct_report_tables(cat.con, args.clips, scorers if args.score_rows else [], args.report_batch)
         ins_s = time.perf_counter() - t
     for lo in range(0, 0 if args.skip_load or args.direct else args.clips, args.batch):
         t = time.perf_counter()
