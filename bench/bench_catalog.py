@@ -143,16 +143,23 @@ RUNS_SQL = ("INSERT OR IGNORE INTO runs (run_id, kind, status, started_at, finis
             "'pipeline', 'succeeded', min(updated_at), max(updated_at) FROM sources GROUP BY run_id")
 
 
-def _direct_report_tables(con, n_total: int, batch: int = 960_000) -> None:
+def _direct_report_tables(con, n_total: int, scorers: list[str], batch: int = 960_000, resume: bool = False) -> None:
     """With ``--report``: also fill what ``vidcorpus report`` reads beyond clips_wide, with the same
     values: clips (frames 0..999 of each source, all covered), decisions, long and short captions of
     kept clips, a caption-QA score per kept clip (long ``scores`` rows), the recipe, and each
-    source's fps and split frame count. In plain SQL, batch by batch."""
-    con.execute("INSERT INTO recipes VALUES ('bench@1', 'bench', '1', md5(?), ?, 'bench', 'run-00', ?)",
-                [BENCH_RECIPE, BENCH_RECIPE, T0])
-    con.execute("UPDATE sources SET fps = 24.0, split_frames = 1000")
-    con.execute(RUNS_SQL)
-    for lo in range(0, n_total, batch):
+    source's fps and split frame count. In plain SQL, batch by batch. With ``scorers``, the long
+    ``scores`` table also gets every clip's row for each of them, equal to its clips_wide column:
+    shaped as the driver's commit path writes it (15 rows a clip, 150 M at 10 M clips). ``resume``
+    goes on after the last whole batch of a fill that stopped (each batch is one transaction)."""
+    start = 0
+    if resume:
+        start = con.execute("SELECT count(*) FROM clips").fetchone()[0]
+    else:
+        con.execute("INSERT INTO recipes VALUES ('bench@1', 'bench', '1', md5(?), ?, 'bench', 'run-00', ?)",
+                    [BENCH_RECIPE, BENCH_RECIPE, T0])
+        con.execute("UPDATE sources SET fps = 24.0, split_frames = 1000")
+        con.execute(RUNS_SQL)
+    for lo in range(start, n_total, batch):
         hi = min(lo + batch, n_total)
         w = f"FROM clips_wide WHERE rowid >= {lo} AND rowid < {hi}"  # in the order _direct_load wrote
         con.begin()
@@ -163,6 +170,11 @@ def _direct_report_tables(con, n_total: int, batch: int = 960_000) -> None:
         con.execute("INSERT INTO captions BY NAME SELECT clip_id, 'v1' AS version, unnest(['long', 'short']) AS kind, "
                     "caption AS text, 'vlm' AS model, 'p1' AS prompt_version, '{\"degenerate\": false}' AS meta_json, "
                     f"run_id, updated_at AS written_at {w} AND kept")
+        if scorers:  # the wide columns back into long rows, as commit_fragments would have written them
+            names = ", ".join(f"'{n}'" for n in scorers)
+            values = ", ".join(f'"{n}"' for n in scorers)
+            con.execute(f"INSERT INTO scores BY NAME SELECT clip_id, unnest([{names}]) AS scorer, 'm' AS model, '1' AS version, "
+                        f"unnest([{values}]) AS value, run_id, updated_at AS written_at {w}")
         con.execute("INSERT INTO scores BY NAME SELECT clip_id, 'caption_clip' AS scorer, 'clip' AS model, 'v1/p1' AS version, "
                     f"(hash(clip_id) % 1000) / 1000.0 AS value, run_id, updated_at AS written_at {w} AND kept")
         con.commit()
@@ -238,6 +250,12 @@ def main() -> None:
                     help="Fill only the tables the queries read, in SQL (query latency only; see _direct_load).")
     ap.add_argument("--report", action="store_true",
                     help="With --direct: also fill what `vidcorpus report` reads (see _direct_report_tables).")
+    ap.add_argument("--score-rows", action="store_true",
+                    help="With --report: also write every clip's long scores rows (15 a clip, as a real run does).")
+    ap.add_argument("--report-batch", type=int, default=960_000,
+                    help="Clips per transaction of the --report fill (smaller holds less memory with --score-rows).")
+    ap.add_argument("--report-resume", action="store_true",
+                    help="With --direct --report and --skip-load: go on with a --report fill that stopped part-way.")
     ap.add_argument("--fill-only", action="store_true", help="Build the catalog and stop (no queries).")
     ap.add_argument("--skip-load", action="store_true",
                     help="Measure an existing --db (e.g. a load that was stopped part-way: its batches are whole).")
@@ -256,12 +274,16 @@ def main() -> None:
     cat = Catalog(db)
     cat.con.execute("SET threads = 2")
     cat.con.execute(f"SET memory_limit = '{args.memory_limit}'")
-    if args.direct and not args.skip_load:  # --skip-load measures the file as it is
+    if args.direct and args.report_resume:
+        t = time.perf_counter()
+        _direct_report_tables(cat.con, args.clips, scorers if args.score_rows else [], args.report_batch, resume=True)
+        ins_s = time.perf_counter() - t
+    elif args.direct and not args.skip_load:  # --skip-load measures the file as it is
         t = time.perf_counter()
         wide_table.sync_columns(cat.con, scorers)
         _direct_load(cat.con, args.clips, scorers)
         if args.report:
-            _direct_report_tables(cat.con, args.clips)
+            _direct_report_tables(cat.con, args.clips, scorers if args.score_rows else [], args.report_batch)
         ins_s = time.perf_counter() - t
     for lo in range(0, 0 if args.skip_load or args.direct else args.clips, args.batch):
         t = time.perf_counter()

@@ -2,11 +2,12 @@
 
 Runs the CLI as a user would (a fresh process, read-only catalog) and samples the resident memory
 of it and its children with psutil every 50 ms; the peak is the largest sum seen. The catalog comes
-from ``bench_catalog.py --direct --report`` (clips_wide, clips, sources, decisions, captions, a
-caption-QA score per kept clip, shards, the recipe), e.g.
+from ``bench_catalog.py --direct --report --score-rows`` (clips_wide, clips, sources, decisions,
+captions, every clip's 15 long score rows as the driver writes them plus a caption-QA score per kept
+clip, shards, the recipe), e.g.
 
-    python bench/bench_catalog.py --clips 10000000 --direct --report --fill-only --memory-limit 8GB \\
-        --db /tmp/bench-catalog/c10m.duckdb
+    python bench/bench_catalog.py --clips 10000000 --direct --report --score-rows --fill-only \\
+        --memory-limit 8GB --db /tmp/bench-catalog/c10m.duckdb
     python bench/bench_report.py --db /tmp/bench-catalog/c10m.duckdb --json bench/results/report_10m.json
 
 Target (issue 24): under 60 s and 4 GB at 10 M clips.
@@ -79,6 +80,8 @@ def main() -> None:
         "UNION ALL SELECT 'captions', count(*) FROM captions UNION ALL SELECT 'scores', count(*) FROM scores "
         "UNION ALL SELECT 'decisions', count(*) FROM decisions").fetchall())
     con.close()
+    commit = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent).stdout.strip() or None
     load_before = os.getloadavg()
     runs = [dict(run_report(args.db, args.out, []), scope="whole catalog") for _ in range(args.repeat)]
     if args.run:
@@ -87,7 +90,7 @@ def main() -> None:
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
                    f"duckdb {duckdb.__version__}, Python {platform.python_version()}",
-        "command": "python " + " ".join(sys.argv), "catalog_bytes": os.path.getsize(args.db), "counts": counts,
+        "command": "python " + " ".join(sys.argv), "commit": commit, "catalog_bytes": os.path.getsize(args.db), "counts": counts,
         "load_before": load_before, "load_after": os.getloadavg(), "runs": runs,
         "target": {"wall_s": 60, "peak_rss_bytes": 4 * 10**9},
     }

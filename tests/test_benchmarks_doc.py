@@ -65,6 +65,11 @@ def test_the_doc_matches_its_raw_json():
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr
 
 
+def test_every_table_of_the_doc_is_generated():
+    """No table of docs/benchmarks.md is written by hand: each sits between markers, rendered from JSON."""
+    assert rb.unbacked_tables(rb.DOC.read_text()) == []
+
+
 def test_render_rewrites_only_between_markers(tiny):
     doc, results = tiny
     new, seen = rb.render_doc(doc.read_text(), TINY_TABLES, results)

@@ -26,8 +26,7 @@ def driver_summary(d: dict) -> list[dict]:
         {"what": "insert", "value": f"{d['insert_s']:,.0f} s: **{d['clips_per_s']:,.0f} clips/s**, "
                                     f"{d['rows_per_s']:,.0f} rows/s over all tables "
                                     f"({d['long_rows_written'] / 1e6:.0f} M long rows)"},
-        {"what": "file", "value": f"**{d['file_bytes'] / 1e9:.2f} GB** ({d['bytes_per_clip']:,.0f} bytes per clip; "
-                                  "the extrapolation from 2.5 M was 28 GB)"},
+        {"what": "file", "value": f"**{d['file_bytes'] / 1e9:.2f} GB** ({d['bytes_per_clip']:,.0f} bytes per clip)"},
         {"what": "counts",
          "value": f"{c['clips']:,} clips, {c['scores']:,} scores, {c['clips_wide']:,} clips_wide rows"},
         {"what": "peak RSS", "value": f"{d['peak_rss_mb'] / 1000:.1f} GB (memory_limit 8 GB)"},

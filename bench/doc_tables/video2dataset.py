@@ -7,7 +7,7 @@ from doc_tables.spec import Col, Table
 
 SHORT_RUNS = {3: "3 (vidcorpus first)", 4: "4 (video2dataset first)", 5: "5 (vidcorpus first)"}
 LONG_RUNS = {8: "8 (vidcorpus first, load 14)", 9: "9 (video2dataset first, load 6)",
-             10: "10 (vidcorpus first, quiet box: load 0.1 before, 6.2 at the end from the run itself; "
+             10: "10 (vidcorpus first, quiet box: load 6.2 at the end, from the run itself; "
                  "23:09 UTC, with the cached detection scalers)"}
 
 
