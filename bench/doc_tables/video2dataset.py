@@ -99,3 +99,23 @@ TABLES = [
               Col("busy per 10 s", "buckets"),
           ]),
 ]
+
+
+def side_by_side_rows(*runs: dict) -> list[dict]:
+    """Each run's two sides: wall time, clips, CPU seconds of each side's process tree and its cores' busy share."""
+    out = []
+    for n, d in enumerate(runs, 1):
+        ours, theirs = d["vidcorpus"], d["video2dataset"]
+        for label, side in (("vidcorpus (defaults)", ours), ("video2dataset 1.3.0", theirs)):
+            out.append({"run": d["_label"] if "_label" in d else n, "side": label, "wall_s": side["wall_s"],
+                        "clips": f"{side['clips_written']} ({side['clips_per_s']:.2f})", "cpu_s": side["cpu"]["cpu_s"],
+                        "cpu_per_clip": side["cpu"]["cpu_s"] / side["clips_written"],
+                        "busy": side["cpu"]["busy_share_of_cores"],
+                        "ratio": d["ratio_vidcorpus_over_v2d_clips_per_s"] if side is ours else None})
+    return out
+
+
+SIDE_BY_SIDE_COLUMNS = [Col("run", "run"), Col("side", "side"), Col("wall s", "wall_s", "{:.1f}"),
+                        Col("clips (clips/s)", "clips"), Col("CPU s of its processes", "cpu_s", "{:.1f}"),
+                        Col("CPU s per clip", "cpu_per_clip", "{:.2f}"), Col("cores busy (of 2)", "busy", "{:.0%}"),
+                        Col("clips/s, vidcorpus over video2dataset", "ratio", "**{:.2f}x**", "")]
