@@ -119,3 +119,8 @@ SIDE_BY_SIDE_COLUMNS = [Col("run", "run"), Col("side", "side"), Col("wall s", "w
                         Col("clips (clips/s)", "clips"), Col("CPU s of its processes", "cpu_s", "{:.1f}"),
                         Col("CPU s per clip", "cpu_per_clip", "{:.2f}"), Col("cores busy (of 2)", "busy", "{:.0%}"),
                         Col("clips/s, vidcorpus over video2dataset", "ratio", "**{:.2f}x**", "")]
+
+RUNS_EXACT_COPY = ["cpu_vs_video2dataset_run12_loaded.json", "cpu_vs_video2dataset_run12.json",
+                   "cpu_vs_video2dataset_run13.json"]
+TABLES.append(Table("v2d_exact_copy", RUNS_EXACT_COPY, rows=lambda *runs: side_by_side_rows(
+    *[dict(d, _label=label) for d, label in zip(runs, ("12a", "12b", "13"))]), columns=SIDE_BY_SIDE_COLUMNS))
