@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from run_meta import emit
+
 
 def make_clips(folder: Path, n: int = 8) -> list[str]:
     import av
@@ -114,9 +116,7 @@ def main() -> None:
               "captioner": str(cfg.models.captioner), "tokens": [args.long, args.short], "compile": args.compile,
               "loadavg_end": [round(x, 2) for x in os.getloadavg()],
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    print(json.dumps(result))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

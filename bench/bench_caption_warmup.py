@@ -21,6 +21,8 @@ import shutil
 import time
 from pathlib import Path
 
+from run_meta import emit
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -60,9 +62,7 @@ def main() -> None:
               "aot_autograd_counters": {k: v for k, v in counters["aot_autograd"].items() if "cache" in k},
               "torch": torch.__version__, "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    print(json.dumps(result))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

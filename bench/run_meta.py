@@ -40,3 +40,12 @@ def run_metadata() -> dict:
 def finish_metadata(meta: dict) -> dict:
     """The load at the end of the run, beside the one at the start."""
     return {**meta, "load_1min_end": os.getloadavg()[0]}
+
+
+def emit(result: dict, out: str | None) -> None:
+    """A result on stdout (one line) and, with ``out``, in that file (indented)."""
+    import json
+
+    print(json.dumps(result))
+    if out:
+        Path(out).write_text(json.dumps(result, indent=1))
