@@ -69,6 +69,8 @@ def test_clips_on_keyframes_are_copied_pixel_for_pixel_the_rest_re_encoded(tmp_p
                (want["clip_id"], want["first_frame"], want["last_frame"])
         assert row["clip_frames"] == row["last_frame"] - row["first_frame"] + 1
         assert (row["clip_width"], row["clip_height"], row["clip_fps"]) == (96, 64, float(FPS))
+    # only re-encoding holds the frames the scorers sample: a copy has no stills, scorers decode the clip
+    assert copied["stills_path"] is None and b_tail["stills_path"] and mid["stills_path"]
     clip, _ = _decode(copied["clip_path"])
     assert len(clip) == anchor_end - 12 + 1
     assert all(np.array_equal(a, b) for a, b in zip(clip, src[12:anchor_end + 1]))  # the source's very pixels

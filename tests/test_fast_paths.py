@@ -153,7 +153,8 @@ def test_stills_that_differ_from_their_clip_switch_the_stills_path_off(tmp_path)
     for seed in (3, 7):  # two different textures panning
         paths.append(str(tmp_path / f"v{seed}.mp4"))
         encode_video(_texture_shot(24, seed=seed, dx=4), 24, paths[-1])
-    cfg = load_config(None, [], workdir=str(tmp_path / "work"), **{"filters.still_size": 64})
+    cfg = load_config(None, [], workdir=str(tmp_path / "work"),
+                      **{"filters.still_size": 64, "split.extract_mode": "precise"})  # copies write no stills
     src = [empty_row(source_id=f"s{i}", clip_id=f"clip{i}", media_type="video", source_path=path,
                      first_frame=0, last_frame=23, fps=24.0, width=W, height=H, start_s=0.0, end_s=1.0)
            for i, path in enumerate(paths)]

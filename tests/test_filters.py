@@ -675,7 +675,8 @@ def test_clip_stage_reads_stills_when_present_and_falls_back_to_the_clip(tiny, m
     from vidcorpus.ingest.extract import ExtractStage
 
     cfg = load_config(None, [], workdir=str(tmp_path / "work"),
-                      **{f"models.{k}": v for k, v in tiny.items()}, **{"filters.clip_batch_size": 4, "filters.still_size": 128})
+                      **{f"models.{k}": v for k, v in tiny.items()}, **{"filters.clip_batch_size": 4, "filters.still_size": 128,
+                         "split.extract_mode": "precise"})  # exact copies write no stills
     src = [empty_row(source_id=f"s{i}", clip_id=f"clip{i}", media_type="video", source_path=media[name],
                      first_frame=0, last_frame=23, fps=24.0, width=W, height=H, start_s=0.0, end_s=1.0)
            for i, name in enumerate(("fast", "other", "slow"))]
