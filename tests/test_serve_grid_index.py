@@ -113,7 +113,7 @@ def test_the_kept_filter_masks_are_shared_by_later_queries_and_never_changed_by_
 
 
 def test_the_count_is_capped_like_the_sql_count(monkeypatch):
-    monkeypatch.setattr(queries, "COUNT_CAP", 100)
+    monkeypatch.setattr(grid_queries, "COUNT_CAP", 100)
     con = _catalog()
     q = grid_queries.GridQuery(sort="aesthetic", decision="kept")
     assert grid_columns(con).page(con, q, SCORES, 48, 0)[1] == _sql_page(con, q, 48, 0)[1] == 101
