@@ -62,7 +62,7 @@ class CachedReads:
     def facts(self, con: duckdb.DuckDBPyConnection, stamp: Hashable) -> CatalogFacts:
         def read() -> CatalogFacts:
             return CatalogFacts(scores=grid_queries.score_columns(con), tables=grid_queries.tables(con),
-                                recipe=grid_queries.recipe_in_force(con), label_counts=labels_mod.label_counts(con))
+                                recipe=grid_queries.recorded_recipe(con), label_counts=labels_mod.label_counts(con))
 
         return self.facts_cache.get(stamp, "facts", read)[0]
 

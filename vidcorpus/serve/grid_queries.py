@@ -163,7 +163,7 @@ def facets(con: duckdb.DuckDBPyConnection, scores: list[str]) -> dict:
     return out
 
 
-def recipe_in_force(con: duckdb.DuckDBPyConnection) -> Recipe | None:
+def recorded_recipe(con: duckdb.DuckDBPyConnection) -> Recipe | None:
     """The recipe in force, from the catalog's own record of it (None before any decision), read on
     the server's connection; a job with a ``Catalog`` asks ``catalog/corpus_state.active_recipe``."""
     have = tables(con)
@@ -199,7 +199,7 @@ def clip_detail(con: duckdb.DuckDBPyConnection, clip_id: str, have: set[str] | N
         return None
     clip = rows[0]
     have = tables(con) if have is None else have
-    recipe = recipe_in_force(con) if recipe is False else recipe
+    recipe = recorded_recipe(con) if recipe is False else recipe
     thresholds: dict[str, list[str]] = {}
     for p in recipe.predicates if recipe else []:
         thresholds.setdefault(p.score, []).append(str(p))

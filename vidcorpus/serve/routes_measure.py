@@ -21,7 +21,7 @@ COMPARE_LIMIT = 120
 
 def measure_page(request: Request) -> Response:
     with request.app.state.access.read() as con:
-        recipe = grid_queries.recipe_in_force(con)
+        recipe = grid_queries.recorded_recipe(con)
         rows = measure.filter_quality(con, recipe) if recipe else []
     return render("measure.html", recipe=recipe, rows=rows)
 
@@ -41,7 +41,7 @@ def sample_page(request: Request) -> Response:
     if not seed.isdigit():
         raise Refused("seed is a whole number")
     with request.app.state.access.read() as con:
-        recipe = grid_queries.recipe_in_force(con)
+        recipe = grid_queries.recorded_recipe(con)
         pred = _predicate(recipe, score)
         scores = grid_queries.score_columns(con)
         if pred.score not in scores and pred.score not in grid_queries.SORTABLE_CLIP_COLUMNS:
@@ -65,7 +65,7 @@ def compare_page(request: Request) -> Response:
     p = request.query_params
     with request.app.state.access.read() as con:
         recipes = [r[0] for r in con.execute("SELECT recipe FROM recipes ORDER BY created_at DESC").fetchall()]
-        active = grid_queries.recipe_in_force(con)
+        active = grid_queries.recorded_recipe(con)
         a_id = p.get("a") or (active.id if active else "")
         if not a_id:
             return render("compare.html", recipes=recipes, a=None, b=None, change="", result=None)
