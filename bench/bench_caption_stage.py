@@ -65,7 +65,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from vidcorpus.captioning.tiny_models import build_tiny_chat_vlm
-    from vidcorpus.captioning.stage import CaptionStage
+    from vidcorpus.captioning.caption_stage import CaptionStage
     from vidcorpus.config import Config
     from vidcorpus.jobs.models import resolve_models
     from vidcorpus.schemas import empty_row, rows_to_table

@@ -39,7 +39,7 @@ def main() -> None:
     import torch
     from torch._dynamo.utils import counters
 
-    from vidcorpus.captioning.stage import CaptionStage
+    from vidcorpus.captioning.caption_stage import CaptionStage
     from vidcorpus.config import Config
 
     built = json.loads((Path(args.models) / "models.json").read_text())

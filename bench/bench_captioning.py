@@ -1,6 +1,6 @@
 """Captioning throughput: transformers' default ``generate`` against the captioner's static_graph path.
 
-Both paths are the real ``Captioner`` (captioning/models.py) on the same model and the same clips:
+Both paths are the real ``Captioner`` (captioning/captioner.py) on the same model and the same clips:
 ``decode="default"`` calls ``model.generate``; ``decode="static_graph"`` prefills with ``generate``
 and decodes with a static KV cache and a CUDA-graph step (captioning/fast_decode.py). The model is
 Qwen2.5-VL with the 3B dimensions and random weights, built from its config directly on the device
@@ -176,7 +176,7 @@ def breakdown(model, cap, frames, device, compile_prefill: bool = False) -> dict
 def fp32_check(args, device) -> dict:
     """Both paths in float32 on clips of two sizes (so prompts are left-padded): the same greedy tokens
     are expected, which bf16 cannot show with random weights (their logits are nearly tied)."""
-    from vidcorpus.captioning.models import Captioner
+    from vidcorpus.captioning.captioner import Captioner
 
     model, processor, _, _ = build(args.size, device, torch.float32, args.px, min_px=112)
     common = dict(min_new_tokens=args.new_tokens, prompt_version="p1", compile_prefill=False, compile_decode=False)
@@ -316,7 +316,7 @@ def main() -> None:
                     "(the next batch's inputs prepared while one generates, as the caption stage runs)")
     args = ap.parse_args()
 
-    from vidcorpus.captioning.models import Captioner
+    from vidcorpus.captioning.captioner import Captioner
     from vidcorpus.captioning.prompts import get_prompt
 
     start = time.perf_counter()

@@ -34,7 +34,7 @@ from run_meta import finish_metadata, run_metadata  # noqa: E402
 
 from vidcorpus.catalog.safe_sql import lock_down  # noqa: E402
 from vidcorpus.catalog.store import Catalog, CatalogError  # noqa: E402
-from vidcorpus.serve import grid_index, queries  # noqa: E402
+from vidcorpus.serve import grid_index, grid_queries  # noqa: E402
 
 
 def array_bytes(obj: object) -> int:
@@ -71,7 +71,7 @@ def measure(db: str) -> dict:
     con = cat.con.cursor()  # the server reads through a cursor of its read-only connection
     lock_down(con)
     n_clips = con.execute("SELECT count(*) FROM clips_wide").fetchall()[0][0]
-    scores = queries.score_columns(con)
+    scores = grid_queries.score_columns(con)
     load_start, rss_before = os.getloadavg()[0], _rss()
     columns, wall, cpu = _timed(lambda: grid_index.grid_columns(con))
     if columns is None:

@@ -68,21 +68,21 @@ class Builder:
                              prediction_type="v_prediction", timestep_spacing="leading", clip_sample=False)
 
     def tokenizer(self):
-        from vidcorpus.train.models import build_tiny_tokenizer
+        from vidcorpus.train.i2vgen_components import build_tiny_tokenizer
 
         return build_tiny_tokenizer()
 
     def vae(self, dtype):
         from diffusers import AutoencoderKL
 
-        from vidcorpus.train.models import TINY_VAE
+        from vidcorpus.train.i2vgen_components import TINY_VAE
 
         return self._make(lambda: AutoencoderKL(**(SD_VAE if self.size == "real" else TINY_VAE)), dtype)
 
     def text_encoder(self, dtype):
         from transformers import CLIPTextConfig, CLIPTextModel
 
-        from vidcorpus.train.models import TINY_DIM
+        from vidcorpus.train.i2vgen_components import TINY_DIM
 
         conf = VIT_H_TEXT if self.size == "real" else dict(
             vocab_size=49408, hidden_size=TINY_DIM, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -92,7 +92,7 @@ class Builder:
     def image_encoder(self, dtype):
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-        from vidcorpus.train.models import TINY_DIM
+        from vidcorpus.train.i2vgen_components import TINY_DIM
 
         conf = VIT_H_VISION if self.size == "real" else dict(
             hidden_size=TINY_DIM, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
@@ -110,7 +110,7 @@ class Builder:
     def base_unet(self, dtype):
         from diffusers import I2VGenXLUNet
 
-        from vidcorpus.train.models import TINY_UNET
+        from vidcorpus.train.i2vgen_components import TINY_UNET
 
         return self._make(lambda: I2VGenXLUNet(**({} if self.size == "real" else TINY_UNET)), dtype)
 

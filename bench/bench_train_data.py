@@ -36,7 +36,7 @@ def new_unet(size: str, device: torch.device):
     """A freshly initialised UNet (built on the device: initialising 1.4 B parameters on the CPU is slow)."""
     from diffusers import I2VGenXLUNet
 
-    from vidcorpus.train.models import TINY_UNET
+    from vidcorpus.train.i2vgen_components import TINY_UNET
 
     torch.manual_seed(0)
     with torch.device(device):
@@ -48,7 +48,7 @@ def build_components(size: str, device: torch.device):
 
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from vidcorpus.train.models import build_tiny_i2vgen, load_components
+    from vidcorpus.train.i2vgen_components import build_tiny_i2vgen, load_components
 
     import torch.distributed as dist
 

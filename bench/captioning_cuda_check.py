@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    from vidcorpus.captioning.models import load_captioner
+    from vidcorpus.captioning.captioner import load_captioner
     from vidcorpus.captioning.tiny_models import build_tiny_chat_vlm
 
     torch.backends.cudnn.allow_tf32 = False  # the reference's Conv3d patch embedding in full float32 too

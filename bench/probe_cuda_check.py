@@ -2,7 +2,7 @@
 path in bf16 and reject a broken one? (A check, not a benchmark.)
 
 The captioner with every GPU default on (compiled prefill and decoding step, CUDA graphs, the probe
-on the job's first batch, captioning/probe.py) captions one batch of long and one of short captions:
+on the job's first batch, captioning/fast_decode_check.py) captions one batch of long and one of short captions:
 
 - ``tiny`` (float32): the probe must accept, and the tokens must equal transformers' ``generate``;
 - ``3b`` (the Qwen2.5-VL-3B shape, random weights, bf16): the probe must accept, although bf16
@@ -33,10 +33,10 @@ def check(size: str, batch: int, long_new: int, short_new: int, device: torch.de
     import transformers
 
     from bench_captioning import build
-    from vidcorpus.captioning.models import Captioner, load_captioner
+    from vidcorpus.captioning.captioner import Captioner, load_captioner
     from vidcorpus.captioning.prompts import get_prompt
     from vidcorpus.captioning.tiny_models import build_tiny_chat_vlm
-    from vidcorpus.captioning.probe import HALF_MAX_OFF, HALF_TOLERANCE, TOLERANCE, check_tokens
+    from vidcorpus.captioning.fast_decode_check import HALF_MAX_OFF, HALF_TOLERANCE, TOLERANCE, check_tokens
     from vidcorpus.fast_paths import FastPathWarning
 
     rng = np.random.default_rng(0)

@@ -83,7 +83,7 @@ def main() -> None:
     from vidcorpus.captioning.decode_attention import VARLEN_ATTENTION, register_attention
     from vidcorpus.captioning.fast_decode import GraphDecoder
     from vidcorpus.captioning.fast_prefill import FastPrefill, _on_cpu
-    from vidcorpus.captioning.models import Captioner
+    from vidcorpus.captioning.captioner import Captioner
     from vidcorpus.captioning.prompts import get_prompt
 
     device, dtype = torch.device("cuda"), torch.bfloat16

@@ -56,7 +56,7 @@ def main() -> None:
     from vidcorpus.config import TrainConfig
     from vidcorpus.train.checkpoint import read_state
     from vidcorpus.train.loop import train_base
-    from vidcorpus.train.models import build_tiny_i2vgen
+    from vidcorpus.train.i2vgen_components import build_tiny_i2vgen
 
     assert torch.cuda.is_available() or args.allow_cpu, "needs a GPU"
     work = Path(tempfile.mkdtemp(prefix="train-cuda-"))

@@ -1,6 +1,6 @@
 """Clips' frames to a captioner's input tensors on its device, and the next batch's in a thread.
 
-A mixin of ``Captioner`` (``captioning/models.py``): the chat template per input mode (video,
+A mixin of ``Captioner`` (``captioning/captioner.py``): the chat template per input mode (video,
 multi-image, middle frame), downscaling before the processor, preprocessing on the GPU where the
 processor can, and the prefetch thread's stream and event handshake. Apart from the model calls
 because it is the CPU half of captioning, which the prefetch overlaps with the GPU half.

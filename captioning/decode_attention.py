@@ -12,7 +12,7 @@ Two attention kernels make the captured step and the prefill cheap without chang
   the vision code pass ``cu_seqlens`` instead of looping.
 
 Apart from ``fast_decode.py`` (the decoder) and ``fast_prefill.py`` (the prefill forms) because
-both register and switch these kernels, and the probes (``captioning/probe.py``) read the helpers.
+both register and switch these kernels, and the probes (``captioning/fast_decode_check.py``) read the helpers.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 
-from vidcorpus.catalog.errors import CatalogError
+from vidcorpus.catalog.catalog_error import CatalogError
 from vidcorpus.catalog.timestamps import utc_now
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import duckdb
 
-from vidcorpus.catalog.errors import CatalogError
+from vidcorpus.catalog.catalog_error import CatalogError
 
 READ_LOCK_TIMEOUT_S = float(os.environ.get("VIDCORPUS_CATALOG_READ_TIMEOUT_S", 30))
 WRITE_LOCK_TIMEOUT_S = float(os.environ.get("VIDCORPUS_CATALOG_WRITE_TIMEOUT_S", 600))

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import duckdb
 import fsspec
 
-from vidcorpus.catalog.errors import CatalogError
+from vidcorpus.catalog.catalog_error import CatalogError
 from vidcorpus.catalog.sql_names import ident
 from vidcorpus.storage import is_url, local_path, write_atomic
 

@@ -28,8 +28,8 @@ from vidcorpus.catalog.schema import (
     MIGRATIONS,
 )
 from vidcorpus.catalog import batch_commit, train_samples, wide_table
+from vidcorpus.catalog.catalog_error import CatalogError
 from vidcorpus.catalog.curation_records import CurationRecords
-from vidcorpus.catalog.errors import CatalogError
 from vidcorpus.catalog.file_lock import READ_LOCK_TIMEOUT_S, WRITE_LOCK_TIMEOUT_S, connect
 from vidcorpus.catalog.release_records import ReleaseRecords
 from vidcorpus.catalog.safe_sql import check_predicate

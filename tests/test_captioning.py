@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from vidcorpus.captioning.cleanup import clean_caption, collapse_repeats, is_degenerate
-from vidcorpus.captioning.models import load_captioner
+from vidcorpus.captioning.captioner import load_captioner
 from vidcorpus.captioning.prompts import PROMPTS
 from vidcorpus.captioning.tiny_models import build_tiny_captioner
 from vidcorpus.config import Config
@@ -140,7 +140,6 @@ def test_oom_halves_batch_and_retries(tiny_dir, monkeypatch):
 def test_prefetch_out_of_memory_is_retried_at_the_same_size(tiny_dir, monkeypatch):
     """Inputs whose preparation in the thread ran out of GPU memory (the generating batch held it) are
     made again for the same batch; the batch size stays."""
-    import vidcorpus.captioning.models as models
 
     cap = load_captioner(tiny_dir, batch_size=2)
     cap.prefetch = True
@@ -169,7 +168,6 @@ def test_next_batch_is_prepared_while_one_generates(tiny_dir, monkeypatch):
     cap = load_captioner(tiny_dir, batch_size=2)
     assert not cap.prefetch  # off on CPUs (both threads' torch ops would share the cores); on for the test
     cap.prefetch = True
-    import vidcorpus.captioning.models as models
 
     cap.prefetch_min_batch = 2  # captioning.prefetch_min_batch: from batch 128 up in production
     events: list[tuple] = []
@@ -211,7 +209,7 @@ def tiny_clip(tmp_path_factory) -> dict:
 
 
 def test_caption_stage(tiny_dir, clips, tiny_clip):
-    from vidcorpus.captioning.stage import CaptionStage
+    from vidcorpus.captioning.caption_stage import CaptionStage
 
     cfg = Config()
     cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"captioner": tiny_dir, **tiny_clip})})
@@ -284,7 +282,7 @@ def test_prompts_are_versioned():
 def test_missing_production_captioner_fails_fast(tmp_path):
     code = (
         "import time\n"
-        "from vidcorpus.captioning.models import load_captioner\n"
+        "from vidcorpus.captioning.captioner import load_captioner\n"
         "from vidcorpus.errors import ModelNotAvailable\n"
         "from vidcorpus.presets import PRODUCTION\n"
         "t = time.time()\n"
@@ -828,8 +826,8 @@ def test_a_warmed_up_caption_stage_compiles_its_shapes_at_setup_and_captions_as_
                                                                                          monkeypatch):
     """captioning.warmup: the dummy batches (full size, then 2 clips; long and short) run at setup,
     before the first real batch, and change nothing the real batches produce."""
-    from vidcorpus.captioning.models import Captioner
-    from vidcorpus.captioning.stage import CaptionStage
+    from vidcorpus.captioning.caption_stage import CaptionStage
+    from vidcorpus.captioning.captioner import Captioner
 
     cold = Config()
     cold = cold.model_copy(update={"models": cold.models.model_copy(update={"captioner": tiny_dir, **tiny_clip})})
@@ -855,8 +853,8 @@ def test_a_warmed_up_caption_stage_compiles_its_shapes_at_setup_and_captions_as_
 
 def test_a_failed_warm_up_is_one_warning_and_the_stage_still_captions(tiny_dir, clips, tiny_clip, monkeypatch):
     from vidcorpus import events
-    from vidcorpus.captioning.models import Captioner
-    from vidcorpus.captioning.stage import CaptionStage
+    from vidcorpus.captioning.caption_stage import CaptionStage
+    from vidcorpus.captioning.captioner import Captioner
 
     cfg = Config()
     cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"captioner": tiny_dir, **tiny_clip}),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vidcorpus.captioning.models import Captioner, load_captioner
+from vidcorpus.captioning.captioner import Captioner, load_captioner
 
 LIMITS = {"long": 12, "short": 6}
 
@@ -100,7 +100,7 @@ def test_a_short_batch_is_padded_to_the_batch_size_and_only_its_clips_come_back(
 
 def test_a_padded_caption_stage_warms_up_at_its_one_shape(tiny_vlm, tmp_path, monkeypatch):
     """captioning.pad_batches: the warm-up captions one full batch of each kind (no second shape to compile)."""
-    from vidcorpus.captioning.stage import CaptionStage
+    from vidcorpus.captioning.caption_stage import CaptionStage
     from vidcorpus.config import Config
 
     cfg = Config()
@@ -127,7 +127,7 @@ def test_a_padded_caption_stage_warms_up_at_its_one_shape(tiny_vlm, tmp_path, mo
 def test_a_failing_padded_batch_is_retried_clip_by_clip_unpadded(tiny_vlm, monkeypatch):
     """A clip that breaks its batch fails alone; the clip-by-clip retry is not padded to whole batches
     (512 on a GPU)."""
-    from vidcorpus.captioning.stage import CaptionStage
+    from vidcorpus.captioning.caption_stage import CaptionStage
     from vidcorpus.config import Config
 
     cfg = Config()
@@ -168,7 +168,7 @@ def test_the_stage_scales_frames_once_in_its_readers_and_captions_as_before(tiny
     frames for both kinds, with the captions it gave when it scaled them itself."""
     import av
 
-    from vidcorpus.captioning.stage import CaptionStage
+    from vidcorpus.captioning.caption_stage import CaptionStage
     from vidcorpus.config import Config
     from vidcorpus.schemas import empty_row
 

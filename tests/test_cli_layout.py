@@ -40,7 +40,7 @@ def test_every_user_error_is_named_by_the_module_that_defines_it():
     whenever the defining module is imported without it."""
     import importlib
 
-    from vidcorpus.cli.errors import USER_ERRORS
+    from vidcorpus.cli.user_errors import USER_ERRORS
 
     for module, name, _code in USER_ERRORS:
         cls = getattr(importlib.import_module(module), name)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from vidcorpus import fast_paths
-from vidcorpus.captioning.models import load_captioner
+from vidcorpus.captioning.captioner import load_captioner
 from vidcorpus.captioning.tiny_models import build_tiny_chat_vlm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +119,7 @@ def test_probe_tolerates_half_precision_rounding_but_not_other_tokens(tiny_vlm):
     """In bf16 the reference and the fast path round differently: the probe compares each chosen token
     with the reference's best logit in units of the logits' spread, so the reference's own bf16 tokens
     pass while tokens shifted by one position (a wrong cache index) fail."""
-    from vidcorpus.captioning.probe import check_tokens
+    from vidcorpus.captioning.fast_decode_check import check_tokens
 
     cap = load_captioner(tiny_vlm, decode="default", dtype=torch.bfloat16, device="cpu")
     inputs = cap._device_inputs([_frames(s) for s in range(2)], cap_prompt())
@@ -237,7 +237,7 @@ def test_a_probe_mismatch_in_the_caption_stage_reaches_the_driver_log_and_the_ev
     from generate and say so; the switch-off travels on the rows, and the driver's commit logs it once
     and writes it to the run's events row."""
     from vidcorpus.captioning.fast_decode import GraphDecoder
-    from vidcorpus.captioning.stage import CaptionStage
+    from vidcorpus.captioning.caption_stage import CaptionStage
     from vidcorpus.catalog.store import Catalog
     from vidcorpus.config import load_config
     from vidcorpus.jobs.curate.commit import RunCommitter

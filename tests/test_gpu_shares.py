@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from vidcorpus.captioning.stage import CaptionStage
+from vidcorpus.captioning.caption_stage import CaptionStage
 from vidcorpus.config import Config, load_config
 from vidcorpus.filters.clip_scores import ClipScoreStage
 from vidcorpus.ingest.split_stage import SplitStage

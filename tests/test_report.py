@@ -254,7 +254,7 @@ def test_report_figures_equal_what_the_rows_say(catalog):
     equal the same figures computed in numpy from every row (what the report did before issue 24)."""
     import numpy as np
 
-    from vidcorpus.jobs.report import queries as rq
+    from vidcorpus.jobs.report import figure_queries as rq
 
     ops = {">=": np.greater_equal, ">": np.greater, "<=": np.less_equal, "<": np.less, "==": np.equal,
            "!=": np.not_equal}
@@ -355,7 +355,7 @@ def test_caption_words_flags_and_box_statistics_match_python_and_matplotlib():
     import numpy as np
     from matplotlib.cbook import boxplot_stats
 
-    from vidcorpus.jobs.report import queries as rq
+    from vidcorpus.jobs.report import figure_queries as rq
     from vidcorpus.jobs.report.scope import ReportData
 
     texts = ["a b c", "  lead", "trail ", "two  spaces", "tab\there", "new\nline", "", None, "one", "nbsp\xa0word",

@@ -12,7 +12,7 @@ import duckdb
 import pytest
 from jinja2 import Environment
 
-from vidcorpus.serve import cards, clip_rows, decision_history, queries, timelines
+from vidcorpus.serve import cards, clip_rows, decision_history, grid_queries, timelines
 from vidcorpus.serve.clip_rows import ClipRows
 from vidcorpus.serve.decision_history import DecisionHistory
 from vidcorpus.serve.grid_index import grid_columns
@@ -69,7 +69,7 @@ def _catalog() -> duckdb.DuckDBPyConnection:
 @pytest.fixture(scope="module")
 def catalog():
     con = _catalog()
-    return con, queries.tables(con)
+    return con, grid_queries.tables(con)
 
 
 @pytest.mark.parametrize("segments_in_memory", [True, False])
@@ -80,7 +80,7 @@ def test_every_sources_timeline_from_memory_equals_the_sql(catalog, monkeypatch,
     kept = SourceTimelines(con, grid_columns(con), have)
     for i in range(12):
         answer = kept.timeline(con, f"s{i}")
-        assert answer == queries.timeline(con, f"s{i}", have), f"s{i}"
+        assert answer == grid_queries.timeline(con, f"s{i}", have), f"s{i}"
         assert answer["spans"]
     assert kept.timeline(con, "s12") is None  # no clip of it in memory: the SQL answers
     assert kept.timeline(con, "nope") is None
@@ -93,7 +93,7 @@ def test_each_clips_decision_history_from_memory_equals_the_probe(catalog, monke
     history = DecisionHistory(con, grid_columns(con))
     assert sum(len(history.of(c)) > 1 for c in clip_ids) >= 20  # several recipes of one clip
     for clip_id in clip_ids:
-        assert history.of(clip_id) == queries.clip_decisions(con, clip_id), clip_id
+        assert history.of(clip_id) == grid_queries.clip_decisions(con, clip_id), clip_id
     assert history.of("zz-not-a-clip") is None and history.of("a0000x") is None  # not a clip: the probe answers
     monkeypatch.setattr(decision_history, "DECISIONS_IN_MEMORY", 0)  # too many to hold: each page probes
     assert DecisionHistory(con, grid_columns(con)).of(clip_ids[0]) is None
@@ -110,14 +110,14 @@ def test_labels_and_shards_from_memory_equal_the_probes(catalog, monkeypatch):
         assert (rows.labels is not None) == small and (rows.shards is not None) == small
         assert sum(len(rows.labels_of(con, c)) > 1 for c in clip_ids) >= 5  # several labels of one clip
         for clip_id in clip_ids:
-            assert rows.labels_of(con, clip_id) == queries.clip_labels(con, clip_id, have), clip_id
+            assert rows.labels_of(con, clip_id) == grid_queries.clip_labels(con, clip_id, have), clip_id
         for shard_id in shard_ids:
-            assert rows.shard_of(con, shard_id) == queries.clip_shard(con, shard_id), shard_id
+            assert rows.shard_of(con, shard_id) == grid_queries.clip_shard(con, shard_id), shard_id
     # a caller may edit what it got without changing what the next page gets
     rows = ClipRows(con, have)
     some = next(c for c in clip_ids if rows.labels_of(con, c))
     rows.labels_of(con, some)[0]["label"] = "edited"
-    assert rows.labels_of(con, some) == queries.clip_labels(con, some, have)
+    assert rows.labels_of(con, some) == grid_queries.clip_labels(con, some, have)
 
 
 OLD_MACRO = """{% macro card(r, sort_score=none, link_suffix='') -%}

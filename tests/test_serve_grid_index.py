@@ -11,7 +11,7 @@ import random
 import duckdb
 import pytest
 
-from vidcorpus.serve import queries
+from vidcorpus.serve import grid_queries
 from vidcorpus.serve.grid_index import GridColumns, answerable, grid_columns
 
 SCORES = ["aesthetic", "motion", "ocr"]
@@ -46,11 +46,11 @@ def catalog() -> tuple[duckdb.DuckDBPyConnection, GridColumns]:
     return con, grid_columns(con)
 
 
-def _sql_page(con, q: queries.GridQuery, limit: int, offset: int) -> tuple[list[dict], int]:
+def _sql_page(con, q: grid_queries.GridQuery, limit: int, offset: int) -> tuple[list[dict], int]:
     where, params = q.sql(SCORES)
     ids = [r[0] for r in con.execute(f"SELECT clip_id FROM clips_wide WHERE {where} ORDER BY {q.order(SCORES)} "
                                      "LIMIT ? OFFSET ?", [*params, limit, offset]).fetchall()]
-    return queries.rows_by_id(con, ids, SCORES), queries.capped_count(con, where, params)
+    return grid_queries.rows_by_id(con, ids, SCORES), grid_queries.capped_count(con, where, params)
 
 
 def _same(a, b) -> bool:
@@ -80,7 +80,7 @@ def test_every_sort_and_page_equals_duckdbs_order_by(filters, catalog):
     con, columns = catalog
     for sort in ("aesthetic", "motion", "ocr", "duration_s", "width", "clip_id"):
         for descending in (False, True):
-            q = queries.GridQuery(sort=sort, descending=descending, **filters)
+            q = grid_queries.GridQuery(sort=sort, descending=descending, **filters)
             assert answerable(q)
             for limit, offset in ((48, 0), (7, 300), (100, 780), (5, 5000)):
                 got = columns.page(con, q, SCORES, limit, offset)
@@ -106,31 +106,31 @@ def test_the_kept_filter_masks_are_shared_by_later_queries_and_never_changed_by_
                 {"source": "s1", "reason": "motion<1", "decision": "dropped"}, {"decision": "dropped"},
                 {"reason": "motion<1"}, {"source": "s1"}]
     for filters in sequence * 2:
-        q = queries.GridQuery(sort="aesthetic", **filters)
+        q = grid_queries.GridQuery(sort="aesthetic", **filters)
         rows, total = columns.page(con, q, SCORES, 1000, 0)
         want_rows, want_total = _sql_page(con, q, 1000, 0)
         assert ([r["clip_id"] for r in rows], total) == ([r["clip_id"] for r in want_rows], want_total), filters
 
 
 def test_the_count_is_capped_like_the_sql_count(monkeypatch):
-    monkeypatch.setattr(queries, "COUNT_CAP", 100)
+    monkeypatch.setattr(grid_queries, "COUNT_CAP", 100)
     con = _catalog()
-    q = queries.GridQuery(sort="aesthetic", decision="kept")
+    q = grid_queries.GridQuery(sort="aesthetic", decision="kept")
     assert grid_columns(con).page(con, q, SCORES, 48, 0)[1] == _sql_page(con, q, 48, 0)[1] == 101
 
 
 def test_what_the_columns_cannot_answer_goes_to_duckdb():
     con = _catalog()
     columns = grid_columns(con)
-    assert not answerable(queries.GridQuery(where="(kept AND motion > 1)"))
-    assert not answerable(queries.GridQuery(clip_ids=["a0001-x"]))
-    assert not answerable(queries.GridQuery(ranges={"aesthetic": (float("nan"), None)}))
+    assert not answerable(grid_queries.GridQuery(where="(kept AND motion > 1)"))
+    assert not answerable(grid_queries.GridQuery(clip_ids=["a0001-x"]))
+    assert not answerable(grid_queries.GridQuery(ranges={"aesthetic": (float("nan"), None)}))
     # a slider on a text column: DuckDB answers (and refuses it there, as before)
-    assert columns.page(con, queries.GridQuery(ranges={"clip_id": (1.0, None)}), SCORES, 48, 0) is None
+    assert columns.page(con, grid_queries.GridQuery(ranges={"clip_id": (1.0, None)}), SCORES, 48, 0) is None
     with pytest.raises(ValueError):  # unknown names are refused with the SQL path's message
-        columns.page(con, queries.GridQuery(sort="caption"), SCORES, 48, 0)
+        columns.page(con, grid_queries.GridQuery(sort="caption"), SCORES, 48, 0)
     with pytest.raises(ValueError):
-        columns.page(con, queries.GridQuery(ranges={"nope": (1.0, None)}), SCORES, 48, 0)
+        columns.page(con, grid_queries.GridQuery(ranges={"nope": (1.0, None)}), SCORES, 48, 0)
 
 
 def test_an_empty_catalog_has_an_empty_grid():
@@ -138,7 +138,7 @@ def test_an_empty_catalog_has_an_empty_grid():
     con.execute("CREATE TABLE clips_wide (clip_id VARCHAR, source_id VARCHAR, media_type VARCHAR, kept BOOLEAN, "
                 "reason VARCHAR, aesthetic DOUBLE)")
     columns = grid_columns(con)
-    assert columns.page(con, queries.GridQuery(sort="aesthetic", decision="kept"), ["aesthetic"], 48, 0) == ([], 0)
+    assert columns.page(con, grid_queries.GridQuery(sort="aesthetic", decision="kept"), ["aesthetic"], 48, 0) == ([], 0)
 
 
 def test_a_view_without_row_ids_leaves_the_grid_to_duckdb(tmp_path):

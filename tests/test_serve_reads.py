@@ -21,7 +21,7 @@ import requests
 
 from serve_helpers import ThreadServer, card_ids
 from vidcorpus.catalog.store import Catalog
-from vidcorpus.serve import queries
+from vidcorpus.serve import grid_queries
 from vidcorpus.serve.app import CACHE_HEADER, ServeSettings, make_app
 from vidcorpus.serve.server import media_roots
 
@@ -128,7 +128,7 @@ def _bad_labels(html: str) -> int:
     return int(found.group(1)) if found else 0
 
 
-def _plain_order(con, q: queries.GridQuery, scores: list[str], limit: int, offset: int) -> list[str]:
+def _plain_order(con, q: grid_queries.GridQuery, scores: list[str], limit: int, offset: int) -> list[str]:
     where, params = q.sql(scores)
     return [r[0] for r in con.execute(f"SELECT clip_id FROM clips_wide WHERE {where} ORDER BY {q.order(scores)} "
                                       "LIMIT ? OFFSET ?", [*params, limit, offset]).fetchall()]
@@ -149,9 +149,9 @@ def test_the_two_pass_grid_order_equals_one_sort_with_ties_and_missing_scores():
     for sort in ("aesthetic", "motion", "duration_s", "clip_id"):
         for descending in (False, True):
             for decision, ranges in (("", {}), ("kept", {"motion": (1.0, None)})):
-                q = queries.GridQuery(sort=sort, descending=descending, decision=decision, ranges=ranges)
+                q = grid_queries.GridQuery(sort=sort, descending=descending, decision=decision, ranges=ranges)
                 for limit, offset in ((48, 0), (48, 48), (7, 200), (48, 290)):
-                    assert queries.ordered_ids(con, q, scores, limit, offset) == _plain_order(
+                    assert grid_queries.ordered_ids(con, q, scores, limit, offset) == _plain_order(
                         con, q, scores, limit, offset), (sort, descending, decision, limit, offset)
 
 

@@ -56,7 +56,7 @@ def _sample(key: str, media_key: str, data: bytes, first: np.ndarray, text: str,
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> str:
-    from vidcorpus.train.models import build_tiny_i2vgen
+    from vidcorpus.train.i2vgen_components import build_tiny_i2vgen
 
     out = str(tmp_path_factory.mktemp("models") / "i2vgen")
     build_tiny_i2vgen(out)
@@ -107,7 +107,7 @@ def _cfg(**kw) -> TrainConfig:
 def test_tiny_model_round_trips_through_the_hub_layout(tiny_model, tmp_path):
     from diffusers import I2VGenXLUNet
 
-    from vidcorpus.train.models import SUBFOLDERS, TINY_UNET, build_tiny_i2vgen, load_components
+    from vidcorpus.train.i2vgen_components import SUBFOLDERS, TINY_UNET, build_tiny_i2vgen, load_components
 
     index = json.loads((Path(tiny_model) / "model_index.json").read_text())
     assert set(SUBFOLDERS) <= set(index)
@@ -134,7 +134,7 @@ def test_tiny_model_round_trips_through_the_hub_layout(tiny_model, tmp_path):
 
 
 def test_missing_model_fails_fast_naming_the_fix(tmp_path):
-    from vidcorpus.train.models import load_components
+    from vidcorpus.train.i2vgen_components import load_components
 
     with pytest.raises(ModelNotAvailable, match="i2vgen"):
         load_components(str(tmp_path / "nope"))
@@ -248,7 +248,7 @@ def test_overfitting_one_batch_lowers_the_loss(tiny_model, shards, tmp_path):
 
     from vidcorpus.train.data import iter_batches
     from vidcorpus.train.loop import train_base
-    from vidcorpus.train.models import load_components
+    from vidcorpus.train.i2vgen_components import load_components
 
     cfg = _cfg(steps=30, lr=1e-3, warmup_steps=3, drop_text=0.0, drop_image=0.0, drop_first_frame=0.0,
                ema_decay=0.9)
@@ -276,7 +276,7 @@ def test_cached_latents_train_the_same_objective(tiny_model, shards, tmp_path):
     from vidcorpus.shards.writer import stream_tar
     from vidcorpus.train.data import collate, decode_sample, iter_batches
     from vidcorpus.train.loop import train_base
-    from vidcorpus.train.models import load_components
+    from vidcorpus.train.i2vgen_components import load_components
     from vidcorpus.train.objective import TextEncoderCache, diffusion_loss
 
     cfg = _cfg(steps=3, drop_text=0.3, drop_image=0.3, drop_first_frame=0.3)
@@ -471,7 +471,7 @@ def test_export_loads_in_i2vgenxl_pipeline_and_generates(tiny_model, shards, tmp
 def test_activation_checkpointing_keeps_loss_and_gradients(tiny_model, shards):
     from vidcorpus.train.data import iter_batches
     from vidcorpus.train.trainer import apply_activation_checkpointing
-    from vidcorpus.train.models import load_components
+    from vidcorpus.train.i2vgen_components import load_components
     from vidcorpus.train.objective import TextEncoderCache, diffusion_loss
 
     cfg = _cfg()

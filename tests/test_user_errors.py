@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from test_catalog_shards import _clip_rows
 from vidcorpus.catalog.store import Catalog
 from vidcorpus.cli.app import app
-from vidcorpus.cli.errors import EXIT_USAGE
+from vidcorpus.cli.user_errors import EXIT_USAGE
 
 cli = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]

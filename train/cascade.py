@@ -29,7 +29,7 @@ from vidcorpus.config import GenerateConfig
 from vidcorpus.storage import is_url, local_path
 from vidcorpus.train.checkpoint import load_unet_weights, resolve_resume
 from vidcorpus.train.export import build_pipeline, sample_video
-from vidcorpus.train.models import load_components
+from vidcorpus.train.i2vgen_components import load_components
 from vidcorpus.train.refiner import load_refiner, refine_video, to_uint8, trained_t_max, upsample
 
 

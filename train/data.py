@@ -196,8 +196,9 @@ def is_cached(sample_or_batch: dict) -> bool:
     return "latent_params" in sample_or_batch
 
 
-def bucket_of(sample: dict) -> tuple[int, int, int]:
-    """(frames, height, width) in pixels, for decoded clips and cached latents alike."""
+def sample_shape(sample: dict) -> tuple[int, int, int]:
+    """(frames, height, width) in pixels, for decoded clips and cached latents alike: a batch is made of
+    samples of one shape (``shards/buckets.bucket_of`` names the shard bucket, a coarser key)."""
     if is_cached(sample):
         f, _c2, h, w = sample["latent_params"].shape
         return f, h * 8, w * 8
@@ -316,7 +317,7 @@ class BucketBatcher:
                 else:
                     log.warning("skipping %s: %s", s.key, s.error)
                 continue
-            bucket = self.buckets.setdefault(bucket_of(s), [])
+            bucket = self.buckets.setdefault(sample_shape(s), [])
             bucket.append((seq, s))
             if len(bucket) == self.batch_size:
                 batch = collate([x for _q, x in bucket])

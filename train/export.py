@@ -20,7 +20,7 @@ from PIL import Image
 
 from vidcorpus.storage import is_url, local_path, publish_dir
 from vidcorpus.train.checkpoint import load_unet_weights, resolve_resume
-from vidcorpus.train.models import Components, load_components
+from vidcorpus.train.i2vgen_components import Components, load_components
 
 
 def build_pipeline(comps: Components, unet: torch.nn.Module):

@@ -44,7 +44,7 @@ from vidcorpus.config import TrainConfig
 from vidcorpus.storage import join_url
 from vidcorpus.train.data import OnError
 from vidcorpus.train.export import build_pipeline, sample_video, write_mp4
-from vidcorpus.train.models import load_components
+from vidcorpus.train.i2vgen_components import load_components
 from vidcorpus.train.objective import TextEncoderCache, diffusion_loss
 from vidcorpus.train.sample_log import losses_of, read_samples
 from vidcorpus.train.trainer import Trainer

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from vidcorpus.config import TrainConfig
-from vidcorpus.train.models import Components
+from vidcorpus.train.i2vgen_components import Components
 
 
 @dataclass

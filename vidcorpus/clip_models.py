@@ -7,7 +7,7 @@ the same calls. Importing this module registers the tiny open_clip config (vidco
 
 It lives in the core because two stages embed with the same model: the filters' CLIP scorer
 (``filters/clip_scores.py``, with the aesthetic head of ``filters/aesthetic_head.py``) and the
-caption QA of ``captioning/stage.py``.
+caption QA of ``captioning/caption_stage.py``.
 """
 
 from __future__ import annotations

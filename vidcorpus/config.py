@@ -244,8 +244,9 @@ class CaptioningConfig(Section):
                                      "a job after its warm-up. None: whenever new shapes compile (compile_prefill or "
                                      "compile_decode on, i.e. on GPUs).")
     probe_rows: int = Field(4, ge=0, description="static_graph path: the job's first batch is checked on this many "
-                            "rows against the model's own token choices (captioning/probe.py); a disagreement switches "
-                            "the path off for the job, with a warning and an events row. 0: no check.")
+                            "rows against the model's own token choices (captioning/fast_decode_check.py); a "
+                            "disagreement switches the path off for the job, with a warning and an events row. "
+                            "0: no check.")
     decode_threads: int = Field(0, ge=0, description="Threads decoding a caption batch's frames (0: one per CPU, at most 8).")
     prefetch_min_batch: int = Field(128, ge=1, description="On GPUs, batches from this size up prepare the next "
                                     "batch's inputs in a thread (6-7% more clips/s at 256-1024 on an H100; "

@@ -74,7 +74,7 @@ TINY_BUILDS: tuple[TinyBuild, ...] = (
     TinyBuild("clip", "vidcorpus.clip_models:build_tiny_clip", ("clip_pretrained",)),
     TinyBuild("clip", "vidcorpus.filters.aesthetic_head:build_tiny_aesthetic_head", ("aesthetic_head", "clip_model")),
     TinyBuild("captioner", "vidcorpus.captioning.tiny_models:build_tiny_captioner", ("captioner",), "config.json"),
-    TinyBuild("i2vgen", "vidcorpus.train.models:build_tiny_i2vgen", ("i2vgen",), "model_index.json"),
+    TinyBuild("i2vgen", "vidcorpus.train.i2vgen_components:build_tiny_i2vgen", ("i2vgen",), "model_index.json"),
 )
 # built on first use only (most commands need the others without it): jobs/models.resolve_refiner
 TINY_REFINER = TinyBuild("refiner", "vidcorpus.train.refiner:build_tiny_refiner", ("refiner", "i2vgen"),

@@ -2,7 +2,7 @@
 
 A command's code is in the module named for it: `vidcorpus release create` -> ``release.py``,
 `vidcorpus train` and `train-refiner` -> ``train.py``, `export` and `export-refiner` -> ``export.py``;
-``app.py`` assembles them, ``errors.py`` turns a user's mistake into one line and an exit code,
+``app.py`` assembles them, ``user_errors.py`` turns a user's mistake into one line and an exit code,
 ``options.py`` holds the shared options and the config loading, ``output.py`` the console and tables.
 The work itself is done by the jobs (``vidcorpus/jobs/``), imported inside the commands so that
 `vidcorpus --help` stays fast.

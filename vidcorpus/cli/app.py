@@ -11,7 +11,6 @@ import typer
 from vidcorpus.cli.catalog import catalog_app
 from vidcorpus.cli.config import config_app
 from vidcorpus.cli.demo import demo
-from vidcorpus.cli.errors import UserErrorGroup
 from vidcorpus.cli.export import export, export_refiner_cmd
 from vidcorpus.cli.filter import filter_app
 from vidcorpus.cli.generate import generate
@@ -26,6 +25,7 @@ from vidcorpus.cli.sql import sql
 from vidcorpus.cli.status import status
 from vidcorpus.cli.sync import sync
 from vidcorpus.cli.train import train, train_refiner
+from vidcorpus.cli.user_errors import UserErrorGroup
 
 app = typer.Typer(  # help and errors are shown as written: no rich markup eats "[...]" from them
     cls=UserErrorGroup,

@@ -9,10 +9,10 @@ import typer
 from rich.table import Table
 
 from vidcorpus.catalog.sql_names import ident, name_literal
-from vidcorpus.cli.errors import fail
 from vidcorpus.cli.options import CatalogOpt, ConfigOpt, WorkdirOpt, effective_config, open_catalog, require_catalog
 from vidcorpus.cli.output import console, print_arrow_table, print_funnel
 from vidcorpus.cli.status import print_gaps
+from vidcorpus.cli.user_errors import fail
 
 catalog_app = typer.Typer(help="Inspect, verify and export the DuckDB catalog (funnel, tables, failures, snapshots).",
                           no_args_is_help=True, rich_markup_mode=None)

@@ -9,9 +9,9 @@ from typing import List, Optional
 
 import typer
 
-from vidcorpus.cli.errors import fail
 from vidcorpus.cli.options import ConfigOpt, PresetOpt, SetOpt, effective_config
 from vidcorpus.cli.output import console
+from vidcorpus.cli.user_errors import fail
 from vidcorpus.config import Config
 from vidcorpus.errors import ModelNotAvailable
 

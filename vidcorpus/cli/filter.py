@@ -11,9 +11,9 @@ import typer
 from rich.table import Table
 
 from vidcorpus import __version__
-from vidcorpus.cli.errors import fail
 from vidcorpus.cli.options import CatalogOpt, ConfigOpt, SetOpt, WorkdirOpt, effective_config, require_catalog
 from vidcorpus.cli.output import console
+from vidcorpus.cli.user_errors import fail
 from vidcorpus.ids import new_run_id
 
 filter_app = typer.Typer(help="Re-decide from stored scores: apply recipes, sweep thresholds, find duplicates.",

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from vidcorpus.cli.errors import fail
+from vidcorpus.cli.user_errors import fail
 from vidcorpus.config import Config, ConfigError, load_config
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (sections as in `vidcorpus config show`).")

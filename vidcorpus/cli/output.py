@@ -14,7 +14,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
-from vidcorpus.cli.errors import fail
+from vidcorpus.cli.user_errors import fail
 
 console = Console()
 

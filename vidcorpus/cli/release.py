@@ -11,7 +11,6 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from vidcorpus.cli.errors import fail
 from vidcorpus.cli.options import (
     CatalogOpt,
     ConfigOpt,
@@ -22,6 +21,7 @@ from vidcorpus.cli.options import (
     require_catalog,
 )
 from vidcorpus.cli.output import console, emit, print_arrow_table
+from vidcorpus.cli.user_errors import fail
 
 release_app = typer.Typer(help="Freeze a recipe's kept clips into an immutable, named shard set; list and compare.",
                           no_args_is_help=True, rich_markup_mode=None)

@@ -10,7 +10,6 @@ from typing import List, Optional
 
 import typer
 
-from vidcorpus.cli.errors import EXIT_MODEL, EXIT_STORAGE, fail
 from vidcorpus.cli.options import (
     CatalogOpt,
     ConfigOpt,
@@ -22,6 +21,7 @@ from vidcorpus.cli.options import (
     effective_config,
 )
 from vidcorpus.cli.output import console, print_funnel
+from vidcorpus.cli.user_errors import EXIT_MODEL, EXIT_STORAGE, fail
 from vidcorpus.config import Config
 from vidcorpus.errors import ERROR_CLASSES, ModelNotAvailable, StorageFullError
 

@@ -8,7 +8,6 @@ from typing import List, Optional
 
 import typer
 
-from vidcorpus.cli.errors import fail
 from vidcorpus.cli.options import (
     CatalogOpt,
     ConfigOpt,
@@ -20,6 +19,7 @@ from vidcorpus.cli.options import (
     require_catalog,
 )
 from vidcorpus.cli.output import console, print_arrow_table
+from vidcorpus.cli.user_errors import fail
 from vidcorpus.ids import new_run_id
 
 shards_app = typer.Typer(rich_markup_mode=None, help="Write and list WebDataset shards.", no_args_is_help=True)

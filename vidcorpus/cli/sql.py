@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from vidcorpus.cli.errors import fail
 from vidcorpus.cli.options import CatalogOpt, ConfigOpt, WorkdirOpt, effective_config
 from vidcorpus.cli.output import emit
+from vidcorpus.cli.user_errors import fail
 
 
 def sql(

@@ -7,7 +7,6 @@ from typing import List, Optional
 
 import typer
 
-from vidcorpus.cli.errors import EXIT_MODEL, fail
 from vidcorpus.cli.options import (
     CatalogOpt,
     ConfigOpt,
@@ -18,6 +17,7 @@ from vidcorpus.cli.options import (
     effective_config,
 )
 from vidcorpus.cli.output import console
+from vidcorpus.cli.user_errors import EXIT_MODEL, fail
 from vidcorpus.errors import ModelNotAvailable
 
 

@@ -8,7 +8,6 @@ from typing import List, Optional
 
 import typer
 
-from vidcorpus.cli.errors import fail
 from vidcorpus.cli.options import (
     CatalogOpt,
     ConfigOpt,
@@ -19,6 +18,7 @@ from vidcorpus.cli.options import (
     effective_config,
 )
 from vidcorpus.cli.output import console
+from vidcorpus.cli.user_errors import fail
 from vidcorpus.config import Config
 from vidcorpus.errors import ModelNotAvailable
 

@@ -40,7 +40,7 @@ def encode_latent_cache(cfg: Config, params: LatentParams, release: str | None =
 
     from vidcorpus.train.data import decode_sample  # inside: the encoders' model code loads only when encoding
     from vidcorpus.train.latent_encode import device_and_dtype, encode_sample  # inside: torch and the encoders' model code
-    from vidcorpus.train.models import load_components
+    from vidcorpus.train.i2vgen_components import load_components
     from vidcorpus.train.objective import TextEncoderCache
 
     models = resolve_models(cfg.models)

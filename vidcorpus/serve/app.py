@@ -24,7 +24,7 @@ from vidcorpus.catalog.safe_sql import RefusedSQL, check_predicate, first_line
 from vidcorpus.catalog.store import CatalogError
 from vidcorpus.serve.preview import Previews
 from vidcorpus.serve import labels as labels_mod
-from vidcorpus.serve import media, queries
+from vidcorpus.serve import clip_bytes, grid_queries
 from vidcorpus.serve.access import CatalogAccess
 from vidcorpus.serve.cached_reads import CachedReads
 from vidcorpus.serve.warmer import Warmer
@@ -125,15 +125,15 @@ def _float(value: str | None, name: str) -> float | None:
         raise Refused(f"{name} is not a number: {value[:40]!r}") from None
 
 
-def grid_query(request: Request, con: duckdb.DuckDBPyConnection, scores: list[str]) -> queries.GridQuery:
+def grid_query(request: Request, con: duckdb.DuckDBPyConnection, scores: list[str]) -> grid_queries.GridQuery:
     """The grid's filters from the query string; every name and value checked."""
     p = request.query_params
-    q = queries.GridQuery(source=p.get("source", ""), decision=p.get("decision", ""), reason=p.get("reason", ""),
+    q = grid_queries.GridQuery(source=p.get("source", ""), decision=p.get("decision", ""), reason=p.get("reason", ""),
                           sort=p.get("sort") or "clip_id", descending=p.get("desc") == "1")
     for key in p:
         if key.startswith(("min_", "max_")):
             name = key[4:]
-            if name not in scores and name not in queries.SORTABLE_CLIP_COLUMNS:
+            if name not in scores and name not in grid_queries.SORTABLE_CLIP_COLUMNS:
                 raise Refused(f"no score named {name[:40]!r}")
             lo, hi = q.ranges.get(name, (None, None))
             value = _float(p.get(key), key)
@@ -142,7 +142,7 @@ def grid_query(request: Request, con: duckdb.DuckDBPyConnection, scores: list[st
         check_id(q.source, "source id")
     try:
         q.page = max(1, int(p.get("page") or 1))
-        q.per_page = max(1, min(queries.MAX_PER_PAGE, int(p.get("per_page") or 48)))
+        q.per_page = max(1, min(grid_queries.MAX_PER_PAGE, int(p.get("per_page") or 48)))
     except ValueError:
         raise Refused("page and per_page are whole numbers") from None
     where = (p.get("where") or "").strip()
@@ -198,7 +198,7 @@ def index(request: Request) -> Response:
             source_options=reads.options(stamp, "sources", facets["sources"], q.source),
             reason_options=reads.options(stamp, "reasons", facets["reasons"], q.reason),
             label_counts=facts.label_counts, recipe=facts.recipe.id if facts.recipe else None,
-            writable=access.writable, count_cap=queries.COUNT_CAP)
+            writable=access.writable, count_cap=grid_queries.COUNT_CAP)
 
     with access.read() as con:
         stamp = access.stamp
@@ -219,7 +219,7 @@ def clip_page(request: Request) -> Response:
             return HTMLResponse(kept, headers={CACHE_HEADER: "page"})
         facts = reads.facts(con, stamp)
         rows = reads.clip_rows(con, stamp, facts.tables)
-        detail = queries.clip_detail(con, clip_id, facts.tables, facts.recipe, facts.scores,
+        detail = grid_queries.clip_detail(con, clip_id, facts.tables, facts.recipe, facts.scores,
                                      timeline_of=lambda source: reads.timeline(con, stamp, source, facts.tables),
                                      labels_of=lambda clip: rows.labels_of(con, clip),
                                      shard_of=lambda shard: rows.shard_of(con, shard),
@@ -243,16 +243,16 @@ def clip_page(request: Request) -> Response:
     return HTMLResponse(html, headers={CACHE_HEADER: "miss"})
 
 
-def _served(request: Request, window: media.Window) -> Response:
+def _served(request: Request, window: clip_bytes.Window) -> Response:
     try:
-        rng = media.parse_range(request.headers.get("range"), window.size)
+        rng = clip_bytes.parse_range(request.headers.get("range"), window.size)
     except ValueError:
         return Response(status_code=416, headers={"Content-Range": f"bytes */{window.size}"})
     start, end = rng if rng else (0, window.size - 1)
     headers = {"Accept-Ranges": "bytes", "Content-Length": str(end - start + 1), "Cache-Control": "private, max-age=3600"}
     if rng:
         headers["Content-Range"] = f"bytes {start}-{end}/{window.size}"
-    return StreamingResponse(media.read_window(window, start, end), status_code=206 if rng else 200,
+    return StreamingResponse(clip_bytes.read_window(window, start, end), status_code=206 if rng else 200,
                              headers=headers, media_type=window.media_type)
 
 
@@ -267,7 +267,7 @@ def clip_media(request: Request) -> Response:
         rows = con.execute("SELECT w.clip_path, w.media_type, w.shard_id, s.source_path, w.first_frame, w.last_frame, "
                            "s.fps FROM clips_wide w LEFT JOIN sources s USING (source_id) WHERE w.clip_id = ?",
                            [clip_id]).fetchall()
-        shards = [(s["url"], s["sha256"]) for s in queries.clip_shard(con, rows[0][2])] if rows else []
+        shards = [(s["url"], s["sha256"]) for s in grid_queries.clip_shard(con, rows[0][2])] if rows else []
     if not rows:
         return error_page(f"no clip {clip_id} in the catalog", 404)
     clip_path, media_type, _shard, source_path, first, last, fps = rows[0]
@@ -277,8 +277,8 @@ def clip_media(request: Request) -> Response:
             problems.append("the clip's file lies outside the served folders")
         else:
             try:
-                return _served(request, media.file_window(clip_path))
-            except media.MediaError as e:
+                return _served(request, clip_bytes.file_window(clip_path))
+            except clip_bytes.MediaError as e:
                 problems.append(str(e))
     if source in ("auto", "shard"):
         ext = "jpg" if media_type == "image" else "mp4"
@@ -288,7 +288,7 @@ def clip_media(request: Request) -> Response:
                 continue
             try:
                 return _served(request, request.app.state.shards.member(url, sha, f"{clip_id}.{ext}"))
-            except media.MediaError as e:
+            except clip_bytes.MediaError as e:
                 problems.append(str(e))
     if source == "auto" and not clip_path and not shards and media_type == "video" and source_path:
         # never extracted (a recipe dropped it before encoding): a preview from its source frames
@@ -297,7 +297,7 @@ def clip_media(request: Request) -> Response:
         else:
             try:
                 return _served(request, request.app.state.previews.window(clip_id, source_path, first, last, fps))
-            except media.MediaError as e:
+            except clip_bytes.MediaError as e:
                 problems.append(str(e))
     return PlainTextResponse("; ".join(problems) or f"clip {clip_id} has no file and no shard", status_code=404)
 
@@ -310,8 +310,8 @@ def still_media(request: Request) -> Response:
     if not rows or not rows[0][0] or not inside_roots(rows[0][0], s.roots):
         return Response(status_code=404)
     try:
-        return _served(request, media.file_window(rows[0][0]))
-    except media.MediaError:
+        return _served(request, clip_bytes.file_window(rows[0][0]))
+    except clip_bytes.MediaError:
         return Response(status_code=404)
 
 
@@ -372,7 +372,7 @@ def make_app(settings: ServeSettings, access: CatalogAccess | None = None) -> St
     app.state.settings = settings
     app.state.access = access
     app.state.reads = CachedReads(Warmer(access) if access.writable else None)  # (a snapshot: no row ids)
-    app.state.shards = media.ShardIndex()
+    app.state.shards = clip_bytes.ShardIndex()
     app.state.previews = Previews()
     app.state.where_cache = {}
     app.state.neighbours = Neighbours(settings.roots)

@@ -21,7 +21,7 @@ from markupsafe import Markup
 
 from vidcorpus.recipe_model import Recipe
 from vidcorpus.serve import labels as labels_mod
-from vidcorpus.serve import queries
+from vidcorpus.serve import grid_queries
 from vidcorpus.serve.cache import StampedCache
 from vidcorpus.serve.clip_rows import ClipRows
 from vidcorpus.serve.decision_history import DecisionHistory
@@ -61,14 +61,14 @@ class CachedReads:
 
     def facts(self, con: duckdb.DuckDBPyConnection, stamp: Hashable) -> CatalogFacts:
         def read() -> CatalogFacts:
-            return CatalogFacts(scores=queries.score_columns(con), tables=queries.tables(con),
-                                recipe=queries.active_recipe(con), label_counts=labels_mod.label_counts(con))
+            return CatalogFacts(scores=grid_queries.score_columns(con), tables=grid_queries.tables(con),
+                                recipe=grid_queries.recorded_recipe(con), label_counts=labels_mod.label_counts(con))
 
         return self.facts_cache.get(stamp, "facts", read)[0]
 
     def facets(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, scores: list[str]) -> dict:
         """The filter bar's choices (sources, reasons, score ranges): a scan of the whole table."""
-        return self.facts_cache.get(stamp, ("facets", tuple(scores)), lambda: queries.facets(con, scores))[0]
+        return self.facts_cache.get(stamp, ("facets", tuple(scores)), lambda: grid_queries.facets(con, scores))[0]
 
     def options(self, stamp: Hashable, name: str, values: list[str], selected: str) -> Markup:
         """A filter's ``<option>`` list (up to 200 sources), escaped once per catalog state and choice."""
@@ -86,7 +86,7 @@ class CachedReads:
         answer = timelines.timeline(con, source_id) if timelines is not None else None
         if answer is not None:
             return answer
-        return self.timelines.get(stamp, source_id, lambda: queries.timeline(con, source_id, have))[0]
+        return self.timelines.get(stamp, source_id, lambda: grid_queries.timeline(con, source_id, have))[0]
 
     def source_timelines(self, stamp: Hashable, have: set[str]) -> SourceTimelines | None:
         """This state's ``SourceTimelines`` if loaded (else None: see ``_loaded``)."""
@@ -96,7 +96,7 @@ class CachedReads:
         """The clip's decision history: from memory once loaded (``decision_history``), else a probe."""
         history = self._loaded(stamp, "decisions", DecisionHistory)
         found = history.of(clip_id) if history is not None else None
-        return found if found is not None else queries.clip_decisions(con, clip_id)
+        return found if found is not None else grid_queries.clip_decisions(con, clip_id)
 
     def _loaded(self, stamp: Hashable, key: str, build: Callable[[duckdb.DuckDBPyConnection, GridColumns], Any]):
         """What ``build`` makes from this state's grid columns, if made; else None, and it is made in
@@ -123,11 +123,11 @@ class CachedReads:
         """This state's labels and shards by key (``clip_rows``)."""
         return self.facts_cache.get(stamp, "clip_rows", lambda: ClipRows(con, have))[0]
 
-    def grid(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, q: queries.GridQuery,
+    def grid(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, q: grid_queries.GridQuery,
              scores: list[str]) -> tuple[list[dict], int, str]:
-        """One page of clips, how many match (capped as ``queries.grid``), and how it was made:
+        """One page of clips, how many match (capped as ``grid_queries.grid``), and how it was made:
         ``index`` (from the columns in memory), ``order`` (a slice of a known order), ``miss`` (read)."""
-        limit = max(1, min(queries.MAX_PER_PAGE, q.per_page))
+        limit = max(1, min(grid_queries.MAX_PER_PAGE, q.per_page))
         offset = (max(1, q.page) - 1) * limit
         if answerable(q) and self.warmer is not None and self._large(con, stamp):
             answer = self._grid_warm(con, stamp, q, scores, limit, offset)
@@ -146,7 +146,7 @@ class CachedReads:
                                         lambda: con.execute("SELECT count(*) FROM clips_wide").fetchall()[0][0])
         return count > SYNC_MAX_CLIPS
 
-    def _grid_warm(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, q: queries.GridQuery, scores: list[str],
+    def _grid_warm(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, q: grid_queries.GridQuery, scores: list[str],
                    limit: int, offset: int) -> tuple[list[dict], int, str] | None:
         """From memory when the query's columns are loaded; else None (DuckDB answers) and they load."""
         q.sql(scores)  # names checked before anything is loaded for them
@@ -162,24 +162,24 @@ class CachedReads:
         answer = columns.page(con, q, scores, limit, offset)
         return None if answer is None else (*answer, "index")
 
-    def _grid_sql(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, q: queries.GridQuery, scores: list[str],
+    def _grid_sql(self, con: duckdb.DuckDBPyConnection, stamp: Hashable, q: grid_queries.GridQuery, scores: list[str],
                   limit: int, offset: int) -> tuple[list[dict], int, str]:
         """The grid in DuckDB (a free WHERE, an explicit clip set): the first ``ORDER_DEPTH`` ids of each
         query's order are kept, so a later page of it is a slice."""
         where, params = q.sql(scores)
         order = q.order(scores)
         if offset + limit > ORDER_DEPTH:
-            rows, total = queries.grid(con, q, scores)
+            rows, total = grid_queries.grid(con, q, scores)
             return rows, total, "miss"
         key = (where, _hashable(params), order)
         joined, hit = self.orders.get(stamp, ("order", key),
-                                      lambda: ID_SEP.join(queries.ordered_ids(con, q, scores, ORDER_DEPTH, 0)))
+                                      lambda: ID_SEP.join(grid_queries.ordered_ids(con, q, scores, ORDER_DEPTH, 0)))
         ids = joined.split(ID_SEP) if joined else []
         if len(ids) < ORDER_DEPTH:
             total = len(ids)
         else:
-            total = self.orders.get(stamp, ("count", key), lambda: queries.capped_count(con, where, params))[0]
-        return queries.rows_by_id(con, ids[offset:offset + limit], scores), total, ("order" if hit else "miss")
+            total = self.orders.get(stamp, ("count", key), lambda: grid_queries.capped_count(con, where, params))[0]
+        return grid_queries.rows_by_id(con, ids[offset:offset + limit], scores), total, ("order" if hit else "miss")
 
 
 def _hashable(params: list) -> tuple:

@@ -4,15 +4,15 @@ Each was an index probe per first clip page (~0.6 ms and ~0.35 ms of CPU at 1 M 
 people's verdicts (thousands, not millions) and shards hold about a thousand clips each, so both
 tables are read whole once per catalog state and grouped by key; a label is a commit, so the next
 page reads them again (the cache is keyed by the catalog's stamp, ``CachedReads``). Above
-``ROWS_IN_MEMORY`` rows a table stays a probe. The rows equal the probes' (``queries.clip_labels``,
-``queries.clip_shard``, same order; tested).
+``ROWS_IN_MEMORY`` rows a table stays a probe. The rows equal the probes' (``grid_queries.clip_labels``,
+``grid_queries.clip_shard``, same order; tested).
 """
 
 from __future__ import annotations
 
 import duckdb
 
-from vidcorpus.serve.queries import clip_labels, clip_shard
+from vidcorpus.serve.grid_queries import clip_labels, clip_shard
 
 ROWS_IN_MEMORY = 200_000
 """Rows of one table held in memory per catalog state; a larger table is probed per page."""

@@ -5,7 +5,7 @@ page at 1 M clips, the largest after the clip's own row. Here every decision is 
 catalog state (in the background, like the sources' timelines: ``CachedReads.decisions``), grouped
 by the clip's row of the grid's columns (``grid_index``: rows in DuckDB's clip_id order, found by a
 binary search over the ids); a page takes its slice. The rows equal the probe's
-(``queries.clip_decisions``, same order; tested). Above ``DECISIONS_IN_MEMORY`` decisions, or if
+(``grid_queries.clip_decisions``, same order; tested). Above ``DECISIONS_IN_MEMORY`` decisions, or if
 the ids' order is not the byte order a search needs, the probe answers.
 """
 

@@ -9,7 +9,7 @@ is then a mask over the rows (one comparison per filter) and a walk down the pre
 the page's rows are found: a few ms at 1 M clips. The card needs only what is loaded, so a page
 costs no catalog read at all.
 
-The answer equals ``queries.ordered_ids`` + ``rows_by_id`` exactly (tested against them): the
+The answer equals ``grid_queries.ordered_ids`` + ``rows_by_id`` exactly (tested against them): the
 order is ``"col" ASC|DESC NULLS LAST, clip_id``; a NaN score counts as larger than any number (as
 in DuckDB: it passes every ``>=`` and fails every ``<=``, and sorts after +inf); NULL fails every
 comparison and sorts last both ways. A free SQL ``WHERE``, an explicit clip set, a slider on a
@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vidcorpus.catalog.sql_names import ident
-from vidcorpus.serve import queries
+from vidcorpus.serve import grid_queries
 
 ORDER_BUDGET_BYTES = 1 << 30
 MASKS_BUDGET_BYTES = 64 << 20
@@ -52,7 +52,7 @@ class NumericColumn:
     nan: np.ndarray | None      # True where a real NaN (None when no row is)
 
 
-def answerable(q: queries.GridQuery) -> bool:
+def answerable(q: grid_queries.GridQuery) -> bool:
     """Whether the grid query uses only what this index holds (else DuckDB answers it)."""
     if q.where or q.clip_ids is not None:
         return False
@@ -157,7 +157,7 @@ class GridColumns:
                     self._orders.popitem(last=False)
             return order
 
-    def ready(self, q: queries.GridQuery) -> bool:
+    def ready(self, q: grid_queries.GridQuery) -> bool:
         """Whether every column and order the query needs is loaded (``prepare`` loads them)."""
         with self._lock:
             names = [*q.ranges, *([] if q.sort == "clip_id" else [q.sort])]
@@ -167,13 +167,13 @@ class GridColumns:
                 return True
             return (q.sort, q.descending) in self._orders
 
-    def prepare(self, con: duckdb.DuckDBPyConnection, q: queries.GridQuery) -> None:
+    def prepare(self, con: duckdb.DuckDBPyConnection, q: grid_queries.GridQuery) -> None:
         """Load what ``q`` needs (in the background for a large catalog, ``warmer``)."""
         for name in q.ranges:
             self.numeric(con, name)
         self.order(con, q.sort, q.descending)
 
-    def mask(self, con: duckdb.DuckDBPyConnection, q: queries.GridQuery) -> np.ndarray | None | bool:
+    def mask(self, con: duckdb.DuckDBPyConnection, q: grid_queries.GridQuery) -> np.ndarray | None | bool:
         """True per row that passes the query's filters (None: every row; False: DuckDB must answer).
         Read only: it may be a kept mask (``_equal_mask``)."""
         masks: list[np.ndarray] = []
@@ -215,7 +215,7 @@ class GridColumns:
                     self._masks.popitem(last=False)
         return found
 
-    def page(self, con: duckdb.DuckDBPyConnection, q: queries.GridQuery, scores: list[str], limit: int,
+    def page(self, con: duckdb.DuckDBPyConnection, q: grid_queries.GridQuery, scores: list[str], limit: int,
              offset: int) -> tuple[list[dict], int] | None:
         """The page's rows (what a card shows) and the capped count, or None when DuckDB must answer."""
         q.sql(scores)  # the same checks (names, decision) and errors as the SQL path
@@ -230,7 +230,7 @@ class GridColumns:
         else:
             count = int(np.count_nonzero(mask))
             picked = _first_matches(mask, order, min(need, count), count)[offset:need]
-        return self.rows(con, picked, q.sort if q.sort in scores else None), min(count, queries.COUNT_CAP + 1)
+        return self.rows(con, picked, q.sort if q.sort in scores else None), min(count, grid_queries.COUNT_CAP + 1)
 
     def rows_of_rowids(self, rowids: np.ndarray) -> np.ndarray:
         """These arrays' rows of clips_wide row ids read in the same catalog state."""

@@ -14,7 +14,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from vidcorpus.serve import media
+from vidcorpus.serve import clip_bytes
 from vidcorpus.storage import publishing
 
 MAX_SECONDS = 10.0
@@ -26,13 +26,13 @@ class Previews:
         self.folder = Path(folder or tempfile.mkdtemp(prefix="vidcorpus-previews-"))
         self.lock = threading.Lock()  # one encode at a time: previews are for people, not for load
 
-    def window(self, clip_id: str, source: str, first: int, last: int, fps: float) -> "media.Window":
+    def window(self, clip_id: str, source: str, first: int, last: int, fps: float) -> "clip_bytes.Window":
         out = self.folder / f"{clip_id}.mp4"
         if not out.exists():
             with self.lock:
                 if not out.exists():
                     self._render(out, source, first, last, fps)
-        return media.file_window(str(out))
+        return clip_bytes.file_window(str(out))
 
     @staticmethod
     def _render(out: Path, source: str, first: int, last: int, fps: float) -> None:
@@ -53,6 +53,6 @@ class Previews:
             with publishing(out, fsync=False, keep_extension=True) as part:  # a cache: no fsync; PyAV reads .mp4
                 encode_video(frames(), fps, part)
         except StopIteration as e:  # not one frame decoded
-            raise media.MediaError("the source has none of the clip's frames") from e
+            raise clip_bytes.MediaError("the source has none of the clip's frames") from e
         except Exception as e:  # noqa: BLE001 - a broken or missing source: one line on the page
-            raise media.MediaError(f"cannot render a preview from the source: {e}") from e
+            raise clip_bytes.MediaError(f"cannot render a preview from the source: {e}") from e

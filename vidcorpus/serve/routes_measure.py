@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from vidcorpus.catalog.sql_names import ident
-from vidcorpus.serve import measure, queries
+from vidcorpus.serve import grid_queries, measure
 from vidcorpus.serve.pages import render
 from vidcorpus.serve.recipe_sql import kept_sql, with_change
 from vidcorpus.serve.security import Refused, check_recipe_id
@@ -21,7 +21,7 @@ COMPARE_LIMIT = 120
 
 def measure_page(request: Request) -> Response:
     with request.app.state.access.read() as con:
-        recipe = queries.active_recipe(con)
+        recipe = grid_queries.recorded_recipe(con)
         rows = measure.filter_quality(con, recipe) if recipe else []
     return render("measure.html", recipe=recipe, rows=rows)
 
@@ -41,12 +41,12 @@ def sample_page(request: Request) -> Response:
     if not seed.isdigit():
         raise Refused("seed is a whole number")
     with request.app.state.access.read() as con:
-        recipe = queries.active_recipe(con)
+        recipe = grid_queries.recorded_recipe(con)
         pred = _predicate(recipe, score)
-        scores = queries.score_columns(con)
-        if pred.score not in scores and pred.score not in queries.SORTABLE_CLIP_COLUMNS:
+        scores = grid_queries.score_columns(con)
+        if pred.score not in scores and pred.score not in grid_queries.SORTABLE_CLIP_COLUMNS:
             raise Refused(f"no clip has a {pred.score} score")
-        have_labels = "labels" in queries.tables(con)
+        have_labels = "labels" in grid_queries.tables(con)
         unlabelled = ("AND clip_id NOT IN (SELECT clip_id FROM labels WHERE origin = ?)" if have_labels else "")
         halves = {}
         score = ident(pred.score)
@@ -55,8 +55,8 @@ def sample_page(request: Request) -> Response:
             ids = [r[0] for r in con.execute(
                 f"SELECT clip_id FROM clips_wide WHERE {score} IS NOT NULL AND {cond} {unlabelled} "
                 f"ORDER BY hash(clip_id || ?), clip_id LIMIT ?", params).fetchall()]
-            q = queries.GridQuery(clip_ids=ids, per_page=queries.MAX_PER_PAGE)
-            halves[name] = queries.grid(con, q, scores)[0] if ids else []
+            q = grid_queries.GridQuery(clip_ids=ids, per_page=grid_queries.MAX_PER_PAGE)
+            halves[name] = grid_queries.grid(con, q, scores)[0] if ids else []
     return render("sample.html", pred=pred, halves=halves, seed=seed, link_suffix=f"?origin=sample:{pred.score}")
 
 
@@ -65,11 +65,11 @@ def compare_page(request: Request) -> Response:
     p = request.query_params
     with request.app.state.access.read() as con:
         recipes = [r[0] for r in con.execute("SELECT recipe FROM recipes ORDER BY created_at DESC").fetchall()]
-        active = queries.active_recipe(con)
+        active = grid_queries.recorded_recipe(con)
         a_id = p.get("a") or (active.id if active else "")
         if not a_id:
             return render("compare.html", recipes=recipes, a=None, b=None, change="", result=None)
-        a = queries.stored_recipe(con, check_recipe_id(a_id))
+        a = grid_queries.recipe_by_id(con, check_recipe_id(a_id))
         if a is None:
             raise Refused(f"no recipe {a_id} in the catalog")
         change = (p.get("change") or "").strip()
@@ -79,26 +79,26 @@ def compare_page(request: Request) -> Response:
             except ValueError as e:
                 raise Refused(str(e)) from None
         elif p.get("b"):
-            b = queries.stored_recipe(con, check_recipe_id(p["b"]))
+            b = grid_queries.recipe_by_id(con, check_recipe_id(p["b"]))
             if b is None:
                 raise Refused(f"no recipe {p['b']} in the catalog")
         else:
             return render("compare.html", recipes=recipes, a=a, b=None, change="", result=None)
-        columns = set(queries.wide_columns(con))
+        columns = set(grid_queries.clips_wide_columns(con))
         try:
             a_sql, a_params = kept_sql(a, columns)
             b_sql, b_params = kept_sql(b, columns)
         except ValueError as e:
             raise Refused(str(e)) from None
-        scores = queries.score_columns(con)
+        scores = grid_queries.score_columns(con)
         result = {}
         for name, cond, params in (("newly kept", f"NOT {a_sql} AND {b_sql}", a_params + b_params),
                                    ("newly dropped", f"{a_sql} AND NOT {b_sql}", a_params + b_params)):
             n = con.execute(f"SELECT count(*) FROM clips_wide WHERE {cond}", params).fetchall()[0][0]
             ids = [r[0] for r in con.execute(f"SELECT clip_id FROM clips_wide WHERE {cond} ORDER BY clip_id LIMIT ?",
                                              [*params, COMPARE_LIMIT]).fetchall()]
-            rows = queries.grid(con, queries.GridQuery(clip_ids=ids, per_page=queries.MAX_PER_PAGE), scores)[0] \
-                if ids else []
+            page = grid_queries.GridQuery(clip_ids=ids, per_page=grid_queries.MAX_PER_PAGE)
+            rows = grid_queries.grid(con, page, scores)[0] if ids else []
             result[name] = {"n": n, "rows": rows}
     return render("compare.html", recipes=recipes, a=a, b=b, change=change, result=result)
 

@@ -6,8 +6,8 @@ sources a page seldom shares its source with one rendered before. The grid's col
 already hold every clip's id, source, decision and drop reason in clip_id order; this adds each
 clip's first and last frame, the rows grouped by source, the sources' rows and the dropped segments
 grouped the same way, read once per catalog state (in the background: ``CachedReads.timeline``).
-A timeline is then a slice. Its rows equal the SQL's (``queries.TIMELINE_*_SQL``, same order;
-tested) and ``queries.timeline_of_rows`` draws both. Above ``SEGMENTS_IN_MEMORY`` dropped segments
+A timeline is then a slice. Its rows equal the SQL's (``grid_queries.TIMELINE_*_SQL``, same order;
+tested) and ``grid_queries.timeline_of_rows`` draws both. Above ``SEGMENTS_IN_MEMORY`` dropped segments
 those stay a probe; a source the columns do not know (none of its clips) is left to the SQL.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vidcorpus.serve import queries
+from vidcorpus.serve import grid_queries
 from vidcorpus.serve.grid_index import GridColumns
 
 SEGMENTS_IN_MEMORY = 2_000_000
@@ -54,7 +54,7 @@ class SourceTimelines:
         self._first = frames["first_frame"].take(at).combine_chunks()
         self._last = frames["last_frame"].take(at).combine_chunks()
         sources = con.sql("SELECT source_id, uri, n_frames, fps, duration_s FROM sources").to_arrow_table()
-        self._sources = sources.combine_chunks()  # (the columns of queries.TIMELINE_SOURCE_SQL)
+        self._sources = sources.combine_chunks()  # (the columns of grid_queries.TIMELINE_SOURCE_SQL)
         self._source_row = np.full(len(names), -1, dtype=np.int64)
         source_codes = _codes_of(sources["source_id"], names)
         known = source_codes >= 0
@@ -69,7 +69,7 @@ class SourceTimelines:
         self._have_segments = "dropped_segments" in have
 
     def timeline(self, con: duckdb.DuckDBPyConnection, source_id: str) -> dict | None:
-        """The source's timeline, as ``queries.timeline`` draws it; None when the SQL must answer."""
+        """The source's timeline, as ``grid_queries.timeline`` draws it; None when the SQL must answer."""
         code = self._code_of.get(source_id)
         if code is None:
             return None
@@ -89,9 +89,9 @@ class SourceTimelines:
             picked = self._segment_rows[self._segment_starts[code + 1]:self._segment_starts[code + 2]]
             segments = self._segments.take(pa.array(picked)).to_pylist()
         elif self._have_segments:
-            rel = con.execute(queries.TIMELINE_SEGMENTS_SQL, [source_id])
+            rel = con.execute(grid_queries.TIMELINE_SEGMENTS_SQL, [source_id])
             names = [d[0] for d in rel.description]
             segments = [dict(zip(names, row)) for row in rel.fetchall()]
         else:
             segments = []
-        return queries.timeline_of_rows(source_id, src, clips, segments)
+        return grid_queries.timeline_of_rows(source_id, src, clips, segments)

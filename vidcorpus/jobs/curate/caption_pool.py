@@ -48,7 +48,7 @@ class CaptionPool:
         self.pending: dict = {}  # ObjectRef -> actor index
         self.queued: list[dict] = []
         # Each actor sets up now, while the ingest stages run: an empty batch loads its models (and,
-        # with captioning.warmup, compiles; captioning/stage.py) and comes back as a carrier row of
+        # with captioning.warmup, compiles; captioning/caption_stage.py) and comes back as a carrier row of
         # its setup event and time, which the driver commits like any result.
         for a, actor in enumerate(self.actors):
             self.pending[actor.__call__.remote(rows_to_table([]))] = a

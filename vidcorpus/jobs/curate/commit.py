@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from vidcorpus import events as stage_events
 from vidcorpus.catalog.corpus_state import active_recipe_id, uncaptioned_for
-from vidcorpus.catalog.stage_stats import write as write_stage_table
+from vidcorpus.catalog.stage_stats_table import write as write_stage_table
 from vidcorpus.config import Config
 from vidcorpus.filters.dedup import DedupIndex, write_embedding_batch
 from vidcorpus.jobs.curate.redecide import dedup_and_redecide

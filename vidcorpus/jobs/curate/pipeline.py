@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from vidcorpus import __version__
-from vidcorpus.catalog.stage_stats import write as write_stage_stats
+from vidcorpus.catalog.stage_stats_table import write as write_stage_stats
 from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import Config
 from vidcorpus.errors import storage_full
@@ -46,7 +46,7 @@ WORKER_ENV = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZE
 
 def pipeline_stages() -> list[type[Stage]]:
     """The stage classes of a run, in order."""
-    from vidcorpus.captioning.stage import CaptionStage  # inside: importing this module loads no model library
+    from vidcorpus.captioning.caption_stage import CaptionStage  # inside: importing this module loads no model library
     from vidcorpus.filters.clip_scores import CaptionAlignStage, ClipScoreStage
     from vidcorpus.filters.recipes import DecideStage
     from vidcorpus.filters.motion import MotionStage

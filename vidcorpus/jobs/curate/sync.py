@@ -23,7 +23,7 @@ from vidcorpus import __version__, gpu_busy
 from vidcorpus import events as stage_events
 from vidcorpus.catalog.corpus_state import active_recipe, pending_work, recipe_history, set_active_recipe
 from vidcorpus.catalog.latent_state import encode_command
-from vidcorpus.catalog.stage_stats import write as write_stage_stats
+from vidcorpus.catalog.stage_stats_table import write as write_stage_stats
 from vidcorpus.catalog.store import Catalog, CatalogError
 from vidcorpus.config import Config, caption_batch_size
 from vidcorpus.filters.apply import apply_recipe
@@ -106,7 +106,7 @@ def caption_clips(cfg: Config, cat, run_id: str, clip_ids: list[str],
     """Caption these clips with the pipeline's caption stage (long + short, QA scores) and commit the
     captions; a clip that cannot be captioned gets a failure row and stays pending. ``timeline`` (a
     vidcorpus.stage_stats.StageStats) records each batch's caption and commit time."""
-    from vidcorpus.captioning.stage import CaptionStage  # inside: torch loads only when clips are captioned
+    from vidcorpus.captioning.caption_stage import CaptionStage  # inside: torch loads only when clips are captioned
 
     out = CaptionResult()
     if not clip_ids:

@@ -7,7 +7,7 @@ decile, and one drill-down page per clip shown. Everything (PNGs, thumbnails) is
 output folder, so the page opens from file:// with no network and no scripts.
 
 Every figure is an aggregate or a bounded sample computed inside DuckDB over ``clips_wide`` and the
-catalog's funnel definition (``scope.py`` makes the scoped views, ``queries.py`` the SQL,
+catalog's funnel definition (``scope.py`` makes the scoped views, ``figure_queries.py`` the SQL,
 ``sections.py`` the HTML), so a report of 10 M clips holds no per-clip rows in Python.
 """
 
@@ -21,11 +21,11 @@ from pathlib import Path
 from rich.console import Console
 
 from vidcorpus.catalog.store import Catalog
-from vidcorpus.jobs.report import queries as rq
+from vidcorpus.jobs.report import figure_queries as rq
 from vidcorpus.jobs.report import sections as rs
 from vidcorpus.jobs.report.footage import footage_plot, footage_rows, footage_section
 from vidcorpus.jobs.report.html_pages import CSS, Writer, clip_pages, esc, page, table
-from vidcorpus.jobs.report.labels import filter_quality_section
+from vidcorpus.jobs.report.filter_quality_section import filter_quality_section
 from vidcorpus.jobs.report.scope import ReportData, load_report_data
 from vidcorpus.jobs.report.stages import SECTION, load_stages, stage_section
 from vidcorpus.jobs.report.stages import headline as stage_headline

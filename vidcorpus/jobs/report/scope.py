@@ -2,7 +2,7 @@
 
 The report never loads rows into Python: it creates three temp views on its read-only connection
 (``report_clips``, ``report_sources``, ``report_failures``) and every figure aggregates or samples
-them in SQL (``vidcorpus/jobs/report/queries.py``). ``report_clips`` is ``clips_wide`` (the one wide
+them in SQL (``vidcorpus/jobs/report/figure_queries.py``). ``report_clips`` is ``clips_wide`` (the one wide
 definition) narrowed to the scope, with the source domain and the scores whose names a clip column
 shadows (``duration_s``, ``fps``, ...: they stay in the long table) joined in.
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from vidcorpus.jobs.report import plots as rp
-from vidcorpus.jobs.report import queries as rq
+from vidcorpus.jobs.report import figure_queries as rq
 from vidcorpus.jobs.report.html_pages import Writer, esc, table
 
 SCATTER = ("aesthetic", "clip_text")

@@ -10,7 +10,7 @@ import html
 from pathlib import Path
 from typing import Callable
 
-from vidcorpus.catalog.stage_stats import latest_run_with_stats, read
+from vidcorpus.catalog.stage_stats_table import latest_run_with_stats, read
 from vidcorpus.jobs.report import plots as rp
 from vidcorpus.stage_stats import StageRow, bound_by
 

@@ -31,14 +31,15 @@ def tables(con: duckdb.DuckDBPyConnection) -> set[str]:
     return {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
 
 
-def wide_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
+def clips_wide_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The columns clips_wide has now (``catalog/schema.wide_columns`` decides which scorers get one)."""
     return [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
                                       "WHERE table_name = 'clips_wide' ORDER BY ordinal_position").fetchall()]
 
 
 def score_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
     """clips_wide's score columns (one per scorer)."""
-    return [c for c in wide_columns(con) if c not in CLIP_COLUMNS]
+    return [c for c in clips_wide_columns(con) if c not in CLIP_COLUMNS]
 
 
 @dataclass
@@ -162,8 +163,9 @@ def facets(con: duckdb.DuckDBPyConnection, scores: list[str]) -> dict:
     return out
 
 
-def active_recipe(con: duckdb.DuckDBPyConnection) -> Recipe | None:
-    """The recipe in force, from the catalog's own record of it (None before any decision)."""
+def recorded_recipe(con: duckdb.DuckDBPyConnection) -> Recipe | None:
+    """The recipe in force, from the catalog's own record of it (None before any decision), read on
+    the server's connection; a job with a ``Catalog`` asks ``catalog/corpus_state.active_recipe``."""
     have = tables(con)
     if "recipes" not in have:
         return None
@@ -172,7 +174,8 @@ def active_recipe(con: duckdb.DuckDBPyConnection) -> Recipe | None:
     return recipe_from_text(rows[0][0]) if rows else None
 
 
-def stored_recipe(con: duckdb.DuckDBPyConnection, recipe_id: str) -> Recipe | None:
+def recipe_by_id(con: duckdb.DuckDBPyConnection, recipe_id: str) -> Recipe | None:
+    """The recipe stored under exactly this id (``corpus_state.stored_recipe`` also takes a name)."""
     rows = con.execute("SELECT yaml FROM recipes WHERE recipe = ?", [recipe_id]).fetchall()
     return recipe_from_text(rows[0][0]) if rows else None
 
@@ -196,7 +199,7 @@ def clip_detail(con: duckdb.DuckDBPyConnection, clip_id: str, have: set[str] | N
         return None
     clip = rows[0]
     have = tables(con) if have is None else have
-    recipe = active_recipe(con) if recipe is False else recipe
+    recipe = recorded_recipe(con) if recipe is False else recipe
     thresholds: dict[str, list[str]] = {}
     for p in recipe.predicates if recipe else []:
         thresholds.setdefault(p.score, []).append(str(p))

@@ -20,9 +20,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from vidcorpus.captioning.captioner import Captioner, Generation, load_captioner
 from vidcorpus.captioning.cleanup import clean_caption, is_degenerate
 from vidcorpus.config import caption_batch_size, clip_batch_size
-from vidcorpus.captioning.models import Captioner, Generation, load_captioner
 from vidcorpus.media import is_image, read_frames
 from vidcorpus.schemas import add_scores, score
 from vidcorpus.stage import Resources, Stage

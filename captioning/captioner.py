@@ -18,7 +18,7 @@ import torch
 
 from vidcorpus.captioning.caption_inputs import CaptionInputs
 from vidcorpus.captioning.oom import is_oom
-from vidcorpus.captioning.probe import check_tokens
+from vidcorpus.captioning.fast_decode_check import check_tokens
 from vidcorpus.captioning.prompts import Prompt, PromptKind, get_prompt
 from vidcorpus.captioning.shared_vision import SharedVision
 from vidcorpus.fast_paths import switch_off, usable
@@ -62,7 +62,7 @@ class Captioner(CaptionInputs):
         decoding step before it is captured as a CUDA graph (fast_decode.py; about a minute of compile
         for a 3B model at the first batch shape and once more, shape-generic, at the first other one;
         then about 30% faster steps); None: on GPUs only. ``probe_rows``: the first static-graph batch
-        is checked on this many rows against the model's own choices (captioning/probe.py); a
+        is checked on this many rows against the model's own choices (captioning/fast_decode_check.py); a
         disagreement switches the static path off for this captioner (0: no check)."""
         if decode not in ("default", "static_graph"):
             raise ValueError(f"captioning decode must be 'default' or 'static_graph', not {decode!r}")
@@ -287,7 +287,7 @@ class Captioner(CaptionInputs):
     def _probe_agrees(self, chunk: list[np.ndarray], prompt: Prompt, as_image: bool, new: torch.Tensor,
                       eos_ids: list[int], min_new_tokens: int) -> bool:
         """Check the static path's tokens for the batch's first rows against the model's own choices
-        (captioning/probe.py); on a disagreement (or a probe that cannot run) switch the path off."""
+        (captioning/fast_decode_check.py); on a disagreement (or a probe that cannot run) switch the path off."""
         rows = min(self.probe_rows, len(chunk))
         try:
             inputs = self._device_inputs(chunk[:rows], prompt, as_image)

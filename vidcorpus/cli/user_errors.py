@@ -53,7 +53,7 @@ USER_ERRORS = [
     ("vidcorpus.errors", "StorageFullError", EXIT_STORAGE),
     ("vidcorpus.errors", "ModelNotAvailable", EXIT_MODEL),
     ("vidcorpus.config", "ConfigError", EXIT_USAGE),
-    ("vidcorpus.catalog.errors", "CatalogError", EXIT_USAGE),
+    ("vidcorpus.catalog.catalog_error", "CatalogError", EXIT_USAGE),
     ("vidcorpus.catalog.safe_sql", "RefusedSQL", EXIT_USAGE),
     ("vidcorpus.shards.release_files", "ReleaseError", EXIT_USAGE),
     ("vidcorpus.shard_reader", "ShardChecksumError", EXIT_USAGE),
