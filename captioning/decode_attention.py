@@ -18,6 +18,7 @@ both register and switch these kernels, and the probes (``captioning/probe.py``)
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 
@@ -138,7 +139,6 @@ def cache_kwarg(forward) -> str:
     ``cache`` from transformers 5.25 on, ``past_key_values`` before (5.25 still accepts the old name
     with a deprecation warning on every call, and a layer called by the old name inside a model that
     passes the new one would get no cache at all)."""
-    import inspect
 
     try:
         params = inspect.signature(forward).parameters
@@ -152,7 +152,6 @@ def penalty_skips_padding() -> bool:
     """Whether the installed ``generate`` leaves each row's left padding out of the repetition penalty
     (transformers 5 passes ``prompt_ignore_length`` = the padding lengths); the static path and the
     probe do as it does."""
-    import inspect
 
     from transformers.generation.utils import GenerationMixin
 

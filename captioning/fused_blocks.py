@@ -10,6 +10,9 @@ modules they replace), and it is the switching on and off.
 
 from __future__ import annotations
 
+import inspect
+import sys
+
 import torch
 
 from vidcorpus.captioning.decode_attention import cache_kwarg, pop_cache, uniform_segments
@@ -18,7 +21,6 @@ from vidcorpus.captioning.decode_attention import cache_kwarg, pop_cache, unifor
 def _transformers_fn(module: torch.nn.Module, name: str):
     """A function of the transformers modeling file that defines ``module``'s class (the model's own
     rotary maths, say), or None."""
-    import sys
 
     return getattr(sys.modules.get(type(module).__module__), name, None)
 
@@ -117,7 +119,6 @@ def fusable_lm_layer(layer) -> bool:
 def _calls(fn, text: str) -> bool:
     """Whether ``fn``'s source contains ``text``: the fused layer repeats what transformers' attention
     does, so it is used only while that code still does it this way."""
-    import inspect
 
     try:
         return text in inspect.getsource(fn)

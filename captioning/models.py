@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,7 +176,6 @@ class Captioner(CaptionInputs):
         """Batches of ``batch_size``; while one generates, a thread prepares the next one's inputs (chat
         templates, tokens, frames to the device: 0.4 to 0.7 s at batch 512, otherwise spent with the
         GPU idle)."""
-        from concurrent.futures import ThreadPoolExecutor
 
         out: list[Generation] = []
         pad = pad and not as_image  # a job's images are few: padding each of their batches would cost a batch
@@ -270,7 +271,6 @@ class Captioner(CaptionInputs):
             except Exception as exc:  # noqa: BLE001 - OOM goes to the batch back-off; else fall back
                 if is_oom(exc):
                     raise
-                import warnings
 
                 warnings.warn(f"static_graph decoding failed ({exc!r}); using transformers' generate from now on",
                               RuntimeWarning, stacklevel=2)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar
 
@@ -123,7 +124,6 @@ class CaptionStage(Stage):
     def _read_all(self, rows: list[dict]) -> list[np.ndarray | Exception]:
         """Every row's frames, decoded in threads (PyAV releases the GIL): a GPU batch of 512 clips
         decoded one after another kept the GPU waiting longer than the batch took to caption."""
-        from concurrent.futures import ThreadPoolExecutor
 
         threads = self._threads()
         if threads <= 1 or len(rows) <= 1:
@@ -164,8 +164,6 @@ class CaptionStage(Stage):
             texts = [c["text"] for r in rows for c in r["captions"][-len(KINDS):]]
             text_emb = embed_texts(model, tokenizer, [t or " " for t in texts], device, bs)
         except Exception as exc:  # noqa: BLE001 - QA failing must not lose the captions
-            import warnings
-
             warnings.warn(f"caption QA failed, captions kept without QA scores: {exc!r}", RuntimeWarning, stacklevel=2)
             return rows
         out, start = [], 0

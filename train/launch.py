@@ -8,6 +8,7 @@ failures of all ranks) and the run's sample log (losses and the (step, clip) row
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -56,7 +57,6 @@ def result_from_checkpoint(ckpt: str, seconds: float, run_dir: str) -> TrainResu
 
 def _ray_worker(config: dict) -> None:
     """One Ray Train worker: Ray Train has set up the process group; run the loop."""
-    import logging
 
     logging.getLogger("vidcorpus").setLevel(logging.ERROR)  # per-rank decode warnings reach the state json
     if config.get("stage", "base") == "refiner":

@@ -9,6 +9,8 @@ measures nothing and says so with ``None``: a missing number, never a made-up on
 
 from __future__ import annotations
 
+import socket
+import sys
 import threading
 import time
 
@@ -19,7 +21,6 @@ _unavailable = False  # set once NVML fails in this process: stop trying
 
 def current_device() -> tuple[int, str] | None:
     """(index, host:uuid) of this process's CUDA device, or None without CUDA (torch not even imported)."""
-    import sys
 
     torch = sys.modules.get("torch")
     if torch is None or _unavailable:
@@ -27,7 +28,6 @@ def current_device() -> tuple[int, str] | None:
     try:
         if not torch.cuda.is_available() or not torch.cuda.is_initialized():
             return None
-        import socket
 
         index = torch.cuda.current_device()
         uuid = str(getattr(torch.cuda.get_device_properties(index), "uuid", index))

@@ -14,6 +14,8 @@ the stages upstream.
 
 from __future__ import annotations
 
+import time
+
 import pyarrow as pa
 
 from vidcorpus.config import Config
@@ -71,7 +73,6 @@ class CaptionPool:
     def flush(self, timeout: float | None = None) -> list[pa.Table]:
         """Submit what is queued (a last, partial batch) and wait for every batch, or for at most
         ``timeout`` seconds (``pending`` then says whether batches are still out)."""
-        import time
 
         done: list[pa.Table] = []
         if self.queued:
