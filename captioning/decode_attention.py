@@ -28,6 +28,7 @@ VARLEN_ATTENTION = "vidcorpus_flash_varlen_sdpa"  # "flash" in the name: see the
 
 
 def _sdpa(*args, **kwargs):
+    # inside: transformers (seconds) loads after load_captioner has checked the weights (it fails fast first)
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     return sdpa_attention_forward(*args, **kwargs)
@@ -153,6 +154,7 @@ def penalty_skips_padding() -> bool:
     (transformers 5 passes ``prompt_ignore_length`` = the padding lengths); the static path and the
     probe do as it does."""
 
+    # inside: transformers (seconds) loads after load_captioner has checked the weights (it fails fast first)
     from transformers.generation.utils import GenerationMixin
 
     try:
@@ -173,6 +175,7 @@ def pop_cache(kwargs: dict):
 
 
 def register_attention() -> None:
+    # inside: transformers (seconds) loads after load_captioner has checked the weights (it fails fast first)
     from transformers import AttentionInterface
 
     AttentionInterface.register(DECODE_ATTENTION, gqa_decode_attention)

@@ -162,6 +162,7 @@ def lm_layer_forward(layer, before, after):
     the attention, and between them transformers' own cache update and attention function (eager: the
     cache update is where the layer's index matters). The cache arrives as ``cache`` (transformers >=
     5.25) or ``past_key_values`` (earlier): read under either, passed on under the layer's own name."""
+    # inside: transformers (seconds) loads after load_captioner has checked the weights (it fails fast first)
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     attn = layer.self_attn

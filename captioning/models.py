@@ -335,6 +335,7 @@ def _count_until_stop(ids: list[int], stop: set[int]) -> int:
 
 
 def _auto_model_class():
+    # inside: transformers (seconds) loads after load_captioner has checked the weights (it fails fast first)
     import transformers
 
     cls = getattr(transformers, "AutoModelForImageTextToText", None)  # transformers >= 4.50, 5.x
@@ -349,6 +350,7 @@ def load_captioner(name_or_dir: str, device: str | torch.device | None = None, d
                    prefetch_min_batch: int = PREFETCH_MIN_BATCH, pad_batches: bool = False) -> Captioner:
     """Load any image-text-to-text captioner (hub id or local dir) the same way; fail fast if missing."""
     path = require_hf_model(name_or_dir, "captioner")  # before transformers' slow imports: fail fast
+    # inside: transformers (seconds) loads after load_captioner has checked the weights (it fails fast first)
     from transformers import AutoProcessor
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -54,7 +54,7 @@ class CaptionStage(Stage):
         self.captioner.pad_batches = compiles if cap.pad_batches is None else cap.pad_batches
         self.clip = None
         if cap.qa:
-            # here, not at the top: the CLIP code imports open_clip (seconds), which a captioner
+            # inside: the CLIP code imports open_clip (seconds), which a captioner
             # without QA never needs
             from vidcorpus.clip_models import clip_model_id, load_clip
 
@@ -152,7 +152,8 @@ class CaptionStage(Stage):
 
     def _qa(self, rows: list[dict], frames_of: dict[int, np.ndarray]) -> list[dict]:
         """CLIP similarity of each new caption and its frames, plus a degenerate flag, as scores."""
-        from vidcorpus.clip_models import embed_images, embed_texts  # loaded by setup already (QA on)
+        # inside: loaded by setup already (QA on); open_clip off the top as there
+        from vidcorpus.clip_models import embed_images, embed_texts
 
         model, preprocess, tokenizer, clip_id = self.clip
         cap = self.config.captioning

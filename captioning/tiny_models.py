@@ -11,6 +11,18 @@ import tempfile
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import PreTrainedTokenizerFast, Qwen2_5_VLProcessor, Qwen2VLImageProcessor
+from transformers import (
+    BertTokenizerFast,
+    BlipConfig,
+    BlipForConditionalGeneration,
+    BlipImageProcessor,
+    BlipProcessor,
+)
+from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+from transformers.utils import logging as hf_logging
 
 from vidcorpus.captioning.prompts import PROMPTS
 
@@ -63,13 +75,6 @@ def build_tiny_captioner(out_dir: str, seed: int = 0) -> None:
     Built in a temporary sibling directory and renamed at the end, so a crash never leaves a
     half-written model where ``presets`` looks for ``config.json``.
     """
-    from transformers import (
-        BertTokenizerFast,
-        BlipConfig,
-        BlipForConditionalGeneration,
-        BlipImageProcessor,
-        BlipProcessor,
-    )
 
     vocab = _tiny_vocab()
     tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=64)
@@ -108,7 +113,6 @@ def save_pretrained_atomically(out_dir: str, model, processor) -> None:
     A crash never leaves a half-written model where ``presets`` looks for ``config.json``; if
     another worker finished first, its copy is kept (same seed, same model).
     """
-    from transformers.utils import logging as hf_logging
 
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -150,8 +154,6 @@ def build_chat_tokenizer(vocab_size: int = 1024, extra_specials: tuple[str, ...]
     about as many tokens long as with the real tokenizer (a merge-free byte tokenizer would make
     the prompt several times longer than in production).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -172,8 +174,6 @@ def build_chat_tokenizer(vocab_size: int = 1024, extra_specials: tuple[str, ...]
 
 def chat_processor(tokenizer, min_pixels: int = 56 * 56, max_pixels: int = 112 * 112):
     """A Qwen2.5-VL processor (image + video processors, chat template) around ``tokenizer``."""
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     pixels = dict(min_pixels=min_pixels, max_pixels=max_pixels)
     return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels),
@@ -183,7 +183,6 @@ def chat_processor(tokenizer, min_pixels: int = 56 * 56, max_pixels: int = 112 *
 
 def chat_vlm_config(tokenizer, size: str = "tiny"):
     """Qwen2.5-VL config: ``tiny`` (tests) or ``3b`` (the dimensions of Qwen2.5-VL-3B-Instruct)."""
-    from transformers import Qwen2_5_VLConfig
 
     ids = tokenizer.convert_tokens_to_ids
     if size == "3b":
@@ -216,7 +215,6 @@ def chat_vlm_config(tokenizer, size: str = "tiny"):
 
 def build_tiny_chat_vlm(out_dir: str, seed: int = 0) -> None:
     """A seeded, random tiny Qwen2.5-VL + processor saved with save_pretrained (the production path)."""
-    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 
     tok = build_chat_tokenizer()
     config = chat_vlm_config(tok, "tiny")

@@ -16,6 +16,7 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import shared_memory
 from typing import Callable
 
+import cv2
 import numpy as np
 
 from vidcorpus.errors import DecodeError
@@ -30,7 +31,6 @@ _KEYDEC: KeyframeDecoder | None = None  # the worker's long-lived hardware decod
 
 def _worker_init(shm_name: str, hwaccel: str | None = None) -> None:
     global _SHM, _KEYDEC
-    import cv2
 
     cv2.setNumThreads(1)
     _SHM = shared_memory.SharedMemory(name=shm_name)

@@ -54,7 +54,7 @@ def load_nsfw(device: str = "cpu", threads: int = 0):
     ``filters.frame_models_device``; ``threads``: ONNX Runtime's per session, 0 its own choice)."""
     require_extra(*REQUIRE)
 
-    import onnxruntime
+    import onnxruntime  # inside: the optional models extra (onnxruntime, nudenet's weights)
 
     folder = importlib.util.find_spec("nudenet").submodule_search_locations[0]
     options = onnxruntime.SessionOptions()

@@ -44,7 +44,7 @@ def load_ocr(device: str = "cpu", threads: int = -1):
     ``device``, ``filters.frame_models_device``, says so; ``threads``: ONNX Runtime's per session, -1 its own)."""
     require_extra(*REQUIRE)
     cuda = use_cuda(device)
-    from rapidocr_onnxruntime import RapidOCR
+    from rapidocr_onnxruntime import RapidOCR  # inside: the optional models extra (rapidocr-onnxruntime)
 
     return RapidOCR(det_limit_side_len=DET_LIMIT_SIDE, det_limit_type="max", print_verbose=False,
                     det_use_cuda=cuda, cls_use_cuda=cuda, rec_use_cuda=cuda,

@@ -17,6 +17,7 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import torch
+from diffusers import I2VGenXLPipeline
 from PIL import Image
 
 from vidcorpus.storage import is_url
@@ -25,8 +26,6 @@ from vidcorpus.train.models import Components, load_components
 
 
 def build_pipeline(comps: Components, unet: torch.nn.Module):
-    from diffusers import I2VGenXLPipeline
-
     return I2VGenXLPipeline(vae=comps.vae, text_encoder=comps.text_encoder, tokenizer=comps.tokenizer,
                             image_encoder=comps.image_encoder, feature_extractor=comps.feature_extractor,
                             unet=unet, scheduler=comps.scheduler)
@@ -108,7 +107,7 @@ def _sample(pipe, device, image, prompt, height, width, num_frames, fps, steps, 
 
 
 def write_mp4(frames: np.ndarray, fps: float, url: str) -> str:
-    # here, not at the top: media imports av, which a run from cached latents never needs
+    # inside: media imports av, which a run from cached latents never needs
     from vidcorpus.media import encode_video
 
     if not is_url(url):
@@ -125,7 +124,6 @@ def write_mp4(frames: np.ndarray, fps: float, url: str) -> str:
 
 def load_exported(out_dir: str):
     """The exported pipeline as a user loads it: ``I2VGenXLPipeline.from_pretrained``."""
-    from diffusers import I2VGenXLPipeline
 
     pipe = I2VGenXLPipeline.from_pretrained(out_dir.removeprefix("file://"))
     pipe.set_progress_bar_config(disable=True)

@@ -14,6 +14,7 @@ import tempfile
 import time
 
 import torch
+import torch.distributed as dist
 
 from vidcorpus.config import RefinerTrainConfig, TrainConfig
 from vidcorpus.train import checkpoint as ckpt_io
@@ -23,7 +24,6 @@ from vidcorpus.train.refiner import train_refiner
 
 def init_torchrun() -> bool:
     """Join the process group torchrun describes (WORLD_SIZE > 1); True if distributed."""
-    import torch.distributed as dist
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
@@ -37,7 +37,6 @@ def init_torchrun() -> bool:
 
 def broadcast(obj):
     """``obj`` of rank 0 on every rank (identity without a process group)."""
-    import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
         return obj
@@ -75,7 +74,7 @@ def launch_ray(cfg: TrainConfig, model_dir: str, shards: list, out_dir: str, key
     """Run ``train_base`` (or, ``stage="refiner"``, ``train_refiner``) on ``cfg.workers`` Ray Train workers
     (a GPU each when ``cfg.use_gpu`` and the cluster has GPUs; otherwise CPU workers over gloo). Ray
     must be initialised by the caller."""
-    import ray
+    import ray  # inside: ray (a second to import) only when training runs on Ray Train workers
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 

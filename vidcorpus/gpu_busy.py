@@ -51,6 +51,7 @@ class GpuBusyMeter:
     def _read(self) -> float | None:
         global _unavailable
         try:
+            # inside: torch only once a sampler reads a CUDA device (this core module never loads torch itself)
             import torch
 
             return float(torch.cuda.utilization(self.index))

@@ -41,7 +41,7 @@ class CaptionPool:
 
     def __init__(self, cfg: Config, stage_classes: list[type[Stage]], plan: StagePlan, ray_args: dict,
                  in_flight_per_actor: int):
-        import ray
+        import ray  # inside: ray loads only when captions stream (pipeline.py imports this module at its top, ray-free)
 
         remote = ray.remote(**ray_args)(StageChain)
         self.actors = [remote.remote(cfg, stage_classes) for _ in range(max(1, plan.replicas))]
@@ -105,7 +105,7 @@ class CaptionPool:
         return done
 
     def _wait(self, timeout: float | None) -> list[pa.Table]:
-        import ray
+        import ray  # inside: ray loads only when captions stream (pipeline.py imports this module at its top, ray-free)
 
         ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=timeout)
         out = []
@@ -115,7 +115,7 @@ class CaptionPool:
         return out
 
     def close(self) -> None:
-        import ray
+        import ray  # inside: ray loads only when captions stream (pipeline.py imports this module at its top, ray-free)
 
         for a in self.actors:
             ray.kill(a)
