@@ -140,7 +140,6 @@ def cache_kwarg(forward) -> str:
     ``cache`` from transformers 5.25 on, ``past_key_values`` before (5.25 still accepts the old name
     with a deprecation warning on every call, and a layer called by the old name inside a model that
     passes the new one would get no cache at all)."""
-
     try:
         params = inspect.signature(forward).parameters
     except (TypeError, ValueError):

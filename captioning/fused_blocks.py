@@ -21,7 +21,6 @@ from vidcorpus.captioning.decode_attention import cache_kwarg, pop_cache, unifor
 def _transformers_fn(module: torch.nn.Module, name: str):
     """A function of the transformers modeling file that defines ``module``'s class (the model's own
     rotary maths, say), or None."""
-
     return getattr(sys.modules.get(type(module).__module__), name, None)
 
 
@@ -119,7 +118,6 @@ def fusable_lm_layer(layer) -> bool:
 def _calls(fn, text: str) -> bool:
     """Whether ``fn``'s source contains ``text``: the fused layer repeats what transformers' attention
     does, so it is used only while that code still does it this way."""
-
     try:
         return text in inspect.getsource(fn)
     except (OSError, TypeError):

@@ -176,7 +176,6 @@ class Captioner(CaptionInputs):
         """Batches of ``batch_size``; while one generates, a thread prepares the next one's inputs (chat
         templates, tokens, frames to the device: 0.4 to 0.7 s at batch 512, otherwise spent with the
         GPU idle)."""
-
         out: list[Generation] = []
         pad = pad and not as_image  # a job's images are few: padding each of their batches would cost a batch
         i, bs, n = 0, max(1, self.batch_size), len(frames_per_clip)

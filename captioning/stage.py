@@ -124,7 +124,6 @@ class CaptionStage(Stage):
     def _read_all(self, rows: list[dict]) -> list[np.ndarray | Exception]:
         """Every row's frames, decoded in threads (PyAV releases the GIL): a GPU batch of 512 clips
         decoded one after another kept the GPU waiting longer than the batch took to caption."""
-
         threads = self._threads()
         if threads <= 1 or len(rows) <= 1:
             return [self._read(r) for r in rows]

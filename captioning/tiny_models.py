@@ -75,7 +75,6 @@ def build_tiny_captioner(out_dir: str, seed: int = 0) -> None:
     Built in a temporary sibling directory and renamed at the end, so a crash never leaves a
     half-written model where ``presets`` looks for ``config.json``.
     """
-
     vocab = _tiny_vocab()
     tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=64)
     if len(tokenizer) != len(vocab):  # transformers 5 can silently build an empty vocab
@@ -113,7 +112,6 @@ def save_pretrained_atomically(out_dir: str, model, processor) -> None:
     A crash never leaves a half-written model where ``presets`` looks for ``config.json``; if
     another worker finished first, its copy is kept (same seed, same model).
     """
-
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -154,7 +152,6 @@ def build_chat_tokenizer(vocab_size: int = 1024, extra_specials: tuple[str, ...]
     about as many tokens long as with the real tokenizer (a merge-free byte tokenizer would make
     the prompt several times longer than in production).
     """
-
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -174,7 +171,6 @@ def build_chat_tokenizer(vocab_size: int = 1024, extra_specials: tuple[str, ...]
 
 def chat_processor(tokenizer, min_pixels: int = 56 * 56, max_pixels: int = 112 * 112):
     """A Qwen2.5-VL processor (image + video processors, chat template) around ``tokenizer``."""
-
     pixels = dict(min_pixels=min_pixels, max_pixels=max_pixels)
     return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels),
                                video_processor=Qwen2VLVideoProcessor(**pixels),
@@ -183,7 +179,6 @@ def chat_processor(tokenizer, min_pixels: int = 56 * 56, max_pixels: int = 112 *
 
 def chat_vlm_config(tokenizer, size: str = "tiny"):
     """Qwen2.5-VL config: ``tiny`` (tests) or ``3b`` (the dimensions of Qwen2.5-VL-3B-Instruct)."""
-
     ids = tokenizer.convert_tokens_to_ids
     if size == "3b":
         text = dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
@@ -215,7 +210,6 @@ def chat_vlm_config(tokenizer, size: str = "tiny"):
 
 def build_tiny_chat_vlm(out_dir: str, seed: int = 0) -> None:
     """A seeded, random tiny Qwen2.5-VL + processor saved with save_pretrained (the production path)."""
-
     tok = build_chat_tokenizer()
     config = chat_vlm_config(tok, "tiny")
     torch.manual_seed(seed)

@@ -127,7 +127,6 @@ def pending_work(cat: "Catalog", caption_version: str, shard_caption_version: st
 
 def _local_file_missing(path: str) -> bool:
     """A local clip file that is not there (object-store paths are not probed one by one)."""
-
     return not is_url(path) and not os.path.exists(local_path(path))
 
 

@@ -118,7 +118,6 @@ def _table_datasets(fs, root: str, manifest: dict) -> dict:
     Registered with DuckDB from Python rather than read with ``read_parquet``: DuckDB itself
     then needs no file access, so user SQL can run with external access off (``safe_sql``).
     """
-
     filesystem = PyFileSystem(FSSpecHandler(fs))
     return {name: pads.dataset(f"{root}/{entry['file']}", format="parquet", filesystem=filesystem)
             for name, entry in manifest["tables"].items()}

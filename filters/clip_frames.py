@@ -95,7 +95,6 @@ def _decode_by_pts(data: bytes, wanted: list[int], convert: FrameConverter = to_
 
 def _decode_sequential(data: bytes, wanted: list[int], convert: FrameConverter = to_rgb) -> dict[int, np.ndarray]:
     """Every frame up to the last wanted one, counted in decode order; only the wanted converted."""
-
     got: dict[int, np.ndarray] = {}
     try:
         c, stream = _open(data)

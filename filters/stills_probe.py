@@ -26,7 +26,6 @@ MAX_MEAN_ABS_DIFF = 8.0
 def stills_difference(row: dict, k: int) -> float | None:
     """Mean absolute difference between the row's stills and its decoded sampled frames, or None when
     the row has no readable stills."""
-
     stills = load_stills(row, k)
     if stills is None:
         return None

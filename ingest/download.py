@@ -197,7 +197,6 @@ def _http_once(session, url: str, cfg, sink: _Sink) -> None:
 
 def http_download(url: str, cfg, sink: _Sink, sleep=time.sleep) -> None:
     """Download with retries and exponential backoff on 5xx, timeouts and resets; none on 4xx."""
-
     attempt = 0
     with requests.Session() as session:
         session.trust_env = False  # proxies from the environment would bypass the address checks

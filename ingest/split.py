@@ -53,7 +53,6 @@ def detection_size(width: int, height: int, downscale: int) -> tuple[int, int]:
 
 def first_frame_rotation(path: str) -> int:
     """Clockwise degrees the video's frames need to be upright (its display matrix), from its first frame."""
-
     try:
         with av.open(path) as c:
             frame = next(c.decode(video=0), None)

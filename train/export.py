@@ -124,7 +124,6 @@ def write_mp4(frames: np.ndarray, fps: float, url: str) -> str:
 
 def load_exported(out_dir: str):
     """The exported pipeline as a user loads it: ``I2VGenXLPipeline.from_pretrained``."""
-
     pipe = I2VGenXLPipeline.from_pretrained(out_dir.removeprefix("file://"))
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -24,7 +24,6 @@ from vidcorpus.train.refiner import train_refiner
 
 def init_torchrun() -> bool:
     """Join the process group torchrun describes (WORLD_SIZE > 1); True if distributed."""
-
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if not dist.is_initialized():
@@ -37,7 +36,6 @@ def init_torchrun() -> bool:
 
 def broadcast(obj):
     """``obj`` of rank 0 on every rank (identity without a process group)."""
-
     if not (dist.is_available() and dist.is_initialized()):
         return obj
     box = [obj]
@@ -56,7 +54,6 @@ def result_from_checkpoint(ckpt: str, seconds: float, run_dir: str) -> TrainResu
 
 def _ray_worker(config: dict) -> None:
     """One Ray Train worker: Ray Train has set up the process group; run the loop."""
-
     logging.getLogger("vidcorpus").setLevel(logging.ERROR)  # per-rank decode warnings reach the state json
     if config.get("stage", "base") == "refiner":
         train_refiner(RefinerTrainConfig(**config["cfg"]), config["model_dir"], config["shards"], config["out_dir"],

@@ -98,7 +98,6 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def build_tiny_tokenizer():
     """A CLIP BPE tokenizer with a byte alphabet plus merges for a few words, built offline."""
-
     alphabet = list(_bytes_to_unicode().values())
     tokens = alphabet + [c + "</w>" for c in alphabet]
     merges: list[tuple[str, str]] = []
@@ -122,7 +121,6 @@ def build_tiny_i2vgen(out_dir: str) -> None:
     Built in a temporary directory and renamed into place, with model_index.json written last,
     because presets.py takes model_index.json as "the tiny model exists".
     """
-
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".i2vgen-", dir=out.parent))
@@ -195,7 +193,6 @@ def load_components(name_or_dir: str, device: torch.device | str = "cpu",
     ``dtype`` applies to the frozen parts (VAE, text and image encoders); the UNet is kept in
     float32 because it holds the master weights the optimizer updates (autocast handles bf16).
     """
-
     src = require_hf_model(name_or_dir, "i2vgen")
     unet = I2VGenXLUNet.from_pretrained(src, subfolder="unet", torch_dtype=torch.float32).to(device)
     vae = AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=dtype).to(device)

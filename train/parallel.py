@@ -135,7 +135,6 @@ class Sharded:
 
     def full_modules(self) -> tuple[torch.nn.Module | None, torch.nn.Module | None]:
         """Collective: every rank calls it; rank 0 gets CPU modules with the full weights."""
-
         unet_sd = get_model_state_dict(self.unet, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         ema_sd = self._gather_ema()
         if self.rank != 0:

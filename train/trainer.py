@@ -45,7 +45,6 @@ def apply_activation_checkpointing(unet: torch.nn.Module) -> int:
     """Wrap the UNet's ResnetBlock2D, TemporalConvLayer and transformer blocks in torch's
     non-reentrant checkpoint wrapper (diffusers refuses ``enable_gradient_checkpointing`` for
     I2VGenXLUNet). State-dict keys are unchanged. Returns the number of wrapped blocks."""
-
     kinds = (ResnetBlock2D, TemporalConvLayer, BasicTransformerBlock)
     n = sum(isinstance(m, kinds) for m in unet.modules())
     apply_ac(unet, checkpoint_wrapper_fn=lambda m: checkpoint_wrapper(m, checkpoint_impl=CheckpointImpl.NO_REENTRANT),

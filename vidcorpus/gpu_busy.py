@@ -21,7 +21,6 @@ _unavailable = False  # set once NVML fails in this process: stop trying
 
 def current_device() -> tuple[int, str] | None:
     """(index, host:uuid) of this process's CUDA device, or None without CUDA (torch not even imported)."""
-
     torch = sys.modules.get("torch")
     if torch is None or _unavailable:
         return None

@@ -247,7 +247,6 @@ def load_image_rgb(fileobj, max_pixels: int | None = None) -> np.ndarray:
     Refuses images above ``max_pixels`` (and Pillow's own decompression-bomb limit) before
     decoding them: ``DecodeError`` with class ``too_large``.
     """
-
     try:
         img = Image.open(fileobj)
     except Image.DecompressionBombError as e:

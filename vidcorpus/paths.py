@@ -65,7 +65,6 @@ def resolve_config_paths(cfg: Config) -> Config:
 def missing_inputs(inputs: list[str]) -> list[str]:
     """Inputs (list files, folders, prefixes) that are not there; a single http(s) media URL is the
     downloader's to judge. Checked before a run opens the catalog, so a typo leaves nothing behind."""
-
     missing = []
     for item in inputs:
         if item.split("://", 1)[0].lower() in ("http", "https") and "://" in item:

@@ -73,7 +73,6 @@ class CaptionPool:
     def flush(self, timeout: float | None = None) -> list[pa.Table]:
         """Submit what is queued (a last, partial batch) and wait for every batch, or for at most
         ``timeout`` seconds (``pending`` then says whether batches are still out)."""
-
         done: list[pa.Table] = []
         if self.queued:
             done += self._submit(self.queued)

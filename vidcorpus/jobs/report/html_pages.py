@@ -78,7 +78,6 @@ class Writer:
 
     def thumb(self, clip: dict) -> str:
         """Relative path of the clip's thumbnail (made on first use; a grey tile if the frame is gone)."""
-
         rel = f"thumbs/{safe_name(clip['clip_id'])}.jpg"
         dst = self.out / rel
         if not dst.exists():
