@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from PIL import Image
 
 from vidcorpus.captioning.oom import is_oom
 from vidcorpus.captioning.prompts import Prompt
@@ -25,7 +26,6 @@ class CaptionInputs:
         h, w = frames.shape[1:3]
         if not self.max_pixels or h * w <= self.max_pixels:
             return frames
-        from PIL import Image
 
         scale = (self.max_pixels / (h * w)) ** 0.5
         size = (max(1, int(w * scale)), max(1, int(h * scale)))

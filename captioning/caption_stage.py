@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar
 
@@ -53,7 +54,7 @@ class CaptionStage(Stage):
         self.captioner.pad_batches = compiles if cap.pad_batches is None else cap.pad_batches
         self.clip = None
         if cap.qa:
-            # here, not at the top: the CLIP code imports open_clip (seconds), which a captioner
+            # inside: the CLIP code imports open_clip (seconds), which a captioner
             # without QA never needs
             from vidcorpus.clip_models import clip_model_id, load_clip
 
@@ -123,8 +124,6 @@ class CaptionStage(Stage):
     def _read_all(self, rows: list[dict]) -> list[np.ndarray | Exception]:
         """Every row's frames, decoded in threads (PyAV releases the GIL): a GPU batch of 512 clips
         decoded one after another kept the GPU waiting longer than the batch took to caption."""
-        from concurrent.futures import ThreadPoolExecutor
-
         threads = self._threads()
         if threads <= 1 or len(rows) <= 1:
             return [self._read(r) for r in rows]
@@ -152,7 +151,8 @@ class CaptionStage(Stage):
 
     def _qa(self, rows: list[dict], frames_of: dict[int, np.ndarray]) -> list[dict]:
         """CLIP similarity of each new caption and its frames, plus a degenerate flag, as scores."""
-        from vidcorpus.clip_models import embed_images, embed_texts  # loaded by setup already (QA on)
+        # inside: loaded by setup already (QA on); open_clip off the top as there
+        from vidcorpus.clip_models import embed_images, embed_texts
 
         model, preprocess, tokenizer, clip_id = self.clip
         cap = self.config.captioning
@@ -164,8 +164,6 @@ class CaptionStage(Stage):
             texts = [c["text"] for r in rows for c in r["captions"][-len(KINDS):]]
             text_emb = embed_texts(model, tokenizer, [t or " " for t in texts], device, bs)
         except Exception as exc:  # noqa: BLE001 - QA failing must not lose the captions
-            import warnings
-
             warnings.warn(f"caption QA failed, captions kept without QA scores: {exc!r}", RuntimeWarning, stacklevel=2)
             return rows
         out, start = [], 0

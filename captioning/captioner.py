@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,8 +176,6 @@ class Captioner(CaptionInputs):
         """Batches of ``batch_size``; while one generates, a thread prepares the next one's inputs (chat
         templates, tokens, frames to the device: 0.4 to 0.7 s at batch 512, otherwise spent with the
         GPU idle)."""
-        from concurrent.futures import ThreadPoolExecutor
-
         out: list[Generation] = []
         pad = pad and not as_image  # a job's images are few: padding each of their batches would cost a batch
         i, bs, n = 0, max(1, self.batch_size), len(frames_per_clip)
@@ -270,7 +270,6 @@ class Captioner(CaptionInputs):
             except Exception as exc:  # noqa: BLE001 - OOM goes to the batch back-off; else fall back
                 if is_oom(exc):
                     raise
-                import warnings
 
                 warnings.warn(f"static_graph decoding failed ({exc!r}); using transformers' generate from now on",
                               RuntimeWarning, stacklevel=2)
@@ -335,6 +334,7 @@ def _count_until_stop(ids: list[int], stop: set[int]) -> int:
 
 
 def _auto_model_class():
+    # inside: transformers (seconds) loads after load_captioner has checked the weights (it fails fast first)
     import transformers
 
     cls = getattr(transformers, "AutoModelForImageTextToText", None)  # transformers >= 4.50, 5.x
@@ -349,6 +349,7 @@ def load_captioner(name_or_dir: str, device: str | torch.device | None = None, d
                    prefetch_min_batch: int = PREFETCH_MIN_BATCH, pad_batches: bool = False) -> Captioner:
     """Load any image-text-to-text captioner (hub id or local dir) the same way; fail fast if missing."""
     path = require_hf_model(name_or_dir, "captioner")  # before transformers' slow imports: fail fast
+    # inside: transformers (seconds) loads after load_captioner has checked the weights (it fails fast first)
     from transformers import AutoProcessor
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -18,6 +18,7 @@ both register and switch these kernels, and the probes (``captioning/fast_decode
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 
@@ -27,6 +28,7 @@ VARLEN_ATTENTION = "vidcorpus_flash_varlen_sdpa"  # "flash" in the name: see the
 
 
 def _sdpa(*args, **kwargs):
+    # inside: transformers (seconds) loads after load_captioner has checked the weights (it fails fast first)
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     return sdpa_attention_forward(*args, **kwargs)
@@ -138,8 +140,6 @@ def cache_kwarg(forward) -> str:
     ``cache`` from transformers 5.25 on, ``past_key_values`` before (5.25 still accepts the old name
     with a deprecation warning on every call, and a layer called by the old name inside a model that
     passes the new one would get no cache at all)."""
-    import inspect
-
     try:
         params = inspect.signature(forward).parameters
     except (TypeError, ValueError):
@@ -152,8 +152,8 @@ def penalty_skips_padding() -> bool:
     """Whether the installed ``generate`` leaves each row's left padding out of the repetition penalty
     (transformers 5 passes ``prompt_ignore_length`` = the padding lengths); the static path and the
     probe do as it does."""
-    import inspect
 
+    # inside: transformers (seconds) loads after load_captioner has checked the weights (it fails fast first)
     from transformers.generation.utils import GenerationMixin
 
     try:
@@ -174,6 +174,7 @@ def pop_cache(kwargs: dict):
 
 
 def register_attention() -> None:
+    # inside: transformers (seconds) loads after load_captioner has checked the weights (it fails fast first)
     from transformers import AttentionInterface
 
     AttentionInterface.register(DECODE_ATTENTION, gqa_decode_attention)

@@ -57,6 +57,7 @@ def check_tokens(model, inputs: dict, new: torch.Tensor, eos_ids: list[int], sto
     """Teacher-forced check of generated tokens ``new`` (rows, n) for the prompts in ``inputs`` (the
     processor's tensors of the same rows, on the model's device). ``eos_ids``: what the minimum-length
     rule suppresses; ``stop_ids``: tokens after which a row is padding (EOS and pad)."""
+    # inside: transformers (seconds) loads after load_captioner has checked the weights (it fails fast first)
     from transformers import MinNewTokensLengthLogitsProcessor, RepetitionPenaltyLogitsProcessor
 
     prompt = inputs["input_ids"]

@@ -10,6 +10,9 @@ modules they replace), and it is the switching on and off.
 
 from __future__ import annotations
 
+import inspect
+import sys
+
 import torch
 
 from vidcorpus.captioning.decode_attention import cache_kwarg, pop_cache, uniform_segments
@@ -18,8 +21,6 @@ from vidcorpus.captioning.decode_attention import cache_kwarg, pop_cache, unifor
 def _transformers_fn(module: torch.nn.Module, name: str):
     """A function of the transformers modeling file that defines ``module``'s class (the model's own
     rotary maths, say), or None."""
-    import sys
-
     return getattr(sys.modules.get(type(module).__module__), name, None)
 
 
@@ -117,8 +118,6 @@ def fusable_lm_layer(layer) -> bool:
 def _calls(fn, text: str) -> bool:
     """Whether ``fn``'s source contains ``text``: the fused layer repeats what transformers' attention
     does, so it is used only while that code still does it this way."""
-    import inspect
-
     try:
         return text in inspect.getsource(fn)
     except (OSError, TypeError):
@@ -161,6 +160,7 @@ def lm_layer_forward(layer, before, after):
     the attention, and between them transformers' own cache update and attention function (eager: the
     cache update is where the layer's index matters). The cache arrives as ``cache`` (transformers >=
     5.25) or ``past_key_values`` (earlier): read under either, passed on under the layer's own name."""
+    # inside: transformers (seconds) loads after load_captioner has checked the weights (it fails fast first)
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     attn = layer.self_attn

@@ -7,6 +7,18 @@ tests and the demo run the production code path."""
 from __future__ import annotations
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import PreTrainedTokenizerFast, Qwen2_5_VLProcessor, Qwen2VLImageProcessor
+from transformers import (
+    BertTokenizerFast,
+    BlipConfig,
+    BlipForConditionalGeneration,
+    BlipImageProcessor,
+    BlipProcessor,
+)
+from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+from transformers.utils import logging as hf_logging
 
 from vidcorpus.captioning.prompts import PROMPTS
 from vidcorpus.storage import publish_dir
@@ -60,14 +72,6 @@ def build_tiny_captioner(out_dir: str, seed: int = 0) -> None:
     Built in a temporary sibling directory and renamed at the end, so a crash never leaves a
     half-written model where ``presets`` looks for ``config.json``.
     """
-    from transformers import (
-        BertTokenizerFast,
-        BlipConfig,
-        BlipForConditionalGeneration,
-        BlipImageProcessor,
-        BlipProcessor,
-    )
-
     vocab = _tiny_vocab()
     tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=64)
     if len(tokenizer) != len(vocab):  # transformers 5 can silently build an empty vocab
@@ -105,8 +109,6 @@ def save_pretrained_atomically(out_dir: str, model, processor) -> None:
     A crash never leaves a half-written model where ``presets`` looks for ``config.json``; if
     another worker finished first, its copy is kept (same seed, same model).
     """
-    from transformers.utils import logging as hf_logging
-
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a one-off build of a tiny file needs no progress bar
     try:
@@ -138,9 +140,6 @@ def build_chat_tokenizer(vocab_size: int = 1024, extra_specials: tuple[str, ...]
     about as many tokens long as with the real tokenizer (a merge-free byte tokenizer would make
     the prompt several times longer than in production).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -160,9 +159,6 @@ def build_chat_tokenizer(vocab_size: int = 1024, extra_specials: tuple[str, ...]
 
 def chat_processor(tokenizer, min_pixels: int = 56 * 56, max_pixels: int = 112 * 112):
     """A Qwen2.5-VL processor (image + video processors, chat template) around ``tokenizer``."""
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-
     pixels = dict(min_pixels=min_pixels, max_pixels=max_pixels)
     return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels),
                                video_processor=Qwen2VLVideoProcessor(**pixels),
@@ -171,8 +167,6 @@ def chat_processor(tokenizer, min_pixels: int = 56 * 56, max_pixels: int = 112 *
 
 def chat_vlm_config(tokenizer, size: str = "tiny"):
     """Qwen2.5-VL config: ``tiny`` (tests) or ``3b`` (the dimensions of Qwen2.5-VL-3B-Instruct)."""
-    from transformers import Qwen2_5_VLConfig
-
     ids = tokenizer.convert_tokens_to_ids
     if size == "3b":
         text = dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
@@ -204,8 +198,6 @@ def chat_vlm_config(tokenizer, size: str = "tiny"):
 
 def build_tiny_chat_vlm(out_dir: str, seed: int = 0) -> None:
     """A seeded, random tiny Qwen2.5-VL + processor saved with save_pretrained (the production path)."""
-    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
-
     tok = build_chat_tokenizer()
     config = chat_vlm_config(tok, "tiny")
     torch.manual_seed(seed)

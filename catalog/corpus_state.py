@@ -14,6 +14,7 @@ configured version, shards, and latents once the corpus uses the latent cache: `
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -126,8 +127,6 @@ def pending_work(cat: "Catalog", caption_version: str, shard_caption_version: st
 
 def _local_file_missing(path: str) -> bool:
     """A local clip file that is not there (object-store paths are not probed one by one)."""
-    import os
-
     return not is_url(path) and not os.path.exists(local_path(path))
 
 

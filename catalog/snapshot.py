@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 
 import duckdb
 import fsspec
+import pyarrow.dataset as pads
+from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from vidcorpus.catalog.catalog_error import CatalogError
 from vidcorpus.catalog.sql_names import ident
@@ -116,9 +118,6 @@ def _table_datasets(fs, root: str, manifest: dict) -> dict:
     Registered with DuckDB from Python rather than read with ``read_parquet``: DuckDB itself
     then needs no file access, so user SQL can run with external access off (``safe_sql``).
     """
-    import pyarrow.dataset as pads
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
     filesystem = PyFileSystem(FSSpecHandler(fs))
     return {name: pads.dataset(f"{root}/{entry['file']}", format="parquet", filesystem=filesystem)
             for name, entry in manifest["tables"].items()}

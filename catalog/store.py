@@ -282,8 +282,6 @@ class Catalog(CurationRecords, ReleaseRecords):
     def events(self, run_id: str | None = None, limit: int = 50, kind: str | None = None) -> list[dict]:
         """Warnings and fast-path switch-offs stages raised (of one run, or of all runs), most frequent
         first; ``kind="setup"``: model actors' setups instead (one per actor and run)."""
-        import duckdb
-
         conds, params = ["kind = ?" if kind else "kind <> 'setup'"], [kind] if kind else []
         if run_id:
             conds.append("run_id = ?")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import io
 
+import av
+import cv2
 import numpy as np
 
 from vidcorpus.errors import DecodeError
@@ -56,8 +58,6 @@ def _open(data: bytes):
 
 
 def _decode_by_pts(data: bytes, wanted: list[int], convert: FrameConverter = to_rgb) -> dict[int, np.ndarray] | None:
-    import av
-
     want = set(wanted)
     got: dict[int, np.ndarray] = {}
     seen_max = -1
@@ -95,8 +95,6 @@ def _decode_by_pts(data: bytes, wanted: list[int], convert: FrameConverter = to_
 
 def _decode_sequential(data: bytes, wanted: list[int], convert: FrameConverter = to_rgb) -> dict[int, np.ndarray]:
     """Every frame up to the last wanted one, counted in decode order; only the wanted converted."""
-    import av
-
     got: dict[int, np.ndarray] = {}
     try:
         c, stream = _open(data)
@@ -137,7 +135,6 @@ def clip_frame_list(row: dict, data: bytes | None, k: int, convert: FrameConvert
         rgb = load_image_rgb(io.BytesIO(data))
         if convert is to_rgb:
             return [rgb]
-        import av
 
         return [convert(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"))]
     path = row.get("clip_path")
@@ -166,7 +163,6 @@ def _source_frame_list(row: dict, k: int, convert: FrameConverter) -> list[np.nd
     frames = [got.get(i, last) for i in wanted]
     if convert is to_rgb:
         return frames
-    import av
 
     return [convert(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")) for f in frames]
 
@@ -194,8 +190,6 @@ def scoring_frames(row: dict, data: bytes, k: int, convert: FrameConverter = to_
     if stills is None:
         return clip_frame_list(row, data, k, convert, keyframes), "clip"
     if convert is not to_rgb:
-        import av
-
         stills = [convert(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")) for f in stills]
     return stills, "stills"
 
@@ -210,8 +204,6 @@ def square_frame(frame: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
     top, left = (h - side) // 2, (w - side) // 2
     sq = frame[top:top + side, left:left + side]
     if side > max_side:
-        import cv2
-
         sq = cv2.resize(np.ascontiguousarray(sq), (max_side, max_side), interpolation=cv2.INTER_AREA)
     return sq
 

@@ -66,7 +66,7 @@ def gpu_preprocess(frames: list[np.ndarray], size: int, mean_t, std_t, dtype, pi
     one shape travel together as one uint8 tensor (pinned when `pin`, copied without blocking).
     mean_t and std_t are (1, 3, 1, 1) float32 tensors on the device, in 0..255 units.
     """
-    import torch
+    import torch  # inside: torch only in the workers that score (the runner imports this stage class without torch)
     import torch.nn.functional as F
 
     device = mean_t.device
@@ -100,7 +100,7 @@ def clip_means(emb, counts: list[int]):
     """Normalised mean of each clip's frame embeddings; ``emb`` holds the clips' frames one clip
     after the other (``counts`` frames each). One reshape when every clip has the same count (the
     usual batch: K frames per video clip), else one small reduction per clip."""
-    import torch
+    import torch  # inside: torch only in the workers that score (the runner imports this stage class without torch)
     import torch.nn.functional as F
 
     if len(set(counts)) == 1:
@@ -136,10 +136,11 @@ class ClipScoreStage(Stage):
     decode_hwaccel: ClassVar[str | None] = None
 
     def setup(self) -> None:
+        # inside: open_clip and torch only in the workers that score (the runner imports this stage class without torch)
         import open_clip
         import torch
 
-        # here, not at the top: the CLIP code imports open_clip and torch (seconds), which importing
+        # inside: the CLIP code imports open_clip and torch (seconds), which importing
         # this module (the runner, a run with filters.clip_scores off) does not need
         from vidcorpus.clip_models import clip_embed_dim, clip_model_id, load_clip
         from vidcorpus.filters.aesthetic_head import load_aesthetic_head
@@ -176,7 +177,7 @@ class ClipScoreStage(Stage):
     # -- model calls ------------------------------------------------------------------------------
     def embed_frames(self, frames: list[np.ndarray]):
         """Normalised float32 embeddings and aesthetic values of frames (one model batch)."""
-        import torch
+        import torch  # inside: torch only in the workers that score (the runner imports this stage class without torch)
 
         with torch.inference_mode():
             x = gpu_preprocess(frames, self.image_size, self.mean_t, self.std_t, self.dtype,
@@ -186,7 +187,8 @@ class ClipScoreStage(Stage):
         return emb, aesthetic
 
     def embed_texts(self, texts: list[str]):
-        from vidcorpus.clip_models import embed_texts  # loaded already by setup; kept out of the top as there
+        # inside: loaded already by setup; off the top as there (open_clip, torch)
+        from vidcorpus.clip_models import embed_texts
 
         return embed_texts(self.model, self.tokenizer, texts, self.device, clip_batch_size(self.config, self.device))
 
@@ -222,7 +224,7 @@ class ClipScoreStage(Stage):
         return self._decoder
 
     def process_rows(self, rows: list[dict]) -> list[dict]:
-        import torch
+        import torch  # inside: torch only in the workers that score (the runner imports this stage class without torch)
 
         k = self.config.filters.frames_per_clip
         bs = max(1, clip_batch_size(self.config, self.device))
@@ -282,7 +284,7 @@ class CaptionAlignStage(ClipScoreStage):
     batch_rows: ClassVar[int] = 64
 
     def process_rows(self, rows: list[dict]) -> list[dict]:
-        import torch
+        import torch  # inside: torch only in the workers that score (the runner imports this stage class without torch)
 
         todo = [r for r in rows if r.get("embedding") and r.get("captions")
                 and r.get("embedding_model") == self.clip_id]

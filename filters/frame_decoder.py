@@ -8,10 +8,15 @@ frames already decoded, and gives each slot back once its frames are on the devi
 
 from __future__ import annotations
 
-from concurrent.futures import Future
+import logging
+import multiprocessing as mp
+import pickle
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import shared_memory
 from typing import Callable
 
+import cv2
 import numpy as np
 
 from vidcorpus.errors import DecodeError
@@ -26,8 +31,6 @@ _KEYDEC: KeyframeDecoder | None = None  # the worker's long-lived hardware decod
 
 def _worker_init(shm_name: str, hwaccel: str | None = None) -> None:
     global _SHM, _KEYDEC
-    import cv2
-    from multiprocessing import shared_memory
 
     cv2.setNumThreads(1)
     _SHM = shared_memory.SharedMemory(name=shm_name)
@@ -35,14 +38,10 @@ def _worker_init(shm_name: str, hwaccel: str | None = None) -> None:
         try:
             _KEYDEC = KeyframeDecoder(hwaccel)
         except Exception as e:  # noqa: BLE001 - no such device here: decode on the CPU
-            import logging
-
             logging.getLogger(__name__).warning("no %s video decoder (%s); decoding on the CPU", hwaccel, e)
 
 
 def _picklable(exc: BaseException) -> BaseException:
-    import pickle
-
     try:
         pickle.loads(pickle.dumps(exc))
         return exc
@@ -87,10 +86,6 @@ class FrameDecoder:
 
     def __init__(self, workers: int, k: int, n_slots: int, scale: ScaleToModel | None = None,
                  hwaccel: str | None = None):
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-        from multiprocessing import shared_memory
-
         self.k = k
         self.scale = scale
         side = scale.size if scale else MAX_SIDE

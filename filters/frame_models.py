@@ -32,7 +32,7 @@ def onnx_has_cuda() -> bool:
     """Whether the installed ONNX Runtime is a CUDA build (onnxruntime-gpu lists the CUDA provider)."""
     if importlib.util.find_spec("onnxruntime") is None:
         return False
-    import onnxruntime
+    import onnxruntime  # inside: the optional models extra (onnxruntime)
 
     return CUDA_EP in onnxruntime.get_available_providers()
 
@@ -48,7 +48,7 @@ def use_cuda(device: str) -> bool:
     ``cuda`` without onnxruntime-gpu or a visible GPU is a one-line error, ``auto`` falls back to the CPU."""
     if device == "cpu":
         return False
-    import torch  # (a core dependency) the one way to ask whether this process sees a CUDA device
+    import torch  # inside: torch only to ask whether this process sees a CUDA device (ONNX sessions need none of it)
 
     ready = onnx_has_cuda() and torch.cuda.is_available()
     if device == "cuda" and not ready:
@@ -56,7 +56,7 @@ def use_cuda(device: str) -> bool:
         raise ModelNotAvailable(f"filters.frame_models_device=cuda, but {what} "
                                 "(pip uninstall onnxruntime && pip install onnxruntime-gpu; or set it to auto)")
     if ready:
-        import onnxruntime
+        import onnxruntime  # inside: the optional models extra (onnxruntime)
 
         if hasattr(onnxruntime, "preload_dlls"):  # CUDA and cuDNN from the nvidia-* wheels torch installs
             onnxruntime.preload_dlls()

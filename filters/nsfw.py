@@ -13,7 +13,10 @@ RGB in [0, 1]) and run as one batch per clip.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from functools import lru_cache
+from importlib.metadata import version
 from typing import ClassVar
 
 import cv2
@@ -42,8 +45,6 @@ REQUIRE = ("nudenet", "nudenet==3.4.2", "the NSFW scorer")
 
 
 def nsfw_model_name() -> str:
-    from importlib.metadata import version
-
     return f"nudenet-{version('nudenet')}/320n"
 
 
@@ -52,10 +53,8 @@ def load_nsfw(device: str = "cpu", threads: int = 0):
     """One ONNX Runtime session of the wheel's 320n.onnx per worker process (``device``:
     ``filters.frame_models_device``; ``threads``: ONNX Runtime's per session, 0 its own choice)."""
     require_extra(*REQUIRE)
-    import importlib.util
-    import os
 
-    import onnxruntime
+    import onnxruntime  # inside: the optional models extra (onnxruntime, nudenet's weights)
 
     folder = importlib.util.find_spec("nudenet").submodule_search_locations[0]
     options = onnxruntime.SessionOptions()

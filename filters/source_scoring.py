@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Callable
 
+import cv2
 import numpy as np
 
 from vidcorpus.errors import DecodeError
@@ -100,6 +101,5 @@ def _shrink(rgb: np.ndarray, short_side: int) -> np.ndarray:
     sw, sh = still_size(w, h, short_side)
     if (sw, sh) == (w, h):
         return rgb
-    import cv2
 
     return cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)

@@ -11,6 +11,7 @@ every clip.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from vidcorpus.fast_paths import switch_off, usable
@@ -25,8 +26,6 @@ MAX_MEAN_ABS_DIFF = 8.0
 def stills_difference(row: dict, k: int) -> float | None:
     """Mean absolute difference between the row's stills and its decoded sampled frames, or None when
     the row has no readable stills."""
-    import cv2
-
     stills = load_stills(row, k)
     if stills is None:
         return None

@@ -15,6 +15,7 @@ Detection runs at the frame's own size up to 960 px on the long side (PaddleOCR'
 from __future__ import annotations
 
 from functools import lru_cache
+from importlib.metadata import version
 from typing import ClassVar
 
 import cv2
@@ -34,8 +35,6 @@ REQUIRE = ("rapidocr_onnxruntime", "rapidocr-onnxruntime==1.4.4", "the text over
 
 
 def ocr_model_name() -> str:
-    from importlib.metadata import version
-
     return f"rapidocr-onnxruntime-{version('rapidocr-onnxruntime')}/PP-OCRv4"
 
 
@@ -45,7 +44,7 @@ def load_ocr(device: str = "cpu", threads: int = -1):
     ``device``, ``filters.frame_models_device``, says so; ``threads``: ONNX Runtime's per session, -1 its own)."""
     require_extra(*REQUIRE)
     cuda = use_cuda(device)
-    from rapidocr_onnxruntime import RapidOCR
+    from rapidocr_onnxruntime import RapidOCR  # inside: the optional models extra (rapidocr-onnxruntime)
 
     return RapidOCR(det_limit_side_len=DET_LIMIT_SIDE, det_limit_type="max", print_verbose=False,
                     det_use_cuda=cuda, cls_use_cuda=cuda, rec_use_cuda=cuda,

@@ -66,7 +66,7 @@ def jump_ratio(diffs: np.ndarray, cut: int, context: int = 12) -> float:
 def reported_by(detectors: list) -> tuple[set[int], list[int]]:
     """(the cuts the histogram detector reported, those the other detectors reported), of detectors
     passed through ``record_cuts``."""
-    # here, not at the top: histogram_context imports scenedetect and cv2, which thumbnail_jumps (it
+    # inside: histogram_context imports scenedetect and cv2, which thumbnail_jumps (it
     # imports this module) does without
     from vidcorpus.ingest.histogram_context import ContextualHistogramDetector
 

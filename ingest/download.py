@@ -29,6 +29,8 @@ from typing import ClassVar, Iterator
 from urllib.parse import urljoin, urlsplit
 
 import fsspec
+import requests
+import urllib3
 
 from vidcorpus.errors import DownloadError, NotMediaError
 from vidcorpus.ids import is_safe_key
@@ -132,8 +134,6 @@ class _Sink:
 
 
 def _requests_error_class(exc: Exception) -> str:
-    import requests
-
     text = f"{exc!r} {exc.args[0]!r}" if exc.args else repr(exc)
     if isinstance(exc, requests.Timeout) or "ReadTimeoutError" in text or "timed out" in text:
         return "timeout"
@@ -198,9 +198,6 @@ def _http_once(session, url: str, cfg, sink: _Sink) -> None:
 
 def http_download(url: str, cfg, sink: _Sink, sleep=time.sleep) -> None:
     """Download with retries and exponential backoff on 5xx, timeouts and resets; none on 4xx."""
-    import requests
-    import urllib3
-
     attempt = 0
     with requests.Session() as session:
         session.trust_env = False  # proxies from the environment would bypass the address checks

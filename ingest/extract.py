@@ -19,6 +19,7 @@ from fractions import Fraction
 from typing import ClassVar
 
 import av
+import cv2
 import fsspec
 from av.video.frame import PictureType
 import numpy as np
@@ -99,8 +100,6 @@ class _ClipWriter:
             w, h = still_size(frame.width, frame.height, self.still_short_side)
             rgb = to_rgb(frame)  # full size, then OpenCV's area filter (swscale's "area" aliased on tests)
             if (w, h) != (frame.width, frame.height):
-                import cv2
-
                 rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
             self.stills[self.frames] = rgb
         frame.pict_type = PictureType.I if self.frames in self.key_frames else PictureType.NONE

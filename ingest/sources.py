@@ -13,6 +13,7 @@ import re
 from typing import Iterator
 
 import fsspec
+import pyarrow.parquet as pq
 
 from vidcorpus.ids import normalise_uri, source_id
 from vidcorpus.media import IMAGE_EXTS, VIDEO_EXTS
@@ -67,8 +68,6 @@ def _source(url: str, text: str | None = None, meta: dict | None = None) -> dict
 def _records_from_list(url: str) -> Iterator[dict]:
     ext = _ext(url)
     if ext == ".parquet":
-        import pyarrow.parquet as pq
-
         with fsspec.open(url, "rb") as f:
             yield from pq.read_table(f).to_pylist()
         return

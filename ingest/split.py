@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 import tempfile
 
+import av
 import fsspec
 import numpy as np
 
@@ -52,8 +53,6 @@ def detection_size(width: int, height: int, downscale: int) -> tuple[int, int]:
 
 def first_frame_rotation(path: str) -> int:
     """Clockwise degrees the video's frames need to be upright (its display matrix), from its first frame."""
-    import av
-
     try:
         with av.open(path) as c:
             frame = next(c.decode(video=0), None)
@@ -103,7 +102,8 @@ def _scaled_pyav_stream(path: str, downscale: int, on_frame=None, rotation: int 
     probe's); None reads it from the first frame. ``start`` (with a ``vidcorpus.frame_index``
     index): the stream begins at the last keyframe at or before that frame, and its positions are
     still the frames' numbers from the start of the file (chunked detection, ingest/split_chunks.py)."""
-    from vidcorpus.ingest.scaled_stream import ScaledStream  # (imports scenedetect)
+    # inside: scenedetect and cv2 only in the workers that detect shots (the runner imports split_stage -> this module)
+    from vidcorpus.ingest.scaled_stream import ScaledStream
 
     turn = first_frame_rotation(path) if rotation is None else rotation
     cursor = None
@@ -114,9 +114,10 @@ def _scaled_pyav_stream(path: str, downscale: int, on_frame=None, rotation: int 
 
 
 def _detectors(cfg, min_len: int) -> list:
+    # inside: scenedetect and cv2 only in the workers that detect shots (the runner imports split_stage -> this module)
     from scenedetect import HashDetector
 
-    # PySceneDetect's detectors with the same scores computed in fewer passes (ingest/exact_scores.py)
+    # inside: scenedetect, as above: its detectors with the same scores in fewer passes (ingest/exact_scores.py)
     from vidcorpus.ingest.exact_scores import (ExactAdaptiveDetector, ExactContentDetector,
                                                ExactContextualHistogramDetector)
 
@@ -174,6 +175,7 @@ def open_detection_stream(path: str, cfg, flashes: FlashWatch | None = None, tra
                           rotation: int | None = None, start: int = 0, index=None):
     """The stream the detectors read (frames from ``start`` with an index: ``_scaled_pyav_stream``);
     the flash watch and TransNetV2 see every decoded frame of it."""
+    # inside: scenedetect and cv2 only in the workers that detect shots (the runner imports split_stage -> this module)
     from scenedetect import open_video
 
     readers = [r.push_frame for r in (transnet.stream if transnet else None, flashes) if r is not None]
@@ -190,6 +192,7 @@ def run_detectors(video, cfg, fps: float, end_frame: int | None, flashes: FlashW
                   first: int = 0) -> "DetectorPass":
     """What PySceneDetect's detectors (and ``flashes``, fed by the same stream) find reading ``video``
     from where it stands (frame ``first``) to ``end_frame`` (exclusive; None: its end)."""
+    # inside: scenedetect and cv2 only in the workers that detect shots (the runner imports split_stage -> this module)
     from scenedetect import SceneManager
 
     min_len = seconds_to_frames(cfg.min_shot_seconds, fps)

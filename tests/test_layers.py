@@ -5,17 +5,15 @@ folder (every folder pyproject.toml's package-dir maps into the package) imports
 itself; the APPLICATION (`vidcorpus/cli`, `vidcorpus/jobs`, `vidcorpus/serve`) may import anything.
 No import circles anywhere, counting the imports inside functions too (an import that only runs
 under TYPE_CHECKING never runs, so it closes no circle). The source is read with `ast`, so every
-import counts, without importing anything. An import of a vidcorpus module inside a function says
-why it is not at the top, in a comment. The core and the stages load no module by name
+import counts, without importing anything. Why an import sits inside a function is
+tests/test_inner_imports.py's check (`# inside: <reason>`). The core and the stages load no module by name
 (`importlib.import_module`, `__import__`): only the application may, and that is what it is for.
 """
 
 from __future__ import annotations
 
 import ast
-import io
 import sys
-import tokenize
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -333,104 +331,3 @@ def test_the_layer_table_follows_pyproject(tmp_path, monkeypatch):
         "vidcorpus.newstage.work -> vidcorpus.ingest.probe (line 1): stage may not import another stage folder"]
     assert modules_without_a_layer() == ["vidcorpus.newpkg (vidcorpus/newpkg/__init__.py)",
                                          "vidcorpus.newpkg.thing (vidcorpus/newpkg/thing.py)"]
-
-
-# An import inside a function must say why it is not at the top of its module (docs/architecture.md,
-# "Layers": to keep an import light or to break a circle). The reason is a comment on the import's
-# own lines or in the contiguous block of import and comment lines around it, e.g.
-#     from vidcorpus.jobs.demo import run_demo  # inside: keeps --help fast (ray, torch, the jobs)
-IMPORT_BLOCK_LINE_STARTS = ("from ", "import ", "#")
-# Comments that silence a tool are not reasons.
-NOT_A_REASON = ("# noqa", "# type:", "# pragma:", "# fmt:")
-
-
-def _reason_comment_lines(source: str) -> set[int]:
-    """1-based numbers of the lines holding a comment that is not a tool's pragma (strings with a
-    "#" inside do not count: comments are read with tokenize)."""
-    lines: set[int] = set()
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.COMMENT and not tok.string.startswith(NOT_A_REASON):
-            lines.add(tok.start[0])
-    return lines
-
-
-def _import_block(lines: list[str], first: int, last: int) -> range:
-    """The 1-based line numbers of the contiguous import/comment block around lines first..last."""
-    while first > 1 and lines[first - 2].strip().startswith(IMPORT_BLOCK_LINE_STARTS):
-        first -= 1
-    while last < len(lines) and lines[last].strip().startswith(IMPORT_BLOCK_LINE_STARTS):
-        last += 1
-    return range(first, last + 1)
-
-
-def unexplained_function_imports() -> list[str]:
-    """One line per import of a vidcorpus module inside a function with no reason beside it:
-    path:line: the statement."""
-    modules = source_modules()
-    found: list[str] = []
-    for name, path in modules.items():
-        source = path.read_text()
-        lines = source.splitlines()
-        reasons = _reason_comment_lines(source)
-        functions = [n for n in ast.walk(ast.parse(source, str(path)))
-                     if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-        statements = {node for function in functions for node in ast.walk(function)
-                      if isinstance(node, (ast.Import, ast.ImportFrom))}
-        for node in sorted(statements, key=lambda n: n.lineno):
-            if not _targets(node, name, modules):
-                continue
-            if reasons.isdisjoint(_import_block(lines, node.lineno, node.end_lineno or node.lineno)):
-                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
-    return found
-
-
-def test_every_import_inside_a_function_says_why():
-    found = unexplained_function_imports()
-    assert not found, ("imports inside functions without a reason (move them to the top of the module, or say "
-                       "why not in a comment, e.g. `# inside: keeps --help fast (duckdb)`):\n" + "\n".join(found))
-
-
-def test_the_reason_check_reads_comments_and_blocks(tmp_path, monkeypatch):
-    """The checker itself: a reason on the import's line, a line of a multi-line import, or a comment
-    line of its block counts; a blank line ends a block; a pragma, a "#" in a string and a comment
-    outside the block do not count; imports of other packages and module-level imports are not
-    checked; relative imports are."""
-    pkg = tmp_path / "vidcorpus"
-    pkg.mkdir()
-    (tmp_path / "pyproject.toml").write_text('[tool.setuptools]\npackage-dir = { "vidcorpus" = "vidcorpus" }\n')
-    (pkg / "__init__.py").write_text("")
-    (pkg / "ids.py").write_text("X = 1\n")
-    (pkg / "cases.py").write_text(
-        "from vidcorpus import ids\n"                            # 1 module level: not checked
-        "def inline():\n"
-        "    from vidcorpus import ids  # inside: a reason\n"    # 3 ok
-        "def above():\n"
-        "    # inside: a reason for the block\n"
-        "    import json\n"
-        "    from vidcorpus.ids import X\n"                      # 7 ok: the block's comment
-        "def multi_line():\n"
-        "    from vidcorpus.ids import (\n"                      # 9 ok: a comment on its second line
-        "        X)  # inside: a reason\n"
-        "def blank_line():\n"
-        "    # inside: json\n"
-        "    import json\n"
-        "\n"
-        "    from vidcorpus.ids import X\n"                      # 15 flagged: the blank line ends the block
-        "def pragma():\n"
-        "    from vidcorpus.ids import X  # noqa: F401\n"        # 17 flagged
-        "def in_a_string():\n"
-        "    from vidcorpus.ids import X; s = '# inside'\n"      # 19 flagged
-        "def relative():\n"
-        "    from . import ids\n"                                # 21 flagged
-        "def other_package():\n"
-        "    import json\n"                                      # 23 not checked
-        "def nested():\n"
-        "    def inner():\n"
-        "        from vidcorpus import ids\n"                    # 26 flagged
-        "    return inner\n"
-        "x = 1  # a comment outside the block\n"
-        "def after_code():\n"
-        "    from vidcorpus import ids\n")                       # 30 flagged
-    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
-    assert [f.split(":")[1] for f in unexplained_function_imports()] == ["15", "17", "19", "21", "26", "30"]
-

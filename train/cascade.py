@@ -24,6 +24,9 @@ from typing import Callable
 
 import numpy as np
 import torch
+from diffusers import DDIMScheduler, I2VGenXLPipeline
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from vidcorpus.config import GenerateConfig
 from vidcorpus.storage import is_url, local_path
@@ -60,8 +63,6 @@ def _free(device: torch.device) -> None:
 def load_base_stage(base: str, i2vgen_dir: str | None, device: torch.device, dtype: torch.dtype):
     """An I2VGenXLPipeline on ``device``: ``base`` is an exported pipeline directory, or a checkpoint or
     run directory whose EMA UNet joins the frozen components of ``i2vgen_dir``."""
-    from diffusers import I2VGenXLPipeline
-
     if _is_pipeline_dir(base):
         pipe = I2VGenXLPipeline.from_pretrained(local_path(base), torch_dtype=dtype)
     else:
@@ -97,9 +98,6 @@ def load_refiner_stage(refiner: str, refiner_dir: str | None, device: torch.devi
 def _stage_progress(enabled: bool, console=None):
     """One bar per stage (base steps, upsampled frames, refiner steps); off unless the console is a terminal,
     so logs and pipes get the one-line summary only."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     console = console or Console(stderr=True)
     return Progress(TextColumn("[bold]{task.description}[/bold]"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=console, disable=not (enabled and console.is_terminal))
@@ -205,8 +203,6 @@ def _refine(comps, frames: torch.Tensor, prompt: str, gcfg: GenerateConfig, t_ma
 
 def _refiner_start(comps, gcfg: GenerateConfig, t_max: int) -> int:
     """The first timestep the refiner ran (the largest of its schedule at or below ``t_max``)."""
-    from diffusers import DDIMScheduler
-
     sched = DDIMScheduler.from_config(comps.scheduler.config)
     sched.set_timesteps(gcfg.refiner_steps)
     return int(next((t for t in sched.timesteps if int(t) <= t_max), sched.timesteps[-1]))

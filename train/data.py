@@ -76,7 +76,7 @@ def frame_indices(total: int | None, src_fps: float, num_frames: int, target_fps
 def decode_video(data: bytes, num_frames: int, target_fps: float, rng: random.Random | None,
                  meta: dict | None = None) -> tuple[np.ndarray, float]:
     """(F, H, W, 3) uint8 frames sampled at ``target_fps`` and the fps they represent."""
-    # here, not at the top: a run from cached latents never decodes video (frame_seek imports av too)
+    # inside: a run from cached latents never decodes video (frame_seek imports av too)
     import av
 
     # inside: av, as above

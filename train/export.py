@@ -8,6 +8,7 @@ Probe sampling during training uses the same pipeline built in memory around the
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import torch
+from diffusers import I2VGenXLPipeline
 from PIL import Image
 
 from vidcorpus.storage import is_url, local_path, publish_dir
@@ -24,8 +26,6 @@ from vidcorpus.train.i2vgen_components import Components, load_components
 
 
 def build_pipeline(comps: Components, unet: torch.nn.Module):
-    from diffusers import I2VGenXLPipeline
-
     return I2VGenXLPipeline(vae=comps.vae, text_encoder=comps.text_encoder, tokenizer=comps.tokenizer,
                             image_encoder=comps.image_encoder, feature_extractor=comps.feature_extractor,
                             unet=unet, scheduler=comps.scheduler)
@@ -98,7 +98,7 @@ def _sample(pipe, device, image, prompt, height, width, num_frames, fps, steps, 
 
 
 def write_mp4(frames: np.ndarray, fps: float, url: str) -> str:
-    # here, not at the top: media imports av, which a run from cached latents never needs
+    # inside: media imports av, which a run from cached latents never needs
     from vidcorpus.media import encode_video
 
     if not is_url(url):
@@ -106,8 +106,6 @@ def write_mp4(frames: np.ndarray, fps: float, url: str) -> str:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         encode_video(frames, fps, path)
     else:
-        import io
-
         buf = io.BytesIO()
         encode_video(frames, fps, buf)
         with fsspec.open(url, "wb") as f:
@@ -117,8 +115,6 @@ def write_mp4(frames: np.ndarray, fps: float, url: str) -> str:
 
 def load_exported(out_dir: str):
     """The exported pipeline as a user loads it: ``I2VGenXLPipeline.from_pretrained``."""
-    from diffusers import I2VGenXLPipeline
-
     pipe = I2VGenXLPipeline.from_pretrained(out_dir if is_url(out_dir) else local_path(out_dir))
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -10,7 +10,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import diffusers
 import torch
+from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLUNet
+from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig,
+                          CLIPVisionModelWithProjection)
 
 from vidcorpus.model_files import require_hf_model
 from vidcorpus.storage import publish_dir
@@ -91,8 +95,6 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def build_tiny_tokenizer():
     """A CLIP BPE tokenizer with a byte alphabet plus merges for a few words, built offline."""
-    from transformers import CLIPTokenizer
-
     alphabet = list(_bytes_to_unicode().values())
     tokens = alphabet + [c + "</w>" for c in alphabet]
     merges: list[tuple[str, str]] = []
@@ -116,10 +118,6 @@ def build_tiny_i2vgen(out_dir: str) -> None:
     Built in a temporary directory and renamed into place, with model_index.json written last,
     because presets.py takes model_index.json as "the tiny model exists".
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLUNet
-    from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig,
-                              CLIPVisionModelWithProjection)
-
     with publish_dir(out_dir) as tmp:  # a half-built or stale directory without model_index.json is replaced
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
@@ -145,7 +143,6 @@ def build_tiny_i2vgen(out_dir: str) -> None:
             DDIMScheduler(beta_schedule="squaredcos_cap_v2", rescale_betas_zero_snr=True,
                           prediction_type="v_prediction", timestep_spacing="leading",
                           clip_sample=False).save_pretrained(tmp / "scheduler")
-        import diffusers
 
         (tmp / "model_index.json").write_text(
             json.dumps({**MODEL_INDEX, "_diffusers_version": diffusers.__version__}, indent=2))
@@ -184,9 +181,6 @@ def load_components(name_or_dir: str, device: torch.device | str = "cpu",
     ``dtype`` applies to the frozen parts (VAE, text and image encoders); the UNet is kept in
     float32 because it holds the master weights the optimizer updates (autocast handles bf16).
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLUNet
-    from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
-
     src = require_hf_model(name_or_dir, "i2vgen")
     unet = I2VGenXLUNet.from_pretrained(src, subfolder="unet", torch_dtype=torch.float32).to(device)
     vae = AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=dtype).to(device)

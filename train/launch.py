@@ -8,11 +8,13 @@ failures of all ranks) and the run's sample log (losses and the (step, clip) row
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
 
 import torch
+import torch.distributed as dist
 
 from vidcorpus.config import RefinerTrainConfig, TrainConfig
 from vidcorpus.train import checkpoint as ckpt_io
@@ -22,8 +24,6 @@ from vidcorpus.train.refiner import train_refiner
 
 def init_torchrun() -> bool:
     """Join the process group torchrun describes (WORLD_SIZE > 1); True if distributed."""
-    import torch.distributed as dist
-
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if not dist.is_initialized():
@@ -36,8 +36,6 @@ def init_torchrun() -> bool:
 
 def broadcast(obj):
     """``obj`` of rank 0 on every rank (identity without a process group)."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()):
         return obj
     box = [obj]
@@ -56,8 +54,6 @@ def result_from_checkpoint(ckpt: str, seconds: float, run_dir: str) -> TrainResu
 
 def _ray_worker(config: dict) -> None:
     """One Ray Train worker: Ray Train has set up the process group; run the loop."""
-    import logging
-
     logging.getLogger("vidcorpus").setLevel(logging.ERROR)  # per-rank decode warnings reach the state json
     if config.get("stage", "base") == "refiner":
         train_refiner(RefinerTrainConfig(**config["cfg"]), config["model_dir"], config["shards"], config["out_dir"],
@@ -75,7 +71,7 @@ def launch_ray(cfg: TrainConfig, model_dir: str, shards: list, out_dir: str, key
     """Run ``train_base`` (or, ``stage="refiner"``, ``train_refiner``) on ``cfg.workers`` Ray Train workers
     (a GPU each when ``cfg.use_gpu`` and the cluster has GPUs; otherwise CPU workers over gloo). Ray
     must be initialised by the caller."""
-    import ray
+    import ray  # inside: ray (a second to import) only when training runs on Ray Train workers
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 

@@ -19,6 +19,8 @@ from collections import deque
 
 import fsspec
 import torch
+from tensorboardX import SummaryWriter
+from torch.utils.flop_counter import FlopCounterMode
 
 from vidcorpus.storage import is_url, local_path
 
@@ -54,8 +56,6 @@ class FlopCounter:
         return shape not in self.by_shape
 
     def mode(self):
-        from torch.utils.flop_counter import FlopCounterMode
-
         return FlopCounterMode(display=False)
 
     def record(self, shape: tuple, mode) -> None:
@@ -87,8 +87,6 @@ class MetricsLogger:
                 fs.get_file(path, self.jsonl_path)
         self.tb = None
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
             self.tb = SummaryWriter(os.path.join(self.local_dir, "tb"))
 
     def log(self, record: dict) -> None:

@@ -20,6 +20,11 @@ import copy
 from contextlib import contextmanager, nullcontext
 
 import torch
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 
 class Replicated:
@@ -32,8 +37,6 @@ class Replicated:
         self.unet, self.ema = unet, ema
         self.module = unet
         if distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             self.module = DDP(unet, device_ids=[device.index] if device.type == "cuda" else None,
                               bucket_cap_mb=bucket_mb, gradient_as_bucket_view=bucket_view)
         else:
@@ -85,8 +88,6 @@ class Sharded:
     kind = "fsdp"
 
     def __init__(self, unet: torch.nn.Module, ema: torch.nn.Module, device: torch.device, rank: int):
-        from torch.distributed.fsdp import fully_shard
-
         self.rank = rank
         # Rank 0 keeps full-size copies on the CPU to write checkpoints from; the others hold none.
         self.unet_host = copy.deepcopy(unet).to("cpu").requires_grad_(False) if rank == 0 else None
@@ -102,8 +103,6 @@ class Sharded:
 
     @staticmethod
     def _local_part(full: torch.Tensor, like) -> torch.Tensor:
-        from torch.distributed.tensor import distribute_tensor
-
         return distribute_tensor(full.to(like.device, like.dtype), like.device_mesh, like.placements).to_local().clone()
 
     def parameters(self) -> list[torch.nn.Parameter]:
@@ -127,8 +126,6 @@ class Sharded:
         torch._foreach_lerp_(self.ema_shards, [p.detach().to_local() for p in self.unet.parameters()], 1.0 - decay)
 
     def _gather_ema(self) -> dict[str, torch.Tensor]:
-        from torch.distributed.tensor import DTensor
-
         out = {}
         for name, p, shard in zip(self.names, self.unet.parameters(), self.ema_shards):
             full = DTensor.from_local(shard, p.device_mesh, p.placements, shape=p.shape, stride=p.stride()).full_tensor()
@@ -138,8 +135,6 @@ class Sharded:
 
     def full_modules(self) -> tuple[torch.nn.Module | None, torch.nn.Module | None]:
         """Collective: every rank calls it; rank 0 gets CPU modules with the full weights."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
         unet_sd = get_model_state_dict(self.unet, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         ema_sd = self._gather_ema()
         if self.rank != 0:
@@ -152,13 +147,9 @@ class Sharded:
         return self.full_modules()[1]
 
     def optimizer_state(self, opt: torch.optim.Optimizer) -> dict:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
         return get_optimizer_state_dict(self.unet, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def load_optimizer_state(self, opt: torch.optim.Optimizer, state: dict) -> None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
         set_optimizer_state_dict(self.unet, opt, state, options=StateDictOptions(full_state_dict=True))
 
 

@@ -31,8 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+import diffusers
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel, VideoToVideoSDPipeline
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from vidcorpus.config import RefinerTrainConfig
 from vidcorpus.model_files import require_hf_model
@@ -100,8 +103,6 @@ def build_tiny_refiner(out_dir: str, i2vgen_dir: str) -> None:
     """A tiny random refiner in the hub layout: a seeded small UNet3DConditionModel beside the tiny
     base build's VAE, text encoder, tokenizer and scheduler (copied, so both stages share them).
     Built in a temporary directory and renamed into place, model_index.json written last."""
-    from diffusers import UNet3DConditionModel
-
     if not (Path(i2vgen_dir) / "model_index.json").exists():
         build_tiny_i2vgen(i2vgen_dir)
     with publish_dir(out_dir) as tmp:
@@ -110,7 +111,6 @@ def build_tiny_refiner(out_dir: str, i2vgen_dir: str) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1)
             UNet3DConditionModel(**TINY_REFINER_UNET).save_pretrained(tmp / "unet")
-        import diffusers
 
         (tmp / "model_index.json").write_text(
             json.dumps({**REFINER_MODEL_INDEX, "_diffusers_version": diffusers.__version__}, indent=2))
@@ -120,9 +120,6 @@ def load_refiner(name_or_dir: str, device: torch.device | str = "cpu", dtype: to
                  unet_dtype: torch.dtype = torch.float32) -> RefinerComponents:
     """Every refiner component from a diffusers UNet3D pipeline directory or hub id. The UNet stays
     float32 for training (master weights; autocast does bf16) unless ``unet_dtype`` says otherwise."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
     src = require_hf_model(name_or_dir, "refiner")
     unet = UNet3DConditionModel.from_pretrained(src, subfolder="unet", torch_dtype=unet_dtype).to(device)
     vae = AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=dtype).to(device)
@@ -220,8 +217,6 @@ def refine_video(comps: RefinerComponents, unet: torch.nn.Module, frames: torch.
     """Refine upsampled frames (F, 3, H, W) in [-1, 1] with brief text: encode (``vae_chunk`` frames
     at a time), noise to the largest DDIM timestep <= ``t_max``, denoise with classifier-free guidance,
     decode in chunks. Returns (F, 3, H, W) float in [-1, 1] on the CPU. Deterministic for ``seed``."""
-    from diffusers import DDIMScheduler
-
     device = next(unet.parameters()).device
     vae = comps.vae
     dtype = next(unet.parameters()).dtype if autocast_dtype is None else autocast_dtype
@@ -325,8 +320,6 @@ def train_refiner(cfg: RefinerTrainConfig, model_dir: str, shard_urls: list, out
 def export_refiner(model_dir: str, checkpoint: str, out_dir: str, weights: str = "ema") -> str:
     """Write a refiner checkpoint (or a run's newest) as a diffusers ``VideoToVideoSDPipeline``
     directory (EMA UNet + the frozen parts), with the trained ``t_max`` in ``vidcorpus_refiner.json``."""
-    from diffusers import VideoToVideoSDPipeline
-
     ckpt = resolve_resume(checkpoint)
     comps = load_refiner(model_dir, "cpu", torch.float32)
     load_unet_weights(ckpt, "unet_ema" if weights == "ema" else "unet", comps.unet)

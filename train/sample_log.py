@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vidcorpus.storage import join_url, write_atomic
@@ -84,8 +85,6 @@ def read_samples(run_dir: str, through_step: int | None = None) -> pa.Table:
 
 def losses_of(table: pa.Table) -> list[float]:
     """One loss per step, in step order (the rows of a step all carry the step's loss)."""
-    import pyarrow.compute as pc
-
     if table.num_rows == 0:
         return []
     first = pc.not_equal(table["step"].slice(1), table["step"].slice(0, table.num_rows - 1))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+import torch.distributed as dist
 
 from vidcorpus.config import TrainConfig
 from vidcorpus.train.data import batch_shape
@@ -114,8 +115,6 @@ class Stepper:
         self.opt.zero_grad(set_to_none=True)
         self.par.ema_update(self.cfg.ema_decay)
         if self.world > 1:
-            import torch.distributed as dist
-
             dist.all_reduce(loss)
             loss /= self.world
         keys = [k for b in micro for k in b["key"]]

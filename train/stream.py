@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
+import threading
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -66,9 +68,6 @@ class Prefetcher:
     _END = object()
 
     def __init__(self, it: Iterator, depth: int, pin: bool = False):
-        import queue
-        import threading
-
         self.it, self.pin = it, pin
         self.q: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self.stop = threading.Event()
@@ -76,8 +75,6 @@ class Prefetcher:
         self.thread.start()
 
     def _put(self, item) -> bool:
-        import queue
-
         while not self.stop.is_set():
             try:
                 self.q.put(item, timeout=0.1)

@@ -20,6 +20,12 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.resnet import ResnetBlock2D, TemporalConvLayer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    CheckpointImpl, apply_activation_checkpointing as apply_ac, checkpoint_wrapper)
 
 from vidcorpus.config import TrainConfig
 from vidcorpus.errors import classify_error
@@ -40,11 +46,6 @@ def apply_activation_checkpointing(unet: torch.nn.Module) -> int:
     """Wrap the UNet's ResnetBlock2D, TemporalConvLayer and transformer blocks in torch's
     non-reentrant checkpoint wrapper (diffusers refuses ``enable_gradient_checkpointing`` for
     I2VGenXLUNet). State-dict keys are unchanged. Returns the number of wrapped blocks."""
-    from diffusers.models.attention import BasicTransformerBlock
-    from diffusers.models.resnet import ResnetBlock2D, TemporalConvLayer
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
-        CheckpointImpl, apply_activation_checkpointing as apply_ac, checkpoint_wrapper)
-
     kinds = (ResnetBlock2D, TemporalConvLayer, BasicTransformerBlock)
     n = sum(isinstance(m, kinds) for m in unet.modules())
     apply_ac(unet, checkpoint_wrapper_fn=lambda m: checkpoint_wrapper(m, checkpoint_impl=CheckpointImpl.NO_REENTRANT),
@@ -62,8 +63,6 @@ def compile_unet(module: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
 
 
 def _dist() -> tuple[bool, int, int]:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return True, dist.get_rank(), dist.get_world_size()
     return False, 0, 1
@@ -72,7 +71,6 @@ def _dist() -> tuple[bool, int, int]:
 def _gather(obj, on: bool, world: int) -> list:
     if not on:
         return [obj]
-    import torch.distributed as dist
 
     out: list = [None] * world
     dist.all_gather_object(out, obj)
@@ -86,8 +84,6 @@ def _default_device() -> torch.device:
 
 
 def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     return Progress(TextColumn("[bold]train[/bold]"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), disable=not enabled)
 
@@ -208,8 +204,6 @@ class Trainer:
                                           cfg.keep_checkpoints)
             self.logger.flush()
         if self.distributed:
-            import torch.distributed as dist
-
             dist.barrier()
         return url
 

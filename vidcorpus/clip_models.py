@@ -20,7 +20,9 @@ from urllib.parse import urlsplit
 import numpy as np
 import open_clip
 import torch
+from huggingface_hub import try_to_load_from_cache
 from PIL import Image
+from safetensors.torch import save_file
 
 from vidcorpus.errors import ModelNotAvailable
 from vidcorpus.model_files import hub_reachable
@@ -48,8 +50,6 @@ def build_tiny_clip(weights_path: str | os.PathLike, model_name: str = TINY_CLIP
 
     def write(tmp: str) -> None:
         if str(weights_path).endswith(".safetensors"):
-            from safetensors.torch import save_file
-
             save_file(state, tmp)
         else:
             torch.save(state, tmp)
@@ -60,8 +60,6 @@ def build_tiny_clip(weights_path: str | os.PathLike, model_name: str = TINY_CLIP
 
 
 def _cached_hf_file(repo_id: str, filenames: list[str]) -> str | None:
-    from huggingface_hub import try_to_load_from_cache
-
     for name in filenames:
         found = try_to_load_from_cache(repo_id, name)
         if isinstance(found, str):

@@ -29,6 +29,8 @@ from typing import Callable, Container, Iterable
 
 import av
 import numpy as np
+from av.bitstream import BitStreamFilterContext
+from av.codec.hwaccel import HWAccel
 from av.video.reformatter import VideoReformatter
 
 # Options for the stream-info probe only (the decoder that decodes frames is another context):
@@ -165,8 +167,6 @@ class KeyframeDecoder:
     """
 
     def __init__(self, hwaccel: str | None = None):
-        from av.codec.hwaccel import HWAccel
-
         self.hwaccel = hwaccel
         hw = HWAccel(hwaccel, allow_software_fallback=False) if hwaccel else None
         self.cc = av.CodecContext.create("h264", "r", hwaccel=hw)
@@ -175,8 +175,6 @@ class KeyframeDecoder:
         self.clips = self.fallbacks = 0
 
     def decode(self, data: bytes, wanted: list[int], convert: FrameConverter = to_rgb) -> dict[int, np.ndarray] | None:
-        from av.bitstream import BitStreamFilterContext
-
         want = sorted(set(wanted))
         if not want:
             return {}

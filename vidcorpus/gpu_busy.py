@@ -9,6 +9,8 @@ measures nothing and says so with ``None``: a missing number, never a made-up on
 
 from __future__ import annotations
 
+import socket
+import sys
 import threading
 import time
 
@@ -19,15 +21,12 @@ _unavailable = False  # set once NVML fails in this process: stop trying
 
 def current_device() -> tuple[int, str] | None:
     """(index, host:uuid) of this process's CUDA device, or None without CUDA (torch not even imported)."""
-    import sys
-
     torch = sys.modules.get("torch")
     if torch is None or _unavailable:
         return None
     try:
         if not torch.cuda.is_available() or not torch.cuda.is_initialized():
             return None
-        import socket
 
         index = torch.cuda.current_device()
         uuid = str(getattr(torch.cuda.get_device_properties(index), "uuid", index))
@@ -51,6 +50,7 @@ class GpuBusyMeter:
     def _read(self) -> float | None:
         global _unavailable
         try:
+            # inside: torch only once a sampler reads a CUDA device (this core module never loads torch itself)
             import torch
 
             return float(torch.cuda.utilization(self.index))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,8 +21,6 @@ def normalise_uri(uri: str) -> str:
     uri = uri.strip()
     parts = urlsplit(uri)
     if not parts.scheme or len(parts.scheme) == 1:  # plain path (or a Windows drive letter)
-        import os
-
         return "file://" + os.path.abspath(os.path.expanduser(uri))
     scheme = parts.scheme.lower()
     if scheme == "file":

@@ -10,7 +10,7 @@ import av
 from av.video.frame import PictureType
 import fsspec
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from vidcorpus.errors import DecodeError
 from vidcorpus.frame_seek import decode_in_order, reformatter, to_rgb
@@ -247,8 +247,6 @@ def load_image_rgb(fileobj, max_pixels: int | None = None) -> np.ndarray:
     Refuses images above ``max_pixels`` (and Pillow's own decompression-bomb limit) before
     decoding them: ``DecodeError`` with class ``too_large``.
     """
-    from PIL import ImageOps
-
     try:
         img = Image.open(fileobj)
     except Image.DecompressionBombError as e:

@@ -14,6 +14,8 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from huggingface_hub import snapshot_download
+
 from vidcorpus.errors import ModelNotAvailable
 from vidcorpus.storage import is_url, local_path, publishing
 
@@ -39,8 +41,6 @@ def require_hf_model(name_or_dir: str, field: str) -> str:
     if Path(name_or_dir).exists() or name_or_dir.startswith((".", "/")):
         raise ModelNotAvailable(f"models.{field}: {name_or_dir} is not a model directory")
     try:
-        from huggingface_hub import snapshot_download
-
         return snapshot_download(name_or_dir, local_files_only=True)
     except Exception:  # noqa: BLE001 - any miss means "not cached"
         pass

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+import fsspec
+
 from vidcorpus.config import Config
 from vidcorpus.storage import absolute, is_url, local_path, url_scheme
 
@@ -51,8 +53,6 @@ def resolve_config_paths(cfg: Config) -> Config:
 def missing_inputs(inputs: list[str]) -> list[str]:
     """Inputs (list files, folders, prefixes) that are not there; a single http(s) media URL is the
     downloader's to judge. Checked before a run opens the catalog, so a typo leaves nothing behind."""
-    import fsspec
-
     missing = []
     for item in inputs:
         if url_scheme(item) in ("http", "https"):

@@ -162,7 +162,7 @@ def cpus_on_nodes_without_gpu(nodes: list[dict]) -> float:
 def local_gpus() -> int:
     """CUDA devices this process sees (0 without torch or CUDA)."""
     try:
-        import torch
+        import torch  # inside: torch (seconds to import) only when a plan counts this process's GPUs
 
         return torch.cuda.device_count()
     except Exception:  # noqa: BLE001 - no torch, no driver: the CPU

@@ -23,6 +23,11 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+import pyarrow.compute as pc
+from rich import box
+from rich.table import Table
+
 from vidcorpus.stage_clock import decode, stamp
 
 Interval = tuple[float, float]
@@ -230,9 +235,6 @@ def _distinct_row_chains(rows: list[dict]) -> list[tuple[bool, object, int]]:
 def _distinct_chains(table) -> list[tuple[bool, str | None, int]]:
     """(carrier, stamps, rows) per distinct chain of an Arrow batch, computed in Arrow: the rows of
     one stage batch share their stamps, so the driver decodes a handful of strings per batch."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     n = table.num_rows
     nulls = [pc.is_null(table[c]) for c in ("source_id", "clip_id") if c in table.column_names]
     if "error_class" in table.column_names:  # an error class of "" counts as none, as in row dicts
@@ -262,9 +264,6 @@ def bound_by(rows: list[StageRow]) -> str:
 
 def print_table(rows: list[StageRow], console, title: str = "where the time goes") -> None:
     """The per-stage table (rich) and the bound-by sentence."""
-    from rich import box
-    from rich.table import Table
-
     if not any(r.rows_in for r in rows):  # nothing went through (a rerun with everything done)
         return
     table = Table(title=f"{title}: seconds of its {rows[0].wall_s:.1f} s", box=box.SIMPLE_HEAD)

@@ -17,6 +17,7 @@ plus the JPEG's (tests bound both, and the scores).
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from vidcorpus.errors import DecodeError
@@ -26,8 +27,6 @@ JPEG_QUALITY = 95
 
 def encode_stills(frames_rgb: list[np.ndarray]) -> bytes:
     """One JPEG (quality 95, 4:4:4) of equally sized RGB frames stacked top to bottom."""
-    import cv2
-
     shapes = {f.shape for f in frames_rgb}
     if len(shapes) != 1:
         raise ValueError(f"stills must share one size, got {sorted(shapes)}")
@@ -45,8 +44,6 @@ def decode_stills(data: bytes, k: int, aspect: float | None = None) -> list[np.n
     """The K RGB frames of a stills file; DecodeError when the bytes are not K stacked frames
     (unreadable, a height not divisible by K, or, when ``aspect`` (width / height of the clip) is
     given, frames whose shape does not match it within 5%)."""
-    import cv2
-
     flag = getattr(cv2, "IMREAD_COLOR_RGB", None)
     img = cv2.imdecode(np.frombuffer(data, np.uint8), flag if flag is not None else cv2.IMREAD_COLOR)
     if img is None:

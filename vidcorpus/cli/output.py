@@ -3,6 +3,7 @@ written as table, CSV, JSON or Parquet."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
@@ -76,8 +77,6 @@ def emit(table, fmt: str, output: Optional[Path]) -> None:
         if output:
             pcsv.write_csv(table, output)
         else:
-            import io
-
             buf = io.BytesIO()
             pcsv.write_csv(table, buf)
             sys.stdout.write(buf.getvalue().decode())

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 import fsspec
+from rich.progress import Progress
 
 from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import Config
@@ -36,8 +37,6 @@ class LatentCacheSummary:
 
 def encode_latent_cache(cfg: Config, params: LatentParams, release: str | None = None, select: str | None = None,
                         progress: bool = True) -> LatentCacheSummary:
-    from rich.progress import Progress
-
     from vidcorpus.train.data import decode_sample  # inside: the encoders' model code loads only when encoding
     from vidcorpus.train.latent_encode import device_and_dtype, encode_sample  # inside: torch and the encoders' model code
     from vidcorpus.train.i2vgen_components import load_components

@@ -71,7 +71,7 @@ def _publish_shards(plans, out_root: str, caption_version: str, image_format: st
 
 def _ray_ready() -> bool:
     try:
-        import ray
+        import ray  # inside: ray (a second to import) only to ask whether a cluster is already up
 
         return ray.is_initialized()
     except ImportError:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import duckdb
 import fsspec
 import pyarrow.parquet as pq
+import torch.distributed as dist
 
 from vidcorpus.catalog.store import Catalog
 from vidcorpus.catalog.train_samples import parquet_paths
@@ -61,8 +62,6 @@ def follow_selection(cfg: Config):
     if cfg.train.release:
         raise ValueError("--follow follows a --select query; a release is fixed (create a new release instead)")
     def refresh() -> tuple[list, set[str]]:
-        import torch.distributed as dist
-
         answer = None
         if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
             specs, keys, _what = select_training_shards(cfg)
@@ -131,8 +130,6 @@ def run_training(cfg: Config, output: str | None = None, progress: bool = True,
                 "catalog": catalog_snapshot(cfg)}
     rank = 0
     if distributed:
-        import torch.distributed as dist
-
         rank = dist.get_rank()
     if rank == 0:
         detail = (f", {tcfg.crop_width}x{tcfg.crop_height} crops of {tcfg.width}x{tcfg.height}, t_max {tcfg.t_max}"

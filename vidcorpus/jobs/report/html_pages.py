@@ -11,6 +11,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from PIL import Image, ImageDraw, ImageFilter
+
 from vidcorpus.media import open_local_or_remote
 
 CSS = """
@@ -76,8 +78,6 @@ class Writer:
 
     def thumb(self, clip: dict) -> str:
         """Relative path of the clip's thumbnail (made on first use; a grey tile if the frame is gone)."""
-        from PIL import Image, ImageDraw
-
         rel = f"thumbs/{safe_name(clip['clip_id'])}.jpg"
         dst = self.out / rel
         if not dst.exists():
@@ -96,8 +96,6 @@ class Writer:
             img = img.convert("RGB")
             img.thumbnail((self.thumb_px, self.thumb_px))
             if (clip.get("nsfw") or 0.0) >= NSFW_BLUR_AT:
-                from PIL import ImageFilter
-
                 img = img.filter(ImageFilter.GaussianBlur(max(4, img.width // 12)))
             img.save(dst, format="JPEG", quality=85)
         return rel
