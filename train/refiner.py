@@ -43,7 +43,7 @@ from vidcorpus.storage import is_url, join_url, local_path, publish_dir
 from vidcorpus.train.checkpoint import load_unet_weights, read_state, resolve_resume
 from vidcorpus.train.export import save_pipeline, write_mp4
 from vidcorpus.train.loop import train_loop
-from vidcorpus.train.i2vgen_components import build_tiny_i2vgen, TINY_DIM
+from vidcorpus.train.i2vgen_components import build_tiny_i2vgen, TINY_UNET
 from vidcorpus.train.objective import TextEncoderCache, keep_mask, encode_frames
 
 REFINER_MODEL_INDEX = {
@@ -56,18 +56,9 @@ REFINER_MODEL_INDEX = {
 }
 REFINER_INFO = "vidcorpus_refiner.json"  # t_max and degradation the refiner was trained with
 
-TINY_REFINER_UNET = dict(
-    sample_size=8,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-    up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-    block_out_channels=(32, 64),
-    layers_per_block=1,
-    norm_num_groups=8,
-    cross_attention_dim=TINY_DIM,
-    attention_head_dim=4,
-)
+# The tiny refiner's UNet3D takes the tiny I2VGen-XL UNet's sizes: the same blocks, without the
+# image conditioning I2VGenXLUNet adds.
+TINY_REFINER_UNET = dict(TINY_UNET)
 
 # cerspense/zeroscope_v2_XL's UNet (the ModelScope text-to-video UNet, 1.41 B parameters); used by
 # the benchmark with random weights.
