@@ -1,37 +1,25 @@
-"""`vidcorpus ingest`: the curation job of `vidcorpus run` (``run.py``), with the error classes listed."""
+"""`vidcorpus ingest`: the curation job of `vidcorpus run` (``run.py``), under the name of its first steps."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import List, Optional
 
-import typer
-
-from vidcorpus.cli.options import (
-    CatalogOpt,
-    ConfigOpt,
-    PresetOpt,
-    ProgressOpt,
-    RayAddressOpt,
-    SetOpt,
-    WorkdirOpt,
-)
-from vidcorpus.cli.run import run_job
-from vidcorpus.errors import ERROR_CLASSES
+from vidcorpus.cli.options import (CatalogOpt, ConfigOpt, PresetOpt, ProgressOpt, RayAddressOpt, SetOpt,
+                                   WorkdirOpt)
+from vidcorpus.cli.run import ErrorClassOpt, InputsArg, RetryFailedOpt, run_job
 
 
 def ingest(
-    inputs: List[str] = typer.Argument(None, help="URL lists (txt/csv/jsonl/parquet with a url column; optional "
-                                                  "text/caption, id, sha256), folders, s3:// prefixes or media URLs."),
+    inputs: List[str] = InputsArg,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
     workdir: Optional[str] = WorkdirOpt,
     catalog: Optional[str] = CatalogOpt,
     preset: Optional[str] = PresetOpt,
     ray_address: Optional[str] = RayAddressOpt,
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-queue only sources that failed before."),
-    error_class: Optional[str] = typer.Option(
-        None, "--error-class", help=f"With --retry-failed: only this class ({', '.join(ERROR_CLASSES)})."),
+    retry_failed: bool = RetryFailedOpt,
+    error_class: Optional[str] = ErrorClassOpt,
     progress: bool = ProgressOpt,
 ) -> None:
     """Ingest sources (download, probe, split, extract) and carry them through the same job as `run`.

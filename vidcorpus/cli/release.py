@@ -11,15 +11,8 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from vidcorpus.cli.options import (
-    CatalogOpt,
-    ConfigOpt,
-    ProgressOpt,
-    SetOpt,
-    WorkdirOpt,
-    effective_config,
-    require_catalog,
-)
+from vidcorpus.cli.options import (CatalogOpt, ConfigOpt, ProgressOpt, SetOpt, WorkdirOpt, effective_config,
+                                   require_catalog)
 from vidcorpus.cli.output import console, emit, print_arrow_table
 from vidcorpus.cli.user_errors import fail
 

@@ -10,33 +10,31 @@ from typing import List, Optional
 
 import typer
 
-from vidcorpus.cli.options import (
-    CatalogOpt,
-    ConfigOpt,
-    PresetOpt,
-    ProgressOpt,
-    RayAddressOpt,
-    SetOpt,
-    WorkdirOpt,
-    effective_config,
-)
+from vidcorpus.cli.options import (CatalogOpt, ConfigOpt, PresetOpt, ProgressOpt, RayAddressOpt, SetOpt,
+                                   WorkdirOpt, effective_config)
 from vidcorpus.cli.output import console, print_funnel
 from vidcorpus.cli.user_errors import EXIT_MODEL, EXIT_STORAGE, fail
 from vidcorpus.config import Config
 from vidcorpus.errors import ERROR_CLASSES, ModelNotAvailable, StorageFullError
 
+# The inputs and retry options of `run` and `ingest` (one job, two names).
+InputsArg = typer.Argument(None, help="URL lists (txt/csv/jsonl/parquet with a url column; optional text/caption, "
+                                      "id, sha256), folders, s3:// prefixes or media URLs.")
+RetryFailedOpt = typer.Option(False, "--retry-failed", help="Re-run only the sources that failed before.")
+ErrorClassOpt = typer.Option(None, "--error-class",
+                             help=f"With --retry-failed: only this class ({', '.join(ERROR_CLASSES)}).")
+
 
 def run(
-    inputs: List[str] = typer.Argument(None, help="URL lists (txt/csv/jsonl/parquet), folders, s3:// prefixes or media URLs."),
+    inputs: List[str] = InputsArg,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
     workdir: Optional[str] = WorkdirOpt,
     catalog: Optional[str] = CatalogOpt,
     preset: Optional[str] = PresetOpt,
     ray_address: Optional[str] = RayAddressOpt,
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="Only re-run sources that failed before."),
-    error_class: Optional[str] = typer.Option(None, "--error-class", help="With --retry-failed: only this error class "
-                                                                           "(`vidcorpus ingest --help` lists them)."),
+    retry_failed: bool = RetryFailedOpt,
+    error_class: Optional[str] = ErrorClassOpt,
     progress: bool = ProgressOpt,
 ) -> None:
     """Run the curation pipeline: download, probe, split shots, score, decide, caption, shard, catalog.

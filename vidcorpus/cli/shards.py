@@ -8,16 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from vidcorpus.cli.options import (
-    CatalogOpt,
-    ConfigOpt,
-    PresetOpt,
-    ProgressOpt,
-    SetOpt,
-    WorkdirOpt,
-    effective_config,
-    require_catalog,
-)
+from vidcorpus.cli.options import (CatalogOpt, ConfigOpt, PresetOpt, ProgressOpt, SetOpt, WorkdirOpt,
+                                   effective_config, require_catalog)
 from vidcorpus.cli.output import console, print_arrow_table
 from vidcorpus.cli.user_errors import fail
 from vidcorpus.ids import new_run_id

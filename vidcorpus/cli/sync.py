@@ -7,15 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from vidcorpus.cli.options import (
-    CatalogOpt,
-    ConfigOpt,
-    PresetOpt,
-    ProgressOpt,
-    SetOpt,
-    WorkdirOpt,
-    effective_config,
-)
+from vidcorpus.cli.options import (CatalogOpt, ConfigOpt, PresetOpt, ProgressOpt, SetOpt, WorkdirOpt,
+                                   effective_config)
 from vidcorpus.cli.output import console
 from vidcorpus.cli.user_errors import EXIT_MODEL, fail
 from vidcorpus.errors import ModelNotAvailable
