@@ -6,10 +6,14 @@ settings (batch 512 on a GPU, long 160 and short 32 new tokens, 8 frames at 640x
 decoding step, warm-up on), on a build-models folder. The compile caches are PyTorch's own (Inductor's FX
 graph and AOTAutograd caches, on by default, under ``TORCHINDUCTOR_CACHE_DIR``); ``--fresh-cache`` empties
 that folder first, so the first process is cold and the next ones find what it compiled.
+``captioning.compile_cache`` (vidcorpus/compile_cache.py) keeps the compiled artifacts in ``--artifacts``
+too; ``--fresh-cache`` with artifacts left by an earlier process is a fresh node of a job whose
+workdir holds them.
 
     python3 bench/gpu_node_job.py build-models --size 3b --out /tmp/models
-    python3 bench/bench_caption_warmup.py --models /tmp/models --fresh-cache --out cold.json
+    python3 bench/bench_caption_warmup.py --models /tmp/models --fresh-cache --fresh-artifacts --out cold.json
     python3 bench/bench_caption_warmup.py --models /tmp/models --out warm.json
+    python3 bench/bench_caption_warmup.py --models /tmp/models --fresh-cache --out fresh_node.json
 """
 
 from __future__ import annotations
@@ -29,10 +33,15 @@ def main() -> None:
     ap.add_argument("--models", required=True, help="a bench/gpu_node_job.py build-models folder")
     ap.add_argument("--cache", default="/tmp/vc_inductor_cache", help="TORCHINDUCTOR_CACHE_DIR")
     ap.add_argument("--fresh-cache", action="store_true", help="empty the cache folder first (a cold node)")
+    ap.add_argument("--artifacts", default="/tmp/vc_compile_artifacts", help="captioning.compile_cache_dir")
+    ap.add_argument("--fresh-artifacts", action="store_true", help="empty the artifacts folder first")
     ap.add_argument("--out")
     args = ap.parse_args()
     if args.fresh_cache:
         shutil.rmtree(args.cache, ignore_errors=True)
+    if args.fresh_artifacts:
+        shutil.rmtree(args.artifacts, ignore_errors=True)
+    had_artifacts = any(Path(args.artifacts).glob("caption-*.bin"))
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = args.cache
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
@@ -49,7 +58,8 @@ def main() -> None:
             "clip_model", "clip_pretrained", "aesthetic_head", "captioner")}}),
         "captioning": cfg.captioning.model_copy(update={"frames_per_clip": 8, "max_pixels": 230400,
                                                         "max_new_tokens": 160, "short_max_new_tokens": 32,
-                                                        "batch_size": 512})})  # the runner's GPU default
+                                                        "batch_size": 512,  # the runner's GPU default
+                                                        "compile_cache_dir": args.artifacts})})
     imports_s = time.perf_counter() - t0
     stage = CaptionStage(cfg)
     t = time.perf_counter()
@@ -58,6 +68,8 @@ def main() -> None:
     setup_s = time.perf_counter() - t
     result = {"setup_s": round(setup_s, 1), "imports_s": round(imports_s, 1),
               "batch_size": stage.captioner.batch_size, "fresh_cache": args.fresh_cache,
+              "artifacts_loaded": had_artifacts,
+              "artifacts_bytes": sum(p.stat().st_size for p in Path(args.artifacts).glob("caption-*.bin")),
               "inductor_counters": {k: v for k, v in counters["inductor"].items() if "cache" in k},
               "aot_autograd_counters": {k: v for k, v in counters["aot_autograd"].items() if "cache" in k},
               "torch": torch.__version__, "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",

@@ -23,6 +23,7 @@ import numpy as np
 
 from vidcorpus.captioning.captioner import Captioner, Generation, load_captioner
 from vidcorpus.captioning.cleanup import clean_caption, is_degenerate
+from vidcorpus.compile_cache import artifacts_url, load_artifacts, save_artifacts
 from vidcorpus.config import caption_batch_size, clip_batch_size
 from vidcorpus.media import is_image, read_frames
 from vidcorpus.schemas import add_scores, score
@@ -64,12 +65,20 @@ class CaptionStage(Stage):
             model, preprocess, tokenizer = load_clip(m.clip_model, m.clip_pretrained, self.captioner.device)
             self.clip = (model, preprocess, tokenizer, clip_model_id(m.clip_model, m.clip_pretrained))
         warm = cap.warmup if cap.warmup is not None else self.captioner.device.type == "cuda"
+        cache = None
+        if compiles and cap.compile_cache:
+            folder = cap.compile_cache_dir or self.config.url("cache", "torch_compile")
+            cache = artifacts_url(folder, "caption", self.captioner.device)
+            loaded = load_artifacts(cache)
         if warm:
             try:
                 self.warm_up()
             except Exception as exc:  # noqa: BLE001 - a speed-up: the job goes on, its first batches compile
                 warnings.warn(f"captioning warm-up failed ({type(exc).__name__}: {str(exc)[:200]}); the first "
                               "batches compile instead", RuntimeWarning, stacklevel=1)
+            else:
+                if cache:  # the warm-up compiled every shape the job will use (pad_batches): keep them
+                    save_artifacts(cache, loaded)
 
     def warm_up(self) -> None:
         """Caption dummy clips (mid-grey 1280x720 frames, or fewer pixels under captioning.max_pixels)

@@ -243,6 +243,13 @@ class CaptioningConfig(Section):
                                      "of its last clip (captions dropped): one batch shape per job, so no compile stalls "
                                      "a job after its warm-up. None: whenever new shapes compile (compile_prefill or "
                                      "compile_decode on, i.e. on GPUs).")
+    compile_cache: bool = Field(True, description="Where captioning compiles (compile_prefill/compile_decode), "
+                                "keep torch.compile's cache artifacts in compile_cache_dir: the actors hot-load them "
+                                "before their warm-up and write them after it, so a fresh node compiles from cache "
+                                "(vidcorpus/compile_cache.py).")
+    compile_cache_dir: str | None = Field(None, description="Folder (local or URL) of the compile cache artifacts; "
+                                          "None: {workdir}/cache/torch_compile. One shared by every job's workdir "
+                                          "lets each new job start warm.")
     probe_rows: int = Field(4, ge=0, description="static_graph path: the job's first batch is checked on this many "
                             "rows against the model's own token choices (captioning/fast_decode_check.py); a "
                             "disagreement switches the path off for the job, with a warning and an events row. "

@@ -1,0 +1,91 @@
+"""captioning.compile_cache: torch.compile's cache artifacts written after a warm-up are hot-loaded by
+a process with empty local caches (a fresh node), which then compiles from cache; a missing or
+broken file only means compiling."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from vidcorpus.compile_cache import artifacts_url, load_artifacts
+from vidcorpus.config import Config
+
+# One process: hot-load what the file holds, save before compiling, compile a small function with Inductor, save.
+PROCESS = """
+import json, sys, torch
+from torch._dynamo.utils import counters  # the caches' hit and miss counts (test only)
+from vidcorpus.compile_cache import load_artifacts, save_artifacts
+url = sys.argv[1]
+loaded = load_artifacts(url)
+before = save_artifacts(url + ".early", loaded)
+f = torch.compile(lambda x, y: torch.sin(x) * y + torch.cos(y).sum())
+f(torch.randn(16, 16), torch.randn(16, 16))
+print(json.dumps({"loaded": loaded is not None, "saved_before_compiling": before,
+                  "saved": save_artifacts(url, loaded), **counters["inductor"]}))
+"""
+
+
+def _process(tmp_path, name: str, url: str) -> dict:
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"inductor-{name}")}  # empty local caches
+    out = subprocess.run([sys.executable, "-c", PROCESS, url], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="Inductor on the CPU needs a C++ compiler")
+def test_a_fresh_process_compiles_from_the_artifacts_another_process_saved(tmp_path):
+    url = str(tmp_path / "cache" / "job.bin")
+    first = _process(tmp_path, "first", url)
+    assert first["loaded"] is False and first["saved_before_compiling"] is False  # nothing yet: no file
+    assert not os.path.exists(url + ".early")
+    assert first["fxgraph_cache_miss"] >= 1 and first["saved"] is True and os.path.getsize(url) > 0
+    # its own, empty Inductor folder (a fresh node; the first process, as empty, missed): hits come
+    # only from the file
+    second = _process(tmp_path, "second", url)
+    assert second["loaded"] is True
+    assert second["fxgraph_cache_hit"] >= 1 and second.get("fxgraph_cache_miss", 0) == 0
+
+
+def test_a_missing_or_broken_file_means_compiling_with_one_warning(tmp_path):
+    assert load_artifacts(str(tmp_path / "none.bin")) is None
+    broken = tmp_path / "broken.bin"
+    broken.write_bytes(b"not torch compile artifacts")
+    with pytest.warns(RuntimeWarning, match="did not load"):
+        assert load_artifacts(str(broken)) is None
+
+
+def test_the_file_name_keeps_jobs_torch_versions_and_devices_apart(tmp_path):
+    url = artifacts_url(str(tmp_path), "caption", "cpu")
+    assert url == str(tmp_path / f"caption-torch{torch.__version__.replace('+', '_')}-cpu.bin")
+    assert artifacts_url(str(tmp_path), "train", "cpu") != url
+    assert artifacts_url("s3://bucket/cache", "caption").startswith("s3://bucket/cache/caption-torch")
+
+
+def test_the_caption_stage_loads_the_cache_only_where_it_compiles(tmp_path):
+    """With compile on, the actor hot-loads {workdir}/cache/torch_compile/... before anything compiles
+    (a broken file there: one warning, the stage still sets up); with compile off it reads nothing."""
+    from vidcorpus.captioning.caption_stage import CaptionStage
+    from vidcorpus.captioning.tiny_models import build_tiny_chat_vlm
+
+    vlm = str(tmp_path / "qwen25")
+    build_tiny_chat_vlm(vlm)
+    cfg = Config(workdir=str(tmp_path / "work"))
+    cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"captioner": vlm}),
+                                 "captioning": cfg.captioning.model_copy(update={"qa": False, "warmup": False})})
+    folder = tmp_path / "work" / "cache" / "torch_compile"
+    folder.mkdir(parents=True)
+    (folder / os.path.basename(artifacts_url(str(folder), "caption", "cpu"))).write_bytes(b"broken")
+    compiled = cfg.model_copy(update={"captioning": cfg.captioning.model_copy(update={"compile_prefill": True})})
+    with pytest.warns(RuntimeWarning, match="torch_compile/caption-torch.*did not load"):
+        CaptionStage(compiled).setup()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        CaptionStage(cfg).setup()  # the CPU default compiles nothing: the file is not read
