@@ -25,7 +25,7 @@ import shutil
 import time
 from pathlib import Path
 
-from run_meta import emit
+from run_meta import emit, finish_metadata, run_metadata
 
 
 def main() -> None:
@@ -35,6 +35,9 @@ def main() -> None:
     ap.add_argument("--fresh-cache", action="store_true", help="empty the cache folder first (a cold node)")
     ap.add_argument("--artifacts", default="/tmp/vc_compile_artifacts", help="captioning.compile_cache_dir")
     ap.add_argument("--fresh-artifacts", action="store_true", help="empty the artifacts folder first")
+    ap.add_argument("--batch-size", type=int, default=512, help="captioning.batch_size (512: the runner's GPU default)")
+    ap.add_argument("--compile-prefill", action="store_true", help="compile the prefill where it would not by default "
+                    "(the CPU: a tiny model's check of the compile cache path)")
     ap.add_argument("--out")
     args = ap.parse_args()
     if args.fresh_cache:
@@ -44,6 +47,7 @@ def main() -> None:
     had_artifacts = any(Path(args.artifacts).glob("caption-*.bin"))
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = args.cache
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    meta = run_metadata()
     t0 = time.perf_counter()
     import torch
     from torch._dynamo.utils import counters
@@ -58,13 +62,15 @@ def main() -> None:
             "clip_model", "clip_pretrained", "aesthetic_head", "captioner")}}),
         "captioning": cfg.captioning.model_copy(update={"frames_per_clip": 8, "max_pixels": 230400,
                                                         "max_new_tokens": 160, "short_max_new_tokens": 32,
-                                                        "batch_size": 512,  # the runner's GPU default
+                                                        "batch_size": args.batch_size, "warmup": True,
+                                                        "compile_prefill": True if args.compile_prefill else None,
                                                         "compile_cache_dir": args.artifacts})})
     imports_s = time.perf_counter() - t0
     stage = CaptionStage(cfg)
     t = time.perf_counter()
     stage.setup()
-    torch.cuda.synchronize()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     setup_s = time.perf_counter() - t
     result = {"setup_s": round(setup_s, 1), "imports_s": round(imports_s, 1),
               "batch_size": stage.captioner.batch_size, "fresh_cache": args.fresh_cache,
@@ -74,7 +80,7 @@ def main() -> None:
               "aot_autograd_counters": {k: v for k, v in counters["aot_autograd"].items() if "cache" in k},
               "torch": torch.__version__, "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    emit(result, args.out)
+    emit({**finish_metadata(meta), **result}, args.out)
 
 
 if __name__ == "__main__":
