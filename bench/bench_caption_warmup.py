@@ -78,8 +78,8 @@ def main() -> None:
               "artifacts_bytes": sum(p.stat().st_size for p in Path(args.artifacts).glob("caption-*.bin")),
               "inductor_counters": {k: v for k, v in counters["inductor"].items() if "cache" in k},
               "aot_autograd_counters": {k: v for k, v in counters["aot_autograd"].items() if "cache" in k},
-              "torch": torch.__version__, "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+              "torch": torch.__version__,
+              "accelerator": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)"}
     emit({**finish_metadata(meta), **result}, args.out)
 
 
