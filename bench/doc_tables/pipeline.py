@@ -126,12 +126,15 @@ TABLES.append(Table("gpu_node_run7_stages", [RUN6, RUN7], rows=run6_run7_stage_r
     Col("run 7 / run 6", "ratio", "{:.2f}", "-"), Col("run 7 set-up s", "set7", "{:.1f}")]))
 
 
+def _cache_hits(d: dict) -> str:
+    ind, aot = d["inductor_counters"], d["aot_autograd_counters"]
+    return (f"FX graph {ind.get('fxgraph_cache_hit', 0)} hit / {ind.get('fxgraph_cache_miss', 0)} miss, "
+            f"AOTAutograd {aot.get('autograd_cache_hit', 0)} hit / {aot.get('autograd_cache_miss', 0)} miss")
+
+
 def caption_warmup_rows(cold: dict, warm: dict) -> list[dict]:
     """The caption stage's set-up in a fresh process: cold, then with the caches the first one left."""
-    def hits(d):
-        ind, aot = d["inductor_counters"], d["aot_autograd_counters"]
-        return (f"FX graph {ind.get('fxgraph_cache_hit', 0)} hit / {ind.get('fxgraph_cache_miss', 0)} miss, "
-                f"AOTAutograd {aot.get('autograd_cache_hit', 0)} hit / {aot.get('autograd_cache_miss', 0)} miss")
+    hits = _cache_hits
     return [{"process": "first (empty cache: a fresh node)", "setup": cold["setup_s"], "caches": hits(cold)},
             {"process": "second (the caches the first left)", "setup": warm["setup_s"], "caches": hits(warm)}]
 
@@ -140,3 +143,21 @@ TABLES.append(Table("caption_warmup_h100", ["caption_warmup_h100_cold.json", "ca
                     rows=caption_warmup_rows, columns=[
                         Col("process", "process"), Col("caption set-up s (load, compiles, warm-up batches)", "setup",
                                                        "{:.1f}"), Col("compile caches", "caches")]))
+
+
+def caption_warmup_cpu_rows(cold: dict, *runs: dict) -> list[dict]:
+    """A tiny model's caption set-up on the CPU: cold, a fresh node with the artifacts, a warm node."""
+    def row(what, d):
+        return {"process": what, "setup": d["setup_s"], "caches": _cache_hits(d),
+                "load": f"{d['load_1min_start']:.1f}-{d['load_1min_end']:.1f}"}
+    fresh, warm = runs[0::2], runs[1::2]
+    return [row("cold (empty Inductor folder, no artifacts)", cold)] + \
+        [row(f"fresh node, artifacts hot-loaded (round {i})", d) for i, d in enumerate(fresh, 1)] + \
+        [row(f"warm node: its Inductor folder and the artifacts (round {i})", d) for i, d in enumerate(warm, 1)]
+
+
+TABLES.append(Table("caption_warmup_cpu_tiny", ["caption_warmup_cpu_tiny_cold.json"] + [
+    f"caption_warmup_cpu_tiny_{kind}_r{r}.json" for r in (1, 2) for kind in ("fresh_node", "warm")],
+    rows=caption_warmup_cpu_rows, columns=[
+        Col("process", "process"), Col("caption set-up s", "setup", "{:.1f}"), Col("compile caches", "caches"),
+        Col("load (1 min, start-end)", "load")]))
