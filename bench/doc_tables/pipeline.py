@@ -161,3 +161,17 @@ TABLES.append(Table("caption_warmup_cpu_tiny", ["caption_warmup_cpu_tiny_cold.js
     rows=caption_warmup_cpu_rows, columns=[
         Col("process", "process"), Col("caption set-up s", "setup", "{:.1f}"), Col("compile caches", "caches"),
         Col("load (1 min, start-end)", "load")]))
+
+
+def compile_probe_rows(d: dict) -> list[dict]:
+    """The three processes of bench/probe_compile_cache_gpu.py."""
+    what = {"cold": "cold (empty local caches; writes the artifacts)",
+            "fresh_node": "fresh node (new empty local caches, artifacts hot-loaded)",
+            "warm": "warm node (the cold process's local caches, no artifacts)"}
+    return [{"process": what[r["mode"]], "first": r["first_call_s"], "load": r["load_s"], "steady": r["steady_call_s"] * 1e3,
+             "caches": _cache_hits(r)} for r in d["runs"]]
+
+
+TABLES.append(Table("compile_cache_probe_h100", ["compile_cache_probe_h100.json"], rows=compile_probe_rows, columns=[
+    Col("process", "process"), Col("first call s (compile or cache load)", "first", "{:.2f}"),
+    Col("artifacts load s", "load", "{:.2f}"), Col("later call ms", "steady", "{:.2f}"), Col("compile caches", "caches")]))
