@@ -27,8 +27,13 @@ loaded = load_artifacts(url)
 before = save_artifacts(url + ".early", loaded)
 f = torch.compile(lambda x, y: torch.sin(x) * y + torch.cos(y).sum())
 f(torch.randn(16, 16), torch.randn(16, 16))
-print(json.dumps({"loaded": loaded is not None, "saved_before_compiling": before,
-                  "saved": save_artifacts(url, loaded), **counters["inductor"]}))
+saved = save_artifacts(url, loaded)
+import warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    blocked = save_artifacts(url + "/under/a/file.bin")  # its parent is a file: a write that fails
+print(json.dumps({"loaded": loaded is not None, "saved_before_compiling": before, "saved": saved,
+                  "blocked": [blocked, [str(w.message) for w in caught]], **counters["inductor"]}))
 """
 
 
@@ -47,6 +52,7 @@ def test_a_fresh_process_compiles_from_the_artifacts_another_process_saved(tmp_p
     assert first["loaded"] is False and first["saved_before_compiling"] is False  # nothing yet: no file
     assert not os.path.exists(url + ".early")
     assert first["fxgraph_cache_miss"] >= 1 and first["saved"] is True and os.path.getsize(url) > 0
+    assert first["blocked"][0] is False and "not written" in first["blocked"][1][0]  # a warning, not a failure
     # its own, empty Inductor folder (a fresh node; the first process, as empty, missed): hits come
     # only from the file
     second = _process(tmp_path, "second", url)
@@ -60,6 +66,10 @@ def test_a_missing_or_broken_file_means_compiling_with_one_warning(tmp_path):
     broken.write_bytes(b"not torch compile artifacts")
     with pytest.warns(RuntimeWarning, match="did not load"):
         assert load_artifacts(str(broken)) is None
+    unreadable = tmp_path / "a folder.bin"  # reading it raises an OSError other than FileNotFoundError
+    unreadable.mkdir()
+    with pytest.warns(RuntimeWarning, match="not read"):
+        assert load_artifacts(str(unreadable)) is None
 
 
 def test_the_file_name_keeps_jobs_torch_versions_and_devices_apart(tmp_path):

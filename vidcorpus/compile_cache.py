@@ -39,6 +39,10 @@ def load_artifacts(url: str) -> bytes | None:
         data = read_bytes(url)
     except FileNotFoundError:
         return None
+    except OSError as exc:  # unreachable or forbidden store: compile as on a fresh node
+        warnings.warn(f"compile cache {url} not read ({type(exc).__name__}: {exc}); compiling from scratch",
+                      RuntimeWarning, stacklevel=2)
+        return None
     try:
         loaded = torch.compiler.load_cache_artifacts(data)  # None for bytes it cannot read (it logs why)
         problem = None if loaded is not None else "unreadable artifacts"
@@ -59,7 +63,7 @@ def save_artifacts(url: str, loaded: bytes | None = None) -> bool:
         return False
     try:
         write_atomic(url, saved[0], fsync=False)  # a cache: a lost write only means compiling again
-    except OSError as exc:
+    except Exception as exc:  # noqa: BLE001 - a full disk or a forbidden store must not fail the job
         warnings.warn(f"compile cache {url} not written ({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
         return False
     return True
