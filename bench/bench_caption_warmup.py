@@ -44,7 +44,7 @@ def main() -> None:
         shutil.rmtree(args.cache, ignore_errors=True)
     if args.fresh_artifacts:
         shutil.rmtree(args.artifacts, ignore_errors=True)
-    had_artifacts = any(Path(args.artifacts).glob("caption-*.bin"))
+    before = {p.name: p.stat().st_size for p in Path(args.artifacts).glob("*.bin")}  # what a run found
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = args.cache
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     meta = run_metadata()
@@ -74,8 +74,10 @@ def main() -> None:
     setup_s = time.perf_counter() - t
     result = {"setup_s": round(setup_s, 1), "imports_s": round(imports_s, 1),
               "batch_size": stage.captioner.batch_size, "fresh_cache": args.fresh_cache,
-              "artifacts_loaded": had_artifacts,
-              "artifacts_bytes": sum(p.stat().st_size for p in Path(args.artifacts).glob("caption-*.bin")),
+              "artifacts_file": stage.compile_cache_url,
+              "artifacts_found": Path(stage.compile_cache_url or "-").name in before,
+              "artifacts_bytes": Path(stage.compile_cache_url).stat().st_size
+              if stage.compile_cache_url and Path(stage.compile_cache_url).exists() else 0,
               "inductor_counters": {k: v for k, v in counters["inductor"].items() if "cache" in k},
               "aot_autograd_counters": {k: v for k, v in counters["aot_autograd"].items() if "cache" in k},
               "torch": torch.__version__,

@@ -12,6 +12,7 @@ Scores, keyed by the caption version so several versions coexist: ``caption_clip
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -65,11 +66,8 @@ class CaptionStage(Stage):
             model, preprocess, tokenizer = load_clip(m.clip_model, m.clip_pretrained, self.captioner.device)
             self.clip = (model, preprocess, tokenizer, clip_model_id(m.clip_model, m.clip_pretrained))
         warm = cap.warmup if cap.warmup is not None else self.captioner.device.type == "cuda"
-        cache = None
-        if compiles and cap.compile_cache:
-            folder = cap.compile_cache_dir or self.config.url("cache", "torch_compile")
-            cache = artifacts_url(folder, "caption", self.captioner.device)
-            loaded = load_artifacts(cache)
+        self.compile_cache_url = self._compile_cache_url() if compiles and cap.compile_cache else None
+        loaded = load_artifacts(self.compile_cache_url) if self.compile_cache_url else None
         if warm:
             try:
                 self.warm_up()
@@ -77,8 +75,18 @@ class CaptionStage(Stage):
                 warnings.warn(f"captioning warm-up failed ({type(exc).__name__}: {str(exc)[:200]}); the first "
                               "batches compile instead", RuntimeWarning, stacklevel=1)
             else:
-                if cache:  # the warm-up compiled every shape the job will use (pad_batches): keep them
-                    save_artifacts(cache, loaded)
+                if self.compile_cache_url:  # the warm-up compiled the shapes the job will use (pad_batches)
+                    save_artifacts(self.compile_cache_url, loaded)
+
+    def _compile_cache_url(self) -> str:
+        """The compile cache file of this captioner and these settings (vidcorpus/compile_cache.py):
+        jobs that compile other graphs (another model, batch or frame size) keep files of their own."""
+        cap, c = self.config.captioning, self.captioner
+        settings = [self.config.models.captioner, c.batch_size, c.pad_batches, c.compile_prefill, c.compile_decode,
+                    cap.frames_per_clip, cap.max_pixels, cap.decode, cap.max_new_tokens, cap.short_max_new_tokens]
+        digest = hashlib.sha256(json.dumps(settings, default=str).encode()).hexdigest()[:12]
+        folder = cap.compile_cache_dir or self.config.url("cache", "torch_compile")
+        return artifacts_url(folder, f"caption-{digest}", c.device)
 
     def warm_up(self) -> None:
         """Caption dummy clips (mid-grey 1280x720 frames, or fewer pixels under captioning.max_pixels)

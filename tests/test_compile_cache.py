@@ -58,6 +58,7 @@ def test_a_fresh_process_compiles_from_the_artifacts_another_process_saved(tmp_p
     second = _process(tmp_path, "second", url)
     assert second["loaded"] is True
     assert second["fxgraph_cache_hit"] >= 1 and second.get("fxgraph_cache_miss", 0) == 0
+    assert second["saved"] is False  # it compiled nothing the file lacks: the file is left alone
 
 
 def test_a_missing_or_broken_file_means_compiling_with_one_warning(tmp_path):
@@ -72,30 +73,75 @@ def test_a_missing_or_broken_file_means_compiling_with_one_warning(tmp_path):
         assert load_artifacts(str(unreadable)) is None
 
 
-def test_the_file_name_keeps_jobs_torch_versions_and_devices_apart(tmp_path):
+def test_the_file_name_keeps_jobs_torch_versions_and_devices_apart(tmp_path, monkeypatch):
     url = artifacts_url(str(tmp_path), "caption", "cpu")
     assert url == str(tmp_path / f"caption-torch{torch.__version__.replace('+', '_')}-cpu.bin")
     assert artifacts_url(str(tmp_path), "train", "cpu") != url
     assert artifacts_url("s3://bucket/cache", "caption").startswith("s3://bucket/cache/caption-torch")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert artifacts_url(str(tmp_path), "caption", "cuda").endswith("-NVIDIA_H100_80GB_HBM3.bin")
+    monkeypatch.setattr(torch, "__version__", "9.9.0")
+    assert artifacts_url(str(tmp_path), "caption", "cpu") != url
 
 
-def test_the_caption_stage_loads_the_cache_only_where_it_compiles(tmp_path):
-    """With compile on, the actor hot-loads {workdir}/cache/torch_compile/... before anything compiles
-    (a broken file there: one warning, the stage still sets up); with compile off it reads nothing."""
-    from vidcorpus.captioning.caption_stage import CaptionStage
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory) -> str:
     from vidcorpus.captioning.tiny_models import build_tiny_chat_vlm
 
-    vlm = str(tmp_path / "qwen25")
-    build_tiny_chat_vlm(vlm)
+    out = str(tmp_path_factory.mktemp("vlm") / "qwen25")
+    build_tiny_chat_vlm(out)
+    return out
+
+
+def _config(tmp_path, vlm: str, **captioning) -> Config:
     cfg = Config(workdir=str(tmp_path / "work"))
-    cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"captioner": vlm}),
-                                 "captioning": cfg.captioning.model_copy(update={"qa": False, "warmup": False})})
-    folder = tmp_path / "work" / "cache" / "torch_compile"
-    folder.mkdir(parents=True)
-    (folder / os.path.basename(artifacts_url(str(folder), "caption", "cpu"))).write_bytes(b"broken")
-    compiled = cfg.model_copy(update={"captioning": cfg.captioning.model_copy(update={"compile_prefill": True})})
-    with pytest.warns(RuntimeWarning, match="torch_compile/caption-torch.*did not load"):
-        CaptionStage(compiled).setup()
+    return cfg.model_copy(update={"models": cfg.models.model_copy(update={"captioner": vlm}),
+                                  "captioning": cfg.captioning.model_copy(update={"qa": False, **captioning})})
+
+
+def test_the_caption_stage_loads_the_cache_only_where_it_compiles(tmp_path, tiny_vlm):
+    """With compile on, the actor hot-loads {workdir}/cache/torch_compile/... (a broken file there: one
+    warning, the stage still sets up); with compile off it reads nothing."""
+    from vidcorpus.captioning.caption_stage import CaptionStage
+
+    compiled = CaptionStage(_config(tmp_path, tiny_vlm, warmup=False, compile_prefill=True))
+    compiled.setup()
+    url = compiled.compile_cache_url
+    assert url.startswith(str(tmp_path / "work" / "cache" / "torch_compile" / "caption-"))
+    os.makedirs(os.path.dirname(url))
+    with open(url, "wb") as f:
+        f.write(b"broken")
+    with pytest.warns(RuntimeWarning, match="did not load"):
+        CaptionStage(_config(tmp_path, tiny_vlm, warmup=False, compile_prefill=True)).setup()
+    plain = CaptionStage(_config(tmp_path, tiny_vlm, warmup=False))
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        CaptionStage(cfg).setup()  # the CPU default compiles nothing: the file is not read
+        plain.setup()  # the CPU default compiles nothing: the file is not read
+    assert plain.compile_cache_url is None
+    other = CaptionStage(_config(tmp_path, tiny_vlm, warmup=False, compile_prefill=True, batch_size=3))
+    other.setup()
+    assert other.compile_cache_url != url  # another batch shape compiles other graphs: its own file
+
+
+def test_the_caption_stage_loads_before_its_warm_up_and_saves_after_it(tmp_path, tiny_vlm, monkeypatch):
+    """The order the cache is useful in: load, warm-up (the compiles), save what was loaded or
+    compiled; a failed warm-up saves nothing."""
+    from vidcorpus.captioning import caption_stage
+
+    calls: list[str] = []
+    monkeypatch.setattr(caption_stage, "load_artifacts", lambda url: calls.append("load") or frozenset({"k"}))
+    monkeypatch.setattr(caption_stage, "save_artifacts",
+                        lambda url, loaded: calls.append(f"save {sorted(loaded)}") or True)
+    monkeypatch.setattr(caption_stage.CaptionStage, "warm_up", lambda self: calls.append("warm-up"))
+    caption_stage.CaptionStage(_config(tmp_path, tiny_vlm, warmup=True, compile_prefill=True)).setup()
+    assert calls == ["load", "warm-up", "save ['k']"]
+
+    def failing(self):
+        calls.append("warm-up")
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    calls.clear()
+    monkeypatch.setattr(caption_stage.CaptionStage, "warm_up", failing)
+    with pytest.warns(RuntimeWarning, match="warm-up failed"):
+        caption_stage.CaptionStage(_config(tmp_path, tiny_vlm, warmup=True, compile_prefill=True)).setup()
+    assert calls == ["load", "warm-up"]

@@ -86,3 +86,27 @@ def test_copy_only_where_the_clip_would_be_the_same(tmp_path, source, overrides,
     row = _row(source, 0, 11, **extra)
     got = _extract(tmp_path, [row], *overrides)[row["clip_id"]]
     assert got["extract_mode"] == "precise"
+
+
+def test_a_copied_clip_without_stills_is_scored_from_its_own_frames(tmp_path, source, model_cache):
+    """The CLIP stage reads a copy's frames from the clip (no stills file): scores like the re-encoded
+    clip's, within its coding error, and no error."""
+    from vidcorpus.filters.clip_scores import ClipScoreStage
+    from vidcorpus.jobs.models import resolve_models
+
+    _, types = _decode(source)
+    anchor_end = max(i for i in range(13, 24) if types[i] in ("P", "I"))
+    scored = {}
+    for mode in ("auto", "precise"):
+        cfg = load_config(None, [f"split.extract_mode={mode}"], workdir=str(tmp_path / mode),
+                          **{"models.preset": "tiny", "models.cache_dir": model_cache})
+        cfg = cfg.model_copy(update={"models": resolve_models(cfg.models)})
+        extracted = ExtractStage(cfg)(rows_to_table([_row(source, 12, anchor_end)])).to_pylist()
+        assert extracted[0]["extract_mode"] == ("copy" if mode == "auto" else "precise")
+        assert (extracted[0]["stills_path"] is None) == (mode == "auto")
+        out = ClipScoreStage(cfg)(rows_to_table(extracted)).to_pylist()
+        assert not out[0]["error_class"]
+        scored[mode] = {s["scorer"]: s["value"] for s in out[0]["scores"]}
+    assert scored["auto"].keys() == scored["precise"].keys() and "aesthetic" in scored["auto"]
+    for name, value in scored["precise"].items():
+        assert scored["auto"][name] == pytest.approx(value, rel=0.02)  # 0.2% apart when written

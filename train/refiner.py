@@ -42,8 +42,8 @@ from vidcorpus.model_files import require_hf_model
 from vidcorpus.storage import is_url, join_url, local_path, publish_dir
 from vidcorpus.train.checkpoint import load_unet_weights, read_state, resolve_resume
 from vidcorpus.train.export import save_pipeline, write_mp4
+from vidcorpus.train.i2vgen_components import TINY_UNET, build_tiny_i2vgen
 from vidcorpus.train.loop import train_loop
-from vidcorpus.train.i2vgen_components import build_tiny_i2vgen, TINY_UNET
 from vidcorpus.train.objective import TextEncoderCache, keep_mask, encode_frames
 
 REFINER_MODEL_INDEX = {

@@ -9,8 +9,12 @@ the same graphs before (docs/benchmarks.md, "caption_warmup_h100"). A job's node
 and ``load_cache_artifacts()`` puts them back into another process's caches, on another machine.
 Both caches look an entry up by a key over the graph, its inputs, the torch and triton versions and
 the device, so a stale or foreign entry is a miss, never a wrong kernel: the file only needs a name
-that keeps unrelated setups apart (the job, the torch version, the GPU model). Several actors may
-write one file: each writes it whole (``storage.write_atomic``) and any of their copies serves.
+that keeps unrelated setups apart (the job and its settings, the torch version, the GPU model).
+Several actors may write one file: each writes it whole (``storage.write_atomic``) and any of their
+copies serves; an actor that compiled nothing new leaves the file alone.
+
+The file holds pickled objects and compiled kernels that the actors load and run: keep it where
+only the jobs' own identities can write (as the workdir, not a world-writable bucket).
 """
 
 from __future__ import annotations
@@ -31,39 +35,52 @@ def artifacts_url(folder: str, job: str, device: torch.device | str | None = Non
     return join_url(folder, f"{tag}.bin")
 
 
-def load_artifacts(url: str) -> bytes | None:
-    """Hot-load the artifacts at ``url`` into this process's compile caches; the bytes loaded, or
-    None when there are none yet. A file that does not load costs a warning, never the job (the
-    compiles then run as on a fresh node)."""
+def _keys(info) -> frozenset[tuple[str, str]]:
+    """(kind, key) of every artifact a CacheInfo lists."""
+    return frozenset((kind, key) for kind, keys in info.artifacts.items() for key in keys)
+
+
+def _warn(url: str, what: str, exc: Exception | str) -> None:
+    why = exc if isinstance(exc, str) else f"{type(exc).__name__}: {str(exc)[:200]}"
+    warnings.warn(f"compile cache {url} {what} ({why}); compiling as on a fresh node", RuntimeWarning, stacklevel=3)
+
+
+def load_artifacts(url: str) -> frozenset | None:
+    """Hot-load the artifacts at ``url`` into this process's compile caches; the keys of what was
+    loaded (for ``save_artifacts``), or None when there is no file yet. A file or store that cannot
+    be read or loaded costs a warning, never the job."""
     try:
         data = read_bytes(url)
     except FileNotFoundError:
         return None
-    except OSError as exc:  # unreachable or forbidden store: compile as on a fresh node
-        warnings.warn(f"compile cache {url} not read ({type(exc).__name__}: {exc}); compiling from scratch",
-                      RuntimeWarning, stacklevel=2)
+    except Exception as exc:  # noqa: BLE001 - unreachable store, no credentials, no s3fs: a speed-up lost
+        _warn(url, "not read", exc)
         return None
     try:
-        loaded = torch.compiler.load_cache_artifacts(data)  # None for bytes it cannot read (it logs why)
-        problem = None if loaded is not None else "unreadable artifacts"
-    except Exception as exc:  # noqa: BLE001 - a speed-up: a bad file means compiling, not failing
-        problem = f"{type(exc).__name__}: {str(exc)[:200]}"
-    if problem:
-        warnings.warn(f"compile cache {url} did not load ({problem}); compiling from scratch",
-                      RuntimeWarning, stacklevel=2)
+        info = torch.compiler.load_cache_artifacts(data)  # None for bytes it cannot read (it logs why)
+    except Exception as exc:  # noqa: BLE001 - same: a bad file means compiling, not failing
+        _warn(url, "did not load", exc)
         return None
-    return data
+    if info is None:
+        _warn(url, "did not load", "unreadable artifacts")
+        return None
+    return _keys(info)
 
 
-def save_artifacts(url: str, loaded: bytes | None = None) -> bool:
-    """Write what this process compiled or loaded to ``url``; False when there is nothing or it is
-    what was loaded already (no rewrite)."""
-    saved = torch.compiler.save_cache_artifacts()
-    if saved is None or not saved[0] or saved[0] == loaded:
+def save_artifacts(url: str, loaded: frozenset | None = None) -> bool:
+    """Write what this process compiled or loaded to ``url``; False when there is nothing, or
+    nothing beyond the ``loaded`` keys (the file already holds it: no rewrite, which could also drop
+    what only the file's first writer recorded), or the write failed (a warning)."""
+    try:
+        saved = torch.compiler.save_cache_artifacts()
+    except Exception as exc:  # noqa: BLE001 - a speed-up: the job goes on
+        _warn(url, "not saved", exc)
+        return False
+    if saved is None or not saved[0] or (loaded is not None and _keys(saved[1]) <= loaded):
         return False
     try:
         write_atomic(url, saved[0], fsync=False)  # a cache: a lost write only means compiling again
     except Exception as exc:  # noqa: BLE001 - a full disk or a forbidden store must not fail the job
-        warnings.warn(f"compile cache {url} not written ({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
+        _warn(url, "not written", exc)
         return False
     return True

@@ -245,11 +245,12 @@ class CaptioningConfig(Section):
                                      "compile_decode on, i.e. on GPUs).")
     compile_cache: bool = Field(True, description="Where captioning compiles (compile_prefill/compile_decode), "
                                 "keep torch.compile's cache artifacts in compile_cache_dir: the actors hot-load them "
-                                "before their warm-up and write them after it, so a fresh node compiles from cache "
-                                "(vidcorpus/compile_cache.py).")
+                                "before their warm-up and write what it compiled after it (with warmup on), so a "
+                                "fresh node compiles from cache (vidcorpus/compile_cache.py).")
     compile_cache_dir: str | None = Field(None, description="Folder (local or URL) of the compile cache artifacts; "
-                                          "None: {workdir}/cache/torch_compile. One shared by every job's workdir "
-                                          "lets each new job start warm.")
+                                          "None: {workdir}/cache/torch_compile. One shared by the jobs (one file per "
+                                          "captioner and settings) lets each new job start warm; the files are "
+                                          "loaded and run, so only the jobs may write there.")
     probe_rows: int = Field(4, ge=0, description="static_graph path: the job's first batch is checked on this many "
                             "rows against the model's own token choices (captioning/fast_decode_check.py); a "
                             "disagreement switches the path off for the job, with a warning and an events row. "

@@ -174,4 +174,4 @@ def compile_probe_rows(d: dict) -> list[dict]:
 
 TABLES.append(Table("compile_cache_probe_h100", ["compile_cache_probe_h100.json"], rows=compile_probe_rows, columns=[
     Col("process", "process"), Col("first call s (compile or cache load)", "first", "{:.2f}"),
-    Col("artifacts load s", "load", "{:.2f}"), Col("later call ms", "steady", "{:.2f}"), Col("compile caches", "caches")]))
+    Col("artifacts load s", "load", "{:.2f}"), Col("later call ms", "steady", "{:.1f}"), Col("compile caches", "caches")]))
