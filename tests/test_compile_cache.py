@@ -45,6 +45,7 @@ def _process(tmp_path, name: str, url: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # two processes compiling with Inductor (about 35 s on 2 cores): started early
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="Inductor on the CPU needs a C++ compiler")
 def test_a_fresh_process_compiles_from_the_artifacts_another_process_saved(tmp_path):
     url = str(tmp_path / "cache" / "job.bin")
