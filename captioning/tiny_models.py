@@ -18,9 +18,9 @@ from transformers import (
     BlipProcessor,
 )
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-from transformers.utils import logging as hf_logging
 
 from vidcorpus.captioning.prompts import PROMPTS
+from vidcorpus.model_files import no_progress_bars
 from vidcorpus.storage import publish_dir
 
 # A small English vocabulary for the tiny captioner's WordPiece tokenizer (built offline, no hub).
@@ -109,15 +109,9 @@ def save_pretrained_atomically(out_dir: str, model, processor) -> None:
     A crash never leaves a half-written model where ``presets`` looks for ``config.json``; if
     another worker finished first, its copy is kept (same seed, same model).
     """
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a one-off build of a tiny file needs no progress bar
-    try:
-        with publish_dir(out_dir, replace=False) as tmp:
-            model.save_pretrained(tmp)
-            processor.save_pretrained(tmp)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
+    with no_progress_bars(), publish_dir(out_dir, replace=False) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
 
 
 # --- Tiny chat VLM (Qwen2.5-VL architecture), built offline --------------------------------------

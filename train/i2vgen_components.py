@@ -16,7 +16,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLUNet
 from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig,
                           CLIPVisionModelWithProjection)
 
-from vidcorpus.model_files import require_hf_model
+from vidcorpus.model_files import no_progress_bars, require_hf_model
 from vidcorpus.storage import publish_dir
 
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "image_encoder", "feature_extractor", "scheduler")
@@ -118,7 +118,7 @@ def build_tiny_i2vgen(out_dir: str) -> None:
     Built in a temporary directory and renamed into place, with model_index.json written last,
     because presets.py takes model_index.json as "the tiny model exists".
     """
-    with publish_dir(out_dir) as tmp:  # a half-built or stale directory without model_index.json is replaced
+    with no_progress_bars(), publish_dir(out_dir) as tmp:  # a half-built or stale directory is replaced
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             tokenizer = build_tiny_tokenizer()

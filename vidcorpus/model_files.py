@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import socket
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -72,3 +74,19 @@ def require_file(path_or_url: str, field: str) -> str:
     with publishing(local) as part:  # two workers fetching the same file never share a part file
         urllib.request.urlretrieve(path_or_url, part)  # noqa: S310 - the URL is the user's config
     return str(local)
+
+
+@contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """transformers' and the hub's progress bars off for a one-off build of a tiny model (its
+    "Writing model shards" bars would otherwise land in the middle of a CLI's one-line error)."""
+    # inside: transformers (seconds) loads only where a tiny model is built
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()

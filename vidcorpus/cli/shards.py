@@ -76,6 +76,7 @@ def shards_encode(
     from vidcorpus.shards.release_files import ReleaseError
 
     cfg = effective_config(config, set_, workdir=workdir, catalog=catalog, **{"models.preset": preset})
+    require_catalog(cfg)  # before the encoders load (or the tiny ones are built): a mistake is one line
     base = LatentParams.for_training(cfg)  # what `vidcorpus train` with this config will look up
     params = LatentParams(height=height or base.height, width=width or base.width, frames=frames or base.frames,
                           fps=fps or base.fps, caption_version=base.caption_version, caption_kind=base.caption_kind)

@@ -42,8 +42,8 @@ def encode_latent_cache(cfg: Config, params: LatentParams, release: str | None =
     from vidcorpus.train.i2vgen_components import load_components
     from vidcorpus.train.objective import TextEncoderCache
 
+    specs = shards_to_encode(cfg, release, select)  # a wrong release or query fails before the models load
     models = resolve_models(cfg.models)
-    specs = shards_to_encode(cfg, release, select)
     fingerprint = encoder_fingerprint(models.i2vgen)
     key = cache_key(fingerprint, params)
     root = cfg.url("latents")
