@@ -352,16 +352,24 @@ def test_export_to_a_local_folder_and_missing_snapshots_are_clear_errors(tmp_pat
 # -- concurrency, with real processes ------------------------------------------------------------------
 WRITER = r"""
 import sys, time
+from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from test_catalog_io import _fragments
 from vidcorpus.catalog.store import Catalog
 path, mode = sys.argv[1], sys.argv[2]
 if mode == "batches":          # small commits, the file released between them (as the runner does)
     cat = Catalog(path, hold=False)
+    seen_by_reader = Path(sys.argv[4])
     for k in range(25):
         cat.commit_fragments("w", _fragments(k * 20, (k + 1) * 20))
         print("COMMITTED", k, flush=True)
-        time.sleep(0.05)
+        deadline = time.time() + (20 if k in (4, 12, 20) else 0.05)
+        # at three points, pause until a reader has seen this commit (a loaded box's reader backs
+        # off for up to a second, so fixed short gaps alone may never let it in)
+        while time.time() < deadline:
+            time.sleep(0.01)
+            if k in (4, 12, 20) and int(seen_by_reader.read_text() or 0) >= (k + 1) * 20:
+                break
     cat.close()
     print("DONE", flush=True)
 else:                          # big transactions, to be killed inside one
@@ -377,22 +385,26 @@ else:                          # big transactions, to be killed inside one
 """
 
 
-def _writer(path: Path, mode: str, log: Path) -> subprocess.Popen:
+def _writer(path: Path, mode: str, log: Path, seen_by_reader: Path | None = None) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.Popen([sys.executable, "-c", WRITER, str(path), mode, str(Path(__file__).parent)],
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(path), mode, str(Path(__file__).parent),
+                             str(seen_by_reader)],
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
 
 
 def test_readers_work_while_a_writer_commits(tmp_path):
     path = tmp_path / "c.duckdb"
     Catalog(path).close()
-    proc = _writer(path, "batches", tmp_path / "w.log")
+    seen_by_reader = tmp_path / "seen"
+    seen_by_reader.write_text("0")
+    proc = _writer(path, "batches", tmp_path / "w.log", seen_by_reader)
     seen: list[tuple[int, int, int]] = []
     try:
         while proc.poll() is None:
             with Catalog(path, read_only=True, lock_timeout_s=30) as cat:
                 seen.append(cat.con.execute("SELECT (SELECT count(*) FROM clips), (SELECT count(*) FROM scores), "
                                             "(SELECT count(*) FROM clips_wide WHERE scored)").fetchall()[0])
+            seen_by_reader.write_text(str(seen[-1][0]))
             time.sleep(0.01)
         assert proc.wait(timeout=60) == 0, (tmp_path / "w.log").read_text()
     finally:
