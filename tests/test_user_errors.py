@@ -81,8 +81,8 @@ def test_a_mistake_without_a_catalog_is_one_line_and_creates_nothing(command, tm
     _one_line_error(shlex.split(command))
     assert not (tmp_path / "W").exists()  # no catalog, no staging, no shard folder
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "model-cache") == ["media"]
-    if command.startswith("shards encode"):  # it checks the catalog before it loads its encoders
-        assert not (tmp_path / "model-cache").exists()
+    if command.startswith(("shards encode", "train", "export")):  # they check the catalog, the selection or
+        assert not (tmp_path / "model-cache").exists()          # the checkpoint before they build a model
 
 
 def test_sync_without_a_model_ends_in_one_line_and_the_model_exit_code(project, monkeypatch):

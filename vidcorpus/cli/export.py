@@ -33,6 +33,10 @@ def _export_command(doc: str, checkpoint_help: str, pipeline: str, write: Pipeli
     ) -> None:
         cfg = effective_config(config, set_, **{"models.preset": preset})
         try:
+            # inside: keeps --help fast (torch)
+            from vidcorpus.train.checkpoint import resolve_resume
+
+            resolve_resume(checkpoint)  # a missing checkpoint fails before the models are resolved (or built)
             write(cfg, checkpoint, out, weights)
         except (ModelNotAvailable, FileNotFoundError) as e:
             fail(str(e))

@@ -87,16 +87,18 @@ def run_dir_of(checkpoint: str) -> str:
 
 
 def _stage_parts(cfg: Config, stage: str):
-    """(config with the stage's section as ``train``, that section, model directory, loop function)."""
+    """(config with the stage's section as ``train``, that section, a function giving the model
+    directory, loop function). The model is resolved (for ``tiny``: built) only once the selection
+    has been checked, so a mistake in ``--select`` or ``--release`` fails before any model work."""
     if stage == "refiner":
         from vidcorpus.train.refiner import train_refiner  # inside: only the stage that trains loads its model code
 
         # The selection, the follow query and the log read the refiner's section where the base reads train.
         scfg = cfg.model_copy(update={"train": cfg.refiner})
-        return scfg, cfg.refiner, resolve_refiner(cfg.models).refiner, train_refiner
+        return scfg, cfg.refiner, lambda: resolve_refiner(cfg.models).refiner, train_refiner
     from vidcorpus.train.loop import train_base  # inside: only the stage that trains loads its model code
 
-    return cfg, cfg.train, resolve_models(cfg.models).i2vgen, train_base
+    return cfg, cfg.train, lambda: resolve_models(cfg.models).i2vgen, train_base
 
 
 def run_training(cfg: Config, output: str | None = None, progress: bool = True,
@@ -109,7 +111,7 @@ def run_training(cfg: Config, output: str | None = None, progress: bool = True,
     keeps its run id and directory and continues with the next unseen samples.
     """
     distributed = init_torchrun()
-    scfg, tcfg, model_dir, train_fn = _stage_parts(cfg, stage)
+    scfg, tcfg, model_dir_of, train_fn = _stage_parts(cfg, stage)
     run_id = None
     if resume and resume not in ("latest", "auto"):
         ckpt = resolve_resume(resume)
@@ -121,6 +123,7 @@ def run_training(cfg: Config, output: str | None = None, progress: bool = True,
     run_id = broadcast(run_id or new_run_id())
     started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     specs, keys, what = select_training_shards(scfg)
+    model_dir = model_dir_of()
     if stage == "base":  # the refiner's loss decodes pixels (crops of high-resolution frames): no cache
         specs, cache_note = use_latent_cache(cfg, specs)
         what += cache_note
