@@ -169,6 +169,7 @@ def main() -> None:
     t = time.perf_counter()
     detect_shots(path, cfg, fps=FPS, transnet=run)  # model load is cached before: this is the model
     results["transnetv2_fps_cpu"] = round(truth["n"] / (time.perf_counter() - t), 1)
+    results["transnetv2_precision_cpu"] = "bfloat16" if run.stream.bfloat16 else "float32"
 
     configs = {
         "adaptive+histogram (default: evidence + dissolve spans)": dict(detectors=["adaptive", "histogram"]),

@@ -35,7 +35,7 @@ from bench_shot_learned import Replay, _NoStream  # noqa: E402 - saved TransNetV
 
 from vidcorpus.config import SplitConfig  # noqa: E402
 from vidcorpus.ingest.split import detect_segments  # noqa: E402
-from vidcorpus.ingest.transnet import TransNetRun  # noqa: E402
+from vidcorpus.ingest.transnet import TransNetRun, bfloat16_here, load_probabilities  # noqa: E402
 
 FPS = footage.FPS
 
@@ -147,17 +147,34 @@ CONFIGS = {
 }
 
 
-def transnet_probabilities(path: str, cache: str) -> tuple[str, float]:
-    """The file's saved TransNetV2 probabilities (run on CPU once; cached by the file's hash), and frames/s."""
+def transnet_probabilities(path: str, cache: str, bfloat16: bool = True) -> tuple[str, float]:
+    """The file's saved TransNetV2 probabilities (run on CPU once; cached by the file's hash and the
+    precision: bfloat16 where the CPU has it natively, as the CPU default), and frames/s."""
+    cfg = SplitConfig(detectors=["transnetv2"], transnet_device="cpu", dissolve_spans=False,
+                      transnet_cpu_bfloat16=bfloat16)
     digest = hashlib.sha256(open(path, "rb").read()).hexdigest()[:16]
-    url = os.path.join(cache, f"{digest}.parquet")
+    precision = "bf16" if bfloat16_here(cfg, "cpu") else "fp32"
+    url = os.path.join(cache, f"{digest}.parquet" if precision == "fp32" else f"{digest}-{precision}.parquet")
     if os.path.exists(url):
         return url, float("nan")
-    cfg = SplitConfig(detectors=["transnetv2"], transnet_device="cpu", dissolve_spans=False)
     run = TransNetRun.create(cfg, probabilities_url=url)
     t = time.perf_counter()
     found = detect_segments(path, cfg, fps=FPS, transnet=run)
     return url, found.n_frames / (time.perf_counter() - t)
+
+
+def precision_differences(probs: dict, cache: str) -> dict:
+    """Per file, the largest difference between the bfloat16 and float32 probabilities of each head,
+    where both are in the cache (a --float32 run first, then one without)."""
+    out = {}
+    for name, url in probs.items():
+        if not url.endswith("-bf16.parquet"):
+            continue
+        fp32 = url[:-len("-bf16.parquet")] + ".parquet"
+        if os.path.exists(fp32):
+            (s16, m16, _), (s32, m32, _) = load_probabilities(url), load_probabilities(fp32)
+            out[name] = {"single": float(np.abs(s16 - s32).max()), "many": float(np.abs(m16 - m32).max())}
+    return out
 
 
 def rendered(folder: str, sources: str | None, seed: int) -> dict:
@@ -184,6 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "vidcorpus-shot-bench"),
                     help="where TransNetV2's probabilities are kept between runs")
     ap.add_argument("--no-transnet", action="store_true", help="leave out the rows with transnetv2")
+    ap.add_argument("--float32", action="store_true", help="TransNetV2 in float32 even on a CPU with native "
+                                                          "bfloat16 (the CPU default uses bfloat16 there)")
     ap.add_argument("--only", nargs="*", help="run only these rows (names as in the table)")
     ap.add_argument("--seed", type=int, default=0, help="the edit's shuffle of takes and joins (0: the table's); "
                                                         "other seeds check that a change is not fitted to one edit")
@@ -200,8 +219,11 @@ def main(argv: list[str] | None = None) -> dict:
     probs, tn_fps = {}, []
     for name, t in truth.items():
         if not a.no_transnet:
-            probs[name], fps = transnet_probabilities(t["path"], a.cache)
+            probs[name], fps = transnet_probabilities(t["path"], a.cache, not a.float32)
             tn_fps.append(fps)
+    results["transnetv2_precision_cpu"] = ("bfloat16" if not a.float32 and bfloat16_here(SplitConfig(), "cpu")
+                                           else "float32")
+    results["bf16_vs_fp32_max_abs_diff"] = precision_differences(probs, a.cache)
     results["transnetv2_fps_cpu"] = [round(x, 1) if x == x else None for x in tn_fps]  # None: read from the cache
     for label, kw in CONFIGS.items():
         if a.only and label not in a.only or a.no_transnet and "transnetv2" in kw["detectors"]:

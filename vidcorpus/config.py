@@ -155,7 +155,12 @@ class SplitConfig(Section):
     transnet_on_gpu: bool = Field(
         True, description="transnetv2 joins split.detectors in a split worker that sees a CUDA GPU and has the `models` "
                           "extra installed, with the pyav backend (its dissolves and fades; 82% of decode-only on an H100); elsewhere the "
-                          "listed detectors run alone (on CPU it reads 5 to 40 frames/s, they hundreds).")
+                          "listed detectors run alone (list transnetv2 in split.detectors for it on CPU workers too: "
+                          "about 16 ms of CPU a frame in bfloat16, 34 in float32, docs/benchmarks.md).")
+    transnet_cpu_bfloat16: bool = Field(
+        True, description="transnetv2 on a CPU with native bfloat16 (AVX512_BF16 or AMX) runs in bfloat16: about twice "
+                          "as fast, probabilities within 0.025 of float32, the same measures on the benchmark edits "
+                          "(docs/benchmarks.md). Other CPUs and GPUs use float32.")
     transnet_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="transnetv2: where it runs (auto: a GPU when the worker sees one).")
     transnet_batch_windows: int = Field(8, ge=1, description="transnetv2: 100-frame windows per model call.")
 

@@ -265,3 +265,70 @@ TABLES.append(Table(
         Col("false cuts/min", lambda r: r.get("fc") or num(r["false_cuts_per_min_unedited"])),
         Col("transition frames in shots", lambda r: r.get("inside") or pct(1)(r["transition_frames_inside"])),
         Col("clean frames dropped", "clean_frames_dropped"), Col("missed cuts", "missed")]))
+
+CPU_PRECISION_ROWS = {"decode_only_48x27": "decode only (scaled to 48x27)", "default": "default (no TransNetV2)",
+                      "transnetv2": "TransNetV2", "default_plus_transnetv2": "default + TransNetV2",
+                      "model_only": "model alone"}
+
+
+def cpu_precision_rows(before: dict, fp32: dict, bf16: dict) -> list[dict]:
+    """One row per bench row: frames/s and CPU ms a frame before (float32, PyTorch's layout), with
+    channels-last weights (float32) and in bfloat16 (the CPU default where the CPU has it)."""
+    rows = []
+    for key, label in CPU_PRECISION_ROWS.items():
+        row = {"row": label, "_bold": ("bfloat16: frames/s",) if "transnetv2" in key else ()}
+        for name, run in (("before", before), ("fp32", fp32), ("bf16", bf16)):
+            row[f"{name}_fps"] = run["frames_per_s"].get(key)
+            row[f"{name}_ms"] = run["cpu_ms_per_frame"].get(key)
+        row["speedup"] = row["bf16_fps"] / row["before_fps"] if row["bf16_fps"] and row["before_fps"] else None
+        rows.append(row)
+    return rows
+
+
+TABLES.append(Table(
+    "transnet_cpu_precision", ["transnet_cpu_before.json", "transnet_cpu_fp32.json", "transnet_cpu_bf16.json"],
+    rows=cpu_precision_rows, columns=[
+        Col("row", "row"),
+        Col("before: frames/s", "before_fps", whole), Col("before: CPU ms a frame", "before_ms", "{:.1f}"),
+        Col("channels-last float32: frames/s", "fp32_fps", whole), Col("float32: CPU ms a frame", "fp32_ms", "{:.1f}"),
+        Col("bfloat16: frames/s", "bf16_fps", whole), Col("bfloat16: CPU ms a frame", "bf16_ms", "{:.1f}"),
+        Col("bfloat16 / before", "speedup", "{:.2f}")]))
+
+BF16_GRADUAL = DEFAULT + " + transnetv2 gradual"
+
+
+def cpu_bf16_seed_rows(*files: dict) -> list[dict]:
+    """Seeds 0-3, each rendered once: the CPU default, TransNetV2 gradual beside it in float32 (the
+    GPU default's precision) and in bfloat16; then the 16 s edit (bfloat16)."""
+    fp32, bf16, learned = files[:4], files[4:8], files[8]
+    rows = []
+    for seed, (f, b) in enumerate(zip(fp32, bf16)):
+        diff = b.get("bf16_vs_fp32_max_abs_diff") or {}
+        worst = max((max(d.values()) for d in diff.values()), default=None)
+        for label, entry, bold in (("CPU default", f["detectors"][DEFAULT], False),
+                                   ("+ TransNetV2 gradual, float32", f["detectors"][BF16_GRADUAL], False),
+                                   ("+ TransNetV2 gradual, bfloat16", b["detectors"][BF16_GRADUAL], True)):
+            s = entry["summary"]
+            rows.append({**s, "edit": str(seed), "row": label, "missed": ", ".join(missed_cuts(entry)) or "-",
+                         "diff": f"{worst:.4f}" if bold and worst is not None else None,
+                         "_bold": ("gradual recall", "transition frames in shots") if bold else ()})
+    grad = learned["detectors"]["adaptive+histogram+transnetv2 gradual"]
+    rows.append({"edit": "16 s edit", "row": f"+ TransNetV2 gradual, {learned.get('transnetv2_precision_cpu')}",
+                 "f1": f"{grad['hard_f1']:.2f}", "gr": str(grad["gradual_recall"]),
+                 "fc": num(grad["false_cuts_per_min"]), "inside": pct(1)(grad["transition_frames_inside"]),
+                 "missed": ", ".join(map(str, grad["missed_cuts"])) or "-"})
+    return rows
+
+
+TABLES.append(Table(
+    "shot_cpu_bf16_seeds",
+    [*(f"shot_wide_cpu_fp32_seed{i}.json" for i in range(4)), *(f"shot_wide_cpu_bf16_seed{i}.json" for i in range(4)),
+     "shot_learned_cpu_bf16.json"],
+    compact=True, rows=cpu_bf16_seed_rows, columns=[
+        Col("edit (seed)", "edit"), Col("row", "row"),
+        Col("hard-cut F1", lambda r: r.get("f1") or dp3_min2(r["hard_f1"])),
+        Col("gradual recall", lambda r: r.get("gr") or dp2(r["gradual_recall"])),
+        Col("false cuts/min", lambda r: r.get("fc") or num(r["false_cuts_per_min_unedited"])),
+        Col("transition frames in shots", lambda r: r.get("inside") or pct(1)(r["transition_frames_inside"])),
+        Col("clean frames dropped", "clean_frames_dropped"), Col("missed cuts", "missed"),
+        Col("largest probability difference (bfloat16 - float32)", "diff")]))
