@@ -259,11 +259,21 @@ def test_transnet_on_gpu_joins_the_detectors_only_where_a_gpu_is_seen(monkeypatc
     assert not transnet.runs_here(SplitConfig(backend="opencv"))  # it reads the pyav decode only
 
 
-def test_bfloat16_on_a_cpu_with_native_bfloat16_stays_close_to_float32(crossfade, tmp_path, monkeypatch):
-    """bfloat16 on CPU (where the CPU has it natively, 2.5 times faster): the same shots and spans
-    as float32 on the cross-fade, every probability within 0.01, and the file says which precision
-    produced it."""
-    monkeypatch.setattr(transnet, "cpu_has_native_bfloat16", lambda: True)  # emulated where it is not native
+def test_bfloat16_only_where_the_cpu_has_it_natively(monkeypatch):
+    """Emulated bfloat16 would be slower than float32: only a CPU with the instructions, never a GPU."""
+    monkeypatch.setattr(transnet, "cpu_has_native_bfloat16", lambda: False)
+    assert not TransNetRun.create(SplitConfig(transnet_device="cpu")).stream.bfloat16
+    monkeypatch.setattr(transnet, "cpu_has_native_bfloat16", lambda: True)
+    run = TransNetRun.create(SplitConfig(transnet_device="cpu"))
+    assert run.stream.bfloat16 and run.model.endswith(" bfloat16")
+    assert not TransNetRun.create(SplitConfig(transnet_device="cpu", transnet_cpu_bfloat16=False)).stream.bfloat16
+    assert not transnet.bfloat16_here(SplitConfig(), "cuda")
+
+
+@pytest.mark.skipif(not transnet.cpu_has_native_bfloat16(), reason="this CPU has no native bfloat16")
+def test_bfloat16_on_a_cpu_with_native_bfloat16_stays_close_to_float32(crossfade, tmp_path):
+    """bfloat16 on CPU (twice as fast): the same shots and spans as float32 on the cross-fade, every
+    probability within 0.01, and the file says which precision produced it."""
     runs = {}
     for bf16 in (False, True):
         cfg = SplitConfig(detectors=["adaptive", "histogram", "transnetv2"], transnet_device="cpu",
@@ -277,8 +287,6 @@ def test_bfloat16_on_a_cpu_with_native_bfloat16_stays_close_to_float32(crossfade
     assert np.abs(s16 - s32).max() < 0.01 and np.abs(m16 - m32).max() < 0.01
     assert not np.array_equal(s16, s32)  # it did run in bfloat16
     assert model16 == model32 + " bfloat16"
-    monkeypatch.setattr(transnet, "cpu_has_native_bfloat16", lambda: False)
-    assert not TransNetRun.create(SplitConfig(transnet_device="cpu")).stream.bfloat16  # elsewhere float32
 
 
 def test_split_stage_on_a_gpu_worker_runs_transnetv2_beside_the_default(crossfade, tmp_path, monkeypatch):
