@@ -254,17 +254,20 @@ def gradual_seed_rows(*files: dict) -> list[dict]:
     return rows
 
 
-TABLES.append(Table(
-    "shot_gradual_seeds",
-    [*(f"shot_wide_cpu_gradual_seed{i}.json" for i in range(4)), "shot_wide_cpu_pans_seed0.json",
-     *(f"shot_wide_cpu_before_gradual_seed{i}.json" for i in (1, 2, 3)), "shot_learned_cpu_gradual.json"],
-    compact=True, rows=gradual_seed_rows, columns=[
+# each edit's row of a seeds table: the four targets' measures, what it costs and what it misses
+SEED_COLUMNS = [
         Col("edit (seed)", "edit"), Col("row", "row"),
         Col("hard-cut F1", lambda r: r.get("f1") or dp3_min2(r["hard_f1"])),
         Col("gradual recall", lambda r: r.get("gr") or dp2(r["gradual_recall"])),
         Col("false cuts/min", lambda r: r.get("fc") or num(r["false_cuts_per_min_unedited"])),
         Col("transition frames in shots", lambda r: r.get("inside") or pct(1)(r["transition_frames_inside"])),
-        Col("clean frames dropped", "clean_frames_dropped"), Col("missed cuts", "missed")]))
+        Col("clean frames dropped", "clean_frames_dropped"), Col("missed cuts", "missed")]
+
+TABLES.append(Table(
+    "shot_gradual_seeds",
+    [*(f"shot_wide_cpu_gradual_seed{i}.json" for i in range(4)), "shot_wide_cpu_pans_seed0.json",
+     *(f"shot_wide_cpu_before_gradual_seed{i}.json" for i in (1, 2, 3)), "shot_learned_cpu_gradual.json"],
+    compact=True, rows=gradual_seed_rows, columns=SEED_COLUMNS))
 
 CPU_PRECISION_ROWS = {"decode_only_48x27": "decode only (scaled to 48x27)", "default": "default (no TransNetV2)",
                       "transnetv2": "TransNetV2", "default_plus_transnetv2": "default + TransNetV2",
@@ -324,11 +327,5 @@ TABLES.append(Table(
     "shot_cpu_bf16_seeds",
     [*(f"shot_wide_cpu_fp32_seed{i}.json" for i in range(4)), *(f"shot_wide_cpu_bf16_seed{i}.json" for i in range(4)),
      "shot_learned_cpu_bf16.json"],
-    compact=True, rows=cpu_bf16_seed_rows, columns=[
-        Col("edit (seed)", "edit"), Col("row", "row"),
-        Col("hard-cut F1", lambda r: r.get("f1") or dp3_min2(r["hard_f1"])),
-        Col("gradual recall", lambda r: r.get("gr") or dp2(r["gradual_recall"])),
-        Col("false cuts/min", lambda r: r.get("fc") or num(r["false_cuts_per_min_unedited"])),
-        Col("transition frames in shots", lambda r: r.get("inside") or pct(1)(r["transition_frames_inside"])),
-        Col("clean frames dropped", "clean_frames_dropped"), Col("missed cuts", "missed"),
-        Col("largest probability difference (bfloat16 - float32)", "diff")]))
+    compact=True, rows=cpu_bf16_seed_rows,
+    columns=[*SEED_COLUMNS, Col("largest probability difference (bfloat16 - float32)", "diff")]))
