@@ -147,14 +147,13 @@ CONFIGS = {
 }
 
 
-def transnet_probabilities(path: str, cache: str, bfloat16: bool = True) -> tuple[str, float]:
+def transnet_probabilities(path: str, cache: str, bfloat16: bool = False) -> tuple[str, float]:
     """The file's saved TransNetV2 probabilities (run on CPU once; cached by the file's hash and the
-    precision: bfloat16 where the CPU has it natively, as the CPU default), and frames/s."""
+    precision: ``bfloat16`` only where the CPU has it natively, see ``bfloat16_here``), and frames/s."""
     cfg = SplitConfig(detectors=["transnetv2"], transnet_device="cpu", dissolve_spans=False,
                       transnet_cpu_bfloat16=bfloat16)
     digest = hashlib.sha256(open(path, "rb").read()).hexdigest()[:16]
-    precision = "bf16" if bfloat16_here(cfg, "cpu") else "fp32"
-    url = os.path.join(cache, f"{digest}.parquet" if precision == "fp32" else f"{digest}-{precision}.parquet")
+    url = os.path.join(cache, f"{digest}-bf16.parquet" if bfloat16 else f"{digest}.parquet")
     if os.path.exists(url):
         return url, float("nan")
     run = TransNetRun.create(cfg, probabilities_url=url)
@@ -217,12 +216,12 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"build_s": round(time.perf_counter() - t0, 1), "seed": a.seed, "truth": truth, "detectors": {},
                      "loadavg_start": os.getloadavg()}
     probs, tn_fps = {}, []
+    bf16 = bfloat16_here(SplitConfig(transnet_cpu_bfloat16=not a.float32), "cpu")  # as the CPU default decides
     for name, t in truth.items():
         if not a.no_transnet:
-            probs[name], fps = transnet_probabilities(t["path"], a.cache, not a.float32)
+            probs[name], fps = transnet_probabilities(t["path"], a.cache, bf16)
             tn_fps.append(fps)
-    results["transnetv2_precision_cpu"] = ("bfloat16" if not a.float32 and bfloat16_here(SplitConfig(), "cpu")
-                                           else "float32")
+    results["transnetv2_precision_cpu"] = "bfloat16" if bf16 else "float32"
     results["bf16_vs_fp32_max_abs_diff"] = precision_differences(probs, a.cache)
     results["transnetv2_fps_cpu"] = [round(x, 1) if x == x else None for x in tn_fps]  # None: read from the cache
     for label, kw in CONFIGS.items():

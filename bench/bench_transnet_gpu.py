@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     both = SplitConfig(transnet_on_gpu=True, transnet_device=a.device, transnet_batch_windows=a.batch_windows,
                        transnet_cpu_bfloat16=not a.float32)
     result["transnet_bfloat16"] = bfloat16_here(tn, device)
-    result["weights_layout"] = "default" if a.default_layout else ("channels_last_3d" if device == "cpu" else "default")
+    result["weights_layout"] = "channels_last_3d" if device == "cpu" and not a.default_layout else "default"
     for row, cfg, with_model, network in [("transnetv2", tn, True, True), ("transnetv2_feed", tn, True, False),
                                           ("default_plus_transnetv2", both, True, True),
                                           ("default_plus_transnetv2_feed", both, True, False),

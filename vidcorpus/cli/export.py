@@ -36,8 +36,8 @@ def _export_command(doc: str, checkpoint_help: str, pipeline: str, write: Pipeli
             # inside: keeps --help fast (torch)
             from vidcorpus.train.checkpoint import resolve_resume
 
-            resolve_resume(checkpoint)  # a missing checkpoint fails before the models are resolved (or built)
-            write(cfg, checkpoint, out, weights)
+            # the checkpoint is found first: a wrong path fails before the models are resolved (or built)
+            write(cfg, resolve_resume(checkpoint), out, weights)
         except (ModelNotAvailable, FileNotFoundError) as e:
             fail(str(e))
         console.print(done.format(checkpoint=checkpoint, weights=weights, out=out))
