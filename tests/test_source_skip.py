@@ -239,3 +239,39 @@ def test_an_index_that_misses_a_frame_falls_back_to_a_full_decode_when_skipping(
         cursor.close()
     assert sorted(got) == sorted(wanted) and all(np.array_equal(got[i], full[i]) for i in wanted)
     assert index_of(path) is None
+
+
+def _extracted(cfg, rows: list[dict]) -> tuple[dict[str, bytes], int]:
+    """{clip_id: mp4 bytes} of a precise extraction of ``rows`` in one stage call, and the frames decoded."""
+    from vidcorpus import source_frames
+    from vidcorpus.ingest.extract import ExtractStage
+    from vidcorpus.storage import read_bytes
+
+    source_frames._CURSOR.clear()
+    out = ExtractStage(cfg)(rows_to_table(rows)).to_pylist()
+    assert all(not r["error_class"] and r["extract_mode"] == "precise" for r in out), out
+    return {r["clip_id"]: read_bytes(r["clip_path"]) for r in out}, source_frames.frames_decoded()
+
+
+@pytest.mark.parametrize("source", ["video", "keyed"])
+def test_precise_extraction_skips_the_frames_between_kept_clips(tmp_path, monkeypatch, request, source):
+    """Clips 0 and 3 kept, 1 and 2 dropped: the dropped shots' non-reference frames are not decoded
+    (with keyframes, the decoder seeks past them), and the clips are byte for byte those of a full decode."""
+    from vidcorpus.ingest import extract
+
+    video = request.getfixturevalue(source)
+    cfg = load_config(None, ["split.extract_mode=precise"], workdir=str(tmp_path / "w"))
+    rows = _split(cfg, video)
+    kept = [rows[0], rows[3]]
+    clips, decoded = _extracted(cfg, kept)
+
+    real = extract.decode_source_range
+    monkeypatch.setattr(extract, "decode_source_range", lambda path, first, last, wanted=None: real(path, first, last))
+    full_clips, full_decoded = _extracted(cfg, kept)
+    assert clips.keys() == full_clips.keys() == {r["clip_id"] for r in kept}
+    assert all(clips[c] == full_clips[c] for c in clips)
+    if source == "video":  # one keyframe: one decode through the gap, its non-reference frames left out
+        assert full_decoded == 4 * SHOT_FRAMES
+        assert decoded <= 4 * SHOT_FRAMES - 20, decoded
+    else:  # a keyframe at each shot: the decoder seeks past the gap (the count is the last cursor's)
+        assert decoded == full_decoded == SHOT_FRAMES
