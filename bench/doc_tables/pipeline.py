@@ -175,3 +175,51 @@ def compile_probe_rows(d: dict) -> list[dict]:
 TABLES.append(Table("compile_cache_probe_h100", ["compile_cache_probe_h100.json"], rows=compile_probe_rows, columns=[
     Col("process", "process"), Col("first call s (compile or cache load)", "first", "{:.2f}"),
     Col("artifacts load s", "load", "{:.2f}"), Col("later call ms", "steady", "{:.1f}"), Col("compile caches", "caches")]))
+
+
+RUN8A, RUN8B = "gpu_node_job_h100_60min_run8a.json", "gpu_node_job_h100_60min_run8b.json"
+RUN8_LABELS = ("run 7", "run 8a: a first job", "run 8b: the next job, compile artifacts found")
+
+
+def _first_caption(d: dict) -> str:
+    first, last = d["catalog"]["timeline"]["first_last_caption_s"]
+    return f"{first:.0f} to {last:.0f}" if first is not None else "-"
+
+
+def _sources_done(d: dict) -> str:
+    done = d["catalog"]["timeline"]["sources_done"]
+    return f"by {max(int(k) for k in done) + 30} s" if done else "-"
+
+
+def run8_summary(d7: dict, d8a: dict, d8b: dict) -> list[dict]:
+    """Runs 7, 8a and 8b side by side: the rate, when the ingest and the captions ended, the caption set-up."""
+    def one(label, d):
+        caption = _stage_work(d)["caption"]
+        return {"run": label, "wall": d["wall_s"], "vh": d["video_hours_per_gpu_hour"],
+                "clips": f"{d['clips_in']} / {d['clips_kept']}", "sources": _sources_done(d),
+                "captions": _first_caption(d), "setup": caption["setup_s"],
+                "after": caption["work_s"] - caption["setup_s"],
+                "gpu": d["gpu_busy"]["share_of_samples_busy_whole_job"],
+                "cpu": " ".join(f"{v:.0f}" for v in d["host_cpu"]["busy_pct_by_bucket"]),
+                "rss": d["memory"]["tree_rss_peak_gib"]}
+    return [one(label, d) for label, d in zip(RUN8_LABELS, (d7, d8a, d8b))]
+
+
+def run8_stage_rows(d7: dict, d8a: dict, d8b: dict) -> list[dict]:
+    """Per stage, the work (batches' wall summed over workers) of runs 7, 8a and 8b; run 8b's bounding stage in bold."""
+    s7, sa, sb = _stage_work(d7), _stage_work(d8a), _stage_work(d8b)
+    return [{"stage": name, "w7": s7[name]["work_s"], "wa": sa[name]["work_s"], "wb": r["work_s"],
+             "setb": r["setup_s"], "ratio": r["work_s"] / s7[name]["work_s"] if s7[name]["work_s"] else None,
+             "_bold": ("stage",) if r["bound_by"] else ()} for name, r in sb.items() if name in s7 and name in sa]
+
+
+TABLES.append(Table("gpu_node_run8", [RUN7, RUN8A, RUN8B], rows=run8_summary, columns=[
+    Col("run", "run"), Col("wall s (1 h of 720p)", "wall", "{:.0f}"), Col("video-hours per GPU-hour", "vh", "{:.2f}"),
+    Col("clips / kept", "clips"), Col("all sources done (30 s buckets)", "sources"),
+    Col("first to last caption s", "captions"), Col("caption set-up s", "setup", "{:.0f}"),
+    Col("caption work after set-up s", "after", "{:.0f}"), Col("GPU busy share", "gpu", "{:.1%}"),
+    Col("host CPU busy % per 30 s", "cpu"), Col("RSS peak GiB", "rss", "{:.1f}")]))
+TABLES.append(Table("gpu_node_run8_stages", [RUN7, RUN8A, RUN8B], rows=run8_stage_rows, columns=[
+    Col("stage", "stage"), Col("run 7 work s", "w7", "{:,.1f}"), Col("run 8a work s", "wa", "{:,.1f}"),
+    Col("run 8b work s", "wb", "{:,.1f}"), Col("run 8b / run 7", "ratio", "{:.2f}", "-"),
+    Col("run 8b set-up s", "setb", "{:.1f}")]))
