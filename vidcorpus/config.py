@@ -154,9 +154,14 @@ class SplitConfig(Section):
                                       "probabilities fall below this (its faint first and last blended frames).")
     transnet_on_gpu: bool = Field(
         True, description="transnetv2 joins split.detectors in a split worker that sees a CUDA GPU and has the `models` "
-                          "extra installed, with the pyav backend (its dissolves and fades; 82% of decode-only on an H100); elsewhere the "
-                          "listed detectors run alone (list transnetv2 in split.detectors for it on CPU workers too: "
-                          "about 16 ms of CPU a frame in bfloat16, 34 in float32, docs/benchmarks.md).")
+                          "extra installed, with the pyav backend (its dissolves and fades; 82% of decode-only on an H100); workers "
+                          "without a GPU follow split.transnet_on_cpu.")
+    transnet_on_cpu: bool | None = Field(
+        None, description="transnetv2 joins split.detectors in split workers without a GPU too (the `models` extra, "
+                          "the pyav backend): issue 23's shot targets then hold there as well, for about 16 ms of CPU "
+                          "a frame in bfloat16 (34 in float32), about half again a 720p ingest's CPU "
+                          "(docs/benchmarks.md). None: on with models.preset=production, off with tiny (the tests' and "
+                          "the demo's synthetic footage, where the cheap detectors suffice).")
     transnet_cpu_bfloat16: bool = Field(
         True, description="transnetv2 on a CPU with native bfloat16 (AVX512_BF16 or AMX) runs in bfloat16: about twice "
                           "as fast, probabilities within 0.025 of float32, the same measures on the benchmark edits "
@@ -429,6 +434,8 @@ class Config(Section):
         (unless filters.recipe is set too); the catalog records the change (vidcorpus/jobs/curate/sync.py)."""
         if self.models.preset == "production" and "recipe" not in self.filters.model_fields_set:
             self.filters.recipe = "pretrain_v1"
+        if self.split.transnet_on_cpu is None:  # the production preset's shots are TransNetV2's wherever it runs
+            self.split.transnet_on_cpu = self.models.preset == "production"
         return self
 
     @property

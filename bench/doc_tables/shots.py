@@ -329,3 +329,27 @@ TABLES.append(Table(
      "shot_learned_cpu_bf16.json"],
     compact=True, rows=cpu_bf16_seed_rows,
     columns=[*SEED_COLUMNS, Col("largest probability difference (bfloat16 - float32)", "diff")]))
+
+
+def production_cpu_cost_rows(*runs: dict) -> list[dict]:
+    """CPU seconds of each CPU stage over one 60 s 720p edit, TransNetV2 off (the tiny preset's CPU
+    default) and on (the production preset's), two interleaved rounds; the ratio against the first round off."""
+    base = runs[0]["cpu_s_total"]
+    rows = []
+    for run, label in zip(runs, ("off (tiny preset), round 1", "on (production preset), round 1",
+                                 "off (tiny preset), round 2", "on (production preset), round 2")):
+        cpu = {k: v["cpu_s"] for k, v in run["stages"].items()}
+        rows.append({"row": label, **cpu, "total": run["cpu_s_total"], "ratio": run["cpu_s_total"] / base,
+                     "clips": f"{run['clips']} / {run['frames_in_clips']:,}",
+                     "_bold": ("split",) if label.startswith("on") else ()})
+    return rows
+
+
+TABLES.append(Table(
+    "transnet_cpu_production_cost",
+    [f"stage_cpu_720p_60s_transnet_cpu_{s}_r{r}.json" for r in (1, 2) for s in ("off", "on")],
+    rows=production_cpu_cost_rows, columns=[
+        Col("split.transnet_on_cpu", "row"), Col("split CPU s", "split", "{:.1f}"),
+        Col("technical", "technical", "{:.1f}"), Col("motion", "motion", "{:.2f}"), Col("extract", "extract", "{:.1f}"),
+        Col("all CPU stages", "total", "{:.1f}"), Col("of round 1 off", "ratio", "{:.2f}x"),
+        Col("clips / frames in them", "clips")]))
