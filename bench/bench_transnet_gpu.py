@@ -131,7 +131,8 @@ def model_only(device: str, batch_windows: int, n_windows: int = 32, bfloat16: b
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--video", help="the video to measure on")
-    ap.add_argument("--make", type=float, metavar="SECONDS", help="render a 1280x720 test video of this length")
+    ap.add_argument("--make", type=float, metavar="SECONDS", help="render a test video of this length")
+    ap.add_argument("--size", default="1280x720", help="WIDTHxHEIGHT of the --make video")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--batch-windows", type=int, default=8, help="split.transnet_batch_windows")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="split.transnet_device")
@@ -145,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     if not a.video and not a.make:
         ap.error("give --video PATH or --make SECONDS")
-    path = a.video or make_video(os.path.join(tempfile.mkdtemp(), "transnet_bench.mp4"), a.make)
+    size = tuple(int(v) for v in a.size.lower().split("x"))
+    path = a.video or make_video(os.path.join(tempfile.mkdtemp(), "transnet_bench.mp4"), a.make, size=size)
     device = pick_device(a.device)
     if a.default_layout:  # load_model keeps one model per process: every row gets this one
         load_model(device=device).to(memory_format=torch.contiguous_format)
