@@ -4,7 +4,9 @@
 # is gone on a fresh machine). Build the carries first, here: `bash bench/gpu_job_bundle.sh`.
 #   call 1, carry [".gpujob/call1"]:  bash bench/gpu_node_job.sh prepare    (about 4 min)
 #   call 2, carry [".gpujob/call2", ".gpujob/tn2"]:  bash bench/gpu_node_job.sh run [--set section.key=value ...]
-#   call 3 (optional, a team's next job on a fresh node that finds the compile artifacts):
+#   call 3 (optional, right after call 2 on the same machine: a later job that finds the compile
+#   artifacts call 2 left in $GPUJOB_STATE, with new, empty local Inductor/Triton folders; the
+#   machine's page cache still holds the model weights, so its set-up is a little optimistic):
 #                                     bash bench/gpu_node_job.sh run --keep-compile-cache
 # Environment: GPUJOB_MINUTES (footage, default 60), GPUJOB_VIDEO_MINUTES (per video, default 4:
 # 15 videos for 16 cores), GPUJOB_BUDGET_S (the job is stopped after this, default 480: the report

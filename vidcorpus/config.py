@@ -159,9 +159,10 @@ class SplitConfig(Section):
     transnet_on_cpu: bool | None = Field(
         None, description="transnetv2 joins split.detectors in split workers without a GPU too (the `models` extra, "
                           "the pyav backend): issue 23's shot targets then hold there as well, for about 16 ms of CPU "
-                          "a frame in bfloat16 (34 in float32), about half again a 720p ingest's CPU "
-                          "(docs/benchmarks.md). None: on with models.preset=production, off with tiny (the tests' and "
-                          "the demo's synthetic footage, where the cheap detectors suffice).")
+                          "a frame in bfloat16 (34 in float32): a CPU-only 720p ingest's CPU about doubles (docs/benchmarks.md). "
+                          "None: on with models.preset=production, off with tiny (the tests' and the demo's synthetic "
+                          "footage), decided where split runs (transnet.on_cpu). Under Ray a split task that asks for no "
+                          "GPU sees none: to keep TransNetV2 off everywhere set this and transnet_on_gpu false.")
     transnet_cpu_bfloat16: bool = Field(
         True, description="transnetv2 on a CPU with native bfloat16 (AVX512_BF16 or AMX) runs in bfloat16: about twice "
                           "as fast, probabilities within 0.025 of float32, the same measures on the benchmark edits "
@@ -434,8 +435,6 @@ class Config(Section):
         (unless filters.recipe is set too); the catalog records the change (vidcorpus/jobs/curate/sync.py)."""
         if self.models.preset == "production" and "recipe" not in self.filters.model_fields_set:
             self.filters.recipe = "pretrain_v1"
-        if self.split.transnet_on_cpu is None:  # the production preset's shots are TransNetV2's wherever it runs
-            self.split.transnet_on_cpu = self.models.preset == "production"
         return self
 
     @property

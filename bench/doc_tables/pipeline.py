@@ -227,7 +227,7 @@ TABLES.append(Table("gpu_node_run8_stages", [RUN7, RUN8A, RUN8B], rows=run8_stag
 
 TABLES.append(Table("extract_skip_720p", ["extract_skip_720p_60s.json"], rows=lambda d: [
     {**r, "modes": ", ".join(f"{n} {m}" for m, n in sorted(r["extract_modes"].items())),
-     "code": "before (77209e3^)" if r["variant"] == "before" else "after (77209e3)",
+     "code": "before (77209e3^)" if r["variant"] == "before" else f"after ({d['commit'][:7]})",
      "ratio": r["cpu_s"] / d["median_cpu_s"]["before"]} for r in d["runs"]], columns=[
     Col("round", "round"), Col("code", "code"), Col("CPU s", "cpu_s", "{:.2f}"), Col("wall s", "wall_s", "{:.2f}"),
     Col("clips (how written)", "modes"), Col("of before's median CPU", "ratio", "{:.2f}x"),

@@ -336,12 +336,12 @@ def production_cpu_cost_rows(*runs: dict) -> list[dict]:
     default) and on (the production preset's), two interleaved rounds; the ratio against the first round off."""
     base = runs[0]["cpu_s_total"]
     rows = []
-    for run, label in zip(runs, ("off (tiny preset), round 1", "on (production preset), round 1",
-                                 "off (tiny preset), round 2", "on (production preset), round 2")):
+    for run, label in zip(runs, ("off (the tiny preset's), round 1", "on (the production preset's), round 1",
+                                 "off (the tiny preset's), round 2", "on (the production preset's), round 2")):
         cpu = {k: v["cpu_s"] for k, v in run["stages"].items()}
         rows.append({"row": label, **cpu, "total": run["cpu_s_total"], "ratio": run["cpu_s_total"] / base,
                      "clips": f"{run['clips']} / {run['frames_in_clips']:,}",
-                     "_bold": ("split",) if label.startswith("on") else ()})
+                     "_bold": ("split CPU s",) if label.startswith("on") else ()})
     return rows
 
 
