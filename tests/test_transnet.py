@@ -296,11 +296,16 @@ def test_split_stage_on_a_gpu_worker_runs_transnetv2_beside_the_default(crossfad
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(transnet, "pick_device", lambda device: "cpu")
-    cfg = load_config(None, ["split.transnet_on_gpu=true"], workdir=str(tmp_path / "work"))
-    row = empty_row(source_id="src-gpu", uri=crossfade["path"], source_path=crossfade["path"], media_type="video",
+    _split_runs_transnetv2(crossfade, load_config(None, ["split.transnet_on_gpu=true"], workdir=str(tmp_path / "work")))
+
+
+def _split_runs_transnetv2(crossfade: dict, cfg) -> None:
+    """The split stage on the cross-fade under ``cfg`` ran TransNetV2: its probabilities land under the
+    workdir, and its gradual span is a dropped segment in its name, out of every shot."""
+    row = empty_row(source_id="src", uri=crossfade["path"], source_path=crossfade["path"], media_type="video",
                     **probe_video(crossfade["path"]))
     rows = SplitStage(cfg)(rows_to_table([row])).to_pylist()
-    single, _, _ = load_probabilities(cfg.url("staging", "transnet", "src-gpu.parquet"))
+    single, _, _ = load_probabilities(cfg.url("staging", "transnet", "src.parquet"))
     assert len(single) == crossfade["n"]
     fa, fb = crossfade["fade"]
     assert all(r["last_frame"] < fa + 2 or r["first_frame"] > fb - 2 for r in rows), rows  # not the fade's middle
@@ -334,15 +339,7 @@ def test_the_production_preset_runs_transnetv2_on_cpu_workers_too(crossfade, tmp
     assert not transnet.runs_here(SplitConfig(transnet_on_cpu=True, transnet_on_gpu=False))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
-    cfg = load_config(None, ["models.preset=production"], workdir=str(tmp_path / "work"))
-    row = empty_row(source_id="src-cpu", uri=crossfade["path"], source_path=crossfade["path"], media_type="video",
-                    **probe_video(crossfade["path"]))
-    rows = SplitStage(cfg)(rows_to_table([row])).to_pylist()
-    single, _, _ = load_probabilities(cfg.url("staging", "transnet", "src-cpu.parquet"))
-    assert len(single) == crossfade["n"]
-    fa, fb = crossfade["fade"]
-    assert all(r["last_frame"] < fa + 2 or r["first_frame"] > fb - 2 for r in rows), rows
-    assert any(d["detector"] == "transnetv2" for d in rows[0]["dropped"])
+    _split_runs_transnetv2(crossfade, load_config(None, ["models.preset=production"], workdir=str(tmp_path / "work")))
 
 
 def test_the_worker_thread_gives_the_same_probabilities_and_shots(crossfade, crossfade_run, tmp_path):
