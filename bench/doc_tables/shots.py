@@ -353,3 +353,36 @@ TABLES.append(Table(
         Col("technical", "technical", "{:.1f}"), Col("motion", "motion", "{:.2f}"), Col("extract", "extract", "{:.1f}"),
         Col("all CPU stages", "total", "{:.1f}"), Col("of round 1 off", "ratio", "{:.2f}x"),
         Col("clips / frames in them", "clips")]))
+
+
+SWEEP_SIZES = ("1280x720", "960x540", "640x360", "320x180", "160x90")
+
+
+def resolution_sweep_rows(*files: dict) -> list[dict]:
+    """Shot detection against decode-only by resolution on the 2-core machine: frames/s ratios (all
+    threads share 2 cores) and, where measured, the busiest thread's (a host with idle cores)."""
+    speed, threads = files[:len(SWEEP_SIZES)], dict(zip(("960x540", "640x360"), files[len(SWEEP_SIZES):]))
+    rows = []
+    for size, d in zip(SWEEP_SIZES, speed):
+        f = d["frames_per_s"]
+        row = {"size": size, "decode": f["decode_only_48x27"], "frames": d["frames"],
+               "both": f["default_plus_transnetv2_feed"] / f["decode_only_48x27"],
+               "default": f["default"] / f["decode_only_48x27"], "load": d["loadavg"][0]}
+        if size in threads:
+            busiest = {r["row"]: max(r["thread_cpu_ms_per_frame"].values()) for r in threads[size]["rows"]}
+            row["thread_both"] = busiest["decode_only_48x27"] / busiest["default_plus_transnetv2"]
+        rows.append(row)
+    return rows
+
+
+TABLES.append(Table(
+    "shot_speed_resolution_cpu",
+    [*(f"transnet_speed_cpu_sweep_{s}.json" for s in SWEEP_SIZES),
+     "shot_threads_cpu_960x540_sweep.json", "shot_threads_cpu_640x360_sweep.json"],
+    rows=resolution_sweep_rows, columns=[
+        Col("frames (size)", "size"), Col("frames decoded", "frames", "{:,}"),
+        Col("decode only (48x27), frames/s", "decode", whole),
+        Col("default + TransNetV2 feed / decode only (2 cores)", "both", "{:.2f}"),
+        Col("default / decode only (2 cores)", "default", "{:.2f}"),
+        Col("busiest thread: decode only / default + feed", "thread_both", "{:.2f}", "-"),
+        Col("1-min load", "load", "{:.1f}")]))
