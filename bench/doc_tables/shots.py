@@ -386,3 +386,23 @@ TABLES.append(Table(
         Col("default / decode only (2 cores)", "default", "{:.2f}"),
         Col("busiest thread: decode only / default + feed", "thread_both", "{:.2f}", "-"),
         Col("1-min load", "load", "{:.1f}")]))
+
+
+def resolution_h100_rows(*files: dict) -> list[dict]:
+    """The sweep on one H100 machine: each row's frames/s against decode-only at that size."""
+    rows = []
+    for d in files:
+        f = d["frames_per_s"]
+        rows.append({"size": f"{d['width']}x{d['height']}", "decode": f["decode_only_48x27"],
+                     **{k: f[k] / f["decode_only_48x27"] for k in ("transnetv2", "default_plus_transnetv2", "default")},
+                     "_bold": ("default + TransNetV2 / decode only",)})
+    return rows
+
+
+TABLES.append(Table(
+    "shot_speed_resolution_h100", [f"transnet_sweep_h100_{s}.json" for s in ("1280x720", "960x540", "640x360")],
+    rows=resolution_h100_rows, columns=[
+        Col("edit (30 s, 750 frames)", "size"), Col("decode only (48x27), frames/s", "decode", whole),
+        Col("TransNetV2 / decode only", "transnetv2", "{:.2f}"),
+        Col("default + TransNetV2 / decode only", "default_plus_transnetv2", "{:.2f}"),
+        Col("default / decode only", "default", "{:.2f}")]))
