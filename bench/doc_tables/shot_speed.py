@@ -1,0 +1,60 @@
+"""Shot detection speed against decoding alone, by resolution (issue 23): on an H100 and two CPU proxies."""
+
+from __future__ import annotations
+
+from doc_tables.formats import whole
+from doc_tables.spec import Col, Table
+
+TABLES: list[Table] = []
+
+SWEEP_SIZES = ("1280x720", "960x540", "640x360", "320x180", "160x90")
+
+
+def resolution_sweep_rows(*files: dict) -> list[dict]:
+    """Shot detection against decode-only by resolution on the 2-core machine: frames/s ratios (all
+    threads share 2 cores) and, where measured, the busiest thread's (a host with idle cores)."""
+    speed, threads = files[:len(SWEEP_SIZES)], dict(zip(("960x540", "640x360"), files[len(SWEEP_SIZES):]))
+    rows = []
+    for size, d in zip(SWEEP_SIZES, speed):
+        f = d["frames_per_s"]
+        row = {"size": size, "decode": f["decode_only_48x27"], "frames": d["frames"],
+               "both": f["default_plus_transnetv2_feed"] / f["decode_only_48x27"],
+               "default": f["default"] / f["decode_only_48x27"], "load": d["loadavg"][0]}
+        if size in threads:
+            busiest = {r["row"]: max(r["thread_cpu_ms_per_frame"].values()) for r in threads[size]["rows"]}
+            row["thread_both"] = busiest["decode_only_48x27"] / busiest["default_plus_transnetv2"]
+        rows.append(row)
+    return rows
+
+
+TABLES.append(Table(
+    "shot_speed_resolution_cpu",
+    [*(f"transnet_speed_cpu_sweep_{s}.json" for s in SWEEP_SIZES),
+     "shot_threads_cpu_960x540_sweep.json", "shot_threads_cpu_640x360_sweep.json"],
+    rows=resolution_sweep_rows, columns=[
+        Col("frames (size)", "size"), Col("frames decoded", "frames", "{:,}"),
+        Col("decode only (48x27), frames/s", "decode", whole),
+        Col("default + TransNetV2 feed / decode only (2 cores)", "both", "{:.2f}"),
+        Col("default / decode only (2 cores)", "default", "{:.2f}"),
+        Col("busiest thread: decode only / default + feed", "thread_both", "{:.2f}", "-"),
+        Col("1-min load", "load", "{:.1f}")]))
+
+
+def resolution_h100_rows(*files: dict) -> list[dict]:
+    """The sweep on one H100 machine: each row's frames/s against decode-only at that size."""
+    rows = []
+    for d in files:
+        f = d["frames_per_s"]
+        rows.append({"size": f"{d['width']}x{d['height']}", "decode": f["decode_only_48x27"],
+                     **{k: f[k] / f["decode_only_48x27"] for k in ("transnetv2", "default_plus_transnetv2", "default")},
+                     "_bold": ("default + TransNetV2 / decode only",)})
+    return rows
+
+
+TABLES.append(Table(
+    "shot_speed_resolution_h100", [f"transnet_sweep_h100_{s}.json" for s in ("1280x720", "960x540", "640x360")],
+    rows=resolution_h100_rows, columns=[
+        Col("edit (30 s, 750 frames)", "size"), Col("decode only (48x27), frames/s", "decode", whole),
+        Col("TransNetV2 / decode only", "transnetv2", "{:.2f}"),
+        Col("default + TransNetV2 / decode only", "default_plus_transnetv2", "{:.2f}"),
+        Col("default / decode only", "default", "{:.2f}")]))
