@@ -275,7 +275,7 @@ class ExtractStage(Stage):
                     row = ends[i]
                     done.append(self._finish(row, writers.pop(row["clip_id"])))
         except (DecodeError, av.error.FFmpegError) as e:  # the source's decoder or a clip's encoder
-            if i < 0 and isinstance(e, DecodeError):
+            if i < 0:  # nothing decoded: the source's own one-line error
                 raise
             raise DecodeError(f"decode failed at frame {i}: {e}") from e
         # Frames the container announced but never delivered: close what was started, fail the rest.

@@ -41,7 +41,8 @@ class SplitStage(Stage):
             return [dict(row, clip_id=image_clip_id(row["source_id"]), first_frame=0, last_frame=0, start_s=0.0, end_s=0.0)]
         cfg = self.config.split
         fps = row["fps"] or 25.0
-        transnet = TransNetRun.for_source(self.config, row["source_id"]) if transnet_runs_here(cfg, self.config.models.preset) else None
+        with_transnet = transnet_runs_here(cfg, self.config.models.preset)
+        transnet = TransNetRun.for_source(self.config, row["source_id"]) if with_transnet else None
         with local_copy(row["source_path"]) as path:
             found = self._detect(path, cfg, fps, transnet, row.get("rotation"))
         if found.n_frames == 0:

