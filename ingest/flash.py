@@ -46,6 +46,12 @@ class FlashWatch:
         if len(self._grids) >= BATCH:
             self._reduce()
 
+    def push_grids(self, grids: list) -> None:
+        """``luma_grid`` of the next decoded frames, made elsewhere (``ingest/detect_batches.py``)."""
+        self._grids.extend(grids)
+        if len(self._grids) >= BATCH:
+            self._reduce()
+
     def _reduce(self) -> None:
         if not self._grids:
             return

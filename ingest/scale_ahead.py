@@ -12,12 +12,15 @@ thread would have made.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
-SCALER_THREADS = 2
+# a quarter of the cores, 2 to 4: on a 16-core GPU host one stream's batches (ingest/detect_batches.py)
+# kept the reading thread waiting with 2 (bench/profile_shot_gil.py); more only queue for the GIL
+SCALER_THREADS = max(2, min(4, (os.cpu_count() or 2) // 4))
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 

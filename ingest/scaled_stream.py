@@ -27,6 +27,7 @@ class ScaledStream(VideoStreamAv):
                  cursor=None, on_frame: Callable | None = None) -> None:
         super().__init__(path, threading_mode="AUTO")
         self._turn, self._on_frame = turn, on_frame
+        self.transnet_stream = None  # TransNetV2's reader of this decode (split.open_detection_stream)
         self.size = size_of(self._codec_context.width, self._codec_context.height)  # of the upright picture
         self.decoded = 0  # frames read so far: the position of the current frame is decoded - 1
         self.frames = cursor.take(0, 2**62) if cursor is not None else None
@@ -38,6 +39,16 @@ class ScaledStream(VideoStreamAv):
     @property
     def frame_size(self) -> tuple[int, int]:
         return self.size
+
+    @property
+    def turn(self) -> int:
+        """Clockwise degrees the frames are turned to be upright."""
+        return self._turn
+
+    @property
+    def coded_size(self) -> tuple[int, int]:
+        """(width, height) of the decoded frames, before scaling."""
+        return self._codec_context.width, self._codec_context.height
 
     # Positions count decoded frames. scenedetect derives them from each frame's pts minus the
     # stream's start time, which is one frame late in an AVI whose first pts is 1 (and wrong
@@ -65,6 +76,15 @@ class ScaledStream(VideoStreamAv):
             return None
         self.ahead_count += 1
         return self.ahead_count, self._frame
+
+    def advance(self) -> tuple[int, object] | None:
+        """The next decoded frame as (frames read once it is, av.VideoFrame), the stream's position
+        moved to it, unscaled and unseen by ``on_frame``: the batched reader
+        (``ingest/detect_batches.py``) does both for a batch at a time. None at the end."""
+        got = self._decode_next()
+        if got is not None:
+            self.decoded, self._frame = got
+        return got
 
     def _scale(self, frame) -> np.ndarray:
         w, h = self.size

@@ -181,17 +181,22 @@ def open_detection_stream(path: str, cfg, flashes: FlashWatch | None = None, tra
     readers = [r.push_frame for r in (transnet.stream if transnet else None, flashes) if r is not None]
     try:
         if cfg.backend == "pyav":
-            return _scaled_pyav_stream(path, cfg.downscale, (lambda f: [r(f) for r in readers]) if readers else None,
-                                       rotation, start, index)
+            stream = _scaled_pyav_stream(path, cfg.downscale, (lambda f: [r(f) for r in readers]) if readers else None,
+                                         rotation, start, index)
+            stream.transnet_stream = transnet.stream if transnet else None  # the batched reader feeds it itself
+            return stream
         return open_video(path, backend="opencv")
     except Exception as e:  # noqa: BLE001 - scenedetect wraps many decoder errors
         raise DecodeError(f"cannot open for shot detection: {e}") from e
 
 
 def run_detectors(video, cfg, fps: float, end_frame: int | None, flashes: FlashWatch | None = None,
-                  first: int = 0) -> "DetectorPass":
+                  first: int = 0, batched: bool = True) -> "DetectorPass":
     """What PySceneDetect's detectors (and ``flashes``, fed by the same stream) find reading ``video``
-    from where it stands (frame ``first``) to ``end_frame`` (exclusive; None: its end)."""
+    from where it stands (frame ``first``) to ``end_frame`` (exclusive; None: its end). The pyav
+    stream is read in batches (``ingest/detect_batches.py``) unless ``batched`` is False or
+    ``split.frame_skip`` is set: then by PySceneDetect's ``SceneManager``, a frame at a time (the
+    same cuts; tests/test_detect_batches.py compares the two)."""
     # inside: scenedetect and cv2 only in the workers that detect shots (the runner imports split_stage -> this module)
     from scenedetect import SceneManager
 
@@ -204,12 +209,20 @@ def run_detectors(video, cfg, fps: float, end_frame: int | None, flashes: FlashW
         manager.auto_downscale = False
         manager.downscale = cfg.downscale
     detectors = [record_cuts(d) for d in _detectors(cfg, min_len)]
-    if not detectors and cfg.backend == "pyav" and not cfg.frame_skip:
-        # TransNetV2 alone: the readers fed by the decode (on_frame) are all there is to run, and
-        # the small BGR frame the stream would make for scenedetect is never looked at
-        _read_to(video, end_frame)
-        return DetectorPass(first, video.frame_number, [], set(), [],
-                            flashes.thumbs() if flashes else None, flashes.detail() if flashes else None)
+    if batched and cfg.backend == "pyav" and not cfg.frame_skip:  # batches of frames, not SceneManager's one at a time
+        # inside: cv2 and scenedetect, as above
+        from vidcorpus.ingest.detect_batches import detect_batched, plan_for
+
+        try:
+            detect_batched(video, detectors, end_frame, plan_for(video, detectors, video.transnet_stream, flashes),
+                           video.transnet_stream, flashes)
+        except DecodeError:
+            raise
+        except Exception as e:  # noqa: BLE001 - decoder and detector errors alike
+            raise DecodeError(f"shot detection failed: {e}") from e
+        theirs, others = reported_by(detectors)
+        return DetectorPass(first, video.frame_number, sorted({c for d in detectors for c in d.reported}), theirs,
+                            others, flashes.thumbs() if flashes else None, flashes.detail() if flashes else None)
     for detector in detectors:
         manager.add_detector(detector)
     try:
@@ -220,17 +233,6 @@ def run_detectors(video, cfg, fps: float, end_frame: int | None, flashes: FlashW
     theirs, others = reported_by(detectors)
     return DetectorPass(first, video.frame_number, sorted({start.frame_num for start, _end in scenes[1:]}),
                         theirs, others, flashes.thumbs() if flashes else None, flashes.detail() if flashes else None)
-
-
-def _read_to(video, end_frame: int | None) -> None:
-    """Decode ``video`` (feeding its frame readers) up to ``end_frame`` (exclusive; None: its end),
-    stopping where ``SceneManager.detect_scenes`` would, without converting any frame."""
-    try:
-        while video.read(decode=False) is not False:
-            if end_frame is not None and video.frame_number >= end_frame:
-                break
-    except Exception as e:  # noqa: BLE001
-        raise DecodeError(f"shot detection failed: {e}") from e
 
 
 def segments_from(found: DetectorPass, cfg, fps: float, transnet: TransNetRun | None = None) -> ShotSplit:

@@ -207,9 +207,23 @@ class TransNetStream:
             frames, self._handed = self._handed, []
             self._worker.put(frames)
 
+    def push_arrays(self, rgbs: list) -> None:
+        """The next frames as the model's 48x27 RGB arrays, scaled elsewhere (``ingest/detect_batches.py``
+        makes them on the scaler pool): the windows and model calls still run on the worker thread."""
+        if not self.threaded:
+            self._push_decoded(rgbs)
+            return
+        if self._worker is None:
+            self._worker = FrameWorker(self._push_decoded, depth=2, name="transnetv2")
+        if self._handed:  # frames pushed one by one before: they come first
+            frames, self._handed = self._handed, []
+            self._worker.put(frames)
+        self._worker.put(rgbs)
+
     def _push_decoded(self, frames: list) -> None:
+        """Decoded ``av.VideoFrame`` s (scaled here) or 48x27 RGB arrays, in order."""
         for frame in frames:
-            self.push(upright_array(frame, WIDTH, HEIGHT))
+            self.push(frame if isinstance(frame, np.ndarray) else upright_array(frame, WIDTH, HEIGHT))
 
     def close(self) -> None:
         """Wait for the frames handed to the worker (raising its error, if any), then take the rest

