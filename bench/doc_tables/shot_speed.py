@@ -58,3 +58,57 @@ TABLES.append(Table(
         Col("TransNetV2 / decode only", "transnetv2", "{:.2f}"),
         Col("default + TransNetV2 / decode only", "default_plus_transnetv2", "{:.2f}"),
         Col("default / decode only", "default", "{:.2f}")]))
+
+
+def batched_ab_rows(merged: dict) -> list[dict]:
+    """bench/shot_speed_ab.sh on one H100 machine: the code before the batched reader and after,
+    interleaved twice at each size, each row's frames/s against the decode-only run beside it."""
+    rows = []
+    for size in ("640x360", "960x540", "1280x720"):
+        for round_ in ("1", "2"):
+            for code in ("before", "after"):
+                d = merged.get(f"ab_{code}{round_}_{size}")
+                if d is None:
+                    continue
+                f = d["frames_per_s"]
+                base = f["decode_only_48x27"]
+                rows.append({"size": size, "code": f"{code} ({round_})", "decode": base,
+                             **{k: f[k] / base for k in ("transnetv2", "default_plus_transnetv2", "default")},
+                             "cpu": d.get("cpu_ms_per_frame", {}).get("default_plus_transnetv2"),
+                             "_bold": ("default + TransNetV2 / decode only",) if code == "after" else ()})
+    return rows
+
+
+TABLES.append(Table(
+    "shot_speed_batched_h100", ["shot_speed_ab_h100.json"], rows=batched_ab_rows, columns=[
+        Col("edit (30 s)", "size"), Col("code (round)", "code"),
+        Col("decode only (48x27), frames/s", "decode", whole),
+        Col("TransNetV2 / decode only", "transnetv2", "{:.2f}"),
+        Col("default + TransNetV2 / decode only", "default_plus_transnetv2", "{:.2f}"),
+        Col("default / decode only", "default", "{:.2f}"),
+        Col("default + TransNetV2, CPU ms a frame", "cpu", "{:.2f}", "-")]))
+
+
+def batch_knob_rows(merged: dict) -> list[dict]:
+    """bench/shot_gil_profile.sh's runs at 360p on one H100 machine: frames/s, against the mean of the
+    decode-only runs before and after, and where the reading thread's time went (microseconds a frame)."""
+    runs = {k: v for k, v in merged.items() if not k.startswith("_")}
+    decode = [v["frames_per_s"] for k, v in runs.items() if "decode_only" in k]
+    base = sum(decode) / len(decode)
+    rows = []
+    for key, d in runs.items():
+        k, t = d.get("knobs", {}), d.get("batch_times", {})
+        rows.append({"row": d["row"].replace("_48x27", ""), "fps": d["frames_per_s"], "ratio": d["frames_per_s"] / base,
+                     "knobs": "-" if not t.get("frames") else
+                     f"{k['pool_threads']} threads, {k['ahead']} ahead, batch {k['max_batch']}, cv2 {k['cv2_threads']}",
+                     **({f: t[f"{f}_us_per_frame"] for f in ("decode", "wait", "consume", "prepare")} if t.get("frames") else {})})
+    return rows
+
+
+TABLES.append(Table(
+    "shot_batch_knobs_h100", ["shot_gil_knobs_h100_640x360.json"], rows=batch_knob_rows, columns=[
+        Col("row", "row"), Col("pool threads, batches ahead, frames a batch, OpenCV threads", "knobs"),
+        Col("frames/s", "fps", whole), Col("of decode only (mean of 2)", "ratio", "{:.2f}"),
+        Col("reading thread: decode, µs a frame", "decode", "{:.0f}", "-"),
+        Col("waiting for the pool", "wait", "{:.0f}", "-"), Col("detectors", "consume", "{:.0f}", "-"),
+        Col("pool: preparing, thread-µs a frame", "prepare", "{:.0f}", "-")]))
