@@ -201,13 +201,6 @@ def run_detectors(video, cfg, fps: float, end_frame: int | None, flashes: FlashW
     from scenedetect import SceneManager
 
     min_len = seconds_to_frames(cfg.min_shot_seconds, fps)
-    manager = SceneManager()
-    if cfg.backend == "pyav":
-        manager.auto_downscale = False  # the stream already hands out small frames
-        manager.downscale = 1
-    elif cfg.downscale > 0:
-        manager.auto_downscale = False
-        manager.downscale = cfg.downscale
     detectors = [record_cuts(d) for d in _detectors(cfg, min_len)]
     if batched and cfg.backend == "pyav" and not cfg.frame_skip:  # batches of frames, not SceneManager's one at a time
         # inside: cv2 and scenedetect, as above
@@ -223,6 +216,13 @@ def run_detectors(video, cfg, fps: float, end_frame: int | None, flashes: FlashW
         theirs, others = reported_by(detectors)
         return DetectorPass(first, video.frame_number, sorted({c for d in detectors for c in d.reported}), theirs,
                             others, flashes.thumbs() if flashes else None, flashes.detail() if flashes else None)
+    manager = SceneManager()
+    if cfg.backend == "pyav":
+        manager.auto_downscale = False  # the stream already hands out small frames
+        manager.downscale = 1
+    elif cfg.downscale > 0:
+        manager.auto_downscale = False
+        manager.downscale = cfg.downscale
     for detector in detectors:
         manager.add_detector(detector)
     try:

@@ -7,8 +7,9 @@ dissolve). Only the middle 50 frames of a window are kept (25 frames of context 
 windows step by 50 and the sequence is padded with copies of its first and last frames, exactly as
 the reference implementation does.
 
-Frames come from the decode that shot detection already runs (``TransNetStream.push_frame`` is
-called with each decoded frame), windows are run in batches as soon as they are complete, and only
+Frames come from the decode that shot detection already runs (``TransNetStream.push_arrays`` with
+the 48x27 frames the batched reader made, ``ingest/detect_batches.py``; ``push_frame`` with each
+decoded frame otherwise), windows are run in batches as soon as they are complete, and only
 the frames the next window needs are held: memory does not grow with video length. The scaling,
 the windows and the model calls run on a worker thread beside the decode (``ingest/frame_worker.py``),
 and the model's outputs stay on its device until the end (no wait for the GPU per batch): the same
