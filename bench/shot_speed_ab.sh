@@ -3,7 +3,7 @@
 # one GPU node in one device call (issue 23's "at least 70% of decode-only on the GPU path"), from
 # the repository root:
 #   git archive REV ingest vidcorpus bench | xz > bench/_before.tar.xz      (here; untracked, it travels)
-#   carry [".gpujob/tn"] (bench/shot_gil_profile.sh says what it holds)
+#   carry [".gpujob/tn"] (built by bash bench/shot_speed_bundle.sh)
 #   BEFORE=bench/_before.tar.xz SIZES="640x360 960x540 1280x720" bash bench/shot_speed_ab.sh
 # For each size: the resolution sweep's 30 s edit (bench/transnet_resolution_sweep.sh's recipe),
 # then bench/bench_transnet_gpu.py's rows with the earlier code, the working tree's, the earlier

