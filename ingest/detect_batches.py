@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import cv2
@@ -102,10 +103,10 @@ def batch_frames(width: int, height: int) -> int:
     return max(2, min(MAX_BATCH, FRAME_BUDGET // max(1, width * height)))
 
 
-def prepare(decoded: list[tuple[int, object]], plan: BatchPlan, before=None) -> PreparedBatch:
+def prepare(decoded: list[tuple[int, object]], plan: BatchPlan, previous: Future | None = None) -> PreparedBatch:
     """Everything the readers take from ``decoded`` ((count, av.VideoFrame) in decode order); runs on
-    a pool thread. ``before``: the frame decoded just before the batch (the previous batch's last),
-    whose HSV the first frame's content score is measured against."""
+    a pool thread. ``previous``: the batch submitted just before, whose last HSV frame the first
+    frame's content sums are measured against (it started first: the pool takes tasks in order)."""
     started = time.perf_counter()
     frames = [f for _n, f in decoded]
     out = PreparedBatch([n for n, _f in decoded], None, None, None)
@@ -116,34 +117,39 @@ def prepare(decoded: list[tuple[int, object]], plan: BatchPlan, before=None) -> 
     if plan.grids:
         out.grids = [luma_grid(f) for f in frames]
     if plan.size is not None:
-        out.frames = _detection_frames(frames, out.numbers, plan, before)
+        out.frames = _detection_frames(frames, out.numbers, plan, previous)
     out.seconds = time.perf_counter() - started
     return out
 
 
-def _detection_frames(frames: list, numbers: list[int], plan: BatchPlan, before=None) -> list:
+def _detection_frames(frames: list, numbers: list[int], plan: BatchPlan, previous: Future | None = None) -> list:
     # inside: the exact detectors' histogram (imports scenedetect, as the detectors themselves do)
     from vidcorpus.ingest.exact_scores import luma_histogram_of
 
     w, h = plan.size
-    ahead = [before] if before is not None and plan.hsv else []  # scaled again: its HSV starts the deltas
-    bgr = np.stack([upright_array(f, w, h, format="bgr24", interpolation="AREA", clockwise=plan.turn)
-                    for f in [*ahead, *frames]])
+    bgr = np.stack([upright_array(f, w, h, format="bgr24", interpolation="AREA", clockwise=plan.turn) for f in frames])
     tall = bgr.reshape(-1, bgr.shape[2], 3)  # the batch as one image: one conversion call (per-pixel, so the same values)
     hsv = cv2.cvtColor(tall, cv2.COLOR_BGR2HSV).reshape(bgr.shape) if plan.hsv else None
     yuv = cv2.cvtColor(tall, cv2.COLOR_BGR2YUV).reshape(bgr.shape) if plan.hist_bins is not None else None
     out = []
-    for i in range(len(ahead), len(bgr)):
+    for i in range(len(bgr)):
         frame = bgr[i].view(DetectionFrame)
         if hsv is not None:
             frame.hsv = hsv[i]
             if i > 0:  # the content score's sums against the frame before (exact_scores: the same call)
-                frame.hsv_delta = cv2.sumElems(cv2.absdiff(hsv[i], hsv[i - 1]))[:3]
-                frame.hsv_delta_from = numbers[i - len(ahead)] - 2  # positions are counts minus one
+                _sums(frame, hsv[i - 1], numbers[i])
         if yuv is not None:
             frame.luma_hist = luma_histogram_of(yuv[i], bins=plan.hist_bins)
         out.append(frame)
+    if hsv is not None and previous is not None:  # last: the batch before may still be running
+        _sums(out[0], previous.result().frames[-1].hsv, numbers[0])
     return out
+
+
+def _sums(frame: DetectionFrame, last_hsv: np.ndarray, number: int) -> None:
+    """The content score's HSV sums of ``frame`` (read as frame ``number``) against the frame before."""
+    frame.hsv_delta = cv2.sumElems(cv2.absdiff(frame.hsv, last_hsv))[:3]
+    frame.hsv_delta_from = number - 2  # positions are counts minus one
 
 
 def detect_batched(video, detectors: list, end_frame: int | None, plan: BatchPlan, transnet_stream=None,
@@ -157,7 +163,7 @@ def detect_batched(video, detectors: list, end_frame: int | None, plan: BatchPla
 
     pool, pending, ended = scaler_pool(), deque(), False
     ahead = AHEAD or scale_ahead.SCALER_THREADS
-    last_frame = None  # the last frame decoded (the next batch's content deltas start from it)
+    last = None  # the batch submitted last (the next one's content sums start from its last frame)
     read_any = False
     per_batch = batch_frames(*video.coded_size)
     fps = video.frame_rate
@@ -190,8 +196,9 @@ def detect_batched(video, detectors: list, end_frame: int | None, plan: BatchPla
                         break
                     decoded.append(got)
                 if decoded:
-                    pending.append(pool.submit(prepare, decoded, plan, last_frame))
-                    last_frame, read_any = decoded[-1][1], True
+                    last = pool.submit(prepare, decoded, plan, last)
+                    pending.append(last)
+                    read_any = True
                 if times is not None:
                     times.decode_s += clock() - t0
                     times.frames += len(decoded)
