@@ -164,7 +164,7 @@ def detect_batched(video, detectors: list, end_frame: int | None, plan: BatchPla
     pool, pending, ended = scaler_pool(), deque(), False
     ahead = AHEAD or scale_ahead.SCALER_THREADS
     last = None  # the batch submitted last (the next one's content sums start from its last frame)
-    read_any = False
+    start = video.decoded
     per_batch = batch_frames(*video.coded_size)
     fps = video.frame_rate
 
@@ -187,7 +187,7 @@ def detect_batched(video, detectors: list, end_frame: int | None, plan: BatchPla
                 decoded = []
                 while len(decoded) < per_batch:
                     # SceneManager reads a frame before it checks the end: at least one is read
-                    if end_frame is not None and video.decoded >= end_frame and (decoded or pending or read_any):
+                    if end_frame is not None and video.decoded >= end_frame and video.decoded > start:
                         ended = True
                         break
                     got = video.advance()
@@ -198,7 +198,6 @@ def detect_batched(video, detectors: list, end_frame: int | None, plan: BatchPla
                 if decoded:
                     last = pool.submit(prepare, decoded, plan, last)
                     pending.append(last)
-                    read_any = True
                 if times is not None:
                     times.decode_s += clock() - t0
                     times.frames += len(decoded)
@@ -214,6 +213,6 @@ def detect_batched(video, detectors: list, end_frame: int | None, plan: BatchPla
     finally:
         for future in pending:  # an error: let the pool finish what it holds before the stream closes
             future.cancel() or future.exception()
-    last = FrameTimecode(max(0, video.decoded - 1), fps=fps)  # SceneManager's end position (0 when none read)
+    end_position = FrameTimecode(max(0, video.decoded - 1), fps=fps)  # SceneManager's (0 when none read)
     for detector in detectors:
-        detector.post_process(last)
+        detector.post_process(end_position)
