@@ -10,8 +10,8 @@ footage (docs/benchmarks.md, ``shot_speed_resolution_h100``).
 Here the decoding thread collects ``batch`` decoded frames and submits them as ONE task to the
 scaler pool, which makes everything the readers need from them, outside the decoding thread and
 mostly outside the GIL (FFmpeg's scaler and OpenCV release it): the detectors' small BGR frames
-with their HSV planes, HSV sums against the frame before and luma histograms precomputed
-(``DetectionFrame``), TransNetV2's 48x27 RGB frames and the flash watch's luma grids. The reading
+with their HSV planes, HSV sums against the frame before, luma histograms and their correlation
+with the frame before's precomputed (``DetectionFrame``), TransNetV2's 48x27 RGB frames and the flash watch's luma grids. The reading
 thread then runs the detectors on each prepared batch in decode order, one batch per pool thread
 behind the decoding. Every value is the one the per-frame path computes (the same calls on the
 same frames), so the cuts are the same (tests/test_detect_batches.py). Measured on an H100 host
@@ -41,13 +41,17 @@ MAX_BATCH = 16
 class DetectionFrame(np.ndarray):
     """A detector's BGR frame that carries what the exact detectors would compute from it:
     ``hsv`` and, against the frame at position ``hsv_delta_from``, the summed absolute difference
-    of each HSV plane (``ingest/exact_scores.py``'s content score), and ``luma_hist`` (the histogram
-    detector's)."""
+    of each HSV plane (``ingest/exact_scores.py``'s content score), ``luma_hist`` (the histogram
+    detector's) and its correlation with the histogram of the frame at ``luma_correl_from``. The
+    reading thread then makes no OpenCV call of its own: each gives the GIL up and, while the pool
+    runs, waits to get it back (on an H100 host that wait was most of the detectors' time)."""
 
     hsv: np.ndarray | None = None
     hsv_delta: tuple[float, float, float] | None = None
     hsv_delta_from: int | None = None
     luma_hist: np.ndarray | None = None
+    luma_correl: float | None = None
+    luma_correl_from: int | None = None
 
 
 @dataclass(frozen=True)
@@ -140,9 +144,15 @@ def _detection_frames(frames: list, numbers: list[int], plan: BatchPlan, previou
                 _sums(frame, hsv[i - 1], numbers[i])
         if yuv is not None:
             frame.luma_hist = luma_histogram_of(yuv[i], bins=plan.hist_bins)
+            if i > 0:
+                _correl(frame, out[i - 1].luma_hist, numbers[i])
         out.append(frame)
-    if hsv is not None and previous is not None:  # last: the batch before may still be running
-        _sums(out[0], previous.result().frames[-1].hsv, numbers[0])
+    if previous is not None and (hsv is not None or yuv is not None):  # last: the batch before may still be running
+        last = previous.result().frames[-1]
+        if hsv is not None:
+            _sums(out[0], last.hsv, numbers[0])
+        if yuv is not None:
+            _correl(out[0], last.luma_hist, numbers[0])
     return out
 
 
@@ -150,6 +160,12 @@ def _sums(frame: DetectionFrame, last_hsv: np.ndarray, number: int) -> None:
     """The content score's HSV sums of ``frame`` (read as frame ``number``) against the frame before."""
     frame.hsv_delta = cv2.sumElems(cv2.absdiff(frame.hsv, last_hsv))[:3]
     frame.hsv_delta_from = number - 2  # positions are counts minus one
+
+
+def _correl(frame: DetectionFrame, last_hist: np.ndarray, number: int) -> None:
+    """The histogram detector's correlation of ``frame`` (read as frame ``number``) with the frame before."""
+    frame.luma_correl = cv2.compareHist(last_hist, frame.luma_hist, cv2.HISTCMP_CORREL)
+    frame.luma_correl_from = number - 2
 
 
 def detect_batched(video, detectors: list, end_frame: int | None, plan: BatchPlan, transnet_stream=None,

@@ -6,9 +6,9 @@ both frames to int32, subtracts, takes the absolute value and sums (15 numpy pas
 0.3 ms at 256x144, holding the GIL). The same sums come from one ``cv2.absdiff`` of the two HSV
 frames (exact for uint8) and one ``cv2.sumElems`` (integer accumulation, exact in a double), with
 OpenCV releasing the GIL so the decode thread keeps going. The histogram detector's luma plane is
-counted in place (``calcHist`` on channel 0) instead of split out first. Both take the HSV frame
-and the histogram from the frame itself when they were made beside the decode, on the scaler
-pool (``ingest/detect_batches.py``: the same calls on the same frame, so the same values).
+counted in place (``calcHist`` on channel 0) instead of split out first. Both take the HSV frame,
+the HSV sums, the histogram and its correlation with the frame before's from the frame itself when
+they were made beside the decode, on the scaler pool (``ingest/detect_batches.py``: the same calls on the same frame, so the same values).
 
 Every score is the same IEEE double as the original's (the sums are integers below 2**53 and are
 divided by the same pixel count, then weighted in the same order), so the cuts are the same
@@ -89,3 +89,15 @@ class ExactContextualHistogramDetector(ContextualHistogramDetector):
     """``ContextualHistogramDetector`` with ``luma_histogram``: the same histograms and cuts."""
 
     calculate_histogram = staticmethod(prepared_luma_histogram)
+    _last_position: int | None = None  # the frame whose histogram is ``_last_hist``
+
+    def process_frame(self, timecode, frame_img: np.ndarray) -> list:
+        cuts = super().process_frame(timecode, frame_img)
+        self._last_position = timecode.frame_num
+        return cuts
+
+    def _correlation(self, hist: np.ndarray, frame_img: np.ndarray, timecode) -> float:
+        correl = getattr(frame_img, "luma_correl", None)  # the same call, made beside the decode
+        if correl is not None and frame_img.luma_correl_from == self._last_position:
+            return correl
+        return super()._correlation(hist, frame_img, timecode)

@@ -38,7 +38,7 @@ class ContextualHistogramDetector(HistogramDetector):
         hist = self.calculate_histogram(frame_img, bins=self._bins)
         cuts = []
         if self._last_hist is not None:
-            correlation = cv2.compareHist(self._last_hist, hist, cv2.HISTCMP_CORREL)
+            correlation = self._correlation(hist, frame_img, timecode)
             change = 1.0 - correlation
             usual = statistics.median(self._changes) if self._changes else 0.0
             if (correlation <= self._threshold and (timecode - self._last_cut) >= self._min_scene_len
@@ -52,3 +52,7 @@ class ContextualHistogramDetector(HistogramDetector):
                 self.stats_manager.set_metrics(timecode, {self._metric_key: correlation})
         self._last_hist = hist
         return cuts
+
+    def _correlation(self, hist: np.ndarray, frame_img: np.ndarray, timecode) -> float:
+        """The original's measure: the last frame's histogram correlated with this one's."""
+        return cv2.compareHist(self._last_hist, hist, cv2.HISTCMP_CORREL)

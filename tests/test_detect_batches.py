@@ -98,20 +98,25 @@ def test_transnet_reads_the_batched_decode_as_the_per_frame_one(detectors):
     assert probabilities[0] == probabilities[1]
 
 
-def test_the_reading_thread_takes_the_content_scores_made_beside_the_decode(monkeypatch):
-    """The batched reader hands the detectors each frame's HSV sums against the frame before: the
-    adaptive detector does not recompute them (the point of the batches), and still cuts the same."""
+def test_the_reading_thread_takes_the_scores_made_beside_the_decode(monkeypatch):
+    """The batched reader hands the detectors each frame's HSV sums and histogram correlation against
+    the frame before: the reading thread makes no OpenCV call for them (each such call gives the GIL
+    up and, on a busy pool, waits to get it back: the point of the batches), and still cuts the same."""
     import cv2
 
-    from vidcorpus.ingest import exact_scores
+    from vidcorpus.ingest import exact_scores, histogram_context
 
-    class NoDiffs:
+    class NoCalls:
+        def __init__(self, forbidden: str):
+            self.forbidden = forbidden
+
         def __getattr__(self, name):
-            if name == "absdiff":
-                raise AssertionError("the content score was recomputed in the reading thread")
+            if name == self.forbidden:
+                raise AssertionError(f"{name} was called in the reading thread")
             return getattr(cv2, name)
 
     cfg = SplitConfig()
     expected = _pass(BIKES, cfg, False)
-    monkeypatch.setattr(exact_scores, "cv2", NoDiffs())
+    monkeypatch.setattr(exact_scores, "cv2", NoCalls("absdiff"))
+    monkeypatch.setattr(histogram_context, "cv2", NoCalls("compareHist"))
     _same(_pass(BIKES, cfg, True), expected)
