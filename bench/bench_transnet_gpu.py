@@ -14,6 +14,9 @@ Measures, on one video (``--video``, or ``--make SECONDS`` renders moving noise 
   returns zeros of its output's shape: what feeding the model costs, the bound on a GPU where the
   network takes 30,000 frames/s. A proxy for CPU-only machines, never a detection result.
 
+Detection rows get the probe's rotation, as the split stage hands it to ``detect_segments`` (without
+it the split opens the file once more to read the first frame's display matrix).
+
 ``cpu_ms_per_frame`` gives each row's CPU time (all threads of the process) per frame: on a node
 whose cores are all busy with other tasks, that, not frames/s, is what detection costs.
 
@@ -39,6 +42,7 @@ import numpy as np
 import torch
 
 from vidcorpus.config import SplitConfig
+from vidcorpus.ingest.probe import probe_video_file
 from vidcorpus.ingest.split import detect_segments
 from vidcorpus.ingest.transnet import (CONTEXT, HEIGHT, STEP, WIDTH, WINDOW, TransNetRun, bfloat16_here, load_model,
                                        pick_device)
@@ -172,12 +176,15 @@ def main(argv: list[str] | None = None) -> dict:
         seconds, _ = best_of(lambda: decode_unscaled(path), a.repeat, "decode_only_unscaled")
         rows["decode_only_unscaled"] = frames / seconds
 
+    with open(path, "rb") as f:  # the split stage passes the probe's rotation (ingest/split_stage.py), as here
+        rotation = probe_video_file(f)["rotation"]
+
     def detect(cfg: SplitConfig, with_model: bool, network: bool = True):
         def run() -> int:
             run_ = TransNetRun.create(cfg) if with_model else None
             if run_ is not None and not network:
                 run_.stream.model = NoNetwork()
-            return detect_segments(path, cfg, fps=fps, transnet=run_).n_frames
+            return detect_segments(path, cfg, fps=fps, transnet=run_, rotation=rotation).n_frames
         return run
 
     tn = SplitConfig(detectors=["transnetv2"], transnet_device=a.device, transnet_batch_windows=a.batch_windows,

@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_transnet_gpu import NoNetwork, decode_only  # noqa: E402
 
 from vidcorpus.config import SplitConfig  # noqa: E402
+from vidcorpus.ingest.probe import probe_video_file  # noqa: E402
 from vidcorpus.ingest.split import detect_segments  # noqa: E402
 from vidcorpus.ingest.transnet import TransNetRun  # noqa: E402
 
@@ -49,11 +50,14 @@ def row_runner(row: str, path: str):
     cfg = SplitConfig(**ROWS[name])
     with_model = "transnetv2" in name
 
+    with open(path, "rb") as f:  # the split stage passes the probe's rotation (bench/bench_transnet_gpu.py)
+        rotation = probe_video_file(f)["rotation"]
+
     def run() -> int:
         tn = TransNetRun.create(cfg) if with_model else None
         if tn is not None and feed:
             tn.stream.model = NoNetwork()
-        return detect_segments(path, cfg, transnet=tn).n_frames
+        return detect_segments(path, cfg, transnet=tn, rotation=rotation).n_frames
     return run
 
 

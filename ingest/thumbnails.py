@@ -28,9 +28,10 @@ def luma_grid(frame) -> np.ndarray:
     plane = frame.planes[0]
     if bits > 8:  # little-endian 16-bit samples: scale to 8 bits
         y = np.frombuffer(plane, np.uint16).reshape(plane.height, plane.line_size // 2) >> (bits - 8)
-    else:
-        y = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
-    return y[_grid_index(frame.height, frame.width)].astype(np.float32)
+        return y[_grid_index(frame.height, frame.width)].astype(np.float32)
+    # the same samples, taken from the flat plane in one call (this runs for every decoded frame)
+    return np.frombuffer(plane, np.uint8).take(_flat_grid_index(frame.height, frame.width, plane.line_size)).astype(
+        np.float32)
 
 
 @lru_cache(maxsize=16)
@@ -39,3 +40,10 @@ def _grid_index(height: int, width: int) -> tuple:
     ys = np.linspace(0, height - 1, THUMB_H * 4).astype(int)
     xs = np.linspace(0, width - 1, THUMB_W * 4).astype(int)
     return np.ix_(ys, xs)
+
+
+@lru_cache(maxsize=16)
+def _flat_grid_index(height: int, width: int, line_size: int) -> np.ndarray:
+    """``_grid_index`` as offsets into a plane of ``line_size`` bytes a row."""
+    ys, xs = _grid_index(height, width)
+    return ys * line_size + xs

@@ -120,3 +120,46 @@ def test_the_reading_thread_takes_the_scores_made_beside_the_decode(monkeypatch)
     monkeypatch.setattr(exact_scores, "cv2", NoCalls("absdiff"))
     monkeypatch.setattr(histogram_context, "cv2", NoCalls("compareHist"))
     _same(_pass(BIKES, cfg, True), expected)
+
+
+def test_scratch_hands_out_an_array_again_only_once_nothing_refers_to_it():
+    """The batched reader reuses a stream's batch arrays (no fresh pages, no page faults, for every
+    batch): one a detector or a later batch still reads a frame of must never be overwritten."""
+    import numpy as np
+
+    from vidcorpus.ingest.detect_batches import Scratch
+
+    def address(a):
+        return a.__array_interface__["data"][0]
+
+    shape = (4, 2, 2, 3)
+    scratch = Scratch(keep=2)
+    a, b = scratch.take(shape), scratch.take(shape)
+    kept = {address(a), address(b)}
+    assert len(kept) == 2
+    frame = a[3]  # a view, as a DetectionFrame of a batch is
+    del a, b
+    c = scratch.take(shape)
+    assert address(c) in kept and not np.shares_memory(c, frame)  # the viewed one stays as it is
+    d = scratch.take(shape)  # both kept ones in use: a fresh one
+    assert address(d) not in kept and not np.shares_memory(d, frame)
+    del frame, c, d
+    assert address(scratch.take(shape)) in kept  # free again: reused
+    assert scratch.take((3, 2, 2, 3)).shape == (3, 2, 2, 3)  # another shape: its own array
+
+
+def test_luma_grid_samples_the_luma_plane_at_the_grid():
+    """The flash watch's grid (taken from the flat plane, padding and all) is the luma plane's own
+    samples at evenly spaced rows and columns."""
+    import av
+    import numpy as np
+
+    from vidcorpus.ingest.thumbnails import THUMB_H, THUMB_W, luma_grid
+
+    with av.open(BIKES) as c:
+        frames = [f for _, f in zip(range(5), c.decode(video=0))]
+    for f in frames:
+        luma = f.to_ndarray()[: f.height]  # yuv420p: the luma rows first
+        ys = np.linspace(0, f.height - 1, THUMB_H * 4).astype(int)
+        xs = np.linspace(0, f.width - 1, THUMB_W * 4).astype(int)
+        assert np.array_equal(luma_grid(f), luma[np.ix_(ys, xs)].astype(np.float32))
