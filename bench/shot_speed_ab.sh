@@ -17,6 +17,8 @@ mkdir -p /tmp/site
 OUTDIR=${OUT:-/tmp/ab-out}
 mkdir -p "$OUTDIR" /tmp/before-tree /tmp/vcbefore/vidcorpus
 tar -C /tmp/before-tree -xJf "${BEFORE:?BEFORE=an archive of the earlier code}" || exit 2
+# both codes measured by the working tree's script (the rows' setup, e.g. the probe's rotation, alike)
+cp bench/bench_transnet_gpu.py /tmp/before-tree/bench/bench_transnet_gpu.py
 for f in /tmp/before-tree/vidcorpus/*; do ln -sfn "$f" /tmp/vcbefore/vidcorpus/; done
 for d in ingest filters captioning shards catalog train; do
     [ -e "/tmp/before-tree/$d" ] && ln -sfn "/tmp/before-tree/$d" "/tmp/vcbefore/vidcorpus/$d"
