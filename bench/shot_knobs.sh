@@ -3,7 +3,8 @@
 # Python's GIL switch interval (sys.setswitchinterval), the scaler pool's threads
 # (ingest/scale_ahead.SCALER_THREADS) and glibc malloc keeping freed memory. From the repository
 # root, after bench/shot_speed_ab.sh (which renders the edits and unpacks the carry):
-#   SIZES=640x360 KNOBS="base si=0.001 si=0.0002 threads=6 keep" bash bench/shot_knobs.sh
+#   SIZES=640x360 KNOBS="base si=0.001 si=0.0002 threads=6 keep dthreads=4" bash bench/shot_knobs.sh
+# (dthreads=N: the detection stream's FFmpeg decoder threads, ingest/scaled_stream.DECODE_THREADS)
 # Writes $OUT/shot_knobs.json: bench/bench_transnet_gpu.py's JSON of each run, keyed <knob>_r<round>_<size>.
 set -uo pipefail
 VC_WHEELS=/nonexistent source bench/device_setup.sh
@@ -14,17 +15,19 @@ for size in ${SIZES:-640x360}; do
     video=/tmp/sweep/$size/edited_000.mp4
     for round in 1 2; do
         for knob in ${KNOBS:-base si=0.001 si=0.0002 threads=6 keep}; do
-            si=0.005 threads=0 env=()
+            si=0.005 threads=0 dthreads=0 env=()
             case $knob in
                 si=*) si=${knob#si=} ;;
                 threads=*) threads=${knob#threads=} ;;
+                dthreads=*) dthreads=${knob#dthreads=} ;;
                 keep) env=(MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=268435456) ;;
             esac
             out="$OUTDIR/knobs/${knob}_r${round}_$size.json"
             env "${env[@]}" python3 -c "
-import sys; sys.setswitchinterval($si); sys.path.insert(0, 'bench')
-from vidcorpus.ingest import scale_ahead
+import sys; sys.setswitchinterval($si); sys.path[0] = 'bench'  # not '': the checkout's vidcorpus/ lacks the stages
+from vidcorpus.ingest import scale_ahead, scaled_stream
 if $threads: scale_ahead.SCALER_THREADS = $threads
+if $dthreads: scaled_stream.DECODE_THREADS = $dthreads
 import bench_transnet_gpu
 bench_transnet_gpu.main(['--video', '$video', '--repeat', '2', '--only',
                          'decode_only_48x27,default_plus_transnetv2,default', '--out', '$out'])" > /dev/null \

@@ -17,6 +17,11 @@ from scenedetect.backends.pyav import VideoStreamAv
 from vidcorpus.ingest.scale_ahead import ScaleAhead
 from vidcorpus.media import upright_array
 
+# FFmpeg's decoder threads for the detection stream; None: FFmpeg's choice (one per core, and one).
+# A measuring knob (bench/shot_knobs.sh): on an idle 16-core host those threads may take the cores
+# from the Python thread that holds the GIL while everyone else waits for it.
+DECODE_THREADS: int | None = None
+
 
 class ScaledStream(VideoStreamAv):
     """The stream the detectors read: frames counted in decode order, scaled to ``size_of(coded
@@ -26,6 +31,8 @@ class ScaledStream(VideoStreamAv):
     def __init__(self, path: str, size_of: Callable[[int, int], tuple[int, int]], turn: int,
                  cursor=None, on_frame: Callable | None = None) -> None:
         super().__init__(path, threading_mode="AUTO")
+        if DECODE_THREADS:
+            self._codec_context.thread_count = DECODE_THREADS
         self._turn, self._on_frame = turn, on_frame
         self.transnet_stream = None  # TransNetV2's reader of this decode (split.open_detection_stream)
         self.size = size_of(self._codec_context.width, self._codec_context.height)  # of the upright picture
