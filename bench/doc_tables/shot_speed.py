@@ -112,3 +112,100 @@ TABLES.append(Table(
         Col("reading thread: decode, µs a frame", "decode", "{:.0f}", "-"),
         Col("waiting for the pool", "wait", "{:.0f}", "-"), Col("detectors", "consume", "{:.0f}", "-"),
         Col("pool: preparing, thread-µs a frame", "prepare", "{:.0f}", "-")]))
+
+
+READER_RUNS = (("shot_speed_ab_h100_correl.json", "32e7b60"), ("shot_speed_ab_h100_scratch.json", "1bde715"))
+
+
+def reader_ab_rows(*files: dict) -> list[dict]:
+    """Two bench/shot_speed_ab.sh runs on H100 machines, each the committed batched reader (f51c1ef)
+    against a later commit, interleaved twice at each size: frames/s against the decode-only run beside it."""
+    rows = []
+    for merged, (_name, commit) in zip(files, READER_RUNS):
+        for size in ("640x360", "960x540", "1280x720"):
+            for round_ in ("1", "2"):
+                for code in ("before", "after"):
+                    d = merged.get(f"ab_{code}{round_}_{size}")
+                    if d is None:
+                        continue
+                    f = d["frames_per_s"]
+                    base = f["decode_only_48x27"]
+                    rows.append({"size": size, "code": f"{'f51c1ef' if code == 'before' else commit} ({round_})",
+                                 "decode": base, "both_fps": f["default_plus_transnetv2"],
+                                 **{k: f[k] / base for k in ("transnetv2", "default_plus_transnetv2", "default")},
+                                 "cpu": d.get("cpu_ms_per_frame", {}).get("default_plus_transnetv2"),
+                                 "_bold": ("default + TransNetV2 / decode only",) if code == "after" else ()})
+    return rows
+
+
+TABLES.append(Table(
+    "shot_speed_reader_h100", [name for name, _commit in READER_RUNS], rows=reader_ab_rows, columns=[
+        Col("edit (30 s)", "size"), Col("code (round)", "code"),
+        Col("decode only (48x27), frames/s", "decode", whole),
+        Col("TransNetV2 / decode only", "transnetv2", "{:.2f}"),
+        Col("default + TransNetV2 / decode only", "default_plus_transnetv2", "{:.2f}"),
+        Col("default + TransNetV2, frames/s", "both_fps", whole),
+        Col("default / decode only", "default", "{:.2f}"),
+        Col("default + TransNetV2, CPU ms a frame", "cpu", "{:.2f}", "-")]))
+
+
+def reader_times_rows(*files: dict) -> list[dict]:
+    """The GIL profiles of the same runs (bench/profile_shot_gil.py, default + TransNetV2 at 360p, the
+    row over and over for 8 s): where the reading thread's time went, and the GIL's share of the time."""
+    rows = []
+    for merged, (_name, commit) in zip(files, READER_RUNS):
+        for code in ("before", "after"):
+            d = merged[f"gil_{code}_640x360"]
+            t = d["batch_times"]
+            rows.append({"code": "f51c1ef" if code == "before" else commit, "fps": d["frames_per_s"],
+                         "gil": d["gil_share"], "cpu": d["cpu_ms_per_frame"],
+                         **{f: t[f"{f}_us_per_frame"] for f in ("decode", "wait", "consume", "prepare")}})
+    return rows
+
+
+TABLES.append(Table(
+    "shot_reader_times_h100", [name for name, _commit in READER_RUNS], rows=reader_times_rows, columns=[
+        Col("code", "code"), Col("frames/s (profiled)", "fps", whole), Col("GIL held, share of the time", "gil", "{:.2f}"),
+        Col("CPU ms a frame", "cpu", "{:.2f}"),
+        Col("reading thread: decode, µs a frame", "decode", "{:.0f}"), Col("waiting for the pool", "wait", "{:.0f}"),
+        Col("detectors", "consume", "{:.0f}"), Col("pool: preparing, thread-µs a frame", "prepare", "{:.0f}")]))
+
+KNOB_NAMES = {"base": "none (1bde715 as committed)", "si=0.001": "switch interval 1 ms (Python's 5 ms)",
+              "si=0.0002": "switch interval 0.2 ms", "threads=6": "6 pool threads (4)",
+              "keep": "malloc keeps freed memory (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ 256 MB)"}
+
+
+def knob_rows(merged: dict) -> list[dict]:
+    """bench/shot_knobs.sh at 360p on one H100 machine, two interleaved rounds."""
+    rows = []
+    for round_ in ("1", "2"):
+        for knob, label in KNOB_NAMES.items():
+            d = merged.get(f"{knob}_r{round_}_640x360")
+            if d is None:
+                continue
+            f = d["frames_per_s"]
+            base = f["decode_only_48x27"]
+            rows.append({"knob": f"{label} ({round_})", "decode": base, "both_fps": f["default_plus_transnetv2"],
+                         "both": f["default_plus_transnetv2"] / base, "default": f["default"] / base,
+                         "cpu": d["cpu_ms_per_frame"]["default_plus_transnetv2"]})
+    return rows
+
+
+TABLES.append(Table(
+    "shot_knobs_h100", ["shot_knobs_h100_640x360.json"], rows=knob_rows, columns=[
+        Col("knob (round)", "knob"), Col("decode only (48x27), frames/s", "decode", whole),
+        Col("default + TransNetV2, frames/s", "both_fps", whole),
+        Col("default + TransNetV2 / decode only", "both", "{:.2f}"), Col("default / decode only", "default", "{:.2f}"),
+        Col("default + TransNetV2, CPU ms a frame", "cpu", "{:.2f}")]))
+
+
+def reader_concurrent_rows(d: dict) -> list[dict]:
+    """bench/bench_shot_concurrent.py with three codes, interleaved, on the busy 2-core machine."""
+    return [{"run": r["run"], "fps": r["frames_per_s"], "cpu": r["cpu_ms_per_frame"], "load": r["loadavg"][0]}
+            for r in d["runs"]]
+
+
+TABLES.append(Table(
+    "shot_reader_concurrent_cpu", ["shot_reader_concurrent_cpu_640x360.json"], rows=reader_concurrent_rows, columns=[
+        Col("code (round)", "run"), Col("2 processes, frames/s summed", "fps", whole),
+        Col("CPU ms a frame", "cpu", "{:.2f}"), Col("1-min load", "load", "{:.1f}")]))
