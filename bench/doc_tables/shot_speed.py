@@ -60,23 +60,29 @@ TABLES.append(Table(
         Col("default / decode only", "default", "{:.2f}")]))
 
 
-def batched_ab_rows(merged: dict) -> list[dict]:
-    """bench/shot_speed_ab.sh on one H100 machine: the code before the batched reader and after,
-    interleaved twice at each size, each row's frames/s against the decode-only run beside it."""
+def _ab_rows(merged: dict, before: str = "before", after: str = "after") -> list[dict]:
+    """bench/shot_speed_ab.sh's rows at each size, two interleaved rounds of the earlier code
+    (labelled ``before``) and the later (``after``): frames/s against the decode-only run beside it."""
     rows = []
     for size in ("640x360", "960x540", "1280x720"):
         for round_ in ("1", "2"):
-            for code in ("before", "after"):
+            for code, label in (("before", before), ("after", after)):
                 d = merged.get(f"ab_{code}{round_}_{size}")
                 if d is None:
                     continue
                 f = d["frames_per_s"]
                 base = f["decode_only_48x27"]
-                rows.append({"size": size, "code": f"{code} ({round_})", "decode": base,
+                rows.append({"size": size, "code": f"{label} ({round_})", "decode": base,
+                             "both_fps": f["default_plus_transnetv2"],
                              **{k: f[k] / base for k in ("transnetv2", "default_plus_transnetv2", "default")},
                              "cpu": d.get("cpu_ms_per_frame", {}).get("default_plus_transnetv2"),
                              "_bold": ("default + TransNetV2 / decode only",) if code == "after" else ()})
     return rows
+
+
+def batched_ab_rows(merged: dict) -> list[dict]:
+    """bench/shot_speed_ab.sh on one H100 machine: the code before the batched reader and after."""
+    return _ab_rows(merged)
 
 
 TABLES.append(Table(
@@ -119,23 +125,8 @@ READER_RUNS = (("shot_speed_ab_h100_correl.json", "32e7b60"), ("shot_speed_ab_h1
 
 def reader_ab_rows(*files: dict) -> list[dict]:
     """Two bench/shot_speed_ab.sh runs on H100 machines, each the committed batched reader (f51c1ef)
-    against a later commit, interleaved twice at each size: frames/s against the decode-only run beside it."""
-    rows = []
-    for merged, (_name, commit) in zip(files, READER_RUNS):
-        for size in ("640x360", "960x540", "1280x720"):
-            for round_ in ("1", "2"):
-                for code in ("before", "after"):
-                    d = merged.get(f"ab_{code}{round_}_{size}")
-                    if d is None:
-                        continue
-                    f = d["frames_per_s"]
-                    base = f["decode_only_48x27"]
-                    rows.append({"size": size, "code": f"{'f51c1ef' if code == 'before' else commit} ({round_})",
-                                 "decode": base, "both_fps": f["default_plus_transnetv2"],
-                                 **{k: f[k] / base for k in ("transnetv2", "default_plus_transnetv2", "default")},
-                                 "cpu": d.get("cpu_ms_per_frame", {}).get("default_plus_transnetv2"),
-                                 "_bold": ("default + TransNetV2 / decode only",) if code == "after" else ()})
-    return rows
+    against a later commit."""
+    return [row for merged, (_name, commit) in zip(files, READER_RUNS) for row in _ab_rows(merged, "f51c1ef", commit)]
 
 
 TABLES.append(Table(
