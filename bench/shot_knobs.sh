@@ -4,7 +4,13 @@
 # (ingest/scale_ahead.SCALER_THREADS) and glibc malloc keeping freed memory. From the repository
 # root, after bench/shot_speed_ab.sh (which renders the edits and unpacks the carry):
 #   SIZES=640x360 KNOBS="base si=0.001 si=0.0002 threads=6 keep dthreads=4" bash bench/shot_knobs.sh
-# (dthreads=N: the detection stream's FFmpeg decoder threads, ingest/scaled_stream.DECODE_THREADS)
+# (dthreads=N: the detection stream's FFmpeg decoder threads, ingest/scaled_stream.DECODE_THREADS;
+#  ahead=N: batches submitted ahead of the reading thread, ingest/detect_batches.AHEAD)
+# The edits: bench/shot_speed_ab.sh renders them, or on a fresh machine
+#   VC_WHEELS=/nonexistent source bench/device_setup.sh; mkdir -p /tmp/site
+#   python3 -c "import tarfile; tarfile.open('.gpujob/tn/site.tar.xz').extractall('/tmp/site')"
+#   PYTHONPATH=/tmp/vcpkg:/tmp/site python3 bench/make_edited_footage.py --sources .gpujob/tn/*.mp4 \
+#       --minutes 0.5 --video-minutes 0.5 --size 640x360 --out /tmp/sweep/640x360
 # Writes $OUT/shot_knobs.json: bench/bench_transnet_gpu.py's JSON of each run, keyed <knob>_r<round>_<size>.
 set -uo pipefail
 VC_WHEELS=/nonexistent source bench/device_setup.sh
@@ -15,19 +21,21 @@ for size in ${SIZES:-640x360}; do
     video=/tmp/sweep/$size/edited_000.mp4
     for round in 1 2; do
         for knob in ${KNOBS:-base si=0.001 si=0.0002 threads=6 keep}; do
-            si=0.005 threads=0 dthreads=0 env=()
+            si=0.005 threads=0 dthreads=0 ahead=0 env=()
             case $knob in
                 si=*) si=${knob#si=} ;;
                 threads=*) threads=${knob#threads=} ;;
                 dthreads=*) dthreads=${knob#dthreads=} ;;
+                ahead=*) ahead=${knob#ahead=} ;;
                 keep) env=(MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=268435456) ;;
             esac
             out="$OUTDIR/knobs/${knob}_r${round}_$size.json"
             env "${env[@]}" python3 -c "
 import sys; sys.setswitchinterval($si); sys.path[0] = 'bench'  # not '': the checkout's vidcorpus/ lacks the stages
-from vidcorpus.ingest import scale_ahead, scaled_stream
+from vidcorpus.ingest import detect_batches, scale_ahead, scaled_stream
 if $threads: scale_ahead.SCALER_THREADS = $threads
 if $dthreads: scaled_stream.DECODE_THREADS = $dthreads
+if $ahead: detect_batches.AHEAD = $ahead
 import bench_transnet_gpu
 bench_transnet_gpu.main(['--video', '$video', '--repeat', '2', '--only',
                          'decode_only_48x27,default_plus_transnetv2,default', '--out', '$out'])" > /dev/null \
