@@ -154,8 +154,9 @@ class SplitConfig(Section):
                                       "probabilities fall below this (its faint first and last blended frames).")
     transnet_on_gpu: bool = Field(
         True, description="transnetv2 joins split.detectors in a split worker that sees a CUDA GPU and has the `models` "
-                          "extra installed, with the pyav backend (its dissolves and fades; 82% of decode-only on an H100); workers "
-                          "without a GPU follow split.transnet_on_cpu.")
+                          "extra installed, with the pyav backend (its dissolves and fades; on an H100 0.88 to 0.96 "
+                          "of decode-only at 720p, 0.70 to 0.78 at 540p, 0.50 to 0.58 at 360p: docs/benchmarks.md); "
+                          "workers without a GPU follow split.transnet_on_cpu.")
     transnet_on_cpu: bool | None = Field(
         None, description="transnetv2 joins split.detectors in split workers without a GPU too (the `models` extra, "
                           "the pyav backend): issue 23's shot targets then hold there as well, for about 16 ms of CPU "
