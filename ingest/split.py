@@ -213,9 +213,7 @@ def run_detectors(video, cfg, fps: float, end_frame: int | None, flashes: FlashW
             raise
         except Exception as e:  # noqa: BLE001 - decoder and detector errors alike
             raise DecodeError(f"shot detection failed: {e}") from e
-        theirs, others = reported_by(detectors)
-        return DetectorPass(first, video.frame_number, sorted({c for d in detectors for c in d.reported}), theirs,
-                            others, flashes.thumbs() if flashes else None, flashes.detail() if flashes else None)
+        return _pass_of(first, video, sorted({c for d in detectors for c in d.reported}), detectors, flashes)
     manager = SceneManager()
     if cfg.backend == "pyav":
         manager.auto_downscale = False  # the stream already hands out small frames
@@ -230,9 +228,15 @@ def run_detectors(video, cfg, fps: float, end_frame: int | None, flashes: FlashW
     except Exception as e:  # noqa: BLE001
         raise DecodeError(f"shot detection failed: {e}") from e
     scenes = manager.get_scene_list(start_in_scene=True)
+    return _pass_of(first, video, sorted({start.frame_num for start, _end in scenes[1:]}), detectors, flashes)
+
+
+def _pass_of(first: int, video, cuts: list[int], detectors: list, flashes: FlashWatch | None) -> DetectorPass:
+    """The pass over ``video`` from frame ``first`` to where it stands: ``cuts``, who reported them,
+    the flash watch's thumbnails and detail."""
     theirs, others = reported_by(detectors)
-    return DetectorPass(first, video.frame_number, sorted({start.frame_num for start, _end in scenes[1:]}),
-                        theirs, others, flashes.thumbs() if flashes else None, flashes.detail() if flashes else None)
+    return DetectorPass(first, video.frame_number, cuts, theirs, others,
+                        flashes.thumbs() if flashes else None, flashes.detail() if flashes else None)
 
 
 def segments_from(found: DetectorPass, cfg, fps: float, transnet: TransNetRun | None = None) -> ShotSplit:
