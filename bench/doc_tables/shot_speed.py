@@ -202,3 +202,48 @@ TABLES.append(Table(
     "shot_reader_concurrent_cpu", ["shot_reader_concurrent_cpu_640x360.json"], rows=reader_concurrent_rows, columns=[
         Col("code (round)", "run"), Col("2 processes, frames/s summed", "fps", whole),
         Col("CPU ms a frame", "cpu", "{:.2f}"), Col("1-min load", "load", "{:.1f}")]))
+
+
+DECODE_THREAD_RUN = "shot_speed_ab_h100_decode_thread.json"
+
+
+def decode_thread_rows(merged: dict) -> list[dict]:
+    """bench/shot_speed_ab.sh at 360p on one H100 machine: 7b174bd against branch h-decode-thread."""
+    rows = []
+    for round_ in ("1", "2"):
+        for code, label in (("before", "7b174bd"), ("after", "h-decode-thread (d8b4a2c)")):
+            f = merged[f"ab_{code}{round_}_640x360"]["frames_per_s"]
+            base = f["decode_only_48x27"]
+            rows.append({"code": f"{label} ({round_})", "decode": base, "both_fps": f["default_plus_transnetv2"],
+                         "both": f["default_plus_transnetv2"] / base, "default": f["default"] / base})
+    return rows
+
+
+TABLES.append(Table(
+    "shot_speed_decode_thread_h100", [DECODE_THREAD_RUN], rows=decode_thread_rows, columns=[
+        Col("code (round), 640x360 edit", "code"), Col("decode only (48x27), frames/s", "decode", whole),
+        Col("default + TransNetV2, frames/s", "both_fps", whole),
+        Col("default + TransNetV2 / decode only", "both", "{:.2f}"), Col("default / decode only", "default", "{:.2f}")]))
+
+
+def decode_thread_times_rows(merged: dict) -> list[dict]:
+    """The branch's GIL profiles (bench/profile_shot_gil.py, default + TransNetV2 at 360p, 6 s) with 4
+    and 6 pool threads: where the decoding and detecting threads' time went, who held the GIL."""
+    rows = []
+    for threads in (4, 6):
+        d = merged[f"gil_after_pt{threads}_640x360"]
+        t, by = d["batch_times"], d["by_thread"]
+        rows.append({"threads": threads, "fps": d["frames_per_s"], "gil": d["gil_share"], "cpu": d["cpu_ms_per_frame"],
+                     **{f: t[f"{f}_us_per_frame"] for f in ("decode", "wait", "consume", "prepare")},
+                     "pool_gil": by.get("detect-scale_N", 0.0), "decode_gil": by.get("detect-decode", 0.0)})
+    return rows
+
+
+TABLES.append(Table(
+    "shot_decode_thread_times_h100", [DECODE_THREAD_RUN], rows=decode_thread_times_rows, columns=[
+        Col("pool threads", "threads"), Col("frames/s (profiled)", "fps", whole),
+        Col("GIL held, share of the time", "gil", "{:.2f}"), Col("CPU ms a frame", "cpu", "{:.2f}"),
+        Col("decoding thread: decode, µs a frame", "decode", "{:.0f}"),
+        Col("detecting thread: waiting for a batch", "wait", "{:.0f}"), Col("detectors", "consume", "{:.0f}"),
+        Col("pool: preparing, thread-µs a frame", "prepare", "{:.0f}"),
+        Col("GIL samples: pool", "pool_gil", "{:.2f}"), Col("GIL samples: decoding thread", "decode_gil", "{:.2f}")]))
