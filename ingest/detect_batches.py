@@ -13,8 +13,8 @@ mostly outside the GIL (FFmpeg's scaler and OpenCV release it): the detectors' s
 with their HSV planes, HSV sums against the frame before, luma histograms and their correlation
 with the frame before's (``DetectionFrame``), TransNetV2's 48x27 RGB frames and the flash watch's
 luma grids. The reading thread then runs the detectors on each prepared batch in decode order,
-one batch per pool thread behind the decoding. Every value is the one the per-frame path computes (the same calls on the
-same frames), so the cuts are the same (tests/test_detect_batches.py). Measured on H100 hosts
+one batch per pool thread behind the decoding. Every value is the one the per-frame path computes
+(the same calls on the same frames), so the cuts are the same (tests/test_detect_batches.py). Measured on H100 hosts
 (docs/benchmarks.md, "Shot detection read in batches" and its second round): default + TransNetV2
 at 0.50 to 0.58 of decoding alone at 360p (0.36 before the batches), 0.70 to 0.78 at 540p.
 """

@@ -74,7 +74,7 @@ def _ab_rows(merged: dict, before: str = "before", after: str = "after") -> list
                 base = f["decode_only_48x27"]
                 rows.append({"size": size, "code": f"{label} ({round_})", "decode": base,
                              "both_fps": f["default_plus_transnetv2"],
-                             **{k: f[k] / base for k in ("transnetv2", "default_plus_transnetv2", "default")},
+                             **{k: f[k] / base for k in ("transnetv2", "default_plus_transnetv2", "default") if k in f},
                              "cpu": d.get("cpu_ms_per_frame", {}).get("default_plus_transnetv2"),
                              "_bold": ("default + TransNetV2 / decode only",) if code == "after" else ()})
     return rows
@@ -209,21 +209,15 @@ DECODE_THREAD_RUN = "shot_speed_ab_h100_decode_thread.json"
 
 def decode_thread_rows(merged: dict) -> list[dict]:
     """bench/shot_speed_ab.sh at 360p on one H100 machine: 7b174bd against branch h-decode-thread."""
-    rows = []
-    for round_ in ("1", "2"):
-        for code, label in (("before", "7b174bd"), ("after", "h-decode-thread (d8b4a2c)")):
-            f = merged[f"ab_{code}{round_}_640x360"]["frames_per_s"]
-            base = f["decode_only_48x27"]
-            rows.append({"code": f"{label} ({round_})", "decode": base, "both_fps": f["default_plus_transnetv2"],
-                         "both": f["default_plus_transnetv2"] / base, "default": f["default"] / base})
-    return rows
+    return _ab_rows(merged, "7b174bd", "h-decode-thread (d8b4a2c)")
 
 
 TABLES.append(Table(
     "shot_speed_decode_thread_h100", [DECODE_THREAD_RUN], rows=decode_thread_rows, columns=[
-        Col("code (round), 640x360 edit", "code"), Col("decode only (48x27), frames/s", "decode", whole),
+        Col("edit (30 s)", "size"), Col("code (round)", "code"), Col("decode only (48x27), frames/s", "decode", whole),
         Col("default + TransNetV2, frames/s", "both_fps", whole),
-        Col("default + TransNetV2 / decode only", "both", "{:.2f}"), Col("default / decode only", "default", "{:.2f}")]))
+        Col("default + TransNetV2 / decode only", "default_plus_transnetv2", "{:.2f}"),
+        Col("default / decode only", "default", "{:.2f}")]))
 
 
 def decode_thread_times_rows(merged: dict) -> list[dict]:
