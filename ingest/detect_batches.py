@@ -61,11 +61,12 @@ class DetectionFrame(np.ndarray):
 class BatchPlan:
     """What each batch of decoded frames is turned into (decided once per stream)."""
 
-    size: tuple[int, int] | None  # the detectors' frame (w, h); None when no detector reads frames
+    size: tuple[int, int] | None  # the detectors' frame (w, h); None when nothing reads frames
     turn: int  # clockwise degrees that make the frames upright
+    detect: bool  # the detectors read the frames (else only TransNetV2's are made from them)
     hsv: bool
     hist_bins: int | None  # luma histogram bins, None: no histogram detector
-    transnet: bool  # TransNetV2's 48x27 RGB frames
+    transnet: bool  # TransNetV2's 48x27 RGB frames (averaged from the detectors' frames)
     grids: bool  # the flash watch's luma grids
 
 
@@ -100,7 +101,8 @@ def plan_for(video, detectors: list, transnet_stream=None, flashes=None) -> Batc
     from vidcorpus.ingest.exact_scores import ExactContextualHistogramDetector, _ExactContentScore
 
     hist = [d._bins for d in detectors if isinstance(d, ExactContextualHistogramDetector)]
-    return BatchPlan(video.frame_size if detectors else None, video.turn,
+    reads = bool(detectors) or transnet_stream is not None
+    return BatchPlan(video.frame_size if reads else None, video.turn, detect=bool(detectors),
                      hsv=any(isinstance(d, _ExactContentScore) for d in detectors),
                      hist_bins=hist[0] if hist else None, transnet=transnet_stream is not None,
                      grids=flashes is not None)
@@ -146,27 +148,30 @@ def prepare(decoded: list[tuple[int, object]], plan: BatchPlan, previous: Future
     started = time.perf_counter()
     frames = [f for _n, f in decoded]
     out = PreparedBatch([n for n, _f in decoded], None, None, None)
-    if plan.transnet:
-        # inside: transnet imports torch lazily; its input size only
-        from vidcorpus.ingest.transnet import HEIGHT, WIDTH
-        out.transnet = [upright_array(f, WIDTH, HEIGHT) for f in frames]
     if plan.grids:
         out.grids = [luma_grid(f) for f in frames]
     if plan.size is not None:
-        out.frames = _detection_frames(frames, out.numbers, plan, previous, scratch or Scratch(keep=0))
+        scratch = scratch or Scratch(keep=0)
+        w, h = plan.size
+        bgr = np.stack([upright_array(f, w, h, format="bgr24", interpolation="AREA", clockwise=plan.turn)
+                        for f in frames], out=scratch.take((len(frames), h, w, 3)))
+        if plan.transnet:  # TransNetV2's frames: the detectors' averaged down, one call for the batch
+            # inside: transnet imports torch lazily
+            from vidcorpus.ingest.transnet import model_frames
+            out.transnet = list(model_frames(bgr))
+        if plan.detect:
+            out.frames = _detection_frames(bgr, out.numbers, plan, previous, scratch)
     out.seconds = time.perf_counter() - started
     return out
 
 
-def _detection_frames(frames: list, numbers: list[int], plan: BatchPlan, previous: Future | None,
+def _detection_frames(bgr: np.ndarray, numbers: list[int], plan: BatchPlan, previous: Future | None,
                       scratch: Scratch) -> list:
+    """The detectors' frames (views of the batch ``bgr``) with what the exact detectors compute."""
     # inside: the exact detectors' histogram (imports scenedetect, as the detectors themselves do)
     from vidcorpus.ingest.exact_scores import luma_histogram_of
 
-    w, h = plan.size
-    n = len(frames)
-    bgr = np.stack([upright_array(f, w, h, format="bgr24", interpolation="AREA", clockwise=plan.turn) for f in frames],
-                   out=scratch.take((n, h, w, 3)))
+    n, h, w, _ = bgr.shape
     tall = lambda a: a.reshape(-1, w, 3)  # noqa: E731 - a batch as one image: one call (per-pixel, so the same values)
     hsv = yuv = sums = None
     if plan.hsv:

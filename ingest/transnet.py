@@ -173,6 +173,44 @@ def load_model(weights: str = BUNDLED, device: str = "cpu"):
     return model.to(memory_format=torch.channels_last_3d) if device == "cpu" else model
 
 
+def model_frames(bgr: np.ndarray) -> np.ndarray:
+    """The model's (n, 27, 48, 3) RGB frames of a batch of the detectors' upright BGR frames
+    (n, h, w, 3), each averaged over the area of its pixels (OpenCV's INTER_AREA).
+
+    Why from the detectors' frames: at 360p scaling each decoded frame to 48x27 with FFmpeg cost
+    about as much as scaling it to the detectors' 256x144, one more call per frame that gives up the
+    GIL and waits to get it back (docs/benchmarks.md, "Shot detection, fourth round"). Here the batch
+    is one tall image and one call: where both sides shrink, frame k's rows are exactly output rows
+    27k to 27k + 26, so no output row mixes two frames (tests/test_transnet.py checks it against one
+    call per frame)."""
+    # inside: cv2 only in the workers that detect shots
+    import cv2
+
+    n, h, w, _ = bgr.shape
+    if w >= WIDTH and h >= HEIGHT:
+        small = cv2.resize(bgr.reshape(n * h, w, 3), (WIDTH, n * HEIGHT), interpolation=cv2.INTER_AREA)
+    else:  # a frame grows along a side: OpenCV interpolates linearly there, across frames in a tall image
+        small = np.concatenate([cv2.resize(f, (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA) for f in bgr])
+    cv2.cvtColor(small, cv2.COLOR_BGR2RGB, dst=small)
+    return small.reshape(n, HEIGHT, WIDTH, 3)
+
+
+def model_frame(frame, detector_frame: tuple[int, int, int] | None = None) -> np.ndarray:
+    """The model's 48x27 RGB frame of one decoded ``av.VideoFrame``: the same as the batched reader
+    makes (``model_frames`` of the detectors' frame; ``detector_frame``: its width, height and
+    clockwise turn, None: the split's default size and the frame's display matrix)."""
+    if detector_frame is None:
+        # inside: split imports this module
+        from vidcorpus.ingest.split import detection_size
+        from vidcorpus.media import clockwise_rotation, displayed_size
+
+        turn = clockwise_rotation(frame)
+        detector_frame = (*detection_size(*displayed_size(frame.width, frame.height, turn), 0), turn)
+    w, h, turn = detector_frame
+    bgr = upright_array(frame, w, h, format="bgr24", interpolation="AREA", clockwise=turn)
+    return model_frames(bgr[None])[0]
+
+
 @dataclass
 class TransNetStream:
     """Frames in (one at a time, as decoded), per-frame transition probabilities out.
@@ -195,9 +233,13 @@ class TransNetStream:
     _many: list = field(default_factory=list)
     _worker: FrameWorker | None = None
     _handed: list = field(default_factory=list)  # decoded frames not handed to the worker yet
+    # (width, height, clockwise turn) of the detectors' frames that push_frame's 48x27 frames are
+    # averaged from, as the batched reader's are (split.open_detection_stream sets it); None: the
+    # split's default size, the frame's own display matrix
+    detector_frame: tuple[int, int, int] | None = None
 
     def push_frame(self, frame) -> None:
-        """A decoded ``av.VideoFrame``: FFmpeg's scaler makes the 48x27 RGB array the model reads,
+        """A decoded ``av.VideoFrame``: made into the 48x27 RGB array the model reads (``model_frame``),
         upright (phone footage's display matrix applied: the model was trained on upright frames)."""
         if not self.threaded:
             self._push_decoded([frame])
@@ -225,7 +267,7 @@ class TransNetStream:
     def _push_decoded(self, frames: list) -> None:
         """Decoded ``av.VideoFrame`` s (scaled here) or 48x27 RGB arrays, in order."""
         for frame in frames:
-            self.push(frame if isinstance(frame, np.ndarray) else upright_array(frame, WIDTH, HEIGHT))
+            self.push(frame if isinstance(frame, np.ndarray) else model_frame(frame, self.detector_frame))
 
     def close(self) -> None:
         """Wait for the frames handed to the worker (raising its error, if any), then take the rest
