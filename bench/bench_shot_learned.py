@@ -144,7 +144,12 @@ class Replay(TransNetRun):
 
 
 class _NoStream:
+    """TransNetV2's frames go nowhere: a replay reads saved probabilities (either reader's path)."""
+
     def push_frame(self, frame) -> None:
+        pass
+
+    def push_arrays(self, rgbs: list) -> None:
         pass
 
 
