@@ -66,7 +66,7 @@ class BatchPlan:
     detect: bool  # the detectors read the frames (else only TransNetV2's are made from them)
     hsv: bool
     hist_bins: int | None  # luma histogram bins, None: no histogram detector
-    transnet: bool  # TransNetV2's 48x27 RGB frames (averaged from the detectors' frames)
+    transnet: bool  # TransNetV2 reads the frames (the detectors' size; it shrinks them to its 48x27)
     grids: bool  # the flash watch's luma grids
 
 
@@ -89,7 +89,7 @@ TIMES: BatchTimes | None = None  # when set, every detect_batched adds its times
 class PreparedBatch:
     numbers: list[int]  # per frame: frames read once it is (the stream's count)
     frames: list | None
-    transnet: list | None
+    transnet: np.ndarray | None  # the detectors' frames again, for TransNetV2 (it shrinks them)
     grids: list | None
     seconds: float = 0.0  # the pool thread's time making it
 
@@ -155,10 +155,8 @@ def prepare(decoded: list[tuple[int, object]], plan: BatchPlan, previous: Future
         w, h = plan.size
         bgr = np.stack([upright_array(f, w, h, format="bgr24", interpolation="AREA", clockwise=plan.turn)
                         for f in frames], out=scratch.take((len(frames), h, w, 3)))
-        if plan.transnet:  # TransNetV2's frames: the detectors' averaged down, one call for the batch
-            # inside: transnet imports torch lazily
-            from vidcorpus.ingest.transnet import model_frames
-            out.transnet = list(model_frames(bgr))
+        if plan.transnet:  # TransNetV2 shrinks the batch itself, where the model runs (transnet.model_frames)
+            out.transnet = bgr
         if plan.detect:
             out.frames = _detection_frames(bgr, out.numbers, plan, previous, scratch)
     out.seconds = time.perf_counter() - started

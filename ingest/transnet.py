@@ -7,15 +7,16 @@ dissolve). Only the middle 50 frames of a window are kept (25 frames of context 
 windows step by 50 and the sequence is padded with copies of its first and last frames, exactly as
 the reference implementation does.
 
-Frames come from the decode that shot detection already runs (``TransNetStream.push_arrays`` with
-the 48x27 frames the batched reader made, ``ingest/detect_batches.py``; ``push_frame`` with each
-decoded frame otherwise), windows are run in batches as soon as they are complete, and only
-the frames the next window needs are held: memory does not grow with video length. The scaling,
-the windows and the model calls run on a worker thread beside the decode (``ingest/frame_worker.py``),
-and the model's outputs stay on its device until the end (no wait for the GPU per batch): the same
-calls on the same frames in the same order, so the same probabilities. The per-frame
-probabilities are kept per source (a Parquet file), so thresholds can be re-decided later without
-decoding again (``transitions_from_file``).
+Frames come from the decode that shot detection already runs: the detectors' small upright frames
+(about 256 px wide; ``TransNetStream.push_arrays`` with a batch the batched reader made,
+``ingest/detect_batches.py``; ``push_frame`` makes them from each decoded frame otherwise), shrunk
+to 48x27 where the model runs (``model_frames``). Windows are run in batches as soon as they are
+complete, and only the frames the next window needs are held: memory does not grow with video
+length. The shrinking, the windows and the model calls run on a worker thread beside the decode
+(``ingest/frame_worker.py``), and the model's outputs stay on its device until the end (no wait for
+the GPU per batch): the same calls on the same frames in the same order, so the same probabilities.
+The per-frame probabilities are kept per source (a Parquet file), so thresholds can be re-decided
+later without decoding again (``transitions_from_file``).
 
 A run of frames above the threshold that is shorter than ``transnet_min_transition_frames`` is a
 hard cut; a longer one (its extent measured on the ``many`` head) is a gradual transition, whose
@@ -173,32 +174,35 @@ def load_model(weights: str = BUNDLED, device: str = "cpu"):
     return model.to(memory_format=torch.channels_last_3d) if device == "cpu" else model
 
 
-def model_frames(bgr: np.ndarray) -> np.ndarray:
-    """The model's (n, 27, 48, 3) RGB frames of a batch of the detectors' upright BGR frames
-    (n, h, w, 3), each averaged over the area of its pixels (OpenCV's INTER_AREA).
+def model_frames(bgr: np.ndarray, device: str = "cpu"):
+    """The model's (n, 27, 48, 3) uint8 RGB frames, a torch tensor on ``device``, from a batch of the
+    detectors' upright BGR frames (n, h, w, 3): antialiased bilinear (FFmpeg's bilinear scaler, which
+    made them before, also widens its filter when it shrinks), in 8 bits as the model was trained
+    (on a CPU PyTorch's fixed-point kernel, on a GPU its float one rounded: they differ by at most one
+    level, as the model's own arithmetic differs between the two).
 
-    Why from the detectors' frames: at 360p scaling each decoded frame to 48x27 with FFmpeg cost
-    about as much as scaling it to the detectors' 256x144, one more call per frame that gives up the
-    GIL and waits to get it back (docs/benchmarks.md, "Shot detection, fourth round"). Here the batch
-    is one tall image and one call: where both sides shrink, frame k's rows are exactly output rows
-    27k to 27k + 26, so no output row mixes two frames (tests/test_transnet.py checks it against one
-    call per frame)."""
-    # inside: cv2 only in the workers that detect shots
-    import cv2
+    Why from the detectors' frames, and here: at 360p FFmpeg's scaling of each decoded frame to 48x27
+    took about as long as its scaling to the detectors' 256x144 (110 µs a frame), on the scaler pool,
+    one more call a frame that gives the GIL up and waits to get it back (docs/benchmarks.md, "Shot
+    detection, fourth round"). Here it is a few calls a batch where the model runs (on a GPU, off the
+    CPU), and each frame's result depends on that frame alone (tests/test_transnet.py)."""
+    # inside: torch only where TransNetV2 runs (the runner imports this module, via split, without torch)
+    import torch
+    import torch.nn.functional as F
 
-    n, h, w, _ = bgr.shape
-    if w >= WIDTH and h >= HEIGHT:
-        small = cv2.resize(bgr.reshape(n * h, w, 3), (WIDTH, n * HEIGHT), interpolation=cv2.INTER_AREA)
-    else:  # a frame grows along a side: OpenCV interpolates linearly there, across frames in a tall image
-        small = np.concatenate([cv2.resize(f, (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA) for f in bgr])
-    cv2.cvtColor(small, cv2.COLOR_BGR2RGB, dst=small)
-    return small.reshape(n, HEIGHT, WIDTH, 3)
+    x = torch.from_numpy(np.ascontiguousarray(bgr)).permute(0, 3, 1, 2)  # (n, 3, h, w), channels last in memory
+    shrink = dict(size=(HEIGHT, WIDTH), mode="bilinear", antialias=True, align_corners=False)
+    if str(device) == "cpu":  # PyTorch's 8-bit kernel: 26 µs a 256x144 frame against 250 in float, within one level
+        small = F.interpolate(x, **shrink)
+    else:  # no 8-bit kernel on CUDA
+        small = F.interpolate(x.to(device).float(), **shrink).round_().clamp_(0, 255).to(torch.uint8)
+    return small.flip(1).permute(0, 2, 3, 1).contiguous()
 
 
-def model_frame(frame, detector_frame: tuple[int, int, int] | None = None) -> np.ndarray:
-    """The model's 48x27 RGB frame of one decoded ``av.VideoFrame``: the same as the batched reader
-    makes (``model_frames`` of the detectors' frame; ``detector_frame``: its width, height and
-    clockwise turn, None: the split's default size and the frame's display matrix)."""
+def detector_frame_of(frame, detector_frame: tuple[int, int, int] | None = None) -> np.ndarray:
+    """The detectors' upright BGR frame of one decoded ``av.VideoFrame``, as the batched reader makes
+    it (``detector_frame``: its width, height and clockwise turn; None: the split's default size and
+    the frame's own display matrix)."""
     if detector_frame is None:
         # inside: split imports this module
         from vidcorpus.ingest.split import detection_size
@@ -207,8 +211,7 @@ def model_frame(frame, detector_frame: tuple[int, int, int] | None = None) -> np
         turn = clockwise_rotation(frame)
         detector_frame = (*detection_size(*displayed_size(frame.width, frame.height, turn), 0), turn)
     w, h, turn = detector_frame
-    bgr = upright_array(frame, w, h, format="bgr24", interpolation="AREA", clockwise=turn)
-    return model_frames(bgr[None])[0]
+    return upright_array(frame, w, h, format="bgr24", interpolation="AREA", clockwise=turn)
 
 
 @dataclass
@@ -239,7 +242,7 @@ class TransNetStream:
     detector_frame: tuple[int, int, int] | None = None
 
     def push_frame(self, frame) -> None:
-        """A decoded ``av.VideoFrame``: made into the 48x27 RGB array the model reads (``model_frame``),
+        """A decoded ``av.VideoFrame``: made into the detectors' frame, then the model's (``model_frames``),
         upright (phone footage's display matrix applied: the model was trained on upright frames)."""
         if not self.threaded:
             self._push_decoded([frame])
@@ -251,23 +254,26 @@ class TransNetStream:
             frames, self._handed = self._handed, []
             self._worker.put(frames)
 
-    def push_arrays(self, rgbs: list) -> None:
-        """The next frames as the model's 48x27 RGB arrays, scaled elsewhere (``ingest/detect_batches.py``
-        makes them on the scaler pool): the windows and model calls still run on the worker thread."""
+    def push_arrays(self, bgr: np.ndarray) -> None:
+        """The next frames as a batch of the detectors' BGR frames (n, h, w, 3), made elsewhere
+        (``ingest/detect_batches.py``, on the scaler pool): shrinking them to the model's, the windows
+        and the model calls run on the worker thread."""
         if not self.threaded:
-            self._push_decoded(rgbs)
+            self._push_decoded(bgr)
             return
-        if self._worker is None:  # the arrays are small (4 KB): hold enough that a model call never stalls the reader
+        if self._worker is None:  # hold enough batches that a model call never stalls the reader
             self._worker = FrameWorker(self._push_decoded, depth=ARRAY_LISTS_HELD, name="transnetv2")
         if self._handed:  # frames pushed one by one before: they come first
             frames, self._handed = self._handed, []
             self._worker.put(frames)
-        self._worker.put(rgbs)
+        self._worker.put(bgr)
 
-    def _push_decoded(self, frames: list) -> None:
-        """Decoded ``av.VideoFrame`` s (scaled here) or 48x27 RGB arrays, in order."""
-        for frame in frames:
-            self.push(frame if isinstance(frame, np.ndarray) else model_frame(frame, self.detector_frame))
+    def _push_decoded(self, frames) -> None:
+        """A batch of the detectors' BGR frames, or a list of decoded ``av.VideoFrame`` s, in order."""
+        if not isinstance(frames, np.ndarray):
+            frames = np.stack([detector_frame_of(f, self.detector_frame) for f in frames])
+        if len(frames):
+            self.push_many(model_frames(frames, self.device).unbind(0))
 
     def close(self) -> None:
         """Wait for the frames handed to the worker (raising its error, if any), then take the rest
@@ -279,13 +285,19 @@ class TransNetStream:
             frames, self._handed = self._handed, []
             self._push_decoded(frames)
 
-    def push(self, rgb: np.ndarray) -> None:
-        if self.n_frames == 0:
-            self._buf.extend([rgb] * CONTEXT)
-        self._buf.append(rgb)
-        self.n_frames += 1
-        if self._ready_windows() >= self.batch_windows:
-            self._run(self.batch_windows)
+    def push(self, rgb) -> None:
+        """One model-size frame: a (27, 48, 3) uint8 RGB array, or a tensor on the stream's device."""
+        self.push_many((rgb,))
+
+    def push_many(self, rgbs) -> None:
+        """Model-size frames in order (all arrays or all tensors, as ``push``)."""
+        for rgb in rgbs:
+            if self.n_frames == 0:
+                self._buf.extend([rgb] * CONTEXT)
+            self._buf.append(rgb)
+            self.n_frames += 1
+            if self._ready_windows() >= self.batch_windows:
+                self._run(self.batch_windows)
 
     def _ready_windows(self) -> int:
         end = self._base + len(self._buf)  # padded frames seen so far
@@ -296,8 +308,11 @@ class TransNetStream:
         import torch
 
         start = self._next_window * STEP - self._base
-        span = np.stack(self._buf[start:start + STEP * (n_windows - 1) + WINDOW])
-        x = torch.from_numpy(span).to(self.device)
+        span = self._buf[start:start + STEP * (n_windows - 1) + WINDOW]
+        if isinstance(span[0], np.ndarray):
+            x = torch.from_numpy(np.stack(span)).to(self.device)
+        else:  # made on the device already (model_frames)
+            x = torch.stack(span)
         windows = x.unfold(0, WINDOW, STEP).permute(0, 4, 1, 2, 3)  # (n, 100, 27, 48, 3)
         with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=self.bfloat16):
             single, extra = self.model(windows.contiguous())
