@@ -11,12 +11,14 @@ Here the decoding thread collects ``batch`` decoded frames and submits them as O
 scaler pool, which makes everything the readers need from them, outside the decoding thread and
 mostly outside the GIL (FFmpeg's scaler and OpenCV release it): the detectors' small BGR frames
 with their HSV planes, HSV sums against the frame before, luma histograms and their correlation
-with the frame before's (``DetectionFrame``), TransNetV2's 48x27 RGB frames and the flash watch's
-luma grids. The reading thread then runs the detectors on each prepared batch in decode order,
-one batch per pool thread behind the decoding. Every value is the one the per-frame path computes
-(the same calls on the same frames), so the cuts are the same (tests/test_detect_batches.py). Measured on H100 hosts
-(docs/benchmarks.md, "Shot detection read in batches" and its second round): default + TransNetV2
-at 0.50 to 0.58 of decoding alone at 360p (0.36 before the batches), 0.70 to 0.78 at 540p.
+with the frame before's (``DetectionFrame``) and the flash watch's luma grids. TransNetV2 gets the
+same small BGR frames, a batch at a time, and shrinks them to its 48x27 input itself
+(``transnet.model_frames``). The reading thread then runs the detectors on each prepared batch in
+decode order, one batch per pool thread behind the decoding. Every value is the one the per-frame
+path computes (the same calls on the same frames), so the cuts are the same
+(tests/test_detect_batches.py). Measured on H100 hosts (docs/benchmarks.md, "Shot detection read
+in batches", its second round and the fourth): default + TransNetV2 at 0.50 to 0.60 of decoding
+alone at 360p (0.36 before the batches), 0.63 to 0.78 at 540p.
 """
 
 from __future__ import annotations

