@@ -5,6 +5,7 @@
 #   git archive REV ingest vidcorpus bench | xz > bench/_before.tar.xz      (here; untracked, it travels)
 #   carry [".gpujob/tn"] (built by bash bench/shot_speed_bundle.sh)
 #   BEFORE=bench/_before.tar.xz SIZES="640x360 960x540 1280x720" bash bench/shot_speed_ab.sh
+# (MINUTES=2: a 2-minute edit instead of 30 s; REPEAT=N: best of N runs a row, 2 by default)
 # For each size: the resolution sweep's 30 s edit (bench/transnet_resolution_sweep.sh's recipe),
 # then bench/bench_transnet_gpu.py's rows with the earlier code, the working tree's, the earlier
 # again and the working tree's again (interleaved: the host's state drifts), and a GIL profile of
@@ -27,15 +28,17 @@ AFTER_PATH=/tmp/vcpkg:/tmp/site
 BEFORE_PATH=/tmp/vcbefore:/tmp/site
 ROWS=${ROWS:-decode_only_48x27,transnetv2,default_plus_transnetv2,default}
 here=$(pwd)
+MINUTES=${MINUTES:-0.5}  # the edit's length (0.5: the sweep's; longer runs measure steadier on an idle host)
 for size in ${SIZES:-640x360 960x540 1280x720}; do
-    video=/tmp/sweep/$size/edited_000.mp4
+    folder=/tmp/sweep/$size; [ "$MINUTES" = 0.5 ] || folder=/tmp/sweep/$size-${MINUTES}min
+    video=$folder/edited_000.mp4
     [ -f "$video" ] || PYTHONPATH=$AFTER_PATH python3 bench/make_edited_footage.py --sources .gpujob/tn/*.mp4 \
-        --minutes 0.5 --video-minutes 0.5 --size "$size" --out "/tmp/sweep/$size" \
+        --minutes "$MINUTES" --video-minutes "$MINUTES" --size "$size" --out "$folder" \
         > "/tmp/sweep-$size.log" 2>&1 || { tail -5 "/tmp/sweep-$size.log"; continue; }
     for round in 1 2; do
         for code in before after; do
             if [ $code = before ]; then tree=/tmp/before-tree; path=$BEFORE_PATH; else tree=$here; path=$AFTER_PATH; fi
-            (cd "$tree" && PYTHONPATH=$path python3 bench/bench_transnet_gpu.py --video "$video" --repeat 2 \
+            (cd "$tree" && PYTHONPATH=$path python3 bench/bench_transnet_gpu.py --video "$video" --repeat "${REPEAT:-2}" \
                 --only "$ROWS" --out "$OUTDIR/ab_${code}${round}_$size.json" > /dev/null) || echo "bench failed: $code $size"
             python3 -c "import json,sys; d=json.load(open(sys.argv[1])); f=d['frames_per_s']; b=f['decode_only_48x27']; \
 print(sys.argv[2], {k: round(v / b, 3) for k, v in f.items()}, round(b))" "$OUTDIR/ab_${code}${round}_$size.json" \

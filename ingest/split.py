@@ -184,7 +184,7 @@ def open_detection_stream(path: str, cfg, flashes: FlashWatch | None = None, tra
             stream = _scaled_pyav_stream(path, cfg.downscale, (lambda f: [r(f) for r in readers]) if readers else None,
                                          rotation, start, index)
             stream.transnet_stream = transnet.stream if transnet else None  # the batched reader feeds it itself
-            if transnet:  # its 48x27 frames are averaged from the detectors' frames, on either path
+            if transnet:  # its 48x27 frames are shrunk from the detectors' frames, on either path
                 transnet.stream.detector_frame = (*stream.size, stream.turn)
             return stream
         return open_video(path, backend="opencv")

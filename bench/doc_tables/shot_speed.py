@@ -168,11 +168,11 @@ KNOB_NAMES = {"base": "none (1bde715 as committed)", "si=0.001": "switch interva
               "keep": "malloc keeps freed memory (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ 256 MB)"}
 
 
-def knob_rows(merged: dict) -> list[dict]:
-    """bench/shot_knobs.sh at 360p on one H100 machine, two interleaved rounds."""
+def knob_rows(merged: dict, names: dict | None = None) -> list[dict]:
+    """bench/shot_knobs.sh at 360p on one H100 machine, two interleaved rounds (``names``: the knobs' labels)."""
     rows = []
     for round_ in ("1", "2"):
-        for knob, label in KNOB_NAMES.items():
+        for knob, label in (names or KNOB_NAMES).items():
             d = merged.get(f"{knob}_r{round_}_640x360")
             if d is None:
                 continue
@@ -241,3 +241,54 @@ TABLES.append(Table(
         Col("detecting thread: waiting for a batch", "wait", "{:.0f}"), Col("detectors", "consume", "{:.0f}"),
         Col("pool: preparing, thread-µs a frame", "prepare", "{:.0f}"),
         Col("GIL samples: pool", "pool_gil", "{:.2f}"), Col("GIL samples: decoding thread", "decode_gil", "{:.2f}")]))
+
+
+def tn_on_device_rows(merged: dict) -> list[dict]:
+    """bench/shot_speed_ab.sh on one GPU machine: 7b174bd (TransNetV2's 48x27 frames scaled by FFmpeg on
+    the scaler pool) against the change (shrunk from the detectors' frames where the model runs)."""
+    return _ab_rows(merged, "7b174bd", "TransNetV2 shrinks the detectors' frames")
+
+
+TABLES.append(Table(
+    "shot_speed_tn_on_device_h100", ["shot_speed_ab_h100_tn_on_device.json"], rows=tn_on_device_rows, columns=[
+        Col("edit (30 s)", "size"), Col("code (round)", "code"), Col("decode only (48x27), frames/s", "decode", whole),
+        Col("default + TransNetV2, frames/s", "both_fps", whole),
+        Col("default + TransNetV2 / decode only", "default_plus_transnetv2", "{:.2f}"),
+        Col("TransNetV2 alone / decode only", "transnetv2", "{:.2f}"),
+        Col("default + TransNetV2, CPU ms a frame", "cpu", "{:.2f}", "-")]))
+
+
+DECODER_KNOB_NAMES = {"base": "none (branch tn-from-detector-frames)",
+                      "dthreads=4": "4 FFmpeg decoder threads for the detection stream (FFmpeg's choice: 17)",
+                      "dthreads=8": "8 decoder threads", "ahead=2": "2 batches ahead of the reading thread (4)"}
+
+
+TABLES.append(Table(
+    "shot_decoder_knobs_h100", ["shot_knobs_h100_640x360_dthreads.json"],
+    rows=lambda merged: knob_rows(merged, DECODER_KNOB_NAMES), columns=[
+        Col("knob (round)", "knob"), Col("decode only (48x27), frames/s", "decode", whole),
+        Col("default + TransNetV2, frames/s", "both_fps", whole),
+        Col("default + TransNetV2 / decode only", "both", "{:.2f}"), Col("default / decode only", "default", "{:.2f}"),
+        Col("default + TransNetV2, CPU ms a frame", "cpu", "{:.2f}")]))
+
+
+def tn_on_device_times_rows(merged: dict) -> list[dict]:
+    """The same run's GIL profiles (bench/profile_shot_gil.py, default + TransNetV2 at 360p, 8 s each):
+    where the reading thread's time went, the pool's, and who held the GIL."""
+    rows = []
+    for code, label in (("before", "7b174bd"), ("after", "TransNetV2 shrinks the detectors' frames")):
+        d = merged[f"gil_{code}_640x360"]
+        t, by = d["batch_times"], d["by_thread"]
+        rows.append({"code": label, "fps": d["frames_per_s"], "gil": d["gil_share"], "cpu": d["cpu_ms_per_frame"],
+                     **{f: t[f"{f}_us_per_frame"] for f in ("decode", "wait", "consume", "prepare")},
+                     "pool_gil": by.get("detect-scale_N", 0.0), "tn_gil": by.get("transnetv2", 0.0)})
+    return rows
+
+
+TABLES.append(Table(
+    "shot_tn_on_device_times_h100", ["shot_speed_ab_h100_tn_on_device.json"], rows=tn_on_device_times_rows, columns=[
+        Col("code", "code"), Col("frames/s (profiled)", "fps", whole),
+        Col("GIL held, share of the time", "gil", "{:.2f}"), Col("CPU ms a frame", "cpu", "{:.2f}"),
+        Col("reading thread: decode, µs a frame", "decode", "{:.0f}"), Col("waiting for the pool", "wait", "{:.0f}"),
+        Col("detectors", "consume", "{:.0f}"), Col("pool: preparing, thread-µs a frame", "prepare", "{:.0f}"),
+        Col("GIL samples: pool", "pool_gil", "{:.2f}"), Col("GIL samples: TransNetV2's thread", "tn_gil", "{:.2f}")]))

@@ -354,3 +354,32 @@ TABLES.append(Table(
         Col("all CPU stages", "total", "{:.1f}"), Col("of round 1 off", "ratio", "{:.2f}x"),
         Col("clips / frames in them", "clips")]))
 
+
+
+def tn_from_detector_seed_rows(*files: dict) -> list[dict]:
+    """Seeds 0-3 (the same renders), bfloat16 on CPU: TransNetV2 gradual beside the default with its
+    48x27 frames scaled by FFmpeg from the decoded frame (before) and shrunk from the detectors'
+    frames by PyTorch (after); then the 16 s edit, after."""
+    before, after, learned = files[:4], files[4:8], files[8]
+    rows = []
+    for seed, (b, a) in enumerate(zip(before, after)):
+        for label, entry, bold in (("+ TransNetV2 gradual, 48x27 by FFmpeg (before)", b["detectors"][BF16_GRADUAL], False),
+                                   ("+ TransNetV2 gradual, 48x27 from the detectors' frames (after)", a["detectors"][BF16_GRADUAL],
+                                    True)):
+            s = entry["summary"]
+            rows.append({**s, "edit": str(seed), "row": label, "missed": ", ".join(missed_cuts(entry)) or "-",
+                         "_bold": ("hard-cut F1", "gradual recall", "false cuts/min",
+                                   "transition frames in shots") if bold else ()})
+    grad = learned["detectors"]["adaptive+histogram+transnetv2 gradual"]
+    rows.append({"edit": "16 s edit", "row": "+ TransNetV2 gradual, from the detectors' frames",
+                 "f1": f"{grad['hard_f1']:.2f}", "gr": str(grad["gradual_recall"]),
+                 "fc": num(grad["false_cuts_per_min"]), "inside": pct(1)(grad["transition_frames_inside"]),
+                 "missed": ", ".join(map(str, grad["missed_cuts"])) or "-"})
+    return rows
+
+
+TABLES.append(Table(
+    "shot_tn_from_detector_seeds",
+    [*(f"shot_wide_cpu_bf16_seed{i}.json" for i in range(4)),
+     *(f"shot_wide_cpu_tn_on_device_seed{i}.json" for i in range(4)), "shot_learned_cpu_tn_on_device.json"],
+    compact=True, rows=tn_from_detector_seed_rows, columns=SEED_COLUMNS))
