@@ -220,23 +220,32 @@ TABLES.append(Table(
         Col("default / decode only", "default", "{:.2f}")]))
 
 
+def _gil_profile_row(d: dict) -> dict:
+    """A bench/profile_shot_gil.py run's frames/s, GIL share, CPU a frame, batch loop times and the
+    pool's share of the GIL samples."""
+    t = d["batch_times"]
+    return {"fps": d["frames_per_s"], "gil": d["gil_share"], "cpu": d["cpu_ms_per_frame"],
+            **{f: t[f"{f}_us_per_frame"] for f in ("decode", "wait", "consume", "prepare")},
+            "pool_gil": d["by_thread"].get("detect-scale_N", 0.0)}
+
+
+GIL_PROFILE_COLUMNS = [Col("frames/s (profiled)", "fps", whole), Col("GIL held, share of the time", "gil", "{:.2f}"),
+                       Col("CPU ms a frame", "cpu", "{:.2f}")]
+
+
 def decode_thread_times_rows(merged: dict) -> list[dict]:
     """The branch's GIL profiles (bench/profile_shot_gil.py, default + TransNetV2 at 360p, 6 s) with 4
     and 6 pool threads: where the decoding and detecting threads' time went, who held the GIL."""
     rows = []
     for threads in (4, 6):
         d = merged[f"gil_after_pt{threads}_640x360"]
-        t, by = d["batch_times"], d["by_thread"]
-        rows.append({"threads": threads, "fps": d["frames_per_s"], "gil": d["gil_share"], "cpu": d["cpu_ms_per_frame"],
-                     **{f: t[f"{f}_us_per_frame"] for f in ("decode", "wait", "consume", "prepare")},
-                     "pool_gil": by.get("detect-scale_N", 0.0), "decode_gil": by.get("detect-decode", 0.0)})
+        rows.append({"threads": threads, **_gil_profile_row(d), "decode_gil": d["by_thread"].get("detect-decode", 0.0)})
     return rows
 
 
 TABLES.append(Table(
     "shot_decode_thread_times_h100", [DECODE_THREAD_RUN], rows=decode_thread_times_rows, columns=[
-        Col("pool threads", "threads"), Col("frames/s (profiled)", "fps", whole),
-        Col("GIL held, share of the time", "gil", "{:.2f}"), Col("CPU ms a frame", "cpu", "{:.2f}"),
+        Col("pool threads", "threads"), *GIL_PROFILE_COLUMNS,
         Col("decoding thread: decode, µs a frame", "decode", "{:.0f}"),
         Col("detecting thread: waiting for a batch", "wait", "{:.0f}"), Col("detectors", "consume", "{:.0f}"),
         Col("pool: preparing, thread-µs a frame", "prepare", "{:.0f}"),
@@ -278,17 +287,13 @@ def tn_on_device_times_rows(merged: dict) -> list[dict]:
     rows = []
     for code, label in (("before", "7b174bd"), ("after", "TransNetV2 shrinks the detectors' frames")):
         d = merged[f"gil_{code}_640x360"]
-        t, by = d["batch_times"], d["by_thread"]
-        rows.append({"code": label, "fps": d["frames_per_s"], "gil": d["gil_share"], "cpu": d["cpu_ms_per_frame"],
-                     **{f: t[f"{f}_us_per_frame"] for f in ("decode", "wait", "consume", "prepare")},
-                     "pool_gil": by.get("detect-scale_N", 0.0), "tn_gil": by.get("transnetv2", 0.0)})
+        rows.append({"code": label, **_gil_profile_row(d), "tn_gil": d["by_thread"].get("transnetv2", 0.0)})
     return rows
 
 
 TABLES.append(Table(
     "shot_tn_on_device_times_h100", ["shot_speed_ab_h100_tn_on_device.json"], rows=tn_on_device_times_rows, columns=[
-        Col("code", "code"), Col("frames/s (profiled)", "fps", whole),
-        Col("GIL held, share of the time", "gil", "{:.2f}"), Col("CPU ms a frame", "cpu", "{:.2f}"),
+        Col("code", "code"), *GIL_PROFILE_COLUMNS,
         Col("reading thread: decode, µs a frame", "decode", "{:.0f}"), Col("waiting for the pool", "wait", "{:.0f}"),
         Col("detectors", "consume", "{:.0f}"), Col("pool: preparing, thread-µs a frame", "prepare", "{:.0f}"),
         Col("GIL samples: pool", "pool_gil", "{:.2f}"), Col("GIL samples: TransNetV2's thread", "tn_gil", "{:.2f}")]))

@@ -315,12 +315,16 @@ def cpu_bf16_seed_rows(*files: dict) -> list[dict]:
             rows.append({**s, "edit": str(seed), "row": label, "missed": ", ".join(missed_cuts(entry)) or "-",
                          "diff": f"{worst:.4f}" if bold and worst is not None else None,
                          "_bold": ("gradual recall", "transition frames in shots") if bold else ()})
-    grad = learned["detectors"]["adaptive+histogram+transnetv2 gradual"]
-    rows.append({"edit": "16 s edit", "row": f"+ TransNetV2 gradual, {learned.get('transnetv2_precision_cpu')}",
-                 "f1": f"{grad['hard_f1']:.2f}", "gr": str(grad["gradual_recall"]),
-                 "fc": num(grad["false_cuts_per_min"]), "inside": pct(1)(grad["transition_frames_inside"]),
-                 "missed": ", ".join(map(str, grad["missed_cuts"])) or "-"})
+    rows.append(learned_gradual_row(learned, f"+ TransNetV2 gradual, {learned.get('transnetv2_precision_cpu')}"))
     return rows
+
+
+def learned_gradual_row(learned: dict, label: str) -> dict:
+    """The 16 s edit's row (bench_shot_learned.py) for TransNetV2 gradual beside the default."""
+    grad = learned["detectors"]["adaptive+histogram+transnetv2 gradual"]
+    return {"edit": "16 s edit", "row": label, "f1": f"{grad['hard_f1']:.2f}", "gr": str(grad["gradual_recall"]),
+            "fc": num(grad["false_cuts_per_min"]), "inside": pct(1)(grad["transition_frames_inside"]),
+            "missed": ", ".join(map(str, grad["missed_cuts"])) or "-"}
 
 
 TABLES.append(Table(
@@ -370,11 +374,7 @@ def tn_from_detector_seed_rows(*files: dict) -> list[dict]:
             rows.append({**s, "edit": str(seed), "row": label, "missed": ", ".join(missed_cuts(entry)) or "-",
                          "_bold": ("hard-cut F1", "gradual recall", "false cuts/min",
                                    "transition frames in shots") if bold else ()})
-    grad = learned["detectors"]["adaptive+histogram+transnetv2 gradual"]
-    rows.append({"edit": "16 s edit", "row": "+ TransNetV2 gradual, from the detectors' frames",
-                 "f1": f"{grad['hard_f1']:.2f}", "gr": str(grad["gradual_recall"]),
-                 "fc": num(grad["false_cuts_per_min"]), "inside": pct(1)(grad["transition_frames_inside"]),
-                 "missed": ", ".join(map(str, grad["missed_cuts"])) or "-"})
+    rows.append(learned_gradual_row(learned, "+ TransNetV2 gradual, from the detectors' frames"))
     return rows
 
 
