@@ -149,7 +149,7 @@ class _NoStream:
     def push_frame(self, frame) -> None:
         pass
 
-    def push_arrays(self, rgbs: list) -> None:
+    def push_arrays(self, frames) -> None:
         pass
 
 

@@ -12,8 +12,8 @@ scaler pool, which makes everything the readers need from them, outside the deco
 mostly outside the GIL (FFmpeg's scaler and OpenCV release it): the detectors' small BGR frames
 with their HSV planes, HSV sums against the frame before, luma histograms and their correlation
 with the frame before's (``DetectionFrame``) and the flash watch's luma grids. TransNetV2 gets the
-same small BGR frames, a batch at a time, and shrinks them to its 48x27 input itself
-(``transnet.model_frames``). The reading thread then runs the detectors on each prepared batch in
+same small BGR frames (frames of the default size of its own when ``split.downscale`` is set), a
+batch at a time, and shrinks them to its 48x27 input itself (``transnet.model_frames``). The reading thread then runs the detectors on each prepared batch in
 decode order, one batch per pool thread behind the decoding. Every value is the one the per-frame
 path computes (the same calls on the same frames), so the cuts are the same
 (tests/test_detect_batches.py). Measured on H100 hosts (docs/benchmarks.md, "Shot detection read
@@ -63,12 +63,11 @@ class DetectionFrame(np.ndarray):
 class BatchPlan:
     """What each batch of decoded frames is turned into (decided once per stream)."""
 
-    size: tuple[int, int] | None  # the detectors' frame (w, h); None when nothing reads frames
+    size: tuple[int, int] | None  # the detectors' frame (w, h); None when no detector reads frames
     turn: int  # clockwise degrees that make the frames upright
-    detect: bool  # the detectors read the frames (else only TransNetV2's are made from them)
     hsv: bool
     hist_bins: int | None  # luma histogram bins, None: no histogram detector
-    transnet: bool  # TransNetV2 reads the frames (the detectors' size; it shrinks them to its 48x27)
+    transnet_size: tuple[int, int] | None  # the frame (w, h) TransNetV2 shrinks to its 48x27; None: no TransNetV2
     grids: bool  # the flash watch's luma grids
 
 
@@ -103,10 +102,11 @@ def plan_for(video, detectors: list, transnet_stream=None, flashes=None) -> Batc
     from vidcorpus.ingest.exact_scores import ExactContextualHistogramDetector, _ExactContentScore
 
     hist = [d._bins for d in detectors if isinstance(d, ExactContextualHistogramDetector)]
-    reads = bool(detectors) or transnet_stream is not None
-    return BatchPlan(video.frame_size if reads else None, video.turn, detect=bool(detectors),
+    source = getattr(transnet_stream, "source_frame", None) if transnet_stream is not None else None
+    return BatchPlan(video.frame_size if detectors else None, video.turn,
                      hsv=any(isinstance(d, _ExactContentScore) for d in detectors),
-                     hist_bins=hist[0] if hist else None, transnet=transnet_stream is not None,
+                     hist_bins=hist[0] if hist else None,
+                     transnet_size=tuple(source[:2]) if source else (video.frame_size if transnet_stream else None),
                      grids=flashes is not None)
 
 
@@ -152,17 +152,23 @@ def prepare(decoded: list[tuple[int, object]], plan: BatchPlan, previous: Future
     out = PreparedBatch([n for n, _f in decoded], None, None, None)
     if plan.grids:
         out.grids = [luma_grid(f) for f in frames]
+    scratch = scratch or Scratch(keep=0)
+    bgr = None
     if plan.size is not None:
-        scratch = scratch or Scratch(keep=0)
-        w, h = plan.size
-        bgr = np.stack([upright_array(f, w, h, format="bgr24", interpolation="AREA", clockwise=plan.turn)
-                        for f in frames], out=scratch.take((len(frames), h, w, 3)))
-        if plan.transnet:  # TransNetV2 shrinks the batch itself, where the model runs (transnet.model_frames)
-            out.transnet = bgr
-        if plan.detect:
-            out.frames = _detection_frames(bgr, out.numbers, plan, previous, scratch)
+        bgr = _scaled(frames, plan.size, plan.turn, scratch)
+        out.frames = _detection_frames(bgr, out.numbers, plan, previous, scratch)
+    if plan.transnet_size is not None:  # TransNetV2 shrinks them itself, where the model runs (transnet.model_frames)
+        out.transnet = bgr if plan.transnet_size == plan.size else _scaled(frames, plan.transnet_size, plan.turn,
+                                                                            scratch)
     out.seconds = time.perf_counter() - started
     return out
+
+
+def _scaled(frames: list, size: tuple[int, int], turn: int, scratch: Scratch) -> np.ndarray:
+    """(n, h, w, 3) upright BGR frames of ``size``, area-averaged by FFmpeg's scaler."""
+    w, h = size
+    return np.stack([upright_array(f, w, h, format="bgr24", interpolation="AREA", clockwise=turn) for f in frames],
+                    out=scratch.take((len(frames), h, w, 3)))
 
 
 def _detection_frames(bgr: np.ndarray, numbers: list[int], plan: BatchPlan, previous: Future | None,

@@ -26,6 +26,7 @@ from vidcorpus.ingest.dissolve import blend_settings, drop_blends
 from vidcorpus.ingest.flash import FlashWatch
 from vidcorpus.ingest.thumbnail_jumps import thumbnail_jumps
 from vidcorpus.ingest.transnet import TransNetRun
+from vidcorpus.ingest.transnet import source_frame as transnet_source
 from vidcorpus.media import clockwise_rotation, displayed_size
 from vidcorpus.storage import is_local_fs
 
@@ -184,8 +185,8 @@ def open_detection_stream(path: str, cfg, flashes: FlashWatch | None = None, tra
             stream = _scaled_pyav_stream(path, cfg.downscale, (lambda f: [r(f) for r in readers]) if readers else None,
                                          rotation, start, index)
             stream.transnet_stream = transnet.stream if transnet else None  # the batched reader feeds it itself
-            if transnet:  # its 48x27 frames are shrunk from the detectors' frames, on either path
-                transnet.stream.detector_frame = (*stream.size, stream.turn)
+            if transnet:  # what its 48x27 frames are shrunk from, on either path (the detectors' by default)
+                transnet.stream.source_frame = transnet_source(*stream.coded_size, stream.turn)
             return stream
         return open_video(path, backend="opencv")
     except Exception as e:  # noqa: BLE001 - scenedetect wraps many decoder errors

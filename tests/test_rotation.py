@@ -15,7 +15,7 @@ import pytest
 from vidcorpus.config import SplitConfig
 from vidcorpus.ingest.probe import probe_video_file
 from vidcorpus.ingest.split import _scaled_pyav_stream, detect_segments
-from vidcorpus.media import read_frames, upright_array
+from vidcorpus.media import read_frames
 from vidcorpus.synth import _shot
 
 FPS = 24
@@ -84,12 +84,29 @@ def test_shot_detection_sees_the_upright_picture(videos, rotation):
     assert found.shots == detect_segments(videos["plain"], SplitConfig(), fps=FPS).shots == [(0, 29), (30, 59)]
 
 
-def test_the_transnet_input_is_upright(videos):
-    """TransNetV2 reads 48x27 frames (ingest/transnet.py push_frame): the upright picture squeezed."""
+@pytest.mark.parametrize("rotation", [None, 90])  # the frame's display matrix, or the probe's value
+def test_the_transnet_input_is_upright(videos, rotation):
+    """TransNetV2 reads 48x27 frames shrunk from the upright detector-size frames (ingest/transnet.py
+    model_frames), on the batched reader's path and push_frame's alike: the upright picture squeezed."""
+    torch = pytest.importorskip("torch")
+    from vidcorpus.ingest.transnet import TransNetRun, TransNetStream, model_frames, source_frame_of
+
     with av.open(videos["portrait"]) as c:
         frame = next(c.decode(video=0))
-        small = upright_array(frame, 48, 27)
+    small = model_frames(source_frame_of(frame)[None]).numpy()[0]  # push_frame's path
     assert small.shape == (27, 48, 3) and _corner(small) == "top-right"
+
+    seen = []
+
+    def recording_model(windows):  # (n, 100, 27, 48, 3): frame 25 of the first window is the first frame
+        seen.append(windows[0, 25].numpy().copy())
+        zeros = torch.zeros(windows.shape[0], windows.shape[1], 1)
+        return zeros, {"many_hot": zeros}
+
+    cfg = SplitConfig(detectors=["adaptive", "histogram", "transnetv2"])
+    run = TransNetRun(TransNetStream(recording_model), cfg, "recording")
+    detect_segments(videos["portrait"], cfg, fps=FPS, transnet=run, rotation=rotation)  # the batched reader
+    assert np.array_equal(seen[0], small)
 
 
 def test_extracted_clips_of_phone_footage_are_upright(tmp_path, videos):

@@ -415,6 +415,41 @@ def test_on_a_cpu_a_busy_model_holds_few_batches_of_detector_frames():
     assert len(pushed) == 40 and len(single) == 40 * 16
 
 
+def test_transnet_reads_the_same_frames_whatever_split_downscale():
+    """split.downscale sets the detectors' frame size; TransNetV2's input is shrunk from the split's
+    default size either way (ingest/transnet.py source_frame): the same frames, so a saved
+    probability file means one thing, and full-size frames are never queued for it."""
+    import torch
+
+    inputs = []
+    for downscale in (0, 1, 3):
+        windows = []
+
+        def recording_model(x):
+            windows.append(x.numpy().copy())
+            zeros = torch.zeros(x.shape[0], x.shape[1], 1)
+            return zeros, {"many_hot": zeros}
+
+        cfg = SplitConfig(detectors=["adaptive", "histogram", "transnetv2"], downscale=downscale)
+        run = TransNetRun(TransNetStream(recording_model), cfg, "recording")
+        detect_shots(_bikes(), cfg, fps=FPS, transnet=run)
+        inputs.append(np.concatenate(windows))
+    assert inputs[0].shape[0] >= 5 and inputs[0].shape[2:] == (27, 48, 3)
+    assert np.array_equal(inputs[0], inputs[1]) and np.array_equal(inputs[0], inputs[2])
+
+
+def test_on_a_gpu_the_frames_queued_for_transnet_stay_within_a_budget():
+    """The batched reader hands TransNetV2 batches of detector-size frames (16 of 256x144 at 360p, 4 of
+    256x455 from portrait 1080p); queued for its worker on a GPU they stay under 32 MB, on a CPU 4 batches."""
+    from vidcorpus.ingest.transnet import CPU_BATCHES_HELD, QUEUED_BYTES
+
+    for frames, h, w in ((16, 144, 256), (4, 455, 256), (2, 27, 48)):
+        nbytes = frames * h * w * 3
+        held = TransNetStream(None, "cuda")._batches_held(nbytes)
+        assert CPU_BATCHES_HELD <= held <= 32 and held * nbytes <= max(QUEUED_BYTES, CPU_BATCHES_HELD * nbytes)
+    assert TransNetStream(None, "cpu")._batches_held(16 * 144 * 256 * 3) == CPU_BATCHES_HELD
+
+
 def test_a_refused_source_leaves_no_transnet_thread_behind(crossfade):
     """A source that runs past ingest.max_duration_s is refused as before; the worker holding its
     decoded frames ends with it."""
