@@ -34,7 +34,8 @@ from run_meta import finish_metadata, run_metadata
 from vidcorpus.config import load_config
 from vidcorpus.ids import source_id
 from vidcorpus.ingest.extract import ExtractStage
-from vidcorpus.ingest.split import detect_shots, detection_size
+from vidcorpus.ingest.split import detect_shots
+from vidcorpus.media import detection_size
 from vidcorpus.ingest.split_stage import SplitStage
 from vidcorpus.media import probe_video
 from vidcorpus.schemas import empty_row, rows_to_table

@@ -27,10 +27,8 @@ from vidcorpus.ingest.flash import FlashWatch
 from vidcorpus.ingest.thumbnail_jumps import thumbnail_jumps
 from vidcorpus.ingest.transnet import TransNetRun
 from vidcorpus.ingest.transnet import source_frame as transnet_source
-from vidcorpus.media import clockwise_rotation, displayed_size
+from vidcorpus.media import clockwise_rotation, detection_size, displayed_size
 from vidcorpus.storage import is_local_fs
-
-DETECT_WIDTH = 256  # scenedetect's own automatic target width
 
 
 @contextlib.contextmanager
@@ -44,12 +42,6 @@ def local_copy(url: str):
     with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
         fs.get_file(path, tmp.name)
         yield tmp.name
-
-
-def detection_size(width: int, height: int, downscale: int) -> tuple[int, int]:
-    """(w, h) the detectors see: 1/downscale of the frame, or about DETECT_WIDTH wide when 0."""
-    factor = downscale if downscale > 0 else max(1.0, width / DETECT_WIDTH)
-    return max(2, round(width / factor)), max(2, round(height / factor))
 
 
 def first_frame_rotation(path: str) -> int:

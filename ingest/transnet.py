@@ -42,7 +42,7 @@ from vidcorpus.errors import ModelNotAvailable
 from vidcorpus.ingest.frame_worker import FrameWorker
 from vidcorpus.ingest.transnet_gradual import decide as decide_transitions
 from vidcorpus.ingest.transnet_transitions import Transitions
-from vidcorpus.media import clockwise_rotation, displayed_size, upright_array
+from vidcorpus.media import clockwise_rotation, detection_size, displayed_size, upright_array
 
 WIDTH, HEIGHT = 48, 27  # the model's input size
 WINDOW, CONTEXT = 100, 25
@@ -207,9 +207,6 @@ def source_frame(width: int, height: int, turn: int) -> tuple[int, int, int]:
     (about 256 px wide), the detectors' own frame unless ``split.downscale`` is set. Fixed so that
     neither the model's input nor the frames queued for it (``TransNetStream._batches_held``) depend
     on that setting, and the shrink stays within what PyTorch's CUDA kernel takes."""
-    # inside: split imports this module
-    from vidcorpus.ingest.split import detection_size
-
     return (*detection_size(*displayed_size(width, height, turn), 0), turn)
 
 

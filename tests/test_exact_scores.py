@@ -23,8 +23,8 @@ from vidcorpus.ingest.exact_scores import (ExactAdaptiveDetector, ExactContentDe
                                            ExactContextualHistogramDetector)
 from vidcorpus.ingest.frame_worker import FrameWorker
 from vidcorpus.ingest.histogram_context import ContextualHistogramDetector
-from vidcorpus.ingest.split import detect_segments, detection_size
-from vidcorpus.media import upright_array
+from vidcorpus.ingest.split import detect_segments
+from vidcorpus.media import detection_size, upright_array
 
 
 def _footage() -> list[str]:

@@ -136,6 +136,16 @@ def displayed_size(width: int, height: int, clockwise: int) -> tuple[int, int]:
     return (height, width) if clockwise % 180 == 90 else (width, height)
 
 
+DETECT_WIDTH = 256  # scenedetect's own automatic target width
+
+
+def detection_size(width: int, height: int, downscale: int) -> tuple[int, int]:
+    """(w, h) the shot detectors see (``ingest/split.py``; TransNetV2's frames are shrunk from the
+    default one): 1/downscale of the frame, or about DETECT_WIDTH wide when 0."""
+    factor = downscale if downscale > 0 else max(1.0, width / DETECT_WIDTH)
+    return max(2, round(width / factor)), max(2, round(height / factor))
+
+
 def to_rgb_upright(frame: av.VideoFrame) -> np.ndarray:
     """``frame_seek.to_rgb`` turned upright when the frame carries a display matrix (phone footage);
     the very same array otherwise (clips vidcorpus extracts carry none)."""
