@@ -30,7 +30,8 @@ import av
 
 from vidcorpus.config import SplitConfig
 from vidcorpus.ingest.split import detect_segments
-from vidcorpus.ingest.transnet import HEIGHT, WIDTH, TransNetRun
+from vidcorpus.ingest.transnet import TransNetRun
+from vidcorpus.ingest.transnet_input import HEIGHT, WIDTH
 from vidcorpus.media import upright_array
 
 _CPU: dict[str, float] = {}

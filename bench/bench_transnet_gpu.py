@@ -44,8 +44,8 @@ import torch
 from vidcorpus.config import SplitConfig
 from vidcorpus.ingest.probe import probe_video_file
 from vidcorpus.ingest.split import detect_segments
-from vidcorpus.ingest.transnet import (CONTEXT, HEIGHT, STEP, WIDTH, WINDOW, TransNetRun, bfloat16_here, load_model,
-                                       pick_device)
+from vidcorpus.ingest.transnet import CONTEXT, STEP, WINDOW, TransNetRun, bfloat16_here, load_model, pick_device
+from vidcorpus.ingest.transnet_input import HEIGHT, WIDTH
 from vidcorpus.media import upright_array
 
 

@@ -13,7 +13,7 @@ mostly outside the GIL (FFmpeg's scaler and OpenCV release it): the detectors' s
 with their HSV planes, HSV sums against the frame before, luma histograms and their correlation
 with the frame before's (``DetectionFrame``) and the flash watch's luma grids. TransNetV2 gets the
 same small BGR frames (frames of the default size of its own when ``split.downscale`` is set), a
-batch at a time, and shrinks them to its 48x27 input itself (``transnet.model_frames``). The reading thread then runs the detectors on each prepared batch in
+batch at a time, and shrinks them to its 48x27 input itself (``transnet_input.model_frames``). The reading thread then runs the detectors on each prepared batch in
 decode order, one batch per pool thread behind the decoding. Every value is the one the per-frame
 path computes (the same calls on the same frames), so the cuts are the same
 (tests/test_detect_batches.py). Measured on H100 hosts (docs/benchmarks.md, "Shot detection read
@@ -157,7 +157,7 @@ def prepare(decoded: list[tuple[int, object]], plan: BatchPlan, previous: Future
     if plan.size is not None:
         bgr = _scaled(frames, plan.size, plan.turn, scratch)
         out.frames = _detection_frames(bgr, out.numbers, plan, previous, scratch)
-    if plan.transnet_size is not None:  # TransNetV2 shrinks them itself, where the model runs (transnet.model_frames)
+    if plan.transnet_size is not None:  # TransNetV2 shrinks them itself, where the model runs (transnet_input.model_frames)
         out.transnet = bgr if plan.transnet_size == plan.size else _scaled(frames, plan.transnet_size, plan.turn,
                                                                             scratch)
     out.seconds = time.perf_counter() - started

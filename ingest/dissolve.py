@@ -31,8 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vidcorpus.ingest.segments import TRANSITION, DroppedSegment, uncovered
-from vidcorpus.ingest.transnet import exclude_spans
+from vidcorpus.ingest.segments import TRANSITION, DroppedSegment, exclude_spans, uncovered
 
 DETECTOR = "dissolve"
 

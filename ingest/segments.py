@@ -97,3 +97,34 @@ def with_dropped(row: dict, first: int, last: int, reason: str, detector: str) -
         return row
     extra = DroppedSegment(first, last, reason, detector).as_row()
     return dict(row, dropped=[*(row.get("dropped") or []), extra])
+
+
+def exclude_spans(segments: list[tuple[int, int]], spans: list[tuple[int, int]],
+                  min_len: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(segments without the span frames, the spans as excluded).
+
+    A piece shorter than ``min_len`` left between a span and a segment edge is a transition tail
+    (another detector placed its cut a few frames off): it joins the excluded span.
+    """
+    if not spans:
+        return segments, []
+    out: list[tuple[int, int]] = []
+    excluded = [list(s) for s in spans]
+    for first, last in segments:
+        pieces = [(first, last)]
+        for sa, sb in spans:
+            nxt = []
+            for a, b in pieces:
+                if sb < a or sa > b:
+                    nxt.append((a, b))
+                    continue
+                nxt.extend(p for p in ((a, sa - 1), (sb + 1, b)) if p[1] >= p[0])
+            pieces = nxt
+        for a, b in pieces:
+            touching = [s for s in excluded if s[0] == b + 1 or s[1] == a - 1]
+            if b - a + 1 < min_len and touching and (a, b) != (first, last):
+                span = touching[0]
+                span[0], span[1] = min(span[0], a), max(span[1], b)
+            else:
+                out.append((a, b))
+    return out, [tuple(s) for s in sorted(excluded)]

@@ -26,7 +26,7 @@ from vidcorpus.ingest.dissolve import blend_settings, drop_blends
 from vidcorpus.ingest.flash import FlashWatch
 from vidcorpus.ingest.thumbnail_jumps import thumbnail_jumps
 from vidcorpus.ingest.transnet import TransNetRun
-from vidcorpus.ingest.transnet import source_frame as transnet_source
+from vidcorpus.ingest.transnet_input import source_frame as transnet_source
 from vidcorpus.media import clockwise_rotation, detection_size, displayed_size
 from vidcorpus.storage import is_local_fs
 

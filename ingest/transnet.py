@@ -8,9 +8,9 @@ windows step by 50 and the sequence is padded with copies of its first and last 
 the reference implementation does.
 
 Frames come from the decode that shot detection already runs: the detectors' small upright frames
-(about 256 px wide, ``source_frame``; ``TransNetStream.push_arrays`` with a batch the batched reader made,
+(about 256 px wide, ``transnet_input.source_frame``; ``TransNetStream.push_arrays`` with a batch the batched reader made,
 ``ingest/detect_batches.py``; ``push_frame`` makes them from each decoded frame otherwise), shrunk
-to 48x27 where the model runs (``model_frames``). Windows are run in batches as soon as they are
+to 48x27 where the model runs (``transnet_input.model_frames``). Windows are run in batches as soon as they are
 complete, and only the frames the next window needs are held: memory does not grow with video
 length. The shrinking, the windows and the model calls run on a worker thread beside the decode
 (``ingest/frame_worker.py``), and the model's outputs stay on its device until the end (no wait for
@@ -40,11 +40,11 @@ import pyarrow.parquet as pq
 
 from vidcorpus.errors import ModelNotAvailable
 from vidcorpus.ingest.frame_worker import FrameWorker
+from vidcorpus.ingest.segments import exclude_spans
 from vidcorpus.ingest.transnet_gradual import decide as decide_transitions
+from vidcorpus.ingest.transnet_input import model_frames, source_frame_of
 from vidcorpus.ingest.transnet_transitions import Transitions
-from vidcorpus.media import clockwise_rotation, detection_size, displayed_size, upright_array
 
-WIDTH, HEIGHT = 48, 27  # the model's input size
 WINDOW, CONTEXT = 100, 25
 STEP = WINDOW - 2 * CONTEXT  # frames each window predicts
 HAND_OVER = 8  # decoded frames handed to the worker thread at once (at most 4 such lists held: 32 frames)
@@ -174,49 +174,6 @@ def load_model(weights: str = BUNDLED, device: str = "cpu"):
         model.load_state_dict(torch.load(weights, map_location="cpu"))
     model = model.eval().to(device)
     return model.to(memory_format=torch.channels_last_3d) if device == "cpu" else model
-
-
-def model_frames(bgr: np.ndarray, device: str = "cpu"):
-    """The model's (n, 27, 48, 3) uint8 RGB frames, a torch tensor on ``device``, from a batch of
-    upright BGR frames (n, h, w, 3) of the detectors' size (``source_frame``): antialiased bilinear (FFmpeg's bilinear scaler, which
-    made them before, also widens its filter when it shrinks), in 8 bits as the model was trained
-    (on a CPU PyTorch's fixed-point kernel, on a GPU its float one rounded: they differ by at most one
-    level, as the model's own arithmetic differs between the two).
-
-    Why from the detectors' frames, and here: at 360p FFmpeg's scaling of each decoded frame to 48x27
-    took about as long as its scaling to the detectors' 256x144 (110 µs a frame), on the scaler pool,
-    one more call a frame that gives the GIL up and waits to get it back (docs/benchmarks.md, "Shot
-    detection, fourth round"). Here it is a few calls a batch where the model runs (on a GPU, off the
-    CPU), and each frame's result depends on that frame alone (tests/test_transnet.py)."""
-    # inside: torch only where TransNetV2 runs (the runner imports this module, via split, without torch)
-    import torch
-    import torch.nn.functional as F
-
-    x = torch.from_numpy(np.ascontiguousarray(bgr)).permute(0, 3, 1, 2)  # (n, 3, h, w), channels last in memory
-    shrink = dict(size=(HEIGHT, WIDTH), mode="bilinear", antialias=True, align_corners=False)
-    if str(device) == "cpu":  # PyTorch's 8-bit kernel: 26 µs a 256x144 frame against 250 in float, within one level
-        small = F.interpolate(x, **shrink)
-    else:  # no 8-bit kernel on CUDA
-        small = F.interpolate(x.to(device).float(), **shrink).round_().clamp_(0, 255).to(torch.uint8)
-    return small.flip(1).permute(0, 2, 3, 1).contiguous()
-
-
-def source_frame(width: int, height: int, turn: int) -> tuple[int, int, int]:
-    """(w, h, turn) of the upright BGR frame the model's frames are shrunk from, for decoded frames of
-    ``width`` x ``height`` turned ``turn`` degrees clockwise: the split's default detection size
-    (about 256 px wide), the detectors' own frame unless ``split.downscale`` is set. Fixed so that
-    neither the model's input nor the frames queued for it (``TransNetStream._batches_held``) depend
-    on that setting, and the shrink stays within what PyTorch's CUDA kernel takes."""
-    return (*detection_size(*displayed_size(width, height, turn), 0), turn)
-
-
-def source_frame_of(frame, source: tuple[int, int, int] | None = None) -> np.ndarray:
-    """The upright BGR frame (``source``: its width, height and turn; None: ``source_frame`` of the
-    frame's own size and display matrix) of one decoded ``av.VideoFrame``, as the batched reader makes it."""
-    if source is None:
-        source = source_frame(frame.width, frame.height, clockwise_rotation(frame))
-    w, h, turn = source
-    return upright_array(frame, w, h, format="bgr24", interpolation="AREA", clockwise=turn)
 
 
 @dataclass
@@ -358,37 +315,6 @@ class TransNetStream:
             single = torch.cat(self._single).cpu().numpy()[: self.n_frames]
             many = torch.cat(self._many).cpu().numpy()[: self.n_frames]
         return single.astype(np.float32), many.astype(np.float32)
-
-
-def exclude_spans(segments: list[tuple[int, int]], spans: list[tuple[int, int]],
-                  min_len: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """(segments without the span frames, the spans as excluded).
-
-    A piece shorter than ``min_len`` left between a span and a segment edge is a transition tail
-    (another detector placed its cut a few frames off): it joins the excluded span.
-    """
-    if not spans:
-        return segments, []
-    out: list[tuple[int, int]] = []
-    excluded = [list(s) for s in spans]
-    for first, last in segments:
-        pieces = [(first, last)]
-        for sa, sb in spans:
-            nxt = []
-            for a, b in pieces:
-                if sb < a or sa > b:
-                    nxt.append((a, b))
-                    continue
-                nxt.extend(p for p in ((a, sa - 1), (sb + 1, b)) if p[1] >= p[0])
-            pieces = nxt
-        for a, b in pieces:
-            touching = [s for s in excluded if s[0] == b + 1 or s[1] == a - 1]
-            if b - a + 1 < min_len and touching and (a, b) != (first, last):
-                span = touching[0]
-                span[0], span[1] = min(span[0], a), max(span[1], b)
-            else:
-                out.append((a, b))
-    return out, [tuple(s) for s in sorted(excluded)]
 
 
 def save_probabilities(url: str, single: np.ndarray, many: np.ndarray, model: str) -> None:

@@ -86,10 +86,11 @@ def test_shot_detection_sees_the_upright_picture(videos, rotation):
 
 @pytest.mark.parametrize("rotation", [None, 90])  # the frame's display matrix, or the probe's value
 def test_the_transnet_input_is_upright(videos, rotation):
-    """TransNetV2 reads 48x27 frames shrunk from the upright detector-size frames (ingest/transnet.py
+    """TransNetV2 reads 48x27 frames shrunk from the upright detector-size frames (ingest/transnet_input.py
     model_frames), on the batched reader's path and push_frame's alike: the upright picture squeezed."""
     torch = pytest.importorskip("torch")
-    from vidcorpus.ingest.transnet import TransNetRun, TransNetStream, model_frames, source_frame_of
+    from vidcorpus.ingest.transnet import TransNetRun, TransNetStream
+    from vidcorpus.ingest.transnet_input import model_frames, source_frame_of
 
     with av.open(videos["portrait"]) as c:
         frame = next(c.decode(video=0))

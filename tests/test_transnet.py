@@ -20,8 +20,8 @@ from vidcorpus.errors import ModelNotAvailable
 from vidcorpus.ingest import transnet
 from vidcorpus.ingest.split import detect_shots
 from vidcorpus.ingest.split_stage import SplitStage
-from vidcorpus.ingest.transnet import (TransNetRun, TransNetStream, exclude_spans, load_model, load_probabilities,
-                                       transitions_from_file)
+from vidcorpus.ingest.segments import exclude_spans
+from vidcorpus.ingest.transnet import TransNetRun, TransNetStream, load_model, load_probabilities, transitions_from_file
 from vidcorpus.ingest.transnet_transitions import find_transitions
 from vidcorpus.media import encode_video, probe_video
 from vidcorpus.schemas import empty_row, rows_to_table
@@ -104,9 +104,9 @@ def test_streamed_batched_windows_match_the_reference_implementation():
 @pytest.mark.parametrize("w, h", [(256, 144), (144, 256), (96, 54), (40, 20)])
 def test_model_frames_of_a_batch_are_each_frames_own(w, h):
     """TransNetV2's 48x27 frames are made a batch at a time from the detectors' frames
-    (ingest/transnet.py model_frames): each is what that frame alone gives (a trace of a neighbour
+    (ingest/transnet_input.py model_frames): each is what that frame alone gives (a trace of a neighbour
     would change the probabilities), RGB from the detectors' BGR, the picture squeezed, not cropped."""
-    from vidcorpus.ingest.transnet import model_frames
+    from vidcorpus.ingest.transnet_input import model_frames
 
     rng = np.random.default_rng(w * h)
     bgr = rng.integers(0, 256, (9, h, w, 3), dtype=np.uint8)
@@ -417,7 +417,7 @@ def test_on_a_cpu_a_busy_model_holds_few_batches_of_detector_frames():
 
 def test_transnet_reads_the_same_frames_whatever_split_downscale():
     """split.downscale sets the detectors' frame size; TransNetV2's input is shrunk from the split's
-    default size either way (ingest/transnet.py source_frame): the same frames, so a saved
+    default size either way (ingest/transnet_input.py source_frame): the same frames, so a saved
     probability file means one thing, and full-size frames are never queued for it."""
     import torch
 
