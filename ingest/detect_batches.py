@@ -36,7 +36,7 @@ import numpy as np
 from vidcorpus.ingest import scale_ahead
 from vidcorpus.ingest.scale_ahead import scaler_pool
 from vidcorpus.ingest.thumbnails import luma_grid
-from vidcorpus.media import upright_array
+from vidcorpus.media import detection_frame
 
 AHEAD: int | None = None  # batches submitted and not yet consumed (None: one per pool thread); in flight: AHEAD + 1
 FRAME_BUDGET = 8_000_000  # decoded pixels a batch aims at: 16 frames at 360p, 8 at 720p, 2 (the floor) at 4K
@@ -102,11 +102,13 @@ def plan_for(video, detectors: list, transnet_stream=None, flashes=None) -> Batc
     from vidcorpus.ingest.exact_scores import ExactContextualHistogramDetector, _ExactContentScore
 
     hist = [d._bins for d in detectors if isinstance(d, ExactContextualHistogramDetector)]
-    source = getattr(transnet_stream, "source_frame", None) if transnet_stream is not None else None
+    # inside: transnet_input imports torch lazily; the size only
+    from vidcorpus.ingest.transnet_input import source_frame
+
     return BatchPlan(video.frame_size if detectors else None, video.turn,
                      hsv=any(isinstance(d, _ExactContentScore) for d in detectors),
                      hist_bins=hist[0] if hist else None,
-                     transnet_size=tuple(source[:2]) if source else (video.frame_size if transnet_stream else None),
+                     transnet_size=source_frame(*video.coded_size, video.turn)[:2] if transnet_stream is not None else None,
                      grids=flashes is not None)
 
 
@@ -165,10 +167,9 @@ def prepare(decoded: list[tuple[int, object]], plan: BatchPlan, previous: Future
 
 
 def _scaled(frames: list, size: tuple[int, int], turn: int, scratch: Scratch) -> np.ndarray:
-    """(n, h, w, 3) upright BGR frames of ``size``, area-averaged by FFmpeg's scaler."""
+    """(n, h, w, 3) upright BGR frames of ``size`` (``media.detection_frame``)."""
     w, h = size
-    return np.stack([upright_array(f, w, h, format="bgr24", interpolation="AREA", clockwise=turn) for f in frames],
-                    out=scratch.take((len(frames), h, w, 3)))
+    return np.stack([detection_frame(f, w, h, turn) for f in frames], out=scratch.take((len(frames), h, w, 3)))
 
 
 def _detection_frames(bgr: np.ndarray, numbers: list[int], plan: BatchPlan, previous: Future | None,

@@ -15,7 +15,7 @@ from scenedetect import FrameTimecode
 from scenedetect.backends.pyav import VideoStreamAv
 
 from vidcorpus.ingest.scale_ahead import ScaleAhead
-from vidcorpus.media import upright_array
+from vidcorpus.media import detection_frame
 
 # FFmpeg's decoder threads for the detection stream; None: FFmpeg's choice (one per core, and one).
 # A measuring knob (bench/shot_knobs.sh): on an idle 16-core host those threads may take the cores
@@ -95,7 +95,7 @@ class ScaledStream(VideoStreamAv):
 
     def _scale(self, frame) -> np.ndarray:
         w, h = self.size
-        return upright_array(frame, w, h, format="bgr24", interpolation="AREA", clockwise=self._turn)
+        return detection_frame(frame, w, h, self._turn)
 
     def read(self, decode: bool = True) -> np.ndarray | bool:
         # frames are decoded here, in order, and scaled on helper threads a few frames ahead

@@ -259,12 +259,14 @@ class TransNetStream:
             frames, self._handed = self._handed, []
             self._push_decoded(frames)
 
-    def push(self, rgb) -> None:
-        """One model-size frame: a (27, 48, 3) uint8 RGB array, or a tensor on the stream's device."""
-        self.push_many((rgb,))
+    def push(self, rgb: np.ndarray) -> None:
+        """One model-size frame, a (27, 48, 3) uint8 RGB array."""
+        import torch  # inside: torch only where TransNetV2 runs (the runner imports this module, via split, without torch)
+
+        self.push_many((torch.from_numpy(rgb),))
 
     def push_many(self, rgbs) -> None:
-        """Model-size frames in order (all arrays or all tensors, as ``push``)."""
+        """Model-size frames in order: (27, 48, 3) uint8 RGB tensors (``model_frames``' rows)."""
         for rgb in rgbs:
             if self.n_frames == 0:
                 self._buf.extend([rgb] * CONTEXT)
@@ -282,11 +284,7 @@ class TransNetStream:
         import torch
 
         start = self._next_window * STEP - self._base
-        span = self._buf[start:start + STEP * (n_windows - 1) + WINDOW]
-        if isinstance(span[0], np.ndarray):
-            x = torch.from_numpy(np.stack(span)).to(self.device)
-        else:  # made on the device already (model_frames)
-            x = torch.stack(span)
+        x = torch.stack(self._buf[start:start + STEP * (n_windows - 1) + WINDOW]).to(self.device)  # a no-op where made there
         windows = x.unfold(0, WINDOW, STEP).permute(0, 4, 1, 2, 3)  # (n, 100, 27, 48, 3)
         with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=self.bfloat16):
             single, extra = self.model(windows.contiguous())

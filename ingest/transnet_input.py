@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vidcorpus.media import clockwise_rotation, detection_size, displayed_size, upright_array
+from vidcorpus.media import clockwise_rotation, detection_frame, detection_size, displayed_size
 
 WIDTH, HEIGHT = 48, 27  # the model's input size
 
@@ -56,5 +56,4 @@ def source_frame_of(frame, source: tuple[int, int, int] | None = None) -> np.nda
     frame's own size and display matrix) of one decoded ``av.VideoFrame``, as the batched reader makes it."""
     if source is None:
         source = source_frame(frame.width, frame.height, clockwise_rotation(frame))
-    w, h, turn = source
-    return upright_array(frame, w, h, format="bgr24", interpolation="AREA", clockwise=turn)
+    return detection_frame(frame, *source)

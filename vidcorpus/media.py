@@ -146,6 +146,12 @@ def detection_size(width: int, height: int, downscale: int) -> tuple[int, int]:
     return max(2, round(width / factor)), max(2, round(height / factor))
 
 
+def detection_frame(frame: av.VideoFrame, width: int, height: int, clockwise: int) -> np.ndarray:
+    """The shot detectors' upright BGR frame of ``width`` x ``height`` (``detection_size``), area-averaged
+    by FFmpeg: one definition for the per-frame reader, the batched one and TransNetV2's input."""
+    return upright_array(frame, width, height, format="bgr24", interpolation="AREA", clockwise=clockwise)
+
+
 def to_rgb_upright(frame: av.VideoFrame) -> np.ndarray:
     """``frame_seek.to_rgb`` turned upright when the frame carries a display matrix (phone footage);
     the very same array otherwise (clips vidcorpus extracts carry none)."""
