@@ -28,7 +28,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_transnet_gpu import NoNetwork, decode_only  # noqa: E402
+from bench_transnet_gpu import NoNetwork, cpu_seconds, decode_only  # noqa: E402
 
 from vidcorpus.config import SplitConfig  # noqa: E402
 from vidcorpus.ingest.probe import probe_video_file  # noqa: E402
@@ -155,10 +155,10 @@ def main(argv: list[str] | None = None) -> dict:
                             "-r", str(a.rate), "-d", str(int(a.seconds)), "-f", "raw", "-o", raw],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)  # py-spy attaching
-    frames, t0, c0 = 0, time.perf_counter(), time.process_time()
+    frames, t0, c0 = 0, time.perf_counter(), cpu_seconds()
     while spy.poll() is None:
         frames += run()
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0  # the decoding child's too
     err = spy.stderr.read() if spy.stderr else ""
     if not os.path.exists(raw):
         sys.exit(f"py-spy wrote nothing: {err.strip().splitlines()[-1:] or spy.returncode}")

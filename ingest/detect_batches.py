@@ -35,12 +35,13 @@ import numpy as np
 
 from vidcorpus.ingest import scale_ahead
 from vidcorpus.ingest.scale_ahead import scaler_pool
-from vidcorpus.ingest.thumbnails import luma_grid
+from vidcorpus.ingest.thumbnails import THUMB_H, THUMB_W, luma_grid
 from vidcorpus.media import detection_frame
 
 AHEAD: int | None = None  # batches submitted and not yet consumed (None: one per pool thread); in flight: AHEAD + 1
 FRAME_BUDGET = 8_000_000  # decoded pixels a batch aims at: 16 frames at 360p, 8 at 720p, 2 (the floor) at 4K
 MAX_BATCH = 16
+GRID_SHAPE = (4 * THUMB_H, 4 * THUMB_W)  # a luma grid's (thumbnails.luma_grid)
 
 
 class DetectionFrame(np.ndarray):
@@ -127,8 +128,10 @@ class Scratch:
         self._keep = keep
         self._lock = threading.Lock()  # the pool's threads take from one stream's scratch
 
-    def take(self, shape: tuple[int, ...]) -> np.ndarray:
-        """A uint8 array of ``shape`` that no one else refers to (contents undefined)."""
+    def take(self, shape: tuple[int, ...], dtype=np.uint8) -> np.ndarray:
+        """A uint8 array of ``shape`` that no one else refers to (contents undefined); other types: a fresh one."""
+        if dtype != np.uint8:
+            return np.empty(shape, dtype)
         with self._lock:
             for array in self._arrays:  # (a plain loop: enumerate's reused tuple would hold a reference)
                 if array.shape == shape and sys.getrefcount(array) == 3:  # the list, ``array``, the call's argument
@@ -150,26 +153,56 @@ def prepare(decoded: list[tuple[int, object]], plan: BatchPlan, previous: Future
     frame's content sums are measured against (it started first: the pool takes tasks in order).
     ``scratch``: the stream's reusable batch arrays (None: fresh ones)."""
     started = time.perf_counter()
-    frames = [f for _n, f in decoded]
-    out = PreparedBatch([n for n, _f in decoded], None, None, None)
-    if plan.grids:
-        out.grids = [luma_grid(f) for f in frames]
     scratch = scratch or Scratch(keep=0)
-    bgr = None
+    bgr, transnet, grids = scale_batch([f for _n, f in decoded], plan, scratch.take)
+    return _finish([n for n, _f in decoded], bgr, transnet, grids, plan, previous, scratch, started)
+
+
+def prepare_copied(numbers: list[int], bgr: np.ndarray | None, transnet: np.ndarray | None, grids: np.ndarray | None,
+                   plan: BatchPlan, previous: Future | None, scratch: Scratch) -> PreparedBatch:
+    """``prepare`` of a batch that ``scale_batch`` made in the decoding process (``ingest/decode_process.py``):
+    its arrays, in a shared slot the process writes the next batches into, are copied out first."""
+    started = time.perf_counter()
+
+    def copied(array: np.ndarray | None) -> np.ndarray | None:
+        if array is None:
+            return None
+        out = scratch.take(array.shape, array.dtype)
+        np.copyto(out, array)
+        return out
+
+    return _finish(numbers, copied(bgr), copied(transnet), copied(grids), plan, previous, scratch, started)
+
+
+def scale_batch(frames: list, plan: BatchPlan, take) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """FFmpeg's part of a batch (``av.VideoFrame``s): the detectors' frames, TransNetV2's when it reads
+    another size (None: it reads the detectors'), the flash watch's luma grids, each in an array that
+    ``take(shape, dtype)`` gives. On a pool thread, or in the decoding process."""
+    bgr = transnet = grids = None
     if plan.size is not None:
-        bgr = _scaled(frames, plan.size, plan.turn, scratch)
-        out.frames = _detection_frames(bgr, out.numbers, plan, previous, scratch)
-    if plan.transnet_size is not None:  # TransNetV2 shrinks them itself, where the model runs (transnet_input.model_frames)
-        out.transnet = bgr if plan.transnet_size == plan.size else _scaled(frames, plan.transnet_size, plan.turn,
-                                                                            scratch)
+        bgr = _scaled(frames, plan.size, plan.turn, take)
+    if plan.transnet_size is not None and plan.transnet_size != plan.size:  # TransNetV2 shrinks them itself
+        transnet = _scaled(frames, plan.transnet_size, plan.turn, take)
+    if plan.grids:
+        grids = np.stack([luma_grid(f) for f in frames], out=take((len(frames), *GRID_SHAPE), np.float32))
+    return bgr, transnet, grids
+
+
+def _finish(numbers: list[int], bgr: np.ndarray | None, transnet: np.ndarray | None, grids: np.ndarray | None,
+            plan: BatchPlan, previous: Future | None, scratch: Scratch, started: float) -> PreparedBatch:
+    out = PreparedBatch(numbers, None, None, None if grids is None else list(grids))
+    if bgr is not None:
+        out.frames = _detection_frames(bgr, numbers, plan, previous, scratch)
+    if plan.transnet_size is not None:  # (transnet_input.model_frames shrinks them where the model runs)
+        out.transnet = bgr if transnet is None else transnet
     out.seconds = time.perf_counter() - started
     return out
 
 
-def _scaled(frames: list, size: tuple[int, int], turn: int, scratch: Scratch) -> np.ndarray:
+def _scaled(frames: list, size: tuple[int, int], turn: int, take) -> np.ndarray:
     """(n, h, w, 3) upright BGR frames of ``size`` (``media.detection_frame``)."""
     w, h = size
-    return np.stack([detection_frame(f, w, h, turn) for f in frames], out=scratch.take((len(frames), h, w, 3)))
+    return np.stack([detection_frame(f, w, h, turn) for f in frames], out=take((len(frames), h, w, 3), np.uint8))
 
 
 def _detection_frames(bgr: np.ndarray, numbers: list[int], plan: BatchPlan, previous: Future | None,
@@ -224,20 +257,61 @@ def _correl(frame: DetectionFrame, last_hist: np.ndarray, number: int) -> None:
     frame.luma_correl_from = number - 2
 
 
+def read_batch(video, count: int, end_frame: int | None, start: int) -> tuple[list[tuple[int, object]], bool]:
+    """Up to ``count`` frames of ``video`` (``advance()``: (count read, av.VideoFrame)) and whether it
+    ended: its last frame read, or ``end_frame`` (exclusive) reached from ``start``."""
+    decoded = []
+    while len(decoded) < count:
+        # SceneManager reads a frame before it checks the end: at least one is read
+        if end_frame is not None and video.decoded >= end_frame and video.decoded > start:
+            return decoded, True
+        got = video.advance()
+        if got is None:
+            return decoded, True
+        decoded.append(got)
+    return decoded, False
+
+
+class _DecodeHere:
+    """Batches decoded on the calling thread and scaled on the pool (``prepare``)."""
+
+    def __init__(self, video, end_frame: int | None, per_batch: int):
+        self.video, self.end_frame, self.per_batch = video, end_frame, per_batch
+        self.start, self.ended = video.decoded, False
+
+    def submit(self, pool, plan: BatchPlan, previous: Future | None, scratch: Scratch) -> Future | None:
+        """The next batch's preparing, submitted; None when no frame was left."""
+        decoded, self.ended = read_batch(self.video, self.per_batch, self.end_frame, self.start)
+        return pool.submit(prepare, decoded, plan, previous, scratch) if decoded else None
+
+    def consumed(self, future: Future, batch: PreparedBatch) -> None:
+        """``batch`` (``future``'s) was read (here: nothing to give back)."""
+
+    def close(self) -> None:
+        """The pass ended (or failed): nothing held."""
+
+
 def detect_batched(video, detectors: list, end_frame: int | None, plan: BatchPlan, transnet_stream=None,
-                   flashes=None) -> None:
+                   flashes=None, in_child: bool = False) -> None:
     """Read ``video`` (an ``ingest/scaled_stream.ScaledStream``) from where it stands to ``end_frame``
     (exclusive; None: its end), feeding ``detectors`` (PySceneDetect's, each frame in order with its
     position), ``transnet_stream`` and ``flashes``; then the detectors' ``post_process``. The
-    detectors' cuts are what they return (``ingest/cut_evidence.record_cuts`` keeps them)."""
+    detectors' cuts are what they return (``ingest/cut_evidence.record_cuts`` keeps them).
+    ``in_child``: a process of its own decodes and scales (``ingest/decode_process.py``)."""
     # inside: scenedetect only in the workers that detect shots
     from scenedetect import FrameTimecode
 
-    pool, pending, ended, scratch = scaler_pool(), deque(), False, Scratch()
+    pool, pending, scratch = scaler_pool(), deque(), Scratch()
     ahead = AHEAD or scale_ahead.SCALER_THREADS
-    last = None  # the batch submitted last (the next one's content sums start from its last frame)
-    start = video.decoded
     per_batch = batch_frames(*video.coded_size)
+    if in_child:
+        # inside: the child's side only where it runs
+        from vidcorpus.ingest.decode_process import ChildFeed
+
+        feed = ChildFeed(video, plan, end_frame, per_batch, slots=ahead + 2)
+    else:
+        feed = _DecodeHere(video, end_frame, per_batch)
+    last = None  # the batch submitted last (the next one's content sums start from its last frame)
     fps = video.frame_rate
 
     def consume(batch: PreparedBatch) -> None:
@@ -253,38 +327,31 @@ def detect_batched(video, detectors: list, end_frame: int | None, plan: BatchPla
     times = TIMES
     clock = time.perf_counter
     try:
-        while pending or not ended:
-            while not ended and len(pending) < ahead:
+        while pending or not feed.ended:
+            while not feed.ended and len(pending) < ahead:
                 t0 = clock()
-                decoded = []
-                while len(decoded) < per_batch:
-                    # SceneManager reads a frame before it checks the end: at least one is read
-                    if end_frame is not None and video.decoded >= end_frame and video.decoded > start:
-                        ended = True
-                        break
-                    got = video.advance()
-                    if got is None:
-                        ended = True
-                        break
-                    decoded.append(got)
-                if decoded:
-                    last = pool.submit(prepare, decoded, plan, last, scratch)
-                    pending.append(last)
+                future = feed.submit(pool, plan, last, scratch)
+                if future is not None:
+                    last = future
+                    pending.append(future)
                 if times is not None:
                     times.decode_s += clock() - t0
-                    times.frames += len(decoded)
             if pending:
                 t0 = clock()
-                batch = pending.popleft().result()
+                future = pending.popleft()
+                batch = future.result()
+                feed.consumed(future, batch)
                 t1 = clock()
                 consume(batch)
                 if times is not None:
                     times.wait_s += t1 - t0
                     times.consume_s += clock() - t1
                     times.prepare_s += batch.seconds
+                    times.frames += len(batch.numbers)
     finally:
         for future in pending:  # an error: let the pool finish what it holds before the stream closes
             future.cancel() or future.exception()
+        feed.close()
     end_position = FrameTimecode(max(0, video.decoded - 1), fps=fps)  # SceneManager's (0 when none read)
     for detector in detectors:
         detector.post_process(end_position)

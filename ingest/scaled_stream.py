@@ -14,6 +14,7 @@ import numpy as np
 from scenedetect import FrameTimecode
 from scenedetect.backends.pyav import VideoStreamAv
 
+from vidcorpus.frame_index import FrameCursor
 from vidcorpus.ingest.scale_ahead import ScaleAhead
 from vidcorpus.media import detection_frame
 
@@ -26,11 +27,14 @@ DECODE_THREADS: int | None = None
 class ScaledStream(VideoStreamAv):
     """The stream the detectors read: frames counted in decode order, scaled to ``size_of(coded
     width, height)`` and turned ``turn`` degrees clockwise; ``on_frame`` sees every decoded frame;
-    ``cursor`` (a ``vidcorpus.frame_index.FrameCursor``) starts it at a keyframe mid-file."""
+    ``start`` with ``index`` (a ``vidcorpus.frame_index`` index) starts it at the last keyframe at or
+    before that frame (a ``FrameCursor``; positions still count from the start of the file)."""
 
     def __init__(self, path: str, size_of: Callable[[int, int], tuple[int, int]], turn: int,
-                 cursor=None, on_frame: Callable | None = None) -> None:
+                 start: int = 0, index=None, on_frame: Callable | None = None) -> None:
         super().__init__(path, threading_mode="AUTO")
+        self.cursor_start, self.frame_index = start, index  # with ``path``: how to open it again (ingest/decode_process.py)
+        cursor = FrameCursor(path, start, index) if start > 0 and index is not None else None
         if DECODE_THREADS:
             self._codec_context.thread_count = DECODE_THREADS
         self._turn, self._on_frame = turn, on_frame

@@ -19,7 +19,6 @@ import fsspec
 import numpy as np
 
 from vidcorpus.errors import DecodeError
-from vidcorpus.frame_index import FrameCursor
 from vidcorpus.ingest.segments import TRANSITION, DroppedSegment, ShotSplit, drop_transitions, trim_shots
 from vidcorpus.ingest.cut_evidence import confirmed_cuts, record_cuts, reported_by
 from vidcorpus.ingest.dissolve import blend_settings, drop_blends
@@ -99,10 +98,7 @@ def _scaled_pyav_stream(path: str, downscale: int, on_frame=None, rotation: int 
     from vidcorpus.ingest.scaled_stream import ScaledStream
 
     turn = first_frame_rotation(path) if rotation is None else rotation
-    cursor = None
-    if start > 0 and index is not None:
-        cursor = FrameCursor(path, start, index)
-    return ScaledStream(path, lambda w, h: detection_size(*displayed_size(w, h, turn), downscale), turn, cursor,
+    return ScaledStream(path, lambda w, h: detection_size(*displayed_size(w, h, turn), downscale), turn, start, index,
                         on_frame)
 
 
@@ -203,7 +199,7 @@ def run_detectors(video, cfg, fps: float, end_frame: int | None, flashes: FlashW
 
         try:
             detect_batched(video, detectors, end_frame, plan_for(video, detectors, video.transnet_stream, flashes),
-                           video.transnet_stream, flashes)
+                           video.transnet_stream, flashes, in_child=_decode_in_child(cfg, video.transnet_stream))
         except DecodeError:
             raise
         except Exception as e:  # noqa: BLE001 - decoder and detector errors alike
@@ -224,6 +220,13 @@ def run_detectors(video, cfg, fps: float, end_frame: int | None, flashes: FlashW
         raise DecodeError(f"shot detection failed: {e}") from e
     scenes = manager.get_scene_list(start_in_scene=True)
     return _pass_of(first, video, sorted({start.frame_num for start, _end in scenes[1:]}), detectors, flashes)
+
+
+def _decode_in_child(cfg, transnet_stream) -> bool:
+    """``split.decode_process``: auto decodes in a child process where TransNetV2 runs on a GPU."""
+    if cfg.decode_process == "auto":
+        return transnet_stream is not None and str(transnet_stream.device) != "cpu"
+    return cfg.decode_process == "on"
 
 
 def _pass_of(first: int, video, cuts: list[int], detectors: list, flashes: FlashWatch | None) -> DetectorPass:

@@ -99,6 +99,12 @@ class SplitConfig(Section):
     downscale: int = Field(0, ge=0, description="Detection frames shrunk by this factor; 0 picks one giving about 256 px width.")
     backend: Literal["pyav", "opencv"] = Field(
         "pyav", description="Detection decoder: pyav scales in FFmpeg (fast, streamed); opencv is scenedetect's own.")
+    decode_process: Literal["auto", "on", "off"] = Field(
+        "auto", description="pyav backend: the detection stream decoded and scaled in a process of its own, the "
+                            "frames handed over in shared memory (ingest/decode_process.py; one more process a split "
+                            "worker, kept for its next sources). auto: where TransNetV2 runs on a GPU (a GPU node's "
+                            "split, where one process's GIL held detection well below decoding alone at 360p: "
+                            "docs/benchmarks.md).")
     extract_mode: Literal["auto", "precise", "copy"] = Field(
         "auto", description="auto: a clip whose shot starts on a keyframe of an H.264 source and whose copied packets "
                             "show exactly its frames is stream-copied (same frames, no re-encode), every other clip "

@@ -1,0 +1,301 @@
+"""Shot detection's decoding in a process of its own; the frames cross in shared memory.
+
+On a 16-core GPU host at 360p, detection in one process stayed at 0.50 to 0.60 of decoding alone
+however the pool's work was cut (docs/benchmarks.md, issue 23's rounds): the decoding thread gives
+the GIL up inside FFmpeg several times a frame and each time waits to get it back from the pool's
+and the detectors' Python. Here a child process, with a GIL of its own, decodes the stream and
+makes FFmpeg's part of each batch (``detect_batches.scale_batch``: the detectors' frames,
+TransNetV2's when it reads another size, the flash watch's luma grids) into a ring of slots in a
+shared file; the parent's pool copies a batch out, its slot is handed back, and the rest is
+``detect_batches``' as before, so every value is the one the in-process reader computes
+(tests/test_decode_process.py).
+
+A child serves one stream at a time and stays for the next (starting one imports PyAV and
+scenedetect: about half a second); a process that detects shots in several sources at once starts
+several. A child that dies (FFmpeg crashed on a broken file) costs that source a ``DecodeError``;
+the next stream starts a new one. The child ends when its parent does (its pipe closes).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import mmap
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import NoReturn
+
+import numpy as np
+
+from vidcorpus.errors import DecodeError
+from vidcorpus.ingest.detect_batches import (GRID_SHAPE, BatchPlan, PreparedBatch, Scratch, prepare_copied,
+                                             read_batch, scale_batch)
+from vidcorpus.ingest.scaled_stream import ScaledStream
+
+SHM_DIR = "/dev/shm"  # the ring's file (memory on Linux); elsewhere the temporary directory
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """What the child needs to decode the parent's stream exactly as ``ScaledStream`` would."""
+
+    path: str
+    turn: int
+    start: int
+    index: object  # vidcorpus.frame_index.FrameIndex or None
+    end_frame: int | None
+    per_batch: int
+    plan: BatchPlan
+
+
+class Ring:
+    """``slots`` batch slots over one buffer: each the detectors' frames, TransNetV2's own and the luma
+    grids of ``per_batch`` frames, as ``plan`` asks (``scale_batch``'s arrays)."""
+
+    def __init__(self, buffer, plan: BatchPlan, per_batch: int, slots: int):
+        self.buffer, self.slots = buffer, slots
+        self._layout: list[tuple[tuple[int, ...], type] | None] = [
+            ((per_batch, plan.size[1], plan.size[0], 3), np.uint8) if plan.size else None,
+            ((per_batch, plan.transnet_size[1], plan.transnet_size[0], 3), np.uint8)
+            if plan.transnet_size is not None and plan.transnet_size != plan.size else None,
+            ((per_batch, *GRID_SHAPE), np.float32) if plan.grids else None]
+        sizes = [0 if a is None else int(np.prod(a[0])) * np.dtype(a[1]).itemsize for a in self._layout]
+        self._offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+        self.slot_bytes = -(-sum(sizes) // 64) * 64
+
+    @staticmethod
+    def bytes_for(plan: BatchPlan, per_batch: int, slots: int) -> int:
+        return Ring(None, plan, per_batch, slots).slot_bytes * slots
+
+    def views(self, slot: int, n: int) -> list[np.ndarray | None]:
+        """The slot's arrays, their first ``n`` frames (None: not asked for)."""
+        base = slot * self.slot_bytes
+        return [None if a is None else
+                np.ndarray(a[0], a[1], self.buffer, base + offset)[:n] for a, offset in zip(self._layout, self._offsets)]
+
+    def taker(self, slot: int):
+        """``scale_batch``'s ``take`` writing into ``slot``: its arrays in order."""
+        arrays = iter([a for a in self.views(slot, 2**31) if a is not None])
+        return lambda shape, dtype: next(arrays)[:shape[0]]
+
+
+class DecoderProcess:
+    """One child process (``python -c ... serve``) and the two pipes to it."""
+
+    def __init__(self):
+        child_reads, parent_writes = os.pipe()
+        parent_reads, child_writes = os.pipe()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # what the parent imports
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from vidcorpus.ingest.decode_process import serve; serve(*sys.argv[1:])",
+             str(child_reads), str(child_writes)], pass_fds=(child_reads, child_writes), env=env,
+            stdin=subprocess.DEVNULL)
+        os.close(child_reads)
+        os.close(child_writes)
+        self.outbox, self.inbox = Connection(parent_writes, readable=False), Connection(parent_reads, writable=False)
+        self.ring: Ring | None = None
+        self._ring_key: tuple | None = None
+        self.recv()  # ("ready",): imports done
+
+    def send(self, message: tuple) -> None:
+        try:
+            self.outbox.send(message)
+        except OSError:
+            self._gone()
+
+    def recv(self) -> tuple:
+        """The child's next message; a ``DecodeError`` if it has gone (killed, or crashed in FFmpeg)."""
+        try:
+            return self.inbox.recv()
+        except (EOFError, OSError):
+            self._gone()
+
+    def _gone(self) -> NoReturn:
+        """Raises the ``DecodeError`` of a child that has gone."""
+        try:
+            code = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+        raise DecodeError("shot detection failed: the decoding process "
+                          + (f"ended (exit code {code})" if code is not None else "closed its pipe")) from None
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None and not self.inbox.closed
+
+    def ring_for(self, plan: BatchPlan, per_batch: int, slots: int) -> str | None:
+        """The ring for this stream: the current one if it fits, else a new file's path (None: reuse)."""
+        key = (plan.size, plan.transnet_size, plan.grids, per_batch, slots)
+        if key == self._ring_key:
+            return None
+        size = Ring.bytes_for(plan, per_batch, slots)
+        fd, path = tempfile.mkstemp(prefix="vidcorpus-ring-", dir=SHM_DIR if os.path.isdir(SHM_DIR) else None)
+        try:
+            os.ftruncate(fd, max(size, 1))
+            self.ring = Ring(mmap.mmap(fd, max(size, 1)), plan, per_batch, slots)
+        finally:
+            os.close(fd)
+        self._ring_key = key
+        return path
+
+    def close(self) -> None:
+        for c in (self.outbox, self.inbox):
+            c.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+_IDLE: list[DecoderProcess] = []
+_ALL: list[DecoderProcess] = []
+_LOCK = threading.Lock()
+
+
+def take_decoder() -> DecoderProcess:
+    """An idle child, or a new one."""
+    with _LOCK:
+        while _IDLE:
+            decoder = _IDLE.pop()
+            if decoder.alive():
+                return decoder
+    decoder = DecoderProcess()
+    with _LOCK:
+        _ALL.append(decoder)
+    return decoder
+
+
+def give_back(decoder: DecoderProcess) -> None:
+    with _LOCK:
+        if decoder.alive():
+            _IDLE.append(decoder)
+        else:
+            _ALL.remove(decoder)
+
+
+@atexit.register
+def _close_all() -> None:
+    with _LOCK:
+        for decoder in _ALL:
+            decoder.close()
+        _ALL.clear()
+        _IDLE.clear()
+
+
+class ChildFeed:
+    """``detect_batches.detect_batched``'s batches, decoded and scaled by a child process: the same
+    interface as its ``_DecodeHere``. The parent's ``video`` is only moved along (``decoded``)."""
+
+    def __init__(self, video, plan: BatchPlan, end_frame: int | None, per_batch: int, slots: int):
+        self.video, self.ended = video, False
+        self.decoder = take_decoder()
+        self._slots: dict[int, int] = {}  # id(future) -> its slot
+        new_ring = self.decoder.ring_for(plan, per_batch, slots)
+        spec = StreamSpec(video.path, video.turn, video.cursor_start, video.frame_index, end_frame, per_batch, plan)
+        try:
+            self.decoder.send(("open", spec, new_ring, slots))
+            answer = self.decoder.recv()  # ("opened",) once the child has the ring mapped and the stream open
+        except DecodeError:
+            self._drop()
+            raise
+        finally:
+            if new_ring:
+                os.unlink(new_ring)  # mapped by both (or never will be): the name can go
+        if answer[0] == "error":
+            self.ended = True
+            give_back(self.decoder)
+            raise DecodeError(f"shot detection failed: {answer[1]}", answer[2])
+
+    def submit(self, pool, plan: BatchPlan, previous: Future | None, scratch: Scratch) -> Future | None:
+        """The next batch's copying and preparing, submitted once the child has made it; None at the end."""
+        message = self.decoder.recv()
+        if message[0] == "batch":
+            _, slot, numbers = message
+            future = pool.submit(prepare_copied, numbers, *self.decoder.ring.views(slot, len(numbers)), plan, previous,
+                                 scratch)
+            self._slots[id(future)] = slot
+            return future
+        self.ended = True
+        if message[0] == "error":
+            raise DecodeError(f"shot detection failed: {message[1]}", message[2])
+        return None  # ("end",)
+
+    def consumed(self, future: Future, batch: PreparedBatch) -> None:
+        """``batch`` was copied out of its slot: the child may write the slot again."""
+        self.decoder.send(("free", self._slots.pop(id(future))))
+        self.video.decoded = batch.numbers[-1]
+
+    def close(self) -> None:
+        """Stops the child if the pass ended early (an error here), waits for it, and hands it back."""
+        try:
+            if not self.ended:
+                self.decoder.send(("stop",))
+                while self.decoder.recv()[0] not in ("end", "error"):
+                    pass
+                self.ended = True
+        except DecodeError:
+            self._drop()
+            return
+        give_back(self.decoder)
+
+    def _drop(self) -> None:
+        self.decoder.close()
+        give_back(self.decoder)  # dead: forgotten
+
+
+def serve(inbox_fd: str, outbox_fd: str) -> None:
+    """The child's loop: streams one after another until the parent's pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C: the parent stops, the pipe closes, this ends
+    inbox, outbox = Connection(int(inbox_fd), writable=False), Connection(int(outbox_fd), readable=False)
+    outbox.send(("ready",))
+    ring = None
+    with contextlib.suppress(EOFError, BrokenPipeError):  # the parent has gone
+        while True:
+            message = inbox.recv()
+            if message[0] != "open":
+                continue  # a "free" or "stop" sent before its stream's end arrived
+            _, spec, ring_path, slots = message
+            try:
+                if ring_path:
+                    with open(ring_path, "r+b") as f:
+                        ring = Ring(mmap.mmap(f.fileno(), 0), spec.plan, spec.per_batch, slots)
+                video = ScaledStream(spec.path, lambda w, h: (w, h), spec.turn, spec.start, spec.index)
+            except Exception as e:  # noqa: BLE001 - the parent raises it as its DecodeError
+                outbox.send(("error", f"cannot open for shot detection: {e}", None))
+                continue
+            outbox.send(("opened",))
+            try:
+                _stream(video, spec, ring, inbox, outbox)
+            except (EOFError, BrokenPipeError):
+                raise
+            except Exception as e:  # noqa: BLE001 - the parent raises it as its DecodeError
+                outbox.send(("error", str(e), e.error_class if isinstance(e, DecodeError) else None))
+            del video  # its container closes
+
+
+def _stream(video, spec: StreamSpec, ring: Ring, inbox: Connection, outbox: Connection) -> None:
+    """Decode ``spec``'s stream into ``ring``'s free slots, a batch a message, until its end or a stop."""
+    free, start, ended = list(range(ring.slots)), video.decoded, False
+    while not ended and _messages(inbox, free):
+        decoded, ended = read_batch(video, spec.per_batch, spec.end_frame, start)
+        if decoded:
+            slot = free.pop(0)
+            scale_batch([f for _n, f in decoded], spec.plan, ring.taker(slot))
+            outbox.send(("batch", slot, [n for n, _f in decoded]))
+    outbox.send(("end",))
+
+
+def _messages(inbox: Connection, free: list[int]) -> bool:
+    """The parent's messages so far (waiting for one while no slot is free): False at a stop."""
+    while not free or inbox.poll():
+        message = inbox.recv()
+        if message[0] == "stop":
+            return False
+        free.append(message[1])  # ("free", slot)
+    return True
