@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import mmap
 import os
 import signal
@@ -35,11 +36,19 @@ from typing import NoReturn
 import numpy as np
 
 from vidcorpus.errors import DecodeError
+from vidcorpus.frame_index import FrameIndex
 from vidcorpus.ingest.detect_batches import (GRID_SHAPE, BatchPlan, PreparedBatch, Scratch, prepare_copied,
                                              read_batch, scale_batch)
 from vidcorpus.ingest.scaled_stream import ScaledStream
 
 SHM_DIR = "/dev/shm"  # the ring's file (memory on Linux); elsewhere the temporary directory
+WHOLE_SLOT = 2**31  # frames: a slot's arrays uncut
+log = logging.getLogger(__name__)
+
+
+class DecoderUnavailable(DecodeError):
+    """No child could be started, or its ring not made (no memory left in /dev/shm): nothing to do
+    with the source; ``split.decode_process`` auto then decodes in the process instead."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,7 @@ class StreamSpec:
     path: str
     turn: int
     start: int
-    index: object  # vidcorpus.frame_index.FrameIndex or None
+    index: FrameIndex | None
     end_frame: int | None
     per_batch: int
     plan: BatchPlan
@@ -57,7 +66,7 @@ class StreamSpec:
 
 class Ring:
     """``slots`` batch slots over one buffer: each the detectors' frames, TransNetV2's own and the luma
-    grids of ``per_batch`` frames, as ``plan`` asks (``scale_batch``'s arrays)."""
+    grids of ``per_batch`` frames, as ``plan`` asks (``scale_batch``'s arrays, in that order)."""
 
     def __init__(self, buffer, plan: BatchPlan, per_batch: int, slots: int):
         self.buffer, self.slots = buffer, slots
@@ -66,9 +75,9 @@ class Ring:
             ((per_batch, plan.transnet_size[1], plan.transnet_size[0], 3), np.uint8)
             if plan.transnet_size is not None and plan.transnet_size != plan.size else None,
             ((per_batch, *GRID_SHAPE), np.float32) if plan.grids else None]
-        sizes = [0 if a is None else int(np.prod(a[0])) * np.dtype(a[1]).itemsize for a in self._layout]
-        self._offsets = [sum(sizes[:i]) for i in range(len(sizes))]
-        self.slot_bytes = -(-sum(sizes) // 64) * 64
+        sizes = [0 if a is None else -(-int(np.prod(a[0])) * np.dtype(a[1]).itemsize // 64) * 64 for a in self._layout]
+        self._offsets = [sum(sizes[:i]) for i in range(len(sizes))]  # each part aligned to 64 bytes
+        self.slot_bytes = max(64, sum(sizes))
 
     @staticmethod
     def bytes_for(plan: BatchPlan, per_batch: int, slots: int) -> int:
@@ -81,28 +90,45 @@ class Ring:
                 np.ndarray(a[0], a[1], self.buffer, base + offset)[:n] for a, offset in zip(self._layout, self._offsets)]
 
     def taker(self, slot: int):
-        """``scale_batch``'s ``take`` writing into ``slot``: its arrays in order."""
-        arrays = iter([a for a in self.views(slot, 2**31) if a is not None])
-        return lambda shape, dtype: next(arrays)[:shape[0]]
+        """``scale_batch``'s ``take`` writing into ``slot``: its arrays in order (the layout is its asks)."""
+        arrays = iter([a for a in self.views(slot, WHOLE_SLOT) if a is not None])
+
+        def take(shape: tuple[int, ...], dtype) -> np.ndarray:
+            array = next(arrays)[:shape[0]]
+            assert array.shape == tuple(shape) and array.dtype == dtype, (array.shape, shape)
+            return array
+
+        return take
 
 
 class DecoderProcess:
-    """One child process (``python -c ... serve``) and the two pipes to it."""
+    """One child process (``python -c ... serve``), the two pipes to it and the ring it writes."""
 
     def __init__(self):
         child_reads, parent_writes = os.pipe()
         parent_reads, child_writes = os.pipe()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # what the parent imports
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from vidcorpus.ingest.decode_process import serve; serve(*sys.argv[1:])",
-             str(child_reads), str(child_writes)], pass_fds=(child_reads, child_writes), env=env,
-            stdin=subprocess.DEVNULL)
-        os.close(child_reads)
-        os.close(child_writes)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "import sys; from vidcorpus.ingest.decode_process import serve; "
+                 "serve(*sys.argv[1:])", str(child_reads), str(child_writes)],
+                pass_fds=(child_reads, child_writes), env=env, stdin=subprocess.DEVNULL)
+        except OSError as e:
+            for fd in (child_reads, parent_writes, parent_reads, child_writes):
+                os.close(fd)
+            raise DecoderUnavailable(f"cannot start the decoding process: {e}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(child_reads)
+                os.close(child_writes)
         self.outbox, self.inbox = Connection(parent_writes, readable=False), Connection(parent_reads, writable=False)
         self.ring: Ring | None = None
         self._ring_key: tuple | None = None
-        self.recv()  # ("ready",): imports done
+        try:
+            self.recv()  # ("ready",)
+        except DecodeError as e:
+            self.close()
+            raise DecoderUnavailable(f"cannot start the decoding process: {e}") from None
 
     def send(self, message: tuple) -> None:
         try:
@@ -118,7 +144,6 @@ class DecoderProcess:
             self._gone()
 
     def _gone(self) -> NoReturn:
-        """Raises the ``DecodeError`` of a child that has gone."""
         try:
             code = self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -130,19 +155,28 @@ class DecoderProcess:
         return self.proc.poll() is None and not self.inbox.closed
 
     def ring_for(self, plan: BatchPlan, per_batch: int, slots: int) -> str | None:
-        """The ring for this stream: the current one if it fits, else a new file's path (None: reuse)."""
+        """A new ring's file for this stream (its path, for the child to map), None: the current one fits.
+        Its memory is reserved here: a full /dev/shm is an error now, not a SIGBUS in the child."""
         key = (plan.size, plan.transnet_size, plan.grids, per_batch, slots)
         if key == self._ring_key:
             return None
+        self.ring, self._ring_key = None, None
         size = Ring.bytes_for(plan, per_batch, slots)
         fd, path = tempfile.mkstemp(prefix="vidcorpus-ring-", dir=SHM_DIR if os.path.isdir(SHM_DIR) else None)
         try:
-            os.ftruncate(fd, max(size, 1))
-            self.ring = Ring(mmap.mmap(fd, max(size, 1)), plan, per_batch, slots)
+            os.posix_fallocate(fd, 0, size)
+            ring = Ring(mmap.mmap(fd, size), plan, per_batch, slots)
+        except OSError as e:
+            os.unlink(path)
+            raise DecoderUnavailable(f"cannot make the decoding process's ring ({size >> 20} MB): {e}") from None
         finally:
             os.close(fd)
-        self._ring_key = key
+        self.ring = ring
         return path
+
+    def mapped(self, plan: BatchPlan, per_batch: int, slots: int) -> None:
+        """The child has the current ring mapped: the next stream of the same sizes reuses it."""
+        self._ring_key = (plan.size, plan.transnet_size, plan.grids, per_batch, slots)
 
     def close(self) -> None:
         for c in (self.outbox, self.inbox):
@@ -151,6 +185,7 @@ class DecoderProcess:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
 
 
 _IDLE: list[DecoderProcess] = []
@@ -159,12 +194,14 @@ _LOCK = threading.Lock()
 
 
 def take_decoder() -> DecoderProcess:
-    """An idle child, or a new one."""
+    """An idle child, or a new one (one for each stream read at the same time)."""
     with _LOCK:
         while _IDLE:
             decoder = _IDLE.pop()
             if decoder.alive():
                 return decoder
+            _ALL.remove(decoder)
+            decoder.close()
     decoder = DecoderProcess()
     with _LOCK:
         _ALL.append(decoder)
@@ -172,11 +209,24 @@ def take_decoder() -> DecoderProcess:
 
 
 def give_back(decoder: DecoderProcess) -> None:
+    """A child done with its stream: kept for the next one if alive, else closed and forgotten."""
     with _LOCK:
         if decoder.alive():
             _IDLE.append(decoder)
-        else:
+            return
+        if decoder in _ALL:
             _ALL.remove(decoder)
+    decoder.close()
+
+
+def forget(decoder: DecoderProcess) -> None:
+    """A child that must not serve again: its pipes close, so it ends."""
+    with _LOCK:
+        if decoder in _ALL:
+            _ALL.remove(decoder)
+        if decoder in _IDLE:
+            _IDLE.remove(decoder)
+    decoder.close()
 
 
 @atexit.register
@@ -188,21 +238,36 @@ def _close_all() -> None:
         _IDLE.clear()
 
 
+def _forget_inherited() -> None:
+    """In a forked process: the parent's children are not this one's (their pipes stay the parent's)."""
+    for decoder in _ALL:
+        for c in (decoder.outbox, decoder.inbox):
+            with contextlib.suppress(OSError):
+                c.close()
+    _ALL.clear()
+    _IDLE.clear()
+
+
+os.register_at_fork(after_in_child=_forget_inherited)
+
+
 class ChildFeed:
-    """``detect_batches.detect_batched``'s batches, decoded and scaled by a child process: the same
-    interface as its ``_DecodeHere``. The parent's ``video`` is only moved along (``decoded``)."""
+    """``detect_batches.detect_batched``'s batches (a ``BatchFeed``), decoded and scaled by a child
+    process. The parent's ``video`` is only moved along (``decoded``): the child opens its own."""
 
     def __init__(self, video, plan: BatchPlan, end_frame: int | None, per_batch: int, slots: int):
         self.video, self.ended = video, False
-        self.decoder = take_decoder()
         self._slots: dict[int, int] = {}  # id(future) -> its slot
-        new_ring = self.decoder.ring_for(plan, per_batch, slots)
-        spec = StreamSpec(video.path, video.turn, video.cursor_start, video.frame_index, end_frame, per_batch, plan)
+        self.decoder = take_decoder()
+        new_ring = None
         try:
+            new_ring = self.decoder.ring_for(plan, per_batch, slots)
+            spec = StreamSpec(video.path, video.turn, video.cursor_start, video.frame_index, end_frame, per_batch,
+                              plan)
             self.decoder.send(("open", spec, new_ring, slots))
-            answer = self.decoder.recv()  # ("opened",) once the child has the ring mapped and the stream open
-        except DecodeError:
-            self._drop()
+            answer = self.decoder.recv()  # ("opened", first frame) once the child has the ring and the stream
+        except BaseException:  # its pipes may hold this stream's messages: it goes
+            forget(self.decoder)
             raise
         finally:
             if new_ring:
@@ -210,7 +275,11 @@ class ChildFeed:
         if answer[0] == "error":
             self.ended = True
             give_back(self.decoder)
-            raise DecodeError(f"shot detection failed: {answer[1]}", answer[2])
+            raise _error(answer)
+        self.decoder.mapped(plan, per_batch, slots)
+        if answer[1] != video.decoded:  # the child reads from the start the parent's stream was opened at
+            self.close()
+            raise RuntimeError(f"the decoding process starts at frame {answer[1]}, the stream at {video.decoded}")
 
     def submit(self, pool, plan: BatchPlan, previous: Future | None, scratch: Scratch) -> Future | None:
         """The next batch's copying and preparing, submitted once the child has made it; None at the end."""
@@ -223,7 +292,7 @@ class ChildFeed:
             return future
         self.ended = True
         if message[0] == "error":
-            raise DecodeError(f"shot detection failed: {message[1]}", message[2])
+            raise _error(message)
         return None  # ("end",)
 
     def consumed(self, future: Future, batch: PreparedBatch) -> None:
@@ -240,13 +309,15 @@ class ChildFeed:
                     pass
                 self.ended = True
         except DecodeError:
-            self._drop()
-            return
+            pass  # it has gone: give_back forgets it
         give_back(self.decoder)
 
-    def _drop(self) -> None:
-        self.decoder.close()
-        give_back(self.decoder)  # dead: forgotten
+
+def _error(message: tuple) -> DecodeError:
+    """The parent's error for the child's ("error", text, error class, a DecodeError there): as the
+    in-process reader raises it (its own DecodeErrors as they are, others as "shot detection failed")."""
+    _, text, error_class, decode_error = message
+    return DecodeError(text if decode_error else f"shot detection failed: {text}", error_class)
 
 
 def serve(inbox_fd: str, outbox_fd: str) -> None:
@@ -263,26 +334,27 @@ def serve(inbox_fd: str, outbox_fd: str) -> None:
             _, spec, ring_path, slots = message
             try:
                 if ring_path:
+                    ring = None
                     with open(ring_path, "r+b") as f:
                         ring = Ring(mmap.mmap(f.fileno(), 0), spec.plan, spec.per_batch, slots)
                 video = ScaledStream(spec.path, lambda w, h: (w, h), spec.turn, spec.start, spec.index)
             except Exception as e:  # noqa: BLE001 - the parent raises it as its DecodeError
-                outbox.send(("error", f"cannot open for shot detection: {e}", None))
+                outbox.send(("error", f"cannot open for shot detection: {e}", None, True))
                 continue
-            outbox.send(("opened",))
+            outbox.send(("opened", video.decoded))
             try:
                 _stream(video, spec, ring, inbox, outbox)
             except (EOFError, BrokenPipeError):
                 raise
             except Exception as e:  # noqa: BLE001 - the parent raises it as its DecodeError
-                outbox.send(("error", str(e), e.error_class if isinstance(e, DecodeError) else None))
+                outbox.send(("error", str(e), getattr(e, "error_class", None), isinstance(e, DecodeError)))
             del video  # its container closes
 
 
 def _stream(video, spec: StreamSpec, ring: Ring, inbox: Connection, outbox: Connection) -> None:
     """Decode ``spec``'s stream into ``ring``'s free slots, a batch a message, until its end or a stop."""
     free, start, ended = list(range(ring.slots)), video.decoded, False
-    while not ended and _messages(inbox, free):
+    while not ended and _take_frees(inbox, free):
         decoded, ended = read_batch(video, spec.per_batch, spec.end_frame, start)
         if decoded:
             slot = free.pop(0)
@@ -291,8 +363,8 @@ def _stream(video, spec: StreamSpec, ring: Ring, inbox: Connection, outbox: Conn
     outbox.send(("end",))
 
 
-def _messages(inbox: Connection, free: list[int]) -> bool:
-    """The parent's messages so far (waiting for one while no slot is free): False at a stop."""
+def _take_frees(inbox: Connection, free: list[int]) -> bool:
+    """The slots the parent handed back so far (waiting for one while none is free): False at a stop."""
     while not free or inbox.poll():
         message = inbox.recv()
         if message[0] == "stop":

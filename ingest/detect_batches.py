@@ -23,12 +23,14 @@ alone at 360p (0.36 before the batches), 0.63 to 0.78 at 540p.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -41,6 +43,7 @@ from vidcorpus.media import detection_frame
 AHEAD: int | None = None  # batches submitted and not yet consumed (None: one per pool thread); in flight: AHEAD + 1
 FRAME_BUDGET = 8_000_000  # decoded pixels a batch aims at: 16 frames at 360p, 8 at 720p, 2 (the floor) at 4K
 MAX_BATCH = 16
+log = logging.getLogger(__name__)
 GRID_SHAPE = (4 * THUMB_H, 4 * THUMB_W)  # a luma grid's (thumbnails.luma_grid)
 
 
@@ -272,6 +275,22 @@ def read_batch(video, count: int, end_frame: int | None, start: int) -> tuple[li
     return decoded, False
 
 
+class BatchFeed(Protocol):
+    """Where ``detect_batched``'s batches come from: decoded here (``_DecodeHere``) or in a child
+    process (``decode_process.ChildFeed``)."""
+
+    ended: bool  # no batch left to submit
+
+    def submit(self, pool, plan: BatchPlan, previous: Future | None, scratch: Scratch) -> Future | None:
+        """The next batch's preparing (a ``PreparedBatch`` to come), submitted to ``pool``; None: none left."""
+
+    def consumed(self, future: Future, batch: PreparedBatch) -> None:
+        """``future``'s ``batch`` was taken: what it held may be reused, the stream's position moves."""
+
+    def close(self) -> None:
+        """The pass ended, or failed: let go of what the feed holds."""
+
+
 class _DecodeHere:
     """Batches decoded on the calling thread and scaled on the pool (``prepare``)."""
 
@@ -285,32 +304,37 @@ class _DecodeHere:
         return pool.submit(prepare, decoded, plan, previous, scratch) if decoded else None
 
     def consumed(self, future: Future, batch: PreparedBatch) -> None:
-        """``batch`` (``future``'s) was read (here: nothing to give back)."""
+        """Nothing to give back: ``advance`` moved the stream."""
 
     def close(self) -> None:
-        """The pass ended (or failed): nothing held."""
+        """Nothing held."""
 
 
 def detect_batched(video, detectors: list, end_frame: int | None, plan: BatchPlan, transnet_stream=None,
-                   flashes=None, in_child: bool = False) -> None:
+                   flashes=None, in_child: str = "off") -> None:
     """Read ``video`` (an ``ingest/scaled_stream.ScaledStream``) from where it stands to ``end_frame``
     (exclusive; None: its end), feeding ``detectors`` (PySceneDetect's, each frame in order with its
     position), ``transnet_stream`` and ``flashes``; then the detectors' ``post_process``. The
     detectors' cuts are what they return (``ingest/cut_evidence.record_cuts`` keeps them).
-    ``in_child``: a process of its own decodes and scales (``ingest/decode_process.py``)."""
+    ``in_child``: "on", a process of its own decodes and scales (``ingest/decode_process.py``);
+    "if-possible" too, but here when no such process can be had; "off": here."""
     # inside: scenedetect only in the workers that detect shots
     from scenedetect import FrameTimecode
 
     pool, pending, scratch = scaler_pool(), deque(), Scratch()
     ahead = AHEAD or scale_ahead.SCALER_THREADS
     per_batch = batch_frames(*video.coded_size)
-    if in_child:
+    feed: BatchFeed = _DecodeHere(video, end_frame, per_batch)
+    if in_child != "off":
         # inside: the child's side only where it runs
-        from vidcorpus.ingest.decode_process import ChildFeed
+        from vidcorpus.ingest.decode_process import ChildFeed, DecoderUnavailable
 
-        feed = ChildFeed(video, plan, end_frame, per_batch, slots=ahead + 2)
-    else:
-        feed = _DecodeHere(video, end_frame, per_batch)
+        try:
+            feed = ChildFeed(video, plan, end_frame, per_batch, slots=ahead + 2)
+        except DecoderUnavailable as e:
+            if in_child == "on":
+                raise
+            log.warning("%s; decoding in this process", e)
     last = None  # the batch submitted last (the next one's content sums start from its last frame)
     fps = video.frame_rate
 

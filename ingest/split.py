@@ -222,11 +222,12 @@ def run_detectors(video, cfg, fps: float, end_frame: int | None, flashes: FlashW
     return _pass_of(first, video, sorted({start.frame_num for start, _end in scenes[1:]}), detectors, flashes)
 
 
-def _decode_in_child(cfg, transnet_stream) -> bool:
-    """``split.decode_process``: auto decodes in a child process where TransNetV2 runs on a GPU."""
+def _decode_in_child(cfg, transnet_stream) -> str:
+    """``split.decode_process`` for ``detect_batched``: auto decodes in a child process where TransNetV2
+    runs on a GPU, if one can be had."""
     if cfg.decode_process == "auto":
-        return transnet_stream is not None and str(transnet_stream.device) != "cpu"
-    return cfg.decode_process == "on"
+        return "if-possible" if transnet_stream is not None and str(transnet_stream.device) != "cpu" else "off"
+    return cfg.decode_process
 
 
 def _pass_of(first: int, video, cuts: list[int], detectors: list, flashes: FlashWatch | None) -> DetectorPass:

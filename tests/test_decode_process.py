@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -100,7 +101,7 @@ def test_a_source_the_child_cannot_open_is_a_decode_error_and_the_child_stays(tm
         return video
 
     monkeypatch.setattr(split, "_scaled_pyav_stream", then_deleted)
-    with pytest.raises(DecodeError, match="^shot detection failed: cannot open for shot detection: .*gone.mp4"):
+    with pytest.raises(DecodeError, match="^cannot open for shot detection: .*gone.mp4"):
         _pass(gone, CHILD, True)
     monkeypatch.setattr(split, "_scaled_pyav_stream", opened)
     _same(_pass(BIKES, CHILD, True), _pass(BIKES, HERE, True))
@@ -128,30 +129,97 @@ def test_a_child_that_dies_costs_one_source_and_the_next_starts_a_new_one(monkey
     assert killed and not _children() & set(killed)
 
 
+def test_two_sources_at_once_get_a_child_each():
+    """A process that splits several sources at once (threads) reads each through its own child."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = [_pass(BIKES, HERE, True), _pass(BIKES, HERE, True, 120, rotation=90)]
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda args: _pass(BIKES, CHILD, True, *args), [(None,), (120, None, 90)]))
+    for g, e in zip(got, expected):
+        _same(g, e)
+    assert len(decode_process._ALL) >= 2
+
+
+def test_a_truncated_file_reads_as_in_process(tmp_path):
+    """A file cut short mid-stream: the child ends (or fails) where the reader in process does."""
+    cut = str(tmp_path / "cut.mp4")
+    with open(BIKES, "rb") as f:
+        data = f.read()
+    with open(cut, "wb") as f:
+        f.write(data[: len(data) * 2 // 3])
+    outcomes = []
+    for cfg in (HERE, CHILD):
+        try:
+            found = _pass(cut, cfg, True)
+            outcomes.append((found.end, found.cuts))
+        except DecodeError as e:
+            outcomes.append((str(e), e.error_class))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_no_room_for_the_ring_is_one_line_or_in_process_on_auto(monkeypatch, tmp_path, caplog):
+    """/dev/shm full: split.decode_process on fails the source with a one-line DecodeError (no file
+    left, the child kept); auto (the GPU path) decodes in the process instead, with a warning."""
+    from vidcorpus.ingest import split
+
+    def full(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    expected = _pass(BIKES, HERE, True)
+    monkeypatch.setattr(decode_process, "SHM_DIR", str(tmp_path))
+    monkeypatch.setattr(decode_process.os, "posix_fallocate", full)
+    for d in list(decode_process._ALL):  # rings of the sizes asked for: made anew
+        d.ring, d._ring_key = None, None
+    with pytest.raises(DecodeError, match=r"^cannot make the decoding process's ring \(\d+ MB\): .*No space left"):
+        _pass(BIKES, CHILD, True)
+    assert os.listdir(tmp_path) == []
+    monkeypatch.setattr(split, "_decode_in_child", lambda cfg, stream: "if-possible")
+    _same(_pass(BIKES, SplitConfig(), True), expected)
+    assert "decoding in this process" in caplog.text
+
+
+def test_auto_decodes_in_a_child_only_where_transnet_runs_on_a_gpu():
+    from types import SimpleNamespace
+
+    from vidcorpus.ingest.split import _decode_in_child
+
+    gpu, cpu = SimpleNamespace(device="cuda:0"), SimpleNamespace(device="cpu")
+    auto = SplitConfig()
+    assert [_decode_in_child(auto, s) for s in (gpu, cpu, None)] == ["if-possible", "off", "off"]
+    assert _decode_in_child(CHILD, None) == "on" and _decode_in_child(HERE, gpu) == "off"
+
+
+def _gone(pid: int) -> bool:
+    """Ended: no such process, or a zombie its (dead) parent's reaper has not collected yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def test_no_ring_file_is_left_and_the_child_ends_with_its_parent(tmp_path):
-    """The ring's name is removed once both sides have it mapped; a parent that exits (or is killed)
-    takes its child with it (the child reads the end of its pipe)."""
-    shm = decode_process.SHM_DIR if os.path.isdir(decode_process.SHM_DIR) else None
-    listed = lambda: {n for n in os.listdir(shm) if n.startswith("vidcorpus-ring-")} if shm else set()  # noqa: E731
-    before = listed()
+    """The ring's name is removed once both sides have it mapped; a parent that is killed takes its
+    child with it (the child reads the end of its pipe)."""
     script = textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         from test_detect_batches import BIKES, _pass
         from vidcorpus.config import SplitConfig
         from vidcorpus.ingest import decode_process
+        decode_process.SHM_DIR = {str(tmp_path)!r}
         _pass(BIKES, SplitConfig(decode_process="on"), True)
-        print(decode_process._ALL[0].proc.pid, flush=True)
+        print(decode_process._ALL[0].proc.pid, os.listdir({str(tmp_path)!r}), flush=True)
         os.kill(os.getpid(), 9)
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    child = int(out.stdout.split()[0])
+    child, files = out.stdout.split(" ", 1)
+    assert files.strip() == "[]"
     for _ in range(100):
-        try:
-            os.kill(child, 0)
-        except ProcessLookupError:
+        if _gone(int(child)):
             break
-        subprocess.run(["sleep", "0.1"])
+        time.sleep(0.1)
     else:
         pytest.fail(f"the child {child} outlived its parent")
-    assert listed() == before
+    assert os.listdir(tmp_path) == []
