@@ -37,8 +37,8 @@ import numpy as np
 
 from vidcorpus.errors import DecodeError
 from vidcorpus.frame_index import FrameIndex
-from vidcorpus.ingest.detect_batches import (GRID_SHAPE, BatchPlan, PreparedBatch, Scratch, prepare_copied,
-                                             read_batch, scale_batch)
+from vidcorpus.ingest.detect_batches import (GRID_SHAPE, BatchPlan, PreparedBatch, Scratch, batch_frames,
+                                             batches_ahead, prepare_copied, read_batch, scale_batch)
 from vidcorpus.ingest.scaled_stream import ScaledStream
 
 SHM_DIR = "/dev/shm"  # the ring's file (memory on Linux); elsewhere the temporary directory
@@ -102,7 +102,7 @@ class Ring:
 
 
 class DecoderProcess:
-    """One child process (``python -c ... serve``), the two pipes to it and the ring it writes."""
+    """One child process (``python -c ... child_main``), the two pipes to it and the ring it writes."""
 
     def __init__(self):
         child_reads, parent_writes = os.pipe()
@@ -110,8 +110,8 @@ class DecoderProcess:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # what the parent imports
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", "import sys; from vidcorpus.ingest.decode_process import serve; "
-                 "serve(*sys.argv[1:])", str(child_reads), str(child_writes)],
+                [sys.executable, "-c", "import sys; from vidcorpus.ingest.decode_process import child_main; "
+                 "child_main(*sys.argv[1:])", str(child_reads), str(child_writes)],
                 pass_fds=(child_reads, child_writes), env=env, stdin=subprocess.DEVNULL)
         except OSError as e:
             for fd in (child_reads, parent_writes, parent_reads, child_writes):
@@ -219,7 +219,7 @@ def give_back(decoder: DecoderProcess) -> None:
     decoder.close()
 
 
-def forget(decoder: DecoderProcess) -> None:
+def retire(decoder: DecoderProcess) -> None:
     """A child that must not serve again: its pipes close, so it ends."""
     with _LOCK:
         if decoder in _ALL:
@@ -267,7 +267,7 @@ class ChildFeed:
             self.decoder.send(("open", spec, new_ring, slots))
             answer = self.decoder.recv()  # ("opened", first frame) once the child has the ring and the stream
         except BaseException:  # its pipes may hold this stream's messages: it goes
-            forget(self.decoder)
+            retire(self.decoder)
             raise
         finally:
             if new_ring:
@@ -313,6 +313,18 @@ class ChildFeed:
         give_back(self.decoder)
 
 
+def child_feed(video, plan: BatchPlan, end_frame: int | None, required: bool) -> ChildFeed | None:
+    """``video``'s batches from a child (``detect_batched``'s ``feed``), ``video`` read to ``end_frame``.
+    None (with a warning) when no child or ring can be had and the child is not ``required``."""
+    try:
+        return ChildFeed(video, plan, end_frame, batch_frames(*video.coded_size), slots=batches_ahead() + 2)
+    except DecoderUnavailable as e:
+        if required:
+            raise
+        log.warning("%s; decoding in this process", e)
+        return None
+
+
 def _error(message: tuple) -> DecodeError:
     """The parent's error for the child's ("error", text, error class, a DecodeError there): as the
     in-process reader raises it (its own DecodeErrors as they are, others as "shot detection failed")."""
@@ -320,7 +332,7 @@ def _error(message: tuple) -> DecodeError:
     return DecodeError(text if decode_error else f"shot detection failed: {text}", error_class)
 
 
-def serve(inbox_fd: str, outbox_fd: str) -> None:
+def child_main(inbox_fd: str, outbox_fd: str) -> None:
     """The child's loop: streams one after another until the parent's pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C: the parent stops, the pipe closes, this ends
     inbox, outbox = Connection(int(inbox_fd), writable=False), Connection(int(outbox_fd), readable=False)

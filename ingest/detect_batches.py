@@ -23,7 +23,6 @@ alone at 360p (0.36 before the batches), 0.63 to 0.78 at 540p.
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 import time
@@ -43,7 +42,6 @@ from vidcorpus.media import detection_frame
 AHEAD: int | None = None  # batches submitted and not yet consumed (None: one per pool thread); in flight: AHEAD + 1
 FRAME_BUDGET = 8_000_000  # decoded pixels a batch aims at: 16 frames at 360p, 8 at 720p, 2 (the floor) at 4K
 MAX_BATCH = 16
-log = logging.getLogger(__name__)
 GRID_SHAPE = (4 * THUMB_H, 4 * THUMB_W)  # a luma grid's (thumbnails.luma_grid)
 
 
@@ -143,6 +141,11 @@ class Scratch:
             if len(self._arrays) < self._keep:
                 self._arrays.append(array)
             return array
+
+
+def batches_ahead() -> int:
+    """Batches submitted and not yet consumed: one a pool thread unless ``AHEAD`` says otherwise."""
+    return AHEAD or scale_ahead.SCALER_THREADS
 
 
 def batch_frames(width: int, height: int) -> int:
@@ -311,30 +314,18 @@ class _DecodeHere:
 
 
 def detect_batched(video, detectors: list, end_frame: int | None, plan: BatchPlan, transnet_stream=None,
-                   flashes=None, in_child: str = "off") -> None:
+                   flashes=None, feed: BatchFeed | None = None) -> None:
     """Read ``video`` (an ``ingest/scaled_stream.ScaledStream``) from where it stands to ``end_frame``
     (exclusive; None: its end), feeding ``detectors`` (PySceneDetect's, each frame in order with its
     position), ``transnet_stream`` and ``flashes``; then the detectors' ``post_process``. The
     detectors' cuts are what they return (``ingest/cut_evidence.record_cuts`` keeps them).
-    ``in_child``: "on", a process of its own decodes and scales (``ingest/decode_process.py``);
-    "if-possible" too, but here when no such process can be had; "off": here."""
+    ``feed``: where the batches come from (None: decoded here; ``ingest/decode_process.py``: in a child)."""
     # inside: scenedetect only in the workers that detect shots
     from scenedetect import FrameTimecode
 
     pool, pending, scratch = scaler_pool(), deque(), Scratch()
-    ahead = AHEAD or scale_ahead.SCALER_THREADS
-    per_batch = batch_frames(*video.coded_size)
-    feed: BatchFeed = _DecodeHere(video, end_frame, per_batch)
-    if in_child != "off":
-        # inside: the child's side only where it runs
-        from vidcorpus.ingest.decode_process import ChildFeed, DecoderUnavailable
-
-        try:
-            feed = ChildFeed(video, plan, end_frame, per_batch, slots=ahead + 2)
-        except DecoderUnavailable as e:
-            if in_child == "on":
-                raise
-            log.warning("%s; decoding in this process", e)
+    ahead, per_batch = batches_ahead(), batch_frames(*video.coded_size)
+    feed = feed or _DecodeHere(video, end_frame, per_batch)
     last = None  # the batch submitted last (the next one's content sums start from its last frame)
     fps = video.frame_rate
 

@@ -198,8 +198,13 @@ def run_detectors(video, cfg, fps: float, end_frame: int | None, flashes: FlashW
         from vidcorpus.ingest.detect_batches import detect_batched, plan_for
 
         try:
-            detect_batched(video, detectors, end_frame, plan_for(video, detectors, video.transnet_stream, flashes),
-                           video.transnet_stream, flashes, in_child=_decode_in_child(cfg, video.transnet_stream))
+            plan, feed = plan_for(video, detectors, video.transnet_stream, flashes), None
+            if (where := _decode_in_child(cfg, video.transnet_stream)) != "off":
+                # inside: the child's side only where it runs
+                from vidcorpus.ingest.decode_process import child_feed
+
+                feed = child_feed(video, plan, end_frame, required=where == "on")
+            detect_batched(video, detectors, end_frame, plan, video.transnet_stream, flashes, feed)
         except DecodeError:
             raise
         except Exception as e:  # noqa: BLE001 - decoder and detector errors alike
