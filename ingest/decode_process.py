@@ -28,6 +28,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -37,12 +39,15 @@ import numpy as np
 
 from vidcorpus.errors import DecodeError
 from vidcorpus.frame_index import FrameIndex
+from vidcorpus.ingest import detect_batches
 from vidcorpus.ingest.detect_batches import (GRID_SHAPE, BatchPlan, PreparedBatch, Scratch, batch_frames,
                                              batches_ahead, prepare_copied, read_batch, scale_batch)
+from vidcorpus.ingest.scale_ahead import scaler_pool
 from vidcorpus.ingest.scaled_stream import ScaledStream
 
 SHM_DIR = "/dev/shm"  # the ring's file (memory on Linux); elsewhere the temporary directory
 WHOLE_SLOT = 2**31  # frames: a slot's arrays uncut
+SLOTS_PER_BATCH_AHEAD = 2  # the ring: this many slots a batch the reader keeps ahead, and 2 (the child decodes on)
 log = logging.getLogger(__name__)
 
 
@@ -110,8 +115,8 @@ class DecoderProcess:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # what the parent imports
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", "import sys; from vidcorpus.ingest.decode_process import child_main; "
-                 "child_main(*sys.argv[1:])", str(child_reads), str(child_writes)],
+                [sys.executable, "-c", "import sys; sys.path[:] = [p for p in sys.path if p]; "  # not the cwd's first
+                 "from vidcorpus.ingest.decode_process import child_main; child_main(*sys.argv[1:])", str(child_reads), str(child_writes)],
                 pass_fds=(child_reads, child_writes), env=env, stdin=subprocess.DEVNULL)
         except OSError as e:
             for fd in (child_reads, parent_writes, parent_reads, child_writes):
@@ -126,9 +131,9 @@ class DecoderProcess:
         self._ring_key: tuple | None = None
         try:
             self.recv()  # ("ready",)
-        except DecodeError as e:
+        except DecodeError:
             self.close()
-            raise DecoderUnavailable(f"cannot start the decoding process: {e}") from None
+            raise DecoderUnavailable(f"cannot start the decoding process (exit code {self.proc.returncode})") from None
 
     def send(self, message: tuple) -> None:
         try:
@@ -257,7 +262,7 @@ class ChildFeed:
 
     def __init__(self, video, plan: BatchPlan, end_frame: int | None, per_batch: int, slots: int):
         self.video, self.ended = video, False
-        self._slots: dict[int, int] = {}  # id(future) -> its slot
+        self._sending = threading.Lock()  # the pool's threads hand slots back
         self.decoder = take_decoder()
         new_ring = None
         try:
@@ -286,25 +291,30 @@ class ChildFeed:
         message = self.decoder.recv()
         if message[0] == "batch":
             _, slot, numbers = message
-            future = pool.submit(prepare_copied, numbers, *self.decoder.ring.views(slot, len(numbers)), plan, previous,
-                                 scratch)
-            self._slots[id(future)] = slot
-            return future
+            return pool.submit(prepare_copied, numbers, *self.decoder.ring.views(slot, len(numbers)), plan, previous,
+                               scratch, lambda: self._free(slot))
         self.ended = True
         if message[0] == "error":
             raise _error(message)
-        return None  # ("end",)
+        if (times := detect_batches.TIMES) is not None:  # ("end", the child's seconds)
+            for name, seconds in message[1].items():
+                setattr(times, name, getattr(times, name) + seconds)
+        return None
+
+    def _free(self, slot: int) -> None:
+        """The slot's batch is copied out (on a pool thread): the child may write it again."""
+        with self._sending:
+            self.decoder.send(("free", slot))
 
     def consumed(self, future: Future, batch: PreparedBatch) -> None:
-        """``batch`` was copied out of its slot: the child may write the slot again."""
-        self.decoder.send(("free", self._slots.pop(id(future))))
         self.video.decoded = batch.numbers[-1]
 
     def close(self) -> None:
         """Stops the child if the pass ended early (an error here), waits for it, and hands it back."""
         try:
             if not self.ended:
-                self.decoder.send(("stop",))
+                with self._sending:
+                    self.decoder.send(("stop",))
                 while self.decoder.recv()[0] not in ("end", "error"):
                     pass
                 self.ended = True
@@ -317,7 +327,7 @@ def child_feed(video, plan: BatchPlan, end_frame: int | None, required: bool) ->
     """``video``'s batches from a child (``detect_batched``'s ``feed``), ``video`` read to ``end_frame``.
     None (with a warning) when no child or ring can be had and the child is not ``required``."""
     try:
-        return ChildFeed(video, plan, end_frame, batch_frames(*video.coded_size), slots=batches_ahead() + 2)
+        return ChildFeed(video, plan, end_frame, batch_frames(*video.coded_size), slots=SLOTS_PER_BATCH_AHEAD * batches_ahead() + 2)
     except DecoderUnavailable as e:
         if required:
             raise
@@ -364,20 +374,44 @@ def child_main(inbox_fd: str, outbox_fd: str) -> None:
 
 
 def _stream(video, spec: StreamSpec, ring: Ring, inbox: Connection, outbox: Connection) -> None:
-    """Decode ``spec``'s stream into ``ring``'s free slots, a batch a message, until its end or a stop."""
+    """Decode ``spec``'s stream into ``ring``'s free slots until its end or a stop: this thread decodes,
+    the scaler pool makes each batch (FFmpeg's scaler gives the GIL up, and at 360p it costs about
+    what the decoding does: one thread doing both ran at half the speed of decoding alone on an H100
+    host), and each is announced in decode order once made. The end message carries this side's
+    seconds (``detect_batches.BatchTimes``' child fields)."""
+    pool, clock = scaler_pool(), time.perf_counter
     free, start, ended = list(range(ring.slots)), video.decoded, False
-    while not ended and _take_frees(inbox, free):
-        decoded, ended = read_batch(video, spec.per_batch, spec.end_frame, start)
-        if decoded:
-            slot = free.pop(0)
-            scale_batch([f for _n, f in decoded], spec.plan, ring.taker(slot))
-            outbox.send(("batch", slot, [n for n, _f in decoded]))
-    outbox.send(("end",))
+    made: deque[tuple[int, list[int], Future]] = deque()  # (slot, frame counts, scaling) in decode order
+    times = dict.fromkeys(("child_decode_s", "child_wait_free_s", "child_wait_scaled_s"), 0.0)
+    try:
+        while made or not ended:
+            t0 = clock()
+            if not _take_frees(inbox, free, wait=not free and not made):
+                break  # a stop
+            t1 = clock()
+            if free and not ended:
+                decoded, ended = read_batch(video, spec.per_batch, spec.end_frame, start)
+                if decoded:
+                    slot = free.pop(0)
+                    made.append((slot, [n for n, _f in decoded],
+                                 pool.submit(scale_batch, [f for _n, f in decoded], spec.plan, ring.taker(slot))))
+            t2 = clock()
+            while made and (made[0][2].done() or ended or not free):  # the oldest, when done or nothing else to do
+                slot, numbers, scaling = made.popleft()
+                scaling.result()
+                outbox.send(("batch", slot, numbers))
+            times["child_wait_free_s"] += t1 - t0
+            times["child_decode_s"] += t2 - t1
+            times["child_wait_scaled_s"] += clock() - t2
+    finally:
+        for _slot, _numbers, scaling in made:  # a stop or an error: nothing writes into a slot after this
+            scaling.cancel() or scaling.exception()
+    outbox.send(("end", times))
 
 
-def _take_frees(inbox: Connection, free: list[int]) -> bool:
-    """The slots the parent handed back so far (waiting for one while none is free): False at a stop."""
-    while not free or inbox.poll():
+def _take_frees(inbox: Connection, free: list[int], wait: bool) -> bool:
+    """The slots the parent handed back so far (``wait``: until one is): False at a stop."""
+    while (wait and not free) or inbox.poll():
         message = inbox.recv()
         if message[0] == "stop":
             return False

@@ -75,14 +75,19 @@ class BatchPlan:
 
 @dataclass
 class BatchTimes:
-    """Seconds the reading thread spent decoding, waiting for prepared batches and running the
-    detectors, and the pool's seconds preparing them (bench/profile_shot_gil.py sets ``TIMES``)."""
+    """Seconds the reading thread spent decoding (or waiting for a decoding child's batches), waiting
+    for prepared batches and running the detectors, and the pool's seconds preparing them; a decoding
+    child's seconds decoding, waiting for a free slot and for its scaling (bench/profile_shot_gil.py
+    sets ``TIMES``)."""
 
     frames: int = 0
     decode_s: float = 0.0
     wait_s: float = 0.0
     consume_s: float = 0.0
     prepare_s: float = 0.0
+    child_decode_s: float = 0.0
+    child_wait_free_s: float = 0.0
+    child_wait_scaled_s: float = 0.0
 
 
 TIMES: BatchTimes | None = None  # when set, every detect_batched adds its times here
@@ -165,9 +170,10 @@ def prepare(decoded: list[tuple[int, object]], plan: BatchPlan, previous: Future
 
 
 def prepare_copied(numbers: list[int], bgr: np.ndarray | None, transnet: np.ndarray | None, grids: np.ndarray | None,
-                   plan: BatchPlan, previous: Future | None, scratch: Scratch) -> PreparedBatch:
+                   plan: BatchPlan, previous: Future | None, scratch: Scratch, copied_out=None) -> PreparedBatch:
     """``prepare`` of a batch that ``scale_batch`` made in the decoding process (``ingest/decode_process.py``):
-    its arrays, in a shared slot the process writes the next batches into, are copied out first."""
+    its arrays, in a shared slot the process writes the next batches into, are copied out first, then
+    ``copied_out()`` (the slot is free)."""
     started = time.perf_counter()
 
     def copied(array: np.ndarray | None) -> np.ndarray | None:
@@ -177,7 +183,10 @@ def prepare_copied(numbers: list[int], bgr: np.ndarray | None, transnet: np.ndar
         np.copyto(out, array)
         return out
 
-    return _finish(numbers, copied(bgr), copied(transnet), copied(grids), plan, previous, scratch, started)
+    bgr, transnet, grids = copied(bgr), copied(transnet), copied(grids)
+    if copied_out is not None:
+        copied_out()
+    return _finish(numbers, bgr, transnet, grids, plan, previous, scratch, started)
 
 
 def scale_batch(frames: list, plan: BatchPlan, take) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
