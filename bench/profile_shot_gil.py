@@ -100,7 +100,7 @@ def _times_per_frame(times) -> dict:
     if times is None:
         return {}
     n = max(times.frames, 1)
-    return {"frames": times.frames, **{k.replace("_s", "_us_per_frame"): round(getattr(times, k) / n * 1e6, 1)
+    return {"frames": times.frames, **{f"{k[:-2]}_us_per_frame": round(getattr(times, k) / n * 1e6, 1)
                                         for k in ("decode_s", "wait_s", "consume_s", "prepare_s", "child_decode_s",
                                                   "child_wait_free_s", "child_wait_scaled_s")
                                         if hasattr(times, k)}}

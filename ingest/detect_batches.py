@@ -18,7 +18,8 @@ decode order, one batch per pool thread behind the decoding. Every value is the 
 path computes (the same calls on the same frames), so the cuts are the same
 (tests/test_detect_batches.py). Measured on H100 hosts (docs/benchmarks.md, "Shot detection read
 in batches", its second round and the fourth): default + TransNetV2 at 0.50 to 0.60 of decoding
-alone at 360p (0.36 before the batches), 0.63 to 0.78 at 540p.
+alone at 360p (0.36 before the batches), 0.63 to 0.78 at 540p. At 360p on a GPU node the decoding
+and the scaling run in a child process instead (``ingest/decode_process.py``, the fifth round).
 """
 
 from __future__ import annotations

@@ -199,7 +199,7 @@ def run_detectors(video, cfg, fps: float, end_frame: int | None, flashes: FlashW
 
         try:
             plan, feed = plan_for(video, detectors, video.transnet_stream, flashes), None
-            if (where := _decode_in_child(cfg, video.transnet_stream)) != "off":
+            if (where := _decode_in_child(cfg, video.transnet_stream, video.coded_size)) != "off":
                 # inside: the child's side only where it runs
                 from vidcorpus.ingest.decode_process import child_feed
 
@@ -227,11 +227,18 @@ def run_detectors(video, cfg, fps: float, end_frame: int | None, flashes: FlashW
     return _pass_of(first, video, sorted({start.frame_num for start, _end in scenes[1:]}), detectors, flashes)
 
 
-def _decode_in_child(cfg, transnet_stream) -> str:
+# split.decode_process auto: where a child was measured to help (360p on H100 hosts: in process the
+# GIL held default + TransNetV2 at 0.50 to 0.63 of decode-only, in a child 0.59 to 0.72); at 540p and
+# 720p one process reached 0.70 to 0.96 and a child was not measured (docs/benchmarks.md, fifth round)
+CHILD_MAX_PIXELS = 640 * 360
+
+
+def _decode_in_child(cfg, transnet_stream, coded_size: tuple[int, int]) -> str:
     """``split.decode_process`` for ``detect_batched``: auto decodes in a child process where TransNetV2
-    runs on a GPU, if one can be had."""
+    runs on a GPU and the frames are at most ``CHILD_MAX_PIXELS``, if a child can be had."""
     if cfg.decode_process == "auto":
-        return "if-possible" if transnet_stream is not None and str(transnet_stream.device) != "cpu" else "off"
+        gpu = transnet_stream is not None and str(transnet_stream.device) != "cpu"
+        return "if-possible" if gpu and coded_size[0] * coded_size[1] <= CHILD_MAX_PIXELS else "off"
     return cfg.decode_process
 
 

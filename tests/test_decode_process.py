@@ -29,7 +29,7 @@ def _children() -> set[int]:
 
 @pytest.mark.parametrize("detectors", [["adaptive", "histogram"], ["content", "hash"]], ids=["default", "content+hash"])
 def test_the_child_finds_what_the_reader_in_process_finds(detectors):
-    for path in [BIKES, *([_montage()] if HAS_TRANSNET else [])]:
+    for path in [BIKES, *([_montage()] if HAS_TRANSNET and detectors == ["adaptive", "histogram"] else [])]:
         here = _pass(path, HERE.model_copy(update={"detectors": detectors}), True)
         _same(_pass(path, CHILD.model_copy(update={"detectors": detectors}), True), here)
         assert len(here.cuts) >= 5
@@ -174,20 +174,21 @@ def test_no_room_for_the_ring_is_one_line_or_in_process_on_auto(monkeypatch, tmp
     with pytest.raises(DecodeError, match=r"^cannot make the decoding process's ring \(\d+ MB\): .*No space left"):
         _pass(BIKES, CHILD, True)
     assert os.listdir(tmp_path) == []
-    monkeypatch.setattr(split, "_decode_in_child", lambda cfg, stream: "if-possible")
+    monkeypatch.setattr(split, "_decode_in_child", lambda cfg, stream, size: "if-possible")
     _same(_pass(BIKES, SplitConfig(), True), expected)
     assert "decoding in this process" in caplog.text
 
 
-def test_auto_decodes_in_a_child_only_where_transnet_runs_on_a_gpu():
+def test_auto_decodes_in_a_child_only_where_transnet_runs_on_a_gpu_below_540p():
     from types import SimpleNamespace
 
     from vidcorpus.ingest.split import _decode_in_child
 
     gpu, cpu = SimpleNamespace(device="cuda:0"), SimpleNamespace(device="cpu")
-    auto = SplitConfig()
-    assert [_decode_in_child(auto, s) for s in (gpu, cpu, None)] == ["if-possible", "off", "off"]
-    assert _decode_in_child(CHILD, None) == "on" and _decode_in_child(HERE, gpu) == "off"
+    auto, p360, p540 = SplitConfig(), (640, 360), (960, 540)
+    assert [_decode_in_child(auto, s, p360) for s in (gpu, cpu, None)] == ["if-possible", "off", "off"]
+    assert _decode_in_child(auto, gpu, p540) == "off"  # one process reached the target there
+    assert _decode_in_child(CHILD, None, p540) == "on" and _decode_in_child(HERE, gpu, p360) == "off"
 
 
 def _gone(pid: int) -> bool:

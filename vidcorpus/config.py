@@ -102,9 +102,9 @@ class SplitConfig(Section):
     decode_process: Literal["auto", "on", "off"] = Field(
         "auto", description="pyav backend: the detection stream decoded and scaled in a process of its own, the "
                             "frames handed over in shared memory (ingest/decode_process.py; one more process a split "
-                            "worker, kept for its next sources). auto: where TransNetV2 runs on a GPU (a GPU node's "
-                            "split, where one process's GIL held detection well below decoding alone at 360p: "
-                            "docs/benchmarks.md).")
+                            "worker, kept for its next sources). auto: where TransNetV2 runs on a GPU and the frames "
+                            "are at most 640x360 (on H100 hosts default + TransNetV2 at 0.59 to 0.72 of decode-only "
+                            "against 0.50 to 0.63 in one process, whose GIL holds it back there: docs/benchmarks.md).")
     extract_mode: Literal["auto", "precise", "copy"] = Field(
         "auto", description="auto: a clip whose shot starts on a keyframe of an H.264 source and whose copied packets "
                             "show exactly its frames is stream-copied (same frames, no re-encode), every other clip "
@@ -161,8 +161,8 @@ class SplitConfig(Section):
     transnet_on_gpu: bool = Field(
         True, description="transnetv2 joins split.detectors in a split worker that sees a CUDA GPU and has the `models` "
                           "extra installed, with the pyav backend (its dissolves and fades; on an H100 0.88 to 0.96 "
-                          "of decode-only at 720p, 0.70 to 0.78 at 540p, 0.50 to 0.58 at 360p: docs/benchmarks.md); "
-                          "workers without a GPU follow split.transnet_on_cpu.")
+                          "of decode-only at 720p, 0.70 to 0.78 at 540p, 0.59 to 0.72 at 360p decoded in a child "
+                          "(split.decode_process): docs/benchmarks.md); workers without a GPU follow split.transnet_on_cpu.")
     transnet_on_cpu: bool | None = Field(
         None, description="transnetv2 joins split.detectors in split workers without a GPU too (the `models` extra, "
                           "the pyav backend): issue 23's shot targets then hold there as well, for about 16 ms of CPU "

@@ -8,12 +8,12 @@ JSON in bench/results/, a ``Table`` in the module of its part (or a new module l
 from __future__ import annotations
 
 from doc_tables import (captioning, captioning_final, catalog, filters, gpu_node_runs, ingest, pipeline, report,
-                        serve, shards, shot_speed, shots, train, train_compile,
+                        serve, shards, shot_child, shot_speed, shots, train, train_compile,
                         video2dataset)
 from doc_tables.spec import Table
 
 TABLES: dict[str, Table] = {}
-for _module in (ingest, shots, shot_speed, filters, captioning, captioning_final, catalog, shards, pipeline, video2dataset,
+for _module in (ingest, shots, shot_speed, shot_child, filters, captioning, captioning_final, catalog, shards, pipeline, video2dataset,
                 serve, report, train, train_compile, gpu_node_runs):
     for _table in _module.TABLES:
         if _table.name in TABLES:
