@@ -119,13 +119,12 @@ class DecoderProcess:
                  "from vidcorpus.ingest.decode_process import child_main; child_main(*sys.argv[1:])", str(child_reads), str(child_writes)],
                 pass_fds=(child_reads, child_writes), env=env, stdin=subprocess.DEVNULL)
         except OSError as e:
-            for fd in (child_reads, parent_writes, parent_reads, child_writes):
-                os.close(fd)
+            os.close(parent_writes)
+            os.close(parent_reads)
             raise DecoderUnavailable(f"cannot start the decoding process: {e}") from None
         finally:
-            with contextlib.suppress(OSError):
-                os.close(child_reads)
-                os.close(child_writes)
+            os.close(child_reads)
+            os.close(child_writes)
         self.outbox, self.inbox = Connection(parent_writes, readable=False), Connection(parent_reads, writable=False)
         self.ring: Ring | None = None
         self._ring_key: tuple | None = None
@@ -244,7 +243,10 @@ def _close_all() -> None:
 
 
 def _forget_inherited() -> None:
-    """In a forked process: the parent's children are not this one's (their pipes stay the parent's)."""
+    """In a forked process: the parent's children are not this one's (their pipes stay the parent's),
+    and its lock may have been held by a thread that is not here."""
+    global _LOCK
+    _LOCK = threading.Lock()
     for decoder in _ALL:
         for c in (decoder.outbox, decoder.inbox):
             with contextlib.suppress(OSError):
@@ -263,12 +265,14 @@ class ChildFeed:
     def __init__(self, video, plan: BatchPlan, end_frame: int | None, per_batch: int, slots: int):
         self.video, self.ended = video, False
         self._sending = threading.Lock()  # the pool's threads hand slots back
+        self._closing = False  # set under _sending: a slot handed back later would reach the next stream
+        self._broken = False  # a message half sent or read (an interrupt): the pipes are out of step
         self.decoder = take_decoder()
         new_ring = None
         try:
             new_ring = self.decoder.ring_for(plan, per_batch, slots)
-            spec = StreamSpec(video.path, video.turn, video.cursor_start, video.frame_index, end_frame, per_batch,
-                              plan)
+            path = video.path if "://" in video.path else os.path.abspath(video.path)  # the child's cwd may differ
+            spec = StreamSpec(path, video.turn, video.cursor_start, video.frame_index, end_frame, per_batch, plan)
             self.decoder.send(("open", spec, new_ring, slots))
             answer = self.decoder.recv()  # ("opened", first frame) once the child has the ring and the stream
         except BaseException:  # its pipes may hold this stream's messages: it goes
@@ -288,7 +292,7 @@ class ChildFeed:
 
     def submit(self, pool, plan: BatchPlan, previous: Future | None, scratch: Scratch) -> Future | None:
         """The next batch's copying and preparing, submitted once the child has made it; None at the end."""
-        message = self.decoder.recv()
+        message = self._talk(self.decoder.recv)
         if message[0] == "batch":
             _, slot, numbers = message
             return pool.submit(prepare_copied, numbers, *self.decoder.ring.views(slot, len(numbers)), plan, previous,
@@ -301,25 +305,44 @@ class ChildFeed:
                 setattr(times, name, getattr(times, name) + seconds)
         return None
 
+    def _talk(self, call, *args):
+        """``call(*args)`` (a send or a receive); an interrupt in it leaves the pipes out of step."""
+        try:
+            return call(*args)
+        except DecodeError:
+            raise
+        except BaseException:
+            self._broken = True
+            raise
+
     def _free(self, slot: int) -> None:
         """The slot's batch is copied out (on a pool thread): the child may write it again."""
         with self._sending:
-            self.decoder.send(("free", slot))
+            if not self._closing:
+                self._talk(self.decoder.send, ("free", slot))
 
     def consumed(self, future: Future, batch: PreparedBatch) -> None:
         self.video.decoded = batch.numbers[-1]
 
     def close(self) -> None:
-        """Stops the child if the pass ended early (an error here), waits for it, and hands it back."""
+        """Stops the child if the pass ended early (an error here), waits for it, and hands it back;
+        a child whose pipes may be out of step is retired instead."""
+        with self._sending:
+            self._closing = True
+        if self._broken:
+            retire(self.decoder)
+            return
         try:
             if not self.ended:
-                with self._sending:
-                    self.decoder.send(("stop",))
+                self.decoder.send(("stop",))
                 while self.decoder.recv()[0] not in ("end", "error"):
                     pass
                 self.ended = True
         except DecodeError:
             pass  # it has gone: give_back forgets it
+        except BaseException:
+            retire(self.decoder)
+            raise
         give_back(self.decoder)
 
 
@@ -386,7 +409,7 @@ def _stream(video, spec: StreamSpec, ring: Ring, inbox: Connection, outbox: Conn
     try:
         while made or not ended:
             t0 = clock()
-            if not _take_frees(inbox, free, wait=not free and not made):
+            if not _take_frees(inbox, ring, free, {slot for slot, _n, _s in made}, wait=not free and not made):
                 break  # a stop
             t1 = clock()
             if free and not ended:
@@ -409,11 +432,15 @@ def _stream(video, spec: StreamSpec, ring: Ring, inbox: Connection, outbox: Conn
     outbox.send(("end", times))
 
 
-def _take_frees(inbox: Connection, free: list[int], wait: bool) -> bool:
-    """The slots the parent handed back so far (``wait``: until one is): False at a stop."""
+def _take_frees(inbox: Connection, ring: Ring, free: list[int], writing: set[int], wait: bool) -> bool:
+    """The slots the parent handed back so far (``wait``: until one is): False at a stop. ``writing``:
+    the slots of batches made or being made and not yet announced."""
     while (wait and not free) or inbox.poll():
         message = inbox.recv()
         if message[0] == "stop":
             return False
-        free.append(message[1])  # ("free", slot)
+        slot = message[1]  # ("free", slot)
+        if not 0 <= slot < ring.slots or slot in free or slot in writing:
+            raise RuntimeError(f"slot {slot} handed back twice")  # the parent's error: its source fails, not others
+        free.append(slot)
     return True

@@ -363,8 +363,9 @@ def detect_batched(video, detectors: list, end_frame: int | None, plan: BatchPla
                     times.decode_s += clock() - t0
             if pending:
                 t0 = clock()
-                future = pending.popleft()
+                future = pending[0]
                 batch = future.result()
+                pending.popleft()  # (after: an interrupted wait leaves it to the finally's)
                 feed.consumed(future, batch)
                 t1 = clock()
                 consume(batch)

