@@ -40,6 +40,7 @@ from vidcorpus.frame_index import FrameIndex
 from vidcorpus.ingest import detect_batches
 from vidcorpus.ingest.detect_batches import (GRID_SHAPE, BatchPlan, PreparedBatch, Scratch, batch_frames,
                                              batches_ahead, prepare_copied)
+from vidcorpus.storage import absolute
 
 SHM_DIR = "/dev/shm"  # the ring's file (memory on Linux); elsewhere the temporary directory
 WHOLE_SLOT = 2**31  # frames: a slot's arrays uncut
@@ -267,8 +268,8 @@ class ChildFeed:
         new_ring = None
         try:
             new_ring = self.decoder.ring_for(plan, per_batch, slots)
-            path = video.path if "://" in video.path else os.path.abspath(video.path)  # the child's cwd may differ
-            spec = StreamSpec(path, video.turn, video.cursor_start, video.frame_index, end_frame, per_batch, plan)
+            spec = StreamSpec(absolute(video.path), video.turn, video.cursor_start, video.frame_index, end_frame,
+                              per_batch, plan)  # an absolute path: the child's working directory may differ
             self.decoder.send(("open", spec, new_ring, slots))
             answer = self.decoder.recv()  # ("opened", first frame) once the child has the ring and the stream
         except BaseException:  # its pipes may hold this stream's messages: it goes
