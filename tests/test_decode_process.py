@@ -181,6 +181,14 @@ def test_auto_decodes_in_a_child_only_where_transnet_runs_on_a_gpu_below_540p():
     assert _decode_in_child(CHILD, None, p540) == "on" and _decode_in_child(HERE, gpu, p360) == "off"
 
 
+def test_on_and_off_from_the_command_line_and_yaml():
+    """``--set split.decode_process=on`` (YAML reads on/off as booleans) sets what it says."""
+    from vidcorpus.config import load_config
+
+    for word in ("on", "off", "auto"):
+        assert load_config(overrides=[f"split.decode_process={word}"]).split.decode_process == word
+
+
 def _gone(pid: int) -> bool:
     """Ended: no such process, or a zombie its (dead) parent's reaper has not collected yet."""
     try:

@@ -177,6 +177,12 @@ class SplitConfig(Section):
     transnet_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="transnetv2: where it runs (auto: a GPU when the worker sees one).")
     transnet_batch_windows: int = Field(8, ge=1, description="transnetv2: 100-frame windows per model call.")
 
+    @field_validator("decode_process", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v):
+        """YAML reads `on`/`off` as booleans (`--set split.decode_process=on` included)."""
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
     @model_validator(mode="after")
     def _transnet_reads_the_pyav_decode(self):
         if "transnetv2" in self.detectors and self.backend != "pyav":  # (transnet_on_gpu joins the pyav decode only)
