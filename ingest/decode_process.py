@@ -38,7 +38,7 @@ import numpy as np
 from vidcorpus.errors import DecodeError
 from vidcorpus.frame_index import FrameIndex
 from vidcorpus.ingest import detect_batches
-from vidcorpus.ingest.detect_batches import (GRID_SHAPE, BatchPlan, PreparedBatch, Scratch, batch_frames,
+from vidcorpus.ingest.detect_batches import (BatchPlan, PreparedBatch, Scratch, batch_frames, batch_layout,
                                              batches_ahead, prepare_copied)
 from vidcorpus.storage import absolute
 
@@ -72,11 +72,7 @@ class Ring:
 
     def __init__(self, buffer, plan: BatchPlan, per_batch: int, slots: int):
         self.buffer, self.slots = buffer, slots
-        self._layout: list[tuple[tuple[int, ...], type] | None] = [
-            ((per_batch, plan.size[1], plan.size[0], 3), np.uint8) if plan.size else None,
-            ((per_batch, plan.transnet_size[1], plan.transnet_size[0], 3), np.uint8)
-            if plan.transnet_size is not None and plan.transnet_size != plan.size else None,
-            ((per_batch, *GRID_SHAPE), np.float32) if plan.grids else None]
+        self._layout = batch_layout(plan, per_batch)
         sizes = [0 if a is None else -(-int(np.prod(a[0])) * np.dtype(a[1]).itemsize // 64) * 64 for a in self._layout]
         self._offsets = [sum(sizes[:i]) for i in range(len(sizes))]  # each part aligned to 64 bytes
         self.slot_bytes = max(64, sum(sizes))
@@ -88,8 +84,8 @@ class Ring:
     def views(self, slot: int, n: int) -> list[np.ndarray | None]:
         """The slot's arrays, their first ``n`` frames (None: not asked for)."""
         base = slot * self.slot_bytes
-        return [None if a is None else
-                np.ndarray(a[0], a[1], self.buffer, base + offset)[:n] for a, offset in zip(self._layout, self._offsets)]
+        return [None if a is None else np.ndarray(a[0], a[1], self.buffer, base + offset)[:n]
+                for a, offset in zip(self._layout, self._offsets)]
 
     def taker(self, slot: int):
         """``scale_batch``'s ``take`` writing into ``slot``: its arrays in order (the layout is its asks)."""
@@ -113,7 +109,8 @@ class DecoderProcess:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", "import sys; sys.path[:] = [p for p in sys.path if p]; "  # not the cwd's first
-                 "from vidcorpus.ingest.decode_child import child_main; child_main(*sys.argv[1:])", str(child_reads), str(child_writes)],
+                 "from vidcorpus.ingest.decode_child import child_main; child_main(*sys.argv[1:])",
+                 str(child_reads), str(child_writes)],
                 pass_fds=(child_reads, child_writes), env=env, stdin=subprocess.DEVNULL)
         except OSError as e:
             os.close(parent_writes)
@@ -158,7 +155,7 @@ class DecoderProcess:
     def ring_for(self, plan: BatchPlan, per_batch: int, slots: int) -> str | None:
         """A new ring's file for this stream (its path, for the child to map), None: the current one fits.
         Its memory is reserved here: a full /dev/shm is an error now, not a SIGBUS in the child."""
-        key = (plan.size, plan.transnet_size, plan.grids, per_batch, slots)
+        key = _ring_key(plan, per_batch, slots)
         if key == self._ring_key:
             return None
         self.ring, self._ring_key = None, None
@@ -177,7 +174,7 @@ class DecoderProcess:
 
     def mapped(self, plan: BatchPlan, per_batch: int, slots: int) -> None:
         """The child has the current ring mapped: the next stream of the same sizes reuses it."""
-        self._ring_key = (plan.size, plan.transnet_size, plan.grids, per_batch, slots)
+        self._ring_key = _ring_key(plan, per_batch, slots)
 
     def close(self) -> None:
         for c in (self.outbox, self.inbox):
@@ -187,6 +184,11 @@ class DecoderProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def _ring_key(plan: BatchPlan, per_batch: int, slots: int) -> tuple:
+    """What a ring's layout depends on: a stream with the same key reuses it."""
+    return plan.size, plan.transnet_size, plan.grids, per_batch, slots
 
 
 _IDLE: list[DecoderProcess] = []
@@ -347,7 +349,8 @@ def child_feed(video, plan: BatchPlan, end_frame: int | None, required: bool) ->
     """``video``'s batches from a child (``detect_batched``'s ``feed``), ``video`` read to ``end_frame``.
     None (with a warning) when no child or ring can be had and the child is not ``required``."""
     try:
-        return ChildFeed(video, plan, end_frame, batch_frames(*video.coded_size), slots=SLOTS_PER_BATCH_AHEAD * batches_ahead() + 2)
+        return ChildFeed(video, plan, end_frame, batch_frames(*video.coded_size),
+                         slots=SLOTS_PER_BATCH_AHEAD * batches_ahead() + 2)
     except DecoderUnavailable as e:
         if required:
             raise

@@ -190,17 +190,24 @@ def prepare_copied(numbers: list[int], bgr: np.ndarray | None, transnet: np.ndar
     return _finish(numbers, bgr, transnet, grids, plan, previous, scratch, started)
 
 
+def batch_layout(plan: BatchPlan, n: int) -> list[tuple[tuple[int, ...], type] | None]:
+    """(shape, dtype) of the arrays ``scale_batch`` makes of ``n`` frames, in its order: the detectors'
+    frames, TransNetV2's when it reads another size, the luma grids; None for each the plan leaves out
+    (the decoding process's ring lays its slots out by it)."""
+    return [((n, plan.size[1], plan.size[0], 3), np.uint8) if plan.size is not None else None,
+            ((n, plan.transnet_size[1], plan.transnet_size[0], 3), np.uint8)
+            if plan.transnet_size is not None and plan.transnet_size != plan.size else None,  # else it reads bgr
+            ((n, *GRID_SHAPE), np.float32) if plan.grids else None]
+
+
 def scale_batch(frames: list, plan: BatchPlan, take) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    """FFmpeg's part of a batch (``av.VideoFrame``s): the detectors' frames, TransNetV2's when it reads
-    another size (None: it reads the detectors'), the flash watch's luma grids, each in an array that
-    ``take(shape, dtype)`` gives. On a pool thread, or in the decoding process."""
-    bgr = transnet = grids = None
-    if plan.size is not None:
-        bgr = _scaled(frames, plan.size, plan.turn, take)
-    if plan.transnet_size is not None and plan.transnet_size != plan.size:  # TransNetV2 shrinks them itself
-        transnet = _scaled(frames, plan.transnet_size, plan.turn, take)
-    if plan.grids:
-        grids = np.stack([luma_grid(f) for f in frames], out=take((len(frames), *GRID_SHAPE), np.float32))
+    """FFmpeg's part of a batch (``av.VideoFrame``s): the arrays of ``batch_layout`` (TransNetV2's None
+    where it reads the detectors'), each in an array that ``take(shape, dtype)`` gives. On a pool
+    thread, or in the decoding process."""
+    bgr_of, transnet_of, grids_of = batch_layout(plan, len(frames))
+    bgr = _scaled(frames, plan.size, plan.turn, take(*bgr_of)) if bgr_of else None
+    transnet = _scaled(frames, plan.transnet_size, plan.turn, take(*transnet_of)) if transnet_of else None
+    grids = np.stack([luma_grid(f) for f in frames], out=take(*grids_of)) if grids_of else None
     return bgr, transnet, grids
 
 
@@ -215,10 +222,10 @@ def _finish(numbers: list[int], bgr: np.ndarray | None, transnet: np.ndarray | N
     return out
 
 
-def _scaled(frames: list, size: tuple[int, int], turn: int, take) -> np.ndarray:
-    """(n, h, w, 3) upright BGR frames of ``size`` (``media.detection_frame``)."""
+def _scaled(frames: list, size: tuple[int, int], turn: int, out: np.ndarray) -> np.ndarray:
+    """``out``: the (n, h, w, 3) upright BGR frames of ``size`` (``media.detection_frame``)."""
     w, h = size
-    return np.stack([detection_frame(f, w, h, turn) for f in frames], out=take((len(frames), h, w, 3), np.uint8))
+    return np.stack([detection_frame(f, w, h, turn) for f in frames], out=out)
 
 
 def _detection_frames(bgr: np.ndarray, numbers: list[int], plan: BatchPlan, previous: Future | None,
