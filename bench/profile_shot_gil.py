@@ -8,7 +8,9 @@ GIL is saturated, and the per-thread and per-function counts say who holds it.
 
 The row (``bench/bench_transnet_gpu.py``'s names) runs once to warm up (model load, CUDA), then
 py-spy attaches to this process (``--nonblocking``: the process is not paused to sample) for
-``--seconds`` while the row runs over and over; frames per second over that span come with it:
+``--seconds`` while the row runs over and over; frames per second over that span come with it.
+With ``--child`` a second py-spy samples the shot-decoding child (``split.decode_process``) the
+same way, summarised apart as ``child`` (its threads: the decoding loop and the scaler pool):
 
     python bench/profile_shot_gil.py --video edit_360p.mp4 --row default_plus_transnetv2 --out prof.json
 """
@@ -39,6 +41,9 @@ ROWS = {
     "transnetv2": dict(detectors=["transnetv2"], flash_filter=False, dissolve_spans=False, histogram_evidence=False),
     "default_plus_transnetv2": dict(transnet_on_gpu=True),
     "default": {},
+    # decoded in a child whatever split.decode_process's auto would pick (code that has it)
+    "default_plus_transnetv2_in_child": dict(transnet_on_gpu=True, decode_process="on"),
+    "default_in_child": dict(decode_process="on"),
 }
 
 
@@ -106,6 +111,23 @@ def _times_per_frame(times) -> dict:
                                         if hasattr(times, k)}}
 
 
+def _py_spy(a, pid: int, raw: str) -> subprocess.Popen:
+    """py-spy sampling process ``pid``'s GIL holder (``--idle``: every thread) into ``raw``."""
+    return subprocess.Popen([a.py_spy, "record", "--pid", str(pid), "--idle" if a.idle else "--gil",
+                             "--threads", "--nonblocking",
+                             "-r", str(a.rate), "-d", str(int(a.seconds)), "-f", "raw", "-o", raw],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _child_pids() -> list[int]:
+    """The decoding children the warm-up started (none with code from before them, or decoding here)."""
+    try:
+        from vidcorpus.ingest import decode_process
+    except ImportError:
+        return []
+    return [decoder.proc.pid for decoder in list(decode_process._ALL)]
+
+
 def summarise(raw: str, samples_possible: float, top: int) -> dict:
     """GIL-held samples (py-spy's raw collapsed stacks) by thread, by innermost function, and inclusive."""
     threads, leaves, inclusive = collections.Counter(), collections.Counter(), collections.Counter()
@@ -143,6 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-batch", type=int, help="ingest/detect_batches.MAX_BATCH")
     ap.add_argument("--pool-threads", type=int, help="ingest/scale_ahead.SCALER_THREADS")
     ap.add_argument("--cv2-threads", type=int, help="cv2.setNumThreads")
+    ap.add_argument("--child", action="store_true", help="also sample the decoding child (split.decode_process)")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
     if a.switch_interval:
@@ -152,10 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
     run()  # warm-up: the model's load and first calls are not what is profiled
     times = _batch_times()
     raw = os.path.join(tempfile.mkdtemp(), "gil.txt")
-    spy = subprocess.Popen([a.py_spy, "record", "--pid", str(os.getpid()), "--idle" if a.idle else "--gil",
-                            "--threads", "--nonblocking",
-                            "-r", str(a.rate), "-d", str(int(a.seconds)), "-f", "raw", "-o", raw],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    spy = _py_spy(a, os.getpid(), raw)
+    children = [(_py_spy(a, pid, raw + f".{pid}"), raw + f".{pid}") for pid in (_child_pids() if a.child else [])]
     time.sleep(1.0)  # py-spy attaching
     frames, t0, c0 = 0, time.perf_counter(), cpu_seconds()
     while spy.poll() is None:
@@ -164,6 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
     err = spy.stderr.read() if spy.stderr else ""
     if not os.path.exists(raw):
         sys.exit(f"py-spy wrote nothing: {err.strip().splitlines()[-1:] or spy.returncode}")
+    for child, _ in children:
+        child.wait()
     with open(raw) as f:
         result = {"video": os.path.basename(a.video), "row": a.row, "frames_per_s": round(frames / wall, 1),
                   "cpu_ms_per_frame": round(cpu / max(frames, 1) * 1e3, 3), "cpu_count": os.cpu_count(),
@@ -171,6 +194,10 @@ def main(argv: list[str] | None = None) -> dict:
                   "switch_interval": sys.getswitchinterval(), "sampled": "every thread" if a.idle else "GIL holder",
                   "knobs": knobs, "batch_times": _times_per_frame(times),
                   **summarise(f.read(), a.rate * wall, a.top)}
+    for _, child_raw in children[:1]:  # one decoding child at a time in this loop
+        if os.path.exists(child_raw):
+            with open(child_raw) as f:
+                result["child"] = summarise(f.read(), a.rate * wall, a.top)
     print(json.dumps(result, indent=1))
     if a.out:
         with open(a.out, "w") as f:

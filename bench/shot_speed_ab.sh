@@ -5,7 +5,8 @@
 #   git archive REV ingest vidcorpus bench | xz > bench/_before.tar.xz      (here; untracked, it travels)
 #   carry [".gpujob/tn"] (built by bash bench/shot_speed_bundle.sh)
 #   BEFORE=bench/_before.tar.xz SIZES="640x360 960x540 1280x720" bash bench/shot_speed_ab.sh
-# (MINUTES=2: a 2-minute edit instead of 30 s; REPEAT=N: best of N runs a row, 2 by default)
+# (MINUTES=2: a 2-minute edit instead of 30 s; REPEAT=N: best of N runs a row, 2 by default; CODES=after:
+# the working tree's code alone; GIL_ARGS: more of bench/profile_shot_gil.py's options, e.g. "--child")
 # For each size: the resolution sweep's 30 s edit (bench/transnet_resolution_sweep.sh's recipe),
 # then bench/bench_transnet_gpu.py's rows with the earlier code, the working tree's, the earlier
 # again and the working tree's again (interleaved: the host's state drifts), and a GIL profile of
@@ -17,9 +18,10 @@ mkdir -p /tmp/site
 [ -x /tmp/site/bin/py-spy ] || python3 -c "import tarfile; tarfile.open('.gpujob/tn/site.tar.xz').extractall('/tmp/site')" || exit 2
 OUTDIR=${OUT:-/tmp/ab-out}
 mkdir -p "$OUTDIR" /tmp/before-tree /tmp/vcbefore/vidcorpus
-tar -C /tmp/before-tree -xJf "${BEFORE:?BEFORE=an archive of the earlier code}" || exit 2
+CODES=${CODES:-before after}
+[ "$CODES" = after ] || tar -C /tmp/before-tree -xJf "${BEFORE:?BEFORE=an archive of the earlier code}" || exit 2
 # both codes measured by the working tree's script (the rows' setup, e.g. the probe's rotation, alike)
-cp bench/bench_transnet_gpu.py /tmp/before-tree/bench/bench_transnet_gpu.py
+[ "$CODES" = after ] || cp bench/bench_transnet_gpu.py /tmp/before-tree/bench/bench_transnet_gpu.py
 for f in /tmp/before-tree/vidcorpus/*; do ln -sfn "$f" /tmp/vcbefore/vidcorpus/; done
 for d in ingest filters captioning shards catalog train; do
     [ -e "/tmp/before-tree/$d" ] && ln -sfn "/tmp/before-tree/$d" "/tmp/vcbefore/vidcorpus/$d"
@@ -36,7 +38,7 @@ for size in ${SIZES:-640x360 960x540 1280x720}; do
         --minutes "$MINUTES" --video-minutes "$MINUTES" --size "$size" --out "$folder" \
         > "/tmp/sweep-$size.log" 2>&1 || { tail -5 "/tmp/sweep-$size.log"; continue; }
     for round in 1 2; do
-        for code in before after; do
+        for code in $CODES; do
             if [ $code = before ]; then tree=/tmp/before-tree; path=$BEFORE_PATH; else tree=$here; path=$AFTER_PATH; fi
             (cd "$tree" && PYTHONPATH=$path python3 bench/bench_transnet_gpu.py --video "$video" --repeat "${REPEAT:-2}" \
                 --only "$ROWS" --out "$OUTDIR/ab_${code}${round}_$size.json" > /dev/null) || echo "bench failed: $code $size"
@@ -46,13 +48,14 @@ print(sys.argv[2], {k: round(v / b, 3) for k, v in f.items()}, round(b))" "$OUTD
         done
     done
     if [ "$size" = "${GIL_SIZE:-640x360}" ]; then
-        for code in before after; do
+        for code in $CODES; do
             path=$AFTER_PATH; [ $code = before ] && path=$BEFORE_PATH
             # the profiler is the working tree's script either way: it imports whichever vidcorpus the path gives
             PYTHONPATH=$path python3 bench/profile_shot_gil.py --video "$video" --row default_plus_transnetv2 \
-                --seconds 8 --py-spy /tmp/site/bin/py-spy --out "$OUTDIR/gil_${code}_$size.json" > /dev/null \
+                --seconds 8 --py-spy /tmp/site/bin/py-spy ${GIL_ARGS:-} --out "$OUTDIR/gil_${code}_$size.json" > /dev/null \
                 && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[2], d['frames_per_s'], \
-'gil', d['gil_share'], d['by_thread'])" "$OUTDIR/gil_${code}_$size.json" "gil $code" || echo "profile failed: $code"
+'gil', d['gil_share'], d['by_thread'], d['batch_times'], 'child', {k: d['child'][k] for k in ('gil_share', 'by_thread')} \
+if 'child' in d else '')" "$OUTDIR/gil_${code}_$size.json" "gil $code" || echo "profile failed: $code"
         done
     fi
 done
