@@ -40,6 +40,7 @@ import tempfile
 import time
 
 import av
+import cv2
 import numpy as np
 import torch
 
@@ -166,10 +167,13 @@ def main(argv: list[str] | None = None) -> dict:
                                                                  "layout, as before the channels-last change (CPU)")
     ap.add_argument("--skip-default", action="store_true", help="leave out the CPU-default rows")
     ap.add_argument("--only", help="comma-separated rows to run (default: all but transnetv2_feed)")
+    ap.add_argument("--cv2-threads", type=int, help="cv2.setNumThreads in this process (OpenCV's default: the cores)")
     ap.add_argument("--out", help="write the JSON here too")
     a = ap.parse_args(argv)
     if not a.video and not a.make:
         ap.error("give --video PATH or --make SECONDS")
+    if a.cv2_threads is not None:
+        cv2.setNumThreads(a.cv2_threads)
     size = tuple(int(v) for v in a.size.lower().split("x"))
     path = a.video or make_video(os.path.join(tempfile.mkdtemp(), "transnet_bench.mp4"), a.make, size=size)
     device = pick_device(a.device)
@@ -181,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "fps": float(st.average_rate or 0)}
     fps = info["fps"] or 25.0
     result: dict = {**info, "device": device, "torch": torch.__version__, "batch_windows": a.batch_windows,
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cv2_threads": cv2.getNumThreads(),
                     "host": platform.node(), "loadavg": os.getloadavg()}
     if device.startswith("cuda"):
         result["gpu"] = torch.cuda.get_device_name(0)

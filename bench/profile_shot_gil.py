@@ -114,7 +114,7 @@ def _times_per_frame(times) -> dict:
 def _py_spy(a, pid: int, raw: str) -> subprocess.Popen:
     """py-spy sampling process ``pid``'s GIL holder (``--idle``: every thread) into ``raw``."""
     return subprocess.Popen([a.py_spy, "record", "--pid", str(pid), "--idle" if a.idle else "--gil",
-                             "--threads", "--nonblocking",
+                             "--threads", *(["--native"] if a.native else ["--nonblocking"]),  # native: pauses to sample
                              "-r", str(a.rate), "-d", str(int(a.seconds)), "-f", "raw", "-o", raw],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pool-threads", type=int, help="ingest/scale_ahead.SCALER_THREADS")
     ap.add_argument("--cv2-threads", type=int, help="cv2.setNumThreads")
     ap.add_argument("--child", action="store_true", help="also sample the decoding child (split.decode_process)")
+    ap.add_argument("--native", action="store_true", help="py-spy's native frames too (where a thread waits for the GIL)")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
     if a.switch_interval:
