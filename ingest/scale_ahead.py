@@ -18,20 +18,33 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
+import cv2
+
 # a quarter of the cores, 2 to 4: on a 16-core GPU host one stream's batches (ingest/detect_batches.py)
 # kept the reading thread waiting with 2 (bench/profile_shot_gil.py); more only queue for the GIL
 # (the cores this process may run on; a Ray task's fractional CPU share is not seen here)
 SCALER_THREADS = max(2, min(4, len(os.sched_getaffinity(0)) // 4 if hasattr(os, "sched_getaffinity")
                             else (os.cpu_count() or 2) // 4))
+# OpenCV's own threads once the pool exists (see scaler_pool); None leaves OpenCV's default (a measuring
+# knob: bench/child_knobs/sitecustomize.py)
+OPENCV_THREADS: int | None = 1
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
 
 def scaler_pool() -> ThreadPoolExecutor:
-    """The process's pool of scaling threads (shared by every stream; created on first use)."""
+    """The process's pool of scaling threads (shared by every stream; created on first use).
+
+    Creating it sets OpenCV's own threads to one for the process: this pool is the parallelism, and
+    each batch's OpenCV calls (a colour conversion of 16 frames at once) otherwise wake OpenCV's
+    pool of one thread a core under every pool thread. On a 16-core H100 host that made default +
+    TransNetV2 at 360p 12 to 19% slower, with 27 to 46% more CPU a frame (docs/benchmarks.md, "sixth
+    round"). The scorers' frame workers set the same (``filters/frame_decoder.py``)."""
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
+            if OPENCV_THREADS is not None:
+                cv2.setNumThreads(OPENCV_THREADS)
             _POOL = ThreadPoolExecutor(max_workers=SCALER_THREADS, thread_name_prefix="detect-scale")
         return _POOL
 

@@ -165,3 +165,21 @@ def test_luma_grid_samples_the_luma_plane_at_the_grid():
         ys = np.linspace(0, f.height - 1, THUMB_H * 4).astype(int)
         xs = np.linspace(0, f.width - 1, THUMB_W * 4).astype(int)
         assert np.array_equal(luma_grid(f), luma[np.ix_(ys, xs)].astype(np.float32))
+
+
+def test_detection_runs_opencv_on_one_thread(monkeypatch):
+    """The scaler pool is the parallelism: OpenCV's own threads under each pool thread's batch calls
+    made default + TransNetV2 at 360p 12 to 19% slower on a 16-core H100 host (docs/benchmarks.md)."""
+    import cv2
+
+    from vidcorpus.ingest import scale_ahead
+
+    monkeypatch.setattr(scale_ahead, "_POOL", None)  # a process that has not detected shots yet
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(4)
+    try:
+        _pass(BIKES, SplitConfig(), batched=True, end=60)
+        assert cv2.getNumThreads() == 1
+    finally:
+        scale_ahead._POOL.shutdown()
+        cv2.setNumThreads(threads)
