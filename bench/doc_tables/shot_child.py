@@ -76,3 +76,65 @@ TABLES.append(Table(
         Col("pool: preparing, thread-µs a frame", "prepare", "{:.0f}"),
         Col("child: decoding thread, µs a frame", "child_decode", "{:.0f}", "-"),
         Col("child: waiting for a free slot", "child_wait_free", "{:.0f}", "-")]))
+
+
+KNOBS_FILE = "shot_child_knobs_h100_640x360_2min.json"
+KNOB_VARIANTS = {"base": "none (b1d1b4d as committed)",
+                 "c_sc2": "the child's scaler threads: 2 (4)",
+                 "c_sc6": "the child's scaler threads: 6 (4)",
+                 "c_dt8": "the child's FFmpeg decoder threads: 8 (FFmpeg's choice)",
+                 "cv2_1": "OpenCV's threads in the parent: 1 (16)"}
+
+
+def knob_rows(merged: dict) -> list[dict]:
+    """bench/shot_child_knobs.sh's runs (default + TransNetV2 decoded in a child), rounds interleaved."""
+    rows = []
+    for round_ in ("1", "2"):
+        for name, label in KNOB_VARIANTS.items():
+            d = merged.get(f"knob_{name}_{round_}")
+            if d is None:
+                continue
+            f, cpu, base = d["frames_per_s"], d["cpu_ms_per_frame"], d["frames_per_s"]["decode_only_48x27"]
+            rows.append({"knob": f"{label} ({round_})", "decode": base,
+                         "fps": f["default_plus_transnetv2"], "ratio": f["default_plus_transnetv2"] / base,
+                         "cpu": cpu["default_plus_transnetv2"], "load": d["loadavg"][0],
+                         "_bold": ("default + TransNetV2 / decode only",) if name == "cv2_1" else ()})
+    return rows
+
+
+TABLES.append(Table(
+    "shot_child_knobs_h100", [KNOBS_FILE], rows=knob_rows, columns=[
+        Col("knob: value (default) (round)", "knob"), Col("decode only (48x27), frames/s", "decode", whole),
+        Col("default + TransNetV2, frames/s", "fps", whole),
+        Col("default + TransNetV2 / decode only", "ratio", "{:.2f}"),
+        Col("default + TransNetV2, CPU ms a frame (child's included)", "cpu", "{:.2f}"),
+        Col("1-min load at start", "load", "{:.1f}")]))
+
+LONG_RUNS = {"shot_speed_child_h100_640x360_2min.json": "2 min (3,000 frames)",
+             "shot_speed_child_h100_640x360_30s.json": "30 s (750 frames)"}
+
+
+def long_rows(*files: dict) -> list[dict]:
+    """b1d1b4d (the child, OpenCV's default threads) on a 2-minute and a 30 s edit, one machine."""
+    rows = []
+    for label, merged in zip(LONG_RUNS.values(), files):
+        for round_ in ("1", "2"):
+            d = merged.get(f"ab_after{round_}_640x360")
+            if d is None:
+                continue
+            f, cpu, base = d["frames_per_s"], d["cpu_ms_per_frame"], d["frames_per_s"]["decode_only_48x27"]
+            rows.append({"edit": f"{label} ({round_})", "decode": base, "fps": f["default_plus_transnetv2"],
+                         "ratio": f["default_plus_transnetv2"] / base,
+                         "here": f["default_plus_transnetv2_in_process"] / base, "default": f["default"] / base,
+                         "cpu": cpu["default_plus_transnetv2"]})
+    return rows
+
+
+TABLES.append(Table(
+    "shot_child_long_h100", list(LONG_RUNS), rows=long_rows, columns=[
+        Col("edit (round)", "edit"), Col("decode only (48x27), frames/s", "decode", whole),
+        Col("default + TransNetV2 (child), frames/s", "fps", whole),
+        Col("default + TransNetV2 / decode only", "ratio", "{:.2f}"),
+        Col("the same decoded in process / decode only", "here", "{:.2f}"),
+        Col("default / decode only", "default", "{:.2f}"),
+        Col("default + TransNetV2, CPU ms a frame (child's included)", "cpu", "{:.2f}")]))
