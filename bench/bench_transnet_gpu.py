@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
         if row not in ("decode_only_48x27", "model_only"):
             result[f"{row}_of_decode_only"] = round(rows[row] / rows["decode_only_48x27"], 3)
     result["loadavg_end"] = os.getloadavg()
+    result["cv2_threads_end"] = cv2.getNumThreads()  # the detection rows set it (ingest/scale_ahead.OPENCV_THREADS)
     result["context_frames"] = CONTEXT
     print(json.dumps(result, indent=1))
     if a.out:
