@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from vidcorpus.config import SplitConfig
+from vidcorpus.ingest import scale_ahead
 from vidcorpus.ingest.probe import probe_video_file
 from vidcorpus.ingest.split import detect_segments
 from vidcorpus.ingest.transnet import CONTEXT, STEP, WINDOW, TransNetRun, bfloat16_here, load_model, pick_device
@@ -167,12 +168,13 @@ def main(argv: list[str] | None = None) -> dict:
                                                                  "layout, as before the channels-last change (CPU)")
     ap.add_argument("--skip-default", action="store_true", help="leave out the CPU-default rows")
     ap.add_argument("--only", help="comma-separated rows to run (default: all but transnetv2_feed)")
-    ap.add_argument("--cv2-threads", type=int, help="cv2.setNumThreads in this process (OpenCV's default: the cores)")
+    ap.add_argument("--cv2-threads", type=int, help="OpenCV's threads in this process (the detection's default: 1)")
     ap.add_argument("--out", help="write the JSON here too")
     a = ap.parse_args(argv)
     if not a.video and not a.make:
         ap.error("give --video PATH or --make SECONDS")
-    if a.cv2_threads is not None:
+    if a.cv2_threads is not None:  # the scaler pool sets scale_ahead.OPENCV_THREADS once it exists
+        scale_ahead.OPENCV_THREADS = a.cv2_threads
         cv2.setNumThreads(a.cv2_threads)
     size = tuple(int(v) for v in a.size.lower().split("x"))
     path = a.video or make_video(os.path.join(tempfile.mkdtemp(), "transnet_bench.mp4"), a.make, size=size)

@@ -69,6 +69,8 @@ def row_runner(row: str, path: str):
 def _set_knobs(a) -> dict:
     """The batched reader's settings this run uses (the modules' defaults unless given); none
     with code from before the batched reader."""
+    import cv2
+
     try:
         from vidcorpus.ingest import detect_batches, scale_ahead
     except ImportError:
@@ -80,14 +82,13 @@ def _set_knobs(a) -> dict:
         detect_batches.MAX_BATCH = a.max_batch
     if a.pool_threads:
         scale_ahead.SCALER_THREADS = a.pool_threads
-    if a.cv2_threads is not None:
-        import cv2
-
+    if a.cv2_threads is not None:  # the scaler pool sets scale_ahead.OPENCV_THREADS once it exists
+        scale_ahead.OPENCV_THREADS = a.cv2_threads
         cv2.setNumThreads(a.cv2_threads)
-    import cv2
 
     return {"ahead": detect_batches.AHEAD or scale_ahead.SCALER_THREADS, "max_batch": detect_batches.MAX_BATCH,
-            "pool_threads": scale_ahead.SCALER_THREADS, "cv2_threads": cv2.getNumThreads()}
+            "pool_threads": scale_ahead.SCALER_THREADS,  # OpenCV's threads while detecting (older code: the process's)
+            "cv2_threads": getattr(scale_ahead, "OPENCV_THREADS", None) or cv2.getNumThreads()}
 
 
 def _batch_times():
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--ahead", type=int, help="ingest/detect_batches.AHEAD")
     ap.add_argument("--max-batch", type=int, help="ingest/detect_batches.MAX_BATCH")
     ap.add_argument("--pool-threads", type=int, help="ingest/scale_ahead.SCALER_THREADS")
-    ap.add_argument("--cv2-threads", type=int, help="cv2.setNumThreads")
+    ap.add_argument("--cv2-threads", type=int, help="OpenCV's threads (the detection's default: 1)")
     ap.add_argument("--child", action="store_true", help="also sample the decoding child (split.decode_process)")
     ap.add_argument("--native", action="store_true", help="py-spy's native frames too (where a thread waits for the GIL)")
     ap.add_argument("--out")

@@ -181,5 +181,6 @@ def test_detection_runs_opencv_on_one_thread(monkeypatch):
         _pass(BIKES, SplitConfig(), batched=True, end=60)
         assert cv2.getNumThreads() == 1
     finally:
-        scale_ahead._POOL.shutdown()
+        if scale_ahead._POOL is not None:  # the one this test made
+            scale_ahead._POOL.shutdown()
         cv2.setNumThreads(threads)
