@@ -222,6 +222,8 @@ class DownloadStage(Stage):
 
     name: ClassVar[str] = "download"
     resources: ClassVar[Resources] = Resources(cpus=0.25)
+    # one task per source block: the runner sizes those blocks for the cores (pipeline.build_dataset)
+    whole_blocks: ClassVar[bool] = True
 
     def process_rows(self, rows: list[dict]) -> list[dict]:
         """Download several rows at once (I/O bound); the per-host bound keeps hosts polite."""

@@ -136,6 +136,7 @@ def probe_image_file(fileobj, max_pixels: int = MAX_PIXELS) -> dict:
 class ProbeStage(Stage):
     name: ClassVar[str] = "probe"
     resources: ClassVar[Resources] = Resources(cpus=0.25)
+    whole_blocks: ClassVar[bool] = True  # one task per source block (pipeline.build_dataset sizes them)
 
     def process_row(self, row: dict) -> dict:
         max_pixels = self.config.ingest.max_pixels

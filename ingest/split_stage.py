@@ -26,6 +26,11 @@ class SplitStage(Stage):
 
     name: ClassVar[str] = "split"
     resources: ClassVar[Resources] = Resources(cpus=0.5)
+    # One task per source block, and the runner makes a block per source when there are few
+    # (pipeline.build_dataset). With the task default of 4 rows, Ray Data bundled four one-source
+    # blocks into one task, so the H100 node's 15 long sources were split by 4 tasks in turn while 12
+    # cores waited (run 8b: the split's 4 workers, the first 75 s of the job).
+    whole_blocks: ClassVar[bool] = True
     # GPU share of one split task when TransNetV2 runs in it: its windows take a few ms of the GPU per
     # second of 720p video, and sixteen tasks at once must leave the model actors nearly all of it.
     transnet_gpu_share: ClassVar[float] = 0.01

@@ -85,10 +85,45 @@ def test_stages_that_decode_the_source_take_whole_blocks_unless_the_config_says_
     from vidcorpus.filters.technical import TechnicalStage
     from vidcorpus.stage_settings import resolve
 
-    plans = resolve([TechnicalStage, MotionStage], Config(), 0.0)
-    assert plans[TechnicalStage].batch_rows is None and plans[MotionStage].batch_rows is None
+    from vidcorpus.ingest.download import DownloadStage
+    from vidcorpus.ingest.probe import ProbeStage
+    from vidcorpus.ingest.split_stage import SplitStage
+
+    stages = [DownloadStage, ProbeStage, SplitStage, TechnicalStage, MotionStage]
+    for gpus in (0.0, 1.0):
+        plans = resolve(stages, Config(), gpus)
+        assert all(plans[s].batch_rows is None for s in stages), plans
     cfg = load_config(None, ["stages.motion.batch_rows=16"])
     assert resolve([MotionStage], cfg, 0.0)[MotionStage].batch_rows == 16
+
+
+def test_each_source_is_split_in_a_task_of_its_own(tmp_path):
+    """A few long sources must be split side by side: with the task default of 4 rows, Ray Data
+    bundled four one-source blocks into one task, and 15 sources on a 16-core node were split by 4
+    tasks, each source after the other (H100 run 8b)."""
+    import ray
+
+    from vidcorpus import stage_clock
+    from vidcorpus.ingest.download import DownloadStage
+    from vidcorpus.ingest.probe import ProbeStage
+    from vidcorpus.ingest.sources import read_inputs
+    from vidcorpus.ingest.split_stage import SplitStage
+    from vidcorpus.jobs.curate.pipeline import build_dataset, init_ray
+    from vidcorpus.synth import make_corpus
+
+    corpus = make_corpus(tmp_path / "corpus", n_videos=4, n_images=0, broken=False, include_real=False)
+    cfg = load_config(None, ["ray.num_cpus=2", "split.transnet_on_cpu=false"], workdir=str(tmp_path / "w"))
+    sources = read_inputs([corpus["list"]])
+    ray.shutdown()
+    init_ray(cfg)
+    try:
+        out = build_dataset(cfg, sources, 0.0, 2.0, [DownloadStage, ProbeStage, SplitStage]).take_all()
+    finally:
+        ray.shutdown()
+    assert not [r for r in out if r.get("error_class")], [r["error"] for r in out if r.get("error_class")]
+    calls = {(s["worker"], s["start"]): s["rows_in"] for r in out for s in stage_clock.decode(r["stage_times"])
+             if s["stage"] == "split"}
+    assert len(sources) == 5 and sorted(calls.values()) == [1] * len(sources), calls
 
 
 def test_an_unknown_stage_in_the_config_is_one_line_and_no_run(tmp_path, model_cache):
