@@ -51,7 +51,8 @@ class CaptionStage(Stage):
                                         prompt_version=cap.prompt_version, decode=cap.decode,
                                         repetition_penalty=cap.repetition_penalty, max_pixels=cap.max_pixels,
                                         compile_prefill=cap.compile_prefill, compile_decode=cap.compile_decode,
-                                        probe_rows=cap.probe_rows, prefetch_min_batch=cap.prefetch_min_batch)
+                                        probe_rows=cap.probe_rows, prefetch_min_batch=cap.prefetch_min_batch,
+                                        pad_shapes=cap.pad_shapes)
         compiles = self.captioner.compile_prefill or self.captioner.compile_decode
         self.captioner.pad_batches = compiles if cap.pad_batches is None else cap.pad_batches
         self.clip = None
@@ -82,8 +83,9 @@ class CaptionStage(Stage):
         """The compile cache file of this captioner and these settings (vidcorpus/compile_cache.py):
         jobs that compile other graphs (another model, batch or frame size) keep files of their own."""
         cap, c = self.config.captioning, self.captioner
-        settings = [self.config.models.captioner, c.batch_size, c.pad_batches, c.compile_prefill, c.compile_decode,
-                    cap.frames_per_clip, cap.max_pixels, cap.decode, cap.max_new_tokens, cap.short_max_new_tokens]
+        settings = [self.config.models.captioner, c.batch_size, c.pad_batches, c.pad_sizes(), c.compile_prefill,
+                    c.compile_decode, cap.frames_per_clip, cap.max_pixels, cap.decode, cap.max_new_tokens,
+                    cap.short_max_new_tokens]
         digest = hashlib.sha256(json.dumps(settings, default=str).encode()).hexdigest()[:12]
         folder = cap.compile_cache_dir or self.config.url("cache", "torch_compile")
         return artifacts_url(folder, f"caption-{digest}", c.device)
@@ -92,9 +94,10 @@ class CaptionStage(Stage):
         """Caption dummy clips (mid-grey 1280x720 frames, or fewer pixels under captioning.max_pixels)
         at the full batch size, both kinds, so the compiles and the fast path's probe run before the
         job's first kept clips arrive (captioning.warmup). With captioning.pad_batches (the default
-        where shapes compile) every later batch has that shape; without, a batch of 2 follows, which
-        compiles the shape-generic decoding step. Clips of another frame size still compile their
-        own prefill shape."""
+        where shapes compile) every later batch has one of captioning.pad_shapes shapes: a batch of the
+        smallest follows (with one shape, nothing follows), which compiles the shape-generic prefill and
+        decoding step that serve the shapes between; without padding, a batch of 2 does that. Clips of
+        another frame size still compile their own prefill shape."""
         cap = self.config.captioning
         bs = max(1, self.captioner.batch_size)
         w, h = 1280, 720
@@ -103,7 +106,7 @@ class CaptionStage(Stage):
             w, h = max(28, int(w * scale)), max(28, int(h * scale))
         frames = np.full((cap.frames_per_clip, h, w, 3), 128, np.uint8)
         limits = {"long": cap.max_new_tokens, "short": cap.short_max_new_tokens}
-        for n in dict.fromkeys((bs,) if self.captioner.pad_batches else (bs, min(2, bs))):
+        for n in dict.fromkeys((bs, self.captioner.pad_sizes()[-1]) if self.captioner.pad_batches else (bs, min(2, bs))):
             self.captioner.generate_kinds([frames] * n, limits)
 
     def process_rows(self, rows: list[dict]) -> list[dict]:

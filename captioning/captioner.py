@@ -48,11 +48,14 @@ class Captioner(CaptionInputs):
                  batch_size: int = 8, min_new_tokens: int = 4, prompt_version: str = "p1",
                  decode: str = "static_graph", repetition_penalty: float = 1.0, max_pixels: int | None = None,
                  compile_prefill: bool | None = None, compile_decode: bool | None = None, probe_rows: int = 4,
-                 prefetch_min_batch: int = PREFETCH_MIN_BATCH, pad_batches: bool = False):
-        """``pad_batches``: a short batch of videos is filled up to ``batch_size`` with copies of its last
-        clip (their captions dropped), so a job sees one batch shape and never stops for a compile of a
-        new one (25 to 99 s each on an H100, against about 5 s to caption a whole batch of 512). Off by
-        default: the caption stage turns it on where shapes compile (``captioning.pad_batches``).
+                 prefetch_min_batch: int = PREFETCH_MIN_BATCH, pad_batches: bool = False, pad_shapes: int = 1):
+        """``pad_batches``: a short batch of videos is filled with copies of its last clip (their
+        captions dropped) up to the smallest of ``pad_shapes`` batch shapes that holds it: the batch size
+        and its halvings (``padded_size``). So a job sees a few shapes, all compiled at its warm-up, and
+        never stops for a compile of a new one (25 to 99 s each on an H100); with one shape, a short
+        batch costs a whole one (44 s for a batch of 512 of the job's 3B captioner, however few of its
+        clips are real). Off by default: the caption stage turns it on where shapes compile
+        (``captioning.pad_batches``, ``captioning.pad_shapes``).
         ``decode``: "default" (transformers' ``generate``) or "static_graph" (static KV cache and a
         CUDA-graph decoding step, captioning/fast_decode.py; same greedy tokens, several times the
         throughput on GPUs). Models it does not support (BLIP) use ``generate`` either way.
@@ -74,6 +77,7 @@ class Captioner(CaptionInputs):
         self.compile_prefill = device.type == "cuda" if compile_prefill is None else compile_prefill
         self.compile_decode = device.type == "cuda" if compile_decode is None else compile_decode
         self.pad_batches = bool(pad_batches)
+        self.pad_shapes = max(1, int(pad_shapes))
         self._share_vision: bool | None = None  # decided on first use (fast_paths.usable)
         self.shared_vision = {"hits": 0, "runs": 0}  # vision-tower passes shared between kinds (generate_kinds)
         self._graph = None
@@ -164,12 +168,23 @@ class Captioner(CaptionInputs):
         videos = [i for i, f in enumerate(frames_per_clip) if len(f) != 1]
         return [(videos, False), (images, True)]
 
-    @staticmethod
-    def _padded(chunk: list[np.ndarray], size: int, pad: bool) -> list[np.ndarray]:
-        """``chunk`` filled up to ``size`` with its last clip when ``pad``, else as it is."""
+    def pad_sizes(self, batch_size: int | None = None) -> list[int]:
+        """The batch shapes a padded batch takes, largest first: the batch size and its halvings."""
+        sizes = [max(1, batch_size or self.batch_size)]
+        while len(sizes) < self.pad_shapes and sizes[-1] // 2 >= 1:
+            sizes.append(sizes[-1] // 2)
+        return sizes
+
+    def padded_size(self, n: int, batch_size: int) -> int:
+        """The smallest padding shape that holds ``n`` clips (``batch_size`` itself for n above it)."""
+        return min((s for s in self.pad_sizes(batch_size) if s >= n), default=batch_size)
+
+    def _padded(self, chunk: list[np.ndarray], size: int, pad: bool) -> list[np.ndarray]:
+        """``chunk`` filled up to its padding shape (at most ``size``) with its last clip when ``pad``,
+        else as it is."""
         if not pad or not chunk or len(chunk) >= size:
             return chunk
-        return chunk + [chunk[-1]] * (size - len(chunk))
+        return chunk + [chunk[-1]] * (self.padded_size(len(chunk), size) - len(chunk))
 
     def _generate_group(self, frames_per_clip: list[np.ndarray], prompt: Prompt, max_new_tokens: int,
                         as_image: bool, pad: bool = False) -> list[Generation]:
@@ -346,7 +361,8 @@ def load_captioner(name_or_dir: str, device: str | torch.device | None = None, d
                    decode: str = "static_graph", repetition_penalty: float = 1.0,
                    max_pixels: int | None = None, compile_prefill: bool | None = None,
                    compile_decode: bool | None = None, probe_rows: int = 4,
-                   prefetch_min_batch: int = PREFETCH_MIN_BATCH, pad_batches: bool = False) -> Captioner:
+                   prefetch_min_batch: int = PREFETCH_MIN_BATCH, pad_batches: bool = False,
+                   pad_shapes: int = 1) -> Captioner:
     """Load any image-text-to-text captioner (hub id or local dir) the same way; fail fast if missing."""
     path = require_hf_model(name_or_dir, "captioner")  # before transformers' slow imports: fail fast
     # inside: transformers (seconds) loads after load_captioner has checked the weights (it fails fast first)
@@ -367,4 +383,4 @@ def load_captioner(name_or_dir: str, device: str | torch.device | None = None, d
                      min_new_tokens=min_new_tokens, prompt_version=prompt_version, decode=decode,
                      repetition_penalty=repetition_penalty, max_pixels=max_pixels,
                      compile_prefill=compile_prefill, compile_decode=compile_decode, probe_rows=probe_rows,
-                     prefetch_min_batch=prefetch_min_batch, pad_batches=pad_batches)
+                     prefetch_min_batch=prefetch_min_batch, pad_batches=pad_batches, pad_shapes=pad_shapes)

@@ -98,8 +98,30 @@ def test_a_short_batch_is_padded_to_the_batch_size_and_only_its_clips_come_back(
     assert load_captioner(tiny_vlm, batch_size=4).pad_batches is False  # CPU: nothing compiles, nothing padded
 
 
-def test_a_padded_caption_stage_warms_up_at_its_one_shape(tiny_vlm, tmp_path, monkeypatch):
-    """captioning.pad_batches: the warm-up captions one full batch of each kind (no second shape to compile)."""
+def test_a_short_batch_is_padded_to_the_smallest_shape_that_holds_it(tiny_vlm, monkeypatch):
+    """captioning.pad_shapes: a group of a few kept clips costs a small batch, not a whole one (on the
+    H100 node every group of one source's clips went in padded to 512: 44 s of GPU each)."""
+    clips = _clips(11, seed=9)
+    plain = load_captioner(tiny_vlm, batch_size=8, pad_batches=False)
+    padded = load_captioner(tiny_vlm, batch_size=8, pad_batches=True, pad_shapes=3)
+    assert padded.pad_sizes() == [8, 4, 2]
+    sizes = _record_batch_sizes(monkeypatch)
+    want = plain.generate(clips[:3], "long", 10) + plain.generate(clips, "long", 10)
+    assert sizes == [3, 8, 3]
+    sizes.clear()
+    got = padded.generate(clips[:3], "long", 10) + padded.generate(clips, "long", 10)
+    assert sizes == [4, 8, 4]  # 3 clips in a shape of 4 (not 8); 11 as 8 and 3 in a 4
+    assert len(got) == 14 and _tokens(got) == _tokens(want)
+    sizes.clear()
+    padded.generate(clips[:1], "long", 10)
+    assert sizes == [2]  # the smallest shape
+
+
+@pytest.mark.parametrize("shapes,warmed", [(1, [3]), (2, [3, 1])])
+def test_a_padded_caption_stage_warms_up_at_its_shapes(tiny_vlm, tmp_path, monkeypatch, shapes, warmed):
+    """captioning.pad_batches: the warm-up captions a full batch of each kind and, with several pad
+    shapes, a batch of the smallest (whose second compile serves the shapes between); one shape: no
+    second shape to compile."""
     from vidcorpus.captioning.caption_stage import CaptionStage
     from vidcorpus.config import Config
 
@@ -107,7 +129,7 @@ def test_a_padded_caption_stage_warms_up_at_its_one_shape(tiny_vlm, tmp_path, mo
     cfg = cfg.model_copy(update={
         "models": cfg.models.model_copy(update={"captioner": tiny_vlm}),
         "captioning": cfg.captioning.model_copy(update={"warmup": True, "pad_batches": True, "qa": False,
-                                                        "batch_size": 3, "max_new_tokens": 6,
+                                                        "batch_size": 3, "max_new_tokens": 6, "pad_shapes": shapes,
                                                         "short_max_new_tokens": 4})})
     calls = []
     generate = Captioner.generate
@@ -119,9 +141,9 @@ def test_a_padded_caption_stage_warms_up_at_its_one_shape(tiny_vlm, tmp_path, mo
     monkeypatch.setattr(Captioner, "generate", counting)
     stage = CaptionStage(cfg)
     stage.setup()
-    assert calls == [(3, "long"), (3, "short")]
+    assert calls == [(n, kind) for n in warmed for kind in ("long", "short")]
     # the short captions took the long ones' vision pass (the other run is the probe's reference pass)
-    assert stage.captioner.shared_vision == {"runs": 2, "hits": 1}
+    assert stage.captioner.shared_vision == {"runs": 1 + len(warmed), "hits": len(warmed)}
 
 
 def test_a_failing_padded_batch_is_retried_clip_by_clip_unpadded(tiny_vlm, monkeypatch):
@@ -140,9 +162,9 @@ def test_a_failing_padded_batch_is_retried_clip_by_clip_unpadded(tiny_vlm, monke
     good, bad = _clips(2, seed=4)
     sizes = _record_batch_sizes(monkeypatch, breaks=bad)
     out = stage._generate_isolated([good, bad], {"long": 6, "short": 4})
-    # both kinds together (the long kind's padded batch fails), then each kind: its whole batch, then
-    # clip by clip, unpadded
-    assert sizes == [4, 4, 1, 1, 4, 1, 1]
+    # both kinds together (the long kind's batch, padded to the pad shape of 2, fails), then each kind:
+    # its whole batch, then clip by clip, unpadded
+    assert sizes == [2, 2, 1, 1, 2, 1, 1]
     for kind in ("long", "short"):
         assert not isinstance(out[kind][0], Exception) and isinstance(out[kind][1], RuntimeError)
     assert stage.captioner.pad_batches is True
