@@ -25,7 +25,11 @@ class SplitStage(Stage):
     """Source rows in, clip rows out (clip_id, frame range, times)."""
 
     name: ClassVar[str] = "split"
-    resources: ClassVar[Resources] = Resources(cpus=0.5)
+    # A split task keeps more than a core busy (decoding, scaling, the detectors: about 1.3 cores per
+    # 720p source with TransNetV2 on an H100 host); declared at half a core, a node started every
+    # source's split at once, so all of a job's sources reached the later stages, and the captioner,
+    # together at its end instead of one after another.
+    resources: ClassVar[Resources] = Resources(cpus=1.0)
     # One task per source block, and the runner makes a block per source when there are few
     # (pipeline.build_dataset). With the task default of 4 rows, Ray Data bundled four one-source
     # blocks into one task, so the H100 node's 15 long sources were split by 4 tasks in turn while 12
