@@ -9,7 +9,8 @@
 #   machine's page cache still holds the model weights, so its set-up is a little optimistic):
 #                                     bash bench/gpu_node_job.sh run --keep-compile-cache
 # Environment: GPUJOB_MINUTES (footage, default 60), GPUJOB_VIDEO_MINUTES (per video, default 4:
-# 15 videos for 16 cores), GPUJOB_BUDGET_S (the job is stopped after this, default 480: the report
+# 15 videos for 16 cores), GPUJOB_MAX_VIDEOS (render at most this many per prepare call, then call
+# prepare again on the same machine: 2 hours of footage take two calls), GPUJOB_BUDGET_S (the job is stopped after this, default 480: the report
 # then covers what the catalog committed), GPUJOB_STATE (default /tmp/gpujob).
 # Writes to $OUT: prepare.log, footage_ground_truth.json, models.json (call 1); gpu_node_job.json
 # (the report), job.log (call 2).
@@ -42,16 +43,24 @@ prepare)
         date -u
         nproc; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
         python3 --version
-        unpack .gpujob/call1/site1.tar.xz
+        [ -f /tmp/site/.call1 ] || { unpack .gpujob/call1/site1.tar.xz && touch /tmp/site/.call1; }
         python3 -c "import av, duckdb, open_clip, pydantic, webdataset, scenedetect, ulid, torch, transformers; \
 print('imports ok: av', av.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)" || exit 3
+        [ -f "$STATE/models/models.json" ] || python3 bench/gpu_node_job.py build-models --size 3b --out "$STATE/models" || exit 5
         if [ ! -f "$STATE/footage/ground_truth.json" ]; then
+            # GPUJOB_MAX_VIDEOS: render at most that many videos per call (a call lasts at most 600 s);
+            # call prepare again on the same warm machine for the rest
             python3 bench/make_edited_footage.py --sources .gpujob/call1/sources/*.mp4 \
                 --minutes "${GPUJOB_MINUTES:-60}" --video-minutes "${GPUJOB_VIDEO_MINUTES:-4}" \
-                --out "$STATE/footage" > "$STATE/footage.log" 2>&1 || { tail -30 "$STATE/footage.log"; exit 4; }
+                ${GPUJOB_MAX_VIDEOS:+--max-videos "$GPUJOB_MAX_VIDEOS"} \
+                --out "$STATE/footage" >> "$STATE/footage.log" 2>&1 || { tail -30 "$STATE/footage.log"; exit 4; }
             tail -12 "$STATE/footage.log"
+            if [ ! -f "$STATE/footage/ground_truth.json" ]; then
+                echo "footage not complete: $(ls "$STATE/footage"/*.mp4 | wc -l) videos so far; call prepare again"
+                date -u
+                exit 0
+            fi
         fi
-        python3 bench/gpu_node_job.py build-models --size 3b --out "$STATE/models" || exit 5
         cp "$STATE/footage/ground_truth.json" "$OUTDIR/footage_ground_truth.json"
         cp "$STATE/models/models.json" "$OUTDIR/models.json"
         touch "$STATE/prepared"

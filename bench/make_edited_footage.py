@@ -294,6 +294,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--crf", type=int, default=23)
     ap.add_argument("--preset", default="veryfast", help="x264 preset.")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--max-videos", type=int, default=None,
+                    help="Render at most this many of the videos not yet in --out, then stop (a video already "
+                         "there is kept: a rerun resumes); ground_truth.json is written once all are there. "
+                         "Splits a long render over several calls of a time-limited machine.")
     a = ap.parse_args(argv)
     if a.fetch_sources:
         for p in fetch_sources(Path(a.fetch_sources)):
@@ -318,13 +322,22 @@ def main(argv: list[str] | None = None) -> dict:
     global _SOURCES
     _SOURCES = sources
     t_render = time.perf_counter()
-    jobs = [(p, str(out), a.crf, a.preset, threads) for p in plans]
-    if workers == 1:
-        done = [render(j) for j in jobs]
+    todo = [p for p in plans if not (out / p.name).exists()]  # render() renames a whole file into place
+    todo = todo[:a.max_videos] if a.max_videos is not None else todo
+    jobs = [(p, str(out), a.crf, a.preset, threads) for p in todo]
+    if workers == 1 or len(jobs) <= 1:
+        rendered = [render(j) for j in jobs]
     else:
-        with mp.get_context("fork").Pool(workers) as pool:  # fork: the decoded sources are shared
-            done = pool.map(render, jobs, chunksize=1)
+        with mp.get_context("fork").Pool(min(workers, len(jobs))) as pool:  # fork: the decoded sources are shared
+            rendered = pool.map(render, jobs, chunksize=1)
     wall = time.perf_counter() - t0
+    missing = [p.name for p in plans if not (out / p.name).exists()]
+    if missing:
+        print(json.dumps({"rendered": len(rendered), "missing": len(missing), "wall_s": round(wall, 2)}))
+        return {}
+    by_name = {r["name"]: r for r in rendered}
+    done = [by_name.get(p.name) or {"name": p.name, "frames": p.n_frames, "bytes": (out / p.name).stat().st_size}
+            for p in plans]
     videos = []
     for plan, r in zip(plans, done):
         v = asdict(plan)
@@ -342,7 +355,8 @@ def main(argv: list[str] | None = None) -> dict:
         "args": {k: v for k, v in vars(a).items() if k != "fetch_sources"},
         "workers": workers, "x264_threads": threads, "cpus": os.cpu_count(),
         "wall_s": round(wall, 2), "render_wall_s": round(time.perf_counter() - t_render, 2),
-        "frames_per_s": round(sum(r["frames"] for r in done) / max(1e-9, wall), 1),
+        "frames_per_s": round(sum(r["frames"] for r in rendered) / max(1e-9, wall), 1),  # this call's
+        "videos_rendered_by_this_call": len(rendered),
         "bytes": sum(r["bytes"] for r in done),
     }
     (out / "ground_truth.json").write_text(json.dumps({"summary": summary, "videos": videos}, indent=1))
