@@ -231,7 +231,7 @@ class GpuBusy(threading.Thread):
         if self.proc is not None:
             self.proc.terminate()
 
-    def result(self, t0: float, t1: float) -> dict:
+    def result(self, t0: float, t1: float, bucket_s: float = 30.0) -> dict:
         s = [x for x in self.samples if t0 <= x[0] <= t1]
         if not s:
             return {"source": self.source, "samples": 0}
@@ -245,7 +245,17 @@ class GpuBusy(threading.Thread):
                 "util_mean_pct_first_to_last_busy": round(sum(steady) / len(steady), 1) if steady else None,
                 "first_busy_s": round(s[busy[0]][0] - t0, 1) if busy else None,
                 "last_busy_s": round(s[busy[-1]][0] - t0, 1) if busy else None,
-                "memory_peak_gib": round(max(m for _, _, m in s), 2)}
+                "memory_peak_gib": round(max(m for _, _, m in s), 2),
+                # the same per bucket of the job (from t0): where in the job the GPU worked
+                "bucket_s": bucket_s, "busy_share_by_bucket": _by_bucket(s, t0, bucket_s, lambda u: float(u > 0)),
+                "util_mean_pct_by_bucket": _by_bucket(s, t0, bucket_s, float)}
+
+
+def _by_bucket(samples: list, t0: float, bucket_s: float, value) -> list[float]:
+    buckets: dict[int, list[float]] = {}
+    for t, u, _m in samples:
+        buckets.setdefault(int((t - t0) // bucket_s), []).append(value(u))
+    return [round(sum(v) / len(v), 3) for _, v in sorted(buckets.items())]
 
 
 # -- the catalog's view of the job --------------------------------------------------------------
