@@ -8,6 +8,7 @@
 #   artifacts call 2 left in $GPUJOB_STATE, with new, empty local Inductor/Triton folders; the
 #   machine's page cache still holds the model weights, so its set-up is a little optimistic):
 #                                     bash bench/gpu_node_job.sh run --keep-compile-cache
+#   then (optional, same machine): bash bench/gpu_node_job.sh caption-alone  (the caption stage alone)
 # Environment: GPUJOB_MINUTES (footage, default 60), GPUJOB_VIDEO_MINUTES (per video, default 4:
 # 15 videos for 16 cores), GPUJOB_MAX_VIDEOS (render at most this many per prepare call, then call
 # prepare again on the same machine: 2 hours of footage take two calls), GPUJOB_BUDGET_S (the job is stopped after this, default 480: the report
@@ -15,7 +16,7 @@
 # Writes to $OUT: prepare.log, footage_ground_truth.json, models.json (call 1); gpu_node_job.json
 # (the report), job.log (call 2).
 set -uo pipefail
-STEP=${1:?usage: bash bench/gpu_node_job.sh prepare|run [--set k=v ...]}
+STEP=${1:?usage: bash bench/gpu_node_job.sh prepare|run|caption-alone [--set k=v ...]}
 shift
 STATE=${GPUJOB_STATE:-/tmp/gpujob}
 OUTDIR=${OUT:-$STATE/out}
@@ -92,6 +93,17 @@ run)
     cp "$STATE/job/job.log" "$OUTDIR/job.log" 2>/dev/null
     exit $rc
     ;;
+caption-alone)
+    # The caption stage alone on the job's models and settings (batch 512, long 160 / short 32 new
+    # tokens, 8 frames at max_pixels 230,400), warmed up from the compile artifacts a job left in
+    # $STATE/compile-cache: the standalone rate the job's caption stage is compared with. Right after
+    # a `run` on the same machine (it needs that run's Ray-free packages and models only).
+    [ -f "$STATE/prepared" ] || { echo "no prepared models in $STATE (run prepare and run first)"; exit 6; }
+    R=$(pwd)
+    cd /tmp && python3 "$R/bench/bench_caption_stage.py" --models "$STATE/models" --rows 512 --long 160 --short 32 \
+        --compile --compile-cache "$STATE/compile-cache" --repeat 2 --label "caption stage alone: $(nvidia-smi \
+        --query-gpu=name --format=csv,noheader | head -1)" --out "$OUTDIR/caption_stage_alone.json"
+    ;;
 *)
-    echo "usage: bash bench/gpu_node_job.sh prepare|run [--set k=v ...]"; exit 1 ;;
+    echo "usage: bash bench/gpu_node_job.sh prepare|run|caption-alone [--set k=v ...]"; exit 1 ;;
 esac
