@@ -30,11 +30,12 @@ class SplitStage(Stage):
     # source's split at once, so all of a job's sources reached the later stages, and the captioner,
     # together at its end instead of one after another.
     resources: ClassVar[Resources] = Resources(cpus=1.0)
-    # One task per source block, and the runner makes a block per source when there are few
-    # (pipeline.build_dataset). With the task default of 4 rows, Ray Data bundled four one-source
-    # blocks into one task, so the H100 node's 15 long sources were split by 4 tasks in turn while 12
-    # cores waited (run 8b: the split's 4 workers, the first 75 s of the job).
-    whole_blocks: ClassVar[bool] = True
+    # One source per call, so one task per source block (Ray Data bundles blocks up to a batch; the
+    # runner makes a block per source when there are few, pipeline.build_dataset). With the task default
+    # of 4 rows, four one-source blocks went into each task, and the H100 node's 15 long sources were
+    # split by 4 tasks in turn while 12 cores waited (run 8b: the split's 4 workers, the job's first
+    # 75 s). A batch size, not whole blocks: Ray Data wants one where a task asks for a GPU (TransNetV2).
+    batch_rows: ClassVar[int] = 1
     # GPU share of one split task when TransNetV2 runs in it: its windows take a few ms of the GPU per
     # second of 720p video, and sixteen tasks at once must leave the model actors nearly all of it.
     transnet_gpu_share: ClassVar[float] = 0.01

@@ -127,3 +127,26 @@ def test_ray_gives_a_task_stage_its_gpu_share_and_a_visible_device(tmp_path):
     assert {s["gpu"] for s in shared} == {0.01}
     assert {s["visible"] for s in shared} == {"0"}
     assert all(not p["visible"] for p in plain)
+
+
+def test_task_stages_with_a_gpu_share_build_a_dataset_ray_accepts(tmp_path):
+    """Ray Data refuses a task that asks for a GPU without a batch size: the splitter with TransNetV2
+    on a GPU node took whole blocks once, and the job failed before its first source (H100 run 9)."""
+    import ray
+
+    from vidcorpus.ingest.split_stage import SplitStage
+    from vidcorpus.jobs.curate.pipeline import add_stages, pipeline_stages
+    from vidcorpus.stage_settings import resolve
+
+    cfg = load_config(None, ["ray.num_cpus=2", "split.transnet_on_gpu=true"], workdir=str(tmp_path / "w"))
+    stages = pipeline_stages()
+    plans = resolve(stages, cfg, 1.0, 16.0)
+    with_share = [s for s in stages if plans[s].gpus and not plans[s].actor]
+    assert SplitStage in with_share, "the splitter asks for a GPU share where TransNetV2 runs on GPUs"
+    assert all(plans[s].batch_rows for s in with_share), {s.name: plans[s].batch_rows for s in with_share}
+    ray.shutdown()
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)
+    try:
+        add_stages(cfg, ray.data.from_items([{"source_id": "s"}]), [SplitStage], 1.0, plans)  # raised before
+    finally:
+        ray.shutdown()

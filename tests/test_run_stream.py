@@ -89,10 +89,11 @@ def test_stages_that_decode_the_source_take_whole_blocks_unless_the_config_says_
     from vidcorpus.ingest.probe import ProbeStage
     from vidcorpus.ingest.split_stage import SplitStage
 
-    stages = [DownloadStage, ProbeStage, SplitStage, TechnicalStage, MotionStage]
+    stages = [DownloadStage, ProbeStage, TechnicalStage, MotionStage]
     for gpus in (0.0, 1.0):
-        plans = resolve(stages, Config(), gpus)
+        plans = resolve(stages + [SplitStage], Config(), gpus)
         assert all(plans[s].batch_rows is None for s in stages), plans
+        assert plans[SplitStage].batch_rows == 1  # a source per call: a task per source block
     cfg = load_config(None, ["stages.motion.batch_rows=16"])
     assert resolve([MotionStage], cfg, 0.0)[MotionStage].batch_rows == 16
 
