@@ -20,6 +20,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
+from vidcorpus.cpu_priority import niced
 from vidcorpus.errors import DecodeError
 from vidcorpus.frame_index import FrameIndex, index_of
 from vidcorpus.ingest.flash import FlashWatch
@@ -78,15 +79,16 @@ def detect_segments_chunked(path: str, cfg, fps: float, rotation: int | None, in
     return segments_from(DetectorPass.join(parts), cfg, fps)
 
 
-def run_chunks(cpus: float) -> Callable[[Callable, list[tuple]], list]:
-    """A ``run_all`` for ``detect_segments_chunked``: Ray tasks of ``cpus`` each when Ray is up (the
-    caller's task lends its CPU while it waits), else one call after another."""
+def run_chunks(cpus: float, nice: int = 0) -> Callable[[Callable, list[tuple]], list]:
+    """A ``run_all`` for ``detect_segments_chunked``: Ray tasks of ``cpus`` each, at the CPU stages'
+    niceness (``ray.task_nice``), when Ray is up (the caller's task lends its CPU while it waits),
+    else one call after another."""
 
     def run_all(fn: Callable, calls: list[tuple]) -> list:
         ray = sys.modules.get("ray")  # a Ray worker has it imported; never import it just to ask
         if ray is None or not ray.is_initialized() or len(calls) < 2:
             return [fn(*args) for args in calls]
-        remote = ray.remote(num_cpus=cpus, max_retries=1)(fn)
+        remote = ray.remote(num_cpus=cpus, max_retries=1)(niced(fn, nice))
         return ray.get([remote.remote(*args) for args in calls])
 
     return run_all

@@ -73,5 +73,6 @@ class SplitStage(Stage):
         if index is not None:
             setting = self.config.stages.get(self.name)
             cpus = setting.cpus if setting is not None and setting.cpus is not None else self.resources.cpus
-            return detect_segments_chunked(path, cfg, fps, rotation, index, max_seconds, run_chunks(cpus))
+            return detect_segments_chunked(path, cfg, fps, rotation, index, max_seconds,
+                                           run_chunks(cpus, self.config.ray.task_nice))
         return detect_segments(path, cfg, fps=fps, max_seconds=max_seconds, transnet=transnet, rotation=rotation)

@@ -48,6 +48,11 @@ class RayConfig(Section):
                                  "flight (its backpressure); None: Ray Data's default share.")
     caption_batches_in_flight: int = Field(
         2, ge=1, description="Batches queued at each caption actor, so its GPU never waits for the driver.")
+    task_nice: int = Field(
+        19, ge=0, le=19, description="Niceness of the CPU stages' tasks (Linux; the threads and processes they start "
+                                     "inherit it). Ray starts every worker at 15: above that, where the tasks saturate "
+                                     "the cores, the model actors' threads that feed the GPUs get a core first "
+                                     "(vidcorpus/cpu_priority.py). At or below 15 (0): unchanged.")
 
 
 class StageSettings(Section):

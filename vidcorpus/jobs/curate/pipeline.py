@@ -23,6 +23,7 @@ from vidcorpus import __version__
 from vidcorpus.catalog.stage_stats_table import write as write_stage_stats
 from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import Config
+from vidcorpus.cpu_priority import lower_priority
 from vidcorpus.errors import storage_full
 from vidcorpus.filters.frame_model_stages import preflight_frame_models, with_frame_model_stages
 from vidcorpus.ids import new_run_id
@@ -94,7 +95,9 @@ def init_ray(cfg: Config) -> None:
 
 
 def _run_stage(stage_cls: type[Stage], cfg: Config, batch: pa.Table) -> pa.Table:
-    """Task form of a stateless stage: a fresh instance per batch (setup is cheap for CPU stages)."""
+    """Task form of a stateless stage: a fresh instance per batch (setup is cheap for CPU stages), at
+    the tasks' lower priority (ray.task_nice: the model actors and the driver keep theirs)."""
+    lower_priority(cfg.ray.task_nice)
     return stage_cls(cfg)(batch)
 
 

@@ -1,0 +1,77 @@
+"""The CPU stages' tasks run niced (ray.task_nice), so the threads that feed the GPUs win the cores."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from vidcorpus.config import load_config
+from vidcorpus.cpu_priority import lower_priority
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "getpriority"), reason="no nice values on this OS")
+
+
+def test_lower_priority_only_raises_the_niceness():
+    import threading
+
+    seen = {}
+
+    def worker():  # its own thread: Linux keeps the nice value per thread, and it cannot be lowered back
+        start = os.getpriority(os.PRIO_PROCESS, 0)
+        lower_priority(start + 3)
+        seen["raised"] = os.getpriority(os.PRIO_PROCESS, 0) - start
+        lower_priority(start + 1)  # lower than now: left as it is
+        seen["kept"] = os.getpriority(os.PRIO_PROCESS, 0) - start
+        lower_priority(0)
+        seen["off"] = os.getpriority(os.PRIO_PROCESS, 0) - start
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    if seen["raised"] == 0:
+        pytest.skip("this container refuses nice values")
+    assert seen == {"raised": 3, "kept": 3, "off": 3}
+
+
+@pytest.mark.parametrize("nice", [18, 0])
+def test_cpu_stage_tasks_run_at_the_configured_niceness(tmp_path, nice):
+    import ray
+
+    from vidcorpus.jobs.curate.pipeline import build_dataset, init_ray
+    from vidcorpus.schemas import empty_row
+    from vidcorpus.stage import Resources, Stage
+
+    class NiceProbe(Stage):
+        name = "nice_probe"
+        resources = Resources(cpus=0.5)
+
+        def process_rows(self, rows):
+            return [dict(r, text=json.dumps({"nice": os.getpriority(os.PRIO_PROCESS, 0)})) for r in rows]
+
+    cfg = load_config(None, ["ray.num_cpus=2", f"ray.task_nice={nice}"], workdir=str(tmp_path / "w"))
+    ray.shutdown()
+    init_ray(cfg)
+    try:
+        base = ray.get(ray.remote(lambda: os.getpriority(os.PRIO_PROCESS, 0)).remote())  # a plain worker's
+        out = build_dataset(cfg, [empty_row(source_id=f"s{i}") for i in range(4)], 0.0, 2.0, [NiceProbe]).take_all()
+    finally:
+        ray.shutdown()
+    got = {json.loads(r["text"])["nice"] for r in out}
+    assert base == 15  # Ray starts its workers at 15 (RAY_worker_niceness): the tasks go above it
+    assert got == ({nice} if nice else {base}), (got, base)
+
+
+def test_the_splitter_s_chunk_tasks_run_niced(tmp_path):
+    import ray
+
+    from vidcorpus.ingest.split_chunks import run_chunks
+
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        got = run_chunks(0.5, 18)(lambda k: (k, os.getpriority(os.PRIO_PROCESS, 0)), [(1,), (2,)])
+    finally:
+        ray.shutdown()
+    assert [k for k, _ in got] == [1, 2] and {n for _, n in got} == {18}

@@ -1,0 +1,39 @@
+"""The CPU stages' tasks run at a lower scheduling priority than the model actors and the driver.
+
+On a GPU node the CPU stages (decoding, shot detection, scoring, x264) keep every core busy, and
+Ray starts every worker process, tasks and actors alike, at niceness 15 (``RAY_worker_niceness``):
+the caption actor's threads (reading each clip's frames, the processor, handing batches to the GPU)
+then wait for a core like any task. On the H100 node the caption stage captioned at 56% of its rate
+alone while the ingest ran beside it (docs/benchmarks.md, run 9b). With the tasks at niceness 19
+(``ray.task_nice``) a thread that feeds a GPU gets a core first (a CFS weight of 36 against 15); the
+tasks lose only the CPU the actors use, which on a GPU node is a core or two of many.
+
+Linux keeps the nice value per thread: ``lower_priority`` changes the calling thread's, and the
+threads and processes it starts inherit it (the splitter's decoding child, FFmpeg's and the
+scalers' threads). Raising it needs no privilege; lowering it again does, so it is only raised.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def lower_priority(nice: int) -> None:
+    """Raise this thread's niceness to ``nice`` if it is below (0 or an OS without it: nothing)."""
+    if nice <= 0 or not hasattr(os, "getpriority"):
+        return
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) < nice:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError:  # a container that forbids it: the task runs as before
+        pass
+
+
+def niced(fn, nice: int):
+    """``fn`` called after ``lower_priority(nice)``: the form a Ray task of a CPU stage takes."""
+    def call(*args, **kwargs):
+        lower_priority(nice)
+        return fn(*args, **kwargs)
+
+    call.__name__ = getattr(fn, "__name__", "call")
+    return call
