@@ -27,9 +27,9 @@ def test_split_asks_for_a_gpu_share_only_where_transnet_would_run_on_one():
     share = plans[SplitStage].gpus
     assert share == SplitStage.transnet_gpu_share > 0
     assert plans[SplitStage].ray_args()["num_gpus"] == share
-    # 16 CPUs hold 32 split tasks of 0.5 CPU: the model actors leave room for all of them on the GPU
+    # 16 CPUs hold 16 / cpus split tasks: the model actors leave room for all of them on the GPU
     actors = plans[ClipScoreStage].gpus + plans[CaptionStage].gpus
-    assert 0 < actors <= 1.0 - 32 * share + 1e-9
+    assert 0 < actors <= 1.0 - 16 / SplitStage.resources.cpus * share + 1e-9
     # no GPU in the cluster, TransNetV2 off, or forced onto the CPU: no share, actors as before
     assert resolve(stages, Config(), gpus_available=0.0)[SplitStage].gpus == 0.0
     for setting in ("split.transnet_on_gpu=false", "split.transnet_device=cpu"):
