@@ -106,7 +106,8 @@ class CaptionStage(Stage):
             w, h = max(28, int(w * scale)), max(28, int(h * scale))
         frames = np.full((cap.frames_per_clip, h, w, 3), 128, np.uint8)
         limits = {"long": cap.max_new_tokens, "short": cap.short_max_new_tokens}
-        for n in dict.fromkeys((bs, self.captioner.pad_sizes()[-1]) if self.captioner.pad_batches else (bs, min(2, bs))):
+        sizes = (bs, self.captioner.pad_sizes()[-1]) if self.captioner.pad_batches else (bs, min(2, bs))
+        for n in dict.fromkeys(sizes):
             self.captioner.generate_kinds([frames] * n, limits)
 
     def process_rows(self, rows: list[dict]) -> list[dict]:

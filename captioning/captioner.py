@@ -122,7 +122,7 @@ class Captioner(CaptionInputs):
 
         A one-frame input is an image: chat VLMs get it as an image (with the prompt's image wording)
         in batches of images; videos go in batches of videos; results come back in input order.
-        ``pad``: fill a short batch of videos up to the batch size (default: ``pad_batches``).
+        ``pad``: fill a short batch of videos up to its padding shape (default: ``pad_batches``).
         """
         prompt = get_prompt(prompt_version or self.prompt_version, prompt_kind)
         pad = self.pad_batches if pad is None else pad
@@ -171,7 +171,9 @@ class Captioner(CaptionInputs):
     def pad_sizes(self, batch_size: int | None = None) -> list[int]:
         """The batch shapes a padded batch takes, largest first: the batch size and its halvings."""
         sizes = [max(1, batch_size or self.batch_size)]
-        while len(sizes) < self.pad_shapes and sizes[-1] // 2 >= 1:
+        # not down to 1: torch.compile specialises a dimension of size 1, so a warm-up at 1 would not
+        # compile the shape-generic graph that serves the shapes between
+        while len(sizes) < self.pad_shapes and sizes[-1] // 2 >= 2:
             sizes.append(sizes[-1] // 2)
         return sizes
 
@@ -224,7 +226,11 @@ class Captioner(CaptionInputs):
                         self._graph.slots.clear()
                     if torch.cuda.is_available():
                         torch.cuda.empty_cache()
-                    bs = max(1, bs // 2)
+                    # halve until the next attempt is smaller than the one that failed (a padded batch
+                    # keeps its pad shape while that still holds the clips)
+                    failed, bs = len(chunk), max(1, bs // 2)
+                    while bs > 1 and len(self._padded(frames_per_clip[i:i + bs], bs, pad)) >= failed:
+                        bs = max(1, bs // 2)
                     self.batch_size = bs  # remember: the next call starts at the size that fits
                     continue
                 i += real

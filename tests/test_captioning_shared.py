@@ -115,13 +115,35 @@ def test_a_short_batch_is_padded_to_the_smallest_shape_that_holds_it(tiny_vlm, m
     sizes.clear()
     padded.generate(clips[:1], "long", 10)
     assert sizes == [2]  # the smallest shape
+    assert load_captioner(tiny_vlm, batch_size=8, pad_batches=True, pad_shapes=9).pad_sizes() == [8, 4, 2]  # not 1
 
 
-@pytest.mark.parametrize("shapes,warmed", [(1, [3]), (2, [3, 1])])
-def test_a_padded_caption_stage_warms_up_at_its_shapes(tiny_vlm, tmp_path, monkeypatch, shapes, warmed):
+def test_out_of_memory_on_a_padded_batch_retries_smaller_than_what_failed(tiny_vlm, monkeypatch):
+    """Halving the batch size alone left a padded batch at its pad shape (3 clips in a shape of 4 at
+    batch sizes 8 and 4 alike): the retry must be smaller than the batch that ran out of memory."""
+    import torch
+
+    cap = load_captioner(tiny_vlm, batch_size=8, pad_batches=True, pad_shapes=3)
+    real, sizes = cap._generate_batch, []
+
+    def limited(chunk, *a, **kw):
+        sizes.append(len(chunk))
+        if len(chunk) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(chunk, *a, **kw)
+
+    monkeypatch.setattr(cap, "_generate_batch", limited)
+    clips = _clips(3, seed=10)
+    got = cap.generate(clips, "long", 8)
+    assert sizes == [4, 2, 2] and cap.batch_size == 2  # not [4, 4, 2, 2]
+    assert _tokens(got) == _tokens(load_captioner(tiny_vlm, batch_size=8).generate(clips, "long", 8))
+
+
+@pytest.mark.parametrize("batch,shapes,warmed", [(3, 1, [3]), (4, 2, [4, 2]), (3, 2, [3])])
+def test_a_padded_caption_stage_warms_up_at_its_shapes(tiny_vlm, tmp_path, monkeypatch, batch, shapes, warmed):
     """captioning.pad_batches: the warm-up captions a full batch of each kind and, with several pad
     shapes, a batch of the smallest (whose second compile serves the shapes between); one shape: no
-    second shape to compile."""
+    second shape to compile; never a shape of 1 (compile specialises it: nothing generic comes of it)."""
     from vidcorpus.captioning.caption_stage import CaptionStage
     from vidcorpus.config import Config
 
@@ -129,7 +151,7 @@ def test_a_padded_caption_stage_warms_up_at_its_shapes(tiny_vlm, tmp_path, monke
     cfg = cfg.model_copy(update={
         "models": cfg.models.model_copy(update={"captioner": tiny_vlm}),
         "captioning": cfg.captioning.model_copy(update={"warmup": True, "pad_batches": True, "qa": False,
-                                                        "batch_size": 3, "max_new_tokens": 6, "pad_shapes": shapes,
+                                                        "batch_size": batch, "max_new_tokens": 6, "pad_shapes": shapes,
                                                         "short_max_new_tokens": 4})})
     calls = []
     generate = Captioner.generate

@@ -268,14 +268,14 @@ class CaptioningConfig(Section):
                                         "it is captured as a CUDA graph (about a minute of compile for a 3B model at the "
                                         "first batch shape and once more, shape-generic, at the first other one, then about 30% faster steps at batch 512 on an H100; "
                                         "captioning/fast_decode.py). None: on GPUs only.")
-    pad_batches: bool | None = Field(None, description="Fill a short caption batch up to the batch size with copies "
-                                     "of its last clip (captions dropped): one batch shape per job, so no compile stalls "
-                                     "a job after its warm-up. None: whenever new shapes compile (compile_prefill or "
-                                     "compile_decode on, i.e. on GPUs).")
+    pad_batches: bool | None = Field(None, description="Fill a short caption batch with copies of its last clip "
+                                     "(captions dropped) up to one of pad_shapes batch shapes, all compiled at the "
+                                     "warm-up, so no compile stalls a job after it. None: whenever new shapes compile "
+                                     "(compile_prefill or compile_decode on, i.e. on GPUs).")
     pad_shapes: int = Field(4, ge=1, description="With pad_batches, a short batch is filled up to the smallest of "
-                            "this many shapes that holds it: the batch size and its halvings (4: 512, 256, 128 and 64 "
-                            "on a GPU), all compiled at the warm-up. 1: always a whole batch (one shape; a job's "
-                            "small groups of kept clips then each cost a whole batch of GPU time).")
+                            "this many shapes that holds it: the batch size and its halvings, none below 2 (4: 512, "
+                            "256, 128 and 64 on a GPU), compiled at the warm-up. 1: always a whole batch (one shape; "
+                            "a job's small groups of kept clips then each cost a whole batch of GPU time).")
     compile_cache: bool = Field(True, description="Where captioning compiles (compile_prefill/compile_decode), "
                                 "keep torch.compile's cache artifacts in compile_cache_dir: the actors hot-load them "
                                 "before their warm-up and write what it compiled after it (with warmup on), so a "
