@@ -27,6 +27,8 @@ def test_lower_priority_only_raises_the_niceness():
         lower_priority(0)
         seen["off"] = os.getpriority(os.PRIO_PROCESS, 0) - start
 
+    if os.getpriority(os.PRIO_PROCESS, 0) > 16:
+        pytest.skip("this test runs niced already: no room to raise it by 3")
     t = threading.Thread(target=worker)
     t.start()
     t.join()
@@ -59,7 +61,9 @@ def test_cpu_stage_tasks_run_at_the_configured_niceness(tmp_path, nice):
     finally:
         ray.shutdown()
     got = {json.loads(r["text"])["nice"] for r in out}
-    assert base == 15  # Ray starts its workers at 15 (RAY_worker_niceness): the tasks go above it
+    if nice and base >= nice:
+        pytest.skip(f"Ray's workers start at niceness {base} here: no room above it")
+    # Ray starts its workers at 15 (RAY_worker_niceness) on an un-niced machine: the tasks go above it
     assert got == ({nice} if nice else {base}), (got, base)
 
 
@@ -71,7 +75,10 @@ def test_the_splitter_s_chunk_tasks_run_niced(tmp_path):
     ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
+        base = ray.get(ray.remote(lambda: os.getpriority(os.PRIO_PROCESS, 0)).remote())
         got = run_chunks(0.5, 18)(lambda k: (k, os.getpriority(os.PRIO_PROCESS, 0)), [(1,), (2,)])
     finally:
         ray.shutdown()
+    if base >= 18:
+        pytest.skip(f"Ray's workers start at niceness {base} here: no room above it")
     assert [k for k, _ in got] == [1, 2] and {n for _, n in got} == {18}

@@ -98,10 +98,11 @@ def test_stages_that_decode_the_source_take_whole_blocks_unless_the_config_says_
     assert resolve([MotionStage], cfg, 0.0)[MotionStage].batch_rows == 16
 
 
-def test_each_source_is_split_in_a_task_of_its_own(tmp_path):
+def test_few_sources_are_not_bundled_into_one_split_call(tmp_path):
     """A few long sources must be split side by side: with the task default of 4 rows, Ray Data
     bundled four one-source blocks into one task, and 15 sources on a 16-core node were split by 4
-    tasks, each source after the other (H100 run 8b)."""
+    tasks, each source after the other (H100 run 8b). One source per call, and a block per source
+    (build_dataset, with few sources per CPU), make a task per source."""
     import ray
 
     from vidcorpus import stage_clock

@@ -3,10 +3,11 @@
 On a GPU node the CPU stages (decoding, shot detection, scoring, x264) keep every core busy, and
 Ray starts every worker process, tasks and actors alike, at niceness 15 (``RAY_worker_niceness``):
 the caption actor's threads (reading each clip's frames, the processor, handing batches to the GPU)
-then wait for a core like any task. On the H100 node the caption stage captioned at 56% of its rate
-alone while the ingest ran beside it (docs/benchmarks.md, run 9b). With the tasks at niceness 19
+then wait for a core like any task (on the H100 node the caption stage captioned at 56% of its rate
+alone while the ingest ran beside it, docs/benchmarks.md run 9b; how much of that the busy cores
+cost, against its smaller batches, was not separated). With the tasks at niceness 19
 (``ray.task_nice``) a thread that feeds a GPU gets a core first (a CFS weight of 36 against 15); the
-tasks lose only the CPU the actors use, which on a GPU node is a core or two of many.
+tasks should lose about the CPU the actors use (not measured on a GPU node yet).
 
 Linux keeps the nice value per thread: ``lower_priority`` changes the calling thread's, and the
 threads and processes it starts inherit it (the splitter's decoding child, FFmpeg's and the
@@ -15,6 +16,7 @@ scalers' threads). Raising it needs no privilege; lowering it again does, so it 
 
 from __future__ import annotations
 
+import functools
 import os
 
 
@@ -31,9 +33,9 @@ def lower_priority(nice: int) -> None:
 
 def niced(fn, nice: int):
     """``fn`` called after ``lower_priority(nice)``: the form a Ray task of a CPU stage takes."""
+    @functools.wraps(fn)
     def call(*args, **kwargs):
         lower_priority(nice)
         return fn(*args, **kwargs)
 
-    call.__name__ = getattr(fn, "__name__", "call")
     return call
