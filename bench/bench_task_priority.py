@@ -7,8 +7,9 @@ queue for a core like any task. This measures what ``ray.task_nice`` changes, on
 caption stage (tiny Qwen2.5-VL-shaped captioner and tiny CLIP on the CPU, or --models) runs batches
 in a process at niceness 15 (an actor's) while BURNERS processes, each running the x264 encode that
 extraction runs (PyAV, veryfast, one thread, 720p frames), load the cores at niceness 15 (Ray's
-default for tasks), 19 (``ray.task_nice`` 19), Linux's SCHED_IDLE policy, or not at all. Per mode: the caption stage's wall
-time per batch and the frames the burners encoded (their throughput in the same seconds).
+default for tasks), 19 (``ray.task_nice`` 19), Linux's SCHED_IDLE policy, or not at all. Per mode:
+the caption stage's wall time per batch and the frames the burners encoded (their throughput in the
+same seconds).
 
     python bench/bench_task_priority.py --burners 4 --rounds 2 --out result.json
 """

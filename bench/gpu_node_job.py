@@ -251,11 +251,13 @@ class GpuBusy(threading.Thread):
                 "util_mean_pct_by_bucket": _by_bucket(s, t0, bucket_s, float)}
 
 
-def _by_bucket(samples: list, t0: float, bucket_s: float, value) -> list[float]:
+def _by_bucket(samples: list, t0: float, bucket_s: float, value) -> list[float | None]:
+    """The mean of ``value`` per bucket from t0, None for a bucket without samples (positions stay)."""
     buckets: dict[int, list[float]] = {}
     for t, u, _m in samples:
         buckets.setdefault(int((t - t0) // bucket_s), []).append(value(u))
-    return [round(sum(v) / len(v), 3) for _, v in sorted(buckets.items())]
+    last = max(buckets, default=-1)
+    return [round(sum(buckets[b]) / len(buckets[b]), 3) if b in buckets else None for b in range(last + 1)]
 
 
 # -- the catalog's view of the job --------------------------------------------------------------

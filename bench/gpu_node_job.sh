@@ -11,8 +11,9 @@
 #   then (optional, same machine): bash bench/gpu_node_job.sh caption-alone  (the caption stage alone)
 # Environment: GPUJOB_MINUTES (footage, default 60), GPUJOB_VIDEO_MINUTES (per video, default 4:
 # 15 videos for 16 cores), GPUJOB_MAX_VIDEOS (render at most this many per prepare call, then call
-# prepare again on the same machine: 2 hours of footage take two calls), GPUJOB_BUDGET_S (the job is stopped after this, default 480: the report
-# then covers what the catalog committed), GPUJOB_STATE (default /tmp/gpujob).
+# prepare again on the same machine: 2 hours of footage take two calls), GPUJOB_BUDGET_S (the job
+# is stopped after this, default 480: the report then covers what the catalog committed),
+# GPUJOB_STATE (default /tmp/gpujob).
 # Writes to $OUT: prepare.log, footage_ground_truth.json, models.json (call 1); gpu_node_job.json
 # (the report), job.log (call 2).
 set -uo pipefail
@@ -47,7 +48,8 @@ prepare)
         [ -f /tmp/site/.call1 ] || { unpack .gpujob/call1/site1.tar.xz && touch /tmp/site/.call1; }
         python3 -c "import av, duckdb, open_clip, pydantic, webdataset, scenedetect, ulid, torch, transformers; \
 print('imports ok: av', av.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)" || exit 3
-        [ -f "$STATE/models/models.json" ] || python3 bench/gpu_node_job.py build-models --size 3b --out "$STATE/models" || exit 5
+        [ -f "$STATE/models/models.json" ] \
+            || python3 bench/gpu_node_job.py build-models --size 3b --out "$STATE/models" || exit 5
         if [ ! -f "$STATE/footage/ground_truth.json" ]; then
             # GPUJOB_MAX_VIDEOS: render at most that many videos per call (a call lasts at most 600 s);
             # call prepare again on the same warm machine for the rest

@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--crf", type=int, default=23)
     ap.add_argument("--preset", default="veryfast", help="x264 preset.")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--max-videos", type=int, default=None,
+    ap.add_argument("--max-videos", type=lambda v: max(1, int(v)), default=None,
                     help="Render at most this many of the videos not yet in --out, then stop (a video already "
                          "there is kept: a rerun resumes); ground_truth.json is written once all are there. "
                          "Splits a long render over several calls of a time-limited machine.")
@@ -322,6 +322,15 @@ def main(argv: list[str] | None = None) -> dict:
     global _SOURCES
     _SOURCES = sources
     t_render = time.perf_counter()
+    # A resumed render must be the same footage: the settings it was planned with sit beside the videos
+    settings = {k: v for k, v in vars(a).items() if k not in ("fetch_sources", "out", "workers", "max_videos")}
+    settings["sources"] = [s.sha256 for s in sources]
+    recorded = out / "render_settings.json"
+    if recorded.exists() and json.loads(recorded.read_text()) != json.loads(json.dumps(settings)):
+        ap.error(f"{out} holds videos rendered with other settings ({recorded}): use another --out")
+    recorded.write_text(json.dumps(settings, indent=1))
+    # x264's threads follow the whole render's worker count (above), not this call's: its output
+    # depends on them, so every call encodes alike
     todo = [p for p in plans if not (out / p.name).exists()]  # render() renames a whole file into place
     todo = todo[:a.max_videos] if a.max_videos is not None else todo
     jobs = [(p, str(out), a.crf, a.preset, threads) for p in todo]
