@@ -46,7 +46,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from job_timeline import HostCpu, catalog_timeline  # noqa: E402 - bench/ beside this script
+from job_timeline import HostCpu, TreeCpu, catalog_timeline  # noqa: E402 - bench/ beside this script
 RECIPE = HERE / "recipes" / "gpu_node_bench_v1.yaml"
 CLIP_NAME = "ViT-L-14"
 CAPTIONER_PX = 224  # frames reach the captioner at 224x224: 8 frames -> 256 video tokens (bench_captioning)
@@ -405,6 +405,10 @@ def run_job(footage: Path, models_dir: Path, work: Path, out: Path, budget_s: fl
         child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         mem = TreeMemory(child.pid)
         mem.start()
+        # the job's own CPU by process (driver, raylet, each Ray worker by its last task's title): where
+        # the host's CPU goes beyond the stages' batches
+        tree_cpu = TreeCpu(child.pid)
+        tree_cpu.start()
         stopped = False
         try:
             rc = child.wait(timeout=budget_s)
@@ -414,6 +418,7 @@ def run_job(footage: Path, models_dir: Path, work: Path, out: Path, budget_s: fl
             rc = child.wait()
     t1 = time.time()
     mem.stop.set()
+    tree_cpu_result = tree_cpu.result(t0, t1, os.cpu_count() or 1, bucket_s=30.0)
     gpu_mon.close()
     cpu_mon.stop.set()
     subprocess.run(["ray", "stop", "--force"], capture_output=True) if shutil.which("ray") else None
@@ -451,6 +456,7 @@ def run_job(footage: Path, models_dir: Path, work: Path, out: Path, budget_s: fl
         "memory": mem.result(),
         "gpu_busy": gpu_mon.result(t0, t1),
         "host_cpu": cpu_mon.result(t0, t1),
+        "job_cpu": tree_cpu_result,  # the job's process tree only (bench/job_timeline.py's TreeCpu)
         "catalog": cat,
         "runner_summary": json.loads(summary_path.read_text()) if summary_path.exists() else None,
         "log_tail": tail,
