@@ -51,6 +51,22 @@ def make_clips(folder: Path, n: int = 8) -> list[str]:
     return paths
 
 
+def bench_models(cfg, models: str | None, work: Path):
+    """The config's models for a caption-stage benchmark: a build-models folder's CLIP and captioner
+    (``models``), else the tiny CLIP and a tiny Qwen2.5-VL-shaped captioner built under ``work``."""
+    from vidcorpus.captioning.tiny_models import build_tiny_chat_vlm
+    from vidcorpus.jobs.models import resolve_models
+
+    if models:
+        built = json.loads((Path(models) / "models.json").read_text())
+        return cfg.models.model_copy(update={"preset": "production", **{k: built[k] for k in (
+            "clip_model", "clip_pretrained", "aesthetic_head", "captioner")}})
+    if not (work / "vlm" / "config.json").exists():
+        build_tiny_chat_vlm(str(work / "vlm"))
+    m = resolve_models(cfg.models.model_copy(update={"cache_dir": str(work / "models")}), only={"clip"})
+    return m.model_copy(update={"captioner": str(work / "vlm")})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--label", default="run")
@@ -67,27 +83,16 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from vidcorpus.captioning.tiny_models import build_tiny_chat_vlm
     from vidcorpus.captioning.caption_stage import CaptionStage
     from vidcorpus.config import Config
-    from vidcorpus.jobs.models import resolve_models
     from vidcorpus.schemas import empty_row, rows_to_table
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     clips = make_clips(work)
     cfg = Config()
-    if args.models:
-        built = json.loads((Path(args.models) / "models.json").read_text())
-        models = cfg.models.model_copy(update={"preset": "production", **{k: built[k] for k in (
-            "clip_model", "clip_pretrained", "aesthetic_head", "captioner")}})
-    else:
-        if not (work / "vlm" / "config.json").exists():
-            build_tiny_chat_vlm(str(work / "vlm"))
-        models = resolve_models(cfg.models.model_copy(update={"cache_dir": str(work / "models")}), only={"clip"})
-        models = models.model_copy(update={"captioner": str(work / "vlm")})
     cfg = cfg.model_copy(update={
-        "models": models,
+        "models": bench_models(cfg, args.models, work),
         "captioning": cfg.captioning.model_copy(update={"frames_per_clip": 8, "max_pixels": 230400,
                                                         "batch_size": args.rows, "max_new_tokens": args.long,
                                                         "short_max_new_tokens": args.short, "qa": True,

@@ -58,28 +58,15 @@ def burn(nice, stop, counter) -> None:
 def caption_stage(models: str | None, work: Path, rows: int):
     """A set-up caption stage and its batch (bench_caption_stage.py's settings: 8 frames at 720p
     clips, max_pixels 230,400, QA on)."""
-    import json
-
-    from bench_caption_stage import make_clips
+    from bench_caption_stage import bench_models, make_clips
     from vidcorpus.captioning.caption_stage import CaptionStage
-    from vidcorpus.captioning.tiny_models import build_tiny_chat_vlm
     from vidcorpus.config import Config
-    from vidcorpus.jobs.models import resolve_models
     from vidcorpus.schemas import empty_row, rows_to_table
 
     work.mkdir(parents=True, exist_ok=True)
     clips = make_clips(work)
     cfg = Config()
-    if models:
-        built = json.loads((Path(models) / "models.json").read_text())
-        m = cfg.models.model_copy(update={"preset": "production", **{k: built[k] for k in (
-            "clip_model", "clip_pretrained", "aesthetic_head", "captioner")}})
-    else:
-        if not (work / "vlm" / "config.json").exists():
-            build_tiny_chat_vlm(str(work / "vlm"))
-        m = resolve_models(cfg.models.model_copy(update={"cache_dir": str(work / "models")}), only={"clip"})
-        m = m.model_copy(update={"captioner": str(work / "vlm")})
-    cfg = cfg.model_copy(update={"models": m, "captioning": cfg.captioning.model_copy(update={
+    cfg = cfg.model_copy(update={"models": bench_models(cfg, models, work), "captioning": cfg.captioning.model_copy(update={
         "frames_per_clip": 8, "max_pixels": 230400, "batch_size": rows, "max_new_tokens": 16,
         "short_max_new_tokens": 8, "qa": True, "warmup": False})})
     stage = CaptionStage(cfg)
