@@ -80,6 +80,10 @@ def main() -> None:
     ap.add_argument("--compile-cache", metavar="DIR",
                     help="with --compile: warm up as a job's caption actor does, hot-loading the compile artifacts "
                          "a job left in DIR (captioning.compile_cache_dir; the same settings give the same file)")
+    ap.add_argument("--rounds", default="1x1",
+                    help="Comma list of IxB: B batches of --rows, I of them handed to the stage at once from "
+                         "threads, as a caption actor gets them (2: one reads its frames while the other "
+                         "captions, captioning.read_ahead; 1: one call after the other); --repeat repeats the list")
     ap.add_argument("--out")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -101,25 +105,41 @@ def main() -> None:
                                                         "compile_cache_dir": args.compile_cache})})
     rows = [empty_row(source_id=f"s{i}", clip_id=f"c{i}", clip_path=clips[i % len(clips)], kept=True)
             for i in range(args.rows)]
-    stage = CaptionStage(cfg)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vidcorpus.jobs.curate.caption_pool import StageChain
+
+    chain = StageChain(cfg, [CaptionStage])  # what a caption actor runs (its read-ahead included)
+
+    def stage(table, in_flight: int, batches: int):
+        if in_flight <= 1:
+            return [chain(table) for _ in range(batches)]
+        with ThreadPoolExecutor(in_flight) as pool:
+            return list(pool.map(chain, [table] * batches))
+
+    rounds = [tuple(int(x) for x in r.split("x")) for r in args.rounds.split(",")] * args.repeat
+
     began = time.perf_counter()
-    stage(rows_to_table(rows[:2]))  # set-up and a first small batch
+    chain(rows_to_table(rows[:2]))  # set-up and a first small batch
     setup_s = time.perf_counter() - began
     from vidcorpus.gpu_busy import GpuBusyMeter, current_device
 
     device = current_device()
     runs = []
-    for _ in range(args.repeat):
+    for in_flight, batches in rounds:
         meter = GpuBusyMeter(device[0]) if device else None
-        t, c = time.perf_counter(), time.thread_time()
+        t, c, pc = time.perf_counter(), time.thread_time(), time.process_time()
         if meter is not None:
             with meter:
-                stage(rows_to_table(rows))
+                stage(rows_to_table(rows), in_flight, batches)
         else:
-            stage(rows_to_table(rows))
+            stage(rows_to_table(rows), in_flight, batches)
         wall = time.perf_counter() - t
-        run = {"wall_s": round(wall, 2), "main_thread_cpu_s": round(time.thread_time() - c, 2),
-               "clips_per_s": round(args.rows / wall, 2)}
+        run = {"batches": batches, "in_flight": in_flight, "wall_s": round(wall, 2),
+               # the stage's calling thread (with batches in flight: the pool's threads do the work)
+               "main_thread_cpu_s": round(time.thread_time() - c, 2) if in_flight <= 1 else None,
+               "process_cpu_s": round(time.process_time() - pc, 2),
+               "clips_per_s": round(args.rows * batches / wall, 2)}
         if meter is not None and meter.busy_s is not None:
             run["gpu_busy_share"] = round(meter.busy_s / wall, 3)
         runs.append(run)

@@ -99,11 +99,13 @@ caption-alone)
     # The caption stage alone on the job's models and settings (batch 512, long 160 / short 32 new
     # tokens, 8 frames at max_pixels 230,400), warmed up from the compile artifacts a job left in
     # $STATE/compile-cache: the standalone rate the job's caption stage is compared with. Right after
-    # a `run` on the same machine (it needs that run's Ray-free packages and models only).
+    # a `run` on the same machine (it needs that run's Ray-free packages and models only). Two rounds:
+    # one batch in one call (as before run 10), then 3 batches two at a time, as the job's caption
+    # actor gets them (captioning.read_ahead: one reads its frames while the other captions).
     [ -f "$STATE/prepared" ] || { echo "no prepared models in $STATE (run prepare and run first)"; exit 6; }
     R=$(pwd)
     cd /tmp && python3 "$R/bench/bench_caption_stage.py" --models "$STATE/models" --rows 512 --long 160 --short 32 \
-        --compile --compile-cache "$STATE/compile-cache" --repeat 2 --label "caption stage alone: $(nvidia-smi \
+        --compile --compile-cache "$STATE/compile-cache" --rounds 1x1,2x3 --repeat 1 --label "caption stage alone: $(nvidia-smi \
         --query-gpu=name --format=csv,noheader | head -1)" --out "$OUTDIR/caption_stage_alone.json"
     ;;
 *)

@@ -16,6 +16,17 @@ from vidcorpus.captioning.oom import is_oom
 from vidcorpus.captioning.prompts import Prompt
 
 
+def downscale_frames(frames: np.ndarray, max_pixels: int | None) -> np.ndarray:
+    """(N, H, W, 3) frames above ``max_pixels`` scaled down (aspect kept, bicubic); others as they are.
+    A function of the setting alone, so a caption actor can read a batch before its model is loaded."""
+    h, w = frames.shape[1:3]
+    if not max_pixels or h * w <= max_pixels:
+        return frames
+    scale = (max_pixels / (h * w)) ** 0.5
+    size = (max(1, int(w * scale)), max(1, int(h * scale)))
+    return np.stack([np.asarray(Image.fromarray(f).resize(size, Image.BICUBIC)) for f in frames])
+
+
 class CaptionInputs:
     """Input preparation of a Captioner (reads its processor, device, dtype, chat and max_pixels)."""
 
@@ -23,13 +34,7 @@ class CaptionInputs:
         """Frames above ``max_pixels`` scaled down (aspect kept, bicubic); others as they are. Callers
         that read clips in threads call it there (Pillow releases the GIL), once per clip: ``generate``
         then finds nothing left to scale, for any kind."""
-        h, w = frames.shape[1:3]
-        if not self.max_pixels or h * w <= self.max_pixels:
-            return frames
-
-        scale = (self.max_pixels / (h * w)) ** 0.5
-        size = (max(1, int(w * scale)), max(1, int(h * scale)))
-        return np.stack([np.asarray(Image.fromarray(f).resize(size, Image.BICUBIC)) for f in frames])
+        return downscale_frames(frames, self.max_pixels)
 
     def _inputs(self, chunk: list[np.ndarray], prompt: Prompt, as_image: bool = False) -> dict:
         chunk = [self.downscale(np.asarray(frames)) for frames in chunk]

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import pyarrow as pa
 
+from vidcorpus.captioning.caption_inputs import downscale_frames
 from vidcorpus.captioning.captioner import Captioner, Generation, load_captioner
 from vidcorpus.captioning.cleanup import clean_caption, is_degenerate
 from vidcorpus.compile_cache import artifacts_url, load_artifacts, save_artifacts
@@ -41,6 +43,8 @@ class CaptionStage(Stage):
     kept_only: ClassVar[bool] = True  # only clips a recipe kept are worth the most expensive stage
 
     captioner: Captioner
+    # Frames read ahead of the batch's turn (``read_ahead``), by clip: process_rows takes them.
+    ahead: dict[tuple, np.ndarray | Exception] | None = None
 
     def setup(self) -> None:
         cap = self.config.captioning
@@ -142,9 +146,27 @@ class CaptionStage(Stage):
             out = self._qa(out, {id(r): f for (r, f) in done})
         return out + failed
 
-    def _read_all(self, rows: list[dict]) -> list[np.ndarray | Exception]:
+    def read_ahead(self, table: pa.Table) -> dict[tuple, np.ndarray | Exception]:
+        """The frames of a batch's clips, read before its turn on the model: a caption actor
+        (``StageChain`` with ``captioning.read_ahead``) calls this outside its model lock, so the next
+        batch's clips decode while the GPU captions this one, and hands the result to ``ahead``. Needs no
+        model (it may run while the actor still loads and compiles)."""
+        rows = [r for r in table.to_pylist() if not r.get("error_class") and (r.get("clip_path") or r.get("source_path"))]
+        return dict(zip(map(_frames_key, rows), self._read_all(rows, use_ahead=False)))
+
+    def _read_all(self, rows: list[dict], use_ahead: bool = True) -> list[np.ndarray | Exception]:
         """Every row's frames, decoded in threads (PyAV releases the GIL): a GPU batch of 512 clips
-        decoded one after another kept the GPU waiting longer than the batch took to caption."""
+        decoded one after another kept the GPU waiting longer than the batch took to caption. Frames
+        read ahead are taken, not read again."""
+        ahead = {}
+        if use_ahead:  # the batch's own frames, set under the actor's lock; taken once
+            ahead, self.ahead = self.ahead or {}, None
+        got = [ahead.get(_frames_key(r)) for r in rows]
+        todo = [r for r, g in zip(rows, got) if g is None]
+        read = iter(self._read_each(todo))
+        return [g if g is not None else next(read) for g in got]
+
+    def _read_each(self, rows: list[dict]) -> list[np.ndarray | Exception]:
         threads = self._threads()
         if threads <= 1 or len(rows) <= 1:
             return [self._read(r) for r in rows]
@@ -166,7 +188,7 @@ class CaptionStage(Stage):
                 frames = read_frames(clip, n=cap.frames_per_clip, fps=cap.fps)
             # scaled here, in the reader threads and once per clip, not in generate once per kind on one
             # thread (at 720p and batch 512 that kept an H100 waiting most of each batch)
-            return self.captioner.downscale(frames)
+            return downscale_frames(frames, cap.max_pixels)
         except Exception as exc:  # noqa: BLE001 - returned, failed by the caller
             return exc
 
@@ -253,3 +275,8 @@ class CaptionStage(Stage):
             "meta_json": json.dumps(meta, sort_keys=True),
             "decode": gen.decode,  # which path wrote it: a fast path that switched itself off shows here
         }
+
+
+def _frames_key(row: dict) -> tuple:
+    """What a clip's caption frames depend on: the clip and the file they are read from."""
+    return row.get("clip_id"), row.get("clip_path") or row.get("source_path")

@@ -289,6 +289,9 @@ class CaptioningConfig(Section):
                             "disagreement switches the path off for the job, with a warning and an events row. "
                             "0: no check.")
     decode_threads: int = Field(0, ge=0, description="Threads decoding a caption batch's frames (0: one per CPU, at most 8).")
+    read_ahead: bool = Field(True, description="A caption actor takes its next batch while one captions: that batch's "
+                             "frames decode while the GPU works (two calls at once in the actor, the models one "
+                             "batch at a time; vidcorpus/jobs/curate/caption_pool.py).")
     prefetch_min_batch: int = Field(128, ge=1, description="On GPUs, batches from this size up prepare the next "
                                     "batch's inputs in a thread (6-7% more clips/s at 256-1024 on an H100; "
                                     "below, the thread costs more than it hides).")

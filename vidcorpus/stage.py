@@ -93,8 +93,10 @@ class Stage:
         failed["error_stage"] = self.name
         return failed
 
-    def __call__(self, batch: pa.Table | dict) -> pa.Table:
-        started = time.time()
+    def __call__(self, batch: pa.Table | dict, started: float | None = None) -> pa.Table:
+        """``started``: when the batch's work began, where a caller did part of it first (a caption
+        actor's read-ahead); now by default."""
+        started = time.time() if started is None else started
         table = batch if isinstance(batch, pa.Table) else pa.table(batch)
         every = table.to_pylist()
         timed = stage_clock.take_carried(every)  # stamps of earlier batches that left no row

@@ -14,6 +14,7 @@ the stages upstream.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pyarrow as pa
@@ -25,14 +26,33 @@ from vidcorpus.stage_settings import StagePlan
 
 
 class StageChain:
-    """One worker that runs several stages in turn on each batch (a Ray actor's class)."""
+    """One worker that runs several stages in turn on each batch (a Ray actor's class).
+
+    Called from several threads at once (a threaded actor, ``captioning.read_ahead``), a batch whose
+    first stage can ``read_ahead`` (the caption stage: its clips' frames) does that first, outside the
+    chain's lock, while the batch before it holds the lock and the model; the stages themselves (their
+    set-up, models and GPU) run one batch at a time."""
 
     def __init__(self, cfg: Config, stage_classes: list[type[Stage]]):
         self.stages = [cls(cfg) for cls in stage_classes]
+        self.read_ahead = cfg.captioning.read_ahead and hasattr(self.stages[0], "read_ahead")
+        self._lock = threading.Lock()
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        for stage in self.stages:
-            table = stage(table)
+        first = self.stages[0]
+        read_s, ahead = 0.0, None
+        if table.num_rows and self.read_ahead:
+            t0 = time.time()
+            ahead = first.read_ahead(table)
+            read_s = time.time() - t0
+        with self._lock:
+            if ahead is not None:
+                first.ahead = ahead
+            # the read-ahead counts as the first stage's work, placed just before its turn (its wait
+            # for the lock, while the batch before generated, is not work)
+            started = time.time() - read_s
+            for i, stage in enumerate(self.stages):
+                table = stage(table, started=started if i == 0 else None)
         return table
 
 
@@ -43,6 +63,8 @@ class CaptionPool:
                  in_flight_per_actor: int):
         import ray  # inside: ray loads only when captions stream (pipeline.py imports this module at its top, ray-free)
 
+        if cfg.captioning.read_ahead and in_flight_per_actor > 1:
+            ray_args = dict(ray_args, max_concurrency=2)  # a batch reads its frames while the one before captions
         remote = ray.remote(**ray_args)(StageChain)
         self.actors = [remote.remote(cfg, stage_classes) for _ in range(max(1, plan.replicas))]
         self.batch_rows = plan.batch_rows
