@@ -44,7 +44,7 @@ class _ClipWriter:
     showing then), so a 30 fps shot becomes an 8 fps clip of the same duration.
     """
 
-    def __init__(self, fps: float, codec: str, crf: int, preset: str = "veryfast",
+    def __init__(self, fps: float, codec: str, crf: int, preset: str = "superfast",
                  short_side: int | None = None, out_fps: float | None = None,
                  source_frames: int | None = None, keyframes_at: int = 0, stills_at: int = 0,
                  still_short_side: int = 0, threads: int = 1):

@@ -119,7 +119,10 @@ class SplitConfig(Section):
         1.0, ge=0, description="copy: a shot whose keyframe lies further before its start is re-encoded instead (None: never).")
     clip_codec: str = "libx264"
     clip_crf: int = 20
-    clip_preset: str = Field("veryfast", description="x264 preset for precise clips.")
+    clip_preset: str = Field(
+        "superfast", description="x264 preset for precise clips. superfast: 0.58x veryfast's CPU a 720p frame (the "
+                                 "largest CPU cost of a GPU node's job) for 12 to 17% more bytes and 0.1 to 0.9 dB "
+                                 "less luma PSNR at crf 20 (bench/bench_clip_preset.py); veryfast for smaller files.")
     clip_threads: int = Field(1, ge=0, description="precise: threads per clip encoder (0: the encoder's choice, "
                                                    "about 1.5 per core). Extraction runs many clips in parallel tasks: "
                                                    "one each keeps the cores from being oversubscribed, and the bytes "
