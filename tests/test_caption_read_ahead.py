@@ -91,9 +91,26 @@ def _run_two_at_once(tiny_vlm, tmp_path, monkeypatch, read_ahead: bool) -> tuple
     captioning.wait(WAIT_S)  # the first batch holds the model before the second comes
     out["second"] = chain(second)
     t.join()
-    captions = {r["clip_id"]: [c["text"] for c in r["captions"]]
-                for table in out.values() for r in table.to_pylist()}
+    rows = [r for table in out.values() for r in table.to_pylist()]
+    captions = {r["clip_id"]: [c["text"] for c in r["captions"]] for r in rows}
+    if read_ahead:
+        _check_stamps(rows)
     return overlapped[0], captions
+
+
+def _check_stamps(rows: list[dict]) -> None:
+    """Each row's stamps: the read-ahead as a step of its own, then the stage from when it held the
+    model, so the read (overlapping the batch before's turn) is not counted inside the stage."""
+    from vidcorpus.stage_clock import decode
+
+    for r in rows:
+        read, caption = decode(r["stage_times"])
+        assert (read["stage"], caption["stage"]) == ("caption_read", "caption")
+        assert read["rows_in"] == 2 and read["end"] <= caption["start"]
+    second = [decode(r["stage_times"]) for r in rows if r["clip_id"].startswith("c1")][0]
+    first = [decode(r["stage_times"]) for r in rows if r["clip_id"].startswith("c0")][0]
+    assert second[0]["end"] <= first[1]["end"]  # the second batch was read before the first's turn ended
+    assert first[1]["end"] <= second[1]["start"]  # and held the model only after it
 
 
 def test_the_next_batch_is_read_while_one_captions_with_the_same_captions(tiny_vlm, tmp_path, monkeypatch):

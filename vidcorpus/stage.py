@@ -93,10 +93,11 @@ class Stage:
         failed["error_stage"] = self.name
         return failed
 
-    def __call__(self, batch: pa.Table | dict, started: float | None = None) -> pa.Table:
-        """``started``: when the batch's work began, where a caller did part of it first (a caption
-        actor's read-ahead); now by default."""
-        started = time.time() if started is None else started
+    def __call__(self, batch: pa.Table | dict, before: dict | None = None) -> pa.Table:
+        """``before``: the stamp of work a caller did for this batch first (a caption actor's
+        read-ahead, ``vidcorpus/jobs/curate/caption_pool.py``): it goes on the rows ahead of this
+        stage's own."""
+        started = time.time()
         table = batch if isinstance(batch, pa.Table) else pa.table(batch)
         every = table.to_pylist()
         timed = stage_clock.take_carried(every)  # stamps of earlier batches that left no row
@@ -124,7 +125,7 @@ class Stage:
                 gpu, gpu_busy_s = device[1], meter.busy_s
         out = out + skip
         this = stage_clock.stamp(self.name, started, time.time(), len(rows), len(out), setup_s, gpu, gpu_busy_s)
-        return rows_to_table(events.attach(stage_clock.stamp_rows(out, this, timed), carried + raised + raised_setup))
+        return rows_to_table(events.attach(stage_clock.stamp_rows(out, this, timed, before), carried + raised + raised_setup))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.resources}>"

@@ -65,11 +65,12 @@ def take_carried(rows: list[dict]) -> list[str]:
     return [r["stage_times"] for r in rows if is_time_carrier(r)]
 
 
-def stamp_rows(rows: list[dict], this: dict, carried: list[str]) -> list[dict]:
-    """``rows`` with ``this`` batch's stamp appended to each; the stamps that came on carrier rows
-    (and ``this`` one too when the batch left no row) go on on one carrier row of their own, so that
-    every row's own stamps stay the chain of batches it went through."""
-    line = encode(this)
+def stamp_rows(rows: list[dict], this: dict, carried: list[str], before: dict | None = None) -> list[dict]:
+    """``rows`` with ``this`` batch's stamp appended to each (after ``before``, a caller's stamp of
+    work on the batch ahead of the stage's call); the stamps that came on carrier rows (and the new
+    ones too when the batch left no row) go on on one carrier row of their own, so that every row's
+    own stamps stay the chain of batches it went through."""
+    line = encode(this) if before is None else f"{encode(before)}\n{encode(this)}"
     for r in rows:
         r["stage_times"] = f"{r['stage_times']}\n{line}" if r.get("stage_times") else line
     orphans = carried + ([] if rows else [line])

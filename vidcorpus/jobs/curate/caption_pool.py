@@ -19,6 +19,7 @@ import time
 
 import pyarrow as pa
 
+from vidcorpus import stage_clock
 from vidcorpus.config import Config
 from vidcorpus.schemas import rows_to_table
 from vidcorpus.stage import Stage
@@ -40,19 +41,18 @@ class StageChain:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         first = self.stages[0]
-        read_s, ahead = 0.0, None
+        ahead = read = None
         if table.num_rows and self.read_ahead:
             t0 = time.time()
             ahead = first.read_ahead(table)
-            read_s = time.time() - t0
+            # its own step in the run's stage table (``<stage>_read``): it overlaps the batch before's
+            # turn, so counted inside the stage it would be counted twice
+            read = stage_clock.stamp(f"{first.name}_read", t0, time.time(), len(ahead), len(ahead))
         with self._lock:
             if ahead is not None:
                 first.ahead = ahead
-            # the read-ahead counts as the first stage's work, placed just before its turn (its wait
-            # for the lock, while the batch before generated, is not work)
-            started = time.time() - read_s
             for i, stage in enumerate(self.stages):
-                table = stage(table, started=started if i == 0 else None)
+                table = stage(table, before=read if i == 0 else None)
         return table
 
 
