@@ -51,8 +51,12 @@ class StageChain:
         with self._lock:
             if ahead is not None:
                 first.ahead = ahead
-            for i, stage in enumerate(self.stages):
-                table = stage(table, before=read if i == 0 else None)
+            try:
+                for i, stage in enumerate(self.stages):
+                    table = stage(table, before=read if i == 0 else None)
+            finally:  # frames the stage did not take (no row to caption, an error) are not kept
+                if ahead is not None:
+                    first.ahead = None
         return table
 
 
