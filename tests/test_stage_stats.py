@@ -63,6 +63,18 @@ def test_stage_seconds_from_hand_made_stamps():
     assert bound_by(list(got.values())).startswith("bound by: a (busy 30% of the 20.0 s wall time")
 
 
+def test_a_stage_first_seen_late_is_listed_where_the_chains_put_it():
+    """A caption actor's set-up batch shows caption and caption_align before any chain shows the
+    read-ahead (caption_read) that comes before caption: the table still lists it before caption."""
+    setup = [stamp("caption", 1, 5, 0, 0, worker="w"), stamp("caption_align", 5, 6, 0, 0, worker="w")]
+    batch = [stamp("split", 2, 3, 1, 1, worker="t"), stamp("caption_read", 3, 7, 1, 1, worker="w"),
+             stamp("caption", 7, 9, 1, 1, worker="w"), stamp("caption_align", 9, 10, 1, 1, worker="w")]
+    stats = StageStats(start=0.0)
+    stats.add_chain(setup, carrier=True)
+    stats.add_chain(batch)
+    assert [r.stage for r in stats.finish(end=10.0)] == ["split", "caption_read", "caption", "caption_align"]
+
+
 def test_gpu_share_is_per_gpu_over_the_wall_time():
     stats = StageStats(start=0.0)
     for i, gpu in enumerate(("h:gpu0", "h:gpu1")):

@@ -156,8 +156,19 @@ class StageStats:
                 self._queued_union[name] = union([*self._queued_union[name], *q])
                 q.clear()
 
+    def _place(self, names: list[str]) -> None:
+        """Stages new to the table go where this chain puts them: before the first stage after them
+        that is already placed (a caption actor's ``caption_read`` first shows after the actor's set-up
+        batch placed ``caption``)."""
+        for i, name in enumerate(names):
+            if name in self.order:
+                continue
+            later = next((n for n in names[i + 1:] if n in self.order), None)
+            self.order.insert(self.order.index(later) if later else len(self.order), name)
+
     def add_chain(self, stamps: list[dict], carrier: bool = False) -> None:
         """One row's stamps, in the order of the stages it went through."""
+        self._place([s["stage"] for s in stamps])
         prev_end = self.inputs_at
         for s in stamps:
             self._stamp(s)
