@@ -9,6 +9,9 @@
 #   machine's page cache still holds the model weights, so its set-up is a little optimistic):
 #                                     bash bench/gpu_node_job.sh run --keep-compile-cache
 #   then (optional, same machine): bash bench/gpu_node_job.sh caption-alone  (the caption stage alone)
+# Short of device time (runs 9 and 10 took about 1,700 s): caption-alone right after prepare (it
+# needs call 1's packages and models only, compiles from nothing and leaves the artifacts: about
+# 470 s), then `run --keep-compile-cache` alone: the next job without a first one.
 # Environment: GPUJOB_MINUTES (footage, default 60), GPUJOB_VIDEO_MINUTES (per video, default 4:
 # 15 videos for 16 cores), GPUJOB_MAX_VIDEOS (render at most this many per prepare call, then call
 # prepare again on the same machine: 2 hours of footage take two calls), GPUJOB_BUDGET_S (the job
