@@ -127,3 +127,33 @@ def test_without_read_ahead_the_next_batch_waits_for_the_model(tiny_vlm, tmp_pat
     monkeypatch.setitem(globals(), "WAIT_S", 3.0)
     overlapped, _ = _run_two_at_once(tiny_vlm, tmp_path, monkeypatch, read_ahead=False)
     assert not overlapped
+
+
+def test_the_runs_caption_actor_reads_a_batch_while_the_one_before_captions(tiny_vlm, tmp_path):
+    """Through Ray, as a run creates it (CaptionPool): two batches submitted at once reach the actor
+    together, so the second batch's read starts before the first batch leaves the captioner. A
+    one-call-at-a-time actor (the pool without max_concurrency) fails this."""
+    import ray
+
+    from vidcorpus.captioning.caption_stage import CaptionStage
+    from vidcorpus.jobs.curate.caption_pool import CaptionPool
+    from vidcorpus.stage_clock import decode
+    from vidcorpus.stage_settings import StagePlan
+
+    cfg = _config(tiny_vlm, read_ahead=True)
+    first, second = _batches(tmp_path)
+    plan = StagePlan("caption", True, 1.0, 0.0, None, 2, 1)
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        pool = CaptionPool(cfg, [CaptionStage], plan, {"num_cpus": 1.0}, in_flight_per_actor=2)
+        pool.flush()  # the set-up call
+        pool.add(first.to_pylist())  # a full batch (2 rows) goes out at once, and so does the next
+        done = pool.add(second.to_pylist()) + pool.flush()
+        pool.close()
+    finally:
+        ray.shutdown()
+    stamps = {r["clip_id"]: decode(r["stage_times"]) for t in done for r in t.to_pylist() if r.get("clip_id")}
+    assert sorted(stamps) == ["c00", "c01", "c10", "c11"]
+    (_, caption_1), (read_2, _) = stamps["c00"], stamps["c10"]
+    assert read_2["start"] < caption_1["end"]
