@@ -151,7 +151,7 @@ class CaptionStage(Stage):
         (``StageChain`` with ``captioning.read_ahead``) calls this outside its model lock, so the next
         batch's clips decode while the GPU captions this one, and hands the result to ``ahead``. Needs no
         model (it may run while the actor still loads and compiles)."""
-        rows = [r for r in table.to_pylist() if not r.get("error_class") and (r.get("clip_path") or r.get("source_path"))]
+        rows = [r for r in table.to_pylist() if self.wants(r) and (r.get("clip_path") or r.get("source_path"))]
         return dict(zip(map(_frames_key, rows), self._read_all(rows, use_ahead=False)))
 
     def _read_all(self, rows: list[dict], use_ahead: bool = True) -> list[np.ndarray | Exception]:

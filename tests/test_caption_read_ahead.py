@@ -54,10 +54,10 @@ def _batches(tmp_path) -> list:
             for b in range(2)]
 
 
-def _run_two_at_once(tiny_vlm, tmp_path, monkeypatch, read_ahead: bool) -> tuple[bool, dict]:
+def _run_two_at_once(tiny_vlm, tmp_path, monkeypatch, read_ahead: bool, wait_s: float = WAIT_S) -> tuple[bool, dict]:
     """Two batches through one chain from two threads, as a threaded caption actor gets them; the first
-    batch's captioning waits (at most WAIT_S) until the second batch's frames have been read. Returns
-    whether they were, and the captions by clip."""
+    batch's captioning waits (at most ``wait_s``) until the second batch's frames have been read.
+    Returns whether they were, and the captions by clip."""
     from vidcorpus.captioning.caption_stage import CaptionStage
     from vidcorpus.jobs.curate.caption_pool import StageChain
 
@@ -80,7 +80,7 @@ def _run_two_at_once(tiny_vlm, tmp_path, monkeypatch, read_ahead: bool) -> tuple
     def generating(self, frames, limits):
         if not captioning.is_set():  # the first batch to caption: the second's frames should arrive meanwhile
             captioning.set()
-            overlapped.append(second_read.wait(WAIT_S))
+            overlapped.append(second_read.wait(wait_s))
         return generate_kinds(self, frames, limits)
 
     monkeypatch.setattr(CaptionStage, "_read_each", reading)
@@ -88,7 +88,7 @@ def _run_two_at_once(tiny_vlm, tmp_path, monkeypatch, read_ahead: bool) -> tuple
     out: dict = {}
     t = threading.Thread(target=lambda: out.update(first=chain(first)))
     t.start()
-    captioning.wait(WAIT_S)  # the first batch holds the model before the second comes
+    captioning.wait(wait_s)  # the first batch holds the model before the second comes
     out["second"] = chain(second)
     t.join()
     rows = [r for table in out.values() for r in table.to_pylist()]
@@ -118,14 +118,13 @@ def test_the_next_batch_is_read_while_one_captions_with_the_same_captions(tiny_v
     assert overlapped, "the second batch's frames were not read while the first captioned"
     assert sorted(captions) == ["c00", "c01", "c10", "c11"]
     monkeypatch.undo()
-    _, alone = _run_two_at_once(tiny_vlm, tmp_path, monkeypatch, read_ahead=False)
+    _, alone = _run_two_at_once(tiny_vlm, tmp_path, monkeypatch, read_ahead=False, wait_s=1.0)
     assert captions == alone  # the same clips get the same captions either way
 
 
 def test_without_read_ahead_the_next_batch_waits_for_the_model(tiny_vlm, tmp_path, monkeypatch):
     """The check above can fail: with captioning.read_ahead off the second batch reads in its turn."""
-    monkeypatch.setitem(globals(), "WAIT_S", 3.0)
-    overlapped, _ = _run_two_at_once(tiny_vlm, tmp_path, monkeypatch, read_ahead=False)
+    overlapped, _ = _run_two_at_once(tiny_vlm, tmp_path, monkeypatch, read_ahead=False, wait_s=3.0)
     assert not overlapped
 
 
@@ -141,6 +140,10 @@ def test_the_runs_caption_actor_reads_a_batch_while_the_one_before_captions(tiny
     from vidcorpus.stage_settings import StagePlan
 
     cfg = _config(tiny_vlm, read_ahead=True)
+    # long captions, so the first batch holds the model for seconds: the second call reaches the
+    # actor well inside that on a loaded machine
+    cfg = cfg.model_copy(update={"captioning": cfg.captioning.model_copy(update={"max_new_tokens": 48,
+                                                                                 "min_new_tokens": 48})})
     first, second = _batches(tmp_path)
     plan = StagePlan("caption", True, 1.0, 0.0, None, 2, 1)
     ray.shutdown()

@@ -294,7 +294,8 @@ class CaptioningConfig(Section):
     decode_threads: int = Field(0, ge=0, description="Threads decoding a caption batch's frames (0: one per CPU, at most 8).")
     read_ahead: bool = Field(True, description="A caption actor takes its next batch while one captions: that batch's "
                              "frames decode while the GPU works (two calls at once in the actor, the models one "
-                             "batch at a time; vidcorpus/jobs/curate/caption_pool.py). It holds a second batch's "
+                             "batch at a time; vidcorpus/jobs/curate/caption_pool.py), where a second batch is queued "
+                             "(full batches; a partial one goes only to an idle actor). It holds a second batch's "
                              "frames: at batch 512, 8 frames of 720p each, about 11 GB more (max_pixels shrinks it).")
     prefetch_min_batch: int = Field(128, ge=1, description="On GPUs, batches from this size up prepare the next "
                                     "batch's inputs in a thread (6-7% more clips/s at 256-1024 on an H100; "

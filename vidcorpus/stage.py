@@ -93,6 +93,12 @@ class Stage:
         failed["error_stage"] = self.name
         return failed
 
+    def wants(self, row: dict) -> bool:
+        """Whether ``process_rows`` gets this row (else it passes through untouched)."""
+        return (not row.get("error_class")
+                and (not self.kept_only or bool(row.get("kept")) or (self.undecided_too and row.get("kept") is None))
+                and not is_clipless(row))  # a split source without clips: nothing to process
+
     def __call__(self, batch: pa.Table | dict, before: dict | None = None) -> pa.Table:
         """``before``: the stamp of work a caller did for this batch first (a caption actor's
         read-ahead, ``vidcorpus/jobs/curate/caption_pool.py``): it goes on the rows ahead of this
@@ -113,10 +119,7 @@ class Stage:
                     raised_setup = [events.setup_event(self.name)]
             todo, skip = [], []
             for r in rows:
-                wanted = (not r.get("error_class")
-                          and (not self.kept_only or r.get("kept") or (self.undecided_too and r.get("kept") is None))
-                          and not is_clipless(r))  # a split source without clips: nothing to process
-                (todo if wanted else skip).append(r)
+                (todo if self.wants(r) else skip).append(r)
             device = gpu_busy.current_device() if todo and self.resources.gpus > 0 else None
             meter = gpu_busy.GpuBusyMeter(device[0]) if device else contextlib.nullcontext()
             with meter:
