@@ -152,21 +152,20 @@ class CaptionStage(Stage):
         batch's clips decode while the GPU captions this one, and hands the result to ``ahead``. Needs no
         model (it may run while the actor still loads and compiles)."""
         rows = [r for r in table.to_pylist() if self.wants(r) and (r.get("clip_path") or r.get("source_path"))]
-        return dict(zip(map(_frames_key, rows), self._read_all(rows, use_ahead=False)))
+        return dict(zip(map(_frames_key, rows), self._read_each(rows)))
 
-    def _read_all(self, rows: list[dict], use_ahead: bool = True) -> list[np.ndarray | Exception]:
-        """Every row's frames, decoded in threads (PyAV releases the GIL): a GPU batch of 512 clips
-        decoded one after another kept the GPU waiting longer than the batch took to caption. Frames
-        read ahead are taken, not read again."""
-        ahead = {}
-        if use_ahead:  # the batch's own frames, set under the actor's lock; taken once
-            ahead, self.ahead = self.ahead or {}, None
+    def _read_all(self, rows: list[dict]) -> list[np.ndarray | Exception]:
+        """Every row's frames: those read ahead for this batch (set under the actor's lock, taken
+        once), the rest read now."""
+        ahead, self.ahead = self.ahead or {}, None
         got = [ahead.get(_frames_key(r)) for r in rows]
         todo = [r for r, g in zip(rows, got) if g is None]
         read = iter(self._read_each(todo))
         return [g if g is not None else next(read) for g in got]
 
     def _read_each(self, rows: list[dict]) -> list[np.ndarray | Exception]:
+        """Decoded in threads (PyAV releases the GIL): a GPU batch of 512 clips decoded one after
+        another kept the GPU waiting longer than the batch took to caption."""
         threads = self._threads()
         if threads <= 1 or len(rows) <= 1:
             return [self._read(r) for r in rows]
