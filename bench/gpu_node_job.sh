@@ -16,7 +16,8 @@
 # 15 videos for 16 cores), GPUJOB_MAX_VIDEOS (render at most this many per prepare call, then call
 # prepare again on the same machine: 2 hours of footage take two calls), GPUJOB_BUDGET_S (the job
 # is stopped after this, default 480: the report then covers what the catalog committed),
-# GPUJOB_STATE (default /tmp/gpujob).
+# GPUJOB_STATE (default /tmp/gpujob), GPUJOB_MODELS_ONLY (prepare builds the models and renders no
+# footage: all that caption-alone needs).
 # Writes to $OUT: prepare.log, footage_ground_truth.json, models.json (call 1); gpu_node_job.json
 # (the report), job.log (call 2).
 set -uo pipefail
@@ -53,6 +54,11 @@ prepare)
 print('imports ok: av', av.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)" || exit 3
         [ -f "$STATE/models/models.json" ] \
             || python3 bench/gpu_node_job.py build-models --size 3b --out "$STATE/models" || exit 5
+        cp "$STATE/models/models.json" "$OUTDIR/models.json"
+        if [ -n "${GPUJOB_MODELS_ONLY:-}" ]; then  # enough for caption-alone: no footage
+            date -u
+            exit 0
+        fi
         if [ ! -f "$STATE/footage/ground_truth.json" ]; then
             # GPUJOB_MAX_VIDEOS: render at most that many videos per call (a call lasts at most 600 s);
             # call prepare again on the same warm machine for the rest
@@ -105,7 +111,7 @@ caption-alone)
     # a `run` on the same machine (it needs that run's Ray-free packages and models only). Two rounds:
     # one batch in one call (as before run 10), then 3 batches two at a time, as the job's caption
     # actor gets them (captioning.read_ahead: one reads its frames while the other captions).
-    [ -f "$STATE/prepared" ] || { echo "no prepared models in $STATE (run prepare and run first)"; exit 6; }
+    [ -f "$STATE/models/models.json" ] || { echo "no models in $STATE (run prepare first)"; exit 6; }
     R=$(pwd)
     cd /tmp && python3 "$R/bench/bench_caption_stage.py" --models "$STATE/models" --rows 512 --long 160 --short 32 \
         --compile --compile-cache "$STATE/compile-cache" --rounds 1x1,2x3 --repeat 1 --label "caption stage alone: $(nvidia-smi \
