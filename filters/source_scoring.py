@@ -58,7 +58,8 @@ def score_from_source(stage, rows: list[dict], wanted: Callable[[dict], list[int
         done: set[str] = set()
         try:
             for row, frames in stream_clip_frames(source_rows, plan, split_cfg,
-                                                  stage.config.filters.skip_unread_frames):
+                                                  stage.config.filters.skip_unread_frames,
+                                                  stage.config.filters.source_decode_threads):
                 done.add(row["clip_id"])
                 out.extend(stage.safe_call(lambda r, f=frames: score(r, f), row))
         except Exception as exc:  # noqa: BLE001 - the source failed to decode: its remaining rows fail

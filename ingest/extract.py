@@ -129,7 +129,7 @@ def _write(url: str, data: bytes) -> None:
     write_atomic(url, data, fsync=False)
 
 
-def _clip_frames(path: str, rows: list[dict]) -> Iterator[tuple[int, av.VideoFrame]]:
+def _clip_frames(path: str, rows: list[dict], threads: int) -> Iterator[tuple[int, av.VideoFrame]]:
     """(source frame index, frame) for every frame of the rows' ranges, in order, through this
     process's source cursor (``source_frames.decode_source_range``): between the ranges (clips the
     recipe dropped, clips stream-copied) it seeks past whole keyframe intervals and skips the
@@ -141,7 +141,7 @@ def _clip_frames(path: str, rows: list[dict]) -> Iterator[tuple[int, av.VideoFra
         else:
             runs.append([r["first_frame"], r["last_frame"]])
     for first, last in runs:
-        yield from decode_source_range(path, first, last, range(first, last + 1))
+        yield from decode_source_range(path, first, last, range(first, last + 1), threads)
 
 
 def _first_frame(data: bytes) -> np.ndarray:
@@ -259,7 +259,7 @@ class ExtractStage(Stage):
         fps = float(rows[0].get("fps") or 25)  # the probe's: the stream's average (or guessed) rate
         i = -1
         try:
-            for i, frame in _clip_frames(rows[0]["source_path"], rows):
+            for i, frame in _clip_frames(rows[0]["source_path"], rows, self.config.filters.source_decode_threads):
                 frame = upright_frame(frame)  # phone footage: clips carry upright pixels, no matrix
                 if i in starts:
                     r = starts[i]

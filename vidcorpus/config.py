@@ -217,6 +217,11 @@ class FiltersConfig(Section):
                                "the clip, short side this many pixels (never enlarged); the CLIP scorer reads them "
                                "instead of decoding the clip. 0: no stills.")
     decode_threads: int = Field(0, ge=0, description="Worker processes decoding clips for the CLIP scorer (0: one per CPU but one, at most 16).")
+    source_decode_threads: int = Field(
+        1, ge=0, description="Threads of the decoder that the technical and motion scorers and precise extraction "
+                             "read a source through (slice threads: a source of one slice a frame decodes on one). "
+                             "Many tasks decode at once in a run, so one each costs the least CPU; 0: FFmpeg's "
+                             "frame threads, about one per core (12 to 28% more CPU a frame).")
     skip_unread_frames: bool = Field(
         True, description="Scorers reading unextracted clips from their source leave out the source's non-reference "
                           "frames that no scorer reads (FFmpeg skip_frame; the frames read are those of a full "

@@ -130,8 +130,12 @@ class FrameCursor:
     ``IndexMismatch``) it decodes from frame 0. ``next`` is the index of the next frame it will hand
     out. ``decoded`` counts the frames the decoder produced (skipped ones are not decoded)."""
 
-    def __init__(self, path: str, start: int = 0, index: FrameIndex | None = None, thread_type: str = "AUTO"):
-        self.path, self.index, self.thread_type = path, index, thread_type
+    def __init__(self, path: str, start: int = 0, index: FrameIndex | None = None, threads: int = 0):
+        # threads: 0, FFmpeg's choice (frame threads, about one per core: the fastest for one decode
+        # alone); n, slice threads only, at most n (a source of one slice a frame decodes on one
+        # thread): frame threads cost 12 to 28% more CPU a frame, which a host running a decode in
+        # every task pays in full (docs/benchmarks.md, "The source decoders' threads")
+        self.path, self.index, self.threads = path, index, threads
         self.next = 0
         self.decoded = 0
         self._wanted: Collection[int] | None = None  # the current take's wanted frames (None: all)
@@ -148,7 +152,11 @@ class FrameCursor:
             self._file.close()
             raise
         stream = self.container.streams.video[0]
-        stream.thread_type = self.thread_type
+        if self.threads:
+            stream.thread_type = "SLICE"
+            stream.codec_context.thread_count = self.threads
+        else:
+            stream.thread_type = "AUTO"
         key = self.index.keyframe_at_or_before(start) if self.index is not None and start > 0 else 0
         self.seeking = key > 0  # frames are numbered by their pts in the index (else counted)
         if self.seeking:
