@@ -15,7 +15,6 @@ format and colour metadata, and the RGB difference through the project's ``to_rg
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
@@ -98,6 +97,9 @@ def main() -> None:
     args = ap.parse_args()
     import av
 
+    from run_meta import emit, finish_metadata, run_metadata
+
+    meta = run_metadata()
     ref, wall, cpu = _decode(args.video, "software", args.frames)
     result: dict = {"av": av.__version__, "video": args.video,
                     "software": {"frames": len(ref), "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
@@ -108,10 +110,7 @@ def main() -> None:
             result[way] = {**compare(ref, got), "wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}
         except Exception as exc:  # noqa: BLE001 - what fails is the finding
             result[way] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-    print(json.dumps(result, indent=1))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+    emit({**finish_metadata(meta), **result}, args.out)
 
 
 if __name__ == "__main__":
