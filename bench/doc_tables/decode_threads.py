@@ -25,7 +25,7 @@ def stage_rows(d: dict) -> list[dict]:
     """Per stage: CPU per round with filters.source_decode_threads 0 (before) and 1, and the medians' ratio."""
     same = "scores identical" if d["scores_identical"] else "scores differ"
     output = {"technical": same, "motion": same,
-              "extract": "clip bytes identical (tests/test_source_skip.py)",
+              "extract": "not compared here (clip bytes identical on the test videos: tests/test_source_skip.py)",
               "split": "control: the splitter's own decoder, not changed"}
     rows = []
     for stage, note in output.items():
