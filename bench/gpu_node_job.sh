@@ -74,7 +74,6 @@ print('imports ok: av', av.__version__, 'torch', torch.__version__, 'transformer
             fi
         fi
         cp "$STATE/footage/ground_truth.json" "$OUTDIR/footage_ground_truth.json"
-        cp "$STATE/models/models.json" "$OUTDIR/models.json"
         touch "$STATE/prepared"
         df -h /tmp | tail -1
         date -u

@@ -23,6 +23,21 @@ import time
 from pathlib import Path
 
 
+def _outputs_sha256(clips: list[dict]) -> dict[str, str]:
+    """Hashes of what the chain made (every clip's scores; every extracted clip file's bytes), so that
+    two settings can be shown to give the same corpus."""
+    import hashlib
+
+    from vidcorpus.storage import read_bytes
+
+    scores = sorted((r["clip_id"], sorted((s["scorer"], s["value"]) for s in r.get("scores") or [])) for r in clips)
+    files = hashlib.sha256()
+    for r in sorted(clips, key=lambda r: r["clip_id"]):
+        if r.get("clip_path"):
+            files.update(r["clip_id"].encode() + hashlib.sha256(read_bytes(r["clip_path"])).digest())
+    return {"scores": hashlib.sha256(json.dumps(scores).encode()).hexdigest()[:16], "clip_files": files.hexdigest()[:16]}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("videos", nargs="+")
@@ -68,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
         "stages": best,
         "cpu_s_total": round(total, 3),
         "cpu_ms_per_frame": {k: round(1000 * v["cpu_s"] / frames, 3) for k, v in best.items()} if frames else None,
+        "outputs_sha256": _outputs_sha256(clips),
     }
     text = json.dumps(report, indent=1)
     if a.out:

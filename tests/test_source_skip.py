@@ -299,7 +299,7 @@ def test_the_source_decoder_takes_the_configured_threads_and_gives_the_same_scor
                                                                                               video):
     """filters.source_decode_threads reaches the decoder that the technical and motion scorers and
     precise extraction read the source through (default: one slice thread, where FFmpeg's own
-    choice, frame threads, costs 14 to 21% more CPU a frame); the scores and the clips' bytes are
+    choice, frame threads, costs 18 to 29% more CPU a frame); the scores and the clips' bytes are
     those of FFmpeg's own choice (0)."""
     from vidcorpus import source_frames
     from vidcorpus.filters.motion import MotionStage

@@ -222,7 +222,7 @@ class FiltersConfig(Section):
                              "read a source through (slice threads: a source of one slice a frame decodes on one; "
                              "the other reads of a source, a clip without stills for the CLIP scorer or a preview, "
                              "use one). Many tasks decode at once in a run, so one each costs the least CPU; 0: "
-                             "FFmpeg's frame threads, about one per core (14 to 21% more CPU a frame, 3 and 16 threads).")
+                             "FFmpeg's frame threads, about one per core (18 to 29% more CPU a frame, 3 and 16 threads).")
     skip_unread_frames: bool = Field(
         True, description="Scorers reading unextracted clips from their source leave out the source's non-reference "
                           "frames that no scorer reads (FFmpeg skip_frame; the frames read are those of a full "

@@ -133,7 +133,7 @@ class FrameCursor:
     def __init__(self, path: str, start: int = 0, index: FrameIndex | None = None, threads: int = 0):
         # threads: 0, FFmpeg's choice (frame threads, about one per core: the fastest for one decode
         # alone); n, slice threads only, at most n (a source of one slice a frame decodes on one
-        # thread): frame threads cost 14 to 21% more CPU a frame, which a host running a decode in
+        # thread): frame threads cost 18 to 29% more CPU a frame, which a host running a decode in
         # every task pays in full (docs/benchmarks.md, "The source decoders' threads")
         self.path, self.index, self.threads = path, index, threads
         self.next = 0
