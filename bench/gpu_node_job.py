@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import glob
 import json
 import logging
 import os
@@ -359,6 +360,27 @@ def kill_tree(pid: int) -> None:
             pass
 
 
+def caption_actor_log(dest: Path, ray_logs: str = "/tmp/ray/session_latest/logs") -> list[str]:
+    """Copy the tail of the caption actors' Ray worker logs (the driver shows no worker output) to
+    ``dest``; returns their set-up lines (captioning/caption_stage.py's ``caption set-up: ...``).
+    Run 11's caption actor never finished setting up and left nothing else to say why."""
+    lines, tails = [], []
+    for path in sorted(glob.glob(f"{ray_logs}/worker-*.err")):
+        try:
+            text = Path(path).read_text(errors="replace")
+        except OSError:
+            continue
+        if "caption set-up:" not in text:
+            continue
+        body = text.splitlines()
+        lines += [ln for ln in body if "caption set-up:" in ln]
+        tails.append(f"==> {path} (last 300 of {len(body)} lines) <==\n" + "\n".join(body[-300:]))
+    if tails:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text("\n\n".join(tails) + "\n")
+    return lines
+
+
 def gpu_info() -> dict:
     try:
         import torch
@@ -422,6 +444,7 @@ def run_job(footage: Path, models_dir: Path, work: Path, out: Path, budget_s: fl
     gpu_mon.close()
     cpu_mon.stop.set()
     subprocess.run(["ray", "stop", "--force"], capture_output=True) if shutil.which("ray") else None
+    setup_lines = caption_actor_log(out.parent / "caption_actor.log")
     from vidcorpus.config import load_config
 
     cfg = load_config(None, sets)
@@ -460,6 +483,9 @@ def run_job(footage: Path, models_dir: Path, work: Path, out: Path, budget_s: fl
         "catalog": cat,
         "runner_summary": json.loads(summary_path.read_text()) if summary_path.exists() else None,
         "log_tail": tail,
+        # the caption actor's set-up steps from its Ray worker log (models, compile cache, warm-up shapes);
+        # its whole log tail is beside the report (caption_actor.log)
+        "caption_setup_lines": setup_lines,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=str))

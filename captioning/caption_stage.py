@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,6 +36,10 @@ from vidcorpus.stage import Resources, Stage
 
 KINDS = ("long", "short")
 
+# The set-up's steps and their times (models, the compile cache, each warm-up shape): a caption actor
+# can set up for minutes while the job waits, and these lines in its worker log say on what.
+setup_log = logging.getLogger("vidcorpus.captioning.setup")
+
 
 class CaptionStage(Stage):
     name: ClassVar[str] = "caption"
@@ -51,6 +57,7 @@ class CaptionStage(Stage):
         source = self.config.models.captioner
         if not source:
             raise ValueError("models.captioner is not set: resolve the config with vidcorpus.jobs.models.resolve_models")
+        began = time.time()
         self.captioner = load_captioner(source, batch_size=caption_batch_size(self.config), min_new_tokens=cap.min_new_tokens,
                                         prompt_version=cap.prompt_version, decode=cap.decode,
                                         repetition_penalty=cap.repetition_penalty, max_pixels=cap.max_pixels,
@@ -71,8 +78,12 @@ class CaptionStage(Stage):
             model, preprocess, tokenizer = load_clip(m.clip_model, m.clip_pretrained, self.captioner.device)
             self.clip = (model, preprocess, tokenizer, clip_model_id(m.clip_model, m.clip_pretrained))
         warm = cap.warmup if cap.warmup is not None else self.captioner.device.type == "cuda"
+        setup_log.info(f"caption set-up: models loaded on {self.captioner.device} in {time.time() - began:.1f} s")
         self.compile_cache_url = self._compile_cache_url() if compiles and cap.compile_cache else None
         loaded = load_artifacts(self.compile_cache_url) if self.compile_cache_url else None
+        if self.compile_cache_url:
+            setup_log.info(f"caption set-up: compile cache {self.compile_cache_url}: "
+                           + (f"{len(loaded)} artifacts loaded" if loaded is not None else "no file yet"))
         if warm:
             try:
                 self.warm_up()
@@ -81,7 +92,9 @@ class CaptionStage(Stage):
                               "batches compile instead", RuntimeWarning, stacklevel=1)
             else:
                 if self.compile_cache_url:  # the warm-up compiled the shapes the job will use (pad_batches)
-                    save_artifacts(self.compile_cache_url, loaded)
+                    saved = save_artifacts(self.compile_cache_url, loaded)
+                    setup_log.info(f"caption set-up: compile cache {'written' if saved else 'left as it was'}")
+        setup_log.info(f"caption set-up: done in {time.time() - began:.1f} s")
 
     def _compile_cache_url(self) -> str:
         """The compile cache file of this captioner and these settings (vidcorpus/compile_cache.py):
@@ -112,7 +125,10 @@ class CaptionStage(Stage):
         limits = {"long": cap.max_new_tokens, "short": cap.short_max_new_tokens}
         sizes = (bs, self.captioner.pad_sizes()[-1]) if self.captioner.pad_batches else (bs, min(2, bs))
         for n in dict.fromkeys(sizes):
+            began = time.time()
             self.captioner.generate_kinds([frames] * n, limits)
+            setup_log.info(f"caption set-up: warm-up batch of {n} clips ({w}x{h}, {cap.frames_per_clip} frames) "
+                           f"in {time.time() - began:.1f} s")
 
     def process_rows(self, rows: list[dict]) -> list[dict]:
         cap = self.config.captioning

@@ -14,6 +14,7 @@ the stages upstream.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -25,6 +26,22 @@ from vidcorpus.schemas import rows_to_table
 from vidcorpus.stage import Stage
 from vidcorpus.stage_settings import StagePlan
 
+logger = logging.getLogger(__name__)
+
+QUIET_S = 60.0  # with batches out and none back for this long, the driver says where captioning stands
+
+
+def _log_setup_to_stderr() -> None:
+    """The caption stages' set-up lines (captioning/caption_stage.py: models, compile cache, warm-up
+    shapes) into this actor's worker log (Ray's ``logs/worker-*.err``; the driver does not show
+    workers' output): where a set-up that lasts minutes spends them."""
+    log = logging.getLogger("vidcorpus.captioning.setup")
+    if not log.handlers:
+        handler = logging.StreamHandler()  # stderr
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
 
 class StageChain:
     """One worker that runs several stages in turn on each batch (a Ray actor's class).
@@ -35,6 +52,7 @@ class StageChain:
     set-up, models and GPU) run one batch at a time."""
 
     def __init__(self, cfg: Config, stage_classes: list[type[Stage]]):
+        _log_setup_to_stderr()
         self.stages = [cls(cfg) for cls in stage_classes]
         self.read_ahead = cfg.captioning.read_ahead and hasattr(self.stages[0], "read_ahead")
         self._lock = threading.Lock()
@@ -64,7 +82,7 @@ class CaptionPool:
     """``submit`` batches of clip rows; ``results`` gives captioned batches back as they finish."""
 
     def __init__(self, cfg: Config, stage_classes: list[type[Stage]], plan: StagePlan, ray_args: dict,
-                 in_flight_per_actor: int):
+                 in_flight_per_actor: int, quiet_s: float = QUIET_S):
         import ray  # inside: ray loads only when captions stream (pipeline.py imports this module at its top, ray-free)
 
         if cfg.captioning.read_ahead and in_flight_per_actor > 1:
@@ -75,11 +93,17 @@ class CaptionPool:
         self.limit = max(1, in_flight_per_actor) * len(self.actors)
         self.pending: dict = {}  # ObjectRef -> actor index
         self.queued: list[dict] = []
+        self.sent_at: dict = {}  # ObjectRef -> when it went out
+        self.setting_up: set = set()  # the set-up calls not back yet (ObjectRefs)
+        self.created_at = self.last_result_at = self.said_at = time.time()
+        self.quiet_s = quiet_s
         # Each actor sets up now, while the ingest stages run: an empty batch loads its models (and,
         # with captioning.warmup, compiles; captioning/caption_stage.py) and comes back as a carrier row of
         # its setup event and time, which the driver commits like any result.
         for a, actor in enumerate(self.actors):
-            self.pending[actor.__call__.remote(rows_to_table([]))] = a
+            ref = actor.__call__.remote(rows_to_table([]))
+            self.pending[ref], self.sent_at[ref] = a, time.time()
+            self.setting_up.add(ref)
 
     def add(self, rows: list[dict]) -> list[pa.Table]:
         """Queue rows; full batches go to the actors, and so does what is queued when an actor has
@@ -105,7 +129,9 @@ class CaptionPool:
             self.queued = []
         until = None if timeout is None else time.time() + timeout
         while self.pending:
-            done += self._wait(timeout=None if until is None else max(0.0, until - time.time()))
+            left = self.quiet_s if until is None else min(self.quiet_s, max(0.0, until - time.time()))
+            done += self._wait(timeout=left)
+            self._say_if_quiet()
             if until is not None and time.time() >= until:
                 break
         return done
@@ -116,17 +142,20 @@ class CaptionPool:
         if self.queued and self._idle():
             done += self._submit(self.queued)
             self.queued = []
+        self._say_if_quiet()
         return done
 
     def _submit(self, rows: list[dict]) -> list[pa.Table]:
         done: list[pa.Table] = []
-        while len(self.pending) >= self.limit:
-            done += self._wait(timeout=None)
+        while len(self.pending) >= self.limit:  # the driver waits here: it says why when that lasts
+            done += self._wait(timeout=self.quiet_s)
+            self._say_if_quiet()
         load = [0] * len(self.actors)
         for a in self.pending.values():
             load[a] += 1
         a = load.index(min(load))  # the least busy actor
-        self.pending[self.actors[a].__call__.remote(rows_to_table(rows))] = a
+        ref = self.actors[a].__call__.remote(rows_to_table(rows))
+        self.pending[ref], self.sent_at[ref] = a, time.time()
         return done
 
     def _wait(self, timeout: float | None) -> list[pa.Table]:
@@ -136,8 +165,37 @@ class CaptionPool:
         out = []
         for ref in ready:
             self.pending.pop(ref)
+            self.sent_at.pop(ref, None)
+            self.setting_up.discard(ref)
+            self.last_result_at = time.time()
             out.append(ray.get(ref))  # a stage error (not a row's) ends the run, as in the stream
         return out
+
+    def _say_if_quiet(self) -> None:
+        now = time.time()
+        if self.pending and now - max(self.last_result_at, self.said_at) >= self.quiet_s:
+            self.said_at = now
+            logger.info(self.describe())
+
+    def describe(self) -> str | None:
+        """One line on where captioning stands (None when nothing is out or queued): actors still
+        loading and compiling, batches out and for how long, clips queued. What a user sees when a
+        job seems to stall after its last source is done (a compile slower than the stream)."""
+        if not self.pending and not self.queued:
+            return None
+        now = time.time()
+        parts = []
+        if self.setting_up:
+            parts.append(f"{len(self.setting_up)} of {len(self.actors)} caption actors still setting up "
+                         f"(loading models, compiling; {now - self.created_at:.0f} s so far)")
+        batches = [ref for ref in self.pending if ref not in self.setting_up]
+        if batches:
+            oldest = now - min(self.sent_at[ref] for ref in batches)
+            parts.append(f"{len(batches)} caption batch{'es' if len(batches) != 1 else ''} out "
+                         f"(the oldest for {oldest:.0f} s)")
+        if self.queued:
+            parts.append(f"{len(self.queued)} kept clips queued")
+        return "captioning: " + "; ".join(parts)
 
     def close(self) -> None:
         import ray  # inside: ray loads only when captions stream (pipeline.py imports this module at its top, ray-free)
