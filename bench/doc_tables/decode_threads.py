@@ -7,6 +7,7 @@ from statistics import median
 from doc_tables.spec import Col, Table
 
 RESULT = "decode_threads_cpu_720p.json"
+NODE = "decode_threads_h100_node.json"  # the GPU node's 16 cores (run 11's first device call)
 
 
 def decode_rows(d: dict) -> list[dict]:
@@ -45,6 +46,16 @@ TABLES = [
         Col("median CPU against one thread", "of_one", "{:.2f}x")]),
     Table("decode_threads_stages", [RESULT], rows=stage_rows, columns=[
         Col("stage", "stage"), Col("CPU s, FFmpeg's threads (0, before; round 1 / 2)", "before"),
+        Col("CPU s, one thread (1, the default; round 1 / 2)", "after"), Col("median after / before", "ratio", "{:.2f}x"),
+        Col("output", "output")]),
+]
+TABLES += [
+    Table("decode_threads_raw_node", [NODE], rows=decode_rows, columns=[
+        Col("H.264 decoder threads (30 s 720p edit, the node's 16 cores)", "setting"), Col("frames", "frames", "{:,}"),
+        Col("CPU s (round 1 / 2)", "cpu"), Col("wall s (round 1 / 2)", "wall"),
+        Col("median CPU against one thread", "of_one", "{:.2f}x")]),
+    Table("decode_threads_stages_node", [NODE], rows=stage_rows, columns=[
+        Col("stage (the node's 16 cores)", "stage"), Col("CPU s, FFmpeg's threads (0; round 1 / 2)", "before"),
         Col("CPU s, one thread (1, the default; round 1 / 2)", "after"), Col("median after / before", "ratio", "{:.2f}x"),
         Col("output", "output")]),
 ]
