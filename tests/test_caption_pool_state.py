@@ -16,7 +16,11 @@ import pytest
 from vidcorpus.schemas import empty_row
 
 
-def test_the_driver_says_the_caption_actor_is_still_setting_up_then_that_a_batch_is_out(tmp_path, caplog):
+def test_while_the_actor_sets_up_the_driver_queues_batches_and_says_where_captioning_stands(tmp_path, caplog):
+    """Kept clips arriving while the caption actor still sets up: one batch goes out (it reads its
+    frames meanwhile), the rest wait in the driver, which returns to the stream at once (it used to
+    wait for the set-up there, stalling the whole ingest behind a compile); then batches of at most
+    batch_rows go out, and with none back for quiet_s the driver says what it waits on."""
     import ray
 
     from vidcorpus.config import load_config
@@ -30,11 +34,11 @@ def test_the_driver_says_the_caption_actor_is_still_setting_up_then_that_a_batch
         kept_only = True
 
         def setup(self):
-            time.sleep(4.0)
+            time.sleep(5.0)
 
         def process_rows(self, rows):
-            time.sleep(3.0)
-            return [dict(r, text="captioned") for r in rows]
+            time.sleep(1.5)
+            return [dict(r, text=f"captioned in a batch of {len(rows)}") for r in rows]
 
     cfg = load_config(None, ["captioning.read_ahead=false"], workdir=str(tmp_path / "w"))
     plan = StagePlan("caption", True, 0.5, 0.0, None, 2, 1)
@@ -42,26 +46,25 @@ def test_the_driver_says_the_caption_actor_is_still_setting_up_then_that_a_batch
     ray.init(num_cpus=2, include_dashboard=False)
     caplog.set_level(logging.INFO, logger="vidcorpus.jobs.curate.caption_pool")
     try:
-        # one batch in flight an actor: the first full batch waits for the set-up call, as run 11's did
         pool = CaptionPool(cfg, [SlowToSetUp], plan, {"num_cpus": 0.5}, in_flight_per_actor=1, quiet_s=1.0)
         assert "1 of 1 caption actors still setting up" in pool.describe()
-        rows = [empty_row(source_id="s", clip_id=f"c{i}", kept=True) for i in range(3)]
-        done = pool.add(rows[:2])  # the driver waits for the set-up here, saying so every quiet_s
-        setting_up = [r.message for r in caplog.records if "still setting up" in r.message]
-        assert setting_up and setting_up[0].startswith("captioning: 1 of 1 caption actors still setting up")
-        caplog.clear()
-        done += pool.add(rows[2:])  # the actor is busy with the first batch: this clip waits
-        assert re.fullmatch(r"captioning: 1 caption batch out \(the oldest for \d+ s\); 1 kept clips queued",
-                            pool.describe())
-        done += pool.flush()
+        rows = [empty_row(source_id="s", clip_id=f"c{i}", kept=True) for i in range(6)]
+        done = pool.add(rows)
+        assert pool.setting_up, "the driver waited for the set-up"
+        assert re.fullmatch(r"captioning: 1 of 1 caption actors still setting up \(loading models, compiling; "
+                            r"\d+ s so far\); 1 caption batch out \(the oldest for \d+ s\); 4 kept clips queued",
+                            pool.describe()), pool.describe()
+        done += pool.flush()  # waited for in quiet_s slices, saying why
         assert pool.describe() is None  # nothing out, nothing queued
         pool.close()
     finally:
         ray.shutdown()
-    out = [m.message for m in caplog.records]
-    assert any(m.startswith("captioning: 1 caption batch out (the oldest for ") for m in out), out
-    assert not any("setting up" in m for m in out)  # set up once, for the whole job
-    assert sorted(r["clip_id"] for t in done for r in t.to_pylist() if r.get("clip_id")) == ["c0", "c1", "c2"]
+    said = [m.message for m in caplog.records]
+    assert any(m.startswith("captioning: 1 of 1 caption actors still setting up") for m in said), said
+    assert any(m.startswith("captioning: 1 caption batch out (the oldest for ") for m in said), said
+    captioned = [r for t in done for r in t.to_pylist() if r.get("clip_id")]
+    assert sorted(r["clip_id"] for r in captioned) == [f"c{i}" for i in range(6)]
+    assert {r["text"] for r in captioned} == {"captioned in a batch of 2"}  # queued rows go out in batch_rows
 
 
 @pytest.fixture(scope="module")

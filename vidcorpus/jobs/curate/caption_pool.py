@@ -9,7 +9,8 @@ Each actor loads its models once and compiles once per batch shape for the whole
 decoding step serves every shape after its second; captioning/fast_decode.py). At most ``ray.caption_batches_in_flight`` batches wait at each actor,
 so its GPU always has the next batch while the driver commits the last one; when all are busy the
 driver waits, which stops it taking results from the stream, and Ray Data's backpressure then slows
-the stages upstream.
+the stages upstream; while an actor still sets up (minutes of compile on a GPU), full batches wait
+in the driver instead, so the ingest goes on.
 """
 
 from __future__ import annotations
@@ -108,25 +109,30 @@ class CaptionPool:
     def add(self, rows: list[dict]) -> list[pa.Table]:
         """Queue rows; full batches go to the actors, and so does what is queued when an actor has
         nothing to do (a GPU never waits for a batch to fill). Returns the batches that finished
-        meanwhile (waiting for one when every actor already has its share queued)."""
+        meanwhile (waiting for one when every actor already has its share out). While actors still
+        set up, full batches beyond their share wait here instead: the driver goes on committing
+        the stream rather than stall the whole ingest on a compile (the rows are small; their
+        frames are read only when a batch goes out)."""
         self.queued.extend(rows)
         done: list[pa.Table] = []
-        while len(self.queued) >= self.batch_rows:
-            done += self._submit(self.queued[:self.batch_rows])
-            self.queued = self.queued[self.batch_rows:]
+        while len(self.queued) >= self.batch_rows and not (self.setting_up and self._batches_out() >= self.limit):
+            done += self._send(self.batch_rows)
         return done + self.poll()
 
     def _idle(self) -> bool:
         busy = set(self.pending.values())
         return len(busy) < len(self.actors)
 
+    def _batches_out(self) -> int:
+        """Batches sent and not back (an actor's set-up call is not one)."""
+        return len(self.pending) - len(self.setting_up)
+
     def flush(self, timeout: float | None = None) -> list[pa.Table]:
-        """Submit what is queued (a last, partial batch) and wait for every batch, or for at most
-        ``timeout`` seconds (``pending`` then says whether batches are still out)."""
+        """Submit what is queued (full batches, then a last, partial one) and wait for every batch, or
+        for at most ``timeout`` seconds (``pending`` then says whether batches are still out)."""
         done: list[pa.Table] = []
-        if self.queued:
-            done += self._submit(self.queued)
-            self.queued = []
+        while self.queued:
+            done += self._send(self.batch_rows)
         until = None if timeout is None else time.time() + timeout
         while self.pending:
             left = self.quiet_s if until is None else min(self.quiet_s, max(0.0, until - time.time()))
@@ -137,17 +143,21 @@ class CaptionPool:
         return done
 
     def poll(self) -> list[pa.Table]:
-        """Finished batches, without waiting; an actor left idle gets what is queued."""
+        """Finished batches, without waiting; an actor left idle gets what is queued (at most a batch)."""
         done = self._wait(timeout=0) if self.pending else []
         if self.queued and self._idle():
-            done += self._submit(self.queued)
-            self.queued = []
+            done += self._send(self.batch_rows)
         self._say_if_quiet()
         return done
 
+    def _send(self, n: int) -> list[pa.Table]:
+        """Submit the first ``n`` queued rows (or all, when fewer) as one batch."""
+        rows, self.queued = self.queued[:n], self.queued[n:]
+        return self._submit(rows)
+
     def _submit(self, rows: list[dict]) -> list[pa.Table]:
         done: list[pa.Table] = []
-        while len(self.pending) >= self.limit:  # the driver waits here: it says why when that lasts
+        while self._batches_out() >= self.limit:  # the driver waits here: it says why when that lasts
             done += self._wait(timeout=self.quiet_s)
             self._say_if_quiet()
         load = [0] * len(self.actors)
