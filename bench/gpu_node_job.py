@@ -360,13 +360,17 @@ def kill_tree(pid: int) -> None:
             pass
 
 
-def caption_actor_log(dest: Path, ray_logs: str = "/tmp/ray/session_latest/logs") -> list[str]:
+def caption_actor_log(dest: Path, since: float, ray_logs: str = "/tmp/ray/session_latest/logs") -> list[str]:
     """Copy the tail of the caption actors' Ray worker logs (the driver shows no worker output) to
-    ``dest``; returns their set-up lines (captioning/caption_stage.py's ``caption set-up: ...``).
+    ``dest`` (an older copy is removed first); returns their set-up lines (captioning/caption_stage.py's
+    ``caption set-up: ...``). Only logs written since ``since`` (this job's, not an earlier session's).
     Run 11's caption actor never finished setting up and left nothing else to say why."""
+    dest.unlink(missing_ok=True)
     lines, tails = [], []
     for path in sorted(glob.glob(f"{ray_logs}/worker-*.err")):
         try:
+            if os.path.getmtime(path) < since:
+                continue
             text = Path(path).read_text(errors="replace")
         except OSError:
             continue
@@ -444,7 +448,7 @@ def run_job(footage: Path, models_dir: Path, work: Path, out: Path, budget_s: fl
     gpu_mon.close()
     cpu_mon.stop.set()
     subprocess.run(["ray", "stop", "--force"], capture_output=True) if shutil.which("ray") else None
-    setup_lines = caption_actor_log(out.parent / "caption_actor.log")
+    setup_lines = caption_actor_log(out.with_suffix(".caption_actor.log"), since=t0)
     from vidcorpus.config import load_config
 
     cfg = load_config(None, sets)
@@ -484,7 +488,7 @@ def run_job(footage: Path, models_dir: Path, work: Path, out: Path, budget_s: fl
         "runner_summary": json.loads(summary_path.read_text()) if summary_path.exists() else None,
         "log_tail": tail,
         # the caption actor's set-up steps from its Ray worker log (models, compile cache, warm-up shapes);
-        # its whole log tail is beside the report (caption_actor.log)
+        # its whole log tail is beside the report (<report>.caption_actor.log)
         "caption_setup_lines": setup_lines,
     }
     out.parent.mkdir(parents=True, exist_ok=True)

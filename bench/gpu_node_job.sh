@@ -13,7 +13,7 @@
 # for a first job's. Run 11 did (caption-alone right after a models-only prepare, then `run
 # --keep-compile-cache`): its job's caption actor was still setting up at 448 s and captioned
 # nothing (runs 9b and 10b, from a job's own artifacts: 94 and 105 s). Why is open: the job's report
-# now carries the actor's set-up lines (caption_setup_lines, caption_actor.log). Until that is
+# now carries the actor's set-up lines (caption_setup_lines, gpu_node_job.caption_actor.log). Until that is
 # understood, measure the next job after a first job (`run`, then `run --keep-compile-cache`).
 # caption-alone (about 470 s from nothing; models-only prepare first, GPUJOB_MODELS_ONLY=1) measures
 # the caption stage alone; it reads and writes the same compile-cache folder.
@@ -24,7 +24,8 @@
 # GPUJOB_STATE (default /tmp/gpujob), GPUJOB_MODELS_ONLY (prepare builds the models and renders no
 # footage: all that caption-alone needs).
 # Writes to $OUT: prepare.log, footage_ground_truth.json, models.json (call 1); gpu_node_job.json
-# (the report), job.log, caption_actor.log (the caption actors' worker-log tails, when they said anything) (call 2).
+# (the report), gpu_node_job.caption_actor.log (the caption actors' worker-log tails, when they said
+# anything), job.log (call 2).
 set -uo pipefail
 STEP=${1:?usage: bash bench/gpu_node_job.sh prepare|run|caption-alone [--set k=v ...]}
 shift

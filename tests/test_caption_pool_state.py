@@ -54,8 +54,15 @@ def test_while_the_actor_sets_up_the_driver_queues_batches_and_says_where_captio
         assert re.fullmatch(r"captioning: 1 of 1 caption actors still setting up \(loading models, compiling; "
                             r"\d+ s so far\); 1 caption batch out \(the oldest for \d+ s\); 4 kept clips queued",
                             pool.describe()), pool.describe()
-        done += pool.flush()  # waited for in quiet_s slices, saying why
-        assert pool.describe() is None  # nothing out, nothing queued
+        done += pool.flush(timeout=120)  # waited for in quiet_s slices, saying why
+        assert not pool.busy and pool.describe() is None  # nothing out, nothing queued
+        # once set up, the driver waits only when more than QUEUED_BATCHES batches a slot are queued:
+        # 12 rows, cap 4 x 1 x 2 = 8: one batch goes out, two more after a batch each came back
+        more = [empty_row(source_id="s", clip_id=f"d{i}", kept=True) for i in range(12)]
+        back = pool.add(more)
+        assert len(pool.queued) == 6 and sum(t.num_rows for t in back) == 4
+        done += back + pool.flush(timeout=120)
+        assert not pool.busy
         pool.close()
     finally:
         ray.shutdown()
@@ -63,7 +70,7 @@ def test_while_the_actor_sets_up_the_driver_queues_batches_and_says_where_captio
     assert any(m.startswith("captioning: 1 of 1 caption actors still setting up") for m in said), said
     assert any(m.startswith("captioning: 1 caption batch out (the oldest for ") for m in said), said
     captioned = [r for t in done for r in t.to_pylist() if r.get("clip_id")]
-    assert sorted(r["clip_id"] for r in captioned) == [f"c{i}" for i in range(6)]
+    assert sorted(r["clip_id"] for r in captioned) == sorted([f"c{i}" for i in range(6)] + [f"d{i}" for i in range(12)])
     assert {r["text"] for r in captioned} == {"captioned in a batch of 2"}  # queued rows go out in batch_rows
 
 
@@ -76,9 +83,9 @@ def tiny_vlm(tmp_path_factory) -> str:
     return str(out)
 
 
-def test_the_caption_actor_logs_its_set_up_steps(tiny_vlm, tmp_path, caplog):
-    """What a caption actor writes to its worker log while it sets up: the models, the compile cache
-    (on a GPU, or with compile on), each warm-up batch and the total, with their times."""
+def test_the_caption_actor_logs_its_set_up_steps(tiny_vlm, tmp_path, capfd):
+    """What a caption actor writes to its stderr (its Ray worker log) while it sets up: the models,
+    the compile cache (on a GPU, or with compile on), each warm-up batch and the total, with times."""
     from vidcorpus.captioning.caption_stage import CaptionStage
     from vidcorpus.config import load_config
     from vidcorpus.jobs.curate.caption_pool import StageChain
@@ -87,12 +94,17 @@ def test_the_caption_actor_logs_its_set_up_steps(tiny_vlm, tmp_path, caplog):
     cfg = load_config(None, ["captioning.qa=false", "captioning.frames_per_clip=2", "captioning.max_new_tokens=4",
                              "captioning.short_max_new_tokens=2", "captioning.warmup=true", "captioning.batch_size=2",
                              f"models.captioner={tiny_vlm}"], workdir=str(tmp_path / "w"))
-    caplog.set_level(logging.INFO, logger="vidcorpus.captioning.setup")
-    chain = StageChain(cfg, [CaptionStage])
-    assert logging.getLogger("vidcorpus.captioning.setup").handlers  # the actor's stderr: its worker log
-    chain(rows_to_table([]))  # the pool's first call: the set-up
-    lines = [r.message for r in caplog.records if r.name == "vidcorpus.captioning.setup"]
-    assert lines[0].startswith("caption set-up: models loaded on cpu in ")
-    assert any(m.startswith("caption set-up: warm-up batch of 2 clips (") for m in lines), lines
-    assert lines[-1].startswith("caption set-up: done in ")
-
+    log = logging.getLogger("vidcorpus.captioning.setup")
+    before = list(log.handlers), log.level
+    log.handlers[:] = []  # a handler an earlier test's chain left would write to that test's stderr
+    try:
+        chain = StageChain(cfg, [CaptionStage])  # as in a caption actor: its set-up lines go to stderr
+        capfd.readouterr()
+        chain(rows_to_table([]))  # the pool's first call: the set-up
+        lines = [ln.split(" ", 2)[-1] for ln in capfd.readouterr().err.splitlines() if "caption set-up:" in ln]
+    finally:
+        log.handlers[:], log.level = before
+    assert re.fullmatch(r"caption set-up: models loaded on \w+ in [\d.]+ s", lines[0]), lines
+    assert any(re.fullmatch(r"caption set-up: warm-up batch of 2 clips \(\d+x\d+, 2 frames\) in [\d.]+ s", ln)
+               for ln in lines), lines
+    assert re.fullmatch(r"caption set-up: done in [\d.]+ s", lines[-1]), lines

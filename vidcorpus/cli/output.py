@@ -21,9 +21,10 @@ console = Console()
 
 
 def show_job_logs() -> None:
-    """The one place a log handler is installed: the jobs' records (``logging``, INFO and up, under the
-    ``vidcorpus`` logger) print on the console as the plain lines they are, beside the command's own
-    output. Idempotent: the tests invoke the app many times in one process."""
+    """The one place a log handler is installed in a CLI process (a caption actor adds its own, to its
+    worker log: vidcorpus/jobs/curate/caption_pool.py): the jobs' records (``logging``, INFO and up,
+    under the ``vidcorpus`` logger) print on the console as the plain lines they are, beside the
+    command's own output. Idempotent: the tests invoke the app many times in one process."""
     jobs = logging.getLogger("vidcorpus")
     jobs.setLevel(logging.INFO)
     if not any(getattr(h, "vidcorpus_cli", False) for h in jobs.handlers):

@@ -29,7 +29,8 @@ from vidcorpus.stage_settings import StagePlan
 
 logger = logging.getLogger(__name__)
 
-QUIET_S = 60.0  # with batches out and none back for this long, the driver says where captioning stands
+QUIET_S = 60.0  # with a set-up or batches out and nothing back for this long, the driver says where captioning stands
+QUEUED_BATCHES = 4  # full batches queued in the driver per in-flight slot before it waits (once actors are set up)
 
 
 def _log_setup_to_stderr() -> None:
@@ -92,6 +93,7 @@ class CaptionPool:
         self.actors = [remote.remote(cfg, stage_classes) for _ in range(max(1, plan.replicas))]
         self.batch_rows = plan.batch_rows
         self.limit = max(1, in_flight_per_actor) * len(self.actors)
+        self.cap_rows = QUEUED_BATCHES * self.limit * self.batch_rows
         self.pending: dict = {}  # ObjectRef -> actor index
         self.queued: list[dict] = []
         self.sent_at: dict = {}  # ObjectRef -> when it went out
@@ -107,17 +109,22 @@ class CaptionPool:
             self.setting_up.add(ref)
 
     def add(self, rows: list[dict]) -> list[pa.Table]:
-        """Queue rows; full batches go to the actors, and so does what is queued when an actor has
-        nothing to do (a GPU never waits for a batch to fill). Returns the batches that finished
-        meanwhile (waiting for one when every actor already has its share out). While actors still
-        set up, full batches beyond their share wait here instead: the driver goes on committing
-        the stream rather than stall the whole ingest on a compile (the rows are small; their
-        frames are read only when a batch goes out)."""
+        """Queue rows; full batches go to the actors while they have room, and so does what is queued
+        when an actor has nothing to do (a GPU never waits for a batch to fill). Returns the batches
+        that finished meanwhile. The driver waits (and so slows the stream: Ray Data's backpressure)
+        only when more than ``QUEUED_BATCHES`` batches a slot are queued behind full actors, never
+        while an actor still sets up: a compile must not stall the ingest (queued rows are small;
+        their frames are read only when a batch goes out)."""
         self.queued.extend(rows)
-        done: list[pa.Table] = []
-        while len(self.queued) >= self.batch_rows and not (self.setting_up and self._batches_out() >= self.limit):
-            done += self._send(self.batch_rows)
+        done = self._send_while_room()
+        while len(self.queued) >= self.cap_rows and not self.setting_up:
+            done += self._send(self.batch_rows)  # waits for a batch to come back first
         return done + self.poll()
+
+    @property
+    def busy(self) -> bool:
+        """Batches out or rows queued: captioning is not done."""
+        return bool(self.pending or self.queued)
 
     def _idle(self) -> bool:
         busy = set(self.pending.values())
@@ -127,24 +134,36 @@ class CaptionPool:
         """Batches sent and not back (an actor's set-up call is not one)."""
         return len(self.pending) - len(self.setting_up)
 
-    def flush(self, timeout: float | None = None) -> list[pa.Table]:
-        """Submit what is queued (full batches, then a last, partial one) and wait for every batch, or
-        for at most ``timeout`` seconds (``pending`` then says whether batches are still out)."""
+    def _send_while_room(self, partial: bool = False) -> list[pa.Table]:
+        """Send full batches (with ``partial``, a last short one too) while the actors have room."""
         done: list[pa.Table] = []
-        while self.queued:
+        while self._batches_out() < self.limit and (len(self.queued) >= self.batch_rows or (partial and self.queued)):
             done += self._send(self.batch_rows)
+        return done
+
+    def flush(self, timeout: float | None = None) -> list[pa.Table]:
+        """Send what is queued (full batches, then a last, partial one) as the actors have room, and
+        wait for every batch, or for at most ``timeout`` seconds (``busy`` then says whether batches
+        are still out or queued); results are returned as they came, not held until the end."""
+        done: list[pa.Table] = []
         until = None if timeout is None else time.time() + timeout
-        while self.pending:
+        while True:
+            done += self._send_while_room(partial=True)
+            if not self.pending:
+                break
             left = self.quiet_s if until is None else min(self.quiet_s, max(0.0, until - time.time()))
             done += self._wait(timeout=left)
             self._say_if_quiet()
             if until is not None and time.time() >= until:
+                done += self._send_while_room(partial=True)
                 break
         return done
 
     def poll(self) -> list[pa.Table]:
-        """Finished batches, without waiting; an actor left idle gets what is queued (at most a batch)."""
+        """Finished batches, without waiting; full batches go out while there is room, and an actor
+        left idle gets what is queued (at most a batch)."""
         done = self._wait(timeout=0) if self.pending else []
+        done += self._send_while_room()
         if self.queued and self._idle():
             done += self._send(self.batch_rows)
         self._say_if_quiet()

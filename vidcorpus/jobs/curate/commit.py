@@ -119,7 +119,7 @@ class RunCommitter:
         if self.captions is not None:
             wait = max(1.0, STATS_EVERY_S)
             self._take_captions(self.captions.flush(timeout=wait))
-            while self.captions.pending:  # the last captions; the stage table goes on being written
+            while self.captions.busy:  # the last captions; the stage table goes on being written
                 self.write_stage_stats()
                 self._take_captions(self.captions.flush(timeout=wait))
 
