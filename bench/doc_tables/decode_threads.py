@@ -39,23 +39,21 @@ def stage_rows(d: dict) -> list[dict]:
     return rows
 
 
-TABLES = [
-    Table("decode_threads_raw", [RESULT], rows=decode_rows, columns=[
-        Col("H.264 decoder threads (2-minute 720p edit)", "setting"), Col("frames", "frames", "{:,}"),
-        Col("CPU s (round 1 / 2)", "cpu"), Col("wall s (round 1 / 2)", "wall"),
-        Col("median CPU against one thread", "of_one", "{:.2f}x")]),
-    Table("decode_threads_stages", [RESULT], rows=stage_rows, columns=[
-        Col("stage", "stage"), Col("CPU s, FFmpeg's threads (0, before; round 1 / 2)", "before"),
-        Col("CPU s, one thread (1, the default; round 1 / 2)", "after"), Col("median after / before", "ratio", "{:.2f}x"),
-        Col("output", "output")]),
-]
-TABLES += [
-    Table("decode_threads_raw_node", [NODE], rows=decode_rows, columns=[
-        Col("H.264 decoder threads (30 s 720p edit, the node's 16 cores)", "setting"), Col("frames", "frames", "{:,}"),
-        Col("CPU s (round 1 / 2)", "cpu"), Col("wall s (round 1 / 2)", "wall"),
-        Col("median CPU against one thread", "of_one", "{:.2f}x")]),
-    Table("decode_threads_stages_node", [NODE], rows=stage_rows, columns=[
-        Col("stage (the node's 16 cores)", "stage"), Col("CPU s, FFmpeg's threads (0; round 1 / 2)", "before"),
-        Col("CPU s, one thread (1, the default; round 1 / 2)", "after"), Col("median after / before", "ratio", "{:.2f}x"),
-        Col("output", "output")]),
-]
+def _tables(suffix: str, result: str, decode_header: str, stage_header: str, before_header: str) -> list[Table]:
+    """The decode table and the stages table of one result file."""
+    return [
+        Table(f"decode_threads_raw{suffix}", [result], rows=decode_rows, columns=[
+            Col(decode_header, "setting"), Col("frames", "frames", "{:,}"),
+            Col("CPU s (round 1 / 2)", "cpu"), Col("wall s (round 1 / 2)", "wall"),
+            Col("median CPU against one thread", "of_one", "{:.2f}x")]),
+        Table(f"decode_threads_stages{suffix}", [result], rows=stage_rows, columns=[
+            Col(stage_header, "stage"), Col(before_header, "before"),
+            Col("CPU s, one thread (1, the default; round 1 / 2)", "after"), Col("median after / before", "ratio", "{:.2f}x"),
+            Col("output", "output")]),
+    ]
+
+
+TABLES = (_tables("", RESULT, "H.264 decoder threads (2-minute 720p edit)", "stage",
+                  "CPU s, FFmpeg's threads (0, before; round 1 / 2)")
+          + _tables("_node", NODE, "H.264 decoder threads (30 s 720p edit, the node's 16 cores)",
+                    "stage (the node's 16 cores)", "CPU s, FFmpeg's threads (0; round 1 / 2)"))

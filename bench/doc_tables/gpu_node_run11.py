@@ -7,16 +7,13 @@ Each cell is a field of a result file or is computed here from it.
 
 from __future__ import annotations
 
+from doc_tables.gpu_node_run10 import _stages
 from doc_tables.spec import Col, Table
 
 RUNS = {"run 10a: a first job (no artifacts)": "gpu_node_job_h100_120min_run10a.json",
         "run 9b: the next job (the artifacts of 9a)": "gpu_node_job_h100_120min_run9b.json",
         "run 10b: the next job (the artifacts of 10a), stopped at 285 s": "gpu_node_job_h100_120min_run10b.json",
         "run 11: the next job (the artifacts of caption-alone), stopped at 440 s": "gpu_node_job_h100_120min_run11.json"}
-
-
-def _stages(d: dict) -> dict[str, dict]:
-    return {r["stage"]: r for r in d["catalog"]["stage_stats"]["stage_stats"]}
 
 
 def _cpu(d: dict, *prefixes: str) -> float | None:
