@@ -34,10 +34,10 @@ def test_while_the_actor_sets_up_the_driver_queues_batches_and_says_where_captio
         kept_only = True
 
         def setup(self):
-            time.sleep(5.0)
+            time.sleep(3.0)
 
         def process_rows(self, rows):
-            time.sleep(1.5)
+            time.sleep(1.0)
             return [dict(r, text=f"captioned in a batch of {len(rows)}") for r in rows]
 
     cfg = load_config(None, ["captioning.read_ahead=false"], workdir=str(tmp_path / "w"))
@@ -46,7 +46,7 @@ def test_while_the_actor_sets_up_the_driver_queues_batches_and_says_where_captio
     ray.init(num_cpus=2, include_dashboard=False)
     caplog.set_level(logging.INFO, logger="vidcorpus.jobs.curate.caption_pool")
     try:
-        pool = CaptionPool(cfg, [SlowToSetUp], plan, {"num_cpus": 0.5}, in_flight_per_actor=1, quiet_s=1.0)
+        pool = CaptionPool(cfg, [SlowToSetUp], plan, {"num_cpus": 0.5}, in_flight_per_actor=1, quiet_s=0.5)
         assert "1 of 1 caption actors still setting up" in pool.describe()
         rows = [empty_row(source_id="s", clip_id=f"c{i}", kept=True) for i in range(6)]
         done = pool.add(rows)
