@@ -7,10 +7,10 @@ runner starts ``replicas`` actors of the caption stages (the captioner, then cap
 the whole run and hands them full batches, or what is queued when an actor would otherwise sit idle.
 Each actor loads its models once and compiles once per batch shape for the whole job (the compiled
 decoding step serves every shape after its second; captioning/fast_decode.py). At most ``ray.caption_batches_in_flight`` batches wait at each actor,
-so its GPU always has the next batch while the driver commits the last one; when all are busy the
-driver waits, which stops it taking results from the stream, and Ray Data's backpressure then slows
-the stages upstream; while an actor still sets up (minutes of compile on a GPU), full batches wait
-in the driver instead, so the ingest goes on.
+so its GPU always has the next batch while the driver commits the last one; further full batches
+wait in the driver, which itself waits (it stops taking results from the stream, and Ray Data's
+backpressure then slows the stages upstream) only when ``QUEUED_BATCHES`` batches a slot are queued,
+and never while an actor still sets up (minutes of compile on a GPU), so the ingest goes on.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class StageChain:
 
 
 class CaptionPool:
-    """``submit`` batches of clip rows; ``results`` gives captioned batches back as they finish."""
+    """``add`` kept clip rows; ``add``, ``poll`` and ``flush`` give captioned batches back as they finish."""
 
     def __init__(self, cfg: Config, stage_classes: list[type[Stage]], plan: StagePlan, ray_args: dict,
                  in_flight_per_actor: int, quiet_s: float = QUIET_S):
@@ -94,9 +94,8 @@ class CaptionPool:
         self.batch_rows = plan.batch_rows
         self.limit = max(1, in_flight_per_actor) * len(self.actors)
         self.cap_rows = QUEUED_BATCHES * self.limit * self.batch_rows
-        self.pending: dict = {}  # ObjectRef -> actor index
+        self.pending: dict = {}  # ObjectRef -> (actor index, when it went out)
         self.queued: list[dict] = []
-        self.sent_at: dict = {}  # ObjectRef -> when it went out
         self.setting_up: set = set()  # the set-up calls not back yet (ObjectRefs)
         self.created_at = self.last_result_at = self.said_at = time.time()
         self.quiet_s = quiet_s
@@ -105,7 +104,7 @@ class CaptionPool:
         # its setup event and time, which the driver commits like any result.
         for a, actor in enumerate(self.actors):
             ref = actor.__call__.remote(rows_to_table([]))
-            self.pending[ref], self.sent_at[ref] = a, time.time()
+            self.pending[ref] = (a, time.time())
             self.setting_up.add(ref)
 
     def add(self, rows: list[dict]) -> list[pa.Table]:
@@ -127,7 +126,7 @@ class CaptionPool:
         return bool(self.pending or self.queued)
 
     def _idle(self) -> bool:
-        busy = set(self.pending.values())
+        busy = {a for a, _ in self.pending.values()}
         return len(busy) < len(self.actors)
 
     def _batches_out(self) -> int:
@@ -149,15 +148,11 @@ class CaptionPool:
         until = None if timeout is None else time.time() + timeout
         while True:
             done += self._send_while_room(partial=True)
-            if not self.pending:
-                break
+            if not self.pending or (until is not None and time.time() >= until):
+                return done
             left = self.quiet_s if until is None else min(self.quiet_s, max(0.0, until - time.time()))
             done += self._wait(timeout=left)
             self._say_if_quiet()
-            if until is not None and time.time() >= until:
-                done += self._send_while_room(partial=True)
-                break
-        return done
 
     def poll(self) -> list[pa.Table]:
         """Finished batches, without waiting; full batches go out while there is room, and an actor
@@ -180,11 +175,10 @@ class CaptionPool:
             done += self._wait(timeout=self.quiet_s)
             self._say_if_quiet()
         load = [0] * len(self.actors)
-        for a in self.pending.values():
+        for a, _ in self.pending.values():
             load[a] += 1
         a = load.index(min(load))  # the least busy actor
-        ref = self.actors[a].__call__.remote(rows_to_table(rows))
-        self.pending[ref], self.sent_at[ref] = a, time.time()
+        self.pending[self.actors[a].__call__.remote(rows_to_table(rows))] = (a, time.time())
         return done
 
     def _wait(self, timeout: float | None) -> list[pa.Table]:
@@ -194,7 +188,6 @@ class CaptionPool:
         out = []
         for ref in ready:
             self.pending.pop(ref)
-            self.sent_at.pop(ref, None)
             self.setting_up.discard(ref)
             self.last_result_at = time.time()
             out.append(ray.get(ref))  # a stage error (not a row's) ends the run, as in the stream
@@ -210,16 +203,16 @@ class CaptionPool:
         """One line on where captioning stands (None when nothing is out or queued): actors still
         loading and compiling, batches out and for how long, clips queued. What a user sees when a
         job seems to stall after its last source is done (a compile slower than the stream)."""
-        if not self.pending and not self.queued:
+        if not self.busy:
             return None
         now = time.time()
         parts = []
         if self.setting_up:
             parts.append(f"{len(self.setting_up)} of {len(self.actors)} caption actors still setting up "
                          f"(loading models, compiling; {now - self.created_at:.0f} s so far)")
-        batches = [ref for ref in self.pending if ref not in self.setting_up]
+        batches = [sent for ref, (_, sent) in self.pending.items() if ref not in self.setting_up]
         if batches:
-            oldest = now - min(self.sent_at[ref] for ref in batches)
+            oldest = now - min(batches)
             parts.append(f"{len(batches)} caption batch{'es' if len(batches) != 1 else ''} out "
                          f"(the oldest for {oldest:.0f} s)")
         if self.queued:
