@@ -51,6 +51,8 @@ class CaptionStage(Stage):
     captioner: Captioner
     # Frames read ahead of the batch's turn (``read_ahead``), by clip: process_rows takes them.
     ahead: dict[tuple, np.ndarray | Exception] | None = None
+    # The keys of the compile artifacts this actor loaded at set-up (None: no file): what it need not write back.
+    cache_loaded: frozenset | None = None
 
     def setup(self) -> None:
         cap = self.config.captioning
@@ -80,21 +82,26 @@ class CaptionStage(Stage):
         warm = cap.warmup if cap.warmup is not None else self.captioner.device.type == "cuda"
         setup_log.info(f"caption set-up: models loaded on {self.captioner.device} in {time.time() - began:.1f} s")
         self.compile_cache_url = self._compile_cache_url() if compiles and cap.compile_cache else None
-        loaded = load_artifacts(self.compile_cache_url) if self.compile_cache_url else None
+        self.cache_loaded = load_artifacts(self.compile_cache_url) if self.compile_cache_url else None
         if self.compile_cache_url:
             setup_log.info(f"caption set-up: compile cache {self.compile_cache_url}: "
-                           + (f"{len(loaded)} artifacts loaded" if loaded is not None else "no file yet"))
+                           + (f"{len(self.cache_loaded)} artifacts loaded" if self.cache_loaded is not None
+                              else "no file yet"))
         if warm:
             try:
                 self.warm_up()
             except Exception as exc:  # noqa: BLE001 - a speed-up: the job goes on, its first batches compile
                 warnings.warn(f"captioning warm-up failed ({type(exc).__name__}: {str(exc)[:200]}); the first "
                               "batches compile instead", RuntimeWarning, stacklevel=1)
-            else:
-                if self.compile_cache_url:  # the warm-up compiled the shapes the job will use (pad_batches)
-                    saved = save_artifacts(self.compile_cache_url, loaded)
-                    setup_log.info(f"caption set-up: compile cache {'written' if saved else 'left as it was'}")
         setup_log.info(f"caption set-up: done in {time.time() - began:.1f} s")
+
+    def _save_compile_cache(self) -> None:
+        """Write what this process compiled so far (vidcorpus/compile_cache.py), after each warm-up
+        shape: a job stopped while a later shape compiles still leaves the earlier ones to the next job
+        (run 12a's first shape took 248 s, and the job stopped during its second with no file written)."""
+        if self.compile_cache_url:
+            saved = save_artifacts(self.compile_cache_url, self.cache_loaded)
+            setup_log.info(f"caption set-up: compile cache {'written' if saved else 'left as it was'}")
 
     def _compile_cache_url(self) -> str:
         """The compile cache file of this captioner and these settings (vidcorpus/compile_cache.py):
@@ -114,7 +121,8 @@ class CaptionStage(Stage):
         where shapes compile) every later batch has one of captioning.pad_shapes shapes: a batch of the
         smallest follows (with one shape, nothing follows), which compiles the shape-generic prefill and
         decoding step that serve the shapes between; without padding, a batch of 2 does that. Clips of
-        another frame size still compile their own prefill shape."""
+        another frame size still compile their own prefill shape. The compile cache is written after
+        each shape."""
         cap = self.config.captioning
         bs = max(1, self.captioner.batch_size)
         w, h = 1280, 720
@@ -129,6 +137,7 @@ class CaptionStage(Stage):
             self.captioner.generate_kinds([frames] * n, limits)
             setup_log.info(f"caption set-up: warm-up batch of {n} clips ({w}x{h}, {cap.frames_per_clip} frames) "
                            f"in {time.time() - began:.1f} s")
+            self._save_compile_cache()
 
     def process_rows(self, rows: list[dict]) -> list[dict]:
         cap = self.config.captioning

@@ -124,25 +124,32 @@ def test_the_caption_stage_loads_the_cache_only_where_it_compiles(tmp_path, tiny
     assert other.compile_cache_url != url  # another batch shape compiles other graphs: its own file
 
 
-def test_the_caption_stage_loads_before_its_warm_up_and_saves_after_it(tmp_path, tiny_vlm, monkeypatch):
-    """The order the cache is useful in: load, warm-up (the compiles), save what was loaded or
-    compiled; a failed warm-up saves nothing."""
+def test_the_caption_stage_saves_the_cache_after_each_warm_up_shape(tmp_path, tiny_vlm, monkeypatch):
+    """The order the cache is useful in: load, then each warm-up shape's compile followed by a save, so
+    a job stopped (or a warm-up failing) during a later shape still leaves the earlier shapes' artifacts
+    to the next job (run 12a: the first shape took 248 s, the job stopped during the second and wrote
+    nothing); what was loaded is passed on, so a save adds only what is new."""
     from vidcorpus.captioning import caption_stage
+    from vidcorpus.captioning.captioner import Captioner
 
     calls: list[str] = []
     monkeypatch.setattr(caption_stage, "load_artifacts", lambda url: calls.append("load") or frozenset({"k"}))
     monkeypatch.setattr(caption_stage, "save_artifacts",
                         lambda url, loaded: calls.append(f"save {sorted(loaded)}") or True)
-    monkeypatch.setattr(caption_stage.CaptionStage, "warm_up", lambda self: calls.append("warm-up"))
-    caption_stage.CaptionStage(_config(tmp_path, tiny_vlm, warmup=True, compile_prefill=True)).setup()
-    assert calls == ["load", "warm-up", "save ['k']"]
 
-    def failing(self):
-        calls.append("warm-up")
-        raise RuntimeError("CUDA out of memory (simulated)")
+    def generate(self, frames, limits):
+        calls.append(f"compile {len(frames)}")
+        if len(frames) < self.batch_size and fail_second:
+            raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(Captioner, "generate_kinds", generate)
+    fail_second = False
+    settings = dict(warmup=True, compile_prefill=True, batch_size=8, pad_batches=True, pad_shapes=3)
+    caption_stage.CaptionStage(_config(tmp_path, tiny_vlm, **settings)).setup()
+    assert calls == ["load", "compile 8", "save ['k']", "compile 2", "save ['k']"]
 
     calls.clear()
-    monkeypatch.setattr(caption_stage.CaptionStage, "warm_up", failing)
+    fail_second = True
     with pytest.warns(RuntimeWarning, match="warm-up failed"):
-        caption_stage.CaptionStage(_config(tmp_path, tiny_vlm, warmup=True, compile_prefill=True)).setup()
-    assert calls == ["load", "warm-up"]
+        caption_stage.CaptionStage(_config(tmp_path, tiny_vlm, **settings)).setup()
+    assert calls == ["load", "compile 8", "save ['k']", "compile 2"]  # the first shape's artifacts are kept
