@@ -15,6 +15,11 @@
 # nothing (runs 9b and 10b, from a job's own artifacts: 94 and 105 s). Why is open: the job's report
 # now carries the actor's set-up lines (caption_setup_lines, gpu_node_job.caption_actor.log). Until that is
 # understood, measure the next job after a first job (`run`, then `run --keep-compile-cache`).
+# Run 12's first job was stopped while its captioner compiled its second shape (the first took 248 s
+# beside the ingest) and, writing its artifacts only at the end then, left none: since 2b6ec18 the
+# set-up writes them after each shape. Each report's host.core_speed (one core's decode of the
+# footage) tells loans apart; the ingest alone: run --set captioning.enabled=false [--set
+# filters.source_decode_threads=0] (run 12's stages ran 1.2 to 1.4x run 10a's a row, not separated).
 # caption-alone (about 470 s from nothing; models-only prepare first, GPUJOB_MODELS_ONLY=1) measures
 # the caption stage alone; it reads and writes the same compile-cache folder.
 # Environment: GPUJOB_MINUTES (footage, default 60), GPUJOB_VIDEO_MINUTES (per video, default 4:
