@@ -4,6 +4,9 @@
 # is gone on a fresh machine). Build the carries first, here: `bash bench/gpu_job_bundle.sh`.
 #   call 1, carry [".gpujob/call1"]:  bash bench/gpu_node_job.sh prepare    (about 4 min)
 #   call 2, carry [".gpujob/call2", ".gpujob/tn2"]:  bash bench/gpu_node_job.sh run [--set section.key=value ...]
+#   or, instead of a first job over the whole footage (run 12a's set-up outlasted its budget), call 2
+#   as `bash bench/gpu_node_job.sh warm` (about 330 s: the job on one video, its captioner set up on an
+#   idle host, writing the compile artifacts), then call 3 as below: the next job.
 #   call 3 (optional, right after call 2 on the same machine: a later job that finds the compile
 #   artifacts call 2 left in $GPUJOB_STATE, with new, empty local Inductor/Triton folders; the
 #   machine's page cache still holds the model weights, so its set-up is a little optimistic):
@@ -30,9 +33,9 @@
 # footage: all that caption-alone needs).
 # Writes to $OUT: prepare.log, footage_ground_truth.json, models.json (call 1); gpu_node_job.json
 # (the report), gpu_node_job.caption_actor.log (the caption actors' worker-log tails, when they said
-# anything), job.log (call 2).
+# anything), gpu_node_job.log (the job's own output); `warm` the same as gpu_node_warm_job.*.
 set -uo pipefail
-STEP=${1:?usage: bash bench/gpu_node_job.sh prepare|run|caption-alone [--set k=v ...]}
+STEP=${1:?usage: bash bench/gpu_node_job.sh prepare|run|warm|caption-alone [--set k=v ...]}
 shift
 STATE=${GPUJOB_STATE:-/tmp/gpujob}
 OUTDIR=${OUT:-$STATE/out}
@@ -91,7 +94,7 @@ print('imports ok: av', av.__version__, 'torch', torch.__version__, 'transformer
     } 2>&1 | tee "$OUTDIR/prepare.log"
     exit "${PIPESTATUS[0]}"
     ;;
-run)
+run|warm)
     if [ ! -f "$STATE/prepared" ]; then
         echo "no prepared footage/models in $STATE: this machine is not the one 'prepare' ran on (it was" \
              "given back between the calls); run 'prepare' and 'run' back to back"
@@ -106,12 +109,21 @@ run)
     python3 -c "import ray, ray.data; print('ray', ray.__version__)" || exit 3
     # from /tmp: Ray workers start in the driver's folder, and the repository root would shadow the
     # package mapping (vidcorpus/ without its stage folders)
+    FOOTAGE=$STATE/footage NAME=gpu_node_job
+    if [ "$STEP" = warm ]; then
+        # The job a team ran before (one video of the footage, the same settings), from an empty compile
+        # cache: its caption actor sets up on an idle host and writes the artifacts after each warm-up
+        # shape, which the measured job then finds (`run --keep-compile-cache`). Cheaper and surer than a
+        # first job over the whole footage, whose set-up beside the ingest outlasted its budget (run 12a).
+        FOOTAGE=$STATE/footage-warm NAME=gpu_node_warm_job
+        mkdir -p "$FOOTAGE" && cp "$STATE/footage/edited_000.mp4" "$FOOTAGE/"
+    fi
     R=$(pwd)
-    cd /tmp && python3 "$R/bench/gpu_node_job.py" run --footage "$STATE/footage" --models "$STATE/models" --work "$STATE" \
-        --out "$OUTDIR/gpu_node_job.json" --budget-s "${GPUJOB_BUDGET_S:-480}" \
+    cd /tmp && python3 "$R/bench/gpu_node_job.py" run --footage "$FOOTAGE" --models "$STATE/models" --work "$STATE" \
+        --out "$OUTDIR/$NAME.json" --budget-s "${GPUJOB_BUDGET_S:-480}" \
         --label "GPU node: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), $(nproc) CPUs" "$@"
     rc=$?
-    cp "$STATE/job/job.log" "$OUTDIR/job.log" 2>/dev/null
+    cp "$STATE/job/job.log" "$OUTDIR/$NAME.log" 2>/dev/null
     exit $rc
     ;;
 caption-alone)
@@ -128,5 +140,5 @@ caption-alone)
         --query-gpu=name --format=csv,noheader | head -1)" --out "$OUTDIR/caption_stage_alone.json"
     ;;
 *)
-    echo "usage: bash bench/gpu_node_job.sh prepare|run|caption-alone [--set k=v ...]"; exit 1 ;;
+    echo "usage: bash bench/gpu_node_job.sh prepare|run|warm|caption-alone [--set k=v ...]"; exit 1 ;;
 esac
