@@ -95,13 +95,23 @@ class CaptionStage(Stage):
                               "batches compile instead", RuntimeWarning, stacklevel=1)
         setup_log.info(f"caption set-up: done in {time.time() - began:.1f} s")
 
-    def _save_compile_cache(self) -> None:
+    def _save_compile_cache(self, partial: bool) -> None:
         """Write what this process compiled so far (vidcorpus/compile_cache.py), after each warm-up
         shape: a job stopped while a later shape compiles still leaves the earlier ones to the next job
-        (run 12a's first shape took 248 s, and the job stopped during its second with no file written)."""
-        if self.compile_cache_url:
-            saved = save_artifacts(self.compile_cache_url, self.cache_loaded)
-            setup_log.info(f"caption set-up: compile cache {'written' if saved else 'left as it was'}")
+        (run 12a's first shape took 248 s, and the job stopped during its second with no file written).
+        A ``partial`` set goes only where there is no file yet (never over another actor's fuller one).
+        A failed save costs a warning, never the later shapes' warm-up."""
+        if not self.compile_cache_url:
+            return
+        began = time.time()
+        try:
+            saved = save_artifacts(self.compile_cache_url, self.cache_loaded, partial=partial)
+        except Exception as exc:  # noqa: BLE001 - a speed-up for the next job: this one goes on
+            warnings.warn(f"compile cache not saved ({type(exc).__name__}: {str(exc)[:200]})", RuntimeWarning,
+                          stacklevel=1)
+            return
+        setup_log.info(f"caption set-up: compile cache {'written' if saved else 'left as it was'}"
+                       f"{' (the shapes so far)' if partial else ''} in {time.time() - began:.1f} s")
 
     def _compile_cache_url(self) -> str:
         """The compile cache file of this captioner and these settings (vidcorpus/compile_cache.py):
@@ -132,12 +142,13 @@ class CaptionStage(Stage):
         frames = np.full((cap.frames_per_clip, h, w, 3), 128, np.uint8)
         limits = {"long": cap.max_new_tokens, "short": cap.short_max_new_tokens}
         sizes = (bs, self.captioner.pad_sizes()[-1]) if self.captioner.pad_batches else (bs, min(2, bs))
-        for n in dict.fromkeys(sizes):
+        shapes = list(dict.fromkeys(sizes))
+        for i, n in enumerate(shapes):
             began = time.time()
             self.captioner.generate_kinds([frames] * n, limits)
             setup_log.info(f"caption set-up: warm-up batch of {n} clips ({w}x{h}, {cap.frames_per_clip} frames) "
                            f"in {time.time() - began:.1f} s")
-            self._save_compile_cache()
+            self._save_compile_cache(partial=i < len(shapes) - 1)
 
     def process_rows(self, rows: list[dict]) -> list[dict]:
         cap = self.config.captioning

@@ -28,11 +28,15 @@ before = save_artifacts(url + ".early", loaded)
 f = torch.compile(lambda x, y: torch.sin(x) * y + torch.cos(y).sum())
 f(torch.randn(16, 16), torch.randn(16, 16))
 saved = save_artifacts(url, loaded)
+# a partial set (more compiles to come) goes only where there is no file yet
+partial_over_a_file = save_artifacts(url, None, partial=True)
+partial_where_none = save_artifacts(url + ".partial", None, partial=True)
 import warnings
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     blocked = save_artifacts(url + "/under/a/file.bin")  # its parent is a file: a write that fails
 print(json.dumps({"loaded": loaded is not None, "saved_before_compiling": before, "saved": saved,
+                  "partial": [partial_over_a_file, partial_where_none],
                   "blocked": [blocked, [str(w.message) for w in caught]], **counters["inductor"]}))
 """
 
@@ -54,6 +58,7 @@ def test_a_fresh_process_compiles_from_the_artifacts_another_process_saved(tmp_p
     assert not os.path.exists(url + ".early")
     assert first["fxgraph_cache_miss"] >= 1 and first["saved"] is True and os.path.getsize(url) > 0
     assert first["blocked"][0] is False and "not written" in first["blocked"][1][0]  # a warning, not a failure
+    assert first["partial"] == [False, True] and os.path.getsize(url + ".partial") > 0
     # its own, empty Inductor folder (a fresh node; the first process, as empty, missed): hits come
     # only from the file
     second = _process(tmp_path, "second", url)
@@ -128,14 +133,16 @@ def test_the_caption_stage_saves_the_cache_after_each_warm_up_shape(tmp_path, ti
     """The order the cache is useful in: load, then each warm-up shape's compile followed by a save, so
     a job stopped (or a warm-up failing) during a later shape still leaves the earlier shapes' artifacts
     to the next job (run 12a: the first shape took 248 s, the job stopped during the second and wrote
-    nothing); what was loaded is passed on, so a save adds only what is new."""
+    nothing). Saves before the last shape are partial (written only where no file is: never over a
+    fuller one); what was loaded is passed on, so a save adds only what is new."""
     from vidcorpus.captioning import caption_stage
     from vidcorpus.captioning.captioner import Captioner
 
     calls: list[str] = []
-    monkeypatch.setattr(caption_stage, "load_artifacts", lambda url: calls.append("load") or frozenset({"k"}))
-    monkeypatch.setattr(caption_stage, "save_artifacts",
-                        lambda url, loaded: calls.append(f"save {sorted(loaded)}") or True)
+    on_file: list = [frozenset({"k"})]  # what load_artifacts finds
+    monkeypatch.setattr(caption_stage, "load_artifacts", lambda url: calls.append("load") or on_file[0])
+    monkeypatch.setattr(caption_stage, "save_artifacts", lambda url, loaded, partial: calls.append(
+        f"save {sorted(loaded) if loaded is not None else None}{' partial' if partial else ''}") or True)
 
     def generate(self, frames, limits):
         calls.append(f"compile {len(frames)}")
@@ -146,10 +153,15 @@ def test_the_caption_stage_saves_the_cache_after_each_warm_up_shape(tmp_path, ti
     fail_second = False
     settings = dict(warmup=True, compile_prefill=True, batch_size=8, pad_batches=True, pad_shapes=3)
     caption_stage.CaptionStage(_config(tmp_path, tiny_vlm, **settings)).setup()
-    assert calls == ["load", "compile 8", "save ['k']", "compile 2", "save ['k']"]
+    assert calls == ["load", "compile 8", "save ['k'] partial", "compile 2", "save ['k']"]
+
+    calls.clear()
+    on_file[0] = None  # a first job: no file
+    caption_stage.CaptionStage(_config(tmp_path, tiny_vlm, **settings)).setup()
+    assert calls == ["load", "compile 8", "save None partial", "compile 2", "save None"]
 
     calls.clear()
     fail_second = True
     with pytest.warns(RuntimeWarning, match="warm-up failed"):
         caption_stage.CaptionStage(_config(tmp_path, tiny_vlm, **settings)).setup()
-    assert calls == ["load", "compile 8", "save ['k']", "compile 2"]  # the first shape's artifacts are kept
+    assert calls == ["load", "compile 8", "save None partial", "compile 2"]  # the first shape's artifacts are kept

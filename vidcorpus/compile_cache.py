@@ -11,7 +11,10 @@ Both caches look an entry up by a key over the graph, its inputs, the torch and 
 the device, so a stale or foreign entry is a miss, never a wrong kernel: the file only needs a name
 that keeps unrelated setups apart (the job and its settings, the torch version, the GPU model).
 Several actors may write one file: each writes it whole (``storage.write_atomic``) and any of their
-copies serves; an actor that compiled nothing new leaves the file alone.
+complete copies serves; an actor that compiled nothing new leaves the file alone. A partial set (a
+caption actor's after the first of its warm-up shapes, so that a job stopped during a later one
+still leaves it) is written only where there is no file yet: it never replaces another actor's
+fuller file.
 
 The file holds pickled objects and compiled kernels that the actors load and run: keep it where
 only the jobs' own identities can write (as the workdir, not a world-writable bucket).
@@ -22,6 +25,7 @@ from __future__ import annotations
 import re
 import warnings
 
+import fsspec
 import torch
 
 from vidcorpus.storage import join_url, read_bytes, write_atomic
@@ -67,11 +71,14 @@ def load_artifacts(url: str) -> frozenset | None:
     return _keys(info)
 
 
-def save_artifacts(url: str, loaded: frozenset | None = None) -> bool:
+def save_artifacts(url: str, loaded: frozenset | None = None, partial: bool = False) -> bool:
     """Write what this process compiled or loaded to ``url``; False when there is nothing, or
     nothing beyond the ``loaded`` keys (the file already holds it: no rewrite, which could also drop
-    what only the file's first writer recorded), or the write failed (a warning)."""
+    what only the file's first writer recorded), or, with ``partial`` (more compiles to come), a
+    file is there already, or the write failed (a warning)."""
     try:
+        if partial and _exists(url):
+            return False
         saved = torch.compiler.save_cache_artifacts()
     except Exception as exc:  # noqa: BLE001 - a speed-up: the job goes on
         _warn(url, "not saved", exc)
@@ -84,3 +91,8 @@ def save_artifacts(url: str, loaded: frozenset | None = None) -> bool:
         _warn(url, "not written", exc)
         return False
     return True
+
+
+def _exists(url: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.exists(path)
