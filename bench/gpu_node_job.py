@@ -408,27 +408,34 @@ def cpu_model() -> str | None:
     return None
 
 
-def core_speed(footage: Path, frames: int = 300) -> dict:
+def core_speed(footage: Path, frames: int = 300, rounds: int = 3) -> dict:
     """One core's speed on the job's own work, before the job starts: the first ``frames`` frames of
-    the first footage video decoded on one thread (CPU seconds). Runs 11 and 12 took 12 to 32% longer
-    a row in every CPU stage than run 10 on footage of the same render time: a figure per loan
-    separates the machine from the code."""
-    import av
+    the first footage video decoded on one thread, the least CPU of ``rounds``. Runs 11 and 12 took 12
+    to 41% longer a row in the CPU stages than run 10a (run 11: 12 to 32%, run 12: 21 to 41%) on
+    footage rendered in about the same time: a figure per loan separates the machine from the code.
+    Never stops the job: an error is reported instead."""
+    try:
+        import av
 
-    videos = sorted(footage.glob("*.mp4"))
-    if not videos:
-        return {}
-    began = time.process_time()
-    n = 0
-    with av.open(str(videos[0])) as container:
-        stream = container.streams.video[0]
-        stream.thread_type, stream.codec_context.thread_count = "SLICE", 1
-        for _frame in container.decode(stream):
-            n += 1
-            if n >= frames:
-                break
-    cpu = time.process_time() - began
-    return {"video": videos[0].name, "frames": n, "cpu_s": round(cpu, 3), "frames_per_cpu_s": round(n / cpu, 1)}
+        videos = sorted(footage.glob("*.mp4"))
+        if not videos:
+            return {}
+        best, n = None, 0
+        for _ in range(rounds):
+            began, n = time.process_time(), 0
+            with av.open(str(videos[0])) as container:
+                stream = container.streams.video[0]
+                stream.thread_type, stream.codec_context.thread_count = "SLICE", 1
+                for _frame in container.decode(stream):
+                    n += 1
+                    if n >= frames:
+                        break
+            cpu = time.process_time() - began
+            best = cpu if best is None else min(best, cpu)
+        return {"video": videos[0].name, "frames": n, "rounds": rounds, "cpu_s_least": round(best, 3),
+                "frames_per_cpu_s": round(n / best, 1) if best else None}
+    except Exception as exc:  # noqa: BLE001 - a diagnostic: the job is measured without it
+        return {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
 
 
 def run_job(footage: Path, models_dir: Path, work: Path, out: Path, budget_s: float, extra_sets: list[str],

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The GPU-node job (issue 22, Build 4) on the device machine, from the repository root, in two calls
-# made back to back (the machine stays warm 30 s after a call; what `prepare` leaves in $GPUJOB_STATE
+# The GPU-node job (issue 22, Build 4) on the device machine, from the repository root, in two or three
+# calls made back to back (the machine stays warm 30 s after a call; what `prepare` leaves in $GPUJOB_STATE
 # is gone on a fresh machine). Build the carries first, here: `bash bench/gpu_job_bundle.sh`.
 #   call 1, carry [".gpujob/call1"]:  bash bench/gpu_node_job.sh prepare    (about 4 min)
 #   call 2, carry [".gpujob/call2", ".gpujob/tn2"]:  bash bench/gpu_node_job.sh run [--set section.key=value ...]
 #   or, instead of a first job over the whole footage (run 12a's set-up outlasted its budget), call 2
-#   as `bash bench/gpu_node_job.sh warm` (about 330 s: the job on one video, its captioner set up on an
-#   idle host, writing the compile artifacts), then call 3 as below: the next job.
+#   as `bash bench/gpu_node_job.sh warm` (not yet run; an estimate of 330 s: the job on one video, its
+#   captioner set up on an idle host, writing the compile artifacts), then call 3 as below: the next job.
 #   call 3 (optional, right after call 2 on the same machine: a later job that finds the compile
 #   artifacts call 2 left in $GPUJOB_STATE, with new, empty local Inductor/Triton folders; the
 #   machine's page cache still holds the model weights, so its set-up is a little optimistic):
@@ -115,13 +115,14 @@ run|warm)
         # cache: its caption actor sets up on an idle host and writes the artifacts after each warm-up
         # shape, which the measured job then finds (`run --keep-compile-cache`). Cheaper and surer than a
         # first job over the whole footage, whose set-up beside the ingest outlasted its budget (run 12a).
-        FOOTAGE=$STATE/footage-warm NAME=gpu_node_warm_job
-        mkdir -p "$FOOTAGE" && cp "$STATE/footage/edited_000.mp4" "$FOOTAGE/"
+        FOOTAGE=$STATE/footage-warm NAME=gpu_node_warm_job WARM_LABEL=" (warm-up job, one video)"
+        mkdir -p "$FOOTAGE" && cp "$STATE/footage/edited_000.mp4" "$FOOTAGE/" \
+            || { echo "no footage video to warm up with in $STATE/footage (run prepare first)"; exit 6; }
     fi
     R=$(pwd)
     cd /tmp && python3 "$R/bench/gpu_node_job.py" run --footage "$FOOTAGE" --models "$STATE/models" --work "$STATE" \
         --out "$OUTDIR/$NAME.json" --budget-s "${GPUJOB_BUDGET_S:-480}" \
-        --label "GPU node: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), $(nproc) CPUs" "$@"
+        --label "GPU node${WARM_LABEL:-}: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), $(nproc) CPUs" "$@"
     rc=$?
     cp "$STATE/job/job.log" "$OUTDIR/$NAME.log" 2>/dev/null
     exit $rc
