@@ -82,3 +82,52 @@ def test_the_splitter_s_chunk_tasks_run_niced(tmp_path):
     if base >= 18:
         pytest.skip(f"Ray's workers start at niceness {base} here: no room above it")
     assert [k for k, _ in got] == [1, 2] and {n for _, n in got} == {18}
+
+
+@pytest.mark.parametrize("actor_nice", [0, 17])
+def test_model_actors_start_at_ray_actor_nice_and_tasks_above_it(tmp_path, actor_nice):
+    """The stream's model actors and the caption actors start at ray.actor_nice (Ray's per-worker
+    RAY_worker_niceness, no privilege needed), the CPU stages' tasks at ray.task_nice: the threads that
+    feed the GPUs win the cores (a caption batch beside four x264 tasks: 1.22x its time alone with
+    the actor at 0, 1.86 to 2.1x at Ray's 15, 2-core box)."""
+    import ray
+
+    from vidcorpus.jobs.curate.caption_pool import CaptionPool
+    from vidcorpus.jobs.curate.pipeline import build_dataset, caption_actor_args, init_ray
+    from vidcorpus.schemas import empty_row
+    from vidcorpus.stage import Resources, Stage
+    from vidcorpus.stage_settings import resolve
+
+    class Probe(Stage):  # notes its worker's niceness in the row's text, under its name
+        def process_rows(self, rows):
+            nice = os.getpriority(os.PRIO_PROCESS, 0)
+            return [dict(r, text=json.dumps({**json.loads(r.get("text") or "{}"), self.name: nice})) for r in rows]
+
+    class TaskProbe(Probe):
+        name = "task_probe"
+        resources = Resources(cpus=0.5)
+
+    class ActorProbe(Probe):
+        name = "actor_probe"
+        resources = Resources(cpus=0.5, actor=True)
+
+    class CaptionProbe(Probe):
+        name = "caption_probe"
+        resources = Resources(cpus=0.25, actor=True)
+
+    cfg = load_config(None, ["ray.num_cpus=2", "ray.task_nice=18", f"ray.actor_nice={actor_nice}"],
+                      workdir=str(tmp_path / "w"))
+    ray.shutdown()
+    init_ray(cfg)
+    try:
+        rows = [empty_row(source_id=f"s{i}") for i in range(4)]
+        out = build_dataset(cfg, rows, 0.0, 2.0, [TaskProbe, ActorProbe]).take_all()
+        plans = resolve([CaptionProbe], cfg, 0.0, 2.0)
+        pool = CaptionPool(cfg, [CaptionProbe], plans[CaptionProbe], caption_actor_args(cfg, [CaptionProbe], plans), 1)
+        pool.add([dict(r, kept=True) for r in rows])
+        captioned = [r for t in pool.flush(timeout=120) for r in t.to_pylist()]
+    finally:
+        ray.shutdown()
+    assert [json.loads(r["text"]) for r in out] == [{"task_probe": 18, "actor_probe": actor_nice}] * 4
+    # (the pool's set-up call comes back as a carrier row of its set-up event: no clip)
+    assert [json.loads(r["text"]) for r in captioned if r["source_id"]] == [{"caption_probe": actor_nice}] * 4

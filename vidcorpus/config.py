@@ -53,6 +53,11 @@ class RayConfig(Section):
                                      "inherit it). Ray starts every worker at 15: above that, where the tasks saturate "
                                      "the cores, the model actors' threads that feed the GPUs get a core first "
                                      "(vidcorpus/cpu_priority.py). At or below 15 (0): unchanged.")
+    actor_nice: int = Field(
+        0, ge=0, le=19, description="Niceness the model actors (the stream's model stages, the caption actors) start "
+                                    "at, through Ray's per-worker RAY_worker_niceness (no privilege needed): below "
+                                    "ray.task_nice their threads, which feed the GPUs, win the cores from the CPU "
+                                    "tasks. 15: Ray's default for every worker.")
 
 
 class StageSettings(Section):

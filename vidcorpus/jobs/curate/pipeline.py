@@ -23,7 +23,7 @@ from vidcorpus import __version__
 from vidcorpus.catalog.stage_stats_table import write as write_stage_stats
 from vidcorpus.catalog.store import Catalog
 from vidcorpus.config import Config
-from vidcorpus.cpu_priority import lower_priority
+from vidcorpus.cpu_priority import actor_priority, lower_priority
 from vidcorpus.errors import storage_full
 from vidcorpus.filters.frame_model_stages import preflight_frame_models, with_frame_model_stages
 from vidcorpus.ids import new_run_id
@@ -152,7 +152,7 @@ def add_stages(cfg: Config, ds, stages: list[type[Stage]], gpus_available: float
         if plan.actor:
             ds = ds.map_batches(stage_cls, fn_constructor_args=(cfg,), batch_format="pyarrow",
                                 batch_size=plan.batch_rows, compute=ray.data.ActorPoolStrategy(size=plan.replicas),
-                                **plan.ray_args())
+                                **plan.ray_args(), **actor_priority(cfg.ray.actor_nice))
         else:
             ds = ds.map_batches(functools.partial(_run_stage, stage_cls, cfg), batch_format="pyarrow",
                                 batch_size=plan.batch_rows, **plan.ray_args())
@@ -257,6 +257,18 @@ def _stream_and_complete(cfg: Config, catalog, run_id: str, todo: list[dict], su
         raise
 
 
+def caption_actor_args(cfg: Config, captioning: list[type[Stage]], plans: dict) -> dict:
+    """Ray options of a caption actor (one actor runs the captioning stages in turn): their CPUs and
+    memory summed, the largest GPU share, restarts, and the model actors' priority (ray.actor_nice)."""
+    chain = {"num_cpus": sum(plans[s].cpus for s in captioning),
+             "num_gpus": max(plans[s].gpus for s in captioning),
+             "max_restarts": 3, "max_task_retries": 3,  # a killed actor restarts and redoes its batch
+             **actor_priority(cfg.ray.actor_nice)}
+    if any(plans[s].memory_mb for s in captioning):
+        chain["memory"] = sum(plans[s].memory_mb or 0 for s in captioning) * 2**20
+    return chain
+
+
 def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSummary, progress: bool) -> set[str]:
     """Stream the sources through one Ray Data pipeline and commit as results come; model actors
     (the stream's and the caption pool's) live for the whole run. Returns the clips whose
@@ -281,13 +293,8 @@ def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSu
     ctx.verbose_progress = False
     pool, held = None, (0.0, 0.0)  # (CPUs, GPUs) the caption actors hold
     if captioning:
-        first = plans[captioning[0]]
-        chain = {"num_cpus": sum(plans[s].cpus for s in captioning),
-                 "num_gpus": max(plans[s].gpus for s in captioning),
-                 "max_restarts": 3, "max_task_retries": 3}  # a killed actor restarts and redoes its batch
-        if any(plans[s].memory_mb for s in captioning):
-            chain["memory"] = sum(plans[s].memory_mb or 0 for s in captioning) * 2**20
-        pool = CaptionPool(cfg, captioning, first, chain, cfg.ray.caption_batches_in_flight)
+        chain = caption_actor_args(cfg, captioning, plans)
+        pool = CaptionPool(cfg, captioning, plans[captioning[0]], chain, cfg.ray.caption_batches_in_flight)
         held = (chain["num_cpus"] * len(pool.actors), chain["num_gpus"] * len(pool.actors))
     # Ray Data plans the stream's tasks and actors within what the caption actors leave, and buffers
     # at most object_store_mb of blocks in flight (its backpressure).
