@@ -88,8 +88,9 @@ def test_the_splitter_s_chunk_tasks_run_niced(tmp_path):
 def test_model_actors_start_at_ray_actor_nice_and_tasks_above_it(tmp_path, actor_nice):
     """The stream's model actors and the caption actors start at ray.actor_nice (Ray's per-worker
     RAY_worker_niceness, no privilege needed), the CPU stages' tasks at ray.task_nice: the threads that
-    feed the GPUs win the cores (a caption batch beside four x264 tasks: 1.22x its time alone with
-    the actor at 0, 1.86 to 2.1x at Ray's 15, 2-core box)."""
+    feed the GPUs win the cores (a caption batch beside four x264 tasks: 1.22 to 1.23x its time alone
+    with the actor at 0, 1.86 to 2.1x at Ray's 15, 2-core box). Without it the stream's actor ran at
+    the tasks' niceness: Ray started it in a worker a niced task had used."""
     import ray
 
     from vidcorpus.jobs.curate.caption_pool import CaptionPool

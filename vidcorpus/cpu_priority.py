@@ -12,10 +12,11 @@ tasks should lose about the CPU the actors use (not measured on a GPU node yet).
 The model actors themselves start at ``ray.actor_nice`` (0) instead: Ray reads the worker niceness
 from the actor's runtime_env (``RAY_worker_niceness``, as its own job supervisor does), so the raylet
 starts them there with no privilege. Against tasks at 19 that is a CFS weight of 1024 against 15
-(36 against 15 at Ray's 15): on the 2-core box a caption batch beside four x264 tasks took 1.22x
-its time alone with the actor at 0, against 1.86 to 2.1x at 15 (docs/benchmarks.md, "The CPU stages'
-tasks at a lower priority"), and an actor's compile (its set-up, run 12: over 439 s beside the
-ingest) gets the cores it needs.
+(36 against 15 at Ray's 15): on the 2-core box a caption batch beside four x264 tasks took 1.22
+to 1.23x its time alone with the actor at 0, against 1.86 to 2.1x at 15 (docs/benchmarks.md, "The
+CPU stages' tasks at a lower priority"); an actor's compile (its set-up, run 12: over 439 s beside
+the ingest) gets the cores first too (not measured on a GPU node yet). A runtime_env of its own also
+gives an actor a worker of its own: Ray may otherwise start it in a worker a niced task left at 19.
 
 Linux keeps the nice value per thread: ``lower_priority`` changes the calling thread's, and the
 threads and processes it starts inherit it (the splitter's decoding child, FFmpeg's and the

@@ -136,3 +136,22 @@ TABLES.append(Table("task_priority_cpu_tiny", ["task_priority_cpu_tiny.json"], r
     Col("round", "round"), Col("beside the caption stage", "mode"),
     Col("caption batch wall s (median of 3)", "wall", "{:.2f}"), Col("of alone", "x", "{:.1f}x"),
     Col("burners' x264 frames/s", "fps", "{:.1f}", "-")]))
+
+# The caption actor's own niceness (ray.actor_nice): the same bench with this process at 0 or at Ray's 15,
+# the burners at 19, in the order they ran
+ACTOR_NICE = ["task_priority_cpu_tiny_actor_nice0_1.json", "task_priority_cpu_tiny_actor_nice15_1.json",
+              "task_priority_cpu_tiny_actor_nice0_2.json", "task_priority_cpu_tiny_actor_nice15_2.json"]
+
+
+def actor_nice_rows(*runs: dict) -> list[dict]:
+    rows = []
+    for i, d in enumerate(runs, 1):
+        for r in priority_rows(d):
+            rows.append({"run": i, "actor": d["actor_nice"], **r})
+    return rows
+
+
+TABLES.append(Table("task_priority_actor_nice", ACTOR_NICE, rows=actor_nice_rows, columns=[
+    Col("run", "run"), Col("caption stage's niceness", "actor"), Col("beside it", "mode"),
+    Col("caption batch wall s (median of 3)", "wall", "{:.2f}"), Col("of alone", "x", "{:.2f}x"),
+    Col("burners' x264 frames/s", "fps", "{:.1f}", "-")]))
