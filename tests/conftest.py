@@ -19,6 +19,12 @@ from parallel_scopes import (  # noqa: F401 (the hooks that split the suite betw
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One intra-op thread for torch (OpenMP) in the test processes and in what they start (Ray workers,
+# torchrun ranks and drivers inherit it; Ray gives its workers one such thread a CPU anyway): the tiny
+# models' ops gain nothing from a second thread, and two xdist workers each running two OpenMP
+# threads oversubscribe the 2-core CI box (tests/test_train.py's in-process runs took about 1.4x the
+# CPU and 1.7x the time with two). Set before any test module imports torch; a value set outside wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
