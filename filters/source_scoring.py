@@ -22,7 +22,7 @@ from vidcorpus.errors import DecodeError
 from vidcorpus.filters.scorers import clip_fps, sample_indices
 from vidcorpus.ids import is_safe_key
 from vidcorpus.media import is_image, save_jpeg, uniform_indices
-from vidcorpus.source_frames import DEFERRED, stream_clip_frames, with_geometry
+from vidcorpus.source_frames import DEFERRED, decoder_for, stream_clip_frames, with_geometry
 from vidcorpus.stills import encode_stills, still_size
 from vidcorpus.storage import write_atomic
 
@@ -59,7 +59,7 @@ def score_from_source(stage, rows: list[dict], wanted: Callable[[dict], list[int
         try:
             for row, frames in stream_clip_frames(source_rows, plan, split_cfg,
                                                   stage.config.filters.skip_unread_frames,
-                                                  stage.config.filters.source_decode_threads):
+                                                  **decoder_for(source_rows, stage.config.filters)):
                 done.add(row["clip_id"])
                 out.extend(stage.safe_call(lambda r, f=frames: score(r, f), row))
         except Exception as exc:  # noqa: BLE001 - the source failed to decode: its remaining rows fail

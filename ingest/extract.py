@@ -30,9 +30,11 @@ from vidcorpus.ingest.exact_copy import copy_fields, exact_copy_plan
 from vidcorpus.ingest.segments import NOT_EXTRACTED, with_dropped
 from vidcorpus.ingest.stream_copy import CopyUnsupported, copy_clips, keyframe_indices, stream_rate
 from vidcorpus.media import save_jpeg, uniform_indices, upright_frame
+from vidcorpus.config import Config
+from vidcorpus.nvdec import with_decoder_share
 from vidcorpus.stage import Resources, Stage
 from vidcorpus.frame_seek import to_rgb
-from vidcorpus.source_frames import decode_source_range, target_size
+from vidcorpus.source_frames import decode_source_range, decoder_for, target_size
 from vidcorpus.stills import encode_stills, still_size
 from vidcorpus.storage import write_atomic
 
@@ -129,7 +131,7 @@ def _write(url: str, data: bytes) -> None:
     write_atomic(url, data, fsync=False)
 
 
-def _clip_frames(path: str, rows: list[dict], threads: int) -> Iterator[tuple[int, av.VideoFrame]]:
+def _clip_frames(path: str, rows: list[dict], threads: int, nvdec: bool = False) -> Iterator[tuple[int, av.VideoFrame]]:
     """(source frame index, frame) for every frame of the rows' ranges, in order, through this
     process's source cursor (``source_frames.decode_source_range``): between the ranges (clips the
     recipe dropped, clips stream-copied) it seeks past whole keyframe intervals and skips the
@@ -141,7 +143,7 @@ def _clip_frames(path: str, rows: list[dict], threads: int) -> Iterator[tuple[in
         else:
             runs.append([r["first_frame"], r["last_frame"]])
     for first, last in runs:
-        yield from decode_source_range(path, first, last, range(first, last + 1), threads)
+        yield from decode_source_range(path, first, last, range(first, last + 1), threads, nvdec)
 
 
 def _first_frame(data: bytes) -> np.ndarray:
@@ -158,6 +160,10 @@ class ExtractStage(Stage):
 
     name: ClassVar[str] = "extract"
     resources: ClassVar[Resources] = Resources(cpus=0.5)
+
+    @classmethod
+    def resources_for(cls, config: Config) -> Resources:
+        return with_decoder_share(cls.resources, config)  # NVDEC (filters.source_decoder) needs a GPU share
     kept_only: ClassVar[bool] = True
     undecided_too: ClassVar[bool] = True  # used alone (no recipe decided), it extracts every clip
 
@@ -259,7 +265,7 @@ class ExtractStage(Stage):
         fps = float(rows[0].get("fps") or 25)  # the probe's: the stream's average (or guessed) rate
         i = -1
         try:
-            for i, frame in _clip_frames(rows[0]["source_path"], rows, self.config.filters.source_decode_threads):
+            for i, frame in _clip_frames(rows[0]["source_path"], rows, **decoder_for(rows, self.config.filters)):
                 frame = upright_frame(frame)  # phone footage: clips carry upright pixels, no matrix
                 if i in starts:
                     r = starts[i]

@@ -352,9 +352,9 @@ def test_technical_and_motion_share_one_decode_of_the_source(tmp_path, video, mo
     decodes: list[str] = []
     real = source_frames.decode_source_range
 
-    def counting(path, first, last, wanted=None, threads=1):
+    def counting(path, first, last, wanted=None, threads=1, nvdec=False):
         decodes.append(path)
-        return real(path, first, last, wanted, threads)
+        return real(path, first, last, wanted, threads, nvdec)
 
     monkeypatch.setattr(source_frames, "decode_source_range", counting)
     both = MotionStage(cfg)(TechnicalStage(cfg)(rows_to_table(rows))).to_pylist()
@@ -374,8 +374,8 @@ def test_a_source_split_over_batches_is_decoded_once(tmp_path, video, monkeypatc
     opened: list[tuple[str, int]] = []
     real = source_frames._SourceCursor.__init__
 
-    def counting(self, path, start, threads):
-        real(self, path, start, threads)
+    def counting(self, path, start, threads, nvdec=False):
+        real(self, path, start, threads, nvdec)
         opened.append((path, self.next))  # where its decoding starts (a keyframe at or before start)
 
     monkeypatch.setattr(source_frames._SourceCursor, "__init__", counting)

@@ -267,7 +267,8 @@ def test_precise_extraction_skips_the_frames_between_kept_clips(tmp_path, monkey
 
     real = extract.decode_source_range
     monkeypatch.setattr(extract, "decode_source_range",
-                        lambda path, first, last, wanted=None, threads=1: real(path, first, last, None, threads))
+                        lambda path, first, last, wanted=None, threads=1, nvdec=False:
+                        real(path, first, last, None, threads, nvdec))
     full_clips, full_decoded = _extracted(cfg, kept)
     assert clips.keys() == full_clips.keys() == {r["clip_id"] for r in kept}
     assert all(clips[c] == full_clips[c] for c in clips)

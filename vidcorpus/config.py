@@ -228,6 +228,12 @@ class FiltersConfig(Section):
                              "the other reads of a source, a clip without stills for the CLIP scorer or a preview, "
                              "use one). Many tasks decode at once in a run, so one each costs the least CPU; 0: "
                              "FFmpeg's frame threads, about one per core (18 to 29% more CPU a frame, 3 and 16 threads).")
+    source_decoder: Literal["cpu", "nvdec"] = Field(
+        "cpu", description="What decodes the sources for the technical and motion scorers and precise extraction. "
+                           "nvdec: the GPU's video decoder (PyAV's *_cuvid), where a worker sees a GPU (those "
+                           "stages then ask Ray for a small GPU share); the frames, scores and clips are those of "
+                           "the CPU decoder, and a source NVDEC cannot open, or one turned by a display matrix, "
+                           "is decoded on the CPU (vidcorpus/nvdec.py).")
     skip_unread_frames: bool = Field(
         True, description="Scorers reading unextracted clips from their source leave out the source's non-reference "
                           "frames that no scorer reads (FFmpeg skip_frame; the frames read are those of a full "

@@ -36,7 +36,8 @@ from typing import Collection, Iterator
 import av
 import fsspec
 
-from vidcorpus.frame_seek import skip_setting
+from vidcorpus.frame_seek import planar, skip_setting
+from vidcorpus.nvdec import cuvid_context, release
 from vidcorpus.storage import is_url, local_path
 
 
@@ -128,14 +129,19 @@ class FrameCursor:
 
     With an index and a start past the first keyframe interval it seeks; otherwise (or after an
     ``IndexMismatch``) it decodes from frame 0. ``next`` is the index of the next frame it will hand
-    out. ``decoded`` counts the frames the decoder produced (skipped ones are not decoded)."""
+    out. ``decoded`` counts the frames the decoder produced (skipped ones are not decoded).
+    ``nvdec``: decode on the GPU's video decoder where one opens (``vidcorpus/nvdec.py``; it skips no
+    frame, and hands out the wanted frames in yuv420p, as the software decoder does), else on the CPU;
+    ``on_gpu`` says which."""
 
-    def __init__(self, path: str, start: int = 0, index: FrameIndex | None = None, threads: int = 0):
+    def __init__(self, path: str, start: int = 0, index: FrameIndex | None = None, threads: int = 0,
+                 nvdec: bool = False):
         # threads: 0, FFmpeg's choice (frame threads, about one per core: the fastest for one decode
         # alone); n, slice threads only, at most n (a source of one slice a frame decodes on one
         # thread): frame threads cost 18 to 29% more CPU a frame, which a host running a decode in
         # every task pays in full (docs/benchmarks.md, "The source decoders' threads")
-        self.path, self.index, self.threads = path, index, threads
+        self.path, self.index, self.threads, self.nvdec = path, index, threads, nvdec
+        self._hw: av.CodecContext | None = None  # the NVDEC decoder (vidcorpus.nvdec keeps it across opens)
         self.next = 0
         self.decoded = 0
         self._wanted: Collection[int] | None = None  # the current take's wanted frames (None: all)
@@ -164,7 +170,20 @@ class FrameCursor:
         self.next = key
         self._skipped: set[int] = set()  # frames whose packets went in skippable, not yet passed
         self._held: tuple[int, av.VideoFrame] | None = None  # a frame past the last take's range
-        self._frames = self._decode(stream)
+        if self.nvdec:  # close() above gave a decoder of before back, flushed: taken again here
+            self._hw = cuvid_context(stream)
+        self._frames = self._decode_gpu(stream) if self._hw is not None else self._decode(stream)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self._hw is not None
+
+    def _decode_gpu(self, stream) -> Iterator[av.VideoFrame]:
+        """The stream's packets through the NVDEC decoder (all frames: it takes no skip setting)."""
+        for packet in self.container.demux(stream):
+            for frame in self._hw.decode(packet if packet.size else None):
+                self.decoded += 1
+                yield frame
 
     def _decode(self, stream) -> Iterator[av.VideoFrame]:
         """``container.decode(stream)``, packet by packet, so that each packet's skip setting follows
@@ -218,7 +237,7 @@ class FrameCursor:
                 return
             self.next = i + 1
             if i >= first:
-                yield i, frame
+                yield i, (planar(frame) if wanted is None or i in wanted else frame)
 
     def _number_by_pts(self) -> None:
         """Number frames by pts from here on (so that skipped frames keep their numbers), when the
@@ -238,6 +257,9 @@ class FrameCursor:
             self.next += 1
 
     def close(self) -> None:
+        if self._hw is not None:
+            release(self._hw)
+            self._hw = None
         if self.container is not None:
             try:
                 self.container.close()

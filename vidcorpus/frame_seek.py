@@ -58,9 +58,19 @@ def reformatter(purpose: str = "rgb") -> VideoReformatter:
     return rf
 
 
+def planar(frame: av.VideoFrame) -> av.VideoFrame:
+    """An NV12 frame (what the GPU's decoder hands out, ``vidcorpus/nvdec.py``) as yuv420p: the same
+    planes rearranged, losslessly, so that scaling, RGB and encoding then take the software decoder's
+    path (swscale's NV12 input path gives RGB a few levels apart). Any other frame as it is."""
+    if frame.format.name != "nv12":
+        return frame
+    return reformatter("planar").reformat(frame, format="yuv420p", threads=1)
+
+
 def to_rgb(frame: av.VideoFrame) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of a decoded frame; the same pixels as ``frame.to_ndarray(format="rgb24")``."""
-    return reformatter().reformat(frame, format="rgb24", threads=1).to_ndarray()
+    """(H, W, 3) uint8 RGB of a decoded frame; the same pixels as ``frame.to_ndarray(format="rgb24")``
+    (an NV12 frame: those of the yuv420p frame with its planes, ``planar``)."""
+    return reformatter().reformat(planar(frame), format="rgb24", threads=1).to_ndarray()
 
 
 FrameConverter = Callable[[av.VideoFrame], np.ndarray]

@@ -112,14 +112,24 @@ def _convert(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
     return to_rgb(frame)
 
 
+def decoder_for(rows: list[dict], filters_cfg) -> dict:
+    """The source decoder settings for the rows of one source: ``filters.source_decode_threads``, and
+    NVDEC with ``filters.source_decoder=nvdec`` unless the source is turned by a display matrix (the
+    GPU's decoder hands out frames without it; such sources, phone footage, stay on the CPU)."""
+    turned = any(r.get("rotation") for r in rows)
+    return {"threads": filters_cfg.source_decode_threads,
+            "nvdec": filters_cfg.source_decoder == "nvdec" and not turned}
+
+
 def stream_clip_frames(rows: list[dict], wanted: dict[str, list[int]], split_cfg=None, skip_unread: bool = True,
-                       threads: int = 1) -> Iterator[tuple[dict, dict[int, np.ndarray]]]:
+                       threads: int = 1, nvdec: bool = False) -> Iterator[tuple[dict, dict[int, np.ndarray]]]:
     """(row, {clip frame j: RGB}) for every row of ONE source, in source order, each as soon as its
     last wanted frame is decoded; ``wanted[clip_id]`` lists clip frame indices. Frames the source
     never delivers are missing from the dict (the caller decides); an unreadable source raises
     DecodeError. ``skip_unread`` (``filters.skip_unread_frames``): leave out the non-reference frames
     that no row wants instead of decoding every frame. ``threads``: the decoder's
-    (``filters.source_decode_threads``)."""
+    (``filters.source_decode_threads``); ``nvdec``: on the GPU's decoder where one opens
+    (``decoder_for``)."""
     rows = sorted(rows, key=lambda r: r["first_frame"])
     plan: dict[int, list[tuple[int, int]]] = {}  # source index -> [(row position, clip index)]
     last_of: list[int] = []
@@ -138,7 +148,7 @@ def stream_clip_frames(rows: list[dict], wanted: dict[str, list[int]], split_cfg
     k = 0
     if plan:
         for index, frame in decode_source_range(rows[0]["source_path"], min(plan), max(plan),
-                                                plan.keys() if skip_unread else None, threads):
+                                                plan.keys() if skip_unread else None, threads, nvdec):
             for pos, j in plan.get(index, ()):
                 got[pos][j] = _convert(frame, (geoms[pos].width, geoms[pos].height))
             while k < len(due) and due[k][0] <= index:
@@ -156,10 +166,10 @@ class _SourceCursor:
     """An open decoder over one source (``frame_index.FrameCursor``: it seeks through the source's
     packet index when it has one) and the file identity it was opened on."""
 
-    def __init__(self, path: str, start: int, threads: int):
-        self.path, self.threads = path, threads
+    def __init__(self, path: str, start: int, threads: int, nvdec: bool):
+        self.path, self.threads, self.nvdec = path, threads, nvdec
         self.identity = _identity(path)
-        self.cursor = FrameCursor(path, start, index_of(path) if start > 0 else None, threads)
+        self.cursor = FrameCursor(path, start, index_of(path) if start > 0 else None, threads, nvdec)
 
     @property
     def next(self) -> int:
@@ -190,21 +200,22 @@ _CURSOR: list[_SourceCursor] = []  # this process's open source, kept for the ne
 
 
 def decode_source_range(path: str, first: int, last: int, wanted: Collection[int] | None = None,
-                        threads: int = 1) -> Iterator[tuple[int, av.VideoFrame]]:
+                        threads: int = 1, nvdec: bool = False) -> Iterator[tuple[int, av.VideoFrame]]:
     """(source frame index, frame) for ``first`` to ``last``, numbered in decode order from the first
     frame, as the splitter and extraction number them (``frame_index.FrameCursor``); with ``wanted``,
     frames in the range that are not wanted may be skipped (``FrameCursor.take``). The decoder
     stays open for the next call: a later stretch of the same source continues one decode, unless
     seeking skips a keyframe interval or more; a call for an earlier frame or another source opens
-    it anew. ``threads``: the decoder's (``FrameCursor``; ``filters.source_decode_threads``)."""
+    it anew. ``threads``: the decoder's (``FrameCursor``; ``filters.source_decode_threads``); ``nvdec``:
+    on the GPU's video decoder where one opens (``FrameCursor``)."""
     cur = _CURSOR[0] if _CURSOR else None
     try:
         if (cur is None or cur.path != path or cur.next > first or cur.identity != _identity(path)
-                or cur.threads != threads or cur.far_behind(first)):
+                or cur.threads != threads or cur.nvdec != nvdec or cur.far_behind(first)):
             if cur is not None:
                 _CURSOR.clear()
                 cur.close()
-            cur = _SourceCursor(path, first, threads)
+            cur = _SourceCursor(path, first, threads, nvdec)
             _CURSOR.append(cur)
         yield from cur.cursor.take(first, last, wanted)
     except av.error.FFmpegError as e:

@@ -1,0 +1,175 @@
+"""Sources decoded on the GPU's video decoder (filters.source_decoder=nvdec, vidcorpus/nvdec.py) give
+the corpus of the CPU decoder: the same frames, scores and clip bytes; where NVDEC does not open the
+run decodes on the CPU; the decoding stages ask Ray for the GPU share that lets them see the GPU.
+
+This machine has no GPU: the cursor's NVDEC path runs here on a stand-in, FFmpeg's software H.264
+decoder in a codec context of its own fed with the demuxed packets (as the cuvid decoder is) and
+handing out NV12 frames (as NVDEC does). The real decoder is measured on the GPU node
+(bench/bench_nvdec_stages.py)."""
+
+from __future__ import annotations
+
+import logging
+
+import av
+import numpy as np
+import pytest
+
+from test_source_skip import _extracted, _scores, _split, keyed, video  # noqa: F401 - fixtures
+from vidcorpus import frame_index, nvdec
+from vidcorpus.config import load_config
+from vidcorpus.frame_index import FrameCursor
+from vidcorpus.frame_seek import planar, to_rgb
+from vidcorpus.schemas import rows_to_table
+
+
+class _StandInNvdec:
+    """A decoder context like cuvid's: its own codec context, packets in, NV12 frames out."""
+
+    created = 0
+
+    def __init__(self, stream):
+        type(self).created += 1
+        self.ctx = av.CodecContext.create("h264", "r")
+        self.ctx.extradata = stream.codec_context.extradata
+        self.codec, self.extradata = self.ctx.codec, self.ctx.extradata
+        self.decodes = 0
+
+    def decode(self, packet):
+        self.decodes += 1
+        for frame in self.ctx.decode(packet):
+            nv12 = frame.reformat(format="nv12")
+            nv12.color_range = 1  # h264_cuvid tags its frames limited-range (bench/results/probe_nvdec_*.json)
+            yield nv12
+
+    def flush_buffers(self):
+        self.ctx.flush_buffers()
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    """cuvid_context handing out stand-ins, kept and reused through nvdec.release as real ones are."""
+    nvdec._IDLE.clear()
+    _StandInNvdec.created = 0
+
+    def context(stream):
+        key = ("h264", bytes(stream.codec_context.extradata or b""))
+        return nvdec._IDLE.pop(key, None) or _StandInNvdec(stream)
+
+    monkeypatch.setattr(frame_index, "cuvid_context", context)
+    yield _StandInNvdec
+    nvdec._IDLE.clear()
+
+
+def _close_cursor() -> None:
+    from vidcorpus import source_frames
+
+    while source_frames._CURSOR:
+        source_frames._CURSOR.pop().close()
+
+
+def test_nv12_frames_convert_to_the_software_decoders_pixels(video):
+    """NVDEC's planes are the software decoder's; in NV12 they must still give the same RGB and the
+    same scaled frames (swscale's own NV12 path gives RGB a few levels apart)."""
+    with av.open(video) as c:
+        frames = [f for _, f in zip(range(30), c.decode(video=0))]
+    for frame in frames:
+        nv12 = frame.reformat(format="nv12")
+        nv12.color_range = 1
+        assert planar(frame) is frame
+        back = planar(nv12)
+        assert back.format.name == "yuv420p" and back.pts == frame.pts
+        assert np.array_equal(back.to_ndarray(), frame.to_ndarray())  # lossless
+        assert np.array_equal(to_rgb(nv12), to_rgb(frame))
+        half = dict(width=frame.width // 2, height=frame.height // 2, interpolation="AREA")
+        assert np.array_equal(to_rgb(planar(nv12).reformat(**half)), to_rgb(frame.reformat(**half)))
+
+
+@pytest.mark.parametrize("source", ["video", "keyed"])
+def test_scores_and_clips_through_the_gpu_decoder_path_are_the_cpu_decoders(tmp_path, request, stand_in, source):
+    """technical, motion and precise extraction with filters.source_decoder=nvdec read every source
+    through the cursor's GPU-decoder path (seeking, on the keyed source) and write the scores and clip
+    bytes of the CPU decoder; decoders are reused across the cursors of a process, not made per seek."""
+    from vidcorpus import source_frames
+    from vidcorpus.filters.motion import MotionStage
+    from vidcorpus.filters.technical import TechnicalStage
+
+    path = request.getfixturevalue(source)
+    out = {}
+    for decoder in ("cpu", "nvdec"):
+        cfg = load_config(None, [f"filters.source_decoder={decoder}", "split.extract_mode=precise"],
+                          workdir=str(tmp_path / decoder))
+        rows = _split(cfg, path)
+        _close_cursor()
+        scored = MotionStage(cfg)(TechnicalStage(cfg)(rows_to_table(rows))).to_pylist()
+        assert all(not r["error_class"] for r in scored), [r["error"] for r in scored]
+        on_gpu = bool(source_frames._CURSOR) and source_frames._CURSOR[0].cursor.on_gpu
+        _close_cursor()  # as the next source's read does: its decoder goes back to nvdec
+        clips, _ = _extracted(cfg, [rows[0], rows[2], rows[3]])
+        out[decoder] = (_scores(scored), clips, on_gpu)
+    assert not out["cpu"][2] and out["nvdec"][2]
+    assert out["nvdec"][0] == out["cpu"][0]
+    assert out["nvdec"][1] == out["cpu"][1]
+    assert all(any(s[0] == "blur" for s in v) and any(s[0] == "motion" for s in v) for v in out["nvdec"][0].values())
+    assert stand_in.created == 1  # one decoder for every cursor of the process, flushed between them
+
+
+def test_a_cursor_that_seeks_back_after_nvdec_frames_gets_the_frames_of_a_fresh_decode(keyed, stand_in):
+    """A decoder handed back with frames still in it (a cursor closed mid-source) is flushed: the next
+    cursor's first frames are its own source's, not the last one's."""
+    with av.open(keyed) as c:
+        full = [to_rgb(f) for f in c.decode(video=0)]
+    first = FrameCursor(keyed, 0, None, nvdec=True)
+    assert first.on_gpu
+    taken = list(first.take(0, 50))
+    assert [i for i, _ in taken] == list(range(51))
+    first.close()
+    again = FrameCursor(keyed, 90, frame_index.index_of(keyed), nvdec=True)
+    got = dict(again.take(90, 125))
+    again.close()
+    assert sorted(got) == list(range(90, 126))
+    assert all(np.array_equal(to_rgb(got[i]), full[i]) for i in got)
+    assert stand_in.created == 1
+
+
+def test_where_nvdec_does_not_open_the_cursor_decodes_on_the_cpu_and_says_so_once(video, caplog):
+    """No GPU visible (this machine; a Ray task without a GPU share): the same frames, on the CPU, one
+    warning per process."""
+    nvdec._UNAVAILABLE.clear()
+    nvdec._IDLE.clear()
+    with av.open(video) as c:
+        full = [to_rgb(f) for f in c.decode(video=0)]
+    with caplog.at_level(logging.WARNING, logger="vidcorpus.nvdec"):
+        cursors = [FrameCursor(video, 0, None, nvdec=True) for _ in range(2)]
+    if any(c.on_gpu for c in cursors):
+        pytest.skip("this machine's NVDEC opened")
+    got = [f for _, f in cursors[0].take(0, len(full) - 1)]
+    for c in cursors:
+        c.close()
+    assert len(got) == len(full) and all(np.array_equal(to_rgb(a), b) for a, b in zip(got, full))
+    warnings = [r.getMessage() for r in caplog.records if "source_decoder=nvdec" in r.getMessage()]
+    assert len(warnings) == 1 and "decoding sources on the CPU" in warnings[0]
+
+
+def test_decoding_stages_ask_for_a_gpu_share_only_with_nvdec_and_a_gpu():
+    from vidcorpus.config import Config
+    from vidcorpus.jobs.curate.pipeline import split_stages
+    from vidcorpus.stage_settings import resolve
+
+    decoding = {"technical", "motion", "extract"}
+    for decoder, gpus, want in (("nvdec", 1.0, nvdec.TASK_GPU_SHARE), ("nvdec", 0.0, 0.0), ("cpu", 1.0, 0.0)):
+        cfg = Config.model_validate({"filters": {"source_decoder": decoder}})
+        stream, captioning = split_stages(cfg)
+        plans = {c.name: p for c, p in resolve(stream + captioning, cfg, gpus, 16.0).items()}
+        assert {n: plans[n].gpus for n in decoding} == {n: want for n in decoding}, (decoder, gpus)
+        assert all(plans[n].ray_args().get("num_gpus", 0.0) == want for n in decoding)
+
+
+def test_a_turned_source_stays_on_the_cpu_decoder():
+    """NVDEC's frames carry no display matrix: a turned source (phone footage) is read on the CPU."""
+    from vidcorpus.source_frames import decoder_for
+
+    cfg = load_config(None, ["filters.source_decoder=nvdec"])
+    assert decoder_for([{"rotation": 0}, {"rotation": None}], cfg.filters)["nvdec"] is True
+    assert decoder_for([{"rotation": 90}], cfg.filters)["nvdec"] is False
+    assert decoder_for([{"rotation": 0}], load_config(None, []).filters)["nvdec"] is False
