@@ -187,12 +187,14 @@ class TreeMemory(threading.Thread):
 
 
 class GpuBusy(threading.Thread):
-    """GPU utilisation every 200 ms: pynvml when importable, else `nvidia-smi -lms 200`, else nothing."""
+    """GPU utilisation every 200 ms: pynvml when importable, else `nvidia-smi -lms 200`, else nothing;
+    with pynvml also the video decoders' (NVDEC, filters.source_decoder=nvdec)."""
 
     def __init__(self, every_s: float = 0.2):
         super().__init__(daemon=True)
         self.every = every_s
         self.samples: list[tuple[float, float, float]] = []  # (t, util %, memory used GiB)
+        self.decoder: list[float] = []  # NVDEC utilisation %, one per sample (pynvml only)
         self.stop = threading.Event()
         self.source = None
         self.proc = None
@@ -208,6 +210,10 @@ class GpuBusy(threading.Thread):
                 util = pynvml.nvmlDeviceGetUtilizationRates(handle)
                 mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
                 self.samples.append((time.time(), float(util.gpu), mem.used / 2**30))
+                try:
+                    self.decoder.append(float(pynvml.nvmlDeviceGetDecoderUtilization(handle)[0]))
+                except Exception:  # noqa: BLE001 - no decoder counter: the GPU numbers stand alone
+                    pass
                 self.stop.wait(self.every)
             return
         except Exception:  # noqa: BLE001 - no NVML: try the CLI
@@ -237,6 +243,7 @@ class GpuBusy(threading.Thread):
         if not s:
             return {"source": self.source, "samples": 0}
         utils = [u for _, u, _ in s]
+        dec = [d for (t, _, _), d in zip(self.samples, self.decoder) if t0 <= t <= t1]
         busy = [i for i, u in enumerate(utils) if u > 0]
         # steady state: from the first to the last busy sample (model loading before, shard writing after)
         steady = utils[busy[0]:busy[-1] + 1] if busy else []
@@ -247,6 +254,8 @@ class GpuBusy(threading.Thread):
                 "first_busy_s": round(s[busy[0]][0] - t0, 1) if busy else None,
                 "last_busy_s": round(s[busy[-1]][0] - t0, 1) if busy else None,
                 "memory_peak_gib": round(max(m for _, _, m in s), 2),
+                "decoder_util_mean_pct_whole_job": round(sum(dec) / len(dec), 1) if dec else None,
+                "decoder_share_of_samples_busy": round(sum(d > 0 for d in dec) / len(dec), 3) if dec else None,
                 # the same per bucket of the job (from t0): where in the job the GPU worked
                 "bucket_s": bucket_s, "busy_share_by_bucket": _by_bucket(s, t0, bucket_s, lambda u: float(u > 0)),
                 "util_mean_pct_by_bucket": _by_bucket(s, t0, bucket_s, float)}

@@ -35,7 +35,7 @@
 # (the report), gpu_node_job.caption_actor.log (the caption actors' worker-log tails, when they said
 # anything), gpu_node_job.log (the job's own output); `warm` the same as gpu_node_warm_job.*.
 set -uo pipefail
-STEP=${1:?usage: bash bench/gpu_node_job.sh prepare|run|warm|caption-alone [--set k=v ...]}
+STEP=${1:?usage: bash bench/gpu_node_job.sh prepare|run|warm|nvdec-stages|caption-alone [--set k=v ...]}
 shift
 STATE=${GPUJOB_STATE:-/tmp/gpujob}
 OUTDIR=${OUT:-$STATE/out}
@@ -127,6 +127,17 @@ run|warm)
     cp "$STATE/job/job.log" "$OUTDIR/$NAME.log" 2>/dev/null
     exit $rc
     ;;
+nvdec-stages)
+    # The source-decoding stages (technical, motion, extraction) with the CPU decoder against NVDEC
+    # (filters.source_decoder), in one process without Ray, on the first GPUJOB_NVDEC_VIDEOS videos of
+    # the footage (default 1): CPU of each and hashes that show both give the same corpus. Right after
+    # `prepare` on the same machine (its packages are all it needs).
+    [ -f "$STATE/prepared" ] || { echo "no prepared footage in $STATE (run prepare first)"; exit 6; }
+    R=$(pwd)
+    VIDEOS=$(ls "$STATE"/footage/edited_*.mp4 | head -"${GPUJOB_NVDEC_VIDEOS:-1}")
+    cd /tmp && python3 "$R/bench/bench_nvdec_stages.py" $VIDEOS --rounds "${GPUJOB_NVDEC_ROUNDS:-2}" "$@" \
+        --out "$OUTDIR/nvdec_stages.json"
+    ;;
 caption-alone)
     # The caption stage alone on the job's models and settings (batch 512, long 160 / short 32 new
     # tokens, 8 frames at max_pixels 230,400), warmed up from the compile artifacts a job left in
@@ -141,5 +152,5 @@ caption-alone)
         --query-gpu=name --format=csv,noheader | head -1)" --out "$OUTDIR/caption_stage_alone.json"
     ;;
 *)
-    echo "usage: bash bench/gpu_node_job.sh prepare|run|warm|caption-alone [--set k=v ...]"; exit 1 ;;
+    echo "usage: bash bench/gpu_node_job.sh prepare|run|warm|nvdec-stages|caption-alone [--set k=v ...]"; exit 1 ;;
 esac

@@ -1,0 +1,125 @@
+"""CPU of the source-decoding stages with the CPU decoder against NVDEC (filters.source_decoder), and
+proof that both give the same corpus.
+
+Why: on a GPU node the CPU stages bound `vidcorpus run` (docs/benchmarks.md, the GPU-node runs), and
+the technical scorer is almost all 720p decoding (3.1 ms of CPU a source frame on the H100 node,
+bench/results/decode_threads_h100_node.json); NVDEC through PyAV's h264_cuvid took 1.43 ms against
+3.24 in software (probe_gpu_codecs_h100.json). This measures what the stages themselves save.
+
+In one process, no Ray (as bench/stage_cpu.py): each video is split once; then, per round and per
+decoder, interleaved (cpu, nvdec, cpu, nvdec, ...), the technical and motion stages score every clip
+from the source and the extract stage writes every other clip (recipes keep about half; the gaps make
+it seek), with the job's defaults otherwise. Per decoder: CPU seconds (``time.process_time``, all
+threads) and wall seconds of each, the decoders NVDEC opened, and hashes of every clip's scores and
+every clip file's bytes, which must agree between the decoders.
+
+    python bench/bench_nvdec_stages.py VIDEO [VIDEO ...] [--rounds 2] [--set k=v ...] [--out result.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import tempfile
+import time
+from pathlib import Path
+
+
+def _split(videos: list[str], sets: list[str]) -> list[dict]:
+    from vidcorpus.config import load_config
+    from vidcorpus.ingest.download import DownloadStage
+    from vidcorpus.ingest.probe import ProbeStage
+    from vidcorpus.ingest.sources import read_inputs
+    from vidcorpus.ingest.split_stage import SplitStage
+    from vidcorpus.schemas import rows_to_table
+
+    cfg = load_config(None, [f"workdir={tempfile.mkdtemp(prefix='nvdec_split_')}", "models.preset=tiny", *sets])
+    rows = [dict(r, run_id="bench_nvdec") for r in read_inputs([str(Path(v).resolve()) for v in videos])]
+    for stage in (DownloadStage, ProbeStage, SplitStage):
+        rows = stage(cfg)(rows_to_table(rows)).to_pylist()
+    return [r for r in rows if r.get("clip_id") and not r.get("error_class")]
+
+
+def _round(rows: list[dict], decoder: str, sets: list[str]) -> dict:
+    from vidcorpus import nvdec, source_frames
+    from vidcorpus.config import load_config
+    from vidcorpus.filters.motion import MotionStage
+    from vidcorpus.filters.technical import TechnicalStage
+    from vidcorpus.ingest.extract import ExtractStage
+    from vidcorpus.schemas import rows_to_table
+    from vidcorpus.storage import read_bytes
+
+    cfg = load_config(None, [f"workdir={tempfile.mkdtemp(prefix=f'nvdec_{decoder}_')}", "models.preset=tiny",
+                             f"filters.source_decoder={decoder}", *sets])
+    while source_frames._CURSOR:
+        source_frames._CURSOR.pop().close()
+    out: dict = {"decoder": decoder}
+    gpu_cursors = []
+    real_init = source_frames._SourceCursor.__init__
+
+    def counting(self, *a, **k):  # which cursors really decoded on the GPU
+        real_init(self, *a, **k)
+        gpu_cursors.append(self.cursor.on_gpu)
+
+    source_frames._SourceCursor.__init__ = counting
+    try:
+        c0, t0 = time.process_time(), time.perf_counter()
+        scored = MotionStage(cfg)(TechnicalStage(cfg)(rows_to_table(rows))).to_pylist()
+        out["scorers"] = {"cpu_s": round(time.process_time() - c0, 3), "wall_s": round(time.perf_counter() - t0, 3)}
+        kept = [r for i, r in enumerate(sorted(scored, key=lambda r: (r["source_path"], r["first_frame"]))) if i % 2 == 0]
+        c0, t0 = time.process_time(), time.perf_counter()
+        extracted = ExtractStage(cfg)(rows_to_table(kept)).to_pylist()
+        out["extract"] = {"cpu_s": round(time.process_time() - c0, 3), "wall_s": round(time.perf_counter() - t0, 3)}
+    finally:
+        source_frames._SourceCursor.__init__ = real_init
+    errors = [r["error"] for r in scored + extracted if r.get("error_class")]
+    scores = sorted((r["clip_id"], sorted((s["scorer"], s["model"], s["value"]) for s in r["scores"] or [])) for r in scored)
+    files = hashlib.sha256()
+    for r in sorted(extracted, key=lambda r: r["clip_id"]):
+        if r.get("clip_path"):
+            files.update(r["clip_id"].encode() + hashlib.sha256(read_bytes(r["clip_path"])).digest())
+    modes: dict = {}
+    for r in extracted:
+        modes[r.get("extract_mode")] = modes.get(r.get("extract_mode"), 0) + 1
+    out.update({"clips": len(scored), "extracted": len(extracted), "extract_modes": modes, "errors": errors[:5],
+                "cursors": len(gpu_cursors), "cursors_on_gpu": sum(gpu_cursors),
+                "nvdec_unavailable": sorted(nvdec._UNAVAILABLE),
+                "scores_sha256": hashlib.sha256(json.dumps(scores).encode()).hexdigest()[:16],
+                "clip_files_sha256": files.hexdigest()[:16]})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("videos", nargs="+")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="Config override (section.key=value).")
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    from run_meta import emit, finish_metadata, run_metadata
+
+    meta = run_metadata()
+    t0 = time.perf_counter()
+    rows = _split(a.videos, a.sets)
+    frames = sum(r["last_frame"] - r["first_frame"] + 1 for r in rows)
+    split_s = round(time.perf_counter() - t0, 1)
+    rounds = [_round(rows, decoder, a.sets) for _ in range(a.rounds) for decoder in ("cpu", "nvdec")]
+    best = {}
+    for decoder in ("cpu", "nvdec"):
+        mine = [r for r in rounds if r["decoder"] == decoder]
+        best[decoder] = {stage: {k: min(r[stage][k] for r in mine) for k in ("cpu_s", "wall_s")}
+                         for stage in ("scorers", "extract")}
+        for stage in ("scorers", "extract"):
+            best[decoder][stage]["cpu_ms_per_frame"] = round(1000 * best[decoder][stage]["cpu_s"] / max(frames, 1), 3)
+    same = len({(r["scores_sha256"], r["clip_files_sha256"]) for r in rounds}) == 1
+    result = {"videos": a.videos, "sets": a.sets, "rounds": a.rounds, "split_wall_s": split_s,
+              "clips": len(rows), "frames_in_clips": frames, "best": best,
+              "nvdec_over_cpu": {stage: round(best["nvdec"][stage]["cpu_s"] / max(best["cpu"][stage]["cpu_s"], 1e-9), 3)
+                                 for stage in ("scorers", "extract")},
+              "same_corpus": same, "each_round": rounds}
+    emit({**finish_metadata(meta), **result}, a.out)
+
+
+if __name__ == "__main__":
+    main()
