@@ -163,6 +163,12 @@ def test_decoding_stages_ask_for_a_gpu_share_only_with_nvdec_and_a_gpu():
         plans = {c.name: p for c, p in resolve(stream + captioning, cfg, gpus, 16.0).items()}
         assert {n: plans[n].gpus for n in decoding} == {n: want for n in decoding}, (decoder, gpus)
         assert all(plans[n].ray_args().get("num_gpus", 0.0) == want for n in decoding)
+        # Ray Data refuses a task asking for a GPU without a batch size (the H100 job's first try did)
+        assert all(p.batch_rows for p in plans.values() if p.gpus > 0), {n: p for n, p in plans.items() if p.gpus}
+        if want:
+            assert plans["technical"].batch_rows == plans["motion"].batch_rows == cfg.ray.clip_rows_per_block
+        else:
+            assert plans["technical"].batch_rows is None  # whole blocks: one source's clips a call
 
 
 def test_a_turned_source_stays_on_the_cpu_decoder():

@@ -23,6 +23,9 @@ from vidcorpus.config import Config, ConfigError, StageSettings
 # small batches on CPUs, where a big batch only delays the first results.
 GPU_BATCH_ROWS = {"caption": 512, "clip": 256}
 CPU_BATCH_ROWS = {"caption": 8, "clip": 64}
+# Rows per call of a whole-blocks stage whose tasks ask for a GPU share where ray.clip_rows_per_block
+# is 0 (blocks as they come: about a source's clips).
+WHOLE_BLOCK_ROWS_ON_GPU = 64
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,9 @@ def resolve(stages: list, cfg: Config, gpus_available: float, cpus_available: fl
         gpus = round(v["gpus"] * (scale if s in gpu_stages else 1.0), 6) if on_gpu else 0.0
         defaults = GPU_BATCH_ROWS if on_gpu else CPU_BATCH_ROWS
         if v["batch_rows"] is None and getattr(s, "whole_blocks", False):
-            batch = None
+            # whole blocks; but Ray Data wants a batch size from a task that asks for a GPU (an NVDEC
+            # share, filters.source_decoder): then the blocks' own size after the splitter
+            batch = (cfg.ray.clip_rows_per_block or WHOLE_BLOCK_ROWS_ON_GPU) if on_gpu and gpus > 0 else None
         else:
             batch = v["batch_rows"] or defaults.get(s.name) or (8 if s.resources.actor else 4)
         if s.resources.actor:
