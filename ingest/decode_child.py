@@ -41,7 +41,7 @@ def child_main(inbox_fd: str, outbox_fd: str) -> None:
                     ring = None
                     with open(ring_path, "r+b") as f:
                         ring = Ring(mmap.mmap(f.fileno(), 0), spec.plan, spec.per_batch, slots)
-                video = ScaledStream(spec.path, lambda w, h: (w, h), spec.turn, spec.start, spec.index)
+                video = ScaledStream(spec.path, lambda w, h: (w, h), spec.turn, spec.start, spec.index, nvdec=spec.nvdec)
             except Exception as e:  # noqa: BLE001 - the parent raises it as its DecodeError
                 outbox.send(("error", f"cannot open for shot detection: {e}", None, True))
                 continue

@@ -64,6 +64,7 @@ class StreamSpec:
     end_frame: int | None
     per_batch: int
     plan: BatchPlan
+    nvdec: bool = False
 
 
 class Ring:
@@ -271,7 +272,7 @@ class ChildFeed:
         try:
             new_ring = self.decoder.ring_for(plan, per_batch, slots)
             spec = StreamSpec(absolute(video.path), video.turn, video.cursor_start, video.frame_index, end_frame,
-                              per_batch, plan)  # an absolute path: the child's working directory may differ
+                              per_batch, plan, video.nvdec)  # an absolute path: the child's working directory may differ
             self.decoder.send(("open", spec, new_ring, slots))
             answer = self.decoder.recv()  # ("opened", first frame) once the child has the ring and the stream
         except BaseException:  # its pipes may hold this stream's messages: it goes

@@ -24,17 +24,31 @@ from vidcorpus.media import detection_frame
 DECODE_THREADS: int | None = None
 
 
+def _gpu_frames(path: str, start: int, index):
+    """A ``FrameCursor``'s frames on NVDEC from ``start``; its decoder goes back to ``vidcorpus.nvdec``
+    when the stream is done or dropped."""
+    cursor = FrameCursor(path, start, index, nvdec=True)
+    try:
+        yield from cursor.take(0, 2**62)
+    finally:
+        cursor.close()
+
+
 class ScaledStream(VideoStreamAv):
     """The stream the detectors read: frames counted in decode order, scaled to ``size_of(coded
     width, height)`` and turned ``turn`` degrees clockwise; ``on_frame`` sees every decoded frame;
     ``start`` with ``index`` (a ``vidcorpus.frame_index`` index) starts it at the last keyframe at or
-    before that frame (a ``FrameCursor``; positions still count from the start of the file)."""
+    before that frame (a ``FrameCursor``; positions still count from the start of the file). ``nvdec``:
+    the frames come from a ``FrameCursor`` on the GPU's video decoder (split.decoder; the CPU
+    decoder's frames, or the CPU decoder itself where NVDEC does not open)."""
 
     def __init__(self, path: str, size_of: Callable[[int, int], tuple[int, int]], turn: int,
-                 start: int = 0, index=None, on_frame: Callable | None = None) -> None:
+                 start: int = 0, index=None, on_frame: Callable | None = None, nvdec: bool = False) -> None:
         super().__init__(path, threading_mode="AUTO")
-        self.cursor_start, self.frame_index = start, index  # with ``path``: how to open it again (ingest/decode_process.py)
-        cursor = FrameCursor(path, start, index) if start > 0 and index is not None else None
+        # with ``path``: how to open it again (ingest/decode_process.py)
+        self.cursor_start, self.frame_index, self.nvdec = start, index, nvdec
+        seeks = start > 0 and index is not None
+        cursor = FrameCursor(path, start, index) if seeks and not nvdec else None
         if DECODE_THREADS:
             self._codec_context.thread_count = DECODE_THREADS
         self._turn, self._on_frame = turn, on_frame
@@ -44,6 +58,9 @@ class ScaledStream(VideoStreamAv):
         self.frames = cursor.take(0, 2**62) if cursor is not None else None
         if cursor is not None:
             self.decoded = cursor.next  # the first frame handed out is the keyframe sought
+        if nvdec:  # opened at the first frame: a parent that hands the decode to its child opens none
+            self.frames = _gpu_frames(path, start if seeks else 0, index if seeks else None)
+            self.decoded = index.keyframe_at_or_before(start) if seeks else 0  # as the cursor's ``next``
         self.ahead_count = self.decoded  # frames decoded, including those not handed out yet
         self.ahead = ScaleAhead(self._decode_next, self._scale)
 

@@ -86,20 +86,22 @@ class DetectorPass:
 
 
 def _scaled_pyav_stream(path: str, downscale: int, on_frame=None, rotation: int | None = None,
-                        start: int = 0, index=None):
+                        start: int = 0, index=None, nvdec: bool = False):
     """scenedetect's PyAV stream, returning frames already shrunk (and BGR) by FFmpeg's scaler, upright.
 
     ``on_frame`` sees every decoded ``av.VideoFrame`` (skipped ones too): other detectors read the
     same decode instead of decoding again. ``rotation``: the clockwise turn the frames need (the
     probe's); None reads it from the first frame. ``start`` (with a ``vidcorpus.frame_index``
     index): the stream begins at the last keyframe at or before that frame, and its positions are
-    still the frames' numbers from the start of the file (chunked detection, ingest/split_chunks.py)."""
+    still the frames' numbers from the start of the file (chunked detection, ingest/split_chunks.py).
+    ``nvdec``: on the GPU's video decoder (split.decoder), for an upright source only (NVDEC's frames
+    carry no display matrix)."""
     # inside: scenedetect and cv2 only in the workers that detect shots (the runner imports split_stage -> this module)
     from vidcorpus.ingest.scaled_stream import ScaledStream
 
     turn = first_frame_rotation(path) if rotation is None else rotation
     return ScaledStream(path, lambda w, h: detection_size(*displayed_size(w, h, turn), downscale), turn, start, index,
-                        on_frame)
+                        on_frame, nvdec=nvdec and not turn)
 
 
 def _detectors(cfg, min_len: int) -> list:
@@ -171,7 +173,7 @@ def open_detection_stream(path: str, cfg, flashes: FlashWatch | None = None, tra
     try:
         if cfg.backend == "pyav":
             stream = _scaled_pyav_stream(path, cfg.downscale, (lambda f: [r(f) for r in readers]) if readers else None,
-                                         rotation, start, index)
+                                         rotation, start, index, cfg.decoder == "nvdec")
             stream.transnet_stream = transnet.stream if transnet else None  # the batched reader feeds it itself
             if transnet:  # what its 48x27 frames are shrunk from, on either path (the detectors' by default)
                 transnet.stream.source_frame = transnet_source(*stream.coded_size, stream.turn)

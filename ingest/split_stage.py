@@ -18,6 +18,7 @@ from vidcorpus.ingest.split_chunks import chunked_index, detect_segments_chunked
 from vidcorpus.ingest.transnet import TransNetRun
 from vidcorpus.ingest.transnet import runs_here as transnet_runs_here
 from vidcorpus.ingest.transnet import wants_gpu as transnet_wants_gpu
+from vidcorpus.nvdec import TASK_GPU_SHARE
 from vidcorpus.stage import Resources, Stage
 
 
@@ -42,9 +43,9 @@ class SplitStage(Stage):
 
     @classmethod
     def resources_for(cls, config: Config) -> Resources:
-        if transnet_wants_gpu(config.split):
-            return cls.resources.model_copy(update={"gpus": cls.transnet_gpu_share})
-        return cls.resources
+        gpus = max(cls.transnet_gpu_share if transnet_wants_gpu(config.split) else 0.0,
+                   TASK_GPU_SHARE if config.split.decoder == "nvdec" else 0.0)  # NVDEC needs a share too
+        return cls.resources.model_copy(update={"gpus": gpus}) if gpus else cls.resources
 
     def process_row(self, row: dict) -> list[dict]:
         if row["media_type"] == "image":

@@ -179,3 +179,56 @@ def test_a_turned_source_stays_on_the_cpu_decoder():
     assert decoder_for([{"rotation": 0}, {"rotation": None}], cfg.filters)["nvdec"] is True
     assert decoder_for([{"rotation": 90}], cfg.filters)["nvdec"] is False
     assert decoder_for([{"rotation": 0}], load_config(None, []).filters)["nvdec"] is False
+
+
+def _split_rows(cfg, path: str) -> list[tuple]:
+    return [(r["clip_id"], r["first_frame"], r["last_frame"], len(r["dropped"] or [])) for r in _split(cfg, path)]
+
+
+@pytest.mark.parametrize("sets", [["split.decode_process=off"],
+                                  ["split.decode_process=off", "split.chunk_seconds=2"]],
+                         ids=["one-pass", "chunked"])
+def test_shot_detection_through_the_gpu_decoder_path_finds_the_cpu_decoders_shots(tmp_path, keyed, stand_in, sets):
+    """split.decoder=nvdec: the detection stream reads its frames through the cursor's GPU-decoder path
+    (from frame 0, or from a chunk's keyframe) and the splitter cuts where the CPU decoder's frames
+    made it cut."""
+    cpu = _split_rows(load_config(None, sets, workdir=str(tmp_path / "cpu")), keyed)
+    created = stand_in.created
+    gpu = _split_rows(load_config(None, [*sets, "split.decoder=nvdec"], workdir=str(tmp_path / "gpu")), keyed)
+    assert stand_in.created > created or nvdec._IDLE  # the stand-in decoded (and went back to the pool)
+    assert gpu == cpu and len(cpu) >= 3
+
+
+def test_shot_detection_in_the_decoding_child_takes_the_setting(tmp_path, keyed):
+    """The decoding child (split.decode_process) gets split.decoder in its stream spec; where NVDEC does
+    not open there (this machine) it decodes on the CPU and finds the same shots."""
+    from vidcorpus.ingest import decode_process
+
+    sent = []
+    real = decode_process.StreamSpec.__init__
+
+    def recording(self, *a, **k):
+        real(self, *a, **k)
+        sent.append(self.nvdec)
+
+    decode_process.StreamSpec.__init__ = recording
+    try:
+        rows = {d: _split_rows(load_config(None, ["split.decode_process=on", f"split.decoder={d}"],
+                                           workdir=str(tmp_path / d)), keyed) for d in ("cpu", "nvdec")}
+    finally:
+        decode_process.StreamSpec.__init__ = real
+    assert sent == [False, True]
+    assert rows["nvdec"] == rows["cpu"] and rows["cpu"]
+
+
+def test_split_tasks_ask_for_a_gpu_share_with_nvdec():
+    from vidcorpus.config import Config
+    from vidcorpus.ingest.split_stage import SplitStage
+
+    def share(**split) -> float:
+        return SplitStage.resources_for(Config.model_validate({"split": split})).gpus
+
+    assert share(decoder="nvdec", transnet_on_gpu=False) == nvdec.TASK_GPU_SHARE
+    assert share(transnet_on_gpu=False) == 0.0
+    # beside TransNetV2 on the GPU (where its package is installed) the larger of the two shares
+    assert share(decoder="nvdec") == max(share(), nvdec.TASK_GPU_SHARE)

@@ -109,6 +109,11 @@ class SplitConfig(Section):
     downscale: int = Field(0, ge=0, description="Detection frames shrunk by this factor; 0 picks one giving about 256 px width.")
     backend: Literal["pyav", "opencv"] = Field(
         "pyav", description="Detection decoder: pyav scales in FFmpeg (fast, streamed); opencv is scenedetect's own.")
+    decoder: Literal["cpu", "nvdec"] = Field(
+        "cpu", description="pyav backend: what decodes the detection stream. nvdec: the GPU's video decoder where "
+                           "the split worker sees a GPU (its tasks then ask Ray for a small GPU share), with the CPU "
+                           "decoder's frames and so the same shots; a source NVDEC cannot open, or a turned one, is "
+                           "decoded on the CPU (vidcorpus/nvdec.py; the scorers' own: filters.source_decoder).")
     decode_process: Literal["auto", "on", "off"] = Field(
         "auto", description="pyav backend: the detection stream decoded and scaled in a process of its own, the "
                             "frames handed over in shared memory (ingest/decode_process.py; one more process a split "
