@@ -6,10 +6,11 @@ the technical scorer is almost all 720p decoding (3.1 ms of CPU a source frame o
 bench/results/decode_threads_h100_node.json); NVDEC through PyAV's h264_cuvid took 1.43 ms against
 3.24 in software (probe_gpu_codecs_h100.json). This measures what the stages themselves save.
 
-In one process, no Ray (as bench/stage_cpu.py): each video is split once; then, per round and per
-decoder, interleaved (cpu, nvdec, cpu, nvdec, ...), the technical and motion stages score every clip
-from the source and the extract stage writes every other clip (recipes keep about half; the gaps make
-it seek), with the job's defaults otherwise. Per decoder: CPU seconds (``time.process_time``, all
+In one process, no Ray (as bench/stage_cpu.py), per round and per decoder, interleaved (cpu, nvdec,
+cpu, nvdec, ...): the split stage detects the shots of every video (split.decoder), the technical
+and motion stages score every clip from the source and the extract stage writes every other clip
+(filters.source_decoder; recipes keep about half, and the gaps make it seek), with the job's
+defaults otherwise. Per decoder: CPU seconds (``time.process_time``, all
 threads) and wall seconds of each, the decoders NVDEC opened, and hashes of every clip's scores and
 every clip file's bytes, which must agree between the decoders.
 
@@ -26,22 +27,24 @@ import time
 from pathlib import Path
 
 
-def _split(videos: list[str], sets: list[str]) -> list[dict]:
-    from vidcorpus.config import load_config
+def _split(videos: list[str], cfg) -> tuple[list[dict], dict]:
+    """The clip rows of the videos (download, probe, split) and the split stage's CPU and wall seconds."""
     from vidcorpus.ingest.download import DownloadStage
     from vidcorpus.ingest.probe import ProbeStage
     from vidcorpus.ingest.sources import read_inputs
     from vidcorpus.ingest.split_stage import SplitStage
     from vidcorpus.schemas import rows_to_table
 
-    cfg = load_config(None, [f"workdir={tempfile.mkdtemp(prefix='nvdec_split_')}", "models.preset=tiny", *sets])
     rows = [dict(r, run_id="bench_nvdec") for r in read_inputs([str(Path(v).resolve()) for v in videos])]
-    for stage in (DownloadStage, ProbeStage, SplitStage):
+    for stage in (DownloadStage, ProbeStage):
         rows = stage(cfg)(rows_to_table(rows)).to_pylist()
-    return [r for r in rows if r.get("clip_id") and not r.get("error_class")]
+    c0, t0 = time.process_time(), time.perf_counter()
+    rows = SplitStage(cfg)(rows_to_table(rows)).to_pylist()
+    cost = {"cpu_s": round(time.process_time() - c0, 3), "wall_s": round(time.perf_counter() - t0, 3)}
+    return [r for r in rows if r.get("clip_id") and not r.get("error_class")], cost
 
 
-def _round(rows: list[dict], decoder: str, sets: list[str]) -> dict:
+def _round(videos: list[str], decoder: str, sets: list[str]) -> dict:
     from vidcorpus import nvdec, source_frames
     from vidcorpus.config import load_config
     from vidcorpus.filters.motion import MotionStage
@@ -51,10 +54,11 @@ def _round(rows: list[dict], decoder: str, sets: list[str]) -> dict:
     from vidcorpus.storage import read_bytes
 
     cfg = load_config(None, [f"workdir={tempfile.mkdtemp(prefix=f'nvdec_{decoder}_')}", "models.preset=tiny",
-                             f"filters.source_decoder={decoder}", *sets])
+                             f"filters.source_decoder={decoder}", f"split.decoder={decoder}", *sets])
+    rows, split_cost = _split(videos, cfg)
     while source_frames._CURSOR:
         source_frames._CURSOR.pop().close()
-    out: dict = {"decoder": decoder}
+    out: dict = {"decoder": decoder, "split": split_cost}
     gpu_cursors = []
     real_init = source_frames._SourceCursor.__init__
 
@@ -74,7 +78,9 @@ def _round(rows: list[dict], decoder: str, sets: list[str]) -> dict:
     finally:
         source_frames._SourceCursor.__init__ = real_init
     errors = [r["error"] for r in scored + extracted if r.get("error_class")]
-    scores = sorted((r["clip_id"], sorted((s["scorer"], s["model"], s["value"]) for s in r["scores"] or [])) for r in scored)
+    # the split's rows (every clip's frame range) go into the scores' hash: the same shots too
+    scores = sorted((r["clip_id"], r["first_frame"], r["last_frame"],
+                     sorted((s["scorer"], s["model"], s["value"]) for s in r["scores"] or [])) for r in scored)
     files = hashlib.sha256()
     for r in sorted(extracted, key=lambda r: r["clip_id"]):
         if r.get("clip_path"):
@@ -82,7 +88,8 @@ def _round(rows: list[dict], decoder: str, sets: list[str]) -> dict:
     modes: dict = {}
     for r in extracted:
         modes[r.get("extract_mode")] = modes.get(r.get("extract_mode"), 0) + 1
-    out.update({"clips": len(scored), "extracted": len(extracted), "extract_modes": modes, "errors": errors[:5],
+    out.update({"frames_in_clips": sum(r["last_frame"] - r["first_frame"] + 1 for r in rows),
+                "clips": len(scored), "extracted": len(extracted), "extract_modes": modes, "errors": errors[:5],
                 "cursors": len(gpu_cursors), "cursors_on_gpu": sum(gpu_cursors),
                 "nvdec_unavailable": sorted(nvdec._UNAVAILABLE),
                 "scores_sha256": hashlib.sha256(json.dumps(scores).encode()).hexdigest()[:16],
@@ -100,23 +107,20 @@ def main() -> None:
     from run_meta import emit, finish_metadata, run_metadata
 
     meta = run_metadata()
-    t0 = time.perf_counter()
-    rows = _split(a.videos, a.sets)
-    frames = sum(r["last_frame"] - r["first_frame"] + 1 for r in rows)
-    split_s = round(time.perf_counter() - t0, 1)
-    rounds = [_round(rows, decoder, a.sets) for _ in range(a.rounds) for decoder in ("cpu", "nvdec")]
+    rounds = [_round(a.videos, decoder, a.sets) for _ in range(a.rounds) for decoder in ("cpu", "nvdec")]
+    frames = rounds[0]["frames_in_clips"]
+    stages = ("split", "scorers", "extract")
     best = {}
     for decoder in ("cpu", "nvdec"):
         mine = [r for r in rounds if r["decoder"] == decoder]
-        best[decoder] = {stage: {k: min(r[stage][k] for r in mine) for k in ("cpu_s", "wall_s")}
-                         for stage in ("scorers", "extract")}
-        for stage in ("scorers", "extract"):
+        best[decoder] = {stage: {k: min(r[stage][k] for r in mine) for k in ("cpu_s", "wall_s")} for stage in stages}
+        for stage in stages:
             best[decoder][stage]["cpu_ms_per_frame"] = round(1000 * best[decoder][stage]["cpu_s"] / max(frames, 1), 3)
     same = len({(r["scores_sha256"], r["clip_files_sha256"]) for r in rounds}) == 1
-    result = {"videos": a.videos, "sets": a.sets, "rounds": a.rounds, "split_wall_s": split_s,
-              "clips": len(rows), "frames_in_clips": frames, "best": best,
+    result = {"videos": a.videos, "sets": a.sets, "rounds": a.rounds,
+              "clips": rounds[0]["clips"], "frames_in_clips": frames, "best": best,
               "nvdec_over_cpu": {stage: round(best["nvdec"][stage]["cpu_s"] / max(best["cpu"][stage]["cpu_s"], 1e-9), 3)
-                                 for stage in ("scorers", "extract")},
+                                 for stage in stages},
               "same_corpus": same, "each_round": rounds}
     emit({**finish_metadata(meta), **result}, a.out)
 
