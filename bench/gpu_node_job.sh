@@ -128,8 +128,8 @@ run|warm)
     exit $rc
     ;;
 nvdec-stages)
-    # The source-decoding stages (technical, motion, extraction) with the CPU decoder against NVDEC
-    # (filters.source_decoder), in one process without Ray, on the first GPUJOB_NVDEC_VIDEOS videos of
+    # The source-decoding stages (split, technical, motion, extraction) with the CPU decoder against NVDEC
+    # (split.decoder, filters.source_decoder), in one process without Ray, on the first GPUJOB_NVDEC_VIDEOS videos of
     # the footage (default 1): CPU of each and hashes that show both give the same corpus. Right after
     # `prepare` on the same machine (its packages are all it needs).
     [ -f "$STATE/prepared" ] || { echo "no prepared footage in $STATE (run prepare first)"; exit 6; }
