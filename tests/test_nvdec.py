@@ -232,3 +232,15 @@ def test_split_tasks_ask_for_a_gpu_share_with_nvdec():
     assert share(transnet_on_gpu=False) == 0.0
     # beside TransNetV2 on the GPU (where its package is installed) the larger of the two shares
     assert share(decoder="nvdec") == max(share(), nvdec.TASK_GPU_SHARE)
+
+
+def test_a_run_says_in_one_line_when_its_nvdec_switches_find_no_gpu():
+    from vidcorpus.config import Config
+
+    both = Config.model_validate({"split": {"decoder": "nvdec"}, "filters": {"source_decoder": "nvdec"}})
+    assert nvdec.without_gpu_note(both, 0.0) == ("split.decoder and filters.source_decoder = nvdec, but the cluster "
+                                                 "has no GPU: sources are decoded on the CPU")
+    assert nvdec.without_gpu_note(both, 1.0) is None
+    assert nvdec.without_gpu_note(Config(), 0.0) is None
+    assert "filters.source_decoder = nvdec" in nvdec.without_gpu_note(
+        Config.model_validate({"filters": {"source_decoder": "nvdec"}}), 0.0)

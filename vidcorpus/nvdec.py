@@ -79,3 +79,13 @@ def with_decoder_share(resources, config):
     if config.filters.source_decoder == "nvdec" and resources.gpus < TASK_GPU_SHARE:
         return resources.model_copy(update={"gpus": TASK_GPU_SHARE})
     return resources
+
+
+def without_gpu_note(config, gpus: float) -> str | None:
+    """The run's one line for NVDEC switches a cluster without a GPU cannot serve (the workers' own
+    warnings stay in their logs), or None."""
+    on = [name for name, value in (("split.decoder", config.split.decoder),
+                                   ("filters.source_decoder", config.filters.source_decoder)) if value == "nvdec"]
+    if gpus or not on:
+        return None
+    return f"{' and '.join(on)} = nvdec, but the cluster has no GPU: sources are decoded on the CPU"

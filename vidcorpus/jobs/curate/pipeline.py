@@ -33,6 +33,7 @@ from vidcorpus.jobs.curate.caption_pool import CaptionPool
 from vidcorpus.jobs.curate.commit import RunCommitter
 from vidcorpus.jobs.curate.sync import adopt_recipe, complete_pending, pin_recipe, recipe_in_force
 from vidcorpus.jobs.models import preflight_pipeline, resolve_models
+from vidcorpus.nvdec import without_gpu_note
 from vidcorpus.presets import curation_models
 from vidcorpus.schemas import rows_to_table
 from vidcorpus.stage import Stage
@@ -283,6 +284,8 @@ def _process(cfg: Config, catalog, run_id: str, todo: list[dict], summary: RunSu
     check_names(cfg, stream + captioning)
     cpus_without_gpu = cpus_on_nodes_without_gpu(ray.nodes()) if gpus else 0.0
     plans = resolve(stream + captioning, cfg, gpus, cpus, cpus_without_gpu)
+    if (note := without_gpu_note(cfg, gpus)) is not None:
+        logger.warning(note)
     for s in stream:
         if cpus_without_gpu and s.resources_for(cfg).gpus and not plans[s].gpus:
             logger.info(f"{s.name}: no GPU share for its tasks, so they also run on the {cpus_without_gpu:g} CPUs of "
