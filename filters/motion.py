@@ -30,8 +30,7 @@ from vidcorpus.filters.motion_frames import (motion_frame_indices, motion_gray, 
 from vidcorpus.filters.source_scoring import from_source, score_from_source
 from vidcorpus.media import is_image
 from vidcorpus.schemas import add_scores, score
-from vidcorpus.config import Config
-from vidcorpus.nvdec import with_decoder_share
+from vidcorpus.nvdec import NvdecShare
 from vidcorpus.stage import Resources, Stage
 
 MOTION_VERSION = "motion-v1"
@@ -61,15 +60,11 @@ def motion_scores_gray(pairs: list[tuple[np.ndarray, np.ndarray]], dt: float, st
             "motion_jittery": float(jitter > jitter_threshold)}
 
 
-class MotionStage(Stage):
+class MotionStage(NvdecShare, Stage):
     """Optical-flow motion scores per video clip (CPU); images pass through unscored."""
 
     name: ClassVar[str] = "motion"
     resources: ClassVar[Resources] = Resources(cpus=0.5)
-
-    @classmethod
-    def resources_for(cls, config: Config) -> Resources:
-        return with_decoder_share(cls.resources, config)  # NVDEC (filters.source_decoder) needs a GPU share
     # a source's clips come together (the splitter emits them in one block): one decode of the source;
     # clips of a source split over batches still continue one decode (vidcorpus/source_frames.py)
     whole_blocks: ClassVar[bool] = True

@@ -27,8 +27,7 @@ from vidcorpus.filters.source_scoring import (frames_at, from_source, score_from
 from vidcorpus.image_clip import image_clip
 from vidcorpus.media import is_image, read_frames
 from vidcorpus.schemas import add_scores, score
-from vidcorpus.config import Config
-from vidcorpus.nvdec import with_decoder_share
+from vidcorpus.nvdec import NvdecShare
 from vidcorpus.stage import Resources, Stage
 
 TECHNICAL_VERSION = "technical-v2"  # v2: black_border measures the brightest channel, not luma
@@ -117,7 +116,7 @@ def technical_scores(row: dict, frames: np.ndarray) -> dict[str, float]:
     return out
 
 
-class TechnicalStage(Stage):
+class TechnicalStage(NvdecShare, Stage):
     """Per-clip technical measurements (CPU, OpenCV), from frames sampled at about filters.motion_fps.
 
     Video clips without a file are read from their source (filters/source_scoring.py), which also
@@ -125,10 +124,6 @@ class TechnicalStage(Stage):
 
     name: ClassVar[str] = "technical"
     resources: ClassVar[Resources] = Resources(cpus=0.5)
-
-    @classmethod
-    def resources_for(cls, config: Config) -> Resources:
-        return with_decoder_share(cls.resources, config)  # NVDEC (filters.source_decoder) needs a GPU share
     # a source's clips come together (the splitter emits them in one block): one decode of the source;
     # clips of a source split over batches still continue one decode (vidcorpus/source_frames.py)
     whole_blocks: ClassVar[bool] = True

@@ -30,8 +30,7 @@ from vidcorpus.ingest.exact_copy import copy_fields, exact_copy_plan
 from vidcorpus.ingest.segments import NOT_EXTRACTED, with_dropped
 from vidcorpus.ingest.stream_copy import CopyUnsupported, copy_clips, keyframe_indices, stream_rate
 from vidcorpus.media import save_jpeg, uniform_indices, upright_frame
-from vidcorpus.config import Config
-from vidcorpus.nvdec import with_decoder_share
+from vidcorpus.nvdec import NvdecShare
 from vidcorpus.stage import Resources, Stage
 from vidcorpus.frame_seek import to_rgb
 from vidcorpus.source_frames import decode_source_range, decoder_for, target_size
@@ -153,17 +152,13 @@ def _first_frame(data: bytes) -> np.ndarray:
     raise DecodeError("copied clip does not decode")
 
 
-class ExtractStage(Stage):
+class ExtractStage(NvdecShare, Stage):
     """Sets clip_path (mp4 or jpg), first_frame_path and extract_mode for every clip row the recipe
     keeps (filter before you encode: it runs after the decision; dropped clips keep no file, their
     rows say ``extract_mode = 'deferred'``). Rows that already have a file pass through."""
 
     name: ClassVar[str] = "extract"
     resources: ClassVar[Resources] = Resources(cpus=0.5)
-
-    @classmethod
-    def resources_for(cls, config: Config) -> Resources:
-        return with_decoder_share(cls.resources, config)  # NVDEC (filters.source_decoder) needs a GPU share
     kept_only: ClassVar[bool] = True
     undecided_too: ClassVar[bool] = True  # used alone (no recipe decided), it extracts every clip
 

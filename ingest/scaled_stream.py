@@ -48,19 +48,19 @@ class ScaledStream(VideoStreamAv):
         # with ``path``: how to open it again (ingest/decode_process.py)
         self.cursor_start, self.frame_index, self.nvdec = start, index, nvdec
         seeks = start > 0 and index is not None
-        cursor = FrameCursor(path, start, index) if seeks and not nvdec else None
         if DECODE_THREADS:
             self._codec_context.thread_count = DECODE_THREADS
         self._turn, self._on_frame = turn, on_frame
         self.transnet_stream = None  # TransNetV2's reader of this decode (split.open_detection_stream)
         self.size = size_of(self._codec_context.width, self._codec_context.height)  # of the upright picture
-        self.decoded = 0  # frames read so far: the position of the current frame is decoded - 1
-        self.frames = cursor.take(0, 2**62) if cursor is not None else None
-        if cursor is not None:
-            self.decoded = cursor.next  # the first frame handed out is the keyframe sought
+        # frames read so far: the position of the current frame is decoded - 1; a cursor's first frame
+        # is the keyframe sought
+        self.decoded = index.keyframe_at_or_before(start) if seeks else 0
+        self.frames = None  # None: scenedetect's own decoder
         if nvdec:  # opened at the first frame: a parent that hands the decode to its child opens none
             self.frames = _gpu_frames(path, start if seeks else 0, index if seeks else None)
-            self.decoded = index.keyframe_at_or_before(start) if seeks else 0  # as the cursor's ``next``
+        elif seeks:
+            self.frames = FrameCursor(path, start, index).take(0, 2**62)
         self.ahead_count = self.decoded  # frames decoded, including those not handed out yet
         self.ahead = ScaleAhead(self._decode_next, self._scale)
 

@@ -64,7 +64,8 @@ def release(ctx: av.CodecContext) -> None:
 
 def _unavailable(name: str, why: str) -> None:
     _UNAVAILABLE.add(name)
-    log.warning("filters.source_decoder=nvdec: %s does not open here (%s); decoding sources on the CPU", name, why)
+    log.warning("NVDEC (split.decoder, filters.source_decoder): %s does not open here (%s); decoding sources on "
+                "the CPU", name, why)
     return None
 
 
@@ -74,11 +75,16 @@ def _unavailable(name: str, why: str) -> None:
 TASK_GPU_SHARE = 0.005
 
 
-def with_decoder_share(resources, config):
-    """A decoding stage's resources with the GPU share NVDEC needs under ``filters.source_decoder``."""
-    if config.filters.source_decoder == "nvdec" and resources.gpus < TASK_GPU_SHARE:
-        return resources.model_copy(update={"gpus": TASK_GPU_SHARE})
-    return resources
+class NvdecShare:
+    """For a stage class (listed before ``Stage``) whose tasks read sources through ``FrameCursor``
+    (technical, motion, extraction): with ``filters.source_decoder=nvdec`` they ask for the GPU share."""
+
+    @classmethod
+    def resources_for(cls, config):
+        resources = super().resources_for(config)
+        if config.filters.source_decoder == "nvdec" and resources.gpus < TASK_GPU_SHARE:
+            return resources.model_copy(update={"gpus": TASK_GPU_SHARE})
+        return resources
 
 
 def without_gpu_note(config, gpus: float) -> str | None:
