@@ -11,12 +11,13 @@ Shard ids are derived from the bucket, the member ids and the caption version, a
 shard is never overwritten: writing the same clips again finds the shard already there and
 returns its manifest (rerun after a crash between publish and catalog commit), so shards are
 immutable and never duplicated. Tar members carry a fixed mtime, so the same inputs give the
-same bytes. Tars are written by webdataset's TarWriter (see ``_TarWriter``) and read back by
+same bytes. Tars are written by webdataset's TarWriter (see ``_tar_writer_class``) and read back by
 webdataset.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import io
@@ -28,7 +29,6 @@ import threading
 from typing import BinaryIO, Iterable
 
 import fsspec
-import webdataset as wds
 from PIL import Image
 
 from vidcorpus.errors import storage_full
@@ -235,23 +235,30 @@ def stream_tar(url: str, samples: Iterable[dict]) -> tuple[str, int, bool]:
     return digest, sink.bytes, True
 
 
-class _TarWriter(wds.TarWriter):
+@functools.cache
+def _tar_writer_class() -> type:
     """webdataset's TarWriter over a tarfile in plain write mode, one copy per member.
 
     For a file object TarWriter opens tarfile's stream mode ("w|"), which copies every payload
     through Python in 10 KiB records and cost more than the copy itself (docs/benchmarks.md); plain
     mode with a large ``copybufsize`` writes each member in one piece. Same tar, same layout.
+    Made on first use: webdataset imports torch (1.5 to 3 s), which a process that never writes a
+    shard (a CLI call, a Ray worker of another stage) should not pay for importing this module.
     """
+    import webdataset as wds  # inside: it imports torch, which only a process that writes a shard needs
 
-    def __init__(self, fileobj, **kwargs):
-        super().__init__(fileobj, **kwargs)  # its stream-mode tarfile is never written to
-        self.tarstream = tarfile.open(fileobj=fileobj, mode="w:", format=tarfile.USTAR_FORMAT)
-        self.tarstream.copybufsize = 64 << 20
+    class TarWriter(wds.TarWriter):
+        def __init__(self, fileobj, **kwargs):
+            super().__init__(fileobj, **kwargs)  # its stream-mode tarfile is never written to
+            self.tarstream = tarfile.open(fileobj=fileobj, mode="w:", format=tarfile.USTAR_FORMAT)
+            self.tarstream.copybufsize = 64 << 20
+
+    return TarWriter
 
 
 def _write_samples(sink: BinaryIO, samples: Iterable[dict]) -> None:
     """Samples as a WebDataset tar through webdataset's TarWriter (encoders by extension)."""
-    with _TarWriter(sink, mtime=TAR_MTIME) as tar:
+    with _tar_writer_class()(sink, mtime=TAR_MTIME) as tar:
         for sample in samples:
             tar.write(sample)
 

@@ -233,6 +233,7 @@ LIGHT_IMPORTS = [
     (("vidcorpus.jobs.curate.pipeline", "vidcorpus.jobs.curate.caption_pool", "vidcorpus.jobs.pack_shards",
       "vidcorpus.captioning.caption_stage", "vidcorpus.filters.nsfw", "vidcorpus.filters.text_overlay"),
      ("ray", "transformers", "onnxruntime", "rapidocr_onnxruntime", "nudenet")),
+    (("vidcorpus.shards.writer",), ("torch", "webdataset")),  # webdataset imports torch: shard writers only
 ]
 
 
