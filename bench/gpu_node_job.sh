@@ -23,6 +23,8 @@
 # set-up writes them after each shape. Each report's host.core_speed (one core's decode of the
 # footage) tells loans apart; the ingest alone: run --set captioning.enabled=false [--set
 # filters.source_decode_threads=0] (run 12's stages ran 1.2 to 1.4x run 10a's a row, not separated).
+# The ingest with each source decoder, two jobs in one call after a one-hour prepare (carry as call 2):
+#   bash bench/gpu_node_job.sh ingest-ab    (NVDEC's saving inside Ray; about 2 x 280 s)
 # caption-alone (about 470 s from nothing; models-only prepare first, GPUJOB_MODELS_ONLY=1) measures
 # the caption stage alone; it reads and writes the same compile-cache folder.
 # Environment: GPUJOB_MINUTES (footage, default 60), GPUJOB_VIDEO_MINUTES (per video, default 4:
@@ -35,7 +37,7 @@
 # (the report), gpu_node_job.caption_actor.log (the caption actors' worker-log tails, when they said
 # anything), gpu_node_job.log (the job's own output); `warm` the same as gpu_node_warm_job.*.
 set -uo pipefail
-STEP=${1:?usage: bash bench/gpu_node_job.sh prepare|run|warm|nvdec-stages|caption-alone [--set k=v ...]}
+STEP=${1:?usage: bash bench/gpu_node_job.sh prepare|run|warm|ingest-ab|nvdec-stages|caption-alone [--set k=v ...]}
 shift
 STATE=${GPUJOB_STATE:-/tmp/gpujob}
 OUTDIR=${OUT:-$STATE/out}
@@ -127,6 +129,30 @@ run|warm)
     cp "$STATE/job/job.log" "$OUTDIR/$NAME.log" 2>/dev/null
     exit $rc
     ;;
+ingest-ab)
+    # The ingest alone (captioning off), the CPU decoders against NVDEC for the source decodes (split.decoder
+    # and filters.source_decoder), two jobs one after the other on the same footage and machine, each
+    # stopped after GPUJOB_BUDGET_S (default 260): the in-Ray saving that bench_nvdec_stages measured in one
+    # process (0.67x the scorers' CPU). GPUJOB_AB_ORDER (default "nvdec cpu": the later job finds warmer
+    # page caches, so the switch under test goes first). For one hour of footage (GPUJOB_MINUTES=60
+    # prepare) both fit one call. Writes gpu_node_ingest_<decoder>.json and .log for each.
+    [ -f "$STATE/prepared" ] || { echo "no prepared footage in $STATE (run prepare first)"; exit 6; }
+    unpack .gpujob/call2/site2.tar.xz
+    [ -f .gpujob/tn2/transnet.tar.xz ] && unpack .gpujob/tn2/transnet.tar.xz
+    chmod +x /tmp/site/ray/core/src/ray/gcs/gcs_server /tmp/site/ray/core/src/ray/raylet/raylet 2>/dev/null
+    python3 -c "import ray, ray.data; print('ray', ray.__version__)" || exit 3
+    R=$(pwd)
+    GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+    rc=0
+    for DEC in ${GPUJOB_AB_ORDER:-nvdec cpu}; do
+        (cd /tmp && python3 "$R/bench/gpu_node_job.py" run --footage "$STATE/footage" --models "$STATE/models" \
+            --work "$STATE" --out "$OUTDIR/gpu_node_ingest_$DEC.json" --budget-s "${GPUJOB_BUDGET_S:-260}" \
+            --label "GPU node, ingest only, decoders $DEC: $GPU_NAME, $(nproc) CPUs" \
+            --set captioning.enabled=false --set split.decoder="$DEC" --set filters.source_decoder="$DEC" "$@") || rc=$?
+        cp "$STATE/job/job.log" "$OUTDIR/gpu_node_ingest_$DEC.log" 2>/dev/null
+    done
+    exit $rc
+    ;;
 nvdec-stages)
     # The source-decoding stages (split, technical, motion, extraction) with the CPU decoder against NVDEC
     # (split.decoder, filters.source_decoder), in one process without Ray, on the first GPUJOB_NVDEC_VIDEOS videos of
@@ -152,5 +178,5 @@ caption-alone)
         --query-gpu=name --format=csv,noheader | head -1)" --out "$OUTDIR/caption_stage_alone.json"
     ;;
 *)
-    echo "usage: bash bench/gpu_node_job.sh prepare|run|warm|nvdec-stages|caption-alone [--set k=v ...]"; exit 1 ;;
+    echo "usage: bash bench/gpu_node_job.sh prepare|run|warm|ingest-ab|nvdec-stages|caption-alone [--set k=v ...]"; exit 1 ;;
 esac
