@@ -25,6 +25,7 @@
 # filters.source_decode_threads=0] (run 12's stages ran 1.2 to 1.4x run 10a's a row, not separated).
 # The ingest with each source decoder, two jobs in one call after a one-hour prepare (carry as call 2):
 #   bash bench/gpu_node_job.sh ingest-ab    (NVDEC's saving inside Ray; about 2 x 280 s)
+# and, in the prepare call after the footage (about 30 s): bash bench/gpu_node_job.sh nvdec-cpu
 # caption-alone (about 470 s from nothing; models-only prepare first, GPUJOB_MODELS_ONLY=1) measures
 # the caption stage alone; it reads and writes the same compile-cache folder.
 # Environment: GPUJOB_MINUTES (footage, default 60), GPUJOB_VIDEO_MINUTES (per video, default 4:
@@ -37,7 +38,7 @@
 # (the report), gpu_node_job.caption_actor.log (the caption actors' worker-log tails, when they said
 # anything), gpu_node_job.log (the job's own output); `warm` the same as gpu_node_warm_job.*.
 set -uo pipefail
-STEP=${1:?usage: bash bench/gpu_node_job.sh prepare|run|warm|ingest-ab|nvdec-stages|caption-alone [--set k=v ...]}
+STEP=${1:?usage: bash bench/gpu_node_job.sh prepare|run|warm|ingest-ab|nvdec-cpu|nvdec-stages|caption-alone [--set k=v ...]}
 shift
 STATE=${GPUJOB_STATE:-/tmp/gpujob}
 OUTDIR=${OUT:-$STATE/out}
@@ -153,6 +154,14 @@ ingest-ab)
     done
     exit $rc
     ;;
+nvdec-cpu)
+    # The host CPU a decoded frame costs with each H.264 decoder when every frame or every fifth is taken
+    # to host memory (bench/probe_nvdec_cpu.py: software, h264_cuvid, the CUDA hwaccel downloading every
+    # frame, and its frames left on the GPU, taken through DLPack). About 30 s; right after `prepare`.
+    [ -f "$STATE/prepared" ] || { echo "no prepared footage in $STATE (run prepare first)"; exit 6; }
+    cd bench && timeout 240 python3 probe_nvdec_cpu.py --video "$STATE/footage/edited_000.mp4" --frames 600 \
+        --out "$OUTDIR/probe_nvdec_cpu.json"
+    ;;
 nvdec-stages)
     # The source-decoding stages (split, technical, motion, extraction) with the CPU decoder against NVDEC
     # (split.decoder, filters.source_decoder), in one process without Ray, on the first GPUJOB_NVDEC_VIDEOS videos of
@@ -178,5 +187,5 @@ caption-alone)
         --query-gpu=name --format=csv,noheader | head -1)" --out "$OUTDIR/caption_stage_alone.json"
     ;;
 *)
-    echo "usage: bash bench/gpu_node_job.sh prepare|run|warm|ingest-ab|nvdec-stages|caption-alone [--set k=v ...]"; exit 1 ;;
+    echo "usage: bash bench/gpu_node_job.sh prepare|run|warm|ingest-ab|nvdec-cpu|nvdec-stages|caption-alone [--set k=v ...]"; exit 1 ;;
 esac

@@ -1,0 +1,133 @@
+"""The host CPU a decoded frame costs with each of PyAV's H.264 decoders, when a stage wants only some frames.
+
+A source cursor decodes every frame of a shot (H.264 needs the references) but the technical and
+motion scorers convert about one in five (``filters.motion_fps``). PyAV's ``h264_cuvid`` and the
+CUDA hwaccel as the project uses them hand every frame to the host (FFmpeg downloads each NV12
+frame, 1.4 MB at 720p): on an H100 host ``h264_cuvid`` took 1.43 ms of CPU a 720p frame against
+3.24 for software (``bench/results/probe_gpu_codecs_h100.json``). PyAV 18's ``HWAccel(...,
+is_hw_owned=True)`` leaves the frames in GPU memory, exported through DLPack, so a stage could
+download only the frames it wants. This measures whether that is worth a cursor of its own: per way,
+decode every frame of the first N and take the luma and chroma planes of every K-th to host memory
+as numpy arrays (what ``frame_seek.planar`` starts from); CPU ms per decoded frame, and whether the
+taken planes equal the software decoder's (matched by pts). A way that fails records its error.
+
+    python bench/probe_nvdec_cpu.py --video edited_000.mp4 [--frames 600] [--every 1,5] [--out probe.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+WAYS = ("software", "h264_cuvid", "hwaccel_download", "hwaccel_hw_owned")
+
+
+def _host_planes(frame) -> tuple[np.ndarray, np.ndarray]:
+    """(Y (H, W), chroma (2, H/2, W/2)) on the host of a yuv420p or nv12 frame already in host memory."""
+    h, w = frame.height, frame.width
+    if frame.format.name == "nv12":
+        y = np.frombuffer(frame.planes[0], np.uint8).reshape(-1, frame.planes[0].line_size)[:h, :w]
+        uv = np.frombuffer(frame.planes[1], np.uint8).reshape(-1, frame.planes[1].line_size)[:h // 2, :w]
+        return y.copy(), np.stack([uv[:, 0::2], uv[:, 1::2]])
+    planes = [np.frombuffer(p, np.uint8).reshape(-1, p.line_size) for p in frame.planes[:3]]
+    return planes[0][:h, :w].copy(), np.stack([planes[1][:h // 2, :w // 2], planes[2][:h // 2, :w // 2]])
+
+
+def _device_planes(frame) -> tuple[np.ndarray, np.ndarray]:
+    """The same from a frame left in GPU memory (NV12 in CUDA planes), through DLPack and torch."""
+    import torch
+
+    h, w = frame.height, frame.width
+    y = torch.from_dlpack(frame.planes[0]).reshape(h, -1)[:, :w].cpu().numpy()
+    uv = torch.from_dlpack(frame.planes[1]).reshape(h // 2, -1)[:, :w].cpu().numpy()
+    return y, np.stack([uv[:, 0::2], uv[:, 1::2]])
+
+
+def _frames(container, stream, way: str):
+    """Decoded frames of ``stream`` by ``way`` (packets from the container's demuxer)."""
+    import av
+    from av.codec.hwaccel import HWAccel
+
+    if way == "software":
+        stream.codec_context.thread_type = "SLICE"  # the source cursors' setting (filters.source_decode_threads=1)
+        stream.codec_context.thread_count = 1
+        yield from container.decode(stream)
+        return
+    if way == "h264_cuvid":
+        ctx = av.CodecContext.create("h264_cuvid", "r")
+    else:
+        ctx = av.CodecContext.create("h264", "r", hwaccel=HWAccel(
+            "cuda", allow_software_fallback=False, is_hw_owned=way == "hwaccel_hw_owned"))
+    ctx.extradata = stream.codec_context.extradata
+    for packet in container.demux(stream):
+        yield from ctx.decode(packet if packet.size else None)
+
+
+def decode(path: str, way: str, n: int, every: int) -> tuple[dict, int, float, float]:
+    """({pts: (Y, chroma)} of every ``every``-th frame, frames decoded, wall s, CPU s)."""
+    import av
+
+    taken: dict = {}
+    count = 0
+    take = _device_planes if way == "hwaccel_hw_owned" else _host_planes
+    wall, cpu = time.perf_counter(), time.process_time()
+    with av.open(path) as container:
+        for frame in _frames(container, container.streams.video[0], way):
+            if count % every == 0:
+                taken[frame.pts] = take(frame)
+            count += 1
+            if count >= n:
+                break
+    return taken, count, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def same_planes(ref: dict, got: dict) -> dict:
+    common = sorted(set(ref) & set(got))
+    same = sum(np.array_equal(ref[p][0], got[p][0]) and np.array_equal(ref[p][1], got[p][1]) for p in common)
+    return {"taken": len(got), "matched_by_pts": len(common), "identical_planes": int(same)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--video", required=True)
+    ap.add_argument("--frames", type=int, default=600)
+    ap.add_argument("--every", default="1,5", help="Take every K-th frame's planes; comma-separated Ks.")
+    ap.add_argument("--rounds", type=int, default=2, help="Rounds of all ways, interleaved; each way's least CPU.")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    import av
+
+    from run_meta import emit, finish_metadata, run_metadata
+
+    meta = run_metadata()
+    result: dict = {"av": av.__version__, "video": args.video, "frames": args.frames, "rounds": args.rounds,
+                    "ways": {}}
+    for every in (int(k) for k in args.every.split(",")):
+        ref = None
+        rows: dict = {}
+        for _ in range(args.rounds):
+            for way in WAYS:
+                try:
+                    taken, count, wall, cpu = decode(args.video, way, args.frames, every)
+                except Exception as exc:  # noqa: BLE001 - a decoder that cannot run here is the finding
+                    rows[way] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                    continue
+                if way == "software":
+                    ref = taken
+                best = rows.get(way)
+                if best is None or "error" in best or cpu < best["cpu_s"]:
+                    rows[way] = {"decoded": count, "cpu_s": round(cpu, 3), "wall_s": round(wall, 3),
+                                 "cpu_ms_per_frame": round(1000 * cpu / max(count, 1), 3),
+                                 **(same_planes(ref, taken) if ref is not None else {})}
+        soft = rows.get("software", {}).get("cpu_s")
+        for row in rows.values():
+            if soft and "cpu_s" in row:
+                row["cpu_of_software"] = round(row["cpu_s"] / soft, 3)
+        result["ways"][f"every_{every}"] = rows
+    emit({**finish_metadata(meta), **result}, args.out)
+
+
+if __name__ == "__main__":
+    main()
