@@ -394,6 +394,25 @@ def caption_actor_log(dest: Path, since: float, ray_logs: str = "/tmp/ray/sessio
     return lines
 
 
+NVDEC_FALLBACK = "NVDEC (split.decoder, filters.source_decoder):"  # vidcorpus/nvdec.py's warning
+
+
+def nvdec_fallbacks(since: float, ray_logs: str = "/tmp/ray/session_latest/logs") -> dict:
+    """Ray workers of this job that said NVDEC did not open for them (each then decoded its sources on
+    the CPU; the warning goes to the worker's log, once per process): how many, and their first lines.
+    None of them, with a switch on and the decoder busy in the samples, means the tasks used NVDEC."""
+    lines = []
+    for path in sorted(glob.glob(f"{ray_logs}/worker-*.err")):
+        try:
+            if os.path.getmtime(path) < since:
+                continue
+            text = Path(path).read_text(errors="replace")
+        except OSError:
+            continue
+        lines += [ln for ln in text.splitlines() if NVDEC_FALLBACK in ln][:1]
+    return {"workers": len(lines), "first_lines": lines[:5]}
+
+
 def gpu_info() -> dict:
     try:
         import torch
@@ -500,6 +519,7 @@ def run_job(footage: Path, models_dir: Path, work: Path, out: Path, budget_s: fl
     cpu_mon.stop.set()
     subprocess.run(["ray", "stop", "--force"], capture_output=True) if shutil.which("ray") else None
     setup_lines = caption_actor_log(out.with_suffix(".caption_actor.log"), since=t0)
+    fallbacks = nvdec_fallbacks(since=t0)
     from vidcorpus.config import load_config
 
     cfg = load_config(None, sets)
@@ -542,6 +562,7 @@ def run_job(footage: Path, models_dir: Path, work: Path, out: Path, budget_s: fl
         # the caption actor's set-up steps from its Ray worker log (models, compile cache, warm-up shapes);
         # its whole log tail is beside the report (<report>.caption_actor.log)
         "caption_setup_lines": setup_lines,
+        "nvdec_fallbacks": fallbacks,  # workers whose NVDEC did not open (with split.decoder/filters.source_decoder nvdec)
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=str))
