@@ -36,13 +36,15 @@ def _host_planes(frame) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _device_planes(frame) -> tuple[np.ndarray, np.ndarray]:
-    """The same from a frame left in GPU memory (NV12 in CUDA planes), through DLPack and torch."""
-    import torch
+    """The same from a frame left in GPU memory (NV12 in CUDA planes), through DLPack and torch. PyAV
+    exports a CUDA plane only without a stream (torch.from_dlpack passes one), so the capsule goes to
+    torch directly; its frames live in the primary CUDA context (PyAV sets ``primary_ctx`` for
+    hw-owned frames), torch's own, and FFmpeg copies them on the default stream, as torch reads."""
+    from torch.utils.dlpack import from_dlpack
 
-    h, w = frame.height, frame.width
-    y = torch.from_dlpack(frame.planes[0]).reshape(h, -1)[:, :w].cpu().numpy()
-    uv = torch.from_dlpack(frame.planes[1]).reshape(h // 2, -1)[:, :w].cpu().numpy()
-    return y, np.stack([uv[:, 0::2], uv[:, 1::2]])
+    y = from_dlpack(frame.planes[0].__dlpack__()).cpu().numpy()  # (H, W), rows line_size apart
+    uv = from_dlpack(frame.planes[1].__dlpack__()).cpu().numpy()  # (H/2, W/2, 2)
+    return y, np.stack([uv[..., 0], uv[..., 1]])
 
 
 def _frames(container, stream, way: str):
