@@ -7,14 +7,16 @@ bench/results/decode_threads_h100_node.json); NVDEC through PyAV's h264_cuvid to
 3.24 in software (probe_gpu_codecs_h100.json). This measures what the stages themselves save.
 
 In one process, no Ray (as bench/stage_cpu.py), per round and per decoder, interleaved (cpu, nvdec,
-cpu, nvdec, ...): the split stage detects the shots of every video (split.decoder), the technical
+nvdec_gpu_frames, cpu, ...; ``--decoders``): the split stage detects the shots of every video
+(split.decoder: nvdec for both NVDEC arms, as it reads every frame), the technical
 and motion stages score every clip from the source and the extract stage writes every other clip
 (filters.source_decoder; recipes keep about half, and the gaps make it seek), with the job's
 defaults otherwise. Per decoder: CPU seconds (``time.process_time``, all
 threads) and wall seconds of each, the decoders NVDEC opened, and hashes of every clip's scores and
 every clip file's bytes, which must agree between the decoders.
 
-    python bench/bench_nvdec_stages.py VIDEO [VIDEO ...] [--rounds 2] [--set k=v ...] [--out result.json]
+    python bench/bench_nvdec_stages.py VIDEO [VIDEO ...] [--rounds 2] [--decoders cpu,nvdec,nvdec_gpu_frames]
+        [--set k=v ...] [--out result.json]
 """
 
 from __future__ import annotations
@@ -53,8 +55,9 @@ def _round(videos: list[str], decoder: str, sets: list[str]) -> dict:
     from vidcorpus.schemas import rows_to_table
     from vidcorpus.storage import read_bytes
 
+    split_decoder = "cpu" if decoder == "cpu" else "nvdec"  # shot detection reads every frame: cuvid's way
     cfg = load_config(None, [f"workdir={tempfile.mkdtemp(prefix=f'nvdec_{decoder}_')}", "models.preset=tiny",
-                             f"filters.source_decoder={decoder}", f"split.decoder={decoder}", *sets])
+                             f"filters.source_decoder={decoder}", f"split.decoder={split_decoder}", *sets])
     rows, split_cost = _split(videos, cfg)
     while source_frames._CURSOR:
         source_frames._CURSOR.pop().close()
@@ -102,25 +105,30 @@ def main() -> None:
     ap.add_argument("videos", nargs="+")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--set", dest="sets", action="append", default=[], help="Config override (section.key=value).")
+    ap.add_argument("--decoders", default="cpu,nvdec,nvdec_gpu_frames",
+                    help="filters.source_decoder values, in each round's order (the first is the reference).")
     ap.add_argument("--out")
     a = ap.parse_args()
     from run_meta import emit, finish_metadata, run_metadata
 
     meta = run_metadata()
-    rounds = [_round(a.videos, decoder, a.sets) for _ in range(a.rounds) for decoder in ("cpu", "nvdec")]
+    decoders = a.decoders.split(",")
+    rounds = [_round(a.videos, decoder, a.sets) for _ in range(a.rounds) for decoder in decoders]
     frames = rounds[0]["frames_in_clips"]
     stages = ("split", "scorers", "extract")
     best = {}
-    for decoder in ("cpu", "nvdec"):
+    for decoder in decoders:
         mine = [r for r in rounds if r["decoder"] == decoder]
         best[decoder] = {stage: {k: min(r[stage][k] for r in mine) for k in ("cpu_s", "wall_s")} for stage in stages}
         for stage in stages:
             best[decoder][stage]["cpu_ms_per_frame"] = round(1000 * best[decoder][stage]["cpu_s"] / max(frames, 1), 3)
+    ref = decoders[0]
+    over = {d: {stage: round(best[d][stage]["cpu_s"] / max(best[ref][stage]["cpu_s"], 1e-9), 3) for stage in stages}
+            for d in decoders[1:]}
     same = len({(r["scores_sha256"], r["clip_files_sha256"]) for r in rounds}) == 1
-    result = {"videos": a.videos, "sets": a.sets, "rounds": a.rounds,
+    result = {"videos": a.videos, "sets": a.sets, "rounds": a.rounds, "decoders": decoders,
               "clips": rounds[0]["clips"], "frames_in_clips": frames, "best": best,
-              "nvdec_over_cpu": {stage: round(best["nvdec"][stage]["cpu_s"] / max(best["cpu"][stage]["cpu_s"], 1e-9), 3)
-                                 for stage in stages},
+              f"over_{ref}": over, **({"nvdec_over_cpu": over["nvdec"]} if ref == "cpu" and "nvdec" in over else {}),
               "same_corpus": same, "each_round": rounds}
     emit({**finish_metadata(meta), **result}, a.out)
 

@@ -135,7 +135,8 @@ ingest-ab)
     # and filters.source_decoder), two jobs one after the other on the same footage and machine, each
     # stopped after GPUJOB_BUDGET_S (default 260): the in-Ray saving that bench_nvdec_stages measured in one
     # process (0.67x the scorers' CPU). GPUJOB_AB_ORDER (default "nvdec cpu": the later job finds warmer
-    # page caches, so the switch under test goes first). For one hour of footage (GPUJOB_MINUTES=60
+    # page caches, so the switch under test goes first; "nvdec_gpu_frames" is a filters.source_decoder value
+    # too, with split.decoder nvdec). For one hour of footage (GPUJOB_MINUTES=60
     # prepare) both fit one call. Writes gpu_node_ingest_<decoder>.json and .log for each.
     [ -f "$STATE/prepared" ] || { echo "no prepared footage in $STATE (run prepare first)"; exit 6; }
     unpack .gpujob/call2/site2.tar.xz
@@ -149,7 +150,8 @@ ingest-ab)
         (cd /tmp && python3 "$R/bench/gpu_node_job.py" run --footage "$STATE/footage" --models "$STATE/models" \
             --work "$STATE" --out "$OUTDIR/gpu_node_ingest_$DEC.json" --budget-s "${GPUJOB_BUDGET_S:-260}" \
             --label "GPU node, ingest only, decoders $DEC: $GPU_NAME, $(nproc) CPUs" \
-            --set captioning.enabled=false --set split.decoder="$DEC" --set filters.source_decoder="$DEC" "$@") || rc=$?
+            --set captioning.enabled=false --set split.decoder="$([ "$DEC" = cpu ] && echo cpu || echo nvdec)" \
+            --set filters.source_decoder="$DEC" "$@") || rc=$?
         cp "$STATE/job/job.log" "$OUTDIR/gpu_node_ingest_$DEC.log" 2>/dev/null
     done
     exit $rc
@@ -164,7 +166,9 @@ nvdec-cpu)
     ;;
 nvdec-stages)
     # The source-decoding stages (split, technical, motion, extraction) with the CPU decoder against NVDEC
-    # (split.decoder, filters.source_decoder), in one process without Ray, on the first GPUJOB_NVDEC_VIDEOS videos of
+    # (split.decoder, filters.source_decoder: nvdec, then nvdec_gpu_frames, which leaves the frames on the GPU
+    # until a scorer takes them; three arms since 2026-12-08, about 1.5x the two arms' 210 s for three
+    # one-minute videos and two rounds), in one process without Ray, on the first GPUJOB_NVDEC_VIDEOS videos of
     # the footage (default 1): CPU of each and hashes that show both give the same corpus. Right after
     # `prepare` on the same machine (its packages are all it needs).
     [ -f "$STATE/prepared" ] || { echo "no prepared footage in $STATE (run prepare first)"; exit 6; }

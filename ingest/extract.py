@@ -130,7 +130,8 @@ def _write(url: str, data: bytes) -> None:
     write_atomic(url, data, fsync=False)
 
 
-def _clip_frames(path: str, rows: list[dict], threads: int, nvdec: bool = False) -> Iterator[tuple[int, av.VideoFrame]]:
+def _clip_frames(path: str, rows: list[dict], threads: int,
+                 nvdec: str | None = None) -> Iterator[tuple[int, av.VideoFrame]]:
     """(source frame index, frame) for every frame of the rows' ranges, in order, through this
     process's source cursor (``source_frames.decode_source_range``): between the ranges (clips the
     recipe dropped, clips stream-copied) it seeks past whole keyframe intervals and skips the

@@ -15,6 +15,7 @@ from scenedetect import FrameTimecode
 from scenedetect.backends.pyav import VideoStreamAv
 
 from vidcorpus.frame_index import FrameCursor
+from vidcorpus.nvdec import CUVID
 from vidcorpus.ingest.scale_ahead import ScaleAhead
 from vidcorpus.media import detection_frame
 
@@ -27,7 +28,7 @@ DECODE_THREADS: int | None = None
 def _gpu_frames(path: str, start: int, index):
     """A ``FrameCursor``'s frames on NVDEC from ``start``; its decoder goes back to ``vidcorpus.nvdec``
     when the stream is done or dropped."""
-    cursor = FrameCursor(path, start, index, nvdec=True)
+    cursor = FrameCursor(path, start, index, nvdec=CUVID)  # every frame is read: no frame left on the GPU
     try:
         yield from cursor.take(0, 2**62)
     finally:

@@ -53,7 +53,7 @@ def stand_in(monkeypatch):
     _StandInNvdec.created = 0
 
     def context(stream):
-        key = ("h264", bytes(stream.codec_context.extradata or b""))
+        key = (nvdec.CUVID, "h264", bytes(stream.codec_context.extradata or b""))
         return nvdec._IDLE.pop(key, None) or _StandInNvdec(stream)
 
     monkeypatch.setattr(frame_index, "cuvid_context", context)
@@ -119,12 +119,12 @@ def test_a_cursor_that_seeks_back_after_nvdec_frames_gets_the_frames_of_a_fresh_
     cursor's first frames are its own source's, not the last one's."""
     with av.open(keyed) as c:
         full = [to_rgb(f) for f in c.decode(video=0)]
-    first = FrameCursor(keyed, 0, None, nvdec=True)
+    first = FrameCursor(keyed, 0, None, nvdec=nvdec.CUVID)
     assert first.on_gpu
     taken = list(first.take(0, 50))
     assert [i for i, _ in taken] == list(range(51))
     first.close()
-    again = FrameCursor(keyed, 90, frame_index.index_of(keyed), nvdec=True)
+    again = FrameCursor(keyed, 90, frame_index.index_of(keyed), nvdec=nvdec.CUVID)
     got = dict(again.take(90, 125))
     again.close()
     assert sorted(got) == list(range(90, 126))
@@ -140,7 +140,7 @@ def test_where_nvdec_does_not_open_the_cursor_decodes_on_the_cpu_and_says_so_onc
     with av.open(video) as c:
         full = [to_rgb(f) for f in c.decode(video=0)]
     with caplog.at_level(logging.WARNING, logger="vidcorpus.nvdec"):
-        cursors = [FrameCursor(video, 0, None, nvdec=True) for _ in range(2)]
+        cursors = [FrameCursor(video, 0, None, nvdec=nvdec.CUVID) for _ in range(2)]
     if any(c.on_gpu for c in cursors):
         pytest.skip("this machine's NVDEC opened")
     got = [f for _, f in cursors[0].take(0, len(full) - 1)]
@@ -176,9 +176,12 @@ def test_a_turned_source_stays_on_the_cpu_decoder():
     from vidcorpus.source_frames import decoder_for
 
     cfg = load_config(None, ["filters.source_decoder=nvdec"])
-    assert decoder_for([{"rotation": 0}, {"rotation": None}], cfg.filters)["nvdec"] is True
-    assert decoder_for([{"rotation": 90}], cfg.filters)["nvdec"] is False
-    assert decoder_for([{"rotation": 0}], load_config(None, []).filters)["nvdec"] is False
+    assert decoder_for([{"rotation": 0}, {"rotation": None}], cfg.filters)["nvdec"] == nvdec.CUVID
+    assert decoder_for([{"rotation": 90}], cfg.filters)["nvdec"] is None
+    assert decoder_for([{"rotation": 0}], load_config(None, []).filters)["nvdec"] is None
+    on_gpu = load_config(None, ["filters.source_decoder=nvdec_gpu_frames"]).filters
+    assert decoder_for([{"rotation": 0}], on_gpu)["nvdec"] == nvdec.GPU_FRAMES
+    assert decoder_for([{"rotation": 270}], on_gpu)["nvdec"] is None
 
 
 def _split_rows(cfg, path: str) -> list[tuple]:
@@ -238,9 +241,115 @@ def test_a_run_says_in_one_line_when_its_nvdec_switches_find_no_gpu():
     from vidcorpus.config import Config
 
     both = Config.model_validate({"split": {"decoder": "nvdec"}, "filters": {"source_decoder": "nvdec"}})
-    assert nvdec.without_gpu_note(both, 0.0) == ("split.decoder and filters.source_decoder = nvdec, but the cluster "
-                                                 "has no GPU: sources are decoded on the CPU")
+    assert nvdec.without_gpu_note(both, 0.0) == ("split.decoder=nvdec and filters.source_decoder=nvdec, but the "
+                                                 "cluster has no GPU: sources are decoded on the CPU")
     assert nvdec.without_gpu_note(both, 1.0) is None
     assert nvdec.without_gpu_note(Config(), 0.0) is None
-    assert "filters.source_decoder = nvdec" in nvdec.without_gpu_note(
-        Config.model_validate({"filters": {"source_decoder": "nvdec"}}), 0.0)
+    assert nvdec.without_gpu_note(Config.model_validate({"filters": {"source_decoder": "nvdec_gpu_frames"}}),
+                                  0.0).startswith("filters.source_decoder=nvdec_gpu_frames, but")
+
+
+class _StandInHwFrames(_StandInNvdec):
+    """A decoder context like the CUDA hwaccel's with frames left on the GPU: its own codec context,
+    packets in, NV12 frames out, which ``gpu_frames_stand_in`` makes ``nvdec.host_frame`` treat as
+    frames in GPU memory (their planes then go through DLPack, as CUDA planes do: PyAV exports a host
+    NV12 frame's planes in the same shapes)."""
+
+    def decode(self, packet):
+        self.decodes += 1
+        for frame in self.ctx.decode(packet):
+            yield frame.reformat(format="nv12")  # the hwaccel's frames keep the decoder's colour tags
+
+
+@pytest.fixture
+def gpu_frames_stand_in(monkeypatch):
+    """hw_frames_context handing out stand-ins (pooled through nvdec.release), and a count of the
+    frames copied to the host."""
+    nvdec._IDLE.clear()
+    _StandInHwFrames.created = 0
+    copied = []
+
+    def context(stream):
+        key = (nvdec.GPU_FRAMES, "h264 with the CUDA hwaccel", bytes(stream.codec_context.extradata or b""))
+        return nvdec._IDLE.pop(key, None) or _StandInHwFrames(stream)
+
+    real = nvdec._download_nv12
+
+    def download(frame):
+        copied.append(frame.pts)
+        return real(frame)
+
+    monkeypatch.setattr(frame_index, "hw_frames_context", context)
+    monkeypatch.setattr(nvdec, "_on_device", lambda frame: frame.format.name == "nv12")
+    monkeypatch.setattr(nvdec, "_download_nv12", download)
+    yield _StandInHwFrames, copied
+    nvdec._IDLE.clear()
+
+
+def test_a_frame_copied_from_the_gpu_keeps_its_pixels_timing_and_colour_tags(video, gpu_frames_stand_in):
+    with av.open(video) as c:
+        frames = [f for _, f in zip(range(12), c.decode(video=0))]
+    for frame in frames:
+        frame.color_range = 1  # a tag the copy must carry over
+        host = nvdec.host_frame(frame.reformat(format="nv12"))
+        assert host.format.name == "yuv420p"
+        assert (host.pts, host.time_base, host.color_range) == (frame.pts, frame.time_base, 1)
+        assert np.array_equal(host.to_ndarray(), frame.to_ndarray())
+        assert np.array_equal(to_rgb(host), to_rgb(frame))
+    assert len(gpu_frames_stand_in[1]) == len(frames)
+
+
+@pytest.mark.parametrize("source", ["video", "keyed"])
+def test_frames_left_on_the_gpu_give_the_cpu_decoders_corpus_and_only_sampled_frames_are_copied(
+        tmp_path, request, gpu_frames_stand_in, source):
+    """filters.source_decoder=nvdec_gpu_frames: the scorers' source decode copies to the host only the
+    frames they sample, and scores and precise clips are the CPU decoder's (extraction copies every
+    frame of its clips)."""
+    from vidcorpus import source_frames
+    from vidcorpus.filters.motion import MotionStage
+    from vidcorpus.filters.technical import TechnicalStage
+
+    stand_in, copied = gpu_frames_stand_in
+    path = request.getfixturevalue(source)
+    out = {}
+    for decoder in ("cpu", "nvdec_gpu_frames"):
+        cfg = load_config(None, [f"filters.source_decoder={decoder}", "split.extract_mode=precise"],
+                          workdir=str(tmp_path / decoder))
+        rows = _split(cfg, path)
+        _close_cursor()
+        copied.clear()
+        scored = MotionStage(cfg)(TechnicalStage(cfg)(rows_to_table(rows))).to_pylist()
+        assert all(not r["error_class"] for r in scored), [r["error"] for r in scored]
+        decoded = source_frames.frames_decoded()
+        scorer_copies = len(copied)
+        _close_cursor()
+        clips, _ = _extracted(cfg, [rows[0], rows[2], rows[3]])
+        out[decoder] = (_scores(scored), clips, scorer_copies, decoded)
+    assert out["cpu"][2] == 0
+    assert out["nvdec_gpu_frames"][0] == out["cpu"][0]
+    assert out["nvdec_gpu_frames"][1] == out["cpu"][1]
+    copies, decoded = out["nvdec_gpu_frames"][2:]
+    assert 0 < copies < decoded / 2, (copies, decoded)  # the scorers sample a fraction of what is decoded
+    assert stand_in.created == 1  # one decoder for every cursor of the process
+
+
+def test_frames_stay_on_the_gpu_only_for_8_bit_420_limited_range_streams(tmp_path):
+    """A 4:4:4 (or full-range "yuvj") source would lose what NV12 cannot hold: its cursor reads it on
+    the CPU without trying the GPU (no warning: the next source may be taken)."""
+    path = str(tmp_path / "444.mp4")
+    with av.open(path, "w") as out:
+        stream = out.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv444p"
+        for i, rgb in enumerate(np.random.default_rng(0).integers(0, 255, (6, 64, 96, 3), dtype=np.uint8)):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    nvdec._UNAVAILABLE.clear()
+    with av.open(path) as c:
+        assert c.streams.video[0].codec_context.format.name == "yuv444p"
+        assert nvdec.hw_frames_context(c.streams.video[0]) is None
+    assert not nvdec._UNAVAILABLE
+    cursor = FrameCursor(path, 0, None, nvdec=nvdec.GPU_FRAMES)
+    assert not cursor.on_gpu and len(list(cursor.take(0, 5))) == 6
+    cursor.close()

@@ -233,12 +233,15 @@ class FiltersConfig(Section):
                              "the other reads of a source, a clip without stills for the CLIP scorer or a preview, "
                              "use one). Many tasks decode at once in a run, so one each costs the least CPU; 0: "
                              "FFmpeg's frame threads, about one per core (18 to 29% more CPU a frame, 3 and 16 threads).")
-    source_decoder: Literal["cpu", "nvdec"] = Field(
+    source_decoder: Literal["cpu", "nvdec", "nvdec_gpu_frames"] = Field(
         "cpu", description="What decodes the sources for the technical and motion scorers and precise extraction. "
                            "nvdec: the GPU's video decoder (PyAV's *_cuvid), where a worker sees a GPU (those "
                            "stages then ask Ray for a small GPU share); the frames, scores and clips are those of "
                            "the CPU decoder, and a source NVDEC cannot open, or one turned by a display matrix, "
-                           "is decoded on the CPU (vidcorpus/nvdec.py).")
+                           "is decoded on the CPU (vidcorpus/nvdec.py). nvdec_gpu_frames: NVDEC with its frames "
+                           "left in GPU memory, only those a scorer samples copied to the host (about one in "
+                           "five; extraction takes every frame); 8-bit 4:2:0 limited-range sources only, not "
+                           "yet measured on a GPU.")
     skip_unread_frames: bool = Field(
         True, description="Scorers reading unextracted clips from their source leave out the source's non-reference "
                           "frames that no scorer reads (FFmpeg skip_frame; the frames read are those of a full "

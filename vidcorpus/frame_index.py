@@ -36,8 +36,8 @@ from typing import Collection, Iterator
 import av
 import fsspec
 
-from vidcorpus.frame_seek import planar, skip_setting
-from vidcorpus.nvdec import cuvid_context, release
+from vidcorpus.frame_seek import skip_setting
+from vidcorpus.nvdec import CUVID, cuvid_context, host_frame, hw_frames_context, release
 from vidcorpus.storage import is_url, local_path
 
 
@@ -130,12 +130,13 @@ class FrameCursor:
     With an index and a start past the first keyframe interval it seeks; otherwise (or after an
     ``IndexMismatch``) it decodes from frame 0. ``next`` is the index of the next frame it will hand
     out. ``decoded`` counts the frames the decoder produced (skipped ones are not decoded).
-    ``nvdec``: decode on the GPU's video decoder where one opens (``vidcorpus/nvdec.py``; it skips no
-    frame, and hands out the wanted frames in yuv420p, as the software decoder does), else on the CPU;
-    ``on_gpu`` says which."""
+    ``nvdec``: decode on the GPU's video decoder where one opens, of that kind (``vidcorpus/nvdec.py``:
+    ``CUVID`` or ``GPU_FRAMES``; it skips no frame, and hands out the wanted frames in host memory, in
+    yuv420p, as the software decoder does), else (None, or where none opens) on the CPU; ``on_gpu``
+    says which."""
 
     def __init__(self, path: str, start: int = 0, index: FrameIndex | None = None, threads: int = 0,
-                 nvdec: bool = False):
+                 nvdec: str | None = None):
         # threads: 0, FFmpeg's choice (frame threads, about one per core: the fastest for one decode
         # alone); n, slice threads only, at most n (a source of one slice a frame decodes on one
         # thread): frame threads cost 18 to 29% more CPU a frame, which a host running a decode in
@@ -171,7 +172,7 @@ class FrameCursor:
         self._skipped: set[int] = set()  # frames whose packets went in skippable, not yet passed
         self._held: tuple[int, av.VideoFrame] | None = None  # a frame past the last take's range
         if self.nvdec:  # close() above gave a decoder of before back, flushed: taken again here
-            self._hw = cuvid_context(stream)
+            self._hw = cuvid_context(stream) if self.nvdec == CUVID else hw_frames_context(stream)
         self._frames = self._decode_gpu(stream) if self._hw is not None else self._decode(stream)
 
     @property
@@ -237,7 +238,8 @@ class FrameCursor:
                 return
             self.next = i + 1
             if i >= first:
-                yield i, (planar(frame) if wanted is None or i in wanted else frame)
+                # frames nobody wants stay as decoded (on the GPU, where GPU_FRAMES leaves them)
+                yield i, (host_frame(frame) if wanted is None or i in wanted else frame)
 
     def _number_by_pts(self) -> None:
         """Number frames by pts from here on (so that skipped frames keep their numbers), when the
@@ -258,7 +260,7 @@ class FrameCursor:
 
     def close(self) -> None:
         if self._hw is not None:
-            release(self._hw)
+            release(self._hw, self.nvdec)
             self._hw = None
         if self.container is not None:
             try:

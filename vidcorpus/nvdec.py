@@ -11,6 +11,13 @@ source (``filters.source_decoder``).
 Where there is no NVDEC (no CUDA device visible to this process: Ray hides the GPU from a task that
 asks for no share of it; a codec or profile NVDEC does not take; an FFmpeg without cuvid) the caller
 decodes in software, and this process says so once.
+
+Two ways to NVDEC (``decoder_kind``): ``CUVID`` (``nvdec``), where FFmpeg copies every decoded
+frame to host memory, and ``GPU_FRAMES`` (``nvdec_gpu_frames``): the codec's own decoder with the
+CUDA hwaccel, its frames left in GPU memory (PyAV 18's ``is_hw_owned``) and copied over through
+DLPack only when a reader takes them (``host_frame``). The technical and motion scorers take about
+one frame in five of what a source decode goes through; whether leaving the rest on the GPU saves
+host CPU is what ``bench/probe_nvdec_cpu.py`` measures (not yet on a GPU).
 """
 
 from __future__ import annotations
@@ -18,14 +25,26 @@ from __future__ import annotations
 import logging
 
 import av
+import numpy as np
+from av.codec.hwaccel import HWAccel
+
+from vidcorpus.frame_seek import planar
 
 log = logging.getLogger(__name__)
 
-_UNAVAILABLE: set[str] = set()  # cuvid decoders that did not open in this process: not tried again
-# Open decoders no cursor holds, by (decoder, the stream's extradata): opening one makes a CUDA context
-# (tenths of a second), and a task seeks through many sources and ranges, so a released decoder is
-# flushed and handed to the next cursor instead.
-_IDLE: dict[tuple[str, bytes], av.CodecContext] = {}
+CUVID = "cuvid"  # PyAV's <codec>_cuvid: FFmpeg copies every frame to host memory
+GPU_FRAMES = "gpu_frames"  # the codec's decoder with the CUDA hwaccel: frames stay on the GPU until taken
+_UNAVAILABLE: set[str] = set()  # GPU decoders that did not open in this process: not tried again
+# Open decoders no cursor holds, by (kind, decoder, the stream's extradata): opening one makes a CUDA
+# context (tenths of a second), and a task seeks through many sources and ranges, so a released
+# decoder is flushed and handed to the next cursor instead.
+_IDLE: dict[tuple[str, str, bytes], av.CodecContext] = {}
+
+
+def decoder_kind(setting: str) -> str | None:
+    """The cursor's decoder for a setting of ``filters.source_decoder`` or ``split.decoder``: None (the
+    CPU), ``CUVID`` or ``GPU_FRAMES``."""
+    return {"nvdec": CUVID, "nvdec_gpu_frames": GPU_FRAMES}.get(setting)
 
 
 def cuvid_context(stream: av.video.stream.VideoStream) -> av.CodecContext | None:
@@ -36,12 +55,41 @@ def cuvid_context(stream: av.video.stream.VideoStream) -> av.CodecContext | None
     if name in _UNAVAILABLE:
         return None
     extradata = bytes(stream.codec_context.extradata or b"")
-    idle = _IDLE.pop((name, extradata), None)
+    idle = _IDLE.pop((CUVID, name, extradata), None)
     if idle is not None:
         return idle
     if name not in av.codecs_available:
         return _unavailable(name, "this FFmpeg has no such decoder")
     ctx = av.CodecContext.create(name, "r")
+    return _opened(ctx, stream, name)
+
+
+def hw_frames_context(stream: av.video.stream.VideoStream) -> av.CodecContext | None:
+    """An open decoder for ``stream`` on NVDEC whose frames stay in GPU memory (``GPU_FRAMES``), fed
+    with the stream's packets by the caller, or None (the caller decodes in software): where it cannot
+    open, and for a stream other than 8-bit 4:2:0 at limited range (``host_frame`` rebuilds NV12 only;
+    a full-range "yuvj" source converts by its pixel format, which an NV12 copy would lose). Where the
+    GPU cannot take a stream FFmpeg decodes it in software in the same context (plain frames, which
+    ``host_frame`` passes on). Give it back with ``release``."""
+    fmt = stream.codec_context.format
+    if fmt is None or fmt.name != "yuv420p":
+        return None
+    name = f"{stream.codec_context.name} with the CUDA hwaccel"
+    if name in _UNAVAILABLE:
+        return None
+    extradata = bytes(stream.codec_context.extradata or b"")
+    idle = _IDLE.pop((GPU_FRAMES, name, extradata), None)
+    if idle is not None:
+        return idle
+    try:
+        ctx = av.CodecContext.create(stream.codec_context.name, "r", hwaccel=HWAccel(
+            "cuda", allow_software_fallback=True, is_hw_owned=True))  # primary_ctx: torch's own context
+    except (av.error.FFmpegError, OSError, NotImplementedError) as exc:  # no GPU visible, no CUDA in FFmpeg
+        return _unavailable(name, f"{type(exc).__name__}: {exc}")
+    return _opened(ctx, stream, name)
+
+
+def _opened(ctx: av.CodecContext, stream, name: str) -> av.CodecContext | None:
     ctx.extradata = stream.codec_context.extradata
     try:
         ctx.open()
@@ -50,16 +98,44 @@ def cuvid_context(stream: av.video.stream.VideoStream) -> av.CodecContext | None
     return ctx
 
 
-def release(ctx: av.CodecContext) -> None:
-    """Keep an NVDEC decoder for the next cursor over a stream with the same parameters, emptied of
-    the frames it still held (one idle decoder per kind: another is closed)."""
-    key = (ctx.codec.name, bytes(ctx.extradata or b""))
+def release(ctx: av.CodecContext, kind: str = CUVID) -> None:
+    """Keep an NVDEC decoder (of ``kind``) for the next cursor over a stream with the same parameters,
+    emptied of the frames it still held (one idle decoder per kind: another is closed)."""
+    name = ctx.codec.name if kind == CUVID else f"{ctx.codec.name} with the CUDA hwaccel"
+    key = (kind, name, bytes(ctx.extradata or b""))
     try:
         ctx.flush_buffers()
     except av.error.FFmpegError:
         return
     if key not in _IDLE:
         _IDLE[key] = ctx
+
+
+def host_frame(frame: av.VideoFrame) -> av.VideoFrame:
+    """A decoded frame in host memory as the software decoder gives it: one left in GPU memory
+    (``GPU_FRAMES``) copied over first; NV12 rearranged to yuv420p (``frame_seek.planar``)."""
+    return planar(_download_nv12(frame) if _on_device(frame) else frame)
+
+
+def _on_device(frame: av.VideoFrame) -> bool:
+    return frame.format.name == "cuda"
+
+
+def _download_nv12(frame: av.VideoFrame) -> av.VideoFrame:
+    """A host NV12 copy of a frame in GPU memory, with its timing and colour tags. Its planes go
+    through DLPack to torch (the capsule itself: PyAV exports a CUDA plane without a stream, which
+    ``torch.from_dlpack`` would pass); FFmpeg wrote them on the default stream, which torch's copy
+    follows, in the primary context both use."""
+    from torch.utils.dlpack import from_dlpack  # inside: torch only in a process whose frames stay on the GPU
+
+    y = from_dlpack(frame.planes[0].__dlpack__()).cpu().numpy()  # (H, W)
+    uv = from_dlpack(frame.planes[1].__dlpack__()).cpu().numpy()  # (H/2, W/2, 2): interleaved U and V
+    host = av.VideoFrame.from_ndarray(np.concatenate([y, uv.reshape(uv.shape[0], -1)]), format="nv12")
+    host.pts = frame.pts
+    if frame.time_base is not None:  # a decoder context of its own (fed demuxed packets) sets none
+        host.time_base = frame.time_base
+    host.color_range, host.colorspace = frame.color_range, frame.colorspace
+    return host
 
 
 def _unavailable(name: str, why: str) -> None:
@@ -77,12 +153,12 @@ TASK_GPU_SHARE = 0.005
 
 class NvdecShare:
     """For a stage class (listed before ``Stage``) whose tasks read sources through ``FrameCursor``
-    (technical, motion, extraction): with ``filters.source_decoder=nvdec`` they ask for the GPU share."""
+    (technical, motion, extraction): with ``filters.source_decoder`` on NVDEC they ask for the GPU share."""
 
     @classmethod
     def resources_for(cls, config):
         resources = super().resources_for(config)
-        if config.filters.source_decoder == "nvdec" and resources.gpus < TASK_GPU_SHARE:
+        if decoder_kind(config.filters.source_decoder) and resources.gpus < TASK_GPU_SHARE:
             return resources.model_copy(update={"gpus": TASK_GPU_SHARE})
         return resources
 
@@ -90,8 +166,9 @@ class NvdecShare:
 def without_gpu_note(config, gpus: float) -> str | None:
     """The run's one line for NVDEC switches a cluster without a GPU cannot serve (the workers' own
     warnings stay in their logs), or None."""
-    on = [name for name, value in (("split.decoder", config.split.decoder),
-                                   ("filters.source_decoder", config.filters.source_decoder)) if value == "nvdec"]
+    on = [f"{name}={value}" for name, value in (("split.decoder", config.split.decoder),
+                                               ("filters.source_decoder", config.filters.source_decoder))
+          if decoder_kind(value)]
     if gpus or not on:
         return None
-    return f"{' and '.join(on)} = nvdec, but the cluster has no GPU: sources are decoded on the CPU"
+    return f"{' and '.join(on)}, but the cluster has no GPU: sources are decoded on the CPU"

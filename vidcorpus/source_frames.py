@@ -35,6 +35,7 @@ import numpy as np
 from vidcorpus.errors import DecodeError
 from vidcorpus.frame_index import FrameCursor, index_of
 from vidcorpus.frame_seek import to_rgb
+from vidcorpus.nvdec import decoder_kind
 from vidcorpus.storage import is_url, local_path
 
 DEFERRED = "deferred"  # extract_mode of a clip that has no file yet: scored from its source, not encoded
@@ -114,15 +115,16 @@ def _convert(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
 
 def decoder_for(rows: list[dict], filters_cfg) -> dict:
     """The source decoder settings for the rows of one source: ``filters.source_decode_threads``, and
-    NVDEC with ``filters.source_decoder=nvdec`` unless the source is turned by a display matrix (the
-    GPU's decoder hands out frames without it; such sources, phone footage, stay on the CPU)."""
+    the kind of NVDEC ``filters.source_decoder`` names (``nvdec.decoder_kind``) unless the source is
+    turned by a display matrix (the GPU's decoder hands out frames without it; such sources, phone
+    footage, stay on the CPU)."""
     turned = any(r.get("rotation") for r in rows)
     return {"threads": filters_cfg.source_decode_threads,
-            "nvdec": filters_cfg.source_decoder == "nvdec" and not turned}
+            "nvdec": None if turned else decoder_kind(filters_cfg.source_decoder)}
 
 
 def stream_clip_frames(rows: list[dict], wanted: dict[str, list[int]], split_cfg=None, skip_unread: bool = True,
-                       threads: int = 1, nvdec: bool = False) -> Iterator[tuple[dict, dict[int, np.ndarray]]]:
+                       threads: int = 1, nvdec: str | None = None) -> Iterator[tuple[dict, dict[int, np.ndarray]]]:
     """(row, {clip frame j: RGB}) for every row of ONE source, in source order, each as soon as its
     last wanted frame is decoded; ``wanted[clip_id]`` lists clip frame indices. Frames the source
     never delivers are missing from the dict (the caller decides); an unreadable source raises
@@ -166,7 +168,7 @@ class _SourceCursor:
     """An open decoder over one source (``frame_index.FrameCursor``: it seeks through the source's
     packet index when it has one) and the file identity it was opened on."""
 
-    def __init__(self, path: str, start: int, threads: int, nvdec: bool):
+    def __init__(self, path: str, start: int, threads: int, nvdec: str | None):
         self.path, self.threads, self.nvdec = path, threads, nvdec
         self.identity = _identity(path)
         self.cursor = FrameCursor(path, start, index_of(path) if start > 0 else None, threads, nvdec)
@@ -200,7 +202,7 @@ _CURSOR: list[_SourceCursor] = []  # this process's open source, kept for the ne
 
 
 def decode_source_range(path: str, first: int, last: int, wanted: Collection[int] | None = None,
-                        threads: int = 1, nvdec: bool = False) -> Iterator[tuple[int, av.VideoFrame]]:
+                        threads: int = 1, nvdec: str | None = None) -> Iterator[tuple[int, av.VideoFrame]]:
     """(source frame index, frame) for ``first`` to ``last``, numbered in decode order from the first
     frame, as the splitter and extraction number them (``frame_index.FrameCursor``); with ``wanted``,
     frames in the range that are not wanted may be skipped (``FrameCursor.take``). The decoder
