@@ -5,8 +5,9 @@ motion scorers convert about one in five (``filters.motion_fps``). PyAV's ``h264
 CUDA hwaccel as the project uses them hand every frame to the host (FFmpeg downloads each NV12
 frame, 1.4 MB at 720p): on an H100 host ``h264_cuvid`` took 1.43 ms of CPU a 720p frame against
 3.24 for software (``bench/results/probe_gpu_codecs_h100.json``). PyAV 18's ``HWAccel(...,
-is_hw_owned=True)`` leaves the frames in GPU memory, exported through DLPack, so a stage could
-download only the frames it wants. This measures whether that is worth a cursor of its own: per way,
+is_hw_owned=True)`` leaves the frames in GPU memory, exported through DLPack, so a stage can copy
+only the frames it wants (``filters.source_decoder=nvdec_gpu_frames``: ``vidcorpus.nvdec``'s
+``hw_frames_context`` and ``host_frame``, which the ``gpu_frames`` way uses). Per way,
 decode every frame of the first N and take the luma and chroma planes of every K-th to host memory
 as numpy arrays (what ``frame_seek.planar`` starts from); CPU ms per decoded frame, and whether the
 taken planes equal the software decoder's (matched by pts). A way that fails records its error.
@@ -21,7 +22,7 @@ import time
 
 import numpy as np
 
-WAYS = ("software", "h264_cuvid", "hwaccel_download", "hwaccel_hw_owned")
+WAYS = ("software", "h264_cuvid", "hwaccel_download", "gpu_frames")
 
 
 def _host_planes(frame) -> tuple[np.ndarray, np.ndarray]:
@@ -35,16 +36,12 @@ def _host_planes(frame) -> tuple[np.ndarray, np.ndarray]:
     return planes[0][:h, :w].copy(), np.stack([planes[1][:h // 2, :w // 2], planes[2][:h // 2, :w // 2]])
 
 
-def _device_planes(frame) -> tuple[np.ndarray, np.ndarray]:
-    """The same from a frame left in GPU memory (NV12 in CUDA planes), through DLPack and torch. PyAV
-    exports a CUDA plane only without a stream (torch.from_dlpack passes one), so the capsule goes to
-    torch directly; its frames live in the primary CUDA context (PyAV sets ``primary_ctx`` for
-    hw-owned frames), torch's own, and FFmpeg copies them on the default stream, as torch reads."""
-    from torch.utils.dlpack import from_dlpack
+def _gpu_frame_planes(frame) -> tuple[np.ndarray, np.ndarray]:
+    """The same from a frame left in GPU memory, as the project's cursor takes it
+    (``vidcorpus.nvdec.host_frame``: DLPack to torch, a host NV12 frame, yuv420p)."""
+    from vidcorpus.nvdec import host_frame
 
-    y = from_dlpack(frame.planes[0].__dlpack__()).cpu().numpy()  # (H, W), rows line_size apart
-    uv = from_dlpack(frame.planes[1].__dlpack__()).cpu().numpy()  # (H/2, W/2, 2)
-    return y, np.stack([uv[..., 0], uv[..., 1]])
+    return _host_planes(host_frame(frame))
 
 
 def _frames(container, stream, way: str):
@@ -57,32 +54,40 @@ def _frames(container, stream, way: str):
         stream.codec_context.thread_count = 1
         yield from container.decode(stream)
         return
-    if way == "h264_cuvid":
-        ctx = av.CodecContext.create("h264_cuvid", "r")
+    if way == "gpu_frames":  # the project's decoder for filters.source_decoder=nvdec_gpu_frames
+        from vidcorpus import nvdec
+
+        ctx = nvdec.hw_frames_context(stream)
+        if ctx is None:
+            raise RuntimeError(f"nvdec.hw_frames_context did not open (unavailable: {sorted(nvdec._UNAVAILABLE)})")
     else:
-        ctx = av.CodecContext.create("h264", "r", hwaccel=HWAccel(
-            "cuda", allow_software_fallback=False, is_hw_owned=way == "hwaccel_hw_owned"))
-    ctx.extradata = stream.codec_context.extradata
+        if way == "h264_cuvid":
+            ctx = av.CodecContext.create("h264_cuvid", "r")
+        else:
+            ctx = av.CodecContext.create("h264", "r", hwaccel=HWAccel("cuda", allow_software_fallback=False))
+        ctx.extradata = stream.codec_context.extradata
     for packet in container.demux(stream):
         yield from ctx.decode(packet if packet.size else None)
 
 
-def decode(path: str, way: str, n: int, every: int) -> tuple[dict, int, float, float]:
-    """({pts: (Y, chroma)} of every ``every``-th frame, frames decoded, wall s, CPU s)."""
+def decode(path: str, way: str, n: int, every: int) -> tuple[dict, int, int, float, float]:
+    """({pts: (Y, chroma)} of every ``every``-th frame, frames decoded, of them in GPU memory (a
+    hwaccel that fell back to software decoding gives none), wall s, CPU s)."""
     import av
 
     taken: dict = {}
-    count = 0
-    take = _device_planes if way == "hwaccel_hw_owned" else _host_planes
+    count = on_device = 0
+    take = _gpu_frame_planes if way == "gpu_frames" else _host_planes
     wall, cpu = time.perf_counter(), time.process_time()
     with av.open(path) as container:
         for frame in _frames(container, container.streams.video[0], way):
+            on_device += frame.format.name == "cuda"
             if count % every == 0:
                 taken[frame.pts] = take(frame)
             count += 1
             if count >= n:
                 break
-    return taken, count, time.perf_counter() - wall, time.process_time() - cpu
+    return taken, count, on_device, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def same_planes(ref: dict, got: dict) -> dict:
@@ -112,7 +117,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for way in WAYS:
                 try:
-                    taken, count, wall, cpu = decode(args.video, way, args.frames, every)
+                    taken, count, on_device, wall, cpu = decode(args.video, way, args.frames, every)
                 except Exception as exc:  # noqa: BLE001 - a decoder that cannot run here is the finding
                     rows[way] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
                     continue
@@ -120,7 +125,8 @@ def main() -> None:
                     ref = taken
                 best = rows.get(way)
                 if best is None or "error" in best or cpu < best["cpu_s"]:
-                    rows[way] = {"decoded": count, "cpu_s": round(cpu, 3), "wall_s": round(wall, 3),
+                    rows[way] = {"decoded": count, "in_gpu_memory": on_device, "cpu_s": round(cpu, 3),
+                                 "wall_s": round(wall, 3),
                                  "cpu_ms_per_frame": round(1000 * cpu / max(count, 1), 3),
                                  **(same_planes(ref, taken) if ref is not None else {})}
         soft = rows.get("software", {}).get("cpu_s")
