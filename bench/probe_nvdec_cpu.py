@@ -5,12 +5,13 @@ motion scorers convert about one in five (``filters.motion_fps``). PyAV's ``h264
 CUDA hwaccel as the project uses them hand every frame to the host (FFmpeg downloads each NV12
 frame, 1.4 MB at 720p): on an H100 host ``h264_cuvid`` took 1.43 ms of CPU a 720p frame against
 3.24 for software (``bench/results/probe_gpu_codecs_h100.json``). PyAV 18's ``HWAccel(...,
-is_hw_owned=True)`` leaves the frames in GPU memory, exported through DLPack, so a stage can copy
+is_hw_owned=True)`` leaves the frames in GPU memory, so a stage can copy
 only the frames it wants (``filters.source_decoder=nvdec_gpu_frames``: ``vidcorpus.nvdec``'s
 ``hw_frames_context`` and ``host_frame``, which the ``gpu_frames`` way uses). Per way,
 decode every frame of the first N and take the luma and chroma planes of every K-th to host memory
 as numpy arrays (what ``frame_seek.planar`` starts from); CPU ms per decoded frame, and whether the
-taken planes equal the software decoder's (matched by pts). A way that fails records its error.
+taken planes equal the software decoder's (matched by pts); then, untimed, whether every fifth frame's RGB
+(``to_rgb`` after ``nvdec.host_frame``) does. A way that fails records its error.
 
     python bench/probe_nvdec_cpu.py --video edited_000.mp4 [--frames 600] [--every 1,5] [--out probe.json]
 """
@@ -38,7 +39,7 @@ def _host_planes(frame) -> tuple[np.ndarray, np.ndarray]:
 
 def _gpu_frame_planes(frame) -> tuple[np.ndarray, np.ndarray]:
     """The same from a frame left in GPU memory, as the project's cursor takes it
-    (``vidcorpus.nvdec.host_frame``: DLPack to torch, a host NV12 frame, yuv420p)."""
+    (``vidcorpus.nvdec.host_frame``: PyAV's reformatter transfers it, then yuv420p)."""
     from vidcorpus.nvdec import host_frame
 
     return _host_planes(host_frame(frame))
@@ -70,14 +71,23 @@ def _frames(container, stream, way: str):
         yield from ctx.decode(packet if packet.size else None)
 
 
-def decode(path: str, way: str, n: int, every: int) -> tuple[dict, int, int, float, float]:
+def rgb_of(frame) -> np.ndarray:
+    """The RGB a scorer gets from a frame of any way (``frame_seek.to_rgb`` after ``nvdec.host_frame``):
+    equal planes can still convert apart where a frame's properties (colour tags, interlacing) differ."""
+    from vidcorpus.frame_seek import to_rgb
+    from vidcorpus.nvdec import host_frame
+
+    return to_rgb(host_frame(frame))
+
+
+def decode(path: str, way: str, n: int, every: int, rgb: bool = False) -> tuple[dict, int, int, float, float]:
     """({pts: (Y, chroma)} of every ``every``-th frame, frames decoded, of them in GPU memory (a
     hwaccel that fell back to software decoding gives none), wall s, CPU s)."""
     import av
 
     taken: dict = {}
     count = on_device = 0
-    take = _gpu_frame_planes if way == "gpu_frames" else _host_planes
+    take = rgb_of if rgb else _gpu_frame_planes if way == "gpu_frames" else _host_planes
     wall, cpu = time.perf_counter(), time.process_time()
     with av.open(path) as container:
         for frame in _frames(container, container.streams.video[0], way):
@@ -134,6 +144,18 @@ def main() -> None:
             if soft and "cpu_s" in row:
                 row["cpu_of_software"] = round(row["cpu_s"] / soft, 3)
         result["ways"][f"every_{every}"] = rows
+    # untimed: the RGB of every fifth frame, each way against software's
+    ref_rgb = decode(args.video, "software", args.frames, 5, rgb=True)[0]
+    result["rgb_every_5"] = {}
+    for way in WAYS[1:]:
+        try:
+            got = decode(args.video, way, args.frames, 5, rgb=True)[0]
+        except Exception as exc:  # noqa: BLE001
+            result["rgb_every_5"][way] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+            continue
+        common = sorted(set(ref_rgb) & set(got))
+        result["rgb_every_5"][way] = {"matched_by_pts": len(common), "identical_rgb": int(sum(
+            np.array_equal(ref_rgb[p], got[p]) for p in common))}
     emit({**finish_metadata(meta), **result}, args.out)
 
 

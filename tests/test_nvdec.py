@@ -252,8 +252,8 @@ def test_a_run_says_in_one_line_when_its_nvdec_switches_find_no_gpu():
 class _StandInHwFrames(_StandInNvdec):
     """A decoder context like the CUDA hwaccel's with frames left on the GPU: its own codec context,
     packets in, NV12 frames out, which ``gpu_frames_stand_in`` makes ``nvdec.host_frame`` treat as
-    frames in GPU memory (their planes then go through DLPack, as CUDA planes do: PyAV exports a host
-    NV12 frame's planes in the same shapes)."""
+    frames in GPU memory (copied over by PyAV's reformatter, which for a CUDA frame first transfers it
+    to the host with all its properties)."""
 
     def decode(self, packet):
         self.decodes += 1
@@ -273,7 +273,7 @@ def gpu_frames_stand_in(monkeypatch):
         key = (nvdec.GPU_FRAMES, "h264 with the CUDA hwaccel", bytes(stream.codec_context.extradata or b""))
         return nvdec._IDLE.pop(key, None) or _StandInHwFrames(stream)
 
-    real = nvdec._download_nv12
+    real = nvdec._download
 
     def download(frame):
         copied.append(frame.pts)
@@ -281,7 +281,7 @@ def gpu_frames_stand_in(monkeypatch):
 
     monkeypatch.setattr(frame_index, "hw_frames_context", context)
     monkeypatch.setattr(nvdec, "_on_device", lambda frame: frame.format.name == "nv12")
-    monkeypatch.setattr(nvdec, "_download_nv12", download)
+    monkeypatch.setattr(nvdec, "_download", download)
     yield _StandInHwFrames, copied
     nvdec._IDLE.clear()
 
@@ -353,3 +353,23 @@ def test_frames_stay_on_the_gpu_only_for_8_bit_420_limited_range_streams(tmp_pat
     cursor = FrameCursor(path, 0, None, nvdec=nvdec.GPU_FRAMES)
     assert not cursor.on_gpu and len(list(cursor.take(0, 5))) == 6
     cursor.close()
+
+
+def test_a_process_keeps_one_idle_decoder_of_each_kind(video):
+    """Each idle decoder holds an NVDEC session and GPU memory: a released one replaces the idle one of
+    its kind (sources from another encoder, another extradata), it does not pile up beside it."""
+    nvdec._IDLE.clear()
+    with av.open(video) as c:
+        stream = c.streams.video[0]
+        contexts = []
+        for extradata in (stream.codec_context.extradata, stream.codec_context.extradata + b"\0"):
+            ctx = av.CodecContext.create("h264", "r")
+            ctx.extradata = extradata
+            ctx.open()
+            contexts.append(ctx)
+    nvdec.release(contexts[0])
+    nvdec.release(contexts[1])
+    nvdec.release(contexts[0], nvdec.GPU_FRAMES)
+    assert sorted((k[0], k[2] == bytes(contexts[1].extradata)) for k in nvdec._IDLE) == [
+        (nvdec.CUVID, True), (nvdec.GPU_FRAMES, False)]
+    nvdec._IDLE.clear()

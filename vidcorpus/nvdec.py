@@ -14,8 +14,8 @@ decodes in software, and this process says so once.
 
 Two ways to NVDEC (``decoder_kind``): ``CUVID`` (``nvdec``), where FFmpeg copies every decoded
 frame to host memory, and ``GPU_FRAMES`` (``nvdec_gpu_frames``): the codec's own decoder with the
-CUDA hwaccel, its frames left in GPU memory (PyAV 18's ``is_hw_owned``) and copied over through
-DLPack only when a reader takes them (``host_frame``). The technical and motion scorers take about
+CUDA hwaccel, its frames left in GPU memory (PyAV 18's ``is_hw_owned``) and copied to the host
+only when a reader takes them (``host_frame``). The technical and motion scorers take about
 one frame in five of what a source decode goes through; whether leaving the rest on the GPU saves
 host CPU is what ``bench/probe_nvdec_cpu.py`` measures (not yet on a GPU).
 """
@@ -25,10 +25,9 @@ from __future__ import annotations
 import logging
 
 import av
-import numpy as np
 from av.codec.hwaccel import HWAccel
 
-from vidcorpus.frame_seek import planar
+from vidcorpus.frame_seek import planar, reformatter
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +66,10 @@ def cuvid_context(stream: av.video.stream.VideoStream) -> av.CodecContext | None
 def hw_frames_context(stream: av.video.stream.VideoStream) -> av.CodecContext | None:
     """An open decoder for ``stream`` on NVDEC whose frames stay in GPU memory (``GPU_FRAMES``), fed
     with the stream's packets by the caller, or None (the caller decodes in software): where it cannot
-    open, and for a stream other than 8-bit 4:2:0 at limited range (``host_frame`` rebuilds NV12 only;
-    a full-range "yuvj" source converts by its pixel format, which an NV12 copy would lose). Where the
-    GPU cannot take a stream FFmpeg decodes it in software in the same context (plain frames, which
-    ``host_frame`` passes on). Give it back with ``release``."""
+    open, where FFmpeg has no CUDA decoding for the codec, and for a stream other than 8-bit 4:2:0 at
+    limited range (a full-range "yuvj" source converts by its pixel format, which NV12 frames lack).
+    Where the GPU cannot take a stream's profile FFmpeg decodes it in software in the same context, on
+    one thread (plain frames, which ``host_frame`` passes on). Give it back with ``release``."""
     fmt = stream.codec_context.format
     if fmt is None or fmt.name != "yuv420p":
         return None
@@ -78,15 +77,32 @@ def hw_frames_context(stream: av.video.stream.VideoStream) -> av.CodecContext | 
     if name in _UNAVAILABLE:
         return None
     extradata = bytes(stream.codec_context.extradata or b"")
-    idle = _IDLE.pop((GPU_FRAMES, name, extradata), None)
-    if idle is not None:
-        return idle
-    try:
-        ctx = av.CodecContext.create(stream.codec_context.name, "r", hwaccel=HWAccel(
-            "cuda", allow_software_fallback=True, is_hw_owned=True))  # primary_ctx: torch's own context
-    except (av.error.FFmpegError, OSError, NotImplementedError) as exc:  # no GPU visible, no CUDA in FFmpeg
-        return _unavailable(name, f"{type(exc).__name__}: {exc}")
-    return _opened(ctx, stream, name)
+    ctx = _IDLE.pop((GPU_FRAMES, name, extradata), None)
+    if ctx is None:
+        try:
+            # its own CUDA context (PyAV's default for frames left on the GPU is the device's primary
+            # context, which FFmpeg refuses where another user made it active with other flags)
+            ctx = av.CodecContext.create(stream.codec_context.name, "r", hwaccel=HWAccel(
+                "cuda", allow_software_fallback=True, is_hw_owned=True, options={"primary_ctx": "0"}))
+        except (av.error.FFmpegError, OSError, NotImplementedError) as exc:  # no GPU visible, no CUDA in FFmpeg
+            return _unavailable(name, f"{type(exc).__name__}: {exc}")
+        if not ctx.is_hwaccel:  # PyAV quietly makes a software decoder for a codec CUDA does not decode
+            return _unavailable(name, "FFmpeg has no CUDA decoding for this codec")
+        ctx.thread_count = 1  # a software fallback: one thread, as the CPU cursors (filters.source_decode_threads)
+        ctx = _opened(ctx, stream, name)
+        if ctx is None:
+            return None
+    _tag_colours(ctx, stream)
+    return ctx
+
+
+def _tag_colours(ctx: av.CodecContext, stream) -> None:
+    """The stream's colour tags (a container's ``colr`` box among them) on a decoder context of its own,
+    as the stream's own decoder has them: FFmpeg's decoder tags frames with them where the bitstream
+    says nothing, and ``to_rgb`` converts by the tags."""
+    src = stream.codec_context
+    ctx.color_range, ctx.colorspace = src.color_range, src.colorspace
+    ctx.color_primaries, ctx.color_trc = src.color_primaries, src.color_trc
 
 
 def _opened(ctx: av.CodecContext, stream, name: str) -> av.CodecContext | None:
@@ -100,42 +116,34 @@ def _opened(ctx: av.CodecContext, stream, name: str) -> av.CodecContext | None:
 
 def release(ctx: av.CodecContext, kind: str = CUVID) -> None:
     """Keep an NVDEC decoder (of ``kind``) for the next cursor over a stream with the same parameters,
-    emptied of the frames it still held (one idle decoder per kind: another is closed)."""
+    emptied of the frames it still held: one idle decoder per kind, the one released last (each holds
+    a decoder and GPU memory; a task's sources of one encoder share their parameters)."""
     name = ctx.codec.name if kind == CUVID else f"{ctx.codec.name} with the CUDA hwaccel"
     key = (kind, name, bytes(ctx.extradata or b""))
     try:
         ctx.flush_buffers()
     except av.error.FFmpegError:
         return
-    if key not in _IDLE:
-        _IDLE[key] = ctx
+    for other in [k for k in _IDLE if k[0] == kind and k != key]:
+        del _IDLE[other]  # closed when collected
+    _IDLE.setdefault(key, ctx)
 
 
 def host_frame(frame: av.VideoFrame) -> av.VideoFrame:
     """A decoded frame in host memory as the software decoder gives it: one left in GPU memory
-    (``GPU_FRAMES``) copied over first; NV12 rearranged to yuv420p (``frame_seek.planar``)."""
-    return planar(_download_nv12(frame) if _on_device(frame) else frame)
+    (``GPU_FRAMES``) copied over; NV12 rearranged to yuv420p (``frame_seek.planar``)."""
+    return _download(frame) if _on_device(frame) else planar(frame)
 
 
 def _on_device(frame: av.VideoFrame) -> bool:
     return frame.format.name == "cuda"
 
 
-def _download_nv12(frame: av.VideoFrame) -> av.VideoFrame:
-    """A host NV12 copy of a frame in GPU memory, with its timing and colour tags. Its planes go
-    through DLPack to torch (the capsule itself: PyAV exports a CUDA plane without a stream, which
-    ``torch.from_dlpack`` would pass); FFmpeg wrote them on the default stream, which torch's copy
-    follows, in the primary context both use."""
-    from torch.utils.dlpack import from_dlpack  # inside: torch only in a process whose frames stay on the GPU
-
-    y = from_dlpack(frame.planes[0].__dlpack__()).cpu().numpy()  # (H, W)
-    uv = from_dlpack(frame.planes[1].__dlpack__()).cpu().numpy()  # (H/2, W/2, 2): interleaved U and V
-    host = av.VideoFrame.from_ndarray(np.concatenate([y, uv.reshape(uv.shape[0], -1)]), format="nv12")
-    host.pts = frame.pts
-    if frame.time_base is not None:  # a decoder context of its own (fed demuxed packets) sets none
-        host.time_base = frame.time_base
-    host.color_range, host.colorspace = frame.color_range, frame.colorspace
-    return host
+def _download(frame: av.VideoFrame) -> av.VideoFrame:
+    """A frame in GPU memory as yuv420p in host memory: PyAV's reformatter copies it over first
+    (FFmpeg's ``av_hwframe_transfer_data``, with every property of the frame: timing, colour tags,
+    interlacing, which swscale reads), then rearranges its NV12 planes as ``planar`` does."""
+    return reformatter("planar").reformat(frame, format="yuv420p", threads=1)
 
 
 def _unavailable(name: str, why: str) -> None:
