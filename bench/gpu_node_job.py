@@ -369,6 +369,18 @@ def kill_tree(pid: int) -> None:
             pass
 
 
+def worker_logs(since: float, ray_logs: str):
+    """(path, text) of each Ray worker's stderr log written since ``since`` (this job's, not an earlier
+    session's)."""
+    for path in sorted(glob.glob(f"{ray_logs}/worker-*.err")):
+        try:
+            if os.path.getmtime(path) < since:
+                continue
+            yield path, Path(path).read_text(errors="replace")
+        except OSError:
+            continue
+
+
 def caption_actor_log(dest: Path, since: float, ray_logs: str = "/tmp/ray/session_latest/logs") -> list[str]:
     """Copy the tail of the caption actors' Ray worker logs (the driver shows no worker output) to
     ``dest`` (an older copy is removed first); returns their set-up lines (captioning/caption_stage.py's
@@ -376,13 +388,7 @@ def caption_actor_log(dest: Path, since: float, ray_logs: str = "/tmp/ray/sessio
     Run 11's caption actor never finished setting up and left nothing else to say why."""
     dest.unlink(missing_ok=True)
     lines, tails = [], []
-    for path in sorted(glob.glob(f"{ray_logs}/worker-*.err")):
-        try:
-            if os.path.getmtime(path) < since:
-                continue
-            text = Path(path).read_text(errors="replace")
-        except OSError:
-            continue
+    for path, text in worker_logs(since, ray_logs):
         if "caption set-up:" not in text:
             continue
         body = text.splitlines()
@@ -402,13 +408,7 @@ def nvdec_fallbacks(since: float, ray_logs: str = "/tmp/ray/session_latest/logs"
     the CPU; the warning goes to the worker's log, once per process): how many, and their first lines.
     None of them, with a switch on and the decoder busy in the samples, means the tasks used NVDEC."""
     lines = []
-    for path in sorted(glob.glob(f"{ray_logs}/worker-*.err")):
-        try:
-            if os.path.getmtime(path) < since:
-                continue
-            text = Path(path).read_text(errors="replace")
-        except OSError:
-            continue
+    for _path, text in worker_logs(since, ray_logs):
         lines += [ln for ln in text.splitlines() if NVDEC_FALLBACK in ln][:1]
     return {"workers": len(lines), "first_lines": lines[:5]}
 

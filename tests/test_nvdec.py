@@ -85,28 +85,41 @@ def test_nv12_frames_convert_to_the_software_decoders_pixels(video):
         assert np.array_equal(to_rgb(planar(nv12).reformat(**half)), to_rgb(frame.reformat(**half)))
 
 
+def _scored_and_extracted(tmp_path, path: str, decoder: str, counts: dict | None = None) -> tuple:
+    """(scores, precise clip bytes of three clips, whether the scorers' cursor decoded on the GPU) with
+    ``filters.source_decoder=decoder``; ``counts`` gets the frames the scorers decoded and the frames
+    copied to the host meanwhile (``gpu_frames_stand_in``'s list) before extraction runs."""
+    from vidcorpus import source_frames
+    from vidcorpus.filters.motion import MotionStage
+    from vidcorpus.filters.technical import TechnicalStage
+
+    cfg = load_config(None, [f"filters.source_decoder={decoder}", "split.extract_mode=precise"],
+                      workdir=str(tmp_path / decoder))
+    rows = _split(cfg, path)
+    _close_cursor()
+    scored = MotionStage(cfg)(TechnicalStage(cfg)(rows_to_table(rows))).to_pylist()
+    assert all(not r["error_class"] for r in scored), [r["error"] for r in scored]
+    on_gpu = bool(source_frames._CURSOR) and source_frames._CURSOR[0].cursor.on_gpu
+    if counts is not None:
+        counts.update(decoded=source_frames.frames_decoded(), copied=len(_COPIED))
+    _close_cursor()  # as the next source's read does: its decoder goes back to nvdec
+    clips, _ = _extracted(cfg, [rows[0], rows[2], rows[3]])
+    return _scores(scored), clips, on_gpu
+
+
+_COPIED: list = []  # frames gpu_frames_stand_in copied to the host (pts), reset by the test
+
+
 @pytest.mark.parametrize("source", ["video", "keyed"])
 def test_scores_and_clips_through_the_gpu_decoder_path_are_the_cpu_decoders(tmp_path, request, stand_in, source):
     """technical, motion and precise extraction with filters.source_decoder=nvdec read every source
     through the cursor's GPU-decoder path (seeking, on the keyed source) and write the scores and clip
     bytes of the CPU decoder; decoders are reused across the cursors of a process, not made per seek."""
-    from vidcorpus import source_frames
-    from vidcorpus.filters.motion import MotionStage
-    from vidcorpus.filters.technical import TechnicalStage
-
     path = request.getfixturevalue(source)
     out = {}
     for decoder in ("cpu", "nvdec"):
-        cfg = load_config(None, [f"filters.source_decoder={decoder}", "split.extract_mode=precise"],
-                          workdir=str(tmp_path / decoder))
-        rows = _split(cfg, path)
-        _close_cursor()
-        scored = MotionStage(cfg)(TechnicalStage(cfg)(rows_to_table(rows))).to_pylist()
-        assert all(not r["error_class"] for r in scored), [r["error"] for r in scored]
-        on_gpu = bool(source_frames._CURSOR) and source_frames._CURSOR[0].cursor.on_gpu
-        _close_cursor()  # as the next source's read does: its decoder goes back to nvdec
-        clips, _ = _extracted(cfg, [rows[0], rows[2], rows[3]])
-        out[decoder] = (_scores(scored), clips, on_gpu)
+        scores, clips, on_gpu = _scored_and_extracted(tmp_path, path, decoder)
+        out[decoder] = (scores, clips, on_gpu)
     assert not out["cpu"][2] and out["nvdec"][2]
     assert out["nvdec"][0] == out["cpu"][0]
     assert out["nvdec"][1] == out["cpu"][1]
@@ -267,7 +280,8 @@ def gpu_frames_stand_in(monkeypatch):
     frames copied to the host."""
     nvdec._IDLE.clear()
     _StandInHwFrames.created = 0
-    copied = []
+    copied = _COPIED
+    copied.clear()
 
     def context(stream):
         key = (nvdec.GPU_FRAMES, "h264 with the CUDA hwaccel", bytes(stream.codec_context.extradata or b""))
@@ -305,26 +319,14 @@ def test_frames_left_on_the_gpu_give_the_cpu_decoders_corpus_and_only_sampled_fr
     """filters.source_decoder=nvdec_gpu_frames: the scorers' source decode copies to the host only the
     frames they sample, and scores and precise clips are the CPU decoder's (extraction copies every
     frame of its clips)."""
-    from vidcorpus import source_frames
-    from vidcorpus.filters.motion import MotionStage
-    from vidcorpus.filters.technical import TechnicalStage
-
     stand_in, copied = gpu_frames_stand_in
     path = request.getfixturevalue(source)
     out = {}
     for decoder in ("cpu", "nvdec_gpu_frames"):
-        cfg = load_config(None, [f"filters.source_decoder={decoder}", "split.extract_mode=precise"],
-                          workdir=str(tmp_path / decoder))
-        rows = _split(cfg, path)
-        _close_cursor()
         copied.clear()
-        scored = MotionStage(cfg)(TechnicalStage(cfg)(rows_to_table(rows))).to_pylist()
-        assert all(not r["error_class"] for r in scored), [r["error"] for r in scored]
-        decoded = source_frames.frames_decoded()
-        scorer_copies = len(copied)
-        _close_cursor()
-        clips, _ = _extracted(cfg, [rows[0], rows[2], rows[3]])
-        out[decoder] = (_scores(scored), clips, scorer_copies, decoded)
+        counts = {}
+        scores, clips, _on_gpu = _scored_and_extracted(tmp_path, path, decoder, counts)
+        out[decoder] = (scores, clips, counts["copied"], counts["decoded"])
     assert out["cpu"][2] == 0
     assert out["nvdec_gpu_frames"][0] == out["cpu"][0]
     assert out["nvdec_gpu_frames"][1] == out["cpu"][1]
