@@ -336,21 +336,27 @@ def test_frames_left_on_the_gpu_give_the_cpu_decoders_corpus_and_only_sampled_fr
 
 
 def test_frames_stay_on_the_gpu_only_for_8_bit_420_limited_range_streams(tmp_path):
-    """A 4:4:4 (or full-range "yuvj") source would lose what NV12 cannot hold: its cursor reads it on
-    the CPU without trying the GPU (no warning: the next source may be taken)."""
-    path = str(tmp_path / "444.mp4")
-    with av.open(path, "w") as out:
-        stream = out.add_stream("libx264", rate=24)
-        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv444p"
-        for i, rgb in enumerate(np.random.default_rng(0).integers(0, 255, (6, 64, 96, 3), dtype=np.uint8)):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = i
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode())
+    """A 4:4:4 or a full-range ("yuvj") source would lose what NV12 frames cannot say: its cursor reads
+    it on the CPU without trying the GPU (no warning: the next source may be taken)."""
+    def encode(path: str, pix_fmt: str, color_range: int = 0) -> str:
+        with av.open(path, "w") as out:
+            stream = out.add_stream("libx264", rate=24)
+            stream.width, stream.height, stream.pix_fmt = 96, 64, pix_fmt
+            stream.codec_context.color_range = color_range
+            for i, rgb in enumerate(np.random.default_rng(0).integers(0, 255, (6, 64, 96, 3), dtype=np.uint8)):
+                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix_fmt)
+                frame.pts, frame.color_range = i, color_range
+                out.mux(stream.encode(frame))
+            out.mux(stream.encode())
+        return path
+
+    path = encode(str(tmp_path / "444.mp4"), "yuv444p")
+    full_range = encode(str(tmp_path / "full.mp4"), "yuv420p", color_range=2)  # FFmpeg reads it as yuvj420p
     nvdec._UNAVAILABLE.clear()
-    with av.open(path) as c:
-        assert c.streams.video[0].codec_context.format.name == "yuv444p"
-        assert nvdec.hw_frames_context(c.streams.video[0]) is None
+    for source, fmt in ((path, "yuv444p"), (full_range, "yuvj420p")):
+        with av.open(source) as c:
+            assert c.streams.video[0].codec_context.format.name == fmt
+            assert nvdec.hw_frames_context(c.streams.video[0]) is None
     assert not nvdec._UNAVAILABLE
     cursor = FrameCursor(path, 0, None, nvdec=nvdec.GPU_FRAMES)
     assert not cursor.on_gpu and len(list(cursor.take(0, 5))) == 6

@@ -71,7 +71,7 @@ def hw_frames_context(stream: av.video.stream.VideoStream) -> av.CodecContext | 
     Where the GPU cannot take a stream's profile FFmpeg decodes it in software in the same context, on
     one thread (plain frames, which ``host_frame`` passes on). Give it back with ``release``."""
     fmt = stream.codec_context.format
-    if fmt is None or fmt.name != "yuv420p":
+    if fmt is None or fmt.name != "yuv420p" or stream.codec_context.color_range == 2:  # 2: JPEG (full) range
         return None
     name = f"{stream.codec_context.name} with the CUDA hwaccel"
     if name in _UNAVAILABLE:
