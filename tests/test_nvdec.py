@@ -381,3 +381,33 @@ def test_a_process_keeps_one_idle_decoder_of_each_kind(video):
     assert sorted((k[0], k[2] == bytes(contexts[1].extradata)) for k in nvdec._IDLE) == [
         (nvdec.CUVID, True), (nvdec.GPU_FRAMES, False)]
     nvdec._IDLE.clear()
+
+
+@pytest.fixture
+def tagged_by_its_container(tmp_path, video) -> str:
+    """``video``'s packets remuxed into an mp4 whose ``colr`` box says BT.709, the bitstream saying
+    nothing: the CPU decoder's frames carry the container's tags, a GPU decoder's would not."""
+    path = str(tmp_path / "colr.mp4")
+    with av.open(video) as src, av.open(path, "w") as out:
+        stream = src.streams.video[0]
+        tagged = out.add_stream_from_template(stream)
+        tagged.codec_context.colorspace = tagged.codec_context.color_primaries = tagged.codec_context.color_trc = 1
+        for packet in src.demux(stream):
+            if packet.dts is not None:
+                packet.stream = tagged
+                out.mux(packet)
+    with av.open(path) as c:
+        assert next(c.decode(video=0)).colorspace == 1
+    return path
+
+
+@pytest.mark.parametrize("decoder", ["nvdec", "nvdec_gpu_frames"])
+def test_a_source_tagged_only_by_its_container_scores_as_on_the_cpu(tmp_path, tagged_by_its_container, stand_in,
+                                                                     gpu_frames_stand_in, decoder):
+    """A GPU decoder's own context sees the bitstream only (h264_cuvid tags frames from its parser):
+    the cursor gives its frames the stream's colour tags where they have none, so BT.709 converts as
+    BT.709 and the scores are the CPU decoder's."""
+    cpu = _scored_and_extracted(tmp_path / "cpu", tagged_by_its_container, "cpu")
+    gpu = _scored_and_extracted(tmp_path / "gpu", tagged_by_its_container, decoder)
+    assert gpu[2] and not cpu[2]
+    assert gpu[0] == cpu[0] and gpu[1] == cpu[1]

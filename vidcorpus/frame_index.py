@@ -37,7 +37,7 @@ import av
 import fsspec
 
 from vidcorpus.frame_seek import skip_setting
-from vidcorpus.nvdec import CUVID, cuvid_context, host_frame, hw_frames_context, release
+from vidcorpus.nvdec import CUVID, cuvid_context, host_frame, hw_frames_context, release, with_stream_tags
 from vidcorpus.storage import is_url, local_path
 
 
@@ -239,7 +239,13 @@ class FrameCursor:
             self.next = i + 1
             if i >= first:
                 # frames nobody wants stay as decoded (on the GPU, where GPU_FRAMES leaves them)
-                yield i, (host_frame(frame) if wanted is None or i in wanted else frame)
+                yield i, (self._host(frame) if wanted is None or i in wanted else frame)
+
+    def _host(self, frame: av.VideoFrame) -> av.VideoFrame:
+        """A wanted frame in host memory, yuv420p, tagged as the CPU decoder tags it."""
+        if self._hw is not None:
+            frame = with_stream_tags(frame, self.container.streams.video[0])
+        return host_frame(frame)
 
     def _number_by_pts(self) -> None:
         """Number frames by pts from here on (so that skipped frames keep their numbers), when the

@@ -92,17 +92,7 @@ def hw_frames_context(stream: av.video.stream.VideoStream) -> av.CodecContext | 
         ctx = _opened(ctx, stream, name)
         if ctx is None:
             return None
-    _tag_colours(ctx, stream)
     return ctx
-
-
-def _tag_colours(ctx: av.CodecContext, stream) -> None:
-    """The stream's colour tags (a container's ``colr`` box among them) on a decoder context of its own,
-    as the stream's own decoder has them: FFmpeg's decoder tags frames with them where the bitstream
-    says nothing, and ``to_rgb`` converts by the tags."""
-    src = stream.codec_context
-    ctx.color_range, ctx.colorspace = src.color_range, src.colorspace
-    ctx.color_primaries, ctx.color_trc = src.color_primaries, src.color_trc
 
 
 def _opened(ctx: av.CodecContext, stream, name: str) -> av.CodecContext | None:
@@ -127,6 +117,21 @@ def release(ctx: av.CodecContext, kind: str = CUVID) -> None:
     for other in [k for k in _IDLE if k[0] == kind and k != key]:
         del _IDLE[other]  # closed when collected
     _IDLE.setdefault(key, ctx)
+
+
+UNSPECIFIED = 2  # FFmpeg's AVCOL_SPC/PRI/TRC_UNSPECIFIED
+
+
+def with_stream_tags(frame: av.VideoFrame, stream) -> av.VideoFrame:
+    """A GPU decoder's frame with the stream's colour matrix, primaries and transfer where the frame
+    has none. FFmpeg's own decoder tags a frame with the container's (an mp4 ``colr`` box) where the
+    bitstream says nothing; ``h264_cuvid`` tags it with what its parser read alone, and ``to_rgb``
+    converts by the matrix (BT.709 against the default BT.601: other RGB, other scores)."""
+    src = stream.codec_context
+    for name in ("colorspace", "color_primaries", "color_trc"):
+        if getattr(frame, name) == UNSPECIFIED and getattr(src, name) != UNSPECIFIED:
+            setattr(frame, name, getattr(src, name))
+    return frame
 
 
 def host_frame(frame: av.VideoFrame) -> av.VideoFrame:
