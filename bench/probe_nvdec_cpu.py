@@ -11,7 +11,8 @@ only the frames it wants (``filters.source_decoder=nvdec_gpu_frames``: ``vidcorp
 decode every frame of the first N and take the luma and chroma planes of every K-th to host memory
 as numpy arrays (what ``frame_seek.planar`` starts from); CPU ms per decoded frame, and whether the
 taken planes equal the software decoder's (matched by pts); then, untimed, whether every fifth frame's RGB
-(``to_rgb`` after ``nvdec.host_frame``) does. A way that fails records its error.
+(as the project's cursor makes it) does, on the video and on a copy tagged BT.709 by its container
+alone. A way that fails records its error.
 
     python bench/probe_nvdec_cpu.py --video edited_000.mp4 [--frames 600] [--every 1,5] [--out probe.json]
 """
@@ -71,13 +72,39 @@ def _frames(container, stream, way: str):
         yield from ctx.decode(packet if packet.size else None)
 
 
-def rgb_of(frame) -> np.ndarray:
-    """The RGB a scorer gets from a frame of any way (``frame_seek.to_rgb`` after ``nvdec.host_frame``):
-    equal planes can still convert apart where a frame's properties (colour tags, interlacing) differ."""
+def rgb_of(frame, stream) -> np.ndarray:
+    """The RGB a scorer gets from a frame of any way, as the project's cursor makes it
+    (``nvdec.with_stream_tags``, ``nvdec.host_frame``, ``frame_seek.to_rgb``): equal planes can still
+    convert apart where a frame's properties (colour tags, interlacing) differ."""
     from vidcorpus.frame_seek import to_rgb
-    from vidcorpus.nvdec import host_frame
+    from vidcorpus.nvdec import host_frame, with_stream_tags
 
-    return to_rgb(host_frame(frame))
+    return to_rgb(host_frame(with_stream_tags(frame, stream)))
+
+
+def container_tagged_copy(path: str, frames: int) -> str:
+    """The first ``frames`` packets of ``path`` remuxed into an mp4 whose ``colr`` box says BT.709 (the
+    bitstream untouched): the case where a GPU decoder's own context would miss the tags."""
+    import tempfile
+
+    import av
+
+    out_path = tempfile.mkdtemp(prefix="colr_") + "/colr.mp4"
+    with av.open(path) as src, av.open(out_path, "w") as out:
+        stream = src.streams.video[0]
+        tagged = out.add_stream_from_template(stream)
+        cc = tagged.codec_context
+        cc.colorspace = cc.color_primaries = cc.color_trc = 1  # BT.709
+        n = 0
+        for packet in src.demux(stream):
+            if packet.dts is None:
+                continue
+            packet.stream = tagged
+            out.mux(packet)
+            n += 1
+            if n >= frames:
+                break
+    return out_path
 
 
 def decode(path: str, way: str, n: int, every: int, rgb: bool = False) -> tuple[dict, int, int, float, float]:
@@ -87,10 +114,12 @@ def decode(path: str, way: str, n: int, every: int, rgb: bool = False) -> tuple[
 
     taken: dict = {}
     count = on_device = 0
-    take = rgb_of if rgb else _gpu_frame_planes if way == "gpu_frames" else _host_planes
     wall, cpu = time.perf_counter(), time.process_time()
     with av.open(path) as container:
-        for frame in _frames(container, container.streams.video[0], way):
+        stream = container.streams.video[0]
+        take = ((lambda f: rgb_of(f, stream)) if rgb else _gpu_frame_planes if way == "gpu_frames"
+                else _host_planes)
+        for frame in _frames(container, stream, way):
             on_device += frame.format.name == "cuda"
             if count % every == 0:
                 taken[frame.pts] = take(frame)
@@ -144,18 +173,21 @@ def main() -> None:
             if soft and "cpu_s" in row:
                 row["cpu_of_software"] = round(row["cpu_s"] / soft, 3)
         result["ways"][f"every_{every}"] = rows
-    # untimed: the RGB of every fifth frame, each way against software's
-    ref_rgb = decode(args.video, "software", args.frames, 5, rgb=True)[0]
-    result["rgb_every_5"] = {}
-    for way in WAYS[1:]:
-        try:
-            got = decode(args.video, way, args.frames, 5, rgb=True)[0]
-        except Exception as exc:  # noqa: BLE001
-            result["rgb_every_5"][way] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
-            continue
-        common = sorted(set(ref_rgb) & set(got))
-        result["rgb_every_5"][way] = {"matched_by_pts": len(common), "identical_rgb": int(sum(
-            np.array_equal(ref_rgb[p], got[p]) for p in common))}
+    # untimed: the RGB of every fifth frame, each way against software's, on the video and on a copy
+    # tagged BT.709 by its container alone
+    for key, video in (("rgb_every_5", args.video),
+                       ("rgb_every_5_container_tagged", container_tagged_copy(args.video, min(args.frames, 150)))):
+        ref_rgb = decode(video, "software", args.frames, 5, rgb=True)[0]
+        result[key] = {}
+        for way in WAYS[1:]:
+            try:
+                got = decode(video, way, args.frames, 5, rgb=True)[0]
+            except Exception as exc:  # noqa: BLE001
+                result[key][way] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+                continue
+            common = sorted(set(ref_rgb) & set(got))
+            result[key][way] = {"matched_by_pts": len(common), "identical_rgb": int(sum(
+                np.array_equal(ref_rgb[p], got[p]) for p in common))}
     emit({**finish_metadata(meta), **result}, args.out)
 
 
