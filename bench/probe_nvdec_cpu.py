@@ -7,7 +7,7 @@ frame, 1.4 MB at 720p): on an H100 host ``h264_cuvid`` took 1.43 ms of CPU a 720
 3.24 for software (``bench/results/probe_gpu_codecs_h100.json``). PyAV 18's ``HWAccel(...,
 is_hw_owned=True)`` leaves the frames in GPU memory, so a stage can copy
 only the frames it wants (``filters.source_decoder=nvdec_gpu_frames``: ``vidcorpus.nvdec``'s
-``hw_frames_context`` and ``host_frame``, which the ``gpu_frames`` way uses). Per way,
+``hw_frames_context`` and ``frame_seek.planar``, which the ``gpu_frames`` way uses). Per way,
 decode every frame of the first N and take the luma and chroma planes of every K-th to host memory
 as numpy arrays (what ``frame_seek.planar`` starts from); CPU ms per decoded frame, and whether the
 taken planes equal the software decoder's (matched by pts); then, untimed, whether every fifth frame's RGB
@@ -40,10 +40,10 @@ def _host_planes(frame) -> tuple[np.ndarray, np.ndarray]:
 
 def _gpu_frame_planes(frame) -> tuple[np.ndarray, np.ndarray]:
     """The same from a frame left in GPU memory, as the project's cursor takes it
-    (``vidcorpus.nvdec.host_frame``: PyAV's reformatter transfers it, then yuv420p)."""
-    from vidcorpus.nvdec import host_frame
+    (``vidcorpus.frame_seek.planar``: PyAV's reformatter transfers it, then yuv420p)."""
+    from vidcorpus.frame_seek import planar
 
-    return _host_planes(host_frame(frame))
+    return _host_planes(planar(frame))
 
 
 def _frames(container, stream, way: str):
@@ -74,12 +74,12 @@ def _frames(container, stream, way: str):
 
 def rgb_of(frame, stream) -> np.ndarray:
     """The RGB a scorer gets from a frame of any way, as the project's cursor makes it
-    (``nvdec.with_stream_tags``, ``nvdec.host_frame``, ``frame_seek.to_rgb``): equal planes can still
+    (``nvdec.with_stream_tags``, ``frame_seek.to_rgb``, which copies a GPU frame over): equal planes can still
     convert apart where a frame's properties (colour tags, interlacing) differ."""
     from vidcorpus.frame_seek import to_rgb
-    from vidcorpus.nvdec import host_frame, with_stream_tags
+    from vidcorpus.nvdec import with_stream_tags
 
-    return to_rgb(host_frame(with_stream_tags(frame, stream)))
+    return to_rgb(with_stream_tags(frame, stream))
 
 
 def container_tagged_copy(path: str, frames: int) -> str:

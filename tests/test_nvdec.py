@@ -264,9 +264,8 @@ def test_a_run_says_in_one_line_when_its_nvdec_switches_find_no_gpu():
 
 class _StandInHwFrames(_StandInNvdec):
     """A decoder context like the CUDA hwaccel's with frames left on the GPU: its own codec context,
-    packets in, NV12 frames out, which ``gpu_frames_stand_in`` makes ``nvdec.host_frame`` treat as
-    frames in GPU memory (copied over by PyAV's reformatter, which for a CUDA frame first transfers it
-    to the host with all its properties)."""
+    packets in, NV12 frames out: the cursor copies them over through ``frame_seek.planar``, the call
+    that transfers a CUDA frame (PyAV's reformatter, which moves every property with it)."""
 
     def decode(self, packet):
         self.decodes += 1
@@ -287,15 +286,15 @@ def gpu_frames_stand_in(monkeypatch):
         key = (nvdec.GPU_FRAMES, "h264 with the CUDA hwaccel", bytes(stream.codec_context.extradata or b""))
         return nvdec._IDLE.pop(key, None) or _StandInHwFrames(stream)
 
-    real = nvdec._download
+    real = frame_index.planar
 
-    def download(frame):
-        copied.append(frame.pts)
+    def copy_over(frame):
+        if frame.format.name == "nv12":  # a stand-in's frame: one in GPU memory on a real decoder
+            copied.append(frame.pts)
         return real(frame)
 
     monkeypatch.setattr(frame_index, "hw_frames_context", context)
-    monkeypatch.setattr(nvdec, "_on_device", lambda frame: frame.format.name == "nv12")
-    monkeypatch.setattr(nvdec, "_download", download)
+    monkeypatch.setattr(frame_index, "planar", copy_over)
     yield _StandInHwFrames, copied
     nvdec._IDLE.clear()
 
@@ -305,7 +304,7 @@ def test_a_frame_copied_from_the_gpu_keeps_its_pixels_timing_and_colour_tags(vid
         frames = [f for _, f in zip(range(12), c.decode(video=0))]
     for frame in frames:
         frame.color_range = 1  # a tag the copy must carry over
-        host = nvdec.host_frame(frame.reformat(format="nv12"))
+        host = frame_index.planar(frame.reformat(format="nv12"))
         assert host.format.name == "yuv420p"
         assert (host.pts, host.time_base, host.color_range) == (frame.pts, frame.time_base, 1)
         assert np.array_equal(host.to_ndarray(), frame.to_ndarray())

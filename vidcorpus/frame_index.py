@@ -36,8 +36,8 @@ from typing import Collection, Iterator
 import av
 import fsspec
 
-from vidcorpus.frame_seek import skip_setting
-from vidcorpus.nvdec import CUVID, cuvid_context, host_frame, hw_frames_context, release, with_stream_tags
+from vidcorpus.frame_seek import planar, skip_setting
+from vidcorpus.nvdec import CUVID, cuvid_context, hw_frames_context, release, with_stream_tags
 from vidcorpus.storage import is_url, local_path
 
 
@@ -245,7 +245,7 @@ class FrameCursor:
         """A wanted frame in host memory, yuv420p, tagged as the CPU decoder tags it."""
         if self._hw is not None:
             frame = with_stream_tags(frame, self.container.streams.video[0])
-        return host_frame(frame)
+        return planar(frame)
 
     def _number_by_pts(self) -> None:
         """Number frames by pts from here on (so that skipped frames keep their numbers), when the

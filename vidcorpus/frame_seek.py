@@ -61,8 +61,11 @@ def reformatter(purpose: str = "rgb") -> VideoReformatter:
 def planar(frame: av.VideoFrame) -> av.VideoFrame:
     """An NV12 frame (what the GPU's decoder hands out, ``vidcorpus/nvdec.py``) as yuv420p: the same
     planes rearranged, losslessly, so that scaling, RGB and encoding then take the software decoder's
-    path (swscale's NV12 input path gives RGB a few levels apart). Any other frame as it is."""
-    if frame.format.name != "nv12":
+    path (swscale's NV12 input path gives RGB a few levels apart). A frame left in GPU memory
+    (``nvdec.GPU_FRAMES``) is copied to the host first by the same call (PyAV's reformatter:
+    FFmpeg's ``av_hwframe_transfer_data``, with every property of the frame, interlacing and colour
+    tags among them). Any other frame as it is."""
+    if frame.format.name not in ("nv12", "cuda"):
         return frame
     return reformatter("planar").reformat(frame, format="yuv420p", threads=1)
 

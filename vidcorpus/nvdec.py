@@ -15,7 +15,7 @@ decodes in software, and this process says so once.
 Two ways to NVDEC (``decoder_kind``): ``CUVID`` (``nvdec``), where FFmpeg copies every decoded
 frame to host memory, and ``GPU_FRAMES`` (``nvdec_gpu_frames``): the codec's own decoder with the
 CUDA hwaccel, its frames left in GPU memory (PyAV 18's ``is_hw_owned``) and copied to the host
-only when a reader takes them (``host_frame``). The technical and motion scorers take about
+only when a reader takes them (``frame_seek.planar``). The technical and motion scorers take about
 one frame in five of what a source decode goes through; whether leaving the rest on the GPU saves
 host CPU is what ``bench/probe_nvdec_cpu.py`` measures (not yet on a GPU).
 """
@@ -26,8 +26,6 @@ import logging
 
 import av
 from av.codec.hwaccel import HWAccel
-
-from vidcorpus.frame_seek import planar, reformatter
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +44,16 @@ def decoder_kind(setting: str) -> str | None:
     return {"nvdec": CUVID, "nvdec_gpu_frames": GPU_FRAMES}.get(setting)
 
 
+def _decoder_name(codec: str, kind: str) -> str:
+    """The decoder's name in the idle pool, the unavailable set and the fallback warning."""
+    return f"{codec}_cuvid" if kind == CUVID else f"{codec} with the CUDA hwaccel"
+
+
 def cuvid_context(stream: av.video.stream.VideoStream) -> av.CodecContext | None:
     """An open NVDEC decoder for ``stream`` (its codec's ``<codec>_cuvid``), fed with the stream's
     packets by the caller, or None where it cannot open (the caller decodes in software). Give it
     back with ``release`` when done."""
-    name = f"{stream.codec_context.name}_cuvid"
+    name = _decoder_name(stream.codec_context.name, CUVID)
     if name in _UNAVAILABLE:
         return None
     extradata = bytes(stream.codec_context.extradata or b"")
@@ -69,11 +72,11 @@ def hw_frames_context(stream: av.video.stream.VideoStream) -> av.CodecContext | 
     open, where FFmpeg has no CUDA decoding for the codec, and for a stream other than 8-bit 4:2:0 at
     limited range (a full-range "yuvj" source converts by its pixel format, which NV12 frames lack).
     Where the GPU cannot take a stream's profile FFmpeg decodes it in software in the same context, on
-    one thread (plain frames, which ``host_frame`` passes on). Give it back with ``release``."""
+    one thread (plain frames, which ``frame_seek.planar`` passes on). Give it back with ``release``."""
     fmt = stream.codec_context.format
     if fmt is None or fmt.name != "yuv420p" or stream.codec_context.color_range == 2:  # 2: JPEG (full) range
         return None
-    name = f"{stream.codec_context.name} with the CUDA hwaccel"
+    name = _decoder_name(stream.codec_context.name, GPU_FRAMES)
     if name in _UNAVAILABLE:
         return None
     extradata = bytes(stream.codec_context.extradata or b"")
@@ -108,7 +111,7 @@ def release(ctx: av.CodecContext, kind: str = CUVID) -> None:
     """Keep an NVDEC decoder (of ``kind``) for the next cursor over a stream with the same parameters,
     emptied of the frames it still held: one idle decoder per kind, the one released last (each holds
     a decoder and GPU memory; a task's sources of one encoder share their parameters)."""
-    name = ctx.codec.name if kind == CUVID else f"{ctx.codec.name} with the CUDA hwaccel"
+    name = ctx.codec.name if kind == CUVID else _decoder_name(ctx.codec.name, kind)  # cuvid's is its own
     key = (kind, name, bytes(ctx.extradata or b""))
     try:
         ctx.flush_buffers()
@@ -132,23 +135,6 @@ def with_stream_tags(frame: av.VideoFrame, stream) -> av.VideoFrame:
         if getattr(frame, name) == UNSPECIFIED and getattr(src, name) != UNSPECIFIED:
             setattr(frame, name, getattr(src, name))
     return frame
-
-
-def host_frame(frame: av.VideoFrame) -> av.VideoFrame:
-    """A decoded frame in host memory as the software decoder gives it: one left in GPU memory
-    (``GPU_FRAMES``) copied over; NV12 rearranged to yuv420p (``frame_seek.planar``)."""
-    return _download(frame) if _on_device(frame) else planar(frame)
-
-
-def _on_device(frame: av.VideoFrame) -> bool:
-    return frame.format.name == "cuda"
-
-
-def _download(frame: av.VideoFrame) -> av.VideoFrame:
-    """A frame in GPU memory as yuv420p in host memory: PyAV's reformatter copies it over first
-    (FFmpeg's ``av_hwframe_transfer_data``, with every property of the frame: timing, colour tags,
-    interlacing, which swscale reads), then rearranges its NV12 planes as ``planar`` does."""
-    return reformatter("planar").reformat(frame, format="yuv420p", threads=1)
 
 
 def _unavailable(name: str, why: str) -> None:
